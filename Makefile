@@ -1,0 +1,84 @@
+# qvisor — `make` builds ./qvisor, `make check` runs every test, `make demo` boots a guest.
+# `make check` and `make demo` first install whatever Debian packages are missing.
+
+PREFIX  ?= /usr/local
+BUILD   ?= build
+CC      ?= cc
+AR      ?= ar
+CFLAGS  ?= -O2 -g
+PKGS    := json-c libnl-3.0 libnl-route-3.0 libnftables libcap-ng libseccomp
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+WARN    := -std=c17 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-format-truncation
+CPPFLAGS += -I. $(PKG_CFLAGS)
+LDLIBS  := $(PKG_LIBS) -ldl
+SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+MODULES  := common qmp netsetup storage sandbox launcher
+LIB_SRCS := $(filter-out launcher/main.c,$(wildcard $(addsuffix /*.c,$(MODULES))))
+TEST_SRCS := $(wildcard tests/unit/test_*.c)
+TEST_HELPERS := $(filter-out $(TEST_SRCS),$(wildcard tests/unit/*.c))
+TEST_PROGS := $(wildcard tests/progs/*.c)
+
+.PHONY: all check test-build demo deps install clean golden-update bench
+all: qvisor
+
+# One build variant: objects, the static library of all modules, the binary, the tests.
+# $(1) = variable prefix, $(2) = build folder, $(3) = extra flags
+define variant
+$(1)_OBJS := $$(patsubst %.c,$(2)/obj/%.o,$$(LIB_SRCS))
+$(1)_TESTS := $$(patsubst tests/unit/%.c,$(2)/tests/%,$$(TEST_SRCS))
+$(1)_PROGS := $$(patsubst tests/progs/%.c,$(2)/progs/%,$$(TEST_PROGS))
+$(2)/obj/%.o: %.c
+	@mkdir -p $$(@D)
+	$$(CC) $$(WARN) $$(CPPFLAGS) $$(CFLAGS) $(3) -MMD -MP -c $$< -o $$@
+$(2)/libqvisor.a: $$($(1)_OBJS)
+	@rm -f $$@
+	$$(AR) rcs $$@ $$^
+$(2)/qvisor: $(2)/obj/launcher/main.o $(2)/libqvisor.a
+	$$(CC) $$(CFLAGS) $(3) -o $$@ $$^ $$(LDLIBS)
+$(2)/tests/%: tests/unit/%.c $$(TEST_HELPERS) $(2)/libqvisor.a
+	@mkdir -p $$(@D)
+	$$(CC) $$(WARN) $$(CPPFLAGS) $$(CFLAGS) $(3) -o $$@ $$< $$(TEST_HELPERS) $(2)/libqvisor.a $$(LDLIBS) -lcmocka -lpthread
+$(2)/progs/%: tests/progs/%.c $(2)/libqvisor.a
+	@mkdir -p $$(@D)
+	$$(CC) $$(WARN) $$(CPPFLAGS) $$(CFLAGS) $(3) -o $$@ $$< $(2)/libqvisor.a $$(LDLIBS) -lpthread
+-include $$(patsubst %.o,%.d,$$($(1)_OBJS) $(2)/obj/launcher/main.o)
+endef
+$(eval $(call variant,PLAIN,$(BUILD),))
+$(eval $(call variant,ASAN,$(BUILD)/asan,$(SAN)))
+
+qvisor: $(BUILD)/qvisor
+	cp $< $@
+
+deps:
+	@scripts/setup-deps
+
+# Built in a sub-make so that flags from pkg-config are read after `deps` installed them.
+test-build:
+	$(MAKE) qvisor $(BUILD)/asan/qvisor $(PLAIN_TESTS) $(ASAN_TESTS) $(PLAIN_PROGS)
+
+check: deps
+	$(MAKE) test-build
+	tests/run
+
+demo: deps
+	$(MAKE) qvisor
+	scripts/demo
+
+bench: deps
+	$(MAKE) qvisor
+	bench/run
+
+# Rewrites tests/golden/*.argv from the current builder; review the diff before committing.
+golden-update: test-build
+	QVISOR_GOLDEN_UPDATE=1 $(BUILD)/tests/test_argv_golden
+
+install: qvisor
+	install -D -m 0755 qvisor $(DESTDIR)$(PREFIX)/bin/qvisor
+	install -D -m 0644 units/qvisor@.service $(DESTDIR)$(PREFIX)/lib/systemd/system/qvisor@.service
+	install -D -m 0644 units/qvisor-net@.service $(DESTDIR)$(PREFIX)/lib/systemd/system/qvisor-net@.service
+	install -D -m 0644 units/qvisor.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/qvisor.conf
+
+clean:
+	rm -rf $(BUILD)/obj $(BUILD)/asan $(BUILD)/tests $(BUILD)/progs $(BUILD)/libqvisor.a $(BUILD)/qvisor qvisor

@@ -1,0 +1,185 @@
+/* common: errors, cleanup helpers, strings, files, JSON reading, host layout.
+ * Every other module builds on this header and nothing here knows about VMs. */
+#ifndef QV_COMMON_H
+#define QV_COMMON_H
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+#include <json-c/json.h>
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define QV_PRINTF(f, a) __attribute__((format(printf, f, a)))
+
+/* ---- errors ------------------------------------------------------------
+ * Functions return 0 or -errno and fill a qv_err whose message names the object
+ * and the cause ("web1: disk /srv/a.qcow2: No such file or directory"). */
+struct qv_err {
+    int code;       /* negative errno, 0 when unset */
+    char msg[1024];
+};
+
+/* Sets the message (replacing any) and returns `code`, which must be negative. */
+int qv_fail(struct qv_err *e, int code, const char *fmt, ...) QV_PRINTF(3, 4);
+/* Like qv_fail, appending ": strerror(-code)". */
+int qv_failerr(struct qv_err *e, int code, const char *fmt, ...) QV_PRINTF(3, 4);
+/* Prepends context to an existing message: "web1: " + msg. Returns e->code. */
+int qv_prefix(struct qv_err *e, const char *fmt, ...) QV_PRINTF(2, 3);
+/* Exit status for an error code, per DESIGN.md: 2 invalid, 3 no such object,
+ * 4 conflict, 5 timed out, 1 anything else. */
+int qv_exit_code(int code);
+
+/* ---- cleanup helpers ---------------------------------------------------- */
+#define _cleanup_(f) __attribute__((cleanup(f)))
+void qv_freep(void *p);
+void qv_closep(int *fd);
+void qv_fclosep(FILE **f);
+void qv_json_putp(json_object **o);
+#define _cleanup_free_ _cleanup_(qv_freep)
+#define _cleanup_close_ _cleanup_(qv_closep)
+#define _cleanup_fclose_ _cleanup_(qv_fclosep)
+#define _cleanup_json_ _cleanup_(qv_json_putp)
+
+static inline void *qv_steal_ptr(void *pp)
+{
+    void **p = pp, *v = *p;
+    *p = NULL;
+    return v;
+}
+static inline int qv_steal_fd(int *fd)
+{
+    int v = *fd;
+    *fd = -1;
+    return v;
+}
+
+/* Allocation failure is not an error we can report usefully: abort. */
+void *qv_xmalloc(size_t n);
+void *qv_xcalloc(size_t n, size_t size);
+void *qv_xrealloc(void *p, size_t n);
+char *qv_xstrdup(const char *s);
+char *qv_xasprintf(const char *fmt, ...) QV_PRINTF(1, 2);
+
+/* ---- string vectors and buffers ------------------------------------------ */
+struct strv {           /* NULL-terminated array of owned strings */
+    char **v;
+    size_t n, cap;
+};
+void strv_push(struct strv *s, const char *str);
+void strv_pushf(struct strv *s, const char *fmt, ...) QV_PRINTF(2, 3);
+void strv_take(struct strv *s, char *owned);
+void strv_free(struct strv *s);
+bool strv_contains(const char *const *v, const char *s);
+/* Joins with `sep`; caller frees. */
+char *strv_join(const char *const *v, const char *sep);
+
+struct buf {
+    char *p;
+    size_t len, cap;
+};
+void buf_add(struct buf *b, const void *data, size_t n);
+void buf_adds(struct buf *b, const char *s);
+void buf_printf(struct buf *b, const char *fmt, ...) QV_PRINTF(2, 3);
+void buf_consume(struct buf *b, size_t n);  /* drop n bytes from the front */
+void buf_free(struct buf *b);
+
+bool str_startswith(const char *s, const char *prefix);
+/* Splits "a,b,c" on `sep` honouring doubled separators (",," is a literal comma). */
+void str_split_escaped(const char *s, char sep, struct strv *out);
+
+/* ---- numbers, sizes, names, ids ------------------------------------------ */
+int parse_u64(const char *s, uint64_t *out);
+/* "512M", "2G", "1024K", "1T", or plain bytes; binary units. */
+int parse_size(const char *s, uint64_t *out);
+/* The largest unit that represents `bytes` exactly: 2147483648 -> "2G". */
+void format_size(uint64_t bytes, char *out, size_t outlen);
+/* Object names: 1-64 of [A-Za-z0-9_.-], not starting with '.' or '-'. */
+bool name_valid(const char *name);
+void uuid_generate_str(char out[37]);
+bool uuid_valid(const char *s);
+uint64_t monotonic_ms(void);
+uint64_t realtime_ms(void);
+
+/* ---- files and fds -------------------------------------------------------- */
+int write_all(int fd, const void *data, size_t n);
+/* Reads a whole file, at most `max` bytes (larger is -EFBIG). NUL-terminated. */
+int read_file(const char *path, size_t max, char **out, size_t *len);
+/* Temp file in the same directory, fsync, rename, fsync of the directory. */
+int write_file_atomic(const char *path, const void *data, size_t n, mode_t mode, struct qv_err *e);
+int mkdir_p(const char *path, mode_t mode);
+int fd_set_nonblock(int fd, bool on);
+int fd_set_cloexec(int fd, bool on);
+bool path_exists(const char *path);
+
+/* ---- JSON ------------------------------------------------------------------ */
+/* Parses a JSON file; errors say where ("web1.json:3:14: unexpected character"). */
+int json_read_file(const char *path, json_object **out, struct qv_err *e);
+int json_parse_str(const char *what, const char *text, json_object **out, struct qv_err *e);
+/* Pretty, stable serialisation ending in a newline; caller frees. */
+char *json_pretty(json_object *o);
+int json_write_file_atomic(const char *path, json_object *o, mode_t mode, struct qv_err *e);
+
+/* Reading a document against a schema with a JSON path for every error:
+ *   disks[1].bus: "scsii" is not one of virtio, scsi, sata, ide, usb */
+struct jr {
+    struct qv_err *err;
+    char path[512];
+    size_t len;
+};
+void jr_init(struct jr *r, struct qv_err *e);
+size_t jr_key(struct jr *r, const char *key);      /* enter .key, returns a mark */
+size_t jr_index(struct jr *r, size_t i);           /* enter [i] */
+void jr_pop(struct jr *r, size_t mark);
+int jr_fail(struct jr *r, const char *fmt, ...) QV_PRINTF(2, 3);
+/* The value printed for errors: strings quoted, others as JSON. */
+const char *jr_show(json_object *v);
+/* Fails on any key of `obj` not in the NULL-terminated `allowed`. */
+int jr_only_keys(struct jr *r, json_object *obj, const char *const *allowed);
+/* Typed getters: absent keys leave *out untouched and return 0 unless required. */
+int jr_object(struct jr *r, json_object *obj, const char *key, bool required, json_object **out);
+int jr_array(struct jr *r, json_object *obj, const char *key, json_object **out);
+int jr_string(struct jr *r, json_object *obj, const char *key, bool required, char **out);
+int jr_bool(struct jr *r, json_object *obj, const char *key, bool *out);
+int jr_int(struct jr *r, json_object *obj, const char *key, int64_t min, int64_t max, int64_t *out);
+/* String value that must be one of `names` (NULL-terminated); stores its index. */
+int jr_enum(struct jr *r, json_object *obj, const char *key, const char *const *names, int *out);
+/* Type checks of a value already at the current path. */
+int jr_expect(struct jr *r, json_object *v, json_type type);
+
+/* ---- host layout ------------------------------------------------------------ */
+/* All of qvisor's files live under one root ("/" by default). */
+struct qv_paths {
+    char root[4096];    /* no trailing slash; "" means "/" */
+};
+int qv_paths_init(struct qv_paths *p, const char *root, struct qv_err *e);
+/* root + "/" + printf(fmt): "etc/qvisor/vms/web1.json". Fails only on overflow. */
+int qv_path(const struct qv_paths *p, char *out, size_t outlen, const char *fmt, ...) QV_PRINTF(4, 5);
+#define QV_ETC "etc/qvisor"
+#define QV_RUN "run/qvisor"
+#define QV_LIB "var/lib/qvisor"
+#define QV_LOG "var/log/qvisor"
+#define QV_CACHE "var/cache/qvisor"
+
+/* ---- logging ------------------------------------------------------------------ */
+/* "2026-11-22T02:34:46.123Z " into out (at least 32 bytes). */
+void format_timestamp(char *out, size_t outlen);
+/* One timestamped line to fd: "<ts> <tag>: <msg>\n". Never fails the caller. */
+void qv_logf(int fd, const char *tag, const char *fmt, ...) QV_PRINTF(3, 4);
+
+/* ---- processes ---------------------------------------------------------------- */
+/* Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat). */
+int proc_start_time(pid_t pid, unsigned long long *out);
+/* Whether /proc/PID/cmdline contains `needle` as a substring of one argument. */
+bool proc_cmdline_contains(pid_t pid, const char *needle);
+/* Runs argv (execve, no shell), waits at most timeout_ms, captures stdout+stderr
+ * (up to 64 KiB) into *output if non-NULL. Returns the exit status (>= 0) or -errno;
+ * -ETIMEDOUT kills the child. */
+int run_program(const char *const *argv, int timeout_ms, char **output);
+/* Finds an executable in PATH (or the default /usr/sbin:/usr/bin:/sbin:/bin). */
+int find_program(const char *name, char *out, size_t outlen);
+
+#endif

@@ -1,0 +1,164 @@
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+
+#include "common/common.h"
+
+int write_all(int fd, const void *data, size_t n)
+{
+    const char *p = data;
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+int read_file(const char *path, size_t max, char **out, size_t *len)
+{
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    struct buf b = {0};
+    buf_adds(&b, "");
+    char chunk[8192];
+    for (;;) {
+        ssize_t r = read(fd, chunk, sizeof(chunk));
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            int err = -errno;
+            buf_free(&b);
+            return err;
+        }
+        if (r == 0)
+            break;
+        if (b.len + (size_t)r > max) {
+            buf_free(&b);
+            return -EFBIG;
+        }
+        buf_add(&b, chunk, (size_t)r);
+    }
+    *out = b.p;
+    if (len)
+        *len = b.len;
+    return 0;
+}
+
+static int fsync_dir_of(const char *path)
+{
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof(tmp), "%s", path);
+    _cleanup_close_ int dfd = open(dirname(tmp), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return -errno;
+    return fsync(dfd) < 0 ? -errno : 0;
+}
+
+int write_file_atomic(const char *path, const void *data, size_t n, mode_t mode, struct qv_err *e)
+{
+    char tmp[PATH_MAX];
+    if (snprintf(tmp, sizeof(tmp), "%s.tmp.XXXXXX", path) >= (int)sizeof(tmp))
+        return qv_fail(e, -ENAMETOOLONG, "%s: path too long", path);
+    _cleanup_close_ int fd = mkostemp(tmp, O_CLOEXEC);
+    if (fd < 0)
+        return qv_failerr(e, -errno, "%s: cannot create temporary file", path);
+    int r = 0;
+    if (fchmod(fd, mode) < 0 || (r = write_all(fd, data, n)) < 0 || fsync(fd) < 0) {
+        r = r ? r : -errno;
+        unlink(tmp);
+        return qv_failerr(e, r, "%s: cannot write", path);
+    }
+    if (rename(tmp, path) < 0) {
+        r = -errno;
+        unlink(tmp);
+        return qv_failerr(e, r, "%s: cannot rename into place", path);
+    }
+    r = fsync_dir_of(path);
+    if (r < 0)
+        return qv_failerr(e, r, "%s: cannot sync its directory", path);
+    return 0;
+}
+
+int mkdir_p(const char *path, mode_t mode)
+{
+    char tmp[PATH_MAX];
+    if (snprintf(tmp, sizeof(tmp), "%s", path) >= (int)sizeof(tmp))
+        return -ENAMETOOLONG;
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(tmp, mode) < 0 && errno != EEXIST)
+            return -errno;
+        *p = '/';
+    }
+    if (mkdir(tmp, mode) < 0 && errno != EEXIST)
+        return -errno;
+    return 0;
+}
+
+int fd_set_nonblock(int fd, bool on)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0)
+        return -errno;
+    fl = on ? (fl | O_NONBLOCK) : (fl & ~O_NONBLOCK);
+    return fcntl(fd, F_SETFL, fl) < 0 ? -errno : 0;
+}
+
+int fd_set_cloexec(int fd, bool on)
+{
+    int fl = fcntl(fd, F_GETFD);
+    if (fl < 0)
+        return -errno;
+    fl = on ? (fl | FD_CLOEXEC) : (fl & ~FD_CLOEXEC);
+    return fcntl(fd, F_SETFD, fl) < 0 ? -errno : 0;
+}
+
+bool path_exists(const char *path)
+{
+    return access(path, F_OK) == 0;
+}
+
+int qv_paths_init(struct qv_paths *p, const char *root, struct qv_err *e)
+{
+    if (!root || !*root)
+        root = "/";
+    if (root[0] != '/') {
+        char cwd[PATH_MAX];
+        if (!getcwd(cwd, sizeof(cwd)))
+            return qv_failerr(e, -errno, "--root %s: cannot resolve", root);
+        if (snprintf(p->root, sizeof(p->root), "%s/%s", cwd, root) >= (int)sizeof(p->root))
+            return qv_fail(e, -ENAMETOOLONG, "--root %s: path too long", root);
+    } else if (snprintf(p->root, sizeof(p->root), "%s", root) >= (int)sizeof(p->root)) {
+        return qv_fail(e, -ENAMETOOLONG, "--root %s: path too long", root);
+    }
+    size_t n = strlen(p->root);
+    while (n > 0 && p->root[n - 1] == '/')
+        p->root[--n] = '\0';
+    return 0;
+}
+
+int qv_path(const struct qv_paths *p, char *out, size_t outlen, const char *fmt, ...)
+{
+    char rel[PATH_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(rel, sizeof(rel), fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof(rel))
+        return -ENAMETOOLONG;
+    n = snprintf(out, outlen, "%s/%s", p->root, rel);
+    return n < 0 || (size_t)n >= outlen ? -ENAMETOOLONG : 0;
+}

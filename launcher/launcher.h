@@ -1,0 +1,205 @@
+/* launcher: the VM definition model, host facts, the QEMU command line, the
+ * supervisor and the CLI. The argv builder is a pure function of a definition and
+ * host facts, so it is tested exhaustively without starting anything. */
+#ifndef QV_LAUNCHER_H
+#define QV_LAUNCHER_H
+
+#include <limits.h>
+#include "common/common.h"
+
+/* ---- the VM definition ------------------------------------------------------- */
+enum vm_machine { MACHINE_Q35, MACHINE_PC, MACHINE_MICROVM };
+enum vm_accel { ACCEL_AUTO, ACCEL_KVM, ACCEL_TCG };
+enum vm_firmware { FIRMWARE_BIOS, FIRMWARE_UEFI };
+enum boot_dev { BOOT_DISK, BOOT_CDROM, BOOT_NETWORK };
+enum disk_format { FORMAT_PROBE = -1, FORMAT_RAW, FORMAT_QCOW2 };
+enum disk_bus { BUS_VIRTIO, BUS_SCSI, BUS_SATA, BUS_IDE, BUS_USB };
+enum disk_cache { CACHE_NONE, CACHE_WRITEBACK, CACHE_WRITETHROUGH, CACHE_UNSAFE, CACHE_DIRECTSYNC };
+enum disk_aio { AIO_AUTO, AIO_IO_URING, AIO_NATIVE, AIO_THREADS };
+enum nic_type { NIC_USER, NIC_BRIDGE, NIC_NETWORK, NIC_DIRECT };
+enum nic_model { MODEL_VIRTIO, MODEL_E1000, MODEL_RTL8139 };
+enum macvtap_mode { MACVTAP_BRIDGE, MACVTAP_VEPA, MACVTAP_PRIVATE, MACVTAP_PASSTHRU };
+enum console_kind { CONSOLE_SERIAL, CONSOLE_VIRTIO, CONSOLE_NONE };
+enum graphics_kind { GRAPHICS_NONE, GRAPHICS_VNC };
+enum on_poweroff { POWEROFF_STOP, POWEROFF_RESTART };
+enum on_reboot { REBOOT_RESTART, REBOOT_STOP };
+enum on_crash { CRASH_STOP, CRASH_RESTART, CRASH_PAUSE };
+
+extern const char *const vm_machine_names[];
+extern const char *const vm_accel_names[];
+extern const char *const disk_bus_names[];
+extern const char *const disk_format_names[];
+extern const char *const nic_type_names[];
+extern const char *const nic_model_names[];
+
+#define VM_MAX_DISKS 12      /* virtio disks get PCI slots 0x0b..0x16 */
+#define VM_MAX_NICS 8        /* NICs get PCI slots 0x03..0x0a */
+#define VM_HOTPLUG_PORTS 4   /* free pcie-root-ports on q35 */
+
+struct hostfwd {
+    bool udp;
+    char *host;             /* listen address on the host, default 127.0.0.1 */
+    int host_port;
+    char *guest;            /* guest address, default: the guest's DHCP address */
+    int guest_port;
+};
+
+struct vm_disk {
+    char *file;
+    enum disk_format format;
+    enum disk_bus bus;
+    enum disk_cache cache;
+    enum disk_aio aio;
+    bool discard, readonly, snapshot;
+    char *serial;
+    int boot_index;         /* -1: none */
+};
+
+struct vm_cdrom {
+    char *file;             /* NULL: empty tray */
+    enum disk_bus bus;
+    int boot_index;
+};
+
+struct vm_nic {
+    enum nic_type type;
+    char *source;           /* bridge, network or host interface; NULL for user */
+    enum macvtap_mode mode;
+    char mac[18];
+    enum nic_model model;
+    int queues;
+    bool vhost;
+    struct hostfwd *fwd;
+    size_t nfwd;
+    int boot_index;
+};
+
+struct vm_def {
+    char *name;
+    char uuid[37];
+    char *description;
+    enum vm_machine machine;
+    enum vm_accel accel;
+    struct {
+        char *model;        /* NULL: host under KVM, max under TCG */
+        int count, sockets, cores, threads;   /* 0: not given */
+    } cpu;
+    struct {
+        uint64_t bytes;
+        bool hugepages, shared;
+    } memory;
+    struct {
+        enum vm_firmware firmware;
+        char *kernel, *initrd, *cmdline;
+        enum boot_dev order[3];
+        int norder;         /* 0: devices carry boot_index, or kernel boot */
+    } boot;
+    struct vm_disk *disks;
+    size_t ndisks;
+    struct vm_cdrom *cdroms;
+    size_t ncdroms;
+    struct vm_nic *nics;
+    size_t nnics;
+    enum console_kind console;
+    struct {
+        enum graphics_kind kind;
+        char *listen;
+        int port;           /* -1: auto */
+        char *password_secret;
+    } graphics;
+    bool agent;
+    enum on_poweroff on_poweroff;
+    enum on_reboot on_reboot;
+    enum on_crash on_crash;
+    struct strv qemu_args;
+};
+
+void vm_def_free(struct vm_def *d);
+/* Parses and validates a definition; fills every default. On error nothing is
+ * allocated and e says "path: value is not one of ...". */
+int vm_def_from_json(json_object *o, struct vm_def *d, struct qv_err *e);
+/* The normalised definition, defaults filled in; from_json(to_json(d)) == d. */
+json_object *vm_def_to_json(const struct vm_def *d);
+
+/* ---- host facts ------------------------------------------------------------------ */
+struct host_facts {
+    char qemu[PATH_MAX];
+    int qemu_major, qemu_minor, qemu_micro;
+    bool io_uring;          /* QEMU's blockdev aio knows io_uring */
+    bool kvm_usable;        /* /dev/kvm opens and answers KVM_GET_API_VERSION */
+    bool vhost_net;         /* /dev/vhost-net opens */
+    enum vm_accel accel_override;   /* QVISOR_ACCEL or host.json "accel"; AUTO if neither */
+    char ovmf_code[PATH_MAX];       /* from QEMU's firmware descriptors; "" if none */
+    char ovmf_vars[PATH_MAX];
+};
+
+/* host.json: defaults for this host. */
+struct host_config {
+    char *qemu;             /* binary, default qemu-system-x86_64 from PATH */
+    enum vm_accel accel;
+};
+int host_config_load(const struct qv_paths *p, struct host_config *hc, struct qv_err *e);
+void host_config_free(struct host_config *hc);
+/* Probes QEMU (cached under var/cache/qvisor by binary path, size and mtime), KVM,
+ * vhost-net and firmware. */
+int host_facts_probe(const struct qv_paths *p, const struct host_config *hc,
+                     struct host_facts *f, struct qv_err *e);
+/* Reads OVMF code/vars paths from QEMU's firmware descriptors in `dirs`. */
+int firmware_find_uefi(const char *const *dirs, char *code, size_t codelen, char *vars, size_t varslen);
+enum vm_accel accel_resolve(const struct vm_def *d, const struct host_facts *f);
+
+/* ---- the QEMU command line --------------------------------------------------------- */
+/* What each inherited fd must hold; the supervisor opens these and dup2s them to
+ * `fd` in the child, so the argv (which names the numbers) stays deterministic. */
+enum fd_kind {
+    FD_QMP,         /* listening socket */
+    FD_CONSOLE,     /* listening socket */
+    FD_QGA,         /* listening socket */
+    FD_DISK,        /* image file; index = disk */
+    FD_DISK_BASE,   /* read-only base under a throw-away overlay; index = disk */
+    FD_OVERLAY,     /* throw-away qcow2 overlay; index = disk */
+    FD_CDROM,       /* index = cdrom */
+    FD_NVRAM,       /* the VM's UEFI variable store */
+    FD_TAP,         /* index = nic, sub = queue */
+    FD_VHOST,       /* index = nic, sub = queue */
+};
+#define FD_FIRST 3
+#define PLAN_MAX_FDS 128
+
+struct fd_slot {
+    int fd;
+    enum fd_kind kind;
+    int index, sub;
+    int open_flags;         /* for files: O_RDONLY or O_RDWR */
+};
+
+struct launch_plan {
+    struct strv argv;
+    struct fd_slot slots[PLAN_MAX_FDS];
+    size_t nslots;
+    enum vm_accel accel;
+};
+void launch_plan_free(struct launch_plan *p);
+/* Pure: the same definition and facts always give the same argv. */
+int build_launch_plan(const struct vm_def *d, const struct host_facts *f, struct launch_plan *out,
+                      struct qv_err *e);
+
+/* ---- definitions on disk ------------------------------------------------------------- */
+int vm_def_path(const struct qv_paths *p, const char *name, char *out, size_t outlen);
+/* Loads etc/qvisor/vms/NAME.json; -ENOENT with "no VM named NAME" when absent. */
+int vm_load(const struct qv_paths *p, const char *name, struct vm_def *d, struct qv_err *e);
+/* Validates, fills uuid/MACs/formats, checks uniqueness, writes atomically. */
+int vm_define(const struct qv_paths *p, json_object *o, bool replace, struct vm_def *out,
+              struct qv_err *e);
+int vm_undefine(const struct qv_paths *p, const char *name, struct qv_err *e);
+/* Sorted names of all defined VMs. */
+int vm_list_names(const struct qv_paths *p, struct strv *names, struct qv_err *e);
+/* The generated MAC for NIC `index` of VM `uuid`, perturbed by `attempt`. */
+void mac_generate(const char *uuid, size_t index, unsigned attempt, char out[18]);
+/* Reads an image header: qcow2 if it starts with QFI\xfb, raw otherwise. */
+int image_detect_format(const char *path, enum disk_format *fmt, struct qv_err *e);
+
+/* ---- the CLI ------------------------------------------------------------------------- */
+int qvisor_main(int argc, char **argv);
+
+#endif

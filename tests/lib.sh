@@ -1,0 +1,69 @@
+# Shared by the integration tests (bash). Each test script sources this file, runs
+# checks that print TAP lines, and calls `finish`. A private root under /tmp and any
+# VMs, namespaces or processes registered with `on_exit` are cleaned up on every exit.
+set -u
+T_TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+T_BUILD=${QVISOR_TEST_BUILD:-$T_TOP/build}
+QV_BIN=${QVISOR_BIN:-$T_BUILD/asan/qvisor}
+[ -x "$QV_BIN" ] || QV_BIN=$T_TOP/qvisor
+G_KERNEL=$T_BUILD/guest/vmlinux
+G_INITRD=$T_BUILD/guest/initrd.img
+T_N=0
+T_FAILED=0
+T_CLEANUP=()
+T_ROOT=$(mktemp -d /tmp/qvtest.XXXXXX)
+export QVISOR_ACCEL=tcg
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+on_exit() { T_CLEANUP+=("$*"); }
+_t_cleanup() {
+    local i
+    for ((i = ${#T_CLEANUP[@]} - 1; i >= 0; i--)); do eval "${T_CLEANUP[$i]}" >/dev/null 2>&1; done
+    # any QEMU or supervisor still running from this root
+    pkill -KILL -f -- "$T_ROOT" 2>/dev/null
+    rm -rf "$T_ROOT"
+}
+trap _t_cleanup EXIT
+trap 'exit 130' INT TERM
+
+qv() { "$QV_BIN" --root "$T_ROOT" "$@"; }
+
+ok() { T_N=$((T_N + 1)); echo "ok $T_N - $*"; }
+not_ok() { T_N=$((T_N + 1)); T_FAILED=$((T_FAILED + 1)); echo "not ok $T_N - $*"; }
+diag() { sed 's/^/# /' <<< "$*"; }
+
+# check DESC CMD...: passes when CMD exits 0; shows its output otherwise.
+check() {
+    local desc=$1 out
+    shift
+    if out=$("$@" 2>&1); then ok "$desc"; else not_ok "$desc"; diag "$out"; fi
+}
+# check_fails DESC CODE CMD...: passes when CMD exits with status CODE.
+check_exit() {
+    local desc=$1 want=$2 out rc
+    shift 2
+    out=$("$@" 2>&1); rc=$?
+    if [ "$rc" -eq "$want" ]; then ok "$desc"; else not_ok "$desc (exit $rc, want $want)"; diag "$out"; fi
+}
+# check_output DESC REGEX CMD...: CMD succeeds and its output matches REGEX.
+check_output() {
+    local desc=$1 re=$2 out
+    shift 2
+    if out=$("$@" 2>&1) && grep -Eq -- "$re" <<< "$out"; then ok "$desc"; else not_ok "$desc"; diag "$out"; fi
+}
+# wait_until SECONDS CMD...: polls CMD every 0.1 s; returns its last status.
+wait_until() {
+    local limit=$1 end
+    shift
+    end=$((SECONDS + limit))
+    while ! "$@" >/dev/null 2>&1; do
+        [ $SECONDS -ge $end ] && return 1
+        sleep 0.1
+    done
+}
+finish() {
+    echo "1..$T_N"
+    [ "$T_FAILED" -eq 0 ]
+    exit $?
+}
