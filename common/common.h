@@ -74,6 +74,7 @@ void strv_pushf(struct strv *s, const char *fmt, ...) QV_PRINTF(2, 3);
 void strv_take(struct strv *s, char *owned);
 void strv_free(struct strv *s);
 bool strv_contains(const char *const *v, const char *s);
+void strv_sort(struct strv *s);
 /* Joins with `sep`; caller frees. */
 char *strv_join(const char *const *v, const char *sep);
 
@@ -114,6 +115,12 @@ int mkdir_p(const char *path, mode_t mode);
 int fd_set_nonblock(int fd, bool on);
 int fd_set_cloexec(int fd, bool on);
 bool path_exists(const char *path);
+
+/* ---- unix sockets ---------------------------------------------------------- */
+/* Paths longer than sun_path (108 bytes) go through /proc/self/fd/DIR/NAME. All
+ * sockets are CLOEXEC; listen unlinks a stale socket file first. */
+int unix_listen(const char *path, int backlog, int *out, struct qv_err *e);
+int unix_connect(const char *path, int *out, struct qv_err *e);
 
 /* ---- JSON ------------------------------------------------------------------ */
 /* Parses a JSON file; errors say where ("web1.json:3:14: unexpected character"). */

@@ -53,6 +53,17 @@ bool strv_contains(const char *const *v, const char *s)
     return false;
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+void strv_sort(struct strv *s)
+{
+    if (s->n > 1)
+        qsort(s->v, s->n, sizeof(char *), cmp_str);
+}
+
 char *strv_join(const char *const *v, const char *sep)
 {
     struct buf b = {0};

@@ -184,6 +184,24 @@ void launch_plan_free(struct launch_plan *p);
 int build_launch_plan(const struct vm_def *d, const struct host_facts *f, struct launch_plan *out,
                       struct qv_err *e);
 
+/* ---- the resources behind a plan's fds ------------------------------------------------ */
+struct launch_ctx {
+    const struct qv_paths *paths;
+    const struct host_facts *facts;
+    const char *run_dir;    /* where qmp.sock, console.sock and qga.sock are bound */
+    /* Opens the tap (or macvtap) fds of NIC `nic`, one per queue; NULL refuses such NICs. */
+    int (*open_tap)(void *opaque, const struct vm_def *d, size_t nic, int *fds, struct qv_err *e);
+    void *opaque;
+};
+/* Opens everything the plan's fds name: binds the sockets, opens images, copies the
+ * UEFI variable store on first use, creates throw-away overlays (unlinked once open,
+ * so they vanish with QEMU). fds[i] belongs to p->slots[i]. On error nothing stays open. */
+int launch_open_resources(const struct launch_plan *p, const struct vm_def *d, const struct launch_ctx *ctx,
+                          int *fds, struct qv_err *e);
+void launch_close_resources(int *fds, size_t n);
+/* var/lib/qvisor/nvram/NAME_VARS.fd */
+int vm_nvram_path(const struct qv_paths *p, const char *name, char *out, size_t outlen);
+
 /* ---- definitions on disk ------------------------------------------------------------- */
 int vm_def_path(const struct qv_paths *p, const char *name, char *out, size_t outlen);
 /* Loads etc/qvisor/vms/NAME.json; -ENOENT with "no VM named NAME" when absent. */

@@ -1,0 +1,227 @@
+/* qvisor [--root DIR] [--json] [-q] COMMAND ... : global options are accepted before
+ * or after the command word, as users type them both ways. */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "launcher/cli.h"
+
+#define QVISOR_VERSION "0.1"
+
+static const struct cli_opt no_opts[] = {{0}};
+static const struct cli_opt define_opts[] = {
+    {"machine", true, false}, {"accel", true, false}, {"cpus", true, false}, {"cpu-model", true, false},
+    {"memory", true, false}, {"disk", true, true}, {"cdrom", true, true}, {"nic", true, true},
+    {"kernel", true, false}, {"initrd", true, false}, {"append", true, false}, {"firmware", true, false},
+    {"console", true, false}, {"graphics", true, false}, {"agent", false, false}, {"description", true, false},
+    {"on-poweroff", true, false}, {"on-reboot", true, false}, {"on-crash", true, false}, {"print", false, false},
+    {0}};
+static const struct cli_opt list_opts[] = {{"all", false, false}, {0}};
+
+static int cmd_help(struct cli *c);
+
+static const struct cli_command commands[] = {
+    {"define", cmd_define, define_opts, 1, 1, "define FILE.json | define NAME [--memory 1G --cpus 2 --disk file=PATH[,bus=...] "
+     "--kernel K --initrd I --append A --nic user ...]", "define a VM from a JSON file or from flags"},
+    {"undefine", cmd_undefine, no_opts, 1, 1, "undefine NAME", "remove a VM's definition"},
+    {"list", cmd_list, list_opts, 0, 0, "list [--all] [--json]", "list VMs (running ones; --all for every defined VM)"},
+    {"show", cmd_show, no_opts, 1, 1, "show NAME [--json]", "print a VM's normalised definition"},
+    {"argv", cmd_argv, no_opts, 1, 1, "argv NAME", "print the QEMU command line, one argument per line"},
+    {"help", cmd_help, no_opts, 0, 1, "help [COMMAND]", "show usage"},
+    {0},
+};
+
+static const struct cli_command *find_command(const char *name)
+{
+    for (const struct cli_command *cmd = commands; cmd->name; cmd++)
+        if (strcmp(cmd->name, name) == 0)
+            return cmd;
+    return NULL;
+}
+
+static void usage_all(FILE *out)
+{
+    fprintf(out, "usage: qvisor [--root DIR] [--json] [-q] COMMAND [ARGS...]\n\n");
+    for (const struct cli_command *cmd = commands; cmd->name; cmd++)
+        fprintf(out, "  %-10s %s\n", cmd->name, cmd->summary);
+    fprintf(out, "\nExit codes: 0 ok, 1 failed, 2 usage or invalid definition, 3 no such object, "
+                 "4 conflict, 5 timed out.\n");
+}
+
+static int cmd_help(struct cli *c)
+{
+    const struct cli_command *cmd = c->npos ? find_command(c->pos[0]) : NULL;
+    if (c->npos && !cmd)
+        return qv_fail(&c->err, -EINVAL, "no command named %s", c->pos[0]);
+    if (cmd)
+        printf("usage: qvisor %s\n  %s\n", cmd->usage, cmd->summary);
+    else
+        usage_all(stdout);
+    return 0;
+}
+
+const char *cli_opt(const struct cli *c, const char *name)
+{
+    const char *v = NULL;
+    for (size_t i = 0; i < c->nopts; i++)
+        if (strcmp(c->opts[i].opt->name, name) == 0)
+            v = c->opts[i].value ? c->opts[i].value : "";
+    return v;
+}
+
+bool cli_flag(const struct cli *c, const char *name)
+{
+    return cli_opt(c, name) != NULL;
+}
+
+int cli_opt_seconds_ms(struct cli *c, const char *name, int dflt, int *out)
+{
+    const char *v = cli_opt(c, name);
+    if (!v) {
+        *out = dflt;
+        return 0;
+    }
+    char *end;
+    double s = strtod(v, &end);
+    if (end == v || *end || s < 0 || s > 86400)
+        return qv_fail(&c->err, -EINVAL, "--%s %s: not a number of seconds", name, v);
+    *out = (int)(s * 1000);
+    return 0;
+}
+
+void cli_print_json(json_object *o)
+{
+    _cleanup_free_ char *s = json_pretty(o);
+    fputs(s, stdout);
+}
+
+/* Global options; returns 1 if argv[*i] was one (consuming its value), 0 if not,
+ * <0 on error. */
+static int global_option(struct cli *c, int argc, char **argv, int *i, const char **root)
+{
+    const char *a = argv[*i];
+    if (strcmp(a, "--json") == 0) {
+        c->json = true;
+        return 1;
+    }
+    if (strcmp(a, "-q") == 0 || strcmp(a, "--quiet") == 0) {
+        c->quiet = true;
+        return 1;
+    }
+    if (str_startswith(a, "--root=")) {
+        *root = a + 7;
+        return 1;
+    }
+    if (strcmp(a, "--root") == 0) {
+        if (*i + 1 >= argc)
+            return qv_fail(&c->err, -EINVAL, "--root needs a directory");
+        *root = argv[++*i];
+        return 1;
+    }
+    return 0;
+}
+
+static int parse_command_args(struct cli *c, int argc, char **argv, int start, const char **root)
+{
+    const struct cli_command *cmd = c->cmd;
+    c->pos = qv_xcalloc((size_t)argc + 1, sizeof(char *));
+    bool only_pos = false;
+    for (int i = start; i < argc; i++) {
+        const char *a = argv[i];
+        if (only_pos || a[0] != '-' || strcmp(a, "-") == 0) {
+            c->pos[c->npos++] = argv[i];
+            continue;
+        }
+        if (strcmp(a, "--") == 0) {
+            only_pos = true;
+            continue;
+        }
+        int g = global_option(c, argc, argv, &i, root);
+        if (g < 0)
+            return g;
+        if (g)
+            continue;
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            printf("usage: qvisor %s\n  %s\n", cmd->usage, cmd->summary);
+            exit(0);
+        }
+        const char *name = a + (a[1] == '-' ? 2 : 1);
+        const char *eq = strchr(name, '=');
+        size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
+        const struct cli_opt *o = NULL;
+        for (const struct cli_opt *k = cmd->opts; k->name; k++)
+            if (strlen(k->name) == nlen && strncmp(k->name, name, nlen) == 0)
+                o = k;
+        if (!o || a[1] != '-')
+            return qv_fail(&c->err, -EINVAL, "%s: unknown option %s (usage: qvisor %s)", cmd->name, a, cmd->usage);
+        const char *value = NULL;
+        if (o->has_arg) {
+            if (eq)
+                value = eq + 1;
+            else if (i + 1 < argc)
+                value = argv[++i];
+            else
+                return qv_fail(&c->err, -EINVAL, "%s: --%s needs a value", cmd->name, o->name);
+        } else if (eq) {
+            return qv_fail(&c->err, -EINVAL, "%s: --%s takes no value", cmd->name, o->name);
+        }
+        if (!o->repeat && cli_opt(c, o->name))
+            return qv_fail(&c->err, -EINVAL, "%s: --%s given twice", cmd->name, o->name);
+        if (c->nopts >= CLI_MAX_OPTS)
+            return qv_fail(&c->err, -EINVAL, "%s: too many options", cmd->name);
+        c->opts[c->nopts].opt = o;
+        c->opts[c->nopts].value = value;
+        c->nopts++;
+    }
+    if (c->npos < cmd->min_pos || c->npos > cmd->max_pos)
+        return qv_fail(&c->err, -EINVAL, "usage: qvisor %s", cmd->usage);
+    return 0;
+}
+
+static int run(struct cli *c, int argc, char **argv)
+{
+    const char *root = getenv("QVISOR_ROOT");
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            usage_all(stdout);
+            return 0;
+        }
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("qvisor %s\n", QVISOR_VERSION);
+            return 0;
+        }
+        int g = global_option(c, argc, argv, &i, &root);
+        if (g < 0)
+            return g;
+        if (!g)
+            return qv_fail(&c->err, -EINVAL, "unknown option %s (qvisor help lists the commands)", argv[i]);
+    }
+    if (i >= argc) {
+        usage_all(stderr);
+        return -EINVAL;
+    }
+    c->cmd = find_command(argv[i]);
+    if (!c->cmd)
+        return qv_fail(&c->err, -EINVAL, "no command named %s (qvisor help lists them)", argv[i]);
+    int r = parse_command_args(c, argc, argv, i + 1, &root);
+    if (r < 0)
+        return r;
+    r = qv_paths_init(&c->paths, root, &c->err);
+    if (r < 0)
+        return r;
+    return c->cmd->run(c);
+}
+
+int qvisor_main(int argc, char **argv)
+{
+    struct cli c = {0};
+    int r = run(&c, argc, argv);
+    free(c.pos);
+    if (r < 0) {
+        if (c.err.msg[0])
+            fprintf(stderr, "qvisor: %s\n", c.err.msg);
+        return qv_exit_code(r);
+    }
+    return r;
+}

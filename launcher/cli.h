@@ -1,0 +1,51 @@
+/* Internal to launcher/: the CLI's option parser and the command table. */
+#ifndef QV_CLI_H
+#define QV_CLI_H
+
+#include "launcher/launcher.h"
+
+#define CLI_MAX_OPTS 64
+
+struct cli_opt {
+    const char *name;       /* "memory" for --memory */
+    bool has_arg;
+    bool repeat;            /* may be given several times (--disk) */
+};
+
+struct cli {
+    struct qv_paths paths;
+    bool json, quiet;
+    const struct cli_command *cmd;
+    /* options given to the command, in order */
+    struct { const struct cli_opt *opt; const char *value; } opts[CLI_MAX_OPTS];
+    size_t nopts;
+    char **pos;
+    int npos;
+    struct qv_err err;
+};
+
+struct cli_command {
+    const char *name;
+    int (*run)(struct cli *c);
+    const struct cli_opt *opts;     /* NULL-name terminated */
+    int min_pos, max_pos;           /* positional arguments */
+    const char *usage;
+    const char *summary;
+};
+
+/* Last value of --name, or NULL. */
+const char *cli_opt(const struct cli *c, const char *name);
+bool cli_flag(const struct cli *c, const char *name);
+/* Parses --name as milliseconds from seconds ("60", "0.5"); dflt when absent. */
+int cli_opt_seconds_ms(struct cli *c, const char *name, int dflt, int *out);
+/* Prints JSON (pretty) to stdout. */
+void cli_print_json(json_object *o);
+
+/* Commands, implemented across cli_*.c */
+int cmd_define(struct cli *c);
+int cmd_undefine(struct cli *c);
+int cmd_list(struct cli *c);
+int cmd_show(struct cli *c);
+int cmd_argv(struct cli *c);
+
+#endif

@@ -1,0 +1,282 @@
+/* VM definitions on disk: etc/qvisor/vms/NAME.json, written atomically under a
+ * directory lock so that two concurrent defines cannot both take a name, uuid or MAC. */
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/file.h>
+
+#include "launcher/launcher.h"
+
+int vm_def_path(const struct qv_paths *p, const char *name, char *out, size_t outlen)
+{
+    return qv_path(p, out, outlen, QV_ETC "/vms/%s.json", name);
+}
+
+int vm_load(const struct qv_paths *p, const char *name, struct vm_def *d, struct qv_err *e)
+{
+    if (!name_valid(name))
+        return qv_fail(e, -EINVAL, "\"%s\" is not a valid VM name", name);
+    char path[PATH_MAX];
+    vm_def_path(p, name, path, sizeof(path));
+    if (!path_exists(path))
+        return qv_fail(e, -ENOENT, "no VM named %s (qvisor list --all shows the defined ones)", name);
+    _cleanup_json_ json_object *o = NULL;
+    int r = json_read_file(path, &o, e);
+    if (r < 0)
+        return r;
+    r = vm_def_from_json(o, d, e);
+    if (r < 0)
+        return qv_prefix(e, "%s: ", path);
+    if (strcmp(d->name, name) != 0) {
+        r = qv_fail(e, -EINVAL, "%s: holds a VM named %s, not %s", path, d->name, name);
+        vm_def_free(d);
+    }
+    return r;
+}
+
+int vm_list_names(const struct qv_paths *p, struct strv *names, struct qv_err *e)
+{
+    char dir[PATH_MAX];
+    qv_path(p, dir, sizeof(dir), QV_ETC "/vms");
+    DIR *dh = opendir(dir);
+    if (!dh)
+        return errno == ENOENT ? 0 : qv_failerr(e, -errno, "%s", dir);
+    struct dirent *de;
+    while ((de = readdir(dh))) {
+        size_t n = strlen(de->d_name);
+        if (n <= 5 || strcmp(de->d_name + n - 5, ".json") != 0)
+            continue;
+        char name[256];
+        snprintf(name, sizeof(name), "%.*s", (int)(n - 5), de->d_name);
+        if (name_valid(name))
+            strv_push(names, name);
+    }
+    closedir(dh);
+    strv_sort(names);
+    return 0;
+}
+
+void mac_generate(const char *uuid, size_t index, unsigned attempt, char out[18])
+{
+    /* FNV-1a over uuid, index and attempt: stable, spread, and cheap */
+    uint64_t h = 0xcbf29ce484222325ULL;
+    char seed[96];
+    int n = snprintf(seed, sizeof(seed), "%s/%zu/%u", uuid, index, attempt);
+    for (int i = 0; i < n; i++) {
+        h ^= (unsigned char)seed[i];
+        h *= 0x100000001b3ULL;
+    }
+    unsigned b3 = (h >> 16) & 0xff, b4 = (h >> 8) & 0xff, b5 = h & 0xff;
+    if (b3 == 0x12 && b4 == 0x34 && b5 == 0x56)   /* QEMU's own default */
+        b5 ^= 1;
+    snprintf(out, 18, "52:54:00:%02x:%02x:%02x", b3, b4, b5);
+}
+
+int image_detect_format(const char *path, enum disk_format *fmt, struct qv_err *e)
+{
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return qv_failerr(e, -errno, "%s", path);
+    unsigned char magic[4] = {0};
+    ssize_t n = pread(fd, magic, sizeof(magic), 0);
+    if (n < 0)
+        return qv_failerr(e, -errno, "%s: cannot read its header", path);
+    *fmt = n == 4 && memcmp(magic, "QFI\xfb", 4) == 0 ? FORMAT_QCOW2 : FORMAT_RAW;
+    return 0;
+}
+
+/* Identity of every other defined VM, for uniqueness checks. */
+struct others {
+    struct strv uuids, macs, mac_owners;
+};
+
+static void others_free(struct others *o)
+{
+    strv_free(&o->uuids);
+    strv_free(&o->macs);
+    strv_free(&o->mac_owners);
+}
+
+static int others_load(const struct qv_paths *p, const char *except, struct others *o, struct qv_err *e)
+{
+    struct strv names = {0};
+    int r = vm_list_names(p, &names, e);
+    for (size_t i = 0; r == 0 && i < names.n; i++) {
+        if (strcmp(names.v[i], except) == 0)
+            continue;
+        char path[PATH_MAX];
+        vm_def_path(p, names.v[i], path, sizeof(path));
+        _cleanup_json_ json_object *j = NULL;
+        if (json_read_file(path, &j, NULL) < 0)
+            continue;   /* a broken file elsewhere must not block this define */
+        json_object *v, *nics;
+        if (json_object_object_get_ex(j, "uuid", &v))
+            strv_push(&o->uuids, json_object_get_string(v));
+        if (json_object_object_get_ex(j, "nics", &nics) && json_object_is_type(nics, json_type_array)) {
+            for (size_t k = 0; k < json_object_array_length(nics); k++) {
+                json_object *mac;
+                if (json_object_object_get_ex(json_object_array_get_idx(nics, k), "mac", &mac)) {
+                    strv_push(&o->macs, json_object_get_string(mac));
+                    strv_push(&o->mac_owners, names.v[i]);
+                }
+            }
+        }
+    }
+    strv_free(&names);
+    return r;
+}
+
+static ssize_t strv_index(const struct strv *s, const char *v)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (strcmp(s->v[i], v) == 0)
+            return (ssize_t)i;
+    return -1;
+}
+
+static bool mac_taken(const struct vm_def *d, size_t upto, const struct others *o, const char *mac)
+{
+    if (strv_index(&o->macs, mac) >= 0)
+        return true;
+    for (size_t i = 0; i < upto; i++)
+        if (strcmp(d->nics[i].mac, mac) == 0)
+            return true;
+    return false;
+}
+
+/* Fills uuid, MACs and image formats, and checks them against the other VMs. */
+static int complete_definition(const struct qv_paths *p, struct vm_def *d, const struct vm_def *old, struct qv_err *e)
+{
+    struct others o = {0};
+    int r = others_load(p, d->name, &o, e);
+    if (r < 0)
+        goto out;
+    if (!d->uuid[0]) {
+        if (old)
+            memcpy(d->uuid, old->uuid, sizeof(d->uuid));
+        else
+            do
+                uuid_generate_str(d->uuid);
+            while (strv_index(&o.uuids, d->uuid) >= 0);
+    } else if (strv_index(&o.uuids, d->uuid) >= 0) {
+        r = qv_fail(e, -EEXIST, "uuid: %s is already used by another VM", d->uuid);
+        goto out;
+    }
+    for (size_t i = 0; i < d->nnics; i++) {
+        struct vm_nic *n = &d->nics[i];
+        if (n->mac[0]) {
+            ssize_t k = strv_index(&o.macs, n->mac);
+            if (k >= 0) {
+                r = qv_fail(e, -EEXIST, "nics[%zu].mac: %s is already used by VM %s", i, n->mac, o.mac_owners.v[k]);
+                goto out;
+            }
+            continue;
+        }
+        if (old && i < old->nnics && old->nics[i].mac[0] && !mac_taken(d, i, &o, old->nics[i].mac)) {
+            memcpy(n->mac, old->nics[i].mac, sizeof(n->mac));
+            continue;
+        }
+        unsigned attempt = 0;
+        do
+            mac_generate(d->uuid, i, attempt++, n->mac);
+        while (mac_taken(d, i, &o, n->mac) && attempt < 1000);
+        if (attempt >= 1000) {
+            r = qv_fail(e, -EEXIST, "nics[%zu]: no free MAC address found; give one with \"mac\"", i);
+            goto out;
+        }
+    }
+    for (size_t i = 0; i < d->ndisks; i++) {
+        if (d->disks[i].format != FORMAT_PROBE)
+            continue;
+        r = image_detect_format(d->disks[i].file, &d->disks[i].format, e);
+        if (r < 0) {
+            qv_prefix(e, "disks[%zu].file: ", i);
+            snprintf(e->msg + strlen(e->msg), sizeof(e->msg) - strlen(e->msg),
+                     " (create the image first, or give \"format\")");
+            goto out;
+        }
+    }
+out:
+    others_free(&o);
+    return r;
+}
+
+static int lock_vms_dir(const struct qv_paths *p, struct qv_err *e)
+{
+    char dir[PATH_MAX], lock[PATH_MAX];
+    qv_path(p, dir, sizeof(dir), QV_ETC "/vms");
+    int r = mkdir_p(dir, 0755);
+    if (r < 0)
+        return qv_failerr(e, r, "%s", dir);
+    qv_path(p, lock, sizeof(lock), QV_ETC "/vms/.lock");
+    int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return qv_failerr(e, -errno, "%s", lock);
+    if (flock(fd, LOCK_EX) < 0) {
+        r = -errno;
+        close(fd);
+        return qv_failerr(e, r, "%s: lock", lock);
+    }
+    return fd;
+}
+
+int vm_define(const struct qv_paths *p, json_object *o, bool replace, struct vm_def *out, struct qv_err *e)
+{
+    struct vm_def d;
+    int r = vm_def_from_json(o, &d, e);
+    if (r < 0)
+        return r;
+    _cleanup_close_ int lock = lock_vms_dir(p, e);
+    if (lock < 0) {
+        vm_def_free(&d);
+        return lock;
+    }
+    char path[PATH_MAX];
+    vm_def_path(p, d.name, path, sizeof(path));
+    struct vm_def old = {0};
+    bool have_old = false;
+    if (path_exists(path)) {
+        if (!replace) {
+            r = qv_fail(e, -EEXIST, "%s is already defined (qvisor edit %s changes it; undefine it to start over)",
+                        d.name, d.name);
+            goto out;
+        }
+        if (vm_load(p, d.name, &old, NULL) == 0)
+            have_old = true;
+        if (have_old && d.uuid[0] && strcmp(d.uuid, old.uuid) != 0) {
+            r = qv_fail(e, -EINVAL, "uuid: a VM keeps its uuid (%s)", old.uuid);
+            goto out;
+        }
+    }
+    r = complete_definition(p, &d, have_old ? &old : NULL, e);
+    if (r < 0) {
+        qv_prefix(e, "%s: ", d.name);
+        goto out;
+    }
+    _cleanup_json_ json_object *norm = vm_def_to_json(&d);
+    r = json_write_file_atomic(path, norm, 0644, e);
+out:
+    if (have_old)
+        vm_def_free(&old);
+    if (r == 0 && out)
+        *out = d;
+    else
+        vm_def_free(&d);
+    return r;
+}
+
+int vm_undefine(const struct qv_paths *p, const char *name, struct qv_err *e)
+{
+    if (!name_valid(name))
+        return qv_fail(e, -EINVAL, "\"%s\" is not a valid VM name", name);
+    _cleanup_close_ int lock = lock_vms_dir(p, e);
+    if (lock < 0)
+        return lock;
+    char path[PATH_MAX];
+    vm_def_path(p, name, path, sizeof(path));
+    if (unlink(path) < 0)
+        return errno == ENOENT ? qv_fail(e, -ENOENT, "no VM named %s", name) : qv_failerr(e, -errno, "%s", path);
+    return 0;
+}

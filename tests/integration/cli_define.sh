@@ -1,0 +1,110 @@
+#!/bin/bash
+# timeout: 120
+# The definition commands through the real binary: define/show/list/undefine/argv,
+# golden definitions and their errors, exit codes, global options in any position.
+. "$(dirname "$0")/../lib.sh"
+
+img=$T_ROOT/img
+mkdir -p "$img"
+for f in a.raw b.raw cd.iso d{0..11}.raw; do truncate -s 1M "$img/$f"; done
+qemu-img create -q -f qcow2 "$img/a.qcow2" 16M
+ln -s "$G_KERNEL" "$img/vmlinux"
+ln -s "$G_INITRD" "$img/initrd.img"
+gold=$T_TOP/tests/golden
+work=$T_ROOT/defs
+mkdir -p "$work"
+# The golden files name /tmp/qvisor-golden; this test keeps its images in its own root.
+for f in "$gold"/*.json "$gold"/*.argv "$gold"/*.error; do
+    sed "s|/tmp/qvisor-golden|$img|g" "$f" > "$work/$(basename "$f")"
+done
+
+snapshot() { (cd "$T_ROOT" && find etc var -type f -newer "$img/a.raw" 2>/dev/null | sort | xargs -r md5sum); }
+
+# every golden definition defines, and `qvisor argv` prints exactly its golden file
+mismatch=()
+for def in "$work"/*.json; do
+    name=$(basename "$def" .json)
+    [ -f "$work/$name.argv" ] || continue
+    if ! out=$(qv define -q "$def" 2>&1); then mismatch+=("$name: define: $out"); continue; fi
+    if ! diff -u "$work/$name.argv" <(qv argv "$name" 2>&1) > "$T_ROOT/diff" 2>&1; then
+        mismatch+=("$name: $(head -20 "$T_ROOT/diff")")
+    fi
+done
+if [ ${#mismatch[@]} -eq 0 ]; then ok "qvisor argv of every golden definition matches its file"
+else not_ok "qvisor argv of every golden definition matches its file"; diag "$(printf '%s\n' "${mismatch[@]}")"; fi
+
+# every bad definition: one line naming the JSON path, exit 2, root unchanged
+bad=()
+for err in "$work"/*.error; do
+    name=$(basename "$err" .error)
+    want=$(cat "$err")
+    before=$(snapshot)
+    out=$(qv define "$work/$name.json" 2>&1); rc=$?
+    if [ "$name" = err-cpu-host-tcg ]; then
+        # a valid definition whose command line cannot be built on this host
+        out=$(qv argv "$name" 2>&1); rc=$?
+        qv undefine -q "$name"
+    elif [ "$(snapshot)" != "$before" ]; then
+        bad+=("$name: the root changed")
+    fi
+    [ $rc -eq 2 ] || bad+=("$name: exit $rc, want 2")
+    [ "$(wc -l <<< "$out")" -eq 1 ] || bad+=("$name: more than one line: $out")
+    [[ $out == *"$want" ]] || bad+=("$name: got '$out', want '...$want'")
+done
+if [ ${#bad[@]} -eq 0 ]; then ok "every bad definition is refused with its one-line error and exit 2"
+else not_ok "every bad definition is refused with its one-line error and exit 2"; diag "$(printf '%s\n' "${bad[@]}")"; fi
+
+# define -> show -> define is a fixed point
+qv show full > "$T_ROOT/full1.json"
+qv undefine -q full
+qv define -q "$T_ROOT/full1.json"
+qv show full > "$T_ROOT/full2.json"
+check "define -> show -> define is a fixed point" cmp "$T_ROOT/full1.json" "$T_ROOT/full2.json"
+
+# conflicts: same name, same uuid, same MAC
+check_exit "a second VM with the same name is refused (exit 4)" 4 qv define "$work/minimal.json"
+sed 's/"name": "minimal"/"name": "other"/' "$work/minimal.json" > "$T_ROOT/other.json"
+check_output "a second VM with the same uuid is refused" "uuid: .* is already used" qv define "$T_ROOT/other.json"
+cat > "$T_ROOT/macdup.json" <<J
+{"name": "macdup", "nics": [{"type": "user", "mac": "52:54:00:01:02:03"}]}
+J
+check_output "a MAC used by another VM is refused, naming that VM" "already used by VM full" qv define "$T_ROOT/macdup.json"
+check_exit "...with exit 4" 4 qv define "$T_ROOT/macdup.json"
+
+# generated MACs are stored and stable, and differ between VMs
+qv define -q mac1 --nic user --nic user
+qv define -q mac2 --nic user
+macs=$(for v in mac1 mac2; do qv show "$v" | grep -o '"mac": "[^"]*"'; done | sort)
+check "generated MACs are unique across VMs" test "$(uniq <<< "$macs" | wc -l)" -eq 3
+check_output "generated MACs use the 52:54:00 prefix" '"mac": "52:54:00:' qv show mac1
+
+# define by flags gives the same definition as the JSON form
+qv define -q flags --memory 512M --cpus 2 --disk "file=$img/a.qcow2,bus=virtio,cache=writeback" \
+    --kernel "$img/vmlinux" --append "console=ttyS0" --nic "user,hostfwd=tcp::2222-:22" --console serial
+check_output "flags: memory and cpus" '"memory": "512M"' qv show flags
+check_output "flags: disk format read from the image header" '"format": "qcow2"' qv show flags
+check_output "flags: hostfwd parsed into an object" '"host_port": 2222' qv show flags
+check_output "define --print shows the normalised JSON without writing" '"name": "printed"' qv define printed --memory 1G --print
+check_exit "...and nothing was defined" 3 qv show printed
+check_output "a missing image without a format is refused with the path" "disks\[0\].file: $img/missing.raw: No such file or directory" \
+    qv define nofile --disk "$img/missing.raw"
+
+# global options before or after the command word, and QVISOR_ROOT
+check_output "--root and --json after the command" '"name": "minimal"' "$QV_BIN" show minimal --root "$T_ROOT" --json
+check_output "--root before the command" '"name": "minimal"' "$QV_BIN" --root "$T_ROOT" show minimal
+check_output "QVISOR_ROOT selects the root" '"name": "minimal"' env QVISOR_ROOT="$T_ROOT" "$QV_BIN" show minimal
+check_output "list --all shows defined VMs" '^minimal +shut off' qv list --all
+check_output "list --all --json" '"state": "shut off"' qv list --all --json
+check_output "show warns about qemu_args" 'warning: qemu-args: qemu_args are passed to QEMU unchecked' qv show qemu-args
+
+# errors and exit codes
+check_exit "show of an unknown VM exits 3" 3 qv show nosuchvm
+check_exit "undefine of an unknown VM exits 3" 3 qv undefine nosuchvm
+check_exit "an unknown command exits 2" 2 qv frobnicate
+check_exit "an unknown option exits 2" 2 qv list --bogus
+printf '{"name": "broken",\n  "memory": }\n' > "$T_ROOT/broken.json"
+check_output "a JSON syntax error names file, line and column" "broken.json:2:13: " qv define "$T_ROOT/broken.json"
+check_exit "...and exits 2" 2 qv define "$T_ROOT/broken.json"
+check "undefine removes the definition" qv undefine -q flags
+check_exit "...after which show exits 3" 3 qv show flags
+finish
