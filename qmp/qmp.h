@@ -24,10 +24,17 @@ typedef void (*qmp_event_fn)(void *ctx, const char *event, json_object *data, ui
 /* A reply: on success err is NULL and ret the "return" value (borrowed for the call);
  * on failure ret is NULL and err carries QEMU's class and desc
  * ("CommandNotFound: The command foo has not been found"), a timeout (-ETIMEDOUT),
- * or a closed connection (-ECONNRESET). */
+ * or a closed connection (-ECONNRESET). err->code for QEMU errors: -EOPNOTSUPP for
+ * CommandNotFound and KVMMissingCap, -ENOENT for DeviceNotFound, -ENODEV for
+ * DeviceNotActive, -EIO otherwise. A QMP_NO_REPLY_OK command completed by hang-up or
+ * timeout gets ret == NULL and err == NULL.
+ * Every pending command gets exactly one call. Callbacks (these and events) may call
+ * qmp_send; they must not call the blocking helpers below, nor qmp_free (it
+ * aborts): free after qmp_handle_io returns. */
 typedef void (*qmp_reply_fn)(void *ctx, json_object *ret, const struct qv_err *err);
 
-/* Takes ownership of fd (a connected stream socket) and makes it non-blocking. */
+/* Takes ownership of fd (a connected stream socket) and makes it non-blocking and
+ * close-on-exec. NULL with errno set (fd closed) if that fails or fd < 0. */
 struct qmp *qmp_new(int fd, enum qmp_proto proto, qmp_event_fn on_event, void *ctx);
 /* Closes the fd; pending commands are NOT called back. */
 void qmp_free(struct qmp *q);
@@ -39,36 +46,52 @@ bool qmp_ready(const struct qmp *q);
 const char *qmp_qemu_version(const struct qmp *q);
 void qmp_qemu_version_numbers(const struct qmp *q, int *major, int *minor, int *micro);
 
-/* Starts the monitor handshake: greeting, then qmp_capabilities. `done` is called
- * once with the capabilities reply or the error. */
+/* Starts the monitor handshake: greeting, then qmp_capabilities, both within
+ * timeout_ms. `done` is called once with the capabilities reply or the error.
+ * -EINVAL on an agent, -EALREADY if a handshake is running or done. */
 int qmp_handshake(struct qmp *q, int timeout_ms, qmp_reply_fn done, void *ctx);
 
-/* Queues a command. `args` (may be NULL) is consumed. fds are sent with SCM_RIGHTS
- * along with the command (for getfd / add-fd); the caller keeps its copies.
+/* Queues a command with id "qv-N" and sends what the socket takes at once. `args`
+ * (may be NULL, else an object) is consumed, also on failure. fds are duplicated and
+ * sent with SCM_RIGHTS on the sendmsg that starts the command's bytes, which carries
+ * no other command (for getfd / add-fd); the caller keeps its copies and may close
+ * them at once. timeout_ms <= 0 means QMP_TIMEOUT_DEFAULT. done may be NULL.
+ * Fails (no callback) with -ECONNRESET once the connection is closed.
  * flags: QMP_NO_REPLY_OK for commands that may legitimately close the connection or
  * never answer (guest-shutdown): those complete with success on hang-up/timeout. */
 #define QMP_NO_REPLY_OK 1u
 int qmp_send(struct qmp *q, const char *cmd, json_object *args, const int *fds, size_t nfds,
              int timeout_ms, unsigned flags, qmp_reply_fn done, void *ctx);
-/* Guest agent only: sends guest-sync-delimited with a random id and discards
- * everything until its echo, so a stale reply never answers a new command. */
+/* Guest agent only: sends 0xFF and guest-sync-delimited with a random id and discards
+ * everything until a 0xFF followed by its echo, so a stale reply never answers a new
+ * command. -EBUSY while other commands are pending. If the sync fails, input stays
+ * discarded until a later sync succeeds. Agent replies without an id (old agents
+ * may not echo ids) answer the oldest command not flagged QMP_NO_REPLY_OK; the agent
+ * answers in order. */
 int qmp_agent_sync(struct qmp *q, int timeout_ms, qmp_reply_fn done, void *ctx);
 
 /* Event loop integration. handle_io reads and/or writes what it can, parses complete
  * messages and dispatches replies and events; it returns -ECONNRESET when the peer
  * closed or sent something that made us close (oversized, too deep, not JSON, invalid
- * UTF-8, not an object), after failing every pending command. */
+ * UTF-8, not an object), after failing every pending command. It reads at most 1 MiB
+ * per call, so register the fd level-triggered. After -ECONNRESET the fd stays open
+ * (shut down) until qmp_free: remove it from the epoll set; later calls return
+ * -ECONNRESET again without callbacks. A reply whose id matches no pending command
+ * (e.g. one that came after its timeout) is dropped; an error without id fails the
+ * oldest pending command, since QEMU sends those for input it could not parse. */
 int qmp_handle_io(struct qmp *q, uint32_t epoll_events, struct qv_err *e);
 /* EPOLLIN, plus EPOLLOUT while output is queued. */
 uint32_t qmp_poll_events(const struct qmp *q);
 /* Earliest deadline of a pending command (CLOCK_MONOTONIC ms), 0 if none. */
 uint64_t qmp_next_deadline(const struct qmp *q);
-/* Fails commands whose deadline passed with -ETIMEDOUT. */
+/* Fails commands whose deadline passed with -ETIMEDOUT; QMP_NO_REPLY_OK ones
+ * complete with success. */
 void qmp_expire(struct qmp *q, uint64_t now_ms);
 size_t qmp_pending(const struct qmp *q);
 
 /* ---- blocking helpers (CLI, tests, start-up) ---- */
-/* Connects to a unix socket path and, for monitors, does the handshake. */
+/* Connects to a unix socket path (also one longer than sun_path) and does the
+ * handshake (monitor) or guest-sync-delimited (agent), all within timeout_ms. */
 int qmp_connect_path(const char *path, enum qmp_proto proto, int timeout_ms, qmp_event_fn on_event,
                      void *ctx, struct qmp **out, struct qv_err *e);
 /* Does the handshake on an existing qmp (monitor) within timeout_ms. */
@@ -77,5 +100,11 @@ int qmp_handshake_sync(struct qmp *q, int timeout_ms, struct qv_err *e);
  * event callback. *ret (if non-NULL) receives a new reference to "return". */
 int qmp_call(struct qmp *q, const char *cmd, json_object *args, const int *fds, size_t nfds,
              int timeout_ms, json_object **ret, struct qv_err *e);
+/* qmp_call with flags and neither fds nor result: QMP_NO_REPLY_OK commands
+ * (guest-shutdown) return 0 when the peer hangs up or timeout_ms passes. */
+int qmp_call_flags(struct qmp *q, const char *cmd, json_object *args, int timeout_ms, unsigned flags,
+                   struct qv_err *e);
+/* Blocking qmp_agent_sync. */
+int qmp_agent_sync_call(struct qmp *q, int timeout_ms, struct qv_err *e);
 
 #endif
