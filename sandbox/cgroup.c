@@ -1,0 +1,730 @@
+/* The VM's cgroup: v2 (one directory, controllers enabled from above) or v1 (one
+ * directory per controller hierarchy). The supervisor resolves and records the
+ * paths, creates the cgroup with limits before spawning, the child joins it, and
+ * the supervisor removes it once QEMU has exited.
+ *
+ * A fake tree (plain directories and files, for tests) works too: writes to a
+ * file that is not on a cgroup file system replace its contents, and removal
+ * deletes the known control files; processes are only ever killed on a real
+ * cgroup file system. */
+#include <dirent.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <linux/magic.h>
+
+#include "sandbox/internal.h"
+
+const char *const cg_ctl_names[CG_NCTL] = {"memory", "cpu", "pids", "io"};
+static const char *const v1_names[CG_NCTL] = {"memory", "cpu", "pids", "blkio"};
+
+#define CG_ALL ((1u << CG_NCTL) - 1)
+
+static bool on_cgroupfs(const char *path)
+{
+    struct statfs sf;
+    return statfs(path, &sf) == 0 && (sf.f_type == CGROUP2_SUPER_MAGIC || sf.f_type == CGROUP_SUPER_MAGIC);
+}
+
+static int cg_write(const char *dir, const char *file, const char *value)
+{
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof(path), "%s/%s", dir, file) >= (int)sizeof(path))
+        return -ENAMETOOLONG;
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    struct statfs sf;
+    /* A fake tree's plain file must end up holding exactly the value. */
+    if (fstatfs(fd, &sf) == 0 && sf.f_type != CGROUP2_SUPER_MAGIC && sf.f_type != CGROUP_SUPER_MAGIC &&
+        ftruncate(fd, 0) < 0) {
+        int r = -errno;
+        close(fd);
+        return r;
+    }
+    size_t n = strlen(value);
+    ssize_t w = write(fd, value, n);
+    int r = w == (ssize_t)n ? 0 : w < 0 ? -errno : -EIO;
+    close(fd);
+    return r;
+}
+
+static int cg_read(const char *dir, const char *file, char *buf, size_t len)
+{
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof(path), "%s/%s", dir, file) >= (int)sizeof(path))
+        return -ENAMETOOLONG;
+    return read_small(path, buf, len);
+}
+
+static bool has_word(const char *list, const char *word)
+{
+    size_t n = strlen(word);
+    for (const char *p = list; (p = strstr(p, word)) != NULL; p += n) {
+        bool start = p == list || p[-1] == ' ' || p[-1] == '+' || p[-1] == '\n' || p[-1] == ',';
+        bool end = p[n] == '\0' || p[n] == ' ' || p[n] == '\n' || p[n] == ',';
+        if (start && end)
+            return true;
+    }
+    return false;
+}
+
+int cg_detect_version(const char *root)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/cgroup.controllers", root);
+    if (access(path, F_OK) == 0)
+        return 2;
+    for (int c = 0; c < CG_NCTL; c++)
+        if (cg_v1_hierarchy(root, c, path, sizeof(path)) == 0)
+            return 1;
+    return 0;
+}
+
+int cg_v1_hierarchy(const char *root, enum sandbox_cgroup_ctl c, char *out, size_t len)
+{
+    static const char *const alt[CG_NCTL][3] = {
+        [CG_MEMORY] = {"memory"},
+        [CG_CPU] = {"cpu", "cpu,cpuacct", "cpuacct,cpu"},
+        [CG_PIDS] = {"pids"},
+        [CG_IO] = {"blkio"},
+    };
+    for (int i = 0; i < 3 && alt[c][i]; i++) {
+        char probe[PATH_MAX];
+        snprintf(out, len, "%s/%s", root, alt[c][i]);
+        snprintf(probe, sizeof(probe), "%s/cgroup.procs", out);
+        if (access(probe, F_OK) == 0)
+            return 0;
+    }
+    return -ENOENT;
+}
+
+/* This process's cgroup in one hierarchy, from /proc/self/cgroup: "" for the
+ * v2 line when `v1_name` is NULL. */
+static int own_cgroup(const char *v1_name, char *out, size_t len)
+{
+    char buf[4096];
+    int r = read_small("/proc/self/cgroup", buf, sizeof(buf));
+    if (r < 0)
+        return r;
+    char *save_line = NULL;
+    for (char *line = strtok_r(buf, "\n", &save_line); line; line = strtok_r(NULL, "\n", &save_line)) {
+        char *c1 = strchr(line, ':');
+        char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (!c2)
+            continue;
+        *c2 = '\0';
+        const char *ctls = c1 + 1;
+        bool match = v1_name ? has_word(ctls, v1_name) : (*ctls == '\0' && strncmp(line, "0:", 2) == 0);
+        if (match) {
+            snprintf(out, len, "%s", c2 + 1);
+            return 0;
+        }
+    }
+    return -ENOENT;
+}
+
+static int join_path(char *out, size_t len, const char *a, const char *b, const char *c)
+{
+    /* Collapses the slashes callers put at either end of the parts. */
+    while (*b == '/')
+        b++;
+    size_t bl = strlen(b);
+    while (bl && b[bl - 1] == '/')
+        bl--;
+    int n = bl ? snprintf(out, len, "%s/%.*s/%s", a, (int)bl, b, c) : snprintf(out, len, "%s/%s", a, c);
+    return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+int sandbox_cgroup_resolve(const struct sandbox_cgroup_params *p, struct sandbox_cgroup *cg,
+                           struct qv_err *e)
+{
+    memset(cg, 0, sizeof(*cg));
+    const char *root = p->root ? p->root : "/sys/fs/cgroup";
+    if (!p->name || !name_valid(p->name))
+        return qv_fail(e, -EINVAL, "cgroup: \"%s\" is not a valid cgroup name", p->name ? p->name : "");
+    if (p->parent && strstr(p->parent, ".."))
+        return qv_fail(e, -EINVAL, "cgroup: parent \"%s\" must not contain ..", p->parent);
+    int version = p->version ? p->version : cg_detect_version(root);
+    if (version != 1 && version != 2)
+        return qv_fail(e, -ENOENT, "cgroup: no cgroup hierarchy under %s", root);
+    cg->version = version;
+    snprintf(cg->root, sizeof(cg->root), "%s", root);
+    char parent[PATH_MAX];
+    int r;
+    if (version == 2) {
+        if (p->parent)
+            snprintf(parent, sizeof(parent), "%s", p->parent);
+        else if ((r = own_cgroup(NULL, parent, sizeof(parent))) < 0)
+            return qv_failerr(e, r, "cgroup: this process's v2 cgroup");
+        if (join_path(cg->dir[0].path, PATH_MAX, root, parent, p->name) < 0)
+            return qv_fail(e, -ENAMETOOLONG, "cgroup: path too long");
+        cg->dir[0].ctls = CG_ALL;
+        cg->ndirs = 1;
+        return 0;
+    }
+    for (int c = 0; c < CG_NCTL; c++) {
+        char hier[PATH_MAX], path[PATH_MAX];
+        if (cg_v1_hierarchy(root, c, hier, sizeof(hier)) < 0)
+            continue;
+        if (p->parent)
+            snprintf(parent, sizeof(parent), "%s", p->parent);
+        else if ((r = own_cgroup(v1_names[c], parent, sizeof(parent))) < 0)
+            return qv_failerr(e, r, "cgroup: this process's %s cgroup", v1_names[c]);
+        if (join_path(path, sizeof(path), hier, parent, p->name) < 0)
+            return qv_fail(e, -ENAMETOOLONG, "cgroup: path too long");
+        size_t i = 0;
+        /* Co-mounted controllers share one directory. */
+        while (i < cg->ndirs && strcmp(cg->dir[i].path, path) != 0)
+            i++;
+        if (i == cg->ndirs)
+            snprintf(cg->dir[cg->ndirs++].path, PATH_MAX, "%s", path);
+        cg->dir[i].ctls |= 1u << c;
+    }
+    if (!cg->ndirs)
+        return qv_fail(e, -ENOENT, "cgroup: no memory, cpu, pids or blkio hierarchy under %s", root);
+    return 0;
+}
+
+/* ---- creating ------------------------------------------------------------------ */
+
+static int read_pids(const char *dir, pid_t *pids, size_t max, size_t *n)
+{
+    char buf[8192];
+    int r = cg_read(dir, "cgroup.procs", buf, sizeof(buf));
+    if (r < 0)
+        return r;
+    *n = 0;
+    char *save_tok = NULL;
+    for (char *tok = strtok_r(buf, " \n", &save_tok); tok; tok = strtok_r(NULL, " \n", &save_tok)) {
+        long v = strtol(tok, NULL, 10);
+        if (v > 0 && *n < max)
+            pids[(*n)++] = (pid_t)v;
+    }
+    return 0;
+}
+
+/* mkdir, or reuse a leftover from an earlier run if nothing runs in it. */
+static int make_leaf(const char *path, struct qv_err *e)
+{
+    _cleanup_free_ char *parent = qv_xstrdup(path);
+    char *slash = strrchr(parent, '/');
+    if (slash && slash != parent) {
+        *slash = '\0';
+        int r = mkdir_p(parent, 0755);
+        if (r < 0)
+            return qv_failerr(e, r, "cgroup: creating %s", parent);
+    }
+    if (mkdir(path, 0755) == 0)
+        return 0;
+    if (errno != EEXIST)
+        return qv_failerr(e, -errno, "cgroup: creating %s", path);
+    pid_t pids[4];
+    size_t n = 0;
+    int r = read_pids(path, pids, ARRAY_SIZE(pids), &n);
+    if (r < 0)
+        return qv_failerr(e, r, "cgroup: reading %s/cgroup.procs", path);
+    if (n)
+        return qv_fail(e, -EBUSY, "cgroup: %s already has processes (pid %d): a QEMU from an earlier run?",
+                       path, (int)pids[0]);
+    return 0;
+}
+
+/* v2: every level from the root down to the leaf's parent must pass the
+ * controllers on; enable what is missing, one write for all, one by one if that
+ * fails. Levels whose controllers are already enabled (systemd's) are only read. */
+static unsigned v2_enable(const char *root, const char *leaf, unsigned want, struct strv *warnings)
+{
+    _cleanup_free_ char *parent = qv_xstrdup(leaf);
+    char *slash = strrchr(parent, '/');
+    if (slash)
+        *slash = '\0';
+    size_t rootlen = strlen(root);
+    if (strncmp(parent, root, rootlen) != 0)
+        return 0;
+    unsigned passed = want;
+    size_t len = strlen(parent), pos = rootlen;
+    for (;;) {
+        char saved = parent[pos];
+        parent[pos] = '\0';
+        char avail[512] = "", enabled[512] = "";
+        cg_read(parent, "cgroup.controllers", avail, sizeof(avail));
+        cg_read(parent, "cgroup.subtree_control", enabled, sizeof(enabled));
+        struct buf all = {0};
+        for (int c = 0; c < CG_NCTL; c++) {
+            if (!(passed & (1u << c)))
+                continue;
+            if (!has_word(avail, cg_ctl_names[c])) {
+                strv_pushf(warnings, "cgroup: controller %s is not available in %s", cg_ctl_names[c], parent);
+                passed &= ~(1u << c);
+            } else if (!has_word(enabled, cg_ctl_names[c])) {
+                buf_printf(&all, "%s+%s", all.len ? " " : "", cg_ctl_names[c]);
+            }
+        }
+        if (all.len && cg_write(parent, "cgroup.subtree_control", all.p) < 0) {
+            for (int c = 0; c < CG_NCTL; c++) {
+                if (!(passed & (1u << c)) || has_word(enabled, cg_ctl_names[c]))
+                    continue;
+                char tok[16];
+                snprintf(tok, sizeof(tok), "+%s", cg_ctl_names[c]);
+                int r = cg_write(parent, "cgroup.subtree_control", tok);
+                if (r < 0) {
+                    strv_pushf(warnings, "cgroup: cannot enable %s in %s/cgroup.subtree_control: %s%s",
+                               cg_ctl_names[c], parent, strerror(-r),
+                               r == -EBUSY ? " (it has processes: move them into a leaf cgroup)" : "");
+                    passed &= ~(1u << c);
+                }
+            }
+        }
+        buf_free(&all);
+        parent[pos] = saved;
+        if (pos >= len)
+            break;
+        char *next = strchr(parent + pos + 1, '/');
+        pos = next ? (size_t)(next - parent) : len;
+    }
+    return passed;
+}
+
+static unsigned clampu(uint64_t v, unsigned lo, unsigned hi)
+{
+    return v < lo ? lo : v > hi ? hi : (unsigned)v;
+}
+
+struct writer {
+    const char *dir;
+    struct strv *warnings;
+    struct qv_err *e;
+};
+
+/* Missing file: a warning (the controller or feature is absent). Refused value: an error. */
+static int put(struct writer *w, const char *file, const char *fmt, ...) QV_PRINTF(3, 4);
+static int put(struct writer *w, const char *file, const char *fmt, ...)
+{
+    char value[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(value, sizeof(value), fmt, ap);
+    va_end(ap);
+    int r = cg_write(w->dir, file, value);
+    if (r == -ENOENT) {
+        strv_pushf(w->warnings, "cgroup: %s/%s does not exist; limit \"%s\" not applied", w->dir, file, value);
+        return 1;
+    }
+    if (r < 0)
+        return qv_failerr(w->e, r, "cgroup: writing \"%s\" to %s/%s", value, w->dir, file);
+    return 0;
+}
+
+static int v2_limits(struct writer *w, unsigned ctls, const struct sandbox_cgroup_limits *l)
+{
+    int r = 0;
+    if (ctls & (1u << CG_MEMORY) && l->memory_max) {
+        if ((r = put(w, "memory.max", "%" PRIu64, l->memory_max)) < 0)
+            return r;
+        /* An OOM kill takes the whole VM, never half of QEMU's threads' owner. */
+        char path[PATH_MAX];
+        snprintf(path, sizeof(path), "%s/memory.oom.group", w->dir);
+        if (access(path, F_OK) == 0 && (r = put(w, "memory.oom.group", "1")) < 0)
+            return r;
+    }
+    if (ctls & (1u << CG_CPU)) {
+        if (l->cpu_quota_us &&
+            (r = put(w, "cpu.max", "%" PRIu64 " %" PRIu64, l->cpu_quota_us,
+                     l->cpu_period_us ? l->cpu_period_us : 100000)) < 0)
+            return r;
+        if (l->cpu_weight && (r = put(w, "cpu.weight", "%u", clampu(l->cpu_weight, 1, 10000))) < 0)
+            return r;
+    }
+    if (ctls & (1u << CG_PIDS) && l->pids_max && (r = put(w, "pids.max", "%" PRIu64, l->pids_max)) < 0)
+        return r;
+    if (ctls & (1u << CG_IO)) {
+        if (l->io_weight) {
+            char path[PATH_MAX];
+            snprintf(path, sizeof(path), "%s/io.weight", w->dir);
+            unsigned wt = clampu(l->io_weight, 1, 10000);
+            /* io.weight comes with blk-iocost; with BFQ only io.bfq.weight exists. */
+            if (access(path, F_OK) == 0)
+                r = put(w, "io.weight", "default %u", wt);
+            else
+                r = put(w, "io.bfq.weight", "%u", clampu(wt, 1, 1000));
+            if (r < 0)
+                return r;
+        }
+        for (size_t i = 0; i < l->nio; i++) {
+            const struct sandbox_io_limit *d = &l->io[i];
+            struct buf b = {0};
+            buf_printf(&b, "%u:%u", d->major, d->minor);
+            if (d->rbps)
+                buf_printf(&b, " rbps=%" PRIu64, d->rbps);
+            if (d->wbps)
+                buf_printf(&b, " wbps=%" PRIu64, d->wbps);
+            if (d->riops)
+                buf_printf(&b, " riops=%" PRIu64, d->riops);
+            if (d->wiops)
+                buf_printf(&b, " wiops=%" PRIu64, d->wiops);
+            r = put(w, "io.max", "%s", b.p);
+            buf_free(&b);
+            if (r < 0)
+                return r;
+        }
+    }
+    return 0;
+}
+
+static int v1_limits(struct writer *w, unsigned ctls, const struct sandbox_cgroup_limits *l)
+{
+    int r = 0;
+    if (ctls & (1u << CG_MEMORY) && l->memory_max &&
+        (r = put(w, "memory.limit_in_bytes", "%" PRIu64, l->memory_max)) < 0)
+        return r;
+    if (ctls & (1u << CG_CPU)) {
+        if (l->cpu_quota_us) {
+            if ((r = put(w, "cpu.cfs_period_us", "%" PRIu64, l->cpu_period_us ? l->cpu_period_us : 100000)) < 0 ||
+                (r = put(w, "cpu.cfs_quota_us", "%" PRIu64, l->cpu_quota_us)) < 0)
+                return r;
+        }
+        /* cgroup v2 weight 100 is v1's 1024 shares, as systemd converts it. */
+        if (l->cpu_weight &&
+            (r = put(w, "cpu.shares", "%u", clampu((uint64_t)l->cpu_weight * 1024 / 100, 2, 262144))) < 0)
+            return r;
+    }
+    if (ctls & (1u << CG_PIDS) && l->pids_max && (r = put(w, "pids.max", "%" PRIu64, l->pids_max)) < 0)
+        return r;
+    if (ctls & (1u << CG_IO)) {
+        if (l->io_weight) {
+            char path[PATH_MAX];
+            snprintf(path, sizeof(path), "%s/blkio.weight", w->dir);
+            /* CFQ's blkio.weight is 10..1000 around 500; BFQ's is 1..1000 around 100. */
+            if (access(path, F_OK) == 0)
+                r = put(w, "blkio.weight", "%u", clampu((uint64_t)l->io_weight * 500 / 100, 10, 1000));
+            else
+                r = put(w, "blkio.bfq.weight", "%u", clampu(l->io_weight, 1, 1000));
+            if (r < 0)
+                return r;
+        }
+        for (size_t i = 0; i < l->nio; i++) {
+            const struct sandbox_io_limit *d = &l->io[i];
+            const struct { const char *file; uint64_t v; } t[] = {
+                {"blkio.throttle.read_bps_device", d->rbps},
+                {"blkio.throttle.write_bps_device", d->wbps},
+                {"blkio.throttle.read_iops_device", d->riops},
+                {"blkio.throttle.write_iops_device", d->wiops},
+            };
+            for (size_t k = 0; k < ARRAY_SIZE(t); k++)
+                if (t[k].v && (r = put(w, t[k].file, "%u:%u %" PRIu64, d->major, d->minor, t[k].v)) < 0)
+                    return r;
+        }
+    }
+    return 0;
+}
+
+static unsigned wanted(const struct sandbox_cgroup_limits *l)
+{
+    unsigned m = 0;
+    if (l->memory_max)
+        m |= 1u << CG_MEMORY;
+    if (l->cpu_quota_us || l->cpu_weight)
+        m |= 1u << CG_CPU;
+    if (l->pids_max)
+        m |= 1u << CG_PIDS;
+    if (l->io_weight || l->nio)
+        m |= 1u << CG_IO;
+    return m;
+}
+
+static void strv_freep(struct strv *s)
+{
+    strv_free(s);
+}
+
+int sandbox_cgroup_create(struct sandbox_cgroup *cg, const struct sandbox_cgroup_limits *l,
+                          struct strv *warnings, struct qv_err *e)
+{
+    static const struct sandbox_cgroup_limits none;
+    if (!l)
+        l = &none;
+    _cleanup_(strv_freep) struct strv local = {0};
+    struct strv *warn = warnings ? warnings : &local;
+    int r = 0;
+    cg->ctls = 0;
+    if (cg->version == 2) {
+        if ((r = make_leaf(cg->dir[0].path, e)) < 0)
+            return r;
+        cg->dir[0].ctls = v2_enable(cg->root, cg->dir[0].path, CG_ALL, warn);
+        cg->ctls = cg->dir[0].ctls;
+        struct writer w = {cg->dir[0].path, warn, e};
+        if ((r = v2_limits(&w, cg->ctls, l)) < 0)
+            return r;
+    } else {
+        for (size_t i = 0; i < cg->ndirs; i++) {
+            if ((r = make_leaf(cg->dir[i].path, e)) < 0)
+                return r;
+            cg->ctls |= cg->dir[i].ctls;
+            struct writer w = {cg->dir[i].path, warn, e};
+            if ((r = v1_limits(&w, cg->dir[i].ctls, l)) < 0)
+                return r;
+        }
+    }
+    unsigned missing = wanted(l) & ~cg->ctls;
+    for (int c = 0; c < CG_NCTL; c++)
+        if (missing & (1u << c))
+            strv_pushf(warn, "cgroup: no %s controller: its limits are not applied", cg_ctl_names[c]);
+    return 0;
+}
+
+/* ---- reading back ------------------------------------------------------------------ */
+
+static void put_num(json_object *o, const char *key, const char *text, uint64_t unlimited_from)
+{
+    if (!text)
+        return;
+    while (*text == ' ')
+        text++;
+    if (strncmp(text, "max", 3) == 0) {
+        json_object_object_add(o, key, NULL);
+        return;
+    }
+    char *end;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (errno || end == text)
+        return;
+    if (v < 0 || (uint64_t)v >= unlimited_from)
+        json_object_object_add(o, key, NULL);
+    else
+        json_object_object_add(o, key, json_object_new_int64(v));
+}
+
+static void put_file_num(json_object *o, const char *key, const char *dir, const char *file,
+                         uint64_t unlimited_from)
+{
+    char buf[128];
+    if (cg_read(dir, file, buf, sizeof(buf)) >= 0)
+        put_num(o, key, buf, unlimited_from);
+}
+
+static void put_keyed(json_object *o, const char *key, const char *dir, const char *file, const char *word)
+{
+    char buf[1024];
+    if (cg_read(dir, file, buf, sizeof(buf)) < 0)
+        return;
+    size_t n = strlen(word);
+    char *save_line = NULL;
+    for (char *line = strtok_r(buf, "\n", &save_line); line; line = strtok_r(NULL, "\n", &save_line))
+        if (strncmp(line, word, n) == 0 && line[n] == ' ')
+            put_num(o, key, line + n + 1, UINT64_MAX);
+}
+
+static void put_lines(json_object *o, const char *key, const char *dir, const char *file)
+{
+    char buf[2048];
+    if (cg_read(dir, file, buf, sizeof(buf)) < 0)
+        return;
+    json_object *a = json_object_new_array();
+    char *save_line = NULL;
+    for (char *line = strtok_r(buf, "\n", &save_line); line; line = strtok_r(NULL, "\n", &save_line))
+        json_object_array_add(a, json_object_new_string(line));
+    json_object_object_add(o, key, a);
+}
+
+void cg_dir_read(int version, const char *dir, unsigned ctls, json_object *o)
+{
+    /* v1 reports "unlimited" as the largest page-aligned long. */
+    const uint64_t v1_unlimited = 1ull << 62;
+    if (version == 2) {
+        if (ctls & (1u << CG_MEMORY)) {
+            put_file_num(o, "memory_max", dir, "memory.max", UINT64_MAX);
+            put_file_num(o, "memory_current", dir, "memory.current", UINT64_MAX);
+            put_keyed(o, "oom_kills", dir, "memory.events", "oom_kill");
+        }
+        if (ctls & (1u << CG_CPU)) {
+            char buf[128];
+            if (cg_read(dir, "cpu.max", buf, sizeof(buf)) >= 0) {
+                put_num(o, "cpu_quota_us", buf, UINT64_MAX);
+                const char *sp = strchr(buf, ' ');
+                if (sp)
+                    put_num(o, "cpu_period_us", sp + 1, UINT64_MAX);
+            }
+            put_file_num(o, "cpu_weight", dir, "cpu.weight", UINT64_MAX);
+        }
+        if (ctls & (1u << CG_PIDS)) {
+            put_file_num(o, "pids_max", dir, "pids.max", UINT64_MAX);
+            put_file_num(o, "pids_current", dir, "pids.current", UINT64_MAX);
+        }
+        if (ctls & (1u << CG_IO)) {
+            char buf[256];
+            if (cg_read(dir, "io.weight", buf, sizeof(buf)) >= 0 && str_startswith(buf, "default "))
+                put_num(o, "io_weight", buf + 8, UINT64_MAX);
+            else
+                put_file_num(o, "io_weight", dir, "io.bfq.weight", UINT64_MAX);
+            put_lines(o, "io_max", dir, "io.max");
+        }
+        return;
+    }
+    if (ctls & (1u << CG_MEMORY)) {
+        put_file_num(o, "memory_max", dir, "memory.limit_in_bytes", v1_unlimited);
+        put_file_num(o, "memory_current", dir, "memory.usage_in_bytes", UINT64_MAX);
+        put_keyed(o, "oom_kills", dir, "memory.oom_control", "oom_kill");
+    }
+    if (ctls & (1u << CG_CPU)) {
+        put_file_num(o, "cpu_quota_us", dir, "cpu.cfs_quota_us", UINT64_MAX);
+        put_file_num(o, "cpu_period_us", dir, "cpu.cfs_period_us", UINT64_MAX);
+        put_file_num(o, "cpu_shares", dir, "cpu.shares", UINT64_MAX);
+    }
+    if (ctls & (1u << CG_PIDS)) {
+        put_file_num(o, "pids_max", dir, "pids.max", UINT64_MAX);
+        put_file_num(o, "pids_current", dir, "pids.current", UINT64_MAX);
+    }
+    if (ctls & (1u << CG_IO)) {
+        put_file_num(o, "io_weight", dir, "blkio.weight", UINT64_MAX);
+        if (!json_object_object_get_ex(o, "io_weight", NULL))
+            put_file_num(o, "io_weight", dir, "blkio.bfq.weight", UINT64_MAX);
+        put_lines(o, "io_read_bps", dir, "blkio.throttle.read_bps_device");
+        put_lines(o, "io_write_bps", dir, "blkio.throttle.write_bps_device");
+        put_lines(o, "io_read_iops", dir, "blkio.throttle.read_iops_device");
+        put_lines(o, "io_write_iops", dir, "blkio.throttle.write_iops_device");
+    }
+}
+
+int sandbox_cgroup_read(const struct sandbox_cgroup *cg, json_object **out, struct qv_err *e)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "version", json_object_new_int(cg->version));
+    json_object *paths = json_object_new_array();
+    for (size_t i = 0; i < cg->ndirs; i++) {
+        if (access(cg->dir[i].path, F_OK) < 0) {
+            int r = -errno;
+            json_object_put(paths);
+            json_object_put(o);
+            return qv_failerr(e, r, "cgroup: %s", cg->dir[i].path);
+        }
+        json_object_array_add(paths, json_object_new_string(cg->dir[i].path));
+    }
+    json_object_object_add(o, "paths", paths);
+    json_object *limits = json_object_new_object();
+    for (size_t i = 0; i < cg->ndirs; i++)
+        cg_dir_read(cg->version, cg->dir[i].path, cg->dir[i].ctls & (cg->ctls ? cg->ctls : CG_ALL), limits);
+    json_object_object_add(o, "limits", limits);
+    *out = o;
+    return 0;
+}
+
+int sandbox_cgroup_oom_kills(const struct sandbox_cgroup *cg, uint64_t *count)
+{
+    for (size_t i = 0; i < cg->ndirs; i++) {
+        if (!(cg->dir[i].ctls & (1u << CG_MEMORY)))
+            continue;
+        char buf[1024];
+        int r = cg_read(cg->dir[i].path, cg->version == 2 ? "memory.events" : "memory.oom_control", buf,
+                        sizeof(buf));
+        if (r < 0)
+            return r;
+        char *save_line = NULL;
+        for (char *line = strtok_r(buf, "\n", &save_line); line; line = strtok_r(NULL, "\n", &save_line))
+            if (str_startswith(line, "oom_kill ")) {
+                *count = strtoull(line + 9, NULL, 10);
+                return 0;
+            }
+        return -ENOENT;
+    }
+    return -ENOENT;
+}
+
+/* ---- removing ------------------------------------------------------------------------- */
+
+static void remove_fake_files(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        /* Only names a cgroup directory holds: never anything else by mistake. */
+        if (de->d_type != DT_REG || (!strchr(de->d_name, '.') && strcmp(de->d_name, "tasks") != 0))
+            continue;
+        unlinkat(dirfd(d), de->d_name, 0);
+    }
+    closedir(d);
+}
+
+static int remove_dir(const char *dir, uint64_t deadline, struct qv_err *e)
+{
+    if (access(dir, F_OK) < 0)
+        return 0;
+    bool real = on_cgroupfs(dir);
+    char kill_file[PATH_MAX];
+    snprintf(kill_file, sizeof(kill_file), "%s/cgroup.kill", dir);
+    if (real && access(kill_file, F_OK) == 0)
+        cg_write(dir, "cgroup.kill", "1");
+    for (;;) {
+        if (real) {
+            pid_t pids[256];
+            size_t n = 0;
+            if (read_pids(dir, pids, ARRAY_SIZE(pids), &n) == 0)
+                for (size_t i = 0; i < n; i++)
+                    kill(pids[i], SIGKILL);
+        } else {
+            remove_fake_files(dir);
+        }
+        if (rmdir(dir) == 0 || errno == ENOENT)
+            return 0;
+        int err = errno;
+        if ((err != EBUSY && err != ENOTEMPTY) || monotonic_ms() >= deadline)
+            return qv_failerr(e, -err, "cgroup: removing %s", dir);
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+int sandbox_cgroup_remove(const struct sandbox_cgroup *cg, int timeout_ms, struct qv_err *e)
+{
+    uint64_t deadline = monotonic_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 5000);
+    int first = 0;
+    for (size_t i = 0; i < cg->ndirs; i++) {
+        int r = remove_dir(cg->dir[i].path, deadline, e);
+        if (r < 0 && first == 0)
+            first = r;
+    }
+    return first;
+}
+
+/* ---- sizing -------------------------------------------------------------------------------- */
+
+int sandbox_parse_cpu_quota(const char *s, uint64_t *quota_us, uint64_t *period_us, struct qv_err *e)
+{
+    if (strcmp(s, "max") == 0) {
+        *quota_us = 0;
+        *period_us = 100000;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    double pct = strtod(s, &end);
+    if (errno || end == s || strcmp(end, "%") != 0 || !isfinite(pct) || pct <= 0 || pct > 100000)
+        return qv_fail(e, -EINVAL, "\"%s\" is not a CPU quota like \"150%%\" or \"max\"", s);
+    *period_us = 100000;
+    /* The kernel's smallest quota is 1 ms. */
+    uint64_t q = (uint64_t)(pct * 1000.0 + 0.5);
+    *quota_us = q < 1000 ? 1000 : q;
+    return 0;
+}
+
+uint64_t sandbox_memory_overhead(uint64_t guest_ram, unsigned vcpus, bool tcg)
+{
+    const uint64_t mib = 1ull << 20;
+    /* Heap, libraries and device state; page tables and the dirty bitmap grow
+     * with RAM; each vCPU thread has its stack and KVM/TCG state; TCG's
+     * translation buffer fills up to its size as the guest runs code. */
+    uint64_t o = 256 * mib + guest_ram / 16 + (uint64_t)(vcpus ? vcpus : 1) * 32 * mib;
+    if (tcg)
+        o += 512 * mib;
+    return o;
+}

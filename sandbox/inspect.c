@@ -1,0 +1,207 @@
+/* What is in force for a running process, read back from /proc rather than
+ * remembered from the spec: `qvisor status --json` shows the truth even for a
+ * QEMU started by an earlier supervisor. */
+#include <dirent.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "sandbox/internal.h"
+
+static json_object *ids(const char *text)
+{
+    json_object *a = json_object_new_array();
+    char *end;
+    for (const char *p = text; *p;) {
+        errno = 0;
+        unsigned long v = strtoul(p, &end, 10);
+        if (end == p || errno)
+            break;
+        json_object_array_add(a, json_object_new_int64((int64_t)v));
+        p = end;
+        while (*p == ' ' || *p == '\t')
+            p++;
+    }
+    return a;
+}
+
+static void add_status(json_object *o, const char *status)
+{
+    char v[256];
+    if (status_field(status, "Uid", v, sizeof(v)))
+        json_object_object_add(o, "uid", ids(v));
+    if (status_field(status, "Gid", v, sizeof(v)))
+        json_object_object_add(o, "gid", ids(v));
+    if (status_field(status, "Groups", v, sizeof(v)))
+        json_object_object_add(o, "groups", ids(v));
+    static const struct { const char *field, *key; } caps[] = {
+        {"CapInh", "inheritable"}, {"CapPrm", "permitted"}, {"CapEff", "effective"},
+        {"CapBnd", "bounding"}, {"CapAmb", "ambient"},
+    };
+    json_object *c = json_object_new_object();
+    bool none = true;
+    for (size_t i = 0; i < ARRAY_SIZE(caps); i++) {
+        if (!status_field(status, caps[i].field, v, sizeof(v)))
+            continue;
+        json_object_object_add(c, caps[i].key, json_object_new_string(v));
+        if (strtoull(v, NULL, 16) != 0)
+            none = false;
+    }
+    json_object_object_add(c, "none", json_object_new_boolean(none));
+    json_object_object_add(o, "capabilities", c);
+    if (status_field(status, "NoNewPrivs", v, sizeof(v)))
+        json_object_object_add(o, "no_new_privs", json_object_new_boolean(atoi(v) == 1));
+    json_object *sc = json_object_new_object();
+    if (status_field(status, "Seccomp", v, sizeof(v)))
+        json_object_object_add(sc, "mode", json_object_new_int(atoi(v)));
+    if (status_field(status, "Seccomp_filters", v, sizeof(v)))
+        json_object_object_add(sc, "filters", json_object_new_int(atoi(v)));
+    json_object_object_add(o, "seccomp", sc);
+}
+
+static json_object *namespaces(pid_t pid)
+{
+    static const char *const names[] = {"cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts"};
+    json_object *a = json_object_new_array();
+    for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
+        char mine[64], theirs[64], path[64];
+        snprintf(path, sizeof(path), "/proc/self/ns/%s", names[i]);
+        ssize_t n1 = readlink(path, mine, sizeof(mine) - 1);
+        snprintf(path, sizeof(path), "/proc/%d/ns/%s", (int)pid, names[i]);
+        ssize_t n2 = readlink(path, theirs, sizeof(theirs) - 1);
+        if (n1 < 0 || n2 < 0)
+            continue;
+        if (n1 != n2 || memcmp(mine, theirs, (size_t)n1) != 0)
+            json_object_array_add(a, json_object_new_string(names[i]));
+    }
+    return a;
+}
+
+static json_object *rlimits(pid_t pid)
+{
+    static const struct { const char *label, *key; } want[] = {
+        {"Max open files", "nofile"}, {"Max locked memory", "memlock"}, {"Max core file size", "core"},
+    };
+    char path[64], buf[4096];
+    snprintf(path, sizeof(path), "/proc/%d/limits", (int)pid);
+    json_object *o = json_object_new_object();
+    if (read_small(path, buf, sizeof(buf)) < 0)
+        return o;
+    char *save_line = NULL;
+    for (char *line = strtok_r(buf, "\n", &save_line); line; line = strtok_r(NULL, "\n", &save_line)) {
+        for (size_t i = 0; i < ARRAY_SIZE(want); i++) {
+            size_t n = strlen(want[i].label);
+            if (strncmp(line, want[i].label, n) != 0)
+                continue;
+            json_object *pair = json_object_new_array();
+            char *p = line + n;
+            for (int k = 0; k < 2; k++) {
+                while (*p == ' ')
+                    p++;
+                if (strncmp(p, "unlimited", 9) == 0) {
+                    json_object_array_add(pair, NULL);
+                    p += 9;
+                } else {
+                    char *end;
+                    json_object_array_add(pair, json_object_new_int64(strtoll(p, &end, 10)));
+                    p = end;
+                }
+            }
+            json_object_object_add(o, want[i].key, pair);
+        }
+    }
+    return o;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static json_object *dev_listing(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/root/dev", (int)pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return NULL;
+    struct strv names = {0};
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL)
+        if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+            strv_push(&names, de->d_name);
+    closedir(d);
+    if (names.n)
+        qsort(names.v, names.n, sizeof(char *), cmp_str);
+    json_object *a = json_object_new_array();
+    for (size_t i = 0; i < names.n; i++)
+        json_object_array_add(a, json_object_new_string(names.v[i]));
+    strv_free(&names);
+    return a;
+}
+
+static json_object *cgroups(pid_t pid, const char *root)
+{
+    char path[64], buf[4096];
+    snprintf(path, sizeof(path), "/proc/%d/cgroup", (int)pid);
+    if (read_small(path, buf, sizeof(buf)) < 0)
+        return NULL;
+    int version = cg_detect_version(root);
+    json_object *o = json_object_new_object();
+    json_object *paths = json_object_new_object();
+    json_object *limits = json_object_new_object();
+    json_object_object_add(o, "version", json_object_new_int(version));
+    static const char *const v1_names[CG_NCTL] = {"memory", "cpu", "pids", "blkio"};
+    char *save_line = NULL;
+    for (char *line = strtok_r(buf, "\n", &save_line); line; line = strtok_r(NULL, "\n", &save_line)) {
+        char *c1 = strchr(line, ':');
+        char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (!c2)
+            continue;
+        *c2 = '\0';
+        const char *ctls = c1 + 1, *cpath = c2 + 1;
+        char dir[PATH_MAX];
+        if (version == 2 && *ctls == '\0') {
+            snprintf(dir, sizeof(dir), "%s%s", root, cpath);
+            json_object_object_add(paths, "unified", json_object_new_string(cpath));
+            cg_dir_read(2, dir, (1u << CG_NCTL) - 1, limits);
+            continue;
+        }
+        if (version != 1)
+            continue;
+        for (int c = 0; c < CG_NCTL; c++) {
+            size_t n = strlen(v1_names[c]);
+            bool listed = false;
+            for (const char *p = ctls; (p = strstr(p, v1_names[c])) != NULL; p += n)
+                if ((p == ctls || p[-1] == ',') && (p[n] == ',' || p[n] == '\0'))
+                    listed = true;
+            char hier[PATH_MAX];
+            if (!listed || cg_v1_hierarchy(root, c, hier, sizeof(hier)) < 0)
+                continue;
+            snprintf(dir, sizeof(dir), "%s%s", hier, cpath);
+            json_object_object_add(paths, v1_names[c], json_object_new_string(cpath));
+            cg_dir_read(1, dir, 1u << c, limits);
+        }
+    }
+    json_object_object_add(o, "paths", paths);
+    json_object_object_add(o, "limits", limits);
+    return o;
+}
+
+int sandbox_inspect(pid_t pid, const char *cgroup_root, json_object **out, struct qv_err *e)
+{
+    char path[64], status[8192];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    int r = read_small(path, status, sizeof(status));
+    if (r < 0)
+        return qv_failerr(e, r, "pid %d", (int)pid);
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "pid", json_object_new_int(pid));
+    add_status(o, status);
+    json_object_object_add(o, "namespaces", namespaces(pid));
+    json_object_object_add(o, "rlimits", rlimits(pid));
+    json_object_object_add(o, "dev", dev_listing(pid));
+    json_object_object_add(o, "cgroup", cgroups(pid, cgroup_root ? cgroup_root : "/sys/fs/cgroup"));
+    *out = o;
+    return 0;
+}

@@ -1,0 +1,247 @@
+/* sandbox: confines a child between fork and exec, in one place.
+ *
+ * The supervisor resolves what the VM runs as (a uid lease or a fixed user),
+ * creates its cgroup, fills a sandbox_spec and calls sandbox_spawn() instead of
+ * fork + execve. In the child, in this order, each step failing loudly:
+ *   1. fds: only the mapped fds survive, at their fixed numbers; signal
+ *      dispositions and mask reset; the environment is exactly spec.envp;
+ *   2. cgroup: join the VM's cgroup;
+ *   3. mount: a new mount namespace whose root is a tmpfs holding read-only
+ *      binds of what QEMU needs, a private /tmp, a private minimal /dev and
+ *      /proc; nothing else of the host (disks come as fds);
+ *   4. rlimits;
+ *   5. user: setgroups, setresgid, setresuid to the VM's own ids;
+ *   6. caps: every capability set empty, bounding and ambient included;
+ *      no_new_privs;
+ *   7. seccomp: a deny list on top of "allow", loaded last before execve.
+ * Errors in the child come back to the parent with the step that failed and
+ * errno: "web1: sandbox: mount: pivot_root: Operation not permitted".
+ *
+ * A step the host cannot provide (no root, no cgroup hierarchy, ...) is never
+ * skipped silently: sandbox_host_check() reports it, and sandbox_spawn() fails
+ * when the spec requires the step, or skips it with a warning otherwise. */
+#ifndef QV_SANDBOX_H
+#define QV_SANDBOX_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include "common/common.h"
+
+/* ---- steps ---------------------------------------------------------------- */
+enum sandbox_step {
+    SANDBOX_CGROUP,
+    SANDBOX_MOUNT,
+    SANDBOX_RLIMITS,
+    SANDBOX_USER,
+    SANDBOX_CAPS,
+    SANDBOX_SECCOMP,
+    SANDBOX_NSTEPS
+};
+#define SANDBOX_STEP(s) (1u << (s))
+#define SANDBOX_ALL_STEPS ((1u << SANDBOX_NSTEPS) - 1)
+
+/* "cgroup", "mount", "rlimits", "user", "caps", "seccomp". */
+const char *sandbox_step_name(enum sandbox_step s);
+/* Names (as in `sandbox.require`, "all" for every step) to a mask of SANDBOX_STEP bits. */
+int sandbox_steps_parse(const char *const *names, unsigned *mask, struct qv_err *e);
+
+/* What this host can apply; for `qvisor host-check`, the VM log, and spawn. */
+struct sandbox_host {
+    struct {
+        bool available;
+        char detail[256];
+    } step[SANDBOX_NSTEPS];
+    int cgroup_version;             /* 0 (none), 1 or 2 */
+    char cgroup_controllers[128];   /* the ones we limit: "memory cpu pids blkio" */
+    bool kvm;                       /* /dev/kvm is a character device */
+    bool mknod;                     /* device nodes can be created in a private /dev */
+    bool cap_sys_resource;          /* rlimits may go above the current hard limits */
+    uint64_t nofile_hard, memlock_hard;     /* UINT64_MAX: unlimited */
+};
+/* Probes with real operations (a throw-away child tries the mount namespace).
+ * `cgroup_root` is usually "/sys/fs/cgroup". Never fails: unknowns are "not available". */
+void sandbox_host_check(const char *cgroup_root, struct sandbox_host *h);
+json_object *sandbox_host_json(const struct sandbox_host *h);
+
+/* A step that cannot be applied: an error naming the step when `require` has it,
+ * otherwise a warning "NAME: sandbox: STEP not applied: DETAIL" appended to
+ * `warnings` (which may be NULL) and 0. For callers that prepare a step outside
+ * sandbox_spawn, such as the cgroup. */
+int sandbox_degrade(unsigned require, enum sandbox_step step, const char *name, const char *detail,
+                    struct strv *warnings, struct qv_err *e);
+
+/* ---- the uid a VM runs as -------------------------------------------------- */
+/* A dynamic uid, held by an flock on LOCK_DIR/UID for as long as the lease's fd
+ * is open anywhere: pass `lock_fd` as spec.hold_fd so that QEMU holds it too and
+ * the uid stays taken even if the supervisor dies before QEMU. */
+struct sandbox_uid_lease {
+    uid_t uid;
+    gid_t gid;          /* same number as uid: a group of its own */
+    int lock_fd;        /* read-only; -1 when not held */
+};
+/* Picks a uid in [first, last] stable for `name` (hash of the name, then linear
+ * probing), never 0, never one that names an existing user or group, never one
+ * that another running VM holds. A lock file without a holder is free. */
+int sandbox_uid_acquire(const char *lock_dir, uid_t first, uid_t last, const char *name,
+                        struct sandbox_uid_lease *out, struct qv_err *e);
+/* Drops this process's hold (QEMU may still hold its copy). Idempotent. */
+void sandbox_uid_release(struct sandbox_uid_lease *l);
+/* Who holds uid's lock file according to its contents ("" if unknown); diagnostics. */
+int sandbox_uid_holder(const char *lock_dir, uid_t uid, char *name, size_t len);
+/* A fixed user or group from the passwd/group database; root is refused. */
+int sandbox_user_lookup(const char *user, uid_t *uid, gid_t *gid, struct qv_err *e);
+int sandbox_group_lookup(const char *group, gid_t *gid, struct qv_err *e);
+
+/* ---- cgroups ------------------------------------------------------------------ */
+enum sandbox_cgroup_ctl { CG_MEMORY, CG_CPU, CG_PIDS, CG_IO, CG_NCTL };
+
+struct sandbox_io_limit {
+    unsigned major, minor;
+    uint64_t rbps, wbps, riops, wiops;      /* 0: no limit */
+};
+
+/* 0 means "not limited" everywhere. Weights use the cgroup v2 scale (1..10000,
+ * default 100) and are converted for v1 (cpu.shares, blkio.weight). */
+struct sandbox_cgroup_limits {
+    uint64_t memory_max;            /* bytes: guest RAM + sandbox_memory_overhead() unless overridden */
+    uint64_t cpu_quota_us, cpu_period_us;
+    unsigned cpu_weight;
+    uint64_t pids_max;
+    unsigned io_weight;
+    const struct sandbox_io_limit *io;
+    size_t nio;
+};
+
+struct sandbox_cgroup_params {
+    const char *root;       /* cgroupfs mount, usually "/sys/fs/cgroup"; a fake tree in tests */
+    const char *parent;     /* below each hierarchy root: "qvisor.slice" or the unit's delegated
+                             * subtree; NULL: the cgroup this process is in */
+    const char *name;       /* the leaf, usually the VM name */
+    int version;            /* 0: detect from root; 1 or 2 to force */
+};
+
+/* One directory per hierarchy the VM joins: one for v2, one per controller for v1. */
+struct sandbox_cgroup {
+    int version;
+    char root[PATH_MAX];        /* the cgroupfs mount it was resolved under */
+    size_t ndirs;
+    struct {
+        char path[PATH_MAX];
+        unsigned ctls;          /* bits (1u << CG_*) this directory controls */
+    } dir[CG_NCTL];
+    unsigned ctls;              /* controllers the VM's cgroup has */
+};
+
+/* Where the VM's cgroup lives, without creating anything (record it before
+ * creating, so cleanup after a crash knows what to remove). */
+int sandbox_cgroup_resolve(const struct sandbox_cgroup_params *p, struct sandbox_cgroup *cg,
+                           struct qv_err *e);
+/* Creates the cgroup (an existing empty one from an earlier run is reused; one
+ * with processes is -EBUSY), enables controllers (v2), writes the limits and
+ * reads them back. A limit whose controller is missing is a warning. */
+int sandbox_cgroup_create(struct sandbox_cgroup *cg, const struct sandbox_cgroup_limits *l,
+                          struct strv *warnings, struct qv_err *e);
+/* The limits and usage in force, as JSON (null: unlimited). */
+int sandbox_cgroup_read(const struct sandbox_cgroup *cg, json_object **out, struct qv_err *e);
+/* OOM kills so far (memory.events / memory.oom_control). */
+int sandbox_cgroup_oom_kills(const struct sandbox_cgroup *cg, uint64_t *count);
+/* After QEMU has exited: kills what is left in the cgroup, then removes it,
+ * waiting at most timeout_ms for dying processes. Absent is success. */
+int sandbox_cgroup_remove(const struct sandbox_cgroup *cg, int timeout_ms, struct qv_err *e);
+
+/* "150%" (of one CPU) to a quota per 100 ms period; "max" for none. */
+int sandbox_parse_cpu_quota(const char *s, uint64_t *quota_us, uint64_t *period_us,
+                            struct qv_err *e);
+/* What QEMU needs on top of guest RAM: its own heap, page tables, per-vCPU stacks,
+ * and under TCG the translation cache. */
+uint64_t sandbox_memory_overhead(uint64_t guest_ram, unsigned vcpus, bool tcg);
+
+/* ---- spawning ------------------------------------------------------------------- */
+struct sandbox_fd {
+    int source;     /* in the parent */
+    int target;     /* number in the child; 0..2 allowed */
+};
+
+#define SANDBOX_MAX_FDS 256
+#define SANDBOX_MAX_GROUPS 8
+
+struct sandbox_spec {
+    const char *name;               /* for messages: "web1" */
+    const char *path;               /* the executable, absolute */
+    const char *const *argv;
+    const char *const *envp;        /* the child's whole environment; NULL: empty */
+
+    const struct sandbox_fd *fds;   /* everything else is closed */
+    size_t nfds;
+    int stdout_fd, stderr_fd;       /* -1: /dev/null (stdin is always /dev/null
+                                     * unless mapped to 0 in fds) */
+    int hold_fd;                    /* kept open at a free number, not named in argv:
+                                     * the uid lease's lock fd; -1: none */
+    bool setsid;                    /* own session: a terminal's ^C does not reach QEMU */
+
+    unsigned enable;                /* steps to apply (sandbox_spec_init: all) */
+    unsigned require;               /* steps that must not be skipped */
+    const struct sandbox_host *host;    /* NULL: checked during the call */
+
+    /* user */
+    uid_t uid;                      /* (uid_t)-1 until set; never 0 */
+    gid_t gid;
+    gid_t groups[SANDBOX_MAX_GROUPS];   /* supplementary: none, or the configured group */
+    size_t ngroups;
+
+    /* cgroup: joined when set (created by the caller) */
+    const struct sandbox_cgroup *cgroup;
+
+    /* mount namespace */
+    const char *const *ro_paths;    /* VM-specific read-only files or dirs: kernel, initrd */
+    const char *const *rw_paths;    /* writable binds (a hugetlbfs mount); use sparingly */
+    const char *const *devices;     /* extra device nodes, e.g. "/dev/vhost-vsock" */
+    const char *const *system_paths;    /* NULL: sandbox_default_system_paths */
+    bool kvm;                       /* /dev/kvm in the private /dev, owned by uid */
+    const char *chroot;             /* a tree used read-only as the root instead of
+                                     * the host's binds; needs dev, proc, tmp dirs */
+    uint64_t tmp_size;              /* private /tmp; 0: 16 MiB */
+
+    /* rlimits: 0 leaves a limit as inherited; UINT64_MAX is unlimited */
+    uint64_t nofile, memlock;
+    bool coredump;                  /* false: RLIMIT_CORE 0 */
+
+    /* seccomp */
+    const char *const *extra_deny;  /* more syscall names answering EPERM */
+    bool allow_userfaultfd;         /* postcopy migration */
+
+    int timeout_ms;                 /* for the child to reach execve; 0: 10 s */
+};
+
+/* Defaults: every step enabled, none required, fds -1, seccomp on. */
+void sandbox_spec_init(struct sandbox_spec *s);
+
+/* Host paths QEMU needs read-only (libraries, loader, firmware, modules);
+ * entries absent on this host are ignored. NULL-terminated. */
+extern const char *const sandbox_default_system_paths[];
+
+/* Forks, confines, execs. On success *pid is QEMU's pid (the caller reaps it) and
+ * skipped steps, if any, are in `warnings` (may be NULL). On failure nothing is
+ * left running and e says which step failed and why. */
+int sandbox_spawn(const struct sandbox_spec *spec, pid_t *pid, struct strv *warnings,
+                  struct qv_err *e);
+
+/* ---- the seccomp deny list ------------------------------------------------------ */
+struct sandbox_denied_syscall {
+    const char *name;
+    int err;                /* EPERM, or ENOSYS for clone3 */
+    const char *when;       /* NULL: always; otherwise the argument condition */
+    const char *reason;
+};
+/* The built-in list, as loaded (userfaultfd included; dropped when allowed). */
+const struct sandbox_denied_syscall *sandbox_seccomp_denied(size_t *n);
+
+/* ---- what is in force for a running process ---------------------------------------- */
+/* uid/gid/groups, the five capability sets, NoNewPrivs, Seccomp mode and filter
+ * count, namespaces that differ from ours, rlimits, the /dev it sees, the cgroup
+ * paths and their limits (`cgroup_root` as for sandbox_cgroup_params). */
+int sandbox_inspect(pid_t pid, const char *cgroup_root, json_object **out, struct qv_err *e);
+
+#endif
