@@ -76,8 +76,10 @@ golden-update: test-build
 
 install: qvisor
 	install -D -m 0755 qvisor $(DESTDIR)$(PREFIX)/bin/qvisor
-	install -D -m 0644 units/qvisor@.service $(DESTDIR)$(PREFIX)/lib/systemd/system/qvisor@.service
-	install -D -m 0644 units/qvisor-net@.service $(DESTDIR)$(PREFIX)/lib/systemd/system/qvisor-net@.service
+	for u in qvisor@.service qvisor-net@.service; do \
+		mkdir -p $(DESTDIR)$(PREFIX)/lib/systemd/system && \
+		sed 's|@BINDIR@|$(PREFIX)/bin|g' units/$$u > $(DESTDIR)$(PREFIX)/lib/systemd/system/$$u; \
+	done
 	install -D -m 0644 units/qvisor.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/qvisor.conf
 
 clean:

@@ -10,13 +10,18 @@
 
 static const struct cli_opt no_opts[] = {{0}};
 static const struct cli_opt define_opts[] = {
-    {"machine", true, false}, {"accel", true, false}, {"cpus", true, false}, {"cpu-model", true, false},
-    {"memory", true, false}, {"disk", true, true}, {"cdrom", true, true}, {"nic", true, true},
-    {"kernel", true, false}, {"initrd", true, false}, {"append", true, false}, {"firmware", true, false},
-    {"console", true, false}, {"graphics", true, false}, {"agent", false, false}, {"description", true, false},
-    {"on-poweroff", true, false}, {"on-reboot", true, false}, {"on-crash", true, false}, {"print", false, false},
+    {"machine", true, false, 0}, {"accel", true, false, 0}, {"cpus", true, false, 0}, {"cpu-model", true, false, 0},
+    {"memory", true, false, 0}, {"disk", true, true, 0}, {"cdrom", true, true, 0}, {"nic", true, true, 0},
+    {"kernel", true, false, 0}, {"initrd", true, false, 0}, {"append", true, false, 0}, {"firmware", true, false, 0},
+    {"console", true, false, 0}, {"graphics", true, false, 0}, {"agent", false, false, 0}, {"description", true, false, 0},
+    {"on-poweroff", true, false, 0}, {"on-reboot", true, false, 0}, {"on-crash", true, false, 0}, {"print", false, false, 0},
     {0}};
-static const struct cli_opt list_opts[] = {{"all", false, false}, {0}};
+static const struct cli_opt list_opts[] = {{"all", false, false, 'a'}, {0}};
+static const struct cli_opt run_opts[] = {{"ready-fd", true, false, 0}, {0}};
+static const struct cli_opt start_opts[] = {{"wait-timeout", true, false, 0}, {0}};
+static const struct cli_opt stop_opts[] = {{"timeout", true, false, 't'}, {"force", false, false, 'f'}, {0}};
+static const struct cli_opt console_opts[] = {{"replay", false, false, 0}, {"idle", true, false, 0}, {0}};
+static const struct cli_opt logs_opts[] = {{"follow", false, false, 'f'}, {"lines", true, false, 'n'}, {0}};
 
 static int cmd_help(struct cli *c);
 
@@ -27,6 +32,24 @@ static const struct cli_command commands[] = {
     {"list", cmd_list, list_opts, 0, 0, "list [--all] [--json]", "list VMs (running ones; --all for every defined VM)"},
     {"show", cmd_show, no_opts, 1, 1, "show NAME [--json]", "print a VM's normalised definition"},
     {"argv", cmd_argv, no_opts, 1, 1, "argv NAME", "print the QEMU command line, one argument per line"},
+    {"start", cmd_start, start_opts, 1, 1, "start NAME [--wait-timeout SECONDS]",
+     "start a VM in the background; returns once the guest runs"},
+    {"run", cmd_run, run_opts, 1, 1, "run NAME", "supervise a VM in the foreground (what a systemd unit runs)"},
+    {"stop", cmd_stop, stop_opts, 1, 1, "stop NAME [--timeout SECONDS] [--force]",
+     "ACPI power-off, then quit, SIGTERM and SIGKILL after the timeout (default 60 s)"},
+    {"kill", cmd_kill, no_opts, 1, 1, "kill NAME", "stop a VM at once (SIGKILL to QEMU)"},
+    {"reboot", cmd_simple, no_opts, 1, 1, "reboot NAME", "reboot through the guest agent, else reset"},
+    {"reset", cmd_simple, no_opts, 1, 1, "reset NAME", "hard reset"},
+    {"pause", cmd_simple, no_opts, 1, 1, "pause NAME", "pause the vCPUs"},
+    {"resume", cmd_simple, no_opts, 1, 1, "resume NAME", "resume the vCPUs"},
+    {"status", cmd_status, no_opts, 1, 1, "status NAME [--json]", "state, pid, uptime, accel, last exit reason"},
+    {"console", cmd_console, console_opts, 1, 1, "console NAME [--replay] [--idle SECONDS]",
+     "attach to the serial console (Ctrl-] detaches); with a pipe, send stdin and print the answer"},
+    {"qmp", cmd_qmp, no_opts, 2, 2, "qmp NAME '{\"execute\": ...}'", "pass one QMP command and print its reply"},
+    {"hmp", cmd_hmp, no_opts, 2, 2, "hmp NAME 'info ...'", "run one human monitor command"},
+    {"events", cmd_events, no_opts, 1, 1, "events NAME", "stream QMP events as JSON lines"},
+    {"logs", cmd_logs, logs_opts, 1, 1, "logs NAME [-f] [-n LINES]",
+     "supervisor events, QEMU's messages and the serial console, timestamped"},
     {"help", cmd_help, no_opts, 0, 1, "help [COMMAND]", "show usage"},
     {0},
 };
@@ -145,14 +168,16 @@ static int parse_command_args(struct cli *c, int argc, char **argv, int start, c
             printf("usage: qvisor %s\n  %s\n", cmd->usage, cmd->summary);
             exit(0);
         }
-        const char *name = a + (a[1] == '-' ? 2 : 1);
-        const char *eq = strchr(name, '=');
+        bool is_long = a[1] == '-';
+        const char *name = a + (is_long ? 2 : 1);
+        const char *eq = is_long ? strchr(name, '=') : NULL;
         size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
         const struct cli_opt *o = NULL;
         for (const struct cli_opt *k = cmd->opts; k->name; k++)
-            if (strlen(k->name) == nlen && strncmp(k->name, name, nlen) == 0)
+            if (is_long ? strlen(k->name) == nlen && strncmp(k->name, name, nlen) == 0
+                        : nlen == 1 && k->short_name == name[0])
                 o = k;
-        if (!o || a[1] != '-')
+        if (!o)
             return qv_fail(&c->err, -EINVAL, "%s: unknown option %s (usage: qvisor %s)", cmd->name, a, cmd->usage);
         const char *value = NULL;
         if (o->has_arg) {

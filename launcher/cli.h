@@ -10,7 +10,10 @@ struct cli_opt {
     const char *name;       /* "memory" for --memory */
     bool has_arg;
     bool repeat;            /* may be given several times (--disk) */
+    char short_name;        /* 'f' for -f, or 0 */
 };
+
+#define QMP_CLI_TIMEOUT_MS (10 * 60 * 1000)
 
 struct cli {
     struct qv_paths paths;
@@ -47,5 +50,16 @@ int cmd_undefine(struct cli *c);
 int cmd_list(struct cli *c);
 int cmd_show(struct cli *c);
 int cmd_argv(struct cli *c);
+int cmd_run(struct cli *c);
+int cmd_start(struct cli *c);
+int cmd_stop(struct cli *c);
+int cmd_kill(struct cli *c);
+int cmd_simple(struct cli *c);
+int cmd_status(struct cli *c);
+int cmd_console(struct cli *c);
+int cmd_qmp(struct cli *c);
+int cmd_hmp(struct cli *c);
+int cmd_events(struct cli *c);
+int cmd_logs(struct cli *c);
 
 #endif

@@ -282,11 +282,16 @@ int cmd_list(struct cli *c)
     for (size_t i = 0; i < names.n; i++) {
         struct vm_def d;
         struct qv_err e = {0};
-        const char *state = "shut off";
+        struct vm_runstate rs;
+        bool supervised;
+        vm_observe(&c->paths, names.v[i], &rs, &supervised);
+        const char *state = vm_state_names[rs.state];
+        bool active = rs.state != VM_SHUTOFF && rs.state != VM_CRASHED;
+        runstate_free(&rs);
         bool ok = vm_load(&c->paths, names.v[i], &d, &e) == 0;
         if (!ok)
             state = "invalid";
-        if (!cli_flag(c, "all") && strcmp(state, "running") != 0)
+        if (!cli_flag(c, "all") && !active)
             goto next;
         char mem[32] = "-";
         if (ok)

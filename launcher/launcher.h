@@ -217,6 +217,53 @@ void mac_generate(const char *uuid, size_t index, unsigned attempt, char out[18]
 /* Reads an image header: qcow2 if it starts with QFI\xfb, raw otherwise. */
 int image_detect_format(const char *path, enum disk_format *fmt, struct qv_err *e);
 
+/* ---- run state: run/qvisor/vms/NAME/{lock,pid,state.json} -------------------------------- */
+enum vm_state { VM_SHUTOFF, VM_STARTING, VM_RUNNING, VM_PAUSED, VM_STOPPING, VM_CRASHED };
+extern const char *const vm_state_names[];
+
+struct vm_runstate {
+    enum vm_state state;
+    pid_t supervisor_pid;
+    pid_t qemu_pid;
+    unsigned long long qemu_start;  /* ticks since boot, /proc/PID/stat field 22 */
+    char uuid[37];
+    uint64_t started_at_ms;         /* wall clock */
+    char accel[8];                  /* what query-kvm said is in use */
+    char qemu_version[32];
+    char last_exit[256];
+    json_object *resources;         /* recorded before creation: taps, cgroup, uid, ... */
+};
+/* run/qvisor/vms/NAME[/file] */
+int vm_run_path(const struct qv_paths *p, const char *name, const char *file, char *out, size_t outlen);
+int runstate_read(const struct qv_paths *p, const char *name, struct vm_runstate *s, struct qv_err *e);
+int runstate_write(const struct qv_paths *p, const char *name, const struct vm_runstate *s, struct qv_err *e);
+json_object *runstate_to_json(const struct vm_runstate *s);
+void runstate_free(struct vm_runstate *s);
+/* The recorded QEMU still runs: same pid, same start time, our uuid on its command
+ * line. A reused pid never passes. */
+bool qemu_alive(const struct vm_runstate *s);
+/* Takes the supervisor lock; -EBUSY ("web1 is already running (pid N)") if held. */
+int vm_lock(const struct qv_paths *p, const char *name, int *fd, pid_t *holder, struct qv_err *e);
+bool vm_supervised(const struct qv_paths *p, const char *name, pid_t *holder);
+/* What is true now, with or without a supervisor. */
+int vm_observe(const struct qv_paths *p, const char *name, struct vm_runstate *s, bool *supervised);
+
+/* ---- the supervisor and its control socket ---------------------------------------------- */
+/* `qvisor run`: supervises NAME until its QEMU is gone. ready_fd (or -1) gets "ok\n"
+ * once the guest runs, or "error CODE MESSAGE\n". echo_fd (or -1) gets a copy of
+ * the supervisor's log lines (stderr for a foreground run under systemd). */
+int supervisor_run(const struct qv_paths *p, const char *name, int ready_fd, int echo_fd, struct qv_err *e);
+/* CLI side of ctl.sock: -EBUSY "web1 is not running" when no supervisor answers. */
+int ctl_connect(const struct qv_paths *p, const char *name, int *fd, struct qv_err *e);
+int ctl_send(int fd, json_object *req, struct qv_err *e);
+int ctl_read_line(int fd, struct buf *in, int timeout_ms, char **line, struct qv_err *e);
+/* {"ok":true,...} -> *reply; {"ok":false,"error":..,"code":..} -> that error. */
+int ctl_parse_reply(const char *line, json_object **reply, struct qv_err *e);
+/* One request, one reply; req is consumed. */
+int ctl_call(const struct qv_paths *p, const char *name, json_object *req, int timeout_ms, json_object **reply,
+             struct qv_err *e);
+json_object *ctl_request(const char *cmd);
+
 /* ---- the CLI ------------------------------------------------------------------------- */
 int qvisor_main(int argc, char **argv);
 

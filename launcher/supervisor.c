@@ -1,0 +1,965 @@
+/* `qvisor run NAME`: one supervisor per VM. It takes the VM's lock, starts QEMU
+ * paused with every resource passed as an fd, finishes set-up over QMP, sends
+ * `cont`, and then owns the only QMP connection for the VM's whole life: it applies
+ * on_poweroff/on_reboot/on_crash, answers the control socket, writes the log and
+ * state.json. If it dies, QEMU runs on; the next `run` finds it and carries on. */
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#include "launcher/supervisor.h"
+
+#define START_TIMEOUT_MS 30000
+#define POWERDOWN_AGAIN_MS 500
+#define QUIT_GRACE_MS 2000
+#define TERM_GRACE_MS 2000
+#define KILL_GRACE_MS 5000
+#define CONSOLE_LINE_IDLE_MS 200
+
+static int pidfd_open_(pid_t pid)
+{
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+static int pidfd_signal(int pidfd, int sig)
+{
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+
+void sup_log(struct sup *s, const char *fmt, ...)
+{
+    char msg[1536];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    qv_logf(s->log_fd, "supervisor", "%s", msg);
+    if (s->echo_fd >= 0)
+        dprintf(s->echo_fd, "%s: %s\n", s->def.name ? s->def.name : "qvisor", msg);
+}
+
+static void save_state(struct sup *s)
+{
+    struct qv_err e = {0};
+    /* A full /run must never take the VM down with it: log and carry on. */
+    if (runstate_write(s->paths, s->def.name, &s->rs, &e) < 0)
+        sup_log(s, "warning: cannot record state: %s", e.msg);
+}
+
+void sup_set_state(struct sup *s, enum vm_state st)
+{
+    if (s->rs.state == st)
+        return;
+    sup_log(s, "state: %s -> %s", vm_state_names[s->rs.state], vm_state_names[st]);
+    s->rs.state = st;
+    save_state(s);
+    char status[64];
+    snprintf(status, sizeof(status), "STATUS=%s", vm_state_names[st]);
+    notify_send(&s->notify, status);
+    json_object *data = json_object_new_object();
+    json_object_object_add(data, "state", json_object_new_string(vm_state_names[st]));
+    ctl_broadcast_event(s, "QVISOR_STATE", data, realtime_ms() * 1000);
+    json_object_put(data);
+}
+
+static void epoll_add(struct sup *s, int fd, uint32_t events, struct ev *ev)
+{
+    struct epoll_event ee = {.events = events, .data.ptr = ev};
+    if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ee) < 0)
+        sup_log(s, "warning: epoll_ctl add fd %d: %s", fd, strerror(errno));
+}
+
+static void epoll_mod(struct sup *s, int fd, uint32_t events, struct ev *ev)
+{
+    struct epoll_event ee = {.events = events, .data.ptr = ev};
+    epoll_ctl(s->epfd, EPOLL_CTL_MOD, fd, &ee);
+}
+
+/* ---- QMP ---- */
+
+static void on_reply_logged(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    struct sup *s = ctx;
+    if (err)
+        sup_log(s, "QMP: %s", err->msg);
+}
+
+/* quit often loses its reply to the hang-up that follows it: nothing to report */
+static void on_quit_reply(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ctx;
+    (void)ret;
+    (void)err;
+}
+
+void sup_qmp(struct sup *s, const char *cmd, json_object *args)
+{
+    if (!s->qmp) {
+        if (args)
+            json_object_put(args);
+        sup_log(s, "QMP is not connected; cannot send %s", cmd);
+        return;
+    }
+    bool quit = strcmp(cmd, "quit") == 0;
+    qmp_send(s->qmp, cmd, args, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, quit ? on_quit_reply : on_reply_logged, s);
+}
+
+static void crashed(struct sup *s, const char *why);
+
+static void on_event(void *ctx, const char *event, json_object *data, uint64_t ts_us)
+{
+    struct sup *s = ctx;
+    ctl_broadcast_event(s, event, data, ts_us);
+    const char *d = data ? jr_show(data) : "";
+    if (strcmp(event, "SHUTDOWN") == 0) {
+        json_object *reason = NULL;
+        json_object_object_get_ex(data, "reason", &reason);
+        const char *why = reason ? json_object_get_string(reason) : "";
+        sup_log(s, "event SHUTDOWN %s", d);
+        if (s->stop_phase || s->expected_exit) {
+            s->expected_exit = true;
+            sup_qmp(s, "quit", NULL);
+        } else if (strcmp(why, "guest-reset") == 0) {
+            snprintf(s->exit_reason, sizeof(s->exit_reason), "guest rebooted (on_reboot: stop)");
+            s->expected_exit = true;
+            sup_qmp(s, "quit", NULL);
+        } else if (strcmp(why, "guest-shutdown") == 0 || strcmp(why, "guest-panic") == 0 ||
+                   strcmp(why, "host-qmp-system-powerdown") == 0) {
+            if (s->def.on_poweroff == POWEROFF_RESTART) {
+                sup_log(s, "guest powered off; restarting it (on_poweroff: restart)");
+                sup_qmp(s, "system_reset", NULL);
+                sup_qmp(s, "cont", NULL);
+            } else {
+                snprintf(s->exit_reason, sizeof(s->exit_reason), "guest powered off");
+                s->expected_exit = true;
+                sup_set_state(s, VM_STOPPING);
+                sup_qmp(s, "quit", NULL);
+            }
+        } else {
+            /* host-qmp-quit, host-signal, host-ui: QEMU is on its way out */
+            s->expected_exit = true;
+            if (!s->exit_reason[0])
+                snprintf(s->exit_reason, sizeof(s->exit_reason), "QEMU shut down (%s)", why);
+        }
+    } else if (strcmp(event, "STOP") == 0) {
+        if (s->rs.state == VM_RUNNING)
+            sup_set_state(s, VM_PAUSED);
+    } else if (strcmp(event, "RESUME") == 0) {
+        if (s->rs.state == VM_PAUSED || s->rs.state == VM_STARTING || s->rs.state == VM_CRASHED)
+            sup_set_state(s, VM_RUNNING);
+    } else if (strcmp(event, "GUEST_PANICKED") == 0) {
+        sup_log(s, "event GUEST_PANICKED %s", d);
+        crashed(s, "guest panicked");
+    } else if (strcmp(event, "RESET") == 0 || strcmp(event, "BLOCK_IO_ERROR") == 0 ||
+               strcmp(event, "DEVICE_DELETED") == 0 || strcmp(event, "WATCHDOG") == 0) {
+        sup_log(s, "event %s %s", event, d);
+    }
+}
+
+/* ---- console ---- */
+
+static void console_log_line(struct sup *s, bool flush)
+{
+    char *start = s->line.p;
+    size_t len = s->line.len;
+    for (;;) {
+        char *nl = len ? memchr(start, '\n', len) : NULL;
+        if (!nl && !(flush && len) && len < 4096)
+            break;
+        size_t n = nl ? (size_t)(nl - start) : len;
+        char text[4100];
+        size_t k = 0;
+        for (size_t i = 0; i < n && k < sizeof(text) - 1; i++)
+            if (start[i] != '\r')
+                text[k++] = (unsigned char)start[i] < 0x20 && start[i] != '\t' ? '?' : start[i];
+        text[k] = '\0';
+        qv_logf(s->log_fd, "console", "%s", text);
+        size_t used = nl ? n + 1 : n;
+        start += used;
+        len -= used;
+        if (!nl)
+            break;
+    }
+    buf_consume(&s->line, s->line.len - len);
+}
+
+static void console_close(struct sup *s)
+{
+    if (s->console_fd < 0)
+        return;
+    console_log_line(s, true);
+    epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->console_fd, NULL);
+    close(s->console_fd);
+    s->console_fd = -1;
+}
+
+static void console_readable(struct sup *s)
+{
+    char chunk[8192];
+    for (;;) {
+        ssize_t n = read(s->console_fd, chunk, sizeof(chunk));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            return;
+        if (n <= 0) {
+            console_close(s);
+            return;
+        }
+        buf_add(&s->ring, chunk, (size_t)n);
+        if (s->ring.len > CONSOLE_RING)
+            buf_consume(&s->ring, s->ring.len - CONSOLE_RING);
+        buf_add(&s->line, chunk, (size_t)n);
+        s->line_at = monotonic_ms();
+        console_log_line(s, false);
+        ctl_broadcast_console(s, chunk, (size_t)n);
+    }
+}
+
+static int console_connect(struct sup *s, struct qv_err *e)
+{
+    if (s->def.console == CONSOLE_NONE)
+        return 0;
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/console.sock", s->run_dir);
+    int r = unix_connect(path, &s->console_fd, e);
+    if (r < 0)
+        return r;
+    fd_set_nonblock(s->console_fd, true);
+    epoll_add(s, s->console_fd, EPOLLIN, &s->ev_console);
+    return 0;
+}
+
+/* ---- starting QEMU ---- */
+
+/* The last lines QEMU wrote to the log since `from`: its own words on why it failed. */
+static void qemu_message(struct sup *s, off_t from, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    off_t end = lseek(s->log_fd, 0, SEEK_END);
+    if (end <= from)
+        return;
+    size_t n = (size_t)(end - from) > 4096 ? 4096 : (size_t)(end - from);
+    char buf[4097];
+    ssize_t got = pread(s->log_fd, buf, n, end - (off_t)n);
+    if (got <= 0)
+        return;
+    buf[got] = '\0';
+    /* keep QEMU's lines, dropping our own */
+    size_t k = 0;
+    for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+        if (strstr(line, " supervisor: ") || strstr(line, " console: "))
+            continue;
+        char *msg = strstr(line, "qemu-system");
+        msg = msg ? msg : line;
+        k += (size_t)snprintf(out + k, outlen > k ? outlen - k : 0, "%s%s", k ? "; " : "", msg);
+    }
+}
+
+/* fork + exec with each plan fd moved to its fixed number; stderr and stdout go to
+ * the log (O_APPEND), so QEMU's messages survive our own death. */
+static int spawn_qemu(struct sup *s, const struct launch_plan *p, const int *fds, pid_t *out, struct qv_err *e)
+{
+    pid_t pid = fork();
+    if (pid < 0)
+        return qv_failerr(e, -errno, "fork");
+    if (pid == 0) {
+        int high[PLAN_MAX_FDS];
+        for (size_t i = 0; i < p->nslots; i++)
+            if ((high[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, FD_FIRST + PLAN_MAX_FDS)) < 0)
+                _exit(126);
+        for (size_t i = 0; i < p->nslots; i++)
+            if (dup2(high[i], p->slots[i].fd) < 0)
+                _exit(126);
+        int null = open("/dev/null", O_RDONLY);
+        if (null < 0 || dup2(null, 0) < 0 || dup2(s->log_fd, 1) < 0 || dup2(s->log_fd, 2) < 0)
+            _exit(126);
+        sigset_t all;
+        sigemptyset(&all);
+        sigprocmask(SIG_SETMASK, &all, NULL);
+        signal(SIGPIPE, SIG_DFL);
+        char *envp[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", NULL};
+        execve(p->argv.v[0], p->argv.v, envp);
+        _exit(127);
+    }
+    *out = pid;
+    return 0;
+}
+
+static int read_secret(struct sup *s, const char *name, char **out, struct qv_err *e)
+{
+    char path[PATH_MAX];
+    qv_path(s->paths, path, sizeof(path), QV_ETC "/secrets/%s", name);
+    struct stat st;
+    if (stat(path, &st) < 0)
+        return qv_failerr(e, -errno, "secret %s (%s)", name, path);
+    if (st.st_mode & 077)
+        return qv_fail(e, -EPERM, "secret %s: %s is readable by others (chmod 600 it)", name, path);
+    size_t len;
+    int r = read_file(path, 4096, out, &len);
+    if (r < 0)
+        return qv_failerr(e, r, "secret %s", name);
+    while (len && ((*out)[len - 1] == '\n' || (*out)[len - 1] == '\r'))
+        (*out)[--len] = '\0';
+    return 0;
+}
+
+/* After the QMP handshake, before `cont`: what must not be on the command line. */
+static int late_setup(struct sup *s, struct qv_err *e)
+{
+    if (s->def.graphics.kind == GRAPHICS_VNC && s->def.graphics.password_secret) {
+        _cleanup_free_ char *pw = NULL;
+        int r = read_secret(s, s->def.graphics.password_secret, &pw, e);
+        if (r < 0)
+            return r;
+        json_object *a = json_object_new_object();
+        json_object_object_add(a, "protocol", json_object_new_string("vnc"));
+        json_object_object_add(a, "password", json_object_new_string(pw));
+        r = qmp_call(s->qmp, "set_password", a, NULL, 0, QMP_TIMEOUT_DEFAULT, NULL, e);
+        explicit_bzero(pw, strlen(pw));
+        if (r < 0)
+            return qv_prefix(e, "setting the VNC password: ");
+    }
+    return 0;
+}
+
+static void query_facts(struct sup *s)
+{
+    json_object *kvm = NULL;
+    struct qv_err e = {0};
+    snprintf(s->rs.qemu_version, sizeof(s->rs.qemu_version), "%s", qmp_qemu_version(s->qmp));
+    if (qmp_call(s->qmp, "query-kvm", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, &kvm, &e) == 0) {
+        json_object *en;
+        bool on = json_object_object_get_ex(kvm, "enabled", &en) && json_object_get_boolean(en);
+        snprintf(s->rs.accel, sizeof(s->rs.accel), "%s", on ? "kvm" : "tcg");
+        json_object_put(kvm);
+    }
+}
+
+static int qmp_attach(struct sup *s, struct qv_err *e)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/qmp.sock", s->run_dir);
+    int r = qmp_connect_path(path, QMP_MONITOR, START_TIMEOUT_MS, on_event, s, &s->qmp, e);
+    if (r < 0)
+        return r;
+    epoll_add(s, qmp_fd(s->qmp), qmp_poll_events(s->qmp), &s->ev_qmp);
+    return 0;
+}
+
+static void write_pidfile(struct sup *s)
+{
+    char path[PATH_MAX], buf[32];
+    snprintf(path, sizeof(path), "%s/pid", s->run_dir);
+    int n = snprintf(buf, sizeof(buf), "%d\n", (int)s->qemu_pid);
+    write_file_atomic(path, buf, (size_t)n, 0644, NULL);
+}
+
+static void remove_run_files(struct sup *s)
+{
+    static const char *const files[] = {"qmp.sock", "console.sock", "qga.sock", "pid", NULL};
+    for (int i = 0; files[i]; i++) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof(path), "%s/%s", s->run_dir, files[i]);
+        unlink(path);
+    }
+}
+
+static int start_qemu(struct sup *s, struct qv_err *e)
+{
+    struct launch_plan plan;
+    int r = build_launch_plan(&s->def, &s->facts, &plan, e);
+    if (r < 0)
+        return r;
+    s->expected_exit = false;
+    s->exit_reason[0] = '\0';
+    s->stop_phase = 0;
+    s->rs.state = VM_STARTING;
+    s->rs.supervisor_pid = getpid();
+    s->rs.qemu_pid = 0;
+    s->rs.last_exit[0] = '\0';
+    memcpy(s->rs.uuid, s->def.uuid, sizeof(s->rs.uuid));
+    save_state(s);
+
+    struct launch_ctx ctx = {.paths = s->paths, .facts = &s->facts, .run_dir = s->run_dir};
+    int fds[PLAN_MAX_FDS];
+    if ((r = launch_open_resources(&plan, &s->def, &ctx, fds, e)) < 0) {
+        launch_plan_free(&plan);
+        return r;
+    }
+    off_t log_start = lseek(s->log_fd, 0, SEEK_END);
+    sup_log(s, "starting QEMU (%s, %s)", plan.accel == ACCEL_KVM ? "kvm" : "tcg", s->facts.qemu);
+    r = spawn_qemu(s, &plan, fds, &s->qemu_pid, e);
+    launch_close_resources(fds, plan.nslots);
+    launch_plan_free(&plan);
+    if (r < 0)
+        return r;
+    s->qemu_is_child = true;
+    s->pidfd = pidfd_open_(s->qemu_pid);
+    proc_start_time(s->qemu_pid, &s->rs.qemu_start);
+    s->rs.qemu_pid = s->qemu_pid;
+    s->rs.started_at_ms = realtime_ms();
+    write_pidfile(s);
+    save_state(s);
+    if (s->pidfd >= 0)
+        epoll_add(s, s->pidfd, EPOLLIN, &s->ev_pidfd);
+
+    if ((r = qmp_attach(s, e)) < 0 || (r = console_connect(s, e)) < 0 || (r = late_setup(s, e)) < 0) {
+        kill(s->qemu_pid, SIGKILL);
+        int st;
+        waitpid(s->qemu_pid, &st, 0);
+        char msg[900];
+        qemu_message(s, log_start, msg, sizeof(msg));
+        if (msg[0])
+            qv_fail(e, -EIO, "%s", msg);
+        return qv_prefix(e, "%s: QEMU failed to start: ", s->def.name);
+    }
+    query_facts(s);
+    r = qmp_call(s->qmp, "cont", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, NULL, e);
+    if (r < 0)
+        return qv_prefix(e, "%s: cont: ", s->def.name);
+    sup_log(s, "QEMU %s running as pid %d (accel %s)", s->rs.qemu_version, (int)s->qemu_pid, s->rs.accel);
+    sup_set_state(s, VM_RUNNING);
+    return 0;
+}
+
+/* A previous supervisor died and QEMU lived on: pick up where it left off. */
+static int reattach(struct sup *s, struct qv_err *e)
+{
+    s->qemu_pid = s->rs.qemu_pid;
+    s->qemu_is_child = false;
+    s->pidfd = pidfd_open_(s->qemu_pid);
+    if (s->pidfd < 0)
+        return qv_failerr(e, -errno, "%s: QEMU pid %d", s->def.name, (int)s->qemu_pid);
+    epoll_add(s, s->pidfd, EPOLLIN, &s->ev_pidfd);
+    int r = qmp_attach(s, e);
+    if (r < 0)
+        return qv_prefix(e, "%s: reconnecting to QEMU pid %d: ", s->def.name, (int)s->qemu_pid);
+    console_connect(s, e);
+    query_facts(s);
+    json_object *st = NULL;
+    enum vm_state state = VM_RUNNING;
+    if (qmp_call(s->qmp, "query-status", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, &st, e) == 0) {
+        json_object *running;
+        if (json_object_object_get_ex(st, "running", &running) && !json_object_get_boolean(running))
+            state = s->rs.state == VM_CRASHED ? VM_CRASHED : VM_PAUSED;
+        json_object_put(st);
+    }
+    s->rs.supervisor_pid = getpid();
+    s->rs.state = VM_STARTING;
+    sup_log(s, "reattached to running QEMU pid %d", (int)s->qemu_pid);
+    sup_set_state(s, state);
+    return 0;
+}
+
+/* ---- stopping ---- */
+
+void sup_kill(struct sup *s, const char *reason)
+{
+    if (!s->qemu_pid)
+        return;
+    s->expected_exit = true;
+    if (!s->exit_reason[0])
+        snprintf(s->exit_reason, sizeof(s->exit_reason), "%s", reason);
+    if (s->pidfd >= 0)
+        pidfd_signal(s->pidfd, SIGKILL);
+    else
+        kill(s->qemu_pid, SIGKILL);
+}
+
+/* Phases: 1 powerdown sent, 2 sent again, 3 quit sent, 4 SIGTERM sent, 5 SIGKILL sent. */
+static void stop_step(struct sup *s)
+{
+    uint64_t now = monotonic_ms();
+    switch (s->stop_phase) {
+    case 1:
+        sup_qmp(s, "system_powerdown", NULL);   /* for guests that missed the first */
+        s->stop_phase = 2;
+        s->stop_next = s->stop_deadline;
+        break;
+    case 2:
+        sup_log(s, "the guest did not power off in time; quitting QEMU");
+        /* fall through */
+    case 0:
+        s->expected_exit = true;
+        sup_qmp(s, "quit", NULL);
+        s->stop_phase = 3;
+        s->stop_next = now + QUIT_GRACE_MS;
+        break;
+    case 3:
+        sup_log(s, "QEMU did not quit; sending SIGTERM");
+        if (s->pidfd >= 0)
+            pidfd_signal(s->pidfd, SIGTERM);
+        else
+            kill(s->qemu_pid, SIGTERM);
+        s->stop_phase = 4;
+        s->stop_next = now + TERM_GRACE_MS;
+        break;
+    case 4:
+        sup_log(s, "QEMU ignored SIGTERM; sending SIGKILL");
+        sup_kill(s, "killed after stop timed out");
+        s->stop_phase = 5;
+        s->stop_next = now + KILL_GRACE_MS;
+        break;
+    default:
+        sup_log(s, "QEMU pid %d survives SIGKILL", (int)s->qemu_pid);
+        ctl_stop_done(s, false, "QEMU is still running after SIGKILL");
+        s->stop_next = 0;
+        break;
+    }
+}
+
+void sup_begin_stop(struct sup *s, bool force, int timeout_ms)
+{
+    if (!s->qemu_pid) {
+        ctl_stop_done(s, true, NULL);
+        return;
+    }
+    if (s->stop_phase && !(force && s->stop_phase < 3))
+        return;     /* already under way; the caller waits with the others */
+    if (!s->exit_reason[0])
+        snprintf(s->exit_reason, sizeof(s->exit_reason), "stopped%s", force ? " (forced)" : "");
+    sup_set_state(s, VM_STOPPING);
+    notify_send(&s->notify, "STOPPING=1");
+    s->expected_exit = true;
+    bool crashed_paused = s->rs.state == VM_CRASHED;
+    if (force || crashed_paused || !s->qmp) {
+        s->stop_phase = 0;
+        stop_step(s);
+        return;
+    }
+    sup_log(s, "stopping: ACPI power button, then quit after %d ms", timeout_ms);
+    if (s->rs.state == VM_PAUSED)
+        sup_qmp(s, "cont", NULL);   /* a paused guest cannot see the button */
+    sup_qmp(s, "system_powerdown", NULL);
+    s->stop_phase = 1;
+    s->stop_deadline = monotonic_ms() + (uint64_t)timeout_ms;
+    s->stop_next = monotonic_ms() + POWERDOWN_AGAIN_MS;
+    if (s->stop_next > s->stop_deadline)
+        s->stop_next = s->stop_deadline;
+}
+
+/* ---- crashes and QEMU's exit ---- */
+
+static bool crash_budget_left(struct sup *s)
+{
+    uint64_t now = monotonic_ms();
+    int kept = 0;
+    for (int i = 0; i < s->ncrashes; i++)
+        if (now - s->crashes[i] < CRASH_WINDOW_MS)
+            s->crashes[kept++] = s->crashes[i];
+    s->ncrashes = kept;
+    if (s->ncrashes >= CRASH_MAX)
+        return false;
+    s->crashes[s->ncrashes++] = now;
+    return true;
+}
+
+static void crashed(struct sup *s, const char *why)
+{
+    snprintf(s->rs.last_exit, sizeof(s->rs.last_exit), "%s", why);
+    if (s->stop_phase)
+        return;
+    switch (s->def.on_crash) {
+    case CRASH_PAUSE:
+        sup_log(s, "%s; leaving it paused (on_crash: pause)", why);
+        sup_set_state(s, VM_CRASHED);
+        break;
+    case CRASH_STOP:
+        sup_log(s, "%s; stopping it (on_crash: stop)", why);
+        snprintf(s->exit_reason, sizeof(s->exit_reason), "%s", why);
+        sup_set_state(s, VM_CRASHED);
+        s->expected_exit = true;
+        s->exit_code = 1;
+        sup_qmp(s, "quit", NULL);
+        break;
+    case CRASH_RESTART:
+        if (!crash_budget_left(s)) {
+            sup_log(s, "%s; gave up after %d crashes in %d minutes", why, CRASH_MAX, CRASH_WINDOW_MS / 60000);
+            snprintf(s->exit_reason, sizeof(s->exit_reason), "%s; gave up after %d crashes in %d minutes", why,
+                     CRASH_MAX, CRASH_WINDOW_MS / 60000);
+            sup_set_state(s, VM_CRASHED);
+            s->expected_exit = true;
+            s->exit_code = 1;
+            sup_qmp(s, "quit", NULL);
+        } else {
+            sup_log(s, "%s; resetting it (on_crash: restart)", why);
+            sup_qmp(s, "system_reset", NULL);
+            sup_qmp(s, "cont", NULL);
+        }
+        break;
+    }
+}
+
+static void describe_exit(int code, int status_known, char *out, size_t outlen)
+{
+    if (!status_known)
+        snprintf(out, outlen, "QEMU exited");
+    else if (code >= 128)
+        snprintf(out, outlen, "QEMU was killed by signal %d (%s)", code - 128, strsignal(code - 128));
+    else
+        snprintf(out, outlen, "QEMU exited with status %d", code);
+}
+
+static void qemu_gone(struct sup *s)
+{
+    int code = 0;
+    bool known = false;
+    if (s->qemu_is_child) {
+        siginfo_t si = {0};
+        if (waitid(P_PID, (id_t)s->qemu_pid, &si, WEXITED | WNOHANG) == 0 && si.si_pid) {
+            known = true;
+            code = si.si_code == CLD_EXITED ? si.si_status : 128 + si.si_status;
+        } else if (si.si_pid == 0 && kill(s->qemu_pid, 0) == 0) {
+            return;     /* not gone yet */
+        }
+    }
+    char how[160];
+    describe_exit(code, known, how, sizeof(how));
+    if (s->pidfd >= 0) {
+        epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->pidfd, NULL);
+        close(s->pidfd);
+        s->pidfd = -1;
+    }
+    if (s->qmp) {
+        epoll_ctl(s->epfd, EPOLL_CTL_DEL, qmp_fd(s->qmp), NULL);
+        qmp_free(s->qmp);
+        s->qmp = NULL;
+    }
+    console_close(s);
+    remove_run_files(s);
+    s->qemu_pid = 0;
+    s->rs.qemu_pid = 0;
+    s->stop_phase = 0;
+    s->stop_next = 0;
+    if (s->expected_exit) {
+        snprintf(s->rs.last_exit, sizeof(s->rs.last_exit), "%s", s->exit_reason[0] ? s->exit_reason : how);
+        sup_log(s, "QEMU is gone: %s (%s)", s->rs.last_exit, how);
+        sup_set_state(s, s->rs.state == VM_CRASHED ? VM_CRASHED : VM_SHUTOFF);
+        ctl_stop_done(s, true, NULL);
+        s->done = true;
+        return;
+    }
+    snprintf(s->rs.last_exit, sizeof(s->rs.last_exit), "%s", how);
+    sup_log(s, "QEMU died unexpectedly: %s", how);
+    sup_set_state(s, VM_CRASHED);
+    ctl_stop_done(s, true, NULL);
+    if (s->def.on_crash == CRASH_RESTART && crash_budget_left(s)) {
+        uint64_t delay = 1000ull << (s->ncrashes - 1);
+        sup_log(s, "starting it again in %llu ms (on_crash: restart, crash %d of %d)", (unsigned long long)delay,
+                s->ncrashes, CRASH_MAX);
+        s->restart_at = monotonic_ms() + delay;
+        return;
+    }
+    if (s->def.on_crash == CRASH_RESTART) {
+        snprintf(s->rs.last_exit, sizeof(s->rs.last_exit), "%s; gave up after %d crashes in %d minutes", how, CRASH_MAX,
+                 CRASH_WINDOW_MS / 60000);
+        sup_log(s, "%s", s->rs.last_exit);
+        save_state(s);
+    }
+    s->exit_code = 1;
+    s->done = true;
+}
+
+/* ---- status ---- */
+
+json_object *sup_status_json(struct sup *s)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "name", json_object_new_string(s->def.name));
+    json_object_object_add(o, "uuid", json_object_new_string(s->def.uuid));
+    json_object_object_add(o, "state", json_object_new_string(vm_state_names[s->rs.state]));
+    json_object_object_add(o, "supervisor_pid", json_object_new_int(getpid()));
+    if (s->qemu_pid) {
+        json_object_object_add(o, "pid", json_object_new_int(s->qemu_pid));
+        uint64_t up = (realtime_ms() - s->rs.started_at_ms) / 1000;
+        json_object_object_add(o, "uptime_s", json_object_new_int64((int64_t)up));
+    }
+    json_object_object_add(o, "vcpus", json_object_new_int(s->def.cpu.count));
+    char mem[32];
+    format_size(s->def.memory.bytes, mem, sizeof(mem));
+    json_object_object_add(o, "memory", json_object_new_string(mem));
+    json_object_object_add(o, "accel", json_object_new_string(s->rs.accel));
+    json_object_object_add(o, "qemu_version", json_object_new_string(s->rs.qemu_version));
+    json_object_object_add(o, "last_exit", json_object_new_string(s->rs.last_exit));
+    return o;
+}
+
+/* ---- the loop ---- */
+
+static void signal_readable(struct sup *s)
+{
+    struct signalfd_siginfo si;
+    while (read(s->sigfd, &si, sizeof(si)) == sizeof(si)) {
+        if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+            sup_log(s, "received %s: stopping the VM", strsignal((int)si.ssi_signo));
+            sup_begin_stop(s, false, 60000);
+        } else if (si.ssi_signo == SIGCHLD && s->qemu_is_child && s->qemu_pid) {
+            qemu_gone(s);
+        }
+    }
+}
+
+static void qmp_io(struct sup *s, uint32_t events)
+{
+    struct qv_err e = {0};
+    int r = qmp_handle_io(s->qmp, events, &e);
+    if (r < 0) {
+        if (s->expected_exit)
+            sup_log(s, "QMP connection closed: QEMU is exiting");
+        else
+            sup_log(s, "QMP connection lost: %s", e.msg);
+        epoll_ctl(s->epfd, EPOLL_CTL_DEL, qmp_fd(s->qmp), NULL);
+        qmp_free(s->qmp);
+        s->qmp = NULL;
+        /* as Incus and systemd do: a monitor that drops without SHUTDOWN is one */
+        json_object *data = json_object_new_object();
+        json_object_object_add(data, "guest", json_object_new_boolean(false));
+        json_object_object_add(data, "reason", json_object_new_string("disconnect"));
+        ctl_broadcast_event(s, "SHUTDOWN", data, realtime_ms() * 1000);
+        json_object_put(data);
+        return;
+    }
+    epoll_mod(s, qmp_fd(s->qmp), qmp_poll_events(s->qmp), &s->ev_qmp);
+}
+
+static int next_timeout(struct sup *s)
+{
+    uint64_t now = monotonic_ms(), next = 0;
+    uint64_t cands[] = {s->stop_next, s->restart_at, s->notify.next_ping, s->qmp ? qmp_next_deadline(s->qmp) : 0,
+                        s->line.len ? s->line_at + CONSOLE_LINE_IDLE_MS : 0};
+    for (size_t i = 0; i < ARRAY_SIZE(cands); i++)
+        if (cands[i] && (!next || cands[i] < next))
+            next = cands[i];
+    if (!next)
+        return -1;
+    return next <= now ? 0 : (int)(next - now);
+}
+
+static void run_timers(struct sup *s)
+{
+    uint64_t now = monotonic_ms();
+    if (s->qmp)
+        qmp_expire(s->qmp, now);
+    if (s->stop_next && now >= s->stop_next)
+        stop_step(s);
+    if (s->notify.next_ping && now >= s->notify.next_ping) {
+        notify_send(&s->notify, "WATCHDOG=1");
+        s->notify.next_ping = now + s->notify.watchdog_ms;
+    }
+    /* a prompt without a newline still reaches the log once the guest is quiet */
+    if (s->line.len && now >= s->line_at + CONSOLE_LINE_IDLE_MS)
+        console_log_line(s, true);
+    if (s->restart_at && now >= s->restart_at) {
+        s->restart_at = 0;
+        struct qv_err e = {0};
+        if (start_qemu(s, &e) < 0) {
+            sup_log(s, "restart failed: %s", e.msg);
+            snprintf(s->rs.last_exit, sizeof(s->rs.last_exit), "%s", e.msg);
+            sup_set_state(s, VM_CRASHED);
+            s->exit_code = 1;
+            s->done = true;
+        }
+    }
+}
+
+static void loop(struct sup *s)
+{
+    while (!s->done) {
+        struct epoll_event evs[16];
+        int n = epoll_wait(s->epfd, evs, ARRAY_SIZE(evs), next_timeout(s));
+        if (n < 0 && errno != EINTR) {
+            sup_log(s, "epoll_wait: %s", strerror(errno));
+            break;
+        }
+        for (int i = 0; i < n && !s->done; i++) {
+            struct ev *ev = evs[i].data.ptr;
+            switch (ev->kind) {
+            case EV_QMP:
+                if (s->qmp)
+                    qmp_io(s, evs[i].events);
+                break;
+            case EV_CONSOLE:
+                if (s->console_fd >= 0)
+                    console_readable(s);
+                break;
+            case EV_CTL:
+                ctl_accept(s);
+                break;
+            case EV_CLIENT:
+                ctl_client_io(s, ev->client, evs[i].events);
+                break;
+            case EV_SIGNAL:
+                signal_readable(s);
+                break;
+            case EV_PIDFD:
+                qemu_gone(s);
+                break;
+            }
+        }
+        run_timers(s);
+        ctl_reap_clients(s);
+    }
+}
+
+/* ---- set-up and tear-down ---- */
+
+static int open_log(struct sup *s, struct qv_err *e)
+{
+    char dir[PATH_MAX], path[PATH_MAX];
+    qv_path(s->paths, dir, sizeof(dir), QV_LOG);
+    int r = mkdir_p(dir, 0755);
+    if (r < 0)
+        return qv_failerr(e, r, "%s", dir);
+    qv_path(s->paths, path, sizeof(path), QV_LOG "/%s.log", s->def.name);
+    s->log_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    return s->log_fd < 0 ? qv_failerr(e, -errno, "%s", path) : 0;
+}
+
+static int setup_loop(struct sup *s, struct qv_err *e)
+{
+    s->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (s->epfd < 0)
+        return qv_failerr(e, -errno, "epoll_create1");
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    s->sigfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (s->sigfd < 0)
+        return qv_failerr(e, -errno, "signalfd");
+    s->ev_qmp.kind = EV_QMP;
+    s->ev_console.kind = EV_CONSOLE;
+    s->ev_ctl.kind = EV_CTL;
+    s->ev_signal.kind = EV_SIGNAL;
+    s->ev_pidfd.kind = EV_PIDFD;
+    epoll_add(s, s->sigfd, EPOLLIN, &s->ev_signal);
+    return ctl_listen(s, e);
+}
+
+static void report_ready(struct sup *s, int code, const char *msg)
+{
+    if (s->ready_fd < 0)
+        return;
+    char line[1200];
+    int n = code ? snprintf(line, sizeof(line), "error %d %s\n", code, msg) : snprintf(line, sizeof(line), "ok\n");
+    write_all(s->ready_fd, line, (size_t)n);
+    close(s->ready_fd);
+    s->ready_fd = -1;
+}
+
+/* Cleans up what a previous run recorded and left behind (its QEMU is dead). */
+static void cleanup_previous(struct sup *s, const struct vm_runstate *prev)
+{
+    if (prev->state == VM_SHUTOFF)
+        return;
+    if (prev->qemu_pid) {
+        sup_log(s, "QEMU pid %d of the previous run is gone (%s); cleaning up after it", (int)prev->qemu_pid,
+                vm_state_names[prev->state]);
+    }
+    remove_run_files(s);
+}
+
+static void sup_free(struct sup *s)
+{
+    ctl_close_all(s);
+    if (s->qmp)
+        qmp_free(s->qmp);
+    if (s->console_fd >= 0)
+        close(s->console_fd);
+    if (s->pidfd >= 0)
+        close(s->pidfd);
+    if (s->ctl_fd >= 0) {
+        close(s->ctl_fd);
+        char path[PATH_MAX];
+        snprintf(path, sizeof(path), "%s/ctl.sock", s->run_dir);
+        unlink(path);
+    }
+    if (s->sigfd >= 0)
+        close(s->sigfd);
+    if (s->epfd >= 0)
+        close(s->epfd);
+    notify_close(&s->notify);
+    buf_free(&s->ring);
+    buf_free(&s->line);
+    runstate_free(&s->rs);
+    host_config_free(&s->hc);
+    vm_def_free(&s->def);
+    if (s->log_fd >= 0)
+        close(s->log_fd);
+    if (s->lock_fd >= 0)
+        close(s->lock_fd);
+}
+
+int supervisor_run(const struct qv_paths *paths, const char *name, int ready_fd, int echo_fd, struct qv_err *e)
+{
+    struct sup s = {.paths = paths, .lock_fd = -1, .log_fd = -1, .epfd = -1, .sigfd = -1, .ready_fd = ready_fd,
+                    .echo_fd = echo_fd,
+                    .pidfd = -1, .console_fd = -1, .ctl_fd = -1};
+    pid_t holder;
+    notify_init(&s.notify);
+    int r = vm_lock(paths, name, &s.lock_fd, &holder, e);
+    if (r == 0)
+        r = vm_load(paths, name, &s.def, e);
+    if (r == 0)
+        r = open_log(&s, e);
+    if (r == 0) {
+        vm_run_path(paths, name, NULL, s.run_dir, sizeof(s.run_dir));
+        r = setup_loop(&s, e);
+    }
+    if (r == 0)
+        r = host_config_load(paths, &s.hc, e);
+    if (r == 0)
+        r = host_facts_probe(paths, &s.hc, &s.facts, e);
+    if (r < 0) {
+        report_ready(&s, r, e->msg);
+        sup_free(&s);
+        return r;
+    }
+    struct vm_runstate prev;
+    bool have_prev = runstate_read(paths, name, &prev, NULL) == 0;
+    if (have_prev && prev.state != VM_SHUTOFF && qemu_alive(&prev)) {
+        s.rs = prev;
+        prev.resources = NULL;
+        r = reattach(&s, e);
+    } else {
+        if (have_prev) {
+            cleanup_previous(&s, &prev);
+            runstate_free(&prev);
+        }
+        r = start_qemu(&s, e);
+    }
+    if (r < 0) {
+        sup_log(&s, "start failed: %s", e->msg);
+        snprintf(s.rs.last_exit, sizeof(s.rs.last_exit), "%s", e->msg);
+        s.rs.state = VM_SHUTOFF;
+        s.rs.qemu_pid = 0;
+        save_state(&s);
+        if (s.qemu_pid)
+            kill(s.qemu_pid, SIGKILL);
+        remove_run_files(&s);
+        report_ready(&s, r, e->msg);
+        sup_free(&s);
+        return r;
+    }
+    report_ready(&s, 0, NULL);
+    notify_send(&s.notify, "READY=1");
+    loop(&s);
+    save_state(&s);
+    int r2 = 0;
+    if (s.exit_code)
+        r2 = qv_fail(e, -EIO, "%s: %s", name, s.rs.last_exit[0] ? s.rs.last_exit : "stopped abnormally");
+    sup_free(&s);
+    return r2;
+}
