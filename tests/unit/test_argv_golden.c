@@ -96,9 +96,6 @@ static void read_names(void)
 static int setup(void **state)
 {
     (void)state;
-    const char *src = getenv("QVISOR_TEST_SRC");
-    snprintf(golden_dir, sizeof(golden_dir), "%s/tests/golden", src && *src ? src : ".");
-    read_names();
     /* a private network namespace for the taps bridge/network NICs need */
     if (unshare(CLONE_NEWNET) < 0)
         return -1;
@@ -152,8 +149,6 @@ static int teardown(void **state)
             close(fd);
         }
     }
-    strv_free(&valid);
-    strv_free(&invalid);
     return 0;
 }
 
@@ -213,68 +208,63 @@ static void define_and_plan(const char *name, struct root *r, struct vm_def *d, 
 
 static void test_golden_argv(void **state)
 {
-    (void)state;
+    const char *name = *state;
     bool update = getenv("QVISOR_GOLDEN_UPDATE") != NULL;
-    int mismatches = 0;
-    assert_true(valid.n >= 30);
-    for (size_t i = 0; i < valid.n; i++) {
-        struct root r;
-        struct vm_def d;
-        struct launch_plan plan;
-        define_and_plan(valid.v[i], &r, &d, &plan);
-        char *got = argv_text(&plan);
-        char path[PATH_MAX];
-        snprintf(path, sizeof(path), "%s/%s.argv", golden_dir, valid.v[i]);
-        if (update) {
-            struct qv_err e = {0};
-            assert_int_equal(write_file_atomic(path, got, strlen(got), 0644, &e), 0);
-        } else {
-            char *want = NULL;
-            if (read_file(path, 1 << 20, &want, NULL) < 0 || strcmp(want, got) != 0) {
-                print_error("%s: argv differs from %s\n--- got:\n%s", valid.v[i], path, got);
-                mismatches++;
-            }
-            free(want);
-        }
-        free(got);
-        launch_plan_free(&plan);
-        vm_def_free(&d);
-        root_remove(&r);
+    struct root r;
+    struct vm_def d;
+    struct launch_plan plan;
+    define_and_plan(name, &r, &d, &plan);
+    char *got = argv_text(&plan);
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/%s.argv", golden_dir, name);
+    bool same = true;
+    if (update) {
+        struct qv_err e = {0};
+        assert_int_equal(write_file_atomic(path, got, strlen(got), 0644, &e), 0);
+    } else {
+        char *want = NULL;
+        same = read_file(path, 1 << 20, &want, NULL) == 0 && strcmp(want, got) == 0;
+        if (!same)
+            print_error("%s: argv differs from %s\n--- got:\n%s", name, path, got);
+        free(want);
     }
-    assert_int_equal(mismatches, 0);
+    free(got);
+    launch_plan_free(&plan);
+    vm_def_free(&d);
+    root_remove(&r);
+    assert_true(same);
 }
 
 /* define -> show -> define is a fixed point, and the normalised form parses to the
  * same normalised form. */
 static void test_golden_roundtrip(void **state)
 {
-    (void)state;
-    for (size_t i = 0; i < valid.n; i++) {
-        struct root r;
-        struct vm_def d;
-        struct launch_plan plan;
-        define_and_plan(valid.v[i], &r, &d, &plan);
-        json_object *first = vm_def_to_json(&d);
-        char *s1 = json_pretty(first);
-        struct vm_def d2;
-        struct qv_err e = {0};
-        /* undefine, then define the shown form again: same text */
-        assert_int_equal(vm_undefine(&r.paths, d.name, &e), 0);
-        if (vm_define(&r.paths, first, false, &d2, &e) < 0)
-            fail_msg("%s: define of the shown form: %s", valid.v[i], e.msg);
-        json_object *second = vm_def_to_json(&d2);
-        char *s2 = json_pretty(second);
-        if (strcmp(s1, s2) != 0)
-            fail_msg("%s: not a fixed point:\n%s\n---\n%s", valid.v[i], s1, s2);
-        free(s1);
-        free(s2);
-        json_object_put(first);
-        json_object_put(second);
-        vm_def_free(&d2);
-        launch_plan_free(&plan);
-        vm_def_free(&d);
-        root_remove(&r);
-    }
+    const char *name = *state;
+    struct root r;
+    struct vm_def d, d2;
+    struct launch_plan plan;
+    define_and_plan(name, &r, &d, &plan);
+    json_object *first = vm_def_to_json(&d);
+    char *s1 = json_pretty(first);
+    struct qv_err e = {0};
+    /* undefine, then define the shown form again: same text */
+    assert_int_equal(vm_undefine(&r.paths, d.name, &e), 0);
+    if (vm_define(&r.paths, first, false, &d2, &e) < 0)
+        fail_msg("%s: define of the shown form: %s", name, e.msg);
+    json_object *second = vm_def_to_json(&d2);
+    char *s2 = json_pretty(second);
+    bool same = strcmp(s1, s2) == 0;
+    if (!same)
+        print_error("%s: not a fixed point:\n%s\n---\n%s", name, s1, s2);
+    free(s1);
+    free(s2);
+    json_object_put(first);
+    json_object_put(second);
+    vm_def_free(&d2);
+    launch_plan_free(&plan);
+    vm_def_free(&d);
+    root_remove(&r);
+    assert_true(same);
 }
 
 static bool dir_is_empty_tree(const char *dir)
@@ -294,43 +284,39 @@ static bool dir_is_empty_tree(const char *dir)
     return empty;
 }
 
-static void test_golden_errors(void **state)
+static void test_golden_error(void **state)
 {
-    (void)state;
     int mismatches = 0;
-    assert_true(invalid.n >= 30);
-    for (size_t i = 0; i < invalid.n; i++) {
-        const char *name = invalid.v[i];
-        json_object *o = load_golden(name);
-        char path[PATH_MAX], *want = NULL;
-        snprintf(path, sizeof(path), "%s/%s.error", golden_dir, name);
-        assert_int_equal(read_file(path, 4096, &want, NULL), 0);
-        want[strcspn(want, "\n")] = '\0';
-        struct root r;
-        root_make(&r);
-        struct vm_def d;
-        struct qv_err e = {0};
-        int rc = vm_define(&r.paths, o, false, &d, &e);
-        if (rc == 0) {
-            /* valid as a definition: the error must come from the command line */
-            struct host_facts f = golden_facts();
-            struct launch_plan plan;
-            rc = build_launch_plan(&d, &f, &plan, &e);
-            if (rc == 0)
-                launch_plan_free(&plan);
-            vm_def_free(&d);
-        } else if (!dir_is_empty_tree(r.dir)) {
-            print_error("%s: a rejected definition left files behind\n", name);
-            mismatches++;
-        }
-        if (rc != -EINVAL || strcmp(e.msg, want) != 0) {
-            print_error("%s: want EINVAL \"%s\"\n     got %d \"%s\"\n", name, want, rc, e.msg);
-            mismatches++;
-        }
-        free(want);
-        json_object_put(o);
-        root_remove(&r);
+    const char *name = *state;
+    json_object *o = load_golden(name);
+    char path[PATH_MAX], *want = NULL;
+    snprintf(path, sizeof(path), "%s/%s.error", golden_dir, name);
+    assert_int_equal(read_file(path, 4096, &want, NULL), 0);
+    want[strcspn(want, "\n")] = '\0';
+    struct root r;
+    root_make(&r);
+    struct vm_def d;
+    struct qv_err e = {0};
+    int rc = vm_define(&r.paths, o, false, &d, &e);
+    if (rc == 0) {
+        /* valid as a definition: the error must come from the command line */
+        struct host_facts f = golden_facts();
+        struct launch_plan plan;
+        rc = build_launch_plan(&d, &f, &plan, &e);
+        if (rc == 0)
+            launch_plan_free(&plan);
+        vm_def_free(&d);
+    } else if (!dir_is_empty_tree(r.dir)) {
+        print_error("%s: a rejected definition left files behind\n", name);
+        mismatches++;
     }
+    if (rc != -EINVAL || strcmp(e.msg, want) != 0) {
+        print_error("%s: want EINVAL \"%s\"\n     got %d \"%s\"\n", name, want, rc, e.msg);
+        mismatches++;
+    }
+    free(want);
+    json_object_put(o);
+    root_remove(&r);
     assert_int_equal(mismatches, 0);
 }
 
@@ -394,74 +380,101 @@ static char *drain(int fd)
 
 static void test_golden_qemu_accepts(void **state)
 {
-    (void)state;
     int failures = 0;
-    for (size_t i = 0; i < valid.n; i++) {
-        const char *name = valid.v[i];
-        struct root r;
-        struct vm_def d;
-        struct launch_plan plan;
-        define_and_plan(name, &r, &d, &plan);
-        struct host_facts f = golden_facts();
-        char run_dir[PATH_MAX];
-        snprintf(run_dir, sizeof(run_dir), "%s/run", r.dir);
-        mkdir_p(run_dir, 0700);
-        struct launch_ctx ctx = {.paths = &r.paths, .facts = &f, .run_dir = run_dir, .open_tap = open_test_tap};
-        int fds[PLAN_MAX_FDS];
-        struct qv_err e = {0};
-        if (launch_open_resources(&plan, &d, &ctx, fds, &e) < 0)
-            fail_msg("%s: opening resources: %s", name, e.msg);
-        int errfd;
-        pid_t pid = spawn_qemu(&plan, fds, &errfd);
-        launch_close_resources(fds, plan.nslots);
+    const char *name = *state;
+    struct root r;
+    struct vm_def d;
+    struct launch_plan plan;
+    define_and_plan(name, &r, &d, &plan);
+    struct host_facts f = golden_facts();
+    char run_dir[PATH_MAX];
+    snprintf(run_dir, sizeof(run_dir), "%s/run", r.dir);
+    mkdir_p(run_dir, 0700);
+    struct launch_ctx ctx = {.paths = &r.paths, .facts = &f, .run_dir = run_dir, .open_tap = open_test_tap};
+    int fds[PLAN_MAX_FDS];
+    struct qv_err e = {0};
+    if (launch_open_resources(&plan, &d, &ctx, fds, &e) < 0)
+        fail_msg("%s: opening resources: %s", name, e.msg);
+    int errfd;
+    pid_t pid = spawn_qemu(&plan, fds, &errfd);
+    launch_close_resources(fds, plan.nslots);
 
-        char sock[PATH_MAX];
-        snprintf(sock, sizeof(sock), "%s/qmp.sock", run_dir);
-        struct qmp *q = NULL;
-        json_object *status = NULL;
-        int rc = qmp_connect_path(sock, QMP_MONITOR, 10000, NULL, NULL, &q, &e);
-        if (rc == 0)
-            rc = qmp_call(q, "query-status", NULL, NULL, 0, 5000, &status, &e);
-        json_object *st = NULL;
-        if (rc == 0 && (!json_object_object_get_ex(status, "status", &st) ||
-                        strcmp(json_object_get_string(st), "prelaunch") != 0)) {
-            rc = -EINVAL;
-            snprintf(e.msg, sizeof(e.msg), "status %s", jr_show(status));
-        }
-        if (q) {
-            qmp_call(q, "quit", NULL, NULL, 0, 5000, NULL, NULL);
-            qmp_free(q);
-        }
-        json_object_put(status);
-        /* QEMU must exit by itself after quit; a second is generous */
-        int wst = 0;
-        for (int t = 0; t < 100 && waitpid(pid, &wst, WNOHANG) == 0; t++)
-            usleep(20000);
-        if (waitpid(pid, &wst, WNOHANG) == 0) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &wst, 0);
-        }
-        char *err = drain(errfd);
-        close(errfd);
-        if (rc < 0) {
-            print_error("%s: QEMU did not accept the command line: %s\n%s", name, e.msg, err);
-            failures++;
-        }
-        free(err);
-        launch_plan_free(&plan);
-        vm_def_free(&d);
-        root_remove(&r);
+    char sock[PATH_MAX];
+    snprintf(sock, sizeof(sock), "%s/qmp.sock", run_dir);
+    struct qmp *q = NULL;
+    json_object *status = NULL;
+    int rc = qmp_connect_path(sock, QMP_MONITOR, 10000, NULL, NULL, &q, &e);
+    if (rc == 0)
+        rc = qmp_call(q, "query-status", NULL, NULL, 0, 5000, &status, &e);
+    json_object *st = NULL;
+    if (rc == 0 && (!json_object_object_get_ex(status, "status", &st) ||
+                    strcmp(json_object_get_string(st), "prelaunch") != 0)) {
+        rc = -EINVAL;
+        snprintf(e.msg, sizeof(e.msg), "status %s", jr_show(status));
     }
+    if (q) {
+        qmp_call(q, "quit", NULL, NULL, 0, 5000, NULL, NULL);
+        qmp_free(q);
+    }
+    json_object_put(status);
+    /* QEMU must exit by itself after quit; a second is generous */
+    int wst = 0;
+    for (int t = 0; t < 100 && waitpid(pid, &wst, WNOHANG) == 0; t++)
+        usleep(20000);
+    if (waitpid(pid, &wst, WNOHANG) == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &wst, 0);
+    }
+    char *err = drain(errfd);
+    close(errfd);
+    if (rc < 0) {
+        print_error("%s: QEMU did not accept the command line: %s\n%s", name, e.msg, err);
+        failures++;
+    }
+    free(err);
+    launch_plan_free(&plan);
+    vm_def_free(&d);
+    root_remove(&r);
     assert_int_equal(failures, 0);
+}
+
+static void test_golden_counts(void **state)
+{
+    (void)state;
+    assert_true(valid.n >= 30);
+    assert_true(invalid.n >= 30);
+}
+
+static struct CMUnitTest named(const char *prefix, const char *name, void (*fn)(void **))
+{
+    struct CMUnitTest t = {.name = qv_xasprintf("%s %s", prefix, name), .test_func = fn,
+                           .initial_state = (void *)name};
+    return t;
 }
 
 int main(void)
 {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_golden_argv),
-        cmocka_unit_test(test_golden_roundtrip),
-        cmocka_unit_test(test_golden_errors),
-        cmocka_unit_test(test_golden_qemu_accepts),
-    };
-    return cmocka_run_group_tests_name("argv_golden", tests, setup, teardown);
+    /* one test per definition and property, so a failure names its definition */
+    const char *src = getenv("QVISOR_TEST_SRC");
+    snprintf(golden_dir, sizeof(golden_dir), "%s/tests/golden", src && *src ? src : ".");
+    read_names();
+    size_t n = 0, cap = 1 + valid.n * 3 + invalid.n;
+    struct CMUnitTest *tests = qv_xcalloc(cap, sizeof(*tests));
+    tests[n++] = (struct CMUnitTest){.name = qv_xstrdup("at least 30 valid and 30 invalid definitions"),
+                                     .test_func = test_golden_counts};
+    for (size_t i = 0; i < valid.n; i++)
+        tests[n++] = named("argv", valid.v[i], test_golden_argv);
+    for (size_t i = 0; i < valid.n; i++)
+        tests[n++] = named("define-show-define", valid.v[i], test_golden_roundtrip);
+    for (size_t i = 0; i < invalid.n; i++)
+        tests[n++] = named("rejected", invalid.v[i], test_golden_error);
+    for (size_t i = 0; i < valid.n; i++)
+        tests[n++] = named("qemu accepts", valid.v[i], test_golden_qemu_accepts);
+    int r = _cmocka_run_group_tests("argv_golden", tests, n, setup, teardown);
+    for (size_t i = 0; i < n; i++)
+        free((char *)tests[i].name);
+    free(tests);
+    strv_free(&valid);
+    strv_free(&invalid);
+    return r;
 }
