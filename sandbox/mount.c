@@ -142,20 +142,20 @@ static int add_path(struct mnt_plan *p, const char *path, enum mnt_kind kind, bo
                     const char *what, struct qv_err *e)
 {
     if (!path_clean(path))
-        return qv_fail(e, -EINVAL, "mount: %s \"%s\" must be an absolute path other than /", what, path);
+        return qv_fail(e, -EINVAL, "mount namespace: %s \"%s\" must be an absolute path other than /", what, path);
     if (str_startswith(path, "/proc/") || strcmp(path, "/proc") == 0)
-        return qv_fail(e, -EINVAL, "mount: %s %s: /proc is private to the sandbox", what, path);
+        return qv_fail(e, -EINVAL, "mount namespace: %s %s: /proc is private to the sandbox", what, path);
     char real[PATH_MAX];
     if (!realpath(path, real)) {
         if (optional && errno == ENOENT)
             return 0;
-        return qv_failerr(e, -errno, "mount: %s %s", what, path);
+        return qv_failerr(e, -errno, "mount namespace: %s %s", what, path);
     }
     struct stat st;
     if (stat(real, &st) < 0)
-        return qv_failerr(e, -errno, "mount: %s %s", what, path);
+        return qv_failerr(e, -errno, "mount namespace: %s %s", what, path);
     if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode))
-        return qv_fail(e, -EINVAL, "mount: %s %s is neither a file nor a directory%s", what, path,
+        return qv_fail(e, -EINVAL, "mount namespace: %s %s is neither a file nor a directory%s", what, path,
                        S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? " (device nodes go in devices)" : "");
     if (strcmp(real, path) != 0) {
         _cleanup_free_ char *dir = qv_xstrdup(path);
@@ -163,7 +163,7 @@ static int add_path(struct mnt_plan *p, const char *path, enum mnt_kind kind, bo
         *(slash == dir ? slash + 1 : slash) = '\0';
         char realdir[PATH_MAX];
         if (!realpath(dir, realdir) || strcmp(realdir, dir) != 0)
-            return qv_fail(e, -EINVAL, "mount: %s %s: a parent directory is a symlink; give %s", what,
+            return qv_fail(e, -EINVAL, "mount namespace: %s %s: a parent directory is a symlink; give %s", what,
                            path, real);
         struct mnt_entry *l = entry_add(p);
         l->kind = MNT_LINK;
@@ -174,12 +174,12 @@ static int add_path(struct mnt_plan *p, const char *path, enum mnt_kind kind, bo
     uint64_t id = 0;
     int r = mount_id(real, &id);
     if (r < 0)
-        return qv_failerr(e, r, "mount: %s %s", what, real);
+        return qv_failerr(e, r, "mount namespace: %s %s", what, real);
     for (size_t i = 0; i < p->n; i++) {
         struct mnt_entry *x = &p->e[i];
         if (x->kind != MNT_LINK && strcmp(x->host, real) == 0) {
             if (x->kind != kind)
-                return qv_fail(e, -EINVAL, "mount: %s is both read-only and writable", real);
+                return qv_fail(e, -EINVAL, "mount namespace: %s is both read-only and writable", real);
             return 0;
         }
     }
@@ -207,12 +207,12 @@ static int cmp_entry(const void *a, const void *b)
 static int add_device(struct mnt_plan *p, const char *path, struct qv_err *e)
 {
     if (!str_startswith(path, "/dev/") || !path_clean(path) || strchr(path + 5, '/'))
-        return qv_fail(e, -EINVAL, "mount: device \"%s\" must be a node directly in /dev", path);
+        return qv_fail(e, -EINVAL, "mount namespace: device \"%s\" must be a node directly in /dev", path);
     struct stat st;
     if (stat(path, &st) < 0)
-        return qv_failerr(e, -errno, "mount: device %s", path);
+        return qv_failerr(e, -errno, "mount namespace: device %s", path);
     if (!S_ISCHR(st.st_mode) && !S_ISBLK(st.st_mode))
-        return qv_fail(e, -EINVAL, "mount: device %s is not a device node", path);
+        return qv_fail(e, -EINVAL, "mount namespace: device %s is not a device node", path);
     for (size_t i = 0; i < p->nnodes; i++)
         if (strcmp(p->nodes[i].host + strlen(OLDROOT), path) == 0)
             return 0;
@@ -228,9 +228,9 @@ int mnt_plan_build(const struct sandbox_spec *s, const char *exec_path, struct m
     if (s->chroot) {
         char real[PATH_MAX];
         if (!realpath(s->chroot, real))
-            return qv_failerr(e, -errno, "mount: chroot %s", s->chroot);
+            return qv_failerr(e, -errno, "mount namespace: chroot %s", s->chroot);
         if (strcmp(real, "/") != 0 && !path_clean(real))
-            return qv_fail(e, -EINVAL, "mount: chroot %s is not a clean absolute path", s->chroot);
+            return qv_fail(e, -EINVAL, "mount namespace: chroot %s is not a clean absolute path", s->chroot);
         bool whole = strcmp(real, "/") == 0;
         p->root_src = whole ? qv_xstrdup(OLDROOT) : qv_xasprintf(OLDROOT "%s", real);
         static const char *const needed[] = {"dev", "proc", "tmp"};
@@ -239,7 +239,7 @@ int mnt_plan_build(const struct sandbox_spec *s, const char *exec_path, struct m
             snprintf(d, sizeof(d), "%s/%s", whole ? "" : real, needed[i]);
             struct stat st;
             if (stat(d, &st) < 0 || !S_ISDIR(st.st_mode))
-                return qv_fail(e, -ENOENT, "mount: chroot %s has no %s directory to mount on",
+                return qv_fail(e, -ENOENT, "mount namespace: chroot %s has no %s directory to mount on",
                                s->chroot, needed[i]);
         }
     } else {
@@ -271,14 +271,14 @@ int mnt_plan_build(const struct sandbox_spec *s, const char *exec_path, struct m
     if (s->kvm) {
         struct stat st;
         if (stat("/dev/kvm", &st) < 0)
-            return qv_failerr(e, -errno, "mount: KVM is used but /dev/kvm");
+            return qv_failerr(e, -errno, "mount namespace: KVM is used but /dev/kvm");
         if (!S_ISCHR(st.st_mode))
-            return qv_fail(e, -ENODEV, "mount: /dev/kvm is not a character device");
+            return qv_fail(e, -ENODEV, "mount namespace: /dev/kvm is not a character device");
         node_add(p, "/dev/kvm", S_IFCHR | 0600, st.st_rdev, true, false);
     }
     for (size_t i = 0; s->devices && s->devices[i]; i++) {
         if (strcmp(s->devices[i], "/dev/net/tun") == 0)
-            return qv_fail(e, -EPERM, "mount: /dev/net/tun is never given to QEMU: pass tap fds");
+            return qv_fail(e, -EPERM, "mount namespace: /dev/net/tun is never given to QEMU: pass tap fds");
         if ((r = add_device(p, s->devices[i], e)) < 0)
             return r;
     }
@@ -298,18 +298,18 @@ static void mkdirs(const char *path, int errfd)
     char buf[PATH_MAX];
     size_t n = strlen(path);
     if (n >= sizeof(buf))
-        child_fail(errfd, ENAMETOOLONG, "mount: mkdir %s", path);
+        child_fail(errfd, ENAMETOOLONG, "mount namespace: mkdir %s", path);
     memcpy(buf, path, n + 1);
     for (char *c = buf + 1; *c; c++) {
         if (*c != '/')
             continue;
         *c = '\0';
         if (mkdir(buf, 0755) < 0 && errno != EEXIST)
-            child_fail(errfd, errno, "mount: mkdir %s", buf + strlen(NEWROOT));
+            child_fail(errfd, errno, "mount namespace: mkdir %s", buf + strlen(NEWROOT));
         *c = '/';
     }
     if (mkdir(buf, 0755) < 0 && errno != EEXIST)
-        child_fail(errfd, errno, "mount: mkdir %s", buf + strlen(NEWROOT));
+        child_fail(errfd, errno, "mount namespace: mkdir %s", buf + strlen(NEWROOT));
 }
 
 static void parent_dirs(const char *path, int errfd)
@@ -317,7 +317,7 @@ static void parent_dirs(const char *path, int errfd)
     char buf[PATH_MAX];
     size_t n = strlen(path);
     if (n >= sizeof(buf))
-        child_fail(errfd, ENAMETOOLONG, "mount: %s", path);
+        child_fail(errfd, ENAMETOOLONG, "mount namespace: %s", path);
     memcpy(buf, path, n + 1);
     char *slash = strrchr(buf, '/');
     if (slash && slash != buf) {
@@ -337,7 +337,7 @@ static void do_mount(const char *src, const char *dst, const char *type, unsigne
                      const char *data, const char *what, int errfd)
 {
     if (mount(src, dst, type, flags, data) < 0)
-        child_fail(errfd, errno, "mount: %s %s", what, shown(dst));
+        child_fail(errfd, errno, "mount namespace: %s %s", what, shown(dst));
 }
 
 static void bind(const struct mnt_entry *x, int errfd)
@@ -349,7 +349,7 @@ static void bind(const struct mnt_entry *x, int errfd)
         parent_dirs(x->dst, errfd);
         int fd = open(x->dst, O_RDONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0444);
         if (fd < 0)
-            child_fail(errfd, errno, "mount: mountpoint %s", x->host);
+            child_fail(errfd, errno, "mount namespace: mountpoint %s", x->host);
         close(fd);
     }
     do_mount(x->src, x->dst, NULL, MS_BIND, NULL, "bind", errfd);
@@ -366,7 +366,7 @@ static void link_path(const struct mnt_entry *x, int errfd)
         return;
     parent_dirs(x->dst, errfd);
     if (symlink(x->target, x->dst) < 0)
-        child_fail(errfd, errno, "mount: symlink %s", x->host);
+        child_fail(errfd, errno, "mount namespace: symlink %s", x->host);
 }
 
 static void make_dev(const struct mnt_plan *p, int errfd)
@@ -378,18 +378,18 @@ static void make_dev(const struct mnt_plan *p, int errfd)
         if (mknod(n->dst, n->mode, n->rdev) == 0) {
             /* mknod applies the umask; the mode is what we mean. */
             if (chmod(n->dst, n->mode & 07777) < 0)
-                child_fail(errfd, errno, "mount: chmod %s", n->dst + strlen(NEWROOT));
+                child_fail(errfd, errno, "mount namespace: chmod %s", n->dst + strlen(NEWROOT));
             if (n->owned && p->chown_nodes && chown(n->dst, p->owner, p->owner_gid) < 0)
-                child_fail(errfd, errno, "mount: chown %s", n->dst + strlen(NEWROOT));
+                child_fail(errfd, errno, "mount namespace: chown %s", n->dst + strlen(NEWROOT));
             continue;
         }
         /* Where mknod is refused (a container), world-usable nodes can be bound
          * from the host; a node that must belong to the VM's uid cannot. */
         if (!n->bind_ok)
-            child_fail(errfd, errno, "mount: mknod %s", n->dst + strlen(NEWROOT));
+            child_fail(errfd, errno, "mount namespace: mknod %s", n->dst + strlen(NEWROOT));
         int fd = open(n->dst, O_WRONLY | O_CREAT | O_CLOEXEC, 0666);
         if (fd < 0)
-            child_fail(errfd, errno, "mount: mountpoint %s", n->dst + strlen(NEWROOT));
+            child_fail(errfd, errno, "mount namespace: mountpoint %s", n->dst + strlen(NEWROOT));
         close(fd);
         do_mount(n->host, n->dst, NULL, MS_BIND, NULL, "bind of the host's", errfd);
     }
@@ -397,7 +397,7 @@ static void make_dev(const struct mnt_plan *p, int errfd)
     do_mount("devpts", NEWROOT "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
              "newinstance,ptmxmode=0666,mode=0620", "devpts on", errfd);
     if (symlink("pts/ptmx", NEWROOT "/dev/ptmx") < 0)
-        child_fail(errfd, errno, "mount: symlink /dev/ptmx");
+        child_fail(errfd, errno, "mount namespace: symlink /dev/ptmx");
 }
 
 static void make_proc(int errfd)
@@ -411,24 +411,24 @@ static void make_proc(int errfd)
         return;
     if (errno == EINVAL && mount("proc", NEWROOT "/proc", "proc", fl, NULL) == 0)
         return;
-    child_fail(errfd, errno, "mount: proc on /proc");
+    child_fail(errfd, errno, "mount namespace: proc on /proc");
 }
 
 void mnt_apply(const struct mnt_plan *p, int errfd)
 {
     mode_t old_umask = umask(0);
     if (unshare(CLONE_NEWNS) < 0)
-        child_fail(errfd, errno, "mount: unshare(CLONE_NEWNS)");
+        child_fail(errfd, errno, "mount namespace: unshare(CLONE_NEWNS)");
     /* Slave: our mounts never reach the host, the host's unmounts still reach us. */
     do_mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL, "making slave:", errfd);
     do_mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0700,size=64k",
              "scratch tmpfs on", errfd);
     if (chdir("/tmp") < 0)
-        child_fail(errfd, errno, "mount: chdir to the scratch root");
+        child_fail(errfd, errno, "mount namespace: chdir to the scratch root");
     if (mkdir("newroot", 0755) < 0 || mkdir("oldroot", 0700) < 0)
-        child_fail(errfd, errno, "mount: mkdir in the scratch root");
+        child_fail(errfd, errno, "mount namespace: mkdir in the scratch root");
     if (syscall(SYS_pivot_root, ".", "oldroot") < 0)
-        child_fail(errfd, errno, "mount: pivot_root");
+        child_fail(errfd, errno, "mount namespace: pivot_root");
 
     if (p->root_src) {
         do_mount(p->root_src, NEWROOT, NULL, MS_BIND, NULL, "bind of the chroot on", errfd);
@@ -458,14 +458,14 @@ void mnt_apply(const struct mnt_plan *p, int errfd)
                  "read-only remount of the new root", errfd);
 
     if (chdir(NEWROOT) < 0)
-        child_fail(errfd, errno, "mount: chdir to the new root");
+        child_fail(errfd, errno, "mount namespace: chdir to the new root");
     /* The new root goes under the scratch root; detaching "." then takes the
      * scratch root and the whole host tree below /oldroot with it. */
     if (syscall(SYS_pivot_root, ".", ".") < 0)
-        child_fail(errfd, errno, "mount: pivot_root into the new root");
+        child_fail(errfd, errno, "mount namespace: pivot_root into the new root");
     if (umount2(".", MNT_DETACH) < 0)
-        child_fail(errfd, errno, "mount: detaching the host's root");
+        child_fail(errfd, errno, "mount namespace: detaching the host's root");
     if (chdir("/") < 0)
-        child_fail(errfd, errno, "mount: chdir /");
+        child_fail(errfd, errno, "mount namespace: chdir /");
     umask(old_umask);
 }

@@ -286,6 +286,9 @@ int main(int argc, char **argv)
     json_object_object_add(o, "thread", json_object_new_int(tr));
     errno = 0;
     json_object_object_add(o, "clone3", json_object_new_int(err_of(syscall(SYS_clone3, NULL, 0))));
+    /* reading the persona stays allowed (sanitizer runtimes ask at start-up) */
+    json_object_object_add(o, "personality_query",
+                           json_object_new_int(err_of(syscall(SYS_personality, 0xffffffffUL))));
     json_object_object_add(o, "exec_self", json_object_new_int(exec_self()));
     json_object_object_add(o, "denied", denied_results());
 

@@ -459,6 +459,7 @@ static void test_probe_confined(void **state)
      * own spawn=deny closes it after start-up) */
     assert_int_equal(jint(o, "thread", NULL), 0);
     assert_int_equal(jint(o, "clone3", NULL), ENOSYS);
+    assert_int_equal(jint(o, "personality_query", NULL), 0);
     assert_int_equal(jint(o, "exec_self", NULL), 0);
 
     /* every entry of the deny list answers as documented */
@@ -625,6 +626,26 @@ static void test_child_side_failures(void **state)
     assert_string_equal(r.err.msg, want);
     run_free(&r);
 
+    /* a chroot tree without a mountpoint for an extra path: the child cannot
+     * create one in the read-only tree */
+    char tree[PATH_MAX], sub[PATH_MAX + 16];
+    snprintf(tree, sizeof(tree), "%s/tree", f->dir);
+    mkdir(tree, 0755);
+    static const char *const subdirs[] = {"dev", "proc", "tmp"};
+    for (size_t i = 0; i < ARRAY_SIZE(subdirs); i++) {
+        snprintf(sub, sizeof(sub), "%s/%s", tree, subdirs[i]);
+        mkdir(sub, 0755);
+    }
+    run_init(f, &r, true);
+    r.spec.chroot = tree;
+    const char *kernel[] = {f->visible, NULL};
+    r.spec.ro_paths = kernel;
+    run_probe(f, &r);
+    assert_int_equal(r.rc, -EROFS);
+    snprintf(want, sizeof(want), "%s: sandbox: mount namespace: mkdir /var: Read-only file system", f->name);
+    assert_string_equal(r.err.msg, want);
+    run_free(&r);
+
     /* a bad fd map never forks */
     run_init(f, &r, true);
     r.spec.stdout_fd = 987;
@@ -639,7 +660,7 @@ static void test_child_side_failures(void **state)
     r.spec.ro_paths = ro;
     run_probe(f, &r);
     assert_int_equal(r.rc, -ENOENT);
-    assert_non_null(strstr(r.err.msg, "sandbox: mount: read-only path /nonexistent/vmlinuz: No such file"));
+    assert_non_null(strstr(r.err.msg, "sandbox: mount namespace: read-only path /nonexistent/vmlinuz: No such file"));
     run_free(&r);
 
     /* root is refused outright */
@@ -930,9 +951,13 @@ static void test_spawn_overhead(void **state)
         assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     }
     uint64_t boxed = monotonic_ms() - t0;
-    printf("# spawn to exit, mean of %d (this test binary is built with ASan): "
-           "sandbox_spawn %.2f ms, plain fork+execve %.2f ms\n",
-           n, (double)boxed / n, (double)plain / n);
+#ifdef __SANITIZE_ADDRESS__
+    const char *build = "ASan build";
+#else
+    const char *build = "plain build";
+#endif
+    printf("# spawn to exit, mean of %d (%s): sandbox_spawn %.2f ms, plain fork+execve %.2f ms\n", n, build,
+           (double)boxed / n, (double)plain / n);
 }
 
 int main(void)

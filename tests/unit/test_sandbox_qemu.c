@@ -3,7 +3,8 @@
  * and /proc/PID shows what is in force: no capability in any set, no_new_privs,
  * seccomp mode 2 with our filter and QEMU's, its own uid, a private mount
  * namespace with a minimal /dev. Asked over QMP to open another VM's disk or
- * /dev/net/tun, it cannot. With KVM, /dev/kvm works for the VM's uid. */
+ * /dev/net/tun, it cannot. With KVM, /dev/kvm works for the VM's uid. A whole
+ * guest boots under TCG from a kernel and initrd given as read-only paths. */
 #include <fcntl.h>
 #include <ftw.h>
 #include <poll.h>
@@ -40,6 +41,7 @@ struct fx {
     char qemu[PATH_MAX];
     char dir[PATH_MAX];
     char disk[PATH_MAX];        /* "another VM's disk": never reachable by path */
+    char mine[PATH_MAX];        /* this VM's disk, passed as an fd */
     struct sandbox_host host;
     struct sandbox_uid_lease lease;
     int qmp;                    /* our end of the socketpair */
@@ -78,6 +80,13 @@ static int setup(void **state)
     chmod(f->dir, 0755);
     snprintf(f->disk, sizeof(f->disk), "%s/other-vm.raw", f->dir);
     int fd = open(f->disk, O_WRONLY | O_CREAT | O_CLOEXEC, 0666);
+    if (fd < 0 || ftruncate(fd, 1 << 20) < 0) {
+        free(f);
+        return -1;
+    }
+    close(fd);
+    snprintf(f->mine, sizeof(f->mine), "%s/mine.raw", f->dir);
+    fd = open(f->mine, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0 || ftruncate(fd, 1 << 20) < 0) {
         free(f);
         return -1;
@@ -197,7 +206,12 @@ static void start_qemu(struct fx *f, const char *accel, bool kvm)
                           "-chardev", "socket,id=qmp,fd=3,server=off",
                           "-mon", "chardev=qmp,mode=control",
                           "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+                          /* the VM's disk as the supervisor passes it: an fd, mode 0600, root's */
+                          "-add-fd", "fd=4,set=4",
+                          "-blockdev", "{\"driver\":\"file\",\"node-name\":\"disk0\",\"filename\":\"/dev/fdset/4\"}",
                           NULL};
+    int disk = open(f->mine, O_RDWR | O_CLOEXEC);
+    assert_true(disk >= 0);
     if (f->host.step[SANDBOX_CGROUP].available) {
         struct sandbox_cgroup_params p = {.root = "/sys/fs/cgroup", .parent = f->cg_parent, .name = "vm"};
         struct sandbox_cgroup_limits l = {
@@ -209,14 +223,14 @@ static void start_qemu(struct fx *f, const char *accel, bool kvm)
         if (sandbox_cgroup_create(&f->cg, &l, NULL, &e) < 0)
             fail_msg("%s", e.msg);
     }
-    struct sandbox_fd fds[] = {{sv[1], 3}};
+    struct sandbox_fd fds[] = {{sv[1], 3}, {disk, 4}};
     struct sandbox_spec s;
     sandbox_spec_init(&s);
     s.name = "qemutest";
     s.path = f->qemu;
     s.argv = argv;
     s.fds = fds;
-    s.nfds = 1;
+    s.nfds = 2;
     s.stderr_fd = ep[1];
     s.hold_fd = f->lease.lock_fd;
     s.uid = f->lease.uid;
@@ -233,6 +247,7 @@ static void start_qemu(struct fx *f, const char *accel, bool kvm)
     uint64_t t0 = monotonic_ms();
     int r = sandbox_spawn(&s, &f->pid, NULL, &e);
     close(stray);
+    close(disk);
     close(sv[1]);
     close(ep[1]);
     if (r < 0)
@@ -340,9 +355,14 @@ static void test_qemu_confined(void **state)
             continue;
         target[n] = '\0';
         if (target[0] == '/' && strncmp(target, "/dev/", 5) && strncmp(target, "/memfd:", 7) &&
-            strcmp(target, lock))
+            strcmp(target, lock) && strcmp(target, f->mine))
             fail_msg("QEMU holds fd %s -> %s", fd, target);
     }
+
+    /* its own disk, opened through the fd it was given, is there */
+    rep = qmp(f, "{\"execute\":\"query-named-block-nodes\"}");
+    assert_non_null(strstr(json_object_to_json_string_ext(rep, JSON_C_TO_STRING_PLAIN), "\"node-name\":\"disk0\""));
+    json_object_put(rep);
 
     /* asked to open another VM's disk, or the tun device, by path: it cannot */
     char cmd[PATH_MAX + 200];
@@ -403,6 +423,108 @@ static void test_qemu_kvm_node(void **state)
     quit_qemu(f);
 }
 
+/* The guest's kernel and initrd (tests/run builds them into build/guest). */
+static bool find_guest(char *kernel, char *initrd, size_t len)
+{
+    const char *b = getenv("QVISOR_TEST_BUILD");
+    char dir[PATH_MAX];
+    if (b && *b) {
+        snprintf(dir, sizeof(dir), "%s/guest", b);
+    } else {
+        char self[PATH_MAX];
+        ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+        self[n > 0 ? n : 0] = '\0';
+        char *slash = strrchr(self, '/');
+        if (slash)
+            *slash = '\0';
+        snprintf(dir, sizeof(dir), "%s/../../guest", self);
+    }
+    snprintf(kernel, len, "%s/vmlinux", dir);
+    snprintf(initrd, len, "%s/initrd.img", dir);
+    return access(kernel, R_OK) == 0 && access(initrd, R_OK) == 0;
+}
+
+/* A whole guest under TCG: it boots, runs a command, powers off, and QEMU exits. */
+static void test_qemu_boots_guest(void **state)
+{
+    struct fx *f = *state;
+    char kernel[PATH_MAX], initrd[PATH_MAX], kreal[PATH_MAX], ireal[PATH_MAX];
+    if (!find_guest(kernel, initrd, sizeof(kernel)) || !realpath(kernel, kreal) || !realpath(initrd, ireal))
+        skip();
+    struct qv_err e = {0};
+    assert_int_equal(sandbox_uid_acquire(f->dir, 6400000, 6465535, "qemuboot", &f->lease, &e), 0);
+    int con[2], ep[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, con), 0);
+    assert_int_equal(pipe2(ep, O_CLOEXEC), 0);
+    f->qmp = con[0];
+    f->err_r = ep[0];
+    const char *argv[] = {"qemu-system-x86_64", "-machine", "pc", "-accel", "tcg", "-m", "256",
+                          "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+                          "-chardev", "socket,id=con,fd=3,server=off", "-serial", "chardev:con",
+                          "-kernel", kreal, "-initrd", ireal,
+                          "-append", "console=ttyS0 panic=-1 quiet qv_run=\"echo sandboxed-guest\"",
+                          "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+                          NULL};
+    struct sandbox_fd fds[] = {{con[1], 3}};
+    const char *ro[] = {kreal, ireal, NULL};
+    struct sandbox_spec s;
+    sandbox_spec_init(&s);
+    s.name = "qemuboot";
+    s.path = f->qemu;
+    s.argv = argv;
+    s.fds = fds;
+    s.nfds = 1;
+    s.stderr_fd = ep[1];
+    s.hold_fd = f->lease.lock_fd;
+    s.uid = f->lease.uid;
+    s.gid = f->lease.gid;
+    s.host = &f->host;
+    s.ro_paths = ro;
+    s.enable &= ~SANDBOX_STEP(SANDBOX_CGROUP);
+    s.require = s.enable;
+    uint64_t t0 = monotonic_ms();
+    int r = sandbox_spawn(&s, &f->pid, NULL, &e);
+    close(con[1]);
+    close(ep[1]);
+    if (r < 0)
+        fail_msg("spawn: %s", e.msg);
+    emergency_pid = f->pid;
+    /* the console until the guest reports its command's status */
+    uint64_t deadline = monotonic_ms() + 45000;
+    while (!f->in.p || !memmem(f->in.p, f->in.len, "QVISOR-GUEST: exit 0", 20)) {
+        uint64_t now = monotonic_ms();
+        if (now >= deadline) {
+            _cleanup_free_ char *err = qemu_stderr(f);
+            buf_adds(&f->in, "");
+            fail_msg("no guest output in time; console: %s; stderr: %s", f->in.p, err);
+        }
+        struct pollfd p = {.fd = f->qmp, .events = POLLIN};
+        if (poll(&p, 1, (int)(deadline - now)) <= 0)
+            continue;
+        char chunk[4096];
+        ssize_t n = read(f->qmp, chunk, sizeof(chunk));
+        if (n <= 0) {
+            _cleanup_free_ char *err = qemu_stderr(f);
+            fail_msg("console closed; stderr: %s", err);
+        }
+        buf_add(&f->in, chunk, (size_t)n);
+    }
+    assert_non_null(memmem(f->in.p, f->in.len, "sandboxed-guest", 15));
+    printf("# guest booted and ran its command %llu ms after sandbox_spawn\n",
+           (unsigned long long)(monotonic_ms() - t0));
+    int st = 0;
+    while (waitpid(f->pid, &st, WNOHANG) == 0) {
+        if (monotonic_ms() > deadline)
+            fail_msg("QEMU did not exit after the guest powered off");
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    f->pid = 0;
+    emergency_pid = 0;
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+}
+
 int main(void)
 {
     signal(SIGALRM, on_alarm);
@@ -414,6 +536,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_qemu_confined, setup, teardown),
         cmocka_unit_test_setup_teardown(test_qemu_kvm_node, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_qemu_boots_guest, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
