@@ -596,9 +596,8 @@ static int add_firmware(struct builder *b, struct qv_err *e)
     return 0;
 }
 
-int build_launch_plan(const struct vm_def *d, const struct host_facts *f, struct launch_plan *out, struct qv_err *e)
+static int build(const struct vm_def *d, const struct host_facts *f, struct launch_plan *out, struct qv_err *e)
 {
-    memset(out, 0, sizeof(*out));
     struct builder b = {
         .p = out, .d = d, .f = f, .next_fd = FD_FIRST,
         .pci_bus = d->machine == MACHINE_Q35 ? "pcie.0" : d->machine == MACHINE_PC ? "pci.0" : NULL,
@@ -621,7 +620,7 @@ int build_launch_plan(const struct vm_def *d, const struct host_facts *f, struct
     arg2(&b, "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
     int r = add_machine(&b, e);
     if (r < 0)
-        goto fail;
+        return r;
     add_socket_chardev(&b, "qmp", FD_QMP);
     arg2(&b, "-mon", "chardev=qmp,mode=control");
     if (d->console != CONSOLE_NONE)
@@ -632,7 +631,7 @@ int build_launch_plan(const struct vm_def *d, const struct host_facts *f, struct
     snprintf(opt, sizeof(opt), "reboot=%s,panic=pause", d->on_reboot == REBOOT_STOP ? "shutdown" : "reset");
     arg2(&b, "-action", opt);
     if ((r = add_firmware(&b, e)) < 0)
-        goto fail;
+        return r;
     add_display(&b);
     add_controllers(&b);
     struct ports pt = {0};
@@ -648,12 +647,16 @@ int build_launch_plan(const struct vm_def *d, const struct host_facts *f, struct
     }
     for (size_t i = 0; i < d->qemu_args.n; i++)
         arg(&b, d->qemu_args.v[i]);
-    if (out->nslots >= PLAN_MAX_FDS) {
-        r = qv_fail(e, -E2BIG, "%s: needs more than %d file descriptors", d->name, PLAN_MAX_FDS);
-        goto fail;
-    }
+    if (out->nslots >= PLAN_MAX_FDS)
+        return qv_fail(e, -E2BIG, "%s: needs more than %d file descriptors", d->name, PLAN_MAX_FDS);
     return 0;
-fail:
-    launch_plan_free(out);
+}
+
+int build_launch_plan(const struct vm_def *d, const struct host_facts *f, struct launch_plan *out, struct qv_err *e)
+{
+    memset(out, 0, sizeof(*out));
+    int r = build(d, f, out, e);
+    if (r < 0)
+        launch_plan_free(out);
     return r;
 }

@@ -288,11 +288,11 @@ int cmd_list(struct cli *c)
         const char *state = vm_state_names[rs.state];
         bool active = rs.state != VM_SHUTOFF && rs.state != VM_CRASHED;
         runstate_free(&rs);
+        if (!cli_flag(c, "all") && !active)
+            continue;
         bool ok = vm_load(&c->paths, names.v[i], &d, &e) == 0;
         if (!ok)
             state = "invalid";
-        if (!cli_flag(c, "all") && !active)
-            goto next;
         char mem[32] = "-";
         if (ok)
             format_size(d.memory.bytes, mem, sizeof(mem));
@@ -314,7 +314,6 @@ int cmd_list(struct cli *c)
         } else {
             printf("%-24s %-10s %5s %8s  (%s)\n", names.v[i], state, "-", "-", e.msg);
         }
-    next:
         if (ok)
             vm_def_free(&d);
     }

@@ -562,11 +562,9 @@ static int check_devices(struct jr *r, struct vm_def *d, bool order_given)
     return 0;
 }
 
-int vm_def_from_json(json_object *o, struct vm_def *d, struct qv_err *e)
+static int parse_definition(struct jr *rp, json_object *o, struct vm_def *d)
 {
-    struct jr r;
-    jr_init(&r, e);
-    memset(d, 0, sizeof(*d));
+    struct jr r = *rp;
     static const char *const keys[] = {"name", "uuid", "description", "machine", "accel", "cpu", "memory",
                                        "boot", "disks", "cdroms", "nics", "console", "graphics", "agent",
                                        "on_poweroff", "on_reboot", "on_crash", "qemu_args", NULL};
@@ -582,23 +580,23 @@ int vm_def_from_json(json_object *o, struct vm_def *d, struct qv_err *e)
         (err = jr_string(&r, o, "description", false, &d->description)) < 0 ||
         (err = jr_enum(&r, o, "machine", vm_machine_names, &machine)) < 0 ||
         (err = jr_enum(&r, o, "accel", vm_accel_names, &accel)) < 0)
-        goto fail;
+        return err;
     d->machine = machine;
     d->accel = accel;
     if (uuid)
         memcpy(d->uuid, uuid, sizeof(d->uuid));
     if ((err = parse_cpu(&r, o, d)) < 0 || (err = parse_memory(&r, o, d)) < 0 ||
         (err = parse_boot(&r, o, d, &order_given)) < 0)
-        goto fail;
+        return err;
     if (d->machine == MACHINE_MICROVM && !d->boot.kernel) {
         jr_key(&r, "boot");
         err = jr_fail(&r, "microvm needs boot.kernel (it has no disk firmware)");
-        goto fail;
+        return err;
     }
     if (d->machine == MACHINE_MICROVM && d->boot.firmware == FIRMWARE_UEFI) {
         jr_key(&r, "boot"), jr_key(&r, "firmware");
         err = jr_fail(&r, "\"uefi\" is not available on microvm");
-        goto fail;
+        return err;
     }
     if ((err = parse_list(&r, o, "disks", sizeof(struct vm_disk), (void **)&d->disks, &d->ndisks, d, parse_disk_v)) < 0 ||
         (err = parse_list(&r, o, "cdroms", sizeof(struct vm_cdrom), (void **)&d->cdroms, &d->ncdroms, d, parse_cdrom_v)) < 0 ||
@@ -608,7 +606,7 @@ int vm_def_from_json(json_object *o, struct vm_def *d, struct qv_err *e)
         (err = jr_enum(&r, o, "on_poweroff", poweroff_names, &onp)) < 0 ||
         (err = jr_enum(&r, o, "on_reboot", reboot_names, &onr)) < 0 ||
         (err = jr_enum(&r, o, "on_crash", crash_names, &onc)) < 0 || (err = jr_array(&r, o, "qemu_args", &qargs)) < 0)
-        goto fail;
+        return err;
     d->console = console;
     d->on_poweroff = onp;
     d->on_reboot = onr;
@@ -619,17 +617,23 @@ int vm_def_from_json(json_object *o, struct vm_def *d, struct qv_err *e)
             json_object *a = json_object_array_get_idx(qargs, i);
             size_t mi = jr_index(&r, i);
             if ((err = jr_expect(&r, a, json_type_string)) < 0)
-                goto fail;
+                return err;
             strv_push(&d->qemu_args, json_object_get_string(a));
             jr_pop(&r, mi);
         }
         jr_pop(&r, m);
     }
-    if ((err = check_devices(&r, d, order_given)) < 0)
-        goto fail;
-    return 0;
-fail:
-    vm_def_free(d);
+    return check_devices(&r, d, order_given);
+}
+
+int vm_def_from_json(json_object *o, struct vm_def *d, struct qv_err *e)
+{
+    struct jr r;
+    jr_init(&r, e);
+    memset(d, 0, sizeof(*d));
+    int err = parse_definition(&r, o, d);
+    if (err < 0)
+        vm_def_free(d);
     return err;
 }
 

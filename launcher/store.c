@@ -146,48 +146,49 @@ static bool mac_taken(const struct vm_def *d, size_t upto, const struct others *
     return false;
 }
 
-/* Fills uuid, MACs and image formats, and checks them against the other VMs. */
-static int complete_definition(const struct qv_paths *p, struct vm_def *d, const struct vm_def *old, struct qv_err *e)
+static int assign_identity(struct vm_def *d, const struct vm_def *old, const struct others *o, struct qv_err *e)
 {
-    struct others o = {0};
-    int r = others_load(p, d->name, &o, e);
-    if (r < 0)
-        goto out;
     if (!d->uuid[0]) {
         if (old)
             memcpy(d->uuid, old->uuid, sizeof(d->uuid));
         else
             do
                 uuid_generate_str(d->uuid);
-            while (strv_index(&o.uuids, d->uuid) >= 0);
-    } else if (strv_index(&o.uuids, d->uuid) >= 0) {
-        r = qv_fail(e, -EEXIST, "uuid: %s is already used by another VM", d->uuid);
-        goto out;
+            while (strv_index(&o->uuids, d->uuid) >= 0);
+    } else if (strv_index(&o->uuids, d->uuid) >= 0) {
+        return qv_fail(e, -EEXIST, "uuid: %s is already used by another VM", d->uuid);
     }
     for (size_t i = 0; i < d->nnics; i++) {
         struct vm_nic *n = &d->nics[i];
         if (n->mac[0]) {
-            ssize_t k = strv_index(&o.macs, n->mac);
-            if (k >= 0) {
-                r = qv_fail(e, -EEXIST, "nics[%zu].mac: %s is already used by VM %s", i, n->mac, o.mac_owners.v[k]);
-                goto out;
-            }
+            ssize_t k = strv_index(&o->macs, n->mac);
+            if (k >= 0)
+                return qv_fail(e, -EEXIST, "nics[%zu].mac: %s is already used by VM %s", i, n->mac, o->mac_owners.v[k]);
             continue;
         }
-        if (old && i < old->nnics && old->nics[i].mac[0] && !mac_taken(d, i, &o, old->nics[i].mac)) {
+        if (old && i < old->nnics && old->nics[i].mac[0] && !mac_taken(d, i, o, old->nics[i].mac)) {
             memcpy(n->mac, old->nics[i].mac, sizeof(n->mac));
             continue;
         }
         unsigned attempt = 0;
         do
             mac_generate(d->uuid, i, attempt++, n->mac);
-        while (mac_taken(d, i, &o, n->mac) && attempt < 1000);
-        if (attempt >= 1000) {
-            r = qv_fail(e, -EEXIST, "nics[%zu]: no free MAC address found; give one with \"mac\"", i);
-            goto out;
-        }
+        while (mac_taken(d, i, o, n->mac) && attempt < 1000);
+        if (attempt >= 1000)
+            return qv_fail(e, -EEXIST, "nics[%zu]: no free MAC address found; give one with \"mac\"", i);
     }
-    for (size_t i = 0; i < d->ndisks; i++) {
+    return 0;
+}
+
+/* Fills uuid, MACs and image formats, and checks them against the other VMs. */
+static int complete_definition(const struct qv_paths *p, struct vm_def *d, const struct vm_def *old, struct qv_err *e)
+{
+    struct others o = {0};
+    int r = others_load(p, d->name, &o, e);
+    if (r == 0)
+        r = assign_identity(d, old, &o, e);
+    others_free(&o);
+    for (size_t i = 0; r == 0 && i < d->ndisks; i++) {
         if (d->disks[i].format != FORMAT_PROBE)
             continue;
         r = image_detect_format(d->disks[i].file, &d->disks[i].format, e);
@@ -195,11 +196,8 @@ static int complete_definition(const struct qv_paths *p, struct vm_def *d, const
             qv_prefix(e, "disks[%zu].file: ", i);
             snprintf(e->msg + strlen(e->msg), sizeof(e->msg) - strlen(e->msg),
                      " (create the image first, or give \"format\")");
-            goto out;
         }
     }
-out:
-    others_free(&o);
     return r;
 }
 
@@ -222,6 +220,33 @@ static int lock_vms_dir(const struct qv_paths *p, struct qv_err *e)
     return fd;
 }
 
+/* Checks `d` against what is on disk and writes it; `lock` is held. */
+static int define_locked(const struct qv_paths *p, struct vm_def *d, bool replace, struct qv_err *e)
+{
+    char path[PATH_MAX];
+    vm_def_path(p, d->name, path, sizeof(path));
+    struct vm_def old = {0};
+    bool have_old = false;
+    if (path_exists(path)) {
+        if (!replace)
+            return qv_fail(e, -EEXIST, "%s is already defined (qvisor edit %s changes it; undefine it to start over)",
+                           d->name, d->name);
+        have_old = vm_load(p, d->name, &old, NULL) == 0;
+        if (have_old && d->uuid[0] && strcmp(d->uuid, old.uuid) != 0) {
+            int r = qv_fail(e, -EINVAL, "uuid: a VM keeps its uuid (%s)", old.uuid);
+            vm_def_free(&old);
+            return r;
+        }
+    }
+    int r = complete_definition(p, d, have_old ? &old : NULL, e);
+    if (have_old)
+        vm_def_free(&old);
+    if (r < 0)
+        return qv_prefix(e, "%s: ", d->name);
+    _cleanup_json_ json_object *norm = vm_def_to_json(d);
+    return json_write_file_atomic(path, norm, 0644, e);
+}
+
 int vm_define(const struct qv_paths *p, json_object *o, bool replace, struct vm_def *out, struct qv_err *e)
 {
     struct vm_def d;
@@ -229,37 +254,7 @@ int vm_define(const struct qv_paths *p, json_object *o, bool replace, struct vm_
     if (r < 0)
         return r;
     _cleanup_close_ int lock = lock_vms_dir(p, e);
-    if (lock < 0) {
-        vm_def_free(&d);
-        return lock;
-    }
-    char path[PATH_MAX];
-    vm_def_path(p, d.name, path, sizeof(path));
-    struct vm_def old = {0};
-    bool have_old = false;
-    if (path_exists(path)) {
-        if (!replace) {
-            r = qv_fail(e, -EEXIST, "%s is already defined (qvisor edit %s changes it; undefine it to start over)",
-                        d.name, d.name);
-            goto out;
-        }
-        if (vm_load(p, d.name, &old, NULL) == 0)
-            have_old = true;
-        if (have_old && d.uuid[0] && strcmp(d.uuid, old.uuid) != 0) {
-            r = qv_fail(e, -EINVAL, "uuid: a VM keeps its uuid (%s)", old.uuid);
-            goto out;
-        }
-    }
-    r = complete_definition(p, &d, have_old ? &old : NULL, e);
-    if (r < 0) {
-        qv_prefix(e, "%s: ", d.name);
-        goto out;
-    }
-    _cleanup_json_ json_object *norm = vm_def_to_json(&d);
-    r = json_write_file_atomic(path, norm, 0644, e);
-out:
-    if (have_old)
-        vm_def_free(&old);
+    r = lock < 0 ? lock : define_locked(p, &d, replace, e);
     if (r == 0 && out)
         *out = d;
     else

@@ -52,6 +52,14 @@ check_output() {
     shift 2
     if out=$("$@" 2>&1) && grep -Eq -- "$re" <<< "$out"; then ok "$desc"; else not_ok "$desc"; diag "$out"; fi
 }
+# check_error DESC CODE REGEX CMD...: CMD exits with status CODE and says REGEX.
+check_error() {
+    local desc=$1 want=$2 re=$3 out rc
+    shift 3
+    out=$("$@" 2>&1); rc=$?
+    if [ "$rc" -eq "$want" ] && grep -Eq -- "$re" <<< "$out"; then ok "$desc"
+    else not_ok "$desc (exit $rc, want $want)"; diag "$out"; fi
+}
 # wait_until SECONDS CMD...: polls CMD every 0.1 s; returns its last status.
 wait_until() {
     local limit=$1 end

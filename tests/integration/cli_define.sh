@@ -64,12 +64,11 @@ check "define -> show -> define is a fixed point" cmp "$T_ROOT/full1.json" "$T_R
 # conflicts: same name, same uuid, same MAC
 check_exit "a second VM with the same name is refused (exit 4)" 4 qv define "$work/minimal.json"
 sed 's/"name": "minimal"/"name": "other"/' "$work/minimal.json" > "$T_ROOT/other.json"
-check_output "a second VM with the same uuid is refused" "uuid: .* is already used" qv define "$T_ROOT/other.json"
+check_error "a second VM with the same uuid is refused (exit 4)" 4 "uuid: .* is already used" qv define "$T_ROOT/other.json"
 cat > "$T_ROOT/macdup.json" <<J
 {"name": "macdup", "nics": [{"type": "user", "mac": "52:54:00:01:02:03"}]}
 J
-check_output "a MAC used by another VM is refused, naming that VM" "already used by VM full" qv define "$T_ROOT/macdup.json"
-check_exit "...with exit 4" 4 qv define "$T_ROOT/macdup.json"
+check_error "a MAC used by another VM is refused, naming that VM (exit 4)" 4 "already used by VM full" qv define "$T_ROOT/macdup.json"
 
 # generated MACs are stored and stable, and differ between VMs
 qv define -q mac1 --nic user --nic user
@@ -86,8 +85,8 @@ check_output "flags: disk format read from the image header" '"format": "qcow2"'
 check_output "flags: hostfwd parsed into an object" '"host_port": 2222' qv show flags
 check_output "define --print shows the normalised JSON without writing" '"name": "printed"' qv define printed --memory 1G --print
 check_exit "...and nothing was defined" 3 qv show printed
-check_output "a missing image without a format is refused with the path" "disks\[0\].file: $img/missing.raw: No such file or directory" \
-    qv define nofile --disk "$img/missing.raw"
+check_error "a missing image without a format is refused with the path (exit 3)" 3 \
+    "disks\[0\].file: $img/missing.raw: No such file or directory" qv define nofile --disk "$img/missing.raw"
 
 # global options before or after the command word, and QVISOR_ROOT
 check_output "--root and --json after the command" '"name": "minimal"' "$QV_BIN" show minimal --root "$T_ROOT" --json
@@ -103,8 +102,7 @@ check_exit "undefine of an unknown VM exits 3" 3 qv undefine nosuchvm
 check_exit "an unknown command exits 2" 2 qv frobnicate
 check_exit "an unknown option exits 2" 2 qv list --bogus
 printf '{"name": "broken",\n  "memory": }\n' > "$T_ROOT/broken.json"
-check_output "a JSON syntax error names file, line and column" "broken.json:2:13: " qv define "$T_ROOT/broken.json"
-check_exit "...and exits 2" 2 qv define "$T_ROOT/broken.json"
+check_error "a JSON syntax error names file, line and column (exit 2)" 2 "broken.json:2:13: " qv define "$T_ROOT/broken.json"
 check "undefine removes the definition" qv undefine -q flags
 check_exit "...after which show exits 3" 3 qv show flags
 finish
