@@ -73,20 +73,26 @@ int sandbox_degrade(unsigned require, enum sandbox_step step, const char *name, 
                     struct strv *warnings, struct qv_err *e);
 
 /* ---- the uid a VM runs as -------------------------------------------------- */
-/* A dynamic uid, held by an flock on LOCK_DIR/UID for as long as the lease's fd
- * is open anywhere: pass `lock_fd` as spec.hold_fd so that QEMU holds it too and
- * the uid stays taken even if the supervisor dies before QEMU. */
+/* A dynamic uid, reserved by shared flocks on LOCK_DIR/UID: one on lock_fd for
+ * the supervisor, one on a separate open file description, hold_fd, for QEMU
+ * (pass it as spec.hold_fd), so the uid stays taken while either lives and a
+ * compromised QEMU can drop only its own lock. */
 struct sandbox_uid_lease {
     uid_t uid;
     gid_t gid;          /* same number as uid: a group of its own */
     int lock_fd;        /* read-only; -1 when not held */
+    int hold_fd;        /* read-only, for QEMU; kept for respawns; -1 when none */
 };
 /* Picks a uid in [first, last] stable for `name` (hash of the name, then linear
  * probing), never 0, never one that names an existing user or group, never one
- * that another running VM holds. A lock file without a holder is free. */
+ * that a running VM holds or any running process uses. A lock file without a
+ * holder is free. */
 int sandbox_uid_acquire(const char *lock_dir, uid_t first, uid_t last, const char *name,
                         struct sandbox_uid_lease *out, struct qv_err *e);
-/* Drops this process's hold (QEMU may still hold its copy). Idempotent. */
+/* For a supervisor that finds its QEMU still running: holds `uid` again next to
+ * QEMU's own lock. Fails (-EWOULDBLOCK) only if someone holds it exclusively. */
+int sandbox_uid_rehold(const char *lock_dir, uid_t uid, struct sandbox_uid_lease *out, struct qv_err *e);
+/* Drops this process's holds (QEMU keeps its own). Idempotent. */
 void sandbox_uid_release(struct sandbox_uid_lease *l);
 /* Who holds uid's lock file according to its contents ("" if unknown); diagnostics. */
 int sandbox_uid_holder(const char *lock_dir, uid_t uid, char *name, size_t len);
@@ -178,7 +184,7 @@ struct sandbox_spec {
     int stdout_fd, stderr_fd;       /* -1: /dev/null (stdin is always /dev/null
                                      * unless mapped to 0 in fds) */
     int hold_fd;                    /* kept open at a free number, not named in argv:
-                                     * the uid lease's lock fd; -1: none */
+                                     * the uid lease's hold_fd; -1: none */
     bool setsid;                    /* own session: a terminal's ^C does not reach QEMU */
 
     unsigned enable;                /* steps to apply (sandbox_spec_init: all) */

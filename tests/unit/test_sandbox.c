@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <linux/kvm.h>
@@ -134,6 +135,7 @@ static int setup(void **state)
     write_text(f->visible, "kernel image\n", 0666);
     snprintf(f->name, sizeof(f->name), "sbtest-%d", (int)getpid());
     f->lease.lock_fd = -1;
+    f->lease.hold_fd = -1;
     sandbox_host_check("/sys/fs/cgroup", &f->host);
     *state = f;
     return 0;
@@ -206,7 +208,7 @@ static void run_init(struct fx *f, struct run *r, bool with_user)
         }
         r->spec.uid = f->lease.uid;
         r->spec.gid = f->lease.gid;
-        r->spec.hold_fd = f->lease.lock_fd;
+        r->spec.hold_fd = f->lease.hold_fd;
     } else {
         r->spec.enable &= ~SANDBOX_STEP(SANDBOX_USER);
     }
@@ -826,7 +828,9 @@ static void test_uid_leases(void **state)
     assert_int_equal(sandbox_user_lookup("no-such-user-qv", &first, &a.gid, &e), -ENOENT);
 }
 
-/* QEMU inherits the lock: the uid stays taken after the supervisor lets go. */
+/* QEMU holds its own lock: the uid stays taken after the supervisor lets go, a
+ * QEMU that drops its lock cannot free the supervisor's, and a uid with a live
+ * process stays taken even without any lock. */
 static void test_uid_held_by_child(void **state)
 {
     struct fx *f = *state;
@@ -837,12 +841,21 @@ static void test_uid_held_by_child(void **state)
     if (r.rc < 0)
         fail_msg("spawn: %s", r.err.msg);
     uid_t held = f->lease.uid;
-    sandbox_uid_release(&f->lease);
     struct qv_err e = {0};
     struct sandbox_uid_lease again;
+
+    /* a compromised QEMU drops the lock it inherited (same open file description) */
+    assert_int_equal(flock(f->lease.hold_fd, LOCK_UN), 0);
     assert_int_equal(sandbox_uid_acquire(f->lockdir, UID_FIRST, UID_LAST, f->name, &again, &e), 0);
     assert_true(again.uid != held);
     sandbox_uid_release(&again);
+
+    /* the supervisor goes too: no lock at all, but the process still runs as `held` */
+    sandbox_uid_release(&f->lease);
+    assert_int_equal(sandbox_uid_acquire(f->lockdir, UID_FIRST, UID_LAST, f->name, &again, &e), 0);
+    assert_true(again.uid != held);
+    sandbox_uid_release(&again);
+
     close(r.wait_w);
     r.wait_w = -1;
     reap(f, r.pid, 10000, NULL);
@@ -850,6 +863,71 @@ static void test_uid_held_by_child(void **state)
     assert_int_equal(again.uid, held);
     sandbox_uid_release(&again);
     run_free(&r);
+}
+
+/* A supervisor that restarts holds its running QEMU's uid again, next to QEMU's lock. */
+static void test_uid_rehold(void **state)
+{
+    struct fx *f = *state;
+    struct run r;
+    run_init(f, &r, true);
+    r.keep_running = true;
+    run_probe(f, &r);
+    if (r.rc < 0)
+        fail_msg("spawn: %s", r.err.msg);
+    uid_t held = f->lease.uid;
+    sandbox_uid_release(&f->lease);     /* the old supervisor dies */
+    struct qv_err e = {0};
+    struct sandbox_uid_lease back, other;
+    assert_int_equal(sandbox_uid_rehold(f->lockdir, held, &back, &e), 0);
+    assert_int_equal(back.uid, held);
+    assert_int_equal(back.hold_fd, -1);
+    close(r.wait_w);
+    r.wait_w = -1;
+    reap(f, r.pid, 10000, NULL);
+    /* QEMU is gone, the new supervisor still holds it */
+    assert_int_equal(sandbox_uid_acquire(f->lockdir, UID_FIRST, UID_LAST, f->name, &other, &e), 0);
+    assert_true(other.uid != held);
+    sandbox_uid_release(&other);
+    sandbox_uid_release(&back);
+    assert_int_equal(sandbox_uid_rehold(f->lockdir, UID_FIRST + 3, &back, &e), -ENOENT);
+    run_free(&r);
+}
+
+/* Any process with the uid makes it taken, lock file or not. */
+static void test_uid_in_use_by_process(void **state)
+{
+    struct fx *f = *state;
+    struct qv_err e = {0};
+    struct sandbox_uid_lease l;
+    assert_int_equal(sandbox_uid_acquire(f->lockdir, UID_FIRST, UID_LAST, "squatted", &l, &e), 0);
+    uid_t usual = l.uid;
+    sandbox_uid_release(&l);
+    int ready[2];
+    assert_int_equal(pipe2(ready, O_CLOEXEC), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        if (setresuid(usual, usual, usual) < 0)
+            _exit(1);
+        close(ready[1]);
+        pause();
+        _exit(0);
+    }
+    f->running[f->nrunning++] = pid;
+    track(pid, true);
+    close(ready[1]);
+    char c;
+    assert_int_equal(read(ready[0], &c, 1), 0);
+    close(ready[0]);
+    assert_int_equal(sandbox_uid_acquire(f->lockdir, UID_FIRST, UID_LAST, "squatted", &l, &e), 0);
+    assert_true(l.uid != usual);
+    sandbox_uid_release(&l);
+    kill(pid, SIGKILL);
+    reap(f, pid, 5000, NULL);
+    assert_int_equal(sandbox_uid_acquire(f->lockdir, UID_FIRST, UID_LAST, "squatted", &l, &e), 0);
+    assert_int_equal(l.uid, usual);
+    sandbox_uid_release(&l);
 }
 
 /* ---- introspection ------------------------------------------------------------------------------ */
@@ -939,7 +1017,7 @@ static void test_spawn_overhead(void **state)
         s.host = &f->host;
         s.uid = f->lease.uid;
         s.gid = f->lease.gid;
-        s.hold_fd = f->lease.lock_fd;
+        s.hold_fd = f->lease.hold_fd;
         s.enable &= ~SANDBOX_STEP(SANDBOX_CGROUP);
         pid_t pid;
         if (sandbox_spawn(&s, &pid, NULL, &e) < 0)
@@ -979,6 +1057,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fd_map_conflicts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_uid_leases, setup, teardown),
         cmocka_unit_test_setup_teardown(test_uid_held_by_child, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_uid_rehold, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_uid_in_use_by_process, setup, teardown),
         cmocka_unit_test_setup_teardown(test_inspect_running, setup, teardown),
         cmocka_unit_test_setup_teardown(test_host_check, setup, teardown),
         cmocka_unit_test_setup_teardown(test_spawn_overhead, setup, teardown),

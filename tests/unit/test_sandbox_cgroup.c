@@ -118,6 +118,7 @@ static int setup(void **state)
     chmod(f->fake, 0755);
     snprintf(f->lockdir, sizeof(f->lockdir), "%s/uids", f->fake);
     f->lease.lock_fd = -1;
+    f->lease.hold_fd = -1;
     sandbox_host_check("/sys/fs/cgroup", &f->host);
     /* the v1 parents this test may create, for the alarm handler (after the leaves) */
     static const char *const hier[] = {"memory", "cpu", "pids", "blkio"};
@@ -247,7 +248,7 @@ static pid_t spawn_in(struct fx *f, const struct sandbox_cgroup *cg, int *wait_w
     s.host = &f->host;
     s.uid = f->lease.uid;
     s.gid = f->lease.gid;
-    s.hold_fd = f->lease.lock_fd;
+    s.hold_fd = f->lease.hold_fd;
     s.cgroup = cg;
     s.require = SANDBOX_STEP(SANDBOX_CGROUP);
     pid_t pid;

@@ -68,6 +68,7 @@ static int setup(void **state)
     struct fx *f = qv_xcalloc(1, sizeof(*f));
     f->qmp = f->err_r = -1;
     f->lease.lock_fd = -1;
+    f->lease.hold_fd = -1;
     if (find_program("qemu-system-x86_64", f->qemu, sizeof(f->qemu)) < 0) {
         free(f);
         return -1;
@@ -232,7 +233,7 @@ static void start_qemu(struct fx *f, const char *accel, bool kvm)
     s.fds = fds;
     s.nfds = 2;
     s.stderr_fd = ep[1];
-    s.hold_fd = f->lease.lock_fd;
+    s.hold_fd = f->lease.hold_fd;
     s.uid = f->lease.uid;
     s.gid = f->lease.gid;
     s.host = &f->host;
@@ -475,7 +476,7 @@ static void test_qemu_boots_guest(void **state)
     s.fds = fds;
     s.nfds = 1;
     s.stderr_fd = ep[1];
-    s.hold_fd = f->lease.lock_fd;
+    s.hold_fd = f->lease.hold_fd;
     s.uid = f->lease.uid;
     s.gid = f->lease.gid;
     s.host = &f->host;
