@@ -634,6 +634,8 @@ static void qemu_gone(struct sup *s)
         qmp_free(s->qmp);
         s->qmp = NULL;
     }
+    if (s->console_fd >= 0)
+        console_readable(s);    /* the guest's last words are still in the socket */
     console_close(s);
     remove_run_files(s);
     s->qemu_pid = 0;

@@ -75,3 +75,34 @@ finish() {
     [ "$T_FAILED" -eq 0 ]
     exit $?
 }
+
+# ---- guests ----
+G_APPEND="console=ttyS0 quiet panic=-1"
+# define_guest NAME [EXTRA_CMDLINE] [DEFINE_FLAGS...]: the test guest, direct kernel boot
+define_guest() {
+    local name=$1 extra=${2:-}
+    shift 2 2>/dev/null || shift $#
+    qv define -q "$name" --memory 192M --kernel "$G_KERNEL" --initrd "$G_INITRD" \
+        --append "$G_APPEND $extra" --nic user "$@"
+}
+vm_log() { cat "$T_ROOT/var/log/qvisor/$1.log" 2>/dev/null; }
+# log_has NAME REGEX
+log_has() { vm_log "$1" | grep -Eq -- "$2"; }
+# wait_log NAME REGEX SECONDS
+wait_log() { wait_until "${3:-60}" log_has "$1" "$2"; }
+# count_log NAME REGEX
+count_log() { vm_log "$1" | grep -Ec -- "$2"; }
+json_field() { grep -o "\"$2\": *[^,}]*" <<< "$1" | head -1 | sed 's/^[^:]*: *//; s/"//g'; }
+vm_state() { json_field "$(qv status "$1" --json 2>/dev/null)" state; }
+vm_pid() { json_field "$(qv status "$1" --json 2>/dev/null)" pid; }
+sup_pid() { json_field "$(qv status "$1" --json 2>/dev/null)" supervisor_pid; }
+state_is() { [ "$(vm_state "$1")" = "$2" ]; }
+# every test VM is killed on exit, whatever happened
+kill_all_vms() {
+    local n
+    for n in $("$QV_BIN" --root "$T_ROOT" list --all --json 2>/dev/null | grep -o '"name": "[^"]*"' | cut -d'"' -f4); do
+        "$QV_BIN" --root "$T_ROOT" kill "$n" >/dev/null 2>&1
+    done
+}
+on_exit kill_all_vms
+NOTIFY_LISTEN=$T_BUILD/progs/notify_listen

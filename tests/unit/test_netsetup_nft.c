@@ -1,0 +1,510 @@
+/* netsetup nftables: network rulesets per mode, per-NIC filters, removal by name
+ * after a crash, coexistence with a host table, and 200 taps at flat cost. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "tests/unit/netsetup_testlib.h"
+
+static struct netsetup_nft *nft;
+
+static size_t count_rules(json_object *doc, const char *chain)
+{
+    json_object *arr = NULL;
+    if (!doc || !json_object_object_get_ex(doc, "nftables", &arr))
+        return 0;
+    size_t n = 0;
+    for (size_t i = 0; i < json_object_array_length(arr); i++) {
+        json_object *rule = NULL, *c = NULL;
+        if (json_object_object_get_ex(json_object_array_get_idx(arr, i), "rule", &rule) &&
+            json_object_object_get_ex(rule, "chain", &c) && strcmp(json_object_get_string(c), chain) == 0)
+            n++;
+    }
+    return n;
+}
+
+static char *list_text(const char *family, const char *table)
+{
+    char *out = NULL;
+    int r = nstest_run(&out, "nft", "list", "table", family, table);
+    assert_int_equal(r, 0);
+    return out;
+}
+
+static const struct netsetup_forward fwd[] = {
+    {IPPROTO_TCP, 8080, "10.60.0.10", 80},
+    {IPPROTO_UDP, 5353, "10.60.0.11", 53},
+};
+
+static void test_modes(void **state)
+{
+    (void)state;
+    struct qv_err e = {0};
+    for (int mode = NETSETUP_NAT; mode <= NETSETUP_ROUTED; mode++) {
+        struct netsetup_net net = {
+            .name = "modes", .bridge = "qvbr-modes", .mode = mode,
+            .ipv4 = "10.60.0.1/24", .ipv6 = "fd60::1/64",
+            .forwards = mode == NETSETUP_ISOLATED ? NULL : fwd,
+            .nforwards = mode == NETSETUP_ISOLATED ? 0 : ARRAY_SIZE(fwd),
+        };
+        /* twice: the second replaces the first atomically */
+        assert_int_equal(netsetup_nft_net_apply(nft, &net, &e), 0);
+        assert_int_equal(netsetup_nft_net_apply(nft, &net, &e), 0);
+        json_object *doc = nstest_nft_json("table", "inet", "qvisor-modes");
+        assert_non_null(doc);
+        assert_int_equal(nstest_count(doc, "chain", "forward"), 1);
+        assert_int_equal(nstest_count(doc, "chain", "input"), 1);
+        assert_int_equal(nstest_count(doc, "chain", "postrouting_mangle"), 1);
+        assert_int_equal(nstest_count(doc, "chain", "prerouting_nat"), mode == NETSETUP_ISOLATED ? 0 : 1);
+        assert_int_equal(nstest_count(doc, "chain", "postrouting_nat"), mode == NETSETUP_ISOLATED ? 0 : 1);
+        assert_int_equal(count_rules(doc, "prerouting_nat"), mode == NETSETUP_ISOLATED ? 0 : 2);
+        json_object_put(doc);
+        char *text = list_text("inet", "qvisor-modes");
+        printf("# mode %s:\n", netsetup_net_mode_names[mode]);
+        for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"))
+            printf("#   %s\n", line);
+        free(text);
+        text = list_text("inet", "qvisor-modes");
+        assert_non_null(strstr(text, "udp checksum set 0"));
+        assert_true((strstr(text, "ip saddr 10.60.0.0/24 ip daddr != { 10.60.0.0/24, 224.0.0.0/24, "
+                                  "255.255.255.255 } masquerade") != NULL) == (mode == NETSETUP_NAT));
+        assert_true((strstr(text, "dnat ip to 10.60.0.10:80") != NULL) == (mode != NETSETUP_ISOLATED));
+        assert_true((strstr(text, "iifname \"qvbr-modes\" reject") != NULL));
+        free(text);
+        doc = nstest_nft_json("table", "bridge", "qvisor-modes");
+        assert_int_equal(nstest_count(doc, "map", "nic_"), 2);
+        assert_int_equal(nstest_count(doc, "chain", NULL), 3);
+        json_object_put(doc);
+    }
+    struct strv nets = {0};
+    assert_int_equal(netsetup_nft_net_list(nft, &nets, &e), 0);
+    assert_int_equal(nets.n, 1);
+    assert_string_equal(nets.v[0], "modes");
+    strv_free(&nets);
+    assert_int_equal(netsetup_nft_net_remove(nft, "modes", &e), 0);
+    assert_int_equal(netsetup_nft_net_remove(nft, "modes", &e), 0);   /* absent is fine */
+    assert_false(nstest_ruleset_mentions("qvisor"));
+    assert_int_equal(netsetup_nft_net_list(nft, &nets, &e), 0);
+    assert_int_equal(nets.n, 0);
+}
+
+static void test_invalid(void **state)
+{
+    (void)state;
+    struct qv_err e = {0};
+    struct netsetup_net net = {.name = "bad", .bridge = "qvbr-bad", .mode = NETSETUP_ISOLATED,
+                               .ipv4 = "10.61.0.1/24", .forwards = fwd, .nforwards = 1};
+    assert_int_equal(netsetup_nft_net_apply(nft, &net, &e), -EINVAL);
+    assert_string_equal(e.msg, "bad: port forwards need mode nat or routed, not isolated");
+    net.mode = NETSETUP_NAT;
+    assert_int_equal(netsetup_nft_net_apply(nft, &net, &e), -EINVAL);
+    assert_string_equal(e.msg, "bad: forwards[0]: guest 10.60.0.10 is not an IPv4 address inside 10.61.0.0/24");
+    net.nforwards = 0;
+    net.name = "bad name";
+    assert_int_equal(netsetup_nft_net_apply(nft, &net, &e), -EINVAL);
+    net.name = "bad";
+    net.bridge = "br;flush ruleset";
+    assert_int_equal(netsetup_nft_net_apply(nft, &net, &e), -EINVAL);
+    net.bridge = "qvbr-bad";
+    net.ipv4 = "fd00::1/64";
+    assert_int_equal(netsetup_nft_net_apply(nft, &net, &e), -EINVAL);
+    assert_false(nstest_ruleset_mentions("qvisor"));
+    /* nft's own words reach the caller */
+    assert_int_equal(netsetup_nft_run(nft, "probe", "add rule inet nosuchtable c accept\n", &e), -ENOENT);
+    assert_non_null(strstr(e.msg, "probe: nft: "));
+    assert_non_null(strstr(e.msg, "No such file or directory"));
+    printf("# %s\n", e.msg);
+}
+
+static const struct netsetup_port allow_in[] = {{IPPROTO_TCP, 22, 0}, {IPPROTO_TCP, 8000, 8100}, {IPPROTO_UDP, 53, 0}};
+static const struct netsetup_port deny_out[] = {{IPPROTO_TCP, 25, 0}, {IPPROTO_ICMP, 0, 0}};
+
+static void apply_test_net(const char *name, struct qv_err *e)
+{
+    struct netsetup_net net = {.name = name, .bridge = "qvbr-f", .mode = NETSETUP_NAT, .ipv4 = "10.62.0.1/24"};
+    assert_int_equal(netsetup_nft_net_apply(nft, &net, e), 0);
+}
+
+static void test_nic_filter(void **state)
+{
+    (void)state;
+    struct qv_err e = {0};
+    apply_test_net("filt", &e);
+    const char *ips[] = {"10.62.0.5", "10.62.0.6", NULL};
+    struct netsetup_nic_filter f = {
+        .mac = "52:54:00:00:62:05", .ipv4 = ips, .restrict_in = true,
+        .allow_in = allow_in, .nallow_in = ARRAY_SIZE(allow_in),
+        .deny_out = deny_out, .ndeny_out = ARRAY_SIZE(deny_out),
+    };
+    assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-a", &f, &e), 0);
+    json_object *doc = nstest_nft_json("table", "bridge", "qvisor-filt");
+    size_t out_rules = count_rules(doc, "out-qvt-a"), in_rules = count_rules(doc, "in-qvt-a");
+    /* mac, deny tcp 25 + 2 echo, ip6, arp mac, arp probe, 2 arp ips, dhcp, 2 ips, drop */
+    assert_int_equal(out_rules, 13);
+    /* common jump, 3 allow_in, 2 drops */
+    assert_int_equal(in_rules, 6);
+    assert_int_equal(nstest_count(doc, "set", NULL), 0);
+    assert_int_equal(nstest_elements(doc, "map", "nic_out"), 1);
+    assert_int_equal(nstest_elements(doc, "map", "nic_in"), 1);
+    json_object_put(doc);
+    char *text = list_text("bridge", "qvisor-filt");
+    printf("# bridge table with one filtered NIC:\n");
+    for (char *p = text, *nl; p && *p; p = nl ? nl + 1 : NULL) {
+        nl = strchr(p, '\n');
+        printf("#   %.*s\n", nl ? (int)(nl - p) : (int)strlen(p), p);
+    }
+    free(text);
+
+    /* a lease learnt: the same call with the address replaces the tap's rules */
+    const char *one[] = {"10.62.0.7", NULL};
+    f.ipv4 = one;
+    assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-a", &f, &e), 0);
+    doc = nstest_nft_json("table", "bridge", "qvisor-filt");
+    assert_int_equal(count_rules(doc, "out-qvt-a"), out_rules - 2);
+    assert_int_equal(count_rules(doc, "in-qvt-a"), in_rules);
+    json_object_put(doc);
+    text = list_text("bridge", "qvisor-filt");
+    assert_non_null(strstr(text, "ip saddr 10.62.0.7 accept"));
+    assert_null(strstr(text, "10.62.0.5"));
+    free(text);
+    const char *bad[] = {"10.62.0.300", NULL};
+    f.ipv4 = bad;
+    assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-a", &f, &e), -EINVAL);
+    assert_string_equal(e.msg, "qvt-a: \"10.62.0.300\" is not an IPv4 address");
+    f.ipv4 = ips;
+
+    /* re-applying replaces, it never duplicates; dropping restrict_in drops in-TAP */
+    f.restrict_in = false;
+    assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-a", &f, &e), 0);
+    assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-a", &f, &e), 0);
+    assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-b", &f, &e), 0);
+    doc = nstest_nft_json("table", "bridge", "qvisor-filt");
+    assert_int_equal(count_rules(doc, "out-qvt-a"), out_rules);
+    assert_int_equal(nstest_count(doc, "chain", "in-"), 0);
+    assert_int_equal(nstest_elements(doc, "map", "nic_out"), 2);
+    assert_int_equal(nstest_elements(doc, "map", "nic_in"), 0);
+    json_object_put(doc);
+    struct strv taps = {0};
+    assert_int_equal(netsetup_nft_nic_list(nft, "filt", &taps, &e), 0);
+    assert_int_equal(taps.n, 2);
+    assert_string_equal(taps.v[0], "qvt-a");
+    assert_string_equal(taps.v[1], "qvt-b");
+    strv_free(&taps);
+
+    /* the network's rules can be rewritten under running NICs */
+    apply_test_net("filt", &e);
+    assert_int_equal(netsetup_nft_nic_list(nft, "filt", &taps, &e), 0);
+    assert_int_equal(taps.n, 2);
+    strv_free(&taps);
+
+    f.restrict_in = true;
+    assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-a", &f, &e), 0);
+    assert_int_equal(netsetup_nft_nic_remove(nft, "filt", "qvt-a", &e), 0);
+    assert_int_equal(netsetup_nft_nic_remove(nft, "filt", "qvt-a", &e), 0);
+    doc = nstest_nft_json("table", "bridge", "qvisor-filt");
+    assert_int_equal(nstest_count(doc, "chain", "out-"), 1);
+    assert_int_equal(nstest_count(doc, "chain", "in-"), 0);
+    assert_int_equal(nstest_elements(doc, "map", "nic_out"), 1);
+    assert_int_equal(nstest_elements(doc, "map", "nic_in"), 0);
+    json_object_put(doc);
+
+    struct netsetup_nic_filter bad_mac = {.mac = "52:54:00:00:62"};
+    assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-c", &bad_mac, &e), -EINVAL);
+    struct netsetup_port badport[] = {{IPPROTO_TCP, 90, 80}};
+    struct netsetup_nic_filter bad_port = {.mac = "52:54:00:00:62:05", .deny_out = badport, .ndeny_out = 1};
+    assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-c", &bad_port, &e), -EINVAL);
+    assert_string_equal(e.msg, "qvt-c: deny_out[0]: bad port range 90-80");
+
+    assert_int_equal(netsetup_nft_net_remove(nft, "filt", &e), 0);
+    /* with the network gone its filters went too; removal still succeeds */
+    assert_int_equal(netsetup_nft_nic_remove(nft, "filt", "qvt-b", &e), 0);
+    assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-b", &f, &e), -ENOENT);
+    assert_string_equal(e.msg, "filt: qvt-b: cannot apply filter: network filt is not running (no table bridge qvisor-filt)");
+    assert_false(nstest_ruleset_mentions("qvisor"));
+}
+
+/* What a supervisor leaves when it is killed: rules and filters, and nobody to
+ * remove them but a stranger who knows only the names. */
+static int crashing_owner(void *arg)
+{
+    (void)arg;
+    struct qv_err e = {0};
+    struct netsetup_nft *n = NULL;
+    if (netsetup_nft_open(&n, &e) < 0)
+        return 1;
+    struct netsetup_net net = {.name = "crash", .bridge = "qvbr-crash", .mode = NETSETUP_ROUTED,
+                               .ipv4 = "10.63.0.1/24", .ipv6 = "fd63::1/64"};
+    if (netsetup_nft_net_apply(n, &net, &e) < 0)
+        return 2;
+    const char *ips[] = {"10.63.0.9", NULL};
+    struct netsetup_nic_filter f = {.mac = "52:54:00:00:63:09", .ipv4 = ips};
+    static const char *const taps[] = {"qvt-c1", "qvt-c2", "qvt-c3"};
+    for (size_t i = 0; i < ARRAY_SIZE(taps); i++)
+        if (netsetup_nft_nic_apply(n, "crash", taps[i], &f, &e) < 0)
+            return 3;
+    raise(SIGKILL);
+    return 4;
+}
+
+static void test_crash_recovery(void **state)
+{
+    (void)state;
+    struct qv_err e = {0};
+    fflush(stdout);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        _exit(crashing_owner(NULL));
+    assert_int_equal(nstest_wait(pid, 20000), 128 + SIGKILL);
+
+    struct strv nets = {0}, taps = {0};
+    assert_int_equal(netsetup_nft_net_list(nft, &nets, &e), 0);
+    assert_int_equal(nets.n, 1);
+    assert_string_equal(nets.v[0], "crash");
+    strv_free(&nets);
+    assert_int_equal(netsetup_nft_nic_list(nft, "crash", &taps, &e), 0);
+    assert_int_equal(taps.n, 3);
+    strv_free(&taps);
+    /* half-removed by hand: the map element gone, the chains still there */
+    assert_int_equal(nstest_run(NULL, "nft", "delete", "element", "bridge", "qvisor-crash", "nic_out", "{ \"qvt-c2\" }"), 0);
+    assert_int_equal(netsetup_nft_nic_remove(nft, "crash", "qvt-c2", &e), 0);
+    assert_int_equal(netsetup_nft_nic_remove(nft, "crash", "qvt-c1", &e), 0);
+    json_object *doc = nstest_nft_json("table", "bridge", "qvisor-crash");
+    assert_int_equal(nstest_count(doc, "chain", "out-"), 1);
+    assert_int_equal(nstest_elements(doc, "map", "nic_out"), 1);
+    json_object_put(doc);
+    assert_int_equal(netsetup_nft_net_remove(nft, "crash", &e), 0);
+    assert_false(nstest_ruleset_mentions("qvisor"));
+}
+
+static const char host_table[] =
+    "table inet filter {\n"
+    "  set trusted { type ipv4_addr; elements = { 192.0.2.1, 192.0.2.2 } }\n"
+    "  chain input { type filter hook input priority filter; policy accept;\n"
+    "    ct state established,related accept\n    tcp dport 22 accept\n    ip saddr @trusted accept\n  }\n"
+    "  chain forward { type filter hook forward priority filter; policy drop;\n"
+    "    ct state established,related accept\n    iifname \"eth0\" oifname \"docker0\" accept\n  }\n"
+    "  chain output { type filter hook output priority filter; policy accept; counter; }\n"
+    "}\n";
+
+static void test_coexistence(void **state)
+{
+    (void)state;
+    struct qv_err e = {0};
+    char path[] = "/tmp/qvtest-host-table-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write_all(fd, host_table, strlen(host_table)), 0);
+    close(fd);
+    assert_int_equal(nstest_run(NULL, "nft", "-f", path), 0);
+    unlink(path);
+    char *before = NULL, *after = NULL;
+    assert_int_equal(nstest_run(&before, "nft", "-j", "list", "table", "inet", "filter"), 0);
+
+    for (int round = 0; round < 2; round++) {
+        struct netsetup_net a = {.name = "co-a", .bridge = "qvbr-co-a", .mode = NETSETUP_NAT, .ipv4 = "10.64.0.1/24",
+                                 .forwards = (struct netsetup_forward[]){{IPPROTO_TCP, 2222, "10.64.0.2", 22}},
+                                 .nforwards = 1};
+        struct netsetup_net b = {.name = "co-b", .bridge = "qvbr-co-b", .mode = NETSETUP_ISOLATED,
+                                 .ipv4 = "10.65.0.1/24", .ipv6 = "fd65::1/64"};
+        assert_int_equal(netsetup_nft_net_apply(nft, &a, &e), 0);
+        assert_int_equal(netsetup_nft_net_apply(nft, &b, &e), 0);
+        struct netsetup_nic_filter f = {.mac = "52:54:00:00:64:02", .restrict_in = true,
+                                        .allow_in = allow_in, .nallow_in = 1};
+        assert_int_equal(netsetup_nft_nic_apply(nft, "co-a", "qvt-co1", &f, &e), 0);
+        assert_int_equal(netsetup_nft_nic_apply(nft, "co-b", "qvt-co2", &f, &e), 0);
+        assert_int_equal(netsetup_nft_nic_remove(nft, "co-a", "qvt-co1", &e), 0);
+        assert_int_equal(netsetup_nft_net_remove(nft, "co-a", &e), 0);
+        assert_int_equal(netsetup_nft_net_remove(nft, "co-b", &e), 0);
+    }
+    assert_int_equal(nstest_run(&after, "nft", "-j", "list", "table", "inet", "filter"), 0);
+    assert_string_equal(before, after);
+    free(before);
+    free(after);
+    assert_false(nstest_ruleset_mentions("qvisor"));
+    assert_int_equal(nstest_run(NULL, "nft", "delete", "table", "inet", "filter"), 0);
+}
+
+static void test_net_up_down(void **state)
+{
+    (void)state;
+    struct qv_err e = {0};
+    struct netsetup_net net = {.name = "updown", .bridge = "qvbr-updown", .mode = NETSETUP_NAT, .mtu = 1400,
+                               .ipv4 = "10.66.0.1/24", .ipv6 = "fd66::1/64"};
+    struct strv log = {0};
+    assert_int_equal(netsetup_net_up(nft, &net, &log, &e), 0);
+    for (size_t i = 0; i < log.n; i++)
+        printf("# net up: %s\n", log.v[i]);
+    assert_string_equal(log.v[0], "created bridge qvbr-updown");
+    strv_free(&log);
+    struct netsetup_link_info info;
+    assert_int_equal(netsetup_link_get("qvbr-updown", &info, &e), 0);
+    assert_int_equal(info.mtu, 1400);
+    char *out = NULL;
+    assert_int_equal(nstest_run(&out, "ip", "addr", "show", "dev", "qvbr-updown"), 0);
+    assert_non_null(strstr(out, "10.66.0.1/24"));
+    assert_non_null(strstr(out, "fd66::1/64"));
+    free(out);
+    /* a restarted supervisor takes over what is there */
+    assert_int_equal(netsetup_net_up(nft, &net, &log, &e), 0);
+    assert_string_equal(log.v[0], "reconfigured existing bridge qvbr-updown");
+    strv_free(&log);
+    assert_int_equal(netsetup_net_down(nft, "updown", "qvbr-updown", &e), 0);
+    assert_false(netsetup_link_exists("qvbr-updown"));
+    assert_int_equal(netsetup_net_down(nft, "updown", "qvbr-updown", &e), 0);
+    assert_false(nstest_ruleset_mentions("qvisor"));
+}
+
+#define SCALE_TAPS 200
+#define SCALE_WINDOW 20
+
+static void test_scale(void **state)
+{
+    (void)state;
+    struct qv_err e = {0};
+    struct netsetup_net net = {.name = "scale", .bridge = "qvbr-scale", .mode = NETSETUP_NAT, .ipv4 = "10.67.0.1/16"};
+    assert_int_equal(netsetup_net_up(nft, &net, NULL, &e), 0);
+    static int fds[SCALE_TAPS];
+    static char names[SCALE_TAPS][NETSETUP_IFNAMSIZ];
+    static uint64_t tap_us[SCALE_TAPS], attach_us[SCALE_TAPS], filter_us[SCALE_TAPS], unplug_us[SCALE_TAPS];
+    for (int i = 0; i < SCALE_TAPS; i++) {
+        char uuid[37], mac[18], ip[16];
+        snprintf(uuid, sizeof(uuid), "00000000-0000-4000-8000-%012d", i);
+        netsetup_tap_name(uuid, 0, names[i]);
+        snprintf(mac, sizeof(mac), "52:54:00:67:%02x:%02x", i >> 8, i & 0xff);
+        snprintf(ip, sizeof(ip), "10.67.%d.%d", 1 + i / 200, 2 + i % 200);
+        const char *ips[] = {ip, NULL};
+        struct netsetup_nic_filter f = {.mac = mac, .ipv4 = ips, .restrict_in = true,
+                                        .allow_in = allow_in, .nallow_in = ARRAY_SIZE(allow_in),
+                                        .deny_out = deny_out, .ndeny_out = ARRAY_SIZE(deny_out)};
+        /* netsetup_nic_plug()'s three steps, timed one by one */
+        uint64_t t0 = nstest_now_us();
+        assert_int_equal(netsetup_tap_open(names[i], 1, &fds[i], &e), 0);
+        uint64_t t1 = nstest_now_us();
+        assert_int_equal(netsetup_link_attach(names[i], "qvbr-scale", &e), 0);
+        uint64_t t2 = nstest_now_us();
+        int r = netsetup_nft_nic_apply(nft, "scale", names[i], &f, &e);
+        uint64_t t3 = nstest_now_us();
+        if (r < 0)
+            printf("# filter %d: %s\n", i, e.msg);
+        assert_int_equal(r, 0);
+        tap_us[i] = t1 - t0;
+        attach_us[i] = t2 - t1;
+        filter_us[i] = t3 - t2;
+    }
+    json_object *doc = nstest_nft_json("table", "bridge", "qvisor-scale");
+    assert_int_equal(nstest_count(doc, "chain", "out-"), SCALE_TAPS);
+    assert_int_equal(nstest_count(doc, "chain", "in-"), SCALE_TAPS);
+    assert_int_equal(nstest_count(doc, "set", NULL), 0);
+    assert_int_equal(nstest_elements(doc, "map", "nic_out"), SCALE_TAPS);
+    assert_int_equal(nstest_elements(doc, "map", "nic_in"), SCALE_TAPS);
+    /* every tap carries the same number of rules: nothing is rewritten per tap */
+    char chain[32];
+    snprintf(chain, sizeof(chain), "out-%s", names[0]);
+    size_t out0 = count_rules(doc, chain);
+    snprintf(chain, sizeof(chain), "out-%s", names[SCALE_TAPS - 1]);
+    assert_int_equal(count_rules(doc, chain), out0);
+    snprintf(chain, sizeof(chain), "in-%s", names[0]);
+    size_t in0 = count_rules(doc, chain);
+    snprintf(chain, sizeof(chain), "in-%s", names[SCALE_TAPS - 1]);
+    assert_int_equal(count_rules(doc, chain), in0);
+    assert_int_equal(count_rules(doc, "prerouting"), 1);
+    assert_int_equal(count_rules(doc, "postrouting"), 1);
+    json_object_put(doc);
+    struct strv ports = {0};
+    assert_int_equal(netsetup_link_list(NETSETUP_TAP_PREFIX, &ports, &e), 0);
+    assert_int_equal(ports.n, SCALE_TAPS);
+    strv_free(&ports);
+
+    /* learning a lease: one tap's rules rewritten, whatever the number of taps */
+    const char *ip[] = {"10.67.9.9", NULL};
+    struct netsetup_nic_filter relearn = {.mac = "52:54:00:67:00:c7", .ipv4 = ip};
+    uint64_t t0 = nstest_now_us();
+    assert_int_equal(netsetup_nft_nic_apply(nft, "scale", names[SCALE_TAPS - 1], &relearn, &e), 0);
+    uint64_t set_last = nstest_now_us() - t0;
+
+    for (int i = 0; i < SCALE_TAPS; i++) {
+        close(fds[i]);   /* QEMU exiting */
+        uint64_t t1 = nstest_now_us();
+        int r = netsetup_nic_unplug(nft, "scale", names[i], &e);
+        unplug_us[i] = nstest_now_us() - t1;
+        if (r < 0)
+            printf("# unplug %d: %s\n", i, e.msg);
+        assert_int_equal(r, 0);
+    }
+    const struct { const char *what; const uint64_t *us; } figures[] = {
+        {"tap open", tap_us}, {"attach", attach_us}, {"filter apply", filter_us}, {"unplug (filter+tap)", unplug_us},
+    };
+    printf("# %d taps with filters, microseconds per tap, mean of the first and of the last %d:\n", SCALE_TAPS,
+           SCALE_WINDOW);
+    for (size_t k = 0; k < ARRAY_SIZE(figures); k++) {
+        uint64_t first = 0, last = 0;
+        for (int i = 0; i < SCALE_WINDOW; i++) {
+            first += figures[k].us[i];
+            last += figures[k].us[SCALE_TAPS - SCALE_WINDOW + i];
+        }
+        printf("#   %-20s first %6llu  last %6llu  (last/first %.2f)\n", figures[k].what,
+               (unsigned long long)(first / SCALE_WINDOW), (unsigned long long)(last / SCALE_WINDOW),
+               first ? (double)last / (double)first : 0.0);
+    }
+    printf("#   re-applying one filter with %d present: %llu\n", SCALE_TAPS, (unsigned long long)set_last);
+    doc = nstest_nft_json("table", "bridge", "qvisor-scale");
+    assert_int_equal(nstest_count(doc, "chain", NULL), 3);
+    assert_int_equal(nstest_elements(doc, "map", "nic_out"), 0);
+    json_object_put(doc);
+    assert_int_equal(netsetup_link_list(NETSETUP_TAP_PREFIX, &ports, &e), 0);
+    assert_int_equal(ports.n, 0);
+    assert_int_equal(netsetup_net_down(nft, "scale", "qvbr-scale", &e), 0);
+    assert_false(nstest_ruleset_mentions("qvisor"));
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    struct qv_err e = {0};
+    if (netsetup_nft_open(&nft, &e) < 0) {
+        printf("# %s\n", e.msg);
+        return -1;
+    }
+    return 0;
+}
+
+/* A failed assertion skips a test's own cleanup; what it left must not fail the next. */
+static int remove_leftovers(void **state)
+{
+    (void)state;
+    struct qv_err e = {0};
+    struct strv nets = {0}, links = {0};
+    netsetup_nft_net_list(nft, &nets, &e);
+    for (size_t i = 0; i < nets.n; i++)
+        netsetup_nft_net_remove(nft, nets.v[i], &e);
+    netsetup_link_list("qv", &links, &e);
+    for (size_t i = 0; i < links.n; i++)
+        netsetup_link_delete(links.v[i], &e);
+    strv_free(&nets);
+    strv_free(&links);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    netsetup_nft_close(nft);
+    return 0;
+}
+
+int main(void)
+{
+    nstest_enter(110);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_modes, remove_leftovers),
+        cmocka_unit_test_teardown(test_invalid, remove_leftovers),
+        cmocka_unit_test_teardown(test_nic_filter, remove_leftovers),
+        cmocka_unit_test_teardown(test_crash_recovery, remove_leftovers),
+        cmocka_unit_test_teardown(test_coexistence, remove_leftovers),
+        cmocka_unit_test_teardown(test_net_up_down, remove_leftovers),
+        cmocka_unit_test_teardown(test_scale, remove_leftovers),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
