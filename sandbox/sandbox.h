@@ -15,7 +15,7 @@
  *      no_new_privs;
  *   7. seccomp: a deny list on top of "allow", loaded last before execve.
  * Errors in the child come back to the parent with the step that failed and
- * errno: "web1: sandbox: mount: pivot_root: Operation not permitted".
+ * errno: "web1: sandbox: mount namespace: pivot_root: Operation not permitted".
  *
  * A step the host cannot provide (no root, no cgroup hierarchy, ...) is never
  * skipped silently: sandbox_host_check() reports it, and sandbox_spawn() fails
