@@ -295,10 +295,12 @@ static void test_coexistence(void **state)
     char path[] = "/tmp/qvtest-host-table-XXXXXX";
     int fd = mkstemp(path);
     assert_true(fd >= 0);
-    assert_int_equal(write_all(fd, host_table, strlen(host_table)), 0);
+    int wr = write_all(fd, host_table, strlen(host_table));
     close(fd);
-    assert_int_equal(nstest_run(NULL, "nft", "-f", path), 0);
+    int loaded = nstest_run(NULL, "nft", "-f", path);
     unlink(path);
+    assert_int_equal(wr, 0);
+    assert_int_equal(loaded, 0);
     char *before = NULL, *after = NULL;
     assert_int_equal(nstest_run(&before, "nft", "-j", "list", "table", "inet", "filter"), 0);
 
@@ -353,6 +355,77 @@ static void test_net_up_down(void **state)
     assert_int_equal(netsetup_net_down(nft, "updown", "qvbr-updown", &e), 0);
     assert_false(netsetup_link_exists("qvbr-updown"));
     assert_int_equal(netsetup_net_down(nft, "updown", "qvbr-updown", &e), 0);
+    assert_false(nstest_ruleset_mentions("qvisor"));
+}
+
+static void test_plug_unplug(void **state)
+{
+    (void)state;
+    struct qv_err e = {0};
+    struct netsetup_net net = {.name = "plug", .bridge = "qvbr-plug", .mode = NETSETUP_NAT, .mtu = 1420,
+                               .ipv4 = "10.68.0.1/24"};
+    assert_int_equal(netsetup_net_up(nft, &net, NULL, &e), 0);
+    char tap[NETSETUP_IFNAMSIZ];
+    netsetup_tap_name("3f0e6d7c-1111-4222-8333-944455556666", 2, tap);
+    const char *ips[] = {"10.68.0.20", NULL};
+    struct netsetup_nic_filter f = {.mac = "52:54:00:68:00:20", .ipv4 = ips};
+    struct netsetup_nic nic = {.tap = tap, .queues = 2, .bridge = "qvbr-plug", .network = "plug", .filter = &f};
+    int fds[2] = {-1, -1};
+    assert_int_equal(netsetup_nic_plug(nft, &nic, fds, &e), 0);
+    struct netsetup_link_info info;
+    assert_int_equal(netsetup_link_get(tap, &info, &e), 0);
+    assert_string_equal(info.master, "qvbr-plug");
+    assert_int_equal(info.mtu, 1420);
+    char path[128], v[8];
+    snprintf(path, sizeof(path), "/proc/sys/net/ipv6/conf/%s/disable_ipv6", tap);
+    assert_int_equal(nstest_read_line(path, v, sizeof(v)), 0);
+    assert_string_equal(v, "1");
+    struct strv taps = {0};
+    assert_int_equal(netsetup_nft_nic_list(nft, "plug", &taps, &e), 0);
+    assert_int_equal(taps.n, 1);
+    assert_string_equal(taps.v[0], tap);
+    strv_free(&taps);
+
+    /* QEMU exits: the tap goes by itself, the filter by unplug */
+    close(fds[0]);
+    close(fds[1]);
+    assert_true(nstest_wait_link(tap, false, 2000));
+    assert_int_equal(netsetup_nic_unplug(nft, "plug", tap, &e), 0);
+    assert_int_equal(netsetup_nft_nic_list(nft, "plug", &taps, &e), 0);
+    assert_int_equal(taps.n, 0);
+
+    /* the same tap again without filtering: no stale filter survives */
+    assert_int_equal(netsetup_nic_plug(nft, &nic, fds, &e), 0);
+    close(fds[0]);
+    close(fds[1]);
+    nic.filter = NULL;
+    assert_true(nstest_wait_link(tap, false, 2000));
+    assert_int_equal(netsetup_nic_plug(nft, &nic, fds, &e), 0);
+    assert_int_equal(netsetup_nft_nic_list(nft, "plug", &taps, &e), 0);
+    assert_int_equal(taps.n, 0);
+    /* unplug while QEMU still holds it (detach-nic after DEVICE_DELETED) */
+    assert_int_equal(netsetup_nic_unplug(nft, "plug", tap, &e), 0);
+    assert_false(netsetup_link_exists(tap));
+    close(fds[0]);
+    close(fds[1]);
+
+    /* a failed plug leaves nothing behind */
+    nic.filter = &f;
+    nic.bridge = "qvbr-nope";
+    assert_int_equal(netsetup_nic_plug(nft, &nic, fds, &e), -ENODEV);
+    char want[128];
+    snprintf(want, sizeof(want), "%s: cannot attach to bridge qvbr-nope: No such device", tap);
+    assert_string_equal(e.msg, want);
+    assert_int_equal(fds[0], -1);
+    assert_true(nstest_wait_link(tap, false, 2000));
+    nic.bridge = "qvbr-plug";
+    nic.network = "notrunning";
+    assert_int_equal(netsetup_nic_plug(nft, &nic, fds, &e), -ENOENT);
+    assert_non_null(strstr(e.msg, "network notrunning is not running"));
+    assert_true(nstest_wait_link(tap, false, 2000));
+    nic.network = NULL;
+    assert_int_equal(netsetup_nic_plug(nft, &nic, fds, &e), -EINVAL);
+    assert_int_equal(netsetup_net_down(nft, "plug", "qvbr-plug", &e), 0);
     assert_false(nstest_ruleset_mentions("qvisor"));
 }
 
@@ -504,6 +577,7 @@ int main(void)
         cmocka_unit_test_teardown(test_crash_recovery, remove_leftovers),
         cmocka_unit_test_teardown(test_coexistence, remove_leftovers),
         cmocka_unit_test_teardown(test_net_up_down, remove_leftovers),
+        cmocka_unit_test_teardown(test_plug_unplug, remove_leftovers),
         cmocka_unit_test_teardown(test_scale, remove_leftovers),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -1,0 +1,221 @@
+#include <string.h>
+
+#include "netsetup/internal.h"
+#include "netsetup/nft_internal.h"
+
+const char *const netsetup_net_mode_names[] = {"nat", "isolated", "routed", NULL};
+
+int nsnft_check_network(const char *network, struct qv_err *e)
+{
+    if (!network || !name_valid(network))
+        return qv_fail(e, -EINVAL, "\"%s\" is not a valid network name", network ? network : "");
+    return 0;
+}
+
+struct subnets {
+    bool v4, v6;
+    char net4[64], net6[64];    /* "10.77.0.0/24" */
+    struct netsetup_cidr c4, c6;
+};
+
+static int read_subnets(const struct netsetup_net *net, struct subnets *s, struct qv_err *e)
+{
+    memset(s, 0, sizeof(*s));
+    int r;
+    if (net->ipv4) {
+        if ((r = netsetup_cidr_parse(net->ipv4, &s->c4, e)) < 0)
+            return qv_prefix(e, "%s: ipv4: ", net->name);
+        if (s->c4.family != AF_INET)
+            return qv_fail(e, -EINVAL, "%s: ipv4: \"%s\" is not an IPv4 address", net->name, net->ipv4);
+        netsetup_cidr_network_str(&s->c4, s->net4, sizeof(s->net4));
+        s->v4 = true;
+    }
+    if (net->ipv6) {
+        if ((r = netsetup_cidr_parse(net->ipv6, &s->c6, e)) < 0)
+            return qv_prefix(e, "%s: ipv6: ", net->name);
+        if (s->c6.family != AF_INET6)
+            return qv_fail(e, -EINVAL, "%s: ipv6: \"%s\" is not an IPv6 address", net->name, net->ipv6);
+        netsetup_cidr_network_str(&s->c6, s->net6, sizeof(s->net6));
+        s->v6 = true;
+    }
+    return 0;
+}
+
+static int check_forwards(const struct netsetup_net *net, const struct subnets *s, struct qv_err *e)
+{
+    if (net->nforwards && net->mode == NETSETUP_ISOLATED)
+        return qv_fail(e, -EINVAL, "%s: port forwards need mode nat or routed, not isolated", net->name);
+    for (size_t i = 0; i < net->nforwards; i++) {
+        const struct netsetup_forward *f = &net->forwards[i];
+        if (f->proto != IPPROTO_TCP && f->proto != IPPROTO_UDP)
+            return qv_fail(e, -EINVAL, "%s: forwards[%zu]: protocol must be tcp or udp", net->name, i);
+        if (!f->host_port || !f->guest_port)
+            return qv_fail(e, -EINVAL, "%s: forwards[%zu]: port 0 is not valid", net->name, i);
+        struct netsetup_cidr g;
+        if (netsetup_cidr_parse(f->guest_ip, &g, e) < 0)
+            return qv_prefix(e, "%s: forwards[%zu]: ", net->name, i);
+        if (!s->v4 || g.family != AF_INET || g.prefix != 32 || !netsetup_cidr_contains(&s->c4, &g))
+            return qv_fail(e, -EINVAL, "%s: forwards[%zu]: guest %s is not an IPv4 address inside %s",
+                           net->name, i, f->guest_ip, s->v4 ? s->net4 : "the network (no ipv4)");
+    }
+    return 0;
+}
+
+static void forward_chain(struct buf *b, const struct netsetup_net *net, const struct subnets *s)
+{
+    const char *br = net->bridge;
+    buf_printf(b, "  chain forward {\n    type filter hook forward priority filter; policy accept;\n");
+    buf_printf(b, "    iifname \"%s\" oifname \"%s\" accept\n", br, br);
+    for (int fam = 0; fam < 2; fam++) {
+        if (!(fam ? s->v6 : s->v4))
+            continue;
+        const char *ip = fam ? "ip6" : "ip", *sub = fam ? s->net6 : s->net4;
+        switch (net->mode) {
+        case NETSETUP_NAT:
+            buf_printf(b, "    oifname \"%s\" %s daddr %s ct state established,related accept\n", br, ip, sub);
+            if (!fam && net->nforwards)
+                buf_printf(b, "    oifname \"%s\" ip daddr %s ct status dnat accept\n", br, sub);
+            buf_printf(b, "    iifname \"%s\" %s saddr %s accept\n", br, ip, sub);
+            break;
+        case NETSETUP_ROUTED:
+            buf_printf(b, "    oifname \"%s\" %s daddr %s accept\n", br, ip, sub);
+            buf_printf(b, "    iifname \"%s\" %s saddr %s accept\n", br, ip, sub);
+            break;
+        case NETSETUP_ISOLATED:
+            break;
+        }
+    }
+    /* reject rather than drop: a guest gets "unreachable" at once, not a timeout */
+    buf_printf(b, "    iifname \"%s\" reject\n    oifname \"%s\" reject\n  }\n", br, br);
+}
+
+static void input_chain(struct buf *b, const struct netsetup_net *net, const struct subnets *s)
+{
+    const char *br = net->bridge;
+    buf_printf(b, "  chain input {\n    type filter hook input priority filter; policy accept;\n");
+    if (s->v4)
+        buf_printf(b, "    iifname \"%s\" udp dport 67 accept\n", br);
+    buf_printf(b, "    iifname \"%s\" meta l4proto { tcp, udp } th dport 53 accept\n", br);
+    if (s->v6) {
+        buf_printf(b, "    iifname \"%s\" udp dport 547 accept\n", br);
+        buf_printf(b, "    iifname \"%s\" icmpv6 type { nd-router-solicit, nd-neighbor-solicit, "
+                      "nd-neighbor-advert } accept\n", br);
+    }
+    if (net->mode == NETSETUP_ISOLATED)
+        buf_printf(b, "    iifname \"%s\" ct state established,related accept\n"
+                      "    iifname \"%s\" reject\n", br, br);
+    buf_printf(b, "  }\n");
+}
+
+static void nat_chains(struct buf *b, const struct netsetup_net *net, const struct subnets *s)
+{
+    if (net->nforwards) {
+        /* output too, so the host itself can use its forwarded ports */
+        static const char *const hooks[][2] = {{"prerouting", "dstnat"}, {"output", "-100"}};
+        for (size_t h = 0; h < ARRAY_SIZE(hooks); h++) {
+            buf_printf(b, "  chain %s_nat {\n    type nat hook %s priority %s; policy accept;\n",
+                       hooks[h][0], hooks[h][0], hooks[h][1]);
+            for (size_t i = 0; i < net->nforwards; i++) {
+                const struct netsetup_forward *f = &net->forwards[i];
+                const char *proto = f->proto == IPPROTO_TCP ? "tcp" : "udp";
+                buf_printf(b, "    fib daddr type local %s dport %u dnat ip to %s:%u\n", proto,
+                           f->host_port, f->guest_ip, f->guest_port);
+            }
+            buf_printf(b, "  }\n");
+        }
+    }
+    if (!s->v4 || (net->mode != NETSETUP_NAT && !net->nforwards))
+        return;
+    buf_printf(b, "  chain postrouting_nat {\n    type nat hook postrouting priority srcnat; policy accept;\n");
+    if (net->mode == NETSETUP_NAT)
+        buf_printf(b, "    ip saddr %s ip daddr != { %s, 224.0.0.0/24, 255.255.255.255 } masquerade\n",
+                   s->net4, s->net4);
+    /* a guest reaching a forwarded port of the host that leads to its own network
+     * must see the reply come back through the host */
+    if (net->nforwards)
+        buf_printf(b, "    ip saddr %s ip daddr %s ct status dnat masquerade\n", s->net4, s->net4);
+    buf_printf(b, "  }\n");
+}
+
+/* dnsmasq's DHCP replies leave with the checksum left to an offload that a tap does
+ * not do; guests with strict clients drop them. UDP over IPv4 allows checksum 0. */
+static void checksum_chain(struct buf *b, const struct netsetup_net *net, const struct subnets *s)
+{
+    if (!s->v4)
+        return;
+    buf_printf(b, "  chain postrouting_mangle {\n    type filter hook postrouting priority mangle; "
+                  "policy accept;\n    oifname \"%s\" udp dport 68 udp checksum set 0\n  }\n", net->bridge);
+}
+
+int netsetup_nft_net_apply(struct netsetup_nft *n, const struct netsetup_net *net, struct qv_err *e)
+{
+    int r = nsnft_check_network(net->name, e);
+    if (r < 0)
+        return r;
+    if (!netsetup_ifname_valid(net->bridge))
+        return qv_fail(e, -EINVAL, "%s: \"%s\" is not a valid bridge name", net->name,
+                       net->bridge ? net->bridge : "");
+    if ((unsigned)net->mode > NETSETUP_ROUTED)
+        return qv_fail(e, -EINVAL, "%s: unknown mode %d", net->name, (int)net->mode);
+    struct subnets s;
+    if ((r = read_subnets(net, &s, e)) < 0 || (r = check_forwards(net, &s, e)) < 0)
+        return r;
+
+    const char *t = net->name;
+    struct buf b = {0};
+    /* add+delete+add: replaces the inet table whether or not it existed, atomically */
+    buf_printf(&b, "add table inet qvisor-%s\ndelete table inet qvisor-%s\ntable inet qvisor-%s {\n", t, t, t);
+    forward_chain(&b, net, &s);
+    input_chain(&b, net, &s);
+    nat_chains(&b, net, &s);
+    checksum_chain(&b, net, &s);
+    buf_printf(&b, "}\n");
+    /* The bridge table holds the NIC filters of running guests: only its frame is
+     * (re)declared, the per-tap chains and map elements stay. */
+    buf_printf(&b,
+               "add table bridge qvisor-%s\n"
+               "add map bridge qvisor-%s nic_out { type ifname : verdict; }\n"
+               "add map bridge qvisor-%s nic_in { type ifname : verdict; }\n"
+               "add chain bridge qvisor-%s prerouting { type filter hook prerouting priority filter; policy accept; }\n"
+               "add chain bridge qvisor-%s postrouting { type filter hook postrouting priority filter; policy accept; }\n"
+               "flush chain bridge qvisor-%s prerouting\n"
+               "flush chain bridge qvisor-%s postrouting\n"
+               "add rule bridge qvisor-%s prerouting iifname vmap @nic_out\n"
+               "add rule bridge qvisor-%s postrouting oifname vmap @nic_in\n",
+               t, t, t, t, t, t, t, t, t);
+    /* What every NIC with restricted inbound traffic accepts, shared so that a
+     * tap's own chain holds only its ports. Stateless: this kernel has no bridge
+     * conntrack, so "not a connection attempt" stands in for "a reply". */
+    buf_printf(&b,
+               "add chain bridge qvisor-%s nic_in_common\nflush chain bridge qvisor-%s nic_in_common\n", t, t);
+    static const char *const common_in[] = {
+        "ether type arp accept",
+        "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert, nd-redirect } accept",
+        "tcp flags & (syn | ack) != syn accept",
+        "udp sport { 53, 67, 123, 547 } accept",
+        "icmp type != echo-request accept",
+        "icmpv6 type != echo-request accept",
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(common_in); i++)
+        buf_printf(&b, "add rule bridge qvisor-%s nic_in_common %s\n", t, common_in[i]);
+    char what[128];
+    snprintf(what, sizeof(what), "%s: cannot apply network rules", t);
+    r = netsetup_nft_run(n, what, b.p, e);
+    buf_free(&b);
+    return r;
+}
+
+int netsetup_nft_net_remove(struct netsetup_nft *n, const char *network, struct qv_err *e)
+{
+    int r = nsnft_check_network(network, e);
+    if (r < 0)
+        return r;
+    char script[1024], what[128];
+    /* the leading adds make the deletes succeed when a table is already gone */
+    snprintf(script, sizeof(script),
+             "add table inet qvisor-%s\ndelete table inet qvisor-%s\n"
+             "add table bridge qvisor-%s\ndelete table bridge qvisor-%s\n",
+             network, network, network, network);
+    snprintf(what, sizeof(what), "%s: cannot remove network rules", network);
+    return netsetup_nft_run(n, what, script, e);
+}
