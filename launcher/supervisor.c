@@ -272,15 +272,18 @@ static int spawn_qemu(struct sup *s, const struct launch_plan *p, const int *fds
     if (pid < 0)
         return qv_failerr(e, -errno, "fork");
     if (pid == 0) {
+        /* every source moves above the target range first: a target number may be
+         * where another source (or the log) sits now */
         int high[PLAN_MAX_FDS];
+        int log_high = fcntl(s->log_fd, F_DUPFD_CLOEXEC, FD_FIRST + PLAN_MAX_FDS);
         for (size_t i = 0; i < p->nslots; i++)
             if ((high[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, FD_FIRST + PLAN_MAX_FDS)) < 0)
                 _exit(126);
         for (size_t i = 0; i < p->nslots; i++)
             if (dup2(high[i], p->slots[i].fd) < 0)
                 _exit(126);
-        int null = open("/dev/null", O_RDONLY);
-        if (null < 0 || dup2(null, 0) < 0 || dup2(s->log_fd, 1) < 0 || dup2(s->log_fd, 2) < 0)
+        int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (null < 0 || log_high < 0 || dup2(null, 0) < 0 || dup2(log_high, 1) < 0 || dup2(log_high, 2) < 0)
             _exit(126);
         sigset_t all;
         sigemptyset(&all);
@@ -602,7 +605,7 @@ static void crashed(struct sup *s, const char *why)
 static void describe_exit(int code, int status_known, char *out, size_t outlen)
 {
     if (!status_known)
-        snprintf(out, outlen, "QEMU exited");
+        snprintf(out, outlen, "QEMU exited (status unknown: an earlier supervisor started it)");
     else if (code >= 128)
         snprintf(out, outlen, "QEMU was killed by signal %d (%s)", code - 128, strsignal(code - 128));
     else
@@ -822,7 +825,7 @@ static int open_log(struct sup *s, struct qv_err *e)
     if (r < 0)
         return qv_failerr(e, r, "%s", dir);
     qv_path(s->paths, path, sizeof(path), QV_LOG "/%s.log", s->def.name);
-    s->log_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    s->log_fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0640);   /* read back for QEMU's last words */
     return s->log_fd < 0 ? qv_failerr(e, -errno, "%s", path) : 0;
 }
 
@@ -925,8 +928,8 @@ int supervisor_run(const struct qv_paths *paths, const char *name, int ready_fd,
     if (r == 0)
         r = host_facts_probe(paths, &s.hc, &s.facts, e);
     if (r < 0) {
-        report_ready(&s, r, e->msg);
         sup_free(&s);
+        report_ready(&s, r, e->msg);    /* after the lock is released: a retry must not meet us */
         return r;
     }
     struct vm_runstate prev;
@@ -951,8 +954,8 @@ int supervisor_run(const struct qv_paths *paths, const char *name, int ready_fd,
         if (s.qemu_pid)
             kill(s.qemu_pid, SIGKILL);
         remove_run_files(&s);
-        report_ready(&s, r, e->msg);
         sup_free(&s);
+        report_ready(&s, r, e->msg);
         return r;
     }
     report_ready(&s, 0, NULL);
