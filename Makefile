@@ -14,6 +14,15 @@ CPPFLAGS += -I. $(PKG_CFLAGS)
 LDLIBS  := $(PKG_LIBS) -ldl
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
+# `make V=1` shows whole command lines
+ifeq ($(V),1)
+Q :=
+say = @true
+else
+Q := @
+say = @printf '  %-6s %s\n'
+endif
+
 MODULES  := common qmp netsetup storage sandbox launcher
 LIB_SRCS := $(filter-out launcher/main.c,$(wildcard $(addsuffix /*.c,$(MODULES))))
 TEST_SRCS := $(wildcard tests/unit/test_*.c)
@@ -31,18 +40,23 @@ $(1)_TESTS := $$(patsubst tests/unit/%.c,$(2)/tests/%,$$(TEST_SRCS))
 $(1)_PROGS := $$(patsubst tests/progs/%.c,$(2)/progs/%,$$(TEST_PROGS))
 $(2)/obj/%.o: %.c
 	@mkdir -p $$(@D)
-	$$(CC) $$(WARN) $$(CPPFLAGS) $$(CFLAGS) $(3) -MMD -MP -c $$< -o $$@
+	$$(say) CC $$@
+	$(Q)$$(CC) $$(WARN) $$(CPPFLAGS) $$(CFLAGS) $(3) -MMD -MP -c $$< -o $$@
 $(2)/libqvisor.a: $$($(1)_OBJS)
 	@rm -f $$@
-	$$(AR) rcs $$@ $$^
+	$$(say) AR $$@
+	$(Q)$$(AR) rcs $$@ $$^
 $(2)/qvisor: $(2)/obj/launcher/main.o $(2)/libqvisor.a
-	$$(CC) $$(CFLAGS) $(3) -o $$@ $$^ $$(LDLIBS)
+	$$(say) LD $$@
+	$(Q)$$(CC) $$(CFLAGS) $(3) -o $$@ $$^ $$(LDLIBS)
 $(2)/tests/%: tests/unit/%.c $$(TEST_HELPERS) $(2)/libqvisor.a
 	@mkdir -p $$(@D)
-	$$(CC) $$(WARN) $$(CPPFLAGS) $$(CFLAGS) $(3) -o $$@ $$< $$(TEST_HELPERS) $(2)/libqvisor.a $$(LDLIBS) -lcmocka -lpthread
+	$$(say) TEST $$@
+	$(Q)$$(CC) $$(WARN) $$(CPPFLAGS) $$(CFLAGS) $(3) -o $$@ $$< $$(TEST_HELPERS) $(2)/libqvisor.a $$(LDLIBS) -lcmocka -lpthread
 $(2)/progs/%: tests/progs/%.c $(2)/libqvisor.a
 	@mkdir -p $$(@D)
-	$$(CC) $$(WARN) $$(CPPFLAGS) $$(CFLAGS) $(3) -o $$@ $$< $(2)/libqvisor.a $$(LDLIBS) -lpthread
+	$$(say) PROG $$@
+	$(Q)$$(CC) $$(WARN) $$(CPPFLAGS) $$(CFLAGS) $(3) -o $$@ $$< $(2)/libqvisor.a $$(LDLIBS) -lpthread
 -include $$(patsubst %.o,%.d,$$($(1)_OBJS) $(2)/obj/launcher/main.o)
 endef
 $(eval $(call variant,PLAIN,$(BUILD),))
@@ -56,7 +70,7 @@ deps:
 
 # Built in a sub-make so that flags from pkg-config are read after `deps` installed them.
 test-build:
-	$(MAKE) qvisor $(BUILD)/asan/qvisor $(PLAIN_TESTS) $(ASAN_TESTS) $(PLAIN_PROGS)
+	@$(MAKE) --no-print-directory qvisor $(BUILD)/asan/qvisor $(PLAIN_TESTS) $(ASAN_TESTS) $(PLAIN_PROGS)
 
 check: deps
 	$(MAKE) test-build

@@ -23,6 +23,18 @@ static const struct cli_opt stop_opts[] = {{"timeout", true, false, 't'}, {"forc
 static const struct cli_opt console_opts[] = {{"replay", false, false, 0}, {"idle", true, false, 0}, {0}};
 static const struct cli_opt logs_opts[] = {{"follow", false, false, 'f'}, {"lines", true, false, 'n'}, {0}};
 
+static const struct cli_opt net_define_opts[] = {
+    {"mode", true, false, 0}, {"bridge", true, false, 0}, {"mtu", true, false, 0}, {"ipv4", true, false, 0},
+    {"dhcp", true, false, 0}, {"domain", true, false, 0}, {"forward", true, true, 0}, {"autostart", false, false, 0}, {0}};
+static const struct cli_opt attach_disk_opts[] = {
+    {"bus", true, false, 0}, {"format", true, false, 0}, {"cache", true, false, 0}, {"serial", true, false, 0},
+    {"readonly", false, false, 0}, {"persistent", false, false, 0}, {0}};
+static const struct cli_opt attach_nic_opts[] = {
+    {"network", true, false, 0}, {"bridge", true, false, 0}, {"direct", true, false, 0}, {"user", false, false, 0},
+    {"mac", true, false, 0}, {"model", true, false, 0}, {"mode", true, false, 0}, {"queues", true, false, 0},
+    {"filter", true, false, 0}, {"persistent", false, false, 0}, {0}};
+static const struct cli_opt detach_opts[] = {{"persistent", false, false, 0}, {"mac", true, false, 0}, {0}};
+
 static int cmd_help(struct cli *c);
 
 static const struct cli_command commands[] = {
@@ -50,6 +62,27 @@ static const struct cli_command commands[] = {
     {"events", cmd_events, no_opts, 1, 1, "events NAME", "stream QMP events as JSON lines"},
     {"logs", cmd_logs, logs_opts, 1, 1, "logs NAME [-f] [-n LINES]",
      "supervisor events, QEMU's messages and the serial console, timestamped"},
+    {"attach-disk", cmd_attach_disk, attach_disk_opts, 2, 2,
+     "attach-disk NAME FILE [--format F] [--cache C] [--serial S] [--readonly] [--persistent]",
+     "hotplug a virtio disk (the image is opened by qvisor and passed as an fd)"},
+    {"detach-disk", cmd_detach_disk, detach_opts, 2, 2, "detach-disk NAME FILE|ID [--persistent]",
+     "unplug a hotplugged disk once the guest releases it"},
+    {"attach-nic", cmd_attach_nic, attach_nic_opts, 1, 1,
+     "attach-nic NAME --network N|--bridge B|--direct IF|--user [--mac M] [--model virtio] [--persistent]",
+     "hotplug a NIC"},
+    {"detach-nic", cmd_detach_nic, detach_opts, 1, 1, "detach-nic NAME --mac MAC [--persistent]", "unplug a NIC"},
+    {"ifaddr", cmd_ifaddr, no_opts, 1, 1, "ifaddr NAME [--json]", "each NIC's MAC, tap, network and address"},
+    {"net define", cmd_net_define, net_define_opts, 1, 1,
+     "net define FILE.json | net define NAME [--mode nat --ipv4 10.77.5.1/24 --dhcp START,END --domain D "
+     "--forward tcp:8080:10.77.5.10:80 --bridge BR --mtu N --autostart]", "define a network"},
+    {"net undefine", cmd_net_undefine, no_opts, 1, 1, "net undefine NAME", "remove a network's definition"},
+    {"net list", cmd_net_list, no_opts, 0, 0, "net list [--json]", "list networks"},
+    {"net show", cmd_net_show, no_opts, 1, 1, "net show NAME", "print a network's normalised definition"},
+    {"net start", cmd_net_start, start_opts, 1, 1, "net start NAME", "start a network in the background"},
+    {"net run", cmd_net_run, run_opts, 1, 1, "net run NAME", "run a network in the foreground (what a unit runs)"},
+    {"net stop", cmd_net_stop, no_opts, 1, 1, "net stop NAME", "remove the network's bridge, rules and dnsmasq"},
+    {"net leases", cmd_net_leases, no_opts, 1, 1, "net leases NAME [--json]", "the network's DHCP leases"},
+    {"net gc", cmd_net_gc, no_opts, 0, 0, "net gc", "remove qvisor taps, rules and dnsmasq left without an owner"},
     {"help", cmd_help, no_opts, 0, 1, "help [COMMAND]", "show usage"},
     {0},
 };
@@ -66,7 +99,7 @@ static void usage_all(FILE *out)
 {
     fprintf(out, "usage: qvisor [--root DIR] [--json] [-q] COMMAND [ARGS...]\n\n");
     for (const struct cli_command *cmd = commands; cmd->name; cmd++)
-        fprintf(out, "  %-10s %s\n", cmd->name, cmd->summary);
+        fprintf(out, "  %-13s %s\n", cmd->name, cmd->summary);
     fprintf(out, "\nExit codes: 0 ok, 1 failed, 2 usage or invalid definition, 3 no such object, "
                  "4 conflict, 5 timed out.\n");
 }
@@ -226,9 +259,17 @@ static int run(struct cli *c, int argc, char **argv)
         usage_all(stderr);
         return -EINVAL;
     }
-    c->cmd = find_command(argv[i]);
+    char word[64];
+    snprintf(word, sizeof(word), "%s", argv[i]);
+    if (strcmp(argv[i], "net") == 0) {
+        /* two-word verbs: "net start" */
+        if (i + 1 >= argc)
+            return qv_fail(&c->err, -EINVAL, "net: which? define, undefine, list, show, start, run, stop, leases, gc");
+        snprintf(word, sizeof(word), "net %s", argv[++i]);
+    }
+    c->cmd = find_command(word);
     if (!c->cmd)
-        return qv_fail(&c->err, -EINVAL, "no command named %s (qvisor help lists them)", argv[i]);
+        return qv_fail(&c->err, -EINVAL, "no command named %s (qvisor help lists them)", word);
     int r = parse_command_args(c, argc, argv, i + 1, &root);
     if (r < 0)
         return r;

@@ -41,6 +41,9 @@ const char *cli_opt(const struct cli *c, const char *name);
 bool cli_flag(const struct cli *c, const char *name);
 /* Parses --name as milliseconds from seconds ("60", "0.5"); dflt when absent. */
 int cli_opt_seconds_ms(struct cli *c, const char *name, int dflt, int *out);
+/* Starts `qvisor --root R ARGS... --ready-fd 3` detached (double fork, setsid,
+ * stdio on /dev/null) and waits for its "ok" or error line. */
+int cli_spawn_supervisor(struct cli *c, const char *const *args, int timeout_ms, const char *name);
 /* Prints JSON (pretty) to stdout. */
 void cli_print_json(json_object *o);
 
@@ -61,5 +64,19 @@ int cmd_qmp(struct cli *c);
 int cmd_hmp(struct cli *c);
 int cmd_events(struct cli *c);
 int cmd_logs(struct cli *c);
+int cmd_net_define(struct cli *c);
+int cmd_net_undefine(struct cli *c);
+int cmd_net_show(struct cli *c);
+int cmd_net_list(struct cli *c);
+int cmd_net_run(struct cli *c);
+int cmd_net_start(struct cli *c);
+int cmd_net_stop(struct cli *c);
+int cmd_net_leases(struct cli *c);
+int cmd_net_gc(struct cli *c);
+int cmd_attach_disk(struct cli *c);
+int cmd_detach_disk(struct cli *c);
+int cmd_attach_nic(struct cli *c);
+int cmd_detach_nic(struct cli *c);
+int cmd_ifaddr(struct cli *c);
 
 #endif

@@ -27,21 +27,8 @@ static void wait_unlocked(struct cli *c, const char *name, int timeout_ms)
         usleep(2000);
 }
 
-int cmd_start(struct cli *c)
+int cli_spawn_supervisor(struct cli *c, const char *const *args, int timeout_ms, const char *name)
 {
-    const char *name = c->pos[0];
-    int timeout_ms;
-    int r = cli_opt_seconds_ms(c, "wait-timeout", 60000, &timeout_ms);
-    if (r < 0)
-        return r;
-    struct vm_def d;
-    if ((r = vm_load(&c->paths, name, &d, &c->err)) < 0)
-        return r;
-    vm_def_free(&d);
-    pid_t holder;
-    if (vm_supervised(&c->paths, name, &holder))
-        return qv_fail(&c->err, -EBUSY, "%s is already running (pid %d)", name, (int)holder);
-
     int pipefd[2];
     if (pipe2(pipefd, O_CLOEXEC) < 0)
         return qv_failerr(&c->err, -errno, "pipe");
@@ -68,7 +55,13 @@ int cmd_start(struct cli *c)
             _exit(1);
         exe[n] = '\0';
         /* a fresh image: `ps` shows "qvisor run NAME", and nothing of this CLI lingers */
-        const char *argv[] = {exe, "--root", c->paths.root[0] ? c->paths.root : "/", "run", name, "--ready-fd", "3", NULL};
+        const char *argv[16] = {exe, "--root", c->paths.root[0] ? c->paths.root : "/"};
+        size_t k = 3;
+        for (size_t i = 0; args[i] && k < ARRAY_SIZE(argv) - 3; i++)
+            argv[k++] = args[i];
+        argv[k++] = "--ready-fd";
+        argv[k++] = "3";
+        argv[k] = NULL;
         extern char **environ;
         execve(exe, (char *const *)argv, environ);
         _exit(127);
@@ -79,20 +72,41 @@ int cmd_start(struct cli *c)
     struct buf in = {0};
     _cleanup_free_ char *line = NULL;
     struct qv_err e = {0};
-    r = ctl_read_line(pipefd[0], &in, timeout_ms, &line, &e);
+    int r = ctl_read_line(pipefd[0], &in, timeout_ms, &line, &e);
     close(pipefd[0]);
     buf_free(&in);
     if (r == -ETIMEDOUT)
         return qv_fail(&c->err, -ETIMEDOUT, "%s: not running after %d s; it goes on starting in the background "
                                             "(qvisor logs %s)", name, timeout_ms / 1000, name);
     if (r < 0)
-        return qv_fail(&c->err, -EIO, "%s: the supervisor exited before the guest ran (qvisor logs %s)", name, name);
+        return qv_fail(&c->err, -EIO, "%s: the supervisor exited before it was ready (see its log)", name);
     if (strcmp(line, "ok") != 0) {
         int code = -EIO, off = 0;
         if (sscanf(line, "error %d %n", &code, &off) < 1 || off == 0)
             return qv_fail(&c->err, -EIO, "%s: %s", name, line);
         return qv_fail(&c->err, code < 0 ? code : -EIO, "%s", line + off);
     }
+    return 0;
+}
+
+int cmd_start(struct cli *c)
+{
+    const char *name = c->pos[0];
+    int timeout_ms;
+    int r = cli_opt_seconds_ms(c, "wait-timeout", 60000, &timeout_ms);
+    if (r < 0)
+        return r;
+    struct vm_def d;
+    if ((r = vm_load(&c->paths, name, &d, &c->err)) < 0)
+        return r;
+    vm_def_free(&d);
+    pid_t holder;
+    if (vm_supervised(&c->paths, name, &holder))
+        return qv_fail(&c->err, -EBUSY, "%s is already running (pid %d)", name, (int)holder);
+
+    const char *args[] = {"run", name, NULL};
+    if ((r = cli_spawn_supervisor(c, args, timeout_ms, name)) < 0)
+        return r;
     if (!c->quiet)
         printf("%s started\n", name);
     return 0;

@@ -1,10 +1,11 @@
 /* VM definitions: JSON -> struct vm_def with validation, and back (normalised). */
 #include <arpa/inet.h>
+#include <netinet/in.h>
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "launcher/launcher.h"
+#include "launcher/config.h"
 
 const char *const vm_machine_names[] = {"q35", "pc", "microvm", NULL};
 const char *const vm_accel_names[] = {"auto", "kvm", "tcg", NULL};
@@ -30,6 +31,26 @@ static const char *const proto_names[] = {"tcp", "udp", NULL};
 #define MIN_MEMORY (16ull << 20)
 #define MAX_VCPUS 288
 
+void vm_disk_free(struct vm_disk *k)
+{
+    free(k->file);
+    free(k->serial);
+    memset(k, 0, sizeof(*k));
+}
+
+void vm_nic_free(struct vm_nic *n)
+{
+    free(n->source);
+    free(n->allow_in);
+    free(n->deny_out);
+    for (size_t j = 0; j < n->nfwd; j++) {
+        free(n->fwd[j].host);
+        free(n->fwd[j].guest);
+    }
+    free(n->fwd);
+    memset(n, 0, sizeof(*n));
+}
+
 void vm_def_free(struct vm_def *d)
 {
     free(d->name);
@@ -38,26 +59,19 @@ void vm_def_free(struct vm_def *d)
     free(d->boot.kernel);
     free(d->boot.initrd);
     free(d->boot.cmdline);
-    for (size_t i = 0; i < d->ndisks; i++) {
-        free(d->disks[i].file);
-        free(d->disks[i].serial);
-    }
+    for (size_t i = 0; i < d->ndisks; i++)
+        vm_disk_free(&d->disks[i]);
     free(d->disks);
     for (size_t i = 0; i < d->ncdroms; i++)
         free(d->cdroms[i].file);
     free(d->cdroms);
-    for (size_t i = 0; i < d->nnics; i++) {
-        free(d->nics[i].source);
-        for (size_t j = 0; j < d->nics[i].nfwd; j++) {
-            free(d->nics[i].fwd[j].host);
-            free(d->nics[i].fwd[j].guest);
-        }
-        free(d->nics[i].fwd);
-    }
+    for (size_t i = 0; i < d->nnics; i++)
+        vm_nic_free(&d->nics[i]);
     free(d->nics);
     free(d->graphics.listen);
     free(d->graphics.password_secret);
     strv_free(&d->qemu_args);
+    vm_confine_free(d);
     memset(d, 0, sizeof(*d));
 }
 
@@ -347,10 +361,81 @@ static int parse_hostfwd(struct jr *r, json_object *o, struct hostfwd *f)
     return 0;
 }
 
+/* "tcp/22", "udp/5000-5010", "icmp" */
+static bool port_parse(const char *s, struct nic_port *p)
+{
+    if (strcmp(s, "icmp") == 0) {
+        *p = (struct nic_port){IPPROTO_ICMP, 0, 0};
+        return true;
+    }
+    unsigned lo, hi;
+    char proto[4], tail;
+    int n = sscanf(s, "%3[a-z]/%u-%u%c", proto, &lo, &hi, &tail);
+    if (n == 2)
+        hi = lo;
+    else if (n != 3)
+        return false;
+    if ((strcmp(proto, "tcp") != 0 && strcmp(proto, "udp") != 0) || lo < 1 || hi > 65535 || lo > hi)
+        return false;
+    *p = (struct nic_port){strcmp(proto, "tcp") == 0 ? IPPROTO_TCP : IPPROTO_UDP, (int)lo, (int)hi};
+    return true;
+}
+
+static int port_list(struct jr *r, json_object *o, const char *key, struct nic_port **out, size_t *n)
+{
+    json_object *a = NULL;
+    int e = jr_array(r, o, key, &a);
+    if (e < 0 || !a)
+        return e;
+    size_t m = jr_key(r, key);
+    *n = json_object_array_length(a);
+    *out = qv_xcalloc(*n, sizeof(**out));
+    for (size_t i = 0; i < *n; i++) {
+        json_object *v = json_object_array_get_idx(a, i);
+        size_t mi = jr_index(r, i);
+        if ((e = jr_expect(r, v, json_type_string)) < 0)
+            return e;
+        if (!port_parse(json_object_get_string(v), &(*out)[i]))
+            return jr_fail(r, "%s is not a port like \"tcp/22\", \"udp/5000-5010\" or \"icmp\"", jr_show(v));
+        jr_pop(r, mi);
+    }
+    jr_pop(r, m);
+    return 0;
+}
+
+static int parse_filter(struct jr *r, json_object *o, struct vm_nic *n)
+{
+    json_object *f;
+    n->filter = n->type == NIC_NETWORK ? FILTER_CLEAN : FILTER_NONE;
+    if (!json_object_object_get_ex(o, "filter", &f))
+        return 0;
+    size_t m = jr_key(r, "filter");
+    if (n->type != NIC_NETWORK)
+        return jr_fail(r, "only on NICs of a qvisor network");
+    if (json_object_is_type(f, json_type_string)) {
+        const char *s = json_object_get_string(f);
+        if (strcmp(s, "none") != 0 && strcmp(s, "clean-traffic") != 0)
+            return jr_fail(r, "%s is not \"clean-traffic\", \"none\" or {\"allow_in\": [...], \"deny_out\": [...]}", jr_show(f));
+        n->filter = strcmp(s, "none") == 0 ? FILTER_NONE : FILTER_CLEAN;
+    } else {
+        int e;
+        static const char *const keys[] = {"allow_in", "deny_out", NULL};
+        if ((e = jr_expect(r, f, json_type_object)) < 0 || (e = jr_only_keys(r, f, keys)) < 0 ||
+            (e = port_list(r, f, "allow_in", &n->allow_in, &n->nallow_in)) < 0 ||
+            (e = port_list(r, f, "deny_out", &n->deny_out, &n->ndeny_out)) < 0)
+            return e;
+        /* an explicit allow_in list, even empty, means inbound is filtered */
+        if (json_object_object_get_ex(f, "allow_in", NULL) && !n->allow_in)
+            n->allow_in = qv_xcalloc(1, sizeof(*n->allow_in));
+    }
+    jr_pop(r, m);
+    return 0;
+}
+
 static int parse_nic(struct jr *r, json_object *o, struct vm_nic *n, const struct vm_def *d)
 {
     static const char *const keys[] = {"type", "network", "bridge", "direct", "mode", "mac", "model",
-                                       "queues", "vhost", "hostfwd", "boot_index", NULL};
+                                       "queues", "vhost", "hostfwd", "boot_index", "filter", NULL};
     int e, type = -1, model = MODEL_VIRTIO, mode = MACVTAP_BRIDGE;
     int64_t queues = 1;
     if ((e = jr_only_keys(r, o, keys)) < 0 || (e = jr_enum(r, o, "type", nic_type_names, &type)) < 0)
@@ -409,6 +494,8 @@ static int parse_nic(struct jr *r, json_object *o, struct vm_nic *n, const struc
         return jr_key(r, "queues"), jr_fail(r, "multiqueue needs model virtio");
     if (d->machine == MACHINE_MICROVM && model != MODEL_VIRTIO)
         return jr_key(r, "model"), jr_fail(r, "\"%s\" is not available on microvm (only virtio)", nic_model_names[model]);
+    if ((e = parse_filter(r, o, n)) < 0)
+        return e;
     json_object *fwd = NULL;
     if ((e = jr_array(r, o, "hostfwd", &fwd)) < 0)
         return e;
@@ -567,7 +654,7 @@ static int parse_definition(struct jr *rp, json_object *o, struct vm_def *d)
     struct jr r = *rp;
     static const char *const keys[] = {"name", "uuid", "description", "machine", "accel", "cpu", "memory",
                                        "boot", "disks", "cdroms", "nics", "console", "graphics", "agent",
-                                       "on_poweroff", "on_reboot", "on_crash", "qemu_args", NULL};
+                                       "on_poweroff", "on_reboot", "on_crash", "limits", "sandbox", "qemu_args", NULL};
     int err = 0, machine = MACHINE_Q35, accel = ACCEL_AUTO, console = CONSOLE_SERIAL;
     int onp = POWEROFF_STOP, onr = REBOOT_RESTART, onc = CRASH_STOP;
     _cleanup_free_ char *uuid = NULL;
@@ -606,6 +693,8 @@ static int parse_definition(struct jr *rp, json_object *o, struct vm_def *d)
         (err = jr_enum(&r, o, "on_poweroff", poweroff_names, &onp)) < 0 ||
         (err = jr_enum(&r, o, "on_reboot", reboot_names, &onr)) < 0 ||
         (err = jr_enum(&r, o, "on_crash", crash_names, &onc)) < 0 || (err = jr_array(&r, o, "qemu_args", &qargs)) < 0)
+        return err;
+    if ((err = vm_limits_parse(&r, o, d)) < 0 || (err = vm_sandbox_parse(&r, o, d)) < 0)
         return err;
     d->console = console;
     d->on_poweroff = onp;
@@ -655,6 +744,118 @@ static void put_bool(json_object *o, const char *k, bool v)
     json_object_object_add(o, k, json_object_new_boolean(v));
 }
 
+/* One device for hotplug, with the same checks as inside a definition. */
+int vm_disk_from_json(json_object *o, const struct vm_def *d, struct vm_disk *out, struct qv_err *e)
+{
+    struct jr r;
+    jr_init(&r, e);
+    memset(out, 0, sizeof(*out));
+    jr_key(&r, "disk");
+    int err = jr_expect(&r, o, json_type_object);
+    if (err == 0)
+        err = parse_disk(&r, o, out, d);
+    if (err == 0 && out->format == FORMAT_PROBE)
+        err = image_detect_format(out->file, &out->format, e);
+    if (err < 0)
+        vm_disk_free(out);
+    return err;
+}
+
+int vm_nic_from_json(json_object *o, const struct vm_def *d, struct vm_nic *out, struct qv_err *e)
+{
+    struct jr r;
+    jr_init(&r, e);
+    memset(out, 0, sizeof(*out));
+    jr_key(&r, "nic");
+    int err = jr_expect(&r, o, json_type_object);
+    if (err == 0)
+        err = parse_nic(&r, o, out, d);
+    if (err < 0)
+        vm_nic_free(out);
+    return err;
+}
+
+json_object *vm_disk_to_json(const struct vm_disk *k)
+{
+    json_object *j = json_object_new_object();
+    put_str(j, "file", k->file);
+    if (k->format != FORMAT_PROBE)
+        put_str(j, "format", disk_format_names[k->format]);
+    put_str(j, "bus", disk_bus_names[k->bus]);
+    put_str(j, "cache", cache_names[k->cache]);
+    put_str(j, "aio", aio_names[k->aio]);
+    put_bool(j, "discard", k->discard);
+    put_bool(j, "readonly", k->readonly);
+    put_bool(j, "snapshot", k->snapshot);
+    put_str(j, "serial", k->serial);
+    if (k->boot_index >= 0)
+        put_int(j, "boot_index", k->boot_index);
+    return j;
+}
+
+json_object *vm_nic_to_json(const struct vm_nic *n)
+{
+    json_object *j = json_object_new_object();
+    put_str(j, "type", nic_type_names[n->type]);
+    if (n->type != NIC_USER)
+        put_str(j, nic_type_names[n->type], n->source);
+    if (n->type == NIC_DIRECT)
+        put_str(j, "mode", macvtap_names[n->mode]);
+    if (n->mac[0])
+        put_str(j, "mac", n->mac);
+    put_str(j, "model", nic_model_names[n->model]);
+    if (n->type != NIC_USER) {
+        put_int(j, "queues", n->queues);
+        put_bool(j, "vhost", n->vhost);
+    }
+    if (n->type == NIC_USER) {
+        json_object *fwd = json_object_new_array();
+        for (size_t k = 0; k < n->nfwd; k++) {
+            json_object *f = json_object_new_object();
+            put_str(f, "protocol", n->fwd[k].udp ? "udp" : "tcp");
+            put_str(f, "host", n->fwd[k].host);
+            put_int(f, "host_port", n->fwd[k].host_port);
+            put_str(f, "guest", n->fwd[k].guest);
+            put_int(f, "guest_port", n->fwd[k].guest_port);
+            json_object_array_add(fwd, f);
+        }
+        json_object_object_add(j, "hostfwd", fwd);
+    }
+    if (n->boot_index >= 0)
+        put_int(j, "boot_index", n->boot_index);
+    if (n->type == NIC_NETWORK) {
+        if (n->filter == FILTER_NONE) {
+            put_str(j, "filter", "none");
+        } else if (!n->allow_in && !n->ndeny_out) {
+            put_str(j, "filter", "clean-traffic");
+        } else {
+            json_object *f = json_object_new_object();
+            const struct nic_port *lists[] = {n->allow_in, n->deny_out};
+            size_t counts[] = {n->nallow_in, n->ndeny_out};
+            static const char *const keys[] = {"allow_in", "deny_out"};
+            for (int l = 0; l < 2; l++) {
+                if (l == 0 && !n->allow_in)
+                    continue;
+                json_object *a = json_object_new_array();
+                for (size_t i = 0; i < counts[l]; i++) {
+                    const struct nic_port *p = &lists[l][i];
+                    char txt[32];
+                    if (p->proto == IPPROTO_ICMP)
+                        snprintf(txt, sizeof(txt), "icmp");
+                    else if (p->lo == p->hi)
+                        snprintf(txt, sizeof(txt), "%s/%d", p->proto == IPPROTO_TCP ? "tcp" : "udp", p->lo);
+                    else
+                        snprintf(txt, sizeof(txt), "%s/%d-%d", p->proto == IPPROTO_TCP ? "tcp" : "udp", p->lo, p->hi);
+                    json_object_array_add(a, json_object_new_string(txt));
+                }
+                json_object_object_add(f, keys[l], a);
+            }
+            json_object_object_add(j, "filter", f);
+        }
+    }
+    return j;
+}
+
 json_object *vm_def_to_json(const struct vm_def *d)
 {
     json_object *o = json_object_new_object();
@@ -701,23 +902,8 @@ json_object *vm_def_to_json(const struct vm_def *d)
     json_object_object_add(o, "boot", boot);
 
     json_object *disks = json_object_new_array();
-    for (size_t i = 0; i < d->ndisks; i++) {
-        const struct vm_disk *k = &d->disks[i];
-        json_object *j = json_object_new_object();
-        put_str(j, "file", k->file);
-        if (k->format != FORMAT_PROBE)
-            put_str(j, "format", disk_format_names[k->format]);
-        put_str(j, "bus", disk_bus_names[k->bus]);
-        put_str(j, "cache", cache_names[k->cache]);
-        put_str(j, "aio", aio_names[k->aio]);
-        put_bool(j, "discard", k->discard);
-        put_bool(j, "readonly", k->readonly);
-        put_bool(j, "snapshot", k->snapshot);
-        put_str(j, "serial", k->serial);
-        if (k->boot_index >= 0)
-            put_int(j, "boot_index", k->boot_index);
-        json_object_array_add(disks, j);
-    }
+    for (size_t i = 0; i < d->ndisks; i++)
+        json_object_array_add(disks, vm_disk_to_json(&d->disks[i]));
     json_object_object_add(o, "disks", disks);
 
     json_object *cdroms = json_object_new_array();
@@ -732,38 +918,8 @@ json_object *vm_def_to_json(const struct vm_def *d)
     json_object_object_add(o, "cdroms", cdroms);
 
     json_object *nics = json_object_new_array();
-    for (size_t i = 0; i < d->nnics; i++) {
-        const struct vm_nic *n = &d->nics[i];
-        json_object *j = json_object_new_object();
-        put_str(j, "type", nic_type_names[n->type]);
-        if (n->type != NIC_USER)
-            put_str(j, nic_type_names[n->type], n->source);
-        if (n->type == NIC_DIRECT)
-            put_str(j, "mode", macvtap_names[n->mode]);
-        if (n->mac[0])
-            put_str(j, "mac", n->mac);
-        put_str(j, "model", nic_model_names[n->model]);
-        if (n->type != NIC_USER) {
-            put_int(j, "queues", n->queues);
-            put_bool(j, "vhost", n->vhost);
-        }
-        if (n->type == NIC_USER) {
-            json_object *fwd = json_object_new_array();
-            for (size_t k = 0; k < n->nfwd; k++) {
-                json_object *f = json_object_new_object();
-                put_str(f, "protocol", n->fwd[k].udp ? "udp" : "tcp");
-                put_str(f, "host", n->fwd[k].host);
-                put_int(f, "host_port", n->fwd[k].host_port);
-                put_str(f, "guest", n->fwd[k].guest);
-                put_int(f, "guest_port", n->fwd[k].guest_port);
-                json_object_array_add(fwd, f);
-            }
-            json_object_object_add(j, "hostfwd", fwd);
-        }
-        if (n->boot_index >= 0)
-            put_int(j, "boot_index", n->boot_index);
-        json_object_array_add(nics, j);
-    }
+    for (size_t i = 0; i < d->nnics; i++)
+        json_object_array_add(nics, vm_nic_to_json(&d->nics[i]));
     json_object_object_add(o, "nics", nics);
 
     put_str(o, "console", console_names[d->console]);
@@ -782,6 +938,7 @@ json_object *vm_def_to_json(const struct vm_def *d)
     put_str(o, "on_poweroff", poweroff_names[d->on_poweroff]);
     put_str(o, "on_reboot", reboot_names[d->on_reboot]);
     put_str(o, "on_crash", crash_names[d->on_crash]);
+    vm_confine_to_json(d, o);
     if (d->qemu_args.n) {
         json_object *a = json_object_new_array();
         for (size_t i = 0; i < d->qemu_args.n; i++)

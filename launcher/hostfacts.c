@@ -19,9 +19,14 @@
 
 #define PROBE_TIMEOUT_MS 10000
 
+#define UID_FIRST 61184
+#define UID_LAST 65519
+
 int host_config_load(const struct qv_paths *p, struct host_config *hc, struct qv_err *e)
 {
     memset(hc, 0, sizeof(*hc));
+    hc->uid_first = UID_FIRST;
+    hc->uid_last = UID_LAST;
     char path[PATH_MAX];
     qv_path(p, path, sizeof(path), QV_ETC "/host.json");
     if (!path_exists(path))
@@ -32,20 +37,31 @@ int host_config_load(const struct qv_paths *p, struct host_config *hc, struct qv
         return r;
     struct jr jr;
     jr_init(&jr, e);
-    static const char *const keys[] = {"qemu", "accel", NULL};
+    static const char *const keys[] = {"qemu", "accel", "uid_first", "uid_last", "cgroup_parent", NULL};
     int accel = ACCEL_AUTO;
+    int64_t first = UID_FIRST, last = UID_LAST;
     if ((r = jr_expect(&jr, o, json_type_object)) < 0 || (r = jr_only_keys(&jr, o, keys)) < 0 ||
-        (r = jr_string(&jr, o, "qemu", false, &hc->qemu)) < 0 || (r = jr_enum(&jr, o, "accel", vm_accel_names, &accel)) < 0) {
+        (r = jr_string(&jr, o, "qemu", false, &hc->qemu)) < 0 || (r = jr_enum(&jr, o, "accel", vm_accel_names, &accel)) < 0 ||
+        (r = jr_int(&jr, o, "uid_first", 1000, 0x7ffffffe, &first)) < 0 ||
+        (r = jr_int(&jr, o, "uid_last", 1000, 0x7ffffffe, &last)) < 0 ||
+        (r = jr_string(&jr, o, "cgroup_parent", false, &hc->cgroup_parent)) < 0) {
         host_config_free(hc);
         return qv_prefix(e, "%s: ", path);
     }
+    if (last < first) {
+        host_config_free(hc);
+        return qv_fail(e, -EINVAL, "%s: uid_last %lld is below uid_first %lld", path, (long long)last, (long long)first);
+    }
     hc->accel = accel;
+    hc->uid_first = (uid_t)first;
+    hc->uid_last = (uid_t)last;
     return 0;
 }
 
 void host_config_free(struct host_config *hc)
 {
     free(hc->qemu);
+    free(hc->cgroup_parent);
     memset(hc, 0, sizeof(*hc));
 }
 

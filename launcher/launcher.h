@@ -6,6 +6,7 @@
 
 #include <limits.h>
 #include "common/common.h"
+#include "netsetup/netsetup.h"
 
 /* ---- the VM definition ------------------------------------------------------- */
 enum vm_machine { MACHINE_Q35, MACHINE_PC, MACHINE_MICROVM };
@@ -61,6 +62,13 @@ struct vm_cdrom {
     int boot_index;
 };
 
+enum nic_filter { FILTER_CLEAN, FILTER_NONE };
+
+struct nic_port {
+    int proto;              /* IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP */
+    int lo, hi;             /* inclusive; 0 for ICMP */
+};
+
 struct vm_nic {
     enum nic_type type;
     char *source;           /* bridge, network or host interface; NULL for user */
@@ -72,6 +80,37 @@ struct vm_nic {
     struct hostfwd *fwd;
     size_t nfwd;
     int boot_index;
+    /* on managed networks: clean-traffic (own MAC and IP only) unless "none";
+     * allow_in turns on inbound filtering with these ports open */
+    enum nic_filter filter;
+    struct nic_port *allow_in, *deny_out;
+    size_t nallow_in, ndeny_out;
+};
+
+struct vm_io_limit {
+    char *device;           /* a block device path; its major:minor is read at start */
+    uint64_t read_bps, write_bps, read_iops, write_iops;   /* 0: unlimited */
+};
+
+/* cgroup limits; 0/NULL: not limited (memory_max 0: guest RAM + QEMU's overhead) */
+struct vm_limits {
+    uint64_t memory_max;
+    char *cpu;              /* "150%" of one CPU */
+    int cpu_weight;         /* 1..10000 */
+    int64_t pids;
+    int io_weight;          /* 1..10000 */
+    struct vm_io_limit *io;
+    size_t nio;
+};
+
+struct vm_sandbox {
+    char *user;             /* NULL: a dynamic uid of its own */
+    char *group;            /* supplementary group for shared images; NULL: none */
+    bool seccomp;           /* default true */
+    bool coredump;          /* default false: RLIMIT_CORE 0 */
+    char *chroot;           /* a read-only tree as QEMU's root instead of the host's binds */
+    struct strv extra_deny; /* more syscalls answering EPERM */
+    struct strv require;    /* steps that must not be skipped: cgroup, mount, ..., "all" */
 };
 
 struct vm_def {
@@ -111,10 +150,20 @@ struct vm_def {
     enum on_poweroff on_poweroff;
     enum on_reboot on_reboot;
     enum on_crash on_crash;
+    struct vm_limits limits;
+    struct vm_sandbox sandbox;
     struct strv qemu_args;
 };
 
 void vm_def_free(struct vm_def *d);
+void vm_disk_free(struct vm_disk *k);
+void vm_nic_free(struct vm_nic *n);
+/* One disk or NIC (hotplug), checked as in a definition for VM d; a disk's format
+ * is read from its image header when not given. */
+int vm_disk_from_json(json_object *o, const struct vm_def *d, struct vm_disk *out, struct qv_err *e);
+int vm_nic_from_json(json_object *o, const struct vm_def *d, struct vm_nic *out, struct qv_err *e);
+json_object *vm_disk_to_json(const struct vm_disk *k);
+json_object *vm_nic_to_json(const struct vm_nic *n);
 /* Parses and validates a definition; fills every default. On error nothing is
  * allocated and e says "path: value is not one of ...". */
 int vm_def_from_json(json_object *o, struct vm_def *d, struct qv_err *e);
@@ -137,6 +186,8 @@ struct host_facts {
 struct host_config {
     char *qemu;             /* binary, default qemu-system-x86_64 from PATH */
     enum vm_accel accel;
+    uid_t uid_first, uid_last;  /* dynamic VM users: default 61184..65519, like systemd's */
+    char *cgroup_parent;    /* below each cgroup hierarchy root; default "qvisor" */
 };
 int host_config_load(const struct qv_paths *p, struct host_config *hc, struct qv_err *e);
 void host_config_free(struct host_config *hc);
@@ -214,6 +265,8 @@ int vm_undefine(const struct qv_paths *p, const char *name, struct qv_err *e);
 int vm_list_names(const struct qv_paths *p, struct strv *names, struct qv_err *e);
 /* The generated MAC for NIC `index` of VM `uuid`, perturbed by `attempt`. */
 void mac_generate(const char *uuid, size_t index, unsigned attempt, char out[18]);
+/* Whether a defined VM other than `except` (may be NULL) has a NIC with this MAC. */
+bool vm_mac_in_use(const struct qv_paths *p, const char *mac, const char *except);
 /* Reads an image header: qcow2 if it starts with QFI\xfb, raw otherwise. */
 int image_detect_format(const char *path, enum disk_format *fmt, struct qv_err *e);
 
@@ -242,6 +295,10 @@ void runstate_free(struct vm_runstate *s);
 /* The recorded QEMU still runs: same pid, same start time, our uuid on its command
  * line. A reused pid never passes. */
 bool qemu_alive(const struct vm_runstate *s);
+/* DIR/lock, taken by the one supervisor of a VM or network: -EBUSY ("WHAT is
+ * already running (pid N)") if held. Only the flock counts, never the file. */
+int runlock_take(const char *dir, const char *what, int *fd, pid_t *holder, struct qv_err *e);
+bool runlock_held(const char *dir, pid_t *holder);
 /* Takes the supervisor lock; -EBUSY ("web1 is already running (pid N)") if held. */
 int vm_lock(const struct qv_paths *p, const char *name, int *fd, pid_t *holder, struct qv_err *e);
 bool vm_supervised(const struct qv_paths *p, const char *name, pid_t *holder);
@@ -263,6 +320,83 @@ int ctl_parse_reply(const char *line, json_object **reply, struct qv_err *e);
 int ctl_call(const struct qv_paths *p, const char *name, json_object *req, int timeout_ms, json_object **reply,
              struct qv_err *e);
 json_object *ctl_request(const char *cmd);
+
+/* ---- network definitions: etc/qvisor/networks/NAME.json ------------------------------------ */
+enum net_mode { NET_NAT, NET_ISOLATED, NET_ROUTED, NET_BRIDGE };
+extern const char *const net_mode_names[];
+
+struct net_host {
+    char *mac, *ip, *name;
+};
+
+struct net_forward {
+    bool udp;
+    int host_port;
+    char *guest;
+    int guest_port;
+};
+
+struct net_def {
+    char *name;
+    enum net_mode mode;
+    char *bridge;           /* generated for managed networks; the host's for mode bridge */
+    unsigned mtu;           /* 0: kernel default */
+    struct {
+        char *address;      /* the host's side, "10.77.0.1/24" */
+        struct netsetup_cidr cidr;
+        char *dhcp_start, *dhcp_end;    /* NULL: no dynamic range */
+        unsigned lease_time;
+        struct net_host *hosts;
+        size_t nhosts;
+    } ipv4;
+    struct {
+        char *address;
+        struct netsetup_cidr cidr;
+        char *dhcp_start, *dhcp_end;    /* NULL: SLAAC only */
+    } ipv6;
+    struct {
+        char *domain;
+        struct strv forwarders;
+    } dns;
+    struct net_forward *forwards;
+    size_t nforwards;
+    bool autostart;
+};
+void net_def_free(struct net_def *n);
+int net_def_from_json(json_object *o, struct net_def *n, struct qv_err *e);
+json_object *net_def_to_json(const struct net_def *n);
+int net_def_path(const struct qv_paths *p, const char *name, char *out, size_t outlen);
+/* "default" is defined on first use, on a 10.77.N.0/24 the host does not use. */
+int net_load(const struct qv_paths *p, const char *name, struct net_def *n, struct qv_err *e);
+int net_define(const struct qv_paths *p, json_object *o, bool replace, struct net_def *out, struct qv_err *e);
+int net_define_default(const struct qv_paths *p, struct net_def *out, struct qv_err *e);
+int net_undefine(const struct qv_paths *p, const char *name, struct qv_err *e);
+int net_list_names(const struct qv_paths *p, struct strv *names, struct qv_err *e);
+/* -EADDRINUSE when the network's subnets overlap the host's addresses or routes. */
+int net_check_host(const struct net_def *n, struct qv_err *e);
+
+/* ---- running networks (netrun.c) ---------------------------------------------------------- */
+/* run/qvisor/networks/NAME: lock, state.json, dnsmasq's files */
+int net_run_dir(const struct qv_paths *p, const char *name, char *out, size_t outlen);
+bool net_running(const struct qv_paths *p, const char *name, pid_t *holder);
+/* `qvisor net run`: bridge, rules and dnsmasq until SIGTERM; ready_fd as for VMs. */
+int network_run(const struct qv_paths *p, const char *name, int ready_fd, int echo_fd, struct qv_err *e);
+/* Stops the network's supervisor, or cleans up after a dead one (-ESRCH: nothing ran). */
+int network_stop(const struct qv_paths *p, const char *name, int timeout_ms, struct qv_err *e);
+
+/* ---- sd_notify, without libsystemd (notify.c) ---------------------------------------------- */
+#include <sys/un.h>
+struct notify {
+    int fd;
+    struct sockaddr_un addr;
+    socklen_t len;
+    uint64_t watchdog_ms;   /* 0: no watchdog */
+    uint64_t next_ping;
+};
+/* notify.c: the sd_notify protocol, without libsystemd */
+void notify_init(struct notify *n);
+void notify_send(struct notify *n, const char *msg);
+void notify_close(struct notify *n);
 
 /* ---- the CLI ------------------------------------------------------------------------- */
 int qvisor_main(int argc, char **argv);

@@ -3,7 +3,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "launcher/supervisor.h"
+#include <stddef.h>
+#include <sys/socket.h>
+
+#include "launcher/launcher.h"
 
 void notify_init(struct notify *n)
 {

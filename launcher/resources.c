@@ -148,15 +148,34 @@ static int open_slot(const struct launch_plan *p, size_t i, const struct vm_def 
     return qv_fail(e, -EINVAL, "unknown fd kind %d", s->kind);
 }
 
+/* QEMU reads these by path (inside its sandbox): say plainly when they are missing */
+static int check_boot_files(const struct vm_def *d, struct qv_err *e)
+{
+    const char *files[][2] = {{"boot.kernel", d->boot.kernel}, {"boot.initrd", d->boot.initrd}};
+    for (size_t i = 0; i < ARRAY_SIZE(files); i++) {
+        struct stat st;
+        if (!files[i][1])
+            continue;
+        if (stat(files[i][1], &st) < 0)
+            return qv_failerr(e, -errno, "%s: %s %s", d->name, files[i][0], files[i][1]);
+        if (!S_ISREG(st.st_mode))
+            return qv_fail(e, -EINVAL, "%s: %s %s is not a regular file", d->name, files[i][0], files[i][1]);
+    }
+    return 0;
+}
+
 int launch_open_resources(const struct launch_plan *p, const struct vm_def *d, const struct launch_ctx *ctx, int *fds,
                           struct qv_err *e)
 {
     for (size_t i = 0; i < p->nslots; i++)
         fds[i] = -1;
+    int r = check_boot_files(d, e);
+    if (r < 0)
+        return r;
     for (size_t i = 0; i < p->nslots; i++) {
         if (fds[i] >= 0)
             continue;   /* a later queue of a tap opened with the first */
-        int r = open_slot(p, i, d, ctx, fds, e);
+        r = open_slot(p, i, d, ctx, fds, e);
         if (r < 0) {
             launch_close_resources(fds, p->nslots);
             return qv_prefix(e, "%s: ", d->name);

@@ -111,14 +111,13 @@ bool qemu_alive(const struct vm_runstate *s)
     return proc_cmdline_contains(s->qemu_pid, s->uuid);
 }
 
-int vm_lock(const struct qv_paths *p, const char *name, int *fd_out, pid_t *holder, struct qv_err *e)
+int runlock_take(const char *dir, const char *what, int *fd_out, pid_t *holder, struct qv_err *e)
 {
-    char dir[PATH_MAX], path[PATH_MAX];
-    vm_run_path(p, name, NULL, dir, sizeof(dir));
+    char path[PATH_MAX];
     int r = mkdir_p(dir, 0755);
     if (r < 0)
         return qv_failerr(e, r, "%s", dir);
-    vm_run_path(p, name, "lock", path, sizeof(path));
+    snprintf(path, sizeof(path), "%s/lock", dir);
     _cleanup_close_ int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0)
         return qv_failerr(e, -errno, "%s", path);
@@ -128,7 +127,7 @@ int vm_lock(const struct qv_paths *p, const char *name, int *fd_out, pid_t *hold
         char buf[32] = "";
         ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
         *holder = n > 0 ? atoi(buf) : 0;
-        return qv_fail(e, -EBUSY, "%s is already running (pid %d)", name, (int)*holder);
+        return qv_fail(e, -EBUSY, "%s is already running (pid %d)", what, (int)*holder);
     }
     /* the holder's pid is informational; the flock is what counts, so an empty or
      * stale lock file left by a power loss never blocks a start */
@@ -140,10 +139,10 @@ int vm_lock(const struct qv_paths *p, const char *name, int *fd_out, pid_t *hold
     return 0;
 }
 
-bool vm_supervised(const struct qv_paths *p, const char *name, pid_t *holder)
+bool runlock_held(const char *dir, pid_t *holder)
 {
     char path[PATH_MAX];
-    vm_run_path(p, name, "lock", path, sizeof(path));
+    snprintf(path, sizeof(path), "%s/lock", dir);
     _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return false;
@@ -155,6 +154,20 @@ bool vm_supervised(const struct qv_paths *p, const char *name, pid_t *holder)
         *holder = n > 0 ? atoi(buf) : 0;
     }
     return true;
+}
+
+int vm_lock(const struct qv_paths *p, const char *name, int *fd_out, pid_t *holder, struct qv_err *e)
+{
+    char dir[PATH_MAX];
+    vm_run_path(p, name, NULL, dir, sizeof(dir));
+    return runlock_take(dir, name, fd_out, holder, e);
+}
+
+bool vm_supervised(const struct qv_paths *p, const char *name, pid_t *holder)
+{
+    char dir[PATH_MAX];
+    vm_run_path(p, name, NULL, dir, sizeof(dir));
+    return runlock_held(dir, holder);
 }
 
 int vm_observe(const struct qv_paths *p, const char *name, struct vm_runstate *s, bool *supervised)

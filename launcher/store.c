@@ -136,6 +136,14 @@ static ssize_t strv_index(const struct strv *s, const char *v)
     return -1;
 }
 
+bool vm_mac_in_use(const struct qv_paths *p, const char *mac, const char *except)
+{
+    struct others o = {0};
+    bool used = others_load(p, except ? except : "", &o, NULL) == 0 && strv_index(&o.macs, mac) >= 0;
+    others_free(&o);
+    return used;
+}
+
 static bool mac_taken(const struct vm_def *d, size_t upto, const struct others *o, const char *mac)
 {
     if (strv_index(&o->macs, mac) >= 0)

@@ -201,6 +201,58 @@ static void do_reboot(struct sup *s, struct sup_client *c)
     client_qmp(s, c, "system_reset", NULL, AS_OK, QMP_TIMEOUT_DEFAULT);
 }
 
+void sup_reply_ok(struct sup *s, unsigned client)
+{
+    struct sup_client *c = client_by_id(s, client);
+    if (c)
+        reply_ok(s, c);
+}
+
+void sup_reply_error(struct sup *s, unsigned client, int code, const char *fmt, ...)
+{
+    struct sup_client *c = client_by_id(s, client);
+    if (!c)
+        return;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    reply_error(s, c, code, "%s", msg);
+}
+
+/* attach-*: the device's JSON under "device"; the reply carries its id. */
+static void do_attach(struct sup *s, struct sup_client *c, json_object *req, bool disk)
+{
+    json_object *spec, *reply = NULL;
+    struct qv_err e = {0};
+    if (!json_object_object_get_ex(req, "device", &spec)) {
+        reply_error(s, c, -EINVAL, "attach: needs \"device\"");
+        return;
+    }
+    int r = disk ? hotplug_disk_attach(s, spec, &reply, &e) : hotplug_nic_attach(s, spec, &reply, &e);
+    if (r < 0) {
+        reply_error(s, c, r, "%s", e.msg);
+        return;
+    }
+    json_object_object_add(reply, "ok", json_object_new_boolean(true));
+    ctl_client_send(s, c, reply);
+    json_object_put(reply);
+}
+
+static void do_detach(struct sup *s, struct sup_client *c, json_object *req, enum hotplug_kind kind)
+{
+    json_object *target;
+    struct qv_err e = {0};
+    if (!json_object_object_get_ex(req, "target", &target)) {
+        reply_error(s, c, -EINVAL, "detach: needs \"target\"");
+        return;
+    }
+    int r = hotplug_detach(s, json_object_get_string(target), kind, c->id, &e);
+    if (r < 0)
+        reply_error(s, c, r, "%s", e.msg);
+}
+
 static void handle_request(struct sup *s, struct sup_client *c, json_object *req)
 {
     json_object *cmdv;
@@ -254,6 +306,16 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
         json_object *args = json_object_new_object();
         json_object_object_add(args, "command-line", json_object_get(line));
         client_qmp(s, c, "human-monitor-command", args, AS_HMP, QMP_TIMEOUT_JOB);
+    } else if (strcmp(cmd, "attach-disk") == 0 || strcmp(cmd, "attach-nic") == 0) {
+        do_attach(s, c, req, strcmp(cmd, "attach-disk") == 0);
+    } else if (strcmp(cmd, "detach-disk") == 0 || strcmp(cmd, "detach-nic") == 0) {
+        do_detach(s, c, req, strcmp(cmd, "detach-disk") == 0 ? HOTPLUG_DISK : HOTPLUG_NIC);
+    } else if (strcmp(cmd, "ifaddr") == 0) {
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "ok", json_object_new_boolean(true));
+        json_object_object_add(o, "nics", vmnet_addresses(s));
+        ctl_client_send(s, c, o);
+        json_object_put(o);
     } else if (strcmp(cmd, "events") == 0) {
         c->mode = CLIENT_EVENTS;
         reply_ok(s, c);

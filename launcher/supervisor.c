@@ -158,8 +158,12 @@ static void on_event(void *ctx, const char *event, json_object *data, uint64_t t
     } else if (strcmp(event, "GUEST_PANICKED") == 0) {
         sup_log(s, "event GUEST_PANICKED %s", d);
         crashed(s, "guest panicked");
-    } else if (strcmp(event, "RESET") == 0 || strcmp(event, "BLOCK_IO_ERROR") == 0 ||
-               strcmp(event, "DEVICE_DELETED") == 0 || strcmp(event, "WATCHDOG") == 0) {
+    } else if (strcmp(event, "DEVICE_DELETED") == 0) {
+        json_object *dev = NULL;
+        sup_log(s, "event %s %s", event, d);
+        if (json_object_object_get_ex(data, "device", &dev))
+            hotplug_device_deleted(s, json_object_get_string(dev));
+    } else if (strcmp(event, "RESET") == 0 || strcmp(event, "BLOCK_IO_ERROR") == 0 || strcmp(event, "WATCHDOG") == 0) {
         sup_log(s, "event %s %s", event, d);
     }
 }
@@ -264,39 +268,6 @@ static void qemu_message(struct sup *s, off_t from, char *out, size_t outlen)
     }
 }
 
-/* fork + exec with each plan fd moved to its fixed number; stderr and stdout go to
- * the log (O_APPEND), so QEMU's messages survive our own death. */
-static int spawn_qemu(struct sup *s, const struct launch_plan *p, const int *fds, pid_t *out, struct qv_err *e)
-{
-    pid_t pid = fork();
-    if (pid < 0)
-        return qv_failerr(e, -errno, "fork");
-    if (pid == 0) {
-        /* every source moves above the target range first: a target number may be
-         * where another source (or the log) sits now */
-        int high[PLAN_MAX_FDS];
-        int log_high = fcntl(s->log_fd, F_DUPFD_CLOEXEC, FD_FIRST + PLAN_MAX_FDS);
-        for (size_t i = 0; i < p->nslots; i++)
-            if ((high[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, FD_FIRST + PLAN_MAX_FDS)) < 0)
-                _exit(126);
-        for (size_t i = 0; i < p->nslots; i++)
-            if (dup2(high[i], p->slots[i].fd) < 0)
-                _exit(126);
-        int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
-        if (null < 0 || log_high < 0 || dup2(null, 0) < 0 || dup2(log_high, 1) < 0 || dup2(log_high, 2) < 0)
-            _exit(126);
-        sigset_t all;
-        sigemptyset(&all);
-        sigprocmask(SIG_SETMASK, &all, NULL);
-        signal(SIGPIPE, SIG_DFL);
-        char *envp[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", NULL};
-        execve(p->argv.v[0], p->argv.v, envp);
-        _exit(127);
-    }
-    *out = pid;
-    return 0;
-}
-
 static int read_secret(struct sup *s, const char *name, char **out, struct qv_err *e)
 {
     char path[PATH_MAX];
@@ -392,15 +363,22 @@ static int start_qemu(struct sup *s, struct qv_err *e)
     memcpy(s->rs.uuid, s->def.uuid, sizeof(s->rs.uuid));
     save_state(s);
 
-    struct launch_ctx ctx = {.paths = s->paths, .facts = &s->facts, .run_dir = s->run_dir};
+    if ((r = confine_prepare(s, e)) < 0) {
+        launch_plan_free(&plan);
+        return r;
+    }
+    save_state(s);
+    struct launch_ctx ctx = {.paths = s->paths, .facts = &s->facts, .run_dir = s->run_dir, .open_tap = vmnet_open_tap,
+                             .opaque = s};
     int fds[PLAN_MAX_FDS];
     if ((r = launch_open_resources(&plan, &s->def, &ctx, fds, e)) < 0) {
         launch_plan_free(&plan);
         return r;
     }
     off_t log_start = lseek(s->log_fd, 0, SEEK_END);
-    sup_log(s, "starting QEMU (%s, %s)", plan.accel == ACCEL_KVM ? "kvm" : "tcg", s->facts.qemu);
-    r = spawn_qemu(s, &plan, fds, &s->qemu_pid, e);
+    sup_log(s, "starting QEMU (%s, %s) as uid %u", plan.accel == ACCEL_KVM ? "kvm" : "tcg", s->facts.qemu,
+            (unsigned)s->conf.uid);
+    r = confine_spawn(s, &plan, fds, &s->qemu_pid, e);
     launch_close_resources(fds, plan.nslots);
     launch_plan_free(&plan);
     if (r < 0)
@@ -437,13 +415,18 @@ static int start_qemu(struct sup *s, struct qv_err *e)
 /* A previous supervisor died and QEMU lived on: pick up where it left off. */
 static int reattach(struct sup *s, struct qv_err *e)
 {
+    int r = confine_reattach(s, e);
+    if (r < 0)
+        return r;
+    hotplug_restore(s);
+    vmnet_restore(s);
     s->qemu_pid = s->rs.qemu_pid;
     s->qemu_is_child = false;
     s->pidfd = pidfd_open_(s->qemu_pid);
     if (s->pidfd < 0)
         return qv_failerr(e, -errno, "%s: QEMU pid %d", s->def.name, (int)s->qemu_pid);
     epoll_add(s, s->pidfd, EPOLLIN, &s->ev_pidfd);
-    int r = qmp_attach(s, e);
+    r = qmp_attach(s, e);
     if (r < 0)
         return qv_prefix(e, "%s: reconnecting to QEMU pid %d: ", s->def.name, (int)s->qemu_pid);
     console_connect(s, e);
@@ -627,6 +610,11 @@ static void qemu_gone(struct sup *s)
     }
     char how[160];
     describe_exit(code, known, how, sizeof(how));
+    if (confine_oom_killed(s)) {
+        snprintf(how, sizeof(how), "out of memory (cgroup limit)");
+        s->expected_exit = false;   /* whatever was under way, this is a crash */
+    }
+    confine_after_exit(s);
     if (s->pidfd >= 0) {
         epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->pidfd, NULL);
         close(s->pidfd);
@@ -640,6 +628,8 @@ static void qemu_gone(struct sup *s)
     if (s->console_fd >= 0)
         console_readable(s);    /* the guest's last words are still in the socket */
     console_close(s);
+    hotplug_forget_all(s);
+    vmnet_after_exit(s);
     remove_run_files(s);
     s->qemu_pid = 0;
     s->rs.qemu_pid = 0;
@@ -695,6 +685,9 @@ json_object *sup_status_json(struct sup *s)
     json_object_object_add(o, "accel", json_object_new_string(s->rs.accel));
     json_object_object_add(o, "qemu_version", json_object_new_string(s->rs.qemu_version));
     json_object_object_add(o, "last_exit", json_object_new_string(s->rs.last_exit));
+    json_object *conf = confine_inspect(s);
+    if (conf)
+        json_object_object_add(o, "confinement", conf);
     return o;
 }
 
@@ -740,6 +733,7 @@ static int next_timeout(struct sup *s)
 {
     uint64_t now = monotonic_ms(), next = 0;
     uint64_t cands[] = {s->stop_next, s->restart_at, s->notify.next_ping, s->qmp ? qmp_next_deadline(s->qmp) : 0,
+                        hotplug_next_deadline(s), s->lease_poll,
                         s->line.len ? s->line_at + CONSOLE_LINE_IDLE_MS : 0};
     for (size_t i = 0; i < ARRAY_SIZE(cands); i++)
         if (cands[i] && (!next || cands[i] < next))
@@ -756,6 +750,9 @@ static void run_timers(struct sup *s)
         qmp_expire(s->qmp, now);
     if (s->stop_next && now >= s->stop_next)
         stop_step(s);
+    hotplug_expire(s, now);
+    if (s->lease_poll && now >= s->lease_poll)
+        vmnet_poll_leases(s);
     if (s->notify.next_ping && now >= s->notify.next_ping) {
         notify_send(&s->notify, "WATCHDOG=1");
         s->notify.next_ping = now + s->notify.watchdog_ms;
@@ -766,7 +763,14 @@ static void run_timers(struct sup *s)
     if (s->restart_at && now >= s->restart_at) {
         s->restart_at = 0;
         struct qv_err e = {0};
+        /* a definition changed meanwhile (attach --persistent, edit) applies now */
+        struct vm_def fresh;
+        if (vm_load(s->paths, s->def.name, &fresh, &e) == 0) {
+            vm_def_free(&s->def);
+            s->def = fresh;
+        }
         if (start_qemu(s, &e) < 0) {
+            vmnet_after_exit(s);
             sup_log(s, "restart failed: %s", e.msg);
             snprintf(s->rs.last_exit, sizeof(s->rs.last_exit), "%s", e.msg);
             sup_set_state(s, VM_CRASHED);
@@ -873,12 +877,19 @@ static void cleanup_previous(struct sup *s, const struct vm_runstate *prev)
         sup_log(s, "QEMU pid %d of the previous run is gone (%s); cleaning up after it", (int)prev->qemu_pid,
                 vm_state_names[prev->state]);
     }
+    confine_cleanup_recorded(s, prev->resources);
+    vmnet_cleanup_recorded(s, prev->resources);
     remove_run_files(s);
 }
 
 static void sup_free(struct sup *s)
 {
     ctl_close_all(s);
+    confine_release(s);
+    for (int i = 0; i < HOTPLUG_MAX; i++)
+        vm_nic_free(&s->hp[i].nic);
+    if (s->nft)
+        netsetup_nft_close(s->nft);
     if (s->qmp)
         qmp_free(s->qmp);
     if (s->console_fd >= 0)
@@ -953,6 +964,7 @@ int supervisor_run(const struct qv_paths *paths, const char *name, int ready_fd,
         save_state(&s);
         if (s.qemu_pid)
             kill(s.qemu_pid, SIGKILL);
+        vmnet_after_exit(&s);
         remove_run_files(&s);
         sup_free(&s);
         report_ready(&s, r, e->msg);

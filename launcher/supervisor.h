@@ -8,6 +8,8 @@
 
 #include "launcher/launcher.h"
 #include "qmp/qmp.h"
+#include "netsetup/netsetup.h"
+#include "sandbox/sandbox.h"
 
 #define CONSOLE_RING (64u << 10)    /* recent console output kept for late attachers */
 #define CLIENT_OUT_MAX (1u << 20)   /* a client that does not read is dropped past this */
@@ -35,12 +37,47 @@ struct sup_client {
     struct sup_client *next;
 };
 
-struct notify {
-    int fd;
-    struct sockaddr_un addr;
-    socklen_t len;
-    uint64_t watchdog_ms;   /* 0: no watchdog */
-    uint64_t next_ping;
+
+/* What confines this VM's QEMU (confine.c). */
+struct confine {
+    struct sandbox_host host;
+    bool host_checked;
+    unsigned require;
+    bool have_user;
+    uid_t uid;
+    gid_t gid;
+    gid_t groups[1];
+    size_t ngroups;
+    struct sandbox_uid_lease lease;
+    bool have_cgroup;
+    struct sandbox_cgroup cg;
+    uint64_t oom_before;
+};
+
+#define HOTPLUG_MAX 16
+enum hotplug_kind { HOTPLUG_DISK, HOTPLUG_NIC };
+
+/* A device added while the VM runs (hotplug.c). */
+struct hotplug {
+    bool used, removing;
+    enum hotplug_kind kind;
+    char id[24];            /* QEMU device id: disk3, nic2 */
+    int port;               /* pcie-root-port index on q35, else -1 */
+    int fdset;              /* disks: the add-fd set */
+    char file[PATH_MAX];    /* disks */
+    char mac[18], tap[16], network[72];   /* NICs */
+    size_t nic_index;       /* NICs: their slot in sup.nics */
+    struct vm_nic nic;      /* NICs: as attached; type 0 fields when restored */
+    unsigned waiting_client;    /* a detach waits for DEVICE_DELETED */
+    uint64_t deadline;
+};
+
+/* A NIC's host side while the VM runs (vmnet.c). */
+struct vm_nic_state {
+    char tap[16];           /* tap or macvtap name, "" for user NICs */
+    char network[72];       /* the managed network holding its filter, "" for none */
+    char ip[64];            /* learnt from the network's leases; "" until then */
+    bool filtered, macvtap;
 };
 
 struct sup {
@@ -76,6 +113,11 @@ struct sup {
     uint64_t restart_at;        /* a crashed QEMU is started again then; 0: none */
 
     struct notify notify;
+    struct confine conf;
+    struct hotplug hp[HOTPLUG_MAX];
+    struct vm_nic_state nics[VM_MAX_NICS + HOTPLUG_MAX];
+    struct netsetup_nft *nft;
+    uint64_t lease_poll;        /* next look at the networks' leases; 0: none needed */
     bool done;
     int exit_code;
 };
@@ -90,6 +132,8 @@ void sup_qmp(struct sup *s, const char *cmd, json_object *args);
 json_object *sup_status_json(struct sup *s);
 
 /* sup_ctl.c */
+void sup_reply_ok(struct sup *s, unsigned client);
+void sup_reply_error(struct sup *s, unsigned client, int code, const char *fmt, ...) QV_PRINTF(4, 5);
 int ctl_listen(struct sup *s, struct qv_err *e);
 void ctl_accept(struct sup *s);
 void ctl_client_io(struct sup *s, struct sup_client *c, uint32_t events);
@@ -101,9 +145,46 @@ void ctl_client_send(struct sup *s, struct sup_client *c, json_object *reply);
 void ctl_reap_clients(struct sup *s);
 void ctl_close_all(struct sup *s);
 
-/* notify.c: the sd_notify protocol, without libsystemd */
-void notify_init(struct notify *n);
-void notify_send(struct notify *n, const char *msg);
-void notify_close(struct notify *n);
+/* hotplug.c */
+int hotplug_disk_attach(struct sup *s, json_object *spec, json_object **reply, struct qv_err *e);
+int hotplug_nic_attach(struct sup *s, json_object *spec, json_object **reply, struct qv_err *e);
+/* Starts removing a hotplugged device (by id, image path or MAC); the client gets
+ * its reply once the guest released it. */
+int hotplug_detach(struct sup *s, const char *key, enum hotplug_kind kind, unsigned client, struct qv_err *e);
+void hotplug_device_deleted(struct sup *s, const char *device);
+uint64_t hotplug_next_deadline(struct sup *s);
+void hotplug_expire(struct sup *s, uint64_t now);
+void hotplug_record(struct sup *s);
+void hotplug_restore(struct sup *s);
+void hotplug_forget_all(struct sup *s);
+
+/* vmnet.c: the host side of the VM's NICs */
+int vmnet_open_tap(void *opaque, const struct vm_def *d, size_t nic, int *fds, struct qv_err *e);
+/* Plugs one NIC (boot or hotplug) into its bridge or network; fds per queue. */
+int vmnet_plug(struct sup *s, const struct vm_nic *n, size_t index, int *fds, struct qv_err *e);
+/* Tears down what the NICs of the last QEMU left (filters, macvtaps). */
+void vmnet_after_exit(struct sup *s);
+void net_nic_unplugged(struct sup *s, struct hotplug *h);
+void vmnet_cleanup_recorded(struct sup *s, json_object *resources);
+/* After a reattach: what the previous supervisor recorded about the NICs. */
+void vmnet_restore(struct sup *s);
+/* Learns guest addresses from the networks' leases and tightens the filters. */
+void vmnet_poll_leases(struct sup *s);
+json_object *vmnet_addresses(struct sup *s);
+
+/* confine.c */
+int confine_prepare(struct sup *s, struct qv_err *e);
+int confine_spawn(struct sup *s, const struct launch_plan *p, const int *fds, pid_t *pid, struct qv_err *e);
+bool confine_oom_killed(struct sup *s);
+/* After each QEMU exit: removes its cgroup. */
+void confine_after_exit(struct sup *s);
+/* When the supervisor is done: the cgroup and the uid lease. */
+void confine_release(struct sup *s);
+int confine_reattach(struct sup *s, struct qv_err *e);
+/* Removes what a dead previous run recorded in its state (its cgroup). */
+void confine_cleanup_recorded(struct sup *s, json_object *resources);
+/* What is in force for QEMU, read back from /proc (NULL when not running). */
+json_object *confine_inspect(struct sup *s);
+
 
 #endif

@@ -241,6 +241,8 @@ struct sandbox_denied_syscall {
     const char *when;       /* NULL: always; otherwise the argument condition */
     const char *reason;
 };
+/* Whether this architecture knows a syscall by that name (for `sandbox.extra_deny`). */
+bool sandbox_syscall_known(const char *name);
 /* The built-in list, as loaded (userfaultfd included; dropped when allowed). */
 const struct sandbox_denied_syscall *sandbox_seccomp_denied(size_t *n);
 

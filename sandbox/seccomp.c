@@ -83,6 +83,11 @@ static const struct sandbox_denied_syscall denied[] = {
     {"vhangup", EPERM, NULL, "hanging up terminals"},
 };
 
+bool sandbox_syscall_known(const char *name)
+{
+    return name && *name && seccomp_syscall_resolve_name(name) != __NR_SCMP_ERROR;
+}
+
 const struct sandbox_denied_syscall *sandbox_seccomp_denied(size_t *n)
 {
     *n = ARRAY_SIZE(denied);

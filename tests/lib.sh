@@ -17,11 +17,16 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
 on_exit() { T_CLEANUP+=("$*"); }
+# This root's VMs get cgroups of their own, so concurrent tests never share one.
+T_CGROUP=qvisor-test-${T_ROOT##*.}
+mkdir -p "$T_ROOT/etc/qvisor"
+printf '{"cgroup_parent": "%s"}\n' "$T_CGROUP" > "$T_ROOT/etc/qvisor/host.json"
 _t_cleanup() {
     local i
     for ((i = ${#T_CLEANUP[@]} - 1; i >= 0; i--)); do eval "${T_CLEANUP[$i]}" >/dev/null 2>&1; done
-    # any QEMU or supervisor still running from this root
+    # any QEMU or supervisor still running from this root, and its cgroups
     pkill -KILL -f -- "$T_ROOT" 2>/dev/null
+    find /sys/fs/cgroup -depth -type d -path "*/$T_CGROUP*" -exec rmdir {} + 2>/dev/null
     rm -rf "$T_ROOT"
 }
 trap _t_cleanup EXIT

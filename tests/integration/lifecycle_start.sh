@@ -54,7 +54,7 @@ check_output "...the state is shut off and keeps the reason" "last exit .*no-suc
 check_output "...and QEMU's message is in the log" "qemu-system-x86_64: .*no-such-device" qv logs bad2
 check "...no supervisor is left behind" bash -c "! '$QV_BIN' --root '$T_ROOT' list | grep -q '^bad2 '"
 check_error "run of it in the foreground fails the same way (exit 1)" 1 "is not a valid device model name" qv run bad2 -q
-check_error "a missing kernel is named" 1 "No such file|could not load kernel" \
+check_error "a missing kernel is named (exit 3)" 3 "nok: boot.kernel /nonexistent/vmlinux: No such file or directory" \
     bash -c "'$QV_BIN' --root '$T_ROOT' define -q nok --kernel /nonexistent/vmlinux && '$QV_BIN' --root '$T_ROOT' start nok"
 check_error "start of an unknown VM: exit 3" 3 "no VM named nosuch" qv start nosuch
 finish

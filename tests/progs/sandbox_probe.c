@@ -2,7 +2,10 @@
  * JSON object on an inherited fd what a confined process sees and may do.
  *   sandbox_probe --report FD [--hidden PATH]... [--visible PATH]... [--wait FD] [--noop]
  * --noop exits at once (for timing); --wait blocks until FD reaches EOF after
- * reporting, so that the test can inspect the running process. */
+ * reporting, so that the test can inspect the running process.
+ * Started with a QEMU command line instead ("-name ..."), it stands in for QEMU
+ * behind the supervisor's own spawn path: it reports on stdout (the VM's log) as
+ * one line "PROBE-REPORT {...}" and exits. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -213,7 +216,14 @@ int main(int argc, char **argv)
     int report = -1, wait_fd = -1;
     char *hidden[16], *visible[16];
     size_t nhidden = 0, nvisible = 0;
-    for (int i = 1; i < argc; i++) {
+    bool as_qemu = argc > 1 && strcmp(argv[1], "-name") == 0;
+    if (as_qemu) {
+        static char *const qemu_hidden[] = {"/etc/qvisor", "/var/lib/qvisor", "/root", "/home", "/dev/net/tun"};
+        report = STDOUT_FILENO;
+        for (size_t i = 0; i < ARRAY_SIZE(qemu_hidden); i++)
+            hidden[nhidden++] = qemu_hidden[i];
+    }
+    for (int i = 1; i < argc && !as_qemu; i++) {
         if (!strcmp(argv[i], "--noop"))
             return 0;
         if (i + 1 >= argc)
@@ -293,7 +303,11 @@ int main(int argc, char **argv)
     json_object_object_add(o, "denied", denied_results());
 
     const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
-    int r = write_all(report, text, strlen(text));
+    int r = as_qemu ? write_all(report, "PROBE-REPORT ", 13) : 0;
+    if (r == 0)
+        r = write_all(report, text, strlen(text));
+    if (r == 0 && as_qemu)
+        r = write_all(report, "\n", 1);
     close(report);
     json_object_put(o);
     if (r < 0)

@@ -110,15 +110,15 @@ static int setup(void **state)
     }
     const char *qimg[] = {"qemu-img", "create", "-q", "-f", "qcow2", IMAGES "/a.qcow2", "16M", NULL};
     run_or_die(qimg);
-    char target[PATH_MAX];
-    snprintf(target, sizeof(target), "%s/guest/vmlinux", build_dir());
-    unlink(IMAGES "/vmlinux");
-    if (symlink(realpath(target, NULL) ?: target, IMAGES "/vmlinux") < 0)
-        return -1;
-    snprintf(target, sizeof(target), "%s/guest/initrd.img", build_dir());
-    unlink(IMAGES "/initrd.img");
-    if (symlink(realpath(target, NULL) ?: target, IMAGES "/initrd.img") < 0)
-        return -1;
+    static const char *const guest_files[] = {"vmlinux", "initrd.img"};
+    for (size_t i = 0; i < ARRAY_SIZE(guest_files); i++) {
+        char target[PATH_MAX], link[PATH_MAX], abs[PATH_MAX];
+        snprintf(target, sizeof(target), "%s/guest/%s", build_dir(), guest_files[i]);
+        snprintf(link, sizeof(link), IMAGES "/%s", guest_files[i]);
+        unlink(link);
+        if (symlink(realpath(target, abs) ? abs : target, link) < 0)
+            return -1;
+    }
     /* the hugepages definition needs 64 free 2 MiB pages */
     char *s = NULL;
     if (read_file("/proc/sys/vm/nr_hugepages", 64, &s, NULL) == 0) {
