@@ -62,8 +62,9 @@ endef
 $(eval $(call variant,PLAIN,$(BUILD),))
 $(eval $(call variant,ASAN,$(BUILD)/asan,$(SAN)))
 
+# replaced by rename: running supervisors keep executing the old file
 qvisor: $(BUILD)/qvisor
-	cp $< $@
+	@cp $< $@.tmp && mv -f $@.tmp $@
 
 deps:
 	@scripts/setup-deps

@@ -20,7 +20,8 @@ static const struct cli_opt list_opts[] = {{"all", false, false, 'a'}, {0}};
 static const struct cli_opt run_opts[] = {{"ready-fd", true, false, 0}, {0}};
 static const struct cli_opt start_opts[] = {{"wait-timeout", true, false, 0}, {0}};
 static const struct cli_opt stop_opts[] = {{"timeout", true, false, 't'}, {"force", false, false, 'f'}, {0}};
-static const struct cli_opt console_opts[] = {{"replay", false, false, 0}, {"idle", true, false, 0}, {0}};
+static const struct cli_opt console_opts[] = {{"replay", false, false, 0}, {"idle", true, false, 0},
+                                              {"expect", true, false, 0}, {"timeout", true, false, 0}, {0}};
 static const struct cli_opt logs_opts[] = {{"follow", false, false, 'f'}, {"lines", true, false, 'n'}, {0}};
 
 static const struct cli_opt net_define_opts[] = {
@@ -55,7 +56,7 @@ static const struct cli_command commands[] = {
     {"pause", cmd_simple, no_opts, 1, 1, "pause NAME", "pause the vCPUs"},
     {"resume", cmd_simple, no_opts, 1, 1, "resume NAME", "resume the vCPUs"},
     {"status", cmd_status, no_opts, 1, 1, "status NAME [--json]", "state, pid, uptime, accel, last exit reason"},
-    {"console", cmd_console, console_opts, 1, 1, "console NAME [--replay] [--idle SECONDS]",
+    {"console", cmd_console, console_opts, 1, 1, "console NAME [--replay] [--idle SECONDS] [--expect TEXT [--timeout S]]",
      "attach to the serial console (Ctrl-] detaches); with a pipe, send stdin and print the answer"},
     {"qmp", cmd_qmp, no_opts, 2, 2, "qmp NAME '{\"execute\": ...}'", "pass one QMP command and print its reply"},
     {"hmp", cmd_hmp, no_opts, 2, 2, "hmp NAME 'info ...'", "run one human monitor command"},

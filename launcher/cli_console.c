@@ -1,6 +1,7 @@
 /* `qvisor console NAME`: the serial console through the supervisor. On a terminal
  * it is raw and Ctrl-] detaches; with a pipe it sends stdin, then prints what the
- * guest answers until it has been quiet for --idle seconds. */
+ * guest answers until it has been quiet for --idle seconds, or, with --expect TEXT,
+ * until TEXT appears (exit 5 after --timeout seconds without it). */
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -43,10 +44,17 @@ static int out(const char *p, size_t n)
 int cmd_console(struct cli *c)
 {
     const char *name = c->pos[0];
-    int idle_ms;
+    int idle_ms, timeout_ms;
     int r = cli_opt_seconds_ms(c, "idle", 1000, &idle_ms);
+    if (r == 0)
+        r = cli_opt_seconds_ms(c, "timeout", 30000, &timeout_ms);
     if (r < 0)
         return r;
+    const char *expect = cli_opt(c, "expect");
+    size_t expect_len = expect ? strlen(expect) : 0;
+    struct buf seen = {0};     /* the tail of the output, for --expect */
+    uint64_t deadline = monotonic_ms() + (uint64_t)timeout_ms;
+    bool found = false;
     _cleanup_close_ int fd = -1;
     if ((r = ctl_connect(&c->paths, name, &fd, &c->err)) < 0)
         return r;
@@ -64,8 +72,10 @@ int cmd_console(struct cli *c)
         return r;
     }
     json_object_put(reply);
-    if (in.len)
+    if (in.len) {
         out(in.p, in.len);
+        buf_add(&seen, in.p, in.len);
+    }
     buf_free(&in);
 
     bool tty = isatty(STDIN_FILENO);
@@ -77,12 +87,23 @@ int cmd_console(struct cli *c)
     bool stdin_open = true;
     signal(SIGPIPE, SIG_IGN);
     for (;;) {
+        if (expect && (found = seen.len && memmem(seen.p, seen.len, expect, expect_len)))
+            break;
+        int wait = stdin_open ? -1 : idle_ms;
+        if (expect) {
+            uint64_t now = monotonic_ms();
+            if (now >= deadline)
+                break;
+            wait = (int)(deadline - now);
+        }
         struct pollfd pfd[2] = {{.fd = fd, .events = POLLIN}, {.fd = STDIN_FILENO, .events = POLLIN}};
-        int pr = poll(pfd, stdin_open ? 2 : 1, stdin_open ? -1 : idle_ms);
+        int pr = poll(pfd, stdin_open ? 2 : 1, wait);
         if (pr < 0 && errno == EINTR)
             continue;
-        if (pr == 0)
+        if (pr == 0 && !expect)
             break;      /* stdin is done and the guest has been quiet */
+        if (pr == 0)
+            continue;
         char buf[8192];
         if (pfd[0].revents) {
             ssize_t n = read(fd, buf, sizeof(buf));
@@ -93,6 +114,11 @@ int cmd_console(struct cli *c)
             }
             if (out(buf, (size_t)n) < 0)
                 break;
+            if (expect) {
+                buf_add(&seen, buf, (size_t)n);
+                if (seen.len > 2 * expect_len + 8192)
+                    buf_consume(&seen, seen.len - expect_len - 8192);
+            }
         }
         if (stdin_open && pfd[1].revents) {
             ssize_t n = read(STDIN_FILENO, buf, sizeof(buf));
@@ -112,5 +138,9 @@ int cmd_console(struct cli *c)
         }
     }
     term_restore(&t);
+    buf_free(&seen);
+    if (expect && !found)
+        return qv_fail(&c->err, -ETIMEDOUT, "%s: \"%s\" did not appear on the console within %d s", name, expect,
+                       timeout_ms / 1000);
     return 0;
 }

@@ -112,6 +112,8 @@ int vmnet_plug(struct sup *s, const struct vm_nic *n, size_t index, int *fds, st
     }
     if (r == 0)
         sup_log(s, "nic%zu: tap %s on bridge %s%s", index, st->tap, nic.bridge, st->filtered ? ", filtered" : "");
+    if (r == 0 && st->network[0] && !s->lease_poll)
+        s->lease_poll = monotonic_ms();
     if (have_nd)
         net_def_free(&nd);
     if (r < 0) {
@@ -119,8 +121,6 @@ int vmnet_plug(struct sup *s, const struct vm_nic *n, size_t index, int *fds, st
         record_nics(s);
         return r;
     }
-    if (st->filtered && !s->lease_poll)
-        s->lease_poll = monotonic_ms();
     return 0;
 }
 
@@ -156,7 +156,7 @@ void vmnet_poll_leases(struct sup *s)
     for (size_t i = 0; i < ARRAY_SIZE(s->nics); i++) {
         struct vm_nic_state *st = &s->nics[i];
         struct vm_nic tmp;
-        const struct vm_nic *n = st->filtered ? nic_def(s, i, &tmp) : NULL;
+        const struct vm_nic *n = st->network[0] ? nic_def(s, i, &tmp) : NULL;
         if (!n)
             continue;
         any = true;
@@ -173,11 +173,11 @@ void vmnet_poll_leases(struct sup *s)
                 snprintf(old, sizeof(old), "%s", st->ip);
                 snprintf(st->ip, sizeof(st->ip), "%s", leases[k].ip);
                 struct qv_err e = {0};
-                if (apply_filter(s, n, st, &e) < 0)
+                if (st->filtered && apply_filter(s, n, st, &e) < 0)
                     sup_log(s, "nic%zu: filter for %s: %s", i, st->ip, e.msg);
                 else
-                    sup_log(s, "nic%zu: guest address %s%s%s (DHCP lease); filter updated", i, st->ip,
-                            old[0] ? ", was " : "", old);
+                    sup_log(s, "nic%zu: guest address %s%s%s (DHCP lease)%s", i, st->ip, old[0] ? ", was " : "", old,
+                            st->filtered ? "; filter updated" : "");
             }
         }
         free(leases);

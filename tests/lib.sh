@@ -57,6 +57,12 @@ check_output() {
     shift 2
     if out=$("$@" 2>&1) && grep -Eq -- "$re" <<< "$out"; then ok "$desc"; else not_ok "$desc"; diag "$out"; fi
 }
+# check_not DESC CMD...: passes when CMD (a command or a function) fails.
+check_not() {
+    local desc=$1
+    shift
+    if "$@" >/dev/null 2>&1; then not_ok "$desc"; else ok "$desc"; fi
+}
 # check_error DESC CODE REGEX CMD...: CMD exits with status CODE and says REGEX.
 check_error() {
     local desc=$1 want=$2 re=$3 out rc
@@ -111,3 +117,44 @@ kill_all_vms() {
 }
 on_exit kill_all_vms
 NOTIFY_LISTEN=$T_BUILD/progs/notify_listen
+
+# ---- commands inside the guest, through the serial console ----
+# gsh NAME CMD: runs CMD in the guest's shell and prints what the console shows
+# until CMD has finished (the end marker is computed, so the echoed command line
+# never matches it), at most GSH_TIMEOUT seconds
+gsh() {
+    printf '%s; echo "END-$((6*7))-$?"\n' "$2" |
+        "$QV_BIN" --root "$T_ROOT" console "$1" --expect END-42- --timeout "${GSH_TIMEOUT:-30}" 2>&1 | tr -d '\r'
+}
+# guest_ok NAME CMD: CMD exits 0 in the guest
+guest_ok() { gsh "$1" "$2" | grep -q 'END-42-0'; }
+
+# ---- a private network world: a "host" namespace for qvisor and an "outside" one ----
+# net_world: creates them, with a veth host 192.168.250.1 <-> outside 192.168.250.2;
+# qn runs qvisor inside the host namespace.
+net_world() {
+    T_NS=qvh${T_ROOT##*.}
+    T_OUT=qvo${T_ROOT##*.}
+    ip netns add "$T_NS" && ip netns add "$T_OUT" || return 1
+    on_exit "ip netns del $T_NS; ip netns del $T_OUT"
+    ip -n "$T_NS" link set lo up
+    ip -n "$T_OUT" link set lo up
+    ip link add vh netns "$T_NS" type veth peer name vo netns "$T_OUT"
+    ip -n "$T_NS" addr add 192.168.250.1/24 dev vh
+    ip -n "$T_NS" link set vh up
+    ip -n "$T_OUT" addr add 192.168.250.2/24 dev vo
+    ip -n "$T_OUT" link set vo up
+    on_exit "ip netns exec $T_NS '$QV_BIN' --root '$T_ROOT' net gc"
+}
+qn() { ip netns exec "$T_NS" "$QV_BIN" --root "$T_ROOT" "$@"; }
+in_host() { ip netns exec "$T_NS" "$@"; }
+in_out() { ip netns exec "$T_OUT" "$@"; }
+# a guest on a network, asking DHCP for every NIC at boot
+define_net_guest() {
+    local name=$1 net=$2
+    shift 2
+    qn define -q "$name" --memory 192M --kernel "$G_KERNEL" --initrd "$G_INITRD" \
+        --append "$G_APPEND qv_net=dhcp" --nic "network=$net" "$@"
+}
+# guest_ip NAME: the leased IPv4 of nic0 (empty until known)
+guest_ip() { qn ifaddr "$1" --json 2>/dev/null | grep -o '"ipv4": "[0-9.]*"' | head -1 | cut -d'"' -f4; }
