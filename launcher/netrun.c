@@ -136,6 +136,25 @@ static void cleanup_leftovers(struct netrun *n)
     }
 }
 
+/* dnsmasq drops root and then reads its hosts files (again on SIGHUP): every
+ * directory above them must let others through, or static hosts and names are
+ * silently ignored. */
+static int check_reachable(const char *dir, struct qv_err *e)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s", dir);
+    for (char *slash = path + strlen(path); slash > path; slash = strrchr(path, '/')) {
+        struct stat st;
+        *slash = '\0';
+        const char *p = path[0] ? path : "/";
+        if (stat(p, &st) == 0 && !(st.st_mode & S_IXOTH))
+            return qv_fail(e, -EACCES, "%s is not searchable by others (mode %03o): dnsmasq, which does not run as "
+                                       "root, could not read the network's hosts files below it (chmod o+x %s)",
+                           p, st.st_mode & 0777, p);
+    }
+    return 0;
+}
+
 static int bring_up(struct netrun *n, struct qv_err *e)
 {
     const struct net_def *d = &n->def;
@@ -147,8 +166,10 @@ static int bring_up(struct netrun *n, struct qv_err *e)
         return 0;
     }
     int r = net_check_host(d, e);
+    if (r == 0)
+        r = check_reachable(n->dir, e);
     if (r < 0)
-        return r;
+        return qv_prefix(e, "network %s: ", d->name);
     if ((r = netsetup_nft_open(&n->nft, e)) < 0)
         return r;
     struct netsetup_forward *fw = qv_xcalloc(d->nforwards + 1, sizeof(*fw));

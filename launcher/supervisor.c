@@ -21,7 +21,7 @@
 #define QUIT_GRACE_MS 2000
 #define TERM_GRACE_MS 2000
 #define KILL_GRACE_MS 5000
-#define CONSOLE_LINE_IDLE_MS 200
+#define CONSOLE_LINE_IDLE_MS 1000
 
 static int pidfd_open_(pid_t pid)
 {

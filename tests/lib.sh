@@ -12,6 +12,7 @@ T_N=0
 T_FAILED=0
 T_CLEANUP=()
 T_ROOT=$(mktemp -d /tmp/qvtest.XXXXXX)
+chmod 755 "$T_ROOT"     # as / is: dnsmasq, not root, reads its hosts files below it
 export QVISOR_ACCEL=tcg
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1

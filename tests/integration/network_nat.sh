@@ -35,11 +35,13 @@ ip2=$(guest_ip g2)
 diag "g1 $ip1, g2 $ip2"
 check_output "net leases lists them" "$ip2" qn net leases default
 check_output "ifaddr shows MAC, tap and network" "nic0 +52:54:00:[0-9a-f:]+ +network +default +qvt[0-9a-f]+ +$ip1" qn ifaddr g1
-check "the guests ping each other" wait_until 20 guest_ok g1 "ping -c 1 -W 2 $ip2"
-check "...and the gateway" guest_ok g2 "ping -c 1 -W 2 10.77.0.1"
+# the lease file is written before the guest has applied the address: wait for that too
+check "both guests applied their leases" wait_until 60 bash -c "grep -q 'QVISOR-GUEST: lease eth0' '$T_ROOT/var/log/qvisor/g1.log' && grep -q 'QVISOR-GUEST: lease eth0' '$T_ROOT/var/log/qvisor/g2.log'"
+check "the guests ping each other" wait_until 60 guest_ok g1 "ping -c 2 -W 3 $ip2"
+check "...and the gateway" wait_until 30 guest_ok g2 "ping -c 2 -W 3 10.77.0.1"
 # the outside has no route back to 10.77.0.0/24: only masquerade lets a reply come back
 check "the outside is reached through NAT (masquerade)" guest_ok g1 "ping -c 2 -W 2 192.168.250.2"
-check_not "nothing from the outside reaches a guest unasked" in_out ping -c 1 -W 1 "$ip1"
+check_not "nothing from the outside reaches a guest unasked" in_out busybox ping -c 1 -W 1 "$ip1"
 
 # clean-traffic: a guest that changes its IP or MAC gets nothing through
 gsh g2 "ip addr flush dev eth0; ip addr add 10.77.0.77/24 dev eth0" > /dev/null

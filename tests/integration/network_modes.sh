@@ -1,0 +1,93 @@
+#!/bin/bash
+# timeout: 300
+# Isolated and routed networks against an "outside" namespace, static hosts and
+# port forwards, a host forward policy of drop, and garbage collection after
+# kill -9 of QEMU and of its supervisor.
+. "$(dirname "$0")/../lib.sh"
+net_world || { not_ok "network namespaces"; finish; }
+
+cat > "$T_ROOT/iso.json" <<J
+{"name": "iso", "mode": "isolated", "ipv4": {"address": "10.78.0.1/24", "dhcp": {"start": "10.78.0.100", "end": "10.78.0.200"}}}
+J
+check_output "net define from a file" "defined network iso \(isolated" qn net define "$T_ROOT/iso.json"
+check_output "net define from flags, with a static host and a port forward" "defined network rt \(routed" \
+    qn net define rt --mode routed --ipv4 10.79.0.1/24 --dhcp 10.79.0.100,10.79.0.200
+cat > "$T_ROOT/fw.json" <<J
+{"name": "fw", "mode": "nat", "ipv4": {"address": "10.80.0.1/24", "dhcp": {"start": "10.80.0.100", "end": "10.80.0.200"},
+ "hosts": [{"mac": "52:54:00:80:00:10", "ip": "10.80.0.10", "name": "web"}]},
+ "dns": {"domain": "lab"}, "forwards": [{"protocol": "tcp", "host_port": 8080, "guest": "10.80.0.10", "guest_port": 80}]}
+J
+qn net define -q "$T_ROOT/fw.json"
+check_error "a subnet overlapping another network is refused (exit 4)" 4 "overlaps 10.78.0.0/24 of network iso" \
+    qn net define clash --ipv4 10.78.0.129/25
+check_error "a subnet overlapping the host's is refused (exit 4)" 4 "overlaps" qn net define clash2 --ipv4 192.168.250.7/24
+check_error "a bad definition names the JSON path (exit 2)" 2 'ipv4.dhcp.start: 10.9.9.9 is outside 10.78.5.0/24' \
+    qn net define clash3 --ipv4 10.78.5.1/24 --dhcp 10.9.9.9,10.78.5.50
+check_output "net show prints the normalised definition" '"lease_time": 3600' qn net show iso
+chmod 700 "$T_ROOT"
+check_error "a run dir dnsmasq could not read is refused with the fix" 1 "is not searchable by others .*chmod o\+x" qn net start iso
+chmod 755 "$T_ROOT"
+for n in iso rt fw; do qn net start -q "$n"; done
+check_output "net list shows three running networks" "fw +running +nat" qn net list
+
+define_net_guest ig iso
+define_net_guest rg rt
+define_net_guest fg fw --nic user
+qn define -q fg2 --memory 192M --kernel "$G_KERNEL" --initrd "$G_INITRD" --append "$G_APPEND qv_net=dhcp" \
+    --nic "network=fw,mac=52:54:00:80:00:10"
+for g in ig rg fg2; do qn start -q "$g"; done
+# ready = the guest applied its lease (the lease file is written a little earlier)
+leased() { grep -q 'QVISOR-GUEST: lease eth0' "$T_ROOT/var/log/qvisor/$1.log" 2>/dev/null && [ -n "$(guest_ip "$1")" ]; }
+all_leased() { leased ig && leased rg && leased fg2; }
+check "every guest gets and applies its lease (isolated, routed, static)" wait_until 120 all_leased
+check "the static host gets its fixed address" test "$(guest_ip fg2)" = 10.80.0.10
+# any answer (even "can't find") proves the network's DNS is reachable; a block times out
+check "isolated: the guest reaches the network's DNS" guest_ok ig "nslookup qvisor.invalid 10.78.0.1 2>&1 | grep -q \"can't find\""
+check_not "isolated: the outside is not reachable" guest_ok ig "ping -c 2 -W 1 192.168.250.2"
+in_out ip route add 10.79.0.0/24 via 192.168.250.1
+rip=$(guest_ip rg)
+check "routed: the guest reaches the outside" guest_ok rg "ping -c 2 -W 2 192.168.250.2"
+check "routed: the outside reaches the guest by its own address (no NAT)" wait_until 10 in_out busybox ping -c 1 -W 2 "$rip"
+check "DNS: guest names resolve in the network's domain" guest_ok fg2 "nslookup web.lab 10.80.0.1 | grep -q 10.80.0.10"
+# the port forward: a listener in the guest, a connection from the outside to the host's port
+gsh fg2 "(nc -ll -p 80 -e echo forwarded-\$((2+3)) >/dev/null 2>&1 &)" > /dev/null
+forwarded() { in_out timeout 5 busybox nc 192.168.250.1 8080 < /dev/null | grep -q forwarded-5; }
+check "a port forward carries a connection from outside to the guest" wait_until 20 forwarded
+
+# a host whose own forward policy is drop: qvisor does not touch it, and says what to add
+in_host nft -f - <<'NFT'
+table inet filter {
+    chain forward { type filter hook forward priority 0; policy drop; }
+}
+NFT
+check_not "with the host's forward policy drop, NAT traffic stops (qvisor edits no foreign table)" \
+    guest_ok rg "ping -c 1 -W 1 192.168.250.2"
+in_host nft add rule inet filter forward iifname "qvbr-*" accept
+in_host nft add rule inet filter forward oifname "qvbr-*" accept
+check "...and the two rules README documents bring it back" guest_ok rg "ping -c 2 -W 2 192.168.250.2"
+in_host nft delete table inet filter
+
+# kill -9 of QEMU and of its supervisor, then net gc: nothing of qvisor stays behind
+qpid=$(qn status rg --json | grep -o '"pid": [0-9]*' | head -1 | grep -o '[0-9]*')
+spid=$(qn status rg --json | grep -o '"supervisor_pid": [0-9]*' | head -1 | grep -o '[0-9]*')
+tap=$(qn ifaddr rg | awk '/^nic0/ {print $5}')
+kill -9 "$spid" "$qpid"
+sleep 0.5
+check_not "the dead QEMU's tap vanished by itself" in_host ip link show "$tap"
+check_output "net gc removes the filter it left behind" "removed filter of tap $tap on network rt" qn net gc
+tapfilters() { in_host nft list table bridge qvisor-rt | grep -q "$tap"; }
+check_not "...so no rule names it any more" tapfilters
+for g in ig fg2; do qn kill -q "$g"; done
+# a network supervisor killed with -9: gc removes its bridge, rules and dnsmasq
+npid=$(cat "$T_ROOT/run/qvisor/networks/iso/lock")
+kill -9 "$npid"
+sleep 0.3
+check_output "a network whose supervisor was killed shows as crashed" "^iso +crashed" qn net list
+check_output "net gc removes its tables, bridge and dnsmasq" "removed network iso: tables and bridge qvbr-iso" qn net gc
+for n in rt fw; do qn net stop -q "$n"; done
+qvisor_rules() { in_host nft list ruleset | grep -q qvisor; }
+check_not "afterwards nft list ruleset shows no trace of qvisor" qvisor_rules
+any_link() { in_host ip -br link | grep -Eq '^(qvt|qvm|qvbr)'; }
+check_not "...and no qvisor link is left" any_link
+check_output "net gc on a clean host removes nothing" "nothing to remove" qn net gc
+finish
