@@ -16,7 +16,7 @@ mkdir -p "$img"
 truncate -s 16M "$img/p.raw"
 define_guest p "" --disk "$img/p.raw"
 qv start p > /dev/null 2>&1
-report=$(grep -a 'PROBE-REPORT ' "$T_ROOT/var/log/qvisor/p.log" | tail -1 | sed 's/^PROBE-REPORT //')
+report=$(grep -a '^PROBE-REPORT ' "$T_ROOT/var/log/qvisor/p.log" | tail -1 | sed 's/^PROBE-REPORT //')
 check "the probe ran through the supervisor's spawn path and reported" test -n "$report"
 field() { grep -o "\"$1\": *[^,}]*" <<< "$report" | head -1 | sed 's/^[^:]*: *//'; }
 has() { grep -q -- "$1" <<< "$report"; }

@@ -302,7 +302,7 @@ int main(int argc, char **argv)
     json_object_object_add(o, "exec_self", json_object_new_int(exec_self()));
     json_object_object_add(o, "denied", denied_results());
 
-    const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+    const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
     int r = as_qemu ? write_all(report, "PROBE-REPORT ", 13) : 0;
     if (r == 0)
         r = write_all(report, text, strlen(text));
