@@ -17,6 +17,7 @@ static const struct cli_opt define_opts[] = {
     {"on-poweroff", true, false, 0}, {"on-reboot", true, false, 0}, {"on-crash", true, false, 0}, {"print", false, false, 0},
     {0}};
 static const struct cli_opt list_opts[] = {{"all", false, false, 'a'}, {0}};
+static const struct cli_opt show_opts[] = {{"confinement", false, false, 0}, {0}};
 static const struct cli_opt run_opts[] = {{"ready-fd", true, false, 0}, {0}};
 static const struct cli_opt start_opts[] = {{"wait-timeout", true, false, 0}, {0}};
 static const struct cli_opt stop_opts[] = {{"timeout", true, false, 't'}, {"force", false, false, 'f'}, {0}};
@@ -43,7 +44,8 @@ static const struct cli_command commands[] = {
      "--kernel K --initrd I --append A --nic user ...]", "define a VM from a JSON file or from flags"},
     {"undefine", cmd_undefine, no_opts, 1, 1, "undefine NAME", "remove a VM's definition"},
     {"list", cmd_list, list_opts, 0, 0, "list [--all] [--json]", "list VMs (running ones; --all for every defined VM)"},
-    {"show", cmd_show, no_opts, 1, 1, "show NAME [--json]", "print a VM's normalised definition"},
+    {"show", cmd_show, show_opts, 1, 1, "show NAME [--json] [--confinement]",
+     "print a VM's normalised definition (--confinement: what confines its running QEMU)"},
     {"argv", cmd_argv, no_opts, 1, 1, "argv NAME", "print the QEMU command line, one argument per line"},
     {"start", cmd_start, start_opts, 1, 1, "start NAME [--wait-timeout SECONDS]",
      "start a VM in the background; returns once the guest runs"},
@@ -84,6 +86,8 @@ static const struct cli_command commands[] = {
     {"net stop", cmd_net_stop, no_opts, 1, 1, "net stop NAME", "remove the network's bridge, rules and dnsmasq"},
     {"net leases", cmd_net_leases, no_opts, 1, 1, "net leases NAME [--json]", "the network's DHCP leases"},
     {"net gc", cmd_net_gc, no_opts, 0, 0, "net gc", "remove qvisor taps, rules and dnsmasq left without an owner"},
+    {"host-check", cmd_host_check, no_opts, 0, 0, "host-check [--json]",
+     "KVM, vhost-net, tun, nftables, QEMU and what the sandbox can apply on this host"},
     {"help", cmd_help, no_opts, 0, 1, "help [COMMAND]", "show usage"},
     {0},
 };

@@ -260,6 +260,18 @@ int cmd_show(struct cli *c)
     int r = vm_load(&c->paths, c->pos[0], &d, &c->err);
     if (r < 0)
         return r;
+    if (cli_flag(c, "confinement")) {
+        vm_def_free(&d);
+        json_object *reply = NULL, *st, *conf;
+        if ((r = ctl_call(&c->paths, c->pos[0], ctl_request("status"), 5000, &reply, &c->err)) < 0)
+            return r;
+        if (json_object_object_get_ex(reply, "status", &st) && json_object_object_get_ex(st, "confinement", &conf))
+            cli_print_json(conf);
+        else
+            r = qv_fail(&c->err, -EBUSY, "%s: QEMU is not running", c->pos[0]);
+        json_object_put(reply);
+        return r;
+    }
     if (d.qemu_args.n) {
         _cleanup_free_ char *args = strv_join((const char *const *)d.qemu_args.v, " ");
         fprintf(stderr, "qvisor: warning: %s: qemu_args are passed to QEMU unchecked: %s\n", d.name, args);

@@ -135,6 +135,7 @@ static void on_event(void *ctx, const char *event, json_object *data, uint64_t t
                    strcmp(why, "host-qmp-system-powerdown") == 0) {
             if (s->def.on_poweroff == POWEROFF_RESTART) {
                 sup_log(s, "guest powered off; restarting it (on_poweroff: restart)");
+                s->resetting = true;
                 sup_qmp(s, "system_reset", NULL);
                 sup_qmp(s, "cont", NULL);
             } else {
@@ -150,9 +151,10 @@ static void on_event(void *ctx, const char *event, json_object *data, uint64_t t
                 snprintf(s->exit_reason, sizeof(s->exit_reason), "QEMU shut down (%s)", why);
         }
     } else if (strcmp(event, "STOP") == 0) {
-        if (s->rs.state == VM_RUNNING)
+        if (s->rs.state == VM_RUNNING && !s->resetting)
             sup_set_state(s, VM_PAUSED);
     } else if (strcmp(event, "RESUME") == 0) {
+        s->resetting = false;
         if (s->rs.state == VM_PAUSED || s->rs.state == VM_STARTING || s->rs.state == VM_CRASHED)
             sup_set_state(s, VM_RUNNING);
     } else if (strcmp(event, "GUEST_PANICKED") == 0) {
@@ -578,6 +580,7 @@ static void crashed(struct sup *s, const char *why)
             sup_qmp(s, "quit", NULL);
         } else {
             sup_log(s, "%s; resetting it (on_crash: restart)", why);
+            s->resetting = true;
             sup_qmp(s, "system_reset", NULL);
             sup_qmp(s, "cont", NULL);
         }

@@ -106,6 +106,7 @@ struct sup {
     uint64_t stop_next;         /* when the next phase starts */
     uint64_t stop_deadline;     /* graceful part ends: quit */
     bool expected_exit;         /* QEMU's exit is not a crash */
+    bool resetting;             /* we reset a powered-off or crashed guest: its STOP is no pause */
     char exit_reason[256];
 
     uint64_t crashes[CRASH_MAX + 1];

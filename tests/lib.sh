@@ -99,11 +99,11 @@ define_guest() {
 }
 vm_log() { cat "$T_ROOT/var/log/qvisor/$1.log" 2>/dev/null; }
 # log_has NAME REGEX
-log_has() { vm_log "$1" | grep -Eq -- "$2"; }
+log_has() { vm_log "$1" | grep -aEq -- "$2"; }
 # wait_log NAME REGEX SECONDS
 wait_log() { wait_until "${3:-60}" log_has "$1" "$2"; }
 # count_log NAME REGEX
-count_log() { vm_log "$1" | grep -Ec -- "$2"; }
+count_log() { vm_log "$1" | grep -aEc -- "$2"; }
 json_field() { grep -o "\"$2\": *[^,}]*" <<< "$1" | head -1 | sed 's/^[^:]*: *//; s/"//g'; }
 vm_state() { json_field "$(qv status "$1" --json 2>/dev/null)" state; }
 vm_pid() { json_field "$(qv status "$1" --json 2>/dev/null)" pid; }

@@ -53,7 +53,7 @@ check_error "QEMU cannot write outside its sandbox (dump-guest-memory)" 1 "No su
 check_not "...and nothing was written" test -e "$T_ROOT/escape"
 
 # hotplug of a disk by fd, with the sandbox on
-wait_log va 'console: QVISOR-GUEST: ready' 90
+wait_log va 'QVISOR-GUEST: ready' 90
 check_output "attach-disk passes the image as an fd" "disk attached as disk1" qv attach-disk va "$img/hot.raw" --format raw
 check "the guest sees the new disk" wait_until 20 guest_ok va "test -e /sys/block/vdb"
 check_not "...which QEMU could not have opened by path" test -e "/proc/$pa/root$img/hot.raw"

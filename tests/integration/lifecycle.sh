@@ -11,7 +11,7 @@ check_output "list shows it running" "^t1 +running" qv list
 st=$(qv status t1 --json)
 check "status --json: running, under TCG, QEMU 7.2, with a pid" \
     bash -c "grep -q '\"state\": \"running\"' <<< '$st' && grep -q '\"accel\": \"tcg\"' <<< '$st' && grep -q '\"qemu_version\": \"7.2' <<< '$st' && grep -Eq '\"pid\": [0-9]+' <<< '$st'"
-check "the guest's serial output reaches the log (init marker)" wait_log t1 'console: QVISOR-GUEST: ready' 90
+check "the guest's serial output reaches the log (init marker)" wait_log t1 'QVISOR-GUEST: ready' 90
 check_output "console: a command typed through a pipe answers" 'hello-42' \
     bash -c "echo 'echo hello-\$((6*7))' | '$QV_BIN' --root '$T_ROOT' console t1 --idle 1"
 check_output "console --replay shows what was printed before anyone attached" 'QVISOR-GUEST: up' \
@@ -30,7 +30,7 @@ check_output "hmp: info status" 'VM status: running' qv hmp t1 'info status'
 check_error "qmp: QEMU's own error for an unknown command (exit 1)" 1 'CommandNotFound' qv qmp t1 '{"execute": "no-such-command"}'
 check_error "qmp: malformed JSON is a usage error (exit 2)" 2 'QMP command' qv qmp t1 '{"execute": '
 check_output "reset" "t1 reset" qv reset t1
-check "the guest boots again after the reset" wait_until 90 bash -c "[ \$(grep -c 'console: QVISOR-GUEST: ready' '$T_ROOT/var/log/qvisor/t1.log') -ge 2 ]"
+check "the guest boots again after the reset" wait_until 90 bash -c "[ \$(grep -ac 'QVISOR-GUEST: ready' '$T_ROOT/var/log/qvisor/t1.log') -ge 2 ]"
 kill "$events_pid" 2>/dev/null
 check "events streamed STOP, RESUME and RESET as JSON lines" \
     bash -c "grep -q '\"event\": *\"STOP\"' '$T_ROOT/events.txt' && grep -q '\"event\": *\"RESUME\"' '$T_ROOT/events.txt' && grep -q '\"event\": *\"RESET\"' '$T_ROOT/events.txt'"
@@ -39,7 +39,7 @@ start=$(date +%s%N)
 check_output "stop powers the guest off through ACPI" "t1 stopped" qv stop t1 --timeout 30
 ms=$(( ($(date +%s%N) - start) / 1000000 ))
 diag "graceful stop took ${ms} ms"
-check "the guest saw the power button" log_has t1 'console: QVISOR-GUEST: power button'
+check "the guest saw the power button" log_has t1 'QVISOR-GUEST: power button'
 check_output "list --all shows it shut off" "^t1 +shut off" qv list --all
 check_output "status keeps the last exit reason" "last exit +stopped" qv status t1
 check_output "stop of a stopped VM is fine (exit 0)" "t1 is not running" qv stop t1
@@ -56,7 +56,7 @@ run_pid=$!
 check "run: READY=1 is sent once the guest runs" wait_until 30 grep -q '^READY=1' "$T_ROOT/notify.txt"
 check "run: WATCHDOG=1 pings when WATCHDOG_USEC is set" wait_until 5 grep -q '^WATCHDOG=1' "$T_ROOT/notify.txt"
 check_output "run: verbs work on a foreground supervisor" "t1 +running" qv list
-check "run: the guest boots" wait_until 90 bash -c "[ \$(grep -c 'console: QVISOR-GUEST: ready' '$T_ROOT/var/log/qvisor/t1.log') -ge 3 ]"
+check "run: the guest boots" wait_until 90 bash -c "[ \$(grep -ac 'QVISOR-GUEST: ready' '$T_ROOT/var/log/qvisor/t1.log') -ge 3 ]"
 kill -TERM "$run_pid"
 wait "$run_pid"
 rc=$?

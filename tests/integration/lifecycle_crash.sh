@@ -18,7 +18,7 @@ qv kill -q c0
 
 define_guest c1
 qv start -q c1
-wait_log c1 'console: QVISOR-GUEST: ready' 90
+wait_log c1 'QVISOR-GUEST: ready' 90
 qpid=$(vm_pid c1)
 spid=$(sup_pid c1)
 kill -9 "$spid"

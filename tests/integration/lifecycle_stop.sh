@@ -7,7 +7,7 @@
 
 define_guest deaf "qv_acpi=0"
 qv start -q deaf
-wait_log deaf 'console: QVISOR-GUEST: ready' 90
+wait_log deaf 'QVISOR-GUEST: ready' 90
 start=$(date +%s)
 check_output "stop of a guest that ignores ACPI falls through to quit" "deaf stopped" qv stop deaf --timeout 3
 took=$(( $(date +%s) - start ))
@@ -49,7 +49,7 @@ check_output "...state shut off, last exit 'guest powered off'" "last exit +gues
 define_guest again "qv_run=true" --on-poweroff restart
 qv start -q again
 check "on_poweroff restart: the guest boots again after powering off" \
-    wait_until 120 bash -c "[ \$(grep -c 'console: QVISOR-GUEST: ready' '$T_ROOT/var/log/qvisor/again.log') -ge 2 ]"
+    wait_until 120 bash -c "[ \$(grep -ac 'QVISOR-GUEST: ready' '$T_ROOT/var/log/qvisor/again.log') -ge 2 ]"
 check "...and the VM is still running" state_is again running
 qv kill -q again
 
