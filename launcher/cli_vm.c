@@ -187,6 +187,24 @@ static void print_status_text(json_object *st)
         if (s && *s && strcmp(s, "0") != 0)
             printf("%-12s %s\n", keys[i][1], s);
     }
+    /* what confines QEMU, as read back from /proc by the supervisor */
+    json_object *c, *v, *sub;
+    if (!json_object_object_get_ex(st, "confinement", &c) || !json_object_is_type(c, json_type_object))
+        return;
+    int uid = json_object_object_get_ex(c, "uid", &v) ? json_object_get_int(json_object_array_get_idx(v, 1)) : -1;
+    bool nocaps = json_object_object_get_ex(c, "capabilities", &sub) && json_object_object_get_ex(sub, "none", &v) &&
+                  json_object_get_boolean(v);
+    bool nnp = json_object_object_get_ex(c, "no_new_privs", &v) && json_object_get_boolean(v);
+    int filters = json_object_object_get_ex(c, "seccomp", &sub) && json_object_object_get_ex(sub, "filters", &v)
+                      ? json_object_get_int(v) : 0;
+    char ns[128] = "";
+    if (json_object_object_get_ex(c, "namespaces", &v))
+        for (size_t i = 0; i < json_object_array_length(v); i++)
+            snprintf(ns + strlen(ns), sizeof(ns) - strlen(ns), "%s%s", i ? "," : "",
+                     json_object_get_string(json_object_array_get_idx(v, i)));
+    printf("%-12s uid %d, %s, %s, seccomp %d filter%s, own namespaces: %s\n", "confinement", uid,
+           nocaps ? "no capabilities" : "CAPABILITIES LEFT", nnp ? "no_new_privs" : "privileges can be gained",
+           filters, filters == 1 ? "" : "s", ns[0] ? ns : "none");
 }
 
 /* Status without a supervisor: what state.json and /proc say. */
