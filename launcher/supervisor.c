@@ -349,6 +349,17 @@ static void remove_run_files(struct sup *s)
     }
 }
 
+static void report_ready(struct sup *s, int code, const char *msg)
+{
+    if (s->ready_fd < 0)
+        return;
+    char line[1200];
+    int n = code ? snprintf(line, sizeof(line), "error %d %s\n", code, msg) : snprintf(line, sizeof(line), "ok\n");
+    write_all(s->ready_fd, line, (size_t)n);
+    close(s->ready_fd);
+    s->ready_fd = -1;
+}
+
 static int start_qemu(struct sup *s, struct qv_err *e)
 {
     struct launch_plan plan;
@@ -405,10 +416,12 @@ static int start_qemu(struct sup *s, struct qv_err *e)
             qv_fail(e, -EIO, "%s", msg);
         return qv_prefix(e, "%s: QEMU failed to start: ", s->def.name);
     }
-    query_facts(s);
     r = qmp_call(s->qmp, "cont", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, NULL, e);
     if (r < 0)
         return qv_prefix(e, "%s: cont: ", s->def.name);
+    /* the guest runs: `start` may return now; the bookkeeping follows */
+    report_ready(s, 0, NULL);
+    query_facts(s);
     sup_log(s, "QEMU %s running as pid %d (accel %s)", s->rs.qemu_version, (int)s->qemu_pid, s->rs.accel);
     sup_set_state(s, VM_RUNNING);
     return 0;
@@ -860,16 +873,6 @@ static int setup_loop(struct sup *s, struct qv_err *e)
     return ctl_listen(s, e);
 }
 
-static void report_ready(struct sup *s, int code, const char *msg)
-{
-    if (s->ready_fd < 0)
-        return;
-    char line[1200];
-    int n = code ? snprintf(line, sizeof(line), "error %d %s\n", code, msg) : snprintf(line, sizeof(line), "ok\n");
-    write_all(s->ready_fd, line, (size_t)n);
-    close(s->ready_fd);
-    s->ready_fd = -1;
-}
 
 /* Cleans up what a previous run recorded and left behind (its QEMU is dead). */
 static void cleanup_previous(struct sup *s, const struct vm_runstate *prev)
@@ -923,63 +926,69 @@ static void sup_free(struct sup *s)
 
 int supervisor_run(const struct qv_paths *paths, const char *name, int ready_fd, int echo_fd, struct qv_err *e)
 {
-    struct sup s = {.paths = paths, .lock_fd = -1, .log_fd = -1, .epfd = -1, .sigfd = -1, .ready_fd = ready_fd,
-                    .echo_fd = echo_fd,
-                    .pidfd = -1, .console_fd = -1, .ctl_fd = -1};
+    /* on the heap: the structure is large, and a stack that deep stays resident */
+    struct sup *sp = qv_xcalloc(1, sizeof(*sp));
+    sp->paths = paths;
+    sp->lock_fd = sp->log_fd = sp->epfd = sp->sigfd = sp->pidfd = sp->console_fd = sp->ctl_fd = -1;
+    sp->ready_fd = ready_fd;
+    sp->echo_fd = echo_fd;
     pid_t holder;
-    notify_init(&s.notify);
-    int r = vm_lock(paths, name, &s.lock_fd, &holder, e);
+    notify_init(&sp->notify);
+    int r = vm_lock(paths, name, &sp->lock_fd, &holder, e);
     if (r == 0)
-        r = vm_load(paths, name, &s.def, e);
+        r = vm_load(paths, name, &sp->def, e);
     if (r == 0)
-        r = open_log(&s, e);
+        r = open_log(sp, e);
     if (r == 0) {
-        vm_run_path(paths, name, NULL, s.run_dir, sizeof(s.run_dir));
-        r = setup_loop(&s, e);
+        vm_run_path(paths, name, NULL, sp->run_dir, sizeof(sp->run_dir));
+        r = setup_loop(sp, e);
     }
     if (r == 0)
-        r = host_config_load(paths, &s.hc, e);
+        r = host_config_load(paths, &sp->hc, e);
     if (r == 0)
-        r = host_facts_probe(paths, &s.hc, &s.facts, e);
+        r = host_facts_probe(paths, &sp->hc, &sp->facts, e);
     if (r < 0) {
-        sup_free(&s);
-        report_ready(&s, r, e->msg);    /* after the lock is released: a retry must not meet us */
+        sup_free(sp);
+        report_ready(sp, r, e->msg);    /* after the lock is released: a retry must not meet us */
+        free(sp);
         return r;
     }
     struct vm_runstate prev;
     bool have_prev = runstate_read(paths, name, &prev, NULL) == 0;
     if (have_prev && prev.state != VM_SHUTOFF && qemu_alive(&prev)) {
-        s.rs = prev;
+        sp->rs = prev;
         prev.resources = NULL;
-        r = reattach(&s, e);
+        r = reattach(sp, e);
     } else {
         if (have_prev) {
-            cleanup_previous(&s, &prev);
+            cleanup_previous(sp, &prev);
             runstate_free(&prev);
         }
-        r = start_qemu(&s, e);
+        r = start_qemu(sp, e);
     }
     if (r < 0) {
-        sup_log(&s, "start failed: %s", e->msg);
-        snprintf(s.rs.last_exit, sizeof(s.rs.last_exit), "%s", e->msg);
-        s.rs.state = VM_SHUTOFF;
-        s.rs.qemu_pid = 0;
-        save_state(&s);
-        if (s.qemu_pid)
-            kill(s.qemu_pid, SIGKILL);
-        vmnet_after_exit(&s);
-        remove_run_files(&s);
-        sup_free(&s);
-        report_ready(&s, r, e->msg);
+        sup_log(sp, "start failed: %s", e->msg);
+        snprintf(sp->rs.last_exit, sizeof(sp->rs.last_exit), "%s", e->msg);
+        sp->rs.state = VM_SHUTOFF;
+        sp->rs.qemu_pid = 0;
+        save_state(sp);
+        if (sp->qemu_pid)
+            kill(sp->qemu_pid, SIGKILL);
+        vmnet_after_exit(sp);
+        remove_run_files(sp);
+        sup_free(sp);
+        report_ready(sp, r, e->msg);
+        free(sp);
         return r;
     }
-    report_ready(&s, 0, NULL);
-    notify_send(&s.notify, "READY=1");
-    loop(&s);
-    save_state(&s);
+    report_ready(sp, 0, NULL);
+    notify_send(&sp->notify, "READY=1");
+    loop(sp);
+    save_state(sp);
     int r2 = 0;
-    if (s.exit_code)
-        r2 = qv_fail(e, -EIO, "%s: %s", name, s.rs.last_exit[0] ? s.rs.last_exit : "stopped abnormally");
-    sup_free(&s);
+    if (sp->exit_code)
+        r2 = qv_fail(e, -EIO, "%s: %s", name, sp->rs.last_exit[0] ? sp->rs.last_exit : "stopped abnormally");
+    sup_free(sp);
+    free(sp);
     return r2;
 }

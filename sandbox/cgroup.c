@@ -594,6 +594,18 @@ void cg_dir_read(int version, const char *dir, unsigned ctls, json_object *o)
     }
 }
 
+int sandbox_cgroup_attach(const struct sandbox_cgroup *cg, pid_t pid, struct qv_err *e)
+{
+    char val[32];
+    snprintf(val, sizeof(val), "%d", (int)pid);
+    for (size_t i = 0; i < cg->ndirs; i++) {
+        int r = cg_write(cg->dir[i].path, "cgroup.procs", val);
+        if (r < 0)
+            return qv_failerr(e, r, "cgroup: moving pid %d into %s", (int)pid, cg->dir[i].path);
+    }
+    return 0;
+}
+
 int sandbox_cgroup_read(const struct sandbox_cgroup *cg, json_object **out, struct qv_err *e)
 {
     json_object *o = json_object_new_object();

@@ -149,6 +149,8 @@ int sandbox_cgroup_resolve(const struct sandbox_cgroup_params *p, struct sandbox
  * reads them back. A limit whose controller is missing is a warning. */
 int sandbox_cgroup_create(struct sandbox_cgroup *cg, const struct sandbox_cgroup_limits *l,
                           struct strv *warnings, struct qv_err *e);
+/* Moves the process `pid` (all its threads) into the cgroup. */
+int sandbox_cgroup_attach(const struct sandbox_cgroup *cg, pid_t pid, struct qv_err *e);
 /* The limits and usage in force, as JSON (null: unlimited). */
 int sandbox_cgroup_read(const struct sandbox_cgroup *cg, json_object **out, struct qv_err *e);
 /* OOM kills so far (memory.events / memory.oom_control). */
@@ -199,6 +201,11 @@ struct sandbox_spec {
 
     /* cgroup: joined when set (created by the caller) */
     const struct sandbox_cgroup *cgroup;
+    /* the caller moves the child into `cgroup` itself with sandbox_cgroup_attach()
+     * once it runs, before any untrusted code does (QEMU started with -S runs no
+     * guest code until `cont`): moving a process waits for an RCU grace period
+     * (12-30 ms), and this way that wait overlaps the program's own start-up */
+    bool cgroup_after_exec;
 
     /* mount namespace */
     const char *const *ro_paths;    /* VM-specific read-only files or dirs: kernel, initrd */

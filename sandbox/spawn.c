@@ -239,7 +239,7 @@ static int prepare(struct spawn_plan *p, const struct sandbox_spec *s, const str
         return r;
     if ((r = plan_fds(p, s, e)) < 0)
         return qv_prefix(e, "%s: sandbox: ", s->name);
-    if (p->steps & SANDBOX_STEP(SANDBOX_CGROUP)) {
+    if ((p->steps & SANDBOX_STEP(SANDBOX_CGROUP)) && !s->cgroup_after_exec) {
         for (size_t i = 0; i < s->cgroup->ndirs; i++)
             snprintf(p->cg_procs[p->ncg++], PATH_MAX, "%s/cgroup.procs", s->cgroup->dir[i].path);
     }
