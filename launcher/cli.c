@@ -43,6 +43,8 @@ static const struct cli_command commands[] = {
     {"define", cmd_define, define_opts, 1, 1, "define FILE.json | define NAME [--memory 1G --cpus 2 --disk file=PATH[,bus=...] "
      "--kernel K --initrd I --append A --nic user ...]", "define a VM from a JSON file or from flags"},
     {"undefine", cmd_undefine, no_opts, 1, 1, "undefine NAME", "remove a VM's definition"},
+    {"edit", cmd_edit, no_opts, 1, 1, "edit NAME   (or: qvisor edit NAME < new.json)",
+     "change a definition in $EDITOR; validated before it is written"},
     {"list", cmd_list, list_opts, 0, 0, "list [--all] [--json]", "list VMs (running ones; --all for every defined VM)"},
     {"show", cmd_show, show_opts, 1, 1, "show NAME [--json] [--confinement]",
      "print a VM's normalised definition (--confinement: what confines its running QEMU)"},

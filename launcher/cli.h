@@ -50,6 +50,7 @@ void cli_print_json(json_object *o);
 /* Commands, implemented across cli_*.c */
 int cmd_define(struct cli *c);
 int cmd_undefine(struct cli *c);
+int cmd_edit(struct cli *c);
 int cmd_list(struct cli *c);
 int cmd_show(struct cli *c);
 int cmd_argv(struct cli *c);

@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/wait.h>
 
 #include "launcher/cli.h"
 
@@ -248,10 +249,83 @@ int cmd_define(struct cli *c)
 
 int cmd_undefine(struct cli *c)
 {
+    struct vm_runstate rs;
+    bool supervised;
+    vm_observe(&c->paths, c->pos[0], &rs, &supervised);
+    bool active = supervised || (rs.state != VM_SHUTOFF && rs.state != VM_CRASHED);
+    runstate_free(&rs);
+    if (active)
+        return qv_fail(&c->err, -EBUSY, "%s is running (stop it first)", c->pos[0]);
     int r = vm_undefine(&c->paths, c->pos[0], &c->err);
     if (r == 0 && !c->quiet)
         printf("undefined %s\n", c->pos[0]);
     return r;
+}
+
+/* edit: the definition through $EDITOR (or, from a pipe, the new JSON on stdin),
+ * validated like define, written only when valid. Changes apply at the next start. */
+int cmd_edit(struct cli *c)
+{
+    const char *name = c->pos[0];
+    struct vm_def d;
+    int r = vm_load(&c->paths, name, &d, &c->err);
+    if (r < 0)
+        return r;
+    _cleanup_json_ json_object *cur = vm_def_to_json(&d);
+    vm_def_free(&d);
+    _cleanup_json_ json_object *next = NULL;
+    if (!isatty(STDIN_FILENO)) {
+        _cleanup_free_ char *text = NULL;
+        if ((r = read_file("/dev/stdin", 4u << 20, &text, NULL)) < 0)
+            return qv_failerr(&c->err, r, "standard input");
+        if ((r = json_parse_str("<stdin>", text, &next, &c->err)) < 0)
+            return r;
+    } else {
+        char tmp[] = "/tmp/qvisor-edit-XXXXXX.json";
+        _cleanup_close_ int fd = mkstemps(tmp, 5);
+        if (fd < 0)
+            return qv_failerr(&c->err, -errno, "temporary file");
+        _cleanup_free_ char *text = json_pretty(cur);
+        write_all(fd, text, strlen(text));
+        const char *editor = getenv("VISUAL") ? getenv("VISUAL") : getenv("EDITOR") ? getenv("EDITOR") : "vi";
+        struct strv argv = {0};
+        str_split_escaped(editor, ' ', &argv);
+        strv_push(&argv, tmp);
+        char exe[PATH_MAX];
+        if (find_program(argv.v[0], exe, sizeof(exe)) < 0) {
+            unlink(tmp);
+            r = qv_fail(&c->err, -ENOENT, "editor %s not found (set EDITOR, or pipe the new JSON in)", argv.v[0]);
+            strv_free(&argv);
+            return r;
+        }
+        pid_t pid = fork();
+        if (pid == 0) {
+            extern char **environ;
+            execve(exe, argv.v, environ);
+            _exit(127);
+        }
+        int st = 0;
+        waitpid(pid, &st, 0);
+        strv_free(&argv);
+        r = json_read_file(tmp, &next, &c->err);
+        if (r < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            if (r == 0)
+                r = qv_fail(&c->err, -EIO, "the editor failed; nothing changed (your text is in %s)", tmp);
+            else
+                qv_prefix(&c->err, "nothing changed (your text is in %s): ", tmp);
+            return r;
+        }
+        unlink(tmp);
+    }
+    json_object *v;
+    if (!json_object_object_get_ex(next, "name", &v) || strcmp(json_object_get_string(v), name) != 0)
+        return qv_fail(&c->err, -EINVAL, "name: a VM keeps its name (undefine and define to rename)");
+    if ((r = vm_define(&c->paths, next, true, &d, &c->err)) < 0)
+        return r;
+    vm_def_free(&d);
+    if (!c->quiet)
+        printf("%s changed%s\n", name, vm_supervised(&c->paths, name, NULL) ? " (from its next start)" : "");
+    return 0;
 }
 
 int cmd_show(struct cli *c)

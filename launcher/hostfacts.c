@@ -37,14 +37,15 @@ int host_config_load(const struct qv_paths *p, struct host_config *hc, struct qv
         return r;
     struct jr jr;
     jr_init(&jr, e);
-    static const char *const keys[] = {"qemu", "accel", "uid_first", "uid_last", "cgroup_parent", NULL};
+    static const char *const keys[] = {"qemu", "accel", "uid_first", "uid_last", "cgroup_parent", "ctl_group", NULL};
     int accel = ACCEL_AUTO;
     int64_t first = UID_FIRST, last = UID_LAST;
     if ((r = jr_expect(&jr, o, json_type_object)) < 0 || (r = jr_only_keys(&jr, o, keys)) < 0 ||
         (r = jr_string(&jr, o, "qemu", false, &hc->qemu)) < 0 || (r = jr_enum(&jr, o, "accel", vm_accel_names, &accel)) < 0 ||
         (r = jr_int(&jr, o, "uid_first", 1000, 0x7ffffffe, &first)) < 0 ||
         (r = jr_int(&jr, o, "uid_last", 1000, 0x7ffffffe, &last)) < 0 ||
-        (r = jr_string(&jr, o, "cgroup_parent", false, &hc->cgroup_parent)) < 0) {
+        (r = jr_string(&jr, o, "cgroup_parent", false, &hc->cgroup_parent)) < 0 ||
+        (r = jr_string(&jr, o, "ctl_group", false, &hc->ctl_group)) < 0) {
         host_config_free(hc);
         return qv_prefix(e, "%s: ", path);
     }
@@ -62,6 +63,7 @@ void host_config_free(struct host_config *hc)
 {
     free(hc->qemu);
     free(hc->cgroup_parent);
+    free(hc->ctl_group);
     memset(hc, 0, sizeof(*hc));
 }
 

@@ -188,6 +188,7 @@ struct host_config {
     enum vm_accel accel;
     uid_t uid_first, uid_last;  /* dynamic VM users: default 61184..65519, like systemd's */
     char *cgroup_parent;    /* below each cgroup hierarchy root; default "qvisor" */
+    char *ctl_group;        /* members may use the VMs' control sockets (0660); NULL: root only (0600) */
 };
 int host_config_load(const struct qv_paths *p, struct host_config *hc, struct qv_err *e);
 void host_config_free(struct host_config *hc);

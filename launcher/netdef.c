@@ -566,6 +566,7 @@ int net_define_default(const struct qv_paths *p, struct net_def *out, struct qv_
         json_object *dns = json_object_new_object();
         json_object_object_add(dns, "domain", json_object_new_string("qvisor"));
         json_object_object_add(o, "dns", dns);
+        json_object_object_add(o, "autostart", json_object_new_boolean(true));
         int r = net_define(p, o, false, out, &last);
         json_object_put(o);
         if (r == 0 || r == -EEXIST)

@@ -23,6 +23,13 @@ int ctl_listen(struct sup *s, struct qv_err *e)
     umask(old);
     if (r < 0)
         return r;
+    if (s->hc.ctl_group) {
+        gid_t gid;
+        if ((r = sandbox_group_lookup(s->hc.ctl_group, &gid, e)) < 0)
+            return qv_prefix(e, "host.json ctl_group: ");
+        if (chown(path, 0, gid) < 0 || chmod(path, 0660) < 0)
+            return qv_failerr(e, -errno, "%s: giving it to group %s", path, s->hc.ctl_group);
+    }
     fd_set_nonblock(s->ctl_fd, true);
     struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &s->ev_ctl};
     epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->ctl_fd, &ee);

@@ -939,12 +939,12 @@ int supervisor_run(const struct qv_paths *paths, const char *name, int ready_fd,
         r = vm_load(paths, name, &sp->def, e);
     if (r == 0)
         r = open_log(sp, e);
+    if (r == 0)
+        r = host_config_load(paths, &sp->hc, e);
     if (r == 0) {
         vm_run_path(paths, name, NULL, sp->run_dir, sizeof(sp->run_dir));
         r = setup_loop(sp, e);
     }
-    if (r == 0)
-        r = host_config_load(paths, &sp->hc, e);
     if (r == 0)
         r = host_facts_probe(paths, &sp->hc, &sp->facts, e);
     if (r < 0) {

@@ -46,6 +46,30 @@ static void static_ip(const struct net_def *nd, const char *mac, char *out, size
             snprintf(out, outlen, "%s", nd->ipv4.hosts[i].ip);
 }
 
+/* An autostart network a VM needs: `qvisor net start` it, as its own supervisor. */
+static int start_network(struct sup *s, const char *name, struct qv_err *e)
+{
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n <= 0)
+        return qv_failerr(e, -errno, "network %s: finding qvisor itself", name);
+    exe[n] = '\0';
+    const char *argv[] = {exe, "--root", s->paths->root[0] ? s->paths->root : "/", "-q", "net", "start", name, NULL};
+    _cleanup_free_ char *out = NULL;
+    int r = run_program(argv, 60000, &out);
+    if (r == 4 && net_running(s->paths, name, NULL))
+        r = 0;      /* someone else started it meanwhile */
+    if (r != 0) {
+        size_t len = out ? strlen(out) : 0;
+        while (len && out[len - 1] == '\n')
+            out[--len] = '\0';
+        return qv_fail(e, r < 0 ? r : -ENETDOWN, "network %s (autostart) did not start: %s", name,
+                       out && *out ? out : "no reason given");
+    }
+    sup_log(s, "started network %s (autostart)", name);
+    return 0;
+}
+
 static int apply_filter(struct sup *s, const struct vm_nic *n, struct vm_nic_state *st, struct qv_err *e)
 {
     struct netsetup_port in[32], out[32];
@@ -91,9 +115,11 @@ int vmnet_plug(struct sup *s, const struct vm_nic *n, size_t index, int *fds, st
             return r;
         have_nd = true;
         nic.bridge = nd.bridge;
-        if (nd.mode != NET_BRIDGE && !net_running(s->paths, n->source, NULL)) {
+        if (nd.mode != NET_BRIDGE && !net_running(s->paths, n->source, NULL) &&
+            (!nd.autostart || (r = start_network(s, n->source, e)) < 0)) {
             net_def_free(&nd);
-            return qv_fail(e, -ENETDOWN, "network %s is not running (qvisor net start %s)", n->source, n->source);
+            return nd.autostart ? r : qv_fail(e, -ENETDOWN, "network %s is not running (qvisor net start %s)", n->source,
+                                              n->source);
         }
         if (nd.mode != NET_BRIDGE) {
             snprintf(st->network, sizeof(st->network), "%s", n->source);

@@ -96,6 +96,17 @@ check_output "list --all shows defined VMs" '^minimal +shut off' qv list --all
 check_output "list --all --json" '"state": "shut off"' qv list --all --json
 check_output "show warns about qemu_args" 'warning: qemu-args: qemu_args are passed to QEMU unchecked' qv show qemu-args
 
+# edit: validated before anything is written
+qv show minimal | sed 's/"memory": "1G"/"memory": "768M"/' > "$T_ROOT/edit.json"
+check_output "edit from a pipe changes the definition" "minimal changed" bash -c "'$QV_BIN' --root '$T_ROOT' edit minimal < '$T_ROOT/edit.json'"
+check_output "...as show tells" '"memory": "768M"' qv show minimal
+qv show minimal | sed 's/"memory": "768M"/"memory": "lots"/' > "$T_ROOT/edit-bad.json"
+check_error "a bad edit is refused with its JSON path (exit 2)" 2 'memory: "lots" is not a size' \
+    bash -c "'$QV_BIN' --root '$T_ROOT' edit minimal < '$T_ROOT/edit-bad.json'"
+check_output "...and changed nothing" '"memory": "768M"' qv show minimal
+qv show minimal | sed 's/"name": "minimal"/"name": "renamed"/' > "$T_ROOT/edit-name.json"
+check_error "edit cannot rename (exit 2)" 2 'a VM keeps its name' bash -c "'$QV_BIN' --root '$T_ROOT' edit minimal < '$T_ROOT/edit-name.json'"
+
 # errors and exit codes
 check_exit "show of an unknown VM exits 3" 3 qv show nosuchvm
 check_exit "undefine of an unknown VM exits 3" 3 qv undefine nosuchvm

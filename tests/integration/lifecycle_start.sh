@@ -14,6 +14,8 @@ check "...the other fails with exit 4 and names the running supervisor" \
     bash -c "{ [ $ra -eq 4 ] && grep -q 's1 is already running (pid [0-9]*)' '$T_ROOT/a.out'; } || { [ $rb -eq 4 ] && grep -q 's1 is already running (pid [0-9]*)' '$T_ROOT/b.out'; }"
 check_error "start of a running VM: exit 4" 4 "s1 is already running \(pid [0-9]+\)" qv start s1
 check_error "run of a running VM: exit 4, before anything is created" 4 "s1 is already running" qv run s1
+check_error "undefine of a running VM is refused (exit 4)" 4 "s1 is running \(stop it first\)" qv undefine s1
+check "the control socket is 0600 by default" test "$(stat -c %a "$T_ROOT/run/qvisor/vms/s1/ctl.sock")" = 600
 qv kill -q s1
 
 # a stale state naming a live, unrelated process: it must never be signalled
@@ -57,4 +59,11 @@ check_error "run of it in the foreground fails the same way (exit 1)" 1 "is not 
 check_error "a missing kernel is named (exit 3)" 3 "nok: boot.kernel /nonexistent/vmlinux: No such file or directory" \
     bash -c "'$QV_BIN' --root '$T_ROOT' define -q nok --kernel /nonexistent/vmlinux && '$QV_BIN' --root '$T_ROOT' start nok"
 check_error "start of an unknown VM: exit 3" 3 "no VM named nosuch" qv start nosuch
+
+# host.json ctl_group: members of that group may drive the VMs
+printf '{"cgroup_parent": "%s", "ctl_group": "adm"}\n' "$T_CGROUP" > "$T_ROOT/etc/qvisor/host.json"
+qv start -q s1
+check "with ctl_group the control socket is 0660 and the group's" \
+    test "$(stat -c '%a %G' "$T_ROOT/run/qvisor/vms/s1/ctl.sock")" = "660 adm"
+qv kill -q s1
 finish
