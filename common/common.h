@@ -115,6 +115,11 @@ int mkdir_p(const char *path, mode_t mode);
 int fd_set_nonblock(int fd, bool on);
 int fd_set_cloexec(int fd, bool on);
 bool path_exists(const char *path);
+/* Creates dir if needed and holds an exclusive flock on dir/.lock; returns its fd
+ * (close it to unlock). Serialises changes to a directory of definitions. */
+int dir_lock(const char *dir, struct qv_err *e);
+/* Sorted NAME of every dir/NAME.json whose NAME is valid; a missing dir is empty. */
+int json_names_in(const char *dir, struct strv *names, struct qv_err *e);
 
 /* ---- unix sockets ---------------------------------------------------------- */
 /* Paths longer than sun_path (108 bytes) go through /proc/self/fd/DIR/NAME. All
@@ -176,6 +181,8 @@ int qv_path(const struct qv_paths *p, char *out, size_t outlen, const char *fmt,
 void format_timestamp(char *out, size_t outlen);
 /* One timestamped line to fd: "<ts> <tag>: <msg>\n". Never fails the caller. */
 void qv_logf(int fd, const char *tag, const char *fmt, ...) QV_PRINTF(3, 4);
+/* The same, and when echo_fd >= 0 also "<who>: <msg>\n" there (a journal). */
+void qv_logv_echo(int fd, int echo_fd, const char *tag, const char *who, const char *fmt, va_list ap);
 
 /* ---- processes ---------------------------------------------------------------- */
 /* Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat). */

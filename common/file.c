@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <dirent.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 
 #include "common/common.h"
@@ -161,4 +163,42 @@ int qv_path(const struct qv_paths *p, char *out, size_t outlen, const char *fmt,
         return -ENAMETOOLONG;
     n = snprintf(out, outlen, "%s/%s", p->root, rel);
     return n < 0 || (size_t)n >= outlen ? -ENAMETOOLONG : 0;
+}
+
+int dir_lock(const char *dir, struct qv_err *e)
+{
+    char lock[PATH_MAX];
+    int r = mkdir_p(dir, 0755);
+    if (r < 0)
+        return qv_failerr(e, r, "%s", dir);
+    snprintf(lock, sizeof(lock), "%s/.lock", dir);
+    int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return qv_failerr(e, -errno, "%s", lock);
+    if (flock(fd, LOCK_EX) < 0) {
+        r = -errno;
+        close(fd);
+        return qv_failerr(e, r, "%s: lock", lock);
+    }
+    return fd;
+}
+
+int json_names_in(const char *dir, struct strv *names, struct qv_err *e)
+{
+    DIR *dh = opendir(dir);
+    if (!dh)
+        return errno == ENOENT ? 0 : qv_failerr(e, -errno, "%s", dir);
+    struct dirent *de;
+    while ((de = readdir(dh))) {
+        size_t n = strlen(de->d_name);
+        char name[256];
+        if (n <= 5 || n > 5 + 64 || strcmp(de->d_name + n - 5, ".json") != 0)
+            continue;
+        snprintf(name, sizeof(name), "%.*s", (int)(n - 5), de->d_name);
+        if (name_valid(name))
+            strv_push(names, name);
+    }
+    closedir(dh);
+    strv_sort(names);
+    return 0;
 }

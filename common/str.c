@@ -275,18 +275,24 @@ void format_timestamp(char *out, size_t outlen)
     snprintf(out, outlen, "%s.%03ldZ", base, ts.tv_nsec / 1000000);
 }
 
+void qv_logv_echo(int fd, int echo_fd, const char *tag, const char *who, const char *fmt, va_list ap)
+{
+    char ts[40], msg[2048], line[2200];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    if (fd >= 0) {
+        format_timestamp(ts, sizeof(ts));
+        int n = snprintf(line, sizeof(line), "%s %s: %s\n", ts, tag, msg);
+        if (n > 0)
+            write_all(fd, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+    }
+    if (echo_fd >= 0)
+        dprintf(echo_fd, "%s: %s\n", who, msg);
+}
+
 void qv_logf(int fd, const char *tag, const char *fmt, ...)
 {
-    if (fd < 0)
-        return;
-    char ts[40], msg[2048];
-    format_timestamp(ts, sizeof(ts));
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    qv_logv_echo(fd, -1, tag, NULL, fmt, ap);
     va_end(ap);
-    char line[2200];
-    int n = snprintf(line, sizeof(line), "%s %s: %s\n", ts, tag, msg);
-    if (n > 0)
-        write_all(fd, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
 }

@@ -1,12 +1,10 @@
 /* Network definitions: etc/qvisor/networks/NAME.json, validated like VM definitions,
  * refused when their subnet overlaps another network's or the host's. */
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <sys/file.h>
 
 #include "launcher/launcher.h"
 #include "netsetup/netsetup.h"
@@ -423,22 +421,7 @@ int net_list_names(const struct qv_paths *p, struct strv *names, struct qv_err *
 {
     char dir[PATH_MAX];
     qv_path(p, dir, sizeof(dir), QV_ETC "/networks");
-    DIR *dh = opendir(dir);
-    if (!dh)
-        return errno == ENOENT ? 0 : qv_failerr(e, -errno, "%s", dir);
-    struct dirent *de;
-    while ((de = readdir(dh))) {
-        size_t n = strlen(de->d_name);
-        char name[256];
-        if (n <= 5 || strcmp(de->d_name + n - 5, ".json") != 0)
-            continue;
-        snprintf(name, sizeof(name), "%.*s", (int)(n - 5), de->d_name);
-        if (name_valid(name))
-            strv_push(names, name);
-    }
-    closedir(dh);
-    strv_sort(names);
-    return 0;
+    return json_names_in(dir, names, e);
 }
 
 /* Overlaps with other defined networks (by subnet or bridge) and with the host. */
@@ -487,21 +470,9 @@ int net_check_host(const struct net_def *n, struct qv_err *e)
 
 static int lock_dir(const struct qv_paths *p, struct qv_err *e)
 {
-    char dir[PATH_MAX], lock[PATH_MAX];
+    char dir[PATH_MAX];
     qv_path(p, dir, sizeof(dir), QV_ETC "/networks");
-    int r = mkdir_p(dir, 0755);
-    if (r < 0)
-        return qv_failerr(e, r, "%s", dir);
-    qv_path(p, lock, sizeof(lock), QV_ETC "/networks/.lock");
-    int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return qv_failerr(e, -errno, "%s", lock);
-    if (flock(fd, LOCK_EX) < 0) {
-        r = -errno;
-        close(fd);
-        return qv_failerr(e, r, "%s", lock);
-    }
-    return fd;
+    return dir_lock(dir, e);
 }
 
 static int define_locked(const struct qv_paths *p, const struct net_def *n, bool replace, struct qv_err *e)

@@ -42,14 +42,12 @@ struct netrun {
 static void nlog(struct netrun *n, const char *fmt, ...) QV_PRINTF(2, 3);
 static void nlog(struct netrun *n, const char *fmt, ...)
 {
-    char msg[1024];
+    char who[80];
+    snprintf(who, sizeof(who), "network %s", n->def.name ? n->def.name : "?");
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    qv_logv_echo(n->log_fd, n->echo_fd, "network", who, fmt, ap);
     va_end(ap);
-    qv_logf(n->log_fd, "network", "%s", msg);
-    if (n->echo_fd >= 0)
-        dprintf(n->echo_fd, "network %s: %s\n", n->def.name ? n->def.name : "?", msg);
 }
 
 static void write_state(struct netrun *n, const char *state)

@@ -1,11 +1,9 @@
 /* VM definitions on disk: etc/qvisor/vms/NAME.json, written atomically under a
  * directory lock so that two concurrent defines cannot both take a name, uuid or MAC. */
-#include <dirent.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <sys/file.h>
 
 #include "launcher/launcher.h"
 
@@ -40,22 +38,7 @@ int vm_list_names(const struct qv_paths *p, struct strv *names, struct qv_err *e
 {
     char dir[PATH_MAX];
     qv_path(p, dir, sizeof(dir), QV_ETC "/vms");
-    DIR *dh = opendir(dir);
-    if (!dh)
-        return errno == ENOENT ? 0 : qv_failerr(e, -errno, "%s", dir);
-    struct dirent *de;
-    while ((de = readdir(dh))) {
-        size_t n = strlen(de->d_name);
-        if (n <= 5 || strcmp(de->d_name + n - 5, ".json") != 0)
-            continue;
-        char name[256];
-        snprintf(name, sizeof(name), "%.*s", (int)(n - 5), de->d_name);
-        if (name_valid(name))
-            strv_push(names, name);
-    }
-    closedir(dh);
-    strv_sort(names);
-    return 0;
+    return json_names_in(dir, names, e);
 }
 
 void mac_generate(const char *uuid, size_t index, unsigned attempt, char out[18])
@@ -211,21 +194,9 @@ static int complete_definition(const struct qv_paths *p, struct vm_def *d, const
 
 static int lock_vms_dir(const struct qv_paths *p, struct qv_err *e)
 {
-    char dir[PATH_MAX], lock[PATH_MAX];
+    char dir[PATH_MAX];
     qv_path(p, dir, sizeof(dir), QV_ETC "/vms");
-    int r = mkdir_p(dir, 0755);
-    if (r < 0)
-        return qv_failerr(e, r, "%s", dir);
-    qv_path(p, lock, sizeof(lock), QV_ETC "/vms/.lock");
-    int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return qv_failerr(e, -errno, "%s", lock);
-    if (flock(fd, LOCK_EX) < 0) {
-        r = -errno;
-        close(fd);
-        return qv_failerr(e, r, "%s: lock", lock);
-    }
-    return fd;
+    return dir_lock(dir, e);
 }
 
 /* Checks `d` against what is on disk and writes it; `lock` is held. */

@@ -35,14 +35,10 @@ static int pidfd_signal(int pidfd, int sig)
 
 void sup_log(struct sup *s, const char *fmt, ...)
 {
-    char msg[1536];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    qv_logv_echo(s->log_fd, s->echo_fd, "supervisor", s->def.name ? s->def.name : "qvisor", fmt, ap);
     va_end(ap);
-    qv_logf(s->log_fd, "supervisor", "%s", msg);
-    if (s->echo_fd >= 0)
-        dprintf(s->echo_fd, "%s: %s\n", s->def.name ? s->def.name : "qvisor", msg);
 }
 
 static void save_state(struct sup *s)
