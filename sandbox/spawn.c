@@ -305,9 +305,10 @@ static void child_signals(int errfd)
     /* SIGKILL/SIGSTOP and libc's internal signals refuse: nothing to reset there. */
     for (int sig = 1; sig < NSIG; sig++)
         sigaction(sig, &dfl, NULL);
-    sigset_t none;
-    sigemptyset(&none);
-    if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
+    /* the raw call: libc's (and a sanitizer's) wrapper leaves libc's own two
+     * internal signals as they are, and fork() may have left them blocked */
+    uint64_t none = 0;
+    if (syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, sizeof(none)) < 0)
         child_fail(errfd, errno, "signals: unblocking");
 }
 
