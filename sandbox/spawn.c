@@ -298,15 +298,23 @@ static int child_fds(struct spawn_plan *p, int errfd)
     return errfd;
 }
 
+/* The kernel's struct sigaction, for the raw call below. */
+struct kernel_sigaction {
+    void (*handler)(int);
+    unsigned long flags;
+    void (*restorer)(void);
+    uint64_t mask;
+};
+
 static void child_signals(int errfd)
 {
-    struct sigaction dfl = {.sa_handler = SIG_DFL};
-    sigemptyset(&dfl.sa_mask);
-    /* SIGKILL/SIGSTOP and libc's internal signals refuse: nothing to reset there. */
-    for (int sig = 1; sig < NSIG; sig++)
-        sigaction(sig, &dfl, NULL);
-    /* the raw call: libc's (and a sanitizer's) wrapper leaves libc's own two
-     * internal signals as they are, and fork() may have left them blocked */
+    /* Raw calls, not libc's: its wrappers (and a sanitizer's) refuse to touch libc's
+     * own two internal signals, which may reach us ignored from whoever started the
+     * supervisor, or blocked by fork(); an ignored signal stays ignored across exec. */
+    struct kernel_sigaction dfl = {.handler = SIG_DFL};
+    for (int sig = 1; sig <= 64; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP)
+            syscall(SYS_rt_sigaction, sig, &dfl, NULL, sizeof(dfl.mask));
     uint64_t none = 0;
     if (syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, sizeof(none)) < 0)
         child_fail(errfd, errno, "signals: unblocking");
