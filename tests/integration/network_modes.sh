@@ -48,7 +48,7 @@ check "isolated: the guest reaches the network's DNS" wait_until 20 dns_iso
 check_not "isolated: the outside is not reachable" guest_ok ig "ping -c 2 -W 1 192.168.250.2"
 in_out ip route add 10.79.0.0/24 via 192.168.250.1
 rip=$(guest_ip rg)
-check "routed: the guest reaches the outside" guest_ok rg "ping -c 2 -W 2 192.168.250.2"
+check "routed: the guest reaches the outside" wait_until 20 guest_ok rg "ping -c 2 -W 2 192.168.250.2"
 check "routed: the outside reaches the guest by its own address (no NAT)" wait_until 10 in_out busybox ping -c 1 -W 2 "$rip"
 dns_web() { guest_ok fg2 "nslookup web.lab 10.80.0.1 2>&1 | grep -q 10.80.0.10"; }
 check "DNS: guest names resolve in the network's domain" wait_until 20 dns_web
@@ -68,7 +68,7 @@ check_not "with the host's forward policy drop, NAT traffic stops (qvisor edits 
     guest_ok rg "ping -c 1 -W 1 192.168.250.2"
 in_host nft add rule inet filter forward iifname "qvbr-*" accept
 in_host nft add rule inet filter forward oifname "qvbr-*" accept
-check "...and the two rules README documents bring it back" guest_ok rg "ping -c 2 -W 2 192.168.250.2"
+check "...and the two rules README documents bring it back" wait_until 20 guest_ok rg "ping -c 2 -W 2 192.168.250.2"
 in_host nft delete table inet filter
 
 # kill -9 of QEMU and of its supervisor, then net gc: nothing of qvisor stays behind

@@ -40,7 +40,7 @@ check "both guests applied their leases" wait_until 60 bash -c "grep -q 'QVISOR-
 check "the guests ping each other" wait_until 60 guest_ok g1 "ping -c 2 -W 3 $ip2"
 check "...and the gateway" wait_until 30 guest_ok g2 "ping -c 2 -W 3 10.77.0.1"
 # the outside has no route back to 10.77.0.0/24: only masquerade lets a reply come back
-check "the outside is reached through NAT (masquerade)" guest_ok g1 "ping -c 2 -W 2 192.168.250.2"
+check "the outside is reached through NAT (masquerade)" wait_until 20 guest_ok g1 "ping -c 2 -W 2 192.168.250.2"
 check_not "nothing from the outside reaches a guest unasked" in_out busybox ping -c 1 -W 1 "$ip1"
 
 # clean-traffic: a guest that changes its IP or MAC gets nothing through
