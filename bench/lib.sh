@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # (variables used by the scripts that source this)
 # bench/lib.sh: what the benchmarks share. Sourced, never run (not executable, so
 # bench/run skips it). Set BENCH (the word messages start with) before sourcing.
 #
@@ -10,6 +11,10 @@
 #                               timing of one command: fork → reaped); sets HELPER
 #   netns_kill_all NS           SIGKILL every process in network namespace NS (one the
 #                               benchmark created, so every process in it is its own)
+#   owner_write DIR, owner_alive DIR
+#                               record this script as the owner of its temporary root;
+#                               whether that owner still runs (a run killed by -9 left
+#                               its root, namespaces and mounts behind)
 #   apt_install LOG PKG...      installs Debian packages
 #   lv_missing DRIVER...        what of libvirt (daemons, client, connection drivers)
 #                               is not installed
@@ -73,14 +78,24 @@ netns_kill_all() {  # netns_kill_all NS: every process in our namespace NS, by p
     done
 }
 
+owner_write() { echo "$$ $(awk '{print $22}' "/proc/$$/stat")" > "$1/owner"; }
+owner_alive() {
+    local pid start
+    read -r pid start < "$1/owner" 2>/dev/null || return 1
+    [ -n "$pid" ] && [ "$(awk '{print $22}' "/proc/$pid/stat" 2>/dev/null)" = "$start" ]
+}
+
 WATCHDOG=
 bench_watchdog() {  # bench_watchdog SECONDS: SIGTERM to this script after that long
+    local me=$$ start
+    start=$(awk '{print $22}' "/proc/$$/stat")
     (
         trap 'kill $sl 2>/dev/null; exit 0' TERM
         sleep "$1" &
         sl=$!
         wait $sl
-        kill -TERM $$ 2>/dev/null
+        # only if the script still runs (killed by -9, its pid may have been reused)
+        [ "$(awk '{print $22}' "/proc/$me/stat" 2>/dev/null)" = "$start" ] && kill -TERM "$me" 2>/dev/null
     ) &
     WATCHDOG=$!
 }
@@ -104,7 +119,7 @@ apt_install() {     # apt_install LOG PKG...
 LV_STATUS=skipped
 LV_REASON=""
 LV_VERSION=null
-LV_DIR= LV_NETNS= LV_HOLDER= LV_LOGD= LV_D= LV_URI=
+LV_DIR='' LV_NETNS='' LV_HOLDER='' LV_LOGD='' LV_D='' LV_URI=''
 LV_CREATED_DIRS=()
 LV_CREATED_CGROUPS=()
 lv_fail() { LV_STATUS=unavailable; LV_REASON=$*; say "libvirt: $*"; return 1; }
@@ -214,7 +229,7 @@ lv_stop() {
         timeout 10 tail --pid="$p" -f /dev/null 2>/dev/null || kill -KILL "$p" 2>/dev/null
         wait "$p" 2>/dev/null
     done
-    LV_D= LV_LOGD= LV_HOLDER=
+    LV_D='' LV_LOGD='' LV_HOLDER=''
     # what libvirt started in its network namespace (dnsmasq daemonises)
     [ -n "$LV_NETNS" ] && netns_kill_all "$LV_NETNS"
     return 0
