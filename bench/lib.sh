@@ -23,6 +23,7 @@
 #                               namespace NETNS when given); sets LV_URI, LV_VERSION
 #   lv_stop                     stops them (and everything left in their namespaces)
 #   lv_remove_traces            removes the mount points and cgroups libvirt's run made
+#   lv_reap_dirs DIR            the mount points a run killed by -9 made
 # libvirt's failures go through lv_fail, which sets LV_STATUS and LV_REASON.
 : "${BENCH:=bench}"
 BENCH_TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -180,6 +181,7 @@ EOF
         if [ ! -d "$d" ]; then
             mkdir -p "$d" || { lv_fail "cannot create the mount point $d"; return 1; }
             LV_CREATED_DIRS+=("$d")
+            echo "$d" >> "$L/created-dirs"     # for lv_reap_dirs after a kill -9
         fi
     done
     # libvirt makes a cgroup partition "machine" for domains; removed at the end when
@@ -232,6 +234,19 @@ lv_stop() {
     LV_D='' LV_LOGD='' LV_HOLDER=''
     # what libvirt started in its network namespace (dnsmasq daemonises)
     [ -n "$LV_NETNS" ] && netns_kill_all "$LV_NETNS"
+    return 0
+}
+
+# lv_reap_dirs DIR: the mount points that a run killed by -9 made (DIR was its lv_start
+# DIR), when no libvirtd runs any more that could be using them
+lv_reap_dirs() {
+    local d
+    [ -s "$1/created-dirs" ] || return 0
+    # (zombies aside: pid 1 may take its time to reap what a kill -9 orphaned)
+    ps -C libvirtd -o stat= 2>/dev/null | grep -qv '^Z' && return 0
+    while read -r d; do
+        case $d in /etc/libvirt | /run/libvirt | /var/lib/libvirt | /var/log/libvirt | /var/cache/libvirt) rmdir "$d" 2>/dev/null ;; esac
+    done < "$1/created-dirs"
     return 0
 }
 
