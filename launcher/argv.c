@@ -98,11 +98,19 @@ static void pci_place(struct builder *b, json_object *dev, int slot, int functio
     js(dev, "addr", addr);
 }
 
+/* virtio-KIND-pci on pc and q35, virtio-KIND-device (virtio-mmio) on microvm */
 static const char *virtio_driver(struct builder *b, const char *kind)
 {
-    static char buf[32];
-    snprintf(buf, sizeof(buf), "virtio-%s-%s", kind, b->pci_bus ? "pci" : "device");
-    return buf;
+    static const char *const names[][3] = {
+        {"blk", "virtio-blk-pci", "virtio-blk-device"},
+        {"net", "virtio-net-pci", "virtio-net-device"},
+        {"scsi", "virtio-scsi-pci", "virtio-scsi-device"},
+        {"serial", "virtio-serial-pci", "virtio-serial-device"},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(names); i++)
+        if (strcmp(names[i][0], kind) == 0)
+            return names[i][b->pci_bus ? 1 : 2];
+    return "virtio-unknown";
 }
 
 enum vm_accel accel_resolve(const struct vm_def *d, const struct host_facts *f)
