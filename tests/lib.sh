@@ -25,7 +25,13 @@ printf '{"cgroup_parent": "%s"}\n' "$T_CGROUP" > "$T_ROOT/etc/qvisor/host.json"
 _t_cleanup() {
     local i
     for ((i = ${#T_CLEANUP[@]} - 1; i >= 0; i--)); do eval "${T_CLEANUP[$i]}" >/dev/null 2>&1; done
-    # any QEMU or supervisor still running from this root, and its cgroups
+    # any QEMU (found by its -uuid: its command line names no path of the root) or
+    # supervisor still running from this root, and its cgroups
+    local def uuid
+    for def in "$T_ROOT"/etc/qvisor/vms/*.json; do
+        uuid=$(grep -o '"uuid": "[0-9a-f-]*"' "$def" 2>/dev/null | cut -d'"' -f4)
+        [ -n "$uuid" ] && pkill -KILL -f -- "-uuid $uuid" 2>/dev/null
+    done
     pkill -KILL -f -- "$T_ROOT" 2>/dev/null
     find /sys/fs/cgroup -depth -type d -path "*/$T_CGROUP*" -exec rmdir {} + 2>/dev/null
     rm -rf "$T_ROOT"
