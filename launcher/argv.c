@@ -183,65 +183,49 @@ static void add_socket_chardev(struct builder *b, const char *id, enum fd_kind k
 
 /* ---- block devices ---- */
 
-struct cache_mode {
-    bool direct, no_flush, write_cache;
-};
-
-static struct cache_mode cache_mode(enum disk_cache c)
+struct disk_io disk_io_mode(enum disk_cache cache, enum disk_aio aio, const struct host_facts *f)
 {
-    switch (c) {
-    case CACHE_NONE: return (struct cache_mode){true, false, true};
-    case CACHE_WRITEBACK: return (struct cache_mode){false, false, true};
-    case CACHE_WRITETHROUGH: return (struct cache_mode){false, false, false};
-    case CACHE_UNSAFE: return (struct cache_mode){false, true, true};
-    case CACHE_DIRECTSYNC: return (struct cache_mode){true, false, false};
+    struct disk_io io = {true, false, true, NULL};
+    switch (cache) {
+    case CACHE_NONE: io = (struct disk_io){true, false, true, NULL}; break;
+    case CACHE_WRITEBACK: io = (struct disk_io){false, false, true, NULL}; break;
+    case CACHE_WRITETHROUGH: io = (struct disk_io){false, false, false, NULL}; break;
+    case CACHE_UNSAFE: io = (struct disk_io){false, true, true, NULL}; break;
+    case CACHE_DIRECTSYNC: io = (struct disk_io){true, false, false, NULL}; break;
     }
-    return (struct cache_mode){true, false, true};
-}
-
-static const char *aio_mode(struct builder *b, enum disk_aio aio, bool direct)
-{
     switch (aio) {
-    case AIO_IO_URING: return "io_uring";
-    case AIO_NATIVE: return "native";
-    case AIO_THREADS: return "threads";
-    case AIO_AUTO: break;
+    case AIO_IO_URING: io.aio = "io_uring"; break;
+    case AIO_NATIVE: io.aio = "native"; break;
+    case AIO_THREADS: io.aio = "threads"; break;
+    case AIO_AUTO: io.aio = f->io_uring ? "io_uring" : io.direct ? "native" : "threads"; break;
     }
-    if (b->f->io_uring)
-        return "io_uring";
-    return direct ? "native" : "threads";
+    return io;
 }
 
-static void add_cache(json_object *o, struct cache_mode cm)
+static void add_cache(json_object *o, const struct disk_io *io, bool discard, bool readonly)
 {
     json_object *c = jobj();
-    jb(c, "direct", cm.direct);
-    jb(c, "no-flush", cm.no_flush);
+    jb(c, "direct", io->direct);
+    jb(c, "no-flush", io->no_flush);
     json_object_object_add(o, "cache", c);
-}
-
-/* -add-fd for fd, then a file node reading /dev/fdset/<fd>. */
-static void add_file_node(struct builder *b, int fd, const char *node, const char *aio, struct cache_mode cm,
-                          bool discard, bool readonly)
-{
-    char opt[96], path[32];
-    snprintf(opt, sizeof(opt), "fd=%d,set=%d,opaque=%s", fd, fd, node);
-    arg2(b, "-add-fd", opt);
-    snprintf(path, sizeof(path), "/dev/fdset/%d", fd);
-    json_object *o = jobj();
-    js(o, "driver", "file");
-    js(o, "filename", path);
-    js(o, "node-name", node);
-    js(o, "aio", aio);
-    add_cache(o, cm);
     if (discard)
         js(o, "discard", "unmap");
     jb(o, "read-only", readonly);
-    arg_json(b, "-blockdev", o);
 }
 
-static void add_format_node(struct builder *b, const char *driver, const char *file_node, const char *node,
-                            const char *backing, struct cache_mode cm, bool discard, bool readonly)
+json_object *blockdev_file(const char *node, const char *filename, const struct disk_io *io, bool discard, bool readonly)
+{
+    json_object *o = jobj();
+    js(o, "driver", "file");
+    js(o, "filename", filename);
+    js(o, "node-name", node);
+    js(o, "aio", io->aio);
+    add_cache(o, io, discard, readonly);
+    return o;
+}
+
+json_object *blockdev_format(const char *driver, const char *node, const char *file_node, const char *backing,
+                             const struct disk_io *io, bool discard, bool readonly)
 {
     json_object *o = jobj();
     js(o, "driver", driver);
@@ -249,11 +233,19 @@ static void add_format_node(struct builder *b, const char *driver, const char *f
     js(o, "node-name", node);
     if (backing)
         js(o, "backing", backing);
-    add_cache(o, cm);
-    if (discard)
-        js(o, "discard", "unmap");
-    jb(o, "read-only", readonly);
-    arg_json(b, "-blockdev", o);
+    add_cache(o, io, discard, readonly);
+    return o;
+}
+
+/* -add-fd for fd, then a file node reading /dev/fdset/<fd>. */
+static void add_file_node(struct builder *b, int fd, const char *node, const struct disk_io *io, bool discard,
+                          bool readonly)
+{
+    char opt[96], path[32];
+    snprintf(opt, sizeof(opt), "fd=%d,set=%d,opaque=%s", fd, fd, node);
+    arg2(b, "-add-fd", opt);
+    snprintf(path, sizeof(path), "/dev/fdset/%d", fd);
+    arg_json(b, "-blockdev", blockdev_file(node, path, io, discard, readonly));
 }
 
 /* Where a disk or cdrom on an emulated controller plugs in. Port numbers count
@@ -303,25 +295,24 @@ static void add_disks(struct builder *b, struct ports *pt)
     int virtio_index = 0;
     for (size_t i = 0; i < d->ndisks; i++) {
         const struct vm_disk *k = &d->disks[i];
-        struct cache_mode cm = cache_mode(k->cache);
-        const char *aio = aio_mode(b, k->aio, cm.direct);
+        struct disk_io io = disk_io_mode(k->cache, k->aio, b->f);
         const char *fmt = k->format == FORMAT_QCOW2 ? "qcow2" : "raw";
         char file[32], node[32], top[32], ovl_file[32];
         snprintf(file, sizeof(file), "disk%zu-file", i);
         snprintf(node, sizeof(node), "disk%zu-fmt", i);
         if (k->snapshot) {
             int base = add_fd(b, FD_DISK_BASE, (int)i, 0, O_RDONLY);
-            add_file_node(b, base, file, aio, cm, false, true);
-            add_format_node(b, fmt, file, node, NULL, cm, false, true);
+            add_file_node(b, base, file, &io, false, true);
+            arg_json(b, "-blockdev", blockdev_format(fmt, node, file, NULL, &io, false, true));
             int ovl = add_fd(b, FD_OVERLAY, (int)i, 0, O_RDWR);
             snprintf(ovl_file, sizeof(ovl_file), "disk%zu-ovl-file", i);
             snprintf(top, sizeof(top), "disk%zu-ovl", i);
-            add_file_node(b, ovl, ovl_file, aio, cm, k->discard, false);
-            add_format_node(b, "qcow2", ovl_file, top, node, cm, k->discard, false);
+            add_file_node(b, ovl, ovl_file, &io, k->discard, false);
+            arg_json(b, "-blockdev", blockdev_format("qcow2", top, ovl_file, node, &io, k->discard, false));
         } else {
             int fd = add_fd(b, FD_DISK, (int)i, 0, k->readonly ? O_RDONLY : O_RDWR);
-            add_file_node(b, fd, file, aio, cm, k->discard, k->readonly);
-            add_format_node(b, fmt, file, node, NULL, cm, k->discard, k->readonly);
+            add_file_node(b, fd, file, &io, k->discard, k->readonly);
+            arg_json(b, "-blockdev", blockdev_format(fmt, node, file, NULL, &io, k->discard, k->readonly));
             snprintf(top, sizeof(top), "%s", node);
         }
         json_object *dev = jobj();
@@ -342,7 +333,7 @@ static void add_disks(struct builder *b, struct ports *pt)
         js(dev, "id", id);
         if (k->serial)
             js(dev, "serial", k->serial);
-        js(dev, "write-cache", cm.write_cache ? "on" : "off");
+        js(dev, "write-cache", io.write_cache ? "on" : "off");
         int bi = disk_bootindex(b, i, k->boot_index);
         if (bi >= 0)
             ji(dev, "bootindex", bi);
@@ -358,12 +349,12 @@ static void add_cdroms(struct builder *b, struct ports *pt)
         char file[32], node[32], id[24];
         snprintf(id, sizeof(id), "cdrom%zu", i);
         if (c->file) {
-            struct cache_mode cm = {false, false, true};
+            struct disk_io io = disk_io_mode(CACHE_WRITEBACK, AIO_AUTO, b->f);
             snprintf(file, sizeof(file), "cdrom%zu-file", i);
             snprintf(node, sizeof(node), "cdrom%zu-fmt", i);
             int fd = add_fd(b, FD_CDROM, (int)i, 0, O_RDONLY);
-            add_file_node(b, fd, file, aio_mode(b, AIO_AUTO, false), cm, false, true);
-            add_format_node(b, "raw", file, node, NULL, cm, false, true);
+            add_file_node(b, fd, file, &io, false, true);
+            arg_json(b, "-blockdev", blockdev_format("raw", node, file, NULL, &io, false, true));
         }
         json_object *dev = jobj();
         js(dev, "driver", c->bus == BUS_SCSI ? "scsi-cd" : "ide-cd");

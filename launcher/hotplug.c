@@ -164,26 +164,6 @@ static void disk_undo(struct sup *s, const struct hotplug *h, bool nodes)
     qmp_call(s->qmp, "remove-fd", a, NULL, 0, QMP_TIMEOUT_DEFAULT, NULL, NULL);
 }
 
-static json_object *block_node(const char *driver, const char *node, const char *file, const char *filename,
-                               const char *aio, bool direct, bool no_flush, bool discard, bool readonly)
-{
-    json_object *o = json_object_new_object(), *cache = json_object_new_object();
-    json_object_object_add(o, "driver", json_object_new_string(driver));
-    json_object_object_add(o, "node-name", json_object_new_string(node));
-    if (filename)
-        json_object_object_add(o, "filename", json_object_new_string(filename));
-    if (file)
-        json_object_object_add(o, "file", json_object_new_string(file));
-    if (aio)
-        json_object_object_add(o, "aio", json_object_new_string(aio));
-    json_object_object_add(cache, "direct", json_object_new_boolean(direct));
-    json_object_object_add(cache, "no-flush", json_object_new_boolean(no_flush));
-    json_object_object_add(o, "cache", cache);
-    if (discard)
-        json_object_object_add(o, "discard", json_object_new_string("unmap"));
-    json_object_object_add(o, "read-only", json_object_new_boolean(readonly));
-    return o;
-}
 
 /* The QMP part of an attach; *stage says how far it got, for the undo. */
 static int disk_plug(struct sup *s, struct hotplug *h, const struct vm_disk *k, int fd, int *stage, struct qv_err *e)
@@ -192,11 +172,7 @@ static int disk_plug(struct sup *s, struct hotplug *h, const struct vm_disk *k, 
     snprintf(file_node, sizeof(file_node), "%s-file", h->id);
     snprintf(fmt_node, sizeof(fmt_node), "%s-fmt", h->id);
     snprintf(path, sizeof(path), "/dev/fdset/%d", h->fdset);
-    bool direct = k->cache == CACHE_NONE || k->cache == CACHE_DIRECTSYNC;
-    bool no_flush = k->cache == CACHE_UNSAFE;
-    bool write_cache = !(k->cache == CACHE_WRITETHROUGH || k->cache == CACHE_DIRECTSYNC);
-    const char *aio = k->aio == AIO_IO_URING ? "io_uring" : k->aio == AIO_NATIVE ? "native" : k->aio == AIO_THREADS ? "threads"
-                      : s->facts.io_uring ? "io_uring" : direct ? "native" : "threads";
+    struct disk_io io = disk_io_mode(k->cache, k->aio, &s->facts);
     json_object *a = json_object_new_object();
     json_object_object_add(a, "fdset-id", json_object_new_int(h->fdset));
     json_object_object_add(a, "opaque", json_object_new_string(file_node));
@@ -204,12 +180,11 @@ static int disk_plug(struct sup *s, struct hotplug *h, const struct vm_disk *k, 
     if (r < 0)
         return r;
     *stage = 2;
-    r = qmp_call(s->qmp, "blockdev-add", block_node("file", file_node, NULL, path, aio, direct, no_flush, k->discard, k->readonly),
-                 NULL, 0, QMP_TIMEOUT_DEVICE, NULL, e);
+    r = qmp_call(s->qmp, "blockdev-add", blockdev_file(file_node, path, &io, k->discard, k->readonly), NULL, 0,
+                 QMP_TIMEOUT_DEVICE, NULL, e);
     if (r == 0)
         r = qmp_call(s->qmp, "blockdev-add",
-                     block_node(disk_format_names[k->format], fmt_node, file_node, NULL, NULL, direct, no_flush, k->discard,
-                                k->readonly),
+                     blockdev_format(disk_format_names[k->format], fmt_node, file_node, NULL, &io, k->discard, k->readonly),
                      NULL, 0, QMP_TIMEOUT_DEVICE, NULL, e);
     if (r < 0)
         return r;
@@ -217,7 +192,7 @@ static int disk_plug(struct sup *s, struct hotplug *h, const struct vm_disk *k, 
     json_object_object_add(dev, "driver", json_object_new_string("virtio-blk-pci"));
     json_object_object_add(dev, "id", json_object_new_string(h->id));
     json_object_object_add(dev, "drive", json_object_new_string(fmt_node));
-    json_object_object_add(dev, "write-cache", json_object_new_string(write_cache ? "on" : "off"));
+    json_object_object_add(dev, "write-cache", json_object_new_string(io.write_cache ? "on" : "off"));
     if (k->serial)
         json_object_object_add(dev, "serial", json_object_new_string(k->serial));
     place(s, dev, h);

@@ -236,6 +236,18 @@ void launch_plan_free(struct launch_plan *p);
 int build_launch_plan(const struct vm_def *d, const struct host_facts *f, struct launch_plan *out,
                       struct qv_err *e);
 
+/* How a disk's cache and aio settings map onto QEMU's block layer; aio "auto" is
+ * io_uring when QEMU has it, else native with O_DIRECT, else threads. */
+struct disk_io {
+    bool direct, no_flush, write_cache;
+    const char *aio;
+};
+struct disk_io disk_io_mode(enum disk_cache cache, enum disk_aio aio, const struct host_facts *f);
+/* blockdev-add objects: the same for the command line and for hotplug. */
+json_object *blockdev_file(const char *node, const char *filename, const struct disk_io *io, bool discard, bool readonly);
+json_object *blockdev_format(const char *driver, const char *node, const char *file_node, const char *backing,
+                             const struct disk_io *io, bool discard, bool readonly);
+
 /* ---- the resources behind a plan's fds ------------------------------------------------ */
 struct launch_ctx {
     const struct qv_paths *paths;
