@@ -124,6 +124,11 @@ int json_names_in(const char *dir, struct strv *names, struct qv_err *e);
 /* ---- unix sockets ---------------------------------------------------------- */
 /* Paths longer than sun_path (108 bytes) go through /proc/self/fd/DIR/NAME. All
  * sockets are CLOEXEC; listen unlinks a stale socket file first. */
+struct sockaddr_un;
+/* Fills addr for path; a path too long for sun_path is named through
+ * /proc/self/fd/N/NAME, with *dirfd = N open on its directory (the caller closes it
+ * after bind/connect; -1 when not needed). */
+int unix_sockaddr(const char *path, struct sockaddr_un *addr, int *dirfd);
 int unix_listen(const char *path, int backlog, int *out, struct qv_err *e);
 int unix_connect(const char *path, int *out, struct qv_err *e);
 

@@ -9,9 +9,7 @@
 
 #include "common/common.h"
 
-/* Fills addr for path; when the path is too long, opens its directory and names the
- * socket through /proc/self/fd/N (*dirfd then holds N, to be closed by the caller). */
-static int sockaddr_for(const char *path, struct sockaddr_un *addr, int *dirfd)
+int unix_sockaddr(const char *path, struct sockaddr_un *addr, int *dirfd)
 {
     *dirfd = -1;
     memset(addr, 0, sizeof(*addr));
@@ -39,7 +37,7 @@ int unix_listen(const char *path, int backlog, int *out, struct qv_err *e)
 {
     struct sockaddr_un addr;
     _cleanup_close_ int dirfd = -1;
-    int r = sockaddr_for(path, &addr, &dirfd);
+    int r = unix_sockaddr(path, &addr, &dirfd);
     if (r < 0)
         return qv_failerr(e, r, "%s", path);
     _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -60,7 +58,7 @@ int unix_connect(const char *path, int *out, struct qv_err *e)
 {
     struct sockaddr_un addr;
     _cleanup_close_ int dirfd = -1;
-    int r = sockaddr_for(path, &addr, &dirfd);
+    int r = unix_sockaddr(path, &addr, &dirfd);
     if (r < 0)
         return qv_failerr(e, r, "%s", path);
     _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);

@@ -3,7 +3,6 @@
  * bounded by the command's deadline, so none of them can hang. */
 #include <fcntl.h>
 #include <limits.h>
-#include <libgen.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -150,25 +149,16 @@ int qmp_connect_path(const char *path, enum qmp_proto proto, int timeout_ms, qmp
         timeout_ms = QMP_TIMEOUT_DEFAULT;
     uint64_t deadline = monotonic_ms() + (uint64_t)timeout_ms;
 
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct sockaddr_un sa;
     _cleanup_close_ int dirfd = -1;
-    if (strlen(path) < sizeof(sa.sun_path)) {
-        memcpy(sa.sun_path, path, strlen(path) + 1);
-    } else {
-        /* sun_path holds 108 bytes; reach deeper sockets through their directory. */
-        _cleanup_free_ char *dcopy = qv_xstrdup(path), *bcopy = qv_xstrdup(path);
-        dirfd = open(dirname(dcopy), O_PATH | O_DIRECTORY | O_CLOEXEC);
-        if (dirfd < 0)
-            return qv_failerr(e, -errno, "%s: directory", path);
-        int n = snprintf(sa.sun_path, sizeof(sa.sun_path), "/proc/self/fd/%d/%s", dirfd, basename(bcopy));
-        if (n < 0 || (size_t)n >= sizeof(sa.sun_path))
-            return qv_fail(e, -ENAMETOOLONG, "%s: socket name too long", path);
-    }
+    int r = unix_sockaddr(path, &sa, &dirfd);
+    if (r < 0)
+        return qv_failerr(e, r, "%s", path);
 
     _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         return qv_failerr(e, -errno, "%s: socket", path);
-    int r = connect_until(fd, &sa, deadline);
+    r = connect_until(fd, &sa, deadline);
     if (r < 0)
         return qv_failerr(e, r, "%s: connect", path);
 
