@@ -3,7 +3,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <sys/sendfile.h>
 #include <sys/stat.h>
 
 #include "launcher/launcher.h"
@@ -22,36 +21,18 @@ void launch_close_resources(int *fds, size_t n)
     }
 }
 
+#define NVRAM_TEMPLATE_MAX (64u << 20)
+
 static int copy_file_once(const char *from, const char *to, struct qv_err *e)
 {
     if (path_exists(to))
         return 0;
-    _cleanup_close_ int in = open(from, O_RDONLY | O_CLOEXEC);
-    if (in < 0)
-        return qv_failerr(e, -errno, "UEFI variable template %s", from);
-    struct stat st;
-    if (fstat(in, &st) < 0)
-        return qv_failerr(e, -errno, "%s", from);
-    char tmp[PATH_MAX];
-    snprintf(tmp, sizeof(tmp), "%s.tmp.XXXXXX", to);
-    _cleanup_close_ int out = mkostemp(tmp, O_CLOEXEC);
-    if (out < 0)
-        return qv_failerr(e, -errno, "%s", to);
-    off_t off = 0;
-    while (off < st.st_size) {
-        ssize_t n = sendfile(out, in, &off, (size_t)(st.st_size - off));
-        if (n <= 0) {
-            int r = n < 0 ? -errno : -EIO;
-            unlink(tmp);
-            return qv_failerr(e, r, "copying %s to %s", from, to);
-        }
-    }
-    if (fchmod(out, 0600) < 0 || fsync(out) < 0 || rename(tmp, to) < 0) {
-        int r = -errno;
-        unlink(tmp);
-        return qv_failerr(e, r, "%s", to);
-    }
-    return 0;
+    _cleanup_free_ char *data = NULL;
+    size_t len;
+    int r = read_file(from, NVRAM_TEMPLATE_MAX, &data, &len);
+    if (r < 0)
+        return qv_failerr(e, r, "UEFI variable template %s", from);
+    return write_file_atomic(to, data, len, 0600, e);
 }
 
 static int open_nvram(const struct launch_ctx *ctx, const struct vm_def *d, int *out, struct qv_err *e)
