@@ -100,6 +100,8 @@ int parse_size(const char *s, uint64_t *out);
 void format_size(uint64_t bytes, char *out, size_t outlen);
 /* Object names: 1-64 of [A-Za-z0-9_.-], not starting with '.' or '-'. */
 bool name_valid(const char *name);
+/* "52:54:00:AB:cd:01" -> "52:54:00:ab:cd:01"; false for malformed, multicast or all-zero. */
+bool mac_normalise(const char *in, char out[18]);
 void uuid_generate_str(char out[37]);
 bool uuid_valid(const char *s);
 uint64_t monotonic_ms(void);

@@ -208,6 +208,25 @@ void format_size(uint64_t bytes, char *out, size_t outlen)
         snprintf(out, outlen, "%" PRIu64 "%c", bytes, units[u]);
 }
 
+/* Normalises "52:54:00:AB:cd:01" to lower case; rejects multicast and all-zero. */
+bool mac_normalise(const char *in, char out[18])
+{
+    unsigned b[6];
+    char tail;
+    if (strlen(in) != 17 ||
+        sscanf(in, "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &tail) != 6)
+        return false;
+    for (int i = 0; i < 17; i++)
+        if ((i % 3 == 2) ? in[i] != ':' : !isxdigit((unsigned char)in[i]))
+            return false;
+    if (b[0] & 1)
+        return false;
+    if (!(b[0] | b[1] | b[2] | b[3] | b[4] | b[5]))
+        return false;
+    snprintf(out, 18, "%02x:%02x:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3], b[4], b[5]);
+    return true;
+}
+
 bool name_valid(const char *name)
 {
     size_t n = name ? strlen(name) : 0;

@@ -110,24 +110,6 @@ static bool ip_literal_valid(const char *s)
     return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
 }
 
-/* Normalises "52:54:00:AB:cd:01" to lower case; rejects multicast and all-zero. */
-static bool mac_normalise(const char *in, char out[18])
-{
-    unsigned b[6];
-    char tail;
-    if (strlen(in) != 17 ||
-        sscanf(in, "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &tail) != 6)
-        return false;
-    for (int i = 0; i < 17; i++)
-        if ((i % 3 == 2) ? in[i] != ':' : !isxdigit((unsigned char)in[i]))
-            return false;
-    if (b[0] & 1)
-        return false;
-    if (!(b[0] | b[1] | b[2] | b[3] | b[4] | b[5]))
-        return false;
-    snprintf(out, 18, "%02x:%02x:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3], b[4], b[5]);
-    return true;
-}
 
 /* A string field that must satisfy `ok`; `what` describes the allowed form. */
 static int jr_checked_string(struct jr *r, json_object *o, const char *key, bool required, char **out,

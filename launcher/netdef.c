@@ -60,14 +60,6 @@ static bool domain_valid(const char *s)
     return labels > 0 && strlen(s) <= 253 && s[strlen(s) - 1] != '.';
 }
 
-static bool mac_valid(const char *s)
-{
-    unsigned b[6];
-    char tail;
-    return strlen(s) == 17 && sscanf(s, "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &tail) == 6 &&
-           !(b[0] & 1);
-}
-
 /* An address inside cidr (and not its network or broadcast address for IPv4). */
 static int addr_in(struct jr *r, json_object *o, const char *key, const struct netsetup_cidr *net, bool required,
                    char **out)
@@ -151,10 +143,10 @@ static int parse_ipv4(struct jr *r, json_object *root, struct net_def *n)
                 (e = jr_string(r, h, "mac", true, &nh->mac)) < 0 || (e = addr_in(r, h, "ip", &n->ipv4.cidr, false, &nh->ip)) < 0 ||
                 (e = jr_string(r, h, "name", false, &nh->name)) < 0)
                 return e;
-            if (!mac_valid(nh->mac))
+            char mac[18];
+            if (!mac_normalise(nh->mac, mac))
                 return jr_key(r, "mac"), jr_fail(r, "\"%s\" is not a unicast MAC address", nh->mac);
-            for (char *c = nh->mac; *c; c++)
-                *c = (char)(*c >= 'A' && *c <= 'F' ? *c - 'A' + 'a' : *c);
+            memcpy(nh->mac, mac, sizeof(mac));     /* same length: normalising only lowers the case */
             if (nh->name && !hostname_valid(nh->name))
                 return jr_key(r, "name"), jr_fail(r, "\"%s\" is not a host name", nh->name);
             if (!nh->ip && !nh->name)
