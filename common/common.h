@@ -196,6 +196,11 @@ void qv_logv_echo(int fd, int echo_fd, const char *tag, const char *who, const c
 int proc_start_time(pid_t pid, unsigned long long *out);
 /* Whether /proc/PID/cmdline contains `needle` as a substring of one argument. */
 bool proc_cmdline_contains(pid_t pid, const char *needle);
+/* Whether /proc/PID/cmdline has the argument `key` directly followed by `value`. */
+bool proc_cmdline_has_pair(pid_t pid, const char *key, const char *value);
+/* Scans /proc for a process (other than `except`) whose command line has that pair:
+ * 1 and *out when found, 0 when none, -errno when /proc cannot be read. */
+int proc_find_by_pair(const char *key, const char *value, pid_t except, pid_t *out);
 /* Runs argv (execve, no shell), waits at most timeout_ms, captures stdout+stderr
  * (up to 64 KiB) into *output if non-NULL. Returns the exit status (>= 0) or -errno;
  * -ETIMEDOUT kills the child. */

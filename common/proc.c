@@ -7,6 +7,7 @@
 #include <unistd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <dirent.h>
 
 #include "common/common.h"
 
@@ -147,4 +148,45 @@ int run_program(const char *const *argv, int timeout_ms, char **output)
     if (WIFEXITED(status))
         return WEXITSTATUS(status);
     return 128 + WTERMSIG(status);
+}
+
+/* Whether argv of PID holds `key` immediately followed by `value`, both whole
+ * arguments: "-uuid" "1b4e…" names one VM's QEMU and nothing else (a `grep UUID`
+ * carries the uuid, but not after a "-uuid" of its own). */
+bool proc_cmdline_has_pair(pid_t pid, const char *key, const char *value)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
+    _cleanup_free_ char *s = NULL;
+    size_t len;
+    if (read_file(path, 1u << 20, &s, &len) < 0)
+        return false;
+    const char *prev = NULL;
+    for (size_t off = 0; off < len; off += strlen(s + off) + 1) {
+        if (prev && strcmp(prev, key) == 0 && strcmp(s + off, value) == 0)
+            return true;
+        prev = s + off;
+    }
+    return false;
+}
+
+int proc_find_by_pair(const char *key, const char *value, pid_t except, pid_t *out)
+{
+    DIR *d = opendir("/proc");
+    if (!d)
+        return -errno;
+    struct dirent *de;
+    int found = 0;
+    while (!found && (de = readdir(d))) {
+        char *end;
+        long pid = strtol(de->d_name, &end, 10);
+        if (*end || pid <= 1 || pid == except)
+            continue;
+        if (proc_cmdline_has_pair((pid_t)pid, key, value)) {
+            *out = (pid_t)pid;
+            found = 1;
+        }
+    }
+    closedir(d);
+    return found;
 }

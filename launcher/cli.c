@@ -18,7 +18,7 @@ static const struct cli_opt define_opts[] = {
     {0}};
 static const struct cli_opt list_opts[] = {{"all", false, false, 'a'}, {0}};
 static const struct cli_opt show_opts[] = {{"confinement", false, false, 0}, {0}};
-static const struct cli_opt run_opts[] = {{"ready-fd", true, false, 0}, {0}};
+static const struct cli_opt run_opts[] = {{"ready-fd", true, false, 0}, {"attach-only", false, false, 0}, {0}};
 static const struct cli_opt start_opts[] = {{"wait-timeout", true, false, 0}, {0}};
 static const struct cli_opt stop_opts[] = {{"timeout", true, false, 't'}, {"force", false, false, 'f'}, {0}};
 static const struct cli_opt console_opts[] = {{"replay", false, false, 0}, {"idle", true, false, 0},

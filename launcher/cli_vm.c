@@ -14,8 +14,9 @@
 int cmd_run(struct cli *c)
 {
     const char *ready = cli_opt(c, "ready-fd");
-    int ready_fd = ready ? atoi(ready) : -1;
-    return supervisor_run(&c->paths, c->pos[0], ready_fd, c->quiet || ready_fd >= 0 ? -1 : 2, &c->err);
+    struct sup_opts o = {.ready_fd = ready ? atoi(ready) : -1, .attach_only = cli_flag(c, "attach-only")};
+    o.echo_fd = c->quiet || o.ready_fd >= 0 ? -1 : 2;
+    return supervisor_run(&c->paths, c->pos[0], &o, &c->err);
 }
 
 /* Waits until no supervisor holds the VM's lock, so that a `start` right after a
@@ -112,16 +113,43 @@ int cmd_start(struct cli *c)
     return 0;
 }
 
-/* stop and kill of a VM that is not running succeed: the wanted state is reached.
- * (-EBUSY here can only be ctl_connect's "not running": the supervisor answers stop
- * and kill with success or a timeout.) */
-static int not_running_is_fine(struct cli *c, int r, const char *name)
+/* stop and kill reach QEMU through its supervisor. With none (it died), a QEMU may
+ * still run: a supervisor is started that only takes it over (it never starts one),
+ * and the request goes to it. (-EBUSY from ctl_call can only be ctl_connect's "not
+ * running": the supervisor answers stop and kill with success or a timeout.) */
+static bool qemu_lives(struct cli *c, const char *name)
 {
+    struct vm_def d;
+    if (vm_load(&c->paths, name, &d, NULL) < 0)
+        return false;
+    struct vm_runstate rs;
+    struct qemu_found f;
+    bool have_rs = runstate_read(&c->paths, name, &rs, NULL) == 0;
+    bool found = vm_find_qemu(&c->paths, name, d.uuid, have_rs ? &rs : NULL, &f) > 0;
+    if (have_rs)
+        runstate_free(&rs);
+    vm_def_free(&d);
+    return found;
+}
+
+/* 0 done, 1 not running (the wanted state), or -errno. */
+static int call_supervisor(struct cli *c, const char *name, json_object *req, int timeout_ms)
+{
+    int r = ctl_call(&c->paths, name, json_object_get(req), timeout_ms, NULL, &c->err);
     if (r == -EBUSY) {
-        if (!c->quiet)
-            printf("%s is not running\n", name);
-        return 0;
+        c->err = (struct qv_err){0};
+        const char *args[] = {"run", "--attach-only", name, NULL};
+        r = qemu_lives(c, name) ? cli_spawn_supervisor(c, args, 30000, name) : -ESRCH;
+        if (r == 0)
+            r = ctl_call(&c->paths, name, json_object_get(req), timeout_ms, NULL, &c->err);
+        if (r == -ESRCH) {
+            c->err = (struct qv_err){0};
+            if (!c->quiet)
+                printf("%s is not running\n", name);
+            r = 1;
+        }
     }
+    json_object_put(req);
     return r;
 }
 
@@ -136,9 +164,9 @@ int cmd_stop(struct cli *c)
     json_object_object_add(req, "timeout_ms", json_object_new_int(timeout_ms));
     json_object_object_add(req, "force", json_object_new_boolean(cli_flag(c, "force")));
     /* beyond the graceful part: quit, SIGTERM and SIGKILL each get a few seconds */
-    r = ctl_call(&c->paths, name, req, timeout_ms + 15000, NULL, &c->err);
-    if (r < 0)
-        return not_running_is_fine(c, r, name);
+    r = call_supervisor(c, name, req, timeout_ms + 15000);
+    if (r != 0)
+        return r > 0 ? 0 : r;
     wait_unlocked(c, name, 5000);
     if (!c->quiet)
         printf("%s stopped\n", name);
@@ -148,9 +176,9 @@ int cmd_stop(struct cli *c)
 int cmd_kill(struct cli *c)
 {
     const char *name = c->pos[0];
-    int r = ctl_call(&c->paths, name, ctl_request("kill"), 10000, NULL, &c->err);
-    if (r < 0)
-        return not_running_is_fine(c, r, name);
+    int r = call_supervisor(c, name, ctl_request("kill"), 10000);
+    if (r != 0)
+        return r > 0 ? 0 : r;
     wait_unlocked(c, name, 5000);
     if (!c->quiet)
         printf("%s killed\n", name);

@@ -161,6 +161,8 @@ int confine_prepare(struct sup *s, struct qv_err *e)
             r = sandbox_cgroup_create(&c->cg, &l, &w, &ce);
             log_warnings(s, &w);
         }
+        if (r == -EBUSY)    /* processes in the VM's cgroup: never start a second QEMU beside them */
+            return qv_fail(e, -EBUSY, "%s: %s; not starting another QEMU", s->def.name, ce.msg);
         if (r < 0) {
             if ((r = sandbox_degrade(c->require, SANDBOX_CGROUP, s->def.name, ce.msg, NULL, e)) < 0)
                 return r;
@@ -233,6 +235,8 @@ int confine_spawn(struct sup *s, const struct launch_plan *p, const int *fds, pi
     spec.nofile = 1024 + 4 * (uint64_t)p->nslots;
     spec.coredump = s->def.sandbox.coredump;
     spec.extra_deny = deny;
+    spec.forked = sup_record_qemu;
+    spec.opaque = s;
     struct strv w = {0};
     int r = sandbox_spawn(&spec, pid, &w, e);
     log_warnings(s, &w);

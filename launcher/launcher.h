@@ -305,9 +305,19 @@ int runstate_read(const struct qv_paths *p, const char *name, struct vm_runstate
 int runstate_write(const struct qv_paths *p, const char *name, const struct vm_runstate *s, struct qv_err *e);
 json_object *runstate_to_json(const struct vm_runstate *s);
 void runstate_free(struct vm_runstate *s);
-/* The recorded QEMU still runs: same pid, same start time, our uuid on its command
- * line. A reused pid never passes. */
+/* The recorded QEMU still runs: same pid, same start time, and our uuid on its command
+ * line (or, while "starting", not yet exec'd). A reused pid never passes. */
 bool qemu_alive(const struct vm_runstate *s);
+struct qemu_found {
+    pid_t pid;
+    unsigned long long start;
+    const char *route;      /* how it was found, for the log */
+};
+/* Looks for a live QEMU of this VM (its uuid after "-uuid") by every route: the state
+ * file `rs` (may be NULL; a recorded child not yet exec'd is waited for), the pid file,
+ * the recorded cgroup's procs, and a scan of /proc. 1 found, 0 none, -errno. */
+int vm_find_qemu(const struct qv_paths *p, const char *name, const char *uuid, const struct vm_runstate *rs,
+                 struct qemu_found *out);
 /* DIR/lock, taken by the one supervisor of a VM or network: -EBUSY ("WHAT is
  * already running (pid N)") if held. Only the flock counts, never the file. */
 int runlock_take(const char *dir, const char *what, int *fd, pid_t *holder, struct qv_err *e);
@@ -319,10 +329,15 @@ bool vm_supervised(const struct qv_paths *p, const char *name, pid_t *holder);
 int vm_observe(const struct qv_paths *p, const char *name, struct vm_runstate *s, bool *supervised);
 
 /* ---- the supervisor and its control socket ---------------------------------------------- */
-/* `qvisor run`: supervises NAME until its QEMU is gone. ready_fd (or -1) gets "ok\n"
+/* `qvisor run`: supervises NAME until its QEMU is gone: takes over the QEMU of a
+ * previous run if one lives, starts one otherwise. ready_fd (or -1) gets "ok\n"
  * once the guest runs, or "error CODE MESSAGE\n". echo_fd (or -1) gets a copy of
  * the supervisor's log lines (stderr for a foreground run under systemd). */
-int supervisor_run(const struct qv_paths *p, const char *name, int ready_fd, int echo_fd, struct qv_err *e);
+struct sup_opts {
+    int ready_fd, echo_fd;
+    bool attach_only;       /* take over a running QEMU, never start one (-ESRCH) */
+};
+int supervisor_run(const struct qv_paths *p, const char *name, const struct sup_opts *o, struct qv_err *e);
 /* CLI side of ctl.sock: -EBUSY "web1 is not running" when no supervisor answers. */
 int ctl_connect(const struct qv_paths *p, const char *name, int *fd, struct qv_err *e);
 int ctl_send(int fd, json_object *req, struct qv_err *e);

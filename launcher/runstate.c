@@ -100,6 +100,9 @@ int runstate_write(const struct qv_paths *p, const char *name, const struct vm_r
     return json_write_file_atomic(path, o, 0644, e);
 }
 
+/* A process we recorded: same pid, same start time. Its command line names our uuid
+ * once it has exec'd QEMU; before that (the child waits until it is recorded) it is
+ * still a copy of the supervisor, which only a "starting" record can be. */
 bool qemu_alive(const struct vm_runstate *s)
 {
     if (s->qemu_pid <= 1 || !s->uuid[0])
@@ -107,8 +110,102 @@ bool qemu_alive(const struct vm_runstate *s)
     unsigned long long start;
     if (proc_start_time(s->qemu_pid, &start) < 0 || start != s->qemu_start)
         return false;
-    /* the uuid is in QEMU's -uuid argument: a reused pid cannot carry it */
-    return proc_cmdline_contains(s->qemu_pid, s->uuid);
+    return proc_cmdline_has_pair(s->qemu_pid, "-uuid", s->uuid) || s->state == VM_STARTING;
+}
+
+#define EXEC_WAIT_MS 15000      /* longer than sandbox_spawn's own wait for execve */
+
+/* The recorded process, once it has become QEMU (a recorded child still before its
+ * execve is waited for; it either execs or exits, never lingers). */
+static bool recorded_qemu(const struct vm_runstate *rs, const char *uuid, struct qemu_found *out)
+{
+    if (!rs || rs->qemu_pid <= 1)
+        return false;
+    uint64_t end = monotonic_ms() + EXEC_WAIT_MS;
+    for (;;) {
+        unsigned long long start;
+        if (proc_start_time(rs->qemu_pid, &start) < 0 || start != rs->qemu_start)
+            return false;
+        if (proc_cmdline_has_pair(rs->qemu_pid, "-uuid", uuid)) {
+            *out = (struct qemu_found){rs->qemu_pid, start, "state file"};
+            return true;
+        }
+        if (monotonic_ms() >= end)
+            return false;
+        usleep(5000);
+    }
+}
+
+static bool found_pid(pid_t pid, const char *uuid, const char *route, struct qemu_found *out)
+{
+    unsigned long long start;
+    if (pid <= 1 || !proc_cmdline_has_pair(pid, "-uuid", uuid) || proc_start_time(pid, &start) < 0)
+        return false;
+    *out = (struct qemu_found){pid, start, route};
+    return true;
+}
+
+static bool pidfile_qemu(const struct qv_paths *p, const char *name, const char *uuid, struct qemu_found *out)
+{
+    char path[PATH_MAX];
+    _cleanup_free_ char *txt = NULL;
+    vm_run_path(p, name, "pid", path, sizeof(path));
+    if (read_file(path, 64, &txt, NULL) < 0)
+        return false;
+    return found_pid((pid_t)atoi(txt), uuid, "pid file", out);
+}
+
+static bool cgroup_qemu(const struct vm_runstate *rs, const char *uuid, struct qemu_found *out)
+{
+    json_object *cg, *dirs;
+    if (!rs || !rs->resources || !json_object_object_get_ex(rs->resources, "cgroup", &cg) ||
+        !json_object_object_get_ex(cg, "dirs", &dirs) || !json_object_is_type(dirs, json_type_array))
+        return false;
+    for (size_t i = 0; i < json_object_array_length(dirs); i++) {
+        json_object *path;
+        if (!json_object_object_get_ex(json_object_array_get_idx(dirs, i), "path", &path))
+            continue;
+        char procs[PATH_MAX];
+        snprintf(procs, sizeof(procs), "%s/cgroup.procs", json_object_get_string(path));
+        _cleanup_free_ char *txt = NULL;
+        if (read_file(procs, 1u << 16, &txt, NULL) < 0)
+            continue;
+        for (char *save = NULL, *tok = strtok_r(txt, "\n", &save); tok; tok = strtok_r(NULL, "\n", &save))
+            if (found_pid((pid_t)atoi(tok), uuid, "cgroup", out))
+                return true;
+    }
+    return false;
+}
+
+int vm_find_qemu(const struct qv_paths *p, const char *name, const char *uuid, const struct vm_runstate *rs,
+                 struct qemu_found *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!uuid || !uuid[0])
+        return 0;
+    if (recorded_qemu(rs, uuid, out) || pidfile_qemu(p, name, uuid, out) || cgroup_qemu(rs, uuid, out))
+        return 1;
+    pid_t pid;
+    int r = proc_find_by_pair("-uuid", uuid, getpid(), &pid);
+    if (r <= 0)
+        return r;
+    return found_pid(pid, uuid, "process table", out) ? 1 : 0;
+}
+
+/* The pid the holder of a lock wrote into it. A holder that has just taken the lock
+ * writes it a moment later (until then the file is empty, or names the previous,
+ * dead holder): wait for a live pid, briefly, rather than report "pid 0". */
+static pid_t lock_holder(int fd)
+{
+    uint64_t end = monotonic_ms() + 500;
+    for (;;) {
+        char buf[32] = "";
+        ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+        pid_t pid = n > 0 ? (pid_t)atoi(buf) : 0;
+        if ((pid > 0 && kill(pid, 0) == 0) || monotonic_ms() >= end)
+            return pid;
+        usleep(2000);
+    }
 }
 
 int runlock_take(const char *dir, const char *what, int *fd_out, pid_t *holder, struct qv_err *e)
@@ -124,9 +221,7 @@ int runlock_take(const char *dir, const char *what, int *fd_out, pid_t *holder, 
     if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
         if (errno != EWOULDBLOCK)
             return qv_failerr(e, -errno, "%s: lock", path);
-        char buf[32] = "";
-        ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
-        *holder = n > 0 ? atoi(buf) : 0;
+        *holder = lock_holder(fd);
         return qv_fail(e, -EBUSY, "%s is already running (pid %d)", what, (int)*holder);
     }
     /* the holder's pid is informational; the flock is what counts, so an empty or
@@ -148,11 +243,8 @@ bool runlock_held(const char *dir, pid_t *holder)
         return false;
     if (flock(fd, LOCK_SH | LOCK_NB) == 0)
         return false;
-    if (holder) {
-        char buf[32] = "";
-        ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
-        *holder = n > 0 ? atoi(buf) : 0;
-    }
+    if (holder)
+        *holder = lock_holder(fd);
     return true;
 }
 
@@ -170,6 +262,17 @@ bool vm_supervised(const struct qv_paths *p, const char *name, pid_t *holder)
     return runlock_held(dir, holder);
 }
 
+/* The VM's uuid: from its run state, or from its definition when the state file lost it. */
+static const char *vm_uuid_of(const struct qv_paths *p, const char *name, struct vm_runstate *s)
+{
+    struct vm_def d;
+    if (!s->uuid[0] && vm_load(p, name, &d, NULL) == 0) {
+        snprintf(s->uuid, sizeof(s->uuid), "%s", d.uuid);
+        vm_def_free(&d);
+    }
+    return s->uuid;
+}
+
 int vm_observe(const struct qv_paths *p, const char *name, struct vm_runstate *s, bool *supervised)
 {
     pid_t holder = 0;
@@ -185,8 +288,14 @@ int vm_observe(const struct qv_paths *p, const char *name, struct vm_runstate *s
         return 0;
     /* No supervisor: the file says what was last known; QEMU may have outlived it. */
     if (s->state != VM_SHUTOFF && s->state != VM_CRASHED) {
+        struct qemu_found f;
         if (qemu_alive(s)) {
             s->supervisor_pid = 0;
+        } else if (pidfile_qemu(p, name, vm_uuid_of(p, name, s), &f)) {
+            /* the state file fell behind (a full /run); the pid file did not */
+            s->supervisor_pid = 0;
+            s->qemu_pid = f.pid;
+            s->qemu_start = f.start;
         } else {
             s->state = VM_CRASHED;
             if (!s->last_exit[0])

@@ -327,12 +327,40 @@ static int qmp_attach(struct sup *s, struct qv_err *e)
     return 0;
 }
 
-static void write_pidfile(struct sup *s)
+/* QVISOR_TEST_CRASH_AT=POINT kills the supervisor there, as a kill -9 would: the
+ * lifecycle tests use it to prove that no crash point loses or doubles a QEMU. */
+static void crash_point(const char *point)
 {
+    const char *at = getenv("QVISOR_TEST_CRASH_AT");
+    if (at && strcmp(at, point) == 0)
+        raise(SIGKILL);
+}
+
+/* Called between fork and everything else the child does (sandbox_spec.forked):
+ * QEMU's pid and start time are on disk before it can touch a disk image. A
+ * supervisor that cannot record its child does not start it. */
+int sup_record_qemu(pid_t pid, void *opaque, struct qv_err *e)
+{
+    struct sup *s = opaque;
+    crash_point("fork");
+    unsigned long long start;
+    int r = proc_start_time(pid, &start);
+    if (r < 0)
+        return qv_failerr(e, r, "%s: reading the start time of QEMU pid %d", s->def.name, (int)pid);
+    s->qemu_pid = pid;
+    s->rs.qemu_pid = pid;
+    s->rs.qemu_start = start;
+    s->rs.started_at_ms = realtime_ms();
     char path[PATH_MAX], buf[32];
     snprintf(path, sizeof(path), "%s/pid", s->run_dir);
-    int n = snprintf(buf, sizeof(buf), "%d\n", (int)s->qemu_pid);
-    write_file_atomic(path, buf, (size_t)n, 0644, NULL);
+    int n = snprintf(buf, sizeof(buf), "%d\n", (int)pid);
+    if ((r = write_file_atomic(path, buf, (size_t)n, 0644, e)) < 0 ||
+        (r = runstate_write(s->paths, s->def.name, &s->rs, e)) < 0) {
+        s->qemu_pid = s->rs.qemu_pid = 0;
+        return qv_prefix(e, "%s: QEMU not started, its pid could not be recorded: ", s->def.name);
+    }
+    crash_point("recorded");
+    return 0;
 }
 
 static void remove_run_files(struct sup *s)
@@ -356,6 +384,17 @@ static void report_ready(struct sup *s, int code, const char *msg)
     s->ready_fd = -1;
 }
 
+/* The first `cont`: the guest runs, and `start` may return now. */
+static int resume_guest(struct sup *s, struct qv_err *e)
+{
+    int r = qmp_call(s->qmp, "cont", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, NULL, e);
+    if (r < 0)
+        return qv_prefix(e, "%s: cont: ", s->def.name);
+    s->never_ran = false;
+    report_ready(s, 0, NULL);
+    return 0;
+}
+
 static int start_qemu(struct sup *s, struct qv_err *e)
 {
     struct launch_plan plan;
@@ -366,6 +405,7 @@ static int start_qemu(struct sup *s, struct qv_err *e)
     s->exit_reason[0] = '\0';
     s->stop_phase = 0;
     s->rs.state = VM_STARTING;
+    s->never_ran = true;
     s->rs.supervisor_pid = getpid();
     s->rs.qemu_pid = 0;
     s->rs.last_exit[0] = '\0';
@@ -387,18 +427,18 @@ static int start_qemu(struct sup *s, struct qv_err *e)
     off_t log_start = lseek(s->log_fd, 0, SEEK_END);
     sup_log(s, "starting QEMU (%s, %s) as uid %u", plan.accel == ACCEL_KVM ? "kvm" : "tcg", s->facts.qemu,
             (unsigned)s->conf.uid);
-    r = confine_spawn(s, &plan, fds, &s->qemu_pid, e);
+    pid_t pid = 0;
+    r = confine_spawn(s, &plan, fds, &pid, e);
     launch_close_resources(fds, plan.nslots);
     launch_plan_free(&plan);
-    if (r < 0)
+    if (r < 0) {
+        /* the child, if any, is reaped: its pid must not be signalled again */
+        s->qemu_pid = s->rs.qemu_pid = 0;
+        save_state(s);
         return r;
+    }
     s->qemu_is_child = true;
     s->pidfd = pidfd_open_(s->qemu_pid);
-    proc_start_time(s->qemu_pid, &s->rs.qemu_start);
-    s->rs.qemu_pid = s->qemu_pid;
-    s->rs.started_at_ms = realtime_ms();
-    write_pidfile(s);
-    save_state(s);
     if (s->pidfd >= 0)
         epoll_add(s, s->pidfd, EPOLLIN, &s->ev_pidfd);
 
@@ -406,25 +446,26 @@ static int start_qemu(struct sup *s, struct qv_err *e)
         kill(s->qemu_pid, SIGKILL);
         int st;
         waitpid(s->qemu_pid, &st, 0);
+        s->qemu_pid = s->rs.qemu_pid = 0;
         char msg[900];
         qemu_message(s, log_start, msg, sizeof(msg));
         if (msg[0])
             qv_fail(e, -EIO, "%s", msg);
         return qv_prefix(e, "%s: QEMU failed to start: ", s->def.name);
     }
-    r = qmp_call(s->qmp, "cont", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, NULL, e);
-    if (r < 0)
-        return qv_prefix(e, "%s: cont: ", s->def.name);
-    /* the guest runs: `start` may return now; the bookkeeping follows */
-    report_ready(s, 0, NULL);
+    crash_point("before-cont");
+    if ((r = resume_guest(s, e)) < 0)
+        return r;
     query_facts(s);
     sup_log(s, "QEMU %s running as pid %d (accel %s)", s->rs.qemu_version, (int)s->qemu_pid, s->rs.accel);
     sup_set_state(s, VM_RUNNING);
     return 0;
 }
 
-/* A previous supervisor died and QEMU lived on: pick up where it left off. */
-static int reattach(struct sup *s, struct qv_err *e)
+/* A previous supervisor died and QEMU lived on: pick up where it left off. A QEMU
+ * still in "prelaunch" was never continued: its start is finished here (late set-up,
+ * `cont`), unless this supervisor only came to stop or kill it. */
+static int reattach(struct sup *s, bool finish_start, struct qv_err *e)
 {
     int r = confine_reattach(s, e);
     if (r < 0)
@@ -443,17 +484,23 @@ static int reattach(struct sup *s, struct qv_err *e)
     console_connect(s, e);
     query_facts(s);
     json_object *st = NULL;
-    enum vm_state state = VM_RUNNING;
-    if (qmp_call(s->qmp, "query-status", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, &st, e) == 0) {
-        json_object *running;
-        if (json_object_object_get_ex(st, "running", &running) && !json_object_get_boolean(running))
-            state = s->rs.state == VM_CRASHED ? VM_CRASHED : VM_PAUSED;
-        json_object_put(st);
-    }
+    if ((r = qmp_call(s->qmp, "query-status", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, &st, e)) < 0)
+        return qv_prefix(e, "%s: QEMU pid %d: ", s->def.name, (int)s->qemu_pid);
+    json_object *v;
+    bool running = json_object_object_get_ex(st, "running", &v) && json_object_get_boolean(v);
+    s->never_ran = json_object_object_get_ex(st, "status", &v) && strcmp(json_object_get_string(v), "prelaunch") == 0;
+    json_object_put(st);
+    enum vm_state prev = s->rs.state;
     s->rs.supervisor_pid = getpid();
     s->rs.state = VM_STARTING;
-    sup_log(s, "reattached to running QEMU pid %d", (int)s->qemu_pid);
-    sup_set_state(s, state);
+    sup_log(s, "reattached to running QEMU pid %d%s", (int)s->qemu_pid,
+            s->never_ran ? ", which was never started: finishing its start" : "");
+    if (s->never_ran && finish_start) {
+        if ((r = late_setup(s, e)) < 0 || (r = resume_guest(s, e)) < 0)
+            return r;
+        running = true;
+    }
+    sup_set_state(s, running ? VM_RUNNING : prev == VM_CRASHED ? VM_CRASHED : VM_PAUSED);
     return 0;
 }
 
@@ -528,7 +575,7 @@ void sup_begin_stop(struct sup *s, bool force, int timeout_ms)
     notify_send(&s->notify, "STOPPING=1");
     s->expected_exit = true;
     bool crashed_paused = s->rs.state == VM_CRASHED;
-    if (force || crashed_paused || !s->qmp) {
+    if (force || crashed_paused || s->never_ran || !s->qmp) {
         s->stop_phase = 0;
         stop_step(s);
         return;
@@ -920,14 +967,38 @@ static void sup_free(struct sup *s)
         close(s->lock_fd);
 }
 
-int supervisor_run(const struct qv_paths *paths, const char *name, int ready_fd, int echo_fd, struct qv_err *e)
+/* The QEMU of a previous run, if one lives: found by every route, so that a second
+ * one is never started on the same disks. */
+static bool find_previous(struct sup *s, struct vm_runstate *prev, bool have_prev)
+{
+    struct qemu_found f;
+    int r = vm_find_qemu(s->paths, s->def.name, s->def.uuid, have_prev ? prev : NULL, &f);
+    if (r < 0)
+        sup_log(s, "warning: looking for a QEMU of the previous run: %s", strerror(-r));
+    if (r <= 0)
+        return false;
+    if (!have_prev || prev->qemu_pid != f.pid || prev->state == VM_SHUTOFF) {
+        sup_log(s, "found QEMU pid %d of this VM by its %s, not by the state file: taking it over", (int)f.pid,
+                f.route);
+        if (!have_prev)
+            memset(prev, 0, sizeof(*prev));
+        if (prev->state == VM_SHUTOFF || prev->state == VM_CRASHED)
+            prev->state = VM_RUNNING;
+    }
+    prev->qemu_pid = f.pid;
+    prev->qemu_start = f.start;
+    memcpy(prev->uuid, s->def.uuid, sizeof(prev->uuid));
+    return true;
+}
+
+int supervisor_run(const struct qv_paths *paths, const char *name, const struct sup_opts *o, struct qv_err *e)
 {
     /* on the heap: the structure is large, and a stack that deep stays resident */
     struct sup *sp = qv_xcalloc(1, sizeof(*sp));
     sp->paths = paths;
     sp->lock_fd = sp->log_fd = sp->epfd = sp->sigfd = sp->pidfd = sp->console_fd = sp->ctl_fd = -1;
-    sp->ready_fd = ready_fd;
-    sp->echo_fd = echo_fd;
+    sp->ready_fd = o->ready_fd;
+    sp->echo_fd = o->echo_fd;
     pid_t holder;
     notify_init(&sp->notify);
     int r = vm_lock(paths, name, &sp->lock_fd, &holder, e);
@@ -951,10 +1022,16 @@ int supervisor_run(const struct qv_paths *paths, const char *name, int ready_fd,
     }
     struct vm_runstate prev;
     bool have_prev = runstate_read(paths, name, &prev, NULL) == 0;
-    if (have_prev && prev.state != VM_SHUTOFF && qemu_alive(&prev)) {
+    bool take_over = find_previous(sp, &prev, have_prev);
+    if (take_over) {
         sp->rs = prev;
         prev.resources = NULL;
-        r = reattach(sp, e);
+        r = reattach(sp, !o->attach_only, e);
+    } else if (o->attach_only) {
+        if (have_prev)
+            cleanup_previous(sp, &prev);
+        runstate_free(&prev);
+        r = qv_fail(e, -ESRCH, "%s is not running", name);
     } else {
         if (have_prev) {
             cleanup_previous(sp, &prev);
@@ -963,15 +1040,21 @@ int supervisor_run(const struct qv_paths *paths, const char *name, int ready_fd,
         r = start_qemu(sp, e);
     }
     if (r < 0) {
-        sup_log(sp, "start failed: %s", e->msg);
-        snprintf(sp->rs.last_exit, sizeof(sp->rs.last_exit), "%s", e->msg);
-        sp->rs.state = VM_SHUTOFF;
-        sp->rs.qemu_pid = 0;
-        save_state(sp);
-        if (sp->qemu_pid)
-            kill(sp->qemu_pid, SIGKILL);
-        vmnet_after_exit(sp);
-        remove_run_files(sp);
+        sup_log(sp, "%s failed: %s", take_over ? "taking over" : "start", e->msg);
+        if (take_over) {
+            /* a QEMU we could not take over keeps running, its files and state as they
+             * are: the next start finds it again */
+            sp->qemu_pid = 0;
+        } else {
+            snprintf(sp->rs.last_exit, sizeof(sp->rs.last_exit), "%s", e->msg);
+            sp->rs.state = VM_SHUTOFF;
+            sp->rs.qemu_pid = 0;
+            save_state(sp);
+            if (sp->qemu_pid)
+                kill(sp->qemu_pid, SIGKILL);
+            vmnet_after_exit(sp);
+            remove_run_files(sp);
+        }
         sup_free(sp);
         report_ready(sp, r, e->msg);
         free(sp);

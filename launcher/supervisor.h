@@ -107,6 +107,7 @@ struct sup {
     uint64_t stop_deadline;     /* graceful part ends: quit */
     bool expected_exit;         /* QEMU's exit is not a crash */
     bool resetting;             /* we reset a powered-off or crashed guest: its STOP is no pause */
+    bool never_ran;             /* QEMU is still in prelaunch: no `cont` yet */
     char exit_reason[256];
 
     uint64_t crashes[CRASH_MAX + 1];
@@ -128,6 +129,8 @@ void sup_log(struct sup *s, const char *fmt, ...) QV_PRINTF(2, 3);
 void sup_set_state(struct sup *s, enum vm_state st);
 void sup_begin_stop(struct sup *s, bool force, int timeout_ms);
 void sup_kill(struct sup *s, const char *reason);
+/* sandbox_spec.forked: records QEMU's pid and start time before it may run. */
+int sup_record_qemu(pid_t pid, void *opaque, struct qv_err *e);
 /* Sends a QMP command on behalf of the supervisor; errors are logged. */
 void sup_qmp(struct sup *s, const char *cmd, json_object *args);
 json_object *sup_status_json(struct sup *s);

@@ -226,6 +226,12 @@ struct sandbox_spec {
     bool allow_userfaultfd;         /* postcopy migration */
 
     int timeout_ms;                 /* for the child to reach execve; 0: 10 s */
+
+    /* Called in the parent right after fork, before the child does anything at all
+     * (it waits on a pipe): record the pid here. Failing, or dying, here means the
+     * child exits untouched. NULL: the child goes on at once. */
+    int (*forked)(pid_t pid, void *opaque, struct qv_err *e);
+    void *opaque;
 };
 
 /* Defaults: every step enabled, none required, fds -1, seccomp on. */

@@ -420,9 +420,27 @@ static void child_creds(const struct spawn_plan *p, int errfd)
         child_fail(errfd, errno, "caps: PR_SET_NO_NEW_PRIVS");
 }
 
-static _Noreturn void child_main(struct spawn_plan *p, int errfd)
+/* The parent records the child before anything else happens: until it says "go",
+ * the child only waits. A parent that dies first closes the gate, and the child
+ * exits without having touched anything. */
+static void child_await_gate(int gate_r, int gate_w)
+{
+    if (gate_r < 0)
+        return;
+    close(gate_w);
+    char go = 0;
+    ssize_t n;
+    while ((n = read(gate_r, &go, 1)) < 0 && errno == EINTR)
+        ;
+    if (n != 1 || go != 'g')
+        _exit(127);
+    close(gate_r);
+}
+
+static _Noreturn void child_main(struct spawn_plan *p, int errfd, int gate_r, int gate_w)
 {
     const struct sandbox_spec *s = p->spec;
+    child_await_gate(gate_r, gate_w);
     errfd = child_fds(p, errfd);
     child_signals(errfd);
     if (s->setsid && setsid() < 0)
@@ -512,6 +530,14 @@ int sandbox_spawn(const struct sandbox_spec *spec, pid_t *pid, struct strv *warn
         return qv_failerr(e, -errno, "%s: sandbox: pipe", spec->name);
     _cleanup_close_ int rfd = pfd[0];
     _cleanup_close_ int wfd = pfd[1];
+    _cleanup_close_ int gate_r = -1;
+    _cleanup_close_ int gate_w = -1;
+    if (spec->forked) {
+        if (pipe2(pfd, O_CLOEXEC) < 0)
+            return qv_failerr(e, -errno, "%s: sandbox: pipe", spec->name);
+        gate_r = pfd[0];
+        gate_w = pfd[1];
+    }
 
     /* No handler of ours may run in the child before it resets them all. */
     sigset_t all, old;
@@ -519,12 +545,25 @@ int sandbox_spawn(const struct sandbox_spec *spec, pid_t *pid, struct strv *warn
     pthread_sigmask(SIG_SETMASK, &all, &old);
     pid_t child = fork();
     if (child == 0)
-        child_main(p, wfd);
+        child_main(p, wfd, gate_r, gate_w);
     int fork_err = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (child < 0)
         return qv_failerr(e, -fork_err, "%s: sandbox: fork", spec->name);
     close(qv_steal_fd(&wfd));
+    if (spec->forked) {
+        close(qv_steal_fd(&gate_r));
+        r = spec->forked(child, spec->opaque, e);
+        if (r == 0 && write(gate_w, "g", 1) != 1)
+            r = qv_failerr(e, -errno, "%s: sandbox: releasing the child", spec->name);
+        close(qv_steal_fd(&gate_w));
+        if (r < 0) {
+            kill(child, SIGKILL);
+            while (waitpid(child, NULL, 0) < 0 && errno == EINTR)
+                ;
+            return r;
+        }
+    }
     r = await_exec(rfd, child, spec->timeout_ms > 0 ? spec->timeout_ms : 10000, spec->name, e);
     if (r < 0)
         return r;

@@ -1,0 +1,134 @@
+#!/bin/bash
+# timeout: 300
+# Never two QEMUs on one disk: a supervisor killed at each point of a start, state
+# files that fell behind or were cut short, stop and kill without a supervisor,
+# racing starts. After each, exactly one QEMU of the VM runs (or none).
+. "$(dirname "$0")/../lib.sh"
+
+vm_uuid() { grep -o '"uuid": "[0-9a-f-]*"' "$T_ROOT/etc/qvisor/vms/$1.json" | cut -d'"' -f4; }
+# QEMUs of a VM, by the uuid on their command line (the supervisor's own has none)
+nqemu() { pgrep -fc -- "-uuid $(vm_uuid "$1")"; }
+qemu_pids() { pgrep -f -- "-uuid $(vm_uuid "$1")" | tr '\n' ' '; }
+one_qemu() { [ "$(nqemu "$1")" -eq 1 ]; }
+no_qemu() { [ "$(nqemu "$1")" -eq 0 ]; }
+sup_gone() { ! vm_supervisor_alive "$1"; }
+vm_supervisor_alive() { pgrep -f -- "--root $T_ROOT run .*$1( |$)" >/dev/null; }
+
+define_guest r1
+# the probe works: a started VM is counted
+qv start -q r1
+check "the QEMU counter sees a running VM" one_qemu r1
+qv kill -q r1
+check "...and sees it gone after kill" wait_until 10 no_qemu r1
+
+# 1. killed right after fork, before the child is recorded: the child never runs
+check_error "a supervisor killed after fork fails the start" 1 "exited before it was ready" \
+    env QVISOR_TEST_CRASH_AT=fork "$QV_BIN" --root "$T_ROOT" start r1
+check "...and its child exits without becoming QEMU" wait_until 10 no_qemu r1
+check_output "the next start starts one QEMU" "r1 started" qv start r1
+check "...exactly one" one_qemu r1
+qv kill -q r1
+
+# 2. killed after recording the child, before releasing it: the child exits untouched
+check_error "a supervisor killed after recording its child fails the start" 1 "exited before it was ready" \
+    env QVISOR_TEST_CRASH_AT=recorded "$QV_BIN" --root "$T_ROOT" start r1
+check "...the recorded child exits without becoming QEMU" wait_until 10 no_qemu r1
+check_output "...state.json had recorded it" '"state": "starting"' cat "$T_ROOT/run/qvisor/vms/r1/state.json"
+check_output "the next start starts one QEMU" "r1 started" qv start r1
+check "...exactly one" one_qemu r1
+qv kill -q r1
+
+# 3. killed between spawn and cont: QEMU waits in prelaunch; start finishes its start
+check_error "a supervisor killed before cont fails the start" 1 "exited before it was ready" \
+    env QVISOR_TEST_CRASH_AT=before-cont "$QV_BIN" --root "$T_ROOT" start r1
+check "...QEMU lives on, never continued" one_qemu r1
+qpid=$(qemu_pids r1)
+check_output "start takes it over" "r1 started" qv start r1
+check "...the same QEMU, no second one" test "$(qemu_pids r1)" = "$qpid"
+check_output "...and \"started\" means running" '"state": "running"' qv status r1 --json
+check_output "...QEMU itself says running" '"status": "running"' qv qmp r1 '{"execute": "query-status"}'
+check "...the guest boots" wait_log r1 'QVISOR-GUEST: ready' 90
+check "...the log says the start was finished" log_has r1 'never started: finishing its start'
+qv kill -q r1
+
+# 4. state.json fell behind (a full /run) or was cut short: the QEMU is still found
+qv start -q r1
+qpid=$(vm_pid r1)
+kill -9 "$(sup_pid r1)"
+wait_until 10 sup_gone r1
+printf '{"state": "starting", "qemu_pid": 0}\n' > "$T_ROOT/run/qvisor/vms/r1/state.json"
+check_output "a stale state.json: status still shows the running QEMU (pid file)" "\"pid\": $qpid" qv status r1 --json
+check_output "...start takes it over" "r1 started" qv start r1
+check "...no second QEMU" test "$(qemu_pids r1)" = "$qpid "
+check "...the log names the route it was found by" log_has r1 "found QEMU pid $qpid of this VM by its pid file"
+kill -9 "$(sup_pid r1)"
+wait_until 10 sup_gone r1
+head -c 25 "$T_ROOT/run/qvisor/vms/r1/state.json" > "$T_ROOT/state.cut"
+mv "$T_ROOT/state.cut" "$T_ROOT/run/qvisor/vms/r1/state.json"
+rm -f "$T_ROOT/run/qvisor/vms/r1/pid"
+check_output "a cut-short state.json and no pid file: start still takes the QEMU over" "r1 started" qv start r1
+check "...no second QEMU" test "$(qemu_pids r1)" = "$qpid "
+check "...found by its cgroup or the process table" log_has r1 "found QEMU pid $qpid of this VM by its (cgroup|process table)"
+qv kill -q r1
+
+# 5. stop and kill with the supervisor dead: QEMU is found, stopped, cleaned up
+define_guest r4
+qv start -q r4
+wait_log r4 'QVISOR-GUEST: ready' 90
+kill -9 "$(sup_pid r4)"
+wait_until 10 sup_gone r4
+check "with the supervisor dead, QEMU runs" one_qemu r4
+check_output "stop finds it and stops it" "r4 stopped" qv stop r4 --timeout 30
+check "...QEMU is gone" no_qemu r4
+check "...gracefully: the guest shut itself down" log_has r4 'event SHUTDOWN .*"reason": ?"guest-shutdown"'
+check_output "...list says shut off" "^r4 +shut off" qv list --all
+check_output "stop again: not running, exit 0" "r4 is not running" qv stop r4
+qv start -q r4
+kill -9 "$(sup_pid r4)"
+wait_until 10 sup_gone r4
+check_output "kill finds it without a supervisor and kills it" "r4 killed" qv kill r4
+check "...QEMU is gone" no_qemu r4
+check "...no supervisor lingers" wait_until 10 sup_gone r4
+
+# 6. racing starts: one wins, the loser names the real supervisor pid
+define_guest r2
+losers=0 zero=0 doubles=0
+for i in 1 2 3 4 5; do
+    qv start r2 > "$T_ROOT/a.out" 2>&1 &
+    a=$!
+    qv start r2 > "$T_ROOT/b.out" 2>&1
+    wait "$a"
+    grep -q 'already running' "$T_ROOT/a.out" "$T_ROOT/b.out" && losers=$((losers + 1))
+    grep -q 'already running (pid 0)' "$T_ROOT/a.out" "$T_ROOT/b.out" && zero=$((zero + 1))
+    [ "$(nqemu r2)" -eq 1 ] || { doubles=$((doubles + 1)); diag "race $i: $(nqemu r2) QEMUs: $(cat "$T_ROOT"/[ab].out)"; }
+    qv kill -q r2
+    wait_until 10 no_qemu r2
+done
+check "5 racing start pairs: each time one QEMU" test "$doubles" -eq 0
+check "...the loser says already running" test "$losers" -eq 5
+check "...never \"pid 0\"" test "$zero" -eq 0
+
+# 7. kill -9 of the supervisor as soon as it has forked QEMU's process, and at random
+# moments of a start: never two QEMUs
+define_guest r3
+doubles=0
+for i in $(seq 1 12); do
+    "$QV_BIN" --root "$T_ROOT" run r3 >/dev/null 2>&1 &
+    sp=$!
+    if [ $((i % 2)) -eq 1 ]; then
+        wait_until 20 pgrep -P "$sp"
+    else
+        sleep "0.$((RANDOM % 10))$((RANDOM % 10))"
+    fi
+    kill -9 "$sp" 2>/dev/null
+    wait "$sp" 2>/dev/null
+    sleep 0.5
+    qv start -q r3 >/dev/null 2>&1
+    n=$(nqemu r3)
+    [ "$n" -eq 1 ] || { doubles=$((doubles + 1)); diag "round $i: $n QEMUs after start"; }
+    qv kill -q r3
+    pkill -KILL -f -- "-uuid $(vm_uuid r3)"
+    wait_until 10 no_qemu r3
+done
+check "12 supervisors killed after fork or at random: start always leaves exactly one QEMU" test "$doubles" -eq 0
+finish
