@@ -106,7 +106,7 @@ static void test_golden_argv(void **state)
         char *want = NULL;
         same = read_file(path, 1 << 20, &want, NULL) == 0 && strcmp(want, got) == 0;
         if (!same)
-            print_error("%s: argv differs from %s\n--- got:\n%s", name, path, got);
+            fprintf(stderr, "%s: argv differs from %s\n--- got:\n%s", name, path, got);
         free(want);
     }
     free(got);
@@ -235,9 +235,9 @@ static void test_golden_roundtrip(void **state)
     lost += subset("", input, second, &why);
     bool same = strcmp(s1, s2) == 0;
     if (!same)
-        print_error("%s: not a fixed point:\n%s\n---\n%s", name, s1, s2);
+        fprintf(stderr, "%s: not a fixed point:\n%s\n---\n%s\n", name, s1, s2);
     if (lost)
-        print_error("%s: show lost or changed what the definition said:\n%s", name, why.p);
+        fprintf(stderr, "%s: show lost or changed what the definition said:\n%s", name, why.p);
     buf_free(&why);
     free(s1);
     free(s2);
@@ -293,12 +293,12 @@ static void test_golden_error(void **state)
             launch_plan_free(&plan);
         vm_def_free(&d);
     } else if (!dir_is_empty_tree(r.dir)) {
-        print_error("%s: a rejected definition left files behind\n", name);
+        fprintf(stderr, "%s: a rejected definition left files behind\n", name);
         mismatches++;
     }
     char *got = golden_unsubst(e.msg);
     if (rc != -EINVAL || strcmp(got, want) != 0) {
-        print_error("%s: want EINVAL \"%s\"\n     got %d \"%s\"\n", name, want, rc, got);
+        fprintf(stderr, "%s: want EINVAL \"%s\"\n     got %d \"%s\"\n", name, want, rc, got);
         mismatches++;
     }
     free(got);
@@ -324,6 +324,8 @@ static struct CMUnitTest named(const char *prefix, const char *name, void (*fn)(
 
 int main(int argc, char **argv)
 {
+    /* whole TAP lines, never interleaved mid-line with the diagnostics on stderr */
+    setvbuf(stdout, NULL, _IOLBF, 0);
     /* Update mode only through `make golden-update` (which passes --update): an
      * environment variable leaking into a test run must not turn checks into writes. */
     if (getenv("QVISOR_GOLDEN_UPDATE")) {

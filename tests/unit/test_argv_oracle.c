@@ -1028,9 +1028,9 @@ static void test_oracle(void **state)
     char *err = drain(errfd);
     close(errfd);
     if (rc < 0)
-        print_error("%s: QEMU did not accept the command line: %s\n%s", name, e.msg, err);
+        fprintf(stderr, "%s: QEMU did not accept the command line: %s\n%s\n", name, e.msg, err);
     if (o.bad)
-        print_error("%s: what QEMU shows the guest differs from the definition:\n%s", name, o.why.p);
+        fprintf(stderr, "%s: what QEMU shows the guest differs from the definition:\n%s", name, o.why.p);
     free(err);
     buf_free(&o.why);
     json_object_put(o.peripheral);
@@ -1072,6 +1072,8 @@ static int teardown(void **state)
 
 int main(void)
 {
+    /* whole TAP lines, never interleaved mid-line with the diagnostics on stderr */
+    setvbuf(stdout, NULL, _IOLBF, 0);
     if (geteuid() != 0) {
         printf("1..0 # SKIP test_argv_oracle needs root (taps, hugepages)\n");
         return 0;
