@@ -32,6 +32,7 @@
 #include <net/if.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <setjmp.h>
@@ -177,6 +178,8 @@ static pid_t spawn_qemu(const struct launch_plan *p, const int *fds, int *errfd)
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
+        /* a killed test must not leave a QEMU (holding hugepages) behind */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         int high[PLAN_MAX_FDS];
         for (size_t i = 0; i < p->nslots; i++)
             high[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 200);
@@ -870,6 +873,7 @@ static bool kvm_cpu_host_works(char *why, size_t len)
         return false;
     pid_t pid = fork();
     if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         dup2(sv[1], 3);
         dup2(errp[1], 2);
         int null = open("/dev/null", O_RDWR);
