@@ -87,7 +87,7 @@ bench: deps
 
 # Rewrites tests/golden/*.argv from the current builder; review the diff before committing.
 golden-update: test-build
-	QVISOR_GOLDEN_UPDATE=1 $(BUILD)/tests/test_argv_golden
+	$(BUILD)/tests/test_argv_golden --update
 
 install: qvisor
 	install -D -m 0755 qvisor $(DESTDIR)$(PREFIX)/bin/qvisor

@@ -265,9 +265,50 @@ int firmware_find_uefi(const char *const *dirs, char *code, size_t codelen, char
     return found;
 }
 
+/* QVISOR_HOST_FACTS=FILE replaces every probe with the facts in FILE, so the command
+ * line of a definition is the same on every host: the golden tests pin the host this
+ * way (a machine without /dev/kvm or with another QEMU would otherwise print another
+ * argv). Nothing is probed and host.json's accel and QVISOR_ACCEL are ignored; a fact
+ * that is wrong for this host only makes QEMU refuse to start. */
+static int host_facts_pinned(const char *path, struct host_facts *f, struct qv_err *e)
+{
+    _cleanup_json_ json_object *o = NULL;
+    int r = json_read_file(path, &o, e);
+    if (r < 0)
+        return qv_prefix(e, "QVISOR_HOST_FACTS: ");
+    struct jr jr;
+    jr_init(&jr, e);
+    static const char *const keys[] = {"qemu", "qemu_version", "io_uring", "kvm", "vhost_net", "accel",
+                                       "ovmf_code", "ovmf_vars", NULL};
+    char *qemu = NULL, *version = NULL, *code = NULL, *vars = NULL;
+    int accel = ACCEL_AUTO;
+    if ((r = jr_expect(&jr, o, json_type_object)) < 0 || (r = jr_only_keys(&jr, o, keys)) < 0 ||
+        (r = jr_string(&jr, o, "qemu", true, &qemu)) < 0 || (r = jr_string(&jr, o, "qemu_version", true, &version)) < 0 ||
+        (r = jr_bool(&jr, o, "io_uring", &f->io_uring)) < 0 || (r = jr_bool(&jr, o, "kvm", &f->kvm_usable)) < 0 ||
+        (r = jr_bool(&jr, o, "vhost_net", &f->vhost_net)) < 0 || (r = jr_enum(&jr, o, "accel", vm_accel_names, &accel)) < 0 ||
+        (r = jr_string(&jr, o, "ovmf_code", false, &code)) < 0 || (r = jr_string(&jr, o, "ovmf_vars", false, &vars)) < 0) {
+        qv_prefix(e, "QVISOR_HOST_FACTS: %s: ", path);
+    } else if (sscanf(version, "%d.%d.%d", &f->qemu_major, &f->qemu_minor, &f->qemu_micro) != 3) {
+        r = qv_fail(e, -EINVAL, "QVISOR_HOST_FACTS: %s: qemu_version: \"%s\" is not MAJOR.MINOR.MICRO", path, version);
+    } else {
+        f->accel_override = accel;
+        snprintf(f->qemu, sizeof(f->qemu), "%s", qemu);
+        snprintf(f->ovmf_code, sizeof(f->ovmf_code), "%s", code ? code : "");
+        snprintf(f->ovmf_vars, sizeof(f->ovmf_vars), "%s", vars ? vars : "");
+    }
+    free(qemu);
+    free(version);
+    free(code);
+    free(vars);
+    return r;
+}
+
 int host_facts_probe(const struct qv_paths *p, const struct host_config *hc, struct host_facts *f, struct qv_err *e)
 {
     memset(f, 0, sizeof(*f));
+    const char *pinned = getenv("QVISOR_HOST_FACTS");
+    if (pinned && *pinned)
+        return host_facts_pinned(pinned, f, e);
     const char *qemu = hc->qemu ? hc->qemu : "qemu-system-x86_64";
     if (find_program(qemu, f->qemu, sizeof(f->qemu)) < 0)
         return qv_fail(e, -ENOENT, "QEMU binary %s not found (apt-get install qemu-system-x86, or set \"qemu\" in %s/host.json)",
