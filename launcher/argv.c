@@ -646,6 +646,9 @@ static int build(const struct vm_def *d, const struct host_facts *f, struct laun
     }
     for (size_t i = 0; i < d->qemu_args.n; i++)
         arg(&b, d->qemu_args.v[i]);
+    out->host_network = d->graphics.kind == GRAPHICS_VNC || d->qemu_args.n > 0;
+    for (size_t i = 0; i < d->nnics; i++)
+        out->host_network |= d->nics[i].type == NIC_USER;
     if (out->nslots >= PLAN_MAX_FDS)
         return qv_fail(e, -E2BIG, "%s: needs more than %d file descriptors", d->name, PLAN_MAX_FDS);
     return 0;

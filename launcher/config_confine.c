@@ -5,7 +5,7 @@
 #include "launcher/config.h"
 #include "sandbox/sandbox.h"
 
-static const char *const step_names[] = {"cgroup", "mount", "rlimits", "user", "caps", "seccomp", "all", NULL};
+static const char *const step_names[] = {"cgroup", "mount", "rlimits", "user", "caps", "seccomp", "network", "all", NULL};
 
 void vm_confine_free(struct vm_def *d)
 {

@@ -14,6 +14,7 @@
 
 #define CGROUP_ROOT "/sys/fs/cgroup"
 #define CGROUP_REMOVE_MS 5000
+#define DEFAULT_PIDS_MAX 512
 
 static void log_warnings(struct sup *s, struct strv *w)
 {
@@ -86,7 +87,9 @@ static int cgroup_limits(struct sup *s, struct sandbox_cgroup_limits *l, struct 
     if (vl->cpu && sandbox_parse_cpu_quota(vl->cpu, &l->cpu_quota_us, &l->cpu_period_us, e) < 0)
         return qv_prefix(e, "%s: limits.cpu: ", s->def.name);
     l->cpu_weight = (unsigned)vl->cpu_weight;
-    l->pids_max = (uint64_t)vl->pids;
+    /* QEMU's threads: one per vCPU, its I/O worker pool (64 per AioContext), a few
+     * more; a compromised QEMU that tries to fork-bomb the host hits this */
+    l->pids_max = vl->pids ? (uint64_t)vl->pids : DEFAULT_PIDS_MAX + (uint64_t)s->def.cpu.count;
     l->io_weight = (unsigned)vl->io_weight;
     for (size_t i = 0; i < vl->nio; i++) {
         struct stat st;
@@ -222,6 +225,9 @@ int confine_spawn(struct sup *s, const struct launch_plan *p, const int *fds, pi
     spec.host = &c->host;
     if (!s->def.sandbox.seccomp)
         spec.enable &= ~SANDBOX_STEP(SANDBOX_SECCOMP);
+    if (p->host_network)
+        spec.enable &= ~SANDBOX_STEP(SANDBOX_NETWORK);
+    c->private_network = !p->host_network && c->host.step[SANDBOX_NETWORK].available;
     spec.uid = c->uid;
     spec.gid = c->gid;
     memcpy(spec.groups, c->groups, sizeof(c->groups[0]) * c->ngroups);
@@ -278,11 +284,21 @@ void confine_release(struct sup *s)
     s->conf.have_user = false;
 }
 
+/* Whether pid lives in another network namespace than we do. */
+static bool own_network_namespace(pid_t pid)
+{
+    char path[64], theirs[64] = "", ours[64] = "";
+    snprintf(path, sizeof(path), "/proc/%d/ns/net", (int)pid);
+    return readlink(path, theirs, sizeof(theirs) - 1) > 0 && readlink("/proc/self/ns/net", ours, sizeof(ours) - 1) > 0 &&
+           strcmp(theirs, ours) != 0;
+}
+
 int confine_reattach(struct sup *s, struct qv_err *e)
 {
     struct confine *c = &s->conf;
     sandbox_host_check(CGROUP_ROOT, &c->host);
     c->host_checked = true;
+    c->private_network = own_network_namespace(s->rs.qemu_pid);
     json_object *res = s->rs.resources, *v;
     if (res && json_object_object_get_ex(res, "uid", &v)) {
         c->uid = (uid_t)json_object_get_int64(v);

@@ -326,6 +326,13 @@ int hotplug_nic_attach(struct sup *s, json_object *spec, json_object **reply, st
     int r = vm_nic_from_json(spec, &s->def, &n, e);
     if (r < 0)
         return qv_prefix(e, "%s: attach-nic: ", s->def.name);
+    if (n.type == NIC_USER && s->conf.private_network) {
+        vm_nic_free(&n);
+        return qv_fail(e, -EINVAL, "%s: attach-nic: a user-mode NIC needs the host's network, and this QEMU runs in "
+                                   "a private network namespace (it had no user-mode NIC at start); attach a "
+                                   "network or bridge NIC, or add the user NIC to the definition and restart",
+                       s->def.name);
+    }
     int slot = free_slot(s, e);
     if (slot < 0) {
         vm_nic_free(&n);

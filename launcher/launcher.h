@@ -230,6 +230,10 @@ struct launch_plan {
     struct fd_slot slots[PLAN_MAX_FDS];
     size_t nslots;
     enum vm_accel accel;
+    /* QEMU opens host sockets itself (user-mode NICs, a VNC listener, whatever
+     * qemu_args may ask for), so it shares the host's network namespace; otherwise
+     * every network resource comes as an fd and it gets an empty one. */
+    bool host_network;
 };
 void launch_plan_free(struct launch_plan *p);
 /* Pure: the same definition and facts always give the same argv. */

@@ -50,6 +50,7 @@ struct confine {
     size_t ngroups;
     struct sandbox_uid_lease lease;
     bool have_cgroup;
+    bool private_network;   /* QEMU has an empty network namespace of its own */
     struct sandbox_cgroup cg;
     uint64_t oom_before;
 };

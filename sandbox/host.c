@@ -106,6 +106,21 @@ static void probe_mount(struct sandbox_host *h)
     }
 }
 
+static void probe_network(struct sandbox_host *h)
+{
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(unshare(CLONE_NEWNET) < 0 ? errno : 0);
+    int st = 0;
+    while (pid > 0 && waitpid(pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    int err = pid < 0 ? errno : WIFEXITED(st) ? WEXITSTATUS(st) : EIO;
+    if (err)
+        set(h, SANDBOX_NETWORK, false, "unshare(CLONE_NEWNET): %s", strerror(err));
+    else
+        set(h, SANDBOX_NETWORK, true, "private network namespace with nothing but a down loopback");
+}
+
 static void probe_cgroup(struct sandbox_host *h, const char *root)
 {
     h->cgroup_version = cg_detect_version(root);
@@ -159,10 +174,13 @@ void sandbox_host_check(const char *cgroup_root, struct sandbox_host *h)
 
     probe_cgroup(h, cgroup_root ? cgroup_root : "/sys/fs/cgroup");
 
-    if (have_cap(d, CAP_SYS_ADMIN))
+    if (have_cap(d, CAP_SYS_ADMIN)) {
         probe_mount(h);
-    else
+        probe_network(h);
+    } else {
         set(h, SANDBOX_MOUNT, false, "a mount namespace needs CAP_SYS_ADMIN (run as root)");
+        set(h, SANDBOX_NETWORK, false, "a network namespace needs CAP_SYS_ADMIN (run as root)");
+    }
 
     struct rlimit nofile = {0}, memlock = {0};
     getrlimit(RLIMIT_NOFILE, &nofile);

@@ -37,12 +37,13 @@ enum sandbox_step {
     SANDBOX_USER,
     SANDBOX_CAPS,
     SANDBOX_SECCOMP,
+    SANDBOX_NETWORK,        /* a private, empty network namespace: no host sockets */
     SANDBOX_NSTEPS
 };
 #define SANDBOX_STEP(s) (1u << (s))
 #define SANDBOX_ALL_STEPS ((1u << SANDBOX_NSTEPS) - 1)
 
-/* "cgroup", "mount", "rlimits", "user", "caps", "seccomp". */
+/* "cgroup", "mount", "rlimits", "user", "caps", "seccomp", "network". */
 const char *sandbox_step_name(enum sandbox_step s);
 /* Names (as in `sandbox.require`, "all" for every step) to a mask of SANDBOX_STEP bits. */
 int sandbox_steps_parse(const char *const *names, unsigned *mask, struct qv_err *e);

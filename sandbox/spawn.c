@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <sched.h>
 #include <cap-ng.h>
 #include <linux/capability.h>
 
@@ -447,6 +448,8 @@ static _Noreturn void child_main(struct spawn_plan *p, int errfd, int gate_r, in
         child_fail(errfd, errno, "setsid");
     if (p->steps & SANDBOX_STEP(SANDBOX_CGROUP))
         child_cgroup(p, errfd);
+    if (p->steps & SANDBOX_STEP(SANDBOX_NETWORK) && unshare(CLONE_NEWNET) < 0)
+        child_fail(errfd, errno, "network namespace: unshare(CLONE_NEWNET)");
     if (p->steps & SANDBOX_STEP(SANDBOX_MOUNT))
         mnt_apply(&p->mnt, errfd);
     if (p->steps & SANDBOX_STEP(SANDBOX_RLIMITS))

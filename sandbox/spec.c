@@ -14,6 +14,7 @@ static const char *const step_names[SANDBOX_NSTEPS] = {
     [SANDBOX_USER] = "user",
     [SANDBOX_CAPS] = "caps",
     [SANDBOX_SECCOMP] = "seccomp",
+    [SANDBOX_NETWORK] = "network",
 };
 
 const char *sandbox_step_name(enum sandbox_step s)
@@ -34,7 +35,7 @@ int sandbox_steps_parse(const char *const *names, unsigned *mask, struct qv_err 
             s++;
         if (s == SANDBOX_NSTEPS)
             return qv_fail(e, -EINVAL,
-                           "\"%s\" is not one of all, cgroup, mount, rlimits, user, caps, seccomp",
+                           "\"%s\" is not one of all, cgroup, mount, rlimits, user, caps, seccomp, network",
                            names[i]);
         m |= SANDBOX_STEP(s);
     }

@@ -21,6 +21,11 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <linux/kvm.h>
 #include <seccomp.h>
 
@@ -96,6 +101,63 @@ static long try_syscall(const char *name, int nr)
     if (!strcmp(name, "vhangup"))
         return syscall(nr);
     return syscall(nr, bad, bad, bad, bad, bad, bad);
+}
+
+/* Abstract unix sockets belong to a network namespace: the test listens on this one
+ * in the host's (`sandbox_probe --listen-abstract`), the confined probe connects. */
+#define PROBE_ABSTRACT "qvisor-sandbox-probe"
+
+static socklen_t abstract_addr(struct sockaddr_un *a)
+{
+    memset(a, 0, sizeof(*a));
+    a->sun_family = AF_UNIX;
+    memcpy(a->sun_path + 1, PROBE_ABSTRACT, strlen(PROBE_ABSTRACT));
+    return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(PROBE_ABSTRACT));
+}
+
+static int listen_abstract(void)
+{
+    struct sockaddr_un a;
+    socklen_t len = abstract_addr(&a);
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, len) < 0 || listen(fd, 8) < 0) {
+        perror("listen-abstract");
+        return 1;
+    }
+    printf("listening\n");
+    fflush(stdout);
+    for (;;) {
+        int c = accept(fd, NULL, NULL);
+        if (c >= 0)
+            close(c);
+    }
+}
+
+/* What the network around the probe lets it reach: 0 when connected, else errno. */
+static json_object *network_results(void)
+{
+    json_object *o = json_object_new_object();
+    struct sockaddr_un a;
+    socklen_t len = abstract_addr(&a);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    json_object_object_add(o, "abstract", json_object_new_int(fd < 0 ? errno : err_of(connect(fd, (struct sockaddr *)&a, len))));
+    if (fd >= 0)
+        close(fd);
+    /* port 9 (discard) has no listener: the host's loopback refuses, an empty
+     * namespace's loopback is down and unreachable */
+    struct sockaddr_in in = {.sin_family = AF_INET, .sin_port = htons(9), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    json_object_object_add(o, "loopback_tcp", json_object_new_int(fd < 0 ? errno : err_of(connect(fd, (struct sockaddr *)&in, sizeof(in)))));
+    if (fd >= 0)
+        close(fd);
+    struct if_nameindex *ifs = if_nameindex();
+    json_object *names = json_object_new_array();
+    for (struct if_nameindex *i = ifs; i && i->if_index; i++)
+        json_object_array_add(names, json_object_new_string(i->if_name));
+    if (ifs)
+        if_freenameindex(ifs);
+    json_object_object_add(o, "interfaces", names);
+    return o;
 }
 
 static json_object *denied_results(void)
@@ -216,6 +278,8 @@ int main(int argc, char **argv)
     int report = -1, wait_fd = -1;
     char *hidden[16], *visible[16];
     size_t nhidden = 0, nvisible = 0;
+    if (argc > 1 && strcmp(argv[1], "--listen-abstract") == 0)
+        return listen_abstract();
     bool as_qemu = argc > 1 && strcmp(argv[1], "-name") == 0;
     if (as_qemu) {
         static char *const qemu_hidden[] = {"/etc/qvisor", "/var/lib/qvisor", "/root", "/home", "/dev/net/tun"};
@@ -301,6 +365,7 @@ int main(int argc, char **argv)
                            json_object_new_int(err_of(syscall(SYS_personality, 0xffffffffUL))));
     json_object_object_add(o, "exec_self", json_object_new_int(exec_self()));
     json_object_object_add(o, "denied", denied_results());
+    json_object_object_add(o, "network", network_results());
 
     const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
     int r = as_qemu ? write_all(report, "PROBE-REPORT ", 13) : 0;

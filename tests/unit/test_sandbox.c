@@ -966,7 +966,7 @@ static void test_inspect_running(void **state)
     assert_true(json_object_get_boolean(jget(o, "no_new_privs", NULL)));
     assert_int_equal(jint(o, "seccomp", "mode"), 2);
     assert_int_equal(jint(o, "seccomp", "filters"), 1);
-    assert_joined(jget(o, "namespaces", NULL), "mnt");
+    assert_joined(jget(o, "namespaces", NULL), "mnt net");
     assert_joined(jget(o, "dev", NULL), "full null ptmx pts random urandom zero");
     assert_int_equal(json_object_get_int(json_object_array_get_idx(jget(o, "rlimits", "nofile"), 0)), 400);
     assert_int_equal(json_object_get_int(json_object_array_get_idx(jget(o, "rlimits", "core"), 1)), 0);

@@ -332,8 +332,9 @@ static void test_qemu_confined(void **state)
     assert_int_equal(sandbox_inspect(f->pid, "/sys/fs/cgroup", &o, &e), 0);
     json_object *ns, *dev, *caps_o, *none;
     assert_true(json_object_object_get_ex(o, "namespaces", &ns));
-    assert_int_equal(json_object_array_length(ns), 1);
+    assert_int_equal(json_object_array_length(ns), 2);
     assert_string_equal(json_object_get_string(json_object_array_get_idx(ns, 0)), "mnt");
+    assert_string_equal(json_object_get_string(json_object_array_get_idx(ns, 1)), "net");
     assert_true(json_object_object_get_ex(o, "dev", &dev));
     assert_int_equal(json_object_array_length(dev), 7);
     assert_true(json_object_object_get_ex(o, "capabilities", &caps_o));
