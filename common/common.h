@@ -117,8 +117,13 @@ int mkdir_p(const char *path, mode_t mode);
 int fd_set_nonblock(int fd, bool on);
 int fd_set_cloexec(int fd, bool on);
 bool path_exists(const char *path);
-/* Creates dir if needed and holds an exclusive flock on dir/.lock; returns its fd
- * (close it to unlock). Serialises changes to a directory of definitions. */
+/* Takes an exclusive flock on fd, waiting at most timeout_ms; then -EBUSY saying
+ * "WHAT is locked by pid N (its command line)". */
+int flock_wait(int fd, const char *what, unsigned timeout_ms, struct qv_err *e);
+#define DIR_LOCK_WAIT_MS 5000
+/* Creates dir if needed and holds an exclusive flock on dir/.lock (waiting at most
+ * DIR_LOCK_WAIT_MS); returns its fd (close it to unlock). Serialises changes to a
+ * directory of definitions. */
 int dir_lock(const char *dir, struct qv_err *e);
 /* Sorted NAME of every dir/NAME.json whose NAME is valid; a missing dir is empty. */
 int json_names_in(const char *dir, struct strv *names, struct qv_err *e);
@@ -138,6 +143,8 @@ int unix_connect(const char *path, int *out, struct qv_err *e);
 /* Parses a JSON file; errors say where ("web1.json:3:14: unexpected character"). */
 int json_read_file(const char *path, json_object **out, struct qv_err *e);
 int json_parse_str(const char *what, const char *text, json_object **out, struct qv_err *e);
+/* The same for n bytes, which must hold no NUL byte (json-c would stop there). */
+int json_parse_buf(const char *what, const char *text, size_t n, json_object **out, struct qv_err *e);
 /* Pretty, stable serialisation ending in a newline; caller frees. */
 char *json_pretty(json_object *o);
 int json_write_file_atomic(const char *path, json_object *o, mode_t mode, struct qv_err *e);
@@ -168,6 +175,9 @@ int jr_int(struct jr *r, json_object *obj, const char *key, int64_t min, int64_t
 int jr_enum(struct jr *r, json_object *obj, const char *key, const char *const *names, int *out);
 /* Type checks of a value already at the current path. */
 int jr_expect(struct jr *r, json_object *v, json_type type);
+/* Every string and key in v (recursively) is valid UTF-8 without NUL: "a\u0000b" must
+ * not quietly become "a" where a C string is taken. Fails with the JSON path. */
+int jr_check_text(struct jr *r, json_object *v);
 
 /* ---- host layout ------------------------------------------------------------ */
 /* All of qvisor's files live under one root ("/" by default). */

@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 #include "common/common.h"
 
@@ -165,6 +166,64 @@ int qv_path(const struct qv_paths *p, char *out, size_t outlen, const char *fmt,
     return n < 0 || (size_t)n >= outlen ? -ENAMETOOLONG : 0;
 }
 
+/* "pid N (its command line)" of the process holding a flock on fd's file, from
+ * /proc/locks; "another process" when it cannot be told. */
+static void lock_holder(int fd, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "another process");
+    struct stat st;
+    _cleanup_fclose_ FILE *f = fstat(fd, &st) == 0 ? fopen("/proc/locks", "re") : NULL;
+    if (!f)
+        return;
+    char line[256];
+    while (fgets(line, sizeof(line), f)) {
+        /* "1: FLOCK  ADVISORY  WRITE 1234 fe:00:10953327 0 EOF"; waiters have "->" */
+        char kind[16], mode[16];
+        long pid;
+        unsigned maj, min;
+        unsigned long long ino;
+        if (strstr(line, "->") ||
+            sscanf(line, "%*d: %15s %*s %15s %ld %x:%x:%llu", kind, mode, &pid, &maj, &min, &ino) != 6 ||
+            strcmp(kind, "FLOCK") != 0 || ino != (unsigned long long)st.st_ino || maj != major(st.st_dev) ||
+            min != minor(st.st_dev) || pid <= 0 || pid == (long)getpid())
+            continue;
+        char path[64], cmd[160] = "";
+        snprintf(path, sizeof(path), "/proc/%ld/cmdline", pid);
+        _cleanup_free_ char *args = NULL;
+        size_t n = 0;
+        if (read_file(path, 4096, &args, &n) == 0) {
+            for (size_t i = 0; i + 1 < n; i++)
+                if (args[i] == '\0')
+                    args[i] = ' ';
+            snprintf(cmd, sizeof(cmd), "%s", args);
+        }
+        snprintf(out, outlen, cmd[0] ? "pid %ld (%s)" : "pid %ld", pid, cmd);
+        return;
+    }
+}
+
+int flock_wait(int fd, const char *what, unsigned timeout_ms, struct qv_err *e)
+{
+    uint64_t deadline = monotonic_ms() + timeout_ms;
+    useconds_t pause_us = 1000;
+    for (;;) {
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+            return 0;
+        if (errno == EINTR)
+            continue;
+        if (errno != EWOULDBLOCK)
+            return qv_failerr(e, -errno, "%s: lock", what);
+        if (monotonic_ms() >= deadline)
+            break;
+        usleep(pause_us);
+        pause_us = pause_us < 50000 ? pause_us * 2 : 50000;
+    }
+    char holder[200];
+    lock_holder(fd, holder, sizeof(holder));
+    return qv_fail(e, -EBUSY, "%s is locked by %s; waited %u s (try again when it is done)", what, holder,
+                   timeout_ms / 1000);
+}
+
 int dir_lock(const char *dir, struct qv_err *e)
 {
     char lock[PATH_MAX];
@@ -172,13 +231,13 @@ int dir_lock(const char *dir, struct qv_err *e)
     if (r < 0)
         return qv_failerr(e, r, "%s", dir);
     snprintf(lock, sizeof(lock), "%s/.lock", dir);
-    int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    /* O_NOFOLLOW, O_NONBLOCK: whatever sits at the lock's path, opening it never waits */
+    int fd = open(lock, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0600);
     if (fd < 0)
         return qv_failerr(e, -errno, "%s", lock);
-    if (flock(fd, LOCK_EX) < 0) {
-        r = -errno;
+    if ((r = flock_wait(fd, lock, DIR_LOCK_WAIT_MS, e)) < 0) {
         close(fd);
-        return qv_failerr(e, r, "%s: lock", lock);
+        return r;
     }
     return fd;
 }

@@ -20,47 +20,102 @@ static void offset_to_line_col(const char *text, size_t off, int *line, int *col
     }
 }
 
-int json_parse_str(const char *what, const char *text, json_object **out, struct qv_err *e)
+/* A \u0000 escape in an object key: json-c keeps keys as C strings, so
+ * {"name\u0000x": 1} would silently become {"name": 1}. Values keep their NUL and are
+ * refused with their JSON path by jr_check_text; keys can only be caught here.
+ * `text` was accepted by json-c, which also takes comments and single quotes. Returns
+ * the offset of the key's opening quote, or -1. */
+static ssize_t key_with_nul(const char *text, size_t n)
 {
+    for (size_t i = 0; i < n; i++) {
+        if (text[i] == '/' && i + 1 < n && (text[i + 1] == '*' || text[i + 1] == '/')) {
+            const char *end = text[i + 1] == '*' ? "*/" : "\n";
+            const char *c = memmem(text + i + 2, n - i - 2, end, strlen(end));
+            if (!c)
+                return -1;
+            i = (size_t)(c - text) + strlen(end) - 1;
+            continue;
+        }
+        if (text[i] != '"' && text[i] != '\'')
+            continue;
+        char quote = text[i];
+        size_t start = i;
+        bool nul = false;
+        for (i++; i < n && text[i] != quote; i++) {
+            if (text[i] != '\\')
+                continue;
+            if (i + 5 < n && text[i + 1] == 'u' && memcmp(text + i + 2, "0000", 4) == 0)
+                nul = true;
+            i++;    /* the escaped character: never a closing quote */
+        }
+        size_t j = i + 1;
+        while (j < n && strchr(" \t\r\n", text[j]))
+            j++;
+        if (nul && j < n && text[j] == ':')
+            return (ssize_t)start;
+    }
+    return -1;
+}
+
+int json_parse_buf(const char *what, const char *text, size_t n, json_object **out, struct qv_err *e)
+{
+    int line, col;
+    /* json-c stops at a NUL byte and would ignore whatever follows it */
+    const char *nul = memchr(text, '\0', n);
+    if (nul) {
+        offset_to_line_col(text, (size_t)(nul - text), &line, &col);
+        return qv_fail(e, -EINVAL, "%s:%d:%d: a NUL byte (JSON is text; write \\u0000 inside a string if you must)",
+                       what, line, col);
+    }
+    if (n > INT32_MAX)
+        return qv_fail(e, -EINVAL, "%s: too large", what);
     json_tokener *tok = json_tokener_new();
     if (!tok)
         return qv_fail(e, -ENOMEM, "%s: out of memory", what);
-    size_t n = strlen(text);
     json_object *o = json_tokener_parse_ex(tok, text, (int)n);
     enum json_tokener_error jerr = json_tokener_get_error(tok);
     size_t off = json_tokener_get_parse_end(tok);
     json_tokener_free(tok);
     if (jerr == json_tokener_continue) {
-        int line, col;
         offset_to_line_col(text, n, &line, &col);
         return qv_fail(e, -EINVAL, "%s:%d:%d: unexpected end of JSON", what, line, col);
     }
     if (jerr != json_tokener_success) {
-        int line, col;
         offset_to_line_col(text, off, &line, &col);
         return qv_fail(e, -EINVAL, "%s:%d:%d: %s", what, line, col, json_tokener_error_desc(jerr));
     }
     for (size_t i = off; i < n; i++) {
         if (!strchr(" \t\r\n", text[i])) {
             json_object_put(o);
-            int line, col;
             offset_to_line_col(text, i, &line, &col);
             return qv_fail(e, -EINVAL, "%s:%d:%d: trailing data after the JSON value", what, line, col);
         }
+    }
+    ssize_t k = key_with_nul(text, off);
+    if (k >= 0) {
+        json_object_put(o);
+        offset_to_line_col(text, (size_t)k, &line, &col);
+        return qv_fail(e, -EINVAL, "%s:%d:%d: an object key contains \\u0000 (NUL)", what, line, col);
     }
     *out = o;
     return 0;
 }
 
+int json_parse_str(const char *what, const char *text, json_object **out, struct qv_err *e)
+{
+    return json_parse_buf(what, text, strlen(text), out, e);
+}
+
 int json_read_file(const char *path, json_object **out, struct qv_err *e)
 {
     _cleanup_free_ char *text = NULL;
-    int r = read_file(path, JSON_FILE_MAX, &text, NULL);
+    size_t len = 0;
+    int r = read_file(path, JSON_FILE_MAX, &text, &len);
     if (r == -EFBIG)
         return qv_fail(e, -EINVAL, "%s: larger than %u bytes", path, JSON_FILE_MAX);
     if (r < 0)
         return qv_failerr(e, r, "%s", path);
-    return json_parse_str(path, text, out, e);
+    return json_parse_buf(path, text, len, out, e);
 }
 
 char *json_pretty(json_object *o)
@@ -257,4 +312,77 @@ int jr_enum(struct jr *r, json_object *obj, const char *key, const char *const *
     e = jr_fail(r, "%s is not one of %s", jr_show(v), list);
     jr_pop(r, m);
     return e;
+}
+
+/* Length of the valid UTF-8 prefix of s[0..n): no overlong forms, no surrogates,
+ * nothing above U+10FFFF. */
+static size_t utf8_valid_prefix(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = s[i];
+        size_t len;
+        unsigned lo = 0x80, hi = 0xbf;     /* range of the second byte */
+        if (c < 0x80)
+            len = 1;
+        else if (c >= 0xc2 && c <= 0xdf)
+            len = 2;
+        else if (c >= 0xe0 && c <= 0xef)
+            len = 3, lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
+        else if (c >= 0xf0 && c <= 0xf4)
+            len = 4, lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
+        else
+            return i;
+        if (i + len > n)
+            return i;
+        for (size_t k = 1; k < len; k++) {
+            unsigned b = s[i + k];
+            if (k == 1 ? (b < lo || b > hi) : (b < 0x80 || b > 0xbf))
+                return i;
+        }
+        i += len;
+    }
+    return n;
+}
+
+static int check_string(struct jr *r, const char *s, size_t n, json_object *shown)
+{
+    if (strlen(s) != n)
+        return jr_fail(r, "%s contains a NUL character (\\u0000)", jr_show(shown));
+    size_t ok = utf8_valid_prefix((const unsigned char *)s, n);
+    if (ok != n)    /* the value itself is not shown: its bytes would garble the message */
+        return jr_fail(r, "is not valid UTF-8 (byte %zu of the string is 0x%02x)", ok + 1, (unsigned char)s[ok]);
+    return 0;
+}
+
+int jr_check_text(struct jr *r, json_object *v)
+{
+    int e = 0;
+    switch (json_object_get_type(v)) {
+    case json_type_string:
+        return check_string(r, json_object_get_string(v), (size_t)json_object_get_string_len(v), v);
+    case json_type_array:
+        for (size_t i = 0; i < json_object_array_length(v) && e == 0; i++) {
+            size_t m = jr_index(r, i);
+            e = jr_check_text(r, json_object_array_get_idx(v, i));
+            if (e == 0)
+                jr_pop(r, m);
+        }
+        return e;
+    case json_type_object: {
+        json_object_object_foreach(v, key, val) {
+            size_t n = strlen(key), ok = utf8_valid_prefix((const unsigned char *)key, n);
+            if (ok != n)
+                return jr_fail(r, "an object key is not valid UTF-8 (byte %zu of the key is 0x%02x)", ok + 1,
+                               (unsigned char)key[ok]);
+            size_t m = jr_key(r, key);
+            if ((e = jr_check_text(r, val)) < 0)
+                return e;
+            jr_pop(r, m);
+        }
+        return 0;
+    }
+    default:
+        return 0;
+    }
 }

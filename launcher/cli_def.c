@@ -214,10 +214,11 @@ int cmd_define(struct cli *c)
                                c->opts[i].opt->name);
         if (strcmp(arg, "-") == 0) {
             _cleanup_free_ char *text = NULL;
-            r = read_file("/dev/stdin", 4u << 20, &text, NULL);
+            size_t len = 0;
+            r = read_file("/dev/stdin", 4u << 20, &text, &len);
             if (r < 0)
                 return qv_failerr(&c->err, r, "standard input");
-            r = json_parse_str("<stdin>", text, &o, &c->err);
+            r = json_parse_buf("<stdin>", text, len, &o, &c->err);
         } else {
             r = json_read_file(arg, &o, &c->err);
         }
@@ -276,9 +277,10 @@ int cmd_edit(struct cli *c)
     _cleanup_json_ json_object *next = NULL;
     if (!isatty(STDIN_FILENO)) {
         _cleanup_free_ char *text = NULL;
-        if ((r = read_file("/dev/stdin", 4u << 20, &text, NULL)) < 0)
+        size_t len = 0;
+        if ((r = read_file("/dev/stdin", 4u << 20, &text, &len)) < 0)
             return qv_failerr(&c->err, r, "standard input");
-        if ((r = json_parse_str("<stdin>", text, &next, &c->err)) < 0)
+        if ((r = json_parse_buf("<stdin>", text, len, &next, &c->err)) < 0)
             return r;
     } else {
         char tmp[] = "/tmp/qvisor-edit-XXXXXX.json";

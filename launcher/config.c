@@ -82,17 +82,6 @@ static bool abs_path_valid(const char *s)
     return s && s[0] == '/' && strlen(s) < PATH_MAX && !strchr(s, '\n');
 }
 
-static bool ifname_valid(const char *s)
-{
-    size_t n = s ? strlen(s) : 0;
-    if (n < 1 || n > 15 || strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (s[i] == '/' || s[i] == ':' || s[i] == ',' || isspace((unsigned char)s[i]) || !isprint((unsigned char)s[i]))
-            return false;
-    return true;
-}
-
 static bool charset_valid(const char *s, size_t maxlen, const char *extra)
 {
     size_t n = strlen(s);
@@ -438,9 +427,12 @@ static int parse_nic(struct jr *r, json_object *o, struct vm_nic *n, const struc
     n->type = type;
     if (type != NIC_USER) {
         const char *key = source_keys[type];
-        bool (*ok)(const char *) = type == NIC_NETWORK ? name_valid : ifname_valid;
+        /* the same rule as the network set-up that will use it at start: a name that
+         * passes here never fails there */
+        bool (*ok)(const char *) = type == NIC_NETWORK ? name_valid : netsetup_ifname_valid;
         e = jr_checked_string(r, o, key, true, &n->source, ok,
-                              type == NIC_NETWORK ? "a network name" : "an interface name (1-15 characters)");
+                              type == NIC_NETWORK ? "a network name"
+                                                  : "an interface name (1-15 of letters, digits, _ . -)");
         if (e < 0)
             return e;
     }
@@ -642,7 +634,8 @@ static int parse_definition(struct jr *rp, json_object *o, struct vm_def *d)
     _cleanup_free_ char *uuid = NULL;
     bool order_given = false;
     json_object *qargs = NULL;
-    if ((err = jr_expect(&r, o, json_type_object)) < 0 || (err = jr_only_keys(&r, o, keys)) < 0 ||
+    if ((err = jr_expect(&r, o, json_type_object)) < 0 || (err = jr_check_text(&r, o)) < 0 ||
+        (err = jr_only_keys(&r, o, keys)) < 0 ||
         (err = jr_checked_string(&r, o, "name", true, &d->name, name_valid,
                                  "a valid name (1-64 of letters, digits, _ . -, not starting with . or -)")) < 0 ||
         (err = jr_checked_string(&r, o, "uuid", false, &uuid, uuid_valid, "a lower-case UUID")) < 0 ||
@@ -735,7 +728,11 @@ int vm_disk_from_json(json_object *o, const struct vm_def *d, struct vm_disk *ou
     jr_key(&r, "disk");
     int err = jr_expect(&r, o, json_type_object);
     if (err == 0)
+        err = jr_check_text(&r, o);
+    if (err == 0)
         err = parse_disk(&r, o, out, d);
+    if (err == 0 && (err = vm_path_check_type(out->file, PATH_REG | PATH_BLK, e)) < 0)
+        qv_prefix(e, "disk.file: ");
     if (err == 0 && out->format == FORMAT_PROBE)
         err = image_detect_format(out->file, &out->format, e);
     if (err < 0)
@@ -750,6 +747,8 @@ int vm_nic_from_json(json_object *o, const struct vm_def *d, struct vm_nic *out,
     memset(out, 0, sizeof(*out));
     jr_key(&r, "nic");
     int err = jr_expect(&r, o, json_type_object);
+    if (err == 0)
+        err = jr_check_text(&r, o);
     if (err == 0)
         err = parse_nic(&r, o, out, d);
     if (err < 0)

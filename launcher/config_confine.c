@@ -70,6 +70,23 @@ int vm_limits_parse(struct jr *r, json_object *root, struct vm_def *d)
         (e = jr_int(r, o, "pids", 16, 4194304, &pids)) < 0 || (e = jr_int(r, o, "io_weight", 1, 10000, &iw)) < 0 ||
         (e = jr_array(r, o, "io", &io)) < 0)
         return e;
+    if (d->limits.memory_max) {
+        /* The limit holds QEMU and the guest RAM it touches; below QEMU's own overhead
+         * (the start path's default adds the same to guest RAM) QEMU is OOM-killed
+         * before the guest runs. Under "auto" the smaller KVM figure applies. */
+        uint64_t mib = 1ull << 20;
+        uint64_t need = sandbox_memory_overhead(d->memory.bytes, (unsigned)d->cpu.count, d->accel == ACCEL_TCG);
+        need = (need + mib - 1) / mib * mib;
+        if (d->limits.memory_max < need) {
+            char ram[32], min[32];
+            format_size(d->memory.bytes, ram, sizeof(ram));
+            format_size(need, min, sizeof(min));
+            return jr_key(r, "memory_max"),
+                   jr_fail(r, "%s is less than QEMU itself needs beside %s of guest memory and %d vCPU%s%s "
+                              "(at least \"%s\")", jr_show(json_object_object_get(o, "memory_max")), ram,
+                           d->cpu.count, d->cpu.count == 1 ? "" : "s", d->accel == ACCEL_TCG ? " under TCG" : "", min);
+        }
+    }
     d->limits.cpu_weight = (int)cw;
     d->limits.io_weight = (int)iw;
     d->limits.pids = pids;

@@ -76,14 +76,20 @@ static int uid_dir(struct sup *s, char *out, size_t outlen)
     return mkdir_p(out, 0755);
 }
 
+static uint64_t memory_max(struct sup *s)
+{
+    bool tcg = s->facts.accel_override == ACCEL_TCG || accel_resolve(&s->def, &s->facts) == ACCEL_TCG;
+    return s->def.limits.memory_max ? s->def.limits.memory_max
+                                    : s->def.memory.bytes +
+                                          sandbox_memory_overhead(s->def.memory.bytes, (unsigned)s->def.cpu.count, tcg);
+}
+
 /* The limits of the definition in sandbox terms. io devices are resolved now. */
 static int cgroup_limits(struct sup *s, struct sandbox_cgroup_limits *l, struct sandbox_io_limit *io, struct qv_err *e)
 {
     const struct vm_limits *vl = &s->def.limits;
     memset(l, 0, sizeof(*l));
-    bool tcg = s->facts.accel_override == ACCEL_TCG || accel_resolve(&s->def, &s->facts) == ACCEL_TCG;
-    l->memory_max = vl->memory_max ? vl->memory_max
-                                   : s->def.memory.bytes + sandbox_memory_overhead(s->def.memory.bytes, (unsigned)s->def.cpu.count, tcg);
+    l->memory_max = memory_max(s);
     if (vl->cpu && sandbox_parse_cpu_quota(vl->cpu, &l->cpu_quota_us, &l->cpu_period_us, e) < 0)
         return qv_prefix(e, "%s: limits.cpu: ", s->def.name);
     l->cpu_weight = (unsigned)vl->cpu_weight;
@@ -264,6 +270,16 @@ bool confine_oom_killed(struct sup *s)
 {
     uint64_t now = 0;
     return s->conf.have_cgroup && sandbox_cgroup_oom_kills(&s->conf.cg, &now) == 0 && now > s->conf.oom_before;
+}
+
+int confine_oom_error(struct sup *s, struct qv_err *e)
+{
+    if (!confine_oom_killed(s))
+        return 0;
+    char limit[32];
+    format_size(memory_max(s), limit, sizeof(limit));
+    return qv_fail(e, -ENOMEM, "QEMU was killed for lack of memory (cgroup memory limit %s; raise limits.memory_max)",
+                   limit);
 }
 
 void confine_after_exit(struct sup *s)

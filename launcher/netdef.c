@@ -81,6 +81,38 @@ static int addr_in(struct jr *r, json_object *o, const char *key, const struct n
     return 0;
 }
 
+/* Address blocks no bridge network may use: the guests' packets would be dropped,
+ * misrouted or taken for the host's own. */
+static const struct {
+    const char *cidr, *what;
+} reserved[] = {
+    {"0.0.0.0/8", "\"this network\" (0.0.0.0/8), which is never a destination"},
+    {"127.0.0.0/8", "loopback (127.0.0.0/8)"},
+    {"169.254.0.0/16", "link-local (169.254.0.0/16), which routers never forward"},
+    {"224.0.0.0/4", "multicast (224.0.0.0/4)"},
+    {"240.0.0.0/4", "reserved (240.0.0.0/4, with the broadcast address 255.255.255.255)"},
+    {"::/128", "the unspecified address (::)"},
+    {"::1/128", "loopback (::1)"},
+    {"::ffff:0:0/96", "IPv4-mapped (::ffff:0:0/96)"},
+    {"fe80::/10", "link-local (fe80::/10), which every link has already"},
+    {"ff00::/8", "multicast (ff00::/8)"},
+};
+
+/* Fails when the network `c` (as written in `text`) overlaps a reserved block. */
+static int check_unicast(struct jr *r, const char *text, const struct netsetup_cidr *c)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(reserved); i++) {
+        struct netsetup_cidr b;
+        struct qv_err pe = {0};
+        if (netsetup_cidr_parse(reserved[i].cidr, &b, &pe) < 0 || b.family != c->family || !netsetup_cidr_overlap(c, &b))
+            continue;
+        return jr_key(r, "address"),
+               jr_fail(r, "\"%s\" overlaps %s; use unicast addresses, e.g. a private range (%s)", text, reserved[i].what,
+                       c->family == AF_INET ? "10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16" : "fd00::/8");
+    }
+    return 0;
+}
+
 static uint32_t v4(const char *s)
 {
     struct in_addr a;
@@ -110,6 +142,8 @@ static int parse_ipv4(struct jr *r, json_object *root, struct net_def *n)
     if ((host & ~mask) == 0 || (host & ~mask) == ~mask)
         return jr_key(r, "address"), jr_fail(r, "%s is the network's own or broadcast address, not a host's",
                                              n->ipv4.address);
+    if ((e = check_unicast(r, n->ipv4.address, &n->ipv4.cidr)) < 0)
+        return e;
     if ((e = jr_object(r, o, "dhcp", false, &dhcp)) < 0)
         return e;
     n->ipv4.lease_time = DEFAULT_LEASE;
@@ -182,6 +216,8 @@ static int parse_ipv6(struct jr *r, json_object *root, struct net_def *n)
         !strchr(n->ipv6.address, '/') || n->ipv6.cidr.prefix < 48 || n->ipv6.cidr.prefix > 64)
         return jr_key(r, "address"), jr_fail(r, "\"%s\" is not an IPv6 address with a prefix of 48 to 64 bits, like "
                                              "\"fd77::1/64\"", n->ipv6.address);
+    if ((e = check_unicast(r, n->ipv6.address, &n->ipv6.cidr)) < 0)
+        return e;
     if ((e = jr_object(r, o, "dhcp", false, &dhcp)) < 0)
         return e;
     if (dhcp) {
@@ -268,8 +304,8 @@ static int parse_net(struct jr *r, json_object *o, struct net_def *n)
     static const char *const keys[] = {"name", "mode", "bridge", "mtu", "ipv4", "ipv6", "dns", "forwards", "autostart", NULL};
     int e, mode = NET_NAT;
     int64_t mtu = 0;
-    if ((e = jr_expect(r, o, json_type_object)) < 0 || (e = jr_only_keys(r, o, keys)) < 0 ||
-        (e = jr_string(r, o, "name", true, &n->name)) < 0)
+    if ((e = jr_expect(r, o, json_type_object)) < 0 || (e = jr_check_text(r, o)) < 0 ||
+        (e = jr_only_keys(r, o, keys)) < 0 || (e = jr_string(r, o, "name", true, &n->name)) < 0)
         return e;
     if (!name_valid(n->name))
         return jr_key(r, "name"), jr_fail(r, "\"%s\" is not a valid name", n->name);

@@ -4,8 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
-#include "launcher/launcher.h"
+#include "launcher/config.h"
+#include "sandbox/sandbox.h"
 
 int vm_def_path(const struct qv_paths *p, const char *name, char *out, size_t outlen)
 {
@@ -57,11 +59,45 @@ void mac_generate(const char *uuid, size_t index, unsigned attempt, char out[18]
     snprintf(out, 18, "52:54:00:%02x:%02x:%02x", b3, b4, b5);
 }
 
+static const char *file_type_name(mode_t mode)
+{
+    switch (mode & S_IFMT) {
+    case S_IFREG: return "a regular file";
+    case S_IFBLK: return "a block device";
+    case S_IFCHR: return "a character device";
+    case S_IFIFO: return "a named pipe (FIFO)";
+    case S_IFSOCK: return "a socket";
+    case S_IFDIR: return "a directory";
+    case S_IFLNK: return "a symbolic link";
+    }
+    return "of an unknown file type";
+}
+
+int vm_path_check_type(const char *path, unsigned allowed, struct qv_err *e)
+{
+    /* stat, never open: opening a FIFO waits for a writer, forever, and opening a
+     * character device can act (a watchdog arms, a tape rewinds) */
+    struct stat st;
+    if (stat(path, &st) < 0)
+        return errno == ENOENT ? 0 : qv_failerr(e, -errno, "%s", path);
+    if ((allowed & PATH_REG && S_ISREG(st.st_mode)) || (allowed & PATH_BLK && S_ISBLK(st.st_mode)))
+        return 0;
+    return qv_fail(e, -EINVAL, "%s is %s, not %s", path, file_type_name(st.st_mode),
+                   allowed & PATH_BLK ? "a regular file or a block device" : "a regular file");
+}
+
 int image_detect_format(const char *path, enum disk_format *fmt, struct qv_err *e)
 {
-    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: should the path have become a FIFO since it was checked, the open
+     * returns at once and the type check below refuses it */
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
     if (fd < 0)
         return qv_failerr(e, -errno, "%s", path);
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return qv_failerr(e, -errno, "%s", path);
+    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+        return qv_fail(e, -EINVAL, "%s is %s, not a regular file or a block device", path, file_type_name(st.st_mode));
     unsigned char magic[4] = {0};
     ssize_t n = pread(fd, magic, sizeof(magic), 0);
     if (n < 0)
@@ -171,24 +207,72 @@ static int assign_identity(struct vm_def *d, const struct vm_def *old, const str
     return 0;
 }
 
-/* Fills uuid, MACs and image formats, and checks them against the other VMs. */
-static int complete_definition(const struct qv_paths *p, struct vm_def *d, const struct vm_def *old, struct qv_err *e)
+/* Fills uuid and MACs, and checks them against the other VMs; `lock` is held. */
+static int complete_identity(const struct qv_paths *p, struct vm_def *d, const struct vm_def *old, struct qv_err *e)
 {
     struct others o = {0};
     int r = others_load(p, d->name, &o, e);
     if (r == 0)
         r = assign_identity(d, old, &o, e);
     others_free(&o);
+    return r;
+}
+
+static int check_path(const char *path, unsigned allowed, struct qv_err *e, const char *fmt, ...) QV_PRINTF(4, 5);
+static int check_path(const char *path, unsigned allowed, struct qv_err *e, const char *fmt, ...)
+{
+    int r = path ? vm_path_check_type(path, allowed, e) : 0;
+    if (r < 0) {
+        char where[64];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(where, sizeof(where), fmt, ap);
+        va_end(ap);
+        qv_prefix(e, "%s: ", where);
+    }
+    return r;
+}
+
+/* What start would refuse on this host, refused now instead: files of a type QEMU
+ * cannot use (and that could hang whoever opens them), users and groups that do not
+ * exist or are root's. Reads image headers for the formats not given. Takes no lock:
+ * nothing here depends on the other definitions. */
+static int check_host(struct vm_def *d, struct qv_err *e)
+{
+    int r = 0;
     for (size_t i = 0; r == 0 && i < d->ndisks; i++) {
-        if (d->disks[i].format != FORMAT_PROBE)
+        struct vm_disk *k = &d->disks[i];
+        if ((r = check_path(k->file, PATH_REG | PATH_BLK, e, "disks[%zu].file", i)) < 0 || k->format != FORMAT_PROBE)
             continue;
-        r = image_detect_format(d->disks[i].file, &d->disks[i].format, e);
-        if (r < 0) {
+        if ((r = image_detect_format(k->file, &k->format, e)) < 0) {
             qv_prefix(e, "disks[%zu].file: ", i);
-            snprintf(e->msg + strlen(e->msg), sizeof(e->msg) - strlen(e->msg),
-                     " (create the image first, or give \"format\")");
+            if (r != -EINVAL)
+                snprintf(e->msg + strlen(e->msg), sizeof(e->msg) - strlen(e->msg),
+                         " (create the image first, or give \"format\")");
         }
     }
+    for (size_t i = 0; r == 0 && i < d->ncdroms; i++)
+        r = check_path(d->cdroms[i].file, PATH_REG | PATH_BLK, e, "cdroms[%zu].file", i);
+    if (r == 0)
+        r = check_path(d->boot.kernel, PATH_REG, e, "boot.kernel");
+    if (r == 0)
+        r = check_path(d->boot.initrd, PATH_REG, e, "boot.initrd");
+    for (size_t i = 0; r == 0 && i < d->limits.nio; i++) {
+        struct stat st;
+        const char *dev = d->limits.io[i].device;
+        if (stat(dev, &st) < 0)
+            r = qv_failerr(e, errno == ENOENT ? -EINVAL : -errno, "limits.io[%zu].device: %s", i, dev);
+        else if (!S_ISBLK(st.st_mode))
+            r = qv_fail(e, -EINVAL, "limits.io[%zu].device: %s is %s, not a block device", i, dev,
+                        file_type_name(st.st_mode));
+    }
+    struct qv_err le = {0};
+    uid_t uid;
+    gid_t gid;
+    if (r == 0 && d->sandbox.user && sandbox_user_lookup(d->sandbox.user, &uid, &gid, &le) < 0)
+        r = qv_fail(e, -EINVAL, "sandbox.user: %s (use \"dynamic\" for a uid of its own)", le.msg);
+    if (r == 0 && d->sandbox.group && sandbox_group_lookup(d->sandbox.group, &gid, &le) < 0)
+        r = qv_fail(e, -EINVAL, "sandbox.group: %s", le.msg);
     return r;
 }
 
@@ -217,7 +301,7 @@ static int define_locked(const struct qv_paths *p, struct vm_def *d, bool replac
             return r;
         }
     }
-    int r = complete_definition(p, d, have_old ? &old : NULL, e);
+    int r = complete_identity(p, d, have_old ? &old : NULL, e);
     if (have_old)
         vm_def_free(&old);
     if (r < 0)
@@ -232,6 +316,11 @@ int vm_define(const struct qv_paths *p, json_object *o, bool replace, struct vm_
     int r = vm_def_from_json(o, &d, e);
     if (r < 0)
         return r;
+    if ((r = check_host(&d, e)) < 0) {
+        qv_prefix(e, "%s: ", d.name);
+        vm_def_free(&d);
+        return r;
+    }
     _cleanup_close_ int lock = lock_vms_dir(p, e);
     r = lock < 0 ? lock : define_locked(p, &d, replace, e);
     if (r == 0 && out)

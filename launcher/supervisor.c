@@ -449,7 +449,8 @@ static int start_qemu(struct sup *s, struct qv_err *e)
         s->qemu_pid = s->rs.qemu_pid = 0;
         char msg[900];
         qemu_message(s, log_start, msg, sizeof(msg));
-        if (msg[0])
+        /* an OOM kill shows only as a broken QMP connection: name the cause */
+        if (confine_oom_error(s, e) == 0 && msg[0])
             qv_fail(e, -EIO, "%s", msg);
         return qv_prefix(e, "%s: QEMU failed to start: ", s->def.name);
     }

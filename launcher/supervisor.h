@@ -181,6 +181,9 @@ json_object *vmnet_addresses(struct sup *s);
 int confine_prepare(struct sup *s, struct qv_err *e);
 int confine_spawn(struct sup *s, const struct launch_plan *p, const int *fds, pid_t *pid, struct qv_err *e);
 bool confine_oom_killed(struct sup *s);
+/* When QEMU was OOM-killed in its cgroup, fills e ("QEMU was killed for lack of
+ * memory (cgroup memory limit 1G; …)") and returns -ENOMEM; else 0. */
+int confine_oom_error(struct sup *s, struct qv_err *e);
 /* After each QEMU exit: removes its cgroup. */
 void confine_after_exit(struct sup *s);
 /* When the supervisor is done: the cgroup and the uid lease. */

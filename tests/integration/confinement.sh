@@ -85,7 +85,7 @@ check_not "the cgroup is gone after stop" bash -c "ls -d $cg/*/$T_CGROUP/vl $cg/
 cat > "$T_ROOT/oom.json" <<J
 {"name": "oom", "memory": "512M", "boot": {"kernel": "$G_KERNEL", "initrd": "$G_INITRD",
  "cmdline": "$G_APPEND qv_run=\\"dd if=/dev/zero of=/fill bs=1M count=400\\" qv_after=stay"},
- "limits": {"memory_max": "300M"}}
+ "limits": {"memory_max": "352M"}}
 J
 qv define -q "$T_ROOT/oom.json"
 qv start -q oom
