@@ -44,13 +44,9 @@ int vm_list_names(const struct qv_paths *p, struct strv *names, struct qv_err *e
 void mac_generate(const char *uuid, size_t index, unsigned attempt, char out[18])
 {
     /* FNV-1a over uuid, index and attempt: stable, spread, and cheap */
-    uint64_t h = 0xcbf29ce484222325ULL;
     char seed[96];
     int n = snprintf(seed, sizeof(seed), "%s/%zu/%u", uuid, index, attempt);
-    for (int i = 0; i < n; i++) {
-        h ^= (unsigned char)seed[i];
-        h *= 0x100000001b3ULL;
-    }
+    uint64_t h = fnv1a64(seed, (size_t)n, FNV1A64_INIT);
     unsigned b3 = (h >> 16) & 0xff, b4 = (h >> 8) & 0xff, b5 = h & 0xff;
     if (b3 == 0x12 && b4 == 0x34 && b5 == 0x56)   /* QEMU's own default */
         b5 ^= 1;
