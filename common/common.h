@@ -205,6 +205,9 @@ int proc_find_by_pair(const char *key, const char *value, pid_t except, pid_t *o
  * (up to 64 KiB) into *output if non-NULL. Returns the exit status (>= 0) or -errno;
  * -ETIMEDOUT kills the child. */
 int run_program(const char *const *argv, int timeout_ms, char **output);
+/* The same with stdout and stderr kept apart (either may be NULL). Both kill the
+ * child when the calling thread dies (PR_SET_PDEATHSIG). */
+int run_program_split(const char *const *argv, int timeout_ms, char **out, char **err);
 /* Finds an executable in PATH (or the default /usr/sbin:/usr/bin:/sbin:/bin). */
 int find_program(const char *name, char *out, size_t outlen);
 

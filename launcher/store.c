@@ -53,19 +53,6 @@ void mac_generate(const char *uuid, size_t index, unsigned attempt, char out[18]
     snprintf(out, 18, "52:54:00:%02x:%02x:%02x", b3, b4, b5);
 }
 
-int image_detect_format(const char *path, enum disk_format *fmt, struct qv_err *e)
-{
-    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return qv_failerr(e, -errno, "%s", path);
-    unsigned char magic[4] = {0};
-    ssize_t n = pread(fd, magic, sizeof(magic), 0);
-    if (n < 0)
-        return qv_failerr(e, -errno, "%s: cannot read its header", path);
-    *fmt = n == 4 && memcmp(magic, "QFI\xfb", 4) == 0 ? FORMAT_QCOW2 : FORMAT_RAW;
-    return 0;
-}
-
 /* Identity of every other defined VM, for uniqueness checks. */
 struct others {
     struct strv uuids, macs, mac_owners;
