@@ -36,23 +36,23 @@ int storage_open_image(const char *path, int flags, struct qv_err *e)
 {
     struct stat st;
     if (stat(path, &st) < 0)
-        return qv_failerr(e, -errno, "image %s", path);
+        return qv_failerr(e, -errno, "%s", path);
     if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-        return qv_fail(e, -EINVAL, "image %s is %s, not a regular file or block device", path,
+        return qv_fail(e, -EINVAL, "%s is %s, not a regular file or block device", path,
                        kind_name(st.st_mode));
     /* O_NONBLOCK: should a FIFO be swapped in after the stat, the open still returns */
     _cleanup_close_ int fd = open(path, (flags & O_ACCMODE) | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
     if (fd < 0)
-        return qv_failerr(e, -errno, "image %s", path);
+        return qv_failerr(e, -errno, "%s", path);
     if (fstat(fd, &st) < 0)
-        return qv_failerr(e, -errno, "image %s", path);
+        return qv_failerr(e, -errno, "%s", path);
     if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-        return qv_fail(e, -EINVAL, "image %s is %s, not a regular file or block device", path,
+        return qv_fail(e, -EINVAL, "%s is %s, not a regular file or block device", path,
                        kind_name(st.st_mode));
     /* QEMU does its own non-blocking I/O where it wants it; a plain file keeps the usual semantics */
     int r = fd_set_nonblock(fd, false);
     if (r < 0)
-        return qv_failerr(e, r, "image %s", path);
+        return qv_failerr(e, r, "%s", path);
     return qv_steal_fd(&fd);
 }
 
