@@ -76,15 +76,14 @@ static int uid_dir(struct sup *s, char *out, size_t outlen)
 }
 
 /* The limits of the definition in sandbox terms. io devices are resolved now. */
-static int cgroup_limits(struct sup *s, struct sandbox_cgroup_limits *l, struct sandbox_io_limit *io, struct qv_err *e)
+static int cgroup_limits(struct sup *s, const struct launch_plan *p, struct sandbox_cgroup_limits *l,
+                         struct sandbox_io_limit *io, struct qv_err *e)
 {
     const struct vm_limits *vl = &s->def.limits;
     memset(l, 0, sizeof(*l));
-    bool tcg = s->facts.accel_override == ACCEL_TCG || accel_resolve(&s->def, &s->facts) == ACCEL_TCG;
-    l->memory_max = vl->memory_max ? vl->memory_max
-                                   : s->def.memory.bytes + sandbox_memory_overhead(s->def.memory.bytes, (unsigned)s->def.cpu.count, tcg);
-    if (vl->cpu && sandbox_parse_cpu_quota(vl->cpu, &l->cpu_quota_us, &l->cpu_period_us, e) < 0)
-        return qv_prefix(e, "%s: limits.cpu: ", s->def.name);
+    l->memory_max = p->memory_max;
+    l->cpu_quota_us = p->cpu_quota_us;
+    l->cpu_period_us = p->cpu_period_us;
     l->cpu_weight = (unsigned)vl->cpu_weight;
     l->pids_max = (uint64_t)vl->pids;
     l->io_weight = (unsigned)vl->io_weight;
@@ -103,7 +102,7 @@ static int cgroup_limits(struct sup *s, struct sandbox_cgroup_limits *l, struct 
     return 0;
 }
 
-int confine_prepare(struct sup *s, struct qv_err *e)
+int confine_prepare(struct sup *s, const struct launch_plan *p, struct qv_err *e)
 {
     struct confine *c = &s->conf;
     int r;
@@ -155,7 +154,7 @@ int confine_prepare(struct sup *s, struct qv_err *e)
             struct sandbox_io_limit io[16];
             if (s->def.limits.nio > ARRAY_SIZE(io))
                 return qv_fail(e, -E2BIG, "%s: limits.io: at most %zu devices", s->def.name, ARRAY_SIZE(io));
-            if ((r = cgroup_limits(s, &l, io, e)) < 0)
+            if ((r = cgroup_limits(s, p, &l, io, e)) < 0)
                 return r;
             struct strv w = {0};
             r = sandbox_cgroup_create(&c->cg, &l, &w, &ce);

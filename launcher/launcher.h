@@ -231,6 +231,10 @@ struct launch_plan {
     struct fd_slot slots[PLAN_MAX_FDS];
     size_t nslots;
     enum vm_accel accel;
+    /* cgroup limits derived from the definition (0: not limited); io devices are
+     * resolved at start, they name host state */
+    uint64_t memory_max;                /* limits.memory_max, or guest RAM + QEMU's overhead */
+    uint64_t cpu_quota_us, cpu_period_us;   /* from limits.cpu */
 };
 void launch_plan_free(struct launch_plan *p);
 /* Pure: the same definition and facts always give the same argv. */

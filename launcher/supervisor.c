@@ -412,7 +412,7 @@ static int start_qemu(struct sup *s, struct qv_err *e)
     memcpy(s->rs.uuid, s->def.uuid, sizeof(s->rs.uuid));
     save_state(s);
 
-    if ((r = confine_prepare(s, e)) < 0) {
+    if ((r = confine_prepare(s, &plan, e)) < 0) {
         launch_plan_free(&plan);
         return r;
     }

@@ -177,7 +177,7 @@ void vmnet_poll_leases(struct sup *s);
 json_object *vmnet_addresses(struct sup *s);
 
 /* confine.c */
-int confine_prepare(struct sup *s, struct qv_err *e);
+int confine_prepare(struct sup *s, const struct launch_plan *p, struct qv_err *e);
 int confine_spawn(struct sup *s, const struct launch_plan *p, const int *fds, pid_t *pid, struct qv_err *e);
 bool confine_oom_killed(struct sup *s);
 /* After each QEMU exit: removes its cgroup. */
