@@ -23,41 +23,65 @@ Q := @
 say = @printf '  %-6s %s\n'
 endif
 
-MODULES  := common qmp netsetup storage sandbox launcher
+# The floors of DESIGN.md, highest first: that is also the static-link order, so an
+# archive can only take symbols from the ones after it. scripts/check-layers says
+# which floor may use which and fails the build on a wrong-way #include or symbol.
+FLOORS   := launcher sandbox storage netsetup qmp common
+MODULES  := $(FLOORS)
 LIB_SRCS := $(filter-out launcher/main.c,$(wildcard $(addsuffix /*.c,$(MODULES))))
 TEST_SRCS := $(wildcard tests/unit/test_*.c)
 TEST_HELPERS := $(filter-out $(TEST_SRCS),$(wildcard tests/unit/*.c))
 TEST_PROGS := $(wildcard tests/progs/*.c)
+LAYER_SRCS := $(wildcard $(addsuffix /*.c,$(FLOORS)) $(addsuffix /*.h,$(FLOORS)))
 
 .PHONY: all check test-build demo deps install clean golden-update bench
 all: qvisor
 
-# One build variant: objects, the static library of all modules, the binary, the tests.
+# $(1) = build folder, $(2) = floor: the floor's archive of its objects
+define floor_lib
+$(1)/lib/lib$(2).a: $$(patsubst %.c,$(1)/obj/%.o,$$(filter-out launcher/main.c,$$(wildcard $(2)/*.c)))
+	@mkdir -p $$(@D)
+	@rm -f $$@
+	$$(say) AR $$@
+	$(Q)$$(AR) rcs $$@ $$^
+endef
+
+# One build variant: objects, one static archive per floor, the binary, the tests.
 # $(1) = variable prefix, $(2) = build folder, $(3) = extra flags
 define variant
 $(1)_OBJS := $$(patsubst %.c,$(2)/obj/%.o,$$(LIB_SRCS))
+$(1)_LIBS := $$(patsubst %,$(2)/lib/lib%.a,$$(FLOORS))
 $(1)_TESTS := $$(patsubst tests/unit/%.c,$(2)/tests/%,$$(TEST_SRCS))
 $(1)_PROGS := $$(patsubst tests/progs/%.c,$(2)/progs/%,$$(TEST_PROGS))
 $(2)/obj/%.o: %.c
 	@mkdir -p $$(@D)
 	$$(say) CC $$@
 	$(Q)$$(CC) $$(WARN) $$(CPPFLAGS) $$(CFLAGS) $(3) -MMD -MP -c $$< -o $$@
+$$(foreach f,$$(FLOORS),$$(eval $$(call floor_lib,$(2),$$(f))))
+# every module in one archive, for programs that do not care about the floors
 $(2)/libqvisor.a: $$($(1)_OBJS)
 	@rm -f $$@
 	$$(say) AR $$@
 	$(Q)$$(AR) rcs $$@ $$^
-$(2)/qvisor: $(2)/obj/launcher/main.o $(2)/libqvisor.a
+$(2)/layers.ok: scripts/check-layers $$(LAYER_SRCS) $$($(1)_LIBS)
+	$$(say) LAYERS $(2)/lib
+	$(Q)scripts/check-layers $(2)/lib
+	@touch $$@
+$(2)/qvisor: $(2)/obj/launcher/main.o $$($(1)_LIBS) | $(2)/layers.ok
 	$$(say) LD $$@
 	$(Q)$$(CC) $$(CFLAGS) $(3) -o $$@ $$^ $$(LDLIBS)
-$(2)/tests/%: tests/unit/%.c $$(TEST_HELPERS) $(2)/libqvisor.a
+# -MMD: a test also depends on every header and fake it includes (tests/fakes/*.c,
+# tests/unit/*.h), not only on its own source
+$(2)/tests/%: tests/unit/%.c $$(TEST_HELPERS) $$($(1)_LIBS)
 	@mkdir -p $$(@D)
 	$$(say) TEST $$@
-	$(Q)$$(CC) $$(WARN) $$(CPPFLAGS) $$(CFLAGS) $(3) -o $$@ $$< $$(TEST_HELPERS) $(2)/libqvisor.a $$(LDLIBS) -lcmocka -lpthread
-$(2)/progs/%: tests/progs/%.c $(2)/libqvisor.a
+	$(Q)$$(CC) $$(WARN) $$(CPPFLAGS) $$(CFLAGS) $(3) -MMD -MP -MF $$@.d -MT $$@ -o $$@ $$< $$(TEST_HELPERS) $$($(1)_LIBS) $$(LDLIBS) -lcmocka -lpthread
+$(2)/progs/%: tests/progs/%.c $$($(1)_LIBS)
 	@mkdir -p $$(@D)
 	$$(say) PROG $$@
-	$(Q)$$(CC) $$(WARN) $$(CPPFLAGS) $$(CFLAGS) $(3) -o $$@ $$< $(2)/libqvisor.a $$(LDLIBS) -lpthread
+	$(Q)$$(CC) $$(WARN) $$(CPPFLAGS) $$(CFLAGS) $(3) -MMD -MP -MF $$@.d -MT $$@ -o $$@ $$< $$($(1)_LIBS) $$(LDLIBS) -lpthread
 -include $$(patsubst %.o,%.d,$$($(1)_OBJS) $(2)/obj/launcher/main.o)
+-include $$(addsuffix .d,$$($(1)_TESTS) $$($(1)_PROGS))
 endef
 $(eval $(call variant,PLAIN,$(BUILD),))
 $(eval $(call variant,ASAN,$(BUILD)/asan,$(SAN)))
@@ -98,4 +122,5 @@ install: qvisor
 	install -D -m 0644 units/qvisor.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/qvisor.conf
 
 clean:
-	rm -rf $(BUILD)/obj $(BUILD)/asan $(BUILD)/tests $(BUILD)/progs $(BUILD)/libqvisor.a $(BUILD)/qvisor qvisor
+	rm -rf $(BUILD)/obj $(BUILD)/asan $(BUILD)/tests $(BUILD)/progs $(BUILD)/lib $(BUILD)/libqvisor.a \
+		$(BUILD)/layers.ok $(BUILD)/qvisor qvisor

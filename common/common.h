@@ -215,7 +215,32 @@ int proc_find_by_pair(const char *key, const char *value, pid_t except, pid_t *o
  * (up to 64 KiB) into *output if non-NULL. Returns the exit status (>= 0) or -errno;
  * -ETIMEDOUT kills the child. */
 int run_program(const char *const *argv, int timeout_ms, char **output);
+/* The same with stdout and stderr kept apart (either may be NULL). Both kill the
+ * child when the calling thread dies (PR_SET_PDEATHSIG). */
+int run_program_split(const char *const *argv, int timeout_ms, char **out, char **err);
 /* Finds an executable in PATH (or the default /usr/sbin:/usr/bin:/sbin:/bin). */
 int find_program(const char *name, char *out, size_t outlen);
+
+/* ---- small repeats, one helper each ----------------------------------------------- */
+/* 64-bit FNV-1a over n bytes, continuing from h (start with FNV1A64_INIT): stable
+ * across runs and hosts, for names, MACs and uid slots derived from a name. */
+#define FNV1A64_INIT 0xcbf29ce484222325ull
+uint64_t fnv1a64(const void *data, size_t n, uint64_t h);
+/* Reads a small file (sysfs, procfs, cgroupfs) into buf, NUL-terminated, newlines
+ * kept; returns its length. -EFBIG when it does not fit in len - 1 bytes (what was
+ * read stays in buf), so a truncated /proc file is never taken for the whole. */
+int read_file_small(const char *path, char *buf, size_t len);
+/* The first line of a small file without its newline; -EFBIG when longer than outlen - 1. */
+int read_file_line(const char *path, char *out, size_t outlen);
+/* The cgroup path of `pid` (0: this process) from /proc/PID/cgroup: the v2 line
+ * ("0::/x") when `v1_controller` is NULL, else the v1 line whose controller list
+ * names it ("4:cpu,cpuacct:/x" for "cpu"). -ENOENT when there is no such line. */
+int proc_cgroup_path(pid_t pid, const char *v1_controller, char *out, size_t outlen);
+/* Blocks the given signals (0-terminated list) and returns a CLOEXEC, non-blocking
+ * signalfd for them, or -errno (the signals stay blocked). */
+int signalfd_for(int sig, ...);
+/* JSON lines: takes the first complete line ("\n"-terminated) out of `in` and
+ * returns it without the newline (caller frees), or NULL while none is complete. */
+char *buf_take_line(struct buf *in);
 
 #endif

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <dirent.h>
@@ -80,74 +81,128 @@ int find_program(const char *name, char *out, size_t outlen)
     return -ENOENT;
 }
 
-int run_program(const char *const *argv, int timeout_ms, char **output)
+/* Reads both pipes until EOF or the deadline; at most 64 KiB of each is kept. */
+static bool drain(int fds[2], struct buf *bufs[2], uint64_t deadline)
+{
+    for (;;) {
+        struct pollfd pfd[2];
+        nfds_t n = 0;
+        int which[2];
+        for (int i = 0; i < 2; i++)
+            if (fds[i] >= 0) {
+                pfd[n] = (struct pollfd){.fd = fds[i], .events = POLLIN};
+                which[n++] = i;
+            }
+        if (n == 0)
+            return false;
+        uint64_t now = monotonic_ms();
+        if (now >= deadline)
+            return true;
+        int pr = poll(pfd, n, (int)(deadline - now));
+        if (pr < 0 && errno == EINTR)
+            continue;
+        if (pr < 0)
+            return false;
+        if (pr == 0)
+            return true;
+        for (nfds_t k = 0; k < n; k++) {
+            if (!pfd[k].revents)
+                continue;
+            int i = which[k];
+            char chunk[4096];
+            ssize_t got = read(fds[i], chunk, sizeof(chunk));
+            if (got < 0 && errno == EINTR)
+                continue;
+            if (got <= 0) {
+                close(fds[i]);
+                fds[i] = -1;
+            } else if (bufs[i]->len < 65536) {
+                buf_add(bufs[i], chunk, (size_t)got);
+            }
+        }
+    }
+}
+
+/* out_err NULL: stderr joins stdout. */
+static int run(const char *const *argv, int timeout_ms, char **out, char **out_err)
 {
     char exe[PATH_MAX];
     int r = find_program(argv[0], exe, sizeof(exe));
     if (r < 0)
         return r;
-    int pipefd[2];
-    if (pipe2(pipefd, O_CLOEXEC) < 0)
+    int po[2], pe[2] = {-1, -1};
+    if (pipe2(po, O_CLOEXEC) < 0)
         return -errno;
+    if (out_err && pipe2(pe, O_CLOEXEC) < 0) {
+        r = -errno;
+        close(po[0]);
+        close(po[1]);
+        return r;
+    }
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         r = -errno;
-        close(pipefd[0]);
-        close(pipefd[1]);
+        close(po[0]);
+        close(po[1]);
+        if (pe[0] >= 0) {
+            close(pe[0]);
+            close(pe[1]);
+        }
         return r;
     }
     if (pid == 0) {
+        /* A helper must not outlive a caller that was killed: it would run on, unbounded. */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
+            _exit(127);
         int devnull = open("/dev/null", O_RDONLY);
         if (devnull >= 0)
             dup2(devnull, 0);
-        dup2(pipefd[1], 1);
-        dup2(pipefd[1], 2);
+        dup2(po[1], 1);
+        dup2(pe[1] >= 0 ? pe[1] : po[1], 2);
         execve(exe, (char *const *)argv, environ);
         _exit(127);
     }
-    close(pipefd[1]);
-    struct buf b = {0};
-    buf_adds(&b, "");
-    uint64_t deadline = monotonic_ms() + (uint64_t)timeout_ms;
-    bool timed_out = false;
-    for (;;) {
-        uint64_t now = monotonic_ms();
-        if (now >= deadline) {
-            timed_out = true;
-            break;
-        }
-        struct pollfd pfd = {.fd = pipefd[0], .events = POLLIN};
-        int pr = poll(&pfd, 1, (int)(deadline - now));
-        if (pr < 0 && errno == EINTR)
-            continue;
-        if (pr <= 0) {
-            timed_out = pr == 0;
-            break;
-        }
-        char chunk[4096];
-        ssize_t n = read(pipefd[0], chunk, sizeof(chunk));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        if (b.len < 65536)
-            buf_add(&b, chunk, (size_t)n);
-    }
-    close(pipefd[0]);
+    close(po[1]);
+    if (pe[1] >= 0)
+        close(pe[1]);
+    struct buf bo = {0}, be = {0};
+    buf_adds(&bo, "");
+    buf_adds(&be, "");
+    int fds[2] = {po[0], pe[0]};
+    struct buf *bufs[2] = {&bo, &be};
+    bool timed_out = drain(fds, bufs, monotonic_ms() + (uint64_t)timeout_ms);
+    for (int i = 0; i < 2; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
     if (timed_out)
         kill(pid, SIGKILL);
     int status;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
         ;
-    if (output)
-        *output = b.p;
+    if (out)
+        *out = bo.p;
     else
-        buf_free(&b);
+        buf_free(&bo);
+    if (out_err)
+        *out_err = be.p;
+    else
+        buf_free(&be);
     if (timed_out)
         return -ETIMEDOUT;
     if (WIFEXITED(status))
         return WEXITSTATUS(status);
     return 128 + WTERMSIG(status);
+}
+
+int run_program(const char *const *argv, int timeout_ms, char **output)
+{
+    return run(argv, timeout_ms, output, NULL);
+}
+
+int run_program_split(const char *const *argv, int timeout_ms, char **out, char **err)
+{
+    return run(argv, timeout_ms, out, err);
 }
 
 /* Whether argv of PID holds `key` immediately followed by `value`, both whole

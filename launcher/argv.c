@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "launcher/launcher.h"
+#include "sandbox/sandbox.h"
 
 #define SLOT_VGA 0x02
 #define SLOT_NIC0 0x03
@@ -658,6 +659,14 @@ int build_launch_plan(const struct vm_def *d, const struct host_facts *f, struct
 {
     memset(out, 0, sizeof(*out));
     int r = build(d, f, out, e);
+    if (r == 0) {
+        /* out->accel is what QEMU runs with, so the overhead fits the accelerator in use */
+        out->memory_max = d->limits.memory_max ? d->limits.memory_max
+                        : d->memory.bytes + sandbox_memory_overhead(d->memory.bytes, (unsigned)d->cpu.count,
+                                                                    out->accel == ACCEL_TCG);
+        if (d->limits.cpu && sandbox_parse_cpu_quota(d->limits.cpu, &out->cpu_quota_us, &out->cpu_period_us, e) < 0)
+            r = qv_prefix(e, "%s: limits.cpu: ", d->name);
+    }
     if (r < 0)
         launch_plan_free(out);
     return r;

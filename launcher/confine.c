@@ -76,22 +76,15 @@ static int uid_dir(struct sup *s, char *out, size_t outlen)
     return mkdir_p(out, 0755);
 }
 
-static uint64_t memory_max(struct sup *s)
-{
-    bool tcg = s->facts.accel_override == ACCEL_TCG || accel_resolve(&s->def, &s->facts) == ACCEL_TCG;
-    return s->def.limits.memory_max ? s->def.limits.memory_max
-                                    : s->def.memory.bytes +
-                                          sandbox_memory_overhead(s->def.memory.bytes, (unsigned)s->def.cpu.count, tcg);
-}
-
 /* The limits of the definition in sandbox terms. io devices are resolved now. */
-static int cgroup_limits(struct sup *s, struct sandbox_cgroup_limits *l, struct sandbox_io_limit *io, struct qv_err *e)
+static int cgroup_limits(struct sup *s, const struct launch_plan *p, struct sandbox_cgroup_limits *l,
+                         struct sandbox_io_limit *io, struct qv_err *e)
 {
     const struct vm_limits *vl = &s->def.limits;
     memset(l, 0, sizeof(*l));
-    l->memory_max = memory_max(s);
-    if (vl->cpu && sandbox_parse_cpu_quota(vl->cpu, &l->cpu_quota_us, &l->cpu_period_us, e) < 0)
-        return qv_prefix(e, "%s: limits.cpu: ", s->def.name);
+    l->memory_max = s->conf.memory_max = p->memory_max;
+    l->cpu_quota_us = p->cpu_quota_us;
+    l->cpu_period_us = p->cpu_period_us;
     l->cpu_weight = (unsigned)vl->cpu_weight;
     /* QEMU's threads: one per vCPU, its I/O worker pool (64 per AioContext), a few
      * more; a compromised QEMU that tries to fork-bomb the host hits this */
@@ -112,7 +105,7 @@ static int cgroup_limits(struct sup *s, struct sandbox_cgroup_limits *l, struct 
     return 0;
 }
 
-int confine_prepare(struct sup *s, struct qv_err *e)
+int confine_prepare(struct sup *s, const struct launch_plan *p, struct qv_err *e)
 {
     struct confine *c = &s->conf;
     int r;
@@ -164,7 +157,7 @@ int confine_prepare(struct sup *s, struct qv_err *e)
             struct sandbox_io_limit io[16];
             if (s->def.limits.nio > ARRAY_SIZE(io))
                 return qv_fail(e, -E2BIG, "%s: limits.io: at most %zu devices", s->def.name, ARRAY_SIZE(io));
-            if ((r = cgroup_limits(s, &l, io, e)) < 0)
+            if ((r = cgroup_limits(s, p, &l, io, e)) < 0)
                 return r;
             struct strv w = {0};
             r = sandbox_cgroup_create(&c->cg, &l, &w, &ce);
@@ -277,7 +270,7 @@ int confine_oom_error(struct sup *s, struct qv_err *e)
     if (!confine_oom_killed(s))
         return 0;
     char limit[32];
-    format_size(memory_max(s), limit, sizeof(limit));
+    format_size(s->conf.memory_max, limit, sizeof(limit));
     return qv_fail(e, -ENOMEM, "QEMU was killed for lack of memory (cgroup memory limit %s; raise limits.memory_max)",
                    limit);
 }

@@ -37,12 +37,8 @@ int ctl_read_line(int fd, struct buf *in, int timeout_ms, char **line, struct qv
 {
     uint64_t deadline = timeout_ms < 0 ? 0 : monotonic_ms() + (uint64_t)timeout_ms;
     for (;;) {
-        char *nl = in->len ? memchr(in->p, '\n', in->len) : NULL;
-        if (nl) {
-            *line = qv_xasprintf("%.*s", (int)(nl - in->p), in->p);
-            buf_consume(in, (size_t)(nl - in->p) + 1);
+        if ((*line = buf_take_line(in)) != NULL)
             return 0;
-        }
         int wait = -1;
         if (deadline) {
             uint64_t now = monotonic_ms();

@@ -7,6 +7,7 @@
 #include <limits.h>
 #include "common/common.h"
 #include "netsetup/netsetup.h"
+#include "storage/storage.h"
 
 /* ---- the VM definition ------------------------------------------------------- */
 enum vm_machine { MACHINE_Q35, MACHINE_PC, MACHINE_MICROVM };
@@ -230,6 +231,10 @@ struct launch_plan {
     struct fd_slot slots[PLAN_MAX_FDS];
     size_t nslots;
     enum vm_accel accel;
+    /* cgroup limits derived from the definition (0: not limited); io devices are
+     * resolved at start, they name host state */
+    uint64_t memory_max;                /* limits.memory_max, or guest RAM + QEMU's overhead */
+    uint64_t cpu_quota_us, cpu_period_us;   /* from limits.cpu */
     /* QEMU opens host sockets itself (user-mode NICs, a VNC listener, whatever
      * qemu_args may ask for), so it shares the host's network namespace; otherwise
      * every network resource comes as an fd and it gets an empty one. */
@@ -284,8 +289,15 @@ int vm_list_names(const struct qv_paths *p, struct strv *names, struct qv_err *e
 void mac_generate(const char *uuid, size_t index, unsigned attempt, char out[18]);
 /* Whether a defined VM other than `except` (may be NULL) has a NIC with this MAC. */
 bool vm_mac_in_use(const struct qv_paths *p, const char *mac, const char *except);
-/* Reads an image header: qcow2 if it starts with QFI\xfb, raw otherwise. */
-int image_detect_format(const char *path, enum disk_format *fmt, struct qv_err *e);
+/* storage_detect_format in the definition's terms (qcow2 or raw). */
+static inline int image_detect_format(const char *path, enum disk_format *fmt, struct qv_err *e)
+{
+    enum storage_format sf;
+    int r = storage_detect_format(path, &sf, e);
+    if (r == 0)
+        *fmt = sf == STORAGE_FORMAT_QCOW2 ? FORMAT_QCOW2 : FORMAT_RAW;
+    return r;
+}
 
 /* ---- run state: run/qvisor/vms/NAME/{lock,pid,state.json} -------------------------------- */
 enum vm_state { VM_SHUTOFF, VM_STARTING, VM_RUNNING, VM_PAUSED, VM_STOPPING, VM_CRASHED };

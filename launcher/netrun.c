@@ -272,13 +272,9 @@ int network_run(const struct qv_paths *p, const char *name, int ready_fd, int ec
         if (n.log_fd < 0)
             r = qv_failerr(e, -errno, "%s", logpath);
     }
-    sigset_t mask;
-    sigemptyset(&mask);
-    sigaddset(&mask, SIGTERM);
-    sigaddset(&mask, SIGINT);
-    sigaddset(&mask, SIGCHLD);
-    sigprocmask(SIG_BLOCK, &mask, NULL);
-    int sigfd = r == 0 ? signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK) : -1;
+    int sigfd = signalfd_for(SIGTERM, SIGINT, SIGCHLD, 0);
+    if (r == 0 && sigfd < 0)
+        r = qv_failerr(e, sigfd, "signalfd");
     if (r == 0) {
         cleanup_leftovers(&n);
         r = bring_up(&n, e);

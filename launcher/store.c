@@ -46,13 +46,9 @@ int vm_list_names(const struct qv_paths *p, struct strv *names, struct qv_err *e
 void mac_generate(const char *uuid, size_t index, unsigned attempt, char out[18])
 {
     /* FNV-1a over uuid, index and attempt: stable, spread, and cheap */
-    uint64_t h = 0xcbf29ce484222325ULL;
     char seed[96];
     int n = snprintf(seed, sizeof(seed), "%s/%zu/%u", uuid, index, attempt);
-    for (int i = 0; i < n; i++) {
-        h ^= (unsigned char)seed[i];
-        h *= 0x100000001b3ULL;
-    }
+    uint64_t h = fnv1a64(seed, (size_t)n, FNV1A64_INIT);
     unsigned b3 = (h >> 16) & 0xff, b4 = (h >> 8) & 0xff, b5 = h & 0xff;
     if (b3 == 0x12 && b4 == 0x34 && b5 == 0x56)   /* QEMU's own default */
         b5 ^= 1;
@@ -84,26 +80,6 @@ int vm_path_check_type(const char *path, unsigned allowed, struct qv_err *e)
         return 0;
     return qv_fail(e, -EINVAL, "%s is %s, not %s", path, file_type_name(st.st_mode),
                    allowed & PATH_BLK ? "a regular file or a block device" : "a regular file");
-}
-
-int image_detect_format(const char *path, enum disk_format *fmt, struct qv_err *e)
-{
-    /* O_NONBLOCK: should the path have become a FIFO since it was checked, the open
-     * returns at once and the type check below refuses it */
-    _cleanup_close_ int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-    if (fd < 0)
-        return qv_failerr(e, -errno, "%s", path);
-    struct stat st;
-    if (fstat(fd, &st) < 0)
-        return qv_failerr(e, -errno, "%s", path);
-    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-        return qv_fail(e, -EINVAL, "%s is %s, not a regular file or a block device", path, file_type_name(st.st_mode));
-    unsigned char magic[4] = {0};
-    ssize_t n = pread(fd, magic, sizeof(magic), 0);
-    if (n < 0)
-        return qv_failerr(e, -errno, "%s: cannot read its header", path);
-    *fmt = n == 4 && memcmp(magic, "QFI\xfb", 4) == 0 ? FORMAT_QCOW2 : FORMAT_RAW;
-    return 0;
 }
 
 /* Identity of every other defined VM, for uniqueness checks. */

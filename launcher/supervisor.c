@@ -412,7 +412,7 @@ static int start_qemu(struct sup *s, struct qv_err *e)
     memcpy(s->rs.uuid, s->def.uuid, sizeof(s->rs.uuid));
     save_state(s);
 
-    if ((r = confine_prepare(s, e)) < 0) {
+    if ((r = confine_prepare(s, &plan, e)) < 0) {
         launch_plan_free(&plan);
         return r;
     }
@@ -898,16 +898,10 @@ static int setup_loop(struct sup *s, struct qv_err *e)
     s->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (s->epfd < 0)
         return qv_failerr(e, -errno, "epoll_create1");
-    sigset_t mask;
-    sigemptyset(&mask);
-    sigaddset(&mask, SIGTERM);
-    sigaddset(&mask, SIGINT);
-    sigaddset(&mask, SIGCHLD);
-    sigprocmask(SIG_BLOCK, &mask, NULL);
     signal(SIGPIPE, SIG_IGN);
-    s->sigfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    s->sigfd = signalfd_for(SIGTERM, SIGINT, SIGCHLD, 0);
     if (s->sigfd < 0)
-        return qv_failerr(e, -errno, "signalfd");
+        return qv_failerr(e, s->sigfd, "signalfd");
     s->ev_qmp.kind = EV_QMP;
     s->ev_console.kind = EV_CONSOLE;
     s->ev_ctl.kind = EV_CTL;

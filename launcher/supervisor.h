@@ -51,6 +51,7 @@ struct confine {
     struct sandbox_uid_lease lease;
     bool have_cgroup;
     bool private_network;   /* QEMU has an empty network namespace of its own */
+    uint64_t memory_max;    /* the memory limit in force, for the OOM message */
     struct sandbox_cgroup cg;
     uint64_t oom_before;
 };
@@ -178,7 +179,7 @@ void vmnet_poll_leases(struct sup *s);
 json_object *vmnet_addresses(struct sup *s);
 
 /* confine.c */
-int confine_prepare(struct sup *s, struct qv_err *e);
+int confine_prepare(struct sup *s, const struct launch_plan *p, struct qv_err *e);
 int confine_spawn(struct sup *s, const struct launch_plan *p, const int *fds, pid_t *pid, struct qv_err *e);
 bool confine_oom_killed(struct sup *s);
 /* When QEMU was OOM-killed in its cgroup, fills e ("QEMU was killed for lack of

@@ -247,7 +247,7 @@ static const char *exit_meaning(int status)
 static pid_t read_pid_file(const char *path)
 {
     char s[32];
-    if (ns_read_line(path, s, sizeof(s)) < 0)
+    if (read_file_line(path, s, sizeof(s)) < 0)
         return -1;
     char *end;
     long v = strtol(s, &end, 10);

@@ -42,15 +42,8 @@ void nl_addr_putp(struct nl_addr **a);
 #define _cleanup_cache_ _cleanup_(nl_cache_freep)
 #define _cleanup_nladdr_ _cleanup_(nl_addr_putp)
 
-/* 64-bit FNV-1a, enough to spread names over a few hex digits. */
-uint64_t ns_hash(const void *data, size_t n, uint64_t seed);
-#define NS_HASH_SEED 0xcbf29ce484222325ull
-
 /* "52:54:00:aa:bb:cc" -> bytes; false when malformed. */
 bool ns_mac_parse(const char *s, unsigned char out[6]);
-
-/* Reads a small sysfs/procfs value without the trailing newline. */
-int ns_read_line(const char *path, char *out, size_t outlen);
 
 void ns_close_fds(int *fds, unsigned n);
 /* Closes fds[0..n) at scope exit unless .fds was set to NULL (handed to the caller). */

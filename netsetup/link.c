@@ -18,14 +18,21 @@ static int check_name(const char *name, struct qv_err *e)
     return 0;
 }
 
+/* Every call on a named link starts here: the name checked, then its own route
+ * socket (one per call, so nothing is shared between the supervisor's threads of
+ * work or outlives the call). `name` NULL: no name to check. */
+static int link_begin(struct nlh *h, const char *name, struct qv_err *e)
+{
+    int r = name ? check_name(name, e) : 0;
+    return r < 0 ? r : nlh_open(h, e);
+}
+
 int netsetup_link_get(const char *name, struct netsetup_link_info *out, struct qv_err *e)
 {
     memset(out, 0, sizeof(*out));
-    int r = check_name(name, e);
-    if (r < 0)
-        return r;
     _cleanup_nlh_ struct nlh h = {0};
-    if ((r = nlh_open(&h, e)) < 0)
+    int r = link_begin(&h, name, e);
+    if (r < 0)
         return r;
     _cleanup_link_ struct rtnl_link *link = NULL;
     if ((r = nlh_get_link(&h, name, &link)) < 0)
@@ -56,7 +63,7 @@ bool netsetup_link_exists(const char *name)
 int netsetup_link_list(const char *prefix, struct strv *out, struct qv_err *e)
 {
     _cleanup_nlh_ struct nlh h = {0};
-    int r = nlh_open(&h, e);
+    int r = link_begin(&h, NULL, e);
     if (r < 0)
         return r;
     _cleanup_cache_ struct nl_cache *cache = NULL;
@@ -73,11 +80,9 @@ int netsetup_link_list(const char *prefix, struct strv *out, struct qv_err *e)
 
 int netsetup_link_delete(const char *name, struct qv_err *e)
 {
-    int r = check_name(name, e);
-    if (r < 0)
-        return r;
     _cleanup_nlh_ struct nlh h = {0};
-    if ((r = nlh_open(&h, e)) < 0)
+    int r = link_begin(&h, name, e);
+    if (r < 0)
         return r;
     _cleanup_link_ struct rtnl_link *link = rtnl_link_alloc();
     if (!link)
@@ -106,14 +111,12 @@ static int change_link(struct nlh *h, const char *name, unsigned mtu, int master
 
 int netsetup_link_set_mtu(const char *name, unsigned mtu, struct qv_err *e)
 {
-    int r = check_name(name, e);
+    _cleanup_nlh_ struct nlh h = {0};
+    int r = link_begin(&h, name, e);
     if (r < 0)
         return r;
     if (mtu == 0)
         return qv_fail(e, -EINVAL, "%s: MTU 0 is not valid", name);
-    _cleanup_nlh_ struct nlh h = {0};
-    if ((r = nlh_open(&h, e)) < 0)
-        return r;
     if ((r = change_link(&h, name, mtu, 0, false)) < 0)
         return qv_failerr(e, r, "%s: cannot set MTU %u", name, mtu);
     return 0;
@@ -121,11 +124,9 @@ int netsetup_link_set_mtu(const char *name, unsigned mtu, struct qv_err *e)
 
 int netsetup_link_set_up(const char *name, bool up, struct qv_err *e)
 {
-    int r = check_name(name, e);
-    if (r < 0)
-        return r;
     _cleanup_nlh_ struct nlh h = {0};
-    if ((r = nlh_open(&h, e)) < 0)
+    int r = link_begin(&h, name, e);
+    if (r < 0)
         return r;
     _cleanup_link_ struct rtnl_link *link = NULL;
     if ((r = nlh_get_link(&h, name, &link)) < 0)
@@ -139,11 +140,9 @@ int netsetup_link_set_up(const char *name, bool up, struct qv_err *e)
 
 int netsetup_link_attach(const char *name, const char *bridge, struct qv_err *e)
 {
-    int r = check_name(name, e);
-    if (r < 0 || (r = check_name(bridge, e)) < 0)
-        return r;
     _cleanup_nlh_ struct nlh h = {0};
-    if ((r = nlh_open(&h, e)) < 0)
+    int r = link_begin(&h, name, e);
+    if (r < 0 || (r = check_name(bridge, e)) < 0)
         return r;
     _cleanup_link_ struct rtnl_link *br = NULL;
     if ((r = nlh_get_link(&h, bridge, &br)) < 0)
@@ -167,7 +166,7 @@ int netsetup_link_attach(const char *name, const char *bridge, struct qv_err *e)
 
 static void bridge_mac(const char *name, unsigned char mac[6])
 {
-    uint64_t h = ns_hash(name, strlen(name), NS_HASH_SEED);
+    uint64_t h = fnv1a64(name, strlen(name), FNV1A64_INIT);
     /* locally administered, unicast; "qv" in the second and third byte */
     mac[0] = 0x02;
     mac[1] = 0x71;
@@ -190,11 +189,9 @@ static void put_bridge_option(struct nl_msg *msg, int attr, uint32_t value)
 
 int netsetup_bridge_create(const char *name, unsigned mtu, unsigned flags, struct qv_err *e)
 {
-    int r = check_name(name, e);
-    if (r < 0)
-        return r;
     _cleanup_nlh_ struct nlh h = {0};
-    if ((r = nlh_open(&h, e)) < 0)
+    int r = link_begin(&h, name, e);
+    if (r < 0)
         return r;
     _cleanup_link_ struct rtnl_link *old = NULL;
     r = nlh_get_link(&h, name, &old);
@@ -239,15 +236,13 @@ int netsetup_bridge_create(const char *name, unsigned mtu, unsigned flags, struc
 
 int netsetup_addr_add(const char *link_name, const char *cidr, struct qv_err *e)
 {
-    int r = check_name(link_name, e);
+    _cleanup_nlh_ struct nlh h = {0};
+    int r = link_begin(&h, link_name, e);
     if (r < 0)
         return r;
     struct netsetup_cidr c;
     if ((r = netsetup_cidr_parse(cidr, &c, e)) < 0)
         return qv_prefix(e, "%s: ", link_name);
-    _cleanup_nlh_ struct nlh h = {0};
-    if ((r = nlh_open(&h, e)) < 0)
-        return r;
     _cleanup_link_ struct rtnl_link *link = NULL;
     if ((r = nlh_get_link(&h, link_name, &link)) < 0)
         return qv_failerr(e, r, "%s: cannot add address %s", link_name, cidr);

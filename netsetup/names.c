@@ -20,7 +20,7 @@ static void hashed_name(const char *prefix, const char *vm_uuid, unsigned nic_in
 {
     char key[128];
     int n = snprintf(key, sizeof(key), "%s/%u", vm_uuid ? vm_uuid : "", nic_index);
-    uint64_t h = ns_hash(key, (size_t)n, NS_HASH_SEED);
+    uint64_t h = fnv1a64(key, (size_t)n, FNV1A64_INIT);
     /* 12 hex digits: 48 bits, collisions among a host's NICs are not a practical concern */
     snprintf(out, NETSETUP_IFNAMSIZ, "%s%012llx", prefix, (unsigned long long)(h & 0xffffffffffffull));
 }
@@ -43,7 +43,7 @@ void netsetup_bridge_name(const char *network, char out[NETSETUP_IFNAMSIZ])
         snprintf(out, NETSETUP_IFNAMSIZ, "%s", full);
         return;
     }
-    uint64_t h = ns_hash(network, strlen(network), NS_HASH_SEED);
+    uint64_t h = fnv1a64(network, strlen(network), FNV1A64_INIT);
     snprintf(out, NETSETUP_IFNAMSIZ, "%s%.4s%06llx", NETSETUP_BRIDGE_PREFIX, network,
              (unsigned long long)(h & 0xffffff));
 }

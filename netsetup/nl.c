@@ -145,17 +145,6 @@ void nl_addr_putp(struct nl_addr **a)
         nl_addr_put(*a);
 }
 
-uint64_t ns_hash(const void *data, size_t n, uint64_t seed)
-{
-    const unsigned char *p = data;
-    uint64_t h = seed;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
-
 static int hexval(char c)
 {
     if (c >= '0' && c <= '9')
@@ -178,19 +167,6 @@ bool ns_mac_parse(const char *s, unsigned char out[6])
         out[i] = (unsigned char)(hi << 4 | lo);
     }
     return true;
-}
-
-int ns_read_line(const char *path, char *out, size_t outlen)
-{
-    _cleanup_free_ char *s = NULL;
-    int r = read_file(path, 4096, &s, NULL);
-    if (r < 0)
-        return r;
-    s[strcspn(s, "\n")] = '\0';
-    if (strlen(s) >= outlen)
-        return -ENAMETOOLONG;
-    memcpy(out, s, strlen(s) + 1);
-    return 0;
 }
 
 void ns_close_fds(int *fds, unsigned n)

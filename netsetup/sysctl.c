@@ -15,7 +15,7 @@ static int knob_on(const char *rel, struct strv *changes, struct qv_err *e)
     for (char *p = name; *p; p++)
         if (*p == '/')
             *p = '.';
-    int r = ns_read_line(path, old, sizeof(old));
+    int r = read_file_line(path, old, sizeof(old));
     if (r < 0)
         return qv_failerr(e, r, "cannot read %s", path);
     if (strcmp(old, "1") == 0)
@@ -42,7 +42,7 @@ static void warn_accept_ra(const char *ours, struct strv *changes)
             continue;
         char path[512], v[16];
         snprintf(path, sizeof(path), "/proc/sys/net/ipv6/conf/%s/accept_ra", de->d_name);
-        if (ns_read_line(path, v, sizeof(v)) == 0 && strcmp(v, "1") == 0)
+        if (read_file_line(path, v, sizeof(v)) == 0 && strcmp(v, "1") == 0)
             strv_pushf(changes,
                        "warning: %s has accept_ra=1 and now ignores router advertisements; "
                        "set net.ipv6.conf.%s.accept_ra=2 if it relies on them",

@@ -127,12 +127,12 @@ static int macvtap_devnum(const char *name, int ifindex, dev_t *out, struct qv_e
 {
     char path[256], v[32];
     snprintf(path, sizeof(path), "/sys/class/net/%s/ifindex", name);
-    if (ns_read_line(path, v, sizeof(v)) < 0 || atoi(v) != ifindex)
+    if (read_file_line(path, v, sizeof(v)) < 0 || atoi(v) != ifindex)
         return qv_fail(e, -ENODEV,
                        "%s: /sys does not show this network namespace's devices (sysfs must be "
                        "mounted from it)", name);
     snprintf(path, sizeof(path), "/sys/class/net/%s/macvtap/tap%d/dev", name, ifindex);
-    int r = ns_read_line(path, v, sizeof(v));
+    int r = read_file_line(path, v, sizeof(v));
     if (r < 0)
         return qv_failerr(e, r, "%s: cannot read %s", name, path);
     unsigned maj, min;

@@ -61,7 +61,7 @@ static int cg_read(const char *dir, const char *file, char *buf, size_t len)
     char path[PATH_MAX];
     if (snprintf(path, sizeof(path), "%s/%s", dir, file) >= (int)sizeof(path))
         return -ENAMETOOLONG;
-    return read_small(path, buf, len);
+    return read_file_small(path, buf, len);
 }
 
 static bool has_word(const char *list, const char *word)
@@ -106,31 +106,6 @@ int cg_v1_hierarchy(const char *root, enum sandbox_cgroup_ctl c, char *out, size
     return -ENOENT;
 }
 
-/* This process's cgroup in one hierarchy, from /proc/self/cgroup: "" for the
- * v2 line when `v1_name` is NULL. */
-static int own_cgroup(const char *v1_name, char *out, size_t len)
-{
-    char buf[4096];
-    int r = read_small("/proc/self/cgroup", buf, sizeof(buf));
-    if (r < 0)
-        return r;
-    char *save_line = NULL;
-    for (char *line = strtok_r(buf, "\n", &save_line); line; line = strtok_r(NULL, "\n", &save_line)) {
-        char *c1 = strchr(line, ':');
-        char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
-        if (!c2)
-            continue;
-        *c2 = '\0';
-        const char *ctls = c1 + 1;
-        bool match = v1_name ? has_word(ctls, v1_name) : (*ctls == '\0' && strncmp(line, "0:", 2) == 0);
-        if (match) {
-            snprintf(out, len, "%s", c2 + 1);
-            return 0;
-        }
-    }
-    return -ENOENT;
-}
-
 static int join_path(char *out, size_t len, const char *a, const char *b, const char *c)
 {
     /* Collapses the slashes callers put at either end of the parts. */
@@ -162,7 +137,7 @@ int sandbox_cgroup_resolve(const struct sandbox_cgroup_params *p, struct sandbox
     if (version == 2) {
         if (p->parent)
             snprintf(parent, sizeof(parent), "%s", p->parent);
-        else if ((r = own_cgroup(NULL, parent, sizeof(parent))) < 0)
+        else if ((r = proc_cgroup_path(0, NULL, parent, sizeof(parent))) < 0)
             return qv_failerr(e, r, "cgroup: this process's v2 cgroup");
         if (join_path(cg->dir[0].path, PATH_MAX, root, parent, p->name) < 0)
             return qv_fail(e, -ENAMETOOLONG, "cgroup: path too long");
@@ -176,7 +151,7 @@ int sandbox_cgroup_resolve(const struct sandbox_cgroup_params *p, struct sandbox
             continue;
         if (p->parent)
             snprintf(parent, sizeof(parent), "%s", p->parent);
-        else if ((r = own_cgroup(v1_names[c], parent, sizeof(parent))) < 0)
+        else if ((r = proc_cgroup_path(0, v1_names[c], parent, sizeof(parent))) < 0)
             return qv_failerr(e, r, "cgroup: this process's %s cgroup", v1_names[c]);
         if (join_path(path, sizeof(path), hier, parent, p->name) < 0)
             return qv_fail(e, -ENAMETOOLONG, "cgroup: path too long");
@@ -199,8 +174,13 @@ static int read_pids(const char *dir, pid_t *pids, size_t max, size_t *n)
 {
     char buf[8192];
     int r = cg_read(dir, "cgroup.procs", buf, sizeof(buf));
-    if (r < 0)
+    if (r == -EFBIG) {
+        /* more pids than fit: the complete lines are still pids, a cut one is not */
+        char *last = strrchr(buf, '\n');
+        *(last ? last : buf) = '\0';
+    } else if (r < 0) {
         return r;
+    }
     *n = 0;
     char *save_tok = NULL;
     for (char *tok = strtok_r(buf, " \n", &save_tok); tok; tok = strtok_r(NULL, " \n", &save_tok)) {

@@ -131,7 +131,7 @@ static void probe_cgroup(struct sandbox_host *h, const char *root)
         char avail[512] = "";
         char path[PATH_MAX];
         snprintf(path, sizeof(path), "%s/cgroup.controllers", root);
-        read_small(path, avail, sizeof(avail));
+        read_file_small(path, avail, sizeof(avail));
         for (int c = 0; c < CG_NCTL; c++) {
             const char *n = cg_ctl_names[c];
             size_t len = strlen(n);

@@ -85,7 +85,7 @@ static json_object *rlimits(pid_t pid)
     char path[64], buf[4096];
     snprintf(path, sizeof(path), "/proc/%d/limits", (int)pid);
     json_object *o = json_object_new_object();
-    if (read_small(path, buf, sizeof(buf)) < 0)
+    if (read_file_small(path, buf, sizeof(buf)) < 0)
         return o;
     char *save_line = NULL;
     for (char *line = strtok_r(buf, "\n", &save_line); line; line = strtok_r(NULL, "\n", &save_line)) {
@@ -142,9 +142,10 @@ static json_object *dev_listing(pid_t pid)
 
 static json_object *cgroups(pid_t pid, const char *root)
 {
-    char path[64], buf[4096];
-    snprintf(path, sizeof(path), "/proc/%d/cgroup", (int)pid);
-    if (read_small(path, buf, sizeof(buf)) < 0)
+    char cpath[PATH_MAX], dir[PATH_MAX];
+    /* ENOENT: no v2 line (a v1-only host); anything else: the process is gone */
+    int unified = proc_cgroup_path(pid, NULL, cpath, sizeof(cpath));
+    if (unified < 0 && unified != -ENOENT)
         return NULL;
     int version = cg_detect_version(root);
     json_object *o = json_object_new_object();
@@ -152,36 +153,19 @@ static json_object *cgroups(pid_t pid, const char *root)
     json_object *limits = json_object_new_object();
     json_object_object_add(o, "version", json_object_new_int(version));
     static const char *const v1_names[CG_NCTL] = {"memory", "cpu", "pids", "blkio"};
-    char *save_line = NULL;
-    for (char *line = strtok_r(buf, "\n", &save_line); line; line = strtok_r(NULL, "\n", &save_line)) {
-        char *c1 = strchr(line, ':');
-        char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
-        if (!c2)
+    if (version == 2 && unified == 0) {
+        snprintf(dir, sizeof(dir), "%s%s", root, cpath);
+        json_object_object_add(paths, "unified", json_object_new_string(cpath));
+        cg_dir_read(2, dir, (1u << CG_NCTL) - 1, limits);
+    }
+    for (int c = 0; version == 1 && c < CG_NCTL; c++) {
+        char hier[PATH_MAX];
+        if (proc_cgroup_path(pid, v1_names[c], cpath, sizeof(cpath)) < 0 ||
+            cg_v1_hierarchy(root, c, hier, sizeof(hier)) < 0)
             continue;
-        *c2 = '\0';
-        const char *ctls = c1 + 1, *cpath = c2 + 1;
-        char dir[PATH_MAX];
-        if (version == 2 && *ctls == '\0') {
-            snprintf(dir, sizeof(dir), "%s%s", root, cpath);
-            json_object_object_add(paths, "unified", json_object_new_string(cpath));
-            cg_dir_read(2, dir, (1u << CG_NCTL) - 1, limits);
-            continue;
-        }
-        if (version != 1)
-            continue;
-        for (int c = 0; c < CG_NCTL; c++) {
-            size_t n = strlen(v1_names[c]);
-            bool listed = false;
-            for (const char *p = ctls; (p = strstr(p, v1_names[c])) != NULL; p += n)
-                if ((p == ctls || p[-1] == ',') && (p[n] == ',' || p[n] == '\0'))
-                    listed = true;
-            char hier[PATH_MAX];
-            if (!listed || cg_v1_hierarchy(root, c, hier, sizeof(hier)) < 0)
-                continue;
-            snprintf(dir, sizeof(dir), "%s%s", hier, cpath);
-            json_object_object_add(paths, v1_names[c], json_object_new_string(cpath));
-            cg_dir_read(1, dir, 1u << c, limits);
-        }
+        snprintf(dir, sizeof(dir), "%s%s", hier, cpath);
+        json_object_object_add(paths, v1_names[c], json_object_new_string(cpath));
+        cg_dir_read(1, dir, 1u << c, limits);
     }
     json_object_object_add(o, "paths", paths);
     json_object_object_add(o, "limits", limits);
@@ -192,7 +176,7 @@ int sandbox_inspect(pid_t pid, const char *cgroup_root, json_object **out, struc
 {
     char path[64], status[8192];
     snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    int r = read_small(path, status, sizeof(status));
+    int r = read_file_small(path, status, sizeof(status));
     if (r < 0)
         return qv_failerr(e, r, "pid %d", (int)pid);
     json_object *o = json_object_new_object();

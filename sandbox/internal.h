@@ -80,8 +80,6 @@ int cg_detect_version(const char *root);
 extern const char *const cg_ctl_names[CG_NCTL];     /* "memory", "cpu", "pids", "io" */
 
 /* ---- small helpers ------------------------------------------------------------------- */
-/* Reads a small file into buf (NUL-terminated, trailing newline kept). */
-int read_small(const char *path, char *buf, size_t len);
 /* The value of "Key:\t..." in /proc/PID/status-like text into out (trimmed). */
 bool status_field(const char *text, const char *key, char *out, size_t len);
 

@@ -80,30 +80,6 @@ _Noreturn void child_fail(int errfd, int err, const char *fmt, ...)
     _exit(127);
 }
 
-int read_small(const char *path, char *buf, size_t len)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    size_t off = 0;
-    while (off + 1 < len) {
-        ssize_t n = read(fd, buf + off, len - 1 - off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            int r = -errno;
-            close(fd);
-            return r;
-        }
-        if (n == 0)
-            break;
-        off += (size_t)n;
-    }
-    buf[off] = '\0';
-    close(fd);
-    return (int)off;
-}
-
 bool status_field(const char *text, const char *key, char *out, size_t len)
 {
     size_t klen = strlen(key);

@@ -20,16 +20,6 @@
 
 #include "sandbox/sandbox.h"
 
-static uint64_t fnv1a(const char *s)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
-
 /* Never root, never the 16- and 32-bit "no id" values, never nobody. */
 static bool reserved(uint64_t uid)
 {
@@ -161,7 +151,7 @@ int sandbox_uid_acquire(const char *lock_dir, uid_t first, uid_t last, const cha
         if (errno != EINTR)
             return qv_failerr(e, -errno, "%s: uid: locking %s", name, path);
     uint64_t span = (uint64_t)last - first + 1;
-    uint64_t start = fnv1a(name) % span;
+    uint64_t start = fnv1a64(name, strlen(name), FNV1A64_INIT) % span;
     for (uint64_t i = 0; i < span; i++) {
         uint64_t cand = first + (start + i) % span;
         if (reserved(cand) || id_in_use((uid_t)cand))

@@ -1,0 +1,94 @@
+/* storage: disk images as the supervisor hands them to QEMU. Format detection that
+ * never blocks or follows a device it should not, a qcow2 chain opened as one fd per
+ * layer (so QEMU needs no access to the image directories), and qemu-img as a
+ * bounded child program. Uses only common; the launcher builds on it. */
+#ifndef QV_STORAGE_H
+#define QV_STORAGE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/common.h"
+
+enum storage_format {
+    STORAGE_FORMAT_PROBE = -1,  /* as an argument: detect it */
+    STORAGE_FORMAT_RAW = 0,
+    STORAGE_FORMAT_QCOW2 = 1,
+};
+/* "raw", "qcow2"; NULL for anything else. */
+const char *storage_format_name(enum storage_format f);
+/* The reverse; -ENOTSUP for formats QEMU knows but qvisor does not pass ("vmdk"). */
+int storage_format_parse(const char *name, enum storage_format *out);
+
+/* Opens an existing image for reading its header: only a regular file or a block
+ * device (a FIFO, socket, tty or directory is refused before it is opened, and again
+ * by fstat after, so a path swapped in between changes nothing), O_NONBLOCK so that
+ * nothing can make the open wait. Returns the fd (CLOEXEC). */
+int storage_open_image(const char *path, int flags, struct qv_err *e);
+
+/* qcow2 when the file starts with qcow2's magic, raw otherwise. Decide this once, when
+ * an image is defined: a raw image's guest can write a qcow2 header into it. */
+int storage_detect_format(const char *path, enum storage_format *out, struct qv_err *e);
+int storage_detect_format_fd(int fd, const char *what, enum storage_format *out, struct qv_err *e);
+
+/* What a qcow2 header says about the layer below it. */
+struct storage_qcow2_info {
+    uint32_t version;           /* 2 or 3 */
+    uint64_t virtual_size;
+    uint32_t cluster_bits;
+    char backing[1024];         /* the backing file name as written; "" when none */
+    char backing_format[32];    /* from the backing format extension; "" when absent */
+    bool external_data_file;    /* data lives in another file QEMU would open */
+};
+int storage_qcow2_read(int fd, const char *what, struct storage_qcow2_info *out, struct qv_err *e);
+
+/* ---- chains ------------------------------------------------------------------------ */
+#define STORAGE_CHAIN_MAX 32
+
+struct storage_layer {
+    int fd;                     /* CLOEXEC; owned by the chain */
+    enum storage_format format;
+    char path[4096];            /* as resolved: relative backing names joined to their image's directory */
+    uint64_t virtual_size;      /* qcow2: from the header; raw: the file or device size */
+};
+struct storage_chain {
+    struct storage_layer *layers;   /* top first */
+    size_t n;
+};
+/* Opens `path` (the top, with `top_flags`: O_RDONLY or O_RDWR) and every layer below
+ * it read-only, one fd each. `top_format` PROBE detects the top's format; a backing
+ * layer's format comes from its backing format extension, and is detected only where
+ * the image names none. Relative backing names are taken relative to the directory of
+ * the image that names them (as QEMU does). Refused: a loop (the same inode twice),
+ * more than STORAGE_CHAIN_MAX layers, a missing layer (named in the error together with
+ * the image that references it), backing names with a protocol ("nbd:", "json:"),
+ * external data files, and anything that is not a regular file or block device.
+ * On error nothing stays open. */
+int storage_chain_open(const char *path, enum storage_format top_format, int top_flags, struct storage_chain *out,
+                       struct qv_err *e);
+void storage_chain_close(struct storage_chain *c);
+
+/* ---- qemu-img --------------------------------------------------------------------- */
+/* Runs qemu-img with `args` (after "qemu-img"; NULL-terminated), no shell, stdin from
+ * /dev/null, killed when the caller dies (PR_SET_PDEATHSIG) or after timeout_ms.
+ * stdout into *out (caller frees; may be NULL); a non-zero exit fails with qemu-img's
+ * own stderr in the message. QVISOR_QEMU_IMG overrides the binary (tests). */
+int storage_qemu_img(const char *const *args, int timeout_ms, char **out, struct qv_err *e);
+
+struct storage_image_info {
+    enum storage_format format;
+    uint64_t virtual_size;
+    uint64_t actual_size;       /* bytes allocated on the host */
+    uint64_t cluster_size;      /* 0 for raw */
+    bool dirty;
+    char backing[1024];         /* "" when none; as written in the image */
+    char backing_format[32];
+};
+/* `qemu-img info --output=json` on one image (not its backing chain), with -U so a
+ * running VM's lock does not stand in the way. `format` PROBE lets qemu-img decide. */
+int storage_image_info(const char *path, enum storage_format format, int timeout_ms, struct storage_image_info *out,
+                       struct qv_err *e);
+/* The parser behind it, on qemu-img's JSON text. */
+int storage_image_info_parse(const char *json, struct storage_image_info *out, struct qv_err *e);
+
+#endif
