@@ -109,6 +109,9 @@ uint64_t realtime_ms(void);
 
 /* ---- files and fds -------------------------------------------------------- */
 int write_all(int fd, const void *data, size_t n);
+/* Rotates a log by size: path.1..path.BACKUPS shift up, path is copied to path.1 and
+ * the open fd truncated in place (O_APPEND writers carry on at its new end). */
+int log_rotate(int fd, const char *path, int backups, struct qv_err *e);
 /* Reads a whole file, at most `max` bytes (larger is -EFBIG). NUL-terminated. */
 int read_file(const char *path, size_t max, char **out, size_t *len);
 /* Temp file in the same directory, fsync, rename, fsync of the directory. */
@@ -171,6 +174,8 @@ int jr_array(struct jr *r, json_object *obj, const char *key, json_object **out)
 int jr_string(struct jr *r, json_object *obj, const char *key, bool required, char **out);
 int jr_bool(struct jr *r, json_object *obj, const char *key, bool *out);
 int jr_int(struct jr *r, json_object *obj, const char *key, int64_t min, int64_t max, int64_t *out);
+/* A size string ("512K", "8M", "2G") of at least `min` bytes. */
+int jr_size(struct jr *r, json_object *obj, const char *key, uint64_t min, uint64_t *out);
 /* String value that must be one of `names` (NULL-terminated); stores its index. */
 int jr_enum(struct jr *r, json_object *obj, const char *key, const char *const *names, int *out);
 /* Type checks of a value already at the current path. */

@@ -261,3 +261,36 @@ int json_names_in(const char *dir, struct strv *names, struct qv_err *e)
     strv_sort(names);
     return 0;
 }
+
+/* path.N-1 -> path.N ... path -> path.1 by copy, then the open file is truncated in
+ * place: every writer holding it with O_APPEND (QEMU's stderr among them) goes on
+ * at the new end, and no one has to reopen anything. */
+int log_rotate(int fd, const char *path, int backups, struct qv_err *e)
+{
+    char from[PATH_MAX], to[PATH_MAX];
+    if (backups < 1)
+        return ftruncate(fd, 0) < 0 ? qv_failerr(e, -errno, "%s: truncating", path) : 0;
+    for (int i = backups - 1; i >= 1; i--) {
+        snprintf(from, sizeof(from), "%s.%d", path, i);
+        snprintf(to, sizeof(to), "%s.%d", path, i + 1);
+        if (rename(from, to) < 0 && errno != ENOENT)
+            return qv_failerr(e, -errno, "renaming %s", from);
+    }
+    snprintf(to, sizeof(to), "%s.1", path);
+    _cleanup_close_ int out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    if (out < 0)
+        return qv_failerr(e, -errno, "%s", to);
+    loff_t off = 0;
+    for (;;) {
+        ssize_t n = copy_file_range(fd, &off, out, NULL, 1 << 20, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return qv_failerr(e, -errno, "copying %s to %s", path, to);
+        if (n == 0)
+            break;
+    }
+    if (ftruncate(fd, 0) < 0)
+        return qv_failerr(e, -errno, "%s: truncating", path);
+    return 0;
+}

@@ -386,3 +386,21 @@ int jr_check_text(struct jr *r, json_object *v)
         return 0;
     }
 }
+
+int jr_size(struct jr *r, json_object *obj, const char *key, uint64_t min, uint64_t *out)
+{
+    json_object *v;
+    int e = get(r, obj, key, false, json_type_string, &v);
+    if (e < 0 || !v)
+        return e;
+    uint64_t bytes;
+    size_t m = jr_key(r, key);
+    if (parse_size(json_object_get_string(v), &bytes) < 0)
+        e = jr_fail(r, "%s is not a size like \"512K\" or \"8M\"", jr_show(v));
+    else if (bytes < min)
+        e = jr_fail(r, "%s is below the minimum of %" PRIu64 " bytes", jr_show(v), min);
+    else
+        *out = bytes;
+    jr_pop(r, m);
+    return e;
+}

@@ -27,6 +27,8 @@ int host_config_load(const struct qv_paths *p, struct host_config *hc, struct qv
     memset(hc, 0, sizeof(*hc));
     hc->uid_first = UID_FIRST;
     hc->uid_last = UID_LAST;
+    hc->log_max_size = LOG_MAX_SIZE;
+    hc->log_max_backups = LOG_MAX_BACKUPS;
     char path[PATH_MAX];
     qv_path(p, path, sizeof(path), QV_ETC "/host.json");
     if (!path_exists(path))
@@ -37,15 +39,18 @@ int host_config_load(const struct qv_paths *p, struct host_config *hc, struct qv
         return r;
     struct jr jr;
     jr_init(&jr, e);
-    static const char *const keys[] = {"qemu", "accel", "uid_first", "uid_last", "cgroup_parent", "ctl_group", NULL};
+    static const char *const keys[] = {"qemu", "accel", "uid_first", "uid_last", "cgroup_parent", "ctl_group",
+                                       "log_max_size", "log_max_backups", NULL};
     int accel = ACCEL_AUTO;
-    int64_t first = UID_FIRST, last = UID_LAST;
+    int64_t first = UID_FIRST, last = UID_LAST, backups = LOG_MAX_BACKUPS;
     if ((r = jr_expect(&jr, o, json_type_object)) < 0 || (r = jr_only_keys(&jr, o, keys)) < 0 ||
         (r = jr_string(&jr, o, "qemu", false, &hc->qemu)) < 0 || (r = jr_enum(&jr, o, "accel", vm_accel_names, &accel)) < 0 ||
         (r = jr_int(&jr, o, "uid_first", 1000, 0x7ffffffe, &first)) < 0 ||
         (r = jr_int(&jr, o, "uid_last", 1000, 0x7ffffffe, &last)) < 0 ||
         (r = jr_string(&jr, o, "cgroup_parent", false, &hc->cgroup_parent)) < 0 ||
-        (r = jr_string(&jr, o, "ctl_group", false, &hc->ctl_group)) < 0) {
+        (r = jr_string(&jr, o, "ctl_group", false, &hc->ctl_group)) < 0 ||
+        (r = jr_int(&jr, o, "log_max_backups", 0, 100, &backups)) < 0 ||
+        (r = jr_size(&jr, o, "log_max_size", 64 << 10, &hc->log_max_size)) < 0) {
         host_config_free(hc);
         return qv_prefix(e, "%s: ", path);
     }
@@ -56,6 +61,7 @@ int host_config_load(const struct qv_paths *p, struct host_config *hc, struct qv
     hc->accel = accel;
     hc->uid_first = (uid_t)first;
     hc->uid_last = (uid_t)last;
+    hc->log_max_backups = (int)backups;
     return 0;
 }
 

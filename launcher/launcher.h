@@ -190,7 +190,11 @@ struct host_config {
     uid_t uid_first, uid_last;  /* dynamic VM users: default 61184..65519, like systemd's */
     char *cgroup_parent;    /* below each cgroup hierarchy root; default "qvisor" */
     char *ctl_group;        /* members may use the VMs' control sockets (0660); NULL: root only (0600) */
+    uint64_t log_max_size;  /* a VM's log is rotated past this size (default 8 MiB) */
+    int log_max_backups;    /* and this many rotated files are kept (default 3) */
 };
+#define LOG_MAX_SIZE (8ull << 20)
+#define LOG_MAX_BACKUPS 3
 int host_config_load(const struct qv_paths *p, struct host_config *hc, struct qv_err *e);
 void host_config_free(struct host_config *hc);
 /* Probes QEMU (cached under var/cache/qvisor by binary path, size and mtime), KVM,

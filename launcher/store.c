@@ -55,20 +55,6 @@ void mac_generate(const char *uuid, size_t index, unsigned attempt, char out[18]
     snprintf(out, 18, "52:54:00:%02x:%02x:%02x", b3, b4, b5);
 }
 
-static const char *file_type_name(mode_t mode)
-{
-    switch (mode & S_IFMT) {
-    case S_IFREG: return "a regular file";
-    case S_IFBLK: return "a block device";
-    case S_IFCHR: return "a character device";
-    case S_IFIFO: return "a named pipe (FIFO)";
-    case S_IFSOCK: return "a socket";
-    case S_IFDIR: return "a directory";
-    case S_IFLNK: return "a symbolic link";
-    }
-    return "of an unknown file type";
-}
-
 int vm_path_check_type(const char *path, unsigned allowed, struct qv_err *e)
 {
     /* stat, never open: opening a FIFO waits for a writer, forever, and opening a
@@ -78,7 +64,7 @@ int vm_path_check_type(const char *path, unsigned allowed, struct qv_err *e)
         return errno == ENOENT ? 0 : qv_failerr(e, -errno, "%s", path);
     if ((allowed & PATH_REG && S_ISREG(st.st_mode)) || (allowed & PATH_BLK && S_ISBLK(st.st_mode)))
         return 0;
-    return qv_fail(e, -EINVAL, "%s is %s, not %s", path, file_type_name(st.st_mode),
+    return qv_fail(e, -EINVAL, "%s is %s, not %s", path, storage_file_type_name(st.st_mode),
                    allowed & PATH_BLK ? "a regular file or a block device" : "a regular file");
 }
 
@@ -240,7 +226,7 @@ static int check_host(struct vm_def *d, struct qv_err *e)
             r = qv_failerr(e, errno == ENOENT ? -EINVAL : -errno, "limits.io[%zu].device: %s", i, dev);
         else if (!S_ISBLK(st.st_mode))
             r = qv_fail(e, -EINVAL, "limits.io[%zu].device: %s is %s, not a block device", i, dev,
-                        file_type_name(st.st_mode));
+                        storage_file_type_name(st.st_mode));
     }
     struct qv_err le = {0};
     uid_t uid;

@@ -21,7 +21,6 @@
 #define QUIT_GRACE_MS 2000
 #define TERM_GRACE_MS 2000
 #define KILL_GRACE_MS 5000
-#define CONSOLE_LINE_IDLE_MS 1000
 
 static int pidfd_open_(pid_t pid)
 {
@@ -164,80 +163,6 @@ static void on_event(void *ctx, const char *event, json_object *data, uint64_t t
     } else if (strcmp(event, "RESET") == 0 || strcmp(event, "BLOCK_IO_ERROR") == 0 || strcmp(event, "WATCHDOG") == 0) {
         sup_log(s, "event %s %s", event, d);
     }
-}
-
-/* ---- console ---- */
-
-static void console_log_line(struct sup *s, bool flush)
-{
-    char *start = s->line.p;
-    size_t len = s->line.len;
-    for (;;) {
-        char *nl = len ? memchr(start, '\n', len) : NULL;
-        if (!nl && !(flush && len) && len < 4096)
-            break;
-        size_t n = nl ? (size_t)(nl - start) : len;
-        char text[4100];
-        size_t k = 0;
-        for (size_t i = 0; i < n && k < sizeof(text) - 1; i++)
-            if (start[i] != '\r')
-                text[k++] = (unsigned char)start[i] < 0x20 && start[i] != '\t' ? '?' : start[i];
-        text[k] = '\0';
-        qv_logf(s->log_fd, "console", "%s", text);
-        size_t used = nl ? n + 1 : n;
-        start += used;
-        len -= used;
-        if (!nl)
-            break;
-    }
-    buf_consume(&s->line, s->line.len - len);
-}
-
-static void console_close(struct sup *s)
-{
-    if (s->console_fd < 0)
-        return;
-    console_log_line(s, true);
-    epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->console_fd, NULL);
-    close(s->console_fd);
-    s->console_fd = -1;
-}
-
-static void console_readable(struct sup *s)
-{
-    char chunk[8192];
-    for (;;) {
-        ssize_t n = read(s->console_fd, chunk, sizeof(chunk));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN)
-            return;
-        if (n <= 0) {
-            console_close(s);
-            return;
-        }
-        buf_add(&s->ring, chunk, (size_t)n);
-        if (s->ring.len > CONSOLE_RING)
-            buf_consume(&s->ring, s->ring.len - CONSOLE_RING);
-        buf_add(&s->line, chunk, (size_t)n);
-        s->line_at = monotonic_ms();
-        console_log_line(s, false);
-        ctl_broadcast_console(s, chunk, (size_t)n);
-    }
-}
-
-static int console_connect(struct sup *s, struct qv_err *e)
-{
-    if (s->def.console == CONSOLE_NONE)
-        return 0;
-    char path[PATH_MAX];
-    snprintf(path, sizeof(path), "%s/console.sock", s->run_dir);
-    int r = unix_connect(path, &s->console_fd, e);
-    if (r < 0)
-        return r;
-    fd_set_nonblock(s->console_fd, true);
-    epoll_add(s, s->console_fd, EPOLLIN, &s->ev_console);
-    return 0;
 }
 
 /* ---- starting QEMU ---- */
@@ -793,8 +718,7 @@ static int next_timeout(struct sup *s)
 {
     uint64_t now = monotonic_ms(), next = 0;
     uint64_t cands[] = {s->stop_next, s->restart_at, s->notify.next_ping, s->qmp ? qmp_next_deadline(s->qmp) : 0,
-                        hotplug_next_deadline(s), s->lease_poll,
-                        s->line.len ? s->line_at + CONSOLE_LINE_IDLE_MS : 0};
+                        hotplug_next_deadline(s), s->lease_poll, console_next_deadline(s)};
     for (size_t i = 0; i < ARRAY_SIZE(cands); i++)
         if (cands[i] && (!next || cands[i] < next))
             next = cands[i];
@@ -817,9 +741,7 @@ static void run_timers(struct sup *s)
         notify_send(&s->notify, "WATCHDOG=1");
         s->notify.next_ping = now + s->notify.watchdog_ms;
     }
-    /* a prompt without a newline still reaches the log once the guest is quiet */
-    if (s->line.len && now >= s->line_at + CONSOLE_LINE_IDLE_MS)
-        console_log_line(s, true);
+    console_run_timers(s, now);
     if (s->restart_at && now >= s->restart_at) {
         s->restart_at = 0;
         struct qv_err e = {0};

@@ -82,6 +82,14 @@ struct vm_nic_state {
     bool filtered, macvtap;
 };
 
+/* The console's byte budget (console.c). */
+struct console_rate {
+    int64_t tokens;
+    uint64_t refilled_at;
+    uint64_t resume_at;     /* reading is paused until then; 0: not paused */
+    bool throttled;         /* said so in the log once */
+};
+
 struct sup {
     const struct qv_paths *paths;
     struct vm_def def;
@@ -98,6 +106,8 @@ struct sup {
     int console_fd;
     struct buf ring, line;
     uint64_t line_at;           /* when the partial console line last grew */
+    struct console_rate console_rate;
+    uint64_t log_check_at;      /* next look at the log's size */
     int ctl_fd;
     struct sup_client *clients;
     unsigned next_client_id;
@@ -136,6 +146,15 @@ int sup_record_qemu(pid_t pid, void *opaque, struct qv_err *e);
 /* Sends a QMP command on behalf of the supervisor; errors are logged. */
 void sup_qmp(struct sup *s, const char *cmd, json_object *args);
 json_object *sup_status_json(struct sup *s);
+
+/* console.c: the serial console and the VM's log file */
+int console_connect(struct sup *s, struct qv_err *e);
+void console_readable(struct sup *s);
+void console_close(struct sup *s);
+uint64_t console_next_deadline(struct sup *s);
+void console_run_timers(struct sup *s, uint64_t now);
+/* Rotates the log when it has grown past host.json's log_max_size. */
+void vmlog_check(struct sup *s);
 
 /* sup_ctl.c */
 void sup_reply_ok(struct sup *s, unsigned client);

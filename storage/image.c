@@ -26,10 +26,18 @@ int storage_format_parse(const char *name, enum storage_format *out)
     return -ENOTSUP;
 }
 
-static const char *kind_name(mode_t m)
+const char *storage_file_type_name(mode_t mode)
 {
-    return S_ISFIFO(m) ? "a FIFO" : S_ISSOCK(m) ? "a socket" : S_ISCHR(m) ? "a character device"
-         : S_ISDIR(m) ? "a directory" : S_ISLNK(m) ? "a symbolic link" : "not a file";
+    switch (mode & S_IFMT) {
+    case S_IFREG: return "a regular file";
+    case S_IFBLK: return "a block device";
+    case S_IFCHR: return "a character device";
+    case S_IFIFO: return "a named pipe (FIFO)";
+    case S_IFSOCK: return "a socket";
+    case S_IFDIR: return "a directory";
+    case S_IFLNK: return "a symbolic link";
+    }
+    return "of an unknown file type";
 }
 
 int storage_open_image(const char *path, int flags, struct qv_err *e)
@@ -38,8 +46,8 @@ int storage_open_image(const char *path, int flags, struct qv_err *e)
     if (stat(path, &st) < 0)
         return qv_failerr(e, -errno, "%s", path);
     if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-        return qv_fail(e, -EINVAL, "%s is %s, not a regular file or block device", path,
-                       kind_name(st.st_mode));
+        return qv_fail(e, -EINVAL, "%s is %s, not a regular file or a block device", path,
+                       storage_file_type_name(st.st_mode));
     /* O_NONBLOCK: should a FIFO be swapped in after the stat, the open still returns */
     _cleanup_close_ int fd = open(path, (flags & O_ACCMODE) | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
     if (fd < 0)
@@ -47,8 +55,8 @@ int storage_open_image(const char *path, int flags, struct qv_err *e)
     if (fstat(fd, &st) < 0)
         return qv_failerr(e, -errno, "%s", path);
     if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-        return qv_fail(e, -EINVAL, "%s is %s, not a regular file or block device", path,
-                       kind_name(st.st_mode));
+        return qv_fail(e, -EINVAL, "%s is %s, not a regular file or a block device", path,
+                       storage_file_type_name(st.st_mode));
     /* QEMU does its own non-blocking I/O where it wants it; a plain file keeps the usual semantics */
     int r = fd_set_nonblock(fd, false);
     if (r < 0)

@@ -25,6 +25,8 @@ int storage_format_parse(const char *name, enum storage_format *out);
  * by fstat after, so a path swapped in between changes nothing), O_NONBLOCK so that
  * nothing can make the open wait. Returns the fd (CLOEXEC). */
 int storage_open_image(const char *path, int flags, struct qv_err *e);
+/* "a named pipe (FIFO)", "a directory", ...: what a path is, for error messages. */
+const char *storage_file_type_name(mode_t mode);
 
 /* qcow2 when the file starts with qcow2's magic, raw otherwise. Decide this once, when
  * an image is defined: a raw image's guest can write a qcow2 header into it. */
