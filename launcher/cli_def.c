@@ -275,6 +275,8 @@ int cmd_edit(struct cli *c)
     _cleanup_json_ json_object *cur = vm_def_to_json(&d);
     vm_def_free(&d);
     _cleanup_json_ json_object *next = NULL;
+    char tmp[] = "/tmp/qvisor-edit-XXXXXX.json";
+    bool edited = false;
     if (!isatty(STDIN_FILENO)) {
         _cleanup_free_ char *text = NULL;
         size_t len = 0;
@@ -283,7 +285,6 @@ int cmd_edit(struct cli *c)
         if ((r = json_parse_buf("<stdin>", text, len, &next, &c->err)) < 0)
             return r;
     } else {
-        char tmp[] = "/tmp/qvisor-edit-XXXXXX.json";
         _cleanup_close_ int fd = mkstemps(tmp, 5);
         if (fd < 0)
             return qv_failerr(&c->err, -errno, "temporary file");
@@ -317,13 +318,18 @@ int cmd_edit(struct cli *c)
                 qv_prefix(&c->err, "nothing changed (your text is in %s): ", tmp);
             return r;
         }
-        unlink(tmp);
+        edited = true;
     }
+    /* a refused edit keeps the user's text, as a JSON syntax error already does */
     json_object *v;
     if (!json_object_object_get_ex(next, "name", &v) || strcmp(json_object_get_string(v), name) != 0)
-        return qv_fail(&c->err, -EINVAL, "name: a VM keeps its name (undefine and define to rename)");
-    if ((r = vm_define(&c->paths, next, true, &d, &c->err)) < 0)
-        return r;
+        r = qv_fail(&c->err, -EINVAL, "name: a VM keeps its name (undefine and define to rename)");
+    else
+        r = vm_define(&c->paths, next, true, &d, &c->err);
+    if (r < 0)
+        return edited ? qv_prefix(&c->err, "nothing changed (your text is in %s): ", tmp) : r;
+    if (edited)
+        unlink(tmp);
     vm_def_free(&d);
     if (!c->quiet)
         printf("%s changed%s\n", name, vm_supervised(&c->paths, name, NULL) ? " (from its next start)" : "");

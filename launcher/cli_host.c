@@ -42,7 +42,8 @@ int cmd_host_check(struct cli *c)
     struct host_config hc;
     struct host_facts f;
     struct qv_err e = {0};
-    bool have_facts = host_config_load(&c->paths, &hc, &e) == 0 && host_facts_probe(&c->paths, &hc, &f, &e) == 0;
+    bool have_config = host_config_load(&c->paths, &hc, &e) == 0;
+    bool have_facts = have_config && host_facts_probe(&c->paths, &hc, &f, &e) == 0;
     if (have_facts) {
         item(&ch, "qemu", true, true, "%s %d.%d.%d", f.qemu, f.qemu_major, f.qemu_minor, f.qemu_micro);
         item(&ch, "kvm", f.kvm_usable, false, "%s", f.kvm_usable ? "/dev/kvm usable: accel auto means KVM"
@@ -54,10 +55,11 @@ int cmd_host_check(struct cli *c)
         if (f.accel_override != ACCEL_AUTO)
             item(&ch, "accel override", true, false, "accel auto means %s here (QVISOR_ACCEL or host.json)",
                  vm_accel_names[f.accel_override]);
-        host_config_free(&hc);
     } else {
         item(&ch, "qemu", false, true, "%s", e.msg);
     }
+    if (have_config)
+        host_config_free(&hc);
     item(&ch, "tun", openable("/dev/net/tun"), false, "%s", "/dev/net/tun: taps for bridge and network NICs");
     char path[PATH_MAX];
     item(&ch, "dnsmasq", find_program("dnsmasq", path, sizeof(path)) == 0, false, "%s",

@@ -94,22 +94,29 @@ static int detach(struct cli *c, const char *what, const char *target, const cha
     if (r < 0)
         return r;
     vm_def_free(&d);
-    bool live = running(c, name);
+    bool live = running(c, name), unplugged = false;
     if (live) {
         json_object *req = ctl_request(strcmp(what, "disk") == 0 ? "detach-disk" : "detach-nic");
         json_object_object_add(req, "target", json_object_new_string(target));
         r = ctl_call(&c->paths, name, req, 60000, NULL, &c->err);
-        /* a device of the definition itself is not hotplugged: --persistent removes it */
+        /* a device of the definition itself is not hotplugged: --persistent removes it
+         * from the definition, and the running QEMU keeps it until it stops */
         if (r < 0 && !(persistent && r == -ENOENT))
             return r;
+        unplugged = r == 0;
     } else if (!persistent) {
         return qv_fail(&c->err, -EBUSY, "%s is not running (--persistent changes its definition)", name);
     }
     if (persistent && (r = change_definition(c, name, strcmp(what, "disk") == 0 ? "disks" : "nics", NULL, field, target)) < 0)
         return r;
-    if (!c->quiet)
-        printf("%s %s detached%s\n", what, target, persistent ? (live ? " (and removed from the definition)"
-                                                                     : " from the definition") : "");
+    if (c->quiet)
+        return 0;
+    if (unplugged)
+        printf("%s %s detached%s\n", what, target, persistent ? " (and removed from the definition)" : "");
+    else if (live)
+        printf("%s %s removed from the definition (the running VM keeps it until it stops)\n", what, target);
+    else
+        printf("%s %s detached from the definition\n", what, target);
     return 0;
 }
 

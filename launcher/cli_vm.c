@@ -375,17 +375,18 @@ int cmd_logs(struct cli *c)
     }
     const char *lines = cli_opt(c, "lines");
     if (fd >= 0 && lines) {
-        /* start at the N-th last line */
+        /* start after the N-th newline from the end (the file's last one does not
+         * count: it ends the last line); fewer lines than N: from the start */
         long want = atol(lines);
         off_t end = lseek(fd, 0, SEEK_END), pos = end;
         char ch;
         long seen = 0;
-        while (pos > 0 && seen <= want) {
+        while (pos > 0 && seen < want) {
             pos--;
             if (pread(fd, &ch, 1, pos) == 1 && ch == '\n' && pos != end - 1)
                 seen++;
         }
-        lseek(fd, seen > want ? pos + 1 : 0, SEEK_SET);
+        lseek(fd, seen < want ? 0 : want ? pos + 1 : end, SEEK_SET);
     }
     bool follow = cli_flag(c, "follow");
     char chunk[65536];
