@@ -139,20 +139,22 @@ NOTIFY_LISTEN=$T_BUILD/progs/notify_listen
 # gsh NAME CMD: runs CMD in the guest's shell and prints what the console shows
 # until CMD has finished (the end marker is computed, so the echoed command line
 # never matches it), at most GSH_TIMEOUT seconds
+# (the status is followed by the marker again, so waiting for "-END-42" cannot stop
+# before the status has arrived: "END-42-1-END-42")
 gsh() {
-    printf '%s; echo "END-$((6*7))-$?"\n' "$2" |
-        "$QV_BIN" --root "$T_ROOT" console "$1" --expect END-42- --timeout "${GSH_TIMEOUT:-30}" 2>&1 | tr -d '\r'
+    printf '%s; echo "END-$((6*7))-$?-END-$((6*7))"\n' "$2" |
+        "$QV_BIN" --root "$T_ROOT" console "$1" --expect -END-42 --timeout "${GSH_TIMEOUT:-30}" 2>&1 | tr -d '\r'
 }
 # guest_ok NAME CMD: CMD exits 0 in the guest
-guest_ok() { gsh "$1" "$2" | grep -q 'END-42-0'; }
+guest_ok() { gsh "$1" "$2" | grep -q 'END-42-0-END-42'; }
 # check_guest_fails DESC NAME CMD REGEX: a negative check that cannot pass on a
 # dead guest: the console answers, CMD runs there and exits non-zero, and what it
 # printed matches REGEX (why it failed, e.g. '0 packets received').
 check_guest_fails() {
     local desc=$1 name=$2 cmd=$3 re=$4 out
     out=$(gsh "$name" "$cmd")
-    if grep -q 'END-42-0' <<< "$out"; then not_ok "$desc (it succeeded)"; diag "$out"
-    elif ! grep -Eq 'END-42-[0-9]+' <<< "$out"; then not_ok "$desc (no answer from the guest's console)"; diag "$out"
+    if grep -q 'END-42-0-END-42' <<< "$out"; then not_ok "$desc (it succeeded)"; diag "$out"
+    elif ! grep -Eq 'END-42-[0-9]+-END-42' <<< "$out"; then not_ok "$desc (no answer from the guest's console)"; diag "$out"
     elif ! grep -Eq -- "$re" <<< "$out"; then not_ok "$desc (failed, but not with /$re/)"; diag "$out"
     else ok "$desc"; fi
 }
@@ -190,21 +192,25 @@ guest_ip() { qn ifaddr "$1" --json 2>/dev/null | grep -o '"ipv4": "[0-9.]*"' | h
 # ---- proving which rule stops a packet ----
 # nft_rules FAMILY TABLE CHAIN: the chain's rules in the host namespace, one a
 # line, as `nft -a` prints them ("RULE # handle N")
-nft_rules() { in_host nft -a list chain "$1" "$2" "$3" | sed -n 's/^[[:space:]]*\(.* # handle [0-9]*\)$/\1/p'; }
+nft_rules() {
+    in_host nft -a list chain "$1" "$2" "$3" | sed -n 's/^[[:space:]]*\(.* # handle [0-9]*\)$/\1/p' | grep -v '{ # handle'
+}
 # without_nft_rule FAMILY TABLE CHAIN RULE CMD...: deletes RULE (its text as nft
-# prints it) from qvisor's chain, runs CMD, then puts the rule back where it was.
-# Returns CMD's status; 98 when RULE is not in the chain, 99 when the chain could
-# not be restored exactly (both fail any check, as they should).
+# prints it) from qvisor's chain, runs CMD, then puts the rule back where it was
+# (calls nest). Returns CMD's status; 98 when RULE is not in the chain, 99 when the
+# chain could not be restored exactly (both fail any check, as they should).
 without_nft_rule() {
-    local fam=$1 tab=$2 chain=$3 rule=$4 before after handle next rc
+    local fam=$1 tab=$2 chain=$3 rule=$4 before after handle pos next rc
     shift 4
     before=$(nft_rules "$fam" "$tab" "$chain" | sed 's/ # handle [0-9]*$//')
-    handle=$(nft_rules "$fam" "$tab" "$chain" | awk -v r="$rule # handle" 'index($0, r) == 1 {print $NF; exit}')
-    [ -n "$handle" ] || { echo "no rule '$rule' in $fam $tab $chain:"; echo "$before"; return 98; }
-    next=$(nft_rules "$fam" "$tab" "$chain" | awk -v h="$handle" 'found {print $NF; exit} $NF == h {found = 1}')
+    pos=$(awk -v r="$rule" '$0 == r {print NR; exit}' <<< "$before")
+    [ -n "$pos" ] || { echo "no rule '$rule' in $fam $tab $chain:"; echo "$before"; return 98; }
+    handle=$(nft_rules "$fam" "$tab" "$chain" | sed -n "${pos}p" | awk '{print $NF}')
     in_host nft delete rule "$fam" "$tab" "$chain" handle "$handle" || return 99
     "$@"
     rc=$?
+    # by position, not handle: a nested call re-adds its rule under a new handle
+    next=$(nft_rules "$fam" "$tab" "$chain" | sed -n "${pos}p" | awk '{print $NF}')
     if [ -n "$next" ]; then
         in_host nft insert rule "$fam" "$tab" "$chain" position "$next" $rule
     else
