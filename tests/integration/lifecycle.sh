@@ -42,12 +42,14 @@ streamed() {
 }
 check "events streamed STOP, RESUME and RESET as JSON lines" streamed STOP RESUME RESET
 
+presses=$(count_log t1 'QVISOR-GUEST: power button')
 start=$(date +%s%N)
 check_output "stop powers the guest off through ACPI" "t1 stopped" qv stop t1 --timeout 30
 ms=$(( ($(date +%s%N) - start) / 1000000 ))
 diag "graceful stop took ${ms} ms"
-check "the guest saw the power button" test "$(count_log t1 'QVISOR-GUEST: power button')" -eq 1
-check "...and powered off itself (SHUTDOWN from the guest, no quit)" \
+# (it may see the second press too, sent 0.5 s after the first)
+check "the guest saw the power button" test "$(count_log t1 'QVISOR-GUEST: power button')" -gt "$presses"
+check "...and powered off itself (QEMU reports a SHUTDOWN by the guest)" \
     test "$(count_log t1 'event SHUTDOWN .*"reason": *"guest-shutdown"')" -eq 1
 check_output "list --all shows it shut off" "^t1 +shut off" qv list --all
 check_output "status keeps the last exit reason" "last exit +stopped" qv status t1
@@ -66,13 +68,13 @@ check "run: READY=1 is sent once the guest runs" wait_until 30 grep -q '^READY=1
 check "run: WATCHDOG=1 pings when WATCHDOG_USEC is set" wait_until 5 grep -q '^WATCHDOG=1' "$T_ROOT/notify.txt"
 check_output "run: verbs work on a foreground supervisor" "t1 +running" qv list
 check "run: the guest boots" wait_until 90 bash -c "[ \$(grep -ac 'QVISOR-GUEST: ready' '$T_ROOT/var/log/qvisor/t1.log') -ge 3 ]"
+presses=$(count_log t1 'QVISOR-GUEST: power button')
 kill -TERM "$run_pid"
 wait "$run_pid"
 rc=$?
 check "run: SIGTERM stops the guest and run exits 0" test "$rc" -eq 0
-check "...gracefully: the guest saw the power button" test "$(count_log t1 'QVISOR-GUEST: power button')" -eq 2
-[ "$(count_log t1 'QVISOR-GUEST: power button')" -eq 2 ] || diag "$(vm_log t1 | grep -aE 'power button|SHUTDOWN|stopping|QVISOR-GUEST')"
-check "...and powered off itself (SHUTDOWN from the guest, no quit)" \
+check "...gracefully: the guest saw the power button" test "$(count_log t1 'QVISOR-GUEST: power button')" -gt "$presses"
+check "...and powered off itself (QEMU reports a SHUTDOWN by the guest)" \
     test "$(count_log t1 'event SHUTDOWN .*"reason": *"guest-shutdown"')" -eq 2
 check "...before the timeout" bash -c "! grep -aq 'did not power off in time' '$T_ROOT/var/log/qvisor/t1.log'"
 check "run: STOPPING=1 was sent" grep -q '^STOPPING=1' "$T_ROOT/notify.txt"
