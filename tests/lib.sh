@@ -4,8 +4,13 @@
 set -u
 T_TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 T_BUILD=${QVISOR_TEST_BUILD:-$T_TOP/build}
+# the ASan build; never a silent fall-back to whatever ./qvisor happens to be lying there
 QV_BIN=${QVISOR_BIN:-$T_BUILD/asan/qvisor}
-[ -x "$QV_BIN" ] || QV_BIN=$T_TOP/qvisor
+if [ ! -x "$QV_BIN" ]; then
+    echo "not ok 1 - no qvisor binary at $QV_BIN (run make test-build, or set QVISOR_BIN)"
+    echo "1..1"
+    exit 1
+fi
 G_KERNEL=$T_BUILD/guest/vmlinux
 G_INITRD=$T_BUILD/guest/initrd.img
 T_N=0
@@ -64,11 +69,16 @@ check_output() {
     shift 2
     if out=$("$@" 2>&1) && grep -Eq -- "$re" <<< "$out"; then ok "$desc"; else not_ok "$desc"; diag "$out"; fi
 }
-# check_not DESC CMD...: passes when CMD (a command or a function) fails.
+# check_not DESC CMD...: passes when CMD (a command or a function) ran and failed
+# (exit 1-123: not "not found", not killed, not timed out). A failure has many
+# causes, so use it only for an absence whose presence an earlier check showed;
+# prefer check_error (the reason) or check_guest_fails (the guest answered).
 check_not() {
-    local desc=$1
+    local desc=$1 out rc
     shift
-    if "$@" >/dev/null 2>&1; then not_ok "$desc"; else ok "$desc"; fi
+    out=$("$@" 2>&1); rc=$?
+    if [ "$rc" -ge 1 ] && [ "$rc" -le 123 ]; then ok "$desc"
+    else not_ok "$desc (exit $rc)"; diag "$out"; fi
 }
 # check_error DESC CODE REGEX CMD...: CMD exits with status CODE and says REGEX.
 check_error() {
@@ -129,12 +139,25 @@ NOTIFY_LISTEN=$T_BUILD/progs/notify_listen
 # gsh NAME CMD: runs CMD in the guest's shell and prints what the console shows
 # until CMD has finished (the end marker is computed, so the echoed command line
 # never matches it), at most GSH_TIMEOUT seconds
+# (the status is followed by the marker again, so waiting for "-END-42" cannot stop
+# before the status has arrived: "END-42-1-END-42")
 gsh() {
-    printf '%s; echo "END-$((6*7))-$?"\n' "$2" |
-        "$QV_BIN" --root "$T_ROOT" console "$1" --expect END-42- --timeout "${GSH_TIMEOUT:-30}" 2>&1 | tr -d '\r'
+    printf '%s; echo "END-$((6*7))-$?-END-$((6*7))"\n' "$2" |
+        "$QV_BIN" --root "$T_ROOT" console "$1" --expect -END-42 --timeout "${GSH_TIMEOUT:-30}" 2>&1 | tr -d '\r'
 }
 # guest_ok NAME CMD: CMD exits 0 in the guest
-guest_ok() { gsh "$1" "$2" | grep -q 'END-42-0'; }
+guest_ok() { gsh "$1" "$2" | grep -q 'END-42-0-END-42'; }
+# check_guest_fails DESC NAME CMD REGEX: a negative check that cannot pass on a
+# dead guest: the console answers, CMD runs there and exits non-zero, and what it
+# printed matches REGEX (why it failed, e.g. '0 packets received').
+check_guest_fails() {
+    local desc=$1 name=$2 cmd=$3 re=$4 out
+    out=$(gsh "$name" "$cmd")
+    if grep -q 'END-42-0-END-42' <<< "$out"; then not_ok "$desc (it succeeded)"; diag "$out"
+    elif ! grep -Eq 'END-42-[0-9]+-END-42' <<< "$out"; then not_ok "$desc (no answer from the guest's console)"; diag "$out"
+    elif ! grep -Eq -- "$re" <<< "$out"; then not_ok "$desc (failed, but not with /$re/)"; diag "$out"
+    else ok "$desc"; fi
+}
 
 # ---- a private network world: a "host" namespace for qvisor and an "outside" one ----
 # net_world: creates them, with a veth host 192.168.250.1 <-> outside 192.168.250.2;
@@ -165,3 +188,35 @@ define_net_guest() {
 }
 # guest_ip NAME: the leased IPv4 of nic0 (empty until known)
 guest_ip() { qn ifaddr "$1" --json 2>/dev/null | grep -o '"ipv4": "[0-9.]*"' | head -1 | cut -d'"' -f4; }
+
+# ---- proving which rule stops a packet ----
+# nft_rules FAMILY TABLE CHAIN: the chain's rules in the host namespace, one a
+# line, as `nft -a` prints them ("RULE # handle N")
+nft_rules() {
+    in_host nft -a list chain "$1" "$2" "$3" | sed -n 's/^[[:space:]]*\(.* # handle [0-9]*\)$/\1/p' | grep -v '{ # handle'
+}
+# without_nft_rule FAMILY TABLE CHAIN RULE CMD...: deletes RULE (its text as nft
+# prints it) from qvisor's chain, runs CMD, then puts the rule back where it was
+# (calls nest). Returns CMD's status; 98 when RULE is not in the chain, 99 when the
+# chain could not be restored exactly (both fail any check, as they should).
+without_nft_rule() {
+    local fam=$1 tab=$2 chain=$3 rule=$4 before after handle pos next rc
+    shift 4
+    before=$(nft_rules "$fam" "$tab" "$chain" | sed 's/ # handle [0-9]*$//')
+    pos=$(awk -v r="$rule" '$0 == r {print NR; exit}' <<< "$before")
+    [ -n "$pos" ] || { echo "no rule '$rule' in $fam $tab $chain:"; echo "$before"; return 98; }
+    handle=$(nft_rules "$fam" "$tab" "$chain" | sed -n "${pos}p" | awk '{print $NF}')
+    in_host nft delete rule "$fam" "$tab" "$chain" handle "$handle" || return 99
+    "$@"
+    rc=$?
+    # by position, not handle: a nested call re-adds its rule under a new handle
+    next=$(nft_rules "$fam" "$tab" "$chain" | sed -n "${pos}p" | awk '{print $NF}')
+    if [ -n "$next" ]; then
+        in_host nft insert rule "$fam" "$tab" "$chain" position "$next" $rule
+    else
+        in_host nft add rule "$fam" "$tab" "$chain" $rule
+    fi
+    after=$(nft_rules "$fam" "$tab" "$chain" | sed 's/ # handle [0-9]*$//')
+    [ "$after" = "$before" ] || { echo "could not restore $fam $tab $chain:"; echo "$after"; return 99; }
+    return $rc
+}

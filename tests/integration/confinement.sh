@@ -40,8 +40,13 @@ check "QEMU holds only the fds it is meant to" test -z "$unexpected"
 [ -n "$unexpected" ] && diag "$unexpected"
 devs=$(ls /proc/$pa/root/dev | tr '\n' ' ')
 check "its /dev has only the allowed nodes ($devs)" bash -c "! ls /proc/$pa/root/dev | grep -Evq '^(null|zero|full|random|urandom|ptmx|pts|kvm|shm)$'"
-check_not "no /dev/net/tun inside" test -e "/proc/$pa/root/dev/net/tun"
-check_not "the VM's image is not reachable by path inside" test -e "/proc/$pa/root$img/a.raw"
+# absent inside = QEMU's root is in view (its /dev/null is there), the thing exists
+# on the host, and inside it is "No such file or directory"
+check "QEMU's root is in view through /proc/PID/root" test -c "/proc/$pa/root/dev/null"
+check "the host has /dev/net/tun" test -c /dev/net/tun
+check_error "no /dev/net/tun inside" 1 'No such file or directory' stat "/proc/$pa/root/dev/net/tun"
+check "the VM's image exists on the host" test -f "$img/a.raw"
+check_error "...but is not reachable by path inside" 1 'No such file or directory' stat "/proc/$pa/root$img/a.raw"
 
 # asking QEMU itself to break out
 check_error "QEMU cannot open another VM's image (blockdev-add)" 1 "No such file|Permission denied|Could not open" \
@@ -50,36 +55,74 @@ check_error "QEMU cannot open /dev/net/tun (netdev_add tap)" 1 "tun|No such file
     qv qmp va '{"execute": "netdev_add", "arguments": {"type": "tap", "id": "t0"}}'
 check_error "QEMU cannot write outside its sandbox (dump-guest-memory)" 1 "No such file|Permission denied|Read-only" \
     qv qmp va "{\"execute\": \"dump-guest-memory\", \"arguments\": {\"paging\": false, \"protocol\": \"file:$T_ROOT/escape\"}}"
-check_not "...and nothing was written" test -e "$T_ROOT/escape"
+check_error "...and nothing was written" 1 'No such file or directory' stat "$T_ROOT/escape"
 
 # hotplug of a disk by fd, with the sandbox on
+# QEMU's open files, as the kernel shows them (a file opened on the host reads as its host path)
+qemu_fds() { local f l=; for f in /proc/$pa/fd/*; do l+="$(readlink "$f")"$'\n'; done; [ -n "$l" ] && printf %s "$l"; }
+qemu_holds() { local l; l=$(qemu_fds) && grep -qxF -- "$1" <<< "$l"; }
+qemu_lacks() { local l; l=$(qemu_fds) && grep -qxF -- "$img/a.raw" <<< "$l" && ! grep -qxF -- "$1" <<< "$l"; }
 wait_log va 'QVISOR-GUEST: ready' 90
-check_output "attach-disk passes the image as an fd" "disk attached as disk1" qv attach-disk va "$img/hot.raw" --format raw
+check "before attach-disk QEMU holds no fd of hot.raw (but one of its own a.raw)" qemu_lacks "$img/hot.raw"
+check_output "attach-disk on the sandboxed QEMU" "disk attached as disk1" qv attach-disk va "$img/hot.raw" --format raw
 check "the guest sees the new disk" wait_until 20 guest_ok va "test -e /sys/block/vdb"
-check_not "...which QEMU could not have opened by path" test -e "/proc/$pa/root$img/hot.raw"
+check "attach-disk passed the image as an fd: QEMU holds it open" qemu_holds "$img/hot.raw"
+check_error "...though inside its namespace the path does not exist" 1 'No such file or directory' stat "/proc/$pa/root$img/hot.raw"
 check_output "detach-disk once the guest released it" "disk $img/hot.raw detached" qv detach-disk va "$img/hot.raw"
-check_not "...and QEMU no longer holds it" bash -c "ls -l /proc/$pa/fd | grep -q hot.raw"
+# (the reply comes once the guest let go; QEMU closes the fd on the commands sent with it)
+check "...and QEMU no longer holds it" wait_until 10 qemu_lacks "$img/hot.raw"
 
 # QEMU's own -sandbox spawn=deny: a QEMU that tries to start a helper is killed
 qv qmp vb '{"execute": "netdev_add", "arguments": {"type": "bridge", "id": "b0", "br": "br0"}}' > /dev/null 2>&1
 check "a QEMU that tries to fork a helper dies (spawn=deny)" wait_until 10 state_is vb crashed
 check_output "...and the supervisor says how" "last exit +QEMU was killed by signal 31" qv status vb
 
-# the cgroup and its limits
+# the cgroup and its limits, found from the kernel's view of QEMU on either version:
+# v2 "0::/PATH" under the one hierarchy; v1 "N:CTRL[,CTRL]:/PATH" under that controller's
 cg=/sys/fs/cgroup
 pl=$(vm_pid vl)
-check "the VM's cgroup exists" grep -q "$T_CGROUP/vl" "/proc/$pl/cgroup"
-if [ -d "$cg/memory/$T_CGROUP/vl" ]; then
-    mem=$(cat "$cg/memory/$T_CGROUP/vl/memory.limit_in_bytes")
-    check "memory limit: guest RAM plus overhead ($mem bytes)" test "$mem" -gt $((192 << 20)) -a "$mem" -lt $((1 << 31))
-    check "cpu limit: 50% is a 50 ms quota per 100 ms" test "$(cat $cg/cpu/$T_CGROUP/vl/cpu.cfs_quota_us)" = 50000
-    check "pids limit" test "$(cat $cg/pids/$T_CGROUP/vl/pids.max)" = 512
+cg_v2() { [ "$(stat -fc %T "$cg")" = cgroup2fs ]; }
+# cg_dir CONTROLLER: the directory of QEMU's cgroup that has CONTROLLER
+cg_dir() {
+    local line ctrls path
+    if cg_v2; then
+        path=$(sed -n 's/^0:://p' "/proc/$pl/cgroup")
+        [ -n "$path" ] && echo "$cg${path%/}"
+        return
+    fi
+    while IFS=: read -r _ ctrls path; do
+        [[ ",$ctrls," == *",$1,"* ]] || continue
+        if [ -d "$cg/$ctrls" ]; then echo "$cg/$ctrls${path%/}"; else echo "$cg/$1${path%/}"; fi
+        return
+    done < "/proc/$pl/cgroup"
+}
+memdir=$(cg_dir memory)
+cpudir=$(cg_dir cpu)
+pidsdir=$(cg_dir pids)
+diag "cgroup v$(cg_v2 && echo 2 || echo 1): memory $memdir, cpu $cpudir, pids $pidsdir"
+check "the VM's cgroup is $T_CGROUP/vl, and QEMU is in it" \
+    bash -c "[[ '$memdir' == */$T_CGROUP/vl ]] && grep -qx '$pl' '$memdir/cgroup.procs'"
+if cg_v2; then
+    mem=$(cat "$memdir/memory.max")
+    cpu=$(cat "$cpudir/cpu.max")
+    weight=$(cat "$cpudir/cpu.weight")
+    want_weight=200
 else
-    mem=$(cat "$cg/$T_CGROUP/vl/memory.max")
-    check "memory limit (v2)" test "$mem" -gt $((192 << 20))
+    mem=$(cat "$memdir/memory.limit_in_bytes")
+    cpu="$(cat "$cpudir/cpu.cfs_quota_us") $(cat "$cpudir/cpu.cfs_period_us")"
+    weight=$(cat "$cpudir/cpu.shares")
+    want_weight=2048    # v2's weight 100 is v1's 1024 shares
 fi
+check "memory limit: guest RAM plus overhead, under 2 GiB ($mem bytes)" \
+    test "$mem" -gt $((192 << 20)) -a "$mem" -lt $((1 << 31))
+check "cpu limit: 50% is a 50 ms quota per 100 ms ($cpu)" test "$cpu" = "50000 100000"
+check "cpu weight 200 ($weight)" test "$weight" = "$want_weight"
+check "pids limit" test "$(cat "$pidsdir/pids.max")" = 512
+cg_dirs() { printf '%s\n' "$memdir" "$cpudir" "$pidsdir" | sort -u; }
+cg_left() { local d; for d in $(cg_dirs); do [ -d "$d" ] && echo "$d"; done; }
+check "the cgroup's directories exist while it runs" test "$(cg_left)" = "$(cg_dirs)"
 qv stop -q vl --force
-check_not "the cgroup is gone after stop" bash -c "ls -d $cg/*/$T_CGROUP/vl $cg/$T_CGROUP/vl 2>/dev/null | grep -q ."
+check "the cgroup is gone after stop" test -z "$(cg_left)"
 
 # the memory limit is enforced: a guest that touches more than its cgroup allows
 cat > "$T_ROOT/oom.json" <<J

@@ -3,6 +3,15 @@
 # Crashes on every side: the supervisor killed with -9 (QEMU lives on and is
 # reattached), QEMU killed with -9 (crashed, on_crash policy), both dead, guest panics.
 . "$(dirname "$0")/../lib.sh"
+# gone PID...: every PID has exited (a zombie waiting for its reaper counts as gone)
+gone() {
+    local p
+    for p in "$@"; do
+        [ -e "/proc/$p" ] && [ "$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null)" != Z ] && return 1
+    done
+    return 0
+}
+alive() { ! gone "$1"; }
 
 # QEMU killed: crashed, and on_crash stop (the default) ends the supervisor
 define_guest c0
@@ -22,8 +31,8 @@ wait_log c1 'QVISOR-GUEST: ready' 90
 qpid=$(vm_pid c1)
 spid=$(sup_pid c1)
 kill -9 "$spid"
-sleep 0.3
-check "kill -9 of the supervisor leaves QEMU running" kill -0 "$qpid"
+check "kill -9 of the supervisor: it is gone" wait_until 10 gone "$spid"
+check "...and QEMU is left running" alive "$qpid"
 check_output "list still shows the VM running" "^c1 +running" qv list
 check_output "status says there is no supervisor" "supervisor +0|no supervisor" qv status c1 --json
 check_output "start again reattaches" "c1 started" qv start c1
@@ -54,7 +63,7 @@ qv start -q c1
 qpid=$(vm_pid c1)
 spid=$(sup_pid c1)
 kill -9 "$spid"; kill -9 "$qpid"
-sleep 0.3
+check "kill -9 of both: both are gone" wait_until 10 gone "$spid" "$qpid"
 check_output "with QEMU and supervisor dead, list says crashed" "^c1 +crashed" qv list --all
 check_output "start cleans up after the dead run and starts a new QEMU" "c1 started" qv start c1
 check "...a new QEMU" test "$(vm_pid c1)" != "$qpid"

@@ -45,8 +45,22 @@ check "the static host gets its fixed address" test "$(guest_ip fg2)" = 10.80.0.
 # a name dnsmasq answers itself (a static host): nothing depends on an upstream server
 dns_iso() { guest_ok ig "nslookup probe 10.78.0.1 2>&1 | grep -q 10.78.0.99"; }
 check "isolated: the guest reaches the network's DNS" wait_until 20 dns_iso
-check_not "isolated: the outside is not reachable" guest_ok ig "ping -c 2 -W 1 192.168.250.2"
+# Isolation must not rest on DHCP handing out no router: the guest gets a route
+# and the outside one back, so only qvisor's rules can stop the packet.
 in_out ip route add 10.79.0.0/24 via 192.168.250.1
+in_out ip route add 10.78.0.0/24 via 192.168.250.1
+check "the same probe passes on a NAT network (fw)" wait_until 20 guest_ok fg2 "ping -c 1 -W 2 192.168.250.2"
+check_output "isolated: the guest is given a default route to the network's address" 'default via 10\.78\.0\.1' \
+    gsh ig "ip route replace default via 10.78.0.1 dev eth0; ip route show"
+check_guest_fails "isolated: the outside is not reachable, though the guest has a route" ig "ping -c 2 -W 1 192.168.250.2" \
+    '2 packets transmitted, 0 packets received'
+iso_open() {
+    without_nft_rule inet qvisor-iso forward 'iifname "qvbr-iso" reject' \
+        without_nft_rule inet qvisor-iso forward 'oifname "qvbr-iso" reject' \
+        wait_until 15 guest_ok ig "ping -c 1 -W 2 192.168.250.2"
+}
+check "...and qvisor's forward rules are what stop it: without them the same ping passes" iso_open
+check_guest_fails "...and with them back it is stopped again" ig "ping -c 2 -W 1 192.168.250.2" '0 packets received'
 rip=$(guest_ip rg)
 check "routed: the guest reaches the outside" wait_until 20 guest_ok rg "ping -c 2 -W 2 192.168.250.2"
 check "routed: the outside reaches the guest by its own address (no NAT)" wait_until 10 in_out busybox ping -c 1 -W 2 "$rip"
@@ -64,8 +78,8 @@ table inet filter {
     chain forward { type filter hook forward priority 0; policy drop; }
 }
 NFT
-check_not "with the host's forward policy drop, NAT traffic stops (qvisor edits no foreign table)" \
-    guest_ok rg "ping -c 1 -W 1 192.168.250.2"
+check_guest_fails "with the host's forward policy drop, routed traffic stops (qvisor edits no foreign table)" \
+    rg "ping -c 1 -W 1 192.168.250.2" '1 packets transmitted, 0 packets received'
 in_host nft add rule inet filter forward iifname "qvbr-*" accept
 in_host nft add rule inet filter forward oifname "qvbr-*" accept
 check "...and the two rules README documents bring it back" wait_until 20 guest_ok rg "ping -c 2 -W 2 192.168.250.2"
@@ -75,23 +89,27 @@ in_host nft delete table inet filter
 qpid=$(qn status rg --json | grep -o '"pid": [0-9]*' | head -1 | grep -o '[0-9]*')
 spid=$(qn status rg --json | grep -o '"supervisor_pid": [0-9]*' | head -1 | grep -o '[0-9]*')
 tap=$(qn ifaddr rg | awk '/^nic0/ {print $5}')
-kill -9 "$spid" "$qpid"
-sleep 0.5
-check_not "the dead QEMU's tap vanished by itself" in_host ip link show "$tap"
-check_output "net gc removes the filter it left behind" "removed filter of tap $tap on network rt" qn net gc
 tapfilters() { in_host nft list table bridge qvisor-rt | grep -q "$tap"; }
-check_not "...so no rule names it any more" tapfilters
+check "the routed guest has a tap ($tap)" bash -c "[ -n '$tap' ] && ip netns exec $T_NS ip link show '$tap' >/dev/null" 
+check "...and a filter naming it" tapfilters
+kill -9 "$spid" "$qpid"
+tap_gone() { in_host ip link show "$tap" 2>&1 | grep -q "\"$tap\" does not exist"; }
+check "the dead QEMU's tap vanished by itself" wait_until 10 tap_gone
+check_output "net gc removes the filter it left behind" "removed filter of tap $tap on network rt" qn net gc
+no_tapfilter() { local t; t=$(in_host nft list table bridge qvisor-rt) && ! grep -q "$tap" <<< "$t"; }
+check "...so no rule names it any more" no_tapfilter
 for g in ig fg2; do qn kill -q "$g"; done
 # a network supervisor killed with -9: gc removes its bridge, rules and dnsmasq
 npid=$(cat "$T_ROOT/run/qvisor/networks/iso/lock")
 kill -9 "$npid"
-sleep 0.3
+iso_crashed() { qn net list | grep -Eq '^iso +crashed'; }
+wait_until 10 iso_crashed
 check_output "a network whose supervisor was killed shows as crashed" "^iso +crashed" qn net list
 check_output "net gc removes its tables, bridge and dnsmasq" "removed network iso: tables and bridge qvbr-iso" qn net gc
 for n in rt fw; do qn net stop -q "$n"; done
-qvisor_rules() { in_host nft list ruleset | grep -q qvisor; }
-check_not "afterwards nft list ruleset shows no trace of qvisor" qvisor_rules
-any_link() { in_host ip -br link | grep -Eq '^(qvt|qvm|qvbr)'; }
-check_not "...and no qvisor link is left" any_link
+no_qvisor_rules() { local r; r=$(in_host nft list ruleset) && ! grep -q qvisor <<< "$r"; }
+check "afterwards nft list ruleset shows no trace of qvisor" no_qvisor_rules
+no_link() { local l; l=$(in_host ip -br link) && ! grep -Eq '^(qvt|qvm|qvbr)' <<< "$l"; }
+check "...and no qvisor link is left" no_link
 check_output "net gc on a clean host removes nothing" "nothing to remove" qn net gc
 finish

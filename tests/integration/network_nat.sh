@@ -41,13 +41,34 @@ check "the guests ping each other" wait_until 60 guest_ok g1 "ping -c 2 -W 3 $ip
 check "...and the gateway" wait_until 30 guest_ok g2 "ping -c 2 -W 3 10.77.0.1"
 # the outside has no route back to 10.77.0.0/24: only masquerade lets a reply come back
 check "the outside is reached through NAT (masquerade)" wait_until 20 guest_ok g1 "ping -c 2 -W 2 192.168.250.2"
-check_not "nothing from the outside reaches a guest unasked" in_out busybox ping -c 1 -W 1 "$ip1"
+# Now give the outside a route to the guests: only qvisor's forward rule may stop it.
+in_out ip route add 10.77.0.0/24 via 192.168.250.1
+check_output "the outside has a route to the guests' subnet" "10.77.0.0/24 via 192.168.250.1" in_out ip route show 10.77.0.0/24
+check_error "nothing from the outside reaches a guest unasked, though it has a route" 1 '1 packets transmitted, 0 packets received' \
+    in_out busybox ping -c 1 -W 2 "$ip1"
+check "...and qvisor's rule is what stops it: without it the same ping passes" \
+    without_nft_rule inet qvisor-default forward 'oifname "qvbr-default" reject' wait_until 15 in_out busybox ping -c 1 -W 2 "$ip1"
+check_error "...and with the rule back it is stopped again" 1 '0 packets received' in_out busybox ping -c 1 -W 2 "$ip1"
 
 # clean-traffic: a guest that changes its IP or MAC gets nothing through
+tap2=$(qn ifaddr g2 | awk '/^nic0/ {print $5}')
+mac2=$(qn ifaddr g2 | awk '/^nic0/ {print $2}')
+out2=out-$tap2
+check "g2 has a tap ($tap2) and a filter chain of its own" in_host nft list chain bridge qvisor-default "$out2"
 gsh g2 "ip addr flush dev eth0; ip addr add 10.77.0.77/24 dev eth0" > /dev/null
-check_not "a guest that takes another source IP gets nothing through" guest_ok g2 'ping -c 2 -W 1 10.77.0.1'
+check_guest_fails "a guest that takes another source IP gets nothing through" g2 'ping -c 2 -W 1 10.77.0.1' '2 packets transmitted, 0 packets received'
+check "...because its filter's last rule drops it: without that rule the same ping passes" \
+    without_nft_rule bridge qvisor-default "$out2" 'drop' wait_until 15 guest_ok g2 'ping -c 1 -W 2 10.77.0.1'
+check_guest_fails "...and with the rule back it gets nothing through again" g2 'ping -c 2 -W 1 10.77.0.1' '0 packets received'
 gsh g2 "ip addr flush dev eth0; ip addr add $ip2/24 dev eth0; ip link set eth0 down; ip link set eth0 address 52:54:00:ee:ee:ee; ip link set eth0 up" > /dev/null
-check_not "a guest that takes another MAC gets nothing through" guest_ok g2 'ping -c 2 -W 1 10.77.0.1'
+check_guest_fails "a guest that takes another MAC gets nothing through" g2 'ping -c 2 -W 1 10.77.0.1' '2 packets transmitted, 0 packets received'
+mac_spoof_passes() {
+    without_nft_rule bridge qvisor-default "$out2" "ether saddr != $mac2 drop" \
+        without_nft_rule bridge qvisor-default "$out2" "arp saddr ether != $mac2 drop" \
+        wait_until 15 guest_ok g2 'ping -c 1 -W 2 10.77.0.1'
+}
+check "...because of its filter's MAC rules: without them the same ping passes" mac_spoof_passes
+check_guest_fails "...and with the rules back it gets nothing through again" g2 'ping -c 2 -W 1 10.77.0.1' '0 packets received'
 qn define -q g3x --memory 192M --kernel "$G_KERNEL" --initrd "$G_INITRD" --append "$G_APPEND qv_net=dhcp" \
     --nic "network=default,filter=none"
 qn start -q g3x
@@ -66,18 +87,22 @@ hotplug_lease() {
 check "...and gets a lease on it" wait_until 40 hotplug_lease
 tap=$(qn ifaddr g1 | awk '/52:54:00:aa:00:01/ {print $5}')
 check "...on a tap of its own" in_host ip link show "$tap"
-check_output "detach-nic waits for the guest to release it" "NIC 52:54:00:aa:00:01 detached" qn detach-nic g1 --mac 52:54:00:aa:00:01
-check_not "...and its tap is gone" in_host ip link show "$tap"
+# absent = the listing worked and does not name it
+filter_lacks_tap() { local t; t=$(in_host nft list table bridge qvisor-default) && ! grep -q "$1" <<< "$t"; }
 filter_has_tap() { in_host nft list table bridge qvisor-default | grep -q "$1"; }
-check_not "...and its filter" filter_has_tap "$tap"
+check "...with a filter of its own" filter_has_tap "$tap"
+check_output "detach-nic waits for the guest to release it" "NIC 52:54:00:aa:00:01 detached" qn detach-nic g1 --mac 52:54:00:aa:00:01
+check_error "...and its tap is gone" 1 "\"$tap\" does not exist" in_host ip link show "$tap"
+check "...and its filter" filter_lacks_tap "$tap"
 
 # everything goes away
+check_output "the running guests have taps" '^qvt' in_host ip -br link
 for g in g1 g2 g3x; do qn kill -q "$g"; done
-any_tap() { in_host ip -br link | grep -q '^qvt'; }
-check_not "taps vanish with their VMs" any_tap
+no_tap() { local l; l=$(in_host ip -br link) && ! grep -q '^qvt' <<< "$l"; }
+check "taps vanish with their VMs" no_tap
 check_output "net stop" "network default stopped" qn net stop default
-qvisor_rules() { in_host nft list ruleset | grep -q qvisor; }
-check_not "no trace of qvisor in the ruleset" qvisor_rules
-check_not "no bridge left" in_host ip link show qvbr-default
+no_qvisor_rules() { local r; r=$(in_host nft list ruleset) && ! grep -q qvisor <<< "$r"; }
+check "no trace of qvisor in the ruleset" no_qvisor_rules
+check_error "no bridge left" 1 '"qvbr-default" does not exist' in_host ip link show qvbr-default
 check "the admin's table is byte-identical" test "$(in_host nft -j list table inet filter)" = "$before"
 finish

@@ -924,7 +924,7 @@ static void test_qmp_call_times_out(void **state)
     assert_null(ret);
     assert_string_equal(e.msg, "query-nothing: no reply from QEMU within 200 ms");
     assert_true(took >= 200);
-    assert_true(took < 2000);
+    assert_true(took < 10000);     /* bounded; generous for a loaded 2-core host */
     /* the late reply is dropped; the next call gets its own */
     _cleanup_free_ char *id = NULL;
     _cleanup_json_ json_object *c = peer_recv_cmd(&f->peer, NULL, "query-nothing", &id);
@@ -1347,11 +1347,11 @@ static void test_agent_blocking_shutdown(void **state)
     json_object *args = json_object_new_object();
     json_object_object_add(args, "mode", json_object_new_string("reboot"));
     uint64_t t0 = monotonic_ms();
-    int r = qmp_call_flags(f->q, "guest-shutdown", args, 5000, QMP_NO_REPLY_OK, &e);
+    int r = qmp_call_flags(f->q, "guest-shutdown", args, 30000, QMP_NO_REPLY_OK, &e);
     if (r < 0)
         fail_msg("guest-shutdown: %d %s", r, e.msg);
-    /* completed by the hang-up, not by the timeout */
-    assert_true(monotonic_ms() - t0 < 4000);
+    /* completed by the hang-up, not by the timeout (far apart, even on a loaded host) */
+    assert_true(monotonic_ms() - t0 < 15000);
     assert_string_equal(peer_join(&f->peer), "");
     assert_int_equal(qmp_call_flags(f->q, "guest-ping", NULL, 1000, 0, &e), -ECONNRESET);
     assert_int_equal(qmp_agent_sync_call(f->q, 1000, &e), -ECONNRESET);
@@ -1499,7 +1499,7 @@ static void test_connect_path(void **state)
     assert_true(mute >= 0);
     uint64_t t0 = monotonic_ms();
     assert_int_equal(qmp_connect_path(path, QMP_MONITOR, 300, NULL, NULL, &q, &e), -ETIMEDOUT);
-    assert_true(monotonic_ms() - t0 < 3000);
+    assert_true(monotonic_ms() - t0 < 10000);      /* bounded; generous for a loaded host */
     assert_non_null(strstr(e.msg, "no greeting from QEMU within"));
     assert_true(str_startswith(e.msg, path));
     close(mute);

@@ -24,6 +24,7 @@
 #include <cmocka.h>
 
 #include "sandbox/sandbox.h"
+#include "sandbox_testlib.h"
 
 #define UID_FIRST 6400000u
 #define UID_LAST 6465535u
@@ -93,15 +94,6 @@ static void find_probe(char *out, size_t len)
         snprintf(out, len, "%s", real);
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
-
 static void write_text(const char *path, const char *text, mode_t mode)
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
@@ -121,12 +113,10 @@ static int setup(void **state)
         free(f);
         return -1;
     }
-    snprintf(f->dir, sizeof(f->dir), "/var/tmp/qvisor-sbtest-XXXXXX");
-    if (!mkdtemp(f->dir)) {
+    if (scratch_mkdtemp("qvisor-sbtest", f->dir, sizeof(f->dir)) < 0) {
         free(f);
         return -1;
     }
-    chmod(f->dir, 0755);
     snprintf(f->hidden, sizeof(f->hidden), "%s/other-vm-disk.img", f->dir);
     snprintf(f->visible, sizeof(f->visible), "%s/kernel", f->dir);
     snprintf(f->lockdir, sizeof(f->lockdir), "%s/uids", f->dir);
@@ -173,7 +163,7 @@ static int teardown(void **state)
         reap(f, f->running[0], 5000, NULL);
     }
     sandbox_uid_release(&f->lease);
-    nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    scratch_remove(f->dir);
     free(f);
     alarm(0);
     return 0;
@@ -1055,6 +1045,7 @@ static void test_spawn_overhead(void **state)
 
 int main(void)
 {
+    scratch_sweep("qvisor-sbtest");     /* what killed runs left behind */
     signal(SIGALRM, on_alarm);
     if (geteuid() != 0) {
         printf("1..0 # SKIP test_sandbox needs root\n");

@@ -23,6 +23,7 @@
 #include <cmocka.h>
 
 #include "sandbox/sandbox.h"
+#include "sandbox_testlib.h"
 
 #define MIB (1ull << 20)
 
@@ -95,27 +96,16 @@ static void find_probe(char *out, size_t len)
         snprintf(out, len, "%s", real);
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
-
 static int setup(void **state)
 {
     alarm(60);
     struct fx *f = qv_xcalloc(1, sizeof(*f));
     find_probe(f->probe, sizeof(f->probe));
     snprintf(f->parent, sizeof(f->parent), "qvisor-test-%d", (int)getpid());
-    snprintf(f->fake, sizeof(f->fake), "/var/tmp/qvisor-cgtest-XXXXXX");
-    if (!mkdtemp(f->fake)) {
+    if (scratch_mkdtemp("qvisor-cgtest", f->fake, sizeof(f->fake)) < 0) {
         free(f);
         return -1;
     }
-    chmod(f->fake, 0755);
     snprintf(f->lockdir, sizeof(f->lockdir), "%s/uids", f->fake);
     f->lease.lock_fd = -1;
     f->lease.hold_fd = -1;
@@ -153,7 +143,7 @@ static int teardown(void **state)
         rmdir(p);
     }
     sandbox_uid_release(&f->lease);
-    nftw(f->fake, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    scratch_remove(f->fake);
     free(f);
     memset(emergency_dirs, 0, sizeof(emergency_dirs));
     emergency_pid = 0;
@@ -659,6 +649,7 @@ static void test_cpu_quota_and_overhead(void **state)
 
 int main(void)
 {
+    scratch_sweep("qvisor-cgtest");     /* what killed runs left behind */
     signal(SIGALRM, on_alarm);
     if (geteuid() != 0) {
         printf("1..0 # SKIP test_sandbox_cgroup needs root\n");

@@ -22,6 +22,7 @@
 #include <cmocka.h>
 
 #include "sandbox/sandbox.h"
+#include "sandbox_testlib.h"
 
 /* The alarm handler's only way to a QEMU that a hung test left running. */
 static pid_t emergency_pid;
@@ -53,15 +54,6 @@ struct fx {
     pid_t pid;
 };
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
-
 static int setup(void **state)
 {
     alarm(60);
@@ -73,12 +65,10 @@ static int setup(void **state)
         free(f);
         return -1;
     }
-    snprintf(f->dir, sizeof(f->dir), "/var/tmp/qvisor-qemutest-XXXXXX");
-    if (!mkdtemp(f->dir)) {
+    if (scratch_mkdtemp("qvisor-qemutest", f->dir, sizeof(f->dir)) < 0) {
         free(f);
         return -1;
     }
-    chmod(f->dir, 0755);
     snprintf(f->disk, sizeof(f->disk), "%s/other-vm.raw", f->dir);
     int fd = open(f->disk, O_WRONLY | O_CREAT | O_CLOEXEC, 0666);
     if (fd < 0 || ftruncate(fd, 1 << 20) < 0) {
@@ -122,11 +112,65 @@ static int teardown(void **state)
         close(f->err_r);
     buf_free(&f->in);
     sandbox_uid_release(&f->lease);
-    nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    scratch_remove(f->dir);
     free(f);
     emergency_pid = 0;
     alarm(0);
     return 0;
+}
+
+/* Whether /proc/PID/cgroup (its text) puts the process in every directory of `cg`:
+ * on v2 the line "0::/PATH"; on v1 one "N:CONTROLLERS:/PATH" per hierarchy, where
+ * CONTROLLERS is the hierarchy's directory name ("memory", "cpu,cpuacct"). */
+static bool in_cgroup(const char *proc_cgroup, const struct sandbox_cgroup *cg)
+{
+    if (!cg->ndirs)
+        return false;
+    size_t rootlen = strlen(cg->root);
+    for (size_t i = 0; i < cg->ndirs; i++) {
+        const char *rel = cg->dir[i].path + rootlen;   /* "/PATH" (v2), "/HIER/PATH" (v1) */
+        char want[PATH_MAX + 64];
+        if (cg->version == 2) {
+            snprintf(want, sizeof(want), "0::%s\n", rel);
+            const char *at = strstr(proc_cgroup, want);
+            if (!at || (at != proc_cgroup && at[-1] != '\n'))
+                return false;
+            continue;
+        }
+        const char *slash = strchr(rel + 1, '/');
+        if (!slash)
+            return false;
+        snprintf(want, sizeof(want), ":%.*s:%s\n", (int)(slash - rel - 1), rel + 1, slash);
+        if (!strstr(proc_cgroup, want))
+            return false;
+    }
+    return true;
+}
+
+/* in_cgroup on a fake v2 tree (this host has v1; hosts in the field have v2) */
+static void test_cgroup_line_v2(void **state)
+{
+    (void)state;
+    char root[PATH_MAX], file[PATH_MAX + 32];
+    assert_int_equal(scratch_mkdtemp("qvisor-qemutest", root, sizeof(root)), 0);
+    snprintf(file, sizeof(file), "%s/cgroup.controllers", root);
+    int fd = open(file, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(write_all(fd, "cpu io memory pids\n", 19), 0);
+    close(fd);
+    struct sandbox_cgroup cg;
+    struct qv_err e = {0};
+    struct sandbox_cgroup_params p = {.root = root, .parent = "qvisor-qemutest-1", .name = "vm"};
+    assert_int_equal(sandbox_cgroup_resolve(&p, &cg, &e), 0);
+    assert_int_equal(cg.version, 2);
+    assert_true(in_cgroup("0::/qvisor-qemutest-1/vm\n", &cg));
+    assert_true(in_cgroup("1:name=systemd:/\n0::/qvisor-qemutest-1/vm\n", &cg));
+    /* the v1 form, another cgroup, a parent only, a longer path: not in it */
+    assert_false(in_cgroup("4:memory:/qvisor-qemutest-1/vm\n0::/\n", &cg));
+    assert_false(in_cgroup("0::/qvisor-qemutest-1/vm2\n", &cg));
+    assert_false(in_cgroup("0::/qvisor-qemutest-1\n", &cg));
+    assert_false(in_cgroup("0::/x/qvisor-qemutest-1/vm\n", &cg));
+    scratch_remove(root);
 }
 
 static char *qemu_stderr(struct fx *f)
@@ -394,9 +438,23 @@ static void test_qemu_confined(void **state)
     snprintf(path, sizeof(path), "/proc/%d/cgroup", (int)f->pid);
     _cleanup_free_ char *cgtext = NULL;
     assert_int_equal(read_file(path, 1 << 16, &cgtext, NULL), 0);
-    snprintf(want, sizeof(want), ":memory:/%s/vm\n", f->cg_parent);
-    if (f->cg_made && !strstr(cgtext, want))
-        fail_msg("QEMU is not in its cgroup: %s", cgtext);
+    if (f->cg_made) {
+        if (!in_cgroup(cgtext, &f->cg))
+            fail_msg("QEMU is not in its cgroup (%s, v%d): %s", f->cg.dir[0].path, f->cg.version, cgtext);
+        char pidline[32];
+        snprintf(pidline, sizeof(pidline), "%d", (int)f->pid);
+        for (size_t i = 0; i < f->cg.ndirs; i++) {
+            char procs[PATH_MAX + 16];
+            snprintf(procs, sizeof(procs), "%s/cgroup.procs", f->cg.dir[i].path);
+            _cleanup_free_ char *list = NULL;
+            assert_int_equal(read_file(procs, 1 << 16, &list, NULL), 0);
+            bool found = false;
+            for (char *save = NULL, *l = strtok_r(list, "\n", &save); l; l = strtok_r(NULL, "\n", &save))
+                found |= strcmp(l, pidline) == 0;
+            if (!found)
+                fail_msg("QEMU pid %s is not in %s", pidline, procs);
+        }
+    }
 
     quit_qemu(f);
     if (f->cg_made) {
@@ -529,6 +587,7 @@ static void test_qemu_boots_guest(void **state)
 
 int main(void)
 {
+    scratch_sweep("qvisor-qemutest");     /* what killed runs left behind */
     signal(SIGALRM, on_alarm);
     signal(SIGPIPE, SIG_IGN);
     if (geteuid() != 0) {
@@ -536,6 +595,7 @@ int main(void)
         return 0;
     }
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_cgroup_line_v2),
         cmocka_unit_test_setup_teardown(test_qemu_confined, setup, teardown),
         cmocka_unit_test_setup_teardown(test_qemu_kvm_node, setup, teardown),
         cmocka_unit_test_setup_teardown(test_qemu_boots_guest, setup, teardown),
