@@ -793,7 +793,7 @@ static void test_oversized_message(void **state)
     assert_true(sent < total);
     assert_int_equal(a.calls, 1);
     assert_int_equal(a.code, -ECONNRESET);
-    assert_non_null(strstr(a.msg, "larger than 16777216 bytes"));
+    assert_non_null(strstr(a.msg, "larger than 33554432 bytes"));
     result_free(&a);
 
     /* exactly one byte over, on a fresh connection */
