@@ -302,6 +302,29 @@ int ctl_request_check(json_object *req, struct qv_err *e)
     return 0;
 }
 
+int ctl_parse_request(const char *line, size_t len, json_object **req, struct qv_err *e)
+{
+    *req = NULL;
+    if (len > CTL_REQUEST_MAX)
+        return qv_fail(e, -E2BIG, "request longer than %u KiB", CTL_REQUEST_MAX >> 10);
+    /* json-c stops at a NUL: what follows it would be silently ignored */
+    if (memchr(line, '\0', len))
+        return qv_fail(e, -EINVAL, "a request must not contain a NUL byte");
+    _cleanup_free_ char *text = qv_xmalloc(len + 1);
+    memcpy(text, line, len);
+    text[len] = '\0';
+    json_object *o = NULL;
+    int r = json_parse_str("request", text, &o, e);
+    if (r == 0)
+        r = ctl_request_check(o, e);
+    if (r < 0) {
+        json_object_put(o);
+        return r;
+    }
+    *req = o;
+    return 0;
+}
+
 /* Only after ctl_request_check: the types are known to be right. */
 static int get_int(json_object *req, const char *key, int dflt)
 {
@@ -414,13 +437,9 @@ static void do_detach(struct sup *s, struct sup_client *c, json_object *req, enu
         reply_error(s, c, r, "%s", e.msg);
 }
 
+/* req passed ctl_parse_request */
 static void handle_request(struct sup *s, struct sup_client *c, json_object *req)
 {
-    struct qv_err e = {0};
-    if (ctl_request_check(req, &e) < 0) {
-        reply_error(s, c, e.code, "%s: %s", s->def.name, e.msg);
-        return;
-    }
     const char *cmd = get_string(req, "cmd");
     bool running = s->qemu_pid != 0;
     if (strcmp(cmd, "status") == 0) {
@@ -514,15 +533,12 @@ static void client_input(struct sup *s, struct sup_client *c)
         size_t linelen = (size_t)(nl - c->in.p);
         if (linelen > CTL_REQUEST_MAX)
             break;
-        *nl = '\0';
         json_object *req = NULL;
         struct qv_err e = {0};
         c->owed++;
         c->idle_since = monotonic_ms();
-        if (strlen(c->in.p) != linelen)
-            reply_error(s, c, -EINVAL, "%s: a request must not contain a NUL byte", s->def.name);
-        else if (json_parse_str("request", c->in.p, &req, &e) < 0)
-            reply_error(s, c, -EINVAL, "%s: %s", s->def.name, e.msg);
+        if (ctl_parse_request(c->in.p, linelen, &req, &e) < 0)
+            reply_error(s, c, e.code, "%s: %s", s->def.name, e.msg);
         else
             handle_request(s, c, req);
         if (req)

@@ -173,6 +173,8 @@ void ctl_expire(struct sup *s, uint64_t now);
 /* Type-checks a request without acting on it: 0, or -EINVAL with a message that
  * names the field and the type it needs. Pure, so fuzzers call it directly. */
 int ctl_request_check(json_object *req, struct qv_err *e);
+/* One request line (without its newline): size, NUL bytes, JSON, then the check. */
+int ctl_parse_request(const char *line, size_t len, json_object **req, struct qv_err *e);
 
 /* sup_monitor.c: QEMU's monitor connection after a loss while QEMU lives */
 /* Called with the connection that just failed (before it is freed). Returns true
