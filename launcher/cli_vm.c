@@ -207,7 +207,7 @@ static void print_status_text(json_object *st)
     static const char *const keys[][2] = {
         {"name", "name"}, {"state", "state"}, {"pid", "pid"}, {"uptime_s", "uptime (s)"}, {"vcpus", "vcpus"},
         {"memory", "memory"}, {"accel", "accel"}, {"qemu_version", "qemu"}, {"last_exit", "last exit"},
-        {"supervisor_pid", "supervisor"},
+        {"supervisor_pid", "supervisor"}, {"monitor", "monitor"},
     };
     for (size_t i = 0; i < ARRAY_SIZE(keys); i++) {
         json_object *v;

@@ -144,7 +144,9 @@ json_object *monitor_status_json(struct sup *s)
         return NULL;
     if (s->qmp && qmp_ready(s->qmp))
         return json_object_new_string("connected");
+    if (!s->qmp && !s->monitor_retry_at)
+        return json_object_new_string("not connected");     /* QEMU is on its way out */
     char text[sizeof(s->monitor_error) + 32];
-    snprintf(text, sizeof(text), "lost (%s); reconnecting", s->monitor_error[0] ? s->monitor_error : "not connected");
+    snprintf(text, sizeof(text), "lost (%s); reconnecting", s->monitor_error[0] ? s->monitor_error : "handshake");
     return json_object_new_string(text);
 }
