@@ -19,6 +19,8 @@
 /* The kernel's limit on descriptors in one SCM_RIGHTS message (SCM_MAX_FD). */
 #define MAX_FDS 253
 #define MAX_IOV 16
+/* After a message larger than this the tokener is replaced, to give its memory back. */
+#define BIG_MESSAGE (1u << 20)
 
 enum cmd_kind {
     CMD_PLAIN,
@@ -514,6 +516,8 @@ static bool utf8_prefix(const unsigned char *s, size_t len, bool final, size_t *
     return true;
 }
 
+static json_tokener *tokener_new(void);
+
 static void process_input(struct qmp *q)
 {
     /* State lives in q and is re-read every round: a callback run from
@@ -588,12 +592,29 @@ static void process_input(struct qmp *q)
             continue;
         }
         buf_consume(&q->in, used);
+        if (q->fed + used > BIG_MESSAGE) {
+            /* json-c's tokener keeps its string buffer at the largest size it
+             * ever reached: one big reply would stay in our RSS for good */
+            json_tokener_free(q->tok);
+            q->tok = tokener_new();
+        }
         q->fed = 0;
         handle_message(q, obj);
     }
 }
 
 /* ---- public API -------------------------------------------------------------------- */
+
+static json_tokener *tokener_new(void)
+{
+    json_tokener *tok = json_tokener_new_ex(QMP_MAX_DEPTH);
+    if (!tok)
+        abort();    /* out of memory, as in qv_xmalloc */
+    /* ALLOW_TRAILING_CHARS: without it STRICT refuses a second message in the
+     * same buffer, and QEMU routinely sends several at once. */
+    json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_ALLOW_TRAILING_CHARS | JSON_TOKENER_VALIDATE_UTF8);
+    return tok;
+}
 
 struct qmp *qmp_new(int fd, enum qmp_proto proto, qmp_event_fn on_event, void *ctx)
 {
@@ -616,13 +637,7 @@ struct qmp *qmp_new(int fd, enum qmp_proto proto, qmp_event_fn on_event, void *c
     q->ctx = ctx;
     q->next_id = 1;
     q->rbuf = qv_xmalloc(READ_CHUNK);
-    q->tok = json_tokener_new_ex(QMP_MAX_DEPTH);
-    if (!q->tok)
-        abort();    /* out of memory, as in qv_xmalloc */
-    /* ALLOW_TRAILING_CHARS: without it STRICT refuses a second message in the
-     * same buffer, and QEMU routinely sends several at once. */
-    json_tokener_set_flags(q->tok, JSON_TOKENER_STRICT | JSON_TOKENER_ALLOW_TRAILING_CHARS |
-                                   JSON_TOKENER_VALIDATE_UTF8);
+    q->tok = tokener_new();
     return q;
 }
 
