@@ -475,7 +475,8 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
         json_object *args = NULL;
         if (json_object_object_get_ex(req, "arguments", &args))
             args = json_object_get(args);
-        client_qmp(s, c, get_string(req, "execute"), args, AS_RETURN, get_int(req, "timeout_ms", QMP_TIMEOUT_JOB));
+        client_qmp(s, c, get_string(req, "execute"), args, AS_RETURN,
+                   get_int(req, "timeout_ms", QMP_TIMEOUT_JOB));
     } else if (strcmp(cmd, "hmp") == 0) {
         json_object *args = json_object_new_object();
         json_object_object_add(args, "command-line", json_object_new_string(get_string(req, "command")));

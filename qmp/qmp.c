@@ -460,6 +460,12 @@ static void input_error(struct qmp *q, const char *fmt, ...)
     close_connection(q, "%s connection closed: %s", proto_name(q), why);
 }
 
+static void too_large(struct qmp *q)
+{
+    input_error(q, "a message from %s is larger than %u bytes (%u MiB, the limit for one message)", peer_name(q),
+                QMP_MAX_MESSAGE, QMP_MAX_MESSAGE >> 20);
+}
+
 static void saw_sentinel(struct qmp *q)
 {
     json_tokener_reset(q->tok);
@@ -559,7 +565,7 @@ static void process_input(struct qmp *q)
         }
         if (ok == 0) {
             if (capped)
-                input_error(q, "a message from %s is larger than %u bytes (%u MiB, the limit for one message)", peer_name(q), QMP_MAX_MESSAGE, QMP_MAX_MESSAGE >> 20);
+                too_large(q);
             break;  /* the rest of a character is still on its way */
         }
 
@@ -569,7 +575,7 @@ static void process_input(struct qmp *q)
             buf_consume(&q->in, ok);
             q->fed += ok;
             if (q->fed >= QMP_MAX_MESSAGE)
-                input_error(q, "a message from %s is larger than %u bytes (%u MiB, the limit for one message)", peer_name(q), QMP_MAX_MESSAGE, QMP_MAX_MESSAGE >> 20);
+                too_large(q);
             continue;
         }
         if (jerr == json_tokener_error_depth) {

@@ -331,8 +331,9 @@ static void test_handshake_failure_closes(void **state)
     _cleanup_free_ char *id = NULL;
     _cleanup_json_ json_object *caps = peer_recv_cmd(&f->peer, f->q, "qmp_capabilities", &id);
     assert_peer_ok(&f->peer);
-    assert_int_equal(peer_sendf(&f->peer, "{\"error\": {\"class\": \"GenericError\", \"desc\": \"no\"}, \"id\": \"%s\"}\r\n",
-                                id), 0);
+    assert_int_equal(peer_sendf(&f->peer,
+                                "{\"error\": {\"class\": \"GenericError\", \"desc\": \"no\"}, \"id\": \"%s\"}\r\n", id),
+                     0);
     assert_int_equal(pump(f), -ECONNRESET);
     assert_int_equal(hs.calls, 1);
     assert_string_equal(hs.msg, "GenericError: no");
