@@ -34,7 +34,7 @@ TEST_HELPERS := $(filter-out $(TEST_SRCS),$(wildcard tests/unit/*.c))
 TEST_PROGS := $(wildcard tests/progs/*.c)
 LAYER_SRCS := $(wildcard $(addsuffix /*.c,$(FLOORS)) $(addsuffix /*.h,$(FLOORS)))
 
-.PHONY: all check test-build demo deps install clean golden-update bench
+.PHONY: all check test-build demo deps install clean golden-update bench fuzz fuzz-build
 all: qvisor
 
 # $(1) = build folder, $(2) = floor: the floor's archive of its objects
@@ -86,6 +86,36 @@ endef
 $(eval $(call variant,PLAIN,$(BUILD),))
 $(eval $(call variant,ASAN,$(BUILD)/asan,$(SAN)))
 
+# ---- fuzzing (libFuzzer, Debian's clang) -------------------------------------
+# tests/fuzz/fuzz_NAME.c is one harness, tests/fuzz/corpus/NAME/ its seeds. The
+# library is rebuilt with coverage, ASan and UBSan. `make fuzz FUZZ_SECONDS=N` runs
+# each harness for N seconds and keeps what it learnt in $(BUILD)/fuzz/corpus;
+# `make check` runs each for a few seconds (tests/integration/fuzz.sh).
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+# clang warns about libseccomp's own macros where gcc does not
+FUZZ_CFLAGS  := -O1 -g $(FUZZ_SAN) -Wno-unknown-warning-option -Wno-missing-field-initializers
+FUZZ_SRCS    := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BINS    := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRCS))
+FUZZ_OBJS    := $(patsubst %.c,$(BUILD)/fuzz/obj/%.o,$(LIB_SRCS))
+$(BUILD)/fuzz/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(say) FUZZCC $@
+	$(Q)$(FUZZ_CC) $(WARN) $(CPPFLAGS) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+$(BUILD)/fuzz/libqvisor.a: $(FUZZ_OBJS)
+	@rm -f $@
+	$(Q)$(AR) rcs $@ $^
+$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(BUILD)/fuzz/libqvisor.a
+	$(say) FUZZ $@
+	$(Q)$(FUZZ_CC) $(WARN) $(CPPFLAGS) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(BUILD)/fuzz/libqvisor.a $(LDLIBS)
+-include $(patsubst %.o,%.d,$(FUZZ_OBJS))
+fuzz-build: $(FUZZ_BINS)
+test-build: fuzz-build
+fuzz: deps
+	$(MAKE) fuzz-build
+	tests/fuzz/run $(FUZZ_SECONDS) $(BUILD)/fuzz/corpus
+
 # replaced by rename: running supervisors keep executing the old file
 qvisor: $(BUILD)/qvisor
 	@cp $< $@.tmp && mv -f $@.tmp $@
@@ -122,5 +152,5 @@ install: qvisor
 	install -D -m 0644 units/qvisor.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/qvisor.conf
 
 clean:
-	rm -rf $(BUILD)/obj $(BUILD)/asan $(BUILD)/tests $(BUILD)/progs $(BUILD)/lib $(BUILD)/libqvisor.a \
+	rm -rf $(BUILD)/fuzz $(BUILD)/obj $(BUILD)/asan $(BUILD)/tests $(BUILD)/progs $(BUILD)/lib $(BUILD)/libqvisor.a \
 		$(BUILD)/layers.ok $(BUILD)/qvisor qvisor

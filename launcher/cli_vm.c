@@ -207,7 +207,7 @@ static void print_status_text(json_object *st)
     static const char *const keys[][2] = {
         {"name", "name"}, {"state", "state"}, {"pid", "pid"}, {"uptime_s", "uptime (s)"}, {"vcpus", "vcpus"},
         {"memory", "memory"}, {"accel", "accel"}, {"qemu_version", "qemu"}, {"last_exit", "last exit"},
-        {"supervisor_pid", "supervisor"},
+        {"supervisor_pid", "supervisor"}, {"monitor", "monitor"},
     };
     for (size_t i = 0; i < ARRAY_SIZE(keys); i++) {
         json_object *v;
@@ -308,6 +308,18 @@ int cmd_qmp(struct cli *c)
     return 0;
 }
 
+/* HMP reports failure only as text in a successful human-monitor-command. These
+ * are the forms QEMU 7.2 gives the monitor's own errors: hmp_handle_error's
+ * "Error: ", the parser's "unknown command: " and its "Try \"help CMD\"" hint.
+ * Free-form messages of single commands ("Cannot access memory") look like output. */
+static bool hmp_output_failed(const char *text)
+{
+    for (const char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
+        if (str_startswith(l, "Error: ") || str_startswith(l, "unknown command: ") || str_startswith(l, "Try \"help "))
+            return true;
+    return false;
+}
+
 int cmd_hmp(struct cli *c)
 {
     json_object *req = ctl_request("hmp"), *reply = NULL, *out;
@@ -315,10 +327,23 @@ int cmd_hmp(struct cli *c)
     int r = ctl_call(&c->paths, c->pos[0], req, QMP_CLI_TIMEOUT_MS, &reply, &c->err);
     if (r < 0)
         return r;
-    if (json_object_object_get_ex(reply, "output", &out))
-        fputs(json_object_get_string(out), stdout);
+    const char *text = json_object_object_get_ex(reply, "output", &out) ? json_object_get_string(out) : "";
+    if (hmp_output_failed(text)) {
+        /* the message goes to stderr with the exit status 1, like QMP's errors */
+        _cleanup_free_ char *msg = qv_xstrdup(text);
+        size_t n = 0;
+        for (const char *p = text; *p; p++)
+            if (*p != '\r')
+                msg[n++] = *p;
+        while (n && msg[n - 1] == '\n')
+            n--;
+        msg[n] = '\0';
+        r = qv_fail(&c->err, -EIO, "%s: hmp '%s': %s", c->pos[0], c->pos[1], msg);
+    } else {
+        fputs(text, stdout);
+    }
     json_object_put(reply);
-    return 0;
+    return r;
 }
 
 int cmd_events(struct cli *c)

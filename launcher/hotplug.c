@@ -389,6 +389,8 @@ int hotplug_nic_attach(struct sup *s, json_object *spec, json_object **reply, st
 
 int hotplug_detach(struct sup *s, const char *key, enum hotplug_kind kind, unsigned client, struct qv_err *e)
 {
+    if (!key)   /* the request's "target", checked by sup_ctl.c; never strcmp a NULL */
+        return qv_fail(e, -EINVAL, "%s: detach: \"target\" must be a string", s->def.name);
     struct hotplug *h = find(s, key);
     if (!h || h->kind != kind)
         return qv_fail(e, -ENOENT, "%s: no hotplugged %s %s (devices of the definition go with --persistent, "

@@ -701,8 +701,11 @@ static void qmp_io(struct sup *s, uint32_t events)
         else
             sup_log(s, "QMP connection lost: %s", e.msg);
         epoll_ctl(s->epfd, EPOLL_CTL_DEL, qmp_fd(s->qmp), NULL);
+        bool reconnecting = monitor_lost(s, s->qmp, e.msg);
         qmp_free(s->qmp);
         s->qmp = NULL;
+        if (reconnecting)
+            return;
         /* as Incus and systemd do: a monitor that drops without SHUTDOWN is one */
         json_object *data = json_object_new_object();
         json_object_object_add(data, "guest", json_object_new_boolean(false));
@@ -718,7 +721,8 @@ static int next_timeout(struct sup *s)
 {
     uint64_t now = monotonic_ms(), next = 0;
     uint64_t cands[] = {s->stop_next, s->restart_at, s->notify.next_ping, s->qmp ? qmp_next_deadline(s->qmp) : 0,
-                        hotplug_next_deadline(s), s->lease_poll, console_next_deadline(s)};
+                        hotplug_next_deadline(s), s->lease_poll, console_next_deadline(s), ctl_next_deadline(s),
+                        monitor_next_deadline(s)};
     for (size_t i = 0; i < ARRAY_SIZE(cands); i++)
         if (cands[i] && (!next || cands[i] < next))
             next = cands[i];
@@ -735,6 +739,8 @@ static void run_timers(struct sup *s)
     if (s->stop_next && now >= s->stop_next)
         stop_step(s);
     hotplug_expire(s, now);
+    ctl_expire(s, now);
+    monitor_expire(s, now);
     if (s->lease_poll && now >= s->lease_poll)
         vmnet_poll_leases(s);
     if (s->notify.next_ping && now >= s->notify.next_ping) {

@@ -13,6 +13,10 @@
 
 #define CONSOLE_RING (64u << 10)    /* recent console output kept for late attachers */
 #define CLIENT_OUT_MAX (1u << 20)   /* a client that does not read is dropped past this */
+#define CTL_CLIENTS_MAX 64          /* ctl.sock connections at once; more are turned away */
+#define CTL_REQUEST_MAX (64u << 10) /* one request line; a longer one ends the connection */
+#define CTL_IDLE_MS 10000           /* a half-written or silent request client is dropped then */
+#define CTL_ACCEPT_BACKOFF_MS 100   /* out of descriptors: accept() rests this long */
 #define CRASH_WINDOW_MS (10 * 60 * 1000)
 #define CRASH_MAX 5                 /* restarts within the window before giving up */
 
@@ -31,6 +35,9 @@ struct sup_client {
     unsigned id;
     enum client_mode mode;
     struct buf in, out;
+    size_t out_off;         /* bytes of `out` already sent: large replies go out without memmove */
+    uint64_t idle_since;    /* request mode: connected, last completed a line or got a reply */
+    unsigned owed;          /* requests read and not answered yet */
     bool waits_for_stop;    /* replied to when QEMU is gone */
     bool close_after_write;
     bool dead;
@@ -111,6 +118,15 @@ struct sup {
     int ctl_fd;
     struct sup_client *clients;
     unsigned next_client_id;
+    unsigned nclients;
+    uint64_t ctl_accept_resume;     /* accept() paused (EMFILE) until then; 0: listening */
+    uint64_t ctl_warned_at;         /* last log line about turned-away clients */
+    /* QMP connection lost while QEMU lives: sup_monitor.c reconnects */
+    char monitor_error[256];        /* why it was lost, "" while connected */
+    uint64_t monitor_retry_at;      /* next connect attempt; 0: none planned */
+    unsigned monitor_attempts;
+    qmp_event_fn monitor_on_event;
+    void *monitor_ctx;
     struct vm_runstate rs;
 
     /* stopping: graceful (powerdown, again, quit, SIGTERM, SIGKILL) or forced */
@@ -169,6 +185,24 @@ void ctl_stop_done(struct sup *s, bool ok, const char *msg);
 void ctl_client_send(struct sup *s, struct sup_client *c, json_object *reply);
 void ctl_reap_clients(struct sup *s);
 void ctl_close_all(struct sup *s);
+/* Idle clients and the accept() back-off: the earliest deadline (0: none), and the
+ * work once it passed. */
+uint64_t ctl_next_deadline(struct sup *s);
+void ctl_expire(struct sup *s, uint64_t now);
+/* Type-checks a request without acting on it: 0, or -EINVAL with a message that
+ * names the field and the type it needs. Pure, so fuzzers call it directly. */
+int ctl_request_check(json_object *req, struct qv_err *e);
+/* One request line (without its newline): size, NUL bytes, JSON, then the check. */
+int ctl_parse_request(const char *line, size_t len, json_object **req, struct qv_err *e);
+
+/* sup_monitor.c: QEMU's monitor connection after a loss while QEMU lives */
+/* Called with the connection that just failed (before it is freed). Returns true
+ * when a reconnect is planned (QEMU still runs), false when QEMU is going away. */
+bool monitor_lost(struct sup *s, struct qmp *lost, const char *why);
+uint64_t monitor_next_deadline(struct sup *s);
+void monitor_expire(struct sup *s, uint64_t now);
+/* "connected", or "lost (why); reconnecting", while QEMU runs; NULL otherwise */
+json_object *monitor_status_json(struct sup *s);
 
 /* hotplug.c */
 int hotplug_disk_attach(struct sup *s, json_object *spec, json_object **reply, struct qv_err *e);

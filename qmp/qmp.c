@@ -19,6 +19,8 @@
 /* The kernel's limit on descriptors in one SCM_RIGHTS message (SCM_MAX_FD). */
 #define MAX_FDS 253
 #define MAX_IOV 16
+/* After a message larger than this the tokener is replaced, to give its memory back. */
+#define BIG_MESSAGE (1u << 20)
 
 enum cmd_kind {
     CMD_PLAIN,
@@ -46,6 +48,7 @@ struct qmp_out {
     size_t len, off;
     int *fds;               /* our duplicates, closed once sent */
     size_t nfds;
+    bool handshake;         /* qmp_capabilities: never held back */
 };
 
 struct qmp {
@@ -65,6 +68,7 @@ struct qmp {
     unsigned callback_depth;
 
     bool greeting_seen, ready, closed;
+    bool handshaking;       /* from qmp_handshake until capabilities succeeded or failed */
     /* Agent stream state: `unsynced` from a guest-sync-delimited until its echo
      * (input is discarded up to each 0xFF); `after_sentinel` while parsing the
      * message that follows a 0xFF, which is only ever a sync echo. */
@@ -144,9 +148,14 @@ static struct qmp_cmd *cmd_oldest_sent(const struct qmp *q, bool skip_no_reply)
     return NULL;
 }
 
+static void close_connection(struct qmp *q, const char *fmt, ...) QV_PRINTF(2, 3);
+
 /* Calls back and frees an unlinked command. The callback may queue new commands. */
 static void cmd_complete(struct qmp *q, struct qmp_cmd *c, json_object *ret, const struct qv_err *err)
 {
+    bool handshake = c->kind == CMD_GREETING || c->kind == CMD_CAPABILITIES;
+    if (handshake)
+        q->handshaking = false;     /* held commands may go now (or fail below) */
     if (!err && c->kind == CMD_CAPABILITIES)
         q->ready = true;
     if (!err && c->kind == CMD_SYNC) {
@@ -158,6 +167,8 @@ static void cmd_complete(struct qmp *q, struct qmp_cmd *c, json_object *ret, con
         c->done(c->ctx, ret, err);
         q->callback_depth--;
     }
+    if (err && handshake)
+        close_connection(q, "QMP connection closed: the handshake failed: %s", err->msg);
     free(c);
 }
 
@@ -176,6 +187,13 @@ static void cmd_fail(struct qmp *q, struct qmp_cmd *c, int code, const char *fmt
 
 /* ---- output ------------------------------------------------------------------ */
 
+/* While the handshake runs, only qmp_capabilities may leave: QEMU refuses
+ * anything else before it. A message already partly sent is never held. */
+static bool out_held(const struct qmp *q, const struct qmp_out *o)
+{
+    return q->handshaking && !o->handshake && o->off == 0;
+}
+
 static void out_free(struct qmp_out *o)
 {
     for (size_t i = 0; i < o->nfds; i++)
@@ -190,13 +208,13 @@ static void out_free(struct qmp_out *o)
  * and not with an earlier or later command. Returns 0 (EAGAIN included) or -errno. */
 static int flush_output(struct qmp *q)
 {
-    while (q->out) {
+    while (q->out && !out_held(q, q->out)) {
         struct iovec iov[MAX_IOV];
         size_t n = 0;
         struct qmp_out *first = q->out;
         iov[n++] = (struct iovec){first->data + first->off, first->len - first->off};
         if (first->nfds == 0)
-            for (struct qmp_out *o = first->next; o && o->nfds == 0 && n < MAX_IOV; o = o->next)
+            for (struct qmp_out *o = first->next; o && o->nfds == 0 && !out_held(q, o) && n < MAX_IOV; o = o->next)
                 iov[n++] = (struct iovec){o->data, o->len};
 
         struct msghdr msg = {.msg_iov = iov, .msg_iovlen = n};
@@ -244,13 +262,13 @@ static int flush_output(struct qmp *q)
 
 /* ---- closing ------------------------------------------------------------------- */
 
-static void close_connection(struct qmp *q, const char *fmt, ...) QV_PRINTF(2, 3);
 static void close_connection(struct qmp *q, const char *fmt, ...)
 {
     if (q->closed)
         return;
     q->closed = true;
     q->ready = false;
+    q->handshaking = false;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(q->close_reason, sizeof(q->close_reason), fmt, ap);
@@ -308,7 +326,7 @@ static void fail_with_qemu_error(struct qmp *q, struct qmp_cmd *c, json_object *
     cmd_complete(q, c, NULL, &err);
 }
 
-static int queue_output(struct qmp *q, char *data, const int *fds, size_t nfds);
+static int queue_output(struct qmp *q, char *data, const int *fds, size_t nfds, bool handshake);
 
 /* The handshake goes on in the same entry: same deadline, same callback. */
 static void start_capabilities(struct qmp *q, struct qmp_cmd *c)
@@ -317,7 +335,7 @@ static void start_capabilities(struct qmp *q, struct qmp_cmd *c)
     c->id = q->next_id++;
     snprintf(c->name, sizeof(c->name), "qmp_capabilities");
     (void)queue_output(q, qv_xasprintf("{\"execute\":\"qmp_capabilities\",\"id\":\"qv-%" PRIu64 "\"}\n", c->id),
-                       NULL, 0);
+                       NULL, 0, true);
 }
 
 static void handle_greeting(struct qmp *q, json_object *greeting)
@@ -442,6 +460,12 @@ static void input_error(struct qmp *q, const char *fmt, ...)
     close_connection(q, "%s connection closed: %s", proto_name(q), why);
 }
 
+static void too_large(struct qmp *q)
+{
+    input_error(q, "a message from %s is larger than %u bytes (%u MiB, the limit for one message)", peer_name(q),
+                QMP_MAX_MESSAGE, QMP_MAX_MESSAGE >> 20);
+}
+
 static void saw_sentinel(struct qmp *q)
 {
     json_tokener_reset(q->tok);
@@ -498,6 +522,8 @@ static bool utf8_prefix(const unsigned char *s, size_t len, bool final, size_t *
     return true;
 }
 
+static json_tokener *tokener_new(void);
+
 static void process_input(struct qmp *q)
 {
     /* State lives in q and is re-read every round: a callback run from
@@ -539,7 +565,7 @@ static void process_input(struct qmp *q)
         }
         if (ok == 0) {
             if (capped)
-                input_error(q, "a message from %s is larger than %u bytes", peer_name(q), QMP_MAX_MESSAGE);
+                too_large(q);
             break;  /* the rest of a character is still on its way */
         }
 
@@ -549,7 +575,7 @@ static void process_input(struct qmp *q)
             buf_consume(&q->in, ok);
             q->fed += ok;
             if (q->fed >= QMP_MAX_MESSAGE)
-                input_error(q, "a message from %s is larger than %u bytes", peer_name(q), QMP_MAX_MESSAGE);
+                too_large(q);
             continue;
         }
         if (jerr == json_tokener_error_depth) {
@@ -572,12 +598,29 @@ static void process_input(struct qmp *q)
             continue;
         }
         buf_consume(&q->in, used);
+        if (q->fed + used > BIG_MESSAGE) {
+            /* json-c's tokener keeps its string buffer at the largest size it
+             * ever reached: one big reply would stay in our RSS for good */
+            json_tokener_free(q->tok);
+            q->tok = tokener_new();
+        }
         q->fed = 0;
         handle_message(q, obj);
     }
 }
 
 /* ---- public API -------------------------------------------------------------------- */
+
+static json_tokener *tokener_new(void)
+{
+    json_tokener *tok = json_tokener_new_ex(QMP_MAX_DEPTH);
+    if (!tok)
+        abort();    /* out of memory, as in qv_xmalloc */
+    /* ALLOW_TRAILING_CHARS: without it STRICT refuses a second message in the
+     * same buffer, and QEMU routinely sends several at once. */
+    json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_ALLOW_TRAILING_CHARS | JSON_TOKENER_VALIDATE_UTF8);
+    return tok;
+}
 
 struct qmp *qmp_new(int fd, enum qmp_proto proto, qmp_event_fn on_event, void *ctx)
 {
@@ -600,13 +643,7 @@ struct qmp *qmp_new(int fd, enum qmp_proto proto, qmp_event_fn on_event, void *c
     q->ctx = ctx;
     q->next_id = 1;
     q->rbuf = qv_xmalloc(READ_CHUNK);
-    q->tok = json_tokener_new_ex(QMP_MAX_DEPTH);
-    if (!q->tok)
-        abort();    /* out of memory, as in qv_xmalloc */
-    /* ALLOW_TRAILING_CHARS: without it STRICT refuses a second message in the
-     * same buffer, and QEMU routinely sends several at once. */
-    json_tokener_set_flags(q->tok, JSON_TOKENER_STRICT | JSON_TOKENER_ALLOW_TRAILING_CHARS |
-                                   JSON_TOKENER_VALIDATE_UTF8);
+    q->tok = tokener_new();
     return q;
 }
 
@@ -684,8 +721,9 @@ static struct qmp_cmd *cmd_new(enum cmd_kind kind, const char *name, int timeout
     return c;
 }
 
-/* Queues bytes (taking `data`) with duplicates of fds, then tries to send. */
-static int queue_output(struct qmp *q, char *data, const int *fds, size_t nfds)
+/* Queues bytes (taking `data`) with duplicates of fds, then tries to send. The
+ * handshake's message goes before the commands held back for it. */
+static int queue_output(struct qmp *q, char *data, const int *fds, size_t nfds, bool handshake)
 {
     _cleanup_free_ char *owned = data;
     _cleanup_free_ int *dups = NULL;
@@ -706,9 +744,11 @@ static int queue_output(struct qmp *q, char *data, const int *fds, size_t nfds)
     o->data = qv_steal_ptr(&owned);
     o->fds = qv_steal_ptr(&dups);
     o->nfds = nfds;
+    o->handshake = handshake;
     struct qmp_out **pp = &q->out;
-    while (*pp)
+    while (*pp && !(handshake && out_held(q, *pp)))
         pp = &(*pp)->next;
+    o->next = *pp;
     *pp = o;
     /* A send error shows up again, and is reported, in the next qmp_handle_io:
      * callbacks never run from inside qmp_send. */
@@ -726,6 +766,7 @@ int qmp_handshake(struct qmp *q, int timeout_ms, qmp_reply_fn done, void *ctx)
         return -EALREADY;
     struct qmp_cmd *c = cmd_new(CMD_GREETING, "QMP handshake", timeout_ms, 0, done, ctx);
     cmd_append(q, c);
+    q->handshaking = true;
     if (q->greeting_seen)
         start_capabilities(q, c);
     return 0;
@@ -756,7 +797,7 @@ int qmp_send(struct qmp *q, const char *cmd, json_object *args, const int *fds, 
     struct qmp_cmd *c = cmd_new(CMD_PLAIN, cmd, timeout_ms, flags, done, ctx);
     c->id = id;
     cmd_append(q, c);
-    int r = queue_output(q, line, fds, nfds);
+    int r = queue_output(q, line, fds, nfds, false);
     if (r < 0) {
         cmd_unlink(q, c);
         free(c);
@@ -794,7 +835,7 @@ int qmp_agent_sync(struct qmp *q, int timeout_ms, qmp_reply_fn done, void *ctx)
     json_tokener_reset(q->tok);
     q->fed = 0;
     cmd_append(q, c);
-    int r = queue_output(q, line, NULL, 0);
+    int r = queue_output(q, line, NULL, 0, false);
     if (r < 0) {
         cmd_unlink(q, c);
         free(c);
@@ -831,7 +872,7 @@ int qmp_handle_io(struct qmp *q, uint32_t epoll_events, struct qv_err *e)
      * answers delivered before the hang-up fails what is left. */
     if (!q->closed && (epoll_events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)))
         read_input(q);
-    if (!q->closed && q->out) {
+    if (!q->closed && q->out && !out_held(q, q->out)) {
         int r = flush_output(q);
         if (r < 0) {
             read_input(q);
@@ -848,7 +889,8 @@ uint32_t qmp_poll_events(const struct qmp *q)
 {
     if (q->closed)
         return 0;
-    return EPOLLIN | (q->out ? EPOLLOUT : 0);
+    /* held commands wait for the handshake's reply, not for the socket */
+    return EPOLLIN | (q->out && !out_held(q, q->out) ? EPOLLOUT : 0);
 }
 
 uint64_t qmp_next_deadline(const struct qmp *q)
@@ -886,6 +928,12 @@ void qmp_expire(struct qmp *q, uint64_t now_ms)
         else
             cmd_fail(q, c, -ETIMEDOUT, "no reply from %s within %d ms", peer_name(q), c->timeout_ms);
     }
+}
+
+void qmp_event_handler(const struct qmp *q, qmp_event_fn *on_event, void **ctx)
+{
+    *on_event = q->on_event;
+    *ctx = q->ctx;
 }
 
 size_t qmp_pending(const struct qmp *q)

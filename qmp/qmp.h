@@ -11,7 +11,13 @@ enum qmp_proto {
     QMP_AGENT,      /* qemu-guest-agent: no greeting, guest-sync-delimited */
 };
 
-#define QMP_MAX_MESSAGE (16u << 20)   /* one JSON message; larger closes the connection */
+/* One JSON message from QEMU or the agent. Generous: 3x libvirt's 10 MiB, enough for
+ * `hmp 'xp /2000000x 0'` (about 31 MiB of text); QEMU itself refuses input tokens
+ * over 64 MiB. A larger message fails the pending commands with "larger than N
+ * bytes" and closes the connection (the supervisor then reconnects): the stream
+ * cannot be resynchronised in the middle of a message. The supervisor holds such
+ * a message about four times while it passes it on, so this bounds its memory. */
+#define QMP_MAX_MESSAGE (32u << 20)
 #define QMP_MAX_DEPTH 64              /* nesting of one message */
 #define QMP_TIMEOUT_DEFAULT 5000      /* ms: most commands */
 #define QMP_TIMEOUT_DEVICE 60000      /* device_add, blockdev-add, netdev_add */
@@ -48,7 +54,10 @@ void qmp_qemu_version_numbers(const struct qmp *q, int *major, int *minor, int *
 
 /* Starts the monitor handshake: greeting, then qmp_capabilities, both within
  * timeout_ms. `done` is called once with the capabilities reply or the error.
- * -EINVAL on an agent, -EALREADY if a handshake is running or done. */
+ * -EINVAL on an agent, -EALREADY if a handshake is running or done.
+ * Commands sent while the handshake runs are held back and go out once it
+ * succeeded (QEMU would refuse them before qmp_capabilities). A failed handshake
+ * closes the connection: a monitor without capabilities is of no use. */
 int qmp_handshake(struct qmp *q, int timeout_ms, qmp_reply_fn done, void *ctx);
 
 /* Queues a command with id "qv-N" and sends what the socket takes at once. `args`
@@ -88,6 +97,9 @@ uint64_t qmp_next_deadline(const struct qmp *q);
  * complete with success. */
 void qmp_expire(struct qmp *q, uint64_t now_ms);
 size_t qmp_pending(const struct qmp *q);
+/* The event callback and context given to qmp_new, for a new connection to the
+ * same peer after this one was lost. */
+void qmp_event_handler(const struct qmp *q, qmp_event_fn *on_event, void **ctx);
 
 /* ---- blocking helpers (CLI, tests, start-up) ---- */
 /* Connects to a unix socket path (also one longer than sun_path) and does the

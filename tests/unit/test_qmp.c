@@ -281,6 +281,102 @@ static void test_greeting_timeout(void **state)
     assert_int_equal(qmp_next_deadline(f->q), 0);
 }
 
+/* A reconnecting supervisor sends before the handshake is done: those commands
+ * wait behind qmp_capabilities instead of being refused by QEMU. */
+static void test_commands_held_during_handshake(void **state)
+{
+    struct fx *f = *state;
+    struct result hs = {0}, a = {0}, b = {0};
+    assert_int_equal(qmp_handshake(f->q, 1000, on_reply, &hs), 0);
+    assert_int_equal(qmp_send(f->q, "query-status", NULL, NULL, 0, 1000, 0, on_reply, &a), 0);
+    int fd = dup(0);
+    assert_true(fd >= 0);
+    assert_int_equal(qmp_send(f->q, "getfd", NULL, &fd, 1, 1000, 0, on_reply, &b), 0);
+    close(fd);
+    /* held: nothing to write, so no EPOLLOUT that would make a loop spin */
+    assert_int_equal(qmp_poll_events(f->q), EPOLLIN);
+    assert_int_equal(pump(f), 0);
+    struct pollfd pfd = {.fd = f->peer.fd, .events = POLLIN};
+    assert_int_equal(poll(&pfd, 1, 0), 0);
+
+    assert_int_equal(peer_send(&f->peer, PEER_GREETING), 0);
+    /* capabilities first, although queued last */
+    assert_true(peer_answer(&f->peer, f->q, "qmp_capabilities", "{}"));
+    assert_true(peer_answer(&f->peer, f->q, "query-status", "{\"running\": true}"));
+    assert_true(peer_answer(&f->peer, f->q, "getfd", "{}"));
+    assert_peer_ok(&f->peer);
+    assert_int_equal(f->peer.nfds, 1);     /* the held fd still travelled with its command */
+    assert_int_equal(pump(f), 0);
+    assert_int_equal(hs.calls, 1);
+    assert_int_equal(hs.code, 0);
+    assert_int_equal(a.calls, 1);
+    assert_int_equal(a.code, 0);
+    assert_int_equal(b.calls, 1);
+    assert_int_equal(b.code, 0);
+    assert_true(qmp_ready(f->q));
+    result_free(&hs);
+    result_free(&a);
+    result_free(&b);
+}
+
+/* A handshake that fails leaves no usable monitor: the connection closes, and
+ * what waited for it fails once, with the reason. */
+static void test_handshake_failure_closes(void **state)
+{
+    struct fx *f = *state;
+    struct result hs = {0}, a = {0};
+    assert_int_equal(qmp_handshake(f->q, 1000, on_reply, &hs), 0);
+    assert_int_equal(qmp_send(f->q, "query-status", NULL, NULL, 0, 5000, 0, on_reply, &a), 0);
+    assert_int_equal(peer_send(&f->peer, PEER_GREETING), 0);
+    _cleanup_free_ char *id = NULL;
+    _cleanup_json_ json_object *caps = peer_recv_cmd(&f->peer, f->q, "qmp_capabilities", &id);
+    assert_peer_ok(&f->peer);
+    assert_int_equal(peer_sendf(&f->peer,
+                                "{\"error\": {\"class\": \"GenericError\", \"desc\": \"no\"}, \"id\": \"%s\"}\r\n", id),
+                     0);
+    assert_int_equal(pump(f), -ECONNRESET);
+    assert_int_equal(hs.calls, 1);
+    assert_string_equal(hs.msg, "GenericError: no");
+    assert_int_equal(a.calls, 1);
+    assert_int_equal(a.code, -ECONNRESET);
+    assert_non_null(strstr(a.msg, "the handshake failed: GenericError: no"));
+    assert_false(qmp_ready(f->q));
+    assert_int_equal(qmp_poll_events(f->q), 0);
+    /* the held command never reached the peer */
+    assert_int_equal(peer_read_some(&f->peer, NULL, 1000), -ECONNRESET);
+    assert_int_equal(f->peer.in.len, 0);
+    result_free(&hs);
+    result_free(&a);
+}
+
+/* The same on a timeout: a greeting that never comes. */
+static void test_handshake_timeout_closes(void **state)
+{
+    struct fx *f = *state;
+    struct result hs = {0}, a = {0};
+    assert_int_equal(qmp_handshake(f->q, 100, on_reply, &hs), 0);
+    assert_int_equal(qmp_send(f->q, "query-status", NULL, NULL, 0, 5000, 0, on_reply, &a), 0);
+    qmp_expire(f->q, qmp_next_deadline(f->q));
+    assert_int_equal(hs.code, -ETIMEDOUT);
+    assert_int_equal(a.calls, 1);
+    assert_int_equal(a.code, -ECONNRESET);
+    assert_int_equal(pump(f), -ECONNRESET);
+    assert_int_equal(qmp_pending(f->q), 0);
+    result_free(&hs);
+    result_free(&a);
+}
+
+/* What a supervisor needs to connect again after a loss: the same event handler. */
+static void test_event_handler_kept(void **state)
+{
+    struct fx *f = *state;
+    qmp_event_fn fn = NULL;
+    void *ctx = NULL;
+    qmp_event_handler(f->q, &fn, &ctx);
+    assert_ptr_equal(fn, on_event);
+    assert_ptr_equal(ctx, f);
+}
+
 /* Script for the blocking helpers: QEMU's answer to a command before
  * capabilities, then a normal session. */
 static void script_caps_required(struct qmp_peer *p, void *arg)
@@ -793,7 +889,7 @@ static void test_oversized_message(void **state)
     assert_true(sent < total);
     assert_int_equal(a.calls, 1);
     assert_int_equal(a.code, -ECONNRESET);
-    assert_non_null(strstr(a.msg, "larger than 16777216 bytes"));
+    assert_non_null(strstr(a.msg, "larger than 33554432 bytes"));
     result_free(&a);
 
     /* exactly one byte over, on a fresh connection */
@@ -1516,6 +1612,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_handshake_before_greeting, setup_monitor, teardown),
         cmocka_unit_test_setup_teardown(test_greeting_timeout, setup_monitor, teardown),
         cmocka_unit_test_setup_teardown(test_command_before_capabilities, setup_monitor, teardown),
+        cmocka_unit_test_setup_teardown(test_commands_held_during_handshake, setup_monitor, teardown),
+        cmocka_unit_test_setup_teardown(test_handshake_failure_closes, setup_monitor, teardown),
+        cmocka_unit_test_setup_teardown(test_handshake_timeout_closes, setup_monitor, teardown),
+        cmocka_unit_test_setup_teardown(test_event_handler_kept, setup_monitor, teardown),
         cmocka_unit_test_setup_teardown(test_events_interleaved, setup_monitor, teardown),
         cmocka_unit_test_setup_teardown(test_event_timestamp_and_no_data, setup_monitor, teardown),
         cmocka_unit_test_setup_teardown(test_byte_by_byte, setup_monitor, teardown),
