@@ -100,7 +100,9 @@ int ctl_parse_reply(const char *line, json_object **reply, struct qv_err *e)
     if (r < 0)
         return r;
     json_object *ok, *err, *code;
-    if (json_object_object_get_ex(o, "ok", &ok) && json_object_get_boolean(ok)) {
+    /* only a boolean true: json-c calls the string "false" true */
+    if (json_object_object_get_ex(o, "ok", &ok) && json_object_is_type(ok, json_type_boolean) &&
+        json_object_get_boolean(ok)) {
         *reply = o;
         return 0;
     }

@@ -497,17 +497,19 @@ void sup_begin_stop(struct sup *s, bool force, int timeout_ms)
         return;     /* already under way; the caller waits with the others */
     if (!s->exit_reason[0])
         snprintf(s->exit_reason, sizeof(s->exit_reason), "stopped%s", force ? " (forced)" : "");
+    /* the state before STOPPING decides how: read it first */
+    enum vm_state was = s->rs.state;
     sup_set_state(s, VM_STOPPING);
     notify_send(&s->notify, "STOPPING=1");
     s->expected_exit = true;
-    bool crashed_paused = s->rs.state == VM_CRASHED;
+    bool crashed_paused = was == VM_CRASHED;
     if (force || crashed_paused || s->never_ran || !s->qmp) {
         s->stop_phase = 0;
         stop_step(s);
         return;
     }
     sup_log(s, "stopping: ACPI power button, then quit after %d ms", timeout_ms);
-    if (s->rs.state == VM_PAUSED)
+    if (was == VM_PAUSED)
         sup_qmp(s, "cont", NULL);   /* a paused guest cannot see the button */
     sup_qmp(s, "system_powerdown", NULL);
     s->stop_phase = 1;
@@ -922,6 +924,7 @@ int supervisor_run(const struct qv_paths *paths, const char *name, const struct 
     sp->lock_fd = sp->log_fd = sp->epfd = sp->sigfd = sp->pidfd = sp->console_fd = sp->ctl_fd = -1;
     sp->ready_fd = o->ready_fd;
     sp->echo_fd = o->echo_fd;
+    sp->conf.lease.lock_fd = sp->conf.lease.hold_fd = -1;     /* not 0: sup_free would close stdin */
     pid_t holder;
     notify_init(&sp->notify);
     int r = vm_lock(paths, name, &sp->lock_fd, &holder, e);
@@ -993,4 +996,65 @@ int supervisor_run(const struct qv_paths *paths, const char *name, const struct 
     sup_free(sp);
     free(sp);
     return r2;
+}
+
+/* ---- for unit tests only ---- */
+
+struct sup *sup_new_for_test(const struct qv_paths *paths, const char *name, int qmp_fd, pid_t qemu_pid,
+                             struct qv_err *e)
+{
+    struct sup *s = qv_xcalloc(1, sizeof(*s));
+    s->paths = paths;
+    s->lock_fd = s->log_fd = s->epfd = s->sigfd = s->pidfd = s->console_fd = s->ctl_fd = s->ready_fd = -1;
+    s->echo_fd = -1;
+    s->conf.lease.lock_fd = s->conf.lease.hold_fd = -1;
+    notify_init(&s->notify);
+    s->def.name = qv_xstrdup(name);
+    s->def.console = CONSOLE_NONE;
+    s->ev_qmp.kind = EV_QMP;
+    s->ev_console.kind = EV_CONSOLE;
+    s->ev_ctl.kind = EV_CTL;
+    s->ev_signal.kind = EV_SIGNAL;
+    s->ev_pidfd.kind = EV_PIDFD;
+    vm_run_path(paths, name, NULL, s->run_dir, sizeof(s->run_dir));
+    int r = mkdir_p(s->run_dir, 0755);
+    if (r == 0 && (s->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0)
+        r = -errno;
+    if (r < 0) {
+        qv_failerr(e, r, "%s: test supervisor", s->run_dir);
+        if (qmp_fd >= 0)
+            close(qmp_fd);
+        sup_free(s);
+        free(s);
+        return NULL;
+    }
+    if (qmp_fd >= 0) {
+        s->qmp = qmp_new(qmp_fd, QMP_MONITOR, on_event, s);
+        epoll_add(s, qmp_fd, qmp_poll_events(s->qmp), &s->ev_qmp);
+    }
+    if (qemu_pid > 0) {
+        s->qemu_pid = s->rs.qemu_pid = qemu_pid;
+        s->qemu_is_child = true;
+        s->pidfd = pidfd_open_(qemu_pid);
+    }
+    s->rs.state = VM_RUNNING;
+    return s;
+}
+
+void sup_free_for_test(struct sup *s)
+{
+    if (!s)
+        return;
+    sup_free(s);
+    free(s);
+}
+
+void sup_test_run_timers(struct sup *s)
+{
+    run_timers(s);
+}
+
+void sup_test_qemu_gone(struct sup *s)
+{
+    qemu_gone(s);
 }

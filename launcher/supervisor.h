@@ -248,5 +248,16 @@ void confine_cleanup_recorded(struct sup *s, json_object *resources);
 /* What is in force for QEMU, read back from /proc (NULL when not running). */
 json_object *confine_inspect(struct sup *s);
 
+/* For unit tests only (supervisor.c): a supervisor with no QEMU started, state
+ * "running", its run directory made under paths. qmp_fd (taken; -1: none) becomes
+ * its QMP connection with the supervisor's own event handler, not yet handshaken;
+ * qemu_pid (0: none) must be the caller's child. Tests then drive it through the
+ * entry points the loop uses: qmp_handle_io, sup_begin_stop, the ctl functions,
+ * and the two below: the loop's timer pass and its reaction to QEMU's exit. */
+struct sup *sup_new_for_test(const struct qv_paths *paths, const char *name, int qmp_fd, pid_t qemu_pid,
+                             struct qv_err *e);
+void sup_free_for_test(struct sup *s);
+void sup_test_run_timers(struct sup *s);
+void sup_test_qemu_gone(struct sup *s);
 
 #endif
