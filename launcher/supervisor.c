@@ -1035,6 +1035,7 @@ struct sup *sup_new_for_test(const struct qv_paths *paths, const char *name, int
     if (qemu_pid > 0) {
         s->qemu_pid = s->rs.qemu_pid = qemu_pid;
         s->qemu_is_child = true;
+        s->rs.started_at_ms = realtime_ms();
         s->pidfd = pidfd_open_(qemu_pid);
     }
     s->rs.state = VM_RUNNING;

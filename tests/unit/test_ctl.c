@@ -329,6 +329,9 @@ static void test_status(void **state)
     char pid[16];
     snprintf(pid, sizeof(pid), "%d", (int)f->child);
     assert_string_equal(jstr(o, "status", "pid"), pid);
+    json_object *st, *up;
+    assert_true(json_object_object_get_ex(o, "status", &st) && json_object_object_get_ex(st, "uptime_s", &up));
+    assert_in_range(json_object_get_int64(up), 0, 60);
     /* the connection stays for more */
     client_says(&c, "{\"cmd\": \"frob\"}\n");
     expect_line(f, &c, "{\"ok\":false,\"error\":\"vm1: unknown request \\\"frob\\\"\",\"code\":-22}");
