@@ -26,9 +26,9 @@ endif
 # The floors of DESIGN.md, highest first: that is also the static-link order, so an
 # archive can only take symbols from the ones after it. scripts/check-layers says
 # which floor may use which and fails the build on a wrong-way #include or symbol.
-FLOORS   := launcher sandbox storage netsetup qmp common
+FLOORS   := launcher/cli launcher/supervisor launcher/model sandbox storage netsetup qmp common
 MODULES  := $(FLOORS)
-LIB_SRCS := $(filter-out launcher/main.c,$(wildcard $(addsuffix /*.c,$(MODULES))))
+LIB_SRCS := $(filter-out launcher/cli/main.c,$(wildcard $(addsuffix /*.c,$(MODULES))))
 TEST_SRCS := $(wildcard tests/unit/test_*.c)
 TEST_HELPERS := $(filter-out $(TEST_SRCS),$(wildcard tests/unit/*.c))
 TEST_PROGS := $(wildcard tests/progs/*.c)
@@ -39,7 +39,7 @@ all: qvisor
 
 # $(1) = build folder, $(2) = floor: the floor's archive of its objects
 define floor_lib
-$(1)/lib/lib$(2).a: $$(patsubst %.c,$(1)/obj/%.o,$$(filter-out launcher/main.c,$$(wildcard $(2)/*.c)))
+$(1)/lib/lib$(2).a: $$(patsubst %.c,$(1)/obj/%.o,$$(filter-out launcher/cli/main.c,$$(wildcard $(2)/*.c)))
 	@mkdir -p $$(@D)
 	@rm -f $$@
 	$$(say) AR $$@
@@ -67,7 +67,7 @@ $(2)/layers.ok: scripts/check-layers $$(LAYER_SRCS) $$($(1)_LIBS)
 	$$(say) LAYERS $(2)/lib
 	$(Q)scripts/check-layers $(2)/lib
 	@touch $$@
-$(2)/qvisor: $(2)/obj/launcher/main.o $$($(1)_LIBS) | $(2)/layers.ok
+$(2)/qvisor: $(2)/obj/launcher/cli/main.o $$($(1)_LIBS) | $(2)/layers.ok
 	$$(say) LD $$@
 	$(Q)$$(CC) $$(CFLAGS) $(3) -o $$@ $$^ $$(LDLIBS)
 # -MMD: a test also depends on every header and fake it includes (tests/fakes/*.c,
@@ -80,7 +80,7 @@ $(2)/progs/%: tests/progs/%.c $$($(1)_LIBS)
 	@mkdir -p $$(@D)
 	$$(say) PROG $$@
 	$(Q)$$(CC) $$(WARN) $$(CPPFLAGS) $$(CFLAGS) $(3) -MMD -MP -MF $$@.d -MT $$@ -o $$@ $$< $$($(1)_LIBS) $$(LDLIBS) -lpthread
--include $$(patsubst %.o,%.d,$$($(1)_OBJS) $(2)/obj/launcher/main.o)
+-include $$(patsubst %.o,%.d,$$($(1)_OBJS) $(2)/obj/launcher/cli/main.o)
 -include $$(addsuffix .d,$$($(1)_TESTS) $$($(1)_PROGS))
 endef
 $(eval $(call variant,PLAIN,$(BUILD),))

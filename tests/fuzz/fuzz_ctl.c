@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "launcher/supervisor.h"
+#include "launcher/supervisor/internal.h"
 
 static void need(json_object *req, const char *key, json_type t)
 {

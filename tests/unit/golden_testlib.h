@@ -20,7 +20,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 
-#include "launcher/launcher.h"
+#include "launcher/model/model.h"
 
 #define GOLDEN_IMAGES "/tmp/qvisor-golden"
 

@@ -9,7 +9,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 
-#include "launcher/supervisor.h"
+#include "launcher/supervisor/internal.h"
 #include "tests/fakes/qmp_peer.c"
 
 #define SUP_TEST_FN static __attribute__((unused))

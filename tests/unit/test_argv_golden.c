@@ -29,7 +29,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include "launcher/launcher.h"
+#include "launcher/model/model.h"
 #include "golden_testlib.h"
 
 static bool update_mode;

@@ -38,7 +38,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include "launcher/launcher.h"
+#include "launcher/supervisor/supervisor.h"
 #include "qmp/qmp.h"
 #include "golden_testlib.h"
 

@@ -14,7 +14,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include "launcher/launcher.h"
+#include "launcher/model/model.h"
 
 static json_object *parse(const char *text)
 {

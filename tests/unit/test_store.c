@@ -13,7 +13,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include "launcher/launcher.h"
+#include "launcher/model/model.h"
 
 static void test_parse_nul_bytes_and_keys(void **state)
 {

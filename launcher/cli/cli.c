@@ -1,0 +1,300 @@
+/* qvisor [--root DIR] [--json] [-q] COMMAND ... : global options are accepted before
+ * or after the command word, as users type them both ways. */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "launcher/cli/cli.h"
+
+#define QVISOR_VERSION "0.1"
+
+static const struct cli_opt no_opts[] = {{0}};
+static const struct cli_opt define_opts[] = {
+    {"machine", true, false, 0}, {"accel", true, false, 0}, {"cpus", true, false, 0}, {"cpu-model", true, false, 0},
+    {"memory", true, false, 0}, {"disk", true, true, 0}, {"cdrom", true, true, 0}, {"nic", true, true, 0},
+    {"kernel", true, false, 0}, {"initrd", true, false, 0}, {"append", true, false, 0}, {"firmware", true, false, 0},
+    {"console", true, false, 0}, {"graphics", true, false, 0}, {"agent", false, false, 0}, {"description", true, false, 0},
+    {"on-poweroff", true, false, 0}, {"on-reboot", true, false, 0}, {"on-crash", true, false, 0}, {"print", false, false, 0},
+    {0}};
+static const struct cli_opt list_opts[] = {{"all", false, false, 'a'}, {0}};
+static const struct cli_opt show_opts[] = {{"confinement", false, false, 0}, {0}};
+static const struct cli_opt run_opts[] = {{"ready-fd", true, false, 0}, {"attach-only", false, false, 0}, {0}};
+static const struct cli_opt start_opts[] = {{"wait-timeout", true, false, 0}, {0}};
+static const struct cli_opt stop_opts[] = {{"timeout", true, false, 't'}, {"force", false, false, 'f'}, {0}};
+static const struct cli_opt console_opts[] = {{"replay", false, false, 0}, {"idle", true, false, 0},
+                                              {"expect", true, false, 0}, {"timeout", true, false, 0}, {0}};
+static const struct cli_opt logs_opts[] = {{"follow", false, false, 'f'}, {"lines", true, false, 'n'}, {0}};
+
+static const struct cli_opt net_define_opts[] = {
+    {"mode", true, false, 0}, {"bridge", true, false, 0}, {"mtu", true, false, 0}, {"ipv4", true, false, 0},
+    {"dhcp", true, false, 0}, {"domain", true, false, 0}, {"forward", true, true, 0}, {"autostart", false, false, 0}, {0}};
+static const struct cli_opt attach_disk_opts[] = {
+    {"bus", true, false, 0}, {"format", true, false, 0}, {"cache", true, false, 0}, {"serial", true, false, 0},
+    {"readonly", false, false, 0}, {"persistent", false, false, 0}, {0}};
+static const struct cli_opt attach_nic_opts[] = {
+    {"network", true, false, 0}, {"bridge", true, false, 0}, {"direct", true, false, 0}, {"user", false, false, 0},
+    {"mac", true, false, 0}, {"model", true, false, 0}, {"mode", true, false, 0}, {"queues", true, false, 0},
+    {"filter", true, false, 0}, {"persistent", false, false, 0}, {0}};
+static const struct cli_opt detach_opts[] = {{"persistent", false, false, 0}, {"mac", true, false, 0}, {0}};
+
+static int cmd_help(struct cli *c);
+
+static const struct cli_command commands[] = {
+    {"define", cmd_define, define_opts, 1, 1, "define FILE.json | define NAME [--memory 1G --cpus 2 --disk file=PATH[,bus=...] "
+     "--kernel K --initrd I --append A --nic user ...]", "define a VM from a JSON file or from flags"},
+    {"undefine", cmd_undefine, no_opts, 1, 1, "undefine NAME", "remove a VM's definition"},
+    {"edit", cmd_edit, no_opts, 1, 1, "edit NAME   (or: qvisor edit NAME < new.json)",
+     "change a definition in $EDITOR; validated before it is written"},
+    {"list", cmd_list, list_opts, 0, 0, "list [--all] [--json]", "list VMs (running ones; --all for every defined VM)"},
+    {"show", cmd_show, show_opts, 1, 1, "show NAME [--json] [--confinement]",
+     "print a VM's normalised definition (--confinement: what confines its running QEMU)"},
+    {"argv", cmd_argv, no_opts, 1, 1, "argv NAME", "print the QEMU command line, one argument per line"},
+    {"start", cmd_start, start_opts, 1, 1, "start NAME [--wait-timeout SECONDS]",
+     "start a VM in the background; returns once the guest runs"},
+    {"run", cmd_run, run_opts, 1, 1, "run NAME", "supervise a VM in the foreground (what a systemd unit runs)"},
+    {"stop", cmd_stop, stop_opts, 1, 1, "stop NAME [--timeout SECONDS] [--force]",
+     "ACPI power-off, then quit, SIGTERM and SIGKILL after the timeout (default 60 s)"},
+    {"kill", cmd_kill, no_opts, 1, 1, "kill NAME", "stop a VM at once (SIGKILL to QEMU)"},
+    {"reboot", cmd_simple, no_opts, 1, 1, "reboot NAME", "reboot through the guest agent, else reset"},
+    {"reset", cmd_simple, no_opts, 1, 1, "reset NAME", "hard reset"},
+    {"pause", cmd_simple, no_opts, 1, 1, "pause NAME", "pause the vCPUs"},
+    {"resume", cmd_simple, no_opts, 1, 1, "resume NAME", "resume the vCPUs"},
+    {"status", cmd_status, no_opts, 1, 1, "status NAME [--json]", "state, pid, uptime, accel, last exit reason"},
+    {"console", cmd_console, console_opts, 1, 1, "console NAME [--replay] [--idle SECONDS] [--expect TEXT [--timeout S]]",
+     "attach to the serial console (Ctrl-] detaches); with a pipe, send stdin and print the answer"},
+    {"qmp", cmd_qmp, no_opts, 2, 2, "qmp NAME '{\"execute\": ...}'", "pass one QMP command and print its reply"},
+    {"hmp", cmd_hmp, no_opts, 2, 2, "hmp NAME 'info ...'", "run one human monitor command"},
+    {"events", cmd_events, no_opts, 1, 1, "events NAME", "stream QMP events as JSON lines"},
+    {"logs", cmd_logs, logs_opts, 1, 1, "logs NAME [-f] [-n LINES]",
+     "supervisor events, QEMU's messages and the serial console, timestamped"},
+    {"attach-disk", cmd_attach_disk, attach_disk_opts, 2, 2,
+     "attach-disk NAME FILE [--format F] [--cache C] [--serial S] [--readonly] [--persistent]",
+     "hotplug a virtio disk (the image is opened by qvisor and passed as an fd)"},
+    {"detach-disk", cmd_detach_disk, detach_opts, 2, 2, "detach-disk NAME FILE|ID [--persistent]",
+     "unplug a hotplugged disk once the guest releases it"},
+    {"attach-nic", cmd_attach_nic, attach_nic_opts, 1, 1,
+     "attach-nic NAME --network N|--bridge B|--direct IF|--user [--mac M] [--model virtio] [--persistent]",
+     "hotplug a NIC"},
+    {"detach-nic", cmd_detach_nic, detach_opts, 1, 1, "detach-nic NAME --mac MAC [--persistent]", "unplug a NIC"},
+    {"ifaddr", cmd_ifaddr, no_opts, 1, 1, "ifaddr NAME [--json]", "each NIC's MAC, tap, network and address"},
+    {"net define", cmd_net_define, net_define_opts, 1, 1,
+     "net define FILE.json | net define NAME [--mode nat --ipv4 10.77.5.1/24 --dhcp START,END --domain D "
+     "--forward tcp:8080:10.77.5.10:80 --bridge BR --mtu N --autostart]", "define a network"},
+    {"net undefine", cmd_net_undefine, no_opts, 1, 1, "net undefine NAME", "remove a network's definition"},
+    {"net list", cmd_net_list, no_opts, 0, 0, "net list [--json]", "list networks"},
+    {"net show", cmd_net_show, no_opts, 1, 1, "net show NAME", "print a network's normalised definition"},
+    {"net start", cmd_net_start, start_opts, 1, 1, "net start NAME", "start a network in the background"},
+    {"net run", cmd_net_run, run_opts, 1, 1, "net run NAME", "run a network in the foreground (what a unit runs)"},
+    {"net stop", cmd_net_stop, no_opts, 1, 1, "net stop NAME", "remove the network's bridge, rules and dnsmasq"},
+    {"net leases", cmd_net_leases, no_opts, 1, 1, "net leases NAME [--json]", "the network's DHCP leases"},
+    {"net gc", cmd_net_gc, no_opts, 0, 0, "net gc", "remove qvisor taps, rules and dnsmasq left without an owner"},
+    {"host-check", cmd_host_check, no_opts, 0, 0, "host-check [--json]",
+     "KVM, vhost-net, tun, nftables, QEMU and what the sandbox can apply on this host"},
+    {"help", cmd_help, no_opts, 0, 1, "help [COMMAND]", "show usage"},
+    {0},
+};
+
+static const struct cli_command *find_command(const char *name)
+{
+    for (const struct cli_command *cmd = commands; cmd->name; cmd++)
+        if (strcmp(cmd->name, name) == 0)
+            return cmd;
+    return NULL;
+}
+
+static void usage_all(FILE *out)
+{
+    fprintf(out, "usage: qvisor [--root DIR] [--json] [-q] COMMAND [ARGS...]\n\n");
+    for (const struct cli_command *cmd = commands; cmd->name; cmd++)
+        fprintf(out, "  %-13s %s\n", cmd->name, cmd->summary);
+    fprintf(out, "\nExit codes: 0 ok, 1 failed, 2 usage or invalid definition, 3 no such object, "
+                 "4 conflict, 5 timed out.\n");
+}
+
+static int cmd_help(struct cli *c)
+{
+    const struct cli_command *cmd = c->npos ? find_command(c->pos[0]) : NULL;
+    if (c->npos && !cmd)
+        return qv_fail(&c->err, -EINVAL, "no command named %s", c->pos[0]);
+    if (cmd)
+        printf("usage: qvisor %s\n  %s\n", cmd->usage, cmd->summary);
+    else
+        usage_all(stdout);
+    return 0;
+}
+
+const char *cli_opt(const struct cli *c, const char *name)
+{
+    const char *v = NULL;
+    for (size_t i = 0; i < c->nopts; i++)
+        if (strcmp(c->opts[i].opt->name, name) == 0)
+            v = c->opts[i].value ? c->opts[i].value : "";
+    return v;
+}
+
+bool cli_flag(const struct cli *c, const char *name)
+{
+    return cli_opt(c, name) != NULL;
+}
+
+int cli_opt_seconds_ms(struct cli *c, const char *name, int dflt, int *out)
+{
+    const char *v = cli_opt(c, name);
+    if (!v) {
+        *out = dflt;
+        return 0;
+    }
+    char *end;
+    double s = strtod(v, &end);
+    if (end == v || *end || s < 0 || s > 86400)
+        return qv_fail(&c->err, -EINVAL, "--%s %s: not a number of seconds", name, v);
+    *out = (int)(s * 1000);
+    return 0;
+}
+
+void cli_print_json(json_object *o)
+{
+    _cleanup_free_ char *s = json_pretty(o);
+    fputs(s, stdout);
+}
+
+/* Global options; returns 1 if argv[*i] was one (consuming its value), 0 if not,
+ * <0 on error. */
+static int global_option(struct cli *c, int argc, char **argv, int *i, const char **root)
+{
+    const char *a = argv[*i];
+    if (strcmp(a, "--json") == 0) {
+        c->json = true;
+        return 1;
+    }
+    if (strcmp(a, "-q") == 0 || strcmp(a, "--quiet") == 0) {
+        c->quiet = true;
+        return 1;
+    }
+    if (str_startswith(a, "--root=")) {
+        *root = a + 7;
+        return 1;
+    }
+    if (strcmp(a, "--root") == 0) {
+        if (*i + 1 >= argc)
+            return qv_fail(&c->err, -EINVAL, "--root needs a directory");
+        *root = argv[++*i];
+        return 1;
+    }
+    return 0;
+}
+
+static int parse_command_args(struct cli *c, int argc, char **argv, int start, const char **root)
+{
+    const struct cli_command *cmd = c->cmd;
+    c->pos = qv_xcalloc((size_t)argc + 1, sizeof(char *));
+    bool only_pos = false;
+    for (int i = start; i < argc; i++) {
+        const char *a = argv[i];
+        if (only_pos || a[0] != '-' || strcmp(a, "-") == 0) {
+            c->pos[c->npos++] = argv[i];
+            continue;
+        }
+        if (strcmp(a, "--") == 0) {
+            only_pos = true;
+            continue;
+        }
+        int g = global_option(c, argc, argv, &i, root);
+        if (g < 0)
+            return g;
+        if (g)
+            continue;
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            printf("usage: qvisor %s\n  %s\n", cmd->usage, cmd->summary);
+            exit(0);
+        }
+        bool is_long = a[1] == '-';
+        const char *name = a + (is_long ? 2 : 1);
+        const char *eq = is_long ? strchr(name, '=') : NULL;
+        size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
+        const struct cli_opt *o = NULL;
+        for (const struct cli_opt *k = cmd->opts; k->name; k++)
+            if (is_long ? strlen(k->name) == nlen && strncmp(k->name, name, nlen) == 0
+                        : nlen == 1 && k->short_name == name[0])
+                o = k;
+        if (!o)
+            return qv_fail(&c->err, -EINVAL, "%s: unknown option %s (usage: qvisor %s)", cmd->name, a, cmd->usage);
+        const char *value = NULL;
+        if (o->has_arg) {
+            if (eq)
+                value = eq + 1;
+            else if (i + 1 < argc)
+                value = argv[++i];
+            else
+                return qv_fail(&c->err, -EINVAL, "%s: --%s needs a value", cmd->name, o->name);
+        } else if (eq) {
+            return qv_fail(&c->err, -EINVAL, "%s: --%s takes no value", cmd->name, o->name);
+        }
+        if (!o->repeat && cli_opt(c, o->name))
+            return qv_fail(&c->err, -EINVAL, "%s: --%s given twice", cmd->name, o->name);
+        if (c->nopts >= CLI_MAX_OPTS)
+            return qv_fail(&c->err, -EINVAL, "%s: too many options", cmd->name);
+        c->opts[c->nopts].opt = o;
+        c->opts[c->nopts].value = value;
+        c->nopts++;
+    }
+    if (c->npos < cmd->min_pos || c->npos > cmd->max_pos)
+        return qv_fail(&c->err, -EINVAL, "usage: qvisor %s", cmd->usage);
+    return 0;
+}
+
+static int run(struct cli *c, int argc, char **argv)
+{
+    const char *root = getenv("QVISOR_ROOT");
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            usage_all(stdout);
+            return 0;
+        }
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("qvisor %s\n", QVISOR_VERSION);
+            return 0;
+        }
+        int g = global_option(c, argc, argv, &i, &root);
+        if (g < 0)
+            return g;
+        if (!g)
+            return qv_fail(&c->err, -EINVAL, "unknown option %s (qvisor help lists the commands)", argv[i]);
+    }
+    if (i >= argc) {
+        usage_all(stderr);
+        return -EINVAL;
+    }
+    char word[64];
+    snprintf(word, sizeof(word), "%s", argv[i]);
+    if (strcmp(argv[i], "net") == 0) {
+        /* two-word verbs: "net start" */
+        if (i + 1 >= argc)
+            return qv_fail(&c->err, -EINVAL, "net: which? define, undefine, list, show, start, run, stop, leases, gc");
+        snprintf(word, sizeof(word), "net %s", argv[++i]);
+    }
+    c->cmd = find_command(word);
+    if (!c->cmd)
+        return qv_fail(&c->err, -EINVAL, "no command named %s (qvisor help lists them)", word);
+    int r = parse_command_args(c, argc, argv, i + 1, &root);
+    if (r < 0)
+        return r;
+    r = qv_paths_init(&c->paths, root, &c->err);
+    if (r < 0)
+        return r;
+    return c->cmd->run(c);
+}
+
+int qvisor_main(int argc, char **argv)
+{
+    struct cli c = {0};
+    int r = run(&c, argc, argv);
+    free(c.pos);
+    if (r < 0) {
+        if (c.err.msg[0])
+            fprintf(stderr, "qvisor: %s\n", c.err.msg);
+        return qv_exit_code(r);
+    }
+    return r;
+}

@@ -1,0 +1,87 @@
+/* Internal to launcher/: the CLI's option parser and the command table. */
+#ifndef QV_CLI_H
+#define QV_CLI_H
+
+#include "launcher/supervisor/supervisor.h"
+
+/* `qvisor ARGS...`: the whole command line, as main() gets it. */
+int qvisor_main(int argc, char **argv);
+
+#define CLI_MAX_OPTS 64
+
+struct cli_opt {
+    const char *name;       /* "memory" for --memory */
+    bool has_arg;
+    bool repeat;            /* may be given several times (--disk) */
+    char short_name;        /* 'f' for -f, or 0 */
+};
+
+#define QMP_CLI_TIMEOUT_MS (10 * 60 * 1000)
+
+struct cli {
+    struct qv_paths paths;
+    bool json, quiet;
+    const struct cli_command *cmd;
+    /* options given to the command, in order */
+    struct { const struct cli_opt *opt; const char *value; } opts[CLI_MAX_OPTS];
+    size_t nopts;
+    char **pos;
+    int npos;
+    struct qv_err err;
+};
+
+struct cli_command {
+    const char *name;
+    int (*run)(struct cli *c);
+    const struct cli_opt *opts;     /* NULL-name terminated */
+    int min_pos, max_pos;           /* positional arguments */
+    const char *usage;
+    const char *summary;
+};
+
+/* Last value of --name, or NULL. */
+const char *cli_opt(const struct cli *c, const char *name);
+bool cli_flag(const struct cli *c, const char *name);
+/* Parses --name as milliseconds from seconds ("60", "0.5"); dflt when absent. */
+int cli_opt_seconds_ms(struct cli *c, const char *name, int dflt, int *out);
+/* Starts `qvisor --root R ARGS... --ready-fd 3` detached (double fork, setsid,
+ * stdio on /dev/null) and waits for its "ok" or error line. */
+int cli_spawn_supervisor(struct cli *c, const char *const *args, int timeout_ms, const char *name);
+/* Prints JSON (pretty) to stdout. */
+void cli_print_json(json_object *o);
+
+/* Commands, implemented across cli_*.c */
+int cmd_define(struct cli *c);
+int cmd_undefine(struct cli *c);
+int cmd_edit(struct cli *c);
+int cmd_list(struct cli *c);
+int cmd_show(struct cli *c);
+int cmd_argv(struct cli *c);
+int cmd_run(struct cli *c);
+int cmd_start(struct cli *c);
+int cmd_stop(struct cli *c);
+int cmd_kill(struct cli *c);
+int cmd_simple(struct cli *c);
+int cmd_status(struct cli *c);
+int cmd_console(struct cli *c);
+int cmd_qmp(struct cli *c);
+int cmd_hmp(struct cli *c);
+int cmd_events(struct cli *c);
+int cmd_logs(struct cli *c);
+int cmd_net_define(struct cli *c);
+int cmd_net_undefine(struct cli *c);
+int cmd_net_show(struct cli *c);
+int cmd_net_list(struct cli *c);
+int cmd_net_run(struct cli *c);
+int cmd_net_start(struct cli *c);
+int cmd_net_stop(struct cli *c);
+int cmd_net_leases(struct cli *c);
+int cmd_net_gc(struct cli *c);
+int cmd_attach_disk(struct cli *c);
+int cmd_detach_disk(struct cli *c);
+int cmd_attach_nic(struct cli *c);
+int cmd_detach_nic(struct cli *c);
+int cmd_ifaddr(struct cli *c);
+int cmd_host_check(struct cli *c);
+
+#endif

@@ -1,0 +1,440 @@
+/* define, undefine, list, show, argv: the definition commands. */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/wait.h>
+
+#include "launcher/cli/cli.h"
+
+/* ---- define from virt-install-like flags ---- */
+
+static bool parse_bool_word(const char *v, bool *out)
+{
+    static const char *const yes[] = {"on", "yes", "true", "1", NULL}, *const no[] = {"off", "no", "false", "0", NULL};
+    if (strv_contains(yes, v))
+        return *out = true, true;
+    if (strv_contains(no, v))
+        return *out = false, true;
+    return false;
+}
+
+/* A value typed for its key; a value that does not parse stays a string so that the
+ * definition's validator reports it with its JSON path. */
+static json_object *typed(const char *key, const char *v, const char *const *ints, const char *const *bools)
+{
+    if (strv_contains(bools, key)) {
+        bool b;
+        if (!v)
+            return json_object_new_boolean(true);
+        if (parse_bool_word(v, &b))
+            return json_object_new_boolean(b);
+    }
+    if (v && strv_contains(ints, key)) {
+        uint64_t n;
+        if (parse_u64(v, &n) == 0 && n <= INT32_MAX)
+            return json_object_new_int64((int64_t)n);
+    }
+    return json_object_new_string(v ? v : "");
+}
+
+/* "tcp:127.0.0.1:2222-:22" (QEMU's hostfwd syntax) as a hostfwd object. */
+static int parse_hostfwd_spec(const char *spec, json_object **out, struct qv_err *e)
+{
+    char proto[8] = "", host[64] = "", guest[64] = "";
+    unsigned hp = 0, gp = 0;
+    const char *dash = strchr(spec, '-');
+    if (!dash)
+        goto bad;
+    char left[128];
+    snprintf(left, sizeof(left), "%.*s", (int)(dash - spec), spec);
+    char *c1 = strchr(left, ':'), *c2 = c1 ? strrchr(left, ':') : NULL;
+    if (!c1 || c1 == c2)
+        goto bad;
+    *c1 = *c2 = '\0';
+    snprintf(proto, sizeof(proto), "%s", left[0] ? left : "tcp");
+    snprintf(host, sizeof(host), "%s", c1 + 1);
+    if (sscanf(c2 + 1, "%u", &hp) != 1)
+        goto bad;
+    const char *gc = strrchr(dash + 1, ':');
+    if (!gc || sscanf(gc + 1, "%u", &gp) != 1)
+        goto bad;
+    snprintf(guest, sizeof(guest), "%.*s", (int)(gc - dash - 1), dash + 1);
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "protocol", json_object_new_string(proto));
+    if (host[0])
+        json_object_object_add(o, "host", json_object_new_string(host));
+    json_object_object_add(o, "host_port", json_object_new_int((int)hp));
+    if (guest[0])
+        json_object_object_add(o, "guest", json_object_new_string(guest));
+    json_object_object_add(o, "guest_port", json_object_new_int((int)gp));
+    *out = o;
+    return 0;
+bad:
+    return qv_fail(e, -EINVAL, "hostfwd=%s: expected PROTO:HOST:PORT-GUEST:PORT, e.g. tcp:127.0.0.1:2222-:22", spec);
+}
+
+/* "k=v,k2,k3=v3" into an object; a first item without '=' is `first_key`. */
+static int spec_to_object(const char *opt, const char *spec, const char *first_key, const char *const *ints,
+                          const char *const *bools, json_object **out, struct qv_err *e)
+{
+    struct strv items = {0};
+    str_split_escaped(spec, ',', &items);
+    json_object *o = json_object_new_object();
+    int r = 0;
+    for (size_t i = 0; i < items.n && r == 0; i++) {
+        char *item = items.v[i], *eq = strchr(item, '=');
+        if (!*item)
+            continue;
+        if (eq)
+            *eq = '\0';
+        const char *key = item, *val = eq ? eq + 1 : NULL;
+        if (i == 0 && !eq && first_key && !strv_contains(bools, item)) {
+            key = first_key;
+            val = item;
+        }
+        if (strcmp(key, "hostfwd") == 0) {
+            json_object *fwd = NULL, *list;
+            if (!val) {
+                r = qv_fail(e, -EINVAL, "--%s: hostfwd needs a value", opt);
+                break;
+            }
+            if ((r = parse_hostfwd_spec(val, &fwd, e)) < 0)
+                break;
+            if (!json_object_object_get_ex(o, "hostfwd", &list)) {
+                list = json_object_new_array();
+                json_object_object_add(o, "hostfwd", list);
+            }
+            json_object_array_add(list, fwd);
+            continue;
+        }
+        json_object_object_add(o, key, typed(key, val, ints, bools));
+    }
+    strv_free(&items);
+    if (r < 0) {
+        json_object_put(o);
+        return r;
+    }
+    *out = o;
+    return 0;
+}
+
+static void set_path(json_object *root, const char *section, const char *key, json_object *v)
+{
+    json_object *s;
+    if (!json_object_object_get_ex(root, section, &s)) {
+        s = json_object_new_object();
+        json_object_object_add(root, section, s);
+    }
+    json_object_object_add(s, key, v);
+}
+
+static void append(json_object *root, const char *key, json_object *v)
+{
+    json_object *a;
+    if (!json_object_object_get_ex(root, key, &a)) {
+        a = json_object_new_array();
+        json_object_object_add(root, key, a);
+    }
+    json_object_array_add(a, v);
+}
+
+static int definition_from_flags(struct cli *c, const char *name, json_object **out)
+{
+    static const char *const disk_ints[] = {"boot_index", NULL};
+    static const char *const disk_bools[] = {"discard", "readonly", "snapshot", NULL};
+    static const char *const nic_ints[] = {"queues", "boot_index", NULL};
+    static const char *const nic_bools[] = {"vhost", NULL};
+    static const char *const gfx_ints[] = {"port", NULL};
+    static const char *const none[] = {NULL};
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "name", json_object_new_string(name));
+    int r = 0;
+    for (size_t i = 0; i < c->nopts && r == 0; i++) {
+        const char *opt = c->opts[i].opt->name, *v = c->opts[i].value;
+        json_object *item = NULL;
+        if (strcmp(opt, "machine") == 0 || strcmp(opt, "accel") == 0 || strcmp(opt, "memory") == 0 ||
+            strcmp(opt, "console") == 0 || strcmp(opt, "description") == 0) {
+            json_object_object_add(o, opt, json_object_new_string(v));
+        } else if (str_startswith(opt, "on-")) {
+            char key[32];
+            snprintf(key, sizeof(key), "on_%s", opt + 3);
+            json_object_object_add(o, key, json_object_new_string(v));
+        } else if (strcmp(opt, "cpus") == 0) {
+            set_path(o, "cpu", "count", typed("count", v, (const char *const[]){"count", NULL}, none));
+        } else if (strcmp(opt, "cpu-model") == 0) {
+            set_path(o, "cpu", "model", json_object_new_string(v));
+        } else if (strcmp(opt, "kernel") == 0 || strcmp(opt, "initrd") == 0 || strcmp(opt, "firmware") == 0) {
+            set_path(o, "boot", opt, json_object_new_string(v));
+        } else if (strcmp(opt, "append") == 0) {
+            set_path(o, "boot", "cmdline", json_object_new_string(v));
+        } else if (strcmp(opt, "agent") == 0) {
+            json_object_object_add(o, "agent", json_object_new_boolean(true));
+        } else if (strcmp(opt, "disk") == 0) {
+            if ((r = spec_to_object(opt, v, "file", disk_ints, disk_bools, &item, &c->err)) == 0)
+                append(o, "disks", item);
+        } else if (strcmp(opt, "cdrom") == 0) {
+            if (strcmp(v, "empty") == 0)
+                item = json_object_new_object();
+            else
+                r = spec_to_object(opt, v, "file", disk_ints, none, &item, &c->err);
+            if (r == 0)
+                append(o, "cdroms", item);
+        } else if (strcmp(opt, "nic") == 0) {
+            if ((r = spec_to_object(opt, v, "type", nic_ints, nic_bools, &item, &c->err)) == 0)
+                append(o, "nics", item);
+        } else if (strcmp(opt, "graphics") == 0) {
+            if ((r = spec_to_object(opt, v, "type", gfx_ints, none, &item, &c->err)) == 0)
+                json_object_object_add(o, "graphics", item);
+        }
+    }
+    if (r < 0) {
+        json_object_put(o);
+        return r;
+    }
+    *out = o;
+    return 0;
+}
+
+static bool looks_like_file(const char *arg)
+{
+    size_t n = strlen(arg);
+    return strcmp(arg, "-") == 0 || strchr(arg, '/') || (n > 5 && strcmp(arg + n - 5, ".json") == 0);
+}
+
+int cmd_define(struct cli *c)
+{
+    const char *arg = c->pos[0];
+    _cleanup_json_ json_object *o = NULL;
+    int r;
+    bool from_file = looks_like_file(arg);
+    if (from_file) {
+        for (size_t i = 0; i < c->nopts; i++)
+            if (strcmp(c->opts[i].opt->name, "print") != 0)
+                return qv_fail(&c->err, -EINVAL, "define %s: --%s is for defining by name, not from a file", arg,
+                               c->opts[i].opt->name);
+        if (strcmp(arg, "-") == 0) {
+            _cleanup_free_ char *text = NULL;
+            size_t len = 0;
+            r = read_file("/dev/stdin", 4u << 20, &text, &len);
+            if (r < 0)
+                return qv_failerr(&c->err, r, "standard input");
+            r = json_parse_buf("<stdin>", text, len, &o, &c->err);
+        } else {
+            r = json_read_file(arg, &o, &c->err);
+        }
+    } else {
+        if (!name_valid(arg))
+            return qv_fail(&c->err, -EINVAL, "\"%s\" is neither a JSON file nor a valid VM name", arg);
+        r = definition_from_flags(c, arg, &o);
+    }
+    if (r < 0)
+        return r;
+    if (cli_flag(c, "print")) {
+        struct vm_def d;
+        if ((r = vm_def_from_json(o, &d, &c->err)) < 0)
+            return from_file ? qv_prefix(&c->err, "%s: ", arg) : r;
+        _cleanup_json_ json_object *norm = vm_def_to_json(&d);
+        vm_def_free(&d);
+        cli_print_json(norm);
+        return 0;
+    }
+    struct vm_def d;
+    r = vm_define(&c->paths, o, false, &d, &c->err);
+    if (r < 0)
+        return from_file && r == -EINVAL ? qv_prefix(&c->err, "%s: ", arg) : r;
+    if (!c->quiet)
+        printf("defined %s (%s)\n", d.name, d.uuid);
+    vm_def_free(&d);
+    return 0;
+}
+
+int cmd_undefine(struct cli *c)
+{
+    struct vm_runstate rs;
+    bool supervised;
+    vm_observe(&c->paths, c->pos[0], &rs, &supervised);
+    bool active = supervised || (rs.state != VM_SHUTOFF && rs.state != VM_CRASHED);
+    runstate_free(&rs);
+    if (active)
+        return qv_fail(&c->err, -EBUSY, "%s is running (stop it first)", c->pos[0]);
+    int r = vm_undefine(&c->paths, c->pos[0], &c->err);
+    if (r == 0 && !c->quiet)
+        printf("undefined %s\n", c->pos[0]);
+    return r;
+}
+
+/* edit: the definition through $EDITOR (or, from a pipe, the new JSON on stdin),
+ * validated like define, written only when valid. Changes apply at the next start. */
+int cmd_edit(struct cli *c)
+{
+    const char *name = c->pos[0];
+    struct vm_def d;
+    int r = vm_load(&c->paths, name, &d, &c->err);
+    if (r < 0)
+        return r;
+    _cleanup_json_ json_object *cur = vm_def_to_json(&d);
+    vm_def_free(&d);
+    _cleanup_json_ json_object *next = NULL;
+    char tmp[] = "/tmp/qvisor-edit-XXXXXX.json";
+    bool edited = false;
+    if (!isatty(STDIN_FILENO)) {
+        _cleanup_free_ char *text = NULL;
+        size_t len = 0;
+        if ((r = read_file("/dev/stdin", 4u << 20, &text, &len)) < 0)
+            return qv_failerr(&c->err, r, "standard input");
+        if ((r = json_parse_buf("<stdin>", text, len, &next, &c->err)) < 0)
+            return r;
+    } else {
+        _cleanup_close_ int fd = mkstemps(tmp, 5);
+        if (fd < 0)
+            return qv_failerr(&c->err, -errno, "temporary file");
+        _cleanup_free_ char *text = json_pretty(cur);
+        write_all(fd, text, strlen(text));
+        const char *editor = getenv("VISUAL") ? getenv("VISUAL") : getenv("EDITOR") ? getenv("EDITOR") : "vi";
+        struct strv argv = {0};
+        str_split_escaped(editor, ' ', &argv);
+        strv_push(&argv, tmp);
+        char exe[PATH_MAX];
+        if (find_program(argv.v[0], exe, sizeof(exe)) < 0) {
+            unlink(tmp);
+            r = qv_fail(&c->err, -ENOENT, "editor %s not found (set EDITOR, or pipe the new JSON in)", argv.v[0]);
+            strv_free(&argv);
+            return r;
+        }
+        pid_t pid = fork();
+        if (pid == 0) {
+            extern char **environ;
+            execve(exe, argv.v, environ);
+            _exit(127);
+        }
+        int st = 0;
+        waitpid(pid, &st, 0);
+        strv_free(&argv);
+        r = json_read_file(tmp, &next, &c->err);
+        if (r < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            if (r == 0)
+                r = qv_fail(&c->err, -EIO, "the editor failed; nothing changed (your text is in %s)", tmp);
+            else
+                qv_prefix(&c->err, "nothing changed (your text is in %s): ", tmp);
+            return r;
+        }
+        edited = true;
+    }
+    /* a refused edit keeps the user's text, as a JSON syntax error already does */
+    json_object *v;
+    if (!json_object_object_get_ex(next, "name", &v) || strcmp(json_object_get_string(v), name) != 0)
+        r = qv_fail(&c->err, -EINVAL, "name: a VM keeps its name (undefine and define to rename)");
+    else
+        r = vm_define(&c->paths, next, true, &d, &c->err);
+    if (r < 0)
+        return edited ? qv_prefix(&c->err, "nothing changed (your text is in %s): ", tmp) : r;
+    if (edited)
+        unlink(tmp);
+    vm_def_free(&d);
+    if (!c->quiet)
+        printf("%s changed%s\n", name, vm_supervised(&c->paths, name, NULL) ? " (from its next start)" : "");
+    return 0;
+}
+
+int cmd_show(struct cli *c)
+{
+    struct vm_def d;
+    int r = vm_load(&c->paths, c->pos[0], &d, &c->err);
+    if (r < 0)
+        return r;
+    if (cli_flag(c, "confinement")) {
+        vm_def_free(&d);
+        json_object *reply = NULL, *st, *conf;
+        if ((r = ctl_call(&c->paths, c->pos[0], ctl_request("status"), 5000, &reply, &c->err)) < 0)
+            return r;
+        if (json_object_object_get_ex(reply, "status", &st) && json_object_object_get_ex(st, "confinement", &conf))
+            cli_print_json(conf);
+        else
+            r = qv_fail(&c->err, -EBUSY, "%s: QEMU is not running", c->pos[0]);
+        json_object_put(reply);
+        return r;
+    }
+    if (d.qemu_args.n) {
+        _cleanup_free_ char *args = strv_join((const char *const *)d.qemu_args.v, " ");
+        fprintf(stderr, "qvisor: warning: %s: qemu_args are passed to QEMU unchecked: %s\n", d.name, args);
+    }
+    _cleanup_json_ json_object *o = vm_def_to_json(&d);
+    vm_def_free(&d);
+    cli_print_json(o);
+    return 0;
+}
+
+int cmd_list(struct cli *c)
+{
+    struct strv names = {0};
+    int r = vm_list_names(&c->paths, &names, &c->err);
+    if (r < 0)
+        return r;
+    json_object *arr = json_object_new_array();
+    if (!c->json)
+        printf("%-24s %-10s %5s %8s\n", "NAME", "STATE", "CPUS", "MEMORY");
+    for (size_t i = 0; i < names.n; i++) {
+        struct vm_def d;
+        struct qv_err e = {0};
+        struct vm_runstate rs;
+        bool supervised;
+        vm_observe(&c->paths, names.v[i], &rs, &supervised);
+        const char *state = vm_state_names[rs.state];
+        bool active = rs.state != VM_SHUTOFF && rs.state != VM_CRASHED;
+        runstate_free(&rs);
+        if (!cli_flag(c, "all") && !active)
+            continue;
+        bool ok = vm_load(&c->paths, names.v[i], &d, &e) == 0;
+        if (!ok)
+            state = "invalid";
+        char mem[32] = "-";
+        if (ok)
+            format_size(d.memory.bytes, mem, sizeof(mem));
+        if (c->json) {
+            json_object *j = json_object_new_object();
+            json_object_object_add(j, "name", json_object_new_string(names.v[i]));
+            if (ok)
+                json_object_object_add(j, "uuid", json_object_new_string(d.uuid));
+            json_object_object_add(j, "state", json_object_new_string(state));
+            if (ok) {
+                json_object_object_add(j, "vcpus", json_object_new_int(d.cpu.count));
+                json_object_object_add(j, "memory", json_object_new_string(mem));
+            } else {
+                json_object_object_add(j, "error", json_object_new_string(e.msg));
+            }
+            json_object_array_add(arr, j);
+        } else if (ok) {
+            printf("%-24s %-10s %5d %8s\n", names.v[i], state, d.cpu.count, mem);
+        } else {
+            printf("%-24s %-10s %5s %8s  (%s)\n", names.v[i], state, "-", "-", e.msg);
+        }
+        if (ok)
+            vm_def_free(&d);
+    }
+    if (c->json)
+        cli_print_json(arr);
+    json_object_put(arr);
+    strv_free(&names);
+    return 0;
+}
+
+int cmd_argv(struct cli *c)
+{
+    struct vm_def d;
+    int r = vm_load(&c->paths, c->pos[0], &d, &c->err);
+    if (r < 0)
+        return r;
+    struct host_config hc;
+    struct host_facts f;
+    struct launch_plan plan;
+    if ((r = host_config_load(&c->paths, &hc, &c->err)) == 0) {
+        if ((r = host_facts_probe(&c->paths, &hc, &f, &c->err)) == 0 && (r = build_launch_plan(&d, &f, &plan, &c->err)) == 0) {
+            for (size_t i = 0; i < plan.argv.n; i++)
+                printf("%s\n", plan.argv.v[i]);
+            launch_plan_free(&plan);
+        }
+        host_config_free(&hc);
+    }
+    vm_def_free(&d);
+    return r;
+}

@@ -1,0 +1,104 @@
+/* qvisor host-check: what this host offers qvisor, and what it cannot do. */
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "launcher/cli/cli.h"
+#include "sandbox/sandbox.h"
+
+struct check {
+    json_object *list;
+    int missing;        /* essential items absent */
+};
+
+static void item(struct check *c, const char *name, bool ok, bool essential, const char *fmt, ...) QV_PRINTF(5, 6);
+static void item(struct check *c, const char *name, bool ok, bool essential, const char *fmt, ...)
+{
+    char detail[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof(detail), fmt, ap);
+    va_end(ap);
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "name", json_object_new_string(name));
+    json_object_object_add(o, "ok", json_object_new_boolean(ok));
+    json_object_object_add(o, "essential", json_object_new_boolean(essential));
+    json_object_object_add(o, "detail", json_object_new_string(detail));
+    json_object_array_add(c->list, o);
+    if (!ok && essential)
+        c->missing++;
+}
+
+static bool openable(const char *path)
+{
+    _cleanup_close_ int fd = open(path, O_RDWR | O_CLOEXEC);
+    return fd >= 0;
+}
+
+int cmd_host_check(struct cli *c)
+{
+    struct check ch = {.list = json_object_new_array()};
+    struct host_config hc;
+    struct host_facts f;
+    struct qv_err e = {0};
+    bool have_config = host_config_load(&c->paths, &hc, &e) == 0;
+    bool have_facts = have_config && host_facts_probe(&c->paths, &hc, &f, &e) == 0;
+    if (have_facts) {
+        item(&ch, "qemu", true, true, "%s %d.%d.%d", f.qemu, f.qemu_major, f.qemu_minor, f.qemu_micro);
+        item(&ch, "kvm", f.kvm_usable, false, "%s", f.kvm_usable ? "/dev/kvm usable: accel auto means KVM"
+                                                                 : "/dev/kvm not usable: guests run under TCG (slow)");
+        item(&ch, "io_uring", f.io_uring, false, "%s", f.io_uring ? "QEMU offers aio=io_uring" : "aio native/threads");
+        item(&ch, "vhost-net", f.vhost_net, false, "%s", f.vhost_net ? "/dev/vhost-net opens"
+                                                                     : "no /dev/vhost-net: NIC traffic goes through QEMU (modprobe vhost_net)");
+        item(&ch, "uefi", f.ovmf_code[0] != '\0', false, "%s", f.ovmf_code[0] ? f.ovmf_code : "no OVMF (apt-get install ovmf)");
+        if (f.accel_override != ACCEL_AUTO)
+            item(&ch, "accel override", true, false, "accel auto means %s here (QVISOR_ACCEL or host.json)",
+                 vm_accel_names[f.accel_override]);
+    } else {
+        item(&ch, "qemu", false, true, "%s", e.msg);
+    }
+    if (have_config)
+        host_config_free(&hc);
+    item(&ch, "tun", openable("/dev/net/tun"), false, "%s", "/dev/net/tun: taps for bridge and network NICs");
+    char path[PATH_MAX];
+    item(&ch, "dnsmasq", find_program("dnsmasq", path, sizeof(path)) == 0, false, "%s",
+         find_program("dnsmasq", path, sizeof(path)) == 0 ? path : "not found (apt-get install dnsmasq-base)");
+    _cleanup_free_ char *huge = NULL;
+    read_file("/proc/sys/vm/nr_hugepages", 64, &huge, NULL);
+    item(&ch, "hugepages", huge && atoi(huge) > 0, false, "%d huge pages reserved (vm.nr_hugepages)", huge ? atoi(huge) : 0);
+    struct netsetup_nft *nft = NULL;
+    struct qv_err ne = {0};
+    bool nft_ok = netsetup_nft_open(&nft, &ne) == 0;
+    if (nft)
+        netsetup_nft_close(nft);
+    item(&ch, "nftables", nft_ok, false, "%s", nft_ok ? "libnftables works" : ne.msg);
+
+    struct sandbox_host sh;
+    sandbox_host_check("/sys/fs/cgroup", &sh);
+    for (int i = 0; i < SANDBOX_NSTEPS; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "sandbox %s", sandbox_step_name(i));
+        item(&ch, name, sh.step[i].available, false, "%s", sh.step[i].detail);
+    }
+    if (c->json) {
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "checks", ch.list);
+        json_object_object_add(o, "sandbox", sandbox_host_json(&sh));
+        cli_print_json(o);
+        json_object_put(o);
+    } else {
+        for (size_t i = 0; i < json_object_array_length(ch.list); i++) {
+            json_object *o = json_object_array_get_idx(ch.list, i), *n, *ok, *d;
+            json_object_object_get_ex(o, "name", &n);
+            json_object_object_get_ex(o, "ok", &ok);
+            json_object_object_get_ex(o, "detail", &d);
+            printf("%-4s %-18s %s\n", json_object_get_boolean(ok) ? "ok" : "--", json_object_get_string(n),
+                   json_object_get_string(d));
+        }
+        json_object_put(ch.list);
+    }
+    if (ch.missing)
+        return qv_fail(&c->err, -ENOENT, "this host lacks what qvisor needs (see above)");
+    return 0;
+}

@@ -1,0 +1,207 @@
+/* attach-disk, detach-disk, attach-nic, detach-nic, ifaddr. Like virsh: a running
+ * VM changes now; --persistent changes its definition too (the only thing that
+ * changes when it is not running). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "launcher/cli/cli.h"
+
+/* Adds `dev` to (or, when `remove_key` is set, removes the entry whose `field`
+ * equals it from) the definition's array `list`, and writes it back. */
+static int change_definition(struct cli *c, const char *name, const char *list, json_object *dev, const char *field,
+                             const char *remove_key)
+{
+    struct vm_def d;
+    int r = vm_load(&c->paths, name, &d, &c->err);
+    if (r < 0)
+        return r;
+    _cleanup_json_ json_object *o = vm_def_to_json(&d);
+    vm_def_free(&d);
+    json_object *arr;
+    json_object_object_get_ex(o, list, &arr);
+    if (dev) {
+        json_object_array_add(arr, json_object_get(dev));
+    } else {
+        bool found = false;
+        for (size_t i = 0; i < json_object_array_length(arr); i++) {
+            json_object *v;
+            if (json_object_object_get_ex(json_object_array_get_idx(arr, i), field, &v) &&
+                strcasecmp(json_object_get_string(v), remove_key) == 0) {
+                json_object_array_del_idx(arr, i, 1);
+                found = true;
+                break;
+            }
+        }
+        if (!found)
+            return qv_fail(&c->err, -ENOENT, "%s: the definition has no %s with %s %s", name,
+                           strcmp(list, "disks") == 0 ? "disk" : "NIC", field, remove_key);
+    }
+    struct vm_def out;
+    if ((r = vm_define(&c->paths, o, true, &out, &c->err)) < 0)
+        return r;
+    vm_def_free(&out);
+    return 0;
+}
+
+static bool running(struct cli *c, const char *name)
+{
+    return vm_supervised(&c->paths, name, NULL);
+}
+
+static int attach(struct cli *c, const char *what, json_object *dev)
+{
+    const char *name = c->pos[0];
+    bool persistent = cli_flag(c, "persistent");
+    struct vm_def d;
+    int r = vm_load(&c->paths, name, &d, &c->err);
+    if (r < 0)
+        return r;
+    vm_def_free(&d);
+    const char *id = NULL;
+    json_object *reply = NULL;
+    if (running(c, name)) {
+        json_object *req = ctl_request(strcmp(what, "disk") == 0 ? "attach-disk" : "attach-nic");
+        json_object_object_add(req, "device", json_object_get(dev));
+        if ((r = ctl_call(&c->paths, name, req, 90000, &reply, &c->err)) < 0)
+            return r;
+        json_object *v;
+        if (json_object_object_get_ex(reply, "id", &v))
+            id = json_object_get_string(v);
+        /* keep the MAC the running VM got, so the definition matches it */
+        if (json_object_object_get_ex(reply, "mac", &v))
+            json_object_object_add(dev, "mac", json_object_new_string(json_object_get_string(v)));
+    } else if (!persistent) {
+        return qv_fail(&c->err, -EBUSY, "%s is not running (--persistent changes its definition)", name);
+    }
+    if (persistent && (r = change_definition(c, name, strcmp(what, "disk") == 0 ? "disks" : "nics", dev, NULL, NULL)) < 0) {
+        if (reply)
+            json_object_put(reply);
+        return qv_prefix(&c->err, "%s: ", id ? "attached, but the definition did not change" : "attach");
+    }
+    if (!c->quiet)
+        printf("%s attached%s%s%s\n", what, id ? " as " : "", id ? id : "", persistent ? " (and defined)" : "");
+    if (reply)
+        json_object_put(reply);
+    return 0;
+}
+
+static int detach(struct cli *c, const char *what, const char *target, const char *field)
+{
+    const char *name = c->pos[0];
+    bool persistent = cli_flag(c, "persistent");
+    struct vm_def d;
+    int r = vm_load(&c->paths, name, &d, &c->err);
+    if (r < 0)
+        return r;
+    vm_def_free(&d);
+    bool live = running(c, name), unplugged = false;
+    if (live) {
+        json_object *req = ctl_request(strcmp(what, "disk") == 0 ? "detach-disk" : "detach-nic");
+        json_object_object_add(req, "target", json_object_new_string(target));
+        r = ctl_call(&c->paths, name, req, 60000, NULL, &c->err);
+        /* a device of the definition itself is not hotplugged: --persistent removes it
+         * from the definition, and the running QEMU keeps it until it stops */
+        if (r < 0 && !(persistent && r == -ENOENT))
+            return r;
+        unplugged = r == 0;
+    } else if (!persistent) {
+        return qv_fail(&c->err, -EBUSY, "%s is not running (--persistent changes its definition)", name);
+    }
+    if (persistent && (r = change_definition(c, name, strcmp(what, "disk") == 0 ? "disks" : "nics", NULL, field, target)) < 0)
+        return r;
+    if (c->quiet)
+        return 0;
+    if (unplugged)
+        printf("%s %s detached%s\n", what, target, persistent ? " (and removed from the definition)" : "");
+    else if (live)
+        printf("%s %s removed from the definition (the running VM keeps it until it stops)\n", what, target);
+    else
+        printf("%s %s detached from the definition\n", what, target);
+    return 0;
+}
+
+int cmd_attach_disk(struct cli *c)
+{
+    json_object *dev = json_object_new_object();
+    json_object_object_add(dev, "file", json_object_new_string(c->pos[1]));
+    static const char *const str_opts[] = {"bus", "format", "cache", "serial", NULL};
+    for (int i = 0; str_opts[i]; i++)
+        if (cli_opt(c, str_opts[i]))
+            json_object_object_add(dev, str_opts[i], json_object_new_string(cli_opt(c, str_opts[i])));
+    if (cli_flag(c, "readonly"))
+        json_object_object_add(dev, "readonly", json_object_new_boolean(true));
+    int r = attach(c, "disk", dev);
+    json_object_put(dev);
+    return r;
+}
+
+int cmd_detach_disk(struct cli *c)
+{
+    return detach(c, "disk", c->pos[1], "file");
+}
+
+int cmd_attach_nic(struct cli *c)
+{
+    json_object *dev = json_object_new_object();
+    static const char *const sources[] = {"network", "bridge", "direct", NULL};
+    int given = 0;
+    for (int i = 0; sources[i]; i++) {
+        if (cli_opt(c, sources[i])) {
+            json_object_object_add(dev, sources[i], json_object_new_string(cli_opt(c, sources[i])));
+            given++;
+        }
+    }
+    if (cli_flag(c, "user")) {
+        json_object_object_add(dev, "type", json_object_new_string("user"));
+        given++;
+    }
+    if (given != 1) {
+        json_object_put(dev);
+        return qv_fail(&c->err, -EINVAL, "attach-nic: give exactly one of --network, --bridge, --direct, --user");
+    }
+    static const char *const str_opts[] = {"mac", "model", "mode", "filter", NULL};
+    for (int i = 0; str_opts[i]; i++)
+        if (cli_opt(c, str_opts[i]))
+            json_object_object_add(dev, str_opts[i], json_object_new_string(cli_opt(c, str_opts[i])));
+    if (cli_opt(c, "queues"))
+        json_object_object_add(dev, "queues", json_object_new_int(atoi(cli_opt(c, "queues"))));
+    int r = attach(c, "NIC", dev);
+    json_object_put(dev);
+    return r;
+}
+
+int cmd_detach_nic(struct cli *c)
+{
+    const char *mac = cli_opt(c, "mac");
+    if (!mac)
+        return qv_fail(&c->err, -EINVAL, "detach-nic: --mac MAC names the NIC");
+    return detach(c, "NIC", mac, "mac");
+}
+
+int cmd_ifaddr(struct cli *c)
+{
+    json_object *reply = NULL, *nics;
+    int r = ctl_call(&c->paths, c->pos[0], ctl_request("ifaddr"), 10000, &reply, &c->err);
+    if (r < 0)
+        return r;
+    if (!json_object_object_get_ex(reply, "nics", &nics)) {
+        json_object_put(reply);
+        return qv_fail(&c->err, -EIO, "%s: the supervisor sent no addresses", c->pos[0]);
+    }
+    if (c->json) {
+        cli_print_json(nics);
+    } else {
+        printf("%-6s %-17s %-8s %-14s %-15s %s\n", "NIC", "MAC", "TYPE", "SOURCE", "TAP", "IPV4");
+        for (size_t i = 0; i < json_object_array_length(nics); i++) {
+            json_object *o = json_object_array_get_idx(nics, i), *v;
+            const char *f[6] = {"-", "-", "-", "-", "-", "-"};
+            static const char *const keys[] = {"nic", "mac", "type", "source", "tap", "ipv4"};
+            for (int k = 0; k < 6; k++)
+                if (json_object_object_get_ex(o, keys[k], &v))
+                    f[k] = json_object_get_string(v);
+            printf("%-6s %-17s %-8s %-14s %-15s %s\n", f[0], f[1], f[2], f[3], f[4], f[5]);
+        }
+    }
+    json_object_put(reply);
+    return 0;
+}

@@ -1,0 +1,335 @@
+/* qvisor net define|undefine|list|show|start|run|stop|leases|gc */
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/wait.h>
+
+#include "launcher/cli/cli.h"
+
+static int net_from_flags(struct cli *c, const char *name, json_object **out)
+{
+    json_object *o = json_object_new_object(), *v4 = NULL;
+    json_object_object_add(o, "name", json_object_new_string(name));
+    for (size_t i = 0; i < c->nopts; i++) {
+        const char *opt = c->opts[i].opt->name, *v = c->opts[i].value;
+        if (strcmp(opt, "mode") == 0 || strcmp(opt, "bridge") == 0) {
+            json_object_object_add(o, opt, json_object_new_string(v));
+        } else if (strcmp(opt, "mtu") == 0) {
+            json_object_object_add(o, "mtu", json_object_new_int(atoi(v)));
+        } else if (strcmp(opt, "autostart") == 0) {
+            json_object_object_add(o, "autostart", json_object_new_boolean(true));
+        } else if (strcmp(opt, "ipv4") == 0 || strcmp(opt, "dhcp") == 0) {
+            if (!v4) {
+                v4 = json_object_new_object();
+                json_object_object_add(o, "ipv4", v4);
+            }
+            if (strcmp(opt, "ipv4") == 0) {
+                json_object_object_add(v4, "address", json_object_new_string(v));
+            } else {
+                const char *comma = strchr(v, ',');
+                if (!comma) {
+                    json_object_put(o);
+                    return qv_fail(&c->err, -EINVAL, "--dhcp %s: expected START,END", v);
+                }
+                json_object *d = json_object_new_object();
+                json_object_object_add(d, "start", json_object_new_string_len(v, (int)(comma - v)));
+                json_object_object_add(d, "end", json_object_new_string(comma + 1));
+                json_object_object_add(v4, "dhcp", d);
+            }
+        } else if (strcmp(opt, "domain") == 0) {
+            json_object *dns = json_object_new_object();
+            json_object_object_add(dns, "domain", json_object_new_string(v));
+            json_object_object_add(o, "dns", dns);
+        } else if (strcmp(opt, "forward") == 0) {
+            /* tcp:8080:10.77.0.10:80 */
+            char proto[8], guest[64];
+            unsigned hp, gp;
+            if (sscanf(v, "%7[a-z]:%u:%63[^:]:%u", proto, &hp, guest, &gp) != 4) {
+                json_object_put(o);
+                return qv_fail(&c->err, -EINVAL, "--forward %s: expected PROTO:HOSTPORT:GUESTIP:GUESTPORT", v);
+            }
+            json_object *f = json_object_new_object(), *a;
+            json_object_object_add(f, "protocol", json_object_new_string(proto));
+            json_object_object_add(f, "host_port", json_object_new_int((int)hp));
+            json_object_object_add(f, "guest", json_object_new_string(guest));
+            json_object_object_add(f, "guest_port", json_object_new_int((int)gp));
+            if (!json_object_object_get_ex(o, "forwards", &a)) {
+                a = json_object_new_array();
+                json_object_object_add(o, "forwards", a);
+            }
+            json_object_array_add(a, f);
+        }
+    }
+    *out = o;
+    return 0;
+}
+
+int cmd_net_define(struct cli *c)
+{
+    const char *arg = c->pos[0];
+    _cleanup_json_ json_object *o = NULL;
+    size_t n = strlen(arg);
+    bool file = strchr(arg, '/') || (n > 5 && strcmp(arg + n - 5, ".json") == 0);
+    int r = file ? json_read_file(arg, &o, &c->err) : net_from_flags(c, arg, &o);
+    if (r < 0)
+        return r;
+    struct net_def d;
+    if ((r = net_define(&c->paths, o, false, &d, &c->err)) < 0)
+        return file && r == -EINVAL ? qv_prefix(&c->err, "%s: ", arg) : r;
+    if (!c->quiet)
+        printf("defined network %s (%s, bridge %s%s%s)\n", d.name, net_mode_names[d.mode], d.bridge,
+               d.ipv4.address ? ", " : "", d.ipv4.address ? d.ipv4.address : "");
+    net_def_free(&d);
+    return 0;
+}
+
+int cmd_net_undefine(struct cli *c)
+{
+    if (net_running(&c->paths, c->pos[0], NULL))
+        return qv_fail(&c->err, -EBUSY, "network %s is running (qvisor net stop %s first)", c->pos[0], c->pos[0]);
+    int r = net_undefine(&c->paths, c->pos[0], &c->err);
+    if (r == 0 && !c->quiet)
+        printf("undefined network %s\n", c->pos[0]);
+    return r;
+}
+
+int cmd_net_show(struct cli *c)
+{
+    struct net_def d;
+    int r = net_load(&c->paths, c->pos[0], &d, &c->err);
+    if (r < 0)
+        return r;
+    _cleanup_json_ json_object *o = net_def_to_json(&d);
+    net_def_free(&d);
+    cli_print_json(o);
+    return 0;
+}
+
+static const char *net_state(struct cli *c, const char *name)
+{
+    if (net_running(&c->paths, name, NULL))
+        return "running";
+    char dir[PATH_MAX], path[PATH_MAX + 16];
+    net_run_dir(&c->paths, name, dir, sizeof(dir));
+    snprintf(path, sizeof(path), "%s/state.json", dir);
+    _cleanup_json_ json_object *st = NULL;
+    json_object *v;
+    if (json_read_file(path, &st, NULL) == 0 && json_object_object_get_ex(st, "state", &v) &&
+        strcmp(json_object_get_string(v), "shut off") != 0)
+        return "crashed";   /* no supervisor, yet it never finished stopping */
+    return "inactive";
+}
+
+int cmd_net_list(struct cli *c)
+{
+    struct net_def dflt;
+    /* like libvirt's, the default network exists from the start */
+    if (net_load(&c->paths, "default", &dflt, NULL) == 0)
+        net_def_free(&dflt);
+    struct strv names = {0};
+    int r = net_list_names(&c->paths, &names, &c->err);
+    if (r < 0)
+        return r;
+    json_object *arr = json_object_new_array();
+    if (!c->json)
+        printf("%-16s %-9s %-9s %-15s %-18s %s\n", "NAME", "STATE", "MODE", "BRIDGE", "IPV4", "AUTOSTART");
+    for (size_t i = 0; i < names.n; i++) {
+        struct net_def d;
+        struct qv_err e = {0};
+        if (net_load(&c->paths, names.v[i], &d, &e) < 0) {
+            if (!c->json)
+                printf("%-16s %-9s (%s)\n", names.v[i], "invalid", e.msg);
+            continue;
+        }
+        const char *state = net_state(c, d.name);
+        if (c->json) {
+            json_object *o = net_def_to_json(&d);
+            json_object_object_add(o, "state", json_object_new_string(state));
+            json_object_array_add(arr, o);
+        } else {
+            printf("%-16s %-9s %-9s %-15s %-18s %s\n", d.name, state, net_mode_names[d.mode], d.bridge,
+                   d.ipv4.address ? d.ipv4.address : "-", d.autostart ? "yes" : "no");
+        }
+        net_def_free(&d);
+    }
+    if (c->json)
+        cli_print_json(arr);
+    json_object_put(arr);
+    strv_free(&names);
+    return 0;
+}
+
+int cmd_net_run(struct cli *c)
+{
+    const char *ready = cli_opt(c, "ready-fd");
+    int ready_fd = ready ? atoi(ready) : -1;
+    return network_run(&c->paths, c->pos[0], ready_fd, c->quiet || ready_fd >= 0 ? -1 : 2, &c->err);
+}
+
+int cmd_net_start(struct cli *c)
+{
+    const char *name = c->pos[0];
+    struct net_def d;
+    int r = net_load(&c->paths, name, &d, &c->err);
+    if (r < 0)
+        return r;
+    net_def_free(&d);
+    pid_t holder;
+    if (net_running(&c->paths, name, &holder))
+        return qv_fail(&c->err, -EBUSY, "network %s is already running (pid %d)", name, (int)holder);
+    const char *args[] = {"net", "run", name, NULL};
+    if ((r = cli_spawn_supervisor(c, args, 30000, name)) < 0)
+        return r;
+    if (!c->quiet)
+        printf("network %s started\n", name);
+    return 0;
+}
+
+int cmd_net_stop(struct cli *c)
+{
+    int r = network_stop(&c->paths, c->pos[0], 15000, &c->err);
+    if (r == -ESRCH) {
+        if (!c->quiet)
+            printf("network %s is not running\n", c->pos[0]);
+        return 0;
+    }
+    if (r == 0 && !c->quiet)
+        printf("network %s stopped\n", c->pos[0]);
+    return r;
+}
+
+int cmd_net_leases(struct cli *c)
+{
+    struct net_def d;
+    int r = net_load(&c->paths, c->pos[0], &d, &c->err);
+    if (r < 0)
+        return r;
+    net_def_free(&d);
+    char dir[PATH_MAX], path[PATH_MAX + 32];
+    net_run_dir(&c->paths, c->pos[0], dir, sizeof(dir));
+    snprintf(path, sizeof(path), "%s/" NETSETUP_DNSMASQ_LEASES, dir);
+    struct netsetup_lease *l = NULL;
+    size_t n = 0;
+    if ((r = netsetup_leases_read(path, &l, &n, &c->err)) < 0)
+        return r;
+    json_object *arr = json_object_new_array();
+    if (!c->json)
+        printf("%-20s %-17s %-39s %s\n", "EXPIRES", "MAC", "IP", "HOSTNAME");
+    for (size_t i = 0; i < n; i++) {
+        char when[32] = "never";
+        if (l[i].expiry) {
+            time_t t = (time_t)l[i].expiry;
+            struct tm tm;
+            strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", localtime_r(&t, &tm));
+        }
+        if (c->json) {
+            json_object *o = json_object_new_object();
+            json_object_object_add(o, "expiry", json_object_new_int64(l[i].expiry));
+            json_object_object_add(o, "mac", json_object_new_string(l[i].mac));
+            json_object_object_add(o, "ip", json_object_new_string(l[i].ip));
+            json_object_object_add(o, "hostname", json_object_new_string(l[i].hostname));
+            json_object_object_add(o, "ipv6", json_object_new_boolean(l[i].ipv6));
+            json_object_array_add(arr, o);
+        } else {
+            printf("%-20s %-17s %-39s %s\n", when, l[i].mac[0] ? l[i].mac : "-", l[i].ip,
+                   l[i].hostname[0] ? l[i].hostname : "-");
+        }
+    }
+    if (c->json)
+        cli_print_json(arr);
+    json_object_put(arr);
+    free(l);
+    return 0;
+}
+
+/* Taps whose owner is gone vanish by themselves; this removes what does not:
+ * filters of taps that no longer exist, networks whose supervisor died, macvtaps
+ * of VMs that are not running, and their dnsmasq. */
+int cmd_net_gc(struct cli *c)
+{
+    _cleanup_nft_ struct netsetup_nft *nft = NULL;
+    int r = netsetup_nft_open(&nft, &c->err);
+    if (r < 0)
+        return r;
+    struct strv nets = {0}, removed = {0};
+    if ((r = netsetup_nft_net_list(nft, &nets, &c->err)) < 0)
+        return r;
+    for (size_t i = 0; i < nets.n; i++) {
+        struct qv_err e = {0};
+        if (!net_running(&c->paths, nets.v[i], NULL)) {
+            struct net_def d;
+            char bridge[NETSETUP_IFNAMSIZ];
+            netsetup_bridge_name(nets.v[i], bridge);
+            bool have = net_load(&c->paths, nets.v[i], &d, NULL) == 0;
+            char dir[PATH_MAX];
+            net_run_dir(&c->paths, nets.v[i], dir, sizeof(dir));
+            pid_t dns;
+            if (netsetup_dnsmasq_find(dir, &dns) == 0) {
+                kill(dns, SIGTERM);
+                strv_pushf(&removed, "dnsmasq pid %d of network %s", (int)dns, nets.v[i]);
+            }
+            if (netsetup_net_down(nft, nets.v[i], have ? d.bridge : bridge, &e) == 0)
+                strv_pushf(&removed, "network %s: tables and bridge %s", nets.v[i], have ? d.bridge : bridge);
+            if (have)
+                net_def_free(&d);
+            continue;
+        }
+        struct strv taps = {0};
+        if (netsetup_nft_nic_list(nft, nets.v[i], &taps, &e) == 0) {
+            for (size_t t = 0; t < taps.n; t++) {
+                if (netsetup_link_exists(taps.v[t]))
+                    continue;
+                if (netsetup_nft_nic_remove(nft, nets.v[i], taps.v[t], &e) == 0)
+                    strv_pushf(&removed, "filter of tap %s on network %s", taps.v[t], nets.v[i]);
+            }
+        }
+        strv_free(&taps);
+    }
+    /* macvtaps and taps of VMs none of which is running */
+    static const char *const prefixes[] = {NETSETUP_MACVTAP_PREFIX, NETSETUP_TAP_PREFIX};
+    struct strv vms = {0}, owned = {0};
+    vm_list_names(&c->paths, &vms, NULL);
+    for (size_t v = 0; v < vms.n; v++) {
+        struct vm_def d;
+        if (vm_load(&c->paths, vms.v[v], &d, NULL) < 0)
+            continue;
+        /* a QEMU whose supervisor died still owns its taps */
+        struct vm_runstate rs;
+        bool supervised;
+        vm_observe(&c->paths, d.name, &rs, &supervised);
+        bool live = supervised || (rs.state != VM_SHUTOFF && rs.state != VM_CRASHED);
+        runstate_free(&rs);
+        for (unsigned k = 0; live && k < VM_MAX_NICS + 16 + 16; k++) {
+            char name[NETSETUP_IFNAMSIZ];
+            netsetup_macvtap_name(d.uuid, k, name);
+            strv_push(&owned, name);
+            netsetup_tap_name(d.uuid, k, name);
+            strv_push(&owned, name);
+        }
+        vm_def_free(&d);
+    }
+    for (size_t p = 0; p < ARRAY_SIZE(prefixes); p++) {
+        struct strv links = {0};
+        netsetup_link_list(prefixes[p], &links, NULL);
+        for (size_t l = 0; l < links.n; l++) {
+            struct qv_err e = {0};
+            if (strv_contains((const char *const *)owned.v, links.v[l]))
+                continue;
+            if (netsetup_link_delete(links.v[l], &e) == 0)
+                strv_pushf(&removed, "%s %s", p == 0 ? "macvtap" : "tap", links.v[l]);
+        }
+        strv_free(&links);
+    }
+    for (size_t i = 0; i < removed.n; i++)
+        printf("removed %s\n", removed.v[i]);
+    if (!removed.n && !c->quiet)
+        printf("nothing to remove\n");
+    strv_free(&removed);
+    strv_free(&nets);
+    strv_free(&vms);
+    strv_free(&owned);
+    return 0;
+}

@@ -1,0 +1,930 @@
+/* VM definitions: JSON -> struct vm_def with validation, and back (normalised). */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "launcher/model/config.h"
+
+const char *const vm_machine_names[] = {"q35", "pc", "microvm", NULL};
+const char *const vm_accel_names[] = {"auto", "kvm", "tcg", NULL};
+static const char *const firmware_names[] = {"bios", "uefi", NULL};
+static const char *const boot_dev_names[] = {"disk", "cdrom", "network", NULL};
+const char *const disk_format_names[] = {"raw", "qcow2", NULL};
+const char *const disk_bus_names[] = {"virtio", "scsi", "sata", "ide", "usb", NULL};
+static const char *const cdrom_bus_names[] = {"sata", "ide", "scsi", NULL};
+static const enum disk_bus cdrom_bus_values[] = {BUS_SATA, BUS_IDE, BUS_SCSI};
+static const char *const cache_names[] = {"none", "writeback", "writethrough", "unsafe", "directsync", NULL};
+static const char *const aio_names[] = {"auto", "io_uring", "native", "threads", NULL};
+const char *const nic_type_names[] = {"user", "bridge", "network", "direct", NULL};
+const char *const nic_model_names[] = {"virtio", "e1000", "rtl8139", NULL};
+static const char *const macvtap_names[] = {"bridge", "vepa", "private", "passthrough", NULL};
+static const char *const console_names[] = {"serial", "virtio", "none", NULL};
+static const char *const graphics_names[] = {"none", "vnc", NULL};
+static const char *const poweroff_names[] = {"stop", "restart", NULL};
+static const char *const reboot_names[] = {"restart", "stop", NULL};
+static const char *const crash_names[] = {"stop", "restart", "pause", NULL};
+static const char *const proto_names[] = {"tcp", "udp", NULL};
+
+#define DEFAULT_MEMORY (1ull << 30)
+#define MIN_MEMORY (16ull << 20)
+#define MAX_VCPUS 288
+
+void vm_disk_free(struct vm_disk *k)
+{
+    free(k->file);
+    free(k->serial);
+    memset(k, 0, sizeof(*k));
+}
+
+void vm_nic_free(struct vm_nic *n)
+{
+    free(n->source);
+    free(n->allow_in);
+    free(n->deny_out);
+    for (size_t j = 0; j < n->nfwd; j++) {
+        free(n->fwd[j].host);
+        free(n->fwd[j].guest);
+    }
+    free(n->fwd);
+    memset(n, 0, sizeof(*n));
+}
+
+void vm_def_free(struct vm_def *d)
+{
+    free(d->name);
+    free(d->description);
+    free(d->cpu.model);
+    free(d->boot.kernel);
+    free(d->boot.initrd);
+    free(d->boot.cmdline);
+    for (size_t i = 0; i < d->ndisks; i++)
+        vm_disk_free(&d->disks[i]);
+    free(d->disks);
+    for (size_t i = 0; i < d->ncdroms; i++)
+        free(d->cdroms[i].file);
+    free(d->cdroms);
+    for (size_t i = 0; i < d->nnics; i++)
+        vm_nic_free(&d->nics[i]);
+    free(d->nics);
+    free(d->graphics.listen);
+    free(d->graphics.password_secret);
+    strv_free(&d->qemu_args);
+    vm_confine_free(d);
+    memset(d, 0, sizeof(*d));
+}
+
+/* ---- small validators ---- */
+
+static bool abs_path_valid(const char *s)
+{
+    return s && s[0] == '/' && strlen(s) < PATH_MAX && !strchr(s, '\n');
+}
+
+static bool charset_valid(const char *s, size_t maxlen, const char *extra)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > maxlen)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && !strchr(extra, s[i]))
+            return false;
+    return true;
+}
+
+static bool ip_literal_valid(const char *s)
+{
+    unsigned char buf[16];
+    return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
+}
+
+
+/* A string field that must satisfy `ok`; `what` describes the allowed form. */
+static int jr_checked_string(struct jr *r, json_object *o, const char *key, bool required, char **out,
+                             bool (*ok)(const char *), const char *what)
+{
+    int e = jr_string(r, o, key, required, out);
+    if (e < 0 || !*out)
+        return e;
+    if (ok(*out))
+        return 0;
+    size_t m = jr_key(r, key);
+    json_object *v = json_object_object_get(o, key);
+    e = jr_fail(r, "%s is not %s", jr_show(v), what);
+    jr_pop(r, m);
+    return e;
+}
+
+static int boot_index_get(struct jr *r, json_object *o, int *out)
+{
+    int64_t v = -1;
+    int e = jr_int(r, o, "boot_index", 0, 999, &v);
+    *out = (int)v;
+    return e;
+}
+
+/* ---- sections ---- */
+
+static int parse_cpu(struct jr *r, json_object *root, struct vm_def *d)
+{
+    json_object *o = NULL;
+    int e = jr_object(r, root, "cpu", false, &o);
+    d->cpu.count = 1;
+    if (e < 0 || !o)
+        return e;
+    size_t m = jr_key(r, "cpu");
+    static const char *const keys[] = {"model", "count", "sockets", "cores", "threads", NULL};
+    int64_t count = 0, s = 0, c = 0, t = 0;
+    if ((e = jr_only_keys(r, o, keys)) < 0 || (e = jr_int(r, o, "count", 1, MAX_VCPUS, &count)) < 0 ||
+        (e = jr_int(r, o, "sockets", 1, MAX_VCPUS, &s)) < 0 || (e = jr_int(r, o, "cores", 1, MAX_VCPUS, &c)) < 0 ||
+        (e = jr_int(r, o, "threads", 1, MAX_VCPUS, &t)) < 0)
+        return e;
+    e = jr_string(r, o, "model", false, &d->cpu.model);
+    if (e < 0)
+        return e;
+    if (d->cpu.model && strcmp(d->cpu.model, "auto") == 0) {
+        free(d->cpu.model);
+        d->cpu.model = NULL;
+    }
+    if (d->cpu.model && !charset_valid(d->cpu.model, 64, "_.-+")) {
+        jr_key(r, "model");
+        return jr_fail(r, "\"%s\" is not a CPU model name (letters, digits, _ . - +)", d->cpu.model);
+    }
+    if (s || c || t) {
+        d->cpu.sockets = s ? (int)s : 1;
+        d->cpu.cores = c ? (int)c : 1;
+        d->cpu.threads = t ? (int)t : 1;
+        int64_t prod = (int64_t)d->cpu.sockets * d->cpu.cores * d->cpu.threads;
+        if (count && prod != count)
+            return jr_fail(r, "sockets × cores × threads = %lld does not match count %lld", (long long)prod,
+                           (long long)count);
+        if (prod > MAX_VCPUS)
+            return jr_fail(r, "%lld vCPUs is more than %d", (long long)prod, MAX_VCPUS);
+        count = prod;
+    }
+    d->cpu.count = count ? (int)count : 1;
+    jr_pop(r, m);
+    return 0;
+}
+
+static int parse_memory(struct jr *r, json_object *root, struct vm_def *d)
+{
+    d->memory.bytes = DEFAULT_MEMORY;
+    json_object *v;
+    if (!json_object_object_get_ex(root, "memory", &v))
+        return 0;
+    size_t m = jr_key(r, "memory");
+    int e;
+    json_object *size = v;
+    if (json_object_is_type(v, json_type_object)) {
+        static const char *const keys[] = {"size", "hugepages", "shared", NULL};
+        if ((e = jr_only_keys(r, v, keys)) < 0 || (e = jr_bool(r, v, "hugepages", &d->memory.hugepages)) < 0 ||
+            (e = jr_bool(r, v, "shared", &d->memory.shared)) < 0)
+            return e;
+        if (!json_object_object_get_ex(v, "size", &size)) {
+            jr_pop(r, m);
+            return 0;
+        }
+        jr_key(r, "size");
+    }
+    if (!json_object_is_type(size, json_type_string))
+        return jr_fail(r, "%s is not a size like \"512M\" or \"2G\"", jr_show(size));
+    uint64_t bytes;
+    if (parse_size(json_object_get_string(size), &bytes) < 0)
+        return jr_fail(r, "%s is not a size like \"512M\" or \"2G\"", jr_show(size));
+    if (bytes < MIN_MEMORY || bytes % (1u << 20))
+        return jr_fail(r, "%s must be a whole number of MiB, at least 16M", jr_show(size));
+    if (d->memory.hugepages && bytes % (2u << 20))
+        return jr_fail(r, "%s must be a multiple of 2M with hugepages", jr_show(size));
+    d->memory.bytes = bytes;
+    jr_pop(r, m);
+    return 0;
+}
+
+static int parse_boot(struct jr *r, json_object *root, struct vm_def *d, bool *order_given)
+{
+    json_object *o = NULL;
+    int e = jr_object(r, root, "boot", false, &o);
+    *order_given = false;
+    if (e < 0 || !o)
+        return e;
+    size_t m = jr_key(r, "boot");
+    static const char *const keys[] = {"firmware", "kernel", "initrd", "cmdline", "order", NULL};
+    int fw = FIRMWARE_BIOS;
+    if ((e = jr_only_keys(r, o, keys)) < 0 || (e = jr_enum(r, o, "firmware", firmware_names, &fw)) < 0)
+        return e;
+    d->boot.firmware = fw;
+    if ((e = jr_checked_string(r, o, "kernel", false, &d->boot.kernel, abs_path_valid, "an absolute path")) < 0 ||
+        (e = jr_checked_string(r, o, "initrd", false, &d->boot.initrd, abs_path_valid, "an absolute path")) < 0 ||
+        (e = jr_string(r, o, "cmdline", false, &d->boot.cmdline)) < 0)
+        return e;
+    if (!d->boot.kernel && (d->boot.initrd || d->boot.cmdline)) {
+        jr_key(r, d->boot.initrd ? "initrd" : "cmdline");
+        return jr_fail(r, "needs boot.kernel");
+    }
+    json_object *order = NULL;
+    if ((e = jr_array(r, o, "order", &order)) < 0)
+        return e;
+    if (order) {
+        size_t mo = jr_key(r, "order");
+        size_t n = json_object_array_length(order);
+        if (n < 1 || n > 3)
+            return jr_fail(r, "must list 1 to 3 of disk, cdrom, network");
+        for (size_t i = 0; i < n; i++) {
+            json_object *item = json_object_array_get_idx(order, i);
+            size_t mi = jr_index(r, i);
+            if ((e = jr_expect(r, item, json_type_string)) < 0)
+                return e;
+            int k = -1;
+            for (int j = 0; boot_dev_names[j]; j++)
+                if (strcmp(boot_dev_names[j], json_object_get_string(item)) == 0)
+                    k = j;
+            if (k < 0)
+                return jr_fail(r, "%s is not one of disk, cdrom, network", jr_show(item));
+            for (int j = 0; j < d->boot.norder; j++)
+                if ((int)d->boot.order[j] == k)
+                    return jr_fail(r, "%s is listed twice", jr_show(item));
+            d->boot.order[d->boot.norder++] = k;
+            jr_pop(r, mi);
+        }
+        jr_pop(r, mo);
+        *order_given = true;
+    }
+    jr_pop(r, m);
+    return 0;
+}
+
+static bool disk_serial_valid(const char *s)
+{
+    return charset_valid(s, 20, "_.+-");
+}
+
+static int parse_disk(struct jr *r, json_object *o, struct vm_disk *k, const struct vm_def *d)
+{
+    static const char *const keys[] = {"file", "format", "bus", "cache", "aio", "discard", "readonly",
+                                       "snapshot", "serial", "boot_index", NULL};
+    int e, fmt = FORMAT_PROBE, bus = BUS_VIRTIO, cache = CACHE_NONE, aio = AIO_AUTO;
+    if ((e = jr_only_keys(r, o, keys)) < 0 ||
+        (e = jr_checked_string(r, o, "file", true, &k->file, abs_path_valid, "an absolute path")) < 0 ||
+        (e = jr_enum(r, o, "format", disk_format_names, &fmt)) < 0 ||
+        (e = jr_enum(r, o, "bus", disk_bus_names, &bus)) < 0 || (e = jr_enum(r, o, "cache", cache_names, &cache)) < 0 ||
+        (e = jr_enum(r, o, "aio", aio_names, &aio)) < 0 || (e = jr_bool(r, o, "discard", &k->discard)) < 0 ||
+        (e = jr_bool(r, o, "readonly", &k->readonly)) < 0 || (e = jr_bool(r, o, "snapshot", &k->snapshot)) < 0 ||
+        (e = jr_checked_string(r, o, "serial", false, &k->serial, disk_serial_valid,
+                               "a disk serial (1-20 of letters, digits, _ . + -)")) < 0 ||
+        (e = boot_index_get(r, o, &k->boot_index)) < 0)
+        return e;
+    k->format = fmt;    /* FORMAT_PROBE until vm_define reads the image header */
+    k->bus = bus;
+    k->cache = cache;
+    k->aio = aio;
+    if (d->machine == MACHINE_MICROVM && bus != BUS_VIRTIO)
+        return jr_key(r, "bus"), jr_fail(r, "\"%s\" is not available on microvm (only virtio)", disk_bus_names[bus]);
+    if (d->machine == MACHINE_Q35 && bus == BUS_IDE)
+        return jr_key(r, "bus"), jr_fail(r, "\"ide\" is not available on q35 (use sata)");
+    if (aio == AIO_NATIVE && (cache == CACHE_WRITEBACK || cache == CACHE_WRITETHROUGH || cache == CACHE_UNSAFE))
+        return jr_key(r, "aio"), jr_fail(r, "\"native\" needs cache none or directsync, not %s", cache_names[cache]);
+    if (k->readonly && (bus == BUS_SATA || bus == BUS_IDE))
+        return jr_key(r, "readonly"), jr_fail(r, "a %s disk cannot be read-only (use virtio or scsi, or a cdrom)",
+                                            disk_bus_names[bus]);
+    if (k->readonly && k->snapshot)
+        return jr_key(r, "snapshot"), jr_fail(r, "a read-only disk needs no throw-away overlay");
+    return 0;
+}
+
+static int parse_cdrom(struct jr *r, json_object *o, struct vm_cdrom *c, const struct vm_def *d)
+{
+    static const char *const keys[] = {"file", "bus", "boot_index", NULL};
+    int e, bus = d->machine == MACHINE_PC ? 1 : 0;
+    if ((e = jr_only_keys(r, o, keys)) < 0 ||
+        (e = jr_checked_string(r, o, "file", false, &c->file, abs_path_valid, "an absolute path")) < 0 ||
+        (e = jr_enum(r, o, "bus", cdrom_bus_names, &bus)) < 0 || (e = boot_index_get(r, o, &c->boot_index)) < 0)
+        return e;
+    c->bus = cdrom_bus_values[bus];
+    if (d->machine == MACHINE_MICROVM)
+        return jr_fail(r, "cdroms are not available on microvm");
+    if (d->machine == MACHINE_Q35 && c->bus == BUS_IDE)
+        return jr_key(r, "bus"), jr_fail(r, "\"ide\" is not available on q35 (use sata)");
+    return 0;
+}
+
+static int parse_hostfwd(struct jr *r, json_object *o, struct hostfwd *f)
+{
+    static const char *const keys[] = {"protocol", "host", "host_port", "guest", "guest_port", NULL};
+    int e, proto = 0;
+    int64_t hp = 0, gp = 0;
+    if ((e = jr_only_keys(r, o, keys)) < 0 || (e = jr_enum(r, o, "protocol", proto_names, &proto)) < 0 ||
+        (e = jr_checked_string(r, o, "host", false, &f->host, ip_literal_valid, "an IP address")) < 0 ||
+        (e = jr_checked_string(r, o, "guest", false, &f->guest, ip_literal_valid, "an IP address")) < 0)
+        return e;
+    if (!json_object_object_get_ex(o, "host_port", NULL) || !json_object_object_get_ex(o, "guest_port", NULL))
+        return jr_fail(r, "needs host_port and guest_port");
+    if ((e = jr_int(r, o, "host_port", 1, 65535, &hp)) < 0 || (e = jr_int(r, o, "guest_port", 1, 65535, &gp)) < 0)
+        return e;
+    f->udp = proto == 1;
+    f->host_port = (int)hp;
+    f->guest_port = (int)gp;
+    if (!f->host)
+        f->host = qv_xstrdup("127.0.0.1");
+    if (strchr(f->host, ':') || (f->guest && strchr(f->guest, ':')))
+        return jr_fail(r, "user-mode forwarding is IPv4 only");
+    return 0;
+}
+
+/* "tcp/22", "udp/5000-5010", "icmp" */
+static bool port_parse(const char *s, struct nic_port *p)
+{
+    if (strcmp(s, "icmp") == 0) {
+        *p = (struct nic_port){IPPROTO_ICMP, 0, 0};
+        return true;
+    }
+    unsigned lo, hi;
+    char proto[4], tail;
+    int n = sscanf(s, "%3[a-z]/%u-%u%c", proto, &lo, &hi, &tail);
+    if (n == 2)
+        hi = lo;
+    else if (n != 3)
+        return false;
+    if ((strcmp(proto, "tcp") != 0 && strcmp(proto, "udp") != 0) || lo < 1 || hi > 65535 || lo > hi)
+        return false;
+    *p = (struct nic_port){strcmp(proto, "tcp") == 0 ? IPPROTO_TCP : IPPROTO_UDP, (int)lo, (int)hi};
+    return true;
+}
+
+static int port_list(struct jr *r, json_object *o, const char *key, struct nic_port **out, size_t *n)
+{
+    json_object *a = NULL;
+    int e = jr_array(r, o, key, &a);
+    if (e < 0 || !a)
+        return e;
+    size_t m = jr_key(r, key);
+    *n = json_object_array_length(a);
+    *out = qv_xcalloc(*n, sizeof(**out));
+    for (size_t i = 0; i < *n; i++) {
+        json_object *v = json_object_array_get_idx(a, i);
+        size_t mi = jr_index(r, i);
+        if ((e = jr_expect(r, v, json_type_string)) < 0)
+            return e;
+        if (!port_parse(json_object_get_string(v), &(*out)[i]))
+            return jr_fail(r, "%s is not a port like \"tcp/22\", \"udp/5000-5010\" or \"icmp\"", jr_show(v));
+        jr_pop(r, mi);
+    }
+    jr_pop(r, m);
+    return 0;
+}
+
+static int parse_filter(struct jr *r, json_object *o, struct vm_nic *n)
+{
+    json_object *f;
+    n->filter = n->type == NIC_NETWORK ? FILTER_CLEAN : FILTER_NONE;
+    if (!json_object_object_get_ex(o, "filter", &f))
+        return 0;
+    size_t m = jr_key(r, "filter");
+    if (n->type != NIC_NETWORK)
+        return jr_fail(r, "only on NICs of a qvisor network");
+    if (json_object_is_type(f, json_type_string)) {
+        const char *s = json_object_get_string(f);
+        if (strcmp(s, "none") != 0 && strcmp(s, "clean-traffic") != 0)
+            return jr_fail(r, "%s is not \"clean-traffic\", \"none\" or {\"allow_in\": [...], \"deny_out\": [...]}", jr_show(f));
+        n->filter = strcmp(s, "none") == 0 ? FILTER_NONE : FILTER_CLEAN;
+    } else {
+        int e;
+        static const char *const keys[] = {"allow_in", "deny_out", NULL};
+        if ((e = jr_expect(r, f, json_type_object)) < 0 || (e = jr_only_keys(r, f, keys)) < 0 ||
+            (e = port_list(r, f, "allow_in", &n->allow_in, &n->nallow_in)) < 0 ||
+            (e = port_list(r, f, "deny_out", &n->deny_out, &n->ndeny_out)) < 0)
+            return e;
+        /* an explicit allow_in list, even empty, means inbound is filtered */
+        if (json_object_object_get_ex(f, "allow_in", NULL) && !n->allow_in)
+            n->allow_in = qv_xcalloc(1, sizeof(*n->allow_in));
+    }
+    jr_pop(r, m);
+    return 0;
+}
+
+static int parse_nic(struct jr *r, json_object *o, struct vm_nic *n, const struct vm_def *d)
+{
+    static const char *const keys[] = {"type", "network", "bridge", "direct", "mode", "mac", "model",
+                                       "queues", "vhost", "hostfwd", "boot_index", "filter", NULL};
+    int e, type = -1, model = MODEL_VIRTIO, mode = MACVTAP_BRIDGE;
+    int64_t queues = 1;
+    if ((e = jr_only_keys(r, o, keys)) < 0 || (e = jr_enum(r, o, "type", nic_type_names, &type)) < 0)
+        return e;
+    /* The source key names the type: {"network": "default"} is a network NIC. */
+    static const char *const source_keys[] = {NULL, "bridge", "network", "direct"};
+    for (int t = NIC_BRIDGE; t <= NIC_DIRECT; t++) {
+        if (!json_object_object_get_ex(o, source_keys[t], NULL))
+            continue;
+        if (type >= 0 && type != t) {
+            jr_key(r, source_keys[t]);
+            return jr_fail(r, "not allowed with type %s", nic_type_names[type]);
+        }
+        type = t;
+    }
+    if (type < 0)
+        type = NIC_USER;
+    n->type = type;
+    if (type != NIC_USER) {
+        const char *key = source_keys[type];
+        /* the same rule as the network set-up that will use it at start: a name that
+         * passes here never fails there */
+        bool (*ok)(const char *) = type == NIC_NETWORK ? name_valid : netsetup_ifname_valid;
+        e = jr_checked_string(r, o, key, true, &n->source, ok,
+                              type == NIC_NETWORK ? "a network name"
+                                                  : "an interface name (1-15 of letters, digits, _ . -)");
+        if (e < 0)
+            return e;
+    }
+    char *mac = NULL;
+    e = jr_string(r, o, "mac", false, &mac);
+    if (e < 0)
+        return e;
+    if (mac) {
+        bool ok = mac_normalise(mac, n->mac);
+        bool qemu_default = ok && strcmp(n->mac, "52:54:00:12:34:56") == 0;
+        free(mac);
+        if (!ok || qemu_default) {
+            jr_key(r, "mac");
+            return jr_fail(r, "%s is not %s", jr_show(json_object_object_get(o, "mac")),
+                           qemu_default ? "usable (it is QEMU's default MAC, shared by every unconfigured guest)"
+                                        : "a unicast MAC address like 52:54:00:12:ab:cd");
+        }
+    }
+    if ((e = jr_enum(r, o, "model", nic_model_names, &model)) < 0 || (e = jr_enum(r, o, "mode", macvtap_names, &mode)) < 0 ||
+        (e = jr_int(r, o, "queues", 1, 16, &queues)) < 0 || (e = boot_index_get(r, o, &n->boot_index)) < 0)
+        return e;
+    n->model = model;
+    n->mode = mode;
+    n->queues = (int)queues;
+    n->vhost = true;
+    if ((e = jr_bool(r, o, "vhost", &n->vhost)) < 0)
+        return e;
+    if (type != NIC_DIRECT && json_object_object_get_ex(o, "mode", NULL))
+        return jr_key(r, "mode"), jr_fail(r, "only for direct (macvtap) NICs");
+    if (type == NIC_USER && (json_object_object_get_ex(o, "vhost", NULL) || queues > 1))
+        return jr_key(r, queues > 1 ? "queues" : "vhost"), jr_fail(r, "not available with user-mode networking");
+    if (queues > 1 && model != MODEL_VIRTIO)
+        return jr_key(r, "queues"), jr_fail(r, "multiqueue needs model virtio");
+    if (d->machine == MACHINE_MICROVM && model != MODEL_VIRTIO)
+        return jr_key(r, "model"), jr_fail(r, "\"%s\" is not available on microvm (only virtio)", nic_model_names[model]);
+    if ((e = parse_filter(r, o, n)) < 0)
+        return e;
+    json_object *fwd = NULL;
+    if ((e = jr_array(r, o, "hostfwd", &fwd)) < 0)
+        return e;
+    if (fwd) {
+        size_t mf = jr_key(r, "hostfwd");
+        if (type != NIC_USER)
+            return jr_fail(r, "only for user-mode NICs");
+        n->nfwd = json_object_array_length(fwd);
+        n->fwd = qv_xcalloc(n->nfwd, sizeof(*n->fwd));
+        for (size_t i = 0; i < n->nfwd; i++) {
+            json_object *item = json_object_array_get_idx(fwd, i);
+            size_t mi = jr_index(r, i);
+            if ((e = jr_expect(r, item, json_type_object)) < 0 || (e = parse_hostfwd(r, item, &n->fwd[i])) < 0)
+                return e;
+            jr_pop(r, mi);
+        }
+        jr_pop(r, mf);
+    }
+    return 0;
+}
+
+/* Parses an array of objects with `parse_one`, allocating `size` bytes per item. */
+static int parse_list(struct jr *r, json_object *root, const char *key, size_t size, void **items, size_t *n,
+                      const struct vm_def *d, int (*parse_one)(struct jr *, json_object *, void *, const struct vm_def *))
+{
+    json_object *arr = NULL;
+    int e = jr_array(r, root, key, &arr);
+    if (e < 0 || !arr)
+        return e;
+    size_t m = jr_key(r, key);
+    size_t count = json_object_array_length(arr);
+    *items = qv_xcalloc(count, size);
+    for (size_t i = 0; i < count; i++) {
+        json_object *item = json_object_array_get_idx(arr, i);
+        size_t mi = jr_index(r, i);
+        *n = i + 1;     /* so vm_def_free releases what was parsed so far */
+        if ((e = jr_expect(r, item, json_type_object)) < 0 || (e = parse_one(r, item, (char *)*items + i * size, d)) < 0)
+            return e;
+        jr_pop(r, mi);
+    }
+    *n = count;
+    jr_pop(r, m);
+    return 0;
+}
+
+static int parse_disk_v(struct jr *r, json_object *o, void *p, const struct vm_def *d) { return parse_disk(r, o, p, d); }
+static int parse_cdrom_v(struct jr *r, json_object *o, void *p, const struct vm_def *d) { return parse_cdrom(r, o, p, d); }
+static int parse_nic_v(struct jr *r, json_object *o, void *p, const struct vm_def *d) { return parse_nic(r, o, p, d); }
+
+static int parse_graphics(struct jr *r, json_object *root, struct vm_def *d)
+{
+    d->graphics.port = -1;
+    json_object *o = NULL;
+    int e = jr_object(r, root, "graphics", false, &o);
+    if (e < 0 || !o)
+        return e;
+    size_t m = jr_key(r, "graphics");
+    static const char *const keys[] = {"type", "listen", "port", "password_secret", NULL};
+    int kind = GRAPHICS_NONE;
+    if ((e = jr_only_keys(r, o, keys)) < 0 || (e = jr_enum(r, o, "type", graphics_names, &kind)) < 0)
+        return e;
+    d->graphics.kind = kind;
+    if (kind == GRAPHICS_NONE) {
+        json_object_object_foreach(o, key, val) {
+            (void)val;
+            if (strcmp(key, "type") != 0)
+                return jr_key(r, key), jr_fail(r, "only with type vnc");
+        }
+        jr_pop(r, m);
+        return 0;
+    }
+    if (d->machine == MACHINE_MICROVM)
+        return jr_key(r, "type"), jr_fail(r, "\"vnc\" is not available on microvm (it has no display device)");
+    if ((e = jr_checked_string(r, o, "listen", false, &d->graphics.listen, ip_literal_valid, "an IP address")) < 0 ||
+        (e = jr_checked_string(r, o, "password_secret", false, &d->graphics.password_secret, name_valid,
+                               "a secret name")) < 0)
+        return e;
+    if (!d->graphics.listen)
+        d->graphics.listen = qv_xstrdup("127.0.0.1");
+    json_object *port;
+    if (json_object_object_get_ex(o, "port", &port) &&
+        !(json_object_is_type(port, json_type_string) && strcmp(json_object_get_string(port), "auto") == 0)) {
+        int64_t p;
+        if (!json_object_is_type(port, json_type_int))
+            return jr_key(r, "port"), jr_fail(r, "%s is not \"auto\" or a port 5900..65535", jr_show(port));
+        if ((e = jr_int(r, o, "port", 5900, 65535, &p)) < 0)
+            return e;
+        d->graphics.port = (int)p;
+    }
+    jr_pop(r, m);
+    return 0;
+}
+
+/* Device counts per bus, and boot order against boot_index. */
+static int check_devices(struct jr *r, struct vm_def *d, bool order_given)
+{
+    size_t virtio = 0, ide = 0, sata = 0;
+    for (size_t i = 0; i < d->ndisks; i++) {
+        virtio += d->disks[i].bus == BUS_VIRTIO;
+        ide += d->disks[i].bus == BUS_IDE;
+        sata += d->disks[i].bus == BUS_SATA;
+    }
+    for (size_t i = 0; i < d->ncdroms; i++) {
+        ide += d->cdroms[i].bus == BUS_IDE;
+        sata += d->cdroms[i].bus == BUS_SATA;
+    }
+    if (virtio > VM_MAX_DISKS)
+        return jr_key(r, "disks"), jr_fail(r, "%zu virtio disks, at most %d (use bus scsi for more)", virtio, VM_MAX_DISKS);
+    if (ide > 4)
+        return jr_key(r, "disks"), jr_fail(r, "%zu IDE disks and cdroms, at most 4", ide);
+    if (sata > 6)
+        return jr_key(r, "disks"), jr_fail(r, "%zu SATA disks and cdroms, at most 6", sata);
+    if (d->nnics > VM_MAX_NICS)
+        return jr_key(r, "nics"), jr_fail(r, "%zu NICs, at most %d", d->nnics, VM_MAX_NICS);
+    for (size_t i = 0; i < d->nnics; i++)
+        for (size_t j = 0; j < i; j++)
+            if (d->nics[i].mac[0] && strcmp(d->nics[i].mac, d->nics[j].mac) == 0)
+                return jr_key(r, "nics"), jr_index(r, i), jr_key(r, "mac"),
+                       jr_fail(r, "\"%s\" is already used by nics[%zu]", d->nics[i].mac, j);
+
+    /* boot_index values must be unique; they exclude boot.order */
+    int seen[1000] = {0};
+    bool any = false;
+    struct { const char *list; size_t n; size_t stride; const int *first; } lists[] = {
+        {"disks", d->ndisks, sizeof(struct vm_disk), d->ndisks ? &d->disks[0].boot_index : NULL},
+        {"cdroms", d->ncdroms, sizeof(struct vm_cdrom), d->ncdroms ? &d->cdroms[0].boot_index : NULL},
+        {"nics", d->nnics, sizeof(struct vm_nic), d->nnics ? &d->nics[0].boot_index : NULL},
+    };
+    for (size_t l = 0; l < ARRAY_SIZE(lists); l++) {
+        for (size_t i = 0; i < lists[l].n; i++) {
+            int bi = *(const int *)((const char *)lists[l].first + i * lists[l].stride);
+            if (bi < 0)
+                continue;
+            any = true;
+            if (seen[bi])
+                return jr_key(r, lists[l].list), jr_index(r, i), jr_key(r, "boot_index"),
+                       jr_fail(r, "%d is used twice", bi);
+            seen[bi] = 1;
+        }
+    }
+    if (any && order_given)
+        return jr_key(r, "boot"), jr_key(r, "order"), jr_fail(r, "not allowed when devices have boot_index");
+    if (d->boot.kernel && order_given)
+        return jr_key(r, "boot"), jr_key(r, "order"), jr_fail(r, "not used with boot.kernel");
+    if (!any && !d->boot.kernel && !order_given) {
+        d->boot.order[0] = BOOT_DISK;
+        d->boot.order[1] = BOOT_CDROM;
+        d->boot.order[2] = BOOT_NETWORK;
+        d->boot.norder = 3;
+    }
+    return 0;
+}
+
+static int parse_definition(struct jr *rp, json_object *o, struct vm_def *d)
+{
+    struct jr r = *rp;
+    static const char *const keys[] = {"name", "uuid", "description", "machine", "accel", "cpu", "memory",
+                                       "boot", "disks", "cdroms", "nics", "console", "graphics", "agent",
+                                       "on_poweroff", "on_reboot", "on_crash", "limits", "sandbox", "qemu_args", NULL};
+    int err = 0, machine = MACHINE_Q35, accel = ACCEL_AUTO, console = CONSOLE_SERIAL;
+    int onp = POWEROFF_STOP, onr = REBOOT_RESTART, onc = CRASH_STOP;
+    _cleanup_free_ char *uuid = NULL;
+    bool order_given = false;
+    json_object *qargs = NULL;
+    if ((err = jr_expect(&r, o, json_type_object)) < 0 || (err = jr_check_text(&r, o)) < 0 ||
+        (err = jr_only_keys(&r, o, keys)) < 0 ||
+        (err = jr_checked_string(&r, o, "name", true, &d->name, name_valid,
+                                 "a valid name (1-64 of letters, digits, _ . -, not starting with . or -)")) < 0 ||
+        (err = jr_checked_string(&r, o, "uuid", false, &uuid, uuid_valid, "a lower-case UUID")) < 0 ||
+        (err = jr_string(&r, o, "description", false, &d->description)) < 0 ||
+        (err = jr_enum(&r, o, "machine", vm_machine_names, &machine)) < 0 ||
+        (err = jr_enum(&r, o, "accel", vm_accel_names, &accel)) < 0)
+        return err;
+    d->machine = machine;
+    d->accel = accel;
+    if (uuid)
+        memcpy(d->uuid, uuid, sizeof(d->uuid));
+    if ((err = parse_cpu(&r, o, d)) < 0 || (err = parse_memory(&r, o, d)) < 0 ||
+        (err = parse_boot(&r, o, d, &order_given)) < 0)
+        return err;
+    if (d->machine == MACHINE_MICROVM && !d->boot.kernel) {
+        jr_key(&r, "boot");
+        err = jr_fail(&r, "microvm needs boot.kernel (it has no disk firmware)");
+        return err;
+    }
+    if (d->machine == MACHINE_MICROVM && d->boot.firmware == FIRMWARE_UEFI) {
+        jr_key(&r, "boot"), jr_key(&r, "firmware");
+        err = jr_fail(&r, "\"uefi\" is not available on microvm");
+        return err;
+    }
+    if ((err = parse_list(&r, o, "disks", sizeof(struct vm_disk), (void **)&d->disks, &d->ndisks, d, parse_disk_v)) < 0 ||
+        (err = parse_list(&r, o, "cdroms", sizeof(struct vm_cdrom), (void **)&d->cdroms, &d->ncdroms, d, parse_cdrom_v)) < 0 ||
+        (err = parse_list(&r, o, "nics", sizeof(struct vm_nic), (void **)&d->nics, &d->nnics, d, parse_nic_v)) < 0 ||
+        (err = jr_enum(&r, o, "console", console_names, &console)) < 0 || (err = parse_graphics(&r, o, d)) < 0 ||
+        (err = jr_bool(&r, o, "agent", &d->agent)) < 0 ||
+        (err = jr_enum(&r, o, "on_poweroff", poweroff_names, &onp)) < 0 ||
+        (err = jr_enum(&r, o, "on_reboot", reboot_names, &onr)) < 0 ||
+        (err = jr_enum(&r, o, "on_crash", crash_names, &onc)) < 0 || (err = jr_array(&r, o, "qemu_args", &qargs)) < 0)
+        return err;
+    if ((err = vm_limits_parse(&r, o, d)) < 0 || (err = vm_sandbox_parse(&r, o, d)) < 0)
+        return err;
+    d->console = console;
+    d->on_poweroff = onp;
+    d->on_reboot = onr;
+    d->on_crash = onc;
+    if (qargs) {
+        size_t m = jr_key(&r, "qemu_args");
+        for (size_t i = 0; i < json_object_array_length(qargs); i++) {
+            json_object *a = json_object_array_get_idx(qargs, i);
+            size_t mi = jr_index(&r, i);
+            if ((err = jr_expect(&r, a, json_type_string)) < 0)
+                return err;
+            strv_push(&d->qemu_args, json_object_get_string(a));
+            jr_pop(&r, mi);
+        }
+        jr_pop(&r, m);
+    }
+    return check_devices(&r, d, order_given);
+}
+
+int vm_def_from_json(json_object *o, struct vm_def *d, struct qv_err *e)
+{
+    struct jr r;
+    jr_init(&r, e);
+    memset(d, 0, sizeof(*d));
+    int err = parse_definition(&r, o, d);
+    if (err < 0)
+        vm_def_free(d);
+    return err;
+}
+
+/* ---- back to JSON ---- */
+
+static void put_str(json_object *o, const char *k, const char *v)
+{
+    if (v)
+        json_object_object_add(o, k, json_object_new_string(v));
+}
+
+static void put_int(json_object *o, const char *k, int64_t v)
+{
+    json_object_object_add(o, k, json_object_new_int64(v));
+}
+
+static void put_bool(json_object *o, const char *k, bool v)
+{
+    json_object_object_add(o, k, json_object_new_boolean(v));
+}
+
+/* One device for hotplug, with the same checks as inside a definition. */
+int vm_disk_from_json(json_object *o, const struct vm_def *d, struct vm_disk *out, struct qv_err *e)
+{
+    struct jr r;
+    jr_init(&r, e);
+    memset(out, 0, sizeof(*out));
+    jr_key(&r, "disk");
+    int err = jr_expect(&r, o, json_type_object);
+    if (err == 0)
+        err = jr_check_text(&r, o);
+    if (err == 0)
+        err = parse_disk(&r, o, out, d);
+    if (err == 0 && (err = vm_path_check_type(out->file, PATH_REG | PATH_BLK, e)) < 0)
+        qv_prefix(e, "disk.file: ");
+    if (err == 0 && out->format == FORMAT_PROBE)
+        err = image_detect_format(out->file, &out->format, e);
+    if (err < 0)
+        vm_disk_free(out);
+    return err;
+}
+
+int vm_nic_from_json(json_object *o, const struct vm_def *d, struct vm_nic *out, struct qv_err *e)
+{
+    struct jr r;
+    jr_init(&r, e);
+    memset(out, 0, sizeof(*out));
+    jr_key(&r, "nic");
+    int err = jr_expect(&r, o, json_type_object);
+    if (err == 0)
+        err = jr_check_text(&r, o);
+    if (err == 0)
+        err = parse_nic(&r, o, out, d);
+    if (err < 0)
+        vm_nic_free(out);
+    return err;
+}
+
+json_object *vm_disk_to_json(const struct vm_disk *k)
+{
+    json_object *j = json_object_new_object();
+    put_str(j, "file", k->file);
+    if (k->format != FORMAT_PROBE)
+        put_str(j, "format", disk_format_names[k->format]);
+    put_str(j, "bus", disk_bus_names[k->bus]);
+    put_str(j, "cache", cache_names[k->cache]);
+    put_str(j, "aio", aio_names[k->aio]);
+    put_bool(j, "discard", k->discard);
+    put_bool(j, "readonly", k->readonly);
+    put_bool(j, "snapshot", k->snapshot);
+    put_str(j, "serial", k->serial);
+    if (k->boot_index >= 0)
+        put_int(j, "boot_index", k->boot_index);
+    return j;
+}
+
+json_object *vm_nic_to_json(const struct vm_nic *n)
+{
+    json_object *j = json_object_new_object();
+    put_str(j, "type", nic_type_names[n->type]);
+    if (n->type != NIC_USER)
+        put_str(j, nic_type_names[n->type], n->source);
+    if (n->type == NIC_DIRECT)
+        put_str(j, "mode", macvtap_names[n->mode]);
+    if (n->mac[0])
+        put_str(j, "mac", n->mac);
+    put_str(j, "model", nic_model_names[n->model]);
+    if (n->type != NIC_USER) {
+        put_int(j, "queues", n->queues);
+        put_bool(j, "vhost", n->vhost);
+    }
+    if (n->type == NIC_USER) {
+        json_object *fwd = json_object_new_array();
+        for (size_t k = 0; k < n->nfwd; k++) {
+            json_object *f = json_object_new_object();
+            put_str(f, "protocol", n->fwd[k].udp ? "udp" : "tcp");
+            put_str(f, "host", n->fwd[k].host);
+            put_int(f, "host_port", n->fwd[k].host_port);
+            put_str(f, "guest", n->fwd[k].guest);
+            put_int(f, "guest_port", n->fwd[k].guest_port);
+            json_object_array_add(fwd, f);
+        }
+        json_object_object_add(j, "hostfwd", fwd);
+    }
+    if (n->boot_index >= 0)
+        put_int(j, "boot_index", n->boot_index);
+    if (n->type == NIC_NETWORK) {
+        if (n->filter == FILTER_NONE) {
+            put_str(j, "filter", "none");
+        } else if (!n->allow_in && !n->ndeny_out) {
+            put_str(j, "filter", "clean-traffic");
+        } else {
+            json_object *f = json_object_new_object();
+            const struct nic_port *lists[] = {n->allow_in, n->deny_out};
+            size_t counts[] = {n->nallow_in, n->ndeny_out};
+            static const char *const keys[] = {"allow_in", "deny_out"};
+            for (int l = 0; l < 2; l++) {
+                if (l == 0 && !n->allow_in)
+                    continue;
+                json_object *a = json_object_new_array();
+                for (size_t i = 0; i < counts[l]; i++) {
+                    const struct nic_port *p = &lists[l][i];
+                    char txt[32];
+                    if (p->proto == IPPROTO_ICMP)
+                        snprintf(txt, sizeof(txt), "icmp");
+                    else if (p->lo == p->hi)
+                        snprintf(txt, sizeof(txt), "%s/%d", p->proto == IPPROTO_TCP ? "tcp" : "udp", p->lo);
+                    else
+                        snprintf(txt, sizeof(txt), "%s/%d-%d", p->proto == IPPROTO_TCP ? "tcp" : "udp", p->lo, p->hi);
+                    json_object_array_add(a, json_object_new_string(txt));
+                }
+                json_object_object_add(f, keys[l], a);
+            }
+            json_object_object_add(j, "filter", f);
+        }
+    }
+    return j;
+}
+
+json_object *vm_def_to_json(const struct vm_def *d)
+{
+    json_object *o = json_object_new_object();
+    put_str(o, "name", d->name);
+    if (d->uuid[0])
+        put_str(o, "uuid", d->uuid);
+    put_str(o, "description", d->description);
+    put_str(o, "machine", vm_machine_names[d->machine]);
+    put_str(o, "accel", vm_accel_names[d->accel]);
+
+    json_object *cpu = json_object_new_object();
+    put_str(cpu, "model", d->cpu.model ? d->cpu.model : "auto");
+    put_int(cpu, "count", d->cpu.count);
+    if (d->cpu.sockets) {
+        put_int(cpu, "sockets", d->cpu.sockets);
+        put_int(cpu, "cores", d->cpu.cores);
+        put_int(cpu, "threads", d->cpu.threads);
+    }
+    json_object_object_add(o, "cpu", cpu);
+
+    char size[32];
+    format_size(d->memory.bytes, size, sizeof(size));
+    if (d->memory.hugepages || d->memory.shared) {
+        json_object *mem = json_object_new_object();
+        put_str(mem, "size", size);
+        put_bool(mem, "hugepages", d->memory.hugepages);
+        put_bool(mem, "shared", d->memory.shared);
+        json_object_object_add(o, "memory", mem);
+    } else {
+        put_str(o, "memory", size);
+    }
+
+    json_object *boot = json_object_new_object();
+    put_str(boot, "firmware", firmware_names[d->boot.firmware]);
+    put_str(boot, "kernel", d->boot.kernel);
+    put_str(boot, "initrd", d->boot.initrd);
+    put_str(boot, "cmdline", d->boot.cmdline);
+    if (d->boot.norder) {
+        json_object *order = json_object_new_array();
+        for (int i = 0; i < d->boot.norder; i++)
+            json_object_array_add(order, json_object_new_string(boot_dev_names[d->boot.order[i]]));
+        json_object_object_add(boot, "order", order);
+    }
+    json_object_object_add(o, "boot", boot);
+
+    json_object *disks = json_object_new_array();
+    for (size_t i = 0; i < d->ndisks; i++)
+        json_object_array_add(disks, vm_disk_to_json(&d->disks[i]));
+    json_object_object_add(o, "disks", disks);
+
+    json_object *cdroms = json_object_new_array();
+    for (size_t i = 0; i < d->ncdroms; i++) {
+        json_object *j = json_object_new_object();
+        put_str(j, "file", d->cdroms[i].file);
+        put_str(j, "bus", disk_bus_names[d->cdroms[i].bus]);
+        if (d->cdroms[i].boot_index >= 0)
+            put_int(j, "boot_index", d->cdroms[i].boot_index);
+        json_object_array_add(cdroms, j);
+    }
+    json_object_object_add(o, "cdroms", cdroms);
+
+    json_object *nics = json_object_new_array();
+    for (size_t i = 0; i < d->nnics; i++)
+        json_object_array_add(nics, vm_nic_to_json(&d->nics[i]));
+    json_object_object_add(o, "nics", nics);
+
+    put_str(o, "console", console_names[d->console]);
+    json_object *g = json_object_new_object();
+    put_str(g, "type", graphics_names[d->graphics.kind]);
+    if (d->graphics.kind == GRAPHICS_VNC) {
+        put_str(g, "listen", d->graphics.listen);
+        if (d->graphics.port < 0)
+            put_str(g, "port", "auto");
+        else
+            put_int(g, "port", d->graphics.port);
+        put_str(g, "password_secret", d->graphics.password_secret);
+    }
+    json_object_object_add(o, "graphics", g);
+    put_bool(o, "agent", d->agent);
+    put_str(o, "on_poweroff", poweroff_names[d->on_poweroff]);
+    put_str(o, "on_reboot", reboot_names[d->on_reboot]);
+    put_str(o, "on_crash", crash_names[d->on_crash]);
+    vm_confine_to_json(d, o);
+    if (d->qemu_args.n) {
+        json_object *a = json_object_new_array();
+        for (size_t i = 0; i < d->qemu_args.n; i++)
+            json_object_array_add(a, json_object_new_string(d->qemu_args.v[i]));
+        json_object_object_add(o, "qemu_args", a);
+    }
+    return o;
+}

@@ -1,0 +1,19 @@
+/* Internal to launcher/: the parts of the definition parser in other files. */
+#ifndef QV_CONFIG_H
+#define QV_CONFIG_H
+
+#include "launcher/model/model.h"
+
+int vm_limits_parse(struct jr *r, json_object *root, struct vm_def *d);
+int vm_sandbox_parse(struct jr *r, json_object *root, struct vm_def *d);
+void vm_confine_to_json(const struct vm_def *d, json_object *o);
+void vm_confine_free(struct vm_def *d);
+
+/* Kinds of file a path in a definition may name. */
+#define PATH_REG 1u
+#define PATH_BLK 2u
+/* A path that exists must be of an allowed kind (a missing one is for the caller to
+ * judge). Never opens it. -EINVAL naming the path and what it is. */
+int vm_path_check_type(const char *path, unsigned allowed, struct qv_err *e);
+
+#endif

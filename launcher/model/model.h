@@ -1,0 +1,394 @@
+/* launcher/model: what a VM and a network are, and what the host says about them —
+ * definitions and their validation, the store under etc/, host facts, the pure
+ * launch plan (argv, fd slots and every derived value), and the run state files
+ * under run/ that tell what is running without asking anyone. Nothing here starts
+ * or supervises anything; the launch plan is a pure function of a definition and
+ * host facts, so it is tested exhaustively without starting anything. */
+#ifndef QV_MODEL_H
+#define QV_MODEL_H
+
+#include <limits.h>
+#include "common/common.h"
+#include "netsetup/netsetup.h"
+#include "storage/storage.h"
+
+/* ---- the VM definition ------------------------------------------------------- */
+enum vm_machine { MACHINE_Q35, MACHINE_PC, MACHINE_MICROVM };
+enum vm_accel { ACCEL_AUTO, ACCEL_KVM, ACCEL_TCG };
+enum vm_firmware { FIRMWARE_BIOS, FIRMWARE_UEFI };
+enum boot_dev { BOOT_DISK, BOOT_CDROM, BOOT_NETWORK };
+enum disk_format { FORMAT_PROBE = -1, FORMAT_RAW, FORMAT_QCOW2 };
+enum disk_bus { BUS_VIRTIO, BUS_SCSI, BUS_SATA, BUS_IDE, BUS_USB };
+enum disk_cache { CACHE_NONE, CACHE_WRITEBACK, CACHE_WRITETHROUGH, CACHE_UNSAFE, CACHE_DIRECTSYNC };
+enum disk_aio { AIO_AUTO, AIO_IO_URING, AIO_NATIVE, AIO_THREADS };
+enum nic_type { NIC_USER, NIC_BRIDGE, NIC_NETWORK, NIC_DIRECT };
+enum nic_model { MODEL_VIRTIO, MODEL_E1000, MODEL_RTL8139 };
+enum macvtap_mode { MACVTAP_BRIDGE, MACVTAP_VEPA, MACVTAP_PRIVATE, MACVTAP_PASSTHRU };
+enum console_kind { CONSOLE_SERIAL, CONSOLE_VIRTIO, CONSOLE_NONE };
+enum graphics_kind { GRAPHICS_NONE, GRAPHICS_VNC };
+enum on_poweroff { POWEROFF_STOP, POWEROFF_RESTART };
+enum on_reboot { REBOOT_RESTART, REBOOT_STOP };
+enum on_crash { CRASH_STOP, CRASH_RESTART, CRASH_PAUSE };
+
+extern const char *const vm_machine_names[];
+extern const char *const vm_accel_names[];
+extern const char *const disk_bus_names[];
+extern const char *const disk_format_names[];
+extern const char *const nic_type_names[];
+extern const char *const nic_model_names[];
+
+#define VM_MAX_DISKS 12      /* virtio disks get PCI slots 0x0b..0x16 */
+#define VM_MAX_NICS 8        /* NICs get PCI slots 0x03..0x0a */
+#define VM_HOTPLUG_PORTS 4   /* free pcie-root-ports on q35 */
+
+struct hostfwd {
+    bool udp;
+    char *host;             /* listen address on the host, default 127.0.0.1 */
+    int host_port;
+    char *guest;            /* guest address, default: the guest's DHCP address */
+    int guest_port;
+};
+
+struct vm_disk {
+    char *file;
+    enum disk_format format;
+    enum disk_bus bus;
+    enum disk_cache cache;
+    enum disk_aio aio;
+    bool discard, readonly, snapshot;
+    char *serial;
+    int boot_index;         /* -1: none */
+};
+
+struct vm_cdrom {
+    char *file;             /* NULL: empty tray */
+    enum disk_bus bus;
+    int boot_index;
+};
+
+enum nic_filter { FILTER_CLEAN, FILTER_NONE };
+
+struct nic_port {
+    int proto;              /* IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP */
+    int lo, hi;             /* inclusive; 0 for ICMP */
+};
+
+struct vm_nic {
+    enum nic_type type;
+    char *source;           /* bridge, network or host interface; NULL for user */
+    enum macvtap_mode mode;
+    char mac[18];
+    enum nic_model model;
+    int queues;
+    bool vhost;
+    struct hostfwd *fwd;
+    size_t nfwd;
+    int boot_index;
+    /* on managed networks: clean-traffic (own MAC and IP only) unless "none";
+     * allow_in turns on inbound filtering with these ports open */
+    enum nic_filter filter;
+    struct nic_port *allow_in, *deny_out;
+    size_t nallow_in, ndeny_out;
+};
+
+struct vm_io_limit {
+    char *device;           /* a block device path; its major:minor is read at start */
+    uint64_t read_bps, write_bps, read_iops, write_iops;   /* 0: unlimited */
+};
+
+/* cgroup limits; 0/NULL: not limited (memory_max 0: guest RAM + QEMU's overhead) */
+struct vm_limits {
+    uint64_t memory_max;
+    char *cpu;              /* "150%" of one CPU */
+    int cpu_weight;         /* 1..10000 */
+    int64_t pids;
+    int io_weight;          /* 1..10000 */
+    struct vm_io_limit *io;
+    size_t nio;
+};
+
+struct vm_sandbox {
+    char *user;             /* NULL: a dynamic uid of its own */
+    char *group;            /* supplementary group for shared images; NULL: none */
+    bool seccomp;           /* default true */
+    bool coredump;          /* default false: RLIMIT_CORE 0 */
+    char *chroot;           /* a read-only tree as QEMU's root instead of the host's binds */
+    struct strv extra_deny; /* more syscalls answering EPERM */
+    struct strv require;    /* steps that must not be skipped: cgroup, mount, ..., "all" */
+};
+
+struct vm_def {
+    char *name;
+    char uuid[37];
+    char *description;
+    enum vm_machine machine;
+    enum vm_accel accel;
+    struct {
+        char *model;        /* NULL: host under KVM, max under TCG */
+        int count, sockets, cores, threads;   /* 0: not given */
+    } cpu;
+    struct {
+        uint64_t bytes;
+        bool hugepages, shared;
+    } memory;
+    struct {
+        enum vm_firmware firmware;
+        char *kernel, *initrd, *cmdline;
+        enum boot_dev order[3];
+        int norder;         /* 0: devices carry boot_index, or kernel boot */
+    } boot;
+    struct vm_disk *disks;
+    size_t ndisks;
+    struct vm_cdrom *cdroms;
+    size_t ncdroms;
+    struct vm_nic *nics;
+    size_t nnics;
+    enum console_kind console;
+    struct {
+        enum graphics_kind kind;
+        char *listen;
+        int port;           /* -1: auto */
+        char *password_secret;
+    } graphics;
+    bool agent;
+    enum on_poweroff on_poweroff;
+    enum on_reboot on_reboot;
+    enum on_crash on_crash;
+    struct vm_limits limits;
+    struct vm_sandbox sandbox;
+    struct strv qemu_args;
+};
+
+void vm_def_free(struct vm_def *d);
+void vm_disk_free(struct vm_disk *k);
+void vm_nic_free(struct vm_nic *n);
+/* One disk or NIC (hotplug), checked as in a definition for VM d; a disk's format
+ * is read from its image header when not given. */
+int vm_disk_from_json(json_object *o, const struct vm_def *d, struct vm_disk *out, struct qv_err *e);
+int vm_nic_from_json(json_object *o, const struct vm_def *d, struct vm_nic *out, struct qv_err *e);
+json_object *vm_disk_to_json(const struct vm_disk *k);
+json_object *vm_nic_to_json(const struct vm_nic *n);
+/* Parses and validates a definition; fills every default. On error nothing is
+ * allocated and e says "path: value is not one of ...". */
+int vm_def_from_json(json_object *o, struct vm_def *d, struct qv_err *e);
+/* The normalised definition, defaults filled in; from_json(to_json(d)) == d. */
+json_object *vm_def_to_json(const struct vm_def *d);
+
+/* ---- host facts ------------------------------------------------------------------ */
+struct host_facts {
+    char qemu[PATH_MAX];
+    int qemu_major, qemu_minor, qemu_micro;
+    bool io_uring;          /* QEMU's blockdev aio knows io_uring */
+    bool kvm_usable;        /* /dev/kvm opens and answers KVM_GET_API_VERSION */
+    bool vhost_net;         /* /dev/vhost-net opens */
+    enum vm_accel accel_override;   /* QVISOR_ACCEL or host.json "accel"; AUTO if neither */
+    char ovmf_code[PATH_MAX];       /* from QEMU's firmware descriptors; "" if none */
+    char ovmf_vars[PATH_MAX];
+};
+
+/* host.json: defaults for this host. */
+struct host_config {
+    char *qemu;             /* binary, default qemu-system-x86_64 from PATH */
+    enum vm_accel accel;
+    uid_t uid_first, uid_last;  /* dynamic VM users: default 61184..65519, like systemd's */
+    char *cgroup_parent;    /* below each cgroup hierarchy root; default "qvisor" */
+    char *ctl_group;        /* members may use the VMs' control sockets (0660); NULL: root only (0600) */
+    uint64_t log_max_size;  /* a VM's log is rotated past this size (default 8 MiB) */
+    int log_max_backups;    /* and this many rotated files are kept (default 3) */
+};
+#define LOG_MAX_SIZE (8ull << 20)
+#define LOG_MAX_BACKUPS 3
+int host_config_load(const struct qv_paths *p, struct host_config *hc, struct qv_err *e);
+void host_config_free(struct host_config *hc);
+/* Probes QEMU (cached under var/cache/qvisor by binary path, size and mtime), KVM,
+ * vhost-net and firmware. */
+int host_facts_probe(const struct qv_paths *p, const struct host_config *hc,
+                     struct host_facts *f, struct qv_err *e);
+/* Reads OVMF code/vars paths from QEMU's firmware descriptors in `dirs`. */
+int firmware_find_uefi(const char *const *dirs, char *code, size_t codelen, char *vars, size_t varslen);
+enum vm_accel accel_resolve(const struct vm_def *d, const struct host_facts *f);
+
+/* ---- the QEMU command line --------------------------------------------------------- */
+/* What each inherited fd must hold; the supervisor opens these and dup2s them to
+ * `fd` in the child, so the argv (which names the numbers) stays deterministic. */
+enum fd_kind {
+    FD_QMP,         /* listening socket */
+    FD_CONSOLE,     /* listening socket */
+    FD_QGA,         /* listening socket */
+    FD_DISK,        /* image file; index = disk */
+    FD_DISK_BASE,   /* read-only base under a throw-away overlay; index = disk */
+    FD_OVERLAY,     /* throw-away qcow2 overlay; index = disk */
+    FD_CDROM,       /* index = cdrom */
+    FD_NVRAM,       /* the VM's UEFI variable store */
+    FD_TAP,         /* index = nic, sub = queue */
+    FD_VHOST,       /* index = nic, sub = queue */
+};
+#define FD_FIRST 3
+#define PLAN_MAX_FDS 128
+
+struct fd_slot {
+    int fd;
+    enum fd_kind kind;
+    int index, sub;
+    int open_flags;         /* for files: O_RDONLY or O_RDWR */
+};
+
+struct launch_plan {
+    struct strv argv;
+    struct fd_slot slots[PLAN_MAX_FDS];
+    size_t nslots;
+    enum vm_accel accel;
+    /* cgroup limits derived from the definition (0: not limited); io devices are
+     * resolved at start, they name host state */
+    uint64_t memory_max;                /* limits.memory_max, or guest RAM + QEMU's overhead */
+    uint64_t cpu_quota_us, cpu_period_us;   /* from limits.cpu */
+    /* QEMU opens host sockets itself (user-mode NICs, a VNC listener, whatever
+     * qemu_args may ask for), so it shares the host's network namespace; otherwise
+     * every network resource comes as an fd and it gets an empty one. */
+    bool host_network;
+};
+void launch_plan_free(struct launch_plan *p);
+/* Pure: the same definition and facts always give the same argv. */
+int build_launch_plan(const struct vm_def *d, const struct host_facts *f, struct launch_plan *out,
+                      struct qv_err *e);
+
+/* How a disk's cache and aio settings map onto QEMU's block layer; aio "auto" is
+ * io_uring when QEMU has it, else native with O_DIRECT, else threads. */
+struct disk_io {
+    bool direct, no_flush, write_cache;
+    const char *aio;
+};
+struct disk_io disk_io_mode(enum disk_cache cache, enum disk_aio aio, const struct host_facts *f);
+/* blockdev-add objects: the same for the command line and for hotplug. */
+json_object *blockdev_file(const char *node, const char *filename, const struct disk_io *io, bool discard, bool readonly);
+json_object *blockdev_format(const char *driver, const char *node, const char *file_node, const char *backing,
+                             const struct disk_io *io, bool discard, bool readonly);
+
+/* ---- definitions on disk ------------------------------------------------------------- */
+int vm_def_path(const struct qv_paths *p, const char *name, char *out, size_t outlen);
+/* Loads etc/qvisor/vms/NAME.json; -ENOENT with "no VM named NAME" when absent. */
+int vm_load(const struct qv_paths *p, const char *name, struct vm_def *d, struct qv_err *e);
+/* Validates, fills uuid/MACs/formats, checks uniqueness, writes atomically. */
+int vm_define(const struct qv_paths *p, json_object *o, bool replace, struct vm_def *out,
+              struct qv_err *e);
+int vm_undefine(const struct qv_paths *p, const char *name, struct qv_err *e);
+/* Sorted names of all defined VMs. */
+int vm_list_names(const struct qv_paths *p, struct strv *names, struct qv_err *e);
+/* The generated MAC for NIC `index` of VM `uuid`, perturbed by `attempt`. */
+void mac_generate(const char *uuid, size_t index, unsigned attempt, char out[18]);
+/* Whether a defined VM other than `except` (may be NULL) has a NIC with this MAC. */
+bool vm_mac_in_use(const struct qv_paths *p, const char *mac, const char *except);
+/* storage_detect_format in the definition's terms (qcow2 or raw). */
+static inline int image_detect_format(const char *path, enum disk_format *fmt, struct qv_err *e)
+{
+    enum storage_format sf;
+    int r = storage_detect_format(path, &sf, e);
+    if (r == 0)
+        *fmt = sf == STORAGE_FORMAT_QCOW2 ? FORMAT_QCOW2 : FORMAT_RAW;
+    return r;
+}
+
+/* ---- run state: run/qvisor/vms/NAME/{lock,pid,state.json} -------------------------------- */
+enum vm_state { VM_SHUTOFF, VM_STARTING, VM_RUNNING, VM_PAUSED, VM_STOPPING, VM_CRASHED };
+extern const char *const vm_state_names[];
+
+struct vm_runstate {
+    enum vm_state state;
+    pid_t supervisor_pid;
+    pid_t qemu_pid;
+    unsigned long long qemu_start;  /* ticks since boot, /proc/PID/stat field 22 */
+    char uuid[37];
+    uint64_t started_at_ms;         /* wall clock */
+    char accel[8];                  /* what query-kvm said is in use */
+    char qemu_version[32];
+    char last_exit[256];
+    json_object *resources;         /* recorded before creation: taps, cgroup, uid, ... */
+};
+/* run/qvisor/vms/NAME[/file] */
+int vm_run_path(const struct qv_paths *p, const char *name, const char *file, char *out, size_t outlen);
+int runstate_read(const struct qv_paths *p, const char *name, struct vm_runstate *s, struct qv_err *e);
+int runstate_write(const struct qv_paths *p, const char *name, const struct vm_runstate *s, struct qv_err *e);
+json_object *runstate_to_json(const struct vm_runstate *s);
+void runstate_free(struct vm_runstate *s);
+/* The recorded QEMU still runs: same pid, same start time, and our uuid on its command
+ * line (or, while "starting", not yet exec'd). A reused pid never passes. */
+bool qemu_alive(const struct vm_runstate *s);
+struct qemu_found {
+    pid_t pid;
+    unsigned long long start;
+    const char *route;      /* how it was found, for the log */
+};
+/* Looks for a live QEMU of this VM (its uuid after "-uuid") by every route: the state
+ * file `rs` (may be NULL; a recorded child not yet exec'd is waited for), the pid file,
+ * the recorded cgroup's procs, and a scan of /proc. 1 found, 0 none, -errno. */
+int vm_find_qemu(const struct qv_paths *p, const char *name, const char *uuid, const struct vm_runstate *rs,
+                 struct qemu_found *out);
+/* DIR/lock, taken by the one supervisor of a VM or network: -EBUSY ("WHAT is
+ * already running (pid N)") if held. Only the flock counts, never the file. */
+int runlock_take(const char *dir, const char *what, int *fd, pid_t *holder, struct qv_err *e);
+bool runlock_held(const char *dir, pid_t *holder);
+/* Takes the supervisor lock; -EBUSY ("web1 is already running (pid N)") if held. */
+int vm_lock(const struct qv_paths *p, const char *name, int *fd, pid_t *holder, struct qv_err *e);
+bool vm_supervised(const struct qv_paths *p, const char *name, pid_t *holder);
+/* What is true now, with or without a supervisor. */
+int vm_observe(const struct qv_paths *p, const char *name, struct vm_runstate *s, bool *supervised);
+
+/* ---- network definitions: etc/qvisor/networks/NAME.json ------------------------------------ */
+enum net_mode { NET_NAT, NET_ISOLATED, NET_ROUTED, NET_BRIDGE };
+extern const char *const net_mode_names[];
+
+struct net_host {
+    char *mac, *ip, *name;
+};
+
+struct net_forward {
+    bool udp;
+    int host_port;
+    char *guest;
+    int guest_port;
+};
+
+struct net_def {
+    char *name;
+    enum net_mode mode;
+    char *bridge;           /* generated for managed networks; the host's for mode bridge */
+    unsigned mtu;           /* 0: kernel default */
+    struct {
+        char *address;      /* the host's side, "10.77.0.1/24" */
+        struct netsetup_cidr cidr;
+        char *dhcp_start, *dhcp_end;    /* NULL: no dynamic range */
+        unsigned lease_time;
+        struct net_host *hosts;
+        size_t nhosts;
+    } ipv4;
+    struct {
+        char *address;
+        struct netsetup_cidr cidr;
+        char *dhcp_start, *dhcp_end;    /* NULL: SLAAC only */
+    } ipv6;
+    struct {
+        char *domain;
+        struct strv forwarders;
+    } dns;
+    struct net_forward *forwards;
+    size_t nforwards;
+    bool autostart;
+};
+void net_def_free(struct net_def *n);
+int net_def_from_json(json_object *o, struct net_def *n, struct qv_err *e);
+json_object *net_def_to_json(const struct net_def *n);
+int net_def_path(const struct qv_paths *p, const char *name, char *out, size_t outlen);
+/* "default" is defined on first use, on a 10.77.N.0/24 the host does not use. */
+int net_load(const struct qv_paths *p, const char *name, struct net_def *n, struct qv_err *e);
+int net_define(const struct qv_paths *p, json_object *o, bool replace, struct net_def *out, struct qv_err *e);
+int net_define_default(const struct qv_paths *p, struct net_def *out, struct qv_err *e);
+int net_undefine(const struct qv_paths *p, const char *name, struct qv_err *e);
+int net_list_names(const struct qv_paths *p, struct strv *names, struct qv_err *e);
+/* -EADDRINUSE when the network's subnets overlap the host's addresses or routes. */
+int net_check_host(const struct net_def *n, struct qv_err *e);
+/* run/qvisor/networks/NAME: lock, state.json, dnsmasq's files */
+int net_run_dir(const struct qv_paths *p, const char *name, char *out, size_t outlen);
+/* Whether a network supervisor holds the network's lock (its pid in *holder). */
+bool net_running(const struct qv_paths *p, const char *name, pid_t *holder);
+
+#endif

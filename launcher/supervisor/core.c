@@ -1,0 +1,1061 @@
+/* `qvisor run NAME`: one supervisor per VM. It takes the VM's lock, starts QEMU
+ * paused with every resource passed as an fd, finishes set-up over QMP, sends
+ * `cont`, and then owns the only QMP connection for the VM's whole life: it applies
+ * on_poweroff/on_reboot/on_crash, answers the control socket, writes the log and
+ * state.json. If it dies, QEMU runs on; the next `run` finds it and carries on. */
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#include "launcher/supervisor/internal.h"
+
+#define START_TIMEOUT_MS 30000
+#define POWERDOWN_AGAIN_MS 500
+#define QUIT_GRACE_MS 2000
+#define TERM_GRACE_MS 2000
+#define KILL_GRACE_MS 5000
+
+static int pidfd_open_(pid_t pid)
+{
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+static int pidfd_signal(int pidfd, int sig)
+{
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+
+void sup_log(struct sup *s, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    qv_logv_echo(s->log_fd, s->echo_fd, "supervisor", s->def.name ? s->def.name : "qvisor", fmt, ap);
+    va_end(ap);
+}
+
+static void save_state(struct sup *s)
+{
+    struct qv_err e = {0};
+    /* A full /run must never take the VM down with it: log and carry on. */
+    if (runstate_write(s->paths, s->def.name, &s->rs, &e) < 0)
+        sup_log(s, "warning: cannot record state: %s", e.msg);
+}
+
+void sup_set_state(struct sup *s, enum vm_state st)
+{
+    if (s->rs.state == st)
+        return;
+    sup_log(s, "state: %s -> %s", vm_state_names[s->rs.state], vm_state_names[st]);
+    s->rs.state = st;
+    save_state(s);
+    char status[64];
+    snprintf(status, sizeof(status), "STATUS=%s", vm_state_names[st]);
+    notify_send(&s->notify, status);
+    json_object *data = json_object_new_object();
+    json_object_object_add(data, "state", json_object_new_string(vm_state_names[st]));
+    ctl_broadcast_event(s, "QVISOR_STATE", data, realtime_ms() * 1000);
+    json_object_put(data);
+}
+
+static void epoll_add(struct sup *s, int fd, uint32_t events, struct ev *ev)
+{
+    struct epoll_event ee = {.events = events, .data.ptr = ev};
+    if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ee) < 0)
+        sup_log(s, "warning: epoll_ctl add fd %d: %s", fd, strerror(errno));
+}
+
+static void epoll_mod(struct sup *s, int fd, uint32_t events, struct ev *ev)
+{
+    struct epoll_event ee = {.events = events, .data.ptr = ev};
+    epoll_ctl(s->epfd, EPOLL_CTL_MOD, fd, &ee);
+}
+
+/* ---- QMP ---- */
+
+static void on_reply_logged(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    struct sup *s = ctx;
+    if (err)
+        sup_log(s, "QMP: %s", err->msg);
+}
+
+/* quit often loses its reply to the hang-up that follows it: nothing to report */
+static void on_quit_reply(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ctx;
+    (void)ret;
+    (void)err;
+}
+
+void sup_qmp(struct sup *s, const char *cmd, json_object *args)
+{
+    if (!s->qmp) {
+        if (args)
+            json_object_put(args);
+        sup_log(s, "QMP is not connected; cannot send %s", cmd);
+        return;
+    }
+    bool quit = strcmp(cmd, "quit") == 0;
+    qmp_send(s->qmp, cmd, args, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, quit ? on_quit_reply : on_reply_logged, s);
+}
+
+static void crashed(struct sup *s, const char *why);
+
+static void on_event(void *ctx, const char *event, json_object *data, uint64_t ts_us)
+{
+    struct sup *s = ctx;
+    ctl_broadcast_event(s, event, data, ts_us);
+    const char *d = data ? jr_show(data) : "";
+    if (strcmp(event, "SHUTDOWN") == 0) {
+        json_object *reason = NULL;
+        json_object_object_get_ex(data, "reason", &reason);
+        const char *why = reason ? json_object_get_string(reason) : "";
+        sup_log(s, "event SHUTDOWN %s", d);
+        if (s->stop_phase || s->expected_exit) {
+            s->expected_exit = true;
+            sup_qmp(s, "quit", NULL);
+        } else if (strcmp(why, "guest-reset") == 0) {
+            snprintf(s->exit_reason, sizeof(s->exit_reason), "guest rebooted (on_reboot: stop)");
+            s->expected_exit = true;
+            sup_qmp(s, "quit", NULL);
+        } else if (strcmp(why, "guest-shutdown") == 0 || strcmp(why, "guest-panic") == 0 ||
+                   strcmp(why, "host-qmp-system-powerdown") == 0) {
+            if (s->def.on_poweroff == POWEROFF_RESTART) {
+                sup_log(s, "guest powered off; restarting it (on_poweroff: restart)");
+                s->resetting = true;
+                sup_qmp(s, "system_reset", NULL);
+                sup_qmp(s, "cont", NULL);
+            } else {
+                snprintf(s->exit_reason, sizeof(s->exit_reason), "guest powered off");
+                s->expected_exit = true;
+                sup_set_state(s, VM_STOPPING);
+                sup_qmp(s, "quit", NULL);
+            }
+        } else {
+            /* host-qmp-quit, host-signal, host-ui: QEMU is on its way out */
+            s->expected_exit = true;
+            if (!s->exit_reason[0])
+                snprintf(s->exit_reason, sizeof(s->exit_reason), "QEMU shut down (%s)", why);
+        }
+    } else if (strcmp(event, "STOP") == 0) {
+        if (s->rs.state == VM_RUNNING && !s->resetting)
+            sup_set_state(s, VM_PAUSED);
+    } else if (strcmp(event, "RESUME") == 0) {
+        s->resetting = false;
+        if (s->rs.state == VM_PAUSED || s->rs.state == VM_STARTING || s->rs.state == VM_CRASHED)
+            sup_set_state(s, VM_RUNNING);
+    } else if (strcmp(event, "GUEST_PANICKED") == 0) {
+        sup_log(s, "event GUEST_PANICKED %s", d);
+        crashed(s, "guest panicked");
+    } else if (strcmp(event, "DEVICE_DELETED") == 0) {
+        json_object *dev = NULL;
+        sup_log(s, "event %s %s", event, d);
+        if (json_object_object_get_ex(data, "device", &dev))
+            hotplug_device_deleted(s, json_object_get_string(dev));
+    } else if (strcmp(event, "RESET") == 0 || strcmp(event, "BLOCK_IO_ERROR") == 0 || strcmp(event, "WATCHDOG") == 0) {
+        sup_log(s, "event %s %s", event, d);
+    }
+}
+
+/* ---- starting QEMU ---- */
+
+/* The last lines QEMU wrote to the log since `from`: its own words on why it failed. */
+static void qemu_message(struct sup *s, off_t from, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    off_t end = lseek(s->log_fd, 0, SEEK_END);
+    if (end <= from)
+        return;
+    size_t n = (size_t)(end - from) > 4096 ? 4096 : (size_t)(end - from);
+    char buf[4097];
+    ssize_t got = pread(s->log_fd, buf, n, end - (off_t)n);
+    if (got <= 0)
+        return;
+    buf[got] = '\0';
+    /* keep QEMU's lines, dropping our own */
+    size_t k = 0;
+    for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+        if (strstr(line, " supervisor: ") || strstr(line, " console: "))
+            continue;
+        char *msg = strstr(line, "qemu-system");
+        msg = msg ? msg : line;
+        k += (size_t)snprintf(out + k, outlen > k ? outlen - k : 0, "%s%s", k ? "; " : "", msg);
+    }
+}
+
+static int read_secret(struct sup *s, const char *name, char **out, struct qv_err *e)
+{
+    char path[PATH_MAX];
+    qv_path(s->paths, path, sizeof(path), QV_ETC "/secrets/%s", name);
+    struct stat st;
+    if (stat(path, &st) < 0)
+        return qv_failerr(e, -errno, "secret %s (%s)", name, path);
+    if (st.st_mode & 077)
+        return qv_fail(e, -EPERM, "secret %s: %s is readable by others (chmod 600 it)", name, path);
+    size_t len;
+    int r = read_file(path, 4096, out, &len);
+    if (r < 0)
+        return qv_failerr(e, r, "secret %s", name);
+    while (len && ((*out)[len - 1] == '\n' || (*out)[len - 1] == '\r'))
+        (*out)[--len] = '\0';
+    return 0;
+}
+
+/* After the QMP handshake, before `cont`: what must not be on the command line. */
+static int late_setup(struct sup *s, struct qv_err *e)
+{
+    if (s->def.graphics.kind == GRAPHICS_VNC && s->def.graphics.password_secret) {
+        _cleanup_free_ char *pw = NULL;
+        int r = read_secret(s, s->def.graphics.password_secret, &pw, e);
+        if (r < 0)
+            return r;
+        json_object *a = json_object_new_object();
+        json_object_object_add(a, "protocol", json_object_new_string("vnc"));
+        json_object_object_add(a, "password", json_object_new_string(pw));
+        r = qmp_call(s->qmp, "set_password", a, NULL, 0, QMP_TIMEOUT_DEFAULT, NULL, e);
+        explicit_bzero(pw, strlen(pw));
+        if (r < 0)
+            return qv_prefix(e, "setting the VNC password: ");
+    }
+    return 0;
+}
+
+static void query_facts(struct sup *s)
+{
+    json_object *kvm = NULL;
+    struct qv_err e = {0};
+    snprintf(s->rs.qemu_version, sizeof(s->rs.qemu_version), "%s", qmp_qemu_version(s->qmp));
+    if (qmp_call(s->qmp, "query-kvm", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, &kvm, &e) == 0) {
+        json_object *en;
+        bool on = json_object_object_get_ex(kvm, "enabled", &en) && json_object_get_boolean(en);
+        snprintf(s->rs.accel, sizeof(s->rs.accel), "%s", on ? "kvm" : "tcg");
+        json_object_put(kvm);
+    }
+}
+
+static int qmp_attach(struct sup *s, struct qv_err *e)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/qmp.sock", s->run_dir);
+    int r = qmp_connect_path(path, QMP_MONITOR, START_TIMEOUT_MS, on_event, s, &s->qmp, e);
+    if (r < 0)
+        return r;
+    epoll_add(s, qmp_fd(s->qmp), qmp_poll_events(s->qmp), &s->ev_qmp);
+    return 0;
+}
+
+/* QVISOR_TEST_CRASH_AT=POINT kills the supervisor there, as a kill -9 would: the
+ * lifecycle tests use it to prove that no crash point loses or doubles a QEMU. */
+static void crash_point(const char *point)
+{
+    const char *at = getenv("QVISOR_TEST_CRASH_AT");
+    if (at && strcmp(at, point) == 0)
+        raise(SIGKILL);
+}
+
+/* Called between fork and everything else the child does (sandbox_spec.forked):
+ * QEMU's pid and start time are on disk before it can touch a disk image. A
+ * supervisor that cannot record its child does not start it. */
+int sup_record_qemu(pid_t pid, void *opaque, struct qv_err *e)
+{
+    struct sup *s = opaque;
+    crash_point("fork");
+    unsigned long long start;
+    int r = proc_start_time(pid, &start);
+    if (r < 0)
+        return qv_failerr(e, r, "%s: reading the start time of QEMU pid %d", s->def.name, (int)pid);
+    s->qemu_pid = pid;
+    s->rs.qemu_pid = pid;
+    s->rs.qemu_start = start;
+    s->rs.started_at_ms = realtime_ms();
+    char path[PATH_MAX], buf[32];
+    snprintf(path, sizeof(path), "%s/pid", s->run_dir);
+    int n = snprintf(buf, sizeof(buf), "%d\n", (int)pid);
+    if ((r = write_file_atomic(path, buf, (size_t)n, 0644, e)) < 0 ||
+        (r = runstate_write(s->paths, s->def.name, &s->rs, e)) < 0) {
+        s->qemu_pid = s->rs.qemu_pid = 0;
+        return qv_prefix(e, "%s: QEMU not started, its pid could not be recorded: ", s->def.name);
+    }
+    crash_point("recorded");
+    return 0;
+}
+
+static void remove_run_files(struct sup *s)
+{
+    static const char *const files[] = {"qmp.sock", "console.sock", "qga.sock", "pid", NULL};
+    for (int i = 0; files[i]; i++) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof(path), "%s/%s", s->run_dir, files[i]);
+        unlink(path);
+    }
+}
+
+static void report_ready(struct sup *s, int code, const char *msg)
+{
+    if (s->ready_fd < 0)
+        return;
+    char line[1200];
+    int n = code ? snprintf(line, sizeof(line), "error %d %s\n", code, msg) : snprintf(line, sizeof(line), "ok\n");
+    write_all(s->ready_fd, line, (size_t)n);
+    close(s->ready_fd);
+    s->ready_fd = -1;
+}
+
+/* The first `cont`: the guest runs, and `start` may return now. */
+static int resume_guest(struct sup *s, struct qv_err *e)
+{
+    int r = qmp_call(s->qmp, "cont", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, NULL, e);
+    if (r < 0)
+        return qv_prefix(e, "%s: cont: ", s->def.name);
+    s->never_ran = false;
+    report_ready(s, 0, NULL);
+    return 0;
+}
+
+static int start_qemu(struct sup *s, struct qv_err *e)
+{
+    struct launch_plan plan;
+    int r = build_launch_plan(&s->def, &s->facts, &plan, e);
+    if (r < 0)
+        return r;
+    s->expected_exit = false;
+    s->exit_reason[0] = '\0';
+    s->stop_phase = 0;
+    s->rs.state = VM_STARTING;
+    s->never_ran = true;
+    s->rs.supervisor_pid = getpid();
+    s->rs.qemu_pid = 0;
+    s->rs.last_exit[0] = '\0';
+    memcpy(s->rs.uuid, s->def.uuid, sizeof(s->rs.uuid));
+    save_state(s);
+
+    if ((r = confine_prepare(s, &plan, e)) < 0) {
+        launch_plan_free(&plan);
+        return r;
+    }
+    save_state(s);
+    struct launch_ctx ctx = {.paths = s->paths, .facts = &s->facts, .run_dir = s->run_dir, .open_tap = vmnet_open_tap,
+                             .opaque = s};
+    int fds[PLAN_MAX_FDS];
+    if ((r = launch_open_resources(&plan, &s->def, &ctx, fds, e)) < 0) {
+        launch_plan_free(&plan);
+        return r;
+    }
+    off_t log_start = lseek(s->log_fd, 0, SEEK_END);
+    sup_log(s, "starting QEMU (%s, %s) as uid %u", plan.accel == ACCEL_KVM ? "kvm" : "tcg", s->facts.qemu,
+            (unsigned)s->conf.uid);
+    pid_t pid = 0;
+    r = confine_spawn(s, &plan, fds, &pid, e);
+    launch_close_resources(fds, plan.nslots);
+    launch_plan_free(&plan);
+    if (r < 0) {
+        /* the child, if any, is reaped: its pid must not be signalled again */
+        s->qemu_pid = s->rs.qemu_pid = 0;
+        save_state(s);
+        return r;
+    }
+    s->qemu_is_child = true;
+    s->pidfd = pidfd_open_(s->qemu_pid);
+    if (s->pidfd >= 0)
+        epoll_add(s, s->pidfd, EPOLLIN, &s->ev_pidfd);
+
+    if ((r = qmp_attach(s, e)) < 0 || (r = console_connect(s, e)) < 0 || (r = late_setup(s, e)) < 0) {
+        kill(s->qemu_pid, SIGKILL);
+        int st;
+        waitpid(s->qemu_pid, &st, 0);
+        s->qemu_pid = s->rs.qemu_pid = 0;
+        char msg[900];
+        qemu_message(s, log_start, msg, sizeof(msg));
+        /* an OOM kill shows only as a broken QMP connection: name the cause */
+        if (confine_oom_error(s, e) == 0 && msg[0])
+            qv_fail(e, -EIO, "%s", msg);
+        return qv_prefix(e, "%s: QEMU failed to start: ", s->def.name);
+    }
+    crash_point("before-cont");
+    if ((r = resume_guest(s, e)) < 0)
+        return r;
+    query_facts(s);
+    sup_log(s, "QEMU %s running as pid %d (accel %s)", s->rs.qemu_version, (int)s->qemu_pid, s->rs.accel);
+    sup_set_state(s, VM_RUNNING);
+    return 0;
+}
+
+/* A previous supervisor died and QEMU lived on: pick up where it left off. A QEMU
+ * still in "prelaunch" was never continued: its start is finished here (late set-up,
+ * `cont`), unless this supervisor only came to stop or kill it. */
+static int reattach(struct sup *s, bool finish_start, struct qv_err *e)
+{
+    int r = confine_reattach(s, e);
+    if (r < 0)
+        return r;
+    hotplug_restore(s);
+    vmnet_restore(s);
+    s->qemu_pid = s->rs.qemu_pid;
+    s->qemu_is_child = false;
+    s->pidfd = pidfd_open_(s->qemu_pid);
+    if (s->pidfd < 0)
+        return qv_failerr(e, -errno, "%s: QEMU pid %d", s->def.name, (int)s->qemu_pid);
+    epoll_add(s, s->pidfd, EPOLLIN, &s->ev_pidfd);
+    r = qmp_attach(s, e);
+    if (r < 0)
+        return qv_prefix(e, "%s: reconnecting to QEMU pid %d: ", s->def.name, (int)s->qemu_pid);
+    console_connect(s, e);
+    query_facts(s);
+    json_object *st = NULL;
+    if ((r = qmp_call(s->qmp, "query-status", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, &st, e)) < 0)
+        return qv_prefix(e, "%s: QEMU pid %d: ", s->def.name, (int)s->qemu_pid);
+    json_object *v;
+    bool running = json_object_object_get_ex(st, "running", &v) && json_object_get_boolean(v);
+    s->never_ran = json_object_object_get_ex(st, "status", &v) && strcmp(json_object_get_string(v), "prelaunch") == 0;
+    json_object_put(st);
+    enum vm_state prev = s->rs.state;
+    s->rs.supervisor_pid = getpid();
+    s->rs.state = VM_STARTING;
+    sup_log(s, "reattached to running QEMU pid %d%s", (int)s->qemu_pid,
+            s->never_ran ? ", which was never started: finishing its start" : "");
+    if (s->never_ran && finish_start) {
+        if ((r = late_setup(s, e)) < 0 || (r = resume_guest(s, e)) < 0)
+            return r;
+        running = true;
+    }
+    sup_set_state(s, running ? VM_RUNNING : prev == VM_CRASHED ? VM_CRASHED : VM_PAUSED);
+    return 0;
+}
+
+/* ---- stopping ---- */
+
+void sup_kill(struct sup *s, const char *reason)
+{
+    if (!s->qemu_pid)
+        return;
+    s->expected_exit = true;
+    if (!s->exit_reason[0])
+        snprintf(s->exit_reason, sizeof(s->exit_reason), "%s", reason);
+    if (s->pidfd >= 0)
+        pidfd_signal(s->pidfd, SIGKILL);
+    else
+        kill(s->qemu_pid, SIGKILL);
+}
+
+/* Phases: 1 powerdown sent, 2 sent again, 3 quit sent, 4 SIGTERM sent, 5 SIGKILL sent. */
+static void stop_step(struct sup *s)
+{
+    uint64_t now = monotonic_ms();
+    switch (s->stop_phase) {
+    case 1:
+        sup_qmp(s, "system_powerdown", NULL);   /* for guests that missed the first */
+        s->stop_phase = 2;
+        s->stop_next = s->stop_deadline;
+        break;
+    case 2:
+        sup_log(s, "the guest did not power off in time; quitting QEMU");
+        /* fall through */
+    case 0:
+        s->expected_exit = true;
+        sup_qmp(s, "quit", NULL);
+        s->stop_phase = 3;
+        s->stop_next = now + QUIT_GRACE_MS;
+        break;
+    case 3:
+        sup_log(s, "QEMU did not quit; sending SIGTERM");
+        if (s->pidfd >= 0)
+            pidfd_signal(s->pidfd, SIGTERM);
+        else
+            kill(s->qemu_pid, SIGTERM);
+        s->stop_phase = 4;
+        s->stop_next = now + TERM_GRACE_MS;
+        break;
+    case 4:
+        sup_log(s, "QEMU ignored SIGTERM; sending SIGKILL");
+        sup_kill(s, "killed after stop timed out");
+        s->stop_phase = 5;
+        s->stop_next = now + KILL_GRACE_MS;
+        break;
+    default:
+        sup_log(s, "QEMU pid %d survives SIGKILL", (int)s->qemu_pid);
+        ctl_stop_done(s, false, "QEMU is still running after SIGKILL");
+        s->stop_next = 0;
+        break;
+    }
+}
+
+void sup_begin_stop(struct sup *s, bool force, int timeout_ms)
+{
+    if (!s->qemu_pid) {
+        ctl_stop_done(s, true, NULL);
+        return;
+    }
+    if (s->stop_phase && !(force && s->stop_phase < 3))
+        return;     /* already under way; the caller waits with the others */
+    if (!s->exit_reason[0])
+        snprintf(s->exit_reason, sizeof(s->exit_reason), "stopped%s", force ? " (forced)" : "");
+    /* the state before STOPPING decides how: read it first */
+    enum vm_state was = s->rs.state;
+    sup_set_state(s, VM_STOPPING);
+    notify_send(&s->notify, "STOPPING=1");
+    s->expected_exit = true;
+    bool crashed_paused = was == VM_CRASHED;
+    if (force || crashed_paused || s->never_ran || !s->qmp) {
+        s->stop_phase = 0;
+        stop_step(s);
+        return;
+    }
+    sup_log(s, "stopping: ACPI power button, then quit after %d ms", timeout_ms);
+    if (was == VM_PAUSED)
+        sup_qmp(s, "cont", NULL);   /* a paused guest cannot see the button */
+    sup_qmp(s, "system_powerdown", NULL);
+    s->stop_phase = 1;
+    s->stop_deadline = monotonic_ms() + (uint64_t)timeout_ms;
+    s->stop_next = monotonic_ms() + POWERDOWN_AGAIN_MS;
+    if (s->stop_next > s->stop_deadline)
+        s->stop_next = s->stop_deadline;
+}
+
+/* ---- crashes and QEMU's exit ---- */
+
+static bool crash_budget_left(struct sup *s)
+{
+    uint64_t now = monotonic_ms();
+    int kept = 0;
+    for (int i = 0; i < s->ncrashes; i++)
+        if (now - s->crashes[i] < CRASH_WINDOW_MS)
+            s->crashes[kept++] = s->crashes[i];
+    s->ncrashes = kept;
+    if (s->ncrashes >= CRASH_MAX)
+        return false;
+    s->crashes[s->ncrashes++] = now;
+    return true;
+}
+
+static void crashed(struct sup *s, const char *why)
+{
+    snprintf(s->rs.last_exit, sizeof(s->rs.last_exit), "%s", why);
+    if (s->stop_phase)
+        return;
+    switch (s->def.on_crash) {
+    case CRASH_PAUSE:
+        sup_log(s, "%s; leaving it paused (on_crash: pause)", why);
+        sup_set_state(s, VM_CRASHED);
+        break;
+    case CRASH_STOP:
+        sup_log(s, "%s; stopping it (on_crash: stop)", why);
+        snprintf(s->exit_reason, sizeof(s->exit_reason), "%s", why);
+        sup_set_state(s, VM_CRASHED);
+        s->expected_exit = true;
+        s->exit_code = 1;
+        sup_qmp(s, "quit", NULL);
+        break;
+    case CRASH_RESTART:
+        if (!crash_budget_left(s)) {
+            sup_log(s, "%s; gave up after %d crashes in %d minutes", why, CRASH_MAX, CRASH_WINDOW_MS / 60000);
+            snprintf(s->exit_reason, sizeof(s->exit_reason), "%s; gave up after %d crashes in %d minutes", why,
+                     CRASH_MAX, CRASH_WINDOW_MS / 60000);
+            sup_set_state(s, VM_CRASHED);
+            s->expected_exit = true;
+            s->exit_code = 1;
+            sup_qmp(s, "quit", NULL);
+        } else {
+            sup_log(s, "%s; resetting it (on_crash: restart)", why);
+            s->resetting = true;
+            sup_qmp(s, "system_reset", NULL);
+            sup_qmp(s, "cont", NULL);
+        }
+        break;
+    }
+}
+
+static void describe_exit(int code, int status_known, char *out, size_t outlen)
+{
+    if (!status_known)
+        snprintf(out, outlen, "QEMU exited (status unknown: an earlier supervisor started it)");
+    else if (code >= 128)
+        snprintf(out, outlen, "QEMU was killed by signal %d (%s)", code - 128, strsignal(code - 128));
+    else
+        snprintf(out, outlen, "QEMU exited with status %d", code);
+}
+
+static void qemu_gone(struct sup *s)
+{
+    int code = 0;
+    bool known = false;
+    if (s->qemu_is_child) {
+        siginfo_t si = {0};
+        if (waitid(P_PID, (id_t)s->qemu_pid, &si, WEXITED | WNOHANG) == 0 && si.si_pid) {
+            known = true;
+            code = si.si_code == CLD_EXITED ? si.si_status : 128 + si.si_status;
+        } else if (si.si_pid == 0 && kill(s->qemu_pid, 0) == 0) {
+            return;     /* not gone yet */
+        }
+    }
+    char how[160];
+    describe_exit(code, known, how, sizeof(how));
+    if (confine_oom_killed(s)) {
+        snprintf(how, sizeof(how), "out of memory (cgroup limit)");
+        s->expected_exit = false;   /* whatever was under way, this is a crash */
+    }
+    confine_after_exit(s);
+    if (s->pidfd >= 0) {
+        epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->pidfd, NULL);
+        close(s->pidfd);
+        s->pidfd = -1;
+    }
+    if (s->qmp) {
+        epoll_ctl(s->epfd, EPOLL_CTL_DEL, qmp_fd(s->qmp), NULL);
+        qmp_free(s->qmp);
+        s->qmp = NULL;
+    }
+    if (s->console_fd >= 0)
+        console_readable(s);    /* the guest's last words are still in the socket */
+    console_close(s);
+    hotplug_forget_all(s);
+    vmnet_after_exit(s);
+    remove_run_files(s);
+    s->qemu_pid = 0;
+    s->rs.qemu_pid = 0;
+    s->stop_phase = 0;
+    s->stop_next = 0;
+    if (s->expected_exit) {
+        snprintf(s->rs.last_exit, sizeof(s->rs.last_exit), "%s", s->exit_reason[0] ? s->exit_reason : how);
+        sup_log(s, "QEMU is gone: %s (%s)", s->rs.last_exit, how);
+        sup_set_state(s, s->rs.state == VM_CRASHED ? VM_CRASHED : VM_SHUTOFF);
+        ctl_stop_done(s, true, NULL);
+        s->done = true;
+        return;
+    }
+    snprintf(s->rs.last_exit, sizeof(s->rs.last_exit), "%s", how);
+    sup_log(s, "QEMU died unexpectedly: %s", how);
+    sup_set_state(s, VM_CRASHED);
+    ctl_stop_done(s, true, NULL);
+    if (s->def.on_crash == CRASH_RESTART && crash_budget_left(s)) {
+        uint64_t delay = 1000ull << (s->ncrashes - 1);
+        sup_log(s, "starting it again in %llu ms (on_crash: restart, crash %d of %d)", (unsigned long long)delay,
+                s->ncrashes, CRASH_MAX);
+        s->restart_at = monotonic_ms() + delay;
+        return;
+    }
+    if (s->def.on_crash == CRASH_RESTART) {
+        snprintf(s->rs.last_exit, sizeof(s->rs.last_exit), "%s; gave up after %d crashes in %d minutes", how, CRASH_MAX,
+                 CRASH_WINDOW_MS / 60000);
+        sup_log(s, "%s", s->rs.last_exit);
+        save_state(s);
+    }
+    s->exit_code = 1;
+    s->done = true;
+}
+
+/* ---- status ---- */
+
+json_object *sup_status_json(struct sup *s)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "name", json_object_new_string(s->def.name));
+    json_object_object_add(o, "uuid", json_object_new_string(s->def.uuid));
+    json_object_object_add(o, "state", json_object_new_string(vm_state_names[s->rs.state]));
+    json_object_object_add(o, "supervisor_pid", json_object_new_int(getpid()));
+    if (s->qemu_pid) {
+        json_object_object_add(o, "pid", json_object_new_int(s->qemu_pid));
+        uint64_t up = (realtime_ms() - s->rs.started_at_ms) / 1000;
+        json_object_object_add(o, "uptime_s", json_object_new_int64((int64_t)up));
+    }
+    json_object_object_add(o, "vcpus", json_object_new_int(s->def.cpu.count));
+    char mem[32];
+    format_size(s->def.memory.bytes, mem, sizeof(mem));
+    json_object_object_add(o, "memory", json_object_new_string(mem));
+    json_object_object_add(o, "accel", json_object_new_string(s->rs.accel));
+    json_object_object_add(o, "qemu_version", json_object_new_string(s->rs.qemu_version));
+    json_object_object_add(o, "last_exit", json_object_new_string(s->rs.last_exit));
+    json_object *conf = confine_inspect(s);
+    if (conf)
+        json_object_object_add(o, "confinement", conf);
+    return o;
+}
+
+/* ---- the loop ---- */
+
+static void signal_readable(struct sup *s)
+{
+    struct signalfd_siginfo si;
+    while (read(s->sigfd, &si, sizeof(si)) == sizeof(si)) {
+        if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+            sup_log(s, "received %s: stopping the VM", strsignal((int)si.ssi_signo));
+            sup_begin_stop(s, false, 60000);
+        } else if (si.ssi_signo == SIGCHLD && s->qemu_is_child && s->qemu_pid) {
+            qemu_gone(s);
+        }
+    }
+}
+
+static void qmp_io(struct sup *s, uint32_t events)
+{
+    struct qv_err e = {0};
+    int r = qmp_handle_io(s->qmp, events, &e);
+    if (r < 0) {
+        if (s->expected_exit)
+            sup_log(s, "QMP connection closed: QEMU is exiting");
+        else
+            sup_log(s, "QMP connection lost: %s", e.msg);
+        epoll_ctl(s->epfd, EPOLL_CTL_DEL, qmp_fd(s->qmp), NULL);
+        bool reconnecting = monitor_lost(s, s->qmp, e.msg);
+        qmp_free(s->qmp);
+        s->qmp = NULL;
+        if (reconnecting)
+            return;
+        /* as Incus and systemd do: a monitor that drops without SHUTDOWN is one */
+        json_object *data = json_object_new_object();
+        json_object_object_add(data, "guest", json_object_new_boolean(false));
+        json_object_object_add(data, "reason", json_object_new_string("disconnect"));
+        ctl_broadcast_event(s, "SHUTDOWN", data, realtime_ms() * 1000);
+        json_object_put(data);
+        return;
+    }
+    epoll_mod(s, qmp_fd(s->qmp), qmp_poll_events(s->qmp), &s->ev_qmp);
+}
+
+static int next_timeout(struct sup *s)
+{
+    uint64_t now = monotonic_ms(), next = 0;
+    uint64_t cands[] = {s->stop_next, s->restart_at, s->notify.next_ping, s->qmp ? qmp_next_deadline(s->qmp) : 0,
+                        hotplug_next_deadline(s), s->lease_poll, console_next_deadline(s), ctl_next_deadline(s),
+                        monitor_next_deadline(s)};
+    for (size_t i = 0; i < ARRAY_SIZE(cands); i++)
+        if (cands[i] && (!next || cands[i] < next))
+            next = cands[i];
+    if (!next)
+        return -1;
+    return next <= now ? 0 : (int)(next - now);
+}
+
+static void run_timers(struct sup *s)
+{
+    uint64_t now = monotonic_ms();
+    if (s->qmp)
+        qmp_expire(s->qmp, now);
+    if (s->stop_next && now >= s->stop_next)
+        stop_step(s);
+    hotplug_expire(s, now);
+    ctl_expire(s, now);
+    monitor_expire(s, now);
+    if (s->lease_poll && now >= s->lease_poll)
+        vmnet_poll_leases(s);
+    if (s->notify.next_ping && now >= s->notify.next_ping) {
+        notify_send(&s->notify, "WATCHDOG=1");
+        s->notify.next_ping = now + s->notify.watchdog_ms;
+    }
+    console_run_timers(s, now);
+    if (s->restart_at && now >= s->restart_at) {
+        s->restart_at = 0;
+        struct qv_err e = {0};
+        /* a definition changed meanwhile (attach --persistent, edit) applies now */
+        struct vm_def fresh;
+        if (vm_load(s->paths, s->def.name, &fresh, &e) == 0) {
+            vm_def_free(&s->def);
+            s->def = fresh;
+        }
+        if (start_qemu(s, &e) < 0) {
+            vmnet_after_exit(s);
+            sup_log(s, "restart failed: %s", e.msg);
+            snprintf(s->rs.last_exit, sizeof(s->rs.last_exit), "%s", e.msg);
+            sup_set_state(s, VM_CRASHED);
+            s->exit_code = 1;
+            s->done = true;
+        }
+    }
+}
+
+static void loop(struct sup *s)
+{
+    while (!s->done) {
+        struct epoll_event evs[16];
+        int n = epoll_wait(s->epfd, evs, ARRAY_SIZE(evs), next_timeout(s));
+        if (n < 0 && errno != EINTR) {
+            sup_log(s, "epoll_wait: %s", strerror(errno));
+            break;
+        }
+        for (int i = 0; i < n && !s->done; i++) {
+            struct ev *ev = evs[i].data.ptr;
+            switch (ev->kind) {
+            case EV_QMP:
+                if (s->qmp)
+                    qmp_io(s, evs[i].events);
+                break;
+            case EV_CONSOLE:
+                if (s->console_fd >= 0)
+                    console_readable(s);
+                break;
+            case EV_CTL:
+                ctl_accept(s);
+                break;
+            case EV_CLIENT:
+                ctl_client_io(s, ev->client, evs[i].events);
+                break;
+            case EV_SIGNAL:
+                signal_readable(s);
+                break;
+            case EV_PIDFD:
+                qemu_gone(s);
+                break;
+            }
+        }
+        run_timers(s);
+        ctl_reap_clients(s);
+    }
+}
+
+/* ---- set-up and tear-down ---- */
+
+static int open_log(struct sup *s, struct qv_err *e)
+{
+    char dir[PATH_MAX], path[PATH_MAX];
+    qv_path(s->paths, dir, sizeof(dir), QV_LOG);
+    int r = mkdir_p(dir, 0755);
+    if (r < 0)
+        return qv_failerr(e, r, "%s", dir);
+    qv_path(s->paths, path, sizeof(path), QV_LOG "/%s.log", s->def.name);
+    s->log_fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0640);   /* read back for QEMU's last words */
+    return s->log_fd < 0 ? qv_failerr(e, -errno, "%s", path) : 0;
+}
+
+static int setup_loop(struct sup *s, struct qv_err *e)
+{
+    s->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (s->epfd < 0)
+        return qv_failerr(e, -errno, "epoll_create1");
+    signal(SIGPIPE, SIG_IGN);
+    s->sigfd = signalfd_for(SIGTERM, SIGINT, SIGCHLD, 0);
+    if (s->sigfd < 0)
+        return qv_failerr(e, s->sigfd, "signalfd");
+    s->ev_qmp.kind = EV_QMP;
+    s->ev_console.kind = EV_CONSOLE;
+    s->ev_ctl.kind = EV_CTL;
+    s->ev_signal.kind = EV_SIGNAL;
+    s->ev_pidfd.kind = EV_PIDFD;
+    epoll_add(s, s->sigfd, EPOLLIN, &s->ev_signal);
+    return ctl_listen(s, e);
+}
+
+
+/* Cleans up what a previous run recorded and left behind (its QEMU is dead). */
+static void cleanup_previous(struct sup *s, const struct vm_runstate *prev)
+{
+    if (prev->state == VM_SHUTOFF)
+        return;
+    if (prev->qemu_pid) {
+        sup_log(s, "QEMU pid %d of the previous run is gone (%s); cleaning up after it", (int)prev->qemu_pid,
+                vm_state_names[prev->state]);
+    }
+    confine_cleanup_recorded(s, prev->resources);
+    vmnet_cleanup_recorded(s, prev->resources);
+    remove_run_files(s);
+}
+
+static void sup_free(struct sup *s)
+{
+    ctl_close_all(s);
+    confine_release(s);
+    for (int i = 0; i < HOTPLUG_MAX; i++)
+        vm_nic_free(&s->hp[i].nic);
+    if (s->nft)
+        netsetup_nft_close(s->nft);
+    if (s->qmp)
+        qmp_free(s->qmp);
+    if (s->console_fd >= 0)
+        close(s->console_fd);
+    if (s->pidfd >= 0)
+        close(s->pidfd);
+    if (s->ctl_fd >= 0) {
+        close(s->ctl_fd);
+        char path[PATH_MAX];
+        snprintf(path, sizeof(path), "%s/ctl.sock", s->run_dir);
+        unlink(path);
+    }
+    if (s->sigfd >= 0)
+        close(s->sigfd);
+    if (s->epfd >= 0)
+        close(s->epfd);
+    notify_close(&s->notify);
+    buf_free(&s->ring);
+    buf_free(&s->line);
+    runstate_free(&s->rs);
+    host_config_free(&s->hc);
+    vm_def_free(&s->def);
+    if (s->log_fd >= 0)
+        close(s->log_fd);
+    if (s->lock_fd >= 0)
+        close(s->lock_fd);
+}
+
+/* The QEMU of a previous run, if one lives: found by every route, so that a second
+ * one is never started on the same disks. */
+static bool find_previous(struct sup *s, struct vm_runstate *prev, bool have_prev)
+{
+    struct qemu_found f;
+    int r = vm_find_qemu(s->paths, s->def.name, s->def.uuid, have_prev ? prev : NULL, &f);
+    if (r < 0)
+        sup_log(s, "warning: looking for a QEMU of the previous run: %s", strerror(-r));
+    if (r <= 0)
+        return false;
+    if (!have_prev || prev->qemu_pid != f.pid || prev->state == VM_SHUTOFF) {
+        sup_log(s, "found QEMU pid %d of this VM by its %s, not by the state file: taking it over", (int)f.pid,
+                f.route);
+        if (!have_prev)
+            memset(prev, 0, sizeof(*prev));
+        if (prev->state == VM_SHUTOFF || prev->state == VM_CRASHED)
+            prev->state = VM_RUNNING;
+    }
+    prev->qemu_pid = f.pid;
+    prev->qemu_start = f.start;
+    memcpy(prev->uuid, s->def.uuid, sizeof(prev->uuid));
+    return true;
+}
+
+int supervisor_run(const struct qv_paths *paths, const char *name, const struct sup_opts *o, struct qv_err *e)
+{
+    /* on the heap: the structure is large, and a stack that deep stays resident */
+    struct sup *sp = qv_xcalloc(1, sizeof(*sp));
+    sp->paths = paths;
+    sp->lock_fd = sp->log_fd = sp->epfd = sp->sigfd = sp->pidfd = sp->console_fd = sp->ctl_fd = -1;
+    sp->ready_fd = o->ready_fd;
+    sp->echo_fd = o->echo_fd;
+    sp->conf.lease.lock_fd = sp->conf.lease.hold_fd = -1;     /* not 0: sup_free would close stdin */
+    pid_t holder;
+    notify_init(&sp->notify);
+    int r = vm_lock(paths, name, &sp->lock_fd, &holder, e);
+    if (r == 0)
+        r = vm_load(paths, name, &sp->def, e);
+    if (r == 0)
+        r = open_log(sp, e);
+    if (r == 0)
+        r = host_config_load(paths, &sp->hc, e);
+    if (r == 0) {
+        vm_run_path(paths, name, NULL, sp->run_dir, sizeof(sp->run_dir));
+        r = setup_loop(sp, e);
+    }
+    if (r == 0)
+        r = host_facts_probe(paths, &sp->hc, &sp->facts, e);
+    if (r < 0) {
+        sup_free(sp);
+        report_ready(sp, r, e->msg);    /* after the lock is released: a retry must not meet us */
+        free(sp);
+        return r;
+    }
+    struct vm_runstate prev;
+    bool have_prev = runstate_read(paths, name, &prev, NULL) == 0;
+    bool take_over = find_previous(sp, &prev, have_prev);
+    if (take_over) {
+        sp->rs = prev;
+        prev.resources = NULL;
+        r = reattach(sp, !o->attach_only, e);
+    } else if (o->attach_only) {
+        if (have_prev)
+            cleanup_previous(sp, &prev);
+        runstate_free(&prev);
+        r = qv_fail(e, -ESRCH, "%s is not running", name);
+    } else {
+        if (have_prev) {
+            cleanup_previous(sp, &prev);
+            runstate_free(&prev);
+        }
+        r = start_qemu(sp, e);
+    }
+    if (r < 0) {
+        sup_log(sp, "%s failed: %s", take_over ? "taking over" : "start", e->msg);
+        if (take_over) {
+            /* a QEMU we could not take over keeps running, its files and state as they
+             * are: the next start finds it again */
+            sp->qemu_pid = 0;
+        } else {
+            snprintf(sp->rs.last_exit, sizeof(sp->rs.last_exit), "%s", e->msg);
+            sp->rs.state = VM_SHUTOFF;
+            sp->rs.qemu_pid = 0;
+            save_state(sp);
+            if (sp->qemu_pid)
+                kill(sp->qemu_pid, SIGKILL);
+            vmnet_after_exit(sp);
+            remove_run_files(sp);
+        }
+        sup_free(sp);
+        report_ready(sp, r, e->msg);
+        free(sp);
+        return r;
+    }
+    report_ready(sp, 0, NULL);
+    notify_send(&sp->notify, "READY=1");
+    loop(sp);
+    save_state(sp);
+    int r2 = 0;
+    if (sp->exit_code)
+        r2 = qv_fail(e, -EIO, "%s: %s", name, sp->rs.last_exit[0] ? sp->rs.last_exit : "stopped abnormally");
+    sup_free(sp);
+    free(sp);
+    return r2;
+}
+
+/* ---- for unit tests only ---- */
+
+struct sup *sup_new_for_test(const struct qv_paths *paths, const char *name, int qmp_fd, pid_t qemu_pid,
+                             struct qv_err *e)
+{
+    struct sup *s = qv_xcalloc(1, sizeof(*s));
+    s->paths = paths;
+    s->lock_fd = s->log_fd = s->epfd = s->sigfd = s->pidfd = s->console_fd = s->ctl_fd = s->ready_fd = -1;
+    s->echo_fd = -1;
+    s->conf.lease.lock_fd = s->conf.lease.hold_fd = -1;
+    notify_init(&s->notify);
+    s->def.name = qv_xstrdup(name);
+    s->def.console = CONSOLE_NONE;
+    s->ev_qmp.kind = EV_QMP;
+    s->ev_console.kind = EV_CONSOLE;
+    s->ev_ctl.kind = EV_CTL;
+    s->ev_signal.kind = EV_SIGNAL;
+    s->ev_pidfd.kind = EV_PIDFD;
+    vm_run_path(paths, name, NULL, s->run_dir, sizeof(s->run_dir));
+    int r = mkdir_p(s->run_dir, 0755);
+    if (r == 0 && (s->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0)
+        r = -errno;
+    if (r < 0) {
+        qv_failerr(e, r, "%s: test supervisor", s->run_dir);
+        if (qmp_fd >= 0)
+            close(qmp_fd);
+        sup_free(s);
+        free(s);
+        return NULL;
+    }
+    if (qmp_fd >= 0) {
+        s->qmp = qmp_new(qmp_fd, QMP_MONITOR, on_event, s);
+        epoll_add(s, qmp_fd, qmp_poll_events(s->qmp), &s->ev_qmp);
+    }
+    if (qemu_pid > 0) {
+        s->qemu_pid = s->rs.qemu_pid = qemu_pid;
+        s->qemu_is_child = true;
+        s->rs.started_at_ms = realtime_ms();
+        s->pidfd = pidfd_open_(qemu_pid);
+    }
+    s->rs.state = VM_RUNNING;
+    return s;
+}
+
+void sup_free_for_test(struct sup *s)
+{
+    if (!s)
+        return;
+    sup_free(s);
+    free(s);
+}
+
+void sup_test_run_timers(struct sup *s)
+{
+    run_timers(s);
+}
+
+void sup_test_qemu_gone(struct sup *s)
+{
+    qemu_gone(s);
+}

@@ -1,0 +1,752 @@
+/* The supervisor's control socket, run/qvisor/vms/NAME/ctl.sock: JSON lines, one
+ * request and one reply; "events" then streams events as JSON lines, and "console"
+ * turns the connection into the raw serial console in both directions.
+ *
+ * A client may be anything that can connect, so nothing it sends is trusted: every
+ * field of a request is type-checked before use (unknown fields are ignored, so an
+ * older supervisor still serves a newer CLI), a request line is at most
+ * CTL_REQUEST_MAX bytes, at most CTL_CLIENTS_MAX clients are served at once, a
+ * client that leaves a request half-written (or sends none) for CTL_IDLE_MS is
+ * dropped, and running out of descriptors pauses accept() instead of spinning. */
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include "launcher/supervisor/internal.h"
+
+/* One call reads at most this much from one client, so a client that never stops
+ * sending cannot starve the others (the fd is level-triggered: it comes back). */
+#define CLIENT_READ_BUDGET (256u << 10)
+
+int ctl_listen(struct sup *s, struct qv_err *e)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/ctl.sock", s->run_dir);
+    /* 0600 from the start: no window in which others could connect */
+    mode_t old = umask(0177);
+    int r = unix_listen(path, 16, &s->ctl_fd, e);
+    umask(old);
+    if (r < 0)
+        return r;
+    if (s->hc.ctl_group) {
+        gid_t gid;
+        if ((r = sandbox_group_lookup(s->hc.ctl_group, &gid, e)) < 0)
+            return qv_prefix(e, "host.json ctl_group: ");
+        if (chown(path, 0, gid) < 0 || chmod(path, 0660) < 0)
+            return qv_failerr(e, -errno, "%s: giving it to group %s", path, s->hc.ctl_group);
+    }
+    fd_set_nonblock(s->ctl_fd, true);
+    struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &s->ev_ctl};
+    epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->ctl_fd, &ee);
+    return 0;
+}
+
+static size_t client_backlog(const struct sup_client *c)
+{
+    return c->out.len - c->out_off;
+}
+
+static void client_update_events(struct sup *s, struct sup_client *c)
+{
+    struct epoll_event ee = {.events = EPOLLIN | (client_backlog(c) ? EPOLLOUT : 0), .data.ptr = &c->ev};
+    epoll_ctl(s->epfd, EPOLL_CTL_MOD, c->fd, &ee);
+}
+
+static void client_flush(struct sup *s, struct sup_client *c)
+{
+    /* sent from an offset: a reply of many MiB must not be moved down after every send */
+    while (client_backlog(c)) {
+        ssize_t n = send(c->fd, c->out.p + c->out_off, client_backlog(c), MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            break;
+        if (n <= 0) {
+            c->dead = true;
+            return;
+        }
+        c->out_off += (size_t)n;
+    }
+    if (!client_backlog(c)) {
+        c->out_off = 0;
+        c->out.len = 0;
+        if (c->out.cap > CLIENT_OUT_MAX)
+            buf_free(&c->out);      /* after a large reply: give the memory back */
+    }
+    if (!client_backlog(c) && c->close_after_write)
+        c->dead = true;
+    if (!c->dead)
+        client_update_events(s, c);
+}
+
+static void client_queue(struct sup_client *c, const char *data, size_t n)
+{
+    if (c->out_off && c->out_off >= c->out.len / 2) {
+        buf_consume(&c->out, c->out_off);
+        c->out_off = 0;
+    }
+    buf_add(&c->out, data, n);
+}
+
+/* Streamed data (console output, events): a client that does not read is dropped
+ * before its backlog passes CLIENT_OUT_MAX; the supervisor must not grow for it. */
+static void client_write(struct sup *s, struct sup_client *c, const char *data, size_t n)
+{
+    if (c->dead)
+        return;
+    if (client_backlog(c) + n > CLIENT_OUT_MAX) {
+        c->dead = true;
+        return;
+    }
+    client_queue(c, data, n);
+    client_flush(s, c);
+}
+
+/* A reply is owed to the client and always fits, however large (a QMP reply is
+ * bounded by QMP_MAX_MESSAGE); only a client that already left CLIENT_OUT_MAX
+ * unread while asking for more is dropped. */
+void ctl_client_send(struct sup *s, struct sup_client *c, json_object *reply)
+{
+    if (c->dead)
+        return;
+    if (c->owed)
+        c->owed--;
+    c->idle_since = monotonic_ms();
+    if (client_backlog(c) > CLIENT_OUT_MAX) {
+        c->dead = true;
+        return;
+    }
+    size_t len;
+    const char *txt = json_object_to_json_string_length(reply, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE,
+                                                        &len);
+    client_queue(c, txt, len);
+    client_queue(c, "\n", 1);
+    client_flush(s, c);
+}
+
+static void reply_ok(struct sup *s, struct sup_client *c)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "ok", json_object_new_boolean(true));
+    ctl_client_send(s, c, o);
+    json_object_put(o);
+}
+
+/* code: the negative errno the CLI turns into its exit status */
+static void reply_error(struct sup *s, struct sup_client *c, int code, const char *fmt, ...) QV_PRINTF(4, 5);
+static void reply_error(struct sup *s, struct sup_client *c, int code, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "ok", json_object_new_boolean(false));
+    json_object_object_add(o, "error", json_object_new_string(msg));
+    json_object_object_add(o, "code", json_object_new_int(code));
+    ctl_client_send(s, c, o);
+    json_object_put(o);
+}
+
+static struct sup_client *client_by_id(struct sup *s, unsigned id)
+{
+    for (struct sup_client *c = s->clients; c; c = c->next)
+        if (c->id == id && !c->dead)
+            return c;
+    return NULL;
+}
+
+/* A QMP command on behalf of a client; the reply goes back to it if it is still there. */
+struct pending {
+    struct sup *s;
+    unsigned client;
+    enum { AS_OK, AS_RETURN, AS_HMP } shape;
+};
+
+static void on_client_reply(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct pending *p = ctx;
+    struct sup_client *c = client_by_id(p->s, p->client);
+    if (c) {
+        if (err) {
+            reply_error(p->s, c, err->code, "%s", err->msg);
+        } else {
+            json_object *o = json_object_new_object();
+            json_object_object_add(o, "ok", json_object_new_boolean(true));
+            if (p->shape == AS_RETURN)
+                json_object_object_add(o, "return", ret ? json_object_get(ret) : json_object_new_object());
+            else if (p->shape == AS_HMP)
+                json_object_object_add(o, "output", ret ? json_object_get(ret) : json_object_new_string(""));
+            ctl_client_send(p->s, c, o);
+            json_object_put(o);
+        }
+    }
+    free(p);
+}
+
+static void client_qmp(struct sup *s, struct sup_client *c, const char *cmd, json_object *args, int shape, int timeout)
+{
+    /* while a reconnect's handshake runs, the command would wait for it unseen */
+    if (!s->qmp || !qmp_ready(s->qmp)) {
+        if (args)
+            json_object_put(args);
+        if (s->monitor_error[0])
+            reply_error(s, c, -EIO, "%s: QEMU's monitor connection was lost (%s); reconnecting, try again", s->def.name,
+                        s->monitor_error);
+        else
+            reply_error(s, c, -EIO, "%s: QEMU's monitor is not connected (state %s)", s->def.name,
+                        vm_state_names[s->rs.state]);
+        return;
+    }
+    struct pending *p = qv_xcalloc(1, sizeof(*p));
+    p->s = s;
+    p->client = c->id;
+    p->shape = shape;
+    if (qmp_send(s->qmp, cmd, args, NULL, 0, timeout, 0, on_client_reply, p) < 0) {
+        free(p);
+        reply_error(s, c, -EIO, "%s: cannot send %s to QEMU", s->def.name, cmd);
+    }
+}
+
+/* ---- what a request may carry ---- */
+
+enum field_type { F_STRING, F_BOOL, F_INT, F_OBJECT };
+static const char *const field_type_names[] = {"a string", "true or false", "an integer", "an object"};
+
+struct field {
+    const char *name;
+    enum field_type type;
+    bool required;
+};
+
+struct request_kind {
+    const char *cmd;
+    struct field fields[3];
+};
+
+static const struct request_kind request_kinds[] = {
+    {"status", {{0}}},
+    {"stop", {{"force", F_BOOL, false}, {"timeout_ms", F_INT, false}}},
+    {"kill", {{0}}},
+    {"pause", {{0}}},
+    {"resume", {{0}}},
+    {"reset", {{0}}},
+    {"reboot", {{0}}},
+    {"qmp", {{"execute", F_STRING, true}, {"arguments", F_OBJECT, false}, {"timeout_ms", F_INT, false}}},
+    {"hmp", {{"command", F_STRING, true}}},
+    {"attach-disk", {{"device", F_OBJECT, true}}},
+    {"attach-nic", {{"device", F_OBJECT, true}}},
+    {"detach-disk", {{"target", F_STRING, true}}},
+    {"detach-nic", {{"target", F_STRING, true}}},
+    {"ifaddr", {{0}}},
+    {"events", {{0}}},
+    {"console", {{"replay", F_BOOL, false}}},
+};
+
+static bool field_has_type(json_object *v, enum field_type t)
+{
+    switch (t) {
+    case F_STRING:
+        return json_object_is_type(v, json_type_string);
+    case F_BOOL:
+        return json_object_is_type(v, json_type_boolean);
+    case F_INT:
+        /* milliseconds: a non-negative int; 1e3 or "5" are not */
+        return json_object_is_type(v, json_type_int) && json_object_get_int64(v) >= 0 &&
+               json_object_get_int64(v) <= INT_MAX;
+    case F_OBJECT:
+        return json_object_is_type(v, json_type_object);
+    }
+    return false;
+}
+
+int ctl_request_check(json_object *req, struct qv_err *e)
+{
+    json_object *cmdv;
+    if (!json_object_is_type(req, json_type_object))
+        return qv_fail(e, -EINVAL, "a request is a JSON object with \"cmd\", not %s",
+                       json_type_to_name(json_object_get_type(req)));
+    if (!json_object_object_get_ex(req, "cmd", &cmdv))
+        return qv_fail(e, -EINVAL, "request: \"cmd\" is missing (a string: status, stop, qmp, ...)");
+    if (!json_object_is_type(cmdv, json_type_string))
+        return qv_fail(e, -EINVAL, "request: \"cmd\" must be a string, not %s",
+                       json_type_to_name(json_object_get_type(cmdv)));
+    const char *cmd = json_object_get_string(cmdv);
+    for (size_t i = 0; i < ARRAY_SIZE(request_kinds); i++) {
+        const struct request_kind *k = &request_kinds[i];
+        if (strcmp(k->cmd, cmd) != 0)
+            continue;
+        for (size_t f = 0; f < ARRAY_SIZE(k->fields) && k->fields[f].name; f++) {
+            const struct field *fd = &k->fields[f];
+            json_object *v;
+            if (!json_object_object_get_ex(req, fd->name, &v)) {
+                if (fd->required)
+                    return qv_fail(e, -EINVAL, "%s: \"%s\" is missing (%s)", cmd, fd->name,
+                                   field_type_names[fd->type]);
+                continue;
+            }
+            if (!field_has_type(v, fd->type))
+                return qv_fail(e, -EINVAL, "%s: \"%s\" must be %s%s, not %s", cmd, fd->name,
+                               field_type_names[fd->type], fd->type == F_INT ? " from 0 to 2147483647" : "",
+                               json_type_to_name(json_object_get_type(v)));
+        }
+        return 0;
+    }
+    /* a cmd the table does not know is answered "unknown request" by the dispatcher */
+    return 0;
+}
+
+int ctl_parse_request(const char *line, size_t len, json_object **req, struct qv_err *e)
+{
+    *req = NULL;
+    if (len > CTL_REQUEST_MAX)
+        return qv_fail(e, -E2BIG, "request longer than %u KiB", CTL_REQUEST_MAX >> 10);
+    /* json-c stops at a NUL: what follows it would be silently ignored */
+    if (memchr(line, '\0', len))
+        return qv_fail(e, -EINVAL, "a request must not contain a NUL byte");
+    _cleanup_free_ char *text = qv_xmalloc(len + 1);
+    memcpy(text, line, len);
+    text[len] = '\0';
+    json_object *o = NULL;
+    int r = json_parse_str("request", text, &o, e);
+    if (r == 0)
+        r = ctl_request_check(o, e);
+    if (r < 0) {
+        json_object_put(o);
+        return r;
+    }
+    *req = o;
+    return 0;
+}
+
+/* Only after ctl_request_check: the types are known to be right. */
+static int get_int(json_object *req, const char *key, int dflt)
+{
+    json_object *v;
+    return json_object_object_get_ex(req, key, &v) ? json_object_get_int(v) : dflt;
+}
+
+static bool get_bool(json_object *req, const char *key)
+{
+    json_object *v;
+    return json_object_object_get_ex(req, key, &v) && json_object_get_boolean(v);
+}
+
+static const char *get_string(json_object *req, const char *key)
+{
+    json_object *v;
+    return json_object_object_get_ex(req, key, &v) ? json_object_get_string(v) : NULL;
+}
+
+static void ignore_reply(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ctx;
+    (void)ret;
+    (void)err;
+}
+
+/* Guest agent reboot; falls back to system_reset when there is no agent or it does
+ * not answer the sync within a second (the supervisor's loop waits that long at most).
+ * guest-shutdown never answers, so it is sent and not waited for. */
+static void do_reboot(struct sup *s, struct sup_client *c)
+{
+    if (s->def.agent) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof(path), "%s/qga.sock", s->run_dir);
+        struct qmp *agent = NULL;
+        struct qv_err e = {0};
+        if (qmp_connect_path(path, QMP_AGENT, 1000, NULL, NULL, &agent, &e) == 0) {
+            json_object *args = json_object_new_object();
+            json_object_object_add(args, "mode", json_object_new_string("reboot"));
+            bool sent = qmp_send(agent, "guest-shutdown", args, NULL, 0, 1000, QMP_NO_REPLY_OK, ignore_reply, NULL) == 0 &&
+                        !(qmp_poll_events(agent) & EPOLLOUT);
+            qmp_free(agent);
+            if (sent) {
+                sup_log(s, "reboot through the guest agent");
+                reply_ok(s, c);
+                return;
+            }
+        }
+        sup_log(s, "guest agent did not answer (%s); resetting instead", e.msg);
+    }
+    sup_log(s, "reboot: system_reset (no guest agent; the guest gets no chance to shut down cleanly)");
+    client_qmp(s, c, "system_reset", NULL, AS_OK, QMP_TIMEOUT_DEFAULT);
+}
+
+void sup_reply_ok(struct sup *s, unsigned client)
+{
+    struct sup_client *c = client_by_id(s, client);
+    if (c)
+        reply_ok(s, c);
+}
+
+void sup_reply_error(struct sup *s, unsigned client, int code, const char *fmt, ...)
+{
+    struct sup_client *c = client_by_id(s, client);
+    if (!c)
+        return;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    reply_error(s, c, code, "%s", msg);
+}
+
+/* Hotplug talks to QEMU with blocking calls on the monitor: there must be one. */
+static bool monitor_usable(struct sup *s, struct sup_client *c)
+{
+    if (s->qmp && qmp_ready(s->qmp))
+        return true;
+    reply_error(s, c, -EIO, "%s: QEMU's monitor connection is lost (%s); the supervisor is reconnecting, try again",
+                s->def.name, s->monitor_error[0] ? s->monitor_error : "not connected");
+    return false;
+}
+
+/* attach-*: the device's JSON under "device"; the reply carries its id. */
+static void do_attach(struct sup *s, struct sup_client *c, json_object *req, bool disk)
+{
+    json_object *spec, *reply = NULL;
+    struct qv_err e = {0};
+    json_object_object_get_ex(req, "device", &spec);
+    if (!monitor_usable(s, c))
+        return;
+    int r = disk ? hotplug_disk_attach(s, spec, &reply, &e) : hotplug_nic_attach(s, spec, &reply, &e);
+    if (r < 0) {
+        reply_error(s, c, r, "%s", e.msg);
+        return;
+    }
+    json_object_object_add(reply, "ok", json_object_new_boolean(true));
+    ctl_client_send(s, c, reply);
+    json_object_put(reply);
+}
+
+static void do_detach(struct sup *s, struct sup_client *c, json_object *req, enum hotplug_kind kind)
+{
+    struct qv_err e = {0};
+    if (!monitor_usable(s, c))
+        return;
+    int r = hotplug_detach(s, get_string(req, "target"), kind, c->id, &e);
+    if (r < 0)
+        reply_error(s, c, r, "%s", e.msg);
+}
+
+/* req passed ctl_parse_request */
+static void handle_request(struct sup *s, struct sup_client *c, json_object *req)
+{
+    const char *cmd = get_string(req, "cmd");
+    bool running = s->qemu_pid != 0;
+    if (strcmp(cmd, "status") == 0) {
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "ok", json_object_new_boolean(true));
+        json_object *st = sup_status_json(s), *mon = monitor_status_json(s);
+        if (mon)
+            json_object_object_add(st, "monitor", mon);
+        json_object_object_add(o, "status", st);
+        ctl_client_send(s, c, o);
+        json_object_put(o);
+    } else if (strcmp(cmd, "stop") == 0 || strcmp(cmd, "kill") == 0) {
+        c->waits_for_stop = true;
+        if (strcmp(cmd, "kill") == 0) {
+            sup_set_state(s, VM_STOPPING);
+            sup_kill(s, "killed");
+        } else {
+            sup_begin_stop(s, get_bool(req, "force"), get_int(req, "timeout_ms", 60000));
+        }
+        if (!running)
+            ctl_stop_done(s, true, NULL);
+    } else if (!running) {
+        reply_error(s, c, -EBUSY, "%s is not running (%s)", s->def.name, vm_state_names[s->rs.state]);
+    } else if (strcmp(cmd, "pause") == 0) {
+        client_qmp(s, c, "stop", NULL, AS_OK, QMP_TIMEOUT_DEFAULT);
+    } else if (strcmp(cmd, "resume") == 0) {
+        client_qmp(s, c, "cont", NULL, AS_OK, QMP_TIMEOUT_DEFAULT);
+    } else if (strcmp(cmd, "reset") == 0) {
+        client_qmp(s, c, "system_reset", NULL, AS_OK, QMP_TIMEOUT_DEFAULT);
+    } else if (strcmp(cmd, "reboot") == 0) {
+        do_reboot(s, c);
+    } else if (strcmp(cmd, "qmp") == 0) {
+        json_object *args = NULL;
+        if (json_object_object_get_ex(req, "arguments", &args))
+            args = json_object_get(args);
+        client_qmp(s, c, get_string(req, "execute"), args, AS_RETURN,
+                   get_int(req, "timeout_ms", QMP_TIMEOUT_JOB));
+    } else if (strcmp(cmd, "hmp") == 0) {
+        json_object *args = json_object_new_object();
+        json_object_object_add(args, "command-line", json_object_new_string(get_string(req, "command")));
+        client_qmp(s, c, "human-monitor-command", args, AS_HMP, QMP_TIMEOUT_JOB);
+    } else if (strcmp(cmd, "attach-disk") == 0 || strcmp(cmd, "attach-nic") == 0) {
+        do_attach(s, c, req, strcmp(cmd, "attach-disk") == 0);
+    } else if (strcmp(cmd, "detach-disk") == 0 || strcmp(cmd, "detach-nic") == 0) {
+        do_detach(s, c, req, strcmp(cmd, "detach-disk") == 0 ? HOTPLUG_DISK : HOTPLUG_NIC);
+    } else if (strcmp(cmd, "ifaddr") == 0) {
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "ok", json_object_new_boolean(true));
+        json_object_object_add(o, "nics", vmnet_addresses(s));
+        ctl_client_send(s, c, o);
+        json_object_put(o);
+    } else if (strcmp(cmd, "events") == 0) {
+        c->mode = CLIENT_EVENTS;
+        reply_ok(s, c);
+    } else if (strcmp(cmd, "console") == 0) {
+        if (s->console_fd < 0) {
+            reply_error(s, c, -ENODEV, "%s has no serial console connected (console: %s)", s->def.name,
+                        s->def.console == CONSOLE_NONE ? "none" : "not connected");
+            return;
+        }
+        c->mode = CLIENT_CONSOLE;
+        reply_ok(s, c);
+        if (get_bool(req, "replay") && s->ring.len)
+            client_write(s, c, s->ring.p, s->ring.len);
+    } else {
+        reply_error(s, c, -EINVAL, "%s: unknown request \"%s\"", s->def.name, cmd);
+    }
+}
+
+/* Ends a connection with an error line it may or may not read. */
+static void client_drop(struct sup *s, struct sup_client *c, int code, const char *why)
+{
+    c->close_after_write = true;
+    reply_error(s, c, code, "%s: %s", s->def.name, why);
+    c->dead = true;     /* whatever did not fit into the socket is not waited for */
+}
+
+static void client_input(struct sup *s, struct sup_client *c)
+{
+    if (c->mode == CLIENT_CONSOLE) {
+        if (s->console_fd >= 0 && c->in.len && write_all(s->console_fd, c->in.p, c->in.len) < 0)
+            sup_log(s, "console input dropped: %s", strerror(errno));
+        buf_consume(&c->in, c->in.len);
+        return;
+    }
+    if (c->mode == CLIENT_EVENTS || c->close_after_write) {
+        buf_consume(&c->in, c->in.len);
+        return;
+    }
+    char *nl;
+    while (c->mode == CLIENT_REQUEST && !c->dead && (nl = memchr(c->in.p, '\n', c->in.len))) {
+        size_t linelen = (size_t)(nl - c->in.p);
+        if (linelen > CTL_REQUEST_MAX)
+            break;
+        json_object *req = NULL;
+        struct qv_err e = {0};
+        c->owed++;
+        c->idle_since = monotonic_ms();
+        if (ctl_parse_request(c->in.p, linelen, &req, &e) < 0)
+            reply_error(s, c, e.code, "%s: %s", s->def.name, e.msg);
+        else
+            handle_request(s, c, req);
+        if (req)
+            json_object_put(req);
+        buf_consume(&c->in, linelen + 1);
+        if (c->mode == CLIENT_CONSOLE && c->in.len)
+            client_input(s, c);
+    }
+    /* what is left is one unfinished line, or one too long (then longer still) */
+    if (c->mode == CLIENT_REQUEST && !c->dead && c->in.len > CTL_REQUEST_MAX) {
+        buf_free(&c->in);
+        client_drop(s, c, -E2BIG, "request longer than 64 KiB: closing the connection");
+    }
+}
+
+void ctl_client_io(struct sup *s, struct sup_client *c, uint32_t events)
+{
+    if (c->dead)
+        return;
+    if (events & EPOLLOUT)
+        client_flush(s, c);
+    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+        char chunk[8192];
+        size_t budget = CLIENT_READ_BUDGET;
+        while (budget >= sizeof(chunk) && !c->dead) {
+            ssize_t n = recv(c->fd, chunk, sizeof(chunk), MSG_DONTWAIT);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0 && errno == EAGAIN)
+                break;
+            if (n <= 0) {
+                c->dead = true;     /* replies still owed to it are dropped */
+                break;
+            }
+            budget -= (size_t)n;
+            buf_add(&c->in, chunk, (size_t)n);
+            client_input(s, c);
+        }
+    }
+}
+
+static void accept_pause(struct sup *s, int err)
+{
+    uint64_t now = monotonic_ms();
+    epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->ctl_fd, NULL);
+    s->ctl_accept_resume = now + CTL_ACCEPT_BACKOFF_MS;
+    if (!s->ctl_warned_at || now - s->ctl_warned_at >= 10000) {
+        s->ctl_warned_at = now;
+        sup_log(s, "ctl.sock: cannot accept a client (%s); pausing accept for %d ms", strerror(err),
+                CTL_ACCEPT_BACKOFF_MS);
+    }
+}
+
+void ctl_accept(struct sup *s)
+{
+    /* a bounded batch: the clients already connected get their turn too */
+    for (int i = 0; i < 2 * CTL_CLIENTS_MAX && !s->ctl_accept_resume; i++) {
+        int fd = accept4(s->ctl_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                /* EMFILE, ENFILE, ENOBUFS, ENOMEM: the connection stays queued and the
+                 * socket readable, so trying again at once would only spin */
+                accept_pause(s, errno);
+            return;
+        }
+        if (s->nclients >= CTL_CLIENTS_MAX) {
+            char line[256];
+            int n = snprintf(line, sizeof(line),
+                             "{\"ok\":false,\"error\":\"%s: too many control connections (%d); try again later\","
+                             "\"code\":%d}\n", s->def.name, CTL_CLIENTS_MAX, -EBUSY);
+            ssize_t w = send(fd, line, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+            (void)w;
+            close(fd);
+            continue;
+        }
+        struct sup_client *c = qv_xcalloc(1, sizeof(*c));
+        c->fd = fd;
+        c->id = ++s->next_client_id;
+        c->ev.kind = EV_CLIENT;
+        c->ev.client = c;
+        c->idle_since = monotonic_ms();
+        c->next = s->clients;
+        s->clients = c;
+        s->nclients++;
+        struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &c->ev};
+        epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ee);
+    }
+}
+
+/* A request client is idle when it has sent nothing yet or left a line
+ * half-written; one that waits for a reply (a stop, a long QMP command) is not. */
+static uint64_t client_idle_deadline(const struct sup_client *c)
+{
+    if (c->dead || c->mode != CLIENT_REQUEST || (c->owed && !c->in.len))
+        return 0;
+    return c->idle_since + CTL_IDLE_MS;
+}
+
+uint64_t ctl_next_deadline(struct sup *s)
+{
+    uint64_t next = s->ctl_accept_resume;
+    for (struct sup_client *c = s->clients; c; c = c->next) {
+        uint64_t d = client_idle_deadline(c);
+        if (d && (!next || d < next))
+            next = d;
+    }
+    return next;
+}
+
+void ctl_expire(struct sup *s, uint64_t now)
+{
+    for (struct sup_client *c = s->clients; c; c = c->next) {
+        uint64_t d = client_idle_deadline(c);
+        if (d && now >= d)
+            client_drop(s, c, -ETIMEDOUT, c->in.len ? "request not finished within 10 s: closing the connection"
+                                                    : "no request within 10 s: closing the connection");
+    }
+    if (s->ctl_accept_resume && now >= s->ctl_accept_resume) {
+        s->ctl_accept_resume = 0;
+        struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &s->ev_ctl};
+        epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->ctl_fd, &ee);
+    }
+}
+
+void ctl_broadcast_event(struct sup *s, const char *event, json_object *data, uint64_t ts_us)
+{
+    json_object *o = NULL;
+    for (struct sup_client *c = s->clients; c; c = c->next) {
+        if (c->mode != CLIENT_EVENTS || c->dead)
+            continue;
+        if (!o) {
+            o = json_object_new_object();
+            json_object_object_add(o, "event", json_object_new_string(event));
+            if (data)
+                json_object_object_add(o, "data", json_object_get(data));
+            json_object *ts = json_object_new_object();
+            json_object_object_add(ts, "seconds", json_object_new_int64((int64_t)(ts_us / 1000000)));
+            json_object_object_add(ts, "microseconds", json_object_new_int64((int64_t)(ts_us % 1000000)));
+            json_object_object_add(o, "timestamp", ts);
+        }
+        size_t len;
+        const char *txt = json_object_to_json_string_length(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE,
+                                                            &len);
+        client_write(s, c, txt, len);
+        client_write(s, c, "\n", 1);
+    }
+    if (o)
+        json_object_put(o);
+}
+
+void ctl_broadcast_console(struct sup *s, const char *data, size_t n)
+{
+    for (struct sup_client *c = s->clients; c; c = c->next)
+        if (c->mode == CLIENT_CONSOLE && !c->dead)
+            client_write(s, c, data, n);
+}
+
+void ctl_stop_done(struct sup *s, bool ok, const char *msg)
+{
+    for (struct sup_client *c = s->clients; c; c = c->next) {
+        if (!c->waits_for_stop || c->dead)
+            continue;
+        c->waits_for_stop = false;
+        if (ok)
+            reply_ok(s, c);
+        else
+            reply_error(s, c, -ETIMEDOUT, "%s: %s", s->def.name, msg);
+    }
+}
+
+static void client_free(struct sup *s, struct sup_client *c)
+{
+    s->nclients--;
+    epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    buf_free(&c->in);
+    buf_free(&c->out);
+    free(c);
+}
+
+void ctl_reap_clients(struct sup *s)
+{
+    struct sup_client **pp = &s->clients;
+    while (*pp) {
+        struct sup_client *c = *pp;
+        if (c->dead) {
+            *pp = c->next;
+            client_free(s, c);
+        } else {
+            pp = &c->next;
+        }
+    }
+}
+
+void ctl_close_all(struct sup *s)
+{
+    /* replies still queued (the final "ok" of a stop) get one blocking chance */
+    for (struct sup_client *c = s->clients; c; c = c->next) {
+        if (client_backlog(c) && !c->dead) {
+            fd_set_nonblock(c->fd, false);
+            struct timeval tv = {.tv_sec = 1};
+            setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+            write_all(c->fd, c->out.p + c->out_off, client_backlog(c));
+        }
+        c->dead = true;
+    }
+    ctl_reap_clients(s);
+}

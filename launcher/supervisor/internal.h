@@ -1,0 +1,280 @@
+/* Internal to launcher/supervisor: the per-VM supervisor's core (core.c) and its
+ * parts with their own state: ctl.sock (ctl.c), the QMP monitor (monitor.c), the
+ * console and log (console.c), confinement (confine.c), NICs (vmnet.c), hotplug
+ * (hotplug.c). One process per VM owns the only QMP connection. */
+#ifndef QV_SUP_INTERNAL_H
+#define QV_SUP_INTERNAL_H
+
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include "launcher/supervisor/supervisor.h"
+#include "qmp/qmp.h"
+#include "netsetup/netsetup.h"
+#include "sandbox/sandbox.h"
+
+#define CONSOLE_RING (64u << 10)    /* recent console output kept for late attachers */
+#define CLIENT_OUT_MAX (1u << 20)   /* a client that does not read is dropped past this */
+#define CTL_CLIENTS_MAX 64          /* ctl.sock connections at once; more are turned away */
+#define CTL_REQUEST_MAX (64u << 10) /* one request line; a longer one ends the connection */
+#define CTL_IDLE_MS 10000           /* a half-written or silent request client is dropped then */
+#define CTL_ACCEPT_BACKOFF_MS 100   /* out of descriptors: accept() rests this long */
+#define CRASH_WINDOW_MS (10 * 60 * 1000)
+#define CRASH_MAX 5                 /* restarts within the window before giving up */
+
+/* ---- sd_notify, without libsystemd (notify.c) ---------------------------------------------- */
+#include <sys/un.h>
+struct notify {
+    int fd;
+    struct sockaddr_un addr;
+    socklen_t len;
+    uint64_t watchdog_ms;   /* 0: no watchdog */
+    uint64_t next_ping;
+};
+/* notify.c: the sd_notify protocol, without libsystemd */
+void notify_init(struct notify *n);
+void notify_send(struct notify *n, const char *msg);
+void notify_close(struct notify *n);
+
+
+enum ev_kind { EV_QMP, EV_CONSOLE, EV_CTL, EV_CLIENT, EV_SIGNAL, EV_PIDFD };
+
+struct ev {
+    enum ev_kind kind;
+    struct sup_client *client;
+};
+
+enum client_mode { CLIENT_REQUEST, CLIENT_EVENTS, CLIENT_CONSOLE };
+
+struct sup_client {
+    struct ev ev;
+    int fd;
+    unsigned id;
+    enum client_mode mode;
+    struct buf in, out;
+    size_t out_off;         /* bytes of `out` already sent: large replies go out without memmove */
+    uint64_t idle_since;    /* request mode: connected, last completed a line or got a reply */
+    unsigned owed;          /* requests read and not answered yet */
+    bool waits_for_stop;    /* replied to when QEMU is gone */
+    bool close_after_write;
+    bool dead;
+    struct sup_client *next;
+};
+
+
+/* What confines this VM's QEMU (confine.c). */
+struct confine {
+    struct sandbox_host host;
+    bool host_checked;
+    unsigned require;
+    bool have_user;
+    uid_t uid;
+    gid_t gid;
+    gid_t groups[1];
+    size_t ngroups;
+    struct sandbox_uid_lease lease;
+    bool have_cgroup;
+    bool private_network;   /* QEMU has an empty network namespace of its own */
+    uint64_t memory_max;    /* the memory limit in force, for the OOM message */
+    struct sandbox_cgroup cg;
+    uint64_t oom_before;
+};
+
+#define HOTPLUG_MAX 16
+enum hotplug_kind { HOTPLUG_DISK, HOTPLUG_NIC };
+
+/* A device added while the VM runs (hotplug.c). */
+struct hotplug {
+    bool used, removing;
+    enum hotplug_kind kind;
+    char id[24];            /* QEMU device id: disk3, nic2 */
+    int port;               /* pcie-root-port index on q35, else -1 */
+    int fdset;              /* disks: the add-fd set */
+    char file[PATH_MAX];    /* disks */
+    char mac[18], tap[16], network[72];   /* NICs */
+    size_t nic_index;       /* NICs: their slot in sup.nics */
+    struct vm_nic nic;      /* NICs: as attached; type 0 fields when restored */
+    unsigned waiting_client;    /* a detach waits for DEVICE_DELETED */
+    uint64_t deadline;
+};
+
+/* A NIC's host side while the VM runs (vmnet.c). */
+struct vm_nic_state {
+    char tap[16];           /* tap or macvtap name, "" for user NICs */
+    char network[72];       /* the managed network holding its filter, "" for none */
+    char ip[64];            /* learnt from the network's leases; "" until then */
+    bool filtered, macvtap;
+};
+
+/* The console's byte budget (console.c). */
+struct console_rate {
+    int64_t tokens;
+    uint64_t refilled_at;
+    uint64_t resume_at;     /* reading is paused until then; 0: not paused */
+    bool throttled;         /* said so in the log once */
+};
+
+struct sup {
+    const struct qv_paths *paths;
+    struct vm_def def;
+    struct host_config hc;
+    struct host_facts facts;
+    char run_dir[PATH_MAX];
+    int lock_fd, log_fd, epfd, sigfd, ready_fd, echo_fd;
+
+    pid_t qemu_pid;
+    int pidfd;
+    bool qemu_is_child;
+    struct qmp *qmp;
+    struct ev ev_qmp, ev_console, ev_ctl, ev_signal, ev_pidfd;
+    int console_fd;
+    struct buf ring, line;
+    uint64_t line_at;           /* when the partial console line last grew */
+    struct console_rate console_rate;
+    uint64_t log_check_at;      /* next look at the log's size */
+    int ctl_fd;
+    struct sup_client *clients;
+    unsigned next_client_id;
+    unsigned nclients;
+    uint64_t ctl_accept_resume;     /* accept() paused (EMFILE) until then; 0: listening */
+    uint64_t ctl_warned_at;         /* last log line about turned-away clients */
+    /* QMP connection lost while QEMU lives: monitor.c reconnects */
+    char monitor_error[256];        /* why it was lost, "" while connected */
+    uint64_t monitor_retry_at;      /* next connect attempt; 0: none planned */
+    unsigned monitor_attempts;
+    qmp_event_fn monitor_on_event;
+    void *monitor_ctx;
+    struct vm_runstate rs;
+
+    /* stopping: graceful (powerdown, again, quit, SIGTERM, SIGKILL) or forced */
+    int stop_phase;
+    uint64_t stop_next;         /* when the next phase starts */
+    uint64_t stop_deadline;     /* graceful part ends: quit */
+    bool expected_exit;         /* QEMU's exit is not a crash */
+    bool resetting;             /* we reset a powered-off or crashed guest: its STOP is no pause */
+    bool never_ran;             /* QEMU is still in prelaunch: no `cont` yet */
+    char exit_reason[256];
+
+    uint64_t crashes[CRASH_MAX + 1];
+    int ncrashes;
+    uint64_t restart_at;        /* a crashed QEMU is started again then; 0: none */
+
+    struct notify notify;
+    struct confine conf;
+    struct hotplug hp[HOTPLUG_MAX];
+    struct vm_nic_state nics[VM_MAX_NICS + HOTPLUG_MAX];
+    struct netsetup_nft *nft;
+    uint64_t lease_poll;        /* next look at the networks' leases; 0: none needed */
+    bool done;
+    int exit_code;
+};
+
+/* core.c */
+void sup_log(struct sup *s, const char *fmt, ...) QV_PRINTF(2, 3);
+void sup_set_state(struct sup *s, enum vm_state st);
+void sup_begin_stop(struct sup *s, bool force, int timeout_ms);
+void sup_kill(struct sup *s, const char *reason);
+/* sandbox_spec.forked: records QEMU's pid and start time before it may run. */
+int sup_record_qemu(pid_t pid, void *opaque, struct qv_err *e);
+/* Sends a QMP command on behalf of the supervisor; errors are logged. */
+void sup_qmp(struct sup *s, const char *cmd, json_object *args);
+json_object *sup_status_json(struct sup *s);
+
+/* console.c: the serial console and the VM's log file */
+int console_connect(struct sup *s, struct qv_err *e);
+void console_readable(struct sup *s);
+void console_close(struct sup *s);
+uint64_t console_next_deadline(struct sup *s);
+void console_run_timers(struct sup *s, uint64_t now);
+/* Rotates the log when it has grown past host.json's log_max_size. */
+void vmlog_check(struct sup *s);
+
+/* ctl.c */
+void sup_reply_ok(struct sup *s, unsigned client);
+void sup_reply_error(struct sup *s, unsigned client, int code, const char *fmt, ...) QV_PRINTF(4, 5);
+int ctl_listen(struct sup *s, struct qv_err *e);
+void ctl_accept(struct sup *s);
+void ctl_client_io(struct sup *s, struct sup_client *c, uint32_t events);
+void ctl_broadcast_event(struct sup *s, const char *event, json_object *data, uint64_t ts_us);
+void ctl_broadcast_console(struct sup *s, const char *data, size_t n);
+/* Replies {"ok":true} to every client waiting for QEMU to be gone. */
+void ctl_stop_done(struct sup *s, bool ok, const char *msg);
+void ctl_client_send(struct sup *s, struct sup_client *c, json_object *reply);
+void ctl_reap_clients(struct sup *s);
+void ctl_close_all(struct sup *s);
+/* Idle clients and the accept() back-off: the earliest deadline (0: none), and the
+ * work once it passed. */
+uint64_t ctl_next_deadline(struct sup *s);
+void ctl_expire(struct sup *s, uint64_t now);
+/* Type-checks a request without acting on it: 0, or -EINVAL with a message that
+ * names the field and the type it needs. Pure, so fuzzers call it directly. */
+int ctl_request_check(json_object *req, struct qv_err *e);
+/* One request line (without its newline): size, NUL bytes, JSON, then the check. */
+int ctl_parse_request(const char *line, size_t len, json_object **req, struct qv_err *e);
+
+/* monitor.c: QEMU's monitor connection after a loss while QEMU lives */
+/* Called with the connection that just failed (before it is freed). Returns true
+ * when a reconnect is planned (QEMU still runs), false when QEMU is going away. */
+bool monitor_lost(struct sup *s, struct qmp *lost, const char *why);
+uint64_t monitor_next_deadline(struct sup *s);
+void monitor_expire(struct sup *s, uint64_t now);
+/* "connected", or "lost (why); reconnecting", while QEMU runs; NULL otherwise */
+json_object *monitor_status_json(struct sup *s);
+
+/* hotplug.c */
+int hotplug_disk_attach(struct sup *s, json_object *spec, json_object **reply, struct qv_err *e);
+int hotplug_nic_attach(struct sup *s, json_object *spec, json_object **reply, struct qv_err *e);
+/* Starts removing a hotplugged device (by id, image path or MAC); the client gets
+ * its reply once the guest released it. */
+int hotplug_detach(struct sup *s, const char *key, enum hotplug_kind kind, unsigned client, struct qv_err *e);
+void hotplug_device_deleted(struct sup *s, const char *device);
+uint64_t hotplug_next_deadline(struct sup *s);
+void hotplug_expire(struct sup *s, uint64_t now);
+void hotplug_record(struct sup *s);
+void hotplug_restore(struct sup *s);
+void hotplug_forget_all(struct sup *s);
+
+/* vmnet.c: the host side of the VM's NICs */
+int vmnet_open_tap(void *opaque, const struct vm_def *d, size_t nic, int *fds, struct qv_err *e);
+/* Plugs one NIC (boot or hotplug) into its bridge or network; fds per queue. */
+int vmnet_plug(struct sup *s, const struct vm_nic *n, size_t index, int *fds, struct qv_err *e);
+/* Tears down what the NICs of the last QEMU left (filters, macvtaps). */
+void vmnet_after_exit(struct sup *s);
+void net_nic_unplugged(struct sup *s, struct hotplug *h);
+void vmnet_cleanup_recorded(struct sup *s, json_object *resources);
+/* After a reattach: what the previous supervisor recorded about the NICs. */
+void vmnet_restore(struct sup *s);
+/* Learns guest addresses from the networks' leases and tightens the filters. */
+void vmnet_poll_leases(struct sup *s);
+json_object *vmnet_addresses(struct sup *s);
+
+/* confine.c */
+int confine_prepare(struct sup *s, const struct launch_plan *p, struct qv_err *e);
+int confine_spawn(struct sup *s, const struct launch_plan *p, const int *fds, pid_t *pid, struct qv_err *e);
+bool confine_oom_killed(struct sup *s);
+/* When QEMU was OOM-killed in its cgroup, fills e ("QEMU was killed for lack of
+ * memory (cgroup memory limit 1G; …)") and returns -ENOMEM; else 0. */
+int confine_oom_error(struct sup *s, struct qv_err *e);
+/* After each QEMU exit: removes its cgroup. */
+void confine_after_exit(struct sup *s);
+/* When the supervisor is done: the cgroup and the uid lease. */
+void confine_release(struct sup *s);
+int confine_reattach(struct sup *s, struct qv_err *e);
+/* Removes what a dead previous run recorded in its state (its cgroup). */
+void confine_cleanup_recorded(struct sup *s, json_object *resources);
+/* What is in force for QEMU, read back from /proc (NULL when not running). */
+json_object *confine_inspect(struct sup *s);
+
+/* For unit tests only (core.c): a supervisor with no QEMU started, state
+ * "running", its run directory made under paths. qmp_fd (taken; -1: none) becomes
+ * its QMP connection with the supervisor's own event handler, not yet handshaken;
+ * qemu_pid (0: none) must be the caller's child. Tests then drive it through the
+ * entry points the loop uses: qmp_handle_io, sup_begin_stop, the ctl functions,
+ * and the two below: the loop's timer pass and its reaction to QEMU's exit. */
+struct sup *sup_new_for_test(const struct qv_paths *paths, const char *name, int qmp_fd, pid_t qemu_pid,
+                             struct qv_err *e);
+void sup_free_for_test(struct sup *s);
+void sup_test_run_timers(struct sup *s);
+void sup_test_qemu_gone(struct sup *s);
+
+#endif

@@ -1,0 +1,55 @@
+/* launcher/supervisor: the per-VM and per-network daemons and their client side.
+ * A VM's supervisor (`qvisor run`) owns the only QMP connection to its QEMU and
+ * serves ctl.sock; the CLI talks to it only through the functions below. Its
+ * insides (struct sup and its parts) are in internal.h. */
+#ifndef QV_SUPERVISOR_H
+#define QV_SUPERVISOR_H
+
+#include "launcher/model/model.h"
+
+/* ---- the supervisor and its control socket ---------------------------------------------- */
+/* `qvisor run`: supervises NAME until its QEMU is gone: takes over the QEMU of a
+ * previous run if one lives, starts one otherwise. ready_fd (or -1) gets "ok\n"
+ * once the guest runs, or "error CODE MESSAGE\n". echo_fd (or -1) gets a copy of
+ * the supervisor's log lines (stderr for a foreground run under systemd). */
+struct sup_opts {
+    int ready_fd, echo_fd;
+    bool attach_only;       /* take over a running QEMU, never start one (-ESRCH) */
+};
+int supervisor_run(const struct qv_paths *p, const char *name, const struct sup_opts *o, struct qv_err *e);
+/* CLI side of ctl.sock: -EBUSY "web1 is not running" when no supervisor answers. */
+int ctl_connect(const struct qv_paths *p, const char *name, int *fd, struct qv_err *e);
+int ctl_send(int fd, json_object *req, struct qv_err *e);
+int ctl_read_line(int fd, struct buf *in, int timeout_ms, char **line, struct qv_err *e);
+/* {"ok":true,...} -> *reply; {"ok":false,"error":..,"code":..} -> that error. */
+int ctl_parse_reply(const char *line, json_object **reply, struct qv_err *e);
+/* One request, one reply; req is consumed. */
+int ctl_call(const struct qv_paths *p, const char *name, json_object *req, int timeout_ms, json_object **reply,
+             struct qv_err *e);
+json_object *ctl_request(const char *cmd);
+
+/* ---- the resources behind a plan's fds ------------------------------------------------ */
+struct launch_ctx {
+    const struct qv_paths *paths;
+    const struct host_facts *facts;
+    const char *run_dir;    /* where qmp.sock, console.sock and qga.sock are bound */
+    /* Opens the tap (or macvtap) fds of NIC `nic`, one per queue; NULL refuses such NICs. */
+    int (*open_tap)(void *opaque, const struct vm_def *d, size_t nic, int *fds, struct qv_err *e);
+    void *opaque;
+};
+/* Opens everything the plan's fds name: binds the sockets, opens images, copies the
+ * UEFI variable store on first use, creates throw-away overlays (unlinked once open,
+ * so they vanish with QEMU). fds[i] belongs to p->slots[i]. On error nothing stays open. */
+int launch_open_resources(const struct launch_plan *p, const struct vm_def *d, const struct launch_ctx *ctx,
+                          int *fds, struct qv_err *e);
+void launch_close_resources(int *fds, size_t n);
+/* var/lib/qvisor/nvram/NAME_VARS.fd */
+int vm_nvram_path(const struct qv_paths *p, const char *name, char *out, size_t outlen);
+
+/* ---- running networks (netrun.c) ---------------------------------------------------------- */
+/* `qvisor net run`: bridge, rules and dnsmasq until SIGTERM; ready_fd as for VMs. */
+int network_run(const struct qv_paths *p, const char *name, int ready_fd, int echo_fd, struct qv_err *e);
+/* Stops the network's supervisor, or cleans up after a dead one (-ESRCH: nothing ran). */
+int network_stop(const struct qv_paths *p, const char *name, int timeout_ms, struct qv_err *e);
+
+#endif
