@@ -20,6 +20,13 @@ static const struct cli_opt list_opts[] = {{"all", false, false, 'a'}, {0}};
 static const struct cli_opt show_opts[] = {{"confinement", false, false, 0}, {0}};
 static const struct cli_opt run_opts[] = {{"ready-fd", true, false, 0}, {"attach-only", false, false, 0}, {0}};
 static const struct cli_opt start_opts[] = {{"wait-timeout", true, false, 0}, {0}};
+static const struct cli_opt create_opts[] = {
+    {"machine", true, false, 0}, {"accel", true, false, 0}, {"cpus", true, false, 0}, {"cpu-model", true, false, 0},
+    {"memory", true, false, 0}, {"disk", true, true, 0}, {"cdrom", true, true, 0}, {"nic", true, true, 0},
+    {"kernel", true, false, 0}, {"initrd", true, false, 0}, {"append", true, false, 0}, {"firmware", true, false, 0},
+    {"console", true, false, 0}, {"graphics", true, false, 0}, {"agent", false, false, 0}, {"description", true, false, 0},
+    {"on-poweroff", true, false, 0}, {"on-reboot", true, false, 0}, {"on-crash", true, false, 0},
+    {"wait-timeout", true, false, 0}, {0}};
 static const struct cli_opt stop_opts[] = {{"timeout", true, false, 't'}, {"force", false, false, 'f'}, {0}};
 static const struct cli_opt console_opts[] = {{"replay", false, false, 0}, {"idle", true, false, 0},
                                               {"expect", true, false, 0}, {"timeout", true, false, 0}, {0}};
@@ -49,6 +56,8 @@ static const struct cli_command commands[] = {
     {"show", cmd_show, show_opts, 1, 1, "show NAME [--json] [--confinement]",
      "print a VM's normalised definition (--confinement: what confines its running QEMU)"},
     {"argv", cmd_argv, no_opts, 1, 1, "argv NAME", "print the QEMU command line, one argument per line"},
+    {"create", cmd_create, create_opts, 1, 1, "create FILE.json | create NAME [define's flags] [--wait-timeout SECONDS]",
+     "start a transient VM: never defined, gone once it stops (virsh create)"},
     {"start", cmd_start, start_opts, 1, 1, "start NAME [--wait-timeout SECONDS]",
      "start a VM in the background; returns once the guest runs"},
     {"run", cmd_run, run_opts, 1, 1, "run NAME", "supervise a VM in the foreground (what a systemd unit runs)"},

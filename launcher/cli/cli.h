@@ -46,12 +46,12 @@ bool cli_flag(const struct cli *c, const char *name);
 int cli_opt_seconds_ms(struct cli *c, const char *name, int dflt, int *out);
 /* Starts `qvisor --root R ARGS... --ready-fd 3` detached (double fork, setsid,
  * stdio on /dev/null) and waits for its "ok" or error line. */
-int cli_spawn_supervisor(struct cli *c, const char *const *args, int timeout_ms, const char *name);
 /* Prints JSON (pretty) to stdout. */
 void cli_print_json(json_object *o);
 
 /* Commands, implemented across cli_*.c */
 int cmd_define(struct cli *c);
+int cmd_create(struct cli *c);
 int cmd_undefine(struct cli *c);
 int cmd_edit(struct cli *c);
 int cmd_list(struct cli *c);

@@ -201,17 +201,19 @@ static bool looks_like_file(const char *arg)
     return strcmp(arg, "-") == 0 || strchr(arg, '/') || (n > 5 && strcmp(arg + n - 5, ".json") == 0);
 }
 
-int cmd_define(struct cli *c)
+/* The definition that define and create take: a JSON file, "-" for standard input,
+ * or a name and flags (`extra` names the options that are not definition flags). */
+static int definition_input(struct cli *c, const char *const *extra, json_object **out, bool *from_file)
 {
     const char *arg = c->pos[0];
     _cleanup_json_ json_object *o = NULL;
     int r;
-    bool from_file = looks_like_file(arg);
-    if (from_file) {
+    *from_file = looks_like_file(arg);
+    if (*from_file) {
         for (size_t i = 0; i < c->nopts; i++)
-            if (strcmp(c->opts[i].opt->name, "print") != 0)
-                return qv_fail(&c->err, -EINVAL, "define %s: --%s is for defining by name, not from a file", arg,
-                               c->opts[i].opt->name);
+            if (!strv_contains(extra, c->opts[i].opt->name))
+                return qv_fail(&c->err, -EINVAL, "%s %s: --%s is for a definition by name, not from a file",
+                               c->cmd->name, arg, c->opts[i].opt->name);
         if (strcmp(arg, "-") == 0) {
             _cleanup_free_ char *text = NULL;
             size_t len = 0;
@@ -227,6 +229,18 @@ int cmd_define(struct cli *c)
             return qv_fail(&c->err, -EINVAL, "\"%s\" is neither a JSON file nor a valid VM name", arg);
         r = definition_from_flags(c, arg, &o);
     }
+    if (r == 0)
+        *out = json_object_get(o);
+    return r;
+}
+
+int cmd_define(struct cli *c)
+{
+    const char *arg = c->pos[0];
+    static const char *const extra[] = {"print", NULL};
+    _cleanup_json_ json_object *o = NULL;
+    bool from_file;
+    int r = definition_input(c, extra, &o, &from_file);
     if (r < 0)
         return r;
     if (cli_flag(c, "print")) {
@@ -246,6 +260,32 @@ int cmd_define(struct cli *c)
         printf("defined %s (%s)\n", d.name, d.uuid);
     vm_def_free(&d);
     return 0;
+}
+
+/* virsh create: a VM that runs without being defined, and is gone once it stops. */
+int cmd_create(struct cli *c)
+{
+    const char *arg = c->pos[0];
+    static const char *const extra[] = {"wait-timeout", NULL};
+    int timeout_ms;
+    int r = cli_opt_seconds_ms(c, "wait-timeout", 60000, &timeout_ms);
+    if (r < 0)
+        return r;
+    _cleanup_json_ json_object *o = NULL;
+    bool from_file;
+    if ((r = definition_input(c, extra, &o, &from_file)) < 0)
+        return r;
+    struct vm_def d;
+    if ((r = vm_create_transient(&c->paths, o, &d, &c->err)) < 0)
+        return from_file && r == -EINVAL ? qv_prefix(&c->err, "%s: ", arg) : r;
+    const char *args[] = {"run", d.name, NULL};
+    r = supervisor_spawn(&c->paths, args, timeout_ms, d.name, &c->err);
+    if (r < 0 && r != -ETIMEDOUT && !vm_supervised(&c->paths, d.name, NULL))
+        vm_transient_forget(&c->paths, d.name);    /* no supervisor ever took it */
+    if (r == 0 && !c->quiet)
+        printf("%s created and started (transient: gone once it stops)\n", d.name);
+    vm_def_free(&d);
+    return r;
 }
 
 int cmd_undefine(struct cli *c)

@@ -181,7 +181,7 @@ int cmd_net_start(struct cli *c)
     if (net_running(&c->paths, name, &holder))
         return qv_fail(&c->err, -EBUSY, "network %s is already running (pid %d)", name, (int)holder);
     const char *args[] = {"net", "run", name, NULL};
-    if ((r = cli_spawn_supervisor(c, args, 30000, name)) < 0)
+    if ((r = supervisor_spawn(&c->paths, args, 30000, name, &c->err)) < 0)
         return r;
     if (!c->quiet)
         printf("network %s started\n", name);

@@ -16,7 +16,16 @@ int cmd_run(struct cli *c)
     const char *ready = cli_opt(c, "ready-fd");
     struct sup_opts o = {.ready_fd = ready ? atoi(ready) : -1, .attach_only = cli_flag(c, "attach-only")};
     o.echo_fd = c->quiet || o.ready_fd >= 0 ? -1 : 2;
-    return supervisor_run(&c->paths, c->pos[0], &o, &c->err);
+    struct vm_def d;
+    int r = vm_load(&c->paths, c->pos[0], &d, &c->err);
+    if (r < 0) {
+        if (o.ready_fd >= 0)
+            dprintf(o.ready_fd, "error %d %s\n", r, c->err.msg);
+        return r;
+    }
+    r = supervisor_run(&c->paths, &d, &o, &c->err);
+    vm_def_free(&d);
+    return r;
 }
 
 /* Waits until no supervisor holds the VM's lock, so that a `start` right after a
@@ -26,68 +35,6 @@ static void wait_unlocked(struct cli *c, const char *name, int timeout_ms)
     uint64_t end = monotonic_ms() + (uint64_t)timeout_ms;
     while (vm_supervised(&c->paths, name, NULL) && monotonic_ms() < end)
         usleep(2000);
-}
-
-int cli_spawn_supervisor(struct cli *c, const char *const *args, int timeout_ms, const char *name)
-{
-    int pipefd[2];
-    if (pipe2(pipefd, O_CLOEXEC) < 0)
-        return qv_failerr(&c->err, -errno, "pipe");
-    pid_t pid = fork();
-    if (pid < 0)
-        return qv_failerr(&c->err, -errno, "fork");
-    if (pid == 0) {
-        /* double fork + setsid: the supervisor belongs to no terminal and no shell */
-        close(pipefd[0]);
-        setsid();
-        pid_t grandchild = fork();
-        if (grandchild != 0)
-            _exit(grandchild < 0 ? 1 : 0);
-        int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-        dup2(null, 0);
-        dup2(null, 1);
-        dup2(null, 2);
-        dup2(pipefd[1], 3);
-        if (chdir("/") < 0)
-            _exit(1);
-        char exe[PATH_MAX];
-        ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-        if (n <= 0)
-            _exit(1);
-        exe[n] = '\0';
-        /* a fresh image: `ps` shows "qvisor run NAME", and nothing of this CLI lingers */
-        const char *argv[16] = {exe, "--root", c->paths.root[0] ? c->paths.root : "/"};
-        size_t k = 3;
-        for (size_t i = 0; args[i] && k < ARRAY_SIZE(argv) - 3; i++)
-            argv[k++] = args[i];
-        argv[k++] = "--ready-fd";
-        argv[k++] = "3";
-        argv[k] = NULL;
-        extern char **environ;
-        execve(exe, (char *const *)argv, environ);
-        _exit(127);
-    }
-    close(pipefd[1]);
-    int st;
-    waitpid(pid, &st, 0);
-    struct buf in = {0};
-    _cleanup_free_ char *line = NULL;
-    struct qv_err e = {0};
-    int r = ctl_read_line(pipefd[0], &in, timeout_ms, &line, &e);
-    close(pipefd[0]);
-    buf_free(&in);
-    if (r == -ETIMEDOUT)
-        return qv_fail(&c->err, -ETIMEDOUT, "%s: not running after %d s; it goes on starting in the background "
-                                            "(qvisor logs %s)", name, timeout_ms / 1000, name);
-    if (r < 0)
-        return qv_fail(&c->err, -EIO, "%s: the supervisor exited before it was ready (see its log)", name);
-    if (strcmp(line, "ok") != 0) {
-        int code = -EIO, off = 0;
-        if (sscanf(line, "error %d %n", &code, &off) < 1 || off == 0)
-            return qv_fail(&c->err, -EIO, "%s: %s", name, line);
-        return qv_fail(&c->err, code < 0 ? code : -EIO, "%s", line + off);
-    }
-    return 0;
 }
 
 int cmd_start(struct cli *c)
@@ -106,7 +53,7 @@ int cmd_start(struct cli *c)
         return qv_fail(&c->err, -EBUSY, "%s is already running (pid %d)", name, (int)holder);
 
     const char *args[] = {"run", name, NULL};
-    if ((r = cli_spawn_supervisor(c, args, timeout_ms, name)) < 0)
+    if ((r = supervisor_spawn(&c->paths, args, timeout_ms, name, &c->err)) < 0)
         return r;
     if (!c->quiet)
         printf("%s started\n", name);
@@ -139,7 +86,7 @@ static int call_supervisor(struct cli *c, const char *name, json_object *req, in
     if (r == -EBUSY) {
         c->err = (struct qv_err){0};
         const char *args[] = {"run", "--attach-only", name, NULL};
-        r = qemu_lives(c, name) ? cli_spawn_supervisor(c, args, 30000, name) : -ESRCH;
+        r = qemu_lives(c, name) ? supervisor_spawn(&c->paths, args, 30000, name, &c->err) : -ESRCH;
         if (r == 0)
             r = ctl_call(&c->paths, name, json_object_get(req), timeout_ms, NULL, &c->err);
         if (r == -ESRCH) {

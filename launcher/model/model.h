@@ -157,6 +157,7 @@ struct vm_def {
     struct vm_limits limits;
     struct vm_sandbox sandbox;
     struct strv qemu_args;
+    bool transient;         /* not in etc/: lives in its run directory while it runs */
 };
 
 void vm_def_free(struct vm_def *d);
@@ -272,6 +273,12 @@ int vm_load(const struct qv_paths *p, const char *name, struct vm_def *d, struct
 int vm_define(const struct qv_paths *p, json_object *o, bool replace, struct vm_def *out,
               struct qv_err *e);
 int vm_undefine(const struct qv_paths *p, const char *name, struct qv_err *e);
+/* A transient VM (virsh create): validated and given its identity like a defined
+ * one, but written to run/qvisor/vms/NAME/definition.json, where vm_load and
+ * vm_list_names find it until vm_transient_forget (when it stops). -EEXIST when the
+ * name is taken by a defined or another transient VM. */
+int vm_create_transient(const struct qv_paths *p, json_object *o, struct vm_def *out, struct qv_err *e);
+void vm_transient_forget(const struct qv_paths *p, const char *name);
 /* Sorted names of all defined VMs. */
 int vm_list_names(const struct qv_paths *p, struct strv *names, struct qv_err *e);
 /* The generated MAC for NIC `index` of VM `uuid`, perturbed by `attempt`. */

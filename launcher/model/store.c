@@ -1,9 +1,13 @@
 /* VM definitions on disk: etc/qvisor/vms/NAME.json, written atomically under a
- * directory lock so that two concurrent defines cannot both take a name, uuid or MAC. */
+ * directory lock so that two concurrent defines cannot both take a name, uuid or MAC.
+ * A transient VM (`create`, later `boot`) has its definition in its run directory
+ * instead, run/qvisor/vms/NAME/definition.json, for as long as it runs: every verb
+ * finds it there, and nothing of it is left under etc/. */
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <dirent.h>
 #include <sys/stat.h>
 
 #include "launcher/model/config.h"
@@ -14,13 +18,31 @@ int vm_def_path(const struct qv_paths *p, const char *name, char *out, size_t ou
     return qv_path(p, out, outlen, QV_ETC "/vms/%s.json", name);
 }
 
+static int transient_path(const struct qv_paths *p, const char *name, char *out, size_t outlen)
+{
+    return vm_run_path(p, name, "definition.json", out, outlen);
+}
+
+/* Where NAME's definition is: etc/ for a defined VM, its run directory for a running
+ * transient one. false when neither exists. */
+static bool definition_file(const struct qv_paths *p, const char *name, char *out, size_t outlen, bool *transient)
+{
+    *transient = false;
+    vm_def_path(p, name, out, outlen);
+    if (path_exists(out))
+        return true;
+    transient_path(p, name, out, outlen);
+    *transient = path_exists(out);
+    return *transient;
+}
+
 int vm_load(const struct qv_paths *p, const char *name, struct vm_def *d, struct qv_err *e)
 {
     if (!name_valid(name))
         return qv_fail(e, -EINVAL, "\"%s\" is not a valid VM name", name);
     char path[PATH_MAX];
-    vm_def_path(p, name, path, sizeof(path));
-    if (!path_exists(path))
+    bool transient;
+    if (!definition_file(p, name, path, sizeof(path), &transient))
         return qv_fail(e, -ENOENT, "no VM named %s (qvisor list --all shows the defined ones)", name);
     _cleanup_json_ json_object *o = NULL;
     int r = json_read_file(path, &o, e);
@@ -33,6 +55,7 @@ int vm_load(const struct qv_paths *p, const char *name, struct vm_def *d, struct
         r = qv_fail(e, -EINVAL, "%s: holds a VM named %s, not %s", path, d->name, name);
         vm_def_free(d);
     }
+    d->transient = transient;
     return r;
 }
 
@@ -40,7 +63,23 @@ int vm_list_names(const struct qv_paths *p, struct strv *names, struct qv_err *e
 {
     char dir[PATH_MAX];
     qv_path(p, dir, sizeof(dir), QV_ETC "/vms");
-    return json_names_in(dir, names, e);
+    int r = json_names_in(dir, names, e);
+    if (r < 0)
+        return r;
+    /* and the transient VMs that run now */
+    qv_path(p, dir, sizeof(dir), QV_RUN "/vms");
+    DIR *dh = opendir(dir);
+    struct dirent *de;
+    while (dh && (de = readdir(dh))) {
+        char path[PATH_MAX];
+        if (de->d_name[0] == '.' || !name_valid(de->d_name) || strv_contains((const char *const *)names->v, de->d_name))
+            continue;
+        if (transient_path(p, de->d_name, path, sizeof(path)) == 0 && path_exists(path))
+            strv_push(names, de->d_name);
+    }
+    if (dh)
+        closedir(dh);
+    return 0;
 }
 
 void mac_generate(const char *uuid, size_t index, unsigned attempt, char out[18])
@@ -88,7 +127,8 @@ static int others_load(const struct qv_paths *p, const char *except, struct othe
         if (strcmp(names.v[i], except) == 0)
             continue;
         char path[PATH_MAX];
-        vm_def_path(p, names.v[i], path, sizeof(path));
+        bool transient;
+        definition_file(p, names.v[i], path, sizeof(path), &transient);
         _cleanup_json_ json_object *j = NULL;
         if (json_read_file(path, &j, NULL) < 0)
             continue;   /* a broken file elsewhere must not block this define */
@@ -249,6 +289,9 @@ static int lock_vms_dir(const struct qv_paths *p, struct qv_err *e)
 static int define_locked(const struct qv_paths *p, struct vm_def *d, bool replace, struct qv_err *e)
 {
     char path[PATH_MAX];
+    transient_path(p, d->name, path, sizeof(path));
+    if (path_exists(path))
+        return qv_fail(e, -EEXIST, "%s runs as a transient VM; stop it first, or choose another name", d->name);
     vm_def_path(p, d->name, path, sizeof(path));
     struct vm_def old = {0};
     bool have_old = false;
@@ -290,6 +333,49 @@ int vm_define(const struct qv_paths *p, json_object *o, bool replace, struct vm_
     else
         vm_def_free(&d);
     return r;
+}
+
+int vm_create_transient(const struct qv_paths *p, json_object *o, struct vm_def *out, struct qv_err *e)
+{
+    struct vm_def d;
+    int r = vm_def_from_json(o, &d, e);
+    if (r < 0)
+        return r;
+    if ((r = check_host(&d, e)) < 0) {
+        qv_prefix(e, "%s: ", d.name);
+        vm_def_free(&d);
+        return r;
+    }
+    _cleanup_close_ int lock = lock_vms_dir(p, e);
+    char path[PATH_MAX], dir[PATH_MAX];
+    bool transient;
+    if (lock < 0)
+        r = lock;
+    else if (definition_file(p, d.name, path, sizeof(path), &transient))
+        r = qv_fail(e, -EEXIST, "%s %s; a transient VM needs a name of its own", d.name,
+                    transient ? "already runs as a transient VM" : "is a defined VM (qvisor start starts it)");
+    else if ((r = complete_identity(p, &d, NULL, e)) < 0)
+        qv_prefix(e, "%s: ", d.name);
+    else if ((r = vm_run_path(p, d.name, NULL, dir, sizeof(dir))) == 0 && (r = mkdir_p(dir, 0755)) < 0)
+        qv_failerr(e, r, "%s", dir);
+    if (r == 0) {
+        _cleanup_json_ json_object *norm = vm_def_to_json(&d);
+        transient_path(p, d.name, path, sizeof(path));
+        r = json_write_file_atomic(path, norm, 0644, e);
+    }
+    d.transient = true;
+    if (r == 0 && out)
+        *out = d;
+    else
+        vm_def_free(&d);
+    return r;
+}
+
+void vm_transient_forget(const struct qv_paths *p, const char *name)
+{
+    char path[PATH_MAX];
+    transient_path(p, name, path, sizeof(path));
+    unlink(path);
 }
 
 int vm_undefine(const struct qv_paths *p, const char *name, struct qv_err *e)

@@ -916,8 +916,10 @@ static bool find_previous(struct sup *s, struct vm_runstate *prev, bool have_pre
     return true;
 }
 
-int supervisor_run(const struct qv_paths *paths, const char *name, const struct sup_opts *o, struct qv_err *e)
+int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struct sup_opts *o, struct qv_err *e)
 {
+    char name[80];
+    snprintf(name, sizeof(name), "%s", def->name);
     /* on the heap: the structure is large, and a stack that deep stays resident */
     struct sup *sp = qv_xcalloc(1, sizeof(*sp));
     sp->paths = paths;
@@ -927,9 +929,10 @@ int supervisor_run(const struct qv_paths *paths, const char *name, const struct 
     sp->conf.lease.lock_fd = sp->conf.lease.hold_fd = -1;     /* not 0: sup_free would close stdin */
     pid_t holder;
     notify_init(&sp->notify);
+    /* the definition is ours now, whatever happens */
+    sp->def = *def;
+    memset(def, 0, sizeof(*def));
     int r = vm_lock(paths, name, &sp->lock_fd, &holder, e);
-    if (r == 0)
-        r = vm_load(paths, name, &sp->def, e);
     if (r == 0)
         r = open_log(sp, e);
     if (r == 0)
@@ -980,6 +983,8 @@ int supervisor_run(const struct qv_paths *paths, const char *name, const struct 
                 kill(sp->qemu_pid, SIGKILL);
             vmnet_after_exit(sp);
             remove_run_files(sp);
+            if (sp->def.transient)
+                vm_transient_forget(paths, name);
         }
         sup_free(sp);
         report_ready(sp, r, e->msg);
@@ -990,6 +995,8 @@ int supervisor_run(const struct qv_paths *paths, const char *name, const struct 
     notify_send(&sp->notify, "READY=1");
     loop(sp);
     save_state(sp);
+    if (sp->def.transient && !sp->qemu_pid)
+        vm_transient_forget(paths, name);   /* a transient VM ends with its QEMU */
     int r2 = 0;
     if (sp->exit_code)
         r2 = qv_fail(e, -EIO, "%s: %s", name, sp->rs.last_exit[0] ? sp->rs.last_exit : "stopped abnormally");

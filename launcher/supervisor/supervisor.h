@@ -16,7 +16,9 @@ struct sup_opts {
     int ready_fd, echo_fd;
     bool attach_only;       /* take over a running QEMU, never start one (-ESRCH) */
 };
-int supervisor_run(const struct qv_paths *p, const char *name, const struct sup_opts *o, struct qv_err *e);
+/* Takes `def` over (it is left empty): a defined VM's as loaded, or a transient one's,
+ * whose run-directory definition is removed once its QEMU is gone. */
+int supervisor_run(const struct qv_paths *p, struct vm_def *def, const struct sup_opts *o, struct qv_err *e);
 /* CLI side of ctl.sock: -EBUSY "web1 is not running" when no supervisor answers. */
 int ctl_connect(const struct qv_paths *p, const char *name, int *fd, struct qv_err *e);
 int ctl_send(int fd, json_object *req, struct qv_err *e);
@@ -51,5 +53,11 @@ int vm_nvram_path(const struct qv_paths *p, const char *name, char *out, size_t 
 int network_run(const struct qv_paths *p, const char *name, int ready_fd, int echo_fd, struct qv_err *e);
 /* Stops the network's supervisor, or cleans up after a dead one (-ESRCH: nothing ran). */
 int network_stop(const struct qv_paths *p, const char *name, int timeout_ms, struct qv_err *e);
+
+/* Runs `qvisor --root ROOT ARGS... --ready-fd 3` detached and waits (at most
+ * timeout_ms) for it to say it is ready: 0, or its error (-ETIMEDOUT: it goes on
+ * starting in the background). */
+int supervisor_spawn(const struct qv_paths *paths, const char *const *args, int timeout_ms, const char *name,
+                     struct qv_err *err);
 
 #endif
