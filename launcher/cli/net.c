@@ -250,86 +250,12 @@ int cmd_net_leases(struct cli *c)
  * of VMs that are not running, and their dnsmasq. */
 int cmd_net_gc(struct cli *c)
 {
-    _cleanup_nft_ struct netsetup_nft *nft = NULL;
-    int r = netsetup_nft_open(&nft, &c->err);
-    if (r < 0)
-        return r;
-    struct strv nets = {0}, removed = {0};
-    if ((r = netsetup_nft_net_list(nft, &nets, &c->err)) < 0)
-        return r;
-    for (size_t i = 0; i < nets.n; i++) {
-        struct qv_err e = {0};
-        if (!net_running(&c->paths, nets.v[i], NULL)) {
-            struct net_def d;
-            char bridge[NETSETUP_IFNAMSIZ];
-            netsetup_bridge_name(nets.v[i], bridge);
-            bool have = net_load(&c->paths, nets.v[i], &d, NULL) == 0;
-            char dir[PATH_MAX];
-            net_run_dir(&c->paths, nets.v[i], dir, sizeof(dir));
-            pid_t dns;
-            if (netsetup_dnsmasq_find(dir, &dns) == 0) {
-                kill(dns, SIGTERM);
-                strv_pushf(&removed, "dnsmasq pid %d of network %s", (int)dns, nets.v[i]);
-            }
-            if (netsetup_net_down(nft, nets.v[i], have ? d.bridge : bridge, &e) == 0)
-                strv_pushf(&removed, "network %s: tables and bridge %s", nets.v[i], have ? d.bridge : bridge);
-            if (have)
-                net_def_free(&d);
-            continue;
-        }
-        struct strv taps = {0};
-        if (netsetup_nft_nic_list(nft, nets.v[i], &taps, &e) == 0) {
-            for (size_t t = 0; t < taps.n; t++) {
-                if (netsetup_link_exists(taps.v[t]))
-                    continue;
-                if (netsetup_nft_nic_remove(nft, nets.v[i], taps.v[t], &e) == 0)
-                    strv_pushf(&removed, "filter of tap %s on network %s", taps.v[t], nets.v[i]);
-            }
-        }
-        strv_free(&taps);
-    }
-    /* macvtaps and taps of VMs none of which is running */
-    static const char *const prefixes[] = {NETSETUP_MACVTAP_PREFIX, NETSETUP_TAP_PREFIX};
-    struct strv vms = {0}, owned = {0};
-    vm_list_names(&c->paths, &vms, NULL);
-    for (size_t v = 0; v < vms.n; v++) {
-        struct vm_def d;
-        if (vm_load(&c->paths, vms.v[v], &d, NULL) < 0)
-            continue;
-        /* a QEMU whose supervisor died still owns its taps */
-        struct vm_runstate rs;
-        bool supervised;
-        vm_observe(&c->paths, d.name, &rs, &supervised);
-        bool live = supervised || (rs.state != VM_SHUTOFF && rs.state != VM_CRASHED);
-        runstate_free(&rs);
-        for (unsigned k = 0; live && k < VM_MAX_NICS + 16 + 16; k++) {
-            char name[NETSETUP_IFNAMSIZ];
-            netsetup_macvtap_name(d.uuid, k, name);
-            strv_push(&owned, name);
-            netsetup_tap_name(d.uuid, k, name);
-            strv_push(&owned, name);
-        }
-        vm_def_free(&d);
-    }
-    for (size_t p = 0; p < ARRAY_SIZE(prefixes); p++) {
-        struct strv links = {0};
-        netsetup_link_list(prefixes[p], &links, NULL);
-        for (size_t l = 0; l < links.n; l++) {
-            struct qv_err e = {0};
-            if (strv_contains((const char *const *)owned.v, links.v[l]))
-                continue;
-            if (netsetup_link_delete(links.v[l], &e) == 0)
-                strv_pushf(&removed, "%s %s", p == 0 ? "macvtap" : "tap", links.v[l]);
-        }
-        strv_free(&links);
-    }
+    struct strv removed = {0};
+    int r = network_gc(&c->paths, &removed, &c->err);
     for (size_t i = 0; i < removed.n; i++)
         printf("removed %s\n", removed.v[i]);
-    if (!removed.n && !c->quiet)
+    if (r == 0 && !removed.n && !c->quiet)
         printf("nothing to remove\n");
     strv_free(&removed);
-    strv_free(&nets);
-    strv_free(&vms);
-    strv_free(&owned);
-    return 0;
+    return r;
 }

@@ -54,6 +54,10 @@ int network_run(const struct qv_paths *p, const char *name, int ready_fd, int ec
 /* Stops the network's supervisor, or cleans up after a dead one (-ESRCH: nothing ran). */
 int network_stop(const struct qv_paths *p, const char *name, int timeout_ms, struct qv_err *e);
 
+/* Removes what dead supervisors left (see netgc.c); what it removed, one line each,
+ * is added to `removed`. */
+int network_gc(const struct qv_paths *paths, struct strv *removed, struct qv_err *err);
+
 /* Runs `qvisor --root ROOT ARGS... --ready-fd 3` detached and waits (at most
  * timeout_ms) for it to say it is ready: 0, or its error (-ETIMEDOUT: it goes on
  * starting in the background). */
