@@ -1,8 +1,20 @@
-/* Internal to launcher/: the parts of the definition parser in other files. */
+/* Internal to launcher/model: the parts of the definition parser in other files. */
 #ifndef QV_CONFIG_H
 #define QV_CONFIG_H
 
 #include "launcher/model/model.h"
+
+/* config.c's name tables, shared with config_json.c (the same names both ways) */
+extern const char *const firmware_names[];
+extern const char *const boot_dev_names[];
+extern const char *const cache_names[];
+extern const char *const aio_names[];
+extern const char *const macvtap_names[];
+extern const char *const console_names[];
+extern const char *const graphics_names[];
+extern const char *const poweroff_names[];
+extern const char *const reboot_names[];
+extern const char *const crash_names[];
 
 int vm_limits_parse(struct jr *r, json_object *root, struct vm_def *d);
 int vm_sandbox_parse(struct jr *r, json_object *root, struct vm_def *d);
