@@ -244,21 +244,19 @@ int cmd_define(struct cli *c)
     if (r < 0)
         return r;
     if (cli_flag(c, "print")) {
-        struct vm_def d;
+        _cleanup_vm_def_ struct vm_def d = {0};
         if ((r = vm_def_from_json(o, &d, &c->err)) < 0)
             return from_file ? qv_prefix(&c->err, "%s: ", arg) : r;
         _cleanup_json_ json_object *norm = vm_def_to_json(&d);
-        vm_def_free(&d);
         cli_print_json(norm);
         return 0;
     }
-    struct vm_def d;
+    _cleanup_vm_def_ struct vm_def d = {0};
     r = vm_define(&c->paths, o, false, &d, &c->err);
     if (r < 0)
         return from_file && r == -EINVAL ? qv_prefix(&c->err, "%s: ", arg) : r;
     if (!c->quiet)
         printf("defined %s (%s)\n", d.name, d.uuid);
-    vm_def_free(&d);
     return 0;
 }
 
@@ -275,7 +273,7 @@ int cmd_create(struct cli *c)
     bool from_file;
     if ((r = definition_input(c, extra, &o, &from_file)) < 0)
         return r;
-    struct vm_def d;
+    _cleanup_vm_def_ struct vm_def d = {0};
     if ((r = vm_create_transient(&c->paths, o, &d, &c->err)) < 0)
         return from_file && r == -EINVAL ? qv_prefix(&c->err, "%s: ", arg) : r;
     const char *args[] = {"run", d.name, NULL};
@@ -284,7 +282,6 @@ int cmd_create(struct cli *c)
         vm_transient_forget(&c->paths, d.name);    /* no supervisor ever took it */
     if (r == 0 && !c->quiet)
         printf("%s created and started (transient: gone once it stops)\n", d.name);
-    vm_def_free(&d);
     return r;
 }
 
@@ -308,12 +305,11 @@ int cmd_undefine(struct cli *c)
 int cmd_edit(struct cli *c)
 {
     const char *name = c->pos[0];
-    struct vm_def d;
+    _cleanup_vm_def_ struct vm_def d = {0};
     int r = vm_load(&c->paths, name, &d, &c->err);
     if (r < 0)
         return r;
     _cleanup_json_ json_object *cur = vm_def_to_json(&d);
-    vm_def_free(&d);
     _cleanup_json_ json_object *next = NULL;
     char tmp[] = "/tmp/qvisor-edit-XXXXXX.json";
     bool edited = false;
@@ -365,12 +361,11 @@ int cmd_edit(struct cli *c)
     if (!json_object_object_get_ex(next, "name", &v) || strcmp(json_object_get_string(v), name) != 0)
         r = qv_fail(&c->err, -EINVAL, "name: a VM keeps its name (undefine and define to rename)");
     else
-        r = vm_define(&c->paths, next, true, &d, &c->err);
+        r = vm_define(&c->paths, next, true, NULL, &c->err);
     if (r < 0)
         return edited ? qv_prefix(&c->err, "nothing changed (your text is in %s): ", tmp) : r;
     if (edited)
         unlink(tmp);
-    vm_def_free(&d);
     if (!c->quiet)
         printf("%s changed%s\n", name, vm_supervised(&c->paths, name, NULL) ? " (from its next start)" : "");
     return 0;
@@ -378,12 +373,11 @@ int cmd_edit(struct cli *c)
 
 int cmd_show(struct cli *c)
 {
-    struct vm_def d;
+    _cleanup_vm_def_ struct vm_def d = {0};
     int r = vm_load(&c->paths, c->pos[0], &d, &c->err);
     if (r < 0)
         return r;
     if (cli_flag(c, "confinement")) {
-        vm_def_free(&d);
         json_object *reply = NULL, *st, *conf;
         if ((r = ctl_call(&c->paths, c->pos[0], ctl_request("status"), 5000, &reply, &c->err)) < 0)
             return r;
@@ -399,7 +393,6 @@ int cmd_show(struct cli *c)
         fprintf(stderr, "qvisor: warning: %s: qemu_args are passed to QEMU unchecked: %s\n", d.name, args);
     }
     _cleanup_json_ json_object *o = vm_def_to_json(&d);
-    vm_def_free(&d);
     cli_print_json(o);
     return 0;
 }
@@ -414,7 +407,7 @@ int cmd_list(struct cli *c)
     if (!c->json)
         printf("%-24s %-10s %5s %8s\n", "NAME", "STATE", "CPUS", "MEMORY");
     for (size_t i = 0; i < names.n; i++) {
-        struct vm_def d;
+        _cleanup_vm_def_ struct vm_def d = {0};
         struct qv_err e = {0};
         struct vm_runstate rs;
         bool supervised;
@@ -448,8 +441,6 @@ int cmd_list(struct cli *c)
         } else {
             printf("%-24s %-10s %5s %8s  (%s)\n", names.v[i], state, "-", "-", e.msg);
         }
-        if (ok)
-            vm_def_free(&d);
     }
     if (c->json)
         cli_print_json(arr);
@@ -460,7 +451,7 @@ int cmd_list(struct cli *c)
 
 int cmd_argv(struct cli *c)
 {
-    struct vm_def d;
+    _cleanup_vm_def_ struct vm_def d = {0};
     int r = vm_load(&c->paths, c->pos[0], &d, &c->err);
     if (r < 0)
         return r;
@@ -475,6 +466,5 @@ int cmd_argv(struct cli *c)
         }
         host_config_free(&hc);
     }
-    vm_def_free(&d);
     return r;
 }

@@ -11,12 +11,11 @@
 static int change_definition(struct cli *c, const char *name, const char *list, json_object *dev, const char *field,
                              const char *remove_key)
 {
-    struct vm_def d;
+    _cleanup_vm_def_ struct vm_def d = {0};
     int r = vm_load(&c->paths, name, &d, &c->err);
     if (r < 0)
         return r;
     _cleanup_json_ json_object *o = vm_def_to_json(&d);
-    vm_def_free(&d);
     json_object *arr;
     json_object_object_get_ex(o, list, &arr);
     if (dev) {
@@ -36,10 +35,9 @@ static int change_definition(struct cli *c, const char *name, const char *list, 
             return qv_fail(&c->err, -ENOENT, "%s: the definition has no %s with %s %s", name,
                            strcmp(list, "disks") == 0 ? "disk" : "NIC", field, remove_key);
     }
-    struct vm_def out;
+    _cleanup_vm_def_ struct vm_def out = {0};
     if ((r = vm_define(&c->paths, o, true, &out, &c->err)) < 0)
         return r;
-    vm_def_free(&out);
     return 0;
 }
 
@@ -52,11 +50,10 @@ static int attach(struct cli *c, const char *what, json_object *dev)
 {
     const char *name = c->pos[0];
     bool persistent = cli_flag(c, "persistent");
-    struct vm_def d;
+    _cleanup_vm_def_ struct vm_def d = {0};
     int r = vm_load(&c->paths, name, &d, &c->err);
     if (r < 0)
         return r;
-    vm_def_free(&d);
     const char *id = NULL;
     json_object *reply = NULL;
     if (running(c, name)) {
@@ -89,11 +86,10 @@ static int detach(struct cli *c, const char *what, const char *target, const cha
 {
     const char *name = c->pos[0];
     bool persistent = cli_flag(c, "persistent");
-    struct vm_def d;
+    _cleanup_vm_def_ struct vm_def d = {0};
     int r = vm_load(&c->paths, name, &d, &c->err);
     if (r < 0)
         return r;
-    vm_def_free(&d);
     bool live = running(c, name), unplugged = false;
     if (live) {
         json_object *req = ctl_request(strcmp(what, "disk") == 0 ? "detach-disk" : "detach-nic");

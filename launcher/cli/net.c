@@ -76,13 +76,12 @@ int cmd_net_define(struct cli *c)
     int r = file ? json_read_file(arg, &o, &c->err) : net_from_flags(c, arg, &o);
     if (r < 0)
         return r;
-    struct net_def d;
+    _cleanup_net_def_ struct net_def d = {0};
     if ((r = net_define(&c->paths, o, false, &d, &c->err)) < 0)
         return file && r == -EINVAL ? qv_prefix(&c->err, "%s: ", arg) : r;
     if (!c->quiet)
         printf("defined network %s (%s, bridge %s%s%s)\n", d.name, net_mode_names[d.mode], d.bridge,
                d.ipv4.address ? ", " : "", d.ipv4.address ? d.ipv4.address : "");
-    net_def_free(&d);
     return 0;
 }
 
@@ -98,12 +97,11 @@ int cmd_net_undefine(struct cli *c)
 
 int cmd_net_show(struct cli *c)
 {
-    struct net_def d;
+    _cleanup_net_def_ struct net_def d = {0};
     int r = net_load(&c->paths, c->pos[0], &d, &c->err);
     if (r < 0)
         return r;
     _cleanup_json_ json_object *o = net_def_to_json(&d);
-    net_def_free(&d);
     cli_print_json(o);
     return 0;
 }
@@ -125,10 +123,9 @@ static const char *net_state(struct cli *c, const char *name)
 
 int cmd_net_list(struct cli *c)
 {
-    struct net_def dflt;
+    _cleanup_net_def_ struct net_def dflt = {0};
     /* like libvirt's, the default network exists from the start */
-    if (net_load(&c->paths, "default", &dflt, NULL) == 0)
-        net_def_free(&dflt);
+    net_load(&c->paths, "default", &dflt, NULL);
     struct strv names = {0};
     int r = net_list_names(&c->paths, &names, &c->err);
     if (r < 0)
@@ -137,7 +134,7 @@ int cmd_net_list(struct cli *c)
     if (!c->json)
         printf("%-16s %-9s %-9s %-15s %-18s %s\n", "NAME", "STATE", "MODE", "BRIDGE", "IPV4", "AUTOSTART");
     for (size_t i = 0; i < names.n; i++) {
-        struct net_def d;
+        _cleanup_net_def_ struct net_def d = {0};
         struct qv_err e = {0};
         if (net_load(&c->paths, names.v[i], &d, &e) < 0) {
             if (!c->json)
@@ -153,7 +150,6 @@ int cmd_net_list(struct cli *c)
             printf("%-16s %-9s %-9s %-15s %-18s %s\n", d.name, state, net_mode_names[d.mode], d.bridge,
                    d.ipv4.address ? d.ipv4.address : "-", d.autostart ? "yes" : "no");
         }
-        net_def_free(&d);
     }
     if (c->json)
         cli_print_json(arr);
@@ -172,11 +168,10 @@ int cmd_net_run(struct cli *c)
 int cmd_net_start(struct cli *c)
 {
     const char *name = c->pos[0];
-    struct net_def d;
+    _cleanup_net_def_ struct net_def d = {0};
     int r = net_load(&c->paths, name, &d, &c->err);
     if (r < 0)
         return r;
-    net_def_free(&d);
     pid_t holder;
     if (net_running(&c->paths, name, &holder))
         return qv_fail(&c->err, -EBUSY, "network %s is already running (pid %d)", name, (int)holder);
@@ -203,11 +198,10 @@ int cmd_net_stop(struct cli *c)
 
 int cmd_net_leases(struct cli *c)
 {
-    struct net_def d;
+    _cleanup_net_def_ struct net_def d = {0};
     int r = net_load(&c->paths, c->pos[0], &d, &c->err);
     if (r < 0)
         return r;
-    net_def_free(&d);
     char dir[PATH_MAX], path[PATH_MAX + 32];
     net_run_dir(&c->paths, c->pos[0], dir, sizeof(dir));
     snprintf(path, sizeof(path), "%s/" NETSETUP_DNSMASQ_LEASES, dir);

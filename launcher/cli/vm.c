@@ -16,7 +16,7 @@ int cmd_run(struct cli *c)
     const char *ready = cli_opt(c, "ready-fd");
     struct sup_opts o = {.ready_fd = ready ? atoi(ready) : -1, .attach_only = cli_flag(c, "attach-only")};
     o.echo_fd = c->quiet || o.ready_fd >= 0 ? -1 : 2;
-    struct vm_def d;
+    _cleanup_vm_def_ struct vm_def d = {0};
     int r = vm_load(&c->paths, c->pos[0], &d, &c->err);
     if (r < 0) {
         if (o.ready_fd >= 0)
@@ -24,7 +24,6 @@ int cmd_run(struct cli *c)
         return r;
     }
     r = supervisor_run(&c->paths, &d, &o, &c->err);
-    vm_def_free(&d);
     return r;
 }
 
@@ -44,10 +43,9 @@ int cmd_start(struct cli *c)
     int r = cli_opt_seconds_ms(c, "wait-timeout", 60000, &timeout_ms);
     if (r < 0)
         return r;
-    struct vm_def d;
+    _cleanup_vm_def_ struct vm_def d = {0};
     if ((r = vm_load(&c->paths, name, &d, &c->err)) < 0)
         return r;
-    vm_def_free(&d);
     pid_t holder;
     if (vm_supervised(&c->paths, name, &holder))
         return qv_fail(&c->err, -EBUSY, "%s is already running (pid %d)", name, (int)holder);
@@ -66,7 +64,7 @@ int cmd_start(struct cli *c)
  * running": the supervisor answers stop and kill with success or a timeout.) */
 static bool qemu_lives(struct cli *c, const char *name)
 {
-    struct vm_def d;
+    _cleanup_vm_def_ struct vm_def d = {0};
     if (vm_load(&c->paths, name, &d, NULL) < 0)
         return false;
     struct vm_runstate rs;
@@ -75,7 +73,6 @@ static bool qemu_lives(struct cli *c, const char *name)
     bool found = vm_find_qemu(&c->paths, name, d.uuid, have_rs ? &rs : NULL, &f) > 0;
     if (have_rs)
         runstate_free(&rs);
-    vm_def_free(&d);
     return found;
 }
 
@@ -210,7 +207,7 @@ static json_object *observed_status(struct cli *c, const struct vm_def *d)
 
 int cmd_status(struct cli *c)
 {
-    struct vm_def d;
+    _cleanup_vm_def_ struct vm_def d = {0};
     int r = vm_load(&c->paths, c->pos[0], &d, &c->err);
     if (r < 0)
         return r;
@@ -223,7 +220,6 @@ int cmd_status(struct cli *c)
         st = observed_status(c, &d);
     if (reply)
         json_object_put(reply);
-    vm_def_free(&d);
     if (c->json)
         cli_print_json(st);
     else
@@ -331,13 +327,12 @@ int cmd_events(struct cli *c)
 
 int cmd_logs(struct cli *c)
 {
-    struct vm_def d;
+    _cleanup_vm_def_ struct vm_def d = {0};
     int r = vm_load(&c->paths, c->pos[0], &d, &c->err);
     if (r < 0)
         return r;
     char path[PATH_MAX];
     qv_path(&c->paths, path, sizeof(path), QV_LOG "/%s.log", d.name);
-    vm_def_free(&d);
     _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         if (errno == ENOENT && !cli_flag(c, "follow"))

@@ -160,7 +160,9 @@ struct vm_def {
     bool transient;         /* not in etc/: lives in its run directory while it runs */
 };
 
-void vm_def_free(struct vm_def *d);
+void vm_def_free(struct vm_def *d);     /* leaves it zeroed: freeing twice is harmless */
+/* A definition freed at the end of its scope; initialise it with {0}. */
+#define _cleanup_vm_def_ _cleanup_(vm_def_free)
 void vm_disk_free(struct vm_disk *k);
 void vm_nic_free(struct vm_nic *n);
 /* One disk or NIC (hotplug), checked as in a definition for VM d; a disk's format
@@ -381,7 +383,8 @@ struct net_def {
     size_t nforwards;
     bool autostart;
 };
-void net_def_free(struct net_def *n);
+void net_def_free(struct net_def *n);   /* leaves it zeroed */
+#define _cleanup_net_def_ _cleanup_(net_def_free)
 int net_def_from_json(json_object *o, struct net_def *n, struct qv_err *e);
 json_object *net_def_to_json(const struct net_def *n);
 int net_def_path(const struct qv_paths *p, const char *name, char *out, size_t outlen);
