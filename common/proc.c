@@ -42,13 +42,19 @@ int proc_start_time(pid_t pid, unsigned long long *out)
     return 0;
 }
 
-bool proc_cmdline_contains(pid_t pid, const char *needle)
+/* /proc/PID/cmdline: NUL-separated arguments, len bytes in all. */
+static int read_cmdline(pid_t pid, char **s, size_t *len)
 {
     char path[64];
     snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
+    return read_file(path, 1u << 20, s, len);
+}
+
+bool proc_cmdline_contains(pid_t pid, const char *needle)
+{
     _cleanup_free_ char *s = NULL;
     size_t len;
-    if (read_file(path, 1u << 20, &s, &len) < 0)
+    if (read_cmdline(pid, &s, &len) < 0)
         return false;
     for (size_t off = 0; off < len; off += strlen(s + off) + 1)
         if (strstr(s + off, needle))
@@ -210,11 +216,9 @@ int run_program_split(const char *const *argv, int timeout_ms, char **out, char 
  * carries the uuid, but not after a "-uuid" of its own). */
 bool proc_cmdline_has_pair(pid_t pid, const char *key, const char *value)
 {
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
     _cleanup_free_ char *s = NULL;
     size_t len;
-    if (read_file(path, 1u << 20, &s, &len) < 0)
+    if (read_cmdline(pid, &s, &len) < 0)
         return false;
     const char *prev = NULL;
     for (size_t off = 0; off < len; off += strlen(s + off) + 1) {

@@ -315,17 +315,23 @@ static int define_locked(const struct qv_paths *p, struct vm_def *d, bool replac
     return json_write_file_atomic(path, norm, 0644, e);
 }
 
+/* A definition as define and create take it: valid, and usable on this host. */
+static int parse_checked(json_object *o, struct vm_def *d, struct qv_err *e)
+{
+    int r = vm_def_from_json(o, d, e);
+    if (r == 0 && (r = check_host(d, e)) < 0) {
+        qv_prefix(e, "%s: ", d->name);
+        vm_def_free(d);
+    }
+    return r;
+}
+
 int vm_define(const struct qv_paths *p, json_object *o, bool replace, struct vm_def *out, struct qv_err *e)
 {
     struct vm_def d;
-    int r = vm_def_from_json(o, &d, e);
+    int r = parse_checked(o, &d, e);
     if (r < 0)
         return r;
-    if ((r = check_host(&d, e)) < 0) {
-        qv_prefix(e, "%s: ", d.name);
-        vm_def_free(&d);
-        return r;
-    }
     _cleanup_close_ int lock = lock_vms_dir(p, e);
     r = lock < 0 ? lock : define_locked(p, &d, replace, e);
     if (r == 0 && out)
@@ -338,14 +344,9 @@ int vm_define(const struct qv_paths *p, json_object *o, bool replace, struct vm_
 int vm_create_transient(const struct qv_paths *p, json_object *o, struct vm_def *out, struct qv_err *e)
 {
     struct vm_def d;
-    int r = vm_def_from_json(o, &d, e);
+    int r = parse_checked(o, &d, e);
     if (r < 0)
         return r;
-    if ((r = check_host(&d, e)) < 0) {
-        qv_prefix(e, "%s: ", d.name);
-        vm_def_free(&d);
-        return r;
-    }
     _cleanup_close_ int lock = lock_vms_dir(p, e);
     char path[PATH_MAX], dir[PATH_MAX];
     bool transient;
