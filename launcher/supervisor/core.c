@@ -687,8 +687,11 @@ static void signal_readable(struct sup *s)
         if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
             sup_log(s, "received %s: stopping the VM", strsignal((int)si.ssi_signo));
             sup_begin_stop(s, false, 60000);
-        } else if (si.ssi_signo == SIGCHLD && s->qemu_is_child && s->qemu_pid) {
-            qemu_gone(s);
+        } else if (si.ssi_signo == SIGCHLD) {
+            /* one SIGCHLD may stand for several children: each is asked with WNOHANG */
+            hotplug_child_exited(s);
+            if (s->qemu_is_child && s->qemu_pid)
+                qemu_gone(s);
         }
     }
 }
@@ -724,7 +727,7 @@ static int next_timeout(struct sup *s)
     uint64_t now = monotonic_ms(), next = 0;
     uint64_t cands[] = {s->stop_next, s->restart_at, s->notify.next_ping, s->qmp ? qmp_next_deadline(s->qmp) : 0,
                         hotplug_next_deadline(s), s->lease_poll, console_next_deadline(s), ctl_next_deadline(s),
-                        monitor_next_deadline(s)};
+                        monitor_next_deadline(s), ctl_agent_deadline(s)};
     for (size_t i = 0; i < ARRAY_SIZE(cands); i++)
         if (cands[i] && (!next || cands[i] < next))
             next = cands[i];
@@ -743,6 +746,7 @@ static void run_timers(struct sup *s)
     hotplug_expire(s, now);
     ctl_expire(s, now);
     monitor_expire(s, now);
+    ctl_agent_expire(s, now);
     if (s->lease_poll && now >= s->lease_poll)
         vmnet_poll_leases(s);
     if (s->notify.next_ping && now >= s->notify.next_ping) {
@@ -802,6 +806,9 @@ static void loop(struct sup *s)
             case EV_PIDFD:
                 qemu_gone(s);
                 break;
+            case EV_AGENT:
+                ctl_agent_io(s, evs[i].events);
+                break;
             }
         }
         run_timers(s);
@@ -858,6 +865,7 @@ static void cleanup_previous(struct sup *s, const struct vm_runstate *prev)
 
 static void sup_free(struct sup *s)
 {
+    ctl_agent_close(s);
     ctl_close_all(s);
     confine_release(s);
     for (int i = 0; i < HOTPLUG_MAX; i++)

@@ -344,39 +344,139 @@ static const char *get_string(json_object *req, const char *key)
     return json_object_object_get_ex(req, key, &v) ? json_object_get_string(v) : NULL;
 }
 
-static void ignore_reply(void *ctx, json_object *ret, const struct qv_err *err)
+/* Guest agent reboot, without waiting for the agent in the loop: connect (a unix
+ * socket connects or fails at once), guest-sync-delimited within a second, then
+ * guest-shutdown (which never answers, so the client hears "ok" once it is sent).
+ * No agent, or no answer to the sync: system_reset instead. */
+static void reboot_fallback(struct sup *s, const char *why)
 {
-    (void)ctx;
-    (void)ret;
-    (void)err;
+    struct sup_client *c = client_by_id(s, s->agent_client);
+    s->agent_client = 0;
+    if (why)
+        sup_log(s, "guest agent did not answer (%s); resetting instead", why);
+    sup_log(s, "reboot: system_reset (no guest agent; the guest gets no chance to shut down cleanly)");
+    if (c)
+        client_qmp(s, c, "system_reset", NULL, AS_OK, QMP_TIMEOUT_DEFAULT);
 }
 
-/* Guest agent reboot; falls back to system_reset when there is no agent or it does
- * not answer the sync within a second (the supervisor's loop waits that long at most).
- * guest-shutdown never answers, so it is sent and not waited for. */
+static void on_agent_shutdown(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    struct sup *s = ctx;
+    s->agent_done = true;
+    if (err && s->agent_client)
+        reboot_fallback(s, err->msg);
+}
+
+static void on_agent_sync(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    struct sup *s = ctx;
+    if (err) {
+        s->agent_done = true;
+        reboot_fallback(s, err->msg);
+        return;
+    }
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "mode", json_object_new_string("reboot"));
+    if (qmp_send(s->agent, "guest-shutdown", args, NULL, 0, 1000, QMP_NO_REPLY_OK, on_agent_shutdown, s) < 0) {
+        s->agent_done = true;
+        reboot_fallback(s, "cannot send guest-shutdown");
+        return;
+    }
+    sup_log(s, "reboot through the guest agent");
+    sup_reply_ok(s, s->agent_client);
+    s->agent_client = 0;
+}
+
+/* After the agent's I/O or time-outs: a finished exchange lets go of the agent. */
+static void agent_settle(struct sup *s, int r)
+{
+    if (!s->agent)
+        return;
+    if (r < 0 || s->agent_done) {
+        epoll_ctl(s->epfd, EPOLL_CTL_DEL, qmp_fd(s->agent), NULL);
+        qmp_free(s->agent);
+        s->agent = NULL;
+        s->agent_done = false;
+        if (s->agent_client)
+            reboot_fallback(s, "the agent's connection closed");
+        return;
+    }
+    struct epoll_event ee = {.events = qmp_poll_events(s->agent), .data.ptr = &s->ev_agent};
+    epoll_ctl(s->epfd, EPOLL_CTL_MOD, qmp_fd(s->agent), &ee);
+}
+
+void ctl_agent_io(struct sup *s, uint32_t events)
+{
+    if (s->agent)
+        agent_settle(s, qmp_handle_io(s->agent, events, NULL));
+}
+
+uint64_t ctl_agent_deadline(struct sup *s)
+{
+    return s->agent ? qmp_next_deadline(s->agent) : 0;
+}
+
+void ctl_agent_expire(struct sup *s, uint64_t now)
+{
+    if (!s->agent)
+        return;
+    qmp_expire(s->agent, now);
+    agent_settle(s, 0);
+}
+
+void ctl_agent_close(struct sup *s)
+{
+    if (s->agent) {
+        epoll_ctl(s->epfd, EPOLL_CTL_DEL, qmp_fd(s->agent), NULL);
+        qmp_free(s->agent);
+        s->agent = NULL;
+    }
+}
+
 static void do_reboot(struct sup *s, struct sup_client *c)
 {
-    if (s->def.agent) {
-        char path[PATH_MAX];
-        snprintf(path, sizeof(path), "%s/qga.sock", s->run_dir);
-        struct qmp *agent = NULL;
-        struct qv_err e = {0};
-        if (qmp_connect_path(path, QMP_AGENT, 1000, NULL, NULL, &agent, &e) == 0) {
-            json_object *args = json_object_new_object();
-            json_object_object_add(args, "mode", json_object_new_string("reboot"));
-            bool sent = qmp_send(agent, "guest-shutdown", args, NULL, 0, 1000, QMP_NO_REPLY_OK, ignore_reply, NULL) == 0 &&
-                        !(qmp_poll_events(agent) & EPOLLOUT);
-            qmp_free(agent);
-            if (sent) {
-                sup_log(s, "reboot through the guest agent");
-                reply_ok(s, c);
-                return;
-            }
-        }
-        sup_log(s, "guest agent did not answer (%s); resetting instead", e.msg);
+    if (s->agent) {
+        reply_error(s, c, -EBUSY, "%s: a reboot through the guest agent is under way", s->def.name);
+        return;
     }
-    sup_log(s, "reboot: system_reset (no guest agent; the guest gets no chance to shut down cleanly)");
-    client_qmp(s, c, "system_reset", NULL, AS_OK, QMP_TIMEOUT_DEFAULT);
+    s->agent_client = c->id;
+    if (!s->def.agent) {
+        reboot_fallback(s, NULL);
+        return;
+    }
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/qga.sock", s->run_dir);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    int fd = -1;
+    if (strlen(path) >= sizeof(sa.sun_path)) {
+        errno = ENAMETOOLONG;
+    } else {
+        memcpy(sa.sun_path, path, strlen(path) + 1);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+            int err = errno;
+            close(fd);
+            fd = -1;
+            errno = err;
+        }
+    }
+    s->agent = fd >= 0 ? qmp_new(fd, QMP_AGENT, NULL, NULL) : NULL;
+    if (!s->agent) {
+        char why[PATH_MAX + 64];
+        snprintf(why, sizeof(why), "%s: %s", path, strerror(errno));
+        reboot_fallback(s, why);
+        return;
+    }
+    s->ev_agent.kind = EV_AGENT;
+    struct epoll_event ee = {.events = qmp_poll_events(s->agent), .data.ptr = &s->ev_agent};
+    epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ee);
+    if (qmp_agent_sync(s->agent, 1000, on_agent_sync, s) < 0) {
+        s->agent_done = true;
+        reboot_fallback(s, "cannot send guest-sync-delimited");
+    }
+    agent_settle(s, 0);
 }
 
 void sup_reply_ok(struct sup *s, unsigned client)
@@ -384,6 +484,15 @@ void sup_reply_ok(struct sup *s, unsigned client)
     struct sup_client *c = client_by_id(s, client);
     if (c)
         reply_ok(s, c);
+}
+
+void sup_reply_json(struct sup *s, unsigned client, json_object *reply)
+{
+    struct sup_client *c = client_by_id(s, client);
+    if (!c)
+        return;
+    json_object_object_add(reply, "ok", json_object_new_boolean(true));
+    ctl_client_send(s, c, reply);
 }
 
 void sup_reply_error(struct sup *s, unsigned client, int code, const char *fmt, ...)
@@ -399,7 +508,7 @@ void sup_reply_error(struct sup *s, unsigned client, int code, const char *fmt, 
     reply_error(s, c, code, "%s", msg);
 }
 
-/* Hotplug talks to QEMU with blocking calls on the monitor: there must be one. */
+/* Hotplug talks to QEMU over the monitor: there must be one. */
 static bool monitor_usable(struct sup *s, struct sup_client *c)
 {
     if (s->qmp && qmp_ready(s->qmp))
@@ -409,22 +518,18 @@ static bool monitor_usable(struct sup *s, struct sup_client *c)
     return false;
 }
 
-/* attach-*: the device's JSON under "device"; the reply carries its id. */
+/* attach-*: the device's JSON under "device"; the reply, which carries the device's
+ * id, comes when QEMU finished (or the attach was rolled back): the loop serves on. */
 static void do_attach(struct sup *s, struct sup_client *c, json_object *req, bool disk)
 {
-    json_object *spec, *reply = NULL;
+    json_object *spec;
     struct qv_err e = {0};
     json_object_object_get_ex(req, "device", &spec);
     if (!monitor_usable(s, c))
         return;
-    int r = disk ? hotplug_disk_attach(s, spec, &reply, &e) : hotplug_nic_attach(s, spec, &reply, &e);
-    if (r < 0) {
+    int r = disk ? hotplug_disk_attach(s, spec, c->id, &e) : hotplug_nic_attach(s, spec, c->id, &e);
+    if (r < 0)
         reply_error(s, c, r, "%s", e.msg);
-        return;
-    }
-    json_object_object_add(reply, "ok", json_object_new_boolean(true));
-    ctl_client_send(s, c, reply);
-    json_object_put(reply);
 }
 
 static void do_detach(struct sup *s, struct sup_client *c, json_object *req, enum hotplug_kind kind)

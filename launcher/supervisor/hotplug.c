@@ -7,7 +7,9 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <unistd.h>
+#include <sys/wait.h>
 
 #include "launcher/supervisor/internal.h"
 
@@ -84,7 +86,7 @@ void hotplug_record(struct sup *s)
     json_object *a = json_object_new_array();
     for (int i = 0; i < HOTPLUG_MAX; i++) {
         const struct hotplug *h = &s->hp[i];
-        if (!h->used)
+        if (!h->used || h->pending)     /* an attach under way is recorded once it succeeded */
             continue;
         json_object *o = json_object_new_object();
         json_object_object_add(o, "id", json_object_new_string(h->id));
@@ -132,74 +134,255 @@ void hotplug_restore(struct sup *s)
     }
 }
 
+/* ---- operations: one small state machine per attach or removal ----
+ *
+ * Every QMP command of an operation is sent with qmp_send and the next one goes
+ * out from the previous one's completion, so the supervisor's loop keeps serving
+ * (status, console, stop, events) however long QEMU takes. A step that succeeded
+ * leaves its undo behind; when a later step fails, the undos run in reverse,
+ * each awaited, and only then does the client get its error. The slot (and its
+ * pcie port) is reserved for the whole operation, so operations on different
+ * devices may run side by side. */
+
+#define OP_STEPS 12
+#define NET_START_TIMEOUT_MS 60000
+
+struct qcmd {
+    const char *cmd;        /* NULL: nothing (an undo that needs no command) */
+    json_object *args;
+    int fd;                 /* passed along (add-fd, getfd), -1 none; owned by the op */
+    int timeout;
+    bool absorbs;           /* on success it owns what the earlier steps made (netdev_add takes the fds) */
+};
+
+enum op_kind { OP_ATTACH, OP_DEVICE_DEL, OP_RELEASE };
+
+struct hotplug_op {
+    struct sup *s;
+    struct hotplug *h;
+    enum op_kind kind;
+    unsigned client;            /* 0: nobody waits for a reply */
+    char what[16];              /* "attach-disk", "attach-nic", "detach" for messages */
+    struct qcmd todo[OP_STEPS], undo[OP_STEPS];
+    size_t ntodo, done, undo_pos;
+    bool in_flight;             /* a command of this op is pending on s->qmp */
+    bool rolling_back;
+    struct qv_err err;          /* the failure being rolled back, or the cleanup's first */
+    int fds[NETSETUP_MAX_QUEUES];
+    int nfds;
+    struct vm_nic nic;          /* attach-nic: as requested */
+    bool host_side;             /* attach-nic: tap, filter (undone by net_nic_unplugged) */
+    json_object *reply;         /* the success reply, built when the last step is queued */
+    pid_t net_child;            /* attach-nic: `qvisor net start NET` running */
+    int net_out;
+    uint64_t net_deadline;
+};
+
+static void qcmd_free(struct qcmd *c)
+{
+    if (c->args)
+        json_object_put(c->args);
+    *c = (struct qcmd){.fd = -1};
+}
+
+static void op_free(struct hotplug_op *op)
+{
+    for (size_t i = 0; i < OP_STEPS; i++) {
+        qcmd_free(&op->todo[i]);
+        qcmd_free(&op->undo[i]);
+    }
+    for (int i = 0; i < op->nfds; i++)
+        if (op->fds[i] >= 0)
+            close(op->fds[i]);
+    if (op->net_child > 0) {
+        kill(op->net_child, SIGKILL);
+        waitpid(op->net_child, NULL, 0);
+    }
+    if (op->net_out >= 0)
+        close(op->net_out);
+    vm_nic_free(&op->nic);
+    if (op->reply)
+        json_object_put(op->reply);
+    if (op->h && op->h->op == op)
+        op->h->op = NULL;
+    free(op);
+}
+
+static struct hotplug_op *op_new(struct sup *s, struct hotplug *h, enum op_kind kind, unsigned client,
+                                 const char *what)
+{
+    struct hotplug_op *op = qv_xcalloc(1, sizeof(*op));
+    op->s = s;
+    op->h = h;
+    op->kind = kind;
+    op->client = client;
+    op->net_out = -1;
+    snprintf(op->what, sizeof(op->what), "%s", what);
+    for (size_t i = 0; i < OP_STEPS; i++)
+        op->todo[i].fd = op->undo[i].fd = -1;
+    h->op = op;
+    return op;
+}
+
+/* Queues a step and its undo (undo_cmd NULL: none). */
+static void op_step(struct hotplug_op *op, const char *cmd, json_object *args, int fd, int timeout,
+                    const char *undo_cmd, json_object *undo_args)
+{
+    if (op->ntodo >= OP_STEPS)
+        abort();    /* the builders below stay far under it */
+    op->todo[op->ntodo] = (struct qcmd){.cmd = cmd, .args = args, .fd = fd, .timeout = timeout};
+    op->undo[op->ntodo] = (struct qcmd){.cmd = undo_cmd, .args = undo_args, .fd = -1, .timeout = QMP_TIMEOUT_DEVICE};
+    op->ntodo++;
+}
+
+static json_object *obj1(const char *key, json_object *v)
+{
+    json_object *a = json_object_new_object();
+    json_object_object_add(a, key, v);
+    return a;
+}
+
+static void op_advance(struct hotplug_op *op);
+
+static void on_step(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    struct hotplug_op *op = ctx;
+    op->in_flight = false;
+    if (op->rolling_back) {
+        if (err)
+            sup_log(op->s, "%s %s: undoing %s: %s", op->what, op->h->id, op->undo[op->undo_pos].cmd, err->msg);
+    } else if (err) {
+        op->err = *err;
+        if (op->kind == OP_RELEASE) {
+            /* the guest let go already: the rest of the clean-up still runs */
+            sup_log(op->s, "removing %s: %s: %s", op->h->id, op->todo[op->done].cmd, err->msg);
+            op->done++;
+        } else {
+            qv_prefix(&op->err, "%s: %s: ", op->todo[op->done].cmd, op->h->id);
+            op->rolling_back = true;
+            op->undo_pos = op->done;
+        }
+    } else {
+        if (op->todo[op->done].absorbs)
+            for (size_t i = 0; i < op->done; i++)
+                qcmd_free(&op->undo[i]);
+        op->done++;
+    }
+    op_advance(op);
+}
+
+static void op_finish(struct hotplug_op *op);
+
+/* Sends the next command, or ends the operation. Called from completions, so it
+ * must not block; a command that cannot be sent fails like one QEMU refused. */
+static void op_advance(struct hotplug_op *op)
+{
+    struct sup *s = op->s;
+    for (;;) {
+        struct qcmd *c;
+        if (op->rolling_back) {
+            while (op->undo_pos > 0 && !op->undo[op->undo_pos - 1].cmd)
+                op->undo_pos--;
+            if (op->undo_pos == 0)
+                break;
+            op->undo_pos--;
+            c = &op->undo[op->undo_pos];
+        } else {
+            if (op->done >= op->ntodo)
+                break;
+            c = &op->todo[op->done];
+        }
+        json_object *args = c->args;
+        c->args = NULL;
+        int r = -ECONNRESET;
+        if (s->qmp)
+            r = qmp_send(s->qmp, c->cmd, args, c->fd >= 0 ? &c->fd : NULL, c->fd >= 0 ? 1 : 0, c->timeout, 0, on_step,
+                         op);
+        else if (args)
+            json_object_put(args);
+        if (r == 0) {
+            op->in_flight = true;
+            return;
+        }
+        struct qv_err e = {0};
+        qv_fail(&e, r, "%s: cannot send %s to QEMU (monitor connection lost)", s->def.name, c->cmd);
+        on_step(op, NULL, &e);
+        return;
+    }
+    op_finish(op);
+}
+
+static void reply_to(struct sup *s, unsigned client, json_object *reply)
+{
+    if (client)
+        sup_reply_json(s, client, reply);
+}
+
+static void attach_failed(struct hotplug_op *op);
+static void attach_done(struct hotplug_op *op);
+static void release_done(struct hotplug_op *op);
+
+static void op_finish(struct hotplug_op *op)
+{
+    struct sup *s = op->s;
+    struct hotplug *h = op->h;
+    switch (op->kind) {
+    case OP_ATTACH:
+        if (op->rolling_back)
+            attach_failed(op);
+        else
+            attach_done(op);
+        return;
+    case OP_DEVICE_DEL:
+        if (op->rolling_back) {
+            h->removing = false;
+            if (op->client)
+                sup_reply_error(s, op->client, op->err.code, "%s: detaching %s", s->def.name, op->err.msg);
+        } else {
+            /* the reply waits for DEVICE_DELETED */
+            h->waiting_client = op->client;
+            h->deadline = monotonic_ms() + RELEASE_TIMEOUT_MS;
+            sup_log(s, "detaching %s: waiting for the guest to release it", h->id);
+            if (h->released_early) {
+                h->released_early = false;
+                op_free(op);
+                hotplug_device_deleted(s, h->id);
+                return;
+            }
+        }
+        op_free(op);
+        return;
+    case OP_RELEASE:
+        release_done(op);
+        return;
+    }
+}
+
 void hotplug_forget_all(struct sup *s)
 {
-    /* QEMU is gone and its devices, fdsets and taps with it */
+    /* QEMU is gone and its devices, fdsets and taps with it; its monitor connection
+     * was freed first, so no completion of an operation can come any more */
     for (int i = 0; i < HOTPLUG_MAX; i++) {
-        if (s->hp[i].used && s->hp[i].waiting_client)
-            sup_reply_error(s, s->hp[i].waiting_client, -ESRCH, "QEMU exited before the guest released the device");
-        if (s->hp[i].used && s->hp[i].kind == HOTPLUG_NIC)
-            net_nic_unplugged(s, &s->hp[i]);
-        hotplug_clear(&s->hp[i]);
+        struct hotplug *h = &s->hp[i];
+        if (!h->used)
+            continue;
+        unsigned client = h->op ? h->op->client : h->waiting_client;
+        if (client)
+            sup_reply_error(s, client, -ESRCH, "%s: QEMU exited before the change of %s was finished", s->def.name,
+                            h->id[0] ? h->id : "a device");
+        bool host_side = h->op ? h->op->host_side : h->kind == HOTPLUG_NIC;
+        if (host_side)
+            net_nic_unplugged(s, h);
+        if (h->op)
+            op_free(h->op);
+        hotplug_clear(h);
     }
 }
 
 /* ---- disks ---- */
 
-static void disk_undo(struct sup *s, const struct hotplug *h, bool nodes)
-{
-    char node[48];
-    if (nodes) {
-        snprintf(node, sizeof(node), "%s-fmt", h->id);
-        json_object *a = json_object_new_object();
-        json_object_object_add(a, "node-name", json_object_new_string(node));
-        qmp_call(s->qmp, "blockdev-del", a, NULL, 0, QMP_TIMEOUT_DEVICE, NULL, NULL);
-        snprintf(node, sizeof(node), "%s-file", h->id);
-        a = json_object_new_object();
-        json_object_object_add(a, "node-name", json_object_new_string(node));
-        qmp_call(s->qmp, "blockdev-del", a, NULL, 0, QMP_TIMEOUT_DEVICE, NULL, NULL);
-    }
-    json_object *a = json_object_new_object();
-    json_object_object_add(a, "fdset-id", json_object_new_int(h->fdset));
-    qmp_call(s->qmp, "remove-fd", a, NULL, 0, QMP_TIMEOUT_DEFAULT, NULL, NULL);
-}
-
-
-/* The QMP part of an attach; *stage says how far it got, for the undo. */
-static int disk_plug(struct sup *s, struct hotplug *h, const struct vm_disk *k, int fd, int *stage, struct qv_err *e)
-{
-    char file_node[48], fmt_node[48], path[32];
-    snprintf(file_node, sizeof(file_node), "%s-file", h->id);
-    snprintf(fmt_node, sizeof(fmt_node), "%s-fmt", h->id);
-    snprintf(path, sizeof(path), "/dev/fdset/%d", h->fdset);
-    struct disk_io io = disk_io_mode(k->cache, k->aio, &s->facts);
-    json_object *a = json_object_new_object();
-    json_object_object_add(a, "fdset-id", json_object_new_int(h->fdset));
-    json_object_object_add(a, "opaque", json_object_new_string(file_node));
-    int r = qmp_call(s->qmp, "add-fd", a, &fd, 1, QMP_TIMEOUT_DEFAULT, NULL, e);
-    if (r < 0)
-        return r;
-    *stage = 2;
-    r = qmp_call(s->qmp, "blockdev-add", blockdev_file(file_node, path, &io, k->discard, k->readonly), NULL, 0,
-                 QMP_TIMEOUT_DEVICE, NULL, e);
-    if (r == 0)
-        r = qmp_call(s->qmp, "blockdev-add",
-                     blockdev_format(disk_format_names[k->format], fmt_node, file_node, NULL, &io, k->discard, k->readonly),
-                     NULL, 0, QMP_TIMEOUT_DEVICE, NULL, e);
-    if (r < 0)
-        return r;
-    json_object *dev = json_object_new_object();
-    json_object_object_add(dev, "driver", json_object_new_string("virtio-blk-pci"));
-    json_object_object_add(dev, "id", json_object_new_string(h->id));
-    json_object_object_add(dev, "drive", json_object_new_string(fmt_node));
-    json_object_object_add(dev, "write-cache", json_object_new_string(io.write_cache ? "on" : "off"));
-    if (k->serial)
-        json_object_object_add(dev, "serial", json_object_new_string(k->serial));
-    place(s, dev, h);
-    return qmp_call(s->qmp, "device_add", dev, NULL, 0, QMP_TIMEOUT_DEVICE, NULL, e);
-}
-
-int hotplug_disk_attach(struct sup *s, json_object *spec, json_object **reply, struct qv_err *e)
+int hotplug_disk_attach(struct sup *s, json_object *spec, unsigned client, struct qv_err *e)
 {
     struct vm_disk k;
     int r = vm_disk_from_json(spec, &s->def, &k, e);
@@ -211,7 +394,7 @@ int hotplug_disk_attach(struct sup *s, json_object *spec, json_object **reply, s
     else if (find(s, k.file))
         r = qv_fail(e, -EBUSY, "%s: attach-disk: %s is attached already", s->def.name, k.file);
     int slot = r < 0 ? r : free_slot(s, e);
-    _cleanup_close_ int fd = -1;
+    int fd = -1;
     if (slot >= 0 && (fd = open(k.file, (k.readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC)) < 0)
         slot = qv_failerr(e, -errno, "%s: attach-disk: %s", s->def.name, k.file);
     if (slot < 0) {
@@ -219,24 +402,41 @@ int hotplug_disk_attach(struct sup *s, json_object *spec, json_object **reply, s
         return slot;
     }
     struct hotplug *h = &s->hp[slot];
+    next_id(s, "disk", s->def.ndisks, h->id, sizeof(h->id));   /* before the slot counts as used */
+    h->used = h->pending = true;
     h->kind = HOTPLUG_DISK;
     h->fdset = FDSET_BASE + slot;
     snprintf(h->file, sizeof(h->file), "%s", k.file);
-    next_id(s, "disk", s->def.ndisks, h->id, sizeof(h->id));
-    int stage = 1;
-    r = disk_plug(s, h, &k, fd, &stage, e);
+    struct hotplug_op *op = op_new(s, h, OP_ATTACH, client, "attach-disk");
+    op->fds[op->nfds++] = fd;
+
+    char file_node[48], fmt_node[48], path[32];
+    snprintf(file_node, sizeof(file_node), "%s-file", h->id);
+    snprintf(fmt_node, sizeof(fmt_node), "%s-fmt", h->id);
+    snprintf(path, sizeof(path), "/dev/fdset/%d", h->fdset);
+    struct disk_io io = disk_io_mode(k.cache, k.aio, &s->facts);
+    json_object *a = json_object_new_object();
+    json_object_object_add(a, "fdset-id", json_object_new_int(h->fdset));
+    json_object_object_add(a, "opaque", json_object_new_string(file_node));
+    op_step(op, "add-fd", a, fd, QMP_TIMEOUT_DEFAULT, "remove-fd", obj1("fdset-id", json_object_new_int(h->fdset)));
+    op_step(op, "blockdev-add", blockdev_file(file_node, path, &io, k.discard, k.readonly), -1, QMP_TIMEOUT_DEVICE,
+            "blockdev-del", obj1("node-name", json_object_new_string(file_node)));
+    op_step(op, "blockdev-add",
+            blockdev_format(disk_format_names[k.format], fmt_node, file_node, NULL, &io, k.discard, k.readonly), -1,
+            QMP_TIMEOUT_DEVICE, "blockdev-del", obj1("node-name", json_object_new_string(fmt_node)));
+    json_object *dev = json_object_new_object();
+    json_object_object_add(dev, "driver", json_object_new_string("virtio-blk-pci"));
+    json_object_object_add(dev, "id", json_object_new_string(h->id));
+    json_object_object_add(dev, "drive", json_object_new_string(fmt_node));
+    json_object_object_add(dev, "write-cache", json_object_new_string(io.write_cache ? "on" : "off"));
+    if (k.serial)
+        json_object_object_add(dev, "serial", json_object_new_string(k.serial));
+    place(s, dev, h);
+    op_step(op, "device_add", dev, -1, QMP_TIMEOUT_DEVICE, NULL, NULL);
     vm_disk_free(&k);
-    if (r < 0) {
-        if (stage > 1)
-            disk_undo(s, h, true);
-        memset(h, 0, sizeof(*h));
-        return qv_prefix(e, "%s: attach-disk: ", s->def.name);
-    }
-    h->used = true;
-    hotplug_record(s);
-    sup_log(s, "attached disk %s as %s", h->file, h->id);
-    *reply = json_object_new_object();
-    json_object_object_add(*reply, "id", json_object_new_string(h->id));
+    op->reply = obj1("id", json_object_new_string(h->id));
+    sup_log(s, "attaching disk %s as %s", h->file, h->id);
+    op_advance(op);
     return 0;
 }
 
@@ -258,35 +458,31 @@ static int pick_mac(struct sup *s, size_t index, char out[18], struct qv_err *e)
     return qv_fail(e, -EEXIST, "%s: attach-nic: no free MAC address found; give one with --mac", s->def.name);
 }
 
-static int nic_plug_qmp(struct sup *s, struct hotplug *h, const struct vm_nic *n, const int *fds, int *stage,
-                        struct qv_err *e)
+/* The QMP part of an attach-nic, once the host side (tap fds) is ready. */
+static void nic_queue_qmp(struct hotplug_op *op)
 {
-    char netid[40], names[NETSETUP_MAX_QUEUES][32], list[NETSETUP_MAX_QUEUES * 32] = "";
+    struct sup *s = op->s;
+    struct hotplug *h = op->h;
+    const struct vm_nic *n = &op->nic;
+    char netid[40], list[NETSETUP_MAX_QUEUES * 32] = "";
     snprintf(netid, sizeof(netid), "%s-net", h->id);
     json_object *nd = json_object_new_object();
     json_object_object_add(nd, "id", json_object_new_string(netid));
     if (n->type == NIC_USER) {
         json_object_object_add(nd, "type", json_object_new_string("user"));
     } else {
-        for (int q = 0; q < n->queues; q++) {
-            snprintf(names[q], sizeof(names[q]), "%s-q%d", h->id, q);
-            json_object *a = json_object_new_object();
-            json_object_object_add(a, "fdname", json_object_new_string(names[q]));
-            int r = qmp_call(s->qmp, "getfd", a, &fds[q], 1, QMP_TIMEOUT_DEFAULT, NULL, e);
-            if (r < 0) {
-                json_object_put(nd);
-                return r;
-            }
-            *stage = 2 + q;
-            snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", q ? ":" : "", names[q]);
+        for (int q = 0; q < op->nfds; q++) {
+            char name[32];
+            snprintf(name, sizeof(name), "%s-q%d", h->id, q);
+            op_step(op, "getfd", obj1("fdname", json_object_new_string(name)), op->fds[q], QMP_TIMEOUT_DEFAULT,
+                    "closefd", obj1("fdname", json_object_new_string(name)));
+            snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", q ? ":" : "", name);
         }
         json_object_object_add(nd, "type", json_object_new_string("tap"));
         json_object_object_add(nd, n->queues > 1 ? "fds" : "fd", json_object_new_string(list));
     }
-    int r = qmp_call(s->qmp, "netdev_add", nd, NULL, 0, QMP_TIMEOUT_DEVICE, NULL, e);
-    if (r < 0)
-        return r;
-    *stage = 100;
+    op_step(op, "netdev_add", nd, -1, QMP_TIMEOUT_DEVICE, "netdev_del", obj1("id", json_object_new_string(netid)));
+    op->todo[op->ntodo - 1].absorbs = true;     /* the netdev took the fds: netdev_del frees them */
     json_object *dev = json_object_new_object();
     const char *driver = n->model == MODEL_VIRTIO ? "virtio-net-pci" : n->model == MODEL_E1000 ? "e1000" : "rtl8139";
     json_object_object_add(dev, "driver", json_object_new_string(driver));
@@ -298,29 +494,30 @@ static int nic_plug_qmp(struct sup *s, struct hotplug *h, const struct vm_nic *n
         json_object_object_add(dev, "vectors", json_object_new_int(2 * n->queues + 2));
     }
     place(s, dev, h);
-    return qmp_call(s->qmp, "device_add", dev, NULL, 0, QMP_TIMEOUT_DEVICE, NULL, e);
+    op_step(op, "device_add", dev, -1, QMP_TIMEOUT_DEVICE, NULL, NULL);
+    op->reply = json_object_new_object();
+    json_object_object_add(op->reply, "id", json_object_new_string(h->id));
+    json_object_object_add(op->reply, "mac", json_object_new_string(n->mac));
+    if (s->nics[h->nic_index].tap[0])
+        json_object_object_add(op->reply, "tap", json_object_new_string(s->nics[h->nic_index].tap));
+    op_advance(op);
 }
 
-static void nic_undo(struct sup *s, struct hotplug *h, const struct vm_nic *n, int stage)
+/* Host side, then QMP. Fails only before anything was made. */
+static int nic_plug_host(struct hotplug_op *op, struct qv_err *e)
 {
-    if (stage >= 100) {
-        char netid[40];
-        snprintf(netid, sizeof(netid), "%s-net", h->id);
-        json_object *a = json_object_new_object();
-        json_object_object_add(a, "id", json_object_new_string(netid));
-        qmp_call(s->qmp, "netdev_del", a, NULL, 0, QMP_TIMEOUT_DEVICE, NULL, NULL);
-        return;     /* the netdev owned the fds */
+    if (op->nic.type != NIC_USER) {
+        int r = vmnet_plug(op->s, &op->nic, op->h->nic_index, op->fds, false, e);
+        if (r < 0)
+            return r;
+        op->nfds = op->nic.queues;
+        op->host_side = true;
     }
-    for (int q = 0; q + 2 <= stage && q < n->queues; q++) {
-        char name[32];
-        snprintf(name, sizeof(name), "%s-q%d", h->id, q);
-        json_object *a = json_object_new_object();
-        json_object_object_add(a, "fdname", json_object_new_string(name));
-        qmp_call(s->qmp, "closefd", a, NULL, 0, QMP_TIMEOUT_DEFAULT, NULL, NULL);
-    }
+    nic_queue_qmp(op);
+    return 0;
 }
 
-int hotplug_nic_attach(struct sup *s, json_object *spec, json_object **reply, struct qv_err *e)
+int hotplug_nic_attach(struct sup *s, json_object *spec, unsigned client, struct qv_err *e)
 {
     struct vm_nic n;
     int r = vm_nic_from_json(spec, &s->def, &n, e);
@@ -338,51 +535,111 @@ int hotplug_nic_attach(struct sup *s, json_object *spec, json_object **reply, st
         vm_nic_free(&n);
         return slot;
     }
-    struct hotplug *h = &s->hp[slot];
-    h->kind = HOTPLUG_NIC;
-    h->nic_index = VM_MAX_NICS + (size_t)slot;
-    if (n.mac[0] && (vm_mac_in_use(s->paths, n.mac, s->def.name) || find(s, n.mac))) {
+    size_t nic_index = VM_MAX_NICS + (size_t)slot;
+    if (n.mac[0] && (vm_mac_in_use(s->paths, n.mac, s->def.name) || find(s, n.mac)))
         r = qv_fail(e, -EEXIST, "%s: attach-nic: MAC %s is in use", s->def.name, n.mac);
-    } else if (!n.mac[0]) {
-        r = pick_mac(s, h->nic_index, n.mac, e);
-    }
-    int fds[NETSETUP_MAX_QUEUES];
-    int nfds = 0;
-    if (r == 0 && n.type != NIC_USER) {
-        r = vmnet_plug(s, &n, h->nic_index, fds, e);
-        nfds = r == 0 ? n.queues : 0;
-    }
-    int stage = 1;
-    if (r == 0) {
-        next_id(s, "nic", s->def.nnics, h->id, sizeof(h->id));
-        r = nic_plug_qmp(s, h, &n, fds, &stage, e);
-    }
-    for (int q = 0; q < nfds; q++)
-        close(fds[q]);      /* QEMU holds its own copies now */
+    else if (!n.mac[0])
+        r = pick_mac(s, nic_index, n.mac, e);
+    char net[72] = "";
+    if (r == 0 && n.type == NIC_NETWORK)
+        r = vmnet_needs_start(s, &n, net, sizeof(net), e);
     if (r < 0) {
-        nic_undo(s, h, &n, stage);
-        if (nfds) {
-            struct hotplug tmp = *h;
-            net_nic_unplugged(s, &tmp);
-        }
-        memset(h, 0, sizeof(*h));
         vm_nic_free(&n);
+        return r;
+    }
+    struct hotplug *h = &s->hp[slot];
+    next_id(s, "nic", s->def.nnics, h->id, sizeof(h->id));     /* before the slot counts as used */
+    h->used = h->pending = true;
+    h->kind = HOTPLUG_NIC;
+    h->nic_index = nic_index;
+    snprintf(h->mac, sizeof(h->mac), "%s", n.mac);
+    struct hotplug_op *op = op_new(s, h, OP_ATTACH, client, "attach-nic");
+    op->nic = n;
+    if (net[0]) {
+        /* the network starts as a child the loop watches; its exit continues here */
+        r = vmnet_start_network(s, net, &op->net_child, &op->net_out, e);
+        if (r == 0) {
+            op->net_deadline = monotonic_ms() + NET_START_TIMEOUT_MS;
+            sup_log(s, "attach-nic %s: starting network %s (autostart)", h->id, net);
+            return 0;
+        }
+    } else {
+        r = nic_plug_host(op, e);
+    }
+    if (r < 0) {
+        op_free(op);
+        hotplug_clear(h);
         return qv_prefix(e, "%s: attach-nic: ", s->def.name);
     }
-    h->used = true;
-    snprintf(h->mac, sizeof(h->mac), "%s", n.mac);
-    memcpy(h->tap, s->nics[h->nic_index].tap, sizeof(h->tap));
-    memcpy(h->network, s->nics[h->nic_index].network, sizeof(h->network));
-    h->nic = n;
-    hotplug_record(s);
-    sup_log(s, "attached NIC %s (%s%s%s) as %s", n.mac, nic_type_names[n.type], n.source ? " " : "", n.source ? n.source : "",
-            h->id);
-    *reply = json_object_new_object();
-    json_object_object_add(*reply, "id", json_object_new_string(h->id));
-    json_object_object_add(*reply, "mac", json_object_new_string(n.mac));
-    if (h->tap[0])
-        json_object_object_add(*reply, "tap", json_object_new_string(h->tap));
     return 0;
+}
+
+static void net_started(struct hotplug_op *op, int status)
+{
+    struct sup *s = op->s;
+    struct qv_err e = {0};
+    int r = vmnet_start_network_done(s, op->nic.source, status, op->net_out, &e);
+    close(op->net_out);
+    op->net_out = -1;
+    op->net_child = 0;
+    op->net_deadline = 0;
+    if (r == 0)
+        r = nic_plug_host(op, &e);
+    if (r < 0) {
+        op->err = e;
+        qv_prefix(&op->err, "%s: ", op->h->id);
+        op->rolling_back = true;
+        attach_failed(op);
+    }
+}
+
+/* SIGCHLD: a network start of an attach-nic may have ended. */
+void hotplug_child_exited(struct sup *s)
+{
+    for (int i = 0; i < HOTPLUG_MAX; i++) {
+        struct hotplug_op *op = s->hp[i].op;
+        if (!op || op->net_child <= 0)
+            continue;
+        int st;
+        pid_t p = waitpid(op->net_child, &st, WNOHANG);
+        if (p == op->net_child)
+            net_started(op, WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+    }
+}
+
+/* ---- the end of an attach ---- */
+
+static void attach_failed(struct hotplug_op *op)
+{
+    struct sup *s = op->s;
+    struct hotplug *h = op->h;
+    if (op->host_side)
+        net_nic_unplugged(s, h);
+    sup_log(s, "%s %s failed: %s", op->what, h->id, op->err.msg);
+    if (op->client)
+        sup_reply_error(s, op->client, op->err.code, "%s: %s: %s", s->def.name, op->what, op->err.msg);
+    op_free(op);
+    hotplug_clear(h);
+}
+
+static void attach_done(struct hotplug_op *op)
+{
+    struct sup *s = op->s;
+    struct hotplug *h = op->h;
+    h->pending = false;
+    if (h->kind == HOTPLUG_NIC) {
+        memcpy(h->tap, s->nics[h->nic_index].tap, sizeof(h->tap));
+        memcpy(h->network, s->nics[h->nic_index].network, sizeof(h->network));
+        h->nic = op->nic;
+        memset(&op->nic, 0, sizeof(op->nic));
+        sup_log(s, "attached NIC %s (%s%s%s) as %s", h->mac, nic_type_names[h->nic.type], h->nic.source ? " " : "",
+                h->nic.source ? h->nic.source : "", h->id);
+    } else {
+        sup_log(s, "attached disk %s as %s", h->file, h->id);
+    }
+    hotplug_record(s);
+    reply_to(s, op->client, op->reply);
+    op_free(op);
 }
 
 /* ---- removal, for disks and NICs ---- */
@@ -395,47 +652,53 @@ int hotplug_detach(struct sup *s, const char *key, enum hotplug_kind kind, unsig
     if (!h || h->kind != kind)
         return qv_fail(e, -ENOENT, "%s: no hotplugged %s %s (devices of the definition go with --persistent, "
                                    "at the next start)", s->def.name, kind == HOTPLUG_DISK ? "disk" : "NIC", key);
+    if (h->pending)
+        return qv_fail(e, -EBUSY, "%s: %s is being attached; detach it once that finished", s->def.name, h->id);
     if (h->removing)
         return qv_fail(e, -EALREADY, "%s: %s is being removed already", s->def.name, h->id);
-    json_object *a = json_object_new_object();
-    json_object_object_add(a, "id", json_object_new_string(h->id));
-    int r = qmp_call(s->qmp, "device_del", a, NULL, 0, QMP_TIMEOUT_DEVICE, NULL, e);
-    if (r < 0)
-        return qv_prefix(e, "%s: detaching %s: ", s->def.name, h->id);
     h->removing = true;
-    h->waiting_client = client;
-    h->deadline = monotonic_ms() + RELEASE_TIMEOUT_MS;
-    sup_log(s, "detaching %s: waiting for the guest to release it", h->id);
+    struct hotplug_op *op = op_new(s, h, OP_DEVICE_DEL, client, "detach");
+    op_step(op, "device_del", obj1("id", json_object_new_string(h->id)), -1, QMP_TIMEOUT_DEVICE, NULL, NULL);
+    op_advance(op);
     return 0;
 }
 
 static void released(struct sup *s, struct hotplug *h)
 {
     sup_log(s, "the guest released %s", h->id);
+    unsigned client = h->waiting_client;
+    h->waiting_client = 0;
+    struct hotplug_op *op = op_new(s, h, OP_RELEASE, client, "detach");
     if (h->kind == HOTPLUG_DISK) {
-        /* the event callback must not block: QEMU answers these in order */
         char node[48];
         snprintf(node, sizeof(node), "%s-fmt", h->id);
-        json_object *a = json_object_new_object();
-        json_object_object_add(a, "node-name", json_object_new_string(node));
-        sup_qmp(s, "blockdev-del", a);
+        op_step(op, "blockdev-del", obj1("node-name", json_object_new_string(node)), -1, QMP_TIMEOUT_DEVICE, NULL, NULL);
         snprintf(node, sizeof(node), "%s-file", h->id);
-        a = json_object_new_object();
-        json_object_object_add(a, "node-name", json_object_new_string(node));
-        sup_qmp(s, "blockdev-del", a);
-        a = json_object_new_object();
-        json_object_object_add(a, "fdset-id", json_object_new_int(h->fdset));
-        sup_qmp(s, "remove-fd", a);
+        op_step(op, "blockdev-del", obj1("node-name", json_object_new_string(node)), -1, QMP_TIMEOUT_DEVICE, NULL, NULL);
+        op_step(op, "remove-fd", obj1("fdset-id", json_object_new_int(h->fdset)), -1, QMP_TIMEOUT_DEFAULT, NULL, NULL);
     } else {
-        json_object *a = json_object_new_object();
         char netid[40];
         snprintf(netid, sizeof(netid), "%s-net", h->id);
-        json_object_object_add(a, "id", json_object_new_string(netid));
-        sup_qmp(s, "netdev_del", a);
-        net_nic_unplugged(s, h);
+        op_step(op, "netdev_del", obj1("id", json_object_new_string(netid)), -1, QMP_TIMEOUT_DEVICE, NULL, NULL);
     }
-    if (h->waiting_client)
-        sup_reply_ok(s, h->waiting_client);
+    op_advance(op);
+}
+
+static void release_done(struct hotplug_op *op)
+{
+    struct sup *s = op->s;
+    struct hotplug *h = op->h;
+    if (h->kind == HOTPLUG_NIC)
+        net_nic_unplugged(s, h);
+    if (op->client) {
+        if (op->err.code)
+            sup_reply_error(s, op->client, op->err.code,
+                            "%s: the guest released %s, but QEMU did not free all of it: %s", s->def.name, h->id,
+                            op->err.msg);
+        else
+            sup_reply_ok(s, op->client);
+    }
+    op_free(op);
     hotplug_clear(h);
     hotplug_record(s);
 }
@@ -444,17 +707,26 @@ void hotplug_device_deleted(struct sup *s, const char *device)
 {
     if (!device)
         return;
-    for (int i = 0; i < HOTPLUG_MAX; i++)
-        if (s->hp[i].used && strcmp(s->hp[i].id, device) == 0)
-            released(s, &s->hp[i]);
+    for (int i = 0; i < HOTPLUG_MAX; i++) {
+        struct hotplug *h = &s->hp[i];
+        if (!h->used || h->pending || strcmp(h->id, device) != 0)
+            continue;
+        if (h->op && h->op->kind == OP_DEVICE_DEL)
+            h->released_early = true;   /* before device_del's own reply: finish once it came */
+        else if (!h->op)
+            released(s, h);
+    }
 }
 
 uint64_t hotplug_next_deadline(struct sup *s)
 {
     uint64_t next = 0;
-    for (int i = 0; i < HOTPLUG_MAX; i++)
-        if (s->hp[i].used && s->hp[i].waiting_client && (!next || s->hp[i].deadline < next))
-            next = s->hp[i].deadline;
+    for (int i = 0; i < HOTPLUG_MAX; i++) {
+        const struct hotplug *h = &s->hp[i];
+        uint64_t d = !h->used ? 0 : h->op ? h->op->net_deadline : h->waiting_client ? h->deadline : 0;
+        if (d && (!next || d < next))
+            next = d;
+    }
     return next;
 }
 
@@ -462,7 +734,15 @@ void hotplug_expire(struct sup *s, uint64_t now)
 {
     for (int i = 0; i < HOTPLUG_MAX; i++) {
         struct hotplug *h = &s->hp[i];
-        if (!h->used || !h->waiting_client || now < h->deadline)
+        if (!h->used)
+            continue;
+        if (h->op && h->op->net_deadline && now >= h->op->net_deadline && h->op->net_child > 0) {
+            /* its exit (SIGCHLD) fails the attach */
+            kill(h->op->net_child, SIGKILL);
+            h->op->net_deadline = 0;
+            continue;
+        }
+        if (h->op || !h->waiting_client || now < h->deadline)
             continue;
         sup_reply_error(s, h->waiting_client, -ETIMEDOUT,
                         "%s: the guest did not release %s within %d s (it is still attached; removal completes if "

@@ -37,7 +37,7 @@ void notify_send(struct notify *n, const char *msg);
 void notify_close(struct notify *n);
 
 
-enum ev_kind { EV_QMP, EV_CONSOLE, EV_CTL, EV_CLIENT, EV_SIGNAL, EV_PIDFD };
+enum ev_kind { EV_QMP, EV_CONSOLE, EV_CTL, EV_CLIENT, EV_SIGNAL, EV_PIDFD, EV_AGENT };
 
 struct ev {
     enum ev_kind kind;
@@ -84,8 +84,12 @@ struct confine {
 enum hotplug_kind { HOTPLUG_DISK, HOTPLUG_NIC };
 
 /* A device added while the VM runs (hotplug.c). */
+struct hotplug_op;
 struct hotplug {
     bool used, removing;
+    bool pending;           /* being attached: slot and port reserved, not recorded yet */
+    bool released_early;    /* DEVICE_DELETED came before device_del's reply */
+    struct hotplug_op *op;  /* the attach or removal under way (hotplug.c), NULL if none */
     enum hotplug_kind kind;
     char id[24];            /* QEMU device id: disk3, nic2 */
     int port;               /* pcie-root-port index on q35, else -1 */
@@ -145,6 +149,11 @@ struct sup {
     qmp_event_fn monitor_on_event;
     void *monitor_ctx;
     struct vm_runstate rs;
+    /* a reboot through the guest agent under way (sup_ctl.c) */
+    struct qmp *agent;
+    struct ev ev_agent;
+    unsigned agent_client;      /* waits for its reply; 0 once answered */
+    bool agent_done;            /* the exchange is over: let go after the I/O call */
 
     /* stopping: graceful (powerdown, again, quit, SIGTERM, SIGKILL) or forced */
     int stop_phase;
@@ -191,6 +200,8 @@ void vmlog_check(struct sup *s);
 
 /* ctl.c */
 void sup_reply_ok(struct sup *s, unsigned client);
+/* Adds "ok":true to reply (kept by the caller) and sends it. */
+void sup_reply_json(struct sup *s, unsigned client, json_object *reply);
 void sup_reply_error(struct sup *s, unsigned client, int code, const char *fmt, ...) QV_PRINTF(4, 5);
 int ctl_listen(struct sup *s, struct qv_err *e);
 void ctl_accept(struct sup *s);
@@ -201,6 +212,11 @@ void ctl_broadcast_console(struct sup *s, const char *data, size_t n);
 void ctl_stop_done(struct sup *s, bool ok, const char *msg);
 void ctl_client_send(struct sup *s, struct sup_client *c, json_object *reply);
 void ctl_reap_clients(struct sup *s);
+/* The guest agent connection of a reboot: I/O, time-outs, and closing it at exit. */
+void ctl_agent_io(struct sup *s, uint32_t events);
+uint64_t ctl_agent_deadline(struct sup *s);
+void ctl_agent_expire(struct sup *s, uint64_t now);
+void ctl_agent_close(struct sup *s);
 void ctl_close_all(struct sup *s);
 /* Idle clients and the accept() back-off: the earliest deadline (0: none), and the
  * work once it passed. */
@@ -222,10 +238,15 @@ void monitor_expire(struct sup *s, uint64_t now);
 json_object *monitor_status_json(struct sup *s);
 
 /* hotplug.c */
-int hotplug_disk_attach(struct sup *s, json_object *spec, json_object **reply, struct qv_err *e);
-int hotplug_nic_attach(struct sup *s, json_object *spec, json_object **reply, struct qv_err *e);
+/* Start an attach without waiting for QEMU: 0 when it is under way (the client gets
+ * its reply, {"ok":true,"id":…} or an error, when it finished or was rolled back),
+ * or an error before anything was done (the caller replies). client 0: no reply. */
+int hotplug_disk_attach(struct sup *s, json_object *spec, unsigned client, struct qv_err *e);
+int hotplug_nic_attach(struct sup *s, json_object *spec, unsigned client, struct qv_err *e);
+/* SIGCHLD: a network start for an attach-nic may have ended. */
+void hotplug_child_exited(struct sup *s);
 /* Starts removing a hotplugged device (by id, image path or MAC); the client gets
- * its reply once the guest released it. */
+ * its reply once the guest released it and QEMU freed its parts. */
 int hotplug_detach(struct sup *s, const char *key, enum hotplug_kind kind, unsigned client, struct qv_err *e);
 void hotplug_device_deleted(struct sup *s, const char *device);
 uint64_t hotplug_next_deadline(struct sup *s);
@@ -236,8 +257,17 @@ void hotplug_forget_all(struct sup *s);
 
 /* vmnet.c: the host side of the VM's NICs */
 int vmnet_open_tap(void *opaque, const struct vm_def *d, size_t nic, int *fds, struct qv_err *e);
-/* Plugs one NIC (boot or hotplug) into its bridge or network; fds per queue. */
-int vmnet_plug(struct sup *s, const struct vm_nic *n, size_t index, int *fds, struct qv_err *e);
+/* Plugs one NIC (boot or hotplug) into its bridge or network; fds per queue. An
+ * autostart network that is not running is started, waiting for it, only with
+ * may_wait (at start, before the loop runs); otherwise that is -ENETDOWN. */
+int vmnet_plug(struct sup *s, const struct vm_nic *n, size_t index, int *fds, bool may_wait, struct qv_err *e);
+/* A network NIC whose autostart network is not running: its name into net (else "");
+ * -ENETDOWN for a stopped network without autostart. */
+int vmnet_needs_start(struct sup *s, const struct vm_nic *n, char *net, size_t netlen, struct qv_err *e);
+/* `qvisor net start NAME` as a child the loop watches (SIGCHLD): its pid and the read
+ * end of its output; _done interprets its exit status and output. */
+int vmnet_start_network(struct sup *s, const char *name, pid_t *pid, int *out_fd, struct qv_err *e);
+int vmnet_start_network_done(struct sup *s, const char *name, int status, int out_fd, struct qv_err *e);
 /* Tears down what the NICs of the last QEMU left (filters, macvtaps). */
 void vmnet_after_exit(struct sup *s);
 void net_nic_unplugged(struct sup *s, struct hotplug *h);

@@ -2,10 +2,13 @@
  * interfaces, and per-NIC filters that learn the guest's address from its lease.
  * Every tap is non-persistent, so it vanishes with QEMU even after a crash; what
  * does not vanish by itself (filters, macvtaps) is recorded in state.json first. */
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/prctl.h>
 
 #include "launcher/supervisor/internal.h"
 
@@ -47,16 +50,24 @@ static void static_ip(const struct net_def *nd, const char *mac, char *out, size
 }
 
 /* An autostart network a VM needs: `qvisor net start` it, as its own supervisor. */
-static int start_network(struct sup *s, const char *name, struct qv_err *e)
+static void net_start_argv(struct sup *s, const char *name, char exe[PATH_MAX], const char *argv[8])
 {
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    const char *v[] = {exe, "--root", s->paths->root[0] ? s->paths->root : "/", "-q", "net", "start", name, NULL};
+    memcpy(argv, v, sizeof(v));
+}
+
+static int self_exe(char exe[PATH_MAX], const char *name, struct qv_err *e)
+{
+    ssize_t n = readlink("/proc/self/exe", exe, PATH_MAX - 1);
     if (n <= 0)
         return qv_failerr(e, -errno, "network %s: finding qvisor itself", name);
     exe[n] = '\0';
-    const char *argv[] = {exe, "--root", s->paths->root[0] ? s->paths->root : "/", "-q", "net", "start", name, NULL};
-    _cleanup_free_ char *out = NULL;
-    int r = run_program(argv, 60000, &out);
+    return 0;
+}
+
+/* r: the exit status of `net start` (or -errno); out: what it said. */
+static int net_start_result(struct sup *s, const char *name, int r, char *out, struct qv_err *e)
+{
     if (r == 4 && net_running(s->paths, name, NULL))
         r = 0;      /* someone else started it meanwhile */
     if (r != 0) {
@@ -64,10 +75,93 @@ static int start_network(struct sup *s, const char *name, struct qv_err *e)
         while (len && out[len - 1] == '\n')
             out[--len] = '\0';
         return qv_fail(e, r < 0 ? r : -ENETDOWN, "network %s (autostart) did not start: %s", name,
-                       out && *out ? out : "no reason given");
+                       out && *out ? out : r == 128 + SIGKILL ? "killed after 60 s" : "no reason given");
     }
     sup_log(s, "started network %s (autostart)", name);
     return 0;
+}
+
+/* Blocking: only at start, before the loop serves anyone. */
+static int start_network(struct sup *s, const char *name, struct qv_err *e)
+{
+    char exe[PATH_MAX];
+    const char *argv[8];
+    int r = self_exe(exe, name, e);
+    if (r < 0)
+        return r;
+    net_start_argv(s, name, exe, argv);
+    _cleanup_free_ char *out = NULL;
+    r = run_program(argv, 60000, &out);
+    return net_start_result(s, name, r, out, e);
+}
+
+int vmnet_start_network(struct sup *s, const char *name, pid_t *pid, int *out_fd, struct qv_err *e)
+{
+    char exe[PATH_MAX];
+    const char *argv[8];
+    int r = self_exe(exe, name, e);
+    if (r < 0)
+        return r;
+    net_start_argv(s, name, exe, argv);
+    int po[2];
+    if (pipe2(po, O_CLOEXEC) < 0)
+        return qv_failerr(e, -errno, "network %s: pipe", name);
+    pid_t parent = getpid();
+    pid_t p = fork();
+    if (p < 0) {
+        r = -errno;
+        close(po[0]);
+        close(po[1]);
+        return qv_failerr(e, r, "network %s: fork", name);
+    }
+    if (p == 0) {
+        /* the supervisor's signalfd blocks these; `net start` needs them as usual */
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
+            _exit(127);
+        int devnull = open("/dev/null", O_RDONLY);
+        if (devnull >= 0)
+            dup2(devnull, 0);
+        dup2(po[1], 1);
+        dup2(po[1], 2);
+        execv(exe, (char *const *)argv);
+        _exit(127);
+    }
+    close(po[1]);
+    fd_set_nonblock(po[0], true);
+    *pid = p;
+    *out_fd = po[0];
+    return 0;
+}
+
+int vmnet_start_network_done(struct sup *s, const char *name, int status, int out_fd, struct qv_err *e)
+{
+    /* its few lines wait in the pipe (a longer story blocks it until the time-out) */
+    char out[4096];
+    ssize_t n = read(out_fd, out, sizeof(out) - 1);
+    out[n > 0 ? n : 0] = '\0';
+    return net_start_result(s, name, status, out, e);
+}
+
+int vmnet_needs_start(struct sup *s, const struct vm_nic *n, char *net, size_t netlen, struct qv_err *e)
+{
+    net[0] = '\0';
+    if (n->type != NIC_NETWORK)
+        return 0;
+    struct net_def nd = {0};
+    int r = net_load(s->paths, n->source, &nd, e);
+    if (r < 0)
+        return r;
+    if (nd.mode != NET_BRIDGE && !net_running(s->paths, n->source, NULL)) {
+        if (nd.autostart)
+            snprintf(net, netlen, "%s", n->source);
+        else
+            r = qv_fail(e, -ENETDOWN, "network %s is not running (qvisor net start %s)", n->source, n->source);
+    }
+    net_def_free(&nd);
+    return r;
 }
 
 static int apply_filter(struct sup *s, const struct vm_nic *n, struct vm_nic_state *st, struct qv_err *e)
@@ -86,7 +180,7 @@ static int apply_filter(struct sup *s, const struct vm_nic *n, struct vm_nic_sta
     return r < 0 ? r : netsetup_nft_nic_apply(s->nft, st->network, st->tap, &f, e);
 }
 
-int vmnet_plug(struct sup *s, const struct vm_nic *n, size_t index, int *fds, struct qv_err *e)
+int vmnet_plug(struct sup *s, const struct vm_nic *n, size_t index, int *fds, bool may_wait, struct qv_err *e)
 {
     struct vm_nic_state *st = &s->nics[index];
     memset(st, 0, sizeof(*st));
@@ -116,9 +210,9 @@ int vmnet_plug(struct sup *s, const struct vm_nic *n, size_t index, int *fds, st
         have_nd = true;
         nic.bridge = nd.bridge;
         if (nd.mode != NET_BRIDGE && !net_running(s->paths, n->source, NULL) &&
-            (!nd.autostart || (r = start_network(s, n->source, e)) < 0)) {
+            (!nd.autostart || !may_wait || (r = start_network(s, n->source, e)) < 0)) {
             net_def_free(&nd);
-            return nd.autostart ? r : qv_fail(e, -ENETDOWN, "network %s is not running (qvisor net start %s)", n->source,
+            return nd.autostart && may_wait ? r : qv_fail(e, -ENETDOWN, "network %s is not running (qvisor net start %s)", n->source,
                                               n->source);
         }
         if (nd.mode != NET_BRIDGE) {
@@ -152,7 +246,7 @@ int vmnet_plug(struct sup *s, const struct vm_nic *n, size_t index, int *fds, st
 
 int vmnet_open_tap(void *opaque, const struct vm_def *d, size_t nic, int *fds, struct qv_err *e)
 {
-    return vmnet_plug(opaque, &d->nics[nic], nic, fds, e);
+    return vmnet_plug(opaque, &d->nics[nic], nic, fds, true, e);
 }
 
 /* The definition's NIC for a state slot: boot NICs by index, hotplugged by MAC. */
