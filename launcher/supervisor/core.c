@@ -16,13 +16,12 @@
 
 #include "launcher/supervisor/internal.h"
 
-#define START_TIMEOUT_MS 30000
 #define POWERDOWN_AGAIN_MS 500
 #define QUIT_GRACE_MS 2000
 #define TERM_GRACE_MS 2000
 #define KILL_GRACE_MS 5000
 
-static int pidfd_open_(pid_t pid)
+int sup_pidfd_open(pid_t pid)
 {
     return (int)syscall(SYS_pidfd_open, pid, 0);
 }
@@ -40,7 +39,7 @@ void sup_log(struct sup *s, const char *fmt, ...)
     va_end(ap);
 }
 
-static void save_state(struct sup *s)
+void sup_save_state(struct sup *s)
 {
     struct qv_err e = {0};
     /* A full /run must never take the VM down with it: log and carry on. */
@@ -54,7 +53,7 @@ void sup_set_state(struct sup *s, enum vm_state st)
         return;
     sup_log(s, "state: %s -> %s", vm_state_names[s->rs.state], vm_state_names[st]);
     s->rs.state = st;
-    save_state(s);
+    sup_save_state(s);
     char status[64];
     snprintf(status, sizeof(status), "STATUS=%s", vm_state_names[st]);
     notify_send(&s->notify, status);
@@ -64,7 +63,7 @@ void sup_set_state(struct sup *s, enum vm_state st)
     json_object_put(data);
 }
 
-static void epoll_add(struct sup *s, int fd, uint32_t events, struct ev *ev)
+void sup_epoll_add(struct sup *s, int fd, uint32_t events, struct ev *ev)
 {
     struct epoll_event ee = {.events = events, .data.ptr = ev};
     if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ee) < 0)
@@ -109,7 +108,7 @@ void sup_qmp(struct sup *s, const char *cmd, json_object *args)
 
 static void crashed(struct sup *s, const char *why);
 
-static void on_event(void *ctx, const char *event, json_object *data, uint64_t ts_us)
+void sup_on_event(void *ctx, const char *event, json_object *data, uint64_t ts_us)
 {
     struct sup *s = ctx;
     ctl_broadcast_event(s, event, data, ts_us);
@@ -163,271 +162,6 @@ static void on_event(void *ctx, const char *event, json_object *data, uint64_t t
     } else if (strcmp(event, "RESET") == 0 || strcmp(event, "BLOCK_IO_ERROR") == 0 || strcmp(event, "WATCHDOG") == 0) {
         sup_log(s, "event %s %s", event, d);
     }
-}
-
-/* ---- starting QEMU ---- */
-
-/* The last lines QEMU wrote to the log since `from`: its own words on why it failed. */
-static void qemu_message(struct sup *s, off_t from, char *out, size_t outlen)
-{
-    out[0] = '\0';
-    off_t end = lseek(s->log_fd, 0, SEEK_END);
-    if (end <= from)
-        return;
-    size_t n = (size_t)(end - from) > 4096 ? 4096 : (size_t)(end - from);
-    char buf[4097];
-    ssize_t got = pread(s->log_fd, buf, n, end - (off_t)n);
-    if (got <= 0)
-        return;
-    buf[got] = '\0';
-    /* keep QEMU's lines, dropping our own */
-    size_t k = 0;
-    for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
-        if (strstr(line, " supervisor: ") || strstr(line, " console: "))
-            continue;
-        char *msg = strstr(line, "qemu-system");
-        msg = msg ? msg : line;
-        k += (size_t)snprintf(out + k, outlen > k ? outlen - k : 0, "%s%s", k ? "; " : "", msg);
-    }
-}
-
-static int read_secret(struct sup *s, const char *name, char **out, struct qv_err *e)
-{
-    char path[PATH_MAX];
-    qv_path(s->paths, path, sizeof(path), QV_ETC "/secrets/%s", name);
-    struct stat st;
-    if (stat(path, &st) < 0)
-        return qv_failerr(e, -errno, "secret %s (%s)", name, path);
-    if (st.st_mode & 077)
-        return qv_fail(e, -EPERM, "secret %s: %s is readable by others (chmod 600 it)", name, path);
-    size_t len;
-    int r = read_file(path, 4096, out, &len);
-    if (r < 0)
-        return qv_failerr(e, r, "secret %s", name);
-    while (len && ((*out)[len - 1] == '\n' || (*out)[len - 1] == '\r'))
-        (*out)[--len] = '\0';
-    return 0;
-}
-
-/* After the QMP handshake, before `cont`: what must not be on the command line. */
-static int late_setup(struct sup *s, struct qv_err *e)
-{
-    if (s->def.graphics.kind == GRAPHICS_VNC && s->def.graphics.password_secret) {
-        _cleanup_free_ char *pw = NULL;
-        int r = read_secret(s, s->def.graphics.password_secret, &pw, e);
-        if (r < 0)
-            return r;
-        json_object *a = json_object_new_object();
-        json_object_object_add(a, "protocol", json_object_new_string("vnc"));
-        json_object_object_add(a, "password", json_object_new_string(pw));
-        r = qmp_call(s->qmp, "set_password", a, NULL, 0, QMP_TIMEOUT_DEFAULT, NULL, e);
-        explicit_bzero(pw, strlen(pw));
-        if (r < 0)
-            return qv_prefix(e, "setting the VNC password: ");
-    }
-    return 0;
-}
-
-static void query_facts(struct sup *s)
-{
-    json_object *kvm = NULL;
-    struct qv_err e = {0};
-    snprintf(s->rs.qemu_version, sizeof(s->rs.qemu_version), "%s", qmp_qemu_version(s->qmp));
-    if (qmp_call(s->qmp, "query-kvm", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, &kvm, &e) == 0) {
-        json_object *en;
-        bool on = json_object_object_get_ex(kvm, "enabled", &en) && json_object_get_boolean(en);
-        snprintf(s->rs.accel, sizeof(s->rs.accel), "%s", on ? "kvm" : "tcg");
-        json_object_put(kvm);
-    }
-}
-
-static int qmp_attach(struct sup *s, struct qv_err *e)
-{
-    char path[PATH_MAX];
-    snprintf(path, sizeof(path), "%s/qmp.sock", s->run_dir);
-    int r = qmp_connect_path(path, QMP_MONITOR, START_TIMEOUT_MS, on_event, s, &s->qmp, e);
-    if (r < 0)
-        return r;
-    epoll_add(s, qmp_fd(s->qmp), qmp_poll_events(s->qmp), &s->ev_qmp);
-    return 0;
-}
-
-/* QVISOR_TEST_CRASH_AT=POINT kills the supervisor there, as a kill -9 would: the
- * lifecycle tests use it to prove that no crash point loses or doubles a QEMU. */
-static void crash_point(const char *point)
-{
-    const char *at = getenv("QVISOR_TEST_CRASH_AT");
-    if (at && strcmp(at, point) == 0)
-        raise(SIGKILL);
-}
-
-/* Called between fork and everything else the child does (sandbox_spec.forked):
- * QEMU's pid and start time are on disk before it can touch a disk image. A
- * supervisor that cannot record its child does not start it. */
-int sup_record_qemu(pid_t pid, void *opaque, struct qv_err *e)
-{
-    struct sup *s = opaque;
-    crash_point("fork");
-    unsigned long long start;
-    int r = proc_start_time(pid, &start);
-    if (r < 0)
-        return qv_failerr(e, r, "%s: reading the start time of QEMU pid %d", s->def.name, (int)pid);
-    s->qemu_pid = pid;
-    s->rs.qemu_pid = pid;
-    s->rs.qemu_start = start;
-    s->rs.started_at_ms = realtime_ms();
-    char path[PATH_MAX], buf[32];
-    snprintf(path, sizeof(path), "%s/pid", s->run_dir);
-    int n = snprintf(buf, sizeof(buf), "%d\n", (int)pid);
-    if ((r = write_file_atomic(path, buf, (size_t)n, 0644, e)) < 0 ||
-        (r = runstate_write(s->paths, s->def.name, &s->rs, e)) < 0) {
-        s->qemu_pid = s->rs.qemu_pid = 0;
-        return qv_prefix(e, "%s: QEMU not started, its pid could not be recorded: ", s->def.name);
-    }
-    crash_point("recorded");
-    return 0;
-}
-
-static void remove_run_files(struct sup *s)
-{
-    static const char *const files[] = {"qmp.sock", "console.sock", "qga.sock", "pid", NULL};
-    for (int i = 0; files[i]; i++) {
-        char path[PATH_MAX];
-        snprintf(path, sizeof(path), "%s/%s", s->run_dir, files[i]);
-        unlink(path);
-    }
-}
-
-static void report_ready(struct sup *s, int code, const char *msg)
-{
-    if (s->ready_fd < 0)
-        return;
-    char line[1200];
-    int n = code ? snprintf(line, sizeof(line), "error %d %s\n", code, msg) : snprintf(line, sizeof(line), "ok\n");
-    write_all(s->ready_fd, line, (size_t)n);
-    close(s->ready_fd);
-    s->ready_fd = -1;
-}
-
-/* The first `cont`: the guest runs, and `start` may return now. */
-static int resume_guest(struct sup *s, struct qv_err *e)
-{
-    int r = qmp_call(s->qmp, "cont", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, NULL, e);
-    if (r < 0)
-        return qv_prefix(e, "%s: cont: ", s->def.name);
-    s->never_ran = false;
-    report_ready(s, 0, NULL);
-    return 0;
-}
-
-static int start_qemu(struct sup *s, struct qv_err *e)
-{
-    struct launch_plan plan;
-    int r = build_launch_plan(&s->def, &s->facts, &plan, e);
-    if (r < 0)
-        return r;
-    s->expected_exit = false;
-    s->exit_reason[0] = '\0';
-    s->stop_phase = 0;
-    s->rs.state = VM_STARTING;
-    s->never_ran = true;
-    s->rs.supervisor_pid = getpid();
-    s->rs.qemu_pid = 0;
-    s->rs.last_exit[0] = '\0';
-    memcpy(s->rs.uuid, s->def.uuid, sizeof(s->rs.uuid));
-    save_state(s);
-
-    if ((r = confine_prepare(s, &plan, e)) < 0) {
-        launch_plan_free(&plan);
-        return r;
-    }
-    save_state(s);
-    struct launch_ctx ctx = {.paths = s->paths, .facts = &s->facts, .run_dir = s->run_dir, .open_tap = vmnet_open_tap,
-                             .opaque = s};
-    int fds[PLAN_MAX_FDS];
-    if ((r = launch_open_resources(&plan, &s->def, &ctx, fds, e)) < 0) {
-        launch_plan_free(&plan);
-        return r;
-    }
-    off_t log_start = lseek(s->log_fd, 0, SEEK_END);
-    sup_log(s, "starting QEMU (%s, %s) as uid %u", plan.accel == ACCEL_KVM ? "kvm" : "tcg", s->facts.qemu,
-            (unsigned)s->conf.uid);
-    pid_t pid = 0;
-    r = confine_spawn(s, &plan, fds, &pid, e);
-    launch_close_resources(fds, plan.nslots);
-    launch_plan_free(&plan);
-    if (r < 0) {
-        /* the child, if any, is reaped: its pid must not be signalled again */
-        s->qemu_pid = s->rs.qemu_pid = 0;
-        save_state(s);
-        return r;
-    }
-    s->qemu_is_child = true;
-    s->pidfd = pidfd_open_(s->qemu_pid);
-    if (s->pidfd >= 0)
-        epoll_add(s, s->pidfd, EPOLLIN, &s->ev_pidfd);
-
-    if ((r = qmp_attach(s, e)) < 0 || (r = console_connect(s, e)) < 0 || (r = late_setup(s, e)) < 0) {
-        kill(s->qemu_pid, SIGKILL);
-        int st;
-        waitpid(s->qemu_pid, &st, 0);
-        s->qemu_pid = s->rs.qemu_pid = 0;
-        char msg[900];
-        qemu_message(s, log_start, msg, sizeof(msg));
-        /* an OOM kill shows only as a broken QMP connection: name the cause */
-        if (confine_oom_error(s, e) == 0 && msg[0])
-            qv_fail(e, -EIO, "%s", msg);
-        return qv_prefix(e, "%s: QEMU failed to start: ", s->def.name);
-    }
-    crash_point("before-cont");
-    if ((r = resume_guest(s, e)) < 0)
-        return r;
-    query_facts(s);
-    sup_log(s, "QEMU %s running as pid %d (accel %s)", s->rs.qemu_version, (int)s->qemu_pid, s->rs.accel);
-    sup_set_state(s, VM_RUNNING);
-    return 0;
-}
-
-/* A previous supervisor died and QEMU lived on: pick up where it left off. A QEMU
- * still in "prelaunch" was never continued: its start is finished here (late set-up,
- * `cont`), unless this supervisor only came to stop or kill it. */
-static int reattach(struct sup *s, bool finish_start, struct qv_err *e)
-{
-    int r = confine_reattach(s, e);
-    if (r < 0)
-        return r;
-    hotplug_restore(s);
-    vmnet_restore(s);
-    s->qemu_pid = s->rs.qemu_pid;
-    s->qemu_is_child = false;
-    s->pidfd = pidfd_open_(s->qemu_pid);
-    if (s->pidfd < 0)
-        return qv_failerr(e, -errno, "%s: QEMU pid %d", s->def.name, (int)s->qemu_pid);
-    epoll_add(s, s->pidfd, EPOLLIN, &s->ev_pidfd);
-    r = qmp_attach(s, e);
-    if (r < 0)
-        return qv_prefix(e, "%s: reconnecting to QEMU pid %d: ", s->def.name, (int)s->qemu_pid);
-    console_connect(s, e);
-    query_facts(s);
-    json_object *st = NULL;
-    if ((r = qmp_call(s->qmp, "query-status", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, &st, e)) < 0)
-        return qv_prefix(e, "%s: QEMU pid %d: ", s->def.name, (int)s->qemu_pid);
-    json_object *v;
-    bool running = json_object_object_get_ex(st, "running", &v) && json_object_get_boolean(v);
-    s->never_ran = json_object_object_get_ex(st, "status", &v) && strcmp(json_object_get_string(v), "prelaunch") == 0;
-    json_object_put(st);
-    enum vm_state prev = s->rs.state;
-    s->rs.supervisor_pid = getpid();
-    s->rs.state = VM_STARTING;
-    sup_log(s, "reattached to running QEMU pid %d%s", (int)s->qemu_pid,
-            s->never_ran ? ", which was never started: finishing its start" : "");
-    if (s->never_ran && finish_start) {
-        if ((r = late_setup(s, e)) < 0 || (r = resume_guest(s, e)) < 0)
-            return r;
-        running = true;
-    }
-    sup_set_state(s, running ? VM_RUNNING : prev == VM_CRASHED ? VM_CRASHED : VM_PAUSED);
-    return 0;
 }
 
 /* ---- stopping ---- */
@@ -645,7 +379,7 @@ static void qemu_gone(struct sup *s)
         snprintf(s->rs.last_exit, sizeof(s->rs.last_exit), "%s; gave up after %d crashes in %d minutes", how, CRASH_MAX,
                  CRASH_WINDOW_MS / 60000);
         sup_log(s, "%s", s->rs.last_exit);
-        save_state(s);
+        sup_save_state(s);
     }
     s->exit_code = 1;
     s->done = true;
@@ -844,24 +578,11 @@ static int setup_loop(struct sup *s, struct qv_err *e)
     s->ev_ctl.kind = EV_CTL;
     s->ev_signal.kind = EV_SIGNAL;
     s->ev_pidfd.kind = EV_PIDFD;
-    epoll_add(s, s->sigfd, EPOLLIN, &s->ev_signal);
+    sup_epoll_add(s, s->sigfd, EPOLLIN, &s->ev_signal);
     return ctl_listen(s, e);
 }
 
 
-/* Cleans up what a previous run recorded and left behind (its QEMU is dead). */
-static void cleanup_previous(struct sup *s, const struct vm_runstate *prev)
-{
-    if (prev->state == VM_SHUTOFF)
-        return;
-    if (prev->qemu_pid) {
-        sup_log(s, "QEMU pid %d of the previous run is gone (%s); cleaning up after it", (int)prev->qemu_pid,
-                vm_state_names[prev->state]);
-    }
-    confine_cleanup_recorded(s, prev->resources);
-    vmnet_cleanup_recorded(s, prev->resources);
-    remove_run_files(s);
-}
 
 static void sup_free(struct sup *s)
 {
@@ -900,29 +621,6 @@ static void sup_free(struct sup *s)
         close(s->lock_fd);
 }
 
-/* The QEMU of a previous run, if one lives: found by every route, so that a second
- * one is never started on the same disks. */
-static bool find_previous(struct sup *s, struct vm_runstate *prev, bool have_prev)
-{
-    struct qemu_found f;
-    int r = vm_find_qemu(s->paths, s->def.name, s->def.uuid, have_prev ? prev : NULL, &f);
-    if (r < 0)
-        sup_log(s, "warning: looking for a QEMU of the previous run: %s", strerror(-r));
-    if (r <= 0)
-        return false;
-    if (!have_prev || prev->qemu_pid != f.pid || prev->state == VM_SHUTOFF) {
-        sup_log(s, "found QEMU pid %d of this VM by its %s, not by the state file: taking it over", (int)f.pid,
-                f.route);
-        if (!have_prev)
-            memset(prev, 0, sizeof(*prev));
-        if (prev->state == VM_SHUTOFF || prev->state == VM_CRASHED)
-            prev->state = VM_RUNNING;
-    }
-    prev->qemu_pid = f.pid;
-    prev->qemu_start = f.start;
-    memcpy(prev->uuid, s->def.uuid, sizeof(prev->uuid));
-    return true;
-}
 
 int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struct sup_opts *o, struct qv_err *e)
 {
@@ -986,7 +684,7 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
             snprintf(sp->rs.last_exit, sizeof(sp->rs.last_exit), "%s", e->msg);
             sp->rs.state = VM_SHUTOFF;
             sp->rs.qemu_pid = 0;
-            save_state(sp);
+            sup_save_state(sp);
             if (sp->qemu_pid)
                 kill(sp->qemu_pid, SIGKILL);
             vmnet_after_exit(sp);
@@ -1002,7 +700,7 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
     report_ready(sp, 0, NULL);
     notify_send(&sp->notify, "READY=1");
     loop(sp);
-    save_state(sp);
+    sup_save_state(sp);
     if (sp->def.transient && !sp->qemu_pid)
         vm_transient_forget(paths, name);   /* a transient VM ends with its QEMU */
     int r2 = 0;
@@ -1044,14 +742,14 @@ struct sup *sup_new_for_test(const struct qv_paths *paths, const char *name, int
         return NULL;
     }
     if (qmp_fd >= 0) {
-        s->qmp = qmp_new(qmp_fd, QMP_MONITOR, on_event, s);
-        epoll_add(s, qmp_fd, qmp_poll_events(s->qmp), &s->ev_qmp);
+        s->qmp = qmp_new(qmp_fd, QMP_MONITOR, sup_on_event, s);
+        sup_epoll_add(s, qmp_fd, qmp_poll_events(s->qmp), &s->ev_qmp);
     }
     if (qemu_pid > 0) {
         s->qemu_pid = s->rs.qemu_pid = qemu_pid;
         s->qemu_is_child = true;
         s->rs.started_at_ms = realtime_ms();
-        s->pidfd = pidfd_open_(qemu_pid);
+        s->pidfd = sup_pidfd_open(qemu_pid);
     }
     s->rs.state = VM_RUNNING;
     return s;

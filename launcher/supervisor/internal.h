@@ -183,6 +183,24 @@ void sup_log(struct sup *s, const char *fmt, ...) QV_PRINTF(2, 3);
 void sup_set_state(struct sup *s, enum vm_state st);
 void sup_begin_stop(struct sup *s, bool force, int timeout_ms);
 void sup_kill(struct sup *s, const char *reason);
+/* core.c's small shared pieces */
+int sup_pidfd_open(pid_t pid);
+void sup_save_state(struct sup *s);      /* a failure is logged, never fatal */
+void sup_epoll_add(struct sup *s, int fd, uint32_t events, struct ev *ev);
+/* QMP events: state changes, the on_poweroff/on_reboot/on_crash policies. */
+void sup_on_event(void *ctx, const char *event, json_object *data, uint64_t ts_us);
+
+/* start.c: starting QEMU, and taking over one that outlived its supervisor */
+int start_qemu(struct sup *s, struct qv_err *e);
+/* finish_start: a QEMU still in prelaunch gets its late set-up and `cont`. */
+int reattach(struct sup *s, bool finish_start, struct qv_err *e);
+/* A live QEMU of this VM found by any route: its pid and start time go into *prev. */
+bool find_previous(struct sup *s, struct vm_runstate *prev, bool have_prev);
+/* What a dead previous run recorded and left behind. */
+void cleanup_previous(struct sup *s, const struct vm_runstate *prev);
+void remove_run_files(struct sup *s);
+/* Tells whoever waits on ready_fd (start, a unit): "ok" or the error; once. */
+void report_ready(struct sup *s, int code, const char *msg);
 /* sandbox_spec.forked: records QEMU's pid and start time before it may run. */
 int sup_record_qemu(pid_t pid, void *opaque, struct qv_err *e);
 /* Sends a QMP command on behalf of the supervisor; errors are logged. */
