@@ -198,6 +198,12 @@ int qv_path(const struct qv_paths *p, char *out, size_t outlen, const char *fmt,
 #define QV_LOG "var/log/qvisor"
 #define QV_CACHE "var/cache/qvisor"
 
+/* Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF): *complete
+ * gets the length of the longest prefix ending on a character boundary; an
+ * unfinished character at the end is held back unless `final`. false on an invalid
+ * sequence. */
+bool utf8_prefix(const unsigned char *s, size_t len, bool final, size_t *complete);
+
 /* ---- logging ------------------------------------------------------------------ */
 /* "2026-11-22T02:34:46.123Z " into out (at least 32 bytes). */
 void format_timestamp(char *out, size_t outlen);

@@ -314,35 +314,12 @@ int jr_enum(struct jr *r, json_object *obj, const char *key, const char *const *
     return e;
 }
 
-/* Length of the valid UTF-8 prefix of s[0..n): no overlong forms, no surrogates,
- * nothing above U+10FFFF. */
+/* Length of the valid UTF-8 prefix of s[0..n). */
 static size_t utf8_valid_prefix(const unsigned char *s, size_t n)
 {
-    size_t i = 0;
-    while (i < n) {
-        unsigned char c = s[i];
-        size_t len;
-        unsigned lo = 0x80, hi = 0xbf;     /* range of the second byte */
-        if (c < 0x80)
-            len = 1;
-        else if (c >= 0xc2 && c <= 0xdf)
-            len = 2;
-        else if (c >= 0xe0 && c <= 0xef)
-            len = 3, lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
-        else if (c >= 0xf0 && c <= 0xf4)
-            len = 4, lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
-        else
-            return i;
-        if (i + len > n)
-            return i;
-        for (size_t k = 1; k < len; k++) {
-            unsigned b = s[i + k];
-            if (k == 1 ? (b < lo || b > hi) : (b < 0x80 || b > 0xbf))
-                return i;
-        }
-        i += len;
-    }
-    return n;
+    size_t ok;
+    utf8_prefix(s, n, true, &ok);
+    return ok;
 }
 
 static int check_string(struct jr *r, const char *s, size_t n, json_object *shown)

@@ -315,3 +315,52 @@ void qv_logf(int fd, const char *tag, const char *fmt, ...)
     qv_logv_echo(fd, -1, tag, NULL, fmt, ap);
     va_end(ap);
 }
+
+/* Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF). Stores in
+ * *complete the length of the longest prefix that ends on a character boundary;
+ * an unfinished character at the end is held back unless `final`. Returns false
+ * on an invalid sequence. */
+bool utf8_prefix(const unsigned char *s, size_t len, bool final, size_t *complete)
+{
+    size_t i = 0;
+    while (i < len) {
+        unsigned char c = s[i];
+        size_t need;
+        unsigned char lo = 0x80, hi = 0xBF;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if (c >= 0xC2 && c <= 0xDF) {
+            need = 1;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            need = 2;
+            if (c == 0xE0)
+                lo = 0xA0;
+            else if (c == 0xED)
+                hi = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            need = 3;
+            if (c == 0xF0)
+                lo = 0x90;
+            else if (c == 0xF4)
+                hi = 0x8F;
+        } else {
+            *complete = i;
+            return false;
+        }
+        for (size_t k = 1; k <= need; k++) {
+            if (i + k >= len) {
+                *complete = i;
+                return !final;
+            }
+            unsigned char cc = s[i + k];
+            if (k == 1 ? (cc < lo || cc > hi) : (cc & 0xC0) != 0x80) {
+                *complete = i;
+                return false;
+            }
+        }
+        i += need + 1;
+    }
+    *complete = len;
+    return true;
+}
