@@ -69,6 +69,7 @@ struct strv {           /* NULL-terminated array of owned strings */
     char **v;
     size_t n, cap;
 };
+#define _cleanup_strv_ _cleanup_(strv_free)     /* strv_free leaves it empty: twice is harmless */
 void strv_push(struct strv *s, const char *str);
 void strv_pushf(struct strv *s, const char *fmt, ...) QV_PRINTF(2, 3);
 void strv_take(struct strv *s, char *owned);

@@ -77,7 +77,7 @@ bad:
 static int spec_to_object(const char *opt, const char *spec, const char *first_key, const char *const *ints,
                           const char *const *bools, json_object **out, struct qv_err *e)
 {
-    struct strv items = {0};
+    _cleanup_strv_ struct strv items = {0};
     str_split_escaped(spec, ',', &items);
     json_object *o = json_object_new_object();
     int r = 0;
@@ -109,7 +109,6 @@ static int spec_to_object(const char *opt, const char *spec, const char *first_k
         }
         json_object_object_add(o, key, typed(key, val, ints, bools));
     }
-    strv_free(&items);
     if (r < 0) {
         json_object_put(o);
         return r;
@@ -327,14 +326,13 @@ int cmd_edit(struct cli *c)
         _cleanup_free_ char *text = json_pretty(cur);
         write_all(fd, text, strlen(text));
         const char *editor = getenv("VISUAL") ? getenv("VISUAL") : getenv("EDITOR") ? getenv("EDITOR") : "vi";
-        struct strv argv = {0};
+        _cleanup_strv_ struct strv argv = {0};
         str_split_escaped(editor, ' ', &argv);
         strv_push(&argv, tmp);
         char exe[PATH_MAX];
         if (find_program(argv.v[0], exe, sizeof(exe)) < 0) {
             unlink(tmp);
             r = qv_fail(&c->err, -ENOENT, "editor %s not found (set EDITOR, or pipe the new JSON in)", argv.v[0]);
-            strv_free(&argv);
             return r;
         }
         pid_t pid = fork();
@@ -345,7 +343,6 @@ int cmd_edit(struct cli *c)
         }
         int st = 0;
         waitpid(pid, &st, 0);
-        strv_free(&argv);
         r = json_read_file(tmp, &next, &c->err);
         if (r < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
             if (r == 0)
@@ -399,7 +396,7 @@ int cmd_show(struct cli *c)
 
 int cmd_list(struct cli *c)
 {
-    struct strv names = {0};
+    _cleanup_strv_ struct strv names = {0};
     int r = vm_list_names(&c->paths, &names, &c->err);
     if (r < 0)
         return r;
@@ -445,7 +442,6 @@ int cmd_list(struct cli *c)
     if (c->json)
         cli_print_json(arr);
     json_object_put(arr);
-    strv_free(&names);
     return 0;
 }
 

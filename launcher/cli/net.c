@@ -126,7 +126,7 @@ int cmd_net_list(struct cli *c)
     _cleanup_net_def_ struct net_def dflt = {0};
     /* like libvirt's, the default network exists from the start */
     net_load(&c->paths, "default", &dflt, NULL);
-    struct strv names = {0};
+    _cleanup_strv_ struct strv names = {0};
     int r = net_list_names(&c->paths, &names, &c->err);
     if (r < 0)
         return r;
@@ -154,7 +154,6 @@ int cmd_net_list(struct cli *c)
     if (c->json)
         cli_print_json(arr);
     json_object_put(arr);
-    strv_free(&names);
     return 0;
 }
 
@@ -244,12 +243,11 @@ int cmd_net_leases(struct cli *c)
  * of VMs that are not running, and their dnsmasq. */
 int cmd_net_gc(struct cli *c)
 {
-    struct strv removed = {0};
+    _cleanup_strv_ struct strv removed = {0};
     int r = network_gc(&c->paths, &removed, &c->err);
     for (size_t i = 0; i < removed.n; i++)
         printf("removed %s\n", removed.v[i]);
     if (r == 0 && !removed.n && !c->quiet)
         printf("nothing to remove\n");
-    strv_free(&removed);
     return r;
 }

@@ -13,7 +13,7 @@ int network_gc(const struct qv_paths *paths, struct strv *removed, struct qv_err
     int r = netsetup_nft_open(&nft, err);
     if (r < 0)
         return r;
-    struct strv nets = {0};
+    _cleanup_strv_ struct strv nets = {0};
     if ((r = netsetup_nft_net_list(nft, &nets, err)) < 0)
         return r;
     for (size_t i = 0; i < nets.n; i++) {
@@ -36,7 +36,7 @@ int network_gc(const struct qv_paths *paths, struct strv *removed, struct qv_err
                 net_def_free(&d);
             continue;
         }
-        struct strv taps = {0};
+        _cleanup_strv_ struct strv taps = {0};
         if (netsetup_nft_nic_list(nft, nets.v[i], &taps, &e) == 0) {
             for (size_t t = 0; t < taps.n; t++) {
                 if (netsetup_link_exists(taps.v[t]))
@@ -45,11 +45,11 @@ int network_gc(const struct qv_paths *paths, struct strv *removed, struct qv_err
                     strv_pushf(removed, "filter of tap %s on network %s", taps.v[t], nets.v[i]);
             }
         }
-        strv_free(&taps);
     }
     /* macvtaps and taps of VMs none of which is running */
     static const char *const prefixes[] = {NETSETUP_MACVTAP_PREFIX, NETSETUP_TAP_PREFIX};
-    struct strv vms = {0}, owned = {0};
+    _cleanup_strv_ struct strv vms = {0};
+    _cleanup_strv_ struct strv owned = {0};
     vm_list_names(paths, &vms, NULL);
     for (size_t v = 0; v < vms.n; v++) {
         struct vm_def d;
@@ -71,7 +71,7 @@ int network_gc(const struct qv_paths *paths, struct strv *removed, struct qv_err
         vm_def_free(&d);
     }
     for (size_t p = 0; p < ARRAY_SIZE(prefixes); p++) {
-        struct strv links = {0};
+        _cleanup_strv_ struct strv links = {0};
         netsetup_link_list(prefixes[p], &links, NULL);
         for (size_t l = 0; l < links.n; l++) {
             struct qv_err e = {0};
@@ -80,9 +80,7 @@ int network_gc(const struct qv_paths *paths, struct strv *removed, struct qv_err
             if (netsetup_link_delete(links.v[l], &e) == 0)
                 strv_pushf(removed, "%s %s", p == 0 ? "macvtap" : "tap", links.v[l]);
         }
-        strv_free(&links);
     }
-    strv_free(&nets);
     strv_free(&vms);
     strv_free(&owned);
     return 0;
