@@ -9,24 +9,20 @@
 #define QVISOR_VERSION "0.1"
 
 static const struct cli_opt no_opts[] = {{0}};
-static const struct cli_opt define_opts[] = {
-    {"machine", true, false, 0}, {"accel", true, false, 0}, {"cpus", true, false, 0}, {"cpu-model", true, false, 0},
-    {"memory", true, false, 0}, {"disk", true, true, 0}, {"cdrom", true, true, 0}, {"nic", true, true, 0},
-    {"kernel", true, false, 0}, {"initrd", true, false, 0}, {"append", true, false, 0}, {"firmware", true, false, 0},
-    {"console", true, false, 0}, {"graphics", true, false, 0}, {"agent", false, false, 0}, {"description", true, false, 0},
-    {"on-poweroff", true, false, 0}, {"on-reboot", true, false, 0}, {"on-crash", true, false, 0}, {"print", false, false, 0},
-    {0}};
+/* a definition from flags: define and create take the same ones */
+#define DEFINITION_FLAGS                                                                                             \
+    {"machine", true, false, 0}, {"accel", true, false, 0}, {"cpus", true, false, 0}, {"cpu-model", true, false, 0}, \
+        {"memory", true, false, 0}, {"disk", true, true, 0}, {"cdrom", true, true, 0}, {"nic", true, true, 0},      \
+        {"kernel", true, false, 0}, {"initrd", true, false, 0}, {"append", true, false, 0},                         \
+        {"firmware", true, false, 0}, {"console", true, false, 0}, {"graphics", true, false, 0},                    \
+        {"agent", false, false, 0}, {"description", true, false, 0}, {"on-poweroff", true, false, 0},               \
+        {"on-reboot", true, false, 0}, {"on-crash", true, false, 0}
+static const struct cli_opt define_opts[] = {DEFINITION_FLAGS, {"print", false, false, 0}, {0}};
 static const struct cli_opt list_opts[] = {{"all", false, false, 'a'}, {0}};
 static const struct cli_opt show_opts[] = {{"confinement", false, false, 0}, {0}};
 static const struct cli_opt run_opts[] = {{"ready-fd", true, false, 0}, {"attach-only", false, false, 0}, {0}};
 static const struct cli_opt start_opts[] = {{"wait-timeout", true, false, 0}, {0}};
-static const struct cli_opt create_opts[] = {
-    {"machine", true, false, 0}, {"accel", true, false, 0}, {"cpus", true, false, 0}, {"cpu-model", true, false, 0},
-    {"memory", true, false, 0}, {"disk", true, true, 0}, {"cdrom", true, true, 0}, {"nic", true, true, 0},
-    {"kernel", true, false, 0}, {"initrd", true, false, 0}, {"append", true, false, 0}, {"firmware", true, false, 0},
-    {"console", true, false, 0}, {"graphics", true, false, 0}, {"agent", false, false, 0}, {"description", true, false, 0},
-    {"on-poweroff", true, false, 0}, {"on-reboot", true, false, 0}, {"on-crash", true, false, 0},
-    {"wait-timeout", true, false, 0}, {0}};
+static const struct cli_opt create_opts[] = {DEFINITION_FLAGS, {"wait-timeout", true, false, 0}, {0}};
 static const struct cli_opt stop_opts[] = {{"timeout", true, false, 't'}, {"force", false, false, 'f'}, {0}};
 static const struct cli_opt console_opts[] = {{"replay", false, false, 0}, {"idle", true, false, 0},
                                               {"expect", true, false, 0}, {"timeout", true, false, 0}, {0}};
