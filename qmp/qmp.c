@@ -1,5 +1,6 @@
-/* QMP / guest-agent client core: framing, parsing, dispatch, output queue,
- * timeouts. The blocking helpers live in qmp_sync.c and use only qmp.h. */
+/* QMP / guest-agent client core: the command list, the output queue (with fds),
+ * timeouts and the public API. Reading, framing and dispatch are in reader.c; the
+ * blocking helpers live in qmp_sync.c and use only qmp.h. */
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,88 +11,21 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-#include "qmp/qmp.h"
+#include "qmp/internal.h"
 
-/* One read() is bounded by this chunk, and one qmp_handle_io call by READ_BUDGET,
- * so a peer that floods us cannot starve the caller's other file descriptors. */
-#define READ_CHUNK (64u << 10)
-#define READ_BUDGET (1u << 20)
-/* The kernel's limit on descriptors in one SCM_RIGHTS message (SCM_MAX_FD). */
-#define MAX_FDS 253
-#define MAX_IOV 16
-/* After a message larger than this the tokener is replaced, to give its memory back. */
-#define BIG_MESSAGE (1u << 20)
-
-enum cmd_kind {
-    CMD_PLAIN,
-    CMD_GREETING,       /* waits for the greeting, then becomes CMD_CAPABILITIES */
-    CMD_CAPABILITIES,
-    CMD_SYNC,           /* guest-sync-delimited: answered after a 0xFF, without id */
-};
-
-struct qmp_cmd {
-    struct qmp_cmd *next;
-    enum cmd_kind kind;
-    uint64_t id;            /* the N of "qv-N"; unused for greeting and sync */
-    int64_t sync_id;
-    char name[64];
-    uint64_t deadline_ms;
-    int timeout_ms;
-    unsigned flags;
-    qmp_reply_fn done;
-    void *ctx;
-};
-
-struct qmp_out {
-    struct qmp_out *next;
-    char *data;
-    size_t len, off;
-    int *fds;               /* our duplicates, closed once sent */
-    size_t nfds;
-    bool handshake;         /* qmp_capabilities: never held back */
-};
-
-struct qmp {
-    int fd;
-    enum qmp_proto proto;
-    qmp_event_fn on_event;
-    void *ctx;
-
-    json_tokener *tok;
-    struct buf in;          /* received, not yet fed to the tokener */
-    size_t fed;             /* bytes fed into the current unfinished message */
-    char *rbuf;
-
-    struct qmp_cmd *cmds;   /* oldest first */
-    struct qmp_out *out;    /* oldest first */
-    uint64_t next_id;
-    unsigned callback_depth;
-
-    bool greeting_seen, ready, closed;
-    bool handshaking;       /* from qmp_handshake until capabilities succeeded or failed */
-    /* Agent stream state: `unsynced` from a guest-sync-delimited until its echo
-     * (input is discarded up to each 0xFF); `after_sentinel` while parsing the
-     * message that follows a 0xFF, which is only ever a sync echo. */
-    bool unsynced, after_sentinel;
-
-    char close_reason[256];
-    int major, minor, micro;
-    char version[48];
-};
-
-static const char *peer_name(const struct qmp *q)
+const char *qmpi_peer_name(const struct qmp *q)
 {
     return q->proto == QMP_AGENT ? "the guest agent" : "QEMU";
 }
 
-static const char *proto_name(const struct qmp *q)
+const char *qmpi_proto_name(const struct qmp *q)
 {
     return q->proto == QMP_AGENT ? "guest agent" : "QMP";
 }
 
 /* ---- command list ---------------------------------------------------------- */
 
-static void cmd_append(struct qmp *q, struct qmp_cmd *c)
+void qmpi_cmd_append(struct qmp *q, struct qmp_cmd *c)
 {
     struct qmp_cmd **pp = &q->cmds;
     while (*pp)
@@ -100,7 +34,7 @@ static void cmd_append(struct qmp *q, struct qmp_cmd *c)
     *pp = c;
 }
 
-static void cmd_unlink(struct qmp *q, struct qmp_cmd *c)
+void qmpi_cmd_unlink(struct qmp *q, struct qmp_cmd *c)
 {
     for (struct qmp_cmd **pp = &q->cmds; *pp; pp = &(*pp)->next) {
         if (*pp == c) {
@@ -111,7 +45,7 @@ static void cmd_unlink(struct qmp *q, struct qmp_cmd *c)
     }
 }
 
-static struct qmp_cmd *cmd_find_kind(const struct qmp *q, enum cmd_kind kind)
+struct qmp_cmd *qmpi_cmd_find_kind(const struct qmp *q, enum cmd_kind kind)
 {
     for (struct qmp_cmd *c = q->cmds; c; c = c->next)
         if (c->kind == kind)
@@ -119,7 +53,7 @@ static struct qmp_cmd *cmd_find_kind(const struct qmp *q, enum cmd_kind kind)
     return NULL;
 }
 
-static struct qmp_cmd *cmd_find_id(const struct qmp *q, json_object *id)
+struct qmp_cmd *qmpi_cmd_find_id(const struct qmp *q, json_object *id)
 {
     if (!id || !json_object_is_type(id, json_type_string))
         return NULL;
@@ -136,7 +70,7 @@ static struct qmp_cmd *cmd_find_id(const struct qmp *q, json_object *id)
 }
 
 /* Whoever a message without id is meant for: the command sent first. */
-static struct qmp_cmd *cmd_oldest_sent(const struct qmp *q, bool skip_no_reply)
+struct qmp_cmd *qmpi_cmd_oldest_sent(const struct qmp *q, bool skip_no_reply)
 {
     for (struct qmp_cmd *c = q->cmds; c; c = c->next) {
         if (c->kind != CMD_PLAIN && c->kind != CMD_CAPABILITIES)
@@ -148,10 +82,9 @@ static struct qmp_cmd *cmd_oldest_sent(const struct qmp *q, bool skip_no_reply)
     return NULL;
 }
 
-static void close_connection(struct qmp *q, const char *fmt, ...) QV_PRINTF(2, 3);
 
 /* Calls back and frees an unlinked command. The callback may queue new commands. */
-static void cmd_complete(struct qmp *q, struct qmp_cmd *c, json_object *ret, const struct qv_err *err)
+void qmpi_cmd_complete(struct qmp *q, struct qmp_cmd *c, json_object *ret, const struct qv_err *err)
 {
     bool handshake = c->kind == CMD_GREETING || c->kind == CMD_CAPABILITIES;
     if (handshake)
@@ -168,12 +101,11 @@ static void cmd_complete(struct qmp *q, struct qmp_cmd *c, json_object *ret, con
         q->callback_depth--;
     }
     if (err && handshake)
-        close_connection(q, "QMP connection closed: the handshake failed: %s", err->msg);
+        qmpi_close_connection(q, "QMP connection closed: the handshake failed: %s", err->msg);
     free(c);
 }
 
-static void cmd_fail(struct qmp *q, struct qmp_cmd *c, int code, const char *fmt, ...) QV_PRINTF(4, 5);
-static void cmd_fail(struct qmp *q, struct qmp_cmd *c, int code, const char *fmt, ...)
+void qmpi_cmd_fail(struct qmp *q, struct qmp_cmd *c, int code, const char *fmt, ...)
 {
     struct qv_err err = {0};
     char why[sizeof(err.msg)];
@@ -182,7 +114,7 @@ static void cmd_fail(struct qmp *q, struct qmp_cmd *c, int code, const char *fmt
     vsnprintf(why, sizeof(why), fmt, ap);
     va_end(ap);
     qv_fail(&err, code, "%s: %s", c->name, why);
-    cmd_complete(q, c, NULL, &err);
+    qmpi_cmd_complete(q, c, NULL, &err);
 }
 
 /* ---- output ------------------------------------------------------------------ */
@@ -262,7 +194,7 @@ static int flush_output(struct qmp *q)
 
 /* ---- closing ------------------------------------------------------------------- */
 
-static void close_connection(struct qmp *q, const char *fmt, ...)
+void qmpi_close_connection(struct qmp *q, const char *fmt, ...)
 {
     if (q->closed)
         return;
@@ -291,287 +223,14 @@ static void close_connection(struct qmp *q, const char *fmt, ...)
         struct qmp_cmd *c = list;
         list = c->next;
         if (c->flags & QMP_NO_REPLY_OK)
-            cmd_complete(q, c, NULL, NULL);
+            qmpi_cmd_complete(q, c, NULL, NULL);
         else
-            cmd_fail(q, c, -ECONNRESET, "%s", q->close_reason);
-    }
-}
-
-/* ---- incoming messages ------------------------------------------------------------ */
-
-static int error_class_code(const char *cls)
-{
-    if (strcmp(cls, "CommandNotFound") == 0 || strcmp(cls, "KVMMissingCap") == 0)
-        return -EOPNOTSUPP;
-    if (strcmp(cls, "DeviceNotFound") == 0)
-        return -ENOENT;
-    if (strcmp(cls, "DeviceNotActive") == 0)
-        return -ENODEV;
-    return -EIO;
-}
-
-static void fail_with_qemu_error(struct qmp *q, struct qmp_cmd *c, json_object *error)
-{
-    json_object *cls = NULL, *desc = NULL;
-    if (json_object_is_type(error, json_type_object)) {
-        json_object_object_get_ex(error, "class", &cls);
-        json_object_object_get_ex(error, "desc", &desc);
-    }
-    const char *cls_s = json_object_is_type(cls, json_type_string) ? json_object_get_string(cls)
-                                                                   : "GenericError";
-    const char *desc_s = json_object_is_type(desc, json_type_string) ? json_object_get_string(desc)
-                                                                     : "(no description)";
-    struct qv_err err = {0};
-    qv_fail(&err, error_class_code(cls_s), "%s: %s", cls_s, desc_s);
-    cmd_complete(q, c, NULL, &err);
-}
-
-static int queue_output(struct qmp *q, char *data, const int *fds, size_t nfds, bool handshake);
-
-/* The handshake goes on in the same entry: same deadline, same callback. */
-static void start_capabilities(struct qmp *q, struct qmp_cmd *c)
-{
-    c->kind = CMD_CAPABILITIES;
-    c->id = q->next_id++;
-    snprintf(c->name, sizeof(c->name), "qmp_capabilities");
-    (void)queue_output(q, qv_xasprintf("{\"execute\":\"qmp_capabilities\",\"id\":\"qv-%" PRIu64 "\"}\n", c->id),
-                       NULL, 0, true);
-}
-
-static void handle_greeting(struct qmp *q, json_object *greeting)
-{
-    if (q->greeting_seen)
-        return;
-    q->greeting_seen = true;
-    json_object *version, *qemu, *v;
-    if (json_object_object_get_ex(greeting, "version", &version) &&
-        json_object_object_get_ex(version, "qemu", &qemu) &&
-        json_object_is_type(qemu, json_type_object)) {
-        int *fields[] = {&q->major, &q->minor, &q->micro};
-        const char *names[] = {"major", "minor", "micro"};
-        for (size_t i = 0; i < ARRAY_SIZE(fields); i++)
-            if (json_object_object_get_ex(qemu, names[i], &v) && json_object_is_type(v, json_type_int))
-                *fields[i] = json_object_get_int(v);
-        snprintf(q->version, sizeof(q->version), "%d.%d.%d", q->major, q->minor, q->micro);
-    }
-    struct qmp_cmd *wait = cmd_find_kind(q, CMD_GREETING);
-    if (wait)
-        start_capabilities(q, wait);
-}
-
-static void handle_event(struct qmp *q, json_object *msg, json_object *event)
-{
-    if (!json_object_is_type(event, json_type_string) || !q->on_event)
-        return;
-    json_object *data = NULL, *ts, *v;
-    json_object_object_get_ex(msg, "data", &data);
-    uint64_t ts_us = 0;
-    if (json_object_object_get_ex(msg, "timestamp", &ts) && json_object_is_type(ts, json_type_object)) {
-        int64_t sec = 0, usec = 0;
-        if (json_object_object_get_ex(ts, "seconds", &v))
-            sec = json_object_get_int64(v);
-        if (json_object_object_get_ex(ts, "microseconds", &v))
-            usec = json_object_get_int64(v);
-        /* QEMU stamps -1 when it has no clock; that is "no timestamp", not 2^64-1. */
-        if (sec >= 0 && usec >= 0)
-            ts_us = (uint64_t)sec * 1000000u + (uint64_t)usec;
-    }
-    q->callback_depth++;
-    q->on_event(q->ctx, json_object_get_string(event), data, ts_us);
-    q->callback_depth--;
-}
-
-/* Takes ownership of msg (which may be NULL: the JSON literal null). */
-static void handle_message(struct qmp *q, json_object *msg_owned)
-{
-    _cleanup_json_ json_object *msg = msg_owned;
-    json_object *v, *id = NULL;
-
-    if (q->after_sentinel) {
-        q->after_sentinel = false;
-        struct qmp_cmd *sync = cmd_find_kind(q, CMD_SYNC);
-        if (sync && json_object_is_type(msg, json_type_object) &&
-            json_object_object_get_ex(msg, "return", &v) && json_object_is_type(v, json_type_int) &&
-            json_object_get_int64(v) == sync->sync_id) {
-            cmd_unlink(q, sync);
-            cmd_complete(q, sync, v, NULL);
-        }
-        /* Anything else after a 0xFF is the echo of an older sync: stale. */
-        return;
-    }
-    if (q->unsynced)
-        return;
-
-    if (!json_object_is_type(msg, json_type_object)) {
-        close_connection(q, "%s connection closed: %s sent a JSON %s instead of an object",
-                         proto_name(q), peer_name(q), json_type_to_name(json_object_get_type(msg)));
-        return;
-    }
-    if (q->proto == QMP_MONITOR && json_object_object_get_ex(msg, "QMP", &v)) {
-        handle_greeting(q, v);
-        return;
-    }
-    if (json_object_object_get_ex(msg, "event", &v)) {
-        handle_event(q, msg, v);
-        return;
-    }
-    json_object_object_get_ex(msg, "id", &id);
-    if (json_object_object_get_ex(msg, "return", &v)) {
-        struct qmp_cmd *c = cmd_find_id(q, id);
-        /* A guest agent that does not echo ids still answers strictly in order. A
-         * monitor always echoes ours, so a return it sends without one is not for us. */
-        if (!c && !id && q->proto == QMP_AGENT)
-            c = cmd_oldest_sent(q, true);
-        if (!c)
-            return;
-        cmd_unlink(q, c);
-        cmd_complete(q, c, v, NULL);
-        return;
-    }
-    if (json_object_object_get_ex(msg, "error", &v)) {
-        /* Without an id, QEMU is reporting input it could not parse: that was the
-         * command sent first among those still waiting. */
-        struct qmp_cmd *c = id ? cmd_find_id(q, id) : cmd_oldest_sent(q, false);
-        if (!c)
-            return;
-        cmd_unlink(q, c);
-        fail_with_qemu_error(q, c, v);
-        return;
-    }
-    /* Unknown message kinds are a newer protocol talking: ignore them. */
-}
-
-/* Input we cannot make sense of: fatal, except while an agent stream is being
- * resynchronised, where garbage is exactly what we expect to skip. */
-static void input_error(struct qmp *q, const char *fmt, ...) QV_PRINTF(2, 3);
-static void input_error(struct qmp *q, const char *fmt, ...)
-{
-    if (q->unsynced) {
-        json_tokener_reset(q->tok);
-        q->fed = 0;
-        q->after_sentinel = false;
-        return;
-    }
-    char why[200];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why, sizeof(why), fmt, ap);
-    va_end(ap);
-    close_connection(q, "%s connection closed: %s", proto_name(q), why);
-}
-
-static void too_large(struct qmp *q)
-{
-    input_error(q, "a message from %s is larger than %u bytes (%u MiB, the limit for one message)", peer_name(q),
-                QMP_MAX_MESSAGE, QMP_MAX_MESSAGE >> 20);
-}
-
-static void saw_sentinel(struct qmp *q)
-{
-    json_tokener_reset(q->tok);
-    q->fed = 0;
-    q->after_sentinel = true;
-}
-
-static json_tokener *tokener_new(void);
-
-static void process_input(struct qmp *q)
-{
-    /* State lives in q and is re-read every round: a callback run from
-     * handle_message may itself have consumed input. */
-    while (!q->closed && q->in.len > 0) {
-        const unsigned char *p = (const unsigned char *)q->in.p;
-        size_t len = q->in.len;
-        bool final = false;
-
-        if (q->proto == QMP_AGENT) {
-            const unsigned char *ff = memchr(p, 0xFF, len);
-            if (q->unsynced && !q->after_sentinel) {
-                buf_consume(&q->in, ff ? (size_t)(ff - p) + 1 : len);
-                if (ff)
-                    saw_sentinel(q);
-                continue;
-            }
-            if (ff == p) {
-                buf_consume(&q->in, 1);
-                saw_sentinel(q);
-                continue;
-            }
-            if (ff) {
-                len = (size_t)(ff - p);
-                final = true;
-            }
-        }
-
-        size_t room = QMP_MAX_MESSAGE - q->fed;
-        bool capped = len > room;
-        if (capped) {
-            len = room;
-            final = false;
-        }
-        size_t ok;
-        if (!utf8_prefix(p, len, final, &ok)) {
-            input_error(q, "%s sent invalid UTF-8", peer_name(q));
-            continue;
-        }
-        if (ok == 0) {
-            if (capped)
-                too_large(q);
-            break;  /* the rest of a character is still on its way */
-        }
-
-        json_object *obj = json_tokener_parse_ex(q->tok, (const char *)p, (int)ok);
-        enum json_tokener_error jerr = json_tokener_get_error(q->tok);
-        if (jerr == json_tokener_continue) {
-            buf_consume(&q->in, ok);
-            q->fed += ok;
-            if (q->fed >= QMP_MAX_MESSAGE)
-                too_large(q);
-            continue;
-        }
-        if (jerr == json_tokener_error_depth) {
-            input_error(q, "a message from %s is nested deeper than %d levels", peer_name(q), QMP_MAX_DEPTH);
-            continue;
-        }
-        if (jerr == json_tokener_error_parse_utf8_string) {
-            input_error(q, "%s sent invalid UTF-8", peer_name(q));
-            continue;
-        }
-        if (jerr != json_tokener_success) {
-            input_error(q, "%s sent invalid JSON (%s)", peer_name(q), json_tokener_error_desc(jerr));
-            continue;
-        }
-        size_t used = json_tokener_get_parse_end(q->tok);
-        if (used == 0 || used > ok) {
-            /* Cannot happen with json-c as we know it; never loop on it. */
-            json_object_put(obj);
-            input_error(q, "JSON parser made no progress on input from %s", peer_name(q));
-            continue;
-        }
-        buf_consume(&q->in, used);
-        if (q->fed + used > BIG_MESSAGE) {
-            /* json-c's tokener keeps its string buffer at the largest size it
-             * ever reached: one big reply would stay in our RSS for good */
-            json_tokener_free(q->tok);
-            q->tok = tokener_new();
-        }
-        q->fed = 0;
-        handle_message(q, obj);
+            qmpi_cmd_fail(q, c, -ECONNRESET, "%s", q->close_reason);
     }
 }
 
 /* ---- public API -------------------------------------------------------------------- */
 
-static json_tokener *tokener_new(void)
-{
-    json_tokener *tok = json_tokener_new_ex(QMP_MAX_DEPTH);
-    if (!tok)
-        abort();    /* out of memory, as in qv_xmalloc */
-    /* ALLOW_TRAILING_CHARS: without it STRICT refuses a second message in the
-     * same buffer, and QEMU routinely sends several at once. */
-    json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_ALLOW_TRAILING_CHARS | JSON_TOKENER_VALIDATE_UTF8);
-    return tok;
-}
 
 struct qmp *qmp_new(int fd, enum qmp_proto proto, qmp_event_fn on_event, void *ctx)
 {
@@ -594,7 +253,7 @@ struct qmp *qmp_new(int fd, enum qmp_proto proto, qmp_event_fn on_event, void *c
     q->ctx = ctx;
     q->next_id = 1;
     q->rbuf = qv_xmalloc(READ_CHUNK);
-    q->tok = tokener_new();
+    q->tok = qmpi_tokener_new();
     return q;
 }
 
@@ -674,7 +333,7 @@ static struct qmp_cmd *cmd_new(enum cmd_kind kind, const char *name, int timeout
 
 /* Queues bytes (taking `data`) with duplicates of fds, then tries to send. The
  * handshake's message goes before the commands held back for it. */
-static int queue_output(struct qmp *q, char *data, const int *fds, size_t nfds, bool handshake)
+int qmpi_queue_output(struct qmp *q, char *data, const int *fds, size_t nfds, bool handshake)
 {
     _cleanup_free_ char *owned = data;
     _cleanup_free_ int *dups = NULL;
@@ -713,13 +372,13 @@ int qmp_handshake(struct qmp *q, int timeout_ms, qmp_reply_fn done, void *ctx)
         return -EINVAL;
     if (q->closed)
         return -ECONNRESET;
-    if (q->ready || cmd_find_kind(q, CMD_GREETING) || cmd_find_kind(q, CMD_CAPABILITIES))
+    if (q->ready || qmpi_cmd_find_kind(q, CMD_GREETING) || qmpi_cmd_find_kind(q, CMD_CAPABILITIES))
         return -EALREADY;
     struct qmp_cmd *c = cmd_new(CMD_GREETING, "QMP handshake", timeout_ms, 0, done, ctx);
-    cmd_append(q, c);
+    qmpi_cmd_append(q, c);
     q->handshaking = true;
     if (q->greeting_seen)
-        start_capabilities(q, c);
+        qmpi_start_capabilities(q, c);
     return 0;
 }
 
@@ -747,10 +406,10 @@ int qmp_send(struct qmp *q, const char *cmd, json_object *args, const int *fds, 
     /* Registered before the bytes leave, so even an instant reply finds it. */
     struct qmp_cmd *c = cmd_new(CMD_PLAIN, cmd, timeout_ms, flags, done, ctx);
     c->id = id;
-    cmd_append(q, c);
-    int r = queue_output(q, line, fds, nfds, false);
+    qmpi_cmd_append(q, c);
+    int r = qmpi_queue_output(q, line, fds, nfds, false);
     if (r < 0) {
-        cmd_unlink(q, c);
+        qmpi_cmd_unlink(q, c);
         free(c);
     }
     return r;
@@ -785,49 +444,27 @@ int qmp_agent_sync(struct qmp *q, int timeout_ms, qmp_reply_fn done, void *ctx)
     q->after_sentinel = false;
     json_tokener_reset(q->tok);
     q->fed = 0;
-    cmd_append(q, c);
-    int r = queue_output(q, line, NULL, 0, false);
+    qmpi_cmd_append(q, c);
+    int r = qmpi_queue_output(q, line, NULL, 0, false);
     if (r < 0) {
-        cmd_unlink(q, c);
+        qmpi_cmd_unlink(q, c);
         free(c);
     }
     return r;
 }
 
-static void read_input(struct qmp *q)
-{
-    size_t budget = READ_BUDGET;
-    while (!q->closed && budget > 0) {
-        ssize_t n = recv(q->fd, q->rbuf, READ_CHUNK < budget ? READ_CHUNK : budget, MSG_DONTWAIT);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK)
-                close_connection(q, "%s connection closed: receiving from %s: %s", proto_name(q),
-                                 peer_name(q), strerror(errno));
-            return;
-        }
-        if (n == 0) {
-            close_connection(q, "%s connection closed by %s", proto_name(q), peer_name(q));
-            return;
-        }
-        budget -= (size_t)n;
-        buf_add(&q->in, q->rbuf, (size_t)n);
-        process_input(q);
-    }
-}
 
 int qmp_handle_io(struct qmp *q, uint32_t epoll_events, struct qv_err *e)
 {
     /* Reading comes first: a peer that answered and then hung up must have its
      * answers delivered before the hang-up fails what is left. */
     if (!q->closed && (epoll_events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)))
-        read_input(q);
+        qmpi_read_input(q);
     if (!q->closed && q->out && !out_held(q, q->out)) {
         int r = flush_output(q);
         if (r < 0) {
-            read_input(q);
-            close_connection(q, "%s connection closed: sending to %s: %s", proto_name(q), peer_name(q),
+            qmpi_read_input(q);
+            qmpi_close_connection(q, "%s connection closed: sending to %s: %s", qmpi_proto_name(q), qmpi_peer_name(q),
                              strerror(-r));
         }
     }
@@ -873,11 +510,11 @@ void qmp_expire(struct qmp *q, uint64_t now_ms)
         struct qmp_cmd *c = expired;
         expired = c->next;
         if (c->flags & QMP_NO_REPLY_OK)
-            cmd_complete(q, c, NULL, NULL);
+            qmpi_cmd_complete(q, c, NULL, NULL);
         else if (c->kind == CMD_GREETING)
-            cmd_fail(q, c, -ETIMEDOUT, "no greeting from %s within %d ms", peer_name(q), c->timeout_ms);
+            qmpi_cmd_fail(q, c, -ETIMEDOUT, "no greeting from %s within %d ms", qmpi_peer_name(q), c->timeout_ms);
         else
-            cmd_fail(q, c, -ETIMEDOUT, "no reply from %s within %d ms", peer_name(q), c->timeout_ms);
+            qmpi_cmd_fail(q, c, -ETIMEDOUT, "no reply from %s within %d ms", qmpi_peer_name(q), c->timeout_ms);
     }
 }
 
