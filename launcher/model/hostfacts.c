@@ -12,6 +12,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 
 #include "launcher/model/model.h"
@@ -106,6 +107,7 @@ static int probe_qemu(struct host_facts *f, struct qv_err *e)
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
         return qv_failerr(e, -errno, "socketpair");
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         int r = -errno;
@@ -114,6 +116,9 @@ static int probe_qemu(struct host_facts *f, struct qv_err *e)
         return qv_failerr(e, r, "fork");
     }
     if (pid == 0) {
+        /* a probe whose asker was killed would otherwise wait in -S forever */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
+            _exit(127);
         dup2(sv[1], 3);
         int null = open("/dev/null", O_RDWR);
         dup2(null, 0);
