@@ -59,21 +59,23 @@ static void add_status(json_object *o, const char *status)
     json_object_object_add(o, "seccomp", sc);
 }
 
+bool sandbox_own_namespace(pid_t pid, const char *ns)
+{
+    char mine[64], theirs[64], path[64];
+    snprintf(path, sizeof(path), "/proc/self/ns/%s", ns);
+    ssize_t n1 = readlink(path, mine, sizeof(mine) - 1);
+    snprintf(path, sizeof(path), "/proc/%d/ns/%s", (int)pid, ns);
+    ssize_t n2 = readlink(path, theirs, sizeof(theirs) - 1);
+    return n1 >= 0 && n2 >= 0 && (n1 != n2 || memcmp(mine, theirs, (size_t)n1) != 0);
+}
+
 static json_object *namespaces(pid_t pid)
 {
     static const char *const names[] = {"cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts"};
     json_object *a = json_object_new_array();
-    for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
-        char mine[64], theirs[64], path[64];
-        snprintf(path, sizeof(path), "/proc/self/ns/%s", names[i]);
-        ssize_t n1 = readlink(path, mine, sizeof(mine) - 1);
-        snprintf(path, sizeof(path), "/proc/%d/ns/%s", (int)pid, names[i]);
-        ssize_t n2 = readlink(path, theirs, sizeof(theirs) - 1);
-        if (n1 < 0 || n2 < 0)
-            continue;
-        if (n1 != n2 || memcmp(mine, theirs, (size_t)n1) != 0)
+    for (size_t i = 0; i < ARRAY_SIZE(names); i++)
+        if (sandbox_own_namespace(pid, names[i]))
             json_object_array_add(a, json_object_new_string(names[i]));
-    }
     return a;
 }
 

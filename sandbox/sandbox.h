@@ -265,5 +265,8 @@ const struct sandbox_denied_syscall *sandbox_seccomp_denied(size_t *n);
  * count, namespaces that differ from ours, rlimits, the /dev it sees, the cgroup
  * paths and their limits (`cgroup_root` as for sandbox_cgroup_params). */
 int sandbox_inspect(pid_t pid, const char *cgroup_root, json_object **out, struct qv_err *e);
+/* Whether pid is in another namespace of kind `ns` ("net", "mnt", ...) than we are;
+ * false when either cannot be read. */
+bool sandbox_own_namespace(pid_t pid, const char *ns);
 
 #endif

@@ -293,21 +293,12 @@ void confine_release(struct sup *s)
     s->conf.have_user = false;
 }
 
-/* Whether pid lives in another network namespace than we do. */
-static bool own_network_namespace(pid_t pid)
-{
-    char path[64], theirs[64] = "", ours[64] = "";
-    snprintf(path, sizeof(path), "/proc/%d/ns/net", (int)pid);
-    return readlink(path, theirs, sizeof(theirs) - 1) > 0 && readlink("/proc/self/ns/net", ours, sizeof(ours) - 1) > 0 &&
-           strcmp(theirs, ours) != 0;
-}
-
 int confine_reattach(struct sup *s, struct qv_err *e)
 {
     struct confine *c = &s->conf;
     sandbox_host_check(CGROUP_ROOT, &c->host);
     c->host_checked = true;
-    c->private_network = own_network_namespace(s->rs.qemu_pid);
+    c->private_network = sandbox_own_namespace(s->rs.qemu_pid, "net");
     json_object *res = s->rs.resources, *v;
     if (res && json_object_object_get_ex(res, "uid", &v)) {
         c->uid = (uid_t)json_object_get_int64(v);

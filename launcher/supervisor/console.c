@@ -135,14 +135,16 @@ int console_connect(struct sup *s, struct qv_err *e)
     return 0;
 }
 
+/* The earlier of two deadlines, 0 meaning none. */
+static uint64_t earliest(uint64_t a, uint64_t b)
+{
+    return !a ? b : !b ? a : a < b ? a : b;
+}
+
 uint64_t console_next_deadline(struct sup *s)
 {
-    uint64_t next = s->console_rate.resume_at;
-    if (s->line.len && (!next || s->line_at + CONSOLE_LINE_IDLE_MS < next))
-        next = s->line_at + CONSOLE_LINE_IDLE_MS;
-    if (!s->log_check_at || (next && next < s->log_check_at))
-        return next ? next : s->log_check_at;
-    return s->log_check_at;
+    uint64_t idle = s->line.len ? s->line_at + CONSOLE_LINE_IDLE_MS : 0;
+    return earliest(earliest(s->console_rate.resume_at, idle), s->log_check_at);
 }
 
 void console_run_timers(struct sup *s, uint64_t now)
