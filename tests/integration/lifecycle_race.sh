@@ -108,21 +108,32 @@ check "5 racing start pairs: each time one QEMU" test "$doubles" -eq 0
 check "...the loser says already running" test "$losers" -eq 5
 check "...never \"pid 0\"" test "$zero" -eq 0
 
-# 7a. killed while it probes QEMU's features (nothing cached): the probe dies with it
+# 7a. killed while it probes QEMU's features (nothing cached): the probe dies with it.
+# The probe lives a few hundred ms; it is looked for without pauses, and when it was
+# already gone the check says so as a skip rather than pass or fail on nothing.
 define_guest r3
 rm -rf "$T_ROOT/var/cache/qvisor"
 "$QV_BIN" --root "$T_ROOT" run r3 >/dev/null 2>&1 &
 sp=$!
-wait_until 20 pgrep -P "$sp" -f 'machine none'
-probe=$(pgrep -P "$sp" -f 'machine none' | head -1)
+probe=
+end=$((SECONDS + 20))
+while [ -z "$probe" ] && [ $SECONDS -lt $end ] && kill -0 "$sp" 2>/dev/null; do
+    probe=$(pgrep -P "$sp" -f 'machine none' | head -1)
+done
 # frozen while the probe is up and talking QMP, then killed: as a kill at the worst moment
 kill -STOP "$sp"
-sleep 1
+[ -n "$probe" ] && sleep 1
 kill -9 "$sp"
 wait "$sp" 2>/dev/null
-check "a supervisor killed during the QEMU feature probe: the probe existed" test -n "$probe"
-check "...and it dies with its supervisor" wait_until 5 bash -c "! kill -0 $probe 2>/dev/null"
-[ -n "$probe" ] && kill -9 "$probe" 2>/dev/null
+if [ -n "$probe" ]; then
+    check "a supervisor killed during the QEMU feature probe: the probe dies with it" \
+        wait_until 5 bash -c "! kill -0 $probe 2>/dev/null"
+    kill -9 "$probe" 2>/dev/null
+else
+    T_N=$((T_N + 1)); echo "ok $T_N # SKIP the feature probe finished before it could be caught"
+fi
+qv kill -q r3 >/dev/null 2>&1
+pkill -KILL -f -- "-uuid $(vm_uuid r3)"
 
 # 7. kill -9 of the supervisor as soon as it has forked QEMU's process, and at random
 # moments of a start: never two QEMUs
