@@ -168,6 +168,10 @@ void sup_on_event(void *ctx, const char *event, json_object *data, uint64_t ts_u
 
 void sup_kill(struct sup *s, const char *reason)
 {
+    if (start_active(s)) {
+        start_cancel(s, reason);
+        return;
+    }
     if (!s->qemu_pid)
         return;
     s->expected_exit = true;
@@ -223,6 +227,11 @@ static void stop_step(struct sup *s)
 
 void sup_begin_stop(struct sup *s, bool force, int timeout_ms)
 {
+    if (start_active(s)) {
+        /* nothing of the guest ran yet: a stop ends the start at once */
+        start_cancel(s, force ? "stopped (forced)" : "stopped");
+        return;
+    }
     if (!s->qemu_pid) {
         ctl_stop_done(s, true, NULL);
         return;
@@ -318,6 +327,8 @@ static void describe_exit(int code, int status_known, char *out, size_t outlen)
 
 static void qemu_gone(struct sup *s)
 {
+    if (start_qemu_gone(s))
+        return;
     int code = 0;
     bool known = false;
     if (s->qemu_is_child) {
@@ -424,6 +435,7 @@ static void signal_readable(struct sup *s)
         } else if (si.ssi_signo == SIGCHLD) {
             /* one SIGCHLD may stand for several children: each is asked with WNOHANG */
             hotplug_child_exited(s);
+            start_child_exited(s);
             if (s->qemu_is_child && s->qemu_pid)
                 qemu_gone(s);
         }
@@ -434,6 +446,12 @@ static void qmp_io(struct sup *s, uint32_t events)
 {
     struct qv_err e = {0};
     int r = qmp_handle_io(s->qmp, events, &e);
+    if (r < 0 && start_active(s)) {
+        /* a start's monitor: start_wind_up ends it, and QEMU with it */
+        epoll_ctl(s->epfd, EPOLL_CTL_DEL, qmp_fd(s->qmp), NULL);
+        start_failed(s, &e, NULL);
+        return;
+    }
     if (r < 0) {
         if (s->expected_exit)
             sup_log(s, "QMP connection closed: QEMU is exiting");
@@ -461,7 +479,7 @@ static int next_timeout(struct sup *s)
     uint64_t now = monotonic_ms(), next = 0;
     uint64_t cands[] = {s->stop_next, s->restart_at, s->notify.next_ping, s->qmp ? qmp_next_deadline(s->qmp) : 0,
                         hotplug_next_deadline(s), s->lease_poll, console_next_deadline(s), ctl_next_deadline(s),
-                        monitor_next_deadline(s), ctl_agent_deadline(s)};
+                        monitor_next_deadline(s), ctl_agent_deadline(s), start_next_deadline(s)};
     for (size_t i = 0; i < ARRAY_SIZE(cands); i++)
         if (cands[i] && (!next || cands[i] < next))
             next = cands[i];
@@ -481,6 +499,7 @@ static void run_timers(struct sup *s)
     ctl_expire(s, now);
     monitor_expire(s, now);
     ctl_agent_expire(s, now);
+    start_expire(s, now);
     if (s->lease_poll && now >= s->lease_poll)
         vmnet_poll_leases(s);
     if (s->notify.next_ping && now >= s->notify.next_ping) {
@@ -497,7 +516,7 @@ static void run_timers(struct sup *s)
             vm_def_free(&s->def);
             s->def = fresh;
         }
-        if (start_qemu(s, &e) < 0) {
+        if (start_begin(s, true, &e) < 0) {
             vmnet_after_exit(s);
             sup_log(s, "restart failed: %s", e.msg);
             snprintf(s->rs.last_exit, sizeof(s->rs.last_exit), "%s", e.msg);
@@ -546,6 +565,8 @@ static void loop(struct sup *s)
             }
         }
         run_timers(s);
+        if (s->start.failed)
+            start_wind_up(s);
         ctl_reap_clients(s);
     }
 }
@@ -672,7 +693,7 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
             cleanup_previous(sp, &prev);
             runstate_free(&prev);
         }
-        r = start_qemu(sp, e);
+        r = start_begin(sp, false, e);
     }
     if (r < 0) {
         sup_log(sp, "%s failed: %s", take_over ? "taking over" : "start", e->msg);
@@ -697,15 +718,21 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
         free(sp);
         return r;
     }
-    report_ready(sp, 0, NULL);
-    notify_send(&sp->notify, "READY=1");
+    if (!start_active(sp)) {
+        report_ready(sp, 0, NULL);
+        notify_send(&sp->notify, "READY=1");
+    }
     loop(sp);
     sup_save_state(sp);
     if (sp->def.transient && !sp->qemu_pid)
         vm_transient_forget(paths, name);   /* a transient VM ends with its QEMU */
     int r2 = 0;
-    if (sp->exit_code)
+    if (sp->exit_code && sp->start.err.msg[0] && !sp->start.restart) {
+        *e = sp->start.err;     /* the first start failed: its own words */
+        r2 = e->code ? e->code : -EIO;
+    } else if (sp->exit_code) {
         r2 = qv_fail(e, -EIO, "%s: %s", name, sp->rs.last_exit[0] ? sp->rs.last_exit : "stopped abnormally");
+    }
     sup_free(sp);
     free(sp);
     return r2;

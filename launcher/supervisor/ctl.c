@@ -434,7 +434,7 @@ static void do_detach(struct sup *s, struct sup_client *c, json_object *req, enu
 static void handle_request(struct sup *s, struct sup_client *c, json_object *req)
 {
     const char *cmd = get_string(req, "cmd");
-    bool running = s->qemu_pid != 0;
+    bool running = s->qemu_pid != 0 || start_active(s);
     if (strcmp(cmd, "status") == 0) {
         json_object *o = json_object_new_object();
         json_object_object_add(o, "ok", json_object_new_boolean(true));
@@ -456,6 +456,9 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
             ctl_stop_done(s, true, NULL);
     } else if (!running) {
         reply_error(s, c, -EBUSY, "%s is not running (%s)", s->def.name, vm_state_names[s->rs.state]);
+    } else if (start_active(s) && strcmp(cmd, "events") != 0 && strcmp(cmd, "console") != 0) {
+        /* nothing may reach QEMU before its set-up is done and `cont` sent */
+        reply_error(s, c, -EBUSY, "%s is starting; try again once it runs", s->def.name);
     } else if (strcmp(cmd, "pause") == 0) {
         client_qmp(s, c, "stop", NULL, AS_OK, QMP_TIMEOUT_DEFAULT);
     } else if (strcmp(cmd, "resume") == 0) {

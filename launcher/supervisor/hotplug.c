@@ -145,7 +145,6 @@ void hotplug_restore(struct sup *s)
  * devices may run side by side. */
 
 #define OP_STEPS 12
-#define NET_START_TIMEOUT_MS 60000
 
 struct qcmd {
     const char *cmd;        /* NULL: nothing (an undo that needs no command) */
@@ -173,9 +172,7 @@ struct hotplug_op {
     struct vm_nic nic;          /* attach-nic: as requested */
     bool host_side;             /* attach-nic: tap, filter (undone by net_nic_unplugged) */
     json_object *reply;         /* the success reply, built when the last step is queued */
-    pid_t net_child;            /* attach-nic: `qvisor net start NET` running */
-    int net_out;
-    uint64_t net_deadline;
+    struct net_starter net;     /* attach-nic: its autostart network being started */
 };
 
 static void qcmd_free(struct qcmd *c)
@@ -194,12 +191,7 @@ static void op_free(struct hotplug_op *op)
     for (int i = 0; i < op->nfds; i++)
         if (op->fds[i] >= 0)
             close(op->fds[i]);
-    if (op->net_child > 0) {
-        kill(op->net_child, SIGKILL);
-        waitpid(op->net_child, NULL, 0);
-    }
-    if (op->net_out >= 0)
-        close(op->net_out);
+    net_starter_abort(&op->net);
     vm_nic_free(&op->nic);
     if (op->reply)
         json_object_put(op->reply);
@@ -216,7 +208,7 @@ static struct hotplug_op *op_new(struct sup *s, struct hotplug *h, enum op_kind 
     op->h = h;
     op->kind = kind;
     op->client = client;
-    op->net_out = -1;
+    op->net.out = -1;
     snprintf(op->what, sizeof(op->what), "%s", what);
     for (size_t i = 0; i < OP_STEPS; i++)
         op->todo[i].fd = op->undo[i].fd = -1;
@@ -507,7 +499,7 @@ static void nic_queue_qmp(struct hotplug_op *op)
 static int nic_plug_host(struct hotplug_op *op, struct qv_err *e)
 {
     if (op->nic.type != NIC_USER) {
-        int r = vmnet_plug(op->s, &op->nic, op->h->nic_index, op->fds, false, e);
+        int r = vmnet_plug(op->s, &op->nic, op->h->nic_index, op->fds, e);
         if (r < 0)
             return r;
         op->nfds = op->nic.queues;
@@ -557,9 +549,8 @@ int hotplug_nic_attach(struct sup *s, json_object *spec, unsigned client, struct
     op->nic = n;
     if (net[0]) {
         /* the network starts as a child the loop watches; its exit continues here */
-        r = vmnet_start_network(s, net, &op->net_child, &op->net_out, e);
+        r = net_starter_begin(s, &op->net, net, e);
         if (r == 0) {
-            op->net_deadline = monotonic_ms() + NET_START_TIMEOUT_MS;
             sup_log(s, "attach-nic %s: starting network %s (autostart)", h->id, net);
             return 0;
         }
@@ -574,36 +565,23 @@ int hotplug_nic_attach(struct sup *s, json_object *spec, unsigned client, struct
     return 0;
 }
 
-static void net_started(struct hotplug_op *op, int status)
-{
-    struct sup *s = op->s;
-    struct qv_err e = {0};
-    int r = vmnet_start_network_done(s, op->nic.source, status, op->net_out, &e);
-    close(op->net_out);
-    op->net_out = -1;
-    op->net_child = 0;
-    op->net_deadline = 0;
-    if (r == 0)
-        r = nic_plug_host(op, &e);
-    if (r < 0) {
-        op->err = e;
-        qv_prefix(&op->err, "%s: ", op->h->id);
-        op->rolling_back = true;
-        attach_failed(op);
-    }
-}
-
 /* SIGCHLD: a network start of an attach-nic may have ended. */
 void hotplug_child_exited(struct sup *s)
 {
     for (int i = 0; i < HOTPLUG_MAX; i++) {
         struct hotplug_op *op = s->hp[i].op;
-        if (!op || op->net_child <= 0)
+        struct qv_err e = {0};
+        int r;
+        if (!op || !net_starter_reap(s, &op->net, &r, &e))
             continue;
-        int st;
-        pid_t p = waitpid(op->net_child, &st, WNOHANG);
-        if (p == op->net_child)
-            net_started(op, WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+        if (r == 0)
+            r = nic_plug_host(op, &e);
+        if (r < 0) {
+            op->err = e;
+            qv_prefix(&op->err, "%s: ", op->h->id);
+            op->rolling_back = true;
+            attach_failed(op);
+        }
     }
 }
 
@@ -723,7 +701,7 @@ uint64_t hotplug_next_deadline(struct sup *s)
     uint64_t next = 0;
     for (int i = 0; i < HOTPLUG_MAX; i++) {
         const struct hotplug *h = &s->hp[i];
-        uint64_t d = !h->used ? 0 : h->op ? h->op->net_deadline : h->waiting_client ? h->deadline : 0;
+        uint64_t d = !h->used ? 0 : h->op ? h->op->net.deadline : h->waiting_client ? h->deadline : 0;
         if (d && (!next || d < next))
             next = d;
     }
@@ -736,10 +714,8 @@ void hotplug_expire(struct sup *s, uint64_t now)
         struct hotplug *h = &s->hp[i];
         if (!h->used)
             continue;
-        if (h->op && h->op->net_deadline && now >= h->op->net_deadline && h->op->net_child > 0) {
-            /* its exit (SIGCHLD) fails the attach */
-            kill(h->op->net_child, SIGKILL);
-            h->op->net_deadline = 0;
+        if (h->op && h->op->net.pid > 0) {
+            net_starter_expire(&h->op->net, now);   /* its exit (SIGCHLD) fails the attach */
             continue;
         }
         if (h->op || !h->waiting_client || now < h->deadline)

@@ -118,6 +118,28 @@ struct console_rate {
     bool throttled;         /* said so in the log once */
 };
 
+/* `qvisor net start NAME` as a child the loop watches (vmnet.c). */
+#define NET_START_TIMEOUT_MS 60000
+struct net_starter {
+    pid_t pid;              /* 0: none running */
+    int out;                /* the read end of its output */
+    uint64_t deadline;
+    char name[72];
+};
+
+/* A start under way (start.c): autostart networks (one `net start` child at a time),
+ * then QEMU, then its set-up over QMP up to `cont`; the loop serves meanwhile. */
+enum start_phase { START_IDLE, START_NETWORKS, START_QMP };
+struct start_job {
+    enum start_phase phase;
+    bool restart;           /* on_crash: a failure leaves the VM crashed */
+    bool failed;            /* set where it failed (often a QMP callback); wound up by start_wind_up */
+    bool cancelled;         /* stop or kill asked for while it ran */
+    struct qv_err err;
+    off_t log_from;         /* QEMU's own words on a failure are in the log from here */
+    struct net_starter net;
+};
+
 struct sup {
     const struct qv_paths *paths;
     struct vm_def def;
@@ -167,6 +189,7 @@ struct sup {
     uint64_t crashes[CRASH_MAX + 1];
     int ncrashes;
     uint64_t restart_at;        /* a crashed QEMU is started again then; 0: none */
+    struct start_job start;
 
     struct notify notify;
     struct confine conf;
@@ -191,7 +214,27 @@ void sup_epoll_add(struct sup *s, int fd, uint32_t events, struct ev *ev);
 void sup_on_event(void *ctx, const char *event, json_object *data, uint64_t ts_us);
 
 /* start.c: starting QEMU, and taking over one that outlived its supervisor */
-int start_qemu(struct sup *s, struct qv_err *e);
+/* Begins a start (restart: after a crash): what fails before anything runs is
+ * returned; the rest completes in the loop, which calls start_wind_up when
+ * s->start.failed is set. Success ends in report_ready and state running. */
+int start_begin(struct sup *s, bool restart, struct qv_err *e);
+static inline bool start_active(const struct sup *s)
+{
+    return s->start.phase != START_IDLE;
+}
+/* A start fails (the first failure is kept; step, if any, prefixes it); the loop winds it up. */
+void start_failed(struct sup *s, const struct qv_err *err, const char *step);
+/* stop or kill during a start: it ends as a stop (the child or QEMU is killed). */
+void start_cancel(struct sup *s, const char *why);
+/* QEMU's pidfd or SIGCHLD during a start: true if that is the start's business. */
+bool start_qemu_gone(struct sup *s);
+void start_child_exited(struct sup *s);
+uint64_t start_next_deadline(struct sup *s);
+void start_expire(struct sup *s, uint64_t now);
+/* A failed or cancelled start: QEMU killed and reaped, its connections closed, the
+ * error (with QEMU's last words) in s->start.err; a restart leaves the VM crashed,
+ * a cancelled start shut off. The first start's caller finishes with start_failed_cleanup. */
+void start_wind_up(struct sup *s);
 /* finish_start: a QEMU still in prelaunch gets its late set-up and `cont`. */
 int reattach(struct sup *s, bool finish_start, struct qv_err *e);
 /* A live QEMU of this VM found by any route: its pid and start time go into *prev. */
@@ -275,17 +318,21 @@ void hotplug_forget_all(struct sup *s);
 
 /* vmnet.c: the host side of the VM's NICs */
 int vmnet_open_tap(void *opaque, const struct vm_def *d, size_t nic, int *fds, struct qv_err *e);
-/* Plugs one NIC (boot or hotplug) into its bridge or network; fds per queue. An
- * autostart network that is not running is started, waiting for it, only with
- * may_wait (at start, before the loop runs); otherwise that is -ENETDOWN. */
-int vmnet_plug(struct sup *s, const struct vm_nic *n, size_t index, int *fds, bool may_wait, struct qv_err *e);
+/* Plugs one NIC (boot or hotplug) into its bridge or network; fds per queue. A
+ * network that is not running is -ENETDOWN: whoever plugs starts autostart networks
+ * first (net_starter), without waiting in the loop. */
+int vmnet_plug(struct sup *s, const struct vm_nic *n, size_t index, int *fds, struct qv_err *e);
 /* A network NIC whose autostart network is not running: its name into net (else "");
  * -ENETDOWN for a stopped network without autostart. */
 int vmnet_needs_start(struct sup *s, const struct vm_nic *n, char *net, size_t netlen, struct qv_err *e);
-/* `qvisor net start NAME` as a child the loop watches (SIGCHLD): its pid and the read
- * end of its output; _done interprets its exit status and output. */
-int vmnet_start_network(struct sup *s, const char *name, pid_t *pid, int *out_fd, struct qv_err *e);
-int vmnet_start_network_done(struct sup *s, const char *name, int status, int out_fd, struct qv_err *e);
+/* `qvisor net start NAME` as a child the loop watches (SIGCHLD), killed at its deadline. */
+int net_starter_begin(struct sup *s, struct net_starter *ns, const char *name, struct qv_err *e);
+/* SIGCHLD: 0 while it runs; 1 once it ended, with its verdict in *result (0 or -errno, e). */
+int net_starter_reap(struct sup *s, struct net_starter *ns, int *result, struct qv_err *e);
+/* Past its deadline it is killed; its exit then reports the failure. */
+void net_starter_expire(struct net_starter *ns, uint64_t now);
+/* Kills and reaps it (the operation it served is gone). */
+void net_starter_abort(struct net_starter *ns);
 /* Tears down what the NICs of the last QEMU left (filters, macvtaps). */
 void vmnet_after_exit(struct sup *s);
 void net_nic_unplugged(struct sup *s, struct hotplug *h);

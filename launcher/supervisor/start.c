@@ -57,36 +57,30 @@ static int read_secret(struct sup *s, const char *name, char **out, struct qv_er
     return 0;
 }
 
-/* After the QMP handshake, before `cont`: what must not be on the command line. */
-static int late_setup(struct sup *s, struct qv_err *e)
+/* set_password's arguments for a VNC password, NULL when the VM has none; after
+ * the QMP handshake, before `cont`: the password must not be on the command line. */
+static int vnc_password_args(struct sup *s, json_object **out, struct qv_err *e)
 {
-    if (s->def.graphics.kind == GRAPHICS_VNC && s->def.graphics.password_secret) {
-        _cleanup_free_ char *pw = NULL;
-        int r = read_secret(s, s->def.graphics.password_secret, &pw, e);
-        if (r < 0)
-            return r;
-        json_object *a = json_object_new_object();
-        json_object_object_add(a, "protocol", json_object_new_string("vnc"));
-        json_object_object_add(a, "password", json_object_new_string(pw));
-        r = qmp_call(s->qmp, "set_password", a, NULL, 0, QMP_TIMEOUT_DEFAULT, NULL, e);
-        explicit_bzero(pw, strlen(pw));
-        if (r < 0)
-            return qv_prefix(e, "setting the VNC password: ");
-    }
+    *out = NULL;
+    if (s->def.graphics.kind != GRAPHICS_VNC || !s->def.graphics.password_secret)
+        return 0;
+    _cleanup_free_ char *pw = NULL;
+    int r = read_secret(s, s->def.graphics.password_secret, &pw, e);
+    if (r < 0)
+        return r;
+    json_object *a = json_object_new_object();
+    json_object_object_add(a, "protocol", json_object_new_string("vnc"));
+    json_object_object_add(a, "password", json_object_new_string(pw));
+    explicit_bzero(pw, strlen(pw));
+    *out = a;
     return 0;
 }
 
-static void query_facts(struct sup *s)
+static void record_kvm(struct sup *s, json_object *kvm)
 {
-    json_object *kvm = NULL;
-    struct qv_err e = {0};
-    snprintf(s->rs.qemu_version, sizeof(s->rs.qemu_version), "%s", qmp_qemu_version(s->qmp));
-    if (qmp_call(s->qmp, "query-kvm", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, &kvm, &e) == 0) {
-        json_object *en;
-        bool on = json_object_object_get_ex(kvm, "enabled", &en) && json_object_get_boolean(en);
-        snprintf(s->rs.accel, sizeof(s->rs.accel), "%s", on ? "kvm" : "tcg");
-        json_object_put(kvm);
-    }
+    json_object *en;
+    bool on = json_object_object_get_ex(kvm, "enabled", &en) && json_object_get_boolean(en);
+    snprintf(s->rs.accel, sizeof(s->rs.accel), "%s", on ? "kvm" : "tcg");
 }
 
 static int qmp_attach(struct sup *s, struct qv_err *e)
@@ -157,34 +151,133 @@ void report_ready(struct sup *s, int code, const char *msg)
     s->ready_fd = -1;
 }
 
-/* The first `cont`: the guest runs, and `start` may return now. */
-static int resume_guest(struct sup *s, struct qv_err *e)
+/* ---- a start, step by step in the loop ---------------------------------------------- */
+
+void start_failed(struct sup *s, const struct qv_err *err, const char *step)
 {
-    int r = qmp_call(s->qmp, "cont", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, NULL, e);
-    if (r < 0)
-        return qv_prefix(e, "%s: cont: ", s->def.name);
+    if (s->start.failed)
+        return;     /* the first failure is the story */
+    s->start.failed = true;
+    s->start.err = *err;
+    if (step)
+        qv_prefix(&s->start.err, "%s: ", step);
+}
+
+/* The guest runs: `start` (or the unit) may return now. */
+static void started(struct sup *s)
+{
+    s->start.phase = START_IDLE;
     s->never_ran = false;
+    sup_log(s, "QEMU %s running as pid %d (accel %s)", s->rs.qemu_version, (int)s->qemu_pid, s->rs.accel);
+    sup_set_state(s, VM_RUNNING);
     report_ready(s, 0, NULL);
+    notify_send(&s->notify, "READY=1");
+}
+
+static void on_cont(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct sup *s = ctx;
+    (void)ret;
+    if (s->start.phase != START_QMP || s->start.failed)
+        return;
+    if (err)
+        start_failed(s, err, "cont");
+    else
+        started(s);
+}
+
+static void on_query_kvm(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct sup *s = ctx;
+    if (!err)
+        record_kvm(s, ret);     /* an old QEMU without it: the accel stays unknown */
+}
+
+/* Set-up done: query-kvm and `cont` go out together (QEMU answers in order). */
+static void send_cont(struct sup *s)
+{
+    crash_point("before-cont");
+    struct qv_err e = {0};
+    if (qmp_send(s->qmp, "query-kvm", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_query_kvm, s) < 0 ||
+        qmp_send(s->qmp, "cont", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_cont, s) < 0) {
+        qv_fail(&e, -ECONNRESET, "the QMP connection is closed");
+        start_failed(s, &e, "cont");
+    }
+}
+
+static void on_set_password(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct sup *s = ctx;
+    (void)ret;
+    if (s->start.phase != START_QMP || s->start.failed)
+        return;
+    if (err)
+        start_failed(s, err, "setting the VNC password");
+    else
+        send_cont(s);
+}
+
+static void on_handshake(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct sup *s = ctx;
+    (void)ret;
+    if (s->start.phase != START_QMP || s->start.failed)
+        return;
+    if (err) {
+        start_failed(s, err, NULL);
+        return;
+    }
+    snprintf(s->rs.qemu_version, sizeof(s->rs.qemu_version), "%s", qmp_qemu_version(s->qmp));
+    struct qv_err e = {0};
+    json_object *pw = NULL;
+    if (console_connect(s, &e) < 0 || vnc_password_args(s, &pw, &e) < 0) {
+        start_failed(s, &e, NULL);
+        return;
+    }
+    if (!pw) {
+        send_cont(s);
+    } else if (qmp_send(s->qmp, "set_password", pw, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_set_password, s) < 0) {
+        qv_fail(&e, -ECONNRESET, "the QMP connection is closed");
+        start_failed(s, &e, "setting the VNC password");
+    }
+}
+
+/* QEMU's QMP socket was bound and is listening before QEMU ran, so the connect
+ * is immediate; the greeting and capabilities come back through the loop. */
+static int qmp_begin(struct sup *s, struct qv_err *e)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/qmp.sock", s->run_dir);
+    int fd;
+    int r = unix_connect(path, &fd, e);
+    if (r < 0)
+        return r;
+    s->qmp = qmp_new(fd, QMP_MONITOR, sup_on_event, s);
+    if (!s->qmp)
+        return qv_failerr(e, -errno, "%s", path);
+    if ((r = qmp_handshake(s->qmp, START_TIMEOUT_MS, on_handshake, s)) < 0)
+        return qv_failerr(e, r, "%s: QMP handshake", path);
+    sup_epoll_add(s, qmp_fd(s->qmp), qmp_poll_events(s->qmp), &s->ev_qmp);
     return 0;
 }
 
-int start_qemu(struct sup *s, struct qv_err *e)
+/* QVISOR_TEST_HOLD_QEMU stops QEMU right after exec, before its monitor can answer:
+ * the tests use it to hold a start open and prove the loop serves meanwhile. */
+static void hold_point(struct sup *s)
+{
+    if (getenv("QVISOR_TEST_HOLD_QEMU")) {
+        sup_log(s, "test: holding QEMU pid %d (SIGSTOP)", (int)s->qemu_pid);
+        kill(s->qemu_pid, SIGSTOP);
+    }
+}
+
+/* Every autostart network is up: open what QEMU needs, fork, confine, exec. */
+static int spawn_qemu(struct sup *s, struct qv_err *e)
 {
     struct launch_plan plan;
     int r = build_launch_plan(&s->def, &s->facts, &plan, e);
     if (r < 0)
         return r;
-    s->expected_exit = false;
-    s->exit_reason[0] = '\0';
-    s->stop_phase = 0;
-    s->rs.state = VM_STARTING;
-    s->never_ran = true;
-    s->rs.supervisor_pid = getpid();
-    s->rs.qemu_pid = 0;
-    s->rs.last_exit[0] = '\0';
-    memcpy(s->rs.uuid, s->def.uuid, sizeof(s->rs.uuid));
-    sup_save_state(s);
-
     if ((r = confine_prepare(s, &plan, e)) < 0) {
         launch_plan_free(&plan);
         return r;
@@ -197,7 +290,7 @@ int start_qemu(struct sup *s, struct qv_err *e)
         launch_plan_free(&plan);
         return r;
     }
-    off_t log_start = lseek(s->log_fd, 0, SEEK_END);
+    s->start.log_from = lseek(s->log_fd, 0, SEEK_END);
     sup_log(s, "starting QEMU (%s, %s) as uid %u", plan.accel == ACCEL_KVM ? "kvm" : "tcg", s->facts.qemu,
             (unsigned)s->conf.uid);
     pid_t pid = 0;
@@ -214,26 +307,143 @@ int start_qemu(struct sup *s, struct qv_err *e)
     s->pidfd = sup_pidfd_open(s->qemu_pid);
     if (s->pidfd >= 0)
         sup_epoll_add(s, s->pidfd, EPOLLIN, &s->ev_pidfd);
-
-    if ((r = qmp_attach(s, e)) < 0 || (r = console_connect(s, e)) < 0 || (r = late_setup(s, e)) < 0) {
-        kill(s->qemu_pid, SIGKILL);
-        int st;
-        waitpid(s->qemu_pid, &st, 0);
-        s->qemu_pid = s->rs.qemu_pid = 0;
-        char msg[900];
-        qemu_message(s, log_start, msg, sizeof(msg));
-        /* an OOM kill shows only as a broken QMP connection: name the cause */
-        if (confine_oom_error(s, e) == 0 && msg[0])
-            qv_fail(e, -EIO, "%s", msg);
-        return qv_prefix(e, "%s: QEMU failed to start: ", s->def.name);
-    }
-    crash_point("before-cont");
-    if ((r = resume_guest(s, e)) < 0)
-        return r;
-    query_facts(s);
-    sup_log(s, "QEMU %s running as pid %d (accel %s)", s->rs.qemu_version, (int)s->qemu_pid, s->rs.accel);
-    sup_set_state(s, VM_RUNNING);
+    hold_point(s);
+    s->start.phase = START_QMP;
+    if ((r = qmp_begin(s, e)) < 0)
+        start_failed(s, e, NULL);     /* QEMU runs: wound up by the loop like any later failure */
     return 0;
+}
+
+/* The next autostart network the NICs need, started as a watched child; when there
+ * is none left, QEMU. */
+static int start_next(struct sup *s, struct qv_err *e)
+{
+    for (size_t i = 0; i < s->def.nnics; i++) {
+        char net[72];
+        int r = vmnet_needs_start(s, &s->def.nics[i], net, sizeof(net), e);
+        if (r < 0)
+            return qv_prefix(e, "nic%zu: ", i);
+        if (!net[0])
+            continue;
+        if ((r = net_starter_begin(s, &s->start.net, net, e)) < 0)
+            return r;
+        sup_log(s, "starting network %s (autostart)", net);
+        s->start.phase = START_NETWORKS;
+        return 0;
+    }
+    return spawn_qemu(s, e);
+}
+
+int start_begin(struct sup *s, bool restart, struct qv_err *e)
+{
+    struct launch_plan plan;
+    int r = build_launch_plan(&s->def, &s->facts, &plan, e);     /* a definition QEMU cannot run fails here */
+    if (r < 0)
+        return r;
+    launch_plan_free(&plan);
+    s->start = (struct start_job){.restart = restart, .net = {.out = -1}};
+    s->expected_exit = false;
+    s->exit_reason[0] = '\0';
+    s->stop_phase = 0;
+    s->rs.state = VM_STARTING;
+    s->never_ran = true;
+    s->rs.supervisor_pid = getpid();
+    s->rs.qemu_pid = 0;
+    s->rs.last_exit[0] = '\0';
+    memcpy(s->rs.uuid, s->def.uuid, sizeof(s->rs.uuid));
+    sup_save_state(s);
+    s->start.phase = START_NETWORKS;
+    if ((r = start_next(s, e)) < 0)
+        s->start.phase = START_IDLE;
+    return r;
+}
+
+void start_child_exited(struct sup *s)
+{
+    struct qv_err e = {0};
+    int r;
+    if (s->start.phase != START_NETWORKS || !net_starter_reap(s, &s->start.net, &r, &e))
+        return;
+    if (s->start.failed)
+        return;     /* cancelled meanwhile */
+    if (r < 0 || (r = start_next(s, &e)) < 0)
+        start_failed(s, &e, NULL);
+}
+
+uint64_t start_next_deadline(struct sup *s)
+{
+    return s->start.phase == START_NETWORKS ? s->start.net.deadline : 0;
+}
+
+void start_expire(struct sup *s, uint64_t now)
+{
+    if (s->start.phase == START_NETWORKS)
+        net_starter_expire(&s->start.net, now);
+}
+
+void start_cancel(struct sup *s, const char *why)
+{
+    struct qv_err e = {0};
+    qv_fail(&e, -ECANCELED, "%s before it ran", why);
+    s->start.cancelled = true;
+    s->expected_exit = true;
+    start_failed(s, &e, NULL);
+}
+
+bool start_qemu_gone(struct sup *s)
+{
+    if (s->start.phase != START_QMP)
+        return false;
+    siginfo_t si = {0};
+    /* WNOWAIT: start_wind_up reaps it, with its exit status */
+    if (s->qemu_is_child && waitid(P_PID, (id_t)s->qemu_pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && !si.si_pid)
+        return true;    /* not gone: a SIGCHLD for someone else */
+    struct qv_err e = {0};
+    qv_fail(&e, -EIO, "QEMU exited");
+    start_failed(s, &e, NULL);
+    return true;
+}
+
+void start_wind_up(struct sup *s)
+{
+    struct start_job *j = &s->start;
+    net_starter_abort(&j->net);
+    char msg[900] = "";
+    if (s->qemu_pid) {
+        kill(s->qemu_pid, SIGKILL);
+        if (s->qemu_is_child)
+            waitpid(s->qemu_pid, NULL, 0);     /* SIGKILLed: the kernel's teardown, not QEMU's will */
+        if (s->pidfd >= 0) {
+            epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->pidfd, NULL);
+            close(s->pidfd);
+            s->pidfd = -1;
+        }
+        qemu_message(s, j->log_from, msg, sizeof(msg));
+    }
+    if (s->qmp) {
+        epoll_ctl(s->epfd, EPOLL_CTL_DEL, qmp_fd(s->qmp), NULL);
+        qmp_free(s->qmp);
+        s->qmp = NULL;
+    }
+    console_close(s);
+    s->qemu_pid = s->rs.qemu_pid = 0;
+    /* an OOM kill shows only as a broken QMP connection: name the cause */
+    if (!j->cancelled && confine_oom_error(s, &j->err) == 0 && msg[0])
+        qv_fail(&j->err, -EIO, "%s", msg);
+    if (!j->cancelled)
+        qv_prefix(&j->err, "%s: QEMU failed to start: ", s->def.name);
+    j->phase = START_IDLE;
+    j->failed = false;
+    confine_after_exit(s);
+    vmnet_after_exit(s);
+    remove_run_files(s);
+    ctl_stop_done(s, true, NULL);
+    snprintf(s->rs.last_exit, sizeof(s->rs.last_exit), "%s", j->err.msg);
+    sup_log(s, "%s failed: %s", j->restart ? "restart" : "start", j->err.msg);
+    sup_set_state(s, j->cancelled ? VM_SHUTOFF : j->restart ? VM_CRASHED : VM_SHUTOFF);
+    report_ready(s, j->err.code ? j->err.code : -EIO, j->err.msg);
+    s->exit_code = j->cancelled ? 0 : 1;
+    s->done = true;
 }
 
 /* A previous supervisor died and QEMU lived on: pick up where it left off. A QEMU
@@ -256,7 +466,13 @@ int reattach(struct sup *s, bool finish_start, struct qv_err *e)
     if (r < 0)
         return qv_prefix(e, "%s: reconnecting to QEMU pid %d: ", s->def.name, (int)s->qemu_pid);
     console_connect(s, e);
-    query_facts(s);
+    snprintf(s->rs.qemu_version, sizeof(s->rs.qemu_version), "%s", qmp_qemu_version(s->qmp));
+    json_object *kvm = NULL;
+    struct qv_err kvm_err = {0};
+    if (qmp_call(s->qmp, "query-kvm", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, &kvm, &kvm_err) == 0) {
+        record_kvm(s, kvm);
+        json_object_put(kvm);
+    }
     json_object *st = NULL;
     if ((r = qmp_call(s->qmp, "query-status", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, &st, e)) < 0)
         return qv_prefix(e, "%s: QEMU pid %d: ", s->def.name, (int)s->qemu_pid);
@@ -270,8 +486,15 @@ int reattach(struct sup *s, bool finish_start, struct qv_err *e)
     sup_log(s, "reattached to running QEMU pid %d%s", (int)s->qemu_pid,
             s->never_ran ? ", which was never started: finishing its start" : "");
     if (s->never_ran && finish_start) {
-        if ((r = late_setup(s, e)) < 0 || (r = resume_guest(s, e)) < 0)
+        /* at start-up, before the loop serves anyone: a take-over stays synchronous */
+        json_object *pw = NULL;
+        if ((r = vnc_password_args(s, &pw, e)) < 0)
             return r;
+        if (pw && (r = qmp_call(s->qmp, "set_password", pw, NULL, 0, QMP_TIMEOUT_DEFAULT, NULL, e)) < 0)
+            return qv_prefix(e, "setting the VNC password: ");
+        if ((r = qmp_call(s->qmp, "cont", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, NULL, e)) < 0)
+            return qv_prefix(e, "%s: cont: ", s->def.name);
+        s->never_ran = false;
         running = true;
     }
     sup_set_state(s, running ? VM_RUNNING : prev == VM_CRASHED ? VM_CRASHED : VM_PAUSED);

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/prctl.h>
+#include <sys/wait.h>
 
 #include "launcher/supervisor/internal.h"
 
@@ -81,21 +82,7 @@ static int net_start_result(struct sup *s, const char *name, int r, char *out, s
     return 0;
 }
 
-/* Blocking: only at start, before the loop serves anyone. */
-static int start_network(struct sup *s, const char *name, struct qv_err *e)
-{
-    char exe[PATH_MAX];
-    const char *argv[8];
-    int r = self_exe(exe, name, e);
-    if (r < 0)
-        return r;
-    net_start_argv(s, name, exe, argv);
-    _cleanup_free_ char *out = NULL;
-    r = run_program(argv, 60000, &out);
-    return net_start_result(s, name, r, out, e);
-}
-
-int vmnet_start_network(struct sup *s, const char *name, pid_t *pid, int *out_fd, struct qv_err *e)
+int net_starter_begin(struct sup *s, struct net_starter *ns, const char *name, struct qv_err *e)
 {
     char exe[PATH_MAX];
     const char *argv[8];
@@ -131,18 +118,49 @@ int vmnet_start_network(struct sup *s, const char *name, pid_t *pid, int *out_fd
     }
     close(po[1]);
     fd_set_nonblock(po[0], true);
-    *pid = p;
-    *out_fd = po[0];
+    ns->pid = p;
+    ns->out = po[0];
+    ns->deadline = monotonic_ms() + NET_START_TIMEOUT_MS;
+    snprintf(ns->name, sizeof(ns->name), "%s", name);
     return 0;
 }
 
-int vmnet_start_network_done(struct sup *s, const char *name, int status, int out_fd, struct qv_err *e)
+static void net_starter_close(struct net_starter *ns)
 {
+    if (ns->out >= 0)
+        close(ns->out);
+    *ns = (struct net_starter){.out = -1};
+}
+
+int net_starter_reap(struct sup *s, struct net_starter *ns, int *result, struct qv_err *e)
+{
+    int st;
+    if (ns->pid <= 0 || waitpid(ns->pid, &st, WNOHANG) != ns->pid)
+        return 0;
     /* its few lines wait in the pipe (a longer story blocks it until the time-out) */
     char out[4096];
-    ssize_t n = read(out_fd, out, sizeof(out) - 1);
+    ssize_t n = read(ns->out, out, sizeof(out) - 1);
     out[n > 0 ? n : 0] = '\0';
-    return net_start_result(s, name, status, out, e);
+    *result = net_start_result(s, ns->name, WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), out, e);
+    net_starter_close(ns);
+    return 1;
+}
+
+void net_starter_expire(struct net_starter *ns, uint64_t now)
+{
+    if (ns->pid > 0 && ns->deadline && now >= ns->deadline) {
+        kill(ns->pid, SIGKILL);     /* its exit (SIGCHLD) reports the failure */
+        ns->deadline = 0;
+    }
+}
+
+void net_starter_abort(struct net_starter *ns)
+{
+    if (ns->pid > 0) {
+        kill(ns->pid, SIGKILL);
+        waitpid(ns->pid, NULL, 0);
+    }
+    net_starter_close(ns);
 }
 
 int vmnet_needs_start(struct sup *s, const struct vm_nic *n, char *net, size_t netlen, struct qv_err *e)
@@ -180,7 +198,7 @@ static int apply_filter(struct sup *s, const struct vm_nic *n, struct vm_nic_sta
     return r < 0 ? r : netsetup_nft_nic_apply(s->nft, st->network, st->tap, &f, e);
 }
 
-int vmnet_plug(struct sup *s, const struct vm_nic *n, size_t index, int *fds, bool may_wait, struct qv_err *e)
+int vmnet_plug(struct sup *s, const struct vm_nic *n, size_t index, int *fds, struct qv_err *e)
 {
     struct vm_nic_state *st = &s->nics[index];
     memset(st, 0, sizeof(*st));
@@ -209,11 +227,9 @@ int vmnet_plug(struct sup *s, const struct vm_nic *n, size_t index, int *fds, bo
             return r;
         have_nd = true;
         nic.bridge = nd.bridge;
-        if (nd.mode != NET_BRIDGE && !net_running(s->paths, n->source, NULL) &&
-            (!nd.autostart || !may_wait || (r = start_network(s, n->source, e)) < 0)) {
+        if (nd.mode != NET_BRIDGE && !net_running(s->paths, n->source, NULL)) {
             net_def_free(&nd);
-            return nd.autostart && may_wait ? r : qv_fail(e, -ENETDOWN, "network %s is not running (qvisor net start %s)", n->source,
-                                              n->source);
+            return qv_fail(e, -ENETDOWN, "network %s is not running (qvisor net start %s)", n->source, n->source);
         }
         if (nd.mode != NET_BRIDGE) {
             snprintf(st->network, sizeof(st->network), "%s", n->source);
@@ -246,7 +262,7 @@ int vmnet_plug(struct sup *s, const struct vm_nic *n, size_t index, int *fds, bo
 
 int vmnet_open_tap(void *opaque, const struct vm_def *d, size_t nic, int *fds, struct qv_err *e)
 {
-    return vmnet_plug(opaque, &d->nics[nic], nic, fds, true, e);
+    return vmnet_plug(opaque, &d->nics[nic], nic, fds, e);
 }
 
 /* The definition's NIC for a state slot: boot NICs by index, hotplugged by MAC. */
