@@ -159,6 +159,33 @@ check_guest_fails() {
     else ok "$desc"; fi
 }
 
+# ---- answers while the supervisor is busy ----
+# The issue asks for 100 ms; under ASan on a loaded 2-core machine the CLI alone
+# takes a good part of that, so each answer must come within BUSY_BOUND_MS (1000).
+# A synchronous supervisor answers nothing for seconds.
+BOUND_MS=${BUSY_BOUND_MS:-1000}
+# ms CMD...: runs CMD, prints how long it took in ms; CMD's output to $T_ROOT/out
+ms() {
+    local t0 t1
+    t0=$(date +%s%N)
+    "$@" > "$T_ROOT/out" 2>&1
+    local rc=$?
+    t1=$(date +%s%N)
+    echo $(((t1 - t0) / 1000000))
+    return $rc
+}
+# within DESC CMD...: CMD succeeds within BOUND_MS
+within() {
+    local desc=$1 t
+    shift
+    if t=$(ms "$@"); then
+        if [ "$t" -le "$BOUND_MS" ]; then ok "$desc ($t ms)"; else not_ok "$desc (took $t ms, bound $BOUND_MS)"; fi
+    else
+        not_ok "$desc (failed after $t ms)"
+        diag "$(cat "$T_ROOT/out")"
+    fi
+}
+
 # ---- a private network world: a "host" namespace for qvisor and an "outside" one ----
 # net_world: creates them, with a veth host 192.168.250.1 <-> outside 192.168.250.2;
 # qn runs qvisor inside the host namespace.

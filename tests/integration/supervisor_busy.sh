@@ -9,7 +9,6 @@
 # nothing until QEMU's add-fd timed out (5 s).
 . "$(dirname "$0")/../lib.sh"
 
-BOUND_MS=${BUSY_BOUND_MS:-1000}
 img=$T_ROOT/img
 mkdir -p "$img"
 truncate -s 16M "$img/slow.raw" "$img/slow2.raw"
@@ -20,28 +19,6 @@ qv start -q busy || { not_ok "the VM starts"; finish; }
 check "the guest boots" wait_until 90 guest_ok busy true
 qpid=$(vm_pid busy)
 echo "$qpid" > "$T_ROOT/qemu.pid"
-
-# ms CMD...: runs CMD, prints how long it took in ms; CMD's output to $T_ROOT/out
-ms() {
-    local t0 t1
-    t0=$(date +%s%N)
-    "$@" > "$T_ROOT/out" 2>&1
-    local rc=$?
-    t1=$(date +%s%N)
-    echo $(((t1 - t0) / 1000000))
-    return $rc
-}
-# within DESC CMD...: CMD succeeds within BOUND_MS
-within() {
-    local desc=$1 t
-    shift
-    if t=$(ms "$@"); then
-        if [ "$t" -le "$BOUND_MS" ]; then ok "$desc ($t ms)"; else not_ok "$desc (took $t ms, bound $BOUND_MS)"; fi
-    else
-        not_ok "$desc (failed after $t ms)"
-        diag "$(cat "$T_ROOT/out")"
-    fi
-}
 
 # ---- attach-disk held up by a stopped QEMU ----
 kill -STOP "$qpid"
