@@ -286,11 +286,10 @@ int cmd_create(struct cli *c)
 
 int cmd_undefine(struct cli *c)
 {
-    struct vm_runstate rs;
+    _cleanup_runstate_ struct vm_runstate rs = {0};
     bool supervised;
     vm_observe(&c->paths, c->pos[0], &rs, &supervised);
     bool active = supervised || (rs.state != VM_SHUTOFF && rs.state != VM_CRASHED);
-    runstate_free(&rs);
     if (active)
         return qv_fail(&c->err, -EBUSY, "%s is running (stop it first)", c->pos[0]);
     int r = vm_undefine(&c->paths, c->pos[0], &c->err);
@@ -406,12 +405,11 @@ int cmd_list(struct cli *c)
     for (size_t i = 0; i < names.n; i++) {
         _cleanup_vm_def_ struct vm_def d = {0};
         struct qv_err e = {0};
-        struct vm_runstate rs;
+        _cleanup_runstate_ struct vm_runstate rs = {0};
         bool supervised;
         vm_observe(&c->paths, names.v[i], &rs, &supervised);
         const char *state = vm_state_names[rs.state];
         bool active = rs.state != VM_SHUTOFF && rs.state != VM_CRASHED;
-        runstate_free(&rs);
         if (!cli_flag(c, "all") && !active)
             continue;
         bool ok = vm_load(&c->paths, names.v[i], &d, &e) == 0;
@@ -451,16 +449,14 @@ int cmd_argv(struct cli *c)
     int r = vm_load(&c->paths, c->pos[0], &d, &c->err);
     if (r < 0)
         return r;
-    struct host_config hc;
+    _cleanup_host_config_ struct host_config hc = {0};
     struct host_facts f;
     struct launch_plan plan;
-    if ((r = host_config_load(&c->paths, &hc, &c->err)) == 0) {
-        if ((r = host_facts_probe(&c->paths, &hc, &f, &c->err)) == 0 && (r = build_launch_plan(&d, &f, &plan, &c->err)) == 0) {
-            for (size_t i = 0; i < plan.argv.n; i++)
-                printf("%s\n", plan.argv.v[i]);
-            launch_plan_free(&plan);
-        }
-        host_config_free(&hc);
-    }
-    return r;
+    if ((r = host_config_load(&c->paths, &hc, &c->err)) < 0 || (r = host_facts_probe(&c->paths, &hc, &f, &c->err)) < 0 ||
+        (r = build_launch_plan(&d, &f, &plan, &c->err)) < 0)
+        return r;
+    for (size_t i = 0; i < plan.argv.n; i++)
+        printf("%s\n", plan.argv.v[i]);
+    launch_plan_free(&plan);
+    return 0;
 }

@@ -39,7 +39,7 @@ static bool openable(const char *path)
 int cmd_host_check(struct cli *c)
 {
     struct check ch = {.list = json_object_new_array()};
-    struct host_config hc;
+    _cleanup_host_config_ struct host_config hc = {0};
     struct host_facts f;
     struct qv_err e = {0};
     bool have_config = host_config_load(&c->paths, &hc, &e) == 0;
@@ -58,8 +58,6 @@ int cmd_host_check(struct cli *c)
     } else {
         item(&ch, "qemu", false, true, "%s", e.msg);
     }
-    if (have_config)
-        host_config_free(&hc);
     item(&ch, "tun", openable("/dev/net/tun"), false, "%s", "/dev/net/tun: taps for bridge and network NICs");
     char path[PATH_MAX];
     item(&ch, "dnsmasq", find_program("dnsmasq", path, sizeof(path)) == 0, false, "%s",

@@ -67,13 +67,10 @@ static bool qemu_lives(struct cli *c, const char *name)
     _cleanup_vm_def_ struct vm_def d = {0};
     if (vm_load(&c->paths, name, &d, NULL) < 0)
         return false;
-    struct vm_runstate rs;
+    _cleanup_runstate_ struct vm_runstate rs = {0};
     struct qemu_found f;
     bool have_rs = runstate_read(&c->paths, name, &rs, NULL) == 0;
-    bool found = vm_find_qemu(&c->paths, name, d.uuid, have_rs ? &rs : NULL, &f) > 0;
-    if (have_rs)
-        runstate_free(&rs);
-    return found;
+    return vm_find_qemu(&c->paths, name, d.uuid, have_rs ? &rs : NULL, &f) > 0;
 }
 
 /* 0 done, 1 not running (the wanted state), or -errno. */
@@ -184,7 +181,7 @@ static void print_status_text(json_object *st)
 /* Status without a supervisor: what state.json and /proc say. */
 static json_object *observed_status(struct cli *c, const struct vm_def *d)
 {
-    struct vm_runstate rs;
+    _cleanup_runstate_ struct vm_runstate rs = {0};
     bool supervised;
     vm_observe(&c->paths, d->name, &rs, &supervised);
     json_object *o = json_object_new_object();
@@ -201,7 +198,6 @@ static json_object *observed_status(struct cli *c, const struct vm_def *d)
     format_size(d->memory.bytes, mem, sizeof(mem));
     json_object_object_add(o, "memory", json_object_new_string(mem));
     json_object_object_add(o, "last_exit", json_object_new_string(rs.last_exit));
-    runstate_free(&rs);
     return o;
 }
 

@@ -163,6 +163,12 @@ struct vm_def {
 void vm_def_free(struct vm_def *d);     /* leaves it zeroed: freeing twice is harmless */
 /* A definition freed at the end of its scope; initialise it with {0}. */
 #define _cleanup_vm_def_ _cleanup_(vm_def_free)
+/* *to takes what *from holds; *from is left empty (for a _cleanup_vm_def_ local). */
+static inline void vm_def_move(struct vm_def *to, struct vm_def *from)
+{
+    *to = *from;
+    *from = (struct vm_def){0};
+}
 void vm_disk_free(struct vm_disk *k);
 void vm_nic_free(struct vm_nic *n);
 /* One disk or NIC (hotplug), checked as in a definition for VM d; a disk's format
@@ -203,6 +209,7 @@ struct host_config {
 #define LOG_MAX_BACKUPS 3
 int host_config_load(const struct qv_paths *p, struct host_config *hc, struct qv_err *e);
 void host_config_free(struct host_config *hc);
+#define _cleanup_host_config_ _cleanup_(host_config_free)
 /* Probes QEMU (cached under var/cache/qvisor by binary path, size and mtime), KVM,
  * vhost-net and firmware. */
 int host_facts_probe(const struct qv_paths *p, const struct host_config *hc,
@@ -319,6 +326,7 @@ int runstate_read(const struct qv_paths *p, const char *name, struct vm_runstate
 int runstate_write(const struct qv_paths *p, const char *name, const struct vm_runstate *s, struct qv_err *e);
 json_object *runstate_to_json(const struct vm_runstate *s);
 void runstate_free(struct vm_runstate *s);
+#define _cleanup_runstate_ _cleanup_(runstate_free)
 /* The recorded QEMU still runs: same pid, same start time, and our uuid on its command
  * line (or, while "starting", not yet exec'd). A reused pid never passes. */
 bool qemu_alive(const struct vm_runstate *s);
@@ -385,6 +393,11 @@ struct net_def {
 };
 void net_def_free(struct net_def *n);   /* leaves it zeroed */
 #define _cleanup_net_def_ _cleanup_(net_def_free)
+static inline void net_def_move(struct net_def *to, struct net_def *from)
+{
+    *to = *from;
+    *from = (struct net_def){0};
+}
 int net_def_from_json(json_object *o, struct net_def *n, struct qv_err *e);
 json_object *net_def_to_json(const struct net_def *n);
 int net_def_path(const struct qv_paths *p, const char *name, char *out, size_t outlen);

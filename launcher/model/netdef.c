@@ -518,16 +518,14 @@ static int define_locked(const struct qv_paths *p, const struct net_def *n, bool
 
 int net_define(const struct qv_paths *p, json_object *o, bool replace, struct net_def *out, struct qv_err *e)
 {
-    struct net_def n;
+    _cleanup_net_def_ struct net_def n = {0};
     int r = net_def_from_json(o, &n, e);
     if (r < 0)
         return r;
     _cleanup_close_ int lock = lock_dir(p, e);
     r = lock < 0 ? lock : define_locked(p, &n, replace, e);
     if (r == 0 && out)
-        *out = n;
-    else
-        net_def_free(&n);
+        net_def_move(out, &n);
     return r;
 }
 

@@ -265,11 +265,9 @@ bool vm_supervised(const struct qv_paths *p, const char *name, pid_t *holder)
 /* The VM's uuid: from its run state, or from its definition when the state file lost it. */
 static const char *vm_uuid_of(const struct qv_paths *p, const char *name, struct vm_runstate *s)
 {
-    struct vm_def d;
-    if (!s->uuid[0] && vm_load(p, name, &d, NULL) == 0) {
+    _cleanup_vm_def_ struct vm_def d = {0};
+    if (!s->uuid[0] && vm_load(p, name, &d, NULL) == 0)
         snprintf(s->uuid, sizeof(s->uuid), "%s", d.uuid);
-        vm_def_free(&d);
-    }
     return s->uuid;
 }
 

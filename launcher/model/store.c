@@ -293,22 +293,17 @@ static int define_locked(const struct qv_paths *p, struct vm_def *d, bool replac
     if (path_exists(path))
         return qv_fail(e, -EEXIST, "%s runs as a transient VM; stop it first, or choose another name", d->name);
     vm_def_path(p, d->name, path, sizeof(path));
-    struct vm_def old = {0};
+    _cleanup_vm_def_ struct vm_def old = {0};
     bool have_old = false;
     if (path_exists(path)) {
         if (!replace)
             return qv_fail(e, -EEXIST, "%s is already defined (qvisor edit %s changes it; undefine it to start over)",
                            d->name, d->name);
         have_old = vm_load(p, d->name, &old, NULL) == 0;
-        if (have_old && d->uuid[0] && strcmp(d->uuid, old.uuid) != 0) {
-            int r = qv_fail(e, -EINVAL, "uuid: a VM keeps its uuid (%s)", old.uuid);
-            vm_def_free(&old);
-            return r;
-        }
+        if (have_old && d->uuid[0] && strcmp(d->uuid, old.uuid) != 0)
+            return qv_fail(e, -EINVAL, "uuid: a VM keeps its uuid (%s)", old.uuid);
     }
     int r = complete_identity(p, d, have_old ? &old : NULL, e);
-    if (have_old)
-        vm_def_free(&old);
     if (r < 0)
         return qv_prefix(e, "%s: ", d->name);
     _cleanup_json_ json_object *norm = vm_def_to_json(d);
@@ -328,22 +323,20 @@ static int parse_checked(json_object *o, struct vm_def *d, struct qv_err *e)
 
 int vm_define(const struct qv_paths *p, json_object *o, bool replace, struct vm_def *out, struct qv_err *e)
 {
-    struct vm_def d;
+    _cleanup_vm_def_ struct vm_def d = {0};
     int r = parse_checked(o, &d, e);
     if (r < 0)
         return r;
     _cleanup_close_ int lock = lock_vms_dir(p, e);
     r = lock < 0 ? lock : define_locked(p, &d, replace, e);
     if (r == 0 && out)
-        *out = d;
-    else
-        vm_def_free(&d);
+        vm_def_move(out, &d);
     return r;
 }
 
 int vm_create_transient(const struct qv_paths *p, json_object *o, struct vm_def *out, struct qv_err *e)
 {
-    struct vm_def d;
+    _cleanup_vm_def_ struct vm_def d = {0};
     int r = parse_checked(o, &d, e);
     if (r < 0)
         return r;
@@ -366,9 +359,7 @@ int vm_create_transient(const struct qv_paths *p, json_object *o, struct vm_def 
     }
     d.transient = true;
     if (r == 0 && out)
-        *out = d;
-    else
-        vm_def_free(&d);
+        vm_def_move(out, &d);
     return r;
 }
 

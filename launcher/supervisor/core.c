@@ -676,7 +676,7 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
         free(sp);
         return r;
     }
-    struct vm_runstate prev;
+    _cleanup_runstate_ struct vm_runstate prev = {0};
     bool have_prev = runstate_read(paths, name, &prev, NULL) == 0;
     bool take_over = find_previous(sp, &prev, have_prev);
     if (take_over) {
@@ -686,13 +686,10 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
     } else if (o->attach_only) {
         if (have_prev)
             cleanup_previous(sp, &prev);
-        runstate_free(&prev);
         r = qv_fail(e, -ESRCH, "%s is not running", name);
     } else {
-        if (have_prev) {
+        if (have_prev)
             cleanup_previous(sp, &prev);
-            runstate_free(&prev);
-        }
         r = start_begin(sp, false, e);
     }
     if (r < 0) {

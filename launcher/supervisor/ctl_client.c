@@ -8,11 +8,10 @@
 
 int ctl_connect(const struct qv_paths *p, const char *name, int *fd, struct qv_err *e)
 {
-    struct vm_def d;
-    int r = vm_load(p, name, &d, e);
+    _cleanup_vm_def_ struct vm_def d = {0};
+    int r = vm_load(p, name, &d, e);     /* "no VM named" before "not running" */
     if (r < 0)
         return r;
-    vm_def_free(&d);
     char path[PATH_MAX];
     vm_run_path(p, name, "ctl.sock", path, sizeof(path));
     struct qv_err ce = {0};

@@ -19,7 +19,7 @@ int network_gc(const struct qv_paths *paths, struct strv *removed, struct qv_err
     for (size_t i = 0; i < nets.n; i++) {
         struct qv_err e = {0};
         if (!net_running(paths, nets.v[i], NULL)) {
-            struct net_def d;
+            _cleanup_net_def_ struct net_def d = {0};
             char bridge[NETSETUP_IFNAMSIZ];
             netsetup_bridge_name(nets.v[i], bridge);
             bool have = net_load(paths, nets.v[i], &d, NULL) == 0;
@@ -32,8 +32,6 @@ int network_gc(const struct qv_paths *paths, struct strv *removed, struct qv_err
             }
             if (netsetup_net_down(nft, nets.v[i], have ? d.bridge : bridge, &e) == 0)
                 strv_pushf(removed, "network %s: tables and bridge %s", nets.v[i], have ? d.bridge : bridge);
-            if (have)
-                net_def_free(&d);
             continue;
         }
         _cleanup_strv_ struct strv taps = {0};
@@ -52,15 +50,14 @@ int network_gc(const struct qv_paths *paths, struct strv *removed, struct qv_err
     _cleanup_strv_ struct strv owned = {0};
     vm_list_names(paths, &vms, NULL);
     for (size_t v = 0; v < vms.n; v++) {
-        struct vm_def d;
+        _cleanup_vm_def_ struct vm_def d = {0};
         if (vm_load(paths, vms.v[v], &d, NULL) < 0)
             continue;
         /* a QEMU whose supervisor died still owns its taps */
-        struct vm_runstate rs;
+        _cleanup_runstate_ struct vm_runstate rs = {0};
         bool supervised;
         vm_observe(paths, d.name, &rs, &supervised);
         bool live = supervised || (rs.state != VM_SHUTOFF && rs.state != VM_CRASHED);
-        runstate_free(&rs);
         for (unsigned k = 0; live && k < VM_MAX_NICS + 16 + 16; k++) {
             char name[NETSETUP_IFNAMSIZ];
             netsetup_macvtap_name(d.uuid, k, name);
@@ -68,7 +65,6 @@ int network_gc(const struct qv_paths *paths, struct strv *removed, struct qv_err
             netsetup_tap_name(d.uuid, k, name);
             strv_push(&owned, name);
         }
-        vm_def_free(&d);
     }
     for (size_t p = 0; p < ARRAY_SIZE(prefixes); p++) {
         _cleanup_strv_ struct strv links = {0};

@@ -303,7 +303,7 @@ int network_run(const struct qv_paths *p, const char *name, int ready_fd, int ec
 /* Cleans up a network whose supervisor is gone (or asks a live one to stop). */
 int network_stop(const struct qv_paths *p, const char *name, int timeout_ms, struct qv_err *e)
 {
-    struct net_def d;
+    _cleanup_net_def_ struct net_def d = {0};
     int r = net_load(p, name, &d, e);
     if (r < 0)
         return r;
@@ -322,7 +322,6 @@ int network_stop(const struct qv_paths *p, const char *name, int timeout_ms, str
         r = runlock_held(dir, NULL) ? qv_fail(e, -ETIMEDOUT, "network %s: its supervisor (pid %d) did not stop", name,
                                               (int)holder)
                                     : 0;
-        net_def_free(&d);
         return r;
     }
     /* no supervisor: remove by name whatever a dead one may have left */
@@ -339,6 +338,5 @@ int network_stop(const struct qv_paths *p, const char *name, int timeout_ms, str
         if (r == 0)
             r = netsetup_net_down(nft, d.name, d.bridge, e);
     }
-    net_def_free(&d);
     return r < 0 ? r : -ESRCH;     /* "was not running" for the caller to say */
 }

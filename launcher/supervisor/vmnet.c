@@ -168,18 +168,14 @@ int vmnet_needs_start(struct sup *s, const struct vm_nic *n, char *net, size_t n
     net[0] = '\0';
     if (n->type != NIC_NETWORK)
         return 0;
-    struct net_def nd = {0};
+    _cleanup_net_def_ struct net_def nd = {0};
     int r = net_load(s->paths, n->source, &nd, e);
-    if (r < 0)
+    if (r < 0 || nd.mode == NET_BRIDGE || net_running(s->paths, n->source, NULL))
         return r;
-    if (nd.mode != NET_BRIDGE && !net_running(s->paths, n->source, NULL)) {
-        if (nd.autostart)
-            snprintf(net, netlen, "%s", n->source);
-        else
-            r = qv_fail(e, -ENETDOWN, "network %s is not running (qvisor net start %s)", n->source, n->source);
-    }
-    net_def_free(&nd);
-    return r;
+    if (!nd.autostart)
+        return qv_fail(e, -ENETDOWN, "network %s is not running (qvisor net start %s)", n->source, n->source);
+    snprintf(net, netlen, "%s", n->source);
+    return 0;
 }
 
 static int apply_filter(struct sup *s, const struct vm_nic *n, struct vm_nic_state *st, struct qv_err *e)
@@ -220,17 +216,13 @@ int vmnet_plug(struct sup *s, const struct vm_nic *n, size_t index, int *fds, st
         return 0;
     }
     struct netsetup_nic nic = {.queues = (unsigned)n->queues, .bridge = n->source};
-    struct net_def nd = {0};
-    bool have_nd = false;
+    _cleanup_net_def_ struct net_def nd = {0};
     if (n->type == NIC_NETWORK) {
         if ((r = net_load(s->paths, n->source, &nd, e)) < 0)
             return r;
-        have_nd = true;
         nic.bridge = nd.bridge;
-        if (nd.mode != NET_BRIDGE && !net_running(s->paths, n->source, NULL)) {
-            net_def_free(&nd);
+        if (nd.mode != NET_BRIDGE && !net_running(s->paths, n->source, NULL))
             return qv_fail(e, -ENETDOWN, "network %s is not running (qvisor net start %s)", n->source, n->source);
-        }
         if (nd.mode != NET_BRIDGE) {
             snprintf(st->network, sizeof(st->network), "%s", n->source);
             st->filtered = n->filter == FILTER_CLEAN;
@@ -250,8 +242,6 @@ int vmnet_plug(struct sup *s, const struct vm_nic *n, size_t index, int *fds, st
         sup_log(s, "nic%zu: tap %s on bridge %s%s", index, st->tap, nic.bridge, st->filtered ? ", filtered" : "");
     if (r == 0 && st->network[0] && !s->lease_poll)
         s->lease_poll = monotonic_ms();
-    if (have_nd)
-        net_def_free(&nd);
     if (r < 0) {
         memset(st, 0, sizeof(*st));
         record_nics(s);
