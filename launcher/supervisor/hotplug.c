@@ -208,7 +208,7 @@ static struct hotplug_op *op_new(struct sup *s, struct hotplug *h, enum op_kind 
     op->h = h;
     op->kind = kind;
     op->client = client;
-    op->net.out = -1;
+    op->net.child.out = -1;
     snprintf(op->what, sizeof(op->what), "%s", what);
     for (size_t i = 0; i < OP_STEPS; i++)
         op->todo[i].fd = op->undo[i].fd = -1;
@@ -701,7 +701,7 @@ uint64_t hotplug_next_deadline(struct sup *s)
     uint64_t next = 0;
     for (int i = 0; i < HOTPLUG_MAX; i++) {
         const struct hotplug *h = &s->hp[i];
-        uint64_t d = !h->used ? 0 : h->op ? h->op->net.deadline : h->waiting_client ? h->deadline : 0;
+        uint64_t d = !h->used ? 0 : h->op ? h->op->net.child.deadline : h->waiting_client ? h->deadline : 0;
         if (d && (!next || d < next))
             next = d;
     }
@@ -714,7 +714,7 @@ void hotplug_expire(struct sup *s, uint64_t now)
         struct hotplug *h = &s->hp[i];
         if (!h->used)
             continue;
-        if (h->op && h->op->net.pid > 0) {
+        if (h->op && h->op->net.child.pid > 0) {
             net_starter_expire(&h->op->net, now);   /* its exit (SIGCHLD) fails the attach */
             continue;
         }

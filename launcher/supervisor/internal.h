@@ -118,18 +118,22 @@ struct console_rate {
     bool throttled;         /* said so in the log once */
 };
 
-/* `qvisor net start NAME` as a child the loop watches (vmnet.c). */
+/* A program the loop watches (child.c): started with an argv, reaped on SIGCHLD. */
+struct sup_child {
+    pid_t pid;              /* 0: none running */
+    int out;                /* the read end of its stdout and stderr; -1 none */
+    uint64_t deadline;      /* killed then; its exit reports the failure */
+};
+/* `qvisor net start NAME` as a watched child (vmnet.c). */
 #define NET_START_TIMEOUT_MS 60000
 struct net_starter {
-    pid_t pid;              /* 0: none running */
-    int out;                /* the read end of its output */
-    uint64_t deadline;
+    struct sup_child child;
     char name[72];
 };
 
-/* A start under way (start.c): autostart networks (one `net start` child at a time),
- * then QEMU, then its set-up over QMP up to `cont`; the loop serves meanwhile. */
-enum start_phase { START_IDLE, START_NETWORKS, START_QMP };
+/* A start under way (start.c): autostart networks and throw-away overlays (one
+ * watched child at a time: `net start`, qemu-img), then QEMU, then its set-up over QMP up to `cont`; the loop serves meanwhile. */
+enum start_phase { START_IDLE, START_PREPARE, START_QMP };
 struct start_job {
     enum start_phase phase;
     bool restart;           /* on_crash: a failure leaves the VM crashed */
@@ -138,6 +142,9 @@ struct start_job {
     struct qv_err err;
     off_t log_from;         /* QEMU's own words on a failure are in the log from here */
     struct net_starter net;
+    struct sup_child overlay;   /* qemu-img creating a throw-away overlay */
+    size_t overlay_disk;        /* the disk it is for; the next to look at once it is done */
+    char overlay_path[PATH_MAX];
 };
 
 struct sup {
@@ -333,6 +340,14 @@ int net_starter_reap(struct sup *s, struct net_starter *ns, int *result, struct 
 void net_starter_expire(struct net_starter *ns, uint64_t now);
 /* Kills and reaps it (the operation it served is gone). */
 void net_starter_abort(struct net_starter *ns);
+
+/* child.c */
+int sup_child_spawn(struct sup_child *c, const char *const *argv, int timeout_ms, struct qv_err *e);
+/* 0 while it runs; 1 once reaped: *status is its exit code (128 + signal when killed),
+ * out what it wrote (trailing newlines dropped). */
+int sup_child_reap(struct sup_child *c, int *status, char *out, size_t outlen);
+void sup_child_expire(struct sup_child *c, uint64_t now);
+void sup_child_abort(struct sup_child *c);
 /* Tears down what the NICs of the last QEMU left (filters, macvtaps). */
 void vmnet_after_exit(struct sup *s);
 void net_nic_unplugged(struct sup *s, struct hotplug *h);

@@ -1,5 +1,6 @@
 /* Opening what the QEMU command line refers to by fd number. */
 #include <fcntl.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -49,29 +50,52 @@ static int open_nvram(const struct launch_ctx *ctx, const struct vm_def *d, int 
     return *out < 0 ? qv_failerr(e, -errno, "UEFI variable store %s", path) : 0;
 }
 
+int launch_overlay_cmd(const struct qv_paths *p, const struct vm_def *d, size_t i, char path[PATH_MAX],
+                       const char *argv[LAUNCH_OVERLAY_ARGV], struct qv_err *e)
+{
+    char dir[PATH_MAX];
+    qv_path(p, dir, sizeof(dir), QV_LIB "/overlays");
+    int r = mkdir_p(dir, 0700);
+    if (r < 0)
+        return qv_failerr(e, r, "%s", dir);
+    qv_path(p, path, PATH_MAX, QV_LIB "/overlays/%s-disk%zu.qcow2", d->name, i);
+    unlink(path);   /* a stale one of a run that died */
+    const struct vm_disk *k = &d->disks[i];
+    const char *v[] = {"qemu-img", "create", "-q", "-f", "qcow2", "-F", disk_format_names[k->format], "-b", k->file,
+                       path, NULL};
+    memcpy(argv, v, sizeof(v));
+    return 0;
+}
+
+int launch_overlay_failed(const struct vm_disk *k, const char *path, int status, const char *output, struct qv_err *e)
+{
+    unlink(path);
+    return qv_fail(e, -EIO, "disk %s: creating its throw-away overlay: %s", k->file,
+                   *output ? output : status == 128 + SIGKILL ? "qemu-img killed after 30 s" : "qemu-img failed");
+}
+
 /* A qcow2 overlay on top of disk i, opened and then unlinked: QEMU holds the only
  * reference, so the overlay disappears with QEMU whatever way it exits. */
 static int open_overlay(const struct launch_ctx *ctx, const struct vm_def *d, size_t i, int *out, struct qv_err *e)
 {
-    char dir[PATH_MAX], path[PATH_MAX];
-    qv_path(ctx->paths, dir, sizeof(dir), QV_LIB "/overlays");
-    int r = mkdir_p(dir, 0700);
-    if (r < 0)
-        return qv_failerr(e, r, "%s", dir);
-    qv_path(ctx->paths, path, sizeof(path), QV_LIB "/overlays/%s-disk%zu.qcow2", d->name, i);
-    unlink(path);
-    const struct vm_disk *k = &d->disks[i];
-    const char *argv[] = {"qemu-img", "create", "-q", "-f", "qcow2", "-F", disk_format_names[k->format], "-b", k->file,
-                          path, NULL};
-    _cleanup_free_ char *output = NULL;
-    r = run_program(argv, 30000, &output);
-    if (r != 0) {
-        unlink(path);
-        size_t n = output ? strlen(output) : 0;
-        while (n && output[n - 1] == '\n')
-            output[--n] = '\0';
-        return qv_fail(e, r < 0 ? r : -EIO, "disk %s: creating its throw-away overlay: %s", k->file,
-                       r < 0 ? strerror(-r) : output);
+    char path[PATH_MAX];
+    int r;
+    if (ctx->overlays_made) {
+        qv_path(ctx->paths, path, sizeof(path), QV_LIB "/overlays/%s-disk%zu.qcow2", d->name, i);
+    } else {
+        const char *argv[LAUNCH_OVERLAY_ARGV];
+        if ((r = launch_overlay_cmd(ctx->paths, d, i, path, argv, e)) < 0)
+            return r;
+        _cleanup_free_ char *output = NULL;
+        r = run_program(argv, LAUNCH_OVERLAY_TIMEOUT_MS, &output);
+        if (r < 0)
+            return qv_failerr(e, r, "disk %s: creating its throw-away overlay", d->disks[i].file);
+        if (r > 0) {
+            size_t n = output ? strlen(output) : 0;
+            while (n && output[n - 1] == '\n')
+                output[--n] = '\0';
+            return launch_overlay_failed(&d->disks[i], path, r, output ? output : "", e);
+        }
     }
     *out = open(path, O_RDWR | O_CLOEXEC);
     r = *out < 0 ? -errno : 0;

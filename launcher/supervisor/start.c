@@ -284,7 +284,7 @@ static int spawn_qemu(struct sup *s, struct qv_err *e)
     }
     sup_save_state(s);
     struct launch_ctx ctx = {.paths = s->paths, .facts = &s->facts, .run_dir = s->run_dir, .open_tap = vmnet_open_tap,
-                             .opaque = s};
+                             .opaque = s, .overlays_made = true};
     int fds[PLAN_MAX_FDS];
     if ((r = launch_open_resources(&plan, &s->def, &ctx, fds, e)) < 0) {
         launch_plan_free(&plan);
@@ -314,10 +314,11 @@ static int spawn_qemu(struct sup *s, struct qv_err *e)
     return 0;
 }
 
-/* The next autostart network the NICs need, started as a watched child; when there
- * is none left, QEMU. */
+/* What QEMU needs made first, one watched child at a time: the autostart networks
+ * of the NICs, then the throw-away overlays of snapshot disks; then QEMU itself. */
 static int start_next(struct sup *s, struct qv_err *e)
 {
+    struct start_job *j = &s->start;
     for (size_t i = 0; i < s->def.nnics; i++) {
         char net[72];
         int r = vmnet_needs_start(s, &s->def.nics[i], net, sizeof(net), e);
@@ -325,11 +326,21 @@ static int start_next(struct sup *s, struct qv_err *e)
             return qv_prefix(e, "nic%zu: ", i);
         if (!net[0])
             continue;
-        if ((r = net_starter_begin(s, &s->start.net, net, e)) < 0)
+        if ((r = net_starter_begin(s, &j->net, net, e)) < 0)
             return r;
         sup_log(s, "starting network %s (autostart)", net);
-        s->start.phase = START_NETWORKS;
         return 0;
+    }
+    for (; j->overlay_disk < s->def.ndisks; j->overlay_disk++) {
+        if (!s->def.disks[j->overlay_disk].snapshot)
+            continue;
+        const char *argv[LAUNCH_OVERLAY_ARGV];
+        int r = launch_overlay_cmd(s->paths, &s->def, j->overlay_disk, j->overlay_path, argv, e);
+        if (r == 0)
+            r = sup_child_spawn(&j->overlay, argv, LAUNCH_OVERLAY_TIMEOUT_MS, e);
+        if (r == 0)
+            sup_log(s, "disk%zu: making its throw-away overlay", j->overlay_disk);
+        return r < 0 ? qv_prefix(e, "disk %s: throw-away overlay: ", s->def.disks[j->overlay_disk].file) : 0;
     }
     return spawn_qemu(s, e);
 }
@@ -341,7 +352,7 @@ int start_begin(struct sup *s, bool restart, struct qv_err *e)
     if (r < 0)
         return r;
     launch_plan_free(&plan);
-    s->start = (struct start_job){.restart = restart, .net = {.out = -1}};
+    s->start = (struct start_job){.restart = restart, .net.child.out = -1, .overlay.out = -1};
     s->expected_exit = false;
     s->exit_reason[0] = '\0';
     s->stop_phase = 0;
@@ -352,7 +363,7 @@ int start_begin(struct sup *s, bool restart, struct qv_err *e)
     s->rs.last_exit[0] = '\0';
     memcpy(s->rs.uuid, s->def.uuid, sizeof(s->rs.uuid));
     sup_save_state(s);
-    s->start.phase = START_NETWORKS;
+    s->start.phase = START_PREPARE;
     if ((r = start_next(s, e)) < 0)
         s->start.phase = START_IDLE;
     return r;
@@ -360,11 +371,22 @@ int start_begin(struct sup *s, bool restart, struct qv_err *e)
 
 void start_child_exited(struct sup *s)
 {
+    struct start_job *j = &s->start;
     struct qv_err e = {0};
-    int r;
-    if (s->start.phase != START_NETWORKS || !net_starter_reap(s, &s->start.net, &r, &e))
+    int r = 0, status;
+    char out[2048];
+    if (j->phase != START_PREPARE)
         return;
-    if (s->start.failed)
+    if (net_starter_reap(s, &j->net, &r, &e)) {
+        /* r says how the network start went */
+    } else if (sup_child_reap(&j->overlay, &status, out, sizeof(out))) {
+        if (status != 0)
+            r = launch_overlay_failed(&s->def.disks[j->overlay_disk], j->overlay_path, status, out, &e);
+        j->overlay_disk++;
+    } else {
+        return;
+    }
+    if (j->failed)
         return;     /* cancelled meanwhile */
     if (r < 0 || (r = start_next(s, &e)) < 0)
         start_failed(s, &e, NULL);
@@ -372,13 +394,17 @@ void start_child_exited(struct sup *s)
 
 uint64_t start_next_deadline(struct sup *s)
 {
-    return s->start.phase == START_NETWORKS ? s->start.net.deadline : 0;
+    if (s->start.phase != START_PREPARE)
+        return 0;
+    return s->start.net.child.pid ? s->start.net.child.deadline : s->start.overlay.deadline;
 }
 
 void start_expire(struct sup *s, uint64_t now)
 {
-    if (s->start.phase == START_NETWORKS)
+    if (s->start.phase == START_PREPARE) {
         net_starter_expire(&s->start.net, now);
+        sup_child_expire(&s->start.overlay, now);
+    }
 }
 
 void start_cancel(struct sup *s, const char *why)
@@ -408,6 +434,7 @@ void start_wind_up(struct sup *s)
 {
     struct start_job *j = &s->start;
     net_starter_abort(&j->net);
+    sup_child_abort(&j->overlay);
     char msg[900] = "";
     if (s->qemu_pid) {
         kill(s->qemu_pid, SIGKILL);

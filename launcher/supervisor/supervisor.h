@@ -38,13 +38,23 @@ struct launch_ctx {
     /* Opens the tap (or macvtap) fds of NIC `nic`, one per queue; NULL refuses such NICs. */
     int (*open_tap)(void *opaque, const struct vm_def *d, size_t nic, int *fds, struct qv_err *e);
     void *opaque;
+    bool overlays_made;     /* the throw-away overlays exist (launch_overlay_cmd ran) */
 };
 /* Opens everything the plan's fds name: binds the sockets, opens images, copies the
- * UEFI variable store on first use, creates throw-away overlays (unlinked once open,
- * so they vanish with QEMU). fds[i] belongs to p->slots[i]. On error nothing stays open. */
+ * UEFI variable store on first use, opens throw-away overlays (unlinked once open,
+ * so they vanish with QEMU; created here, waiting for qemu-img, unless overlays_made).
+ * fds[i] belongs to p->slots[i]. On error nothing stays open. */
 int launch_open_resources(const struct launch_plan *p, const struct vm_def *d, const struct launch_ctx *ctx,
                           int *fds, struct qv_err *e);
 void launch_close_resources(int *fds, size_t n);
+/* The qemu-img command that creates disk i's throw-away overlay at *path (a stale one
+ * is removed first), for a caller that runs it without waiting; argv points into d. */
+#define LAUNCH_OVERLAY_ARGV 11
+#define LAUNCH_OVERLAY_TIMEOUT_MS 30000
+int launch_overlay_cmd(const struct qv_paths *p, const struct vm_def *d, size_t i, char path[PATH_MAX],
+                       const char *argv[LAUNCH_OVERLAY_ARGV], struct qv_err *e);
+/* Its failure (exit status and output), with the half-made overlay removed. */
+int launch_overlay_failed(const struct vm_disk *k, const char *path, int status, const char *output, struct qv_err *e);
 /* var/lib/qvisor/nvram/NAME_VARS.fd */
 int vm_nvram_path(const struct qv_paths *p, const char *name, char *out, size_t outlen);
 

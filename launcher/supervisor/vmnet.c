@@ -67,17 +67,13 @@ static int self_exe(char exe[PATH_MAX], const char *name, struct qv_err *e)
 }
 
 /* r: the exit status of `net start` (or -errno); out: what it said. */
-static int net_start_result(struct sup *s, const char *name, int r, char *out, struct qv_err *e)
+static int net_start_result(struct sup *s, const char *name, int r, const char *out, struct qv_err *e)
 {
     if (r == 4 && net_running(s->paths, name, NULL))
         r = 0;      /* someone else started it meanwhile */
-    if (r != 0) {
-        size_t len = out ? strlen(out) : 0;
-        while (len && out[len - 1] == '\n')
-            out[--len] = '\0';
-        return qv_fail(e, r < 0 ? r : -ENETDOWN, "network %s (autostart) did not start: %s", name,
-                       out && *out ? out : r == 128 + SIGKILL ? "killed after 60 s" : "no reason given");
-    }
+    if (r != 0)
+        return qv_fail(e, -ENETDOWN, "network %s (autostart) did not start: %s", name,
+                       *out ? out : r == 128 + SIGKILL ? "killed after 60 s" : "no reason given");
     sup_log(s, "started network %s (autostart)", name);
     return 0;
 }
@@ -90,77 +86,30 @@ int net_starter_begin(struct sup *s, struct net_starter *ns, const char *name, s
     if (r < 0)
         return r;
     net_start_argv(s, name, exe, argv);
-    int po[2];
-    if (pipe2(po, O_CLOEXEC) < 0)
-        return qv_failerr(e, -errno, "network %s: pipe", name);
-    pid_t parent = getpid();
-    pid_t p = fork();
-    if (p < 0) {
-        r = -errno;
-        close(po[0]);
-        close(po[1]);
-        return qv_failerr(e, r, "network %s: fork", name);
-    }
-    if (p == 0) {
-        /* the supervisor's signalfd blocks these; `net start` needs them as usual */
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
-            _exit(127);
-        int devnull = open("/dev/null", O_RDONLY);
-        if (devnull >= 0)
-            dup2(devnull, 0);
-        dup2(po[1], 1);
-        dup2(po[1], 2);
-        execv(exe, (char *const *)argv);
-        _exit(127);
-    }
-    close(po[1]);
-    fd_set_nonblock(po[0], true);
-    ns->pid = p;
-    ns->out = po[0];
-    ns->deadline = monotonic_ms() + NET_START_TIMEOUT_MS;
+    if ((r = sup_child_spawn(&ns->child, argv, NET_START_TIMEOUT_MS, e)) < 0)
+        return qv_prefix(e, "network %s: ", name);
     snprintf(ns->name, sizeof(ns->name), "%s", name);
     return 0;
 }
 
-static void net_starter_close(struct net_starter *ns)
-{
-    if (ns->out >= 0)
-        close(ns->out);
-    *ns = (struct net_starter){.out = -1};
-}
-
 int net_starter_reap(struct sup *s, struct net_starter *ns, int *result, struct qv_err *e)
 {
-    int st;
-    if (ns->pid <= 0 || waitpid(ns->pid, &st, WNOHANG) != ns->pid)
-        return 0;
-    /* its few lines wait in the pipe (a longer story blocks it until the time-out) */
     char out[4096];
-    ssize_t n = read(ns->out, out, sizeof(out) - 1);
-    out[n > 0 ? n : 0] = '\0';
-    *result = net_start_result(s, ns->name, WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), out, e);
-    net_starter_close(ns);
+    int status;
+    if (!sup_child_reap(&ns->child, &status, out, sizeof(out)))
+        return 0;
+    *result = net_start_result(s, ns->name, status, out, e);
     return 1;
 }
 
 void net_starter_expire(struct net_starter *ns, uint64_t now)
 {
-    if (ns->pid > 0 && ns->deadline && now >= ns->deadline) {
-        kill(ns->pid, SIGKILL);     /* its exit (SIGCHLD) reports the failure */
-        ns->deadline = 0;
-    }
+    sup_child_expire(&ns->child, now);
 }
 
 void net_starter_abort(struct net_starter *ns)
 {
-    if (ns->pid > 0) {
-        kill(ns->pid, SIGKILL);
-        waitpid(ns->pid, NULL, 0);
-    }
-    net_starter_close(ns);
+    sup_child_abort(&ns->child);
 }
 
 int vmnet_needs_start(struct sup *s, const struct vm_nic *n, char *net, size_t netlen, struct qv_err *e)
