@@ -4,11 +4,13 @@
  * on_poweroff/on_reboot/on_crash, answers the control socket, writes the log and
  * state.json. If it dies, QEMU runs on; the next `run` finds it and carries on. */
 #include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -622,12 +624,29 @@ static void sup_free(struct sup *s)
 }
 
 
+/* The supervisor's state, zeroed, in pages of its own: most of it (hotplug slots,
+ * NIC slots, host facts) is only ever read while empty, and pages never written stay
+ * the kernel's shared zero page instead of resident memory. calloc from the heap
+ * clears reused memory, which makes all ~112 KiB resident. */
+static struct sup *sup_alloc(void)
+{
+    void *p = mmap(NULL, sizeof(struct sup), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        abort();
+    return p;
+}
+
+static void sup_release(struct sup *s)
+{
+    munmap(s, sizeof(*s));
+}
+
 int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struct sup_opts *o, struct qv_err *e)
 {
     char name[80];
     snprintf(name, sizeof(name), "%s", def->name);
-    /* on the heap: the structure is large, and a stack that deep stays resident */
-    struct sup *sp = qv_xcalloc(1, sizeof(*sp));
+    /* not on the stack: the structure is large, and a stack that deep stays resident */
+    struct sup *sp = sup_alloc();
     sp->paths = paths;
     sp->lock_fd = sp->log_fd = sp->epfd = sp->sigfd = sp->pidfd = sp->console_fd = sp->ctl_fd = -1;
     sp->ready_fd = o->ready_fd;
@@ -652,7 +671,7 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
     if (r < 0) {
         sup_free(sp);
         report_ready(sp, r, e->msg);    /* after the lock is released: a retry must not meet us */
-        free(sp);
+        sup_release(sp);
         return r;
     }
     struct vm_runstate prev;
@@ -694,11 +713,14 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
         }
         sup_free(sp);
         report_ready(sp, r, e->msg);
-        free(sp);
+        sup_release(sp);
         return r;
     }
     report_ready(sp, 0, NULL);
     notify_send(&sp->notify, "READY=1");
+    /* what starting left freed on the heap (the definition's and QEMU probe's JSON:
+     * megabytes on a first start, when the probe runs) goes back to the kernel */
+    malloc_trim(0);
     loop(sp);
     sup_save_state(sp);
     if (sp->def.transient && !sp->qemu_pid)
@@ -707,7 +729,7 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
     if (sp->exit_code)
         r2 = qv_fail(e, -EIO, "%s: %s", name, sp->rs.last_exit[0] ? sp->rs.last_exit : "stopped abnormally");
     sup_free(sp);
-    free(sp);
+    sup_release(sp);
     return r2;
 }
 
@@ -716,7 +738,7 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
 struct sup *sup_new_for_test(const struct qv_paths *paths, const char *name, int qmp_fd, pid_t qemu_pid,
                              struct qv_err *e)
 {
-    struct sup *s = qv_xcalloc(1, sizeof(*s));
+    struct sup *s = sup_alloc();
     s->paths = paths;
     s->lock_fd = s->log_fd = s->epfd = s->sigfd = s->pidfd = s->console_fd = s->ctl_fd = s->ready_fd = -1;
     s->echo_fd = -1;
@@ -738,7 +760,7 @@ struct sup *sup_new_for_test(const struct qv_paths *paths, const char *name, int
         if (qmp_fd >= 0)
             close(qmp_fd);
         sup_free(s);
-        free(s);
+        sup_release(s);
         return NULL;
     }
     if (qmp_fd >= 0) {
@@ -760,7 +782,7 @@ void sup_free_for_test(struct sup *s)
     if (!s)
         return;
     sup_free(s);
-    free(s);
+    sup_release(s);
 }
 
 void sup_test_run_timers(struct sup *s)
