@@ -7,8 +7,10 @@ CC      ?= cc
 AR      ?= ar
 CFLAGS  ?= -O2 -g
 PKGS    := json-c libnl-3.0 libnl-route-3.0 libnftables libcap-ng libseccomp
+# netsetup loads these on first use (netsetup/dl.h): their headers, not their libraries
+PKGS_DLOPEN := libnl-3.0 libnl-route-3.0 libnftables
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(filter-out $(PKGS_DLOPEN),$(PKGS)) 2>/dev/null)
 WARN    := -std=c17 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-format-truncation
 CPPFLAGS += -I. $(PKG_CFLAGS)
 LDLIBS  := $(PKG_LIBS) -ldl

@@ -233,6 +233,20 @@ int run_program_split(const char *const *argv, int timeout_ms, char **out, char 
 /* Finds an executable in PATH (or the default /usr/sbin:/usr/bin:/sbin:/bin). */
 int find_program(const char *name, char *out, size_t outlen);
 
+/* ---- users and groups (NSS) ------------------------------------------------------
+ * Asked in a short-lived child (fork, the lookup, the answer through a pipe), so the
+ * caller never maps NSS modules (libnss_systemd, sss, ldap... and what they pull in):
+ * a long-lived supervisor stays small. The same NSS answers: users from LDAP or
+ * systemd-userdb count. A child that gives no answer within NSS_TIMEOUT_MS is killed
+ * (-ETIMEDOUT). NSS's own errors are -errno ("user NAME: ..."); *found false is
+ * "no such user/group". */
+#define NSS_TIMEOUT_MS 10000
+int nss_user(const char *name, bool *found, uid_t *uid, gid_t *gid, struct qv_err *e);
+int nss_group(const char *name, bool *found, gid_t *gid, struct qv_err *e);
+/* Whether a user has uid `id` or a group has gid `id`; an id NSS fails on (not
+ * timing out) counts as not named, as getpwuid_r's callers always did. */
+int nss_id_named(uint32_t id, bool *named, struct qv_err *e);
+
 /* ---- small repeats, one helper each ----------------------------------------------- */
 /* 64-bit FNV-1a over n bytes, continuing from h (start with FNV1A64_INIT): stable
  * across runs and hosts, for names, MACs and uid slots derived from a name. */

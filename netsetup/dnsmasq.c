@@ -2,7 +2,6 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
-#include <pwd.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -143,9 +142,12 @@ static const char *run_user(const struct netsetup_dnsmasq *c)
 {
     if (c->user)
         return c->user;
-    struct passwd pw, *found = NULL;
-    char scratch[4096];
-    return getpwnam_r("dnsmasq", &pw, scratch, sizeof(scratch), &found) == 0 && found ? "dnsmasq" : "nobody";
+    /* in a child (common: nss_user), so the network supervisor maps no NSS modules;
+     * no answer is "nobody", as a failed lookup always was */
+    bool found = false;
+    uid_t uid;
+    gid_t gid;
+    return nss_user("dnsmasq", &found, &uid, &gid, NULL) == 0 && found ? "dnsmasq" : "nobody";
 }
 
 static void config_text(const struct netsetup_dnsmasq *c, const struct v4 *v, const struct netsetup_cidr *v6,

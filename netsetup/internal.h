@@ -2,10 +2,7 @@
 #ifndef QV_NETSETUP_INTERNAL_H
 #define QV_NETSETUP_INTERNAL_H
 
-#include <netlink/netlink.h>
-#include <netlink/msg.h>
-#include <netlink/route/link.h>
-
+#include "netsetup/dl.h"
 #include "netsetup/netsetup.h"
 
 /* A route-netlink socket that remembers the kernel's own errno: libnl folds
@@ -15,6 +12,7 @@ struct nlh {
     struct nl_sock *sk;
     int kernel_err;     /* -errno of the last NLMSG_ERROR, 0 if none */
 };
+/* Loads libnl on first use (dl.h): every use of libnl starts from an open nlh. */
 int nlh_open(struct nlh *h, struct qv_err *e);
 void nlh_close(struct nlh *h);
 #define _cleanup_nlh_ _cleanup_(nlh_close)

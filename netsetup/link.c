@@ -5,8 +5,6 @@
 #include <linux/if_link.h>
 #include <linux/rtnetlink.h>
 
-#include <netlink/attr.h>
-#include <netlink/route/addr.h>
 
 #include "netsetup/internal.h"
 
@@ -37,19 +35,19 @@ int netsetup_link_get(const char *name, struct netsetup_link_info *out, struct q
     _cleanup_link_ struct rtnl_link *link = NULL;
     if ((r = nlh_get_link(&h, name, &link)) < 0)
         return qv_failerr(e, r, "%s", name);
-    out->ifindex = rtnl_link_get_ifindex(link);
-    out->mtu = rtnl_link_get_mtu(link);
-    out->up = (rtnl_link_get_flags(link) & IFF_UP) != 0;
-    const char *kind = rtnl_link_get_type(link);
+    out->ifindex = sym_rtnl_link_get_ifindex(link);
+    out->mtu = sym_rtnl_link_get_mtu(link);
+    out->up = (sym_rtnl_link_get_flags(link) & IFF_UP) != 0;
+    const char *kind = sym_rtnl_link_get_type(link);
     snprintf(out->kind, sizeof(out->kind), "%s", kind ? kind : "");
-    struct nl_addr *mac = rtnl_link_get_addr(link);
-    if (mac && nl_addr_get_len(mac) == 6)
-        nl_addr2str(mac, out->mac, sizeof(out->mac));
-    int master = rtnl_link_get_master(link);
+    struct nl_addr *mac = sym_rtnl_link_get_addr(link);
+    if (mac && sym_nl_addr_get_len(mac) == 6)
+        sym_nl_addr2str(mac, out->mac, sizeof(out->mac));
+    int master = sym_rtnl_link_get_master(link);
     if (master > 0) {
         _cleanup_link_ struct rtnl_link *m = NULL;
-        if (rtnl_link_get_kernel(h.sk, master, NULL, &m) >= 0)
-            snprintf(out->master, sizeof(out->master), "%s", rtnl_link_get_name(m));
+        if (sym_rtnl_link_get_kernel(h.sk, master, NULL, &m) >= 0)
+            snprintf(out->master, sizeof(out->master), "%s", sym_rtnl_link_get_name(m));
     }
     return 0;
 }
@@ -67,10 +65,10 @@ int netsetup_link_list(const char *prefix, struct strv *out, struct qv_err *e)
     if (r < 0)
         return r;
     _cleanup_cache_ struct nl_cache *cache = NULL;
-    if ((r = rtnl_link_alloc_cache(h.sk, AF_UNSPEC, &cache)) < 0)
+    if ((r = sym_rtnl_link_alloc_cache(h.sk, AF_UNSPEC, &cache)) < 0)
         return qv_failerr(e, nlh_errno(&h, r), "cannot list network interfaces");
-    for (struct nl_object *o = nl_cache_get_first(cache); o; o = nl_cache_get_next(o)) {
-        const char *name = rtnl_link_get_name((struct rtnl_link *)o);
+    for (struct nl_object *o = sym_nl_cache_get_first(cache); o; o = sym_nl_cache_get_next(o)) {
+        const char *name = sym_rtnl_link_get_name((struct rtnl_link *)o);
         if (name && str_startswith(name, prefix ? prefix : ""))
             strv_push(out, name);
     }
@@ -84,11 +82,11 @@ int netsetup_link_delete(const char *name, struct qv_err *e)
     int r = link_begin(&h, name, e);
     if (r < 0)
         return r;
-    _cleanup_link_ struct rtnl_link *link = rtnl_link_alloc();
+    _cleanup_link_ struct rtnl_link *link = sym_rtnl_link_alloc();
     if (!link)
         abort();
-    rtnl_link_set_name(link, name);
-    if ((r = rtnl_link_delete(h.sk, link)) < 0)
+    sym_rtnl_link_set_name(link, name);
+    if ((r = sym_rtnl_link_delete(h.sk, link)) < 0)
         return qv_failerr(e, nlh_errno(&h, r), "%s: cannot delete", name);
     return 0;
 }
@@ -101,7 +99,7 @@ static int change_link(struct nlh *h, const char *name, unsigned mtu, int master
     if (r < 0)
         return r;
     _cleanup_nlmsg_ struct nl_msg *msg =
-        nlh_newlink_msg(rtnl_link_get_ifindex(link), set_up ? IFF_UP : 0, set_up ? IFF_UP : 0, 0);
+        nlh_newlink_msg(sym_rtnl_link_get_ifindex(link), set_up ? IFF_UP : 0, set_up ? IFF_UP : 0, 0);
     if (mtu)
         nlh_put_u32(msg, IFLA_MTU, mtu);
     if (master > 0)
@@ -132,7 +130,7 @@ int netsetup_link_set_up(const char *name, bool up, struct qv_err *e)
     if ((r = nlh_get_link(&h, name, &link)) < 0)
         return qv_failerr(e, r, "%s", name);
     _cleanup_nlmsg_ struct nl_msg *msg =
-        nlh_newlink_msg(rtnl_link_get_ifindex(link), up ? IFF_UP : 0, IFF_UP, 0);
+        nlh_newlink_msg(sym_rtnl_link_get_ifindex(link), up ? IFF_UP : 0, IFF_UP, 0);
     if ((r = nlh_request(&h, msg)) < 0)
         return qv_failerr(e, r, "%s: cannot bring %s", name, up ? "up" : "down");
     return 0;
@@ -147,7 +145,7 @@ int netsetup_link_attach(const char *name, const char *bridge, struct qv_err *e)
     _cleanup_link_ struct rtnl_link *br = NULL;
     if ((r = nlh_get_link(&h, bridge, &br)) < 0)
         return qv_failerr(e, r, "%s: cannot attach to bridge %s", name, bridge);
-    const char *kind = rtnl_link_get_type(br);
+    const char *kind = sym_rtnl_link_get_type(br);
     if (!kind || strcmp(kind, "bridge") != 0)
         return qv_fail(e, -EINVAL, "%s: cannot attach to %s: not a bridge", name, bridge);
     /* A port whose MTU differs from its bridge's drops the guest's large frames
@@ -159,7 +157,7 @@ int netsetup_link_attach(const char *name, const char *bridge, struct qv_err *e)
     _cleanup_close_ int fd = open(path, O_WRONLY | O_CLOEXEC);
     if (fd >= 0)
         (void)write_all(fd, "1\n", 2);
-    if ((r = change_link(&h, name, rtnl_link_get_mtu(br), rtnl_link_get_ifindex(br), true)) < 0)
+    if ((r = change_link(&h, name, sym_rtnl_link_get_mtu(br), sym_rtnl_link_get_ifindex(br), true)) < 0)
         return qv_failerr(e, r, "%s: cannot attach to bridge %s", name, bridge);
     return 0;
 }
@@ -183,8 +181,8 @@ static void put_bridge_option(struct nl_msg *msg, int attr, uint32_t value)
     nlh_put_str(msg, IFLA_INFO_KIND, "bridge");
     struct nlattr *data = nlh_nest(msg, IFLA_INFO_DATA);
     nlh_put_u32(msg, attr, value);
-    nla_nest_end(msg, data);
-    nla_nest_end(msg, info);
+    sym_nla_nest_end(msg, data);
+    sym_nla_nest_end(msg, info);
 }
 
 int netsetup_bridge_create(const char *name, unsigned mtu, unsigned flags, struct qv_err *e)
@@ -201,11 +199,11 @@ int netsetup_bridge_create(const char *name, unsigned mtu, unsigned flags, struc
     if (old) {
         if (!(flags & NETSETUP_ADOPT))
             return qv_failerr(e, -EEXIST, "%s: cannot create bridge", name);
-        const char *kind = rtnl_link_get_type(old);
+        const char *kind = sym_rtnl_link_get_type(old);
         if (!kind || strcmp(kind, "bridge") != 0)
             return qv_fail(e, -EEXIST, "%s: cannot create bridge: a %s link of that name exists", name,
                            kind ? kind : "non-bridge");
-        ifindex = rtnl_link_get_ifindex(old);
+        ifindex = sym_rtnl_link_get_ifindex(old);
     }
     unsigned char mac[6];
     bridge_mac(name, mac);
@@ -225,7 +223,7 @@ int netsetup_bridge_create(const char *name, unsigned mtu, unsigned flags, struc
         _cleanup_link_ struct rtnl_link *made = NULL;
         if ((r = nlh_get_link(&h, name, &made)) < 0)
             return qv_failerr(e, r, "%s: bridge vanished after creation", name);
-        ifindex = rtnl_link_get_ifindex(made);
+        ifindex = sym_rtnl_link_get_ifindex(made);
     }
     _cleanup_nlmsg_ struct nl_msg *delay = nlh_newlink_msg(ifindex, 0, 0, 0);
     put_bridge_option(delay, IFLA_BR_FORWARD_DELAY, 0);
@@ -246,29 +244,29 @@ int netsetup_addr_add(const char *link_name, const char *cidr, struct qv_err *e)
     _cleanup_link_ struct rtnl_link *link = NULL;
     if ((r = nlh_get_link(&h, link_name, &link)) < 0)
         return qv_failerr(e, r, "%s: cannot add address %s", link_name, cidr);
-    struct rtnl_addr *addr = rtnl_addr_alloc();
+    struct rtnl_addr *addr = sym_rtnl_addr_alloc();
     if (!addr)
         abort();
     _cleanup_nladdr_ struct nl_addr *local =
-        nl_addr_build(c.family, c.addr, c.family == AF_INET ? 4 : 16);
+        sym_nl_addr_build(c.family, c.addr, c.family == AF_INET ? 4 : 16);
     _cleanup_nladdr_ struct nl_addr *bcast = NULL;
-    nl_addr_set_prefixlen(local, (int)c.prefix);
-    rtnl_addr_set_ifindex(addr, rtnl_link_get_ifindex(link));
-    rtnl_addr_set_local(addr, local);
-    rtnl_addr_set_prefixlen(addr, (int)c.prefix);
+    sym_nl_addr_set_prefixlen(local, (int)c.prefix);
+    sym_rtnl_addr_set_ifindex(addr, sym_rtnl_link_get_ifindex(link));
+    sym_rtnl_addr_set_local(addr, local);
+    sym_rtnl_addr_set_prefixlen(addr, (int)c.prefix);
     if (c.family == AF_INET && c.prefix < 31) {
         unsigned char b[4];
         memcpy(b, c.addr, 4);
         for (unsigned bit = c.prefix; bit < 32; bit++)
             b[bit / 8] |= (unsigned char)(0x80 >> (bit % 8));
-        bcast = nl_addr_build(AF_INET, b, 4);
-        rtnl_addr_set_broadcast(addr, bcast);
+        bcast = sym_nl_addr_build(AF_INET, b, 4);
+        sym_rtnl_addr_set_broadcast(addr, bcast);
     }
     if (c.family == AF_INET6)
-        rtnl_addr_set_flags(addr, IFA_F_NODAD);
+        sym_rtnl_addr_set_flags(addr, IFA_F_NODAD);
     h.kernel_err = 0;
-    r = rtnl_addr_add(h.sk, addr, 0);
-    rtnl_addr_put(addr);
+    r = sym_rtnl_addr_add(h.sk, addr, 0);
+    sym_rtnl_addr_put(addr);
     if (r < 0) {
         r = nlh_errno(&h, r);
         if (r == -EEXIST)

@@ -1,6 +1,5 @@
 #include <stdlib.h>
 #include <string.h>
-#include <nftables/libnftables.h>
 
 #include "netsetup/internal.h"
 #include "netsetup/nft_internal.h"
@@ -11,11 +10,14 @@ struct netsetup_nft {
 
 int netsetup_nft_open(struct netsetup_nft **out, struct qv_err *e)
 {
-    struct nft_ctx *ctx = nft_ctx_new(NFT_CTX_DEFAULT);
+    int r = ns_dl_libnftables(e);
+    if (r < 0)
+        return r;
+    struct nft_ctx *ctx = sym_nft_ctx_new(NFT_CTX_DEFAULT);
     if (!ctx)
         return qv_fail(e, -ENOMEM, "nftables: cannot create a context");
-    if (nft_ctx_buffer_output(ctx) < 0 || nft_ctx_buffer_error(ctx) < 0) {
-        nft_ctx_free(ctx);
+    if (sym_nft_ctx_buffer_output(ctx) < 0 || sym_nft_ctx_buffer_error(ctx) < 0) {
+        sym_nft_ctx_free(ctx);
         return qv_fail(e, -ENOMEM, "nftables: cannot buffer output");
     }
     struct netsetup_nft *n = qv_xcalloc(1, sizeof(*n));
@@ -28,7 +30,7 @@ void netsetup_nft_close(struct netsetup_nft *n)
 {
     if (!n)
         return;
-    nft_ctx_free(n->ctx);
+    sym_nft_ctx_free(n->ctx);
     free(n);
 }
 
@@ -87,9 +89,9 @@ static void summarise(const char *buf, char *out, size_t outlen)
 
 int netsetup_nft_run(struct netsetup_nft *n, const char *what, const char *script, struct qv_err *e)
 {
-    int rc = nft_run_cmd_from_buffer(n->ctx, script);
-    const char *err = nft_ctx_get_error_buffer(n->ctx);
-    (void)nft_ctx_get_output_buffer(n->ctx);    /* reset: nothing of it is wanted */
+    int rc = sym_nft_run_cmd_from_buffer(n->ctx, script);
+    const char *err = sym_nft_ctx_get_error_buffer(n->ctx);
+    (void)sym_nft_ctx_get_output_buffer(n->ctx);    /* reset: nothing of it is wanted */
     if (rc == 0)
         return 0;
     char msg[768];
@@ -100,12 +102,12 @@ int netsetup_nft_run(struct netsetup_nft *n, const char *what, const char *scrip
 int nsnft_list_json(struct netsetup_nft *n, const char *what, const char *cmd, json_object **out,
                     struct qv_err *e)
 {
-    unsigned flags = nft_ctx_output_get_flags(n->ctx);
-    nft_ctx_output_set_flags(n->ctx, flags | NFT_CTX_OUTPUT_JSON);
-    int rc = nft_run_cmd_from_buffer(n->ctx, cmd);
-    nft_ctx_output_set_flags(n->ctx, flags);
-    const char *text = nft_ctx_get_output_buffer(n->ctx);
-    const char *err = nft_ctx_get_error_buffer(n->ctx);
+    unsigned flags = sym_nft_ctx_output_get_flags(n->ctx);
+    sym_nft_ctx_output_set_flags(n->ctx, flags | NFT_CTX_OUTPUT_JSON);
+    int rc = sym_nft_run_cmd_from_buffer(n->ctx, cmd);
+    sym_nft_ctx_output_set_flags(n->ctx, flags);
+    const char *text = sym_nft_ctx_get_output_buffer(n->ctx);
+    const char *err = sym_nft_ctx_get_error_buffer(n->ctx);
     if (rc != 0) {
         char msg[768];
         summarise(err, msg, sizeof(msg));

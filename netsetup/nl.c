@@ -5,9 +5,7 @@
 #include <linux/if_link.h>
 #include <linux/rtnetlink.h>
 
-#include <netlink/attr.h>
 #include <netlink/errno.h>
-#include <netlink/route/addr.h>
 
 #include "netsetup/internal.h"
 
@@ -22,24 +20,28 @@ static int record_error(struct sockaddr_nl *nla, struct nlmsgerr *err, void *arg
 int nlh_open(struct nlh *h, struct qv_err *e)
 {
     h->kernel_err = 0;
-    h->sk = nl_socket_alloc();
+    h->sk = NULL;
+    int r = ns_dl_libnl(e);
+    if (r < 0)
+        return r;
+    h->sk = sym_nl_socket_alloc();
     if (!h->sk)
         return qv_fail(e, -ENOMEM, "netlink: cannot allocate a socket");
-    int r = nl_connect(h->sk, NETLINK_ROUTE);
+    r = sym_nl_connect(h->sk, NETLINK_ROUTE);
     if (r < 0) {
         r = nlh_errno(h, r);
-        nl_socket_free(h->sk);
+        sym_nl_socket_free(h->sk);
         h->sk = NULL;
         return qv_failerr(e, r, "netlink: cannot connect");
     }
-    nl_socket_modify_err_cb(h->sk, NL_CB_CUSTOM, record_error, h);
+    sym_nl_socket_modify_err_cb(h->sk, NL_CB_CUSTOM, record_error, h);
     return 0;
 }
 
 void nlh_close(struct nlh *h)
 {
     if (h->sk)
-        nl_socket_free(h->sk);
+        sym_nl_socket_free(h->sk);
     h->sk = NULL;
 }
 
@@ -68,22 +70,22 @@ int nlh_errno(struct nlh *h, int nle)
 int nlh_request(struct nlh *h, struct nl_msg *msg)
 {
     h->kernel_err = 0;
-    int r = nl_send_auto(h->sk, msg);
+    int r = sym_nl_send_auto(h->sk, msg);
     if (r >= 0)
-        r = nl_wait_for_ack(h->sk);
+        r = sym_nl_wait_for_ack(h->sk);
     return r < 0 ? nlh_errno(h, r) : 0;
 }
 
 int nlh_get_link(struct nlh *h, const char *name, struct rtnl_link **out)
 {
     h->kernel_err = 0;
-    int r = rtnl_link_get_kernel(h->sk, 0, name, out);
+    int r = sym_rtnl_link_get_kernel(h->sk, 0, name, out);
     return r < 0 ? nlh_errno(h, r) : 0;
 }
 
 struct nl_msg *nlh_newlink_msg(int ifindex, unsigned ifi_flags, unsigned ifi_change, int nlm_flags)
 {
-    struct nl_msg *msg = nlmsg_alloc_simple(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | nlm_flags);
+    struct nl_msg *msg = sym_nlmsg_alloc_simple(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | nlm_flags);
     if (!msg)
         abort();
     struct ifinfomsg ifi = {
@@ -92,14 +94,14 @@ struct nl_msg *nlh_newlink_msg(int ifindex, unsigned ifi_flags, unsigned ifi_cha
         .ifi_flags = ifi_flags,
         .ifi_change = ifi_change,
     };
-    if (nlmsg_append(msg, &ifi, sizeof(ifi), NLMSG_ALIGNTO) < 0)
+    if (sym_nlmsg_append(msg, &ifi, sizeof(ifi), NLMSG_ALIGNTO) < 0)
         abort();
     return msg;
 }
 
 void nlh_put(struct nl_msg *msg, int attr, size_t len, const void *data)
 {
-    if (nla_put(msg, attr, (int)len, data) < 0)
+    if (sym_nla_put(msg, attr, (int)len, data) < 0)
         abort();
 }
 
@@ -115,7 +117,7 @@ void nlh_put_str(struct nl_msg *msg, int attr, const char *s)
 
 struct nlattr *nlh_nest(struct nl_msg *msg, int attr)
 {
-    struct nlattr *a = nla_nest_start(msg, attr);
+    struct nlattr *a = sym_nla_nest_start(msg, attr);
     if (!a)
         abort();
     return a;
@@ -124,25 +126,25 @@ struct nlattr *nlh_nest(struct nl_msg *msg, int attr)
 void nl_msg_freep(struct nl_msg **m)
 {
     if (*m)
-        nlmsg_free(*m);
+        sym_nlmsg_free(*m);
 }
 
 void rtnl_link_putp(struct rtnl_link **l)
 {
     if (*l)
-        rtnl_link_put(*l);
+        sym_rtnl_link_put(*l);
 }
 
 void nl_cache_freep(struct nl_cache **c)
 {
     if (*c)
-        nl_cache_free(*c);
+        sym_nl_cache_free(*c);
 }
 
 void nl_addr_putp(struct nl_addr **a)
 {
     if (*a)
-        nl_addr_put(*a);
+        sym_nl_addr_put(*a);
 }
 
 static int hexval(char c)

@@ -1,23 +1,21 @@
 #include <string.h>
 #include <linux/rtnetlink.h>
 
-#include <netlink/route/addr.h>
-#include <netlink/route/route.h>
 
 #include "netsetup/internal.h"
 
 static void nladdr_cidr(struct nl_addr *a, struct netsetup_cidr *c)
 {
     memset(c, 0, sizeof(*c));
-    c->family = nl_addr_get_family(a);
-    unsigned len = nl_addr_get_len(a);
-    memcpy(c->addr, nl_addr_get_binary_addr(a), len > 16 ? 16 : len);
-    c->prefix = nl_addr_get_prefixlen(a);
+    c->family = sym_nl_addr_get_family(a);
+    unsigned len = sym_nl_addr_get_len(a);
+    memcpy(c->addr, sym_nl_addr_get_binary_addr(a), len > 16 ? 16 : len);
+    c->prefix = sym_nl_addr_get_prefixlen(a);
 }
 
 static void link_name(struct nl_cache *links, int ifindex, char *out, size_t outlen)
 {
-    if (ifindex <= 0 || !rtnl_link_i2name(links, ifindex, out, outlen))
+    if (ifindex <= 0 || !sym_rtnl_link_i2name(links, ifindex, out, outlen))
         snprintf(out, outlen, "?");
 }
 
@@ -25,22 +23,22 @@ static int check_addresses(struct nlh *h, struct nl_cache *links, const struct n
                            const char *cidr, int ignore, struct qv_err *e)
 {
     _cleanup_cache_ struct nl_cache *cache = NULL;
-    int r = rtnl_addr_alloc_cache(h->sk, &cache);
+    int r = sym_rtnl_addr_alloc_cache(h->sk, &cache);
     if (r < 0)
         return qv_failerr(e, nlh_errno(h, r), "cannot list the host's addresses");
-    for (struct nl_object *o = nl_cache_get_first(cache); o; o = nl_cache_get_next(o)) {
+    for (struct nl_object *o = sym_nl_cache_get_first(cache); o; o = sym_nl_cache_get_next(o)) {
         struct rtnl_addr *a = (struct rtnl_addr *)o;
-        struct nl_addr *local = rtnl_addr_get_local(a);
-        if (!local || rtnl_addr_get_family(a) != want->family || rtnl_addr_get_ifindex(a) == ignore)
+        struct nl_addr *local = sym_rtnl_addr_get_local(a);
+        if (!local || sym_rtnl_addr_get_family(a) != want->family || sym_rtnl_addr_get_ifindex(a) == ignore)
             continue;
         struct netsetup_cidr have;
         nladdr_cidr(local, &have);
-        have.prefix = (unsigned)rtnl_addr_get_prefixlen(a);
+        have.prefix = (unsigned)sym_rtnl_addr_get_prefixlen(a);
         if (!netsetup_cidr_overlap(want, &have))
             continue;
         char addr[INET6_ADDRSTRLEN], dev[64];
         netsetup_cidr_addr_str(&have, addr, sizeof(addr));
-        link_name(links, rtnl_addr_get_ifindex(a), dev, sizeof(dev));
+        link_name(links, sym_rtnl_addr_get_ifindex(a), dev, sizeof(dev));
         return qv_fail(e, -EADDRINUSE, "%s overlaps address %s/%u on %s", cidr, addr, have.prefix, dev);
     }
     return 0;
@@ -50,17 +48,17 @@ static int check_routes(struct nlh *h, struct nl_cache *links, const struct nets
                         const char *cidr, int ignore, struct qv_err *e)
 {
     _cleanup_cache_ struct nl_cache *cache = NULL;
-    int r = rtnl_route_alloc_cache(h->sk, want->family, 0, &cache);
+    int r = sym_rtnl_route_alloc_cache(h->sk, want->family, 0, &cache);
     if (r < 0)
         return qv_failerr(e, nlh_errno(h, r), "cannot list the host's routes");
-    for (struct nl_object *o = nl_cache_get_first(cache); o; o = nl_cache_get_next(o)) {
+    for (struct nl_object *o = sym_nl_cache_get_first(cache); o; o = sym_nl_cache_get_next(o)) {
         struct rtnl_route *rt = (struct rtnl_route *)o;
-        struct nl_addr *dst = rtnl_route_get_dst(rt);
+        struct nl_addr *dst = sym_rtnl_route_get_dst(rt);
         /* the local table repeats the addresses; a default route overlaps everything */
-        if (!dst || rtnl_route_get_table(rt) == RT_TABLE_LOCAL || nl_addr_get_prefixlen(dst) == 0)
+        if (!dst || sym_rtnl_route_get_table(rt) == RT_TABLE_LOCAL || sym_nl_addr_get_prefixlen(dst) == 0)
             continue;
-        struct rtnl_nexthop *nh = rtnl_route_nexthop_n(rt, 0);
-        int ifindex = nh ? rtnl_route_nh_get_ifindex(nh) : 0;
+        struct rtnl_nexthop *nh = sym_rtnl_route_nexthop_n(rt, 0);
+        int ifindex = nh ? sym_rtnl_route_nh_get_ifindex(nh) : 0;
         if (ignore > 0 && ifindex == ignore)
             continue;
         struct netsetup_cidr have;
@@ -87,9 +85,9 @@ int netsetup_subnet_check_host(const char *cidr, const char *ignore_link, struct
     if ((r = nlh_open(&h, e)) < 0)
         return r;
     _cleanup_cache_ struct nl_cache *links = NULL;
-    if ((r = rtnl_link_alloc_cache(h.sk, AF_UNSPEC, &links)) < 0)
+    if ((r = sym_rtnl_link_alloc_cache(h.sk, AF_UNSPEC, &links)) < 0)
         return qv_failerr(e, nlh_errno(&h, r), "cannot list network interfaces");
-    int ignore = ignore_link && *ignore_link ? rtnl_link_name2i(links, ignore_link) : 0;
+    int ignore = ignore_link && *ignore_link ? sym_rtnl_link_name2i(links, ignore_link) : 0;
     if ((r = check_addresses(&h, links, &want, shown, ignore, e)) < 0)
         return r;
     return check_routes(&h, links, &want, shown, ignore, e);

@@ -96,15 +96,15 @@ int netsetup_macvtap_create(const char *name, const char *parent, enum netsetup_
         return qv_failerr(e, r, "%s: cannot create macvtap on %s", name, parent);
     _cleanup_nlmsg_ struct nl_msg *msg = nlh_newlink_msg(0, IFF_UP, IFF_UP, NLM_F_CREATE | NLM_F_EXCL);
     nlh_put_str(msg, IFLA_IFNAME, name);
-    nlh_put_u32(msg, IFLA_LINK, (uint32_t)rtnl_link_get_ifindex(lower));
+    nlh_put_u32(msg, IFLA_LINK, (uint32_t)sym_rtnl_link_get_ifindex(lower));
     if (mac)
         nlh_put(msg, IFLA_ADDRESS, sizeof(hw), hw);
     struct nlattr *info = nlh_nest(msg, IFLA_LINKINFO);
     nlh_put_str(msg, IFLA_INFO_KIND, "macvtap");
     struct nlattr *data = nlh_nest(msg, IFLA_INFO_DATA);
     nlh_put_u32(msg, IFLA_MACVLAN_MODE, modes[mode]);
-    nla_nest_end(msg, data);
-    nla_nest_end(msg, info);
+    sym_nla_nest_end(msg, data);
+    sym_nla_nest_end(msg, info);
     if ((r = nlh_request(&h, msg)) < 0)
         return qv_failerr(e, r, "%s: cannot create macvtap on %s", name, parent);
     if (mode == NETSETUP_MACVTAP_PASSTHRU && mac) {
@@ -113,7 +113,7 @@ int netsetup_macvtap_create(const char *name, const char *parent, enum netsetup_
         _cleanup_link_ struct rtnl_link *made = NULL;
         if ((r = nlh_get_link(&h, name, &made)) < 0)
             return qv_failerr(e, r, "%s: macvtap vanished after creation", name);
-        _cleanup_nlmsg_ struct nl_msg *set = nlh_newlink_msg(rtnl_link_get_ifindex(made), 0, 0, 0);
+        _cleanup_nlmsg_ struct nl_msg *set = nlh_newlink_msg(sym_rtnl_link_get_ifindex(made), 0, 0, 0);
         nlh_put(set, IFLA_ADDRESS, sizeof(hw), hw);
         if ((r = nlh_request(&h, set)) < 0)
             return qv_failerr(e, r, "%s: cannot set MAC %s in passthru mode", name, mac);

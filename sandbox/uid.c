@@ -10,8 +10,6 @@
  * Taking a free uid means an exclusive lock turned shared, which is not atomic:
  * LOCK_DIR/.alloc serialises allocations around that window. */
 #include <fcntl.h>
-#include <grp.h>
-#include <pwd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <dirent.h>
@@ -24,19 +22,6 @@
 static bool reserved(uint64_t uid)
 {
     return uid == 0 || uid == 65534 || uid == 65535 || uid >= 0xffffffffull;
-}
-
-/* A uid or gid that already names someone would share their files. */
-static bool id_in_use(uid_t uid)
-{
-    struct passwd pw, *pwr = NULL;
-    struct group gr, *grr = NULL;
-    char buf[4096];
-    if (getpwuid_r(uid, &pw, buf, sizeof(buf), &pwr) == 0 && pwr)
-        return true;
-    if (getgrgid_r((gid_t)uid, &gr, buf, sizeof(buf), &grr) == 0 && grr)
-        return true;
-    return false;
 }
 
 /* A process with this uid (real, effective, saved or fs) would share it. */
@@ -154,7 +139,13 @@ int sandbox_uid_acquire(const char *lock_dir, uid_t first, uid_t last, const cha
     uint64_t start = fnv1a64(name, strlen(name), FNV1A64_INIT) % span;
     for (uint64_t i = 0; i < span; i++) {
         uint64_t cand = first + (start + i) % span;
-        if (reserved(cand) || id_in_use((uid_t)cand))
+        if (reserved(cand))
+            continue;
+        /* a uid or gid that already names someone would share their files */
+        bool named;
+        if ((r = nss_id_named((uint32_t)cand, &named, e)) < 0)
+            return qv_prefix(e, "%s: uid: ", name);
+        if (named)
             continue;
         snprintf(path, sizeof(path), "%s/%llu", lock_dir, (unsigned long long)cand);
         r = try_take(path, out);
@@ -218,31 +209,32 @@ int sandbox_uid_holder(const char *lock_dir, uid_t uid, char *name, size_t len)
 
 int sandbox_user_lookup(const char *user, uid_t *uid, gid_t *gid, struct qv_err *e)
 {
-    struct passwd pw, *res = NULL;
-    char buf[4096];
-    int r = getpwnam_r(user, &pw, buf, sizeof(buf), &res);
-    if (r)
-        return qv_failerr(e, -r, "user %s", user);
-    if (!res)
+    bool found;
+    uid_t u;
+    gid_t g;
+    int r = nss_user(user, &found, &u, &g, e);
+    if (r < 0)
+        return r;
+    if (!found)
         return qv_fail(e, -ENOENT, "user %s does not exist", user);
-    if (pw.pw_uid == 0 || pw.pw_gid == 0)
+    if (u == 0 || g == 0)
         return qv_fail(e, -EPERM, "user %s: QEMU never runs as root or in the root group", user);
-    *uid = pw.pw_uid;
-    *gid = pw.pw_gid;
+    *uid = u;
+    *gid = g;
     return 0;
 }
 
 int sandbox_group_lookup(const char *group, gid_t *gid, struct qv_err *e)
 {
-    struct group gr, *res = NULL;
-    char buf[4096];
-    int r = getgrnam_r(group, &gr, buf, sizeof(buf), &res);
-    if (r)
-        return qv_failerr(e, -r, "group %s", group);
-    if (!res)
+    bool found;
+    gid_t g;
+    int r = nss_group(group, &found, &g, e);
+    if (r < 0)
+        return r;
+    if (!found)
         return qv_fail(e, -ENOENT, "group %s does not exist", group);
-    if (gr.gr_gid == 0)
+    if (g == 0)
         return qv_fail(e, -EPERM, "group %s: the root group is never given to QEMU", group);
-    *gid = gr.gr_gid;
+    *gid = g;
     return 0;
 }

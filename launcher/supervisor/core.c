@@ -4,11 +4,13 @@
  * on_poweroff/on_reboot/on_crash, answers the control socket, writes the log and
  * state.json. If it dies, QEMU runs on; the next `run` finds it and carries on. */
 #include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -45,6 +47,11 @@ void sup_save_state(struct sup *s)
     /* A full /run must never take the VM down with it: log and carry on. */
     if (runstate_write(s->paths, s->def.name, &s->rs, &e) < 0)
         sup_log(s, "warning: cannot record state: %s", e.msg);
+}
+
+void sup_trim_heap(void)
+{
+    malloc_trim(0);
 }
 
 void sup_set_state(struct sup *s, enum vm_state st)
@@ -643,12 +650,29 @@ static void sup_free(struct sup *s)
 }
 
 
+/* The supervisor's state, zeroed, in pages of its own: most of it (hotplug slots,
+ * NIC slots, host facts) is only ever read while empty, and pages never written stay
+ * the kernel's shared zero page instead of resident memory. calloc from the heap
+ * clears reused memory, which makes all ~112 KiB resident. */
+static struct sup *sup_alloc(void)
+{
+    void *p = mmap(NULL, sizeof(struct sup), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        abort();
+    return p;
+}
+
+static void sup_release(struct sup *s)
+{
+    munmap(s, sizeof(*s));
+}
+
 int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struct sup_opts *o, struct qv_err *e)
 {
     char name[80];
     snprintf(name, sizeof(name), "%s", def->name);
-    /* on the heap: the structure is large, and a stack that deep stays resident */
-    struct sup *sp = qv_xcalloc(1, sizeof(*sp));
+    /* not on the stack: the structure is large, and a stack that deep stays resident */
+    struct sup *sp = sup_alloc();
     sp->paths = paths;
     sp->lock_fd = sp->log_fd = sp->epfd = sp->sigfd = sp->pidfd = sp->console_fd = sp->ctl_fd = -1;
     sp->ready_fd = o->ready_fd;
@@ -673,7 +697,7 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
     if (r < 0) {
         sup_free(sp);
         report_ready(sp, r, e->msg);    /* after the lock is released: a retry must not meet us */
-        free(sp);
+        sup_release(sp);
         return r;
     }
     _cleanup_runstate_ struct vm_runstate prev = {0};
@@ -712,12 +736,13 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
         }
         sup_free(sp);
         report_ready(sp, r, e->msg);
-        free(sp);
+        sup_release(sp);
         return r;
     }
     if (!start_active(sp)) {
         report_ready(sp, 0, NULL);
         notify_send(&sp->notify, "READY=1");
+        sup_trim_heap();
     }
     loop(sp);
     sup_save_state(sp);
@@ -731,7 +756,7 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
         r2 = qv_fail(e, -EIO, "%s: %s", name, sp->rs.last_exit[0] ? sp->rs.last_exit : "stopped abnormally");
     }
     sup_free(sp);
-    free(sp);
+    sup_release(sp);
     return r2;
 }
 
@@ -740,7 +765,7 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
 struct sup *sup_new_for_test(const struct qv_paths *paths, const char *name, int qmp_fd, pid_t qemu_pid,
                              struct qv_err *e)
 {
-    struct sup *s = qv_xcalloc(1, sizeof(*s));
+    struct sup *s = sup_alloc();
     s->paths = paths;
     s->lock_fd = s->log_fd = s->epfd = s->sigfd = s->pidfd = s->console_fd = s->ctl_fd = s->ready_fd = -1;
     s->echo_fd = -1;
@@ -762,7 +787,7 @@ struct sup *sup_new_for_test(const struct qv_paths *paths, const char *name, int
         if (qmp_fd >= 0)
             close(qmp_fd);
         sup_free(s);
-        free(s);
+        sup_release(s);
         return NULL;
     }
     if (qmp_fd >= 0) {
@@ -784,7 +809,7 @@ void sup_free_for_test(struct sup *s)
     if (!s)
         return;
     sup_free(s);
-    free(s);
+    sup_release(s);
 }
 
 void sup_test_run_timers(struct sup *s)

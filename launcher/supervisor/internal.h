@@ -216,6 +216,9 @@ void sup_kill(struct sup *s, const char *reason);
 /* core.c's small shared pieces */
 int sup_pidfd_open(pid_t pid);
 void sup_save_state(struct sup *s);      /* a failure is logged, never fatal */
+/* Once the guest runs: what starting left freed on the heap (the definition's and the
+ * QEMU probe's JSON: megabytes on a first start, when the probe runs) goes back. */
+void sup_trim_heap(void);
 void sup_epoll_add(struct sup *s, int fd, uint32_t events, struct ev *ev);
 /* QMP events: state changes, the on_poweroff/on_reboot/on_crash policies. */
 void sup_on_event(void *ctx, const char *event, json_object *data, uint64_t ts_us);

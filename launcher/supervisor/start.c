@@ -172,6 +172,7 @@ static void started(struct sup *s)
     sup_set_state(s, VM_RUNNING);
     report_ready(s, 0, NULL);
     notify_send(&s->notify, "READY=1");
+    sup_trim_heap();
 }
 
 static void on_cont(void *ctx, json_object *ret, const struct qv_err *err)

@@ -16,6 +16,11 @@ check_error "start of a running VM: exit 4" 4 "s1 is already running \(pid [0-9]
 check_error "run of a running VM: exit 4, before anything is created" 4 "s1 is already running" qv run s1
 check_error "undefine of a running VM is refused (exit 4)" 4 "s1 is running \(stop it first\)" qv undefine s1
 check "the control socket is 0600 by default" test "$(stat -c %a "$T_ROOT/run/qvisor/vms/s1/ctl.sock")" = 600
+# the network libraries load only where a NIC needs them, NSS answers in a child
+s1_maps=$(cat "/proc/$(sup_pid s1)/maps" 2>/dev/null)
+check "the supervisor's mappings can be read (they name libc)" grep -q 'libc\.so' <<< "$s1_maps"
+check "...a user-NIC VM's supervisor maps no libnl, no libnftables, no NSS module" \
+    bash -c '! grep -E "libnl-|libnftables|libnss_" <<< "$1"' _ "$s1_maps"
 qv kill -q s1
 
 # a stale state naming a live, unrelated process: it must never be signalled

@@ -26,6 +26,10 @@ check_error "a second net start fails (exit 4)" 4 "already running" qn net start
 define_net_guest g1 default
 define_net_guest g2 default
 qn start -q g1 && qn start -q g2
+g1_maps=$(cat "/proc/$(sup_pid g1)/maps" 2>/dev/null)
+check "a network NIC's supervisor loaded libnl and libnftables to plug its tap" \
+    bash -c 'grep -q libnl-route-3 <<< "$1" && grep -q libnftables <<< "$1"' _ "$g1_maps"
+check "...and no NSS module (the uid lease asks NSS in a child)" bash -c '! grep -q libnss_ <<< "$1"' _ "$g1_maps"
 two_leases() { [ "$(qn net leases default | grep -c '52:54:00')" -ge 2 ]; }
 check "both guests get a DHCP lease" wait_until 90 two_leases
 both_known() { [ -n "$(guest_ip g1)" ] && [ -n "$(guest_ip g2)" ]; }

@@ -350,8 +350,74 @@ static void test_overlap(void **state)
     assert_int_equal(netsetup_link_delete("eth9", &e), 0);
 }
 
-int main(void)
+/* Runs in a fresh image of this binary (test_missing_libraries): what netsetup says
+ * when its libraries cannot be loaded. */
+static int probe_missing_libraries(void)
 {
+    struct qv_err e = {0};
+    struct netsetup_link_info info;
+    printf("%d %s\n", netsetup_link_get("lo", &info, &e), e.msg);
+    struct netsetup_nft *nft = NULL;
+    printf("%d %s\n", netsetup_nft_open(&nft, &e), e.msg);
+    netsetup_nft_close(nft);
+    return 0;
+}
+
+/* The file this process mapped for a library whose name starts with `soname`. */
+static void mapped_path(const char *soname, char *out, size_t len)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    assert_non_null(f);
+    char line[1024];
+    out[0] = '\0';
+    while (!out[0] && fgets(line, sizeof(line), f)) {
+        char *path = strchr(line, '/');
+        if (path && strstr(path, soname)) {
+            path[strcspn(path, "\n")] = '\0';
+            snprintf(out, len, "%s", path);
+        }
+    }
+    fclose(f);
+    assert_true(out[0] != '\0');
+}
+
+/* qvisor loads libnl and libnftables on first use: when one is missing, the error
+ * names it and the Debian package to install. Hidden here by mounting /dev/null over
+ * the files (in this test's own mount namespace), for a fresh image of this binary. */
+static void test_missing_libraries(void **state)
+{
+    (void)state;
+    struct qv_err e = {0};
+    struct netsetup_nft *nft = NULL;
+    assert_int_equal(netsetup_nft_open(&nft, &e), 0);   /* mapped now, so its file can be found */
+    netsetup_nft_close(nft);
+    char route[PATH_MAX], nftables[PATH_MAX];
+    mapped_path("libnl-route-3.so.200", route, sizeof(route));
+    mapped_path("libnftables.so.1", nftables, sizeof(nftables));
+    assert_int_equal(mount("/dev/null", route, NULL, MS_BIND, NULL), 0);
+    assert_int_equal(mount("/dev/null", nftables, NULL, MS_BIND, NULL), 0);
+    char *out = NULL;
+    int r = nstest_capture((const char *const[]){"/proc/self/exe", "--probe-missing-libraries", NULL}, &out);
+    umount(route);
+    umount(nftables);
+    printf("# %s", out);
+    assert_int_equal(r, 0);
+    char want[256];
+    snprintf(want, sizeof(want), "%d cannot load libnl-route-3.so.200, which qvisor needs for bridges", -ENOPKG);
+    assert_non_null(strstr(out, want));
+    assert_non_null(strstr(out, "install the Debian package libnl-route-3-200\n"));
+    snprintf(want, sizeof(want), "%d cannot load libnftables.so.1, which qvisor needs for its nftables", -ENOPKG);
+    assert_non_null(strstr(out, want));
+    assert_non_null(strstr(out, "install the Debian package libnftables1\n"));
+    free(out);
+    /* the libraries this process loaded before are untouched */
+    assert_true(netsetup_link_exists("lo"));
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 2 && strcmp(argv[1], "--probe-missing-libraries") == 0)
+        return probe_missing_libraries();
     nstest_enter(100);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_names),
@@ -362,6 +428,7 @@ int main(void)
         cmocka_unit_test(test_macvtap),
         cmocka_unit_test(test_forwarding),
         cmocka_unit_test(test_overlap),
+        cmocka_unit_test(test_missing_libraries),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -9,6 +9,8 @@
 #include <ftw.h>
 #include <libgen.h>
 #include <poll.h>
+#include <grp.h>
+#include <pwd.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -831,6 +833,26 @@ static void test_uid_leases(void **state)
     assert_int_equal(sandbox_user_lookup("nobody", &first, &a.gid, &e), 0);
     assert_int_equal(sandbox_user_lookup("root", &first, &a.gid, &e), -EPERM);
     assert_int_equal(sandbox_user_lookup("no-such-user-qv", &first, &a.gid, &e), -ENOENT);
+    gid_t gid;
+    assert_int_equal(sandbox_group_lookup("adm", &gid, &e), 0);
+    assert_int_equal(gid, getgrnam("adm")->gr_gid);
+    assert_int_equal(sandbox_group_lookup("root", &gid, &e), -EPERM);
+    assert_int_equal(sandbox_group_lookup("no-such-group-qv", &gid, &e), -ENOENT);
+
+    /* an id that names a user, or only a group, is never leased (NSS asked in a child) */
+    assert_non_null(getpwuid(1));
+    assert_int_equal(sandbox_uid_acquire(f->lockdir, 1, 1, "x", &two, &e), -EBUSY);
+    gid_t only_group = 0;
+    setgrent();
+    for (struct group *g; !only_group && (g = getgrent());)
+        if (g->gr_gid > 0 && g->gr_gid < 65534 && !getpwuid(g->gr_gid))
+            only_group = g->gr_gid;
+    endgrent();
+    assert_true(only_group > 0);
+    assert_int_equal(sandbox_uid_acquire(f->lockdir, only_group, only_group, "x", &two, &e), -EBUSY);
+    /* and the same range of one is free once nobody's name is on it */
+    assert_int_equal(sandbox_uid_acquire(f->lockdir, UID_FIRST + 7, UID_FIRST + 7, "x", &two, &e), 0);
+    sandbox_uid_release(&two);
 }
 
 /* QEMU holds its own lock: the uid stays taken after the supervisor lets go, a
