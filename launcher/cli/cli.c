@@ -23,6 +23,7 @@ static const struct cli_opt show_opts[] = {{"confinement", false, false, 0}, {0}
 static const struct cli_opt run_opts[] = {{"ready-fd", true, false, 0}, {"attach-only", false, false, 0}, {0}};
 static const struct cli_opt start_opts[] = {{"wait-timeout", true, false, 0}, {0}};
 static const struct cli_opt create_opts[] = {DEFINITION_FLAGS, {"wait-timeout", true, false, 0}, {0}};
+static const struct cli_opt resize_opts[] = {{"allow-shrink", false, false, 0}, {0}};
 static const struct cli_opt stop_opts[] = {{"timeout", true, false, 't'}, {"force", false, false, 'f'}, {0}};
 static const struct cli_opt console_opts[] = {{"replay", false, false, 0}, {"idle", true, false, 0},
                                               {"expect", true, false, 0}, {"timeout", true, false, 0}, {0}};
@@ -82,6 +83,10 @@ static const struct cli_command commands[] = {
      "hotplug a NIC"},
     {"detach-nic", cmd_detach_nic, detach_opts, 1, 1, "detach-nic NAME --mac MAC [--persistent]", "unplug a NIC"},
     {"ifaddr", cmd_ifaddr, no_opts, 1, 1, "ifaddr NAME [--json]", "each NIC's MAC, tap, network and address"},
+    {"disk-resize", cmd_disk_resize, resize_opts, 3, 3, "disk-resize NAME DISK SIZE|+SIZE [--allow-shrink]",
+     "resize a running VM's disk (DISK: disk0, the image path or its serial); the guest sees it at once"},
+    {"blkstat", cmd_blkstat, no_opts, 1, 2, "blkstat NAME [DISK] [--json]",
+     "I/O statistics of a running VM's disks: requests, bytes, flushes, time"},
     {"net define", cmd_net_define, net_define_opts, 1, 1,
      "net define FILE.json | net define NAME [--mode nat --ipv4 10.77.5.1/24 --dhcp START,END --domain D "
      "--forward tcp:8080:10.77.5.10:80 --bridge BR --mtu N --autostart]", "define a network"},

@@ -424,6 +424,8 @@ int cmd_list(struct cli *c)
             if (ok)
                 json_object_object_add(j, "uuid", json_object_new_string(d.uuid));
             json_object_object_add(j, "state", json_object_new_string(state));
+            if (rs.state_reason[0])
+                json_object_object_add(j, "state_reason", json_object_new_string(rs.state_reason));
             if (ok) {
                 json_object_object_add(j, "vcpus", json_object_new_int(d.cpu.count));
                 json_object_object_add(j, "memory", json_object_new_string(mem));
@@ -432,7 +434,8 @@ int cmd_list(struct cli *c)
             }
             json_object_array_add(arr, j);
         } else if (ok) {
-            printf("%-24s %-10s %5d %8s\n", names.v[i], state, d.cpu.count, mem);
+            printf("%-24s %-10s %5d %8s%s%s\n", names.v[i], state, d.cpu.count, mem, rs.state_reason[0] ? "  " : "",
+                   rs.state_reason);
         } else {
             printf("%-24s %-10s %5s %8s  (%s)\n", names.v[i], state, "-", "-", e.msg);
         }

@@ -155,7 +155,10 @@ static void print_status_text(json_object *st)
         if (!json_object_object_get_ex(st, keys[i][0], &v))
             continue;
         const char *s = json_object_get_string(v);
-        if (s && *s && strcmp(s, "0") != 0)
+        json_object *why;
+        if (strcmp(keys[i][0], "state") == 0 && json_object_object_get_ex(st, "state_reason", &why))
+            printf("%-12s %s (%s)\n", keys[i][1], s, json_object_get_string(why));
+        else if (s && *s && strcmp(s, "0") != 0)
             printf("%-12s %s\n", keys[i][1], s);
     }
     /* what confines QEMU, as read back from /proc by the supervisor */
@@ -188,6 +191,8 @@ static json_object *observed_status(struct cli *c, const struct vm_def *d)
     json_object_object_add(o, "name", json_object_new_string(d->name));
     json_object_object_add(o, "uuid", json_object_new_string(d->uuid));
     json_object_object_add(o, "state", json_object_new_string(vm_state_names[rs.state]));
+    if (rs.state_reason[0])
+        json_object_object_add(o, "state_reason", json_object_new_string(rs.state_reason));
     if (rs.qemu_pid && rs.state != VM_SHUTOFF && rs.state != VM_CRASHED) {
         json_object_object_add(o, "pid", json_object_new_int(rs.qemu_pid));
         json_object_object_add(o, "supervisor_pid", json_object_new_int(0));

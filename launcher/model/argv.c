@@ -335,6 +335,10 @@ static void add_disks(struct builder *b, struct ports *pt)
         if (k->serial)
             js(dev, "serial", k->serial);
         js(dev, "write-cache", io.write_cache ? "on" : "off");
+        /* a host-side error (ENOSPC) pauses the guest instead of failing its I/O:
+         * nothing is lost, `resume` goes on once the host is fixed (libvirt's error_policy stop) */
+        js(dev, "werror", "stop");
+        js(dev, "rerror", "stop");
         int bi = disk_bootindex(b, i, k->boot_index);
         if (bi >= 0)
             ji(dev, "bootindex", bi);

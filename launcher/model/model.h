@@ -318,6 +318,7 @@ struct vm_runstate {
     char accel[8];                  /* what query-kvm said is in use */
     char qemu_version[32];
     char last_exit[256];
+    char state_reason[256];         /* why it is paused, when QEMU said (an I/O error); "" otherwise */
     json_object *resources;         /* recorded before creation: taps, cgroup, uid, ... */
 };
 /* run/qvisor/vms/NAME[/file] */

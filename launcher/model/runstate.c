@@ -69,6 +69,7 @@ int runstate_read(const struct qv_paths *p, const char *name, struct vm_runstate
     copy_str(o, "accel", s->accel, sizeof(s->accel));
     copy_str(o, "qemu_version", s->qemu_version, sizeof(s->qemu_version));
     copy_str(o, "last_exit", s->last_exit, sizeof(s->last_exit));
+    copy_str(o, "state_reason", s->state_reason, sizeof(s->state_reason));
     json_object *res;
     if (json_object_object_get_ex(o, "resources", &res))
         s->resources = json_object_get(res);
@@ -87,6 +88,8 @@ json_object *runstate_to_json(const struct vm_runstate *s)
     json_object_object_add(o, "accel", json_object_new_string(s->accel));
     json_object_object_add(o, "qemu_version", json_object_new_string(s->qemu_version));
     json_object_object_add(o, "last_exit", json_object_new_string(s->last_exit));
+    if (s->state_reason[0])
+        json_object_object_add(o, "state_reason", json_object_new_string(s->state_reason));
     if (s->resources)
         json_object_object_add(o, "resources", json_object_get(s->resources));
     return o;

@@ -58,7 +58,10 @@ void sup_set_state(struct sup *s, enum vm_state st)
 {
     if (s->rs.state == st)
         return;
-    sup_log(s, "state: %s -> %s", vm_state_names[s->rs.state], vm_state_names[st]);
+    if (st != VM_PAUSED)
+        s->rs.state_reason[0] = '\0';
+    sup_log(s, "state: %s -> %s%s%s", vm_state_names[s->rs.state], vm_state_names[st],
+            s->rs.state_reason[0] ? ": " : "", s->rs.state_reason);
     s->rs.state = st;
     sup_save_state(s);
     char status[64];
@@ -166,7 +169,9 @@ void sup_on_event(void *ctx, const char *event, json_object *data, uint64_t ts_u
         sup_log(s, "event %s %s", event, d);
         if (json_object_object_get_ex(data, "device", &dev))
             hotplug_device_deleted(s, json_object_get_string(dev));
-    } else if (strcmp(event, "RESET") == 0 || strcmp(event, "BLOCK_IO_ERROR") == 0 || strcmp(event, "WATCHDOG") == 0) {
+    } else if (strcmp(event, "BLOCK_IO_ERROR") == 0) {
+        disk_io_error(s, data);
+    } else if (strcmp(event, "RESET") == 0 || strcmp(event, "WATCHDOG") == 0) {
         sup_log(s, "event %s %s", event, d);
     }
 }
@@ -411,6 +416,8 @@ json_object *sup_status_json(struct sup *s)
     json_object_object_add(o, "name", json_object_new_string(s->def.name));
     json_object_object_add(o, "uuid", json_object_new_string(s->def.uuid));
     json_object_object_add(o, "state", json_object_new_string(vm_state_names[s->rs.state]));
+    if (s->rs.state_reason[0])
+        json_object_object_add(o, "state_reason", json_object_new_string(s->rs.state_reason));
     json_object_object_add(o, "supervisor_pid", json_object_new_int(getpid()));
     if (s->qemu_pid) {
         json_object_object_add(o, "pid", json_object_new_int(s->qemu_pid));

@@ -481,6 +481,18 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
         do_attach(s, c, req, strcmp(cmd, "attach-disk") == 0);
     } else if (strcmp(cmd, "detach-disk") == 0 || strcmp(cmd, "detach-nic") == 0) {
         do_detach(s, c, req, strcmp(cmd, "detach-disk") == 0 ? HOTPLUG_DISK : HOTPLUG_NIC);
+    } else if (strcmp(cmd, "disk-resize") == 0 || strcmp(cmd, "blkstat") == 0) {
+        struct qv_err e = {0};
+        int r;
+        if (!monitor_usable(s, c))
+            return;
+        if (strcmp(cmd, "blkstat") == 0)
+            r = disk_stats(s, c->id, get_string(req, "target"), &e);
+        else
+            r = disk_resize(s, c->id, get_string(req, "target"), get_string(req, "size"), get_bool(req, "allow_shrink"),
+                            &e);
+        if (r < 0)
+            reply_error(s, c, r, "%s", e.msg);
     } else if (strcmp(cmd, "ifaddr") == 0) {
         json_object *o = json_object_new_object();
         json_object_object_add(o, "ok", json_object_new_boolean(true));

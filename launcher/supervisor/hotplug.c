@@ -421,6 +421,8 @@ int hotplug_disk_attach(struct sup *s, json_object *spec, unsigned client, struc
     json_object_object_add(dev, "id", json_object_new_string(h->id));
     json_object_object_add(dev, "drive", json_object_new_string(fmt_node));
     json_object_object_add(dev, "write-cache", json_object_new_string(io.write_cache ? "on" : "off"));
+    json_object_object_add(dev, "werror", json_object_new_string("stop"));   /* as boot disks: see argv.c */
+    json_object_object_add(dev, "rerror", json_object_new_string("stop"));
     if (k.serial)
         json_object_object_add(dev, "serial", json_object_new_string(k.serial));
     place(s, dev, h);

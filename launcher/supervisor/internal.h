@@ -326,6 +326,15 @@ void hotplug_record(struct sup *s);
 void hotplug_restore(struct sup *s);
 void hotplug_forget_all(struct sup *s);
 
+/* disks.c: a running VM's disks. A disk is named by device id (disk0), image path or
+ * serial. The requests answer `client` through QMP callbacks; an error before
+ * anything was sent is returned instead. */
+int disk_resize(struct sup *s, unsigned client, const char *target, const char *size, bool allow_shrink,
+                struct qv_err *e);
+int disk_stats(struct sup *s, unsigned client, const char *target, struct qv_err *e);
+/* BLOCK_IO_ERROR: with action stop, the pause that follows carries the reason. */
+void disk_io_error(struct sup *s, json_object *data);
+
 /* vmnet.c: the host side of the VM's NICs */
 int vmnet_open_tap(void *opaque, const struct vm_def *d, size_t nic, int *fds, struct qv_err *e);
 /* Plugs one NIC (boot or hotplug) into its bridge or network; fds per queue. A

@@ -616,6 +616,15 @@ static void check_disks(struct oracle *o, bool microvm)
             mismatch(o, "%s: QEMU has \"%s\", the definition gives none", w, serial);
         free(w);
         free(serial);
+        /* README: a host-side I/O error pauses the guest (werror/rerror stop) */
+        static const char *const policies[] = {"werror", "rerror"};
+        for (size_t p = 0; p < ARRAY_SIZE(policies); p++) {
+            char *policy = qom_str(o, path, policies[p]);
+            w = qv_xasprintf("%s.%s", what, policies[p]);
+            expect_str(o, w, policy, "stop");
+            free(w);
+            free(policy);
+        }
         if (!microvm) {
             w = qv_xasprintf("%s.boot_index", what);
             check_bootindex(o, id, w, order_index(o, "disk", i, k));

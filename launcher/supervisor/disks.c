@@ -1,0 +1,266 @@
+/* A running VM's disks: online resize (block_resize), I/O statistics
+ * (query-blockstats) and host-side I/O errors. Every disk device has
+ * werror/rerror=stop, so an error such as ENOSPC on the host pauses the guest
+ * instead of failing its I/O; BLOCK_IO_ERROR names the node, and the pause is shown
+ * with its reason until `resume`. Requests complete through QMP callbacks. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "launcher/supervisor/internal.h"
+
+struct disk_ref {
+    char id[24];            /* the QEMU device: disk0, disk3 (hotplugged) */
+    char node[48];          /* the top block node: what the guest sees */
+    char file[PATH_MAX];
+};
+
+static void boot_disk_ref(struct sup *s, size_t i, struct disk_ref *out)
+{
+    const struct vm_disk *k = &s->def.disks[i];
+    snprintf(out->id, sizeof(out->id), "disk%zu", i);
+    snprintf(out->node, sizeof(out->node), "disk%zu-%s", i, k->snapshot ? "ovl" : "fmt");
+    snprintf(out->file, sizeof(out->file), "%s", k->file ? k->file : "");
+}
+
+/* By device id, image path or serial; boot disks and hotplugged ones. */
+static bool disk_find(struct sup *s, const char *key, struct disk_ref *out)
+{
+    for (size_t i = 0; i < s->def.ndisks; i++) {
+        const struct vm_disk *k = &s->def.disks[i];
+        boot_disk_ref(s, i, out);
+        if (strcmp(out->id, key) == 0 || (k->file && strcmp(k->file, key) == 0) ||
+            (k->serial && strcmp(k->serial, key) == 0))
+            return true;
+    }
+    for (int i = 0; i < HOTPLUG_MAX; i++) {
+        const struct hotplug *h = &s->hp[i];
+        if (!h->used || h->pending || h->kind != HOTPLUG_DISK || (strcmp(h->id, key) != 0 && strcmp(h->file, key) != 0))
+            continue;
+        snprintf(out->id, sizeof(out->id), "%s", h->id);
+        snprintf(out->node, sizeof(out->node), "%s-fmt", h->id);
+        snprintf(out->file, sizeof(out->file), "%s", h->file);
+        return true;
+    }
+    return false;
+}
+
+/* The disk a block node belongs to: "disk1-fmt" -> disk1. */
+static bool disk_of_node(struct sup *s, const char *node, struct disk_ref *out)
+{
+    char id[24];
+    const char *dash = strchr(node, '-');
+    size_t n = dash ? (size_t)(dash - node) : strlen(node);
+    if (n == 0 || n >= sizeof(id))
+        return false;
+    memcpy(id, node, n);
+    id[n] = '\0';
+    return disk_find(s, id, out);
+}
+
+/* ---- disk-resize ---------------------------------------------------------------------- */
+
+struct resize {
+    struct sup *s;
+    unsigned client;
+    struct disk_ref disk;
+    uint64_t size;          /* absolute, or the amount to add when grow */
+    bool grow, allow_shrink;
+    uint64_t target;
+};
+
+static void on_resized(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct resize *rz = ctx;
+    struct sup *s = rz->s;
+    (void)ret;
+    if (err) {
+        sup_reply_error(s, rz->client, err->code, "%s: %s: resizing: %s", s->def.name, rz->disk.id, err->msg);
+    } else {
+        char sz[32];
+        format_size(rz->target, sz, sizeof(sz));
+        sup_log(s, "%s (%s) resized to %s", rz->disk.id, rz->disk.file, sz);
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "disk", json_object_new_string(rz->disk.id));
+        json_object_object_add(o, "size", json_object_new_int64((int64_t)rz->target));
+        sup_reply_json(s, rz->client, o);
+        json_object_put(o);
+    }
+    free(rz);
+}
+
+static uint64_t node_size(json_object *nodes, const char *node)
+{
+    for (size_t i = 0; nodes && i < json_object_array_length(nodes); i++) {
+        json_object *n = json_object_array_get_idx(nodes, i), *v, *img;
+        if (json_object_object_get_ex(n, "node-name", &v) && strcmp(json_object_get_string(v), node) == 0 &&
+            json_object_object_get_ex(n, "image", &img) && json_object_object_get_ex(img, "virtual-size", &v))
+            return (uint64_t)json_object_get_int64(v);
+    }
+    return 0;
+}
+
+static void on_nodes(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct resize *rz = ctx;
+    struct sup *s = rz->s;
+    uint64_t cur = err ? 0 : node_size(ret, rz->disk.node);
+    char a[32], b[32];
+    int code = 0;
+    if (err) {
+        sup_reply_error(s, rz->client, err->code, "%s: %s: %s", s->def.name, rz->disk.id, err->msg);
+        code = err->code;
+    } else if (!cur) {
+        sup_reply_error(s, rz->client, -EIO, "%s: %s: QEMU does not report the size of node %s", s->def.name,
+                        rz->disk.id, rz->disk.node);
+        code = -EIO;
+    } else {
+        rz->target = rz->grow ? cur + rz->size : rz->size;
+        rz->target = (rz->target + 511) & ~(uint64_t)511;     /* QEMU resizes in whole sectors */
+        format_size(cur, a, sizeof(a));
+        format_size(rz->target, b, sizeof(b));
+        if (rz->target < cur && !rz->allow_shrink) {
+            sup_reply_error(s, rz->client, -EINVAL,
+                            "%s: %s is %s; shrinking it to %s cuts off what the guest stored there "
+                            "(--allow-shrink if the guest's filesystem was shrunk first)", s->def.name, rz->disk.id, a,
+                            b);
+            code = -EINVAL;
+        }
+    }
+    if (code) {
+        free(rz);
+        return;
+    }
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "node-name", json_object_new_string(rz->disk.node));
+    json_object_object_add(args, "size", json_object_new_int64((int64_t)rz->target));
+    if (qmp_send(s->qmp, "block_resize", args, NULL, 0, QMP_TIMEOUT_DEVICE, 0, on_resized, rz) < 0) {
+        sup_reply_error(s, rz->client, -EIO, "%s: QEMU's monitor is gone", s->def.name);
+        free(rz);
+    }
+}
+
+int disk_resize(struct sup *s, unsigned client, const char *target, const char *size, bool allow_shrink,
+                struct qv_err *e)
+{
+    struct resize rz = {.s = s, .client = client, .allow_shrink = allow_shrink};
+    if (!disk_find(s, target, &rz.disk))
+        return qv_fail(e, -ENOENT, "%s: no disk %s (a device id such as disk0, an image path or a serial)", s->def.name,
+                       target);
+    rz.grow = size[0] == '+';
+    if (parse_size(size + rz.grow, &rz.size) < 0 || rz.size == 0)
+        return qv_fail(e, -EINVAL, "%s: disk-resize: \"%s\" is not a size (20G, or +5G to grow by 5 GiB)", s->def.name,
+                       size);
+    struct resize *p = qv_xcalloc(1, sizeof(*p));
+    *p = rz;
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "flat", json_object_new_boolean(true));
+    if (qmp_send(s->qmp, "query-named-block-nodes", args, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_nodes, p) < 0) {
+        free(p);
+        return qv_fail(e, -EIO, "%s: QEMU's monitor is gone", s->def.name);
+    }
+    return 0;
+}
+
+/* ---- blkstat --------------------------------------------------------------------------- */
+
+struct stats_req {
+    struct sup *s;
+    unsigned client;
+    char only[24];          /* one disk's id, "" for all */
+};
+
+/* query-blockstats names a device by its qdev path: "/machine/peripheral/disk0/virtio-backend". */
+static void device_of_qdev(const char *qdev, char *out, size_t outlen)
+{
+    static const char prefix[] = "/machine/peripheral/";
+    const char *p = strncmp(qdev, prefix, sizeof(prefix) - 1) == 0 ? qdev + sizeof(prefix) - 1 : qdev;
+    size_t n = strcspn(p, "/");
+    snprintf(out, outlen, "%.*s", (int)n, p);
+}
+
+static void on_blockstats(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct stats_req *rq = ctx;
+    struct sup *s = rq->s;
+    if (err) {
+        sup_reply_error(s, rq->client, err->code, "%s: query-blockstats: %s", s->def.name, err->msg);
+        free(rq);
+        return;
+    }
+    static const char *const keys[][2] = {
+        {"rd_operations", "rd_reqs"},   {"rd_bytes", "rd_bytes"},   {"wr_operations", "wr_reqs"},
+        {"wr_bytes", "wr_bytes"},       {"flush_operations", "flush_reqs"}, {"rd_total_time_ns", "rd_total_time_ns"},
+        {"wr_total_time_ns", "wr_total_time_ns"}, {"flush_total_time_ns", "flush_total_time_ns"},
+    };
+    json_object *disks = json_object_new_array();
+    for (size_t i = 0; i < json_object_array_length(ret); i++) {
+        json_object *b = json_object_array_get_idx(ret, i), *qdev, *st, *v;
+        char id[64];
+        struct disk_ref ref;
+        if (!json_object_object_get_ex(b, "qdev", &qdev) || !json_object_object_get_ex(b, "stats", &st))
+            continue;
+        device_of_qdev(json_object_get_string(qdev), id, sizeof(id));
+        if (!disk_find(s, id, &ref) || strcmp(ref.id, id) != 0 || (rq->only[0] && strcmp(rq->only, id) != 0))
+            continue;
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "disk", json_object_new_string(ref.id));
+        json_object_object_add(o, "file", json_object_new_string(ref.file));
+        for (size_t k = 0; k < ARRAY_SIZE(keys); k++)
+            json_object_object_add(o, keys[k][1],
+                                   json_object_new_int64(json_object_object_get_ex(st, keys[k][0], &v)
+                                                             ? json_object_get_int64(v) : 0));
+        json_object_array_add(disks, o);
+    }
+    json_object *reply = json_object_new_object();
+    json_object_object_add(reply, "disks", disks);
+    sup_reply_json(s, rq->client, reply);
+    json_object_put(reply);
+    free(rq);
+}
+
+int disk_stats(struct sup *s, unsigned client, const char *target, struct qv_err *e)
+{
+    struct disk_ref ref;
+    if (target && !disk_find(s, target, &ref))
+        return qv_fail(e, -ENOENT, "%s: no disk %s (a device id such as disk0, an image path or a serial)", s->def.name,
+                       target);
+    struct stats_req *rq = qv_xcalloc(1, sizeof(*rq));
+    rq->s = s;
+    rq->client = client;
+    if (target)
+        snprintf(rq->only, sizeof(rq->only), "%s", ref.id);
+    if (qmp_send(s->qmp, "query-blockstats", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_blockstats, rq) < 0) {
+        free(rq);
+        return qv_fail(e, -EIO, "%s: QEMU's monitor is gone", s->def.name);
+    }
+    return 0;
+}
+
+/* ---- host-side I/O errors -------------------------------------------------------------- */
+
+void disk_io_error(struct sup *s, json_object *data)
+{
+    json_object *v;
+    const char *node = json_object_object_get_ex(data, "node-name", &v) ? json_object_get_string(v) : "";
+    const char *action = json_object_object_get_ex(data, "action", &v) ? json_object_get_string(v) : "";
+    const char *op = json_object_object_get_ex(data, "operation", &v) ? json_object_get_string(v) : "I/O";
+    const char *why = json_object_object_get_ex(data, "reason", &v) ? json_object_get_string(v) : "I/O error";
+    struct disk_ref ref;
+    char disk[PATH_MAX + 64];
+    if (disk_of_node(s, node, &ref))
+        snprintf(disk, sizeof(disk), "%s (%s)", ref.id, ref.file);
+    else
+        snprintf(disk, sizeof(disk), "node %s", node);
+    if (strcmp(action, "stop") != 0) {
+        sup_log(s, "%s: %s error: %s (action %s)", disk, op, why, action);
+        return;
+    }
+    char reason[sizeof(s->rs.state_reason)];
+    snprintf(reason, sizeof(reason), "I/O error on %s: %s", disk, why);
+    if (strcmp(reason, s->rs.state_reason) == 0)
+        return;     /* QEMU repeats it for every request that fails meanwhile */
+    sup_log(s, "%s: %s error: %s; the guest is paused until `qvisor resume %s`", disk, op, why, s->def.name);
+    snprintf(s->rs.state_reason, sizeof(s->rs.state_reason), "%s", reason);
+    if (s->rs.state == VM_PAUSED)
+        sup_save_state(s);  /* already paused (its STOP came first): record why */
+}
