@@ -10,17 +10,27 @@
 
 static struct netsetup_nft *nft;
 
-static size_t count_rules(json_object *doc, const char *chain)
+/* The items of a listing, and the i-th one's object when it is a `kind` ("rule",
+ * "set"; NULL otherwise). */
+static size_t items(json_object *doc)
 {
     json_object *arr = NULL;
-    if (!doc || !json_object_object_get_ex(doc, "nftables", &arr))
-        return 0;
+    return doc && json_object_object_get_ex(doc, "nftables", &arr) ? json_object_array_length(arr) : 0;
+}
+
+static json_object *item(json_object *doc, size_t i, const char *kind)
+{
+    json_object *arr = NULL, *o = NULL;
+    json_object_object_get_ex(doc, "nftables", &arr);
+    return json_object_object_get_ex(json_object_array_get_idx(arr, i), kind, &o) ? o : NULL;
+}
+
+static size_t count_rules(json_object *doc, const char *chain)
+{
     size_t n = 0;
-    for (size_t i = 0; i < json_object_array_length(arr); i++) {
-        json_object *rule = NULL, *c = NULL;
-        if (json_object_object_get_ex(json_object_array_get_idx(arr, i), "rule", &rule) &&
-            json_object_object_get_ex(rule, "chain", &c) && strcmp(json_object_get_string(c), chain) == 0)
-            n++;
+    for (size_t i = 0; i < items(doc); i++) {
+        json_object *rule = item(doc, i, "rule"), *c = NULL;
+        n += rule && json_object_object_get_ex(rule, "chain", &c) && strcmp(json_object_get_string(c), chain) == 0;
     }
     return n;
 }
@@ -28,21 +38,14 @@ static size_t count_rules(json_object *doc, const char *chain)
 /* Set elements in a listing whose key starts with `tap` (NULL: every element). */
 static size_t tap_elements(json_object *doc, const char *tap)
 {
-    json_object *arr = NULL;
-    if (!doc || !json_object_object_get_ex(doc, "nftables", &arr))
-        return 0;
     size_t n = 0;
-    for (size_t i = 0; i < json_object_array_length(arr); i++) {
-        json_object *set = NULL, *elems = NULL;
-        if (!json_object_object_get_ex(json_object_array_get_idx(arr, i), "set", &set) ||
-            !json_object_object_get_ex(set, "elem", &elems))
-            continue;
-        for (size_t j = 0; j < json_object_array_length(elems); j++) {
+    for (size_t i = 0; i < items(doc); i++) {
+        json_object *set = item(doc, i, "set"), *elems = NULL;
+        for (size_t j = 0; set && json_object_object_get_ex(set, "elem", &elems) && j < json_object_array_length(elems); j++) {
             json_object *el = json_object_array_get_idx(elems, j), *parts = NULL;
             if (json_object_object_get_ex(el, "concat", &parts))
                 el = json_object_array_get_idx(parts, 0);
-            if (!tap || strcmp(json_object_get_string(el), tap) == 0)
-                n++;
+            n += !tap || strcmp(json_object_get_string(el), tap) == 0;
         }
     }
     return n;
