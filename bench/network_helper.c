@@ -2,7 +2,7 @@
  * netsetup API exactly as qvisor's supervisors call it.
  *
  *   network_helper taps --netns NAME [--taps N] [--window W] [--rounds R]
- *                       [--restrict-in] [--foreign-chains N]
+ *                       [--restrict-in] [--foreign-chains N] [--time-limit S]
  *       Many taps on one managed network's bridge, each with its per-NIC filter:
  *       1. netsetup_net_up() of a NAT network "taps" (bridge qvbr-taps, 10.93.0.1/16)
  *       2. N x netsetup_nic_plug() with a clean-traffic filter (the NIC's MAC and one
@@ -35,7 +35,8 @@
  * `ip netns add NAME` and start them in with `ip netns exec NAME`: they refuse to run
  * unless /run/netns/NAME is the namespace they are in. Output: "key value" lines on
  * stdout (times in microseconds), messages on stderr. Exit 0, or 1 when a step
- * failed (what was made goes with the namespace). Bounded by an alarm. C17; no
+ * failed (what was made goes with the namespace). Bounded by an alarm (--time-limit,
+ * 600 s by default). C17; no
  * shell: dnsmasq is started with fork + execve. */
 #include <errno.h>
 #include <fcntl.h>
@@ -57,7 +58,7 @@
 
 #define MAX_TAPS 4096
 #define MAX_RUNS 1000
-#define TIME_LIMIT_S 600
+#define TIME_LIMIT_S 600    /* default; --time-limit */
 
 extern char **environ;
 
@@ -556,7 +557,7 @@ static int cmd_phases(const char *dir, int runs)
 
 int main(int argc, char **argv)
 {
-    int ntaps = 200, window = 20, runs = 10, foreign = 0, rounds = 3;
+    int ntaps = 200, window = 20, runs = 10, foreign = 0, rounds = 3, limit = TIME_LIMIT_S;
     bool restrict_in = false;
     const char *netns = NULL, *dir = NULL, *mode = argc > 1 ? argv[1] : "";
     for (int i = 2; i < argc; i++) {
@@ -575,17 +576,19 @@ int main(int argc, char **argv)
             runs = atoi(argv[++i]);
         else if (!strcmp(a, "--foreign-chains") && v)
             foreign = atoi(argv[++i]);
+        else if (!strcmp(a, "--time-limit") && v)
+            limit = atoi(argv[++i]);
         else if (!strcmp(a, "--restrict-in"))
             restrict_in = true;
         else
             mode = "";
     }
     bool taps = !strcmp(mode, "taps"), phases = !strcmp(mode, "phases");
-    if ((!taps && !phases) || (taps && (ntaps < 2 || ntaps > MAX_TAPS || window < 1 || window > ntaps ||
+    if ((!taps && !phases) || limit < 1 || (taps && (ntaps < 2 || ntaps > MAX_TAPS || window < 1 || window > ntaps ||
                                         rounds < 1 || rounds > MAX_ROUNDS || foreign < 0 || foreign > 100000)) ||
         (phases && (!dir || runs < 1 || runs > MAX_RUNS))) {
         fprintf(stderr, "usage: network_helper taps --netns NAME [--taps 2..%d] [--window W] [--rounds 1..%d] "
-                        "[--restrict-in] [--foreign-chains N]\n"
+                        "[--restrict-in] [--foreign-chains N] [--time-limit S]\n"
                         "       network_helper phases --netns NAME --dir DIR [--runs 1..%d]\n",
                 MAX_TAPS, MAX_ROUNDS, MAX_RUNS);
         return 2;
@@ -595,7 +598,7 @@ int main(int argc, char **argv)
                 netns ? netns : "?", netns ? netns : "NAME");
         return 2;
     }
-    alarm(TIME_LIMIT_S);
+    alarm((unsigned)limit);
     setvbuf(stdout, NULL, _IOLBF, 0);
     struct qv_err e = {0};
     if (netsetup_link_set_up("lo", true, &e) < 0)

@@ -63,7 +63,7 @@ int netsetup_nic_plug(struct netsetup_nft *n, const struct netsetup_nic *nic, in
         r = netsetup_nft_nic_apply(n, nic->network, nic->tap, nic->filter, e);
     else if (nic->network)
         /* a filter left by an earlier NIC of the same name would block this one */
-        r = netsetup_nft_nic_remove(n, nic->network, nic->tap, e);
+        r = nsnft_nic_clear(n, nic->network, nic->tap, e);
     if (r < 0)
         return r;
     guard.fds = NULL;

@@ -4,8 +4,17 @@
 #include "netsetup/internal.h"
 #include "netsetup/nft_internal.h"
 
+/* What this context knows to be in the kernel for each tap it touched: the tap's set
+ * elements, so that replacing or removing them needs no listing (listing a set costs
+ * libnftables about 12 us per element). Sorted by (network, tap). */
+struct known_tap {
+    char *network, *tap, *elems;
+};
+
 struct netsetup_nft {
     struct nft_ctx *ctx;
+    struct known_tap *known;
+    size_t nknown, cap;
 };
 
 int netsetup_nft_open(struct netsetup_nft **out, struct qv_err *e)
@@ -30,6 +39,8 @@ void netsetup_nft_close(struct netsetup_nft *n)
 {
     if (!n)
         return;
+    nsnft_forget_network(n, NULL);
+    free(n->known);
     sym_nft_ctx_free(n->ctx);
     free(n);
 }
@@ -38,6 +49,80 @@ void netsetup_nft_closep(struct netsetup_nft **n)
 {
     netsetup_nft_close(*n);
     *n = NULL;
+}
+
+static int known_cmp(const char *network, const char *tap, const struct known_tap *k)
+{
+    int c = strcmp(network, k->network);
+    return c ? c : strcmp(tap, k->tap);
+}
+
+/* The index of (network, tap), or where it would go (*found false). */
+static size_t known_find(const struct netsetup_nft *n, const char *network, const char *tap, bool *found)
+{
+    size_t lo = 0, hi = n->nknown;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = known_cmp(network, tap, &n->known[mid]);
+        if (c == 0) {
+            *found = true;
+            return mid;
+        }
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    *found = false;
+    return lo;
+}
+
+const char *nsnft_known(const struct netsetup_nft *n, const char *network, const char *tap)
+{
+    bool found;
+    size_t i = known_find(n, network, tap, &found);
+    return found ? n->known[i].elems : NULL;
+}
+
+static void known_free(struct known_tap *k)
+{
+    free(k->network);
+    free(k->tap);
+    free(k->elems);
+}
+
+void nsnft_remember(struct netsetup_nft *n, const char *network, const char *tap, const char *elems)
+{
+    bool found;
+    size_t i = known_find(n, network, tap, &found);
+    if (found && elems) {
+        free(n->known[i].elems);
+        n->known[i].elems = qv_xstrdup(elems);
+    } else if (found) {
+        known_free(&n->known[i]);
+        memmove(&n->known[i], &n->known[i + 1], (n->nknown - i - 1) * sizeof(*n->known));
+        n->nknown--;
+    } else if (elems) {
+        if (n->nknown == n->cap) {
+            n->cap = n->cap ? 2 * n->cap : 16;
+            n->known = qv_xrealloc(n->known, n->cap * sizeof(*n->known));
+        }
+        memmove(&n->known[i + 1], &n->known[i], (n->nknown - i) * sizeof(*n->known));
+        n->known[i] = (struct known_tap){qv_xstrdup(network), qv_xstrdup(tap), qv_xstrdup(elems)};
+        n->nknown++;
+    }
+}
+
+void nsnft_forget_network(struct netsetup_nft *n, const char *network)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < n->nknown; i++) {
+        if (!network || strcmp(n->known[i].network, network) == 0)
+            known_free(&n->known[i]);
+        else
+            n->known[kept++] = n->known[i];
+    }
+    n->nknown = kept;
 }
 
 /* nft reports the kernel's errno only as text ("Could not process rule: No such

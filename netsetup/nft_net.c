@@ -170,34 +170,11 @@ int netsetup_nft_net_apply(struct netsetup_nft *n, const struct netsetup_net *ne
     nat_chains(&b, net, &s);
     checksum_chain(&b, net, &s);
     buf_printf(&b, "}\n");
-    /* The bridge table holds the NIC filters of running guests: only its frame is
-     * (re)declared, the per-tap chains and map elements stay. */
-    buf_printf(&b,
-               "add table bridge qvisor-%s\n"
-               "add map bridge qvisor-%s nic_out { type ifname : verdict; }\n"
-               "add map bridge qvisor-%s nic_in { type ifname : verdict; }\n"
-               "add chain bridge qvisor-%s prerouting { type filter hook prerouting priority filter; policy accept; }\n"
-               "add chain bridge qvisor-%s postrouting { type filter hook postrouting priority filter; policy accept; }\n"
-               "flush chain bridge qvisor-%s prerouting\n"
-               "flush chain bridge qvisor-%s postrouting\n"
-               "add rule bridge qvisor-%s prerouting iifname vmap @nic_out\n"
-               "add rule bridge qvisor-%s postrouting oifname vmap @nic_in\n",
-               t, t, t, t, t, t, t, t, t);
-    /* What every NIC with restricted inbound traffic accepts, shared so that a
-     * tap's own chain holds only its ports. Stateless: this kernel has no bridge
-     * conntrack, so "not a connection attempt" stands in for "a reply". */
-    buf_printf(&b,
-               "add chain bridge qvisor-%s nic_in_common\nflush chain bridge qvisor-%s nic_in_common\n", t, t);
-    static const char *const common_in[] = {
-        "ether type arp accept",
-        "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert, nd-redirect } accept",
-        "tcp flags & (syn | ack) != syn accept",
-        "udp sport { 53, 67, 123, 547 } accept",
-        "icmp type != echo-request accept",
-        "icmpv6 type != echo-request accept",
-    };
-    for (size_t i = 0; i < ARRAY_SIZE(common_in); i++)
-        buf_printf(&b, "add rule bridge qvisor-%s nic_in_common %s\n", t, common_in[i]);
+    /* The bridge table holds the NIC filters of running guests as set elements: only
+     * its frame is (re)declared, the elements stay. */
+    char bt[128];
+    snprintf(bt, sizeof(bt), "qvisor-%s", t);
+    nsnft_bridge_frame(&b, bt);
     char what[128];
     snprintf(what, sizeof(what), "%s: cannot apply network rules", t);
     r = netsetup_nft_run(n, what, b.p, e);
@@ -217,5 +194,6 @@ int netsetup_nft_net_remove(struct netsetup_nft *n, const char *network, struct 
              "add table bridge qvisor-%s\ndelete table bridge qvisor-%s\n",
              network, network, network, network);
     snprintf(what, sizeof(what), "%s: cannot remove network rules", network);
+    nsnft_forget_network(n, network);
     return netsetup_nft_run(n, what, script, e);
 }

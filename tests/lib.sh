@@ -247,3 +247,16 @@ without_nft_rule() {
     [ "$after" = "$before" ] || { echo "could not restore $fam $tab $chain:"; echo "$after"; return 99; }
     return $rc
 }
+# with_nft_element FAMILY TABLE SET KEY CMD...: adds element KEY ('"qvt…" . 10.0.0.9')
+# to qvisor's set, runs CMD, then deletes it again. Returns CMD's status; 98 when the
+# element was there already, 99 when it could not be added or deleted again.
+with_nft_element() {
+    local fam=$1 tab=$2 set=$3 key=$4 rc
+    shift 4
+    in_host nft get element "$fam" "$tab" "$set" "{ $key }" > /dev/null 2>&1 && { echo "$set already has $key"; return 98; }
+    in_host nft add element "$fam" "$tab" "$set" "{ $key }" || return 99
+    "$@"
+    rc=$?
+    in_host nft delete element "$fam" "$tab" "$set" "{ $key }" || return 99
+    return $rc
+}

@@ -57,22 +57,31 @@ check_error "...and with the rule back it is stopped again" 1 '0 packets receive
 # clean-traffic: a guest that changes its IP or MAC gets nothing through
 tap2=$(qn ifaddr g2 | awk '/^nic0/ {print $5}')
 mac2=$(qn ifaddr g2 | awk '/^nic0/ {print $2}')
-out2=out-$tap2
-check "g2 has a tap ($tap2) and a filter chain of its own" in_host nft list chain bridge qvisor-default "$out2"
+# the filter is the shared chain from_guest and set elements keyed by the tap
+check "g2 has a tap ($tap2) and its filter's elements: dispatch, MAC, address" \
+    in_host nft get element bridge qvisor-default out_taps "{ \"$tap2\" }"
+check "...its MAC" in_host nft get element bridge qvisor-default tap_mac "{ \"$tap2\" . $mac2 }"
+check "...and its leased address" in_host nft get element bridge qvisor-default tap_ipv4 "{ \"$tap2\" . $ip2 }"
 gsh g2 "ip addr flush dev eth0; ip addr add 10.77.0.77/24 dev eth0" > /dev/null
 check_guest_fails "a guest that takes another source IP gets nothing through" g2 'ping -c 2 -W 1 10.77.0.1' '2 packets transmitted, 0 packets received'
-check "...because its filter's last rule drops it: without that rule the same ping passes" \
-    without_nft_rule bridge qvisor-default "$out2" 'drop' wait_until 15 guest_ok g2 'ping -c 1 -W 2 10.77.0.1'
+check "...because the filter's last rule drops it: without that rule the same ping passes" \
+    without_nft_rule bridge qvisor-default from_guest 'drop' wait_until 15 guest_ok g2 'ping -c 1 -W 2 10.77.0.1'
 check_guest_fails "...and with the rule back it gets nothing through again" g2 'ping -c 2 -W 1 10.77.0.1' '0 packets received'
+check "...and the tap's address elements are what lets a source through: with 10.77.0.77 added for $tap2 the ping passes" \
+    with_nft_element bridge qvisor-default tap_ipv4 "\"$tap2\" . 10.77.0.77" wait_until 15 guest_ok g2 'ping -c 1 -W 2 10.77.0.1'
+check_guest_fails "...and with it gone again it gets nothing through" g2 'ping -c 2 -W 1 10.77.0.1' '0 packets received'
 gsh g2 "ip addr flush dev eth0; ip addr add $ip2/24 dev eth0; ip link set eth0 down; ip link set eth0 address 52:54:00:ee:ee:ee; ip link set eth0 up" > /dev/null
 check_guest_fails "a guest that takes another MAC gets nothing through" g2 'ping -c 2 -W 1 10.77.0.1' '2 packets transmitted, 0 packets received'
 mac_spoof_passes() {
-    without_nft_rule bridge qvisor-default "$out2" "ether saddr != $mac2 drop" \
-        without_nft_rule bridge qvisor-default "$out2" "arp saddr ether != $mac2 drop" \
+    without_nft_rule bridge qvisor-default from_guest "iifname . ether saddr != @tap_mac drop" \
+        without_nft_rule bridge qvisor-default from_guest "iifname . arp saddr ether != @tap_mac drop" \
         wait_until 15 guest_ok g2 'ping -c 1 -W 2 10.77.0.1'
 }
-check "...because of its filter's MAC rules: without them the same ping passes" mac_spoof_passes
+check "...because of the filter's MAC rules: without them the same ping passes" mac_spoof_passes
 check_guest_fails "...and with the rules back it gets nothing through again" g2 'ping -c 2 -W 1 10.77.0.1' '0 packets received'
+check "...and the tap's MAC element is what the rules compare with: with 52:54:00:ee:ee:ee added for $tap2 the ping passes" \
+    with_nft_element bridge qvisor-default tap_mac "\"$tap2\" . 52:54:00:ee:ee:ee" wait_until 15 guest_ok g2 'ping -c 1 -W 2 10.77.0.1'
+check_guest_fails "...and with it gone again it gets nothing through" g2 'ping -c 2 -W 1 10.77.0.1' '0 packets received'
 qn define -q g3x --memory 192M --kernel "$G_KERNEL" --initrd "$G_INITRD" --append "$G_APPEND qv_net=dhcp" \
     --nic "network=default,filter=none"
 qn start -q g3x

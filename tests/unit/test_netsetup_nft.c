@@ -1,5 +1,6 @@
-/* netsetup nftables: network rulesets per mode, per-NIC filters, removal by name
- * after a crash, coexistence with a host table, and 200 taps at flat cost. */
+/* netsetup nftables: network rulesets per mode, per-NIC filters as set elements,
+ * removal by name after a crash or from another context, coexistence with a host
+ * table, and 200 taps at flat cost. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,17 +10,43 @@
 
 static struct netsetup_nft *nft;
 
-static size_t count_rules(json_object *doc, const char *chain)
+/* The items of a listing, and the i-th one's object when it is a `kind` ("rule",
+ * "set"; NULL otherwise). */
+static size_t items(json_object *doc)
 {
     json_object *arr = NULL;
-    if (!doc || !json_object_object_get_ex(doc, "nftables", &arr))
-        return 0;
+    return doc && json_object_object_get_ex(doc, "nftables", &arr) ? json_object_array_length(arr) : 0;
+}
+
+static json_object *item(json_object *doc, size_t i, const char *kind)
+{
+    json_object *arr = NULL, *o = NULL;
+    json_object_object_get_ex(doc, "nftables", &arr);
+    return json_object_object_get_ex(json_object_array_get_idx(arr, i), kind, &o) ? o : NULL;
+}
+
+static size_t count_rules(json_object *doc, const char *chain)
+{
     size_t n = 0;
-    for (size_t i = 0; i < json_object_array_length(arr); i++) {
-        json_object *rule = NULL, *c = NULL;
-        if (json_object_object_get_ex(json_object_array_get_idx(arr, i), "rule", &rule) &&
-            json_object_object_get_ex(rule, "chain", &c) && strcmp(json_object_get_string(c), chain) == 0)
-            n++;
+    for (size_t i = 0; i < items(doc); i++) {
+        json_object *rule = item(doc, i, "rule"), *c = NULL;
+        n += rule && json_object_object_get_ex(rule, "chain", &c) && strcmp(json_object_get_string(c), chain) == 0;
+    }
+    return n;
+}
+
+/* Set elements in a listing whose key starts with `tap` (NULL: every element). */
+static size_t tap_elements(json_object *doc, const char *tap)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < items(doc); i++) {
+        json_object *set = item(doc, i, "set"), *elems = NULL;
+        for (size_t j = 0; set && json_object_object_get_ex(set, "elem", &elems) && j < json_object_array_length(elems); j++) {
+            json_object *el = json_object_array_get_idx(elems, j), *parts = NULL;
+            if (json_object_object_get_ex(el, "concat", &parts))
+                el = json_object_array_get_idx(parts, 0);
+            n += !tap || strcmp(json_object_get_string(el), tap) == 0;
+        }
     }
     return n;
 }
@@ -73,8 +100,12 @@ static void test_modes(void **state)
         assert_true((strstr(text, "iifname \"qvbr-modes\" reject") != NULL));
         free(text);
         doc = nstest_nft_json("table", "bridge", "qvisor-modes");
-        assert_int_equal(nstest_count(doc, "map", "nic_"), 2);
-        assert_int_equal(nstest_count(doc, "chain", NULL), 3);
+        /* the NICs' filters are elements of these: nothing per NIC but elements */
+        assert_int_equal(nstest_count(doc, "map", NULL), 0);
+        assert_int_equal(nstest_count(doc, "set", NULL), 14);
+        assert_int_equal(nstest_count(doc, "chain", NULL), 4);
+        assert_int_equal(count_rules(doc, "from_guest"), 14);
+        assert_int_equal(count_rules(doc, "to_guest"), 14);
         json_object_put(doc);
     }
     struct strv nets = {0};
@@ -126,6 +157,17 @@ static void apply_test_net(const char *name, struct qv_err *e)
     assert_int_equal(netsetup_nft_net_apply(nft, &net, e), 0);
 }
 
+/* Whether the listing has element KEY ("\"qvt-a\" . tcp . 25") in set SET. */
+static bool has_elem(const char *text, const char *set, const char *key)
+{
+    char head[64];
+    snprintf(head, sizeof(head), "set %s {", set);
+    const char *p = strstr(text, head);
+    const char *end = p ? strstr(p, "}\n") : NULL;
+    const char *k = p ? strstr(p, key) : NULL;
+    return k && k < end;
+}
+
 static void test_nic_filter(void **state)
 {
     (void)state;
@@ -139,14 +181,15 @@ static void test_nic_filter(void **state)
     };
     assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-a", &f, &e), 0);
     json_object *doc = nstest_nft_json("table", "bridge", "qvisor-filt");
-    size_t out_rules = count_rules(doc, "out-qvt-a"), in_rules = count_rules(doc, "in-qvt-a");
-    /* mac, deny tcp 25 + 2 echo, ip6, arp mac, arp probe, 2 arp ips, dhcp, 2 ips, drop */
-    assert_int_equal(out_rules, 13);
-    /* common jump, 3 allow_in, 2 drops */
-    assert_int_equal(in_rules, 6);
-    assert_int_equal(nstest_count(doc, "set", NULL), 0);
-    assert_int_equal(nstest_elements(doc, "map", "nic_out"), 1);
-    assert_int_equal(nstest_elements(doc, "map", "nic_in"), 1);
+    /* out_taps, mac, 2 addresses, deny tcp 25, deny echo, in_taps, allow tcp 22, udp 53
+     * and 8000-8100: 6 blocks of 16 (8000-8095) and 5 single ports */
+    size_t elems = tap_elements(doc, "qvt-a");
+    assert_int_equal(elems, 20);
+    assert_int_equal(nstest_elements(doc, "set", "allow_in_16"), 6);
+    assert_int_equal(nstest_elements(doc, "set", "allow_in"), 7);
+    /* and not one chain or rule more */
+    assert_int_equal(nstest_count(doc, "chain", NULL), 4);
+    assert_int_equal(count_rules(doc, "from_guest") + count_rules(doc, "to_guest"), 28);
     json_object_put(doc);
     char *text = list_text("bridge", "qvisor-filt");
     printf("# bridge table with one filtered NIC:\n");
@@ -154,18 +197,22 @@ static void test_nic_filter(void **state)
         nl = strchr(p, '\n');
         printf("#   %.*s\n", nl ? (int)(nl - p) : (int)strlen(p), p);
     }
+    assert_true(has_elem(text, "tap_mac", "\"qvt-a\" . 52:54:00:00:62:05"));
+    assert_true(has_elem(text, "deny_out", "\"qvt-a\" . tcp . 25"));
+    assert_true(has_elem(text, "allow_in_16", "\"qvt-a\" . tcp . 8080"));
+    assert_true(has_elem(text, "allow_in", "\"qvt-a\" . tcp . 8100"));
+    assert_false(has_elem(text, "allow_in", "\"qvt-a\" . tcp . 8101"));
     free(text);
 
-    /* a lease learnt: the same call with the address replaces the tap's rules */
+    /* a lease learnt: the same call with the address replaces the tap's elements */
     const char *one[] = {"10.62.0.7", NULL};
     f.ipv4 = one;
     assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-a", &f, &e), 0);
     doc = nstest_nft_json("table", "bridge", "qvisor-filt");
-    assert_int_equal(count_rules(doc, "out-qvt-a"), out_rules - 2);
-    assert_int_equal(count_rules(doc, "in-qvt-a"), in_rules);
+    assert_int_equal(tap_elements(doc, "qvt-a"), elems - 1);
     json_object_put(doc);
     text = list_text("bridge", "qvisor-filt");
-    assert_non_null(strstr(text, "ip saddr 10.62.0.7 accept"));
+    assert_true(has_elem(text, "tap_ipv4", "\"qvt-a\" . 10.62.0.7"));
     assert_null(strstr(text, "10.62.0.5"));
     free(text);
     const char *bad[] = {"10.62.0.300", NULL};
@@ -174,16 +221,16 @@ static void test_nic_filter(void **state)
     assert_string_equal(e.msg, "qvt-a: \"10.62.0.300\" is not an IPv4 address");
     f.ipv4 = ips;
 
-    /* re-applying replaces, it never duplicates; dropping restrict_in drops in-TAP */
+    /* re-applying replaces, it never duplicates; dropping restrict_in drops in_taps */
     f.restrict_in = false;
     assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-a", &f, &e), 0);
     assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-a", &f, &e), 0);
     assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-b", &f, &e), 0);
     doc = nstest_nft_json("table", "bridge", "qvisor-filt");
-    assert_int_equal(count_rules(doc, "out-qvt-a"), out_rules);
-    assert_int_equal(nstest_count(doc, "chain", "in-"), 0);
-    assert_int_equal(nstest_elements(doc, "map", "nic_out"), 2);
-    assert_int_equal(nstest_elements(doc, "map", "nic_in"), 0);
+    assert_int_equal(tap_elements(doc, "qvt-a"), 6);
+    assert_int_equal(tap_elements(doc, "qvt-b"), 6);
+    assert_int_equal(nstest_elements(doc, "set", "in_taps"), 0);
+    assert_int_equal(nstest_elements(doc, "set", "out_taps"), 2);
     json_object_put(doc);
     struct strv taps = {0};
     assert_int_equal(netsetup_nft_nic_list(nft, "filt", &taps, &e), 0);
@@ -198,16 +245,53 @@ static void test_nic_filter(void **state)
     assert_int_equal(taps.n, 2);
     strv_free(&taps);
 
+    /* Another context (a restarted supervisor) knows nothing of qvt-a's elements: it
+     * replaces them all the same, and the first context, whose knowledge is now
+     * stale, still replaces what is there. */
+    struct netsetup_nft *other = NULL;
+    assert_int_equal(netsetup_nft_open(&other, &e), 0);
+    f.ipv4 = one;
+    assert_int_equal(netsetup_nft_nic_apply(other, "filt", "qvt-a", &f, &e), 0);
+    text = list_text("bridge", "qvisor-filt");
+    assert_false(has_elem(text, "tap_ipv4", "\"qvt-a\" . 10.62.0.5"));
+    assert_true(has_elem(text, "tap_ipv4", "\"qvt-a\" . 10.62.0.7"));
+    free(text);
+    f.ipv4 = ips;
+    assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-a", &f, &e), 0);
+    text = list_text("bridge", "qvisor-filt");
+    assert_null(strstr(text, "10.62.0.7"));
+    assert_true(has_elem(text, "tap_ipv4", "\"qvt-a\" . 10.62.0.5"));
+    free(text);
+    assert_int_equal(netsetup_nft_nic_remove(other, "filt", "qvt-b", &e), 0);
+    netsetup_nft_close(other);
+    doc = nstest_nft_json("table", "bridge", "qvisor-filt");
+    assert_int_equal(tap_elements(doc, "qvt-b"), 0);
+    assert_int_equal(tap_elements(doc, "qvt-a"), 6);
+    json_object_put(doc);
+    /* nft knew it had qvt-b: the remove finds it gone and is content */
+    assert_int_equal(netsetup_nft_nic_remove(nft, "filt", "qvt-b", &e), 0);
+    assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-b", &f, &e), 0);
+
     f.restrict_in = true;
     assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-a", &f, &e), 0);
     assert_int_equal(netsetup_nft_nic_remove(nft, "filt", "qvt-a", &e), 0);
     assert_int_equal(netsetup_nft_nic_remove(nft, "filt", "qvt-a", &e), 0);
     doc = nstest_nft_json("table", "bridge", "qvisor-filt");
-    assert_int_equal(nstest_count(doc, "chain", "out-"), 1);
-    assert_int_equal(nstest_count(doc, "chain", "in-"), 0);
-    assert_int_equal(nstest_elements(doc, "map", "nic_out"), 1);
-    assert_int_equal(nstest_elements(doc, "map", "nic_in"), 0);
+    assert_int_equal(tap_elements(doc, "qvt-a"), 0);
+    assert_int_equal(tap_elements(doc, NULL), 6);
+    assert_int_equal(nstest_elements(doc, "set", "out_taps"), 1);
+    assert_int_equal(nstest_elements(doc, "set", "in_taps"), 0);
     json_object_put(doc);
+
+    /* the widest range: 15 single ports, 15 blocks each of 16, 256 and 4096 */
+    struct netsetup_port all[] = {{IPPROTO_UDP, 1, 65535}};
+    struct netsetup_nic_filter wide = {.mac = "52:54:00:00:62:05", .deny_out = all, .ndeny_out = 1};
+    assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-w", &wide, &e), 0);
+    doc = nstest_nft_json("table", "bridge", "qvisor-filt");
+    assert_int_equal(tap_elements(doc, "qvt-w"), 2 + 60);
+    assert_int_equal(nstest_elements(doc, "set", "deny_out_4096"), 15);
+    json_object_put(doc);
+    assert_int_equal(netsetup_nft_nic_remove(nft, "filt", "qvt-w", &e), 0);
 
     struct netsetup_nic_filter bad_mac = {.mac = "52:54:00:00:62"};
     assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-c", &bad_mac, &e), -EINVAL);
@@ -266,13 +350,18 @@ static void test_crash_recovery(void **state)
     assert_int_equal(netsetup_nft_nic_list(nft, "crash", &taps, &e), 0);
     assert_int_equal(taps.n, 3);
     strv_free(&taps);
-    /* half-removed by hand: the map element gone, the chains still there */
-    assert_int_equal(nstest_run(NULL, "nft", "delete", "element", "bridge", "qvisor-crash", "nic_out", "{ \"qvt-c2\" }"), 0);
+    /* half-removed by hand: the dispatching element gone, the others still there; the
+     * listing still names the tap, so that net gc finds it */
+    assert_int_equal(nstest_run(NULL, "nft", "delete", "element", "bridge", "qvisor-crash", "out_taps", "{ \"qvt-c2\" }"), 0);
+    assert_int_equal(netsetup_nft_nic_list(nft, "crash", &taps, &e), 0);
+    assert_int_equal(taps.n, 3);
+    strv_free(&taps);
     assert_int_equal(netsetup_nft_nic_remove(nft, "crash", "qvt-c2", &e), 0);
     assert_int_equal(netsetup_nft_nic_remove(nft, "crash", "qvt-c1", &e), 0);
     json_object *doc = nstest_nft_json("table", "bridge", "qvisor-crash");
-    assert_int_equal(nstest_count(doc, "chain", "out-"), 1);
-    assert_int_equal(nstest_elements(doc, "map", "nic_out"), 1);
+    /* exactly qvt-c3's elements are left: its name, MAC and address */
+    assert_int_equal(tap_elements(doc, "qvt-c3"), 3);
+    assert_int_equal(tap_elements(doc, NULL), 3);
     json_object_put(doc);
     assert_int_equal(netsetup_nft_net_remove(nft, "crash", &e), 0);
     assert_false(nstest_ruleset_mentions("qvisor"));
@@ -467,21 +556,14 @@ static void test_scale(void **state)
         filter_us[i] = t3 - t2;
     }
     json_object *doc = nstest_nft_json("table", "bridge", "qvisor-scale");
-    assert_int_equal(nstest_count(doc, "chain", "out-"), SCALE_TAPS);
-    assert_int_equal(nstest_count(doc, "chain", "in-"), SCALE_TAPS);
-    assert_int_equal(nstest_count(doc, "set", NULL), 0);
-    assert_int_equal(nstest_elements(doc, "map", "nic_out"), SCALE_TAPS);
-    assert_int_equal(nstest_elements(doc, "map", "nic_in"), SCALE_TAPS);
-    /* every tap carries the same number of rules: nothing is rewritten per tap */
-    char chain[32];
-    snprintf(chain, sizeof(chain), "out-%s", names[0]);
-    size_t out0 = count_rules(doc, chain);
-    snprintf(chain, sizeof(chain), "out-%s", names[SCALE_TAPS - 1]);
-    assert_int_equal(count_rules(doc, chain), out0);
-    snprintf(chain, sizeof(chain), "in-%s", names[0]);
-    size_t in0 = count_rules(doc, chain);
-    snprintf(chain, sizeof(chain), "in-%s", names[SCALE_TAPS - 1]);
-    assert_int_equal(count_rules(doc, chain), in0);
+    /* every tap adds the same number of elements and nothing else */
+    assert_int_equal(nstest_count(doc, "chain", NULL), 4);
+    assert_int_equal(nstest_count(doc, "set", NULL), 14);
+    size_t per_tap = tap_elements(doc, names[0]);
+    assert_int_equal(tap_elements(doc, names[SCALE_TAPS - 1]), per_tap);
+    assert_int_equal(tap_elements(doc, NULL), per_tap * SCALE_TAPS);
+    assert_int_equal(nstest_elements(doc, "set", "out_taps"), SCALE_TAPS);
+    assert_int_equal(nstest_elements(doc, "set", "in_taps"), SCALE_TAPS);
     assert_int_equal(count_rules(doc, "prerouting"), 1);
     assert_int_equal(count_rules(doc, "postrouting"), 1);
     json_object_put(doc);
@@ -490,7 +572,7 @@ static void test_scale(void **state)
     assert_int_equal(ports.n, SCALE_TAPS);
     strv_free(&ports);
 
-    /* learning a lease: one tap's rules rewritten, whatever the number of taps */
+    /* learning a lease: one tap's elements replaced, whatever the number of taps */
     const char *ip[] = {"10.67.9.9", NULL};
     struct netsetup_nic_filter relearn = {.mac = "52:54:00:67:00:c7", .ipv4 = ip};
     uint64_t t0 = nstest_now_us();
@@ -523,8 +605,8 @@ static void test_scale(void **state)
     }
     printf("#   re-applying one filter with %d present: %llu\n", SCALE_TAPS, (unsigned long long)set_last);
     doc = nstest_nft_json("table", "bridge", "qvisor-scale");
-    assert_int_equal(nstest_count(doc, "chain", NULL), 3);
-    assert_int_equal(nstest_elements(doc, "map", "nic_out"), 0);
+    assert_int_equal(nstest_count(doc, "chain", NULL), 4);
+    assert_int_equal(tap_elements(doc, NULL), 0);
     json_object_put(doc);
     assert_int_equal(netsetup_link_list(NETSETUP_TAP_PREFIX, &ports, &e), 0);
     assert_int_equal(ports.n, 0);
