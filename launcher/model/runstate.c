@@ -69,6 +69,8 @@ int runstate_read(const struct qv_paths *p, const char *name, struct vm_runstate
     copy_str(o, "accel", s->accel, sizeof(s->accel));
     copy_str(o, "qemu_version", s->qemu_version, sizeof(s->qemu_version));
     copy_str(o, "last_exit", s->last_exit, sizeof(s->last_exit));
+    json_object *v;
+    s->exiting = json_object_object_get_ex(o, "exiting", &v) && json_object_get_boolean(v);
     json_object *res;
     if (json_object_object_get_ex(o, "resources", &res))
         s->resources = json_object_get(res);
@@ -87,6 +89,8 @@ json_object *runstate_to_json(const struct vm_runstate *s)
     json_object_object_add(o, "accel", json_object_new_string(s->accel));
     json_object_object_add(o, "qemu_version", json_object_new_string(s->qemu_version));
     json_object_object_add(o, "last_exit", json_object_new_string(s->last_exit));
+    if (s->exiting)
+        json_object_object_add(o, "exiting", json_object_new_boolean(true));
     if (s->resources)
         json_object_object_add(o, "resources", json_object_get(s->resources));
     return o;
@@ -248,10 +252,46 @@ bool runlock_held(const char *dir, pid_t *holder)
     return true;
 }
 
+/* Whether the lock's holder `pid` has recorded that it is only cleaning up. */
+static bool holder_exiting(const struct qv_paths *p, const char *name, pid_t pid)
+{
+    struct vm_runstate rs;
+    if (pid <= 0 || runstate_read(p, name, &rs, NULL) < 0)
+        return false;
+    bool exiting = rs.exiting && rs.supervisor_pid == pid;
+    runstate_free(&rs);
+    return exiting;
+}
+
+/* Held by a supervisor that is not on its way out (or for longer than VM_EXIT_WAIT_MS). */
+static bool held_waiting_exit(const struct qv_paths *p, const char *name, const char *dir, pid_t *holder)
+{
+    uint64_t end = 0;
+    pid_t pid = 0;
+    while (runlock_held(dir, &pid)) {
+        if (!holder_exiting(p, name, pid)) {
+            if (holder)
+                *holder = pid;
+            return true;
+        }
+        uint64_t now = monotonic_ms();
+        if (!end)
+            end = now + VM_EXIT_WAIT_MS;
+        if (now >= end) {
+            if (holder)
+                *holder = pid;
+            return true;
+        }
+        usleep(1000);
+    }
+    return false;
+}
+
 int vm_lock(const struct qv_paths *p, const char *name, int *fd_out, pid_t *holder, struct qv_err *e)
 {
     char dir[PATH_MAX];
     vm_run_path(p, name, NULL, dir, sizeof(dir));
+    held_waiting_exit(p, name, dir, NULL);
     return runlock_take(dir, name, fd_out, holder, e);
 }
 
@@ -259,7 +299,7 @@ bool vm_supervised(const struct qv_paths *p, const char *name, pid_t *holder)
 {
     char dir[PATH_MAX];
     vm_run_path(p, name, NULL, dir, sizeof(dir));
-    return runlock_held(dir, holder);
+    return held_waiting_exit(p, name, dir, holder);
 }
 
 /* The VM's uuid: from its run state, or from its definition when the state file lost it. */

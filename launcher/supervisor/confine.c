@@ -282,6 +282,8 @@ void confine_after_exit(struct sup *s)
         struct qv_err e = {0};
         if (sandbox_cgroup_remove(&c->cg, CGROUP_REMOVE_MS, &e) < 0)
             sup_log(s, "warning: cgroup: %s", e.msg);
+        else if (s->rs.resources)
+            json_object_object_del(s->rs.resources, "cgroup");     /* nothing left to remove after a crash */
         c->have_cgroup = false;
     }
 }

@@ -108,6 +108,23 @@ check "5 racing start pairs: each time one QEMU" test "$doubles" -eq 0
 check "...the loser says already running" test "$losers" -eq 5
 check "...never \"pid 0\"" test "$zero" -eq 0
 
+# 8. kill is answered once QEMU is reaped and recorded; the cgroup, taps and run files
+# are released after, under the lock. Killed in between, the supervisor leaves them
+# recorded ("exiting"), and the next start releases them before it starts anything.
+env QVISOR_TEST_CRASH_AT=exiting "$QV_BIN" --root "$T_ROOT" start -q r1
+cgdir=$(grep -o '"path": *"[^"]*"' "$T_ROOT/run/qvisor/vms/r1/state.json" | head -1 | cut -d'"' -f4)
+check "the VM's cgroup is recorded and exists" test -n "$cgdir" -a -d "$cgdir"
+check_output "kill is answered before the supervisor releases QEMU's cgroup" "r1 killed" qv kill r1
+check "...QEMU is gone" no_qemu r1
+check "...the supervisor died after answering (QVISOR_TEST_CRASH_AT=exiting)" wait_until 10 sup_gone r1
+check "...leaving the cgroup behind" test -d "$cgdir"
+check_output "...recorded as shut off and exiting" '"exiting": true' cat "$T_ROOT/run/qvisor/vms/r1/state.json"
+check_output "the next start succeeds" "r1 started" qv start r1
+check "...after releasing what the previous run left" log_has r1 'ended before it released its QEMU.s cgroup'
+check "...exactly one QEMU" one_qemu r1
+qv kill -q r1
+check "after a kill, the cgroup goes once the supervisor is done" wait_until 10 bash -c "! test -d '$cgdir'"
+
 # 7a. killed while it probes QEMU's features (nothing cached): the probe dies with it.
 # The probe lives a few hundred ms; it is looked for without pauses, and when it was
 # already gone the check says so as a skip rather than pass or fail on nothing.
