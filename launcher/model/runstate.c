@@ -9,6 +9,7 @@
 #include <sys/file.h>
 
 #include "launcher/model/model.h"
+#include "sandbox/sandbox.h"
 
 const char *const vm_state_names[] = {"shut off", "starting", "running", "paused", "stopping", "crashed", NULL};
 
@@ -169,14 +170,18 @@ static bool cgroup_qemu(const struct vm_runstate *rs, const char *uuid, struct q
         json_object *path;
         if (!json_object_object_get_ex(json_object_array_get_idx(dirs, i), "path", &path))
             continue;
-        char procs[PATH_MAX];
-        snprintf(procs, sizeof(procs), "%s/cgroup.procs", json_object_get_string(path));
-        _cleanup_free_ char *txt = NULL;
-        if (read_file(procs, 1u << 16, &txt, NULL) < 0)
-            continue;
-        for (char *save = NULL, *tok = strtok_r(txt, "\n", &save); tok; tok = strtok_r(NULL, "\n", &save))
-            if (found_pid((pid_t)atoi(tok), uuid, "cgroup", out))
-                return true;
+        /* QEMU's leaf, or the VM's directory itself as older records had it */
+        static const char *const where[] = {"/" SANDBOX_CGROUP_QEMU "/cgroup.procs", "/cgroup.procs"};
+        for (size_t w = 0; w < ARRAY_SIZE(where); w++) {
+            char procs[PATH_MAX];
+            snprintf(procs, sizeof(procs), "%s%s", json_object_get_string(path), where[w]);
+            _cleanup_free_ char *txt = NULL;
+            if (read_file(procs, 1u << 16, &txt, NULL) < 0)
+                continue;
+            for (char *save = NULL, *tok = strtok_r(txt, "\n", &save); tok; tok = strtok_r(NULL, "\n", &save))
+                if (found_pid((pid_t)atoi(tok), uuid, "cgroup", out))
+                    return true;
+        }
     }
     return false;
 }

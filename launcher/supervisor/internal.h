@@ -77,6 +77,8 @@ struct confine {
     bool private_network;   /* QEMU has an empty network namespace of its own */
     uint64_t memory_max;    /* the memory limit in force, for the OOM message */
     struct sandbox_cgroup cg;
+    bool joined;            /* this supervisor is in the VM's supervisor/ leaf */
+    struct sandbox_cgroup_origin origin;    /* where it was before, to go back to */
     uint64_t oom_before;
 };
 
@@ -309,6 +311,9 @@ bool confine_oom_killed(struct sup *s);
 int confine_oom_error(struct sup *s, struct qv_err *e);
 /* After each QEMU exit: removes its cgroup. */
 void confine_after_exit(struct sup *s);
+/* Moves the supervisor into its leaf of the VM's cgroup, so the VM is charged for it
+ * (confine_after_exit moves it back). A failure is a warning. */
+void confine_join(struct sup *s);
 /* When the supervisor is done: the cgroup and the uid lease. */
 void confine_release(struct sup *s);
 int confine_reattach(struct sup *s, struct qv_err *e);
