@@ -203,7 +203,8 @@ void cleanup_previous(struct sup *s, const struct vm_runstate *prev);
 void remove_run_files(struct sup *s);
 /* What a dead QEMU leaves to release: its cgroup, taps and filters, run files. */
 void sup_release_qemu(struct sup *s);
-/* QVISOR_TEST_CRASH_AT=POINT kills the supervisor there, as a kill -9 would. */
+/* QVISOR_TEST_CRASH_AT=POINT kills the supervisor there, as a kill -9 would;
+ * QVISOR_TEST_STOP_AT=POINT stops it there until SIGCONT. */
 void sup_crash_point(const char *point);
 /* Tells whoever waits on ready_fd (start, a unit): "ok" or the error; once. */
 void report_ready(struct sup *s, int code, const char *msg);

@@ -101,12 +101,17 @@ static int qmp_attach(struct sup *s, struct qv_err *e)
 }
 
 /* QVISOR_TEST_CRASH_AT=POINT kills the supervisor there, as a kill -9 would: the
- * lifecycle tests use it to prove that no crash point loses or doubles a QEMU. */
+ * lifecycle tests use it to prove that no crash point loses or doubles a QEMU.
+ * QVISOR_TEST_STOP_AT=POINT stops it there (SIGSTOP) until a SIGCONT: a slow moment
+ * made as long as a test needs. */
 void sup_crash_point(const char *point)
 {
     const char *at = getenv("QVISOR_TEST_CRASH_AT");
     if (at && strcmp(at, point) == 0)
         raise(SIGKILL);
+    at = getenv("QVISOR_TEST_STOP_AT");
+    if (at && strcmp(at, point) == 0)
+        raise(SIGSTOP);
 }
 
 /* Called between fork and everything else the child does (sandbox_spec.forked):

@@ -125,6 +125,25 @@ check "...exactly one QEMU" one_qemu r1
 qv kill -q r1
 check "after a kill, the cgroup goes once the supervisor is done" wait_until 10 bash -c "! test -d '$cgdir'"
 
+# 8b. ...and a start meanwhile waits for that release (bounded), never running beside it:
+# the supervisor stops itself after answering (QVISOR_TEST_STOP_AT=exiting)
+env QVISOR_TEST_STOP_AT=exiting "$QV_BIN" --root "$T_ROOT" start -q r1
+sp=$(sup_pid r1)
+check_output "kill is answered while the supervisor has yet to release" "r1 killed" qv kill r1
+sup_stopped() { grep -q '^State:.*stopped' "/proc/$sp/status"; }
+check "...it is stopped there, holding the VM's lock" wait_until 10 sup_stopped
+qv start r1 > "$T_ROOT/start8b.out" 2>&1 &
+st=$!
+sleep 1
+start_waits() { kill -0 "$st" && no_qemu r1; }
+check "a start meanwhile waits: still running after 1 s, no QEMU started" start_waits
+kill -CONT "$sp"
+wait "$st"
+rc=$?
+check "...and starts once the old supervisor has released and gone (exit $rc: $(cat "$T_ROOT/start8b.out"))" test "$rc" -eq 0
+check "...exactly one QEMU" one_qemu r1
+qv kill -q r1
+
 # 7a. killed while it probes QEMU's features (nothing cached): the probe dies with it.
 # The probe lives a few hundred ms; it is looked for without pauses, and when it was
 # already gone the check says so as a skip rather than pass or fail on nothing.
