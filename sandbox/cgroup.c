@@ -22,10 +22,14 @@
 
 #include "sandbox/internal.h"
 
-const char *const cg_ctl_names[CG_NCTL] = {"memory", "cpu", "pids", "io"};
-static const char *const v1_names[CG_NCTL] = {"memory", "cpu", "pids", "blkio"};
+const char *const cg_ctl_names[CG_NCTL] = {"memory", "cpu", "pids", "io", "cpuacct"};
+const char *const cg_v1_names[CG_NCTL] = {"memory", "cpu", "pids", "blkio", "cpuacct"};
 
 #define CG_ALL ((1u << CG_NCTL) - 1)
+/* the controllers v2 has to enable: accounting is there without */
+#define CG_V2_ENABLE (CG_ALL & ~(1u << CG_CPUACCT))
+/* limits sized for QEMU alone, written on its leaf */
+#define CG_QEMU_LIMITS ((1u << CG_MEMORY) | (1u << CG_PIDS))
 
 static bool on_cgroupfs(const char *path)
 {
@@ -95,6 +99,7 @@ int cg_v1_hierarchy(const char *root, enum sandbox_cgroup_ctl c, char *out, size
         [CG_CPU] = {"cpu", "cpu,cpuacct", "cpuacct,cpu"},
         [CG_PIDS] = {"pids"},
         [CG_IO] = {"blkio"},
+        [CG_CPUACCT] = {"cpuacct", "cpu,cpuacct", "cpuacct,cpu"},
     };
     for (int i = 0; i < 3 && alt[c][i]; i++) {
         char probe[PATH_MAX];
@@ -131,6 +136,7 @@ int sandbox_cgroup_resolve(const struct sandbox_cgroup_params *p, struct sandbox
     if (version != 1 && version != 2)
         return qv_fail(e, -ENOENT, "cgroup: no cgroup hierarchy under %s", root);
     cg->version = version;
+    cg->split = true;
     snprintf(cg->root, sizeof(cg->root), "%s", root);
     char parent[PATH_MAX];
     int r;
@@ -151,8 +157,8 @@ int sandbox_cgroup_resolve(const struct sandbox_cgroup_params *p, struct sandbox
             continue;
         if (p->parent)
             snprintf(parent, sizeof(parent), "%s", p->parent);
-        else if ((r = proc_cgroup_path(0, v1_names[c], parent, sizeof(parent))) < 0)
-            return qv_failerr(e, r, "cgroup: this process's %s cgroup", v1_names[c]);
+        else if ((r = proc_cgroup_path(0, cg_v1_names[c], parent, sizeof(parent))) < 0)
+            return qv_failerr(e, r, "cgroup: this process's %s cgroup", cg_v1_names[c]);
         if (join_path(path, sizeof(path), hier, parent, p->name) < 0)
             return qv_fail(e, -ENAMETOOLONG, "cgroup: path too long");
         size_t i = 0;
@@ -191,8 +197,18 @@ static int read_pids(const char *dir, pid_t *pids, size_t max, size_t *n)
     return 0;
 }
 
-/* mkdir, or reuse a leftover from an earlier run if nothing runs in it. */
-static int make_leaf(const char *path, struct qv_err *e)
+int sandbox_cgroup_leaf(const struct sandbox_cgroup *cg, size_t i, enum sandbox_cgroup_leaf leaf, char *out,
+                        size_t len)
+{
+    int n = cg->split ? snprintf(out, len, "%s/%s", cg->dir[i].path,
+                                 leaf == CG_LEAF_QEMU ? SANDBOX_CGROUP_QEMU : SANDBOX_CGROUP_SUPERVISOR)
+                      : snprintf(out, len, "%s", cg->dir[i].path);
+    return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+/* mkdir, or reuse a leftover from an earlier run if nothing runs in it (with
+ * `check`: the supervisor's own leaf is the lock holder's alone). */
+static int make_dir(const char *path, bool check, struct qv_err *e)
 {
     _cleanup_free_ char *parent = qv_xstrdup(path);
     char *slash = strrchr(parent, '/');
@@ -206,6 +222,8 @@ static int make_leaf(const char *path, struct qv_err *e)
         return 0;
     if (errno != EEXIST)
         return qv_failerr(e, -errno, "cgroup: creating %s", path);
+    if (!check)
+        return 0;
     pid_t pids[4];
     size_t n = 0;
     int r = read_pids(path, pids, ARRAY_SIZE(pids), &n);
@@ -425,6 +443,37 @@ static void strv_freep(struct strv *s)
     strv_free(s);
 }
 
+/* The VM's directory (and, split, its two leaves); no process may be in the VM's own. */
+static int make_dirs(const struct sandbox_cgroup *cg, size_t i, struct qv_err *e)
+{
+    char qemu[PATH_MAX], sup[PATH_MAX];
+    int r = make_dir(cg->dir[i].path, true, e);
+    if (r < 0 || !cg->split)
+        return r;
+    if (sandbox_cgroup_leaf(cg, i, CG_LEAF_QEMU, qemu, sizeof(qemu)) < 0 ||
+        sandbox_cgroup_leaf(cg, i, CG_LEAF_SUPERVISOR, sup, sizeof(sup)) < 0)
+        return qv_fail(e, -ENAMETOOLONG, "cgroup: path too long");
+    if ((r = make_dir(qemu, true, e)) < 0)
+        return r;
+    return make_dir(sup, false, e);
+}
+
+/* Limits on the VM's directory and on QEMU's leaf (see struct sandbox_cgroup). */
+static int write_limits(const struct sandbox_cgroup *cg, size_t i, unsigned ctls,
+                        const struct sandbox_cgroup_limits *l, struct strv *warn, struct qv_err *e)
+{
+    int (*put_limits)(struct writer *, unsigned, const struct sandbox_cgroup_limits *) =
+        cg->version == 2 ? v2_limits : v1_limits;
+    struct writer w = {cg->dir[i].path, warn, e};
+    if (!cg->split)
+        return put_limits(&w, ctls, l);
+    char qemu[PATH_MAX];
+    sandbox_cgroup_leaf(cg, i, CG_LEAF_QEMU, qemu, sizeof(qemu));
+    struct writer wq = {qemu, warn, e};
+    int r = put_limits(&w, ctls & ~CG_QEMU_LIMITS, l);
+    return r < 0 ? r : put_limits(&wq, ctls & CG_QEMU_LIMITS, l);
+}
+
 int sandbox_cgroup_create(struct sandbox_cgroup *cg, const struct sandbox_cgroup_limits *l,
                           struct strv *warnings, struct qv_err *e)
 {
@@ -435,23 +484,18 @@ int sandbox_cgroup_create(struct sandbox_cgroup *cg, const struct sandbox_cgroup
     struct strv *warn = warnings ? warnings : &local;
     int r = 0;
     cg->ctls = 0;
-    if (cg->version == 2) {
-        if ((r = make_leaf(cg->dir[0].path, e)) < 0)
+    for (size_t i = 0; i < cg->ndirs; i++) {
+        if ((r = make_dirs(cg, i, e)) < 0)
             return r;
-        cg->dir[0].ctls = v2_enable(cg->root, cg->dir[0].path, CG_ALL, warn);
-        cg->ctls = cg->dir[0].ctls;
-        struct writer w = {cg->dir[0].path, warn, e};
-        if ((r = v2_limits(&w, cg->ctls, l)) < 0)
-            return r;
-    } else {
-        for (size_t i = 0; i < cg->ndirs; i++) {
-            if ((r = make_leaf(cg->dir[i].path, e)) < 0)
-                return r;
-            cg->ctls |= cg->dir[i].ctls;
-            struct writer w = {cg->dir[i].path, warn, e};
-            if ((r = v1_limits(&w, cg->dir[i].ctls, l)) < 0)
-                return r;
+        if (cg->version == 2) {
+            /* every level down to the VM's directory passes the controllers on */
+            char leaf[PATH_MAX];
+            sandbox_cgroup_leaf(cg, i, CG_LEAF_QEMU, leaf, sizeof(leaf));
+            cg->dir[i].ctls = v2_enable(cg->root, leaf, CG_V2_ENABLE, warn) | (1u << CG_CPUACCT);
         }
+        cg->ctls |= cg->dir[i].ctls;
+        if ((r = write_limits(cg, i, cg->dir[i].ctls, l, warn, e)) < 0)
+            return r;
     }
     unsigned missing = wanted(l) & ~cg->ctls;
     for (int c = 0; c < CG_NCTL; c++)
@@ -539,6 +583,8 @@ void cg_dir_read(int version, const char *dir, unsigned ctls, json_object *o)
             put_file_num(o, "pids_max", dir, "pids.max", UINT64_MAX);
             put_file_num(o, "pids_current", dir, "pids.current", UINT64_MAX);
         }
+        if (ctls & (1u << CG_CPUACCT))
+            put_keyed(o, "cpu_usage_us", dir, "cpu.stat", "usage_usec");
         if (ctls & (1u << CG_IO)) {
             char buf[256];
             if (cg_read(dir, "io.weight", buf, sizeof(buf)) >= 0 && str_startswith(buf, "default "))
@@ -572,18 +618,90 @@ void cg_dir_read(int version, const char *dir, unsigned ctls, json_object *o)
         put_lines(o, "io_read_iops", dir, "blkio.throttle.read_iops_device");
         put_lines(o, "io_write_iops", dir, "blkio.throttle.write_iops_device");
     }
+    char ns[64];
+    if (ctls & (1u << CG_CPUACCT) && cg_read(dir, "cpuacct.usage", ns, sizeof(ns)) >= 0)
+        json_object_object_add(o, "cpu_usage_us", json_object_new_int64((int64_t)(strtoull(ns, NULL, 10) / 1000)));
+}
+
+static int write_pid(const char *dir, pid_t pid)
+{
+    char val[32];
+    snprintf(val, sizeof(val), "%d", (int)pid);
+    return cg_write(dir, "cgroup.procs", val);
 }
 
 int sandbox_cgroup_attach(const struct sandbox_cgroup *cg, pid_t pid, struct qv_err *e)
 {
-    char val[32];
-    snprintf(val, sizeof(val), "%d", (int)pid);
     for (size_t i = 0; i < cg->ndirs; i++) {
-        int r = cg_write(cg->dir[i].path, "cgroup.procs", val);
+        char leaf[PATH_MAX];
+        sandbox_cgroup_leaf(cg, i, CG_LEAF_QEMU, leaf, sizeof(leaf));
+        int r = write_pid(leaf, pid);
         if (r < 0)
-            return qv_failerr(e, r, "cgroup: moving pid %d into %s", (int)pid, cg->dir[i].path);
+            return qv_failerr(e, r, "cgroup: moving pid %d into %s", (int)pid, leaf);
     }
     return 0;
+}
+
+/* The mount of the hierarchy that holds directory i. */
+static int hierarchy_root(const struct sandbox_cgroup *cg, size_t i, char *out, size_t len)
+{
+    if (cg->version == 2) {
+        snprintf(out, len, "%s", cg->root);
+        return 0;
+    }
+    for (int c = 0; c < CG_NCTL; c++)
+        if (cg->dir[i].ctls & (1u << c))
+            return cg_v1_hierarchy(cg->root, c, out, len);
+    return -ENOENT;
+}
+
+int sandbox_cgroup_join_self(const struct sandbox_cgroup *cg, struct sandbox_cgroup_origin *from,
+                             struct qv_err *e)
+{
+    from->ndirs = 0;
+    for (size_t i = 0; i < cg->ndirs; i++) {
+        char base[PATH_MAX], rel[PATH_MAX];
+        int c = __builtin_ctz(cg->dir[i].ctls ? cg->dir[i].ctls : 1u);
+        int r = hierarchy_root(cg, i, base, sizeof(base));
+        if (r == 0)
+            r = proc_cgroup_path(0, cg->version == 2 ? NULL : cg_v1_names[c], rel, sizeof(rel));
+        if (r < 0)
+            return qv_failerr(e, r, "cgroup: where this process is, below %s", cg->dir[i].path);
+        int n = snprintf(from->path[i], PATH_MAX, "%s%s", base, strcmp(rel, "/") == 0 ? "" : rel);
+        /* already inside the VM's cgroup: there is nowhere of its own to go back to */
+        size_t dl = strlen(cg->dir[i].path);
+        if (n >= PATH_MAX || (strncmp(from->path[i], cg->dir[i].path, dl) == 0 &&
+                              (from->path[i][dl] == '/' || from->path[i][dl] == '\0')))
+            snprintf(from->path[i], PATH_MAX, "%s", base);
+        from->ndirs = i + 1;
+    }
+    for (size_t i = 0; i < cg->ndirs; i++) {
+        char leaf[PATH_MAX];
+        sandbox_cgroup_leaf(cg, i, CG_LEAF_SUPERVISOR, leaf, sizeof(leaf));
+        int r = write_pid(leaf, getpid());
+        if (r < 0)
+            return qv_failerr(e, r, "cgroup: moving the supervisor (pid %d) into %s", (int)getpid(), leaf);
+    }
+    return 0;
+}
+
+int sandbox_cgroup_leave_self(const struct sandbox_cgroup *cg, const struct sandbox_cgroup_origin *from,
+                              struct qv_err *e)
+{
+    int first = 0;
+    for (size_t i = 0; i < from->ndirs && i < cg->ndirs; i++) {
+        if (write_pid(from->path[i], getpid()) == 0)
+            continue;
+        /* gone meanwhile, or (v2) it now passes controllers on: the root takes anyone */
+        char base[PATH_MAX];
+        int r = hierarchy_root(cg, i, base, sizeof(base));
+        if (r == 0)
+            r = write_pid(base, getpid());
+        if (r < 0 && first == 0)
+            first = qv_failerr(e, r, "cgroup: moving the supervisor (pid %d) back to %s", (int)getpid(),
+                               from->path[i]);
+    }
+    return first;
 }
 
 int sandbox_cgroup_read(const struct sandbox_cgroup *cg, json_object **out, struct qv_err *e)
@@ -602,8 +720,15 @@ int sandbox_cgroup_read(const struct sandbox_cgroup *cg, json_object **out, stru
     }
     json_object_object_add(o, "paths", paths);
     json_object *limits = json_object_new_object();
-    for (size_t i = 0; i < cg->ndirs; i++)
-        cg_dir_read(cg->version, cg->dir[i].path, cg->dir[i].ctls & (cg->ctls ? cg->ctls : CG_ALL), limits);
+    for (size_t i = 0; i < cg->ndirs; i++) {
+        unsigned ctls = cg->dir[i].ctls & (cg->ctls ? cg->ctls : CG_ALL);
+        char qemu[PATH_MAX];
+        sandbox_cgroup_leaf(cg, i, CG_LEAF_QEMU, qemu, sizeof(qemu));
+        /* QEMU's own limits and usage from its leaf, the rest for the whole VM */
+        cg_dir_read(cg->version, cg->dir[i].path, cg->split ? ctls & ~CG_QEMU_LIMITS : ctls, limits);
+        if (cg->split)
+            cg_dir_read(cg->version, qemu, ctls & CG_QEMU_LIMITS, limits);
+    }
     json_object_object_add(o, "limits", limits);
     *out = o;
     return 0;
@@ -614,9 +739,9 @@ int sandbox_cgroup_oom_kills(const struct sandbox_cgroup *cg, uint64_t *count)
     for (size_t i = 0; i < cg->ndirs; i++) {
         if (!(cg->dir[i].ctls & (1u << CG_MEMORY)))
             continue;
-        char buf[1024];
-        int r = cg_read(cg->dir[i].path, cg->version == 2 ? "memory.events" : "memory.oom_control", buf,
-                        sizeof(buf));
+        char buf[1024], qemu[PATH_MAX];
+        sandbox_cgroup_leaf(cg, i, CG_LEAF_QEMU, qemu, sizeof(qemu));
+        int r = cg_read(qemu, cg->version == 2 ? "memory.events" : "memory.oom_control", buf, sizeof(buf));
         if (r < 0)
             return r;
         char *save_line = NULL;
@@ -651,6 +776,19 @@ static int remove_dir(const char *dir, uint64_t deadline, struct qv_err *e)
 {
     if (access(dir, F_OK) < 0)
         return 0;
+    /* the leaves first (child cgroups are the only directories in a cgroup's) */
+    _cleanup_(strv_freep) struct strv children = {0};
+    DIR *d = opendir(dir);
+    for (struct dirent *de; d && (de = readdir(d)) != NULL;)
+        if (de->d_type == DT_DIR && strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+            strv_pushf(&children, "%s/%s", dir, de->d_name);
+    if (d)
+        closedir(d);
+    for (size_t i = 0; i < children.n; i++) {
+        int r = remove_dir(children.v[i], deadline, e);
+        if (r < 0)
+            return r;
+    }
     bool real = on_cgroupfs(dir);
     char kill_file[PATH_MAX];
     snprintf(kill_file, sizeof(kill_file), "%s/cgroup.kill", dir);
@@ -662,7 +800,8 @@ static int remove_dir(const char *dir, uint64_t deadline, struct qv_err *e)
             size_t n = 0;
             if (read_pids(dir, pids, ARRAY_SIZE(pids), &n) == 0)
                 for (size_t i = 0; i < n; i++)
-                    kill(pids[i], SIGKILL);
+                    if (pids[i] != getpid())    /* a supervisor that could not leave stays alive */
+                        kill(pids[i], SIGKILL);
         } else {
             remove_fake_files(dir);
         }

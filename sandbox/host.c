@@ -143,11 +143,10 @@ static void probe_cgroup(struct sandbox_host *h, const char *root)
         }
         writable = access(root, W_OK) == 0;
     } else if (h->cgroup_version == 1) {
-        static const char *const v1[CG_NCTL] = {"memory", "cpu", "pids", "blkio"};
         for (int c = 0; c < CG_NCTL; c++) {
             char dir[PATH_MAX];
             if (cg_v1_hierarchy(root, c, dir, sizeof(dir)) == 0) {
-                buf_printf(&names, "%s%s", names.len ? " " : "", v1[c]);
+                buf_printf(&names, "%s%s", names.len ? " " : "", cg_v1_names[c]);
                 writable |= access(dir, W_OK) == 0;
             }
         }

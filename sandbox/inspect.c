@@ -142,6 +142,19 @@ static json_object *dev_listing(pid_t pid)
     return a;
 }
 
+/* A QEMU in the qemu/ leaf of a VM's cgroup has only its own limits there (memory,
+ * pids); cpu, io and the VM's CPU time are on the VM's directory above it. */
+static void read_in_force(int version, const char *dir, unsigned ctls, json_object *limits)
+{
+    cg_dir_read(version, dir, ctls, limits);
+    const char *slash = strrchr(dir, '/');
+    if (!slash || strcmp(slash + 1, SANDBOX_CGROUP_QEMU) != 0)
+        return;
+    char parent[PATH_MAX];
+    snprintf(parent, sizeof(parent), "%.*s", (int)(slash - dir), dir);
+    cg_dir_read(version, parent, ctls & ~((1u << CG_MEMORY) | (1u << CG_PIDS)), limits);
+}
+
 static json_object *cgroups(pid_t pid, const char *root)
 {
     char cpath[PATH_MAX], dir[PATH_MAX];
@@ -154,20 +167,19 @@ static json_object *cgroups(pid_t pid, const char *root)
     json_object *paths = json_object_new_object();
     json_object *limits = json_object_new_object();
     json_object_object_add(o, "version", json_object_new_int(version));
-    static const char *const v1_names[CG_NCTL] = {"memory", "cpu", "pids", "blkio"};
     if (version == 2 && unified == 0) {
         snprintf(dir, sizeof(dir), "%s%s", root, cpath);
         json_object_object_add(paths, "unified", json_object_new_string(cpath));
-        cg_dir_read(2, dir, (1u << CG_NCTL) - 1, limits);
+        read_in_force(2, dir, (1u << CG_NCTL) - 1, limits);
     }
     for (int c = 0; version == 1 && c < CG_NCTL; c++) {
         char hier[PATH_MAX];
-        if (proc_cgroup_path(pid, v1_names[c], cpath, sizeof(cpath)) < 0 ||
+        if (proc_cgroup_path(pid, cg_v1_names[c], cpath, sizeof(cpath)) < 0 ||
             cg_v1_hierarchy(root, c, hier, sizeof(hier)) < 0)
             continue;
         snprintf(dir, sizeof(dir), "%s%s", hier, cpath);
-        json_object_object_add(paths, v1_names[c], json_object_new_string(cpath));
-        cg_dir_read(1, dir, 1u << c, limits);
+        json_object_object_add(paths, cg_v1_names[c], json_object_new_string(cpath));
+        read_in_force(1, dir, 1u << c, limits);
     }
     json_object_object_add(o, "paths", paths);
     json_object_object_add(o, "limits", limits);

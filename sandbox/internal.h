@@ -77,7 +77,8 @@ void cg_dir_read(int version, const char *dir, unsigned ctls, json_object *o);
 int cg_v1_hierarchy(const char *root, enum sandbox_cgroup_ctl c, char *out, size_t len);
 /* "/sys/fs/cgroup" is v2 when it holds cgroup.controllers, v1 when it holds hierarchies. */
 int cg_detect_version(const char *root);
-extern const char *const cg_ctl_names[CG_NCTL];     /* "memory", "cpu", "pids", "io" */
+extern const char *const cg_ctl_names[CG_NCTL];     /* "memory", "cpu", "pids", "io", "cpuacct" */
+extern const char *const cg_v1_names[CG_NCTL];      /* the same for v1: "blkio" for io */
 
 /* ---- small helpers ------------------------------------------------------------------- */
 /* The value of "Key:\t..." in /proc/PID/status-like text into out (trimmed). */

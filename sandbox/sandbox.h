@@ -102,7 +102,9 @@ int sandbox_user_lookup(const char *user, uid_t *uid, gid_t *gid, struct qv_err 
 int sandbox_group_lookup(const char *group, gid_t *gid, struct qv_err *e);
 
 /* ---- cgroups ------------------------------------------------------------------ */
-enum sandbox_cgroup_ctl { CG_MEMORY, CG_CPU, CG_PIDS, CG_IO, CG_NCTL };
+/* CG_CPUACCT: CPU time used, for accounting only: v1's cpuacct hierarchy (the cpu one
+ * when they are mounted together); under v2 it is in cpu.stat, always there. */
+enum sandbox_cgroup_ctl { CG_MEMORY, CG_CPU, CG_PIDS, CG_IO, CG_CPUACCT, CG_NCTL };
 
 struct sandbox_io_limit {
     unsigned major, minor;
@@ -129,9 +131,19 @@ struct sandbox_cgroup_params {
     int version;            /* 0: detect from root; 1 or 2 to force */
 };
 
-/* One directory per hierarchy the VM joins: one for v2, one per controller for v1. */
+/* One directory per hierarchy the VM joins: one for v2, one per controller for v1.
+ * Each is a parent of two leaves (`split`): QEMU in qemu/, its supervisor in supervisor/,
+ * so what the supervisor does for the VM (a console flood) is charged to the VM. Limits
+ * sized for QEMU (memory_max with the OOM group, pids_max) are on qemu/; the others
+ * (cpu quota and weight, io) on the VM's directory, for both. Processes live only in
+ * the leaves, as cgroup v2 requires of a directory that passes controllers on. */
+#define SANDBOX_CGROUP_QEMU "qemu"
+#define SANDBOX_CGROUP_SUPERVISOR "supervisor"
+enum sandbox_cgroup_leaf { CG_LEAF_QEMU, CG_LEAF_SUPERVISOR };
+
 struct sandbox_cgroup {
     int version;
+    bool split;                 /* false: recorded by an older qvisor, QEMU in dir itself */
     char root[PATH_MAX];        /* the cgroupfs mount it was resolved under */
     size_t ndirs;
     struct {
@@ -150,14 +162,30 @@ int sandbox_cgroup_resolve(const struct sandbox_cgroup_params *p, struct sandbox
  * reads them back. A limit whose controller is missing is a warning. */
 int sandbox_cgroup_create(struct sandbox_cgroup *cg, const struct sandbox_cgroup_limits *l,
                           struct strv *warnings, struct qv_err *e);
-/* Moves the process `pid` (all its threads) into the cgroup. */
+/* Hierarchy directory i's leaf: DIR/qemu or DIR/supervisor (DIR when not split). */
+int sandbox_cgroup_leaf(const struct sandbox_cgroup *cg, size_t i, enum sandbox_cgroup_leaf leaf, char *out,
+                        size_t len);
+/* Moves the process `pid` (all its threads) into the cgroup's qemu leaf. */
 int sandbox_cgroup_attach(const struct sandbox_cgroup *cg, pid_t pid, struct qv_err *e);
+/* Where this process was before it joined a VM's cgroup, per hierarchy directory. */
+struct sandbox_cgroup_origin {
+    size_t ndirs;
+    char path[CG_NCTL][PATH_MAX];
+};
+/* Moves this process into the supervisor leaf, remembering where it was in `from`. */
+int sandbox_cgroup_join_self(const struct sandbox_cgroup *cg, struct sandbox_cgroup_origin *from,
+                             struct qv_err *e);
+/* Moves this process back to `from` (to the hierarchy's root where that is gone or
+ * cannot take processes), so that the VM's cgroup can be removed. */
+int sandbox_cgroup_leave_self(const struct sandbox_cgroup *cg, const struct sandbox_cgroup_origin *from,
+                              struct qv_err *e);
 /* The limits and usage in force, as JSON (null: unlimited). */
 int sandbox_cgroup_read(const struct sandbox_cgroup *cg, json_object **out, struct qv_err *e);
 /* OOM kills so far (memory.events / memory.oom_control). */
 int sandbox_cgroup_oom_kills(const struct sandbox_cgroup *cg, uint64_t *count);
-/* After QEMU has exited: kills what is left in the cgroup, then removes it,
- * waiting at most timeout_ms for dying processes. Absent is success. */
+/* After QEMU has exited: kills what is left in the cgroup (never this process: leave
+ * it first), then removes it, leaves first, waiting at most timeout_ms for dying
+ * processes. Absent is success. */
 int sandbox_cgroup_remove(const struct sandbox_cgroup *cg, int timeout_ms, struct qv_err *e);
 
 /* "150%" (of one CPU) to a quota per 100 ms period; "max" for none. */

@@ -241,8 +241,11 @@ static int prepare(struct spawn_plan *p, const struct sandbox_spec *s, const str
     if ((r = plan_fds(p, s, e)) < 0)
         return qv_prefix(e, "%s: sandbox: ", s->name);
     if ((p->steps & SANDBOX_STEP(SANDBOX_CGROUP)) && !s->cgroup_after_exec) {
-        for (size_t i = 0; i < s->cgroup->ndirs; i++)
-            snprintf(p->cg_procs[p->ncg++], PATH_MAX, "%s/cgroup.procs", s->cgroup->dir[i].path);
+        for (size_t i = 0; i < s->cgroup->ndirs; i++) {
+            char leaf[PATH_MAX];
+            sandbox_cgroup_leaf(s->cgroup, i, CG_LEAF_QEMU, leaf, sizeof(leaf));
+            snprintf(p->cg_procs[p->ncg++], PATH_MAX, "%s/cgroup.procs", leaf);
+        }
     }
     if (p->steps & SANDBOX_STEP(SANDBOX_MOUNT)) {
         if ((r = mnt_plan_build(s, p->exec, &p->mnt, e)) < 0)

@@ -27,15 +27,6 @@ int cmd_run(struct cli *c)
     return r;
 }
 
-/* Waits until no supervisor holds the VM's lock, so that a `start` right after a
- * `stop` never meets the old supervisor on its way out. */
-static void wait_unlocked(struct cli *c, const char *name, int timeout_ms)
-{
-    uint64_t end = monotonic_ms() + (uint64_t)timeout_ms;
-    while (vm_supervised(&c->paths, name, NULL) && monotonic_ms() < end)
-        usleep(2000);
-}
-
 int cmd_start(struct cli *c)
 {
     const char *name = c->pos[0];
@@ -47,6 +38,7 @@ int cmd_start(struct cli *c)
     if ((r = vm_load(&c->paths, name, &d, &c->err)) < 0)
         return r;
     pid_t holder;
+    /* a supervisor still cleaning up after a stop or kill is waited for (bounded) */
     if (vm_supervised(&c->paths, name, &holder))
         return qv_fail(&c->err, -EBUSY, "%s is already running (pid %d)", name, (int)holder);
 
@@ -73,7 +65,9 @@ static bool qemu_lives(struct cli *c, const char *name)
     return vm_find_qemu(&c->paths, name, d.uuid, have_rs ? &rs : NULL, &f) > 0;
 }
 
-/* 0 done, 1 not running (the wanted state), or -errno. */
+/* 0 done, 1 not running (the wanted state), or -errno. The supervisor answers stop
+ * and kill once QEMU is reaped and recorded stopped; it releases the cgroup, taps and
+ * run files after that, holding the lock, which whatever comes next waits for. */
 static int call_supervisor(struct cli *c, const char *name, json_object *req, int timeout_ms)
 {
     int r = ctl_call(&c->paths, name, json_object_get(req), timeout_ms, NULL, &c->err);
@@ -108,7 +102,6 @@ int cmd_stop(struct cli *c)
     r = call_supervisor(c, name, req, timeout_ms + 15000);
     if (r != 0)
         return r > 0 ? 0 : r;
-    wait_unlocked(c, name, 5000);
     if (!c->quiet)
         printf("%s stopped\n", name);
     return 0;
@@ -120,7 +113,6 @@ int cmd_kill(struct cli *c)
     int r = call_supervisor(c, name, ctl_request("kill"), 10000);
     if (r != 0)
         return r > 0 ? 0 : r;
-    wait_unlocked(c, name, 5000);
     if (!c->quiet)
         printf("%s killed\n", name);
     return 0;

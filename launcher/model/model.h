@@ -319,6 +319,8 @@ struct vm_runstate {
     char qemu_version[32];
     char last_exit[256];
     char state_reason[256];         /* why it is paused, when QEMU said (an I/O error); "" otherwise */
+    bool exiting;                   /* QEMU is gone and recorded: the supervisor, as long as it
+                                     * holds the lock, only releases the cgroup, taps, run files */
     json_object *resources;         /* recorded before creation: taps, cgroup, uid, ... */
 };
 /* run/qvisor/vms/NAME[/file] */
@@ -345,8 +347,13 @@ int vm_find_qemu(const struct qv_paths *p, const char *name, const char *uuid, c
  * already running (pid N)") if held. Only the flock counts, never the file. */
 int runlock_take(const char *dir, const char *what, int *fd, pid_t *holder, struct qv_err *e);
 bool runlock_held(const char *dir, pid_t *holder);
-/* Takes the supervisor lock; -EBUSY ("web1 is already running (pid N)") if held. */
+/* Takes the supervisor lock; -EBUSY ("web1 is already running (pid N)") if held. A holder
+ * that has recorded its end ("exiting") is waited for, as vm_supervised does. */
 int vm_lock(const struct qv_paths *p, const char *name, int *fd, pid_t *holder, struct qv_err *e);
+/* Whether a supervisor holds the VM's lock. One that has answered stop or kill and only
+ * cleans up (state.json "exiting", written by the lock's holder) is waited for, at most
+ * VM_EXIT_WAIT_MS: what follows a stop never meets it, and never its cleanup. */
+#define VM_EXIT_WAIT_MS 10000
 bool vm_supervised(const struct qv_paths *p, const char *name, pid_t *holder);
 /* What is true now, with or without a supervisor. */
 int vm_observe(const struct qv_paths *p, const char *name, struct vm_runstate *s, bool *supervised);

@@ -9,6 +9,7 @@
 #include <sys/file.h>
 
 #include "launcher/model/model.h"
+#include "sandbox/sandbox.h"
 
 const char *const vm_state_names[] = {"shut off", "starting", "running", "paused", "stopping", "crashed", NULL};
 
@@ -70,6 +71,8 @@ int runstate_read(const struct qv_paths *p, const char *name, struct vm_runstate
     copy_str(o, "qemu_version", s->qemu_version, sizeof(s->qemu_version));
     copy_str(o, "last_exit", s->last_exit, sizeof(s->last_exit));
     copy_str(o, "state_reason", s->state_reason, sizeof(s->state_reason));
+    json_object *v;
+    s->exiting = json_object_object_get_ex(o, "exiting", &v) && json_object_get_boolean(v);
     json_object *res;
     if (json_object_object_get_ex(o, "resources", &res))
         s->resources = json_object_get(res);
@@ -90,6 +93,8 @@ json_object *runstate_to_json(const struct vm_runstate *s)
     json_object_object_add(o, "last_exit", json_object_new_string(s->last_exit));
     if (s->state_reason[0])
         json_object_object_add(o, "state_reason", json_object_new_string(s->state_reason));
+    if (s->exiting)
+        json_object_object_add(o, "exiting", json_object_new_boolean(true));
     if (s->resources)
         json_object_object_add(o, "resources", json_object_get(s->resources));
     return o;
@@ -168,14 +173,18 @@ static bool cgroup_qemu(const struct vm_runstate *rs, const char *uuid, struct q
         json_object *path;
         if (!json_object_object_get_ex(json_object_array_get_idx(dirs, i), "path", &path))
             continue;
-        char procs[PATH_MAX];
-        snprintf(procs, sizeof(procs), "%s/cgroup.procs", json_object_get_string(path));
-        _cleanup_free_ char *txt = NULL;
-        if (read_file(procs, 1u << 16, &txt, NULL) < 0)
-            continue;
-        for (char *save = NULL, *tok = strtok_r(txt, "\n", &save); tok; tok = strtok_r(NULL, "\n", &save))
-            if (found_pid((pid_t)atoi(tok), uuid, "cgroup", out))
-                return true;
+        /* QEMU's leaf, or the VM's directory itself as older records had it */
+        static const char *const where[] = {"/" SANDBOX_CGROUP_QEMU "/cgroup.procs", "/cgroup.procs"};
+        for (size_t w = 0; w < ARRAY_SIZE(where); w++) {
+            char procs[PATH_MAX];
+            snprintf(procs, sizeof(procs), "%s%s", json_object_get_string(path), where[w]);
+            _cleanup_free_ char *txt = NULL;
+            if (read_file(procs, 1u << 16, &txt, NULL) < 0)
+                continue;
+            for (char *save = NULL, *tok = strtok_r(txt, "\n", &save); tok; tok = strtok_r(NULL, "\n", &save))
+                if (found_pid((pid_t)atoi(tok), uuid, "cgroup", out))
+                    return true;
+        }
     }
     return false;
 }
@@ -251,10 +260,46 @@ bool runlock_held(const char *dir, pid_t *holder)
     return true;
 }
 
+/* Whether the lock's holder `pid` has recorded that it is only cleaning up. */
+static bool holder_exiting(const struct qv_paths *p, const char *name, pid_t pid)
+{
+    struct vm_runstate rs;
+    if (pid <= 0 || runstate_read(p, name, &rs, NULL) < 0)
+        return false;
+    bool exiting = rs.exiting && rs.supervisor_pid == pid;
+    runstate_free(&rs);
+    return exiting;
+}
+
+/* Held by a supervisor that is not on its way out (or for longer than VM_EXIT_WAIT_MS). */
+static bool held_waiting_exit(const struct qv_paths *p, const char *name, const char *dir, pid_t *holder)
+{
+    uint64_t end = 0;
+    pid_t pid = 0;
+    while (runlock_held(dir, &pid)) {
+        if (!holder_exiting(p, name, pid)) {
+            if (holder)
+                *holder = pid;
+            return true;
+        }
+        uint64_t now = monotonic_ms();
+        if (!end)
+            end = now + VM_EXIT_WAIT_MS;
+        if (now >= end) {
+            if (holder)
+                *holder = pid;
+            return true;
+        }
+        usleep(1000);
+    }
+    return false;
+}
+
 int vm_lock(const struct qv_paths *p, const char *name, int *fd_out, pid_t *holder, struct qv_err *e)
 {
     char dir[PATH_MAX];
     vm_run_path(p, name, NULL, dir, sizeof(dir));
+    held_waiting_exit(p, name, dir, NULL);
     return runlock_take(dir, name, fd_out, holder, e);
 }
 
@@ -262,7 +307,7 @@ bool vm_supervised(const struct qv_paths *p, const char *name, pid_t *holder)
 {
     char dir[PATH_MAX];
     vm_run_path(p, name, NULL, dir, sizeof(dir));
-    return runlock_held(dir, holder);
+    return held_waiting_exit(p, name, dir, holder);
 }
 
 /* The VM's uuid: from its run state, or from its definition when the state file lost it. */

@@ -34,6 +34,7 @@ static json_object *cgroup_json(const struct sandbox_cgroup *cg)
 {
     json_object *o = json_object_new_object();
     json_object_object_add(o, "version", json_object_new_int(cg->version));
+    json_object_object_add(o, "split", json_object_new_boolean(cg->split));
     json_object_object_add(o, "root", json_object_new_string(cg->root));
     json_object_object_add(o, "ctls", json_object_new_int((int)cg->ctls));
     json_object *dirs = json_object_new_array();
@@ -55,6 +56,8 @@ static bool cgroup_from_json(json_object *o, struct sandbox_cgroup *cg)
         return false;
     if (json_object_object_get_ex(o, "version", &v))
         cg->version = json_object_get_int(v);
+    /* absent: an older qvisor put QEMU in the VM's directory itself */
+    cg->split = json_object_object_get_ex(o, "split", &v) && json_object_get_boolean(v);
     if (json_object_object_get_ex(o, "root", &v))
         snprintf(cg->root, sizeof(cg->root), "%s", json_object_get_string(v));
     if (json_object_object_get_ex(o, "ctls", &v))
@@ -256,7 +259,32 @@ int confine_spawn(struct sup *s, const struct launch_plan *p, const int *fds, pi
         waitpid(*pid, NULL, 0);
         return qv_prefix(e, "%s: ", s->def.name);
     }
+    /* Right behind QEMU's move, the kernel's wait for it is over and ours costs little. */
+    confine_join(s);
     return 0;
+}
+
+void confine_join(struct sup *s)
+{
+    struct confine *c = &s->conf;
+    struct qv_err e = {0};
+    if (!c->have_cgroup || !c->cg.split || c->joined)
+        return;
+    if (sandbox_cgroup_join_self(&c->cg, &c->origin, &e) < 0)
+        sup_log(s, "warning: the supervisor's work is not charged to the VM: %s", e.msg);
+    else
+        c->joined = true;
+}
+
+static void confine_leave(struct sup *s)
+{
+    struct confine *c = &s->conf;
+    struct qv_err e = {0};
+    if (!c->joined)
+        return;
+    if (sandbox_cgroup_leave_self(&c->cg, &c->origin, &e) < 0)
+        sup_log(s, "warning: %s", e.msg);
+    c->joined = false;
 }
 
 bool confine_oom_killed(struct sup *s)
@@ -278,10 +306,13 @@ int confine_oom_error(struct sup *s, struct qv_err *e)
 void confine_after_exit(struct sup *s)
 {
     struct confine *c = &s->conf;
+    confine_leave(s);
     if (c->have_cgroup) {
         struct qv_err e = {0};
         if (sandbox_cgroup_remove(&c->cg, CGROUP_REMOVE_MS, &e) < 0)
             sup_log(s, "warning: cgroup: %s", e.msg);
+        else if (s->rs.resources)
+            json_object_object_del(s->rs.resources, "cgroup");     /* nothing left to remove after a crash */
         c->have_cgroup = false;
     }
 }
@@ -314,6 +345,7 @@ int confine_reattach(struct sup *s, struct qv_err *e)
     if (res && json_object_object_get_ex(res, "cgroup", &v) && cgroup_from_json(v, &c->cg)) {
         c->have_cgroup = true;
         sandbox_cgroup_oom_kills(&c->cg, &c->oom_before);
+        confine_join(s);
     }
     return 0;
 }

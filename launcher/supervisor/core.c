@@ -337,6 +337,22 @@ static void describe_exit(int code, int status_known, char *out, size_t outlen)
         snprintf(out, outlen, "QEMU exited with status %d", code);
 }
 
+/* The last state of this QEMU, written even when the state itself does not change. */
+static void record_end(struct sup *s, enum vm_state st)
+{
+    if (s->rs.state == st)
+        sup_save_state(s);
+    else
+        sup_set_state(s, st);
+}
+
+void sup_release_qemu(struct sup *s)
+{
+    confine_after_exit(s);
+    vmnet_after_exit(s);
+    remove_run_files(s);
+}
+
 static void qemu_gone(struct sup *s)
 {
     if (start_qemu_gone(s))
@@ -358,7 +374,6 @@ static void qemu_gone(struct sup *s)
         snprintf(how, sizeof(how), "out of memory (cgroup limit)");
         s->expected_exit = false;   /* whatever was under way, this is a crash */
     }
-    confine_after_exit(s);
     if (s->pidfd >= 0) {
         epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->pidfd, NULL);
         close(s->pidfd);
@@ -373,25 +388,31 @@ static void qemu_gone(struct sup *s)
         console_readable(s);    /* the guest's last words are still in the socket */
     console_close(s);
     hotplug_forget_all(s);
-    vmnet_after_exit(s);
-    remove_run_files(s);
     s->qemu_pid = 0;
     s->rs.qemu_pid = 0;
     s->stop_phase = 0;
     s->stop_next = 0;
+    /* The VM is dead once this is recorded, and stop or kill are answered then; the
+     * cgroup, taps and run files are released after (sup_release_qemu), with the lock
+     * held until they are, unless a restart needs their names now. */
+    bool restart = !s->expected_exit && s->def.on_crash == CRASH_RESTART && crash_budget_left(s);
+    if (restart)
+        sup_release_qemu(s);
+    else
+        s->rs.exiting = true;
     if (s->expected_exit) {
         snprintf(s->rs.last_exit, sizeof(s->rs.last_exit), "%s", s->exit_reason[0] ? s->exit_reason : how);
         sup_log(s, "QEMU is gone: %s (%s)", s->rs.last_exit, how);
-        sup_set_state(s, s->rs.state == VM_CRASHED ? VM_CRASHED : VM_SHUTOFF);
+        record_end(s, s->rs.state == VM_CRASHED ? VM_CRASHED : VM_SHUTOFF);
         ctl_stop_done(s, true, NULL);
         s->done = true;
         return;
     }
     snprintf(s->rs.last_exit, sizeof(s->rs.last_exit), "%s", how);
     sup_log(s, "QEMU died unexpectedly: %s", how);
-    sup_set_state(s, VM_CRASHED);
-    ctl_stop_done(s, true, NULL);
-    if (s->def.on_crash == CRASH_RESTART && crash_budget_left(s)) {
+    if (restart) {
+        sup_set_state(s, VM_CRASHED);
+        ctl_stop_done(s, true, NULL);
         uint64_t delay = 1000ull << (s->ncrashes - 1);
         sup_log(s, "starting it again in %llu ms (on_crash: restart, crash %d of %d)", (unsigned long long)delay,
                 s->ncrashes, CRASH_MAX);
@@ -402,8 +423,9 @@ static void qemu_gone(struct sup *s)
         snprintf(s->rs.last_exit, sizeof(s->rs.last_exit), "%s; gave up after %d crashes in %d minutes", how, CRASH_MAX,
                  CRASH_WINDOW_MS / 60000);
         sup_log(s, "%s", s->rs.last_exit);
-        sup_save_state(s);
     }
+    record_end(s, VM_CRASHED);
+    ctl_stop_done(s, true, NULL);
     s->exit_code = 1;
     s->done = true;
 }
@@ -619,6 +641,17 @@ static int setup_loop(struct sup *s, struct qv_err *e)
 
 
 
+static void close_ctl(struct sup *s)
+{
+    if (s->ctl_fd < 0)
+        return;
+    close(s->ctl_fd);
+    s->ctl_fd = -1;
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/ctl.sock", s->run_dir);
+    unlink(path);
+}
+
 static void sup_free(struct sup *s)
 {
     ctl_agent_close(s);
@@ -634,12 +667,7 @@ static void sup_free(struct sup *s)
         close(s->console_fd);
     if (s->pidfd >= 0)
         close(s->pidfd);
-    if (s->ctl_fd >= 0) {
-        close(s->ctl_fd);
-        char path[PATH_MAX];
-        snprintf(path, sizeof(path), "%s/ctl.sock", s->run_dir);
-        unlink(path);
-    }
+    close_ctl(s);
     if (s->sigfd >= 0)
         close(s->sigfd);
     if (s->epfd >= 0)
@@ -752,6 +780,15 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
         sup_trim_heap();
     }
     loop(sp);
+    if (sp->rs.exiting) {
+        /* Answered and recorded: only a next start waits on what is left, for as long
+         * as the lock is held. "exiting" stays recorded until then and after (cleaning
+         * up again is harmless): a state without it under our lock would say "running". */
+        ctl_close_all(sp);
+        close_ctl(sp);
+        sup_crash_point("exiting");
+        sup_release_qemu(sp);
+    }
     sup_save_state(sp);
     if (sp->def.transient && !sp->qemu_pid)
         vm_transient_forget(paths, name);   /* a transient VM ends with its QEMU */

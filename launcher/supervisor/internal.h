@@ -77,6 +77,8 @@ struct confine {
     bool private_network;   /* QEMU has an empty network namespace of its own */
     uint64_t memory_max;    /* the memory limit in force, for the OOM message */
     struct sandbox_cgroup cg;
+    bool joined;            /* this supervisor is in the VM's supervisor/ leaf */
+    struct sandbox_cgroup_origin origin;    /* where it was before, to go back to */
     uint64_t oom_before;
 };
 
@@ -252,6 +254,11 @@ bool find_previous(struct sup *s, struct vm_runstate *prev, bool have_prev);
 /* What a dead previous run recorded and left behind. */
 void cleanup_previous(struct sup *s, const struct vm_runstate *prev);
 void remove_run_files(struct sup *s);
+/* What a dead QEMU leaves to release: its cgroup, taps and filters, run files. */
+void sup_release_qemu(struct sup *s);
+/* QVISOR_TEST_CRASH_AT=POINT kills the supervisor there, as a kill -9 would;
+ * QVISOR_TEST_STOP_AT=POINT stops it there until SIGCONT. */
+void sup_crash_point(const char *point);
 /* Tells whoever waits on ready_fd (start, a unit): "ok" or the error; once. */
 void report_ready(struct sup *s, int code, const char *msg);
 /* sandbox_spec.forked: records QEMU's pid and start time before it may run. */
@@ -379,6 +386,9 @@ bool confine_oom_killed(struct sup *s);
 int confine_oom_error(struct sup *s, struct qv_err *e);
 /* After each QEMU exit: removes its cgroup. */
 void confine_after_exit(struct sup *s);
+/* Moves the supervisor into its leaf of the VM's cgroup, so the VM is charged for it
+ * (confine_after_exit moves it back). A failure is a warning. */
+void confine_join(struct sup *s);
 /* When the supervisor is done: the cgroup and the uid lease. */
 void confine_release(struct sup *s);
 int confine_reattach(struct sup *s, struct qv_err *e);

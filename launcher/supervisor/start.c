@@ -95,12 +95,17 @@ static int qmp_attach(struct sup *s, struct qv_err *e)
 }
 
 /* QVISOR_TEST_CRASH_AT=POINT kills the supervisor there, as a kill -9 would: the
- * lifecycle tests use it to prove that no crash point loses or doubles a QEMU. */
-static void crash_point(const char *point)
+ * lifecycle tests use it to prove that no crash point loses or doubles a QEMU.
+ * QVISOR_TEST_STOP_AT=POINT stops it there (SIGSTOP) until a SIGCONT: a slow moment
+ * made as long as a test needs. */
+void sup_crash_point(const char *point)
 {
     const char *at = getenv("QVISOR_TEST_CRASH_AT");
     if (at && strcmp(at, point) == 0)
         raise(SIGKILL);
+    at = getenv("QVISOR_TEST_STOP_AT");
+    if (at && strcmp(at, point) == 0)
+        raise(SIGSTOP);
 }
 
 /* Called between fork and everything else the child does (sandbox_spec.forked):
@@ -109,7 +114,7 @@ static void crash_point(const char *point)
 int sup_record_qemu(pid_t pid, void *opaque, struct qv_err *e)
 {
     struct sup *s = opaque;
-    crash_point("fork");
+    sup_crash_point("fork");
     unsigned long long start;
     int r = proc_start_time(pid, &start);
     if (r < 0)
@@ -126,7 +131,7 @@ int sup_record_qemu(pid_t pid, void *opaque, struct qv_err *e)
         s->qemu_pid = s->rs.qemu_pid = 0;
         return qv_prefix(e, "%s: QEMU not started, its pid could not be recorded: ", s->def.name);
     }
-    crash_point("recorded");
+    sup_crash_point("recorded");
     return 0;
 }
 
@@ -197,7 +202,7 @@ static void on_query_kvm(void *ctx, json_object *ret, const struct qv_err *err)
 /* Set-up done: query-kvm and `cont` go out together (QEMU answers in order). */
 static void send_cont(struct sup *s)
 {
-    crash_point("before-cont");
+    sup_crash_point("before-cont");
     struct qv_err e = {0};
     if (qmp_send(s->qmp, "query-kvm", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_query_kvm, s) < 0 ||
         qmp_send(s->qmp, "cont", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_cont, s) < 0) {
@@ -360,6 +365,7 @@ int start_begin(struct sup *s, bool restart, struct qv_err *e)
     s->rs.state = VM_STARTING;
     s->never_ran = true;
     s->rs.supervisor_pid = getpid();
+    s->rs.exiting = false;
     s->rs.qemu_pid = 0;
     s->rs.last_exit[0] = '\0';
     memcpy(s->rs.uuid, s->def.uuid, sizeof(s->rs.uuid));
@@ -510,6 +516,7 @@ int reattach(struct sup *s, bool finish_start, struct qv_err *e)
     json_object_put(st);
     enum vm_state prev = s->rs.state;
     s->rs.supervisor_pid = getpid();
+    s->rs.exiting = false;
     s->rs.state = VM_STARTING;
     sup_log(s, "reattached to running QEMU pid %d%s", (int)s->qemu_pid,
             s->never_ran ? ", which was never started: finishing its start" : "");
@@ -532,11 +539,15 @@ int reattach(struct sup *s, bool finish_start, struct qv_err *e)
 /* Cleans up what a previous run recorded and left behind (its QEMU is dead). */
 void cleanup_previous(struct sup *s, const struct vm_runstate *prev)
 {
-    if (prev->state == VM_SHUTOFF)
+    /* "exiting": its supervisor recorded the end but may have died before releasing all */
+    if (prev->state == VM_SHUTOFF && !prev->exiting)
         return;
     if (prev->qemu_pid) {
         sup_log(s, "QEMU pid %d of the previous run is gone (%s); cleaning up after it", (int)prev->qemu_pid,
                 vm_state_names[prev->state]);
+    } else if (prev->exiting && prev->resources && json_object_object_get_ex(prev->resources, "cgroup", NULL)) {
+        sup_log(s, "the previous supervisor (pid %d) ended before it released its QEMU's cgroup and taps; "
+                "releasing them", (int)prev->supervisor_pid);
     }
     confine_cleanup_recorded(s, prev->resources);
     vmnet_cleanup_recorded(s, prev->resources);

@@ -78,51 +78,66 @@ check "a QEMU that tries to fork a helper dies (spawn=deny)" wait_until 10 state
 check_output "...and the supervisor says how" "last exit +QEMU was killed by signal 31" qv status vb
 
 # the cgroup and its limits, found from the kernel's view of QEMU on either version:
-# v2 "0::/PATH" under the one hierarchy; v1 "N:CTRL[,CTRL]:/PATH" under that controller's
+# v2 "0::/PATH" under the one hierarchy; v1 "N:CTRL[,CTRL]:/PATH" under that controller's.
+# The VM's cgroup is a parent of two leaves: QEMU in qemu/, its supervisor in supervisor/.
 cg=/sys/fs/cgroup
 pl=$(vm_pid vl)
+sl=$(sup_pid vl)
 cg_v2() { [ "$(stat -fc %T "$cg")" = cgroup2fs ]; }
-# cg_dir CONTROLLER: the directory of QEMU's cgroup that has CONTROLLER
+# cg_dir PID CONTROLLER: the directory of PID's cgroup that has CONTROLLER
 cg_dir() {
     local line ctrls path
     if cg_v2; then
-        path=$(sed -n 's/^0:://p' "/proc/$pl/cgroup")
+        path=$(sed -n 's/^0:://p' "/proc/$1/cgroup")
         [ -n "$path" ] && echo "$cg${path%/}"
         return
     fi
     while IFS=: read -r _ ctrls path; do
-        [[ ",$ctrls," == *",$1,"* ]] || continue
-        if [ -d "$cg/$ctrls" ]; then echo "$cg/$ctrls${path%/}"; else echo "$cg/$1${path%/}"; fi
+        [[ ",$ctrls," == *",$2,"* ]] || continue
+        if [ -d "$cg/$ctrls" ]; then echo "$cg/$ctrls${path%/}"; else echo "$cg/$2${path%/}"; fi
         return
-    done < "/proc/$pl/cgroup"
+    done < "/proc/$1/cgroup"
 }
-memdir=$(cg_dir memory)
-cpudir=$(cg_dir cpu)
-pidsdir=$(cg_dir pids)
+memdir=$(cg_dir "$pl" memory)
+cpudir=$(cg_dir "$pl" cpu)
+pidsdir=$(cg_dir "$pl" pids)
+vmcpu=${cpudir%/qemu}
 diag "cgroup v$(cg_v2 && echo 2 || echo 1): memory $memdir, cpu $cpudir, pids $pidsdir"
-check "the VM's cgroup is $T_CGROUP/vl, and QEMU is in it" \
-    bash -c "[[ '$memdir' == */$T_CGROUP/vl ]] && grep -qx '$pl' '$memdir/cgroup.procs'"
+check "QEMU is in the VM's qemu leaf, $T_CGROUP/vl/qemu" \
+    bash -c "[[ '$memdir' == */$T_CGROUP/vl/qemu ]] && grep -qx '$pl' '$memdir/cgroup.procs'"
+for ctl in memory cpu pids; do
+    check "the supervisor (pid $sl) is in the VM's supervisor leaf ($ctl)" \
+        bash -c "[[ '$(cg_dir "$sl" $ctl)' == */$T_CGROUP/vl/supervisor ]]"
+done
+check "...and the VM's own directory holds no process (processes only in leaves)" \
+    test -z "$(cat "${memdir%/qemu}/cgroup.procs" "$vmcpu/cgroup.procs")"
 if cg_v2; then
     mem=$(cat "$memdir/memory.max")
-    cpu=$(cat "$cpudir/cpu.max")
-    weight=$(cat "$cpudir/cpu.weight")
+    cpu=$(cat "$vmcpu/cpu.max")
+    weight=$(cat "$vmcpu/cpu.weight")
     want_weight=200
 else
     mem=$(cat "$memdir/memory.limit_in_bytes")
-    cpu="$(cat "$cpudir/cpu.cfs_quota_us") $(cat "$cpudir/cpu.cfs_period_us")"
-    weight=$(cat "$cpudir/cpu.shares")
+    cpu="$(cat "$vmcpu/cpu.cfs_quota_us") $(cat "$vmcpu/cpu.cfs_period_us")"
+    weight=$(cat "$vmcpu/cpu.shares")
     want_weight=2048    # v2's weight 100 is v1's 1024 shares
 fi
-check "memory limit: guest RAM plus overhead, under 2 GiB ($mem bytes)" \
+check "memory limit on QEMU's leaf: guest RAM plus overhead, under 2 GiB ($mem bytes)" \
     test "$mem" -gt $((192 << 20)) -a "$mem" -lt $((1 << 31))
-check "cpu limit: 50% is a 50 ms quota per 100 ms ($cpu)" test "$cpu" = "50000 100000"
-check "cpu weight 200 ($weight)" test "$weight" = "$want_weight"
-check "pids limit" test "$(cat "$pidsdir/pids.max")" = 512
-cg_dirs() { printf '%s\n' "$memdir" "$cpudir" "$pidsdir" | sort -u; }
+check "cpu limit on the whole VM: 50% is a 50 ms quota per 100 ms ($cpu)" test "$cpu" = "50000 100000"
+check "cpu weight 200 on the whole VM ($weight)" test "$weight" = "$want_weight"
+check "pids limit on QEMU's leaf" test "$(cat "$pidsdir/pids.max")" = 512
+cg_dirs() {
+    local d
+    for d in "$memdir" "$cpudir" "$pidsdir"; do echo "$d" "${d%/qemu}" "${d%/qemu}/supervisor"; done | tr ' ' '\n' | sort -u
+}
 cg_left() { local d; for d in $(cg_dirs); do [ -d "$d" ] && echo "$d"; done; }
 check "the cgroup's directories exist while it runs" test "$(cg_left)" = "$(cg_dirs)"
 qv stop -q vl --force
-check "the cgroup is gone after stop" test -z "$(cg_left)"
+# stop answers once QEMU is reaped and recorded; the supervisor removes the cgroup after
+cg_gone() { [ -z "$(cg_left)" ]; }
+check "the cgroup is gone after stop, leaves and all" wait_until 10 cg_gone
+check "...once the supervisor has moved itself out and ended" wait_until 10 bash -c "! kill -0 $sl 2>/dev/null"
 
 # the memory limit is enforced: a guest that touches more than its cgroup allows
 cat > "$T_ROOT/oom.json" <<J

@@ -108,6 +108,42 @@ check "5 racing start pairs: each time one QEMU" test "$doubles" -eq 0
 check "...the loser says already running" test "$losers" -eq 5
 check "...never \"pid 0\"" test "$zero" -eq 0
 
+# 8. kill is answered once QEMU is reaped and recorded; the cgroup, taps and run files
+# are released after, under the lock. Killed in between, the supervisor leaves them
+# recorded ("exiting"), and the next start releases them before it starts anything.
+env QVISOR_TEST_CRASH_AT=exiting "$QV_BIN" --root "$T_ROOT" start -q r1
+cgdir=$(grep -o '"path": *"[^"]*"' "$T_ROOT/run/qvisor/vms/r1/state.json" | head -1 | cut -d'"' -f4)
+check "the VM's cgroup is recorded and exists" test -n "$cgdir" -a -d "$cgdir"
+check_output "kill is answered before the supervisor releases QEMU's cgroup" "r1 killed" qv kill r1
+check "...QEMU is gone" no_qemu r1
+check "...the supervisor died after answering (QVISOR_TEST_CRASH_AT=exiting)" wait_until 10 sup_gone r1
+check "...leaving the cgroup behind" test -d "$cgdir"
+check_output "...recorded as shut off and exiting" '"exiting": true' cat "$T_ROOT/run/qvisor/vms/r1/state.json"
+check_output "the next start succeeds" "r1 started" qv start r1
+check "...after releasing what the previous run left" log_has r1 'ended before it released its QEMU.s cgroup'
+check "...exactly one QEMU" one_qemu r1
+qv kill -q r1
+check "after a kill, the cgroup goes once the supervisor is done" wait_until 10 bash -c "! test -d '$cgdir'"
+
+# 8b. ...and a start meanwhile waits for that release (bounded), never running beside it:
+# the supervisor stops itself after answering (QVISOR_TEST_STOP_AT=exiting)
+env QVISOR_TEST_STOP_AT=exiting "$QV_BIN" --root "$T_ROOT" start -q r1
+sp=$(sup_pid r1)
+check_output "kill is answered while the supervisor has yet to release" "r1 killed" qv kill r1
+sup_stopped() { grep -q '^State:.*stopped' "/proc/$sp/status"; }
+check "...it is stopped there, holding the VM's lock" wait_until 10 sup_stopped
+qv start r1 > "$T_ROOT/start8b.out" 2>&1 &
+st=$!
+sleep 1
+start_waits() { kill -0 "$st" && no_qemu r1; }
+check "a start meanwhile waits: still running after 1 s, no QEMU started" start_waits
+kill -CONT "$sp"
+wait "$st"
+rc=$?
+check "...and starts once the old supervisor has released and gone (exit $rc: $(cat "$T_ROOT/start8b.out"))" test "$rc" -eq 0
+check "...exactly one QEMU" one_qemu r1
+qv kill -q r1
+
 # 7a. killed while it probes QEMU's features (nothing cached): the probe dies with it.
 # The probe lives a few hundred ms; it is looked for without pauses, and when it was
 # already gone the check says so as a skip rather than pass or fail on nothing.

@@ -68,7 +68,7 @@ check "...no capabilities, as /proc says" \
 check "...no_new_privs and the seccomp filters, as /proc says" \
     test "$(jq -r '"\(.no_new_privs) \(.seccomp.filters)"' <<< "$conf")" = "true $(status_field "$pid" Seccomp_filters)"
 check "...its own mount namespace" jq -e '.namespaces | index("mnt")' <<< "$conf"
-check "...its cgroup" jq -e ".cgroup.paths | to_entries | all(.value | endswith(\"$T_CGROUP/t1\"))" <<< "$conf"
+check "...its cgroup: the VM's qemu leaf" jq -e ".cgroup.paths | to_entries | all(.value | endswith(\"$T_CGROUP/t1/qemu\"))" <<< "$conf"
 
 # ---- logs -f ----
 "$QV_BIN" --root "$T_ROOT" logs t1 -f > "$T_ROOT/follow.txt" 2>&1 &

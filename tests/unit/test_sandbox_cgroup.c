@@ -29,7 +29,7 @@
 
 /* ---- emergency cleanup: what the alarm handler must not leave behind ------------------ */
 static pid_t emergency_pid;
-static char emergency_dirs[12][PATH_MAX];
+static char emergency_dirs[32][PATH_MAX];
 
 static void on_alarm(int sig)
 {
@@ -64,6 +64,9 @@ static void track_dir(const char *path)
 
 /* ---- fixture ---------------------------------------------------------------------------- */
 
+/* every v1 hierarchy the VM's cgroup may have a directory in */
+static const char *const hier[] = {"memory", "cpu", "pids", "blkio", "cpuacct"};
+
 struct fx {
     char probe[PATH_MAX];
     char parent[64];            /* "qvisor-test-PID" under each v1 hierarchy */
@@ -73,6 +76,8 @@ struct fx {
     char lockdir[PATH_MAX];
     struct sandbox_cgroup cgs[4];
     size_t ncgs;
+    const struct sandbox_cgroup *joined;    /* this test process is in its supervisor leaf */
+    struct sandbox_cgroup_origin origin;
     pid_t child;
 };
 
@@ -111,8 +116,13 @@ static int setup(void **state)
     f->lease.hold_fd = -1;
     sandbox_host_check("/sys/fs/cgroup", &f->host);
     /* the v1 parents this test may create, for the alarm handler (after the leaves) */
-    static const char *const hier[] = {"memory", "cpu", "pids", "blkio"};
     char p[PATH_MAX];
+    for (size_t i = 0; i < ARRAY_SIZE(hier); i++) {
+        snprintf(p, sizeof(p), "/sys/fs/cgroup/%s/%s/vm1/" SANDBOX_CGROUP_QEMU, hier[i], f->parent);
+        track_dir(p);
+        snprintf(p, sizeof(p), "/sys/fs/cgroup/%s/%s/vm1/" SANDBOX_CGROUP_SUPERVISOR, hier[i], f->parent);
+        track_dir(p);
+    }
     for (size_t i = 0; i < ARRAY_SIZE(hier); i++) {
         snprintf(p, sizeof(p), "/sys/fs/cgroup/%s/%s/vm1", hier[i], f->parent);
         track_dir(p);
@@ -133,10 +143,11 @@ static int teardown(void **state)
         waitpid(f->child, NULL, 0);
     }
     struct qv_err e = {0};
+    if (f->joined)
+        sandbox_cgroup_leave_self(f->joined, &f->origin, &e);
     for (size_t i = 0; i < f->ncgs; i++)
         if (sandbox_cgroup_remove(&f->cgs[i], 5000, &e) < 0)
             fprintf(stderr, "# teardown: %s\n", e.msg);
-    static const char *const hier[] = {"memory", "cpu", "pids", "blkio"};
     for (size_t i = 0; i < ARRAY_SIZE(hier); i++) {
         char p[PATH_MAX];
         snprintf(p, sizeof(p), "/sys/fs/cgroup/%s/%s", hier[i], f->parent);
@@ -319,7 +330,9 @@ static void test_v1_lifecycle(void **state)
     struct sandbox_cgroup *cg = &f->cgs[f->ncgs++];
     assert_int_equal(sandbox_cgroup_resolve(&p, cg, &e), 0);
     assert_int_equal(cg->version, 1);
-    assert_int_equal(cg->ndirs, 4);
+    assert_true(cg->split);
+    /* memory, cpu, pids, blkio, and cpuacct where it is mounted apart from cpu */
+    assert_true(cg->ndirs == 4 || cg->ndirs == 5);
     char want[PATH_MAX];
     snprintf(want, sizeof(want), "/sys/fs/cgroup/memory/%s/vm1", f->parent);
     assert_string_equal(cg->dir[0].path, want);
@@ -334,7 +347,15 @@ static void test_v1_lifecycle(void **state)
         printf("# warning: %s\n", warnings.v[i]);
     assert_int_equal(warnings.n, 0);
     strv_free(&warnings);
-    assert_int_equal(cg->ctls, 0xf);
+    assert_int_equal(cg->ctls & 0xf, 0xf);
+    /* QEMU's leaf and the supervisor's, in every hierarchy */
+    for (size_t i = 0; i < cg->ndirs; i++) {
+        char leaf[PATH_MAX];
+        snprintf(leaf, sizeof(leaf), "%s/" SANDBOX_CGROUP_QEMU, cg->dir[i].path);
+        assert_int_equal(access(leaf, F_OK), 0);
+        snprintf(leaf, sizeof(leaf), "%s/" SANDBOX_CGROUP_SUPERVISOR, cg->dir[i].path);
+        assert_int_equal(access(leaf, F_OK), 0);
+    }
 
     /* limits as the kernel holds them */
     json_object *o = NULL;
@@ -356,6 +377,19 @@ static void test_v1_lifecycle(void **state)
                             line);
     }
     json_object_put(o);
+    /* where they are: QEMU's memory and pids on its leaf, cpu for the whole VM */
+    char dir[PATH_MAX], txt[64];
+    snprintf(dir, sizeof(dir), "/sys/fs/cgroup/memory/%s/vm1/" SANDBOX_CGROUP_QEMU, f->parent);
+    assert_file(dir, "memory.limit_in_bytes", "268435456\n");
+    snprintf(dir, sizeof(dir), "/sys/fs/cgroup/memory/%s/vm1/memory.limit_in_bytes", f->parent);
+    assert_true(read_file_small(dir, txt, sizeof(txt)) >= 0);
+    assert_true(strtoull(txt, NULL, 10) > 256 * MIB);
+    snprintf(dir, sizeof(dir), "/sys/fs/cgroup/cpu/%s/vm1", f->parent);
+    assert_file(dir, "cpu.cfs_quota_us", "150000\n");
+    snprintf(dir, sizeof(dir), "/sys/fs/cgroup/cpu/%s/vm1/" SANDBOX_CGROUP_QEMU, f->parent);
+    assert_file(dir, "cpu.cfs_quota_us", "-1\n");
+    snprintf(dir, sizeof(dir), "/sys/fs/cgroup/pids/%s/vm1/" SANDBOX_CGROUP_QEMU, f->parent);
+    assert_file(dir, "pids.max", "64\n");
 
     /* a probe spawned with the cgroup is in it, in every hierarchy */
     int wait_w;
@@ -365,16 +399,18 @@ static void test_v1_lifecycle(void **state)
     static const char *const ctl[] = {"memory", "cpu", "pids", "blkio"};
     for (size_t i = 0; i < ARRAY_SIZE(ctl); i++) {
         char needle[128];
-        snprintf(needle, sizeof(needle), ":%s:/%s/vm1\n", ctl[i], f->parent);
+        snprintf(needle, sizeof(needle), ":%s:/%s/vm1/" SANDBOX_CGROUP_QEMU "\n", ctl[i], f->parent);
         if (!strstr(cgtext, needle))
             fail_msg("%s not in the probe's /proc/self/cgroup:\n%s", needle, cgtext);
     }
     json_object_put(rep);
     /* and /proc/PID tells the same, with the limits */
     assert_int_equal(sandbox_inspect(pid, "/sys/fs/cgroup", &o, &e), 0);
-    snprintf(want, sizeof(want), "/%s/vm1", f->parent);
+    snprintf(want, sizeof(want), "/%s/vm1/" SANDBOX_CGROUP_QEMU, f->parent);
     assert_string_equal(json_object_get_string(jget(jget(o, "cgroup", "paths"), "memory", NULL)), want);
     assert_int_equal(jnum(jget(o, "cgroup", "limits"), "memory_max", NULL), (int64_t)(256 * MIB));
+    /* the cpu limits, on the VM's directory above QEMU's leaf, are the ones in force */
+    assert_int_equal(jnum(jget(o, "cgroup", "limits"), "cpu_quota_us", NULL), 150000);
     assert_int_equal(jnum(jget(o, "cgroup", "limits"), "pids_current", NULL), 1);
     json_object_put(o);
     uint64_t kills = 99;
@@ -423,6 +459,62 @@ static void test_v1_remove_kills_leftovers(void **state)
         assert_int_equal(access(cg->dir[i].path, F_OK), -1);
 }
 
+static uint64_t cpuacct_usage(const char *dir)
+{
+    char path[PATH_MAX], txt[64];
+    snprintf(path, sizeof(path), "%s/cpuacct.usage", dir);
+    assert_true(read_file_small(path, txt, sizeof(txt)) >= 0);
+    return strtoull(txt, NULL, 10);
+}
+
+/* The supervisor moves itself into its leaf: its CPU time is the VM's; it moves back
+ * to where it was before the cgroup is removed. */
+static void test_v1_supervisor_leaf(void **state)
+{
+    struct fx *f = *state;
+    if (f->host.cgroup_version != 1)
+        skip();
+    struct qv_err e = {0};
+    struct sandbox_cgroup_params p = {.root = "/sys/fs/cgroup", .parent = f->parent, .name = "vm1"};
+    struct sandbox_cgroup *cg = &f->cgs[f->ncgs++];
+    assert_int_equal(sandbox_cgroup_resolve(&p, cg, &e), 0);
+    assert_int_equal(sandbox_cgroup_create(cg, NULL, NULL, &e), 0);
+    _cleanup_free_ char *before = NULL;
+    assert_int_equal(read_file("/proc/self/cgroup", 1 << 16, &before, NULL), 0);
+    if (sandbox_cgroup_join_self(cg, &f->origin, &e) < 0)
+        fail_msg("%s", e.msg);
+    f->joined = cg;
+    _cleanup_free_ char *in = NULL;
+    assert_int_equal(read_file("/proc/self/cgroup", 1 << 16, &in, NULL), 0);
+    char needle[128];
+    snprintf(needle, sizeof(needle), ":memory:/%s/vm1/" SANDBOX_CGROUP_SUPERVISOR "\n", f->parent);
+    if (!strstr(in, needle))
+        fail_msg("%s not in /proc/self/cgroup:\n%s", needle, in);
+    /* work done now is the VM's: the VM's cpuacct.usage covers the leaf's */
+    char vm[PATH_MAX], leaf[PATH_MAX];
+    snprintf(vm, sizeof(vm), "/sys/fs/cgroup/cpuacct/%s/vm1", f->parent);
+    snprintf(leaf, sizeof(leaf), "%s/" SANDBOX_CGROUP_SUPERVISOR, vm);
+    if (access(vm, F_OK) == 0) {
+        volatile uint64_t x = 0;
+        for (uint64_t end = monotonic_ms() + 50; monotonic_ms() < end;)
+            x++;
+        uint64_t own = cpuacct_usage(leaf), all = cpuacct_usage(vm);
+        assert_true(own >= 10 * 1000 * 1000);   /* 10 ms of the 50 at least */
+        assert_true(all >= own);
+    }
+    /* a supervisor that has not left is never killed by the removal */
+    assert_int_equal(sandbox_cgroup_remove(cg, 100, &e), -EBUSY);
+    assert_int_equal(kill(getpid(), 0), 0);
+    assert_int_equal(sandbox_cgroup_leave_self(cg, &f->origin, &e), 0);
+    f->joined = NULL;
+    _cleanup_free_ char *after = NULL;
+    assert_int_equal(read_file("/proc/self/cgroup", 1 << 16, &after, NULL), 0);
+    assert_string_equal(after, before);
+    assert_int_equal(sandbox_cgroup_remove(cg, 5000, &e), 0);
+    for (size_t i = 0; i < cg->ndirs; i++)
+        assert_int_equal(access(cg->dir[i].path, F_OK), -1);
+}
+
 /* Without a parent the VM's cgroup goes below this process's own, per hierarchy. */
 static void test_v1_own_parent(void **state)
 {
@@ -453,33 +545,45 @@ static void test_v1_own_parent(void **state)
 
 /* ---- cgroup v2 on a fake tree ------------------------------------------------------------------ */
 
-static void fake_v2(const char *root, const char *slice_controllers, const char *leaf_procs)
+/* What the kernel shows in a v2 cgroup directory (every controller's files). */
+static void fake_cgroup_dir(const char *dir, const char *controllers, const char *procs)
+{
+    mkdir(dir, 0755);
+    put_file(dir, "cgroup.procs", procs);
+    put_file(dir, "cgroup.controllers", controllers);
+    put_file(dir, "cgroup.subtree_control", "");
+    put_file(dir, "memory.max", "max\n");
+    put_file(dir, "memory.oom.group", "0\n");
+    put_file(dir, "memory.current", "1234\n");
+    put_file(dir, "memory.events", "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n");
+    put_file(dir, "cpu.max", "max 100000\n");
+    put_file(dir, "cpu.weight", "100\n");
+    put_file(dir, "cpu.stat", "usage_usec 5000\nuser_usec 4000\nsystem_usec 1000\n");
+    put_file(dir, "pids.max", "max\n");
+    put_file(dir, "pids.current", "0\n");
+    put_file(dir, "io.weight", "default 100\n");
+    put_file(dir, "io.max", "");
+}
+
+/* root/qvisor.slice/vm1/{qemu,supervisor}; qemu_procs goes into vm1/qemu. */
+static void fake_v2(const char *root, const char *slice_controllers, const char *qemu_procs)
 {
     put_file(root, "cgroup.controllers", "cpuset cpu io memory hugetlb pids rdma misc\n");
     put_file(root, "cgroup.subtree_control", "");
     put_file(root, "cgroup.procs", "");
-    char slice[PATH_MAX], leaf[PATH_MAX];
+    char slice[PATH_MAX], vm[PATH_MAX], leaf[PATH_MAX];
     snprintf(slice, sizeof(slice), "%s/qvisor.slice", root);
-    snprintf(leaf, sizeof(leaf), "%s/vm1", slice);
+    snprintf(vm, sizeof(vm), "%s/vm1", slice);
     mkdir(slice, 0755);
     put_file(slice, "cgroup.controllers", slice_controllers);
     put_file(slice, "cgroup.subtree_control", "");
     put_file(slice, "cgroup.procs", "");
-    /* what the kernel would create with the directory */
-    mkdir(leaf, 0755);
-    put_file(leaf, "cgroup.procs", leaf_procs);
-    put_file(leaf, "cgroup.controllers", "");
-    put_file(leaf, "cgroup.subtree_control", "");
-    put_file(leaf, "memory.max", "max\n");
-    put_file(leaf, "memory.oom.group", "0\n");
-    put_file(leaf, "memory.current", "1234\n");
-    put_file(leaf, "memory.events", "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n");
-    put_file(leaf, "cpu.max", "max 100000\n");
-    put_file(leaf, "cpu.weight", "100\n");
-    put_file(leaf, "pids.max", "max\n");
-    put_file(leaf, "pids.current", "0\n");
-    put_file(leaf, "io.weight", "default 100\n");
-    put_file(leaf, "io.max", "");
+    /* what the kernel would create with the directories */
+    fake_cgroup_dir(vm, slice_controllers, "");
+    snprintf(leaf, sizeof(leaf), "%s/" SANDBOX_CGROUP_QEMU, vm);
+    fake_cgroup_dir(leaf, slice_controllers, qemu_procs);
+    snprintf(leaf, sizeof(leaf), "%s/" SANDBOX_CGROUP_SUPERVISOR, vm);
+    fake_cgroup_dir(leaf, slice_controllers, "");
 }
 
 static void test_v2_fake_tree(void **state)
@@ -495,29 +599,51 @@ static void test_v2_fake_tree(void **state)
     assert_int_equal(sandbox_cgroup_resolve(&p, cg, &e), 0);
     assert_int_equal(cg->version, 2);
     assert_int_equal(cg->ndirs, 1);
-    char leaf[PATH_MAX], slice[PATH_MAX];
+    assert_true(cg->split);
+    char vm[PATH_MAX], slice[PATH_MAX], qemu[PATH_MAX], sup[PATH_MAX];
     snprintf(slice, sizeof(slice), "%s/qvisor.slice", root);
-    snprintf(leaf, sizeof(leaf), "%s/vm1", slice);
-    assert_string_equal(cg->dir[0].path, leaf);
+    snprintf(vm, sizeof(vm), "%s/vm1", slice);
+    snprintf(qemu, sizeof(qemu), "%s/" SANDBOX_CGROUP_QEMU, vm);
+    snprintf(sup, sizeof(sup), "%s/" SANDBOX_CGROUP_SUPERVISOR, vm);
+    assert_string_equal(cg->dir[0].path, vm);
 
     struct sandbox_io_limit io = {.major = 8, .minor = 16, .rbps = 1048576, .wiops = 100};
     struct sandbox_cgroup_limits l = test_limits(&io, 1);
     struct strv warnings = {0};
     if (sandbox_cgroup_create(cg, &l, &warnings, &e) < 0)
         fail_msg("%s", e.msg);
+    for (size_t i = 0; i < warnings.n; i++)
+        printf("# warning: %s\n", warnings.v[i]);
     assert_int_equal(warnings.n, 0);
     strv_free(&warnings);
+    /* controllers pass down to the VM's directory, whose processes are all in leaves */
     assert_file(root, "cgroup.subtree_control", "+memory +cpu +pids +io");
     assert_file(slice, "cgroup.subtree_control", "+memory +cpu +pids +io");
-    assert_file(leaf, "memory.max", "268435456");
-    assert_file(leaf, "memory.oom.group", "1");
-    assert_file(leaf, "cpu.max", "150000 100000");
-    assert_file(leaf, "cpu.weight", "200");
-    assert_file(leaf, "pids.max", "64");
-    assert_file(leaf, "io.weight", "default 300");
-    assert_file(leaf, "io.max", "8:16 rbps=1048576 wiops=100");
+    assert_file(vm, "cgroup.subtree_control", "+memory +cpu +pids +io");
+    assert_file(qemu, "cgroup.subtree_control", "");
+    /* QEMU's own limits on its leaf, the OOM group with them */
+    assert_file(qemu, "memory.max", "268435456");
+    assert_file(qemu, "memory.oom.group", "1");
+    assert_file(qemu, "pids.max", "64");
+    assert_file(vm, "memory.max", "max\n");
+    assert_file(vm, "memory.oom.group", "0\n");
+    assert_file(vm, "pids.max", "max\n");
+    /* cpu and io for the whole VM, the supervisor's work included */
+    assert_file(vm, "cpu.max", "150000 100000");
+    assert_file(vm, "cpu.weight", "200");
+    assert_file(vm, "io.weight", "default 300");
+    assert_file(vm, "io.max", "8:16 rbps=1048576 wiops=100");
+    assert_file(qemu, "cpu.max", "max 100000\n");
+    assert_file(sup, "cpu.max", "max 100000\n");
+    assert_file(sup, "memory.max", "max\n");
 
-    put_file(leaf, "memory.events", "low 0\nhigh 0\nmax 2\noom 1\noom_kill 3\n");
+    /* QEMU joins its leaf; the VM's directory holds no process */
+    assert_int_equal(sandbox_cgroup_attach(cg, 4242, &e), 0);
+    assert_file(qemu, "cgroup.procs", "4242");
+    assert_file(vm, "cgroup.procs", "");
+
+    put_file(qemu, "memory.events", "low 0\nhigh 0\nmax 2\noom 1\noom_kill 3\n");
+    put_file(vm, "cpu.stat", "usage_usec 777000\nuser_usec 700000\nsystem_usec 77000\n");
     json_object *o = NULL;
     assert_int_equal(sandbox_cgroup_read(cg, &o, &e), 0);
     json_object *lim = jget(o, "limits", NULL);
@@ -527,6 +653,7 @@ static void test_v2_fake_tree(void **state)
     assert_int_equal(jnum(lim, "cpu_quota_us", NULL), 150000);
     assert_int_equal(jnum(lim, "cpu_period_us", NULL), 100000);
     assert_int_equal(jnum(lim, "cpu_weight", NULL), 200);
+    assert_int_equal(jnum(lim, "cpu_usage_us", NULL), 777000);  /* the VM's, both leaves */
     assert_int_equal(jnum(lim, "pids_max", NULL), 64);
     assert_int_equal(jnum(lim, "io_weight", NULL), 300);
     assert_string_equal(json_object_get_string(json_object_array_get_idx(jget(lim, "io_max", NULL), 0)),
@@ -537,16 +664,61 @@ static void test_v2_fake_tree(void **state)
     assert_int_equal(kills, 3);
 
     /* "max" reads back as unlimited */
-    put_file(leaf, "memory.max", "max\n");
+    put_file(qemu, "memory.max", "max\n");
     assert_int_equal(sandbox_cgroup_read(cg, &o, &e), 0);
     json_object *v = (json_object *)1;
     assert_true(json_object_object_get_ex(jget(o, "limits", NULL), "memory_max", &v));
     assert_null(v);
     json_object_put(o);
 
+    /* an existing VM directory is reused for a next start */
+    struct sandbox_cgroup again = *cg;
+    put_file(qemu, "cgroup.procs", "");
+    assert_int_equal(sandbox_cgroup_create(&again, &l, NULL, &e), 0);
+
     assert_int_equal(sandbox_cgroup_remove(cg, 2000, &e), 0);
-    assert_int_equal(access(leaf, F_OK), -1);
+    assert_int_equal(access(qemu, F_OK), -1);
+    assert_int_equal(access(sup, F_OK), -1);
+    assert_int_equal(access(vm, F_OK), -1);
     assert_int_equal(access(slice, F_OK), 0);
+}
+
+/* The supervisor moves itself into its leaf and back to where it was (v2: "0::PATH"). */
+static void test_v2_supervisor_leaf(void **state)
+{
+    struct fx *f = *state;
+    char root[PATH_MAX];
+    snprintf(root, sizeof(root), "%s/cgroup", f->fake);
+    mkdir(root, 0755);
+    fake_v2(root, "cpu io memory pids\n", "");
+    char own[PATH_MAX], origin[PATH_MAX];
+    if (proc_cgroup_path(0, NULL, own, sizeof(own)) < 0)
+        skip();     /* no "0::" line: a kernel without cgroup v2 at all */
+    /* this process's own v2 cgroup, as the fake tree shows it */
+    snprintf(origin, sizeof(origin), "%s%s", root, strcmp(own, "/") == 0 ? "" : own);
+    assert_int_equal(mkdir_p(origin, 0755), 0);
+    put_file(origin, "cgroup.procs", "");
+    struct qv_err e = {0};
+    struct sandbox_cgroup_params p = {.root = root, .parent = "qvisor.slice", .name = "vm1"};
+    struct sandbox_cgroup *cg = &f->cgs[f->ncgs++];
+    assert_int_equal(sandbox_cgroup_resolve(&p, cg, &e), 0);
+    assert_int_equal(sandbox_cgroup_create(cg, NULL, NULL, &e), 0);
+    char pid[32], sup[PATH_MAX], vm[PATH_MAX];
+    snprintf(pid, sizeof(pid), "%d", (int)getpid());
+    snprintf(vm, sizeof(vm), "%s/qvisor.slice/vm1", root);
+    snprintf(sup, sizeof(sup), "%s/" SANDBOX_CGROUP_SUPERVISOR, vm);
+    assert_int_equal(sandbox_cgroup_join_self(cg, &f->origin, &e), 0);
+    assert_file(sup, "cgroup.procs", pid);
+    assert_file(vm, "cgroup.procs", "");
+    assert_int_equal(f->origin.ndirs, 1);
+    assert_string_equal(f->origin.path[0], origin);
+    assert_int_equal(sandbox_cgroup_leave_self(cg, &f->origin, &e), 0);
+    assert_file(origin, "cgroup.procs", pid);
+    /* where it came from is gone: the root takes it */
+    put_file(root, "cgroup.procs", "");
+    snprintf(f->origin.path[0], PATH_MAX, "%s/gone", root);
+    assert_int_equal(sandbox_cgroup_leave_self(cg, &f->origin, &e), 0);
+    assert_file(root, "cgroup.procs", pid);
 }
 
 static void test_v2_missing_controller(void **state)
@@ -572,8 +744,9 @@ static void test_v2_missing_controller(void **state)
     char leaf[PATH_MAX];
     snprintf(leaf, sizeof(leaf), "%s/qvisor.slice/vm1", root);
     assert_file(leaf, "io.max", "");
-    assert_file(leaf, "memory.max", "268435456");
-    assert_int_equal(cg->ctls, (1u << CG_MEMORY) | (1u << CG_CPU) | (1u << CG_PIDS));
+    assert_file(leaf, "memory.max", "max\n");
+    assert_file(leaf, SANDBOX_CGROUP_QEMU "/memory.max", "268435456");
+    assert_int_equal(cg->ctls, (1u << CG_MEMORY) | (1u << CG_CPU) | (1u << CG_PIDS) | (1u << CG_CPUACCT));
 }
 
 /* A fake tree's process list is never acted on: only a real cgroupfs is killed in. */
@@ -658,8 +831,10 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_v1_lifecycle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_v1_remove_kills_leftovers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_v1_supervisor_leaf, setup, teardown),
         cmocka_unit_test_setup_teardown(test_v1_own_parent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_v2_fake_tree, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_v2_supervisor_leaf, setup, teardown),
         cmocka_unit_test_setup_teardown(test_v2_missing_controller, setup, teardown),
         cmocka_unit_test_setup_teardown(test_v2_fake_never_kills, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resolve_errors, setup, teardown),

@@ -128,7 +128,9 @@ static bool in_cgroup(const char *proc_cgroup, const struct sandbox_cgroup *cg)
         return false;
     size_t rootlen = strlen(cg->root);
     for (size_t i = 0; i < cg->ndirs; i++) {
-        const char *rel = cg->dir[i].path + rootlen;   /* "/PATH" (v2), "/HIER/PATH" (v1) */
+        char leaf[PATH_MAX];
+        sandbox_cgroup_leaf(cg, i, CG_LEAF_QEMU, leaf, sizeof(leaf));
+        const char *rel = leaf + rootlen;   /* "/PATH/qemu" (v2), "/HIER/PATH/qemu" (v1) */
         char want[PATH_MAX + 64];
         if (cg->version == 2) {
             snprintf(want, sizeof(want), "0::%s\n", rel);
@@ -163,13 +165,15 @@ static void test_cgroup_line_v2(void **state)
     struct sandbox_cgroup_params p = {.root = root, .parent = "qvisor-qemutest-1", .name = "vm"};
     assert_int_equal(sandbox_cgroup_resolve(&p, &cg, &e), 0);
     assert_int_equal(cg.version, 2);
-    assert_true(in_cgroup("0::/qvisor-qemutest-1/vm\n", &cg));
-    assert_true(in_cgroup("1:name=systemd:/\n0::/qvisor-qemutest-1/vm\n", &cg));
-    /* the v1 form, another cgroup, a parent only, a longer path: not in it */
-    assert_false(in_cgroup("4:memory:/qvisor-qemutest-1/vm\n0::/\n", &cg));
-    assert_false(in_cgroup("0::/qvisor-qemutest-1/vm2\n", &cg));
-    assert_false(in_cgroup("0::/qvisor-qemutest-1\n", &cg));
-    assert_false(in_cgroup("0::/x/qvisor-qemutest-1/vm\n", &cg));
+    /* QEMU is in the VM's qemu/ leaf */
+    assert_true(in_cgroup("0::/qvisor-qemutest-1/vm/qemu\n", &cg));
+    assert_true(in_cgroup("1:name=systemd:/\n0::/qvisor-qemutest-1/vm/qemu\n", &cg));
+    /* the v1 form, another cgroup, a parent only, the supervisor's leaf, a longer path: not in it */
+    assert_false(in_cgroup("4:memory:/qvisor-qemutest-1/vm/qemu\n0::/\n", &cg));
+    assert_false(in_cgroup("0::/qvisor-qemutest-1/vm2/qemu\n", &cg));
+    assert_false(in_cgroup("0::/qvisor-qemutest-1/vm\n", &cg));
+    assert_false(in_cgroup("0::/qvisor-qemutest-1/vm/supervisor\n", &cg));
+    assert_false(in_cgroup("0::/x/qvisor-qemutest-1/vm/qemu\n", &cg));
     scratch_remove(root);
 }
 
@@ -444,8 +448,9 @@ static void test_qemu_confined(void **state)
         char pidline[32];
         snprintf(pidline, sizeof(pidline), "%d", (int)f->pid);
         for (size_t i = 0; i < f->cg.ndirs; i++) {
-            char procs[PATH_MAX + 16];
-            snprintf(procs, sizeof(procs), "%s/cgroup.procs", f->cg.dir[i].path);
+            char procs[PATH_MAX + 16], leaf[PATH_MAX];
+            sandbox_cgroup_leaf(&f->cg, i, CG_LEAF_QEMU, leaf, sizeof(leaf));
+            snprintf(procs, sizeof(procs), "%s/cgroup.procs", leaf);
             _cleanup_free_ char *list = NULL;
             assert_int_equal(read_file(procs, 1 << 16, &list, NULL), 0);
             bool found = false;
