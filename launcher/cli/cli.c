@@ -31,6 +31,8 @@ static const struct cli_opt logs_opts[] = {{"follow", false, false, 'f'}, {"line
 static const struct cli_opt net_define_opts[] = {
     {"mode", true, false, 0}, {"bridge", true, false, 0}, {"mtu", true, false, 0}, {"ipv4", true, false, 0},
     {"dhcp", true, false, 0}, {"domain", true, false, 0}, {"forward", true, true, 0}, {"autostart", false, false, 0}, {0}};
+static const struct cli_opt pool_define_opts[] = {
+    {"name", true, false, 0}, {"type", true, false, 0}, {"path", true, false, 0}, {0}};
 static const struct cli_opt attach_disk_opts[] = {
     {"bus", true, false, 0}, {"format", true, false, 0}, {"cache", true, false, 0}, {"serial", true, false, 0},
     {"readonly", false, false, 0}, {"persistent", false, false, 0}, {0}};
@@ -93,6 +95,15 @@ static const struct cli_command commands[] = {
     {"net stop", cmd_net_stop, no_opts, 1, 1, "net stop NAME", "remove the network's bridge, rules and dnsmasq"},
     {"net leases", cmd_net_leases, no_opts, 1, 1, "net leases NAME [--json]", "the network's DHCP leases"},
     {"net gc", cmd_net_gc, no_opts, 0, 0, "net gc", "remove qvisor taps, rules and dnsmasq left without an owner"},
+    {"pool define", cmd_pool_define, pool_define_opts, 0, 1,
+     "pool define FILE.json | pool define --name N [--type dir] --path DIR", "define a storage pool (a dir pool's "
+     "directory is created)"},
+    {"pool undefine", cmd_pool_undefine, no_opts, 1, 1, "pool undefine NAME",
+     "remove a pool's definition (its volumes stay; refused while VMs use them)"},
+    {"pool list", cmd_pool_list, no_opts, 0, 0, "pool list [--json]", "list pools: capacity, allocation, available"},
+    {"pool show", cmd_pool_show, no_opts, 1, 1, "pool show NAME", "a pool's definition and sizes (JSON)"},
+    {"pool refresh", cmd_pool_refresh, no_opts, 1, 1, "pool refresh NAME",
+     "rescan a pool, dropping what interrupted copies left behind"},
     {"host-check", cmd_host_check, no_opts, 0, 0, "host-check [--json]",
      "KVM, vhost-net, tun, nftables, QEMU and what the sandbox can apply on this host"},
     {"help", cmd_help, no_opts, 0, 1, "help [COMMAND]", "show usage"},
@@ -278,6 +289,10 @@ static int run(struct cli *c, int argc, char **argv)
         if (i + 1 >= argc)
             return qv_fail(&c->err, -EINVAL, "net: which? define, undefine, list, show, start, run, stop, leases, gc");
         snprintf(word, sizeof(word), "net %s", argv[++i]);
+    } else if (strcmp(argv[i], "pool") == 0) {
+        if (i + 1 >= argc)
+            return qv_fail(&c->err, -EINVAL, "pool: which? define, undefine, list, show, refresh");
+        snprintf(word, sizeof(word), "pool %s", argv[++i]);
     }
     c->cmd = find_command(word);
     if (!c->cmd)

@@ -83,5 +83,12 @@ int cmd_attach_nic(struct cli *c);
 int cmd_detach_nic(struct cli *c);
 int cmd_ifaddr(struct cli *c);
 int cmd_host_check(struct cli *c);
+int cmd_pool_define(struct cli *c);
+int cmd_pool_undefine(struct cli *c);
+int cmd_pool_list(struct cli *c);
+int cmd_pool_show(struct cli *c);
+int cmd_pool_refresh(struct cli *c);
+/* "9.8G" */
+void cli_size_human(uint64_t bytes, char *out, size_t outlen);
 
 #endif

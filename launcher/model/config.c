@@ -34,6 +34,7 @@ static const char *const proto_names[] = {"tcp", "udp", NULL};
 void vm_disk_free(struct vm_disk *k)
 {
     free(k->file);
+    free(k->volume);
     free(k->serial);
     memset(k, 0, sizeof(*k));
 }

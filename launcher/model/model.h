@@ -50,7 +50,8 @@ struct hostfwd {
 };
 
 struct vm_disk {
-    char *file;
+    char *file;             /* the image; for a volume disk, filled when resolved at start */
+    char *volume;           /* "POOL/NAME", or NULL for a file disk */
     enum disk_format format;
     enum disk_bus bus;
     enum disk_cache cache;
@@ -400,5 +401,65 @@ int net_check_host(const struct net_def *n, struct qv_err *e);
 int net_run_dir(const struct qv_paths *p, const char *name, char *out, size_t outlen);
 /* Whether a network supervisor holds the network's lock (its pid in *holder). */
 bool net_running(const struct qv_paths *p, const char *name, pid_t *holder);
+
+/* ---- storage pools: etc/qvisor/pools/NAME.json -------------------------------------------- */
+struct pool_def {
+    char *name;
+    char *type;             /* a storage backend's type: "dir" */
+    char *path;             /* dir: the directory, absolute */
+};
+void pool_def_free(struct pool_def *d);    /* leaves it zeroed */
+#define _cleanup_pool_def_ _cleanup_(pool_def_free)
+int pool_def_from_json(json_object *o, struct pool_def *d, struct qv_err *e);
+json_object *pool_def_to_json(const struct pool_def *d);
+int pool_def_path(const struct qv_paths *p, const char *name, char *out, size_t outlen);
+/* The backend's view of the pool (borrows d's strings), and its backend row. */
+struct storage_pool pool_storage(const struct pool_def *d);
+const struct storage_backend *pool_backend(const struct pool_def *d);
+/* "default" (a dir pool at var/lib/qvisor/images) is defined on first use. */
+int pool_load(const struct qv_paths *p, const char *name, struct pool_def *d, struct qv_err *e);
+/* pool_load, and the pool's place exists (a dir pool's directory is made). */
+int pool_open(const struct qv_paths *p, const char *name, struct pool_def *d, struct qv_err *e);
+/* Validates, refuses a directory another pool has, makes the directory, writes atomically. */
+int pool_define(const struct qv_paths *p, json_object *o, bool replace, struct pool_def *out, struct qv_err *e);
+/* -EBUSY naming the VMs whose disks are volumes of the pool. The volumes stay. */
+int pool_undefine(const struct qv_paths *p, const char *name, struct qv_err *e);
+int pool_list_names(const struct qv_paths *p, struct strv *names, struct qv_err *e);
+/* "web1 (running)" for every VM with a disk in the pool. */
+int pool_users(const struct qv_paths *p, const char *pool, struct strv *users, struct qv_err *e);
+
+/* ---- volumes: "POOL/NAME" ------------------------------------------------------------------- */
+struct vol_ref {
+    char pool[65];
+    char name[65];
+};
+/* -EINVAL unless s is POOL/NAME with two valid names. */
+int vol_ref_parse(const char *s, struct vol_ref *out, struct qv_err *e);
+/* The pool (opened) and the volume's info; -ENOENT naming what is missing. */
+int vol_lookup(const struct qv_paths *p, const struct vol_ref *ref, struct pool_def *pd, struct storage_vol_info *vi,
+               struct qv_err *e);
+/* The image path of volume `ref` ("default/web1") and its format (may be NULL). */
+int vol_resolve(const struct qv_paths *p, const char *ref, char *path, size_t pathlen, enum disk_format *fmt,
+                struct qv_err *e);
+/* "web1 (running)", "db (defined)": VMs with a disk whose chain holds the file at `path`. */
+int vol_users(const struct qv_paths *p, const char *path, struct strv *users, struct qv_err *e);
+/* "default/web1-overlay": volumes of every pool with `path` below their top layer. */
+int vol_dependents(const struct qv_paths *p, const char *path, struct strv *deps, struct qv_err *e);
+
+struct volume_create_args {
+    uint64_t size;          /* 0: the backing file's */
+    enum storage_format format;
+    const char *backing;    /* POOL/VOL or an absolute path; NULL: none */
+    enum storage_prealloc prealloc;
+};
+int volume_create(const struct qv_paths *p, const char *ref, const struct volume_create_args *a, struct qv_err *e);
+/* Refused (-EBUSY) when other volumes are built on it, or (unless force) VMs use it. */
+int volume_delete(const struct qv_paths *p, const char *ref, bool force, struct qv_err *e);
+/* size "20G" or "+5G"; shrinking needs allow_shrink, and force when VMs use it. */
+int volume_resize(const struct qv_paths *p, const char *ref, const char *size, bool allow_shrink, bool force,
+                  uint64_t *new_size, struct qv_err *e);
+/* A new volume `ref` holding a full copy of `src` (a path), converted to `format`. */
+int volume_copy_in(const struct qv_paths *p, const char *ref, const char *src, enum storage_format src_format,
+                   enum storage_format format, const struct storage_progress *prog, struct qv_err *e);
 
 #endif

@@ -1,0 +1,319 @@
+/* Volumes as the verbs see them: "POOL/NAME" references, who uses a volume (VMs whose
+ * disks name it or hold it somewhere in their backing chain, volumes built on it), and
+ * the policy around changes: a volume a VM uses is not deleted or shrunk without
+ * --force, a volume others are built on is never deleted. Image work itself is the
+ * pool backend's (storage/). */
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+
+#include "launcher/model/model.h"
+
+int vol_ref_parse(const char *s, struct vol_ref *out, struct qv_err *e)
+{
+    memset(out, 0, sizeof(*out));
+    const char *slash = s ? strchr(s, '/') : NULL;
+    if (!slash || strchr(slash + 1, '/') || (size_t)(slash - s) >= sizeof(out->pool))
+        return qv_fail(e, -EINVAL, "\"%s\" is not a volume reference (POOL/NAME, like default/web1)", s ? s : "");
+    memcpy(out->pool, s, (size_t)(slash - s));
+    snprintf(out->name, sizeof(out->name), "%s", slash + 1);
+    if (!name_valid(out->pool))
+        return qv_fail(e, -EINVAL, "\"%s\": \"%s\" is not a valid pool name", s, out->pool);
+    if (strlen(slash + 1) >= sizeof(out->name) || !storage_vol_name_valid(out->name))
+        return qv_fail(e, -EINVAL, "\"%s\": \"%s\" is not a valid volume name (1-64 of letters, digits, _ . -, "
+                       "not starting with . or -)", s, slash + 1);
+    return 0;
+}
+
+int vol_lookup(const struct qv_paths *p, const struct vol_ref *ref, struct pool_def *pd, struct storage_vol_info *vi,
+               struct qv_err *e)
+{
+    int r = pool_open(p, ref->pool, pd, e);
+    if (r < 0)
+        return r;
+    struct storage_pool sp = pool_storage(pd);
+    if ((r = pool_backend(pd)->vol_info(&sp, ref->name, vi, e)) < 0)
+        pool_def_free(pd);
+    return r;
+}
+
+int vol_resolve(const struct qv_paths *p, const char *ref, char *path, size_t pathlen, enum disk_format *fmt,
+                struct qv_err *e)
+{
+    struct vol_ref v;
+    int r = vol_ref_parse(ref, &v, e);
+    if (r < 0)
+        return r;
+    _cleanup_pool_def_ struct pool_def pd = {0};
+    struct storage_vol_info vi;
+    if ((r = vol_lookup(p, &v, &pd, &vi, e)) < 0)
+        return r;
+    snprintf(path, pathlen, "%s", vi.path);
+    if (fmt)
+        *fmt = vi.format == STORAGE_FORMAT_QCOW2 ? FORMAT_QCOW2 : FORMAT_RAW;
+    return 0;
+}
+
+/* ---- who uses what ---- */
+struct file_id {
+    dev_t dev;
+    ino_t ino;
+};
+
+static bool file_id_of(const char *path, struct file_id *id)
+{
+    struct stat st;
+    if (stat(path, &st) < 0)
+        return false;
+    *id = (struct file_id){st.st_dev, st.st_ino};
+    return true;
+}
+
+/* Whether the chain from `top` holds the file `id`, at depth >= min_depth (0: the top). */
+static bool chain_holds(const char *top, const struct file_id *id, size_t min_depth)
+{
+    struct storage_chain c;
+    struct qv_err e = {0};
+    if (storage_chain_open(top, STORAGE_FORMAT_PROBE, O_RDONLY, &c, &e) < 0)
+        return false;
+    bool found = false;
+    for (size_t i = min_depth; !found && i < c.n; i++) {
+        struct stat st;
+        found = fstat(c.layers[i].fd, &st) == 0 && st.st_dev == id->dev && st.st_ino == id->ino;
+    }
+    storage_chain_close(&c);
+    return found;
+}
+
+/* The image a disk of a definition names: its file, or its volume's path. */
+static bool disk_image(const struct qv_paths *p, const struct vm_disk *k, char *out, size_t outlen)
+{
+    struct qv_err e = {0};
+    if (k->file && !k->volume)
+        return snprintf(out, outlen, "%s", k->file) < (int)outlen;
+    return k->volume && vol_resolve(p, k->volume, out, outlen, NULL, &e) == 0;
+}
+
+static bool vm_running(const struct qv_paths *p, const char *name)
+{
+    struct vm_runstate s;
+    bool supervised;
+    if (vm_observe(p, name, &s, &supervised) < 0)
+        return false;
+    bool running = s.state != VM_SHUTOFF && s.state != VM_CRASHED;
+    runstate_free(&s);
+    return running;
+}
+
+/* Calls `hit` for every VM one of whose disks has a layer for which `match` holds. */
+static int for_vm_disks(const struct qv_paths *p, bool (*match)(const char *image, const void *arg), const void *arg,
+                        struct strv *users, struct qv_err *e)
+{
+    _cleanup_strv_ struct strv names = {0};
+    int r = vm_list_names(p, &names, e);
+    if (r < 0)
+        return r;
+    for (size_t i = 0; i < names.n; i++) {
+        _cleanup_vm_def_ struct vm_def d = {0};
+        if (vm_load(p, names.v[i], &d, NULL) < 0)
+            continue;
+        for (size_t k = 0; k < d.ndisks; k++) {
+            char image[PATH_MAX];
+            if (!disk_image(p, &d.disks[k], image, sizeof(image)) || !match(image, arg))
+                continue;
+            strv_pushf(users, "%s (%s)", d.name, vm_running(p, d.name) ? "running" : "defined");
+            break;
+        }
+    }
+    return 0;
+}
+
+static bool match_file(const char *image, const void *arg)
+{
+    return chain_holds(image, arg, 0);
+}
+
+int vol_users(const struct qv_paths *p, const char *path, struct strv *users, struct qv_err *e)
+{
+    struct file_id id;
+    if (!file_id_of(path, &id))
+        return 0;
+    return for_vm_disks(p, match_file, &id, users, e);
+}
+
+struct pool_match {
+    const char *dir;
+};
+
+static bool match_pool(const char *image, const void *arg)
+{
+    const struct pool_match *m = arg;
+    size_t n = strlen(m->dir);
+    return strncmp(image, m->dir, n) == 0 && image[n] == '/' && !strchr(image + n + 1, '/');
+}
+
+int pool_users(const struct qv_paths *p, const char *pool, struct strv *users, struct qv_err *e)
+{
+    _cleanup_pool_def_ struct pool_def pd = {0};
+    char path[PATH_MAX];
+    pool_def_path(p, pool, path, sizeof(path));
+    if (!path_exists(path))
+        return qv_fail(e, -ENOENT, "no pool named %s", pool);
+    if (pool_load(p, pool, &pd, e) < 0 || !pd.path)
+        return 0;   /* a broken definition holds nothing: let it go */
+    struct pool_match m = {pd.path};
+    return for_vm_disks(p, match_pool, &m, users, e);
+}
+
+int vol_dependents(const struct qv_paths *p, const char *path, struct strv *deps, struct qv_err *e)
+{
+    struct file_id id;
+    if (!file_id_of(path, &id))
+        return 0;
+    _cleanup_strv_ struct strv pools = {0};
+    int r = pool_list_names(p, &pools, e);
+    if (r < 0)
+        return r;
+    if (!strv_contains((const char *const *)pools.v, "default"))
+        strv_push(&pools, "default");
+    for (size_t i = 0; i < pools.n; i++) {
+        _cleanup_pool_def_ struct pool_def pd = {0};
+        _cleanup_strv_ struct strv vols = {0};
+        if (pool_load(p, pools.v[i], &pd, NULL) < 0)
+            continue;
+        struct storage_pool sp = pool_storage(&pd);
+        if (pool_backend(&pd)->list(&sp, &vols, NULL) < 0)
+            continue;
+        for (size_t k = 0; k < vols.n; k++) {
+            struct storage_vol_info vi;
+            if (pool_backend(&pd)->vol_info(&sp, vols.v[k], &vi, NULL) == 0 && vi.backing[0] &&
+                chain_holds(vi.path, &id, 1))
+                strv_pushf(deps, "%s/%s", pd.name, vols.v[k]);
+        }
+    }
+    return 0;
+}
+
+/* ---- changes, with their refusals ---- */
+static int refuse_users(const struct qv_paths *p, const struct vol_ref *ref, const char *path, const char *what,
+                        struct qv_err *e)
+{
+    _cleanup_strv_ struct strv users = {0};
+    int r = vol_users(p, path, &users, e);
+    if (r < 0 || !users.n)
+        return r;
+    _cleanup_free_ char *who = strv_join((const char *const *)users.v, ", ");
+    return qv_fail(e, -EBUSY, "volume %s/%s is used by VM %s; %s it anyway with --force", ref->pool, ref->name, who,
+                   what);
+}
+
+int volume_delete(const struct qv_paths *p, const char *refs, bool force, struct qv_err *e)
+{
+    struct vol_ref ref;
+    _cleanup_pool_def_ struct pool_def pd = {0};
+    struct storage_vol_info vi;
+    int r;
+    if ((r = vol_ref_parse(refs, &ref, e)) < 0 || (r = vol_lookup(p, &ref, &pd, &vi, e)) < 0)
+        return r;
+    _cleanup_strv_ struct strv deps = {0};
+    if ((r = vol_dependents(p, vi.path, &deps, e)) < 0)
+        return r;
+    if (deps.n) {
+        _cleanup_free_ char *who = strv_join((const char *const *)deps.v, ", ");
+        return qv_fail(e, -EBUSY, "volume %s is the backing file of %s; delete those first (or vol clone them "
+                       "into standalone copies)", refs, who);
+    }
+    if (!force && (r = refuse_users(p, &ref, vi.path, "delete", e)) < 0)
+        return r;
+    struct storage_pool sp = pool_storage(&pd);
+    return pool_backend(&pd)->vol_delete(&sp, ref.name, e);
+}
+
+/* "10G" or "+2G" (relative to `now`). */
+static int parse_new_size(const char *s, uint64_t now, uint64_t *out, struct qv_err *e)
+{
+    bool rel = s[0] == '+';
+    uint64_t v;
+    if (parse_size(s + rel, &v) < 0 || (!rel && v == 0))
+        return qv_fail(e, -EINVAL, "\"%s\" is not a size (like 20G, or +5G to grow by that much)", s);
+    *out = rel ? now + v : v;
+    return 0;
+}
+
+int volume_resize(const struct qv_paths *p, const char *refs, const char *size, bool allow_shrink, bool force,
+                  uint64_t *new_size, struct qv_err *e)
+{
+    struct vol_ref ref;
+    _cleanup_pool_def_ struct pool_def pd = {0};
+    struct storage_vol_info vi;
+    int r;
+    if ((r = vol_ref_parse(refs, &ref, e)) < 0 || (r = vol_lookup(p, &ref, &pd, &vi, e)) < 0 ||
+        (r = parse_new_size(size, vi.capacity, new_size, e)) < 0)
+        return r;
+    bool shrink = *new_size < vi.capacity;
+    if (shrink && !allow_shrink) {
+        char a[32], b[32];
+        format_size(vi.capacity, a, sizeof(a));
+        format_size(*new_size, b, sizeof(b));
+        return qv_fail(e, -EINVAL, "volume %s: %s is smaller than its %s; shrinking loses data past the new end "
+                       "(--allow-shrink if that is what you want)", refs, b, a);
+    }
+    if (shrink && !force && (r = refuse_users(p, &ref, vi.path, "shrink", e)) < 0)
+        return r;
+    if (*new_size == vi.capacity)
+        return 0;
+    struct storage_pool sp = pool_storage(&pd);
+    return pool_backend(&pd)->vol_resize(&sp, ref.name, *new_size, shrink, e);
+}
+
+/* A backing given as POOL/VOL or as an absolute file path. */
+static int backing_resolve(const struct qv_paths *p, const char *b, char *path, size_t pathlen,
+                           enum storage_format *fmt, struct qv_err *e)
+{
+    int r;
+    if (b[0] != '/') {
+        enum disk_format df;
+        if ((r = vol_resolve(p, b, path, pathlen, &df, e)) < 0)
+            return qv_prefix(e, "--backing: ");
+        *fmt = df == FORMAT_QCOW2 ? STORAGE_FORMAT_QCOW2 : STORAGE_FORMAT_RAW;
+        return 0;
+    }
+    snprintf(path, pathlen, "%s", b);
+    if ((r = storage_detect_format(b, fmt, e)) < 0)
+        return qv_prefix(e, "--backing: ");
+    return 0;
+}
+
+int volume_create(const struct qv_paths *p, const char *refs, const struct volume_create_args *a, struct qv_err *e)
+{
+    struct vol_ref ref;
+    _cleanup_pool_def_ struct pool_def pd = {0};
+    int r;
+    if ((r = vol_ref_parse(refs, &ref, e)) < 0 || (r = pool_open(p, ref.pool, &pd, e)) < 0)
+        return r;
+    struct storage_vol_spec s = {.size = a->size, .format = a->format, .prealloc = a->prealloc};
+    char backing[PATH_MAX];
+    if (a->backing) {
+        if ((r = backing_resolve(p, a->backing, backing, sizeof(backing), &s.backing_format, e)) < 0)
+            return r;
+        s.backing = backing;
+    } else if (!a->size) {
+        return qv_fail(e, -EINVAL, "vol create %s: --size is needed (or --backing, whose size it then takes)", refs);
+    }
+    struct storage_pool sp = pool_storage(&pd);
+    return pool_backend(&pd)->vol_create(&sp, ref.name, &s, e);
+}
+
+int volume_copy_in(const struct qv_paths *p, const char *refs, const char *src, enum storage_format src_format,
+                   enum storage_format format, const struct storage_progress *prog, struct qv_err *e)
+{
+    struct vol_ref ref;
+    _cleanup_pool_def_ struct pool_def pd = {0};
+    int r;
+    if ((r = vol_ref_parse(refs, &ref, e)) < 0 || (r = pool_open(p, ref.pool, &pd, e)) < 0)
+        return r;
+    struct storage_pool sp = pool_storage(&pd);
+    return pool_backend(&pd)->vol_copy_in(&sp, ref.name, src, src_format, format, prog, e);
+}
