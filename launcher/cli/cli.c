@@ -33,6 +33,11 @@ static const struct cli_opt net_define_opts[] = {
     {"dhcp", true, false, 0}, {"domain", true, false, 0}, {"forward", true, true, 0}, {"autostart", false, false, 0}, {0}};
 static const struct cli_opt pool_define_opts[] = {
     {"name", true, false, 0}, {"type", true, false, 0}, {"path", true, false, 0}, {0}};
+static const struct cli_opt vol_create_opts[] = {
+    {"size", true, false, 0}, {"format", true, false, 0}, {"backing", true, false, 0},
+    {"preallocation", true, false, 0}, {0}};
+static const struct cli_opt vol_resize_opts[] = {{"allow-shrink", false, false, 0}, {"force", false, false, 0}, {0}};
+static const struct cli_opt force_opts[] = {{"force", false, false, 0}, {0}};
 static const struct cli_opt attach_disk_opts[] = {
     {"bus", true, false, 0}, {"format", true, false, 0}, {"cache", true, false, 0}, {"serial", true, false, 0},
     {"readonly", false, false, 0}, {"persistent", false, false, 0}, {0}};
@@ -104,6 +109,16 @@ static const struct cli_command commands[] = {
     {"pool show", cmd_pool_show, no_opts, 1, 1, "pool show NAME", "a pool's definition and sizes (JSON)"},
     {"pool refresh", cmd_pool_refresh, no_opts, 1, 1, "pool refresh NAME",
      "rescan a pool, dropping what interrupted copies left behind"},
+    {"vol create", cmd_vol_create, vol_create_opts, 1, 1,
+     "vol create POOL/NAME --size 10G [--format qcow2|raw] [--backing POOL/VOL|FILE] "
+     "[--preallocation off|metadata|full]", "create a volume (qcow2 by default; --backing: a copy-on-write overlay)"},
+    {"vol list", cmd_vol_list, no_opts, 1, 1, "vol list POOL [--json]", "list a pool's volumes"},
+    {"vol info", cmd_vol_info, no_opts, 1, 1, "vol info POOL/NAME [--json]",
+     "format, sizes, the whole backing chain, the VMs using it and the volumes built on it"},
+    {"vol resize", cmd_vol_resize, vol_resize_opts, 2, 2, "vol resize POOL/NAME SIZE|+SIZE [--allow-shrink] [--force]",
+     "grow a volume (shrinking needs --allow-shrink, and --force while a VM uses it)"},
+    {"vol delete", cmd_vol_delete, force_opts, 1, 1, "vol delete POOL/NAME [--force]",
+     "delete a volume (refused while VMs use it unless --force; always while volumes are built on it)"},
     {"host-check", cmd_host_check, no_opts, 0, 0, "host-check [--json]",
      "KVM, vhost-net, tun, nftables, QEMU and what the sandbox can apply on this host"},
     {"help", cmd_help, no_opts, 0, 1, "help [COMMAND]", "show usage"},
@@ -293,6 +308,10 @@ static int run(struct cli *c, int argc, char **argv)
         if (i + 1 >= argc)
             return qv_fail(&c->err, -EINVAL, "pool: which? define, undefine, list, show, refresh");
         snprintf(word, sizeof(word), "pool %s", argv[++i]);
+    } else if (strcmp(argv[i], "vol") == 0) {
+        if (i + 1 >= argc)
+            return qv_fail(&c->err, -EINVAL, "vol: which? create, list, info, resize, delete, clone, import, export");
+        snprintf(word, sizeof(word), "vol %s", argv[++i]);
     }
     c->cmd = find_command(word);
     if (!c->cmd)

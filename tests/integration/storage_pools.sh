@@ -56,4 +56,85 @@ check_output "pool undefine" '^undefined pool cold \(its volumes stay where they
 check_not "...its definition is gone" test -e "$T_ROOT/etc/qvisor/pools/cold.json"
 check "...its directory stays" test -d "$T_ROOT/cold"
 check_error "pool undefine of an unknown pool (exit 3)" 3 'no pool named cold' qv pool undefine cold
+
+# ---- volumes ----
+vinfo() { qv vol info "$1" --json | jq -e "$2"; }
+check_output "vol create: qcow2 by default" '^created volume default/base$' qv vol create default/base --size 64M
+check "...a qcow2 file in the pool's directory" bash -c "qemu-img info --output=json '$IMGS/base' | jq -e '.format == \"qcow2\" and .\"virtual-size\" == 67108864'"
+check_output "vol create --format raw --preallocation full" 'created volume fast/full.raw' \
+    qv vol create fast/full.raw --size 8M --format raw --preallocation full
+check "...all of it allocated" vinfo fast/full.raw '.format == "raw" and .capacity == 8388608 and .allocation >= 8388608'
+check_output "vol create --preallocation metadata (qcow2)" 'created volume default/meta' \
+    qv vol create default/meta --size 16M --preallocation metadata
+check "...its metadata laid out: the file spans the whole disk, unlike a plain qcow2" \
+    bash -c "[ \$(stat -c %s '$IMGS/meta') -ge 16777216 ] && [ \$(stat -c %s '$IMGS/base') -lt 16777216 ]"
+check_output "vol create --backing POOL/VOL: an overlay taking the base's size" 'created volume default/top' \
+    qv vol create default/top --backing default/base
+check "...vol info shows the chain top first, with pool names" \
+    vinfo default/top '[.chain[].volume] == ["default/top", "default/base"] and .capacity == 67108864 and .backing == "'"$IMGS"'/base"'
+truncate -s 4M "$T_ROOT/plain.raw"
+check_output "vol create --backing FILE" 'created volume fast/onfile' qv vol create fast/onfile --backing "$T_ROOT/plain.raw"
+check "...whose chain ends in the file" vinfo fast/onfile '.chain[1].path == "'"$T_ROOT"'/plain.raw" and .chain[1].format == "raw"'
+check_output "vol list POOL: names, formats, sizes and backing volumes" '^top +qcow2 +64\.0M +[0-9.]+K +default/base$' qv vol list default
+check "vol list --json" bash -c "'$QV_BIN' --root '$T_ROOT' vol list default --json | jq -e '[.[].name] == [\"base\", \"meta\", \"top\"]'"
+check_output "vol info (text): format, sizes, chain, users" 'used by: +-' qv vol info default/base
+check "vol info: base is the backing file of top" vinfo default/base '.backing_for == ["default/top"] and .used_by == []'
+check_error "vol create of an existing name: conflict (exit 4)" 4 'pool default already has a volume base' \
+    qv vol create default/base --size 1M
+check_error "vol create without --size or --backing (exit 2)" 2 '--size is needed' qv vol create default/nosize
+check_error "vol create: a bad size (exit 2)" 2 '--size 10Q: not a size' qv vol create default/x --size 10Q
+check_error "vol create: a bad format (exit 2)" 2 '--format vmdk: not one of qcow2, raw' qv vol create default/x --size 1M --format vmdk
+check_error "vol create: metadata preallocation of raw (exit 2)" 2 'preallocation metadata is for qcow2' \
+    qv vol create default/x --size 1M --format raw --preallocation metadata
+check_error "vol create: a name with .. (exit 2)" 2 'not a volume reference' qv vol create default/../x --size 1M
+check_error "vol create: a name starting with a dot (exit 2)" 2 '".x" is not a valid volume name' qv vol create default/.x --size 1M
+check_error "vol create: in an unknown pool (exit 3)" 3 'no pool named nope' qv vol create nope/x --size 1M
+check_error "vol create: a missing backing volume (exit 3)" 3 'pool default has no volume gone' qv vol create default/x --backing default/gone
+check_not "...bad input created nothing" bash -c "ls -A '$IMGS' | grep -vxE 'base|meta|top'"
+check_error "vol info of a missing volume (exit 3)" 3 'pool default has no volume gone' qv vol info default/gone
+check_error "vol info of a symlink in the pool (exit 2)" 2 'link.raw is a symbolic link, not a volume' qv vol info fast/link.raw
+check_error "vol delete of a symlink in the pool (exit 2)" 2 'symbolic link' qv vol delete fast/link.raw
+check "...which stays, as does its target" test -L "$T_ROOT/fast/link.raw" -a -e "$T_ROOT/outside.raw"
+
+# resize
+check_output "vol resize +SIZE grows" 'volume default/meta is now 32M' qv vol resize default/meta +16M
+check_output "vol resize SIZE" 'volume default/meta is now 48M' qv vol resize default/meta 48M
+check "...qemu-img agrees" bash -c "qemu-img info --output=json '$IMGS/meta' | jq -e '.\"virtual-size\" == 50331648'"
+check_error "vol resize smaller without --allow-shrink: refused (exit 2)" 2 'shrinking loses data.*--allow-shrink' \
+    qv vol resize default/meta 16M
+check "...the size is unchanged" vinfo default/meta '.capacity == 50331648'
+check_output "vol resize --allow-shrink" 'volume fast/full.raw is now 4M' qv vol resize fast/full.raw 4M --allow-shrink
+check_error "vol resize: a bad size (exit 2)" 2 '"big" is not a size' qv vol resize default/meta big
+
+# in use: by a defined VM, then a running one
+define_guest vu "" --disk "file=$IMGS/meta,serial=META"
+check "vol info names the VM using it (defined)" vinfo default/meta '.used_by == ["vu (defined)"]'
+check_error "vol delete of a volume a defined VM uses: conflict naming the VM (exit 4)" 4 \
+    'volume default/meta is used by VM vu \(defined\); delete it anyway with --force' qv vol delete default/meta
+check_error "vol resize --allow-shrink of it: conflict (exit 4)" 4 'used by VM vu \(defined\); shrink it anyway with --force' \
+    qv vol resize default/meta 32M --allow-shrink
+check "...the volume is untouched" vinfo default/meta '.capacity == 50331648'
+define_guest vb "" --disk "file=$IMGS/top,serial=TOP"
+check "a VM whose disk is built on a volume uses that volume too" vinfo default/base '.used_by == ["vb (defined)"]'
+qv start -q vu
+check "vol info names the VM using it (running)" vinfo default/meta '.used_by == ["vu (running)"]'
+check_error "vol delete of a running VM's volume: conflict (exit 4)" 4 \
+    'used by VM vu \(running\)' qv vol delete default/meta
+qv kill -q vu
+check_error "vol delete of a volume others are built on: always refused, even with --force (exit 4)" 4 \
+    'volume default/base is the backing file of default/top' qv vol delete default/base --force
+check "...it stays" test -f "$IMGS/base"
+check_output "vol delete --force of a defined VM's volume" 'deleted volume default/meta' qv vol delete default/meta --force
+check_not "...it is gone" test -e "$IMGS/meta"
+qv undefine -q vb
+check_output "vol delete of the overlay" 'deleted volume default/top' qv vol delete default/top
+check_output "...then of its base" 'deleted volume default/base' qv vol delete default/base
+check_error "vol delete of a missing volume (exit 3)" 3 'pool default has no volume base' qv vol delete default/base
+
+# a pool whose volumes a VM uses is not undefined
+define_guest vf "" --disk "file=$T_ROOT/fast/onfile"
+check_error "pool undefine of a pool a VM uses: conflict naming it (exit 4)" 4 'pool fast holds volumes of VM vf \(defined\)' \
+    qv pool undefine fast
+check "...it stays defined" test -f "$T_ROOT/etc/qvisor/pools/fast.json"
+qv undefine -q vf
 finish
