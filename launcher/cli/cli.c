@@ -37,6 +37,8 @@ static const struct cli_opt vol_create_opts[] = {
     {"size", true, false, 0}, {"format", true, false, 0}, {"backing", true, false, 0},
     {"preallocation", true, false, 0}, {0}};
 static const struct cli_opt vol_resize_opts[] = {{"allow-shrink", false, false, 0}, {"force", false, false, 0}, {0}};
+static const struct cli_opt vol_clone_opts[] = {{"pool", true, false, 0}, {"format", true, false, 0}, {0}};
+static const struct cli_opt format_opts[] = {{"format", true, false, 0}, {0}};
 static const struct cli_opt force_opts[] = {{"force", false, false, 0}, {0}};
 static const struct cli_opt attach_disk_opts[] = {
     {"bus", true, false, 0}, {"format", true, false, 0}, {"cache", true, false, 0}, {"serial", true, false, 0},
@@ -119,6 +121,12 @@ static const struct cli_command commands[] = {
      "grow a volume (shrinking needs --allow-shrink, and --force while a VM uses it)"},
     {"vol delete", cmd_vol_delete, force_opts, 1, 1, "vol delete POOL/NAME [--force]",
      "delete a volume (refused while VMs use it unless --force; always while volumes are built on it)"},
+    {"vol clone", cmd_vol_clone, vol_clone_opts, 2, 2, "vol clone POOL/VOL NEWNAME [--pool P] [--format qcow2|raw]",
+     "a full, standalone copy of a volume (its whole chain), also into another pool"},
+    {"vol import", cmd_vol_import, format_opts, 2, 2, "vol import POOL/NAME FILE [--format qcow2|raw]",
+     "copy an image file (a downloaded cloud image) into a new volume, converted (qcow2 by default)"},
+    {"vol export", cmd_vol_export, format_opts, 2, 2, "vol export POOL/NAME FILE|- [--format qcow2|raw]",
+     "copy a volume out to a new file, or as raw bytes to stdout"},
     {"host-check", cmd_host_check, no_opts, 0, 0, "host-check [--json]",
      "KVM, vhost-net, tun, nftables, QEMU and what the sandbox can apply on this host"},
     {"help", cmd_help, no_opts, 0, 1, "help [COMMAND]", "show usage"},

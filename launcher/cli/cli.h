@@ -93,6 +93,9 @@ int cmd_vol_list(struct cli *c);
 int cmd_vol_info(struct cli *c);
 int cmd_vol_resize(struct cli *c);
 int cmd_vol_delete(struct cli *c);
+int cmd_vol_clone(struct cli *c);
+int cmd_vol_import(struct cli *c);
+int cmd_vol_export(struct cli *c);
 /* "9.8G" */
 void cli_size_human(uint64_t bytes, char *out, size_t outlen);
 

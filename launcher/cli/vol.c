@@ -206,3 +206,147 @@ int cmd_vol_delete(struct cli *c)
         printf("deleted volume %s\n", c->pos[0]);
     return r;
 }
+
+/* ---- long copies: a progress bar on a terminal, Ctrl-C stops them cleanly ---- */
+static volatile int copy_cancel;
+
+static void on_interrupt(int sig)
+{
+    (void)sig;
+    copy_cancel = 1;
+}
+
+struct bar {
+    const char *label;
+    int last;
+};
+
+static void bar_draw(void *opaque, double pct)
+{
+    struct bar *b = opaque;
+    int p = (int)pct;
+    if (p == b->last)
+        return;
+    b->last = p;
+    char cells[41];
+    int full = p * 40 / 100;
+    for (int i = 0; i < 40; i++)
+        cells[i] = i < full ? '#' : '.';
+    cells[40] = '\0';
+    fprintf(stderr, "\r%s [%s] %3d%%", b->label, cells, p);
+    fflush(stderr);
+}
+
+/* Runs `copy` with the progress bar (stderr a terminal, not -q) and SIGINT, SIGTERM
+ * and SIGHUP turned into a cancel of the copy; their old handlers come back after. */
+static int with_progress(struct cli *c, const char *label, int (*copy)(struct cli *c, const struct storage_progress *p, void *arg),
+                         void *arg)
+{
+    struct bar b = {label, -1};
+    struct storage_progress prog = {.cancel = &copy_cancel};
+    bool tty = !c->quiet && isatty(STDERR_FILENO);
+    if (tty) {
+        prog.fn = bar_draw;
+        prog.opaque = &b;
+    }
+    static const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+    struct sigaction sa = {.sa_handler = on_interrupt}, old[3];
+    sigemptyset(&sa.sa_mask);
+    copy_cancel = 0;
+    for (size_t i = 0; i < ARRAY_SIZE(sigs); i++)
+        sigaction(sigs[i], &sa, &old[i]);
+    int r = copy(c, &prog, arg);
+    for (size_t i = 0; i < ARRAY_SIZE(sigs); i++)
+        sigaction(sigs[i], &old[i], NULL);
+    if (tty && b.last >= 0)
+        fputc('\n', stderr);
+    if (r == -ECANCELED || (r < 0 && copy_cancel))
+        return qv_fail(&c->err, -ECANCELED, "%s: interrupted; nothing was written", label);
+    return r;
+}
+
+struct copy_args {
+    const char *dst_ref, *src_path, *dest;
+    enum storage_format src_format, format;
+    bool have_format;
+};
+
+static int do_copy_in(struct cli *c, const struct storage_progress *p, void *arg)
+{
+    struct copy_args *a = arg;
+    return volume_copy_in(&c->paths, a->dst_ref, a->src_path, a->src_format, a->format, p, &c->err);
+}
+
+int cmd_vol_clone(struct cli *c)
+{
+    struct vol_ref src;
+    _cleanup_pool_def_ struct pool_def pd = {0};
+    struct storage_vol_info vi;
+    int r;
+    if ((r = vol_ref_parse(c->pos[0], &src, &c->err)) < 0 || (r = vol_lookup(&c->paths, &src, &pd, &vi, &c->err)) < 0)
+        return r;
+    const char *pool = cli_opt(c, "pool");
+    char dst[160];
+    snprintf(dst, sizeof(dst), "%s/%s", pool ? pool : src.pool, c->pos[1]);
+    struct copy_args a = {.dst_ref = dst, .src_path = vi.path, .src_format = vi.format};
+    if ((r = format_opt(c, vi.format, &a.format)) < 0)
+        return r;
+    char label[256];
+    snprintf(label, sizeof(label), "vol clone %s %s", c->pos[0], dst);
+    if ((r = with_progress(c, label, do_copy_in, &a)) < 0)
+        return r;
+    if (!c->quiet)
+        printf("cloned %s to %s (%s)\n", c->pos[0], dst, storage_format_name(a.format));
+    return 0;
+}
+
+int cmd_vol_import(struct cli *c)
+{
+    struct copy_args a = {.dst_ref = c->pos[0], .src_path = c->pos[1], .src_format = STORAGE_FORMAT_PROBE};
+    int r;
+    if ((r = format_opt(c, STORAGE_FORMAT_QCOW2, &a.format)) < 0)
+        return r;
+    struct stat st;
+    if (stat(a.src_path, &st) < 0)
+        return qv_failerr(&c->err, errno == ENOENT ? -ENOENT : -errno, "vol import: %s", a.src_path);
+    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+        return qv_fail(&c->err, -EINVAL, "vol import: %s is %s, not an image file", a.src_path,
+                       storage_file_type_name(st.st_mode));
+    char label[256];
+    snprintf(label, sizeof(label), "vol import %s", c->pos[0]);
+    if ((r = with_progress(c, label, do_copy_in, &a)) < 0)
+        return r;
+    if (!c->quiet)
+        printf("imported %s as %s (%s)\n", a.src_path, c->pos[0], storage_format_name(a.format));
+    return 0;
+}
+
+static int do_export(struct cli *c, const struct storage_progress *p, void *arg)
+{
+    struct copy_args *a = arg;
+    if (strcmp(a->dest, "-") == 0)
+        return volume_export_raw_fd(&c->paths, a->dst_ref, STDOUT_FILENO, p, &c->err);
+    return volume_export(&c->paths, a->dst_ref, a->dest, a->have_format, a->format, p, &c->err);
+}
+
+int cmd_vol_export(struct cli *c)
+{
+    struct copy_args a = {.dst_ref = c->pos[0], .dest = c->pos[1], .have_format = cli_flag(c, "format")};
+    int r;
+    if ((r = format_opt(c, STORAGE_FORMAT_QCOW2, &a.format)) < 0)
+        return r;
+    bool to_stdout = strcmp(a.dest, "-") == 0;
+    if (to_stdout && isatty(STDOUT_FILENO))
+        return qv_fail(&c->err, -EINVAL, "vol export %s -: stdout is a terminal (redirect it to a file or a pipe)",
+                       c->pos[0]);
+    if (to_stdout && a.have_format && a.format != STORAGE_FORMAT_RAW)
+        return qv_fail(&c->err, -EINVAL, "vol export %s -: a stream is raw (--format raw, or export to a file)",
+                       c->pos[0]);
+    char label[256];
+    snprintf(label, sizeof(label), "vol export %s", c->pos[0]);
+    if ((r = with_progress(c, label, do_export, &a)) < 0)
+        return r;
+    if (!c->quiet && !to_stdout)
+        printf("exported %s to %s\n", c->pos[0], a.dest);
+    return 0;
+}

@@ -461,5 +461,12 @@ int volume_resize(const struct qv_paths *p, const char *ref, const char *size, b
 /* A new volume `ref` holding a full copy of `src` (a path), converted to `format`. */
 int volume_copy_in(const struct qv_paths *p, const char *ref, const char *src, enum storage_format src_format,
                    enum storage_format format, const struct storage_progress *prog, struct qv_err *e);
+/* A copy of the volume (its whole chain) in the file `dest`, which must not exist:
+ * written to dest.part-PID and renamed when complete. Format: the volume's unless given. */
+int volume_export(const struct qv_paths *p, const char *ref, const char *dest, bool have_format,
+                  enum storage_format format, const struct storage_progress *prog, struct qv_err *e);
+/* What the guest sees, as raw bytes, written to fd `out` (a pipe). */
+int volume_export_raw_fd(const struct qv_paths *p, const char *ref, int out, const struct storage_progress *prog,
+                         struct qv_err *e);
 
 #endif

@@ -317,3 +317,81 @@ int volume_copy_in(const struct qv_paths *p, const char *refs, const char *src, 
     struct storage_pool sp = pool_storage(&pd);
     return pool_backend(&pd)->vol_copy_in(&sp, ref.name, src, src_format, format, prog, e);
 }
+
+int volume_export(const struct qv_paths *p, const char *refs, const char *dest, bool have_format,
+                  enum storage_format format, const struct storage_progress *prog, struct qv_err *e)
+{
+    struct vol_ref ref;
+    _cleanup_pool_def_ struct pool_def pd = {0};
+    struct storage_vol_info vi;
+    int r;
+    if ((r = vol_ref_parse(refs, &ref, e)) < 0 || (r = vol_lookup(p, &ref, &pd, &vi, e)) < 0)
+        return r;
+    struct stat st;
+    if (lstat(dest, &st) == 0)
+        return qv_fail(e, -EEXIST, "%s already exists (remove it first, or choose another name)", dest);
+    char tmp[PATH_MAX];
+    if (snprintf(tmp, sizeof(tmp), "%s.part-%d", dest, (int)getpid()) >= (int)sizeof(tmp))
+        return qv_fail(e, -ENAMETOOLONG, "%s: path too long", dest);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return qv_failerr(e, -errno, "%s", tmp);
+    close(fd);
+    if ((r = storage_convert(vi.path, vi.format, tmp, have_format ? format : vi.format, prog, e)) < 0) {
+        unlink(tmp);
+        return r;
+    }
+    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dest, RENAME_NOREPLACE) < 0) {
+        r = -errno;
+        unlink(tmp);
+        return qv_failerr(e, r, "%s", dest);
+    }
+    chmod(dest, 0644);
+    return 0;
+}
+
+/* The guest's view of the volume as raw bytes into fd: the file itself when it is
+ * raw and alone, else a raw conversion under a temporary name in `tmpdir`. */
+int volume_export_raw_fd(const struct qv_paths *p, const char *refs, int out, const struct storage_progress *prog,
+                         struct qv_err *e)
+{
+    struct vol_ref ref;
+    _cleanup_pool_def_ struct pool_def pd = {0};
+    struct storage_vol_info vi;
+    int r;
+    if ((r = vol_ref_parse(refs, &ref, e)) < 0 || (r = vol_lookup(p, &ref, &pd, &vi, e)) < 0)
+        return r;
+    char tmp[PATH_MAX] = "";
+    const char *src = vi.path;
+    if (vi.format != STORAGE_FORMAT_RAW || vi.backing[0]) {
+        snprintf(tmp, sizeof(tmp), "%s/.export-%s.part-%d", pd.path, ref.name, (int)getpid());
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd < 0)
+            return qv_failerr(e, -errno, "%s", tmp);
+        close(fd);
+        if ((r = storage_convert(vi.path, vi.format, tmp, STORAGE_FORMAT_RAW, prog, e)) < 0) {
+            unlink(tmp);
+            return r;
+        }
+        src = tmp;
+    }
+    _cleanup_close_ int in = open(src, O_RDONLY | O_CLOEXEC);
+    if (tmp[0])
+        unlink(tmp);
+    if (in < 0)
+        return qv_failerr(e, -errno, "%s", src);
+    char buf[1 << 16];
+    for (;;) {
+        if (prog && prog->cancel && *prog->cancel)
+            return qv_fail(e, -ECANCELED, "export of %s: interrupted", refs);
+        ssize_t n = read(in, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return qv_failerr(e, -errno, "%s", src);
+        if (n == 0)
+            return 0;
+        if ((r = write_all(out, buf, (size_t)n)) < 0)
+            return qv_failerr(e, r, "export of %s: writing", refs);
+    }
+}

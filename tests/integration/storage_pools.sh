@@ -137,4 +137,70 @@ check_error "pool undefine of a pool a VM uses: conflict naming it (exit 4)" 4 '
     qv pool undefine fast
 check "...it stays defined" test -f "$T_ROOT/etc/qvisor/pools/fast.json"
 qv undefine -q vf
+
+# ---- clone, import, export ----
+head -c 1048576 /dev/urandom > "$T_ROOT/data.bin"
+truncate -s 32M "$T_ROOT/data.bin"
+qemu-img convert -q -f raw -O qcow2 "$T_ROOT/data.bin" "$T_ROOT/cloud.qcow2"
+check_output "vol import FILE: converted to qcow2 by default" 'imported .*/cloud.qcow2 as default/src \(qcow2\)' \
+    qv vol import default/src "$T_ROOT/cloud.qcow2"
+check "...holds the image's data" qemu-img compare -q -f raw -F qcow2 "$T_ROOT/data.bin" "$IMGS/src"
+check_output "vol import --format raw" 'as fast/src.raw \(raw\)' qv vol import fast/src.raw "$T_ROOT/cloud.qcow2" --format raw
+check "...raw, with the same data" cmp "$T_ROOT/data.bin" "$T_ROOT/fast/src.raw"
+qv vol create -q default/ovl --backing default/src
+printf 'OVERLAY-DATA' | qemu-io -f qcow2 -c 'write -P 0x4f 2M 64k' "$IMGS/ovl" >/dev/null
+check_output "vol clone within the pool (same format)" 'cloned default/ovl to default/ovl-copy \(qcow2\)' \
+    qv vol clone default/ovl ovl-copy
+check "...a standalone copy: no backing file" vinfo default/ovl-copy '.backing == null and (.chain | length) == 1'
+check "...with the data of the whole chain" qemu-img compare -q "$IMGS/ovl" "$IMGS/ovl-copy"
+check_output "vol clone --pool --format: into another pool, converted" 'cloned default/ovl to fast/ovl\.raw \(raw\)' \
+    qv vol clone default/ovl ovl.raw --pool fast --format raw
+check "...the same data" qemu-img compare -q -F raw "$IMGS/ovl" "$T_ROOT/fast/ovl.raw"
+check_error "vol clone onto an existing name: conflict (exit 4)" 4 'pool default already has a volume src' qv vol clone default/ovl src
+check_error "vol clone of a missing volume (exit 3)" 3 'pool default has no volume gone' qv vol clone default/gone x
+check_error "vol clone into a missing pool (exit 3)" 3 'no pool named nope' qv vol clone default/ovl x --pool nope
+check_error "vol import of a missing file (exit 3)" 3 'vol import: .*/nothing.img: No such file' qv vol import default/x "$T_ROOT/nothing.img"
+check_error "vol import of a directory (exit 2)" 2 'is a directory, not an image file' qv vol import default/x "$T_ROOT"
+check_output "vol export FILE: the volume's format" "exported default/ovl to $T_ROOT/out.qcow2" qv vol export default/ovl "$T_ROOT/out.qcow2"
+check "...qcow2, standalone, same data" bash -c "qemu-img info --output=json '$T_ROOT/out.qcow2' | jq -e '.format == \"qcow2\" and (.\"backing-filename\" | not)' && qemu-img compare -q '$IMGS/ovl' '$T_ROOT/out.qcow2'"
+check_output "vol export --format raw" 'exported' qv vol export default/src "$T_ROOT/out.raw" --format raw
+check "...the raw bytes" cmp "$T_ROOT/data.bin" "$T_ROOT/out.raw"
+check_error "vol export onto an existing file: conflict (exit 4)" 4 'out.raw already exists' qv vol export default/src "$T_ROOT/out.raw"
+check "vol export - streams the guest's view as raw bytes" bash -c "'$QV_BIN' --root '$T_ROOT' vol export default/src - | cmp - '$T_ROOT/data.bin'"
+check_error "vol export - --format qcow2: a stream is raw (exit 2)" 2 'a stream is raw' \
+    bash -c "'$QV_BIN' --root '$T_ROOT' vol export default/src - --format qcow2 > '$T_ROOT/stream.out'"
+check_not "exports and copies left no temporary files" bash -c "ls -A '$IMGS' '$T_ROOT/fast' '$T_ROOT' | grep -F .part-"
+
+# progress: a bar on a terminal, nothing when piped
+check_output "vol clone on a terminal draws a progress bar up to 100%" 'vol clone default/src default/tty \[#{40}\] 100%' \
+    script -qec "'$QV_BIN' --root '$T_ROOT' vol clone default/src tty" /dev/null
+check "vol clone piped prints no progress (stderr empty)" \
+    bash -c "'$QV_BIN' --root '$T_ROOT' vol clone default/src piped 2>'$T_ROOT/err' | cat >/dev/null && [ ! -s '$T_ROOT/err' ]"
+
+# Ctrl-C: qemu-img through a wrapper that, once the real copy is written, waits, so
+# that the interrupt lands while the temporary file is complete but not yet renamed
+cat > "$T_ROOT/slow-qemu-img" <<'EOS'
+#!/bin/bash
+if [ "$1" = convert ]; then
+    qemu-img "$@" || exit
+    echo $$ > "$SLOW_DIR/copying"
+    exec sleep 60
+fi
+exec qemu-img "$@"
+EOS
+chmod +x "$T_ROOT/slow-qemu-img"
+export SLOW_DIR=$T_ROOT
+QVISOR_QEMU_IMG=$T_ROOT/slow-qemu-img "$QV_BIN" --root "$T_ROOT" vol clone default/src intr --pool fast >"$T_ROOT/intr.out" 2>&1 &
+qpid=$!
+on_exit "kill -9 $qpid"
+check "a clone through the slow wrapper reaches its wait" wait_until 30 test -s "$T_ROOT/copying"
+cpid=$(cat "$T_ROOT/copying" 2>/dev/null)
+check "...its temporary file is in the target pool" bash -c "ls -A '$T_ROOT/fast' | grep -qx '\.intr\.part-$qpid'"
+kill -INT "$qpid"
+wait "$qpid"; rc=$?
+check "SIGINT: qvisor stops with exit 1" test "$rc" -eq 1
+check "...saying the copy was interrupted and nothing written" grep -q 'vol clone default/src fast/intr: interrupted; nothing was written' "$T_ROOT/intr.out"
+check_not "...the qemu-img child is gone (killed, not left running)" kill -0 "$cpid"
+check_not "...no volume intr" test -e "$T_ROOT/fast/intr"
+check_not "...and no temporary file" bash -c "ls -A '$T_ROOT/fast' | grep -F intr"
 finish
