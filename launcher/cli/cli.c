@@ -42,7 +42,7 @@ static const struct cli_opt format_opts[] = {{"format", true, false, 0}, {0}};
 static const struct cli_opt force_opts[] = {{"force", false, false, 0}, {0}};
 static const struct cli_opt attach_disk_opts[] = {
     {"bus", true, false, 0}, {"format", true, false, 0}, {"cache", true, false, 0}, {"serial", true, false, 0},
-    {"readonly", false, false, 0}, {"persistent", false, false, 0}, {0}};
+    {"readonly", false, false, 0}, {"persistent", false, false, 0}, {"volume", true, false, 0}, {0}};
 static const struct cli_opt attach_nic_opts[] = {
     {"network", true, false, 0}, {"bridge", true, false, 0}, {"direct", true, false, 0}, {"user", false, false, 0},
     {"mac", true, false, 0}, {"model", true, false, 0}, {"mode", true, false, 0}, {"queues", true, false, 0},
@@ -52,7 +52,7 @@ static const struct cli_opt detach_opts[] = {{"persistent", false, false, 0}, {"
 static int cmd_help(struct cli *c);
 
 static const struct cli_command commands[] = {
-    {"define", cmd_define, define_opts, 1, 1, "define FILE.json | define NAME [--memory 1G --cpus 2 --disk file=PATH[,bus=...] "
+    {"define", cmd_define, define_opts, 1, 1, "define FILE.json | define NAME [--memory 1G --cpus 2 --disk file=PATH|vol=POOL/NAME|size=20G[,bus=...] "
      "--kernel K --initrd I --append A --nic user ...]", "define a VM from a JSON file or from flags"},
     {"undefine", cmd_undefine, no_opts, 1, 1, "undefine NAME", "remove a VM's definition"},
     {"edit", cmd_edit, no_opts, 1, 1, "edit NAME   (or: qvisor edit NAME < new.json)",
@@ -81,8 +81,8 @@ static const struct cli_command commands[] = {
     {"events", cmd_events, no_opts, 1, 1, "events NAME", "stream QMP events as JSON lines"},
     {"logs", cmd_logs, logs_opts, 1, 1, "logs NAME [-f] [-n LINES]",
      "supervisor events, QEMU's messages and the serial console, timestamped"},
-    {"attach-disk", cmd_attach_disk, attach_disk_opts, 2, 2,
-     "attach-disk NAME FILE [--format F] [--cache C] [--serial S] [--readonly] [--persistent]",
+    {"attach-disk", cmd_attach_disk, attach_disk_opts, 1, 2,
+     "attach-disk NAME FILE|--volume POOL/NAME [--format F] [--cache C] [--serial S] [--readonly] [--persistent]",
      "hotplug a virtio disk (the image is opened by qvisor and passed as an fd)"},
     {"detach-disk", cmd_detach_disk, detach_opts, 2, 2, "detach-disk NAME FILE|ID [--persistent]",
      "unplug a hotplugged disk once the guest releases it"},

@@ -52,6 +52,14 @@ struct hostfwd {
 struct vm_disk {
     char *file;             /* the image; for a volume disk, filled when resolved at start */
     char *volume;           /* "POOL/NAME", or NULL for a file disk */
+    /* Filled at start by vm_resolve_disks, never part of the definition: the layers
+     * below a qcow2 top (first: the top's backing file), each passed as an fd with
+     * its node named in the blockdev graph, so QEMU opens no path. */
+    struct vm_disk_layer {
+        char *path;
+        enum disk_format format;
+    } *backing;
+    size_t nbacking;
     enum disk_format format;
     enum disk_bus bus;
     enum disk_cache cache;
@@ -221,6 +229,7 @@ enum fd_kind {
     FD_QGA,         /* listening socket */
     FD_DISK,        /* image file; index = disk */
     FD_DISK_BASE,   /* read-only base under a throw-away overlay; index = disk */
+    FD_DISK_LAYER,  /* a backing layer, read-only; index = disk, sub = layer (0: the top's backing file) */
     FD_OVERLAY,     /* throw-away qcow2 overlay; index = disk */
     FD_CDROM,       /* index = cdrom */
     FD_NVRAM,       /* the VM's UEFI variable store */
@@ -401,6 +410,11 @@ int net_check_host(const struct net_def *n, struct qv_err *e);
 int net_run_dir(const struct qv_paths *p, const char *name, char *out, size_t outlen);
 /* Whether a network supervisor holds the network's lock (its pid in *holder). */
 bool net_running(const struct qv_paths *p, const char *name, pid_t *holder);
+
+/* At start: each volume disk's file and format from its volume, and every disk's
+ * backing chain opened, checked (missing layers, loops, protocols) and recorded in
+ * disk->backing for the launch plan. Errors name the VM, the disk and the volume. */
+int vm_resolve_disks(const struct qv_paths *p, struct vm_def *d, struct qv_err *e);
 
 /* ---- storage pools: etc/qvisor/pools/NAME.json -------------------------------------------- */
 struct pool_def {

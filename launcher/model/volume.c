@@ -395,3 +395,56 @@ int volume_export_raw_fd(const struct qv_paths *p, const char *refs, int out, co
             return qv_failerr(e, r, "export of %s: writing", refs);
     }
 }
+
+/* ---- disks at start ---- */
+static void disk_forget_layers(struct vm_disk *k)
+{
+    for (size_t i = 0; i < k->nbacking; i++)
+        free(k->backing[i].path);
+    free(k->backing);
+    k->backing = NULL;
+    k->nbacking = 0;
+}
+
+static int resolve_disk(const struct qv_paths *p, struct vm_disk *k, struct qv_err *e)
+{
+    int r;
+    if (k->volume) {
+        char path[PATH_MAX];
+        enum disk_format fmt;
+        struct qv_err ve = {0};
+        if ((r = vol_resolve(p, k->volume, path, sizeof(path), &fmt, &ve)) < 0)
+            return qv_fail(e, r, "volume %s: %s", k->volume, ve.msg);
+        free(k->file);
+        k->file = qv_xstrdup(path);
+        k->format = fmt;    /* a volume's format is what its header says now */
+    }
+    disk_forget_layers(k);
+    if (k->format != FORMAT_QCOW2)
+        return 0;
+    /* every layer is opened and checked now, so that a broken chain is refused
+     * before QEMU starts, naming the layer and the image that points at it */
+    struct storage_chain c;
+    if ((r = storage_chain_open(k->file, STORAGE_FORMAT_QCOW2, O_RDONLY, &c, e)) < 0)
+        return r;
+    if (c.n > 1) {
+        k->nbacking = c.n - 1;
+        k->backing = qv_xcalloc(k->nbacking, sizeof(*k->backing));
+        for (size_t i = 1; i < c.n; i++) {
+            k->backing[i - 1].path = qv_xstrdup(c.layers[i].path);
+            k->backing[i - 1].format = c.layers[i].format == STORAGE_FORMAT_QCOW2 ? FORMAT_QCOW2 : FORMAT_RAW;
+        }
+    }
+    storage_chain_close(&c);
+    return 0;
+}
+
+int vm_resolve_disks(const struct qv_paths *p, struct vm_def *d, struct qv_err *e)
+{
+    for (size_t i = 0; i < d->ndisks; i++) {
+        int r = resolve_disk(p, &d->disks[i], e);
+        if (r < 0)
+            return qv_prefix(e, "%s: disks[%zu]: ", d->name, i);
+    }
+    return 0;
+}

@@ -171,7 +171,11 @@ static int resume_guest(struct sup *s, struct qv_err *e)
 int start_qemu(struct sup *s, struct qv_err *e)
 {
     struct launch_plan plan;
-    int r = build_launch_plan(&s->def, &s->facts, &plan, e);
+    /* volumes and chains as they are now: a restart sees a volume grown or replaced */
+    int r = vm_resolve_disks(s->paths, &s->def, e);
+    if (r < 0)
+        return r;
+    r = build_launch_plan(&s->def, &s->facts, &plan, e);
     if (r < 0)
         return r;
     s->expected_exit = false;

@@ -203,4 +203,79 @@ check "...saying the copy was interrupted and nothing written" grep -q 'vol clon
 check_not "...the qemu-img child is gone (killed, not left running)" kill -0 "$cpid"
 check_not "...no volume intr" test -e "$T_ROOT/fast/intr"
 check_not "...and no temporary file" bash -c "ls -A '$T_ROOT/fast' | grep -F intr"
+
+# ---- VM disks naming volumes ----
+# the marker the host writes at the start of the bottom layer (raw), read back by the
+# guest through each disk
+marker=QVMARK-$RANDOM$RANDOM
+qv vol create -q default/l0 --size 16M --format raw
+printf '%s' "$marker" | dd of="$IMGS/l0" conv=notrunc status=none
+for i in 1 2 3 4; do qv vol create -q "default/l$i" --backing "default/l$((i - 1))"; done
+check "a 5-deep volume chain: vol info lists l4 down to l0" \
+    vinfo default/l4 '[.chain[].volume] == ["default/l4", "default/l3", "default/l2", "default/l1", "default/l0"]'
+qv vol create -q default/plain --size 16M --format raw
+printf '%s' "$marker-plain" | dd of="$IMGS/plain" conv=notrunc status=none
+check "define --disk vol=POOL/NAME" define_guest vd "" --disk vol=default/plain,serial=PLAIN --disk vol=default/l4,serial=CHAIN
+check "...the definition names the volumes, not their files" \
+    bash -c "'$QV_BIN' --root '$T_ROOT' show vd --json | jq -e '[.disks[] | .volume] == [\"default/plain\", \"default/l4\"] and ([.disks[] | .file] == [null, null])'"
+argv=$(qv argv vd)
+check "argv: every layer of the chain is a node of its own read from an fd, linked by backing" \
+    bash -c "grep -c '\"node-name\":\"disk1-b[0-3]-fmt\"' <<< '$argv' | grep -qx 4 &&
+             grep -q '\"node-name\":\"disk1-fmt\",\"backing\":\"disk1-b0-fmt\"' <<< '$argv' &&
+             grep -q '\"node-name\":\"disk1-b2-fmt\",\"backing\":\"disk1-b3-fmt\"' <<< '$argv' && ! grep -q '$IMGS' <<< '$argv'"
+check_output "vd starts (sandboxed: QEMU sees no image path)" '^vd started' qv start vd
+check "...a guest boots" wait_log vd 'QVISOR-GUEST: ready' 90
+gdisk() { echo "\$(grep -l $1 /sys/block/vd*/serial | cut -d/ -f4)"; }
+check "...it reads the marker from the plain volume" wait_until 20 guest_ok vd "head -c ${#marker} /dev/\$(grep -l PLAIN /sys/block/vd*/serial | cut -d/ -f4) | grep -qx '$marker'"
+check "...and through the 5-deep chain from its bottom layer" guest_ok vd "head -c ${#marker} /dev/\$(grep -l CHAIN /sys/block/vd*/serial | cut -d/ -f4) | grep -qx '$marker'"
+check "vol info: l0 is used by vd (running), through the chain" vinfo default/l0 '.used_by == ["vd (running)"] and .backing_for == ["default/l1", "default/l2", "default/l3", "default/l4"]'
+check_error "vol delete of the plain volume of the running VM: conflict (exit 4)" 4 'used by VM vd \(running\)' qv vol delete default/plain
+qv kill -q vd
+
+# attach-disk --volume, live and persistent
+qv vol create -q default/hot --size 8M --format raw
+printf '%s' "$marker-hot" | dd of="$IMGS/hot" conv=notrunc status=none
+define_guest vh
+qv start -q vh
+check "a second guest boots" wait_log vh 'QVISOR-GUEST: ready' 90
+check_output "attach-disk --volume --persistent" 'disk attached as disk[0-9]+ \(and defined\)' \
+    qv attach-disk vh --volume default/hot --serial HOT --persistent
+check "...the guest reads the volume's marker" wait_until 20 guest_ok vh "head -c $((${#marker} + 4)) /dev/\$(grep -l HOT /sys/block/vd*/serial | cut -d/ -f4) | grep -qx '$marker-hot'"
+check "...and the definition names the volume" bash -c "'$QV_BIN' --root '$T_ROOT' show vh --json | jq -e 'any(.disks[]; .volume == \"default/hot\")'"
+check_error "attach-disk --volume of a missing volume: no such object (exit 3)" 3 'attach-disk --volume: pool default has no volume gone' \
+    qv attach-disk vh --volume default/gone
+check_error "attach-disk with a FILE and --volume (exit 2)" 2 'a FILE or --volume' qv attach-disk vh /x --volume default/hot
+qv kill -q vh
+
+# a missing volume is refused at start, naming VM, disk and volume
+qv vol create -q default/gone-soon --size 1M --format raw
+define_guest vm "" --disk vol=default/gone-soon
+qv vol delete -q --force default/gone-soon
+check_error "start with a missing volume: no such object naming VM, disk and volume (exit 3)" 3 \
+    'vm: disks\[0\]: volume default/gone-soon: pool default has no volume gone-soon' qv start vm
+check_error "define with a bad volume reference (exit 2)" 2 'disks\[0\]\.volume: "nopool" is not a volume' \
+    qv define vbad --memory 128M --disk vol=nopool
+check_error "a disk with both file and volume (exit 2)" 2 'disks\[0\]: needs "file" \(an image\) or "volume"' \
+    qv define vbad --memory 128M --disk file=/x,vol=default/x
+# a broken chain is refused before QEMU starts, naming the layer and who points at it
+qv vol create -q default/b0 --size 1M --format raw
+qv vol create -q default/b1 --backing default/b0
+define_guest vbroken "" --disk vol=default/b1
+rm "$IMGS/b0"
+check_error "start with a missing chain layer: refused before QEMU, naming both images" 3 \
+    "vbroken: disks\[0\]: $IMGS/b1: backing file: $IMGS/b0" qv start vbroken
+check_not "...no QEMU ran" log_has vbroken 'QEMU started|qemu pid'
+
+# define --disk size=: a new volume in the default pool
+check_output "define --disk size=32M creates default/NAME-disk0" 'created volume default/vs-disk0' \
+    qv define vs --memory 128M --kernel "$G_KERNEL" --initrd "$G_INITRD" --disk size=32M
+check "...a 32M qcow2 volume" vinfo default/vs-disk0 '.capacity == 33554432 and .format == "qcow2" and .used_by == ["vs (defined)"]'
+check_output "...in another pool with pool=, raw with format=" 'created volume fast/vs2-disk1' \
+    qv define vs2 --memory 128M --disk vol=default/plain --disk size=8M,pool=fast,format=raw
+check "...raw" vinfo fast/vs2-disk1 '.format == "raw"'
+check_error "define --disk size= when that volume exists: conflict (exit 4)" 4 'volume default/vs-disk0 exists already' \
+    qv define vs --memory 128M --disk size=32M
+check_error "define --disk size= of a VM that fails validation creates nothing (exit 2)" 2 'memory' \
+    qv define vx --memory lots --disk size=8M
+check_not "...no volume vx-disk0" test -e "$IMGS/vx-disk0"
 finish

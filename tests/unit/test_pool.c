@@ -317,6 +317,64 @@ static void test_dir_copy_cancelled(void **state)
     assert_int_equal(entries(f->pool), 1);
 }
 
+/* A VM's volume disk resolved at start: its file, its format, and every layer below. */
+static void test_resolve_disks(void **state)
+{
+    struct fx *f = *state;
+    struct qv_err e = {0};
+    struct pool_def pd;
+    assert_int_equal(pool_load(&f->paths, "default", &pd, &e), 0);
+    struct storage_pool sp = pool_storage(&pd);
+    struct storage_vol_spec base = {.size = 4 * MIB, .format = STORAGE_FORMAT_RAW};
+    assert_int_equal(f->b->vol_create(&sp, "base", &base, &e), 0);
+    char bpath[PATH_MAX];
+    snprintf(bpath, sizeof(bpath), "%s/base", pd.path);
+    struct storage_vol_spec mid = {.format = STORAGE_FORMAT_QCOW2, .backing = bpath, .backing_format = STORAGE_FORMAT_RAW};
+    assert_int_equal(f->b->vol_create(&sp, "mid", &mid, &e), 0);
+    char mpath[PATH_MAX];
+    snprintf(mpath, sizeof(mpath), "%s/mid", pd.path);
+    struct storage_vol_spec top = {.format = STORAGE_FORMAT_QCOW2, .backing = mpath, .backing_format = STORAGE_FORMAT_QCOW2};
+    assert_int_equal(f->b->vol_create(&sp, "top", &top, &e), 0);
+    json_object *o = parse("{\"name\": \"v\", \"memory\": \"128M\", \"disks\": [{\"volume\": \"default/top\"}, "
+                           "{\"volume\": \"default/base\"}]}");
+    struct vm_def d;
+    if (vm_def_from_json(o, &d, &e) < 0)
+        fail_msg("%s", e.msg);
+    assert_int_equal(d.disks[0].format, FORMAT_PROBE);
+    assert_null(d.disks[0].file);
+    if (vm_resolve_disks(&f->paths, &d, &e) < 0)
+        fail_msg("%s", e.msg);
+    assert_int_equal(d.disks[0].format, FORMAT_QCOW2);
+    assert_non_null(strstr(d.disks[0].file, "/top"));
+    assert_int_equal(d.disks[0].nbacking, 2);
+    assert_string_equal(d.disks[0].backing[0].path, mpath);
+    assert_int_equal(d.disks[0].backing[0].format, FORMAT_QCOW2);
+    assert_string_equal(d.disks[0].backing[1].path, bpath);
+    assert_int_equal(d.disks[0].backing[1].format, FORMAT_RAW);
+    assert_int_equal(d.disks[1].format, FORMAT_RAW);
+    assert_int_equal(d.disks[1].nbacking, 0);
+    /* resolving again gives the same, not twice as many layers */
+    assert_int_equal(vm_resolve_disks(&f->paths, &d, &e), 0);
+    assert_int_equal(d.disks[0].nbacking, 2);
+    /* the definition keeps naming the volume */
+    json_object *back = vm_def_to_json(&d);
+    json_object *disks = json_object_object_get(back, "disks"), *k0 = json_object_array_get_idx(disks, 0);
+    assert_string_equal(json_object_get_string(json_object_object_get(k0, "volume")), "default/top");
+    assert_null(json_object_object_get(k0, "file"));
+    json_object_put(back);
+    /* a missing layer and a missing volume: errors naming VM, disk, volume or layer */
+    unlink(bpath);
+    assert_int_equal(vm_resolve_disks(&f->paths, &d, &e), -ENOENT);
+    assert_non_null(strstr(e.msg, "v: disks[0]: "));
+    assert_non_null(strstr(e.msg, "/mid: backing file: "));
+    assert_int_equal(f->b->vol_delete(&sp, "top", &e), 0);
+    assert_int_equal(vm_resolve_disks(&f->paths, &d, &e), -ENOENT);
+    assert_non_null(strstr(e.msg, "v: disks[0]: volume default/top: pool default has no volume top"));
+    vm_def_free(&d);
+    json_object_put(o);
+    pool_def_free(&pd);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -326,6 +384,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dir_only_regular_files, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dir_volumes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dir_copy_cancelled, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resolve_disks, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
