@@ -69,7 +69,9 @@ static bool is_temp(const char *name)
     return name[0] == '.' && strstr(name, TEMP_INFIX) != NULL;
 }
 
-static int dir_list(const struct storage_pool *p, struct strv *names, struct qv_err *e)
+/* Calls `fn` for every entry of the pool's directory, with the directory's fd. */
+static int dir_each(const struct storage_pool *p, void (*fn)(int dfd, const char *name, void *arg), void *arg,
+                    struct qv_err *e)
 {
     _cleanup_close_ int dfd = dir_open(p, e);
     if (dfd < 0)
@@ -78,39 +80,42 @@ static int dir_list(const struct storage_pool *p, struct strv *names, struct qv_
     if (!d)
         return qv_failerr(e, -errno, "pool %s: %s", p->name, p->path);
     struct dirent *de;
-    while ((de = readdir(d))) {
-        struct stat st;
-        if (!storage_vol_name_valid(de->d_name) || fstatat(dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
-            !S_ISREG(st.st_mode))
-            continue;
-        strv_push(names, de->d_name);
-    }
+    while ((de = readdir(d)))
+        fn(dfd, de->d_name, arg);
     closedir(d);
-    strv_sort(names);
     return 0;
+}
+
+static void add_volume(int dfd, const char *name, void *arg)
+{
+    struct stat st;
+    if (storage_vol_name_valid(name) && fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
+        strv_push(arg, name);
+}
+
+static int dir_list(const struct storage_pool *p, struct strv *names, struct qv_err *e)
+{
+    int r = dir_each(p, add_volume, names, e);
+    strv_sort(names);
+    return r;
+}
+
+/* ".NAME.part-PID" of a copy whose process is gone */
+static void drop_stale_temp(int dfd, const char *name, void *arg)
+{
+    (void)arg;
+    const char *infix = is_temp(name) ? strstr(name, TEMP_INFIX) : NULL;
+    if (!infix)
+        return;
+    long pid = strtol(infix + strlen(TEMP_INFIX), NULL, 10);
+    if (pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM))
+        return;
+    unlinkat(dfd, name, 0);
 }
 
 static int dir_refresh(const struct storage_pool *p, struct qv_err *e)
 {
-    _cleanup_close_ int dfd = dir_open(p, e);
-    if (dfd < 0)
-        return dfd;
-    DIR *d = fdopendir(dup(dfd));
-    if (!d)
-        return qv_failerr(e, -errno, "pool %s: %s", p->name, p->path);
-    struct dirent *de;
-    while ((de = readdir(d))) {
-        /* ".NAME.part-PID" of a copy whose process is gone */
-        const char *infix = is_temp(de->d_name) ? strstr(de->d_name, TEMP_INFIX) : NULL;
-        if (!infix)
-            continue;
-        long pid = strtol(infix + strlen(TEMP_INFIX), NULL, 10);
-        if (pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM))
-            continue;
-        unlinkat(dfd, de->d_name, 0);
-    }
-    closedir(d);
-    return 0;
+    return dir_each(p, drop_stale_temp, NULL, e);
 }
 
 static int vol_path(const struct storage_pool *p, const char *name, char *out, size_t outlen, struct qv_err *e)

@@ -307,19 +307,20 @@ static int run(struct cli *c, int argc, char **argv)
     }
     char word[64];
     snprintf(word, sizeof(word), "%s", argv[i]);
-    if (strcmp(argv[i], "net") == 0) {
-        /* two-word verbs: "net start" */
+    /* two-word verbs: "net start", "pool list", "vol create" */
+    static const struct {
+        const char *family, *which;
+    } families[] = {
+        {"net", "define, undefine, list, show, start, run, stop, leases, gc"},
+        {"pool", "define, undefine, list, show, refresh"},
+        {"vol", "create, list, info, resize, delete, clone, import, export"},
+    };
+    for (size_t f = 0; f < ARRAY_SIZE(families); f++) {
+        if (strcmp(argv[i], families[f].family) != 0)
+            continue;
         if (i + 1 >= argc)
-            return qv_fail(&c->err, -EINVAL, "net: which? define, undefine, list, show, start, run, stop, leases, gc");
-        snprintf(word, sizeof(word), "net %s", argv[++i]);
-    } else if (strcmp(argv[i], "pool") == 0) {
-        if (i + 1 >= argc)
-            return qv_fail(&c->err, -EINVAL, "pool: which? define, undefine, list, show, refresh");
-        snprintf(word, sizeof(word), "pool %s", argv[++i]);
-    } else if (strcmp(argv[i], "vol") == 0) {
-        if (i + 1 >= argc)
-            return qv_fail(&c->err, -EINVAL, "vol: which? create, list, info, resize, delete, clone, import, export");
-        snprintf(word, sizeof(word), "vol %s", argv[++i]);
+            return qv_fail(&c->err, -EINVAL, "%s: which? %s", families[f].family, families[f].which);
+        snprintf(word, sizeof(word), "%s %s", families[f].family, argv[++i]);
     }
     c->cmd = find_command(word);
     if (!c->cmd)

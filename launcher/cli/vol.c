@@ -126,7 +126,7 @@ int cmd_vol_info(struct cli *c)
     _cleanup_pool_def_ struct pool_def pd = {0};
     struct storage_vol_info vi;
     int r;
-    if ((r = vol_ref_parse(c->pos[0], &ref, &c->err)) < 0 || (r = vol_lookup(&c->paths, &ref, &pd, &vi, &c->err)) < 0)
+    if ((r = vol_lookup(&c->paths, c->pos[0], &ref, &pd, &vi, &c->err)) < 0)
         return r;
     struct storage_pool sp = pool_storage(&pd);
     struct storage_chain chain = {0};
@@ -283,7 +283,7 @@ int cmd_vol_clone(struct cli *c)
     _cleanup_pool_def_ struct pool_def pd = {0};
     struct storage_vol_info vi;
     int r;
-    if ((r = vol_ref_parse(c->pos[0], &src, &c->err)) < 0 || (r = vol_lookup(&c->paths, &src, &pd, &vi, &c->err)) < 0)
+    if ((r = vol_lookup(&c->paths, c->pos[0], &src, &pd, &vi, &c->err)) < 0)
         return r;
     const char *pool = cli_opt(c, "pool");
     char dst[160];

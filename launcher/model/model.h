@@ -449,9 +449,19 @@ struct vol_ref {
 };
 /* -EINVAL unless s is POOL/NAME with two valid names. */
 int vol_ref_parse(const char *s, struct vol_ref *out, struct qv_err *e);
-/* The pool (opened) and the volume's info; -ENOENT naming what is missing. */
-int vol_lookup(const struct qv_paths *p, const struct vol_ref *ref, struct pool_def *pd, struct storage_vol_info *vi,
-               struct qv_err *e);
+/* The reference "POOL/NAME" parsed into *ref, the pool (opened) and the volume's info;
+ * -EINVAL for a bad reference, -ENOENT naming what is missing. */
+int vol_lookup(const struct qv_paths *p, const char *refs, struct vol_ref *ref, struct pool_def *pd,
+               struct storage_vol_info *vi, struct qv_err *e);
+/* vol_lookup's three results in one, freed at the end of its scope. */
+struct vol_found {
+    struct vol_ref ref;
+    struct pool_def pd;
+    struct storage_vol_info vi;
+};
+void vol_found_free(struct vol_found *v);
+#define _cleanup_vol_found_ _cleanup_(vol_found_free)
+int vol_find(const struct qv_paths *p, const char *refs, struct vol_found *v, struct qv_err *e);
 /* The image path of volume `ref` ("default/web1") and its format (may be NULL). */
 int vol_resolve(const struct qv_paths *p, const char *ref, char *path, size_t pathlen, enum disk_format *fmt,
                 struct qv_err *e);

@@ -27,10 +27,13 @@ int vol_ref_parse(const char *s, struct vol_ref *out, struct qv_err *e)
     return 0;
 }
 
-int vol_lookup(const struct qv_paths *p, const struct vol_ref *ref, struct pool_def *pd, struct storage_vol_info *vi,
-               struct qv_err *e)
+int vol_lookup(const struct qv_paths *p, const char *refs, struct vol_ref *ref, struct pool_def *pd,
+               struct storage_vol_info *vi, struct qv_err *e)
 {
-    int r = pool_open(p, ref->pool, pd, e);
+    int r = vol_ref_parse(refs, ref, e);
+    if (r < 0)
+        return r;
+    r = pool_open(p, ref->pool, pd, e);
     if (r < 0)
         return r;
     struct storage_pool sp = pool_storage(pd);
@@ -39,16 +42,24 @@ int vol_lookup(const struct qv_paths *p, const struct vol_ref *ref, struct pool_
     return r;
 }
 
+void vol_found_free(struct vol_found *v)
+{
+    pool_def_free(&v->pd);
+}
+
+int vol_find(const struct qv_paths *p, const char *refs, struct vol_found *v, struct qv_err *e)
+{
+    return vol_lookup(p, refs, &v->ref, &v->pd, &v->vi, e);
+}
+
 int vol_resolve(const struct qv_paths *p, const char *ref, char *path, size_t pathlen, enum disk_format *fmt,
                 struct qv_err *e)
 {
     struct vol_ref v;
-    int r = vol_ref_parse(ref, &v, e);
-    if (r < 0)
-        return r;
     _cleanup_pool_def_ struct pool_def pd = {0};
     struct storage_vol_info vi;
-    if ((r = vol_lookup(p, &v, &pd, &vi, e)) < 0)
+    int r = vol_lookup(p, ref, &v, &pd, &vi, e);
+    if (r < 0)
         return r;
     snprintf(path, pathlen, "%s", vi.path);
     if (fmt)
@@ -211,24 +222,22 @@ static int refuse_users(const struct qv_paths *p, const struct vol_ref *ref, con
 
 int volume_delete(const struct qv_paths *p, const char *refs, bool force, struct qv_err *e)
 {
-    struct vol_ref ref;
-    _cleanup_pool_def_ struct pool_def pd = {0};
-    struct storage_vol_info vi;
-    int r;
-    if ((r = vol_ref_parse(refs, &ref, e)) < 0 || (r = vol_lookup(p, &ref, &pd, &vi, e)) < 0)
+    _cleanup_vol_found_ struct vol_found v = {0};
+    int r = vol_find(p, refs, &v, e);
+    if (r < 0)
         return r;
     _cleanup_strv_ struct strv deps = {0};
-    if ((r = vol_dependents(p, vi.path, &deps, e)) < 0)
+    if ((r = vol_dependents(p, v.vi.path, &deps, e)) < 0)
         return r;
     if (deps.n) {
         _cleanup_free_ char *who = strv_join((const char *const *)deps.v, ", ");
         return qv_fail(e, -EBUSY, "volume %s is the backing file of %s; delete those first (or vol clone them "
                        "into standalone copies)", refs, who);
     }
-    if (!force && (r = refuse_users(p, &ref, vi.path, "delete", e)) < 0)
+    if (!force && (r = refuse_users(p, &v.ref, v.vi.path, "delete", e)) < 0)
         return r;
-    struct storage_pool sp = pool_storage(&pd);
-    return pool_backend(&pd)->vol_delete(&sp, ref.name, e);
+    struct storage_pool sp = pool_storage(&v.pd);
+    return pool_backend(&v.pd)->vol_delete(&sp, v.ref.name, e);
 }
 
 /* "10G" or "+2G" (relative to `now`). */
@@ -249,7 +258,7 @@ int volume_resize(const struct qv_paths *p, const char *refs, const char *size, 
     _cleanup_pool_def_ struct pool_def pd = {0};
     struct storage_vol_info vi;
     int r;
-    if ((r = vol_ref_parse(refs, &ref, e)) < 0 || (r = vol_lookup(p, &ref, &pd, &vi, e)) < 0 ||
+    if ((r = vol_lookup(p, refs, &ref, &pd, &vi, e)) < 0 ||
         (r = parse_new_size(size, vi.capacity, new_size, e)) < 0)
         return r;
     bool shrink = *new_size < vi.capacity;
@@ -321,11 +330,9 @@ int volume_copy_in(const struct qv_paths *p, const char *refs, const char *src, 
 int volume_export(const struct qv_paths *p, const char *refs, const char *dest, bool have_format,
                   enum storage_format format, const struct storage_progress *prog, struct qv_err *e)
 {
-    struct vol_ref ref;
-    _cleanup_pool_def_ struct pool_def pd = {0};
-    struct storage_vol_info vi;
-    int r;
-    if ((r = vol_ref_parse(refs, &ref, e)) < 0 || (r = vol_lookup(p, &ref, &pd, &vi, e)) < 0)
+    _cleanup_vol_found_ struct vol_found v = {0};
+    int r = vol_find(p, refs, &v, e);
+    if (r < 0)
         return r;
     struct stat st;
     if (lstat(dest, &st) == 0)
@@ -337,7 +344,7 @@ int volume_export(const struct qv_paths *p, const char *refs, const char *dest, 
     if (fd < 0)
         return qv_failerr(e, -errno, "%s", tmp);
     close(fd);
-    if ((r = storage_convert(vi.path, vi.format, tmp, have_format ? format : vi.format, prog, e)) < 0) {
+    if ((r = storage_convert(v.vi.path, v.vi.format, tmp, have_format ? format : v.vi.format, prog, e)) < 0) {
         unlink(tmp);
         return r;
     }
@@ -355,21 +362,19 @@ int volume_export(const struct qv_paths *p, const char *refs, const char *dest, 
 int volume_export_raw_fd(const struct qv_paths *p, const char *refs, int out, const struct storage_progress *prog,
                          struct qv_err *e)
 {
-    struct vol_ref ref;
-    _cleanup_pool_def_ struct pool_def pd = {0};
-    struct storage_vol_info vi;
-    int r;
-    if ((r = vol_ref_parse(refs, &ref, e)) < 0 || (r = vol_lookup(p, &ref, &pd, &vi, e)) < 0)
+    _cleanup_vol_found_ struct vol_found v = {0};
+    int r = vol_find(p, refs, &v, e);
+    if (r < 0)
         return r;
     char tmp[PATH_MAX] = "";
-    const char *src = vi.path;
-    if (vi.format != STORAGE_FORMAT_RAW || vi.backing[0]) {
-        snprintf(tmp, sizeof(tmp), "%s/.export-%s.part-%d", pd.path, ref.name, (int)getpid());
+    const char *src = v.vi.path;
+    if (v.vi.format != STORAGE_FORMAT_RAW || v.vi.backing[0]) {
+        snprintf(tmp, sizeof(tmp), "%s/.export-%s.part-%d", v.pd.path, v.ref.name, (int)getpid());
         int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
         if (fd < 0)
             return qv_failerr(e, -errno, "%s", tmp);
         close(fd);
-        if ((r = storage_convert(vi.path, vi.format, tmp, STORAGE_FORMAT_RAW, prog, e)) < 0) {
+        if ((r = storage_convert(v.vi.path, v.vi.format, tmp, STORAGE_FORMAT_RAW, prog, e)) < 0) {
             unlink(tmp);
             return r;
         }
