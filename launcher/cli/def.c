@@ -387,10 +387,32 @@ int cmd_undefine(struct cli *c)
     runstate_free(&rs);
     if (active)
         return qv_fail(&c->err, -EBUSY, "%s is running (stop it first)", c->pos[0]);
-    int r = vm_undefine(&c->paths, c->pos[0], &c->err);
-    if (r == 0 && !c->quiet)
+    /* what goes with the definition is checked before anything changes */
+    _cleanup_strv_ struct strv vols = {0};
+    int r;
+    if (cli_flag(c, "remove-storage")) {
+        _cleanup_vm_def_ struct vm_def d = {0};
+        if ((r = vm_load(&c->paths, c->pos[0], &d, &c->err)) < 0 ||
+            (r = vm_volumes_removable(&c->paths, &d, &vols, &c->err)) < 0)
+            return r == -EBUSY ? qv_prefix(&c->err, "%s: --remove-storage: ", c->pos[0]) : r;
+    }
+    if ((r = vm_undefine(&c->paths, c->pos[0], &c->err)) < 0)
+        return r;
+    if (!c->quiet)
         printf("undefined %s\n", c->pos[0]);
-    return r;
+    for (size_t i = 0; i < vols.n; i++) {
+        struct qv_err ve = {0};
+        if (volume_delete(&c->paths, vols.v[i], true, &ve) < 0)
+            fprintf(stderr, "qvisor: %s: volume %s stays: %s\n", c->pos[0], vols.v[i], ve.msg);
+        else if (!c->quiet)
+            printf("deleted volume %s\n", vols.v[i]);
+    }
+    /* a new VM of the same name must not inherit these UEFI variables */
+    char nvram[PATH_MAX];
+    vm_nvram_path(&c->paths, c->pos[0], nvram, sizeof(nvram));
+    if (!cli_flag(c, "keep-nvram") && unlink(nvram) == 0 && !c->quiet)
+        printf("removed its UEFI variable store %s\n", nvram);
+    return 0;
 }
 
 /* edit: the definition through $EDITOR (or, from a pipe, the new JSON on stdin),

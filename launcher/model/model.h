@@ -482,6 +482,9 @@ int volume_delete(const struct qv_paths *p, const char *ref, bool force, struct 
 /* size "20G" or "+5G"; shrinking needs allow_shrink, and force when VMs use it. */
 int volume_resize(const struct qv_paths *p, const char *ref, const char *size, bool allow_shrink, bool force,
                   uint64_t *new_size, struct qv_err *e);
+/* The volumes of d's volume disks that may go with it (undefine --remove-storage), into
+ * refs; -EBUSY naming the first that another VM uses or other volumes are built on. */
+int vm_volumes_removable(const struct qv_paths *p, const struct vm_def *d, struct strv *refs, struct qv_err *e);
 /* A new volume `ref` holding a full copy of `src` (a path), converted to `format`. */
 int volume_copy_in(const struct qv_paths *p, const char *ref, const char *src, enum storage_format src_format,
                    enum storage_format format, const struct storage_progress *prog, struct qv_err *e);

@@ -453,3 +453,33 @@ int vm_resolve_disks(const struct qv_paths *p, struct vm_def *d, struct qv_err *
     }
     return 0;
 }
+
+int vm_volumes_removable(const struct qv_paths *p, const struct vm_def *d, struct strv *refs, struct qv_err *e)
+{
+    char own[80];
+    snprintf(own, sizeof(own), "%s (", d->name);
+    for (size_t i = 0; i < d->ndisks; i++) {
+        const char *ref = d->disks[i].volume;
+        if (!ref || strv_contains((const char *const *)refs->v, ref))
+            continue;
+        _cleanup_vol_found_ struct vol_found v = {0};
+        struct qv_err le = {0};
+        int r = vol_find(p, ref, &v, &le);
+        if (r == -ENOENT)
+            continue;   /* gone already: nothing to remove */
+        if (r < 0)
+            return qv_fail(e, r, "disks[%zu]: %s", i, le.msg);
+        _cleanup_strv_ struct strv users = {0}, deps = {0};
+        if ((r = vol_users(p, v.vi.path, &users, e)) < 0 || (r = vol_dependents(p, v.vi.path, &deps, e)) < 0)
+            return r;
+        for (size_t k = 0; k < users.n; k++)
+            if (!str_startswith(users.v[k], own))
+                return qv_fail(e, -EBUSY, "volume %s is used by VM %s too; undefine without --remove-storage, or "
+                               "detach it there first", ref, users.v[k]);
+        if (deps.n)
+            return qv_fail(e, -EBUSY, "volume %s is the backing file of %s; undefine without --remove-storage", ref,
+                           deps.v[0]);
+        strv_push(refs, ref);
+    }
+    return 0;
+}

@@ -278,4 +278,21 @@ check_error "define --disk size= when that volume exists: conflict (exit 4)" 4 '
 check_error "define --disk size= of a VM that fails validation creates nothing (exit 2)" 2 'memory' \
     qv define vx --memory lots --disk size=8M
 check_not "...no volume vx-disk0" test -e "$IMGS/vx-disk0"
+
+# ---- undefine --remove-storage, --keep-nvram ----
+define_guest vs3 "" --disk vol=default/vs-disk0
+check_error "undefine --remove-storage of a VM sharing a volume with another: conflict naming it (exit 4)" 4 \
+    'vs: --remove-storage: volume default/vs-disk0 is used by VM vs3 \(defined\) too' qv undefine vs --remove-storage
+check "...nothing changed: vs is still defined" test -f "$T_ROOT/etc/qvisor/vms/vs.json"
+check "...and its volume is there" test -f "$IMGS/vs-disk0"
+qv undefine -q vs3
+mkdir -p "$T_ROOT/var/lib/qvisor/nvram"
+echo vars > "$T_ROOT/var/lib/qvisor/nvram/vs_VARS.fd"
+check_output "undefine --remove-storage deletes the VM's volumes" 'deleted volume default/vs-disk0' qv undefine vs --remove-storage
+check_not "...the volume is gone" test -e "$IMGS/vs-disk0"
+check_not "...and so is its UEFI variable store (a new vs must not inherit it)" test -e "$T_ROOT/var/lib/qvisor/nvram/vs_VARS.fd"
+echo vars > "$T_ROOT/var/lib/qvisor/nvram/vs2_VARS.fd"
+check_output "undefine --keep-nvram" '^undefined vs2$' qv undefine vs2 --keep-nvram
+check "...keeps the UEFI variable store" test -f "$T_ROOT/var/lib/qvisor/nvram/vs2_VARS.fd"
+check "...and, without --remove-storage, the volumes" test -f "$T_ROOT/fast/vs2-disk1"
 finish
