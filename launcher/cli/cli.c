@@ -19,6 +19,7 @@ static const struct cli_opt no_opts[] = {{0}};
         {"on-reboot", true, false, 0}, {"on-crash", true, false, 0}
 static const struct cli_opt define_opts[] = {DEFINITION_FLAGS, {"print", false, false, 0}, {0}};
 static const struct cli_opt undefine_opts[] = {{"remove-storage", false, false, 0}, {"keep-nvram", false, false, 0}, {0}};
+static const struct cli_opt clone_opts[] = {{"linked", false, false, 0}, {0}};
 static const struct cli_opt list_opts[] = {{"all", false, false, 'a'}, {0}};
 static const struct cli_opt show_opts[] = {{"confinement", false, false, 0}, {0}};
 static const struct cli_opt run_opts[] = {{"ready-fd", true, false, 0}, {"attach-only", false, false, 0}, {0}};
@@ -57,6 +58,8 @@ static const struct cli_command commands[] = {
      "--kernel K --initrd I --append A --nic user ...]", "define a VM from a JSON file or from flags"},
     {"undefine", cmd_undefine, undefine_opts, 1, 1, "undefine NAME [--remove-storage] [--keep-nvram]",
      "remove a VM's definition and its UEFI variable store (--remove-storage: its volumes too)"},
+    {"clone", cmd_clone, clone_opts, 2, 2, "clone VM NEW [--linked]",
+     "a new VM from a shut-off one: new uuid and MACs, its disks copied (--linked: copy-on-write overlays)"},
     {"edit", cmd_edit, no_opts, 1, 1, "edit NAME   (or: qvisor edit NAME < new.json)",
      "change a definition in $EDITOR; validated before it is written"},
     {"list", cmd_list, list_opts, 0, 0, "list [--all] [--json]", "list VMs (running ones; --all for every defined VM)"},

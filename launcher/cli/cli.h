@@ -94,6 +94,7 @@ int cmd_vol_info(struct cli *c);
 int cmd_vol_resize(struct cli *c);
 int cmd_vol_delete(struct cli *c);
 int cmd_vol_clone(struct cli *c);
+int cmd_clone(struct cli *c);
 int cmd_vol_import(struct cli *c);
 int cmd_vol_export(struct cli *c);
 /* "9.8G" */

@@ -350,3 +350,21 @@ int cmd_vol_export(struct cli *c)
         printf("exported %s to %s\n", c->pos[0], a.dest);
     return 0;
 }
+
+/* qvisor clone VM NEW [--linked]: here for the progress bar and Ctrl-C of long copies */
+static int do_clone(struct cli *c, const struct storage_progress *p, void *arg)
+{
+    (void)arg;
+    return vm_clone(&c->paths, c->pos[0], c->pos[1], cli_flag(c, "linked"), p, &c->err);
+}
+
+int cmd_clone(struct cli *c)
+{
+    char label[160];
+    snprintf(label, sizeof(label), "clone %s %s", c->pos[0], c->pos[1]);
+    int r = with_progress(c, label, do_clone, NULL);
+    if (r == 0 && !c->quiet)
+        printf("cloned %s to %s (%s)\n", c->pos[0], c->pos[1],
+               cli_flag(c, "linked") ? "linked: both VMs now write to overlays on the shared images" : "full copies");
+    return r;
+}

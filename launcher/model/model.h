@@ -485,6 +485,12 @@ int volume_resize(const struct qv_paths *p, const char *ref, const char *size, b
 /* The volumes of d's volume disks that may go with it (undefine --remove-storage), into
  * refs; -EBUSY naming the first that another VM uses or other volumes are built on. */
 int vm_volumes_removable(const struct qv_paths *p, const struct vm_def *d, struct strv *refs, struct qv_err *e);
+/* virt-clone: NEW from the shut-off VM src, new uuid and MACs; writable disks copied into
+ * new volumes POOL/NEW-diskN (a volume's own pool, else default), or, when `linked`,
+ * given qcow2 overlays on the shared image, the source VM moving onto an overlay
+ * POOL/SRC-diskN-top of its own. Nothing stays behind when a step fails. */
+int vm_clone(const struct qv_paths *p, const char *src, const char *new_name, bool linked,
+             const struct storage_progress *prog, struct qv_err *e);
 /* A new volume `ref` holding a full copy of `src` (a path), converted to `format`. */
 int volume_copy_in(const struct qv_paths *p, const char *ref, const char *src, enum storage_format src_format,
                    enum storage_format format, const struct storage_progress *prog, struct qv_err *e);

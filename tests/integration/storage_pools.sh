@@ -295,4 +295,33 @@ echo vars > "$T_ROOT/var/lib/qvisor/nvram/vs2_VARS.fd"
 check_output "undefine --keep-nvram" '^undefined vs2$' qv undefine vs2 --keep-nvram
 check "...keeps the UEFI variable store" test -f "$T_ROOT/var/lib/qvisor/nvram/vs2_VARS.fd"
 check "...and, without --remove-storage, the volumes" test -f "$T_ROOT/fast/vs2-disk1"
+
+# ---- clone VM NEW [--linked] ----
+qv vol create -q default/cs --size 8M --format raw
+printf '%s' "$marker-cs" | dd of="$IMGS/cs" conv=notrunc status=none
+truncate -s 4M "$T_ROOT/cs-file.raw"
+define_guest csrc "" --disk vol=default/cs --disk "file=$T_ROOT/cs-file.raw" --disk "file=$T_ROOT/cs-file.raw,readonly=on"
+shown() { qv show "$1" --json; }
+check_output "clone VM NEW: full copies" '^cloned csrc to cfull \(full copies\)' qv clone csrc cfull
+check "...a new uuid and new MACs" bash -c "[ \"\$('$QV_BIN' --root '$T_ROOT' show cfull --json | jq -r '.uuid, .nics[0].mac')\" != \"\$('$QV_BIN' --root '$T_ROOT' show csrc --json | jq -r '.uuid, .nics[0].mac')\" ]"
+check "...its writable disks are new volumes (a file disk lands in default), the read-only one shared" \
+    bash -c "'$QV_BIN' --root '$T_ROOT' show cfull --json | jq -e '[.disks[] | .volume // .file] == [\"default/cfull-disk0\", \"default/cfull-disk1\", \"$T_ROOT/cs-file.raw\"]'"
+check "...standalone copies holding the data" cmp "$IMGS/cs" "$IMGS/cfull-disk0"
+check "...with no backing file" vinfo default/cfull-disk0 '.backing == null'
+check_output "clone --linked" 'cloned csrc to clink \(linked' qv clone csrc clink --linked
+check "...the clone's disk is an overlay on the source's image" vinfo default/clink-disk0 '[.chain[].volume] == ["default/clink-disk0", "default/cs"]'
+check "...and the source VM moved onto an overlay of its own" \
+    bash -c "'$QV_BIN' --root '$T_ROOT' show csrc --json | jq -e '.disks[0].volume == \"default/csrc-disk0-top\"' && '$QV_BIN' --root '$T_ROOT' vol info default/csrc-disk0-top --json | jq -e '.chain[1].volume == \"default/cs\"'"
+check "...so the shared image is used by both, and deleting it is refused" \
+    bash -c "'$QV_BIN' --root '$T_ROOT' vol info default/cs --json | jq -e '.used_by == [\"clink (defined)\", \"csrc (defined)\"]' && ! '$QV_BIN' --root '$T_ROOT' vol delete default/cs --force"
+qv start -q clink
+check "the linked clone boots" wait_log clink 'QVISOR-GUEST: ready' 90
+check "...and reads the source's data through its overlay" wait_until 20 guest_ok clink "head -c $((${#marker} + 3)) /dev/\$(basename \$(ls -d /sys/block/vd* | head -1)) | grep -qx '$marker-cs'"
+check_error "clone of a running VM: conflict (exit 4)" 4 'clink is running; its disks change under a copy' qv clone clink c2
+qv kill -q clink
+check_error "clone onto a defined name: conflict (exit 4)" 4 'cfull is already defined' qv clone csrc cfull
+check_error "clone of an unknown VM (exit 3)" 3 'no VM named nope' qv clone nope c3
+qv vol create -q default/cfail-disk1 --size 1M --format raw
+check_error "clone whose second copy cannot be made: conflict (exit 4)" 4 'pool default already has a volume cfail-disk1' qv clone csrc cfail
+check_not "...and the first copy was removed again, nothing defined" bash -c "test -e '$IMGS/cfail-disk0' || test -e '$T_ROOT/etc/qvisor/vms/cfail.json'"
 finish
