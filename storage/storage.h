@@ -1,4 +1,5 @@
-/* storage: disk images as the supervisor hands them to QEMU. Format detection that
+/* storage: pools of volumes behind one backend table (dir; rbd slots in beside it), and
+ * disk images as the supervisor hands them to QEMU. Format detection that
  * never blocks or follows a device it should not, a qcow2 chain opened as one fd per
  * layer (so QEMU needs no access to the image directories), and qemu-img as a
  * bounded child program. Uses only common; the launcher builds on it. */

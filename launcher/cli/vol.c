@@ -312,6 +312,14 @@ int cmd_vol_import(struct cli *c)
     if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
         return qv_fail(&c->err, -EINVAL, "vol import: %s is %s, not an image file", a.src_path,
                        storage_file_type_name(st.st_mode));
+    /* qemu-img would follow a backing file the image names: a downloaded image could
+     * point at any file of this host and have it copied into the volume */
+    struct storage_image_info ii;
+    if ((r = storage_image_info(a.src_path, STORAGE_FORMAT_PROBE, 60000, &ii, &c->err)) < 0)
+        return qv_prefix(&c->err, "vol import: ");
+    if (ii.backing[0])
+        return qv_fail(&c->err, -EINVAL, "vol import: %s has a backing file (%s); import a standalone image "
+                       "(qemu-img convert it first), or vol create --backing", a.src_path, ii.backing);
     char label[256];
     snprintf(label, sizeof(label), "vol import %s", c->pos[0]);
     if ((r = with_progress(c, label, do_copy_in, &a)) < 0)

@@ -160,6 +160,10 @@ check_error "vol clone onto an existing name: conflict (exit 4)" 4 'pool default
 check_error "vol clone of a missing volume (exit 3)" 3 'pool default has no volume gone' qv vol clone default/gone x
 check_error "vol clone into a missing pool (exit 3)" 3 'no pool named nope' qv vol clone default/ovl x --pool nope
 check_error "vol import of a missing file (exit 3)" 3 'vol import: .*/nothing.img: No such file' qv vol import default/x "$T_ROOT/nothing.img"
+qemu-img create -q -f qcow2 -F raw -b /etc/hostname "$T_ROOT/evil.qcow2"
+check_error "vol import of an image with a backing file: refused, it could name any host file (exit 2)" 2 \
+    'evil.qcow2 has a backing file \(/etc/hostname\)' qv vol import default/evil "$T_ROOT/evil.qcow2"
+check_not "...nothing imported" test -e "$IMGS/evil"
 check_error "vol import of a directory (exit 2)" 2 'is a directory, not an image file' qv vol import default/x "$T_ROOT"
 check_output "vol export FILE: the volume's format" "exported default/ovl to $T_ROOT/out.qcow2" qv vol export default/ovl "$T_ROOT/out.qcow2"
 check "...qcow2, standalone, same data" bash -c "qemu-img info --output=json '$T_ROOT/out.qcow2' | jq -e '.format == \"qcow2\" and (.\"backing-filename\" | not)' && qemu-img compare -q '$IMGS/ovl' '$T_ROOT/out.qcow2'"
