@@ -1,4 +1,5 @@
-/* storage: disk images as the supervisor hands them to QEMU. Format detection that
+/* storage: pools of volumes behind one backend table (dir; rbd slots in beside it), and
+ * disk images as the supervisor hands them to QEMU. Format detection that
  * never blocks or follows a device it should not, a qcow2 chain opened as one fd per
  * layer (so QEMU needs no access to the image directories), and qemu-img as a
  * bounded child program. Uses only common; the launcher builds on it. */
@@ -6,6 +7,7 @@
 #define QV_STORAGE_H
 
 #include <stdbool.h>
+#include <limits.h>
 #include <stdint.h>
 
 #include "common/common.h"
@@ -92,5 +94,85 @@ int storage_image_info(const char *path, enum storage_format format, int timeout
                        struct qv_err *e);
 /* The parser behind it, on qemu-img's JSON text. */
 int storage_image_info_parse(const char *json, struct storage_image_info *out, struct qv_err *e);
+
+/* ---- pools and volumes ------------------------------------------------------------
+ * A pool is a place that holds volumes; its type picks one row of the backend table.
+ * `dir` is a directory whose regular files are the volumes; an `rbd` row (librbd)
+ * slots in beside it with the same operations. Volume names are checked here too:
+ * whatever the caller passed, a backend never sees a name with '/', a leading '.' or
+ * '-', or one that is not 1-64 of [A-Za-z0-9_.-]. */
+struct storage_pool {
+    const char *name;
+    const char *type;           /* a backend's type: "dir" */
+    const char *path;           /* dir: the directory */
+};
+
+struct storage_pool_stats {
+    uint64_t capacity, allocation, available;   /* bytes, from statvfs for dir */
+};
+
+enum storage_prealloc { STORAGE_PREALLOC_OFF, STORAGE_PREALLOC_METADATA, STORAGE_PREALLOC_FULL };
+extern const char *const storage_prealloc_names[];     /* "off", "metadata", "full", NULL */
+
+struct storage_vol_spec {
+    uint64_t size;              /* 0 with a backing file: the backing file's size */
+    enum storage_format format;
+    const char *backing;        /* a name qemu-img opens (a path for dir); NULL: none */
+    enum storage_format backing_format;
+    enum storage_prealloc prealloc;
+};
+
+struct storage_vol_info {
+    char name[65];
+    char path[PATH_MAX];        /* what qemu-img and the supervisor open */
+    enum storage_format format;
+    uint64_t capacity;          /* virtual size */
+    uint64_t allocation;        /* bytes allocated on the host */
+    char backing[1024];         /* as written in the image; "" when none */
+};
+
+/* Long copies report progress (0..100) and stop when *cancel becomes non-zero (a
+ * SIGINT handler sets it): the child is killed and nothing is left of the target. */
+struct storage_progress {
+    void (*fn)(void *opaque, double percent);   /* NULL: no progress wanted */
+    void *opaque;
+    volatile int *cancel;                       /* NULL: not cancellable */
+};
+
+struct storage_backend {
+    const char *type;
+    /* The pool's place exists and is usable (a dir pool's directory is created). */
+    int (*check)(const struct storage_pool *p, struct qv_err *e);
+    int (*stats)(const struct storage_pool *p, struct storage_pool_stats *out, struct qv_err *e);
+    /* Sorted names of the volumes that are there now. */
+    int (*list)(const struct storage_pool *p, struct strv *names, struct qv_err *e);
+    /* Forgets cached state and drops leftovers of interrupted copies. */
+    int (*refresh)(const struct storage_pool *p, struct qv_err *e);
+    /* -ENOENT "pool P has no volume V" when absent. */
+    int (*vol_info)(const struct storage_pool *p, const char *name, struct storage_vol_info *out, struct qv_err *e);
+    int (*vol_create)(const struct storage_pool *p, const char *name, const struct storage_vol_spec *s,
+                      struct qv_err *e);
+    int (*vol_delete)(const struct storage_pool *p, const char *name, struct qv_err *e);
+    int (*vol_resize)(const struct storage_pool *p, const char *name, uint64_t size, bool shrink, struct qv_err *e);
+    /* A new volume holding a full copy of `src` (a name qemu-img opens) converted to
+     * `format`: written under a temporary name, renamed only when complete. */
+    int (*vol_copy_in)(const struct storage_pool *p, const char *name, const char *src, enum storage_format src_format,
+                       enum storage_format format, const struct storage_progress *prog, struct qv_err *e);
+    /* Open for QEMU: every layer of its chain as an fd (the top with `flags`). */
+    int (*vol_open)(const struct storage_pool *p, const char *name, int flags, struct storage_chain *out,
+                    struct qv_err *e);
+};
+/* NULL for an unknown type. */
+const struct storage_backend *storage_backend_find(const char *type);
+/* The types, NULL-terminated: "dir". */
+extern const char *const storage_backend_types[];
+/* A volume name a backend accepts. */
+bool storage_vol_name_valid(const char *name);
+
+/* qemu-img convert from `src` into `dst` (created, or overwritten), `dst_format`;
+ * -p progress when prog->fn is set; -ECANCELED when prog->cancel was set (the child
+ * was killed; the caller removes `dst`). */
+int storage_convert(const char *src, enum storage_format src_format, const char *dst, enum storage_format dst_format,
+                    const struct storage_progress *prog, struct qv_err *e);
 
 #endif

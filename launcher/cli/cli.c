@@ -18,6 +18,8 @@ static const struct cli_opt no_opts[] = {{0}};
         {"agent", false, false, 0}, {"description", true, false, 0}, {"on-poweroff", true, false, 0},               \
         {"on-reboot", true, false, 0}, {"on-crash", true, false, 0}
 static const struct cli_opt define_opts[] = {DEFINITION_FLAGS, {"print", false, false, 0}, {0}};
+static const struct cli_opt undefine_opts[] = {{"remove-storage", false, false, 0}, {"keep-nvram", false, false, 0}, {0}};
+static const struct cli_opt clone_opts[] = {{"linked", false, false, 0}, {0}};
 static const struct cli_opt list_opts[] = {{"all", false, false, 'a'}, {0}};
 static const struct cli_opt show_opts[] = {{"confinement", false, false, 0}, {0}};
 static const struct cli_opt run_opts[] = {{"ready-fd", true, false, 0}, {"attach-only", false, false, 0}, {0}};
@@ -32,9 +34,18 @@ static const struct cli_opt logs_opts[] = {{"follow", false, false, 'f'}, {"line
 static const struct cli_opt net_define_opts[] = {
     {"mode", true, false, 0}, {"bridge", true, false, 0}, {"mtu", true, false, 0}, {"ipv4", true, false, 0},
     {"dhcp", true, false, 0}, {"domain", true, false, 0}, {"forward", true, true, 0}, {"autostart", false, false, 0}, {0}};
+static const struct cli_opt pool_define_opts[] = {
+    {"name", true, false, 0}, {"type", true, false, 0}, {"path", true, false, 0}, {0}};
+static const struct cli_opt vol_create_opts[] = {
+    {"size", true, false, 0}, {"format", true, false, 0}, {"backing", true, false, 0},
+    {"preallocation", true, false, 0}, {0}};
+static const struct cli_opt vol_resize_opts[] = {{"allow-shrink", false, false, 0}, {"force", false, false, 0}, {0}};
+static const struct cli_opt vol_clone_opts[] = {{"pool", true, false, 0}, {"format", true, false, 0}, {0}};
+static const struct cli_opt format_opts[] = {{"format", true, false, 0}, {0}};
+static const struct cli_opt force_opts[] = {{"force", false, false, 0}, {0}};
 static const struct cli_opt attach_disk_opts[] = {
     {"bus", true, false, 0}, {"format", true, false, 0}, {"cache", true, false, 0}, {"serial", true, false, 0},
-    {"readonly", false, false, 0}, {"persistent", false, false, 0}, {0}};
+    {"readonly", false, false, 0}, {"persistent", false, false, 0}, {"volume", true, false, 0}, {0}};
 static const struct cli_opt attach_nic_opts[] = {
     {"network", true, false, 0}, {"bridge", true, false, 0}, {"direct", true, false, 0}, {"user", false, false, 0},
     {"mac", true, false, 0}, {"model", true, false, 0}, {"mode", true, false, 0}, {"queues", true, false, 0},
@@ -44,9 +55,12 @@ static const struct cli_opt detach_opts[] = {{"persistent", false, false, 0}, {"
 static int cmd_help(struct cli *c);
 
 static const struct cli_command commands[] = {
-    {"define", cmd_define, define_opts, 1, 1, "define FILE.json | define NAME [--memory 1G --cpus 2 --disk file=PATH[,bus=...] "
+    {"define", cmd_define, define_opts, 1, 1, "define FILE.json | define NAME [--memory 1G --cpus 2 --disk file=PATH|vol=POOL/NAME|size=20G[,bus=...] "
      "--kernel K --initrd I --append A --nic user ...]", "define a VM from a JSON file or from flags"},
-    {"undefine", cmd_undefine, no_opts, 1, 1, "undefine NAME", "remove a VM's definition"},
+    {"undefine", cmd_undefine, undefine_opts, 1, 1, "undefine NAME [--remove-storage] [--keep-nvram]",
+     "remove a VM's definition and its UEFI variable store (--remove-storage: its volumes too)"},
+    {"clone", cmd_clone, clone_opts, 2, 2, "clone VM NEW [--linked]",
+     "a new VM from a shut-off one: new uuid and MACs, its disks copied (--linked: copy-on-write overlays)"},
     {"edit", cmd_edit, no_opts, 1, 1, "edit NAME   (or: qvisor edit NAME < new.json)",
      "change a definition in $EDITOR; validated before it is written"},
     {"list", cmd_list, list_opts, 0, 0, "list [--all] [--json]", "list VMs (running ones; --all for every defined VM)"},
@@ -73,8 +87,8 @@ static const struct cli_command commands[] = {
     {"events", cmd_events, no_opts, 1, 1, "events NAME", "stream QMP events as JSON lines"},
     {"logs", cmd_logs, logs_opts, 1, 1, "logs NAME [-f] [-n LINES]",
      "supervisor events, QEMU's messages and the serial console, timestamped"},
-    {"attach-disk", cmd_attach_disk, attach_disk_opts, 2, 2,
-     "attach-disk NAME FILE [--format F] [--cache C] [--serial S] [--readonly] [--persistent]",
+    {"attach-disk", cmd_attach_disk, attach_disk_opts, 1, 2,
+     "attach-disk NAME FILE|--volume POOL/NAME [--format F] [--cache C] [--serial S] [--readonly] [--persistent]",
      "hotplug a virtio disk (the image is opened by qvisor and passed as an fd)"},
     {"detach-disk", cmd_detach_disk, detach_opts, 2, 2, "detach-disk NAME FILE|ID [--persistent]",
      "unplug a hotplugged disk once the guest releases it"},
@@ -98,6 +112,31 @@ static const struct cli_command commands[] = {
     {"net stop", cmd_net_stop, no_opts, 1, 1, "net stop NAME", "remove the network's bridge, rules and dnsmasq"},
     {"net leases", cmd_net_leases, no_opts, 1, 1, "net leases NAME [--json]", "the network's DHCP leases"},
     {"net gc", cmd_net_gc, no_opts, 0, 0, "net gc", "remove qvisor taps, rules and dnsmasq left without an owner"},
+    {"pool define", cmd_pool_define, pool_define_opts, 0, 1,
+     "pool define FILE.json | pool define --name N [--type dir] --path DIR", "define a storage pool (a dir pool's "
+     "directory is created)"},
+    {"pool undefine", cmd_pool_undefine, no_opts, 1, 1, "pool undefine NAME",
+     "remove a pool's definition (its volumes stay; refused while VMs use them)"},
+    {"pool list", cmd_pool_list, no_opts, 0, 0, "pool list [--json]", "list pools: capacity, allocation, available"},
+    {"pool show", cmd_pool_show, no_opts, 1, 1, "pool show NAME", "a pool's definition and sizes (JSON)"},
+    {"pool refresh", cmd_pool_refresh, no_opts, 1, 1, "pool refresh NAME",
+     "rescan a pool, dropping what interrupted copies left behind"},
+    {"vol create", cmd_vol_create, vol_create_opts, 1, 1,
+     "vol create POOL/NAME --size 10G [--format qcow2|raw] [--backing POOL/VOL|FILE] "
+     "[--preallocation off|metadata|full]", "create a volume (qcow2 by default; --backing: a copy-on-write overlay)"},
+    {"vol list", cmd_vol_list, no_opts, 1, 1, "vol list POOL [--json]", "list a pool's volumes"},
+    {"vol info", cmd_vol_info, no_opts, 1, 1, "vol info POOL/NAME [--json]",
+     "format, sizes, the whole backing chain, the VMs using it and the volumes built on it"},
+    {"vol resize", cmd_vol_resize, vol_resize_opts, 2, 2, "vol resize POOL/NAME SIZE|+SIZE [--allow-shrink] [--force]",
+     "grow a volume (shrinking needs --allow-shrink, and --force while a VM uses it)"},
+    {"vol delete", cmd_vol_delete, force_opts, 1, 1, "vol delete POOL/NAME [--force]",
+     "delete a volume (refused while VMs use it unless --force; always while volumes are built on it)"},
+    {"vol clone", cmd_vol_clone, vol_clone_opts, 2, 2, "vol clone POOL/VOL NEWNAME [--pool P] [--format qcow2|raw]",
+     "a full, standalone copy of a volume (its whole chain), also into another pool"},
+    {"vol import", cmd_vol_import, format_opts, 2, 2, "vol import POOL/NAME FILE [--format qcow2|raw]",
+     "copy an image file (a downloaded cloud image) into a new volume, converted (qcow2 by default)"},
+    {"vol export", cmd_vol_export, format_opts, 2, 2, "vol export POOL/NAME FILE|- [--format qcow2|raw]",
+     "copy a volume out to a new file, or as raw bytes to stdout"},
     {"host-check", cmd_host_check, no_opts, 0, 0, "host-check [--json]",
      "KVM, vhost-net, tun, nftables, QEMU and what the sandbox can apply on this host"},
     {"help", cmd_help, no_opts, 0, 1, "help [COMMAND]", "show usage"},
@@ -278,11 +317,20 @@ static int run(struct cli *c, int argc, char **argv)
     }
     char word[64];
     snprintf(word, sizeof(word), "%s", argv[i]);
-    if (strcmp(argv[i], "net") == 0) {
-        /* two-word verbs: "net start" */
+    /* two-word verbs: "net start", "pool list", "vol create" */
+    static const struct {
+        const char *family, *which;
+    } families[] = {
+        {"net", "define, undefine, list, show, start, run, stop, leases, gc"},
+        {"pool", "define, undefine, list, show, refresh"},
+        {"vol", "create, list, info, resize, delete, clone, import, export"},
+    };
+    for (size_t f = 0; f < ARRAY_SIZE(families); f++) {
+        if (strcmp(argv[i], families[f].family) != 0)
+            continue;
         if (i + 1 >= argc)
-            return qv_fail(&c->err, -EINVAL, "net: which? define, undefine, list, show, start, run, stop, leases, gc");
-        snprintf(word, sizeof(word), "net %s", argv[++i]);
+            return qv_fail(&c->err, -EINVAL, "%s: which? %s", families[f].family, families[f].which);
+        snprintf(word, sizeof(word), "%s %s", families[f].family, argv[++i]);
     }
     c->cmd = find_command(word);
     if (!c->cmd)

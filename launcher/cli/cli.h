@@ -85,5 +85,21 @@ int cmd_ifaddr(struct cli *c);
 int cmd_disk_resize(struct cli *c);
 int cmd_blkstat(struct cli *c);
 int cmd_host_check(struct cli *c);
+int cmd_pool_define(struct cli *c);
+int cmd_pool_undefine(struct cli *c);
+int cmd_pool_list(struct cli *c);
+int cmd_pool_show(struct cli *c);
+int cmd_pool_refresh(struct cli *c);
+int cmd_vol_create(struct cli *c);
+int cmd_vol_list(struct cli *c);
+int cmd_vol_info(struct cli *c);
+int cmd_vol_resize(struct cli *c);
+int cmd_vol_delete(struct cli *c);
+int cmd_vol_clone(struct cli *c);
+int cmd_clone(struct cli *c);
+int cmd_vol_import(struct cli *c);
+int cmd_vol_export(struct cli *c);
+/* "9.8G" */
+void cli_size_human(uint64_t bytes, char *out, size_t outlen);
 
 #endif

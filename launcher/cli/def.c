@@ -169,8 +169,15 @@ static int definition_from_flags(struct cli *c, const char *name, json_object **
         } else if (strcmp(opt, "agent") == 0) {
             json_object_object_add(o, "agent", json_object_new_boolean(true));
         } else if (strcmp(opt, "disk") == 0) {
-            if ((r = spec_to_object(opt, v, "file", disk_ints, disk_bools, &item, &c->err)) == 0)
+            json_object *vol;
+            if ((r = spec_to_object(opt, v, "file", disk_ints, disk_bools, &item, &c->err)) == 0) {
+                /* vol=POOL/NAME, virt-install's word for it */
+                if (json_object_object_get_ex(item, "vol", &vol)) {
+                    json_object_object_add(item, "volume", json_object_get(vol));
+                    json_object_object_del(item, "vol");
+                }
                 append(o, "disks", item);
+            }
         } else if (strcmp(opt, "cdrom") == 0) {
             if (strcmp(v, "empty") == 0)
                 item = json_object_new_object();
@@ -233,6 +240,85 @@ static int definition_input(struct cli *c, const char *const *extra, json_object
     return r;
 }
 
+/* --disk size=20G[,pool=P][,format=F] (virt-install's habit): a new volume P/NAME-diskN
+ * (pool default, qcow2) for that disk. The definition names the volumes; they are made
+ * only once the rest of it is valid, and removed again when defining fails. */
+struct sized_disk {
+    char ref[160];
+    uint64_t size;
+    enum storage_format format;
+};
+
+static int plan_sized_disks(struct cli *c, json_object *o, struct sized_disk **out, size_t *n)
+{
+    json_object *disks, *name;
+    *out = NULL;
+    *n = 0;
+    if (!json_object_object_get_ex(o, "disks", &disks) || !json_object_object_get_ex(o, "name", &name))
+        return 0;
+    for (size_t i = 0; i < json_object_array_length(disks); i++) {
+        json_object *k = json_object_array_get_idx(disks, i), *size, *pool, *fmt;
+        if (!json_object_object_get_ex(k, "size", &size))
+            continue;
+        if (json_object_object_get_ex(k, "file", NULL) || json_object_object_get_ex(k, "volume", NULL))
+            return qv_fail(&c->err, -EINVAL, "--disk size=%s makes a new volume: not with a file or vol=",
+                           json_object_get_string(size));
+        *out = qv_xrealloc(*out, (*n + 1) * sizeof(**out));
+        struct sized_disk *sd = &(*out)[(*n)++];
+        if (parse_size(json_object_get_string(size), &sd->size) < 0 || sd->size == 0)
+            return qv_fail(&c->err, -EINVAL, "--disk size=%s: not a size (like 20G)", json_object_get_string(size));
+        sd->format = STORAGE_FORMAT_QCOW2;
+        if (json_object_object_get_ex(k, "format", &fmt) && storage_format_parse(json_object_get_string(fmt), &sd->format) < 0)
+            return qv_fail(&c->err, -EINVAL, "--disk format=%s: not one of qcow2, raw", json_object_get_string(fmt));
+        const char *pn = json_object_object_get_ex(k, "pool", &pool) ? json_object_get_string(pool) : "default";
+        snprintf(sd->ref, sizeof(sd->ref), "%s/%s-disk%zu", pn, json_object_get_string(name), i);
+        struct vol_ref ref;
+        int r = vol_ref_parse(sd->ref, &ref, &c->err);
+        if (r < 0)
+            return r;
+        _cleanup_pool_def_ struct pool_def pd = {0};
+        struct storage_vol_info vi;
+        struct qv_err le = {0};
+        if ((r = pool_open(&c->paths, ref.pool, &pd, &le)) < 0)
+            return qv_fail(&c->err, r, "--disk size=: %s", le.msg);
+        struct storage_pool sp = pool_storage(&pd);
+        if ((r = pool_backend(&pd)->vol_info(&sp, ref.name, &vi, &le)) == 0)
+            return qv_fail(&c->err, -EEXIST, "--disk size=: volume %s exists already (use it with --disk vol=%s, "
+                           "or delete it)", sd->ref, sd->ref);
+        if (r != -ENOENT)
+            return qv_fail(&c->err, r, "--disk size=: %s", le.msg);
+        json_object_object_del(k, "size");
+        json_object_object_del(k, "pool");
+        json_object_object_add(k, "volume", json_object_new_string(sd->ref));
+    }
+    return 0;
+}
+
+static void delete_sized(struct cli *c, const struct sized_disk *sd, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        volume_delete(&c->paths, sd[i].ref, true, NULL);
+}
+
+/* Checks the definition, then makes its sized disks' volumes. */
+static int make_sized_disks(struct cli *c, json_object *o, struct sized_disk **sd, size_t *n)
+{
+    int r = plan_sized_disks(c, o, sd, n);
+    if (r < 0 || !*n)
+        return r;
+    _cleanup_vm_def_ struct vm_def d = {0};
+    if ((r = vm_def_from_json(o, &d, &c->err)) < 0)
+        return r;
+    for (size_t i = 0; i < *n; i++) {
+        struct volume_create_args a = {.size = (*sd)[i].size, .format = (*sd)[i].format};
+        if ((r = volume_create(&c->paths, (*sd)[i].ref, &a, &c->err)) < 0) {
+            delete_sized(c, *sd, i);
+            return r;
+        }
+    }
+    return 0;
+}
+
 int cmd_define(struct cli *c)
 {
     const char *arg = c->pos[0];
@@ -251,9 +337,17 @@ int cmd_define(struct cli *c)
         return 0;
     }
     _cleanup_vm_def_ struct vm_def d = {0};
+    _cleanup_free_ struct sized_disk *sized = NULL;
+    size_t nsized = 0;
+    if (!from_file && (r = make_sized_disks(c, o, &sized, &nsized)) < 0)
+        return r;
     r = vm_define(&c->paths, o, false, &d, &c->err);
-    if (r < 0)
+    if (r < 0) {
+        delete_sized(c, sized, nsized);
         return from_file && r == -EINVAL ? qv_prefix(&c->err, "%s: ", arg) : r;
+    }
+    for (size_t i = 0; i < nsized && !c->quiet; i++)
+        printf("created volume %s\n", sized[i].ref);
     if (!c->quiet)
         printf("defined %s (%s)\n", d.name, d.uuid);
     return 0;
@@ -292,10 +386,32 @@ int cmd_undefine(struct cli *c)
     bool active = supervised || (rs.state != VM_SHUTOFF && rs.state != VM_CRASHED);
     if (active)
         return qv_fail(&c->err, -EBUSY, "%s is running (stop it first)", c->pos[0]);
-    int r = vm_undefine(&c->paths, c->pos[0], &c->err);
-    if (r == 0 && !c->quiet)
+    /* what goes with the definition is checked before anything changes */
+    _cleanup_strv_ struct strv vols = {0};
+    int r;
+    if (cli_flag(c, "remove-storage")) {
+        _cleanup_vm_def_ struct vm_def d = {0};
+        if ((r = vm_load(&c->paths, c->pos[0], &d, &c->err)) < 0 ||
+            (r = vm_volumes_removable(&c->paths, &d, &vols, &c->err)) < 0)
+            return r == -EBUSY ? qv_prefix(&c->err, "%s: --remove-storage: ", c->pos[0]) : r;
+    }
+    if ((r = vm_undefine(&c->paths, c->pos[0], &c->err)) < 0)
+        return r;
+    if (!c->quiet)
         printf("undefined %s\n", c->pos[0]);
-    return r;
+    for (size_t i = 0; i < vols.n; i++) {
+        struct qv_err ve = {0};
+        if (volume_delete(&c->paths, vols.v[i], true, &ve) < 0)
+            fprintf(stderr, "qvisor: %s: volume %s stays: %s\n", c->pos[0], vols.v[i], ve.msg);
+        else if (!c->quiet)
+            printf("deleted volume %s\n", vols.v[i]);
+    }
+    /* a new VM of the same name must not inherit these UEFI variables */
+    char nvram[PATH_MAX];
+    vm_nvram_path(&c->paths, c->pos[0], nvram, sizeof(nvram));
+    if (!cli_flag(c, "keep-nvram") && unlink(nvram) == 0 && !c->quiet)
+        printf("removed its UEFI variable store %s\n", nvram);
+    return 0;
 }
 
 /* edit: the definition through $EDITOR (or, from a pipe, the new JSON on stdin),
@@ -456,7 +572,7 @@ int cmd_argv(struct cli *c)
     struct host_facts f;
     struct launch_plan plan;
     if ((r = host_config_load(&c->paths, &hc, &c->err)) < 0 || (r = host_facts_probe(&c->paths, &hc, &f, &c->err)) < 0 ||
-        (r = build_launch_plan(&d, &f, &plan, &c->err)) < 0)
+        (r = vm_resolve_disks(&c->paths, &d, &c->err)) < 0 || (r = build_launch_plan(&d, &f, &plan, &c->err)) < 0)
         return r;
     for (size_t i = 0; i < plan.argv.n; i++)
         printf("%s\n", plan.argv.v[i]);

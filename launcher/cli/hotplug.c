@@ -46,7 +46,8 @@ static bool running(struct cli *c, const char *name)
     return vm_supervised(&c->paths, name, NULL);
 }
 
-static int attach(struct cli *c, const char *what, json_object *dev)
+/* `dev` goes into the definition; `live` (NULL: dev) to the running VM. */
+static int attach(struct cli *c, const char *what, json_object *dev, json_object *live)
 {
     const char *name = c->pos[0];
     bool persistent = cli_flag(c, "persistent");
@@ -58,7 +59,7 @@ static int attach(struct cli *c, const char *what, json_object *dev)
     json_object *reply = NULL;
     if (running(c, name)) {
         json_object *req = ctl_request(strcmp(what, "disk") == 0 ? "attach-disk" : "attach-nic");
-        json_object_object_add(req, "device", json_object_get(dev));
+        json_object_object_add(req, "device", json_object_get(live ? live : dev));
         if ((r = ctl_call(&c->paths, name, req, 90000, &reply, &c->err)) < 0)
             return r;
         json_object *v;
@@ -118,16 +119,38 @@ static int detach(struct cli *c, const char *what, const char *target, const cha
 
 int cmd_attach_disk(struct cli *c)
 {
+    if ((c->npos == 2) == cli_flag(c, "volume"))
+        return qv_fail(&c->err, -EINVAL, "attach-disk %s: a FILE or --volume POOL/NAME, one of them", c->pos[0]);
     json_object *dev = json_object_new_object();
-    json_object_object_add(dev, "file", json_object_new_string(c->pos[1]));
+    if (c->npos == 2)
+        json_object_object_add(dev, "file", json_object_new_string(c->pos[1]));
     static const char *const str_opts[] = {"bus", "format", "cache", "serial", NULL};
     for (int i = 0; str_opts[i]; i++)
         if (cli_opt(c, str_opts[i]))
             json_object_object_add(dev, str_opts[i], json_object_new_string(cli_opt(c, str_opts[i])));
     if (cli_flag(c, "readonly"))
         json_object_object_add(dev, "readonly", json_object_new_boolean(true));
-    int r = attach(c, "disk", dev);
+    const char *volume = cli_opt(c, "volume");
+    json_object *live = NULL;
+    if (volume) {
+        /* the definition names the volume; the running VM gets its file */
+        char path[PATH_MAX];
+        enum disk_format fmt;
+        int r = vol_resolve(&c->paths, volume, path, sizeof(path), &fmt, &c->err);
+        if (r < 0) {
+            json_object_put(dev);
+            return qv_prefix(&c->err, "attach-disk --volume: ");
+        }
+        live = json_object_new_object();
+        json_object_object_foreach(dev, key, val)
+            json_object_object_add(live, key, json_object_get(val));
+        json_object_object_add(dev, "volume", json_object_new_string(volume));
+        json_object_object_add(live, "file", json_object_new_string(path));
+    }
+    int r = attach(c, "disk", dev, live);
     json_object_put(dev);
+    if (live)
+        json_object_put(live);
     return r;
 }
 
@@ -161,7 +184,7 @@ int cmd_attach_nic(struct cli *c)
             json_object_object_add(dev, str_opts[i], json_object_new_string(cli_opt(c, str_opts[i])));
     if (cli_opt(c, "queues"))
         json_object_object_add(dev, "queues", json_object_new_int(atoi(cli_opt(c, "queues"))));
-    int r = attach(c, "NIC", dev);
+    int r = attach(c, "NIC", dev, NULL);
     json_object_put(dev);
     return r;
 }

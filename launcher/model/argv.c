@@ -290,6 +290,27 @@ static int disk_bootindex(struct builder *b, size_t i, int explicit_index)
     return i == 0 ? b->boot_disk : -1;
 }
 
+/* The layers below disk i's top, bottom first (a node must exist before one names it
+ * as its backing), each read-only from its own fd; the name of the top's backing
+ * node in `top_backing`, "" when there is none. */
+static void add_backing_layers(struct builder *b, size_t i, const struct vm_disk *k, const struct disk_io *io,
+                               char *top_backing, size_t len)
+{
+    top_backing[0] = '\0';
+    for (size_t j = k->nbacking; j-- > 0;) {
+        char file[48], node[48], below[48];
+        snprintf(file, sizeof(file), "disk%zu-b%zu-file", i, j);
+        snprintf(node, sizeof(node), "disk%zu-b%zu-fmt", i, j);
+        snprintf(below, sizeof(below), "disk%zu-b%zu-fmt", i, j + 1);
+        int fd = add_fd(b, FD_DISK_LAYER, (int)i, (int)j, O_RDONLY);
+        add_file_node(b, fd, file, io, false, true);
+        const char *driver = k->backing[j].format == FORMAT_QCOW2 ? "qcow2" : "raw";
+        arg_json(b, "-blockdev", blockdev_format(driver, node, file, j + 1 < k->nbacking ? below : NULL, io, false, true));
+        if (j == 0)
+            snprintf(top_backing, len, "%s", node);
+    }
+}
+
 static void add_disks(struct builder *b, struct ports *pt)
 {
     const struct vm_def *d = b->d;
@@ -301,10 +322,13 @@ static void add_disks(struct builder *b, struct ports *pt)
         char file[32], node[32], top[32], ovl_file[32];
         snprintf(file, sizeof(file), "disk%zu-file", i);
         snprintf(node, sizeof(node), "disk%zu-fmt", i);
+        char backing[48];
+        add_backing_layers(b, i, k, &io, backing, sizeof(backing));
+        const char *below = backing[0] ? backing : NULL;
         if (k->snapshot) {
             int base = add_fd(b, FD_DISK_BASE, (int)i, 0, O_RDONLY);
             add_file_node(b, base, file, &io, false, true);
-            arg_json(b, "-blockdev", blockdev_format(fmt, node, file, NULL, &io, false, true));
+            arg_json(b, "-blockdev", blockdev_format(fmt, node, file, below, &io, false, true));
             int ovl = add_fd(b, FD_OVERLAY, (int)i, 0, O_RDWR);
             snprintf(ovl_file, sizeof(ovl_file), "disk%zu-ovl-file", i);
             snprintf(top, sizeof(top), "disk%zu-ovl", i);
@@ -313,7 +337,7 @@ static void add_disks(struct builder *b, struct ports *pt)
         } else {
             int fd = add_fd(b, FD_DISK, (int)i, 0, k->readonly ? O_RDONLY : O_RDWR);
             add_file_node(b, fd, file, &io, k->discard, k->readonly);
-            arg_json(b, "-blockdev", blockdev_format(fmt, node, file, NULL, &io, k->discard, k->readonly));
+            arg_json(b, "-blockdev", blockdev_format(fmt, node, file, below, &io, k->discard, k->readonly));
             snprintf(top, sizeof(top), "%s", node);
         }
         json_object *dev = jobj();

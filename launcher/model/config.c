@@ -34,6 +34,10 @@ static const char *const proto_names[] = {"tcp", "udp", NULL};
 void vm_disk_free(struct vm_disk *k)
 {
     free(k->file);
+    free(k->volume);
+    for (size_t i = 0; i < k->nbacking; i++)
+        free(k->backing[i].path);
+    free(k->backing);
     free(k->serial);
     memset(k, 0, sizeof(*k));
 }
@@ -260,13 +264,21 @@ static bool disk_serial_valid(const char *s)
     return charset_valid(s, 20, "_.+-");
 }
 
+static bool volume_ref_valid(const char *s)
+{
+    struct vol_ref v;
+    return vol_ref_parse(s, &v, NULL) == 0;
+}
+
 static int parse_disk(struct jr *r, json_object *o, struct vm_disk *k, const struct vm_def *d)
 {
-    static const char *const keys[] = {"file", "format", "bus", "cache", "aio", "discard", "readonly",
+    static const char *const keys[] = {"file", "volume", "format", "bus", "cache", "aio", "discard", "readonly",
                                        "snapshot", "serial", "boot_index", NULL};
     int e, fmt = FORMAT_PROBE, bus = BUS_VIRTIO, cache = CACHE_NONE, aio = AIO_AUTO;
     if ((e = jr_only_keys(r, o, keys)) < 0 ||
-        (e = jr_checked_string(r, o, "file", true, &k->file, abs_path_valid, "an absolute path")) < 0 ||
+        (e = jr_checked_string(r, o, "file", false, &k->file, abs_path_valid, "an absolute path")) < 0 ||
+        (e = jr_checked_string(r, o, "volume", false, &k->volume, volume_ref_valid,
+                               "a volume (POOL/NAME, like default/web1)")) < 0 ||
         (e = jr_enum(r, o, "format", disk_format_names, &fmt)) < 0 ||
         (e = jr_enum(r, o, "bus", disk_bus_names, &bus)) < 0 || (e = jr_enum(r, o, "cache", cache_names, &cache)) < 0 ||
         (e = jr_enum(r, o, "aio", aio_names, &aio)) < 0 || (e = jr_bool(r, o, "discard", &k->discard)) < 0 ||
@@ -275,6 +287,8 @@ static int parse_disk(struct jr *r, json_object *o, struct vm_disk *k, const str
                                "a disk serial (1-20 of letters, digits, _ . + -)")) < 0 ||
         (e = boot_index_get(r, o, &k->boot_index)) < 0)
         return e;
+    if (!k->file == !k->volume)
+        return jr_fail(r, "needs \"file\" (an image) or \"volume\" (POOL/NAME), and only one of them");
     k->format = fmt;    /* FORMAT_PROBE until vm_define reads the image header */
     k->bus = bus;
     k->cache = cache;
@@ -713,6 +727,8 @@ int vm_disk_from_json(json_object *o, const struct vm_def *d, struct vm_disk *ou
         err = jr_check_text(&r, o);
     if (err == 0)
         err = parse_disk(&r, o, out, d);
+    if (err == 0 && out->volume)
+        err = qv_fail(e, -EINVAL, "disk.volume: a hotplugged disk names its image file (the CLI resolves volumes)");
     if (err == 0 && (err = vm_path_check_type(out->file, PATH_REG | PATH_BLK, e)) < 0)
         qv_prefix(e, "disk.file: ");
     if (err == 0 && out->format == FORMAT_PROBE)

@@ -24,7 +24,10 @@ static void put_bool(json_object *o, const char *k, bool v)
 json_object *vm_disk_to_json(const struct vm_disk *k)
 {
     json_object *j = json_object_new_object();
-    put_str(j, "file", k->file);
+    if (k->volume)
+        put_str(j, "volume", k->volume);    /* its file is resolved anew at each start */
+    else
+        put_str(j, "file", k->file);
     if (k->format != FORMAT_PROBE)
         put_str(j, "format", disk_format_names[k->format]);
     put_str(j, "bus", disk_bus_names[k->bus]);

@@ -50,7 +50,16 @@ struct hostfwd {
 };
 
 struct vm_disk {
-    char *file;
+    char *file;             /* the image; for a volume disk, filled when resolved at start */
+    char *volume;           /* "POOL/NAME", or NULL for a file disk */
+    /* Filled at start by vm_resolve_disks, never part of the definition: the layers
+     * below a qcow2 top (first: the top's backing file), each passed as an fd with
+     * its node named in the blockdev graph, so QEMU opens no path. */
+    struct vm_disk_layer {
+        char *path;
+        enum disk_format format;
+    } *backing;
+    size_t nbacking;
     enum disk_format format;
     enum disk_bus bus;
     enum disk_cache cache;
@@ -227,6 +236,7 @@ enum fd_kind {
     FD_QGA,         /* listening socket */
     FD_DISK,        /* image file; index = disk */
     FD_DISK_BASE,   /* read-only base under a throw-away overlay; index = disk */
+    FD_DISK_LAYER,  /* a backing layer, read-only; index = disk, sub = layer (0: the top's backing file) */
     FD_OVERLAY,     /* throw-away qcow2 overlay; index = disk */
     FD_CDROM,       /* index = cdrom */
     FD_NVRAM,       /* the VM's UEFI variable store */
@@ -421,5 +431,96 @@ int net_check_host(const struct net_def *n, struct qv_err *e);
 int net_run_dir(const struct qv_paths *p, const char *name, char *out, size_t outlen);
 /* Whether a network supervisor holds the network's lock (its pid in *holder). */
 bool net_running(const struct qv_paths *p, const char *name, pid_t *holder);
+
+/* At start: each volume disk's file and format from its volume, and every disk's
+ * backing chain opened, checked (missing layers, loops, protocols) and recorded in
+ * disk->backing for the launch plan. Errors name the VM, the disk and the volume. */
+int vm_resolve_disks(const struct qv_paths *p, struct vm_def *d, struct qv_err *e);
+
+/* ---- storage pools: etc/qvisor/pools/NAME.json -------------------------------------------- */
+struct pool_def {
+    char *name;
+    char *type;             /* a storage backend's type: "dir" */
+    char *path;             /* dir: the directory, absolute */
+};
+void pool_def_free(struct pool_def *d);    /* leaves it zeroed */
+#define _cleanup_pool_def_ _cleanup_(pool_def_free)
+int pool_def_from_json(json_object *o, struct pool_def *d, struct qv_err *e);
+json_object *pool_def_to_json(const struct pool_def *d);
+int pool_def_path(const struct qv_paths *p, const char *name, char *out, size_t outlen);
+/* The backend's view of the pool (borrows d's strings), and its backend row. */
+struct storage_pool pool_storage(const struct pool_def *d);
+const struct storage_backend *pool_backend(const struct pool_def *d);
+/* "default" (a dir pool at var/lib/qvisor/images) is defined on first use. */
+int pool_load(const struct qv_paths *p, const char *name, struct pool_def *d, struct qv_err *e);
+/* pool_load, and the pool's place exists (a dir pool's directory is made). */
+int pool_open(const struct qv_paths *p, const char *name, struct pool_def *d, struct qv_err *e);
+/* Validates, refuses a directory another pool has, makes the directory, writes atomically. */
+int pool_define(const struct qv_paths *p, json_object *o, bool replace, struct pool_def *out, struct qv_err *e);
+/* -EBUSY naming the VMs whose disks are volumes of the pool. The volumes stay. */
+int pool_undefine(const struct qv_paths *p, const char *name, struct qv_err *e);
+int pool_list_names(const struct qv_paths *p, struct strv *names, struct qv_err *e);
+/* "web1 (running)" for every VM with a disk in the pool. */
+int pool_users(const struct qv_paths *p, const char *pool, struct strv *users, struct qv_err *e);
+
+/* ---- volumes: "POOL/NAME" ------------------------------------------------------------------- */
+struct vol_ref {
+    char pool[65];
+    char name[65];
+};
+/* -EINVAL unless s is POOL/NAME with two valid names. */
+int vol_ref_parse(const char *s, struct vol_ref *out, struct qv_err *e);
+/* The reference "POOL/NAME" parsed into *ref, the pool (opened) and the volume's info;
+ * -EINVAL for a bad reference, -ENOENT naming what is missing. */
+int vol_lookup(const struct qv_paths *p, const char *refs, struct vol_ref *ref, struct pool_def *pd,
+               struct storage_vol_info *vi, struct qv_err *e);
+/* vol_lookup's three results in one, freed at the end of its scope. */
+struct vol_found {
+    struct vol_ref ref;
+    struct pool_def pd;
+    struct storage_vol_info vi;
+};
+void vol_found_free(struct vol_found *v);
+#define _cleanup_vol_found_ _cleanup_(vol_found_free)
+int vol_find(const struct qv_paths *p, const char *refs, struct vol_found *v, struct qv_err *e);
+/* The image path of volume `ref` ("default/web1") and its format (may be NULL). */
+int vol_resolve(const struct qv_paths *p, const char *ref, char *path, size_t pathlen, enum disk_format *fmt,
+                struct qv_err *e);
+/* "web1 (running)", "db (defined)": VMs with a disk whose chain holds the file at `path`. */
+int vol_users(const struct qv_paths *p, const char *path, struct strv *users, struct qv_err *e);
+/* "default/web1-overlay": volumes of every pool with `path` below their top layer. */
+int vol_dependents(const struct qv_paths *p, const char *path, struct strv *deps, struct qv_err *e);
+
+struct volume_create_args {
+    uint64_t size;          /* 0: the backing file's */
+    enum storage_format format;
+    const char *backing;    /* POOL/VOL or an absolute path; NULL: none */
+    enum storage_prealloc prealloc;
+};
+int volume_create(const struct qv_paths *p, const char *ref, const struct volume_create_args *a, struct qv_err *e);
+/* Refused (-EBUSY) when other volumes are built on it, or (unless force) VMs use it. */
+int volume_delete(const struct qv_paths *p, const char *ref, bool force, struct qv_err *e);
+/* size "20G" or "+5G"; shrinking needs allow_shrink, and force when VMs use it. */
+int volume_resize(const struct qv_paths *p, const char *ref, const char *size, bool allow_shrink, bool force,
+                  uint64_t *new_size, struct qv_err *e);
+/* The volumes of d's volume disks that may go with it (undefine --remove-storage), into
+ * refs; -EBUSY naming the first that another VM uses or other volumes are built on. */
+int vm_volumes_removable(const struct qv_paths *p, const struct vm_def *d, struct strv *refs, struct qv_err *e);
+/* virt-clone: NEW from the shut-off VM src, new uuid and MACs; writable disks copied into
+ * new volumes POOL/NEW-diskN (a volume's own pool, else default), or, when `linked`,
+ * given qcow2 overlays on the shared image, the source VM moving onto an overlay
+ * POOL/SRC-diskN-top of its own. Nothing stays behind when a step fails. */
+int vm_clone(const struct qv_paths *p, const char *src, const char *new_name, bool linked,
+             const struct storage_progress *prog, struct qv_err *e);
+/* A new volume `ref` holding a full copy of `src` (a path), converted to `format`. */
+int volume_copy_in(const struct qv_paths *p, const char *ref, const char *src, enum storage_format src_format,
+                   enum storage_format format, const struct storage_progress *prog, struct qv_err *e);
+/* A copy of the volume (its whole chain) in the file `dest`, which must not exist:
+ * written to dest.part-PID and renamed when complete. Format: the volume's unless given. */
+int volume_export(const struct qv_paths *p, const char *ref, const char *dest, bool have_format,
+                  enum storage_format format, const struct storage_progress *prog, struct qv_err *e);
+/* What the guest sees, as raw bytes, written to fd `out` (a pipe). */
+int volume_export_raw_fd(const struct qv_paths *p, const char *ref, int out, const struct storage_progress *prog,
+                         struct qv_err *e);
 
 #endif

@@ -244,6 +244,8 @@ static int check_host(struct vm_def *d, struct qv_err *e)
     int r = 0;
     for (size_t i = 0; r == 0 && i < d->ndisks; i++) {
         struct vm_disk *k = &d->disks[i];
+        if (k->volume)
+            continue;   /* resolved at start: the volume may be created after the VM */
         if ((r = check_path(k->file, PATH_REG | PATH_BLK, e, "disks[%zu].file", i)) < 0 || k->format != FORMAT_PROBE)
             continue;
         if ((r = image_detect_format(k->file, &k->format, e)) < 0) {

@@ -122,6 +122,13 @@ static int open_slot(const struct launch_plan *p, size_t i, const struct vm_def 
         fds[i] = open(file, s->open_flags | O_CLOEXEC);
         return fds[i] < 0 ? qv_failerr(e, -errno, "disk %s", file) : 0;
     }
+    case FD_DISK_LAYER: {
+        const struct vm_disk *k = &d->disks[s->index];
+        if ((size_t)s->sub >= k->nbacking)
+            return qv_fail(e, -EINVAL, "disk %s: backing layer %d was not resolved", k->file, s->sub);
+        fds[i] = storage_open_image(k->backing[s->sub].path, O_RDONLY, e);
+        return fds[i] < 0 ? qv_prefix(e, "disk %s: backing layer: ", k->file) : 0;
+    }
     case FD_OVERLAY:
         return open_overlay(ctx, d, (size_t)s->index, &fds[i], e);
     case FD_CDROM: {

@@ -353,9 +353,12 @@ static int start_next(struct sup *s, struct qv_err *e)
 
 int start_begin(struct sup *s, bool restart, struct qv_err *e)
 {
-    struct launch_plan plan;
-    int r = build_launch_plan(&s->def, &s->facts, &plan, e);     /* a definition QEMU cannot run fails here */
+    /* volumes and chains as they are now: a restart sees a volume grown or replaced */
+    int r = vm_resolve_disks(s->paths, &s->def, e);
     if (r < 0)
+        return r;
+    struct launch_plan plan;
+    if ((r = build_launch_plan(&s->def, &s->facts, &plan, e)) < 0)     /* a definition QEMU cannot run fails here */
         return r;
     launch_plan_free(&plan);
     s->start = (struct start_job){.restart = restart, .net.child.out = -1, .overlay.out = -1};

@@ -1,44 +1,5 @@
-/* libFuzzer: a network definition as `net define` reads it: JSON text, then the parser and
- * validator. An accepted definition must survive its own normal form:
- * from_json(to_json(d)) is accepted and serialises the same. */
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
+/* libFuzzer: a network definition as `net define` reads it (tests/fuzz/def_roundtrip.h). */
 #include "launcher/model/model.h"
+#include "tests/fuzz/def_roundtrip.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
-{
-    char *text = malloc(size + 1);
-    memcpy(text, data, size);
-    text[size] = '\0';
-    json_object *o = NULL;
-    struct qv_err e = {0};
-    if (json_parse_str("fuzz.json", text, &o, &e) == 0) {
-        struct net_def d;
-        if (net_def_from_json(o, &d, &e) == 0) {
-            json_object *j1 = net_def_to_json(&d);
-            struct net_def d2;
-            struct qv_err e2 = {0};
-            if (net_def_from_json(j1, &d2, &e2) < 0) {
-                fprintf(stderr, "normal form refused: %s\n%s\n", e2.msg, json_object_to_json_string(j1));
-                abort();
-            }
-            json_object *j2 = net_def_to_json(&d2);
-            if (strcmp(json_object_to_json_string(j1), json_object_to_json_string(j2)) != 0) {
-                fprintf(stderr, "normal form not stable:\n%s\n%s\n", json_object_to_json_string(j1),
-                        json_object_to_json_string(j2));
-                abort();
-            }
-            json_object_put(j2);
-            json_object_put(j1);
-            net_def_free(&d2);
-            net_def_free(&d);
-        } else if (!e.msg[0]) {
-            abort();
-        }
-        json_object_put(o);
-    }
-    free(text);
-    return 0;
-}
+DEF_ROUNDTRIP_FUZZER(struct net_def, net_def_from_json, net_def_to_json, net_def_free)

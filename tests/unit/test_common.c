@@ -18,6 +18,7 @@
 #include <sys/wait.h>
 
 #include "common/common.h"
+#include "tests/unit/files_testlib.h"
 
 struct fx {
     char dir[64];
@@ -31,24 +32,6 @@ static int setup(void **state)
         return -1;
     *state = f;
     return 0;
-}
-
-static void rm_tree(const char *path)
-{
-    DIR *d = opendir(path);
-    if (d) {
-        struct dirent *de;
-        while ((de = readdir(d)))
-            if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
-                char sub[PATH_MAX];
-                snprintf(sub, sizeof(sub), "%s/%s", path, de->d_name);
-                rm_tree(sub);
-            }
-        closedir(d);
-        rmdir(path);
-    } else {
-        unlink(path);
-    }
 }
 
 static int teardown(void **state)

@@ -19,6 +19,7 @@
 #include <sys/un.h>
 
 #include "storage/storage.h"
+#include "tests/unit/files_testlib.h"
 
 #define MIB (1ull << 20)
 
@@ -34,26 +35,6 @@ static int setup(void **state)
         return -1;
     *state = f;
     return 0;
-}
-
-static void rm_tree(const char *path)
-{
-    struct stat st;
-    if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
-        DIR *d = opendir(path);
-        struct dirent *de;
-        while (d && (de = readdir(d)))
-            if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
-                char sub[PATH_MAX];
-                snprintf(sub, sizeof(sub), "%s/%s", path, de->d_name);
-                rm_tree(sub);
-            }
-        if (d)
-            closedir(d);
-        rmdir(path);
-    } else {
-        unlink(path);
-    }
 }
 
 static int teardown(void **state)

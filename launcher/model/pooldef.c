@@ -1,0 +1,222 @@
+/* Pool definitions: etc/qvisor/pools/NAME.json, validated like VM and network
+ * definitions (JSON paths, exit 2), written atomically under a directory lock. The
+ * `default` dir pool (var/lib/qvisor/images under the root) is defined on first use. */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "launcher/model/model.h"
+
+void pool_def_free(struct pool_def *d)
+{
+    free(d->name);
+    free(d->type);
+    free(d->path);
+    memset(d, 0, sizeof(*d));
+}
+
+/* An absolute, normalised path: no "." or ".." component, no "//", no trailing '/'. */
+static bool pool_path_valid(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 2 || n >= PATH_MAX - 80 || s[0] != '/' || s[n - 1] == '/' || strchr(s, '\n'))
+        return false;
+    for (const char *c = s; *c; c++) {
+        if (*c != '/')
+            continue;
+        const char *next = c + 1;
+        size_t len = strcspn(next, "/");
+        if (len == 0 || (len == 1 && next[0] == '.') || (len == 2 && next[0] == '.' && next[1] == '.'))
+            return false;
+    }
+    return true;
+}
+
+static int parse_pool(struct jr *r, json_object *o, struct pool_def *d)
+{
+    static const char *const keys[] = {"name", "type", "path", NULL};
+    int e, type = 0;
+    if ((e = jr_expect(r, o, json_type_object)) < 0 || (e = jr_check_text(r, o)) < 0 ||
+        (e = jr_only_keys(r, o, keys)) < 0 || (e = jr_string(r, o, "name", true, &d->name)) < 0)
+        return e;
+    if (!name_valid(d->name))
+        return jr_key(r, "name"), jr_fail(r, "\"%s\" is not a valid name (1-64 of letters, digits, _ . -)", d->name);
+    if (!json_object_object_get_ex(o, "type", NULL))
+        return jr_key(r, "type"), jr_fail(r, "missing (one of dir)");
+    if ((e = jr_enum(r, o, "type", storage_backend_types, &type)) < 0)
+        return e;
+    d->type = qv_xstrdup(storage_backend_types[type]);
+    if (strcmp(d->type, "dir") == 0) {
+        if ((e = jr_string(r, o, "path", true, &d->path)) < 0)
+            return e;
+        if (!pool_path_valid(d->path))
+            return jr_key(r, "path"), jr_fail(r, "\"%s\" is not an absolute directory path without . or .. components",
+                                              d->path);
+        if (strcmp(d->path, "/") == 0)
+            return jr_key(r, "path"), jr_fail(r, "\"/\" cannot be a pool");
+    }
+    return 0;
+}
+
+int pool_def_from_json(json_object *o, struct pool_def *d, struct qv_err *e)
+{
+    struct jr r;
+    jr_init(&r, e);
+    memset(d, 0, sizeof(*d));
+    int err = parse_pool(&r, o, d);
+    if (err < 0)
+        pool_def_free(d);
+    return err;
+}
+
+json_object *pool_def_to_json(const struct pool_def *d)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "name", json_object_new_string(d->name));
+    json_object_object_add(o, "type", json_object_new_string(d->type));
+    if (d->path)
+        json_object_object_add(o, "path", json_object_new_string(d->path));
+    return o;
+}
+
+struct storage_pool pool_storage(const struct pool_def *d)
+{
+    return (struct storage_pool){.name = d->name, .type = d->type, .path = d->path};
+}
+
+const struct storage_backend *pool_backend(const struct pool_def *d)
+{
+    return storage_backend_find(d->type);
+}
+
+/* ---- on disk ---- */
+
+int pool_def_path(const struct qv_paths *p, const char *name, char *out, size_t outlen)
+{
+    return qv_path(p, out, outlen, QV_ETC "/pools/%s.json", name);
+}
+
+static int lock_dir(const struct qv_paths *p, struct qv_err *e)
+{
+    char dir[PATH_MAX];
+    qv_path(p, dir, sizeof(dir), QV_ETC "/pools");
+    return dir_lock(dir, e);
+}
+
+static int define_default(const struct qv_paths *p, struct pool_def *out, struct qv_err *e)
+{
+    char path[PATH_MAX];
+    qv_path(p, path, sizeof(path), QV_LIB "/images");
+    _cleanup_json_ json_object *o = json_object_new_object();
+    json_object_object_add(o, "name", json_object_new_string("default"));
+    json_object_object_add(o, "type", json_object_new_string("dir"));
+    json_object_object_add(o, "path", json_object_new_string(path));
+    int r = pool_define(p, o, false, out, e);
+    return r == -EEXIST ? pool_load(p, "default", out, e) : r;
+}
+
+int pool_load(const struct qv_paths *p, const char *name, struct pool_def *d, struct qv_err *e)
+{
+    if (!name_valid(name))
+        return qv_fail(e, -EINVAL, "\"%s\" is not a valid pool name", name);
+    char path[PATH_MAX];
+    pool_def_path(p, name, path, sizeof(path));
+    if (!path_exists(path)) {
+        if (strcmp(name, "default") == 0)
+            return define_default(p, d, e);
+        return qv_fail(e, -ENOENT, "no pool named %s (qvisor pool list shows the defined ones)", name);
+    }
+    _cleanup_json_ json_object *o = NULL;
+    int r = json_read_file(path, &o, e);
+    if (r < 0)
+        return r;
+    if ((r = pool_def_from_json(o, d, e)) < 0)
+        return qv_prefix(e, "%s: ", path);
+    if (strcmp(d->name, name) != 0) {
+        r = qv_fail(e, -EINVAL, "%s: holds a pool named %s, not %s", path, d->name, name);
+        pool_def_free(d);
+    }
+    return r;
+}
+
+int pool_list_names(const struct qv_paths *p, struct strv *names, struct qv_err *e)
+{
+    char dir[PATH_MAX];
+    qv_path(p, dir, sizeof(dir), QV_ETC "/pools");
+    return json_names_in(dir, names, e);
+}
+
+static int define_locked(const struct qv_paths *p, const struct pool_def *d, bool replace, struct qv_err *e)
+{
+    char path[PATH_MAX];
+    pool_def_path(p, d->name, path, sizeof(path));
+    if (!replace && path_exists(path))
+        return qv_fail(e, -EEXIST, "pool %s is already defined (pool undefine %s first)", d->name, d->name);
+    /* two pools in one directory would each list the other's volumes as their own */
+    _cleanup_strv_ struct strv names = {0};
+    int r = pool_list_names(p, &names, e);
+    for (size_t i = 0; r == 0 && i < names.n; i++) {
+        _cleanup_pool_def_ struct pool_def o = {0};
+        if (strcmp(names.v[i], d->name) == 0 || pool_load(p, names.v[i], &o, NULL) < 0)
+            continue;
+        if (d->path && o.path && strcmp(d->path, o.path) == 0)
+            r = qv_fail(e, -EEXIST, "pool %s: %s is already pool %s's directory", d->name, d->path, o.name);
+    }
+    if (r < 0)
+        return r;
+    struct storage_pool sp = pool_storage(d);
+    if ((r = pool_backend(d)->check(&sp, e)) < 0)
+        return r;
+    _cleanup_json_ json_object *norm = pool_def_to_json(d);
+    return json_write_file_atomic(path, norm, 0644, e);
+}
+
+int pool_define(const struct qv_paths *p, json_object *o, bool replace, struct pool_def *out, struct qv_err *e)
+{
+    struct pool_def d;
+    int r = pool_def_from_json(o, &d, e);
+    if (r < 0)
+        return r;
+    _cleanup_close_ int lock = lock_dir(p, e);
+    r = lock < 0 ? lock : define_locked(p, &d, replace, e);
+    if (r == 0 && out)
+        *out = d;
+    else
+        pool_def_free(&d);
+    return r;
+}
+
+int pool_undefine(const struct qv_paths *p, const char *name, struct qv_err *e)
+{
+    if (!name_valid(name))
+        return qv_fail(e, -EINVAL, "\"%s\" is not a valid pool name", name);
+    _cleanup_strv_ struct strv users = {0};
+    int r = pool_users(p, name, &users, e);
+    if (r < 0)
+        return r;
+    if (users.n) {
+        _cleanup_free_ char *who = strv_join((const char *const *)users.v, ", ");
+        return qv_fail(e, -EBUSY, "pool %s holds volumes of VM %s (undefine them or move their disks first)", name, who);
+    }
+    _cleanup_close_ int lock = lock_dir(p, e);
+    if (lock < 0)
+        return lock;
+    char path[PATH_MAX];
+    pool_def_path(p, name, path, sizeof(path));
+    if (unlink(path) < 0)
+        return errno == ENOENT ? qv_fail(e, -ENOENT, "no pool named %s", name) : qv_failerr(e, -errno, "%s", path);
+    return 0;
+}
+
+/* Loads a pool and checks its place is usable: what every volume verb starts with. */
+int pool_open(const struct qv_paths *p, const char *name, struct pool_def *d, struct qv_err *e)
+{
+    int r = pool_load(p, name, d, e);
+    if (r < 0)
+        return r;
+    struct storage_pool sp = pool_storage(d);
+    const struct storage_backend *b = pool_backend(d);
+    if ((r = b->check(&sp, e)) < 0)
+        pool_def_free(d);
+    return r;
+}

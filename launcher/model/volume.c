@@ -1,0 +1,485 @@
+/* Volumes as the verbs see them: "POOL/NAME" references, who uses a volume (VMs whose
+ * disks name it or hold it somewhere in their backing chain, volumes built on it), and
+ * the policy around changes: a volume a VM uses is not deleted or shrunk without
+ * --force, a volume others are built on is never deleted. Image work itself is the
+ * pool backend's (storage/). */
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+
+#include "launcher/model/model.h"
+
+int vol_ref_parse(const char *s, struct vol_ref *out, struct qv_err *e)
+{
+    memset(out, 0, sizeof(*out));
+    const char *slash = s ? strchr(s, '/') : NULL;
+    if (!slash || strchr(slash + 1, '/') || (size_t)(slash - s) >= sizeof(out->pool))
+        return qv_fail(e, -EINVAL, "\"%s\" is not a volume reference (POOL/NAME, like default/web1)", s ? s : "");
+    memcpy(out->pool, s, (size_t)(slash - s));
+    snprintf(out->name, sizeof(out->name), "%s", slash + 1);
+    if (!name_valid(out->pool))
+        return qv_fail(e, -EINVAL, "\"%s\": \"%s\" is not a valid pool name", s, out->pool);
+    if (strlen(slash + 1) >= sizeof(out->name) || !storage_vol_name_valid(out->name))
+        return qv_fail(e, -EINVAL, "\"%s\": \"%s\" is not a valid volume name (1-64 of letters, digits, _ . -, "
+                       "not starting with . or -)", s, slash + 1);
+    return 0;
+}
+
+int vol_lookup(const struct qv_paths *p, const char *refs, struct vol_ref *ref, struct pool_def *pd,
+               struct storage_vol_info *vi, struct qv_err *e)
+{
+    int r = vol_ref_parse(refs, ref, e);
+    if (r < 0)
+        return r;
+    r = pool_open(p, ref->pool, pd, e);
+    if (r < 0)
+        return r;
+    struct storage_pool sp = pool_storage(pd);
+    if ((r = pool_backend(pd)->vol_info(&sp, ref->name, vi, e)) < 0)
+        pool_def_free(pd);
+    return r;
+}
+
+void vol_found_free(struct vol_found *v)
+{
+    pool_def_free(&v->pd);
+}
+
+int vol_find(const struct qv_paths *p, const char *refs, struct vol_found *v, struct qv_err *e)
+{
+    return vol_lookup(p, refs, &v->ref, &v->pd, &v->vi, e);
+}
+
+int vol_resolve(const struct qv_paths *p, const char *ref, char *path, size_t pathlen, enum disk_format *fmt,
+                struct qv_err *e)
+{
+    struct vol_ref v;
+    _cleanup_pool_def_ struct pool_def pd = {0};
+    struct storage_vol_info vi;
+    int r = vol_lookup(p, ref, &v, &pd, &vi, e);
+    if (r < 0)
+        return r;
+    snprintf(path, pathlen, "%s", vi.path);
+    if (fmt)
+        *fmt = vi.format == STORAGE_FORMAT_QCOW2 ? FORMAT_QCOW2 : FORMAT_RAW;
+    return 0;
+}
+
+/* ---- who uses what ---- */
+struct file_id {
+    dev_t dev;
+    ino_t ino;
+};
+
+static bool file_id_of(const char *path, struct file_id *id)
+{
+    struct stat st;
+    if (stat(path, &st) < 0)
+        return false;
+    *id = (struct file_id){st.st_dev, st.st_ino};
+    return true;
+}
+
+/* Whether the chain from `top` holds the file `id`, at depth >= min_depth (0: the top). */
+static bool chain_holds(const char *top, const struct file_id *id, size_t min_depth)
+{
+    struct storage_chain c;
+    struct qv_err e = {0};
+    if (storage_chain_open(top, STORAGE_FORMAT_PROBE, O_RDONLY, &c, &e) < 0)
+        return false;
+    bool found = false;
+    for (size_t i = min_depth; !found && i < c.n; i++) {
+        struct stat st;
+        found = fstat(c.layers[i].fd, &st) == 0 && st.st_dev == id->dev && st.st_ino == id->ino;
+    }
+    storage_chain_close(&c);
+    return found;
+}
+
+/* The image a disk of a definition names: its file, or its volume's path. */
+static bool disk_image(const struct qv_paths *p, const struct vm_disk *k, char *out, size_t outlen)
+{
+    struct qv_err e = {0};
+    if (k->file && !k->volume)
+        return snprintf(out, outlen, "%s", k->file) < (int)outlen;
+    return k->volume && vol_resolve(p, k->volume, out, outlen, NULL, &e) == 0;
+}
+
+static bool vm_running(const struct qv_paths *p, const char *name)
+{
+    struct vm_runstate s;
+    bool supervised;
+    if (vm_observe(p, name, &s, &supervised) < 0)
+        return false;
+    bool running = s.state != VM_SHUTOFF && s.state != VM_CRASHED;
+    runstate_free(&s);
+    return running;
+}
+
+/* Calls `hit` for every VM one of whose disks has a layer for which `match` holds. */
+static int for_vm_disks(const struct qv_paths *p, bool (*match)(const char *image, const void *arg), const void *arg,
+                        struct strv *users, struct qv_err *e)
+{
+    _cleanup_strv_ struct strv names = {0};
+    int r = vm_list_names(p, &names, e);
+    if (r < 0)
+        return r;
+    for (size_t i = 0; i < names.n; i++) {
+        _cleanup_vm_def_ struct vm_def d = {0};
+        if (vm_load(p, names.v[i], &d, NULL) < 0)
+            continue;
+        for (size_t k = 0; k < d.ndisks; k++) {
+            char image[PATH_MAX];
+            if (!disk_image(p, &d.disks[k], image, sizeof(image)) || !match(image, arg))
+                continue;
+            strv_pushf(users, "%s (%s)", d.name, vm_running(p, d.name) ? "running" : "defined");
+            break;
+        }
+    }
+    return 0;
+}
+
+static bool match_file(const char *image, const void *arg)
+{
+    return chain_holds(image, arg, 0);
+}
+
+int vol_users(const struct qv_paths *p, const char *path, struct strv *users, struct qv_err *e)
+{
+    struct file_id id;
+    if (!file_id_of(path, &id))
+        return 0;
+    return for_vm_disks(p, match_file, &id, users, e);
+}
+
+struct pool_match {
+    const char *dir;
+};
+
+static bool match_pool(const char *image, const void *arg)
+{
+    const struct pool_match *m = arg;
+    size_t n = strlen(m->dir);
+    return strncmp(image, m->dir, n) == 0 && image[n] == '/' && !strchr(image + n + 1, '/');
+}
+
+int pool_users(const struct qv_paths *p, const char *pool, struct strv *users, struct qv_err *e)
+{
+    _cleanup_pool_def_ struct pool_def pd = {0};
+    char path[PATH_MAX];
+    pool_def_path(p, pool, path, sizeof(path));
+    if (!path_exists(path))
+        return qv_fail(e, -ENOENT, "no pool named %s", pool);
+    if (pool_load(p, pool, &pd, e) < 0 || !pd.path)
+        return 0;   /* a broken definition holds nothing: let it go */
+    struct pool_match m = {pd.path};
+    return for_vm_disks(p, match_pool, &m, users, e);
+}
+
+int vol_dependents(const struct qv_paths *p, const char *path, struct strv *deps, struct qv_err *e)
+{
+    struct file_id id;
+    if (!file_id_of(path, &id))
+        return 0;
+    _cleanup_strv_ struct strv pools = {0};
+    int r = pool_list_names(p, &pools, e);
+    if (r < 0)
+        return r;
+    if (!strv_contains((const char *const *)pools.v, "default"))
+        strv_push(&pools, "default");
+    for (size_t i = 0; i < pools.n; i++) {
+        _cleanup_pool_def_ struct pool_def pd = {0};
+        _cleanup_strv_ struct strv vols = {0};
+        if (pool_load(p, pools.v[i], &pd, NULL) < 0)
+            continue;
+        struct storage_pool sp = pool_storage(&pd);
+        if (pool_backend(&pd)->list(&sp, &vols, NULL) < 0)
+            continue;
+        for (size_t k = 0; k < vols.n; k++) {
+            struct storage_vol_info vi;
+            if (pool_backend(&pd)->vol_info(&sp, vols.v[k], &vi, NULL) == 0 && vi.backing[0] &&
+                chain_holds(vi.path, &id, 1))
+                strv_pushf(deps, "%s/%s", pd.name, vols.v[k]);
+        }
+    }
+    return 0;
+}
+
+/* ---- changes, with their refusals ---- */
+static int refuse_users(const struct qv_paths *p, const struct vol_ref *ref, const char *path, const char *what,
+                        struct qv_err *e)
+{
+    _cleanup_strv_ struct strv users = {0};
+    int r = vol_users(p, path, &users, e);
+    if (r < 0 || !users.n)
+        return r;
+    _cleanup_free_ char *who = strv_join((const char *const *)users.v, ", ");
+    return qv_fail(e, -EBUSY, "volume %s/%s is used by VM %s; %s it anyway with --force", ref->pool, ref->name, who,
+                   what);
+}
+
+int volume_delete(const struct qv_paths *p, const char *refs, bool force, struct qv_err *e)
+{
+    _cleanup_vol_found_ struct vol_found v = {0};
+    int r = vol_find(p, refs, &v, e);
+    if (r < 0)
+        return r;
+    _cleanup_strv_ struct strv deps = {0};
+    if ((r = vol_dependents(p, v.vi.path, &deps, e)) < 0)
+        return r;
+    if (deps.n) {
+        _cleanup_free_ char *who = strv_join((const char *const *)deps.v, ", ");
+        return qv_fail(e, -EBUSY, "volume %s is the backing file of %s; delete those first (or vol clone them "
+                       "into standalone copies)", refs, who);
+    }
+    if (!force && (r = refuse_users(p, &v.ref, v.vi.path, "delete", e)) < 0)
+        return r;
+    struct storage_pool sp = pool_storage(&v.pd);
+    return pool_backend(&v.pd)->vol_delete(&sp, v.ref.name, e);
+}
+
+/* "10G" or "+2G" (relative to `now`). */
+static int parse_new_size(const char *s, uint64_t now, uint64_t *out, struct qv_err *e)
+{
+    bool rel = s[0] == '+';
+    uint64_t v;
+    if (parse_size(s + rel, &v) < 0 || (!rel && v == 0))
+        return qv_fail(e, -EINVAL, "\"%s\" is not a size (like 20G, or +5G to grow by that much)", s);
+    *out = rel ? now + v : v;
+    return 0;
+}
+
+int volume_resize(const struct qv_paths *p, const char *refs, const char *size, bool allow_shrink, bool force,
+                  uint64_t *new_size, struct qv_err *e)
+{
+    struct vol_ref ref;
+    _cleanup_pool_def_ struct pool_def pd = {0};
+    struct storage_vol_info vi;
+    int r;
+    if ((r = vol_lookup(p, refs, &ref, &pd, &vi, e)) < 0 ||
+        (r = parse_new_size(size, vi.capacity, new_size, e)) < 0)
+        return r;
+    bool shrink = *new_size < vi.capacity;
+    if (shrink && !allow_shrink) {
+        char a[32], b[32];
+        format_size(vi.capacity, a, sizeof(a));
+        format_size(*new_size, b, sizeof(b));
+        return qv_fail(e, -EINVAL, "volume %s: %s is smaller than its %s; shrinking loses data past the new end "
+                       "(--allow-shrink if that is what you want)", refs, b, a);
+    }
+    if (shrink && !force && (r = refuse_users(p, &ref, vi.path, "shrink", e)) < 0)
+        return r;
+    if (*new_size == vi.capacity)
+        return 0;
+    struct storage_pool sp = pool_storage(&pd);
+    return pool_backend(&pd)->vol_resize(&sp, ref.name, *new_size, shrink, e);
+}
+
+/* A backing given as POOL/VOL or as an absolute file path. */
+static int backing_resolve(const struct qv_paths *p, const char *b, char *path, size_t pathlen,
+                           enum storage_format *fmt, struct qv_err *e)
+{
+    int r;
+    if (b[0] != '/') {
+        enum disk_format df;
+        if ((r = vol_resolve(p, b, path, pathlen, &df, e)) < 0)
+            return qv_prefix(e, "--backing: ");
+        *fmt = df == FORMAT_QCOW2 ? STORAGE_FORMAT_QCOW2 : STORAGE_FORMAT_RAW;
+        return 0;
+    }
+    snprintf(path, pathlen, "%s", b);
+    if ((r = storage_detect_format(b, fmt, e)) < 0)
+        return qv_prefix(e, "--backing: ");
+    return 0;
+}
+
+int volume_create(const struct qv_paths *p, const char *refs, const struct volume_create_args *a, struct qv_err *e)
+{
+    struct vol_ref ref;
+    _cleanup_pool_def_ struct pool_def pd = {0};
+    int r;
+    if ((r = vol_ref_parse(refs, &ref, e)) < 0 || (r = pool_open(p, ref.pool, &pd, e)) < 0)
+        return r;
+    struct storage_vol_spec s = {.size = a->size, .format = a->format, .prealloc = a->prealloc};
+    char backing[PATH_MAX];
+    if (a->backing) {
+        if ((r = backing_resolve(p, a->backing, backing, sizeof(backing), &s.backing_format, e)) < 0)
+            return r;
+        s.backing = backing;
+    } else if (!a->size) {
+        return qv_fail(e, -EINVAL, "vol create %s: --size is needed (or --backing, whose size it then takes)", refs);
+    }
+    struct storage_pool sp = pool_storage(&pd);
+    return pool_backend(&pd)->vol_create(&sp, ref.name, &s, e);
+}
+
+int volume_copy_in(const struct qv_paths *p, const char *refs, const char *src, enum storage_format src_format,
+                   enum storage_format format, const struct storage_progress *prog, struct qv_err *e)
+{
+    struct vol_ref ref;
+    _cleanup_pool_def_ struct pool_def pd = {0};
+    int r;
+    if ((r = vol_ref_parse(refs, &ref, e)) < 0 || (r = pool_open(p, ref.pool, &pd, e)) < 0)
+        return r;
+    struct storage_pool sp = pool_storage(&pd);
+    return pool_backend(&pd)->vol_copy_in(&sp, ref.name, src, src_format, format, prog, e);
+}
+
+int volume_export(const struct qv_paths *p, const char *refs, const char *dest, bool have_format,
+                  enum storage_format format, const struct storage_progress *prog, struct qv_err *e)
+{
+    _cleanup_vol_found_ struct vol_found v = {0};
+    int r = vol_find(p, refs, &v, e);
+    if (r < 0)
+        return r;
+    struct stat st;
+    if (lstat(dest, &st) == 0)
+        return qv_fail(e, -EEXIST, "%s already exists (remove it first, or choose another name)", dest);
+    char tmp[PATH_MAX];
+    if (snprintf(tmp, sizeof(tmp), "%s.part-%d", dest, (int)getpid()) >= (int)sizeof(tmp))
+        return qv_fail(e, -ENAMETOOLONG, "%s: path too long", dest);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return qv_failerr(e, -errno, "%s", tmp);
+    close(fd);
+    if ((r = storage_convert(v.vi.path, v.vi.format, tmp, have_format ? format : v.vi.format, prog, e)) < 0) {
+        unlink(tmp);
+        return r;
+    }
+    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dest, RENAME_NOREPLACE) < 0) {
+        r = -errno;
+        unlink(tmp);
+        return qv_failerr(e, r, "%s", dest);
+    }
+    chmod(dest, 0644);
+    return 0;
+}
+
+/* The guest's view of the volume as raw bytes into fd: the file itself when it is
+ * raw and alone, else a raw conversion under a temporary name in `tmpdir`. */
+int volume_export_raw_fd(const struct qv_paths *p, const char *refs, int out, const struct storage_progress *prog,
+                         struct qv_err *e)
+{
+    _cleanup_vol_found_ struct vol_found v = {0};
+    int r = vol_find(p, refs, &v, e);
+    if (r < 0)
+        return r;
+    char tmp[PATH_MAX] = "";
+    const char *src = v.vi.path;
+    if (v.vi.format != STORAGE_FORMAT_RAW || v.vi.backing[0]) {
+        snprintf(tmp, sizeof(tmp), "%s/.export-%s.part-%d", v.pd.path, v.ref.name, (int)getpid());
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd < 0)
+            return qv_failerr(e, -errno, "%s", tmp);
+        close(fd);
+        if ((r = storage_convert(v.vi.path, v.vi.format, tmp, STORAGE_FORMAT_RAW, prog, e)) < 0) {
+            unlink(tmp);
+            return r;
+        }
+        src = tmp;
+    }
+    _cleanup_close_ int in = open(src, O_RDONLY | O_CLOEXEC);
+    if (tmp[0])
+        unlink(tmp);
+    if (in < 0)
+        return qv_failerr(e, -errno, "%s", src);
+    char buf[1 << 16];
+    for (;;) {
+        if (prog && prog->cancel && *prog->cancel)
+            return qv_fail(e, -ECANCELED, "export of %s: interrupted", refs);
+        ssize_t n = read(in, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return qv_failerr(e, -errno, "%s", src);
+        if (n == 0)
+            return 0;
+        if ((r = write_all(out, buf, (size_t)n)) < 0)
+            return qv_failerr(e, r, "export of %s: writing", refs);
+    }
+}
+
+/* ---- disks at start ---- */
+static void disk_forget_layers(struct vm_disk *k)
+{
+    for (size_t i = 0; i < k->nbacking; i++)
+        free(k->backing[i].path);
+    free(k->backing);
+    k->backing = NULL;
+    k->nbacking = 0;
+}
+
+static int resolve_disk(const struct qv_paths *p, struct vm_disk *k, struct qv_err *e)
+{
+    int r;
+    if (k->volume) {
+        char path[PATH_MAX];
+        enum disk_format fmt;
+        struct qv_err ve = {0};
+        if ((r = vol_resolve(p, k->volume, path, sizeof(path), &fmt, &ve)) < 0)
+            return qv_fail(e, r, "volume %s: %s", k->volume, ve.msg);
+        free(k->file);
+        k->file = qv_xstrdup(path);
+        k->format = fmt;    /* a volume's format is what its header says now */
+    }
+    disk_forget_layers(k);
+    if (k->format != FORMAT_QCOW2)
+        return 0;
+    /* every layer is opened and checked now, so that a broken chain is refused
+     * before QEMU starts, naming the layer and the image that points at it */
+    struct storage_chain c;
+    if ((r = storage_chain_open(k->file, STORAGE_FORMAT_QCOW2, O_RDONLY, &c, e)) < 0)
+        return r;
+    if (c.n > 1) {
+        k->nbacking = c.n - 1;
+        k->backing = qv_xcalloc(k->nbacking, sizeof(*k->backing));
+        for (size_t i = 1; i < c.n; i++) {
+            k->backing[i - 1].path = qv_xstrdup(c.layers[i].path);
+            k->backing[i - 1].format = c.layers[i].format == STORAGE_FORMAT_QCOW2 ? FORMAT_QCOW2 : FORMAT_RAW;
+        }
+    }
+    storage_chain_close(&c);
+    return 0;
+}
+
+int vm_resolve_disks(const struct qv_paths *p, struct vm_def *d, struct qv_err *e)
+{
+    for (size_t i = 0; i < d->ndisks; i++) {
+        int r = resolve_disk(p, &d->disks[i], e);
+        if (r < 0)
+            return qv_prefix(e, "%s: disks[%zu]: ", d->name, i);
+    }
+    return 0;
+}
+
+int vm_volumes_removable(const struct qv_paths *p, const struct vm_def *d, struct strv *refs, struct qv_err *e)
+{
+    char own[80];
+    snprintf(own, sizeof(own), "%s (", d->name);
+    for (size_t i = 0; i < d->ndisks; i++) {
+        const char *ref = d->disks[i].volume;
+        if (!ref || strv_contains((const char *const *)refs->v, ref))
+            continue;
+        _cleanup_vol_found_ struct vol_found v = {0};
+        struct qv_err le = {0};
+        int r = vol_find(p, ref, &v, &le);
+        if (r == -ENOENT)
+            continue;   /* gone already: nothing to remove */
+        if (r < 0)
+            return qv_fail(e, r, "disks[%zu]: %s", i, le.msg);
+        _cleanup_strv_ struct strv users = {0}, deps = {0};
+        if ((r = vol_users(p, v.vi.path, &users, e)) < 0 || (r = vol_dependents(p, v.vi.path, &deps, e)) < 0)
+            return r;
+        for (size_t k = 0; k < users.n; k++)
+            if (!str_startswith(users.v[k], own))
+                return qv_fail(e, -EBUSY, "volume %s is used by VM %s too; undefine without --remove-storage, or "
+                               "detach it there first", ref, users.v[k]);
+        if (deps.n)
+            return qv_fail(e, -EBUSY, "volume %s is the backing file of %s; undefine without --remove-storage", ref,
+                           deps.v[0]);
+        strv_push(refs, ref);
+    }
+    return 0;
+}
