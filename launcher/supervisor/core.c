@@ -178,8 +178,24 @@ void sup_on_event(void *ctx, const char *event, json_object *data, uint64_t ts_u
 
 /* ---- stopping ---- */
 
+/* A crashed guest waiting for its on_crash restart: a stop or kill ends the wait
+ * instead of answering "done" and restarting it anyway. */
+static bool cancel_restart(struct sup *s, const char *why)
+{
+    if (!s->restart_at || s->qemu_pid)
+        return false;
+    s->restart_at = 0;
+    sup_log(s, "%s: the pending restart is cancelled", why);
+    sup_set_state(s, VM_SHUTOFF);
+    ctl_stop_done(s, true, NULL);
+    s->done = true;
+    return true;
+}
+
 void sup_kill(struct sup *s, const char *reason)
 {
+    if (cancel_restart(s, reason))
+        return;
     if (start_active(s)) {
         start_cancel(s, reason);
         return;
@@ -239,6 +255,8 @@ static void stop_step(struct sup *s)
 
 void sup_begin_stop(struct sup *s, bool force, int timeout_ms)
 {
+    if (cancel_restart(s, force ? "stopped (forced)" : "stopped"))
+        return;
     if (start_active(s)) {
         /* nothing of the guest ran yet: a stop ends the start at once */
         start_cancel(s, force ? "stopped (forced)" : "stopped");

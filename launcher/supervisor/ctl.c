@@ -448,7 +448,8 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
         c->waits_for_stop = true;
         if (strcmp(cmd, "kill") == 0) {
             sup_kill(s, "killed");     /* first: recording overlaps QEMU's death */
-            sup_set_state(s, VM_STOPPING);
+            if (s->qemu_pid && !s->done)
+                sup_set_state(s, VM_STOPPING);
         } else {
             sup_begin_stop(s, get_bool(req, "force"), get_int(req, "timeout_ms", 60000));
         }

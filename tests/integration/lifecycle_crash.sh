@@ -56,7 +56,17 @@ kill -9 "$qpid"
 check "on_crash restart: a new QEMU runs after the crash" \
     wait_until 20 bash -c "p=\$('$QV_BIN' --root '$T_ROOT' status c2 --json | grep -o '\"pid\": [0-9]*' | grep -o '[0-9]*'); [ -n \"\$p\" ] && [ \"\$p\" != $qpid ] && [ \"\$('$QV_BIN' --root '$T_ROOT' status c2 --json | grep -c '\"state\": \"running\"')\" = 1 ]"
 check "...the log records the crash and the restart" log_has c2 'starting it again in 1000 ms \(on_crash: restart, crash 1 of 5\)'
-qv kill -q c2
+# a kill while the next restart waits (2 s after the second crash) ends the wait
+qpid=$(vm_pid c2)
+spid=$(sup_pid c2)
+kill -9 "$qpid"
+wait_log c2 'starting it again in 2000 ms' 10
+check "kill while a restart waits: it answers" qv kill -q c2
+check "...the supervisor exits" wait_until 10 bash -c "! kill -0 $spid 2>/dev/null"
+sleep 3
+check "...no QEMU was started again" test -z "$(vm_pid c2)"
+check "...the VM is shut off" state_is c2 "shut off"
+check "...the log says the restart was cancelled" log_has c2 'killed: the pending restart is cancelled'
 
 # both dead: the next start cleans up once and starts fresh
 qv start -q c1
