@@ -77,6 +77,11 @@ void cg_dir_read(int version, const char *dir, unsigned ctls, json_object *o);
 int cg_v1_hierarchy(const char *root, enum sandbox_cgroup_ctl c, char *out, size_t len);
 /* "/sys/fs/cgroup" is v2 when it holds cgroup.controllers, v1 when it holds hierarchies. */
 int cg_detect_version(const char *root);
+/* cgroup_limits.c: writes the limits of `ctls` into dir; the controllers l asks for. */
+int cg_write(const char *dir, const char *file, const char *value);
+int cg_write_limits(int version, const char *dir, unsigned ctls, const struct sandbox_cgroup_limits *l,
+                    struct strv *warnings, struct qv_err *e);
+unsigned cg_wanted(const struct sandbox_cgroup_limits *l);
 extern const char *const cg_ctl_names[CG_NCTL];     /* "memory", "cpu", "pids", "io", "cpuacct" */
 extern const char *const cg_v1_names[CG_NCTL];      /* the same for v1: "blkio" for io */
 

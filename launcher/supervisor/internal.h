@@ -215,6 +215,9 @@ void sup_log(struct sup *s, const char *fmt, ...) QV_PRINTF(2, 3);
 void sup_set_state(struct sup *s, enum vm_state st);
 void sup_begin_stop(struct sup *s, bool force, int timeout_ms);
 void sup_kill(struct sup *s, const char *reason);
+/* lifecycle.c: the next stop phase once its time came; QEMU's pidfd or SIGCHLD. */
+void sup_stop_step(struct sup *s);
+void sup_qemu_gone(struct sup *s);
 /* core.c's small shared pieces */
 int sup_pidfd_open(pid_t pid);
 void sup_save_state(struct sup *s);      /* a failure is logged, never fatal */
