@@ -436,6 +436,8 @@ bool net_running(const struct qv_paths *p, const char *name, pid_t *holder);
  * backing chain opened, checked (missing layers, loops, protocols) and recorded in
  * disk->backing for the launch plan. Errors name the VM, the disk and the volume. */
 int vm_resolve_disks(const struct qv_paths *p, struct vm_def *d, struct qv_err *e);
+/* The same for one disk (a hotplugged one). */
+int vm_resolve_disk(const struct qv_paths *p, struct vm_disk *k, struct qv_err *e);
 
 /* ---- storage pools: etc/qvisor/pools/NAME.json -------------------------------------------- */
 struct pool_def {

@@ -411,7 +411,7 @@ static void disk_forget_layers(struct vm_disk *k)
     k->nbacking = 0;
 }
 
-static int resolve_disk(const struct qv_paths *p, struct vm_disk *k, struct qv_err *e)
+int vm_resolve_disk(const struct qv_paths *p, struct vm_disk *k, struct qv_err *e)
 {
     int r;
     if (k->volume) {
@@ -447,7 +447,7 @@ static int resolve_disk(const struct qv_paths *p, struct vm_disk *k, struct qv_e
 int vm_resolve_disks(const struct qv_paths *p, struct vm_def *d, struct qv_err *e)
 {
     for (size_t i = 0; i < d->ndisks; i++) {
-        int r = resolve_disk(p, &d->disks[i], e);
+        int r = vm_resolve_disk(p, &d->disks[i], e);
         if (r < 0)
             return qv_prefix(e, "%s: disks[%zu]: ", d->name, i);
     }

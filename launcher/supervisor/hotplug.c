@@ -93,6 +93,7 @@ void hotplug_record(struct sup *s)
         json_object_object_add(o, "kind", json_object_new_string(h->kind == HOTPLUG_DISK ? "disk" : "nic"));
         json_object_object_add(o, "port", json_object_new_int(h->port));
         json_object_object_add(o, "fdset", json_object_new_int(h->fdset));
+        json_object_object_add(o, "layers", json_object_new_int(h->nlayers));
         json_object_object_add(o, "file", json_object_new_string(h->file));
         json_object_object_add(o, "mac", json_object_new_string(h->mac));
         json_object_object_add(o, "tap", json_object_new_string(h->tap));
@@ -122,6 +123,9 @@ void hotplug_restore(struct sup *s)
                                                                                                             : HOTPLUG_DISK;
         h->port = json_object_object_get_ex(o, "port", &v) ? json_object_get_int(v) : -1;
         h->fdset = json_object_object_get_ex(o, "fdset", &v) ? json_object_get_int(v) : -1;
+        h->nlayers = json_object_object_get_ex(o, "layers", &v) ? json_object_get_int(v) : 0;
+        if (h->nlayers < 0 || h->nlayers > STORAGE_CHAIN_MAX)
+            h->nlayers = 0;
         if (json_object_object_get_ex(o, "file", &v))
             snprintf(h->file, sizeof(h->file), "%s", json_object_get_string(v));
         if (json_object_object_get_ex(o, "mac", &v))
@@ -144,7 +148,9 @@ void hotplug_restore(struct sup *s)
  * pcie port) is reserved for the whole operation, so operations on different
  * devices may run side by side. */
 
-#define OP_STEPS 12
+/* a disk: add-fd and two nodes per layer, the top's three, device_add */
+#define OP_STEPS (3 * (STORAGE_CHAIN_MAX + 1) + 1)
+#define OP_FDS (STORAGE_CHAIN_MAX + NETSETUP_MAX_QUEUES)
 
 struct qcmd {
     const char *cmd;        /* NULL: nothing (an undo that needs no command) */
@@ -167,7 +173,7 @@ struct hotplug_op {
     bool in_flight;             /* a command of this op is pending on s->qmp */
     bool rolling_back;
     struct qv_err err;          /* the failure being rolled back, or the cleanup's first */
-    int fds[NETSETUP_MAX_QUEUES];
+    int fds[OP_FDS];
     int nfds;
     struct vm_nic nic;          /* attach-nic: as requested */
     bool host_side;             /* attach-nic: tap, filter (undone by net_nic_unplugged) */
@@ -374,6 +380,48 @@ void hotplug_forget_all(struct sup *s)
 
 /* ---- disks ---- */
 
+/* Layer j (0: the top's backing) of slot's disk gets an fdset of its own: QEMU's
+ * /dev/fdset/N picks by access mode, so two read-only layers cannot share one. */
+static int layer_fdset(const struct hotplug *h, int j)
+{
+    return h->fdset + HOTPLUG_MAX * (j + 1);
+}
+
+/* add-fd, a file node and a format node on top of `backing` (NULL: none), each
+ * with its undo. */
+static void disk_node_steps(struct hotplug_op *op, int fd, int fdset, const char *prefix, const char *driver,
+                            const char *backing, const struct disk_io *io, bool discard, bool readonly)
+{
+    char file_node[64], fmt_node[64], path[32];
+    snprintf(file_node, sizeof(file_node), "%s-file", prefix);
+    snprintf(fmt_node, sizeof(fmt_node), "%s-fmt", prefix);
+    snprintf(path, sizeof(path), "/dev/fdset/%d", fdset);
+    json_object *a = json_object_new_object();
+    json_object_object_add(a, "fdset-id", json_object_new_int(fdset));
+    json_object_object_add(a, "opaque", json_object_new_string(file_node));
+    op_step(op, "add-fd", a, fd, QMP_TIMEOUT_DEFAULT, "remove-fd", obj1("fdset-id", json_object_new_int(fdset)));
+    op_step(op, "blockdev-add", blockdev_file(file_node, path, io, discard, readonly), -1, QMP_TIMEOUT_DEVICE,
+            "blockdev-del", obj1("node-name", json_object_new_string(file_node)));
+    op_step(op, "blockdev-add", blockdev_format(driver, fmt_node, file_node, backing, io, discard, readonly), -1,
+            QMP_TIMEOUT_DEVICE, "blockdev-del", obj1("node-name", json_object_new_string(fmt_node)));
+}
+
+/* The image and every layer below it, opened here: QEMU opens no path. */
+static int open_disk_layers(struct sup *s, const struct vm_disk *k, int *fds, struct qv_err *e)
+{
+    fds[0] = open(k->file, (k->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+    if (fds[0] < 0)
+        return qv_failerr(e, -errno, "%s: attach-disk: %s", s->def.name, k->file);
+    for (size_t j = 0; j < k->nbacking; j++) {
+        fds[j + 1] = storage_open_image(k->backing[j].path, O_RDONLY, e);
+        if (fds[j + 1] < 0) {
+            launch_close_resources(fds, j + 1);
+            return qv_prefix(e, "%s: attach-disk: %s: backing layer: ", s->def.name, k->file);
+        }
+    }
+    return 0;
+}
+
 int hotplug_disk_attach(struct sup *s, json_object *spec, unsigned client, struct qv_err *e)
 {
     struct vm_disk k;
@@ -383,12 +431,14 @@ int hotplug_disk_attach(struct sup *s, json_object *spec, unsigned client, struc
     if (k.bus != BUS_VIRTIO || k.snapshot)
         r = qv_fail(e, -EINVAL, "%s: attach-disk: only virtio disks without snapshot can be hotplugged (bus %s)",
                     s->def.name, disk_bus_names[k.bus]);
+    else if ((r = vm_resolve_disk(s->paths, &k, e)) < 0)
+        qv_prefix(e, "%s: attach-disk: ", s->def.name);
     else if (find(s, k.file))
         r = qv_fail(e, -EBUSY, "%s: attach-disk: %s is attached already", s->def.name, k.file);
     int slot = r < 0 ? r : free_slot(s, e);
-    int fd = -1;
-    if (slot >= 0 && (fd = open(k.file, (k.readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC)) < 0)
-        slot = qv_failerr(e, -errno, "%s: attach-disk: %s", s->def.name, k.file);
+    int fds[STORAGE_CHAIN_MAX + 1];
+    if (slot >= 0 && (r = open_disk_layers(s, &k, fds, e)) < 0)
+        slot = r;
     if (slot < 0) {
         vm_disk_free(&k);
         return slot;
@@ -398,24 +448,25 @@ int hotplug_disk_attach(struct sup *s, json_object *spec, unsigned client, struc
     h->used = h->pending = true;
     h->kind = HOTPLUG_DISK;
     h->fdset = FDSET_BASE + slot;
+    h->nlayers = (int)k.nbacking;
     snprintf(h->file, sizeof(h->file), "%s", k.file);
     struct hotplug_op *op = op_new(s, h, OP_ATTACH, client, "attach-disk");
-    op->fds[op->nfds++] = fd;
+    for (size_t j = 0; j <= k.nbacking; j++)
+        op->fds[op->nfds++] = fds[j];
 
-    char file_node[48], fmt_node[48], path[32];
-    snprintf(file_node, sizeof(file_node), "%s-file", h->id);
-    snprintf(fmt_node, sizeof(fmt_node), "%s-fmt", h->id);
-    snprintf(path, sizeof(path), "/dev/fdset/%d", h->fdset);
     struct disk_io io = disk_io_mode(k.cache, k.aio, &s->facts);
-    json_object *a = json_object_new_object();
-    json_object_object_add(a, "fdset-id", json_object_new_int(h->fdset));
-    json_object_object_add(a, "opaque", json_object_new_string(file_node));
-    op_step(op, "add-fd", a, fd, QMP_TIMEOUT_DEFAULT, "remove-fd", obj1("fdset-id", json_object_new_int(h->fdset)));
-    op_step(op, "blockdev-add", blockdev_file(file_node, path, &io, k.discard, k.readonly), -1, QMP_TIMEOUT_DEVICE,
-            "blockdev-del", obj1("node-name", json_object_new_string(file_node)));
-    op_step(op, "blockdev-add",
-            blockdev_format(disk_format_names[k.format], fmt_node, file_node, NULL, &io, k.discard, k.readonly), -1,
-            QMP_TIMEOUT_DEVICE, "blockdev-del", obj1("node-name", json_object_new_string(fmt_node)));
+    /* bottom first: a node must exist before one names it as its backing */
+    char prefix[48], below[64] = "";
+    for (size_t j = k.nbacking; j-- > 0;) {
+        snprintf(prefix, sizeof(prefix), "%s-b%zu", h->id, j);
+        disk_node_steps(op, fds[j + 1], layer_fdset(h, (int)j), prefix, disk_format_names[k.backing[j].format],
+                        below[0] ? below : NULL, &io, false, true);
+        snprintf(below, sizeof(below), "%s-fmt", prefix);
+    }
+    disk_node_steps(op, fds[0], h->fdset, h->id, disk_format_names[k.format], below[0] ? below : NULL, &io, k.discard,
+                    k.readonly);
+    char fmt_node[48];
+    snprintf(fmt_node, sizeof(fmt_node), "%s-fmt", h->id);
     json_object *dev = json_object_new_object();
     json_object_object_add(dev, "driver", json_object_new_string("virtio-blk-pci"));
     json_object_object_add(dev, "id", json_object_new_string(h->id));
@@ -427,9 +478,9 @@ int hotplug_disk_attach(struct sup *s, json_object *spec, unsigned client, struc
         json_object_object_add(dev, "serial", json_object_new_string(k.serial));
     place(s, dev, h);
     op_step(op, "device_add", dev, -1, QMP_TIMEOUT_DEVICE, NULL, NULL);
+    sup_log(s, "attaching disk %s as %s%s", h->file, h->id, k.nbacking ? " with its backing chain" : "");
     vm_disk_free(&k);
     op->reply = obj1("id", json_object_new_string(h->id));
-    sup_log(s, "attaching disk %s as %s", h->file, h->id);
     op_advance(op);
     return 0;
 }
@@ -650,12 +701,21 @@ static void released(struct sup *s, struct hotplug *h)
     h->waiting_client = 0;
     struct hotplug_op *op = op_new(s, h, OP_RELEASE, client, "detach");
     if (h->kind == HOTPLUG_DISK) {
-        char node[48];
-        snprintf(node, sizeof(node), "%s-fmt", h->id);
-        op_step(op, "blockdev-del", obj1("node-name", json_object_new_string(node)), -1, QMP_TIMEOUT_DEVICE, NULL, NULL);
-        snprintf(node, sizeof(node), "%s-file", h->id);
-        op_step(op, "blockdev-del", obj1("node-name", json_object_new_string(node)), -1, QMP_TIMEOUT_DEVICE, NULL, NULL);
-        op_step(op, "remove-fd", obj1("fdset-id", json_object_new_int(h->fdset)), -1, QMP_TIMEOUT_DEFAULT, NULL, NULL);
+        /* top first: a layer is free to go once nothing above names it */
+        for (int j = -1; j < h->nlayers; j++) {
+            static const char *const parts[] = {"fmt", "file"};
+            for (size_t p = 0; p < ARRAY_SIZE(parts); p++) {
+                char node[64];
+                if (j < 0)
+                    snprintf(node, sizeof(node), "%s-%s", h->id, parts[p]);
+                else
+                    snprintf(node, sizeof(node), "%s-b%d-%s", h->id, j, parts[p]);
+                op_step(op, "blockdev-del", obj1("node-name", json_object_new_string(node)), -1, QMP_TIMEOUT_DEVICE,
+                        NULL, NULL);
+            }
+            op_step(op, "remove-fd", obj1("fdset-id", json_object_new_int(j < 0 ? h->fdset : layer_fdset(h, j))), -1,
+                    QMP_TIMEOUT_DEFAULT, NULL, NULL);
+        }
     } else {
         char netid[40];
         snprintf(netid, sizeof(netid), "%s-net", h->id);

@@ -97,6 +97,7 @@ struct hotplug {
     int port;               /* pcie-root-port index on q35, else -1 */
     int fdset;              /* disks: the add-fd set */
     char file[PATH_MAX];    /* disks */
+    int nlayers;            /* disks: backing layers below the top, each with its fdset and nodes */
     char mac[18], tap[16], network[72];   /* NICs */
     size_t nic_index;       /* NICs: their slot in sup.nics */
     struct vm_nic nic;      /* NICs: as attached; type 0 fields when restored */

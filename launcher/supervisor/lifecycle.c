@@ -290,8 +290,12 @@ static void describe_exit(int code, int status_known, char *out, size_t outlen)
 }
 
 /* The last state of this QEMU, written even when the state itself does not change. */
+/* The end, recorded before stop or kill are answered: a transient VM is gone from
+ * `list` by then, so its name may be used again at once. */
 static void record_end(struct sup *s, enum vm_state st)
 {
+    if (s->def.transient)
+        vm_transient_forget(s->paths, s->def.name);
     if (s->rs.state == st)
         sup_save_state(s);
     else
