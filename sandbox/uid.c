@@ -18,6 +18,8 @@
 
 #include "sandbox/sandbox.h"
 
+#define UID_ALLOC_LOCK_MS 30000     /* held only while one supervisor picks its id */
+
 /* Never root, never the 16- and 32-bit "no id" values, never nobody. */
 static bool reserved(uint64_t uid)
 {
@@ -132,9 +134,9 @@ int sandbox_uid_acquire(const char *lock_dir, uid_t first, uid_t last, const cha
     _cleanup_close_ int alloc = open(path, O_RDONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (alloc < 0)
         return qv_failerr(e, -errno, "%s: uid: %s", name, path);
-    while (flock(alloc, LOCK_EX) < 0)
-        if (errno != EINTR)
-            return qv_failerr(e, -errno, "%s: uid: locking %s", name, path);
+    /* bounded: a supervisor stopped (SIGSTOP) while picking must not hang every start */
+    if ((r = flock_wait(alloc, path, UID_ALLOC_LOCK_MS, e)) < 0)
+        return qv_prefix(e, "%s: uid: ", name);
     uint64_t span = (uint64_t)last - first + 1;
     uint64_t start = fnv1a64(name, strlen(name), FNV1A64_INIT) % span;
     for (uint64_t i = 0; i < span; i++) {

@@ -80,10 +80,13 @@ static bool kvm_usable(void)
     return fd >= 0 && ioctl(fd, KVM_GET_API_VERSION, 0) == KVM_API_VERSION;
 }
 
+/* The kernel's character device, opened: a regular file someone left at that path
+ * opens too, and QEMU would then fail on it at every start. */
 static bool vhost_net_usable(void)
 {
-    _cleanup_close_ int fd = open("/dev/vhost-net", O_RDWR | O_CLOEXEC);
-    return fd >= 0;
+    _cleanup_close_ int fd = open("/dev/vhost-net", O_RDWR | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
+    struct stat st;
+    return fd >= 0 && fstat(fd, &st) == 0 && S_ISCHR(st.st_mode);
 }
 
 /* True if some enum in the QMP schema lists `value` (BlockdevAioOptions for io_uring). */

@@ -21,6 +21,18 @@ want=--; opens /dev/kvm && want=ok
 check "...kvm says '$want' as /dev/kvm does for this shell" grep -Eq "^$want +kvm " <<< "$hc"
 want=--; opens /dev/vhost-net && want=ok
 check "...vhost-net says '$want' as /dev/vhost-net does" grep -Eq "^$want +vhost-net " <<< "$hc"
+# a regular file at /dev/vhost-net (in a /dev of this test's own mount namespace)
+# opens, but it is no vhost-net: QEMU would fail on it at every start
+fakedev() {
+    unshare --mount --propagation private sh -c '
+        mkdir -p "$1/realdev" && mount --rbind /dev "$1/realdev" && mount -t tmpfs qvtest-dev /dev &&
+        for n in null zero urandom kvm; do
+            [ -e "$1/realdev/$n" ] && touch "/dev/$n" && mount --bind "$1/realdev/$n" "/dev/$n"
+        done
+        mkdir -p /dev/net && touch /dev/net/tun && mount --bind "$1/realdev/net/tun" /dev/net/tun &&
+        echo not-a-device > /dev/vhost-net && shift && exec "$@"' sh "$T_ROOT" "$@"
+}
+check_output "...a regular file at /dev/vhost-net is not vhost-net" '^-- +vhost-net ' fakedev "$QV_BIN" --root "$T_ROOT" host-check
 want=--; nft list tables > /dev/null 2>&1 && want=ok
 check "...nftables says '$want' as nft does" grep -Eq "^$want +nftables " <<< "$hc"
 check "...the accel override (QVISOR_ACCEL=tcg) is reported" grep -Eq '^ok +accel override +accel auto means tcg' <<< "$hc"
