@@ -230,6 +230,20 @@ int run_program(const char *const *argv, int timeout_ms, char **output);
 /* The same with stdout and stderr kept apart (either may be NULL). Both kill the
  * child when the calling thread dies (PR_SET_PDEATHSIG). */
 int run_program_split(const char *const *argv, int timeout_ms, char **out, char **err);
+/* run_program_split for long work: timeout_ms <= 0 waits as long as it takes; the
+ * watch may cancel it (SIGTERM, SIGKILL after 2 s: -ECANCELED) and sees stdout as it
+ * comes (on_stdout may consume from the buffer what it used). */
+struct run_watch {
+    volatile int *cancel;       /* looked at every 100 ms; NULL: not cancellable */
+    void (*on_stdout)(struct buf *out, void *opaque);
+    void *opaque;
+    bool child_ignores_sigint;  /* Ctrl-C at the terminal is the caller's to handle */
+};
+int run_program_watched(const char *const *argv, int timeout_ms, const struct run_watch *w, char **out, char **err);
+/* Forks and execs argv[0] (looked up in PATH) with stdin from /dev/null, stdout and
+ * stderr into out_w and err_w, an empty signal mask, killed when the caller dies
+ * (PR_SET_PDEATHSIG). The caller closes its write ends and reaps *pid. */
+int spawn_program(const char *const *argv, int out_w, int err_w, bool ignore_sigint, pid_t *pid);
 /* Finds an executable in PATH (or the default /usr/sbin:/usr/bin:/sbin:/bin). */
 int find_program(const char *name, char *out, size_t outlen);
 

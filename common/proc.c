@@ -87,10 +87,15 @@ int find_program(const char *name, char *out, size_t outlen)
     return -ENOENT;
 }
 
-/* Reads both pipes until EOF or the deadline; at most 64 KiB of each is kept. */
-static bool drain(int fds[2], struct buf *bufs[2], uint64_t deadline)
+enum drain_end { DRAIN_EOF, DRAIN_TIMEOUT, DRAIN_CANCELLED };
+
+/* Reads both pipes until EOF, the deadline (0: none) or a cancel; at most 64 KiB of
+ * each is kept, unless w->on_stdout consumes stdout as it comes. */
+static enum drain_end drain(int fds[2], struct buf *bufs[2], uint64_t deadline, const struct run_watch *w)
 {
     for (;;) {
+        if (w && w->cancel && *w->cancel)
+            return DRAIN_CANCELLED;
         struct pollfd pfd[2];
         nfds_t n = 0;
         int which[2];
@@ -100,17 +105,20 @@ static bool drain(int fds[2], struct buf *bufs[2], uint64_t deadline)
                 which[n++] = i;
             }
         if (n == 0)
-            return false;
+            return DRAIN_EOF;
         uint64_t now = monotonic_ms();
-        if (now >= deadline)
-            return true;
-        int pr = poll(pfd, n, (int)(deadline - now));
+        if (deadline && now >= deadline)
+            return DRAIN_TIMEOUT;
+        int wait = deadline ? (int)(deadline - now) : -1;
+        if (w && w->cancel && (wait < 0 || wait > 100))
+            wait = 100;     /* a tick to look at the cancel flag (a SIGINT may not interrupt poll) */
+        int pr = poll(pfd, n, wait);
         if (pr < 0 && errno == EINTR)
             continue;
         if (pr < 0)
-            return false;
+            return DRAIN_EOF;
         if (pr == 0)
-            return true;
+            continue;
         for (nfds_t k = 0; k < n; k++) {
             if (!pfd[k].revents)
                 continue;
@@ -119,9 +127,14 @@ static bool drain(int fds[2], struct buf *bufs[2], uint64_t deadline)
             ssize_t got = read(fds[i], chunk, sizeof(chunk));
             if (got < 0 && errno == EINTR)
                 continue;
+            if (got < 0 && errno == EAGAIN)
+                continue;
             if (got <= 0) {
                 close(fds[i]);
                 fds[i] = -1;
+            } else if (i == 0 && w && w->on_stdout) {
+                buf_add(bufs[i], chunk, (size_t)got);
+                w->on_stdout(bufs[i], w->opaque);
             } else if (bufs[i]->len < 65536) {
                 buf_add(bufs[i], chunk, (size_t)got);
             }
@@ -129,26 +142,67 @@ static bool drain(int fds[2], struct buf *bufs[2], uint64_t deadline)
     }
 }
 
-/* out_err NULL: stderr joins stdout. */
-static int run(const char *const *argv, int timeout_ms, char **out, char **out_err)
+/* A cancelled child gets SIGTERM, and SIGKILL if it is still there after 2 s. */
+static void stop_child(pid_t pid, int *status)
+{
+    kill(pid, SIGTERM);
+    for (int i = 0; i < 40; i++) {
+        if (waitpid(pid, status, WNOHANG) == pid)
+            return;
+        usleep(50000);
+    }
+    kill(pid, SIGKILL);
+    while (waitpid(pid, status, 0) < 0 && errno == EINTR)
+        ;
+}
+
+int spawn_program(const char *const *argv, int out_w, int err_w, bool ignore_sigint, pid_t *pid)
 {
     char exe[PATH_MAX];
     int r = find_program(argv[0], exe, sizeof(exe));
     if (r < 0)
         return r;
+    pid_t parent = getpid();
+    pid_t p = fork();
+    if (p < 0)
+        return -errno;
+    if (p == 0) {
+        /* A helper must not outlive a caller that was killed: it would run on, unbounded. */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
+            _exit(127);
+        /* a caller's signalfd blocks signals the program needs as usual */
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        if (ignore_sigint)
+            signal(SIGINT, SIG_IGN);
+        int devnull = open("/dev/null", O_RDONLY);
+        if (devnull >= 0)
+            dup2(devnull, 0);
+        dup2(out_w, 1);
+        dup2(err_w, 2);
+        execve(exe, (char *const *)argv, environ);
+        _exit(127);
+    }
+    *pid = p;
+    return 0;
+}
+
+/* out_err NULL: stderr joins stdout. */
+static int run(const char *const *argv, int timeout_ms, const struct run_watch *w, char **out, char **out_err)
+{
     int po[2], pe[2] = {-1, -1};
     if (pipe2(po, O_CLOEXEC) < 0)
         return -errno;
     if (out_err && pipe2(pe, O_CLOEXEC) < 0) {
-        r = -errno;
+        int r = -errno;
         close(po[0]);
         close(po[1]);
         return r;
     }
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) {
-        r = -errno;
+    pid_t pid;
+    int r = spawn_program(argv, po[1], pe[1] >= 0 ? pe[1] : po[1], w && w->child_ignores_sigint, &pid);
+    if (r < 0) {
         close(po[0]);
         close(po[1]);
         if (pe[0] >= 0) {
@@ -156,18 +210,6 @@ static int run(const char *const *argv, int timeout_ms, char **out, char **out_e
             close(pe[1]);
         }
         return r;
-    }
-    if (pid == 0) {
-        /* A helper must not outlive a caller that was killed: it would run on, unbounded. */
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
-            _exit(127);
-        int devnull = open("/dev/null", O_RDONLY);
-        if (devnull >= 0)
-            dup2(devnull, 0);
-        dup2(po[1], 1);
-        dup2(pe[1] >= 0 ? pe[1] : po[1], 2);
-        execve(exe, (char *const *)argv, environ);
-        _exit(127);
     }
     close(po[1]);
     if (pe[1] >= 0)
@@ -177,15 +219,19 @@ static int run(const char *const *argv, int timeout_ms, char **out, char **out_e
     buf_adds(&be, "");
     int fds[2] = {po[0], pe[0]};
     struct buf *bufs[2] = {&bo, &be};
-    bool timed_out = drain(fds, bufs, monotonic_ms() + (uint64_t)timeout_ms);
+    enum drain_end end = drain(fds, bufs, timeout_ms > 0 ? monotonic_ms() + (uint64_t)timeout_ms : 0, w);
     for (int i = 0; i < 2; i++)
         if (fds[i] >= 0)
             close(fds[i]);
-    if (timed_out)
-        kill(pid, SIGKILL);
-    int status;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-        ;
+    int status = 0;
+    if (end == DRAIN_CANCELLED) {
+        stop_child(pid, &status);
+    } else {
+        if (end == DRAIN_TIMEOUT)
+            kill(pid, SIGKILL);
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+            ;
+    }
     if (out)
         *out = bo.p;
     else
@@ -194,7 +240,9 @@ static int run(const char *const *argv, int timeout_ms, char **out, char **out_e
         *out_err = be.p;
     else
         buf_free(&be);
-    if (timed_out)
+    if (end == DRAIN_CANCELLED)
+        return -ECANCELED;
+    if (end == DRAIN_TIMEOUT)
         return -ETIMEDOUT;
     if (WIFEXITED(status))
         return WEXITSTATUS(status);
@@ -203,12 +251,17 @@ static int run(const char *const *argv, int timeout_ms, char **out, char **out_e
 
 int run_program(const char *const *argv, int timeout_ms, char **output)
 {
-    return run(argv, timeout_ms, output, NULL);
+    return run(argv, timeout_ms, NULL, output, NULL);
 }
 
 int run_program_split(const char *const *argv, int timeout_ms, char **out, char **err)
 {
-    return run(argv, timeout_ms, out, err);
+    return run(argv, timeout_ms, NULL, out, err);
+}
+
+int run_program_watched(const char *const *argv, int timeout_ms, const struct run_watch *w, char **out, char **err)
+{
+    return run(argv, timeout_ms, w, out, err);
 }
 
 /* Whether argv of PID holds `key` immediately followed by `value`, both whole

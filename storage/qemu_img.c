@@ -1,20 +1,14 @@
 /* qemu-img as a child program: argv and execve, bounded in time, killed with its
  * caller. Its stdout is the answer, its stderr the explanation of a failure. */
-#include <fcntl.h>
 #include <limits.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 
 #include "storage/storage.h"
 
 #define ARGS_MAX 32
 
-extern char **environ;
 
 int storage_qemu_img(const char *const *args, int timeout_ms, char **out, struct qv_err *e)
 {
@@ -151,115 +145,31 @@ static void progress_feed(struct buf *b, const struct storage_progress *prog)
         buf_consume(b, b->len);
 }
 
-static void reap(pid_t pid, int *status, bool kill_it)
+static void on_convert_output(struct buf *b, void *opaque)
 {
-    if (kill_it) {
-        kill(pid, SIGTERM);
-        for (int i = 0; i < 40; i++) {
-            if (waitpid(pid, status, WNOHANG) == pid)
-                return;
-            usleep(50000);
-        }
-        kill(pid, SIGKILL);
-    }
-    while (waitpid(pid, status, 0) < 0 && errno == EINTR)
-        ;
+    progress_feed(b, opaque);
 }
 
 static int run_convert(const char *const *argv, const struct storage_progress *prog, struct qv_err *e)
 {
-    char exe[PATH_MAX];
-    int r = find_program(argv[0], exe, sizeof(exe));
-    if (r < 0)
-        return qv_fail(e, r, "%s: not found (install qemu-utils)", argv[0]);
-    int po[2], pe[2];
-    if (pipe2(po, O_CLOEXEC) < 0)
-        return qv_failerr(e, -errno, "pipe");
-    if (pipe2(pe, O_CLOEXEC) < 0) {
-        close(po[0]);
-        close(po[1]);
-        return qv_failerr(e, -errno, "pipe");
-    }
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) {
-        r = -errno;
-        close(po[0]), close(po[1]), close(pe[0]), close(pe[1]);
-        return qv_failerr(e, r, "fork");
-    }
-    if (pid == 0) {
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
-            _exit(127);
-        /* Ctrl-C is ours to handle: the copy stops when we say so, and we clean up */
-        signal(SIGINT, SIG_IGN);
-        int devnull = open("/dev/null", O_RDONLY);
-        if (devnull >= 0)
-            dup2(devnull, 0);
-        dup2(po[1], 1);
-        dup2(pe[1], 2);
-        execve(exe, (char *const *)argv, environ);
-        _exit(127);
-    }
-    close(po[1]);
-    close(pe[1]);
-    struct buf out = {0}, err = {0};
-    int fds[2] = {po[0], pe[0]};
-    bool cancelled = false;
-    while (fds[0] >= 0 || fds[1] >= 0) {
-        if (prog && prog->cancel && *prog->cancel) {
-            cancelled = true;
-            break;
-        }
-        struct pollfd pfd[2];
-        nfds_t n = 0;
-        int which[2];
-        for (int i = 0; i < 2; i++)
-            if (fds[i] >= 0) {
-                pfd[n] = (struct pollfd){.fd = fds[i], .events = POLLIN};
-                which[n++] = i;
-            }
-        int pr = poll(pfd, n, 100);
-        if (pr <= 0)
-            continue;   /* EINTR (a SIGINT) or a tick: look at the cancel flag again */
-        for (nfds_t k = 0; k < n; k++) {
-            if (!pfd[k].revents)
-                continue;
-            int i = which[k];
-            char chunk[4096];
-            ssize_t got = read(fds[i], chunk, sizeof(chunk));
-            if (got < 0 && (errno == EINTR || errno == EAGAIN))
-                continue;
-            if (got <= 0) {
-                close(fds[i]);
-                fds[i] = -1;
-                continue;
-            }
-            if (i == 0) {
-                buf_add(&out, chunk, (size_t)got);
-                progress_feed(&out, prog);
-            } else if (err.len < 65536) {
-                buf_add(&err, chunk, (size_t)got);
-            }
-        }
-    }
-    for (int i = 0; i < 2; i++)
-        if (fds[i] >= 0)
-            close(fds[i]);
-    int status = 0;
-    reap(pid, &status, cancelled);
-    buf_free(&out);
-    buf_adds(&err, "");
-    _cleanup_free_ char *msg = err.p;
-    if (cancelled)
+    struct run_watch w = {.cancel = prog ? prog->cancel : NULL, .on_stdout = prog ? on_convert_output : NULL,
+                          .opaque = (void *)prog, .child_ignores_sigint = true};
+    _cleanup_free_ char *out = NULL, *msg = NULL;
+    int r = run_program_watched(argv, 0, &w, &out, &msg);
+    if (r == -ECANCELED)
         return qv_fail(e, -ECANCELED, "qemu-img convert: interrupted");
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+    if (r == -ENOENT)
+        return qv_fail(e, r, "%s: not found (install qemu-utils)", argv[0]);
+    if (r < 0)
+        return qv_failerr(e, r, "qemu-img convert");
+    if (r == 0)
         return 0;
     size_t len = strlen(msg);
     while (len && (msg[len - 1] == '\n' || msg[len - 1] == '\r'))
         msg[--len] = '\0';
     const char *m = str_startswith(msg, "qemu-img: ") ? msg + 10 : msg;
-    if (WIFSIGNALED(status))
-        return qv_fail(e, -EINTR, "qemu-img convert: killed by signal %d", WTERMSIG(status));
+    if (r > 128)
+        return qv_fail(e, -EINTR, "qemu-img convert: killed by signal %d", r - 128);
     return qv_fail(e, -EIO, "qemu-img convert: %s", *m ? m : "failed without a message");
 }
 

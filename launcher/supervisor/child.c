@@ -4,7 +4,6 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 
 #include "launcher/supervisor/internal.h"
@@ -14,32 +13,15 @@ int sup_child_spawn(struct sup_child *c, const char *const *argv, int timeout_ms
     int po[2];
     if (pipe2(po, O_CLOEXEC) < 0)
         return qv_failerr(e, -errno, "%s: pipe", argv[0]);
-    pid_t parent = getpid();
-    pid_t p = fork();
-    if (p < 0) {
-        int r = -errno;
-        close(po[0]);
-        close(po[1]);
-        return qv_failerr(e, r, "%s: fork", argv[0]);
-    }
-    if (p == 0) {
-        /* the supervisor's signalfd blocks these; the program needs them as usual */
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
-            _exit(127);
-        int devnull = open("/dev/null", O_RDONLY);
-        if (devnull >= 0)
-            dup2(devnull, 0);
-        dup2(po[1], 1);
-        dup2(po[1], 2);
-        execvp(argv[0], (char *const *)argv);
-        _exit(127);
-    }
+    pid_t pid;
+    int r = spawn_program(argv, po[1], po[1], false, &pid);
     close(po[1]);
+    if (r < 0) {
+        close(po[0]);
+        return qv_failerr(e, r, "%s", argv[0]);
+    }
     fd_set_nonblock(po[0], true);
-    *c = (struct sup_child){.pid = p, .out = po[0], .deadline = monotonic_ms() + (uint64_t)timeout_ms};
+    *c = (struct sup_child){.pid = pid, .out = po[0], .deadline = monotonic_ms() + (uint64_t)timeout_ms};
     return 0;
 }
 
