@@ -164,7 +164,7 @@ static int next_timeout(struct sup *s)
     uint64_t now = monotonic_ms(), next = 0;
     uint64_t cands[] = {s->stop_next, s->restart_at, s->notify.next_ping, s->qmp ? qmp_next_deadline(s->qmp) : 0,
                         hotplug_next_deadline(s), s->lease_poll, console_next_deadline(s), ctl_next_deadline(s),
-                        monitor_next_deadline(s), ctl_agent_deadline(s), start_next_deadline(s)};
+                        monitor_next_deadline(s), agent_next_deadline(s), start_next_deadline(s)};
     for (size_t i = 0; i < ARRAY_SIZE(cands); i++)
         if (cands[i] && (!next || cands[i] < next))
             next = cands[i];
@@ -183,7 +183,7 @@ static void run_timers(struct sup *s)
     hotplug_expire(s, now);
     ctl_expire(s, now);
     monitor_expire(s, now);
-    ctl_agent_expire(s, now);
+    agent_expire(s, now);
     start_expire(s, now);
     if (s->lease_poll && now >= s->lease_poll)
         vmnet_poll_leases(s);
@@ -245,7 +245,7 @@ static void loop(struct sup *s)
                 sup_qemu_gone(s);
                 break;
             case EV_AGENT:
-                ctl_agent_io(s, evs[i].events);
+                agent_io(s, evs[i].events);
                 break;
             }
         }
@@ -303,7 +303,7 @@ static void close_ctl(struct sup *s)
 
 static void sup_free(struct sup *s)
 {
-    ctl_agent_close(s);
+    agent_close(s);
     ctl_close_all(s);
     confine_release(s);
     for (int i = 0; i < HOTPLUG_MAX; i++)

@@ -232,139 +232,11 @@ static const char *get_string(json_object *req, const char *key)
     return json_object_object_get_ex(req, key, &v) ? json_object_get_string(v) : NULL;
 }
 
-/* Guest agent reboot, without waiting for the agent in the loop: connect (a unix
- * socket connects or fails at once), guest-sync-delimited within a second, then
- * guest-shutdown (which never answers, so the client hears "ok" once it is sent).
- * No agent, or no answer to the sync: system_reset instead. */
-static void reboot_fallback(struct sup *s, const char *why)
+void ctl_wait_for_stop(struct sup *s, unsigned client)
 {
-    struct sup_client *c = client_by_id(s, s->agent_client);
-    s->agent_client = 0;
-    if (why)
-        sup_log(s, "guest agent did not answer (%s); resetting instead", why);
-    sup_log(s, "reboot: system_reset (no guest agent; the guest gets no chance to shut down cleanly)");
+    struct sup_client *c = client_by_id(s, client);
     if (c)
-        client_qmp(s, c, "system_reset", NULL, AS_OK, QMP_TIMEOUT_DEFAULT);
-}
-
-static void on_agent_shutdown(void *ctx, json_object *ret, const struct qv_err *err)
-{
-    (void)ret;
-    struct sup *s = ctx;
-    s->agent_done = true;
-    if (err && s->agent_client)
-        reboot_fallback(s, err->msg);
-}
-
-static void on_agent_sync(void *ctx, json_object *ret, const struct qv_err *err)
-{
-    (void)ret;
-    struct sup *s = ctx;
-    if (err) {
-        s->agent_done = true;
-        reboot_fallback(s, err->msg);
-        return;
-    }
-    json_object *args = json_object_new_object();
-    json_object_object_add(args, "mode", json_object_new_string("reboot"));
-    if (qmp_send(s->agent, "guest-shutdown", args, NULL, 0, 1000, QMP_NO_REPLY_OK, on_agent_shutdown, s) < 0) {
-        s->agent_done = true;
-        reboot_fallback(s, "cannot send guest-shutdown");
-        return;
-    }
-    sup_log(s, "reboot through the guest agent");
-    sup_reply_ok(s, s->agent_client);
-    s->agent_client = 0;
-}
-
-/* After the agent's I/O or time-outs: a finished exchange lets go of the agent. */
-static void agent_settle(struct sup *s, int r)
-{
-    if (!s->agent)
-        return;
-    if (r < 0 || s->agent_done) {
-        epoll_ctl(s->epfd, EPOLL_CTL_DEL, qmp_fd(s->agent), NULL);
-        qmp_free(s->agent);
-        s->agent = NULL;
-        s->agent_done = false;
-        if (s->agent_client)
-            reboot_fallback(s, "the agent's connection closed");
-        return;
-    }
-    struct epoll_event ee = {.events = qmp_poll_events(s->agent), .data.ptr = &s->ev_agent};
-    epoll_ctl(s->epfd, EPOLL_CTL_MOD, qmp_fd(s->agent), &ee);
-}
-
-void ctl_agent_io(struct sup *s, uint32_t events)
-{
-    if (s->agent)
-        agent_settle(s, qmp_handle_io(s->agent, events, NULL));
-}
-
-uint64_t ctl_agent_deadline(struct sup *s)
-{
-    return s->agent ? qmp_next_deadline(s->agent) : 0;
-}
-
-void ctl_agent_expire(struct sup *s, uint64_t now)
-{
-    if (!s->agent)
-        return;
-    qmp_expire(s->agent, now);
-    agent_settle(s, 0);
-}
-
-void ctl_agent_close(struct sup *s)
-{
-    if (s->agent) {
-        epoll_ctl(s->epfd, EPOLL_CTL_DEL, qmp_fd(s->agent), NULL);
-        qmp_free(s->agent);
-        s->agent = NULL;
-    }
-}
-
-static void do_reboot(struct sup *s, struct sup_client *c)
-{
-    if (s->agent) {
-        reply_error(s, c, -EBUSY, "%s: a reboot through the guest agent is under way", s->def.name);
-        return;
-    }
-    s->agent_client = c->id;
-    if (!s->def.agent) {
-        reboot_fallback(s, NULL);
-        return;
-    }
-    char path[PATH_MAX];
-    snprintf(path, sizeof(path), "%s/qga.sock", s->run_dir);
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    int fd = -1;
-    if (strlen(path) >= sizeof(sa.sun_path)) {
-        errno = ENAMETOOLONG;
-    } else {
-        memcpy(sa.sun_path, path, strlen(path) + 1);
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-            int err = errno;
-            close(fd);
-            fd = -1;
-            errno = err;
-        }
-    }
-    s->agent = fd >= 0 ? qmp_new(fd, QMP_AGENT, NULL, NULL) : NULL;
-    if (!s->agent) {
-        char why[PATH_MAX + 64];
-        snprintf(why, sizeof(why), "%s: %s", path, strerror(errno));
-        reboot_fallback(s, why);
-        return;
-    }
-    s->ev_agent.kind = EV_AGENT;
-    struct epoll_event ee = {.events = qmp_poll_events(s->agent), .data.ptr = &s->ev_agent};
-    epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ee);
-    if (qmp_agent_sync(s->agent, 1000, on_agent_sync, s) < 0) {
-        s->agent_done = true;
-        reboot_fallback(s, "cannot send guest-sync-delimited");
-    }
-    agent_settle(s, 0);
+        c->waits_for_stop = true;
 }
 
 void sup_reply_ok(struct sup *s, unsigned client)
@@ -438,12 +310,17 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
     if (strcmp(cmd, "status") == 0) {
         json_object *o = json_object_new_object();
         json_object_object_add(o, "ok", json_object_new_boolean(true));
-        json_object *st = sup_status_json(s), *mon = monitor_status_json(s);
+        json_object *st = sup_status_json(s), *mon = monitor_status_json(s), *agent = agent_status_json(s);
         if (mon)
             json_object_object_add(st, "monitor", mon);
+        if (agent)
+            json_object_object_add(st, "agent", agent);
         json_object_object_add(o, "status", st);
         ctl_client_send(s, c, o);
         json_object_put(o);
+    } else if (strcmp(cmd, "stop") == 0 && running && !start_active(s) && get_string(req, "mode") &&
+               strcmp(get_string(req, "mode"), "agent") == 0 && !get_bool(req, "force")) {
+        agent_power(s, c->id, false, true, get_int(req, "timeout_ms", 60000));
     } else if (strcmp(cmd, "stop") == 0 || strcmp(cmd, "kill") == 0) {
         c->waits_for_stop = true;
         if (strcmp(cmd, "kill") == 0) {
@@ -467,7 +344,23 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
     } else if (strcmp(cmd, "reset") == 0) {
         client_qmp(s, c, "system_reset", NULL, AS_OK, QMP_TIMEOUT_DEFAULT);
     } else if (strcmp(cmd, "reboot") == 0) {
-        do_reboot(s, c);
+        const char *mode = get_string(req, "mode");
+        agent_power(s, c->id, true, mode && strcmp(mode, "agent") == 0, 0);
+    } else if (strcmp(cmd, "agent") == 0 || strcmp(cmd, "exec") == 0) {
+        struct qv_err e = {0};
+        json_object *v = NULL;
+        int r;
+        if (strcmp(cmd, "exec") == 0) {
+            json_object_object_get_ex(req, "spec", &v);
+            r = agent_exec(s, c->id, v, &e);
+        } else {
+            if (json_object_object_get_ex(req, "arguments", &v))
+                v = json_object_get(v);
+            r = agent_request(s, c->id, get_string(req, "execute"), v, get_int(req, "timeout_ms", AGENT_TIMEOUT_MS),
+                              &e);
+        }
+        if (r < 0)
+            reply_error(s, c, r, "%s", e.msg);
     } else if (strcmp(cmd, "qmp") == 0) {
         json_object *args = NULL;
         if (json_object_object_get_ex(req, "arguments", &args))

@@ -22,12 +22,14 @@ struct request_kind {
 
 static const struct request_kind request_kinds[] = {
     {"status", {{0}}},
-    {"stop", {{"force", F_BOOL, false}, {"timeout_ms", F_INT, false}}},
+    {"stop", {{"force", F_BOOL, false}, {"timeout_ms", F_INT, false}, {"mode", F_STRING, false}}},
     {"kill", {{0}}},
     {"pause", {{0}}},
     {"resume", {{0}}},
     {"reset", {{0}}},
-    {"reboot", {{0}}},
+    {"reboot", {{"mode", F_STRING, false}}},
+    {"agent", {{"execute", F_STRING, true}, {"arguments", F_OBJECT, false}, {"timeout_ms", F_INT, false}}},
+    {"exec", {{"spec", F_OBJECT, true}}},
     {"qmp", {{"execute", F_STRING, true}, {"arguments", F_OBJECT, false}, {"timeout_ms", F_INT, false}}},
     {"hmp", {{"command", F_STRING, true}}},
     {"attach-disk", {{"device", F_OBJECT, true}}},

@@ -1,7 +1,7 @@
 /* Internal to launcher/supervisor: the per-VM supervisor's core (core.c) and its
  * parts with their own state: ctl.sock (ctl.c), the QMP monitor (monitor.c), the
  * console and log (console.c), confinement (confine.c), NICs (vmnet.c), hotplug
- * (hotplug.c). One process per VM owns the only QMP connection. */
+ * (hotplug.c), the guest agent channel (agent.c, agent_ops.c; agent_chan.h). One process per VM owns the only QMP connection. */
 #ifndef QV_SUP_INTERNAL_H
 #define QV_SUP_INTERNAL_H
 
@@ -150,6 +150,7 @@ struct start_job {
     char overlay_path[PATH_MAX];
 };
 
+struct agent_chan;
 struct sup {
     const struct qv_paths *paths;
     struct vm_def def;
@@ -181,11 +182,9 @@ struct sup {
     qmp_event_fn monitor_on_event;
     void *monitor_ctx;
     struct vm_runstate rs;
-    /* a reboot through the guest agent under way (sup_ctl.c) */
-    struct qmp *agent;
+    /* the guest agent channel (agent.c); NULL until a VM with "agent": true runs */
+    struct agent_chan *agent;
     struct ev ev_agent;
-    unsigned agent_client;      /* waits for its reply; 0 once answered */
-    bool agent_done;            /* the exchange is over: let go after the I/O call */
 
     /* stopping: graceful (powerdown, again, quit, SIGTERM, SIGKILL) or forced */
     int stop_phase;
@@ -215,6 +214,9 @@ struct sup {
 void sup_log(struct sup *s, const char *fmt, ...) QV_PRINTF(2, 3);
 void sup_set_state(struct sup *s, enum vm_state st);
 void sup_begin_stop(struct sup *s, bool force, int timeout_ms);
+/* The guest was asked to power off another way (its agent): wait for it up to
+ * timeout_ms, then quit, SIGTERM, SIGKILL. */
+void sup_begin_stop_waiting(struct sup *s, int timeout_ms);
 void sup_kill(struct sup *s, const char *reason);
 /* lifecycle.c: the next stop phase once its time came; QEMU's pidfd or SIGCHLD. */
 void sup_stop_step(struct sup *s);
@@ -294,11 +296,8 @@ void ctl_broadcast_console(struct sup *s, const char *data, size_t n);
 void ctl_stop_done(struct sup *s, bool ok, const char *msg);
 void ctl_client_send(struct sup *s, struct sup_client *c, json_object *reply);
 void ctl_reap_clients(struct sup *s);
-/* The guest agent connection of a reboot: I/O, time-outs, and closing it at exit. */
-void ctl_agent_io(struct sup *s, uint32_t events);
-uint64_t ctl_agent_deadline(struct sup *s);
-void ctl_agent_expire(struct sup *s, uint64_t now);
-void ctl_agent_close(struct sup *s);
+/* A stop through the guest agent: the client is answered once QEMU is gone. */
+void ctl_wait_for_stop(struct sup *s, unsigned client);
 void ctl_close_all(struct sup *s);
 /* Idle clients and the accept() back-off: the earliest deadline (0: none), and the
  * work once it passed. */
@@ -309,6 +308,42 @@ void ctl_expire(struct sup *s, uint64_t now);
 int ctl_request_check(json_object *req, struct qv_err *e);
 /* One request line (without its newline): size, NUL bytes, JSON, then the check. */
 int ctl_parse_request(const char *line, size_t len, json_object **req, struct qv_err *e);
+
+/* agent.c: the guest agent channel, kept while QEMU runs (VMs with "agent": true):
+ * connected and synchronised (guest-sync-delimited) by the loop, again after guest
+ * resets and lost or garbled streams; requests queue and go one at a time.
+ * agent_ops.c: what uses it (ctl.sock's agent and exec requests, freeze, reboot, stop). */
+#define AGENT_TIMEOUT_MS 10000                  /* most agent commands */
+#define AGENT_TIMEOUT_FREEZE_MS QMP_TIMEOUT_JOB /* guest-fsfreeze-freeze: flushing may take long */
+#define AGENT_EXEC_TIMEOUT_MS 300000            /* exec without a timeout of its own */
+/* A reply: ret (borrowed) or err; called exactly once for every request accepted. */
+typedef void (*agent_reply_fn)(struct sup *s, void *ctx, json_object *ret, const struct qv_err *err);
+/* Queues one agent command (args consumed). 0: done will be called; else -errno with
+ * e filled (-ENODEV: no agent channel, -EBUSY: not running or queue full). A guest
+ * agent that does not answer fails it with "the guest agent does not answer (is
+ * qemu-guest-agent running in the guest?)". QMP_NO_REPLY_OK: done once sent. */
+int agent_call(struct sup *s, const char *cmd, json_object *args, int timeout_ms, unsigned flags, agent_reply_fn done,
+               void *ctx, struct qv_err *e);
+/* Freezes (or thaws) the guest's filesystems, e.g. around a snapshot: done gets the
+ * number of filesystems frozen or thawed, or err (count -1). 0 when under way, else
+ * -errno with e filled (-ENODEV: the VM has no agent channel). */
+typedef void (*agent_freeze_fn)(struct sup *s, void *ctx, int count, const struct qv_err *err);
+int agent_fsfreeze(struct sup *s, bool freeze, agent_freeze_fn done, void *ctx, struct qv_err *e);
+/* ctl.sock requests: one agent command for `client` (its reply carries "return"), and
+ * `exec` (spec: path, args, env, input (base64), timeout_ms). -errno before anything was sent. */
+int agent_request(struct sup *s, unsigned client, const char *cmd, json_object *args, int timeout_ms,
+                  struct qv_err *e);
+int agent_exec(struct sup *s, unsigned client, json_object *spec, struct qv_err *e);
+/* reboot (agent_only false: system_reset when the agent does not answer within 1 s)
+ * or stop (guest-shutdown, then quit after timeout_ms) through the agent. */
+void agent_power(struct sup *s, unsigned client, bool reboot, bool agent_only, int timeout_ms);
+/* QMP events: RESET, SHUTDOWN and VSERPORT_CHANGE decide when to resync. */
+void agent_guest_event(struct sup *s, const char *event, json_object *data);
+json_object *agent_status_json(struct sup *s);    /* NULL without "agent": true */
+void agent_io(struct sup *s, uint32_t events);
+uint64_t agent_next_deadline(struct sup *s);
+void agent_expire(struct sup *s, uint64_t now);
+void agent_close(struct sup *s);
 
 /* monitor.c: QEMU's monitor connection after a loss while QEMU lives */
 /* Called with the connection that just failed (before it is freed). Returns true

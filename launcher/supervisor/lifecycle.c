@@ -56,6 +56,7 @@ void sup_on_event(void *ctx, const char *event, json_object *data, uint64_t ts_u
 {
     struct sup *s = ctx;
     ctl_broadcast_event(s, event, data, ts_us);
+    agent_guest_event(s, event, data);
     const char *d = data ? jr_show(data) : "";
     if (strcmp(event, "SHUTDOWN") == 0) {
         json_object *reason = NULL;
@@ -187,7 +188,8 @@ void sup_stop_step(struct sup *s)
     }
 }
 
-void sup_begin_stop(struct sup *s, bool force, int timeout_ms)
+/* press: the ACPI power button (twice); else the guest was asked another way */
+static void begin_stop(struct sup *s, bool force, int timeout_ms, bool press)
 {
     if (cancel_restart(s, force ? "stopped (forced)" : "stopped"))
         return;
@@ -215,15 +217,30 @@ void sup_begin_stop(struct sup *s, bool force, int timeout_ms)
         sup_stop_step(s);
         return;
     }
+    s->stop_deadline = monotonic_ms() + (uint64_t)timeout_ms;
+    if (!press) {
+        s->stop_phase = 2;      /* only the wait for the guest is left */
+        s->stop_next = s->stop_deadline;
+        return;
+    }
     sup_log(s, "stopping: ACPI power button, then quit after %d ms", timeout_ms);
     if (was == VM_PAUSED)
         sup_qmp(s, "cont", NULL);   /* a paused guest cannot see the button */
     sup_qmp(s, "system_powerdown", NULL);
     s->stop_phase = 1;
-    s->stop_deadline = monotonic_ms() + (uint64_t)timeout_ms;
     s->stop_next = monotonic_ms() + POWERDOWN_AGAIN_MS;
     if (s->stop_next > s->stop_deadline)
         s->stop_next = s->stop_deadline;
+}
+
+void sup_begin_stop(struct sup *s, bool force, int timeout_ms)
+{
+    begin_stop(s, force, timeout_ms, true);
+}
+
+void sup_begin_stop_waiting(struct sup *s, int timeout_ms)
+{
+    begin_stop(s, false, timeout_ms, false);
 }
 
 /* ---- crashes and QEMU's exit ---- */

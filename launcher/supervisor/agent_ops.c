@@ -1,0 +1,349 @@
+/* What the guest agent channel (agent.c) is used for: ctl.sock's agent commands,
+ * freezing filesystems for snapshots, reboot and stop through the agent, and `exec`
+ * (guest-exec, then guest-exec-status polled with back-off until the command exits
+ * or its timeout passes). */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "launcher/supervisor/agent_chan.h"
+
+#define EXEC_POLL_MIN_MS 10
+#define EXEC_POLL_MAX_MS 500
+#define EXEC_STATUS_TIMEOUT_MS 10000
+
+/* ---- requests from ctl.sock ---- */
+
+struct client_ctx {
+    unsigned client;
+};
+
+static void on_passthrough(struct sup *s, void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct client_ctx *c = ctx;
+    if (err) {
+        sup_reply_error(s, c->client, err->code, "%s", err->msg);
+    } else {
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "return", ret ? json_object_get(ret) : json_object_new_object());
+        sup_reply_json(s, c->client, o);
+        json_object_put(o);
+    }
+    free(c);
+}
+
+static bool no_reply_command(const char *cmd)
+{
+    return strcmp(cmd, "guest-shutdown") == 0 || str_startswith(cmd, "guest-suspend-");
+}
+
+int agent_request(struct sup *s, unsigned client, const char *cmd, json_object *args, int timeout_ms,
+                  struct qv_err *e)
+{
+    if (str_startswith(cmd, "guest-sync")) {
+        if (args)
+            json_object_put(args);
+        return qv_fail(e, -EINVAL, "%s: %s is the supervisor's own business (it keeps the stream in sync)",
+                       s->def.name, cmd);
+    }
+    struct client_ctx *c = qv_xcalloc(1, sizeof(*c));
+    c->client = client;
+    int r = agent_call(s, cmd, args, timeout_ms, no_reply_command(cmd) ? QMP_NO_REPLY_OK : 0, on_passthrough, c, e);
+    if (r < 0)
+        free(c);
+    return r;
+}
+
+/* ---- freezing filesystems (snapshots) ---- */
+
+struct freeze_ctx {
+    agent_freeze_fn done;
+    void *ctx;
+};
+
+static void on_freeze(struct sup *s, void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct freeze_ctx *f = ctx;
+    f->done(s, f->ctx, err ? -1 : json_object_get_int(ret), err);
+    free(f);
+}
+
+int agent_fsfreeze(struct sup *s, bool freeze, agent_freeze_fn done, void *ctx, struct qv_err *e)
+{
+    struct freeze_ctx *f = qv_xcalloc(1, sizeof(*f));
+    f->done = done;
+    f->ctx = ctx;
+    int r = agent_call(s, freeze ? "guest-fsfreeze-freeze" : "guest-fsfreeze-thaw", NULL,
+                       freeze ? AGENT_TIMEOUT_FREEZE_MS : AGENT_TIMEOUT_MS, 0, on_freeze, f, e);
+    if (r < 0)
+        free(f);
+    return r;
+}
+
+/* ---- reboot and stop through the agent ---- */
+
+struct power_ctx {
+    unsigned client;
+    bool reboot;
+    bool agent_only;        /* --mode agent: no fallback */
+    int timeout_ms;         /* stop: then quit */
+};
+
+static void on_reset_reply(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    if (err)
+        sup_log(ctx, "reboot: system_reset: %s", err->msg);
+}
+
+static void reboot_by_reset(struct sup *s, unsigned client, const char *why)
+{
+    if (why)
+        sup_log(s, "guest agent did not answer (%s); resetting instead", why);
+    sup_log(s, "reboot: system_reset (no guest agent; the guest gets no chance to shut down cleanly)");
+    if (!s->qmp || !qmp_ready(s->qmp)) {
+        sup_reply_error(s, client, -EIO, "%s: QEMU's monitor is not connected; cannot reset", s->def.name);
+        return;
+    }
+    if (qmp_send(s->qmp, "system_reset", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_reset_reply, s) < 0) {
+        sup_reply_error(s, client, -EIO, "%s: cannot send system_reset to QEMU", s->def.name);
+        return;
+    }
+    sup_reply_ok(s, client);
+}
+
+static void on_power(struct sup *s, void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    struct power_ctx *p = ctx;
+    if (err && p->reboot && !p->agent_only) {
+        reboot_by_reset(s, p->client, err->msg);
+    } else if (err) {
+        sup_reply_error(s, p->client, err->code == -ENODEV ? -ENODEV : -EIO, "%s", err->msg);
+    } else if (p->reboot) {
+        sup_log(s, "reboot through the guest agent");
+        sup_reply_ok(s, p->client);
+    } else {
+        sup_log(s, "stopping: guest-shutdown through the guest agent, then quit after %d ms", p->timeout_ms);
+        ctl_wait_for_stop(s, p->client);
+        sup_begin_stop_waiting(s, p->timeout_ms);
+    }
+    free(p);
+}
+
+void agent_power(struct sup *s, unsigned client, bool reboot, bool agent_only, int timeout_ms)
+{
+    if (!s->def.agent && reboot && !agent_only) {
+        reboot_by_reset(s, client, NULL);
+        return;
+    }
+    struct power_ctx *p = qv_xcalloc(1, sizeof(*p));
+    p->client = client;
+    p->reboot = reboot;
+    p->agent_only = agent_only;
+    p->timeout_ms = timeout_ms;
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "mode", json_object_new_string(reboot ? "reboot" : "powerdown"));
+    struct qv_err e = {0};
+    /* a default reboot tries the agent for a second, as it did before the channel was kept */
+    if (agent_call(s, "guest-shutdown", args, agent_only ? AGENT_TIMEOUT_MS : 1000, QMP_NO_REPLY_OK, on_power, p,
+                   &e) < 0) {
+        free(p);
+        if (reboot && !agent_only)
+            reboot_by_reset(s, client, e.msg);
+        else
+            sup_reply_error(s, client, e.code, "%s", e.msg);
+    }
+}
+
+/* ---- exec ---- */
+
+static struct exec_op *exec_find(struct agent_chan *ch, unsigned id)
+{
+    for (struct exec_op *o = ch->execs; o; o = o->next)
+        if (o->id == id)
+            return o;
+    return NULL;
+}
+
+static void exec_remove(struct agent_chan *ch, struct exec_op *x)
+{
+    for (struct exec_op **pp = &ch->execs; *pp; pp = &(*pp)->next) {
+        if (*pp == x) {
+            *pp = x->next;
+            free(x);
+            return;
+        }
+    }
+}
+
+static void copy_field(json_object *to, const char *to_key, json_object *from, const char *from_key)
+{
+    json_object *v;
+    if (json_object_object_get_ex(from, from_key, &v))
+        json_object_object_add(to, to_key, json_object_get(v));
+}
+
+static void on_exec_status(struct sup *s, void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct agent_chan *ch = s->agent;
+    struct exec_op *x = ch ? exec_find(ch, (unsigned)(uintptr_t)ctx) : NULL;
+    if (!x)
+        return;     /* it timed out meanwhile, and was answered */
+    if (err) {
+        sup_reply_error(s, x->client, err->code, "%s", err->msg);
+        exec_remove(ch, x);
+        return;
+    }
+    json_object *v;
+    if (!json_object_object_get_ex(ret, "exited", &v) || !json_object_get_boolean(v)) {
+        x->poll_at = monotonic_ms() + x->poll_ms;
+        x->poll_ms = x->poll_ms * 2 > EXEC_POLL_MAX_MS ? EXEC_POLL_MAX_MS : x->poll_ms * 2;
+        return;
+    }
+    json_object *o = json_object_new_object();
+    copy_field(o, "exitcode", ret, "exitcode");
+    copy_field(o, "signal", ret, "signal");
+    copy_field(o, "out", ret, "out-data");
+    copy_field(o, "err", ret, "err-data");
+    copy_field(o, "out_truncated", ret, "out-truncated");
+    copy_field(o, "err_truncated", ret, "err-truncated");
+    sup_reply_json(s, x->client, o);
+    json_object_put(o);
+    exec_remove(ch, x);
+}
+
+void agent_exec_expire(struct sup *s, uint64_t now)
+{
+    struct agent_chan *ch = s->agent;
+    for (struct exec_op *x = ch->execs, *next; x; x = next) {
+        next = x->next;
+        if (now >= x->deadline) {
+            sup_reply_error(s, x->client, -ETIMEDOUT,
+                            "%s: %s did not finish within %d s (it still runs in the guest as pid %lld)", s->def.name,
+                            x->path, (x->timeout_ms + 999) / 1000, (long long)x->pid);
+            exec_remove(ch, x);
+            continue;
+        }
+        if (!x->poll_at || now < x->poll_at)
+            continue;
+        x->poll_at = 0;
+        json_object *args = json_object_new_object();
+        json_object_object_add(args, "pid", json_object_new_int64(x->pid));
+        struct qv_err e = {0};
+        if (agent_call(s, "guest-exec-status", args, EXEC_STATUS_TIMEOUT_MS, 0, on_exec_status, (void *)(uintptr_t)x->id,
+                       &e) < 0) {
+            sup_reply_error(s, x->client, e.code, "%s", e.msg);
+            exec_remove(ch, x);
+        }
+    }
+}
+
+static uint64_t min_deadline(uint64_t a, uint64_t b)
+{
+    return !a ? b : !b ? a : a < b ? a : b;
+}
+
+uint64_t agent_exec_next_deadline(struct sup *s)
+{
+    uint64_t next = 0;
+    for (struct exec_op *x = s->agent ? s->agent->execs : NULL; x; x = x->next)
+        next = min_deadline(next, min_deadline(x->poll_at, x->deadline));
+    return next;
+}
+
+void agent_exec_wind_down(struct sup *s)
+{
+    struct agent_chan *ch = s->agent;
+    while (ch && ch->execs) {
+        struct exec_op *x = ch->execs;
+        ch->execs = x->next;
+        sup_reply_error(s, x->client, -EIO, "%s: %s: the VM stopped while the command ran", s->def.name, x->path);
+        free(x);
+    }
+}
+
+struct exec_start {
+    unsigned client;
+    int timeout_ms;
+    char path[256];
+};
+
+static void on_exec_started(struct sup *s, void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct exec_start *st = ctx;
+    json_object *pid;
+    if (err) {
+        sup_reply_error(s, st->client, err->code, "%s", err->msg);
+    } else if (!json_object_object_get_ex(ret, "pid", &pid) || !json_object_is_type(pid, json_type_int)) {
+        sup_reply_error(s, st->client, -EIO, "%s: guest-exec: the agent's reply has no pid", s->def.name);
+    } else {
+        struct agent_chan *ch = agent_chan_get(s);
+        struct exec_op *x = qv_xcalloc(1, sizeof(*x));
+        x->id = ++ch->next_exec_id;
+        x->client = st->client;
+        x->pid = json_object_get_int64(pid);
+        x->timeout_ms = st->timeout_ms;
+        x->deadline = monotonic_ms() + (uint64_t)st->timeout_ms;
+        x->poll_ms = EXEC_POLL_MIN_MS;
+        x->poll_at = monotonic_ms() + x->poll_ms;
+        snprintf(x->path, sizeof(x->path), "%s", st->path);
+        x->next = ch->execs;
+        ch->execs = x;
+    }
+    free(st);
+}
+
+static int string_array(json_object *spec, const char *key, json_object **out, struct qv_err *e)
+{
+    json_object *v;
+    *out = NULL;
+    if (!json_object_object_get_ex(spec, key, &v))
+        return 0;
+    if (!json_object_is_type(v, json_type_array))
+        return qv_fail(e, -EINVAL, "exec: \"%s\" must be an array of strings", key);
+    for (size_t i = 0; i < json_object_array_length(v); i++)
+        if (!json_object_is_type(json_object_array_get_idx(v, i), json_type_string))
+            return qv_fail(e, -EINVAL, "exec: \"%s\"[%zu] must be a string", key, i);
+    *out = v;
+    return 0;
+}
+
+int agent_exec(struct sup *s, unsigned client, json_object *spec, struct qv_err *e)
+{
+    json_object *path, *v, *argv = NULL, *env = NULL;
+    if (!json_object_object_get_ex(spec, "path", &path) || !json_object_is_type(path, json_type_string) ||
+        !*json_object_get_string(path))
+        return qv_fail(e, -EINVAL, "exec: \"path\" (the program to run in the guest) is missing");
+    int timeout_ms = 0;
+    if (json_object_object_get_ex(spec, "timeout_ms", &v)) {
+        if (!json_object_is_type(v, json_type_int) || json_object_get_int64(v) <= 0 ||
+            json_object_get_int64(v) > 86400000)
+            return qv_fail(e, -EINVAL, "exec: \"timeout_ms\" must be an integer from 1 to 86400000");
+        timeout_ms = json_object_get_int(v);
+    }
+    if (string_array(spec, "args", &argv, e) < 0 || string_array(spec, "env", &env, e) < 0)
+        return e->code;
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "path", json_object_get(path));
+    if (argv)
+        json_object_object_add(args, "arg", json_object_get(argv));
+    if (env)
+        json_object_object_add(args, "env", json_object_get(env));
+    if (json_object_object_get_ex(spec, "input", &v)) {
+        if (!json_object_is_type(v, json_type_string)) {
+            json_object_put(args);
+            return qv_fail(e, -EINVAL, "exec: \"input\" must be a base64 string");
+        }
+        json_object_object_add(args, "input-data", json_object_get(v));
+    }
+    json_object_object_add(args, "capture-output", json_object_new_boolean(true));
+    struct exec_start *st = qv_xcalloc(1, sizeof(*st));
+    st->client = client;
+    st->timeout_ms = timeout_ms ? timeout_ms : AGENT_EXEC_TIMEOUT_MS;
+    snprintf(st->path, sizeof(st->path), "%s", json_object_get_string(path));
+    int r = agent_call(s, "guest-exec", args, AGENT_TIMEOUT_MS, 0, on_exec_started, st, e);
+    if (r < 0)
+        free(st);
+    return r;
+}
