@@ -26,7 +26,12 @@ static const struct cli_opt run_opts[] = {{"ready-fd", true, false, 0}, {"attach
 static const struct cli_opt start_opts[] = {{"wait-timeout", true, false, 0}, {0}};
 static const struct cli_opt create_opts[] = {DEFINITION_FLAGS, {"wait-timeout", true, false, 0}, {0}};
 static const struct cli_opt resize_opts[] = {{"allow-shrink", false, false, 0}, {0}};
-static const struct cli_opt stop_opts[] = {{"timeout", true, false, 't'}, {"force", false, false, 'f'}, {0}};
+static const struct cli_opt stop_opts[] = {{"timeout", true, false, 't'}, {"force", false, false, 'f'},
+                                           {"mode", true, false, 0}, {0}};
+static const struct cli_opt reboot_opts[] = {{"mode", true, false, 0}, {0}};
+static const struct cli_opt exec_opts[] = {{"timeout", true, false, 't'}, {"env", true, true, 'e'},
+                                           {"stdin", true, false, 0}, {0}};
+static const struct cli_opt ifaddr_opts[] = {{"source", true, false, 0}, {0}};
 static const struct cli_opt console_opts[] = {{"replay", false, false, 0}, {"idle", true, false, 0},
                                               {"expect", true, false, 0}, {"timeout", true, false, 0}, {0}};
 static const struct cli_opt logs_opts[] = {{"follow", false, false, 'f'}, {"lines", true, false, 'n'}, {0}};
@@ -72,10 +77,11 @@ static const struct cli_command commands[] = {
     {"start", cmd_start, start_opts, 1, 1, "start NAME [--wait-timeout SECONDS]",
      "start a VM in the background; returns once the guest runs"},
     {"run", cmd_run, run_opts, 1, 1, "run NAME", "supervise a VM in the foreground (what a systemd unit runs)"},
-    {"stop", cmd_stop, stop_opts, 1, 1, "stop NAME [--timeout SECONDS] [--force]",
-     "ACPI power-off, then quit, SIGTERM and SIGKILL after the timeout (default 60 s)"},
+    {"stop", cmd_stop, stop_opts, 1, 1, "stop NAME [--timeout SECONDS] [--force] [--mode acpi|agent]",
+     "ACPI power-off (--mode agent: guest-shutdown), then quit, SIGTERM and SIGKILL after the timeout (default 60 s)"},
     {"kill", cmd_kill, no_opts, 1, 1, "kill NAME", "stop a VM at once (SIGKILL to QEMU)"},
-    {"reboot", cmd_simple, no_opts, 1, 1, "reboot NAME", "reboot through the guest agent, else reset"},
+    {"reboot", cmd_simple, reboot_opts, 1, 1, "reboot NAME [--mode agent]",
+     "reboot through the guest agent, else reset (--mode agent: the agent or fail)"},
     {"reset", cmd_simple, no_opts, 1, 1, "reset NAME", "hard reset"},
     {"pause", cmd_simple, no_opts, 1, 1, "pause NAME", "pause the vCPUs"},
     {"resume", cmd_simple, no_opts, 1, 1, "resume NAME", "resume the vCPUs"},
@@ -96,7 +102,15 @@ static const struct cli_command commands[] = {
      "attach-nic NAME --network N|--bridge B|--direct IF|--user [--mac M] [--model virtio] [--persistent]",
      "hotplug a NIC"},
     {"detach-nic", cmd_detach_nic, detach_opts, 1, 1, "detach-nic NAME --mac MAC [--persistent]", "unplug a NIC"},
-    {"ifaddr", cmd_ifaddr, no_opts, 1, 1, "ifaddr NAME [--json]", "each NIC's MAC, tap, network and address"},
+    {"ifaddr", cmd_ifaddr, ifaddr_opts, 1, 1, "ifaddr NAME [--source lease|agent] [--json]",
+     "each NIC's MAC, tap, network and address (--source agent: as the guest sees them)"},
+    {"exec", cmd_exec, exec_opts, 2, 4096,
+     "exec NAME [--timeout S] [--env K=V]... [--stdin FILE|-] -- CMD [ARGS...]",
+     "run a command in the guest (agent); prints its output, exits with its status (5: timed out)"},
+    {"cp", cmd_cp, no_opts, 2, 2, "cp SRC DST   (one of them VM:/path)", "copy a file into or out of the guest (agent)"},
+    {"agent", cmd_agent, no_opts, 2, 3,
+     "agent NAME ping|info|time-sync|fsfreeze|fsthaw|fsfreeze-status|set-password USER",
+     "guest agent commands (set-password reads the password from stdin)"},
     {"disk-resize", cmd_disk_resize, resize_opts, 3, 3, "disk-resize NAME DISK SIZE|+SIZE [--allow-shrink]",
      "resize a running VM's disk (DISK: disk0, the image path or its serial); the guest sees it at once"},
     {"blkstat", cmd_blkstat, no_opts, 1, 2, "blkstat NAME [DISK] [--json]",

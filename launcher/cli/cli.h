@@ -99,6 +99,17 @@ int cmd_vol_clone(struct cli *c);
 int cmd_clone(struct cli *c);
 int cmd_vol_import(struct cli *c);
 int cmd_vol_export(struct cli *c);
+/* agent.c: the guest agent verbs */
+#define AGENT_EXEC_DEFAULT_S 300                    /* exec without --timeout */
+#define AGENT_CLI_TIMEOUT_MS 10000                  /* one agent command */
+#define AGENT_FREEZE_CLI_TIMEOUT_MS (10 * 60 * 1000) /* guest-fsfreeze-freeze */
+int cmd_exec(struct cli *c);
+int cmd_cp(struct cli *c);
+int cmd_agent(struct cli *c);
+/* ifaddr --source agent: the interfaces as the guest sees them */
+int cli_ifaddr_agent(struct cli *c, const char *vm);
+char *cli_base64_encode(const void *data, size_t n);
+int cli_base64_decode(const char *s, unsigned char **out, size_t *n);
 /* "9.8G" */
 void cli_size_human(uint64_t bytes, char *out, size_t outlen);
 

@@ -95,8 +95,13 @@ int cmd_stop(struct cli *c)
     int r = cli_opt_seconds_ms(c, "timeout", 60000, &timeout_ms);
     if (r < 0)
         return r;
+    const char *mode = cli_opt(c, "mode");
+    if (mode && strcmp(mode, "acpi") != 0 && strcmp(mode, "agent") != 0)
+        return qv_fail(&c->err, -EINVAL, "stop: --mode %s: not acpi or agent", mode);
     json_object *req = ctl_request("stop");
     json_object_object_add(req, "timeout_ms", json_object_new_int(timeout_ms));
+    if (mode)
+        json_object_object_add(req, "mode", json_object_new_string(mode));
     json_object_object_add(req, "force", json_object_new_boolean(cli_flag(c, "force")));
     /* beyond the graceful part: quit, SIGTERM and SIGKILL each get a few seconds */
     r = call_supervisor(c, name, req, timeout_ms + 15000);
@@ -127,7 +132,15 @@ int cmd_simple(struct cli *c)
     for (size_t i = 0; i < ARRAY_SIZE(verbs); i++) {
         if (strcmp(c->cmd->name, verbs[i].cmd) != 0)
             continue;
-        int r = ctl_call(&c->paths, c->pos[0], ctl_request(verbs[i].cmd), 15000, NULL, &c->err);
+        json_object *req = ctl_request(verbs[i].cmd);
+        const char *mode = cli_opt(c, "mode");
+        if (mode && strcmp(mode, "agent") != 0) {
+            json_object_put(req);
+            return qv_fail(&c->err, -EINVAL, "%s: --mode %s: only agent", c->cmd->name, mode);
+        }
+        if (mode)
+            json_object_object_add(req, "mode", json_object_new_string(mode));
+        int r = ctl_call(&c->paths, c->pos[0], req, 15000, NULL, &c->err);
         if (r == 0 && !c->quiet)
             printf("%s %s\n", c->pos[0], verbs[i].done);
         return r;
@@ -140,7 +153,7 @@ static void print_status_text(json_object *st)
     static const char *const keys[][2] = {
         {"name", "name"}, {"state", "state"}, {"pid", "pid"}, {"uptime_s", "uptime (s)"}, {"vcpus", "vcpus"},
         {"memory", "memory"}, {"accel", "accel"}, {"qemu_version", "qemu"}, {"last_exit", "last exit"},
-        {"supervisor_pid", "supervisor"}, {"monitor", "monitor"},
+        {"supervisor_pid", "supervisor"}, {"monitor", "monitor"}, {"agent", "agent"},
     };
     for (size_t i = 0; i < ARRAY_SIZE(keys); i++) {
         json_object *v;
