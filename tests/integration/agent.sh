@@ -1,0 +1,118 @@
+#!/bin/bash
+# timeout: 240
+# The guest agent, for real: Debian's qemu-guest-agent in the test guest (started by
+# its init on the org.qemu.guest_agent.0 port), the supervisor's persistent agent
+# channel, and the verbs on top: exec (stdout, stderr, stdin, env, exit status,
+# timeout), cp both ways with checksums, fsfreeze/fsthaw on a real ext4 disk, ifaddr
+# --source agent, time-sync, set-password, reboot and stop through the agent; an agent
+# that is absent (no channel, or killed in the guest) is a clear error with exit 1,
+# and one restarted in the guest is found again.
+. "$(dirname "$0")/../lib.sh"
+
+# a small ext4 disk, for a freeze that has something to freeze
+truncate -s 16M "$T_ROOT/ext4.raw"
+mkfs.ext4 -q -F "$T_ROOT/ext4.raw" || { not_ok "mkfs.ext4 makes the test disk"; finish; }
+define_guest ga "" --agent --disk "file=$T_ROOT/ext4.raw"
+define_guest noga ""
+qv start -q ga && qv start -q noga || { not_ok "the VMs start"; finish; }
+agent_up() { qv agent ga ping; }
+check "the supervisor connects to the guest's qemu-ga" wait_until 90 agent_up
+check_output "status says the agent is connected" '^agent +connected' qv status ga
+check "...and --json too" bash -c "'$QV_BIN' --root '$T_ROOT' status ga --json | jq -e '.agent == \"connected\"'"
+
+# ---- exec ----
+qv exec ga -- sh -c 'echo to-stdout; echo to-stderr >&2' > "$T_ROOT/out" 2> "$T_ROOT/err"
+check "exec: the command's stdout on stdout" test "$(cat "$T_ROOT/out")" = to-stdout
+check "exec: its stderr on stderr" test "$(cat "$T_ROOT/err")" = to-stderr
+check_exit "exec: exit status 0" 0 qv exec ga -- true
+check_exit "exec: exit status 3" 3 qv exec ga -- sh -c 'exit 3'
+check_output "exec: stdin from a pipe (--stdin -)" '^3$' bash -c "printf 'a\nb\nc\n' | '$QV_BIN' --root '$T_ROOT' exec ga --stdin - -- wc -l"
+printf 'from a file\n' > "$T_ROOT/in.txt"
+check_output "exec: stdin from a file" '^from a file$' qv exec ga --stdin "$T_ROOT/in.txt" -- cat
+check_output "exec: --env sets the command's environment (PATH kept)" '^hi /usr/local/sbin:' \
+    qv exec ga --env GREETING=hi -- sh -c 'echo $GREETING $PATH'
+t0=$(date +%s%N)
+check_error "exec: a command that outlives --timeout: exit 5" 5 'sleep did not finish within 1 s \(it still runs in the guest as pid [0-9]+\)' \
+    qv exec ga --timeout 1 -- sleep 30
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+check "...after about a second ($ms ms)" test "$ms" -lt 5000
+check_error "exec: a program the guest does not have" 1 'ga: guest-exec: .*nosuchprogram' qv exec ga -- nosuchprogram
+
+# ---- cp ----
+head -c 1048576 /dev/urandom > "$T_ROOT/blob"
+sum=$(sha256sum < "$T_ROOT/blob" | cut -d' ' -f1)
+check "cp: 1 MiB into the guest" qv cp "$T_ROOT/blob" ga:/tmp/blob
+check_output "...arrives whole (sha256 in the guest)" "^$sum " qv exec ga -- sha256sum /tmp/blob
+check "cp: a 1 MiB file the guest made, out of the guest" \
+    qv exec ga -- dd if=/dev/urandom of=/tmp/made bs=1024 count=1024
+gsum=$(qv exec ga -- sha256sum /tmp/made | cut -d' ' -f1)
+check "...copied" qv cp ga:/tmp/made "$T_ROOT/made"
+check "...arrives whole (sha256 on the host)" test "$(sha256sum < "$T_ROOT/made" | cut -d' ' -f1)" = "$gsum"
+mkdir -p "$T_ROOT/dir"
+check "cp: into a host directory keeps the name" bash -c "'$QV_BIN' --root '$T_ROOT' cp ga:/tmp/blob '$T_ROOT/dir' && cmp '$T_ROOT/blob' '$T_ROOT/dir/blob'"
+check_error "cp: a guest file that does not exist" 1 'ga:/nosuch/file: guest-file-open: .*No such file' \
+    qv cp ga:/nosuch/file "$T_ROOT/x"
+check "...leaves nothing behind on the host" bash -c "! ls '$T_ROOT' | grep -q '^x'"
+check_error "cp: neither side in a VM" 2 'exactly one of SRC and DST' qv cp "$T_ROOT/blob" "$T_ROOT/blob2"
+
+# ---- fsfreeze ----
+check "the guest mounts its ext4 disk" qv exec ga -- sh -c 'qv-modprobe ext4 && mkdir -p /mnt/d && mount -t ext4 /dev/vda /mnt/d'
+check_output "fsfreeze: freezes it" '^ga: 1 filesystem frozen$' qv agent ga fsfreeze
+check_output "fsfreeze-status: frozen" '^frozen$' qv agent ga fsfreeze-status
+check_error "...and the agent refuses exec while frozen" 1 'guest-exec has been disabled: the agent is in frozen state' \
+    qv exec ga -- touch /mnt/d/x
+check_output "fsthaw: thaws it" '^ga: 1 filesystem thawed$' qv agent ga fsthaw
+check_output "fsfreeze-status: thawed" '^thawed$' qv agent ga fsfreeze-status
+check "...and the disk takes writes again" qv exec ga -- sh -c 'echo data > /mnt/d/x && sync && umount /mnt/d'
+
+# ---- the other agent commands ----
+mac=$(jq -r '.nics[0].mac' "$T_ROOT/etc/qvisor/vms/ga.json")
+check_output "ifaddr --source agent: lo as the guest sees it" '^lo +00:00:00:00:00:00 +127\.0\.0\.1/8' \
+    qv ifaddr ga --source agent
+check_output "...and eth0 with the NIC's MAC ($mac)" "^eth0 +$mac" qv ifaddr ga --source agent
+check "...--json" bash -c "'$QV_BIN' --root '$T_ROOT' ifaddr ga --source agent --json | jq -e '.[] | select(.name == \"lo\") | .addresses[] | select(.address == \"127.0.0.1\" and .prefix == 8)'"
+check_output "agent info: qemu-ga's version and commands" '^version +7\.' qv agent ga info
+check_output "agent time-sync" 'guest clock set' qv agent ga time-sync
+check_output "agent set-password, the password from stdin" 'password of root set' \
+    bash -c "echo 'Sekrit-42' | '$QV_BIN' --root '$T_ROOT' agent ga set-password root"
+check_output "...the guest's /etc/shadow has a new sha512 hash for root" '^root:\$6\$' qv exec ga -- cat /etc/shadow
+check_not "...and the password is in no log" grep -rq 'Sekrit-42' "$T_ROOT/var/log"
+check_error "agent: an unknown subcommand" 2 'no subcommand frobnicate' qv agent ga frobnicate
+
+# ---- no agent ----
+check_error "exec in a VM without an agent channel: exit 1, says why" 1 'noga has no guest agent channel \(define it with --agent' \
+    qv exec noga -- true
+check_error "agent ping there too" 1 'no guest agent channel' qv agent noga ping
+check_error "stop --mode agent there too (the VM keeps running)" 1 'no guest agent channel' qv stop noga --mode agent
+check "...it does" state_is noga running
+check_error "reboot --mode agent there too" 1 'no guest agent channel' qv reboot noga --mode agent
+
+# ---- the agent killed in the guest, then started again ----
+check "the guest's agent is stopped" guest_ok ga 'qv-agent stop'
+t0=$(date +%s%N)
+check_error "exec: clear error, exit 1" 1 'ga: guest-exec: the guest agent does not answer \(is qemu-guest-agent running in the guest\?\)' \
+    qv exec ga -- true
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+check "...within a few seconds ($ms ms)" test "$ms" -lt 8000
+check_output "status says so" '^agent +not answering' qv status ga
+check "the guest's agent is started again" guest_ok ga 'qv-agent start'
+agent_connected() { qv status ga | grep -Eq '^agent +connected'; }
+check "the supervisor finds it again by itself (the guest opened its port)" wait_until 20 agent_connected
+check "...and it answers" agent_up
+check_output "...and exec works again" '^back$' qv exec ga -- echo back
+check "...the log says so" log_has ga 'guest agent: answers again'
+
+# ---- reboot and stop through the agent ----
+booted_twice() { [ "$(count_log ga 'QVISOR-GUEST: up')" -ge 2 ]; }
+check_output "reboot --mode agent" 'ga rebooting' qv reboot ga --mode agent
+check "...qemu-ga ran the guest's shutdown -r" wait_log ga 'QVISOR-GUEST: shutdown -r' 20
+check "...the guest boots again" wait_until 90 booted_twice
+check_not "...without a reset from the host" log_has ga 'reboot: system_reset|resetting instead'
+check "...the supervisor syncs with the new agent" wait_until 60 agent_up
+check_output "...and exec works there" '^again$' qv exec ga -- echo again
+check_output "stop --mode agent" 'ga stopped' qv stop ga --mode agent --timeout 30
+check "...qemu-ga ran the guest's shutdown -P" log_has ga 'QVISOR-GUEST: shutdown -P'
+check_not "...no ACPI power button" log_has ga 'stopping: ACPI power button'
+check "...the VM is shut off" state_is ga "shut off"
+check_error "exec in a stopped VM: exit 4" 4 'ga is not running' qv exec ga -- true
+finish
