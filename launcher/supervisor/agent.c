@@ -192,7 +192,6 @@ static void on_sync(void *ctx, json_object *ret, const struct qv_err *err)
     ch->why[0] = '\0';
     ch->retry_ms = AGENT_RETRY_MIN_MS;
     ch->retry_at = 0;
-    ch->port_closed = false;
     ch->down_logged = false;
     sup_log(s, "guest agent: %s", ch->ever_ready ? "answers again" : "connected");
     ch->ever_ready = true;
@@ -231,10 +230,11 @@ static void on_reply(void *ctx, json_object *ret, const struct qv_err *err)
             if (str_startswith(msg, classes[i]))
                 msg += strlen(classes[i]);
         struct qv_err e2 = {0};
+        int code = err->code == -ECONNRESET ? -EIO : err->code;   /* the stream broke: the agent failed */
         if (str_startswith(msg, r->cmd))
-            qv_fail(&e2, err->code, "%s: %s", s->def.name, msg);
+            qv_fail(&e2, code, "%s: %s", s->def.name, msg);
         else
-            qv_fail(&e2, err->code, "%s: %s: %s", s->def.name, r->cmd, msg);
+            qv_fail(&e2, code, "%s: %s: %s", s->def.name, r->cmd, msg);
         req_complete(r, NULL, &e2);
     } else {
         req_complete(r, ret, NULL);
