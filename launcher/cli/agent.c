@@ -4,6 +4,7 @@
  * data travels as base64, encoded and decoded here. */
 #include <fcntl.h>
 #include <libgen.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <termios.h>
@@ -282,6 +283,28 @@ static bool guest_side(const char *arg, char *vm, size_t vmlen, const char **pat
     return true;
 }
 
+/* Ctrl-C or SIGTERM during a copy: the guest's file handle is closed and a partial
+ * host file removed before the CLI exits (the agent would keep the handle open). */
+static volatile sig_atomic_t cp_interrupted;
+
+static void cp_on_signal(int sig)
+{
+    cp_interrupted = sig;
+}
+
+static void cp_catch_signals(void)
+{
+    struct sigaction sa = {.sa_handler = cp_on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+static int cp_check_interrupt(struct cli *c)
+{
+    return cp_interrupted ? qv_fail(&c->err, -EINTR, "cp: interrupted by %s", strsignal(cp_interrupted)) : 0;
+}
+
 struct progress {
     bool on;
     uint64_t total, done, last_ms;
@@ -363,7 +386,7 @@ static int cp_to_guest(struct cli *c, struct agent_conn *ac, const char *src, co
             r = qv_failerr(&c->err, -errno, "%s", src);
             break;
         }
-        if (n == 0)
+        if (n == 0 || (r = cp_check_interrupt(c)) < 0)
             break;
         json_object *args = json_object_new_object(), *ret = NULL, *v;
         json_object_object_add(args, "handle", json_object_new_int64(h));
@@ -436,6 +459,8 @@ static int cp_from_guest(struct cli *c, struct agent_conn *ac, const char *src, 
     fchmod(fd, 0666 & ~um);
     int r = 0;
     for (;;) {
+        if ((r = cp_check_interrupt(c)) < 0)
+            break;
         json_object *args = json_object_new_object(), *ret = NULL, *v;
         json_object_object_add(args, "handle", json_object_new_int64(h));
         json_object_object_add(args, "count", json_object_new_int(CP_READ_CHUNK));
@@ -495,6 +520,7 @@ int cmd_cp(struct cli *c)
     int r = conn_open(c, from ? vm_src : vm_dst, &ac);
     if (r < 0)
         return r;
+    cp_catch_signals();
     r = from ? cp_from_guest(c, &ac, gsrc, c->pos[1]) : cp_to_guest(c, &ac, c->pos[0], gdst);
     conn_close(&ac);
     return r;

@@ -202,7 +202,7 @@ int cmd_ifaddr(struct cli *c)
     const char *source = cli_opt(c, "source");
     if (source && strcmp(source, "agent") == 0)
         return cli_ifaddr_agent(c, c->pos[0]);
-    if (source && strcmp(source, "lease") != 0)
+    if (source && strcmp(source, "lease") != 0 && strcmp(source, "leases") != 0)
         return qv_fail(&c->err, -EINVAL, "ifaddr: --source %s: not lease or agent", source);
     json_object *reply = NULL, *nics;
     int r = ctl_call(&c->paths, c->pos[0], ctl_request("ifaddr"), 10000, &reply, &c->err);
