@@ -213,11 +213,17 @@ static void on_exec_status(struct sup *s, void *ctx, json_object *ret, const str
     exec_remove(ch, x);
 }
 
+/* Every agent_call may complete requests at once (a closed port fails the whole
+ * queue), and their callbacks remove execs: the walk starts over after each call. */
 void agent_exec_expire(struct sup *s, uint64_t now)
 {
     struct agent_chan *ch = s->agent;
-    for (struct exec_op *x = ch->execs, *next; x; x = next) {
-        next = x->next;
+    for (;;) {
+        struct exec_op *x = ch->execs;
+        while (x && now < x->deadline && (!x->poll_at || now < x->poll_at))
+            x = x->next;
+        if (!x)
+            return;
         if (now >= x->deadline) {
             sup_reply_error(s, x->client, -ETIMEDOUT,
                             "%s: %s did not finish within %d s (it still runs in the guest as pid %lld)", s->def.name,
@@ -225,14 +231,13 @@ void agent_exec_expire(struct sup *s, uint64_t now)
             exec_remove(ch, x);
             continue;
         }
-        if (!x->poll_at || now < x->poll_at)
-            continue;
         x->poll_at = 0;
         json_object *args = json_object_new_object();
         json_object_object_add(args, "pid", json_object_new_int64(x->pid));
         struct qv_err e = {0};
-        if (agent_call(s, "guest-exec-status", args, EXEC_STATUS_TIMEOUT_MS, 0, on_exec_status, (void *)(uintptr_t)x->id,
-                       &e) < 0) {
+        unsigned id = x->id;
+        if (agent_call(s, "guest-exec-status", args, EXEC_STATUS_TIMEOUT_MS, 0, on_exec_status, (void *)(uintptr_t)id,
+                       &e) < 0 && (x = exec_find(ch, id))) {
             sup_reply_error(s, x->client, e.code, "%s", e.msg);
             exec_remove(ch, x);
         }
