@@ -14,9 +14,13 @@
 
 #include "launcher/cli/cli.h"
 
-/* One exec request carries its stdin in a ctl.sock line (at most 64 KiB): this much,
- * base64-encoded, leaves room for the rest. */
-#define EXEC_STDIN_MAX (40u << 10)
+/* One exec request carries a small stdin in its own ctl.sock line (at most 64 KiB):
+ * this much, base64-encoded, leaves room for the rest. More goes ahead in exec-input
+ * pieces of EXEC_STDIN_PIECE (a multiple of 3: the pieces' base64 concatenates), up
+ * to EXEC_STDIN_MAX, what the supervisor keeps for one exec. */
+#define EXEC_STDIN_INLINE (40u << 10)
+#define EXEC_STDIN_PIECE (36u << 10)
+#define EXEC_STDIN_MAX (16u << 20)
 /* cp: a write carries 36 KiB (48 KiB of base64) in one request line; a read asks for
  * 256 KiB (replies have no such limit). */
 #define CP_WRITE_CHUNK (36u << 10)
@@ -158,10 +162,14 @@ static int read_stdin_file(struct cli *c, const char *path, char **data, size_t 
     _cleanup_close_ int fd = strcmp(path, "-") == 0 ? dup(0) : open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return qv_failerr(&c->err, -errno, "--stdin %s", path);
-    char *buf = qv_xmalloc(EXEC_STDIN_MAX + 1);
-    size_t got = 0;
+    size_t cap = 64u << 10, got = 0;
+    char *buf = qv_xmalloc(cap);
     for (;;) {
-        ssize_t k = read(fd, buf + got, EXEC_STDIN_MAX + 1 - got);
+        if (got == cap) {
+            cap *= 2;
+            buf = qv_xrealloc(buf, cap);
+        }
+        ssize_t k = read(fd, buf + got, cap - got);
         if (k < 0 && errno == EINTR)
             continue;
         if (k < 0) {
@@ -174,8 +182,8 @@ static int read_stdin_file(struct cli *c, const char *path, char **data, size_t 
         if (got > EXEC_STDIN_MAX) {
             free(buf);
             return qv_fail(&c->err, -E2BIG,
-                           "--stdin %s: more than %u KiB, the most one exec request carries; copy it into the guest "
-                           "with qvisor cp and redirect it there", path, EXEC_STDIN_MAX >> 10);
+                           "--stdin %s: more than %u MiB, the most one exec carries; copy it into the guest with "
+                           "qvisor cp and redirect it there", path, EXEC_STDIN_MAX >> 20);
         }
     }
     *data = buf;
@@ -239,21 +247,42 @@ int cmd_exec(struct cli *c)
     if (env)
         json_object_object_add(spec, "env", env);
     const char *in = cli_opt(c, "stdin");
-    if (in) {
-        char *data = NULL;
-        size_t n = 0;
-        if ((r = read_stdin_file(c, in, &data, &n)) < 0) {
-            json_object_put(spec);
-            return r;
-        }
-        _cleanup_free_ char *b64 = cli_base64_encode(data, n);
-        free(data);
-        json_object_object_add(spec, "input", json_object_new_string(b64));
+    char *data = NULL;
+    size_t n = 0;
+    if (in && (r = read_stdin_file(c, in, &data, &n)) < 0) {
+        json_object_put(spec);
+        return r;
     }
+    struct agent_conn ac = {0};
+    if ((r = conn_open(c, vm, &ac)) < 0) {
+        free(data);
+        json_object_put(spec);
+        return r;
+    }
+    if (in && n <= EXEC_STDIN_INLINE) {
+        _cleanup_free_ char *b64 = cli_base64_encode(data, n);
+        json_object_object_add(spec, "input", json_object_new_string(b64));
+    } else if (in) {
+        /* ahead of the exec, on the same connection: the supervisor keeps them for it */
+        for (size_t off = 0; off < n && r == 0; off += EXEC_STDIN_PIECE) {
+            _cleanup_free_ char *b64 = cli_base64_encode(data + off, n - off < EXEC_STDIN_PIECE ? n - off
+                                                                                                 : EXEC_STDIN_PIECE);
+            json_object *piece = ctl_request("exec-input");
+            json_object_object_add(piece, "data", json_object_new_string(b64));
+            r = conn_call(c, &ac, piece, 30000, NULL);
+        }
+        json_object_object_add(spec, "input_pending", json_object_new_boolean(true));
+    }
+    free(data);
     json_object_object_add(spec, "timeout_ms", json_object_new_int(timeout_ms));
     json_object *req = ctl_request("exec"), *reply = NULL;
     json_object_object_add(req, "spec", spec);
-    if ((r = ctl_call(&c->paths, vm, req, timeout_ms + 30000, &reply, &c->err)) < 0)
+    if (r == 0)
+        r = conn_call(c, &ac, req, timeout_ms + 30000, &reply);
+    else
+        json_object_put(req);
+    conn_close(&ac);
+    if (r < 0)
         return r;
     fflush(stdout);
     write_decoded(vm, reply, "out", 1, "out_truncated");

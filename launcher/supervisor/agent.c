@@ -445,6 +445,7 @@ void agent_close(struct sup *s)
     if (!ch)
         return;
     wind_down(s);
+    agent_exec_inputs_free(s);
     free(ch);
     s->agent = NULL;
 }

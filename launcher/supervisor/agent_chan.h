@@ -25,6 +25,14 @@ struct exec_op {
     char path[256];
 };
 
+/* stdin for a coming exec, sent ahead in pieces by its client (exec-input) */
+struct exec_input {
+    struct exec_input *next;
+    unsigned client;
+    struct buf b64;         /* the pieces' base64, concatenated (each a multiple of 3 bytes) */
+    uint64_t touched;
+};
+
 struct agent_req;
 struct agent_chan {
     struct qmp *q;
@@ -41,6 +49,7 @@ struct agent_chan {
     struct agent_req *inflight;
     struct exec_op *execs;
     unsigned next_exec_id;
+    struct exec_input *inputs;
 };
 
 /* The VM's channel, made on first use. */
@@ -49,5 +58,6 @@ struct agent_chan *agent_chan_get(struct sup *s);
 void agent_exec_expire(struct sup *s, uint64_t now);
 uint64_t agent_exec_next_deadline(struct sup *s);
 void agent_exec_wind_down(struct sup *s);
+void agent_exec_inputs_free(struct sup *s);
 
 #endif

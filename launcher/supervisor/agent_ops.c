@@ -11,6 +11,12 @@
 #define EXEC_POLL_MIN_MS 10
 #define EXEC_POLL_MAX_MS 500
 #define EXEC_STATUS_TIMEOUT_MS 10000
+/* exec-input: at most this much base64 per client (16 MiB of stdin), kept this long
+ * without a new piece or the exec that uses it */
+#define EXEC_INPUT_MAX ((16u << 20) / 3 * 4)
+#define EXEC_INPUT_IDLE_MS 60000
+
+static void inputs_expire(struct agent_chan *ch, uint64_t now);
 
 /* ---- requests from ctl.sock ---- */
 
@@ -218,6 +224,7 @@ static void on_exec_status(struct sup *s, void *ctx, json_object *ret, const str
 void agent_exec_expire(struct sup *s, uint64_t now)
 {
     struct agent_chan *ch = s->agent;
+    inputs_expire(ch, now);
     for (;;) {
         struct exec_op *x = ch->execs;
         while (x && now < x->deadline && (!x->poll_at || now < x->poll_at))
@@ -254,6 +261,8 @@ uint64_t agent_exec_next_deadline(struct sup *s)
     uint64_t next = 0;
     for (struct exec_op *x = s->agent ? s->agent->execs : NULL; x; x = x->next)
         next = min_deadline(next, min_deadline(x->poll_at, x->deadline));
+    for (struct exec_input *in = s->agent ? s->agent->inputs : NULL; in; in = in->next)
+        next = min_deadline(next, in->touched + EXEC_INPUT_IDLE_MS);
     return next;
 }
 
@@ -314,6 +323,75 @@ static int string_array(json_object *spec, const char *key, json_object **out, s
     return 0;
 }
 
+static struct exec_input *input_find(struct agent_chan *ch, unsigned client, bool unlink)
+{
+    for (struct exec_input **pp = &ch->inputs; *pp; pp = &(*pp)->next) {
+        struct exec_input *in = *pp;
+        if (in->client != client)
+            continue;
+        if (unlink)
+            *pp = in->next;
+        return in;
+    }
+    return NULL;
+}
+
+static void input_free(struct exec_input *in)
+{
+    buf_free(&in->b64);
+    free(in);
+}
+
+int agent_exec_input(struct sup *s, unsigned client, const char *b64, struct qv_err *e)
+{
+    size_t n = strlen(b64);
+    if (n % 4 || strspn(b64, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") != n)
+        return qv_fail(e, -EINVAL, "%s: exec-input: \"data\" must be base64 of a multiple of 3 bytes", s->def.name);
+    if (!s->def.agent)
+        return qv_fail(e, -ENODEV, "%s has no guest agent channel (define it with --agent, or \"agent\": true)",
+                       s->def.name);
+    struct agent_chan *ch = agent_chan_get(s);
+    struct exec_input *in = input_find(ch, client, false);
+    if (!in) {
+        in = qv_xcalloc(1, sizeof(*in));
+        in->client = client;
+        in->next = ch->inputs;
+        ch->inputs = in;
+    }
+    if (in->b64.len + n > EXEC_INPUT_MAX) {
+        input_find(ch, client, true);
+        input_free(in);
+        return qv_fail(e, -E2BIG, "%s: exec: stdin larger than %u MiB", s->def.name, (EXEC_INPUT_MAX / 4 * 3) >> 20);
+    }
+    buf_add(&in->b64, b64, n);
+    in->touched = monotonic_ms();
+    return 0;
+}
+
+/* Pieces whose client never sent its exec (it died) are dropped after a while. */
+static void inputs_expire(struct agent_chan *ch, uint64_t now)
+{
+    for (struct exec_input **pp = &ch->inputs; *pp;) {
+        struct exec_input *in = *pp;
+        if (now - in->touched >= EXEC_INPUT_IDLE_MS) {
+            *pp = in->next;
+            input_free(in);
+        } else {
+            pp = &in->next;
+        }
+    }
+}
+
+void agent_exec_inputs_free(struct sup *s)
+{
+    struct agent_chan *ch = s->agent;
+    while (ch && ch->inputs) {
+        struct exec_input *in = ch->inputs;
+        ch->inputs = in->next;
+        input_free(in);
+    }
+}
+
 int agent_exec(struct sup *s, unsigned client, json_object *spec, struct qv_err *e)
 {
     json_object *path, *v, *argv = NULL, *env = NULL;
@@ -341,6 +419,17 @@ int agent_exec(struct sup *s, unsigned client, json_object *spec, struct qv_err 
             return qv_fail(e, -EINVAL, "exec: \"input\" must be a base64 string");
         }
         json_object_object_add(args, "input-data", json_object_get(v));
+    }
+    if (json_object_object_get_ex(spec, "input_pending", &v) && json_object_get_boolean(v)) {
+        struct exec_input *in = s->agent ? input_find(s->agent, client, true) : NULL;
+        if (!in) {
+            json_object_put(args);
+            return qv_fail(e, -EINVAL, "%s: exec: no stdin was sent ahead (exec-input) on this connection",
+                           s->def.name);
+        }
+        json_object_object_add(args, "input-data", json_object_new_string_len(in->b64.p ? in->b64.p : "",
+                                                                              (int)in->b64.len));
+        input_free(in);
     }
     json_object_object_add(args, "capture-output", json_object_new_boolean(true));
     struct exec_start *st = qv_xcalloc(1, sizeof(*st));

@@ -346,11 +346,14 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
     } else if (strcmp(cmd, "reboot") == 0) {
         const char *mode = get_string(req, "mode");
         agent_power(s, c->id, true, mode && strcmp(mode, "agent") == 0, 0);
-    } else if (strcmp(cmd, "agent") == 0 || strcmp(cmd, "exec") == 0) {
+    } else if (strcmp(cmd, "agent") == 0 || strcmp(cmd, "exec") == 0 || strcmp(cmd, "exec-input") == 0) {
         struct qv_err e = {0};
         json_object *v = NULL;
         int r;
-        if (strcmp(cmd, "exec") == 0) {
+        if (strcmp(cmd, "exec-input") == 0) {
+            if ((r = agent_exec_input(s, c->id, get_string(req, "data"), &e)) == 0)
+                reply_ok(s, c);
+        } else if (strcmp(cmd, "exec") == 0) {
             json_object_object_get_ex(req, "spec", &v);
             r = agent_exec(s, c->id, v, &e);
         } else {

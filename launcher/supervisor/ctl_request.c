@@ -30,6 +30,7 @@ static const struct request_kind request_kinds[] = {
     {"reboot", {{"mode", F_STRING, false}}},
     {"agent", {{"execute", F_STRING, true}, {"arguments", F_OBJECT, false}, {"timeout_ms", F_INT, false}}},
     {"exec", {{"spec", F_OBJECT, true}}},
+    {"exec-input", {{"data", F_STRING, true}}},
     {"qmp", {{"execute", F_STRING, true}, {"arguments", F_OBJECT, false}, {"timeout_ms", F_INT, false}}},
     {"hmp", {{"command", F_STRING, true}}},
     {"attach-disk", {{"device", F_OBJECT, true}}},

@@ -330,10 +330,14 @@ int agent_call(struct sup *s, const char *cmd, json_object *args, int timeout_ms
 typedef void (*agent_freeze_fn)(struct sup *s, void *ctx, int count, const struct qv_err *err);
 int agent_fsfreeze(struct sup *s, bool freeze, agent_freeze_fn done, void *ctx, struct qv_err *e);
 /* ctl.sock requests: one agent command for `client` (its reply carries "return"), and
- * `exec` (spec: path, args, env, input (base64), timeout_ms). -errno before anything was sent. */
+ * `exec` (spec: path, args, env, input (base64) or input_pending, timeout_ms). -errno
+ * before anything was sent. */
 int agent_request(struct sup *s, unsigned client, const char *cmd, json_object *args, int timeout_ms,
                   struct qv_err *e);
 int agent_exec(struct sup *s, unsigned client, json_object *spec, struct qv_err *e);
+/* exec's stdin sent ahead in pieces (base64 of multiples of 3 bytes, at most 16 MiB in
+ * all) on the client's connection; an exec with "input_pending" takes them. */
+int agent_exec_input(struct sup *s, unsigned client, const char *b64, struct qv_err *e);
 /* reboot (agent_only false: system_reset when the agent does not answer within 1 s)
  * or stop (guest-shutdown, then quit after timeout_ms) through the agent. */
 void agent_power(struct sup *s, unsigned client, bool reboot, bool agent_only, int timeout_ms);

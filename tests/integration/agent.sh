@@ -29,6 +29,11 @@ check_exit "exec: exit status 3" 3 qv exec ga -- sh -c 'exit 3'
 check_output "exec: stdin from a pipe (--stdin -)" '^3$' bash -c "printf 'a\nb\nc\n' | '$QV_BIN' --root '$T_ROOT' exec ga --stdin - -- wc -l"
 printf 'from a file\n' > "$T_ROOT/in.txt"
 check_output "exec: stdin from a file" '^from a file$' qv exec ga --stdin "$T_ROOT/in.txt" -- cat
+head -c 1048576 /dev/urandom > "$T_ROOT/stdin.bin"
+check_output "exec: 1 MiB of stdin (sent ahead in pieces) arrives whole" "^$(sha256sum < "$T_ROOT/stdin.bin" | cut -d' ' -f1) " \
+    qv exec ga --stdin "$T_ROOT/stdin.bin" -- sha256sum
+check_error "exec: stdin beyond 16 MiB is refused before anything runs" 2 'more than 16 MiB' \
+    bash -c "head -c 17000000 /dev/zero | '$QV_BIN' --root '$T_ROOT' exec ga --stdin - -- wc -c"
 check_output "exec: --env sets the command's environment (PATH kept)" '^hi /usr/local/sbin:' \
     qv exec ga --env GREETING=hi -- sh -c 'echo $GREETING $PATH'
 t0=$(date +%s%N)
