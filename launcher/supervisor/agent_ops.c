@@ -11,9 +11,10 @@
 #define EXEC_POLL_MIN_MS 10
 #define EXEC_POLL_MAX_MS 500
 #define EXEC_STATUS_TIMEOUT_MS 10000
-/* exec-input: at most this much base64 per client (16 MiB of stdin), kept this long
- * without a new piece or the exec that uses it */
-#define EXEC_INPUT_MAX ((16u << 20) / 3 * 4)
+/* exec-input: at most this much base64 per client (16 MiB of stdin) and twice that for
+ * all clients together, kept this long without a new piece or the exec that uses it */
+#define EXEC_INPUT_MIB 16u
+#define EXEC_INPUT_MAX ((EXEC_INPUT_MIB << 20) / 3 * 4)
 #define EXEC_INPUT_IDLE_MS 60000
 
 static void inputs_expire(struct agent_chan *ch, uint64_t now);
@@ -358,10 +359,17 @@ int agent_exec_input(struct sup *s, unsigned client, const char *b64, struct qv_
         in->next = ch->inputs;
         ch->inputs = in;
     }
-    if (in->b64.len + n > EXEC_INPUT_MAX) {
+    size_t held = 0;    /* all clients together: twice what one may send */
+    for (struct exec_input *o = ch->inputs; o; o = o->next)
+        held += o->b64.len;
+    if (in->b64.len + n > EXEC_INPUT_MAX || held + n > 2 * (size_t)EXEC_INPUT_MAX) {
+        bool mine = in->b64.len + n > EXEC_INPUT_MAX;
         input_find(ch, client, true);
         input_free(in);
-        return qv_fail(e, -E2BIG, "%s: exec: stdin larger than %u MiB", s->def.name, (EXEC_INPUT_MAX / 4 * 3) >> 20);
+        if (mine)
+            return qv_fail(e, -E2BIG, "%s: exec: stdin larger than %u MiB", s->def.name, EXEC_INPUT_MIB);
+        return qv_fail(e, -EBUSY, "%s: exec: other clients' stdin fills what the supervisor keeps (%u MiB); try again "
+                       "later", s->def.name, 2 * EXEC_INPUT_MIB);
     }
     buf_add(&in->b64, b64, n);
     in->touched = monotonic_ms();

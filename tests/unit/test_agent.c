@@ -3,7 +3,7 @@
  * answers by hand. Covers the first sync, a command, a timed-out command followed by
  * a resync that skips its late reply, garbage from the guest (reconnect and resync),
  * the guest closing its port (requests fail at once; reopening syncs at once), a reset
- * with a command in flight, and the CLI's base64. */
+ * with a command in flight, the bounds on exec's stdin sent ahead, and the CLI's base64. */
 #include <fcntl.h>
 #include <poll.h>
 #include <setjmp.h>
@@ -346,6 +346,30 @@ static void test_no_agent_channel(void **state)
     assert_null(agent_status_json(g->f->s));
 }
 
+/* exec's stdin sent ahead: 16 MiB per client, twice that for all of them */
+static void test_exec_input_bounds(void **state)
+{
+    struct ga *g = *state;
+    struct sup *s = g->f->s;
+    size_t piece = 1u << 20;    /* base64 characters: a multiple of 4 */
+    char *b64 = qv_xmalloc(piece + 1);
+    memset(b64, 'A', piece);
+    b64[piece] = '\0';
+    struct qv_err e = {0};
+    for (unsigned client = 1; client <= 2; client++) {
+        for (int i = 0; i < 21; i++)
+            assert_int_equal(agent_exec_input(s, client, b64, &e), 0);
+        assert_int_equal(agent_exec_input(s, client, b64, &e), -E2BIG);
+        assert_string_equal(e.msg, "vm1: exec: stdin larger than 16 MiB");
+        for (int i = 0; i < 21; i++)     /* the refused client starts over */
+            assert_int_equal(agent_exec_input(s, client, b64, &e), 0);
+    }
+    assert_int_equal(agent_exec_input(s, 3, b64, &e), -EBUSY);
+    assert_non_null(strstr(e.msg, "other clients' stdin fills what the supervisor keeps"));
+    assert_int_equal(agent_exec_input(s, 4, "abc", &e), -EINVAL);
+    free(b64);
+}
+
 static void test_base64(void **state)
 {
     (void)state;
@@ -385,6 +409,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_port_closed_fails_fast_and_open_resyncs, ga_setup, ga_teardown),
         cmocka_unit_test_setup_teardown(test_reset_fails_command_in_flight, ga_setup, ga_teardown),
         cmocka_unit_test_setup_teardown(test_no_agent_channel, ga_setup, ga_teardown),
+        cmocka_unit_test_setup_teardown(test_exec_input_bounds, ga_setup, ga_teardown),
         cmocka_unit_test(test_base64),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
