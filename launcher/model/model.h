@@ -497,6 +497,9 @@ int vol_find(const struct qv_paths *p, const char *refs, struct vol_found *v, st
 /* The image path of volume `ref` ("default/web1") and its format (may be NULL). */
 int vol_resolve(const struct qv_paths *p, const char *ref, char *path, size_t pathlen, enum disk_format *fmt,
                 struct qv_err *e);
+/* Where a new volume `ref` of a dir pool will be (a block copy creates it there
+ * itself); -EEXIST when the volume exists, -EOPNOTSUPP for other pool types. */
+int vol_new_path(const struct qv_paths *p, const char *ref, char *path, size_t pathlen, struct qv_err *e);
 /* "web1 (running)", "db (defined)": VMs with a disk whose chain holds the file at `path`. */
 int vol_users(const struct qv_paths *p, const char *path, struct strv *users, struct qv_err *e);
 /* "default/web1-overlay": volumes of every pool with `path` below their top layer. */

@@ -124,6 +124,7 @@ static void signal_readable(struct sup *s)
             /* one SIGCHLD may stand for several children: each is asked with WNOHANG */
             hotplug_child_exited(s);
             start_child_exited(s);
+            block_child_exited(s);
             if (s->qemu_is_child && s->qemu_pid)
                 sup_qemu_gone(s);
         }
@@ -313,6 +314,7 @@ static void sup_free(struct sup *s)
     confine_release(s);
     for (int i = 0; i < HOTPLUG_MAX; i++)
         vm_nic_free(&s->hp[i].nic);
+    block_forget(s);
     for (int i = 0; i < SUP_JOBS_MAX; i++) {
         if (s->jobs[i].data)
             json_object_put(s->jobs[i].data);

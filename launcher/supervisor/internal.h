@@ -172,6 +172,10 @@ struct sup_job_ops {
      * whoever waits. Must be idempotent across a supervisor restart: a supervisor
      * killed between on_done and the dismissal runs it again in its successor. */
     sup_job_fn on_done;
+    /* After on_done, once QEMU let go of the job (dismissed, or never had it): what
+     * the job held may be removed now (nodes, fdsets, a failed copy's file); err as
+     * for on_done. NULL: nothing to do. */
+    sup_job_fn on_gone;
 };
 struct sup_job {
     bool used;
@@ -255,6 +259,8 @@ struct sup {
     unsigned job_seq;           /* the next job-id's number; recorded, so ids stay unique */
     uint64_t job_poll_at;       /* next query-jobs; 0: no job runs */
     bool job_polling, job_poll_again;
+    struct block_prep *block_prep;  /* a block job being prepared (blockjobs.c) */
+    json_object *fdset_drop;    /* file nodes whose fdsets go at the next query-fdsets reply */
     struct vm_nic_state nics[VM_MAX_NICS + HOTPLUG_MAX];
     struct netsetup_nft *nft;
     uint64_t lease_poll;        /* next look at the networks' leases; 0: none needed */
@@ -458,6 +464,20 @@ uint64_t sup_jobs_next_deadline(struct sup *s);
 void sup_jobs_expire(struct sup *s, uint64_t now);
 /* The kinds a new supervisor can carry on, by name (jobs.c holds the table). */
 const struct sup_job_ops *sup_job_ops_find(const char *kind);
+
+/* blockjobs.c: block pull, commit, copy and job on a running VM's disks */
+extern const struct sup_job_ops block_pull_ops, block_commit_ops, block_active_commit_ops, block_copy_ops;
+/* op: pull, commit, copy or job; target: the disk; options: the op's (base, top,
+ * dest, volume, format, pivot, finish, abort, wait, bandwidth). 0: under way, the
+ * client is answered later; else the error (nothing was changed). */
+int block_request(struct sup *s, unsigned client, const char *op, const char *target, json_object *options,
+                  struct qv_err *e);
+/* SIGCHLD: qemu-img creating a copy's target may have ended. */
+void block_child_exited(struct sup *s);
+uint64_t block_next_deadline(struct sup *s);
+void block_expire(struct sup *s, uint64_t now);
+/* QEMU is gone: a request being prepared ends (its client answered, a created target removed). */
+void block_forget(struct sup *s);
 
 /* vmnet.c: the host side of the VM's NICs */
 int vmnet_open_tap(void *opaque, const struct vm_def *d, size_t nic, int *fds, struct qv_err *e);

@@ -16,6 +16,7 @@
 
 /* The kinds a successor can carry on: each file with a kind of job adds its row. */
 static const struct sup_job_ops *const job_kinds[] = {
+    &block_pull_ops, &block_commit_ops, &block_active_commit_ops, &block_copy_ops,
     NULL,
 };
 
@@ -204,6 +205,8 @@ static void job_forget(struct sup *s, struct sup_job *j, const struct qv_err *er
         final = *err;
     else if (j->fail.code)
         final = j->fail;
+    if (j->ops->on_gone)
+        j->ops->on_gone(s, j, err);
     const char *outcome = !final.code ? "completed" : final.code == -ECANCELED ? "cancelled" : "failed";
     if (final.code)
         sup_log(s, "job %s (%s%s%s) %s: %s", j->id, j->ops->kind, j->disk[0] ? " of " : "", j->disk, outcome,
@@ -357,11 +360,13 @@ static void jobs_poll(struct sup *s)
 
 uint64_t sup_jobs_next_deadline(struct sup *s)
 {
-    return s->job_polling ? 0 : s->job_poll_at;
+    uint64_t poll = s->job_polling ? 0 : s->job_poll_at, child = block_next_deadline(s);
+    return !poll ? child : !child ? poll : poll < child ? poll : child;
 }
 
 void sup_jobs_expire(struct sup *s, uint64_t now)
 {
+    block_expire(s, now);
     if (s->job_poll_at && now >= s->job_poll_at && !s->job_polling) {
         s->job_poll_at = now + JOB_POLL_MS;
         jobs_poll(s);
@@ -610,6 +615,7 @@ void sup_jobs_forget_all(struct sup *s, const char *why)
     }
     s->job_poll_at = 0;
     s->job_polling = s->job_poll_again = false;
+    block_forget(s);
 }
 
 void sup_jobs_reattach(struct sup *s)

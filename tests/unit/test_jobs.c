@@ -23,7 +23,7 @@
 
 /* What the test kind saw. */
 struct seen {
-    int ready, done;
+    int ready, done, gone;
     char done_err[1024];
     bool fail_own_part;
 };
@@ -48,8 +48,15 @@ static void kind_done(struct sup *s, struct sup_job *j, const struct qv_err *err
         j->result = json_object_new_string("merged");
 }
 
-static const struct sup_job_ops test_kind = {"copy", kind_ready, kind_done};
-static const struct sup_job_ops test_kind_no_ready = {"pull", NULL, kind_done};
+static void kind_gone(struct sup *s, struct sup_job *j, const struct qv_err *err)
+{
+    (void)s, (void)j, (void)err;
+    assert_int_equal(seen.gone, seen.done - 1);     /* once, after on_done */
+    seen.gone++;
+}
+
+static const struct sup_job_ops test_kind = {"copy", kind_ready, kind_done, kind_gone};
+static const struct sup_job_ops test_kind_no_ready = {"pull", NULL, kind_done, kind_gone};
 
 /* A ctl client on a socketpair; the test reads its end. */
 static unsigned add_client(struct fx *f, int *end)
@@ -201,7 +208,9 @@ static void test_copy_pivots_when_ready(void **state)
     assert_int_equal(seen.done, 1);
     assert_string_equal(seen.done_err, "");
     assert_no_reply(end2);      /* not before QEMU forgot the job */
+    assert_int_equal(seen.gone, 0);     /* QEMU may still hold the job's nodes */
     _cleanup_json_ json_object *dis = answer(f, "job-dismiss", "{}");
+    assert_int_equal(seen.gone, 1);
     assert_string_equal(str_at(dis, "id"), id);
     _cleanup_json_ json_object *fin = reply_of(end2);
     assert_non_null(fin);
