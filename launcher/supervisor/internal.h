@@ -479,6 +479,64 @@ void block_expire(struct sup *s, uint64_t now);
 /* QEMU is gone: a request being prepared ends (its client answered, a created target removed). */
 void block_forget(struct sup *s);
 
+/* Between blockjobs.c (requests, the jobs' kinds) and blockprep.c (what a request
+ * needs before its job starts: the chain as QEMU holds it, read-write fds and a
+ * reopen for a commit, a copy's target). */
+enum block_op { BLOCK_PULL, BLOCK_COMMIT, BLOCK_COPY };
+extern const char *const block_op_names[];
+
+struct layer {
+    char fmt[64], file[64];     /* the layer's format and protocol nodes */
+    char path[PATH_MAX];
+    enum disk_format format;
+};
+
+struct block_prep {
+    enum block_op op;
+    unsigned client;
+    bool wait;
+    struct disk_ref d;
+    struct disk_io io;
+    struct layer chain[STORAGE_CHAIN_MAX + 1];
+    size_t n;
+    uint64_t size;              /* the top's virtual size */
+    /* options */
+    char base[PATH_MAX], top[PATH_MAX];
+    char dest[PATH_MAX], volume[160];
+    enum disk_format format;
+    bool pivot, finish;
+    int64_t bandwidth;
+    /* commit */
+    size_t t, b;                /* chain indexes of top and base */
+    int rw_fd[2], nrw;          /* read-write fds for base and the top's overlay */
+    size_t rw_layer[2];         /* their chain indexes */
+    int rw_set[2];              /* their fdsets */
+    int ro_fd[2][4], nro[2];    /* QEMU's numbers of the read-only fds already in them */
+    int rw_pending;             /* their add-fd not answered yet */
+    /* copy */
+    unsigned seq;
+    int fdset, fd;
+    char tfmt[64], tfile[64];
+    bool created;               /* dest is ours: removed when the copy does not happen */
+    int added;                  /* 1 add-fd done, 2 file node, 3 format node */
+    struct sup_child child;
+};
+/* Asks QEMU for its block graph: s->block_prep goes on from the answer. */
+int block_prep_begin(struct sup *s, struct qv_err *e);
+/* The request fails: its client hears why, what it made is undone. */
+void block_prep_fail(struct sup *s, const struct qv_err *err);
+void block_prep_free(struct sup *s);
+/* s->block_prep is ready: the job starts (the preparation is freed). */
+void block_start_pull(struct sup *s);
+void block_start_commit(struct sup *s);
+void block_start_copy(struct sup *s);
+/* drop: [[format node, file node], ...], top first: deleted from QEMU, and the fdsets
+ * of the file nodes removed. */
+void block_drop_nodes(struct sup *s, json_object *drop);
+json_object *block_node_pair(const char *fmt, const char *file);
+/* A QMP command whose failure is only logged. */
+void block_send_logged(struct sup *s, const char *cmd, json_object *args);
+
 /* vmnet.c: the host side of the VM's NICs */
 int vmnet_open_tap(void *opaque, const struct vm_def *d, size_t nic, int *fds, struct qv_err *e);
 /* Plugs one NIC (boot or hotplug) into its bridge or network; fds per queue. A
