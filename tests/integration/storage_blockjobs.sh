@@ -26,11 +26,16 @@ qi create -f qcow2 -F qcow2 -b "$img/pmid.qcow2" "$img/pull.qcow2"
 qi create -f qcow2 -F raw -b "$img/cbase.raw" "$img/cmt.qcow2"
 qi create -f qcow2 "$img/copy.qcow2" 16M
 qi create -f qcow2 "$img/small.qcow2" 4M
+truncate -s 16M "$img/ibase.raw"
+qi create -f qcow2 -F raw -b "$img/ibase.raw" "$img/imid.qcow2"
+qemu-io -c "write -P 0x41 1M 64k" "$img/imid.qcow2" >/dev/null
+qi create -f qcow2 -F qcow2 -b "$img/imid.qcow2" "$img/icm.qcow2"
 qv pool define -q --name pool2 --path "$pool2" || not_ok "pool2 is defined"
 define_guest bj "" --disk "file=$img/pull.qcow2,serial=PULL,cache=writeback" \
     --disk "file=$img/cmt.qcow2,serial=CMT,cache=writeback" \
     --disk "file=$img/copy.qcow2,serial=COPY,cache=writeback" \
-    --disk "file=$img/small.qcow2,serial=SMALL,cache=writeback"
+    --disk "file=$img/small.qcow2,serial=SMALL,cache=writeback" \
+    --disk "file=$img/icm.qcow2,serial=ICM,cache=writeback"
 qv start -q bj || { not_ok "the VM starts"; finish; }
 check "the guest boots" wait_until 90 guest_ok bj true
 dev() { echo "\$(for d in /sys/block/vd*; do grep -qx $1 \$d/serial 2>/dev/null && echo /dev/\${d##*/}; done)"; }
@@ -55,6 +60,11 @@ marker() { echo "dd if=$(dev $1) bs=1 skip=$((1 << 20)) count=$2 2>/dev/null"; }
 
 # ---- pull ----
 check "the guest reads the pull base's marker through two layers" guest_ok bj "$(marker PULL 16) | grep -qx PULL-BASE-MARKER"
+check_output "block pull --base: the middle layer into the top" 'bj: pull of disk0 completed' \
+    qv block pull bj disk0 --base "$img/pbase.raw" --wait
+check "...the top's header names the base by its real path" sh -c "qemu-img info -U '$img/pull.qcow2' | grep -qx 'backing file: $img/pbase.raw'"
+check "...the middle layer left QEMU" nodes_lack '^disk0-b0-'
+check "...the base is still there" nodes_have '^disk0-b1-fmt$'
 check_output "block pull --wait completes" 'bj: pull of disk0 completed' qv block pull bj disk0 --wait
 check "...the image has no backing file any more" sh -c "! qemu-img info -U '$img/pull.qcow2' | grep -q 'backing file'"
 check "...and the guest still reads the marker, now from the top" \
@@ -72,6 +82,17 @@ check "...QEMU reads it" top_is disk1 disk1-b0-fmt
 check "...and the top left QEMU" nodes_lack '^disk1-(fmt|file)$'
 check "...and the guest reads both markers on" guest_ok bj \
     "echo 3 > /proc/sys/vm/drop_caches; $(marker CMT 15) | grep -qx CMT-BASE-MARKER"
+
+# ---- commit of an inner layer: the top stays, its header names the base ----
+check "the guest reads the middle layer's bytes" guest_ok bj "dd if=$(dev ICM) bs=1 skip=$((1 << 20)) count=4 2>/dev/null | grep -qx AAAA"
+check_output "block commit --top (an inner commit)" 'bj: commit of disk4 completed' \
+    qv block commit bj ICM --top "$img/imid.qcow2" --wait
+check "...the middle layer's data is in the base" sh -c "dd if='$img/ibase.raw' bs=1 skip=$((1 << 20)) count=4 2>/dev/null | grep -qx AAAA"
+check "...the top's header names the base by its real path" sh -c "qemu-img info -U '$img/icm.qcow2' | grep -qx 'backing file: $img/ibase.raw'"
+check "...the middle layer left QEMU" nodes_lack '^disk4-b0-'
+check "...the disk still reads its top" top_is disk4 disk4-fmt
+check "...and the guest still reads the bytes" guest_ok bj \
+    "echo 3 > /proc/sys/vm/drop_caches; dd if=$(dev ICM) bs=1 skip=$((1 << 20)) count=4 2>/dev/null | grep -qx AAAA"
 
 # ---- refusals ----
 check_error "an unknown disk" 3 'bj: no disk nosuch' qv block pull bj nosuch
