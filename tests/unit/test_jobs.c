@@ -390,6 +390,66 @@ static void test_vanished_job_and_qemu_exit(void **state)
     close(end2);
 }
 
+/* ---- a new supervisor carries on what the last one recorded ---- */
+
+static void script_query_jobs(struct qmp_peer *p, void *arg)
+{
+    (void)arg;
+    _cleanup_free_ char *id = NULL;
+    _cleanup_json_ json_object *c = peer_recv_cmd(p, NULL, "query-jobs", &id);
+    if (c)
+        peer_sendf(p, "{\"return\": [{\"id\": \"qv3-pull-disk0\", \"type\": \"stream\", \"status\": \"concluded\", "
+                      "\"current-progress\": 5, \"total-progress\": 5}, {\"id\": \"qv4-copy-disk1\", \"type\": "
+                      "\"mirror\", \"status\": \"ready\", \"current-progress\": 7, \"total-progress\": 7}, "
+                      "{\"id\": \"someone-elses\", \"status\": \"running\"}], \"id\": \"%s\"}\r\n", id);
+}
+
+static void test_reattach_carries_on(void **state)
+{
+    struct fx *f = *state;
+    json_object *res = json_tokener_parse(
+        "{\"job_seq\": 6, \"jobs\": ["
+        "{\"id\": \"qv3-pull-disk0\", \"kind\": \"pull\", \"disk\": \"disk0\", "
+        "  \"data\": {\"drop\": [[\"disk0-b0-fmt\", \"disk0-b0-file\"]]}},"
+        "{\"id\": \"qv4-copy-disk1\", \"kind\": \"copy\", \"disk\": \"disk1\", \"pivot\": true, "
+        "  \"data\": {\"dest\": \"/nowhere/x.qcow2\", \"node\": \"disk1-c4-fmt\", \"file_node\": \"disk1-c4-file\"}},"
+        "{\"id\": \"qv5-pull-disk2\", \"kind\": \"pull\", \"disk\": \"disk2\"},"
+        "{\"id\": \"qv9-x\", \"kind\": \"no-such-kind\"}]}");
+    assert_non_null(res);
+    f->s->rs.resources = res;
+    assert_int_equal(peer_start(&f->peer, script_query_jobs, NULL), 0);
+    sup_jobs_reattach(f->s);
+    assert_string_equal(peer_join(&f->peer), "");
+    assert_int_equal(f->s->job_seq, 6);     /* new ids never repeat old ones */
+    /* the concluded pull is dismissed; the ready copy, meant to pivot, is completed */
+    _cleanup_json_ json_object *dis = answer(f, "job-dismiss", "{}");
+    assert_string_equal(str_at(dis, "id"), "qv3-pull-disk0");
+    _cleanup_json_ json_object *complete = answer(f, "job-complete", "{}");
+    assert_string_equal(str_at(complete, "id"), "qv4-copy-disk1");
+    /* the pull is over: its old layer leaves QEMU, nodes first, then its fdset */
+    _cleanup_json_ json_object *d1 = answer(f, "blockdev-del", "{}");
+    assert_string_equal(str_at(d1, "node-name"), "disk0-b0-fmt");
+    _cleanup_json_ json_object *d2 = answer(f, "blockdev-del", "{}");
+    assert_string_equal(str_at(d2, "node-name"), "disk0-b0-file");
+    json_object_put(answer(f, "query-fdsets", "[{\"fdset-id\": 7, \"fds\": [{\"fd\": 31, \"opaque\": \"disk0-b0-file\"}]},"
+                                              " {\"fdset-id\": 8, \"fds\": [{\"fd\": 32, \"opaque\": \"disk1-file\"}]}]"));
+    _cleanup_json_ json_object *rm = answer(f, "remove-fd", "{}");
+    json_object *v;
+    assert_true(json_object_object_get_ex(rm, "fdset-id", &v) && json_object_get_int(v) == 7);
+    expect_nothing(f);
+    /* left: the copy, as a job of its kind; the vanished pull and the unknown kind are gone */
+    struct sup_job *j = sup_job_find(f->s, "disk1");
+    assert_non_null(j);
+    assert_ptr_equal(j->ops, &block_copy_ops);
+    assert_string_equal(j->status, "ready");
+    assert_true(j->pivot);
+    assert_null(sup_job_find(f->s, "disk0"));
+    assert_null(sup_job_find(f->s, "disk2"));
+    _cleanup_json_ json_object *rec = recorded_jobs(f);
+    assert_int_equal(json_object_array_length(rec), 1);
+    assert_string_equal(str_at(json_object_array_get_idx(rec, 0), "id"), "qv4-copy-disk1");
+}
+
 /* ---- the definition follows a disk's new image ---- */
 
 static void write_file(const char *path, const char *text)
@@ -470,6 +530,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_abort_and_soft_finish, setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_vanished_job_and_qemu_exit, setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_definition_follows, setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_reattach_carries_on, setup, fx_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
