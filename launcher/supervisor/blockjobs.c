@@ -216,20 +216,17 @@ static void start_job(struct sup *s, const struct sup_job_ops *ops, const char *
 {
     struct block_prep *p = s->block_prep;
     struct qv_err e = {0};
-    unsigned client = p->client;
-    bool wait = p->wait;
-    p->client = 0;      /* the tracker answers from here on */
-    p->created = false; /* and the kind removes the target if the copy does not happen */
-    p->added = 0;
-    char id[24];
-    snprintf(id, sizeof(id), "%s", p->d.id);
-    block_prep_free(s);
-    struct sup_job *j = sup_job_start(s, ops, id, cmd, args, data, client, wait, &e);
+    struct sup_job *j = sup_job_start(s, ops, p->d.id, cmd, args, data, p->client, p->wait, &e);
     if (!j) {
-        if (client)
-            sup_reply_error(s, client, e.code, "%s", e.msg);
+        block_prep_fail(s, &e);     /* nothing reached QEMU: what was prepared is undone here */
         return;
     }
+    /* the tracker answers the client from here on, and the kind removes the target if
+     * the copy does not happen */
+    p->client = 0;
+    p->created = false;
+    p->added = 0;
+    block_prep_free(s);
     if (pivot)
         sup_job_complete(s, j, &e);
     else if (finish)

@@ -435,7 +435,9 @@ void disk_tops_reattach(struct sup *s);
  * state.json before the command goes out. client (0: none) is answered once QEMU
  * accepted ({"ok":true,"job":{...}}) or refused it (on_done runs with the refusal),
  * unless wait: then it is answered when the job is over. NULL with e set when
- * nothing was sent (a job already runs on the disk, too many jobs, no monitor). */
+ * nothing was sent (a job already runs on the disk, too many jobs, no monitor): no
+ * handler of ops runs and the client is not answered; the caller undoes what it
+ * prepared and answers. */
 struct sup_job *sup_job_start(struct sup *s, const struct sup_job_ops *ops, const char *disk, const char *cmd,
                               json_object *args, json_object *data, unsigned client, bool wait, struct qv_err *e);
 /* The job on `disk`, or with QEMU id `key`; NULL when none. */

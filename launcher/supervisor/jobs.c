@@ -440,14 +440,9 @@ struct sup_job *sup_job_start(struct sup *s, const struct sup_job_ops *ops, cons
     sup_jobs_record(s);     /* before it exists: a successor knows what it is for */
     sup_log(s, "job %s: %s%s%s", j->id, cmd, j->disk[0] ? " on " : "", j->disk);
     if (job_send(s, j, cmd, args, QMP_TIMEOUT_JOB, on_started) < 0) {
-        struct qv_err lost = {0};
-        qv_fail(&lost, -EIO, "%s: QEMU's monitor connection is lost", s->def.name);
-        *e = lost;
-        /* nothing reached QEMU: the kind undoes what it prepared, nobody is answered */
-        j->start_client = 0;
-        memset(j->waiters, 0, sizeof(j->waiters));
-        j->ending = true;
-        ops->on_done(s, j, &lost);
+        /* nothing reached QEMU: as if it had been refused before the send, the caller
+         * undoes what it prepared and answers its client */
+        qv_fail(e, -EIO, "%s: QEMU's monitor connection is lost", s->def.name);
         job_clear(j);
         sup_jobs_record(s);
         return NULL;
