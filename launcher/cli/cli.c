@@ -55,6 +55,15 @@ static const struct cli_opt attach_nic_opts[] = {
     {"network", true, false, 0}, {"bridge", true, false, 0}, {"direct", true, false, 0}, {"user", false, false, 0},
     {"mac", true, false, 0}, {"model", true, false, 0}, {"mode", true, false, 0}, {"queues", true, false, 0},
     {"filter", true, false, 0}, {"persistent", false, false, 0}, {0}};
+static const struct cli_opt block_pull_opts[] = {
+    {"base", true, false, 0}, {"bandwidth", true, false, 0}, {"wait", false, false, 0}, {0}};
+static const struct cli_opt block_commit_opts[] = {
+    {"base", true, false, 0}, {"top", true, false, 0}, {"bandwidth", true, false, 0}, {"wait", false, false, 0}, {0}};
+static const struct cli_opt block_copy_opts[] = {
+    {"dest", true, false, 0}, {"volume", true, false, 0}, {"format", true, false, 0}, {"bandwidth", true, false, 0},
+    {"pivot", false, false, 0}, {"finish", false, false, 0}, {"wait", false, false, 0}, {0}};
+static const struct cli_opt block_job_opts[] = {
+    {"abort", false, false, 0}, {"pivot", false, false, 0}, {"finish", false, false, 0}, {"wait", false, false, 0}, {0}};
 static const struct cli_opt detach_opts[] = {{"persistent", false, false, 0}, {"mac", true, false, 0}, {0}};
 
 static int cmd_help(struct cli *c);
@@ -115,6 +124,19 @@ static const struct cli_command commands[] = {
      "resize a running VM's disk (DISK: disk0, the image path or its serial); the guest sees it at once"},
     {"blkstat", cmd_blkstat, no_opts, 1, 2, "blkstat NAME [DISK] [--json]",
      "I/O statistics of a running VM's disks: requests, bytes, flushes, time"},
+    {"block pull", cmd_block_pull, block_pull_opts, 2, 2, "block pull VM DISK [--base FILE] [--wait] [--bandwidth 50M]",
+     "copy the layers below a running disk's image into it (all, or those above --base): they leave its chain"},
+    {"block commit", cmd_block_commit, block_commit_opts, 2, 2,
+     "block commit VM DISK [--top FILE] [--base FILE] [--wait] [--bandwidth 50M]",
+     "merge layers of a running disk's chain down into --base (default: the bottom); without --top the disk's "
+     "own image is merged and the disk switches to the base"},
+    {"block copy", cmd_block_copy, block_copy_opts, 2, 2,
+     "block copy VM DISK --dest FILE|--volume POOL/NAME [--format qcow2|raw] [--pivot|--finish] [--wait] "
+     "[--bandwidth 50M]",
+     "copy a running disk into a new file or volume; --pivot moves the disk onto it (the definition follows), "
+     "--finish keeps a complete copy"},
+    {"block job", cmd_block_job, block_job_opts, 2, 2, "block job VM DISK [--abort|--pivot|--finish] [--wait]",
+     "a running block job: its progress, or abort it, switch over to the copy, or finish it without switching"},
     {"net define", cmd_net_define, net_define_opts, 1, 1,
      "net define FILE.json | net define NAME [--mode nat --ipv4 10.77.5.1/24 --dhcp START,END --domain D "
      "--forward tcp:8080:10.77.5.10:80 --bridge BR --mtu N --autostart]", "define a network"},
@@ -338,6 +360,7 @@ static int run(struct cli *c, int argc, char **argv)
         {"net", "define, undefine, list, show, start, run, stop, leases, gc"},
         {"pool", "define, undefine, list, show, refresh"},
         {"vol", "create, list, info, resize, delete, clone, import, export"},
+        {"block", "pull, commit, copy, job"},
     };
     for (size_t f = 0; f < ARRAY_SIZE(families); f++) {
         if (strcmp(argv[i], families[f].family) != 0)

@@ -84,6 +84,12 @@ int cmd_detach_nic(struct cli *c);
 int cmd_ifaddr(struct cli *c);
 int cmd_disk_resize(struct cli *c);
 int cmd_blkstat(struct cli *c);
+int cmd_block_pull(struct cli *c);
+int cmd_block_commit(struct cli *c);
+int cmd_block_copy(struct cli *c);
+int cmd_block_job(struct cli *c);
+/* `status`: one line per running job */
+void cli_print_jobs(json_object *jobs);
 int cmd_host_check(struct cli *c);
 int cmd_pool_define(struct cli *c);
 int cmd_pool_undefine(struct cli *c);

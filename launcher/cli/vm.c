@@ -166,8 +166,10 @@ static void print_status_text(json_object *st)
         else if (s && *s && strcmp(s, "0") != 0)
             printf("%-12s %s\n", keys[i][1], s);
     }
-    /* what confines QEMU, as read back from /proc by the supervisor */
     json_object *c, *v, *sub;
+    if (json_object_object_get_ex(st, "jobs", &v))
+        cli_print_jobs(v);
+    /* what confines QEMU, as read back from /proc by the supervisor */
     if (!json_object_object_get_ex(st, "confinement", &c) || !json_object_is_type(c, json_type_object))
         return;
     int uid = json_object_object_get_ex(c, "uid", &v) ? json_object_get_int(json_object_array_get_idx(v, 1)) : -1;

@@ -67,6 +67,26 @@ int vol_resolve(const struct qv_paths *p, const char *ref, char *path, size_t pa
     return 0;
 }
 
+int vol_new_path(const struct qv_paths *p, const char *refs, char *path, size_t pathlen, struct qv_err *e)
+{
+    struct vol_ref ref;
+    _cleanup_pool_def_ struct pool_def pd = {0};
+    int r;
+    if ((r = vol_ref_parse(refs, &ref, e)) < 0 || (r = pool_open(p, ref.pool, &pd, e)) < 0)
+        return r;
+    if (strcmp(pd.type, "dir") != 0)
+        return qv_fail(e, -EOPNOTSUPP, "%s: pool %s is of type %s; a running copy goes into a dir pool or a file",
+                       refs, ref.pool, pd.type);
+    struct storage_pool sp = pool_storage(&pd);
+    struct storage_vol_info vi;
+    struct qv_err ie = {0};
+    if (pool_backend(&pd)->vol_info(&sp, ref.name, &vi, &ie) == 0)
+        return qv_fail(e, -EEXIST, "volume %s exists already (choose a new name)", refs);
+    if (snprintf(path, pathlen, "%s/%s", pd.path, ref.name) >= (int)pathlen)
+        return qv_fail(e, -ENAMETOOLONG, "%s: path too long", refs);
+    return 0;
+}
+
 /* ---- who uses what ---- */
 struct file_id {
     dev_t dev;

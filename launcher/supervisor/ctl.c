@@ -390,6 +390,15 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
                             &e);
         if (r < 0)
             reply_error(s, c, r, "%s", e.msg);
+    } else if (strcmp(cmd, "block") == 0) {
+        struct qv_err e = {0};
+        json_object *opts = NULL;
+        if (!monitor_usable(s, c))
+            return;
+        json_object_object_get_ex(req, "options", &opts);
+        int r = block_request(s, c->id, get_string(req, "op"), get_string(req, "target"), opts, &e);
+        if (r < 0)
+            reply_error(s, c, r, "%s", e.msg);
     } else if (strcmp(cmd, "ifaddr") == 0) {
         json_object *o = json_object_new_object();
         json_object_object_add(o, "ok", json_object_new_boolean(true));
