@@ -99,6 +99,12 @@ int cmd_vol_clone(struct cli *c);
 int cmd_clone(struct cli *c);
 int cmd_vol_import(struct cli *c);
 int cmd_vol_export(struct cli *c);
+int cmd_snapshot_create(struct cli *c);
+int cmd_snapshot_list(struct cli *c);
+int cmd_snapshot_show(struct cli *c);
+int cmd_snapshot_current(struct cli *c);
+int cmd_snapshot_revert(struct cli *c);
+int cmd_snapshot_delete(struct cli *c);
 /* "9.8G" */
 void cli_size_human(uint64_t bytes, char *out, size_t outlen);
 
