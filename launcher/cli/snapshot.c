@@ -278,8 +278,14 @@ static int change(struct cli *c, bool revert)
     _cleanup_close_ int lock = lock_snapshots(c, vm);
     if (lock < 0)
         return lock;
-    return revert ? snapshot_revert_offline(&c->paths, &d, &s, &c->err)
-                  : snapshot_delete_offline(&c->paths, &d, &s, &c->err);
+    if (!revert)
+        return snapshot_delete_offline(&c->paths, &d, &s, &c->err);
+    if ((r = snapshot_revert_offline(&c->paths, &d, &s, &c->err)) < 0)
+        return r;
+    if (s.memory && !c->quiet)
+        fprintf(stderr, "qvisor: note: %s is shut off, so only its disks went back to %s; the guest's memory state "
+                "stays in the snapshot (start the VM and revert again to resume the guest from it)\n", vm, name);
+    return 0;
 }
 
 int cmd_snapshot_revert(struct cli *c)
