@@ -298,6 +298,15 @@ int vm_undefine(const struct qv_paths *p, const char *name, struct qv_err *e);
  * name is taken by a defined or another transient VM. */
 int vm_create_transient(const struct qv_paths *p, json_object *o, struct vm_def *out, struct qv_err *e);
 void vm_transient_forget(const struct qv_paths *p, const char *name);
+/* A running VM's disk moved to another image (a block copy pivoted, an active commit
+ * dropped the top, an external snapshot added one): in NAME's stored definition
+ * (etc/, or a transient VM's run directory) the disk that names `old` (its volume
+ * POOL/NAME or its file) now names volume `volume`, or file `file` when volume is
+ * NULL, in `format`. Everything else stays as stored (an edit made meanwhile too);
+ * written atomically under the definitions' lock. -ENOENT when no stored disk names
+ * `old` (nothing is written then). */
+int vm_disk_image_update(const struct qv_paths *p, const char *name, const char *old, const char *volume,
+                         const char *file, enum disk_format format, struct qv_err *e);
 /* Sorted names of all defined VMs. */
 int vm_list_names(const struct qv_paths *p, struct strv *names, struct qv_err *e);
 /* The generated MAC for NIC `index` of VM `uuid`, perturbed by `attempt`. */

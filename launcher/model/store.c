@@ -385,3 +385,44 @@ int vm_undefine(const struct qv_paths *p, const char *name, struct qv_err *e)
         return errno == ENOENT ? qv_fail(e, -ENOENT, "no VM named %s", name) : qv_failerr(e, -errno, "%s", path);
     return 0;
 }
+
+int vm_disk_image_update(const struct qv_paths *p, const char *name, const char *old, const char *volume,
+                         const char *file, enum disk_format format, struct qv_err *e)
+{
+    if (!name_valid(name))
+        return qv_fail(e, -EINVAL, "\"%s\" is not a valid VM name", name);
+    _cleanup_close_ int lock = lock_vms_dir(p, e);
+    if (lock < 0)
+        return lock;
+    char path[PATH_MAX];
+    bool transient;
+    if (!definition_file(p, name, path, sizeof(path), &transient))
+        return qv_fail(e, -ENOENT, "no VM named %s is stored", name);
+    _cleanup_json_ json_object *o = NULL;
+    int r = json_read_file(path, &o, e);
+    if (r < 0)
+        return r;
+    json_object *disks, *match = NULL;
+    if (json_object_object_get_ex(o, "disks", &disks) && json_object_is_type(disks, json_type_array)) {
+        for (size_t i = 0; old && !match && i < json_object_array_length(disks); i++) {
+            json_object *k = json_object_array_get_idx(disks, i), *v;
+            if ((json_object_object_get_ex(k, "volume", &v) || json_object_object_get_ex(k, "file", &v)) &&
+                json_object_is_type(v, json_type_string) && strcmp(json_object_get_string(v), old) == 0)
+                match = k;
+        }
+    }
+    if (!match)
+        return qv_fail(e, -ENOENT, "%s: no disk of the stored definition names %s any more", path, old ? old : "");
+    json_object_object_del(match, "volume");
+    json_object_object_del(match, "file");
+    if (volume)
+        json_object_object_add(match, "volume", json_object_new_string(volume));
+    else
+        json_object_object_add(match, "file", json_object_new_string(file));
+    json_object_object_add(match, "format", json_object_new_string(disk_format_names[format]));
+    /* what is written must load: checked as a definition first */
+    _cleanup_vm_def_ struct vm_def check = {0};
+    if ((r = vm_def_from_json(o, &check, e)) < 0)
+        return qv_prefix(e, "%s: ", path);
+    return json_write_file_atomic(path, o, 0644, e);
+}

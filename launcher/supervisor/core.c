@@ -102,6 +102,9 @@ json_object *sup_status_json(struct sup *s)
     json_object_object_add(o, "accel", json_object_new_string(s->rs.accel));
     json_object_object_add(o, "qemu_version", json_object_new_string(s->rs.qemu_version));
     json_object_object_add(o, "last_exit", json_object_new_string(s->rs.last_exit));
+    json_object *jobs = sup_jobs_json(s);
+    if (jobs)
+        json_object_object_add(o, "jobs", jobs);
     json_object *conf = confine_inspect(s);
     if (conf)
         json_object_object_add(o, "confinement", conf);
@@ -164,7 +167,8 @@ static int next_timeout(struct sup *s)
     uint64_t now = monotonic_ms(), next = 0;
     uint64_t cands[] = {s->stop_next, s->restart_at, s->notify.next_ping, s->qmp ? qmp_next_deadline(s->qmp) : 0,
                         hotplug_next_deadline(s), s->lease_poll, console_next_deadline(s), ctl_next_deadline(s),
-                        monitor_next_deadline(s), ctl_agent_deadline(s), start_next_deadline(s)};
+                        monitor_next_deadline(s), ctl_agent_deadline(s), start_next_deadline(s),
+                        sup_jobs_next_deadline(s)};
     for (size_t i = 0; i < ARRAY_SIZE(cands); i++)
         if (cands[i] && (!next || cands[i] < next))
             next = cands[i];
@@ -185,6 +189,7 @@ static void run_timers(struct sup *s)
     monitor_expire(s, now);
     ctl_agent_expire(s, now);
     start_expire(s, now);
+    sup_jobs_expire(s, now);
     if (s->lease_poll && now >= s->lease_poll)
         vmnet_poll_leases(s);
     if (s->notify.next_ping && now >= s->notify.next_ping) {
@@ -308,6 +313,12 @@ static void sup_free(struct sup *s)
     confine_release(s);
     for (int i = 0; i < HOTPLUG_MAX; i++)
         vm_nic_free(&s->hp[i].nic);
+    for (int i = 0; i < SUP_JOBS_MAX; i++) {
+        if (s->jobs[i].data)
+            json_object_put(s->jobs[i].data);
+        if (s->jobs[i].result)
+            json_object_put(s->jobs[i].result);
+    }
     if (s->nft)
         netsetup_nft_close(s->nft);
     if (s->qmp)

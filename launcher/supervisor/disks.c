@@ -8,45 +8,63 @@
 
 #include "launcher/supervisor/internal.h"
 
-struct disk_ref {
-    char id[24];            /* the QEMU device: disk0, disk3 (hotplugged) */
-    char node[48];          /* the top block node: what the guest sees */
-    char file[PATH_MAX];
-};
+static const char *boot_top(struct sup *s, size_t i, char *buf, size_t len)
+{
+    if (s->disk_top[i][0])
+        return s->disk_top[i];
+    snprintf(buf, len, "disk%zu-%s", i, s->def.disks[i].snapshot ? "ovl" : "fmt");
+    return buf;
+}
 
 static void boot_disk_ref(struct sup *s, size_t i, struct disk_ref *out)
 {
     const struct vm_disk *k = &s->def.disks[i];
+    char buf[48];
     snprintf(out->id, sizeof(out->id), "disk%zu", i);
-    snprintf(out->node, sizeof(out->node), "disk%zu-%s", i, k->snapshot ? "ovl" : "fmt");
+    snprintf(out->node, sizeof(out->node), "%s", boot_top(s, i, buf, sizeof(buf)));
     snprintf(out->file, sizeof(out->file), "%s", k->file ? k->file : "");
+    out->index = (ssize_t)i;
+    out->hp = NULL;
 }
 
-/* By device id, image path or serial; boot disks and hotplugged ones. */
-static bool disk_find(struct sup *s, const char *key, struct disk_ref *out)
+bool disk_find(struct sup *s, const char *key, struct disk_ref *out)
 {
-    for (size_t i = 0; i < s->def.ndisks; i++) {
+    for (size_t i = 0; key && i < s->def.ndisks; i++) {
         const struct vm_disk *k = &s->def.disks[i];
         boot_disk_ref(s, i, out);
         if (strcmp(out->id, key) == 0 || (k->file && strcmp(k->file, key) == 0) ||
-            (k->serial && strcmp(k->serial, key) == 0))
+            (k->serial && strcmp(k->serial, key) == 0) || (k->volume && strcmp(k->volume, key) == 0))
             return true;
     }
-    for (int i = 0; i < HOTPLUG_MAX; i++) {
-        const struct hotplug *h = &s->hp[i];
+    for (int i = 0; key && i < HOTPLUG_MAX; i++) {
+        struct hotplug *h = &s->hp[i];
         if (!h->used || h->pending || h->kind != HOTPLUG_DISK || (strcmp(h->id, key) != 0 && strcmp(h->file, key) != 0))
             continue;
         snprintf(out->id, sizeof(out->id), "%s", h->id);
-        snprintf(out->node, sizeof(out->node), "%s-fmt", h->id);
+        if (h->top[0])
+            snprintf(out->node, sizeof(out->node), "%s", h->top);
+        else
+            snprintf(out->node, sizeof(out->node), "%s-fmt", h->id);
         snprintf(out->file, sizeof(out->file), "%s", h->file);
+        out->index = -1;
+        out->hp = h;
         return true;
     }
     return false;
 }
 
-/* The disk a block node belongs to: "disk1-fmt" -> disk1. */
+/* The disk a block node belongs to: its top, or any node named after it
+ * ("disk1-fmt", "disk1-b0-file", a copy's "disk1-c4-fmt") -> disk1. */
 static bool disk_of_node(struct sup *s, const char *node, struct disk_ref *out)
 {
+    for (size_t i = 0; i < s->def.ndisks; i++)
+        if (s->disk_top[i][0] && strcmp(s->disk_top[i], node) == 0) {
+            boot_disk_ref(s, i, out);
+            return true;
+        }
+    for (int i = 0; i < HOTPLUG_MAX; i++)
+        if (s->hp[i].used && s->hp[i].top[0] && strcmp(s->hp[i].top, node) == 0)
+            return disk_find(s, s->hp[i].id, out);
     char id[24];
     const char *dash = strchr(node, '-');
     size_t n = dash ? (size_t)(dash - node) : strlen(node);
@@ -263,4 +281,122 @@ void disk_io_error(struct sup *s, json_object *data)
     snprintf(s->rs.state_reason, sizeof(s->rs.state_reason), "%s", reason);
     if (s->rs.state == VM_PAUSED)
         sup_save_state(s);  /* already paused (its STOP came first): record why */
+}
+
+/* ---- the node a disk's device reads: it moves with pivots and snapshots ---------------- */
+
+void disk_tops_reset(struct sup *s)
+{
+    memset(s->disk_top, 0, sizeof(s->disk_top));
+    if (s->rs.resources)
+        json_object_object_del(s->rs.resources, "disk_tops");
+}
+
+void disk_tops_record(struct sup *s)
+{
+    json_object *o = json_object_new_object();
+    for (size_t i = 0; i < s->def.ndisks && i < VM_MAX_DISKS; i++) {
+        if (!s->disk_top[i][0])
+            continue;
+        char id[24];
+        snprintf(id, sizeof(id), "disk%zu", i);
+        json_object_object_add(o, id, json_object_new_string(s->disk_top[i]));
+    }
+    for (int i = 0; i < HOTPLUG_MAX; i++)
+        if (s->hp[i].used && s->hp[i].kind == HOTPLUG_DISK && s->hp[i].top[0])
+            json_object_object_add(o, s->hp[i].id, json_object_new_string(s->hp[i].top));
+    if (!s->rs.resources)
+        s->rs.resources = json_object_new_object();
+    json_object_object_add(s->rs.resources, "disk_tops", o);
+    sup_save_state(s);
+}
+
+/* The default node a disk's device starts on. */
+static void default_top(struct sup *s, const struct disk_ref *d, char *out, size_t len)
+{
+    if (d->index >= 0)
+        snprintf(out, len, "disk%zd-%s", d->index, s->def.disks[d->index].snapshot ? "ovl" : "fmt");
+    else
+        snprintf(out, len, "%s-fmt", d->id);
+}
+
+static void set_top(struct sup *s, const struct disk_ref *d, const char *node)
+{
+    char def[48];
+    default_top(s, d, def, sizeof(def));
+    bool is_default = strcmp(def, node) == 0;
+    if (d->index >= 0 && d->index < VM_MAX_DISKS)
+        snprintf(s->disk_top[d->index], sizeof(s->disk_top[0]), "%s", is_default ? "" : node);
+    else if (d->hp)
+        snprintf(d->hp->top, sizeof(d->hp->top), "%s", is_default ? "" : node);
+}
+
+void disk_tops_reattach(struct sup *s)
+{
+    json_object *o, *blocks = NULL, *v;
+    if (s->rs.resources && json_object_object_get_ex(s->rs.resources, "disk_tops", &o)) {
+        json_object_object_foreach(o, id, node) {
+            struct disk_ref d;
+            if (json_object_is_type(node, json_type_string) && disk_find(s, id, &d) && strcmp(d.id, id) == 0)
+                set_top(s, &d, json_object_get_string(node));
+        }
+    }
+    /* QEMU's word wins: a supervisor killed between a pivot and its record is corrected here */
+    struct qv_err e = {0};
+    if (!s->qmp || qmp_call(s->qmp, "query-block", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, &blocks, &e) < 0) {
+        sup_log(s, "warning: query-block: %s; the recorded disk nodes are kept", e.msg);
+        return;
+    }
+    bool changed = false;
+    for (size_t i = 0; i < json_object_array_length(blocks); i++) {
+        json_object *b = json_object_array_get_idx(blocks, i), *ins;
+        char id[64];
+        struct disk_ref d;
+        if (!json_object_object_get_ex(b, "qdev", &v) || !json_object_object_get_ex(b, "inserted", &ins) ||
+            !json_object_object_get_ex(ins, "node-name", &o))
+            continue;
+        device_of_qdev(json_object_get_string(v), id, sizeof(id));
+        if (!disk_find(s, id, &d) || strcmp(d.id, id) != 0 || strcmp(d.node, json_object_get_string(o)) == 0)
+            continue;
+        sup_log(s, "%s reads node %s (recorded: %s)", d.id, json_object_get_string(o), d.node);
+        set_top(s, &d, json_object_get_string(o));
+        changed = true;
+    }
+    json_object_put(blocks);
+    if (changed)
+        disk_tops_record(s);
+}
+
+int disk_switched(struct sup *s, const char *id, const char *node, const char *file, const char *volume,
+                  enum disk_format format, struct qv_err *e)
+{
+    struct disk_ref d;
+    if (!disk_find(s, id, &d) || strcmp(d.id, id) != 0)
+        return qv_fail(e, -ENOENT, "%s: no disk %s", s->def.name, id);
+    set_top(s, &d, node);
+    int r = 0;
+    if (d.hp) {
+        snprintf(d.hp->file, sizeof(d.hp->file), "%s", file);
+        hotplug_record(s);
+    } else {
+        struct vm_disk *k = &s->def.disks[d.index];
+        const char *old = k->volume ? k->volume : k->file;
+        r = vm_disk_image_update(s->paths, s->def.name, old, volume, file, format, e);
+        if (r < 0)
+            qv_prefix(e, "%s: %s now reads %s, but the definition could not follow: ", s->def.name, d.id, file);
+        free(k->file);
+        free(k->volume);
+        k->file = qv_xstrdup(file);
+        k->volume = volume ? qv_xstrdup(volume) : NULL;
+        k->format = format;
+        for (size_t j = 0; j < k->nbacking; j++)
+            free(k->backing[j].path);
+        free(k->backing);
+        k->backing = NULL;
+        k->nbacking = 0;
+    }
+    disk_tops_record(s);
+    sup_log(s, "%s now reads %s%s%s%s (node %s)", d.id, file, volume ? " (volume " : "", volume ? volume : "",
+            volume ? ")" : "", node);
+    return r;
 }

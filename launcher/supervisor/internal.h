@@ -1,7 +1,8 @@
 /* Internal to launcher/supervisor: the per-VM supervisor's core (core.c) and its
  * parts with their own state: ctl.sock (ctl.c), the QMP monitor (monitor.c), the
  * console and log (console.c), confinement (confine.c), NICs (vmnet.c), hotplug
- * (hotplug.c). One process per VM owns the only QMP connection. */
+ * (hotplug.c), a running VM's disks (disks.c), QEMU's jobs (jobs.c). One process
+ * per VM owns the only QMP connection. */
 #ifndef QV_SUP_INTERNAL_H
 #define QV_SUP_INTERNAL_H
 
@@ -98,6 +99,7 @@ struct hotplug {
     int fdset;              /* disks: the add-fd set */
     char file[PATH_MAX];    /* disks */
     int nlayers;            /* disks: backing layers below the top, each with its fdset and nodes */
+    char top[48];           /* disks: the device's root node once a job moved it; "" = "<id>-fmt" */
     char mac[18], tap[16], network[72];   /* NICs */
     size_t nic_index;       /* NICs: their slot in sup.nics */
     struct vm_nic nic;      /* NICs: as attached; type 0 fields when restored */
@@ -148,6 +150,50 @@ struct start_job {
     struct sup_child overlay;   /* qemu-img creating a throw-away overlay */
     size_t overlay_disk;        /* the disk it is for; the next to look at once it is done */
     char overlay_path[PATH_MAX];
+};
+
+/* A QEMU job (jobs.c): block-stream, block-commit, blockdev-mirror, and the generic
+ * snapshot-save/load/delete. Its kind's handlers are looked up by name when a new
+ * supervisor takes over, so they get no pointer context: what a kind needs to finish
+ * is in `data`, recorded in state.json with the job. */
+struct sup;
+#define SUP_JOBS_MAX 8
+#define SUP_JOB_WAITERS 4
+#define JOB_POLL_MS 1000        /* query-jobs while jobs run: progress, and events missed */
+struct sup_job;
+/* err NULL: success, else QEMU's error for the job (or why it is lost). */
+typedef void (*sup_job_fn)(struct sup *s, struct sup_job *j, const struct qv_err *err);
+struct sup_job_ops {
+    const char *kind;       /* "pull", "commit", "copy", "snapshot-save", ...: recorded */
+    sup_job_fn on_ready;    /* the job is ready (mirror, active commit); NULL: nothing to do */
+    /* Once, when the job is over: concluded (err: its error), refused by QEMU at the
+     * start (err: the refusal), or lost (QEMU gone, the job vanished). The job is then
+     * dismissed and forgotten; j->fail set here turns a success into a failure for
+     * whoever waits. Must be idempotent across a supervisor restart: a supervisor
+     * killed between on_done and the dismissal runs it again in its successor. */
+    sup_job_fn on_done;
+};
+struct sup_job {
+    bool used;
+    const struct sup_job_ops *ops;
+    char id[48];            /* QEMU's job-id: "qv7-copy-disk0" */
+    char disk[24];          /* the device it works on; "" for a VM-wide job */
+    char status[16];        /* "starting" until QEMU accepted it, then QEMU's (running, ready, concluded ...) */
+    int64_t current, total; /* progress, from query-jobs */
+    bool pivot;             /* intent, recorded: job-complete once ready */
+    bool finish;            /* intent, recorded: a ready mirror is cancelled softly (copy kept, no pivot) */
+    bool ready_seen, completing, cancelling, ending;
+    json_object *data;      /* the kind's own; recorded */
+    unsigned start_client;  /* answered when QEMU accepted or refused the start; 0: none */
+    unsigned waiters[SUP_JOB_WAITERS];  /* answered when the job is over (--wait) */
+    struct qv_err fail;     /* set by on_done: the kind's own part failed */
+    json_object *result;    /* set by on_done: merged into the waiters' reply */
+    uint64_t started_ms;    /* wall clock */
+    struct qv_err end;      /* QEMU's error for a concluded job, until it is dismissed */
+    /* kept when the slot is freed: a slot with commands in flight is not reused, so a
+     * late reply finds its job or an empty slot, never another job */
+    struct sup *sup;
+    unsigned pending;
 };
 
 struct sup {
@@ -204,6 +250,11 @@ struct sup {
     struct notify notify;
     struct confine conf;
     struct hotplug hp[HOTPLUG_MAX];
+    char disk_top[VM_MAX_DISKS][48];    /* a boot disk's root node once a job moved it; "" = default */
+    struct sup_job jobs[SUP_JOBS_MAX];
+    unsigned job_seq;           /* the next job-id's number; recorded, so ids stay unique */
+    uint64_t job_poll_at;       /* next query-jobs; 0: no job runs */
+    bool job_polling, job_poll_again;
     struct vm_nic_state nics[VM_MAX_NICS + HOTPLUG_MAX];
     struct netsetup_nft *nft;
     uint64_t lease_poll;        /* next look at the networks' leases; 0: none needed */
@@ -345,6 +396,68 @@ int disk_resize(struct sup *s, unsigned client, const char *target, const char *
 int disk_stats(struct sup *s, unsigned client, const char *target, struct qv_err *e);
 /* BLOCK_IO_ERROR: with action stop, the pause that follows carries the reason. */
 void disk_io_error(struct sup *s, json_object *data);
+/* A disk as jobs see it: device id, the node the guest reads (its current top, which a
+ * pivot, an active commit or an external snapshot changes), the image at the top. */
+struct disk_ref {
+    char id[24];            /* the QEMU device: disk0, disk3 (hotplugged) */
+    char node[48];          /* the top block node: what the guest sees */
+    char file[PATH_MAX];
+    ssize_t index;          /* its place in s->def.disks; -1: hotplugged */
+    struct hotplug *hp;     /* hotplugged: its slot */
+};
+/* By device id, image path or serial; boot disks and hotplugged ones. */
+bool disk_find(struct sup *s, const char *key, struct disk_ref *out);
+/* Disk `id` now shows the guest `node`, holding the image `file` (a volume's path
+ * when `volume` is POOL/NAME, else NULL) in `format`: the top node is recorded in
+ * state.json, and a boot disk's definition follows, in memory and in the store
+ * (etc/, or a transient VM's run directory), written atomically. A failure to
+ * write the store is returned (the VM runs on the new image anyway). */
+int disk_switched(struct sup *s, const char *id, const char *node, const char *file, const char *volume,
+                  enum disk_format format, struct qv_err *e);
+/* A new QEMU starts with the definition's nodes again. */
+void disk_tops_reset(struct sup *s);
+void disk_tops_record(struct sup *s);
+/* Reattach (synchronous, before the loop serves): the recorded tops, checked against
+ * query-block, whose word wins. */
+void disk_tops_reattach(struct sup *s);
+
+/* jobs.c: QEMU's jobs, tracked by JOB_STATUS_CHANGE and query-jobs. The loop never
+ * waits on them: every step is a QMP completion. */
+/* Starts `cmd` (args taken; "job-id" added, and "auto-dismiss": false for block jobs
+ * so a failure's reason stays readable) as a job of `ops` on `disk` ("" or NULL: the
+ * VM), data taken (recorded with the job; may be NULL). The job is recorded in
+ * state.json before the command goes out. client (0: none) is answered once QEMU
+ * accepted ({"ok":true,"job":{...}}) or refused it (on_done runs with the refusal),
+ * unless wait: then it is answered when the job is over. NULL with e set when
+ * nothing was sent (a job already runs on the disk, too many jobs, no monitor). */
+struct sup_job *sup_job_start(struct sup *s, const struct sup_job_ops *ops, const char *disk, const char *cmd,
+                              json_object *args, json_object *data, unsigned client, bool wait, struct qv_err *e);
+/* The job on `disk`, or with QEMU id `key`; NULL when none. */
+struct sup_job *sup_job_find(struct sup *s, const char *key);
+/* job-complete (a mirror pivots, an active commit drops the top) once it is ready:
+ * at once when it is, else as soon as it becomes so (the intent is recorded). */
+int sup_job_complete(struct sup *s, struct sup_job *j, struct qv_err *e);
+/* job-cancel (abort); soft: a ready mirror ends without pivoting, its copy complete
+ * (block-job-cancel force=false), and a not yet ready one does so once ready. */
+int sup_job_cancel(struct sup *s, struct sup_job *j, bool soft, struct qv_err *e);
+/* client is answered when the job is over; -EBUSY when too many wait. */
+int sup_job_wait(struct sup *s, struct sup_job *j, unsigned client, struct qv_err *e);
+json_object *sup_job_json(const struct sup_job *j);
+/* Every job, for `status`; NULL when none. */
+json_object *sup_jobs_json(struct sup *s);
+/* QEMU events: JOB_STATUS_CHANGE. */
+void sup_jobs_event(struct sup *s, const char *event, json_object *data);
+void sup_jobs_record(struct sup *s);
+/* Reattach (synchronous, before the loop serves): the recorded jobs against
+ * query-jobs; those QEMU no longer has are forgotten, concluded and ready ones are
+ * carried on as if their events came now. */
+void sup_jobs_reattach(struct sup *s);
+/* QEMU is gone: every job ends with on_done(err), waiters answered. */
+void sup_jobs_forget_all(struct sup *s, const char *why);
+uint64_t sup_jobs_next_deadline(struct sup *s);
+void sup_jobs_expire(struct sup *s, uint64_t now);
+/* The kinds a new supervisor can carry on, by name (jobs.c holds the table). */
+const struct sup_job_ops *sup_job_ops_find(const char *kind);
 
 /* vmnet.c: the host side of the VM's NICs */
 int vmnet_open_tap(void *opaque, const struct vm_def *d, size_t nic, int *fds, struct qv_err *e);

@@ -105,6 +105,8 @@ void sup_on_event(void *ctx, const char *event, json_object *data, uint64_t ts_u
             hotplug_device_deleted(s, json_object_get_string(dev));
     } else if (strcmp(event, "BLOCK_IO_ERROR") == 0) {
         disk_io_error(s, data);
+    } else if (strcmp(event, "JOB_STATUS_CHANGE") == 0) {
+        sup_jobs_event(s, event, data);
     } else if (strcmp(event, "RESET") == 0 || strcmp(event, "WATCHDOG") == 0) {
         sup_log(s, "event %s %s", event, d);
     }
@@ -344,6 +346,7 @@ void sup_qemu_gone(struct sup *s)
         console_readable(s);    /* the guest's last words are still in the socket */
     console_close(s);
     hotplug_forget_all(s);
+    sup_jobs_forget_all(s, "QEMU exited before the job ended");
     s->qemu_pid = 0;
     s->rs.qemu_pid = 0;
     s->stop_phase = 0;

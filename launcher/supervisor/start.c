@@ -288,6 +288,7 @@ static int spawn_qemu(struct sup *s, struct qv_err *e)
         launch_plan_free(&plan);
         return r;
     }
+    disk_tops_reset(s);
     sup_save_state(s);
     struct launch_ctx ctx = {.paths = s->paths, .facts = &s->facts, .run_dir = s->run_dir, .open_tap = vmnet_open_tap,
                              .opaque = s, .overlays_made = true};
@@ -504,6 +505,8 @@ int reattach(struct sup *s, bool finish_start, struct qv_err *e)
         return qv_prefix(e, "%s: reconnecting to QEMU pid %d: ", s->def.name, (int)s->qemu_pid);
     console_connect(s, e);
     snprintf(s->rs.qemu_version, sizeof(s->rs.qemu_version), "%s", qmp_qemu_version(s->qmp));
+    disk_tops_reattach(s);
+    sup_jobs_reattach(s);
     json_object *kvm = NULL;
     struct qv_err kvm_err = {0};
     if (qmp_call(s->qmp, "query-kvm", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, &kvm, &kvm_err) == 0) {
