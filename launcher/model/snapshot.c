@@ -170,8 +170,12 @@ int snapshot_forget_all(const struct qv_paths *p, const char *vm, struct qv_err 
         r = storage_snapshot_remove(dir, names.v[i], e);
     if (r == 0)
         r = storage_snapshot_set_current(dir, NULL, e);
-    if (r == 0)
+    if (r == 0) {
+        char lock[PATH_MAX + 8];
+        snprintf(lock, sizeof(lock), "%s/.lock", dir);     /* dir_lock's, of snapshot verbs */
+        unlink(lock);
         rmdir(dir);
+    }
     return r;
 }
 
@@ -180,34 +184,18 @@ int snapshot_forget_all(const struct qv_paths *p, const char *vm, struct qv_err 
 int snapshot_set_disk_images(const struct qv_paths *p, const char *vm, const struct storage_snapshot *s, bool to_overlay,
                              struct qv_err *e)
 {
-    _cleanup_vm_def_ struct vm_def d = {0};
-    int r = vm_load(p, vm, &d, e);
-    if (r < 0)
-        return r;
-    _cleanup_json_ json_object *o = vm_def_to_json(&d);
-    json_object *disks = NULL;
-    json_object_object_get_ex(o, "disks", &disks);
     for (size_t i = 0; i < s->ndisks; i++) {
         const struct storage_snapshot_disk *k = &s->disks[i];
-        size_t idx;
-        if (sscanf(k->disk, "disk%zu", &idx) != 1 || !disks || idx >= json_object_array_length(disks))
-            return qv_fail(e, -ENOENT, "%s: snapshot %s names %s, which the definition no longer has", vm, s->name,
-                           k->disk);
-        json_object *dk = json_object_array_get_idx(disks, idx);
+        /* the disk is found by the image it names now */
+        const char *old = to_overlay ? (k->volume[0] ? k->volume : k->file)
+                                     : (k->overlay_volume[0] ? k->overlay_volume : k->overlay);
         const char *vol = to_overlay ? k->overlay_volume : k->volume;
-        const char *file = to_overlay ? k->overlay : k->file;
-        json_object_object_del(dk, "file");
-        json_object_object_del(dk, "volume");
-        json_object_object_del(dk, "format");
-        if (vol[0]) {
-            json_object_object_add(dk, "volume", json_object_new_string(vol));
-        } else {
-            json_object_object_add(dk, "file", json_object_new_string(file));
-            json_object_object_add(dk, "format",
-                                   json_object_new_string(to_overlay ? "qcow2" : storage_format_name(k->format)));
-        }
+        enum disk_format fmt = to_overlay || k->format == STORAGE_FORMAT_QCOW2 ? FORMAT_QCOW2 : FORMAT_RAW;
+        int r = vm_disk_image_update(p, vm, old, vol[0] ? vol : NULL, to_overlay ? k->overlay : k->file, fmt, e);
+        if (r < 0)
+            return qv_prefix(e, "%s: %s: ", vm, k->disk);
     }
-    return vm_define(p, o, true, NULL, e);
+    return 0;
 }
 
 /* ---- records ---- */

@@ -1,7 +1,8 @@
 /* Internal to launcher/supervisor: the per-VM supervisor's core (core.c) and its
  * parts with their own state: ctl.sock (ctl.c), the QMP monitor (monitor.c), the
  * console and log (console.c), confinement (confine.c), NICs (vmnet.c), hotplug
- * (hotplug.c), a running VM's disks (disks.c), QEMU's jobs (jobs.c). One process
+ * (hotplug.c), a running VM's disks (disks.c), QEMU's jobs (jobs.c), snapshots
+ * (snapshots.c). One process
  * per VM owns the only QMP connection. */
 #ifndef QV_SUP_INTERNAL_H
 #define QV_SUP_INTERNAL_H
@@ -252,6 +253,7 @@ struct sup {
     struct hotplug hp[HOTPLUG_MAX];
     char disk_top[VM_MAX_DISKS][48];    /* a boot disk's root node once a job moved it; "" = default */
     struct sup_job jobs[SUP_JOBS_MAX];
+    struct snap_op *snap;       /* a disk-only snapshot being taken (snapshots.c); NULL: none */
     unsigned job_seq;           /* the next job-id's number; recorded, so ids stay unique */
     uint64_t job_poll_at;       /* next query-jobs; 0: no job runs */
     bool job_polling, job_poll_again;
@@ -525,5 +527,21 @@ struct sup *sup_new_for_test(const struct qv_paths *paths, const char *name, int
 void sup_free_for_test(struct sup *s);
 void sup_test_run_timers(struct sup *s);
 void sup_test_qemu_gone(struct sup *s);
+
+/* snapshots.c: snapshots of the running VM (records and plan: model/snapshot.c). Each
+ * answers `client` when done (an error before anything was sent is returned). Full
+ * ones are snapshot-save/load/delete jobs; a disk-only one makes its overlays with
+ * qemu-img (a watched child), passes them as fds and switches in one transaction;
+ * deleting one merges it with block-commit (a job). One at a time. */
+int snapshot_live_create(struct sup *s, unsigned client, const char *name, bool disk_only, const char *description,
+                         struct qv_err *e);
+int snapshot_live_revert(struct sup *s, unsigned client, const char *name, struct qv_err *e);
+int snapshot_live_delete(struct sup *s, unsigned client, const char *name, struct qv_err *e);
+void snapshots_child_exited(struct sup *s);
+uint64_t snapshots_next_deadline(struct sup *s);
+void snapshots_expire(struct sup *s, uint64_t now);
+/* QEMU is gone: a disk-only snapshot under way fails, its overlays removed. */
+void snapshots_forget(struct sup *s);
+extern const struct sup_job_ops snapshot_save_ops, snapshot_load_ops, snapshot_delete_ops, snapshot_merge_ops;
 
 #endif

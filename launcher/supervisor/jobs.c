@@ -16,7 +16,7 @@
 
 /* The kinds a successor can carry on: each file with a kind of job adds its row. */
 static const struct sup_job_ops *const job_kinds[] = {
-    NULL,
+    &snapshot_save_ops, &snapshot_load_ops, &snapshot_delete_ops, &snapshot_merge_ops, NULL,
 };
 
 const struct sup_job_ops *sup_job_ops_find(const char *kind)
