@@ -25,6 +25,9 @@ at() { gsh sn "dd if=/dev/$(dev DATA) bs=512 skip=\$(($1 * 2048)) count=1 2>/dev
 image_has() { qemu-img convert -U -O raw "$1" "$T_ROOT/flat.raw" && grep -aq "$2" "$T_ROOT/flat.raw"; }
 # image_lacks FILE MARKER: the image is readable and MARKER is not in it
 image_lacks() { qemu-img convert -U -O raw "$1" "$T_ROOT/flat.raw" && ! grep -aq "$2" "$T_ROOT/flat.raw"; }
+# owns FILE MiB: the image's own layer (not its backing file) holds data at that MiB
+owns() { qemu-img map -U --output=json "$1" | jq -e --argjson o $(($2 << 20)) \
+    'any(.[]; .start <= $o and .start + .length > $o and .depth == 0 and .data)' > /dev/null; }
 boot_and_put() { wait_until 90 guest_ok sn true && put "$@"; }
 tree() { qv snapshot list sn --tree; }
 
@@ -64,7 +67,7 @@ check_output "a disk-only snapshot while it runs" 'snapshot ext1 created \(disk-
 check "...the guest keeps running" guest_ok sn true
 check_output "...the definition names the overlay" "\"file\": \"$img/sn.ext1.qcow2\"" qv show sn
 check "the guest writes marker C" put MARK-C 1
-check "...which lands in the overlay" image_has "$img/sn.ext1.qcow2" MARK-C
+check "...which lands in the overlay" owns "$img/sn.ext1.qcow2" 1
 check "...not in the base image" image_lacks "$img/data.qcow2" MARK-C
 cat > "$T_ROOT/tree.want" <<'EOF'
 full1
