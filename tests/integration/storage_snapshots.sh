@@ -28,7 +28,10 @@ image_lacks() { qemu-img convert -U -O raw "$1" "$T_ROOT/flat.raw" && ! grep -aq
 # owns FILE MiB: the image's own layer (not its backing file) holds data at that MiB
 owns() { qemu-img map -U --output=json "$1" | jq -e --argjson o $(($2 << 20)) \
     'any(.[]; .start <= $o and .start + .length > $o and .depth == 0 and .data)' > /dev/null; }
-boot_and_put() { wait_until 90 guest_ok sn true && put "$@"; }
+# booted N: the guest's init said "ready" N times (a console command typed earlier is lost)
+booted() { [ "$(count_log sn 'QVISOR-GUEST: ready')" -ge "$1" ]; }
+boot() { wait_until 90 booted "$1" && wait_until 30 guest_ok sn true; }
+boot_and_put() { boot 2 && put "$@"; }
 tree() { qv snapshot list sn --tree; }
 
 # ---- refusals before anything runs ----
@@ -47,7 +50,7 @@ check "...and the overlay is gone" test ! -e "$img/rawvm.r1.qcow2"
 
 # ---- a full snapshot of the running guest ----
 qv start -q sn || { not_ok "the VM starts"; finish; }
-check "the guest boots" wait_until 90 guest_ok sn true
+check "the guest boots" boot 1
 check "the guest writes marker A" put MARK-A 0
 check_output "a full snapshot while it runs" 'snapshot full1 created \(internal, with the guest.s memory\)' \
     qv snapshot create sn full1 --description "before B"
