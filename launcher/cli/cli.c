@@ -173,7 +173,7 @@ static void usage_all(FILE *out)
 {
     fprintf(out, "usage: qvisor [--root DIR] [--json] [-q] COMMAND [ARGS...]\n\n");
     for (const struct cli_command *cmd = commands; cmd->name; cmd++)
-        fprintf(out, "  %-13s %s\n", cmd->name, cmd->summary);
+        fprintf(out, "  %-16s %s\n", cmd->name, cmd->summary);
     fprintf(out, "\nExit codes: 0 ok, 1 failed, 2 usage or invalid definition, 3 no such object, "
                  "4 conflict, 5 timed out.\n");
 }

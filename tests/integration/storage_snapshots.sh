@@ -33,6 +33,9 @@ booted() { [ "$(count_log sn 'QVISOR-GUEST: ready')" -ge "$1" ]; }
 boot() { wait_until 90 booted "$1" && wait_until 30 guest_ok sn true; }
 boot_and_put() { boot 2 && put "$@"; }
 tree() { qv snapshot list sn --tree; }
+# in_image SNAP: the qcow2 image holds an internal snapshot of that name
+in_image() { qemu-img snapshot -U -l "$img/data.qcow2" | awk '{print $2}' | grep -qx "$1"; }
+not_in_image() { qemu-img snapshot -U -l "$img/data.qcow2" > /dev/null && ! in_image "$1"; }
 
 # ---- refusals before anything runs ----
 check_error "a VM that does not exist" 3 'no VM named nosuch' qv snapshot create nosuch s1
@@ -90,6 +93,10 @@ check "...the guest keeps running" guest_ok sn true
 check_output "...the definition names the base again" "\"file\": \"$img/data.qcow2\"" qv show sn
 check "...the overlay is gone" test ! -e "$img/sn.ext1.qcow2"
 check "...and marker C is in the base image" image_has "$img/data.qcow2" MARK-C
+check "full2 is in the image" in_image full2
+check_output "deleting full2 while it runs (snapshot-delete)" 'snapshot full2 deleted' qv snapshot delete sn full2
+check "...it is gone from the image" not_in_image full2
+check "...full1 is still there" in_image full1
 
 # ---- a full snapshot of the shut-off VM ----
 qv kill sn > /dev/null
@@ -104,14 +111,12 @@ check "...D, written after the snapshot, is gone" image_lacks "$img/data.qcow2" 
 check "...while C, written before it, is there" image_has "$img/data.qcow2" MARK-C
 check_output "snapshot current names it" '^off1$' qv snapshot current sn
 check_output "deleting full1 (shut off) gives its children to its parent" 'deleted' qv snapshot delete sn full1
-cat > "$T_ROOT/tree.want" <<'EOF'
-full2
-off1 *
-EOF
-check "...both are roots now" diff -u "$T_ROOT/tree.want" <(tree)
+check_output "...off1 is a root now, and current" '^off1 \*$' tree
+check "...its record names no parent any more, and it is the only one left" \
+    sh -c "'$QV_BIN' --root '$T_ROOT' snapshot list sn --json | jq -e 'length == 1 and .[0].name == \"off1\" and .[0].parent == null'"
 
 # ---- undefine ----
-check_error "undefine of a VM with snapshots is refused" 4 'sn has 2 snapshots .*--snapshots-metadata' qv undefine sn
+check_error "undefine of a VM with snapshots is refused" 4 'sn has 1 snapshot .*--snapshots-metadata' qv undefine sn
 check "...and the VM stays defined" qv show sn
 check_output "undefine --snapshots-metadata forgets them" 'undefined sn' qv undefine sn --snapshots-metadata
 check "...the records are gone" test ! -e "$T_ROOT/var/lib/qvisor/snapshots/sn"
