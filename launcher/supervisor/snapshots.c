@@ -584,6 +584,8 @@ struct merge_req {
     struct sup *s;
     unsigned client;
     struct storage_snapshot rec;
+    char top[48], base[48];
+    char base_path[64];     /* the fdset the node below reads */
 };
 
 /* data: {"name", "disk", "node" (the overlay's), "base" (the node below), "active"} */
@@ -641,6 +643,84 @@ static void on_merge_ready(struct sup *s, struct sup_job *j, const struct qv_err
 const struct sup_job_ops snapshot_merge_ops = {.kind = "snapshot-merge", .on_ready = on_merge_ready,
                                                .on_done = merge_done};
 
+static void merge_end(struct merge_req *m, int r, const struct qv_err *e)
+{
+    if (r < 0 && m->client)
+        sup_reply_error(m->s, m->client, r, "%s", e->msg);
+    storage_snapshot_free(&m->rec);
+    free(m);
+}
+
+/* The commit itself: a job, answered when it is over (pivot included). */
+static void merge_start(struct merge_req *m)
+{
+    struct sup *s = m->s;
+    struct qv_err e = {0};
+    const struct storage_snapshot_disk *k = &m->rec.disks[0];
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "device", json_object_new_string(m->top));
+    json_object_object_add(args, "base-node", json_object_new_string(m->base));
+    json_object *data = json_object_new_object();
+    json_object_object_add(data, "name", json_object_new_string(m->rec.name));
+    json_object_object_add(data, "disk", json_object_new_string(k->disk));
+    json_object_object_add(data, "node", json_object_new_string(m->top));
+    json_object_object_add(data, "base", json_object_new_string(m->base));
+    json_object_object_add(data, "active", json_object_new_boolean(true));
+    sup_log(s, "merging snapshot %s: %s into %s", m->rec.name, k->overlay, k->file);
+    struct sup_job *j = sup_job_start(s, &snapshot_merge_ops, k->disk, "block-commit", args, data, m->client, true, &e);
+    if (!j) {
+        merge_end(m, e.code ? e.code : -EIO, &e);
+        return;
+    }
+    m->client = 0;      /* the job answers it, whatever happens now */
+    if (sup_job_complete(s, j, &e) < 0)
+        sup_log(s, "warning: %s", e.msg);
+    merge_end(m, 0, NULL);
+}
+
+static void on_base_reopened(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    struct merge_req *m = ctx;
+    if (err) {
+        struct qv_err e = {0};
+        qv_fail(&e, err->code ? err->code : -EIO, "%s: snapshot %s: reopening %s read-write: %s", m->s->def.name,
+                m->rec.name, m->rec.disks[0].file, err->msg);
+        merge_end(m, e.code, &e);
+        return;
+    }
+    merge_start(m);
+}
+
+/* The read-write fd is in the node's fdset: its file and format nodes are reopened
+ * read-write, with the options they were made with otherwise. */
+static void on_base_writable(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    struct merge_req *m = ctx;
+    struct sup *s = m->s;
+    struct qv_err e = {0};
+    if (err) {
+        qv_fail(&e, err->code ? err->code : -EIO, "%s: snapshot %s: passing %s read-write: %s", s->def.name,
+                m->rec.name, m->rec.disks[0].file, err->msg);
+        merge_end(m, e.code, &e);
+        return;
+    }
+    size_t idx = (size_t)strtoul(m->rec.disks[0].disk + 4, NULL, 10), len = strlen(m->base);
+    char file_node[48];
+    snprintf(file_node, sizeof(file_node), "%.*s-file", (int)(len > 4 ? len - 4 : len), m->base);
+    struct disk_io io = disk_io_mode(s->def.disks[idx].cache, s->def.disks[idx].aio, &s->facts);
+    json_object *opts = json_object_new_array();
+    json_object_array_add(opts, blockdev_file(file_node, m->base_path, &io, false, false));
+    json_object_array_add(opts, blockdev_format(storage_format_name(m->rec.disks[0].format), m->base, file_node, NULL,
+                                                &io, false, false));
+    if (qmp_send(s->qmp, "blockdev-reopen", obj1("options", opts), NULL, 0, QMP_TIMEOUT_DEVICE, 0, on_base_reopened,
+                 m) < 0) {
+        qv_fail(&e, -EIO, "%s: QEMU's monitor is gone", s->def.name);
+        merge_end(m, e.code, &e);
+    }
+}
+
 static void on_merge_nodes(void *ctx, json_object *ret, const struct qv_err *err)
 {
     struct merge_req *m = ctx;
@@ -648,41 +728,55 @@ static void on_merge_nodes(void *ctx, json_object *ret, const struct qv_err *err
     struct qv_err e = {0};
     const struct storage_snapshot_disk *k = &m->rec.disks[0];
     struct disk_ref ref;
-    char top[48] = "", base[48] = "";
-    int r = 0;
     if (err) {
-        r = qv_fail(&e, err->code ? err->code : -EIO, "%s: query-named-block-nodes: %s", s->def.name, err->msg);
-    } else if (!disk_find(s, k->disk, &ref)) {
-        r = qv_fail(&e, -ENOENT, "%s: no disk %s", s->def.name, k->disk);
-    } else {
-        bool active = strcmp(ref.file, k->overlay) == 0;
-        snprintf(top, sizeof(top), "%s", ref.node);
-        if (!active) {
-            r = qv_fail(&e, -EBUSY, "%s: snapshot %s: its overlay is below a later one; stop the VM to merge it, or "
-                        "delete the later snapshots first", s->def.name, m->rec.name);
-        } else if (!node_below(ret, top, base, sizeof(base))) {
-            r = qv_fail(&e, -EIO, "%s: snapshot %s: QEMU's graph shows no node below %s", s->def.name, m->rec.name, top);
-        } else {
-            json_object *args = json_object_new_object();
-            json_object_object_add(args, "device", json_object_new_string(top));
-            json_object_object_add(args, "base-node", json_object_new_string(base));
-            json_object *data = json_object_new_object();
-            json_object_object_add(data, "name", json_object_new_string(m->rec.name));
-            json_object_object_add(data, "disk", json_object_new_string(k->disk));
-            json_object_object_add(data, "node", json_object_new_string(top));
-            json_object_object_add(data, "base", json_object_new_string(base));
-            json_object_object_add(data, "active", json_object_new_boolean(true));
-            struct sup_job *j = sup_job_start(s, &snapshot_merge_ops, k->disk, "block-commit", args, data,
-                                              m->client, true, &e);
-            if (!j || sup_job_complete(s, j, &e) < 0)
-                r = e.code ? e.code : -EIO;
-            m->client = 0;  /* the job answers it */
-        }
+        qv_fail(&e, err->code ? err->code : -EIO, "%s: query-named-block-nodes: %s", s->def.name, err->msg);
+        merge_end(m, e.code, &e);
+        return;
     }
-    if (r < 0 && m->client)
-        sup_reply_error(s, m->client, r, "%s", e.msg);
-    storage_snapshot_free(&m->rec);
-    free(m);
+    if (!disk_find(s, k->disk, &ref)) {
+        qv_fail(&e, -ENOENT, "%s: no disk %s", s->def.name, k->disk);
+        merge_end(m, e.code, &e);
+        return;
+    }
+    snprintf(m->top, sizeof(m->top), "%s", ref.node);
+    if (strcmp(ref.file, k->overlay) != 0) {
+        qv_fail(&e, -EBUSY, "%s: snapshot %s: its overlay is below a later one now; stop the VM to merge it, or delete "
+                "the later snapshots first", s->def.name, m->rec.name);
+        merge_end(m, e.code, &e);
+        return;
+    }
+    if (!node_below(ret, m->top, m->base, sizeof(m->base))) {
+        qv_fail(&e, -EIO, "%s: snapshot %s: QEMU's graph shows no node below %s", s->def.name, m->rec.name, m->top);
+        merge_end(m, e.code, &e);
+        return;
+    }
+    /* A layer opened at start is read-only: QEMU reopens it read-write for the
+     * commit from the same fdset, which then needs a read-write fd of the file. */
+    json_object *b = node_named(ret, m->base), *v;
+    char path[64];
+    int fdset;
+    if (!b || !json_object_object_get_ex(b, "ro", &v) || !json_object_get_boolean(v)) {
+        merge_start(m);
+        return;
+    }
+    if (!node_file_path(b, "file", path, sizeof(path)) || sscanf(path, "/dev/fdset/%d", &fdset) != 1 ||
+        !str_startswith(m->base, "disk") || strlen(m->base) < 5 || strcmp(m->base + strlen(m->base) - 4, "-fmt") != 0) {
+        qv_fail(&e, -EIO, "%s: snapshot %s: node %s reads %s, not an fd set", s->def.name, m->rec.name, m->base, path);
+        merge_end(m, e.code, &e);
+        return;
+    }
+    snprintf(m->base_path, sizeof(m->base_path), "%s", path);
+    _cleanup_close_ int fd = storage_open_image(k->file, O_RDWR, &e);
+    if (fd < 0) {
+        qv_prefix(&e, "%s: snapshot %s: ", s->def.name, m->rec.name);
+        merge_end(m, e.code, &e);
+        return;
+    }
+    if (qmp_send(s->qmp, "add-fd", obj1("fdset-id", json_object_new_int(fdset)), &fd, 1, QMP_TIMEOUT_DEFAULT, 0,
+                 on_base_writable, m) < 0) {
+        qv_fail(&e, -EIO, "%s: QEMU's monitor is gone", s->def.name);
+        merge_end(m, e.code, &e);
+    }
 }
 
 int snapshot_live_delete(struct sup *s, unsigned client, const char *name, struct qv_err *e)

@@ -31,7 +31,8 @@ owns() { qemu-img map -U --output=json "$1" | jq -e --argjson o $(($2 << 20)) \
 # booted N: the guest's init said "ready" N times (a console command typed earlier is lost)
 booted() { [ "$(count_log sn 'QVISOR-GUEST: ready')" -ge "$1" ]; }
 boot() { wait_until 90 booted "$1" && wait_until 30 guest_ok sn true; }
-boot_and_put() { boot 2 && put "$@"; }
+# boot_and_put N MARKER MiB: the N-th boot, then put
+boot_and_put() { boot "$1" && put "$2" "$3"; }
 tree() { qv snapshot list sn --tree; }
 # in_image SNAP: the qcow2 image holds an internal snapshot of that name
 in_image() { qemu-img snapshot -U -l "$img/data.qcow2" | awk '{print $2}' | grep -qx "$1"; }
@@ -103,12 +104,24 @@ qv kill sn > /dev/null
 check_output "a snapshot of the shut-off VM (qemu-img)" 'snapshot off1 created \(internal\)' qv snapshot create sn off1
 check_output "...recorded as taken shut off, without memory" '^state: +shutoff' qv snapshot show sn off1
 qv start -q sn || { not_ok "the VM starts again"; finish; }
-check "the guest boots and writes marker D after it" boot_and_put MARK-D 2
+check "the guest boots and writes marker D after it" boot_and_put 2 MARK-D 2
 qv kill sn > /dev/null
 check "...D is in the image" image_has "$img/data.qcow2" MARK-D
 check_output "revert to off1, shut off" 'reverted to snapshot off1' qv snapshot revert sn off1
 check "...D, written after the snapshot, is gone" image_lacks "$img/data.qcow2" MARK-D
 check "...while C, written before it, is there" image_has "$img/data.qcow2" MARK-C
+
+# ---- a disk-only snapshot taken shut off, merged while running ----
+check_output "a disk-only snapshot of the shut-off VM" 'snapshot ext2 created' qv snapshot create sn ext2 --disk-only
+qv start -q sn || { not_ok "the VM starts on the overlay"; finish; }
+check "the guest boots on the overlay and writes marker E" boot_and_put 3 MARK-E 3
+check "...E lands in the overlay" owns "$img/sn.ext2.qcow2" 3
+check_output "deleting ext2 while it runs merges it into the image QEMU opened read-only at start" \
+    'snapshot ext2 deleted' qv snapshot delete sn ext2
+check "...the guest keeps running" guest_ok sn true
+check_output "...the definition names the base again" "\"file\": \"$img/data.qcow2\"" qv show sn
+check "...and E is in the base image" image_has "$img/data.qcow2" MARK-E
+qv kill sn > /dev/null
 check_output "snapshot current names it" '^off1$' qv snapshot current sn
 check_output "deleting full1 (shut off) gives its children to its parent" 'deleted' qv snapshot delete sn full1
 check_output "...off1 is a root now, and current" '^off1 \*$' tree
