@@ -586,6 +586,7 @@ struct merge_req {
     struct storage_snapshot rec;
     char top[48], base[48];
     char base_path[64];     /* the fdset the node below reads */
+    char base_backing[48];  /* the node below that one; "" for none */
 };
 
 /* data: {"name", "disk", "node" (the overlay's), "base" (the node below), "active"} */
@@ -712,8 +713,9 @@ static void on_base_writable(void *ctx, json_object *ret, const struct qv_err *e
     struct disk_io io = disk_io_mode(s->def.disks[idx].cache, s->def.disks[idx].aio, &s->facts);
     json_object *opts = json_object_new_array();
     json_object_array_add(opts, blockdev_file(file_node, m->base_path, &io, false, false));
-    json_object_array_add(opts, blockdev_format(storage_format_name(m->rec.disks[0].format), m->base, file_node, NULL,
-                                                &io, false, false));
+    /* blockdev-reopen keeps no option it is not given: the backing link included */
+    json_object_array_add(opts, blockdev_format(storage_format_name(m->rec.disks[0].format), m->base, file_node,
+                                                m->base_backing[0] ? m->base_backing : NULL, &io, false, false));
     if (qmp_send(s->qmp, "blockdev-reopen", obj1("options", opts), NULL, 0, QMP_TIMEOUT_DEVICE, 0, on_base_reopened,
                  m) < 0) {
         qv_fail(&e, -EIO, "%s: QEMU's monitor is gone", s->def.name);
@@ -766,6 +768,8 @@ static void on_merge_nodes(void *ctx, json_object *ret, const struct qv_err *err
         return;
     }
     snprintf(m->base_path, sizeof(m->base_path), "%s", path);
+    if (!node_below(ret, m->base, m->base_backing, sizeof(m->base_backing)))
+        m->base_backing[0] = '\0';
     _cleanup_close_ int fd = storage_open_image(k->file, O_RDWR, &e);
     if (fd < 0) {
         qv_prefix(&e, "%s: snapshot %s: ", s->def.name, m->rec.name);
