@@ -2,7 +2,7 @@
  * parts with their own state: ctl.sock (ctl.c), the QMP monitor (monitor.c), the
  * console and log (console.c), confinement (confine.c), NICs (vmnet.c), hotplug
  * (hotplug.c), a running VM's disks (disks.c), QEMU's jobs (jobs.c), snapshots
- * (snapshots.c). One process
+ * (snapshots.c, snapshot_merge.c). One process
  * per VM owns the only QMP connection. */
 #ifndef QV_SUP_INTERNAL_H
 #define QV_SUP_INTERNAL_H
@@ -537,6 +537,9 @@ int snapshot_live_create(struct sup *s, unsigned client, const char *name, bool 
                          struct qv_err *e);
 int snapshot_live_revert(struct sup *s, unsigned client, const char *name, struct qv_err *e);
 int snapshot_live_delete(struct sup *s, unsigned client, const char *name, struct qv_err *e);
+/* snapshot_merge.c: one disk's disk-only snapshot whose overlay is its top, merged
+ * (the record is taken). */
+int snapshot_live_merge(struct sup *s, unsigned client, struct storage_snapshot *rec, struct qv_err *e);
 void snapshots_child_exited(struct sup *s);
 uint64_t snapshots_next_deadline(struct sup *s);
 void snapshots_expire(struct sup *s, uint64_t now);
