@@ -175,4 +175,57 @@ bool storage_vol_name_valid(const char *name);
 int storage_convert(const char *src, enum storage_format src_format, const char *dst, enum storage_format dst_format,
                     const struct storage_progress *prog, struct qv_err *e);
 
+/* ---- snapshots --------------------------------------------------------------------
+ * A snapshot's record: one JSON file per snapshot in a directory the caller owns
+ * (written atomically), and a file there naming the current snapshot. Internal
+ * snapshots live inside each qcow2 image; an external (disk-only) one is the state of
+ * `file` when `overlay` was put on top of it. */
+struct storage_snapshot_disk {
+    char disk[24];              /* the VM's device: disk0 */
+    char file[PATH_MAX];        /* internal: the image that holds it; external: the image below the overlay */
+    enum storage_format format; /* of file */
+    char volume[160];           /* "POOL/NAME" when the disk named file as a volume; "" else */
+    char overlay[PATH_MAX];     /* external: the overlay made on top of file */
+    char overlay_volume[160];   /* its volume reference, when file was a volume */
+};
+struct storage_snapshot {
+    char name[65];
+    char parent[65];            /* "" for a root */
+    uint64_t created_ms;        /* wall clock */
+    char state[16];             /* the VM's state when it was taken: "running", "paused", "shutoff" */
+    bool memory;                /* holds the guest's RAM and device state */
+    bool external;
+    char *description;          /* NULL: none */
+    struct storage_snapshot_disk *disks;
+    size_t ndisks;
+};
+void storage_snapshot_free(struct storage_snapshot *s);
+#define _cleanup_snapshot_ _cleanup_(storage_snapshot_free)
+json_object *storage_snapshot_to_json(const struct storage_snapshot *s);
+int storage_snapshot_from_json(json_object *o, struct storage_snapshot *s, struct qv_err *e);
+/* DIR/NAME.json; -ENOENT "no snapshot named NAME". */
+int storage_snapshot_load(const char *dir, const char *name, struct storage_snapshot *s, struct qv_err *e);
+int storage_snapshot_save(const char *dir, const struct storage_snapshot *s, struct qv_err *e);
+int storage_snapshot_remove(const char *dir, const char *name, struct qv_err *e);
+int storage_snapshot_names(const char *dir, struct strv *names, struct qv_err *e);
+/* The current snapshot's name into out ("" for none). */
+int storage_snapshot_current(const char *dir, char *out, size_t outlen);
+/* name "" or NULL: none is current. */
+int storage_snapshot_set_current(const char *dir, const char *name, struct qv_err *e);
+
+/* qemu-img on a qcow2 image no QEMU has open: snapshot -c (create), -a (apply), -d
+ * (delete) of the internal snapshot `name`. */
+int storage_img_snapshot(const char *image, char op, const char *name, struct qv_err *e);
+/* Whether the qcow2 image holds an internal snapshot `name` (qemu-img info -U). */
+int storage_img_snapshot_exists(const char *image, const char *name, bool *found, struct qv_err *e);
+/* A new qcow2 `overlay` on `backing` (an absolute path, recorded as it is given). With
+ * size non-zero the backing file is not opened (a running QEMU holds its lock). */
+int storage_img_overlay(const char *overlay, const char *backing, enum storage_format backing_format, uint64_t size,
+                        struct qv_err *e);
+/* Writes the overlay's data into its backing file (the overlay stays as it was). */
+int storage_img_commit(const char *overlay, struct qv_err *e);
+/* Points image at another backing file without copying (the data must be the same). */
+int storage_img_rebase_unsafe(const char *image, const char *backing, enum storage_format backing_format,
+                              struct qv_err *e);
+
 #endif

@@ -18,7 +18,8 @@ static const struct cli_opt no_opts[] = {{0}};
         {"agent", false, false, 0}, {"description", true, false, 0}, {"on-poweroff", true, false, 0},               \
         {"on-reboot", true, false, 0}, {"on-crash", true, false, 0}
 static const struct cli_opt define_opts[] = {DEFINITION_FLAGS, {"print", false, false, 0}, {0}};
-static const struct cli_opt undefine_opts[] = {{"remove-storage", false, false, 0}, {"keep-nvram", false, false, 0}, {0}};
+static const struct cli_opt undefine_opts[] = {{"remove-storage", false, false, 0}, {"keep-nvram", false, false, 0},
+                                               {"snapshots-metadata", false, false, 0}, {0}};
 static const struct cli_opt clone_opts[] = {{"linked", false, false, 0}, {0}};
 static const struct cli_opt list_opts[] = {{"all", false, false, 'a'}, {0}};
 static const struct cli_opt show_opts[] = {{"confinement", false, false, 0}, {0}};
@@ -64,6 +65,9 @@ static const struct cli_opt block_copy_opts[] = {
     {"pivot", false, false, 0}, {"finish", false, false, 0}, {"wait", false, false, 0}, {0}};
 static const struct cli_opt block_job_opts[] = {
     {"abort", false, false, 0}, {"pivot", false, false, 0}, {"finish", false, false, 0}, {"wait", false, false, 0}, {0}};
+static const struct cli_opt snapshot_create_opts[] = {
+    {"disk-only", false, false, 0}, {"description", true, false, 0}, {0}};
+static const struct cli_opt snapshot_list_opts[] = {{"tree", false, false, 0}, {0}};
 static const struct cli_opt detach_opts[] = {{"persistent", false, false, 0}, {"mac", true, false, 0}, {0}};
 
 static int cmd_help(struct cli *c);
@@ -71,8 +75,9 @@ static int cmd_help(struct cli *c);
 static const struct cli_command commands[] = {
     {"define", cmd_define, define_opts, 1, 1, "define FILE.json | define NAME [--memory 1G --cpus 2 --disk file=PATH|vol=POOL/NAME|size=20G[,bus=...] "
      "--kernel K --initrd I --append A --nic user ...]", "define a VM from a JSON file or from flags"},
-    {"undefine", cmd_undefine, undefine_opts, 1, 1, "undefine NAME [--remove-storage] [--keep-nvram]",
-     "remove a VM's definition and its UEFI variable store (--remove-storage: its volumes too)"},
+    {"undefine", cmd_undefine, undefine_opts, 1, 1, "undefine NAME [--remove-storage] [--keep-nvram] [--snapshots-metadata]",
+     "remove a VM's definition and its UEFI variable store (--remove-storage: its volumes too; a VM with "
+     "snapshots needs --snapshots-metadata)"},
     {"clone", cmd_clone, clone_opts, 2, 2, "clone VM NEW [--linked]",
      "a new VM from a shut-off one: new uuid and MACs, its disks copied (--linked: copy-on-write overlays)"},
     {"edit", cmd_edit, no_opts, 1, 1, "edit NAME   (or: qvisor edit NAME < new.json)",
@@ -173,6 +178,19 @@ static const struct cli_command commands[] = {
      "copy an image file (a downloaded cloud image) into a new volume, converted (qcow2 by default)"},
     {"vol export", cmd_vol_export, format_opts, 2, 2, "vol export POOL/NAME FILE|- [--format qcow2|raw]",
      "copy a volume out to a new file, or as raw bytes to stdout"},
+    {"snapshot create", cmd_snapshot_create, snapshot_create_opts, 2, 2,
+     "snapshot create VM NAME [--disk-only] [--description TEXT]",
+     "snapshot a VM: its disks (qcow2) and, while it runs, its memory; --disk-only: external qcow2 overlays"},
+    {"snapshot list", cmd_snapshot_list, snapshot_list_opts, 1, 1, "snapshot list VM [--tree] [--json]",
+     "a VM's snapshots: when, state, kind, parent (the current one marked)"},
+    {"snapshot show", cmd_snapshot_show, no_opts, 2, 2, "snapshot show VM NAME [--json]",
+     "one snapshot: parent, children, state, kind, description, disks and their files"},
+    {"snapshot current", cmd_snapshot_current, no_opts, 1, 1, "snapshot current VM [--json]",
+     "the snapshot the VM was last taken or reverted to"},
+    {"snapshot revert", cmd_snapshot_revert, no_opts, 2, 2, "snapshot revert VM NAME",
+     "bring the disks (and, while running, the guest's memory) back to a snapshot"},
+    {"snapshot delete", cmd_snapshot_delete, no_opts, 2, 2, "snapshot delete VM NAME",
+     "delete a snapshot (a disk-only one is merged into the image below its overlay)"},
     {"host-check", cmd_host_check, no_opts, 0, 0, "host-check [--json]",
      "KVM, vhost-net, tun, nftables, QEMU and what the sandbox can apply on this host"},
     {"help", cmd_help, no_opts, 0, 1, "help [COMMAND]", "show usage"},
@@ -191,7 +209,7 @@ static void usage_all(FILE *out)
 {
     fprintf(out, "usage: qvisor [--root DIR] [--json] [-q] COMMAND [ARGS...]\n\n");
     for (const struct cli_command *cmd = commands; cmd->name; cmd++)
-        fprintf(out, "  %-13s %s\n", cmd->name, cmd->summary);
+        fprintf(out, "  %-16s %s\n", cmd->name, cmd->summary);
     fprintf(out, "\nExit codes: 0 ok, 1 failed, 2 usage or invalid definition, 3 no such object, "
                  "4 conflict, 5 timed out.\n");
 }
@@ -361,6 +379,7 @@ static int run(struct cli *c, int argc, char **argv)
         {"pool", "define, undefine, list, show, refresh"},
         {"vol", "create, list, info, resize, delete, clone, import, export"},
         {"block", "pull, commit, copy, job"},
+        {"snapshot", "create, list, show, current, revert, delete"},
     };
     for (size_t f = 0; f < ARRAY_SIZE(families); f++) {
         if (strcmp(argv[i], families[f].family) != 0)

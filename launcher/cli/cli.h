@@ -116,6 +116,12 @@ int cmd_agent(struct cli *c);
 int cli_ifaddr_agent(struct cli *c, const char *vm);
 char *cli_base64_encode(const void *data, size_t n);
 int cli_base64_decode(const char *s, unsigned char **out, size_t *n);
+int cmd_snapshot_create(struct cli *c);
+int cmd_snapshot_list(struct cli *c);
+int cmd_snapshot_show(struct cli *c);
+int cmd_snapshot_current(struct cli *c);
+int cmd_snapshot_revert(struct cli *c);
+int cmd_snapshot_delete(struct cli *c);
 /* "9.8G" */
 void cli_size_human(uint64_t bytes, char *out, size_t outlen);
 

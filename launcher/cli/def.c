@@ -389,6 +389,12 @@ int cmd_undefine(struct cli *c)
     /* what goes with the definition is checked before anything changes */
     _cleanup_strv_ struct strv vols = {0};
     int r;
+    int nsnap = snapshot_count(&c->paths, c->pos[0]);
+    bool forget_snapshots = cli_flag(c, "snapshots-metadata");
+    if (nsnap > 0 && !forget_snapshots)
+        return qv_fail(&c->err, -EBUSY, "%s has %d snapshot%s (qvisor snapshot list %s): delete them first, or "
+                       "undefine with --snapshots-metadata to forget them (their data stays in the images)",
+                       c->pos[0], nsnap, nsnap == 1 ? "" : "s", c->pos[0]);
     if (cli_flag(c, "remove-storage")) {
         _cleanup_vm_def_ struct vm_def d = {0};
         if ((r = vm_load(&c->paths, c->pos[0], &d, &c->err)) < 0 ||
@@ -399,6 +405,9 @@ int cmd_undefine(struct cli *c)
         return r;
     if (!c->quiet)
         printf("undefined %s\n", c->pos[0]);
+    struct qv_err se = {0};
+    if (nsnap > 0 && snapshot_forget_all(&c->paths, c->pos[0], &se) < 0)
+        fprintf(stderr, "qvisor: %s: snapshot records stay: %s\n", c->pos[0], se.msg);
     for (size_t i = 0; i < vols.n; i++) {
         struct qv_err ve = {0};
         if (volume_delete(&c->paths, vols.v[i], true, &ve) < 0)

@@ -537,4 +537,49 @@ int volume_export(const struct qv_paths *p, const char *ref, const char *dest, b
 int volume_export_raw_fd(const struct qv_paths *p, const char *ref, int out, const struct storage_progress *prog,
                          struct qv_err *e);
 
+/* ---- snapshots: var/lib/qvisor/snapshots/VM/ ---------------------------------------------- */
+int snapshot_dir(const struct qv_paths *p, const char *vm, char *out, size_t outlen);
+/* A disk that snapshots take part in: written by the guest and kept (not readonly,
+ * not a throw-away overlay). */
+bool snapshot_disk_included(const struct vm_disk *k);
+/* A new snapshot NAME of d: the disks that take part with their current tops (and,
+ * external, the overlays to make, VM.NAME.qcow2 beside each top), parent = the current
+ * snapshot. Refused: a name taken (-EEXIST), a raw disk for an internal snapshot
+ * (naming the disk and the ways out), an overlay that exists, no disk at all. */
+int snapshot_plan(const struct qv_paths *p, const struct vm_def *d, const char *name, bool external,
+                  struct storage_snapshot *out, struct qv_err *e);
+/* Every record, sorted by name; free with snapshot_free_all. */
+int snapshot_load_all(const struct qv_paths *p, const char *vm, struct storage_snapshot **out, size_t *n,
+                      struct qv_err *e);
+void snapshot_free_all(struct storage_snapshot *all, size_t n);
+int snapshot_count(const struct qv_paths *p, const char *vm);
+/* Removes the records (not the images): undefine --snapshots-metadata. */
+int snapshot_forget_all(const struct qv_paths *p, const char *vm, struct qv_err *e);
+/* The definition's disks of s name their overlays (to_overlay) or the images below
+ * them again; written atomically through vm_define. */
+int snapshot_set_disk_images(const struct qv_paths *p, const char *vm, const struct storage_snapshot *s, bool to_overlay,
+                             struct qv_err *e);
+/* Writes s's record and makes it the current snapshot. */
+int snapshot_record(const struct qv_paths *p, const char *vm, const struct storage_snapshot *s, struct qv_err *e);
+/* Removes s's record; its children and "current" go to its parent. */
+int snapshot_unrecord(const struct qv_paths *p, const char *vm, const struct storage_snapshot *s, struct qv_err *e);
+/* -EBUSY when the disks have moved on since s (a later external snapshot), or a later
+ * internal snapshot lives in the overlay a revert of external s would empty. */
+int snapshot_check_revert(const struct qv_paths *p, const struct vm_def *d, const struct storage_snapshot *s,
+                          const struct storage_snapshot *all, size_t n, struct qv_err *e);
+/* -EBUSY when deleting external s would lose an internal snapshot living in its
+ * overlay, or its overlay is in no chain any more. */
+int snapshot_check_delete(const struct qv_paths *p, const struct vm_def *d, const struct storage_snapshot *s,
+                          struct storage_snapshot *all, size_t n, struct qv_err *e);
+/* A shut-off VM, through qemu-img: create (internal: snapshot -c in every image;
+ * external: the overlays, the definition moves onto them), revert (snapshot -a; external:
+ * the overlays emptied) and delete (snapshot -d; external: commit into the image below,
+ * the definition or the next overlay moves back onto it). All or nothing on create. */
+int snapshot_create_offline(const struct qv_paths *p, const struct vm_def *d, struct storage_snapshot *s,
+                            struct qv_err *e);
+int snapshot_revert_offline(const struct qv_paths *p, const struct vm_def *d, const struct storage_snapshot *s,
+                            struct qv_err *e);
+int snapshot_delete_offline(const struct qv_paths *p, const struct vm_def *d, const struct storage_snapshot *s,
+                            struct qv_err *e);
+
 #endif

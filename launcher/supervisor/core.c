@@ -125,6 +125,7 @@ static void signal_readable(struct sup *s)
             hotplug_child_exited(s);
             start_child_exited(s);
             block_child_exited(s);
+            snapshots_child_exited(s);
             if (s->qemu_is_child && s->qemu_pid)
                 sup_qemu_gone(s);
         }
@@ -169,7 +170,7 @@ static int next_timeout(struct sup *s)
     uint64_t cands[] = {s->stop_next, s->restart_at, s->notify.next_ping, s->qmp ? qmp_next_deadline(s->qmp) : 0,
                         hotplug_next_deadline(s), s->lease_poll, console_next_deadline(s), ctl_next_deadline(s),
                         monitor_next_deadline(s), agent_next_deadline(s), start_next_deadline(s),
-                        sup_jobs_next_deadline(s)};
+                        sup_jobs_next_deadline(s), snapshots_next_deadline(s)};
     for (size_t i = 0; i < ARRAY_SIZE(cands); i++)
         if (cands[i] && (!next || cands[i] < next))
             next = cands[i];
@@ -191,6 +192,7 @@ static void run_timers(struct sup *s)
     agent_expire(s, now);
     start_expire(s, now);
     sup_jobs_expire(s, now);
+    snapshots_expire(s, now);
     if (s->lease_poll && now >= s->lease_poll)
         vmnet_poll_leases(s);
     if (s->notify.next_ping && now >= s->notify.next_ping) {
@@ -312,6 +314,7 @@ static void sup_free(struct sup *s)
     agent_close(s);
     ctl_close_all(s);
     confine_release(s);
+    snapshots_forget(s);
     for (int i = 0; i < HOTPLUG_MAX; i++)
         vm_nic_free(&s->hp[i].nic);
     block_forget(s);

@@ -399,6 +399,20 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
         int r = block_request(s, c->id, get_string(req, "op"), get_string(req, "target"), opts, &e);
         if (r < 0)
             reply_error(s, c, r, "%s", e.msg);
+    } else if (str_startswith(cmd, "snapshot-")) {
+        struct qv_err e = {0};
+        int r;
+        if (!monitor_usable(s, c))
+            return;
+        const char *name = get_string(req, "name");
+        if (strcmp(cmd, "snapshot-create") == 0)
+            r = snapshot_live_create(s, c->id, name, get_bool(req, "disk_only"), get_string(req, "description"), &e);
+        else if (strcmp(cmd, "snapshot-revert") == 0)
+            r = snapshot_live_revert(s, c->id, name, &e);
+        else
+            r = snapshot_live_delete(s, c->id, name, &e);
+        if (r < 0)
+            reply_error(s, c, r, "%s", e.msg);
     } else if (strcmp(cmd, "ifaddr") == 0) {
         json_object *o = json_object_new_object();
         json_object_object_add(o, "ok", json_object_new_boolean(true));

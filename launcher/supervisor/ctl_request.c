@@ -41,6 +41,9 @@ static const struct request_kind request_kinds[] = {
     {"disk-resize", {{"target", F_STRING, true}, {"size", F_STRING, true}, {"allow_shrink", F_BOOL, false}}},
     {"blkstat", {{"target", F_STRING, false}}},
     {"block", {{"op", F_STRING, true}, {"target", F_STRING, true}, {"options", F_OBJECT, false}}},
+    {"snapshot-create", {{"name", F_STRING, true}, {"disk_only", F_BOOL, false}, {"description", F_STRING, false}}},
+    {"snapshot-revert", {{"name", F_STRING, true}}},
+    {"snapshot-delete", {{"name", F_STRING, true}}},
     {"events", {{0}}},
     {"console", {{"replay", F_BOOL, false}}},
 };

@@ -1,9 +1,9 @@
 /* Internal to launcher/supervisor: the per-VM supervisor's core (core.c) and its
  * parts with their own state: ctl.sock (ctl.c), the QMP monitor (monitor.c), the
  * console and log (console.c), confinement (confine.c), NICs (vmnet.c), hotplug
- * (hotplug.c), a running VM's disks (disks.c), QEMU's jobs (jobs.c), the guest agent
- * channel (agent.c, agent_ops.c; agent_chan.h). One process per VM owns the only QMP
- * connection. */
+ * (hotplug.c), a running VM's disks (disks.c), QEMU's jobs (jobs.c), snapshots
+ * (snapshots.c, snapshot_merge.c), the guest agent channel (agent.c, agent_ops.c;
+ * agent_chan.h). One process per VM owns the only QMP connection. */
 #ifndef QV_SUP_INTERNAL_H
 #define QV_SUP_INTERNAL_H
 
@@ -262,6 +262,7 @@ struct sup {
     bool job_polling, job_poll_again;
     struct block_prep *block_prep;  /* a block job being prepared (blockjobs.c) */
     json_object *fdset_drop;    /* file nodes whose fdsets go at the next query-fdsets reply */
+    struct snap_op *snap;       /* a disk-only snapshot being taken (snapshots.c); NULL: none */
     struct vm_nic_state nics[VM_MAX_NICS + HOTPLUG_MAX];
     struct netsetup_nft *nft;
     uint64_t lease_poll;        /* next look at the networks' leases; 0: none needed */
@@ -646,5 +647,24 @@ struct sup *sup_new_for_test(const struct qv_paths *paths, const char *name, int
 void sup_free_for_test(struct sup *s);
 void sup_test_run_timers(struct sup *s);
 void sup_test_qemu_gone(struct sup *s);
+
+/* snapshots.c: snapshots of the running VM (records and plan: model/snapshot.c). Each
+ * answers `client` when done (an error before anything was sent is returned). Full
+ * ones are snapshot-save/load/delete jobs; a disk-only one makes its overlays with
+ * qemu-img (a watched child), passes them as fds and switches in one transaction;
+ * deleting one merges it with block-commit (a job). One at a time. */
+int snapshot_live_create(struct sup *s, unsigned client, const char *name, bool disk_only, const char *description,
+                         struct qv_err *e);
+int snapshot_live_revert(struct sup *s, unsigned client, const char *name, struct qv_err *e);
+int snapshot_live_delete(struct sup *s, unsigned client, const char *name, struct qv_err *e);
+/* snapshot_merge.c: one disk's disk-only snapshot whose overlay is its top, merged
+ * (the record is taken). */
+int snapshot_live_merge(struct sup *s, unsigned client, struct storage_snapshot *rec, struct qv_err *e);
+void snapshots_child_exited(struct sup *s);
+uint64_t snapshots_next_deadline(struct sup *s);
+void snapshots_expire(struct sup *s, uint64_t now);
+/* QEMU is gone: a disk-only snapshot under way fails, its overlays removed. */
+void snapshots_forget(struct sup *s);
+extern const struct sup_job_ops snapshot_save_ops, snapshot_load_ops, snapshot_delete_ops, snapshot_merge_ops;
 
 #endif

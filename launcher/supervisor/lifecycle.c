@@ -364,6 +364,7 @@ void sup_qemu_gone(struct sup *s)
     console_close(s);
     hotplug_forget_all(s);
     sup_jobs_forget_all(s, "QEMU exited before the job ended");
+    snapshots_forget(s);
     s->qemu_pid = 0;
     s->rs.qemu_pid = 0;
     s->stop_phase = 0;

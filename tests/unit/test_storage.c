@@ -446,6 +446,90 @@ static void test_image_info_parse(void **state)
     assert_int_equal(storage_image_info_parse("{\"format\": \"raw\"}", &info, &e), -EINVAL);
 }
 
+/* ---- snapshot records and qemu-img snapshot/overlay/commit ---- */
+static void test_snapshot_records(void **state)
+{
+    struct fx *f = *state;
+    char dir[128];
+    snprintf(dir, sizeof(dir), "%s/snaps", f->dir);
+    struct qv_err e = {0};
+    struct storage_snapshot s = {.created_ms = 1234, .external = true};
+    snprintf(s.name, sizeof(s.name), "s1");
+    snprintf(s.state, sizeof(s.state), "running");
+    s.description = strdup("a, b");
+    s.ndisks = 1;
+    s.disks = calloc(1, sizeof(*s.disks));
+    snprintf(s.disks[0].disk, sizeof(s.disks[0].disk), "disk0");
+    snprintf(s.disks[0].file, sizeof(s.disks[0].file), "/x/a.raw");
+    snprintf(s.disks[0].overlay, sizeof(s.disks[0].overlay), "/x/vm.s1.qcow2");
+    s.disks[0].format = STORAGE_FORMAT_RAW;
+    assert_int_equal(storage_snapshot_save(dir, &s, &e), 0);
+    assert_int_equal(storage_snapshot_set_current(dir, "s1", &e), 0);
+    struct storage_snapshot back;
+    assert_int_equal(storage_snapshot_load(dir, "s1", &back, &e), 0);
+    assert_string_equal(back.name, "s1");
+    assert_string_equal(back.parent, "");
+    assert_true(back.external);
+    assert_false(back.memory);
+    assert_int_equal(back.created_ms, 1234);
+    assert_string_equal(back.description, "a, b");
+    assert_int_equal(back.ndisks, 1);
+    assert_string_equal(back.disks[0].overlay, "/x/vm.s1.qcow2");
+    assert_int_equal(back.disks[0].format, STORAGE_FORMAT_RAW);
+    storage_snapshot_free(&back);
+    char cur[65];
+    storage_snapshot_current(dir, cur, sizeof(cur));
+    assert_string_equal(cur, "s1");
+    assert_int_equal(storage_snapshot_load(dir, "nosuch", &back, &e), -ENOENT);
+    assert_int_equal(storage_snapshot_load(dir, "../etc", &back, &e), -EINVAL);
+    /* a record edited by hand: its path in the error */
+    char path[256];
+    snprintf(path, sizeof(path), "%s/bad.json", dir);
+    struct qv_err we = {0};
+    const char *bad = "{\"name\": \"bad\", \"state\": \"running\", \"kind\": \"sideways\", \"disks\": []}";
+    assert_int_equal(write_file_atomic(path, bad, strlen(bad), 0600, &we), 0);
+    assert_int_equal(storage_snapshot_load(dir, "bad", &back, &e), -EINVAL);
+    assert_non_null(strstr(e.msg, "kind"));
+    struct strv names = {0};
+    assert_int_equal(storage_snapshot_names(dir, &names, &e), 0);
+    assert_int_equal(names.n, 2);   /* bad, s1: "current" is no record */
+    strv_free(&names);
+    assert_int_equal(storage_snapshot_remove(dir, "s1", &e), 0);
+    assert_int_equal(storage_snapshot_set_current(dir, NULL, &e), 0);
+    storage_snapshot_current(dir, cur, sizeof(cur));
+    assert_string_equal(cur, "");
+    storage_snapshot_free(&s);
+}
+
+static void test_img_snapshots(void **state)
+{
+    struct fx *f = *state;
+    char base[128], ovl[128];
+    snprintf(base, sizeof(base), "%s/b,ase.qcow2", f->dir);   /* a comma: doubled in the image options */
+    snprintf(ovl, sizeof(ovl), "%s/ovl.qcow2", f->dir);
+    img("create", "-q", "-f", "qcow2", base, "1M", NULL);
+    struct qv_err e = {0};
+    bool found = true;
+    assert_int_equal(storage_img_snapshot_exists(base, "s1", &found, &e), 0);
+    assert_false(found);
+    assert_int_equal(storage_img_snapshot(base, 'c', "s1", &e), 0);
+    assert_int_equal(storage_img_snapshot_exists(base, "s1", &found, &e), 0);
+    assert_true(found);
+    assert_int_equal(storage_img_snapshot(base, 'a', "nosuch", &e), -EIO);
+    assert_non_null(strstr(e.msg, base));
+    assert_int_equal(storage_img_snapshot(base, 'd', "s1", &e), 0);
+    assert_int_equal(storage_img_snapshot_exists(base, "s1", &found, &e), 0);
+    assert_false(found);
+    assert_int_equal(storage_img_overlay(ovl, base, STORAGE_FORMAT_QCOW2, 0, &e), 0);
+    struct storage_image_info ii;
+    assert_int_equal(storage_image_info(ovl, STORAGE_FORMAT_QCOW2, 10000, &ii, &e), 0);
+    assert_string_equal(ii.backing, base);
+    assert_string_equal(ii.backing_format, "qcow2");
+    assert_int_equal(ii.virtual_size, MIB);
+    assert_int_equal(storage_img_overlay(ovl, "relative.qcow2", STORAGE_FORMAT_QCOW2, 0, &e), -EINVAL);
+    assert_int_equal(storage_img_commit(ovl, &e), 0);
+}
+
 int main(void)
 {
     char exe[PATH_MAX];
@@ -467,6 +551,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_qcow2_header_corrupt, setup, teardown),
         cmocka_unit_test_setup_teardown(test_qemu_img_errors, setup, teardown),
         cmocka_unit_test(test_image_info_parse),
+        cmocka_unit_test_setup_teardown(test_snapshot_records, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_img_snapshots, setup, teardown),
     };
     alarm(100);
     return cmocka_run_group_tests(tests, NULL, NULL);

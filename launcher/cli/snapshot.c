@@ -1,0 +1,305 @@
+/* qvisor snapshot create|list|show|current|revert|delete VM ...: a shut-off VM's
+ * snapshots are made here with qemu-img (model/snapshot.c); a running VM's by its
+ * supervisor over QMP, which owns the only connection to QEMU. */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "launcher/cli/cli.h"
+
+#define SNAPSHOT_CTL_TIMEOUT_MS (60 * 60 * 1000)    /* RAM and disks of a big guest take a while */
+
+/* Whether a supervisor runs the VM's QEMU now; also loads the definition. */
+static int vm_active(struct cli *c, const char *vm, struct vm_def *d, bool *active)
+{
+    int r = vm_load(&c->paths, vm, d, &c->err);
+    if (r < 0)
+        return r;
+    _cleanup_runstate_ struct vm_runstate rs = {0};
+    bool supervised = false;
+    vm_observe(&c->paths, vm, &rs, &supervised);
+    *active = supervised || (rs.state != VM_SHUTOFF && rs.state != VM_CRASHED);
+    return 0;
+}
+
+/* Serialises snapshot changes of one VM made outside its supervisor. */
+static int lock_snapshots(struct cli *c, const char *vm)
+{
+    char dir[PATH_MAX];
+    snapshot_dir(&c->paths, vm, dir, sizeof(dir));
+    return dir_lock(dir, &c->err);
+}
+
+static void when(uint64_t ms, char *out, size_t outlen)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    localtime_r(&t, &tm);
+    strftime(out, outlen, "%Y-%m-%d %H:%M:%S", &tm);
+}
+
+static const char *kind_of(const struct storage_snapshot *s)
+{
+    return s->external ? "disk-only" : s->memory ? "full" : "disks";
+}
+
+int cmd_snapshot_create(struct cli *c)
+{
+    const char *vm = c->pos[0], *name = c->pos[1];
+    _cleanup_vm_def_ struct vm_def d = {0};
+    bool active, disk_only = cli_flag(c, "disk-only");
+    int r = vm_active(c, vm, &d, &active);
+    if (r < 0)
+        return r;
+    if (active) {
+        json_object *req = ctl_request("snapshot-create");
+        json_object_object_add(req, "name", json_object_new_string(name));
+        if (disk_only)
+            json_object_object_add(req, "disk_only", json_object_new_boolean(true));
+        if (cli_opt(c, "description"))
+            json_object_object_add(req, "description", json_object_new_string(cli_opt(c, "description")));
+        if ((r = ctl_call(&c->paths, vm, req, SNAPSHOT_CTL_TIMEOUT_MS, NULL, &c->err)) < 0)
+            return r;
+    } else {
+        _cleanup_close_ int lock = lock_snapshots(c, vm);
+        if (lock < 0)
+            return lock;
+        _cleanup_snapshot_ struct storage_snapshot s = {0};
+        if ((r = snapshot_plan(&c->paths, &d, name, disk_only, &s, &c->err)) < 0)
+            return r;
+        if (cli_opt(c, "description"))
+            s.description = qv_xstrdup(cli_opt(c, "description"));
+        if ((r = snapshot_create_offline(&c->paths, &d, &s, &c->err)) < 0)
+            return r;
+    }
+    if (!c->quiet)
+        printf("%s: snapshot %s created (%s%s)\n", vm, name, disk_only ? "disk-only, external" : "internal",
+               active && !disk_only ? ", with the guest's memory" : "");
+    return 0;
+}
+
+/* ---- list, show ---- */
+
+struct listing {
+    struct storage_snapshot *all;
+    size_t n;
+    char current[65];
+};
+
+static void listing_free(struct listing *l)
+{
+    snapshot_free_all(l->all, l->n);
+}
+
+static int load_listing(struct cli *c, const char *vm, struct listing *l)
+{
+    _cleanup_vm_def_ struct vm_def d = {0};
+    int r = vm_load(&c->paths, vm, &d, &c->err);
+    if (r < 0)
+        return r;
+    char dir[PATH_MAX];
+    snapshot_dir(&c->paths, vm, dir, sizeof(dir));
+    storage_snapshot_current(dir, l->current, sizeof(l->current));
+    return snapshot_load_all(&c->paths, vm, &l->all, &l->n, &c->err);
+}
+
+static json_object *snap_json(const struct listing *l, const struct storage_snapshot *s)
+{
+    json_object *o = storage_snapshot_to_json(s);
+    json_object_object_add(o, "current", json_object_new_boolean(strcmp(s->name, l->current) == 0));
+    json_object *ch = json_object_new_array();
+    for (size_t i = 0; i < l->n; i++)
+        if (strcmp(l->all[i].parent, s->name) == 0)
+            json_object_array_add(ch, json_object_new_string(l->all[i].name));
+    json_object_object_add(o, "children", ch);
+    return o;
+}
+
+/* Oldest first: the order they were taken, then by name. */
+static int by_time(const void *a, const void *b)
+{
+    const struct storage_snapshot *x = a, *y = b;
+    if (x->created_ms != y->created_ms)
+        return x->created_ms < y->created_ms ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+/* A root is a snapshot without a parent, or whose parent's record is gone. */
+static bool is_root(const struct listing *l, const struct storage_snapshot *s)
+{
+    if (!s->parent[0])
+        return true;
+    for (size_t i = 0; i < l->n; i++)
+        if (strcmp(l->all[i].name, s->parent) == 0)
+            return false;
+    return true;
+}
+
+static void print_tree(const struct listing *l, const struct storage_snapshot *s, const char *prefix, bool last,
+                       bool root, int depth)
+{
+    const char *mark = strcmp(s->name, l->current) == 0 ? " *" : "";
+    if (root)
+        printf("%s%s\n", s->name, mark);
+    else
+        printf("%s%s %s%s\n", prefix, last ? "`-" : "+-", s->name, mark);
+    if (depth > 64)
+        return;     /* records edited into a loop: stop */
+    char next[512];
+    snprintf(next, sizeof(next), "%s%s", prefix, root ? "" : last ? "   " : "|  ");
+    size_t nkids = 0, seen = 0;
+    for (size_t i = 0; i < l->n; i++)
+        nkids += strcmp(l->all[i].parent, s->name) == 0;
+    for (size_t i = 0; i < l->n; i++)
+        if (strcmp(l->all[i].parent, s->name) == 0)
+            print_tree(l, &l->all[i], next, ++seen == nkids, false, depth + 1);
+}
+
+int cmd_snapshot_list(struct cli *c)
+{
+    _cleanup_(listing_free) struct listing l = {0};
+    int r = load_listing(c, c->pos[0], &l);
+    if (r < 0)
+        return r;
+    qsort(l.all, l.n, sizeof(*l.all), by_time);
+    if (c->json) {
+        _cleanup_json_ json_object *a = json_object_new_array();
+        for (size_t i = 0; i < l.n; i++)
+            json_object_array_add(a, snap_json(&l, &l.all[i]));
+        cli_print_json(a);
+        return 0;
+    }
+    if (cli_flag(c, "tree")) {
+        for (size_t i = 0; i < l.n; i++)
+            if (is_root(&l, &l.all[i]))
+                print_tree(&l, &l.all[i], "", true, true, 0);
+        return 0;
+    }
+    printf("%-20s %-19s %-8s %-9s %s\n", "NAME", "CREATED", "STATE", "KIND", "PARENT");
+    for (size_t i = 0; i < l.n; i++) {
+        const struct storage_snapshot *s = &l.all[i];
+        char t[32];
+        when(s->created_ms, t, sizeof(t));
+        printf("%-20s %-19s %-8s %-9s %s%s\n", s->name, t, s->state, kind_of(s), s->parent[0] ? s->parent : "-",
+               strcmp(s->name, l.current) == 0 ? "  (current)" : "");
+    }
+    return 0;
+}
+
+static const struct storage_snapshot *find_snap(const struct listing *l, const char *name)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (strcmp(l->all[i].name, name) == 0)
+            return &l->all[i];
+    return NULL;
+}
+
+int cmd_snapshot_show(struct cli *c)
+{
+    _cleanup_(listing_free) struct listing l = {0};
+    int r = load_listing(c, c->pos[0], &l);
+    if (r < 0)
+        return r;
+    const struct storage_snapshot *s = find_snap(&l, c->pos[1]);
+    if (!s)
+        return qv_fail(&c->err, -ENOENT, "%s has no snapshot named %s (qvisor snapshot list %s)", c->pos[0], c->pos[1],
+                       c->pos[0]);
+    _cleanup_json_ json_object *o = snap_json(&l, s);
+    if (c->json) {
+        cli_print_json(o);
+        return 0;
+    }
+    char t[32];
+    when(s->created_ms, t, sizeof(t));
+    json_object *ch;
+    json_object_object_get_ex(o, "children", &ch);
+    printf("name:        %s\nvm:          %s\nparent:      %s\nchildren:    ", s->name, c->pos[0],
+           s->parent[0] ? s->parent : "-");
+    for (size_t i = 0; i < json_object_array_length(ch); i++)
+        printf("%s%s", i ? ", " : "", json_object_get_string(json_object_array_get_idx(ch, i)));
+    printf("%s\ncreated:     %s\nstate:       %s\nkind:        %s (%s)\nmemory:      %s\ncurrent:     %s\n",
+           json_object_array_length(ch) ? "" : "-", t, s->state, s->external ? "external" : "internal", kind_of(s),
+           s->memory ? "yes" : "no", strcmp(s->name, l.current) == 0 ? "yes" : "no");
+    if (s->description)
+        printf("description: %s\n", s->description);
+    for (size_t i = 0; i < s->ndisks; i++) {
+        const struct storage_snapshot_disk *k = &s->disks[i];
+        printf("%s %s: %s", i ? "            " : "disks:      ", k->disk, k->volume[0] ? k->volume : k->file);
+        if (s->external)
+            printf(" <- %s", k->overlay_volume[0] ? k->overlay_volume : k->overlay);
+        printf("\n");
+    }
+    return 0;
+}
+
+int cmd_snapshot_current(struct cli *c)
+{
+    _cleanup_(listing_free) struct listing l = {0};
+    int r = load_listing(c, c->pos[0], &l);
+    if (r < 0)
+        return r;
+    if (!l.current[0] || !find_snap(&l, l.current))
+        return qv_fail(&c->err, -ENOENT, "%s has no current snapshot", c->pos[0]);
+    if (c->json) {
+        _cleanup_json_ json_object *o = snap_json(&l, find_snap(&l, l.current));
+        cli_print_json(o);
+    } else {
+        printf("%s\n", l.current);
+    }
+    return 0;
+}
+
+/* ---- revert, delete ---- */
+
+static int change(struct cli *c, bool revert)
+{
+    const char *vm = c->pos[0], *name = c->pos[1];
+    _cleanup_vm_def_ struct vm_def d = {0};
+    bool active;
+    int r = vm_active(c, vm, &d, &active);
+    if (r < 0)
+        return r;
+    char dir[PATH_MAX];
+    snapshot_dir(&c->paths, vm, dir, sizeof(dir));
+    _cleanup_snapshot_ struct storage_snapshot s = {0};
+    if ((r = storage_snapshot_load(dir, name, &s, &c->err)) < 0)
+        return r == -ENOENT ? qv_fail(&c->err, -ENOENT, "%s has no snapshot named %s (qvisor snapshot list %s)", vm,
+                                      name, vm)
+                            : r;
+    if (active) {
+        if (revert && !s.memory)
+            return qv_fail(&c->err, -EBUSY, "%s is running and snapshot %s holds no memory state (%s); stop the VM "
+                           "first, then revert", vm, name, s.external ? "a disk-only snapshot" : "taken while shut off");
+        json_object *req = ctl_request(revert ? "snapshot-revert" : "snapshot-delete");
+        json_object_object_add(req, "name", json_object_new_string(name));
+        return ctl_call(&c->paths, vm, req, SNAPSHOT_CTL_TIMEOUT_MS, NULL, &c->err);
+    }
+    _cleanup_close_ int lock = lock_snapshots(c, vm);
+    if (lock < 0)
+        return lock;
+    if (!revert)
+        return snapshot_delete_offline(&c->paths, &d, &s, &c->err);
+    if ((r = snapshot_revert_offline(&c->paths, &d, &s, &c->err)) < 0)
+        return r;
+    if (s.memory && !c->quiet)
+        fprintf(stderr, "qvisor: note: %s is shut off, so only its disks went back to %s; the guest's memory state "
+                "stays in the snapshot (start the VM and revert again to resume the guest from it)\n", vm, name);
+    return 0;
+}
+
+int cmd_snapshot_revert(struct cli *c)
+{
+    int r = change(c, true);
+    if (r == 0 && !c->quiet)
+        printf("%s: reverted to snapshot %s\n", c->pos[0], c->pos[1]);
+    return r;
+}
+
+int cmd_snapshot_delete(struct cli *c)
+{
+    int r = change(c, false);
+    if (r == 0 && !c->quiet)
+        printf("%s: snapshot %s deleted\n", c->pos[0], c->pos[1]);
+    return r;
+}

@@ -1,0 +1,589 @@
+/* Snapshots of a running VM, over QMP (the records and the plan are model/snapshot.c's,
+ * shared with the shut-off case):
+ * - full (internal): snapshot-save of the guest's RAM and devices plus every disk that
+ *   takes part, as a job (jobs.c); revert is snapshot-load, delete snapshot-delete;
+ * - disk-only (external): for each disk a qcow2 overlay made by qemu-img (a watched
+ *   child), opened here and passed to QEMU as an fd (add-fd, blockdev-add of its file
+ *   and qcow2 nodes), then one `transaction` of blockdev-snapshot puts every overlay
+ *   on top at the same instant; the definition follows (disk_switched). Deleting one
+ *   merges its overlay down with block-commit (active: pivot back to the image below)
+ *   as a job (snapshot_merge.c).
+ * One snapshot operation runs at a time; the loop serves everything else meanwhile. */
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "launcher/supervisor/internal.h"
+
+#define OVERLAY_TIMEOUT_MS 60000
+
+struct snap_disk_live {
+    char id[24];
+    char old_top[48];       /* the node the overlay goes on */
+    char node[48], file_node[48];
+    uint64_t size;
+    int fd;
+    int fdset;              /* -1 until add-fd answered */
+    bool file_added, fmt_added;
+};
+
+struct snap_op {
+    struct sup *s;
+    unsigned client;
+    struct storage_snapshot rec;
+    struct snap_disk_live d[VM_MAX_DISKS];
+    size_t made;            /* overlays qemu-img has made */
+    size_t step;            /* the disk whose QMP set-up runs */
+    struct sup_child child;
+    struct qv_err err;
+    bool undoing;
+    size_t undo_pos;
+    int undo_phase;
+};
+
+static void op_free(struct snap_op *op)
+{
+    for (size_t i = 0; i < op->rec.ndisks; i++)
+        if (op->d[i].fd >= 0)
+            close(op->d[i].fd);
+    sup_child_abort(&op->child);
+    storage_snapshot_free(&op->rec);
+    if (op->s->snap == op)
+        op->s->snap = NULL;
+    free(op);
+}
+
+static json_object *obj1(const char *k, json_object *v)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, k, v);
+    return o;
+}
+
+static bool monitor_ok(struct sup *s, struct qv_err *e)
+{
+    if (s->qmp && qmp_ready(s->qmp))
+        return true;
+    qv_fail(e, -EIO, "%s: QEMU's monitor connection is lost; try again once it is back", s->def.name);
+    return false;
+}
+
+static int busy(struct sup *s, struct qv_err *e)
+{
+    if (s->snap)
+        return qv_fail(e, -EBUSY, "%s: a snapshot operation is under way; try again once it is over", s->def.name);
+    for (int i = 0; i < SUP_JOBS_MAX; i++)
+        if (s->jobs[i].used && str_startswith(s->jobs[i].ops->kind, "snapshot"))
+            return qv_fail(e, -EBUSY, "%s: a snapshot job (%s) is running; try again once it is over", s->def.name,
+                           s->jobs[i].id);
+    return 0;
+}
+
+/* The device nodes of the record's disks, each checked to be its disk's top now. */
+static int record_nodes(struct sup *s, const struct storage_snapshot *rec, json_object **devices, char *vmstate,
+                        size_t vmlen, struct qv_err *e)
+{
+    *devices = json_object_new_array();
+    for (size_t i = 0; i < rec->ndisks; i++) {
+        struct disk_ref ref;
+        if (!disk_find(s, rec->disks[i].disk, &ref)) {
+            json_object_put(*devices);
+            return qv_fail(e, -ENOENT, "%s: snapshot %s names %s, which the VM no longer has", s->def.name, rec->name,
+                           rec->disks[i].disk);
+        }
+        json_object_array_add(*devices, json_object_new_string(ref.node));
+        if (i == 0)
+            snprintf(vmstate, vmlen, "%s", ref.node);
+    }
+    return 0;
+}
+
+/* ---- full snapshots: snapshot-save, snapshot-load, snapshot-delete jobs ---- */
+
+/* data: the record (save) or {"name": N} (load, delete) */
+static void save_done(struct sup *s, struct sup_job *j, const struct qv_err *err)
+{
+    if (err)
+        return;     /* QEMU's error goes to whoever waits; no record, QEMU removed its part */
+    _cleanup_snapshot_ struct storage_snapshot rec = {0};
+    struct qv_err e = {0};
+    if (storage_snapshot_from_json(j->data, &rec, &e) < 0 || snapshot_record(s->paths, s->def.name, &rec, &e) < 0) {
+        j->fail = e;
+        qv_prefix(&j->fail, "%s: snapshot %s was taken, but its record was not written: ", s->def.name, rec.name);
+        return;
+    }
+    sup_log(s, "snapshot %s taken (memory and %zu disk%s)", rec.name, rec.ndisks, rec.ndisks == 1 ? "" : "s");
+}
+
+static const char *data_name(struct sup_job *j)
+{
+    json_object *v;
+    return j->data && json_object_object_get_ex(j->data, "name", &v) ? json_object_get_string(v) : "";
+}
+
+static void load_done(struct sup *s, struct sup_job *j, const struct qv_err *err)
+{
+    if (err)
+        return;
+    char dir[PATH_MAX];
+    snapshot_dir(s->paths, s->def.name, dir, sizeof(dir));
+    struct qv_err e = {0};
+    if (storage_snapshot_set_current(dir, data_name(j), &e) < 0)
+        sup_log(s, "warning: %s", e.msg);
+    sup_log(s, "reverted to snapshot %s", data_name(j));
+}
+
+static void delete_done(struct sup *s, struct sup_job *j, const struct qv_err *err)
+{
+    if (err)
+        return;
+    char dir[PATH_MAX];
+    snapshot_dir(s->paths, s->def.name, dir, sizeof(dir));
+    _cleanup_snapshot_ struct storage_snapshot rec = {0};
+    struct qv_err e = {0};
+    if (storage_snapshot_load(dir, data_name(j), &rec, &e) == 0 && snapshot_unrecord(s->paths, s->def.name, &rec, &e) < 0)
+        j->fail = e;
+    sup_log(s, "snapshot %s deleted", data_name(j));
+}
+
+const struct sup_job_ops snapshot_save_ops = {.kind = "snapshot-save", .on_done = save_done};
+const struct sup_job_ops snapshot_load_ops = {.kind = "snapshot-load", .on_done = load_done};
+const struct sup_job_ops snapshot_delete_ops = {.kind = "snapshot-delete", .on_done = delete_done};
+
+static int full_create(struct sup *s, unsigned client, struct storage_snapshot *rec, struct qv_err *e)
+{
+    json_object *devices;
+    char vmstate[48];
+    int r = record_nodes(s, rec, &devices, vmstate, sizeof(vmstate), e);
+    if (r < 0)
+        return r;
+    snprintf(rec->state, sizeof(rec->state), "%s", vm_state_names[s->rs.state]);
+    rec->memory = true;
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "tag", json_object_new_string(rec->name));
+    json_object_object_add(args, "vmstate", json_object_new_string(vmstate));
+    json_object_object_add(args, "devices", devices);
+    if (!sup_job_start(s, &snapshot_save_ops, NULL, "snapshot-save", args, storage_snapshot_to_json(rec), client, true,
+                       e))
+        return e->code;
+    return 0;
+}
+
+/* ---- disk-only snapshots: overlays as fds, one transaction ---- */
+
+static void ext_next(struct snap_op *op);
+static void ext_undo(struct snap_op *op);
+
+static void ext_fail(struct snap_op *op, const struct qv_err *err, const char *step)
+{
+    if (!op->err.code) {
+        op->err = *err;
+        if (!op->err.code)
+            op->err.code = -EIO;
+        qv_prefix(&op->err, "%s: snapshot %s: %s%s", op->s->def.name, op->rec.name, step ? step : "",
+                  step ? ": " : "");
+    }
+    op->undoing = true;
+    ext_undo(op);
+}
+
+static void ext_finish(struct snap_op *op)
+{
+    struct sup *s = op->s;
+    if (op->err.code) {
+        sup_log(s, "snapshot %s failed: %s", op->rec.name, op->err.msg);
+        if (op->client)
+            sup_reply_error(s, op->client, op->err.code, "%s", op->err.msg);
+        op_free(op);
+        return;
+    }
+    struct qv_err e = {0};
+    int r = 0;
+    for (size_t i = 0; i < op->rec.ndisks; i++) {
+        const struct storage_snapshot_disk *k = &op->rec.disks[i];
+        struct qv_err de = {0};
+        if (disk_switched(s, k->disk, op->d[i].node, k->overlay, k->overlay_volume[0] ? k->overlay_volume : NULL,
+                          FORMAT_QCOW2, &de) < 0 && !r) {
+            r = de.code;
+            e = de;
+        }
+    }
+    snprintf(op->rec.state, sizeof(op->rec.state), "%s", vm_state_names[s->rs.state]);
+    op->rec.memory = false;
+    if (r == 0 && (r = snapshot_record(s->paths, s->def.name, &op->rec, &e)) < 0)
+        qv_prefix(&e, "%s: snapshot %s: the overlays are in use, but its record was not written: ", s->def.name,
+                  op->rec.name);
+    sup_log(s, "disk-only snapshot %s taken: %zu overlay%s", op->rec.name, op->rec.ndisks,
+            op->rec.ndisks == 1 ? "" : "s");
+    if (op->client) {
+        if (r < 0)
+            sup_reply_error(s, op->client, r, "%s", e.msg);
+        else
+            sup_reply_ok(s, op->client);
+    }
+    op_free(op);
+}
+
+static void on_transaction(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    struct snap_op *op = ctx;
+    if (err)
+        ext_fail(op, err, "blockdev-snapshot");
+    else
+        ext_finish(op);
+}
+
+static void on_setup_step(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct snap_op *op = ctx;
+    struct snap_disk_live *d = &op->d[op->step];
+    if (err) {
+        ext_fail(op, err, d->id);
+        return;
+    }
+    json_object *v;
+    if (d->fdset < 0) {
+        if (!json_object_object_get_ex(ret, "fdset-id", &v)) {
+            struct qv_err e = {0};
+            qv_fail(&e, -EIO, "add-fd gave no fdset-id");
+            ext_fail(op, &e, d->id);
+            return;
+        }
+        d->fdset = json_object_get_int(v);
+        close(d->fd);
+        d->fd = -1;
+    } else if (!d->file_added) {
+        d->file_added = true;
+    } else {
+        d->fmt_added = true;
+        op->step++;
+    }
+    ext_next(op);
+}
+
+/* The QMP set-up of each overlay, then the transaction. */
+static void ext_next(struct snap_op *op)
+{
+    struct sup *s = op->s;
+    struct qv_err e = {0};
+    if (!monitor_ok(s, &e)) {
+        ext_fail(op, &e, NULL);
+        return;
+    }
+    if (op->step < op->rec.ndisks) {
+        struct snap_disk_live *d = &op->d[op->step];
+        int r;
+        if (d->fdset < 0) {
+            r = qmp_send(s->qmp, "add-fd", json_object_new_object(), &d->fd, 1, QMP_TIMEOUT_DEFAULT, 0, on_setup_step,
+                         op);
+        } else if (!d->file_added) {
+            char path[32];
+            snprintf(path, sizeof(path), "/dev/fdset/%d", d->fdset);
+            size_t idx = (size_t)strtoul(d->id + 4, NULL, 10);
+            struct disk_io io = disk_io_mode(s->def.disks[idx].cache, s->def.disks[idx].aio, &s->facts);
+            r = qmp_send(s->qmp, "blockdev-add", blockdev_file(d->file_node, path, &io, s->def.disks[idx].discard, false),
+                         NULL, 0, QMP_TIMEOUT_DEVICE, 0, on_setup_step, op);
+        } else {
+            size_t idx = (size_t)strtoul(d->id + 4, NULL, 10);
+            struct disk_io io = disk_io_mode(s->def.disks[idx].cache, s->def.disks[idx].aio, &s->facts);
+            json_object *fmt = blockdev_format("qcow2", d->node, d->file_node, NULL, &io, s->def.disks[idx].discard,
+                                               false);
+            json_object_object_add(fmt, "backing", NULL);   /* blockdev-snapshot attaches the old top */
+            r = qmp_send(s->qmp, "blockdev-add", fmt, NULL, 0, QMP_TIMEOUT_DEVICE, 0, on_setup_step, op);
+        }
+        if (r < 0) {
+            qv_fail(&e, -EIO, "QEMU's monitor is gone");
+            ext_fail(op, &e, d->id);
+        }
+        return;
+    }
+    json_object *actions = json_object_new_array();
+    for (size_t i = 0; i < op->rec.ndisks; i++) {
+        json_object *data = json_object_new_object();
+        json_object_object_add(data, "node", json_object_new_string(op->d[i].old_top));
+        json_object_object_add(data, "overlay", json_object_new_string(op->d[i].node));
+        json_object *a = json_object_new_object();
+        json_object_object_add(a, "type", json_object_new_string("blockdev-snapshot"));
+        json_object_object_add(a, "data", data);
+        json_object_array_add(actions, a);
+    }
+    if (qmp_send(s->qmp, "transaction", obj1("actions", actions), NULL, 0, QMP_TIMEOUT_DEVICE, 0, on_transaction,
+                 op) < 0) {
+        qv_fail(&e, -EIO, "QEMU's monitor is gone");
+        ext_fail(op, &e, NULL);
+    }
+}
+
+static void on_undo(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    struct snap_op *op = ctx;
+    if (err)
+        sup_log(op->s, "snapshot %s: undoing: %s", op->rec.name, err->msg);
+    ext_undo(op);
+}
+
+/* In reverse: each overlay's qcow2 node, file node and fdset go, the files too. */
+static void ext_undo(struct snap_op *op)
+{
+    struct sup *s = op->s;
+    while (op->undo_pos < op->rec.ndisks) {
+        struct snap_disk_live *d = &op->d[op->rec.ndisks - 1 - op->undo_pos];
+        const char *cmd = NULL;
+        json_object *args = NULL;
+        if (d->fmt_added) {
+            d->fmt_added = false;
+            cmd = "blockdev-del";
+            args = obj1("node-name", json_object_new_string(d->node));
+        } else if (d->file_added) {
+            d->file_added = false;
+            cmd = "blockdev-del";
+            args = obj1("node-name", json_object_new_string(d->file_node));
+        } else if (d->fdset >= 0) {
+            cmd = "remove-fd";
+            args = obj1("fdset-id", json_object_new_int(d->fdset));
+            d->fdset = -1;
+        }
+        if (cmd && s->qmp && qmp_send(s->qmp, cmd, args, NULL, 0, QMP_TIMEOUT_DEVICE, 0, on_undo, op) == 0)
+            return;
+        if (!cmd) {
+            unlink(op->rec.disks[op->rec.ndisks - 1 - op->undo_pos].overlay);
+            op->undo_pos++;
+        }
+    }
+    ext_finish(op);
+}
+
+/* qemu-img made overlay op->made - 1 (or none yet): the next one, or the QMP part. */
+static void ext_make_next(struct snap_op *op)
+{
+    struct qv_err e = {0};
+    if (op->made == op->rec.ndisks) {
+        for (size_t i = 0; i < op->rec.ndisks; i++) {
+            op->d[i].fd = storage_open_image(op->rec.disks[i].overlay, O_RDWR, &e);
+            if (op->d[i].fd < 0) {
+                ext_fail(op, &e, op->d[i].id);
+                return;
+            }
+        }
+        ext_next(op);
+        return;
+    }
+    const struct storage_snapshot_disk *k = &op->rec.disks[op->made];
+    const char *bin = getenv("QVISOR_QEMU_IMG");
+    char size[32], out[PATH_MAX + 2];
+    snprintf(size, sizeof(size), "%llu", (unsigned long long)op->d[op->made].size);
+    snprintf(out, sizeof(out), "%s", k->overlay);
+    const char *argv[] = {bin && *bin ? bin : "qemu-img", "create", "-q", "-f", "qcow2", "-F",
+                          storage_format_name(k->format), "-b", k->file, "-u", "--", out, size, NULL};
+    if (sup_child_spawn(&op->child, argv, OVERLAY_TIMEOUT_MS, &e) < 0)
+        ext_fail(op, &e, k->disk);
+}
+
+void snapshots_child_exited(struct sup *s)
+{
+    struct snap_op *op = s->snap;
+    int status;
+    char out[1024];
+    if (!op || !sup_child_reap(&op->child, &status, out, sizeof(out)))
+        return;
+    if (status != 0) {
+        struct qv_err e = {0};
+        qv_fail(&e, -EIO, "creating %s: %s", op->rec.disks[op->made].overlay,
+                *out ? out : status > 128 ? "qemu-img was killed" : "qemu-img failed");
+        unlink(op->rec.disks[op->made].overlay);
+        ext_fail(op, &e, op->rec.disks[op->made].disk);
+        return;
+    }
+    op->made++;
+    ext_make_next(op);
+}
+
+uint64_t snapshots_next_deadline(struct sup *s)
+{
+    return s->snap ? s->snap->child.deadline : 0;
+}
+
+void snapshots_expire(struct sup *s, uint64_t now)
+{
+    if (s->snap)
+        sup_child_expire(&s->snap->child, now);
+}
+
+/* The top nodes' sizes: an overlay made without opening its backing file needs it. */
+static void on_sizes(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct snap_op *op = ctx;
+    if (err) {
+        ext_fail(op, err, "query-named-block-nodes");
+        return;
+    }
+    for (size_t i = 0; i < op->rec.ndisks; i++) {
+        for (size_t n = 0; n < json_object_array_length(ret); n++) {
+            json_object *o = json_object_array_get_idx(ret, n), *v, *img;
+            if (json_object_object_get_ex(o, "node-name", &v) && strcmp(json_object_get_string(v), op->d[i].old_top) == 0 &&
+                json_object_object_get_ex(o, "image", &img) && json_object_object_get_ex(img, "virtual-size", &v))
+                op->d[i].size = (uint64_t)json_object_get_int64(v);
+        }
+        if (!op->d[i].size) {
+            struct qv_err e = {0};
+            qv_fail(&e, -EIO, "QEMU does not report the size of node %s", op->d[i].old_top);
+            ext_fail(op, &e, op->d[i].id);
+            return;
+        }
+    }
+    ext_make_next(op);
+}
+
+static int external_create(struct sup *s, unsigned client, struct storage_snapshot *rec, struct qv_err *e)
+{
+    struct snap_op *op = qv_xcalloc(1, sizeof(*op));
+    op->s = s;
+    op->client = client;
+    op->child.out = -1;
+    op->rec = *rec;
+    memset(rec, 0, sizeof(*rec));
+    /* node names unique in this QEMU, whatever ran before: from the clock */
+    unsigned long long stamp = (unsigned long long)realtime_ms();
+    for (size_t i = 0; i < op->rec.ndisks; i++) {
+        struct snap_disk_live *d = &op->d[i];
+        struct disk_ref ref;
+        d->fd = d->fdset = -1;
+        snprintf(d->id, sizeof(d->id), "%s", op->rec.disks[i].disk);
+        if (!disk_find(s, d->id, &ref)) {
+            op_free(op);
+            return qv_fail(e, -ENOENT, "%s: no disk %s", s->def.name, d->id);
+        }
+        snprintf(d->old_top, sizeof(d->old_top), "%s", ref.node);
+        snprintf(d->node, sizeof(d->node), "%s-s%llx-fmt", d->id, stamp);
+        snprintf(d->file_node, sizeof(d->file_node), "%s-s%llx-file", d->id, stamp);
+    }
+    json_object *args = obj1("flat", json_object_new_boolean(true));
+    if (qmp_send(s->qmp, "query-named-block-nodes", args, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_sizes, op) < 0) {
+        op_free(op);
+        return qv_fail(e, -EIO, "%s: QEMU's monitor is gone", s->def.name);
+    }
+    s->snap = op;
+    return 0;
+}
+
+int snapshot_live_create(struct sup *s, unsigned client, const char *name, bool disk_only, const char *description,
+                         struct qv_err *e)
+{
+    int r;
+    if ((r = busy(s, e)) < 0 || !monitor_ok(s, e))
+        return r < 0 ? r : e->code;
+    _cleanup_snapshot_ struct storage_snapshot rec = {0};
+    if ((r = snapshot_plan(s->paths, &s->def, name, disk_only, &rec, e)) < 0)
+        return r;
+    if (description)
+        rec.description = qv_xstrdup(description);
+    sup_log(s, "taking %s snapshot %s", disk_only ? "disk-only" : "full", name);
+    return disk_only ? external_create(s, client, &rec, e) : full_create(s, client, &rec, e);
+}
+
+/* ---- revert, delete ---- */
+
+static int load_record(struct sup *s, const char *name, struct storage_snapshot *rec, struct qv_err *e)
+{
+    char dir[PATH_MAX];
+    snapshot_dir(s->paths, s->def.name, dir, sizeof(dir));
+    int r = storage_snapshot_load(dir, name, rec, e);
+    if (r == -ENOENT)
+        return qv_fail(e, -ENOENT, "%s has no snapshot named %s (qvisor snapshot list %s)", s->def.name, name,
+                       s->def.name);
+    return r;
+}
+
+int snapshot_live_revert(struct sup *s, unsigned client, const char *name, struct qv_err *e)
+{
+    int r;
+    if ((r = busy(s, e)) < 0 || !monitor_ok(s, e))
+        return r < 0 ? r : e->code;
+    _cleanup_snapshot_ struct storage_snapshot rec = {0};
+    if ((r = load_record(s, name, &rec, e)) < 0)
+        return r;
+    if (!rec.memory)
+        return qv_fail(e, -EBUSY, "%s is running and snapshot %s holds no memory state; stop the VM first, then "
+                       "revert", s->def.name, name);
+    struct storage_snapshot *all;
+    size_t n;
+    if ((r = snapshot_load_all(s->paths, s->def.name, &all, &n, e)) < 0)
+        return r;
+    r = snapshot_check_revert(s->paths, &s->def, &rec, all, n, e);
+    snapshot_free_all(all, n);
+    if (r < 0)
+        return r;
+    json_object *devices;
+    char vmstate[48];
+    if ((r = record_nodes(s, &rec, &devices, vmstate, sizeof(vmstate), e)) < 0)
+        return r;
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "tag", json_object_new_string(name));
+    json_object_object_add(args, "vmstate", json_object_new_string(vmstate));
+    json_object_object_add(args, "devices", devices);
+    sup_log(s, "reverting to snapshot %s", name);
+    if (!sup_job_start(s, &snapshot_load_ops, NULL, "snapshot-load", args,
+                       obj1("name", json_object_new_string(name)), client, true, e))
+        return e->code;
+    return 0;
+}
+
+int snapshot_live_delete(struct sup *s, unsigned client, const char *name, struct qv_err *e)
+{
+    int r;
+    if ((r = busy(s, e)) < 0 || !monitor_ok(s, e))
+        return r < 0 ? r : e->code;
+    _cleanup_snapshot_ struct storage_snapshot rec = {0};
+    if ((r = load_record(s, name, &rec, e)) < 0)
+        return r;
+    struct storage_snapshot *all;
+    size_t n;
+    if ((r = snapshot_load_all(s->paths, s->def.name, &all, &n, e)) < 0)
+        return r;
+    r = snapshot_check_delete(s->paths, &s->def, &rec, all, n, e);
+    snapshot_free_all(all, n);
+    if (r < 0)
+        return r;
+    if (rec.external) {
+        if (rec.ndisks != 1)
+            return qv_fail(e, -EBUSY, "%s: snapshot %s has %zu overlays; stop the VM to merge them (a running VM "
+                           "merges one disk's snapshot at a time)", s->def.name, name, rec.ndisks);
+        return snapshot_live_merge(s, client, &rec, e);
+    }
+    /* internal: in the images that hold it, when they are the disks' tops */
+    json_object *devices = json_object_new_array();
+    for (size_t i = 0; i < rec.ndisks; i++) {
+        struct disk_ref ref;
+        if (!disk_find(s, rec.disks[i].disk, &ref) || strcmp(ref.file, rec.disks[i].file) != 0) {
+            json_object_put(devices);
+            return qv_fail(e, -EBUSY, "%s: snapshot %s is kept in %s, which is below a later overlay now; stop the VM "
+                           "to delete it", s->def.name, name, rec.disks[i].file);
+        }
+        json_object_array_add(devices, json_object_new_string(ref.node));
+    }
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "tag", json_object_new_string(name));
+    json_object_object_add(args, "devices", devices);
+    if (!sup_job_start(s, &snapshot_delete_ops, NULL, "snapshot-delete", args, obj1("name", json_object_new_string(name)),
+                       client, true, e))
+        return e->code;
+    return 0;
+}
+
+void snapshots_forget(struct sup *s)
+{
+    /* QEMU is gone (its monitor was freed first: no completion comes any more); the
+     * overlays it never switched to go too */
+    struct snap_op *op = s->snap;
+    if (!op)
+        return;
+    if (op->client)
+        sup_reply_error(s, op->client, -ESRCH, "%s: QEMU exited before snapshot %s was taken", s->def.name,
+                        op->rec.name);
+    for (size_t i = 0; i < op->made; i++)
+        unlink(op->rec.disks[i].overlay);
+    op_free(op);
+}
