@@ -50,6 +50,8 @@ static const struct cli_opt attach_nic_opts[] = {
     {"network", true, false, 0}, {"bridge", true, false, 0}, {"direct", true, false, 0}, {"user", false, false, 0},
     {"mac", true, false, 0}, {"model", true, false, 0}, {"mode", true, false, 0}, {"queues", true, false, 0},
     {"filter", true, false, 0}, {"persistent", false, false, 0}, {0}};
+static const struct cli_opt media_opts[] = {
+    {"eject", false, false, 0}, {"config", false, false, 0}, {"persistent", false, false, 0}, {0}};
 static const struct cli_opt detach_opts[] = {{"persistent", false, false, 0}, {"mac", true, false, 0}, {0}};
 
 static int cmd_help(struct cli *c);
@@ -96,6 +98,9 @@ static const struct cli_command commands[] = {
      "attach-nic NAME --network N|--bridge B|--direct IF|--user [--mac M] [--model virtio] [--persistent]",
      "hotplug a NIC"},
     {"detach-nic", cmd_detach_nic, detach_opts, 1, 1, "detach-nic NAME --mac MAC [--persistent]", "unplug a NIC"},
+    {"change-media", cmd_change_media, media_opts, 2, 3, "change-media NAME DEV FILE|--eject [--config]",
+     "put another medium (an ISO, read-only) into a CD-ROM drive (DEV: cdrom0 or the file it holds), or eject it; "
+     "a running VM's drive changes now, --config changes the definition too"},
     {"ifaddr", cmd_ifaddr, no_opts, 1, 1, "ifaddr NAME [--json]", "each NIC's MAC, tap, network and address"},
     {"disk-resize", cmd_disk_resize, resize_opts, 3, 3, "disk-resize NAME DISK SIZE|+SIZE [--allow-shrink]",
      "resize a running VM's disk (DISK: disk0, the image path or its serial); the guest sees it at once"},

@@ -37,6 +37,7 @@ static const struct request_kind request_kinds[] = {
     {"ifaddr", {{0}}},
     {"disk-resize", {{"target", F_STRING, true}, {"size", F_STRING, true}, {"allow_shrink", F_BOOL, false}}},
     {"blkstat", {{"target", F_STRING, false}}},
+    {"change-media", {{"target", F_STRING, true}, {"file", F_STRING, false}}},
     {"events", {{0}}},
     {"console", {{"replay", F_BOOL, false}}},
 };

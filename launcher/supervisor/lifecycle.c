@@ -344,6 +344,7 @@ void sup_qemu_gone(struct sup *s)
         console_readable(s);    /* the guest's last words are still in the socket */
     console_close(s);
     hotplug_forget_all(s);
+    media_forget_all(s);
     s->qemu_pid = 0;
     s->rs.qemu_pid = 0;
     s->stop_phase = 0;

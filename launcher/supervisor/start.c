@@ -492,6 +492,7 @@ int reattach(struct sup *s, bool finish_start, struct qv_err *e)
     if (r < 0)
         return r;
     hotplug_restore(s);
+    media_restore(s);
     vmnet_restore(s);
     s->qemu_pid = s->rs.qemu_pid;
     s->qemu_is_child = false;
