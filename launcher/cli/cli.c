@@ -92,7 +92,7 @@ static const struct cli_command commands[] = {
     {"attach-disk", cmd_attach_disk, attach_disk_opts, 1, 2,
      "attach-disk NAME FILE|--volume POOL/NAME [--format F] [--cache C] [--serial S] [--readonly] [--persistent]",
      "hotplug a virtio disk (the image is opened by qvisor and passed as an fd)"},
-    {"detach-disk", cmd_detach_disk, detach_opts, 2, 2, "detach-disk NAME FILE|ID [--persistent]",
+    {"detach-disk", cmd_detach_disk, detach_opts, 2, 2, "detach-disk NAME FILE|ID|POOL/VOL [--persistent]",
      "unplug a hotplugged disk once the guest releases it"},
     {"attach-nic", cmd_attach_nic, attach_nic_opts, 1, 1,
      "attach-nic NAME --network N|--bridge B|--direct IF|--user [--mac M] [--model virtio] [--persistent]",

@@ -85,7 +85,9 @@ static int attach(struct cli *c, const char *what, json_object *dev, json_object
     return 0;
 }
 
-static int detach(struct cli *c, const char *what, const char *target, const char *field)
+/* `target` as the user named it; the running VM is asked for `live_target` (NULL:
+ * target), the definition's entry whose `field` equals target is removed. */
+static int detach(struct cli *c, const char *what, const char *target, const char *live_target, const char *field)
 {
     const char *name = c->pos[0];
     bool persistent = cli_flag(c, "persistent");
@@ -96,7 +98,7 @@ static int detach(struct cli *c, const char *what, const char *target, const cha
     bool live = running(c, name), unplugged = false;
     if (live) {
         json_object *req = ctl_request(strcmp(what, "disk") == 0 ? "detach-disk" : "detach-nic");
-        json_object_object_add(req, "target", json_object_new_string(target));
+        json_object_object_add(req, "target", json_object_new_string(live_target ? live_target : target));
         r = ctl_call(&c->paths, name, req, 60000, NULL, &c->err);
         /* a device of the definition itself is not hotplugged: --persistent removes it
          * from the definition, and the running QEMU keeps it until it stops */
@@ -158,7 +160,17 @@ int cmd_attach_disk(struct cli *c)
 
 int cmd_detach_disk(struct cli *c)
 {
-    return detach(c, "disk", c->pos[1], "file");
+    const char *target = c->pos[1];
+    struct vol_ref ref;
+    struct qv_err ve = {0};
+    /* POOL/NAME: a volume. The definition names it so; the running VM was given its
+     * file (attach-disk --volume), so that is what the supervisor is asked for. */
+    if (target[0] != '/' && strchr(target, '/') && vol_ref_parse(target, &ref, &ve) == 0) {
+        char path[PATH_MAX];
+        bool resolved = vol_resolve(&c->paths, target, path, sizeof(path), NULL, &ve) == 0;
+        return detach(c, "disk", target, resolved ? path : NULL, "volume");
+    }
+    return detach(c, "disk", target, NULL, "file");
 }
 
 int cmd_attach_nic(struct cli *c)
@@ -196,7 +208,7 @@ int cmd_detach_nic(struct cli *c)
     const char *mac = cli_opt(c, "mac");
     if (!mac)
         return qv_fail(&c->err, -EINVAL, "detach-nic: --mac MAC names the NIC");
-    return detach(c, "NIC", mac, "mac");
+    return detach(c, "NIC", mac, NULL, "mac");
 }
 
 int cmd_ifaddr(struct cli *c)

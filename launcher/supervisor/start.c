@@ -373,6 +373,7 @@ int start_begin(struct sup *s, bool restart, struct qv_err *e)
     s->rs.last_exit[0] = '\0';
     memcpy(s->rs.uuid, s->def.uuid, sizeof(s->rs.uuid));
     sup_save_state(s);
+    sup_crash_point("disks-resolved");     /* the chains were checked; their files are opened later */
     s->start.phase = START_PREPARE;
     if ((r = start_next(s, e)) < 0)
         s->start.phase = START_IDLE;
