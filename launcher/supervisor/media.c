@@ -228,6 +228,10 @@ static void on_step(void *ctx, json_object *ret, const struct qv_err *err)
         op->removed = true;
         m->changed = true;
         m->file[0] = '\0';
+        /* the new medium's generation is taken now: should this supervisor die before it
+         * is inserted, its nodes may exist, and the next change must not reuse their names */
+        if (op->gen)
+            m->gen = op->gen;
         media_record(s);
     } else if (st->medium_in) {
         op->removed = false;

@@ -2,9 +2,10 @@
 # timeout: 240
 # Volumes and running VMs: detach-disk by volume name (POOL/NAME, as attach-disk
 # --volume takes it); "used by" of a volume a running VM has attached live only
-# (attach-disk without --persistent), which vol delete then refuses; and a chain layer
-# replaced between its check and its open at start, which is refused instead of being
-# handed to QEMU.
+# (attach-disk without --persistent), which vol delete then refuses; `vol export -` of a
+# qcow2 overlay (a raw stream through a temporary file, which Ctrl-C removes); and a
+# chain layer replaced between its check and its open at start, which is refused
+# instead of being handed to QEMU.
 . "$(dirname "$0")/../lib.sh"
 IMGS=$T_ROOT/var/lib/qvisor/images
 vinfo() { qv vol info "$1" --json | jq -e "$2"; }
@@ -51,6 +52,36 @@ check "...the definition no longer names it" bash -c "'$QV_BIN' --root '$T_ROOT'
 check_error "detach-disk of a volume the VM does not have (exit 3)" 3 'vh: no hotplugged disk' qv detach-disk vh default/base
 qv kill -q vh
 check "once the VM is off, its live-only disks use nothing" vinfo default/base '.used_by == []'
+
+# ---- vol export - of a qcow2 on a chain: a raw stream, through a temporary file ----
+printf '%s' "$marker-over" | qemu-io -f qcow2 -c "write -P 0x4f 1M 64k" "$IMGS/over" >/dev/null
+qemu-img convert -f qcow2 -O raw "$IMGS/over" "$T_ROOT/over.raw"
+check "vol export - of a qcow2 overlay streams the guest's raw view of the whole chain" \
+    bash -c "'$QV_BIN' --root '$T_ROOT' vol export default/over - | cmp - '$T_ROOT/over.raw'"
+# Ctrl-C while qemu-img converts (a wrapper holds it after the real conversion)
+cat > "$T_ROOT/slow-qemu-img" <<'EOS'
+#!/bin/bash
+if [ "$1" = convert ]; then
+    qemu-img "$@" || exit
+    echo $$ > "$SLOW_DIR/copying"
+    exec sleep 60
+fi
+exec qemu-img "$@"
+EOS
+chmod +x "$T_ROOT/slow-qemu-img"
+SLOW_DIR=$T_ROOT QVISOR_QEMU_IMG=$T_ROOT/slow-qemu-img "$QV_BIN" --root "$T_ROOT" vol export default/over - \
+    > "$T_ROOT/stream.out" 2> "$T_ROOT/stream.err" &
+xpid=$!
+on_exit "kill -9 $xpid"
+check "a streamed export reaches its conversion" wait_until 30 test -s "$T_ROOT/copying"
+check "...its raw temporary file is in the pool, hidden" bash -c "ls -A '$IMGS' | grep -qx '\.export-over\.part-$xpid'"
+kill -INT "$xpid"
+wait "$xpid"; rc=$?
+check "SIGINT: exit 1, saying nothing was written (exit $rc)" \
+    bash -c "[ $rc -eq 1 ] && grep -q 'vol export default/over: interrupted; nothing was written' '$T_ROOT/stream.err'"
+check_not "...the temporary file is gone" bash -c "ls -A '$IMGS' | grep -F .part-"
+check_not "...so is the qemu-img child" kill -0 "$(cat "$T_ROOT/copying")"
+check "...and nothing reached stdout" test ! -s "$T_ROOT/stream.out"
 
 # ---- a chain layer replaced between its check and its open ----
 qv vol create -q default/r0 --size 16M --format raw
