@@ -68,6 +68,8 @@ static const struct cli_opt block_job_opts[] = {
 static const struct cli_opt snapshot_create_opts[] = {
     {"disk-only", false, false, 0}, {"description", true, false, 0}, {0}};
 static const struct cli_opt snapshot_list_opts[] = {{"tree", false, false, 0}, {0}};
+static const struct cli_opt media_opts[] = {
+    {"eject", false, false, 0}, {"config", false, false, 0}, {"persistent", false, false, 0}, {0}};
 static const struct cli_opt detach_opts[] = {{"persistent", false, false, 0}, {"mac", true, false, 0}, {0}};
 
 static int cmd_help(struct cli *c);
@@ -110,12 +112,15 @@ static const struct cli_command commands[] = {
     {"attach-disk", cmd_attach_disk, attach_disk_opts, 1, 2,
      "attach-disk NAME FILE|--volume POOL/NAME [--format F] [--cache C] [--serial S] [--readonly] [--persistent]",
      "hotplug a virtio disk (the image is opened by qvisor and passed as an fd)"},
-    {"detach-disk", cmd_detach_disk, detach_opts, 2, 2, "detach-disk NAME FILE|ID [--persistent]",
+    {"detach-disk", cmd_detach_disk, detach_opts, 2, 2, "detach-disk NAME FILE|ID|POOL/VOL [--persistent]",
      "unplug a hotplugged disk once the guest releases it"},
     {"attach-nic", cmd_attach_nic, attach_nic_opts, 1, 1,
      "attach-nic NAME --network N|--bridge B|--direct IF|--user [--mac M] [--model virtio] [--persistent]",
      "hotplug a NIC"},
     {"detach-nic", cmd_detach_nic, detach_opts, 1, 1, "detach-nic NAME --mac MAC [--persistent]", "unplug a NIC"},
+    {"change-media", cmd_change_media, media_opts, 2, 3, "change-media NAME DEV FILE|--eject [--config]",
+     "put another medium (an ISO, read-only) into a CD-ROM drive (DEV: cdrom0 or the file it holds), or eject it; "
+     "a running VM's drive changes now, --config changes the definition too"},
     {"ifaddr", cmd_ifaddr, ifaddr_opts, 1, 1, "ifaddr NAME [--source lease|agent] [--json]",
      "each NIC's MAC, tap, network and address (--source agent: as the guest sees them)"},
     {"exec", cmd_exec, exec_opts, 2, 4096,

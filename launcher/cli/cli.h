@@ -82,6 +82,7 @@ int cmd_detach_disk(struct cli *c);
 int cmd_attach_nic(struct cli *c);
 int cmd_detach_nic(struct cli *c);
 int cmd_ifaddr(struct cli *c);
+int cmd_change_media(struct cli *c);
 int cmd_disk_resize(struct cli *c);
 int cmd_blkstat(struct cli *c);
 int cmd_block_pull(struct cli *c);

@@ -1,8 +1,10 @@
-/* attach-disk, detach-disk, attach-nic, detach-nic, ifaddr. Like virsh: a running
+/* attach-disk, detach-disk, attach-nic, detach-nic, change-media, ifaddr. Like virsh: a running
  * VM changes now; --persistent changes its definition too (the only thing that
  * changes when it is not running). */
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "launcher/cli/cli.h"
 
@@ -83,7 +85,9 @@ static int attach(struct cli *c, const char *what, json_object *dev, json_object
     return 0;
 }
 
-static int detach(struct cli *c, const char *what, const char *target, const char *field)
+/* `target` as the user named it; the running VM is asked for `live_target` (NULL:
+ * target), the definition's entry whose `field` equals target is removed. */
+static int detach(struct cli *c, const char *what, const char *target, const char *live_target, const char *field)
 {
     const char *name = c->pos[0];
     bool persistent = cli_flag(c, "persistent");
@@ -94,7 +98,7 @@ static int detach(struct cli *c, const char *what, const char *target, const cha
     bool live = running(c, name), unplugged = false;
     if (live) {
         json_object *req = ctl_request(strcmp(what, "disk") == 0 ? "detach-disk" : "detach-nic");
-        json_object_object_add(req, "target", json_object_new_string(target));
+        json_object_object_add(req, "target", json_object_new_string(live_target ? live_target : target));
         r = ctl_call(&c->paths, name, req, 60000, NULL, &c->err);
         /* a device of the definition itself is not hotplugged: --persistent removes it
          * from the definition, and the running QEMU keeps it until it stops */
@@ -156,7 +160,17 @@ int cmd_attach_disk(struct cli *c)
 
 int cmd_detach_disk(struct cli *c)
 {
-    return detach(c, "disk", c->pos[1], "file");
+    const char *target = c->pos[1];
+    struct vol_ref ref;
+    struct qv_err ve = {0};
+    /* POOL/NAME: a volume. The definition names it so; the running VM was given its
+     * file (attach-disk --volume), so that is what the supervisor is asked for. */
+    if (target[0] != '/' && strchr(target, '/') && vol_ref_parse(target, &ref, &ve) == 0) {
+        char path[PATH_MAX];
+        bool resolved = vol_resolve(&c->paths, target, path, sizeof(path), NULL, &ve) == 0;
+        return detach(c, "disk", target, resolved ? path : NULL, "volume");
+    }
+    return detach(c, "disk", target, NULL, "file");
 }
 
 int cmd_attach_nic(struct cli *c)
@@ -194,7 +208,7 @@ int cmd_detach_nic(struct cli *c)
     const char *mac = cli_opt(c, "mac");
     if (!mac)
         return qv_fail(&c->err, -EINVAL, "detach-nic: --mac MAC names the NIC");
-    return detach(c, "NIC", mac, "mac");
+    return detach(c, "NIC", mac, NULL, "mac");
 }
 
 int cmd_ifaddr(struct cli *c)
@@ -227,5 +241,101 @@ int cmd_ifaddr(struct cli *c)
         }
     }
     json_object_put(reply);
+    return 0;
+}
+
+/* cdroms[index] of the definition: by id (cdrom0) or the file it holds; a disk's
+ * name is told apart. -ENOENT when none. */
+static int definition_cdrom(struct cli *c, const struct vm_def *d, const char *key, size_t *out)
+{
+    for (size_t i = 0; i < d->ncdroms; i++) {
+        char id[24];
+        snprintf(id, sizeof(id), "cdrom%zu", i);
+        if (strcmp(id, key) == 0 || (d->cdroms[i].file && strcmp(d->cdroms[i].file, key) == 0)) {
+            *out = i;
+            return 0;
+        }
+    }
+    for (size_t i = 0; i < d->ndisks; i++) {
+        char id[24];
+        snprintf(id, sizeof(id), "disk%zu", i);
+        const struct vm_disk *k = &d->disks[i];
+        if (strcmp(id, key) == 0 || (k->file && strcmp(k->file, key) == 0) || (k->volume && strcmp(k->volume, key) == 0))
+            return qv_fail(&c->err, -EINVAL, "%s: %s is a disk, not a CD-ROM (change-media swaps a CD-ROM's medium; "
+                           "attach-disk/detach-disk change disks)", d->name, key);
+    }
+    if (!d->ncdroms)
+        return qv_fail(&c->err, -ENOENT, "%s: no CD-ROM %s: the VM has no CD-ROM drive (add one to the definition, "
+                       "e.g. define --cdrom empty)", d->name, key);
+    return qv_fail(&c->err, -ENOENT, "%s: no CD-ROM %s (a drive id such as cdrom0, or the file it holds)", d->name, key);
+}
+
+/* Sets (file NULL: empties) cdroms[index] of the definition, written atomically. */
+static int definition_set_medium(struct cli *c, const struct vm_def *d, size_t index, const char *file)
+{
+    _cleanup_json_ json_object *o = vm_def_to_json(d);
+    json_object *arr, *item;
+    if (!json_object_object_get_ex(o, "cdroms", &arr) || index >= json_object_array_length(arr))
+        return qv_fail(&c->err, -ENOENT, "%s: the definition has no cdrom%zu", d->name, index);
+    item = json_object_array_get_idx(arr, index);
+    if (file)
+        json_object_object_add(item, "file", json_object_new_string(file));
+    else
+        json_object_object_del(item, "file");
+    _cleanup_vm_def_ struct vm_def out = {0};
+    return vm_define(&c->paths, o, true, &out, &c->err);
+}
+
+/* change-media NAME DEV FILE|--eject [--config]: virsh's. A running VM's drive
+ * changes now (--config: its definition too); a VM that is not running has its
+ * definition changed. */
+int cmd_change_media(struct cli *c)
+{
+    const char *name = c->pos[0], *dev = c->pos[1];
+    bool eject = cli_flag(c, "eject"), config = cli_flag(c, "config") || cli_flag(c, "persistent");
+    if ((c->npos == 3) == eject)
+        return qv_fail(&c->err, -EINVAL, "change-media %s %s: a FILE or --eject, one of them", name, dev);
+    char file[PATH_MAX] = "";
+    if (!eject) {
+        /* the supervisor opens it, from another directory: an absolute path, checked here too */
+        if (!realpath(c->pos[2], file))
+            return qv_failerr(&c->err, errno == ENOENT ? -ENOENT : -errno, "%s: change-media %s: %s", name, dev,
+                              c->pos[2]);
+        struct qv_err oe = {0};
+        int fd = storage_open_image(file, O_RDONLY, &oe);
+        if (fd < 0)
+            return qv_fail(&c->err, fd, "%s: change-media %s: %s", name, dev, oe.msg);
+        close(fd);
+    }
+    _cleanup_vm_def_ struct vm_def d = {0};
+    int r = vm_load(&c->paths, name, &d, &c->err);
+    if (r < 0)
+        return r;
+    bool live = running(c, name);
+    size_t index = 0;
+    if (live) {
+        json_object *req = ctl_request("change-media");
+        json_object_object_add(req, "target", json_object_new_string(dev));
+        if (!eject)
+            json_object_object_add(req, "file", json_object_new_string(file));
+        _cleanup_json_ json_object *reply = NULL;
+        if ((r = ctl_call(&c->paths, name, req, 60000, &reply, &c->err)) < 0)
+            return r;
+        json_object *v;
+        /* DEV may have named the live medium: the definition is changed by drive */
+        if (json_object_object_get_ex(reply, "cdrom", &v) && sscanf(json_object_get_string(v), "cdrom%zu", &index) != 1)
+            return qv_fail(&c->err, -EIO, "%s: the supervisor named no drive", name);
+    } else if ((r = definition_cdrom(c, &d, dev, &index)) < 0) {
+        return r;
+    }
+    if ((!live || config) && (r = definition_set_medium(c, &d, index, eject ? NULL : file)) < 0)
+        return live ? qv_prefix(&c->err, "%s: cdrom%zu changed, but the definition did not: ", name, index) : r;
+    if (c->quiet)
+        return 0;
+    const char *where = !live ? " (in the definition: the VM is not running)" : config ? " (and in the definition)" : "";
+    if (eject)
+        printf("%s: cdrom%zu ejected%s\n", name, index, where);
+    else
+        printf("%s: cdrom%zu now holds %s%s\n", name, index, file, where);
     return 0;
 }

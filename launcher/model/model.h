@@ -58,8 +58,12 @@ struct vm_disk {
     struct vm_disk_layer {
         char *path;
         enum disk_format format;
+        dev_t dev;          /* the file that was checked: the one opened for QEMU must be it */
+        ino_t ino;
     } *backing;
     size_t nbacking;
+    dev_t dev;              /* a qcow2 top's file as its chain was checked; ino 0: not checked */
+    ino_t ino;
     enum disk_format format;
     enum disk_bus bus;
     enum disk_cache cache;
@@ -447,6 +451,10 @@ bool net_running(const struct qv_paths *p, const char *name, pid_t *holder);
 int vm_resolve_disks(const struct qv_paths *p, struct vm_def *d, struct qv_err *e);
 /* The same for one disk (a hotplugged one). */
 int vm_resolve_disk(const struct qv_paths *p, struct vm_disk *k, struct qv_err *e);
+/* fd, just opened by path for layer `layer` of k (0: the top, j + 1: backing[j]), is the
+ * file vm_resolve_disk checked: one put in its place since (a rename over it) is refused
+ * with -ESTALE, so QEMU never gets a layer nobody checked. */
+int vm_disk_check_fd(const struct vm_disk *k, size_t layer, int fd, struct qv_err *e);
 
 /* ---- storage pools: etc/qvisor/pools/NAME.json -------------------------------------------- */
 struct pool_def {

@@ -127,18 +127,33 @@ static bool disk_image(const struct qv_paths *p, const struct vm_disk *k, char *
     return k->volume && vol_resolve(p, k->volume, out, outlen, NULL, &e) == 0;
 }
 
-static bool vm_running(const struct qv_paths *p, const char *name)
+/* What a running VM holds beyond its definition, from its supervisor's records in
+ * state.json: disks hotplugged without --persistent ("hotplug") and CD-ROM media
+ * changed live ("media"). */
+static bool live_holds(const struct vm_runstate *rs, bool (*match)(const char *image, const void *arg),
+                       const void *arg)
 {
-    struct vm_runstate s;
-    bool supervised;
-    if (vm_observe(p, name, &s, &supervised) < 0)
+    json_object *a, *v;
+    if (!rs->resources)
         return false;
-    bool running = s.state != VM_SHUTOFF && s.state != VM_CRASHED;
-    runstate_free(&s);
-    return running;
+    if (json_object_object_get_ex(rs->resources, "hotplug", &a) && json_object_is_type(a, json_type_array))
+        for (size_t i = 0; i < json_object_array_length(a); i++) {
+            json_object *h = json_object_array_get_idx(a, i);
+            if (json_object_object_get_ex(h, "kind", &v) && strcmp(json_object_get_string(v), "disk") == 0 &&
+                json_object_object_get_ex(h, "file", &v) && json_object_get_string(v)[0] &&
+                match(json_object_get_string(v), arg))
+                return true;
+        }
+    if (json_object_object_get_ex(rs->resources, "media", &a) && json_object_is_type(a, json_type_array))
+        for (size_t i = 0; i < json_object_array_length(a); i++)
+            if (json_object_object_get_ex(json_object_array_get_idx(a, i), "file", &v) &&
+                json_object_get_string(v)[0] && match(json_object_get_string(v), arg))
+                return true;
+    return false;
 }
 
-/* Calls `hit` for every VM one of whose disks has a layer for which `match` holds. */
+/* Calls `hit` for every VM one of whose disks or CD-ROMs has a layer for which
+ * `match` holds: in its definition, or, while it runs, attached live. */
 static int for_vm_disks(const struct qv_paths *p, bool (*match)(const char *image, const void *arg), const void *arg,
                         struct strv *users, struct qv_err *e)
 {
@@ -150,13 +165,23 @@ static int for_vm_disks(const struct qv_paths *p, bool (*match)(const char *imag
         _cleanup_vm_def_ struct vm_def d = {0};
         if (vm_load(p, names.v[i], &d, NULL) < 0)
             continue;
-        for (size_t k = 0; k < d.ndisks; k++) {
-            char image[PATH_MAX];
-            if (!disk_image(p, &d.disks[k], image, sizeof(image)) || !match(image, arg))
-                continue;
-            strv_pushf(users, "%s (%s)", d.name, vm_running(p, d.name) ? "running" : "defined");
-            break;
+        struct vm_runstate rs;
+        bool supervised, running = false;
+        if (vm_observe(p, d.name, &rs, &supervised) == 0) {
+            running = rs.state != VM_SHUTOFF && rs.state != VM_CRASHED;
+        } else {
+            memset(&rs, 0, sizeof(rs));
         }
+        bool hit = running && live_holds(&rs, match, arg);
+        runstate_free(&rs);
+        for (size_t k = 0; !hit && k < d.ndisks; k++) {
+            char image[PATH_MAX];
+            hit = disk_image(p, &d.disks[k], image, sizeof(image)) && match(image, arg);
+        }
+        for (size_t k = 0; !hit && k < d.ncdroms; k++)
+            hit = d.cdroms[k].file && match(d.cdroms[k].file, arg);
+        if (hit)
+            strv_pushf(users, "%s (%s)", d.name, running ? "running" : "defined");
     }
     return 0;
 }
@@ -445,6 +470,8 @@ int vm_resolve_disk(const struct qv_paths *p, struct vm_disk *k, struct qv_err *
         k->format = fmt;    /* a volume's format is what its header says now */
     }
     disk_forget_layers(k);
+    k->dev = 0;
+    k->ino = 0;
     if (k->format != FORMAT_QCOW2)
         return 0;
     /* every layer is opened and checked now, so that a broken chain is refused
@@ -452,16 +479,52 @@ int vm_resolve_disk(const struct qv_paths *p, struct vm_disk *k, struct qv_err *
     struct storage_chain c;
     if ((r = storage_chain_open(k->file, STORAGE_FORMAT_QCOW2, O_RDONLY, &c, e)) < 0)
         return r;
-    if (c.n > 1) {
-        k->nbacking = c.n - 1;
-        k->backing = qv_xcalloc(k->nbacking, sizeof(*k->backing));
-        for (size_t i = 1; i < c.n; i++) {
-            k->backing[i - 1].path = qv_xstrdup(c.layers[i].path);
-            k->backing[i - 1].format = c.layers[i].format == STORAGE_FORMAT_QCOW2 ? FORMAT_QCOW2 : FORMAT_RAW;
+    struct stat st;
+    for (size_t i = 0; i < c.n; i++) {
+        if (fstat(c.layers[i].fd, &st) < 0) {
+            r = qv_failerr(e, -errno, "%s", c.layers[i].path);
+            disk_forget_layers(k);
+            storage_chain_close(&c);
+            return r;
         }
+        if (i == 0) {
+            k->dev = st.st_dev;
+            k->ino = st.st_ino;
+            continue;
+        }
+        if (i == 1) {
+            k->nbacking = c.n - 1;
+            k->backing = qv_xcalloc(k->nbacking, sizeof(*k->backing));
+        }
+        struct vm_disk_layer *l = &k->backing[i - 1];
+        l->path = qv_xstrdup(c.layers[i].path);
+        l->format = c.layers[i].format == STORAGE_FORMAT_QCOW2 ? FORMAT_QCOW2 : FORMAT_RAW;
+        l->dev = st.st_dev;
+        l->ino = st.st_ino;
     }
     storage_chain_close(&c);
     return 0;
+}
+
+int vm_disk_check_fd(const struct vm_disk *k, size_t layer, int fd, struct qv_err *e)
+{
+    if (layer > k->nbacking)
+        return qv_fail(e, -EINVAL, "disk %s: no backing layer %zu", k->file, layer);
+    const struct vm_disk_layer *l = layer ? &k->backing[layer - 1] : NULL;
+    dev_t dev = l ? l->dev : k->dev;
+    ino_t ino = l ? l->ino : k->ino;
+    if (!ino)
+        return 0;   /* not a checked chain (a raw disk): nothing to compare with */
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return qv_failerr(e, -errno, "disk %s", k->file);
+    if (st.st_dev == dev && st.st_ino == ino)
+        return 0;
+    if (l)
+        return qv_fail(e, -ESTALE, "disk %s: backing layer %s was replaced since its chain was checked (start "
+                       "again: the new one is checked then)", k->file, l->path);
+    return qv_fail(e, -ESTALE, "disk %s was replaced since its chain was checked (start again: the new one is "
+                   "checked then)", k->file);
 }
 
 int vm_resolve_disks(const struct qv_paths *p, struct vm_def *d, struct qv_err *e)

@@ -108,6 +108,9 @@ json_object *sup_status_json(struct sup *s)
     json_object *conf = confine_inspect(s);
     if (conf)
         json_object_object_add(o, "confinement", conf);
+    json_object *media = s->qemu_pid ? media_status_json(s) : NULL;
+    if (media)
+        json_object_object_add(o, "cdroms", media);
     return o;
 }
 
@@ -324,6 +327,7 @@ static void sup_free(struct sup *s)
         if (s->jobs[i].result)
             json_object_put(s->jobs[i].result);
     }
+    media_forget_all(s);
     if (s->nft)
         netsetup_nft_close(s->nft);
     if (s->qmp)

@@ -413,6 +413,13 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
             r = snapshot_live_delete(s, c->id, name, &e);
         if (r < 0)
             reply_error(s, c, r, "%s", e.msg);
+    } else if (strcmp(cmd, "change-media") == 0) {
+        struct qv_err e = {0};
+        if (!monitor_usable(s, c))
+            return;
+        int r = media_change(s, c->id, get_string(req, "target"), get_string(req, "file"), &e);
+        if (r < 0)
+            reply_error(s, c, r, "%s", e.msg);
     } else if (strcmp(cmd, "ifaddr") == 0) {
         json_object *o = json_object_new_object();
         json_object_object_add(o, "ok", json_object_new_boolean(true));

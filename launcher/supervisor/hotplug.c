@@ -406,17 +406,24 @@ static void disk_node_steps(struct hotplug_op *op, int fd, int fdset, const char
             QMP_TIMEOUT_DEVICE, "blockdev-del", obj1("node-name", json_object_new_string(fmt_node)));
 }
 
-/* The image and every layer below it, opened here: QEMU opens no path. */
+/* The image and every layer below it, opened here: QEMU opens no path. Each is the
+ * file vm_resolve_disk checked, not one renamed into its place since. */
 static int open_disk_layers(struct sup *s, const struct vm_disk *k, int *fds, struct qv_err *e)
 {
-    fds[0] = open(k->file, (k->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
-    if (fds[0] < 0)
-        return qv_failerr(e, -errno, "%s: attach-disk: %s", s->def.name, k->file);
-    for (size_t j = 0; j < k->nbacking; j++) {
-        fds[j + 1] = storage_open_image(k->backing[j].path, O_RDONLY, e);
-        if (fds[j + 1] < 0) {
+    for (size_t j = 0; j <= k->nbacking; j++) {
+        int r;
+        if (j == 0) {
+            fds[0] = open(k->file, (k->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+            r = fds[0] < 0 ? qv_failerr(e, -errno, "%s", k->file) : 0;
+        } else {
+            fds[j] = storage_open_image(k->backing[j - 1].path, O_RDONLY, e);
+            r = fds[j] < 0 ? qv_prefix(e, "%s: backing layer: ", k->file) : 0;
+        }
+        if (r == 0)
+            r = vm_disk_check_fd(k, j, fds[j], e);
+        if (r < 0) {
             launch_close_resources(fds, j + 1);
-            return qv_prefix(e, "%s: attach-disk: %s: backing layer: ", s->def.name, k->file);
+            return qv_prefix(e, "%s: attach-disk: ", s->def.name);
         }
     }
     return 0;

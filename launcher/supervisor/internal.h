@@ -1,9 +1,10 @@
 /* Internal to launcher/supervisor: the per-VM supervisor's core (core.c) and its
  * parts with their own state: ctl.sock (ctl.c), the QMP monitor (monitor.c), the
  * console and log (console.c), confinement (confine.c), NICs (vmnet.c), hotplug
- * (hotplug.c), a running VM's disks (disks.c), QEMU's jobs (jobs.c), snapshots
- * (snapshots.c, snapshot_merge.c), the guest agent channel (agent.c, agent_ops.c;
- * agent_chan.h). One process per VM owns the only QMP connection. */
+ * (hotplug.c), a running VM's disks (disks.c), CD-ROM media (media.c), QEMU's jobs
+ * (jobs.c), block jobs (blockjobs.c, blockprep.c), snapshots (snapshots.c,
+ * snapshot_merge.c), the guest agent channel (agent.c, agent_ops.c; agent_chan.h).
+ * One process per VM owns the only QMP connection. */
 #ifndef QV_SUP_INTERNAL_H
 #define QV_SUP_INTERNAL_H
 
@@ -106,6 +107,14 @@ struct hotplug {
     struct vm_nic nic;      /* NICs: as attached; type 0 fields when restored */
     unsigned waiting_client;    /* a detach waits for DEVICE_DELETED */
     uint64_t deadline;
+};
+
+/* What a CD-ROM drive holds once change-media changed it (media.c). */
+struct media_op;
+struct cdrom_media {
+    bool changed;           /* false: the definition's medium, as QEMU started */
+    char file[PATH_MAX];    /* "" empty */
+    unsigned gen;           /* its block nodes: cdromN-mGEN-file/-fmt (0: the command line's cdromN-*) */
 };
 
 /* A NIC's host side while the VM runs (vmnet.c). */
@@ -263,6 +272,9 @@ struct sup {
     struct block_prep *block_prep;  /* a block job being prepared (blockjobs.c) */
     json_object *fdset_drop;    /* file nodes whose fdsets go at the next query-fdsets reply */
     struct snap_op *snap;       /* a disk-only snapshot being taken (snapshots.c); NULL: none */
+    struct cdrom_media *media;  /* one per cdroms[] entry once a medium changed; NULL before */
+    size_t nmedia;
+    struct media_op *media_op;  /* the change under way, NULL if none */
     struct vm_nic_state nics[VM_MAX_NICS + HOTPLUG_MAX];
     struct netsetup_nft *nft;
     uint64_t lease_poll;        /* next look at the networks' leases; 0: none needed */
@@ -435,6 +447,16 @@ void hotplug_expire(struct sup *s, uint64_t now);
 void hotplug_record(struct sup *s);
 void hotplug_restore(struct sup *s);
 void hotplug_forget_all(struct sup *s);
+
+/* media.c: CD-ROM media of a running VM. `target` is a drive id (cdrom0) or the file
+ * it holds; file NULL ejects. The client is answered once QEMU finished; an error
+ * before anything was sent is returned instead. */
+int media_change(struct sup *s, unsigned client, const char *target, const char *file, struct qv_err *e);
+/* state.json's "media" after a reattach; QEMU's exit forgets it all. */
+void media_restore(struct sup *s);
+void media_forget_all(struct sup *s);
+/* [{"id": "cdrom0", "file": F or null}] for status; NULL without CD-ROMs. */
+json_object *media_status_json(struct sup *s);
 
 /* disks.c: a running VM's disks. A disk is named by device id (disk0), image path or
  * serial. The requests answer `client` through QMP callbacks; an error before

@@ -120,14 +120,18 @@ static int open_slot(const struct launch_plan *p, size_t i, const struct vm_def 
     case FD_DISK_BASE: {
         const char *file = d->disks[s->index].file;
         fds[i] = open(file, s->open_flags | O_CLOEXEC);
-        return fds[i] < 0 ? qv_failerr(e, -errno, "disk %s", file) : 0;
+        if (fds[i] < 0)
+            return qv_failerr(e, -errno, "disk %s", file);
+        return vm_disk_check_fd(&d->disks[s->index], 0, fds[i], e);
     }
     case FD_DISK_LAYER: {
         const struct vm_disk *k = &d->disks[s->index];
         if ((size_t)s->sub >= k->nbacking)
             return qv_fail(e, -EINVAL, "disk %s: backing layer %d was not resolved", k->file, s->sub);
         fds[i] = storage_open_image(k->backing[s->sub].path, O_RDONLY, e);
-        return fds[i] < 0 ? qv_prefix(e, "disk %s: backing layer: ", k->file) : 0;
+        if (fds[i] < 0)
+            return qv_prefix(e, "disk %s: backing layer: ", k->file);
+        return vm_disk_check_fd(k, (size_t)s->sub + 1, fds[i], e);
     }
     case FD_OVERLAY:
         return open_overlay(ctx, d, (size_t)s->index, &fds[i], e);

@@ -374,6 +374,7 @@ int start_begin(struct sup *s, bool restart, struct qv_err *e)
     s->rs.last_exit[0] = '\0';
     memcpy(s->rs.uuid, s->def.uuid, sizeof(s->rs.uuid));
     sup_save_state(s);
+    sup_crash_point("disks-resolved");     /* the chains were checked; their files are opened later */
     s->start.phase = START_PREPARE;
     if ((r = start_next(s, e)) < 0)
         s->start.phase = START_IDLE;
@@ -493,6 +494,7 @@ int reattach(struct sup *s, bool finish_start, struct qv_err *e)
     if (r < 0)
         return r;
     hotplug_restore(s);
+    media_restore(s);
     vmnet_restore(s);
     s->qemu_pid = s->rs.qemu_pid;
     s->qemu_is_child = false;
