@@ -151,6 +151,8 @@ int json_parse_str(const char *what, const char *text, json_object **out, struct
 int json_parse_buf(const char *what, const char *text, size_t n, json_object **out, struct qv_err *e);
 /* Pretty, stable serialisation ending in a newline; caller frees. */
 char *json_pretty(json_object *o);
+/* {"key": v}, taking v: the one-member argument objects of QMP commands. */
+json_object *json_obj1(const char *key, json_object *v);
 int json_write_file_atomic(const char *path, json_object *o, mode_t mode, struct qv_err *e);
 
 /* Reading a document against a schema with a JSON path for every error:

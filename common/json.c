@@ -381,3 +381,10 @@ int jr_size(struct jr *r, json_object *obj, const char *key, uint64_t min, uint6
     jr_pop(r, m);
     return e;
 }
+
+json_object *json_obj1(const char *key, json_object *v)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, key, v);
+    return o;
+}

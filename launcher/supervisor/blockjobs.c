@@ -18,13 +18,6 @@
 
 const char *const block_op_names[] = {"pull", "commit", "copy"};
 
-static json_object *obj1(const char *key, json_object *v)
-{
-    json_object *a = json_object_new_object();
-    json_object_object_add(a, key, v);
-    return a;
-}
-
 static void on_logged(void *ctx, json_object *ret, const struct qv_err *err)
 {
     (void)ret;
@@ -60,7 +53,7 @@ static void on_fdsets_for_drop(void *ctx, json_object *ret, const struct qv_err 
                                json_object_get_string(op)) == 0;
         }
         if (match)
-            block_send_logged(s, "remove-fd", obj1("fdset-id", json_object_new_int(json_object_get_int(id))));
+            block_send_logged(s, "remove-fd", json_obj1("fdset-id", json_object_new_int(json_object_get_int(id))));
     }
     if (err)
         sup_log(s, "block: query-fdsets: %s", err->msg);
@@ -79,7 +72,7 @@ void block_drop_nodes(struct sup *s, json_object *drop)
         json_object *pair = json_object_array_get_idx(drop, i);
         for (size_t k = 0; k < 2; k++)
             block_send_logged(s, "blockdev-del",
-                        obj1("node-name", json_object_new_string(json_object_get_string(
+                        json_obj1("node-name", json_object_new_string(json_object_get_string(
                                               json_object_array_get_idx(pair, k)))));
         json_object_array_add(s->fdset_drop, json_object_get(json_object_array_get_idx(pair, 1)));
     }

@@ -20,13 +20,6 @@
 
 #define CREATE_TIMEOUT_MS 60000
 
-static json_object *obj1(const char *key, json_object *v)
-{
-    json_object *a = json_object_new_object();
-    json_object_object_add(a, key, v);
-    return a;
-}
-
 /* ---- preparing: a failure answers the client and undoes what was made ---- */
 
 void block_prep_fail(struct sup *s, const struct qv_err *err)
@@ -42,8 +35,8 @@ void block_prep_fail(struct sup *s, const struct qv_err *err)
         json_object_put(target);
     } else if (p->added >= 1) {
         if (p->added == 2)
-            block_send_logged(s, "blockdev-del", obj1("node-name", json_object_new_string(p->tfile)));
-        block_send_logged(s, "remove-fd", obj1("fdset-id", json_object_new_int(p->fdset)));
+            block_send_logged(s, "blockdev-del", json_obj1("node-name", json_object_new_string(p->tfile)));
+        block_send_logged(s, "remove-fd", json_obj1("fdset-id", json_object_new_int(p->fdset)));
     }
     if (p->created)
         unlink(p->dest);
@@ -159,7 +152,7 @@ static void on_rw_added(void *ctx, json_object *ret, const struct qv_err *err)
         }
         json_object_array_add(list, fmt);
     }
-    prep_send(s, "blockdev-reopen", obj1("options", list), NULL, on_reopened);
+    prep_send(s, "blockdev-reopen", json_obj1("options", list), NULL, on_reopened);
 }
 
 static void on_commit_fdsets(void *ctx, json_object *ret, const struct qv_err *err)

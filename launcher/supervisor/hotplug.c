@@ -233,13 +233,6 @@ static void op_step(struct hotplug_op *op, const char *cmd, json_object *args, i
     op->ntodo++;
 }
 
-static json_object *obj1(const char *key, json_object *v)
-{
-    json_object *a = json_object_new_object();
-    json_object_object_add(a, key, v);
-    return a;
-}
-
 static void op_advance(struct hotplug_op *op);
 
 static void on_step(void *ctx, json_object *ret, const struct qv_err *err)
@@ -399,11 +392,11 @@ static void disk_node_steps(struct hotplug_op *op, int fd, int fdset, const char
     json_object *a = json_object_new_object();
     json_object_object_add(a, "fdset-id", json_object_new_int(fdset));
     json_object_object_add(a, "opaque", json_object_new_string(file_node));
-    op_step(op, "add-fd", a, fd, QMP_TIMEOUT_DEFAULT, "remove-fd", obj1("fdset-id", json_object_new_int(fdset)));
+    op_step(op, "add-fd", a, fd, QMP_TIMEOUT_DEFAULT, "remove-fd", json_obj1("fdset-id", json_object_new_int(fdset)));
     op_step(op, "blockdev-add", blockdev_file(file_node, path, io, discard, readonly), -1, QMP_TIMEOUT_DEVICE,
-            "blockdev-del", obj1("node-name", json_object_new_string(file_node)));
+            "blockdev-del", json_obj1("node-name", json_object_new_string(file_node)));
     op_step(op, "blockdev-add", blockdev_format(driver, fmt_node, file_node, backing, io, discard, readonly), -1,
-            QMP_TIMEOUT_DEVICE, "blockdev-del", obj1("node-name", json_object_new_string(fmt_node)));
+            QMP_TIMEOUT_DEVICE, "blockdev-del", json_obj1("node-name", json_object_new_string(fmt_node)));
 }
 
 /* The image and every layer below it, opened here: QEMU opens no path. Each is the
@@ -487,7 +480,7 @@ int hotplug_disk_attach(struct sup *s, json_object *spec, unsigned client, struc
     op_step(op, "device_add", dev, -1, QMP_TIMEOUT_DEVICE, NULL, NULL);
     sup_log(s, "attaching disk %s as %s%s", h->file, h->id, k.nbacking ? " with its backing chain" : "");
     vm_disk_free(&k);
-    op->reply = obj1("id", json_object_new_string(h->id));
+    op->reply = json_obj1("id", json_object_new_string(h->id));
     op_advance(op);
     return 0;
 }
@@ -526,14 +519,14 @@ static void nic_queue_qmp(struct hotplug_op *op)
         for (int q = 0; q < op->nfds; q++) {
             char name[32];
             snprintf(name, sizeof(name), "%s-q%d", h->id, q);
-            op_step(op, "getfd", obj1("fdname", json_object_new_string(name)), op->fds[q], QMP_TIMEOUT_DEFAULT,
-                    "closefd", obj1("fdname", json_object_new_string(name)));
+            op_step(op, "getfd", json_obj1("fdname", json_object_new_string(name)), op->fds[q], QMP_TIMEOUT_DEFAULT,
+                    "closefd", json_obj1("fdname", json_object_new_string(name)));
             snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", q ? ":" : "", name);
         }
         json_object_object_add(nd, "type", json_object_new_string("tap"));
         json_object_object_add(nd, n->queues > 1 ? "fds" : "fd", json_object_new_string(list));
     }
-    op_step(op, "netdev_add", nd, -1, QMP_TIMEOUT_DEVICE, "netdev_del", obj1("id", json_object_new_string(netid)));
+    op_step(op, "netdev_add", nd, -1, QMP_TIMEOUT_DEVICE, "netdev_del", json_obj1("id", json_object_new_string(netid)));
     op->todo[op->ntodo - 1].absorbs = true;     /* the netdev took the fds: netdev_del frees them */
     json_object *dev = json_object_new_object();
     const char *driver = n->model == MODEL_VIRTIO ? "virtio-net-pci" : n->model == MODEL_E1000 ? "e1000" : "rtl8139";
@@ -696,7 +689,7 @@ int hotplug_detach(struct sup *s, const char *key, enum hotplug_kind kind, unsig
         return qv_fail(e, -EALREADY, "%s: %s is being removed already", s->def.name, h->id);
     h->removing = true;
     struct hotplug_op *op = op_new(s, h, OP_DEVICE_DEL, client, "detach");
-    op_step(op, "device_del", obj1("id", json_object_new_string(h->id)), -1, QMP_TIMEOUT_DEVICE, NULL, NULL);
+    op_step(op, "device_del", json_obj1("id", json_object_new_string(h->id)), -1, QMP_TIMEOUT_DEVICE, NULL, NULL);
     op_advance(op);
     return 0;
 }
@@ -717,16 +710,16 @@ static void released(struct sup *s, struct hotplug *h)
                     snprintf(node, sizeof(node), "%s-%s", h->id, parts[p]);
                 else
                     snprintf(node, sizeof(node), "%s-b%d-%s", h->id, j, parts[p]);
-                op_step(op, "blockdev-del", obj1("node-name", json_object_new_string(node)), -1, QMP_TIMEOUT_DEVICE,
+                op_step(op, "blockdev-del", json_obj1("node-name", json_object_new_string(node)), -1, QMP_TIMEOUT_DEVICE,
                         NULL, NULL);
             }
-            op_step(op, "remove-fd", obj1("fdset-id", json_object_new_int(j < 0 ? h->fdset : layer_fdset(h, j))), -1,
+            op_step(op, "remove-fd", json_obj1("fdset-id", json_object_new_int(j < 0 ? h->fdset : layer_fdset(h, j))), -1,
                     QMP_TIMEOUT_DEFAULT, NULL, NULL);
         }
     } else {
         char netid[40];
         snprintf(netid, sizeof(netid), "%s-net", h->id);
-        op_step(op, "netdev_del", obj1("id", json_object_new_string(netid)), -1, QMP_TIMEOUT_DEVICE, NULL, NULL);
+        op_step(op, "netdev_del", json_obj1("id", json_object_new_string(netid)), -1, QMP_TIMEOUT_DEVICE, NULL, NULL);
     }
     op_advance(op);
 }

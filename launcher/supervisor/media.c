@@ -156,13 +156,6 @@ static void op_free(struct media_op *op)
     free(op);
 }
 
-static json_object *obj1(const char *key, json_object *v)
-{
-    json_object *o = json_object_new_object();
-    json_object_object_add(o, key, v);
-    return o;
-}
-
 static struct media_step *add_step(struct media_op *op, const char *cmd, json_object *args)
 {
     if (op->n >= MEDIA_STEPS)
@@ -337,22 +330,22 @@ static void on_fdsets(void *ctx, json_object *ret, const struct qv_err *err)
     char old[48], node[64];
     node_prefix(op->index, m->changed ? m->gen : 0, old, sizeof(old));
 
-    json_object *a = obj1("id", json_object_new_string(op->id));
+    json_object *a = json_obj1("id", json_object_new_string(op->id));
     json_object_object_add(a, "force", json_object_new_boolean(true));
     struct media_step *st = add_step(op, "blockdev-open-tray", a);
     st->undo_cmd = "blockdev-close-tray";
-    st->undo_args = obj1("id", json_object_new_string(op->id));
-    add_step(op, "blockdev-remove-medium", obj1("id", json_object_new_string(op->id)))->medium_gone = true;
+    st->undo_args = json_obj1("id", json_object_new_string(op->id));
+    add_step(op, "blockdev-remove-medium", json_obj1("id", json_object_new_string(op->id)))->medium_gone = true;
     if (had) {
         /* the medium is out of the drive: its nodes and fd go, whatever fails there */
         snprintf(node, sizeof(node), "%s-fmt", old);
-        add_step(op, "blockdev-del", obj1("node-name", json_object_new_string(node)))->best_effort = true;
+        add_step(op, "blockdev-del", json_obj1("node-name", json_object_new_string(node)))->best_effort = true;
         snprintf(node, sizeof(node), "%s-file", old);
-        add_step(op, "blockdev-del", obj1("node-name", json_object_new_string(node)))->best_effort = true;
+        add_step(op, "blockdev-del", json_obj1("node-name", json_object_new_string(node)))->best_effort = true;
         int64_t sets[MEDIA_OLD_FDSETS];
         size_t nsets = old_fdsets(ret, node, sets, MEDIA_OLD_FDSETS);
         for (size_t i = 0; i < nsets; i++)
-            add_step(op, "remove-fd", obj1("fdset-id", json_object_new_int64(sets[i])))->best_effort = true;
+            add_step(op, "remove-fd", json_obj1("fdset-id", json_object_new_int64(sets[i])))->best_effort = true;
     }
     if (op->file[0]) {
         char prefix[48], file_node[64], fmt_node[64], path[32];
@@ -364,25 +357,25 @@ static void on_fdsets(void *ctx, json_object *ret, const struct qv_err *err)
         snprintf(path, sizeof(path), "/dev/fdset/%d", fdset);
         /* as the command line has it for a cdrom: writeback cache, read-only */
         struct disk_io io = disk_io_mode(CACHE_WRITEBACK, AIO_AUTO, &s->facts);
-        a = obj1("fdset-id", json_object_new_int(fdset));
+        a = json_obj1("fdset-id", json_object_new_int(fdset));
         json_object_object_add(a, "opaque", json_object_new_string(file_node));
         st = add_step(op, "add-fd", a);
         st->fd = op->fd;
         op->fd = -1;
         st->undo_cmd = "remove-fd";
-        st->undo_args = obj1("fdset-id", json_object_new_int(fdset));
+        st->undo_args = json_obj1("fdset-id", json_object_new_int(fdset));
         st = add_step(op, "blockdev-add", blockdev_file(file_node, path, &io, false, true));
         st->undo_cmd = "blockdev-del";
-        st->undo_args = obj1("node-name", json_object_new_string(file_node));
+        st->undo_args = json_obj1("node-name", json_object_new_string(file_node));
         st = add_step(op, "blockdev-add", blockdev_format("raw", fmt_node, file_node, NULL, &io, false, true));
         st->undo_cmd = "blockdev-del";
-        st->undo_args = obj1("node-name", json_object_new_string(fmt_node));
-        a = obj1("id", json_object_new_string(op->id));
+        st->undo_args = json_obj1("node-name", json_object_new_string(fmt_node));
+        a = json_obj1("id", json_object_new_string(op->id));
         json_object_object_add(a, "node-name", json_object_new_string(fmt_node));
         add_step(op, "blockdev-insert-medium", a)->medium_in = true;
     }
     /* closing the tray is what the guest sees as "medium changed" (or "no medium") */
-    st = add_step(op, "blockdev-close-tray", obj1("id", json_object_new_string(op->id)));
+    st = add_step(op, "blockdev-close-tray", json_obj1("id", json_object_new_string(op->id)));
     st->best_effort = st->tell = true;    /* the medium is in: nothing to undo, but say so */
     sup_log(s, "change-media %s: %s%s%s", op->id, had ? current_file(s, op->index) : "(empty)",
             op->file[0] ? " -> " : " ejected", op->file);

@@ -11,13 +11,6 @@
 
 #include "launcher/supervisor/internal.h"
 
-static json_object *obj1(const char *k, json_object *v)
-{
-    json_object *o = json_object_new_object();
-    json_object_object_add(o, k, v);
-    return o;
-}
-
 static const char *data_name(struct sup_job *j)
 {
     json_object *v;
@@ -119,8 +112,8 @@ static void merge_done(struct sup *s, struct sup_job *j, const struct qv_err *er
     if (active && s->qmp && len > 4 && strcmp(overlay + len - 4, "-fmt") == 0) {
         char file_node[48];
         snprintf(file_node, sizeof(file_node), "%.*s-file", (int)(len - 4), overlay);
-        sup_qmp(s, "blockdev-del", obj1("node-name", json_object_new_string(overlay)));
-        sup_qmp(s, "blockdev-del", obj1("node-name", json_object_new_string(file_node)));
+        sup_qmp(s, "blockdev-del", json_obj1("node-name", json_object_new_string(overlay)));
+        sup_qmp(s, "blockdev-del", json_obj1("node-name", json_object_new_string(file_node)));
     }
 }
 
@@ -207,7 +200,7 @@ static void on_base_writable(void *ctx, json_object *ret, const struct qv_err *e
     /* blockdev-reopen keeps no option it is not given: the backing link included */
     json_object_array_add(opts, blockdev_format(storage_format_name(m->rec.disks[0].format), m->base, file_node,
                                                 m->base_backing[0] ? m->base_backing : NULL, &io, false, false));
-    if (qmp_send(s->qmp, "blockdev-reopen", obj1("options", opts), NULL, 0, QMP_TIMEOUT_DEVICE, 0, on_base_reopened,
+    if (qmp_send(s->qmp, "blockdev-reopen", json_obj1("options", opts), NULL, 0, QMP_TIMEOUT_DEVICE, 0, on_base_reopened,
                  m) < 0) {
         qv_fail(&e, -EIO, "%s: QEMU's monitor is gone", s->def.name);
         merge_end(m, e.code, &e);
@@ -267,7 +260,7 @@ static void on_merge_nodes(void *ctx, json_object *ret, const struct qv_err *err
         merge_end(m, e.code, &e);
         return;
     }
-    if (qmp_send(s->qmp, "add-fd", obj1("fdset-id", json_object_new_int(fdset)), &fd, 1, QMP_TIMEOUT_DEFAULT, 0,
+    if (qmp_send(s->qmp, "add-fd", json_obj1("fdset-id", json_object_new_int(fdset)), &fd, 1, QMP_TIMEOUT_DEFAULT, 0,
                  on_base_writable, m) < 0) {
         qv_fail(&e, -EIO, "%s: QEMU's monitor is gone", s->def.name);
         merge_end(m, e.code, &e);
@@ -281,7 +274,7 @@ int snapshot_live_merge(struct sup *s, unsigned client, struct storage_snapshot 
     m->client = client;
     m->rec = *rec;
     memset(rec, 0, sizeof(*rec));
-    if (qmp_send(s->qmp, "query-named-block-nodes", obj1("flat", json_object_new_boolean(true)), NULL, 0,
+    if (qmp_send(s->qmp, "query-named-block-nodes", json_obj1("flat", json_object_new_boolean(true)), NULL, 0,
                  QMP_TIMEOUT_DEFAULT, 0, on_merge_nodes, m) < 0) {
         storage_snapshot_free(&m->rec);
         free(m);

@@ -54,13 +54,6 @@ static void op_free(struct snap_op *op)
     free(op);
 }
 
-static json_object *obj1(const char *k, json_object *v)
-{
-    json_object *o = json_object_new_object();
-    json_object_object_add(o, k, v);
-    return o;
-}
-
 static bool monitor_ok(struct sup *s, struct qv_err *e)
 {
     if (s->qmp && qmp_ready(s->qmp))
@@ -309,7 +302,7 @@ static void ext_next(struct snap_op *op)
         json_object_object_add(a, "data", data);
         json_object_array_add(actions, a);
     }
-    if (qmp_send(s->qmp, "transaction", obj1("actions", actions), NULL, 0, QMP_TIMEOUT_DEVICE, 0, on_transaction,
+    if (qmp_send(s->qmp, "transaction", json_obj1("actions", actions), NULL, 0, QMP_TIMEOUT_DEVICE, 0, on_transaction,
                  op) < 0) {
         qv_fail(&e, -EIO, "QEMU's monitor is gone");
         ext_fail(op, &e, NULL);
@@ -336,14 +329,14 @@ static void ext_undo(struct snap_op *op)
         if (d->fmt_added) {
             d->fmt_added = false;
             cmd = "blockdev-del";
-            args = obj1("node-name", json_object_new_string(d->node));
+            args = json_obj1("node-name", json_object_new_string(d->node));
         } else if (d->file_added) {
             d->file_added = false;
             cmd = "blockdev-del";
-            args = obj1("node-name", json_object_new_string(d->file_node));
+            args = json_obj1("node-name", json_object_new_string(d->file_node));
         } else if (d->fdset >= 0) {
             cmd = "remove-fd";
-            args = obj1("fdset-id", json_object_new_int(d->fdset));
+            args = json_obj1("fdset-id", json_object_new_int(d->fdset));
             d->fdset = -1;
         }
         if (cmd && s->qmp && qmp_send(s->qmp, cmd, args, NULL, 0, QMP_TIMEOUT_DEVICE, 0, on_undo, op) == 0)
@@ -460,7 +453,7 @@ static int external_create(struct sup *s, unsigned client, struct storage_snapsh
         snprintf(d->node, sizeof(d->node), "%s-s%llx-fmt", d->id, stamp);
         snprintf(d->file_node, sizeof(d->file_node), "%s-s%llx-file", d->id, stamp);
     }
-    json_object *args = obj1("flat", json_object_new_boolean(true));
+    json_object *args = json_obj1("flat", json_object_new_boolean(true));
     if (qmp_send(s->qmp, "query-named-block-nodes", args, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_sizes, op) < 0) {
         op_free(op);
         return qv_fail(e, -EIO, "%s: QEMU's monitor is gone", s->def.name);
@@ -526,7 +519,7 @@ int snapshot_live_revert(struct sup *s, unsigned client, const char *name, struc
     json_object_object_add(args, "devices", devices);
     sup_log(s, "reverting to snapshot %s", name);
     if (!sup_job_start(s, &snapshot_load_ops, NULL, "snapshot-load", args,
-                       obj1("name", json_object_new_string(name)), client, true, e))
+                       json_obj1("name", json_object_new_string(name)), client, true, e))
         return e->code;
     return 0;
 }
@@ -567,7 +560,7 @@ int snapshot_live_delete(struct sup *s, unsigned client, const char *name, struc
     json_object *args = json_object_new_object();
     json_object_object_add(args, "tag", json_object_new_string(name));
     json_object_object_add(args, "devices", devices);
-    if (!sup_job_start(s, &snapshot_delete_ops, NULL, "snapshot-delete", args, obj1("name", json_object_new_string(name)),
+    if (!sup_job_start(s, &snapshot_delete_ops, NULL, "snapshot-delete", args, json_obj1("name", json_object_new_string(name)),
                        client, true, e))
         return e->code;
     return 0;
