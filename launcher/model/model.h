@@ -572,9 +572,10 @@ int snapshot_record(const struct qv_paths *p, const char *vm, const struct stora
 /* Removes s's record; its children and "current" go to its parent. */
 int snapshot_unrecord(const struct qv_paths *p, const char *vm, const struct storage_snapshot *s, struct qv_err *e);
 /* -EBUSY when the disks have moved on since s (a later external snapshot), or a later
- * internal snapshot lives in the overlay a revert of external s would empty. */
+ * internal snapshot (of the VM's records, read here) lives in the overlay a revert of
+ * external s would empty. */
 int snapshot_check_revert(const struct qv_paths *p, const struct vm_def *d, const struct storage_snapshot *s,
-                          const struct storage_snapshot *all, size_t n, struct qv_err *e);
+                          struct qv_err *e);
 /* -EBUSY when deleting external s would lose an internal snapshot living in its
  * overlay, or its overlay is in no chain any more. */
 int snapshot_check_delete(const struct qv_paths *p, const struct vm_def *d, const struct storage_snapshot *s,

@@ -285,24 +285,27 @@ static struct storage_snapshot *external_above(struct storage_snapshot *all, siz
 }
 
 int snapshot_check_revert(const struct qv_paths *p, const struct vm_def *d, const struct storage_snapshot *s,
-                          const struct storage_snapshot *all, size_t n, struct qv_err *e)
+                          struct qv_err *e)
 {
+    struct storage_snapshot *all;
+    size_t n;
     char top[PATH_MAX], who[512];
-    int r;
-    for (size_t i = 0; i < s->ndisks; i++) {
+    int r = snapshot_load_all(p, d->name, &all, &n, e);
+    for (size_t i = 0; r == 0 && i < s->ndisks; i++) {
         const struct storage_snapshot_disk *k = &s->disks[i];
         if ((r = current_top(p, d, k->disk, top, sizeof(top), e)) < 0)
-            return r;
+            break;
         const char *want = s->external ? k->overlay : k->file;
         if (strcmp(top, want) != 0)
-            return qv_fail(e, -EBUSY, "%s: cannot revert to %s: %s has moved on to %s since (external snapshots "
-                           "were taken after it; delete those first, which merges them)", d->name, s->name, k->disk,
-                           top);
-        if (s->external && internal_users(all, n, s->name, k->overlay, who, sizeof(who)) < 0)
-            return qv_fail(e, -EBUSY, "%s: cannot revert to %s: snapshot %s lives in its overlay %s (delete it first)",
-                           d->name, s->name, who, k->overlay);
+            r = qv_fail(e, -EBUSY, "%s: cannot revert to %s: %s has moved on to %s since (external snapshots "
+                        "were taken after it; delete those first, which merges them)", d->name, s->name, k->disk,
+                        top);
+        else if (s->external && internal_users(all, n, s->name, k->overlay, who, sizeof(who)) < 0)
+            r = qv_fail(e, -EBUSY, "%s: cannot revert to %s: snapshot %s lives in its overlay %s (delete it first)",
+                        d->name, s->name, who, k->overlay);
     }
-    return 0;
+    snapshot_free_all(all, n);
+    return r;
 }
 
 int snapshot_check_delete(const struct qv_paths *p, const struct vm_def *d, const struct storage_snapshot *s,
@@ -370,13 +373,7 @@ int snapshot_create_offline(const struct qv_paths *p, const struct vm_def *d, st
 int snapshot_revert_offline(const struct qv_paths *p, const struct vm_def *d, const struct storage_snapshot *s,
                             struct qv_err *e)
 {
-    struct storage_snapshot *all;
-    size_t n;
-    int r = snapshot_load_all(p, d->name, &all, &n, e);
-    if (r < 0)
-        return r;
-    r = snapshot_check_revert(p, d, s, all, n, e);
-    snapshot_free_all(all, n);
+    int r = snapshot_check_revert(p, d, s, e);
     for (size_t i = 0; r == 0 && i < s->ndisks; i++) {
         const struct storage_snapshot_disk *k = &s->disks[i];
         /* external: an empty overlay again on the image as it was then */

@@ -501,13 +501,7 @@ int snapshot_live_revert(struct sup *s, unsigned client, const char *name, struc
     if (!rec.memory)
         return qv_fail(e, -EBUSY, "%s is running and snapshot %s holds no memory state; stop the VM first, then "
                        "revert", s->def.name, name);
-    struct storage_snapshot *all;
-    size_t n;
-    if ((r = snapshot_load_all(s->paths, s->def.name, &all, &n, e)) < 0)
-        return r;
-    r = snapshot_check_revert(s->paths, &s->def, &rec, all, n, e);
-    snapshot_free_all(all, n);
-    if (r < 0)
+    if ((r = snapshot_check_revert(s->paths, &s->def, &rec, e)) < 0)
         return r;
     json_object *devices;
     char vmstate[48];
