@@ -423,6 +423,20 @@ int cmd_undefine(struct cli *c)
     return 0;
 }
 
+/* *same: the edited JSON means the definition it started from (compared parsed and
+ * written back, so "1024M" for "1G" or a reordered object is no change). Validation errors
+ * are the caller's: they are reported like define's. */
+static int edit_unchanged(json_object *next, json_object *cur, bool *same, struct qv_err *e)
+{
+    _cleanup_vm_def_ struct vm_def d = {0};
+    int r = vm_def_from_json(next, &d, e);
+    if (r < 0)
+        return r;
+    _cleanup_json_ json_object *norm = vm_def_to_json(&d);
+    *same = json_object_equal(norm, cur);
+    return 0;
+}
+
 /* edit: the definition through $EDITOR (or, from a pipe, the new JSON on stdin),
  * validated like define, written only when valid. Changes apply at the next start. */
 int cmd_edit(struct cli *c)
@@ -479,15 +493,18 @@ int cmd_edit(struct cli *c)
     }
     /* a refused edit keeps the user's text, as a JSON syntax error already does */
     json_object *v;
+    bool same = false;
     if (!json_object_object_get_ex(next, "name", &v) || strcmp(json_object_get_string(v), name) != 0)
         r = qv_fail(&c->err, -EINVAL, "name: a VM keeps its name (undefine and define to rename)");
-    else
+    else if ((r = edit_unchanged(next, cur, &same, &c->err)) == 0 && !same)
         r = vm_define(&c->paths, next, true, NULL, &c->err);
     if (r < 0)
         return edited ? qv_prefix(&c->err, "nothing changed (your text is in %s): ", tmp) : r;
     if (edited)
         unlink(tmp);
-    if (!c->quiet)
+    if (!c->quiet && same)
+        printf("%s: no change\n", name);
+    else if (!c->quiet)
         printf("%s changed%s\n", name, vm_supervised(&c->paths, name, NULL) ? " (from its next start)" : "");
     return 0;
 }

@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 120
+# timeout: 240
 # The definition commands through the real binary: define/show/list/undefine/argv,
 # golden definitions and their errors, exit codes, global options in any position.
 . "$(dirname "$0")/../lib.sh"
@@ -122,6 +122,13 @@ check_error "a bad edit is refused with its JSON path (exit 2)" 2 'memory: "lots
 check_output "...and changed nothing" '"memory": "768M"' qv show minimal
 qv show minimal | sed 's/"name": "minimal"/"name": "renamed"/' > "$T_ROOT/edit-name.json"
 check_error "edit cannot rename (exit 2)" 2 'a VM keeps its name' bash -c "'$QV_BIN' --root '$T_ROOT' edit minimal < '$T_ROOT/edit-name.json'"
+# the same definition, spelled differently (768M as bytes): no change, the file untouched
+def_file=$T_ROOT/etc/qvisor/vms/minimal.json
+before=$(stat -c %Y.%i "$def_file")
+qv show minimal | sed 's/"memory": "768M"/"memory": "805306368"/' > "$T_ROOT/edit-same.json"
+check_output "an edit that changes nothing says so" '^minimal: no change$' \
+    bash -c "'$QV_BIN' --root '$T_ROOT' edit minimal < '$T_ROOT/edit-same.json'"
+check "...and leaves the definition file as it was" test "$(stat -c %Y.%i "$def_file")" = "$before"
 
 # errors and exit codes
 check_exit "show of an unknown VM exits 3" 3 qv show nosuchvm
