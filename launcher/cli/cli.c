@@ -40,6 +40,8 @@ static const struct cli_opt logs_opts[] = {{"follow", false, false, 'f'}, {"line
 static const struct cli_opt net_define_opts[] = {
     {"mode", true, false, 0}, {"bridge", true, false, 0}, {"mtu", true, false, 0}, {"ipv4", true, false, 0},
     {"dhcp", true, false, 0}, {"domain", true, false, 0}, {"forward", true, true, 0}, {"autostart", false, false, 0}, {0}};
+static const struct cli_opt secret_define_opts[] = {{"usage", true, false, 0}, {"description", true, false, 0}, {0}};
+static const struct cli_opt secret_set_opts[] = {{"file", true, false, 0}, {0}};
 static const struct cli_opt pool_define_opts[] = {
     {"name", true, false, 0}, {"type", true, false, 0}, {"path", true, false, 0}, {0}};
 static const struct cli_opt vol_create_opts[] = {
@@ -158,6 +160,16 @@ static const struct cli_command commands[] = {
     {"net stop", cmd_net_stop, no_opts, 1, 1, "net stop NAME", "remove the network's bridge, rules and dnsmasq"},
     {"net leases", cmd_net_leases, no_opts, 1, 1, "net leases NAME [--json]", "the network's DHCP leases"},
     {"net gc", cmd_net_gc, no_opts, 0, 0, "net gc", "remove qvisor taps, rules and dnsmasq left without an owner"},
+    {"secret define", cmd_secret_define, secret_define_opts, 1, 1,
+     "secret define NAME [--usage ceph:client.libvirt] [--description TEXT]",
+     "define a secret (or update its usage/description); its value is set apart"},
+    {"secret set-value", cmd_secret_set_value, secret_set_opts, 1, 1, "secret set-value NAME [--file FILE] < VALUE",
+     "set a secret's value from standard input or a file (never from the command line)"},
+    {"secret list", cmd_secret_list, no_opts, 0, 0, "secret list [--json]", "list secrets (never their values)"},
+    {"secret show", cmd_secret_show, no_opts, 1, 1, "secret show NAME",
+     "a secret's uuid, usage, whether it has a value and who uses it (JSON; never the value)"},
+    {"secret undefine", cmd_secret_undefine, no_opts, 1, 1, "secret undefine NAME",
+     "remove a secret and its value (refused while a running VM uses it)"},
     {"pool define", cmd_pool_define, pool_define_opts, 0, 1,
      "pool define FILE.json | pool define --name N [--type dir] --path DIR", "define a storage pool (a dir pool's "
      "directory is created)"},
@@ -381,6 +393,7 @@ static int run(struct cli *c, int argc, char **argv)
         const char *family, *which;
     } families[] = {
         {"net", "define, undefine, list, show, start, run, stop, leases, gc"},
+        {"secret", "define, set-value, list, show, undefine"},
         {"pool", "define, undefine, list, show, refresh"},
         {"vol", "create, list, info, resize, delete, clone, import, export"},
         {"block", "pull, commit, copy, job"},

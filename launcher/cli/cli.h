@@ -92,6 +92,11 @@ int cmd_block_job(struct cli *c);
 /* `status`: one line per running job */
 void cli_print_jobs(json_object *jobs);
 int cmd_host_check(struct cli *c);
+int cmd_secret_define(struct cli *c);
+int cmd_secret_set_value(struct cli *c);
+int cmd_secret_list(struct cli *c);
+int cmd_secret_show(struct cli *c);
+int cmd_secret_undefine(struct cli *c);
 int cmd_pool_define(struct cli *c);
 int cmd_pool_undefine(struct cli *c);
 int cmd_pool_list(struct cli *c);

@@ -456,6 +456,33 @@ int vm_resolve_disk(const struct qv_paths *p, struct vm_disk *k, struct qv_err *
  * with -ESTALE, so QEMU never gets a layer nobody checked. */
 int vm_disk_check_fd(const struct vm_disk *k, size_t layer, int fd, struct qv_err *e);
 
+/* ---- secrets: etc/qvisor/secrets/NAME (the value) + NAME.json (uuid, usage, description) ----
+ * 0600 files in a 0700 directory, written atomically. A value file alone (written by hand)
+ * is a secret without a usage. Values leave only through secret_read_value. */
+struct secret_def {
+    char *name;
+    char uuid[37];          /* "" for a value file without its NAME.json */
+    char *usage;            /* "ceph:client.libvirt", or NULL */
+    char *description;
+    bool has_value;
+};
+void secret_def_free(struct secret_def *d);
+#define _cleanup_secret_def_ _cleanup_(secret_def_free)
+int secret_load(const struct qv_paths *p, const char *name, struct secret_def *d, struct qv_err *e);
+int secret_list_names(const struct qv_paths *p, struct strv *names, struct qv_err *e);
+/* Defines NAME, or updates the usage/description given (*updated); the value stays.
+ * -EEXIST when another secret has the usage. */
+int secret_define(const struct qv_paths *p, const char *name, const char *usage, const char *description,
+                  struct secret_def *out, bool *updated, struct qv_err *e);
+/* The value (trailing newlines dropped; no NUL, at most 4 KiB); e never holds it. */
+int secret_set_value(const struct qv_paths *p, const char *name, const char *value, size_t len, struct qv_err *e);
+/* The value into *out (the caller wipes and frees it); -EPERM when others may read the file. */
+int secret_read_value(const struct qv_paths *p, const char *name, char **out, struct qv_err *e);
+/* "web1 (running)" for every running VM that uses the secret. */
+int secret_users(const struct qv_paths *p, const char *name, struct strv *users, struct qv_err *e);
+/* -EBUSY naming the users; the value and the metadata go. */
+int secret_undefine(const struct qv_paths *p, const char *name, struct qv_err *e);
+
 /* ---- storage pools: etc/qvisor/pools/NAME.json -------------------------------------------- */
 struct pool_def {
     char *name;

@@ -39,24 +39,6 @@ static void qemu_message(struct sup *s, off_t from, char *out, size_t outlen)
     }
 }
 
-static int read_secret(struct sup *s, const char *name, char **out, struct qv_err *e)
-{
-    char path[PATH_MAX];
-    qv_path(s->paths, path, sizeof(path), QV_ETC "/secrets/%s", name);
-    struct stat st;
-    if (stat(path, &st) < 0)
-        return qv_failerr(e, -errno, "secret %s (%s)", name, path);
-    if (st.st_mode & 077)
-        return qv_fail(e, -EPERM, "secret %s: %s is readable by others (chmod 600 it)", name, path);
-    size_t len;
-    int r = read_file(path, 4096, out, &len);
-    if (r < 0)
-        return qv_failerr(e, r, "secret %s", name);
-    while (len && ((*out)[len - 1] == '\n' || (*out)[len - 1] == '\r'))
-        (*out)[--len] = '\0';
-    return 0;
-}
-
 /* set_password's arguments for a VNC password, NULL when the VM has none; after
  * the QMP handshake, before `cont`: the password must not be on the command line. */
 static int vnc_password_args(struct sup *s, json_object **out, struct qv_err *e)
@@ -65,7 +47,7 @@ static int vnc_password_args(struct sup *s, json_object **out, struct qv_err *e)
     if (s->def.graphics.kind != GRAPHICS_VNC || !s->def.graphics.password_secret)
         return 0;
     _cleanup_free_ char *pw = NULL;
-    int r = read_secret(s, s->def.graphics.password_secret, &pw, e);
+    int r = secret_read_value(s->paths, s->def.graphics.password_secret, &pw, e);
     if (r < 0)
         return r;
     json_object *a = json_object_new_object();
@@ -362,6 +344,12 @@ int start_begin(struct sup *s, bool restart, struct qv_err *e)
     if ((r = build_launch_plan(&s->def, &s->facts, &plan, e)) < 0)     /* a definition QEMU cannot run fails here */
         return r;
     launch_plan_free(&plan);
+    /* a secret that cannot be read fails the start before anything runs (read again, and
+     * handed over, after the handshake) */
+    json_object *pw = NULL;
+    if ((r = vnc_password_args(s, &pw, e)) < 0)
+        return r;
+    json_object_put(pw);
     s->start = (struct start_job){.restart = restart, .net.child.out = -1, .overlay.out = -1};
     s->expected_exit = false;
     s->exit_reason[0] = '\0';
