@@ -228,6 +228,13 @@ struct sandbox_spec {
     gid_t groups[SANDBOX_MAX_GROUPS];   /* supplementary: none, or the configured group */
     size_t ngroups;
 
+    /* caps: 0 clears every set. Otherwise (bits 1ull << CAP_*) exactly these stay in the
+     * permitted, effective and bounding sets and the user step must be disabled: for a
+     * helper that has to stay root (virtiofsd serves each file as its owner and switches
+     * to the guest caller's ids per request); inheritable and ambient are still empty
+     * and no_new_privs still holds, so exec keeps no more than these. */
+    uint64_t keep_caps;
+
     /* cgroup: joined when set (created by the caller) */
     const struct sandbox_cgroup *cgroup;
     /* the caller moves the child into `cgroup` itself with sandbox_cgroup_attach()

@@ -205,6 +205,8 @@ static int validate(const struct sandbox_spec *s, struct qv_err *e)
                        s->path ? s->path : "");
     if (!s->argv || !s->argv[0])
         return qv_fail(e, -EINVAL, "%s: sandbox: empty argv", s->name);
+    if (s->keep_caps && (s->enable & SANDBOX_STEP(SANDBOX_USER)))
+        return qv_fail(e, -EINVAL, "%s: sandbox: capabilities are kept only for a program that stays root", s->name);
     if (s->enable & SANDBOX_STEP(SANDBOX_USER)) {
         if (s->uid == (uid_t)-1 || s->gid == (gid_t)-1)
             return qv_fail(e, -EINVAL, "%s: sandbox: user: no uid/gid given", s->name);
@@ -350,12 +352,15 @@ static void verify_caps(const struct spawn_plan *p, int errfd)
     struct __user_cap_data_struct d[2];
     if (syscall(SYS_capget, &hdr, d) < 0)
         child_fail(errfd, errno, "caps: capget");
-    for (int i = 0; i < 2; i++)
-        if (d[i].effective || d[i].permitted || d[i].inheritable)
+    uint64_t keep = p->spec->keep_caps;
+    for (int i = 0; i < 2; i++) {
+        uint32_t k = (uint32_t)(keep >> (32 * i));
+        if ((d[i].effective & ~k) || (d[i].permitted & ~k) || d[i].inheritable)
             child_fail(errfd, EPERM, "caps: capabilities left after clearing");
+    }
     /* Up to 63, not CAP_LAST_CAP: the kernel may know more than our headers. */
     for (int c = 0; c < 64; c++) {
-        if (p->clear_bounding && prctl(PR_CAPBSET_READ, c, 0, 0, 0) == 1)
+        if (p->clear_bounding && !(keep & (1ull << c)) && prctl(PR_CAPBSET_READ, c, 0, 0, 0) == 1)
             child_fail(errfd, EPERM, "caps: capability %d left in the bounding set", c);
         if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_IS_SET, c, 0, 0) == 1)
             child_fail(errfd, EPERM, "caps: capability %d left in the ambient set", c);
@@ -386,6 +391,9 @@ static void child_creds(const struct spawn_plan *p, int errfd)
         child_fail(errfd, errno, "user: setgroups");
     if (caps) {
         capng_clear(CAPNG_SELECT_BOTH);
+        for (int c = 0; c < 64; c++)
+            if (s->keep_caps & (1ull << c))
+                capng_update(CAPNG_ADD, CAPNG_EFFECTIVE | CAPNG_PERMITTED | CAPNG_BOUNDING_SET, (unsigned)c);
         /* libcap-ng reports failures by return code; errno is the syscall's, if any. */
         errno = 0;
         if (user) {

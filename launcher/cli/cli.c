@@ -13,6 +13,7 @@ static const struct cli_opt no_opts[] = {{0}};
 #define DEFINITION_FLAGS                                                                                             \
     {"machine", true, false, 0}, {"accel", true, false, 0}, {"cpus", true, false, 0}, {"cpu-model", true, false, 0}, \
         {"memory", true, false, 0}, {"disk", true, true, 0}, {"cdrom", true, true, 0}, {"nic", true, true, 0},      \
+        {"share", true, true, 0},                                                                                   \
         {"kernel", true, false, 0}, {"initrd", true, false, 0}, {"append", true, false, 0},                         \
         {"firmware", true, false, 0}, {"console", true, false, 0}, {"graphics", true, false, 0},                    \
         {"agent", false, false, 0}, {"description", true, false, 0}, {"on-poweroff", true, false, 0},               \

@@ -1,4 +1,5 @@
 /* define, undefine, list, show, argv: the definition commands. */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -137,6 +138,28 @@ static void append(json_object *root, const char *key, json_object *v)
     json_object_array_add(a, v);
 }
 
+/* --share HOSTDIR[:TAG[:ro]] as a filesystems[] item; a relative HOSTDIR is made
+ * absolute (a CI job shares "."), and the tag defaults to shareN in the definition. */
+static json_object *share_spec(const char *spec)
+{
+    _cleanup_free_ char *s = qv_xstrdup(spec);
+    json_object *o = json_object_new_object();
+    size_t n = strlen(s);
+    if (n > 3 && (strcmp(s + n - 3, ":ro") == 0 || strcmp(s + n - 3, ":rw") == 0)) {
+        json_object_object_add(o, "readonly", json_object_new_boolean(s[n - 2] == 'r' && s[n - 1] == 'o'));
+        s[n - 3] = '\0';
+    }
+    char *colon = strrchr(s, ':');
+    if (colon) {
+        *colon = '\0';
+        json_object_object_add(o, "tag", json_object_new_string(colon + 1));
+    }
+    char abs[PATH_MAX];
+    const char *dir = s[0] != '/' && realpath(s, abs) ? abs : s;
+    json_object_object_add(o, "source", json_object_new_string(dir));
+    return o;
+}
+
 static int definition_from_flags(struct cli *c, const char *name, json_object **out)
 {
     static const char *const disk_ints[] = {"boot_index", NULL};
@@ -188,6 +211,8 @@ static int definition_from_flags(struct cli *c, const char *name, json_object **
         } else if (strcmp(opt, "nic") == 0) {
             if ((r = spec_to_object(opt, v, "type", nic_ints, nic_bools, &item, &c->err)) == 0)
                 append(o, "nics", item);
+        } else if (strcmp(opt, "share") == 0) {
+            append(o, "filesystems", share_spec(v));
         } else if (strcmp(opt, "graphics") == 0) {
             if ((r = spec_to_object(opt, v, "type", gfx_ints, none, &item, &c->err)) == 0)
                 json_object_object_add(o, "graphics", item);

@@ -6,7 +6,8 @@
  *
  * PCI slots are fixed per device class so that adding a disk never renames a NIC in
  * the guest: VGA 0x02, NICs 0x03-0x0a, virtio disks 0x0b-0x16, virtio-scsi 0x17,
- * virtio-serial 0x18, xhci 0x19, AHCI on pc 0x1a, hotplug root ports (q35) 0x1c.0-3. */
+ * virtio-serial 0x18, xhci 0x19, AHCI on pc 0x1a, virtiofs shares 0x1b.0-7, hotplug root
+ * ports (q35) 0x1c.0-3. */
 #include <fcntl.h>
 #include <string.h>
 
@@ -20,6 +21,7 @@
 #define SLOT_VSERIAL 0x18
 #define SLOT_USB 0x19
 #define SLOT_SATA 0x1a
+#define SLOT_FS 0x1b
 #define SLOT_ROOTPORTS 0x1c
 
 struct builder {
@@ -132,7 +134,7 @@ static int add_machine(struct builder *b, struct qv_err *e)
     buf_adds(&m, vm_machine_names[d->machine]);
     if (d->boot.firmware == FIRMWARE_UEFI)
         buf_adds(&m, ",pflash0=fw-code,pflash1=fw-vars");
-    if (d->memory.hugepages || d->memory.shared)
+    if (d->memory.hugepages || vm_memory_shared(d))
         buf_adds(&m, ",memory-backend=ram");
     arg2(b, "-machine", m.p);
     buf_free(&m);
@@ -159,12 +161,13 @@ static int add_machine(struct builder *b, struct qv_err *e)
     char mem[32];
     snprintf(mem, sizeof(mem), "%lluM", (unsigned long long)(d->memory.bytes >> 20));
     arg2(b, "-m", mem);
-    if (d->memory.hugepages || d->memory.shared) {
+    if (d->memory.hugepages || vm_memory_shared(d)) {
+        /* virtiofsd maps guest RAM to serve the rings and buffers: it must be shared */
         json_object *o = jobj();
         js(o, "qom-type", "memory-backend-memfd");
         js(o, "id", "ram");
         ji(o, "size", (int64_t)d->memory.bytes);
-        jb(o, "share", d->memory.shared);
+        jb(o, "share", vm_memory_shared(d));
         if (d->memory.hugepages)
             jb(o, "hugetlb", true);
         arg_json(b, "-object", o);
@@ -467,6 +470,32 @@ static void add_nics(struct builder *b)
     }
 }
 
+/* ---- virtiofs shares ---- */
+
+/* Each share's vhost-user socket comes already connected to its virtiofsd (which the
+ * supervisor started on the listening end), so the chardev is a client on an fd:
+ * QEMU opens no path and never waits for a server to appear. */
+static void add_filesystems(struct builder *b)
+{
+    const struct vm_def *d = b->d;
+    for (size_t i = 0; i < d->nfilesystems; i++) {
+        char id[16], opt[64];
+        snprintf(id, sizeof(id), "fs%zu", i);
+        int fd = add_fd(b, FD_VIRTIOFS, (int)i, 0, O_RDWR);
+        snprintf(opt, sizeof(opt), "socket,id=%s,fd=%d", id, fd);
+        arg2(b, "-chardev", opt);
+        json_object *dev = jobj();
+        js(dev, "driver", b->pci_bus ? "vhost-user-fs-pci" : "vhost-user-fs-device");
+        pci_place(b, dev, SLOT_FS, (int)i);
+        if (b->pci_bus && i == 0 && d->nfilesystems > 1)
+            jb(dev, "multifunction", true);
+        js(dev, "chardev", id);
+        js(dev, "tag", d->filesystems[i].tag);
+        js(dev, "id", id);
+        arg_json(b, "-device", dev);
+    }
+}
+
 /* ---- everything else ---- */
 
 static void add_controllers(struct builder *b)
@@ -666,6 +695,7 @@ static int build(const struct vm_def *d, const struct host_facts *f, struct laun
     add_disks(&b, &pt);
     add_cdroms(&b, &pt);
     add_nics(&b);
+    add_filesystems(&b);
     add_console_devices(&b);
     if (d->machine != MACHINE_MICROVM) {
         json_object *o = jobj();

@@ -75,6 +75,7 @@ void vm_def_free(struct vm_def *d)
     free(d->graphics.listen);
     free(d->graphics.password_secret);
     strv_free(&d->qemu_args);
+    vm_filesystems_free(d);
     vm_confine_free(d);
     memset(d, 0, sizeof(*d));
 }
@@ -641,7 +642,7 @@ static int parse_definition(struct jr *rp, json_object *o, struct vm_def *d)
 {
     struct jr r = *rp;
     static const char *const keys[] = {"name", "uuid", "description", "machine", "accel", "cpu", "memory",
-                                       "boot", "disks", "cdroms", "nics", "console", "graphics", "agent",
+                                       "boot", "disks", "cdroms", "nics", "filesystems", "console", "graphics", "agent",
                                        "on_poweroff", "on_reboot", "on_crash", "limits", "sandbox", "qemu_args", NULL};
     int err = 0, machine = MACHINE_Q35, accel = ACCEL_AUTO, console = CONSOLE_SERIAL;
     int onp = POWEROFF_STOP, onr = REBOOT_RESTART, onc = CRASH_STOP;
@@ -677,6 +678,7 @@ static int parse_definition(struct jr *rp, json_object *o, struct vm_def *d)
     if ((err = parse_list(&r, o, "disks", sizeof(struct vm_disk), (void **)&d->disks, &d->ndisks, d, parse_disk_v)) < 0 ||
         (err = parse_list(&r, o, "cdroms", sizeof(struct vm_cdrom), (void **)&d->cdroms, &d->ncdroms, d, parse_cdrom_v)) < 0 ||
         (err = parse_list(&r, o, "nics", sizeof(struct vm_nic), (void **)&d->nics, &d->nnics, d, parse_nic_v)) < 0 ||
+        (err = vm_filesystems_parse(&r, o, d)) < 0 ||
         (err = jr_enum(&r, o, "console", console_names, &console)) < 0 || (err = parse_graphics(&r, o, d)) < 0 ||
         (err = jr_bool(&r, o, "agent", &d->agent)) < 0 ||
         (err = jr_enum(&r, o, "on_poweroff", poweroff_names, &onp)) < 0 ||

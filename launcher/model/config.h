@@ -20,6 +20,12 @@ int vm_limits_parse(struct jr *r, json_object *root, struct vm_def *d);
 int vm_sandbox_parse(struct jr *r, json_object *root, struct vm_def *d);
 void vm_confine_to_json(const struct vm_def *d, json_object *o);
 void vm_confine_free(struct vm_def *d);
+/* config_fs.c: "filesystems" (virtiofs shares) */
+int vm_filesystems_parse(struct jr *r, json_object *root, struct vm_def *d);
+json_object *vm_filesystems_to_json(const struct vm_def *d);
+void vm_filesystems_free(struct vm_def *d);
+/* Each source exists and is a directory (at define and at start). */
+int vm_filesystems_check_host(const struct vm_def *d, struct qv_err *e);
 
 /* Kinds of file a path in a definition may name. */
 #define PATH_REG 1u

@@ -170,6 +170,8 @@ json_object *vm_def_to_json(const struct vm_def *d)
     for (size_t i = 0; i < d->nnics; i++)
         json_object_array_add(nics, vm_nic_to_json(&d->nics[i]));
     json_object_object_add(o, "nics", nics);
+    if (d->nfilesystems)
+        json_object_object_add(o, "filesystems", vm_filesystems_to_json(d));
 
     put_str(o, "console", console_names[d->console]);
     json_object *g = json_object_new_object();

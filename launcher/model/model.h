@@ -40,6 +40,8 @@ extern const char *const nic_model_names[];
 #define VM_MAX_DISKS 12      /* virtio disks get PCI slots 0x0b..0x16 */
 #define VM_MAX_NICS 8        /* NICs get PCI slots 0x03..0x0a */
 #define VM_HOTPLUG_PORTS 4   /* free pcie-root-ports on q35 */
+#define VM_MAX_FILESYSTEMS 8 /* virtiofs shares get PCI slot 0x1b, functions 0-7 */
+#define VM_FS_TAG_MAX 36     /* virtio-fs's tag field */
 
 struct hostfwd {
     bool udp;
@@ -104,6 +106,15 @@ struct vm_nic {
     size_t nallow_in, ndeny_out;
 };
 
+/* A host directory shared with the guest over virtiofs (libvirt's <filesystem>):
+ * served by a virtiofsd the supervisor starts and confines; the guest mounts it
+ * with `mount -t virtiofs TAG DIR`. */
+struct vm_fs {
+    char *source;           /* an existing host directory, absolute */
+    char tag[VM_FS_TAG_MAX + 1];
+    bool readonly;
+};
+
 struct vm_io_limit {
     char *device;           /* a block device path; its major:minor is read at start */
     uint64_t read_bps, write_bps, read_iops, write_iops;   /* 0: unlimited */
@@ -142,7 +153,7 @@ struct vm_def {
     } cpu;
     struct {
         uint64_t bytes;
-        bool hugepages, shared;
+        bool hugepages, shared;     /* shared is implied by filesystems (vm_memory_shared) */
     } memory;
     struct {
         enum vm_firmware firmware;
@@ -156,6 +167,8 @@ struct vm_def {
     size_t ncdroms;
     struct vm_nic *nics;
     size_t nnics;
+    struct vm_fs *filesystems;
+    size_t nfilesystems;
     enum console_kind console;
     struct {
         enum graphics_kind kind;
@@ -172,6 +185,12 @@ struct vm_def {
     struct strv qemu_args;
     bool transient;         /* not in etc/: lives in its run directory while it runs */
 };
+
+/* Guest RAM is a shared memfd: asked for, or needed by a virtiofsd that maps it. */
+static inline bool vm_memory_shared(const struct vm_def *d)
+{
+    return d->memory.shared || d->nfilesystems > 0;
+}
 
 void vm_def_free(struct vm_def *d);     /* leaves it zeroed: freeing twice is harmless */
 /* A definition freed at the end of its scope; initialise it with {0}. */
@@ -246,6 +265,7 @@ enum fd_kind {
     FD_NVRAM,       /* the VM's UEFI variable store */
     FD_TAP,         /* index = nic, sub = queue */
     FD_VHOST,       /* index = nic, sub = queue */
+    FD_VIRTIOFS,    /* a connected socket to the share's virtiofsd; index = filesystem */
 };
 #define FD_FIRST 3
 #define PLAN_MAX_FDS 128

@@ -261,6 +261,8 @@ static int check_host(struct vm_def *d, struct qv_err *e)
         r = check_path(d->boot.kernel, PATH_REG, e, "boot.kernel");
     if (r == 0)
         r = check_path(d->boot.initrd, PATH_REG, e, "boot.initrd");
+    if (r == 0)
+        r = vm_filesystems_check_host(d, e);
     for (size_t i = 0; r == 0 && i < d->limits.nio; i++) {
         struct stat st;
         const char *dev = d->limits.io[i].device;

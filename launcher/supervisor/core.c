@@ -108,6 +108,9 @@ json_object *sup_status_json(struct sup *s)
     json_object *conf = confine_inspect(s);
     if (conf)
         json_object_object_add(o, "confinement", conf);
+    json_object *fs = virtiofs_status_json(s);
+    if (fs)
+        json_object_object_add(o, "filesystems", fs);
     json_object *media = s->qemu_pid ? media_status_json(s) : NULL;
     if (media)
         json_object_object_add(o, "cdroms", media);
@@ -129,6 +132,7 @@ static void signal_readable(struct sup *s)
             start_child_exited(s);
             block_child_exited(s);
             snapshots_child_exited(s);
+            virtiofs_child_exited(s);
             if (s->qemu_is_child && s->qemu_pid)
                 sup_qemu_gone(s);
         }
@@ -213,6 +217,7 @@ static void run_timers(struct sup *s)
             s->def = fresh;
         }
         if (start_begin(s, true, &e) < 0) {
+            virtiofs_after_exit(s);
             vmnet_after_exit(s);
             sup_log(s, "restart failed: %s", e.msg);
             snprintf(s->rs.last_exit, sizeof(s->rs.last_exit), "%s", e.msg);
@@ -433,6 +438,7 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
             sup_save_state(sp);
             if (sp->qemu_pid)
                 kill(sp->qemu_pid, SIGKILL);
+            virtiofs_after_exit(sp);
             vmnet_after_exit(sp);
             remove_run_files(sp);
             if (sp->def.transient)

@@ -3,7 +3,8 @@
  * console and log (console.c), confinement (confine.c), NICs (vmnet.c), hotplug
  * (hotplug.c), a running VM's disks (disks.c), CD-ROM media (media.c), QEMU's jobs
  * (jobs.c), block jobs (blockjobs.c, blockprep.c), snapshots (snapshots.c,
- * snapshot_merge.c), the guest agent channel (agent.c, agent_ops.c; agent_chan.h).
+ * snapshot_merge.c), the guest agent channel (agent.c, agent_ops.c; agent_chan.h),
+ * virtiofs shares and their virtiofsd processes (virtiofs.c).
  * One process per VM owns the only QMP connection. */
 #ifndef QV_SUP_INTERNAL_H
 #define QV_SUP_INTERNAL_H
@@ -164,6 +165,14 @@ struct start_job {
 
 struct agent_chan;
 
+/* A share's virtiofsd (virtiofs.c): pid and start time as recorded in state.json. */
+#define VIRTIOFSD "/usr/lib/qemu/virtiofsd"     /* the C virtiofsd of qemu-system-common */
+struct sup_fs {
+    pid_t pid;              /* 0: none */
+    unsigned long long start;
+    bool child;             /* started by this supervisor: reaped here */
+};
+
 /* A QEMU job (jobs.c): block-stream, block-commit, blockdev-mirror, and the generic
  * snapshot-save/load/delete. Its kind's handlers are looked up by name when a new
  * supervisor takes over, so they get no pointer context: what a kind needs to finish
@@ -276,6 +285,7 @@ struct sup {
     size_t nmedia;
     struct media_op *media_op;  /* the change under way, NULL if none */
     struct vm_nic_state nics[VM_MAX_NICS + HOTPLUG_MAX];
+    struct sup_fs fs[VM_MAX_FILESYSTEMS];
     struct netsetup_nft *nft;
     uint64_t lease_poll;        /* next look at the networks' leases; 0: none needed */
     bool done;
@@ -637,6 +647,22 @@ void vmnet_restore(struct sup *s);
 /* Learns guest addresses from the networks' leases and tightens the filters. */
 void vmnet_poll_leases(struct sup *s);
 json_object *vmnet_addresses(struct sup *s);
+
+/* virtiofs.c: one confined virtiofsd per share, a sibling of QEMU that lives as long as
+ * QEMU's connection to it (no PR_SET_PDEATHSIG: it outlives a dead supervisor, as QEMU
+ * does). launch_ctx.open_fs: starts filesystem i's virtiofsd on a listening socket
+ * (recorded in state.json before it runs) and gives QEMU's connected end in *fd. */
+int virtiofs_open(void *opaque, const struct vm_def *d, size_t i, int *fd, struct qv_err *e);
+/* SIGCHLD: reaps ours; one gone while QEMU runs is logged (the guest's share is dead). */
+void virtiofs_child_exited(struct sup *s);
+/* QEMU is gone (or never started): every virtiofsd is killed and its record dropped. */
+void virtiofs_after_exit(struct sup *s);
+/* A new supervisor takes over the recorded virtiofsds of a live QEMU (by pid and start time). */
+void virtiofs_reattach(struct sup *s);
+/* Kills the recorded virtiofsds of a previous run whose QEMU is dead. */
+void virtiofs_cleanup_recorded(struct sup *s, json_object *resources);
+/* [{"tag", "source", "readonly", "pid", "confinement"}] for status; NULL without shares. */
+json_object *virtiofs_status_json(struct sup *s);
 
 /* confine.c */
 int confine_prepare(struct sup *s, const struct launch_plan *p, struct qv_err *e);

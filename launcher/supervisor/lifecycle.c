@@ -324,6 +324,7 @@ static void record_end(struct sup *s, enum vm_state st)
 void sup_release_qemu(struct sup *s)
 {
     confine_after_exit(s);
+    virtiofs_after_exit(s);
     vmnet_after_exit(s);
     remove_run_files(s);
 }

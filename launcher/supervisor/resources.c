@@ -160,6 +160,10 @@ static int open_slot(const struct launch_plan *p, size_t i, const struct vm_def 
     case FD_VHOST:
         fds[i] = open("/dev/vhost-net", O_RDWR | O_CLOEXEC);
         return fds[i] < 0 ? qv_failerr(e, -errno, "nics[%d]: /dev/vhost-net", s->index) : 0;
+    case FD_VIRTIOFS:
+        if (!ctx->open_fs)
+            return qv_fail(e, -EOPNOTSUPP, "filesystems[%d]: shares need a supervisor to run virtiofsd", s->index);
+        return ctx->open_fs(ctx->opaque, d, (size_t)s->index, &fds[i], e);
     }
     return qv_fail(e, -EINVAL, "unknown fd kind %d", s->kind);
 }

@@ -273,7 +273,7 @@ static int spawn_qemu(struct sup *s, struct qv_err *e)
     disk_tops_reset(s);
     sup_save_state(s);
     struct launch_ctx ctx = {.paths = s->paths, .facts = &s->facts, .run_dir = s->run_dir, .open_tap = vmnet_open_tap,
-                             .opaque = s, .overlays_made = true};
+                             .open_fs = virtiofs_open, .opaque = s, .overlays_made = true};
     int fds[PLAN_MAX_FDS];
     if ((r = launch_open_resources(&plan, &s->def, &ctx, fds, e)) < 0) {
         launch_plan_free(&plan);
@@ -462,6 +462,7 @@ void start_wind_up(struct sup *s)
     j->phase = START_IDLE;
     j->failed = false;
     confine_after_exit(s);
+    virtiofs_after_exit(s);
     vmnet_after_exit(s);
     remove_run_files(s);
     ctl_stop_done(s, true, NULL);
@@ -484,6 +485,7 @@ int reattach(struct sup *s, bool finish_start, struct qv_err *e)
     hotplug_restore(s);
     media_restore(s);
     vmnet_restore(s);
+    virtiofs_reattach(s);
     s->qemu_pid = s->rs.qemu_pid;
     s->qemu_is_child = false;
     s->pidfd = sup_pidfd_open(s->qemu_pid);
@@ -547,6 +549,7 @@ void cleanup_previous(struct sup *s, const struct vm_runstate *prev)
     }
     confine_cleanup_recorded(s, prev->resources);
     vmnet_cleanup_recorded(s, prev->resources);
+    virtiofs_cleanup_recorded(s, prev->resources);
     remove_run_files(s);
 }
 

@@ -37,6 +37,9 @@ struct launch_ctx {
     const char *run_dir;    /* where qmp.sock, console.sock and qga.sock are bound */
     /* Opens the tap (or macvtap) fds of NIC `nic`, one per queue; NULL refuses such NICs. */
     int (*open_tap)(void *opaque, const struct vm_def *d, size_t nic, int *fds, struct qv_err *e);
+    /* Starts the virtiofsd of filesystem `index` and gives the end of its socket that
+     * QEMU connects with; NULL refuses shares. */
+    int (*open_fs)(void *opaque, const struct vm_def *d, size_t index, int *fd, struct qv_err *e);
     void *opaque;
     bool overlays_made;     /* the throw-away overlays exist (launch_overlay_cmd ran) */
 };

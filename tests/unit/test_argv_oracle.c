@@ -171,6 +171,56 @@ static int open_test_tap(void *opaque, const struct vm_def *d, size_t nic, int *
     return 0;
 }
 
+/* A real virtiofsd per share, unconfined (the supervisor's confinement is share.sh's
+ * subject): QEMU's vhost-user-fs device asks its backend for features while it is
+ * created, so the command line is only accepted with one answering. */
+static pid_t fs_pids[VM_MAX_FILESYSTEMS];
+
+static int open_test_fs(void *opaque, const struct vm_def *d, size_t i, int *fd, struct qv_err *e)
+{
+    const char *run_dir = opaque;
+    char path[PATH_MAX], source[PATH_MAX + 16];
+    snprintf(path, sizeof(path), "%s/fs%zu.sock", run_dir, i);
+    int lfd, r = unix_listen(path, 1, &lfd, e);
+    if (r < 0)
+        return r;
+    r = unix_connect(path, fd, e);
+    unlink(path);
+    if (r < 0) {
+        close(lfd);
+        return r;
+    }
+    snprintf(source, sizeof(source), "source=%s", d->filesystems[i].source);
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (dup2(lfd, 3) < 0)
+            _exit(126);
+        int null = open("/dev/null", O_RDWR);
+        dup2(null, 0);
+        dup2(null, 1);
+        dup2(null, 2);
+        char *argv[] = {"/usr/lib/qemu/virtiofsd", "--fd=3", "-o", source, "-o", "sandbox=chroot", "--rlimit-nofile=0", NULL};
+        char *envp[] = {NULL};
+        execve(argv[0], argv, envp);
+        _exit(127);
+    }
+    close(lfd);
+    fs_pids[i] = pid;
+    return pid < 0 ? qv_failerr(e, -errno, "fork") : 0;
+}
+
+static void stop_test_fs(void)
+{
+    for (size_t i = 0; i < VM_MAX_FILESYSTEMS; i++) {
+        if (fs_pids[i] > 0) {
+            kill(fs_pids[i], SIGKILL);
+            waitpid(fs_pids[i], NULL, 0);
+        }
+        fs_pids[i] = 0;
+    }
+}
+
 static pid_t spawn_qemu(const struct launch_plan *p, const int *fds, int *errfd)
 {
     int pipefd[2];
@@ -477,6 +527,8 @@ static void check_memory(struct oracle *o)
     json_object *m = get(o->json, "memory");
     const char *size = json_object_is_type(m, json_type_string) ? json_object_get_string(m) : gets(m, "size", "1G");
     bool huge = getb(m, "hugepages", false), shared = getb(m, "shared", false);
+    json_object *fs = get(o->json, "filesystems");
+    shared |= fs && json_object_array_length(fs) > 0;     /* README: a share needs shared RAM */
     json_object *sum = ask(o, "query-memory-size-summary", NULL);
     expect_int(o, "memory", geti(sum, "base-memory", -1), size_of(size));
     json_object_put(sum);
@@ -761,6 +813,40 @@ static void check_nics(struct oracle *o, bool microvm)
     json_object_put(net);
 }
 
+/* Shares: a vhost-user-fs device per filesystem with its tag, in slot 0x1b, its chardev
+ * connected (QEMU talked to the virtiofsd on the other end of the fd). */
+static void check_filesystems(struct oracle *o, bool microvm)
+{
+    json_object *fss = get(o->json, "filesystems");
+    size_t n = fss ? json_object_array_length(fss) : 0;
+    expect_int(o, "filesystems: vhost-user-fs devices", count_type(o, microvm ? "vhost-user-fs-device" : "vhost-user-fs-pci"),
+               (int64_t)n);
+    for (size_t i = 0; i < n; i++) {
+        json_object *f = json_object_array_get_idx(fss, i);
+        char id[16], path[128], *w;
+        snprintf(id, sizeof(id), "fs%zu", i);
+        snprintf(path, sizeof(path), "/machine/peripheral/%s", id);
+        char *deftag = qv_xasprintf("share%zu", i);
+        char *tag = qom_str(o, path, "tag");
+        w = qv_xasprintf("filesystems[%zu].tag", i);
+        expect_str(o, w, tag, gets(f, "tag", deftag));
+        free(w);
+        free(tag);
+        free(deftag);
+        if (!microvm) {
+            w = qv_xasprintf("filesystems[%zu] PCI slot", i);
+            expect_int(o, w, pci_slot(o, id), 0x1b);    /* README: shares in slot 0x1b */
+            free(w);
+        }
+        json_object *chr = NULL;
+        for (size_t k = 0; o->chardev && k < json_object_array_length(o->chardev); k++)
+            if (strcmp(gets(json_object_array_get_idx(o->chardev, k), "label", ""), id) == 0)
+                chr = json_object_array_get_idx(o->chardev, k);
+        if (!chr || strncmp(gets(chr, "filename", ""), "unix:", 5) != 0)   /* not "disconnected:" */
+            mismatch(o, "filesystems[%zu]: chardev %s is not a connected unix socket: %s", i, id, jr_show(chr));
+    }
+}
+
 /* Controllers, consoles, chardevs, display: present exactly when the definition needs them. */
 static void check_devices(struct oracle *o, const char *machine, bool microvm)
 {
@@ -829,8 +915,9 @@ static void check_devices(struct oracle *o, const char *machine, bool microvm)
         if (have != chardevs[i].want)
             mismatch(o, "chardev %s: QEMU %s it", chardevs[i].label, have ? "has" : "lacks");
     }
+    json_object *fss = get(o->json, "filesystems");
     expect_int(o, "chardevs", o->chardev ? (int64_t)json_object_array_length(o->chardev) : -1,
-               1 + (strcmp(console, "none") != 0) + agent);
+               1 + (strcmp(console, "none") != 0) + agent + (fss ? (int64_t)json_object_array_length(fss) : 0));
     /* VNC: where it listens and whether it asks for the password */
     json_object *v = ask(o, "query-vnc", NULL), *g = get(o->json, "graphics");
     if (!v || getb(v, "enabled", !vnc) != vnc) {
@@ -976,7 +1063,8 @@ static void test_oracle(void **state)
     char run_dir[PATH_MAX];
     snprintf(run_dir, sizeof(run_dir), "%s/run", r.dir);
     mkdir_p(run_dir, 0700);
-    struct launch_ctx ctx = {.paths = &r.paths, .facts = &pinned, .run_dir = run_dir, .open_tap = open_test_tap};
+    struct launch_ctx ctx = {.paths = &r.paths, .facts = &pinned, .run_dir = run_dir, .open_tap = open_test_tap,
+                             .open_fs = open_test_fs, .opaque = run_dir};
     int fds[PLAN_MAX_FDS];
     if (launch_open_resources(&plan, &d, &ctx, fds, &e) < 0)
         fail_msg("%s: opening resources: %s", name, e.msg);
@@ -1020,6 +1108,7 @@ static void test_oracle(void **state)
             check_cdroms(&o, machine);
             check_nics(&o, microvm);
             check_devices(&o, machine, microvm);
+            check_filesystems(&o, microvm);
         }
         if (getenv("QVISOR_ORACLE_DUMP"))
             print_message("# %s\n# peripheral %s\n# block %s\n# pci %s\n# chardev %s\n", name, jr_show(o.peripheral),
@@ -1037,6 +1126,7 @@ static void test_oracle(void **state)
         kill(pid, SIGKILL);
         waitpid(pid, &wst, 0);
     }
+    stop_test_fs();
     hp_release();
     char *err = drain(errfd);
     close(errfd);
