@@ -181,10 +181,30 @@ void block_commit_drop(struct sup *s, struct sup_job *j)
     block_drop_nodes(s, data_get(j->data, "drop"));
 }
 
+int block_commit_flush(struct sup *s, struct sup_job *j, qmp_reply_fn done, void *ctx)
+{
+    json_object *opts = data_get(j->data, "flush");
+    if (!s->qmp || !opts)
+        return -EIO;
+    return qmp_send(s->qmp, "blockdev-reopen", json_obj1("options", json_object_get(opts)), NULL, 0, QMP_TIMEOUT_DEVICE,
+                    0, done, ctx) < 0 ? -EIO : 0;
+}
+
+static void on_commit_flushed(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    if (err)
+        sup_log(ctx, "block commit: flushing the base: %s", err->msg);
+}
+
 static void commit_gone(struct sup *s, struct sup_job *j, const struct qv_err *err)
 {
-    if (!err)
-        block_commit_drop(s, j);
+    if (err)
+        return;
+    block_commit_drop(s, j);
+    json_object *v;
+    if (!(json_object_object_get_ex(j->data, "active", &v) && json_object_get_boolean(v)))
+        block_commit_flush(s, j, on_commit_flushed, s);   /* what was merged is on disk */
 }
 
 const struct sup_job_ops block_pull_ops = {"pull", NULL, pull_done, pull_gone};
@@ -275,8 +295,17 @@ void block_start_commit(struct sup *s)
     json_object_object_add(data, "active", json_object_new_boolean(active));
     json_object_object_add(data, "base_node", json_object_new_string(p->chain[p->b].fmt));
     json_object_object_add(data, "base_path", json_object_new_string(p->chain[p->b].path));
+    json_object_object_add(data, "top_path", json_object_new_string(p->chain[p->t].path));
     json_object_object_add(data, "base_format", json_object_new_string(disk_format_names[p->chain[p->b].format]));
     json_object_object_add(data, "drop", drop_range(p, p->t, p->b));
+    if (!active) {
+        /* QEMU's commit does not flush its base (a mirror does): blockdev-reopen does */
+        json_object *flush = json_object_new_array();
+        for (int i = 0; i < p->nrw; i++)
+            if (p->rw_layer[i] == p->b)
+                block_layer_reopen_opts(p, i, flush);
+        json_object_object_add(data, "flush", flush);
+    }
     const struct sup_job_ops *ops = active ? &block_active_commit_ops : &block_commit_ops;
     if (p->snap[0]) {
         /* a snapshot's overlay: the snapshot's own step follows (snapshot_merge.c) */

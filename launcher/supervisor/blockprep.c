@@ -149,6 +149,20 @@ static void on_reopened(void *ctx, json_object *ret, const struct qv_err *err)
         block_start_commit(s);
 }
 
+void block_layer_reopen_opts(const struct block_prep *p, int i, json_object *list)
+{
+    const struct layer *l = &p->chain[p->rw_layer[i]];
+    char path[32];
+    snprintf(path, sizeof(path), "/dev/fdset/%d", p->rw_set[i]);
+    json_object_array_add(list, blockdev_file(l->file, path, &p->io, false, false));
+    json_object *fmt = blockdev_format(disk_format_names[l->format], l->fmt, l->file, NULL, &p->io, false, false);
+    if (l->format == FORMAT_QCOW2) {
+        size_t below = p->rw_layer[i] + 1;
+        json_object_object_add(fmt, "backing", below < p->n ? json_object_new_string(p->chain[below].fmt) : NULL);
+    }
+    json_object_array_add(list, fmt);
+}
+
 /* Every layer QEMU must write (opened read-only) gets its read-write fd; then its
  * file and format nodes are reopened read-write in one transaction, with the options
  * they were opened with otherwise (blockdev-reopen resets what is not given). */
@@ -162,18 +176,8 @@ static void on_rw_added(void *ctx, json_object *ret, const struct qv_err *err)
     if (--p->rw_pending > 0)
         return;
     json_object *list = json_object_new_array();
-    for (int i = 0; i < p->nrw; i++) {
-        const struct layer *l = &p->chain[p->rw_layer[i]];
-        char path[32];
-        snprintf(path, sizeof(path), "/dev/fdset/%d", p->rw_set[i]);
-        json_object_array_add(list, blockdev_file(l->file, path, &p->io, false, false));
-        json_object *fmt = blockdev_format(disk_format_names[l->format], l->fmt, l->file, NULL, &p->io, false, false);
-        if (l->format == FORMAT_QCOW2) {
-            size_t below = p->rw_layer[i] + 1;
-            json_object_object_add(fmt, "backing", below < p->n ? json_object_new_string(p->chain[below].fmt) : NULL);
-        }
-        json_object_array_add(list, fmt);
-    }
+    for (int i = 0; i < p->nrw; i++)
+        block_layer_reopen_opts(p, i, list);
     prep_send(s, "blockdev-reopen", json_obj1("options", list), NULL, on_reopened);
 }
 

@@ -615,8 +615,15 @@ int block_commit_begin(struct sup *s, unsigned client, const char *disk, const c
  * or done(ctx, NULL, err). 0: under way (done is called); else nothing changed. */
 int block_writable_begin(struct sup *s, const char *disk, const char *path, block_writable_fn done, void *ctx,
                          struct qv_err *e);
-/* The data a commit job records: the chain's pairs that leave QEMU with it. */
+/* A commit job's layers that left the chain: out of QEMU. */
 void block_commit_drop(struct sup *s, struct sup_job *j);
+/* The blockdev-reopen options (file node, format node) of layer p->rw_layer[i] as
+ * made writable, appended to list. */
+void block_layer_reopen_opts(const struct block_prep *p, int i, json_object *list);
+/* An inner commit's base flushed (its metadata is in QEMU's cache until then: the
+ * merged top must not go before): blockdev-reopen with the options it has, recorded
+ * with the job ("flush"); done(ctx, err) once QEMU answered. -EIO when not sent. */
+int block_commit_flush(struct sup *s, struct sup_job *j, qmp_reply_fn done, void *ctx);
 /* drop: [[format node, file node], ...], top first: deleted from QEMU, and the fdsets
  * of the file nodes removed. */
 void block_drop_nodes(struct sup *s, json_object *drop);

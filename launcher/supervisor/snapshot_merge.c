@@ -70,37 +70,90 @@ static void merge_done(struct sup *s, struct sup_job *j, const struct qv_err *er
         qv_prefix(&j->fail, "%s: snapshot %s: %s is merged, but ", s->def.name, name, k->disk);
         return;
     }
-    unlink(k->overlay);
     sup_log(s, "snapshot %s: %s merged into %s", name, k->overlay, k->file);
+    if (active)
+        unlink(k->overlay);     /* a mirror flushed its base; an inner commit's base is flushed first (merge_gone) */
 }
 
-/* QEMU let go of the job: the layer's nodes go; then the next disk, or the end. */
+struct merge_next_req {
+    struct sup *s;
+    unsigned client;
+    char name[65], overlay[PATH_MAX];
+    int64_t bandwidth;
+};
+
+/* The disk is done: the next one, or the end. */
+static void merge_continue(struct sup *s, unsigned client, const char *name, int64_t bandwidth)
+{
+    char dir[PATH_MAX];
+    snapshot_dir(s->paths, s->def.name, dir, sizeof(dir));
+    _cleanup_snapshot_ struct storage_snapshot rec = {0};
+    struct qv_err e = {0};
+    if (storage_snapshot_load(dir, name, &rec, &e) < 0 || !rec.ndisks) {
+        sup_log(s, "snapshot %s deleted", name);
+        if (client)
+            sup_reply_ok(s, client);
+        return;
+    }
+    if (merge_next(s, client, &rec, bandwidth, &e) < 0) {
+        sup_log(s, "snapshot %s: %s", name, e.msg);
+        if (client)
+            sup_reply_error(s, client, e.code, "%s (delete it again to merge the rest)", e.msg);
+    }
+}
+
+static void on_base_flushed(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    struct merge_next_req *m = ctx;
+    if (err) {
+        /* the merged overlay stays on disk: what the base holds only in QEMU's cache is in it */
+        sup_log(m->s, "snapshot %s: flushing the image below %s: %s; %s is kept", m->name, m->overlay, err->msg,
+                m->overlay);
+        if (m->client)
+            sup_reply_error(m->s, m->client, err->code ? err->code : -EIO, "%s: snapshot %s: flushing the merged "
+                            "image: %s (the overlay %s is kept)", m->s->def.name, m->name, err->msg, m->overlay);
+        free(m);
+        return;
+    }
+    unlink(m->overlay);
+    merge_continue(m->s, m->client, m->name, m->bandwidth);
+    free(m);
+}
+
+/* QEMU let go of the job: the layer's nodes go; an inner commit's base is flushed
+ * and the overlay removed; then the next disk, or the end. Whoever waits for the
+ * job waits for all of it. */
 static void merge_gone(struct sup *s, struct sup_job *j, const struct qv_err *err)
 {
     if (err || j->fail.code)
         return;
     block_commit_drop(s, j);
-    const char *name = data_str(j, "name");
-    char dir[PATH_MAX];
-    snapshot_dir(s->paths, s->def.name, dir, sizeof(dir));
-    _cleanup_snapshot_ struct storage_snapshot rec = {0};
-    struct qv_err e = {0};
-    if (!name || storage_snapshot_load(dir, name, &rec, &e) < 0 || !rec.ndisks) {
-        sup_log(s, "snapshot %s deleted", name ? name : "?");
+    json_object *v;
+    bool active = json_object_object_get_ex(j->data, "active", &v) && json_object_get_boolean(v);
+    const char *name = data_str(j, "name"), *overlay = active ? NULL : data_str(j, "top_path");
+    if (!name)
         return;
-    }
-    /* more disks: the one who waits waits for them too */
     unsigned client = j->waiters[0] ? j->waiters[0] : j->start_client;
     if (j->waiters[0])
         memmove(j->waiters, j->waiters + 1, sizeof(j->waiters) - sizeof(j->waiters[0]));
     else
         j->start_client = 0;
-    json_object *v;
     int64_t bw = json_object_object_get_ex(j->data, "bandwidth", &v) ? json_object_get_int64(v) : 0;
-    if (merge_next(s, client, &rec, bw, &e) < 0) {
-        sup_log(s, "snapshot %s: %s", name, e.msg);
-        if (client)
-            sup_reply_error(s, client, e.code, "%s (delete it again to merge the rest)", e.msg);
+    if (!overlay) {
+        merge_continue(s, client, name, bw);
+        return;
+    }
+    struct merge_next_req *m = qv_xcalloc(1, sizeof(*m));
+    m->s = s;
+    m->client = client;
+    m->bandwidth = bw;
+    snprintf(m->name, sizeof(m->name), "%s", name);
+    snprintf(m->overlay, sizeof(m->overlay), "%s", overlay);
+    if (block_commit_flush(s, j, on_base_flushed, m) < 0) {
+        struct qv_err e = {0};
+        qv_fail(&e, -EIO, "%s: QEMU's monitor is gone", s->def.name);
+        on_base_flushed(m, NULL, &e);
     }
 }
 
