@@ -71,6 +71,7 @@ static const struct cli_opt block_job_opts[] = {
 static const struct cli_opt snapshot_create_opts[] = {
     {"disk-only", false, false, 0}, {"description", true, false, 0}, {0}};
 static const struct cli_opt snapshot_list_opts[] = {{"tree", false, false, 0}, {0}};
+static const struct cli_opt snapshot_delete_opts[] = {{"bandwidth", true, false, 0}, {0}};
 static const struct cli_opt media_opts[] = {
     {"eject", false, false, 0}, {"config", false, false, 0}, {"persistent", false, false, 0}, {0}};
 static const struct cli_opt detach_opts[] = {{"persistent", false, false, 0}, {"mac", true, false, 0}, {0}};
@@ -207,8 +208,9 @@ static const struct cli_command commands[] = {
      "the snapshot the VM was last taken or reverted to"},
     {"snapshot revert", cmd_snapshot_revert, no_opts, 2, 2, "snapshot revert VM NAME",
      "bring the disks (and, while running, the guest's memory) back to a snapshot"},
-    {"snapshot delete", cmd_snapshot_delete, no_opts, 2, 2, "snapshot delete VM NAME",
-     "delete a snapshot (a disk-only one is merged into the image below its overlay)"},
+    {"snapshot delete", cmd_snapshot_delete, snapshot_delete_opts, 2, 2, "snapshot delete VM NAME [--bandwidth 50M]",
+     "delete a snapshot (a disk-only one is merged into the image below its overlay; --bandwidth caps a running "
+     "VM's merge)"},
     {"host-check", cmd_host_check, no_opts, 0, 0, "host-check [--json]",
      "KVM, vhost-net, tun, nftables, QEMU and what the sandbox can apply on this host"},
     {"help", cmd_help, no_opts, 0, 1, "help [COMMAND]", "show usage"},

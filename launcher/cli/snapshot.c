@@ -273,8 +273,13 @@ static int change(struct cli *c, bool revert)
                            "first, then revert", vm, name, s.external ? "a disk-only snapshot" : "taken while shut off");
         json_object *req = ctl_request(revert ? "snapshot-revert" : "snapshot-delete");
         json_object_object_add(req, "name", json_object_new_string(name));
+        if (!revert && cli_opt(c, "bandwidth"))
+            json_object_object_add(req, "bandwidth", json_object_new_string(cli_opt(c, "bandwidth")));
         return ctl_call(&c->paths, vm, req, SNAPSHOT_CTL_TIMEOUT_MS, NULL, &c->err);
     }
+    if (!revert && cli_opt(c, "bandwidth"))
+        return qv_fail(&c->err, -EINVAL, "%s is shut off: --bandwidth caps a running VM's merge (qemu-img merges "
+                       "at full speed); leave it out", vm);
     _cleanup_close_ int lock = lock_snapshots(c, vm);
     if (lock < 0)
         return lock;

@@ -618,6 +618,12 @@ int snapshot_set_disk_images(const struct qv_paths *p, const char *vm, const str
 int snapshot_record(const struct qv_paths *p, const char *vm, const struct storage_snapshot *s, struct qv_err *e);
 /* Removes s's record; its children and "current" go to its parent. */
 int snapshot_unrecord(const struct qv_paths *p, const char *vm, const struct storage_snapshot *s, struct qv_err *e);
+/* Disk `disk` of external snapshot `name` was merged into the image below its
+ * overlay: the snapshot whose overlay rested on that overlay rests on the image below
+ * now, and the disk leaves the record (the record goes with its last disk, as
+ * snapshot_unrecord). Idempotent: a record without the disk, or none, is done. */
+int snapshot_disk_merged(const struct qv_paths *p, const char *vm, const char *name, const char *disk,
+                         struct qv_err *e);
 /* -EBUSY when the disks have moved on since s (a later external snapshot), or a later
  * internal snapshot (of the VM's records, read here) lives in the overlay a revert of
  * external s would empty. */

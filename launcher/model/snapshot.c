@@ -243,6 +243,50 @@ static const struct storage_snapshot_disk *disk_of(const struct storage_snapshot
     return NULL;
 }
 
+/* One disk of external s merged (its overlay's data now in the image below): a
+ * snapshot whose overlay sat on that overlay rests on the image below now, and the
+ * disk leaves s's record; with its last disk the record goes (snapshot_unrecord).
+ * Each record is written atomically; a disk the record no longer has is done. */
+int snapshot_disk_merged(const struct qv_paths *p, const char *vm, const char *name, const char *disk,
+                         struct qv_err *e)
+{
+    char dir[PATH_MAX];
+    snapshot_dir(p, vm, dir, sizeof(dir));
+    _cleanup_snapshot_ struct storage_snapshot s = {0};
+    int r = storage_snapshot_load(dir, name, &s, e);
+    if (r < 0)
+        return r == -ENOENT ? 0 : r;
+    size_t at = s.ndisks;
+    for (size_t i = 0; i < s.ndisks; i++)
+        if (strcmp(s.disks[i].disk, disk) == 0)
+            at = i;
+    if (at == s.ndisks)
+        return 0;
+    const struct storage_snapshot_disk *k = &s.disks[at];
+    struct storage_snapshot *all;
+    size_t n;
+    if ((r = snapshot_load_all(p, vm, &all, &n, e)) < 0)
+        return r;
+    for (size_t i = 0; r == 0 && i < n; i++) {
+        struct storage_snapshot_disk *ak = all[i].external ? (struct storage_snapshot_disk *)disk_of(&all[i], disk)
+                                                           : NULL;
+        if (!ak || strcmp(all[i].name, name) == 0 || strcmp(ak->file, k->overlay) != 0)
+            continue;
+        snprintf(ak->file, sizeof(ak->file), "%s", k->file);
+        snprintf(ak->volume, sizeof(ak->volume), "%s", k->volume);
+        ak->format = k->format;
+        r = storage_snapshot_save(dir, &all[i], e);
+    }
+    snapshot_free_all(all, n);
+    if (r < 0)
+        return r;
+    if (s.ndisks == 1)
+        return snapshot_unrecord(p, vm, &s, e);
+    memmove(&s.disks[at], &s.disks[at + 1], (s.ndisks - at - 1) * sizeof(s.disks[0]));
+    s.ndisks--;
+    return storage_snapshot_save(dir, &s, e);
+}
+
 /* The disk's top as the definition names it now. */
 static int current_top(const struct qv_paths *p, const struct vm_def *d, const char *disk, char *path, size_t pathlen,
                        struct qv_err *e)

@@ -16,7 +16,7 @@
 
 #define COPY_FDSET_BASE 5000    /* above the command line's fds and hotplug's sets */
 
-const char *const block_op_names[] = {"pull", "commit", "copy"};
+const char *const block_op_names[] = {"pull", "commit", "copy", "write access"};
 
 static void on_logged(void *ctx, json_object *ret, const struct qv_err *err)
 {
@@ -176,10 +176,35 @@ static void copy_gone(struct sup *s, struct sup_job *j, const struct qv_err *err
     }
 }
 
+void block_commit_drop(struct sup *s, struct sup_job *j)
+{
+    block_drop_nodes(s, data_get(j->data, "drop"));
+}
+
+int block_commit_flush(struct sup *s, struct sup_job *j, qmp_reply_fn done, void *ctx)
+{
+    json_object *opts = data_get(j->data, "flush");
+    if (!s->qmp || !opts)
+        return -EIO;
+    return qmp_send(s->qmp, "blockdev-reopen", json_obj1("options", json_object_get(opts)), NULL, 0, QMP_TIMEOUT_DEVICE,
+                    0, done, ctx) < 0 ? -EIO : 0;
+}
+
+static void on_commit_flushed(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    if (err)
+        sup_log(ctx, "block commit: flushing the base: %s", err->msg);
+}
+
 static void commit_gone(struct sup *s, struct sup_job *j, const struct qv_err *err)
 {
-    if (!err)
-        block_drop_nodes(s, data_get(j->data, "drop"));
+    if (err)
+        return;
+    block_commit_drop(s, j);
+    json_object *v;
+    if (!(json_object_object_get_ex(j->data, "active", &v) && json_object_get_boolean(v)))
+        block_commit_flush(s, j, on_commit_flushed, s);   /* what was merged is on disk */
 }
 
 const struct sup_job_ops block_pull_ops = {"pull", NULL, pull_done, pull_gone};
@@ -270,10 +295,27 @@ void block_start_commit(struct sup *s)
     json_object_object_add(data, "active", json_object_new_boolean(active));
     json_object_object_add(data, "base_node", json_object_new_string(p->chain[p->b].fmt));
     json_object_object_add(data, "base_path", json_object_new_string(p->chain[p->b].path));
+    json_object_object_add(data, "top_path", json_object_new_string(p->chain[p->t].path));
     json_object_object_add(data, "base_format", json_object_new_string(disk_format_names[p->chain[p->b].format]));
     json_object_object_add(data, "drop", drop_range(p, p->t, p->b));
+    if (!active) {
+        /* QEMU's commit does not flush its base (a mirror does): blockdev-reopen does */
+        json_object *flush = json_object_new_array();
+        for (int i = 0; i < p->nrw; i++)
+            if (p->rw_layer[i] == p->b)
+                block_layer_reopen_opts(p, i, flush);
+        json_object_object_add(data, "flush", flush);
+    }
+    const struct sup_job_ops *ops = active ? &block_active_commit_ops : &block_commit_ops;
+    if (p->snap[0]) {
+        /* a snapshot's overlay: the snapshot's own step follows (snapshot_merge.c) */
+        json_object_object_add(data, "name", json_object_new_string(p->snap));
+        if (p->bandwidth)
+            json_object_object_add(data, "bandwidth", json_object_new_int64(p->bandwidth));
+        ops = &snapshot_merge_ops;
+    }
     /* an active commit switches the disk to its base once the data is merged */
-    start_job(s, active ? &block_active_commit_ops : &block_commit_ops, "block-commit", args, data, active, false);
+    start_job(s, ops, "block-commit", args, data, active, false);
 }
 
 void block_start_copy(struct sup *s)
@@ -321,6 +363,95 @@ static int opt_bool(json_object *o, const char *key, bool *out, struct qv_err *e
         return qv_fail(e, -EINVAL, "block: \"%s\" must be true or false", key);
     *out = json_object_get_boolean(v);
     return 0;
+}
+
+/* What refuses a block job on disk d, whatever its options; a volume's path into d->file. */
+static int prep_check(struct sup *s, struct disk_ref *d, const char *op, enum block_op bop, struct qv_err *e)
+{
+    if (d->hp)
+        return qv_fail(e, -EOPNOTSUPP, "%s: %s is hotplugged; block jobs work on the definition's disks "
+                       "(attach it with --persistent and restart the VM)", s->def.name, d->id);
+    const struct vm_disk *k = &s->def.disks[d->index];
+    if (k->snapshot)
+        return qv_fail(e, -EINVAL, "%s: %s has a throw-away overlay (snapshot: true): nothing of it is kept, so "
+                       "there is nothing to %s", s->def.name, d->id, op);
+    if (k->readonly && bop != BLOCK_COPY)
+        return qv_fail(e, -EINVAL, "%s: %s is read-only", s->def.name, d->id);
+    struct sup_job *j = sup_job_find(s, d->id);
+    if (j)
+        return qv_fail(e, -EBUSY, "%s: %s has a %s job running already (%s); wait for it, or `qvisor block job %s %s "
+                       "--abort`", s->def.name, d->id, j->ops->kind, j->id, s->def.name, d->id);
+    if (s->block_prep)
+        return qv_fail(e, -EBUSY, "%s: another block job is being started; try again in a moment", s->def.name);
+    if (!d->file[0] && k->volume) {
+        enum disk_format f;
+        if (vol_resolve(s->paths, k->volume, d->file, sizeof(d->file), &f, e) < 0)
+            return qv_prefix(e, "%s: %s: ", s->def.name, d->id);
+    }
+    return 0;
+}
+
+static struct block_prep *prep_new(struct sup *s, unsigned client, const struct disk_ref *d, enum block_op op)
+{
+    const struct vm_disk *k = &s->def.disks[d->index];
+    struct block_prep *p = qv_xcalloc(1, sizeof(*p));
+    p->op = op;
+    p->client = client;
+    p->d = *d;
+    p->fd = -1;
+    p->child.out = -1;
+    p->format = k->format == FORMAT_RAW ? FORMAT_RAW : FORMAT_QCOW2;
+    p->io = disk_io_mode(k->cache, k->aio, &s->facts);
+    return p;
+}
+
+/* A commit or a reopen on behalf of a snapshot: disk found and checked, the prep begun. */
+static int prep_for_snapshot(struct sup *s, unsigned client, const char *disk, enum block_op op, const char *top,
+                             const char *base, struct block_prep **out, struct qv_err *e)
+{
+    struct disk_ref d;
+    if (!disk_find(s, disk, &d))
+        return qv_fail(e, -ENOENT, "%s: no disk %s", s->def.name, disk);
+    int r = prep_check(s, &d, op == BLOCK_COMMIT ? "merge" : "change", op, e);
+    if (r < 0)
+        return r;
+    struct block_prep *p = prep_new(s, client, &d, op);
+    p->wait = true;
+    if (snprintf(p->top, sizeof(p->top), "%s", top ? top : "") >= (int)sizeof(p->top) ||
+        snprintf(p->base, sizeof(p->base), "%s", base) >= (int)sizeof(p->base)) {
+        free(p);
+        return qv_fail(e, -ENAMETOOLONG, "%s: %s: a layer's path is too long", s->def.name, disk);
+    }
+    *out = p;
+    return 0;
+}
+
+int block_commit_begin(struct sup *s, unsigned client, const char *disk, const char *top, const char *base,
+                       const char *snap, int64_t bandwidth, struct qv_err *e)
+{
+    struct block_prep *p;
+    int r = prep_for_snapshot(s, client, disk, BLOCK_COMMIT, top, base, &p, e);
+    if (r < 0)
+        return r;
+    snprintf(p->snap, sizeof(p->snap), "%s", snap ? snap : "");
+    p->bandwidth = bandwidth;
+    s->block_prep = p;
+    sup_log(s, "block commit of %s (%s into %s)%s%s", p->d.id, top, base, snap ? " deletes snapshot " : "",
+            snap ? snap : "");
+    return block_prep_begin(s, e);
+}
+
+int block_writable_begin(struct sup *s, const char *disk, const char *path, block_writable_fn done, void *ctx,
+                         struct qv_err *e)
+{
+    struct block_prep *p;
+    int r = prep_for_snapshot(s, 0, disk, BLOCK_WRITABLE, NULL, path, &p, e);
+    if (r < 0)
+        return r;
+    p->writable = done;
+    p->writable_ctx = ctx;
+    s->block_prep = p;
+    return block_prep_begin(s, e);
 }
 
 /* `block job`: info, --abort, --pivot, --finish, --wait. */
@@ -371,36 +502,11 @@ int block_request(struct sup *s, unsigned client, const char *op, const char *ta
         bop = BLOCK_COPY;
     else
         return qv_fail(e, -EINVAL, "block: \"%s\" is not one of pull, commit, copy, job", op);
-    if (d.hp)
-        return qv_fail(e, -EOPNOTSUPP, "%s: %s is hotplugged; block jobs work on the definition's disks "
-                       "(attach it with --persistent and restart the VM)", s->def.name, d.id);
-    const struct vm_disk *k = &s->def.disks[d.index];
-    if (k->snapshot)
-        return qv_fail(e, -EINVAL, "%s: %s has a throw-away overlay (snapshot: true): nothing of it is kept, so "
-                       "there is nothing to %s", s->def.name, d.id, op);
-    if (k->readonly && bop != BLOCK_COPY)
-        return qv_fail(e, -EINVAL, "%s: %s is read-only", s->def.name, d.id);
-    struct sup_job *j = sup_job_find(s, d.id);
-    if (j)
-        return qv_fail(e, -EBUSY, "%s: %s has a %s job running already (%s); wait for it, or `qvisor block job %s %s "
-                       "--abort`", s->def.name, d.id, j->ops->kind, j->id, s->def.name, d.id);
-    if (s->block_prep)
-        return qv_fail(e, -EBUSY, "%s: another block job is being started; try again in a moment", s->def.name);
-    if (!d.file[0] && k->volume) {
-        enum disk_format f;
-        if (vol_resolve(s->paths, k->volume, d.file, sizeof(d.file), &f, e) < 0)
-            return qv_prefix(e, "%s: %s: ", s->def.name, d.id);
-    }
-    struct block_prep *p = qv_xcalloc(1, sizeof(*p));
-    p->op = bop;
-    p->client = client;
-    p->d = d;
-    p->fd = -1;
-    p->child.out = -1;
-    p->format = k->format == FORMAT_RAW ? FORMAT_RAW : FORMAT_QCOW2;
-    p->io = disk_io_mode(k->cache, k->aio, &s->facts);
+    int r = prep_check(s, &d, op, bop, e);
+    if (r < 0)
+        return r;
+    struct block_prep *p = prep_new(s, client, &d, bop);
     char fmt[16], bw[32];
-    int r;
     if ((r = opt_bool(o, "wait", &p->wait, e)) < 0 || (r = opt_str(o, "base", p->base, sizeof(p->base), e)) < 0 ||
         (r = opt_str(o, "top", p->top, sizeof(p->top), e)) < 0 ||
         (r = opt_str(o, "dest", p->dest, sizeof(p->dest), e)) < 0 ||

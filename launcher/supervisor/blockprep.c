@@ -4,7 +4,9 @@
  * read-write fd for every layer QEMU must write, which was opened read-only,
  * added to its fdset, its nodes reopened read-write and the read-only fd removed
  * (its open file holds QEMU's image lock); for a copy, the target created here
- * (qemu-img create as a watched child for qcow2) and passed with add-fd.
+ * (qemu-img create as a watched child for qcow2) and passed with add-fd. A
+ * snapshot's merge is such a commit (snapshot_merge.c); BLOCK_WRITABLE is the
+ * commit's read-write step alone, for a snapshot-delete in a layer below the top.
  *
  * QEMU opens no path, and the backing names written into headers are the real
  * paths (backing-file), never /dev/fdset/N. One request is prepared at a time
@@ -43,7 +45,24 @@ void block_prep_fail(struct sup *s, const struct qv_err *err)
     sup_log(s, "block %s of %s failed: %s", block_op_names[p->op], p->d.id, err->msg);
     if (p->client)
         sup_reply_error(s, p->client, err->code ? err->code : -EIO, "%s", err->msg);
+    block_writable_fn done = p->writable;
+    void *ctx = p->writable_ctx;
     block_prep_free(s);
+    if (done)
+        done(s, ctx, NULL, err);
+}
+
+/* BLOCK_WRITABLE: the layer reads through its read-write fd now; whoever asked goes on. */
+static void writable_done(struct sup *s, const char *node)
+{
+    struct block_prep *p = s->block_prep;
+    char name[64];
+    snprintf(name, sizeof(name), "%s", node);
+    block_writable_fn done = p->writable;
+    void *ctx = p->writable_ctx;
+    sup_log(s, "%s: %s is writable (node %s)", p->d.id, p->base, name);
+    block_prep_free(s);
+    done(s, ctx, name, NULL);
 }
 
 static void prep_failf(struct sup *s, int code, const char *fmt, ...) QV_PRINTF(3, 4);
@@ -124,7 +143,24 @@ static void on_reopened(void *ctx, json_object *ret, const struct qv_err *err)
             json_object_object_add(a, "fd", json_object_new_int(p->ro_fd[i][k]));
             block_send_logged(s, "remove-fd", a);
         }
-    block_start_commit(s);
+    if (p->op == BLOCK_WRITABLE)
+        writable_done(s, p->chain[p->b].fmt);
+    else
+        block_start_commit(s);
+}
+
+void block_layer_reopen_opts(const struct block_prep *p, int i, json_object *list)
+{
+    const struct layer *l = &p->chain[p->rw_layer[i]];
+    char path[32];
+    snprintf(path, sizeof(path), "/dev/fdset/%d", p->rw_set[i]);
+    json_object_array_add(list, blockdev_file(l->file, path, &p->io, false, false));
+    json_object *fmt = blockdev_format(disk_format_names[l->format], l->fmt, l->file, NULL, &p->io, false, false);
+    if (l->format == FORMAT_QCOW2) {
+        size_t below = p->rw_layer[i] + 1;
+        json_object_object_add(fmt, "backing", below < p->n ? json_object_new_string(p->chain[below].fmt) : NULL);
+    }
+    json_object_array_add(list, fmt);
 }
 
 /* Every layer QEMU must write (opened read-only) gets its read-write fd; then its
@@ -140,18 +176,8 @@ static void on_rw_added(void *ctx, json_object *ret, const struct qv_err *err)
     if (--p->rw_pending > 0)
         return;
     json_object *list = json_object_new_array();
-    for (int i = 0; i < p->nrw; i++) {
-        const struct layer *l = &p->chain[p->rw_layer[i]];
-        char path[32];
-        snprintf(path, sizeof(path), "/dev/fdset/%d", p->rw_set[i]);
-        json_object_array_add(list, blockdev_file(l->file, path, &p->io, false, false));
-        json_object *fmt = blockdev_format(disk_format_names[l->format], l->fmt, l->file, NULL, &p->io, false, false);
-        if (l->format == FORMAT_QCOW2) {
-            size_t below = p->rw_layer[i] + 1;
-            json_object_object_add(fmt, "backing", below < p->n ? json_object_new_string(p->chain[below].fmt) : NULL);
-        }
-        json_object_array_add(list, fmt);
-    }
+    for (int i = 0; i < p->nrw; i++)
+        block_layer_reopen_opts(p, i, list);
     prep_send(s, "blockdev-reopen", json_obj1("options", list), NULL, on_reopened);
 }
 
@@ -303,12 +329,18 @@ void block_forget(struct sup *s)
     struct block_prep *p = s->block_prep;
     if (!p)
         return;
+    struct qv_err gone = {0};
+    qv_fail(&gone, -ESRCH, "%s: QEMU exited before the %s of %s started", s->def.name, block_op_names[p->op],
+            p->d.id);
     if (p->client)
-        sup_reply_error(s, p->client, -ESRCH, "%s: QEMU exited before the %s of %s started", s->def.name,
-                        block_op_names[p->op], p->d.id);
+        sup_reply_error(s, p->client, gone.code, "%s", gone.msg);
     if (p->created)
         unlink(p->dest);
+    block_writable_fn done = p->writable;
+    void *ctx = p->writable_ctx;
     block_prep_free(s);
+    if (done)
+        done(s, ctx, NULL, &gone);
     if (s->fdset_drop) {
         json_object_put(s->fdset_drop);
         s->fdset_drop = NULL;
@@ -455,6 +487,21 @@ static void on_graph(void *ctx, json_object *ret, const struct qv_err *err)
     case BLOCK_COPY:
         copy_create_target(s);
         return;
+    case BLOCK_WRITABLE: {
+        ssize_t b = layer_index(p, p->base, 0);
+        if (b < 0) {
+            prep_failf(s, -ENOENT, "%s: %s: %s is not a layer of %s", s->def.name, p->d.id, p->base, p->d.file);
+            return;
+        }
+        if (b == 0) {
+            writable_done(s, p->chain[0].fmt);   /* the top: writable already */
+            return;
+        }
+        p->t = 0;   /* no overlay above it to rewrite: only the layer itself */
+        p->b = (size_t)b;
+        prep_send(s, "query-fdsets", NULL, NULL, on_commit_fdsets);
+        return;
+    }
     }
 }
 

@@ -410,7 +410,7 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
         else if (strcmp(cmd, "snapshot-revert") == 0)
             r = snapshot_live_revert(s, c->id, name, &e);
         else
-            r = snapshot_live_delete(s, c->id, name, &e);
+            r = snapshot_live_delete(s, c->id, name, get_string(req, "bandwidth"), &e);
         if (r < 0)
             reply_error(s, c, r, "%s", e.msg);
     } else if (strcmp(cmd, "change-media") == 0) {

@@ -43,7 +43,7 @@ static const struct request_kind request_kinds[] = {
     {"block", {{"op", F_STRING, true}, {"target", F_STRING, true}, {"options", F_OBJECT, false}}},
     {"snapshot-create", {{"name", F_STRING, true}, {"disk_only", F_BOOL, false}, {"description", F_STRING, false}}},
     {"snapshot-revert", {{"name", F_STRING, true}}},
-    {"snapshot-delete", {{"name", F_STRING, true}}},
+    {"snapshot-delete", {{"name", F_STRING, true}, {"bandwidth", F_STRING, false}}},
     {"change-media", {{"target", F_STRING, true}, {"file", F_STRING, false}}},
     {"events", {{0}}},
     {"console", {{"replay", F_BOOL, false}}},

@@ -558,7 +558,9 @@ void block_forget(struct sup *s);
 /* Between blockjobs.c (requests, the jobs' kinds) and blockprep.c (what a request
  * needs before its job starts: the chain as QEMU holds it, read-write fds and a
  * reopen for a commit, a copy's target). */
-enum block_op { BLOCK_PULL, BLOCK_COMMIT, BLOCK_COPY };
+/* BLOCK_WRITABLE: no job; one layer below the top made writable (a read-write fd,
+ * a reopen), for a snapshot-delete of an internal snapshot it holds. */
+enum block_op { BLOCK_PULL, BLOCK_COMMIT, BLOCK_COPY, BLOCK_WRITABLE };
 extern const char *const block_op_names[];
 
 struct layer {
@@ -567,9 +569,16 @@ struct layer {
     enum disk_format format;
 };
 
+/* BLOCK_WRITABLE's end: node, the writable layer's format node, or err (the client
+ * is the callback's to answer). */
+typedef void (*block_writable_fn)(struct sup *s, void *ctx, const char *node, const struct qv_err *err);
+
 struct block_prep {
     enum block_op op;
     unsigned client;
+    char snap[65];              /* a commit that deletes this snapshot's disk: a snapshot-merge job */
+    block_writable_fn writable; /* BLOCK_WRITABLE: told the end */
+    void *writable_ctx;
     bool wait;
     struct disk_ref d;
     struct disk_io io;
@@ -606,6 +615,25 @@ void block_prep_free(struct sup *s);
 void block_start_pull(struct sup *s);
 void block_start_commit(struct sup *s);
 void block_start_copy(struct sup *s);
+/* A commit of disk's layer `top` into `base` (paths; top the disk's top: an active
+ * commit with a pivot), prepared as `block commit` is; snap: the snapshot whose
+ * overlay this is (its job is a snapshot-merge, snapshot_merge.c finishes it), else
+ * NULL. client is answered when the job is over. 0: under way; else nothing changed. */
+int block_commit_begin(struct sup *s, unsigned client, const char *disk, const char *top, const char *base,
+                       const char *snap, int64_t bandwidth, struct qv_err *e);
+/* Disk's layer `path` made writable when it is not the top; done(ctx, node) then,
+ * or done(ctx, NULL, err). 0: under way (done is called); else nothing changed. */
+int block_writable_begin(struct sup *s, const char *disk, const char *path, block_writable_fn done, void *ctx,
+                         struct qv_err *e);
+/* A commit job's layers that left the chain: out of QEMU. */
+void block_commit_drop(struct sup *s, struct sup_job *j);
+/* The blockdev-reopen options (file node, format node) of layer p->rw_layer[i] as
+ * made writable, appended to list. */
+void block_layer_reopen_opts(const struct block_prep *p, int i, json_object *list);
+/* An inner commit's base flushed (its metadata is in QEMU's cache until then: the
+ * merged top must not go before): blockdev-reopen with the options it has, recorded
+ * with the job ("flush"); done(ctx, err) once QEMU answered. -EIO when not sent. */
+int block_commit_flush(struct sup *s, struct sup_job *j, qmp_reply_fn done, void *ctx);
 /* drop: [[format node, file node], ...], top first: deleted from QEMU, and the fdsets
  * of the file nodes removed. */
 void block_drop_nodes(struct sup *s, json_object *drop);
@@ -704,10 +732,15 @@ void sup_test_qemu_gone(struct sup *s);
 int snapshot_live_create(struct sup *s, unsigned client, const char *name, bool disk_only, const char *description,
                          struct qv_err *e);
 int snapshot_live_revert(struct sup *s, unsigned client, const char *name, struct qv_err *e);
-int snapshot_live_delete(struct sup *s, unsigned client, const char *name, struct qv_err *e);
-/* snapshot_merge.c: one disk's disk-only snapshot whose overlay is its top, merged
- * (the record is taken). */
-int snapshot_live_merge(struct sup *s, unsigned client, struct storage_snapshot *rec, struct qv_err *e);
+int snapshot_live_delete(struct sup *s, unsigned client, const char *name, const char *bandwidth, struct qv_err *e);
+/* snapshot_merge.c: a disk-only snapshot merged, disk after disk, each a block commit
+ * (active when the overlay is the top, else inner); bandwidth 0: no cap. */
+int snapshot_live_merge(struct sup *s, unsigned client, struct storage_snapshot *rec, int64_t bandwidth,
+                        struct qv_err *e);
+/* An internal snapshot deleted (snapshot-delete), its images made writable first
+ * where they are below a disk-only overlay now. Both take the record and answer
+ * client; an error returned means nothing was sent. */
+int snapshot_live_delete_internal(struct sup *s, unsigned client, struct storage_snapshot *rec, struct qv_err *e);
 void snapshots_child_exited(struct sup *s);
 uint64_t snapshots_next_deadline(struct sup *s);
 void snapshots_expire(struct sup *s, uint64_t now);

@@ -6,8 +6,8 @@
  *   child), opened here and passed to QEMU as an fd (add-fd, blockdev-add of its file
  *   and qcow2 nodes), then one `transaction` of blockdev-snapshot puts every overlay
  *   on top at the same instant; the definition follows (disk_switched). Deleting one
- *   merges its overlay down with block-commit (active: pivot back to the image below)
- *   as a job (snapshot_merge.c).
+ *   merges each overlay down with a block commit (active: pivot back to the image
+ *   below; inner: the overlay above re-pointed) as a job (snapshot_merge.c).
  * One snapshot operation runs at a time; the loop serves everything else meanwhile. */
 #include <fcntl.h>
 #include <stdlib.h>
@@ -64,7 +64,7 @@ static bool monitor_ok(struct sup *s, struct qv_err *e)
 
 static int busy(struct sup *s, struct qv_err *e)
 {
-    if (s->snap)
+    if (s->snap || (s->block_prep && (s->block_prep->snap[0] || s->block_prep->writable)))
         return qv_fail(e, -EBUSY, "%s: a snapshot operation is under way; try again once it is over", s->def.name);
     for (int i = 0; i < SUP_JOBS_MAX; i++)
         if (s->jobs[i].used && str_startswith(s->jobs[i].ops->kind, "snapshot"))
@@ -269,8 +269,9 @@ static void ext_next(struct snap_op *op)
         struct snap_disk_live *d = &op->d[op->step];
         int r;
         if (d->fdset < 0) {
-            r = qmp_send(s->qmp, "add-fd", json_object_new_object(), &d->fd, 1, QMP_TIMEOUT_DEFAULT, 0, on_setup_step,
-                         op);
+            /* opaque: its file node, by which a commit or a drop finds the fdset */
+            r = qmp_send(s->qmp, "add-fd", json_obj1("opaque", json_object_new_string(d->file_node)), &d->fd, 1,
+                         QMP_TIMEOUT_DEFAULT, 0, on_setup_step, op);
         } else if (!d->file_added) {
             char path[32];
             snprintf(path, sizeof(path), "/dev/fdset/%d", d->fdset);
@@ -518,11 +519,14 @@ int snapshot_live_revert(struct sup *s, unsigned client, const char *name, struc
     return 0;
 }
 
-int snapshot_live_delete(struct sup *s, unsigned client, const char *name, struct qv_err *e)
+int snapshot_live_delete(struct sup *s, unsigned client, const char *name, const char *bandwidth, struct qv_err *e)
 {
     int r;
     if ((r = busy(s, e)) < 0 || !monitor_ok(s, e))
         return r < 0 ? r : e->code;
+    uint64_t speed = 0;
+    if (bandwidth && (parse_size(bandwidth, &speed) < 0 || speed > INT64_MAX))
+        return qv_fail(e, -EINVAL, "snapshot delete: --bandwidth \"%s\" is not a size per second (50M)", bandwidth);
     _cleanup_snapshot_ struct storage_snapshot rec = {0};
     if ((r = load_record(s, name, &rec, e)) < 0)
         return r;
@@ -534,30 +538,10 @@ int snapshot_live_delete(struct sup *s, unsigned client, const char *name, struc
     snapshot_free_all(all, n);
     if (r < 0)
         return r;
-    if (rec.external) {
-        if (rec.ndisks != 1)
-            return qv_fail(e, -EBUSY, "%s: snapshot %s has %zu overlays; stop the VM to merge them (a running VM "
-                           "merges one disk's snapshot at a time)", s->def.name, name, rec.ndisks);
-        return snapshot_live_merge(s, client, &rec, e);
-    }
-    /* internal: in the images that hold it, when they are the disks' tops */
-    json_object *devices = json_object_new_array();
-    for (size_t i = 0; i < rec.ndisks; i++) {
-        struct disk_ref ref;
-        if (!disk_find(s, rec.disks[i].disk, &ref) || strcmp(ref.file, rec.disks[i].file) != 0) {
-            json_object_put(devices);
-            return qv_fail(e, -EBUSY, "%s: snapshot %s is kept in %s, which is below a later overlay now; stop the VM "
-                           "to delete it", s->def.name, name, rec.disks[i].file);
-        }
-        json_object_array_add(devices, json_object_new_string(ref.node));
-    }
-    json_object *args = json_object_new_object();
-    json_object_object_add(args, "tag", json_object_new_string(name));
-    json_object_object_add(args, "devices", devices);
-    if (!sup_job_start(s, &snapshot_delete_ops, NULL, "snapshot-delete", args, json_obj1("name", json_object_new_string(name)),
-                       client, true, e))
-        return e->code;
-    return 0;
+    /* snapshot_merge.c: commits of the overlays, or snapshot-delete where it is kept */
+    if (rec.external)
+        return snapshot_live_merge(s, client, &rec, (int64_t)speed, e);
+    return snapshot_live_delete_internal(s, client, &rec, e);
 }
 
 void snapshots_forget(struct sup *s)

@@ -1,0 +1,119 @@
+#!/bin/bash
+# timeout: 300
+# Snapshots deleted while the guest runs where the overlay is not simply the top of
+# one disk, with real qemu-img and a real QEMU under TCG, sandbox on: a disk-only
+# snapshot of two disks; the middle one of three (an inner commit, the overlay above
+# re-pointed); a full snapshot kept in an image that a later overlay covers; and a
+# merge whose supervisor is killed -9 midway, finished by its successor. Each time
+# the guest's checksum of its disks is unchanged, the host's flattened images match
+# it, and qemu-img's view of the chains has the layer fewer.
+. "$(dirname "$0")/../lib.sh"
+
+img=$T_ROOT/img
+mkdir -p "$img"
+qemu-img create -q -f qcow2 "$img/a.qcow2" 16M
+qemu-img create -q -f qcow2 "$img/b.qcow2" 16M
+define_guest mg "" --disk "file=$img/a.qcow2,serial=AAA,cache=writeback" \
+    --disk "file=$img/b.qcow2,serial=BBB,cache=writeback"
+dev() { echo "\$(for d in /sys/block/vd*; do grep -qx $1 \$d/serial 2>/dev/null && echo /dev/\${d##*/}; done)"; }
+# put SERIAL MiB COUNT: the guest writes COUNT MiB of random data there, synced
+put() { guest_ok mg "dd if=/dev/urandom of=$(dev $1) bs=1M seek=$2 count=${3:-1} conv=fsync 2>/dev/null"; }
+# sum SERIAL: the guest's md5 of the whole disk, read past its page cache
+sum() { gsh mg "echo 3 > /proc/sys/vm/drop_caches; md5sum $(dev $1)" | grep -o '^[0-9a-f]\{32\}'; }
+# same_sum SERIAL WANT: the guest reads WANT (non-empty) again
+same_sum() { local s; s=$(sum "$1") && [ -n "$2" ] && [ "$s" = "$2" ]; }
+# host_sum FILE WANT: the chain at FILE, flattened by the host, is what the guest read
+host_sum() { qemu-img convert -U -O raw "$1" "$T_ROOT/flat.raw" && [ -n "$2" ] &&
+    [ "$(md5sum < "$T_ROOT/flat.raw" | cut -d' ' -f1)" = "$2" ]; }
+# chain_is FILE LAYER...: qemu-img's backing chain from FILE down, exactly
+chain_is() { local top=$1; shift; [ "$(qemu-img info -U --backing-chain --output=json "$top" | jq -r '.[].filename' |
+    tr '\n' ' ')" = "$* " ]; }
+# def_file N: the image the definition names for disk N
+def_file() { qv show mg --json | jq -r ".disks[$1].file"; }
+snaps() { qv snapshot list mg --json | jq -r '[.[].name] | sort | join(" ")'; }
+snaps_are() { [ "$(snaps)" = "$*" ]; }
+# owns FILE MiB: the image's own layer holds data at that MiB
+owns() { qemu-img map -U --output=json "$1" | jq -e --argjson o $(($2 << 20)) \
+    'any(.[]; .start <= $o and .start + .length > $o and .depth == 0 and .data)' > /dev/null; }
+in_image() { qemu-img snapshot -U -l "$1" | awk '{print $2}' | grep -qx "$2"; }
+not_in_image() { qemu-img snapshot -U -l "$1" > /dev/null && ! in_image "$1" "$2"; }
+
+# the overlays of snapshot S: disk A's, disk B's
+ova() { echo "$img/mg.$1.qcow2"; }
+ovb() { echo "$img/mg-disk1.$1.qcow2"; }
+both_put() { put AAA "$1" && put BBB "$1"; }
+both_same() { same_sum AAA "$a0" && same_sum BBB "$b0"; }
+both_host() { host_sum "$(def_file 0)" "$a0" && host_sum "$(def_file 1)" "$b0"; }
+both_own() { owns "$(ova "$1")" "$2" && owns "$(ovb "$1")" "$2"; }
+sums() { a0=$(sum AAA); b0=$(sum BBB); }
+
+qv start -q mg || { not_ok "the VM starts"; finish; }
+check "the guest boots" wait_until 90 guest_ok mg true
+
+# ---- one disk-only snapshot of two disks, deleted live ----
+check_output "a disk-only snapshot of both disks" 'snapshot two created' qv snapshot create mg two --disk-only
+check "the guest writes on both disks after it" both_put 1
+check "...which lands in both overlays" both_own two 1
+sums
+check_output "deleting it while the guest runs" 'snapshot two deleted' qv snapshot delete mg two
+check "...the guest reads the same data on both disks" both_same
+check "...the definition names both images again" test "$(def_file 0) $(def_file 1)" = "$img/a.qcow2 $img/b.qcow2"
+check "...qemu-img sees one layer below each disk's top" eval \
+    "chain_is \$(def_file 0) $img/a.qcow2 && chain_is \$(def_file 1) $img/b.qcow2"
+check "...the host's images hold what the guest wrote" both_host
+check "...the overlays are gone" test ! -e "$(ova two)" -a ! -e "$(ovb two)"
+check "...and the record" snaps_are ""
+
+# ---- the middle one of three, deleted live ----
+check "three disk-only snapshots, the guest writing after each" eval \
+    "qv snapshot create -q mg s1 --disk-only && both_put 2 && qv snapshot create -q mg s2 --disk-only && both_put 3 &&
+     qv snapshot create -q mg s3 --disk-only && both_put 4"
+check "...qemu-img sees four layers" chain_is "$(ova s3)" "$(ova s3)" "$(ova s2)" "$(ova s1)" "$img/a.qcow2"
+sums
+check_output "deleting s2, the middle one, while the guest runs" 'snapshot s2 deleted' qv snapshot delete mg s2
+check "...the guest reads the same data on both disks" both_same
+check "...qemu-img sees three layers: s3's overlay rests on s1's" eval \
+    "chain_is $(ova s3) $(ova s3) $(ova s1) $img/a.qcow2 && chain_is $(ovb s3) $(ovb s3) $(ovb s1) $img/b.qcow2"
+check "...what the guest wrote while s2 existed is in s1's overlay now" both_own s1 3
+check "...the host's images hold what the guest wrote" both_host
+check "...the definition still names s3's overlays" test "$(def_file 0) $(def_file 1)" = "$(ova s3) $(ovb s3)"
+check "...s2's overlays are gone" test ! -e "$(ova s2)" -a ! -e "$(ovb s2)"
+check "...s3's record rests on s1's overlays, its parent is s1" eval "qv snapshot show mg s3 --json | jq -e --arg a $(ova s1) \
+    --arg b $(ovb s1) '.parent == \"s1\" and .disks[0].file == \$a and .disks[1].file == \$b' >/dev/null"
+check "...and s2's record is gone" snaps_are "s1 s3"
+
+# ---- a full snapshot in an image a later overlay covers, deleted live ----
+check_output "a full snapshot (kept in s3's overlays)" 'snapshot full created' qv snapshot create mg full
+check_output "a disk-only snapshot on top of it" 'snapshot ov created' qv snapshot create mg ov --disk-only
+check "the guest writes after it" both_put 5
+check "...full is in s3's overlays, now below ov's" eval "in_image $(ova s3) full && in_image $(ovb s3) full"
+sums
+check_output "deleting full while the guest runs (snapshot-delete below the top)" 'snapshot full deleted' \
+    qv snapshot delete mg full
+check "...qemu-img no longer finds it in either image" eval "not_in_image $(ova s3) full && not_in_image $(ovb s3) full"
+check "...the guest reads the same data on both disks" both_same
+check "...the chain is as it was" chain_is "$(ova ov)" "$(ova ov)" "$(ova s3)" "$(ova s1)" "$img/a.qcow2"
+check "...and the record is gone" snaps_are "ov s1 s3"
+
+# ---- a merge whose supervisor is killed midway ----
+check "the guest writes 4 MiB on disk A" put AAA 6 4
+sums
+qv snapshot delete mg ov --bandwidth 256K > "$T_ROOT/del.out" 2>&1 &
+merging() { qv status mg | grep -Eq '^job +snapshot-merge of disk0: running'; }
+check "a slow merge of ov runs (status shows it)" wait_until 30 merging
+spid=$(sup_pid mg)
+kill -9 "$spid"
+check "kill -9 of the supervisor mid-merge" wait_until 10 bash -c "! kill -0 $spid 2>/dev/null"
+wait
+check_output "start again reattaches" "mg started" qv start mg
+check "...the job carries on" log_has mg 'job qv[0-9]+-snapshot-merge-disk0 \(snapshot-merge of disk0\) carries on'
+ov_gone() { qv snapshot list mg --json | jq -e 'length > 0 and all(.[]; .name != "ov")' > /dev/null; }
+check "...and the successor merges both disks: the record is gone" wait_until 90 ov_gone
+check "...the guest reads the same data on both disks" both_same
+check "...the definition names s3's overlays again" test "$(def_file 0) $(def_file 1)" = "$(ova s3) $(ovb s3)"
+check "...qemu-img sees the layer fewer below both disks' tops" eval \
+    "chain_is \$(def_file 0) $(ova s3) $(ova s1) $img/a.qcow2 && chain_is \$(def_file 1) $(ovb s3) $(ovb s1) $img/b.qcow2"
+check "...the host's images hold what the guest wrote" both_host
+check "...ov's overlays are gone" test ! -e "$(ova ov)" -a ! -e "$(ovb ov)"
+qv kill mg > /dev/null 2>&1
+finish
