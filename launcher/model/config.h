@@ -21,6 +21,15 @@ int vm_sandbox_parse(struct jr *r, json_object *root, struct vm_def *d);
 void vm_confine_to_json(const struct vm_def *d, json_object *o);
 void vm_confine_free(struct vm_def *d);
 
+/* config_guestdata.c: "cloud_init" and "credentials" */
+int vm_guestdata_parse(struct jr *r, json_object *root, struct vm_def *d);
+/* Before the whole definition's text check, which would show a bad value. */
+int vm_credentials_check_text(struct jr *r, json_object *root);
+void vm_guestdata_to_json(const struct vm_def *d, json_object *o, bool with_values);
+void vm_guestdata_free(struct vm_def *d);
+/* The files exist and are regular files (store.c's check_host). */
+int vm_guestdata_check_host(const struct vm_def *d, struct qv_err *e);
+
 /* Kinds of file a path in a definition may name. */
 #define PATH_REG 1u
 #define PATH_BLK 2u
