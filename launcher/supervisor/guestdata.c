@@ -48,7 +48,8 @@ int seed_begin(struct sup *s, struct sup_child *c, char iso[PATH_MAX], struct qv
     if ((r = vm_cloud_init_user(&s->def, &user, &ulen, e)) < 0 || (r = vm_cloud_init_meta(&s->def, &meta, &mlen, e)) < 0 ||
         (r = write_file_atomic(ud, user, ulen, 0600, e)) < 0 || (r = write_file_atomic(md, meta, mlen, 0600, e)) < 0)
         return r;
-    const char *argv[] = {"genisoimage", "-quiet", "-output", iso, "-volid", "cidata", "-joliet", "-rock", ud, md, NULL};
+    const char *argv[] = {"genisoimage", "-quiet", "-input-charset", "utf-8", "-output", iso, "-volid", "cidata",
+                          "-joliet", "-rock", ud, md, NULL};
     if ((r = sup_child_spawn(c, argv, SEED_TIMEOUT_MS, e)) < 0) {
         qv_prefix(e, "%s: cloud-init seed: ", s->def.name);
         if (r == -ENOENT)
@@ -63,9 +64,14 @@ int seed_done(struct sup *s, int status, const char *output, struct qv_err *e)
 {
     if (status == 0)
         return 0;
+    /* one line: a start's error travels as one line to `qvisor start` */
+    char said[1024];
+    snprintf(said, sizeof(said), "%s", output[0] ? output : "no output");
+    for (char *p = said; *p; p++)
+        if (*p == '\n')
+            *p = ' ';
     return qv_fail(e, -EIO, "%s: cloud-init seed: genisoimage %s %d: %s", s->def.name,
-                   status > 128 ? "was killed by signal" : "exited with", status > 128 ? status - 128 : status,
-                   output[0] ? output : "no output");
+                   status > 128 ? "was killed by signal" : "exited with", status > 128 ? status - 128 : status, said);
 }
 
 int credential_memfd(const struct vm_def *d, size_t i, uid_t uid, gid_t gid, size_t *total, int *out,

@@ -94,8 +94,10 @@ check_output "the guest reads the inline credential from SMBIOS type 11" "^$smd5
 check_output "...and the one from a file" "^$fmd5" cred_md5 db.pass
 
 # ---- no value anywhere outside the guest ----
-tr '\0' ' ' < "/proc/$qpid/cmdline" > "$T_ROOT/cmdline"
-check "QEMU's command line shows no value" lacks_secrets "$T_ROOT/cmdline"
+tr '\0' ' ' < "/proc/${qpid:-none}/cmdline" > "$T_ROOT/cmdline"
+check_output "QEMU's command line names each credential's fd" '-smbios type=11,path=/proc/self/fd/[0-9]+ ' \
+    cat "$T_ROOT/cmdline"
+check "...and shows no value" lacks_secrets "$T_ROOT/cmdline"
 check "...ps neither" output_lacks_secrets ps -ww -o args= -p "$qpid"
 check "state.json holds no value" lacks_secrets "$run/state.json"
 check "the VM log holds no value" lacks_secrets "$T_ROOT/var/log/qvisor/gd.log"

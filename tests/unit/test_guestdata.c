@@ -32,6 +32,8 @@ static void expect_error(const char *json, const char *want)
     struct vm_def d;
     struct qv_err e;
     int r = parse(json, &d, &e);
+    if (r == 0)
+        vm_def_free(&d);
     if (r != -EINVAL || strcmp(e.msg, want) != 0)
         fail_msg("%s\n  got %d \"%s\"\n want \"%s\"", json, r, e.msg, want);
     if (strstr(e.msg, "hunter2"))
