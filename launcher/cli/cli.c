@@ -9,6 +9,8 @@
 #define QVISOR_VERSION "0.1"
 
 static const struct cli_opt no_opts[] = {{0}};
+/* what the guest gets beside its devices: a cloud-init seed, systemd credentials */
+#define GUESTDATA_FLAGS {"cloud-init", true, false, 0}, {"meta-data", true, false, 0}, {"credential", true, true, 0}
 /* a definition from flags: define and create take the same ones */
 #define DEFINITION_FLAGS                                                                                             \
     {"machine", true, false, 0}, {"accel", true, false, 0}, {"cpus", true, false, 0}, {"cpu-model", true, false, 0}, \
@@ -17,7 +19,7 @@ static const struct cli_opt no_opts[] = {{0}};
         {"kernel", true, false, 0}, {"initrd", true, false, 0}, {"append", true, false, 0},                         \
         {"firmware", true, false, 0}, {"console", true, false, 0}, {"graphics", true, false, 0},                    \
         {"agent", false, false, 0}, {"description", true, false, 0}, {"on-poweroff", true, false, 0},               \
-        {"on-reboot", true, false, 0}, {"on-crash", true, false, 0}
+        {"on-reboot", true, false, 0}, {"on-crash", true, false, 0}, GUESTDATA_FLAGS
 static const struct cli_opt define_opts[] = {DEFINITION_FLAGS, {"print", false, false, 0}, {0}};
 static const struct cli_opt undefine_opts[] = {{"remove-storage", false, false, 0}, {"keep-nvram", false, false, 0},
                                                {"snapshots-metadata", false, false, 0}, {0}};
@@ -80,7 +82,7 @@ static int cmd_help(struct cli *c);
 
 static const struct cli_command commands[] = {
     {"define", cmd_define, define_opts, 1, 1, "define FILE.json | define NAME [--memory 1G --cpus 2 --disk file=PATH|vol=POOL/NAME|size=20G[,bus=...] "
-     "--kernel K --initrd I --append A --nic user ...]", "define a VM from a JSON file or from flags"},
+     "--kernel K --initrd I --append A --nic user --cloud-init USER-DATA [--meta-data F] --credential NAME=VALUE|NAME=@FILE ...]", "define a VM from a JSON file or from flags"},
     {"undefine", cmd_undefine, undefine_opts, 1, 1, "undefine NAME [--remove-storage] [--keep-nvram] [--snapshots-metadata]",
      "remove a VM's definition and its UEFI variable store (--remove-storage: its volumes too; a VM with "
      "snapshots needs --snapshots-metadata)"},

@@ -138,6 +138,21 @@ static void append(json_object *root, const char *key, json_object *v)
     json_object_array_add(a, v);
 }
 
+/* A path as typed, absolute: the supervisor reads it later from another directory. */
+static json_object *abs_path_json(const char *v)
+{
+    char real[PATH_MAX], cwd[PATH_MAX];
+    if (v[0] == '/' || !getcwd(cwd, sizeof(cwd)))
+        return json_object_new_string(v);
+    if (realpath(v, real))
+        return json_object_new_string(real);
+    struct buf b = {0};
+    buf_printf(&b, "%s/%s", cwd, v);
+    json_object *j = json_object_new_string(b.p);
+    buf_free(&b);
+    return j;
+}
+
 /* --share HOSTDIR[:TAG[:ro]] as a filesystems[] item; a relative HOSTDIR is made
  * absolute (a CI job shares "."), and the tag defaults to shareN in the definition. */
 static json_object *share_spec(const char *spec)
@@ -154,10 +169,42 @@ static json_object *share_spec(const char *spec)
         *colon = '\0';
         json_object_object_add(o, "tag", json_object_new_string(colon + 1));
     }
-    char abs[PATH_MAX];
-    const char *dir = s[0] != '/' && realpath(s, abs) ? abs : s;
-    json_object_object_add(o, "source", json_object_new_string(dir));
+    json_object_object_add(o, "source", abs_path_json(s));
     return o;
+}
+
+/* --cloud-init USER-DATA [--meta-data FILE], --credential NAME=VALUE|NAME=@FILE...
+ * Messages name a credential, never its value. */
+static int guestdata_from_flags(struct cli *c, json_object *o)
+{
+    const char *user = NULL, *meta = NULL;
+    for (size_t i = 0; i < c->nopts; i++) {
+        const char *opt = c->opts[i].opt->name, *v = c->opts[i].value;
+        if (strcmp(opt, "cloud-init") == 0) {
+            user = v;
+        } else if (strcmp(opt, "meta-data") == 0) {
+            meta = v;
+        } else if (strcmp(opt, "credential") == 0) {
+            const char *eq = strchr(v, '=');
+            if (!eq || eq == v)
+                return qv_fail(&c->err, -EINVAL, "--credential: expected NAME=VALUE or NAME=@FILE");
+            json_object *item = json_object_new_object();
+            json_object_object_add(item, "name", json_object_new_string_len(v, (int)(eq - v)));
+            if (eq[1] == '@')
+                json_object_object_add(item, "file", abs_path_json(eq + 2));
+            else
+                json_object_object_add(item, "value", json_object_new_string(eq + 1));
+            append(o, "credentials", item);
+        }
+    }
+    if (meta && !user)
+        return qv_fail(&c->err, -EINVAL, "--meta-data is for the seed of --cloud-init USER-DATA");
+    if (user) {
+        set_path(o, "cloud_init", "user_data", abs_path_json(user));
+        if (meta)
+            set_path(o, "cloud_init", "meta_data", abs_path_json(meta));
+    }
+    return 0;
 }
 
 static int definition_from_flags(struct cli *c, const char *name, json_object **out)
@@ -218,6 +265,8 @@ static int definition_from_flags(struct cli *c, const char *name, json_object **
                 json_object_object_add(o, "graphics", item);
         }
     }
+    if (r == 0)
+        r = guestdata_from_flags(c, o);
     if (r < 0) {
         json_object_put(o);
         return r;
@@ -357,7 +406,7 @@ int cmd_define(struct cli *c)
         _cleanup_vm_def_ struct vm_def d = {0};
         if ((r = vm_def_from_json(o, &d, &c->err)) < 0)
             return from_file ? qv_prefix(&c->err, "%s: ", arg) : r;
-        _cleanup_json_ json_object *norm = vm_def_to_json(&d);
+        _cleanup_json_ json_object *norm = vm_def_to_json_public(&d);
         cli_print_json(norm);
         return 0;
     }
@@ -555,7 +604,7 @@ int cmd_show(struct cli *c)
         _cleanup_free_ char *args = strv_join((const char *const *)d.qemu_args.v, " ");
         fprintf(stderr, "qvisor: warning: %s: qemu_args are passed to QEMU unchecked: %s\n", d.name, args);
     }
-    _cleanup_json_ json_object *o = vm_def_to_json(&d);
+    _cleanup_json_ json_object *o = vm_def_to_json_public(&d);
     cli_print_json(o);
     return 0;
 }

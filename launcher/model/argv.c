@@ -401,6 +401,36 @@ static void add_cdroms(struct builder *b, struct ports *pt)
     }
 }
 
+/* The cloud-init seed, after the cdroms on their bus: a read-only cdrom that
+ * cloud-init finds by its label (cidata), never a boot device. */
+static void add_seed(struct builder *b, struct ports *pt)
+{
+    if (!b->d->cloud_init.user_data)
+        return;
+    struct disk_io io = disk_io_mode(CACHE_WRITEBACK, AIO_AUTO, b->f);
+    int fd = add_fd(b, FD_SEED, 0, 0, O_RDONLY);
+    add_file_node(b, fd, "cidata-file", &io, false, true);
+    arg_json(b, "-blockdev", blockdev_format("raw", "cidata-fmt", "cidata-file", NULL, &io, false, true));
+    json_object *dev = jobj();
+    js(dev, "driver", "ide-cd");
+    place_on_bus(b, dev, b->d->machine == MACHINE_PC ? BUS_IDE : BUS_SATA, pt);
+    js(dev, "drive", "cidata-fmt");
+    js(dev, "id", "cidata");
+    arg_json(b, "-device", dev);
+}
+
+/* systemd credentials as SMBIOS type 11 strings, each read by QEMU from an inherited
+ * memfd: the command line names only the fd, never the credential or its value. */
+static void add_credentials(struct builder *b)
+{
+    for (size_t i = 0; i < b->d->ncredentials; i++) {
+        char opt[64];
+        int fd = add_fd(b, FD_CREDENTIAL, (int)i, 0, O_RDONLY);
+        snprintf(opt, sizeof(opt), "type=11,path=/proc/self/fd/%d", fd);
+        arg2(b, "-smbios", opt);
+    }
+}
+
 /* ---- network ---- */
 
 static void fd_list(struct builder *b, enum fd_kind kind, int nic, int queues, char *out, size_t outlen)
@@ -694,9 +724,11 @@ static int build(const struct vm_def *d, const struct host_facts *f, struct laun
     struct ports pt = {0};
     add_disks(&b, &pt);
     add_cdroms(&b, &pt);
+    add_seed(&b, &pt);
     add_nics(&b);
     add_filesystems(&b);
     add_console_devices(&b);
+    add_credentials(&b);
     if (d->machine != MACHINE_MICROVM) {
         json_object *o = jobj();
         js(o, "driver", "pvpanic");

@@ -77,6 +77,7 @@ void vm_def_free(struct vm_def *d)
     strv_free(&d->qemu_args);
     vm_filesystems_free(d);
     vm_confine_free(d);
+    vm_guestdata_free(d);
     memset(d, 0, sizeof(*d));
 }
 
@@ -591,6 +592,10 @@ static int check_devices(struct jr *r, struct vm_def *d, bool order_given)
         ide += d->cdroms[i].bus == BUS_IDE;
         sata += d->cdroms[i].bus == BUS_SATA;
     }
+    if (d->cloud_init.user_data) {     /* the seed's cdrom: ide on pc, sata on q35 */
+        ide += d->machine == MACHINE_PC;
+        sata += d->machine == MACHINE_Q35;
+    }
     if (virtio > VM_MAX_DISKS)
         return jr_key(r, "disks"), jr_fail(r, "%zu virtio disks, at most %d (use bus scsi for more)", virtio, VM_MAX_DISKS);
     if (ide > 4)
@@ -643,13 +648,15 @@ static int parse_definition(struct jr *rp, json_object *o, struct vm_def *d)
     struct jr r = *rp;
     static const char *const keys[] = {"name", "uuid", "description", "machine", "accel", "cpu", "memory",
                                        "boot", "disks", "cdroms", "nics", "filesystems", "console", "graphics", "agent",
-                                       "on_poweroff", "on_reboot", "on_crash", "limits", "sandbox", "qemu_args", NULL};
+                                       "on_poweroff", "on_reboot", "on_crash", "limits", "sandbox", "qemu_args",
+                                       "cloud_init", "credentials", NULL};
     int err = 0, machine = MACHINE_Q35, accel = ACCEL_AUTO, console = CONSOLE_SERIAL;
     int onp = POWEROFF_STOP, onr = REBOOT_RESTART, onc = CRASH_STOP;
     _cleanup_free_ char *uuid = NULL;
     bool order_given = false;
     json_object *qargs = NULL;
-    if ((err = jr_expect(&r, o, json_type_object)) < 0 || (err = jr_check_text(&r, o)) < 0 ||
+    if ((err = jr_expect(&r, o, json_type_object)) < 0 || (err = vm_credentials_check_text(&r, o)) < 0 ||
+        (err = jr_check_text(&r, o)) < 0 ||
         (err = jr_only_keys(&r, o, keys)) < 0 ||
         (err = jr_checked_string(&r, o, "name", true, &d->name, name_valid,
                                  "a valid name (1-64 of letters, digits, _ . -, not starting with . or -)")) < 0 ||
@@ -685,7 +692,8 @@ static int parse_definition(struct jr *rp, json_object *o, struct vm_def *d)
         (err = jr_enum(&r, o, "on_reboot", reboot_names, &onr)) < 0 ||
         (err = jr_enum(&r, o, "on_crash", crash_names, &onc)) < 0 || (err = jr_array(&r, o, "qemu_args", &qargs)) < 0)
         return err;
-    if ((err = vm_limits_parse(&r, o, d)) < 0 || (err = vm_sandbox_parse(&r, o, d)) < 0)
+    if ((err = vm_limits_parse(&r, o, d)) < 0 || (err = vm_sandbox_parse(&r, o, d)) < 0 ||
+        (err = vm_guestdata_parse(&r, o, d)) < 0)
         return err;
     d->console = console;
     d->on_poweroff = onp;

@@ -27,6 +27,15 @@ void vm_filesystems_free(struct vm_def *d);
 /* Each source exists and is a directory (at define and at start). */
 int vm_filesystems_check_host(const struct vm_def *d, struct qv_err *e);
 
+/* config_guestdata.c: "cloud_init" and "credentials" */
+int vm_guestdata_parse(struct jr *r, json_object *root, struct vm_def *d);
+/* Before the whole definition's text check, which would show a bad value. */
+int vm_credentials_check_text(struct jr *r, json_object *root);
+void vm_guestdata_to_json(const struct vm_def *d, json_object *o, bool with_values);
+void vm_guestdata_free(struct vm_def *d);
+/* The files exist and are regular files (store.c's check_host). */
+int vm_guestdata_check_host(const struct vm_def *d, struct qv_err *e);
+
 /* Kinds of file a path in a definition may name. */
 #define PATH_REG 1u
 #define PATH_BLK 2u

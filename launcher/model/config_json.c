@@ -105,7 +105,19 @@ json_object *vm_nic_to_json(const struct vm_nic *n)
     return j;
 }
 
+static json_object *def_to_json(const struct vm_def *d, bool with_values);
+
 json_object *vm_def_to_json(const struct vm_def *d)
+{
+    return def_to_json(d, true);
+}
+
+json_object *vm_def_to_json_public(const struct vm_def *d)
+{
+    return def_to_json(d, false);
+}
+
+static json_object *def_to_json(const struct vm_def *d, bool with_values)
 {
     json_object *o = json_object_new_object();
     put_str(o, "name", d->name);
@@ -196,5 +208,6 @@ json_object *vm_def_to_json(const struct vm_def *d)
             json_object_array_add(a, json_object_new_string(d->qemu_args.v[i]));
         json_object_object_add(o, "qemu_args", a);
     }
+    vm_guestdata_to_json(d, o, with_values);
     return o;
 }

@@ -141,6 +141,25 @@ struct vm_sandbox {
     struct strv require;    /* steps that must not be skipped: cgroup, mount, ..., "all" */
 };
 
+/* cloud-init NoCloud seed: an ISO (label cidata: user-data, meta-data) the supervisor
+ * builds into the run directory at each start and attaches as a read-only cdrom. */
+struct vm_cloud_init {
+    char *user_data;        /* NULL: no seed */
+    char *meta_data;        /* NULL: "instance-id: UUID" and "local-hostname: NAME" */
+};
+
+/* A systemd credential for the guest (SMBIOS type 11, as systemd-vmspawn passes
+ * them): its value inline or read from a file at each start, never on QEMU's
+ * command line (an inherited memfd), never shown. */
+struct vm_credential {
+    char *name;
+    char *value;            /* NULL: read from file */
+    char *file;
+};
+#define VM_CREDENTIALS_MAX 64
+#define VM_CREDENTIALS_BYTES (32u << 10)    /* values together (inline) or each (files) */
+#define VM_CREDENTIALS_SMBIOS (48u << 10)   /* their SMBIOS strings together: the table holds 64 KiB */
+
 struct vm_def {
     char *name;
     char uuid[37];
@@ -183,6 +202,9 @@ struct vm_def {
     struct vm_limits limits;
     struct vm_sandbox sandbox;
     struct strv qemu_args;
+    struct vm_cloud_init cloud_init;
+    struct vm_credential *credentials;
+    size_t ncredentials;
     bool transient;         /* not in etc/: lives in its run directory while it runs */
 };
 
@@ -214,6 +236,22 @@ json_object *vm_nic_to_json(const struct vm_nic *n);
 int vm_def_from_json(json_object *o, struct vm_def *d, struct qv_err *e);
 /* The normalised definition, defaults filled in; from_json(to_json(d)) == d. */
 json_object *vm_def_to_json(const struct vm_def *d);
+/* The same for people to read (show, define --print): credentials by name (and
+ * file), never their values. */
+json_object *vm_def_to_json_public(const struct vm_def *d);
+/* A stored definition holding inline credential values is root's alone (0600). */
+mode_t vm_def_file_mode(const struct vm_def *d);
+/* Credential i's value, from the definition or its file (read now, as the
+ * supervisor does at each start; at most VM_CREDENTIALS_BYTES); errors name the
+ * credential and the file, never the value. */
+int vm_credential_value(const struct vm_def *d, size_t i, char **value, size_t *len, struct qv_err *e);
+/* The text of the seed's meta-data: the file's, or the default from uuid and name. */
+int vm_cloud_init_meta(const struct vm_def *d, char **text, size_t *len, struct qv_err *e);
+/* The SMBIOS type 11 string that carries a credential, as systemd reads it
+ * ("io.systemd.credential.binary:NAME=BASE64"); the caller frees and wipes it. */
+char *vm_credential_smbios(const char *name, const char *value, size_t len, size_t *outlen);
+/* The seed's user-data, read from its file now. */
+int vm_cloud_init_user(const struct vm_def *d, char **text, size_t *len, struct qv_err *e);
 
 /* ---- host facts ------------------------------------------------------------------ */
 struct host_facts {
@@ -262,6 +300,8 @@ enum fd_kind {
     FD_DISK_LAYER,  /* a backing layer, read-only; index = disk, sub = layer (0: the top's backing file) */
     FD_OVERLAY,     /* throw-away qcow2 overlay; index = disk */
     FD_CDROM,       /* index = cdrom */
+    FD_SEED,        /* the cloud-init seed ISO built at this start */
+    FD_CREDENTIAL,  /* a sealed memfd with credential `index`, read by QEMU as /proc/self/fd/N */
     FD_NVRAM,       /* the VM's UEFI variable store */
     FD_TAP,         /* index = nic, sub = queue */
     FD_VHOST,       /* index = nic, sub = queue */

@@ -279,6 +279,8 @@ static int check_host(struct vm_def *d, struct qv_err *e)
         r = qv_fail(e, -EINVAL, "sandbox.user: %s (use \"dynamic\" for a uid of its own)", le.msg);
     if (r == 0 && d->sandbox.group && sandbox_group_lookup(d->sandbox.group, &gid, &le) < 0)
         r = qv_fail(e, -EINVAL, "sandbox.group: %s", le.msg);
+    if (r == 0)
+        r = vm_guestdata_check_host(d, e);
     return r;
 }
 
@@ -311,7 +313,7 @@ static int define_locked(const struct qv_paths *p, struct vm_def *d, bool replac
     if (r < 0)
         return qv_prefix(e, "%s: ", d->name);
     _cleanup_json_ json_object *norm = vm_def_to_json(d);
-    return json_write_file_atomic(path, norm, 0644, e);
+    return json_write_file_atomic(path, norm, vm_def_file_mode(d), e);
 }
 
 /* A definition as define and create take it: valid, and usable on this host. */
@@ -359,7 +361,7 @@ int vm_create_transient(const struct qv_paths *p, json_object *o, struct vm_def 
     if (r == 0) {
         _cleanup_json_ json_object *norm = vm_def_to_json(&d);
         transient_path(p, d.name, path, sizeof(path));
-        r = json_write_file_atomic(path, norm, 0644, e);
+        r = json_write_file_atomic(path, norm, vm_def_file_mode(&d), e);
     }
     d.transient = true;
     if (r == 0 && out)
@@ -426,5 +428,5 @@ int vm_disk_image_update(const struct qv_paths *p, const char *name, const char 
     _cleanup_vm_def_ struct vm_def check = {0};
     if ((r = vm_def_from_json(o, &check, e)) < 0)
         return qv_prefix(e, "%s: ", path);
-    return json_write_file_atomic(path, o, 0644, e);
+    return json_write_file_atomic(path, o, vm_def_file_mode(&check), e);
 }

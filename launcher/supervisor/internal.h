@@ -161,6 +161,9 @@ struct start_job {
     struct sup_child overlay;   /* qemu-img creating a throw-away overlay */
     size_t overlay_disk;        /* the disk it is for; the next to look at once it is done */
     char overlay_path[PATH_MAX];
+    struct sup_child seed;      /* genisoimage building the cloud-init seed */
+    bool seed_built;
+    char seed_iso[PATH_MAX];
 };
 
 struct agent_chan;
@@ -658,6 +661,17 @@ int net_starter_reap(struct sup *s, struct net_starter *ns, int *result, struct 
 void net_starter_expire(struct net_starter *ns, uint64_t now);
 /* Kills and reaps it (the operation it served is gone). */
 void net_starter_abort(struct net_starter *ns);
+
+/* guestdata.c: the cloud-init seed and the credentials */
+/* Writes user-data and meta-data into RUN_DIR/cidata/ and starts genisoimage on them
+ * (output in *iso); seed_done judges its exit. */
+int seed_begin(struct sup *s, struct sup_child *c, char iso[PATH_MAX], struct qv_err *e);
+int seed_done(struct sup *s, int status, const char *output, struct qv_err *e);
+/* Removes the seed and its sources (QEMU holds the ISO open from its start). */
+void seed_remove(struct sup *s);
+/* Credential i as a sealed memfd holding its SMBIOS string, readable by uid only. */
+int credential_memfd(const struct vm_def *d, size_t i, uid_t uid, gid_t gid, size_t *total, int *out,
+                     struct qv_err *e);
 
 /* child.c */
 int sup_child_spawn(struct sup_child *c, const char *const *argv, int timeout_ms, struct qv_err *e);

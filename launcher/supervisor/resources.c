@@ -140,6 +140,21 @@ static int open_slot(const struct launch_plan *p, size_t i, const struct vm_def 
         fds[i] = open(file, O_RDONLY | O_CLOEXEC);
         return fds[i] < 0 ? qv_failerr(e, -errno, "cdrom %s", file) : 0;
     }
+    case FD_SEED:
+        if (!ctx->seed_iso)
+            return qv_fail(e, -EOPNOTSUPP, "cloud_init: the seed was not built");
+        fds[i] = open(ctx->seed_iso, O_RDONLY | O_CLOEXEC);
+        return fds[i] < 0 ? qv_failerr(e, -errno, "cloud-init seed %s", ctx->seed_iso) : 0;
+    case FD_CREDENTIAL: {
+        if (!ctx->open_credential)
+            return qv_fail(e, -EOPNOTSUPP, "credentials: not passed here");
+        size_t total = 0;     /* the SMBIOS strings so far, against the table's size */
+        struct stat st;
+        for (size_t k = 0; k < i; k++)
+            if (p->slots[k].kind == FD_CREDENTIAL && fstat(fds[k], &st) == 0)
+                total += (size_t)st.st_size;
+        return ctx->open_credential(d, (size_t)s->index, ctx->qemu_uid, ctx->qemu_gid, &total, &fds[i], e);
+    }
     case FD_NVRAM:
         return open_nvram(ctx, d, &fds[i], e);
     case FD_TAP: {

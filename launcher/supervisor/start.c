@@ -273,9 +273,14 @@ static int spawn_qemu(struct sup *s, struct qv_err *e)
     disk_tops_reset(s);
     sup_save_state(s);
     struct launch_ctx ctx = {.paths = s->paths, .facts = &s->facts, .run_dir = s->run_dir, .open_tap = vmnet_open_tap,
-                             .open_fs = virtiofs_open, .opaque = s, .overlays_made = true};
+                             .open_fs = virtiofs_open, .opaque = s, .overlays_made = true,
+                             .seed_iso = s->start.seed_built ? s->start.seed_iso : NULL,
+                             .open_credential = credential_memfd, .qemu_uid = s->conf.uid, .qemu_gid = s->conf.gid};
     int fds[PLAN_MAX_FDS];
-    if ((r = launch_open_resources(&plan, &s->def, &ctx, fds, e)) < 0) {
+    r = launch_open_resources(&plan, &s->def, &ctx, fds, e);
+    if (s->start.seed_built)
+        seed_remove(s);     /* QEMU gets the open ISO; nothing of the user-data stays on disk */
+    if (r < 0) {
         launch_plan_free(&plan);
         return r;
     }
@@ -331,6 +336,8 @@ static int start_next(struct sup *s, struct qv_err *e)
             sup_log(s, "disk%zu: making its throw-away overlay", j->overlay_disk);
         return r < 0 ? qv_prefix(e, "disk %s: throw-away overlay: ", s->def.disks[j->overlay_disk].file) : 0;
     }
+    if (s->def.cloud_init.user_data && !j->seed_built)
+        return seed_begin(s, &j->seed, j->seed_iso, e);
     return spawn_qemu(s, e);
 }
 
@@ -350,7 +357,7 @@ int start_begin(struct sup *s, bool restart, struct qv_err *e)
     if ((r = vnc_password_args(s, &pw, e)) < 0)
         return r;
     json_object_put(pw);
-    s->start = (struct start_job){.restart = restart, .net.child.out = -1, .overlay.out = -1};
+    s->start = (struct start_job){.restart = restart, .net.child.out = -1, .overlay.out = -1, .seed.out = -1};
     s->expected_exit = false;
     s->exit_reason[0] = '\0';
     s->stop_phase = 0;
@@ -383,6 +390,9 @@ void start_child_exited(struct sup *s)
         if (status != 0)
             r = launch_overlay_failed(&s->def.disks[j->overlay_disk], j->overlay_path, status, out, &e);
         j->overlay_disk++;
+    } else if (sup_child_reap(&j->seed, &status, out, sizeof(out))) {
+        r = seed_done(s, status, out, &e);
+        j->seed_built = true;
     } else {
         return;
     }
@@ -396,7 +406,9 @@ uint64_t start_next_deadline(struct sup *s)
 {
     if (s->start.phase != START_PREPARE)
         return 0;
-    return s->start.net.child.pid ? s->start.net.child.deadline : s->start.overlay.deadline;
+    return s->start.net.child.pid ? s->start.net.child.deadline
+         : s->start.seed.pid     ? s->start.seed.deadline
+                                 : s->start.overlay.deadline;
 }
 
 void start_expire(struct sup *s, uint64_t now)
@@ -404,6 +416,7 @@ void start_expire(struct sup *s, uint64_t now)
     if (s->start.phase == START_PREPARE) {
         net_starter_expire(&s->start.net, now);
         sup_child_expire(&s->start.overlay, now);
+        sup_child_expire(&s->start.seed, now);
     }
 }
 
@@ -435,6 +448,8 @@ void start_wind_up(struct sup *s)
     struct start_job *j = &s->start;
     net_starter_abort(&j->net);
     sup_child_abort(&j->overlay);
+    sup_child_abort(&j->seed);
+    seed_remove(s);
     char msg[900] = "";
     if (s->qemu_pid) {
         kill(s->qemu_pid, SIGKILL);

@@ -42,6 +42,12 @@ struct launch_ctx {
     int (*open_fs)(void *opaque, const struct vm_def *d, size_t index, int *fd, struct qv_err *e);
     void *opaque;
     bool overlays_made;     /* the throw-away overlays exist (launch_overlay_cmd ran) */
+    const char *seed_iso;   /* the cloud-init seed built for this start; NULL refuses a seed */
+    /* Opens credential i as an fd QEMU (uid/gid) can read; NULL refuses credentials. */
+    int (*open_credential)(const struct vm_def *d, size_t i, uid_t uid, gid_t gid, size_t *total, int *fd,
+                           struct qv_err *e);
+    uid_t qemu_uid;
+    gid_t qemu_gid;
 };
 /* Opens everything the plan's fds name: binds the sockets, opens images, copies the
  * UEFI variable store on first use, opens throw-away overlays (unlinked once open,
