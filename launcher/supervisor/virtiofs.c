@@ -238,7 +238,7 @@ static void kill_recorded(struct sup *s, pid_t pid, unsigned long long start, bo
     }
     if (!same_process(pid, start))
         return;     /* gone, or the pid is someone else's now */
-    sup_log(s, "killing virtiofsd of %s (pid %d) left by a previous run", tag, (int)pid);
+    sup_log(s, "stopping virtiofsd of %s (pid %d), started by an earlier supervisor", tag, (int)pid);
     kill(pid, SIGKILL);
     /* not our child: its parent reaps it; wait a little for it to vanish */
     for (int k = 0; k < 100 && same_process(pid, start); k++)
