@@ -82,7 +82,8 @@ static int cmd_help(struct cli *c);
 
 static const struct cli_command commands[] = {
     {"define", cmd_define, define_opts, 1, 1, "define FILE.json | define NAME [--memory 1G --cpus 2 --disk file=PATH|vol=POOL/NAME|size=20G[,bus=...] "
-     "--kernel K --initrd I --append A --nic user --cloud-init USER-DATA [--meta-data F] --credential NAME=VALUE|NAME=@FILE ...]", "define a VM from a JSON file or from flags"},
+     "--kernel K --initrd I --append A --nic user --share DIR[:TAG[:ro]] --cloud-init USER-DATA [--meta-data F] "
+     "--credential NAME=VALUE|NAME=@FILE ...]", "define a VM from a JSON file or from flags"},
     {"undefine", cmd_undefine, undefine_opts, 1, 1, "undefine NAME [--remove-storage] [--keep-nvram] [--snapshots-metadata]",
      "remove a VM's definition and its UEFI variable store (--remove-storage: its volumes too; a VM with "
      "snapshots needs --snapshots-metadata)"},

@@ -136,6 +136,9 @@ static int spawn_virtiofsd(struct sup *s, size_t i, int listen_fd, struct qv_err
     spec.setsid = true;
     spec.enable &= ~(SANDBOX_STEP(SANDBOX_USER) | SANDBOX_STEP(SANDBOX_SECCOMP) | SANDBOX_STEP(SANDBOX_CGROUP));
     spec.require = c->require & spec.enable;
+    /* the read-only bind is what makes a readonly share read-only: never without it */
+    if (fs->readonly)
+        spec.require |= SANDBOX_STEP(SANDBOX_MOUNT);
     spec.host = c->host_checked ? &c->host : NULL;
     spec.keep_caps = 1ull << CAP_CHOWN | 1ull << CAP_DAC_OVERRIDE | 1ull << CAP_FOWNER | 1ull << CAP_FSETID |
                      1ull << CAP_SETGID | 1ull << CAP_SETUID | 1ull << CAP_SYS_CHROOT | 1ull << CAP_SETPCAP;
@@ -235,7 +238,7 @@ static void kill_recorded(struct sup *s, pid_t pid, unsigned long long start, bo
     }
     if (!same_process(pid, start))
         return;     /* gone, or the pid is someone else's now */
-    sup_log(s, "killing virtiofsd of %s (pid %d) left by a previous run", tag, (int)pid);
+    sup_log(s, "stopping virtiofsd of %s (pid %d), started by an earlier supervisor", tag, (int)pid);
     kill(pid, SIGKILL);
     /* not our child: its parent reaps it; wait a little for it to vanish */
     for (int k = 0; k < 100 && same_process(pid, start); k++)

@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <grp.h>
 #include <pwd.h>
+#include <linux/capability.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -747,6 +748,37 @@ static void test_required_versus_best_effort(void **state)
     run_free(&r);
 }
 
+/* keep_caps: a helper that stays root (virtiofsd) keeps exactly the given capabilities,
+ * permitted, effective and bounding, and nothing inheritable or ambient; with the user
+ * step enabled the spec is refused. */
+static void test_keep_caps(void **state)
+{
+    struct fx *f = *state;
+    struct run r;
+    run_init(f, &r, true);
+    r.spec.enable &= ~SANDBOX_STEP(SANDBOX_USER);
+    r.spec.keep_caps = 1ull << CAP_CHOWN | 1ull << CAP_DAC_OVERRIDE | 1ull << CAP_SETUID;
+    run_probe(f, &r);
+    if (r.rc < 0)
+        fail_msg("spawn: %s", r.err.msg);
+    assert_int_equal(json_object_get_int(json_object_array_get_idx(jget(r.report, "ids", "uid"), 0)), 0);
+    /* chown 0, dac_override 1, setuid 7 */
+    assert_string_equal(jstr(r.report, "status", "CapEff"), "0000000000000083");
+    assert_string_equal(jstr(r.report, "status", "CapPrm"), "0000000000000083");
+    assert_string_equal(jstr(r.report, "status", "CapInh"), "0000000000000000");
+    assert_string_equal(jstr(r.report, "status", "CapAmb"), "0000000000000000");
+    if (f->host.step[SANDBOX_CAPS].available)
+        assert_string_equal(jstr(r.report, "status", "CapBnd"), "0000000000000083");
+    run_free(&r);
+
+    run_init(f, &r, true);
+    r.spec.keep_caps = 1ull << CAP_CHOWN;
+    run_probe(f, &r);
+    assert_int_equal(r.rc, -EINVAL);
+    assert_non_null(strstr(r.err.msg, "capabilities are kept only for a program that stays root"));
+    run_free(&r);
+}
+
 static void test_fd_map_conflicts(void **state)
 {
     struct fx *f = *state;
@@ -1082,6 +1114,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_missing_executable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_child_side_failures, setup, teardown),
         cmocka_unit_test_setup_teardown(test_required_versus_best_effort, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_keep_caps, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fd_map_conflicts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_uid_leases, setup, teardown),
         cmocka_unit_test_setup_teardown(test_uid_held_by_child, setup, teardown),
