@@ -10,6 +10,7 @@
  *   as a job (snapshot_merge.c).
  * One snapshot operation runs at a time; the loop serves everything else meanwhile. */
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -28,10 +29,23 @@ struct snap_disk_live {
     bool file_added, fmt_added;
 };
 
+struct snap_op;
+typedef void (*snap_step_fn)(struct snap_op *op);
+
 struct snap_op {
     struct sup *s;
     unsigned client;
+    unsigned seq;           /* the agent's callbacks find the op by it: QEMU's exit may free it first */
     struct storage_snapshot rec;
+    /* freezing the guest's filesystems around the switch (the agent's fsfreeze) */
+    bool quiesce;           /* --quiesce: no freeze, no snapshot */
+    bool want_freeze;       /* the agent answers: freeze right before the transaction */
+    bool freeze_sent;
+    bool thaw_needed;       /* a freeze went out (it may have frozen even if it failed): thaw, whatever happens */
+    bool thaw_sent;
+    snap_step_fn after_thaw;
+    struct qv_err tx_err;   /* the transaction's outcome, kept while the thaw runs */
+    char thaw_warning[512]; /* the thaw failed: the client hears it */
     struct snap_disk_live d[VM_MAX_DISKS];
     size_t made;            /* overlays qemu-img has made */
     size_t step;            /* the disk whose QMP set-up runs */
@@ -115,6 +129,14 @@ static const char *data_name(struct sup_job *j)
     return j->data && json_object_object_get_ex(j->data, "name", &v) ? json_object_get_string(v) : "";
 }
 
+/* data's "then": "running" or "paused" as revert --running/--paused asked; "" for as
+ * the snapshot was (QEMU's snapshot-load resumes a guest that ran before it). */
+static const char *data_then(struct sup_job *j)
+{
+    json_object *v;
+    return j->data && json_object_object_get_ex(j->data, "then", &v) ? json_object_get_string(v) : "";
+}
+
 static void load_done(struct sup *s, struct sup_job *j, const struct qv_err *err)
 {
     if (err)
@@ -125,6 +147,33 @@ static void load_done(struct sup *s, struct sup_job *j, const struct qv_err *err
     if (storage_snapshot_set_current(dir, data_name(j), &e) < 0)
         sup_log(s, "warning: %s", e.msg);
     sup_log(s, "reverted to snapshot %s", data_name(j));
+    if (strcmp(data_then(j), "paused") == 0)
+        sup_qmp(s, "stop", NULL);
+    else if (strcmp(data_then(j), "running") == 0)
+        sup_qmp(s, "cont", NULL);
+}
+
+/* A start that resumes the guest from a full snapshot (revert of a shut-off VM): QEMU
+ * loaded it in prelaunch; the start goes on to `cont`, or ends paused. A successor
+ * supervisor that finds the job concluded only sends the `cont`. */
+static void start_load_done(struct sup *s, struct sup_job *j, const struct qv_err *err)
+{
+    bool paused = strcmp(data_then(j), "paused") == 0;
+    if (err) {
+        if (start_active(s))
+            start_failed(s, err, NULL);
+        return;
+    }
+    char dir[PATH_MAX];
+    snapshot_dir(s->paths, s->def.name, dir, sizeof(dir));
+    struct qv_err e = {0};
+    if (storage_snapshot_set_current(dir, data_name(j), &e) < 0)
+        sup_log(s, "warning: %s", e.msg);
+    sup_log(s, "the guest's memory and disks are back at snapshot %s%s", data_name(j), paused ? "; it stays paused" : "");
+    if (start_active(s))
+        start_after_load(s, paused);
+    else if (!paused)
+        sup_qmp(s, "cont", NULL);
 }
 
 static void delete_done(struct sup *s, struct sup_job *j, const struct qv_err *err)
@@ -142,6 +191,7 @@ static void delete_done(struct sup *s, struct sup_job *j, const struct qv_err *e
 
 const struct sup_job_ops snapshot_save_ops = {.kind = "snapshot-save", .on_done = save_done};
 const struct sup_job_ops snapshot_load_ops = {.kind = "snapshot-load", .on_done = load_done};
+const struct sup_job_ops snapshot_start_load_ops = {.kind = "snapshot-load-start", .on_done = start_load_done};
 const struct sup_job_ops snapshot_delete_ops = {.kind = "snapshot-delete", .on_done = delete_done};
 
 static int full_create(struct sup *s, unsigned client, struct storage_snapshot *rec, struct qv_err *e)
@@ -153,6 +203,7 @@ static int full_create(struct sup *s, unsigned client, struct storage_snapshot *
         return r;
     snprintf(rec->state, sizeof(rec->state), "%s", vm_state_names[s->rs.state]);
     rec->memory = true;
+    rec->quiesced = false;  /* QEMU stops the guest while it saves: memory and disks agree without a freeze */
     json_object *args = json_object_new_object();
     json_object_object_add(args, "tag", json_object_new_string(rec->name));
     json_object_object_add(args, "vmstate", json_object_new_string(vmstate));
@@ -181,13 +232,111 @@ static void ext_fail(struct snap_op *op, const struct qv_err *err, const char *s
     ext_undo(op);
 }
 
+/* ---- the freeze: right before the transaction, the thaw right after it or, on any
+ * failure, before the operation ends ---- */
+
+static void ext_finish(struct snap_op *op);
+
+static struct snap_op *op_by_seq(struct sup *s, void *ctx)
+{
+    return s->snap && s->snap->seq == (unsigned)(uintptr_t)ctx ? s->snap : NULL;
+}
+
+static void on_thawed(struct sup *s, void *ctx, int count, const struct qv_err *err)
+{
+    struct snap_op *op = op_by_seq(s, ctx);
+    if (err) {
+        sup_log(s, "warning: snapshot: thawing the guest's filesystems failed: %s (qvisor agent %s fsthaw)", err->msg,
+                s->def.name);
+        if (op)
+            snprintf(op->thaw_warning, sizeof(op->thaw_warning), "thawing the guest's filesystems failed: %s; run "
+                     "qvisor agent %s fsthaw", err->msg, s->def.name);
+    } else {
+        sup_log(s, "snapshot: %d filesystem%s thawed", count, count == 1 ? "" : "s");
+    }
+    if (op)
+        op->after_thaw(op);
+}
+
+/* The thaw goes out (once), then `next`. */
+static void thaw_then(struct snap_op *op, snap_step_fn next)
+{
+    struct qv_err e = {0};
+    op->thaw_sent = true;
+    op->after_thaw = next;
+    if (agent_fsfreeze(op->s, false, on_thawed, (void *)(uintptr_t)op->seq, &e) < 0)
+        on_thawed(op->s, (void *)(uintptr_t)op->seq, -1, &e);
+}
+
+static void on_frozen(struct sup *s, void *ctx, int count, const struct qv_err *err)
+{
+    struct snap_op *op = op_by_seq(s, ctx);
+    if (!op)
+        return;     /* QEMU is gone, and the op with it */
+    if (err && op->quiesce) {
+        struct qv_err e = {0};
+        qv_fail(&e, err->code == -ENODEV ? -ENODEV : -EIO, "--quiesce: the guest's filesystems could not be frozen: "
+                "%s", err->msg);
+        ext_fail(op, &e, NULL);
+        return;
+    }
+    if (err) {
+        snprintf(op->rec.quiesce_note, sizeof(op->rec.quiesce_note), "the guest's filesystems could not be frozen: %s",
+                 err->msg);
+        sup_log(s, "snapshot %s: not quiesced: %s", op->rec.name, op->rec.quiesce_note);
+    } else {
+        op->rec.quiesced = true;
+        sup_log(s, "snapshot %s: %d filesystem%s frozen", op->rec.name, count, count == 1 ? "" : "s");
+    }
+    ext_next(op);
+}
+
+static void freeze(struct snap_op *op)
+{
+    struct qv_err e = {0};
+    op->freeze_sent = true;
+    if (op->s->rs.state != VM_RUNNING) {
+        /* paused while the overlays were made: its agent would not answer for minutes */
+        qv_fail(&e, -EIO, "%s is %s now", op->s->def.name, vm_state_names[op->s->rs.state]);
+        on_frozen(op->s, (void *)(uintptr_t)op->seq, -1, &e);
+        return;
+    }
+    op->thaw_needed = true;
+    if (agent_fsfreeze(op->s, true, on_frozen, (void *)(uintptr_t)op->seq, &e) < 0) {
+        op->thaw_needed = false;    /* nothing went out */
+        on_frozen(op->s, (void *)(uintptr_t)op->seq, -1, &e);
+    }
+}
+
+static void ext_reply(struct snap_op *op, int r, const struct qv_err *e)
+{
+    struct sup *s = op->s;
+    if (!op->client)
+        return;
+    if (r < 0) {
+        sup_reply_error(s, op->client, r, "%s%s%s", e->msg, op->thaw_warning[0] ? "; " : "", op->thaw_warning);
+        return;
+    }
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "quiesced", json_object_new_boolean(op->rec.quiesced));
+    if (op->rec.quiesce_note[0])
+        json_object_object_add(o, "note", json_object_new_string(op->rec.quiesce_note));
+    if (op->thaw_warning[0])
+        json_object_object_add(o, "warning", json_object_new_string(op->thaw_warning));
+    sup_reply_json(s, op->client, o);
+    json_object_put(o);
+}
+
 static void ext_finish(struct snap_op *op)
 {
     struct sup *s = op->s;
+    if (op->thaw_needed && !op->thaw_sent) {
+        thaw_then(op, ext_finish);  /* a failure before the transaction answered */
+        return;
+    }
     if (op->err.code) {
         sup_log(s, "snapshot %s failed: %s", op->rec.name, op->err.msg);
-        if (op->client)
-            sup_reply_error(s, op->client, op->err.code, "%s", op->err.msg);
+        ext_reply(op, op->err.code, &op->err);
         op_free(op);
         return;
     }
@@ -207,25 +356,34 @@ static void ext_finish(struct snap_op *op)
     if (r == 0 && (r = snapshot_record(s->paths, s->def.name, &op->rec, &e)) < 0)
         qv_prefix(&e, "%s: snapshot %s: the overlays are in use, but its record was not written: ", s->def.name,
                   op->rec.name);
-    sup_log(s, "disk-only snapshot %s taken: %zu overlay%s", op->rec.name, op->rec.ndisks,
-            op->rec.ndisks == 1 ? "" : "s");
-    if (op->client) {
-        if (r < 0)
-            sup_reply_error(s, op->client, r, "%s", e.msg);
-        else
-            sup_reply_ok(s, op->client);
-    }
+    sup_log(s, "disk-only snapshot %s taken: %zu overlay%s%s", op->rec.name, op->rec.ndisks,
+            op->rec.ndisks == 1 ? "" : "s", op->rec.quiesced ? ", quiesced" : "");
+    ext_reply(op, r, &e);
     op_free(op);
 }
 
+static void tx_continue(struct snap_op *op)
+{
+    if (op->tx_err.code)
+        ext_fail(op, &op->tx_err, "blockdev-snapshot");
+    else
+        ext_finish(op);
+}
+
+/* Whatever the answer (a refusal, a timeout, the monitor lost): the guest thaws first. */
 static void on_transaction(void *ctx, json_object *ret, const struct qv_err *err)
 {
     (void)ret;
     struct snap_op *op = ctx;
-    if (err)
-        ext_fail(op, err, "blockdev-snapshot");
+    if (err) {
+        op->tx_err = *err;
+        if (!op->tx_err.code)
+            op->tx_err.code = -EIO;
+    }
+    if (op->thaw_needed && !op->thaw_sent)
+        thaw_then(op, tx_continue);
     else
-        ext_finish(op);
+        tx_continue(op);
 }
 
 static void on_setup_step(void *ctx, json_object *ret, const struct qv_err *err)
@@ -290,6 +448,10 @@ static void ext_next(struct snap_op *op)
             qv_fail(&e, -EIO, "QEMU's monitor is gone");
             ext_fail(op, &e, d->id);
         }
+        return;
+    }
+    if (op->want_freeze && !op->freeze_sent) {
+        freeze(op);     /* every overlay is ready: the guest is frozen for the transaction only */
         return;
     }
     json_object *actions = json_object_new_array();
@@ -430,12 +592,40 @@ static void on_sizes(void *ctx, json_object *ret, const struct qv_err *err)
     ext_make_next(op);
 }
 
-static int external_create(struct sup *s, unsigned client, struct storage_snapshot *rec, struct qv_err *e)
+/* Whether to freeze: the agent must answer now and the guest run (a paused guest's
+ * agent cannot). --quiesce turns every reason not to into a refusal, as virsh's does. */
+static int freeze_plan(struct sup *s, bool quiesce, const char *name, char *note, size_t notelen, bool *want,
+                       struct qv_err *e)
+{
+    char why[400] = "";
+    *want = false;
+    if (!s->def.agent)
+        snprintf(why, sizeof(why), "%s has no guest agent channel (define it with --agent)", s->def.name);
+    else if (s->rs.state != VM_RUNNING)
+        snprintf(why, sizeof(why), "%s is %s: its guest agent cannot freeze anything", s->def.name,
+                 vm_state_names[s->rs.state]);
+    else if (!agent_answers(s, why, sizeof(why)))
+        ;
+    else
+        *want = true;
+    if (*want)
+        return 0;
+    if (quiesce)
+        return qv_fail(e, s->def.agent ? -EIO : -ENODEV, "%s: snapshot %s: --quiesce: %s", s->def.name, name, why);
+    snprintf(note, notelen, "%s", why);
+    return 0;
+}
+
+static int external_create(struct sup *s, unsigned client, struct storage_snapshot *rec, bool quiesce,
+                           bool want_freeze, struct qv_err *e)
 {
     struct snap_op *op = qv_xcalloc(1, sizeof(*op));
     op->s = s;
+    op->seq = ++s->snap_seq;
     op->client = client;
     op->child.out = -1;
+    op->quiesce = quiesce;
+    op->want_freeze = want_freeze;
     op->rec = *rec;
     memset(rec, 0, sizeof(*rec));
     /* node names unique in this QEMU, whatever ran before: from the clock */
@@ -462,19 +652,28 @@ static int external_create(struct sup *s, unsigned client, struct storage_snapsh
     return 0;
 }
 
-int snapshot_live_create(struct sup *s, unsigned client, const char *name, bool disk_only, const char *description,
-                         struct qv_err *e)
+int snapshot_live_create(struct sup *s, unsigned client, const char *name, bool disk_only, bool quiesce,
+                         const char *description, struct qv_err *e)
 {
     int r;
+    if (quiesce && !disk_only)
+        return qv_fail(e, -EINVAL, "%s: snapshot %s: --quiesce needs --disk-only (a full snapshot keeps the guest's "
+                       "memory with its disks, which agree without freezing anything)", s->def.name, name);
     if ((r = busy(s, e)) < 0 || !monitor_ok(s, e))
         return r < 0 ? r : e->code;
+    bool want_freeze = false;
+    char note[sizeof(((struct storage_snapshot *)0)->quiesce_note)] = "";
+    if (disk_only && (r = freeze_plan(s, quiesce, name, note, sizeof(note), &want_freeze, e)) < 0)
+        return r;
     _cleanup_snapshot_ struct storage_snapshot rec = {0};
     if ((r = snapshot_plan(s->paths, &s->def, name, disk_only, &rec, e)) < 0)
         return r;
     if (description)
         rec.description = qv_xstrdup(description);
-    sup_log(s, "taking %s snapshot %s", disk_only ? "disk-only" : "full", name);
-    return disk_only ? external_create(s, client, &rec, e) : full_create(s, client, &rec, e);
+    snprintf(rec.quiesce_note, sizeof(rec.quiesce_note), "%s", note);
+    sup_log(s, "taking %s snapshot %s%s", disk_only ? "disk-only" : "full", name,
+            want_freeze ? " (the guest's filesystems frozen for it)" : "");
+    return disk_only ? external_create(s, client, &rec, quiesce, want_freeze, e) : full_create(s, client, &rec, e);
 }
 
 /* ---- revert, delete ---- */
@@ -490,13 +689,12 @@ static int load_record(struct sup *s, const char *name, struct storage_snapshot 
     return r;
 }
 
-int snapshot_live_revert(struct sup *s, unsigned client, const char *name, struct qv_err *e)
+/* snapshot-load's arguments for the record's disks, as this QEMU names their nodes. */
+static int load_args(struct sup *s, const char *name, json_object **args, struct qv_err *e)
 {
-    int r;
-    if ((r = busy(s, e)) < 0 || !monitor_ok(s, e))
-        return r < 0 ? r : e->code;
     _cleanup_snapshot_ struct storage_snapshot rec = {0};
-    if ((r = load_record(s, name, &rec, e)) < 0)
+    int r = load_record(s, name, &rec, e);
+    if (r < 0)
         return r;
     if (!rec.memory)
         return qv_fail(e, -EBUSY, "%s is running and snapshot %s holds no memory state; stop the VM first, then "
@@ -507,13 +705,46 @@ int snapshot_live_revert(struct sup *s, unsigned client, const char *name, struc
     char vmstate[48];
     if ((r = record_nodes(s, &rec, &devices, vmstate, sizeof(vmstate), e)) < 0)
         return r;
-    json_object *args = json_object_new_object();
-    json_object_object_add(args, "tag", json_object_new_string(name));
-    json_object_object_add(args, "vmstate", json_object_new_string(vmstate));
-    json_object_object_add(args, "devices", devices);
+    *args = json_object_new_object();
+    json_object_object_add(*args, "tag", json_object_new_string(name));
+    json_object_object_add(*args, "vmstate", json_object_new_string(vmstate));
+    json_object_object_add(*args, "devices", devices);
+    return 0;
+}
+
+static json_object *load_data(const char *name, const char *then)
+{
+    json_object *data = json_obj1("name", json_object_new_string(name));
+    if (then && *then)
+        json_object_object_add(data, "then", json_object_new_string(then));
+    return data;
+}
+
+int snapshot_live_revert(struct sup *s, unsigned client, const char *name, const char *then, struct qv_err *e)
+{
+    int r;
+    if ((r = busy(s, e)) < 0 || !monitor_ok(s, e))
+        return r < 0 ? r : e->code;
+    if (then && *then && strcmp(then, "running") != 0 && strcmp(then, "paused") != 0)
+        return qv_fail(e, -EINVAL, "snapshot-revert: \"then\" must be \"running\" or \"paused\", not \"%s\"", then);
+    json_object *args;
+    if ((r = load_args(s, name, &args, e)) < 0)
+        return r;
     sup_log(s, "reverting to snapshot %s", name);
-    if (!sup_job_start(s, &snapshot_load_ops, NULL, "snapshot-load", args,
-                       json_obj1("name", json_object_new_string(name)), client, true, e))
+    if (!sup_job_start(s, &snapshot_load_ops, NULL, "snapshot-load", args, load_data(name, then), client, true, e))
+        return e->code;
+    return 0;
+}
+
+int snapshot_start_load(struct sup *s, const char *name, bool paused, struct qv_err *e)
+{
+    json_object *args;
+    int r = load_args(s, name, &args, e);
+    if (r < 0)
+        return r;
+    sup_log(s, "loading snapshot %s before the guest runs", name);
+    if (!sup_job_start(s, &snapshot_start_load_ops, NULL, "snapshot-load", args,
+                       load_data(name, paused ? "paused" : "running"), 0, false, e))
         return e->code;
     return 0;
 }
