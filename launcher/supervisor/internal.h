@@ -3,7 +3,7 @@
  * console and log (console.c), confinement (confine.c), NICs (vmnet.c), hotplug
  * (hotplug.c), a running VM's disks (disks.c), CD-ROM media (media.c), QEMU's jobs
  * (jobs.c), block jobs (blockjobs.c, blockprep.c), snapshots (snapshots.c,
- * snapshot_merge.c), the guest agent channel (agent.c, agent_ops.c; agent_chan.h).
+ * snapshot_full.c, snapshot_merge.c), the guest agent channel (agent.c, agent_ops.c; agent_chan.h).
  * One process per VM owns the only QMP connection. */
 #ifndef QV_SUP_INTERNAL_H
 #define QV_SUP_INTERNAL_H
@@ -698,6 +698,13 @@ int snapshot_live_revert(struct sup *s, unsigned client, const char *name, const
  * start (start_after_load) or fails it. */
 int snapshot_start_load(struct sup *s, const char *name, bool paused, struct qv_err *e);
 int snapshot_live_delete(struct sup *s, unsigned client, const char *name, struct qv_err *e);
+/* Between snapshots.c and snapshot_full.c: a new snapshot operation may start
+ * (none under way, no snapshot job) and the monitor is there; the record NAME. */
+int snap_busy(struct sup *s, struct qv_err *e);
+bool snap_monitor_ok(struct sup *s, struct qv_err *e);
+int snap_load_record(struct sup *s, const char *name, struct storage_snapshot *rec, struct qv_err *e);
+/* snapshot_full.c: a full snapshot's snapshot-save job (rec: the plan's record). */
+int snapshot_full_create(struct sup *s, unsigned client, struct storage_snapshot *rec, struct qv_err *e);
 /* snapshot_merge.c: one disk's disk-only snapshot whose overlay is its top, merged
  * (the record is taken). */
 int snapshot_live_merge(struct sup *s, unsigned client, struct storage_snapshot *rec, struct qv_err *e);
