@@ -89,7 +89,9 @@ int cmd_snapshot_create(struct cli *c)
                active && !disk_only ? ", with the guest's memory" : "", quiesced ? ", quiesced" : "");
     if (reply && json_object_object_get_ex(reply, "note", &v) && !c->quiet)
         printf("note: not quiesced: %s\n", json_object_get_string(v));
-    if (reply && json_object_object_get_ex(reply, "warning", &v))
+    json_object *res;   /* a full snapshot's job puts it in its result */
+    if (reply && (json_object_object_get_ex(reply, "warning", &v) ||
+                  (json_object_object_get_ex(reply, "result", &res) && json_object_object_get_ex(res, "warning", &v))))
         fprintf(stderr, "qvisor: warning: %s\n", json_object_get_string(v));
     return 0;
 }

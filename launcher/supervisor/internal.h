@@ -703,6 +703,9 @@ int snapshot_live_delete(struct sup *s, unsigned client, const char *name, struc
 int snap_busy(struct sup *s, struct qv_err *e);
 bool snap_monitor_ok(struct sup *s, struct qv_err *e);
 int snap_load_record(struct sup *s, const char *name, struct storage_snapshot *rec, struct qv_err *e);
+/* Disks attached live are not part of a snapshot yet: the warning that says so for
+ * snapshot `name` ("" when there are none). */
+void snap_left_out(struct sup *s, const char *name, char *out, size_t outlen);
 /* snapshot_full.c: a full snapshot's snapshot-save job (rec: the plan's record). */
 int snapshot_full_create(struct sup *s, unsigned client, struct storage_snapshot *rec, struct qv_err *e);
 /* snapshot_merge.c: one disk's disk-only snapshot whose overlay is its top, merged

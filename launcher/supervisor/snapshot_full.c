@@ -41,6 +41,12 @@ static void save_done(struct sup *s, struct sup_job *j, const struct qv_err *err
         return;
     }
     sup_log(s, "snapshot %s taken (memory and %zu disk%s)", rec.name, rec.ndisks, rec.ndisks == 1 ? "" : "s");
+    char left[1024];
+    snap_left_out(s, rec.name, left, sizeof(left));
+    if (left[0]) {
+        sup_log(s, "warning: %s", left);
+        j->result = json_obj1("warning", json_object_new_string(left));
+    }
 }
 
 static const char *data_name(struct sup_job *j)

@@ -182,6 +182,25 @@ static void freeze(struct snap_op *op)
     }
 }
 
+void snap_left_out(struct sup *s, const char *name, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    size_t n = 0;
+    for (int i = 0; i < HOTPLUG_MAX; i++) {
+        const struct hotplug *h = &s->hp[i];
+        if (!h->used || h->kind != HOTPLUG_DISK || h->pending || h->removing)
+            continue;
+        n += (size_t)snprintf(out + n, outlen > n ? outlen - n : 0, "%s%s (%s)", n ? ", " : "", h->id, h->file);
+    }
+    if (n) {
+        char disks[1024];
+        snprintf(disks, sizeof(disks), "%s", out);
+        snprintf(out, outlen, "snapshot %s leaves out %s, attached while the VM runs: a revert does not bring %s "
+                 "back (detach it first to keep the guest's view of it consistent)", name, disks,
+                 strchr(disks, ',') ? "them" : "it");
+    }
+}
+
 static void ext_reply(struct snap_op *op, int r, const struct qv_err *e)
 {
     struct sup *s = op->s;
@@ -195,8 +214,13 @@ static void ext_reply(struct snap_op *op, int r, const struct qv_err *e)
     json_object_object_add(o, "quiesced", json_object_new_boolean(op->rec.quiesced));
     if (op->rec.quiesce_note[0])
         json_object_object_add(o, "note", json_object_new_string(op->rec.quiesce_note));
-    if (op->thaw_warning[0])
-        json_object_object_add(o, "warning", json_object_new_string(op->thaw_warning));
+    char left[1024];
+    snap_left_out(s, op->rec.name, left, sizeof(left));
+    if (op->thaw_warning[0] || left[0]) {
+        char w[sizeof(left) + sizeof(op->thaw_warning) + 2];
+        snprintf(w, sizeof(w), "%s%s%s", op->thaw_warning, op->thaw_warning[0] && left[0] ? "; " : "", left);
+        json_object_object_add(o, "warning", json_object_new_string(w));
+    }
     sup_reply_json(s, op->client, o);
     json_object_put(o);
 }
