@@ -33,6 +33,8 @@ json_object *storage_snapshot_to_json(const struct storage_snapshot *s)
     json_object_object_add(o, "state", json_object_new_string(s->state));
     json_object_object_add(o, "kind", json_object_new_string(s->external ? "external" : "internal"));
     json_object_object_add(o, "memory", json_object_new_boolean(s->memory));
+    json_object_object_add(o, "quiesced", json_object_new_boolean(s->quiesced));
+    put_str(o, "quiesce_note", s->quiesce_note);
     put_str(o, "description", s->description);
     json_object *a = json_object_new_array();
     for (size_t i = 0; i < s->ndisks; i++) {
@@ -70,8 +72,8 @@ int storage_snapshot_from_json(json_object *o, struct storage_snapshot *s, struc
     memset(s, 0, sizeof(*s));
     struct jr r;
     jr_init(&r, e);
-    static const char *const keys[] = {"name", "parent", "created_ms", "state", "kind", "memory", "description",
-                                       "disks", NULL};
+    static const char *const keys[] = {"name", "parent", "created_ms", "state", "kind", "memory", "quiesced",
+                                       "quiesce_note", "description", "disks", NULL};
     static const char *const kinds[] = {"internal", "external", NULL};
     static const char *const dkeys[] = {"disk", "file", "format", "volume", "overlay", "overlay_volume", NULL};
     int kind = 0, rc;
@@ -82,6 +84,8 @@ int storage_snapshot_from_json(json_object *o, struct storage_snapshot *s, struc
         (rc = jr_int(&r, o, "created_ms", 0, INT64_MAX, &created)) < 0 ||
         (rc = copy_str(&r, o, "state", true, s->state, sizeof(s->state))) < 0 ||
         (rc = jr_enum(&r, o, "kind", kinds, &kind)) < 0 || (rc = jr_bool(&r, o, "memory", &s->memory)) < 0 ||
+        (rc = jr_bool(&r, o, "quiesced", &s->quiesced)) < 0 ||
+        (rc = copy_str(&r, o, "quiesce_note", false, s->quiesce_note, sizeof(s->quiesce_note))) < 0 ||
         (rc = jr_string(&r, o, "description", false, &s->description)) < 0 ||
         (rc = jr_array(&r, o, "disks", &disks)) < 0)
         goto fail;

@@ -195,6 +195,10 @@ struct storage_snapshot {
     char state[16];             /* the VM's state when it was taken: "running", "paused", "shutoff" */
     bool memory;                /* holds the guest's RAM and device state */
     bool external;
+    /* disk-only of a running VM: the guest's filesystems were frozen through its agent
+     * while the overlays went on (a full one holds memory and needs no freeze) */
+    bool quiesced;
+    char quiesce_note[256];     /* why not, when one would have been wanted; "" else */
     char *description;          /* NULL: none */
     struct storage_snapshot_disk *disks;
     size_t ndisks;

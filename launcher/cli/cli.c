@@ -26,8 +26,9 @@ static const struct cli_opt undefine_opts[] = {{"remove-storage", false, false, 
 static const struct cli_opt clone_opts[] = {{"linked", false, false, 0}, {0}};
 static const struct cli_opt list_opts[] = {{"all", false, false, 'a'}, {0}};
 static const struct cli_opt show_opts[] = {{"confinement", false, false, 0}, {0}};
-static const struct cli_opt run_opts[] = {{"ready-fd", true, false, 0}, {"attach-only", false, false, 0}, {0}};
-static const struct cli_opt start_opts[] = {{"wait-timeout", true, false, 0}, {0}};
+static const struct cli_opt run_opts[] = {{"ready-fd", true, false, 0}, {"attach-only", false, false, 0},
+                                          {"paused", false, false, 0}, {"load-snapshot", true, false, 0}, {0}};
+static const struct cli_opt start_opts[] = {{"wait-timeout", true, false, 0}, {"paused", false, false, 0}, {0}};
 static const struct cli_opt create_opts[] = {DEFINITION_FLAGS, {"wait-timeout", true, false, 0}, {0}};
 static const struct cli_opt resize_opts[] = {{"allow-shrink", false, false, 0}, {0}};
 static const struct cli_opt stop_opts[] = {{"timeout", true, false, 't'}, {"force", false, false, 'f'},
@@ -71,9 +72,11 @@ static const struct cli_opt block_copy_opts[] = {
 static const struct cli_opt block_job_opts[] = {
     {"abort", false, false, 0}, {"pivot", false, false, 0}, {"finish", false, false, 0}, {"wait", false, false, 0}, {0}};
 static const struct cli_opt snapshot_create_opts[] = {
-    {"disk-only", false, false, 0}, {"description", true, false, 0}, {0}};
+    {"disk-only", false, false, 0}, {"quiesce", false, false, 0}, {"description", true, false, 0}, {0}};
 static const struct cli_opt snapshot_list_opts[] = {{"tree", false, false, 0}, {0}};
 static const struct cli_opt snapshot_delete_opts[] = {{"bandwidth", true, false, 0}, {0}};
+static const struct cli_opt snapshot_revert_opts[] = {
+    {"running", false, false, 0}, {"paused", false, false, 0}, {"wait-timeout", true, false, 0}, {0}};
 static const struct cli_opt media_opts[] = {
     {"eject", false, false, 0}, {"config", false, false, 0}, {"persistent", false, false, 0}, {0}};
 static const struct cli_opt detach_opts[] = {{"persistent", false, false, 0}, {"mac", true, false, 0}, {0}};
@@ -97,8 +100,8 @@ static const struct cli_command commands[] = {
     {"argv", cmd_argv, no_opts, 1, 1, "argv NAME", "print the QEMU command line, one argument per line"},
     {"create", cmd_create, create_opts, 1, 1, "create FILE.json | create NAME [define's flags] [--wait-timeout SECONDS]",
      "start a transient VM: never defined, gone once it stops (virsh create)"},
-    {"start", cmd_start, start_opts, 1, 1, "start NAME [--wait-timeout SECONDS]",
-     "start a VM in the background; returns once the guest runs"},
+    {"start", cmd_start, start_opts, 1, 1, "start NAME [--paused] [--wait-timeout SECONDS]",
+     "start a VM in the background; returns once the guest runs (--paused: once it is set up, paused)"},
     {"run", cmd_run, run_opts, 1, 1, "run NAME", "supervise a VM in the foreground (what a systemd unit runs)"},
     {"stop", cmd_stop, stop_opts, 1, 1, "stop NAME [--timeout SECONDS] [--force] [--mode acpi|agent]",
      "ACPI power-off (--mode agent: guest-shutdown), then quit, SIGTERM and SIGKILL after the timeout (default 60 s)"},
@@ -201,16 +204,19 @@ static const struct cli_command commands[] = {
     {"vol export", cmd_vol_export, format_opts, 2, 2, "vol export POOL/NAME FILE|- [--format qcow2|raw]",
      "copy a volume out to a new file, or as raw bytes to stdout"},
     {"snapshot create", cmd_snapshot_create, snapshot_create_opts, 2, 2,
-     "snapshot create VM NAME [--disk-only] [--description TEXT]",
-     "snapshot a VM: its disks (qcow2) and, while it runs, its memory; --disk-only: external qcow2 overlays"},
+     "snapshot create VM NAME [--disk-only [--quiesce]] [--description TEXT]",
+     "snapshot a VM: its disks (qcow2) and, while it runs, its memory; --disk-only: external qcow2 overlays (a "
+     "running guest's filesystems frozen through its agent when it answers; --quiesce: or fail)"},
     {"snapshot list", cmd_snapshot_list, snapshot_list_opts, 1, 1, "snapshot list VM [--tree] [--json]",
      "a VM's snapshots: when, state, kind, parent (the current one marked)"},
     {"snapshot show", cmd_snapshot_show, no_opts, 2, 2, "snapshot show VM NAME [--json]",
      "one snapshot: parent, children, state, kind, description, disks and their files"},
     {"snapshot current", cmd_snapshot_current, no_opts, 1, 1, "snapshot current VM [--json]",
      "the snapshot the VM was last taken or reverted to"},
-    {"snapshot revert", cmd_snapshot_revert, no_opts, 2, 2, "snapshot revert VM NAME",
-     "bring the disks (and, while running, the guest's memory) back to a snapshot"},
+    {"snapshot revert", cmd_snapshot_revert, snapshot_revert_opts, 2, 2,
+     "snapshot revert VM NAME [--running|--paused] [--wait-timeout SECONDS]",
+     "bring the disks and, for a full snapshot, the guest's memory back to a snapshot (a shut-off VM starts from "
+     "it); the VM ends as it was then, or running/paused as asked"},
     {"snapshot delete", cmd_snapshot_delete, snapshot_delete_opts, 2, 2, "snapshot delete VM NAME [--bandwidth 50M]",
      "delete a snapshot (a disk-only one is merged into the image below its overlay; --bandwidth caps a running "
      "VM's merge)"},

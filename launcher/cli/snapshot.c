@@ -48,19 +48,28 @@ int cmd_snapshot_create(struct cli *c)
 {
     const char *vm = c->pos[0], *name = c->pos[1];
     _cleanup_vm_def_ struct vm_def d = {0};
-    bool active, disk_only = cli_flag(c, "disk-only");
+    bool active, disk_only = cli_flag(c, "disk-only"), quiesce = cli_flag(c, "quiesce");
+    if (quiesce && !disk_only)
+        return qv_fail(&c->err, -EINVAL, "snapshot create: --quiesce needs --disk-only (a full snapshot keeps the "
+                       "guest's memory with its disks, which agree without freezing anything)");
     int r = vm_active(c, vm, &d, &active);
     if (r < 0)
         return r;
+    _cleanup_json_ json_object *reply = NULL;
     if (active) {
         json_object *req = ctl_request("snapshot-create");
         json_object_object_add(req, "name", json_object_new_string(name));
         if (disk_only)
             json_object_object_add(req, "disk_only", json_object_new_boolean(true));
+        if (quiesce)
+            json_object_object_add(req, "quiesce", json_object_new_boolean(true));
         if (cli_opt(c, "description"))
             json_object_object_add(req, "description", json_object_new_string(cli_opt(c, "description")));
-        if ((r = ctl_call(&c->paths, vm, req, SNAPSHOT_CTL_TIMEOUT_MS, NULL, &c->err)) < 0)
+        if ((r = ctl_call(&c->paths, vm, req, SNAPSHOT_CTL_TIMEOUT_MS, &reply, &c->err)) < 0)
             return r;
+    } else if (quiesce) {
+        return qv_fail(&c->err, -EBUSY, "%s is not running: --quiesce freezes a running guest's filesystems (a shut-off "
+                       "VM's disks are consistent as they are; leave --quiesce out)", vm);
     } else {
         _cleanup_close_ int lock = lock_snapshots(c, vm);
         if (lock < 0)
@@ -73,9 +82,17 @@ int cmd_snapshot_create(struct cli *c)
         if ((r = snapshot_create_offline(&c->paths, &d, &s, &c->err)) < 0)
             return r;
     }
+    json_object *v;
+    bool quiesced = reply && json_object_object_get_ex(reply, "quiesced", &v) && json_object_get_boolean(v);
     if (!c->quiet)
-        printf("%s: snapshot %s created (%s%s)\n", vm, name, disk_only ? "disk-only, external" : "internal",
-               active && !disk_only ? ", with the guest's memory" : "");
+        printf("%s: snapshot %s created (%s%s%s)\n", vm, name, disk_only ? "disk-only, external" : "internal",
+               active && !disk_only ? ", with the guest's memory" : "", quiesced ? ", quiesced" : "");
+    if (reply && json_object_object_get_ex(reply, "note", &v) && !c->quiet)
+        printf("note: not quiesced: %s\n", json_object_get_string(v));
+    json_object *res;   /* a full snapshot's job puts it in its result */
+    if (reply && (json_object_object_get_ex(reply, "warning", &v) ||
+                  (json_object_object_get_ex(reply, "result", &res) && json_object_object_get_ex(res, "warning", &v))))
+        fprintf(stderr, "qvisor: warning: %s\n", json_object_get_string(v));
     return 0;
 }
 
@@ -221,6 +238,10 @@ int cmd_snapshot_show(struct cli *c)
     printf("%s\ncreated:     %s\nstate:       %s\nkind:        %s (%s)\nmemory:      %s\ncurrent:     %s\n",
            json_object_array_length(ch) ? "" : "-", t, s->state, s->external ? "external" : "internal", kind_of(s),
            s->memory ? "yes" : "no", strcmp(s->name, l.current) == 0 ? "yes" : "no");
+    /* only a disk-only snapshot of a running guest is ever frozen for */
+    const char *why = s->quiesced ? "" : s->quiesce_note[0] ? s->quiesce_note
+                    : s->memory ? "memory kept: not needed" : strcmp(s->state, "shutoff") == 0 ? "taken shut off" : "";
+    printf("quiesced:    %s%s%s%s\n", s->quiesced ? "yes" : "no", why[0] ? " (" : "", why, why[0] ? ")" : "");
     if (s->description)
         printf("description: %s\n", s->description);
     for (size_t i = 0; i < s->ndisks; i++) {
@@ -252,13 +273,43 @@ int cmd_snapshot_current(struct cli *c)
 
 /* ---- revert, delete ---- */
 
+/* The state the VM ends in, as virsh snapshot-revert has it: that of the snapshot (a
+ * snapshot without memory leaves the VM shut off), unless --running or --paused. */
+static int revert_then(struct cli *c, const char **then)
+{
+    bool running = cli_flag(c, "running"), paused = cli_flag(c, "paused");
+    if (running && paused)
+        return qv_fail(&c->err, -EINVAL, "snapshot revert: --running and --paused exclude each other");
+    *then = running ? "running" : paused ? "paused" : "";
+    return 0;
+}
+
+/* A shut-off VM after its disks went back: started (paused, or resumed from the
+ * snapshot's memory) by a new supervisor, which reports once the guest runs. */
+static int start_after_revert(struct cli *c, const char *vm, const char *load, bool paused)
+{
+    int timeout_ms;
+    int r = cli_opt_seconds_ms(c, "wait-timeout", 60000, &timeout_ms);
+    if (r < 0)
+        return r;
+    const char *args[6] = {"run", vm};
+    size_t n = 2;
+    if (load) {
+        args[n++] = "--load-snapshot";
+        args[n++] = load;
+    }
+    if (paused)
+        args[n++] = "--paused";
+    return supervisor_spawn(&c->paths, args, timeout_ms, vm, &c->err);
+}
+
 static int change(struct cli *c, bool revert)
 {
-    const char *vm = c->pos[0], *name = c->pos[1];
+    const char *vm = c->pos[0], *name = c->pos[1], *then = "";
     _cleanup_vm_def_ struct vm_def d = {0};
     bool active;
-    int r = vm_active(c, vm, &d, &active);
-    if (r < 0)
+    int r = revert ? revert_then(c, &then) : 0;
+    if (r < 0 || (r = vm_active(c, vm, &d, &active)) < 0)
         return r;
     char dir[PATH_MAX];
     snapshot_dir(&c->paths, vm, dir, sizeof(dir));
@@ -275,21 +326,49 @@ static int change(struct cli *c, bool revert)
         json_object_object_add(req, "name", json_object_new_string(name));
         if (!revert && cli_opt(c, "bandwidth"))
             json_object_object_add(req, "bandwidth", json_object_new_string(cli_opt(c, "bandwidth")));
+        if (revert && !*then && (strcmp(s.state, "running") == 0 || strcmp(s.state, "paused") == 0))
+            then = s.state;     /* as it was then, whatever it is now */
+        if (*then)
+            json_object_object_add(req, "then", json_object_new_string(then));
         return ctl_call(&c->paths, vm, req, SNAPSHOT_CTL_TIMEOUT_MS, NULL, &c->err);
     }
     if (!revert && cli_opt(c, "bandwidth"))
         return qv_fail(&c->err, -EINVAL, "%s is shut off: --bandwidth caps a running VM's merge (qemu-img merges "
                        "at full speed); leave it out", vm);
-    _cleanup_close_ int lock = lock_snapshots(c, vm);
-    if (lock < 0)
-        return lock;
-    if (!revert)
-        return snapshot_delete_offline(&c->paths, &d, &s, &c->err);
-    if ((r = snapshot_revert_offline(&c->paths, &d, &s, &c->err)) < 0)
-        return r;
-    if (s.memory && !c->quiet)
-        fprintf(stderr, "qvisor: note: %s is shut off, so only its disks went back to %s; the guest's memory state "
-                "stays in the snapshot (start the VM and revert again to resume the guest from it)\n", vm, name);
+    if (!revert) {
+        _cleanup_close_ int lock = lock_snapshots(c, vm);
+        return lock < 0 ? lock : snapshot_delete_offline(&c->paths, &d, &s, &c->err);
+    }
+    if (s.memory) {
+        /* QEMU's snapshot-load brings memory and disks back together, before the guest runs */
+        {
+            _cleanup_close_ int lock = lock_snapshots(c, vm);
+            if (lock < 0)
+                return lock;
+            if ((r = snapshot_check_revert(&c->paths, &d, &s, &c->err)) < 0)
+                return r;
+        }
+        bool paused = strcmp(then, "paused") == 0 || (!*then && strcmp(s.state, "paused") == 0);
+        if ((r = start_after_revert(c, vm, name, paused)) < 0)
+            return qv_prefix(&c->err, "%s: reverting to snapshot %s: ", vm, name);
+        if (!c->quiet)
+            printf("%s: the guest resumes from snapshot %s (%s)\n", vm, name, paused ? "paused" : "running");
+        return 0;
+    }
+    {
+        _cleanup_close_ int lock = lock_snapshots(c, vm);
+        if (lock < 0)
+            return lock;
+        if ((r = snapshot_revert_offline(&c->paths, &d, &s, &c->err)) < 0)
+            return r;
+    }
+    if (*then) {
+        /* a snapshot without memory boots from its disks */
+        if ((r = start_after_revert(c, vm, NULL, strcmp(then, "paused") == 0)) < 0)
+            return qv_prefix(&c->err, "%s: reverted to snapshot %s, but starting it failed: ", vm, name);
+        if (!c->quiet)
+            printf("%s: started from snapshot %s's disks (%s)\n", vm, name, then);
+    }
     return 0;
 }
 

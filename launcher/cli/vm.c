@@ -14,7 +14,8 @@
 int cmd_run(struct cli *c)
 {
     const char *ready = cli_opt(c, "ready-fd");
-    struct sup_opts o = {.ready_fd = ready ? atoi(ready) : -1, .attach_only = cli_flag(c, "attach-only")};
+    struct sup_opts o = {.ready_fd = ready ? atoi(ready) : -1, .attach_only = cli_flag(c, "attach-only"),
+                         .paused = cli_flag(c, "paused"), .load_snapshot = cli_opt(c, "load-snapshot")};
     o.echo_fd = c->quiet || o.ready_fd >= 0 ? -1 : 2;
     _cleanup_vm_def_ struct vm_def d = {0};
     int r = vm_load(&c->paths, c->pos[0], &d, &c->err);
@@ -42,11 +43,12 @@ int cmd_start(struct cli *c)
     if (vm_supervised(&c->paths, name, &holder))
         return qv_fail(&c->err, -EBUSY, "%s is already running (pid %d)", name, (int)holder);
 
-    const char *args[] = {"run", name, NULL};
+    bool paused = cli_flag(c, "paused");
+    const char *args[] = {"run", name, paused ? "--paused" : NULL, NULL};
     if ((r = supervisor_spawn(&c->paths, args, timeout_ms, name, &c->err)) < 0)
         return r;
     if (!c->quiet)
-        printf("%s started\n", name);
+        printf("%s started%s\n", name, paused ? " (paused: qvisor resume lets it run)" : "");
     return 0;
 }
 

@@ -487,6 +487,18 @@ void agent_guest_event(struct sup *s, const char *event, json_object *data)
     }
 }
 
+bool agent_answers(struct sup *s, char *why, size_t whylen)
+{
+    struct agent_chan *ch = s->agent;
+    if (s->def.agent && ch && qemu_up(s) && ch->link == LINK_READY && !ch->port_closed)
+        return true;
+    if (ch && ch->why[0])
+        snprintf(why, whylen, "%s", ch->why);
+    else
+        snprintf(why, whylen, "the guest agent is %s", ch ? link_names[ch->link] : "not connected");
+    return false;
+}
+
 json_object *agent_status_json(struct sup *s)
 {
     if (!s->def.agent)

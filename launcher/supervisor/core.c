@@ -424,6 +424,8 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
         if (have_prev)
             cleanup_previous(sp, &prev);
         r = start_begin(sp, false, e);
+        if (r == 0)
+            start_wishes(sp, o->load_snapshot, o->paused);
     }
     if (r < 0) {
         sup_log(sp, "%s failed: %s", take_over ? "taking over" : "start", e->msg);

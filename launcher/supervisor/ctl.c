@@ -406,9 +406,10 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
             return;
         const char *name = get_string(req, "name");
         if (strcmp(cmd, "snapshot-create") == 0)
-            r = snapshot_live_create(s, c->id, name, get_bool(req, "disk_only"), get_string(req, "description"), &e);
+            r = snapshot_live_create(s, c->id, name, get_bool(req, "disk_only"), get_bool(req, "quiesce"),
+                                     get_string(req, "description"), &e);
         else if (strcmp(cmd, "snapshot-revert") == 0)
-            r = snapshot_live_revert(s, c->id, name, &e);
+            r = snapshot_live_revert(s, c->id, name, get_string(req, "then"), &e);
         else
             r = snapshot_live_delete(s, c->id, name, get_string(req, "bandwidth"), &e);
         if (r < 0)

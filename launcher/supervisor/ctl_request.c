@@ -17,7 +17,7 @@ struct field {
 
 struct request_kind {
     const char *cmd;
-    struct field fields[3];
+    struct field fields[4];
 };
 
 static const struct request_kind request_kinds[] = {
@@ -41,8 +41,9 @@ static const struct request_kind request_kinds[] = {
     {"disk-resize", {{"target", F_STRING, true}, {"size", F_STRING, true}, {"allow_shrink", F_BOOL, false}}},
     {"blkstat", {{"target", F_STRING, false}}},
     {"block", {{"op", F_STRING, true}, {"target", F_STRING, true}, {"options", F_OBJECT, false}}},
-    {"snapshot-create", {{"name", F_STRING, true}, {"disk_only", F_BOOL, false}, {"description", F_STRING, false}}},
-    {"snapshot-revert", {{"name", F_STRING, true}}},
+    {"snapshot-create", {{"name", F_STRING, true}, {"disk_only", F_BOOL, false}, {"quiesce", F_BOOL, false},
+                         {"description", F_STRING, false}}},
+    {"snapshot-revert", {{"name", F_STRING, true}, {"then", F_STRING, false}}},
     {"snapshot-delete", {{"name", F_STRING, true}, {"bandwidth", F_STRING, false}}},
     {"change-media", {{"target", F_STRING, true}, {"file", F_STRING, false}}},
     {"events", {{0}}},

@@ -3,7 +3,7 @@
  * console and log (console.c), confinement (confine.c), NICs (vmnet.c), hotplug
  * (hotplug.c), a running VM's disks (disks.c), CD-ROM media (media.c), QEMU's jobs
  * (jobs.c), block jobs (blockjobs.c, blockprep.c), snapshots (snapshots.c,
- * snapshot_merge.c), the guest agent channel (agent.c, agent_ops.c; agent_chan.h),
+ * snapshot_full.c, snapshot_merge.c), the guest agent channel (agent.c, agent_ops.c; agent_chan.h),
  * virtiofs shares and their virtiofsd processes (virtiofs.c).
  * One process per VM owns the only QMP connection. */
 #ifndef QV_SUP_INTERNAL_H
@@ -153,6 +153,8 @@ enum start_phase { START_IDLE, START_PREPARE, START_QMP };
 struct start_job {
     enum start_phase phase;
     bool restart;           /* on_crash: a failure leaves the VM crashed */
+    bool paused;            /* the guest stays paused once QEMU is set up (start --paused) */
+    char load[65];          /* a full snapshot loaded before the guest runs; "" none */
     bool failed;            /* set where it failed (often a QMP callback); wound up by start_wind_up */
     bool cancelled;         /* stop or kill asked for while it ran */
     struct qv_err err;
@@ -284,6 +286,7 @@ struct sup {
     struct block_prep *block_prep;  /* a block job being prepared (blockjobs.c) */
     json_object *fdset_drop;    /* file nodes whose fdsets go at the next query-fdsets reply */
     struct snap_op *snap;       /* a disk-only snapshot being taken (snapshots.c); NULL: none */
+    unsigned snap_seq;          /* the last one's number: late agent replies find it by that */
     struct cdrom_media *media;  /* one per cdroms[] entry once a medium changed; NULL before */
     size_t nmedia;
     struct media_op *media_op;  /* the change under way, NULL if none */
@@ -321,12 +324,17 @@ void sup_on_event(void *ctx, const char *event, json_object *data, uint64_t ts_u
  * returned; the rest completes in the loop, which calls start_wind_up when
  * s->start.failed is set. Success ends in report_ready and state running. */
 int start_begin(struct sup *s, bool restart, struct qv_err *e);
+/* The first start's wishes (supervisor_run's options): paused, or resumed from a
+ * snapshot; set right after start_begin, before QEMU's set-up ends. */
+void start_wishes(struct sup *s, const char *load_snapshot, bool paused);
 static inline bool start_active(const struct sup *s)
 {
     return s->start.phase != START_IDLE;
 }
 /* A start fails (the first failure is kept; step, if any, prefixes it); the loop winds it up. */
 void start_failed(struct sup *s, const struct qv_err *err, const char *step);
+/* The snapshot a start resumes from is loaded: `cont`, or the start ends paused. */
+void start_after_load(struct sup *s, bool paused);
 /* stop or kill during a start: it ends as a stop (the child or QEMU is killed). */
 void start_cancel(struct sup *s, const char *why);
 /* QEMU's pidfd or SIGCHLD during a start: true if that is the start's business. */
@@ -414,6 +422,8 @@ int agent_call(struct sup *s, const char *cmd, json_object *args, int timeout_ms
  * -errno with e filled (-ENODEV: the VM has no agent channel). */
 typedef void (*agent_freeze_fn)(struct sup *s, void *ctx, int count, const struct qv_err *err);
 int agent_fsfreeze(struct sup *s, bool freeze, agent_freeze_fn done, void *ctx, struct qv_err *e);
+/* The channel is connected and synchronised now; else false with why it is not. */
+bool agent_answers(struct sup *s, char *why, size_t whylen);
 /* ctl.sock requests: one agent command for `client` (its reply carries "return"), and
  * `exec` (spec: path, args, env, input (base64) or input_pending, timeout_ms). -errno
  * before anything was sent. */
@@ -743,10 +753,29 @@ void sup_test_qemu_gone(struct sup *s);
  * ones are snapshot-save/load/delete jobs; a disk-only one makes its overlays with
  * qemu-img (a watched child), passes them as fds and switches in one transaction;
  * deleting one merges it with block-commit (a job). One at a time. */
-int snapshot_live_create(struct sup *s, unsigned client, const char *name, bool disk_only, const char *description,
-                         struct qv_err *e);
-int snapshot_live_revert(struct sup *s, unsigned client, const char *name, struct qv_err *e);
+/* A disk-only one of a running guest whose agent answers is quiesced: its filesystems
+ * are frozen for the switch and thawed right after, also when anything fails; quiesce
+ * (--quiesce, disk-only only) makes a freeze that cannot happen an error. */
+int snapshot_live_create(struct sup *s, unsigned client, const char *name, bool disk_only, bool quiesce,
+                         const char *description, struct qv_err *e);
+/* then: "running" or "paused" (revert --running/--paused), "" or NULL: as QEMU leaves
+ * it (the guest runs on if it ran). */
+int snapshot_live_revert(struct sup *s, unsigned client, const char *name, const char *then, struct qv_err *e);
+/* A start that resumes the guest from full snapshot `name` (a revert while shut off):
+ * in prelaunch, once QEMU's set-up is done, a snapshot-load job; its end continues the
+ * start (start_after_load) or fails it. */
+int snapshot_start_load(struct sup *s, const char *name, bool paused, struct qv_err *e);
 int snapshot_live_delete(struct sup *s, unsigned client, const char *name, const char *bandwidth, struct qv_err *e);
+/* Between snapshots.c and snapshot_full.c: a new snapshot operation may start
+ * (none under way, no snapshot job) and the monitor is there; the record NAME. */
+int snap_busy(struct sup *s, struct qv_err *e);
+bool snap_monitor_ok(struct sup *s, struct qv_err *e);
+int snap_load_record(struct sup *s, const char *name, struct storage_snapshot *rec, struct qv_err *e);
+/* Disks attached live are not part of a snapshot yet: the warning that says so for
+ * snapshot `name` ("" when there are none). */
+void snap_left_out(struct sup *s, const char *name, char *out, size_t outlen);
+/* snapshot_full.c: a full snapshot's snapshot-save job (rec: the plan's record). */
+int snapshot_full_create(struct sup *s, unsigned client, struct storage_snapshot *rec, struct qv_err *e);
 /* snapshot_merge.c: a disk-only snapshot merged, disk after disk, each a block commit
  * (active when the overlay is the top, else inner); bandwidth 0: no cap. */
 int snapshot_live_merge(struct sup *s, unsigned client, struct storage_snapshot *rec, int64_t bandwidth,
@@ -760,6 +789,7 @@ uint64_t snapshots_next_deadline(struct sup *s);
 void snapshots_expire(struct sup *s, uint64_t now);
 /* QEMU is gone: a disk-only snapshot under way fails, its overlays removed. */
 void snapshots_forget(struct sup *s);
-extern const struct sup_job_ops snapshot_save_ops, snapshot_load_ops, snapshot_delete_ops, snapshot_merge_ops;
+extern const struct sup_job_ops snapshot_save_ops, snapshot_load_ops, snapshot_delete_ops, snapshot_merge_ops,
+    snapshot_start_load_ops;
 
 #endif

@@ -17,7 +17,7 @@
 /* The kinds a successor can carry on: each file with a kind of job adds its row. */
 static const struct sup_job_ops *const job_kinds[] = {
     &block_pull_ops, &block_commit_ops, &block_active_commit_ops, &block_copy_ops,
-    &snapshot_save_ops, &snapshot_load_ops, &snapshot_delete_ops, &snapshot_merge_ops,
+    &snapshot_save_ops, &snapshot_load_ops, &snapshot_delete_ops, &snapshot_merge_ops, &snapshot_start_load_ops,
     NULL,
 };
 

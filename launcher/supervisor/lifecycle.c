@@ -94,6 +94,7 @@ void sup_on_event(void *ctx, const char *event, json_object *data, uint64_t ts_u
             sup_set_state(s, VM_PAUSED);
     } else if (strcmp(event, "RESUME") == 0) {
         s->resetting = false;
+        s->never_ran = false;   /* a VM started paused was resumed */
         if (s->rs.state == VM_PAUSED || s->rs.state == VM_STARTING || s->rs.state == VM_CRASHED)
             sup_set_state(s, VM_RUNNING);
     } else if (strcmp(event, "GUEST_PANICKED") == 0) {

@@ -1,15 +1,17 @@
 /* Snapshots of a running VM, over QMP (the records and the plan are model/snapshot.c's,
  * shared with the shut-off case):
  * - full (internal): snapshot-save of the guest's RAM and devices plus every disk that
- *   takes part, as a job (jobs.c); revert is snapshot-load, delete snapshot-delete;
+ *   takes part, as a job (snapshot_full.c); revert is snapshot-load, delete snapshot-delete;
  * - disk-only (external): for each disk a qcow2 overlay made by qemu-img (a watched
  *   child), opened here and passed to QEMU as an fd (add-fd, blockdev-add of its file
  *   and qcow2 nodes), then one `transaction` of blockdev-snapshot puts every overlay
- *   on top at the same instant; the definition follows (disk_switched). Deleting one
+ *   on top at the same instant, the guest's filesystems frozen through its agent for
+ *   that instant when it answers; the definition follows (disk_switched). Deleting one
  *   merges each overlay down with a block commit (active: pivot back to the image
  *   below; inner: the overlay above re-pointed) as a job (snapshot_merge.c).
  * One snapshot operation runs at a time; the loop serves everything else meanwhile. */
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -28,10 +30,23 @@ struct snap_disk_live {
     bool file_added, fmt_added;
 };
 
+struct snap_op;
+typedef void (*snap_step_fn)(struct snap_op *op);
+
 struct snap_op {
     struct sup *s;
     unsigned client;
+    unsigned seq;           /* the agent's callbacks find the op by it: QEMU's exit may free it first */
     struct storage_snapshot rec;
+    /* freezing the guest's filesystems around the switch (the agent's fsfreeze) */
+    bool quiesce;           /* --quiesce: no freeze, no snapshot */
+    bool want_freeze;       /* the agent answers: freeze right before the transaction */
+    bool freeze_sent;
+    bool thaw_needed;       /* a freeze went out (it may have frozen even if it failed): thaw, whatever happens */
+    bool thaw_sent;
+    snap_step_fn after_thaw;
+    struct qv_err tx_err;   /* the transaction's outcome, kept while the thaw runs */
+    char thaw_warning[512]; /* the thaw failed: the client hears it */
     struct snap_disk_live d[VM_MAX_DISKS];
     size_t made;            /* overlays qemu-img has made */
     size_t step;            /* the disk whose QMP set-up runs */
@@ -54,7 +69,7 @@ static void op_free(struct snap_op *op)
     free(op);
 }
 
-static bool monitor_ok(struct sup *s, struct qv_err *e)
+bool snap_monitor_ok(struct sup *s, struct qv_err *e)
 {
     if (s->qmp && qmp_ready(s->qmp))
         return true;
@@ -62,7 +77,7 @@ static bool monitor_ok(struct sup *s, struct qv_err *e)
     return false;
 }
 
-static int busy(struct sup *s, struct qv_err *e)
+int snap_busy(struct sup *s, struct qv_err *e)
 {
     if (s->snap || (s->block_prep && (s->block_prep->snap[0] || s->block_prep->writable)))
         return qv_fail(e, -EBUSY, "%s: a snapshot operation is under way; try again once it is over", s->def.name);
@@ -70,96 +85,6 @@ static int busy(struct sup *s, struct qv_err *e)
         if (s->jobs[i].used && str_startswith(s->jobs[i].ops->kind, "snapshot"))
             return qv_fail(e, -EBUSY, "%s: a snapshot job (%s) is running; try again once it is over", s->def.name,
                            s->jobs[i].id);
-    return 0;
-}
-
-/* The device nodes of the record's disks, each checked to be its disk's top now. */
-static int record_nodes(struct sup *s, const struct storage_snapshot *rec, json_object **devices, char *vmstate,
-                        size_t vmlen, struct qv_err *e)
-{
-    *devices = json_object_new_array();
-    for (size_t i = 0; i < rec->ndisks; i++) {
-        struct disk_ref ref;
-        if (!disk_find(s, rec->disks[i].disk, &ref)) {
-            json_object_put(*devices);
-            return qv_fail(e, -ENOENT, "%s: snapshot %s names %s, which the VM no longer has", s->def.name, rec->name,
-                           rec->disks[i].disk);
-        }
-        json_object_array_add(*devices, json_object_new_string(ref.node));
-        if (i == 0)
-            snprintf(vmstate, vmlen, "%s", ref.node);
-    }
-    return 0;
-}
-
-/* ---- full snapshots: snapshot-save, snapshot-load, snapshot-delete jobs ---- */
-
-/* data: the record (save) or {"name": N} (load, delete) */
-static void save_done(struct sup *s, struct sup_job *j, const struct qv_err *err)
-{
-    if (err)
-        return;     /* QEMU's error goes to whoever waits; no record, QEMU removed its part */
-    _cleanup_snapshot_ struct storage_snapshot rec = {0};
-    struct qv_err e = {0};
-    if (storage_snapshot_from_json(j->data, &rec, &e) < 0 || snapshot_record(s->paths, s->def.name, &rec, &e) < 0) {
-        j->fail = e;
-        qv_prefix(&j->fail, "%s: snapshot %s was taken, but its record was not written: ", s->def.name, rec.name);
-        return;
-    }
-    sup_log(s, "snapshot %s taken (memory and %zu disk%s)", rec.name, rec.ndisks, rec.ndisks == 1 ? "" : "s");
-}
-
-static const char *data_name(struct sup_job *j)
-{
-    json_object *v;
-    return j->data && json_object_object_get_ex(j->data, "name", &v) ? json_object_get_string(v) : "";
-}
-
-static void load_done(struct sup *s, struct sup_job *j, const struct qv_err *err)
-{
-    if (err)
-        return;
-    char dir[PATH_MAX];
-    snapshot_dir(s->paths, s->def.name, dir, sizeof(dir));
-    struct qv_err e = {0};
-    if (storage_snapshot_set_current(dir, data_name(j), &e) < 0)
-        sup_log(s, "warning: %s", e.msg);
-    sup_log(s, "reverted to snapshot %s", data_name(j));
-}
-
-static void delete_done(struct sup *s, struct sup_job *j, const struct qv_err *err)
-{
-    if (err)
-        return;
-    char dir[PATH_MAX];
-    snapshot_dir(s->paths, s->def.name, dir, sizeof(dir));
-    _cleanup_snapshot_ struct storage_snapshot rec = {0};
-    struct qv_err e = {0};
-    if (storage_snapshot_load(dir, data_name(j), &rec, &e) == 0 && snapshot_unrecord(s->paths, s->def.name, &rec, &e) < 0)
-        j->fail = e;
-    sup_log(s, "snapshot %s deleted", data_name(j));
-}
-
-const struct sup_job_ops snapshot_save_ops = {.kind = "snapshot-save", .on_done = save_done};
-const struct sup_job_ops snapshot_load_ops = {.kind = "snapshot-load", .on_done = load_done};
-const struct sup_job_ops snapshot_delete_ops = {.kind = "snapshot-delete", .on_done = delete_done};
-
-static int full_create(struct sup *s, unsigned client, struct storage_snapshot *rec, struct qv_err *e)
-{
-    json_object *devices;
-    char vmstate[48];
-    int r = record_nodes(s, rec, &devices, vmstate, sizeof(vmstate), e);
-    if (r < 0)
-        return r;
-    snprintf(rec->state, sizeof(rec->state), "%s", vm_state_names[s->rs.state]);
-    rec->memory = true;
-    json_object *args = json_object_new_object();
-    json_object_object_add(args, "tag", json_object_new_string(rec->name));
-    json_object_object_add(args, "vmstate", json_object_new_string(vmstate));
-    json_object_object_add(args, "devices", devices);
-    if (!sup_job_start(s, &snapshot_save_ops, NULL, "snapshot-save", args, storage_snapshot_to_json(rec), client, true,
-                       e))
-        return e->code;
     return 0;
 }
 
@@ -181,13 +106,135 @@ static void ext_fail(struct snap_op *op, const struct qv_err *err, const char *s
     ext_undo(op);
 }
 
+/* ---- the freeze: right before the transaction, the thaw right after it or, on any
+ * failure, before the operation ends ---- */
+
+static void ext_finish(struct snap_op *op);
+
+static struct snap_op *op_by_seq(struct sup *s, void *ctx)
+{
+    return s->snap && s->snap->seq == (unsigned)(uintptr_t)ctx ? s->snap : NULL;
+}
+
+static void on_thawed(struct sup *s, void *ctx, int count, const struct qv_err *err)
+{
+    struct snap_op *op = op_by_seq(s, ctx);
+    if (err) {
+        sup_log(s, "warning: snapshot: thawing the guest's filesystems failed: %s (qvisor agent %s fsthaw)", err->msg,
+                s->def.name);
+        if (op)
+            snprintf(op->thaw_warning, sizeof(op->thaw_warning), "thawing the guest's filesystems failed: %s; run "
+                     "qvisor agent %s fsthaw", err->msg, s->def.name);
+    } else {
+        sup_log(s, "snapshot: %d filesystem%s thawed", count, count == 1 ? "" : "s");
+    }
+    if (op)
+        op->after_thaw(op);
+}
+
+/* The thaw goes out (once), then `next`. */
+static void thaw_then(struct snap_op *op, snap_step_fn next)
+{
+    struct qv_err e = {0};
+    op->thaw_sent = true;
+    op->after_thaw = next;
+    if (agent_fsfreeze(op->s, false, on_thawed, (void *)(uintptr_t)op->seq, &e) < 0)
+        on_thawed(op->s, (void *)(uintptr_t)op->seq, -1, &e);
+}
+
+static void on_frozen(struct sup *s, void *ctx, int count, const struct qv_err *err)
+{
+    struct snap_op *op = op_by_seq(s, ctx);
+    if (!op)
+        return;     /* QEMU is gone, and the op with it */
+    if (err && op->quiesce) {
+        struct qv_err e = {0};
+        qv_fail(&e, err->code == -ENODEV ? -ENODEV : -EIO, "--quiesce: the guest's filesystems could not be frozen: "
+                "%s", err->msg);
+        ext_fail(op, &e, NULL);
+        return;
+    }
+    if (err) {
+        snprintf(op->rec.quiesce_note, sizeof(op->rec.quiesce_note), "the guest's filesystems could not be frozen: %s",
+                 err->msg);
+        sup_log(s, "snapshot %s: not quiesced: %s", op->rec.name, op->rec.quiesce_note);
+    } else {
+        op->rec.quiesced = true;
+        sup_log(s, "snapshot %s: %d filesystem%s frozen", op->rec.name, count, count == 1 ? "" : "s");
+    }
+    ext_next(op);
+}
+
+static void freeze(struct snap_op *op)
+{
+    struct qv_err e = {0};
+    op->freeze_sent = true;
+    if (op->s->rs.state != VM_RUNNING) {
+        /* paused while the overlays were made: its agent would not answer for minutes */
+        qv_fail(&e, -EIO, "%s is %s now", op->s->def.name, vm_state_names[op->s->rs.state]);
+        on_frozen(op->s, (void *)(uintptr_t)op->seq, -1, &e);
+        return;
+    }
+    op->thaw_needed = true;
+    if (agent_fsfreeze(op->s, true, on_frozen, (void *)(uintptr_t)op->seq, &e) < 0) {
+        op->thaw_needed = false;    /* nothing went out */
+        on_frozen(op->s, (void *)(uintptr_t)op->seq, -1, &e);
+    }
+}
+
+void snap_left_out(struct sup *s, const char *name, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    size_t n = 0;
+    for (int i = 0; i < HOTPLUG_MAX; i++) {
+        const struct hotplug *h = &s->hp[i];
+        if (!h->used || h->kind != HOTPLUG_DISK || h->pending || h->removing)
+            continue;
+        n += (size_t)snprintf(out + n, outlen > n ? outlen - n : 0, "%s%s (%s)", n ? ", " : "", h->id, h->file);
+    }
+    if (n) {
+        char disks[1024];
+        snprintf(disks, sizeof(disks), "%s", out);
+        snprintf(out, outlen, "snapshot %s leaves out %s, attached while the VM runs: a revert does not bring %s "
+                 "back (detach it first to keep the guest's view of it consistent)", name, disks,
+                 strchr(disks, ',') ? "them" : "it");
+    }
+}
+
+static void ext_reply(struct snap_op *op, int r, const struct qv_err *e)
+{
+    struct sup *s = op->s;
+    if (!op->client)
+        return;
+    if (r < 0) {
+        sup_reply_error(s, op->client, r, "%s%s%s", e->msg, op->thaw_warning[0] ? "; " : "", op->thaw_warning);
+        return;
+    }
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "quiesced", json_object_new_boolean(op->rec.quiesced));
+    if (op->rec.quiesce_note[0])
+        json_object_object_add(o, "note", json_object_new_string(op->rec.quiesce_note));
+    char left[1024];
+    snap_left_out(s, op->rec.name, left, sizeof(left));
+    if (op->thaw_warning[0] || left[0]) {
+        char w[sizeof(left) + sizeof(op->thaw_warning) + 2];
+        snprintf(w, sizeof(w), "%s%s%s", op->thaw_warning, op->thaw_warning[0] && left[0] ? "; " : "", left);
+        json_object_object_add(o, "warning", json_object_new_string(w));
+    }
+    sup_reply_json(s, op->client, o);
+    json_object_put(o);
+}
+
 static void ext_finish(struct snap_op *op)
 {
     struct sup *s = op->s;
+    if (op->thaw_needed && !op->thaw_sent) {
+        thaw_then(op, ext_finish);  /* a failure before the transaction answered */
+        return;
+    }
     if (op->err.code) {
         sup_log(s, "snapshot %s failed: %s", op->rec.name, op->err.msg);
-        if (op->client)
-            sup_reply_error(s, op->client, op->err.code, "%s", op->err.msg);
+        ext_reply(op, op->err.code, &op->err);
         op_free(op);
         return;
     }
@@ -207,25 +254,34 @@ static void ext_finish(struct snap_op *op)
     if (r == 0 && (r = snapshot_record(s->paths, s->def.name, &op->rec, &e)) < 0)
         qv_prefix(&e, "%s: snapshot %s: the overlays are in use, but its record was not written: ", s->def.name,
                   op->rec.name);
-    sup_log(s, "disk-only snapshot %s taken: %zu overlay%s", op->rec.name, op->rec.ndisks,
-            op->rec.ndisks == 1 ? "" : "s");
-    if (op->client) {
-        if (r < 0)
-            sup_reply_error(s, op->client, r, "%s", e.msg);
-        else
-            sup_reply_ok(s, op->client);
-    }
+    sup_log(s, "disk-only snapshot %s taken: %zu overlay%s%s", op->rec.name, op->rec.ndisks,
+            op->rec.ndisks == 1 ? "" : "s", op->rec.quiesced ? ", quiesced" : "");
+    ext_reply(op, r, &e);
     op_free(op);
 }
 
+static void tx_continue(struct snap_op *op)
+{
+    if (op->tx_err.code)
+        ext_fail(op, &op->tx_err, "blockdev-snapshot");
+    else
+        ext_finish(op);
+}
+
+/* Whatever the answer (a refusal, a timeout, the monitor lost): the guest thaws first. */
 static void on_transaction(void *ctx, json_object *ret, const struct qv_err *err)
 {
     (void)ret;
     struct snap_op *op = ctx;
-    if (err)
-        ext_fail(op, err, "blockdev-snapshot");
+    if (err) {
+        op->tx_err = *err;
+        if (!op->tx_err.code)
+            op->tx_err.code = -EIO;
+    }
+    if (op->thaw_needed && !op->thaw_sent)
+        thaw_then(op, tx_continue);
     else
-        ext_finish(op);
+        tx_continue(op);
 }
 
 static void on_setup_step(void *ctx, json_object *ret, const struct qv_err *err)
@@ -261,7 +317,7 @@ static void ext_next(struct snap_op *op)
 {
     struct sup *s = op->s;
     struct qv_err e = {0};
-    if (!monitor_ok(s, &e)) {
+    if (!snap_monitor_ok(s, &e)) {
         ext_fail(op, &e, NULL);
         return;
     }
@@ -291,6 +347,10 @@ static void ext_next(struct snap_op *op)
             qv_fail(&e, -EIO, "QEMU's monitor is gone");
             ext_fail(op, &e, d->id);
         }
+        return;
+    }
+    if (op->want_freeze && !op->freeze_sent) {
+        freeze(op);     /* every overlay is ready: the guest is frozen for the transaction only */
         return;
     }
     json_object *actions = json_object_new_array();
@@ -431,12 +491,40 @@ static void on_sizes(void *ctx, json_object *ret, const struct qv_err *err)
     ext_make_next(op);
 }
 
-static int external_create(struct sup *s, unsigned client, struct storage_snapshot *rec, struct qv_err *e)
+/* Whether to freeze: the agent must answer now and the guest run (a paused guest's
+ * agent cannot). --quiesce turns every reason not to into a refusal, as virsh's does. */
+static int freeze_plan(struct sup *s, bool quiesce, const char *name, char *note, size_t notelen, bool *want,
+                       struct qv_err *e)
+{
+    char why[400] = "";
+    *want = false;
+    if (!s->def.agent)
+        snprintf(why, sizeof(why), "%s has no guest agent channel (define it with --agent)", s->def.name);
+    else if (s->rs.state != VM_RUNNING)
+        snprintf(why, sizeof(why), "%s is %s: its guest agent cannot freeze anything", s->def.name,
+                 vm_state_names[s->rs.state]);
+    else if (!agent_answers(s, why, sizeof(why)))
+        ;
+    else
+        *want = true;
+    if (*want)
+        return 0;
+    if (quiesce)
+        return qv_fail(e, s->def.agent ? -EIO : -ENODEV, "%s: snapshot %s: --quiesce: %s", s->def.name, name, why);
+    snprintf(note, notelen, "%s", why);
+    return 0;
+}
+
+static int external_create(struct sup *s, unsigned client, struct storage_snapshot *rec, bool quiesce,
+                           bool want_freeze, struct qv_err *e)
 {
     struct snap_op *op = qv_xcalloc(1, sizeof(*op));
     op->s = s;
+    op->seq = ++s->snap_seq;
     op->client = client;
     op->child.out = -1;
+    op->quiesce = quiesce;
+    op->want_freeze = want_freeze;
     op->rec = *rec;
     memset(rec, 0, sizeof(*rec));
     /* node names unique in this QEMU, whatever ran before: from the clock */
@@ -463,24 +551,35 @@ static int external_create(struct sup *s, unsigned client, struct storage_snapsh
     return 0;
 }
 
-int snapshot_live_create(struct sup *s, unsigned client, const char *name, bool disk_only, const char *description,
-                         struct qv_err *e)
+int snapshot_live_create(struct sup *s, unsigned client, const char *name, bool disk_only, bool quiesce,
+                         const char *description, struct qv_err *e)
 {
     int r;
-    if ((r = busy(s, e)) < 0 || !monitor_ok(s, e))
+    if (quiesce && !disk_only)
+        return qv_fail(e, -EINVAL, "%s: snapshot %s: --quiesce needs --disk-only (a full snapshot keeps the guest's "
+                       "memory with its disks, which agree without freezing anything)", s->def.name, name);
+    if ((r = snap_busy(s, e)) < 0 || !snap_monitor_ok(s, e))
         return r < 0 ? r : e->code;
+    bool want_freeze = false;
+    char note[sizeof(((struct storage_snapshot *)0)->quiesce_note)] = "";
+    if (disk_only && (r = freeze_plan(s, quiesce, name, note, sizeof(note), &want_freeze, e)) < 0)
+        return r;
     _cleanup_snapshot_ struct storage_snapshot rec = {0};
     if ((r = snapshot_plan(s->paths, &s->def, name, disk_only, &rec, e)) < 0)
         return r;
     if (description)
         rec.description = qv_xstrdup(description);
-    sup_log(s, "taking %s snapshot %s", disk_only ? "disk-only" : "full", name);
-    return disk_only ? external_create(s, client, &rec, e) : full_create(s, client, &rec, e);
+    snprintf(rec.quiesce_note, sizeof(rec.quiesce_note), "%s", note);
+    sup_log(s, "taking %s snapshot %s%s", disk_only ? "disk-only" : "full", name,
+            want_freeze ? " (the guest's filesystems frozen for it)" : "");
+    if (!disk_only)
+        return snapshot_full_create(s, client, &rec, e);
+    return external_create(s, client, &rec, quiesce, want_freeze, e);
 }
 
 /* ---- revert, delete ---- */
 
-static int load_record(struct sup *s, const char *name, struct storage_snapshot *rec, struct qv_err *e)
+int snap_load_record(struct sup *s, const char *name, struct storage_snapshot *rec, struct qv_err *e)
 {
     char dir[PATH_MAX];
     snapshot_dir(s->paths, s->def.name, dir, sizeof(dir));
@@ -491,44 +590,16 @@ static int load_record(struct sup *s, const char *name, struct storage_snapshot 
     return r;
 }
 
-int snapshot_live_revert(struct sup *s, unsigned client, const char *name, struct qv_err *e)
-{
-    int r;
-    if ((r = busy(s, e)) < 0 || !monitor_ok(s, e))
-        return r < 0 ? r : e->code;
-    _cleanup_snapshot_ struct storage_snapshot rec = {0};
-    if ((r = load_record(s, name, &rec, e)) < 0)
-        return r;
-    if (!rec.memory)
-        return qv_fail(e, -EBUSY, "%s is running and snapshot %s holds no memory state; stop the VM first, then "
-                       "revert", s->def.name, name);
-    if ((r = snapshot_check_revert(s->paths, &s->def, &rec, e)) < 0)
-        return r;
-    json_object *devices;
-    char vmstate[48];
-    if ((r = record_nodes(s, &rec, &devices, vmstate, sizeof(vmstate), e)) < 0)
-        return r;
-    json_object *args = json_object_new_object();
-    json_object_object_add(args, "tag", json_object_new_string(name));
-    json_object_object_add(args, "vmstate", json_object_new_string(vmstate));
-    json_object_object_add(args, "devices", devices);
-    sup_log(s, "reverting to snapshot %s", name);
-    if (!sup_job_start(s, &snapshot_load_ops, NULL, "snapshot-load", args,
-                       json_obj1("name", json_object_new_string(name)), client, true, e))
-        return e->code;
-    return 0;
-}
-
 int snapshot_live_delete(struct sup *s, unsigned client, const char *name, const char *bandwidth, struct qv_err *e)
 {
     int r;
-    if ((r = busy(s, e)) < 0 || !monitor_ok(s, e))
+    if ((r = snap_busy(s, e)) < 0 || !snap_monitor_ok(s, e))
         return r < 0 ? r : e->code;
     uint64_t speed = 0;
     if (bandwidth && (parse_size(bandwidth, &speed) < 0 || speed > INT64_MAX))
         return qv_fail(e, -EINVAL, "snapshot delete: --bandwidth \"%s\" is not a size per second (50M)", bandwidth);
     _cleanup_snapshot_ struct storage_snapshot rec = {0};
-    if ((r = load_record(s, name, &rec, e)) < 0)
+    if ((r = snap_load_record(s, name, &rec, e)) < 0)
         return r;
     struct storage_snapshot *all;
     size_t n;

@@ -150,13 +150,16 @@ void start_failed(struct sup *s, const struct qv_err *err, const char *step)
         qv_prefix(&s->start.err, "%s: ", step);
 }
 
-/* The guest runs: `start` (or the unit) may return now. */
-static void started(struct sup *s)
+/* The guest runs, or is paused as asked: `start` (or the unit) may return now. */
+static void started(struct sup *s, bool paused)
 {
     s->start.phase = START_IDLE;
-    s->never_ran = false;
-    sup_log(s, "QEMU %s running as pid %d (accel %s)", s->rs.qemu_version, (int)s->qemu_pid, s->rs.accel);
-    sup_set_state(s, VM_RUNNING);
+    /* paused in prelaunch, it never ran: a successor must not `cont` it (the recorded
+     * state says paused), and a stop there is a kill */
+    s->never_ran = paused && !s->start.load[0];
+    sup_log(s, "QEMU %s %s as pid %d (accel %s)", s->rs.qemu_version, paused ? "paused" : "running",
+            (int)s->qemu_pid, s->rs.accel);
+    sup_set_state(s, paused ? VM_PAUSED : VM_RUNNING);
     report_ready(s, 0, NULL);
     notify_send(&s->notify, "READY=1");
     sup_trim_heap();
@@ -171,7 +174,7 @@ static void on_cont(void *ctx, json_object *ret, const struct qv_err *err)
     if (err)
         start_failed(s, err, "cont");
     else
-        started(s);
+        started(s, false);
 }
 
 static void on_query_kvm(void *ctx, json_object *ret, const struct qv_err *err)
@@ -181,16 +184,49 @@ static void on_query_kvm(void *ctx, json_object *ret, const struct qv_err *err)
         record_kvm(s, ret);     /* an old QEMU without it: the accel stays unknown */
 }
 
-/* Set-up done: query-kvm and `cont` go out together (QEMU answers in order). */
-static void send_cont(struct sup *s)
+static void on_query_kvm_paused(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct sup *s = ctx;
+    on_query_kvm(ctx, ret, err);
+    if (s->start.phase == START_QMP && !s->start.failed)
+        started(s, true);
+}
+
+/* Set-up done: query-kvm and `cont` go out together (QEMU answers in order); a
+ * paused start ends with query-kvm's answer. */
+static void send_cont(struct sup *s, bool paused)
 {
     sup_crash_point("before-cont");
     struct qv_err e = {0};
-    if (qmp_send(s->qmp, "query-kvm", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_query_kvm, s) < 0 ||
-        qmp_send(s->qmp, "cont", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_cont, s) < 0) {
+    if (qmp_send(s->qmp, "query-kvm", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, paused ? on_query_kvm_paused : on_query_kvm,
+                 s) < 0 ||
+        (!paused && qmp_send(s->qmp, "cont", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_cont, s) < 0)) {
         qv_fail(&e, -ECONNRESET, "the QMP connection is closed");
         start_failed(s, &e, "cont");
     }
+}
+
+void start_wishes(struct sup *s, const char *load_snapshot, bool paused)
+{
+    s->start.paused = paused;
+    snprintf(s->start.load, sizeof(s->start.load), "%s", load_snapshot ? load_snapshot : "");
+}
+
+void start_after_load(struct sup *s, bool paused)
+{
+    if (s->start.phase == START_QMP && !s->start.failed)
+        send_cont(s, paused);
+}
+
+/* QEMU is set up: a snapshot to resume from is loaded first (its job's end goes on
+ * with start_after_load), else `cont`, unless the start was asked to stay paused. */
+static void setup_done(struct sup *s)
+{
+    struct qv_err e = {0};
+    if (!s->start.load[0])
+        send_cont(s, s->start.paused);
+    else if (snapshot_start_load(s, s->start.load, s->start.paused, &e) < 0)
+        start_failed(s, &e, NULL);
 }
 
 static void on_set_password(void *ctx, json_object *ret, const struct qv_err *err)
@@ -202,7 +238,7 @@ static void on_set_password(void *ctx, json_object *ret, const struct qv_err *er
     if (err)
         start_failed(s, err, "setting the VNC password");
     else
-        send_cont(s);
+        setup_done(s);
 }
 
 static void on_handshake(void *ctx, json_object *ret, const struct qv_err *err)
@@ -223,7 +259,7 @@ static void on_handshake(void *ctx, json_object *ret, const struct qv_err *err)
         return;
     }
     if (!pw) {
-        send_cont(s);
+        setup_done(s);
     } else if (qmp_send(s->qmp, "set_password", pw, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_set_password, s) < 0) {
         qv_fail(&e, -ECONNRESET, "the QMP connection is closed");
         start_failed(s, &e, "setting the VNC password");
@@ -533,7 +569,7 @@ int reattach(struct sup *s, bool finish_start, struct qv_err *e)
     s->rs.state = VM_STARTING;
     sup_log(s, "reattached to running QEMU pid %d%s", (int)s->qemu_pid,
             s->never_ran ? ", which was never started: finishing its start" : "");
-    if (s->never_ran && finish_start) {
+    if (s->never_ran && finish_start && prev != VM_PAUSED) {    /* not one started paused on purpose */
         /* at start-up, before the loop serves anyone: a take-over stays synchronous */
         json_object *pw = NULL;
         if ((r = vnc_password_args(s, &pw, e)) < 0)

@@ -15,6 +15,10 @@
 struct sup_opts {
     int ready_fd, echo_fd;
     bool attach_only;       /* take over a running QEMU, never start one (-ESRCH) */
+    /* a start (not a take-over): the guest stays paused once QEMU is set up; and/or it
+     * resumes from this full snapshot, loaded before it runs (NULL: boots) */
+    bool paused;
+    const char *load_snapshot;
 };
 /* Takes `def` over (it is left empty): a defined VM's as loaded, or a transient one's,
  * whose run-directory definition is removed once its QEMU is gone. */

@@ -4,9 +4,11 @@
 # its init on the org.qemu.guest_agent.0 port), the supervisor's persistent agent
 # channel, and the verbs on top: exec (stdout, stderr, stdin, env, exit status,
 # timeout), cp both ways with checksums, fsfreeze/fsthaw on a real ext4 disk, ifaddr
-# --source agent, time-sync, set-password, reboot and stop through the agent; an agent
-# that is absent (no channel, or killed in the guest) is a clear error with exit 1,
-# and one restarted in the guest is found again.
+# --source agent, time-sync, set-password, reboot and stop through the agent; a
+# disk-only snapshot that freezes the guest's filesystems for the switch (a marker only a
+# freeze flushes reaches the image below the overlay; thawed after); an agent that is
+# absent (no channel, or killed in the guest) is a clear error with exit 1 (also for
+# snapshot --quiesce, which then makes nothing), and one restarted in the guest is found again.
 . "$(dirname "$0")/../lib.sh"
 
 # a small ext4 disk, for a freeze that has something to freeze
@@ -70,6 +72,42 @@ check_output "fsthaw: thaws it" '^ga: 1 filesystem thawed$' qv agent ga fsthaw
 check_output "fsfreeze-status: thawed" '^thawed$' qv agent ga fsfreeze-status
 check "...and the disk takes writes again" qv exec ga -- sh -c 'echo data > /mnt/d/x && sync && umount /mnt/d'
 
+# ---- a disk-only snapshot of the running guest is quiesced ----
+# The guest writes a marker into a file without syncing, and nothing writes it back for
+# an hour (page cache writeback off, ext4 commits hourly): only the freeze, which syncs
+# the filesystem, puts it into the image below the overlay before the overlay goes on.
+check "the guest mounts its ext4 disk again, writeback held off" qv exec ga -- sh -c \
+    'echo 360000 > /proc/sys/vm/dirty_expire_centisecs && echo 0 > /proc/sys/vm/dirty_writeback_centisecs && mount -t ext4 -o commit=3600 /dev/vda /mnt/d'
+check "...and writes a marker, unsynced" qv exec ga -- sh -c 'echo QUIESCE-MARK-1 > /mnt/d/q1'
+check_not "...which is not in the image yet" grep -aq QUIESCE-MARK-1 "$T_ROOT/ext4.raw"
+check_output "snapshot create --disk-only: quiesced through the agent" \
+    '^ga: snapshot q1 created \(disk-only, external, quiesced\)$' qv snapshot create ga q1 --disk-only
+check "...the freeze flushed the marker into the image below the overlay" grep -aq QUIESCE-MARK-1 "$T_ROOT/ext4.raw"
+frozen_then_thawed() { vm_log ga | grep -aE 'snapshot q1: 1 filesystem frozen|snapshot: 1 filesystem thawed|disk-only snapshot q1 taken' |
+    sed 's/.*supervisor: //' | tr '\n' '|' | grep -q '^snapshot q1: 1 filesystem frozen|snapshot: 1 filesystem thawed|disk-only snapshot q1 taken'; }
+check "...the log: frozen, thawed, then taken" frozen_then_thawed
+check_output "...the guest is thawed (fsfreeze-status)" '^thawed$' qv agent ga fsfreeze-status
+check "...and its filesystem takes writes" qv exec ga -- sh -c 'echo after > /mnt/d/after && sync'
+check_output "snapshot show: quiesced" '^quiesced: +yes$' qv snapshot show ga q1
+check "...and --json" bash -c "'$QV_BIN' --root '$T_ROOT' snapshot show ga q1 --json | jq -e '.quiesced == true and (has(\"quiesce_note\") | not)'"
+# a switch QEMU refuses (a copy job holds the disk's node) after the freeze: the guest is thawed all the same
+check_output "a slow copy of the disk holds its node" 'ga: copy of disk0 started' \
+    qv block copy ga disk0 --dest "$T_ROOT/copy.qcow2" --bandwidth 64K
+check_error "a disk-only snapshot then fails at the switch, saying why" 1 'ga: snapshot q3: blockdev-snapshot: .*(busy|in use)' \
+    qv snapshot create ga q3 --disk-only
+check "...after freezing (the log)" log_has ga 'snapshot q3: 1 filesystem frozen'
+check_output "...the guest is thawed" '^thawed$' qv agent ga fsfreeze-status
+check "...and its filesystem takes writes" qv exec ga -- sh -c 'echo after2 > /mnt/d/after2 && sync'
+check "...nothing was made: no overlay, no record" bash -c "test ! -e '$T_ROOT/ga.q3.qcow2' && test ! -e '$T_ROOT/var/lib/qvisor/snapshots/ga/q3.json'"
+check_output "the copy is aborted" 'aborting the copy of disk0' qv block job ga disk0 --abort
+no_job() { ! qv status ga | grep -q '^job '; }
+check "...and ends" wait_until 20 no_job
+check_error "--quiesce with a full snapshot is refused (it keeps memory: nothing to freeze for)" 2 \
+    '--quiesce needs --disk-only' qv snapshot create ga q9 --quiesce
+check_error "--quiesce with a VM that has no agent channel: exit 1, nothing made" 1 \
+    'noga: snapshot q9: --quiesce: noga has no guest agent channel' qv snapshot create noga q9 --disk-only --quiesce
+check "...no record" test ! -e "$T_ROOT/var/lib/qvisor/snapshots/noga/q9.json"
+
 # ---- the other agent commands ----
 mac=$(jq -r '.nics[0].mac' "$T_ROOT/etc/qvisor/vms/ga.json")
 check_output "ifaddr --source agent: lo as the guest sees it" '^lo +00:00:00:00:00:00 +127\.0\.0\.1/8' \
@@ -100,6 +138,13 @@ check_error "exec: clear error, exit 1" 1 'ga: guest-exec: the guest agent does 
 ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 check "...within a few seconds ($ms ms)" test "$ms" -lt 8000
 check_output "status says so" '^agent +not answering' qv status ga
+check_error "snapshot --quiesce while the agent does not answer: exit 1, says why" 1 \
+    'ga: snapshot q2: --quiesce: the guest agent does not answer' qv snapshot create ga q2 --disk-only --quiesce
+check "...and makes nothing: no overlay, no record, the definition unchanged" bash -c \
+    "test ! -e '$T_ROOT/ga.q2.qcow2' && test ! -e '$T_ROOT/var/lib/qvisor/snapshots/ga/q2.json' && jq -e '.disks[0].file == \"$T_ROOT/ga.q1.qcow2\"' '$T_ROOT/etc/qvisor/vms/ga.json'"
+check_output "without --quiesce it is taken unfrozen, with a note" \
+    'note: not quiesced: the guest agent does not answer' qv snapshot create ga q2 --disk-only
+check_output "...which its record keeps" '^quiesced: +no \(the guest agent does not answer' qv snapshot show ga q2
 check "the guest's agent is started again" guest_ok ga 'qv-agent start'
 agent_connected() { qv status ga | grep -Eq '^agent +connected'; }
 check "the supervisor finds it again by itself (the guest opened its port)" wait_until 20 agent_connected

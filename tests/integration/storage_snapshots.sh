@@ -2,7 +2,9 @@
 # timeout: 240
 # Snapshots with real qemu-img and a real QEMU under TCG, sandbox on: a full snapshot
 # of a running guest (RAM and disk) and of a shut-off one, each reverted, with a
-# marker the guest wrote after the snapshot gone afterwards; a disk-only snapshot
+# marker the guest wrote after the snapshot gone afterwards; a full snapshot of the running
+# guest reverted while shut off (the VM starts from it: a marker kept only in the guest's
+# RAM is back, without a boot; --paused leaves it paused); a disk-only snapshot
 # taken live (the guest keeps running, the definition names the overlay) and deleted
 # live (merged back: the guest's later write is in the base image); the tree; and the
 # refusals with their exit codes.
@@ -99,6 +101,37 @@ check_output "deleting full2 while it runs (snapshot-delete)" 'snapshot full2 de
 check "...it is gone from the image" not_in_image full2
 check "...full1 is still there" in_image full1
 
+# ---- a full snapshot reverted while shut off: the guest resumes from its memory ----
+# a marker only in the guest's RAM (its /tmp is the initramfs), and the number of boots so far
+check "the guest keeps a marker in RAM only" guest_ok sn 'echo RAM-MARK-1 > /tmp/ram-mark'
+check_output "a full snapshot of it" 'snapshot live1 created' qv snapshot create sn live1
+check "the guest changes the marker after it" guest_ok sn 'echo RAM-MARK-2 > /tmp/ram-mark'
+boots=$(count_log sn 'QVISOR-GUEST: ready')
+qv kill sn > /dev/null
+check_output "revert to it while shut off starts the VM from the snapshot" \
+    'the guest resumes from snapshot live1 \(running\)' qv snapshot revert sn live1
+check "...it runs" state_is sn running
+check_output "...the RAM-only marker is as it was at the snapshot" '^RAM-MARK-1' gsh sn 'cat /tmp/ram-mark'
+check "...without a boot (the guest's init did not run again)" test "$(count_log sn 'QVISOR-GUEST: ready')" -eq "$boots"
+check_output "...and live1 is current" '^live1$' qv snapshot current sn
+qv kill sn > /dev/null
+check_output "revert --paused while shut off" 'resumes from snapshot live1 \(paused\)' qv snapshot revert sn live1 --paused
+check "...the VM is paused" state_is sn paused
+check "...resume lets it run" qv resume sn
+check_output "...from the snapshot's memory" '^RAM-MARK-1' gsh sn 'cat /tmp/ram-mark'
+check_error "--running and --paused together are refused" 2 'exclude each other' qv snapshot revert sn live1 --running --paused
+check_output "deleting live1 while it runs" 'snapshot live1 deleted' qv snapshot delete sn live1
+# a disk attached live is not part of a snapshot yet: said, not left out silently
+qemu-img create -q -f qcow2 "$img/hot.qcow2" 8M
+check "a disk is attached live" qv attach-disk sn "$img/hot.qcow2"
+check_output "a full snapshot warns that it leaves the attached disk out" \
+    "warning: snapshot live2 leaves out disk[0-9]+ \\($img/hot.qcow2\\), attached while the VM runs" qv snapshot create sn live2
+check_output "...a disk-only one too" "warning: snapshot ext9 leaves out disk[0-9]+ \\($img/hot.qcow2\\)" \
+    qv snapshot create sn ext9 --disk-only
+check_output "...which merges back" 'snapshot ext9 deleted' qv snapshot delete sn ext9
+check_output "...and live2 goes" 'snapshot live2 deleted' qv snapshot delete sn live2
+check "the disk is detached" qv detach-disk sn "$img/hot.qcow2"
+
 # ---- a full snapshot of the shut-off VM ----
 qv kill sn > /dev/null
 check_output "a snapshot of the shut-off VM (qemu-img)" 'snapshot off1 created \(internal\)' qv snapshot create sn off1
@@ -109,6 +142,7 @@ qv kill sn > /dev/null
 check "...D is in the image" image_has "$img/data.qcow2" MARK-D
 check_output "revert to off1, shut off" 'reverted to snapshot off1' qv snapshot revert sn off1
 check "...D, written after the snapshot, is gone" image_lacks "$img/data.qcow2" MARK-D
+check "...and the VM stays shut off (the snapshot holds no memory)" state_is sn "shut off"
 check "...while C, written before it, is there" image_has "$img/data.qcow2" MARK-C
 
 # ---- a disk-only snapshot taken shut off, merged while running ----
