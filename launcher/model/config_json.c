@@ -184,6 +184,8 @@ json_object *vm_def_to_json(const struct vm_def *d)
     }
     json_object_object_add(o, "graphics", g);
     put_bool(o, "agent", d->agent);
+    if (d->exit_device)
+        put_bool(o, "exit_device", true);
     put_str(o, "on_poweroff", poweroff_names[d->on_poweroff]);
     put_str(o, "on_reboot", reboot_names[d->on_reboot]);
     put_str(o, "on_crash", crash_names[d->on_crash]);
