@@ -870,6 +870,8 @@ int cmd_boot(struct cli *c)
     if (b.t_ready && !c->quiet && b.final == NULL) {
         /* nothing */
     }
+    if (b.line.len && !c->quiet)
+        write_all(STDOUT_FILENO, "\n", 1);     /* the console's last line was cut: reports start on their own */
     bool keep = b.keep && b.result != 0 && b.sup_fd >= 0 && b.result < 128;
     if (keep) {
         write_all(b.sup_fd, "keep\n", 5);
