@@ -428,6 +428,20 @@ static void maybe_ping(struct boot *b)
 
 /* ---- the supervisor's lines: ready, then the end ---- */
 
+/* accel auto fell back to TCG: say so, once (a KVM guest is many times faster) */
+static void accel_notice(struct boot *b)
+{
+    json_object *reply = NULL, *st, *accel;
+    struct qv_err e = {0};
+    if (b->c->quiet || cli_opt(b->c, "accel") || ctl_call(&b->c->paths, b->name, ctl_request("status"), 5000, &reply, &e) < 0)
+        return;
+    if (json_object_object_get_ex(reply, "status", &st) && json_object_object_get_ex(st, "accel", &accel) &&
+        strcmp(json_object_get_string(accel), "tcg") == 0)
+        fprintf(stderr, "qvisor: %s: accel auto chose TCG (no usable KVM, or QVISOR_ACCEL or host.json say tcg): "
+                        "emulated, many times slower\n", b->name);
+    json_object_put(reply);
+}
+
 static void ready_line(struct boot *b, const char *line)
 {
     if (strcmp(line, "ok") == 0) {
@@ -435,6 +449,7 @@ static void ready_line(struct boot *b, const char *line)
         struct qv_err e = {0};
         if (connect_console(b, &e) < 0 && b->result < 0 && !b->final)
             fprintf(stderr, "qvisor: %s: the console: %s\n", b->name, e.msg);
+        accel_notice(b);
         return;
     }
     int code = -EIO, off = 0;
