@@ -30,7 +30,12 @@ struct boot_outcome {
 };
 /* Writes the reports asked for; a report that cannot be written is said on stderr. */
 void boot_reports(struct cli *c, const struct boot_outcome *o);
-/* Removes what boots killed -9 left (their lock is free): *swept counts them. */
+/* boot_lock.c. Removes what boots killed -9 left (their lock is free): *swept counts them. */
 int boot_sweep(const struct qv_paths *p, int *swept);
+/* NAME's lock, created and taken (-EEXIST: a live boot holds it); its path in `path`. */
+int boot_lock(const struct qv_paths *p, const char *name, int *out, char *path, size_t len, struct qv_err *e);
+/* What a boot VM may leave: a transient definition and run directory no supervisor
+ * serves, overlays half made, and then the lock file itself. */
+void boot_forget(const struct qv_paths *p, const char *name, const char *lockpath);
 
 #endif
