@@ -217,6 +217,10 @@ struct sandbox_spec {
     int hold_fd;                    /* kept open at a free number, not named in argv:
                                      * the uid lease's hold_fd; -1: none */
     bool setsid;                    /* own session: a terminal's ^C does not reach QEMU */
+    /* PR_SET_PDEATHSIG for the program (0: none): it gets this signal when the thread
+     * that spawned it ends. Set after the ids change (a change clears it); a parent
+     * already gone by then fails the spawn. */
+    int parent_death_signal;
 
     unsigned enable;                /* steps to apply (sandbox_spec_init: all) */
     unsigned require;               /* steps that must not be skipped */

@@ -37,6 +37,7 @@ struct spawn_plan {
     int keep[MAX_MAPPED];       /* targets, sorted */
     int floor;                  /* above every target: where sources are parked */
     int devnull;
+    pid_t parent;               /* the spawning process, for parent_death_signal */
     char cg_procs[CG_NCTL][PATH_MAX];
     size_t ncg;
     struct mnt_plan mnt;
@@ -466,6 +467,10 @@ static _Noreturn void child_main(struct spawn_plan *p, int errfd, int gate_r, in
     if (p->steps & SANDBOX_STEP(SANDBOX_RLIMITS))
         child_rlimits(p, errfd);
     child_creds(p, errfd);
+    if (s->parent_death_signal && prctl(PR_SET_PDEATHSIG, s->parent_death_signal) < 0)
+        child_fail(errfd, errno, "PR_SET_PDEATHSIG");
+    if (s->parent_death_signal && getppid() != p->parent)
+        child_fail(errfd, ESRCH, "PR_SET_PDEATHSIG: the parent is gone");
     if (p->steps & SANDBOX_STEP(SANDBOX_SECCOMP))
         sc_apply(&p->sc, errfd);
     static const char *const empty_env[] = {NULL};
@@ -535,6 +540,7 @@ int sandbox_spawn(const struct sandbox_spec *spec, pid_t *pid, struct strv *warn
     _cleanup_(plan_freep) struct spawn_plan *p = qv_xcalloc(1, sizeof(*p));
     p->spec = spec;
     p->devnull = -1;
+    p->parent = getpid();
     int r = prepare(p, spec, h, warnings, e);
     if (r < 0)
         return r;

@@ -27,7 +27,13 @@ static const struct cli_opt clone_opts[] = {{"linked", false, false, 0}, {0}};
 static const struct cli_opt list_opts[] = {{"all", false, false, 'a'}, {0}};
 static const struct cli_opt show_opts[] = {{"confinement", false, false, 0}, {0}};
 static const struct cli_opt run_opts[] = {{"ready-fd", true, false, 0}, {"attach-only", false, false, 0},
-                                          {"paused", false, false, 0}, {"load-snapshot", true, false, 0}, {0}};
+                                          {"paused", false, false, 0}, {"load-snapshot", true, false, 0},
+                                          {"boot-fd", true, false, 0}, {0}};
+static const struct cli_opt boot_opts[] = {
+    DEFINITION_FLAGS, {"image", true, false, 0}, {"expect", true, true, 0}, {"fail", true, true, 0},
+    {"exec", true, false, 0}, {"exec-file", true, false, 0}, {"timeout", true, false, 0}, {"name", true, false, 0},
+    {"writable", false, false, 0}, {"keep-on-failure", false, false, 0}, {"prefix", false, false, 0},
+    {"junit", true, false, 0}, {"tap", false, false, 0}, {0}};
 static const struct cli_opt start_opts[] = {{"wait-timeout", true, false, 0}, {"paused", false, false, 0}, {0}};
 static const struct cli_opt create_opts[] = {DEFINITION_FLAGS, {"wait-timeout", true, false, 0}, {0}};
 static const struct cli_opt resize_opts[] = {{"allow-shrink", false, false, 0}, {0}};
@@ -100,6 +106,12 @@ static const struct cli_command commands[] = {
     {"argv", cmd_argv, no_opts, 1, 1, "argv NAME", "print the QEMU command line, one argument per line"},
     {"create", cmd_create, create_opts, 1, 1, "create FILE.json | create NAME [define's flags] [--wait-timeout SECONDS]",
      "start a transient VM: never defined, gone once it stops (virsh create)"},
+    {"boot", cmd_boot, boot_opts, 0, 0,
+     "boot --image DISK | --kernel K [--initrd I] [--append ARGS] [define's flags] [--expect REGEX]... "
+     "[--fail REGEX]... [--exec CMD | --exec-file SCRIPT] [--timeout 300] [--name N] [--writable] "
+     "[--keep-on-failure] [--prefix] [--junit FILE] [--tap] [--json] [-q]",
+     "an ephemeral VM for CI: disks behind throw-away overlays, the console on stdout, patterns, the guest's "
+     "exit code; exit 0 passed, 1 failed, 2 usage, 5 timed out"},
     {"start", cmd_start, start_opts, 1, 1, "start NAME [--paused] [--wait-timeout SECONDS]",
      "start a VM in the background; returns once the guest runs (--paused: once it is set up, paused)"},
     {"run", cmd_run, run_opts, 1, 1, "run NAME", "supervise a VM in the foreground (what a systemd unit runs)"},

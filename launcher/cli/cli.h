@@ -49,6 +49,11 @@ int cli_opt_seconds_ms(struct cli *c, const char *name, int dflt, int *out);
 /* Prints JSON (pretty) to stdout. */
 void cli_print_json(json_object *o);
 
+/* The definition that DEFINITION_FLAGS give (define, create, boot), named `name`;
+ * options that are not definition flags are left alone. */
+int cli_definition_from_flags(struct cli *c, const char *name, json_object **out);
+int cmd_boot(struct cli *c);
+
 /* Commands, implemented across cli_*.c */
 int cmd_define(struct cli *c);
 int cmd_create(struct cli *c);

@@ -207,7 +207,7 @@ static int guestdata_from_flags(struct cli *c, json_object *o)
     return 0;
 }
 
-static int definition_from_flags(struct cli *c, const char *name, json_object **out)
+int cli_definition_from_flags(struct cli *c, const char *name, json_object **out)
 {
     static const char *const disk_ints[] = {"boot_index", NULL};
     static const char *const disk_bools[] = {"discard", "readonly", "snapshot", NULL};
@@ -307,7 +307,7 @@ static int definition_input(struct cli *c, const char *const *extra, json_object
     } else {
         if (!name_valid(arg))
             return qv_fail(&c->err, -EINVAL, "\"%s\" is neither a JSON file nor a valid VM name", arg);
-        r = definition_from_flags(c, arg, &o);
+        r = cli_definition_from_flags(c, arg, &o);
     }
     if (r == 0)
         *out = json_object_get(o);

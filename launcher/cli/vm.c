@@ -15,7 +15,8 @@ int cmd_run(struct cli *c)
 {
     const char *ready = cli_opt(c, "ready-fd");
     struct sup_opts o = {.ready_fd = ready ? atoi(ready) : -1, .attach_only = cli_flag(c, "attach-only"),
-                         .paused = cli_flag(c, "paused"), .load_snapshot = cli_opt(c, "load-snapshot")};
+                         .paused = cli_flag(c, "paused"), .load_snapshot = cli_opt(c, "load-snapshot"),
+                         .boot_fd = cli_opt(c, "boot-fd") ? atoi(cli_opt(c, "boot-fd")) : -1};
     o.echo_fd = c->quiet || o.ready_fd >= 0 ? -1 : 2;
     _cleanup_vm_def_ struct vm_def d = {0};
     int r = vm_load(&c->paths, c->pos[0], &d, &c->err);

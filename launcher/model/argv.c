@@ -735,6 +735,14 @@ static int build(const struct vm_def *d, const struct host_facts *f, struct laun
         js(o, "id", "pvpanic0");
         arg_json(&b, "-device", o);
     }
+    if (d->exit_device) {
+        json_object *o = jobj();
+        js(o, "driver", "isa-debug-exit");
+        js(o, "id", "exit0");
+        ji(o, "iobase", 0xf4);
+        ji(o, "iosize", 4);
+        arg_json(&b, "-device", o);
+    }
     for (size_t i = 0; i < d->qemu_args.n; i++)
         arg(&b, d->qemu_args.v[i]);
     out->host_network = d->graphics.kind == GRAPHICS_VNC || d->qemu_args.n > 0;

@@ -648,8 +648,8 @@ static int parse_definition(struct jr *rp, json_object *o, struct vm_def *d)
     struct jr r = *rp;
     static const char *const keys[] = {"name", "uuid", "description", "machine", "accel", "cpu", "memory",
                                        "boot", "disks", "cdroms", "nics", "filesystems", "console", "graphics", "agent",
-                                       "on_poweroff", "on_reboot", "on_crash", "limits", "sandbox", "qemu_args",
-                                       "cloud_init", "credentials", NULL};
+                                       "exit_device", "on_poweroff", "on_reboot", "on_crash", "limits", "sandbox",
+                                       "qemu_args", "cloud_init", "credentials", NULL};
     int err = 0, machine = MACHINE_Q35, accel = ACCEL_AUTO, console = CONSOLE_SERIAL;
     int onp = POWEROFF_STOP, onr = REBOOT_RESTART, onc = CRASH_STOP;
     _cleanup_free_ char *uuid = NULL;
@@ -687,7 +687,7 @@ static int parse_definition(struct jr *rp, json_object *o, struct vm_def *d)
         (err = parse_list(&r, o, "nics", sizeof(struct vm_nic), (void **)&d->nics, &d->nnics, d, parse_nic_v)) < 0 ||
         (err = vm_filesystems_parse(&r, o, d)) < 0 ||
         (err = jr_enum(&r, o, "console", console_names, &console)) < 0 || (err = parse_graphics(&r, o, d)) < 0 ||
-        (err = jr_bool(&r, o, "agent", &d->agent)) < 0 ||
+        (err = jr_bool(&r, o, "agent", &d->agent)) < 0 || (err = jr_bool(&r, o, "exit_device", &d->exit_device)) < 0 ||
         (err = jr_enum(&r, o, "on_poweroff", poweroff_names, &onp)) < 0 ||
         (err = jr_enum(&r, o, "on_reboot", reboot_names, &onr)) < 0 ||
         (err = jr_enum(&r, o, "on_crash", crash_names, &onc)) < 0 || (err = jr_array(&r, o, "qemu_args", &qargs)) < 0)

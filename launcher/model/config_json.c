@@ -198,6 +198,8 @@ static json_object *def_to_json(const struct vm_def *d, bool with_values)
     }
     json_object_object_add(o, "graphics", g);
     put_bool(o, "agent", d->agent);
+    if (d->exit_device)
+        put_bool(o, "exit_device", true);
     put_str(o, "on_poweroff", poweroff_names[d->on_poweroff]);
     put_str(o, "on_reboot", reboot_names[d->on_reboot]);
     put_str(o, "on_crash", crash_names[d->on_crash]);

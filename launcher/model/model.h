@@ -196,6 +196,9 @@ struct vm_def {
         char *password_secret;
     } graphics;
     bool agent;
+    /* isa-debug-exit at I/O port 0xf4: a guest that writes CODE there ends QEMU with
+     * status CODE*2+1, its own verdict (qvisor boot) */
+    bool exit_device;
     enum on_poweroff on_poweroff;
     enum on_reboot on_reboot;
     enum on_crash on_crash;

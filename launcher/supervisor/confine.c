@@ -244,6 +244,9 @@ int confine_spawn(struct sup *s, const struct launch_plan *p, const int *fds, pi
     spec.coredump = s->def.sandbox.coredump;
     spec.extra_deny = deny;
     spec.forked = sup_record_qemu;
+    /* a `qvisor boot` VM dies with its supervisor (which dies with boot, or kills
+     * QEMU when boot is gone); every other QEMU outlives its supervisor by design */
+    spec.parent_death_signal = s->boot_vm ? SIGKILL : 0;
     spec.opaque = s;
     struct strv w = {0};
     int r = sandbox_spawn(&spec, pid, &w, e);

@@ -117,6 +117,60 @@ json_object *sup_status_json(struct sup *s)
     return o;
 }
 
+/* ---- the `qvisor boot` that started this VM ---- */
+
+static void boot_detach(struct sup *s)
+{
+    epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->boot_fd, NULL);
+    close(s->boot_fd);
+    s->boot_fd = -1;
+}
+
+static void boot_readable(struct sup *s)
+{
+    char buf[64];
+    ssize_t n = read(s->boot_fd, buf, sizeof(buf));
+    if (n < 0 && (errno == EINTR || errno == EAGAIN))
+        return;
+    if (n > 0 && memmem(buf, (size_t)n, "keep\n", 5)) {
+        sup_log(s, "qvisor boot keeps the VM (--keep-on-failure): it runs on without it");
+        boot_detach(s);
+        return;
+    }
+    if (n > 0)
+        return;
+    boot_detach(s);
+    sup_log(s, "qvisor boot is gone: the VM goes with it");
+    sup_kill(s, "qvisor boot ended");
+}
+
+/* The end, for boot: QEMU's exit status and whether the guest panicked. */
+static void boot_report(struct sup *s)
+{
+    if (s->boot_fd < 0)
+        return;
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "status", s->qemu_status >= 0 ? json_object_new_int(s->qemu_status) : NULL);
+    json_object_object_add(o, "panicked", json_object_new_boolean(s->panicked));
+    json_object_object_add(o, "reason", json_object_new_string(s->rs.last_exit));
+    size_t len;
+    const char *txt = json_object_to_json_string_length(o, JSON_C_TO_STRING_PLAIN, &len);
+    write_all(s->boot_fd, txt, len);
+    write_all(s->boot_fd, "\n", 1);
+    json_object_put(o);
+}
+
+static void remove_boot_run_dir(const char *dir)
+{
+    static const char *const files[] = {"state.json", "lock", "definition.json", NULL};
+    for (int i = 0; files[i]; i++) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
 /* ---- the loop ---- */
 
 static void signal_readable(struct sup *s)
@@ -263,6 +317,9 @@ static void loop(struct sup *s)
             case EV_AGENT:
                 agent_io(s, evs[i].events);
                 break;
+            case EV_BOOT:
+                boot_readable(s);
+                break;
             }
         }
         run_timers(s);
@@ -356,6 +413,8 @@ static void sup_free(struct sup *s)
         close(s->log_fd);
     if (s->lock_fd >= 0)
         close(s->lock_fd);
+    if (s->boot_fd >= 0)
+        close(s->boot_fd);
 }
 
 
@@ -386,6 +445,9 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
     sp->lock_fd = sp->log_fd = sp->epfd = sp->sigfd = sp->pidfd = sp->console_fd = sp->ctl_fd = -1;
     sp->ready_fd = o->ready_fd;
     sp->echo_fd = o->echo_fd;
+    sp->boot_fd = o->boot_fd;
+    sp->boot_vm = o->boot_fd >= 0;
+    sp->qemu_status = -1;
     sp->conf.lease.lock_fd = sp->conf.lease.hold_fd = -1;     /* not 0: sup_free would close stdin */
     pid_t holder;
     notify_init(&sp->notify);
@@ -403,6 +465,10 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
     }
     if (r == 0)
         r = host_facts_probe(paths, &sp->hc, &sp->facts, e);
+    if (r == 0 && sp->boot_fd >= 0) {
+        sp->ev_boot.kind = EV_BOOT;
+        sup_epoll_add(sp, sp->boot_fd, EPOLLIN, &sp->ev_boot);
+    }
     if (r < 0) {
         sup_free(sp);
         report_ready(sp, r, e->msg);    /* after the lock is released: a retry must not meet us */
@@ -469,6 +535,7 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
     sup_save_state(sp);
     if (sp->def.transient && !sp->qemu_pid)
         vm_transient_forget(paths, name);   /* a transient VM ends with its QEMU */
+    boot_report(sp);
     int r2 = 0;
     if (sp->exit_code && sp->start.err.msg[0] && !sp->start.restart) {
         *e = sp->start.err;     /* the first start failed: its own words */
@@ -476,8 +543,13 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
     } else if (sp->exit_code) {
         r2 = qv_fail(e, -EIO, "%s: %s", name, sp->rs.last_exit[0] ? sp->rs.last_exit : "stopped abnormally");
     }
+    bool boot_gone = sp->boot_vm && !sp->qemu_pid;
+    char run_dir[PATH_MAX];
+    snprintf(run_dir, sizeof(run_dir), "%s", sp->run_dir);
     sup_free(sp);
     sup_release(sp);
+    if (boot_gone)
+        remove_boot_run_dir(run_dir);  /* a boot VM leaves nothing (its lock is released now) */
     return r2;
 }
 
@@ -489,7 +561,7 @@ struct sup *sup_new_for_test(const struct qv_paths *paths, const char *name, int
     struct sup *s = sup_alloc();
     s->paths = paths;
     s->lock_fd = s->log_fd = s->epfd = s->sigfd = s->pidfd = s->console_fd = s->ctl_fd = s->ready_fd = -1;
-    s->echo_fd = -1;
+    s->echo_fd = s->boot_fd = s->qemu_status = -1;
     s->conf.lease.lock_fd = s->conf.lease.hold_fd = -1;
     notify_init(&s->notify);
     s->def.name = qv_xstrdup(name);

@@ -41,7 +41,7 @@ void notify_send(struct notify *n, const char *msg);
 void notify_close(struct notify *n);
 
 
-enum ev_kind { EV_QMP, EV_CONSOLE, EV_CTL, EV_CLIENT, EV_SIGNAL, EV_PIDFD, EV_AGENT };
+enum ev_kind { EV_QMP, EV_CONSOLE, EV_CTL, EV_CLIENT, EV_SIGNAL, EV_PIDFD, EV_AGENT, EV_BOOT };
 
 struct ev {
     enum ev_kind kind;
@@ -294,6 +294,13 @@ struct sup {
     struct sup_fs fs[VM_MAX_FILESYSTEMS];
     struct netsetup_nft *nft;
     uint64_t lease_poll;        /* next look at the networks' leases; 0: none needed */
+    /* a `qvisor boot` VM (sup_opts.boot_fd): QEMU dies with this supervisor, and the
+     * VM with boot (see supervisor.h) */
+    int boot_fd;
+    bool boot_vm;
+    struct ev ev_boot;
+    bool panicked;              /* GUEST_PANICKED seen */
+    int qemu_status;            /* QEMU's exit status once gone: 0-255, 128+signal; -1 unknown */
     bool done;
     int exit_code;
 };

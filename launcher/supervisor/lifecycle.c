@@ -99,6 +99,7 @@ void sup_on_event(void *ctx, const char *event, json_object *data, uint64_t ts_u
             sup_set_state(s, VM_RUNNING);
     } else if (strcmp(event, "GUEST_PANICKED") == 0) {
         sup_log(s, "event GUEST_PANICKED %s", d);
+        s->panicked = true;
         crashed(s, "guest panicked");
     } else if (strcmp(event, "DEVICE_DELETED") == 0) {
         json_object *dev = NULL;
@@ -347,6 +348,13 @@ void sup_qemu_gone(struct sup *s)
     }
     char how[160];
     describe_exit(code, known, how, sizeof(how));
+    s->qemu_status = known ? code : -1;
+    /* isa-debug-exit: the guest ended QEMU with its own verdict, CODE*2+1 */
+    if (s->def.exit_device && known && code < 128 && (code & 1) && !s->expected_exit && !s->panicked) {
+        snprintf(s->exit_reason, sizeof(s->exit_reason), "the guest reported exit code %d (isa-debug-exit)",
+                 code >> 1);
+        s->expected_exit = true;
+    }
     if (confine_oom_killed(s)) {
         snprintf(how, sizeof(how), "out of memory (cgroup limit)");
         s->expected_exit = false;   /* whatever was under way, this is a crash */

@@ -19,6 +19,12 @@ struct sup_opts {
      * resumes from this full snapshot, loaded before it runs (NULL: boots) */
     bool paused;
     const char *load_snapshot;
+    /* `qvisor boot`'s end of a socketpair, or -1. Its VM lives only as long as boot:
+     * the end closing (boot exited, or was killed -9) kills QEMU, and QEMU gets
+     * PR_SET_PDEATHSIG so it dies with this supervisor too. "keep\n" read from it lets
+     * the VM outlive boot (--keep-on-failure). Once QEMU is gone, one line goes back:
+     * {"status": QEMU's exit status or null, "panicked": bool, "reason": "..."}. */
+    int boot_fd;
 };
 /* Takes `def` over (it is left empty): a defined VM's as loaded, or a transient one's,
  * whose run-directory definition is removed once its QEMU is gone. */
