@@ -79,14 +79,20 @@ int boot_lock(const struct qv_paths *p, const char *name, int *out, char *path, 
     if (r < 0)
         return qv_failerr(e, r, "%s", dir);
     snprintf(path, len, "%s/%s.lock", dir, name);
-    for (int tries = 0; tries < 5; tries++) {
+    /* A lock held for a moment is another boot's sweep looking at it (boot_sweep); one
+     * held for a second is a live boot's. */
+    for (int tries = 0, busy = 0; tries < 5;) {
         int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
         if (fd < 0)
             return qv_failerr(e, -errno, "%s", path);
         if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
             close(fd);
-            return qv_fail(e, -EEXIST, "%s: another qvisor boot uses this name", name);
+            if (++busy >= 20)
+                return qv_fail(e, -EEXIST, "%s: another qvisor boot uses this name", name);
+            usleep(50 * 1000);
+            continue;
         }
+        tries++;
         struct stat a, b;
         if (fstat(fd, &a) == 0 && stat(path, &b) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev) {
             *out = fd;
