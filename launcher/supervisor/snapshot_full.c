@@ -63,15 +63,22 @@ static const char *data_then(struct sup_job *j)
     return j->data && json_object_object_get_ex(j->data, "then", &v) ? json_object_get_string(v) : "";
 }
 
+/* The loaded snapshot is the current one now (a failure to record it is only logged:
+ * the guest is back at it either way). */
+static void mark_current(struct sup *s, const char *name)
+{
+    char dir[PATH_MAX];
+    snapshot_dir(s->paths, s->def.name, dir, sizeof(dir));
+    struct qv_err e = {0};
+    if (storage_snapshot_set_current(dir, name, &e) < 0)
+        sup_log(s, "warning: %s", e.msg);
+}
+
 static void load_done(struct sup *s, struct sup_job *j, const struct qv_err *err)
 {
     if (err)
         return;
-    char dir[PATH_MAX];
-    snapshot_dir(s->paths, s->def.name, dir, sizeof(dir));
-    struct qv_err e = {0};
-    if (storage_snapshot_set_current(dir, data_name(j), &e) < 0)
-        sup_log(s, "warning: %s", e.msg);
+    mark_current(s, data_name(j));
     sup_log(s, "reverted to snapshot %s", data_name(j));
     if (strcmp(data_then(j), "paused") == 0)
         sup_qmp(s, "stop", NULL);
@@ -90,11 +97,7 @@ static void start_load_done(struct sup *s, struct sup_job *j, const struct qv_er
             start_failed(s, err, NULL);
         return;
     }
-    char dir[PATH_MAX];
-    snapshot_dir(s->paths, s->def.name, dir, sizeof(dir));
-    struct qv_err e = {0};
-    if (storage_snapshot_set_current(dir, data_name(j), &e) < 0)
-        sup_log(s, "warning: %s", e.msg);
+    mark_current(s, data_name(j));
     sup_log(s, "the guest's memory and disks are back at snapshot %s%s", data_name(j), paused ? "; it stays paused" : "");
     if (start_active(s))
         start_after_load(s, paused);
