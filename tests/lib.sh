@@ -160,30 +160,12 @@ check_guest_fails() {
 }
 
 # ---- answers while the supervisor is busy ----
-# The issue asks for 100 ms; under ASan on a loaded 2-core machine the CLI alone
-# takes a good part of that, so each answer must come within BUSY_BOUND_MS (1000).
-# A synchronous supervisor answers nothing for seconds.
-BOUND_MS=${BUSY_BOUND_MS:-1000}
-# ms CMD...: runs CMD, prints how long it took in ms; CMD's output to $T_ROOT/out
-ms() {
-    local t0 t1
-    t0=$(date +%s%N)
-    "$@" > "$T_ROOT/out" 2>&1
-    local rc=$?
-    t1=$(date +%s%N)
-    echo $(((t1 - t0) / 1000000))
-    return $rc
-}
-# within DESC CMD...: CMD succeeds within BOUND_MS
-within() {
-    local desc=$1 t
-    shift
-    if t=$(ms "$@"); then
-        if [ "$t" -le "$BOUND_MS" ]; then ok "$desc ($t ms)"; else not_ok "$desc (took $t ms, bound $BOUND_MS)"; fi
-    else
-        not_ok "$desc (failed after $t ms)"
-        diag "$(cat "$T_ROOT/out")"
-    fi
+# answers CMD...: CMD (a qvisor verb) succeeds, bounded by 60 s; its output in
+# $T_ROOT/out. Not timed: a test shows that the answer came while the supervisor's
+# other work still waited (the attach or start still running, QEMU still stopped, a
+# stub still sleeping), which a supervisor that blocked could not do. Latency is bench/'s.
+answers() {
+    timeout 60 "$QV_BIN" --root "$T_ROOT" "$@" > "$T_ROOT/out" 2>&1
 }
 
 # ---- a private network world: a "host" namespace for qvisor and an "outside" one ----

@@ -505,9 +505,18 @@ void start_wind_up(struct sup *s)
     }
     console_close(s);
     s->qemu_pid = s->rs.qemu_pid = 0;
-    /* an OOM kill shows only as a broken QMP connection: name the cause */
-    if (!j->cancelled && confine_oom_error(s, &j->err) == 0 && msg[0])
-        qv_fail(&j->err, -EIO, "%s", msg);
+    /* an OOM kill shows only as a broken QMP connection: name the cause. QEMU's own
+     * words tell the story when QEMU went away (it exited, or its monitor closed);
+     * when the supervisor gave up on it (a timeout, a file swapped, a secret it could
+     * not read) that reason stays first, and what QEMU printed follows. */
+    bool qemu_left = j->err.code == -EIO || j->err.code == -ECONNRESET;
+    if (!j->cancelled && confine_oom_error(s, &j->err) == 0 && msg[0]) {
+        if (qemu_left)
+            qv_fail(&j->err, -EIO, "%s", msg);
+        else
+            snprintf(j->err.msg + strlen(j->err.msg), sizeof(j->err.msg) - strlen(j->err.msg), " (QEMU said: %s)",
+                     msg);
+    }
     if (!j->cancelled)
         qv_prefix(&j->err, "%s: QEMU failed to start: ", s->def.name);
     j->phase = START_IDLE;

@@ -22,7 +22,7 @@ check "the held start is under way" started_within held
 qpid=$(vm_pid held)
 on_exit "kill -CONT $qpid"
 check "...QEMU is held (stopped)" grep -q '^State:.*stopped' "/proc/$qpid/status"
-within "status answers during the start" qv status held --json
+check "status answers during the start" answers status held --json
 check "...and says starting" grep -q '"state": "starting"' "$T_ROOT/out"
 check_error "pause is refused while the set-up is not done" 4 'held is starting; try again once it runs' qv pause held
 check "start has not returned: the guest is not running yet" kill -0 "$starter"
@@ -39,7 +39,7 @@ starter=$!
 started_within held
 qpid=$(vm_pid held)
 on_exit "kill -CONT $qpid"
-within "stop --force answers during the start" qv stop held --force
+check "stop --force answers during the start" answers stop held --force
 wait "$starter"
 rc=$?
 check "...the start then fails" test "$rc" -ne 0
@@ -63,7 +63,7 @@ check "...state starting" started_within phoenix
 qpid2=$(vm_pid phoenix)
 on_exit "kill -CONT $qpid2"
 check "...a new QEMU" test -n "$qpid2" -a "$qpid2" != "$qpid"
-within "status answers during the restart" qv status phoenix --json
+check "status answers during the restart" answers status phoenix --json
 check "...and says starting" grep -q '"state": "starting"' "$T_ROOT/out"
 kill -CONT "$qpid2"
 check "once it goes on the VM runs again" wait_until 30 state_is phoenix running
@@ -91,7 +91,9 @@ qv undefine snap >/dev/null
 # ---- an autostart network whose dnsmasq is slow ----
 net_world || { not_ok "network namespaces"; finish; }
 cp /usr/sbin/dnsmasq "$T_ROOT/dnsmasq.real"
-printf '#!/bin/sh\nsleep 3\nexec %s "$@"\n' "$T_ROOT/dnsmasq.real" > "$T_ROOT/dnsmasq.slow"
+# it leaves dnsmasq.woke behind once it stops sleeping: an answer given while that is
+# absent was given while the network start still waited
+printf '#!/bin/sh\nsleep 6\ntouch %s\nexec %s "$@"\n' "$T_ROOT/dnsmasq.woke" "$T_ROOT/dnsmasq.real" > "$T_ROOT/dnsmasq.slow"
 chmod 755 "$T_ROOT/dnsmasq.slow"
 # qs: qn in a mount namespace where /usr/sbin/dnsmasq is the slow stub; the
 # supervisors it starts (VM, `net start`, the network's own) inherit it
@@ -107,7 +109,8 @@ define_net_guest sn slow
 qs start sn > "$T_ROOT/start.out" 2>&1 &
 starter=$!
 check "the VM's start starts its autostart network" wait_log sn 'starting network slow \(autostart\)' 10
-within "status answers while the network starts" qv status sn --json
+check "status answers while the network starts" answers status sn --json
+check "...before the slow dnsmasq woke" test ! -e "$T_ROOT/dnsmasq.woke"
 check "...and says starting" grep -q '"state": "starting"' "$T_ROOT/out"
 check "...start is still waiting for the slow dnsmasq" kill -0 "$starter"
 wait "$starter"
@@ -116,10 +119,12 @@ check_output "...the network runs" '^slow +running' qn net list
 check "...and the VM runs" state_is sn running
 
 # attach-nic on a second autostart network, started through the same slow stub
+rm -f "$T_ROOT/dnsmasq.woke"
 qs attach-nic sn --network slow2 > "$T_ROOT/attach.out" 2>&1 &
 attacher=$!
 check "attach-nic starts its autostart network" wait_log sn 'starting network slow2 \(autostart\)' 10
-within "status answers while that network starts" qv status sn --json
+check "status answers while that network starts" answers status sn --json
+check "...before the slow dnsmasq woke" test ! -e "$T_ROOT/dnsmasq.woke"
 check "...the attach is still waiting" kill -0 "$attacher"
 wait "$attacher"
 check_output "...and finishes once the network is up" 'attached as nic[0-9]+' cat "$T_ROOT/attach.out"
