@@ -25,6 +25,7 @@ static const struct cli_opt undefine_opts[] = {{"remove-storage", false, false, 
                                                {"snapshots-metadata", false, false, 0}, {0}};
 static const struct cli_opt clone_opts[] = {{"linked", false, false, 0}, {0}};
 static const struct cli_opt list_opts[] = {{"all", false, false, 'a'}, {0}};
+static const struct cli_opt stats_opts[] = {{"prometheus", false, false, 0}, {0}};
 static const struct cli_opt show_opts[] = {{"confinement", false, false, 0}, {0}};
 static const struct cli_opt run_opts[] = {{"ready-fd", true, false, 0}, {"attach-only", false, false, 0},
                                           {"paused", false, false, 0}, {"load-snapshot", true, false, 0},
@@ -156,6 +157,8 @@ static const struct cli_command commands[] = {
      "resize a running VM's disk (DISK: disk0, the image path or its serial); the guest sees it at once"},
     {"blkstat", cmd_blkstat, no_opts, 1, 2, "blkstat NAME [DISK] [--json]",
      "I/O statistics of a running VM's disks: requests, bytes, flushes, time"},
+    {"stats", cmd_stats, stats_opts, 0, 64, "stats [NAME...] [--json|--prometheus]",
+     "CPU, vCPU, memory, disk and NIC statistics of VMs (all defined ones without NAME), like virsh domstats"},
     {"block pull", cmd_block_pull, block_pull_opts, 2, 2, "block pull VM DISK [--base FILE] [--wait] [--bandwidth 50M]",
      "copy the layers below a running disk's image into it (all, or those above --base): they leave its chain"},
     {"block commit", cmd_block_commit, block_commit_opts, 2, 2,

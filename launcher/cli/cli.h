@@ -90,6 +90,7 @@ int cmd_ifaddr(struct cli *c);
 int cmd_change_media(struct cli *c);
 int cmd_disk_resize(struct cli *c);
 int cmd_blkstat(struct cli *c);
+int cmd_stats(struct cli *c);
 int cmd_block_pull(struct cli *c);
 int cmd_block_commit(struct cli *c);
 int cmd_block_copy(struct cli *c);

@@ -378,6 +378,11 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
         do_attach(s, c, req, strcmp(cmd, "attach-disk") == 0);
     } else if (strcmp(cmd, "detach-disk") == 0 || strcmp(cmd, "detach-nic") == 0) {
         do_detach(s, c, req, strcmp(cmd, "detach-disk") == 0 ? HOTPLUG_DISK : HOTPLUG_NIC);
+    } else if (strcmp(cmd, "stats") == 0) {
+        struct qv_err e = {0};
+        int r;
+        if (monitor_usable(s, c) && (r = vm_stats(s, c->id, &e)) < 0)
+            reply_error(s, c, r, "%s", e.msg);
     } else if (strcmp(cmd, "disk-resize") == 0 || strcmp(cmd, "blkstat") == 0) {
         struct qv_err e = {0};
         int r;

@@ -40,6 +40,7 @@ static const struct request_kind request_kinds[] = {
     {"ifaddr", {{0}}},
     {"disk-resize", {{"target", F_STRING, true}, {"size", F_STRING, true}, {"allow_shrink", F_BOOL, false}}},
     {"blkstat", {{"target", F_STRING, false}}},
+    {"stats", {{0}}},
     {"block", {{"op", F_STRING, true}, {"target", F_STRING, true}, {"options", F_OBJECT, false}}},
     {"snapshot-create", {{"name", F_STRING, true}, {"disk_only", F_BOOL, false}, {"quiesce", F_BOOL, false},
                          {"description", F_STRING, false}}},

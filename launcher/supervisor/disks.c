@@ -196,15 +196,8 @@ static void device_of_qdev(const char *qdev, char *out, size_t outlen)
     snprintf(out, outlen, "%.*s", (int)n, p);
 }
 
-static void on_blockstats(void *ctx, json_object *ret, const struct qv_err *err)
+json_object *disk_stats_json(struct sup *s, json_object *ret, const char *only)
 {
-    struct stats_req *rq = ctx;
-    struct sup *s = rq->s;
-    if (err) {
-        sup_reply_error(s, rq->client, err->code, "%s: query-blockstats: %s", s->def.name, err->msg);
-        free(rq);
-        return;
-    }
     static const char *const keys[][2] = {
         {"rd_operations", "rd_reqs"},   {"rd_bytes", "rd_bytes"},   {"wr_operations", "wr_reqs"},
         {"wr_bytes", "wr_bytes"},       {"flush_operations", "flush_reqs"}, {"rd_total_time_ns", "rd_total_time_ns"},
@@ -218,7 +211,7 @@ static void on_blockstats(void *ctx, json_object *ret, const struct qv_err *err)
         if (!json_object_object_get_ex(b, "qdev", &qdev) || !json_object_object_get_ex(b, "stats", &st))
             continue;
         device_of_qdev(json_object_get_string(qdev), id, sizeof(id));
-        if (!disk_find(s, id, &ref) || strcmp(ref.id, id) != 0 || (rq->only[0] && strcmp(rq->only, id) != 0))
+        if (!disk_find(s, id, &ref) || strcmp(ref.id, id) != 0 || (only && only[0] && strcmp(only, id) != 0))
             continue;
         json_object *o = json_object_new_object();
         json_object_object_add(o, "disk", json_object_new_string(ref.id));
@@ -229,8 +222,20 @@ static void on_blockstats(void *ctx, json_object *ret, const struct qv_err *err)
                                                              ? json_object_get_int64(v) : 0));
         json_object_array_add(disks, o);
     }
+    return disks;
+}
+
+static void on_blockstats(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct stats_req *rq = ctx;
+    struct sup *s = rq->s;
+    if (err) {
+        sup_reply_error(s, rq->client, err->code, "%s: query-blockstats: %s", s->def.name, err->msg);
+        free(rq);
+        return;
+    }
     json_object *reply = json_object_new_object();
-    json_object_object_add(reply, "disks", disks);
+    json_object_object_add(reply, "disks", disk_stats_json(s, ret, rq->only));
     sup_reply_json(s, rq->client, reply);
     json_object_put(reply);
     free(rq);

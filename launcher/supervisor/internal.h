@@ -494,6 +494,12 @@ json_object *media_status_json(struct sup *s);
 int disk_resize(struct sup *s, unsigned client, const char *target, const char *size, bool allow_shrink,
                 struct qv_err *e);
 int disk_stats(struct sup *s, unsigned client, const char *target, struct qv_err *e);
+/* query-blockstats' reply as [{"disk", "file", "rd_reqs", "rd_bytes", ...}], only the
+ * disk `only` when it is not NULL or "". */
+json_object *disk_stats_json(struct sup *s, json_object *ret, const char *only);
+/* stats.c: the `stats` request: disks, vCPUs (thread CPU times), QEMU's CPU time and
+ * RSS, tap counters, uptime. */
+int vm_stats(struct sup *s, unsigned client, struct qv_err *e);
 /* BLOCK_IO_ERROR: with action stop, the pause that follows carries the reason. */
 void disk_io_error(struct sup *s, json_object *data);
 /* A disk as jobs see it: device id, the node the guest reads (its current top, which a
