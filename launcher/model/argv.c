@@ -7,55 +7,17 @@
  * PCI slots are fixed per device class so that adding a disk never renames a NIC in
  * the guest: VGA 0x02, NICs 0x03-0x0a, virtio disks 0x0b-0x16, virtio-scsi 0x17,
  * virtio-serial 0x18, xhci 0x19, AHCI on pc 0x1a, virtiofs shares 0x1b.0-7, hotplug root
- * ports (q35) 0x1c.0-3. */
+ * ports (q35) 0x1c.0-3, virtio-rng 0x1d, watchdog 0x1e (argv_devices.c). */
 #include <fcntl.h>
 #include <string.h>
 
-#include "launcher/model/model.h"
+#include "launcher/model/argv_internal.h"
 #include "sandbox/sandbox.h"
-
-#define SLOT_VGA 0x02
-#define SLOT_NIC0 0x03
-#define SLOT_DISK0 0x0b
-#define SLOT_SCSI 0x17
-#define SLOT_VSERIAL 0x18
-#define SLOT_USB 0x19
-#define SLOT_SATA 0x1a
-#define SLOT_FS 0x1b
-#define SLOT_ROOTPORTS 0x1c
-
-struct builder {
-    struct launch_plan *p;
-    const struct vm_def *d;
-    const struct host_facts *f;
-    const char *pci_bus;    /* NULL on microvm: virtio-mmio, no PCI */
-    int next_fd;
-    int boot_disk, boot_cdrom, boot_nic;   /* bootindex from boot.order, or -1 */
-};
 
 void launch_plan_free(struct launch_plan *p)
 {
     strv_free(&p->argv);
     memset(p, 0, sizeof(*p));
-}
-
-static void arg(struct builder *b, const char *s)
-{
-    strv_push(&b->p->argv, s);
-}
-
-static void arg2(struct builder *b, const char *opt, const char *val)
-{
-    strv_push(&b->p->argv, opt);
-    strv_push(&b->p->argv, val);
-}
-
-/* Option followed by its JSON value; consumes o. */
-static void arg_json(struct builder *b, const char *opt, json_object *o)
-{
-    strv_push(&b->p->argv, opt);
-    strv_push(&b->p->argv, json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
-    json_object_put(o);
 }
 
 static int add_fd(struct builder *b, enum fd_kind kind, int index, int sub, int flags)
@@ -66,54 +28,6 @@ static int add_fd(struct builder *b, enum fd_kind kind, int index, int sub, int 
     int fd = b->next_fd++;
     p->slots[p->nslots++] = (struct fd_slot){.fd = fd, .kind = kind, .index = index, .sub = sub, .open_flags = flags};
     return fd;
-}
-
-static json_object *jobj(void)
-{
-    return json_object_new_object();
-}
-
-static void js(json_object *o, const char *k, const char *v)
-{
-    json_object_object_add(o, k, json_object_new_string(v));
-}
-
-static void ji(json_object *o, const char *k, int64_t v)
-{
-    json_object_object_add(o, k, json_object_new_int64(v));
-}
-
-static void jb(json_object *o, const char *k, bool v)
-{
-    json_object_object_add(o, k, json_object_new_boolean(v));
-}
-
-static void pci_place(struct builder *b, json_object *dev, int slot, int function)
-{
-    char addr[16];
-    if (!b->pci_bus)
-        return;
-    js(dev, "bus", b->pci_bus);
-    if (function)
-        snprintf(addr, sizeof(addr), "0x%x.%d", slot, function);
-    else
-        snprintf(addr, sizeof(addr), "0x%x", slot);
-    js(dev, "addr", addr);
-}
-
-/* virtio-KIND-pci on pc and q35, virtio-KIND-device (virtio-mmio) on microvm */
-static const char *virtio_driver(struct builder *b, const char *kind)
-{
-    static const char *const names[][3] = {
-        {"blk", "virtio-blk-pci", "virtio-blk-device"},
-        {"net", "virtio-net-pci", "virtio-net-device"},
-        {"scsi", "virtio-scsi-pci", "virtio-scsi-device"},
-        {"serial", "virtio-serial-pci", "virtio-serial-device"},
-    };
-    for (size_t i = 0; i < ARRAY_SIZE(names); i++)
-        if (strcmp(names[i][0], kind) == 0)
-            return names[i][b->pci_bus ? 1 : 2];
-    return "virtio-unknown";
 }
 
 enum vm_accel accel_resolve(const struct vm_def *d, const struct host_facts *f)
@@ -563,7 +477,7 @@ static void add_controllers(struct builder *b)
         pci_place(b, o, SLOT_SCSI, 0);
         arg_json(b, "-device", o);
     }
-    if (usb) {
+    if (usb || (d->graphics.kind == GRAPHICS_VNC && d->graphics.tablet)) {
         json_object *o = jobj();
         js(o, "driver", "qemu-xhci");
         js(o, "id", "usb0");
@@ -612,30 +526,6 @@ static void add_console_devices(struct builder *b)
         js(o, "bus", "vser0.0");
         arg_json(b, "-device", o);
     }
-}
-
-static void add_display(struct builder *b)
-{
-    const struct vm_def *d = b->d;
-    if (d->graphics.kind != GRAPHICS_VNC) {
-        arg2(b, "-display", "none");
-        return;
-    }
-    char vnc[128];
-    const char *l = d->graphics.listen;
-    bool v6 = strchr(l, ':') != NULL;
-    if (d->graphics.port < 0)
-        snprintf(vnc, sizeof(vnc), "%s%s%s:0,to=99", v6 ? "[" : "", l, v6 ? "]" : "");
-    else
-        snprintf(vnc, sizeof(vnc), "%s%s%s:%d", v6 ? "[" : "", l, v6 ? "]" : "", d->graphics.port - 5900);
-    if (d->graphics.password_secret)
-        strncat(vnc, ",password=on", sizeof(vnc) - strlen(vnc) - 1);
-    arg2(b, "-vnc", vnc);
-    json_object *o = jobj();
-    js(o, "driver", "VGA");
-    js(o, "id", "video0");
-    pci_place(b, o, SLOT_VGA, 0);
-    arg_json(b, "-device", o);
 }
 
 static int add_firmware(struct builder *b, struct qv_err *e)
@@ -715,11 +605,12 @@ static int build(const struct vm_def *d, const struct host_facts *f, struct laun
     if (d->agent)
         add_socket_chardev(&b, "qga", FD_QGA);
     /* The supervisor decides what a guest poweroff, reboot or panic means. */
-    snprintf(opt, sizeof(opt), "reboot=%s,panic=pause", d->on_reboot == REBOOT_STOP ? "shutdown" : "reset");
+    snprintf(opt, sizeof(opt), "reboot=%s,panic=pause%s", d->on_reboot == REBOOT_STOP ? "shutdown" : "reset",
+             argv_watchdog_action(d));
     arg2(&b, "-action", opt);
     if ((r = add_firmware(&b, e)) < 0)
         return r;
-    add_display(&b);
+    argv_add_display(&b);
     add_controllers(&b);
     struct ports pt = {0};
     add_disks(&b, &pt);
@@ -729,6 +620,7 @@ static int build(const struct vm_def *d, const struct host_facts *f, struct laun
     add_filesystems(&b);
     add_console_devices(&b);
     add_credentials(&b);
+    argv_add_devices(&b);
     if (d->machine != MACHINE_MICROVM) {
         json_object *o = jobj();
         js(o, "driver", "pvpanic");

@@ -543,7 +543,7 @@ static int parse_graphics(struct jr *r, json_object *root, struct vm_def *d)
     if (e < 0 || !o)
         return e;
     size_t m = jr_key(r, "graphics");
-    static const char *const keys[] = {"type", "listen", "port", "password_secret", NULL};
+    static const char *const keys[] = {"type", "listen", "port", "password_secret", "video", "tablet", NULL};
     int kind = GRAPHICS_NONE;
     if ((e = jr_only_keys(r, o, keys)) < 0 || (e = jr_enum(r, o, "type", graphics_names, &kind)) < 0)
         return e;
@@ -562,6 +562,8 @@ static int parse_graphics(struct jr *r, json_object *root, struct vm_def *d)
     if ((e = jr_checked_string(r, o, "listen", false, &d->graphics.listen, ip_literal_valid, "an IP address")) < 0 ||
         (e = jr_checked_string(r, o, "password_secret", false, &d->graphics.password_secret, name_valid,
                                "a secret name")) < 0)
+        return e;
+    if ((e = vm_video_parse(r, o, d)) < 0)
         return e;
     if (!d->graphics.listen)
         d->graphics.listen = qv_xstrdup("127.0.0.1");
@@ -649,7 +651,7 @@ static int parse_definition(struct jr *rp, json_object *o, struct vm_def *d)
     static const char *const keys[] = {"name", "uuid", "description", "machine", "accel", "cpu", "memory",
                                        "boot", "disks", "cdroms", "nics", "filesystems", "console", "graphics", "agent",
                                        "exit_device", "on_poweroff", "on_reboot", "on_crash", "limits", "sandbox",
-                                       "qemu_args", "cloud_init", "credentials", NULL};
+                                       "qemu_args", "cloud_init", "credentials", "rng", "watchdog", "clock", NULL};
     int err = 0, machine = MACHINE_Q35, accel = ACCEL_AUTO, console = CONSOLE_SERIAL;
     int onp = POWEROFF_STOP, onr = REBOOT_RESTART, onc = CRASH_STOP;
     _cleanup_free_ char *uuid = NULL;
@@ -693,7 +695,7 @@ static int parse_definition(struct jr *rp, json_object *o, struct vm_def *d)
         (err = jr_enum(&r, o, "on_crash", crash_names, &onc)) < 0 || (err = jr_array(&r, o, "qemu_args", &qargs)) < 0)
         return err;
     if ((err = vm_limits_parse(&r, o, d)) < 0 || (err = vm_sandbox_parse(&r, o, d)) < 0 ||
-        (err = vm_guestdata_parse(&r, o, d)) < 0)
+        (err = vm_guestdata_parse(&r, o, d)) < 0 || (err = vm_devices_parse(&r, o, d)) < 0)
         return err;
     d->console = console;
     d->on_poweroff = onp;

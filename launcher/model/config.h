@@ -36,6 +36,14 @@ void vm_guestdata_free(struct vm_def *d);
 /* The files exist and are regular files (store.c's check_host). */
 int vm_guestdata_check_host(const struct vm_def *d, struct qv_err *e);
 
+/* config_devices.c: "rng", "watchdog", "clock", and graphics' video and tablet */
+extern const char *const video_names[];
+extern const char *const watchdog_action_names[];
+extern const char *const clock_offset_names[];
+int vm_devices_parse(struct jr *r, json_object *root, struct vm_def *d);
+int vm_video_parse(struct jr *r, json_object *graphics, struct vm_def *d);
+void vm_devices_to_json(const struct vm_def *d, json_object *o);
+
 /* Kinds of file a path in a definition may name. */
 #define PATH_REG 1u
 #define PATH_BLK 2u

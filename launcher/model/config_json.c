@@ -195,6 +195,9 @@ static json_object *def_to_json(const struct vm_def *d, bool with_values)
         else
             put_int(g, "port", d->graphics.port);
         put_str(g, "password_secret", d->graphics.password_secret);
+        put_str(g, "video", video_names[d->graphics.video]);
+        if (d->graphics.tablet)
+            put_bool(g, "tablet", true);
     }
     json_object_object_add(o, "graphics", g);
     put_bool(o, "agent", d->agent);
@@ -210,6 +213,7 @@ static json_object *def_to_json(const struct vm_def *d, bool with_values)
             json_object_array_add(a, json_object_new_string(d->qemu_args.v[i]));
         json_object_object_add(o, "qemu_args", a);
     }
+    vm_devices_to_json(d, o);
     vm_guestdata_to_json(d, o, with_values);
     return o;
 }

@@ -26,6 +26,11 @@ enum nic_model { MODEL_VIRTIO, MODEL_E1000, MODEL_RTL8139 };
 enum macvtap_mode { MACVTAP_BRIDGE, MACVTAP_VEPA, MACVTAP_PRIVATE, MACVTAP_PASSTHRU };
 enum console_kind { CONSOLE_SERIAL, CONSOLE_VIRTIO, CONSOLE_NONE };
 enum graphics_kind { GRAPHICS_NONE, GRAPHICS_VNC };
+enum video_model { VIDEO_VGA, VIDEO_VIRTIO, VIDEO_QXL, VIDEO_BOCHS };
+/* QEMU's -action watchdog=: what an expired watchdog does */
+enum watchdog_action { WATCHDOG_RESET, WATCHDOG_POWEROFF, WATCHDOG_SHUTDOWN, WATCHDOG_PAUSE, WATCHDOG_INJECT_NMI,
+                       WATCHDOG_NONE };
+enum clock_offset { CLOCK_UTC, CLOCK_LOCALTIME };
 enum on_poweroff { POWEROFF_STOP, POWEROFF_RESTART };
 enum on_reboot { REBOOT_RESTART, REBOOT_STOP };
 enum on_crash { CRASH_STOP, CRASH_RESTART, CRASH_PAUSE };
@@ -194,7 +199,16 @@ struct vm_def {
         char *listen;
         int port;           /* -1: auto */
         char *password_secret;
+        enum video_model video; /* with vnc; VIDEO_VGA by default */
+        bool tablet;            /* a USB tablet: the pointer follows the VNC client's */
     } graphics;
+    /* devices libvirt users rely on (config_devices.c) */
+    bool rng;                   /* virtio-rng fed by QEMU's getrandom() (rng-builtin) */
+    struct {
+        bool on;                /* an i6300esb watchdog */
+        enum watchdog_action action;
+    } watchdog;
+    enum clock_offset clock_offset;
     bool agent;
     /* isa-debug-exit at I/O port 0xf4: a guest that writes CODE there ends QEMU with
      * status CODE*2+1, its own verdict (qvisor boot) */

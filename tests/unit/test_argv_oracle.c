@@ -848,6 +848,21 @@ static void check_filesystems(struct oracle *o, bool microvm)
 }
 
 /* Controllers, consoles, chardevs, display: present exactly when the definition needs them. */
+/* How many -device of `driver` the definition's qemu_args add (QEMU has those too). */
+static int qemu_args_devices(struct oracle *o, const char *driver)
+{
+    json_object *args = get(o->json, "qemu_args");
+    int n = 0;
+    for (size_t i = 0; args && i + 1 < json_object_array_length(args); i++) {
+        if (strcmp(json_object_get_string(json_object_array_get_idx(args, i)), "-device") != 0)
+            continue;
+        json_object *dev = json_tokener_parse(json_object_get_string(json_object_array_get_idx(args, i + 1)));
+        n += dev && strcmp(gets(dev, "driver", ""), driver) == 0;
+        json_object_put(dev);
+    }
+    return n;
+}
+
 static void check_devices(struct oracle *o, const char *machine, bool microvm)
 {
     bool scsi = false, usb = false, sata = false;
@@ -867,21 +882,30 @@ static void check_devices(struct oracle *o, const char *machine, bool microvm)
     bool agent = getb(o->json, "agent", false);
     bool vnc = strcmp(gets(get(o->json, "graphics"), "type", "none"), "vnc") == 0;
     bool q35 = strcmp(machine, "q35") == 0, pc = strcmp(machine, "pc") == 0;
+    json_object *gr = get(o->json, "graphics");
+    bool tablet = vnc && getb(gr, "tablet", false), rng = getb(o->json, "rng", false);
+    const char *video = vnc ? gets(gr, "video", "vga") : "";
     const struct { const char *type; int want; } classes[] = {
         {"pcie-root-port", q35 ? VM_HOTPLUG_PORTS : 0},
         {microvm ? "virtio-scsi-device" : "virtio-scsi-pci", scsi},
-        {"qemu-xhci", usb},
+        {"qemu-xhci", usb || tablet},
         {"ich9-ahci", pc && sata},
         {microvm ? "virtio-serial-device" : "virtio-serial-pci", strcmp(console, "virtio") == 0 || agent},
         {"isa-serial", strcmp(console, "serial") == 0},
         {"virtconsole", strcmp(console, "virtio") == 0},
         {"virtserialport", agent},
-        {"VGA", vnc},
+        {"VGA", strcmp(video, "vga") == 0},
+        {"virtio-vga", strcmp(video, "virtio") == 0},
+        {"qxl-vga", strcmp(video, "qxl") == 0},
+        {"bochs-display", strcmp(video, "bochs") == 0},
+        {"usb-tablet", tablet},
+        {"virtio-rng-pci", rng},
+        {"i6300esb", get(o->json, "watchdog") != NULL},
         {"pvpanic", !microvm},
     };
     for (size_t i = 0; i < ARRAY_SIZE(classes); i++) {
         char *w = qv_xasprintf("devices of type %s", classes[i].type);
-        expect_int(o, w, count_type(o, classes[i].type), classes[i].want);
+        expect_int(o, w, count_type(o, classes[i].type), classes[i].want + qemu_args_devices(o, classes[i].type));
         free(w);
     }
     /* root ports left free for hotplug: nothing behind them */
