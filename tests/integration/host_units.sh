@@ -72,6 +72,10 @@ check_output "net autostart --disable" '^network gn2: autostart off$' qv net aut
 check_error "autostart of an unknown VM" 3 'no VM named nosuch' qv autostart nosuch
 check_error "autostart --run takes no VM" 2 'autostart --run takes no VM' qv autostart gv2 --run
 qv undefine gv1 >/dev/null; qv undefine gv2 >/dev/null
+# autostart --run would start autostart networks in this (the host's) network
+# namespace: none may be defined from here on ("default" autostarts)
+for n in $(qv net list --json 2>/dev/null | jq -r '.[].name'); do qv net undefine "$n" >/dev/null; done
+check "no network is left defined for autostart --run to start" test -z "$(ls "$T_ROOT/etc/qvisor/networks/" 2>/dev/null)"
 
 # ---- autostart --run, then shutdown-all: three guests, one deaf to ACPI ----
 define_guest s1 ""
