@@ -36,7 +36,7 @@ TEST_HELPERS := $(filter-out $(TEST_SRCS),$(wildcard tests/unit/*.c))
 TEST_PROGS := $(wildcard tests/progs/*.c)
 LAYER_SRCS := $(wildcard $(addsuffix /*.c,$(FLOORS)) $(addsuffix /*.h,$(FLOORS)))
 
-.PHONY: all check test-build demo deps install clean golden-update bench fuzz fuzz-build
+.PHONY: all check test-build demo deps install uninstall clean golden-update bench fuzz fuzz-build
 all: qvisor
 
 # $(1) = build folder, $(2) = floor: the floor's archive of its objects
@@ -145,13 +145,26 @@ bench: deps
 golden-update: test-build
 	$(BUILD)/tests/test_argv_golden --update
 
+# `make install DESTDIR=/pkg PREFIX=/usr`; `make uninstall` with the same two removes it.
+UNITS       := qvisor@.service qvisor-net@.service qvisor-guests.service
+UNITDIR     := $(PREFIX)/lib/systemd/system
+GENERATORDIR := $(PREFIX)/lib/systemd/system-generators
+INSTALLED   := $(PREFIX)/bin/qvisor $(addprefix $(UNITDIR)/,$(UNITS)) $(GENERATORDIR)/qvisor-generator \
+	$(PREFIX)/lib/tmpfiles.d/qvisor.conf $(PREFIX)/lib/sysusers.d/qvisor.conf
 install: qvisor
 	install -D -m 0755 qvisor $(DESTDIR)$(PREFIX)/bin/qvisor
-	for u in qvisor@.service qvisor-net@.service; do \
-		mkdir -p $(DESTDIR)$(PREFIX)/lib/systemd/system && \
-		sed 's|@BINDIR@|$(PREFIX)/bin|g' units/$$u > $(DESTDIR)$(PREFIX)/lib/systemd/system/$$u; \
+	mkdir -p $(DESTDIR)$(UNITDIR) $(DESTDIR)$(GENERATORDIR)
+	for u in $(UNITS); do \
+		sed 's|@BINDIR@|$(PREFIX)/bin|g' units/$$u > $(DESTDIR)$(UNITDIR)/$$u.tmp && \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$u.tmp && mv -f $(DESTDIR)$(UNITDIR)/$$u.tmp $(DESTDIR)$(UNITDIR)/$$u || exit 1; \
 	done
+	# the generator is qvisor itself, called by that name (launcher/cli/units.c)
+	ln -sfn $(PREFIX)/bin/qvisor $(DESTDIR)$(GENERATORDIR)/qvisor-generator
 	install -D -m 0644 units/qvisor.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/qvisor.conf
+	install -D -m 0644 units/qvisor.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/qvisor.conf
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
 
 clean:
 	rm -rf $(BUILD)/fuzz $(BUILD)/obj $(BUILD)/asan $(BUILD)/tests $(BUILD)/progs $(BUILD)/lib $(BUILD)/libqvisor.a \

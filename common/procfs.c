@@ -1,5 +1,6 @@
 /* Reading the kernel's small text files: sysfs values, /proc/PID files, cgroup files. */
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <string.h>
 #include <unistd.h>
@@ -90,6 +91,31 @@ int proc_cgroup_path(pid_t pid, const char *v1_controller, char *out, size_t out
             memcpy(out, c2 + 1, strlen(c2 + 1) + 1);
             return 0;
         }
+    }
+    return -ENOENT;
+}
+
+int proc_systemd_unit(pid_t pid, char *out, size_t outlen)
+{
+    char path[PATH_MAX];
+    if (proc_cgroup_path(pid, "name=systemd", path, sizeof(path)) < 0 &&
+        proc_cgroup_path(pid, NULL, path, sizeof(path)) < 0)
+        return -ENOENT;
+    /* a delegated unit's processes may sit in sub-cgroups of its own: the unit is the
+     * last component with a unit suffix */
+    for (char *end = path + strlen(path); end > path;) {
+        char *slash = end;
+        while (slash > path && slash[-1] != '/')
+            slash--;
+        size_t len = (size_t)(end - slash);
+        if ((len > 8 && memcmp(end - 8, ".service", 8) == 0) || (len > 6 && memcmp(end - 6, ".scope", 6) == 0)) {
+            if (len >= outlen)
+                return -ENAMETOOLONG;
+            memcpy(out, slash, len);
+            out[len] = '\0';
+            return 0;
+        }
+        end = slash > path ? slash - 1 : path;
     }
     return -ENOENT;
 }

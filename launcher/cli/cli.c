@@ -29,7 +29,7 @@ static const struct cli_opt stats_opts[] = {{"prometheus", false, false, 0}, {0}
 static const struct cli_opt show_opts[] = {{"confinement", false, false, 0}, {0}};
 static const struct cli_opt run_opts[] = {{"ready-fd", true, false, 0}, {"attach-only", false, false, 0},
                                           {"paused", false, false, 0}, {"load-snapshot", true, false, 0},
-                                          {"boot-fd", true, false, 0}, {0}};
+                                          {"boot-fd", true, false, 0}, {"stop-timeout", true, false, 0}, {0}};
 static const struct cli_opt boot_opts[] = {
     DEFINITION_FLAGS, {"image", true, false, 0}, {"expect", true, true, 0}, {"fail", true, true, 0},
     {"exec", true, false, 0}, {"exec-file", true, false, 0}, {"timeout", true, false, 0}, {"name", true, false, 0},
@@ -86,6 +86,9 @@ static const struct cli_opt snapshot_revert_opts[] = {
     {"running", false, false, 0}, {"paused", false, false, 0}, {"wait-timeout", true, false, 0}, {0}};
 static const struct cli_opt media_opts[] = {
     {"eject", false, false, 0}, {"config", false, false, 0}, {"persistent", false, false, 0}, {0}};
+static const struct cli_opt autostart_opts[] = {{"disable", false, false, 0}, {"run", false, false, 0}, {0}};
+static const struct cli_opt disable_opts[] = {{"disable", false, false, 0}, {0}};
+static const struct cli_opt shutdown_all_opts[] = {{"timeout", true, false, 't'}, {0}};
 static const struct cli_opt detach_opts[] = {{"persistent", false, false, 0}, {"mac", true, false, 0}, {0}};
 
 static int cmd_help(struct cli *c);
@@ -115,9 +118,17 @@ static const struct cli_command commands[] = {
      "exit code; exit 0 passed, 1 failed, 2 usage, 5 timed out"},
     {"start", cmd_start, start_opts, 1, 1, "start NAME [--paused] [--wait-timeout SECONDS]",
      "start a VM in the background; returns once the guest runs (--paused: once it is set up, paused)"},
-    {"run", cmd_run, run_opts, 1, 1, "run NAME", "supervise a VM in the foreground (what a systemd unit runs)"},
+    {"run", cmd_run, run_opts, 1, 1, "run NAME [--stop-timeout SECONDS]",
+     "supervise a VM in the foreground (what a systemd unit runs); SIGTERM stops the guest: ACPI, then forced after "
+     "--stop-timeout (default 60)"},
     {"stop", cmd_stop, stop_opts, 1, 1, "stop NAME [--timeout SECONDS] [--force] [--mode acpi|agent]",
      "ACPI power-off (--mode agent: guest-shutdown), then quit, SIGTERM and SIGKILL after the timeout (default 60 s)"},
+    {"autostart", cmd_autostart, autostart_opts, 0, 1, "autostart VM [--disable] | autostart --run",
+     "start the VM at boot (under systemd: its unit qvisor@VM enabled); --run starts every autostart network, "
+     "then every autostart VM (for init scripts and qvisor-guests.service)"},
+    {"shutdown-all", cmd_shutdown_all, shutdown_all_opts, 0, 0, "shutdown-all [--timeout SECONDS]",
+     "stop every running VM in parallel: ACPI power-off, then forced after the timeout (default 60 s); at host "
+     "shutdown (qvisor-guests.service, init scripts)"},
     {"kill", cmd_kill, no_opts, 1, 1, "kill NAME", "stop a VM at once (SIGKILL to QEMU)"},
     {"reboot", cmd_simple, reboot_opts, 1, 1, "reboot NAME [--mode agent]",
      "reboot through the guest agent, else reset (--mode agent: the agent or fail)"},
@@ -182,6 +193,8 @@ static const struct cli_command commands[] = {
     {"net run", cmd_net_run, run_opts, 1, 1, "net run NAME", "run a network in the foreground (what a unit runs)"},
     {"net stop", cmd_net_stop, no_opts, 1, 1, "net stop NAME", "remove the network's bridge, rules and dnsmasq"},
     {"net leases", cmd_net_leases, no_opts, 1, 1, "net leases NAME [--json]", "the network's DHCP leases"},
+    {"net autostart", cmd_net_autostart, disable_opts, 1, 1, "net autostart NAME [--disable]",
+     "start the network at boot (under systemd: its unit qvisor-net@NAME enabled) and whenever a VM needs it"},
     {"net gc", cmd_net_gc, no_opts, 0, 0, "net gc", "remove qvisor taps, rules and dnsmasq left without an owner"},
     {"secret define", cmd_secret_define, secret_define_opts, 1, 1,
      "secret define NAME [--usage ceph:client.libvirt] [--description TEXT]",
@@ -447,6 +460,9 @@ static int run(struct cli *c, int argc, char **argv)
 
 int qvisor_main(int argc, char **argv)
 {
+    const char *base = argc > 0 ? strrchr(argv[0], '/') : NULL;
+    if (argc > 0 && strcmp(base ? base + 1 : argv[0], "qvisor-generator") == 0)
+        return qvisor_generator(argc, argv);
     struct cli c = {0};
     int r = run(&c, argc, argv);
     free(c.pos);

@@ -53,6 +53,14 @@ void cli_print_json(json_object *o);
  * options that are not definition flags are left alone. */
 int cli_definition_from_flags(struct cli *c, const char *name, json_object **out);
 int cmd_boot(struct cli *c);
+/* units.c: the host's side (autostart, shutdown-all) and the systemd generator, which
+ * is qvisor called as qvisor-generator (argv as systemd gives it) */
+int cmd_autostart(struct cli *c);
+int cmd_net_autostart(struct cli *c);
+int cmd_shutdown_all(struct cli *c);
+int qvisor_generator(int argc, char **argv);
+/* A live QEMU of VM `name` whatever its supervisor (vm.c) */
+bool cli_qemu_lives(struct cli *c, const char *name);
 
 /* Commands, implemented across cli_*.c */
 int cmd_define(struct cli *c);

@@ -616,8 +616,9 @@ int cmd_list(struct cli *c)
     if (r < 0)
         return r;
     json_object *arr = json_object_new_array();
+    bool all = cli_flag(c, "all");
     if (!c->json)
-        printf("%-24s %-10s %5s %8s\n", "NAME", "STATE", "CPUS", "MEMORY");
+        printf("%-24s %-10s %5s %8s%s\n", "NAME", "STATE", "CPUS", "MEMORY", all ? "  AUTOSTART" : "");
     for (size_t i = 0; i < names.n; i++) {
         _cleanup_vm_def_ struct vm_def d = {0};
         struct qv_err e = {0};
@@ -645,13 +646,16 @@ int cmd_list(struct cli *c)
             if (ok) {
                 json_object_object_add(j, "vcpus", json_object_new_int(d.cpu.count));
                 json_object_object_add(j, "memory", json_object_new_string(mem));
+                json_object_object_add(j, "autostart", json_object_new_boolean(d.autostart));
             } else {
                 json_object_object_add(j, "error", json_object_new_string(e.msg));
             }
             json_object_array_add(arr, j);
         } else if (ok) {
-            printf("%-24s %-10s %5d %8s%s%s\n", names.v[i], state, d.cpu.count, mem, rs.state_reason[0] ? "  " : "",
-                   rs.state_reason);
+            printf("%-24s %-10s %5d %8s", names.v[i], state, d.cpu.count, mem);
+            if (all)
+                printf("  %-*s", rs.state_reason[0] ? 9 : 0, d.autostart ? "yes" : "no");
+            printf("%s%s\n", rs.state_reason[0] ? "  " : "", rs.state_reason);
         } else {
             printf("%-24s %-10s %5s %8s  (%s)\n", names.v[i], state, "-", "-", e.msg);
         }

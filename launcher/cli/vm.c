@@ -18,8 +18,11 @@ int cmd_run(struct cli *c)
                          .paused = cli_flag(c, "paused"), .load_snapshot = cli_opt(c, "load-snapshot"),
                          .boot_fd = cli_opt(c, "boot-fd") ? atoi(cli_opt(c, "boot-fd")) : -1};
     o.echo_fd = c->quiet || o.ready_fd >= 0 ? -1 : 2;
+    int r = cli_opt_seconds_ms(c, "stop-timeout", 60000, &o.stop_timeout_ms);
+    if (r < 0)
+        return r;
     _cleanup_vm_def_ struct vm_def d = {0};
-    int r = vm_load(&c->paths, c->pos[0], &d, &c->err);
+    r = vm_load(&c->paths, c->pos[0], &d, &c->err);
     if (r < 0) {
         if (o.ready_fd >= 0)
             dprintf(o.ready_fd, "error %d %s\n", r, c->err.msg);
@@ -57,7 +60,7 @@ int cmd_start(struct cli *c)
  * still run: a supervisor is started that only takes it over (it never starts one),
  * and the request goes to it. (-EBUSY from ctl_call can only be ctl_connect's "not
  * running": the supervisor answers stop and kill with success or a timeout.) */
-static bool qemu_lives(struct cli *c, const char *name)
+bool cli_qemu_lives(struct cli *c, const char *name)
 {
     _cleanup_vm_def_ struct vm_def d = {0};
     if (vm_load(&c->paths, name, &d, NULL) < 0)
@@ -77,7 +80,7 @@ static int call_supervisor(struct cli *c, const char *name, json_object *req, in
     if (r == -EBUSY) {
         c->err = (struct qv_err){0};
         const char *args[] = {"run", "--attach-only", name, NULL};
-        r = qemu_lives(c, name) ? supervisor_spawn(&c->paths, args, 30000, name, &c->err) : -ESRCH;
+        r = cli_qemu_lives(c, name) ? supervisor_spawn(&c->paths, args, 30000, name, &c->err) : -ESRCH;
         if (r == 0)
             r = ctl_call(&c->paths, name, json_object_get(req), timeout_ms, NULL, &c->err);
         if (r == -ESRCH) {

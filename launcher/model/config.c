@@ -651,7 +651,8 @@ static int parse_definition(struct jr *rp, json_object *o, struct vm_def *d)
     static const char *const keys[] = {"name", "uuid", "description", "machine", "accel", "cpu", "memory",
                                        "boot", "disks", "cdroms", "nics", "filesystems", "console", "graphics", "agent",
                                        "exit_device", "on_poweroff", "on_reboot", "on_crash", "limits", "sandbox",
-                                       "qemu_args", "cloud_init", "credentials", "rng", "watchdog", "clock", NULL};
+                                       "qemu_args", "cloud_init", "credentials", "autostart", "rng", "watchdog", "clock",
+                                       NULL};
     int err = 0, machine = MACHINE_Q35, accel = ACCEL_AUTO, console = CONSOLE_SERIAL;
     int onp = POWEROFF_STOP, onr = REBOOT_RESTART, onc = CRASH_STOP;
     _cleanup_free_ char *uuid = NULL;
@@ -690,6 +691,7 @@ static int parse_definition(struct jr *rp, json_object *o, struct vm_def *d)
         (err = vm_filesystems_parse(&r, o, d)) < 0 ||
         (err = jr_enum(&r, o, "console", console_names, &console)) < 0 || (err = parse_graphics(&r, o, d)) < 0 ||
         (err = jr_bool(&r, o, "agent", &d->agent)) < 0 || (err = jr_bool(&r, o, "exit_device", &d->exit_device)) < 0 ||
+        (err = jr_bool(&r, o, "autostart", &d->autostart)) < 0 ||
         (err = jr_enum(&r, o, "on_poweroff", poweroff_names, &onp)) < 0 ||
         (err = jr_enum(&r, o, "on_reboot", reboot_names, &onr)) < 0 ||
         (err = jr_enum(&r, o, "on_crash", crash_names, &onc)) < 0 || (err = jr_array(&r, o, "qemu_args", &qargs)) < 0)

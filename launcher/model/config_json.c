@@ -203,6 +203,8 @@ static json_object *def_to_json(const struct vm_def *d, bool with_values)
     put_bool(o, "agent", d->agent);
     if (d->exit_device)
         put_bool(o, "exit_device", true);
+    if (d->autostart)
+        put_bool(o, "autostart", true);
     put_str(o, "on_poweroff", poweroff_names[d->on_poweroff]);
     put_str(o, "on_reboot", reboot_names[d->on_reboot]);
     put_str(o, "on_crash", crash_names[d->on_crash]);

@@ -223,6 +223,8 @@ struct vm_def {
     struct vm_credential *credentials;
     size_t ncredentials;
     bool transient;         /* not in etc/: lives in its run directory while it runs */
+    /* started at boot: its unit enabled under systemd, `qvisor autostart --run` elsewhere */
+    bool autostart;
 };
 
 /* Guest RAM is a shared memfd: asked for, or needed by a virtiofsd that maps it. */

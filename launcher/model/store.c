@@ -351,6 +351,9 @@ int vm_create_transient(const struct qv_paths *p, json_object *o, struct vm_def 
     bool transient;
     if (lock < 0)
         r = lock;
+    else if (d.autostart)
+        r = qv_fail(e, -EINVAL, "%s: autostart: a transient VM is gone once it stops; define it to autostart it",
+                    d.name);
     else if (definition_file(p, d.name, path, sizeof(path), &transient))
         r = qv_fail(e, -EEXIST, "%s %s; a transient VM needs a name of its own", d.name,
                     transient ? "already runs as a transient VM" : "is a defined VM (qvisor start starts it)");

@@ -179,7 +179,7 @@ static void signal_readable(struct sup *s)
     while (read(s->sigfd, &si, sizeof(si)) == sizeof(si)) {
         if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
             sup_log(s, "received %s: stopping the VM", strsignal((int)si.ssi_signo));
-            sup_begin_stop(s, false, 60000);
+            sup_begin_stop(s, false, s->stop_timeout_ms);
         } else if (si.ssi_signo == SIGCHLD) {
             /* one SIGCHLD may stand for several children: each is asked with WNOHANG */
             hotplug_child_exited(s);
@@ -447,10 +447,14 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
     sp->echo_fd = o->echo_fd;
     sp->boot_fd = o->boot_fd;
     sp->boot_vm = o->boot_fd >= 0;
+    sp->stop_timeout_ms = o->stop_timeout_ms > 0 ? o->stop_timeout_ms : 60000;
     sp->qemu_status = -1;
     sp->conf.lease.lock_fd = sp->conf.lease.hold_fd = -1;     /* not 0: sup_free would close stdin */
     pid_t holder;
     notify_init(&sp->notify);
+    char unit[256], own[128];
+    snprintf(own, sizeof(own), "qvisor@%s.service", name);
+    sp->own_unit = !paths->root[0] && proc_systemd_unit(0, unit, sizeof(unit)) == 0 && strcmp(unit, own) == 0;
     /* the definition is ours now, whatever happens */
     sp->def = *def;
     memset(def, 0, sizeof(*def));

@@ -276,6 +276,9 @@ struct sup {
     struct start_job start;
 
     struct notify notify;
+    /* runs as its VM's unit qvisor@NAME.service (root "/"): its networks are started as
+     * their units qvisor-net@NET.service, never as children in the VM's cgroup */
+    bool own_unit;
     struct confine conf;
     struct hotplug hp[HOTPLUG_MAX];
     char disk_top[VM_MAX_DISKS][48];    /* a boot disk's root node once a job moved it; "" = default */
@@ -297,6 +300,7 @@ struct sup {
     /* a `qvisor boot` VM (sup_opts.boot_fd): QEMU dies with this supervisor, and the
      * VM with boot (see supervisor.h) */
     int boot_fd;
+    int stop_timeout_ms;        /* for SIGTERM's graceful stop (sup_opts) */
     bool boot_vm;
     struct ev ev_boot;
     bool panicked;              /* GUEST_PANICKED seen */

@@ -25,6 +25,9 @@ struct sup_opts {
      * the VM outlive boot (--keep-on-failure). Once QEMU is gone, one line goes back:
      * {"status": QEMU's exit status or null, "panicked": bool, "reason": "..."}. */
     int boot_fd;
+    /* SIGTERM (systemctl stop): how long the guest gets after the ACPI power button
+     * before QEMU is made to quit (0: the default, 60 s) */
+    int stop_timeout_ms;
 };
 /* Takes `def` over (it is left empty): a defined VM's as loaded, or a transient one's,
  * whose run-directory definition is removed once its QEMU is gone. */

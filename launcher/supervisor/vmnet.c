@@ -50,9 +50,18 @@ static void static_ip(const struct net_def *nd, const char *mac, char *out, size
             snprintf(out, outlen, "%s", nd->ipv4.hosts[i].ip);
 }
 
-/* An autostart network a VM needs: `qvisor net start` it, as its own supervisor. */
-static void net_start_argv(struct sup *s, const char *name, char exe[PATH_MAX], const char *argv[8])
+/* An autostart network a VM needs: `qvisor net start` it, as its own supervisor. Under
+ * systemd, with the VM in its unit, the network is started as its own unit instead:
+ * a child of ours would run in the VM's cgroup (stopped, killed and accounted with
+ * the VM) and beside a qvisor-net@NET.service that systemd may start later. */
+static void net_start_argv(struct sup *s, const char *name, char exe[PATH_MAX], char unit[128], const char *argv[8])
 {
+    if (s->own_unit) {
+        snprintf(unit, 128, "qvisor-net@%s.service", name);
+        const char *v[] = {"systemctl", "start", unit, NULL};
+        memcpy(argv, v, sizeof(v));
+        return;
+    }
     const char *v[] = {exe, "--root", s->paths->root[0] ? s->paths->root : "/", "-q", "net", "start", name, NULL};
     memcpy(argv, v, sizeof(v));
 }
@@ -74,18 +83,21 @@ static int net_start_result(struct sup *s, const char *name, int r, const char *
     if (r != 0)
         return qv_fail(e, -ENETDOWN, "network %s (autostart) did not start: %s", name,
                        *out ? out : r == 128 + SIGKILL ? "killed after 60 s" : "no reason given");
-    sup_log(s, "started network %s (autostart)", name);
+    if (s->own_unit)
+        sup_log(s, "started network %s (autostart) as its unit qvisor-net@%s.service", name, name);
+    else
+        sup_log(s, "started network %s (autostart)", name);
     return 0;
 }
 
 int net_starter_begin(struct sup *s, struct net_starter *ns, const char *name, struct qv_err *e)
 {
-    char exe[PATH_MAX];
+    char exe[PATH_MAX], unit[128];
     const char *argv[8];
     int r = self_exe(exe, name, e);
     if (r < 0)
         return r;
-    net_start_argv(s, name, exe, argv);
+    net_start_argv(s, name, exe, unit, argv);
     if ((r = sup_child_spawn(&ns->child, argv, NET_START_TIMEOUT_MS, e)) < 0)
         return qv_prefix(e, "network %s: ", name);
     snprintf(ns->name, sizeof(ns->name), "%s", name);
