@@ -155,6 +155,12 @@ struct start_job {
     bool restart;           /* on_crash: a failure leaves the VM crashed */
     bool paused;            /* the guest stays paused once QEMU is set up (start --paused) */
     char load[65];          /* a full snapshot loaded before the guest runs; "" none */
+    /* a saved state the guest resumes from (restore, a start after managedsave): QEMU
+     * runs with -incoming defer and gets the file once set up (migrate.c); "" none */
+    char incoming[PATH_MAX];
+    bool incoming_remove;   /* a managed save: removed once restored */
+    bool restored;          /* its state is in: the guest ran before, it is no fresh start */
+    uint64_t in_poll_at;    /* next query-migrate while the state comes in; 0: none */
     bool failed;            /* set where it failed (often a QMP callback); wound up by start_wind_up */
     bool cancelled;         /* stop or kill asked for while it ran */
     struct qv_err err;
@@ -226,6 +232,7 @@ struct sup_job {
     unsigned pending;
 };
 
+struct mig_op;
 struct sup {
     const struct qv_paths *paths;
     struct vm_def def;
@@ -286,6 +293,7 @@ struct sup {
     struct block_prep *block_prep;  /* a block job being prepared (blockjobs.c) */
     json_object *fdset_drop;    /* file nodes whose fdsets go at the next query-fdsets reply */
     struct snap_op *snap;       /* a disk-only snapshot being taken (snapshots.c); NULL: none */
+    struct mig_op *mig;         /* a save under way (migrate.c); NULL: none */
     unsigned snap_seq;          /* the last one's number: late agent replies find it by that */
     struct cdrom_media *media;  /* one per cdroms[] entry once a medium changed; NULL before */
     size_t nmedia;
@@ -332,8 +340,12 @@ void sup_on_event(void *ctx, const char *event, json_object *data, uint64_t ts_u
  * s->start.failed is set. Success ends in report_ready and state running. */
 int start_begin(struct sup *s, bool restart, struct qv_err *e);
 /* The first start's wishes (supervisor_run's options): paused, or resumed from a
- * snapshot; set right after start_begin, before QEMU's set-up ends. */
+ * snapshot or a saved state; set right after start_begin, before QEMU's set-up ends
+ * (the saved state also before QEMU is spawned: start_begin_restore). */
 void start_wishes(struct sup *s, const char *load_snapshot, bool paused);
+/* A start that restores the saved state in `file` (removed once restored when
+ * remove): QEMU waits for it with -incoming defer. */
+int start_begin_restore(struct sup *s, const char *file, bool remove, struct qv_err *e);
 static inline bool start_active(const struct sup *s)
 {
     return s->start.phase != START_IDLE;
@@ -754,6 +766,25 @@ struct sup *sup_new_for_test(const struct qv_paths *paths, const char *name, int
 void sup_free_for_test(struct sup *s);
 void sup_test_run_timers(struct sup *s);
 void sup_test_qemu_gone(struct sup *s);
+
+/* migrate.c: save (QEMU's migration stream into a file the supervisor opened, behind a
+ * header with the definition; the VM is shut off once the file is synced and renamed
+ * into place; any failure removes the partial file and the guest runs on), and the
+ * restore of such a file in a start. */
+/* client is answered once QEMU is gone after a save (or with the failure). */
+int migrate_save(struct sup *s, unsigned client, const char *file, bool bypass_cache, bool managed, struct qv_err *e);
+/* migrate_cancel for a save under way; its client hears "cancelled". */
+int migrate_abort(struct sup *s, struct qv_err *e);
+bool migrate_busy(struct sup *s);
+json_object *migrate_status_json(struct sup *s);    /* NULL when nothing is under way */
+uint64_t migrate_next_deadline(struct sup *s);
+void migrate_expire(struct sup *s, uint64_t now);
+void migrate_child_exited(struct sup *s);
+/* QEMU is gone: a save under way fails (its partial file removed). */
+void migrate_forget(struct sup *s);
+/* The start's QEMU is set up: the saved state s->start.incoming goes in (checked
+ * against the definition first); the start goes on with start_after_load. */
+int migrate_incoming_begin(struct sup *s, struct qv_err *e);
 
 /* snapshots.c: snapshots of the running VM (records and plan: model/snapshot.c). Each
  * answers `client` when done (an error before anything was sent is returned). Full

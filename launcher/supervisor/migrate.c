@@ -1,0 +1,505 @@
+/* QEMU's migration stream, both ways. Out: `save` (and managedsave) pauses the guest
+ * and migrates it into a file the supervisor opened, behind a header that records the
+ * definition (model/savefile.c); once QEMU says "completed" the file is synced by a
+ * watched child, renamed into place and QEMU quits: the VM is shut off. A failure at any
+ * step removes the partial file and lets the guest run on as it was. In: a start that
+ * restores (restore, a start after managedsave) runs QEMU with `-incoming defer` and,
+ * once it is set up, hands it the file's fd at the stream's offset (migrate-incoming
+ * fd:); the start then goes on to `cont` or ends paused. Nothing here waits: every step
+ * is a QMP completion, progress comes from query-migrate polls. */
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "launcher/supervisor/internal.h"
+
+#define MIG_POLL_MS 250
+#define MIG_FDNAME "qv-migrate"
+#define MIG_IN_FDNAME "qv-incoming"
+#define MIG_SYNC_TIMEOUT_MS (10 * 60 * 1000)
+#define MIG_MAX_BANDWIDTH (1ll << 40)    /* bytes/s: QEMU's default (32 MiB/s) is for networks, not files */
+
+enum mig_step { STEP_STOP, STEP_PARAMS, STEP_GETFD, STEP_MIGRATE, STEP_RUNNING, STEP_SYNC, STEP_DONE };
+
+struct mig_op {
+    enum mig_step step;
+    unsigned client;
+    bool was_running;
+    bool managed, bypass_cache;
+    bool cancel_asked;
+    char file[PATH_MAX], part[PATH_MAX];
+    int fd;
+    uint64_t started_ms;
+    uint64_t poll_at;
+    bool polling;
+    int64_t transferred, remaining, total;
+    char status[24];
+    struct sup_child sync;
+    unsigned pending;       /* replies owed to this op: it is freed only without any */
+    bool over;              /* finished; freed once nothing is pending */
+};
+
+/* ---- helpers ---- */
+
+static const char *qemu_says(const char *msg)
+{
+    static const char generic[] = "GenericError: ";
+    return strncmp(msg, generic, sizeof(generic) - 1) == 0 ? msg + sizeof(generic) - 1 : msg;
+}
+
+static void op_release(struct sup *s)
+{
+    struct mig_op *m = s->mig;
+    if (!m || m->pending)
+        return;
+    sup_child_abort(&m->sync);
+    if (m->fd >= 0)
+        close(m->fd);
+    free(m);
+    s->mig = NULL;
+}
+
+static int op_send(struct sup *s, const char *cmd, json_object *args, const int *fds, size_t nfds, int timeout,
+                   qmp_reply_fn done)
+{
+    if (!s->qmp || !qmp_ready(s->qmp)) {
+        if (args)
+            json_object_put(args);
+        return -ECONNRESET;
+    }
+    int r = qmp_send(s->qmp, cmd, args, fds, nfds, timeout, 0, done, s);
+    if (r == 0)
+        s->mig->pending++;
+    return r;
+}
+
+/* The reply's op, or NULL when it is over (its memory released when nothing else is owed). */
+static struct mig_op *replied(struct sup *s)
+{
+    struct mig_op *m = s->mig;
+    if (!m)
+        return NULL;
+    m->pending--;
+    if (m->over) {
+        op_release(s);
+        return NULL;
+    }
+    return m;
+}
+
+/* The save failed: the partial file goes, the guest runs on as it was, the client hears why. */
+static void save_failed(struct sup *s, const char *fmt, ...) QV_PRINTF(2, 3);
+static void save_failed(struct sup *s, const char *fmt, ...)
+{
+    struct mig_op *m = s->mig;
+    char why[900];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof(why), fmt, ap);
+    va_end(ap);
+    if (m->part[0])
+        unlink(m->part);
+    bool resume = m->was_running && m->step > STEP_STOP && s->qmp;
+    if (resume)
+        sup_qmp(s, "cont", NULL);
+    sup_log(s, "save to %s failed: %s%s", m->file, why, resume ? "; the guest runs on" : "");
+    sup_reply_error(s, m->client, m->cancel_asked ? -ECANCELED : -EIO, "%s: save to %s failed: %s%s", s->def.name,
+                    m->file, why, resume ? "; the guest runs on" : s->qmp ? "; the guest stays as it was" : "");
+    m->over = true;
+    m->step = STEP_DONE;
+    op_release(s);
+}
+
+/* ---- the end of a save: sync, rename, quit ---- */
+
+static void save_synced(struct sup *s)
+{
+    struct mig_op *m = s->mig;
+    if (m->bypass_cache)
+        posix_fadvise(m->fd, 0, 0, POSIX_FADV_DONTNEED);   /* synced: the pages are clean, they go at once */
+    if (rename(m->part, m->file) < 0) {
+        save_failed(s, "renaming %s into place: %s", m->part, strerror(errno));
+        return;
+    }
+    m->part[0] = '\0';
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s", m->file);
+    char *slash = strrchr(dir, '/');
+    if (slash) {
+        *slash = '\0';
+        int dfd = open(*dir ? dir : "/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0) {
+            fsync(dfd);
+            close(dfd);
+        }
+    }
+    uint64_t ms = monotonic_ms() - m->started_ms;
+    sup_log(s, "%s saved to %s (%lld MiB of guest state in %llu ms); QEMU quits", s->def.name, m->file,
+            (long long)(m->transferred >> 20), (unsigned long long)ms);
+    snprintf(s->exit_reason, sizeof(s->exit_reason), "%s to %s", m->managed ? "managed save" : "saved", m->file);
+    s->expected_exit = true;
+    sup_set_state(s, VM_STOPPING);
+    ctl_wait_for_stop(s, m->client);    /* answered once QEMU is gone and the VM recorded shut off */
+    sup_qmp(s, "quit", NULL);
+    m->over = true;
+    m->step = STEP_DONE;
+    op_release(s);
+}
+
+static void save_completed(struct sup *s)
+{
+    struct mig_op *m = s->mig;
+    m->step = STEP_SYNC;
+    /* fsync of a file of guest RAM may take seconds: a child does it, the loop serves on */
+    const char *argv[] = {"sync", m->part, NULL};
+    struct qv_err e = {0};
+    if (sup_child_spawn(&m->sync, argv, MIG_SYNC_TIMEOUT_MS, &e) < 0)
+        save_failed(s, "syncing %s: %s", m->part, e.msg);
+}
+
+void migrate_child_exited(struct sup *s)
+{
+    struct mig_op *m = s->mig;
+    int status;
+    char out[512];
+    if (!m || m->step != STEP_SYNC || !sup_child_reap(&m->sync, &status, out, sizeof(out)))
+        return;
+    if (status != 0)
+        save_failed(s, "syncing %s: %s", m->part, out[0] ? out : "sync failed");
+    else
+        save_synced(s);
+}
+
+/* ---- progress ---- */
+
+static int64_t get_i64(json_object *o, const char *key)
+{
+    json_object *v;
+    return o && json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v) : 0;
+}
+
+static void on_query(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct sup *s = ctx;
+    struct mig_op *m = replied(s);
+    if (!m)
+        return;
+    m->polling = false;
+    if (err) {
+        sup_log(s, "query-migrate: %s", err->msg);
+        m->poll_at = monotonic_ms() + MIG_POLL_MS;
+        return;
+    }
+    json_object *v, *ram = NULL;
+    const char *status = json_object_object_get_ex(ret, "status", &v) ? json_object_get_string(v) : "";
+    snprintf(m->status, sizeof(m->status), "%s", status);
+    if (json_object_object_get_ex(ret, "ram", &ram)) {
+        m->transferred = get_i64(ram, "transferred");
+        m->remaining = get_i64(ram, "remaining");
+        m->total = get_i64(ram, "total");
+    }
+    if (strcmp(status, "completed") == 0) {
+        m->poll_at = 0;
+        save_completed(s);
+    } else if (strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0) {
+        m->poll_at = 0;
+        const char *desc = json_object_object_get_ex(ret, "error-desc", &v) ? json_object_get_string(v) : NULL;
+        save_failed(s, "%s", m->cancel_asked ? "cancelled" : desc ? desc : "QEMU's migration failed");
+    } else {
+        m->poll_at = monotonic_ms() + MIG_POLL_MS;
+    }
+}
+
+/* ---- the steps up to `migrate` ---- */
+
+static void next_step(struct sup *s);
+
+static void on_step(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    struct sup *s = ctx;
+    struct mig_op *m = replied(s);
+    if (!m)
+        return;
+    static const char *const names[] = {"stop", "migrate-set-parameters", "getfd", "migrate"};
+    if (err) {
+        save_failed(s, "%s: %s", names[m->step], qemu_says(err->msg));
+        return;
+    }
+    if (m->cancel_asked) {
+        save_failed(s, "cancelled");
+        return;
+    }
+    m->step++;
+    next_step(s);
+}
+
+static void next_step(struct sup *s)
+{
+    struct mig_op *m = s->mig;
+    int r = 0;
+    json_object *a;
+    switch (m->step) {
+    case STEP_STOP:
+        if (!m->was_running) {
+            m->step++;
+            next_step(s);
+            return;
+        }
+        r = op_send(s, "stop", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, on_step);
+        break;
+    case STEP_PARAMS:
+        a = json_object_new_object();
+        json_object_object_add(a, "max-bandwidth", json_object_new_int64(MIG_MAX_BANDWIDTH));
+        r = op_send(s, "migrate-set-parameters", a, NULL, 0, QMP_TIMEOUT_DEFAULT, on_step);
+        break;
+    case STEP_GETFD:
+        r = op_send(s, "getfd", json_obj1("fdname", json_object_new_string(MIG_FDNAME)), &m->fd, 1,
+                    QMP_TIMEOUT_DEFAULT, on_step);
+        break;
+    case STEP_MIGRATE:
+        r = op_send(s, "migrate", json_obj1("uri", json_object_new_string("fd:" MIG_FDNAME)), NULL, 0,
+                    QMP_TIMEOUT_JOB, on_step);
+        break;
+    default:
+        m->step = STEP_RUNNING;
+        m->poll_at = monotonic_ms();    /* a small guest is done before the first poll */
+        return;
+    }
+    if (r < 0)
+        save_failed(s, "QEMU's monitor connection is closed");
+}
+
+/* ---- requests ---- */
+
+int migrate_save(struct sup *s, unsigned client, const char *file, bool bypass_cache, bool managed, struct qv_err *e)
+{
+    if (s->mig)
+        return qv_fail(e, -EBUSY, "%s: a save or migration is already under way", s->def.name);
+    if (s->rs.state != VM_RUNNING && s->rs.state != VM_PAUSED)
+        return qv_fail(e, -EBUSY, "%s is %s: only a running or paused VM can be saved", s->def.name,
+                       vm_state_names[s->rs.state]);
+    if (s->never_ran)
+        return qv_fail(e, -EBUSY, "%s was started paused and never ran: there is nothing to save", s->def.name);
+    for (int i = 0; i < SUP_JOBS_MAX; i++)
+        if (s->jobs[i].used)
+            return qv_fail(e, -EBUSY, "%s: job %s is under way; save once it is over (qvisor status %s)",
+                           s->def.name, s->jobs[i].id, s->def.name);
+    if (s->snap)
+        return qv_fail(e, -EBUSY, "%s: a snapshot is being taken; save once it is done", s->def.name);
+    if (!file || file[0] != '/')
+        return qv_fail(e, -EINVAL, "%s: save: the file must be an absolute path, not \"%s\"", s->def.name,
+                       file ? file : "");
+    for (size_t i = 0; i < HOTPLUG_MAX; i++)
+        if (s->hp[i].used)
+            return qv_fail(e, -EBUSY, "%s: %s was attached while it runs and is not in its definition: a saved "
+                           "state needs the same devices when it is restored (detach it, or attach it with "
+                           "--persistent before the VM starts)", s->def.name, s->hp[i].id);
+    struct mig_op *m = qv_xcalloc(1, sizeof(*m));
+    m->fd = -1;
+    m->sync.out = -1;
+    m->client = client;
+    m->managed = managed;
+    m->bypass_cache = bypass_cache;
+    m->was_running = s->rs.state == VM_RUNNING;
+    m->started_ms = monotonic_ms();
+    snprintf(m->file, sizeof(m->file), "%s", file);
+    if (snprintf(m->part, sizeof(m->part), "%s.part", file) >= (int)sizeof(m->part)) {
+        free(m);
+        return qv_fail(e, -ENAMETOOLONG, "%s: %s: path too long", s->def.name, file);
+    }
+    /* guest memory: readable by root only */
+    m->fd = open(m->part, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (m->fd < 0) {
+        int err = -errno;
+        free(m);
+        return qv_failerr(e, err, "%s: %s", s->def.name, file);
+    }
+    int r = savefile_write_header(m->fd, &s->def, vm_state_names[s->rs.state], s->rs.qemu_version, e);
+    if (r < 0) {
+        unlink(m->part);
+        close(m->fd);
+        free(m);
+        return qv_prefix(e, "%s: %s: ", s->def.name, file);
+    }
+    s->mig = m;
+    sup_log(s, "saving the guest's state to %s%s", file, bypass_cache ? " (bypassing the page cache)" : "");
+    next_step(s);
+    return 0;
+}
+
+int migrate_abort(struct sup *s, struct qv_err *e)
+{
+    struct mig_op *m = s->mig;
+    if (!m || m->over)
+        return qv_fail(e, -ENOENT, "%s: no save or migration is under way", s->def.name);
+    if (m->step >= STEP_SYNC)
+        return qv_fail(e, -EBUSY, "%s: the save is complete and being synced to disk: too late to cancel",
+                       s->def.name);
+    m->cancel_asked = true;
+    sup_log(s, "cancelling the save to %s", m->file);
+    if (m->step == STEP_RUNNING)
+        sup_qmp(s, "migrate_cancel", NULL);
+    return 0;
+}
+
+json_object *migrate_status_json(struct sup *s)
+{
+    struct mig_op *m = s->mig;
+    if (!m || m->over)
+        return NULL;
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "kind", json_object_new_string(m->managed ? "managedsave" : "save"));
+    json_object_object_add(o, "file", json_object_new_string(m->file));
+    json_object_object_add(o, "status", json_object_new_string(m->step == STEP_SYNC ? "syncing"
+                                                               : m->status[0]     ? m->status
+                                                                                  : "setup"));
+    json_object_object_add(o, "transferred", json_object_new_int64(m->transferred));
+    json_object_object_add(o, "remaining", json_object_new_int64(m->remaining));
+    json_object_object_add(o, "total", json_object_new_int64(m->total));
+    json_object_object_add(o, "elapsed_ms", json_object_new_int64((int64_t)(monotonic_ms() - m->started_ms)));
+    return o;
+}
+
+bool migrate_busy(struct sup *s)
+{
+    return s->mig && !s->mig->over;
+}
+
+uint64_t migrate_next_deadline(struct sup *s)
+{
+    uint64_t d = 0;
+    if (s->mig && !s->mig->over) {
+        d = s->mig->polling ? 0 : s->mig->poll_at;
+        if (s->mig->sync.pid && (!d || s->mig->sync.deadline < d))
+            d = s->mig->sync.deadline;
+    }
+    if (s->start.in_poll_at && (!d || s->start.in_poll_at < d))
+        d = s->start.in_poll_at;
+    return d;
+}
+
+static void incoming_poll(struct sup *s);
+
+void migrate_expire(struct sup *s, uint64_t now)
+{
+    struct mig_op *m = s->mig;
+    if (m && !m->over) {
+        sup_child_expire(&m->sync, now);
+        if (m->poll_at && !m->polling && now >= m->poll_at) {
+            m->poll_at = 0;
+            m->polling = true;
+            if (op_send(s, "query-migrate", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, on_query) < 0) {
+                m->polling = false;
+                save_failed(s, "QEMU's monitor connection is closed");
+            }
+        }
+    }
+    if (s->start.in_poll_at && now >= s->start.in_poll_at) {
+        s->start.in_poll_at = 0;
+        incoming_poll(s);
+    }
+}
+
+void migrate_forget(struct sup *s)
+{
+    struct mig_op *m = s->mig;
+    if (!m)
+        return;
+    if (!m->over)
+        save_failed(s, "QEMU exited during the save");
+    m = s->mig;
+    if (m)
+        m->pending = 0;     /* the monitor is gone: no reply comes any more */
+    op_release(s);
+}
+
+/* ---- in: a start that restores a saved state ---- */
+
+static void on_in_query(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct sup *s = ctx;
+    if (s->start.phase != START_QMP || s->start.failed || !s->start.incoming[0])
+        return;
+    if (err) {
+        start_failed(s, err, "query-migrate");
+        return;
+    }
+    json_object *v;
+    const char *status = json_object_object_get_ex(ret, "status", &v) ? json_object_get_string(v) : "";
+    if (strcmp(status, "completed") == 0) {
+        sup_log(s, "the guest's state is restored from %s%s", s->start.incoming,
+                s->start.paused ? "; it stays paused" : "");
+        if (s->start.incoming_remove && unlink(s->start.incoming) < 0 && errno != ENOENT)
+            sup_log(s, "warning: %s: %s (the managed save stays)", s->start.incoming, strerror(errno));
+        s->start.restored = true;
+        start_after_load(s, s->start.paused);
+    } else if (strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0) {
+        struct qv_err e = {0};
+        qv_fail(&e, -EIO, "restoring from %s: %s", s->start.incoming,
+                json_object_object_get_ex(ret, "error-desc", &v) ? json_object_get_string(v) : status);
+        start_failed(s, &e, NULL);
+    } else {
+        s->start.in_poll_at = monotonic_ms() + MIG_POLL_MS;
+    }
+}
+
+static void incoming_poll(struct sup *s)
+{
+    /* QEMU reads a file without ever yielding to its monitor: the reply comes once the
+     * whole state is in, which may take long */
+    if (!s->qmp || qmp_send(s->qmp, "query-migrate", NULL, NULL, 0, QMP_TIMEOUT_JOB, 0, on_in_query, s) < 0) {
+        struct qv_err e = {0};
+        qv_fail(&e, -ECONNRESET, "the QMP connection is closed");
+        start_failed(s, &e, "restoring");
+    }
+}
+
+static void on_in_step(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    struct sup *s = ctx;
+    if (s->start.phase != START_QMP || s->start.failed)
+        return;
+    if (err) {
+        struct qv_err e = *err;
+        qv_fail(&e, err->code, "%s", qemu_says(err->msg));
+        start_failed(s, &e, "restoring");
+    }
+}
+
+static void on_in_started(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    on_in_step(ctx, ret, err);
+    struct sup *s = ctx;
+    if (s->start.phase == START_QMP && !s->start.failed)
+        incoming_poll(s);
+}
+
+int migrate_incoming_begin(struct sup *s, struct qv_err *e)
+{
+    _cleanup_json_ json_object *header = NULL;
+    _cleanup_vm_def_ struct vm_def saved = {0};
+    off_t off;
+    int fd;
+    int r = savefile_open(s->start.incoming, &header, &saved, &off, &fd, e);
+    if (r < 0)
+        return r;
+    if ((r = savefile_check_definition(s->start.incoming, &saved, &s->def, e)) < 0 ||
+        (lseek(fd, off, SEEK_SET) < 0 && (r = qv_failerr(e, -errno, "%s", s->start.incoming)) < 0)) {
+        close(fd);
+        return r;
+    }
+    sup_log(s, "restoring the guest's state from %s", s->start.incoming);
+    /* getfd and migrate-incoming go out together: QEMU answers in order */
+    r = qmp_send(s->qmp, "getfd", json_obj1("fdname", json_object_new_string(MIG_IN_FDNAME)), &fd, 1,
+                 QMP_TIMEOUT_DEFAULT, 0, on_in_step, s);
+    close(fd);
+    if (r == 0)
+        r = qmp_send(s->qmp, "migrate-incoming", json_obj1("uri", json_object_new_string("fd:" MIG_IN_FDNAME)), NULL,
+                     0, QMP_TIMEOUT_JOB, 0, on_in_started, s);
+    if (r < 0)
+        return qv_fail(e, -ECONNRESET, "restoring from %s: the QMP connection is closed", s->start.incoming);
+    return 0;
+}
