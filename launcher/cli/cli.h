@@ -132,6 +132,12 @@ int cmd_save(struct cli *c);
 int cmd_restore(struct cli *c);
 int cmd_managedsave(struct cli *c);
 int cmd_managedsave_remove(struct cli *c);
+/* migrate.c */
+int cmd_migrate(struct cli *c);
+int cmd_migrate_incoming(struct cli *c);
+/* save.c: sends a save or migrate request and waits for its reply (into *reply when not
+ * NULL), with progress on a terminal; Ctrl-C asks the supervisor to cancel. */
+int cli_migration_call(struct cli *c, const char *vm, json_object *req, json_object **reply);
 int cmd_snapshot_create(struct cli *c);
 int cmd_snapshot_list(struct cli *c);
 int cmd_snapshot_show(struct cli *c);

@@ -50,14 +50,19 @@ static void draw(const char *vm, json_object *mig)
     int pct = total > 0 ? (int)((total - left) * 100 / total) : 0;
     if (pct < 0 || pct > 100)
         pct = 0;
-    fprintf(stderr, "\rsave %s [%-3d%%] %lld MiB written, %s   ", vm, pct, (long long)(done >> 20),
-            str_of(mig, "status", "?"));
+    if (strcmp(str_of(mig, "kind", ""), "migrate") == 0)
+        fprintf(stderr, "\rmigrate %s [%-3d%%] %lld MiB sent, %lld MiB left, dirty %lld MiB/s, expected downtime %lld ms, %s   ",
+                vm, pct, (long long)(done >> 20), (long long)(left >> 20), (long long)(int_of(mig, "dirty_rate") >> 20),
+                (long long)int_of(mig, "expected_downtime_ms"), str_of(mig, "status", "?"));
+    else
+        fprintf(stderr, "\rsave %s [%-3d%%] %lld MiB written, %s   ", vm, pct, (long long)(done >> 20),
+                str_of(mig, "status", "?"));
     fflush(stderr);
 }
 
 /* Sends the save request and waits for its answer (the VM shut off, or why not),
  * drawing progress on a terminal; Ctrl-C asks the supervisor to cancel. */
-static int save_call(struct cli *c, const char *vm, json_object *req)
+int cli_migration_call(struct cli *c, const char *vm, json_object *req, json_object **out)
 {
     int fd = -1;
     int r = ctl_connect(&c->paths, vm, &fd, &c->err);
@@ -82,7 +87,9 @@ static int save_call(struct cli *c, const char *vm, json_object *req)
             json_object *reply = NULL;
             r = ctl_parse_reply(line, &reply, &c->err);
             free(line);
-            if (reply)
+            if (out && r == 0)
+                *out = reply;
+            else if (reply)
                 json_object_put(reply);
             break;
         }
@@ -163,7 +170,7 @@ int cmd_save(struct cli *c)
         if (strcmp(ms, file) == 0)
             return qv_fail(&c->err, -EEXIST, "%s: %s is its managed save; use qvisor managedsave %s", vm, file, vm);
     }
-    if ((r = save_call(c, vm, save_request(file, cli_flag(c, "bypass-cache"), false))) < 0)
+    if ((r = cli_migration_call(c, vm, save_request(file, cli_flag(c, "bypass-cache"), false), NULL)) < 0)
         return r;
     if (!c->quiet)
         printf("%s saved to %s (shut off; qvisor restore %s resumes it)\n", vm, file, file);
@@ -180,7 +187,7 @@ int cmd_managedsave(struct cli *c)
     qv_path(&c->paths, dir, sizeof(dir), QV_LIB "/save");
     if ((r = mkdir_p(dir, 0700)) < 0)
         return qv_failerr(&c->err, r, "%s", dir);
-    if ((r = save_call(c, vm, save_request(file, cli_flag(c, "bypass-cache"), true))) < 0)
+    if ((r = cli_migration_call(c, vm, save_request(file, cli_flag(c, "bypass-cache"), true), NULL)) < 0)
         return r;
     if (!c->quiet)
         printf("%s saved (managed save; qvisor start %s resumes it)\n", vm, vm);

@@ -17,7 +17,8 @@ int cmd_run(struct cli *c)
     struct sup_opts o = {.ready_fd = ready ? atoi(ready) : -1, .attach_only = cli_flag(c, "attach-only"),
                          .paused = cli_flag(c, "paused"), .load_snapshot = cli_opt(c, "load-snapshot"),
                          .boot_fd = cli_opt(c, "boot-fd") ? atoi(cli_opt(c, "boot-fd")) : -1,
-                         .restore_file = cli_opt(c, "restore"), .restore_remove = cli_flag(c, "restore-remove")};
+                         .restore_file = cli_opt(c, "restore"), .restore_remove = cli_flag(c, "restore-remove"),
+                         .incoming_listen = cli_opt(c, "incoming")};
     o.echo_fd = c->quiet || o.ready_fd >= 0 ? -1 : 2;
     _cleanup_vm_def_ struct vm_def d = {0};
     int r = vm_load(&c->paths, c->pos[0], &d, &c->err);

@@ -325,6 +325,9 @@ static void loop(struct sup *s)
             case EV_BOOT:
                 boot_readable(s);
                 break;
+            case EV_MIGRATE:
+                migrate_io(s, evs[i].events);
+                break;
             }
         }
         run_timers(s);
@@ -386,6 +389,7 @@ static void sup_free(struct sup *s)
     confine_release(s);
     snapshots_forget(s);
     migrate_forget(s);
+    migrate_incoming_close(s);
     for (int i = 0; i < HOTPLUG_MAX; i++)
         vm_nic_free(&s->hp[i].nic);
     block_forget(s);
@@ -495,8 +499,9 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
     } else {
         if (have_prev)
             cleanup_previous(sp, &prev);
-        r = o->restore_file ? start_begin_restore(sp, o->restore_file, o->restore_remove, e)
-                            : start_begin(sp, false, e);
+        r = o->incoming_listen ? start_begin_incoming(sp, o->incoming_listen, e)
+          : o->restore_file    ? start_begin_restore(sp, o->restore_file, o->restore_remove, e)
+                               : start_begin(sp, false, e);
         if (r == 0)
             start_wishes(sp, o->load_snapshot, o->paused);
     }

@@ -41,7 +41,7 @@ void notify_send(struct notify *n, const char *msg);
 void notify_close(struct notify *n);
 
 
-enum ev_kind { EV_QMP, EV_CONSOLE, EV_CTL, EV_CLIENT, EV_SIGNAL, EV_PIDFD, EV_AGENT, EV_BOOT };
+enum ev_kind { EV_QMP, EV_CONSOLE, EV_CTL, EV_CLIENT, EV_SIGNAL, EV_PIDFD, EV_AGENT, EV_BOOT, EV_MIGRATE };
 
 struct ev {
     enum ev_kind kind;
@@ -293,7 +293,9 @@ struct sup {
     struct block_prep *block_prep;  /* a block job being prepared (blockjobs.c) */
     json_object *fdset_drop;    /* file nodes whose fdsets go at the next query-fdsets reply */
     struct snap_op *snap;       /* a disk-only snapshot being taken (snapshots.c); NULL: none */
-    struct mig_op *mig;         /* a save under way (migrate.c); NULL: none */
+    struct mig_op *mig;         /* a save or migration under way (migrate.c); NULL: none */
+    int mig_listen_fd;          /* migrate-incoming's listener until the source connects; 0: none */
+    struct ev ev_mig;           /* the listener, or an outgoing migration's connect */
     unsigned snap_seq;          /* the last one's number: late agent replies find it by that */
     struct cdrom_media *media;  /* one per cdroms[] entry once a medium changed; NULL before */
     size_t nmedia;
@@ -773,7 +775,19 @@ void sup_test_qemu_gone(struct sup *s);
  * restore of such a file in a start. */
 /* client is answered once QEMU is gone after a save (or with the failure). */
 int migrate_save(struct sup *s, unsigned client, const char *file, bool bypass_cache, bool managed, struct qv_err *e);
-/* migrate_cancel for a save under way; its client hears "cancelled". */
+/* Live migration to the destination supervisor at address (numeric ADDR:PORT); client
+ * is answered at the end ({"downtime_ms", "total_time_ms", ...}) or with the failure,
+ * after which the guest runs on here. bandwidth bytes/s (0: no cap), downtime_ms 0:
+ * QEMU's default. */
+int migrate_live(struct sup *s, unsigned client, const char *address, int64_t bandwidth, int64_t downtime_ms,
+                 bool auto_converge, struct qv_err *e);
+/* A start that receives the guest from a source: listens on listen_at (numeric
+ * ADDR:PORT) before QEMU runs; ready once QEMU is set up and waits. */
+int start_begin_incoming(struct sup *s, const char *listen_at, struct qv_err *e);
+void migrate_incoming_close(struct sup *s);
+/* EV_MIGRATE: the outgoing connect finished, or the source connected. */
+void migrate_io(struct sup *s, uint32_t events);
+/* migrate_cancel for a save or migration under way; its client hears "cancelled". */
 int migrate_abort(struct sup *s, struct qv_err *e);
 bool migrate_busy(struct sup *s);
 json_object *migrate_status_json(struct sup *s);    /* NULL when nothing is under way */

@@ -516,6 +516,7 @@ void start_wind_up(struct sup *s)
 {
     struct start_job *j = &s->start;
     net_starter_abort(&j->net);
+    migrate_incoming_close(s);
     sup_child_abort(&j->overlay);
     sup_child_abort(&j->seed);
     seed_remove(s);
