@@ -43,8 +43,8 @@ qB() { nsenter -t "$PB" -p -m -n -- "$QV_BIN" --root "$RB" "$@"; }
 stateA() { [ "$(qA status mg --json 2>/dev/null | jq -r .state)" = "$1" ]; }
 stateB() { [ "$(qB status mg --json 2>/dev/null | jq -r .state)" = "$1" ]; }
 # no QEMU of mg in host X's process table, and no supervisor holds its lock
-noneA() { ! nsenter -t "$PA" -p -m -- pgrep -f -- "-uui[d] $uuid" > /dev/null && ! qA status mg --json | jq -e '.supervisor_pid // empty' > /dev/null; }
-noneB() { ! nsenter -t "$PB" -p -m -- pgrep -f -- "-uui[d] $uuid" > /dev/null; }
+noneA() { ! nsenter -t "$PA" -p -m -- pgrep -f -- "-uui[d] $uuid| [r]un mg" > /dev/null; }
+noneB() { ! nsenter -t "$PB" -p -m -- pgrep -f -- "-uui[d] $uuid| [r]un mg" > /dev/null; }
 logB() { cat "$RB/var/log/qvisor/mg.log" 2>/dev/null; }
 
 define_guest mg "" --disk "file=$img/data.qcow2,serial=DATA,cache=writeback"
@@ -126,4 +126,15 @@ check "...which counts on" wait_until 30 aboveA "${n:-0}"
 check_output "...and booted only once, on A, at the start" '^1$' count_log mg 'QVISOR-GUEST: ready'
 check "B holds nothing running" wait_until 30 noneB
 check "...and the transient VM is gone from B's list" sh -c "! nsenter -t $PB -p -m -n -- '$QV_BIN' --root '$RB' list --all | grep -q '^mg '"
+
+# ---- A -> B for good: defined on B (--persistent), undefined on A ----
+check_output "B waits, the VM defined there (--persistent)" 'waiting' \
+    qB migrate-incoming mg --listen $B_IP:4715 --definition "$T_ROOT/mg.json" --persistent
+n=$(countA)
+check "migrate --undefine-source --json" sh -c "nsenter -t $PA -p -m -n -- '$QV_BIN' --root '$T_ROOT' --json migrate mg --to tcp:$B_IP:4715 --undefine-source | jq -e '.downtime_ms >= 0 and .total_time_ms > 0 and .undefined_source'"
+check "B runs the guest" stateB running
+check "...which counts on" wait_until 30 aboveB "${n:-0}"
+check "...and B has it defined" test -s "$RB/etc/qvisor/vms/mg.json"
+check "A holds nothing running" wait_until 30 noneA
+check "...and no definition" test ! -e "$T_ROOT/etc/qvisor/vms/mg.json"
 finish
