@@ -4,7 +4,8 @@
  * (hotplug.c), a running VM's disks (disks.c), CD-ROM media (media.c), QEMU's jobs
  * (jobs.c), block jobs (blockjobs.c, blockprep.c), snapshots (snapshots.c,
  * snapshot_full.c, snapshot_merge.c), the guest agent channel (agent.c, agent_ops.c; agent_chan.h),
- * virtiofs shares and their virtiofsd processes (virtiofs.c).
+ * virtiofs shares and their virtiofsd processes (virtiofs.c), save and migration
+ * (migrate.c out, migrate_in.c in).
  * One process per VM owns the only QMP connection. */
 #ifndef QV_SUP_INTERNAL_H
 #define QV_SUP_INTERNAL_H
@@ -785,6 +786,12 @@ int migrate_live(struct sup *s, unsigned client, const char *address, int64_t ba
  * ADDR:PORT) before QEMU runs; ready once QEMU is set up and waits. */
 int start_begin_incoming(struct sup *s, const char *listen_at, struct qv_err *e);
 void migrate_incoming_close(struct sup *s);
+/* Between migrate.c and migrate_in.c: a numeric ADDR:PORT or [V6]:PORT; the source
+ * connected to the listener; the next query-migrate of a start's incoming stream. */
+#define MIG_POLL_MS 250
+int migrate_parse_address(const char *text, struct sockaddr_storage *sa, socklen_t *len, struct qv_err *e);
+void migrate_incoming_accept(struct sup *s);
+void migrate_incoming_poll(struct sup *s);
 /* EV_MIGRATE: the outgoing connect finished, or the source connected. */
 void migrate_io(struct sup *s, uint32_t events);
 /* migrate_cancel for a save or migration under way; its client hears "cancelled". */

@@ -2,10 +2,8 @@
  * supervisor (a non-blocking TCP connect, the socket handed to QEMU: QEMU itself may
  * have no network at all) and migrates live; once QEMU says "completed" the destination
  * owns the guest and QEMU here quits (the supervisor releases taps and rules as after
- * any stop); a failure leaves the guest running here (QEMU resumes it itself). In: a
- * start for `migrate-incoming` listens on ADDR:PORT (bound before QEMU runs), says it is
- * ready, accepts one connection and hands it to QEMU (migrate-incoming fd:); the guest
- * runs once the stream is in (announce-self, cont). `save` (and managedsave) pauses the guest
+ * any stop); a failure leaves the guest running here (QEMU resumes it itself). In
+ * (migrate_in.c): restores and migrate-incoming. `save` (and managedsave) pauses the guest
  * and migrates it into a file the supervisor opened, behind a header that records the
  * definition (model/savefile.c); once QEMU says "completed" the file is synced by a
  * watched child, renamed into place and QEMU quits: the VM is shut off. A failure at any
@@ -25,9 +23,7 @@
 
 #include "launcher/supervisor/internal.h"
 
-#define MIG_POLL_MS 250
 #define MIG_FDNAME "qv-migrate"
-#define MIG_IN_FDNAME "qv-incoming"
 #define MIG_SYNC_TIMEOUT_MS (10 * 60 * 1000)
 #define MIG_MAX_BANDWIDTH (1ll << 40)    /* bytes/s: QEMU's default (32 MiB/s) is too slow for files and LANs */
 #define MIG_CONNECT_TIMEOUT_MS 15000
@@ -302,7 +298,7 @@ static void on_step(void *ctx, json_object *ret, const struct qv_err *err)
     next_step(s);
 }
 
-static int parse_address(const char *text, struct sockaddr_storage *sa, socklen_t *len, struct qv_err *e)
+int migrate_parse_address(const char *text, struct sockaddr_storage *sa, socklen_t *len, struct qv_err *e)
 {
     char host[80];
     const char *colon = strrchr(text, ':');
@@ -331,7 +327,7 @@ static int connect_begin(struct sup *s, struct qv_err *e)
     struct mig_op *m = s->mig;
     struct sockaddr_storage sa;
     socklen_t len;
-    int r = parse_address(m->address, &sa, &len, e);
+    int r = migrate_parse_address(m->address, &sa, &len, e);
     if (r < 0)
         return r;
     m->sock = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -462,7 +458,7 @@ int migrate_live(struct sup *s, unsigned client, const char *address, int64_t ba
         return r;
     struct sockaddr_storage sa;
     socklen_t len;
-    if ((r = parse_address(address, &sa, &len, e)) < 0)
+    if ((r = migrate_parse_address(address, &sa, &len, e)) < 0)
         return qv_prefix(e, "%s: migrate: ", s->def.name);
     struct mig_op *m = qv_xcalloc(1, sizeof(*m));
     m->fd = m->sock = -1;
@@ -584,8 +580,6 @@ uint64_t migrate_next_deadline(struct sup *s)
     return d;
 }
 
-static void incoming_poll(struct sup *s);
-
 void migrate_expire(struct sup *s, uint64_t now)
 {
     struct mig_op *m = s->mig;
@@ -609,7 +603,7 @@ void migrate_expire(struct sup *s, uint64_t now)
     }
     if (s->start.in_poll_at && now >= s->start.in_poll_at) {
         s->start.in_poll_at = 0;
-        incoming_poll(s);
+        migrate_incoming_poll(s);
     }
 }
 
@@ -626,181 +620,12 @@ void migrate_forget(struct sup *s)
     op_release(s);
 }
 
-/* ---- in: a start that restores a saved state, or receives a migrating guest ---- */
-
-static bool incoming_tcp(struct sup *s)
-{
-    return strncmp(s->start.incoming, "tcp:", 4) == 0;
-}
-
-static void on_in_query(void *ctx, json_object *ret, const struct qv_err *err)
-{
-    struct sup *s = ctx;
-    if (s->start.phase != START_QMP || s->start.failed || !s->start.incoming[0])
-        return;
-    if (err) {
-        start_failed(s, err, "query-migrate");
-        return;
-    }
-    json_object *v;
-    const char *status = json_object_object_get_ex(ret, "status", &v) ? json_object_get_string(v) : "";
-    if (strcmp(status, "completed") == 0 && incoming_tcp(s)) {
-        sup_log(s, "the guest's state came in from the source%s", s->start.paused ? "; it stays paused" : "");
-        s->start.restored = true;
-        /* QEMU announces by itself too; once more, so switches learn the MACs' new port */
-        json_object *a = json_object_new_object();
-        json_object_object_add(a, "initial", json_object_new_int(50));
-        json_object_object_add(a, "max", json_object_new_int(550));
-        json_object_object_add(a, "rounds", json_object_new_int(5));
-        json_object_object_add(a, "step", json_object_new_int(100));
-        sup_qmp(s, "announce-self", a);
-        start_after_load(s, s->start.paused);
-    } else if (strcmp(status, "completed") == 0) {
-        sup_log(s, "the guest's state is restored from %s%s", s->start.incoming,
-                s->start.paused ? "; it stays paused" : "");
-        if (s->start.incoming_remove && unlink(s->start.incoming) < 0 && errno != ENOENT)
-            sup_log(s, "warning: %s: %s (the managed save stays)", s->start.incoming, strerror(errno));
-        s->start.restored = true;
-        start_after_load(s, s->start.paused);
-    } else if (strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0) {
-        struct qv_err e = {0};
-        qv_fail(&e, -EIO, "restoring from %s: %s", s->start.incoming,
-                json_object_object_get_ex(ret, "error-desc", &v) ? json_object_get_string(v) : status);
-        start_failed(s, &e, NULL);
-    } else {
-        s->start.in_poll_at = monotonic_ms() + MIG_POLL_MS;
-    }
-}
-
-static void incoming_poll(struct sup *s)
-{
-    /* QEMU reads a file without ever yielding to its monitor: the reply comes once the
-     * whole state is in, which may take long */
-    if (!s->qmp || qmp_send(s->qmp, "query-migrate", NULL, NULL, 0, QMP_TIMEOUT_JOB, 0, on_in_query, s) < 0) {
-        struct qv_err e = {0};
-        qv_fail(&e, -ECONNRESET, "the QMP connection is closed");
-        start_failed(s, &e, "restoring");
-    }
-}
-
-static void on_in_step(void *ctx, json_object *ret, const struct qv_err *err)
-{
-    (void)ret;
-    struct sup *s = ctx;
-    if (s->start.phase != START_QMP || s->start.failed)
-        return;
-    if (err) {
-        struct qv_err e = *err;
-        qv_fail(&e, err->code, "%s", qemu_says(err->msg));
-        start_failed(s, &e, "restoring");
-    }
-}
-
-static void on_in_started(void *ctx, json_object *ret, const struct qv_err *err)
-{
-    on_in_step(ctx, ret, err);
-    struct sup *s = ctx;
-    if (s->start.phase == START_QMP && !s->start.failed)
-        incoming_poll(s);
-}
-
-int start_begin_incoming(struct sup *s, const char *listen_at, struct qv_err *e)
-{
-    struct sockaddr_storage sa;
-    socklen_t len;
-    int r = parse_address(listen_at, &sa, &len, e);
-    if (r < 0)
-        return qv_prefix(e, "%s: --listen: ", s->def.name);
-    int fd = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1;
-    if (fd < 0)
-        return qv_failerr(e, -errno, "%s: socket", s->def.name);
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, (struct sockaddr *)&sa, len) < 0 || listen(fd, 1) < 0) {
-        r = -errno;
-        close(fd);
-        return qv_failerr(e, r, "%s: listening on %s", s->def.name, listen_at);
-    }
-    s->mig_listen_fd = fd;
-    snprintf(s->start.incoming, sizeof(s->start.incoming), "tcp:%s", listen_at);
-    if ((r = start_begin(s, false, e)) < 0) {
-        migrate_incoming_close(s);
-        s->start.incoming[0] = '\0';
-    }
-    return r;
-}
-
-void migrate_incoming_close(struct sup *s)
-{
-    if (s->mig_listen_fd > 0) {
-        epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->mig_listen_fd, NULL);
-        close(s->mig_listen_fd);
-    }
-    s->mig_listen_fd = 0;
-}
-
-/* The source connected: QEMU gets the stream, the listener goes (one source only). */
-static void incoming_accept(struct sup *s)
-{
-    int c = accept4(s->mig_listen_fd, NULL, NULL, SOCK_CLOEXEC);
-    if (c < 0)
-        return;     /* EAGAIN, a connection that went: wait for the next */
-    migrate_incoming_close(s);
-    sup_log(s, "the source connected: the guest's state comes in");
-    int r = qmp_send(s->qmp, "getfd", json_obj1("fdname", json_object_new_string(MIG_IN_FDNAME)), &c, 1,
-                     QMP_TIMEOUT_DEFAULT, 0, on_in_step, s);
-    close(c);
-    if (r == 0)
-        r = qmp_send(s->qmp, "migrate-incoming", json_obj1("uri", json_object_new_string("fd:" MIG_IN_FDNAME)), NULL,
-                     0, QMP_TIMEOUT_JOB, 0, on_in_started, s);
-    if (r < 0) {
-        struct qv_err e = {0};
-        qv_fail(&e, -ECONNRESET, "the QMP connection is closed");
-        start_failed(s, &e, "incoming migration");
-    }
-}
-
 void migrate_io(struct sup *s, uint32_t events)
 {
     (void)events;
     if (s->mig && !s->mig->over && s->mig->step == STEP_CONNECT && s->mig->sock >= 0)
         connect_done(s);
     else if (s->mig_listen_fd > 0 && start_active(s) && !s->start.failed)
-        incoming_accept(s);
+        migrate_incoming_accept(s);
 }
 
-int migrate_incoming_begin(struct sup *s, struct qv_err *e)
-{
-    if (incoming_tcp(s)) {
-        if (s->mig_listen_fd <= 0)
-            return qv_fail(e, -EBADF, "%s: the migration listener is gone", s->def.name);
-        s->ev_mig.kind = EV_MIGRATE;
-        sup_epoll_add(s, s->mig_listen_fd, EPOLLIN, &s->ev_mig);
-        sup_log(s, "QEMU is set up; waiting for the migration stream on %s", s->start.incoming + 4);
-        report_ready(s, 0, NULL);
-        return 0;
-    }
-    _cleanup_json_ json_object *header = NULL;
-    _cleanup_vm_def_ struct vm_def saved = {0};
-    off_t off;
-    int fd;
-    int r = savefile_open(s->start.incoming, &header, &saved, &off, &fd, e);
-    if (r < 0)
-        return r;
-    if ((r = savefile_check_definition(s->start.incoming, &saved, &s->def, e)) < 0 ||
-        (lseek(fd, off, SEEK_SET) < 0 && (r = qv_failerr(e, -errno, "%s", s->start.incoming)) < 0)) {
-        close(fd);
-        return r;
-    }
-    sup_log(s, "restoring the guest's state from %s", s->start.incoming);
-    /* getfd and migrate-incoming go out together: QEMU answers in order */
-    r = qmp_send(s->qmp, "getfd", json_obj1("fdname", json_object_new_string(MIG_IN_FDNAME)), &fd, 1,
-                 QMP_TIMEOUT_DEFAULT, 0, on_in_step, s);
-    close(fd);
-    if (r == 0)
-        r = qmp_send(s->qmp, "migrate-incoming", json_obj1("uri", json_object_new_string("fd:" MIG_IN_FDNAME)), NULL,
-                     0, QMP_TIMEOUT_JOB, 0, on_in_started, s);
-    if (r < 0)
-        return qv_fail(e, -ECONNRESET, "restoring from %s: the QMP connection is closed", s->start.incoming);
-    return 0;
-}
