@@ -22,14 +22,26 @@ static const struct cli_opt no_opts[] = {{0}};
         {"on-reboot", true, false, 0}, {"on-crash", true, false, 0}, GUESTDATA_FLAGS
 static const struct cli_opt define_opts[] = {DEFINITION_FLAGS, {"print", false, false, 0}, {0}};
 static const struct cli_opt undefine_opts[] = {{"remove-storage", false, false, 0}, {"keep-nvram", false, false, 0},
-                                               {"snapshots-metadata", false, false, 0}, {0}};
+                                               {"snapshots-metadata", false, false, 0},
+                                               {"managed-save", false, false, 0}, {0}};
+static const struct cli_opt save_opts[] = {{"bypass-cache", false, false, 0}, {"abort", false, false, 0}, {0}};
+static const struct cli_opt managedsave_opts[] = {{"bypass-cache", false, false, 0}, {0}};
+static const struct cli_opt restore_opts[] = {{"paused", false, false, 0}, {"wait-timeout", true, false, 0}, {0}};
 static const struct cli_opt clone_opts[] = {{"linked", false, false, 0}, {0}};
 static const struct cli_opt list_opts[] = {{"all", false, false, 'a'}, {0}};
 static const struct cli_opt stats_opts[] = {{"prometheus", false, false, 0}, {0}};
 static const struct cli_opt show_opts[] = {{"confinement", false, false, 0}, {0}};
 static const struct cli_opt run_opts[] = {{"ready-fd", true, false, 0}, {"attach-only", false, false, 0},
                                           {"paused", false, false, 0}, {"load-snapshot", true, false, 0},
-                                          {"boot-fd", true, false, 0}, {"stop-timeout", true, false, 0}, {0}};
+                                          {"boot-fd", true, false, 0}, {"stop-timeout", true, false, 0}, {"restore", true, false, 0},
+                                          {"restore-remove", false, false, 0}, {"incoming", true, false, 0},
+                                          {0}};
+static const struct cli_opt migrate_opts[] = {{"to", true, false, 0}, {"bandwidth", true, false, 0},
+                                              {"max-downtime", true, false, 0}, {"auto-converge", false, false, 0},
+                                              {"undefine-source", false, false, 0}, {"abort", false, false, 0}, {0}};
+static const struct cli_opt migrate_in_opts[] = {{"listen", true, false, 0}, {"definition", true, false, 0},
+                                                 {"persistent", false, false, 0}, {"wait-timeout", true, false, 0},
+                                                 {0}};
 static const struct cli_opt boot_opts[] = {
     DEFINITION_FLAGS, {"image", true, false, 0}, {"expect", true, true, 0}, {"fail", true, true, 0},
     {"exec", true, false, 0}, {"exec-file", true, false, 0}, {"timeout", true, false, 0}, {"name", true, false, 0},
@@ -97,9 +109,27 @@ static const struct cli_command commands[] = {
     {"define", cmd_define, define_opts, 1, 1, "define FILE.json | define NAME [--memory 1G --cpus 2 --disk file=PATH|vol=POOL/NAME|size=20G[,bus=...] "
      "--kernel K --initrd I --append A --nic user --share DIR[:TAG[:ro]] --cloud-init USER-DATA [--meta-data F] "
      "--credential NAME=VALUE|NAME=@FILE ...]", "define a VM from a JSON file or from flags"},
-    {"undefine", cmd_undefine, undefine_opts, 1, 1, "undefine NAME [--remove-storage] [--keep-nvram] [--snapshots-metadata]",
+    {"undefine", cmd_undefine, undefine_opts, 1, 1,
+     "undefine NAME [--remove-storage] [--keep-nvram] [--snapshots-metadata] [--managed-save]",
      "remove a VM's definition and its UEFI variable store (--remove-storage: its volumes too; a VM with "
-     "snapshots needs --snapshots-metadata)"},
+     "snapshots needs --snapshots-metadata, one with a managed save --managed-save)"},
+    {"save", cmd_save, save_opts, 1, 2, "save NAME FILE [--bypass-cache] | save NAME --abort",
+     "save the guest's memory and device state to FILE and shut the VM off (a failed save leaves it running)"},
+    {"restore", cmd_restore, restore_opts, 1, 1, "restore FILE [--paused] [--wait-timeout SECONDS]",
+     "start a VM from a state saved by qvisor save (its definition must still match)"},
+    {"managedsave", cmd_managedsave, managedsave_opts, 1, 1, "managedsave NAME [--bypass-cache]",
+     "save the VM's state where qvisor keeps it and shut it off; the next start resumes from it"},
+    {"migrate", cmd_migrate, migrate_opts, 1, 1,
+     "migrate NAME --to tcp:HOST:PORT [--bandwidth MiB/s] [--max-downtime MS] [--auto-converge] "
+     "[--undefine-source] | migrate NAME --abort",
+     "move a running VM live to the qvisor migrate-incoming waiting on another host (disks on shared storage); "
+     "a failure leaves it running here"},
+    {"migrate-incoming", cmd_migrate_incoming, migrate_in_opts, 1, 1,
+     "migrate-incoming NAME --listen ADDR:PORT [--definition FILE.json [--persistent]] [--wait-timeout SECONDS]",
+     "on the destination: start NAME's QEMU waiting for its migration stream (the VM defined here, or from FILE: "
+     "transient, or defined with --persistent)"},
+    {"managedsave-remove", cmd_managedsave_remove, no_opts, 1, 1, "managedsave-remove NAME",
+     "forget the VM's managed save: the next start boots"},
     {"clone", cmd_clone, clone_opts, 2, 2, "clone VM NEW [--linked]",
      "a new VM from a shut-off one: new uuid and MACs, its disks copied (--linked: copy-on-write overlays)"},
     {"edit", cmd_edit, no_opts, 1, 1, "edit NAME   (or: qvisor edit NAME < new.json)",

@@ -136,6 +136,17 @@ int cmd_agent(struct cli *c);
 int cli_ifaddr_agent(struct cli *c, const char *vm);
 char *cli_base64_encode(const void *data, size_t n);
 int cli_base64_decode(const char *s, unsigned char **out, size_t *n);
+/* save.c */
+int cmd_save(struct cli *c);
+int cmd_restore(struct cli *c);
+int cmd_managedsave(struct cli *c);
+int cmd_managedsave_remove(struct cli *c);
+/* migrate.c */
+int cmd_migrate(struct cli *c);
+int cmd_migrate_incoming(struct cli *c);
+/* save.c: sends a save or migrate request and waits for its reply (into *reply when not
+ * NULL), with progress on a terminal; Ctrl-C asks the supervisor to cancel. */
+int cli_migration_call(struct cli *c, const char *vm, json_object *req, json_object **reply);
 int cmd_snapshot_create(struct cli *c);
 int cmd_snapshot_list(struct cli *c);
 int cmd_snapshot_show(struct cli *c);

@@ -463,6 +463,10 @@ int cmd_undefine(struct cli *c)
     /* what goes with the definition is checked before anything changes */
     _cleanup_strv_ struct strv vols = {0};
     int r;
+    bool has_save = managedsave_exists(&c->paths, c->pos[0]);
+    if (has_save && !cli_flag(c, "managed-save"))
+        return qv_fail(&c->err, -EBUSY, "%s has a managed save (its guest's saved state): start it to resume it, or "
+                       "undefine with --managed-save to remove the saved state too", c->pos[0]);
     int nsnap = snapshot_count(&c->paths, c->pos[0]);
     bool forget_snapshots = cli_flag(c, "snapshots-metadata");
     if (nsnap > 0 && !forget_snapshots)
@@ -479,6 +483,10 @@ int cmd_undefine(struct cli *c)
         return r;
     if (!c->quiet)
         printf("undefined %s\n", c->pos[0]);
+    char saved[PATH_MAX];
+    managedsave_path(&c->paths, c->pos[0], saved, sizeof(saved));
+    if (has_save && unlink(saved) == 0 && !c->quiet)
+        printf("removed its managed save %s\n", saved);
     struct qv_err se = {0};
     if (nsnap > 0 && snapshot_forget_all(&c->paths, c->pos[0], &se) < 0)
         fprintf(stderr, "qvisor: %s: snapshot records stay: %s\n", c->pos[0], se.msg);
@@ -632,6 +640,8 @@ int cmd_list(struct cli *c)
         bool ok = vm_load(&c->paths, names.v[i], &d, &e) == 0;
         if (!ok)
             state = "invalid";
+        else if (rs.state == VM_SHUTOFF && !supervised && managedsave_exists(&c->paths, names.v[i]))
+            state = "saved";    /* shut off, and the next start resumes its managed save */
         char mem[32] = "-";
         if (ok)
             format_size(d.memory.bytes, mem, sizeof(mem));

@@ -16,7 +16,9 @@ int cmd_run(struct cli *c)
     const char *ready = cli_opt(c, "ready-fd");
     struct sup_opts o = {.ready_fd = ready ? atoi(ready) : -1, .attach_only = cli_flag(c, "attach-only"),
                          .paused = cli_flag(c, "paused"), .load_snapshot = cli_opt(c, "load-snapshot"),
-                         .boot_fd = cli_opt(c, "boot-fd") ? atoi(cli_opt(c, "boot-fd")) : -1};
+                         .boot_fd = cli_opt(c, "boot-fd") ? atoi(cli_opt(c, "boot-fd")) : -1,
+                         .restore_file = cli_opt(c, "restore"), .restore_remove = cli_flag(c, "restore-remove"),
+                         .incoming_listen = cli_opt(c, "incoming")};
     o.echo_fd = c->quiet || o.ready_fd >= 0 ? -1 : 2;
     int r = cli_opt_seconds_ms(c, "stop-timeout", 60000, &o.stop_timeout_ms);
     if (r < 0)
@@ -48,11 +50,20 @@ int cmd_start(struct cli *c)
         return qv_fail(&c->err, -EBUSY, "%s is already running (pid %d)", name, (int)holder);
 
     bool paused = cli_flag(c, "paused");
-    const char *args[] = {"run", name, paused ? "--paused" : NULL, NULL};
-    if ((r = supervisor_spawn(&c->paths, args, timeout_ms, name, &c->err)) < 0)
+    /* a managed save is resumed (and removed once it is in) instead of a boot */
+    char saved[PATH_MAX];
+    bool resume = managedsave_exists(&c->paths, name) && managedsave_path(&c->paths, name, saved, sizeof(saved)) == 0;
+    const char *args[] = {"run", name, resume ? "--restore" : paused ? "--paused" : NULL, resume ? saved : NULL,
+                          resume ? "--restore-remove" : NULL, resume && paused ? "--paused" : NULL, NULL};
+    if ((r = supervisor_spawn(&c->paths, args, timeout_ms, name, &c->err)) < 0) {
+        if (resume && r != -ETIMEDOUT)
+            qv_prefix(&c->err, "%s: resuming from its managed save (qvisor managedsave-remove %s boots it afresh "
+                      "next time): ", name, name);
         return r;
+    }
     if (!c->quiet)
-        printf("%s started%s\n", name, paused ? " (paused: qvisor resume lets it run)" : "");
+        printf("%s started%s%s\n", name, resume ? " from its managed save" : "",
+               paused ? " (paused: qvisor resume lets it run)" : "");
     return 0;
 }
 

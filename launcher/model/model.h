@@ -406,6 +406,25 @@ static inline int image_detect_format(const char *path, enum disk_format *fmt, s
     return r;
 }
 
+/* ---- saved states (savefile.c): qvisor save/restore, managedsave ------------------------- */
+/* var/lib/qvisor/save/NAME.state */
+int managedsave_path(const struct qv_paths *p, const char *name, char *out, size_t outlen);
+bool managedsave_exists(const struct qv_paths *p, const char *name);
+/* The header (magic line, JSON with the definition, padding to a 4 KiB multiple) at
+ * the start of fd; the file offset is left at its end, where QEMU's stream goes. */
+int savefile_write_header(int fd, const struct vm_def *d, const char *state, const char *qemu_version,
+                          struct qv_err *e);
+/* header: {"name", "state", "qemu_version", "saved_at_ms", "definition"}; *data_off:
+ * where QEMU's stream starts. -EINVAL for a file that is not a complete saved state. */
+int savefile_read_header(const char *path, int fd, json_object **header, off_t *data_off, struct qv_err *e);
+/* Opens path read-only and reads its header and the definition it records. */
+int savefile_open(const char *path, json_object **header, struct vm_def *saved, off_t *data_off, int *fd,
+                  struct qv_err *e);
+/* -EINVAL naming the first difference that matters to the guest ("memory: saved
+ * \"128M\", now \"256M\"") and the fix; host-side settings (policies, limits) may differ. */
+int savefile_check_definition(const char *file, const struct vm_def *saved, const struct vm_def *now,
+                              struct qv_err *e);
+
 /* ---- run state: run/qvisor/vms/NAME/{lock,pid,state.json} -------------------------------- */
 enum vm_state { VM_SHUTOFF, VM_STARTING, VM_RUNNING, VM_PAUSED, VM_STOPPING, VM_CRASHED };
 extern const char *const vm_state_names[];

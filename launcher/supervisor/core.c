@@ -105,6 +105,9 @@ json_object *sup_status_json(struct sup *s)
     json_object *jobs = sup_jobs_json(s);
     if (jobs)
         json_object_object_add(o, "jobs", jobs);
+    json_object *mig = migrate_status_json(s);
+    if (mig)
+        json_object_object_add(o, "migration", mig);
     json_object *conf = confine_inspect(s);
     if (conf)
         json_object_object_add(o, "confinement", conf);
@@ -187,6 +190,7 @@ static void signal_readable(struct sup *s)
             block_child_exited(s);
             snapshots_child_exited(s);
             virtiofs_child_exited(s);
+            migrate_child_exited(s);
             if (s->qemu_is_child && s->qemu_pid)
                 sup_qemu_gone(s);
         }
@@ -231,7 +235,7 @@ static int next_timeout(struct sup *s)
     uint64_t cands[] = {s->stop_next, s->restart_at, s->notify.next_ping, s->qmp ? qmp_next_deadline(s->qmp) : 0,
                         hotplug_next_deadline(s), s->lease_poll, console_next_deadline(s), ctl_next_deadline(s),
                         monitor_next_deadline(s), agent_next_deadline(s), start_next_deadline(s),
-                        sup_jobs_next_deadline(s), snapshots_next_deadline(s)};
+                        sup_jobs_next_deadline(s), snapshots_next_deadline(s), migrate_next_deadline(s)};
     for (size_t i = 0; i < ARRAY_SIZE(cands); i++)
         if (cands[i] && (!next || cands[i] < next))
             next = cands[i];
@@ -254,6 +258,7 @@ static void run_timers(struct sup *s)
     start_expire(s, now);
     sup_jobs_expire(s, now);
     snapshots_expire(s, now);
+    migrate_expire(s, now);
     if (s->lease_poll && now >= s->lease_poll)
         vmnet_poll_leases(s);
     if (s->notify.next_ping && now >= s->notify.next_ping) {
@@ -320,6 +325,9 @@ static void loop(struct sup *s)
             case EV_BOOT:
                 boot_readable(s);
                 break;
+            case EV_MIGRATE:
+                migrate_io(s, evs[i].events);
+                break;
             }
         }
         run_timers(s);
@@ -380,6 +388,8 @@ static void sup_free(struct sup *s)
     ctl_close_all(s);
     confine_release(s);
     snapshots_forget(s);
+    migrate_forget(s);
+    migrate_incoming_close(s);
     for (int i = 0; i < HOTPLUG_MAX; i++)
         vm_nic_free(&s->hp[i].nic);
     block_forget(s);
@@ -493,7 +503,9 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
     } else {
         if (have_prev)
             cleanup_previous(sp, &prev);
-        r = start_begin(sp, false, e);
+        r = o->incoming_listen ? start_begin_incoming(sp, o->incoming_listen, e)
+          : o->restore_file    ? start_begin_restore(sp, o->restore_file, o->restore_remove, e)
+                               : start_begin(sp, false, e);
         if (r == 0)
             start_wishes(sp, o->load_snapshot, o->paused);
     }

@@ -337,6 +337,33 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
     } else if (start_active(s) && strcmp(cmd, "events") != 0 && strcmp(cmd, "console") != 0) {
         /* nothing may reach QEMU before its set-up is done and `cont` sent */
         reply_error(s, c, -EBUSY, "%s is starting; try again once it runs", s->def.name);
+    } else if (migrate_busy(s) && strcmp(cmd, "migrate-abort") != 0 && strcmp(cmd, "events") != 0 &&
+               strcmp(cmd, "console") != 0 && strcmp(cmd, "ifaddr") != 0) {
+        /* the guest's state is on its way out: nothing may change it meanwhile */
+        reply_error(s, c, -EBUSY, "%s: a save or migration is under way; try again once it is over (or cancel it: "
+                    "qvisor save|migrate %s --abort)", s->def.name, s->def.name);
+    } else if (strcmp(cmd, "save") == 0) {
+        struct qv_err e = {0};
+        if (!monitor_usable(s, c))
+            return;
+        int r = migrate_save(s, c->id, get_string(req, "file"), get_bool(req, "bypass_cache"), get_bool(req, "managed"),
+                             &e);
+        if (r < 0)
+            reply_error(s, c, r, "%s", e.msg);
+    } else if (strcmp(cmd, "migrate") == 0) {
+        struct qv_err e = {0};
+        if (!monitor_usable(s, c))
+            return;
+        int r = migrate_live(s, c->id, get_string(req, "address"), (int64_t)get_int(req, "bandwidth_mib", 0) << 20,
+                             get_int(req, "max_downtime_ms", 0), get_bool(req, "auto_converge"), &e);
+        if (r < 0)
+            reply_error(s, c, r, "%s", e.msg);
+    } else if (strcmp(cmd, "migrate-abort") == 0) {
+        struct qv_err e = {0};
+        if (migrate_abort(s, &e) < 0)
+            reply_error(s, c, e.code, "%s", e.msg);
+        else
+            reply_ok(s, c);
     } else if (strcmp(cmd, "pause") == 0) {
         client_qmp(s, c, "stop", NULL, AS_OK, QMP_TIMEOUT_DEFAULT);
     } else if (strcmp(cmd, "resume") == 0) {

@@ -47,6 +47,10 @@ static const struct request_kind request_kinds[] = {
     {"snapshot-revert", {{"name", F_STRING, true}, {"then", F_STRING, false}}},
     {"snapshot-delete", {{"name", F_STRING, true}, {"bandwidth", F_STRING, false}}},
     {"change-media", {{"target", F_STRING, true}, {"file", F_STRING, false}}},
+    {"save", {{"file", F_STRING, true}, {"bypass_cache", F_BOOL, false}, {"managed", F_BOOL, false}}},
+    {"migrate-abort", {{0}}},
+    {"migrate", {{"address", F_STRING, true}, {"bandwidth_mib", F_INT, false}, {"max_downtime_ms", F_INT, false},
+                 {"auto_converge", F_BOOL, false}}},
     {"events", {{0}}},
     {"console", {{"replay", F_BOOL, false}}},
 };

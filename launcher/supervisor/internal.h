@@ -4,7 +4,8 @@
  * (hotplug.c), a running VM's disks (disks.c), CD-ROM media (media.c), QEMU's jobs
  * (jobs.c), block jobs (blockjobs.c, blockprep.c), snapshots (snapshots.c,
  * snapshot_full.c, snapshot_merge.c), the guest agent channel (agent.c, agent_ops.c; agent_chan.h),
- * virtiofs shares and their virtiofsd processes (virtiofs.c).
+ * virtiofs shares and their virtiofsd processes (virtiofs.c), save and migration
+ * (migrate.c out, migrate_in.c in).
  * One process per VM owns the only QMP connection. */
 #ifndef QV_SUP_INTERNAL_H
 #define QV_SUP_INTERNAL_H
@@ -41,7 +42,7 @@ void notify_send(struct notify *n, const char *msg);
 void notify_close(struct notify *n);
 
 
-enum ev_kind { EV_QMP, EV_CONSOLE, EV_CTL, EV_CLIENT, EV_SIGNAL, EV_PIDFD, EV_AGENT, EV_BOOT };
+enum ev_kind { EV_QMP, EV_CONSOLE, EV_CTL, EV_CLIENT, EV_SIGNAL, EV_PIDFD, EV_AGENT, EV_BOOT, EV_MIGRATE };
 
 struct ev {
     enum ev_kind kind;
@@ -155,6 +156,12 @@ struct start_job {
     bool restart;           /* on_crash: a failure leaves the VM crashed */
     bool paused;            /* the guest stays paused once QEMU is set up (start --paused) */
     char load[65];          /* a full snapshot loaded before the guest runs; "" none */
+    /* a saved state the guest resumes from (restore, a start after managedsave): QEMU
+     * runs with -incoming defer and gets the file once set up (migrate.c); "" none */
+    char incoming[PATH_MAX];
+    bool incoming_remove;   /* a managed save: removed once restored */
+    bool restored;          /* its state is in: the guest ran before, it is no fresh start */
+    uint64_t in_poll_at;    /* next query-migrate while the state comes in; 0: none */
     bool failed;            /* set where it failed (often a QMP callback); wound up by start_wind_up */
     bool cancelled;         /* stop or kill asked for while it ran */
     struct qv_err err;
@@ -226,6 +233,7 @@ struct sup_job {
     unsigned pending;
 };
 
+struct mig_op;
 struct sup {
     const struct qv_paths *paths;
     struct vm_def def;
@@ -289,6 +297,9 @@ struct sup {
     struct block_prep *block_prep;  /* a block job being prepared (blockjobs.c) */
     json_object *fdset_drop;    /* file nodes whose fdsets go at the next query-fdsets reply */
     struct snap_op *snap;       /* a disk-only snapshot being taken (snapshots.c); NULL: none */
+    struct mig_op *mig;         /* a save or migration under way (migrate.c); NULL: none */
+    int mig_listen_fd;          /* migrate-incoming's listener until the source connects; 0: none */
+    struct ev ev_mig;           /* the listener, or an outgoing migration's connect */
     unsigned snap_seq;          /* the last one's number: late agent replies find it by that */
     struct cdrom_media *media;  /* one per cdroms[] entry once a medium changed; NULL before */
     size_t nmedia;
@@ -336,8 +347,12 @@ void sup_on_event(void *ctx, const char *event, json_object *data, uint64_t ts_u
  * s->start.failed is set. Success ends in report_ready and state running. */
 int start_begin(struct sup *s, bool restart, struct qv_err *e);
 /* The first start's wishes (supervisor_run's options): paused, or resumed from a
- * snapshot; set right after start_begin, before QEMU's set-up ends. */
+ * snapshot or a saved state; set right after start_begin, before QEMU's set-up ends
+ * (the saved state also before QEMU is spawned: start_begin_restore). */
 void start_wishes(struct sup *s, const char *load_snapshot, bool paused);
+/* A start that restores the saved state in `file` (removed once restored when
+ * remove): QEMU waits for it with -incoming defer. */
+int start_begin_restore(struct sup *s, const char *file, bool remove, struct qv_err *e);
 static inline bool start_active(const struct sup *s)
 {
     return s->start.phase != START_IDLE;
@@ -764,6 +779,43 @@ struct sup *sup_new_for_test(const struct qv_paths *paths, const char *name, int
 void sup_free_for_test(struct sup *s);
 void sup_test_run_timers(struct sup *s);
 void sup_test_qemu_gone(struct sup *s);
+
+/* migrate.c: save (QEMU's migration stream into a file the supervisor opened, behind a
+ * header with the definition; the VM is shut off once the file is synced and renamed
+ * into place; any failure removes the partial file and the guest runs on), and the
+ * restore of such a file in a start. */
+/* client is answered once QEMU is gone after a save (or with the failure). */
+int migrate_save(struct sup *s, unsigned client, const char *file, bool bypass_cache, bool managed, struct qv_err *e);
+/* Live migration to the destination supervisor at address (numeric ADDR:PORT); client
+ * is answered at the end ({"downtime_ms", "total_time_ms", ...}) or with the failure,
+ * after which the guest runs on here. bandwidth bytes/s (0: no cap), downtime_ms 0:
+ * QEMU's default. */
+int migrate_live(struct sup *s, unsigned client, const char *address, int64_t bandwidth, int64_t downtime_ms,
+                 bool auto_converge, struct qv_err *e);
+/* A start that receives the guest from a source: listens on listen_at (numeric
+ * ADDR:PORT) before QEMU runs; ready once QEMU is set up and waits. */
+int start_begin_incoming(struct sup *s, const char *listen_at, struct qv_err *e);
+void migrate_incoming_close(struct sup *s);
+/* Between migrate.c and migrate_in.c: a numeric ADDR:PORT or [V6]:PORT; the source
+ * connected to the listener; the next query-migrate of a start's incoming stream. */
+#define MIG_POLL_MS 250
+int migrate_parse_address(const char *text, struct sockaddr_storage *sa, socklen_t *len, struct qv_err *e);
+void migrate_incoming_accept(struct sup *s);
+void migrate_incoming_poll(struct sup *s);
+/* EV_MIGRATE: the outgoing connect finished, or the source connected. */
+void migrate_io(struct sup *s, uint32_t events);
+/* migrate_cancel for a save or migration under way; its client hears "cancelled". */
+int migrate_abort(struct sup *s, struct qv_err *e);
+bool migrate_busy(struct sup *s);
+json_object *migrate_status_json(struct sup *s);    /* NULL when nothing is under way */
+uint64_t migrate_next_deadline(struct sup *s);
+void migrate_expire(struct sup *s, uint64_t now);
+void migrate_child_exited(struct sup *s);
+/* QEMU is gone: a save under way fails (its partial file removed). */
+void migrate_forget(struct sup *s);
+/* The start's QEMU is set up: the saved state s->start.incoming goes in (checked
+ * against the definition first); the start goes on with start_after_load. */
+int migrate_incoming_begin(struct sup *s, struct qv_err *e);
 
 /* snapshots.c: snapshots of the running VM (records and plan: model/snapshot.c). Each
  * answers `client` when done (an error before anything was sent is returned). Full

@@ -375,6 +375,7 @@ void sup_qemu_gone(struct sup *s)
     hotplug_forget_all(s);
     sup_jobs_forget_all(s, "QEMU exited before the job ended");
     snapshots_forget(s);
+    migrate_forget(s);
     media_forget_all(s);
     s->qemu_pid = 0;
     s->rs.qemu_pid = 0;

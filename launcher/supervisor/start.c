@@ -156,7 +156,7 @@ static void started(struct sup *s, bool paused)
     s->start.phase = START_IDLE;
     /* paused in prelaunch, it never ran: a successor must not `cont` it (the recorded
      * state says paused), and a stop there is a kill */
-    s->never_ran = paused && !s->start.load[0];
+    s->never_ran = paused && !s->start.load[0] && !s->start.restored;
     sup_log(s, "QEMU %s %s as pid %d (accel %s)", s->rs.qemu_version, paused ? "paused" : "running",
             (int)s->qemu_pid, s->rs.accel);
     sup_set_state(s, paused ? VM_PAUSED : VM_RUNNING);
@@ -212,6 +212,28 @@ void start_wishes(struct sup *s, const char *load_snapshot, bool paused)
     snprintf(s->start.load, sizeof(s->start.load), "%s", load_snapshot ? load_snapshot : "");
 }
 
+int start_begin_restore(struct sup *s, const char *file, bool remove, struct qv_err *e)
+{
+    /* checked before anything runs: a state that does not fit fails the start at once */
+    _cleanup_json_ json_object *header = NULL;
+    _cleanup_vm_def_ struct vm_def saved = {0};
+    off_t off;
+    int fd;
+    int r = savefile_open(file, &header, &saved, &off, &fd, e);
+    if (r < 0)
+        return r;
+    close(fd);
+    if ((r = savefile_check_definition(file, &saved, &s->def, e)) < 0)
+        return r;
+    snprintf(s->start.incoming, sizeof(s->start.incoming), "%s", file);
+    if ((r = start_begin(s, false, e)) < 0) {
+        s->start.incoming[0] = '\0';
+        return r;
+    }
+    s->start.incoming_remove = remove;
+    return 0;
+}
+
 void start_after_load(struct sup *s, bool paused)
 {
     if (s->start.phase == START_QMP && !s->start.failed)
@@ -223,7 +245,10 @@ void start_after_load(struct sup *s, bool paused)
 static void setup_done(struct sup *s)
 {
     struct qv_err e = {0};
-    if (!s->start.load[0])
+    if (s->start.incoming[0] && !s->start.restored) {
+        if (migrate_incoming_begin(s, &e) < 0)
+            start_failed(s, &e, NULL);
+    } else if (!s->start.load[0])
         send_cont(s, s->start.paused);
     else if (snapshot_start_load(s, s->start.load, s->start.paused, &e) < 0)
         start_failed(s, &e, NULL);
@@ -312,6 +337,10 @@ static int spawn_qemu(struct sup *s, struct qv_err *e)
                              .open_fs = virtiofs_open, .opaque = s, .overlays_made = true,
                              .seed_iso = s->start.seed_built ? s->start.seed_iso : NULL,
                              .open_credential = credential_memfd, .qemu_uid = s->conf.uid, .qemu_gid = s->conf.gid};
+    if (s->start.incoming[0]) {
+        strv_push(&plan.argv, "-incoming");
+        strv_push(&plan.argv, "defer");
+    }
     int fds[PLAN_MAX_FDS];
     r = launch_open_resources(&plan, &s->def, &ctx, fds, e);
     if (s->start.seed_built)
@@ -393,7 +422,11 @@ int start_begin(struct sup *s, bool restart, struct qv_err *e)
     if ((r = vnc_password_args(s, &pw, e)) < 0)
         return r;
     json_object_put(pw);
+    /* a first start's saved state to restore (start_begin_restore) stays; a restart boots */
+    char incoming[PATH_MAX];
+    snprintf(incoming, sizeof(incoming), "%s", restart ? "" : s->start.incoming);
     s->start = (struct start_job){.restart = restart, .net.child.out = -1, .overlay.out = -1, .seed.out = -1};
+    memcpy(s->start.incoming, incoming, sizeof(incoming));
     s->expected_exit = false;
     s->exit_reason[0] = '\0';
     s->stop_phase = 0;
@@ -483,6 +516,7 @@ void start_wind_up(struct sup *s)
 {
     struct start_job *j = &s->start;
     net_starter_abort(&j->net);
+    migrate_incoming_close(s);
     sup_child_abort(&j->overlay);
     sup_child_abort(&j->seed);
     seed_remove(s);

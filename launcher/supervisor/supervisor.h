@@ -19,6 +19,13 @@ struct sup_opts {
      * resumes from this full snapshot, loaded before it runs (NULL: boots) */
     bool paused;
     const char *load_snapshot;
+    /* a start that restores this saved state (qvisor save/managedsave made it); removed
+     * once restored when restore_remove (a managed save). NULL: none */
+    const char *restore_file;
+    bool restore_remove;
+    /* a start that receives the guest from a source supervisor (migrate-incoming):
+     * listens on this numeric ADDR:PORT; NULL: none */
+    const char *incoming_listen;
     /* `qvisor boot`'s end of a socketpair, or -1. Its VM lives only as long as boot:
      * the end closing (boot exited, or was killed -9) kills QEMU, and QEMU gets
      * PR_SET_PDEATHSIG so it dies with this supervisor too. "keep\n" read from it lets

@@ -1,0 +1,175 @@
+/* migrate and migrate-incoming: live migration between two qvisor hosts with no daemon
+ * on either. The destination runs `migrate-incoming NAME --listen ADDR:PORT`: a
+ * supervisor whose QEMU waits for the stream (what a unit or ssh starts there); the
+ * source's `migrate NAME --to tcp:HOST:PORT` asks its supervisor to connect there and
+ * migrate. Disks are shared (the same path on both hosts). The names are resolved here,
+ * the supervisors only take numeric addresses (their loops never wait on DNS). */
+#include <netdb.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+
+#include "launcher/cli/cli.h"
+
+#define SOURCE_EXIT_WAIT_MS 30000
+
+/* HOST:PORT or [V6]:PORT -> numeric "ADDR:PORT" ("[V6]:PORT") in out. */
+static int resolve(struct cli *c, const char *what, const char *text, bool passive, char *out, size_t outlen)
+{
+    char host[256];
+    const char *colon = strrchr(text, ':');
+    if (!colon || !colon[1] || (size_t)(colon - text) >= sizeof(host))
+        return qv_fail(&c->err, -EINVAL, "%s \"%s\": not HOST:PORT", what, text);
+    memcpy(host, text, (size_t)(colon - text));
+    host[colon - text] = '\0';
+    char *h = host;
+    if (h[0] == '[' && strlen(h) > 1 && h[strlen(h) - 1] == ']') {
+        h[strlen(h) - 1] = '\0';
+        h++;
+    }
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || port <= 0 || port > 65535)
+        return qv_fail(&c->err, -EINVAL, "%s \"%s\": the port must be 1-65535", what, text);
+    struct addrinfo hints = {.ai_flags = AI_NUMERICSERV | (passive && !*h ? AI_PASSIVE : 0), .ai_socktype = SOCK_STREAM},
+                    *res;
+    int r = getaddrinfo(*h ? h : NULL, colon + 1, &hints, &res);
+    if (r != 0)
+        return qv_fail(&c->err, r == EAI_NONAME ? -ENOENT : -EINVAL, "%s \"%s\": %s", what, text, gai_strerror(r));
+    char addr[INET6_ADDRSTRLEN];
+    getnameinfo(res->ai_addr, res->ai_addrlen, addr, sizeof(addr), NULL, 0, NI_NUMERICHOST);
+    bool v6 = res->ai_family == AF_INET6;
+    freeaddrinfo(res);
+    snprintf(out, outlen, v6 ? "[%s]:%ld" : "%s:%ld", addr, port);
+    return 0;
+}
+
+static int64_t int_of(json_object *o, const char *key)
+{
+    json_object *v;
+    return o && json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v) : 0;
+}
+
+static int positive(struct cli *c, const char *opt, int max, int *out)
+{
+    *out = 0;
+    const char *v = cli_opt(c, opt);
+    if (!v)
+        return 0;
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (*end || n <= 0 || n > max)
+        return qv_fail(&c->err, -EINVAL, "--%s %s: a whole number from 1 to %d", opt, v, max);
+    *out = (int)n;
+    return 0;
+}
+
+int cmd_migrate(struct cli *c)
+{
+    const char *vm = c->pos[0];
+    if (cli_flag(c, "abort")) {
+        int r = ctl_call(&c->paths, vm, ctl_request("migrate-abort"), 10000, NULL, &c->err);
+        if (r == 0 && !c->quiet)
+            printf("%s: the migration is being cancelled; the guest runs on here\n", vm);
+        return r;
+    }
+    const char *to = cli_opt(c, "to");
+    if (!to)
+        return qv_fail(&c->err, -EINVAL, "migrate: --to tcp:HOST:PORT is missing (where qvisor migrate-incoming %s "
+                       "--listen waits)", vm);
+    if (strncmp(to, "tcp:", 4) != 0)
+        return qv_fail(&c->err, -EINVAL, "migrate: --to %s: only tcp:HOST:PORT is supported", to);
+    int bandwidth, downtime, r;
+    if ((r = positive(c, "bandwidth", 1 << 20, &bandwidth)) < 0 || (r = positive(c, "max-downtime", 600000, &downtime)) < 0)
+        return r;
+    char addr[300];
+    if ((r = resolve(c, "--to", to + 4, false, addr, sizeof(addr))) < 0)
+        return r;
+    _cleanup_vm_def_ struct vm_def d = {0};
+    if ((r = vm_load(&c->paths, vm, &d, &c->err)) < 0)
+        return r;
+    json_object *req = ctl_request("migrate");
+    json_object_object_add(req, "address", json_object_new_string(addr));
+    if (bandwidth)
+        json_object_object_add(req, "bandwidth_mib", json_object_new_int(bandwidth));
+    if (downtime)
+        json_object_object_add(req, "max_downtime_ms", json_object_new_int(downtime));
+    if (cli_flag(c, "auto-converge"))
+        json_object_object_add(req, "auto_converge", json_object_new_boolean(true));
+    _cleanup_json_ json_object *reply = NULL;
+    if ((r = cli_migration_call(c, vm, req, &reply)) < 0)
+        return r;
+    /* the source supervisor releases taps, rules and leases once QEMU is gone, holding
+     * the lock until it has: waited for, so that what follows never meets it */
+    uint64_t until = monotonic_ms() + SOURCE_EXIT_WAIT_MS;
+    while (vm_supervised(&c->paths, vm, NULL) && monotonic_ms() < until)
+        usleep(100 * 1000);
+    bool undefined = false;
+    if (cli_flag(c, "undefine-source") && !d.transient) {
+        struct qv_err ue = {0};
+        if (vm_undefine(&c->paths, vm, &ue) < 0)
+            fprintf(stderr, "qvisor: %s: migrated, but its definition here stays: %s\n", vm, ue.msg);
+        else
+            undefined = true;
+    }
+    if (c->json) {
+        json_object_object_del(reply, "ok");
+        json_object_object_add(reply, "undefined_source", json_object_new_boolean(undefined));
+        cli_print_json(reply);
+    } else if (!c->quiet) {
+        printf("%s migrated to %s in %lld ms (downtime %lld ms)%s\n", vm, addr, (long long)int_of(reply, "total_time_ms"),
+               (long long)int_of(reply, "downtime_ms"), undefined ? "; its definition here is removed" : "");
+    }
+    return 0;
+}
+
+int cmd_migrate_incoming(struct cli *c)
+{
+    const char *vm = c->pos[0];
+    const char *listen = cli_opt(c, "listen"), *file = cli_opt(c, "definition");
+    if (!listen)
+        return qv_fail(&c->err, -EINVAL, "migrate-incoming: --listen ADDR:PORT is missing");
+    if (cli_flag(c, "persistent") && !file)
+        return qv_fail(&c->err, -EINVAL, "migrate-incoming: --persistent defines the VM from --definition FILE");
+    int timeout_ms;
+    int r = cli_opt_seconds_ms(c, "wait-timeout", 60000, &timeout_ms);
+    if (r < 0)
+        return r;
+    char addr[300];
+    if ((r = resolve(c, "--listen", listen, true, addr, sizeof(addr))) < 0)
+        return r;
+    if (vm_supervised(&c->paths, vm, NULL))
+        return qv_fail(&c->err, -EBUSY, "%s is already running here", vm);
+    _cleanup_vm_def_ struct vm_def d = {0};
+    bool transient = false;
+    if (file) {
+        _cleanup_json_ json_object *o = NULL;
+        if ((r = json_read_file(file, &o, &c->err)) < 0)
+            return r;
+        json_object *name;
+        if (!json_object_object_get_ex(o, "name", &name) || strcmp(json_object_get_string(name), vm) != 0)
+            return qv_fail(&c->err, -EINVAL, "%s: the definition is not of VM %s", file, vm);
+        struct qv_err le = {0};
+        if (vm_load(&c->paths, vm, &d, &le) == 0)
+            return qv_fail(&c->err, -EEXIST, "%s is already defined here: drop --definition to use that definition",
+                           vm);
+        r = cli_flag(c, "persistent") ? vm_define(&c->paths, o, false, &d, &c->err)
+                                      : vm_create_transient(&c->paths, o, &d, &c->err);
+        if (r < 0)
+            return qv_prefix(&c->err, "%s: ", file);
+        transient = !cli_flag(c, "persistent");
+    } else if ((r = vm_load(&c->paths, vm, &d, &c->err)) < 0) {
+        return qv_prefix(&c->err, "%s (give its definition with --definition FILE.json): ", "migrate-incoming");
+    }
+    const char *args[] = {"run", vm, "--incoming", addr, NULL};
+    r = supervisor_spawn(&c->paths, args, timeout_ms, vm, &c->err);
+    if (r < 0 && r != -ETIMEDOUT && transient && !vm_supervised(&c->paths, vm, NULL))
+        vm_transient_forget(&c->paths, vm);
+    if (r < 0)
+        return r;
+    if (!c->quiet)
+        printf("%s: waiting for the migration stream on %s (qvisor migrate %s --to tcp:%s on the source)\n", vm, addr,
+               vm, addr);
+    return 0;
+}

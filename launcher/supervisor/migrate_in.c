@@ -1,0 +1,190 @@
+/* QEMU's migration stream coming in (migrate.c sends it): a start that restores a saved
+ * state (restore, a start after managedsave: the file's fd at the stream's offset) or
+ * receives a migrating guest (migrate-incoming: a listener bound before QEMU runs, the
+ * start says it is ready once QEMU is set up, one connection is accepted and handed to
+ * QEMU). Either way QEMU runs with -incoming defer and gets the fd with getfd +
+ * migrate-incoming fd:; query-migrate polls say when the state is in, and the start
+ * goes on to `cont` (announce-self first for a migrated guest) or ends paused. */
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+
+#include "launcher/supervisor/internal.h"
+
+#define MIG_IN_FDNAME "qv-incoming"
+
+static const char *qemu_says(const char *msg)
+{
+    static const char generic[] = "GenericError: ";
+    return strncmp(msg, generic, sizeof(generic) - 1) == 0 ? msg + sizeof(generic) - 1 : msg;
+}
+
+static bool incoming_tcp(struct sup *s)
+{
+    return strncmp(s->start.incoming, "tcp:", 4) == 0;
+}
+
+static void on_in_query(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct sup *s = ctx;
+    if (s->start.phase != START_QMP || s->start.failed || !s->start.incoming[0])
+        return;
+    if (err) {
+        start_failed(s, err, "query-migrate");
+        return;
+    }
+    json_object *v;
+    const char *status = json_object_object_get_ex(ret, "status", &v) ? json_object_get_string(v) : "";
+    if (strcmp(status, "completed") == 0 && incoming_tcp(s)) {
+        sup_log(s, "the guest's state came in from the source%s", s->start.paused ? "; it stays paused" : "");
+        s->start.restored = true;
+        /* QEMU announces by itself too; once more, so switches learn the MACs' new port */
+        json_object *a = json_object_new_object();
+        json_object_object_add(a, "initial", json_object_new_int(50));
+        json_object_object_add(a, "max", json_object_new_int(550));
+        json_object_object_add(a, "rounds", json_object_new_int(5));
+        json_object_object_add(a, "step", json_object_new_int(100));
+        sup_qmp(s, "announce-self", a);
+        start_after_load(s, s->start.paused);
+    } else if (strcmp(status, "completed") == 0) {
+        sup_log(s, "the guest's state is restored from %s%s", s->start.incoming,
+                s->start.paused ? "; it stays paused" : "");
+        if (s->start.incoming_remove && unlink(s->start.incoming) < 0 && errno != ENOENT)
+            sup_log(s, "warning: %s: %s (the managed save stays)", s->start.incoming, strerror(errno));
+        s->start.restored = true;
+        start_after_load(s, s->start.paused);
+    } else if (strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0) {
+        struct qv_err e = {0};
+        qv_fail(&e, -EIO, "restoring from %s: %s", s->start.incoming,
+                json_object_object_get_ex(ret, "error-desc", &v) ? json_object_get_string(v) : status);
+        start_failed(s, &e, NULL);
+    } else {
+        s->start.in_poll_at = monotonic_ms() + MIG_POLL_MS;
+    }
+}
+
+void migrate_incoming_poll(struct sup *s)
+{
+    /* QEMU reads a file without ever yielding to its monitor: the reply comes once the
+     * whole state is in, which may take long */
+    if (!s->qmp || qmp_send(s->qmp, "query-migrate", NULL, NULL, 0, QMP_TIMEOUT_JOB, 0, on_in_query, s) < 0) {
+        struct qv_err e = {0};
+        qv_fail(&e, -ECONNRESET, "the QMP connection is closed");
+        start_failed(s, &e, "restoring");
+    }
+}
+
+static void on_in_step(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    struct sup *s = ctx;
+    if (s->start.phase != START_QMP || s->start.failed)
+        return;
+    if (err) {
+        struct qv_err e = *err;
+        qv_fail(&e, err->code, "%s", qemu_says(err->msg));
+        start_failed(s, &e, "restoring");
+    }
+}
+
+static void on_in_started(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    on_in_step(ctx, ret, err);
+    struct sup *s = ctx;
+    if (s->start.phase == START_QMP && !s->start.failed)
+        migrate_incoming_poll(s);
+}
+
+int start_begin_incoming(struct sup *s, const char *listen_at, struct qv_err *e)
+{
+    struct sockaddr_storage sa;
+    socklen_t len;
+    int r = migrate_parse_address(listen_at, &sa, &len, e);
+    if (r < 0)
+        return qv_prefix(e, "%s: --listen: ", s->def.name);
+    int fd = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0)
+        return qv_failerr(e, -errno, "%s: socket", s->def.name);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&sa, len) < 0 || listen(fd, 1) < 0) {
+        r = -errno;
+        close(fd);
+        return qv_failerr(e, r, "%s: listening on %s", s->def.name, listen_at);
+    }
+    s->mig_listen_fd = fd;
+    snprintf(s->start.incoming, sizeof(s->start.incoming), "tcp:%s", listen_at);
+    if ((r = start_begin(s, false, e)) < 0) {
+        migrate_incoming_close(s);
+        s->start.incoming[0] = '\0';
+    }
+    return r;
+}
+
+void migrate_incoming_close(struct sup *s)
+{
+    if (s->mig_listen_fd > 0) {
+        epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->mig_listen_fd, NULL);
+        close(s->mig_listen_fd);
+    }
+    s->mig_listen_fd = 0;
+}
+
+/* The source connected: QEMU gets the stream, the listener goes (one source only). */
+void migrate_incoming_accept(struct sup *s)
+{
+    int c = accept4(s->mig_listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    if (c < 0)
+        return;     /* EAGAIN, a connection that went: wait for the next */
+    migrate_incoming_close(s);
+    sup_log(s, "the source connected: the guest's state comes in");
+    int r = qmp_send(s->qmp, "getfd", json_obj1("fdname", json_object_new_string(MIG_IN_FDNAME)), &c, 1,
+                     QMP_TIMEOUT_DEFAULT, 0, on_in_step, s);
+    close(c);
+    if (r == 0)
+        r = qmp_send(s->qmp, "migrate-incoming", json_obj1("uri", json_object_new_string("fd:" MIG_IN_FDNAME)), NULL,
+                     0, QMP_TIMEOUT_JOB, 0, on_in_started, s);
+    if (r < 0) {
+        struct qv_err e = {0};
+        qv_fail(&e, -ECONNRESET, "the QMP connection is closed");
+        start_failed(s, &e, "incoming migration");
+    }
+}
+
+int migrate_incoming_begin(struct sup *s, struct qv_err *e)
+{
+    if (incoming_tcp(s)) {
+        if (s->mig_listen_fd <= 0)
+            return qv_fail(e, -EBADF, "%s: the migration listener is gone", s->def.name);
+        s->ev_mig.kind = EV_MIGRATE;
+        sup_epoll_add(s, s->mig_listen_fd, EPOLLIN, &s->ev_mig);
+        sup_log(s, "QEMU is set up; waiting for the migration stream on %s", s->start.incoming + 4);
+        report_ready(s, 0, NULL);
+        return 0;
+    }
+    _cleanup_json_ json_object *header = NULL;
+    _cleanup_vm_def_ struct vm_def saved = {0};
+    off_t off;
+    int fd;
+    int r = savefile_open(s->start.incoming, &header, &saved, &off, &fd, e);
+    if (r < 0)
+        return r;
+    if ((r = savefile_check_definition(s->start.incoming, &saved, &s->def, e)) < 0 ||
+        (lseek(fd, off, SEEK_SET) < 0 && (r = qv_failerr(e, -errno, "%s", s->start.incoming)) < 0)) {
+        close(fd);
+        return r;
+    }
+    sup_log(s, "restoring the guest's state from %s", s->start.incoming);
+    /* getfd and migrate-incoming go out together: QEMU answers in order */
+    r = qmp_send(s->qmp, "getfd", json_obj1("fdname", json_object_new_string(MIG_IN_FDNAME)), &fd, 1,
+                 QMP_TIMEOUT_DEFAULT, 0, on_in_step, s);
+    close(fd);
+    if (r == 0)
+        r = qmp_send(s->qmp, "migrate-incoming", json_obj1("uri", json_object_new_string("fd:" MIG_IN_FDNAME)), NULL,
+                     0, QMP_TIMEOUT_JOB, 0, on_in_started, s);
+    if (r < 0)
+        return qv_fail(e, -ECONNRESET, "restoring from %s: the QMP connection is closed", s->start.incoming);
+    return 0;
+}
