@@ -805,6 +805,9 @@ int snapshot_live_merge(struct sup *s, unsigned client, struct storage_snapshot 
  * where they are below a disk-only overlay now. Both take the record and answer
  * client; an error returned means nothing was sent. */
 int snapshot_live_delete_internal(struct sup *s, unsigned client, struct storage_snapshot *rec, struct qv_err *e);
+/* Reattach: a freeze for a snapshot that its dead supervisor never thawed (state.json
+ * says so) is thawed through the agent. */
+void snapshots_reattach(struct sup *s);
 void snapshots_child_exited(struct sup *s);
 uint64_t snapshots_next_deadline(struct sup *s);
 void snapshots_expire(struct sup *s, uint64_t now);

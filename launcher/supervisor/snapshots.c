@@ -118,9 +118,53 @@ static struct snap_op *op_by_seq(struct sup *s, void *ctx)
     return s->snap && s->snap->seq == (unsigned)(uintptr_t)ctx ? s->snap : NULL;
 }
 
+/* A freeze that may be in force is in state.json before the freeze goes out, and
+ * leaves once the thaw answered: a supervisor killed in between leaves the guest
+ * frozen, and its successor thaws it (snapshots_reattach). */
+#define FREEZE_RECORD "snapshot_freeze"
+#define REATTACH_THAW_TIMEOUT_MS 60000  /* the channel connects and syncs first */
+
+static void freeze_record(struct sup *s, const char *name)
+{
+    if (!s->rs.resources)
+        s->rs.resources = json_object_new_object();
+    if (name)
+        json_object_object_add(s->rs.resources, FREEZE_RECORD, json_object_new_string(name));
+    else
+        json_object_object_del(s->rs.resources, FREEZE_RECORD);
+    sup_save_state(s);
+}
+
+static void on_reattach_thawed(struct sup *s, void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ctx, (void)ret;
+    if (err) {
+        sup_log(s, "warning: thawing the guest's filesystems, frozen by a snapshot whose supervisor died: %s (qvisor "
+                "agent %s fsthaw)", err->msg, s->def.name);
+        return;     /* the record stays: the next supervisor tries again */
+    }
+    sup_log(s, "the guest's filesystems, frozen by a snapshot whose supervisor died, are thawed (%d)",
+            ret && json_object_is_type(ret, json_type_int) ? json_object_get_int(ret) : 0);
+    freeze_record(s, NULL);
+}
+
+void snapshots_reattach(struct sup *s)
+{
+    json_object *v;
+    if (!s->rs.resources || !json_object_object_get_ex(s->rs.resources, FREEZE_RECORD, &v))
+        return;
+    sup_log(s, "snapshot %s froze the guest's filesystems and its supervisor died before the thaw: thawing them",
+            json_object_get_string(v));
+    struct qv_err e = {0};
+    if (agent_call(s, "guest-fsfreeze-thaw", NULL, REATTACH_THAW_TIMEOUT_MS, 0, on_reattach_thawed, NULL, &e) < 0)
+        on_reattach_thawed(s, NULL, NULL, &e);
+}
+
 static void on_thawed(struct sup *s, void *ctx, int count, const struct qv_err *err)
 {
     struct snap_op *op = op_by_seq(s, ctx);
+    if (!err)
+        freeze_record(s, NULL);
     if (err) {
         sup_log(s, "warning: snapshot: thawing the guest's filesystems failed: %s (qvisor agent %s fsthaw)", err->msg,
                 s->def.name);
@@ -163,6 +207,7 @@ static void on_frozen(struct sup *s, void *ctx, int count, const struct qv_err *
     } else {
         op->rec.quiesced = true;
         sup_log(s, "snapshot %s: %d filesystem%s frozen", op->rec.name, count, count == 1 ? "" : "s");
+        sup_crash_point("snapshot-frozen");
     }
     ext_next(op);
 }
@@ -178,8 +223,10 @@ static void freeze(struct snap_op *op)
         return;
     }
     op->thaw_needed = true;
+    freeze_record(op->s, op->rec.name);
     if (agent_fsfreeze(op->s, true, on_frozen, (void *)(uintptr_t)op->seq, &e) < 0) {
         op->thaw_needed = false;    /* nothing went out */
+        freeze_record(op->s, NULL);
         on_frozen(op->s, (void *)(uintptr_t)op->seq, -1, &e);
     }
 }
@@ -635,6 +682,8 @@ void snapshots_forget(struct sup *s)
     /* QEMU is gone (its monitor was freed first: no completion comes any more); the
      * overlays it never switched to go too */
     struct snap_op *op = s->snap;
+    if (s->rs.resources && json_object_object_get_ex(s->rs.resources, FREEZE_RECORD, NULL))
+        freeze_record(s, NULL);     /* the guest it froze is gone */
     if (!op)
         return;
     if (op->client)

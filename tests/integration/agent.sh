@@ -102,6 +102,22 @@ check "...nothing was made: no overlay, no record" bash -c "test ! -e '$T_ROOT/g
 check_output "the copy is aborted" 'aborting the copy of disk0' qv block job ga disk0 --abort
 no_job() { ! qv status ga | grep -q '^job '; }
 check "...and ends" wait_until 20 no_job
+# a supervisor killed while the guest is frozen for a snapshot: state.json says so, its successor thaws
+spid=$(sup_pid ga)
+kill -9 "$spid"
+check "kill -9 of ga's supervisor" wait_until 10 bash -c "! kill -0 $spid 2>/dev/null"
+check_output "a supervisor that dies right after a freeze takes over" 'ga started' \
+    env QVISOR_TEST_CRASH_AT=snapshot-frozen "$QV_BIN" --root "$T_ROOT" start ga
+spid=$(sup_pid ga)
+qv snapshot create ga q4 --disk-only > /dev/null 2>&1
+check "...a quiesced snapshot kills it after the freeze" wait_until 10 bash -c "! kill -0 $spid 2>/dev/null"
+state=$T_ROOT/run/qvisor/vms/ga/state.json
+check "...state.json records the freeze" jq -e '.resources.snapshot_freeze == "q4"' "$state"
+check_output "start again reattaches" 'ga started' qv start ga
+check "...and thaws the guest (the log)" wait_log ga 'frozen by a snapshot whose supervisor died, are thawed' 30
+check_output "...fsfreeze-status: thawed" '^thawed$' qv agent ga fsfreeze-status
+check "...its filesystem takes writes" qv exec ga --timeout 20 -- sh -c 'echo after3 > /mnt/d/after3 && sync'
+check "...and the record is gone" jq -e '.resources | has("snapshot_freeze") | not' "$state"
 check_error "--quiesce with a full snapshot is refused (it keeps memory: nothing to freeze for)" 2 \
     '--quiesce needs --disk-only' qv snapshot create ga q9 --quiesce
 check_error "--quiesce with a VM that has no agent channel: exit 1, nothing made" 1 \
