@@ -187,6 +187,9 @@ struct storage_snapshot_disk {
     char volume[160];           /* "POOL/NAME" when the disk named file as a volume; "" else */
     char overlay[PATH_MAX];     /* external: the overlay made on top of file */
     char overlay_volume[160];   /* its volume reference, when file was a volume */
+    /* attached to the running VM (hotplugged), not a disk of the definition: `disk` is
+     * its device id then, which only that VM's run knows (recorded as "hotplug": true) */
+    bool hotplug;
 };
 struct storage_snapshot {
     char name[65];

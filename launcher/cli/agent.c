@@ -388,6 +388,59 @@ static void close_guest_file(struct cli *c, struct agent_conn *ac, int64_t h)
     c->err = keep;
 }
 
+/* argv run in the guest (guest-exec), waited for up to 10 s: 0 when it exited 0, with
+ * its stdout in out; else -errno and why (c->err is left as it was: a file's mode is
+ * kept where the agent allows, and never fails a copy). */
+static int guest_run(struct cli *c, struct agent_conn *ac, const char *const *argv, char *out, size_t outlen, char *why,
+                     size_t whylen)
+{
+    struct qv_err saved = c->err;
+    json_object *arg = json_object_new_array(), *ret = NULL, *v;
+    for (size_t i = 1; argv[i]; i++)
+        json_object_array_add(arg, json_object_new_string(argv[i]));
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "path", json_object_new_string(argv[0]));
+    json_object_object_add(args, "arg", arg);
+    json_object_object_add(args, "capture-output", json_object_new_boolean(true));
+    int r = agent_cmd(c, ac, "guest-exec", args, AGENT_CLI_TIMEOUT_MS, &ret);
+    int64_t pid = r == 0 && ret && json_object_object_get_ex(ret, "pid", &v) ? json_object_get_int64(v) : -1;
+    json_object_put(ret);
+    if (r < 0 || pid < 0) {
+        snprintf(why, whylen, "%s", r < 0 ? c->err.msg : "guest-exec gave no pid");
+        c->err = saved;
+        return r < 0 ? r : -EIO;
+    }
+    out[0] = '\0';
+    for (int i = 0; i < 100; i++) {
+        json_object *sa = json_object_new_object();
+        json_object_object_add(sa, "pid", json_object_new_int64(pid));
+        ret = NULL;
+        if ((r = agent_cmd(c, ac, "guest-exec-status", sa, AGENT_CLI_TIMEOUT_MS, &ret)) < 0) {
+            snprintf(why, whylen, "%s", c->err.msg);
+            c->err = saved;
+            return r;
+        }
+        if (ret && json_object_object_get_ex(ret, "exited", &v) && json_object_get_boolean(v)) {
+            int code = json_object_object_get_ex(ret, "exitcode", &v) ? json_object_get_int(v) : -1;
+            unsigned char *data = NULL;
+            size_t n = 0;
+            if (json_object_object_get_ex(ret, "out-data", &v) && cli_base64_decode(json_object_get_string(v), &data, &n) == 0)
+                snprintf(out, outlen, "%.*s", (int)n, (const char *)data);
+            free(data);
+            json_object_put(ret);
+            if (code != 0) {
+                snprintf(why, whylen, "%s exited with %d", argv[0], code);
+                return -EIO;
+            }
+            return 0;
+        }
+        json_object_put(ret);
+        usleep(100000);
+    }
+    snprintf(why, whylen, "%s did not finish within 10 s", argv[0]);
+    return -ETIMEDOUT;
+}
+
 static int cp_to_guest(struct cli *c, struct agent_conn *ac, const char *src, const char *dst_in)
 {
     _cleanup_close_ int fd = open(src, O_RDONLY | O_CLOEXEC);
@@ -440,6 +493,14 @@ static int cp_to_guest(struct cli *c, struct agent_conn *ac, const char *src, co
         progress_show(&pg, true);
     else if (pg.on)
         fputc('\n', stderr);
+    if (r == 0) {
+        /* the agent creates files with its own umask: the mode follows by the guest's chmod */
+        char mode[16], out[64], why[512] = "";
+        snprintf(mode, sizeof(mode), "%o", (unsigned)(st.st_mode & 07777));
+        const char *argv[] = {"chmod", mode, dst, NULL};
+        if (guest_run(c, ac, argv, out, sizeof(out), why, sizeof(why)) < 0)
+            fprintf(stderr, "qvisor: warning: %s:%s: the file's mode %s was not kept: %s\n", ac->vm, dst, mode, why);
+    }
     return r;
 }
 
@@ -485,7 +546,16 @@ static int cp_from_guest(struct cli *c, struct agent_conn *ac, const char *src, 
     }
     mode_t um = umask(0);     /* as a file the user created: mkostemp made it 0600 */
     umask(um);
-    fchmod(fd, 0666 & ~um);
+    /* the guest file's mode, as the guest's stat tells (cp's way: less the umask) */
+    mode_t mode = 0666;
+    char out[64], why[512] = "";
+    const char *argv[] = {"stat", "-c", "%a", src, NULL};
+    if (guest_run(c, ac, argv, out, sizeof(out), why, sizeof(why)) == 0 && out[0])
+        mode = (mode_t)strtoul(out, NULL, 8) & 0777;
+    else
+        fprintf(stderr, "qvisor: warning: %s:%s: the file's mode is not known (%s): made %o\n", ac->vm, src,
+                why[0] ? why : "no answer", (unsigned)(0666 & ~um));
+    fchmod(fd, mode & ~um);
     int r = 0;
     for (;;) {
         if ((r = cp_check_interrupt(c)) < 0)

@@ -62,6 +62,9 @@ static int attach(struct cli *c, const char *what, json_object *dev, json_object
     if (running(c, name)) {
         json_object *req = ctl_request(strcmp(what, "disk") == 0 ? "attach-disk" : "attach-nic");
         json_object_object_add(req, "device", json_object_get(live ? live : dev));
+        json_object *vol;
+        if (live && json_object_object_get_ex(dev, "volume", &vol))    /* what the file was resolved from */
+            json_object_object_add(req, "volume", json_object_get(vol));
         if ((r = ctl_call(&c->paths, name, req, 90000, &reply, &c->err)) < 0)
             return r;
         json_object *v;

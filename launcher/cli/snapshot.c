@@ -75,7 +75,7 @@ int cmd_snapshot_create(struct cli *c)
         if (lock < 0)
             return lock;
         _cleanup_snapshot_ struct storage_snapshot s = {0};
-        if ((r = snapshot_plan(&c->paths, &d, name, disk_only, &s, &c->err)) < 0)
+        if ((r = snapshot_plan(&c->paths, &d, NULL, name, disk_only, &s, &c->err)) < 0)
             return r;
         if (cli_opt(c, "description"))
             s.description = qv_xstrdup(cli_opt(c, "description"));
@@ -345,7 +345,7 @@ static int change(struct cli *c, bool revert)
             _cleanup_close_ int lock = lock_snapshots(c, vm);
             if (lock < 0)
                 return lock;
-            if ((r = snapshot_check_revert(&c->paths, &d, &s, &c->err)) < 0)
+            if ((r = snapshot_check_revert(&c->paths, &d, NULL, &s, &c->err)) < 0)
                 return r;
         }
         bool paused = strcmp(then, "paused") == 0 || (!*then && strcmp(s.state, "paused") == 0);

@@ -679,8 +679,21 @@ bool snapshot_disk_included(const struct vm_disk *k);
  * external, the overlays to make, VM.NAME.qcow2 beside each top), parent = the current
  * snapshot. Refused: a name taken (-EEXIST), a raw disk for an internal snapshot
  * (naming the disk and the ways out), an overlay that exists, no disk at all. */
-int snapshot_plan(const struct qv_paths *p, const struct vm_def *d, const char *name, bool external,
-                  struct storage_snapshot *out, struct qv_err *e);
+/* live: the disks attached to the running VM (its supervisor's; NULL when shut off):
+ * they take part too, their record entries marked "hotplug" and named by device id. */
+struct snapshot_live_disk {
+    char id[24];                /* the device: disk3 */
+    char file[PATH_MAX];        /* its top image now */
+    char volume[160];           /* POOL/NAME when it was attached as a volume; "" else */
+    enum disk_format format;
+    bool readonly;
+};
+struct snapshot_live {
+    const struct snapshot_live_disk *disks;
+    size_t n;
+};
+int snapshot_plan(const struct qv_paths *p, const struct vm_def *d, const struct snapshot_live *live,
+                  const char *name, bool external, struct storage_snapshot *out, struct qv_err *e);
 /* Every record, sorted by name; free with snapshot_free_all. */
 int snapshot_load_all(const struct qv_paths *p, const char *vm, struct storage_snapshot **out, size_t *n,
                       struct qv_err *e);
@@ -705,12 +718,14 @@ int snapshot_disk_merged(const struct qv_paths *p, const char *vm, const char *n
 /* -EBUSY when the disks have moved on since s (a later external snapshot), or a later
  * internal snapshot (of the VM's records, read here) lives in the overlay a revert of
  * external s would empty. */
-int snapshot_check_revert(const struct qv_paths *p, const struct vm_def *d, const struct storage_snapshot *s,
-                          struct qv_err *e);
+/* A hotplugged disk of s that live does not hold (detached, the VM restarted or shut
+ * off since) is -ENOENT, named: it is never looked for among the definition's disks. */
+int snapshot_check_revert(const struct qv_paths *p, const struct vm_def *d, const struct snapshot_live *live,
+                          const struct storage_snapshot *s, struct qv_err *e);
 /* -EBUSY when deleting external s would lose an internal snapshot living in its
  * overlay, or its overlay is in no chain any more. */
-int snapshot_check_delete(const struct qv_paths *p, const struct vm_def *d, const struct storage_snapshot *s,
-                          struct storage_snapshot *all, size_t n, struct qv_err *e);
+int snapshot_check_delete(const struct qv_paths *p, const struct vm_def *d, const struct snapshot_live *live,
+                          const struct storage_snapshot *s, struct storage_snapshot *all, size_t n, struct qv_err *e);
 /* A shut-off VM, through qemu-img: create (internal: snapshot -c in every image;
  * external: the overlays, the definition moves onto them), revert (snapshot -a; external:
  * the overlays emptied) and delete (snapshot -d; external: commit into the image below,

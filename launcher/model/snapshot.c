@@ -41,17 +41,46 @@ bool snapshot_disk_included(const struct vm_disk *k)
     return !k->readonly && !k->snapshot;
 }
 
-/* VM.SNAP.qcow2 for disk0, VM-diskN.SNAP.qcow2 for the others: libvirt's habit of
- * naming the overlay after the snapshot, in the directory of the image below it. */
-static int overlay_name(const char *vm, size_t i, const char *snap, char *out, size_t outlen)
+/* VM.SNAP.qcow2 for disk0, VM-ID.SNAP.qcow2 for the others (disk1, a hotplugged
+ * disk3): libvirt's habit of naming the overlay after the snapshot, in the directory
+ * of the image below it. */
+static int overlay_name(const char *vm, const char *id, const char *snap, char *out, size_t outlen)
 {
-    int n = i == 0 ? snprintf(out, outlen, "%s.%s.qcow2", vm, snap)
-                   : snprintf(out, outlen, "%s-disk%zu.%s.qcow2", vm, i, snap);
+    int n = strcmp(id, "disk0") == 0 ? snprintf(out, outlen, "%s.%s.qcow2", vm, snap)
+                                     : snprintf(out, outlen, "%s-%s.%s.qcow2", vm, id, snap);
     return n < 0 || (size_t)n >= outlen || n > 64 ? -ENAMETOOLONG : 0;
 }
 
-int snapshot_plan(const struct qv_paths *p, const struct vm_def *d, const char *name, bool external,
-                  struct storage_snapshot *out, struct qv_err *e)
+/* One disk's entry of a new plan: sd->disk, file, format and volume are set. */
+static int plan_disk(const struct vm_def *d, const char *name, bool external, struct storage_snapshot_disk *sd,
+                     struct qv_err *e)
+{
+    if (!external && sd->format != STORAGE_FORMAT_QCOW2)
+        return qv_fail(e, -EINVAL, "%s: %s (%s) is raw; a snapshot with the guest's memory is kept inside "
+                       "qcow2 images (convert it with qvisor vol import or qemu-img convert -O qcow2, mark the disk "
+                       "readonly, or take a --disk-only snapshot)", d->name, sd->disk, sd->file);
+    if (!external)
+        return 0;
+    char base[PATH_MAX], oname[128];
+    snprintf(base, sizeof(base), "%s", sd->file);
+    if (overlay_name(d->name, sd->disk, name, oname, sizeof(oname)) < 0)
+        return qv_fail(e, -ENAMETOOLONG, "%s: snapshot %s: the overlay's name for %s would be too long "
+                       "(choose a shorter snapshot name)", d->name, name, sd->disk);
+    snprintf(sd->overlay, sizeof(sd->overlay), "%s/%s", dirname(base), oname);
+    if (sd->volume[0]) {
+        struct vol_ref ref;
+        vol_ref_parse(sd->volume, &ref, NULL);
+        snprintf(sd->overlay_volume, sizeof(sd->overlay_volume), "%s/%s", ref.pool, oname);
+    }
+    struct stat st;
+    if (lstat(sd->overlay, &st) == 0)
+        return qv_fail(e, -EEXIST, "%s: snapshot %s: %s's overlay %s exists already (remove it, or choose "
+                       "another name)", d->name, name, sd->disk, sd->overlay);
+    return 0;
+}
+
+int snapshot_plan(const struct qv_paths *p, const struct vm_def *d, const struct snapshot_live *live,
+                  const char *name, bool external, struct storage_snapshot *out, struct qv_err *e)
 {
     memset(out, 0, sizeof(*out));
     if (!name_valid(name))
@@ -69,7 +98,8 @@ int snapshot_plan(const struct qv_paths *p, const struct vm_def *d, const char *
     storage_snapshot_current(dir, out->parent, sizeof(out->parent));
     out->created_ms = realtime_ms();
     out->external = external;
-    out->disks = qv_xcalloc(d->ndisks ? d->ndisks : 1, sizeof(*out->disks));
+    size_t nlive = live ? live->n : 0;
+    out->disks = qv_xcalloc(d->ndisks + nlive ? d->ndisks + nlive : 1, sizeof(*out->disks));
     int r;
     for (size_t i = 0; i < d->ndisks; i++) {
         const struct vm_disk *k = &d->disks[i];
@@ -81,33 +111,22 @@ int snapshot_plan(const struct qv_paths *p, const struct vm_def *d, const char *
             goto fail;
         if (k->volume)
             snprintf(sd->volume, sizeof(sd->volume), "%s", k->volume);
-        if (!external && sd->format != STORAGE_FORMAT_QCOW2) {
-            r = qv_fail(e, -EINVAL, "%s: disk%zu (%s) is raw; a snapshot with the guest's memory is kept inside "
-                        "qcow2 images (convert it with qvisor vol import or qemu-img convert -O qcow2, mark the disk "
-                        "readonly, or take a --disk-only snapshot)", d->name, i, sd->file);
+        if ((r = plan_disk(d, name, external, sd, e)) < 0)
             goto fail;
-        }
-        if (external) {
-            char base[PATH_MAX], oname[128];
-            snprintf(base, sizeof(base), "%s", sd->file);
-            if (overlay_name(d->name, i, name, oname, sizeof(oname)) < 0) {
-                r = qv_fail(e, -ENAMETOOLONG, "%s: snapshot %s: the overlay's name for disk%zu would be too long "
-                            "(choose a shorter snapshot name)", d->name, name, i);
-                goto fail;
-            }
-            snprintf(sd->overlay, sizeof(sd->overlay), "%s/%s", dirname(base), oname);
-            if (k->volume) {
-                struct vol_ref ref;
-                vol_ref_parse(k->volume, &ref, NULL);
-                snprintf(sd->overlay_volume, sizeof(sd->overlay_volume), "%s/%s", ref.pool, oname);
-            }
-            struct stat st;
-            if (lstat(sd->overlay, &st) == 0) {
-                r = qv_fail(e, -EEXIST, "%s: snapshot %s: disk%zu's overlay %s exists already (remove it, or choose "
-                            "another name)", d->name, name, i, sd->overlay);
-                goto fail;
-            }
-        }
+        out->ndisks++;
+    }
+    for (size_t i = 0; i < nlive; i++) {
+        const struct snapshot_live_disk *l = &live->disks[i];
+        if (l->readonly)
+            continue;
+        struct storage_snapshot_disk *sd = &out->disks[out->ndisks];
+        snprintf(sd->disk, sizeof(sd->disk), "%s", l->id);
+        snprintf(sd->file, sizeof(sd->file), "%s", l->file);
+        snprintf(sd->volume, sizeof(sd->volume), "%s", l->volume);
+        sd->format = l->format == FORMAT_QCOW2 ? STORAGE_FORMAT_QCOW2 : STORAGE_FORMAT_RAW;
+        sd->hotplug = true;
+        if ((r = plan_disk(d, name, external, sd, e)) < 0)
+            goto fail;
         out->ndisks++;
     }
     if (!out->ndisks) {
@@ -287,14 +306,26 @@ int snapshot_disk_merged(const struct qv_paths *p, const char *vm, const char *n
     return storage_snapshot_save(dir, &s, e);
 }
 
-/* The disk's top as the definition names it now. */
-static int current_top(const struct qv_paths *p, const struct vm_def *d, const char *disk, char *path, size_t pathlen,
-                       struct qv_err *e)
+/* The disk's top as the definition names it now, or for a hotplugged disk as the
+ * running VM has it: never a definition's disk of the same id. */
+static int current_top(const struct qv_paths *p, const struct vm_def *d, const struct snapshot_live *live,
+                       const struct storage_snapshot *s, const struct storage_snapshot_disk *k, char *path,
+                       size_t pathlen, struct qv_err *e)
 {
     size_t idx;
     enum storage_format fmt;
-    if (sscanf(disk, "disk%zu", &idx) != 1 || idx >= d->ndisks)
-        return qv_fail(e, -ENOENT, "%s: the definition has no %s any more", d->name, disk);
+    if (k->hotplug) {
+        for (size_t i = 0; live && i < live->n; i++)
+            if (strcmp(live->disks[i].id, k->disk) == 0) {
+                snprintf(path, pathlen, "%s", live->disks[i].file);
+                return 0;
+            }
+        return qv_fail(e, -ENOENT, "%s: snapshot %s: %s (%s) was attached to the running VM when the snapshot was "
+                       "taken and is not attached now (detached, or the VM was restarted since): qvisor touches no "
+                       "other disk in its place", d->name, s->name, k->disk, s->external ? k->overlay : k->file);
+    }
+    if (sscanf(k->disk, "disk%zu", &idx) != 1 || idx >= d->ndisks)
+        return qv_fail(e, -ENOENT, "%s: the definition has no %s any more", d->name, k->disk);
     return disk_top(p, &d->disks[idx], path, pathlen, &fmt, e);
 }
 
@@ -328,16 +359,20 @@ static struct storage_snapshot *external_above(struct storage_snapshot *all, siz
     return NULL;
 }
 
-int snapshot_check_revert(const struct qv_paths *p, const struct vm_def *d, const struct storage_snapshot *s,
-                          struct qv_err *e)
+int snapshot_check_revert(const struct qv_paths *p, const struct vm_def *d, const struct snapshot_live *live,
+                          const struct storage_snapshot *s, struct qv_err *e)
 {
     struct storage_snapshot *all;
     size_t n;
     char top[PATH_MAX], who[512];
+    /* a hotplugged disk that is gone says so first: nothing else is to be done about it */
+    for (size_t i = 0; i < s->ndisks; i++)
+        if (s->disks[i].hotplug && current_top(p, d, live, s, &s->disks[i], top, sizeof(top), e) < 0)
+            return e->code;
     int r = snapshot_load_all(p, d->name, &all, &n, e);
     for (size_t i = 0; r == 0 && i < s->ndisks; i++) {
         const struct storage_snapshot_disk *k = &s->disks[i];
-        if ((r = current_top(p, d, k->disk, top, sizeof(top), e)) < 0)
+        if ((r = current_top(p, d, live, s, k, top, sizeof(top), e)) < 0)
             break;
         const char *want = s->external ? k->overlay : k->file;
         if (strcmp(top, want) != 0)
@@ -352,16 +387,19 @@ int snapshot_check_revert(const struct qv_paths *p, const struct vm_def *d, cons
     return r;
 }
 
-int snapshot_check_delete(const struct qv_paths *p, const struct vm_def *d, const struct storage_snapshot *s,
-                          struct storage_snapshot *all, size_t n, struct qv_err *e)
+int snapshot_check_delete(const struct qv_paths *p, const struct vm_def *d, const struct snapshot_live *live,
+                          const struct storage_snapshot *s, struct storage_snapshot *all, size_t n, struct qv_err *e)
 {
-    if (!s->external)
-        return 0;
     char top[PATH_MAX], who[512];
     int r;
+    for (size_t i = 0; !s->external && i < s->ndisks; i++)
+        if (s->disks[i].hotplug && (r = current_top(p, d, live, s, &s->disks[i], top, sizeof(top), e)) < 0)
+            return r;   /* its image may be anyone's now */
+    if (!s->external)
+        return 0;
     for (size_t i = 0; i < s->ndisks; i++) {
         const struct storage_snapshot_disk *k = &s->disks[i];
-        if ((r = current_top(p, d, k->disk, top, sizeof(top), e)) < 0)
+        if ((r = current_top(p, d, live, s, k, top, sizeof(top), e)) < 0)
             return r;
         if (internal_users(all, n, s->name, k->overlay, who, sizeof(who)) < 0)
             return qv_fail(e, -EBUSY, "%s: cannot delete %s: snapshot %s lives in its overlay %s, which the merge "
@@ -417,7 +455,7 @@ int snapshot_create_offline(const struct qv_paths *p, const struct vm_def *d, st
 int snapshot_revert_offline(const struct qv_paths *p, const struct vm_def *d, const struct storage_snapshot *s,
                             struct qv_err *e)
 {
-    int r = snapshot_check_revert(p, d, s, e);
+    int r = snapshot_check_revert(p, d, NULL, s, e);
     for (size_t i = 0; r == 0 && i < s->ndisks; i++) {
         const struct storage_snapshot_disk *k = &s->disks[i];
         /* external: an empty overlay again on the image as it was then */
@@ -441,7 +479,7 @@ int snapshot_delete_offline(const struct qv_paths *p, const struct vm_def *d, co
     int r = snapshot_load_all(p, d->name, &all, &n, e);
     if (r < 0)
         return r;
-    if ((r = snapshot_check_delete(p, d, s, all, n, e)) < 0)
+    if ((r = snapshot_check_delete(p, d, NULL, s, all, n, e)) < 0)
         goto out;
     char dir[PATH_MAX], top[PATH_MAX];
     snapshot_dir(p, d->name, dir, sizeof(dir));
@@ -462,7 +500,7 @@ int snapshot_delete_offline(const struct qv_paths *p, const struct vm_def *d, co
             qv_prefix(e, "%s: %s: merging %s into %s: ", d->name, k->disk, k->overlay, k->file);
             break;
         }
-        current_top(p, d, k->disk, top, sizeof(top), NULL);
+        current_top(p, d, NULL, s, k, top, sizeof(top), NULL);
         struct storage_snapshot *above = strcmp(top, k->overlay) == 0 ? NULL : external_above(all, n, k->disk, k->overlay);
         if (above) {
             /* a later overlay was built on this one: it now rests on the merged image */
@@ -486,7 +524,7 @@ int snapshot_delete_offline(const struct qv_paths *p, const struct vm_def *d, co
         struct storage_snapshot_disk *ks = qv_xcalloc(s->ndisks, sizeof(*ks));
         back.ndisks = 0;
         for (size_t i = 0; i < s->ndisks; i++)
-            if (current_top(p, d, s->disks[i].disk, top, sizeof(top), NULL) == 0 && strcmp(top, s->disks[i].overlay) == 0)
+            if (current_top(p, d, NULL, s, &s->disks[i], top, sizeof(top), NULL) == 0 && strcmp(top, s->disks[i].overlay) == 0)
                 ks[back.ndisks++] = s->disks[i];
         back.disks = ks;
         r = snapshot_set_disk_images(p, d->name, &back, false, e);

@@ -220,6 +220,50 @@ static void on_exec_status(struct sup *s, void *ctx, json_object *ret, const str
     exec_remove(ch, x);
 }
 
+/* A command past its timeout is killed in the guest: the agent has no kill of its
+ * own, so a second guest-exec runs the guest's kill on the pid the first one gave. */
+struct exec_kill {
+    unsigned client;
+    long long pid;
+    int timeout_ms;
+    char path[256];
+};
+
+static void on_exec_killed(struct sup *s, void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    struct exec_kill *k = ctx;
+    if (err)
+        sup_reply_error(s, k->client, -ETIMEDOUT, "%s: %s did not finish within %d s; killing it in the guest failed "
+                        "(%s): it still runs there as pid %lld", s->def.name, k->path, (k->timeout_ms + 999) / 1000,
+                        err->msg, k->pid);
+    else
+        sup_reply_error(s, k->client, -ETIMEDOUT, "%s: %s did not finish within %d s; killed it in the guest (pid %lld, "
+                        "SIGKILL)", s->def.name, k->path, (k->timeout_ms + 999) / 1000, k->pid);
+    free(k);
+}
+
+static void exec_kill(struct sup *s, const struct exec_op *x)
+{
+    struct exec_kill *k = qv_xcalloc(1, sizeof(*k));
+    k->client = x->client;
+    k->pid = (long long)x->pid;
+    k->timeout_ms = x->timeout_ms;
+    snprintf(k->path, sizeof(k->path), "%s", x->path);
+    sup_log(s, "exec: %s (guest pid %lld) ran past its %d s: killing it", k->path, k->pid, (k->timeout_ms + 999) / 1000);
+    char script[64];
+    snprintf(script, sizeof(script), "kill -KILL %lld", k->pid);     /* a number: nothing the user wrote */
+    json_object *arg = json_object_new_array();
+    json_object_array_add(arg, json_object_new_string("-c"));
+    json_object_array_add(arg, json_object_new_string(script));
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "path", json_object_new_string("sh"));
+    json_object_object_add(args, "arg", arg);
+    struct qv_err e = {0};
+    if (agent_call(s, "guest-exec", args, AGENT_TIMEOUT_MS, 0, on_exec_killed, k, &e) < 0)
+        on_exec_killed(s, k, NULL, &e);
+}
+
 /* Every agent_call may complete requests at once (a closed port fails the whole
  * queue), and their callbacks remove execs: the walk starts over after each call. */
 void agent_exec_expire(struct sup *s, uint64_t now)
@@ -233,10 +277,9 @@ void agent_exec_expire(struct sup *s, uint64_t now)
         if (!x)
             return;
         if (now >= x->deadline) {
-            sup_reply_error(s, x->client, -ETIMEDOUT,
-                            "%s: %s did not finish within %d s (it still runs in the guest as pid %lld)", s->def.name,
-                            x->path, (x->timeout_ms + 999) / 1000, (long long)x->pid);
+            struct exec_op late = *x;
             exec_remove(ch, x);
+            exec_kill(s, &late);    /* the client hears once the kill went out (or could not) */
             continue;
         }
         x->poll_at = 0;

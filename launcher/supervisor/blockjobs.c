@@ -368,14 +368,14 @@ static int opt_bool(json_object *o, const char *key, bool *out, struct qv_err *e
 /* What refuses a block job on disk d, whatever its options; a volume's path into d->file. */
 static int prep_check(struct sup *s, struct disk_ref *d, const char *op, enum block_op bop, struct qv_err *e)
 {
-    if (d->hp)
-        return qv_fail(e, -EOPNOTSUPP, "%s: %s is hotplugged; block jobs work on the definition's disks "
-                       "(attach it with --persistent and restart the VM)", s->def.name, d->id);
-    const struct vm_disk *k = &s->def.disks[d->index];
-    if (k->snapshot)
+    /* a hotplugged disk is one like the definition's: its slot keeps how it was attached */
+    const struct vm_disk *k = d->hp ? NULL : &s->def.disks[d->index];
+    if (d->hp && (d->hp->pending || d->hp->removing))
+        return qv_fail(e, -EBUSY, "%s: %s is being %s", s->def.name, d->id, d->hp->pending ? "attached" : "detached");
+    if (k && k->snapshot)
         return qv_fail(e, -EINVAL, "%s: %s has a throw-away overlay (snapshot: true): nothing of it is kept, so "
                        "there is nothing to %s", s->def.name, d->id, op);
-    if (k->readonly && bop != BLOCK_COPY)
+    if ((k ? k->readonly : d->hp->readonly) && bop != BLOCK_COPY)
         return qv_fail(e, -EINVAL, "%s: %s is read-only", s->def.name, d->id);
     struct sup_job *j = sup_job_find(s, d->id);
     if (j)
@@ -383,7 +383,7 @@ static int prep_check(struct sup *s, struct disk_ref *d, const char *op, enum bl
                        "--abort`", s->def.name, d->id, j->ops->kind, j->id, s->def.name, d->id);
     if (s->block_prep)
         return qv_fail(e, -EBUSY, "%s: another block job is being started; try again in a moment", s->def.name);
-    if (!d->file[0] && k->volume) {
+    if (!d->file[0] && k && k->volume) {
         enum disk_format f;
         if (vol_resolve(s->paths, k->volume, d->file, sizeof(d->file), &f, e) < 0)
             return qv_prefix(e, "%s: %s: ", s->def.name, d->id);
@@ -393,15 +393,15 @@ static int prep_check(struct sup *s, struct disk_ref *d, const char *op, enum bl
 
 static struct block_prep *prep_new(struct sup *s, unsigned client, const struct disk_ref *d, enum block_op op)
 {
-    const struct vm_disk *k = &s->def.disks[d->index];
+    const struct vm_disk *k = d->hp ? NULL : &s->def.disks[d->index];
     struct block_prep *p = qv_xcalloc(1, sizeof(*p));
     p->op = op;
     p->client = client;
     p->d = *d;
     p->fd = -1;
     p->child.out = -1;
-    p->format = k->format == FORMAT_RAW ? FORMAT_RAW : FORMAT_QCOW2;
-    p->io = disk_io_mode(k->cache, k->aio, &s->facts);
+    p->format = (k ? k->format : d->hp->format) == FORMAT_RAW ? FORMAT_RAW : FORMAT_QCOW2;
+    p->io = k ? disk_io_mode(k->cache, k->aio, &s->facts) : disk_io_mode(d->hp->cache, d->hp->aio, &s->facts);
     return p;
 }
 

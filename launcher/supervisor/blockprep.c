@@ -359,8 +359,7 @@ static json_object *graph_node(json_object *nodes, int64_t id)
     return NULL;
 }
 
-/* The child of `parent` on edge `name` ("backing", "file"), by node name; NULL when none. */
-static const char *graph_child(json_object *g, const char *parent, const char *name)
+const char *block_graph_child(json_object *g, const char *parent, const char *name)
 {
     json_object *nodes, *edges, *v;
     if (!json_object_object_get_ex(g, "nodes", &nodes) || !json_object_object_get_ex(g, "edges", &edges))
@@ -408,13 +407,13 @@ static void on_graph(void *ctx, json_object *ret, const struct qv_err *err)
     const char *node = p->d.node;
     p->n = 0;
     while (node && p->n <= STORAGE_CHAIN_MAX) {
-        const char *file = graph_child(ret, node, "file");
+        const char *file = block_graph_child(ret, node, "file");
         if (!file)
             break;
         snprintf(p->chain[p->n].fmt, sizeof(p->chain[0].fmt), "%s", node);
         snprintf(p->chain[p->n].file, sizeof(p->chain[0].file), "%s", file);
         p->n++;
-        node = graph_child(ret, node, "backing");
+        node = block_graph_child(ret, node, "backing");
     }
     /* ... and the images' own, for the paths: they must agree */
     struct storage_chain c;

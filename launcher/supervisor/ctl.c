@@ -287,7 +287,7 @@ static void do_attach(struct sup *s, struct sup_client *c, json_object *req, boo
     json_object_object_get_ex(req, "device", &spec);
     if (!monitor_usable(s, c))
         return;
-    int r = disk ? hotplug_disk_attach(s, spec, c->id, &e) : hotplug_nic_attach(s, spec, c->id, &e);
+    int r = disk ? hotplug_disk_attach(s, spec, get_string(req, "volume"), c->id, &e) : hotplug_nic_attach(s, spec, c->id, &e);
     if (r < 0)
         reply_error(s, c, r, "%s", e.msg);
 }

@@ -33,7 +33,7 @@ static const struct request_kind request_kinds[] = {
     {"exec-input", {{"data", F_STRING, true}}},
     {"qmp", {{"execute", F_STRING, true}, {"arguments", F_OBJECT, false}, {"timeout_ms", F_INT, false}}},
     {"hmp", {{"command", F_STRING, true}}},
-    {"attach-disk", {{"device", F_OBJECT, true}}},
+    {"attach-disk", {{"device", F_OBJECT, true}, {"volume", F_STRING, false}}},
     {"attach-nic", {{"device", F_OBJECT, true}}},
     {"detach-disk", {{"target", F_STRING, true}}},
     {"detach-nic", {{"target", F_STRING, true}}},

@@ -382,6 +382,8 @@ int disk_switched(struct sup *s, const char *id, const char *node, const char *f
     int r = 0;
     if (d.hp) {
         snprintf(d.hp->file, sizeof(d.hp->file), "%s", file);
+        snprintf(d.hp->volume, sizeof(d.hp->volume), "%s", volume ? volume : "");
+        d.hp->format = format;
         hotplug_record(s);
     } else {
         struct vm_disk *k = &s->def.disks[d.index];

@@ -95,6 +95,14 @@ void hotplug_record(struct sup *s)
         json_object_object_add(o, "fdset", json_object_new_int(h->fdset));
         json_object_object_add(o, "layers", json_object_new_int(h->nlayers));
         json_object_object_add(o, "file", json_object_new_string(h->file));
+        if (h->kind == HOTPLUG_DISK) {
+            json_object_object_add(o, "volume", json_object_new_string(h->volume));
+            json_object_object_add(o, "format", json_object_new_string(disk_format_names[h->format]));
+            json_object_object_add(o, "cache", json_object_new_int((int)h->cache));     /* enum disk_cache */
+            json_object_object_add(o, "aio", json_object_new_int((int)h->aio));         /* enum disk_aio */
+            json_object_object_add(o, "readonly", json_object_new_boolean(h->readonly));
+            json_object_object_add(o, "discard", json_object_new_boolean(h->discard));
+        }
         json_object_object_add(o, "mac", json_object_new_string(h->mac));
         json_object_object_add(o, "tap", json_object_new_string(h->tap));
         json_object_object_add(o, "network", json_object_new_string(h->network));
@@ -128,6 +136,16 @@ void hotplug_restore(struct sup *s)
             h->nlayers = 0;
         if (json_object_object_get_ex(o, "file", &v))
             snprintf(h->file, sizeof(h->file), "%s", json_object_get_string(v));
+        if (json_object_object_get_ex(o, "volume", &v))
+            snprintf(h->volume, sizeof(h->volume), "%s", json_object_get_string(v));
+        h->format = json_object_object_get_ex(o, "format", &v) && strcmp(json_object_get_string(v), "raw") == 0
+                        ? FORMAT_RAW : FORMAT_QCOW2;
+        int cache = json_object_object_get_ex(o, "cache", &v) ? json_object_get_int(v) : 0;
+        int aio = json_object_object_get_ex(o, "aio", &v) ? json_object_get_int(v) : 0;
+        h->cache = cache >= CACHE_NONE && cache <= CACHE_DIRECTSYNC ? (enum disk_cache)cache : CACHE_NONE;
+        h->aio = aio >= AIO_AUTO && aio <= AIO_THREADS ? (enum disk_aio)aio : AIO_AUTO;
+        h->readonly = json_object_object_get_ex(o, "readonly", &v) && json_object_get_boolean(v);
+        h->discard = json_object_object_get_ex(o, "discard", &v) && json_object_get_boolean(v);
         if (json_object_object_get_ex(o, "mac", &v))
             snprintf(h->mac, sizeof(h->mac), "%s", json_object_get_string(v));
         if (json_object_object_get_ex(o, "tap", &v))
@@ -422,7 +440,7 @@ static int open_disk_layers(struct sup *s, const struct vm_disk *k, int *fds, st
     return 0;
 }
 
-int hotplug_disk_attach(struct sup *s, json_object *spec, unsigned client, struct qv_err *e)
+int hotplug_disk_attach(struct sup *s, json_object *spec, const char *volume, unsigned client, struct qv_err *e)
 {
     struct vm_disk k;
     int r = vm_disk_from_json(spec, &s->def, &k, e);
@@ -450,6 +468,12 @@ int hotplug_disk_attach(struct sup *s, json_object *spec, unsigned client, struc
     h->fdset = FDSET_BASE + slot;
     h->nlayers = (int)k.nbacking;
     snprintf(h->file, sizeof(h->file), "%s", k.file);
+    snprintf(h->volume, sizeof(h->volume), "%s", volume ? volume : "");
+    h->format = k.format;
+    h->cache = k.cache;
+    h->aio = k.aio;
+    h->readonly = k.readonly;
+    h->discard = k.discard;
     struct hotplug_op *op = op_new(s, h, OP_ATTACH, client, "attach-disk");
     for (size_t j = 0; j <= k.nbacking; j++)
         op->fds[op->nfds++] = fds[j];
@@ -694,6 +718,101 @@ int hotplug_detach(struct sup *s, const char *key, enum hotplug_kind kind, unsig
     return 0;
 }
 
+/* The nodes and fdsets of a disk as attached, by their names: when QEMU's graph is not to be had. */
+static void release_disk_by_name(struct hotplug_op *op)
+{
+    struct hotplug *h = op->h;
+    /* top first: a layer is free to go once nothing above names it */
+    for (int j = -1; j < h->nlayers; j++) {
+        static const char *const parts[] = {"fmt", "file"};
+        for (size_t p = 0; p < ARRAY_SIZE(parts); p++) {
+            char node[64];
+            if (j < 0)
+                snprintf(node, sizeof(node), "%s-%s", h->id, parts[p]);
+            else
+                snprintf(node, sizeof(node), "%s-b%d-%s", h->id, j, parts[p]);
+            op_step(op, "blockdev-del", json_obj1("node-name", json_object_new_string(node)), -1, QMP_TIMEOUT_DEVICE,
+                    NULL, NULL);
+        }
+        op_step(op, "remove-fd", json_obj1("fdset-id", json_object_new_int(j < 0 ? h->fdset : layer_fdset(h, j))), -1,
+                QMP_TIMEOUT_DEFAULT, NULL, NULL);
+    }
+}
+
+/* The disk's chain as QEMU holds it now (snapshots, pulls, commits and pivots change
+ * its nodes), top first, then the fdsets its file nodes read through (by opaque). */
+static void on_release_fdsets(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct hotplug_op *op = ctx;
+    json_object *graph = op->reply;     /* the graph, kept here meanwhile */
+    op->reply = NULL;
+    op->in_flight = false;
+    if (err || !graph) {
+        if (err)
+            sup_log(op->s, "removing %s: query-fdsets: %s", op->h->id, err->msg);
+        if (graph)
+            json_object_put(graph);
+        release_disk_by_name(op);
+        op_advance(op);
+        return;
+    }
+    char top[48];
+    snprintf(top, sizeof(top), "%s", op->h->top);
+    if (!top[0])
+        snprintf(top, sizeof(top), "%s-fmt", op->h->id);
+    json_object *files = json_object_new_array();
+    const char *node = top;
+    for (int n = 0; node && n <= 2 * (STORAGE_CHAIN_MAX + 1); n++) {
+        const char *file = block_graph_child(graph, node, "file");
+        op_step(op, "blockdev-del", json_obj1("node-name", json_object_new_string(node)), -1, QMP_TIMEOUT_DEVICE, NULL,
+                NULL);
+        if (file) {
+            op_step(op, "blockdev-del", json_obj1("node-name", json_object_new_string(file)), -1, QMP_TIMEOUT_DEVICE,
+                    NULL, NULL);
+            json_object_array_add(files, json_object_new_string(file));
+        }
+        node = block_graph_child(graph, node, "backing");
+    }
+    for (size_t i = 0; i < json_object_array_length(ret); i++) {
+        json_object *set = json_object_array_get_idx(ret, i), *id, *fds, *opq;
+        if (!json_object_object_get_ex(set, "fdset-id", &id) || !json_object_object_get_ex(set, "fds", &fds))
+            continue;
+        bool ours = false;
+        for (size_t k = 0; k < json_object_array_length(fds) && !ours; k++)
+            for (size_t f = 0; f < json_object_array_length(files) && !ours; f++)
+                ours = json_object_object_get_ex(json_object_array_get_idx(fds, k), "opaque", &opq) &&
+                       strcmp(json_object_get_string(opq),
+                              json_object_get_string(json_object_array_get_idx(files, f))) == 0;
+        if (ours)
+            op_step(op, "remove-fd", json_obj1("fdset-id", json_object_new_int(json_object_get_int(id))), -1,
+                    QMP_TIMEOUT_DEFAULT, NULL, NULL);
+    }
+    json_object_put(files);
+    json_object_put(graph);
+    op_advance(op);
+}
+
+static void on_release_graph(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct hotplug_op *op = ctx;
+    op->in_flight = false;
+    if (err) {
+        sup_log(op->s, "removing %s: x-debug-query-block-graph: %s", op->h->id, err->msg);
+        release_disk_by_name(op);
+        op_advance(op);
+        return;
+    }
+    op->reply = json_object_get(ret);
+    if (!op->s->qmp || qmp_send(op->s->qmp, "query-fdsets", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_release_fdsets,
+                                op) < 0) {
+        struct qv_err e = {0};
+        qv_fail(&e, -EIO, "the monitor is gone");
+        on_release_fdsets(op, NULL, &e);
+        return;
+    }
+    op->in_flight = true;
+}
+
 static void released(struct sup *s, struct hotplug *h)
 {
     sup_log(s, "the guest released %s", h->id);
@@ -701,21 +820,13 @@ static void released(struct sup *s, struct hotplug *h)
     h->waiting_client = 0;
     struct hotplug_op *op = op_new(s, h, OP_RELEASE, client, "detach");
     if (h->kind == HOTPLUG_DISK) {
-        /* top first: a layer is free to go once nothing above names it */
-        for (int j = -1; j < h->nlayers; j++) {
-            static const char *const parts[] = {"fmt", "file"};
-            for (size_t p = 0; p < ARRAY_SIZE(parts); p++) {
-                char node[64];
-                if (j < 0)
-                    snprintf(node, sizeof(node), "%s-%s", h->id, parts[p]);
-                else
-                    snprintf(node, sizeof(node), "%s-b%d-%s", h->id, j, parts[p]);
-                op_step(op, "blockdev-del", json_obj1("node-name", json_object_new_string(node)), -1, QMP_TIMEOUT_DEVICE,
-                        NULL, NULL);
-            }
-            op_step(op, "remove-fd", json_obj1("fdset-id", json_object_new_int(j < 0 ? h->fdset : layer_fdset(h, j))), -1,
-                    QMP_TIMEOUT_DEFAULT, NULL, NULL);
+        /* the chain QEMU holds, not the names it was attached with */
+        if (s->qmp && qmp_send(s->qmp, "x-debug-query-block-graph", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0,
+                               on_release_graph, op) == 0) {
+            op->in_flight = true;
+            return;
         }
+        release_disk_by_name(op);
     } else {
         char netid[40];
         snprintf(netid, sizeof(netid), "%s-net", h->id);

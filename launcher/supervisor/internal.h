@@ -104,6 +104,13 @@ struct hotplug {
     char file[PATH_MAX];    /* disks */
     int nlayers;            /* disks: backing layers below the top, each with its fdset and nodes */
     char top[48];           /* disks: the device's root node once a job moved it; "" = "<id>-fmt" */
+    /* disks: as attached (the top's format follows snapshots and pivots), for snapshots
+     * and block jobs, which treat it as a disk of the definition */
+    char volume[160];       /* POOL/NAME when attached with --volume (and the top is still it); "" else */
+    enum disk_format format;
+    enum disk_cache cache;
+    enum disk_aio aio;
+    bool readonly, discard;
     char mac[18], tap[16], network[72];   /* NICs */
     size_t nic_index;       /* NICs: their slot in sup.nics */
     struct vm_nic nic;      /* NICs: as attached; type 0 fields when restored */
@@ -483,7 +490,8 @@ json_object *monitor_status_json(struct sup *s);
 /* Start an attach without waiting for QEMU: 0 when it is under way (the client gets
  * its reply, {"ok":true,"id":…} or an error, when it finished or was rolled back),
  * or an error before anything was done (the caller replies). client 0: no reply. */
-int hotplug_disk_attach(struct sup *s, json_object *spec, unsigned client, struct qv_err *e);
+/* volume: the POOL/NAME the disk's file was resolved from (attach-disk --volume), or NULL. */
+int hotplug_disk_attach(struct sup *s, json_object *spec, const char *volume, unsigned client, struct qv_err *e);
 int hotplug_nic_attach(struct sup *s, json_object *spec, unsigned client, struct qv_err *e);
 /* SIGCHLD: a network start for an attach-nic may have ended. */
 void hotplug_child_exited(struct sup *s);
@@ -651,6 +659,9 @@ struct block_prep {
     int added;                  /* 1 add-fd done, 2 file node, 3 format node */
     struct sup_child child;
 };
+/* In x-debug-query-block-graph's answer g: the child of node `parent` on edge `name`
+ * ("backing", "file"), by node name (borrowed from g); NULL when none. */
+const char *block_graph_child(json_object *g, const char *parent, const char *name);
 /* Asks QEMU for its block graph: s->block_prep goes on from the answer. */
 int block_prep_begin(struct sup *s, struct qv_err *e);
 /* The request fails: its client hears why, what it made is undone. */
@@ -840,9 +851,12 @@ int snapshot_live_delete(struct sup *s, unsigned client, const char *name, const
 int snap_busy(struct sup *s, struct qv_err *e);
 bool snap_monitor_ok(struct sup *s, struct qv_err *e);
 int snap_load_record(struct sup *s, const char *name, struct storage_snapshot *rec, struct qv_err *e);
-/* Disks attached live are not part of a snapshot yet: the warning that says so for
- * snapshot `name` ("" when there are none). */
-void snap_left_out(struct sup *s, const char *name, char *out, size_t outlen);
+/* The disks attached live, for the model's plan and checks (out: HOTPLUG_MAX entries). */
+void snap_live_disks(struct sup *s, struct snapshot_live_disk *out, struct snapshot_live *live);
+/* A record's disk as this run has it: a hotplugged entry only among the hotplugged
+ * disks, a definition's only among the definition's; false (e filled) when absent. */
+bool snap_disk_find(struct sup *s, const struct storage_snapshot *rec, const struct storage_snapshot_disk *k,
+                    struct disk_ref *out, struct qv_err *e);
 /* snapshot_full.c: a full snapshot's snapshot-save job (rec: the plan's record). */
 int snapshot_full_create(struct sup *s, unsigned client, struct storage_snapshot *rec, struct qv_err *e);
 /* snapshot_merge.c: a disk-only snapshot merged, disk after disk, each a block commit
@@ -853,6 +867,9 @@ int snapshot_live_merge(struct sup *s, unsigned client, struct storage_snapshot 
  * where they are below a disk-only overlay now. Both take the record and answer
  * client; an error returned means nothing was sent. */
 int snapshot_live_delete_internal(struct sup *s, unsigned client, struct storage_snapshot *rec, struct qv_err *e);
+/* Reattach: a freeze for a snapshot that its dead supervisor never thawed (state.json
+ * says so) is thawed through the agent. */
+void snapshots_reattach(struct sup *s);
 void snapshots_child_exited(struct sup *s);
 uint64_t snapshots_next_deadline(struct sup *s);
 void snapshots_expire(struct sup *s, uint64_t now);

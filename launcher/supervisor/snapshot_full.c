@@ -14,10 +14,9 @@ static int record_nodes(struct sup *s, const struct storage_snapshot *rec, json_
     *devices = json_object_new_array();
     for (size_t i = 0; i < rec->ndisks; i++) {
         struct disk_ref ref;
-        if (!disk_find(s, rec->disks[i].disk, &ref)) {
+        if (!snap_disk_find(s, rec, &rec->disks[i], &ref, e)) {
             json_object_put(*devices);
-            return qv_fail(e, -ENOENT, "%s: snapshot %s names %s, which the VM no longer has", s->def.name, rec->name,
-                           rec->disks[i].disk);
+            return e->code;
         }
         json_object_array_add(*devices, json_object_new_string(ref.node));
         if (i == 0)
@@ -41,12 +40,6 @@ static void save_done(struct sup *s, struct sup_job *j, const struct qv_err *err
         return;
     }
     sup_log(s, "snapshot %s taken (memory and %zu disk%s)", rec.name, rec.ndisks, rec.ndisks == 1 ? "" : "s");
-    char left[1024];
-    snap_left_out(s, rec.name, left, sizeof(left));
-    if (left[0]) {
-        sup_log(s, "warning: %s", left);
-        j->result = json_obj1("warning", json_object_new_string(left));
-    }
 }
 
 static const char *data_name(struct sup_job *j)
@@ -153,7 +146,10 @@ static int load_args(struct sup *s, const char *name, json_object **args, struct
     if (!rec.memory)
         return qv_fail(e, -EBUSY, "%s is running and snapshot %s holds no memory state; stop the VM first, then "
                        "revert", s->def.name, name);
-    if ((r = snapshot_check_revert(s->paths, &s->def, &rec, e)) < 0)
+    struct snapshot_live_disk ld[HOTPLUG_MAX];
+    struct snapshot_live live;
+    snap_live_disks(s, ld, &live);
+    if ((r = snapshot_check_revert(s->paths, &s->def, &live, &rec, e)) < 0)
         return r;
     json_object *devices;
     char vmstate[48];

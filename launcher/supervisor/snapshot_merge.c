@@ -216,11 +216,8 @@ static void del_step(struct del_req *d)
     while (d->next < d->rec.ndisks) {
         const struct storage_snapshot_disk *k = &d->rec.disks[d->next];
         struct disk_ref ref;
-        if (!disk_find(s, k->disk, &ref)) {
-            qv_fail(&e, -ENOENT, "%s: snapshot %s names %s, which the VM no longer has", s->def.name, d->rec.name,
-                    k->disk);
+        if (!snap_disk_find(s, &d->rec, k, &ref, &e))
             goto fail;
-        }
         if (strcmp(ref.file, k->file) != 0) {
             if (block_writable_begin(s, k->disk, k->file, on_writable, d, &e) < 0) {
                 qv_prefix(&e, "%s: snapshot %s: ", s->def.name, d->rec.name);

@@ -28,6 +28,8 @@ struct snap_disk_live {
     int fd;
     int fdset;              /* -1 until add-fd answered */
     bool file_added, fmt_added;
+    struct disk_io io;      /* the disk's, for the overlay's nodes */
+    bool discard;
 };
 
 struct snap_op;
@@ -116,9 +118,53 @@ static struct snap_op *op_by_seq(struct sup *s, void *ctx)
     return s->snap && s->snap->seq == (unsigned)(uintptr_t)ctx ? s->snap : NULL;
 }
 
+/* A freeze that may be in force is in state.json before the freeze goes out, and
+ * leaves once the thaw answered: a supervisor killed in between leaves the guest
+ * frozen, and its successor thaws it (snapshots_reattach). */
+#define FREEZE_RECORD "snapshot_freeze"
+#define REATTACH_THAW_TIMEOUT_MS 60000  /* the channel connects and syncs first */
+
+static void freeze_record(struct sup *s, const char *name)
+{
+    if (!s->rs.resources)
+        s->rs.resources = json_object_new_object();
+    if (name)
+        json_object_object_add(s->rs.resources, FREEZE_RECORD, json_object_new_string(name));
+    else
+        json_object_object_del(s->rs.resources, FREEZE_RECORD);
+    sup_save_state(s);
+}
+
+static void on_reattach_thawed(struct sup *s, void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ctx, (void)ret;
+    if (err) {
+        sup_log(s, "warning: thawing the guest's filesystems, frozen by a snapshot whose supervisor died: %s (qvisor "
+                "agent %s fsthaw)", err->msg, s->def.name);
+        return;     /* the record stays: the next supervisor tries again */
+    }
+    sup_log(s, "the guest's filesystems, frozen by a snapshot whose supervisor died, are thawed (%d)",
+            ret && json_object_is_type(ret, json_type_int) ? json_object_get_int(ret) : 0);
+    freeze_record(s, NULL);
+}
+
+void snapshots_reattach(struct sup *s)
+{
+    json_object *v;
+    if (!s->rs.resources || !json_object_object_get_ex(s->rs.resources, FREEZE_RECORD, &v))
+        return;
+    sup_log(s, "snapshot %s froze the guest's filesystems and its supervisor died before the thaw: thawing them",
+            json_object_get_string(v));
+    struct qv_err e = {0};
+    if (agent_call(s, "guest-fsfreeze-thaw", NULL, REATTACH_THAW_TIMEOUT_MS, 0, on_reattach_thawed, NULL, &e) < 0)
+        on_reattach_thawed(s, NULL, NULL, &e);
+}
+
 static void on_thawed(struct sup *s, void *ctx, int count, const struct qv_err *err)
 {
     struct snap_op *op = op_by_seq(s, ctx);
+    if (!err)
+        freeze_record(s, NULL);
     if (err) {
         sup_log(s, "warning: snapshot: thawing the guest's filesystems failed: %s (qvisor agent %s fsthaw)", err->msg,
                 s->def.name);
@@ -161,6 +207,7 @@ static void on_frozen(struct sup *s, void *ctx, int count, const struct qv_err *
     } else {
         op->rec.quiesced = true;
         sup_log(s, "snapshot %s: %d filesystem%s frozen", op->rec.name, count, count == 1 ? "" : "s");
+        sup_crash_point("snapshot-frozen");
     }
     ext_next(op);
 }
@@ -176,29 +223,45 @@ static void freeze(struct snap_op *op)
         return;
     }
     op->thaw_needed = true;
+    freeze_record(op->s, op->rec.name);
     if (agent_fsfreeze(op->s, true, on_frozen, (void *)(uintptr_t)op->seq, &e) < 0) {
         op->thaw_needed = false;    /* nothing went out */
+        freeze_record(op->s, NULL);
         on_frozen(op->s, (void *)(uintptr_t)op->seq, -1, &e);
     }
 }
 
-void snap_left_out(struct sup *s, const char *name, char *out, size_t outlen)
+void snap_live_disks(struct sup *s, struct snapshot_live_disk *out, struct snapshot_live *live)
 {
-    out[0] = '\0';
-    size_t n = 0;
+    live->disks = out;
+    live->n = 0;
     for (int i = 0; i < HOTPLUG_MAX; i++) {
         const struct hotplug *h = &s->hp[i];
         if (!h->used || h->kind != HOTPLUG_DISK || h->pending || h->removing)
             continue;
-        n += (size_t)snprintf(out + n, outlen > n ? outlen - n : 0, "%s%s (%s)", n ? ", " : "", h->id, h->file);
+        struct snapshot_live_disk *l = &out[live->n++];
+        memset(l, 0, sizeof(*l));
+        snprintf(l->id, sizeof(l->id), "%s", h->id);
+        snprintf(l->file, sizeof(l->file), "%s", h->file);
+        snprintf(l->volume, sizeof(l->volume), "%s", h->volume);
+        l->format = h->format;
+        l->readonly = h->readonly;
     }
-    if (n) {
-        char disks[1024];
-        snprintf(disks, sizeof(disks), "%s", out);
-        snprintf(out, outlen, "snapshot %s leaves out %s, attached while the VM runs: a revert does not bring %s "
-                 "back (detach it first to keep the guest's view of it consistent)", name, disks,
-                 strchr(disks, ',') ? "them" : "it");
-    }
+}
+
+bool snap_disk_find(struct sup *s, const struct storage_snapshot *rec, const struct storage_snapshot_disk *k,
+                    struct disk_ref *out, struct qv_err *e)
+{
+    if (disk_find(s, k->disk, out) && strcmp(out->id, k->disk) == 0 && (out->hp != NULL) == k->hotplug &&
+        (!out->hp || !(out->hp->pending || out->hp->removing)))
+        return true;
+    if (k->hotplug)
+        qv_fail(e, -ENOENT, "%s: snapshot %s: %s (%s) was attached to the running VM when the snapshot was taken and "
+                "is not attached now (detached, or the VM was restarted since): qvisor touches no other disk in its "
+                "place", s->def.name, rec->name, k->disk, rec->external ? k->overlay : k->file);
+    else
+        qv_fail(e, -ENOENT, "%s: snapshot %s names %s, which the VM no longer has", s->def.name, rec->name, k->disk);
+    return false;
 }
 
 static void ext_reply(struct snap_op *op, int r, const struct qv_err *e)
@@ -214,13 +277,8 @@ static void ext_reply(struct snap_op *op, int r, const struct qv_err *e)
     json_object_object_add(o, "quiesced", json_object_new_boolean(op->rec.quiesced));
     if (op->rec.quiesce_note[0])
         json_object_object_add(o, "note", json_object_new_string(op->rec.quiesce_note));
-    char left[1024];
-    snap_left_out(s, op->rec.name, left, sizeof(left));
-    if (op->thaw_warning[0] || left[0]) {
-        char w[sizeof(left) + sizeof(op->thaw_warning) + 2];
-        snprintf(w, sizeof(w), "%s%s%s", op->thaw_warning, op->thaw_warning[0] && left[0] ? "; " : "", left);
-        json_object_object_add(o, "warning", json_object_new_string(w));
-    }
+    if (op->thaw_warning[0])
+        json_object_object_add(o, "warning", json_object_new_string(op->thaw_warning));
     sup_reply_json(s, op->client, o);
     json_object_put(o);
 }
@@ -331,15 +389,10 @@ static void ext_next(struct snap_op *op)
         } else if (!d->file_added) {
             char path[32];
             snprintf(path, sizeof(path), "/dev/fdset/%d", d->fdset);
-            size_t idx = (size_t)strtoul(d->id + 4, NULL, 10);
-            struct disk_io io = disk_io_mode(s->def.disks[idx].cache, s->def.disks[idx].aio, &s->facts);
-            r = qmp_send(s->qmp, "blockdev-add", blockdev_file(d->file_node, path, &io, s->def.disks[idx].discard, false),
+            r = qmp_send(s->qmp, "blockdev-add", blockdev_file(d->file_node, path, &d->io, d->discard, false),
                          NULL, 0, QMP_TIMEOUT_DEVICE, 0, on_setup_step, op);
         } else {
-            size_t idx = (size_t)strtoul(d->id + 4, NULL, 10);
-            struct disk_io io = disk_io_mode(s->def.disks[idx].cache, s->def.disks[idx].aio, &s->facts);
-            json_object *fmt = blockdev_format("qcow2", d->node, d->file_node, NULL, &io, s->def.disks[idx].discard,
-                                               false);
+            json_object *fmt = blockdev_format("qcow2", d->node, d->file_node, NULL, &d->io, d->discard, false);
             json_object_object_add(fmt, "backing", NULL);   /* blockdev-snapshot attaches the old top */
             r = qmp_send(s->qmp, "blockdev-add", fmt, NULL, 0, QMP_TIMEOUT_DEVICE, 0, on_setup_step, op);
         }
@@ -534,10 +587,13 @@ static int external_create(struct sup *s, unsigned client, struct storage_snapsh
         struct disk_ref ref;
         d->fd = d->fdset = -1;
         snprintf(d->id, sizeof(d->id), "%s", op->rec.disks[i].disk);
-        if (!disk_find(s, d->id, &ref)) {
+        if (!snap_disk_find(s, &op->rec, &op->rec.disks[i], &ref, e)) {
             op_free(op);
-            return qv_fail(e, -ENOENT, "%s: no disk %s", s->def.name, d->id);
+            return e->code;
         }
+        d->io = ref.hp ? disk_io_mode(ref.hp->cache, ref.hp->aio, &s->facts)
+                       : disk_io_mode(s->def.disks[ref.index].cache, s->def.disks[ref.index].aio, &s->facts);
+        d->discard = ref.hp ? ref.hp->discard : s->def.disks[ref.index].discard;
         snprintf(d->old_top, sizeof(d->old_top), "%s", ref.node);
         snprintf(d->node, sizeof(d->node), "%s-s%llx-fmt", d->id, stamp);
         snprintf(d->file_node, sizeof(d->file_node), "%s-s%llx-file", d->id, stamp);
@@ -565,7 +621,10 @@ int snapshot_live_create(struct sup *s, unsigned client, const char *name, bool 
     if (disk_only && (r = freeze_plan(s, quiesce, name, note, sizeof(note), &want_freeze, e)) < 0)
         return r;
     _cleanup_snapshot_ struct storage_snapshot rec = {0};
-    if ((r = snapshot_plan(s->paths, &s->def, name, disk_only, &rec, e)) < 0)
+    struct snapshot_live_disk ld[HOTPLUG_MAX];
+    struct snapshot_live live;
+    snap_live_disks(s, ld, &live);
+    if ((r = snapshot_plan(s->paths, &s->def, &live, name, disk_only, &rec, e)) < 0)
         return r;
     if (description)
         rec.description = qv_xstrdup(description);
@@ -605,7 +664,10 @@ int snapshot_live_delete(struct sup *s, unsigned client, const char *name, const
     size_t n;
     if ((r = snapshot_load_all(s->paths, s->def.name, &all, &n, e)) < 0)
         return r;
-    r = snapshot_check_delete(s->paths, &s->def, &rec, all, n, e);
+    struct snapshot_live_disk ld[HOTPLUG_MAX];
+    struct snapshot_live live;
+    snap_live_disks(s, ld, &live);
+    r = snapshot_check_delete(s->paths, &s->def, &live, &rec, all, n, e);
     snapshot_free_all(all, n);
     if (r < 0)
         return r;
@@ -620,6 +682,8 @@ void snapshots_forget(struct sup *s)
     /* QEMU is gone (its monitor was freed first: no completion comes any more); the
      * overlays it never switched to go too */
     struct snap_op *op = s->snap;
+    if (s->rs.resources && json_object_object_get_ex(s->rs.resources, FREEZE_RECORD, NULL))
+        freeze_record(s, NULL);     /* the guest it froze is gone */
     if (!op)
         return;
     if (op->client)

@@ -625,6 +625,7 @@ int reattach(struct sup *s, bool finish_start, struct qv_err *e)
         running = true;
     }
     sup_set_state(s, running ? VM_RUNNING : prev == VM_CRASHED ? VM_CRASHED : VM_PAUSED);
+    snapshots_reattach(s);
     return 0;
 }
 

@@ -39,10 +39,17 @@ check_error "exec: stdin beyond 16 MiB is refused before anything runs" 2 'more 
 check_output "exec: --env sets the command's environment (PATH kept)" '^hi /usr/local/sbin:' \
     qv exec ga --env GREETING=hi -- sh -c 'echo $GREETING $PATH'
 t0=$(date +%s%N)
-check_error "exec: a command that outlives --timeout: exit 5" 5 'sleep did not finish within 1 s \(it still runs in the guest as pid [0-9]+\)' \
-    qv exec ga --timeout 1 -- sleep 30
+out=$(qv exec ga --timeout 1 -- sleep 31 2>&1); rc=$?
 ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+check "exec: a command that outlives --timeout: exit 5, killed in the guest" \
+    bash -c "[ $rc = 5 ] && grep -q 'sleep did not finish within 1 s; killed it in the guest (pid [0-9]*, SIGKILL)' <<< '$out'"
 check "...after about a second ($ms ms)" test "$ms" -lt 5000
+pid=$(grep -o 'pid [0-9]*' <<< "$out" | grep -o '[0-9]*')
+# kill -0 PID in the guest: 0 while it lives (proved on init), 1 once gone
+probe() { qv exec ga -- sh -c "kill -0 $1 2>/dev/null; echo \$?"; }
+check_output "...the probe sees a live process" '^0$' probe 1
+gone() { [ "$(probe "$pid")" = 1 ]; }
+check "...and the command no longer runs in the guest (pid $pid)" wait_until 15 gone
 check_error "exec: a program the guest does not have" 1 'ga: guest-exec: .*nosuchprogram' qv exec ga -- nosuchprogram
 
 # ---- cp ----
@@ -60,6 +67,12 @@ check "cp: into a host directory keeps the name" bash -c "'$QV_BIN' --root '$T_R
 check_error "cp: a guest file that does not exist" 1 'ga:/nosuch/file: guest-file-open: .*No such file' \
     qv cp ga:/nosuch/file "$T_ROOT/x"
 check "...leaves nothing behind on the host" bash -c "! ls '$T_ROOT' | grep -q '^x'"
+chmod 750 "$T_ROOT/blob"
+check "cp: into the guest keeps the file's mode" qv cp "$T_ROOT/blob" ga:/tmp/m750
+check_output "...750 in the guest" '^750$' qv exec ga -- stat -c %a /tmp/m750
+check "cp: out of the guest keeps it too" bash -c "'$QV_BIN' --root '$T_ROOT' exec ga -- sh -c 'echo m > /tmp/m711 && chmod 711 /tmp/m711' &&
+    '$QV_BIN' --root '$T_ROOT' cp ga:/tmp/m711 '$T_ROOT/m711'"
+check_output "...711 on the host" '^711$' stat -c %a "$T_ROOT/m711"
 check_error "cp: neither side in a VM" 2 'exactly one of SRC and DST' qv cp "$T_ROOT/blob" "$T_ROOT/blob2"
 
 # ---- fsfreeze ----
@@ -102,6 +115,22 @@ check "...nothing was made: no overlay, no record" bash -c "test ! -e '$T_ROOT/g
 check_output "the copy is aborted" 'aborting the copy of disk0' qv block job ga disk0 --abort
 no_job() { ! qv status ga | grep -q '^job '; }
 check "...and ends" wait_until 20 no_job
+# a supervisor killed while the guest is frozen for a snapshot: state.json says so, its successor thaws
+spid=$(sup_pid ga)
+kill -9 "$spid"
+check "kill -9 of ga's supervisor" wait_until 10 bash -c "! kill -0 $spid 2>/dev/null"
+check_output "a supervisor that dies right after a freeze takes over" 'ga started' \
+    env QVISOR_TEST_CRASH_AT=snapshot-frozen "$QV_BIN" --root "$T_ROOT" start ga
+spid=$(sup_pid ga)
+qv snapshot create ga q4 --disk-only > /dev/null 2>&1
+check "...a quiesced snapshot kills it after the freeze" wait_until 10 bash -c "! kill -0 $spid 2>/dev/null"
+state=$T_ROOT/run/qvisor/vms/ga/state.json
+check "...state.json records the freeze" jq -e '.resources.snapshot_freeze == "q4"' "$state"
+check_output "start again reattaches" 'ga started' qv start ga
+check "...and thaws the guest (the log)" wait_log ga 'frozen by a snapshot whose supervisor died, are thawed' 30
+check_output "...fsfreeze-status: thawed" '^thawed$' qv agent ga fsfreeze-status
+check "...its filesystem takes writes" qv exec ga --timeout 20 -- sh -c 'echo after3 > /mnt/d/after3 && sync'
+check "...and the record is gone" jq -e '.resources | has("snapshot_freeze") | not' "$state"
 check_error "--quiesce with a full snapshot is refused (it keeps memory: nothing to freeze for)" 2 \
     '--quiesce needs --disk-only' qv snapshot create ga q9 --quiesce
 check_error "--quiesce with a VM that has no agent channel: exit 1, nothing made" 1 \

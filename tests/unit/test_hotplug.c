@@ -165,6 +165,14 @@ static void answer(struct fx *f, const char *cmd, const char *error)
         peer_sendf(&f->peer, "{\"return\": {}, \"id\": \"%s\"}\r\n", id);
 }
 
+/* Expects `cmd` and answers it with `ret` (JSON text). */
+static void answer_ret(struct fx *f, const char *cmd, const char *ret)
+{
+    _cleanup_free_ char *id = NULL;
+    _cleanup_json_ json_object *c = expect(f, cmd, &id);
+    peer_sendf(&f->peer, "{\"return\": %s, \"id\": \"%s\"}\r\n", ret, id);
+}
+
 /* Expects `cmd` whose args[key] is the string val, and answers it. */
 static void answer_arg(struct fx *f, const char *cmd, const char *key, const char *val)
 {
@@ -191,7 +199,7 @@ static int start_disk(struct fx *f)
     snprintf(spec, sizeof(spec), "{\"file\": \"%s\", \"format\": \"raw\"}", f->image);
     _cleanup_json_ json_object *o = json_tokener_parse(spec);
     struct qv_err e = {0};
-    int r = hotplug_disk_attach(f->s, o, 1, &e);
+    int r = hotplug_disk_attach(f->s, o, NULL, 1, &e);
     if (r < 0)
         print_error("%s\n", e.msg);
     return r;
@@ -321,7 +329,7 @@ static void test_disk_delayed_reply(void **state)
     snprintf(spec, sizeof(spec), "{\"file\": \"%s\", \"format\": \"raw\"}", f->image);
     _cleanup_json_ json_object *o = json_tokener_parse(spec);
     struct qv_err e = {0};
-    assert_int_equal(hotplug_disk_attach(f->s, o, 1, &e), -EBUSY);
+    assert_int_equal(hotplug_disk_attach(f->s, o, NULL, 1, &e), -EBUSY);
     /* and a detach of the half-attached disk is refused too */
     assert_int_equal(hotplug_detach(f->s, "disk0", HOTPLUG_DISK, 1, &e), -EBUSY);
     assert_no_reply_yet(f);
@@ -410,13 +418,36 @@ static void test_detach_waits_for_cleanup(void **state)
     assert_int_equal(hotplug_detach(f->s, "disk0", HOTPLUG_DISK, 1, &e), 0);
     answer_arg(f, "device_del", "id", "disk0");
     assert_no_reply_yet(f);
+    snprintf(f->s->hp[0].top, sizeof(f->s->hp[0].top), "disk0-s1-fmt");   /* as a disk-only snapshot left it */
     deleted_event(f, "disk0");
+    /* the chain as QEMU holds it now: a snapshot's overlay on the attached image */
+    answer_ret(f, "x-debug-query-block-graph",
+               "{\"nodes\": [{\"id\": 1, \"name\": \"disk0-s1-fmt\"}, {\"id\": 2, \"name\": \"disk0-s1-file\"}, "
+               "{\"id\": 3, \"name\": \"disk0-fmt\"}, {\"id\": 4, \"name\": \"disk0-file\"}], "
+               "\"edges\": [{\"parent\": 1, \"child\": 2, \"name\": \"file\"}, "
+               "{\"parent\": 1, \"child\": 3, \"name\": \"backing\"}, {\"parent\": 3, \"child\": 4, \"name\": \"file\"}]}");
+    answer_ret(f, "query-fdsets", "[{\"fdset-id\": 1000, \"fds\": [{\"fd\": 30, \"opaque\": \"disk0-file\"}]}, "
+               "{\"fdset-id\": 7, \"fds\": [{\"fd\": 31, \"opaque\": \"disk0-s1-file\"}]}, "
+               "{\"fdset-id\": 8, \"fds\": [{\"fd\": 32, \"opaque\": \"disk9-file\"}]}]");
+    answer_arg(f, "blockdev-del", "node-name", "disk0-s1-fmt");
+    answer_arg(f, "blockdev-del", "node-name", "disk0-s1-file");
     answer_arg(f, "blockdev-del", "node-name", "disk0-fmt");
     assert_no_reply_yet(f);
     answer_arg(f, "blockdev-del", "node-name", "disk0-file");
     assert_no_reply_yet(f);
-    answer(f, "remove-fd", NULL);
+    _cleanup_free_ char *id = NULL;
+    _cleanup_json_ json_object *c1 = expect(f, "remove-fd", &id);
+    json_object *args, *v;
+    assert_true(json_object_object_get_ex(c1, "arguments", &args) && json_object_object_get_ex(args, "fdset-id", &v));
+    assert_int_equal(json_object_get_int(v), 1000);
+    peer_sendf(&f->peer, "{\"return\": {}, \"id\": \"%s\"}\r\n", id);
+    _cleanup_free_ char *id2 = NULL;
+    _cleanup_json_ json_object *c2 = expect(f, "remove-fd", &id2);
+    assert_true(json_object_object_get_ex(c2, "arguments", &args) && json_object_object_get_ex(args, "fdset-id", &v));
+    assert_int_equal(json_object_get_int(v), 7);     /* not 8: another disk's */
+    peer_sendf(&f->peer, "{\"return\": {}, \"id\": \"%s\"}\r\n", id2);
     assert_ok_reply(f, NULL);
+    assert_peer_quiet(f);
     assert_int_equal(used_slots(f->s), 0);
 }
 
@@ -445,8 +476,10 @@ static void test_detach_event_before_reply(void **state)
     deleted_event(f, "disk0");
     assert_no_reply_yet(f);
     peer_sendf(&f->peer, "{\"return\": {}, \"id\": \"%s\"}\r\n", id);
-    answer(f, "blockdev-del", NULL);
-    answer(f, "blockdev-del", NULL);
+    /* no graph to be had: the nodes go by the names they were attached with */
+    answer(f, "x-debug-query-block-graph", "not here");
+    answer_arg(f, "blockdev-del", "node-name", "disk0-fmt");
+    answer_arg(f, "blockdev-del", "node-name", "disk0-file");
     answer(f, "remove-fd", NULL);
     assert_ok_reply(f, NULL);
     assert_int_equal(used_slots(f->s), 0);

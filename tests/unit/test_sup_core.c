@@ -496,6 +496,16 @@ static void test_device_deleted(void **state)
     expect_nothing(f);
     assert_true(h->used);
     event(f, "DEVICE_DELETED", "{\"device\": \"disk3\", \"path\": \"/machine/peripheral/disk3\"}");
+    /* its chain as QEMU holds it, then the fdsets of its file nodes */
+    if (!peer_answer(&f->peer, f->s->qmp, "x-debug-query-block-graph",
+                     "{\"nodes\": [{\"id\": 1, \"name\": \"disk3-fmt\"}, {\"id\": 2, \"name\": \"disk3-file\"}], "
+                     "\"edges\": [{\"parent\": 1, \"child\": 2, \"name\": \"file\"}]}"))
+        fail_msg("expected the block graph query: %s", f->peer.failure);
+    drain(f);
+    if (!peer_answer(&f->peer, f->s->qmp, "query-fdsets",
+                     "[{\"fdset-id\": 7, \"fds\": [{\"fd\": 40, \"opaque\": \"disk3-file\"}]}]"))
+        fail_msg("expected query-fdsets: %s", f->peer.failure);
+    drain(f);
     expect_arg(f, "blockdev-del", "node-name", "disk3-fmt");
     expect_arg(f, "blockdev-del", "node-name", "disk3-file");
     expect_arg(f, "remove-fd", "fdset-id", "7");
