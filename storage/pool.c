@@ -330,28 +330,28 @@ static int dir_vol_open(const struct storage_pool *p, const char *name, int flag
     return storage_chain_open(path, STORAGE_FORMAT_PROBE, flags, out, e);
 }
 
-static const struct storage_backend backends[] = {
-    {
-        .type = "dir",
-        .check = dir_check,
-        .stats = dir_stats,
-        .list = dir_list,
-        .refresh = dir_refresh,
-        .vol_info = dir_vol_info,
-        .vol_create = dir_vol_create,
-        .vol_delete = dir_vol_delete,
-        .vol_resize = dir_vol_resize,
-        .vol_copy_in = dir_vol_copy_in,
-        .vol_open = dir_vol_open,
-    },
+static const struct storage_backend dir_backend = {
+    .type = "dir",
+    .check = dir_check,
+    .stats = dir_stats,
+    .list = dir_list,
+    .refresh = dir_refresh,
+    .vol_info = dir_vol_info,
+    .vol_create = dir_vol_create,
+    .vol_delete = dir_vol_delete,
+    .vol_resize = dir_vol_resize,
+    .vol_copy_in = dir_vol_copy_in,
+    .vol_open = dir_vol_open,
 };
 
-const char *const storage_backend_types[] = {"dir", NULL};
+static const struct storage_backend *const backends[] = {&dir_backend, &storage_rbd_backend};
+
+const char *const storage_backend_types[] = {"dir", "rbd", NULL};
 
 const struct storage_backend *storage_backend_find(const char *type)
 {
     for (size_t i = 0; type && i < ARRAY_SIZE(backends); i++)
-        if (strcmp(backends[i].type, type) == 0)
-            return &backends[i];
+        if (strcmp(backends[i]->type, type) == 0)
+            return backends[i];
     return NULL;
 }

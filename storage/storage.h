@@ -103,8 +103,16 @@ int storage_image_info_parse(const char *json, struct storage_image_info *out, s
  * '-', or one that is not 1-64 of [A-Za-z0-9_.-]. */
 struct storage_pool {
     const char *name;
-    const char *type;           /* a backend's type: "dir" */
+    const char *type;           /* a backend's type: "dir", "rbd" */
     const char *path;           /* dir: the directory */
+    /* rbd: a Ceph pool reached as a cephx user. Monitors are given, or read from a
+     * ceph.conf; the key is read by librados from keyfile (the secret's value file), so
+     * it never passes through qvisor's own buffers or argv. */
+    const char *rbd_pool;       /* the Ceph pool's name */
+    const char *const *monitors;/* "HOST[:PORT]", NULL-terminated; NULL: from ceph_conf */
+    const char *ceph_conf;      /* NULL: none (no ceph.conf is read) */
+    const char *user;           /* the cephx id without "client." */
+    const char *keyfile;        /* NULL: no key (auth none) */
 };
 
 struct storage_pool_stats {
@@ -164,7 +172,8 @@ struct storage_backend {
 };
 /* NULL for an unknown type. */
 const struct storage_backend *storage_backend_find(const char *type);
-/* The types, NULL-terminated: "dir". */
+extern const struct storage_backend storage_rbd_backend;   /* rbd.c */
+/* The types, NULL-terminated: "dir", "rbd". */
 extern const char *const storage_backend_types[];
 /* A volume name a backend accepts. */
 bool storage_vol_name_valid(const char *name);

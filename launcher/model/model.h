@@ -539,6 +539,8 @@ int secret_define(const struct qv_paths *p, const char *name, const char *usage,
                   struct secret_def *out, bool *updated, struct qv_err *e);
 /* The value (trailing newlines dropped; no NUL, at most 4 KiB); e never holds it. */
 int secret_set_value(const struct qv_paths *p, const char *name, const char *value, size_t len, struct qv_err *e);
+/* The file holding the value, for a library that reads a key file itself (librados). */
+void secret_value_path(const struct qv_paths *p, const char *name, char *out, size_t n);
 /* The value into *out (the caller wipes and frees it); -EPERM when others may read the file. */
 int secret_read_value(const struct qv_paths *p, const char *name, char **out, struct qv_err *e);
 /* "web1 (running)" for every running VM that uses the secret. */
@@ -549,8 +551,16 @@ int secret_undefine(const struct qv_paths *p, const char *name, struct qv_err *e
 /* ---- storage pools: etc/qvisor/pools/NAME.json -------------------------------------------- */
 struct pool_def {
     char *name;
-    char *type;             /* a storage backend's type: "dir" */
+    char *type;             /* a storage backend's type: "dir", "rbd" */
     char *path;             /* dir: the directory, absolute */
+    /* rbd: {"pool": "rbd", "monitors": ["HOST[:PORT]", ...] and/or "ceph_conf": "/abs",
+     * "user": "libvirt", "secret": "NAME"} (user defaults to admin; no secret: auth none) */
+    char *rbd_pool;
+    struct strv monitors;
+    char *ceph_conf;
+    char *user;
+    char *secret;
+    char *keyfile;          /* the secret's value file, set by pool_load/pool_define; never in JSON */
 };
 void pool_def_free(struct pool_def *d);    /* leaves it zeroed */
 #define _cleanup_pool_def_ _cleanup_(pool_def_free)

@@ -62,7 +62,7 @@ static void dir_path(const struct qv_paths *p, char *out, size_t n)
     qv_path(p, out, n, QV_ETC "/secrets");
 }
 
-static void value_path(const struct qv_paths *p, const char *name, char *out, size_t n)
+void secret_value_path(const struct qv_paths *p, const char *name, char *out, size_t n)
 {
     qv_path(p, out, n, QV_ETC "/secrets/%s", name);
 }
@@ -127,7 +127,7 @@ int secret_load(const struct qv_paths *p, const char *name, struct secret_def *d
         return r;
     char meta[PATH_MAX], value[PATH_MAX];
     meta_path(p, name, meta, sizeof(meta));
-    value_path(p, name, value, sizeof(value));
+    secret_value_path(p, name, value, sizeof(value));
     memset(d, 0, sizeof(*d));
     d->has_value = path_exists(value);
     if (!path_exists(meta)) {
@@ -254,7 +254,7 @@ int secret_set_value(const struct qv_paths *p, const char *name, const char *val
         return lock;
     char meta[PATH_MAX], path[PATH_MAX];
     meta_path(p, name, meta, sizeof(meta));
-    value_path(p, name, path, sizeof(path));
+    secret_value_path(p, name, path, sizeof(path));
     if (!path_exists(meta) && !path_exists(path))
         return qv_fail(e, -ENOENT, "no secret named %s (qvisor secret define %s first)", name, name);
     /* the error names the file, never the value */
@@ -267,7 +267,7 @@ int secret_read_value(const struct qv_paths *p, const char *name, char **out, st
     if (r < 0)
         return r;
     char path[PATH_MAX];
-    value_path(p, name, path, sizeof(path));
+    secret_value_path(p, name, path, sizeof(path));
     struct stat st;
     if (stat(path, &st) < 0) {
         if (errno != ENOENT)
@@ -331,7 +331,7 @@ int secret_undefine(const struct qv_paths *p, const char *name, struct qv_err *e
     }
     char meta[PATH_MAX], value[PATH_MAX];
     meta_path(p, name, meta, sizeof(meta));
-    value_path(p, name, value, sizeof(value));
+    secret_value_path(p, name, value, sizeof(value));
     /* the value first: a half-done undefine leaves metadata, never a value nobody lists */
     if (unlink(value) < 0 && errno != ENOENT)
         return qv_failerr(e, -errno, "%s", value);

@@ -1,0 +1,349 @@
+/* The rbd backend: a Ceph pool's RBD images as volumes, through librados/librbd
+ * (loaded on first use: a host without RBD pools never maps them). Every operation
+ * connects as the pool's cephx user with bounded timeouts (RBD_TIMEOUT_S for the
+ * monitors and for each operation), does its work and disconnects: a CLI verb or a
+ * supervisor start holds no connection and no librados thread afterwards. librados
+ * reads no ceph.conf and no environment unless the pool names a ceph.conf, and it
+ * prints nothing: its errors come back as codes, turned into messages naming the pool
+ * and the likely cause. */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <rados/librados.h>
+#include <rbd/librbd.h>
+
+#include "storage/storage.h"
+
+/* Seconds for the monitor handshake and for each monitor or OSD operation. */
+#define RBD_TIMEOUT_S "10"
+
+/* ---- the libraries ---- */
+#define RBD_DL_RADOS_SYMBOLS(X)                                                                       \
+    X(rados_create2) X(rados_conf_set) X(rados_conf_get) X(rados_conf_read_file) X(rados_connect)    \
+    X(rados_shutdown) X(rados_ioctx_create) X(rados_ioctx_destroy) X(rados_cluster_stat)             \
+    X(rados_ioctx_pool_stat)
+#define RBD_DL_RBD_SYMBOLS(X)                                                                         \
+    X(rbd_list2) X(rbd_image_spec_list_cleanup) X(rbd_open_read_only) X(rbd_close) X(rbd_stat)       \
+    X(rbd_get_features) X(rbd_create4) X(rbd_image_options_create) X(rbd_image_options_destroy)      \
+    X(rbd_image_options_set_uint64) X(rbd_remove)
+
+#define RBD_DL_DEFINE(fn) static __typeof__(fn) *sym_##fn;
+RBD_DL_RADOS_SYMBOLS(RBD_DL_DEFINE)
+RBD_DL_RBD_SYMBOLS(RBD_DL_DEFINE)
+#undef RBD_DL_DEFINE
+#define RBD_DL_ENTRY(fn) {#fn, (void **)&sym_##fn},
+static const struct qv_dl_sym rados_syms[] = {RBD_DL_RADOS_SYMBOLS(RBD_DL_ENTRY)};
+static const struct qv_dl_sym rbd_syms[] = {RBD_DL_RBD_SYMBOLS(RBD_DL_ENTRY)};
+#undef RBD_DL_ENTRY
+static const struct qv_dl_lib librados = {
+    "librados.so.2", "librados2", "Ceph RBD pools", rados_syms, ARRAY_SIZE(rados_syms),
+};
+static const struct qv_dl_lib librbd = {
+    "librbd.so.1", "librbd1", "Ceph RBD pools", rbd_syms, ARRAY_SIZE(rbd_syms),
+};
+
+static int rbdp_dl(struct qv_err *e)
+{
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    static bool loaded;
+    pthread_mutex_lock(&lock);
+    int r = 0;
+    if (!loaded && (r = qv_dl_load(&librados, e)) == 0 && (r = qv_dl_load(&librbd, e)) == 0)
+        loaded = true;
+    pthread_mutex_unlock(&lock);
+    return r;
+}
+
+/* ---- connections ---- */
+struct rbd_conn {
+    rados_t cluster;
+    rados_ioctx_t io;
+};
+
+static void conn_close(struct rbd_conn *c)
+{
+    if (c->io)
+        sym_rados_ioctx_destroy(c->io);
+    if (c->cluster)
+        sym_rados_shutdown(c->cluster);
+    *c = (struct rbd_conn){0};
+}
+
+/* "127.0.0.1:6789,10.0.0.2" */
+static char *monitors_joined(const struct storage_pool *p)
+{
+    return p->monitors ? strv_join(p->monitors, ",") : NULL;
+}
+
+static int connect_fail(const struct storage_pool *p, int r, struct qv_err *e)
+{
+    _cleanup_free_ char *mons = monitors_joined(p);
+    const char *where = mons ? mons : p->ceph_conf;
+    switch (r) {
+    case -ETIMEDOUT:
+        return qv_fail(e, r, "pool %s: no answer from the Ceph monitors %s within " RBD_TIMEOUT_S " s (are they "
+                       "running and reachable from this host?)", p->name, where);
+    case -EACCES:
+    case -EPERM:
+        return qv_fail(e, r, "pool %s: the monitors %s refused client.%s's key (check the pool's secret: qvisor "
+                       "secret set-value)", p->name, where, p->user);
+    case -EINVAL:
+        return qv_fail(e, r, "pool %s: cannot connect as client.%s: the key is not a valid cephx key (qvisor secret "
+                       "set-value with the key `ceph auth get-key client.%s` prints)", p->name, p->user, p->user);
+    case -ENOENT:
+        return qv_fail(e, r, "pool %s: no Ceph monitors known (give the pool monitors, or a ceph.conf naming "
+                       "mon_host)", p->name);
+    default:
+        return qv_fail(e, r, "pool %s: cannot connect to the Ceph monitors %s as client.%s: %s", p->name, where,
+                       p->user, strerror(-r));
+    }
+}
+
+static int conn_set(struct rbd_conn *c, const struct storage_pool *p, const char *key, const char *value,
+                    struct qv_err *e)
+{
+    int r = sym_rados_conf_set(c->cluster, key, value);
+    return r < 0 ? qv_fail(e, r, "pool %s: Ceph option %s=%s: %s", p->name, key, value, strerror(-r)) : 0;
+}
+
+/* Connected to the cluster as client.USER, with an I/O context on the pool. */
+static int conn_open(const struct storage_pool *p, struct rbd_conn *c, struct qv_err *e)
+{
+    *c = (struct rbd_conn){0};
+    int r = rbdp_dl(e);
+    if (r < 0)
+        return qv_prefix(e, "pool %s: ", p->name);
+    char id[80];
+    snprintf(id, sizeof(id), "client.%s", p->user ? p->user : "admin");
+    if ((r = sym_rados_create2(&c->cluster, "ceph", id, 0)) < 0) {
+        c->cluster = NULL;
+        return qv_fail(e, r, "pool %s: librados: %s", p->name, strerror(-r));
+    }
+    if (p->ceph_conf && (r = sym_rados_conf_read_file(c->cluster, p->ceph_conf)) < 0) {
+        conn_close(c);
+        return qv_fail(e, r, "pool %s: ceph.conf %s: %s", p->name, p->ceph_conf, strerror(-r));
+    }
+    _cleanup_free_ char *mons = monitors_joined(p);
+    /* set after the file, so that a ceph.conf cannot lengthen the waits or turn logs on */
+    const char *const opts[][2] = {
+        {"client_mount_timeout", RBD_TIMEOUT_S}, {"rados_mon_op_timeout", RBD_TIMEOUT_S},
+        {"rados_osd_op_timeout", RBD_TIMEOUT_S}, {"log_to_stderr", "false"}, {"err_to_stderr", "false"},
+        {"log_file", ""}, {"auth_client_required", p->keyfile ? "cephx" : "none"},
+    };
+    for (size_t i = 0; r == 0 && i < ARRAY_SIZE(opts); i++)
+        r = conn_set(c, p, opts[i][0], opts[i][1], e);
+    if (r == 0 && mons)
+        r = conn_set(c, p, "mon_host", mons, e);
+    if (r == 0 && p->keyfile)
+        r = conn_set(c, p, "keyfile", p->keyfile, e);
+    if (r < 0) {
+        conn_close(c);
+        return r;
+    }
+    if ((r = sym_rados_connect(c->cluster)) < 0) {
+        conn_close(c);
+        return connect_fail(p, r, e);
+    }
+    if ((r = sym_rados_ioctx_create(c->cluster, p->rbd_pool, &c->io)) < 0) {
+        c->io = NULL;
+        conn_close(c);
+        if (r == -ENOENT)
+            return qv_fail(e, r, "pool %s: the Ceph cluster has no pool %s (ceph osd pool create %s; rbd pool init "
+                           "%s)", p->name, p->rbd_pool, p->rbd_pool, p->rbd_pool);
+        return qv_fail(e, r, "pool %s: Ceph pool %s: %s", p->name, p->rbd_pool, strerror(-r));
+    }
+    return 0;
+}
+
+static int name_check(const struct storage_pool *p, const char *name, struct qv_err *e)
+{
+    if (!storage_vol_name_valid(name))
+        return qv_fail(e, -EINVAL, "pool %s: \"%s\" is not a valid volume name (1-64 of letters, digits, _ . -, "
+                       "not starting with . or -)", p->name, name);
+    return 0;
+}
+
+/* ---- the backend ---- */
+static int rbdp_check(const struct storage_pool *p, struct qv_err *e)
+{
+    struct rbd_conn c;
+    int r = conn_open(p, &c, e);
+    if (r == 0)
+        conn_close(&c);
+    return r;
+}
+
+static int rbdp_stats(const struct storage_pool *p, struct storage_pool_stats *out, struct qv_err *e)
+{
+    struct rbd_conn c;
+    int r = conn_open(p, &c, e);
+    if (r < 0)
+        return r;
+    struct rados_cluster_stat_t cs;
+    struct rados_pool_stat_t ps;
+    if ((r = sym_rados_cluster_stat(c.cluster, &cs)) < 0 || (r = sym_rados_ioctx_pool_stat(c.io, &ps)) < 0) {
+        conn_close(&c);
+        return qv_fail(e, r, "pool %s: Ceph statistics: %s", p->name, strerror(-r));
+    }
+    conn_close(&c);
+    out->capacity = cs.kb * 1024;
+    out->available = cs.kb_avail * 1024;
+    out->allocation = ps.num_bytes;
+    return 0;
+}
+
+static int rbdp_list(const struct storage_pool *p, struct strv *names, struct qv_err *e)
+{
+    struct rbd_conn c;
+    int r = conn_open(p, &c, e);
+    if (r < 0)
+        return r;
+    size_t max = 64;
+    rbd_image_spec_t *specs = NULL;
+    for (;;) {
+        specs = qv_xcalloc(max, sizeof(*specs));
+        if ((r = sym_rbd_list2(c.io, specs, &max)) != -ERANGE)
+            break;
+        free(specs);
+    }
+    if (r >= 0) {
+        for (size_t i = 0; i < max; i++)
+            if (storage_vol_name_valid(specs[i].name))
+                strv_push(names, specs[i].name);
+        sym_rbd_image_spec_list_cleanup(specs, max);
+        strv_sort(names);
+        r = 0;
+    } else {
+        r = qv_fail(e, r, "pool %s: listing Ceph pool %s: %s", p->name, p->rbd_pool, strerror(-r));
+    }
+    free(specs);
+    conn_close(&c);
+    return r;
+}
+
+static int rbdp_refresh(const struct storage_pool *p, struct qv_err *e)
+{
+    return rbdp_check(p, e);
+}
+
+static int image_missing(const struct storage_pool *p, const char *name, int r, struct qv_err *e)
+{
+    if (r == -ENOENT)
+        return qv_fail(e, r, "pool %s has no volume %s", p->name, name);
+    return qv_fail(e, r, "pool %s: volume %s: %s", p->name, name, strerror(-r));
+}
+
+static int rbdp_vol_info(const struct storage_pool *p, const char *name, struct storage_vol_info *out, struct qv_err *e)
+{
+    int r = name_check(p, name, e);
+    struct rbd_conn c;
+    if (r < 0 || (r = conn_open(p, &c, e)) < 0)
+        return r;
+    rbd_image_t img;
+    if ((r = sym_rbd_open_read_only(c.io, name, &img, NULL)) < 0) {
+        conn_close(&c);
+        return image_missing(p, name, r, e);
+    }
+    rbd_image_info_t st;
+    r = sym_rbd_stat(img, &st, sizeof(st));
+    sym_rbd_close(img);
+    conn_close(&c);
+    if (r < 0)
+        return image_missing(p, name, r, e);
+    *out = (struct storage_vol_info){.format = STORAGE_FORMAT_RAW, .capacity = st.size};
+    snprintf(out->name, sizeof(out->name), "%s", name);
+    snprintf(out->path, sizeof(out->path), "rbd:%s/%s", p->rbd_pool, name);
+    return 0;
+}
+
+static int rbdp_vol_create(const struct storage_pool *p, const char *name, const struct storage_vol_spec *s,
+                          struct qv_err *e)
+{
+    int r = name_check(p, name, e);
+    if (r < 0)
+        return r;
+    if (s->format != STORAGE_FORMAT_RAW)
+        return qv_fail(e, -EINVAL, "pool %s: an RBD image is raw (--format raw, or leave --format out)", p->name);
+    if (s->backing)
+        return qv_fail(e, -EINVAL, "pool %s: an RBD volume has no backing file (vol clone --from-snapshot makes a "
+                       "copy-on-write clone)", p->name);
+    if (!s->size)
+        return qv_fail(e, -EINVAL, "pool %s: volume %s: a size is needed (--size)", p->name, name);
+    struct rbd_conn c;
+    if ((r = conn_open(p, &c, e)) < 0)
+        return r;
+    rbd_image_options_t o;
+    sym_rbd_image_options_create(&o);
+    /* format 2 with layering only: what the kernel client and QEMU both open, and what clones need */
+    sym_rbd_image_options_set_uint64(o, RBD_IMAGE_OPTION_FORMAT, 2);
+    sym_rbd_image_options_set_uint64(o, RBD_IMAGE_OPTION_FEATURES, RBD_FEATURE_LAYERING);
+    r = sym_rbd_create4(c.io, name, s->size, o);
+    sym_rbd_image_options_destroy(o);
+    conn_close(&c);
+    if (r == -EEXIST)
+        return qv_fail(e, r, "pool %s: volume %s exists already", p->name, name);
+    if (r < 0)
+        return qv_fail(e, r, "pool %s: creating volume %s: %s", p->name, name, strerror(-r));
+    return 0;
+}
+
+static int rbdp_vol_delete(const struct storage_pool *p, const char *name, struct qv_err *e)
+{
+    int r = name_check(p, name, e);
+    struct rbd_conn c;
+    if (r < 0 || (r = conn_open(p, &c, e)) < 0)
+        return r;
+    r = sym_rbd_remove(c.io, name);
+    conn_close(&c);
+    if (r == -EBUSY)
+        return qv_fail(e, r, "pool %s: volume %s is open somewhere (a watcher holds it: a running VM or a mapped "
+                       "device)", p->name, name);
+    if (r == -ENOTEMPTY)
+        return qv_fail(e, r, "pool %s: volume %s has snapshots (delete them first)", p->name, name);
+    return r < 0 ? image_missing(p, name, r, e) : 0;
+}
+
+static int rbdp_unsupported(const struct storage_pool *p, const char *what, struct qv_err *e)
+{
+    return qv_fail(e, -EOPNOTSUPP, "pool %s: %s is not built for rbd pools yet", p->name, what);
+}
+
+static int rbdp_vol_resize(const struct storage_pool *p, const char *name, uint64_t size, bool shrink,
+                          struct qv_err *e)
+{
+    (void)name, (void)size, (void)shrink;
+    return rbdp_unsupported(p, "vol resize", e);
+}
+
+static int rbdp_vol_copy_in(const struct storage_pool *p, const char *name, const char *src,
+                           enum storage_format src_format, enum storage_format format,
+                           const struct storage_progress *prog, struct qv_err *e)
+{
+    (void)name, (void)src, (void)src_format, (void)format, (void)prog;
+    return rbdp_unsupported(p, "copying into a volume", e);
+}
+
+static int rbdp_vol_open(const struct storage_pool *p, const char *name, int flags, struct storage_chain *out,
+                        struct qv_err *e)
+{
+    (void)flags, (void)out;
+    return qv_fail(e, -EOPNOTSUPP, "pool %s: volume %s is an RBD image, which QEMU opens over the network, not "
+                   "from a file descriptor", p->name, name);
+}
+
+const struct storage_backend storage_rbd_backend = {
+    .type = "rbd",
+    .check = rbdp_check,
+    .stats = rbdp_stats,
+    .list = rbdp_list,
+    .refresh = rbdp_refresh,
+    .vol_info = rbdp_vol_info,
+    .vol_create = rbdp_vol_create,
+    .vol_delete = rbdp_vol_delete,
+    .vol_resize = rbdp_vol_resize,
+    .vol_copy_in = rbdp_vol_copy_in,
+    .vol_open = rbdp_vol_open,
+};
