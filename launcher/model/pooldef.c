@@ -245,7 +245,7 @@ static int define_default(const struct qv_paths *p, struct pool_def *out, struct
     return r == -EEXIST ? pool_load(p, "default", out, e) : r;
 }
 
-int pool_load(const struct qv_paths *p, const char *name, struct pool_def *d, struct qv_err *e)
+int pool_read(const struct qv_paths *p, const char *name, struct pool_def *d, struct qv_err *e)
 {
     if (!name_valid(name))
         return qv_fail(e, -EINVAL, "\"%s\" is not a valid pool name", name);
@@ -262,11 +262,17 @@ int pool_load(const struct qv_paths *p, const char *name, struct pool_def *d, st
         return r;
     if ((r = pool_def_from_json(o, d, e)) < 0)
         return qv_prefix(e, "%s: ", path);
-    if (strcmp(d->name, name) != 0)
+    if (strcmp(d->name, name) != 0) {
         r = qv_fail(e, -EINVAL, "%s: holds a pool named %s, not %s", path, d->name, name);
-    else
-        r = bind_keyfile(p, d, e);
-    if (r < 0)
+        pool_def_free(d);
+    }
+    return r;
+}
+
+int pool_load(const struct qv_paths *p, const char *name, struct pool_def *d, struct qv_err *e)
+{
+    int r = pool_read(p, name, d, e);
+    if (r == 0 && (r = bind_keyfile(p, d, e)) < 0)
         pool_def_free(d);
     return r;
 }
@@ -350,6 +356,10 @@ int pool_open(const struct qv_paths *p, const char *name, struct pool_def *d, st
     int r = pool_load(p, name, d, e);
     if (r < 0)
         return r;
+    /* an rbd pool's every operation connects and reports what a check would: one
+     * connection per verb, not two */
+    if (strcmp(d->type, "rbd") == 0)
+        return 0;
     struct storage_pool sp = pool_storage(d);
     const struct storage_backend *b = pool_backend(d);
     if ((r = b->check(&sp, e)) < 0)
