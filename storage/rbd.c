@@ -7,10 +7,13 @@
  * prints nothing: its errors come back as codes, turned into messages naming the pool
  * and the likely cause. */
 #include <inttypes.h>
+#include <netdb.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,12 +89,57 @@ static char *monitors_joined(const struct storage_pool *p)
     return p->monitors ? strv_join(p->monitors, ",") : NULL;
 }
 
+/* Whether a monitor at HOST[:PORT] speaks Ceph: it greets a new connection with its
+ * banner ("ceph v2" or "ceph v027") at once. A stopped or absent monitor does not (a
+ * stopped one still has its connections accepted by the kernel). */
+static bool mon_speaks(const char *mon, const char *dflt_port)
+{
+    char host[300], port[8];
+    const char *colon = mon[0] == '[' ? strstr(mon, "]:") : strrchr(mon, ':');
+    const char *h = mon[0] == '[' ? mon + 1 : mon;
+    size_t hl = colon ? (size_t)(colon - h) : strlen(h) - (mon[0] == '[');
+    if (hl >= sizeof(host))
+        return false;
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    snprintf(port, sizeof(port), "%s", colon ? colon + 1 + (mon[0] == '[') : dflt_port);
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+    if (getaddrinfo(host, port, &hints, &ai) != 0 || !ai)
+        return false;
+    _cleanup_close_ int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    bool ok = false;
+    if (fd >= 0 && (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0 || errno == EINPROGRESS)) {
+        struct pollfd pf = {.fd = fd, .events = POLLIN};
+        char banner[8] = "";
+        ok = poll(&pf, 1, 2000) == 1 && recv(fd, banner, 6, 0) == 6 && memcmp(banner, "ceph v", 6) == 0;
+    }
+    freeaddrinfo(ai);
+    return ok;
+}
+
+static bool any_mon_speaks(const struct storage_pool *p)
+{
+    for (size_t i = 0; p->monitors && p->monitors[i]; i++) {
+        bool has_port = p->monitors[i][0] == '[' ? strstr(p->monitors[i], "]:") != NULL
+                                                 : strchr(p->monitors[i], ':') != NULL;
+        if (mon_speaks(p->monitors[i], "3300") || (!has_port && mon_speaks(p->monitors[i], "6789")))
+            return true;
+    }
+    return false;
+}
+
 static int connect_fail(const struct storage_pool *p, int r, struct qv_err *e)
 {
     _cleanup_free_ char *mons = monitors_joined(p);
     const char *where = mons ? mons : p->ceph_conf;
     switch (r) {
     case -ETIMEDOUT:
+        /* a wrong key is not refused outright: the client retries until its timeout.
+         * Tell it from a monitor that is gone by whether one greets us. */
+        if (p->keyfile && any_mon_speaks(p))
+            return qv_fail(e, -EACCES, "pool %s: the monitors %s refused client.%s's key (check the pool's secret: "
+                           "qvisor secret set-value with the key `ceph auth get-key client.%s` prints)", p->name,
+                           where, p->user, p->user);
         return qv_fail(e, r, "pool %s: no answer from the Ceph monitors %s within " RBD_TIMEOUT_S " s (are they "
                        "running and reachable from this host?)", p->name, where);
     case -EACCES:
@@ -510,6 +558,12 @@ static int rbdp_vol_delete(const struct storage_pool *p, const char *name, unsig
     return r;
 }
 
+static int no_progress(uint64_t done, uint64_t total, void *arg)
+{
+    (void)done, (void)total, (void)arg;
+    return 0;
+}
+
 static int rbdp_vol_resize(const struct storage_pool *p, const char *name, uint64_t size, bool shrink,
                           struct qv_err *e)
 {
@@ -520,7 +574,7 @@ static int rbdp_vol_resize(const struct storage_pool *p, const char *name, uint6
     {
         _cleanup_image_ rbd_image_t img = NULL;
         if ((r = image_open(p, &c, name, NULL, true, &img, e)) == 0 &&
-            (r = sym_rbd_resize2(img, size, shrink, NULL, NULL)) < 0)
+            (r = sym_rbd_resize2(img, size, shrink, no_progress, NULL)) < 0)
             r = qv_fail(e, r, "pool %s: resizing volume %s: %s", p->name, name, strerror(-r));
     }
     conn_close(&c);
