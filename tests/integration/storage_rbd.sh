@@ -30,7 +30,10 @@ export -f rbdc
 export CEPH_CONF
 SDIR=$T_ROOT/etc/qvisor/secrets
 PDIR=$T_ROOT/etc/qvisor/pools
-vinfo() { qv vol info "$1" --json | jq -e "$2"; }
+# jqcheck FILTER CMD...: CMD succeeds and its JSON passes FILTER (jq -e alone passes on no input)
+jqcheck() { local filter=$1 j; shift; j=$("$@") && [ -n "$j" ] && jq -e "$filter" <<< "$j"; }
+export -f jqcheck
+vinfo() { jqcheck "$2" qv vol info "$1" --json; }
 # ms CMD...: runs CMD, its output into $T_ROOT/out, prints how long it took
 took() { local t0=$EPOCHREALTIME; "$@" >"$T_ROOT/out" 2>&1; local rc=$?; echo $(( (${EPOCHREALTIME/./} - ${t0/./}) / 1000 )); return $rc; }
 # check_error_within DESC SECONDS CODE REGEX CMD...: check_error, and done within SECONDS
@@ -91,7 +94,7 @@ check "secret undefine of a secret no pool uses" qv secret undefine wrongkey
 # ---- volumes ----
 check_output "vol create on rbd: raw by default" '^created volume ceph/web1$' qv vol create ceph/web1 --size 64M
 check "...a format 2 image with layering only (rbd info)" \
-    bash -c "rbdc info web1 --format json | jq -e '.format == 2 and .features == [\"layering\"] and .size == 67108864'"
+    bash -c "jqcheck '.format == 2 and .features == [\"layering\"] and .size == 67108864' rbdc info web1 --format json"
 check_error "vol create --format qcow2 on rbd: refused, saying why (exit 2)" 2 'an RBD image is raw; qcow2 volumes live in dir pools' \
     qv vol create ceph/q --size 8M --format qcow2
 check_error "vol create of an existing name: conflict (exit 4)" 4 'pool ceph already has a volume web1' qv vol create ceph/web1 --size 8M
@@ -99,15 +102,15 @@ check_output "vol list ceph" '^web1 +raw +64\.0M ' qv vol list ceph
 check "vol info --json: raw, capacity, allocation 0 (nothing written), rbd:POOL/NAME, features, no parent" \
     vinfo ceph/web1 '.format == "raw" and .capacity == 67108864 and .allocation == 0 and .path == "rbd:rbd/web1" and .features == ["layering"] and .parent == null and .snapshots == [] and .watchers == []'
 check "vol info: allocation counts what was written (4 MiB in the image)" \
-    bash -c "head -c 4M /dev/urandom > '$T_ROOT/4m' && rbdc import --image-feature layering '$T_ROOT/4m' filled >/dev/null 2>&1 && '$QV_BIN' --root '$T_ROOT' vol info ceph/filled --json | jq -e '.allocation == 4194304'"
+    bash -c "head -c 4M /dev/urandom > '$T_ROOT/4m' && rbdc import --image-feature layering '$T_ROOT/4m' filled >/dev/null 2>&1 && jqcheck '.allocation == 4194304' '$QV_BIN' --root '$T_ROOT' vol info ceph/filled --json"
 check "pool list: ceph with its volumes and the allocation they hold (capacity unknown: no ceph-mgr)" \
-    bash -c "'$QV_BIN' --root '$T_ROOT' pool list --json | jq -e '.[] | select(.name == \"ceph\") | .volumes >= 2 and .allocation >= 4194304 and .capacity == null'"
+    bash -c "jqcheck '.[] | select(.name == \"ceph\") | .volumes >= 2 and .allocation >= 4194304 and .capacity == null' '$QV_BIN' --root '$T_ROOT' pool list --json"
 check_output "pool refresh ceph" '^pool ceph: 2 volumes$' qv pool refresh ceph
 check_output "vol resize +64M" 'volume ceph/web1 is now 128M' qv vol resize ceph/web1 +64M
-check "...rbd info says 128 MiB" bash -c "rbdc info web1 --format json | jq -e '.size == 134217728'"
+check "...rbd info says 128 MiB" bash -c "jqcheck '.size == 134217728' rbdc info web1 --format json"
 check_error "vol resize to less without --allow-shrink (exit 2)" 2 'shrinking loses data.*--allow-shrink' qv vol resize ceph/web1 32M
 check_output "vol resize --allow-shrink" 'is now 32M' qv vol resize ceph/web1 32M --allow-shrink
-check "...rbd info says 32 MiB" bash -c "rbdc info web1 --format json | jq -e '.size == 33554432'"
+check "...rbd info says 32 MiB" bash -c "jqcheck '.size == 33554432' rbdc info web1 --format json"
 
 # import of a qcow2 cloud image holding a marker, as raw; export back and compare
 marker=RBDMARK-$RANDOM$RANDOM
@@ -118,7 +121,7 @@ check_output "vol import of a qcow2 image into rbd: raw" 'imported .*/cloud\.qco
     qv vol import ceph/base "$T_ROOT/cloud.qcow2"
 check "...the image holds the data and the marker (rbd export by the admin)" \
     bash -c "rbdc export base - 2>/dev/null | cmp - '$T_ROOT/data.bin' && rbdc export base - 2>/dev/null | head -c ${#marker} | grep -qx '$marker'"
-check "...format 2, layering only" bash -c "rbdc info base --format json | jq -e '.format == 2 and .features == [\"layering\"]'"
+check "...format 2, layering only" bash -c "jqcheck '.format == 2 and .features == [\"layering\"]' rbdc info base --format json"
 check_error "vol import --format qcow2 into rbd (exit 2)" 2 'an RBD image is raw' qv vol import ceph/q "$T_ROOT/cloud.qcow2" --format qcow2
 check_output "vol export to a qcow2 file" "exported ceph/base to $T_ROOT/out\.qcow2" qv vol export ceph/base "$T_ROOT/out.qcow2" --format qcow2
 check "...the same data" qemu-img compare -q -f raw -F qcow2 "$T_ROOT/data.bin" "$T_ROOT/out.qcow2"
@@ -126,7 +129,7 @@ check "vol export - streams the raw bytes" bash -c "'$QV_BIN' --root '$T_ROOT' v
 
 # clones: full copies and copy-on-write ones from a protected snapshot
 check_output "vol clone (full copy) within the pool" 'cloned ceph/base to ceph/full \(raw\)' qv vol clone ceph/base full
-check "...standalone, the same data" bash -c "rbdc info full --format json | jq -e '.parent == null' && rbdc export full - 2>/dev/null | cmp - '$T_ROOT/data.bin'"
+check "...standalone, the same data" bash -c "jqcheck '.parent == null' rbdc info full --format json && rbdc export full - 2>/dev/null | cmp - '$T_ROOT/data.bin'"
 check_output "vol clone into a dir pool (full copy across pool types)" 'cloned ceph/base to default/fromceph \(raw\)' \
     qv vol clone ceph/base fromceph --pool default
 check "...the same data" qemu-img compare -q -F raw "$T_ROOT/var/lib/qvisor/images/fromceph" "$T_ROOT/data.bin"
@@ -136,14 +139,14 @@ check_output "vol clone --from-snapshot: copy-on-write, the snapshot made and pr
     'cloned ceph/base@gold to ceph/web2 \(copy-on-write; the snapshot was made now and protected\)' \
     qv vol clone ceph/base web2 --from-snapshot gold
 check "...rbd: web2's parent is rbd/base@gold, which is protected" \
-    bash -c "rbdc info web2 --format json | jq -e '.parent.image == \"base\" and .parent.snapshot == \"gold\"' && rbdc snap ls base --format json | jq -e '.[0].name == \"gold\" and .[0].protected == \"true\"'"
+    bash -c "jqcheck '.parent.image == \"base\" and .parent.snapshot == \"gold\"' rbdc info web2 --format json && jqcheck '.[0].name == \"gold\" and .[0].protected == \"true\"' rbdc snap ls base --format json"
 check "...vol info of the clone: its parent; of the base: the snapshot and its clone" \
-    bash -c "'$QV_BIN' --root '$T_ROOT' vol info ceph/web2 --json | jq -e '.parent == {\"pool\": \"rbd\", \"image\": \"base\", \"snapshot\": \"gold\"}' && '$QV_BIN' --root '$T_ROOT' vol info ceph/base --json | jq -e '.snapshots == [{\"name\": \"gold\", \"size\": 3145728, \"protected\": true, \"clones\": [\"rbd/web2\"]}]'"
+    bash -c "jqcheck '.parent == {\"pool\": \"rbd\", \"image\": \"base\", \"snapshot\": \"gold\"}' '$QV_BIN' --root '$T_ROOT' vol info ceph/web2 --json && jqcheck '.snapshots == [{\"name\": \"gold\", \"size\": 3145728, \"protected\": true, \"clones\": [\"rbd/web2\"]}]' '$QV_BIN' --root '$T_ROOT' vol info ceph/base --json"
 check "...the clone reads the base's data" bash -c "rbdc export web2 - 2>/dev/null | cmp - '$T_ROOT/data.bin'"
 rbdc snap create base@silver >/dev/null 2>&1
 check_output "vol clone --from-snapshot of an existing unprotected snapshot protects it" \
     'cloned ceph/base@silver to ceph/web3 \(copy-on-write\)$' qv vol clone ceph/base web3 --from-snapshot silver
-check "...silver is protected now" bash -c "rbdc snap ls base --format json | jq -e 'map(select(.name == \"silver\"))[0].protected == \"true\"'"
+check "...silver is protected now" bash -c "jqcheck 'map(select(.name == \"silver\"))[0].protected == \"true\"' rbdc snap ls base --format json"
 check_error "vol clone --from-snapshot of a dir volume (exit 2)" 2 '--from-snapshot clones RBD volumes' \
     qv vol clone default/fromceph x --from-snapshot s
 check_error "vol clone --from-snapshot into a dir pool (exit 2)" 2 'a copy-on-write clone stays in the source' \
@@ -153,7 +156,7 @@ check_error "vol clone onto an existing name (exit 4)" 4 'pool ceph already has 
 # deletes and their refusals
 check_error "vol delete of a volume with clones: conflict naming them (exit 4)" 4 \
     'volume base has clones \(rbd/web2, rbd/web3\); delete them first' qv vol delete ceph/base --delete-snapshots
-check "...still there, with its snapshots" bash -c "rbdc snap ls base --format json | jq -e 'length == 2'"
+check "...still there, with its snapshots" bash -c "jqcheck 'length == 2' rbdc snap ls base --format json"
 check_output "vol delete of a clone" '^deleted volume ceph/web3$' qv vol delete ceph/web3
 define_guest vmr "" --disk vol=ceph/web2
 check_error "vol delete of a volume a VM's definition names: conflict naming the VM (exit 4)" 4 \
@@ -235,9 +238,9 @@ t=$(took qv pool list)
 check "pool list still lists default (and says why ceph is missing) within bounds ($t ms)" \
     bash -c "grep -Eq '^default +dir' '$T_ROOT/out' && grep -Eq '^ceph +rbd +\(pool ceph: no answer from the Ceph monitors' '$T_ROOT/out' && [ $t -le 40000 ]"
 kill -CONT $(cat "$CDIR"/run/mon.a.pid)
-check "after the monitor resumes, pool show answers again" wait_until 60 bash -c "'$QV_BIN' --root '$T_ROOT' pool show ceph | jq -e '.volumes >= 1'"
+check "after the monitor resumes, pool show answers again" wait_until 60 bash -c "jqcheck '.volumes >= 1' '$QV_BIN' --root '$T_ROOT' pool show ceph"
 check "host-check: QEMU's rbd driver and librbd" \
-    bash -c "'$QV_BIN' --root '$T_ROOT' host-check --json | jq -e '[.checks[] | select(.name == \"qemu rbd driver\" or .name == \"librbd\") | .ok] == [true, true]'"
+    bash -c "jqcheck '[.checks[] | select(.name == \"qemu rbd driver\" or .name == \"librbd\") | .ok] == [true, true]' '$QV_BIN' --root '$T_ROOT' host-check --json"
 check_output "pool undefine ceph (its images stay in Ceph)" '^undefined pool ceph' qv pool undefine ceph
 check "...the images are still there" bash -c "rbdc ls | grep -qx full"
 check "secret undefine once no pool uses it" qv secret undefine ceph-libvirt
