@@ -263,6 +263,25 @@ int nss_group(const char *name, bool *found, gid_t *gid, struct qv_err *e);
  * timing out) counts as not named, as getpwuid_r's callers always did. */
 int nss_id_named(uint32_t id, bool *named, struct qv_err *e);
 
+/* ---- libraries loaded on first use (dl.c) ---------------------------------------
+ * A floor that needs a big library only for some verbs (libnftables, librbd) keeps it
+ * off the link line and loads it here: each symbol into a pointer typed with the
+ * library's own prototype, so every call is still checked against its header. */
+struct qv_dl_sym {
+    const char *name;
+    void **ptr;
+};
+struct qv_dl_lib {
+    const char *soname;         /* the ABI the headers we were built with describe */
+    const char *package;        /* Debian's package of that soname */
+    const char *purpose;        /* "its nftables rules (NAT, filters)": what qvisor needs it for */
+    const struct qv_dl_sym *syms;
+    size_t nsyms;
+};
+/* dlopen + dlsym of every symbol; -ENOPKG naming the library, the reason and the
+ * package to install. Not locked: the caller loads each library once, under its lock. */
+int qv_dl_load(const struct qv_dl_lib *lib, struct qv_err *e);
+
 /* ---- small repeats, one helper each ----------------------------------------------- */
 /* 64-bit FNV-1a over n bytes, continuing from h (start with FNV1A64_INIT): stable
  * across runs and hosts, for names, MACs and uid slots derived from a name. */

@@ -266,8 +266,9 @@ static int dir_vol_create(const struct storage_pool *p, const char *name, const 
     return temp_commit(p, tmp, name, e);
 }
 
-static int dir_vol_delete(const struct storage_pool *p, const char *name, struct qv_err *e)
+static int dir_vol_delete(const struct storage_pool *p, const char *name, unsigned flags, struct qv_err *e)
 {
+    (void)flags;    /* a file holds no snapshots of its own that outlive it */
     _cleanup_close_ int fd = dir_vol_fd(p, name, O_RDONLY, e);
     if (fd < 0)
         return fd;
@@ -303,7 +304,7 @@ static int dir_vol_resize(const struct storage_pool *p, const char *name, uint64
     return r < 0 ? qv_prefix(e, "pool %s: volume %s: ", p->name, name) : 0;
 }
 
-static int dir_vol_copy_in(const struct storage_pool *p, const char *name, const char *src, enum storage_format src_format,
+static int dir_vol_copy_in(const struct storage_pool *p, const char *name, const struct storage_img *src,
                            enum storage_format format, const struct storage_progress *prog, struct qv_err *e)
 {
     int r = dir_exists_refuse(p, name, e);
@@ -312,11 +313,26 @@ static int dir_vol_copy_in(const struct storage_pool *p, const char *name, const
     char tmp[PATH_MAX];
     if ((r = temp_claim(p, name, tmp, sizeof(tmp), e)) < 0)
         return r;
-    if ((r = storage_convert(src, src_format, tmp, format, prog, e)) < 0) {
+    struct storage_img dst;
+    storage_img_file(&dst, tmp, format);
+    if ((r = storage_convert(src, &dst, false, prog, e)) < 0) {
         unlink(tmp);
         return r;
     }
     return temp_commit(p, tmp, name, e);
+}
+
+static int dir_vol_img(const struct storage_pool *p, const char *name, const char *secret_id, struct storage_img *out,
+                       struct qv_err *e)
+{
+    (void)secret_id;
+    struct storage_vol_info vi;
+    int r = dir_vol_info(p, name, &vi, e);
+    if (r < 0)
+        return r;
+    storage_img_file(out, vi.path, vi.format);
+    out->size = vi.capacity;
+    return 0;
 }
 
 static int dir_vol_open(const struct storage_pool *p, const char *name, int flags, struct storage_chain *out,
@@ -330,28 +346,29 @@ static int dir_vol_open(const struct storage_pool *p, const char *name, int flag
     return storage_chain_open(path, STORAGE_FORMAT_PROBE, flags, out, e);
 }
 
-static const struct storage_backend backends[] = {
-    {
-        .type = "dir",
-        .check = dir_check,
-        .stats = dir_stats,
-        .list = dir_list,
-        .refresh = dir_refresh,
-        .vol_info = dir_vol_info,
-        .vol_create = dir_vol_create,
-        .vol_delete = dir_vol_delete,
-        .vol_resize = dir_vol_resize,
-        .vol_copy_in = dir_vol_copy_in,
-        .vol_open = dir_vol_open,
-    },
+static const struct storage_backend dir_backend = {
+    .type = "dir",
+    .check = dir_check,
+    .stats = dir_stats,
+    .list = dir_list,
+    .refresh = dir_refresh,
+    .vol_info = dir_vol_info,
+    .vol_create = dir_vol_create,
+    .vol_delete = dir_vol_delete,
+    .vol_resize = dir_vol_resize,
+    .vol_copy_in = dir_vol_copy_in,
+    .vol_img = dir_vol_img,
+    .vol_open = dir_vol_open,
 };
 
-const char *const storage_backend_types[] = {"dir", NULL};
+static const struct storage_backend *const backends[] = {&dir_backend, &storage_rbd_backend};
+
+const char *const storage_backend_types[] = {"dir", "rbd", NULL};
 
 const struct storage_backend *storage_backend_find(const char *type)
 {
     for (size_t i = 0; type && i < ARRAY_SIZE(backends); i++)
-        if (strcmp(backends[i].type, type) == 0)
-            return &backends[i];
+        if (strcmp(backends[i]->type, type) == 0)
+            return backends[i];
     return NULL;
 }

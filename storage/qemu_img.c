@@ -173,33 +173,91 @@ static int run_convert(const char *const *argv, const struct storage_progress *p
     return qv_fail(e, -EIO, "qemu-img convert: %s", *m ? m : "failed without a message");
 }
 
-/* A plain local name for qemu-img: "./x:y" is a file, "x:y" a protocol. */
-static int local_arg(const char *path, char *out, size_t outlen, struct qv_err *e)
+void storage_img_file(struct storage_img *out, const char *path, enum storage_format format)
 {
-    if (snprintf(out, outlen, "%s%s", path[0] == '/' ? "" : "./", path) >= (int)outlen)
-        return qv_fail(e, -ENAMETOOLONG, "%s: path too long", path);
+    *out = (struct storage_img){.format = format};
+    snprintf(out->name, sizeof(out->name), "%s", path);
+}
+
+/* A plain local name for qemu-img: "./x:y" is a file, "x:y" a protocol. */
+static int img_arg(const struct storage_img *img, char *out, size_t outlen, struct qv_err *e)
+{
+    if (img->network)
+        return snprintf(out, outlen, "%s", img->name) >= (int)outlen ? qv_fail(e, -ENAMETOOLONG, "image name too long")
+                                                                    : 0;
+    if (snprintf(out, outlen, "%s%s", img->name[0] == '/' ? "" : "./", img->name) >= (int)outlen)
+        return qv_fail(e, -ENAMETOOLONG, "%s: path too long", img->name);
     return 0;
 }
 
-int storage_convert(const char *src, enum storage_format src_format, const char *dst, enum storage_format dst_format,
+int storage_img_size(const struct storage_img *img, uint64_t *out, struct qv_err *e)
+{
+    if (img->size) {
+        *out = img->size;
+        return 0;
+    }
+    char name[sizeof(img->name) + 2], obj[sizeof(img->object)];
+    int r = img_arg(img, name, sizeof(name), e);
+    if (r < 0)
+        return r;
+    const char *args[12];
+    size_t n = 0;
+    args[n++] = "info";
+    args[n++] = "--output=json";
+    args[n++] = "-U";
+    if (img->object[0]) {
+        snprintf(obj, sizeof(obj), "%s", img->object);
+        args[n++] = "--object";
+        args[n++] = obj;
+    }
+    if (img->format != STORAGE_FORMAT_PROBE) {
+        args[n++] = "-f";
+        args[n++] = storage_format_name(img->format);
+    }
+    args[n++] = "--";
+    args[n++] = name;
+    args[n] = NULL;
+    _cleanup_free_ char *json = NULL;
+    struct storage_image_info ii;
+    if ((r = storage_qemu_img(args, 60000, &json, e)) < 0 || (r = storage_image_info_parse(json, &ii, e)) < 0)
+        return r;
+    *out = ii.virtual_size;
+    return 0;
+}
+
+int storage_convert(const struct storage_img *src, const struct storage_img *dst, bool dst_exists,
                     const struct storage_progress *prog, struct qv_err *e)
 {
-    char s[PATH_MAX + 2], d[PATH_MAX + 2];
+    char s[sizeof(src->name) + 2], d[sizeof(dst->name) + 2], so[sizeof(src->object) + 8], dobj[sizeof(dst->object) + 8];
     int r;
-    if ((r = local_arg(src, s, sizeof(s), e)) < 0 || (r = local_arg(dst, d, sizeof(d), e)) < 0)
+    if ((r = img_arg(src, s, sizeof(s), e)) < 0 || (r = img_arg(dst, d, sizeof(d), e)) < 0)
         return r;
+    if (dst->format == STORAGE_FORMAT_PROBE)
+        return qv_fail(e, -EINVAL, "qemu-img convert: no target format");
     const char *bin = getenv("QVISOR_QEMU_IMG");
-    const char *argv[16];
+    const char *argv[24];
     size_t n = 0;
     argv[n++] = bin && *bin ? bin : "qemu-img";
     argv[n++] = "convert";
     argv[n++] = prog && prog->fn ? "-p" : "-q";
-    if (src_format != STORAGE_FORMAT_PROBE) {
+    if (src->object[0]) {
+        snprintf(so, sizeof(so), "%s", src->object);
+        argv[n++] = "--object";
+        argv[n++] = so;
+    }
+    if (dst->object[0] && strcmp(dst->object, src->object) != 0) {
+        snprintf(dobj, sizeof(dobj), "%s", dst->object);
+        argv[n++] = "--object";
+        argv[n++] = dobj;
+    }
+    if (src->format != STORAGE_FORMAT_PROBE) {
         argv[n++] = "-f";
-        argv[n++] = storage_format_name(src_format);
+        argv[n++] = storage_format_name(src->format);
     }
     argv[n++] = "-O";
-    argv[n++] = storage_format_name(dst_format);
+    argv[n++] = storage_format_name(dst->format);
+    if (dst_exists)
+        argv[n++] = "-n";
     argv[n++] = "--";
     argv[n++] = s;
     argv[n++] = d;

@@ -103,12 +103,24 @@ int storage_image_info_parse(const char *json, struct storage_image_info *out, s
  * '-', or one that is not 1-64 of [A-Za-z0-9_.-]. */
 struct storage_pool {
     const char *name;
-    const char *type;           /* a backend's type: "dir" */
+    const char *type;           /* a backend's type: "dir", "rbd" */
     const char *path;           /* dir: the directory */
+    /* rbd: a Ceph pool reached as a cephx user. Monitors are given, or read from a
+     * ceph.conf; the key is read by librados from keyfile (the secret's value file), so
+     * it never passes through qvisor's own buffers or argv. */
+    const char *rbd_pool;       /* the Ceph pool's name */
+    const char *const *monitors;/* "HOST[:PORT]", NULL-terminated; NULL: from ceph_conf */
+    const char *ceph_conf;      /* NULL: none (no ceph.conf is read) */
+    const char *user;           /* the cephx id without "client." */
+    const char *keyfile;        /* NULL: no key (auth none) */
 };
 
 struct storage_pool_stats {
     uint64_t capacity, allocation, available;   /* bytes, from statvfs for dir */
+    /* rbd: the cluster reports no sizes (no ceph-mgr runs, so the monitors have no
+     * statistics): capacity and available are unknown (0), allocation is the sum of
+     * the volumes' allocated bytes */
+    bool sizes_unknown;
 };
 
 enum storage_prealloc { STORAGE_PREALLOC_OFF, STORAGE_PREALLOC_METADATA, STORAGE_PREALLOC_FULL };
@@ -131,6 +143,26 @@ struct storage_vol_info {
     char backing[1024];         /* as written in the image; "" when none */
 };
 
+/* An image as qemu-img opens it: a local file (passed as "./x" when relative, so a
+ * name like "nbd:x" stays a file), or a network image as a json: name (QEMU's rbd
+ * driver with pool, image, user, monitors) whose key qemu-img reads through `object`
+ * (a "secret,id=ID,file=KEYFILE,format=base64" --object: the key itself is never in
+ * argv). */
+struct storage_img {
+    char name[PATH_MAX + 1024];
+    char object[PATH_MAX + 96];     /* "" when none */
+    bool network;                   /* name is a json: name, not a file */
+    enum storage_format format;     /* PROBE: qemu-img decides */
+    uint64_t size;                  /* the virtual size when known; 0: ask qemu-img */
+};
+/* A local file. */
+void storage_img_file(struct storage_img *out, const char *path, enum storage_format format);
+/* The virtual size (qemu-img info) when img->size is not known yet. */
+int storage_img_size(const struct storage_img *img, uint64_t *out, struct qv_err *e);
+
+/* vol_delete flags */
+#define STORAGE_DELETE_SNAPSHOTS 1u     /* rbd: remove the image's snapshots first (never ones with clones) */
+
 /* Long copies report progress (0..100) and stop when *cancel becomes non-zero (a
  * SIGINT handler sets it): the child is killed and nothing is left of the target. */
 struct storage_progress {
@@ -152,28 +184,47 @@ struct storage_backend {
     int (*vol_info)(const struct storage_pool *p, const char *name, struct storage_vol_info *out, struct qv_err *e);
     int (*vol_create)(const struct storage_pool *p, const char *name, const struct storage_vol_spec *s,
                       struct qv_err *e);
-    int (*vol_delete)(const struct storage_pool *p, const char *name, struct qv_err *e);
+    int (*vol_delete)(const struct storage_pool *p, const char *name, unsigned flags, struct qv_err *e);
     int (*vol_resize)(const struct storage_pool *p, const char *name, uint64_t size, bool shrink, struct qv_err *e);
-    /* A new volume holding a full copy of `src` (a name qemu-img opens) converted to
-     * `format`: written under a temporary name, renamed only when complete. */
-    int (*vol_copy_in)(const struct storage_pool *p, const char *name, const char *src, enum storage_format src_format,
+    /* A new volume holding a full copy of `src` converted to `format`: written under a
+     * temporary name, renamed only when complete. */
+    int (*vol_copy_in)(const struct storage_pool *p, const char *name, const struct storage_img *src,
                        enum storage_format format, const struct storage_progress *prog, struct qv_err *e);
+    /* How qemu-img opens the volume; `secret_id` names its key's --object when it needs one. */
+    int (*vol_img)(const struct storage_pool *p, const char *name, const char *secret_id, struct storage_img *out,
+                   struct qv_err *e);
+    /* Optional (NULL: none). Backend facts for vol info (rbd: features, parent,
+     * snapshots, watchers), added to `into`. */
+    int (*vol_detail)(const struct storage_pool *p, const char *name, json_object *into, struct qv_err *e);
+    /* Optional. The guest's view as raw bytes into fd (rbd: read through librbd). */
+    int (*vol_stream)(const struct storage_pool *p, const char *name, int fd, const struct storage_progress *prog,
+                      struct qv_err *e);
+    /* Optional. A copy-on-write clone `name` in pool `dst` (of the same backend and cluster)
+     * of volume `src` at snapshot `snap`, which is made when absent (*snap_made) and
+     * protected when it is not. */
+    int (*vol_clone_cow)(const struct storage_pool *p, const char *src, const char *snap, const struct storage_pool *dst,
+                         const char *name, bool *snap_made, struct qv_err *e);
     /* Open for QEMU: every layer of its chain as an fd (the top with `flags`). */
     int (*vol_open)(const struct storage_pool *p, const char *name, int flags, struct storage_chain *out,
                     struct qv_err *e);
 };
 /* NULL for an unknown type. */
 const struct storage_backend *storage_backend_find(const char *type);
-/* The types, NULL-terminated: "dir". */
+extern const struct storage_backend storage_rbd_backend;   /* rbd.c */
+/* The types, NULL-terminated: "dir", "rbd". */
 extern const char *const storage_backend_types[];
 /* A volume name a backend accepts. */
 bool storage_vol_name_valid(const char *name);
 
-/* qemu-img convert from `src` into `dst` (created, or overwritten), `dst_format`;
- * -p progress when prog->fn is set; -ECANCELED when prog->cancel was set (the child
- * was killed; the caller removes `dst`). */
-int storage_convert(const char *src, enum storage_format src_format, const char *dst, enum storage_format dst_format,
+/* qemu-img convert from `src` into `dst` (a file: created, or overwritten; with
+ * dst_exists, written into as it is: -n), dst->format; -p progress when prog->fn is
+ * set; -ECANCELED when prog->cancel was set (the child was killed; the caller removes
+ * `dst`). */
+int storage_convert(const struct storage_img *src, const struct storage_img *dst, bool dst_exists,
                     const struct storage_progress *prog, struct qv_err *e);
+
+/* rbd: whether librbd loads; "librbd 1.16.0" or the reason into detail. */
+bool storage_rbd_usable(char *detail, size_t detail_len);
 
 /* ---- snapshots --------------------------------------------------------------------
  * A snapshot's record: one JSON file per snapshot in a directory the caller owns

@@ -66,14 +66,17 @@ static const struct cli_opt net_define_opts[] = {
 static const struct cli_opt secret_define_opts[] = {{"usage", true, false, 0}, {"description", true, false, 0}, {0}};
 static const struct cli_opt secret_set_opts[] = {{"file", true, false, 0}, {0}};
 static const struct cli_opt pool_define_opts[] = {
-    {"name", true, false, 0}, {"type", true, false, 0}, {"path", true, false, 0}, {0}};
+    {"name", true, false, 0}, {"type", true, false, 0}, {"path", true, false, 0}, {"pool", true, false, 0},
+    {"monitor", true, true, 0}, {"user", true, false, 0}, {"secret", true, false, 0}, {"ceph-conf", true, false, 0},
+    {0}};
 static const struct cli_opt vol_create_opts[] = {
     {"size", true, false, 0}, {"format", true, false, 0}, {"backing", true, false, 0},
     {"preallocation", true, false, 0}, {0}};
 static const struct cli_opt vol_resize_opts[] = {{"allow-shrink", false, false, 0}, {"force", false, false, 0}, {0}};
-static const struct cli_opt vol_clone_opts[] = {{"pool", true, false, 0}, {"format", true, false, 0}, {0}};
+static const struct cli_opt vol_clone_opts[] = {
+    {"pool", true, false, 0}, {"format", true, false, 0}, {"from-snapshot", true, false, 0}, {0}};
+static const struct cli_opt vol_delete_opts[] = {{"force", false, false, 0}, {"delete-snapshots", false, false, 0}, {0}};
 static const struct cli_opt format_opts[] = {{"format", true, false, 0}, {0}};
-static const struct cli_opt force_opts[] = {{"force", false, false, 0}, {0}};
 static const struct cli_opt attach_disk_opts[] = {
     {"bus", true, false, 0}, {"format", true, false, 0}, {"cache", true, false, 0}, {"serial", true, false, 0},
     {"readonly", false, false, 0}, {"persistent", false, false, 0}, {"volume", true, false, 0}, {0}};
@@ -237,8 +240,9 @@ static const struct cli_command commands[] = {
     {"secret undefine", cmd_secret_undefine, no_opts, 1, 1, "secret undefine NAME",
      "remove a secret and its value (refused while a running VM uses it)"},
     {"pool define", cmd_pool_define, pool_define_opts, 0, 1,
-     "pool define FILE.json | pool define --name N [--type dir] --path DIR", "define a storage pool (a dir pool's "
-     "directory is created)"},
+     "pool define FILE.json | pool define --name N [--type dir] --path DIR | pool define --name N --type rbd "
+     "--pool CEPHPOOL --monitor HOST[:PORT]... [--user ID] [--secret NAME] [--ceph-conf PATH]",
+     "define a storage pool (a dir pool's directory is created; an rbd pool's cluster is asked first)"},
     {"pool undefine", cmd_pool_undefine, no_opts, 1, 1, "pool undefine NAME",
      "remove a pool's definition (its volumes stay; refused while VMs use them)"},
     {"pool list", cmd_pool_list, no_opts, 0, 0, "pool list [--json]", "list pools: capacity, allocation, available"},
@@ -253,10 +257,13 @@ static const struct cli_command commands[] = {
      "format, sizes, the whole backing chain, the VMs using it and the volumes built on it"},
     {"vol resize", cmd_vol_resize, vol_resize_opts, 2, 2, "vol resize POOL/NAME SIZE|+SIZE [--allow-shrink] [--force]",
      "grow a volume (shrinking needs --allow-shrink, and --force while a VM uses it)"},
-    {"vol delete", cmd_vol_delete, force_opts, 1, 1, "vol delete POOL/NAME [--force]",
-     "delete a volume (refused while VMs use it unless --force; always while volumes are built on it)"},
-    {"vol clone", cmd_vol_clone, vol_clone_opts, 2, 2, "vol clone POOL/VOL NEWNAME [--pool P] [--format qcow2|raw]",
-     "a full, standalone copy of a volume (its whole chain), also into another pool"},
+    {"vol delete", cmd_vol_delete, vol_delete_opts, 1, 1, "vol delete POOL/NAME [--force] [--delete-snapshots]",
+     "delete a volume (refused while VMs use it unless --force; always while volumes are built on it; an rbd "
+     "volume's snapshots only with --delete-snapshots)"},
+    {"vol clone", cmd_vol_clone, vol_clone_opts, 2, 2,
+     "vol clone POOL/VOL NEWNAME [--pool P] [--format qcow2|raw] [--from-snapshot SNAP]",
+     "a full, standalone copy of a volume (its whole chain), also into another pool; rbd --from-snapshot: a "
+     "copy-on-write clone of that snapshot (made and protected as needed)"},
     {"vol import", cmd_vol_import, format_opts, 2, 2, "vol import POOL/NAME FILE [--format qcow2|raw]",
      "copy an image file (a downloaded cloud image) into a new volume, converted (qcow2 by default)"},
     {"vol export", cmd_vol_export, format_opts, 2, 2, "vol export POOL/NAME FILE|- [--format qcow2|raw]",

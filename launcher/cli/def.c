@@ -341,7 +341,7 @@ static int plan_sized_disks(struct cli *c, json_object *o, struct sized_disk **o
         struct sized_disk *sd = &(*out)[(*n)++];
         if (parse_size(json_object_get_string(size), &sd->size) < 0 || sd->size == 0)
             return qv_fail(&c->err, -EINVAL, "--disk size=%s: not a size (like 20G)", json_object_get_string(size));
-        sd->format = STORAGE_FORMAT_QCOW2;
+        sd->format = STORAGE_FORMAT_PROBE;    /* the pool's: qcow2 in a dir pool, raw in rbd */
         if (json_object_object_get_ex(k, "format", &fmt) && storage_format_parse(json_object_get_string(fmt), &sd->format) < 0)
             return qv_fail(&c->err, -EINVAL, "--disk format=%s: not one of qcow2, raw", json_object_get_string(fmt));
         const char *pn = json_object_object_get_ex(k, "pool", &pool) ? json_object_get_string(pool) : "default";

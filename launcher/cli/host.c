@@ -72,6 +72,22 @@ int cmd_host_check(struct cli *c)
         netsetup_nft_close(nft);
     item(&ch, "nftables", nft_ok, false, "%s", nft_ok ? "libnftables works" : ne.msg);
 
+    /* Ceph RBD: QEMU's rbd block driver is a module of its own (qemu-block-extra) */
+    char rbdmod[PATH_MAX] = "";
+    const char *moddirs[] = {getenv("QEMU_MODULE_DIR"), "/usr/lib/x86_64-linux-gnu/qemu", "/usr/lib/aarch64-linux-gnu/qemu",
+                             "/usr/lib64/qemu", "/usr/lib/qemu"};
+    for (size_t i = 0; !rbdmod[0] && i < ARRAY_SIZE(moddirs); i++) {
+        char m[PATH_MAX];
+        if (moddirs[i] && *moddirs[i] && snprintf(m, sizeof(m), "%s/block-rbd.so", moddirs[i]) < (int)sizeof(m) &&
+            access(m, R_OK) == 0)
+            snprintf(rbdmod, sizeof(rbdmod), "%s", m);
+    }
+    item(&ch, "qemu rbd driver", rbdmod[0] != '\0', false, "%s",
+         rbdmod[0] ? rbdmod : "no block-rbd.so: QEMU cannot open RBD disks (apt-get install qemu-block-extra)");
+    char rbd_detail[256];
+    bool rbd_ok = storage_rbd_usable(rbd_detail, sizeof(rbd_detail));
+    item(&ch, "librbd", rbd_ok, false, "%s", rbd_detail);
+
     struct sandbox_host sh;
     sandbox_host_check("/sys/fs/cgroup", &sh);
     for (int i = 0; i < SANDBOX_NSTEPS; i++) {

@@ -4,15 +4,29 @@
 
 #include "launcher/cli/cli.h"
 
+static void pool_where(const struct pool_def *d, char *out, size_t n);
+
+static void add_opt(json_object *o, const char *key, const char *v)
+{
+    if (v)
+        json_object_object_add(o, key, json_object_new_string(v));
+}
+
 int cmd_pool_define(struct cli *c)
 {
     const char *arg = c->pos[0];
     _cleanup_json_ json_object *o = NULL;
     const char *name = cli_opt(c, "name"), *type = cli_opt(c, "type"), *path = cli_opt(c, "path");
+    const char *rbd_pool = cli_opt(c, "pool"), *user = cli_opt(c, "user"), *secret = cli_opt(c, "secret");
+    const char *conf = cli_opt(c, "ceph-conf");
+    bool rbd_flags = rbd_pool || user || secret || conf || cli_opt(c, "monitor");
     bool file = arg != NULL;
     int r;
-    if (file && (name || type || path))
-        return qv_fail(&c->err, -EINVAL, "pool define: a FILE or --name/--type/--path, not both");
+    if (file && (name || type || path || rbd_flags))
+        return qv_fail(&c->err, -EINVAL, "pool define: a FILE or --name/--type/..., not both");
+    if (!file && rbd_flags && (!type || strcmp(type, "rbd") != 0))
+        return qv_fail(&c->err, -EINVAL, "pool define: --pool, --monitor, --user, --secret and --ceph-conf are for "
+                       "--type rbd");
     if (file) {
         if ((r = json_read_file(arg, &o, &c->err)) < 0)
             return r;
@@ -22,14 +36,27 @@ int cmd_pool_define(struct cli *c)
         o = json_object_new_object();
         json_object_object_add(o, "name", json_object_new_string(name));
         json_object_object_add(o, "type", json_object_new_string(type ? type : "dir"));
-        if (path)
-            json_object_object_add(o, "path", json_object_new_string(path));
+        add_opt(o, "path", path);
+        add_opt(o, "pool", rbd_pool);
+        json_object *mons = json_object_new_array();
+        for (size_t i = 0; i < c->nopts; i++)
+            if (strcmp(c->opts[i].opt->name, "monitor") == 0)
+                json_object_array_add(mons, json_object_new_string(c->opts[i].value));
+        if (json_object_array_length(mons))
+            json_object_object_add(o, "monitors", mons);
+        else
+            json_object_put(mons);
+        add_opt(o, "ceph_conf", conf);
+        add_opt(o, "user", user);
+        add_opt(o, "secret", secret);
     }
     _cleanup_pool_def_ struct pool_def d = {0};
     if ((r = pool_define(&c->paths, o, false, &d, &c->err)) < 0)
         return file && r == -EINVAL ? qv_prefix(&c->err, "%s: ", arg) : r;
+    char where[512];
+    pool_where(&d, where, sizeof(where));
     if (!c->quiet)
-        printf("defined pool %s (%s%s%s)\n", d.name, d.type, d.path ? " " : "", d.path ? d.path : "");
+        printf("defined pool %s (%s %s)\n", d.name, d.type, where);
     return 0;
 }
 
@@ -45,12 +72,25 @@ static json_object *pool_json(const struct pool_def *d, const struct storage_poo
 {
     json_object *o = pool_def_to_json(d);
     if (st) {
-        json_object_object_add(o, "capacity", json_object_new_int64((int64_t)st->capacity));
+        /* null: the cluster does not say (no ceph-mgr) */
+        json_object_object_add(o, "capacity", st->sizes_unknown ? NULL : json_object_new_int64((int64_t)st->capacity));
         json_object_object_add(o, "allocation", json_object_new_int64((int64_t)st->allocation));
-        json_object_object_add(o, "available", json_object_new_int64((int64_t)st->available));
+        json_object_object_add(o, "available", st->sizes_unknown ? NULL : json_object_new_int64((int64_t)st->available));
         json_object_object_add(o, "volumes", json_object_new_int64((int64_t)nvols));
     }
     return o;
+}
+
+/* Where a pool's volumes are: its directory, or "rbd on 10.0.0.1:6789 as client.libvirt". */
+static void pool_where(const struct pool_def *d, char *out, size_t n)
+{
+    if (d->path) {
+        snprintf(out, n, "%s", d->path);
+        return;
+    }
+    _cleanup_free_ char *mons = d->monitors.n ? strv_join((const char *const *)d->monitors.v, ",") : NULL;
+    snprintf(out, n, "%s on %s as client.%s", d->rbd_pool ? d->rbd_pool : "?", mons ? mons : d->ceph_conf,
+             d->user ? d->user : "admin");
 }
 
 /* A size for people: "9.8G". */
@@ -116,11 +156,14 @@ int cmd_pool_list(struct cli *c)
         } else if (!ok) {
             printf("%-16s %-5s (%s)\n", d.name, d.type, e.msg);
         } else {
-            char cap[16], al[16], av[16];
-            human(st.capacity, cap, sizeof(cap));
+            char cap[16] = "?", al[16], av[16] = "?", where[512];
+            if (!st.sizes_unknown) {
+                human(st.capacity, cap, sizeof(cap));
+                human(st.available, av, sizeof(av));
+            }
             human(st.allocation, al, sizeof(al));
-            human(st.available, av, sizeof(av));
-            printf("%-16s %-5s %-8s %-8s %-8s %-7zu %s\n", d.name, d.type, cap, al, av, nvols, d.path ? d.path : "-");
+            pool_where(&d, where, sizeof(where));
+            printf("%-16s %-5s %-8s %-8s %-8s %-7zu %s\n", d.name, d.type, cap, al, av, nvols, where);
         }
     }
     if (c->json)

@@ -25,7 +25,7 @@ int cmd_vol_create(struct cli *c)
     int r;
     if (size && (parse_size(size, &a.size) < 0 || a.size == 0))
         return qv_fail(&c->err, -EINVAL, "--size %s: not a size (like 10G, 512M)", size);
-    if ((r = format_opt(c, STORAGE_FORMAT_QCOW2, &a.format)) < 0)
+    if ((r = format_opt(c, STORAGE_FORMAT_PROBE, &a.format)) < 0)
         return r;
     if (pre) {
         size_t i = 0;
@@ -120,6 +120,44 @@ int cmd_vol_list(struct cli *c)
     return 0;
 }
 
+/* rbd facts: features, parent, snapshots (with their clones), watchers */
+static void print_detail(json_object *o)
+{
+    json_object *v;
+    if (json_object_object_get_ex(o, "features", &v)) {
+        printf("features:   ");
+        for (size_t i = 0; i < json_object_array_length(v); i++)
+            printf(" %s", json_object_get_string(json_object_array_get_idx(v, i)));
+        printf("\n");
+    }
+    if (json_object_object_get_ex(o, "parent", &v) && v) {
+        json_object *pp, *pi, *ps;
+        json_object_object_get_ex(v, "pool", &pp);
+        json_object_object_get_ex(v, "image", &pi);
+        json_object_object_get_ex(v, "snapshot", &ps);
+        printf("parent:      %s/%s@%s\n", json_object_get_string(pp), json_object_get_string(pi),
+               json_object_get_string(ps));
+    }
+    if (json_object_object_get_ex(o, "snapshots", &v))
+        for (size_t i = 0; i < json_object_array_length(v); i++) {
+            json_object *s = json_object_array_get_idx(v, i), *n, *pr, *cl;
+            json_object_object_get_ex(s, "name", &n);
+            json_object_object_get_ex(s, "protected", &pr);
+            json_object_object_get_ex(s, "clones", &cl);
+            printf("%s %s%s", i ? "            " : "snapshots:  ", json_object_get_string(n),
+                   json_object_get_boolean(pr) ? " (protected)" : "");
+            for (size_t k = 0; k < json_object_array_length(cl); k++)
+                printf("%s%s", k ? ", " : " clones: ", json_object_get_string(json_object_array_get_idx(cl, k)));
+            printf("\n");
+        }
+    if (json_object_object_get_ex(o, "watchers", &v)) {
+        printf("watchers:   ");
+        for (size_t i = 0; i < json_object_array_length(v); i++)
+            printf(" %s", json_object_get_string(json_object_array_get_idx(v, i)));
+        printf("%s\n", json_object_array_length(v) ? "" : " -");
+    }
+}
+
 int cmd_vol_info(struct cli *c)
 {
     struct vol_ref ref;
@@ -129,16 +167,24 @@ int cmd_vol_info(struct cli *c)
     if ((r = vol_lookup(&c->paths, c->pos[0], &ref, &pd, &vi, &c->err)) < 0)
         return r;
     struct storage_pool sp = pool_storage(&pd);
+    const struct storage_backend *b = pool_backend(&pd);
     struct storage_chain chain = {0};
     struct qv_err ce = {0};
-    int cr = pool_backend(&pd)->vol_open(&sp, ref.name, O_RDONLY, &chain, &ce);
+    /* a network volume has no chain of files: its backend says what it is built on */
+    bool files = vi.path[0] == '/';
+    int cr = files ? b->vol_open(&sp, ref.name, O_RDONLY, &chain, &ce) : 0;
     _cleanup_strv_ struct strv users = {0}, deps = {0};
-    if ((r = vol_users(&c->paths, vi.path, &users, &c->err)) < 0 || (r = vol_dependents(&c->paths, vi.path, &deps, &c->err)) < 0) {
+    if ((r = vol_users(&c->paths, &ref, vi.path, &users, &c->err)) < 0 ||
+        (r = vol_dependents(&c->paths, vi.path, &deps, &c->err)) < 0) {
         storage_chain_close(&chain);
         return r;
     }
     _cleanup_json_ json_object *o = vol_json(&vi);
     json_object_object_add(o, "pool", json_object_new_string(pd.name));
+    if (b->vol_detail && (r = b->vol_detail(&sp, ref.name, o, &c->err)) < 0) {
+        storage_chain_close(&chain);
+        return r;
+    }
     json_object *ch = json_object_new_array(), *us = json_object_new_array(), *dp = json_object_new_array();
     for (size_t i = 0; cr == 0 && i < chain.n; i++) {
         json_object *l = json_object_new_object();
@@ -155,7 +201,10 @@ int cmd_vol_info(struct cli *c)
         json_object_array_add(us, json_object_new_string(users.v[i]));
     for (size_t i = 0; i < deps.n; i++)
         json_object_array_add(dp, json_object_new_string(deps.v[i]));
-    json_object_object_add(o, "chain", ch);
+    if (files)
+        json_object_object_add(o, "chain", ch);
+    else
+        json_object_put(ch);
     if (cr < 0)
         json_object_object_add(o, "chain_error", json_object_new_string(ce.msg));
     json_object_object_add(o, "used_by", us);
@@ -177,6 +226,8 @@ int cmd_vol_info(struct cli *c)
         }
         if (cr < 0)
             printf("chain:       broken: %s\n", ce.msg);
+        if (!files)
+            print_detail(o);
         _cleanup_free_ char *u = strv_join((const char *const *)users.v, ", ");
         _cleanup_free_ char *d = strv_join((const char *const *)deps.v, ", ");
         printf("used by:     %s\nbacking for: %s\n", users.n ? u : "-", deps.n ? d : "-");
@@ -201,7 +252,8 @@ int cmd_vol_resize(struct cli *c)
 
 int cmd_vol_delete(struct cli *c)
 {
-    int r = volume_delete(&c->paths, c->pos[0], cli_flag(c, "force"), &c->err);
+    int r = volume_delete(&c->paths, c->pos[0], (cli_flag(c, "force") ? VOL_DELETE_FORCE : 0) |
+                          (cli_flag(c, "delete-snapshots") ? VOL_DELETE_SNAPSHOTS : 0), &c->err);
     if (r == 0 && !c->quiet)
         printf("deleted volume %s\n", c->pos[0]);
     return r;
@@ -266,15 +318,29 @@ static int with_progress(struct cli *c, const char *label, int (*copy)(struct cl
 }
 
 struct copy_args {
-    const char *dst_ref, *src_path, *dest;
-    enum storage_format src_format, format;
+    const char *dst_ref, *dest;
+    struct storage_img src;
+    enum storage_format format;
     bool have_format;
 };
 
 static int do_copy_in(struct cli *c, const struct storage_progress *p, void *arg)
 {
     struct copy_args *a = arg;
-    return volume_copy_in(&c->paths, a->dst_ref, a->src_path, a->src_format, a->format, p, &c->err);
+    return volume_copy_in(&c->paths, a->dst_ref, &a->src, a->format, p, &c->err);
+}
+
+/* The format a copy into pool `ref`'s pool gets without --format: raw in an rbd pool. */
+static int pool_format(struct cli *c, const char *ref, enum storage_format dflt, enum storage_format *out)
+{
+    struct vol_ref r;
+    _cleanup_pool_def_ struct pool_def pd = {0};
+    int e;
+    if ((e = vol_ref_parse(ref, &r, &c->err)) < 0 || (e = pool_read(&c->paths, r.pool, &pd, &c->err)) < 0)
+        return e;
+    if (strcmp(pd.type, "rbd") == 0)
+        dflt = STORAGE_FORMAT_RAW;
+    return format_opt(c, dflt, out);
 }
 
 int cmd_vol_clone(struct cli *c)
@@ -285,11 +351,28 @@ int cmd_vol_clone(struct cli *c)
     int r;
     if ((r = vol_lookup(&c->paths, c->pos[0], &src, &pd, &vi, &c->err)) < 0)
         return r;
-    const char *pool = cli_opt(c, "pool");
+    const char *pool = cli_opt(c, "pool"), *snap = cli_opt(c, "from-snapshot");
     char dst[160];
     snprintf(dst, sizeof(dst), "%s/%s", pool ? pool : src.pool, c->pos[1]);
-    struct copy_args a = {.dst_ref = dst, .src_path = vi.path, .src_format = vi.format};
-    if ((r = format_opt(c, vi.format, &a.format)) < 0)
+    if (snap) {
+        if (cli_opt(c, "format"))
+            return qv_fail(&c->err, -EINVAL, "vol clone --from-snapshot: a copy-on-write clone keeps its parent's "
+                           "format (leave --format out)");
+        bool made = false;
+        if ((r = volume_clone_cow(&c->paths, c->pos[0], snap, dst, &made, &c->err)) < 0)
+            return r;
+        if (!c->quiet)
+            printf("cloned %s@%s to %s (copy-on-write%s)\n", c->pos[0], snap, dst,
+                   made ? "; the snapshot was made now and protected" : "");
+        return 0;
+    }
+    struct copy_args a = {.dst_ref = dst};
+    struct storage_pool sp = pool_storage(&pd);
+    if ((r = pool_backend(&pd)->vol_img(&sp, src.name, "qv-src", &a.src, &c->err)) < 0)
+        return r;
+    a.src.format = vi.format;
+    a.src.size = vi.capacity;
+    if ((r = pool_format(c, dst, vi.format, &a.format)) < 0)
         return r;
     char label[256];
     snprintf(label, sizeof(label), "vol clone %s %s", c->pos[0], dst);
@@ -302,30 +385,35 @@ int cmd_vol_clone(struct cli *c)
 
 int cmd_vol_import(struct cli *c)
 {
-    struct copy_args a = {.dst_ref = c->pos[0], .src_path = c->pos[1], .src_format = STORAGE_FORMAT_PROBE};
+    struct copy_args a = {.dst_ref = c->pos[0]};
+    const char *src_path = c->pos[1];
+    storage_img_file(&a.src, src_path, STORAGE_FORMAT_PROBE);
     int r;
-    if ((r = format_opt(c, STORAGE_FORMAT_QCOW2, &a.format)) < 0)
+    if ((r = pool_format(c, a.dst_ref, STORAGE_FORMAT_QCOW2, &a.format)) < 0)
         return r;
     struct stat st;
-    if (stat(a.src_path, &st) < 0)
-        return qv_failerr(&c->err, errno == ENOENT ? -ENOENT : -errno, "vol import: %s", a.src_path);
+    if (stat(src_path, &st) < 0)
+        return qv_failerr(&c->err, errno == ENOENT ? -ENOENT : -errno, "vol import: %s", src_path);
     if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-        return qv_fail(&c->err, -EINVAL, "vol import: %s is %s, not an image file", a.src_path,
+        return qv_fail(&c->err, -EINVAL, "vol import: %s is %s, not an image file", src_path,
                        storage_file_type_name(st.st_mode));
     /* qemu-img would follow a backing file the image names: a downloaded image could
      * point at any file of this host and have it copied into the volume */
     struct storage_image_info ii;
-    if ((r = storage_image_info(a.src_path, STORAGE_FORMAT_PROBE, 60000, &ii, &c->err)) < 0)
+    if ((r = storage_image_info(src_path, STORAGE_FORMAT_PROBE, 60000, &ii, &c->err)) < 0)
         return qv_prefix(&c->err, "vol import: ");
     if (ii.backing[0])
         return qv_fail(&c->err, -EINVAL, "vol import: %s has a backing file (%s); import a standalone image "
-                       "(qemu-img convert it first), or vol create --backing", a.src_path, ii.backing);
+                       "(qemu-img convert it first), or vol create --backing", src_path, ii.backing);
+    /* the format qemu-img saw is the one it reads: a raw file cannot turn into qcow2 in between */
+    a.src.format = ii.format;
+    a.src.size = ii.virtual_size;
     char label[256];
     snprintf(label, sizeof(label), "vol import %s", c->pos[0]);
     if ((r = with_progress(c, label, do_copy_in, &a)) < 0)
         return r;
     if (!c->quiet)
-        printf("imported %s as %s (%s)\n", a.src_path, c->pos[0], storage_format_name(a.format));
+        printf("imported %s as %s (%s)\n", src_path, c->pos[0], storage_format_name(a.format));
     return 0;
 }
 

@@ -106,7 +106,12 @@ int vm_clone(const struct qv_paths *p, const char *src_name, const char *new_nam
             strv_push(&made.volumes, top);
             name_volume(json_object_array_get_idx(disks_of(source), i), top);
         } else {
-            if ((r = volume_copy_in(p, ref, src, sf, sf, prog, e)) < 0)
+            struct storage_img si;
+            if (k->volume)
+                r = volume_img(p, k->volume, "qv-src", &si, e);
+            else
+                storage_img_file(&si, src, sf);
+            if (r < 0 || (r = volume_copy_in(p, ref, &si, sf, prog, e)) < 0)
                 break;
             strv_push(&made.volumes, ref);
         }

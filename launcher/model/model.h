@@ -574,6 +574,8 @@ int secret_define(const struct qv_paths *p, const char *name, const char *usage,
                   struct secret_def *out, bool *updated, struct qv_err *e);
 /* The value (trailing newlines dropped; no NUL, at most 4 KiB); e never holds it. */
 int secret_set_value(const struct qv_paths *p, const char *name, const char *value, size_t len, struct qv_err *e);
+/* The file holding the value, for a library that reads a key file itself (librados). */
+void secret_value_path(const struct qv_paths *p, const char *name, char *out, size_t n);
 /* The value into *out (the caller wipes and frees it); -EPERM when others may read the file. */
 int secret_read_value(const struct qv_paths *p, const char *name, char **out, struct qv_err *e);
 /* "web1 (running)" for every running VM that uses the secret. */
@@ -584,8 +586,16 @@ int secret_undefine(const struct qv_paths *p, const char *name, struct qv_err *e
 /* ---- storage pools: etc/qvisor/pools/NAME.json -------------------------------------------- */
 struct pool_def {
     char *name;
-    char *type;             /* a storage backend's type: "dir" */
+    char *type;             /* a storage backend's type: "dir", "rbd" */
     char *path;             /* dir: the directory, absolute */
+    /* rbd: {"pool": "rbd", "monitors": ["HOST[:PORT]", ...] and/or "ceph_conf": "/abs",
+     * "user": "libvirt", "secret": "NAME"} (user defaults to admin; no secret: auth none) */
+    char *rbd_pool;
+    struct strv monitors;
+    char *ceph_conf;
+    char *user;
+    char *secret;
+    char *keyfile;          /* the secret's value file, set by pool_load/pool_define; never in JSON */
 };
 void pool_def_free(struct pool_def *d);    /* leaves it zeroed */
 #define _cleanup_pool_def_ _cleanup_(pool_def_free)
@@ -597,6 +607,8 @@ struct storage_pool pool_storage(const struct pool_def *d);
 const struct storage_backend *pool_backend(const struct pool_def *d);
 /* "default" (a dir pool at var/lib/qvisor/images) is defined on first use. */
 int pool_load(const struct qv_paths *p, const char *name, struct pool_def *d, struct qv_err *e);
+/* The definition alone: no key file bound (a secret without a value does not fail it). */
+int pool_read(const struct qv_paths *p, const char *name, struct pool_def *d, struct qv_err *e);
 /* pool_load, and the pool's place exists (a dir pool's directory is made). */
 int pool_open(const struct qv_paths *p, const char *name, struct pool_def *d, struct qv_err *e);
 /* Validates, refuses a directory another pool has, makes the directory, writes atomically. */
@@ -634,19 +646,22 @@ int vol_resolve(const struct qv_paths *p, const char *ref, char *path, size_t pa
  * itself); -EEXIST when the volume exists, -EOPNOTSUPP for other pool types. */
 int vol_new_path(const struct qv_paths *p, const char *ref, char *path, size_t pathlen, struct qv_err *e);
 /* "web1 (running)", "db (defined)": VMs with a disk whose chain holds the file at `path`. */
-int vol_users(const struct qv_paths *p, const char *path, struct strv *users, struct qv_err *e);
+int vol_users(const struct qv_paths *p, const struct vol_ref *ref, const char *path, struct strv *users,
+              struct qv_err *e);
 /* "default/web1-overlay": volumes of every pool with `path` below their top layer. */
 int vol_dependents(const struct qv_paths *p, const char *path, struct strv *deps, struct qv_err *e);
 
 struct volume_create_args {
     uint64_t size;          /* 0: the backing file's */
-    enum storage_format format;
+    enum storage_format format; /* PROBE: the pool's (qcow2 in a dir pool, raw in an rbd pool) */
     const char *backing;    /* POOL/VOL or an absolute path; NULL: none */
     enum storage_prealloc prealloc;
 };
 int volume_create(const struct qv_paths *p, const char *ref, const struct volume_create_args *a, struct qv_err *e);
 /* Refused (-EBUSY) when other volumes are built on it, or (unless force) VMs use it. */
-int volume_delete(const struct qv_paths *p, const char *ref, bool force, struct qv_err *e);
+#define VOL_DELETE_FORCE 1u         /* even while VMs use it */
+#define VOL_DELETE_SNAPSHOTS 2u     /* rbd: with its snapshots (never while they have clones) */
+int volume_delete(const struct qv_paths *p, const char *ref, unsigned flags, struct qv_err *e);
 /* size "20G" or "+5G"; shrinking needs allow_shrink, and force when VMs use it. */
 int volume_resize(const struct qv_paths *p, const char *ref, const char *size, bool allow_shrink, bool force,
                   uint64_t *new_size, struct qv_err *e);
@@ -659,9 +674,16 @@ int vm_volumes_removable(const struct qv_paths *p, const struct vm_def *d, struc
  * POOL/SRC-diskN-top of its own. Nothing stays behind when a step fails. */
 int vm_clone(const struct qv_paths *p, const char *src, const char *new_name, bool linked,
              const struct storage_progress *prog, struct qv_err *e);
-/* A new volume `ref` holding a full copy of `src` (a path), converted to `format`. */
-int volume_copy_in(const struct qv_paths *p, const char *ref, const char *src, enum storage_format src_format,
+/* A new volume `ref` holding a full copy of `src`, converted to `format`. */
+int volume_copy_in(const struct qv_paths *p, const char *ref, const struct storage_img *src,
                    enum storage_format format, const struct storage_progress *prog, struct qv_err *e);
+/* How qemu-img opens volume `ref` (its key, if any, through an --object named secret_id). */
+int volume_img(const struct qv_paths *p, const char *ref, const char *secret_id, struct storage_img *out,
+               struct qv_err *e);
+/* A copy-on-write clone `dstref` of `srcref` at snapshot `snap` (rbd), the snapshot
+ * made (*snap_made) and protected as needed. */
+int volume_clone_cow(const struct qv_paths *p, const char *srcref, const char *snap, const char *dstref,
+                     bool *snap_made, struct qv_err *e);
 /* A copy of the volume (its whole chain) in the file `dest`, which must not exist:
  * written to dest.part-PID and renamed when complete. Format: the volume's unless given. */
 int volume_export(const struct qv_paths *p, const char *ref, const char *dest, bool have_format,

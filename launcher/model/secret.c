@@ -62,7 +62,7 @@ static void dir_path(const struct qv_paths *p, char *out, size_t n)
     qv_path(p, out, n, QV_ETC "/secrets");
 }
 
-static void value_path(const struct qv_paths *p, const char *name, char *out, size_t n)
+void secret_value_path(const struct qv_paths *p, const char *name, char *out, size_t n)
 {
     qv_path(p, out, n, QV_ETC "/secrets/%s", name);
 }
@@ -127,7 +127,7 @@ int secret_load(const struct qv_paths *p, const char *name, struct secret_def *d
         return r;
     char meta[PATH_MAX], value[PATH_MAX];
     meta_path(p, name, meta, sizeof(meta));
-    value_path(p, name, value, sizeof(value));
+    secret_value_path(p, name, value, sizeof(value));
     memset(d, 0, sizeof(*d));
     d->has_value = path_exists(value);
     if (!path_exists(meta)) {
@@ -254,7 +254,7 @@ int secret_set_value(const struct qv_paths *p, const char *name, const char *val
         return lock;
     char meta[PATH_MAX], path[PATH_MAX];
     meta_path(p, name, meta, sizeof(meta));
-    value_path(p, name, path, sizeof(path));
+    secret_value_path(p, name, path, sizeof(path));
     if (!path_exists(meta) && !path_exists(path))
         return qv_fail(e, -ENOENT, "no secret named %s (qvisor secret define %s first)", name, name);
     /* the error names the file, never the value */
@@ -267,7 +267,7 @@ int secret_read_value(const struct qv_paths *p, const char *name, char **out, st
     if (r < 0)
         return r;
     char path[PATH_MAX];
-    value_path(p, name, path, sizeof(path));
+    secret_value_path(p, name, path, sizeof(path));
     struct stat st;
     if (stat(path, &st) < 0) {
         if (errno != ENOENT)
@@ -287,12 +287,18 @@ int secret_read_value(const struct qv_paths *p, const char *name, char **out, st
     return 0;
 }
 
-/* "web1 (running)" for every running VM whose definition names the secret. */
+/* "pool ceph" for every pool whose definition names the secret (its cephx key), and
+ * "web1 (running)" for every running VM whose definition names it. */
 int secret_users(const struct qv_paths *p, const char *name, struct strv *users, struct qv_err *e)
 {
-    _cleanup_strv_ struct strv names = {0};
-    int r = vm_list_names(p, &names, e);
-    if (r < 0)
+    _cleanup_strv_ struct strv pools = {0}, names = {0};
+    int r = pool_list_names(p, &pools, e);
+    for (size_t i = 0; r == 0 && i < pools.n; i++) {
+        _cleanup_pool_def_ struct pool_def pd = {0};
+        if (pool_read(p, pools.v[i], &pd, NULL) == 0 && pd.secret && strcmp(pd.secret, name) == 0)
+            strv_pushf(users, "pool %s", pd.name);
+    }
+    if (r < 0 || (r = vm_list_names(p, &names, e)) < 0)
         return r;
     for (size_t i = 0; i < names.n; i++) {
         _cleanup_vm_def_ struct vm_def d = {0};
@@ -326,12 +332,13 @@ int secret_undefine(const struct qv_paths *p, const char *name, struct qv_err *e
         return r;
     if (users.n) {
         _cleanup_free_ char *list = strv_join((const char *const *)users.v, ", ");
-        return qv_fail(e, -EBUSY, "secret %s is used by %s (stop %s first)", name, list,
-                       users.n == 1 ? "it" : "them");
+        bool pools = str_startswith(users.v[0], "pool ");
+        return qv_fail(e, -EBUSY, "secret %s is used by %s (%s %s first)", name, list,
+                       pools ? "pool undefine or redefine" : "stop", users.n == 1 ? "it" : "them");
     }
     char meta[PATH_MAX], value[PATH_MAX];
     meta_path(p, name, meta, sizeof(meta));
-    value_path(p, name, value, sizeof(value));
+    secret_value_path(p, name, value, sizeof(value));
     /* the value first: a half-done undefine leaves metadata, never a value nobody lists */
     if (unlink(value) < 0 && errno != ENOENT)
         return qv_failerr(e, -errno, "%s", value);

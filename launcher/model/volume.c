@@ -118,20 +118,29 @@ static bool chain_holds(const char *top, const struct file_id *id, size_t min_de
     return found;
 }
 
-/* The image a disk of a definition names: its file, or its volume's path. */
+/* The image a disk of a definition names: its file, or its volume's path. A volume of
+ * an rbd pool is "rbd:CEPHPOOL/NAME", from the pool's definition alone (no cluster is
+ * asked: a look at who uses what must not wait for monitors). */
 static bool disk_image(const struct qv_paths *p, const struct vm_disk *k, char *out, size_t outlen)
 {
     struct qv_err e = {0};
     if (k->file && !k->volume)
         return snprintf(out, outlen, "%s", k->file) < (int)outlen;
-    return k->volume && vol_resolve(p, k->volume, out, outlen, NULL, &e) == 0;
+    if (!k->volume)
+        return false;
+    struct vol_ref ref;
+    _cleanup_pool_def_ struct pool_def pd = {0};
+    if (vol_ref_parse(k->volume, &ref, &e) == 0 && pool_read(p, ref.pool, &pd, &e) == 0 && pd.rbd_pool)
+        return snprintf(out, outlen, "rbd:%s/%s", pd.rbd_pool, ref.name) < (int)outlen;
+    return vol_resolve(p, k->volume, out, outlen, NULL, &e) == 0;
 }
 
 /* What a running VM holds beyond its definition, from its supervisor's records in
  * state.json: disks hotplugged without --persistent ("hotplug") and CD-ROM media
  * changed live ("media"). */
-static bool live_holds(const struct vm_runstate *rs, bool (*match)(const char *image, const void *arg),
-                       const void *arg)
+typedef bool vol_match_fn(const char *image, const char *volume, const void *arg);
+
+static bool live_holds(const struct vm_runstate *rs, vol_match_fn *match, const void *arg)
 {
     json_object *a, *v;
     if (!rs->resources)
@@ -139,23 +148,25 @@ static bool live_holds(const struct vm_runstate *rs, bool (*match)(const char *i
     if (json_object_object_get_ex(rs->resources, "hotplug", &a) && json_object_is_type(a, json_type_array))
         for (size_t i = 0; i < json_object_array_length(a); i++) {
             json_object *h = json_object_array_get_idx(a, i);
+            json_object *vol = NULL;
+            json_object_object_get_ex(h, "volume", &vol);
             if (json_object_object_get_ex(h, "kind", &v) && strcmp(json_object_get_string(v), "disk") == 0 &&
                 json_object_object_get_ex(h, "file", &v) && json_object_get_string(v)[0] &&
-                match(json_object_get_string(v), arg))
+                match(json_object_get_string(v), vol ? json_object_get_string(vol) : NULL, arg))
                 return true;
         }
     if (json_object_object_get_ex(rs->resources, "media", &a) && json_object_is_type(a, json_type_array))
         for (size_t i = 0; i < json_object_array_length(a); i++)
             if (json_object_object_get_ex(json_object_array_get_idx(a, i), "file", &v) &&
-                json_object_get_string(v)[0] && match(json_object_get_string(v), arg))
+                json_object_get_string(v)[0] && match(json_object_get_string(v), NULL, arg))
                 return true;
     return false;
 }
 
 /* Calls `hit` for every VM one of whose disks or CD-ROMs has a layer for which
  * `match` holds: in its definition, or, while it runs, attached live. */
-static int for_vm_disks(const struct qv_paths *p, bool (*match)(const char *image, const void *arg), const void *arg,
-                        struct strv *users, struct qv_err *e)
+static int for_vm_disks(const struct qv_paths *p, vol_match_fn *match, const void *arg, struct strv *users,
+                        struct qv_err *e)
 {
     _cleanup_strv_ struct strv names = {0};
     int r = vm_list_names(p, &names, e);
@@ -176,23 +187,43 @@ static int for_vm_disks(const struct qv_paths *p, bool (*match)(const char *imag
         runstate_free(&rs);
         for (size_t k = 0; !hit && k < d.ndisks; k++) {
             char image[PATH_MAX];
-            hit = disk_image(p, &d.disks[k], image, sizeof(image)) && match(image, arg);
+            hit = disk_image(p, &d.disks[k], image, sizeof(image)) && match(image, d.disks[k].volume, arg);
         }
         for (size_t k = 0; !hit && k < d.ncdroms; k++)
-            hit = d.cdroms[k].file && match(d.cdroms[k].file, arg);
+            hit = d.cdroms[k].file && match(d.cdroms[k].file, NULL, arg);
         if (hit)
             strv_pushf(users, "%s (%s)", d.name, running ? "running" : "defined");
     }
     return 0;
 }
 
-static bool match_file(const char *image, const void *arg)
+static bool match_file(const char *image, const char *volume, const void *arg)
 {
+    (void)volume;
     return chain_holds(image, arg, 0);
 }
 
-int vol_users(const struct qv_paths *p, const char *path, struct strv *users, struct qv_err *e)
+/* A network volume has no inode: it is the same when its reference or its name is. */
+struct net_match {
+    char ref[160];
+    const char *path;
+};
+
+static bool match_net(const char *image, const char *volume, const void *arg)
 {
+    const struct net_match *m = arg;
+    return (volume && strcmp(volume, m->ref) == 0) || strcmp(image, m->path) == 0;
+}
+
+int vol_users(const struct qv_paths *p, const struct vol_ref *ref, const char *path, struct strv *users,
+              struct qv_err *e)
+{
+    if (str_startswith(path, "rbd:")) {
+        struct net_match m = {.path = path};
+        if (ref)
+            snprintf(m.ref, sizeof(m.ref), "%s/%s", ref->pool, ref->name);
+        return for_vm_disks(p, match_net, &m, users, e);
+    }
     struct file_id id;
     if (!file_id_of(path, &id))
         return 0;
@@ -200,13 +231,19 @@ int vol_users(const struct qv_paths *p, const char *path, struct strv *users, st
 }
 
 struct pool_match {
-    const char *dir;
+    const char *name;
+    const char *dir;    /* NULL: not a dir pool */
 };
 
-static bool match_pool(const char *image, const void *arg)
+static bool match_pool(const char *image, const char *volume, const void *arg)
 {
     const struct pool_match *m = arg;
-    size_t n = strlen(m->dir);
+    size_t n = strlen(m->name);
+    if (volume && strncmp(volume, m->name, n) == 0 && volume[n] == '/')
+        return true;
+    if (!m->dir)
+        return false;
+    n = strlen(m->dir);
     return strncmp(image, m->dir, n) == 0 && image[n] == '/' && !strchr(image + n + 1, '/');
 }
 
@@ -217,9 +254,9 @@ int pool_users(const struct qv_paths *p, const char *pool, struct strv *users, s
     pool_def_path(p, pool, path, sizeof(path));
     if (!path_exists(path))
         return qv_fail(e, -ENOENT, "no pool named %s", pool);
-    if (pool_load(p, pool, &pd, e) < 0 || !pd.path)
+    if (pool_read(p, pool, &pd, e) < 0)
         return 0;   /* a broken definition holds nothing: let it go */
-    struct pool_match m = {pd.path};
+    struct pool_match m = {pd.name, pd.path};
     return for_vm_disks(p, match_pool, &m, users, e);
 }
 
@@ -237,7 +274,8 @@ int vol_dependents(const struct qv_paths *p, const char *path, struct strv *deps
     for (size_t i = 0; i < pools.n; i++) {
         _cleanup_pool_def_ struct pool_def pd = {0};
         _cleanup_strv_ struct strv vols = {0};
-        if (pool_load(p, pools.v[i], &pd, NULL) < 0)
+        /* only files have backing files: an rbd pool is not asked (its cluster may be slow to answer) */
+        if (pool_read(p, pools.v[i], &pd, NULL) < 0 || !pd.path)
             continue;
         struct storage_pool sp = pool_storage(&pd);
         if (pool_backend(&pd)->list(&sp, &vols, NULL) < 0)
@@ -257,7 +295,7 @@ static int refuse_users(const struct qv_paths *p, const struct vol_ref *ref, con
                         struct qv_err *e)
 {
     _cleanup_strv_ struct strv users = {0};
-    int r = vol_users(p, path, &users, e);
+    int r = vol_users(p, ref, path, &users, e);
     if (r < 0 || !users.n)
         return r;
     _cleanup_free_ char *who = strv_join((const char *const *)users.v, ", ");
@@ -265,7 +303,7 @@ static int refuse_users(const struct qv_paths *p, const struct vol_ref *ref, con
                    what);
 }
 
-int volume_delete(const struct qv_paths *p, const char *refs, bool force, struct qv_err *e)
+int volume_delete(const struct qv_paths *p, const char *refs, unsigned flags, struct qv_err *e)
 {
     _cleanup_vol_found_ struct vol_found v = {0};
     int r = vol_find(p, refs, &v, e);
@@ -279,10 +317,11 @@ int volume_delete(const struct qv_paths *p, const char *refs, bool force, struct
         return qv_fail(e, -EBUSY, "volume %s is the backing file of %s; delete those first (or vol clone them "
                        "into standalone copies)", refs, who);
     }
-    if (!force && (r = refuse_users(p, &v.ref, v.vi.path, "delete", e)) < 0)
+    if (!(flags & VOL_DELETE_FORCE) && (r = refuse_users(p, &v.ref, v.vi.path, "delete", e)) < 0)
         return r;
     struct storage_pool sp = pool_storage(&v.pd);
-    return pool_backend(&v.pd)->vol_delete(&sp, v.ref.name, e);
+    return pool_backend(&v.pd)->vol_delete(&sp, v.ref.name,
+                                           flags & VOL_DELETE_SNAPSHOTS ? STORAGE_DELETE_SNAPSHOTS : 0, e);
 }
 
 /* "10G" or "+2G" (relative to `now`). */
@@ -348,6 +387,8 @@ int volume_create(const struct qv_paths *p, const char *refs, const struct volum
     if ((r = vol_ref_parse(refs, &ref, e)) < 0 || (r = pool_open(p, ref.pool, &pd, e)) < 0)
         return r;
     struct storage_vol_spec s = {.size = a->size, .format = a->format, .prealloc = a->prealloc};
+    if (s.format == STORAGE_FORMAT_PROBE)   /* the pool's own: RBD images are raw */
+        s.format = strcmp(pd.type, "rbd") == 0 ? STORAGE_FORMAT_RAW : STORAGE_FORMAT_QCOW2;
     char backing[PATH_MAX];
     if (a->backing) {
         if ((r = backing_resolve(p, a->backing, backing, sizeof(backing), &s.backing_format, e)) < 0)
@@ -360,7 +401,19 @@ int volume_create(const struct qv_paths *p, const char *refs, const struct volum
     return pool_backend(&pd)->vol_create(&sp, ref.name, &s, e);
 }
 
-int volume_copy_in(const struct qv_paths *p, const char *refs, const char *src, enum storage_format src_format,
+int volume_img(const struct qv_paths *p, const char *refs, const char *secret_id, struct storage_img *out,
+               struct qv_err *e)
+{
+    struct vol_ref ref;
+    _cleanup_pool_def_ struct pool_def pd = {0};
+    int r;
+    if ((r = vol_ref_parse(refs, &ref, e)) < 0 || (r = pool_open(p, ref.pool, &pd, e)) < 0)
+        return r;
+    struct storage_pool sp = pool_storage(&pd);
+    return pool_backend(&pd)->vol_img(&sp, ref.name, secret_id, out, e);
+}
+
+int volume_copy_in(const struct qv_paths *p, const char *refs, const struct storage_img *src,
                    enum storage_format format, const struct storage_progress *prog, struct qv_err *e)
 {
     struct vol_ref ref;
@@ -369,7 +422,26 @@ int volume_copy_in(const struct qv_paths *p, const char *refs, const char *src, 
     if ((r = vol_ref_parse(refs, &ref, e)) < 0 || (r = pool_open(p, ref.pool, &pd, e)) < 0)
         return r;
     struct storage_pool sp = pool_storage(&pd);
-    return pool_backend(&pd)->vol_copy_in(&sp, ref.name, src, src_format, format, prog, e);
+    return pool_backend(&pd)->vol_copy_in(&sp, ref.name, src, format, prog, e);
+}
+
+int volume_clone_cow(const struct qv_paths *p, const char *srcref, const char *snap, const char *dstref,
+                     bool *snap_made, struct qv_err *e)
+{
+    _cleanup_vol_found_ struct vol_found v = {0};
+    struct vol_ref dref;
+    _cleanup_pool_def_ struct pool_def dpd = {0};
+    int r;
+    if ((r = vol_find(p, srcref, &v, e)) < 0 || (r = vol_ref_parse(dstref, &dref, e)) < 0 ||
+        (r = pool_open(p, dref.pool, &dpd, e)) < 0)
+        return r;
+    const struct storage_backend *b = pool_backend(&v.pd);
+    if (!b->vol_clone_cow)
+        return qv_fail(e, -EINVAL, "volume %s: --from-snapshot clones RBD volumes; a %s pool's volume is cloned "
+                       "in full (leave --from-snapshot out) or given an overlay (vol create --backing)", srcref,
+                       v.pd.type);
+    struct storage_pool sp = pool_storage(&v.pd), dp = pool_storage(&dpd);
+    return b->vol_clone_cow(&sp, v.ref.name, snap, &dp, dref.name, snap_made, e);
 }
 
 int volume_export(const struct qv_paths *p, const char *refs, const char *dest, bool have_format,
@@ -382,6 +454,10 @@ int volume_export(const struct qv_paths *p, const char *refs, const char *dest, 
     struct stat st;
     if (lstat(dest, &st) == 0)
         return qv_fail(e, -EEXIST, "%s already exists (remove it first, or choose another name)", dest);
+    struct storage_pool sp = pool_storage(&v.pd);
+    struct storage_img src, dst;
+    if ((r = pool_backend(&v.pd)->vol_img(&sp, v.ref.name, "qv-src", &src, e)) < 0)
+        return r;
     char tmp[PATH_MAX];
     if (snprintf(tmp, sizeof(tmp), "%s.part-%d", dest, (int)getpid()) >= (int)sizeof(tmp))
         return qv_fail(e, -ENAMETOOLONG, "%s: path too long", dest);
@@ -389,7 +465,8 @@ int volume_export(const struct qv_paths *p, const char *refs, const char *dest, 
     if (fd < 0)
         return qv_failerr(e, -errno, "%s", tmp);
     close(fd);
-    if ((r = storage_convert(v.vi.path, v.vi.format, tmp, have_format ? format : v.vi.format, prog, e)) < 0) {
+    storage_img_file(&dst, tmp, have_format ? format : v.vi.format);
+    if ((r = storage_convert(&src, &dst, false, prog, e)) < 0) {
         unlink(tmp);
         return r;
     }
@@ -411,6 +488,9 @@ int volume_export_raw_fd(const struct qv_paths *p, const char *refs, int out, co
     int r = vol_find(p, refs, &v, e);
     if (r < 0)
         return r;
+    struct storage_pool sp = pool_storage(&v.pd);
+    if (pool_backend(&v.pd)->vol_stream)
+        return pool_backend(&v.pd)->vol_stream(&sp, v.ref.name, out, prog, e);
     char tmp[PATH_MAX] = "";
     const char *src = v.vi.path;
     if (v.vi.format != STORAGE_FORMAT_RAW || v.vi.backing[0]) {
@@ -419,7 +499,10 @@ int volume_export_raw_fd(const struct qv_paths *p, const char *refs, int out, co
         if (fd < 0)
             return qv_failerr(e, -errno, "%s", tmp);
         close(fd);
-        if ((r = storage_convert(v.vi.path, v.vi.format, tmp, STORAGE_FORMAT_RAW, prog, e)) < 0) {
+        struct storage_img si, di;
+        storage_img_file(&si, v.vi.path, v.vi.format);
+        storage_img_file(&di, tmp, STORAGE_FORMAT_RAW);
+        if ((r = storage_convert(&si, &di, false, prog, e)) < 0) {
             unlink(tmp);
             return r;
         }
@@ -553,7 +636,7 @@ int vm_volumes_removable(const struct qv_paths *p, const struct vm_def *d, struc
         if (r < 0)
             return qv_fail(e, r, "disks[%zu]: %s", i, le.msg);
         _cleanup_strv_ struct strv users = {0}, deps = {0};
-        if ((r = vol_users(p, v.vi.path, &users, e)) < 0 || (r = vol_dependents(p, v.vi.path, &deps, e)) < 0)
+        if ((r = vol_users(p, &v.ref, v.vi.path, &users, e)) < 0 || (r = vol_dependents(p, v.vi.path, &deps, e)) < 0)
             return r;
         for (size_t k = 0; k < users.n; k++)
             if (!str_startswith(users.v[k], own))

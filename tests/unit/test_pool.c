@@ -21,6 +21,14 @@
 
 #define MIB (1ull << 20)
 
+static const struct storage_img *img_at(void *f, const char *path, enum storage_format fmt)
+{
+    (void)f;
+    static struct storage_img img;
+    storage_img_file(&img, path, fmt);
+    return &img;
+}
+
 static json_object *parse(const char *text)
 {
     json_object *o = NULL;
@@ -219,7 +227,7 @@ static void test_dir_only_regular_files(void **state)
     assert_int_equal(f->b->vol_info(&f->sp, "../outside.raw", &vi, &e), -EINVAL);
     assert_int_equal(f->b->vol_info(&f->sp, "missing", &vi, &e), -ENOENT);
     assert_non_null(strstr(e.msg, "pool p has no volume missing"));
-    assert_int_equal(f->b->vol_delete(&f->sp, "link.raw", &e), -EINVAL);
+    assert_int_equal(f->b->vol_delete(&f->sp, "link.raw", 0, &e), -EINVAL);
     assert_int_equal(access(outside, F_OK), 0);
     assert_int_equal(access(at(f, "link.raw"), F_OK), 0);
     /* refresh drops a dead copy's leftover, and nothing else */
@@ -271,12 +279,12 @@ static void test_dir_volumes(void **state)
     assert_int_equal(c.n, 2);
     storage_chain_close(&c);
     /* a full copy holds no backing file */
-    assert_int_equal(f->b->vol_copy_in(&f->sp, "flat", at(f, "top"), STORAGE_FORMAT_QCOW2, STORAGE_FORMAT_RAW, NULL, &e), 0);
+    assert_int_equal(f->b->vol_copy_in(&f->sp, "flat", img_at(f, at(f, "top"), STORAGE_FORMAT_QCOW2), STORAGE_FORMAT_RAW, NULL, &e), 0);
     assert_int_equal(f->b->vol_info(&f->sp, "flat", &vi, &e), 0);
     assert_int_equal(vi.format, STORAGE_FORMAT_RAW);
     assert_string_equal(vi.backing, "");
-    assert_int_equal(f->b->vol_delete(&f->sp, "flat", &e), 0);
-    assert_int_equal(f->b->vol_delete(&f->sp, "flat", &e), -ENOENT);
+    assert_int_equal(f->b->vol_delete(&f->sp, "flat", 0, &e), 0);
+    assert_int_equal(f->b->vol_delete(&f->sp, "flat", 0, &e), -ENOENT);
     /* nothing but the volumes in the pool: no temporary file stayed */
     assert_int_equal(entries(f->pool), 3);
 }
@@ -289,11 +297,11 @@ static void test_dir_copy_cancelled(void **state)
     assert_int_equal(f->b->vol_create(&f->sp, "src", &s, &e), 0);
     volatile int cancel = 1;
     struct storage_progress prog = {.cancel = &cancel};
-    assert_int_equal(f->b->vol_copy_in(&f->sp, "dst", at(f, "src"), STORAGE_FORMAT_QCOW2, STORAGE_FORMAT_QCOW2, &prog, &e),
+    assert_int_equal(f->b->vol_copy_in(&f->sp, "dst", img_at(f, at(f, "src"), STORAGE_FORMAT_QCOW2), STORAGE_FORMAT_QCOW2, &prog, &e),
                      -ECANCELED);
     assert_int_equal(entries(f->pool), 1);
     /* a failing copy (a source that is not there) leaves nothing either */
-    assert_int_equal(f->b->vol_copy_in(&f->sp, "dst", at(f, "nothing"), STORAGE_FORMAT_RAW, STORAGE_FORMAT_RAW, NULL, &e),
+    assert_int_equal(f->b->vol_copy_in(&f->sp, "dst", img_at(f, at(f, "nothing"), STORAGE_FORMAT_RAW), STORAGE_FORMAT_RAW, NULL, &e),
                      -EIO);
     assert_int_equal(entries(f->pool), 1);
 }
@@ -348,7 +356,7 @@ static void test_resolve_disks(void **state)
     assert_int_equal(vm_resolve_disks(&f->paths, &d, &e), -ENOENT);
     assert_non_null(strstr(e.msg, "v: disks[0]: "));
     assert_non_null(strstr(e.msg, "/mid: backing file: "));
-    assert_int_equal(f->b->vol_delete(&sp, "top", &e), 0);
+    assert_int_equal(f->b->vol_delete(&sp, "top", 0, &e), 0);
     assert_int_equal(vm_resolve_disks(&f->paths, &d, &e), -ENOENT);
     assert_non_null(strstr(e.msg, "v: disks[0]: volume default/top: pool default has no volume top"));
     vm_def_free(&d);

@@ -1,0 +1,247 @@
+#!/bin/bash
+# timeout: 420
+# Ceph RBD pools and volumes on a real single-node Ceph that this test starts and stops
+# (tests/ceph/cluster: one mon, one memstore OSD, cephx on): the cephx secret and its
+# refusals, rbd pool define and the errors of a wrong key, a stopped monitor and a
+# missing pool (clear, bounded, nothing created), every vol verb through librbd, a
+# copy-on-write clone of a protected snapshot, a qcow2 image with a marker imported as
+# raw and exported back, Ctrl-C during an import leaving nothing, and the key appearing
+# nowhere: not under the root, not in a log, not in the argv or environment of qvisor
+# or qemu-img while an import runs.
+. "$(dirname "$0")/../lib.sh"
+
+CDIR=$(mktemp -d /tmp/qvceph.XXXXXX)
+on_exit "'$T_TOP/tests/ceph/cluster' stop '$CDIR'"
+if ! cenv=$("$T_TOP/tests/ceph/cluster" start "$CDIR" 2>"$T_ROOT/ceph.err"); then
+    if grep -q 'is not installed' "$T_ROOT/ceph.err"; then
+        ok "rbd pools and volumes # SKIP $(head -1 "$T_ROOT/ceph.err")"
+        finish
+    fi
+    not_ok "the test cluster starts"
+    diag "$(cat "$T_ROOT/ceph.err")"
+    finish
+fi
+eval "$cenv"
+printf '%s\n' "$CEPH_KEY" > "$CDIR/key.txt"     # for greps whose own argv must not hold it
+ok "a single-node Ceph runs, monitor at $CEPH_MON"
+# the administrator's view, to see what qvisor did (or did not) do
+rbdc() { timeout 30 rbd --conf "$CEPH_CONF" --pool rbd "$@"; }
+export -f rbdc
+export CEPH_CONF
+SDIR=$T_ROOT/etc/qvisor/secrets
+PDIR=$T_ROOT/etc/qvisor/pools
+# jqcheck FILTER CMD...: CMD succeeds and its JSON passes FILTER (jq -e alone passes on no input)
+jqcheck() { local filter=$1 j; shift; j=$("$@") && [ -n "$j" ] && jq -e "$filter" <<< "$j"; }
+export -f jqcheck
+vinfo() { jqcheck "$2" qv vol info "$1" --json; }
+# ms CMD...: runs CMD, its output into $T_ROOT/out, prints how long it took
+took() { local t0=$EPOCHREALTIME; "$@" >"$T_ROOT/out" 2>&1; local rc=$?; echo $(( (${EPOCHREALTIME/./} - ${t0/./}) / 1000 )); return $rc; }
+# check_error_within DESC SECONDS CODE REGEX CMD...: check_error, and done within SECONDS
+check_error_within() {
+    local desc=$1 secs=$2 want=$3 re=$4 t rc
+    shift 4
+    t=$(took "$@"); rc=$?
+    if [ "$rc" -eq "$want" ] && grep -Eq -- "$re" "$T_ROOT/out" && [ "$t" -le $((secs * 1000)) ]; then
+        ok "$desc ($t ms)"
+    else
+        not_ok "$desc (exit $rc, want $want; $t ms, bound $secs s)"
+        diag "$(cat "$T_ROOT/out")"
+    fi
+}
+
+# ---- the cephx secret ----
+check_output "secret define --usage ceph:client.libvirt" '^defined secret ceph-libvirt ' \
+    qv secret define ceph-libvirt --usage ceph:client.libvirt --description "Ceph client.libvirt key"
+check "secret set-value from standard input" \
+    bash -c "printf '%s\n' '$CEPH_KEY' | '$QV_BIN' --root '$T_ROOT' secret set-value ceph-libvirt"
+check_output "secret list says it is set" '^ceph-libvirt +[0-9a-f-]{36} +ceph:client\.libvirt +set' qv secret list
+check_not "...and shows the key neither in list --json nor in show" grep -qF "$CEPH_KEY" <(qv secret list --json; qv secret show ceph-libvirt)
+
+# ---- pools ----
+check_output "pool define --type rbd --pool --monitor --user --secret" \
+    "^defined pool ceph \(rbd rbd on $CEPH_MON as client\.libvirt\)" \
+    qv pool define --name ceph --type rbd --pool rbd --monitor "$CEPH_MON" --user libvirt --secret ceph-libvirt
+check "...written as JSON: pool, monitors, user, secret (the secret's name, not its value)" \
+    jq -e '.type == "rbd" and .pool == "rbd" and .monitors == ["'"$CEPH_MON"'"] and .user == "libvirt" and .secret == "ceph-libvirt"' "$PDIR/ceph.json"
+check_error "secret undefine while pool ceph uses it: conflict (exit 4)" 4 \
+    'secret ceph-libvirt is used by pool ceph' qv secret undefine ceph-libvirt
+check "...the secret is still there" test -s "$SDIR/ceph-libvirt"
+check_output "secret show names the pool as its user" '"pool ceph"' qv secret show ceph-libvirt
+check_error "pool define: --pool without --type rbd (exit 2)" 2 'are for --type rbd' qv pool define --name x --pool rbd
+check_error "pool define: a monitor that is no HOST[:PORT] (exit 2)" 2 'monitors\[0\]: "a b" is not HOST' \
+    qv pool define --name x --type rbd --pool rbd --monitor 'a b'
+check_error "pool define: rbd without monitors or ceph_conf (exit 2)" 2 'monitors: missing' \
+    qv pool define --name x --type rbd --pool rbd
+
+# a wrong key, a missing Ceph pool, a monitor that does not answer: clear, bounded, nothing defined
+qv secret define -q wrongkey
+ceph-authtool --gen-print-key | "$QV_BIN" --root "$T_ROOT" secret set-value -q wrongkey
+check_error_within "pool define with a wrong key: refused, naming pool, user and the fix (exit 1)" 30 1 \
+    "pool bad: the monitors $CEPH_MON refused client\.libvirt's key \(check the pool's secret" \
+    qv pool define --name bad --type rbd --pool rbd --monitor "$CEPH_MON" --user libvirt --secret wrongkey
+check_error_within "pool define of a Ceph pool that does not exist: no such object (exit 3)" 30 3 \
+    'pool bad: the Ceph cluster has no pool nosuch \(ceph osd pool create nosuch' \
+    qv pool define --name bad --type rbd --pool nosuch --monitor "$CEPH_MON" --user libvirt --secret ceph-libvirt
+deadport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+check_error_within "pool define with no monitor listening: timed out within bounds (exit 5)" 40 5 \
+    "pool bad: no answer from the Ceph monitors 127\.0\.0\.1:$deadport within 10 s" \
+    qv pool define --name bad --type rbd --pool rbd --monitor "127.0.0.1:$deadport" --user libvirt --secret ceph-libvirt
+check_not "...none of them defined a pool" test -e "$PDIR/bad.json"
+check_error "pool define naming a secret without a value (exit 1)" 1 'secret novalue has no value yet' \
+    bash -c "'$QV_BIN' --root '$T_ROOT' secret define -q novalue && '$QV_BIN' --root '$T_ROOT' pool define --name bad --type rbd --pool rbd --monitor '$CEPH_MON' --secret novalue"
+check "secret undefine of a secret no pool uses" qv secret undefine wrongkey
+
+# ---- volumes ----
+check_output "vol create on rbd: raw by default" '^created volume ceph/web1$' qv vol create ceph/web1 --size 64M
+check "...a format 2 image with layering only (rbd info)" \
+    bash -c "jqcheck '.format == 2 and .features == [\"layering\"] and .size == 67108864' rbdc info web1 --format json"
+check_error "vol create --format qcow2 on rbd: refused, saying why (exit 2)" 2 'an RBD image is raw; qcow2 volumes live in dir pools' \
+    qv vol create ceph/q --size 8M --format qcow2
+check_error "vol create of an existing name: conflict (exit 4)" 4 'pool ceph already has a volume web1' qv vol create ceph/web1 --size 8M
+check_output "vol list ceph" '^web1 +raw +64\.0M ' qv vol list ceph
+check "vol info --json: raw, capacity, allocation 0 (nothing written), rbd:POOL/NAME, features, no parent" \
+    vinfo ceph/web1 '.format == "raw" and .capacity == 67108864 and .allocation == 0 and .path == "rbd:rbd/web1" and .features == ["layering"] and .parent == null and .snapshots == [] and .watchers == []'
+check "vol info: allocation counts what was written (4 MiB in the image)" \
+    bash -c "head -c 4M /dev/urandom > '$T_ROOT/4m' && rbdc import --image-feature layering '$T_ROOT/4m' filled >/dev/null 2>&1 && jqcheck '.allocation == 4194304' '$QV_BIN' --root '$T_ROOT' vol info ceph/filled --json"
+check "pool list: ceph with its volumes and the allocation they hold (capacity unknown: no ceph-mgr)" \
+    bash -c "jqcheck '.[] | select(.name == \"ceph\") | .volumes >= 2 and .allocation >= 4194304 and .capacity == null' '$QV_BIN' --root '$T_ROOT' pool list --json"
+check_output "pool refresh ceph" '^pool ceph: 2 volumes$' qv pool refresh ceph
+check_output "vol resize +64M" 'volume ceph/web1 is now 128M' qv vol resize ceph/web1 +64M
+check "...rbd info says 128 MiB" bash -c "jqcheck '.size == 134217728' rbdc info web1 --format json"
+check_error "vol resize to less without --allow-shrink (exit 2)" 2 'shrinking loses data.*--allow-shrink' qv vol resize ceph/web1 32M
+check_output "vol resize --allow-shrink" 'is now 32M' qv vol resize ceph/web1 32M --allow-shrink
+check "...rbd info says 32 MiB" bash -c "jqcheck '.size == 33554432' rbdc info web1 --format json"
+
+# import of a qcow2 cloud image holding a marker, as raw; export back and compare
+marker=RBDMARK-$RANDOM$RANDOM
+head -c 3M /dev/urandom > "$T_ROOT/data.bin"
+printf '%s' "$marker" | dd of="$T_ROOT/data.bin" conv=notrunc status=none
+qemu-img convert -q -f raw -O qcow2 "$T_ROOT/data.bin" "$T_ROOT/cloud.qcow2"
+check_output "vol import of a qcow2 image into rbd: raw" 'imported .*/cloud\.qcow2 as ceph/base \(raw\)' \
+    qv vol import ceph/base "$T_ROOT/cloud.qcow2"
+check "...the image holds the data and the marker (rbd export by the admin)" \
+    bash -c "rbdc export base - 2>/dev/null | cmp - '$T_ROOT/data.bin' && rbdc export base - 2>/dev/null | head -c ${#marker} | grep -qx '$marker'"
+check "...format 2, layering only" bash -c "jqcheck '.format == 2 and .features == [\"layering\"]' rbdc info base --format json"
+check_error "vol import --format qcow2 into rbd (exit 2)" 2 'an RBD image is raw' qv vol import ceph/q "$T_ROOT/cloud.qcow2" --format qcow2
+check_output "vol export to a qcow2 file" "exported ceph/base to $T_ROOT/out\.qcow2" qv vol export ceph/base "$T_ROOT/out.qcow2" --format qcow2
+check "...the same data" qemu-img compare -q -f raw -F qcow2 "$T_ROOT/data.bin" "$T_ROOT/out.qcow2"
+check "vol export - streams the raw bytes" bash -c "'$QV_BIN' --root '$T_ROOT' vol export ceph/base - | cmp - '$T_ROOT/data.bin'"
+
+# clones: full copies and copy-on-write ones from a protected snapshot
+check_output "vol clone (full copy) within the pool" 'cloned ceph/base to ceph/full \(raw\)' qv vol clone ceph/base full
+check "...standalone, the same data" bash -c "jqcheck '.parent == null' rbdc info full --format json && rbdc export full - 2>/dev/null | cmp - '$T_ROOT/data.bin'"
+check_output "vol clone into a dir pool (full copy across pool types)" 'cloned ceph/base to default/fromceph \(raw\)' \
+    qv vol clone ceph/base fromceph --pool default
+check "...the same data" qemu-img compare -q -F raw "$T_ROOT/var/lib/qvisor/images/fromceph" "$T_ROOT/data.bin"
+check_output "vol clone from a dir pool into rbd (raw there)" 'cloned default/fromceph to ceph/back \(raw\)' qv vol clone default/fromceph back --pool ceph
+check "...the same data" bash -c "rbdc export back - 2>/dev/null | cmp - '$T_ROOT/data.bin'"
+check_output "vol clone --from-snapshot: copy-on-write, the snapshot made and protected" \
+    'cloned ceph/base@gold to ceph/web2 \(copy-on-write; the snapshot was made now and protected\)' \
+    qv vol clone ceph/base web2 --from-snapshot gold
+check "...rbd: web2's parent is rbd/base@gold, which is protected" \
+    bash -c "jqcheck '.parent.image == \"base\" and .parent.snapshot == \"gold\"' rbdc info web2 --format json && jqcheck '.[0].name == \"gold\" and .[0].protected == \"true\"' rbdc snap ls base --format json"
+check "...vol info of the clone: its parent; of the base: the snapshot and its clone" \
+    bash -c "jqcheck '.parent == {\"pool\": \"rbd\", \"image\": \"base\", \"snapshot\": \"gold\"}' '$QV_BIN' --root '$T_ROOT' vol info ceph/web2 --json && jqcheck '.snapshots == [{\"name\": \"gold\", \"size\": 3145728, \"protected\": true, \"clones\": [\"rbd/web2\"]}]' '$QV_BIN' --root '$T_ROOT' vol info ceph/base --json"
+check "...the clone reads the base's data" bash -c "rbdc export web2 - 2>/dev/null | cmp - '$T_ROOT/data.bin'"
+rbdc snap create base@silver >/dev/null 2>&1
+check_output "vol clone --from-snapshot of an existing unprotected snapshot protects it" \
+    'cloned ceph/base@silver to ceph/web3 \(copy-on-write\)$' qv vol clone ceph/base web3 --from-snapshot silver
+check "...silver is protected now" bash -c "jqcheck 'map(select(.name == \"silver\"))[0].protected == \"true\"' rbdc snap ls base --format json"
+check_error "vol clone --from-snapshot of a dir volume (exit 2)" 2 '--from-snapshot clones RBD volumes' \
+    qv vol clone default/fromceph x --from-snapshot s
+check_error "vol clone --from-snapshot into a dir pool (exit 2)" 2 'a copy-on-write clone stays in the source' \
+    qv vol clone ceph/base x --pool default --from-snapshot gold
+check_error "vol clone onto an existing name (exit 4)" 4 'pool ceph already has a volume full' qv vol clone ceph/base full
+
+# deletes and their refusals
+check_error "vol delete of a volume with clones: conflict naming them (exit 4)" 4 \
+    'volume base has clones \(rbd/web2, rbd/web3\); delete them first' qv vol delete ceph/base --delete-snapshots
+check "...still there, with its snapshots" bash -c "jqcheck 'length == 2' rbdc snap ls base --format json"
+check_output "vol delete of a clone" '^deleted volume ceph/web3$' qv vol delete ceph/web3
+define_guest vmr "" --disk vol=ceph/web2
+check_error "vol delete of a volume a VM's definition names: conflict naming the VM (exit 4)" 4 \
+    'volume ceph/web2 is used by VM vmr \(defined\)' qv vol delete ceph/web2
+check "...vol info lists the VM among its users" vinfo ceph/web2 '.used_by == ["vmr (defined)"]'
+check_error "pool undefine while a VM has a volume in it (exit 4)" 4 'pool ceph holds volumes of VM vmr' qv pool undefine ceph
+qv undefine -q vmr
+check_output "vol delete of the last clone" '^deleted volume ceph/web2$' qv vol delete ceph/web2
+check_error "vol delete of a volume with snapshots but no clones: refused without --delete-snapshots (exit 4)" 4 \
+    'volume base has snapshots \(gold, silver\); vol delete --delete-snapshots' qv vol delete ceph/base
+check_output "vol delete --delete-snapshots" '^deleted volume ceph/base$' qv vol delete ceph/base --delete-snapshots
+check_not "...the image is gone" rbdc info base
+check_error "vol delete of a missing volume (exit 3)" 3 'pool ceph has no volume base' qv vol delete ceph/base
+check_error "vol info of a missing volume (exit 3)" 3 'pool ceph has no volume nothing' qv vol info ceph/nothing
+
+# a volume open elsewhere (a watcher: here an rbd bench of the admin's) is not deleted
+rbdc bench --io-type write --io-size 4K --io-total 400M --io-threads 1 full >/dev/null 2>&1 &
+bpid=$!
+on_exit "kill -9 $bpid"
+check "a watcher holds ceph/full (vol info lists it)" wait_until 30 vinfo ceph/full '.watchers | length == 1'
+check_error "vol delete while another client has it open: conflict (exit 4)" 4 'volume full is open by another Ceph client' \
+    qv vol delete ceph/full
+kill -9 $bpid 2>/dev/null; wait $bpid 2>/dev/null
+
+# Ctrl-C during an import: qemu-img through a wrapper that waits once the copy is
+# written, so the interrupt lands on a complete temporary image that must go
+head -c 8M /dev/urandom > "$T_ROOT/big.raw"
+# (it also keeps what /proc showed of the running qemu-img: argv and environment)
+cat > "$T_ROOT/slow-qemu-img" <<'EOS'
+#!/bin/bash
+if [ "$1" = convert ]; then
+    qemu-img "$@" &
+    c=$!
+    until tr '\0' ' ' < /proc/$c/cmdline | grep -q '^qemu-img convert'; do sleep 0.01; done
+    cp /proc/$c/cmdline "$SLOW_DIR/qemu-img.cmdline"; cp /proc/$c/environ "$SLOW_DIR/qemu-img.environ"
+    wait $c || exit
+    echo $$ > "$SLOW_DIR/copying"
+    exec sleep 60
+fi
+exec qemu-img "$@"
+EOS
+chmod +x "$T_ROOT/slow-qemu-img"
+export SLOW_DIR=$T_ROOT
+QVISOR_QEMU_IMG=$T_ROOT/slow-qemu-img "$QV_BIN" --root "$T_ROOT" vol import ceph/intr "$T_ROOT/big.raw" >"$T_ROOT/intr.out" 2>&1 &
+qpid=$!
+on_exit "kill -9 $qpid"
+check "an import through the slow wrapper reaches its wait" wait_until 60 test -s "$T_ROOT/copying"
+cpid=$(cat "$T_ROOT/copying" 2>/dev/null)
+check "...its temporary image is in the Ceph pool, hidden from vol list" \
+    bash -c "rbdc ls | grep -q '^\.intr\.part-$qpid-' && ! '$QV_BIN' --root '$T_ROOT' vol list ceph | grep -q intr"
+# the key was in neither qemu-img's argv nor its environment while it ran, and is in
+# no process's now (qvisor waits for the wrapper)
+check "...qemu-img's argv and environment were caught while it ran" test -s "$T_ROOT/qemu-img.cmdline" -a -s "$T_ROOT/qemu-img.environ"
+check "...qemu-img read the key from the secret's 0600 file through --object (the path, never the value)" \
+    bash -c "tr '\0' ' ' < '$T_ROOT/qemu-img.cmdline' | grep -q -- '--object secret,id=qv-dst,file=$SDIR/ceph-libvirt,format=base64'"
+check_not "...the key is in neither" grep -aqF "$CEPH_KEY" "$T_ROOT/qemu-img.cmdline" "$T_ROOT/qemu-img.environ"
+check_not "...nor in the argv or environment of any process now (qvisor among them)" \
+    bash -c "cat /proc/[0-9]*/cmdline /proc/[0-9]*/environ 2>/dev/null | grep -aqFf '$CDIR/key.txt'"
+check "...qvisor is among them" test -r "/proc/$qpid/environ"
+kill -INT "$qpid"
+wait "$qpid"; rc=$?
+check "SIGINT: qvisor stops with exit 1, saying nothing was written" \
+    bash -c "[ $rc -eq 1 ] && grep -q 'vol import ceph/intr: interrupted; nothing was written' '$T_ROOT/intr.out'"
+check_not "...the qemu-img child is gone" kill -0 "$cpid"
+check_not "...and so is the temporary image (and no volume intr)" bash -c "rbdc ls | grep -q intr"
+
+# the key appears nowhere: not under the root but in the secret's own file, not in a log
+check_not "the key is in no file under the root but the secret's value" \
+    bash -c "grep -rlaF -- '$CEPH_KEY' '$T_ROOT' | grep -vx '$SDIR/ceph-libvirt'"
+check_not "...nor in what any command printed" grep -qF "$CEPH_KEY" "$T_ROOT/intr.out" "$T_ROOT/out"
+
+# an unreachable pool does not hide the others; a stopped monitor gives a bounded error
+qv vol create -q default/keep --size 1M
+kill -STOP $(cat "$CDIR"/run/mon.a.pid)
+on_exit "kill -CONT $(cat "$CDIR"/run/mon.a.pid)"
+check_error_within "vol list with the monitor stopped: timed out naming the pool (exit 5)" 40 5 \
+    "pool ceph: no answer from the Ceph monitors $CEPH_MON within 10 s" qv vol list ceph
+t=$(took qv pool list)
+check "pool list still lists default (and says why ceph is missing) within bounds ($t ms)" \
+    bash -c "grep -Eq '^default +dir' '$T_ROOT/out' && grep -Eq '^ceph +rbd +\(pool ceph: no answer from the Ceph monitors' '$T_ROOT/out' && [ $t -le 40000 ]"
+kill -CONT $(cat "$CDIR"/run/mon.a.pid)
+check "after the monitor resumes, pool show answers again" wait_until 60 bash -c "jqcheck '.volumes >= 1' '$QV_BIN' --root '$T_ROOT' pool show ceph"
+check "host-check: QEMU's rbd driver and librbd" \
+    bash -c "jqcheck '[.checks[] | select(.name == \"qemu rbd driver\" or .name == \"librbd\") | .ok] == [true, true]' '$QV_BIN' --root '$T_ROOT' host-check --json"
+check_output "pool undefine ceph (its images stay in Ceph)" '^undefined pool ceph' qv pool undefine ceph
+check "...the images are still there" bash -c "rbdc ls | grep -qx full"
+check "secret undefine once no pool uses it" qv secret undefine ceph-libvirt
+finish
