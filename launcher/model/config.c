@@ -39,6 +39,7 @@ void vm_disk_free(struct vm_disk *k)
         free(k->backing[i].path);
     free(k->backing);
     free(k->serial);
+    vm_disk_rbd_free(k->rbd);
     memset(k, 0, sizeof(*k));
 }
 
