@@ -106,7 +106,7 @@ check "the guest writes a marker on it" \
 check "...which the cluster holds in ceph/extra" \
     sh -c "timeout 60 rbd export rbd/extra - --conf '$CEPH_CONF' --keyring '$CEPH_ADMIN_KEYRING' 2>/dev/null | head -c 14 | grep -q RBD-MARKER-TWO"
 check "the key appears nowhere after the hotplug either" key_leaks
-check "detach-disk of the rbd disk" qv detach-disk rv RBD2
+check "detach-disk of the rbd disk, by its volume" qv detach-disk rv ceph/extra
 check "the guest no longer sees it" wait_until 30 guest_ok rv "test -z \"$(dev RBD2)\""
 
 # ---- online resize ----
