@@ -46,6 +46,8 @@ json_object *storage_snapshot_to_json(const struct storage_snapshot *s)
         put_str(d, "volume", k->volume);
         put_str(d, "overlay", k->overlay);
         put_str(d, "overlay_volume", k->overlay_volume);
+        if (k->rbd)
+            json_object_object_add(d, "rbd", json_object_new_boolean(true));
         json_object_array_add(a, d);
     }
     json_object_object_add(o, "disks", a);
@@ -75,7 +77,7 @@ int storage_snapshot_from_json(json_object *o, struct storage_snapshot *s, struc
     static const char *const keys[] = {"name", "parent", "created_ms", "state", "kind", "memory", "quiesced",
                                        "quiesce_note", "description", "disks", NULL};
     static const char *const kinds[] = {"internal", "external", NULL};
-    static const char *const dkeys[] = {"disk", "file", "format", "volume", "overlay", "overlay_volume", NULL};
+    static const char *const dkeys[] = {"disk", "file", "format", "volume", "overlay", "overlay_volume", "rbd", NULL};
     int kind = 0, rc;
     int64_t created = 0;
     json_object *disks = NULL, *pv;
@@ -110,6 +112,8 @@ int storage_snapshot_from_json(json_object *o, struct storage_snapshot *s, struc
             (rc = copy_str(&r, d, "overlay", false, k->overlay, sizeof(k->overlay))) < 0 ||
             (rc = copy_str(&r, d, "overlay_volume", false, k->overlay_volume, sizeof(k->overlay_volume))) < 0)
             goto fail;
+        json_object *rbd;
+        k->rbd = json_object_object_get_ex(d, "rbd", &rbd) && json_object_get_boolean(rbd);
         if (storage_format_parse(fmt, &k->format) < 0) {
             rc = jr_fail(&r, "format \"%s\" is not raw or qcow2", fmt);
             goto fail;

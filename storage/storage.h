@@ -196,6 +196,7 @@ struct storage_snapshot_disk {
     char volume[160];           /* "POOL/NAME" when the disk named file as a volume; "" else */
     char overlay[PATH_MAX];     /* external: the overlay made on top of file */
     char overlay_volume[160];   /* its volume reference, when file was a volume */
+    bool rbd;                   /* volume is an rbd image: the snapshot is an RBD snapshot of it, by name */
 };
 struct storage_snapshot {
     char name[65];

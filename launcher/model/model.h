@@ -716,6 +716,12 @@ int snapshot_check_delete(const struct qv_paths *p, const struct vm_def *d, cons
  * external: the overlays, the definition moves onto them), revert (snapshot -a; external:
  * the overlays emptied) and delete (snapshot -d; external: commit into the image below,
  * the definition or the next overlay moves back onto it). All or nothing on create. */
+/* Every disk a snapshot takes is an rbd volume (resolved: vm_resolve_disks first). */
+bool snapshot_rbd_only(const struct vm_def *d);
+/* RBD snapshots of the planned disks, all or nothing, recorded with `state` ("running"
+ * when the caller paused the guest around it, "shutoff"). */
+int snapshot_create_rbd(const struct qv_paths *p, const struct vm_def *d, struct storage_snapshot *s, const char *state,
+                        struct qv_err *e);
 int snapshot_create_offline(const struct qv_paths *p, const struct vm_def *d, struct storage_snapshot *s,
                             struct qv_err *e);
 int snapshot_revert_offline(const struct qv_paths *p, const struct vm_def *d, const struct storage_snapshot *s,

@@ -115,7 +115,25 @@ check_output "disk-resize +16M of the rbd disk" 'rv: disk0 is now 80M' qv disk-r
 check "...the guest sees 80 MiB at once" wait_until 10 guest_ok rv "test \$(cat /sys/block/$(dev RBD1)/size) -eq 163840"
 check_output "...and so does the cluster" 'size 80 MiB' admin rbd info rbd/web1
 
-# ---- the end ----
+# ---- snapshots: RBD snapshots ----
+check "the guest writes state A on its rbd disk" \
+    guest_ok rv "echo SNAP-STATE-A | dd of=/dev/$(dev RBD1) conv=fsync 2>/dev/null"
+check_output "snapshot create of the running rbd-backed VM takes RBD snapshots" \
+    'rv: snapshot s1 created \(RBD snapshots, the guest paused around them\)' qv snapshot create rv s1
+check "...and the guest runs again" state_is rv running
+check_output "...the cluster holds snapshot s1 of web1" ' s1 ' admin rbd snap ls rbd/web1
+check "the guest writes state B over it" \
+    guest_ok rv "echo SNAP-STATE-B | dd of=/dev/$(dev RBD1) conv=fsync 2>/dev/null && head -c 12 /dev/$(dev RBD1) | grep -q SNAP-STATE-B"
+check_output "snapshot list shows s1" '^s1 ' qv snapshot list rv
+check_error "revert of the running VM is refused (it holds no memory)" 4 'stop the VM first' qv snapshot revert rv s1
 check "kill" qv kill rv
 check "the uid's nft table is gone with QEMU" wait_until 10 sh -c "! nft list table inet qvisor_uid_$uid >/dev/null 2>&1"
+check "snapshot revert of the shut-off VM" qv snapshot revert rv s1
+check "the VM starts again" qv start -q rv
+check "the guest boots" wait_until 120 guest_ok rv true
+check "the guest reads state A again" guest_ok rv "head -c 12 /dev/$(dev RBD1) | grep -q SNAP-STATE-A"
+check "snapshot delete of the running VM's RBD snapshot" qv snapshot delete rv s1
+no_snap() { local out; out=$(admin rbd snap ls rbd/web1) && ! grep -q ' s1 ' <<< "$out"; }
+check "...gone from the cluster" no_snap
+check "kill" qv kill rv
 finish
