@@ -85,14 +85,16 @@ check_output "an nft table filters QEMU's uid, naming the monitor" "meta skuid $
     nft list table inet qvisor_uid_$uid
 check "the log says what QEMU may reach" log_has rv "it may connect only to the Ceph cluster's monitors and OSDs"
 # a listener QEMU must not reach, and a probe from inside QEMU: an nbd blockdev-add
-python3 -c 'import socket,time,sys
-s=socket.socket(); s.bind(("127.0.0.1",0)); s.listen(8); print(s.getsockname()[1], flush=True); time.sleep(600)' \
+# (it closes what it accepts, so a probe that does get through fails at once, and differently)
+python3 -c 'import socket
+s=socket.socket(); s.bind(("127.0.0.1",0)); s.listen(8); print(s.getsockname()[1], flush=True)
+while True: s.accept()[0].close()' \
     > "$T_ROOT/port" &
 lpid=$!
 on_exit "kill $lpid"
 wait_until 10 test -s "$T_ROOT/port"
 lport=$(head -1 "$T_ROOT/port")
-probe() { qv qmp rv "{\"execute\": \"blockdev-add\", \"arguments\": {\"driver\": \"nbd\", \"node-name\": \"probe$1\", \"server\": {\"type\": \"inet\", \"host\": \"127.0.0.1\", \"port\": \"$1\"}}}" 2>&1; true; }
+probe() { timeout 30 "$QV_BIN" --root "$T_ROOT" qmp rv "{\"execute\": \"blockdev-add\", \"arguments\": {\"driver\": \"nbd\", \"node-name\": \"probe$1\", \"server\": {\"type\": \"inet\", \"host\": \"127.0.0.1\", \"port\": \"$1\"}}}" 2>&1; true; }
 check "the listener is reachable from the host" python3 -c "import socket; socket.create_connection(('127.0.0.1', $lport), 5)"
 check_output "QEMU reaches the monitor (the nbd handshake, not the connect, fails)" \
     'Failed to read|handshake|unexpected|magic|EOF|Connection reset|reply' probe "${CEPH_MON##*:}"
