@@ -162,6 +162,15 @@ void netsetup_nft_closep(struct netsetup_nft **n);
 /* Runs one nft script as a single transaction; errors carry nft's own message. */
 int netsetup_nft_run(struct netsetup_nft *n, const char *what, const char *script, struct qv_err *e);
 
+/* A uid's outbound filter (nft_uid.c): table inet qvisor_uid_UID lets that uid open TCP
+ * connections only to `addrs` ("IP:PORT", "[IP6]:PORT"; NULL-terminated) and rejects
+ * everything else new it sends; replies on connections it accepted pass. Apply again
+ * to replace the list (one transaction); removing an absent table is success. */
+#define NETSETUP_UID_TABLE_PREFIX "qvisor_uid_"
+void netsetup_uid_filter_table(uid_t uid, char *out, size_t outlen);
+int netsetup_nft_uid_filter_apply(struct netsetup_nft *n, uid_t uid, const char *const *addrs, struct qv_err *e);
+int netsetup_nft_uid_filter_remove(struct netsetup_nft *n, uid_t uid, struct qv_err *e);
+
 enum netsetup_net_mode {
     NETSETUP_NAT,       /* masquerade to the outside, only replies and port forwards in */
     NETSETUP_ISOLATED,  /* guests reach each other and the host's DHCP/DNS, nothing else */

@@ -448,3 +448,136 @@ const struct storage_backend storage_rbd_backend = {
     .vol_clone_cow = rbdp_vol_clone_cow,
     .vol_open = rbdp_vol_open,
 };
+
+/* ---- for VM disks ---- */
+
+/* `ceph PREFIX -f json` as the pool's user; the parsed answer in *out. */
+static int mon_json(const struct storage_pool *p, struct rbd_conn *c, const char *prefix, json_object **out,
+                    struct qv_err *e)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "{\"prefix\":\"%s\",\"format\":\"json\"}", prefix);
+    const char *cmds[] = {cmd};
+    char *buf = NULL, *status = NULL;
+    size_t buflen = 0, statuslen = 0;
+    int r = sym_rados_mon_command(c->cluster, cmds, 1, "", 0, &buf, &buflen, &status, &statuslen);
+    if (r == 0) {
+        /* the answer is not NUL-terminated */
+        json_tokener *tok = json_tokener_new();
+        *out = buf && buflen <= INT32_MAX ? json_tokener_parse_ex(tok, buf, (int)buflen) : NULL;
+        json_tokener_free(tok);
+        if (!*out)
+            r = -EBADMSG;
+    }
+    if (buf)
+        sym_rados_buffer_free(buf);
+    if (status)
+        sym_rados_buffer_free(status);
+    if (r == -EACCES || r == -EPERM)
+        return qv_fail(e, r, "pool %s: client.%s may not read the cluster map (`%s`; give it mon 'profile rbd')",
+                       p->name, p->user, prefix);
+    return r < 0 ? qv_fail(e, r, "pool %s: `%s`: %s", p->name, prefix, strerror(-r)) : 0;
+}
+
+/* "127.0.0.1:6790" or "[::1]:6790" from an addrvec entry; port 0 (not bound) is skipped. */
+static void push_addrs(json_object *holder, const char *key, struct strv *all, struct strv *first_of)
+{
+    json_object *pa, *vec;
+    if (!json_object_object_get_ex(holder, key, &pa) || !json_object_object_get_ex(pa, "addrvec", &vec) ||
+        !json_object_is_type(vec, json_type_array))
+        return;
+    const char *v2 = NULL, *any = NULL;
+    for (size_t i = 0; i < json_object_array_length(vec); i++) {
+        json_object *a = json_object_array_get_idx(vec, i), *addr, *type;
+        if (!json_object_object_get_ex(a, "addr", &addr))
+            continue;
+        const char *s = json_object_get_string(addr);
+        const char *colon = strrchr(s, ':');
+        if (!colon || strcmp(colon, ":0") == 0)
+            continue;
+        if (!strv_contains((const char *const *)all->v, s))
+            strv_push(all, s);
+        any = any ? any : s;
+        if (json_object_object_get_ex(a, "type", &type) && strcmp(json_object_get_string(type), "v2") == 0)
+            v2 = v2 ? v2 : s;
+    }
+    if (first_of && (v2 || any))
+        strv_push(first_of, v2 ? v2 : any);
+}
+
+void storage_rbd_disk_free(struct storage_rbd_disk *d)
+{
+    strv_free(&d->servers);
+    strv_free(&d->addrs);
+    memset(d, 0, sizeof(*d));
+}
+
+int storage_rbd_disk_info(const struct storage_pool *p, const char *image, struct storage_rbd_disk *out,
+                          struct qv_err *e)
+{
+    memset(out, 0, sizeof(*out));
+    int r = rbd_name_check(p, image, e);
+    struct rbd_conn c;
+    if (r < 0 || (r = rbd_conn_open(p, &c, e)) < 0)
+        return r;
+    rbd_image_t img;
+    if ((r = sym_rbd_open_read_only(c.io, image, &img, NULL)) < 0) {
+        rbd_conn_close(&c);
+        return rbd_image_missing(p, image, r, e);
+    }
+    rbd_image_info_t st;
+    r = sym_rbd_stat(img, &st, sizeof(st));
+    sym_rbd_close(img);
+    if (r < 0) {
+        rbd_conn_close(&c);
+        return rbd_image_missing(p, image, r, e);
+    }
+    out->size = st.size;
+    json_object *mons = NULL, *osds = NULL, *arr;
+    if ((r = mon_json(p, &c, "mon dump", &mons, e)) == 0 && (r = mon_json(p, &c, "osd dump", &osds, e)) == 0) {
+        if (json_object_object_get_ex(mons, "mons", &arr) && json_object_is_type(arr, json_type_array))
+            for (size_t i = 0; i < json_object_array_length(arr); i++)
+                push_addrs(json_object_array_get_idx(arr, i), "public_addrs", &out->addrs, &out->servers);
+        if (json_object_object_get_ex(osds, "osds", &arr) && json_object_is_type(arr, json_type_array))
+            for (size_t i = 0; i < json_object_array_length(arr); i++)
+                push_addrs(json_object_array_get_idx(arr, i), "public_addrs", &out->addrs, NULL);
+        if (!out->servers.n)
+            r = qv_fail(e, -ENOENT, "pool %s: the cluster's monitor map lists no monitor address", p->name);
+    }
+    json_object_put(mons);
+    json_object_put(osds);
+    rbd_conn_close(&c);
+    if (r < 0)
+        storage_rbd_disk_free(out);
+    return r;
+}
+
+int storage_rbd_snapshot(const struct storage_pool *p, const char *image, char op, const char *snap,
+                         struct qv_err *e)
+{
+    int r = rbd_name_check(p, image, e);
+    struct rbd_conn c;
+    if (r < 0 || (r = rbd_conn_open(p, &c, e)) < 0)
+        return r;
+    rbd_image_t img;
+    if ((r = op == 'e' ? sym_rbd_open_read_only(c.io, image, &img, NULL) : sym_rbd_open(c.io, image, &img, NULL)) < 0) {
+        rbd_conn_close(&c);
+        return rbd_image_missing(p, image, r, e);
+    }
+    const char *what = "snapshot";
+    bool exists = false;
+    switch (op) {
+    case 'c': r = sym_rbd_snap_create(img, snap); what = "creating snapshot"; break;
+    case 'a': r = sym_rbd_snap_rollback(img, snap); what = "rolling back to snapshot"; break;
+    case 'd': r = sym_rbd_snap_remove(img, snap); what = "deleting snapshot"; break;
+    case 'e': r = sym_rbd_snap_exists(img, snap, &exists); r = r < 0 ? r : exists ? 0 : -ENOENT; break;
+    default: r = -EINVAL;
+    }
+    sym_rbd_close(img);
+    rbd_conn_close(&c);
+    if (r == -ENOENT && op != 'c')
+        return qv_fail(e, r, "pool %s: volume %s has no snapshot %s", p->name, image, snap);
+    if (r == -EEXIST)
+        return qv_fail(e, r, "pool %s: volume %s has a snapshot %s already", p->name, image, snap);
+    return r < 0 ? qv_fail(e, r, "pool %s: volume %s: %s %s: %s", p->name, image, what, snap, strerror(-r)) : 0;
+}

@@ -22,7 +22,7 @@
     X(rbd_get_features) X(rbd_create4) X(rbd_image_options_create) X(rbd_image_options_destroy)      \
     X(rbd_image_options_set_uint64) X(rbd_remove) X(rbd_open) X(rbd_resize2) X(rbd_diff_iterate2)   \
     X(rbd_snap_list) X(rbd_snap_list_end) X(rbd_snap_is_protected) X(rbd_snap_protect)              \
-    X(rbd_snap_unprotect) X(rbd_snap_create) X(rbd_snap_remove) X(rbd_snap_exists)                   \
+    X(rbd_snap_unprotect) X(rbd_snap_create) X(rbd_snap_remove) X(rbd_snap_exists) X(rbd_snap_rollback)                   \
     X(rbd_list_children3) X(rbd_linked_image_spec_list_cleanup) X(rbd_linked_image_spec_cleanup)     \
     X(rbd_snap_spec_cleanup) X(rbd_get_parent) X(rbd_watchers_list) X(rbd_watchers_list_cleanup)     \
     X(rbd_clone3) X(rbd_rename) X(rbd_read2) X(rbd_version) X(rbd_get_size)

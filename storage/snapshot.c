@@ -48,6 +48,8 @@ json_object *storage_snapshot_to_json(const struct storage_snapshot *s)
         put_str(d, "overlay_volume", k->overlay_volume);
         if (k->hotplug)
             json_object_object_add(d, "hotplug", json_object_new_boolean(true));
+        if (k->rbd)
+            json_object_object_add(d, "rbd", json_object_new_boolean(true));
         json_object_array_add(a, d);
     }
     json_object_object_add(o, "disks", a);
@@ -77,7 +79,8 @@ int storage_snapshot_from_json(json_object *o, struct storage_snapshot *s, struc
     static const char *const keys[] = {"name", "parent", "created_ms", "state", "kind", "memory", "quiesced",
                                        "quiesce_note", "description", "disks", NULL};
     static const char *const kinds[] = {"internal", "external", NULL};
-    static const char *const dkeys[] = {"disk", "file", "format", "volume", "overlay", "overlay_volume", "hotplug", NULL};
+    static const char *const dkeys[] = {"disk", "file", "format", "volume", "overlay", "overlay_volume", "hotplug",
+                                        "rbd", NULL};
     int kind = 0, rc;
     int64_t created = 0;
     json_object *disks = NULL, *pv;
@@ -111,7 +114,7 @@ int storage_snapshot_from_json(json_object *o, struct storage_snapshot *s, struc
             (rc = copy_str(&r, d, "volume", false, k->volume, sizeof(k->volume))) < 0 ||
             (rc = copy_str(&r, d, "overlay", false, k->overlay, sizeof(k->overlay))) < 0 ||
             (rc = copy_str(&r, d, "overlay_volume", false, k->overlay_volume, sizeof(k->overlay_volume))) < 0 ||
-            (rc = jr_bool(&r, d, "hotplug", &k->hotplug)) < 0)
+            (rc = jr_bool(&r, d, "hotplug", &k->hotplug)) < 0 || (rc = jr_bool(&r, d, "rbd", &k->rbd)) < 0)
             goto fail;
         if (storage_format_parse(fmt, &k->format) < 0) {
             rc = jr_fail(&r, "format \"%s\" is not raw or qcow2", fmt);

@@ -241,6 +241,7 @@ struct storage_snapshot_disk {
     /* attached to the running VM (hotplugged), not a disk of the definition: `disk` is
      * its device id then, which only that VM's run knows (recorded as "hotplug": true) */
     bool hotplug;
+    bool rbd;                   /* volume is an rbd image: the snapshot is an RBD snapshot of it, by name */
 };
 struct storage_snapshot {
     char name[65];
@@ -285,5 +286,22 @@ int storage_img_commit(const char *overlay, struct qv_err *e);
 /* Points image at another backing file without copying (the data must be the same). */
 int storage_img_rebase_unsafe(const char *image, const char *backing, enum storage_format backing_format,
                               struct qv_err *e);
+
+/* ---- rbd, for VM disks (rbd.c) ---------------------------------------------------- */
+struct storage_rbd_disk {
+    uint64_t size;
+    struct strv servers;    /* one "IP:PORT" per monitor of the monitor map (its msgr2 address when it has one) */
+    struct strv addrs;      /* every public address of the monitors and OSDs in the cluster map: all that a
+                             * client of this cluster connects to ("IP:PORT", "[IP6]:PORT") */
+};
+void storage_rbd_disk_free(struct storage_rbd_disk *d);
+/* One connection: the image is there (-ENOENT "pool P has no volume V" if not), its
+ * size, and the addresses QEMU's rbd driver is given and may reach. */
+int storage_rbd_disk_info(const struct storage_pool *p, const char *image, struct storage_rbd_disk *out,
+                          struct qv_err *e);
+/* An RBD snapshot of `image` through librbd: op 'c' create, 'a' roll back (no client
+ * may have the image open), 'd' delete, 'e' exists (-ENOENT when not). */
+int storage_rbd_snapshot(const struct storage_pool *p, const char *image, char op, const char *snap,
+                         struct qv_err *e);
 
 #endif

@@ -152,7 +152,9 @@ int cmd_attach_disk(struct cli *c)
         json_object_object_foreach(dev, key, val)
             json_object_object_add(live, key, json_object_get(val));
         json_object_object_add(dev, "volume", json_object_new_string(volume));
-        json_object_object_add(live, "file", json_object_new_string(path));
+        /* an rbd volume is no file: the supervisor resolves it (monitors, user, key) itself */
+        bool rbd = str_startswith(path, "rbd:");
+        json_object_object_add(live, rbd ? "volume" : "file", json_object_new_string(rbd ? volume : path));
     }
     int r = attach(c, "disk", dev, live);
     json_object_put(dev);

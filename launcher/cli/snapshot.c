@@ -44,6 +44,50 @@ static const char *kind_of(const struct storage_snapshot *s)
     return s->external ? "disk-only" : s->memory ? "full" : "disks";
 }
 
+static bool has_rbd_volume(const struct qv_paths *p, const struct vm_def *d)
+{
+    for (size_t i = 0; i < d->ndisks; i++) {
+        char path[PATH_MAX];
+        if (d->disks[i].volume && vol_resolve(p, d->disks[i].volume, path, sizeof(path), NULL, NULL) == 0 &&
+            str_startswith(path, "rbd:"))
+            return true;
+    }
+    return false;
+}
+
+/* A running VM whose disks are rbd volumes: RBD snapshots taken with librbd from here
+ * (the supervisor's loop never waits on the cluster), the guest paused around them
+ * so that every image is taken at the same instant. */
+static int rbd_running_snapshot(struct cli *c, const char *vm, struct vm_def *d, const char *name)
+{
+    int r = vm_resolve_disks(&c->paths, d, &c->err);
+    if (r < 0)
+        return r;
+    if (!snapshot_rbd_only(d))
+        return qv_fail(&c->err, -EINVAL, "%s runs with rbd disks beside file images: its snapshot would mix RBD "
+                       "snapshots with QEMU's own; take it while the VM is shut off, or detach the file disks", vm);
+    _cleanup_close_ int lock = lock_snapshots(c, vm);
+    if (lock < 0)
+        return lock;
+    _cleanup_snapshot_ struct storage_snapshot s = {0};
+    if ((r = snapshot_plan(&c->paths, d, NULL, name, false, &s, &c->err)) < 0)
+        return r;
+    if (cli_opt(c, "description"))
+        s.description = qv_xstrdup(cli_opt(c, "description"));
+    _cleanup_runstate_ struct vm_runstate rs = {0};
+    bool supervised = false;
+    vm_observe(&c->paths, vm, &rs, &supervised);
+    bool running = rs.state == VM_RUNNING;
+    if (running && (r = ctl_call(&c->paths, vm, ctl_request("pause"), 30000, NULL, &c->err)) < 0)
+        return qv_prefix(&c->err, "%s: snapshot %s: pausing the guest: ", vm, name);
+    r = snapshot_create_rbd(&c->paths, d, &s, running ? "running" : "paused", &c->err);
+    struct qv_err re = {0};
+    if (running && ctl_call(&c->paths, vm, ctl_request("resume"), 30000, NULL, &re) < 0)
+        fprintf(stderr, "qvisor: warning: %s stays paused after snapshot %s: %s (qvisor resume %s)\n", vm, name,
+                re.msg, vm);
+    return r;
+}
+
 int cmd_snapshot_create(struct cli *c)
 {
     const char *vm = c->pos[0], *name = c->pos[1];
@@ -56,7 +100,11 @@ int cmd_snapshot_create(struct cli *c)
     if (r < 0)
         return r;
     _cleanup_json_ json_object *reply = NULL;
-    if (active) {
+    bool rbd = active && !disk_only && has_rbd_volume(&c->paths, &d);
+    if (rbd) {
+        if ((r = rbd_running_snapshot(c, vm, &d, name)) < 0)
+            return r;
+    } else if (active) {
         json_object *req = ctl_request("snapshot-create");
         json_object_object_add(req, "name", json_object_new_string(name));
         if (disk_only)
@@ -85,8 +133,9 @@ int cmd_snapshot_create(struct cli *c)
     json_object *v;
     bool quiesced = reply && json_object_object_get_ex(reply, "quiesced", &v) && json_object_get_boolean(v);
     if (!c->quiet)
-        printf("%s: snapshot %s created (%s%s%s)\n", vm, name, disk_only ? "disk-only, external" : "internal",
-               active && !disk_only ? ", with the guest's memory" : "", quiesced ? ", quiesced" : "");
+        printf("%s: snapshot %s created (%s%s%s)\n", vm, name,
+               disk_only ? "disk-only, external" : rbd ? "RBD snapshots, the guest paused around them" : "internal",
+               active && !disk_only && !rbd ? ", with the guest's memory" : "", quiesced ? ", quiesced" : "");
     if (reply && json_object_object_get_ex(reply, "note", &v) && !c->quiet)
         printf("note: not quiesced: %s\n", json_object_get_string(v));
     json_object *res;   /* a full snapshot's job puts it in its result */
@@ -318,6 +367,14 @@ static int change(struct cli *c, bool revert)
         return r == -ENOENT ? qv_fail(&c->err, -ENOENT, "%s has no snapshot named %s (qvisor snapshot list %s)", vm,
                                       name, vm)
                             : r;
+    bool rbd = false;
+    for (size_t i = 0; i < s.ndisks; i++)
+        rbd |= s.disks[i].rbd;
+    if (active && rbd && !revert) {
+        /* RBD snapshots go in the cluster, whoever has the image open */
+        _cleanup_close_ int lock = lock_snapshots(c, vm);
+        return lock < 0 ? lock : snapshot_delete_offline(&c->paths, &d, &s, &c->err);
+    }
     if (active) {
         if (revert && !s.memory)
             return qv_fail(&c->err, -EBUSY, "%s is running and snapshot %s holds no memory state (%s); stop the VM "

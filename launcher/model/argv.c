@@ -155,6 +155,60 @@ json_object *blockdev_format(const char *driver, const char *node, const char *f
     return o;
 }
 
+/* QEMU 7.2's rbd driver reads a ceph.conf when it is given none (the default search
+ * path, which the sandbox's /etc may hold): conf /dev/null keeps it to what is given
+ * here. The key comes from the secret object `key_secret`, never from the command line. */
+json_object *blockdev_rbd(const char *node, const struct vm_disk_rbd *r, const char *key_secret,
+                          const struct disk_io *io, bool discard, bool readonly)
+{
+    json_object *o = jobj();
+    js(o, "driver", "rbd");
+    js(o, "node-name", node);
+    js(o, "pool", r->rbd_pool);
+    js(o, "image", r->image);
+    js(o, "conf", "/dev/null");
+    js(o, "user", r->user);
+    json_object *servers = json_object_new_array();
+    for (size_t i = 0; i < r->servers.n; i++) {
+        const char *a = r->servers.v[i], *colon = strrchr(a, ':');
+        json_object *sv = jobj();
+        /* "[::1]:6789" -> host "::1" */
+        size_t hl = colon ? (size_t)(colon - a) : strlen(a);
+        char host[80];
+        if (a[0] == '[' && hl >= 2 && a[hl - 1] == ']')
+            snprintf(host, sizeof(host), "%.*s", (int)(hl - 2), a + 1);
+        else
+            snprintf(host, sizeof(host), "%.*s", (int)hl, a);
+        js(sv, "host", host);
+        js(sv, "port", colon ? colon + 1 : "3300");
+        json_object_array_add(servers, sv);
+    }
+    json_object_object_add(o, "server", servers);
+    json_object *auth = json_object_new_array();
+    json_object_array_add(auth, json_object_new_string(key_secret ? "cephx" : "none"));
+    json_object_object_add(o, "auth-client-required", auth);
+    if (key_secret)
+        js(o, "key-secret", key_secret);
+    add_cache(o, io, discard, readonly);
+    return o;
+}
+
+/* An rbd disk's secret object (its key read from an inherited memfd) and its node. */
+static void add_rbd_node(struct builder *b, size_t i, const struct vm_disk *k, const char *node,
+                         const struct disk_io *io)
+{
+    char key[32] = "";
+    if (k->rbd->keyfile) {
+        char opt[128];
+        int fd = add_fd(b, FD_RBD_KEY, (int)i, 0, O_RDONLY);
+        snprintf(key, sizeof(key), "disk%zu-key", i);
+        /* the value file holds the key as `ceph auth get-key` prints it: base64 */
+        snprintf(opt, sizeof(opt), "secret,id=%s,file=/proc/self/fd/%d,format=base64", key, fd);
+        arg2(b, "-object", opt);
+    }
+    arg_json(b, "-blockdev", blockdev_rbd(node, k->rbd, key[0] ? key : NULL, io, k->discard, k->readonly));
+}
+
 /* -add-fd for fd, then a file node reading /dev/fdset/<fd>. */
 static void add_file_node(struct builder *b, int fd, const char *node, const struct disk_io *io, bool discard,
                           bool readonly)
@@ -242,7 +296,11 @@ static void add_disks(struct builder *b, struct ports *pt)
         char backing[48];
         add_backing_layers(b, i, k, &io, backing, sizeof(backing));
         const char *below = backing[0] ? backing : NULL;
-        if (k->snapshot) {
+        if (k->rbd) {
+            add_rbd_node(b, i, k, file, &io);
+            arg_json(b, "-blockdev", blockdev_format("raw", node, file, NULL, &io, k->discard, k->readonly));
+            snprintf(top, sizeof(top), "%s", node);
+        } else if (k->snapshot) {
             int base = add_fd(b, FD_DISK_BASE, (int)i, 0, O_RDONLY);
             add_file_node(b, base, file, &io, false, true);
             arg_json(b, "-blockdev", blockdev_format(fmt, node, file, below, &io, false, true));
@@ -638,8 +696,15 @@ static int build(const struct vm_def *d, const struct host_facts *f, struct laun
     for (size_t i = 0; i < d->qemu_args.n; i++)
         arg(&b, d->qemu_args.v[i]);
     out->host_network = d->graphics.kind == GRAPHICS_VNC || d->qemu_args.n > 0;
+    bool open_network = d->qemu_args.n > 0;
     for (size_t i = 0; i < d->nnics; i++)
-        out->host_network |= d->nics[i].type == NIC_USER;
+        open_network |= d->nics[i].type == NIC_USER;
+    out->host_network |= open_network;
+    for (size_t i = 0; i < d->ndisks; i++)
+        out->cluster_network |= d->disks[i].rbd != NULL;
+    out->host_network |= out->cluster_network;
+    /* a VNC listener only answers: the filter lets replies out */
+    out->cluster_filter = out->cluster_network && !open_network;
     if (out->nslots >= PLAN_MAX_FDS)
         return qv_fail(e, -E2BIG, "%s: needs more than %d file descriptors", d->name, PLAN_MAX_FDS);
     return 0;

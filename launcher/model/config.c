@@ -39,6 +39,7 @@ void vm_disk_free(struct vm_disk *k)
         free(k->backing[i].path);
     free(k->backing);
     free(k->serial);
+    vm_disk_rbd_free(k->rbd);
     memset(k, 0, sizeof(*k));
 }
 
@@ -741,11 +742,11 @@ int vm_disk_from_json(json_object *o, const struct vm_def *d, struct vm_disk *ou
         err = jr_check_text(&r, o);
     if (err == 0)
         err = parse_disk(&r, o, out, d);
-    if (err == 0 && out->volume)
-        err = qv_fail(e, -EINVAL, "disk.volume: a hotplugged disk names its image file (the CLI resolves volumes)");
-    if (err == 0 && (err = vm_path_check_type(out->file, PATH_REG | PATH_BLK, e)) < 0)
+    /* a volume is resolved where the disk is attached (vm_resolve_disk): an rbd one
+     * needs its monitors, user and key there */
+    if (err == 0 && !out->volume && (err = vm_path_check_type(out->file, PATH_REG | PATH_BLK, e)) < 0)
         qv_prefix(e, "disk.file: ");
-    if (err == 0 && out->format == FORMAT_PROBE)
+    if (err == 0 && !out->volume && out->format == FORMAT_PROBE)
         err = image_detect_format(out->file, &out->format, e);
     if (err < 0)
         vm_disk_free(out);

@@ -56,6 +56,19 @@ struct hostfwd {
     int guest_port;
 };
 
+/* A disk on an rbd volume as resolved at start (vm_resolve_disk): what QEMU's rbd
+ * driver is given. The key itself stays in its secret's value file (keyfile): the
+ * supervisor copies it into a sealed memfd that QEMU reads as a secret object. */
+struct vm_disk_rbd {
+    char *pool_name;        /* qvisor's pool */
+    char *rbd_pool;         /* the Ceph pool */
+    char *image;
+    char *user;             /* cephx id */
+    char *keyfile;          /* NULL: auth none */
+    struct strv servers;    /* "IP:PORT" of each monitor: QEMU needs no ceph.conf */
+    struct strv addrs;      /* every monitor and OSD address of the cluster map: all QEMU may reach */
+};
+
 struct vm_disk {
     char *file;             /* the image; for a volume disk, filled when resolved at start */
     char *volume;           /* "POOL/NAME", or NULL for a file disk */
@@ -78,6 +91,7 @@ struct vm_disk {
     bool discard, readonly, snapshot;
     char *serial;
     int boot_index;         /* -1: none */
+    struct vm_disk_rbd *rbd;    /* filled at start for a volume of an rbd pool; NULL otherwise */
 };
 
 struct vm_cdrom {
@@ -325,6 +339,7 @@ enum fd_kind {
     FD_TAP,         /* index = nic, sub = queue */
     FD_VHOST,       /* index = nic, sub = queue */
     FD_VIRTIOFS,    /* a connected socket to the share's virtiofsd; index = filesystem */
+    FD_RBD_KEY,     /* a sealed memfd with the cephx key of disk `index`, read by QEMU as /proc/self/fd/N */
 };
 #define FD_FIRST 3
 #define PLAN_MAX_FDS 128
@@ -349,6 +364,12 @@ struct launch_plan {
      * qemu_args may ask for), so it shares the host's network namespace; otherwise
      * every network resource comes as an fd and it gets an empty one. */
     bool host_network;
+    /* QEMU's rbd driver talks to Ceph clusters (disks on rbd volumes): it keeps the
+     * host's network namespace (host_network is set too), and, unless something else
+     * needs the host's network open, an nft filter on QEMU's uid lets it reach only
+     * the clusters' monitors and OSDs. */
+    bool cluster_network;
+    bool cluster_filter;
 };
 void launch_plan_free(struct launch_plan *p);
 /* Pure: the same definition and facts always give the same argv. */
@@ -547,6 +568,11 @@ bool net_running(const struct qv_paths *p, const char *name, pid_t *holder);
  * backing chain opened, checked (missing layers, loops, protocols) and recorded in
  * disk->backing for the launch plan. Errors name the VM, the disk and the volume. */
 int vm_resolve_disks(const struct qv_paths *p, struct vm_def *d, struct qv_err *e);
+void vm_disk_rbd_free(struct vm_disk_rbd *r);   /* and the struct itself */
+/* The blockdev node of an rbd disk: pool, image, monitors, user, and key-secret
+ * `key_secret` (NULL: auth none), with the cache and read-only flags of its disk. */
+json_object *blockdev_rbd(const char *node, const struct vm_disk_rbd *r, const char *key_secret,
+                          const struct disk_io *io, bool discard, bool readonly);
 /* The same for one disk (a hotplugged one). */
 int vm_resolve_disk(const struct qv_paths *p, struct vm_disk *k, struct qv_err *e);
 /* fd, just opened by path for layer `layer` of k (0: the top, j + 1: backing[j]), is the
@@ -752,6 +778,12 @@ int snapshot_check_delete(const struct qv_paths *p, const struct vm_def *d, cons
  * external: the overlays, the definition moves onto them), revert (snapshot -a; external:
  * the overlays emptied) and delete (snapshot -d; external: commit into the image below,
  * the definition or the next overlay moves back onto it). All or nothing on create. */
+/* Every disk a snapshot takes is an rbd volume (resolved: vm_resolve_disks first). */
+bool snapshot_rbd_only(const struct vm_def *d);
+/* RBD snapshots of the planned disks, all or nothing, recorded with `state` ("running"
+ * when the caller paused the guest around it, "shutoff"). */
+int snapshot_create_rbd(const struct qv_paths *p, const struct vm_def *d, struct storage_snapshot *s, const char *state,
+                        struct qv_err *e);
 int snapshot_create_offline(const struct qv_paths *p, const struct vm_def *d, struct storage_snapshot *s,
                             struct qv_err *e);
 int snapshot_revert_offline(const struct qv_paths *p, const struct vm_def *d, const struct storage_snapshot *s,

@@ -55,6 +55,11 @@ static int overlay_name(const char *vm, const char *id, const char *snap, char *
 static int plan_disk(const struct vm_def *d, const char *name, bool external, struct storage_snapshot_disk *sd,
                      struct qv_err *e)
 {
+    if (sd->rbd && external)
+        return qv_fail(e, -EINVAL, "%s: %s is the rbd volume %s: its snapshots are RBD snapshots, taken in the "
+                       "cluster (leave --disk-only out)", d->name, sd->disk, sd->volume);
+    if (sd->rbd)
+        return 0;
     if (!external && sd->format != STORAGE_FORMAT_QCOW2)
         return qv_fail(e, -EINVAL, "%s: %s (%s) is raw; a snapshot with the guest's memory is kept inside "
                        "qcow2 images (convert it with qvisor vol import or qemu-img convert -O qcow2, mark the disk "
@@ -111,6 +116,7 @@ int snapshot_plan(const struct qv_paths *p, const struct vm_def *d, const struct
             goto fail;
         if (k->volume)
             snprintf(sd->volume, sizeof(sd->volume), "%s", k->volume);
+        sd->rbd = k->volume && str_startswith(sd->file, "rbd:");
         if ((r = plan_disk(d, name, external, sd, e)) < 0)
             goto fail;
         out->ndisks++;
@@ -125,6 +131,7 @@ int snapshot_plan(const struct qv_paths *p, const struct vm_def *d, const struct
         snprintf(sd->volume, sizeof(sd->volume), "%s", l->volume);
         sd->format = l->format == FORMAT_QCOW2 ? STORAGE_FORMAT_QCOW2 : STORAGE_FORMAT_RAW;
         sd->hotplug = true;
+        sd->rbd = sd->volume[0] && str_startswith(sd->file, "rbd:");
         if ((r = plan_disk(d, name, external, sd, e)) < 0)
             goto fail;
         out->ndisks++;
@@ -411,6 +418,54 @@ int snapshot_check_delete(const struct qv_paths *p, const struct vm_def *d, cons
     return 0;
 }
 
+/* ---- rbd disks: RBD snapshots through librbd ---- */
+
+static int rbd_snap(const struct qv_paths *p, const struct storage_snapshot_disk *k, char op, const char *name,
+                    struct qv_err *e)
+{
+    struct vol_ref ref;
+    _cleanup_pool_def_ struct pool_def pd = {0};
+    int r;
+    if ((r = vol_ref_parse(k->volume, &ref, e)) < 0 || (r = pool_load(p, ref.pool, &pd, e)) < 0)
+        return r;
+    struct storage_pool sp = pool_storage(&pd);
+    return storage_rbd_snapshot(&sp, ref.name, op, name, e);
+}
+
+bool snapshot_rbd_only(const struct vm_def *d)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < d->ndisks; i++) {
+        const struct vm_disk *k = &d->disks[i];
+        if (!snapshot_disk_included(k))
+            continue;
+        if (!k->rbd)
+            return false;
+        n++;
+    }
+    return n > 0;
+}
+
+int snapshot_create_rbd(const struct qv_paths *p, const struct vm_def *d, struct storage_snapshot *s, const char *state,
+                        struct qv_err *e)
+{
+    int r = 0;
+    size_t done = 0;
+    for (; done < s->ndisks; done++)
+        if ((r = rbd_snap(p, &s->disks[done], 'c', s->name, e)) < 0) {
+            qv_prefix(e, "%s: %s: ", d->name, s->disks[done].disk);
+            break;
+        }
+    if (r < 0) {
+        for (size_t i = 0; i < done; i++)   /* all or nothing */
+            rbd_snap(p, &s->disks[i], 'd', s->name, NULL);
+        return r;
+    }
+    snprintf(s->state, sizeof(s->state), "%s", state);
+    s->memory = false;
+    return snapshot_record(p, d->name, s, e);
+}
+
 /* ---- a shut-off VM: qemu-img ---- */
 
 static int undo_overlays(const struct storage_snapshot *s, size_t made)
@@ -429,8 +484,9 @@ int snapshot_create_offline(const struct qv_paths *p, const struct vm_def *d, st
     size_t done = 0;
     for (; r == 0 && done < s->ndisks; done++) {
         const struct storage_snapshot_disk *k = &s->disks[done];
-        r = s->external ? storage_img_overlay(k->overlay, k->file, k->format, 0, e)
-                        : storage_img_snapshot(k->file, 'c', s->name, e);
+        r = k->rbd ? rbd_snap(p, k, 'c', s->name, e)
+            : s->external ? storage_img_overlay(k->overlay, k->file, k->format, 0, e)
+                          : storage_img_snapshot(k->file, 'c', s->name, e);
         if (r < 0) {
             qv_prefix(e, "%s: %s: ", d->name, k->disk);
             break;
@@ -439,7 +495,9 @@ int snapshot_create_offline(const struct qv_paths *p, const struct vm_def *d, st
     if (r < 0) {
         /* what was made for the other disks goes again: all or nothing */
         for (size_t i = 0; i < done; i++)
-            if (!s->external)
+            if (s->disks[i].rbd)
+                rbd_snap(p, &s->disks[i], 'd', s->name, NULL);
+            else if (!s->external)
                 storage_img_snapshot(s->disks[i].file, 'd', s->name, NULL);
         if (s->external)
             undo_overlays(s, done);
@@ -459,8 +517,9 @@ int snapshot_revert_offline(const struct qv_paths *p, const struct vm_def *d, co
     for (size_t i = 0; r == 0 && i < s->ndisks; i++) {
         const struct storage_snapshot_disk *k = &s->disks[i];
         /* external: an empty overlay again on the image as it was then */
-        r = s->external ? storage_img_overlay(k->overlay, k->file, k->format, 0, e)
-                        : storage_img_snapshot(k->file, 'a', s->name, e);
+        r = k->rbd ? rbd_snap(p, k, 'a', s->name, e)
+            : s->external ? storage_img_overlay(k->overlay, k->file, k->format, 0, e)
+                          : storage_img_snapshot(k->file, 'a', s->name, e);
         if (r < 0)
             qv_prefix(e, "%s: %s: ", d->name, k->disk);
     }
@@ -486,6 +545,15 @@ int snapshot_delete_offline(const struct qv_paths *p, const struct vm_def *d, co
     bool redefine = false;
     for (size_t i = 0; r == 0 && i < s->ndisks; i++) {
         const struct storage_snapshot_disk *k = &s->disks[i];
+        if (k->rbd) {
+            struct qv_err de = {0};
+            /* one someone deleted in the cluster: the record still goes */
+            if ((r = rbd_snap(p, k, 'd', s->name, &de)) == -ENOENT)
+                r = 0;
+            else if (r < 0)
+                qv_fail(e, r, "%s: %s: %s", d->name, k->disk, de.msg);
+            continue;
+        }
         if (!s->external) {
             bool found = true;
             /* an image someone removed or emptied: the record still goes */

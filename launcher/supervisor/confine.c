@@ -182,6 +182,99 @@ int confine_prepare(struct sup *s, const struct launch_plan *p, struct qv_err *e
     return 0;
 }
 
+/* ---- the filter of a QEMU that reaches Ceph clusters ---- */
+
+static int nft_ready(struct sup *s, struct qv_err *e)
+{
+    return s->nft ? 0 : netsetup_nft_open(&s->nft, e);
+}
+
+static void cluster_record(struct sup *s)
+{
+    struct confine *c = &s->conf;
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "uid", json_object_new_int64(c->uid));
+    json_object *a = json_object_new_array();
+    for (size_t i = 0; i < c->cluster_addrs.n; i++)
+        json_object_array_add(a, json_object_new_string(c->cluster_addrs.v[i]));
+    json_object_object_add(o, "addrs", a);
+    json_object_object_add(resources(s), "cluster_filter", o);
+    runstate_write(s->paths, s->def.name, &s->rs, NULL);
+}
+
+static int cluster_apply(struct sup *s, struct qv_err *e)
+{
+    struct confine *c = &s->conf;
+    int r = nft_ready(s, e);
+    if (r == 0)
+        r = netsetup_nft_uid_filter_apply(s->nft, c->uid, (const char *const *)c->cluster_addrs.v, e);
+    return r;
+}
+
+static void add_addrs(struct strv *to, const struct strv *from)
+{
+    for (size_t i = 0; i < from->n; i++)
+        if (!strv_contains((const char *const *)to->v, from->v[i]))
+            strv_push(to, from->v[i]);
+}
+
+/* Recorded, then made: a crash in between leaves a record whose table is absent,
+ * which the clean-up takes in its stride. */
+static int cluster_filter_begin(struct sup *s, struct qv_err *e)
+{
+    struct confine *c = &s->conf;
+    strv_free(&c->cluster_addrs);
+    for (size_t i = 0; i < s->def.ndisks; i++)
+        if (s->def.disks[i].rbd)
+            add_addrs(&c->cluster_addrs, &s->def.disks[i].rbd->addrs);
+    c->cluster_filter = true;
+    cluster_record(s);
+    struct qv_err fe = {0};
+    int r = cluster_apply(s, &fe);
+    if (r == 0) {
+        _cleanup_free_ char *list = strv_join((const char *const *)c->cluster_addrs.v, " ");
+        sup_log(s, "network: QEMU (uid %u) keeps the host's network for its rbd disks; it may connect only to "
+                "the Ceph cluster's monitors and OSDs: %s", (unsigned)c->uid, list);
+        return 0;
+    }
+    c->cluster_filter = false;
+    if ((r = sandbox_degrade(c->require, SANDBOX_NETWORK, s->def.name, fe.msg, NULL, e)) < 0)
+        return r;
+    sup_log(s, "warning: sandbox: QEMU reaches the host's whole network (its rbd disks need the Ceph cluster, "
+            "and its filter failed: %s)", fe.msg);
+    return 0;
+}
+
+static void cluster_filter_end(struct sup *s, uid_t uid, json_object *res)
+{
+    struct qv_err e = {0};
+    if (nft_ready(s, &e) < 0 || netsetup_nft_uid_filter_remove(s->nft, uid, &e) < 0)
+        sup_log(s, "warning: network filter of uid %u: %s", (unsigned)uid, e.msg);
+    else if (res)
+        json_object_object_del(res, "cluster_filter");
+}
+
+int confine_cluster_allow(struct sup *s, const struct strv *addrs, struct qv_err *e)
+{
+    struct confine *c = &s->conf;
+    if (!c->cluster_filter) {
+        if (c->private_network)
+            return qv_fail(e, -EINVAL, "%s: an rbd disk needs the Ceph cluster's network, and this QEMU runs in a "
+                           "private network namespace (it had no rbd disk at start); add the disk to the definition "
+                           "and restart", s->def.name);
+        return 0;
+    }
+    size_t before = c->cluster_addrs.n;
+    add_addrs(&c->cluster_addrs, addrs);
+    if (c->cluster_addrs.n == before)
+        return 0;
+    cluster_record(s);
+    int r = cluster_apply(s, e);
+    if (r == 0)
+        sup_log(s, "network: QEMU may now connect to %zu addresses of Ceph clusters", c->cluster_addrs.n);
+    return r < 0 ? qv_prefix(e, "%s: ", s->def.name) : 0;
+}
+
 static bool under_usr(const char *path)
 {
     return str_startswith(path, "/usr/");
@@ -230,6 +323,12 @@ int confine_spawn(struct sup *s, const struct launch_plan *p, const int *fds, pi
     if (p->host_network)
         spec.enable &= ~SANDBOX_STEP(SANDBOX_NETWORK);
     c->private_network = !p->host_network && c->host.step[SANDBOX_NETWORK].available;
+    int r;
+    if (p->cluster_filter && (r = cluster_filter_begin(s, e)) < 0)
+        return r;
+    if (p->cluster_network && !p->cluster_filter)
+        sup_log(s, "warning: sandbox: QEMU reaches the host's whole network: its rbd disks need the Ceph cluster, "
+                "and its user-mode NICs or qemu_args need the host's network unfiltered");
     spec.uid = c->uid;
     spec.gid = c->gid;
     memcpy(spec.groups, c->groups, sizeof(c->groups[0]) * c->ngroups);
@@ -249,7 +348,7 @@ int confine_spawn(struct sup *s, const struct launch_plan *p, const int *fds, pi
     spec.parent_death_signal = s->boot_vm ? SIGKILL : 0;
     spec.opaque = s;
     struct strv w = {0};
-    int r = sandbox_spawn(&spec, pid, &w, e);
+    r = sandbox_spawn(&spec, pid, &w, e);
     log_warnings(s, &w);
     if (r < 0 || !spec.cgroup)
         return r;
@@ -310,6 +409,11 @@ void confine_after_exit(struct sup *s)
 {
     struct confine *c = &s->conf;
     confine_leave(s);
+    if (c->cluster_filter) {
+        cluster_filter_end(s, c->uid, s->rs.resources);
+        c->cluster_filter = false;
+        strv_free(&c->cluster_addrs);
+    }
     if (c->have_cgroup) {
         struct qv_err e = {0};
         if (sandbox_cgroup_remove(&c->cg, CGROUP_REMOVE_MS, &e) < 0)
@@ -345,6 +449,14 @@ int confine_reattach(struct sup *s, struct qv_err *e)
                 return qv_prefix(e, "%s: ", s->def.name);
         }
     }
+    json_object *cf, *a;
+    if (res && json_object_object_get_ex(res, "cluster_filter", &cf)) {
+        c->cluster_filter = true;
+        strv_free(&c->cluster_addrs);
+        if (json_object_object_get_ex(cf, "addrs", &a) && json_object_is_type(a, json_type_array))
+            for (size_t i = 0; i < json_object_array_length(a); i++)
+                strv_push(&c->cluster_addrs, json_object_get_string(json_object_array_get_idx(a, i)));
+    }
     if (res && json_object_object_get_ex(res, "cgroup", &v) && cgroup_from_json(v, &c->cg)) {
         c->have_cgroup = true;
         sandbox_cgroup_oom_kills(&c->cg, &c->oom_before);
@@ -355,8 +467,10 @@ int confine_reattach(struct sup *s, struct qv_err *e)
 
 void confine_cleanup_recorded(struct sup *s, json_object *res)
 {
-    json_object *v;
+    json_object *v, *u;
     struct sandbox_cgroup cg;
+    if (res && json_object_object_get_ex(res, "cluster_filter", &v) && json_object_object_get_ex(v, "uid", &u))
+        cluster_filter_end(s, (uid_t)json_object_get_int64(u), NULL);
     if (res && json_object_object_get_ex(res, "cgroup", &v) && cgroup_from_json(v, &cg)) {
         struct qv_err e = {0};
         if (sandbox_cgroup_remove(&cg, CGROUP_REMOVE_MS, &e) < 0)

@@ -402,6 +402,7 @@ static void sup_free(struct sup *s)
     media_forget_all(s);
     if (s->nft)
         netsetup_nft_close(s->nft);
+    strv_free(&s->conf.cluster_addrs);
     if (s->qmp)
         qmp_free(s->qmp);
     if (s->console_fd >= 0)

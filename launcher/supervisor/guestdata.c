@@ -109,3 +109,38 @@ int credential_memfd(const struct vm_def *d, size_t i, uid_t uid, gid_t gid, siz
     *out = fd;
     return 0;
 }
+
+/* ---- the cephx key of an rbd disk ---- */
+
+int rbd_key_memfd(const struct vm_disk *k, uid_t uid, gid_t gid, int *out, struct qv_err *e)
+{
+    if (!k->rbd || !k->rbd->keyfile)
+        return qv_fail(e, -EINVAL, "disk %s: no cephx key to pass", k->file ? k->file : "?");
+    _cleanup_free_ char *key = NULL;
+    size_t len = 0;
+    int r = read_file(k->rbd->keyfile, 4096, &key, &len);
+    if (r < 0)
+        return qv_failerr(e, r, "volume %s: the key of pool %s's secret (%s)", k->volume ? k->volume : k->file,
+                          k->rbd->pool_name, k->rbd->keyfile);
+    /* the key as `ceph auth get-key` prints it, maybe with a newline: QEMU wants bare base64 */
+    size_t start = 0;
+    while (start < len && (key[start] == ' ' || key[start] == '\n' || key[start] == '\t' || key[start] == '\r'))
+        start++;
+    while (len > start && (key[len - 1] == ' ' || key[len - 1] == '\n' || key[len - 1] == '\t' || key[len - 1] == '\r'))
+        len--;
+    int fd = memfd_create("qvisor-rbd-key", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0)
+        r = -errno;
+    else if ((r = write_all(fd, key + start, len - start)) == 0 &&
+             (fchown(fd, uid, gid) < 0 || fchmod(fd, 0400) < 0 ||
+              fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0))
+        r = -errno;
+    explicit_bzero(key, len);
+    if (r < 0) {
+        if (fd >= 0)
+            close(fd);
+        return qv_failerr(e, r, "volume %s: memfd for its key", k->volume ? k->volume : k->file);
+    }
+    *out = fd;
+    return 0;
+}

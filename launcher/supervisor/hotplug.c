@@ -94,6 +94,10 @@ void hotplug_record(struct sup *s)
         json_object_object_add(o, "port", json_object_new_int(h->port));
         json_object_object_add(o, "fdset", json_object_new_int(h->fdset));
         json_object_object_add(o, "layers", json_object_new_int(h->nlayers));
+        if (h->rbd) {
+            json_object_object_add(o, "rbd", json_object_new_boolean(true));
+            json_object_object_add(o, "rbd_key", json_object_new_boolean(h->rbd_key));
+        }
         json_object_object_add(o, "file", json_object_new_string(h->file));
         if (h->kind == HOTPLUG_DISK) {
             json_object_object_add(o, "volume", json_object_new_string(h->volume));
@@ -132,6 +136,8 @@ void hotplug_restore(struct sup *s)
         h->port = json_object_object_get_ex(o, "port", &v) ? json_object_get_int(v) : -1;
         h->fdset = json_object_object_get_ex(o, "fdset", &v) ? json_object_get_int(v) : -1;
         h->nlayers = json_object_object_get_ex(o, "layers", &v) ? json_object_get_int(v) : 0;
+        h->rbd = json_object_object_get_ex(o, "rbd", &v) && json_object_get_boolean(v);
+        h->rbd_key = json_object_object_get_ex(o, "rbd_key", &v) && json_object_get_boolean(v);
         if (h->nlayers < 0 || h->nlayers > STORAGE_CHAIN_MAX)
             h->nlayers = 0;
         if (json_object_object_get_ex(o, "file", &v))
@@ -176,6 +182,10 @@ struct qcmd {
     int fd;                 /* passed along (add-fd, getfd), -1 none; owned by the op */
     int timeout;
     bool absorbs;           /* on success it owns what the earlier steps made (netdev_add takes the fds) */
+    /* args gets "file": "/proc/self/fd/N", N the fd QEMU holds from the last add-fd
+     * (a secret object reads its data from the fd passed just before) */
+    bool file_from_fd;
+    size_t cancels;         /* 1 + the step whose undo this one's success makes moot (remove-fd); 0 none */
 };
 
 enum op_kind { OP_ATTACH, OP_DEVICE_DEL, OP_RELEASE };
@@ -193,6 +203,7 @@ struct hotplug_op {
     struct qv_err err;          /* the failure being rolled back, or the cleanup's first */
     int fds[OP_FDS];
     int nfds;
+    int qemu_fd;                /* the fd number QEMU gave the last add-fd, -1 none */
     struct vm_nic nic;          /* attach-nic: as requested */
     bool host_side;             /* attach-nic: tap, filter (undone by net_nic_unplugged) */
     json_object *reply;         /* the success reply, built when the last step is queued */
@@ -233,6 +244,7 @@ static struct hotplug_op *op_new(struct sup *s, struct hotplug *h, enum op_kind 
     op->kind = kind;
     op->client = client;
     op->net.child.out = -1;
+    op->qemu_fd = -1;
     snprintf(op->what, sizeof(op->what), "%s", what);
     for (size_t i = 0; i < OP_STEPS; i++)
         op->todo[i].fd = op->undo[i].fd = -1;
@@ -276,6 +288,11 @@ static void on_step(void *ctx, json_object *ret, const struct qv_err *err)
         if (op->todo[op->done].absorbs)
             for (size_t i = 0; i < op->done; i++)
                 qcmd_free(&op->undo[i]);
+        if (op->todo[op->done].cancels)
+            qcmd_free(&op->undo[op->todo[op->done].cancels - 1]);
+        json_object *fd;
+        if (ret && json_object_is_type(ret, json_type_object) && json_object_object_get_ex(ret, "fd", &fd))
+            op->qemu_fd = json_object_get_int(fd);
         op->done++;
     }
     op_advance(op);
@@ -305,6 +322,11 @@ static void op_advance(struct hotplug_op *op)
         json_object *args = c->args;
         c->args = NULL;
         int r = -ECONNRESET;
+        if (c->file_from_fd && args) {
+            char path[40];
+            snprintf(path, sizeof(path), "/proc/self/fd/%d", op->qemu_fd);
+            json_object_object_add(args, "file", json_object_new_string(path));
+        }
         if (s->qmp)
             r = qmp_send(s->qmp, c->cmd, args, c->fd >= 0 ? &c->fd : NULL, c->fd >= 0 ? 1 : 0, c->timeout, 0, on_step,
                          op);
@@ -440,6 +462,41 @@ static int open_disk_layers(struct sup *s, const struct vm_disk *k, int *fds, st
     return 0;
 }
 
+/* An rbd disk: its key handed over as a secret object that reads an fd passed just
+ * before (add-fd, whose reply names the fd QEMU holds; dropped again once read), then
+ * the rbd node with its monitors and user, and a raw node on top. */
+static void rbd_node_steps(struct sup *s, struct hotplug_op *op, const struct vm_disk *k, int keyfd,
+                           const struct disk_io *io)
+{
+    struct hotplug *h = op->h;
+    char key[48] = "", file_node[48], fmt_node[48];
+    if (keyfd >= 0) {
+        snprintf(key, sizeof(key), "%s-key", h->id);
+        json_object *a = json_object_new_object();
+        json_object_object_add(a, "fdset-id", json_object_new_int(h->fdset));
+        json_object_object_add(a, "opaque", json_object_new_string(key));
+        op_step(op, "add-fd", a, keyfd, QMP_TIMEOUT_DEFAULT, "remove-fd",
+                json_obj1("fdset-id", json_object_new_int(h->fdset)));
+        size_t add_fd_step = op->ntodo;
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "qom-type", json_object_new_string("secret"));
+        json_object_object_add(o, "id", json_object_new_string(key));
+        json_object_object_add(o, "format", json_object_new_string("base64"));
+        op_step(op, "object-add", o, -1, QMP_TIMEOUT_DEFAULT, "object-del", json_obj1("id", json_object_new_string(key)));
+        op->todo[op->ntodo - 1].file_from_fd = true;
+        op_step(op, "remove-fd", json_obj1("fdset-id", json_object_new_int(h->fdset)), -1, QMP_TIMEOUT_DEFAULT, NULL,
+                NULL);
+        op->todo[op->ntodo - 1].cancels = add_fd_step;
+    }
+    snprintf(file_node, sizeof(file_node), "%s-file", h->id);
+    snprintf(fmt_node, sizeof(fmt_node), "%s-fmt", h->id);
+    op_step(op, "blockdev-add", blockdev_rbd(file_node, k->rbd, key[0] ? key : NULL, io, k->discard, k->readonly), -1,
+            QMP_TIMEOUT_DEVICE, "blockdev-del", json_obj1("node-name", json_object_new_string(file_node)));
+    op_step(op, "blockdev-add", blockdev_format("raw", fmt_node, file_node, NULL, io, k->discard, k->readonly), -1,
+            QMP_TIMEOUT_DEVICE, "blockdev-del", json_obj1("node-name", json_object_new_string(fmt_node)));
+    (void)s;
+}
+
 int hotplug_disk_attach(struct sup *s, json_object *spec, const char *volume, unsigned client, struct qv_err *e)
 {
     struct vm_disk k;
@@ -453,10 +510,17 @@ int hotplug_disk_attach(struct sup *s, json_object *spec, const char *volume, un
         qv_prefix(e, "%s: attach-disk: ", s->def.name);
     else if (find(s, k.file))
         r = qv_fail(e, -EBUSY, "%s: attach-disk: %s is attached already", s->def.name, k.file);
+    if (r == 0 && k.rbd && (r = confine_cluster_allow(s, &k.rbd->addrs, e)) < 0)
+        qv_prefix(e, "attach-disk: ");
     int slot = r < 0 ? r : free_slot(s, e);
     int fds[STORAGE_CHAIN_MAX + 1];
-    if (slot >= 0 && (r = open_disk_layers(s, &k, fds, e)) < 0)
+    if (slot >= 0 && k.rbd) {
+        fds[0] = -1;
+        if (k.rbd->keyfile && (r = rbd_key_memfd(&k, s->conf.uid, s->conf.gid, &fds[0], e)) < 0)
+            slot = qv_prefix(e, "%s: attach-disk: ", s->def.name);
+    } else if (slot >= 0 && (r = open_disk_layers(s, &k, fds, e)) < 0) {
         slot = r;
+    }
     if (slot < 0) {
         vm_disk_free(&k);
         return slot;
@@ -474,11 +538,15 @@ int hotplug_disk_attach(struct sup *s, json_object *spec, const char *volume, un
     h->aio = k.aio;
     h->readonly = k.readonly;
     h->discard = k.discard;
+    h->rbd = k.rbd != NULL;
+    h->rbd_key = k.rbd && fds[0] >= 0;
     struct hotplug_op *op = op_new(s, h, OP_ATTACH, client, "attach-disk");
     for (size_t j = 0; j <= k.nbacking; j++)
         op->fds[op->nfds++] = fds[j];
 
     struct disk_io io = disk_io_mode(k.cache, k.aio, &s->facts);
+    if (k.rbd)
+        rbd_node_steps(s, op, &k, fds[0], &io);
     /* bottom first: a node must exist before one names it as its backing */
     char prefix[48], below[64] = "";
     for (size_t j = k.nbacking; j-- > 0;) {
@@ -487,8 +555,9 @@ int hotplug_disk_attach(struct sup *s, json_object *spec, const char *volume, un
                         below[0] ? below : NULL, &io, false, true);
         snprintf(below, sizeof(below), "%s-fmt", prefix);
     }
-    disk_node_steps(op, fds[0], h->fdset, h->id, disk_format_names[k.format], below[0] ? below : NULL, &io, k.discard,
-                    k.readonly);
+    if (!k.rbd)
+        disk_node_steps(op, fds[0], h->fdset, h->id, disk_format_names[k.format], below[0] ? below : NULL, &io,
+                        k.discard, k.readonly);
     char fmt_node[48];
     snprintf(fmt_node, sizeof(fmt_node), "%s-fmt", h->id);
     json_object *dev = json_object_new_object();
@@ -819,7 +888,21 @@ static void released(struct sup *s, struct hotplug *h)
     unsigned client = h->waiting_client;
     h->waiting_client = 0;
     struct hotplug_op *op = op_new(s, h, OP_RELEASE, client, "detach");
-    if (h->kind == HOTPLUG_DISK) {
+    if (h->kind == HOTPLUG_DISK && h->rbd) {
+        /* an rbd disk has no layers and no fdset left: its two nodes and its key */
+        static const char *const parts[] = {"fmt", "file"};
+        for (size_t p = 0; p < ARRAY_SIZE(parts); p++) {
+            char node[64];
+            snprintf(node, sizeof(node), "%s-%s", h->id, parts[p]);
+            op_step(op, "blockdev-del", json_obj1("node-name", json_object_new_string(node)), -1, QMP_TIMEOUT_DEVICE,
+                    NULL, NULL);
+        }
+        if (h->rbd_key) {
+            char key[48];
+            snprintf(key, sizeof(key), "%s-key", h->id);
+            op_step(op, "object-del", json_obj1("id", json_object_new_string(key)), -1, QMP_TIMEOUT_DEFAULT, NULL, NULL);
+        }
+    } else if (h->kind == HOTPLUG_DISK) {
         /* the chain QEMU holds, not the names it was attached with */
         if (s->qmp && qmp_send(s->qmp, "x-debug-query-block-graph", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0,
                                on_release_graph, op) == 0) {

@@ -80,6 +80,10 @@ struct confine {
     struct sandbox_uid_lease lease;
     bool have_cgroup;
     bool private_network;   /* QEMU has an empty network namespace of its own */
+    /* QEMU reaches Ceph clusters from the host's namespace through an nft filter on its
+     * uid (recorded as resources.cluster_filter, with the addresses it lets through) */
+    bool cluster_filter;
+    struct strv cluster_addrs;
     uint64_t memory_max;    /* the memory limit in force, for the OOM message */
     struct sandbox_cgroup cg;
     bool joined;            /* this supervisor is in the VM's supervisor/ leaf */
@@ -103,6 +107,7 @@ struct hotplug {
     int fdset;              /* disks: the add-fd set */
     char file[PATH_MAX];    /* disks */
     int nlayers;            /* disks: backing layers below the top, each with its fdset and nodes */
+    bool rbd, rbd_key;      /* disks: an rbd node (no fdset left once attached), with secret object ID-key */
     char top[48];           /* disks: the device's root node once a job moved it; "" = "<id>-fmt" */
     /* disks: as attached (the top's format follows snapshots and pivots), for snapshots
      * and block jobs, which treat it as a disk of the definition */
@@ -723,6 +728,9 @@ int seed_done(struct sup *s, int status, const char *output, struct qv_err *e);
 /* Removes the seed and its sources (QEMU holds the ISO open from its start). */
 void seed_remove(struct sup *s);
 /* Credential i as a sealed memfd holding its SMBIOS string, readable by uid only. */
+/* The cephx key of rbd disk k in a sealed memfd owned by uid, 0400: QEMU reads it as
+ * a secret object's /proc/self/fd/N (never argv, never QMP data). */
+int rbd_key_memfd(const struct vm_disk *k, uid_t uid, gid_t gid, int *out, struct qv_err *e);
 int credential_memfd(const struct vm_def *d, size_t i, uid_t uid, gid_t gid, size_t *total, int *out,
                      struct qv_err *e);
 
@@ -774,6 +782,10 @@ void confine_join(struct sup *s);
 /* When the supervisor is done: the cgroup and the uid lease. */
 void confine_release(struct sup *s);
 int confine_reattach(struct sup *s, struct qv_err *e);
+/* Lets QEMU reach `addrs` (an rbd disk's cluster) too: the filter is applied again with
+ * them added. Refused when QEMU runs in a private network namespace (it had no rbd
+ * disk at start); nothing to do when its network is not filtered. */
+int confine_cluster_allow(struct sup *s, const struct strv *addrs, struct qv_err *e);
 /* Removes what a dead previous run recorded in its state (its cgroup). */
 void confine_cleanup_recorded(struct sup *s, json_object *resources);
 /* What is in force for QEMU, read back from /proc (NULL when not running). */

@@ -157,6 +157,8 @@ static int open_slot(const struct launch_plan *p, size_t i, const struct vm_def 
     }
     case FD_NVRAM:
         return open_nvram(ctx, d, &fds[i], e);
+    case FD_RBD_KEY:
+        return rbd_key_memfd(&d->disks[s->index], ctx->qemu_uid, ctx->qemu_gid, &fds[i], e);
     case FD_TAP: {
         if (s->sub != 0)
             return 0;   /* all queues of a NIC are opened with its first */
