@@ -11,18 +11,17 @@
 #include <unistd.h>
 #include <sys/wait.h>
 
-#include "launcher/supervisor/internal.h"
+#include "launcher/supervisor/hotplug_op.h"
 
 #define FDSET_BASE 1000         /* above any fd number the command line uses */
-#define RELEASE_TIMEOUT_MS 30000
 
-static void hotplug_clear(struct hotplug *h)
+void hop_clear(struct hotplug *h)
 {
     vm_nic_free(&h->nic);
     memset(h, 0, sizeof(*h));
 }
 
-static struct hotplug *find(struct sup *s, const char *key)
+struct hotplug *hop_find(struct sup *s, const char *key)
 {
     for (int i = 0; i < HOTPLUG_MAX; i++) {
         struct hotplug *h = &s->hp[i];
@@ -65,7 +64,7 @@ static void next_id(struct sup *s, const char *prefix, size_t first, char *out, 
 {
     for (size_t n = first;; n++) {
         snprintf(out, outlen, "%s%zu", prefix, n);
-        if (!find(s, out))
+        if (!hop_find(s, out))
             return;
     }
 }
@@ -172,44 +171,6 @@ void hotplug_restore(struct sup *s)
  * pcie port) is reserved for the whole operation, so operations on different
  * devices may run side by side. */
 
-/* a disk: add-fd and two nodes per layer, the top's three, device_add */
-#define OP_STEPS (3 * (STORAGE_CHAIN_MAX + 1) + 1)
-#define OP_FDS (STORAGE_CHAIN_MAX + NETSETUP_MAX_QUEUES)
-
-struct qcmd {
-    const char *cmd;        /* NULL: nothing (an undo that needs no command) */
-    json_object *args;
-    int fd;                 /* passed along (add-fd, getfd), -1 none; owned by the op */
-    int timeout;
-    bool absorbs;           /* on success it owns what the earlier steps made (netdev_add takes the fds) */
-    /* args gets "file": "/proc/self/fd/N", N the fd QEMU holds from the last add-fd
-     * (a secret object reads its data from the fd passed just before) */
-    bool file_from_fd;
-    size_t cancels;         /* 1 + the step whose undo this one's success makes moot (remove-fd); 0 none */
-};
-
-enum op_kind { OP_ATTACH, OP_DEVICE_DEL, OP_RELEASE };
-
-struct hotplug_op {
-    struct sup *s;
-    struct hotplug *h;
-    enum op_kind kind;
-    unsigned client;            /* 0: nobody waits for a reply */
-    char what[16];              /* "attach-disk", "attach-nic", "detach" for messages */
-    struct qcmd todo[OP_STEPS], undo[OP_STEPS];
-    size_t ntodo, done, undo_pos;
-    bool in_flight;             /* a command of this op is pending on s->qmp */
-    bool rolling_back;
-    struct qv_err err;          /* the failure being rolled back, or the cleanup's first */
-    int fds[OP_FDS];
-    int nfds;
-    int qemu_fd;                /* the fd number QEMU gave the last add-fd, -1 none */
-    struct vm_nic nic;          /* attach-nic: as requested */
-    bool host_side;             /* attach-nic: tap, filter (undone by net_nic_unplugged) */
-    json_object *reply;         /* the success reply, built when the last step is queued */
-    struct net_starter net;     /* attach-nic: its autostart network being started */
-};
-
 static void qcmd_free(struct qcmd *c)
 {
     if (c->args)
@@ -217,7 +178,7 @@ static void qcmd_free(struct qcmd *c)
     *c = (struct qcmd){.fd = -1};
 }
 
-static void op_free(struct hotplug_op *op)
+void hop_free(struct hotplug_op *op)
 {
     for (size_t i = 0; i < OP_STEPS; i++) {
         qcmd_free(&op->todo[i]);
@@ -235,7 +196,7 @@ static void op_free(struct hotplug_op *op)
     free(op);
 }
 
-static struct hotplug_op *op_new(struct sup *s, struct hotplug *h, enum op_kind kind, unsigned client,
+struct hotplug_op *hop_new(struct sup *s, struct hotplug *h, enum op_kind kind, unsigned client,
                                  const char *what)
 {
     struct hotplug_op *op = qv_xcalloc(1, sizeof(*op));
@@ -253,7 +214,7 @@ static struct hotplug_op *op_new(struct sup *s, struct hotplug *h, enum op_kind 
 }
 
 /* Queues a step and its undo (undo_cmd NULL: none). */
-static void op_step(struct hotplug_op *op, const char *cmd, json_object *args, int fd, int timeout,
+void hop_step(struct hotplug_op *op, const char *cmd, json_object *args, int fd, int timeout,
                     const char *undo_cmd, json_object *undo_args)
 {
     if (op->ntodo >= OP_STEPS)
@@ -263,7 +224,7 @@ static void op_step(struct hotplug_op *op, const char *cmd, json_object *args, i
     op->ntodo++;
 }
 
-static void op_advance(struct hotplug_op *op);
+void hop_advance(struct hotplug_op *op);
 
 static void on_step(void *ctx, json_object *ret, const struct qv_err *err)
 {
@@ -295,14 +256,14 @@ static void on_step(void *ctx, json_object *ret, const struct qv_err *err)
             op->qemu_fd = json_object_get_int(fd);
         op->done++;
     }
-    op_advance(op);
+    hop_advance(op);
 }
 
 static void op_finish(struct hotplug_op *op);
 
 /* Sends the next command, or ends the operation. Called from completions, so it
  * must not block; a command that cannot be sent fails like one QEMU refused. */
-static void op_advance(struct hotplug_op *op)
+void hop_advance(struct hotplug_op *op)
 {
     struct sup *s = op->s;
     for (;;) {
@@ -352,7 +313,6 @@ static void reply_to(struct sup *s, unsigned client, json_object *reply)
 
 static void attach_failed(struct hotplug_op *op);
 static void attach_done(struct hotplug_op *op);
-static void release_done(struct hotplug_op *op);
 
 static void op_finish(struct hotplug_op *op)
 {
@@ -377,15 +337,15 @@ static void op_finish(struct hotplug_op *op)
             sup_log(s, "detaching %s: waiting for the guest to release it", h->id);
             if (h->released_early) {
                 h->released_early = false;
-                op_free(op);
+                hop_free(op);
                 hotplug_device_deleted(s, h->id);
                 return;
             }
         }
-        op_free(op);
+        hop_free(op);
         return;
     case OP_RELEASE:
-        release_done(op);
+        hop_release_done(op);
         return;
     }
 }
@@ -406,8 +366,8 @@ void hotplug_forget_all(struct sup *s)
         if (host_side)
             net_nic_unplugged(s, h);
         if (h->op)
-            op_free(h->op);
-        hotplug_clear(h);
+            hop_free(h->op);
+        hop_clear(h);
     }
 }
 
@@ -415,7 +375,7 @@ void hotplug_forget_all(struct sup *s)
 
 /* Layer j (0: the top's backing) of slot's disk gets an fdset of its own: QEMU's
  * /dev/fdset/N picks by access mode, so two read-only layers cannot share one. */
-static int layer_fdset(const struct hotplug *h, int j)
+int hop_layer_fdset(const struct hotplug *h, int j)
 {
     return h->fdset + HOTPLUG_MAX * (j + 1);
 }
@@ -432,10 +392,10 @@ static void disk_node_steps(struct hotplug_op *op, int fd, int fdset, const char
     json_object *a = json_object_new_object();
     json_object_object_add(a, "fdset-id", json_object_new_int(fdset));
     json_object_object_add(a, "opaque", json_object_new_string(file_node));
-    op_step(op, "add-fd", a, fd, QMP_TIMEOUT_DEFAULT, "remove-fd", json_obj1("fdset-id", json_object_new_int(fdset)));
-    op_step(op, "blockdev-add", blockdev_file(file_node, path, io, discard, readonly), -1, QMP_TIMEOUT_DEVICE,
+    hop_step(op, "add-fd", a, fd, QMP_TIMEOUT_DEFAULT, "remove-fd", json_obj1("fdset-id", json_object_new_int(fdset)));
+    hop_step(op, "blockdev-add", blockdev_file(file_node, path, io, discard, readonly), -1, QMP_TIMEOUT_DEVICE,
             "blockdev-del", json_obj1("node-name", json_object_new_string(file_node)));
-    op_step(op, "blockdev-add", blockdev_format(driver, fmt_node, file_node, backing, io, discard, readonly), -1,
+    hop_step(op, "blockdev-add", blockdev_format(driver, fmt_node, file_node, backing, io, discard, readonly), -1,
             QMP_TIMEOUT_DEVICE, "blockdev-del", json_obj1("node-name", json_object_new_string(fmt_node)));
 }
 
@@ -475,24 +435,24 @@ static void rbd_node_steps(struct sup *s, struct hotplug_op *op, const struct vm
         json_object *a = json_object_new_object();
         json_object_object_add(a, "fdset-id", json_object_new_int(h->fdset));
         json_object_object_add(a, "opaque", json_object_new_string(key));
-        op_step(op, "add-fd", a, keyfd, QMP_TIMEOUT_DEFAULT, "remove-fd",
+        hop_step(op, "add-fd", a, keyfd, QMP_TIMEOUT_DEFAULT, "remove-fd",
                 json_obj1("fdset-id", json_object_new_int(h->fdset)));
         size_t add_fd_step = op->ntodo;
         json_object *o = json_object_new_object();
         json_object_object_add(o, "qom-type", json_object_new_string("secret"));
         json_object_object_add(o, "id", json_object_new_string(key));
         json_object_object_add(o, "format", json_object_new_string("base64"));
-        op_step(op, "object-add", o, -1, QMP_TIMEOUT_DEFAULT, "object-del", json_obj1("id", json_object_new_string(key)));
+        hop_step(op, "object-add", o, -1, QMP_TIMEOUT_DEFAULT, "object-del", json_obj1("id", json_object_new_string(key)));
         op->todo[op->ntodo - 1].file_from_fd = true;
-        op_step(op, "remove-fd", json_obj1("fdset-id", json_object_new_int(h->fdset)), -1, QMP_TIMEOUT_DEFAULT, NULL,
+        hop_step(op, "remove-fd", json_obj1("fdset-id", json_object_new_int(h->fdset)), -1, QMP_TIMEOUT_DEFAULT, NULL,
                 NULL);
         op->todo[op->ntodo - 1].cancels = add_fd_step;
     }
     snprintf(file_node, sizeof(file_node), "%s-file", h->id);
     snprintf(fmt_node, sizeof(fmt_node), "%s-fmt", h->id);
-    op_step(op, "blockdev-add", blockdev_rbd(file_node, k->rbd, key[0] ? key : NULL, io, k->discard, k->readonly), -1,
+    hop_step(op, "blockdev-add", blockdev_rbd(file_node, k->rbd, key[0] ? key : NULL, io, k->discard, k->readonly), -1,
             QMP_TIMEOUT_DEVICE, "blockdev-del", json_obj1("node-name", json_object_new_string(file_node)));
-    op_step(op, "blockdev-add", blockdev_format("raw", fmt_node, file_node, NULL, io, k->discard, k->readonly), -1,
+    hop_step(op, "blockdev-add", blockdev_format("raw", fmt_node, file_node, NULL, io, k->discard, k->readonly), -1,
             QMP_TIMEOUT_DEVICE, "blockdev-del", json_obj1("node-name", json_object_new_string(fmt_node)));
     (void)s;
 }
@@ -508,7 +468,7 @@ int hotplug_disk_attach(struct sup *s, json_object *spec, const char *volume, un
                     s->def.name, disk_bus_names[k.bus]);
     else if ((r = vm_resolve_disk(s->paths, &k, e)) < 0)
         qv_prefix(e, "%s: attach-disk: ", s->def.name);
-    else if (find(s, k.file))
+    else if (hop_find(s, k.file))
         r = qv_fail(e, -EBUSY, "%s: attach-disk: %s is attached already", s->def.name, k.file);
     if (r == 0 && k.rbd && (r = confine_cluster_allow(s, &k.rbd->addrs, e)) < 0)
         qv_prefix(e, "attach-disk: ");
@@ -540,7 +500,7 @@ int hotplug_disk_attach(struct sup *s, json_object *spec, const char *volume, un
     h->discard = k.discard;
     h->rbd = k.rbd != NULL;
     h->rbd_key = k.rbd && fds[0] >= 0;
-    struct hotplug_op *op = op_new(s, h, OP_ATTACH, client, "attach-disk");
+    struct hotplug_op *op = hop_new(s, h, OP_ATTACH, client, "attach-disk");
     for (size_t j = 0; j <= k.nbacking; j++)
         op->fds[op->nfds++] = fds[j];
 
@@ -551,7 +511,7 @@ int hotplug_disk_attach(struct sup *s, json_object *spec, const char *volume, un
     char prefix[48], below[64] = "";
     for (size_t j = k.nbacking; j-- > 0;) {
         snprintf(prefix, sizeof(prefix), "%s-b%zu", h->id, j);
-        disk_node_steps(op, fds[j + 1], layer_fdset(h, (int)j), prefix, disk_format_names[k.backing[j].format],
+        disk_node_steps(op, fds[j + 1], hop_layer_fdset(h, (int)j), prefix, disk_format_names[k.backing[j].format],
                         below[0] ? below : NULL, &io, false, true);
         snprintf(below, sizeof(below), "%s-fmt", prefix);
     }
@@ -570,11 +530,11 @@ int hotplug_disk_attach(struct sup *s, json_object *spec, const char *volume, un
     if (k.serial)
         json_object_object_add(dev, "serial", json_object_new_string(k.serial));
     place(s, dev, h);
-    op_step(op, "device_add", dev, -1, QMP_TIMEOUT_DEVICE, NULL, NULL);
+    hop_step(op, "device_add", dev, -1, QMP_TIMEOUT_DEVICE, NULL, NULL);
     sup_log(s, "attaching disk %s as %s%s", h->file, h->id, k.nbacking ? " with its backing chain" : "");
     vm_disk_free(&k);
     op->reply = json_obj1("id", json_object_new_string(h->id));
-    op_advance(op);
+    hop_advance(op);
     return 0;
 }
 
@@ -612,14 +572,14 @@ static void nic_queue_qmp(struct hotplug_op *op)
         for (int q = 0; q < op->nfds; q++) {
             char name[32];
             snprintf(name, sizeof(name), "%s-q%d", h->id, q);
-            op_step(op, "getfd", json_obj1("fdname", json_object_new_string(name)), op->fds[q], QMP_TIMEOUT_DEFAULT,
+            hop_step(op, "getfd", json_obj1("fdname", json_object_new_string(name)), op->fds[q], QMP_TIMEOUT_DEFAULT,
                     "closefd", json_obj1("fdname", json_object_new_string(name)));
             snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", q ? ":" : "", name);
         }
         json_object_object_add(nd, "type", json_object_new_string("tap"));
         json_object_object_add(nd, n->queues > 1 ? "fds" : "fd", json_object_new_string(list));
     }
-    op_step(op, "netdev_add", nd, -1, QMP_TIMEOUT_DEVICE, "netdev_del", json_obj1("id", json_object_new_string(netid)));
+    hop_step(op, "netdev_add", nd, -1, QMP_TIMEOUT_DEVICE, "netdev_del", json_obj1("id", json_object_new_string(netid)));
     op->todo[op->ntodo - 1].absorbs = true;     /* the netdev took the fds: netdev_del frees them */
     json_object *dev = json_object_new_object();
     const char *driver = n->model == MODEL_VIRTIO ? "virtio-net-pci" : n->model == MODEL_E1000 ? "e1000" : "rtl8139";
@@ -632,13 +592,13 @@ static void nic_queue_qmp(struct hotplug_op *op)
         json_object_object_add(dev, "vectors", json_object_new_int(2 * n->queues + 2));
     }
     place(s, dev, h);
-    op_step(op, "device_add", dev, -1, QMP_TIMEOUT_DEVICE, NULL, NULL);
+    hop_step(op, "device_add", dev, -1, QMP_TIMEOUT_DEVICE, NULL, NULL);
     op->reply = json_object_new_object();
     json_object_object_add(op->reply, "id", json_object_new_string(h->id));
     json_object_object_add(op->reply, "mac", json_object_new_string(n->mac));
     if (s->nics[h->nic_index].tap[0])
         json_object_object_add(op->reply, "tap", json_object_new_string(s->nics[h->nic_index].tap));
-    op_advance(op);
+    hop_advance(op);
 }
 
 /* Host side, then QMP. Fails only before anything was made. */
@@ -674,7 +634,7 @@ int hotplug_nic_attach(struct sup *s, json_object *spec, unsigned client, struct
         return slot;
     }
     size_t nic_index = VM_MAX_NICS + (size_t)slot;
-    if (n.mac[0] && (vm_mac_in_use(s->paths, n.mac, s->def.name) || find(s, n.mac)))
+    if (n.mac[0] && (vm_mac_in_use(s->paths, n.mac, s->def.name) || hop_find(s, n.mac)))
         r = qv_fail(e, -EEXIST, "%s: attach-nic: MAC %s is in use", s->def.name, n.mac);
     else if (!n.mac[0])
         r = pick_mac(s, nic_index, n.mac, e);
@@ -691,7 +651,7 @@ int hotplug_nic_attach(struct sup *s, json_object *spec, unsigned client, struct
     h->kind = HOTPLUG_NIC;
     h->nic_index = nic_index;
     snprintf(h->mac, sizeof(h->mac), "%s", n.mac);
-    struct hotplug_op *op = op_new(s, h, OP_ATTACH, client, "attach-nic");
+    struct hotplug_op *op = hop_new(s, h, OP_ATTACH, client, "attach-nic");
     op->nic = n;
     if (net[0]) {
         /* the network starts as a child the loop watches; its exit continues here */
@@ -704,8 +664,8 @@ int hotplug_nic_attach(struct sup *s, json_object *spec, unsigned client, struct
         r = nic_plug_host(op, e);
     }
     if (r < 0) {
-        op_free(op);
-        hotplug_clear(h);
+        hop_free(op);
+        hop_clear(h);
         return qv_prefix(e, "%s: attach-nic: ", s->def.name);
     }
     return 0;
@@ -742,8 +702,8 @@ static void attach_failed(struct hotplug_op *op)
     sup_log(s, "%s %s failed: %s", op->what, h->id, op->err.msg);
     if (op->client)
         sup_reply_error(s, op->client, op->err.code, "%s: %s: %s", s->def.name, op->what, op->err.msg);
-    op_free(op);
-    hotplug_clear(h);
+    hop_free(op);
+    hop_clear(h);
 }
 
 static void attach_done(struct hotplug_op *op)
@@ -763,193 +723,7 @@ static void attach_done(struct hotplug_op *op)
     }
     hotplug_record(s);
     reply_to(s, op->client, op->reply);
-    op_free(op);
-}
-
-/* ---- removal, for disks and NICs ---- */
-
-int hotplug_detach(struct sup *s, const char *key, enum hotplug_kind kind, unsigned client, struct qv_err *e)
-{
-    if (!key)   /* the request's "target", checked by ctl.c; never strcmp a NULL */
-        return qv_fail(e, -EINVAL, "%s: detach: \"target\" must be a string", s->def.name);
-    struct hotplug *h = find(s, key);
-    if (!h || h->kind != kind)
-        return qv_fail(e, -ENOENT, "%s: no hotplugged %s %s (devices of the definition go with --persistent, "
-                                   "at the next start)", s->def.name, kind == HOTPLUG_DISK ? "disk" : "NIC", key);
-    if (h->pending)
-        return qv_fail(e, -EBUSY, "%s: %s is being attached; detach it once that finished", s->def.name, h->id);
-    if (h->removing)
-        return qv_fail(e, -EALREADY, "%s: %s is being removed already", s->def.name, h->id);
-    h->removing = true;
-    struct hotplug_op *op = op_new(s, h, OP_DEVICE_DEL, client, "detach");
-    op_step(op, "device_del", json_obj1("id", json_object_new_string(h->id)), -1, QMP_TIMEOUT_DEVICE, NULL, NULL);
-    op_advance(op);
-    return 0;
-}
-
-/* The nodes and fdsets of a disk as attached, by their names: when QEMU's graph is not to be had. */
-static void release_disk_by_name(struct hotplug_op *op)
-{
-    struct hotplug *h = op->h;
-    /* top first: a layer is free to go once nothing above names it */
-    for (int j = -1; j < h->nlayers; j++) {
-        static const char *const parts[] = {"fmt", "file"};
-        for (size_t p = 0; p < ARRAY_SIZE(parts); p++) {
-            char node[64];
-            if (j < 0)
-                snprintf(node, sizeof(node), "%s-%s", h->id, parts[p]);
-            else
-                snprintf(node, sizeof(node), "%s-b%d-%s", h->id, j, parts[p]);
-            op_step(op, "blockdev-del", json_obj1("node-name", json_object_new_string(node)), -1, QMP_TIMEOUT_DEVICE,
-                    NULL, NULL);
-        }
-        op_step(op, "remove-fd", json_obj1("fdset-id", json_object_new_int(j < 0 ? h->fdset : layer_fdset(h, j))), -1,
-                QMP_TIMEOUT_DEFAULT, NULL, NULL);
-    }
-}
-
-/* The disk's chain as QEMU holds it now (snapshots, pulls, commits and pivots change
- * its nodes), top first, then the fdsets its file nodes read through (by opaque). */
-static void on_release_fdsets(void *ctx, json_object *ret, const struct qv_err *err)
-{
-    struct hotplug_op *op = ctx;
-    json_object *graph = op->reply;     /* the graph, kept here meanwhile */
-    op->reply = NULL;
-    op->in_flight = false;
-    if (err || !graph) {
-        if (err)
-            sup_log(op->s, "removing %s: query-fdsets: %s", op->h->id, err->msg);
-        if (graph)
-            json_object_put(graph);
-        release_disk_by_name(op);
-        op_advance(op);
-        return;
-    }
-    char top[48];
-    snprintf(top, sizeof(top), "%s", op->h->top);
-    if (!top[0])
-        snprintf(top, sizeof(top), "%s-fmt", op->h->id);
-    json_object *files = json_object_new_array();
-    const char *node = top;
-    for (int n = 0; node && n <= 2 * (STORAGE_CHAIN_MAX + 1); n++) {
-        const char *file = block_graph_child(graph, node, "file");
-        op_step(op, "blockdev-del", json_obj1("node-name", json_object_new_string(node)), -1, QMP_TIMEOUT_DEVICE, NULL,
-                NULL);
-        if (file) {
-            op_step(op, "blockdev-del", json_obj1("node-name", json_object_new_string(file)), -1, QMP_TIMEOUT_DEVICE,
-                    NULL, NULL);
-            json_object_array_add(files, json_object_new_string(file));
-        }
-        node = block_graph_child(graph, node, "backing");
-    }
-    for (size_t i = 0; i < json_object_array_length(ret); i++) {
-        json_object *set = json_object_array_get_idx(ret, i), *id, *fds, *opq;
-        if (!json_object_object_get_ex(set, "fdset-id", &id) || !json_object_object_get_ex(set, "fds", &fds))
-            continue;
-        bool ours = false;
-        for (size_t k = 0; k < json_object_array_length(fds) && !ours; k++)
-            for (size_t f = 0; f < json_object_array_length(files) && !ours; f++)
-                ours = json_object_object_get_ex(json_object_array_get_idx(fds, k), "opaque", &opq) &&
-                       strcmp(json_object_get_string(opq),
-                              json_object_get_string(json_object_array_get_idx(files, f))) == 0;
-        if (ours)
-            op_step(op, "remove-fd", json_obj1("fdset-id", json_object_new_int(json_object_get_int(id))), -1,
-                    QMP_TIMEOUT_DEFAULT, NULL, NULL);
-    }
-    json_object_put(files);
-    json_object_put(graph);
-    op_advance(op);
-}
-
-static void on_release_graph(void *ctx, json_object *ret, const struct qv_err *err)
-{
-    struct hotplug_op *op = ctx;
-    op->in_flight = false;
-    if (err) {
-        sup_log(op->s, "removing %s: x-debug-query-block-graph: %s", op->h->id, err->msg);
-        release_disk_by_name(op);
-        op_advance(op);
-        return;
-    }
-    op->reply = json_object_get(ret);
-    if (!op->s->qmp || qmp_send(op->s->qmp, "query-fdsets", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_release_fdsets,
-                                op) < 0) {
-        struct qv_err e = {0};
-        qv_fail(&e, -EIO, "the monitor is gone");
-        on_release_fdsets(op, NULL, &e);
-        return;
-    }
-    op->in_flight = true;
-}
-
-static void released(struct sup *s, struct hotplug *h)
-{
-    sup_log(s, "the guest released %s", h->id);
-    unsigned client = h->waiting_client;
-    h->waiting_client = 0;
-    struct hotplug_op *op = op_new(s, h, OP_RELEASE, client, "detach");
-    if (h->kind == HOTPLUG_DISK && h->rbd) {
-        /* an rbd disk has no layers and no fdset left: its two nodes and its key */
-        static const char *const parts[] = {"fmt", "file"};
-        for (size_t p = 0; p < ARRAY_SIZE(parts); p++) {
-            char node[64];
-            snprintf(node, sizeof(node), "%s-%s", h->id, parts[p]);
-            op_step(op, "blockdev-del", json_obj1("node-name", json_object_new_string(node)), -1, QMP_TIMEOUT_DEVICE,
-                    NULL, NULL);
-        }
-        if (h->rbd_key) {
-            char key[48];
-            snprintf(key, sizeof(key), "%s-key", h->id);
-            op_step(op, "object-del", json_obj1("id", json_object_new_string(key)), -1, QMP_TIMEOUT_DEFAULT, NULL, NULL);
-        }
-    } else if (h->kind == HOTPLUG_DISK) {
-        /* the chain QEMU holds, not the names it was attached with */
-        if (s->qmp && qmp_send(s->qmp, "x-debug-query-block-graph", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0,
-                               on_release_graph, op) == 0) {
-            op->in_flight = true;
-            return;
-        }
-        release_disk_by_name(op);
-    } else {
-        char netid[40];
-        snprintf(netid, sizeof(netid), "%s-net", h->id);
-        op_step(op, "netdev_del", json_obj1("id", json_object_new_string(netid)), -1, QMP_TIMEOUT_DEVICE, NULL, NULL);
-    }
-    op_advance(op);
-}
-
-static void release_done(struct hotplug_op *op)
-{
-    struct sup *s = op->s;
-    struct hotplug *h = op->h;
-    if (h->kind == HOTPLUG_NIC)
-        net_nic_unplugged(s, h);
-    if (op->client) {
-        if (op->err.code)
-            sup_reply_error(s, op->client, op->err.code,
-                            "%s: the guest released %s, but QEMU did not free all of it: %s", s->def.name, h->id,
-                            op->err.msg);
-        else
-            sup_reply_ok(s, op->client);
-    }
-    op_free(op);
-    hotplug_clear(h);
-    hotplug_record(s);
-}
-
-void hotplug_device_deleted(struct sup *s, const char *device)
-{
-    if (!device)
-        return;
-    for (int i = 0; i < HOTPLUG_MAX; i++) {
-        struct hotplug *h = &s->hp[i];
-        if (!h->used || h->pending || strcmp(h->id, device) != 0)
-            continue;
-        if (h->op && h->op->kind == OP_DEVICE_DEL)
-            h->released_early = true;   /* before device_del's own reply: finish once it came */
-        else if (!h->op)
-            released(s, h);
-    }
+    hop_free(op);
 }
 
 uint64_t hotplug_next_deadline(struct sup *s)

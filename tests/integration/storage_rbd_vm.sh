@@ -11,7 +11,7 @@
 . "$(dirname "$0")/../lib.sh"
 
 ceph_dir=$(mktemp -d /tmp/qvceph.XXXXXX)
-on_exit "'$T_TOP/tests/ceph/cluster' stop '$ceph_dir'"
+on_exit "'$T_TOP/tests/ceph/cluster' stop '$ceph_dir/c'; rm -rf '$ceph_dir'"
 env_out=$("$T_TOP/tests/ceph/cluster" start "$ceph_dir/c") || { not_ok "a Ceph cluster starts"; finish; }
 eval "$env_out"
 ok "a Ceph cluster starts ($CEPH_MON)"

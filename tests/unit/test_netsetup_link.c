@@ -299,6 +299,11 @@ static void test_forwarding(void **state)
 {
     (void)state;
     struct qv_err e = {0};
+    /* a new namespace copies the host's forwarding setting: start from off whatever the host has */
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_forward", "w");
+    assert_non_null(f);
+    assert_true(fputs("0\n", f) >= 0);
+    assert_int_equal(fclose(f), 0);
     assert_int_equal(netsetup_bridge_create("qvbr-fwd", 0, 0, &e), 0);
     struct strv changes = {0};
     assert_int_equal(netsetup_forwarding_enable("qvbr-fwd", AF_INET, &changes, &e), 0);
