@@ -93,6 +93,10 @@ for h in ${hiers[*]}; do
 done
 mount -t tmpfs tmpfs \$M/run
 mount -t tmpfs tmpfs \$M/tmp
+# a checkout or build under /tmp (a clean clone there) stays visible: the guest's kernel
+for d in $T_TOP $T_BUILD; do
+    case \$d in /tmp/*) mkdir -p \$M\$d && mount --bind \$d \$M\$d ;; esac
+done
 # qvisor as a package installs it, and this test's settings
 make -s -C $T_TOP install DESTDIR=\$M PREFIX=/usr/local BUILD=$T_BUILD >/dev/null
 mkdir -p \$M/etc/qvisor \$M/etc/systemd/system/qvisor@.service.d
@@ -147,6 +151,12 @@ SD_TIMEOUT=150 check "systemctl start qvisor@sdvm returns" in_sd systemctl start
 st=$(sq status sdvm --json 2>&1)
 check "...and the guest runs as it returns (READY=1 came after cont)" jq -e '.state == "running"' <<< "$st"
 check_output "...the unit is active (running)" '^active$' in_sd systemctl is-active qvisor@sdvm
+if [ "$(in_sd systemctl is-active qvisor@sdvm 2>/dev/null)" != active ]; then
+    # everything below needs the running unit: stop here, within the test's time, so
+    # that the clean-up (which takes the whole namespace down) runs
+    diag "$(in_sd journalctl -u qvisor@sdvm --no-pager -n 12 2>&1)"
+    finish
+fi
 qpid=$(json_field "$st" pid)
 spid=$(in_sd systemctl show -p MainPID --value qvisor@sdvm)
 check "...its MainPID is the supervisor ($spid)" test "$spid" = "$(json_field "$st" supervisor_pid)"
