@@ -34,7 +34,7 @@ static int64_t proc_cpu_ns(const char *path)
 /* VmRSS of /proc/PID/status in bytes; -1 when unreadable. */
 static int64_t proc_rss(pid_t pid)
 {
-    char path[64], buf[4096];
+    char path[64], buf[4096] = "";   /* an open that fails leaves buf as it was */
     snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
     if (read_file_small(path, buf, sizeof(buf)) < 0 && !buf[0])
         return -1;
