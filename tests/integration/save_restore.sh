@@ -54,7 +54,7 @@ check "...the log says where it went" log_has sv "saved to $SAVE"
 check_output "...status says how it ended" "saved to $SAVE" qv status sv
 check_output "restore" "sv restored from $SAVE \\(running\\)" qv restore "$SAVE"
 check "...the VM runs" state_is sv running
-check "...the counter goes on from where it was" count_above "$before"
+check "...the counter goes on from where it was" wait_until 30 count_above "$before"
 check_output "...and the guest did not boot again" '^1$' boots
 at=$(count)
 check "...it keeps counting" wait_until 30 count_above "$at"
