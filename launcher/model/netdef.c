@@ -269,7 +269,7 @@ static int parse_forwards(struct jr *r, json_object *root, struct net_def *n)
     if (e < 0 || !a)
         return e;
     size_t m = jr_key(r, "forwards");
-    if (!n->ipv4.address)
+    if (!n->ipv4.address && json_object_array_length(a) > 0)
         return jr_fail(r, "need ipv4 (port forwards go to IPv4 guests)");
     n->nforwards = json_object_array_length(a);
     n->forwards = qv_xcalloc(n->nforwards, sizeof(*n->forwards));
