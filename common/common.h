@@ -298,7 +298,7 @@ int read_file_line(const char *path, char *out, size_t outlen);
  * names it ("4:cpu,cpuacct:/x" for "cpu"). -ENOENT when there is no such line. */
 int proc_cgroup_path(pid_t pid, const char *v1_controller, char *out, size_t outlen);
 /* The systemd unit a process runs in ("qvisor@web1.service"), from the cgroup path
- * systemd keeps (the name=systemd hierarchy, else the v2 one); -ENOENT outside one.
+ * systemd keeps (the unified hierarchy's, else name=systemd's); -ENOENT outside one.
  * pid 0: this process. */
 int proc_systemd_unit(pid_t pid, char *out, size_t outlen);
 /* Blocks the given signals (0-terminated list) and returns a CLOEXEC, non-blocking

@@ -95,14 +95,10 @@ int proc_cgroup_path(pid_t pid, const char *v1_controller, char *out, size_t out
     return -ENOENT;
 }
 
-int proc_systemd_unit(pid_t pid, char *out, size_t outlen)
+/* The unit in one cgroup path: a delegated unit's processes may sit in sub-cgroups of
+ * its own, so it is the last component with a unit suffix. */
+static int unit_of_path(char *path, char *out, size_t outlen)
 {
-    char path[PATH_MAX];
-    if (proc_cgroup_path(pid, "name=systemd", path, sizeof(path)) < 0 &&
-        proc_cgroup_path(pid, NULL, path, sizeof(path)) < 0)
-        return -ENOENT;
-    /* a delegated unit's processes may sit in sub-cgroups of its own: the unit is the
-     * last component with a unit suffix */
     for (char *end = path + strlen(path); end > path;) {
         char *slash = end;
         while (slash > path && slash[-1] != '/')
@@ -117,6 +113,18 @@ int proc_systemd_unit(pid_t pid, char *out, size_t outlen)
         }
         end = slash > path ? slash - 1 : path;
     }
+    return -ENOENT;
+}
+
+int proc_systemd_unit(pid_t pid, char *out, size_t outlen)
+{
+    /* systemd tracks units on the unified hierarchy when it has one (v2, and hybrid
+     * mode), on name=systemd otherwise; a host may show both lines, one of them stale */
+    char path[PATH_MAX];
+    if (proc_cgroup_path(pid, NULL, path, sizeof(path)) == 0 && unit_of_path(path, out, outlen) == 0)
+        return 0;
+    if (proc_cgroup_path(pid, "name=systemd", path, sizeof(path)) == 0)
+        return unit_of_path(path, out, outlen);
     return -ENOENT;
 }
 

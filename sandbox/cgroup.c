@@ -135,7 +135,8 @@ int sandbox_cgroup_resolve(const struct sandbox_cgroup_params *p, struct sandbox
     if (version != 1 && version != 2)
         return qv_fail(e, -ENOENT, "cgroup: no cgroup hierarchy under %s", root);
     cg->version = version;
-    cg->split = true;
+    cg->delegated = p->delegated && version == 2;
+    cg->split = !cg->delegated;
     snprintf(cg->root, sizeof(cg->root), "%s", root);
     char parent[PATH_MAX];
     int r;
@@ -335,7 +336,16 @@ int sandbox_cgroup_create(struct sandbox_cgroup *cg, const struct sandbox_cgroup
     for (size_t i = 0; i < cg->ndirs; i++) {
         if ((r = make_dirs(cg, i, e)) < 0)
             return r;
-        if (cg->version == 2) {
+        if (cg->delegated) {
+            /* only what the unit's cgroup passes on already (nothing, usually); CPU
+             * time is in cpu.stat without a controller */
+            char avail[512] = "";
+            cg_read(cg->dir[i].path, "cgroup.controllers", avail, sizeof(avail));
+            cg->dir[i].ctls = 1u << CG_CPUACCT;
+            for (int c = 0; c < CG_NCTL; c++)
+                if (has_word(avail, cg_ctl_names[c]))
+                    cg->dir[i].ctls |= 1u << c;
+        } else if (cg->version == 2) {
             /* every level down to the VM's directory passes the controllers on */
             char leaf[PATH_MAX];
             sandbox_cgroup_leaf(cg, i, CG_LEAF_QEMU, leaf, sizeof(leaf));

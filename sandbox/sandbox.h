@@ -129,6 +129,12 @@ struct sandbox_cgroup_params {
                              * subtree; NULL: the cgroup this process is in */
     const char *name;       /* the leaf, usually the VM name */
     int version;            /* 0: detect from root; 1 or 2 to force */
+    /* v2 only: the cgroup is parent/name with QEMU in it (not split) and no controller
+     * is enabled on the way: a systemd unit's delegated cgroup (Delegate=yes) whose
+     * service systemd must be able to restart into it while QEMU lives on, which
+     * v2 refuses once the unit's cgroup passes controllers on (systemd 252 has no
+     * DelegateSubgroup=). The unit's own limits apply then. */
+    bool delegated;
 };
 
 /* One directory per hierarchy the VM joins: one for v2, one per controller for v1.
@@ -151,6 +157,7 @@ struct sandbox_cgroup {
         unsigned ctls;          /* bits (1u << CG_*) this directory controls */
     } dir[CG_NCTL];
     unsigned ctls;              /* controllers the VM's cgroup has */
+    bool delegated;             /* see sandbox_cgroup_params */
 };
 
 /* Where the VM's cgroup lives, without creating anything (record it before

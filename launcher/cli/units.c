@@ -1,15 +1,17 @@
 /* The host's side: autostart (the unit enabled under systemd, the definition's flag
  * everywhere), `autostart --run` and `shutdown-all` (qvisor-guests.service, or an init
  * script without systemd), and the systemd generator that gives each VM's unit the
- * networks of its definition. */
+ * networks and limits of its definition. */
 #include <dirent.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/stat.h>
 
 #include "launcher/cli/cli.h"
+#include "sandbox/sandbox.h"
 
 /* systemd runs this host and the root is the host's own: units are the way */
 static bool systemd_host(const struct cli *c)
@@ -272,7 +274,10 @@ int cmd_shutdown_all(struct cli *c)
  * Installed as system-generators/qvisor-generator (a link to qvisor); systemd runs it
  * at boot and at every daemon-reload with the directory for its output first. Each
  * defined VM's unit gets a drop-in: After= every network its NICs name, Wants= those
- * that autostart (a VM never pulls in a network its owner keeps down by hand). Run
+ * that autostart (a VM never pulls in a network its owner keeps down by hand), and
+ * the definition's limits as the unit's (under cgroup v2 QEMU's cgroup is inside the
+ * unit's, see sandbox_cgroup_params.delegated; elsewhere they bound the supervisor,
+ * and QEMU's own cgroup has QEMU's). Run
  * early in boot: nothing but reading the definitions and writing files, and a
  * definition it cannot read costs that VM its drop-in, never the others theirs. */
 
@@ -282,8 +287,34 @@ static int write_dropin(const char *dir, const char *vm, const char *text)
     snprintf(path, sizeof(path), "%s/qvisor@%s.service.d", dir, vm);
     if (mkdir(path, 0755) < 0 && errno != EEXIST)
         return -errno;
-    snprintf(path, sizeof(path), "%s/qvisor@%s.service.d/50-qvisor-networks.conf", dir, vm);
+    snprintf(path, sizeof(path), "%s/qvisor@%s.service.d/50-qvisor.conf", dir, vm);
     return write_file_atomic(path, text, strlen(text), 0644, NULL);
+}
+
+static void unit_limits(struct buf *text, const struct vm_def *d)
+{
+    const struct vm_limits *l = &d->limits;
+    buf_printf(text, "[Service]\nMemoryMax=%" PRIu64 "\nTasksMax=%" PRIu64 "\n", vm_unit_memory_max(d),
+               vm_unit_tasks_max(d));
+    uint64_t quota, period;
+    struct qv_err e = {0};
+    if (l->cpu && sandbox_parse_cpu_quota(l->cpu, &quota, &period, &e) == 0 && quota)
+        buf_printf(text, "CPUQuota=%" PRIu64 "%%\n", (quota * 100 + period / 2) / period);
+    if (l->cpu_weight)
+        buf_printf(text, "CPUWeight=%d\n", l->cpu_weight);
+    if (l->io_weight)
+        buf_printf(text, "IOWeight=%d\n", l->io_weight);
+    for (size_t i = 0; i < l->nio; i++) {
+        const struct vm_io_limit *io = &l->io[i];
+        if (io->read_bps)
+            buf_printf(text, "IOReadBandwidthMax=%s %" PRIu64 "\n", io->device, io->read_bps);
+        if (io->write_bps)
+            buf_printf(text, "IOWriteBandwidthMax=%s %" PRIu64 "\n", io->device, io->write_bps);
+        if (io->read_iops)
+            buf_printf(text, "IOReadIOPSMax=%s %" PRIu64 "\n", io->device, io->read_iops);
+        if (io->write_iops)
+            buf_printf(text, "IOWriteIOPSMax=%s %" PRIu64 "\n", io->device, io->write_iops);
+    }
 }
 
 int qvisor_generator(int argc, char **argv)
@@ -313,7 +344,6 @@ int qvisor_generator(int argc, char **argv)
             continue;
         struct buf text = {0};
         buf_printf(&text, "# written by qvisor-generator from %s's definition\n[Unit]\n", d.name);
-        size_t nets = 0;
         for (size_t k = 0; k < d.nnics; k++) {
             const struct vm_nic *nic = &d.nics[k];
             if (nic->type != NIC_NETWORK)
@@ -334,9 +364,9 @@ int qvisor_generator(int argc, char **argv)
             buf_printf(&text, "After=qvisor-net@%s.service\n", nic->source);
             if (autostart)
                 buf_printf(&text, "Wants=qvisor-net@%s.service\n", nic->source);
-            nets++;
         }
-        int r = nets ? write_dropin(argv[1], d.name, text.p) : 0;
+        unit_limits(&text, &d);
+        int r = write_dropin(argv[1], d.name, text.p);
         if (r < 0) {
             fprintf(stderr, "qvisor-generator: %s: writing its drop-in in %s: %s\n", d.name, argv[1], strerror(-r));
             status = 1;

@@ -240,3 +240,22 @@ void vm_confine_to_json(const struct vm_def *d, json_object *o)
     json_object_object_add(sb, "require", strv_json(&s->require));
     json_object_object_add(o, "sandbox", sb);
 }
+
+/* the supervisor's part of its unit: its heap, the console ring and log, its children
+ * (virtiofsd, qemu-img) */
+#define UNIT_SUPERVISOR_MEMORY (128ull << 20)
+#define UNIT_SUPERVISOR_TASKS 64
+
+uint64_t vm_unit_memory_max(const struct vm_def *d)
+{
+    uint64_t qemu = d->limits.memory_max ? d->limits.memory_max
+                  : d->memory.bytes + sandbox_memory_overhead(d->memory.bytes, (unsigned)d->cpu.count,
+                                                              d->accel != ACCEL_KVM);
+    return qemu + UNIT_SUPERVISOR_MEMORY;
+}
+
+uint64_t vm_unit_tasks_max(const struct vm_def *d)
+{
+    uint64_t qemu = d->limits.pids ? (uint64_t)d->limits.pids : VM_DEFAULT_PIDS_MAX + (uint64_t)d->cpu.count;
+    return qemu + UNIT_SUPERVISOR_TASKS;
+}

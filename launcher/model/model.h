@@ -139,6 +139,10 @@ struct vm_io_limit {
     uint64_t read_bps, write_bps, read_iops, write_iops;   /* 0: unlimited */
 };
 
+/* QEMU's pids limit unless limits.pids says: its threads (one per vCPU on top), the
+ * I/O worker pool (64 per AioContext), a few more; a fork bomb from a compromised
+ * QEMU hits it */
+#define VM_DEFAULT_PIDS_MAX 512
 /* cgroup limits; 0/NULL: not limited (memory_max 0: guest RAM + QEMU's overhead) */
 struct vm_limits {
     uint64_t memory_max;
@@ -149,6 +153,13 @@ struct vm_limits {
     struct vm_io_limit *io;
     size_t nio;
 };
+/* What a VM's systemd unit is limited to (the generator's MemoryMax= and TasksMax=):
+ * QEMU's limits (limits.memory_max or guest RAM + QEMU's overhead, the larger TCG one
+ * unless accel is kvm; limits.pids or the default) plus room for the supervisor.
+ * Under cgroup v2 QEMU's cgroup is in its unit's, so these are what bounds it. */
+struct vm_def;
+uint64_t vm_unit_memory_max(const struct vm_def *d);
+uint64_t vm_unit_tasks_max(const struct vm_def *d);
 
 struct vm_sandbox {
     char *user;             /* NULL: a dynamic uid of its own */

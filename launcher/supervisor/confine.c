@@ -2,6 +2,7 @@
  * and the sandbox_spec that sandbox_spawn() applies between fork and exec. What is
  * about to be created is recorded in state.json first, so a crash at any step can
  * be cleaned up exactly. */
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -14,7 +15,6 @@
 
 #define CGROUP_ROOT "/sys/fs/cgroup"
 #define CGROUP_REMOVE_MS 5000
-#define DEFAULT_PIDS_MAX 512
 
 static void log_warnings(struct sup *s, struct strv *w)
 {
@@ -35,6 +35,8 @@ static json_object *cgroup_json(const struct sandbox_cgroup *cg)
     json_object *o = json_object_new_object();
     json_object_object_add(o, "version", json_object_new_int(cg->version));
     json_object_object_add(o, "split", json_object_new_boolean(cg->split));
+    if (cg->delegated)
+        json_object_object_add(o, "delegated", json_object_new_boolean(true));
     json_object_object_add(o, "root", json_object_new_string(cg->root));
     json_object_object_add(o, "ctls", json_object_new_int((int)cg->ctls));
     json_object *dirs = json_object_new_array();
@@ -58,6 +60,7 @@ static bool cgroup_from_json(json_object *o, struct sandbox_cgroup *cg)
         cg->version = json_object_get_int(v);
     /* absent: an older qvisor put QEMU in the VM's directory itself */
     cg->split = json_object_object_get_ex(o, "split", &v) && json_object_get_boolean(v);
+    cg->delegated = json_object_object_get_ex(o, "delegated", &v) && json_object_get_boolean(v);
     if (json_object_object_get_ex(o, "root", &v))
         snprintf(cg->root, sizeof(cg->root), "%s", json_object_get_string(v));
     if (json_object_object_get_ex(o, "ctls", &v))
@@ -91,7 +94,7 @@ static int cgroup_limits(struct sup *s, const struct launch_plan *p, struct sand
     l->cpu_weight = (unsigned)vl->cpu_weight;
     /* QEMU's threads: one per vCPU, its I/O worker pool (64 per AioContext), a few
      * more; a compromised QEMU that tries to fork-bomb the host hits this */
-    l->pids_max = vl->pids ? (uint64_t)vl->pids : DEFAULT_PIDS_MAX + (uint64_t)s->def.cpu.count;
+    l->pids_max = vl->pids ? (uint64_t)vl->pids : VM_DEFAULT_PIDS_MAX + (uint64_t)s->def.cpu.count;
     l->io_weight = (unsigned)vl->io_weight;
     for (size_t i = 0; i < vl->nio; i++) {
         struct stat st;
@@ -150,8 +153,14 @@ int confine_prepare(struct sup *s, const struct launch_plan *p, struct qv_err *e
     /* the cgroup: recorded, then created */
     c->have_cgroup = false;
     if (c->host.cgroup_version) {
+        /* Under its own unit on v2, QEMU's cgroup is UNIT/qemu, in the subtree systemd
+         * delegated: the unit's status and accounting see QEMU, and the unit's limits
+         * (the generator's drop-in) are QEMU's. Elsewhere it is qvisor/VM/qemu. */
+        bool delegated = s->own_unit && c->host.cgroup_version == 2 && !s->hc.cgroup_parent;
         struct sandbox_cgroup_params cp = {.root = CGROUP_ROOT, .parent = s->hc.cgroup_parent ? s->hc.cgroup_parent : "qvisor",
                                            .name = s->def.name};
+        if (delegated)
+            cp = (struct sandbox_cgroup_params){.root = CGROUP_ROOT, .name = SANDBOX_CGROUP_QEMU, .delegated = true};
         struct qv_err ce = {0};
         if ((r = sandbox_cgroup_resolve(&cp, &c->cg, &ce)) == 0) {
             json_object_object_add(resources(s), "cgroup", cgroup_json(&c->cg));
@@ -163,8 +172,13 @@ int confine_prepare(struct sup *s, const struct launch_plan *p, struct qv_err *e
             if ((r = cgroup_limits(s, p, &l, io, e)) < 0)
                 return r;
             struct strv w = {0};
-            r = sandbox_cgroup_create(&c->cg, &l, &w, &ce);
+            r = sandbox_cgroup_create(&c->cg, delegated ? NULL : &l, &w, &ce);
             log_warnings(s, &w);
+            if (r == 0 && delegated)
+                sup_log(s, "cgroup: QEMU runs in %s, inside this unit's; its limits are the unit's "
+                        "(MemoryMax=%" PRIu64 " TasksMax=%" PRIu64 " from qvisor-generator; systemctl daemon-reload "
+                        "after changing limits)", c->cg.dir[0].path, vm_unit_memory_max(&s->def),
+                        vm_unit_tasks_max(&s->def));
         }
         if (r == -EBUSY)    /* processes in the VM's cgroup: never start a second QEMU beside them */
             return qv_fail(e, -EBUSY, "%s: %s; not starting another QEMU", s->def.name, ce.msg);

@@ -51,12 +51,29 @@ gen=$T_ROOT/gen
 mkdir -p "$gen"
 ln -s "$QV_BIN" "$T_ROOT/qvisor-generator"
 check "the generator (qvisor called qvisor-generator) exits 0" env QVISOR_GENERATOR_ROOT="$T_ROOT" "$T_ROOT/qvisor-generator" "$gen" /nonexistent /nonexistent
-dropin=$gen/qvisor@gv1.service.d/50-qvisor-networks.conf
+dropin=$gen/qvisor@gv1.service.d/50-qvisor.conf
 check "...gv1's unit is ordered after both its networks, each once" \
     test "$(grep -c '^After=qvisor-net@gn[12]\.service$' "$dropin" 2>&1)" = 2
 check "...and pulls in the autostart one" grep -qx 'Wants=qvisor-net@gn1.service' "$dropin"
 check_not "...but not the one kept down by hand" grep -q 'Wants=qvisor-net@gn2' "$dropin"
-check "...a VM without networks gets no drop-in" test ! -e "$gen/qvisor@gv2.service.d"
+check_not "...a VM without networks is ordered after none" grep -q '^After=' "$gen/qvisor@gv2.service.d/50-qvisor.conf"
+# its limits (under cgroup v2 QEMU's cgroup is inside the unit's): 128M of guest RAM under
+# TCG (accel auto counts as TCG) is 128M + QEMU's overhead (256M + 128M/16 + 32M per vCPU
+# + 512M for TCG = 808M) + 128M for the supervisor = 1064M; 512 + 1 vCPU + 64 tasks
+check "...gv2's unit has the definition's default limits: MemoryMax=1064M" \
+    grep -qx "MemoryMax=$((1064 << 20))" "$gen/qvisor@gv2.service.d/50-qvisor.conf"
+check "...and TasksMax=577" grep -qx 'TasksMax=577' "$gen/qvisor@gv2.service.d/50-qvisor.conf"
+cat > "$T_ROOT/gv3.json" <<JSON
+{"name": "gv3", "memory": "256M", "boot": {"kernel": "$G_KERNEL"},
+ "limits": {"memory_max": "2G", "cpu": "150%", "cpu_weight": 200, "pids": 100, "io_weight": 300}}
+JSON
+qv define -q "$T_ROOT/gv3.json"
+env QVISOR_GENERATOR_ROOT="$T_ROOT" "$T_ROOT/qvisor-generator" "$gen" /nonexistent /nonexistent
+d3=$gen/qvisor@gv3.service.d/50-qvisor.conf
+check "...limits.memory_max 2G + 128M for the supervisor: MemoryMax=2176M" grep -qx "MemoryMax=$((2176 << 20))" "$d3"
+check "...limits.pids 100 + 64: TasksMax=164" grep -qx 'TasksMax=164' "$d3"
+check "...limits.cpu, cpu_weight and io_weight as CPUQuota=150% CPUWeight=200 IOWeight=300" \
+    test "$(grep -E '^(CPUQuota|CPUWeight|IOWeight)=' "$d3" | tr '\n' ' ')" = "CPUQuota=150% CPUWeight=200 IOWeight=300 "
 check_exit "the generator refuses a relative output directory" 2 "$T_ROOT/qvisor-generator" relative
 
 # ---- autostart flags ----

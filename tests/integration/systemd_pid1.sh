@@ -3,11 +3,14 @@
 # The units under a real systemd: systemd 252 boots as PID 1 of private PID, mount,
 # cgroup and network namespaces, on a throw-away root (an overlay over / with its upper
 # layer on a tmpfs, fresh /run and /tmp: its boot jobs must not touch the host's), its
-# cgroups in a subtree of their own that the test removes. qvisor is installed there
-# with `make install`, and then:
+# cgroups in a subtree of their own that the test removes. Its cgroups are v2 (unified),
+# as on hosts in the field: a subtree of this host's cgroup2 mount, which has no
+# controllers here (they are all v1's), so limits are not enforced, but the layout is
+# the field's. qvisor is installed there with `make install`, and then:
 #   systemctl start qvisor@VM -> READY only once the guest runs; its autostart
 #     network started as its own unit (qvisor-net@NET), not inside the VM's cgroup;
-#   the generator, after daemon-reload, gives the VM's unit that network;
+#     QEMU's cgroup is inside the unit's (UNIT/qemu), where systemd sees it;
+#   the generator, after daemon-reload, gives the VM's unit that network and its limits;
 #   a hung (SIGSTOPped) supervisor is killed by the watchdog and restarted; the guest
 #     lives on and the new supervisor reattaches;
 #   systemctl kill -s KILL --kill-who=main -> QEMU survives, the restarted unit
@@ -28,10 +31,11 @@ fi
 id=qvsd-${T_ROOT##*.}
 W=$T_ROOT/sd
 mkdir -p "$W"
-V1="cpu cpuacct cpuset memory devices freezer blkio pids"
-# every hierarchy this host mounts under /sys/fs/cgroup (v1 here), plus name=systemd
-hiers=()
-for h in $V1 systemd; do [ -d "/sys/fs/cgroup/$h" ] && hiers+=("$h"); done
+mkdir -p "$W/cg2"
+if ! mount -t cgroup2 none "$W/cg2" 2>/dev/null; then
+    ok "# SKIP no cgroup2 file system to give systemd a unified hierarchy"; finish
+fi
+umount "$W/cg2"
 
 sd_cleanup() {
     local pid
@@ -39,11 +43,7 @@ sd_cleanup() {
     # PID 1 of the namespace: SIGKILL takes every process of the namespace with it
     [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
     [ -n "$pid" ] && for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    local h
-    for h in "${hiers[@]}"; do
-        [ -d "/sys/fs/cgroup/$h/$id" ] && find "/sys/fs/cgroup/$h/$id" -depth -type d -exec rmdir {} + 2>/dev/null
-    done
-    # the v2 hierarchy systemd mounts for itself (hybrid mode)
+    # the container's v2 hierarchy
     mkdir -p "$W/cg2"
     if mount -t cgroup2 none "$W/cg2" 2>/dev/null; then
         [ -d "$W/cg2/$id" ] && find "$W/cg2/$id" -depth -type d -exec rmdir {} + 2>/dev/null
@@ -52,22 +52,15 @@ sd_cleanup() {
 }
 on_exit sd_cleanup
 
-# The namespace's first process: join our own cgroups, then new PID and cgroup
+# The namespace's first process: join a v2 cgroup of our own, then new PID and cgroup
 # namespaces (that cgroup their root), and systemd as PID 1 on the throw-away root.
 cat > "$W/enter.sh" <<INNER
 #!/bin/bash
 set -e
-for h in ${hiers[*]}; do
-    mkdir -p /sys/fs/cgroup/\$h/$id
-    [ \$h = cpuset ] && cat /sys/fs/cgroup/cpuset/cpuset.cpus > /sys/fs/cgroup/cpuset/$id/cpuset.cpus &&
-        cat /sys/fs/cgroup/cpuset/cpuset.mems > /sys/fs/cgroup/cpuset/$id/cpuset.mems
-    echo \$\$ > /sys/fs/cgroup/\$h/$id/cgroup.procs
-done
 mkdir -p $W/cg2
-if mount -t cgroup2 none $W/cg2 2>/dev/null; then
-    mkdir -p $W/cg2/$id && echo \$\$ > $W/cg2/$id/cgroup.procs
-    umount $W/cg2
-fi
+mount -t cgroup2 none $W/cg2
+mkdir -p $W/cg2/$id && echo \$\$ > $W/cg2/$id/cgroup.procs
+umount $W/cg2
 exec unshare --pid --fork --mount --cgroup --net --propagation private $W/boot.sh
 INNER
 cat > "$W/boot.sh" <<INNER
@@ -85,12 +78,8 @@ M=\$O/m
 mount --rbind /dev \$M/dev
 mount -t proc proc \$M/proc
 mount -t sysfs sysfs \$M/sys
-mount -t tmpfs -o mode=755 tmpfs \$M/sys/fs/cgroup
-for h in ${hiers[*]}; do
-    mkdir -p \$M/sys/fs/cgroup/\$h
-    if [ \$h = systemd ]; then mount -t cgroup -o none,name=systemd cgroup \$M/sys/fs/cgroup/\$h
-    else mount -t cgroup -o \$h cgroup \$M/sys/fs/cgroup/\$h; fi
-done
+# the cgroup namespace's root: this process's cgroup2 directory
+mount -t cgroup2 none \$M/sys/fs/cgroup
 mount -t tmpfs tmpfs \$M/run
 mount -t tmpfs tmpfs \$M/tmp
 # a checkout or build under /tmp (a clean clone there) stays visible: the guest's kernel
@@ -160,11 +149,18 @@ fi
 qpid=$(json_field "$st" pid)
 spid=$(in_sd systemctl show -p MainPID --value qvisor@sdvm)
 check "...its MainPID is the supervisor ($spid)" test "$spid" = "$(json_field "$st" supervisor_pid)"
-check "...systemd sees QEMU in the unit's cgroup" grep -q 'name=systemd:.*/qvisor@sdvm\.service$' <<< "$(in_sd cat /proc/$qpid/cgroup 2>&1)"
+check_output "...systemd runs on a unified (v2) hierarchy" '^cgroup2fs$' in_sd stat -f -c %T /sys/fs/cgroup
+check "...QEMU's cgroup is inside the unit's: $(in_sd cat /proc/$qpid/cgroup 2>&1)" \
+    grep -qx '0::/system.slice/system-qvisor.slice/qvisor@sdvm.service/qemu' <<< "$(in_sd cat /proc/$qpid/cgroup 2>&1)"
+check "...the supervisor stays in the unit's own (systemd restarts it there)" \
+    grep -qx '0::/system.slice/system-qvisor.slice/qvisor@sdvm.service' <<< "$(in_sd cat /proc/$spid/cgroup 2>&1)"
+check_output "...systemctl status lists QEMU among the unit's processes" "$qpid .*qemu-system" \
+    in_sd systemctl status --no-pager -l qvisor@sdvm
+check_output "...the supervisor's log says where QEMU runs" 'cgroup: QEMU runs in .*qvisor@sdvm.service/qemu, inside this unit' sq logs sdvm
 check_output "...the autostart network runs as its own unit" '^active$' in_sd systemctl is-active qvisor-net@sdnet
 netpid=$(in_sd systemctl show -p MainPID --value qvisor-net@sdnet)
-check "...not in the VM's cgroup: $(in_sd cat /proc/$netpid/cgroup 2>&1 | grep name=systemd)" \
-    grep -q 'name=systemd:.*/qvisor-net@sdnet\.service$' <<< "$(in_sd cat /proc/$netpid/cgroup 2>&1)"
+check "...not in the VM's cgroup: $(in_sd cat /proc/$netpid/cgroup 2>&1)" \
+    grep -qx '0::/system.slice/system-qvisor\\x2dnet.slice/qvisor-net@sdnet.service' <<< "$(in_sd cat /proc/$netpid/cgroup 2>&1)"
 check "...the supervisor says so" grep -q 'started network sdnet (autostart) as its unit qvisor-net@sdnet.service' <<< "$(sq logs sdvm 2>&1)"
 
 # ---- the generator, run by daemon-reload ----
@@ -172,6 +168,9 @@ in_sd systemctl daemon-reload
 check_output "after daemon-reload, the generator gives the VM's unit its network (Wants)" 'qvisor-net@sdnet\.service' \
     in_sd systemctl show -p Wants --value qvisor@sdvm
 check_output "...and orders it after it" 'qvisor-net@sdnet\.service' in_sd systemctl show -p After --value qvisor@sdvm
+# 192M under TCG: 192M + (256M + 12M + 32M + 512M) + 128M for the supervisor = 1132M
+check_output "...and gives it the definition's limits (MemoryMax=1132M)" "^$((1132 << 20))\$" \
+    in_sd systemctl show -p MemoryMax --value qvisor@sdvm
 
 alive() { in_sd kill -0 "$qpid"; }
 new_main() { local m; m=$(in_sd systemctl show -p MainPID --value qvisor@sdvm); [ -n "$m" ] && [ "$m" != 0 ] && [ "$m" != "$1" ] && [ "$(in_sd systemctl is-active qvisor@sdvm)" = active ]; }
@@ -184,6 +183,8 @@ check_output "...systemd says why" '[Ww]atchdog' in_sd journalctl -u qvisor@sdvm
 check "...QEMU lived on" alive
 check "...the new supervisor reattached to it" wait_until 30 reattached
 spid=$(in_sd systemctl show -p MainPID --value qvisor@sdvm)
+check "...QEMU is still in the unit's qemu cgroup" \
+    grep -qx '0::/system.slice/system-qvisor.slice/qvisor@sdvm.service/qemu' <<< "$(in_sd cat /proc/$qpid/cgroup 2>&1)"
 
 # ---- the supervisor killed: QEMU stays ----
 check "systemctl kill -s KILL --kill-who=main" in_sd systemctl kill -s KILL --kill-who=main qvisor@sdvm
@@ -199,6 +200,7 @@ logs=$(sq logs sdvm 2>&1)
 check "...pressed the ACPI power button" grep -q 'stopping: ACPI power button' <<< "$logs"
 check_not "...and the guest powered off by itself (no forced quit)" grep -q 'did not power off in time' <<< "$logs"
 check "...QEMU is gone" bash -c "! nsenter -t $pid1 -a kill -0 $qpid 2>/dev/null"
+check "...and so is its cgroup" bash -c "! nsenter -t $pid1 -a test -d '/sys/fs/cgroup/system.slice/system-qvisor.slice/qvisor@sdvm.service/qemu'"
 check_output "...the unit is inactive, not failed" '^ActiveState=inactive Result=success$' \
     bash -c "nsenter -t $pid1 -a systemctl show -p ActiveState -p Result qvisor@sdvm | sort | paste -sd ' '"
 

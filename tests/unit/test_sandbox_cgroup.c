@@ -749,6 +749,42 @@ static void test_v2_missing_controller(void **state)
     assert_int_equal(cg->ctls, (1u << CG_MEMORY) | (1u << CG_CPU) | (1u << CG_PIDS) | (1u << CG_CPUACCT));
 }
 
+/* A systemd unit's delegated cgroup (v2): QEMU in UNIT/qemu, not split, and nothing
+ * enabled on the way down, so systemd can restart the service into UNIT itself. */
+static void test_v2_delegated(void **state)
+{
+    struct fx *f = *state;
+    char root[PATH_MAX], unit[PATH_MAX];
+    snprintf(root, sizeof(root), "%s/cgroup", f->fake);
+    mkdir(root, 0755);
+    fake_v2(root, "cpu io memory pids\n", "");
+    snprintf(unit, sizeof(unit), "%s/qvisor.slice/vm1", root);
+    struct qv_err e = {0};
+    struct sandbox_cgroup_params p = {.root = root, .parent = "qvisor.slice/vm1", .name = SANDBOX_CGROUP_QEMU,
+                                      .delegated = true};
+    struct sandbox_cgroup *cg = &f->cgs[f->ncgs++];
+    assert_int_equal(sandbox_cgroup_resolve(&p, cg, &e), 0);
+    assert_true(cg->delegated);
+    assert_false(cg->split);
+    assert_int_equal(cg->ndirs, 1);
+    char want[PATH_MAX];
+    snprintf(want, sizeof(want), "%s/" SANDBOX_CGROUP_QEMU, unit);
+    assert_string_equal(cg->dir[0].path, want);
+    /* the qemu leaf passes nothing on: only accounting */
+    put_file(want, "cgroup.controllers", "");
+    struct strv warnings = {0};
+    assert_int_equal(sandbox_cgroup_create(cg, NULL, &warnings, &e), 0);
+    assert_int_equal(warnings.n, 0);
+    strv_free(&warnings);
+    assert_file(root, "cgroup.subtree_control", "");
+    assert_file(root, "qvisor.slice/cgroup.subtree_control", "");
+    assert_file(unit, "cgroup.subtree_control", "");
+    assert_int_equal(cg->ctls, 1u << CG_CPUACCT);
+    char leaf[PATH_MAX];
+    assert_int_equal(sandbox_cgroup_leaf(cg, 0, CG_LEAF_QEMU, leaf, sizeof(leaf)), 0);
+    assert_string_equal(leaf, want);
+}
+
 /* A fake tree's process list is never acted on: only a real cgroupfs is killed in. */
 static void test_v2_fake_never_kills(void **state)
 {
@@ -837,6 +873,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_v2_supervisor_leaf, setup, teardown),
         cmocka_unit_test_setup_teardown(test_v2_missing_controller, setup, teardown),
         cmocka_unit_test_setup_teardown(test_v2_fake_never_kills, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_v2_delegated, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resolve_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cpu_quota_and_overhead, setup, teardown),
     };
