@@ -103,7 +103,7 @@ static const struct cli_opt media_opts[] = {
     {"eject", false, false, 0}, {"config", false, false, 0}, {"persistent", false, false, 0}, {0}};
 static const struct cli_opt autostart_opts[] = {{"disable", false, false, 0}, {"run", false, false, 0}, {0}};
 static const struct cli_opt disable_opts[] = {{"disable", false, false, 0}, {0}};
-static const struct cli_opt shutdown_all_opts[] = {{"timeout", true, false, 't'}, {0}};
+static const struct cli_opt shutdown_all_opts[] = {{"timeout", true, false, 't'}, {"save", false, false, 0}, {0}};
 static const struct cli_opt detach_opts[] = {{"persistent", false, false, 0}, {"mac", true, false, 0}, {0}};
 
 static int cmd_help(struct cli *c);
@@ -159,8 +159,9 @@ static const struct cli_command commands[] = {
     {"autostart", cmd_autostart, autostart_opts, 0, 1, "autostart VM [--disable] | autostart --run",
      "start the VM at boot (under systemd: its unit qvisor@VM enabled); --run starts every autostart network, "
      "then every autostart VM (for init scripts and qvisor-guests.service)"},
-    {"shutdown-all", cmd_shutdown_all, shutdown_all_opts, 0, 0, "shutdown-all [--timeout SECONDS]",
-     "stop every running VM in parallel: ACPI power-off, then forced after the timeout (default 60 s); at host "
+    {"shutdown-all", cmd_shutdown_all, shutdown_all_opts, 0, 0, "shutdown-all [--timeout SECONDS] [--save]",
+     "stop every running VM in parallel: ACPI power-off, then forced after the timeout (default 60 s), or with "
+     "--save managed-save them (autostart --run resumes them; one that cannot be saved is stopped); at host "
      "shutdown (qvisor-guests.service, init scripts)"},
     {"kill", cmd_kill, no_opts, 1, 1, "kill NAME", "stop a VM at once (SIGKILL to QEMU)"},
     {"reboot", cmd_simple, reboot_opts, 1, 1, "reboot NAME [--mode agent]",

@@ -147,6 +147,8 @@ int cmd_migrate_incoming(struct cli *c);
 /* save.c: sends a save or migrate request and waits for its reply (into *reply when not
  * NULL), with progress on a terminal; Ctrl-C asks the supervisor to cancel. */
 int cli_migration_call(struct cli *c, const char *vm, json_object *req, json_object **reply);
+/* The supervisor request for a managed save of vm (its directory made); NULL with c->err. */
+json_object *cli_managedsave_request(struct cli *c, const char *vm);
 int cmd_snapshot_create(struct cli *c);
 int cmd_snapshot_list(struct cli *c);
 int cmd_snapshot_show(struct cli *c);

@@ -487,6 +487,7 @@ int cmd_undefine(struct cli *c)
     managedsave_path(&c->paths, c->pos[0], saved, sizeof(saved));
     if (has_save && unlink(saved) == 0 && !c->quiet)
         printf("removed its managed save %s\n", saved);
+    managedsave_mark_resume(&c->paths, c->pos[0], false);
     struct qv_err se = {0};
     if (nsnap > 0 && snapshot_forget_all(&c->paths, c->pos[0], &se) < 0)
         fprintf(stderr, "qvisor: %s: snapshot records stay: %s\n", c->pos[0], se.msg);

@@ -177,17 +177,30 @@ int cmd_save(struct cli *c)
     return 0;
 }
 
+json_object *cli_managedsave_request(struct cli *c, const char *vm)
+{
+    char file[PATH_MAX], dir[PATH_MAX];
+    int r = managedsave_path(&c->paths, vm, file, sizeof(file));
+    if (r < 0) {
+        qv_fail(&c->err, -ENAMETOOLONG, "%s: path too long", vm);
+        return NULL;
+    }
+    qv_path(&c->paths, dir, sizeof(dir), QV_LIB "/save");
+    if ((r = mkdir_p(dir, 0700)) < 0) {
+        qv_failerr(&c->err, r, "%s", dir);
+        return NULL;
+    }
+    return save_request(file, cli_flag(c, "bypass-cache"), true);
+}
+
 int cmd_managedsave(struct cli *c)
 {
     const char *vm = c->pos[0];
-    char file[PATH_MAX], dir[PATH_MAX];
-    int r = managedsave_path(&c->paths, vm, file, sizeof(file));
-    if (r < 0)
-        return qv_fail(&c->err, -ENAMETOOLONG, "%s: path too long", vm);
-    qv_path(&c->paths, dir, sizeof(dir), QV_LIB "/save");
-    if ((r = mkdir_p(dir, 0700)) < 0)
-        return qv_failerr(&c->err, r, "%s", dir);
-    if ((r = cli_migration_call(c, vm, save_request(file, cli_flag(c, "bypass-cache"), true), NULL)) < 0)
+    json_object *req = cli_managedsave_request(c, vm);
+    if (!req)
+        return c->err.code ? c->err.code : -EIO;
+    int r;
+    if ((r = cli_migration_call(c, vm, req, NULL)) < 0)
         return r;
     if (!c->quiet)
         printf("%s saved (managed save; qvisor start %s resumes it)\n", vm, vm);
@@ -206,6 +219,7 @@ int cmd_managedsave_remove(struct cli *c)
     if (vm_supervised(&c->paths, vm, NULL) && managedsave_exists(&c->paths, vm))
         return qv_fail(&c->err, -EBUSY, "%s is running (or resuming from its managed save): nothing to remove now",
                        vm);
+    managedsave_mark_resume(&c->paths, vm, false);
     if (unlink(file) < 0) {
         if (errno != ENOENT)
             return qv_failerr(&c->err, -errno, "%s: %s", vm, file);

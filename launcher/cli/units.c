@@ -97,6 +97,13 @@ static int autostart_set(struct cli *c, const char *name, bool is_vm, bool on)
     return 0;
 }
 
+static void list_names(char *out, size_t len, const struct strv *names)
+{
+    out[0] = '\0';
+    for (size_t i = 0; i < names->n; i++)
+        snprintf(out + strlen(out), len - strlen(out), "%s%s", i ? ", " : "", names->v[i]);
+}
+
 /* Starts what autostarts, networks first (the VMs need them), each on its own: one
  * that fails is reported and the others still start. */
 static int autostart_run(struct cli *c)
@@ -111,13 +118,18 @@ static int autostart_run(struct cli *c)
         for (size_t i = 0; i < names->n; i++) {
             const char *name = names->v[i];
             struct qv_err e = {0};
-            bool on;
+            bool on, resume = false;
             if (pass == 0) {
                 _cleanup_net_def_ struct net_def d = {0};
                 on = net_load(&c->paths, name, &d, &e) == 0 && d.autostart && !net_running(&c->paths, name, NULL);
             } else {
                 _cleanup_vm_def_ struct vm_def d = {0};
-                on = vm_load(&c->paths, name, &d, &e) == 0 && d.autostart && !d.transient &&
+                resume = managedsave_resume_marked(&c->paths, name);
+                if (resume && !managedsave_exists(&c->paths, name)) {
+                    managedsave_mark_resume(&c->paths, name, false);     /* started by hand meanwhile */
+                    resume = false;
+                }
+                on = vm_load(&c->paths, name, &d, &e) == 0 && (d.autostart || resume) && !d.transient &&
                      !vm_supervised(&c->paths, name, NULL);
             }
             if (e.msg[0]) {
@@ -144,15 +156,18 @@ static int autostart_run(struct cli *c)
             if (r < 0) {
                 fprintf(stderr, "qvisor: autostart: %s\n", sub.err.msg);
                 strv_push(&failed, name);
-            } else if (!c->quiet) {
-                printf("%s%s started%s%s\n", pass == 0 ? "network " : "", name, units ? " as " : "", units ? unit : "");
+            } else {
+                if (resume)
+                    managedsave_mark_resume(&c->paths, name, false);
+                if (!c->quiet)
+                    printf("%s%s started%s%s%s\n", pass == 0 ? "network " : "", name, resume ? " from its managed save" : "",
+                           units ? " as " : "", units ? unit : "");
             }
         }
     }
     if (failed.n) {
-        char list[1024] = "";
-        for (size_t i = 0; i < failed.n; i++)
-            snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", i ? ", " : "", failed.v[i]);
+        char list[1024];
+        list_names(list, sizeof(list), &failed);
         return qv_fail(&c->err, -EIO, "autostart: %zu did not start (%s); the reasons are above", failed.n, list);
     }
     return 0;
@@ -183,55 +198,68 @@ struct stopping {
     struct buf in;
 };
 
-/* Every running VM gets its stop request at once (the supervisors stop their guests in
- * parallel); the answers are then collected against one deadline. */
-int cmd_shutdown_all(struct cli *c)
+/* The request for one VM: a stop (the ACPI button, forced after timeout_ms) or a
+ * managed save. */
+static json_object *shutdown_request(struct cli *c, const char *vm, bool save, int timeout_ms)
 {
-    int timeout_ms;
-    int r = cli_opt_seconds_ms(c, "timeout", 60000, &timeout_ms);
-    if (r < 0)
-        return r;
-    _cleanup_strv_ struct strv names = {0}, failed = {0};
-    if ((r = vm_list_names(&c->paths, &names, &c->err)) < 0)
-        return r;
-    struct stopping *st = qv_xcalloc(names.n ? names.n : 1, sizeof(*st));
+    if (save)
+        return cli_managedsave_request(c, vm);
+    json_object *req = ctl_request("stop");
+    json_object_object_add(req, "timeout_ms", json_object_new_int(timeout_ms));
+    return req;
+}
+
+/* Every VM of `names` that runs gets its request at once (the supervisors stop or save
+ * their guests in parallel); the answers are then collected against one deadline.
+ * done: the VMs that stopped (saved); failed: those that did not. */
+static void shutdown_each(struct cli *c, const struct strv *names, bool save, int timeout_ms, struct strv *done,
+                          struct strv *failed, bool *timed_out)
+{
+    struct stopping *st = qv_xcalloc(names->n ? names->n : 1, sizeof(*st));
     size_t n = 0;
-    for (size_t i = 0; i < names.n; i++) {
+    int r;
+    for (size_t i = 0; i < names->n; i++) {
         _cleanup_runstate_ struct vm_runstate rs = {0};
         bool supervised;
-        vm_observe(&c->paths, names.v[i], &rs, &supervised);
+        vm_observe(&c->paths, names->v[i], &rs, &supervised);
         if (rs.state == VM_SHUTOFF || rs.state == VM_CRASHED)
             continue;
         struct qv_err e = {0};
         int fd = -1;
-        r = ctl_connect(&c->paths, names.v[i], &fd, &e);
-        if (r == -EBUSY && cli_qemu_lives(c, names.v[i])) {
+        r = ctl_connect(&c->paths, names->v[i], &fd, &e);
+        if (r == -EBUSY && cli_qemu_lives(c, names->v[i])) {
             /* QEMU without its supervisor: one that only takes it over */
-            const char *args[] = {"run", "--attach-only", names.v[i], NULL};
+            const char *args[] = {"run", "--attach-only", names->v[i], NULL};
             e = (struct qv_err){0};
-            if ((r = supervisor_spawn(&c->paths, args, 30000, names.v[i], &e)) == 0)
-                r = ctl_connect(&c->paths, names.v[i], &fd, &e);
+            if ((r = supervisor_spawn(&c->paths, args, 30000, names->v[i], &e)) == 0)
+                r = ctl_connect(&c->paths, names->v[i], &fd, &e);
         } else if (r == -EBUSY) {
             continue;       /* stopped meanwhile */
         }
-        json_object *req = ctl_request("stop");
-        json_object_object_add(req, "timeout_ms", json_object_new_int(timeout_ms));
-        if (r == 0)
-            r = ctl_send(fd, req, &e);
-        json_object_put(req);
+        if (r == 0) {
+            json_object *req = shutdown_request(c, names->v[i], save, timeout_ms);
+            if (req) {
+                r = ctl_send(fd, req, &e);
+                json_object_put(req);
+            } else {
+                e = c->err;
+                c->err = (struct qv_err){0};
+                r = e.code ? e.code : -EIO;
+            }
+        }
         if (r < 0) {
             if (fd >= 0)
                 close(fd);
             fprintf(stderr, "qvisor: shutdown-all: %s\n", e.msg);
-            strv_push(&failed, names.v[i]);
+            strv_push(failed, names->v[i]);
             continue;
         }
-        snprintf(st[n].name, sizeof(st[n].name), "%s", names.v[i]);
+        snprintf(st[n].name, sizeof(st[n].name), "%s", names->v[i]);
         st[n++].fd = fd;
     }
-    /* beyond the graceful part: quit, SIGTERM and SIGKILL each get a few seconds */
+    /* beyond the graceful part: quit, SIGTERM and SIGKILL each get a few seconds; a
+     * save has the whole timeout and the same margin */
     uint64_t deadline = monotonic_ms() + (uint64_t)timeout_ms + 15000;
-    bool timed_out = false;
     for (size_t i = 0; i < n; i++) {
         uint64_t now = monotonic_ms();
         int left = deadline > now ? (int)(deadline - now) : 0;
@@ -245,27 +273,64 @@ int cmd_shutdown_all(struct cli *c)
         if (reply)
             json_object_put(reply);
         if (r < 0 && !e.msg[0])
-            qv_failerr(&e, r, "%s: no answer to stop", st[i].name);
+            qv_failerr(&e, r, "%s: no answer to %s", st[i].name, save ? "the save" : "stop");
         if (r == -ETIMEDOUT)
-            timed_out = true;
+            *timed_out = true;
         if (r < 0) {
             fprintf(stderr, "qvisor: shutdown-all: %s\n", e.msg);
-            strv_push(&failed, st[i].name);
-        } else if (!c->quiet) {
-            printf("%s stopped\n", st[i].name);
+            strv_push(failed, st[i].name);
+        } else {
+            strv_push(done, st[i].name);
         }
         close(st[i].fd);
         buf_free(&st[i].in);
     }
     free(st);
+}
+
+/* Stops every running VM, in parallel; --save managed-saves them instead (a VM whose
+ * save fails is then stopped: never lost to the host's power-off) and marks them for
+ * autostart --run to resume. */
+int cmd_shutdown_all(struct cli *c)
+{
+    int timeout_ms;
+    int r = cli_opt_seconds_ms(c, "timeout", 60000, &timeout_ms);
+    if (r < 0)
+        return r;
+    bool save = cli_flag(c, "save");
+    _cleanup_strv_ struct strv names = {0}, saved = {0}, unsaved = {0}, stopped = {0}, failed = {0};
+    if ((r = vm_list_names(&c->paths, &names, &c->err)) < 0)
+        return r;
+    bool timed_out = false;
+    if (save) {
+        shutdown_each(c, &names, true, timeout_ms, &saved, &unsaved, &timed_out);
+        for (size_t i = 0; i < saved.n; i++) {
+            if ((r = managedsave_mark_resume(&c->paths, saved.v[i], true)) < 0)
+                fprintf(stderr, "qvisor: shutdown-all: %s: marking it for autostart --run: %s\n", saved.v[i],
+                        strerror(-r));
+            if (!c->quiet)
+                printf("%s saved\n", saved.v[i]);
+        }
+        if (unsaved.n)
+            fprintf(stderr, "qvisor: shutdown-all: stopping what could not be saved\n");
+        timed_out = false;
+    }
+    shutdown_each(c, save ? &unsaved : &names, false, timeout_ms, &stopped, &failed, &timed_out);
+    for (size_t i = 0; i < stopped.n && !c->quiet; i++)
+        printf("%s stopped%s\n", stopped.v[i], save ? " (not saved)" : "");
     if (failed.n) {
-        char list[1024] = "";
-        for (size_t i = 0; i < failed.n; i++)
-            snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", i ? ", " : "", failed.v[i]);
+        char list[1024];
+        list_names(list, sizeof(list), &failed);
         return qv_fail(&c->err, timed_out ? -ETIMEDOUT : -EIO, "shutdown-all: %zu VM%s did not stop (%s)", failed.n,
                        failed.n == 1 ? "" : "s", list);
     }
-    if (!c->quiet && !n)
+    if (save && unsaved.n) {
+        char list[1024];
+        list_names(list, sizeof(list), &unsaved);
+        return qv_fail(&c->err, -EIO, "shutdown-all: %zu VM%s could not be saved and %s stopped instead (%s)",
+                       unsaved.n, unsaved.n == 1 ? "" : "s", unsaved.n == 1 ? "was" : "were", list);
+    }
+    if (!c->quiet && !saved.n && !stopped.n)
         printf("no VM is running\n");
     return 0;
 }

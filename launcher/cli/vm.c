@@ -20,6 +20,13 @@ int cmd_run(struct cli *c)
                          .restore_file = cli_opt(c, "restore"), .restore_remove = cli_flag(c, "restore-remove"),
                          .incoming_listen = cli_opt(c, "incoming")};
     o.echo_fd = c->quiet || o.ready_fd >= 0 ? -1 : 2;
+    /* a plain run (the VM's unit, autostart) resumes a managed save as start does */
+    char saved[PATH_MAX];
+    if (!o.restore_file && !o.incoming_listen && !o.attach_only && !o.load_snapshot && o.boot_fd < 0 &&
+        managedsave_exists(&c->paths, c->pos[0]) && managedsave_path(&c->paths, c->pos[0], saved, sizeof(saved)) == 0) {
+        o.restore_file = saved;
+        o.restore_remove = true;
+    }
     int r = cli_opt_seconds_ms(c, "stop-timeout", 60000, &o.stop_timeout_ms);
     if (r < 0)
         return r;

@@ -442,6 +442,10 @@ static inline int image_detect_format(const char *path, enum disk_format *fmt, s
 /* var/lib/qvisor/save/NAME.state */
 int managedsave_path(const struct qv_paths *p, const char *name, char *out, size_t outlen);
 bool managedsave_exists(const struct qv_paths *p, const char *name);
+/* The managed save was made by shutdown-all --save: the VM ran when the host went down,
+ * and autostart --run resumes it even without autostart (libvirt-guests' list). */
+int managedsave_mark_resume(const struct qv_paths *p, const char *name, bool on);
+bool managedsave_resume_marked(const struct qv_paths *p, const char *name);
 /* The header (magic line, JSON with the definition, padding to a 4 KiB multiple) at
  * the start of fd; the file offset is left at its end, where QEMU's stream goes. */
 int savefile_write_header(int fd, const struct vm_def *d, const char *state, const char *qemu_version,

@@ -28,6 +28,29 @@ bool managedsave_exists(const struct qv_paths *p, const char *name)
     return managedsave_path(p, name, path, sizeof(path)) == 0 && stat(path, &st) == 0;
 }
 
+/* var/lib/qvisor/save/NAME.resume: shutdown-all --save saved it; autostart --run resumes it */
+static int resume_mark_path(const struct qv_paths *p, const char *name, char *out, size_t outlen)
+{
+    return qv_path(p, out, outlen, QV_LIB "/save/%s.resume", name);
+}
+
+int managedsave_mark_resume(const struct qv_paths *p, const char *name, bool on)
+{
+    char path[PATH_MAX];
+    int r = resume_mark_path(p, name, path, sizeof(path));
+    if (r < 0)
+        return r;
+    if (!on)
+        return unlink(path) == 0 || errno == ENOENT ? 0 : -errno;
+    return write_file_atomic(path, "", 0, 0600, NULL);
+}
+
+bool managedsave_resume_marked(const struct qv_paths *p, const char *name)
+{
+    char path[PATH_MAX];
+    return resume_mark_path(p, name, path, sizeof(path)) == 0 && access(path, F_OK) == 0;
+}
+
 int savefile_write_header(int fd, const struct vm_def *d, const char *state, const char *qemu_version,
                           struct qv_err *e)
 {
