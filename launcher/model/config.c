@@ -423,7 +423,7 @@ static int parse_filter(struct jr *r, json_object *o, struct vm_nic *n)
 static int parse_nic(struct jr *r, json_object *o, struct vm_nic *n, const struct vm_def *d)
 {
     static const char *const keys[] = {"type", "network", "bridge", "direct", "mode", "mac", "model",
-                                       "queues", "vhost", "hostfwd", "boot_index", "filter", NULL};
+                                       "queues", "vhost", "hostfwd", "boot_index", "filter", "vlan", NULL};
     int e, type = -1, model = MODEL_VIRTIO, mode = MACVTAP_BRIDGE;
     int64_t queues = 1;
     if ((e = jr_only_keys(r, o, keys)) < 0 || (e = jr_enum(r, o, "type", nic_type_names, &type)) < 0)
@@ -487,6 +487,12 @@ static int parse_nic(struct jr *r, json_object *o, struct vm_nic *n, const struc
         return jr_key(r, "model"), jr_fail(r, "\"%s\" is not available on microvm (only virtio)", nic_model_names[model]);
     if ((e = parse_filter(r, o, n)) < 0)
         return e;
+    int64_t vlan = 0;
+    if ((e = jr_int(r, o, "vlan", 1, 4094, &vlan)) < 0)
+        return e;
+    n->vlan = (int)vlan;
+    if (vlan && type != NIC_BRIDGE && type != NIC_NETWORK)
+        return jr_key(r, "vlan"), jr_fail(r, "only for NICs on a bridge or a qvisor network (a tap on a bridge port)");
     json_object *fwd = NULL;
     if ((e = jr_array(r, o, "hostfwd", &fwd)) < 0)
         return e;

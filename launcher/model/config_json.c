@@ -102,6 +102,8 @@ json_object *vm_nic_to_json(const struct vm_nic *n)
             json_object_object_add(j, "filter", f);
         }
     }
+    if (n->vlan)
+        put_int(j, "vlan", n->vlan);
     return j;
 }
 

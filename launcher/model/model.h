@@ -121,6 +121,7 @@ struct vm_nic {
     /* on managed networks: clean-traffic (own MAC and IP only) unless "none";
      * allow_in turns on inbound filtering with these ports open */
     enum nic_filter filter;
+    int vlan;               /* 0: none; 1-4094: the tap is an untagged access port of that VLAN */
     struct nic_port *allow_in, *deny_out;
     size_t nallow_in, ndeny_out;
 };
@@ -557,6 +558,22 @@ int net_define(const struct qv_paths *p, json_object *o, bool replace, struct ne
 int net_define_default(const struct qv_paths *p, struct net_def *out, struct qv_err *e);
 int net_undefine(const struct qv_paths *p, const char *name, struct qv_err *e);
 int net_list_names(const struct qv_paths *p, struct strv *names, struct qv_err *e);
+/* net update: a static host ({"mac", "ip", "name"}) or a port forward ({"protocol",
+ * "host_port", "guest", "guest_port"}) added to or deleted from a definition. Deleting
+ * a host matches every key given; a forward is known by protocol (default tcp) and
+ * host_port. *out is the validated result (-EEXIST: already there, -ENOENT: no such
+ * item, -EINVAL: the result is not valid, with its JSON path). */
+enum net_update_op { NET_UPDATE_ADD, NET_UPDATE_DELETE };
+enum net_update_section { NET_UPDATE_HOST, NET_UPDATE_FORWARD };
+extern const char *const net_update_section_names[];   /* "host", "forward" */
+int net_def_update(const struct net_def *cur, enum net_update_op op, enum net_update_section sec, json_object *item,
+                   struct net_def *out, struct qv_err *e);
+/* The same on the stored definition, under the networks' lock, written atomically. */
+int net_update_config(const struct qv_paths *p, const char *name, enum net_update_op op, enum net_update_section sec,
+                      json_object *item, struct net_def *out, struct qv_err *e);
+/* The parts of `to` that differ from `from`, as "mode", "ipv4.dhcp", ... (autostart
+ * left out), appended to `changed`. */
+void net_def_diff(const struct net_def *from, const struct net_def *to, struct strv *changed);
 /* -EADDRINUSE when the network's subnets overlap the host's addresses or routes. */
 int net_check_host(const struct net_def *n, struct qv_err *e);
 /* run/qvisor/networks/NAME: lock, state.json, dnsmasq's files */

@@ -176,7 +176,7 @@ int vmnet_plug(struct sup *s, const struct vm_nic *n, size_t index, int *fds, st
         sup_log(s, "nic%zu: macvtap %s on %s", index, st->tap, n->source);
         return 0;
     }
-    struct netsetup_nic nic = {.queues = (unsigned)n->queues, .bridge = n->source};
+    struct netsetup_nic nic = {.queues = (unsigned)n->queues, .bridge = n->source, .vlan = (unsigned)n->vlan};
     _cleanup_net_def_ struct net_def nd = {0};
     if (n->type == NIC_NETWORK) {
         if ((r = net_load(s->paths, n->source, &nd, e)) < 0)
@@ -185,6 +185,7 @@ int vmnet_plug(struct sup *s, const struct vm_nic *n, size_t index, int *fds, st
         if (nd.mode != NET_BRIDGE && !net_running(s->paths, n->source, NULL))
             return qv_fail(e, -ENETDOWN, "network %s is not running (qvisor net start %s)", n->source, n->source);
         if (nd.mode != NET_BRIDGE) {
+            nic.own_bridge = true;
             snprintf(st->network, sizeof(st->network), "%s", n->source);
             st->filtered = n->filter == FILTER_CLEAN;
             static_ip(&nd, n->mac, st->ip, sizeof(st->ip));
