@@ -313,7 +313,12 @@ int netsetup_port_vlan(const char *port, const char *bridge, unsigned vid, bool 
     if (r < 0 || (r = check_name(bridge, e)) < 0)
         return r;
     unsigned filtering = 0, dflt = 1;
-    if ((r = bridge_sysfs_u(bridge, "vlan_filtering", &filtering)) < 0)
+    char brdir[96];
+    snprintf(brdir, sizeof(brdir), "/sys/class/net/%s/bridge", bridge);
+    if ((r = bridge_sysfs_u(bridge, "vlan_filtering", &filtering)) == -ENOENT && path_exists(brdir))
+        return qv_fail(e, -EOPNOTSUPP, "%s: VLAN %u: this kernel's bridges cannot filter VLANs (it was built without "
+                                       "CONFIG_BRIDGE_VLAN_FILTERING)", port, vid);
+    if (r < 0)
         return qv_failerr(e, r, "%s: cannot read the VLAN filtering of bridge %s", port, bridge);
     if (!filtering && !own_bridge)
         return qv_fail(e, -EINVAL, "%s: bridge %s does not filter VLANs, so a VLAN tag would not isolate anything "
