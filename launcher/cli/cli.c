@@ -67,6 +67,7 @@ static const struct cli_opt net_update_opts[] = {
     {"mac", true, false, 0}, {"ip", true, false, 0}, {"name", true, false, 0}, {"protocol", true, false, 0},
     {"host-port", true, false, 0}, {"guest", true, false, 0}, {"guest-port", true, false, 0},
     {"live", false, false, 0}, {"config", false, false, 0}, {0}};
+static const struct cli_opt filter_define_opts[] = {{"name", true, false, 0}, {"rule", true, true, 0}, {0}};
 static const struct cli_opt secret_define_opts[] = {{"usage", true, false, 0}, {"description", true, false, 0}, {0}};
 static const struct cli_opt secret_set_opts[] = {{"file", true, false, 0}, {0}};
 static const struct cli_opt pool_define_opts[] = {
@@ -241,6 +242,14 @@ static const struct cli_command commands[] = {
      "--host-port N [--protocol tcp|udp] [--guest IP --guest-port N] [--live] [--config]",
      "add or delete a static DHCP host or a port forward: in the definition and, when it runs, the running network "
      "(dnsmasq keeps its leases); --live or --config for one of them"},
+    {"filter define", cmd_filter_define, filter_define_opts, 0, 1,
+     "filter define FILE.json | filter define --name NAME [--rule DIRECTION:PROTOCOL[:PORTS]:ACTION ...]",
+     "define (or replace) a named NIC filter: clean-traffic plus rules (in:tcp:80:accept, out:tcp:25:drop); NICs "
+     "use it as \"filter\": \"NAME\""},
+    {"filter list", cmd_filter_list, no_opts, 0, 0, "filter list [--json]", "list NIC filters, the built-in ones too"},
+    {"filter show", cmd_filter_show, no_opts, 1, 1, "filter show NAME", "print a NIC filter"},
+    {"filter undefine", cmd_filter_undefine, no_opts, 1, 1, "filter undefine NAME",
+     "remove a NIC filter (refused while a VM's NIC uses it)"},
     {"secret define", cmd_secret_define, secret_define_opts, 1, 1,
      "secret define NAME [--usage ceph:client.libvirt] [--description TEXT]",
      "define a secret (or update its usage/description); its value is set apart"},
@@ -482,6 +491,7 @@ static int run(struct cli *c, int argc, char **argv)
         const char *family, *which;
     } families[] = {
         {"net", "define, undefine, list, show, edit, update, start, run, stop, leases, autostart, gc"},
+        {"filter", "define, list, show, undefine"},
         {"secret", "define, set-value, list, show, undefine"},
         {"pool", "define, undefine, list, show, refresh"},
         {"vol", "create, list, info, resize, delete, clone, import, export"},

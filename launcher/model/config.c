@@ -48,6 +48,7 @@ void vm_nic_free(struct vm_nic *n)
     free(n->source);
     free(n->allow_in);
     free(n->deny_out);
+    free(n->filter_name);
     for (size_t j = 0; j < n->nfwd; j++) {
         free(n->fwd[j].host);
         free(n->fwd[j].guest);
@@ -369,6 +370,11 @@ static bool port_parse(const char *s, struct nic_port *p)
     return true;
 }
 
+bool nic_port_parse(const char *s, struct nic_port *p)
+{
+    return port_parse(s, p);
+}
+
 static int port_list(struct jr *r, json_object *o, const char *key, struct nic_port **out, size_t *n)
 {
     json_object *a = NULL;
@@ -402,9 +408,11 @@ static int parse_filter(struct jr *r, json_object *o, struct vm_nic *n)
         return jr_fail(r, "only on NICs of a qvisor network");
     if (json_object_is_type(f, json_type_string)) {
         const char *s = json_object_get_string(f);
-        if (strcmp(s, "none") != 0 && strcmp(s, "clean-traffic") != 0)
-            return jr_fail(r, "%s is not \"clean-traffic\", \"none\" or {\"allow_in\": [...], \"deny_out\": [...]}", jr_show(f));
+        if (!name_valid(s))
+            return jr_fail(r, "%s is not \"clean-traffic\", \"none\", a filter's name or {\"allow_in\": [...], \"deny_out\": [...]}", jr_show(f));
         n->filter = strcmp(s, "none") == 0 ? FILTER_NONE : FILTER_CLEAN;
+        if (!filter_builtin(s))
+            n->filter_name = qv_xstrdup(s);
     } else {
         int e;
         static const char *const keys[] = {"allow_in", "deny_out", NULL};
