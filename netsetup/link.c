@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/if.h>
+#include <linux/if_bridge.h>
 #include <linux/if_link.h>
 #include <linux/rtnetlink.h>
 
@@ -273,5 +274,77 @@ int netsetup_addr_add(const char *link_name, const char *cidr, struct qv_err *e)
             return 0;
         return qv_failerr(e, r, "%s: cannot add address %s", link_name, cidr);
     }
+    return 0;
+}
+
+/* RTM_SETLINK (add) or RTM_DELLINK (remove) of one VLAN on a bridge port, AF_BRIDGE. */
+static int port_vlan_msg(struct nlh *h, int ifindex, int type, uint16_t vid, uint16_t flags)
+{
+    _cleanup_nlmsg_ struct nl_msg *msg = sym_nlmsg_alloc_simple(type, NLM_F_REQUEST | NLM_F_ACK);
+    if (!msg)
+        abort();
+    struct ifinfomsg ifi = {.ifi_family = AF_BRIDGE, .ifi_index = ifindex};
+    if (sym_nlmsg_append(msg, &ifi, sizeof(ifi), NLMSG_ALIGNTO) < 0)
+        abort();
+    struct nlattr *spec = nlh_nest(msg, IFLA_AF_SPEC);
+    struct bridge_vlan_info info = {.flags = flags, .vid = vid};
+    nlh_put(msg, IFLA_BRIDGE_VLAN_INFO, sizeof(info), &info);
+    sym_nla_nest_end(msg, spec);
+    return nlh_request(h, msg);
+}
+
+static int bridge_sysfs_u(const char *bridge, const char *attr, unsigned *out)
+{
+    char path[128], s[32];
+    snprintf(path, sizeof(path), "/sys/class/net/%s/bridge/%s", bridge, attr);
+    int r = read_file_line(path, s, sizeof(s));
+    if (r < 0)
+        return r;
+    *out = (unsigned)strtoul(s, NULL, 0);
+    return 0;
+}
+
+int netsetup_port_vlan(const char *port, const char *bridge, unsigned vid, bool own_bridge, struct qv_err *e)
+{
+    if (vid < 1 || vid > 4094)
+        return qv_fail(e, -EINVAL, "%s: VLAN %u is not 1-4094", port ? port : "", vid);
+    _cleanup_nlh_ struct nlh h = {0};
+    int r = link_begin(&h, port, e);
+    if (r < 0 || (r = check_name(bridge, e)) < 0)
+        return r;
+    unsigned filtering = 0, dflt = 1;
+    char brdir[96];
+    snprintf(brdir, sizeof(brdir), "/sys/class/net/%s/bridge", bridge);
+    if ((r = bridge_sysfs_u(bridge, "vlan_filtering", &filtering)) == -ENOENT && path_exists(brdir))
+        return qv_fail(e, -EOPNOTSUPP, "%s: VLAN %u: this kernel's bridges cannot filter VLANs (it was built without "
+                                       "CONFIG_BRIDGE_VLAN_FILTERING)", port, vid);
+    if (r < 0)
+        return qv_failerr(e, r, "%s: cannot read the VLAN filtering of bridge %s", port, bridge);
+    if (!filtering && !own_bridge)
+        return qv_fail(e, -EINVAL, "%s: bridge %s does not filter VLANs, so a VLAN tag would not isolate anything "
+                                   "(turn it on: ip link set %s type bridge vlan_filtering 1)", port, bridge, bridge);
+    _cleanup_link_ struct rtnl_link *br = NULL, *pl = NULL;
+    if ((r = nlh_get_link(&h, bridge, &br)) < 0 || (r = nlh_get_link(&h, port, &pl)) < 0)
+        return qv_failerr(e, r, "%s: VLAN %u on bridge %s", port, vid, bridge);
+    if (!filtering) {
+        /* a bridge qvisor made: its other ports keep the default VLAN, untagged, as before */
+        _cleanup_nlmsg_ struct nl_msg *msg = nlh_newlink_msg(sym_rtnl_link_get_ifindex(br), 0, 0, 0);
+        struct nlattr *info = nlh_nest(msg, IFLA_LINKINFO);
+        nlh_put_str(msg, IFLA_INFO_KIND, "bridge");
+        struct nlattr *data = nlh_nest(msg, IFLA_INFO_DATA);
+        uint8_t on = 1;
+        nlh_put(msg, IFLA_BR_VLAN_FILTERING, sizeof(on), &on);
+        sym_nla_nest_end(msg, data);
+        sym_nla_nest_end(msg, info);
+        if ((r = nlh_request(&h, msg)) < 0)
+            return qv_failerr(e, r, "%s: cannot turn on VLAN filtering", bridge);
+    }
+    bridge_sysfs_u(bridge, "default_pvid", &dflt);
+    int ifindex = sym_rtnl_link_get_ifindex(pl);
+    /* access port: frames from the guest join vid, frames of vid leave untagged */
+    if ((r = port_vlan_msg(&h, ifindex, RTM_SETLINK, (uint16_t)vid, BRIDGE_VLAN_INFO_PVID | BRIDGE_VLAN_INFO_UNTAGGED)) < 0)
+        return qv_failerr(e, r, "%s: cannot make it a port of VLAN %u", port, vid);
+    if (dflt && dflt != vid && (r = port_vlan_msg(&h, ifindex, RTM_DELLINK, (uint16_t)dflt, 0)) < 0 && r != -ENOENT)
+        return qv_failerr(e, r, "%s: cannot take it out of the default VLAN %u", port, dflt);
     return 0;
 }

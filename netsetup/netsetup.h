@@ -83,6 +83,13 @@ int netsetup_link_set_up(const char *name, bool up, struct qv_err *e);
  * port needs no addresses of its own) and brings it up. */
 int netsetup_link_attach(const char *name, const char *bridge, struct qv_err *e);
 
+/* Makes bridge port `port` an untagged access port of VLAN `vid` (1-4094): its PVID,
+ * egress untagged, and no longer a member of the bridge's default VLAN. A bridge
+ * without VLAN filtering is refused with the fix, unless `own_bridge` (one qvisor
+ * made), whose filtering is then turned on (its other ports stay in the default
+ * VLAN, untagged, as before). */
+int netsetup_port_vlan(const char *port, const char *bridge, unsigned vid, bool own_bridge, struct qv_err *e);
+
 /* Creates a bridge with STP off, forward delay 0, the given MTU (0 = kernel default),
  * a fixed MAC derived from its name (so the gateway's MAC never changes when ports
  * come and go) and brings it up. An existing link is -EEXIST unless flags has
@@ -199,6 +206,16 @@ struct netsetup_net {
 /* Writes (or atomically replaces) the network's rules. The NIC filters already in its
  * bridge table are kept, so this is safe while guests run. */
 int netsetup_nft_net_apply(struct netsetup_nft *n, const struct netsetup_net *net, struct qv_err *e);
+/* A port forward of a running network, added or removed live as its own rules (one
+ * transaction each): other forwards and their connections are not touched. Adding a
+ * forward of a port already forwarded replaces it; removing matches protocol and
+ * host_port only (guest_ip may be NULL) and an absent forward is success. -ENOENT when
+ * the network is not running (or has no IPv4 forwarding: mode isolated). */
+#define NETSETUP_FWD_COMMENT "qvisor forward "
+int netsetup_nft_forward_add(struct netsetup_nft *n, const char *network, const struct netsetup_forward *f,
+                             struct qv_err *e);
+int netsetup_nft_forward_remove(struct netsetup_nft *n, const char *network, const struct netsetup_forward *f,
+                                struct qv_err *e);
 /* Deletes the network's tables and everything in them; absent is success. */
 int netsetup_nft_net_remove(struct netsetup_nft *n, const char *network, struct qv_err *e);
 /* Sorted names of networks that have qvisor tables. */
@@ -258,6 +275,8 @@ struct netsetup_nic {
     const char *bridge;
     const char *network;        /* managed network holding the filter; NULL on a plain bridge */
     const struct netsetup_nic_filter *filter;   /* NULL: no filtering */
+    unsigned vlan;              /* 0: none; else the tap is an access port of it (netsetup_port_vlan) */
+    bool own_bridge;            /* the bridge is a qvisor network's: VLAN filtering may be turned on */
 };
 /* Opens the tap, attaches it and installs the filter; fds[0..queues) are for QEMU.
  * On failure nothing is left behind. */

@@ -59,6 +59,8 @@ int netsetup_nic_plug(struct netsetup_nft *n, const struct netsetup_nic *nic, in
     _cleanup_fd_guard_ struct ns_fd_guard guard = {fds, nic->queues};
     if ((r = netsetup_link_attach(nic->tap, nic->bridge, e)) < 0)
         return r;
+    if (nic->vlan && (r = netsetup_port_vlan(nic->tap, nic->bridge, nic->vlan, nic->own_bridge, e)) < 0)
+        return r;
     if (nic->network && nic->filter)
         r = netsetup_nft_nic_apply(n, nic->network, nic->tap, nic->filter, e);
     else if (nic->network)

@@ -1,3 +1,5 @@
+#include <arpa/inet.h>
+#include <inttypes.h>
 #include <string.h>
 
 #include "netsetup/internal.h"
@@ -73,7 +75,8 @@ static void forward_chain(struct buf *b, const struct netsetup_net *net, const s
         switch (net->mode) {
         case NETSETUP_NAT:
             buf_printf(b, "    oifname \"%s\" %s daddr %s ct state established,related accept\n", br, ip, sub);
-            if (!fam && net->nforwards)
+            /* always there, so a forward added live (netsetup_nft_forward_add) needs only its dnat rules */
+            if (!fam)
                 buf_printf(b, "    oifname \"%s\" ip daddr %s ct status dnat accept\n", br, sub);
             buf_printf(b, "    iifname \"%s\" %s saddr %s accept\n", br, ip, sub);
             break;
@@ -107,24 +110,36 @@ static void input_chain(struct buf *b, const struct netsetup_net *net, const str
     buf_printf(b, "  }\n");
 }
 
+/* A forward's dnat rule, the same in prerouting_nat and output_nat; the comment is how
+ * netsetup_nft_forward_remove() finds it again. */
+static void forward_rule(struct buf *b, const struct netsetup_forward *f)
+{
+    const char *proto = f->proto == IPPROTO_TCP ? "tcp" : "udp";
+    buf_printf(b, "fib daddr type local %s dport %u dnat ip to %s:%u comment \"" NETSETUP_FWD_COMMENT "%s/%u\"",
+               proto, f->host_port, f->guest_ip, f->guest_port, proto, f->host_port);
+}
+
+/* output too, so the host itself can use its forwarded ports */
+static const char *const fwd_hooks[][2] = {{"prerouting", "dstnat"}, {"output", "-100"}};
+
 static void nat_chains(struct buf *b, const struct netsetup_net *net, const struct subnets *s)
 {
-    if (net->nforwards) {
-        /* output too, so the host itself can use its forwarded ports */
-        static const char *const hooks[][2] = {{"prerouting", "dstnat"}, {"output", "-100"}};
-        for (size_t h = 0; h < ARRAY_SIZE(hooks); h++) {
+    /* the dnat chains exist whenever forwards may (IPv4, not isolated), even empty, so
+     * forwards come and go live as single rules */
+    bool forwards = s->v4 && net->mode != NETSETUP_ISOLATED;
+    if (forwards) {
+        for (size_t h = 0; h < ARRAY_SIZE(fwd_hooks); h++) {
             buf_printf(b, "  chain %s_nat {\n    type nat hook %s priority %s; policy accept;\n",
-                       hooks[h][0], hooks[h][0], hooks[h][1]);
+                       fwd_hooks[h][0], fwd_hooks[h][0], fwd_hooks[h][1]);
             for (size_t i = 0; i < net->nforwards; i++) {
-                const struct netsetup_forward *f = &net->forwards[i];
-                const char *proto = f->proto == IPPROTO_TCP ? "tcp" : "udp";
-                buf_printf(b, "    fib daddr type local %s dport %u dnat ip to %s:%u\n", proto,
-                           f->host_port, f->guest_ip, f->guest_port);
+                buf_adds(b, "    ");
+                forward_rule(b, &net->forwards[i]);
+                buf_adds(b, "\n");
             }
             buf_printf(b, "  }\n");
         }
     }
-    if (!s->v4 || (net->mode != NETSETUP_NAT && !net->nforwards))
+    if (!forwards)
         return;
     buf_printf(b, "  chain postrouting_nat {\n    type nat hook postrouting priority srcnat; policy accept;\n");
     if (net->mode == NETSETUP_NAT)
@@ -132,8 +147,7 @@ static void nat_chains(struct buf *b, const struct netsetup_net *net, const stru
                    s->net4, s->net4);
     /* a guest reaching a forwarded port of the host that leads to its own network
      * must see the reply come back through the host */
-    if (net->nforwards)
-        buf_printf(b, "    ip saddr %s ip daddr %s ct status dnat masquerade\n", s->net4, s->net4);
+    buf_printf(b, "    ip saddr %s ip daddr %s ct status dnat masquerade\n", s->net4, s->net4);
     buf_printf(b, "  }\n");
 }
 
@@ -196,4 +210,95 @@ int netsetup_nft_net_remove(struct netsetup_nft *n, const char *network, struct 
     snprintf(what, sizeof(what), "%s: cannot remove network rules", network);
     nsnft_forget_network(n, network);
     return netsetup_nft_run(n, what, script, e);
+}
+
+static int forward_check(const char *network, const struct netsetup_forward *f, struct qv_err *e)
+{
+    struct in_addr a;
+    if (f->proto != IPPROTO_TCP && f->proto != IPPROTO_UDP)
+        return qv_fail(e, -EINVAL, "%s: a forward's protocol must be tcp or udp", network);
+    if (!f->host_port || (f->guest_ip && !f->guest_port))
+        return qv_fail(e, -EINVAL, "%s: port 0 is not valid for a forward", network);
+    if (f->guest_ip && inet_pton(AF_INET, f->guest_ip, &a) != 1)
+        return qv_fail(e, -EINVAL, "%s: forward guest \"%s\" is not an IPv4 address", network, f->guest_ip);
+    return 0;
+}
+
+/* The handles of the forward's rules ("delete rule ..." lines appended to `script`). */
+static int forward_handles(struct netsetup_nft *n, const char *network, const struct netsetup_forward *f,
+                           struct buf *script, size_t *found, struct qv_err *e)
+{
+    char comment[64];
+    snprintf(comment, sizeof(comment), NETSETUP_FWD_COMMENT "%s/%u", f->proto == IPPROTO_TCP ? "tcp" : "udp",
+             f->host_port);
+    for (size_t h = 0; h < ARRAY_SIZE(fwd_hooks); h++) {
+        char cmd[160], what[160];
+        snprintf(cmd, sizeof(cmd), "list chain inet qvisor-%s %s_nat", network, fwd_hooks[h][0]);
+        snprintf(what, sizeof(what), "%s: cannot read its port forwards", network);
+        _cleanup_json_ json_object *doc = NULL;
+        int r = nsnft_list_json(n, what, cmd, &doc, e);
+        if (r == -ENOENT)
+            return qv_fail(e, -ENOENT, "network %s is not running, or it has no IPv4 forwarding (mode isolated)",
+                           network);
+        if (r < 0)
+            return r;
+        json_object *arr = nsnft_items(doc);
+        for (size_t i = 0; arr && i < json_object_array_length(arr); i++) {
+            json_object *rule, *c, *handle;
+            if (!json_object_object_get_ex(json_object_array_get_idx(arr, i), "rule", &rule) ||
+                !json_object_object_get_ex(rule, "comment", &c) || strcmp(json_object_get_string(c), comment) != 0 ||
+                !json_object_object_get_ex(rule, "handle", &handle))
+                continue;
+            buf_printf(script, "delete rule inet qvisor-%s %s_nat handle %" PRId64 "\n", network, fwd_hooks[h][0],
+                       json_object_get_int64(handle));
+            (*found)++;
+        }
+    }
+    return 0;
+}
+
+int netsetup_nft_forward_add(struct netsetup_nft *n, const char *network, const struct netsetup_forward *f,
+                             struct qv_err *e)
+{
+    int r = nsnft_check_network(network, e);
+    if (r < 0 || (r = forward_check(network, f, e)) < 0)
+        return r;
+    if (!f->guest_ip)
+        return qv_fail(e, -EINVAL, "%s: a forward needs a guest address", network);
+    struct buf b = {0};
+    size_t found = 0;
+    /* one transaction: an earlier forward of the same port is replaced, nothing else is touched */
+    r = forward_handles(n, network, f, &b, &found, e);
+    for (size_t h = 0; r == 0 && h < ARRAY_SIZE(fwd_hooks); h++) {
+        buf_printf(&b, "add rule inet qvisor-%s %s_nat ", network, fwd_hooks[h][0]);
+        forward_rule(&b, f);
+        buf_adds(&b, "\n");
+    }
+    if (r == 0) {
+        char what[128];
+        snprintf(what, sizeof(what), "%s: cannot add port forward %u/%s", network, f->host_port,
+                 f->proto == IPPROTO_TCP ? "tcp" : "udp");
+        r = netsetup_nft_run(n, what, b.p, e);
+    }
+    buf_free(&b);
+    return r;
+}
+
+int netsetup_nft_forward_remove(struct netsetup_nft *n, const char *network, const struct netsetup_forward *f,
+                                struct qv_err *e)
+{
+    int r = nsnft_check_network(network, e);
+    if (r < 0 || (r = forward_check(network, f, e)) < 0)
+        return r;
+    struct buf b = {0};
+    size_t found = 0;
+    r = forward_handles(n, network, f, &b, &found, e);
+    if (r == 0 && found) {
+        char what[128];
+        snprintf(what, sizeof(what), "%s: cannot remove port forward %u/%s", network, f->host_port,
+                 f->proto == IPPROTO_TCP ? "tcp" : "udp");
+        r = netsetup_nft_run(n, what, b.p, e);
+    }
+    buf_free(&b);
+    return r;
 }

@@ -63,6 +63,11 @@ static const struct cli_opt logs_opts[] = {{"follow", false, false, 'f'}, {"line
 static const struct cli_opt net_define_opts[] = {
     {"mode", true, false, 0}, {"bridge", true, false, 0}, {"mtu", true, false, 0}, {"ipv4", true, false, 0},
     {"dhcp", true, false, 0}, {"domain", true, false, 0}, {"forward", true, true, 0}, {"autostart", false, false, 0}, {0}};
+static const struct cli_opt net_update_opts[] = {
+    {"mac", true, false, 0}, {"ip", true, false, 0}, {"name", true, false, 0}, {"protocol", true, false, 0},
+    {"host-port", true, false, 0}, {"guest", true, false, 0}, {"guest-port", true, false, 0},
+    {"live", false, false, 0}, {"config", false, false, 0}, {0}};
+static const struct cli_opt filter_define_opts[] = {{"name", true, false, 0}, {"rule", true, true, 0}, {0}};
 static const struct cli_opt secret_define_opts[] = {{"usage", true, false, 0}, {"description", true, false, 0}, {0}};
 static const struct cli_opt secret_set_opts[] = {{"file", true, false, 0}, {0}};
 static const struct cli_opt pool_define_opts[] = {
@@ -83,7 +88,7 @@ static const struct cli_opt attach_disk_opts[] = {
 static const struct cli_opt attach_nic_opts[] = {
     {"network", true, false, 0}, {"bridge", true, false, 0}, {"direct", true, false, 0}, {"user", false, false, 0},
     {"mac", true, false, 0}, {"model", true, false, 0}, {"mode", true, false, 0}, {"queues", true, false, 0},
-    {"filter", true, false, 0}, {"persistent", false, false, 0}, {0}};
+    {"filter", true, false, 0}, {"vlan", true, false, 0}, {"persistent", false, false, 0}, {0}};
 static const struct cli_opt block_pull_opts[] = {
     {"base", true, false, 0}, {"bandwidth", true, false, 0}, {"wait", false, false, 0}, {0}};
 static const struct cli_opt block_commit_opts[] = {
@@ -183,7 +188,7 @@ static const struct cli_command commands[] = {
     {"detach-disk", cmd_detach_disk, detach_opts, 2, 2, "detach-disk NAME FILE|ID|POOL/VOL [--persistent]",
      "unplug a hotplugged disk once the guest releases it"},
     {"attach-nic", cmd_attach_nic, attach_nic_opts, 1, 1,
-     "attach-nic NAME --network N|--bridge B|--direct IF|--user [--mac M] [--model virtio] [--persistent]",
+     "attach-nic NAME --network N|--bridge B|--direct IF|--user [--mac M] [--model virtio] [--vlan ID] [--persistent]",
      "hotplug a NIC"},
     {"detach-nic", cmd_detach_nic, detach_opts, 1, 1, "detach-nic NAME --mac MAC [--persistent]", "unplug a NIC"},
     {"change-media", cmd_change_media, media_opts, 2, 3, "change-media NAME DEV FILE|--eject [--config]",
@@ -230,6 +235,22 @@ static const struct cli_command commands[] = {
     {"net autostart", cmd_net_autostart, disable_opts, 1, 1, "net autostart NAME [--disable]",
      "start the network at boot (under systemd: its unit qvisor-net@NAME enabled) and whenever a VM needs it"},
     {"net gc", cmd_net_gc, no_opts, 0, 0, "net gc", "remove qvisor taps, rules and dnsmasq left without an owner"},
+    {"net edit", cmd_net_edit, no_opts, 1, 1, "net edit NAME",
+     "edit a network's definition with $EDITOR (or JSON on stdin); a running network takes new hosts and forwards "
+     "at once and says what waits for its restart"},
+    {"net update", cmd_net_update, net_update_opts, 3, 3,
+     "net update NAME add|delete host --mac MAC [--ip IP] [--name HOST] | net update NAME add|delete forward "
+     "--host-port N [--protocol tcp|udp] [--guest IP --guest-port N] [--live] [--config]",
+     "add or delete a static DHCP host or a port forward: in the definition and, when it runs, the running network "
+     "(dnsmasq keeps its leases); --live or --config for one of them"},
+    {"filter define", cmd_filter_define, filter_define_opts, 0, 1,
+     "filter define FILE.json | filter define --name NAME [--rule DIRECTION:PROTOCOL[:PORTS]:ACTION ...]",
+     "define (or replace) a named NIC filter: clean-traffic plus rules (in:tcp:80:accept, out:tcp:25:drop); NICs "
+     "use it as \"filter\": \"NAME\""},
+    {"filter list", cmd_filter_list, no_opts, 0, 0, "filter list [--json]", "list NIC filters, the built-in ones too"},
+    {"filter show", cmd_filter_show, no_opts, 1, 1, "filter show NAME", "print a NIC filter"},
+    {"filter undefine", cmd_filter_undefine, no_opts, 1, 1, "filter undefine NAME",
+     "remove a NIC filter (refused while a VM's NIC uses it)"},
     {"secret define", cmd_secret_define, secret_define_opts, 1, 1,
      "secret define NAME [--usage ceph:client.libvirt] [--description TEXT]",
      "define a secret (or update its usage/description); its value is set apart"},
@@ -470,7 +491,8 @@ static int run(struct cli *c, int argc, char **argv)
     static const struct {
         const char *family, *which;
     } families[] = {
-        {"net", "define, undefine, list, show, start, run, stop, leases, gc"},
+        {"net", "define, undefine, list, show, edit, update, start, run, stop, leases, autostart, gc"},
+        {"filter", "define, list, show, undefine"},
         {"secret", "define, set-value, list, show, undefine"},
         {"pool", "define, undefine, list, show, refresh"},
         {"vol", "create, list, info, resize, delete, clone, import, export"},

@@ -67,6 +67,10 @@ int cmd_define(struct cli *c);
 int cmd_create(struct cli *c);
 int cmd_undefine(struct cli *c);
 int cmd_edit(struct cli *c);
+/* The edited JSON of `cur`: from $VISUAL/$EDITOR on a copy in `tmp` (a mkstemps
+ * template ending ".json"; *edited then, and the copy is kept when the editor or the
+ * JSON fails, named in the error) or, from a pipe, from stdin. */
+int cli_edit_json(struct cli *c, json_object *cur, json_object **next, char *tmp, bool *edited);
 int cmd_list(struct cli *c);
 int cmd_show(struct cli *c);
 int cmd_argv(struct cli *c);
@@ -90,6 +94,12 @@ int cmd_net_start(struct cli *c);
 int cmd_net_stop(struct cli *c);
 int cmd_net_leases(struct cli *c);
 int cmd_net_gc(struct cli *c);
+int cmd_net_edit(struct cli *c);
+int cmd_net_update(struct cli *c);
+int cmd_filter_define(struct cli *c);
+int cmd_filter_list(struct cli *c);
+int cmd_filter_show(struct cli *c);
+int cmd_filter_undefine(struct cli *c);
 int cmd_attach_disk(struct cli *c);
 int cmd_detach_disk(struct cli *c);
 int cmd_attach_nic(struct cli *c);

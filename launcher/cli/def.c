@@ -211,7 +211,7 @@ int cli_definition_from_flags(struct cli *c, const char *name, json_object **out
 {
     static const char *const disk_ints[] = {"boot_index", NULL};
     static const char *const disk_bools[] = {"discard", "readonly", "snapshot", NULL};
-    static const char *const nic_ints[] = {"queues", "boot_index", NULL};
+    static const char *const nic_ints[] = {"queues", "boot_index", "vlan", NULL};
     static const char *const nic_bools[] = {"vhost", NULL};
     static const char *const gfx_ints[] = {"port", NULL};
     static const char *const none[] = {NULL};
@@ -520,6 +520,54 @@ static int edit_unchanged(json_object *next, json_object *cur, bool *same, struc
     return 0;
 }
 
+int cli_edit_json(struct cli *c, json_object *cur, json_object **next, char *tmp, bool *edited)
+{
+    int r;
+    *edited = false;
+    if (!isatty(STDIN_FILENO)) {
+        _cleanup_free_ char *text = NULL;
+        size_t len = 0;
+        if ((r = read_file("/dev/stdin", 4u << 20, &text, &len)) < 0)
+            return qv_failerr(&c->err, r, "standard input");
+        return json_parse_buf("<stdin>", text, len, next, &c->err);
+    }
+    _cleanup_close_ int fd = mkstemps(tmp, 5);
+    if (fd < 0)
+        return qv_failerr(&c->err, -errno, "temporary file");
+    _cleanup_free_ char *text = json_pretty(cur);
+    write_all(fd, text, strlen(text));
+    const char *editor = getenv("VISUAL") ? getenv("VISUAL") : getenv("EDITOR") ? getenv("EDITOR") : "vi";
+    _cleanup_strv_ struct strv argv = {0};
+    str_split_escaped(editor, ' ', &argv);
+    strv_push(&argv, tmp);
+    char exe[PATH_MAX];
+    if (find_program(argv.v[0], exe, sizeof(exe)) < 0) {
+        unlink(tmp);
+        return qv_fail(&c->err, -ENOENT, "editor %s not found (set EDITOR, or pipe the new JSON in)", argv.v[0]);
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        extern char **environ;
+        execve(exe, argv.v, environ);
+        _exit(127);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    r = json_read_file(tmp, next, &c->err);
+    if (r < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        if (r == 0) {
+            json_object_put(*next);
+            *next = NULL;
+            r = qv_fail(&c->err, -EIO, "the editor failed; nothing changed (your text is in %s)", tmp);
+        } else {
+            qv_prefix(&c->err, "nothing changed (your text is in %s): ", tmp);
+        }
+        return r;
+    }
+    *edited = true;
+    return 0;
+}
+
 /* edit: the definition through $EDITOR (or, from a pipe, the new JSON on stdin),
  * validated like define, written only when valid. Changes apply at the next start. */
 int cmd_edit(struct cli *c)
@@ -533,47 +581,8 @@ int cmd_edit(struct cli *c)
     _cleanup_json_ json_object *next = NULL;
     char tmp[] = "/tmp/qvisor-edit-XXXXXX.json";
     bool edited = false;
-    if (!isatty(STDIN_FILENO)) {
-        _cleanup_free_ char *text = NULL;
-        size_t len = 0;
-        if ((r = read_file("/dev/stdin", 4u << 20, &text, &len)) < 0)
-            return qv_failerr(&c->err, r, "standard input");
-        if ((r = json_parse_buf("<stdin>", text, len, &next, &c->err)) < 0)
-            return r;
-    } else {
-        _cleanup_close_ int fd = mkstemps(tmp, 5);
-        if (fd < 0)
-            return qv_failerr(&c->err, -errno, "temporary file");
-        _cleanup_free_ char *text = json_pretty(cur);
-        write_all(fd, text, strlen(text));
-        const char *editor = getenv("VISUAL") ? getenv("VISUAL") : getenv("EDITOR") ? getenv("EDITOR") : "vi";
-        _cleanup_strv_ struct strv argv = {0};
-        str_split_escaped(editor, ' ', &argv);
-        strv_push(&argv, tmp);
-        char exe[PATH_MAX];
-        if (find_program(argv.v[0], exe, sizeof(exe)) < 0) {
-            unlink(tmp);
-            r = qv_fail(&c->err, -ENOENT, "editor %s not found (set EDITOR, or pipe the new JSON in)", argv.v[0]);
-            return r;
-        }
-        pid_t pid = fork();
-        if (pid == 0) {
-            extern char **environ;
-            execve(exe, argv.v, environ);
-            _exit(127);
-        }
-        int st = 0;
-        waitpid(pid, &st, 0);
-        r = json_read_file(tmp, &next, &c->err);
-        if (r < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-            if (r == 0)
-                r = qv_fail(&c->err, -EIO, "the editor failed; nothing changed (your text is in %s)", tmp);
-            else
-                qv_prefix(&c->err, "nothing changed (your text is in %s): ", tmp);
-            return r;
-        }
-        edited = true;
-    }
+    if ((r = cli_edit_json(c, cur, &next, tmp, &edited)) < 0)
+        return r;
     /* a refused edit keeps the user's text, as a JSON syntax error already does */
     json_object *v;
     bool same = false;

@@ -203,6 +203,8 @@ int cmd_attach_nic(struct cli *c)
             json_object_object_add(dev, str_opts[i], json_object_new_string(cli_opt(c, str_opts[i])));
     if (cli_opt(c, "queues"))
         json_object_object_add(dev, "queues", json_object_new_int(atoi(cli_opt(c, "queues"))));
+    if (cli_opt(c, "vlan"))
+        json_object_object_add(dev, "vlan", json_object_new_int(atoi(cli_opt(c, "vlan"))));
     int r = attach(c, "NIC", dev, NULL);
     json_object_put(dev);
     return r;

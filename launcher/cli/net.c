@@ -251,3 +251,140 @@ int cmd_net_gc(struct cli *c)
         printf("nothing to remove\n");
     return r;
 }
+
+static void print_live(const char *name, const struct strv *applied, const struct strv *restart)
+{
+    if (applied->n) {
+        _cleanup_free_ char *a = strv_join((const char *const *)applied->v, "; ");
+        printf("the running network %s now has it: %s\n", name, a);
+    }
+    if (restart && restart->n) {
+        _cleanup_free_ char *r = strv_join((const char *const *)restart->v, ", ");
+        printf("from its next start (qvisor net stop %s; qvisor net start %s): %s\n", name, name, r);
+    }
+}
+
+/* net edit: the definition through $EDITOR, validated like net define, written only
+ * when valid; a running network takes the hosts and forwards at once and says what
+ * waits for its restart. */
+int cmd_net_edit(struct cli *c)
+{
+    const char *name = c->pos[0];
+    _cleanup_net_def_ struct net_def d = {0}, nd = {0};
+    int r = net_load(&c->paths, name, &d, &c->err);
+    if (r < 0)
+        return r;
+    _cleanup_json_ json_object *cur = net_def_to_json(&d);
+    _cleanup_json_ json_object *next = NULL;
+    char tmp[] = "/tmp/qvisor-net-edit-XXXXXX.json";
+    bool edited = false, same = false;
+    if ((r = cli_edit_json(c, cur, &next, tmp, &edited)) < 0)
+        return r;
+    json_object *v;
+    if (!json_object_object_get_ex(next, "name", &v) || strcmp(json_object_get_string(v), name) != 0)
+        r = qv_fail(&c->err, -EINVAL, "name: a network keeps its name (undefine and define to rename)");
+    else if ((r = net_def_from_json(next, &nd, &c->err)) == 0) {
+        _cleanup_json_ json_object *norm = net_def_to_json(&nd);
+        same = json_object_equal(norm, cur);
+        if (!same)
+            r = net_define(&c->paths, next, true, NULL, &c->err);
+    }
+    if (r < 0)
+        return edited ? qv_prefix(&c->err, "nothing changed (your text is in %s): ", tmp) : r;
+    if (edited)
+        unlink(tmp);
+    if (same) {
+        if (!c->quiet)
+            printf("%s: no change\n", name);
+        return 0;
+    }
+    if (!c->quiet)
+        printf("network %s changed\n", name);
+    if (!net_running(&c->paths, name, NULL))
+        return 0;
+    _cleanup_strv_ struct strv applied = {0}, restart = {0};
+    if ((r = network_edit_live(&c->paths, &nd, &applied, &restart, &c->err)) < 0)
+        return qv_prefix(&c->err, "network %s: the definition is saved, but the running network did not take it: ", name);
+    if (!c->quiet)
+        print_live(name, &applied, &restart);
+    return 0;
+}
+
+/* The host or forward of `net update` from its options. */
+static int update_item(struct cli *c, enum net_update_section sec, json_object **out)
+{
+    static const char *const host_opts[] = {"mac", "ip", "name", NULL};
+    static const char *const fwd_opts[][2] = {{"protocol", "protocol"}, {"host-port", "host_port"},
+                                              {"guest", "guest"}, {"guest-port", "guest_port"}};
+    json_object *o = json_object_new_object();
+    for (size_t i = 0; i < c->nopts; i++) {
+        const char *opt = c->opts[i].opt->name, *v = c->opts[i].value;
+        if (strcmp(opt, "live") == 0 || strcmp(opt, "config") == 0)
+            continue;
+        const char *key = NULL;
+        if (sec == NET_UPDATE_HOST && strv_contains(host_opts, opt))
+            key = opt;
+        for (size_t k = 0; sec == NET_UPDATE_FORWARD && k < ARRAY_SIZE(fwd_opts); k++)
+            if (strcmp(opt, fwd_opts[k][0]) == 0)
+                key = fwd_opts[k][1];
+        if (!key) {
+            json_object_put(o);
+            return qv_fail(&c->err, -EINVAL, "--%s is not an option of a %s (%s)", opt, net_update_section_names[sec],
+                           sec == NET_UPDATE_HOST ? "--mac, --ip, --name" : "--protocol, --host-port, --guest, --guest-port");
+        }
+        uint64_t num;
+        /* a port that is not a number stays text, for validation to name */
+        if (strstr(key, "port") && parse_u64(v, &num) == 0 && num <= 1000000)
+            json_object_object_add(o, key, json_object_new_int((int)num));
+        else
+            json_object_object_add(o, key, json_object_new_string(v));
+    }
+    *out = o;
+    return 0;
+}
+
+/* net update NET add|delete host|forward: like virsh net-update, on the definition
+ * (--config), the running network (--live) or, by default, both. */
+int cmd_net_update(struct cli *c)
+{
+    const char *name = c->pos[0], *action = c->pos[1], *section = c->pos[2];
+    enum net_update_op op;
+    if (strcmp(action, "add") == 0)
+        op = NET_UPDATE_ADD;
+    else if (strcmp(action, "delete") == 0)
+        op = NET_UPDATE_DELETE;
+    else
+        return qv_fail(&c->err, -EINVAL, "net update: \"%s\" is not add or delete", action);
+    int sec = -1;
+    for (int i = 0; net_update_section_names[i]; i++)
+        if (strcmp(section, net_update_section_names[i]) == 0)
+            sec = i;
+    if (sec < 0)
+        return qv_fail(&c->err, -EINVAL, "net update: \"%s\" is not host or forward", section);
+    _cleanup_json_ json_object *item = NULL;
+    int r = update_item(c, (enum net_update_section)sec, &item);
+    if (r < 0)
+        return r;
+    bool live = cli_flag(c, "live"), config = cli_flag(c, "config");
+    if (!live && !config) {
+        config = true;
+        live = net_running(&c->paths, name, NULL);
+    }
+    char label[32];
+    snprintf(label, sizeof(label), "%s %s", net_update_section_names[sec], op == NET_UPDATE_ADD ? "added" : "deleted");
+    if (config) {
+        if ((r = net_update_config(&c->paths, name, op, (enum net_update_section)sec, item, NULL, &c->err)) < 0)
+            return r;
+        if (!c->quiet)
+            printf("network %s: %s to its definition\n", name, label);
+    }
+    if (live) {
+        _cleanup_strv_ struct strv applied = {0};
+        r = network_update_live(&c->paths, name, op, (enum net_update_section)sec, item, &applied, &c->err);
+        if (r < 0)
+            return config ? qv_prefix(&c->err, "network %s: the definition changed, the running network did not: ", name) : r;
+        if (!c->quiet)
+            print_live(name, &applied, NULL);
+    }
+    return 0;
+}

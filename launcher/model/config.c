@@ -48,6 +48,7 @@ void vm_nic_free(struct vm_nic *n)
     free(n->source);
     free(n->allow_in);
     free(n->deny_out);
+    free(n->filter_name);
     for (size_t j = 0; j < n->nfwd; j++) {
         free(n->fwd[j].host);
         free(n->fwd[j].guest);
@@ -369,6 +370,11 @@ static bool port_parse(const char *s, struct nic_port *p)
     return true;
 }
 
+bool nic_port_parse(const char *s, struct nic_port *p)
+{
+    return port_parse(s, p);
+}
+
 static int port_list(struct jr *r, json_object *o, const char *key, struct nic_port **out, size_t *n)
 {
     json_object *a = NULL;
@@ -402,9 +408,11 @@ static int parse_filter(struct jr *r, json_object *o, struct vm_nic *n)
         return jr_fail(r, "only on NICs of a qvisor network");
     if (json_object_is_type(f, json_type_string)) {
         const char *s = json_object_get_string(f);
-        if (strcmp(s, "none") != 0 && strcmp(s, "clean-traffic") != 0)
-            return jr_fail(r, "%s is not \"clean-traffic\", \"none\" or {\"allow_in\": [...], \"deny_out\": [...]}", jr_show(f));
+        if (!name_valid(s))
+            return jr_fail(r, "%s is not \"clean-traffic\", \"none\", a filter's name or {\"allow_in\": [...], \"deny_out\": [...]}", jr_show(f));
         n->filter = strcmp(s, "none") == 0 ? FILTER_NONE : FILTER_CLEAN;
+        if (!filter_builtin(s))
+            n->filter_name = qv_xstrdup(s);
     } else {
         int e;
         static const char *const keys[] = {"allow_in", "deny_out", NULL};
@@ -423,7 +431,7 @@ static int parse_filter(struct jr *r, json_object *o, struct vm_nic *n)
 static int parse_nic(struct jr *r, json_object *o, struct vm_nic *n, const struct vm_def *d)
 {
     static const char *const keys[] = {"type", "network", "bridge", "direct", "mode", "mac", "model",
-                                       "queues", "vhost", "hostfwd", "boot_index", "filter", NULL};
+                                       "queues", "vhost", "hostfwd", "boot_index", "filter", "vlan", NULL};
     int e, type = -1, model = MODEL_VIRTIO, mode = MACVTAP_BRIDGE;
     int64_t queues = 1;
     if ((e = jr_only_keys(r, o, keys)) < 0 || (e = jr_enum(r, o, "type", nic_type_names, &type)) < 0)
@@ -487,6 +495,12 @@ static int parse_nic(struct jr *r, json_object *o, struct vm_nic *n, const struc
         return jr_key(r, "model"), jr_fail(r, "\"%s\" is not available on microvm (only virtio)", nic_model_names[model]);
     if ((e = parse_filter(r, o, n)) < 0)
         return e;
+    int64_t vlan = 0;
+    if ((e = jr_int(r, o, "vlan", 1, 4094, &vlan)) < 0)
+        return e;
+    n->vlan = (int)vlan;
+    if (vlan && type != NIC_BRIDGE && type != NIC_NETWORK)
+        return jr_key(r, "vlan"), jr_fail(r, "only for NICs on a bridge or a qvisor network (a tap on a bridge port)");
     json_object *fwd = NULL;
     if ((e = jr_array(r, o, "hostfwd", &fwd)) < 0)
         return e;

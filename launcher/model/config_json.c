@@ -73,7 +73,9 @@ json_object *vm_nic_to_json(const struct vm_nic *n)
     if (n->boot_index >= 0)
         put_int(j, "boot_index", n->boot_index);
     if (n->type == NIC_NETWORK) {
-        if (n->filter == FILTER_NONE) {
+        if (n->filter_name) {
+            put_str(j, "filter", n->filter_name);
+        } else if (n->filter == FILTER_NONE) {
             put_str(j, "filter", "none");
         } else if (!n->allow_in && !n->ndeny_out) {
             put_str(j, "filter", "clean-traffic");
@@ -102,6 +104,8 @@ json_object *vm_nic_to_json(const struct vm_nic *n)
             json_object_object_add(j, "filter", f);
         }
     }
+    if (n->vlan)
+        put_int(j, "vlan", n->vlan);
     return j;
 }
 

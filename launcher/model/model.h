@@ -121,9 +121,35 @@ struct vm_nic {
     /* on managed networks: clean-traffic (own MAC and IP only) unless "none";
      * allow_in turns on inbound filtering with these ports open */
     enum nic_filter filter;
+    char *filter_name;      /* a named filter (etc/qvisor/filters/NAME.json): clean-traffic plus its
+                             * rules, read when the filter is applied; NULL: none or built in */
+    int vlan;               /* 0: none; 1-4094: the tap is an untagged access port of that VLAN */
     struct nic_port *allow_in, *deny_out;
     size_t nallow_in, ndeny_out;
 };
+
+/* "tcp/22", "udp/5000-5010", "icmp" */
+bool nic_port_parse(const char *s, struct nic_port *p);
+
+/* Named NIC filters (filterdef.c): etc/qvisor/filters/NAME.json, {"name", "rules": [{"direction":
+ * "in"|"out", "protocol": "tcp"|"udp"|"icmp", "ports": "80"|"8000-8100", "action": "accept"|"drop"}]}.
+ * Clean-traffic plus: in rules accept (and make everything else new inbound dropped), out
+ * rules drop. "clean-traffic" and "none" are built in (filter_load gives them no rules). */
+struct filter_def {
+    char *name;
+    struct nic_port *allow_in, *deny_out;
+    size_t nallow_in, ndeny_out;
+};
+void filter_def_free(struct filter_def *f);
+bool filter_builtin(const char *name);
+int filter_def_from_json(json_object *o, struct filter_def *f, struct qv_err *e);
+json_object *filter_def_to_json(const struct filter_def *f);
+int filter_load(const struct qv_paths *p, const char *name, struct filter_def *f, struct qv_err *e);
+int filter_list_names(const struct qv_paths *p, struct strv *names, struct qv_err *e);
+/* Defines or replaces (atomically) a filter; running NICs take it at their next plug or lease. */
+int filter_define(const struct qv_paths *p, json_object *o, struct filter_def *out, struct qv_err *e);
+/* -EBUSY while a defined VM's NIC refers to it. */
+int filter_undefine(const struct qv_paths *p, const char *name, struct qv_err *e);
 
 /* A host directory shared with the guest over virtiofs (libvirt's <filesystem>):
  * served by a virtiofsd the supervisor starts and confines; the guest mounts it
@@ -572,6 +598,22 @@ int net_define(const struct qv_paths *p, json_object *o, bool replace, struct ne
 int net_define_default(const struct qv_paths *p, struct net_def *out, struct qv_err *e);
 int net_undefine(const struct qv_paths *p, const char *name, struct qv_err *e);
 int net_list_names(const struct qv_paths *p, struct strv *names, struct qv_err *e);
+/* net update: a static host ({"mac", "ip", "name"}) or a port forward ({"protocol",
+ * "host_port", "guest", "guest_port"}) added to or deleted from a definition. Deleting
+ * a host matches every key given; a forward is known by protocol (default tcp) and
+ * host_port. *out is the validated result (-EEXIST: already there, -ENOENT: no such
+ * item, -EINVAL: the result is not valid, with its JSON path). */
+enum net_update_op { NET_UPDATE_ADD, NET_UPDATE_DELETE };
+enum net_update_section { NET_UPDATE_HOST, NET_UPDATE_FORWARD };
+extern const char *const net_update_section_names[];   /* "host", "forward" */
+int net_def_update(const struct net_def *cur, enum net_update_op op, enum net_update_section sec, json_object *item,
+                   struct net_def *out, struct qv_err *e);
+/* The same on the stored definition, under the networks' lock, written atomically. */
+int net_update_config(const struct qv_paths *p, const char *name, enum net_update_op op, enum net_update_section sec,
+                      json_object *item, struct net_def *out, struct qv_err *e);
+/* The parts of `to` that differ from `from`, as "mode", "ipv4.dhcp", ... (autostart
+ * left out), appended to `changed`. */
+void net_def_diff(const struct net_def *from, const struct net_def *to, struct strv *changed);
 /* -EADDRINUSE when the network's subnets overlap the host's addresses or routes. */
 int net_check_host(const struct net_def *n, struct qv_err *e);
 /* run/qvisor/networks/NAME: lock, state.json, dnsmasq's files */

@@ -573,3 +573,162 @@ int net_define_default(const struct qv_paths *p, struct net_def *out, struct qv_
     }
     return qv_fail(e, -EADDRINUSE, "default network: no free subnet in 10.77.0.0/16 (%s)", last.msg);
 }
+
+/* ---- net update: one static host or port forward at a time ---- */
+
+const char *const net_update_section_names[] = {"host", "forward", NULL};
+
+static bool item_str_eq(json_object *item, json_object *have, const char *key)
+{
+    json_object *a, *b;
+    if (!json_object_object_get_ex(item, key, &a))
+        return true;    /* not given: matches anything */
+    if (!json_object_object_get_ex(have, key, &b))
+        return false;
+    if (strcmp(key, "mac") == 0) {
+        char x[18], y[18];
+        return mac_normalise(json_object_get_string(a), x) && mac_normalise(json_object_get_string(b), y) &&
+               strcmp(x, y) == 0;
+    }
+    return strcmp(json_object_get_string(a), json_object_get_string(b)) == 0;
+}
+
+/* A forward is known by its protocol (tcp when not given) and host port. */
+static bool same_forward(json_object *item, json_object *have)
+{
+    json_object *p, *hp, *hhp;
+    const char *proto = json_object_object_get_ex(item, "protocol", &p) ? json_object_get_string(p) : "tcp";
+    json_object *hproto = json_object_object_get(have, "protocol");
+    return strcmp(proto, hproto ? json_object_get_string(hproto) : "tcp") == 0 &&
+           json_object_object_get_ex(item, "host_port", &hp) && json_object_object_get_ex(have, "host_port", &hhp) &&
+           json_object_get_int64(hp) == json_object_get_int64(hhp);
+}
+
+static const char *item_label(json_object *item, enum net_update_section sec, char *buf, size_t len)
+{
+    json_object *v;
+    if (sec == NET_UPDATE_FORWARD) {
+        json_object *p = json_object_object_get(item, "protocol");
+        snprintf(buf, len, "%s/%s", json_object_object_get_ex(item, "host_port", &v) ? json_object_get_string(v) : "?",
+                 p ? json_object_get_string(p) : "tcp");
+    } else {
+        const char *keys[] = {"mac", "ip", "name"};
+        buf[0] = '\0';
+        for (size_t i = 0; i < ARRAY_SIZE(keys); i++)
+            if (json_object_object_get_ex(item, keys[i], &v))
+                snprintf(buf + strlen(buf), len - strlen(buf), "%s%s %s", buf[0] ? ", " : "", keys[i],
+                         json_object_get_string(v));
+    }
+    return buf;
+}
+
+int net_def_update(const struct net_def *cur, enum net_update_op op, enum net_update_section sec, json_object *item,
+                   struct net_def *out, struct qv_err *e)
+{
+    char label[160];
+    if (!json_object_is_type(item, json_type_object))
+        return qv_fail(e, -EINVAL, "network %s: the %s must be a JSON object", cur->name, net_update_section_names[sec]);
+    item_label(item, sec, label, sizeof(label));
+    if (cur->mode == NET_BRIDGE)
+        return qv_fail(e, -EINVAL, "network %s: mode bridge has no %ss (qvisor does not manage that bridge)", cur->name,
+                       net_update_section_names[sec]);
+    if (sec == NET_UPDATE_HOST && !cur->ipv4.address)
+        return qv_fail(e, -EINVAL, "network %s: static hosts are DHCPv4 and the network has no ipv4", cur->name);
+    if (op == NET_UPDATE_DELETE && sec == NET_UPDATE_HOST && !json_object_object_length(item))
+        return qv_fail(e, -EINVAL, "network %s: which host? (give its mac, ip or name)", cur->name);
+    if (sec == NET_UPDATE_FORWARD && !json_object_object_get_ex(item, "host_port", NULL))
+        return qv_fail(e, -EINVAL, "network %s: which forward? (give its host port)", cur->name);
+    _cleanup_json_ json_object *o = net_def_to_json(cur);
+    json_object *arr = NULL;
+    if (sec == NET_UPDATE_HOST) {
+        json_object *v4 = json_object_object_get(o, "ipv4");
+        arr = json_object_object_get(v4, "hosts");
+    } else {
+        arr = json_object_object_get(o, "forwards");
+    }
+    size_t n = json_object_array_length(arr), match = n;
+    for (size_t i = 0; i < n && match == n; i++) {
+        json_object *have = json_object_array_get_idx(arr, i);
+        if (sec == NET_UPDATE_FORWARD ? same_forward(item, have)
+            : op == NET_UPDATE_DELETE ? item_str_eq(item, have, "mac") && item_str_eq(item, have, "ip") &&
+                                            item_str_eq(item, have, "name")
+                                      : item_str_eq(item, have, "mac"))
+            match = i;
+    }
+    if (op == NET_UPDATE_ADD) {
+        if (match < n)
+            return qv_fail(e, -EEXIST, "network %s: %s %s is there already (%s[%zu]; delete it first)", cur->name,
+                           net_update_section_names[sec], label, sec == NET_UPDATE_HOST ? "ipv4.hosts" : "forwards",
+                           match);
+        json_object_array_add(arr, json_object_get(item));
+    } else {
+        if (match == n)
+            return qv_fail(e, -ENOENT, "network %s has no %s with %s (qvisor net show %s lists them)", cur->name,
+                           net_update_section_names[sec], label, cur->name);
+        json_object_array_del_idx(arr, match, 1);
+    }
+    int r = net_def_from_json(o, out, e);
+    if (r < 0)
+        return qv_prefix(e, "network %s: ", cur->name);
+    return 0;
+}
+
+int net_update_config(const struct qv_paths *p, const char *name, enum net_update_op op, enum net_update_section sec,
+                      json_object *item, struct net_def *out, struct qv_err *e)
+{
+    _cleanup_net_def_ struct net_def cur = {0}, next = {0};
+    int r = net_load(p, name, &cur, e);     /* first, so "default" exists before the lock */
+    if (r < 0)
+        return r;
+    net_def_free(&cur);
+    _cleanup_close_ int lock = lock_dir(p, e);
+    if (lock < 0)
+        return lock;
+    if ((r = net_load(p, name, &cur, e)) < 0 || (r = net_def_update(&cur, op, sec, item, &next, e)) < 0)
+        return r;
+    char path[PATH_MAX];
+    net_def_path(p, name, path, sizeof(path));
+    _cleanup_json_ json_object *norm = net_def_to_json(&next);
+    if ((r = json_write_file_atomic(path, norm, 0644, e)) < 0)
+        return r;
+    if (out)
+        net_def_move(out, &next);
+    return 0;
+}
+
+/* Names the parts of `to` that differ from `from` ("mode", "ipv4.dhcp"), one level into
+ * objects; autostart is left out (it never needs a restart). */
+void net_def_diff(const struct net_def *from, const struct net_def *to, struct strv *changed)
+{
+    _cleanup_json_ json_object *a = net_def_to_json(from);
+    _cleanup_json_ json_object *b = net_def_to_json(to);
+    json_object *both[2] = {a, b};
+    for (int side = 0; side < 2; side++) {
+        json_object_object_foreach(both[side], key, val) {
+            json_object *other = NULL;
+            json_object_object_get_ex(both[!side], key, &other);
+            if (strcmp(key, "autostart") == 0 || (other && json_object_equal(val, other)))
+                continue;
+            if (other && json_object_is_type(val, json_type_object) && json_object_is_type(other, json_type_object)) {
+                json_object_object_foreach(val, k2, v2) {
+                    json_object *o2 = NULL;
+                    if (json_object_object_get_ex(other, k2, &o2) && json_object_equal(v2, o2))
+                        continue;
+                    char path[128];
+                    snprintf(path, sizeof(path), "%s.%s", key, k2);
+                    if (!strv_contains((const char *const *)changed->v, path))
+                        strv_push(changed, path);
+                }
+                json_object_object_foreach(other, k3, v3) {
+                    (void)v3;
+                    char path[128];
+                    snprintf(path, sizeof(path), "%s.%s", key, k3);
+                    if (!json_object_object_get_ex(val, k3, NULL) && !strv_contains((const char *const *)changed->v, path))
+                        strv_push(changed, path);
+                }
+            } else if (!strv_contains((const char *const *)changed->v, key)) {
+                strv_push(changed, key);
+            }
+        }
+    }
+}

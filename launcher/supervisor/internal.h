@@ -5,7 +5,8 @@
  * (jobs.c), block jobs (blockjobs.c, blockprep.c), snapshots (snapshots.c,
  * snapshot_full.c, snapshot_merge.c), the guest agent channel (agent.c, agent_ops.c; agent_chan.h),
  * virtiofs shares and their virtiofsd processes (virtiofs.c), save and migration
- * (migrate.c out, migrate_in.c in).
+ * (migrate.c out, migrate_in.c in); networks: their supervisor (netrun.c), live changes
+ * (netlive.c), garbage collection (netgc.c).
  * One process per VM owns the only QMP connection. */
 #ifndef QV_SUP_INTERNAL_H
 #define QV_SUP_INTERNAL_H
@@ -26,6 +27,11 @@
 #define CTL_ACCEPT_BACKOFF_MS 100   /* out of descriptors: accept() rests this long */
 #define CRASH_WINDOW_MS (10 * 60 * 1000)
 #define CRASH_MAX 5                 /* restarts within the window before giving up */
+
+/* ---- networks (netrun.c, netlive.c) ---- */
+/* dnsmasq's settings for network d run from dir; hosts has room for d's hosts. */
+void net_dnsmasq_config(const struct net_def *d, const char *dir, struct netsetup_dnsmasq *c,
+                        struct netsetup_dhcp_host *hosts);
 
 /* ---- sd_notify, without libsystemd (notify.c) ---------------------------------------------- */
 #include <sys/un.h>

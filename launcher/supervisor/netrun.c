@@ -55,34 +55,11 @@ static void write_state(struct netrun *n, const char *state)
     json_object_put(o);
 }
 
-static void dnsmasq_config(struct netrun *n, struct netsetup_dnsmasq *c, struct netsetup_dhcp_host *hosts)
-{
-    const struct net_def *d = &n->def;
-    memset(c, 0, sizeof(*c));
-    c->network = d->name;
-    c->run_dir = n->dir;
-    c->bridge = d->bridge;
-    c->ipv4 = d->ipv4.address;
-    c->dhcp_start = d->ipv4.dhcp_start;
-    c->dhcp_end = d->ipv4.dhcp_end;
-    c->lease_time = d->ipv4.lease_time;
-    for (size_t i = 0; i < d->ipv4.nhosts; i++)
-        hosts[i] = (struct netsetup_dhcp_host){d->ipv4.hosts[i].mac, d->ipv4.hosts[i].ip, d->ipv4.hosts[i].name};
-    c->hosts = hosts;
-    c->nhosts = d->ipv4.nhosts;
-    c->ipv6 = d->ipv6.address;
-    c->dhcp6_start = d->ipv6.dhcp_start;
-    c->dhcp6_end = d->ipv6.dhcp_end;
-    c->no_router = d->mode == NET_ISOLATED;
-    c->domain = d->dns.domain;
-    c->forwarders = (const char *const *)d->dns.forwarders.v;
-}
-
 static int dnsmasq_start(struct netrun *n, struct qv_err *e)
 {
     struct netsetup_dnsmasq c;
     struct netsetup_dhcp_host *hosts = qv_xcalloc(n->def.ipv4.nhosts + 1, sizeof(*hosts));
-    dnsmasq_config(n, &c, hosts);
+    net_dnsmasq_config(&n->def, n->dir, &c, hosts);
     int r = netsetup_dnsmasq_spawn(&c, n->log_fd, DNSMASQ_START_MS, &n->dnsmasq, e);
     free(hosts);
     if (r == 0) {
@@ -144,6 +121,9 @@ static int check_reachable(const char *dir, struct qv_err *e)
 static int bring_up(struct netrun *n, struct qv_err *e)
 {
     const struct net_def *d = &n->def;
+    int r = network_live_write(n->dir, d, e);    /* what net update changes live */
+    if (r < 0)
+        return r;
     if (d->mode == NET_BRIDGE) {
         if (!netsetup_link_exists(d->bridge))
             return qv_fail(e, -ENODEV, "network %s: host bridge %s does not exist (qvisor does not create bridges of "
@@ -151,7 +131,7 @@ static int bring_up(struct netrun *n, struct qv_err *e)
         write_state(n, "running");
         return 0;
     }
-    int r = net_check_host(d, e);
+    r = net_check_host(d, e);
     if (r == 0)
         r = check_reachable(n->dir, e);
     if (r < 0)
@@ -180,6 +160,9 @@ static int bring_up(struct netrun *n, struct qv_err *e)
 static void tear_down(struct netrun *n)
 {
     dnsmasq_stop(n);
+    char live[PATH_MAX + 16];
+    snprintf(live, sizeof(live), "%s/live.json", n->dir);
+    unlink(live);
     if (n->def.mode != NET_BRIDGE && n->nft) {
         struct qv_err e = {0};
         if (netsetup_net_down(n->nft, n->def.name, n->def.bridge, &e) < 0)
@@ -213,6 +196,24 @@ static void dnsmasq_died(struct netrun *n, int status)
         nlog(n, "restarting dnsmasq failed: %s", e.msg);
 }
 
+/* net update / net edit changed the running network (they did the work and wrote
+ * live.json): a dnsmasq restarted from now on gets the new hosts. */
+static void reload_live(struct netrun *n)
+{
+    struct net_def next = {0};
+    struct qv_err e = {0};
+    if (network_live_read(n->dir, &next, &e) < 0) {
+        nlog(n, "warning: keeping the definition it runs with: %s", e.msg);
+        return;
+    }
+    _cleanup_strv_ struct strv changed = {0};
+    net_def_diff(&n->def, &next, &changed);
+    _cleanup_free_ char *what = strv_join((const char *const *)changed.v, ", ");
+    nlog(n, "changed live: %s", changed.n ? what : "nothing");
+    net_def_free(&n->def);
+    net_def_move(&n->def, &next);
+}
+
 static void serve(struct netrun *n, int sigfd, struct notify *nt)
 {
     for (;;) {
@@ -225,6 +226,10 @@ static void serve(struct netrun *n, int sigfd, struct notify *nt)
             continue;
         struct signalfd_siginfo si;
         while (read(sigfd, &si, sizeof(si)) == sizeof(si)) {
+            if (si.ssi_signo == SIGHUP) {
+                reload_live(n);
+                continue;
+            }
             if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
                 nlog(n, "stopping (%s)", strsignal((int)si.ssi_signo));
                 return;
@@ -260,7 +265,7 @@ int network_run(const struct qv_paths *p, const char *name, int ready_fd, int ec
         if (n.log_fd < 0)
             r = qv_failerr(e, -errno, "%s", logpath);
     }
-    int sigfd = signalfd_for(SIGTERM, SIGINT, SIGCHLD, 0);
+    int sigfd = signalfd_for(SIGTERM, SIGINT, SIGCHLD, SIGHUP, 0);
     if (r == 0 && sigfd < 0)
         r = qv_failerr(e, sigfd, "signalfd");
     if (r == 0) {

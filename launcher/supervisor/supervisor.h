@@ -93,6 +93,19 @@ int network_run(const struct qv_paths *p, const char *name, int ready_fd, int ec
 /* Stops the network's supervisor, or cleans up after a dead one (-ESRCH: nothing ran). */
 int network_stop(const struct qv_paths *p, const char *name, int timeout_ms, struct qv_err *e);
 
+/* ---- a running network changed live (netlive.c) ---------------------------------------------- */
+/* net update --live: the host or forward applied to the running network (-ESRCH when it
+ * is not running); what was done is appended to `applied`, one line each. */
+int network_update_live(const struct qv_paths *p, const char *name, enum net_update_op op, enum net_update_section sec,
+                        json_object *item, struct strv *applied, struct qv_err *e);
+/* net edit of a running network: its hosts and forwards follow `edited` at once; the
+ * other parts that differ (which wait for a restart) are appended to `restart`. */
+int network_edit_live(const struct qv_paths *p, const struct net_def *edited, struct strv *applied,
+                      struct strv *restart, struct qv_err *e);
+/* run/qvisor/networks/NAME/live.json: the definition a network runs with. */
+int network_live_write(const char *dir, const struct net_def *d, struct qv_err *e);
+int network_live_read(const char *dir, struct net_def *out, struct qv_err *e);
+
 /* Removes what dead supervisors left (see netgc.c); what it removed, one line each,
  * is added to `removed`. */
 int network_gc(const struct qv_paths *paths, struct strv *removed, struct qv_err *err);

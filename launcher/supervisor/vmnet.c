@@ -141,6 +141,20 @@ int vmnet_needs_start(struct sup *s, const struct vm_nic *n, char *net, size_t n
 
 static int apply_filter(struct sup *s, const struct vm_nic *n, struct vm_nic_state *st, struct qv_err *e)
 {
+    /* a named filter is read each time it is applied: a redefined one counts from then */
+    _cleanup_(filter_def_free) struct filter_def named = {0};
+    struct vm_nic resolved;
+    if (n->filter_name) {
+        int r = filter_load(s->paths, n->filter_name, &named, e);
+        if (r < 0)
+            return qv_prefix(e, "%s: ", st->tap);
+        resolved = *n;
+        resolved.allow_in = named.allow_in;
+        resolved.nallow_in = named.nallow_in;
+        resolved.deny_out = named.deny_out;
+        resolved.ndeny_out = named.ndeny_out;
+        n = &resolved;
+    }
     struct netsetup_port in[32], out[32];
     size_t nin = n->nallow_in < ARRAY_SIZE(in) ? n->nallow_in : ARRAY_SIZE(in);
     size_t nout = n->ndeny_out < ARRAY_SIZE(out) ? n->ndeny_out : ARRAY_SIZE(out);
@@ -176,7 +190,7 @@ int vmnet_plug(struct sup *s, const struct vm_nic *n, size_t index, int *fds, st
         sup_log(s, "nic%zu: macvtap %s on %s", index, st->tap, n->source);
         return 0;
     }
-    struct netsetup_nic nic = {.queues = (unsigned)n->queues, .bridge = n->source};
+    struct netsetup_nic nic = {.queues = (unsigned)n->queues, .bridge = n->source, .vlan = (unsigned)n->vlan};
     _cleanup_net_def_ struct net_def nd = {0};
     if (n->type == NIC_NETWORK) {
         if ((r = net_load(s->paths, n->source, &nd, e)) < 0)
@@ -185,6 +199,7 @@ int vmnet_plug(struct sup *s, const struct vm_nic *n, size_t index, int *fds, st
         if (nd.mode != NET_BRIDGE && !net_running(s->paths, n->source, NULL))
             return qv_fail(e, -ENETDOWN, "network %s is not running (qvisor net start %s)", n->source, n->source);
         if (nd.mode != NET_BRIDGE) {
+            nic.own_bridge = true;
             snprintf(st->network, sizeof(st->network), "%s", n->source);
             st->filtered = n->filter == FILTER_CLEAN;
             static_ip(&nd, n->mac, st->ip, sizeof(st->ip));

@@ -1,0 +1,124 @@
+/* qvisor filter define|list|show|undefine: named NIC filters (virsh nwfilter-*). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "launcher/cli/cli.h"
+
+/* --rule DIRECTION:PROTOCOL[:PORTS]:ACTION, e.g. out:tcp:25:drop, in:tcp:8000-8100:accept, in:icmp:accept */
+static int rule_from_flag(struct cli *c, const char *v, json_object **out)
+{
+    _cleanup_strv_ struct strv parts = {0};
+    str_split_escaped(v, ':', &parts);
+    if (parts.n != 3 && parts.n != 4)
+        return qv_fail(&c->err, -EINVAL, "--rule %s: expected DIRECTION:PROTOCOL[:PORTS]:ACTION (e.g. out:tcp:25:drop)", v);
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "direction", json_object_new_string(parts.v[0]));
+    json_object_object_add(o, "protocol", json_object_new_string(parts.v[1]));
+    if (parts.n == 4)
+        json_object_object_add(o, "ports", json_object_new_string(parts.v[2]));
+    json_object_object_add(o, "action", json_object_new_string(parts.v[parts.n - 1]));
+    *out = o;
+    return 0;
+}
+
+int cmd_filter_define(struct cli *c)
+{
+    const char *file = c->npos ? c->pos[0] : NULL, *name = cli_opt(c, "name");
+    if (!file == !name)
+        return qv_fail(&c->err, -EINVAL, "filter define: give a FILE or --name NAME (with --rule ...)");
+    _cleanup_json_ json_object *o = NULL;
+    int r = 0;
+    if (file) {
+        if ((r = json_read_file(file, &o, &c->err)) < 0)
+            return r;
+    } else {
+        o = json_object_new_object();
+        json_object *rules = json_object_new_array();
+        json_object_object_add(o, "name", json_object_new_string(name));
+        json_object_object_add(o, "rules", rules);
+        for (size_t i = 0; i < c->nopts; i++) {
+            json_object *rule = NULL;
+            if (strcmp(c->opts[i].opt->name, "rule") != 0)
+                continue;
+            if ((r = rule_from_flag(c, c->opts[i].value, &rule)) < 0)
+                return r;
+            json_object_array_add(rules, rule);
+        }
+    }
+    _cleanup_(filter_def_free) struct filter_def f = {0};
+    if ((r = filter_define(&c->paths, o, &f, &c->err)) < 0)
+        return file && r == -EINVAL ? qv_prefix(&c->err, "%s: ", file) : r;
+    if (!c->quiet)
+        printf("defined filter %s (clean-traffic, %zu in, %zu out rule%s)\n", f.name, f.nallow_in, f.ndeny_out,
+               f.ndeny_out == 1 ? "" : "s");
+    return 0;
+}
+
+static json_object *filter_json(const struct filter_def *f)
+{
+    if (!filter_builtin(f->name)) {
+        json_object *o = filter_def_to_json(f);
+        json_object_object_add(o, "builtin", json_object_new_boolean(false));
+        return o;
+    }
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "name", json_object_new_string(f->name));
+    json_object_object_add(o, "builtin", json_object_new_boolean(true));
+    json_object_object_add(o, "description",
+                           json_object_new_string(strcmp(f->name, "none") == 0
+                                                      ? "no filtering"
+                                                      : "the guest sends only from its NIC's MAC and its leased or static "
+                                                        "IPv4 address (ARP likewise); other ethertypes are dropped"));
+    json_object_object_add(o, "rules", json_object_new_array());
+    return o;
+}
+
+int cmd_filter_show(struct cli *c)
+{
+    _cleanup_(filter_def_free) struct filter_def f = {0};
+    int r = filter_load(&c->paths, c->pos[0], &f, &c->err);
+    if (r < 0)
+        return r;
+    _cleanup_json_ json_object *o = filter_json(&f);
+    cli_print_json(o);
+    return 0;
+}
+
+int cmd_filter_list(struct cli *c)
+{
+    _cleanup_strv_ struct strv names = {0};
+    int r = filter_list_names(&c->paths, &names, &c->err);
+    if (r < 0)
+        return r;
+    static const char *const builtins[] = {"clean-traffic", "none"};
+    json_object *arr = json_object_new_array();
+    if (!c->json)
+        printf("%-20s %-8s %s\n", "NAME", "RULES", "KIND");
+    for (size_t i = 0; i < ARRAY_SIZE(builtins) + names.n; i++) {
+        const char *name = i < ARRAY_SIZE(builtins) ? builtins[i] : names.v[i - ARRAY_SIZE(builtins)];
+        _cleanup_(filter_def_free) struct filter_def f = {0};
+        struct qv_err e = {0};
+        if (filter_load(&c->paths, name, &f, &e) < 0) {
+            if (!c->json)
+                printf("%-20s %-8s (%s)\n", name, "invalid", e.msg);
+            continue;
+        }
+        if (c->json)
+            json_object_array_add(arr, filter_json(&f));
+        else
+            printf("%-20s %-8zu %s\n", f.name, f.nallow_in + f.ndeny_out,
+                   filter_builtin(name) ? "built in" : "clean-traffic + rules");
+    }
+    if (c->json)
+        cli_print_json(arr);
+    json_object_put(arr);
+    return 0;
+}
+
+int cmd_filter_undefine(struct cli *c)
+{
+    int r = filter_undefine(&c->paths, c->pos[0], &c->err);
+    if (r == 0 && !c->quiet)
+        printf("undefined filter %s\n", c->pos[0]);
+    return r;
+}
