@@ -21,7 +21,7 @@ static const struct cli_opt no_opts[] = {{0}};
         {"agent", false, false, 0}, {"description", true, false, 0}, {"on-poweroff", true, false, 0},               \
         {"on-reboot", true, false, 0}, {"on-crash", true, false, 0}, GUESTDATA_FLAGS
 static const struct cli_opt define_opts[] = {DEFINITION_FLAGS, {"print", false, false, 0}, {0}};
-static const struct cli_opt undefine_opts[] = {{"remove-storage", false, false, 0}, {"keep-nvram", false, false, 0},
+static const struct cli_opt undefine_opts[] = {{"remove-storage", false, false, 0}, {"keep-nvram", false, false, 0}, {"keep-tpm", false, false, 0},
                                                {"snapshots-metadata", false, false, 0},
                                                {"managed-save", false, false, 0}, {0}};
 static const struct cli_opt save_opts[] = {{"bypass-cache", false, false, 0}, {"abort", false, false, 0}, {0}};
@@ -118,7 +118,7 @@ static const struct cli_command commands[] = {
      "--kernel K --initrd I --append A --nic user --share DIR[:TAG[:ro]] --cloud-init USER-DATA [--meta-data F] "
      "--credential NAME=VALUE|NAME=@FILE ...]", "define a VM from a JSON file or from flags"},
     {"undefine", cmd_undefine, undefine_opts, 1, 1,
-     "undefine NAME [--remove-storage] [--keep-nvram] [--snapshots-metadata] [--managed-save]",
+     "undefine NAME [--remove-storage] [--keep-nvram] [--keep-tpm] [--snapshots-metadata] [--managed-save]",
      "remove a VM's definition and its UEFI variable store (--remove-storage: its volumes too; a VM with "
      "snapshots needs --snapshots-metadata, one with a managed save --managed-save)"},
     {"save", cmd_save, save_opts, 1, 2, "save NAME FILE [--bypass-cache] | save NAME --abort",

@@ -503,6 +503,16 @@ int cmd_undefine(struct cli *c)
     vm_nvram_path(&c->paths, c->pos[0], nvram, sizeof(nvram));
     if (!cli_flag(c, "keep-nvram") && unlink(nvram) == 0 && !c->quiet)
         printf("removed its UEFI variable store %s\n", nvram);
+    /* nor this TPM's keys (libvirt: --keep-tpm) */
+    char tpm[PATH_MAX];
+    vm_tpm_dir(&c->paths, c->pos[0], tpm, sizeof(tpm));
+    if (!cli_flag(c, "keep-tpm")) {
+        int t = vm_tpm_remove(&c->paths, c->pos[0]);
+        if (t > 0 && !c->quiet)
+            printf("removed its TPM state %s\n", tpm);
+        else if (t < 0)
+            fprintf(stderr, "qvisor: %s: TPM state %s stays: %s\n", c->pos[0], tpm, strerror(-t));
+    }
     return 0;
 }
 

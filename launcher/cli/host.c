@@ -1,4 +1,5 @@
 /* qvisor host-check: what this host offers qvisor, and what it cannot do. */
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,40 @@ static bool openable(const char *path)
 {
     _cleanup_close_ int fd = open(path, O_RDWR | O_CLOEXEC);
     return fd >= 0;
+}
+
+/* PCI passthrough: the IOMMU (groups in sysfs), vfio-pci, and what is bound to it. */
+static void check_vfio(struct check *ch)
+{
+    size_t groups = 0;
+    DIR *dh = opendir("/sys/kernel/iommu_groups");
+    struct dirent *de;
+    while (dh && (de = readdir(dh)))
+        groups += de->d_name[0] != '.';
+    if (dh)
+        closedir(dh);
+    item(ch, "iommu", groups > 0, false, groups ? "%zu IOMMU groups: PCI devices can be passed through"
+         : "%zu IOMMU groups: the IOMMU is off or absent, no PCI passthrough (intel_iommu=on or amd_iommu=on on the "
+           "kernel command line, VT-d/AMD-Vi on in the firmware)", groups);
+    bool vfio = path_exists("/sys/bus/pci/drivers/vfio-pci");
+    struct buf b = {0};
+    buf_adds(&b, "");
+    dh = vfio ? opendir("/sys/bus/pci/drivers/vfio-pci") : NULL;
+    while (dh && (de = readdir(dh))) {
+        char link[PATH_MAX], target[PATH_MAX];
+        if (!strchr(de->d_name, ':'))
+            continue;   /* bind, unbind, module, ... */
+        snprintf(link, sizeof(link), "/sys/bus/pci/drivers/vfio-pci/%s/iommu_group", de->d_name);
+        ssize_t n = readlink(link, target, sizeof(target) - 1);
+        target[n > 0 ? n : 0] = '\0';
+        const char *g = strrchr(target, '/');
+        buf_printf(&b, "%s%s (group %s)", b.p[0] ? ", " : "", de->d_name, g ? g + 1 : "none");
+    }
+    if (dh)
+        closedir(dh);
+    item(ch, "vfio-pci", vfio, false, "%s%s", vfio ? "loaded; bound to it: " : "not loaded (modprobe vfio-pci)",
+         vfio ? (b.p[0] ? b.p : "no device") : "");
+    buf_free(&b);
 }
 
 int cmd_host_check(struct cli *c)
@@ -87,6 +122,10 @@ int cmd_host_check(struct cli *c)
     char rbd_detail[256];
     bool rbd_ok = storage_rbd_usable(rbd_detail, sizeof(rbd_detail));
     item(&ch, "librbd", rbd_ok, false, "%s", rbd_detail);
+    char swtpm[PATH_MAX];
+    bool have_swtpm = find_program("swtpm", swtpm, sizeof(swtpm)) == 0;
+    item(&ch, "swtpm", have_swtpm, false, "%s", have_swtpm ? swtpm : "not found: no TPM for guests (apt-get install swtpm)");
+    check_vfio(&ch);
 
     struct sandbox_host sh;
     sandbox_host_check("/sys/fs/cgroup", &sh);

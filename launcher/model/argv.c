@@ -20,7 +20,7 @@ void launch_plan_free(struct launch_plan *p)
     memset(p, 0, sizeof(*p));
 }
 
-static int add_fd(struct builder *b, enum fd_kind kind, int index, int sub, int flags)
+int argv_add_fd(struct builder *b, enum fd_kind kind, int index, int sub, int flags)
 {
     struct launch_plan *p = b->p;
     if (p->nslots >= PLAN_MAX_FDS)
@@ -94,7 +94,7 @@ static int add_machine(struct builder *b, struct qv_err *e)
 static void add_socket_chardev(struct builder *b, const char *id, enum fd_kind kind)
 {
     char opt[96];
-    int fd = add_fd(b, kind, 0, 0, 0);
+    int fd = argv_add_fd(b, kind, 0, 0, 0);
     snprintf(opt, sizeof(opt), "socket,id=%s,fd=%d,server=on,wait=off", id, fd);
     arg2(b, "-chardev", opt);
 }
@@ -200,7 +200,7 @@ static void add_rbd_node(struct builder *b, size_t i, const struct vm_disk *k, c
     char key[32] = "";
     if (k->rbd->keyfile) {
         char opt[128];
-        int fd = add_fd(b, FD_RBD_KEY, (int)i, 0, O_RDONLY);
+        int fd = argv_add_fd(b, FD_RBD_KEY, (int)i, 0, O_RDONLY);
         snprintf(key, sizeof(key), "disk%zu-key", i);
         /* the value file holds the key as `ceph auth get-key` prints it: base64 */
         snprintf(opt, sizeof(opt), "secret,id=%s,file=/proc/self/fd/%d,format=base64", key, fd);
@@ -273,7 +273,7 @@ static void add_backing_layers(struct builder *b, size_t i, const struct vm_disk
         snprintf(file, sizeof(file), "disk%zu-b%zu-file", i, j);
         snprintf(node, sizeof(node), "disk%zu-b%zu-fmt", i, j);
         snprintf(below, sizeof(below), "disk%zu-b%zu-fmt", i, j + 1);
-        int fd = add_fd(b, FD_DISK_LAYER, (int)i, (int)j, O_RDONLY);
+        int fd = argv_add_fd(b, FD_DISK_LAYER, (int)i, (int)j, O_RDONLY);
         add_file_node(b, fd, file, io, false, true);
         const char *driver = k->backing[j].format == FORMAT_QCOW2 ? "qcow2" : "raw";
         arg_json(b, "-blockdev", blockdev_format(driver, node, file, j + 1 < k->nbacking ? below : NULL, io, false, true));
@@ -301,16 +301,16 @@ static void add_disks(struct builder *b, struct ports *pt)
             arg_json(b, "-blockdev", blockdev_format("raw", node, file, NULL, &io, k->discard, k->readonly));
             snprintf(top, sizeof(top), "%s", node);
         } else if (k->snapshot) {
-            int base = add_fd(b, FD_DISK_BASE, (int)i, 0, O_RDONLY);
+            int base = argv_add_fd(b, FD_DISK_BASE, (int)i, 0, O_RDONLY);
             add_file_node(b, base, file, &io, false, true);
             arg_json(b, "-blockdev", blockdev_format(fmt, node, file, below, &io, false, true));
-            int ovl = add_fd(b, FD_OVERLAY, (int)i, 0, O_RDWR);
+            int ovl = argv_add_fd(b, FD_OVERLAY, (int)i, 0, O_RDWR);
             snprintf(ovl_file, sizeof(ovl_file), "disk%zu-ovl-file", i);
             snprintf(top, sizeof(top), "disk%zu-ovl", i);
             add_file_node(b, ovl, ovl_file, &io, k->discard, false);
             arg_json(b, "-blockdev", blockdev_format("qcow2", top, ovl_file, node, &io, k->discard, false));
         } else {
-            int fd = add_fd(b, FD_DISK, (int)i, 0, k->readonly ? O_RDONLY : O_RDWR);
+            int fd = argv_add_fd(b, FD_DISK, (int)i, 0, k->readonly ? O_RDONLY : O_RDWR);
             add_file_node(b, fd, file, &io, k->discard, k->readonly);
             arg_json(b, "-blockdev", blockdev_format(fmt, node, file, below, &io, k->discard, k->readonly));
             snprintf(top, sizeof(top), "%s", node);
@@ -356,7 +356,7 @@ static void add_cdroms(struct builder *b, struct ports *pt)
             struct disk_io io = disk_io_mode(CACHE_WRITEBACK, AIO_AUTO, b->f);
             snprintf(file, sizeof(file), "cdrom%zu-file", i);
             snprintf(node, sizeof(node), "cdrom%zu-fmt", i);
-            int fd = add_fd(b, FD_CDROM, (int)i, 0, O_RDONLY);
+            int fd = argv_add_fd(b, FD_CDROM, (int)i, 0, O_RDONLY);
             add_file_node(b, fd, file, &io, false, true);
             arg_json(b, "-blockdev", blockdev_format("raw", node, file, NULL, &io, false, true));
         }
@@ -380,7 +380,7 @@ static void add_seed(struct builder *b, struct ports *pt)
     if (!b->d->cloud_init.user_data)
         return;
     struct disk_io io = disk_io_mode(CACHE_WRITEBACK, AIO_AUTO, b->f);
-    int fd = add_fd(b, FD_SEED, 0, 0, O_RDONLY);
+    int fd = argv_add_fd(b, FD_SEED, 0, 0, O_RDONLY);
     add_file_node(b, fd, "cidata-file", &io, false, true);
     arg_json(b, "-blockdev", blockdev_format("raw", "cidata-fmt", "cidata-file", NULL, &io, false, true));
     json_object *dev = jobj();
@@ -397,7 +397,7 @@ static void add_credentials(struct builder *b)
 {
     for (size_t i = 0; i < b->d->ncredentials; i++) {
         char opt[64];
-        int fd = add_fd(b, FD_CREDENTIAL, (int)i, 0, O_RDONLY);
+        int fd = argv_add_fd(b, FD_CREDENTIAL, (int)i, 0, O_RDONLY);
         snprintf(opt, sizeof(opt), "type=11,path=/proc/self/fd/%d", fd);
         arg2(b, "-smbios", opt);
     }
@@ -410,7 +410,7 @@ static void fd_list(struct builder *b, enum fd_kind kind, int nic, int queues, c
     size_t len = 0;
     out[0] = '\0';
     for (int q = 0; q < queues; q++) {
-        int fd = add_fd(b, kind, nic, q, O_RDWR);
+        int fd = argv_add_fd(b, kind, nic, q, O_RDWR);
         len += (size_t)snprintf(out + len, outlen - len, "%s%d", q ? ":" : "", fd);
     }
 }
@@ -483,7 +483,7 @@ static void add_filesystems(struct builder *b)
     for (size_t i = 0; i < d->nfilesystems; i++) {
         char id[16], opt[64];
         snprintf(id, sizeof(id), "fs%zu", i);
-        int fd = add_fd(b, FD_VIRTIOFS, (int)i, 0, O_RDWR);
+        int fd = argv_add_fd(b, FD_VIRTIOFS, (int)i, 0, O_RDWR);
         snprintf(opt, sizeof(opt), "socket,id=%s,fd=%d", id, fd);
         arg2(b, "-chardev", opt);
         json_object *dev = jobj();
@@ -535,6 +535,8 @@ static void add_controllers(struct builder *b)
         pci_place(b, o, SLOT_SCSI, 0);
         arg_json(b, "-device", o);
     }
+    for (size_t i = 0; i < d->nhostdevs; i++)
+        usb |= d->hostdevs[i].type == HOSTDEV_USB;
     if (usb || (d->graphics.kind == GRAPHICS_VNC && d->graphics.tablet)) {
         json_object *o = jobj();
         js(o, "driver", "qemu-xhci");
@@ -605,7 +607,7 @@ static int add_firmware(struct builder *b, struct qv_err *e)
         js(o, "node-name", "fw-code");
         jb(o, "read-only", true);
         arg_json(b, "-blockdev", o);
-        int fd = add_fd(b, FD_NVRAM, 0, 0, O_RDWR);
+        int fd = argv_add_fd(b, FD_NVRAM, 0, 0, O_RDWR);
         char opt[64], path[32];
         snprintf(opt, sizeof(opt), "fd=%d,set=%d,opaque=fw-vars-file", fd, fd);
         arg2(b, "-add-fd", opt);
@@ -676,9 +678,11 @@ static int build(const struct vm_def *d, const struct host_facts *f, struct laun
     add_seed(&b, &pt);
     add_nics(&b);
     add_filesystems(&b);
+    argv_add_tpm(&b);
     add_console_devices(&b);
     add_credentials(&b);
     argv_add_devices(&b);
+    argv_add_hostdevs(&b);
     if (d->machine != MACHINE_MICROVM) {
         json_object *o = jobj();
         js(o, "driver", "pvpanic");

@@ -96,6 +96,14 @@ static inline const char *virtio_driver(struct builder *b, const char *kind)
     return "virtio-unknown";
 }
 
+/* argv.c: a slot for an fd the supervisor opens; returns its number in QEMU */
+int argv_add_fd(struct builder *b, enum fd_kind kind, int index, int sub, int flags);
+
+/* argv_passthrough.c: the TPM (its swtpm's control socket comes as an fd) and host
+ * devices (vfio-pci behind their own root ports on q35; usb-host on usb0 by an fd) */
+void argv_add_tpm(struct builder *b);
+void argv_add_hostdevs(struct builder *b);
+
 /* argv_devices.c */
 void argv_add_display(struct builder *b);
 /* ",watchdog=ACTION" for -action, "" without a watchdog */

@@ -667,6 +667,7 @@ static int parse_definition(struct jr *rp, json_object *o, struct vm_def *d)
                                        "boot", "disks", "cdroms", "nics", "filesystems", "console", "graphics", "agent",
                                        "exit_device", "on_poweroff", "on_reboot", "on_crash", "limits", "sandbox",
                                        "qemu_args", "cloud_init", "credentials", "autostart", "rng", "watchdog", "clock",
+                                       "tpm", "hostdevs",
                                        NULL};
     int err = 0, machine = MACHINE_Q35, accel = ACCEL_AUTO, console = CONSOLE_SERIAL;
     int onp = POWEROFF_STOP, onr = REBOOT_RESTART, onc = CRASH_STOP;
@@ -712,7 +713,8 @@ static int parse_definition(struct jr *rp, json_object *o, struct vm_def *d)
         (err = jr_enum(&r, o, "on_crash", crash_names, &onc)) < 0 || (err = jr_array(&r, o, "qemu_args", &qargs)) < 0)
         return err;
     if ((err = vm_limits_parse(&r, o, d)) < 0 || (err = vm_sandbox_parse(&r, o, d)) < 0 ||
-        (err = vm_guestdata_parse(&r, o, d)) < 0 || (err = vm_devices_parse(&r, o, d)) < 0)
+        (err = vm_guestdata_parse(&r, o, d)) < 0 || (err = vm_devices_parse(&r, o, d)) < 0 ||
+        (err = vm_passthrough_parse(&r, o, d)) < 0)
         return err;
     d->console = console;
     d->on_poweroff = onp;

@@ -44,6 +44,9 @@ int vm_devices_parse(struct jr *r, json_object *root, struct vm_def *d);
 int vm_video_parse(struct jr *r, json_object *graphics, struct vm_def *d);
 void vm_devices_to_json(const struct vm_def *d, json_object *o);
 
+/* config_passthrough.c: "tpm" and "hostdevs" */
+int vm_passthrough_parse(struct jr *r, json_object *root, struct vm_def *d);
+void vm_passthrough_to_json(const struct vm_def *d, json_object *o);
 /* Kinds of file a path in a definition may name. */
 #define PATH_REG 1u
 #define PATH_BLK 2u

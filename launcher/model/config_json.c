@@ -220,6 +220,7 @@ static json_object *def_to_json(const struct vm_def *d, bool with_values)
         json_object_object_add(o, "qemu_args", a);
     }
     vm_devices_to_json(d, o);
+    vm_passthrough_to_json(d, o);
     vm_guestdata_to_json(d, o, with_values);
     return o;
 }

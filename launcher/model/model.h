@@ -216,6 +216,23 @@ struct vm_credential {
 #define VM_CREDENTIALS_BYTES (32u << 10)    /* values together (inline) or each (files) */
 #define VM_CREDENTIALS_SMBIOS (48u << 10)   /* their SMBIOS strings together: the table holds 64 KiB */
 
+/* "tpm": {"model": "tpm-crb" | "tpm-tis"}; TPM_NONE without the key */
+enum tpm_model { TPM_NONE, TPM_CRB, TPM_TIS };
+extern const char *const tpm_model_names[];     /* "none", "tpm-crb", "tpm-tis" */
+
+/* "hostdevs": a host PCI function by address (vfio-pci), or a USB device by
+ * vendor:product or by bus and device number (usb-host). */
+#define VM_MAX_HOSTDEVS 8
+#define VM_HOSTDEV_PORTS 4   /* q35: root ports for them at 0x1c.4-7 (rp0-3 stay for hotplug) */
+enum hostdev_type { HOSTDEV_PCI, HOSTDEV_USB };
+struct vm_hostdev {
+    enum hostdev_type type;
+    char address[16];           /* pci: "0000:01:00.0" (normalised, lower case) */
+    int vendor, product;        /* usb by id: 0x0001-0xffff; 0 when by bus/device */
+    int bus, device;            /* usb by place: 1-255, 1-127; 0 when by id */
+    char id[24];                /* QEMU's device id: hostdevN (or what attach-device named) */
+};
+
 struct vm_def {
     char *name;
     char uuid[37];
@@ -260,6 +277,11 @@ struct vm_def {
         enum watchdog_action action;
     } watchdog;
     enum clock_offset clock_offset;
+    /* a TPM 2.0 served by a swtpm the supervisor starts (config_passthrough.c) */
+    enum tpm_model tpm;
+    /* host devices handed to the guest (vfio-pci, usb-host) */
+    struct vm_hostdev hostdevs[VM_MAX_HOSTDEVS];
+    size_t nhostdevs;
     bool agent;
     /* isa-debug-exit at I/O port 0xf4: a guest that writes CODE there ends QEMU with
      * status CODE*2+1, its own verdict (qvisor boot) */
@@ -301,6 +323,9 @@ int vm_disk_from_json(json_object *o, const struct vm_def *d, struct vm_disk *ou
 int vm_nic_from_json(json_object *o, const struct vm_def *d, struct vm_nic *out, struct qv_err *e);
 json_object *vm_disk_to_json(const struct vm_disk *k);
 json_object *vm_nic_to_json(const struct vm_nic *n);
+/* One host device (attach-device), checked as in a definition for VM d. */
+int vm_hostdev_from_json(json_object *o, const struct vm_def *d, struct vm_hostdev *out, struct qv_err *e);
+json_object *vm_hostdev_to_json(const struct vm_hostdev *h);
 /* Parses and validates a definition; fills every default. On error nothing is
  * allocated and e says "path: value is not one of ...". */
 int vm_def_from_json(json_object *o, struct vm_def *d, struct qv_err *e);
@@ -376,6 +401,8 @@ enum fd_kind {
     FD_TAP,         /* index = nic, sub = queue */
     FD_VHOST,       /* index = nic, sub = queue */
     FD_VIRTIOFS,    /* a connected socket to the share's virtiofsd; index = filesystem */
+    FD_TPM,         /* a connected socket to the VM's swtpm (its control channel) */
+    FD_USBHOST,     /* /dev/bus/usb/BBB/DDD of hostdev `index`, opened by the supervisor */
     FD_RBD_KEY,     /* a sealed memfd with the cephx key of disk `index`, read by QEMU as /proc/self/fd/N */
 };
 #define FD_FIRST 3

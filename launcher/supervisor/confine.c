@@ -313,6 +313,13 @@ int confine_spawn(struct sup *s, const struct launch_plan *p, const int *fds, pi
         ro[nro++] = s->facts.ovmf_code;
     if (!under_usr(s->facts.qemu))
         ro[nro++] = s->facts.qemu;
+    /* vfio-pci (QEMU 7.2) opens the group and reads the device's sysfs itself */
+    _cleanup_strv_ struct strv vfio = {0};
+    int r = hostdev_pci_prepare(&s->def, &vfio, e);
+    if (r < 0)
+        return qv_prefix(e, "%s: ", s->def.name);
+    if (vfio.n)
+        ro[nro++] = "/sys";
     ro[nro] = NULL;
     const char *deny[64];
     size_t ndeny = 0;
@@ -337,7 +344,6 @@ int confine_spawn(struct sup *s, const struct launch_plan *p, const int *fds, pi
     if (p->host_network)
         spec.enable &= ~SANDBOX_STEP(SANDBOX_NETWORK);
     c->private_network = !p->host_network && c->host.step[SANDBOX_NETWORK].available;
-    int r;
     if (p->cluster_filter && (r = cluster_filter_begin(s, e)) < 0)
         return r;
     if (p->cluster_network && !p->cluster_filter)
@@ -356,6 +362,11 @@ int confine_spawn(struct sup *s, const struct launch_plan *p, const int *fds, pi
     spec.nofile = 1024 + 4 * (uint64_t)p->nslots;
     spec.coredump = s->def.sandbox.coredump;
     spec.extra_deny = deny;
+    if (vfio.n) {
+        spec.devices = (const char *const *)vfio.v;
+        /* VFIO pins all of guest RAM for the device's DMA */
+        spec.memlock = s->def.memory.bytes + (256ull << 20);
+    }
     spec.forked = sup_record_qemu;
     /* a `qvisor boot` VM dies with its supervisor (which dies with boot, or kills
      * QEMU when boot is gone); every other QEMU outlives its supervisor by design */

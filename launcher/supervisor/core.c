@@ -114,6 +114,9 @@ json_object *sup_status_json(struct sup *s)
     json_object *fs = virtiofs_status_json(s);
     if (fs)
         json_object_object_add(o, "filesystems", fs);
+    json_object *tpm = tpm_status_json(s);
+    if (tpm)
+        json_object_object_add(o, "tpm", tpm);
     json_object *media = s->qemu_pid ? media_status_json(s) : NULL;
     if (media)
         json_object_object_add(o, "cdroms", media);
@@ -190,6 +193,7 @@ static void signal_readable(struct sup *s)
             block_child_exited(s);
             snapshots_child_exited(s);
             virtiofs_child_exited(s);
+            tpm_child_exited(s);
             migrate_child_exited(s);
             if (s->qemu_is_child && s->qemu_pid)
                 sup_qemu_gone(s);
@@ -277,6 +281,7 @@ static void run_timers(struct sup *s)
         }
         if (start_begin(s, true, &e) < 0) {
             virtiofs_after_exit(s);
+            tpm_after_exit(s);
             vmnet_after_exit(s);
             sup_log(s, "restart failed: %s", e.msg);
             snprintf(s->rs.last_exit, sizeof(s->rs.last_exit), "%s", e.msg);
@@ -524,6 +529,7 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
             if (sp->qemu_pid)
                 kill(sp->qemu_pid, SIGKILL);
             virtiofs_after_exit(sp);
+            tpm_after_exit(sp);
             vmnet_after_exit(sp);
             remove_run_files(sp);
             if (sp->def.transient)

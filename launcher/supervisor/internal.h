@@ -324,6 +324,7 @@ struct sup {
     struct media_op *media_op;  /* the change under way, NULL if none */
     struct vm_nic_state nics[VM_MAX_NICS + HOTPLUG_MAX];
     struct sup_fs fs[VM_MAX_FILESYSTEMS];
+    struct sup_fs tpm;          /* the VM's swtpm (tpm.c) */
     struct netsetup_nft *nft;
     uint64_t lease_poll;        /* next look at the networks' leases; 0: none needed */
     /* a `qvisor boot` VM (sup_opts.boot_fd): QEMU dies with this supervisor, and the
@@ -772,6 +773,29 @@ void virtiofs_reattach(struct sup *s);
 void virtiofs_cleanup_recorded(struct sup *s, json_object *resources);
 /* [{"tag", "source", "readonly", "pid", "confinement"}] for status; NULL without shares. */
 json_object *virtiofs_status_json(struct sup *s);
+
+/* tpm.c: the VM's swtpm, a confined sibling of QEMU that lives as long as QEMU's
+ * connection to it (as virtiofsd does). launch_ctx.open_tpm: makes the state directory
+ * this run's uid's, starts swtpm on one end of a socketpair (recorded in state.json
+ * before it runs) and gives QEMU the other in *fd. */
+int tpm_open(void *opaque, const struct vm_def *d, int *fd, struct qv_err *e);
+/* SIGCHLD: reaps it; gone while QEMU runs is logged (the guest's TPM is dead). */
+void tpm_child_exited(struct sup *s);
+/* QEMU is gone (or never started): swtpm is given a moment to save and end, then stopped. */
+void tpm_after_exit(struct sup *s);
+/* A new supervisor takes over the recorded swtpm of a live QEMU (by pid and start time). */
+void tpm_reattach(struct sup *s);
+/* Stops the recorded swtpm of a previous run whose QEMU is dead. */
+void tpm_cleanup_recorded(struct sup *s, json_object *resources);
+/* {"model", "state", "pid", "confinement"} for status; NULL without a TPM. */
+json_object *tpm_status_json(struct sup *s);
+
+/* hostdev.c: host devices. Opens hostdev i's USB device node for QEMU (found by
+ * vendor:product or bus/device in sysfs); errors name the device and what to check. */
+int hostdev_usb_open(const struct vm_def *d, size_t i, int *fd, struct qv_err *e);
+/* PCI host devices: each is bound to vfio-pci and its IOMMU group viable; the device
+ * nodes QEMU must see (/dev/vfio/vfio, /dev/vfio/GROUP…) are added to `devices`. */
+int hostdev_pci_prepare(const struct vm_def *d, struct strv *devices, struct qv_err *e);
 
 /* confine.c */
 int confine_prepare(struct sup *s, const struct launch_plan *p, struct qv_err *e);

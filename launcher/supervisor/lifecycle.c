@@ -327,6 +327,7 @@ void sup_release_qemu(struct sup *s)
 {
     confine_after_exit(s);
     virtiofs_after_exit(s);
+    tpm_after_exit(s);
     vmnet_after_exit(s);
     remove_run_files(s);
 }

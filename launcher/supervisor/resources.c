@@ -177,6 +177,14 @@ static int open_slot(const struct launch_plan *p, size_t i, const struct vm_def 
     case FD_VHOST:
         fds[i] = open("/dev/vhost-net", O_RDWR | O_CLOEXEC);
         return fds[i] < 0 ? qv_failerr(e, -errno, "nics[%d]: /dev/vhost-net", s->index) : 0;
+    case FD_TPM:
+        if (!ctx->open_tpm)
+            return qv_fail(e, -EOPNOTSUPP, "tpm: a TPM needs a supervisor to run swtpm");
+        return ctx->open_tpm(ctx->opaque, d, &fds[i], e);
+    case FD_USBHOST:
+        if (!ctx->open_usb)
+            return qv_fail(e, -EOPNOTSUPP, "hostdevs[%d]: USB host devices are not passed here", s->index);
+        return ctx->open_usb(d, (size_t)s->index, &fds[i], e);
     case FD_VIRTIOFS:
         if (!ctx->open_fs)
             return qv_fail(e, -EOPNOTSUPP, "filesystems[%d]: shares need a supervisor to run virtiofsd", s->index);

@@ -334,7 +334,7 @@ static int spawn_qemu(struct sup *s, struct qv_err *e)
     disk_tops_reset(s);
     sup_save_state(s);
     struct launch_ctx ctx = {.paths = s->paths, .facts = &s->facts, .run_dir = s->run_dir, .open_tap = vmnet_open_tap,
-                             .open_fs = virtiofs_open, .opaque = s, .overlays_made = true,
+                             .open_fs = virtiofs_open, .open_tpm = tpm_open, .open_usb = hostdev_usb_open, .opaque = s, .overlays_made = true,
                              .seed_iso = s->start.seed_built ? s->start.seed_iso : NULL,
                              .open_credential = credential_memfd, .qemu_uid = s->conf.uid, .qemu_gid = s->conf.gid};
     if (s->start.incoming[0]) {
@@ -557,6 +557,7 @@ void start_wind_up(struct sup *s)
     j->failed = false;
     confine_after_exit(s);
     virtiofs_after_exit(s);
+    tpm_after_exit(s);
     vmnet_after_exit(s);
     remove_run_files(s);
     ctl_stop_done(s, true, NULL);
@@ -580,6 +581,7 @@ int reattach(struct sup *s, bool finish_start, struct qv_err *e)
     media_restore(s);
     vmnet_restore(s);
     virtiofs_reattach(s);
+    tpm_reattach(s);
     s->qemu_pid = s->rs.qemu_pid;
     s->qemu_is_child = false;
     s->pidfd = sup_pidfd_open(s->qemu_pid);
@@ -645,6 +647,7 @@ void cleanup_previous(struct sup *s, const struct vm_runstate *prev)
     confine_cleanup_recorded(s, prev->resources);
     vmnet_cleanup_recorded(s, prev->resources);
     virtiofs_cleanup_recorded(s, prev->resources);
+    tpm_cleanup_recorded(s, prev->resources);
     remove_run_files(s);
 }
 

@@ -60,6 +60,11 @@ struct launch_ctx {
     /* Starts the virtiofsd of filesystem `index` and gives the end of its socket that
      * QEMU connects with; NULL refuses shares. */
     int (*open_fs)(void *opaque, const struct vm_def *d, size_t index, int *fd, struct qv_err *e);
+    /* Starts the VM's swtpm and gives the end of its control socket QEMU gets; NULL
+     * refuses a TPM. */
+    int (*open_tpm)(void *opaque, const struct vm_def *d, int *fd, struct qv_err *e);
+    /* Opens host USB device i's node for QEMU; NULL refuses USB host devices. */
+    int (*open_usb)(const struct vm_def *d, size_t i, int *fd, struct qv_err *e);
     void *opaque;
     bool overlays_made;     /* the throw-away overlays exist (launch_overlay_cmd ran) */
     const char *seed_iso;   /* the cloud-init seed built for this start; NULL refuses a seed */
@@ -86,6 +91,11 @@ int launch_overlay_cmd(const struct qv_paths *p, const struct vm_def *d, size_t 
 int launch_overlay_failed(const struct vm_disk *k, const char *path, int status, const char *output, struct qv_err *e);
 /* var/lib/qvisor/nvram/NAME_VARS.fd */
 int vm_nvram_path(const struct qv_paths *p, const char *name, char *out, size_t outlen);
+/* var/lib/qvisor/tpm/NAME: the swtpm state of a VM with a TPM */
+int vm_tpm_dir(const struct qv_paths *p, const char *name, char *out, size_t outlen);
+/* Removes that directory and the files in it (undefine): 1 removed, 0 there was none,
+ * or -errno. */
+int vm_tpm_remove(const struct qv_paths *p, const char *name);
 
 /* ---- running networks (netrun.c) ---------------------------------------------------------- */
 /* `qvisor net run`: bridge, rules and dnsmasq until SIGTERM; ready_fd as for VMs. */

@@ -154,8 +154,9 @@ static bool is_size_key(const char *path)
 }
 
 /* Every key of `in` is in `out` with the same value (recursively); `out` may have more.
- * The only rewrites allowed: a size in another unit, a MAC's letter case, and the
- * documented short form "memory": SIZE for {"size": SIZE}. */
+ * The only rewrites allowed: a size in another unit, a MAC's letter case, the
+ * documented short form "memory": SIZE for {"size": SIZE}, and a PCI address without
+ * its domain ("01:00.0" is "0000:01:00.0", as lspci prints either). */
 static int subset(const char *path, json_object *in, json_object *out, struct buf *why)
 {
     if (strcmp(path, "memory") == 0 && json_object_is_type(in, json_type_string) &&
@@ -201,6 +202,10 @@ static int subset(const char *path, json_object *in, json_object *out, struct bu
     bool same;
     if (is_size_key(path))
         same = size_bytes(in) >= 0 && size_bytes(in) == size_bytes(out);
+    else if (strstr(path, "hostdevs[") && strstr(path, "].address") && json_object_is_type(in, json_type_string) &&
+             strlen(json_object_get_string(in)) == 7)
+        same = json_object_is_type(out, json_type_string) && strncmp(json_object_get_string(out), "0000:", 5) == 0 &&
+               strcmp(json_object_get_string(out) + 5, json_object_get_string(in)) == 0;
     else if (is_mac_key(path))
         same = json_object_is_type(out, json_type_string) && strcasecmp(json_object_get_string(in), json_object_get_string(out)) == 0;
     else

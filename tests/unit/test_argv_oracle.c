@@ -221,6 +221,57 @@ static void stop_test_fs(void)
     }
 }
 
+/* A real swtpm, unconfined (its confinement is tpm.sh's subject), on one end of a
+ * socketpair: QEMU's tpm-emulator talks to it while the backend is created. */
+static pid_t tpm_pid;
+
+static int open_test_tpm(void *opaque, const struct vm_def *d, int *fd, struct qv_err *e)
+{
+    (void)d;
+    const char *run_dir = opaque;
+    char state[PATH_MAX + 16];
+    snprintf(state, sizeof(state), "dir=%s", run_dir);
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+        return qv_failerr(e, -errno, "socketpair");
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (dup2(sv[1], 3) < 0)
+            _exit(126);
+        int null = open("/dev/null", O_RDWR);
+        dup2(null, 0);
+        dup2(null, 1);
+        char *argv[] = {"/usr/bin/swtpm", "socket", "--tpm2", "--tpmstate", state, "--ctrl", "type=unixio,clientfd=3",
+                        "--terminate", NULL};
+        char *envp[] = {NULL};
+        execve(argv[0], argv, envp);
+        _exit(127);
+    }
+    close(sv[1]);
+    tpm_pid = pid;
+    *fd = sv[0];
+    return pid < 0 ? qv_failerr(e, -errno, "fork") : 0;
+}
+
+static void stop_test_tpm(void)
+{
+    if (tpm_pid > 0) {
+        kill(tpm_pid, SIGKILL);
+        waitpid(tpm_pid, NULL, 0);
+    }
+    tpm_pid = 0;
+}
+
+/* No host device exists here: USB devices get /dev/null, which QEMU's libusb refuses
+ * once it opened it through the fdset; that refusal is the acceptance. */
+static int open_test_usb(const struct vm_def *d, size_t i, int *fd, struct qv_err *e)
+{
+    (void)d;
+    *fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+    return *fd < 0 ? qv_failerr(e, -errno, "hostdevs[%zu]: /dev/null", i) : 0;
+}
+
 static pid_t spawn_qemu(const struct launch_plan *p, const int *fds, int *errfd)
 {
     int pipefd[2];
@@ -815,6 +866,26 @@ static void check_nics(struct oracle *o, bool microvm)
 
 /* Shares: a vhost-user-fs device per filesystem with its tag, in slot 0x1b, its chardev
  * connected (QEMU talked to the virtiofsd on the other end of the fd). */
+/* The TPM: query-tpm lists one emulator-backed TPM of the model asked for (tpm-crb by
+ * default, README), or none. */
+static void check_tpm(struct oracle *o)
+{
+    json_object *t = get(o->json, "tpm");
+    json_object *list = ask(o, "query-tpm", NULL);
+    size_t n = list ? json_object_array_length(list) : 0;
+    if (!list) {
+        mismatch(o, "QEMU did not answer query-tpm");
+    } else if (!t && n) {
+        mismatch(o, "a TPM the definition has none of: %s", jr_show(list));
+    } else if (t) {
+        json_object *one = n == 1 ? json_object_array_get_idx(list, 0) : NULL;
+        const char *want = gets(t, "model", "tpm-crb");
+        if (!one || strcmp(gets(one, "model", ""), want) != 0 || strcmp(gets(get(one, "options"), "type", ""), "emulator") != 0)
+            mismatch(o, "tpm: expected one %s TPM on an emulator backend, QEMU has %s", want, jr_show(list));
+    }
+    json_object_put(list);
+}
+
 static void check_filesystems(struct oracle *o, bool microvm)
 {
     json_object *fss = get(o->json, "filesystems");
@@ -928,9 +999,10 @@ static void check_devices(struct oracle *o, const char *machine, bool microvm)
         expect_str(o, "agent port", n, "org.qemu.guest_agent.0");
         free(n);
     }
-    /* chardevs: QMP always, the console unless none, the agent's channel */
+    /* chardevs: QMP always, the console unless none, the agent's channel, the TPM's */
+    bool tpm = get(o->json, "tpm") != NULL;
     const struct { const char *label; bool want; } chardevs[] = {
-        {"qmp", true}, {"console", strcmp(console, "none") != 0}, {"qga", agent},
+        {"qmp", true}, {"console", strcmp(console, "none") != 0}, {"qga", agent}, {"chrtpm", tpm},
     };
     for (size_t i = 0; i < ARRAY_SIZE(chardevs); i++) {
         bool have = false;
@@ -941,7 +1013,7 @@ static void check_devices(struct oracle *o, const char *machine, bool microvm)
     }
     json_object *fss = get(o->json, "filesystems");
     expect_int(o, "chardevs", o->chardev ? (int64_t)json_object_array_length(o->chardev) : -1,
-               1 + (strcmp(console, "none") != 0) + agent + (fss ? (int64_t)json_object_array_length(fss) : 0));
+               1 + (strcmp(console, "none") != 0) + agent + tpm + (fss ? (int64_t)json_object_array_length(fss) : 0));
     /* VNC: where it listens and whether it asks for the password */
     json_object *v = ask(o, "query-vnc", NULL), *g = get(o->json, "graphics");
     if (!v || getb(v, "enabled", !vnc) != vnc) {
@@ -1032,6 +1104,37 @@ static bool kvm_cpu_host_works(char *why, size_t len)
 
 /* ---- the test ---- */
 
+/* No host device exists on a test host: QEMU must take the command line up to the
+ * first host device and refuse that one by name, i.e. the options are QEMU's own and
+ * the device is where QEMU looked for it (vfio: sysfs of that address; usb-host: the
+ * fd passed through the fdset). */
+static void check_hostdev_refusal(const char *name, json_object *first, pid_t pid, int errfd)
+{
+    int wst = 0;
+    for (int t = 0; t < 500 && waitpid(pid, &wst, WNOHANG) == 0; t++)
+        usleep(20000);
+    if (waitpid(pid, &wst, WNOHANG) == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &wst, 0);
+        close(errfd);
+        fail_msg("%s: QEMU did not refuse the host device it cannot have within 10 s", name);
+    }
+    char *err = drain(errfd);
+    close(errfd);
+    char want[160];
+    const char *addr = gets(first, "address", "");
+    if (strcmp(gets(first, "type", ""), "pci") == 0)
+        snprintf(want, sizeof(want), "vfio /sys/bus/pci/devices/%s%s: no such host device", strlen(addr) == 7 ? "0000:" : "",
+                 addr);
+    else
+        snprintf(want, sizeof(want), "failed to open host usb device /dev/fdset/");
+    bool ok = WIFEXITED(wst) && WEXITSTATUS(wst) == 1 && strstr(err, want);
+    if (!ok)
+        fprintf(stderr, "%s: expected QEMU to exit 1 saying \"%s\"; it said:\n%s\n", name, want, err);
+    free(err);
+    assert_true(ok);
+}
+
 static void skip_because(const char *name, const char *why)
 {
     print_message("# SKIP %s: %s\n", name, why);
@@ -1088,7 +1191,8 @@ static void test_oracle(void **state)
     snprintf(run_dir, sizeof(run_dir), "%s/run", r.dir);
     mkdir_p(run_dir, 0700);
     struct launch_ctx ctx = {.paths = &r.paths, .facts = &pinned, .run_dir = run_dir, .open_tap = open_test_tap,
-                             .open_fs = open_test_fs, .opaque = run_dir};
+                             .open_fs = open_test_fs, .open_tpm = open_test_tpm, .open_usb = open_test_usb,
+                             .opaque = run_dir};
     int fds[PLAN_MAX_FDS];
     if (launch_open_resources(&plan, &d, &ctx, fds, &e) < 0)
         fail_msg("%s: opening resources: %s", name, e.msg);
@@ -1096,6 +1200,15 @@ static void test_oracle(void **state)
     pid_t pid = spawn_qemu(&plan, fds, &errfd);
     launch_close_resources(fds, plan.nslots);
 
+    json_object *hostdevs = get(json, "hostdevs");
+    if (hostdevs && json_object_array_length(hostdevs)) {
+        check_hostdev_refusal(name, json_object_array_get_idx(hostdevs, 0), pid, errfd);
+        json_object_put(json);
+        launch_plan_free(&plan);
+        vm_def_free(&d);
+        golden_root_remove(&r);
+        return;
+    }
     struct oracle o = {.name = name, .pid = pid, .json = json, .def = &d};
     buf_adds(&o.why, "");
     char sock[PATH_MAX];
@@ -1133,6 +1246,7 @@ static void test_oracle(void **state)
             check_nics(&o, microvm);
             check_devices(&o, machine, microvm);
             check_filesystems(&o, microvm);
+            check_tpm(&o);
         }
         if (getenv("QVISOR_ORACLE_DUMP"))
             print_message("# %s\n# peripheral %s\n# block %s\n# pci %s\n# chardev %s\n", name, jr_show(o.peripheral),
@@ -1151,6 +1265,7 @@ static void test_oracle(void **state)
         waitpid(pid, &wst, 0);
     }
     stop_test_fs();
+    stop_test_tpm();
     hp_release();
     char *err = drain(errfd);
     close(errfd);
