@@ -32,8 +32,17 @@ other_affinities() {
 pinned_as_defined() {
     [ "$(affinity "$1" 'CPU 0/TCG')" = 1 ] && [ "$(affinity "$1" 'CPU 1/TCG')" = 0 ] && [ "$(other_affinities "$1")" = "0 " ]
 }
-hp_put_back() {
-    [ -n "${hp_nr:-}" ] && echo "$hp_nr" > "$HP_DIR/nr_hugepages" && : > "$HP_LOCK"
+# free pages not yet promised to a mapping
+hp_free() { echo $(( $(cat "$HP_DIR/free_hugepages") - $(cat "$HP_DIR/resv_hugepages") )); }
+# the pool back to its size before the test; free pages QEMU's mappings reserved stay in
+# the pool until QEMU ends, so this runs again, under the lock, once the VM is gone
+hp_put_back() { [ -z "${hp_nr:-}" ] || echo "$hp_nr" > "$HP_DIR/nr_hugepages"; }
+hp_final() {
+    [ -n "${hp_nr:-}" ] || return 0
+    kill_all_vms
+    flock -w 30 "$hp_fd"
+    hp_put_back
+    : > "$HP_LOCK"
     hp_nr=
 }
 
@@ -62,20 +71,26 @@ elif ! flock -w 60 "$hp_fd"; then
 else
     read -r left_nr left_pool < "$HP_LOCK" || true
     [ -n "${left_nr:-}" ] && echo "$left_nr" > "${left_pool:-/proc/sys/vm/nr_hugepages}" && : > "$HP_LOCK"
-    on_exit hp_put_back
-    free=$(cat "$HP_DIR/free_hugepages")
+    on_exit hp_final
+    free=$(hp_free)
+    hp_before=$(cat "$HP_DIR/nr_hugepages")
     if [ "$free" -lt 96 ]; then
         hp_nr=$(cat "$HP_DIR/nr_hugepages")
         echo "$hp_nr $HP_DIR/nr_hugepages" > "$HP_LOCK"
         echo $((hp_nr + 96 - free)) > "$HP_DIR/nr_hugepages"
     fi
-    if [ "$(cat "$HP_DIR/free_hugepages")" -ge 96 ]; then
+    if [ "$(hp_free)" -ge 96 ]; then
         huge=true
         jq '.memory = {"size": "192M", "hugepages": "2M"}' "$T_ROOT/tun.json" > "$T_ROOT/huge.json"
         qv edit tun < "$T_ROOT/huge.json" > /dev/null
     else
-        why="the kernel gave only $(cat "$HP_DIR/free_hugepages") of 96 free 2M pages"
+        why="the kernel gave only $(hp_free) of 96 free 2M pages"
     fi
+fi
+if [ -d "$HP_DIR" ]; then
+    hc_want="$(hp_free) available of $(cat "$HP_DIR/nr_hugepages") in the pool"
+    check_output "host-check reports the 2M pool's available pages and its size" "^$hc_want " \
+        bash -c "'$QV_BIN' --root '$T_ROOT' host-check --json | jq -r '.checks[] | select(.name == \"hugepages 2M\") | .detail'"
 fi
 qv start -q tun || { not_ok "the tuned VM starts"; diag "$(vm_log tun | tail -20)"; finish; }
 hp_put_back
@@ -122,4 +137,9 @@ check_output "start again reattaches" "tun started" qv start tun
 check "...and the new supervisor pins the threads again" pinned_as_defined "$qpid"
 check "...the guest still answers" guest_ok tun true
 qv kill -q tun
+if $huge; then
+    hp_final
+    check "once the VM is gone the hugepage pool is back to its size before the test" \
+        test "$(cat "$HP_DIR/nr_hugepages")" -le "$hp_before"
+fi
 finish

@@ -135,11 +135,13 @@ static int hp_acquire(long page_kib, long pages)
     }
     if (page_kib <= 0)
         return 0;
-    char dir[96], free_path[128];
+    char dir[96], free_path[128], resv_path[128];
     snprintf(dir, sizeof(dir), "/sys/kernel/mm/hugepages/hugepages-%ldkB", page_kib);
     snprintf(hp_path, sizeof(hp_path), "%s/nr_hugepages", dir);
     snprintf(free_path, sizeof(free_path), "%s/free_hugepages", dir);
-    long nr = read_long_file(hp_path), free_pages = read_long_file(free_path);
+    snprintf(resv_path, sizeof(resv_path), "%s/resv_hugepages", dir);
+    /* free pages include those promised to mappings made already (another QEMU's) */
+    long nr = read_long_file(hp_path), free_pages = read_long_file(free_path) - read_long_file(resv_path);
     if (nr < 0 || free_pages < 0)
         return -ENOMEM;
     if (free_pages >= pages)
@@ -150,7 +152,7 @@ static int hp_acquire(long page_kib, long pages)
     if (pwrite(hp_fd, rec, (size_t)len, 0) != len || fsync(hp_fd) < 0)
         return -errno;
     hp_write(hp_path, nr + pages - free_pages);
-    return read_long_file(free_path) >= pages ? 0 : -ENOMEM;
+    return read_long_file(free_path) - read_long_file(resv_path) >= pages ? 0 : -ENOMEM;
 }
 
 /* ---- running QEMU ---- */
