@@ -71,6 +71,43 @@ static void check_vfio(struct check *ch)
     buf_free(&b);
 }
 
+static long read_long(const char *dir, const char *name)
+{
+    char path[PATH_MAX];
+    _cleanup_free_ char *v = NULL;
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    return read_file(path, 64, &v, NULL) == 0 ? strtol(v, NULL, 10) : -1;
+}
+
+/* One item per hugepage size the kernel offers (memory.hugepages "2M" or "1G"): its
+ * pool, free pages, and how much guest RAM they hold. */
+static void hugepage_items(struct check *ch, const char *root)
+{
+    DIR *d = opendir(root);
+    struct dirent *de;
+    int sizes = 0;
+    while (d && (de = readdir(d))) {
+        long kib;
+        char dir[PATH_MAX], name[32], size[32];
+        if (sscanf(de->d_name, "hugepages-%ldkB", &kib) != 1 || kib <= 0)
+            continue;
+        snprintf(dir, sizeof(dir), "%s/%s", root, de->d_name);
+        /* free pages include those promised to mappings already made (resv) */
+        long total = read_long(dir, "nr_hugepages"), free_pages = read_long(dir, "free_hugepages") - read_long(dir, "resv_hugepages");
+        format_size((uint64_t)kib << 10, size, sizeof(size));
+        snprintf(name, sizeof(name), "hugepages %s", size);
+        char room[32];
+        format_size((uint64_t)(free_pages > 0 ? free_pages : 0) * ((uint64_t)kib << 10), room, sizeof(room));
+        item(ch, name, free_pages > 0, false, "%ld available of %ld in the pool (room for %s of guest RAM; raise with "
+             "echo N > %s/nr_hugepages)", free_pages, total, free_pages > 0 ? room : "none", dir);
+        sizes++;
+    }
+    if (d)
+        closedir(d);
+    if (!sizes)
+        item(ch, "hugepages", false, false, "%s lists no hugepage sizes (a kernel without CONFIG_HUGETLBFS)", root);
+}
+
 int cmd_host_check(struct cli *c)
 {
     struct check ch = {.list = json_object_new_array()};
@@ -97,9 +134,7 @@ int cmd_host_check(struct cli *c)
     char path[PATH_MAX];
     item(&ch, "dnsmasq", find_program("dnsmasq", path, sizeof(path)) == 0, false, "%s",
          find_program("dnsmasq", path, sizeof(path)) == 0 ? path : "not found (apt-get install dnsmasq-base)");
-    _cleanup_free_ char *huge = NULL;
-    read_file("/proc/sys/vm/nr_hugepages", 64, &huge, NULL);
-    item(&ch, "hugepages", huge && atoi(huge) > 0, false, "%d huge pages reserved (vm.nr_hugepages)", huge ? atoi(huge) : 0);
+    hugepage_items(&ch, "/sys/kernel/mm/hugepages");
     struct netsetup_nft *nft = NULL;
     struct qv_err ne = {0};
     bool nft_ok = netsetup_nft_open(&nft, &ne) == 0;

@@ -48,7 +48,7 @@ static int add_machine(struct builder *b, struct qv_err *e)
     buf_adds(&m, vm_machine_names[d->machine]);
     if (d->boot.firmware == FIRMWARE_UEFI)
         buf_adds(&m, ",pflash0=fw-code,pflash1=fw-vars");
-    if (d->memory.hugepages || vm_memory_shared(d))
+    if (argv_machine_ram_backend(d))
         buf_adds(&m, ",memory-backend=ram");
     arg2(b, "-machine", m.p);
     buf_free(&m);
@@ -64,7 +64,11 @@ static int add_machine(struct builder *b, struct qv_err *e)
     if (strcmp(model, "host") == 0 && accel != ACCEL_KVM)
         return qv_fail(e, -EINVAL, "%s: cpu.model: \"host\" needs KVM, and this VM runs under TCG (use \"auto\" or a named model)",
                        d->name);
-    arg2(b, "-cpu", model);
+    char cpu[160];
+    int r = argv_cpu_options(b, accel, model, cpu, sizeof(cpu), e);
+    if (r < 0)
+        return r;
+    arg2(b, "-cpu", cpu);
     char smp[128];
     if (d->cpu.sockets)
         snprintf(smp, sizeof(smp), "cpus=%d,sockets=%d,cores=%d,threads=%d", d->cpu.count, d->cpu.sockets,
@@ -72,20 +76,7 @@ static int add_machine(struct builder *b, struct qv_err *e)
     else
         snprintf(smp, sizeof(smp), "cpus=%d", d->cpu.count);
     arg2(b, "-smp", smp);
-    char mem[32];
-    snprintf(mem, sizeof(mem), "%lluM", (unsigned long long)(d->memory.bytes >> 20));
-    arg2(b, "-m", mem);
-    if (d->memory.hugepages || vm_memory_shared(d)) {
-        /* virtiofsd maps guest RAM to serve the rings and buffers: it must be shared */
-        json_object *o = jobj();
-        js(o, "qom-type", "memory-backend-memfd");
-        js(o, "id", "ram");
-        ji(o, "size", (int64_t)d->memory.bytes);
-        jb(o, "share", vm_memory_shared(d));
-        if (d->memory.hugepages)
-            jb(o, "hugetlb", true);
-        arg_json(b, "-object", o);
-    }
+    argv_add_memory(b);
     return 0;
 }
 

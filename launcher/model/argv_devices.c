@@ -1,5 +1,7 @@
 /* Devices that are one switch each in a definition (config_devices.c), and the display.
  * Each has a fixed PCI slot (argv_internal.h), so turning one on renames nothing. */
+#include <time.h>
+
 #include "launcher/model/argv_internal.h"
 
 void argv_add_display(struct builder *b)
@@ -61,8 +63,17 @@ void argv_add_devices(struct builder *b)
         pci_place(b, o, SLOT_WATCHDOG, 0);
         arg_json(b, "-device", o);
     }
-    if (d->clock_offset == CLOCK_LOCALTIME)
+    if (d->clock_offset == CLOCK_LOCALTIME) {
         arg2(b, "-rtc", "base=localtime");
+    } else if (d->clock_adjust) {
+        /* QEMU takes the RTC's start as a UTC date; the guest's clock then runs from it */
+        time_t t = (time_t)(b->f->now + d->clock_adjustment);
+        struct tm tm;
+        char base[48];
+        gmtime_r(&t, &tm);
+        strftime(base, sizeof(base), "base=%Y-%m-%dT%H:%M:%S", &tm);
+        arg2(b, "-rtc", base);
+    }
     if (d->graphics.kind == GRAPHICS_VNC && d->graphics.tablet) {
         json_object *o = jobj();
         js(o, "driver", "usb-tablet");

@@ -111,4 +111,13 @@ const char *argv_watchdog_action(const struct vm_def *d);
 /* rng, watchdog, the RTC's offset, the USB tablet (after the controllers) */
 void argv_add_devices(struct builder *b);
 
+/* argv_memory.c */
+/* -machine memory-backend=ram: one backend for all RAM (no NUMA nodes) */
+bool argv_machine_ram_backend(const struct vm_def *d);
+/* -m, the RAM backends, -numa nodes */
+void argv_add_memory(struct builder *b);
+/* -cpu's value: the model with its physical address width options */
+int argv_cpu_options(struct builder *b, enum vm_accel accel, const char *model, char *out, size_t outlen,
+                     struct qv_err *e);
+
 #endif

@@ -80,6 +80,7 @@ void vm_def_free(struct vm_def *d)
     vm_filesystems_free(d);
     vm_confine_free(d);
     vm_guestdata_free(d);
+    vm_tuning_free(d);
     memset(d, 0, sizeof(*d));
 }
 
@@ -142,7 +143,7 @@ static int parse_cpu(struct jr *r, json_object *root, struct vm_def *d)
     if (e < 0 || !o)
         return e;
     size_t m = jr_key(r, "cpu");
-    static const char *const keys[] = {"model", "count", "sockets", "cores", "threads", NULL};
+    static const char *const keys[] = {"model", "count", "sockets", "cores", "threads", "pinning", "maxphysaddr", NULL};
     int64_t count = 0, s = 0, c = 0, t = 0;
     if ((e = jr_only_keys(r, o, keys)) < 0 || (e = jr_int(r, o, "count", 1, MAX_VCPUS, &count)) < 0 ||
         (e = jr_int(r, o, "sockets", 1, MAX_VCPUS, &s)) < 0 || (e = jr_int(r, o, "cores", 1, MAX_VCPUS, &c)) < 0 ||
@@ -172,6 +173,8 @@ static int parse_cpu(struct jr *r, json_object *root, struct vm_def *d)
         count = prod;
     }
     d->cpu.count = count ? (int)count : 1;
+    if ((e = vm_cpu_tuning_parse(r, o, d)) < 0)
+        return e;
     jr_pop(r, m);
     return 0;
 }
@@ -187,7 +190,7 @@ static int parse_memory(struct jr *r, json_object *root, struct vm_def *d)
     json_object *size = v;
     if (json_object_is_type(v, json_type_object)) {
         static const char *const keys[] = {"size", "hugepages", "shared", NULL};
-        if ((e = jr_only_keys(r, v, keys)) < 0 || (e = jr_bool(r, v, "hugepages", &d->memory.hugepages)) < 0 ||
+        if ((e = jr_only_keys(r, v, keys)) < 0 || (e = vm_hugepages_parse(r, v, d)) < 0 ||
             (e = jr_bool(r, v, "shared", &d->memory.shared)) < 0)
             return e;
         if (!json_object_object_get_ex(v, "size", &size)) {
@@ -203,8 +206,9 @@ static int parse_memory(struct jr *r, json_object *root, struct vm_def *d)
         return jr_fail(r, "%s is not a size like \"512M\" or \"2G\"", jr_show(size));
     if (bytes < MIN_MEMORY || bytes % (1u << 20))
         return jr_fail(r, "%s must be a whole number of MiB, at least 16M", jr_show(size));
-    if (d->memory.hugepages && bytes % (2u << 20))
-        return jr_fail(r, "%s must be a multiple of 2M with hugepages", jr_show(size));
+    if (d->memory.hugepage_size && bytes % d->memory.hugepage_size)
+        return jr_fail(r, "%s must be a multiple of %s with hugepages", jr_show(size),
+                       d->memory.hugepage_size == (1u << 30) ? "1G" : "2M");
     d->memory.bytes = bytes;
     jr_pop(r, m);
     return 0;
@@ -667,8 +671,7 @@ static int parse_definition(struct jr *rp, json_object *o, struct vm_def *d)
                                        "boot", "disks", "cdroms", "nics", "filesystems", "console", "graphics", "agent",
                                        "exit_device", "on_poweroff", "on_reboot", "on_crash", "limits", "sandbox",
                                        "qemu_args", "cloud_init", "credentials", "autostart", "rng", "watchdog", "clock",
-                                       "tpm", "hostdevs",
-                                       NULL};
+                                       "tpm", "hostdevs", "numa", NULL};
     int err = 0, machine = MACHINE_Q35, accel = ACCEL_AUTO, console = CONSOLE_SERIAL;
     int onp = POWEROFF_STOP, onr = REBOOT_RESTART, onc = CRASH_STOP;
     _cleanup_free_ char *uuid = NULL;
@@ -688,7 +691,7 @@ static int parse_definition(struct jr *rp, json_object *o, struct vm_def *d)
     d->accel = accel;
     if (uuid)
         memcpy(d->uuid, uuid, sizeof(d->uuid));
-    if ((err = parse_cpu(&r, o, d)) < 0 || (err = parse_memory(&r, o, d)) < 0 ||
+    if ((err = parse_cpu(&r, o, d)) < 0 || (err = parse_memory(&r, o, d)) < 0 || (err = vm_numa_parse(&r, o, d)) < 0 ||
         (err = parse_boot(&r, o, d, &order_given)) < 0)
         return err;
     if (d->machine == MACHINE_MICROVM && !d->boot.kernel) {

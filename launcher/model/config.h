@@ -47,6 +47,19 @@ void vm_devices_to_json(const struct vm_def *d, json_object *o);
 /* config_passthrough.c: "tpm" and "hostdevs" */
 int vm_passthrough_parse(struct jr *r, json_object *root, struct vm_def *d);
 void vm_passthrough_to_json(const struct vm_def *d, json_object *o);
+/* config_tuning.c: cpu.pinning, cpu.maxphysaddr, memory.hugepages, "numa" */
+#define VM_MAX_VCPUS 288    /* config.c's limit on cpu.count */
+extern const char *const physaddr_mode_names[];
+/* Inside "cpu" (r is there), once cpu.count and cpu.model are known. */
+int vm_cpu_tuning_parse(struct jr *r, json_object *cpu, struct vm_def *d);
+/* Inside "memory" (r is there): hugepages' page size. */
+int vm_hugepages_parse(struct jr *r, json_object *mem, struct vm_def *d);
+/* Top-level "numa", once cpu and memory are parsed. */
+int vm_numa_parse(struct jr *r, json_object *root, struct vm_def *d);
+void vm_tuning_cpu_to_json(const struct vm_def *d, json_object *cpu);
+void vm_tuning_to_json(const struct vm_def *d, json_object *o);
+void vm_tuning_free(struct vm_def *d);
+
 /* Kinds of file a path in a definition may name. */
 #define PATH_REG 1u
 #define PATH_BLK 2u

@@ -2,7 +2,7 @@
  * <watchdog>, <clock offset> and <video>/<input type="tablet"> are:
  *   "rng": true
  *   "watchdog": {"model": "i6300esb", "action": "reset"}
- *   "clock": {"offset": "utc" | "localtime"}
+ *   "clock": {"offset": "utc" | "localtime", "adjustment": SECONDS}
  *   "graphics": {"type": "vnc", "video": "vga" | "virtio" | "qxl" | "bochs", "tablet": true}
  * Each is off (or utc, or vga) unless given. */
 #include <string.h>
@@ -13,6 +13,7 @@ const char *const video_names[] = {"vga", "virtio", "qxl", "bochs", NULL};
 const char *const watchdog_action_names[] = {"reset", "poweroff", "shutdown", "pause", "inject-nmi", "none", NULL};
 const char *const clock_offset_names[] = {"utc", "localtime", NULL};
 static const char *const watchdog_models[] = {"i6300esb", NULL};
+#define CLOCK_ADJUST_MAX (100ll * 366 * 86400)    /* a century either way */
 
 static int parse_watchdog(struct jr *r, json_object *root, struct vm_def *d)
 {
@@ -41,11 +42,16 @@ static int parse_clock(struct jr *r, json_object *root, struct vm_def *d)
     if (e < 0 || !o)
         return e;
     size_t m = jr_key(r, "clock");
-    static const char *const keys[] = {"offset", NULL};
+    static const char *const keys[] = {"offset", "adjustment", NULL};
     int offset = CLOCK_UTC;
-    if ((e = jr_only_keys(r, o, keys)) < 0 || (e = jr_enum(r, o, "offset", clock_offset_names, &offset)) < 0)
+    if ((e = jr_only_keys(r, o, keys)) < 0 || (e = jr_enum(r, o, "offset", clock_offset_names, &offset)) < 0 ||
+        (e = jr_int(r, o, "adjustment", -CLOCK_ADJUST_MAX, CLOCK_ADJUST_MAX, &d->clock_adjustment)) < 0)
         return e;
     d->clock_offset = offset;
+    /* libvirt's offset "variable": the RTC starts at now + adjustment at each start */
+    d->clock_adjust = json_object_object_get_ex(o, "adjustment", NULL);
+    if (d->clock_adjust && offset != CLOCK_UTC)
+        return jr_key(r, "adjustment"), jr_fail(r, "counts from UTC: use it with offset utc");
     jr_pop(r, m);
     return 0;
 }
@@ -82,9 +88,11 @@ void vm_devices_to_json(const struct vm_def *d, json_object *o)
         json_object_object_add(w, "action", json_object_new_string(watchdog_action_names[d->watchdog.action]));
         json_object_object_add(o, "watchdog", w);
     }
-    if (d->clock_offset != CLOCK_UTC) {
+    if (d->clock_offset != CLOCK_UTC || d->clock_adjust) {
         json_object *c = json_object_new_object();
         json_object_object_add(c, "offset", json_object_new_string(clock_offset_names[d->clock_offset]));
+        if (d->clock_adjust)
+            json_object_object_add(c, "adjustment", json_object_new_int64(d->clock_adjustment));
         json_object_object_add(o, "clock", c);
     }
 }

@@ -139,19 +139,25 @@ static json_object *def_to_json(const struct vm_def *d, bool with_values)
         put_int(cpu, "cores", d->cpu.cores);
         put_int(cpu, "threads", d->cpu.threads);
     }
+    vm_tuning_cpu_to_json(d, cpu);
     json_object_object_add(o, "cpu", cpu);
 
     char size[32];
     format_size(d->memory.bytes, size, sizeof(size));
-    if (d->memory.hugepages || d->memory.shared) {
+    if (d->memory.hugepage_size || d->memory.shared) {
         json_object *mem = json_object_new_object();
         put_str(mem, "size", size);
-        put_bool(mem, "hugepages", d->memory.hugepages);
+        if (d->memory.hugepage_size)
+            put_str(mem, "hugepages", d->memory.hugepage_size == (1u << 30) ? "1G" : "2M");
+        else
+            put_bool(mem, "hugepages", false);
         put_bool(mem, "shared", d->memory.shared);
         json_object_object_add(o, "memory", mem);
     } else {
         put_str(o, "memory", size);
     }
+
+    vm_tuning_to_json(d, o);
 
     json_object *boot = json_object_new_object();
     put_str(boot, "firmware", firmware_names[d->boot.firmware]);

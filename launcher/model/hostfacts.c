@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/kvm.h>
 #include <sys/ioctl.h>
@@ -293,18 +294,23 @@ static int host_facts_pinned(const char *path, struct host_facts *f, struct qv_e
     struct jr jr;
     jr_init(&jr, e);
     static const char *const keys[] = {"qemu", "qemu_version", "io_uring", "kvm", "vhost_net", "accel",
-                                       "ovmf_code", "ovmf_vars", NULL};
+                                       "ovmf_code", "ovmf_vars", "now", NULL};
     char *qemu = NULL, *version = NULL, *code = NULL, *vars = NULL;
     int accel = ACCEL_AUTO;
     if ((r = jr_expect(&jr, o, json_type_object)) < 0 || (r = jr_only_keys(&jr, o, keys)) < 0 ||
         (r = jr_string(&jr, o, "qemu", true, &qemu)) < 0 || (r = jr_string(&jr, o, "qemu_version", true, &version)) < 0 ||
         (r = jr_bool(&jr, o, "io_uring", &f->io_uring)) < 0 || (r = jr_bool(&jr, o, "kvm", &f->kvm_usable)) < 0 ||
         (r = jr_bool(&jr, o, "vhost_net", &f->vhost_net)) < 0 || (r = jr_enum(&jr, o, "accel", vm_accel_names, &accel)) < 0 ||
-        (r = jr_string(&jr, o, "ovmf_code", false, &code)) < 0 || (r = jr_string(&jr, o, "ovmf_vars", false, &vars)) < 0) {
+        (r = jr_string(&jr, o, "ovmf_code", false, &code)) < 0 || (r = jr_string(&jr, o, "ovmf_vars", false, &vars)) < 0 ||
+        (r = jr_int(&jr, o, "now", 0, INT64_MAX, &f->now)) < 0) {
         qv_prefix(e, "QVISOR_HOST_FACTS: %s: ", path);
     } else if (sscanf(version, "%d.%d.%d", &f->qemu_major, &f->qemu_minor, &f->qemu_micro) != 3) {
         r = qv_fail(e, -EINVAL, "QVISOR_HOST_FACTS: %s: qemu_version: \"%s\" is not MAJOR.MINOR.MICRO", path, version);
     } else {
+        /* without "now" the clock is the host's (a test of clock.adjustment pins it) */
+        f->now_pinned = json_object_object_get_ex(o, "now", NULL);
+        if (!f->now_pinned)
+            f->now = time(NULL);
         f->accel_override = accel;
         snprintf(f->qemu, sizeof(f->qemu), "%s", qemu);
         snprintf(f->ovmf_code, sizeof(f->ovmf_code), "%s", code ? code : "");
@@ -337,6 +343,7 @@ int host_facts_probe(const struct qv_paths *p, const struct host_config *hc, str
             return qv_fail(e, -EINVAL, "QVISOR_ACCEL=%s is not one of auto, kvm, tcg", env);
         f->accel_override = i;
     }
+    f->now = time(NULL);
     f->kvm_usable = kvm_usable();
     f->vhost_net = vhost_net_usable();
     static const char *const fwdirs[] = {"/etc/qemu/firmware", "/usr/share/qemu/firmware", NULL};

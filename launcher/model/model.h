@@ -31,6 +31,8 @@ enum video_model { VIDEO_VGA, VIDEO_VIRTIO, VIDEO_QXL, VIDEO_BOCHS };
 enum watchdog_action { WATCHDOG_RESET, WATCHDOG_POWEROFF, WATCHDOG_SHUTDOWN, WATCHDOG_PAUSE, WATCHDOG_INJECT_NMI,
                        WATCHDOG_NONE };
 enum clock_offset { CLOCK_UTC, CLOCK_LOCALTIME };
+/* cpu.maxphysaddr: the guest's physical address width (libvirt's <maxphysaddr>) */
+enum vm_physaddr { PHYSADDR_DEFAULT, PHYSADDR_PASSTHROUGH, PHYSADDR_EMULATE };
 enum on_poweroff { POWEROFF_STOP, POWEROFF_RESTART };
 enum on_reboot { REBOOT_RESTART, REBOOT_STOP };
 enum on_crash { CRASH_STOP, CRASH_RESTART, CRASH_PAUSE };
@@ -47,6 +49,15 @@ extern const char *const nic_model_names[];
 #define VM_HOTPLUG_PORTS 4   /* free pcie-root-ports on q35 */
 #define VM_MAX_FILESYSTEMS 8 /* virtiofs shares get PCI slot 0x1b, functions 0-7 */
 #define VM_FS_TAG_MAX 36     /* virtio-fs's tag field */
+#define VM_HOST_CPUS_MAX 1024   /* host CPU numbers in cpu.pinning: cpu_set_t's size */
+#define VM_NUMA_MAX 64          /* guest NUMA nodes */
+
+/* A guest NUMA node (libvirt's <numa><cell>): its vCPUs and its share of the RAM,
+ * each node with a memory backend of its own. */
+struct vm_numa_node {
+    char *cpus;             /* vCPU list as written ("0-1,4"), checked: every vCPU in exactly one node */
+    uint64_t bytes;
+};
 
 struct hostfwd {
     bool udp;
@@ -242,11 +253,20 @@ struct vm_def {
     struct {
         char *model;        /* NULL: host under KVM, max under TCG */
         int count, sockets, cores, threads;   /* 0: not given */
+        /* cpu.pinning (config_tuning.c): host CPU lists as written ("0-1,4"), checked
+         * for syntax and range; applied by the supervisor to QEMU's threads */
+        char **pin_vcpus;   /* count entries, or NULL */
+        char *pin_emulator; /* every QEMU thread that is not a vCPU; NULL: not pinned */
+        enum vm_physaddr physaddr;
+        int physaddr_bits;  /* emulate: phys-bits; passthrough: the limit, 0 for none */
     } cpu;
     struct {
         uint64_t bytes;
-        bool hugepages, shared;     /* shared is implied by filesystems (vm_memory_shared) */
+        uint64_t hugepage_size;     /* 0: ordinary pages; 2M or 1G */
+        bool shared;                /* shared is implied by filesystems (vm_memory_shared) */
     } memory;
+    struct vm_numa_node *numa;
+    size_t nnuma;
     struct {
         enum vm_firmware firmware;
         char *kernel, *initrd, *cmdline;
@@ -282,6 +302,8 @@ struct vm_def {
     /* host devices handed to the guest (vfio-pci, usb-host) */
     struct vm_hostdev hostdevs[VM_MAX_HOSTDEVS];
     size_t nhostdevs;
+    bool clock_adjust;          /* the RTC starts at (now + clock_adjustment) at each QEMU start */
+    int64_t clock_adjustment;   /* seconds */
     bool agent;
     /* isa-debug-exit at I/O port 0xf4: a guest that writes CODE there ends QEMU with
      * status CODE*2+1, its own verdict (qvisor boot) */
@@ -299,6 +321,10 @@ struct vm_def {
     /* started at boot: its unit enabled under systemd, `qvisor autostart --run` elsewhere */
     bool autostart;
 };
+
+/* "0-3,8,10-11" -> set[i] = 1 for each CPU i listed (set holds `limit` bytes, cleared
+ * here); -EINVAL for bad syntax, -ERANGE for a CPU >= limit (config_tuning.c). */
+int vm_cpulist_parse(const char *s, unsigned limit, unsigned char *set);
 
 /* Guest RAM is a shared memfd: asked for, or needed by a virtiofsd that maps it. */
 static inline bool vm_memory_shared(const struct vm_def *d)
@@ -356,6 +382,9 @@ struct host_facts {
     bool kvm_usable;        /* /dev/kvm opens and answers KVM_GET_API_VERSION */
     bool vhost_net;         /* /dev/vhost-net opens */
     enum vm_accel accel_override;   /* QVISOR_ACCEL or host.json "accel"; AUTO if neither */
+    int64_t now;            /* the time the plan is built for (clock.adjustment), seconds since the epoch:
+                             * refreshed before each QEMU start unless pinned */
+    bool now_pinned;
     char ovmf_code[PATH_MAX];       /* from QEMU's firmware descriptors; "" if none */
     char ovmf_vars[PATH_MAX];
 };

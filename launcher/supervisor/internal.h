@@ -5,8 +5,8 @@
  * (jobs.c), block jobs (blockjobs.c, blockprep.c), snapshots (snapshots.c,
  * snapshot_full.c, snapshot_merge.c), the guest agent channel (agent.c, agent_ops.c; agent_chan.h),
  * virtiofs shares and their virtiofsd processes (virtiofs.c), save and migration
- * (migrate.c out, migrate_in.c in); networks: their supervisor (netrun.c), live changes
- * (netlive.c), garbage collection (netgc.c).
+ * (migrate.c out, migrate_in.c in), cpu.pinning of QEMU's threads (pinning.c); networks: their
+ * supervisor (netrun.c), live changes (netlive.c), garbage collection (netgc.c).
  * One process per VM owns the only QMP connection. */
 #ifndef QV_SUP_INTERNAL_H
 #define QV_SUP_INTERNAL_H
@@ -359,6 +359,10 @@ void sup_trim_heap(void);
 void sup_epoll_add(struct sup *s, int fd, uint32_t events, struct ev *ev);
 /* QMP events: state changes, the on_poweroff/on_reboot/on_crash policies. */
 void sup_on_event(void *ctx, const char *event, json_object *data, uint64_t ts_us);
+
+/* pinning.c: cpu.pinning applied to QEMU's threads from query-cpus-fast's answer */
+bool pinning_wanted(const struct vm_def *d);
+int pinning_apply(struct sup *s, json_object *cpus, struct qv_err *e);
 
 /* start.c: starting QEMU, and taking over one that outlived its supervisor */
 /* Begins a start (restart: after a crash): what fails before anything runs is

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/epoll.h>
 #include <sys/stat.h>
@@ -242,7 +243,7 @@ void start_after_load(struct sup *s, bool paused)
 
 /* QEMU is set up: a snapshot to resume from is loaded first (its job's end goes on
  * with start_after_load), else `cont`, unless the start was asked to stay paused. */
-static void setup_done(struct sup *s)
+static void setup_continue(struct sup *s)
 {
     struct qv_err e = {0};
     if (s->start.incoming[0] && !s->start.restored) {
@@ -252,6 +253,34 @@ static void setup_done(struct sup *s)
         send_cont(s, s->start.paused);
     else if (snapshot_start_load(s, s->start.load, s->start.paused, &e) < 0)
         start_failed(s, &e, NULL);
+}
+
+static void on_query_cpus(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct sup *s = ctx;
+    if (s->start.phase != START_QMP || s->start.failed)
+        return;
+    struct qv_err e = {0};
+    if (err)
+        start_failed(s, err, "cpu.pinning: query-cpus-fast");
+    else if (pinning_apply(s, ret, &e) < 0)
+        start_failed(s, &e, NULL);
+    else
+        setup_continue(s);
+}
+
+/* The vCPU threads exist in prelaunch: pinned before any guest code runs. */
+static void setup_done(struct sup *s)
+{
+    if (!pinning_wanted(&s->def)) {
+        setup_continue(s);
+        return;
+    }
+    if (qmp_send(s->qmp, "query-cpus-fast", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_query_cpus, s) < 0) {
+        struct qv_err e = {0};
+        qv_fail(&e, -ECONNRESET, "the QMP connection is closed");
+        start_failed(s, &e, "cpu.pinning");
+    }
 }
 
 static void on_set_password(void *ctx, json_object *ret, const struct qv_err *err)
@@ -324,6 +353,8 @@ static void hold_point(struct sup *s)
 static int spawn_qemu(struct sup *s, struct qv_err *e)
 {
     struct launch_plan plan;
+    if (!s->facts.now_pinned)
+        s->facts.now = time(NULL);     /* clock.adjustment counts from this start */
     int r = build_launch_plan(&s->def, &s->facts, &plan, e);
     if (r < 0)
         return r;
@@ -595,6 +626,16 @@ int reattach(struct sup *s, bool finish_start, struct qv_err *e)
     snprintf(s->rs.qemu_version, sizeof(s->rs.qemu_version), "%s", qmp_qemu_version(s->qmp));
     disk_tops_reattach(s);
     sup_jobs_reattach(s);
+    if (pinning_wanted(&s->def)) {
+        /* a successor pins again (QEMU may have been started by an older qvisor, or
+         * someone moved its threads); a guest never dies of a pinning that fails here */
+        json_object *cpus = NULL;
+        struct qv_err pe = {0};
+        if (qmp_call(s->qmp, "query-cpus-fast", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, &cpus, &pe) < 0 ||
+            pinning_apply(s, cpus, &pe) < 0)
+            sup_log(s, "warning: %s", pe.msg);
+        json_object_put(cpus);
+    }
     json_object *kvm = NULL;
     struct qv_err kvm_err = {0};
     if (qmp_call(s->qmp, "query-kvm", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, &kvm, &kvm_err) == 0) {

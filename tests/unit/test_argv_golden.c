@@ -150,13 +150,15 @@ static bool is_mac_key(const char *path)
 
 static bool is_size_key(const char *path)
 {
-    return strcmp(path, "memory") == 0 || strcmp(path, "memory.size") == 0 || strstr(path, "memory_max");
+    size_t n = strlen(path);
+    bool numa_memory = strncmp(path, "numa[", 5) == 0 && n > 7 && strcmp(path + n - 7, ".memory") == 0;
+    return strcmp(path, "memory") == 0 || strcmp(path, "memory.size") == 0 || strstr(path, "memory_max") || numa_memory;
 }
 
 /* Every key of `in` is in `out` with the same value (recursively); `out` may have more.
  * The only rewrites allowed: a size in another unit, a MAC's letter case, the
- * documented short form "memory": SIZE for {"size": SIZE}, and a PCI address without
- * its domain ("01:00.0" is "0000:01:00.0", as lspci prints either). */
+ * documented short form "memory": SIZE for {"size": SIZE}, hugepages true as "2M", and a PCI
+ * address without its domain ("01:00.0" is "0000:01:00.0", as lspci prints either). */
 static int subset(const char *path, json_object *in, json_object *out, struct buf *why)
 {
     if (strcmp(path, "memory") == 0 && json_object_is_type(in, json_type_string) &&
@@ -200,7 +202,10 @@ static int subset(const char *path, json_object *in, json_object *out, struct bu
         break;
     }
     bool same;
-    if (is_size_key(path))
+    /* README: hugepages true means 2M pages, and show says so */
+    if (strcmp(path, "memory.hugepages") == 0 && json_object_is_type(in, json_type_boolean) && json_object_get_boolean(in))
+        same = json_object_is_type(out, json_type_string) && strcmp(json_object_get_string(out), "2M") == 0;
+    else if (is_size_key(path))
         same = size_bytes(in) >= 0 && size_bytes(in) == size_bytes(out);
     else if (strstr(path, "hostdevs[") && strstr(path, "].address") && json_object_is_type(in, json_type_string) &&
              strlen(json_object_get_string(in)) == 7)

@@ -26,6 +26,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/if_tun.h>
 #include <linux/kvm.h>
@@ -45,10 +46,11 @@
 /* ---- hugepages: raised around one QEMU, restored on exit, by signal, or next run ---- */
 
 #define HP_LOCK "/run/lock/qvisor-test-hugepages"
-#define HP_SYSCTL "/proc/sys/vm/nr_hugepages"
+#define HP_DEFAULT "/proc/sys/vm/nr_hugepages"
 
 static int hp_fd = -1;              /* the lock, held while pages are needed */
 static char hp_restore[24];         /* nr_hugepages to write back, "" if unchanged */
+static char hp_path[128] = HP_DEFAULT;  /* the pool of the page size in use */
 
 static long read_long_file(const char *path)
 {
@@ -60,23 +62,12 @@ static long read_long_file(const char *path)
     return v;
 }
 
-static long meminfo(const char *key)
-{
-    char *s = NULL;
-    if (read_file("/proc/meminfo", 1 << 16, &s, NULL) < 0)
-        return -1;
-    char *p = strstr(s, key);
-    long v = p ? strtol(p + strlen(key), NULL, 10) : -1;
-    free(s);
-    return v;
-}
-
 /* async-signal-safe: only open/write/close/ftruncate */
 static void hp_put_back(void)
 {
     if (!hp_restore[0])
         return;
-    int fd = open(HP_SYSCTL, O_WRONLY | O_CLOEXEC);
+    int fd = open(hp_path, O_WRONLY | O_CLOEXEC);
     if (fd >= 0) {
         if (write(fd, hp_restore, strlen(hp_restore)) < 0) {
             /* nothing better to do in a signal handler; the next run retries */
@@ -105,20 +96,21 @@ static void hp_on_signal(int sig)
     raise(sig);
 }
 
-static void hp_write(long n)
+static void hp_write(const char *path, long n)
 {
     char v[24];
     int len = snprintf(v, sizeof(v), "%ld", n);
-    int fd = open(HP_SYSCTL, O_WRONLY | O_CLOEXEC);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
     if (fd >= 0) {
         write_all(fd, v, (size_t)len);
         close(fd);
     }
 }
 
-/* Takes the lock (repairing what a killed holder left) and makes `pages` free default-size
- * hugepages available. 0, or -ENOMEM when the host cannot give them. */
-static int hp_acquire(long pages)
+/* Takes the lock (repairing what a killed holder left: "VALUE [POOL]" in the lock file)
+ * and makes `pages` free hugepages of page_kib KiB available (page_kib 0: only the
+ * repair). 0, or -ENOMEM when the host cannot give them. */
+static int hp_acquire(long page_kib, long pages)
 {
     hp_fd = open(HP_LOCK, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (hp_fd < 0)
@@ -131,24 +123,36 @@ static int hp_acquire(long pages)
         hp_fd = -1;
         return -ETIMEDOUT;
     }
-    char left[24] = "";
+    char left[160] = "", pool[128] = HP_DEFAULT;
     ssize_t n = pread(hp_fd, left, sizeof(left) - 1, 0);
     if (n > 0) {
+        long v;
         left[n] = '\0';
-        hp_write(strtol(left, NULL, 10));   /* a run killed while it held pages */
+        if (sscanf(left, "%ld %127s", &v, pool) >= 1)
+            hp_write(pool, v);  /* a run killed while it held pages */
         if (ftruncate(hp_fd, 0) < 0)
             return -errno;
     }
-    long nr = read_long_file(HP_SYSCTL), free_pages = meminfo("HugePages_Free:");
+    if (page_kib <= 0)
+        return 0;
+    char dir[96], free_path[128], resv_path[128];
+    snprintf(dir, sizeof(dir), "/sys/kernel/mm/hugepages/hugepages-%ldkB", page_kib);
+    snprintf(hp_path, sizeof(hp_path), "%s/nr_hugepages", dir);
+    snprintf(free_path, sizeof(free_path), "%s/free_hugepages", dir);
+    snprintf(resv_path, sizeof(resv_path), "%s/resv_hugepages", dir);
+    /* free pages include those promised to mappings made already (another QEMU's) */
+    long nr = read_long_file(hp_path), free_pages = read_long_file(free_path) - read_long_file(resv_path);
     if (nr < 0 || free_pages < 0)
         return -ENOMEM;
     if (free_pages >= pages)
         return 0;
-    int len = snprintf(hp_restore, sizeof(hp_restore), "%ld", nr);
-    if (pwrite(hp_fd, hp_restore, (size_t)len, 0) != len || fsync(hp_fd) < 0)
+    snprintf(hp_restore, sizeof(hp_restore), "%ld", nr);
+    char rec[160];
+    int len = snprintf(rec, sizeof(rec), "%ld %s", nr, hp_path);
+    if (pwrite(hp_fd, rec, (size_t)len, 0) != len || fsync(hp_fd) < 0)
         return -errno;
-    hp_write(nr + pages - free_pages);
-    return meminfo("HugePages_Free:") >= pages ? 0 : -ENOMEM;
+    hp_write(hp_path, nr + pages - free_pages);
+    return read_long_file(free_path) - read_long_file(resv_path) >= pages ? 0 : -ENOMEM;
 }
 
 /* ---- running QEMU ---- */
@@ -346,6 +350,17 @@ static int64_t size_of(const char *s)
     for (const char *k = units; u && k <= u; k++)
         n <<= 10;
     return n;
+}
+
+/* memory.hugepages as README.md documents it: true or "2M" is 2 MiB pages, "1G" 1 GiB; 0: none */
+static int64_t hugepage_bytes(json_object *mem)
+{
+    json_object *h = get(mem, "hugepages");
+    if (!h)
+        return 0;
+    if (json_object_is_type(h, json_type_boolean))
+        return json_object_get_boolean(h) ? 2 << 20 : 0;
+    return size_of(json_object_get_string(h));
 }
 
 /* The image's format as its header says: qcow2 magic, else raw. */
@@ -573,27 +588,133 @@ static void check_cpu(struct oracle *o, const struct host_facts *pinned)
     json_object_put(cpus);
 }
 
+/* A RAM backend as the definition wants it: its size, hugetlb (and the page size), share. */
+static void expect_backend(struct oracle *o, const char *id, int64_t size, int64_t page, bool shared)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/objects/%s", id);
+    json_object *h = qom_get(o, path, "hugetlb"), *s = qom_get(o, path, "share"), *z = qom_get(o, path, "size");
+    json_object *hs = page ? qom_get(o, path, "hugetlbsize") : NULL;
+    if (!z)
+        mismatch(o, "memory: QEMU has no RAM backend %s", id);
+    else
+        expect_int(o, "memory backend size", json_object_get_int64(z), size);
+    if (page || shared) {
+        if (!h || json_object_get_boolean(h) != (page != 0))
+            mismatch(o, "memory.hugepages: QEMU's RAM backend %s has hugetlb=%s", id, h ? json_object_to_json_string(h) : "(none)");
+        if (page)
+            expect_int(o, "memory.hugepages page size", hs ? json_object_get_int64(hs) : -1, page);
+        if (!s || json_object_get_boolean(s) != shared)
+            mismatch(o, "memory.shared: QEMU's RAM backend %s has share=%s", id, s ? json_object_to_json_string(s) : "(none)");
+    } else if (h) {
+        mismatch(o, "memory: QEMU's RAM backend %s is a memfd the definition does not ask for", id);
+    }
+    json_object_put(h);
+    json_object_put(s);
+    json_object_put(z);
+    json_object_put(hs);
+}
+
 static void check_memory(struct oracle *o)
 {
-    json_object *m = get(o->json, "memory");
+    json_object *m = get(o->json, "memory"), *numa = get(o->json, "numa");
     const char *size = json_object_is_type(m, json_type_string) ? json_object_get_string(m) : gets(m, "size", "1G");
-    bool huge = getb(m, "hugepages", false), shared = getb(m, "shared", false);
+    int64_t page = hugepage_bytes(m);
+    bool shared = getb(m, "shared", false);
     json_object *fs = get(o->json, "filesystems");
     shared |= fs && json_object_array_length(fs) > 0;     /* README: a share needs shared RAM */
     json_object *sum = ask(o, "query-memory-size-summary", NULL);
     expect_int(o, "memory", geti(sum, "base-memory", -1), size_of(size));
     json_object_put(sum);
-    json_object *h = qom_get(o, "/objects/ram", "hugetlb"), *s = qom_get(o, "/objects/ram", "share");
-    if (huge || shared) {
-        if (!h || json_object_get_boolean(h) != huge)
-            mismatch(o, "memory.hugepages: QEMU's RAM backend has hugetlb=%s", h ? json_object_to_json_string(h) : "(no backend)");
-        if (!s || json_object_get_boolean(s) != shared)
-            mismatch(o, "memory.shared: QEMU's RAM backend has share=%s", s ? json_object_to_json_string(s) : "(no backend)");
-    } else if (h) {
-        mismatch(o, "memory: QEMU has a RAM backend object the definition does not ask for");
+    if (numa) {
+        /* each node its own backend, with the node's share */
+        for (size_t i = 0; i < json_object_array_length(numa); i++) {
+            char id[24];
+            snprintf(id, sizeof(id), "ram-node%zu", i);
+            expect_backend(o, id, size_of(gets(json_object_array_get_idx(numa, i), "memory", "0")), page, shared);
+        }
+        return;
     }
+    json_object *h = qom_get(o, "/objects/ram", "size");
+    if (page || shared)
+        expect_backend(o, "ram", size_of(size), page, shared);
+    else if (h)
+        mismatch(o, "memory: QEMU has a RAM backend object the definition does not ask for");
     json_object_put(h);
-    json_object_put(s);
+}
+
+/* numa: every vCPU in the node whose list names it, each node's memory its backend's */
+static void check_numa(struct oracle *o)
+{
+    json_object *numa = get(o->json, "numa");
+    json_object *cpus = ask(o, "query-cpus-fast", NULL);
+    for (size_t i = 0; cpus && i < json_object_array_length(cpus); i++) {
+        json_object *c = json_object_array_get_idx(cpus, i);
+        int64_t idx = geti(c, "cpu-index", -1), want = -1;
+        for (size_t n = 0; numa && n < json_object_array_length(numa); n++) {
+            /* "0,2-3": our own reading of the list */
+            const char *p = gets(json_object_array_get_idx(numa, n), "cpus", "");
+            while (*p) {
+                char *end;
+                long lo = strtol(p, &end, 10), hi = lo;
+                if (*end == '-')
+                    hi = strtol(end + 1, &end, 10);
+                if (idx >= lo && idx <= hi)
+                    want = (int64_t)n;
+                p = *end ? end + 1 : end;
+            }
+        }
+        char what[48];
+        snprintf(what, sizeof(what), "numa: node of vCPU %lld", (long long)idx);
+        expect_int(o, what, geti(get(c, "props"), "node-id", -1), want);
+    }
+    json_object_put(cpus);
+    json_object *memdev = ask(o, "query-memdev", NULL);
+    expect_int(o, "numa: memory backends", memdev ? (int64_t)json_object_array_length(memdev) : -1,
+               numa ? (int64_t)json_object_array_length(numa) : memdev ? (int64_t)json_object_array_length(memdev) : -1);
+    json_object_put(memdev);
+}
+
+/* cpu.maxphysaddr: the vCPU's phys-bits (emulate) or host-phys-bits(-limit) (passthrough) */
+static void check_physaddr(struct oracle *o)
+{
+    json_object *a = get(get(o->json, "cpu"), "maxphysaddr");
+    if (!a)
+        return;     /* QEMU's own default (-cpu host turns host-phys-bits on by itself) */
+    json_object *cpus = ask(o, "query-cpus-fast", NULL);
+    const char *path = cpus && json_object_array_length(cpus) ? gets(json_object_array_get_idx(cpus, 0), "qom-path", "") : "";
+    json_object *bits = qom_get(o, path, "phys-bits"), *host = qom_get(o, path, "host-phys-bits");
+    json_object *limit = qom_get(o, path, "host-phys-bits-limit");
+    const char *mode = gets(a, "mode", "");
+    if (strcmp(mode, "emulate") == 0)
+        expect_int(o, "cpu.maxphysaddr.bits", bits ? json_object_get_int64(bits) : -1, geti(a, "bits", 0));
+    bool pass = strcmp(mode, "passthrough") == 0;
+    if (!host || json_object_get_boolean(host) != pass)
+        mismatch(o, "cpu.maxphysaddr: QEMU has host-phys-bits=%s", host ? json_object_to_json_string(host) : "(none)");
+    if (pass)
+        expect_int(o, "cpu.maxphysaddr.bits (limit)", limit ? json_object_get_int64(limit) : -1, geti(a, "bits", 0));
+    json_object_put(bits);
+    json_object_put(host);
+    json_object_put(limit);
+    json_object_put(cpus);
+}
+
+/* clock.adjustment: the RTC starts at the pinned "now" plus the adjustment (a few
+ * seconds more: it has been running since QEMU started) */
+static void check_clock(struct oracle *o, const struct host_facts *pinned)
+{
+    json_object *c = get(o->json, "clock"), *adj = get(c, "adjustment");
+    if (!adj || strcmp(gets(o->json, "machine", "q35"), "microvm") == 0)
+        return;
+    json_object *tm = qom_get(o, "/machine", "rtc-time");
+    struct tm t = {.tm_year = (int)geti(tm, "tm_year", 0), .tm_mon = (int)geti(tm, "tm_mon", 0),
+                   .tm_mday = (int)geti(tm, "tm_mday", 0), .tm_hour = (int)geti(tm, "tm_hour", 0),
+                   .tm_min = (int)geti(tm, "tm_min", 0), .tm_sec = (int)geti(tm, "tm_sec", 0)};
+    int64_t got = tm ? (int64_t)timegm(&t) : -1, want = pinned->now + json_object_get_int64(adj);
+    if (got < want || got > want + 60)
+        mismatch(o, "clock.adjustment: the RTC reads %lld, the definition means %lld (pinned now %lld + %lld)",
+                 (long long)got, (long long)want, (long long)pinned->now, (long long)json_object_get_int64(adj));
+    json_object_put(tm);
 }
 
 static void check_boot(struct oracle *o, const struct host_facts *pinned)
@@ -1169,13 +1290,15 @@ static void test_oracle(void **state)
         skip_because(name, "no OVMF");
     }
     json_object *mem = get(json, "memory");
-    if (getb(mem, "hugepages", false)) {
-        long page_kib = meminfo("Hugepagesize:");
-        long pages = page_kib > 0 ? (long)(size_of(gets(mem, "size", "1G")) >> 10) / page_kib : -1;
-        if (pages < 0 || hp_acquire(pages) < 0) {
+    int64_t page = hugepage_bytes(mem);
+    if (page) {
+        long pages = (long)(size_of(gets(mem, "size", "1G")) / page);
+        if (hp_acquire((long)(page >> 10), pages) < 0) {
             hp_release();
             json_object_put(json);
-            skip_because(name, "no hugepages");
+            char w[64];
+            snprintf(w, sizeof(w), "%ld hugepages of %s cannot be reserved here", pages, page == (1 << 30) ? "1G" : "2M");
+            skip_because(name, w);
         }
     }
 
@@ -1240,6 +1363,9 @@ static void test_oracle(void **state)
             check_machine(&o, &pinned);
             check_cpu(&o, &pinned);
             check_memory(&o);
+            check_numa(&o);
+            check_physaddr(&o);
+            check_clock(&o, &pinned);
             check_boot(&o, &pinned);
             check_disks(&o, microvm);
             check_cdroms(&o, machine);
@@ -1299,7 +1425,7 @@ static int setup(void **state)
     for (size_t i = 0; i < ARRAY_SIZE(sigs); i++)
         signal(sigs[i], hp_on_signal);
     /* put back what a killed earlier run left raised */
-    if (hp_acquire(0) == 0)
+    if (hp_acquire(0, 0) == 0)
         hp_release();
     hp_release();
     return golden_images_make();
