@@ -188,10 +188,12 @@ struct vm_def {
     struct {
         char *model;        /* NULL: host under KVM, max under TCG */
         int count, sockets, cores, threads;   /* 0: not given */
+        int max;            /* vCPUs `setvcpus` may reach (-smp maxcpus); 0: count, no hotplug */
     } cpu;
     struct {
         uint64_t bytes;
         bool hugepages, shared;     /* shared is implied by filesystems (vm_memory_shared) */
+        bool balloon;               /* a virtio-balloon: `setmem` lowers the guest's memory live */
     } memory;
     struct {
         enum vm_firmware firmware;
