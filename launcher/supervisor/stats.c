@@ -127,9 +127,10 @@ static bool failed(struct stats_op *op, const char *cmd, const struct qv_err *er
 static void on_balloon(void *ctx, json_object *ret, const struct qv_err *err)
 {
     struct stats_op *op = ctx;
-    if (failed(op, "query-balloon", err))
-        return;
-    tuning_balloon_event(op->s, ret);
+    if (err)
+        op->s->tune.balloon_actual = 0;     /* no balloon_actual rather than no statistics at all */
+    else
+        tuning_balloon_event(op->s, ret);
     finish(op);
 }
 
