@@ -242,3 +242,16 @@ with_nft_element() {
     in_host nft delete element "$fam" "$tab" "$set" "{ $key }" || return 99
     return $rc
 }
+# rfb_types HOST PORT: the security types a VNC server offers in the RFB 3.8 handshake,
+# space-separated ("1": none, "2": VNC authentication)
+rfb_types() {
+    python3 - "$1" "$2" <<'PY'
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+f = s.makefile("rb")
+assert f.read(12).startswith(b"RFB 003.")
+s.sendall(b"RFB 003.008\n")
+n = f.read(1)[0]
+print(" ".join(str(b) for b in f.read(n)))
+PY
+}

@@ -63,6 +63,8 @@ static const struct metric metrics[] = {
     {"qvisor_vcpu_seconds_total", "counter", "CPU time of one vCPU thread.", "vcpus", NULL, "time_ns", "vcpu", 1e-9},
     {"qvisor_memory_size_bytes", "gauge", "Guest RAM as defined.", NULL, "memory", "size", NULL, 1},
     {"qvisor_memory_rss_bytes", "gauge", "Resident memory of the VM's QEMU process.", NULL, "memory", "rss", NULL, 1},
+    {"qvisor_memory_balloon_actual_bytes", "gauge", "Guest RAM the balloon leaves to the guest (VMs with a balloon).",
+     NULL, "memory", "balloon_actual", NULL, 1},
     {"qvisor_disk_read_requests_total", "counter", "Read requests a disk completed.", "disks", NULL, "rd_reqs", "disk",
      1},
     {"qvisor_disk_read_bytes_total", "counter", "Bytes read from a disk.", "disks", NULL, "rd_bytes", "disk", 1},
@@ -188,7 +190,12 @@ static void print_table(json_object *vms)
         if (json_object_object_get_ex(vm, "memory", &o)) {
             fmt_bytes(get_i64(o, "rss"), a, sizeof(a));
             fmt_bytes(get_i64(o, "size"), b, sizeof(b));
-            printf("  memory %s resident, %s defined\n", a, b);
+            printf("  memory %s resident, %s defined", a, b);
+            if (get_i64(o, "balloon_actual") >= 0) {
+                fmt_bytes(get_i64(o, "balloon_actual"), a, sizeof(a));
+                printf(", %s with the balloon", a);
+            }
+            printf("\n");
         }
         json_object *arr = get_arr(vm, "vcpus");
         for (size_t j = 0; j < json_object_array_length(arr); j++) {

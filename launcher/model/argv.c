@@ -75,6 +75,8 @@ static int add_machine(struct builder *b, struct qv_err *e)
                  d->cpu.cores, d->cpu.threads);
     else
         snprintf(smp, sizeof(smp), "cpus=%d", d->cpu.count);
+    if (d->cpu.max)
+        snprintf(smp + strlen(smp), sizeof(smp) - strlen(smp), ",maxcpus=%d", d->cpu.max);
     arg2(b, "-smp", smp);
     argv_add_memory(b);
     return 0;

@@ -63,6 +63,14 @@ void argv_add_devices(struct builder *b)
         pci_place(b, o, SLOT_WATCHDOG, 0);
         arg_json(b, "-device", o);
     }
+    if (d->memory.balloon) {
+        /* no deflate-on-oom: the guest gives the pages back (MemTotal shrinks), as asked */
+        json_object *o = jobj();
+        js(o, "driver", "virtio-balloon-pci");
+        js(o, "id", "balloon0");
+        pci_place(b, o, d->machine == MACHINE_PC ? SLOT_BALLOON_PC : SLOT_BALLOON_Q35, 0);
+        arg_json(b, "-device", o);
+    }
     if (d->clock_offset == CLOCK_LOCALTIME) {
         arg2(b, "-rtc", "base=localtime");
     } else if (d->clock_adjust) {

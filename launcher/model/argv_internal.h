@@ -19,6 +19,10 @@
 #define SLOT_ROOTPORTS 0x1c
 #define SLOT_RNG 0x1d
 #define SLOT_WATCHDOG 0x1e
+/* every other slot is taken by a class above: 0x01 is free on q35 (0x1f is its LPC),
+ * 0x1f on pc (0x01 is its PIIX3) */
+#define SLOT_BALLOON_Q35 0x01
+#define SLOT_BALLOON_PC 0x1f
 
 struct builder {
     struct launch_plan *p;
@@ -108,7 +112,7 @@ void argv_add_hostdevs(struct builder *b);
 void argv_add_display(struct builder *b);
 /* ",watchdog=ACTION" for -action, "" without a watchdog */
 const char *argv_watchdog_action(const struct vm_def *d);
-/* rng, watchdog, the RTC's offset, the USB tablet (after the controllers) */
+/* rng, watchdog, balloon, the RTC's offset, the USB tablet (after the controllers) */
 void argv_add_devices(struct builder *b);
 
 /* argv_memory.c */

@@ -143,9 +143,10 @@ static int parse_cpu(struct jr *r, json_object *root, struct vm_def *d)
     if (e < 0 || !o)
         return e;
     size_t m = jr_key(r, "cpu");
-    static const char *const keys[] = {"model", "count", "sockets", "cores", "threads", "pinning", "maxphysaddr", NULL};
-    int64_t count = 0, s = 0, c = 0, t = 0;
+    static const char *const keys[] = {"model", "count", "sockets", "cores", "threads", "max", "pinning", "maxphysaddr", NULL};
+    int64_t count = 0, s = 0, c = 0, t = 0, max = 0;
     if ((e = jr_only_keys(r, o, keys)) < 0 || (e = jr_int(r, o, "count", 1, MAX_VCPUS, &count)) < 0 ||
+        (e = jr_int(r, o, "max", 1, MAX_VCPUS, &max)) < 0 ||
         (e = jr_int(r, o, "sockets", 1, MAX_VCPUS, &s)) < 0 || (e = jr_int(r, o, "cores", 1, MAX_VCPUS, &c)) < 0 ||
         (e = jr_int(r, o, "threads", 1, MAX_VCPUS, &t)) < 0)
         return e;
@@ -165,14 +166,29 @@ static int parse_cpu(struct jr *r, json_object *root, struct vm_def *d)
         d->cpu.cores = c ? (int)c : 1;
         d->cpu.threads = t ? (int)t : 1;
         int64_t prod = (int64_t)d->cpu.sockets * d->cpu.cores * d->cpu.threads;
-        if (count && prod != count)
+        /* the topology describes every vCPU the VM can have: max's when hotplug is on */
+        if (max && prod != max)
+            return jr_fail(r, "sockets × cores × threads = %lld does not match max %lld", (long long)prod,
+                           (long long)max);
+        if (!max && count && prod != count)
             return jr_fail(r, "sockets × cores × threads = %lld does not match count %lld", (long long)prod,
                            (long long)count);
         if (prod > MAX_VCPUS)
             return jr_fail(r, "%lld vCPUs is more than %d", (long long)prod, MAX_VCPUS);
-        count = prod;
+        if (!max)
+            count = prod;
     }
     d->cpu.count = count ? (int)count : 1;
+    if (max && max < d->cpu.count) {
+        jr_key(r, "max");
+        return jr_fail(r, "%lld is less than count %d (max is how many vCPUs setvcpus may reach)", (long long)max,
+                       d->cpu.count);
+    }
+    if (max > d->cpu.count && d->machine == MACHINE_MICROVM) {
+        jr_key(r, "max");
+        return jr_fail(r, "vCPU hotplug needs ACPI, and microvm has none (drop max, or use q35)");
+    }
+    d->cpu.max = max > d->cpu.count ? (int)max : 0;
     if ((e = vm_cpu_tuning_parse(r, o, d)) < 0)
         return e;
     jr_pop(r, m);
@@ -189,10 +205,12 @@ static int parse_memory(struct jr *r, json_object *root, struct vm_def *d)
     int e;
     json_object *size = v;
     if (json_object_is_type(v, json_type_object)) {
-        static const char *const keys[] = {"size", "hugepages", "shared", NULL};
+        static const char *const keys[] = {"size", "hugepages", "shared", "balloon", NULL};
         if ((e = jr_only_keys(r, v, keys)) < 0 || (e = vm_hugepages_parse(r, v, d)) < 0 ||
-            (e = jr_bool(r, v, "shared", &d->memory.shared)) < 0)
+            (e = jr_bool(r, v, "shared", &d->memory.shared)) < 0 || (e = jr_bool(r, v, "balloon", &d->memory.balloon)) < 0)
             return e;
+        if (d->memory.balloon && d->machine == MACHINE_MICROVM)
+            return jr_key(r, "balloon"), jr_fail(r, "virtio-balloon-pci needs PCI, and microvm has none");
         if (!json_object_object_get_ex(v, "size", &size)) {
             jr_pop(r, m);
             return 0;

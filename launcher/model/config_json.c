@@ -134,6 +134,8 @@ static json_object *def_to_json(const struct vm_def *d, bool with_values)
     json_object *cpu = json_object_new_object();
     put_str(cpu, "model", d->cpu.model ? d->cpu.model : "auto");
     put_int(cpu, "count", d->cpu.count);
+    if (d->cpu.max)
+        put_int(cpu, "max", d->cpu.max);
     if (d->cpu.sockets) {
         put_int(cpu, "sockets", d->cpu.sockets);
         put_int(cpu, "cores", d->cpu.cores);
@@ -144,7 +146,7 @@ static json_object *def_to_json(const struct vm_def *d, bool with_values)
 
     char size[32];
     format_size(d->memory.bytes, size, sizeof(size));
-    if (d->memory.hugepage_size || d->memory.shared) {
+    if (d->memory.hugepage_size || d->memory.shared || d->memory.balloon) {
         json_object *mem = json_object_new_object();
         put_str(mem, "size", size);
         if (d->memory.hugepage_size)
@@ -152,6 +154,8 @@ static json_object *def_to_json(const struct vm_def *d, bool with_values)
         else
             put_bool(mem, "hugepages", false);
         put_bool(mem, "shared", d->memory.shared);
+        if (d->memory.balloon)
+            put_bool(mem, "balloon", true);
         json_object_object_add(o, "memory", mem);
     } else {
         put_str(o, "memory", size);

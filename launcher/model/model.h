@@ -259,11 +259,13 @@ struct vm_def {
         char *pin_emulator; /* every QEMU thread that is not a vCPU; NULL: not pinned */
         enum vm_physaddr physaddr;
         int physaddr_bits;  /* emulate: phys-bits; passthrough: the limit, 0 for none */
+        int max;            /* vCPUs `setvcpus` may reach (-smp maxcpus); 0: count, no hotplug */
     } cpu;
     struct {
         uint64_t bytes;
         uint64_t hugepage_size;     /* 0: ordinary pages; 2M or 1G */
         bool shared;                /* shared is implied by filesystems (vm_memory_shared) */
+        bool balloon;               /* a virtio-balloon: `setmem` lowers the guest's memory live */
     } memory;
     struct vm_numa_node *numa;
     size_t nnuma;

@@ -95,10 +95,15 @@ json_object *sup_status_json(struct sup *s)
         uint64_t up = (realtime_ms() - s->rs.started_at_ms) / 1000;
         json_object_object_add(o, "uptime_s", json_object_new_int64((int64_t)up));
     }
-    json_object_object_add(o, "vcpus", json_object_new_int(s->def.cpu.count));
+    json_object_object_add(o, "vcpus", json_object_new_int(s->tune.vcpus ? s->tune.vcpus : s->def.cpu.count));
+    if (s->def.cpu.max)
+        json_object_object_add(o, "vcpus_max", json_object_new_int(s->def.cpu.max));
     char mem[32];
     format_size(s->def.memory.bytes, mem, sizeof(mem));
     json_object_object_add(o, "memory", json_object_new_string(mem));
+    json_object *balloon = s->qemu_pid ? tuning_status_json(s) : NULL;
+    if (balloon)
+        json_object_object_add(o, "balloon", balloon);
     json_object_object_add(o, "accel", json_object_new_string(s->rs.accel));
     json_object_object_add(o, "qemu_version", json_object_new_string(s->rs.qemu_version));
     json_object_object_add(o, "last_exit", json_object_new_string(s->rs.last_exit));

@@ -410,6 +410,19 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
         int r;
         if (monitor_usable(s, c) && (r = vm_stats(s, c->id, &e)) < 0)
             reply_error(s, c, r, "%s", e.msg);
+    } else if (strcmp(cmd, "setmem") == 0 || strcmp(cmd, "setvcpus") == 0 || strcmp(cmd, "display") == 0) {
+        struct qv_err e = {0};
+        int r;
+        if (!monitor_usable(s, c))
+            return;
+        if (strcmp(cmd, "setmem") == 0)
+            r = tuning_setmem(s, c->id, get_string(req, "size"), &e);
+        else if (strcmp(cmd, "setvcpus") == 0)
+            r = tuning_setvcpus(s, c->id, get_int(req, "count", 0), &e);
+        else
+            r = tuning_display(s, c->id, &e);
+        if (r < 0)
+            reply_error(s, c, r, "%s", e.msg);
     } else if (strcmp(cmd, "disk-resize") == 0 || strcmp(cmd, "blkstat") == 0) {
         struct qv_err e = {0};
         int r;

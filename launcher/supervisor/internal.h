@@ -334,6 +334,12 @@ struct sup {
     bool boot_vm;
     struct ev ev_boot;
     bool panicked;              /* GUEST_PANICKED seen */
+    struct {
+        uint64_t balloon_actual;    /* from BALLOON_CHANGE / query-balloon; 0: not known (a reattach) */
+        uint64_t balloon_target;    /* the last setmem; 0: none */
+        int vcpus;                  /* vCPUs QEMU has now; 0: not known (a reattach) */
+        uint8_t unplugging[512 / 8];    /* vcpuN asked to go (device_del), not gone yet */
+    } tune;
     int qemu_status;            /* QEMU's exit status once gone: 0-255, 128+signal; -1 unknown */
     bool done;
     int exit_code;
@@ -543,6 +549,17 @@ json_object *disk_stats_json(struct sup *s, json_object *ret, const char *only);
 /* stats.c: the `stats` request: disks, vCPUs (thread CPU times), QEMU's CPU time and
  * RSS, tap counters, uptime. */
 int vm_stats(struct sup *s, unsigned client, struct qv_err *e);
+/* tuning.c: setmem (the balloon's target), setvcpus (plug/unplug vCPUs between cpu.count
+ * and cpu.max), display (where VNC listens). They answer `client` through QMP callbacks;
+ * an error before anything was sent is returned instead. */
+int tuning_setmem(struct sup *s, unsigned client, const char *size, struct qv_err *e);
+int tuning_setvcpus(struct sup *s, unsigned client, int count, struct qv_err *e);
+int tuning_display(struct sup *s, unsigned client, struct qv_err *e);
+void tuning_balloon_event(struct sup *s, json_object *data);    /* BALLOON_CHANGE */
+/* DEVICE_DELETED: QEMU 7.2 reports an unplugged vCPU by its lapic child's path only */
+void tuning_device_deleted(struct sup *s, const char *device, const char *path);
+/* {"actual", "target"} for status; NULL without a balloon or before its size is known */
+json_object *tuning_status_json(struct sup *s);
 /* BLOCK_IO_ERROR: with action stop, the pause that follows carries the reason. */
 void disk_io_error(struct sup *s, json_object *data);
 /* A disk as jobs see it: device id, the node the guest reads (its current top, which a

@@ -102,10 +102,14 @@ void sup_on_event(void *ctx, const char *event, json_object *data, uint64_t ts_u
         s->panicked = true;
         crashed(s, "guest panicked");
     } else if (strcmp(event, "DEVICE_DELETED") == 0) {
-        json_object *dev = NULL;
+        json_object *dev = NULL, *path = NULL;
         sup_log(s, "event %s %s", event, d);
         if (json_object_object_get_ex(data, "device", &dev))
             hotplug_device_deleted(s, json_object_get_string(dev));
+        json_object_object_get_ex(data, "path", &path);
+        tuning_device_deleted(s, dev ? json_object_get_string(dev) : NULL, path ? json_object_get_string(path) : NULL);
+    } else if (strcmp(event, "BALLOON_CHANGE") == 0) {
+        tuning_balloon_event(s, data);
     } else if (strcmp(event, "BLOCK_IO_ERROR") == 0) {
         disk_io_error(s, data);
     } else if (strcmp(event, "JOB_STATUS_CHANGE") == 0) {

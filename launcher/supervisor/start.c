@@ -106,6 +106,11 @@ int sup_record_qemu(pid_t pid, void *opaque, struct qv_err *e)
     s->rs.qemu_pid = pid;
     s->rs.qemu_start = start;
     s->rs.started_at_ms = realtime_ms();
+    /* a new QEMU: its balloon is not inflated, its vCPUs are the definition's */
+    s->tune.balloon_actual = s->def.memory.balloon ? s->def.memory.bytes : 0;
+    s->tune.balloon_target = 0;
+    s->tune.vcpus = s->def.cpu.count;
+    memset(s->tune.unplugging, 0, sizeof(s->tune.unplugging));
     char path[PATH_MAX], buf[32];
     snprintf(path, sizeof(path), "%s/pid", s->run_dir);
     int n = snprintf(buf, sizeof(buf), "%d\n", (int)pid);

@@ -1,7 +1,8 @@
 /* stats: what `virsh domstats` gives, for a running VM. The monitor answers for the
  * disks (query-blockstats) and the vCPU threads (query-cpus-fast); the host answers
  * for everything else, read from procfs and sysfs when the last reply is in: QEMU's
- * CPU time and resident memory, each vCPU thread's CPU time, each tap's counters. */
+ * CPU time and resident memory, each vCPU thread's CPU time, each tap's counters; the
+ * balloon's actual size comes from query-balloon. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,6 +104,8 @@ static void finish(struct stats_op *op)
     json_object *mem = json_object_new_object();
     add_i64(mem, "size", (int64_t)s->def.memory.bytes);
     add_i64(mem, "rss", proc_rss(s->qemu_pid));
+    if (s->def.memory.balloon && s->tune.balloon_actual)
+        add_i64(mem, "balloon_actual", (int64_t)s->tune.balloon_actual);
     json_object_object_add(r, "memory", mem);
     json_object_object_add(r, "nics", nics_json(s));
     sup_reply_json(s, op->client, r);
@@ -118,6 +121,17 @@ static bool failed(struct stats_op *op, const char *cmd, const struct qv_err *er
     json_object_put(op->reply);
     free(op);
     return true;
+}
+
+/* the balloon's size now (BALLOON_CHANGE only tells changes, and none after a reattach) */
+static void on_balloon(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct stats_op *op = ctx;
+    if (err)
+        op->s->tune.balloon_actual = 0;     /* no balloon_actual rather than no statistics at all */
+    else
+        tuning_balloon_event(op->s, ret);
+    finish(op);
 }
 
 static void on_cpus(void *ctx, json_object *ret, const struct qv_err *err)
@@ -139,7 +153,14 @@ static void on_cpus(void *ctx, json_object *ret, const struct qv_err *err)
         json_object_array_add(vcpus, o);
     }
     json_object_object_add(op->reply, "vcpus", vcpus);
-    finish(op);
+    op->s->tune.vcpus = (int)json_object_array_length(ret);
+    if (!op->s->def.memory.balloon) {
+        finish(op);
+    } else if (qmp_send(op->s->qmp, "query-balloon", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_balloon, op) < 0) {
+        struct qv_err e = {0};
+        qv_fail(&e, -EIO, "QEMU's monitor is gone");
+        failed(op, "query-balloon", &e);
+    }
 }
 
 static void on_blockstats(void *ctx, json_object *ret, const struct qv_err *err)

@@ -36,6 +36,12 @@ chmod 600 "$sdir/vncpw"
 
 check_output "the VM starts with its VNC password" "sv started" qv start sv
 check "the guest boots" wait_log sv 'QVISOR-GUEST: ready' 120
+uri=$(qv display sv)
+check_output "display names the VNC server's auto port" '^vnc://127\.0\.0\.1:59[0-9][0-9]$' echo "$uri"
+check_output "...where a client is asked for VNC authentication (security type 2)" '^2$' rfb_types 127.0.0.1 "${uri##*:}"
+check_error "setmem of a VM without a balloon says how to add one (exit 3)" 3 \
+    'sv has no balloon device \(set "memory": \{"size": "192M", "balloon": true\}' qv setmem sv 100M
+check_error "setvcpus of a VM without cpu.max (exit 2)" 2 'sv has no vCPU hotplug: cpu.count is 1 and there is no cpu.max' qv setvcpus sv 2
 check_output "show names the running VM as a user" '"sv \(running\)"' qv secret show vncpw
 check_error "undefine is refused while the VM runs (exit 4)" 4 "secret vncpw is used by sv \(running\)" \
     qv secret undefine vncpw

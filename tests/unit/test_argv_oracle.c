@@ -563,10 +563,14 @@ static void check_cpu(struct oracle *o, const struct host_facts *pinned)
     int64_t count = geti(cpu, "count", sockets ? sockets * cores * threads : 1);
     json_object *cpus = ask(o, "query-cpus-fast", NULL);
     expect_int(o, "cpu.count", cpus ? (int64_t)json_object_array_length(cpus) : -1, count);
-    if (sockets && cpus) {
+    /* every vCPU the VM may have, present or pluggable: README's cpu.max, count without it */
+    json_object *slots = ask(o, "query-hotpluggable-cpus", NULL);     /* microvm has none to tell */
+    if (slots || get(cpu, "max"))
+        expect_int(o, "cpu.max", slots ? (int64_t)json_object_array_length(slots) : -1, geti(cpu, "max", count));
+    if (sockets && slots) {
         int64_t max_s = -1, max_c = -1, max_t = -1;
-        for (size_t i = 0; i < json_object_array_length(cpus); i++) {
-            json_object *p = get(json_object_array_get_idx(cpus, i), "props");
+        for (size_t i = 0; i < json_object_array_length(slots); i++) {
+            json_object *p = get(json_object_array_get_idx(slots, i), "props");
             max_s = geti(p, "socket-id", -1) > max_s ? geti(p, "socket-id", -1) : max_s;
             max_c = geti(p, "core-id", -1) > max_c ? geti(p, "core-id", -1) : max_c;
             max_t = geti(p, "thread-id", -1) > max_t ? geti(p, "thread-id", -1) : max_t;
@@ -586,6 +590,7 @@ static void check_cpu(struct oracle *o, const struct host_facts *pinned)
         free(want);
     }
     json_object_put(cpus);
+    json_object_put(slots);
 }
 
 /* A RAM backend as the definition wants it: its size, hugetlb (and the page size), share. */
@@ -626,6 +631,14 @@ static void check_memory(struct oracle *o)
     json_object *sum = ask(o, "query-memory-size-summary", NULL);
     expect_int(o, "memory", geti(sum, "base-memory", -1), size_of(size));
     json_object_put(sum);
+    /* memory.balloon: QEMU answers query-balloon only with a balloon device */
+    bool balloon = getb(m, "balloon", false);
+    json_object *bal = ask(o, "query-balloon", NULL);
+    if ((bal != NULL) != balloon)
+        mismatch(o, "memory.balloon: query-balloon %s", bal ? "answers" : "fails");
+    else if (bal)
+        expect_int(o, "memory.balloon actual", geti(bal, "actual", -1), size_of(size));
+    json_object_put(bal);
     if (numa) {
         /* each node its own backend, with the node's share */
         for (size_t i = 0; i < json_object_array_length(numa); i++) {
@@ -1093,6 +1106,7 @@ static void check_devices(struct oracle *o, const char *machine, bool microvm)
         {"usb-tablet", tablet},
         {"virtio-rng-pci", rng},
         {"i6300esb", get(o->json, "watchdog") != NULL},
+        {"virtio-balloon-pci", getb(get(o->json, "memory"), "balloon", false)},
         {"pvpanic", !microvm},
     };
     for (size_t i = 0; i < ARRAY_SIZE(classes); i++) {

@@ -1,0 +1,313 @@
+/* A running VM's size, changed live, and where its display listens:
+ *   setmem    the balloon's target (QMP balloon); the guest gives pages back as it inflates
+ *   setvcpus  vCPUs plugged (device_add of the slot's type from query-hotpluggable-cpus) or
+ *             unplugged (device_del: the guest ejects them) between cpu.count and cpu.max
+ *   display   where the VNC server listens (query-vnc: an auto port is known only there)
+ * Everything goes through QMP callbacks; the reply reaches the client when QEMU answered. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "launcher/supervisor/internal.h"
+
+#define SETMEM_MIN (16ull << 20)    /* memory.size's own floor */
+
+/* ---- balloon ---- */
+
+struct mem_op {
+    struct sup *s;
+    unsigned client;
+    uint64_t target;
+};
+
+static void on_balloon(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    struct mem_op *op = ctx;
+    struct sup *s = op->s;
+    if (err) {
+        sup_reply_error(s, op->client, err->code, "%s: balloon: %s", s->def.name, err->msg);
+    } else {
+        s->tune.balloon_target = op->target;
+        sup_log(s, "balloon target set to %llu MiB", (unsigned long long)(op->target >> 20));
+        json_object *r = json_object_new_object();
+        json_object_object_add(r, "target", json_object_new_int64((int64_t)op->target));
+        if (s->tune.balloon_actual)
+            json_object_object_add(r, "actual", json_object_new_int64((int64_t)s->tune.balloon_actual));
+        sup_reply_json(s, op->client, r);
+        json_object_put(r);
+    }
+    free(op);
+}
+
+int tuning_setmem(struct sup *s, unsigned client, const char *size, struct qv_err *e)
+{
+    char max[32];
+    format_size(s->def.memory.bytes, max, sizeof(max));
+    if (!s->def.memory.balloon)
+        return qv_fail(e, -ENOENT,
+                       "%s has no balloon device (set \"memory\": {\"size\": \"%s\", \"balloon\": true} and restart it)",
+                       s->def.name, max);
+    uint64_t bytes;
+    if (!size || parse_size(size, &bytes) < 0)
+        return qv_fail(e, -EINVAL, "%s: setmem: \"%s\" is not a size like 512M or 2G", s->def.name, size ? size : "");
+    if (bytes > s->def.memory.bytes)
+        return qv_fail(e, -ERANGE, "%s: setmem %s: more than memory.size %s (the balloon only takes memory back; "
+                       "a larger size needs a definition change and a restart)", s->def.name, size, max);
+    if (bytes < SETMEM_MIN)
+        return qv_fail(e, -ERANGE, "%s: setmem %s: less than 16M", s->def.name, size);
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "value", json_object_new_int64((int64_t)bytes));
+    struct mem_op *op = qv_xcalloc(1, sizeof(*op));
+    *op = (struct mem_op){.s = s, .client = client, .target = bytes};
+    if (qmp_send(s->qmp, "balloon", args, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_balloon, op) < 0) {
+        free(op);
+        return qv_fail(e, -EIO, "%s: QEMU's monitor is gone", s->def.name);
+    }
+    return 0;
+}
+
+void tuning_balloon_event(struct sup *s, json_object *data)
+{
+    json_object *v;
+    if (data && json_object_object_get_ex(data, "actual", &v))
+        s->tune.balloon_actual = (uint64_t)json_object_get_int64(v);
+}
+
+/* ---- vCPUs ---- */
+
+struct vcpu_slot {
+    json_object *entry;     /* query-hotpluggable-cpus' element (borrowed) */
+    int64_t key[3];         /* socket, core, thread: the order vCPUs are plugged in */
+    int index;              /* its place in that order: the hotplugged device's id vcpuN */
+    const char *qom;        /* NULL: free slot */
+};
+
+struct vcpu_op {
+    struct sup *s;
+    unsigned client;
+    int want, present, pending;
+    bool removing;
+    struct qv_err err;      /* the first failure */
+};
+
+static int slot_cmp(const void *a, const void *b)
+{
+    const struct vcpu_slot *x = a, *y = b;
+    for (int i = 0; i < 3; i++)
+        if (x->key[i] != y->key[i])
+            return x->key[i] < y->key[i] ? -1 : 1;
+    return 0;
+}
+
+static int64_t prop(json_object *props, const char *k)
+{
+    json_object *v;
+    return json_object_object_get_ex(props, k, &v) ? json_object_get_int64(v) : 0;
+}
+
+static void vcpu_done(struct vcpu_op *op)
+{
+    struct sup *s = op->s;
+    if (op->err.code) {
+        sup_reply_error(s, op->client, op->err.code, "%s", op->err.msg);
+    } else {
+        json_object *r = json_object_new_object();
+        json_object_object_add(r, "vcpus", json_object_new_int(op->want));
+        json_object_object_add(r, "was", json_object_new_int(op->present));
+        json_object_object_add(r, "removing", json_object_new_boolean(op->removing));
+        sup_reply_json(s, op->client, r);
+        json_object_put(r);
+    }
+    free(op);
+}
+
+static void on_vcpu_step(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    struct vcpu_op *op = ctx;
+    if (err && !op->err.code)
+        qv_fail(&op->err, err->code, "%s: setvcpus %d: %s", op->s->def.name, op->want, err->msg);
+    else if (!err && !op->removing)
+        op->s->tune.vcpus++;
+    if (--op->pending == 0)
+        vcpu_done(op);
+}
+
+static void vcpu_send(struct vcpu_op *op, const char *cmd, json_object *args)
+{
+    op->pending++;
+    if (qmp_send(op->s->qmp, cmd, args, NULL, 0, QMP_TIMEOUT_DEVICE, 0, on_vcpu_step, op) < 0) {
+        struct qv_err e = {0};
+        qv_fail(&e, -EIO, "QEMU's monitor is gone");
+        on_vcpu_step(op, NULL, &e);
+    }
+}
+
+static void on_slots(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct vcpu_op *op = ctx;
+    struct sup *s = op->s;
+    if (err) {
+        qv_fail(&op->err, err->code, "%s: query-hotpluggable-cpus: %s", s->def.name, err->msg);
+        vcpu_done(op);
+        return;
+    }
+    size_t n = json_object_array_length(ret);
+    struct vcpu_slot *slots = qv_xcalloc(n ? n : 1, sizeof(*slots));
+    for (size_t i = 0; i < n; i++) {
+        json_object *c = json_object_array_get_idx(ret, i), *props = NULL, *q;
+        json_object_object_get_ex(c, "props", &props);
+        slots[i] = (struct vcpu_slot){.entry = c, .key = {prop(props, "socket-id"), prop(props, "core-id"),
+                                                          prop(props, "thread-id")}};
+        if (json_object_object_get_ex(c, "qom-path", &q))
+            slots[i].qom = json_object_get_string(q);
+        op->present += slots[i].qom != NULL;
+    }
+    qsort(slots, n, sizeof(*slots), slot_cmp);
+    for (size_t i = 0; i < n; i++)
+        slots[i].index = (int)i;
+    s->tune.vcpus = op->present;
+    op->pending = 1;        /* held until every command is queued */
+    if (op->want > op->present) {
+        int need = op->want - op->present;
+        for (size_t i = 0; i < n && need > 0; i++) {
+            if (slots[i].qom)
+                continue;
+            json_object *args = json_object_new_object(), *type, *props;
+            json_object_object_get_ex(slots[i].entry, "type", &type);
+            json_object_object_add(args, "driver", json_object_new_string(json_object_get_string(type)));
+            char id[24];
+            snprintf(id, sizeof(id), "vcpu%d", slots[i].index);
+            json_object_object_add(args, "id", json_object_new_string(id));
+            if (json_object_object_get_ex(slots[i].entry, "props", &props)) {
+                json_object_object_foreach(props, k, v) json_object_object_add(args, k, json_object_get(v));
+            }
+            sup_log(s, "setvcpus: plugging %s", id);
+            vcpu_send(op, "device_add", args);
+            need--;
+        }
+    } else if (op->want < op->present) {
+        int extra = op->present - op->want;
+        static const char peripheral[] = "/machine/peripheral/";
+        int removable = 0;
+        for (size_t i = 0; i < n; i++)
+            removable += slots[i].qom && str_startswith(slots[i].qom, peripheral);
+        if (removable < extra) {
+            qv_fail(&op->err, -ERANGE, "%s: setvcpus %d: only %d of its %d vCPUs were plugged live; the %d it "
+                    "started with stay", s->def.name, op->want, removable, op->present, op->present - removable);
+        } else {
+            op->removing = true;
+            for (size_t i = n; i-- > 0 && extra > 0;) {
+                if (!slots[i].qom || !str_startswith(slots[i].qom, peripheral))
+                    continue;
+                json_object *args = json_object_new_object();
+                const char *id = slots[i].qom + strlen(peripheral);
+                unsigned k;
+                if (sscanf(id, "vcpu%u", &k) == 1 && k < 8 * sizeof(s->tune.unplugging))
+                    s->tune.unplugging[k / 8] |= (uint8_t)(1u << (k % 8));
+                json_object_object_add(args, "id", json_object_new_string(id));
+                sup_log(s, "setvcpus: unplugging %s", slots[i].qom + strlen(peripheral));
+                vcpu_send(op, "device_del", args);
+                extra--;
+            }
+        }
+    }
+    free(slots);
+    on_vcpu_step(op, NULL, NULL);
+}
+
+int tuning_setvcpus(struct sup *s, unsigned client, int count, struct qv_err *e)
+{
+    int max = s->def.cpu.max ? s->def.cpu.max : s->def.cpu.count;
+    if (!s->def.cpu.max && count != s->def.cpu.count)
+        return qv_fail(e, -ERANGE, "%s has no vCPU hotplug: cpu.count is %d and there is no cpu.max (set cpu.max "
+                       "in its definition and restart it)", s->def.name, s->def.cpu.count);
+    if (count > max)
+        return qv_fail(e, -ERANGE, "%s: setvcpus %d: more than cpu.max %d", s->def.name, count, max);
+    if (count < s->def.cpu.count)
+        return qv_fail(e, -ERANGE, "%s: setvcpus %d: less than cpu.count %d (the vCPUs it starts with cannot be "
+                       "unplugged)", s->def.name, count, s->def.cpu.count);
+    struct vcpu_op *op = qv_xcalloc(1, sizeof(*op));
+    *op = (struct vcpu_op){.s = s, .client = client, .want = count};
+    if (qmp_send(s->qmp, "query-hotpluggable-cpus", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_slots, op) < 0) {
+        free(op);
+        return qv_fail(e, -EIO, "%s: QEMU's monitor is gone", s->def.name);
+    }
+    return 0;
+}
+
+void tuning_device_deleted(struct sup *s, const char *device, const char *path)
+{
+    static const char peripheral[] = "/machine/peripheral/";
+    const char *id = device;
+    if (!id && path && str_startswith(path, peripheral))
+        id = path + strlen(peripheral);     /* vcpuN/lapic */
+    unsigned n;
+    int used = 0;
+    if (!id || sscanf(id, "vcpu%u%n", &n, &used) != 1 || (id[used] && id[used] != '/') ||
+        n >= 8 * sizeof(s->tune.unplugging) || !(s->tune.unplugging[n / 8] & (1u << (n % 8))))
+        return;
+    s->tune.unplugging[n / 8] &= (uint8_t)~(1u << (n % 8));
+    if (s->tune.vcpus > 0)
+        s->tune.vcpus--;
+    sup_log(s, "vCPU vcpu%u unplugged", n);
+}
+
+/* ---- display ---- */
+
+static void on_vnc(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct mem_op *op = ctx;     /* client only */
+    struct sup *s = op->s;
+    json_object *v;
+    if (err) {
+        sup_reply_error(s, op->client, err->code, "%s: query-vnc: %s", s->def.name, err->msg);
+    } else if (!json_object_object_get_ex(ret, "enabled", &v) || !json_object_get_boolean(v)) {
+        sup_reply_error(s, op->client, -ENOENT, "%s: QEMU's VNC server is off", s->def.name);
+    } else {
+        const char *host = json_object_object_get_ex(ret, "host", &v) ? json_object_get_string(v) : "";
+        int port = json_object_object_get_ex(ret, "service", &v) ? atoi(json_object_get_string(v)) : 0;
+        /* a wildcard listens everywhere: this host reaches it as localhost */
+        if (strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0)
+            host = "localhost";
+        bool v6 = strchr(host, ':') != NULL;
+        char uri[160];
+        snprintf(uri, sizeof(uri), "vnc://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", port);
+        json_object *r = json_object_new_object();
+        json_object_object_add(r, "type", json_object_new_string("vnc"));
+        json_object_object_add(r, "host", json_object_new_string(host));
+        json_object_object_add(r, "port", json_object_new_int(port));
+        json_object_object_add(r, "display", json_object_new_int(port - 5900));
+        json_object_object_add(r, "uri", json_object_new_string(uri));
+        json_object_object_add(r, "password", json_object_new_boolean(s->def.graphics.password_secret != NULL));
+        sup_reply_json(s, op->client, r);
+        json_object_put(r);
+    }
+    free(op);
+}
+
+int tuning_display(struct sup *s, unsigned client, struct qv_err *e)
+{
+    if (s->def.graphics.kind != GRAPHICS_VNC)
+        return qv_fail(e, -ENOENT, "%s has no display (graphics: none; set \"graphics\": {\"type\": \"vnc\"})",
+                       s->def.name);
+    struct mem_op *op = qv_xcalloc(1, sizeof(*op));
+    *op = (struct mem_op){.s = s, .client = client};
+    if (qmp_send(s->qmp, "query-vnc", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_vnc, op) < 0) {
+        free(op);
+        return qv_fail(e, -EIO, "%s: QEMU's monitor is gone", s->def.name);
+    }
+    return 0;
+}
+
+json_object *tuning_status_json(struct sup *s)
+{
+    if (!s->def.memory.balloon || !s->tune.balloon_actual)
+        return NULL;
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "actual", json_object_new_int64((int64_t)s->tune.balloon_actual));
+    if (s->tune.balloon_target)
+        json_object_object_add(o, "target", json_object_new_int64((int64_t)s->tune.balloon_target));
+    return o;
+}
