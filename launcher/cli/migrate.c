@@ -97,6 +97,8 @@ int cmd_migrate(struct cli *c)
         json_object_object_add(req, "max_downtime_ms", json_object_new_int(downtime));
     if (cli_flag(c, "auto-converge"))
         json_object_object_add(req, "auto_converge", json_object_new_boolean(true));
+    if (cli_flag(c, "copy-storage"))
+        json_object_object_add(req, "copy_storage", json_object_new_boolean(true));
     _cleanup_json_ json_object *reply = NULL;
     if ((r = cli_migration_call(c, vm, req, &reply)) < 0)
         return r;
@@ -162,13 +164,17 @@ int cmd_migrate_incoming(struct cli *c)
     } else if ((r = vm_load(&c->paths, vm, &d, &c->err)) < 0) {
         return qv_prefix(&c->err, "%s (give its definition with --definition FILE.json): ", "migrate-incoming");
     }
-    const char *args[] = {"run", vm, "--incoming", addr, NULL};
+    const char *args[] = {"run", vm, "--incoming", addr, cli_flag(c, "copy-storage") ? "--incoming-copy-storage" : NULL,
+                          NULL};
     r = supervisor_spawn(&c->paths, args, timeout_ms, vm, &c->err);
     if (r < 0 && r != -ETIMEDOUT && transient && !vm_supervised(&c->paths, vm, NULL))
         vm_transient_forget(&c->paths, vm);
     if (r < 0)
         return r;
-    if (!c->quiet)
+    if (!c->quiet && cli_flag(c, "copy-storage"))
+        printf("%s: waiting for the source on %s (qvisor migrate %s --to tcp:%s --copy-storage there)\n", vm, addr, vm,
+               addr);
+    else if (!c->quiet)
         printf("%s: waiting for the migration stream on %s (qvisor migrate %s --to tcp:%s on the source)\n", vm, addr,
                vm, addr);
     return 0;

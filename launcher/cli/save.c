@@ -50,7 +50,12 @@ static void draw(const char *vm, json_object *mig)
     int pct = total > 0 ? (int)((total - left) * 100 / total) : 0;
     if (pct < 0 || pct > 100)
         pct = 0;
-    if (strcmp(str_of(mig, "kind", ""), "migrate") == 0)
+    json_object *disk;
+    if (json_object_object_get_ex(mig, "disk_total", &disk) && !json_object_get_boolean(json_object_object_get(mig, "disks_synced")))
+        fprintf(stderr, "\rmigrate %s: copying disks, %lld of %lld MiB sent, %lld MiB left   ", vm,
+                (long long)(int_of(mig, "disk_transferred") >> 20), (long long)(int_of(mig, "disk_total") >> 20),
+                (long long)(int_of(mig, "disk_remaining") >> 20));
+    else if (strcmp(str_of(mig, "kind", ""), "migrate") == 0)
         fprintf(stderr, "\rmigrate %s [%-3d%%] %lld MiB sent, %lld MiB left, dirty %lld MiB/s, expected downtime %lld ms, %s   ",
                 vm, pct, (long long)(done >> 20), (long long)(left >> 20), (long long)(int_of(mig, "dirty_rate") >> 20),
                 (long long)int_of(mig, "expected_downtime_ms"), str_of(mig, "status", "?"));

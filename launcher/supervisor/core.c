@@ -200,6 +200,7 @@ static void signal_readable(struct sup *s)
             virtiofs_child_exited(s);
             tpm_child_exited(s);
             migrate_child_exited(s);
+            migstore_in_child_exited(s);
             if (s->qemu_is_child && s->qemu_pid)
                 sup_qemu_gone(s);
         }
@@ -338,6 +339,12 @@ static void loop(struct sup *s)
             case EV_MIGRATE:
                 migrate_io(s, evs[i].events);
                 break;
+            case EV_MIGCTL:
+                migstore_io(s, evs[i].events);
+                break;
+            case EV_MIGNBD:
+                migstore_out_nbd_io(s);
+                break;
             }
         }
         run_timers(s);
@@ -399,6 +406,7 @@ static void sup_free(struct sup *s)
     confine_release(s);
     snapshots_forget(s);
     migrate_forget(s);
+    migstore_in_forget(s);
     migrate_incoming_close(s);
     for (int i = 0; i < HOTPLUG_MAX; i++)
         vm_nic_free(&s->hp[i].nic);
@@ -514,7 +522,7 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
     } else {
         if (have_prev)
             cleanup_previous(sp, &prev);
-        r = o->incoming_listen ? start_begin_incoming(sp, o->incoming_listen, e)
+        r = o->incoming_listen ? start_begin_incoming(sp, o->incoming_listen, o->incoming_copy_storage, e)
           : o->restore_file    ? start_begin_restore(sp, o->restore_file, o->restore_remove, e)
                                : start_begin(sp, false, e);
         if (r == 0)

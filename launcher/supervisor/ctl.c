@@ -355,7 +355,8 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
         if (!monitor_usable(s, c))
             return;
         int r = migrate_live(s, c->id, get_string(req, "address"), (int64_t)get_int(req, "bandwidth_mib", 0) << 20,
-                             get_int(req, "max_downtime_ms", 0), get_bool(req, "auto_converge"), &e);
+                             get_int(req, "max_downtime_ms", 0), get_bool(req, "auto_converge"),
+                             get_bool(req, "copy_storage"), &e);
         if (r < 0)
             reply_error(s, c, r, "%s", e.msg);
     } else if (strcmp(cmd, "migrate-abort") == 0) {

@@ -48,7 +48,7 @@ void notify_send(struct notify *n, const char *msg);
 void notify_close(struct notify *n);
 
 
-enum ev_kind { EV_QMP, EV_CONSOLE, EV_CTL, EV_CLIENT, EV_SIGNAL, EV_PIDFD, EV_AGENT, EV_BOOT, EV_MIGRATE };
+enum ev_kind { EV_QMP, EV_CONSOLE, EV_CTL, EV_CLIENT, EV_SIGNAL, EV_PIDFD, EV_AGENT, EV_BOOT, EV_MIGRATE, EV_MIGCTL, EV_MIGNBD };
 
 struct ev {
     enum ev_kind kind;
@@ -252,6 +252,8 @@ struct sup_job {
 };
 
 struct mig_op;
+struct migstore_in;
+struct migstore_out;
 struct sup {
     const struct qv_paths *paths;
     struct vm_def def;
@@ -318,6 +320,11 @@ struct sup {
     struct mig_op *mig;         /* a save or migration under way (migrate.c); NULL: none */
     int mig_listen_fd;          /* migrate-incoming's listener until the source connects; 0: none */
     struct ev ev_mig;           /* the listener, or an outgoing migration's connect */
+    /* migrate --copy-storage (migstore_in.c, migstore_out.c): the control connection
+     * and, at the source, an NBD connection being made */
+    struct migstore_in *msin;
+    struct migstore_out *msout;
+    struct ev ev_msctl, ev_msnbd;
     unsigned snap_seq;          /* the last one's number: late agent replies find it by that */
     struct cdrom_media *media;  /* one per cdroms[] entry once a medium changed; NULL before */
     size_t nmedia;
@@ -865,10 +872,12 @@ int migrate_save(struct sup *s, unsigned client, const char *file, bool bypass_c
  * after which the guest runs on here. bandwidth bytes/s (0: no cap), downtime_ms 0:
  * QEMU's default. */
 int migrate_live(struct sup *s, unsigned client, const char *address, int64_t bandwidth, int64_t downtime_ms,
-                 bool auto_converge, struct qv_err *e);
+                 bool auto_converge, bool copy_storage, struct qv_err *e);
 /* A start that receives the guest from a source: listens on listen_at (numeric
  * ADDR:PORT) before QEMU runs; ready once QEMU is set up and waits. */
-int start_begin_incoming(struct sup *s, const char *listen_at, struct qv_err *e);
+int start_begin_incoming(struct sup *s, const char *listen_at, bool copy_storage, struct qv_err *e);
+/* The stream is in: announce-self, then `cont` (or stay paused). */
+void migrate_incoming_resume(struct sup *s);
 void migrate_incoming_close(struct sup *s);
 /* Between migrate.c and migrate_in.c: a numeric ADDR:PORT or [V6]:PORT; the source
  * connected to the listener; the next query-migrate of a start's incoming stream. */
@@ -890,6 +899,41 @@ void migrate_forget(struct sup *s);
 /* The start's QEMU is set up: the saved state s->start.incoming goes in (checked
  * against the definition first); the start goes on with start_after_load. */
 int migrate_incoming_begin(struct sup *s, struct qv_err *e);
+
+/* migstore_in.c: migrate-incoming --copy-storage, the destination's half of the copy
+ * of local disks (the control line protocol is described there). */
+int migstore_in_listen(struct sup *s, struct qv_err *e);   /* wait for the source's hello */
+bool migstore_in_waiting(struct sup *s);                   /* no control connection yet */
+void migstore_in_accept(struct sup *s);
+void migstore_in_io(struct sup *s);
+void migstore_in_child_exited(struct sup *s);
+int migstore_in_serve(struct sup *s, struct qv_err *e);    /* QEMU set up: NBD server, exports, answer */
+/* The stream is in: true when the start must wait for the source's "finish" (it then
+ * goes on with migrate_incoming_resume). */
+bool migstore_in_hold(struct sup *s);
+void migstore_in_wind_up(struct sup *s, const char *why);  /* the start failed */
+bool migstore_in_cancel(struct sup *s, const char *why);   /* a stop before QEMU runs */
+void migstore_in_forget(struct sup *s);
+/* migstore_out.c: migrate --copy-storage, the source's half. */
+int migstore_out_begin(struct sup *s, const char *address, int64_t speed, struct qv_err *e);
+void migstore_out_nbd_io(struct sup *s);
+/* The stream completed: the mirrors are cancelled in sync and the destination told;
+ * then live_completed goes on (migrate_storage_finished), or the guest runs on here. */
+void migstore_out_complete(struct sup *s);
+/* The migration failed or was cancelled: mirrors, NBD nodes and connection go. */
+void migstore_out_abort(struct sup *s);
+void migstore_out_forget(struct sup *s);   /* QEMU is gone */
+bool migstore_out_busy(struct sup *s);
+void migstore_out_progress(struct sup *s, json_object *o);
+uint64_t migstore_out_next_deadline(struct sup *s);
+void migstore_out_expire(struct sup *s, uint64_t now);
+/* EV_MIGCTL: the control connection, either side. */
+void migstore_io(struct sup *s, uint32_t events);
+/* migrate.c, for migstore_out.c: the disks are in sync (the migration goes on), or
+ * finished at the end (the source's QEMU quits), or the copy failed. */
+void migrate_storage_ready(struct sup *s);
+void migrate_storage_finished(struct sup *s);
+void migrate_storage_failed(struct sup *s, const char *why);
 
 /* snapshots.c: snapshots of the running VM (records and plan: model/snapshot.c). Each
  * answers `client` when done (an error before anything was sent is returned). Full

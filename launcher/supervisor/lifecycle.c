@@ -201,6 +201,8 @@ static void begin_stop(struct sup *s, bool force, int timeout_ms, bool press)
 {
     if (cancel_restart(s, force ? "stopped (forced)" : "stopped"))
         return;
+    if (migstore_in_cancel(s, force ? "stopped (forced) before the source came" : "stopped before the source came"))
+        return;     /* migrate-incoming --copy-storage still waiting: no QEMU yet */
     if (start_active(s)) {
         /* nothing of the guest ran yet: a stop ends the start at once */
         start_cancel(s, force ? "stopped (forced)" : "stopped");

@@ -28,9 +28,9 @@
 #define MIG_MAX_BANDWIDTH (1ll << 40)    /* bytes/s: QEMU's default (32 MiB/s) is too slow for files and LANs */
 #define MIG_CONNECT_TIMEOUT_MS 15000
 
-enum mig_step { STEP_STOP, STEP_CAPS, STEP_PARAMS, STEP_CONNECT, STEP_GETFD, STEP_MIGRATE, STEP_RUNNING, STEP_SYNC,
+enum mig_step { STEP_STOP, STEP_STORAGE, STEP_CAPS, STEP_PARAMS, STEP_CONNECT, STEP_GETFD, STEP_MIGRATE, STEP_RUNNING, STEP_SYNC,
                 STEP_DONE };
-static const char *const step_names[] = {"stop", "migrate-set-capabilities", "migrate-set-parameters", "connect",
+static const char *const step_names[] = {"stop", "copy-storage", "migrate-set-capabilities", "migrate-set-parameters", "connect",
                                          "getfd", "migrate"};
 
 struct mig_op {
@@ -39,6 +39,8 @@ struct mig_op {
     int64_t bandwidth;      /* bytes/s, 0: no cap */
     int64_t downtime_ms;    /* 0: QEMU's default */
     bool auto_converge;
+    bool copy_storage;      /* local disks mirrored to the destination's NBD exports first (migstore_out.c) */
+    char storage_error[600];    /* the disk copy failed while the stream ran: why */
     int64_t dirty_rate, expected_downtime, downtime, total_time;
     enum mig_step step;
     unsigned client;
@@ -114,6 +116,7 @@ static struct mig_op *replied(struct sup *s)
 static void save_failed(struct sup *s, const char *fmt, ...) QV_PRINTF(2, 3);
 static void save_failed(struct sup *s, const char *fmt, ...)
 {
+    migstore_out_abort(s);      /* mirrors and NBD nodes go; the destination hears it */
     if (s->mig->sock >= 0) {
         epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->mig->sock, NULL);
         close(s->mig->sock);
@@ -205,6 +208,10 @@ static void live_completed(struct sup *s)
 static void save_completed(struct sup *s)
 {
     struct mig_op *m = s->mig;
+    if (m->live && s->msout) {
+        migstore_out_complete(s);   /* the mirrors end in sync first; then live_completed */
+        return;
+    }
     if (m->live) {
         live_completed(s);
         return;
@@ -268,8 +275,10 @@ static void on_query(void *ctx, json_object *ret, const struct qv_err *err)
     } else if (strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0) {
         m->poll_at = 0;
         const char *desc = json_object_object_get_ex(ret, "error-desc", &v) ? json_object_get_string(v) : NULL;
-        save_failed(s, "%s", m->cancel_asked ? "cancelled" : desc ? desc : "QEMU's migration failed (the destination "
-                    "went away?)");
+        save_failed(s, "%s", m->cancel_asked      ? "cancelled"
+                              : m->storage_error[0] ? m->storage_error
+                              : desc                ? desc
+                                                    : "QEMU's migration failed (the destination went away?)");
     } else {
         m->poll_at = monotonic_ms() + MIG_POLL_MS;
     }
@@ -375,6 +384,15 @@ static void next_step(struct sup *s)
         }
         r = op_send(s, "stop", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, on_step);
         break;
+    case STEP_STORAGE:
+        if (!m->copy_storage) {
+            m->step++;
+            next_step(s);
+            return;
+        }
+        if (migstore_out_begin(s, m->address, m->bandwidth, &e) < 0)
+            save_failed(s, "%s", e.msg);
+        return;     /* migrate_storage_ready goes on */
     case STEP_CAPS: {
         if (!m->live) {
             m->step++;
@@ -434,6 +452,9 @@ static int op_checks(struct sup *s, const char *what, struct qv_err *e)
 {
     if (s->mig)
         return qv_fail(e, -EBUSY, "%s: a save or migration is already under way", s->def.name);
+    if (migstore_out_busy(s))
+        return qv_fail(e, -EBUSY, "%s: the last migration's disk mirrors are being removed; try again in a moment",
+                       s->def.name);
     if (s->rs.state != VM_RUNNING && s->rs.state != VM_PAUSED)
         return qv_fail(e, -EBUSY, "%s is %s: only a running or paused VM can be %s", s->def.name,
                        vm_state_names[s->rs.state], what);
@@ -451,7 +472,7 @@ static int op_checks(struct sup *s, const char *what, struct qv_err *e)
 }
 
 int migrate_live(struct sup *s, unsigned client, const char *address, int64_t bandwidth, int64_t downtime_ms,
-                 bool auto_converge, struct qv_err *e)
+                 bool auto_converge, bool copy_storage, struct qv_err *e)
 {
     int r = op_checks(s, "migrated", e);
     if (r < 0)
@@ -468,12 +489,14 @@ int migrate_live(struct sup *s, unsigned client, const char *address, int64_t ba
     m->bandwidth = bandwidth;
     m->downtime_ms = downtime_ms;
     m->auto_converge = auto_converge;
+    m->copy_storage = copy_storage;
     m->was_running = s->rs.state == VM_RUNNING;
     m->started_ms = monotonic_ms();
     snprintf(m->address, sizeof(m->address), "%s", address);
     s->mig = m;
-    sup_log(s, "migrating to %s (bandwidth %s, max downtime %s%s)", address, bandwidth ? "capped" : "unlimited",
-            downtime_ms ? "set" : "QEMU's default", auto_converge ? ", auto-converge" : "");
+    sup_log(s, "migrating to %s (bandwidth %s, max downtime %s%s%s)", address, bandwidth ? "capped" : "unlimited",
+            downtime_ms ? "set" : "QEMU's default", auto_converge ? ", auto-converge" : "",
+            copy_storage ? ", copying local disks" : "");
     next_step(s);
     return 0;
 }
@@ -533,7 +556,7 @@ int migrate_abort(struct sup *s, struct qv_err *e)
     sup_log(s, "cancelling the %s %s", m->live ? "migration to" : "save to", m->live ? m->address : m->file);
     if (m->step == STEP_RUNNING)
         sup_qmp(s, "migrate_cancel", NULL);
-    else if (m->step == STEP_CONNECT)
+    else if (m->step == STEP_CONNECT || m->step == STEP_STORAGE)
         save_failed(s, "cancelled");
     return 0;
 }
@@ -558,6 +581,7 @@ json_object *migrate_status_json(struct sup *s)
     json_object_object_add(o, "transferred", json_object_new_int64(m->transferred));
     json_object_object_add(o, "remaining", json_object_new_int64(m->remaining));
     json_object_object_add(o, "total", json_object_new_int64(m->total));
+    migstore_out_progress(s, o);
     json_object_object_add(o, "elapsed_ms", json_object_new_int64((int64_t)(monotonic_ms() - m->started_ms)));
     return o;
 }
@@ -577,11 +601,15 @@ uint64_t migrate_next_deadline(struct sup *s)
     }
     if (s->start.in_poll_at && (!d || s->start.in_poll_at < d))
         d = s->start.in_poll_at;
+    uint64_t ds = migstore_out_next_deadline(s);
+    if (ds && (!d || ds < d))
+        d = ds;
     return d;
 }
 
 void migrate_expire(struct sup *s, uint64_t now)
 {
+    migstore_out_expire(s, now);
     struct mig_op *m = s->mig;
     if (m && !m->over && m->step == STEP_CONNECT) {
         if (m->poll_at && now >= m->poll_at) {
@@ -610,22 +638,61 @@ void migrate_expire(struct sup *s, uint64_t now)
 void migrate_forget(struct sup *s)
 {
     struct mig_op *m = s->mig;
-    if (!m)
+    if (!m) {
+        migstore_out_forget(s);
         return;
+    }
     if (!m->over)
         save_failed(s, "QEMU exited during the save");
     m = s->mig;
     if (m)
         m->pending = 0;     /* the monitor is gone: no reply comes any more */
     op_release(s);
+    migstore_out_forget(s);
 }
 
 void migrate_io(struct sup *s, uint32_t events)
 {
     (void)events;
-    if (s->mig && !s->mig->over && s->mig->step == STEP_CONNECT && s->mig->sock >= 0)
+    if (migstore_in_waiting(s))
+        migstore_in_accept(s);      /* copy-storage: the source's control connection comes first */
+    else if (s->mig && !s->mig->over && s->mig->step == STEP_CONNECT && s->mig->sock >= 0)
         connect_done(s);
     else if (s->mig_listen_fd > 0 && start_active(s) && !s->start.failed)
         migrate_incoming_accept(s);
 }
 
+
+/* ---- for migstore_out.c ---- */
+
+void migrate_storage_ready(struct sup *s)
+{
+    struct mig_op *m = s->mig;
+    if (!m || m->over || m->step != STEP_STORAGE)
+        return;
+    m->step++;
+    next_step(s);
+}
+
+void migrate_storage_finished(struct sup *s)
+{
+    if (s->mig && !s->mig->over)
+        live_completed(s);
+}
+
+void migrate_storage_failed(struct sup *s, const char *why)
+{
+    struct mig_op *m = s->mig;
+    if (!m || m->over) {
+        migstore_out_abort(s);
+        return;
+    }
+    if (m->step == STEP_RUNNING && m->poll_at) {
+        /* the stream flows: QEMU cancels it and the guest runs on; on_query says why */
+        snprintf(m->storage_error, sizeof(m->storage_error), "%s", why);
+        migstore_out_abort(s);
+        sup_qmp(s, "migrate_cancel", NULL);
+        return;
+    }
+    save_failed(s, "%s", why);
+}

@@ -26,6 +26,22 @@ static bool incoming_tcp(struct sup *s)
     return strncmp(s->start.incoming, "tcp:", 4) == 0;
 }
 
+void migrate_incoming_resume(struct sup *s)
+{
+    if (s->start.phase != START_QMP || s->start.failed)
+        return;
+    sup_log(s, "the guest's state came in from the source%s", s->start.paused ? "; it stays paused" : "");
+    s->start.restored = true;
+    /* QEMU announces by itself too; once more, so switches learn the MACs' new port */
+    json_object *a = json_object_new_object();
+    json_object_object_add(a, "initial", json_object_new_int(50));
+    json_object_object_add(a, "max", json_object_new_int(550));
+    json_object_object_add(a, "rounds", json_object_new_int(5));
+    json_object_object_add(a, "step", json_object_new_int(100));
+    sup_qmp(s, "announce-self", a);
+    start_after_load(s, s->start.paused);
+}
+
 static void on_in_query(void *ctx, json_object *ret, const struct qv_err *err)
 {
     struct sup *s = ctx;
@@ -38,16 +54,8 @@ static void on_in_query(void *ctx, json_object *ret, const struct qv_err *err)
     json_object *v;
     const char *status = json_object_object_get_ex(ret, "status", &v) ? json_object_get_string(v) : "";
     if (strcmp(status, "completed") == 0 && incoming_tcp(s)) {
-        sup_log(s, "the guest's state came in from the source%s", s->start.paused ? "; it stays paused" : "");
-        s->start.restored = true;
-        /* QEMU announces by itself too; once more, so switches learn the MACs' new port */
-        json_object *a = json_object_new_object();
-        json_object_object_add(a, "initial", json_object_new_int(50));
-        json_object_object_add(a, "max", json_object_new_int(550));
-        json_object_object_add(a, "rounds", json_object_new_int(5));
-        json_object_object_add(a, "step", json_object_new_int(100));
-        sup_qmp(s, "announce-self", a);
-        start_after_load(s, s->start.paused);
+        if (!migstore_in_hold(s))   /* copy-storage: once the source has finished the disks */
+            migrate_incoming_resume(s);
     } else if (strcmp(status, "completed") == 0) {
         sup_log(s, "the guest's state is restored from %s%s", s->start.incoming,
                 s->start.paused ? "; it stays paused" : "");
@@ -97,7 +105,7 @@ static void on_in_started(void *ctx, json_object *ret, const struct qv_err *err)
         migrate_incoming_poll(s);
 }
 
-int start_begin_incoming(struct sup *s, const char *listen_at, struct qv_err *e)
+int start_begin_incoming(struct sup *s, const char *listen_at, bool copy_storage, struct qv_err *e)
 {
     struct sockaddr_storage sa;
     socklen_t len;
@@ -116,6 +124,8 @@ int start_begin_incoming(struct sup *s, const char *listen_at, struct qv_err *e)
     }
     s->mig_listen_fd = fd;
     snprintf(s->start.incoming, sizeof(s->start.incoming), "tcp:%s", listen_at);
+    if (copy_storage)   /* QEMU starts once the source said which disks come (migstore_in.c) */
+        return migstore_in_listen(s, e);
     if ((r = start_begin(s, false, e)) < 0) {
         migrate_incoming_close(s);
         s->start.incoming[0] = '\0';
@@ -158,6 +168,8 @@ int migrate_incoming_begin(struct sup *s, struct qv_err *e)
     if (incoming_tcp(s)) {
         if (s->mig_listen_fd <= 0)
             return qv_fail(e, -EBADF, "%s: the migration listener is gone", s->def.name);
+        if (s->msin)
+            return migstore_in_serve(s, e);
         s->ev_mig.kind = EV_MIGRATE;
         sup_epoll_add(s, s->mig_listen_fd, EPOLLIN, &s->ev_mig);
         sup_log(s, "QEMU is set up; waiting for the migration stream on %s", s->start.incoming + 4);

@@ -589,6 +589,7 @@ void start_wind_up(struct sup *s)
     }
     if (!j->cancelled)
         qv_prefix(&j->err, "%s: QEMU failed to start: ", s->def.name);
+    migstore_in_wind_up(s, j->err.msg);     /* the source hears why; the images made for it go */
     j->phase = START_IDLE;
     j->failed = false;
     confine_after_exit(s);

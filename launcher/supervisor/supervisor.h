@@ -26,6 +26,9 @@ struct sup_opts {
     /* a start that receives the guest from a source supervisor (migrate-incoming):
      * listens on this numeric ADDR:PORT; NULL: none */
     const char *incoming_listen;
+    /* with incoming_listen: the source copies local disks (migrate --copy-storage); QEMU
+     * starts once the source said which, and their images are made (migstore_in.c) */
+    bool incoming_copy_storage;
     /* `qvisor boot`'s end of a socketpair, or -1. Its VM lives only as long as boot:
      * the end closing (boot exited, or was killed -9) kills QEMU, and QEMU gets
      * PR_SET_PDEATHSIG so it dies with this supervisor too. "keep\n" read from it lets

@@ -1,0 +1,540 @@
+/* Local disks copied to the destination while the guest runs (migrate --copy-storage),
+ * the destination's half; migstore_out.c is the source's. The control line protocol:
+ *
+ *   The source's supervisor opens a first TCP connection to the destination's --listen
+ *   address (a migrate-incoming started with --copy-storage waits for it with no QEMU
+ *   yet: the target images' sizes come from the source) and sends one line:
+ *     QVMIG/1 {"vm": NAME, "disks": [{"id": "disk0", "size": BYTES, "format": "qcow2"}]}
+ *   The destination creates each target image (its definition's path, which must not
+ *   exist yet; its definition's format, else the source's), starts QEMU with them
+ *   (-incoming defer), starts QEMU's NBD server on a listener it bound next to the
+ *   control connection's local address (port chosen by the kernel, handed to QEMU as an
+ *   fd) and exports each disk's node writable, then answers, one line:
+ *     {"ok": true, "nbd": "ADDR:PORT", "exports": {"disk0": "disk0"}}
+ *   or {"ok": false, "error": "..."} (and ends). The source mirrors each disk into its
+ *   export and, once every mirror is in sync, opens a second connection on --listen for
+ *   QEMU's migration stream. When the stream is complete (the guest stopped on both
+ *   sides) the source cancels its mirrors in sync, which leaves the targets consistent,
+ *   and sends "finish"; the destination stops its NBD server, answers {"ok": true} and
+ *   only then lets the guest run. Either side closing the control connection before
+ *   that ends the migration: the destination's QEMU quits and the images it created are
+ *   removed; the source's mirrors and NBD nodes go and its guest runs on.
+ *
+ * Nothing here waits: the connection is read in the loop, qemu-img runs as a watched
+ * child, QMP steps complete through callbacks. */
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+
+#include "launcher/supervisor/internal.h"
+
+#define MSI_CREATE_TIMEOUT_MS 120000
+#define MSI_LINE_MAX 65536
+#define MSI_NBD_FDNAME "qv-nbd-listen"
+
+enum msi_phase { MSI_WAIT_SOURCE, MSI_WAIT_HELLO, MSI_CREATING, MSI_STARTING, MSI_SERVING, MSI_FINISHING, MSI_DONE };
+
+struct msi_disk {
+    char id[24];
+    char path[PATH_MAX];
+    int64_t size;
+    char format[8];
+    bool created;
+};
+
+struct migstore_in {
+    enum msi_phase phase;
+    int ctl;                /* the control connection; -1 none */
+    struct buf in;
+    struct msi_disk disks[VM_MAX_DISKS];
+    size_t ndisks, next;    /* next: the next image to create, then the next export */
+    struct sup_child child;
+    int nbd_fd;             /* the NBD listener until QEMU has it; -1 */
+    char nbd_addr[80];
+    bool stream_done, finish_asked;
+};
+
+static const char *qemu_says(const char *msg)
+{
+    static const char generic[] = "GenericError: ";
+    return strncmp(msg, generic, sizeof(generic) - 1) == 0 ? msg + sizeof(generic) - 1 : msg;
+}
+
+static void send_line(struct sup *s, json_object *o)
+{
+    struct migstore_in *mi = s->msin;
+    if (mi->ctl < 0)
+        return;
+    const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+    char line[8192];
+    int n = snprintf(line, sizeof(line), "%s\n", text);
+    if (n >= (int)sizeof(line) || send(mi->ctl, line, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) != n)
+        sup_log(s, "copy-storage: telling the source failed: %s", strerror(errno));
+}
+
+static void send_error(struct sup *s, const char *msg)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "ok", json_object_new_boolean(false));
+    json_object_object_add(o, "error", json_object_new_string(msg));
+    send_line(s, o);
+    json_object_put(o);
+}
+
+static void close_ctl(struct sup *s)
+{
+    struct migstore_in *mi = s->msin;
+    if (mi->ctl >= 0) {
+        epoll_ctl(s->epfd, EPOLL_CTL_DEL, mi->ctl, NULL);
+        close(mi->ctl);
+        mi->ctl = -1;
+    }
+}
+
+/* The copy is over (well or not): the connection goes, and, unless the guest is here
+ * now, the images this side created. */
+static void msin_end(struct sup *s, bool keep_images)
+{
+    struct migstore_in *mi = s->msin;
+    if (!mi)
+        return;
+    close_ctl(s);
+    sup_child_abort(&mi->child);
+    if (mi->nbd_fd >= 0)
+        close(mi->nbd_fd);
+    for (size_t i = 0; i < mi->ndisks && !keep_images; i++) {
+        if (!mi->disks[i].created)
+            continue;
+        if (unlink(mi->disks[i].path) == 0)
+            sup_log(s, "copy-storage: removed the target image %s", mi->disks[i].path);
+        else if (errno != ENOENT)
+            sup_log(s, "warning: copy-storage: removing %s: %s", mi->disks[i].path, strerror(errno));
+    }
+    buf_free(&mi->in);
+    free(mi);
+    s->msin = NULL;
+}
+
+/* A failure before QEMU was started: the supervisor ends, as a failed start would. */
+static void fail_early(struct sup *s, const char *fmt, ...) QV_PRINTF(2, 3);
+static void fail_early(struct sup *s, const char *fmt, ...)
+{
+    char why[900];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof(why), fmt, ap);
+    va_end(ap);
+    sup_log(s, "incoming migration failed: %s", why);
+    send_error(s, why);
+    msin_end(s, false);
+    migrate_incoming_close(s);
+    snprintf(s->rs.last_exit, sizeof(s->rs.last_exit), "incoming migration failed: %s", why);
+    sup_set_state(s, VM_SHUTOFF);
+    ctl_stop_done(s, true, NULL);
+    s->exit_code = 1;
+    s->done = true;
+}
+
+/* A failure once QEMU runs: the start fails (start_wind_up calls migstore_in_wind_up). */
+static void fail_started(struct sup *s, int code, const char *fmt, ...) QV_PRINTF(3, 4);
+static void fail_started(struct sup *s, int code, const char *fmt, ...)
+{
+    struct qv_err e = {0};
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e.msg, sizeof(e.msg), fmt, ap);
+    va_end(ap);
+    e.code = code;
+    start_failed(s, &e, NULL);
+}
+
+int migstore_in_listen(struct sup *s, struct qv_err *e)
+{
+    (void)e;
+    struct migstore_in *mi = qv_xcalloc(1, sizeof(*mi));
+    mi->ctl = mi->nbd_fd = -1;
+    mi->child.out = -1;
+    s->msin = mi;
+    s->ev_mig.kind = EV_MIGRATE;
+    sup_epoll_add(s, s->mig_listen_fd, EPOLLIN, &s->ev_mig);
+    s->rs.state = VM_STARTING;
+    s->rs.supervisor_pid = getpid();
+    sup_save_state(s);
+    sup_log(s, "waiting on %s for the source to say which disks to copy (copy-storage)", s->start.incoming + 4);
+    return 0;
+}
+
+bool migstore_in_waiting(struct sup *s)
+{
+    return s->msin && s->msin->phase == MSI_WAIT_SOURCE;
+}
+
+void migstore_in_accept(struct sup *s)
+{
+    struct migstore_in *mi = s->msin;
+    int c = accept4(s->mig_listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (c < 0)
+        return;
+    /* the listener waits for the stream later; until then nobody else gets in */
+    epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->mig_listen_fd, NULL);
+    mi->ctl = c;
+    mi->phase = MSI_WAIT_HELLO;
+    s->ev_msctl.kind = EV_MIGCTL;
+    sup_epoll_add(s, c, EPOLLIN, &s->ev_msctl);
+    sup_log(s, "the source connected (control)");
+}
+
+static void create_next(struct sup *s);
+
+static int parse_hello(struct sup *s, const char *line, char *why, size_t whylen)
+{
+    struct migstore_in *mi = s->msin;
+    static const char magic[] = "QVMIG/1 ";
+    if (strncmp(line, magic, sizeof(magic) - 1) != 0) {
+        snprintf(why, whylen, "the source did not speak qvisor's control protocol (was it started with "
+                 "qvisor migrate --copy-storage?)");
+        return -EPROTO;
+    }
+    _cleanup_json_ json_object *o = json_tokener_parse(line + sizeof(magic) - 1);
+    json_object *v, *disks;
+    if (!o || !json_object_object_get_ex(o, "vm", &v) || !json_object_object_get_ex(o, "disks", &disks) ||
+        !json_object_is_type(disks, json_type_array)) {
+        snprintf(why, whylen, "the source's hello is not {\"vm\": ..., \"disks\": [...]}");
+        return -EPROTO;
+    }
+    if (strcmp(json_object_get_string(v), s->def.name) != 0) {
+        snprintf(why, whylen, "the source migrates VM %s, this is %s", json_object_get_string(v), s->def.name);
+        return -EINVAL;
+    }
+    size_t n = json_object_array_length(disks);
+    if (n > VM_MAX_DISKS) {
+        snprintf(why, whylen, "too many disks (%zu)", n);
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_object *d = json_object_array_get_idx(disks, i), *id, *size, *fmt;
+        if (!json_object_object_get_ex(d, "id", &id) || !json_object_object_get_ex(d, "size", &size) ||
+            !json_object_object_get_ex(d, "format", &fmt)) {
+            snprintf(why, whylen, "disks[%zu]: id, size and format are needed", i);
+            return -EPROTO;
+        }
+        struct msi_disk *t = &mi->disks[mi->ndisks];
+        snprintf(t->id, sizeof(t->id), "%s", json_object_get_string(id));
+        t->size = json_object_get_int64(size);
+        struct disk_ref ref;
+        if (!disk_find(s, t->id, &ref) || ref.index < 0 || strcmp(ref.id, t->id) != 0) {
+            snprintf(why, whylen, "%s: no such disk here (the definitions differ)", t->id);
+            return -ENOENT;
+        }
+        const struct vm_disk *k = &s->def.disks[ref.index];
+        if (!k->file || k->volume) {
+            snprintf(why, whylen, "%s: only file disks are copied (volume %s: shared storage, or copy it "
+                     "first)", t->id, k->volume ? k->volume : "?");
+            return -EOPNOTSUPP;
+        }
+        const char *f = json_object_get_string(fmt);
+        if (k->format != FORMAT_PROBE)
+            f = disk_format_names[k->format];
+        if (strcmp(f, "qcow2") != 0 && strcmp(f, "raw") != 0) {
+            snprintf(why, whylen, "%s: format %s: only qcow2 and raw are made here", t->id, f);
+            return -EINVAL;
+        }
+        if (t->size <= 0) {
+            snprintf(why, whylen, "%s: bad size %lld", t->id, (long long)t->size);
+            return -EINVAL;
+        }
+        snprintf(t->format, sizeof(t->format), "%s", f);
+        snprintf(t->path, sizeof(t->path), "%s", k->file);
+        if (access(t->path, F_OK) == 0) {
+            snprintf(why, whylen, "%s: %s exists here: the copy goes into a new image (remove it, or give the "
+                     "destination's definition another path; shared storage needs no --copy-storage)", t->id,
+                     t->path);
+            return -EEXIST;
+        }
+        mi->ndisks++;
+    }
+    return 0;
+}
+
+static void on_hello(struct sup *s, const char *line)
+{
+    struct migstore_in *mi = s->msin;
+    char why[900];
+    if (parse_hello(s, line, why, sizeof(why)) < 0) {
+        fail_early(s, "%s", why);
+        return;
+    }
+    sup_log(s, "copy-storage: %zu disk(s) to receive", mi->ndisks);
+    mi->phase = MSI_CREATING;
+    mi->next = 0;
+    create_next(s);
+}
+
+static void create_next(struct sup *s)
+{
+    struct migstore_in *mi = s->msin;
+    if (mi->next < mi->ndisks) {
+        struct msi_disk *t = &mi->disks[mi->next];
+        char size[32];
+        snprintf(size, sizeof(size), "%lld", (long long)t->size);
+        const char *bin = getenv("QVISOR_QEMU_IMG");
+        const char *argv[] = {bin && *bin ? bin : "qemu-img", "create", "-q", "-f", t->format, t->path, size, NULL};
+        struct qv_err e = {0};
+        t->created = true;      /* recorded first: a failure half way removes what is there */
+        if (sup_child_spawn(&mi->child, argv, MSI_CREATE_TIMEOUT_MS, &e) < 0)
+            fail_early(s, "%s: creating %s: %s", t->id, t->path, e.msg);
+        else
+            sup_log(s, "copy-storage: creating %s (%s, %lld bytes)", t->path, t->format, (long long)t->size);
+        return;
+    }
+    mi->phase = MSI_STARTING;
+    struct qv_err e = {0};
+    if (start_begin(s, false, &e) < 0)
+        fail_early(s, "%s", e.msg);
+}
+
+void migstore_in_child_exited(struct sup *s)
+{
+    struct migstore_in *mi = s->msin;
+    int status;
+    char out[512];
+    if (!mi || mi->phase != MSI_CREATING || !sup_child_reap(&mi->child, &status, out, sizeof(out)))
+        return;
+    struct msi_disk *t = &mi->disks[mi->next];
+    if (status != 0) {
+        fail_early(s, "%s: creating %s: %s", t->id, t->path, out[0] ? out : "qemu-img failed");
+        return;
+    }
+    mi->next++;
+    create_next(s);
+}
+
+/* ---- QEMU is set up: the NBD server and the exports, then the answer ---- */
+
+static void serve_next(struct sup *s);
+
+/* getfd: a failure fails the start; success waits for nbd-server-start's answer */
+static void on_serve_fd(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    struct sup *s = ctx;
+    struct migstore_in *mi = s->msin;
+    if (mi && mi->phase == MSI_SERVING && !s->start.failed && err)
+        fail_started(s, -EIO, "copy-storage: %s", qemu_says(err->msg));
+}
+
+static void on_serve_step(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    struct sup *s = ctx;
+    struct migstore_in *mi = s->msin;
+    if (!mi || mi->phase != MSI_SERVING || s->start.failed)
+        return;
+    if (err) {
+        fail_started(s, -EIO, "copy-storage: %s", qemu_says(err->msg));
+        return;
+    }
+    serve_next(s);
+}
+
+static void serve_next(struct sup *s)
+{
+    struct migstore_in *mi = s->msin;
+    int r = 0;
+    if (mi->next < mi->ndisks) {
+        struct msi_disk *t = &mi->disks[mi->next++];
+        struct disk_ref ref;
+        if (!disk_find(s, t->id, &ref)) {
+            fail_started(s, -ENOENT, "copy-storage: %s is gone", t->id);
+            return;
+        }
+        json_object *a = json_object_new_object();
+        json_object_object_add(a, "type", json_object_new_string("nbd"));
+        char id[40];
+        snprintf(id, sizeof(id), "qv-mig-%s", t->id);
+        json_object_object_add(a, "id", json_object_new_string(id));
+        json_object_object_add(a, "node-name", json_object_new_string(ref.node));
+        json_object_object_add(a, "name", json_object_new_string(t->id));
+        json_object_object_add(a, "writable", json_object_new_boolean(true));
+        r = qmp_send(s->qmp, "block-export-add", a, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_serve_step, s);
+    } else {
+        /* the readiness answer: where the exports are */
+        json_object *o = json_object_new_object(), *ex = json_object_new_object();
+        json_object_object_add(o, "ok", json_object_new_boolean(true));
+        json_object_object_add(o, "nbd", json_object_new_string(mi->nbd_addr));
+        for (size_t i = 0; i < mi->ndisks; i++)
+            json_object_object_add(ex, mi->disks[i].id, json_object_new_string(mi->disks[i].id));
+        json_object_object_add(o, "exports", ex);
+        send_line(s, o);
+        json_object_put(o);
+        sup_epoll_add(s, s->mig_listen_fd, EPOLLIN, &s->ev_mig);
+        sup_log(s, "QEMU is set up, NBD exports on %s; waiting for the disks and then the migration stream on %s",
+                mi->nbd_addr, s->start.incoming + 4);
+        return;
+    }
+    if (r < 0)
+        fail_started(s, -ECONNRESET, "copy-storage: the QMP connection is closed");
+}
+
+/* A listener next to the control connection's own address: the source reached this
+ * host there. */
+static int nbd_listen(struct sup *s, struct qv_err *e)
+{
+    struct migstore_in *mi = s->msin;
+    struct sockaddr_storage sa;
+    socklen_t len = sizeof(sa);
+    if (getsockname(mi->ctl, (struct sockaddr *)&sa, &len) < 0)
+        return qv_failerr(e, -errno, "copy-storage: getsockname");
+    if (sa.ss_family == AF_INET)
+        ((struct sockaddr_in *)&sa)->sin_port = 0;
+    else if (sa.ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)&sa)->sin6_port = 0;
+    int fd = socket(sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return qv_failerr(e, -errno, "copy-storage: socket");
+    if (bind(fd, (struct sockaddr *)&sa, len) < 0 || listen(fd, 8) < 0 ||
+        getsockname(fd, (struct sockaddr *)&sa, &len) < 0) {
+        int r = -errno;
+        close(fd);
+        return qv_failerr(e, r, "copy-storage: the NBD listener");
+    }
+    char host[INET6_ADDRSTRLEN], port[8];
+    getnameinfo((struct sockaddr *)&sa, len, host, sizeof(host), port, sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV);
+    snprintf(mi->nbd_addr, sizeof(mi->nbd_addr), sa.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, port);
+    mi->nbd_fd = fd;
+    return 0;
+}
+
+int migstore_in_serve(struct sup *s, struct qv_err *e)
+{
+    struct migstore_in *mi = s->msin;
+    int r = nbd_listen(s, e);
+    if (r < 0)
+        return r;
+    mi->phase = MSI_SERVING;
+    mi->next = 0;
+    /* QEMU may have no network of its own: it gets the listening socket */
+    r = qmp_send(s->qmp, "getfd", json_obj1("fdname", json_object_new_string(MSI_NBD_FDNAME)), &mi->nbd_fd, 1,
+                 QMP_TIMEOUT_DEFAULT, 0, on_serve_fd, s);
+    close(mi->nbd_fd);
+    mi->nbd_fd = -1;
+    if (r == 0) {
+        json_object *addr = json_object_new_object(), *data = json_object_new_object();
+        json_object_object_add(addr, "type", json_object_new_string("fd"));
+        json_object_object_add(data, "str", json_object_new_string(MSI_NBD_FDNAME));
+        json_object_object_add(addr, "data", data);
+        r = qmp_send(s->qmp, "nbd-server-start", json_obj1("addr", addr), NULL, 0, QMP_TIMEOUT_DEFAULT, 0,
+                     on_serve_step, s);
+    }
+    if (r < 0)
+        return qv_fail(e, -ECONNRESET, "copy-storage: the QMP connection is closed");
+    return 0;
+}
+
+/* ---- the end ---- */
+
+static void on_nbd_stopped(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    struct sup *s = ctx;
+    struct migstore_in *mi = s->msin;
+    if (!mi || mi->phase != MSI_FINISHING || s->start.failed)
+        return;
+    if (err)
+        sup_log(s, "warning: nbd-server-stop: %s", qemu_says(err->msg));
+    json_object *o = json_obj1("ok", json_object_new_boolean(true));
+    send_line(s, o);
+    json_object_put(o);
+    sup_log(s, "copy-storage: the disks are in; the NBD server is stopped");
+    mi->phase = MSI_DONE;
+    msin_end(s, true);
+    migrate_incoming_resume(s);
+}
+
+static void maybe_finish(struct sup *s)
+{
+    struct migstore_in *mi = s->msin;
+    if (!mi->stream_done || !mi->finish_asked || mi->phase == MSI_FINISHING)
+        return;
+    mi->phase = MSI_FINISHING;
+    if (qmp_send(s->qmp, "nbd-server-stop", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_nbd_stopped, s) < 0)
+        fail_started(s, -ECONNRESET, "copy-storage: the QMP connection is closed");
+}
+
+bool migstore_in_hold(struct sup *s)
+{
+    struct migstore_in *mi = s->msin;
+    if (!mi)
+        return false;
+    mi->stream_done = true;
+    sup_log(s, "the guest's state is in; waiting for the source to finish the disks");
+    maybe_finish(s);
+    return true;
+}
+
+void migstore_in_io(struct sup *s)
+{
+    struct migstore_in *mi = s->msin;
+    if (!mi || mi->ctl < 0)
+        return;
+    char chunk[4096];
+    for (;;) {
+        ssize_t n = recv(mi->ctl, chunk, sizeof(chunk), 0);
+        if (n > 0) {
+            buf_add(&mi->in, chunk, (size_t)n);
+            if (mi->in.len > MSI_LINE_MAX)
+                n = -1, errno = EMSGSIZE;
+            else
+                continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            break;
+        /* closed, or broken: the source gave up (or died) */
+        const char *why = n == 0 ? "closed the connection" : strerror(errno);
+        close_ctl(s);
+        if (mi->phase == MSI_WAIT_HELLO || mi->phase == MSI_CREATING)
+            fail_early(s, "the source %s", why);
+        else if (mi->phase != MSI_DONE && start_active(s))
+            fail_started(s, -ECANCELED, "the source ended the migration (its control connection: %s)", why);
+        return;
+    }
+    char *line;
+    while (s->msin && (line = buf_take_line(&mi->in))) {
+        if (mi->phase == MSI_WAIT_HELLO)
+            on_hello(s, line);
+        else if (strcmp(line, "finish") == 0 && (mi->phase == MSI_SERVING)) {
+            mi->finish_asked = true;
+            maybe_finish(s);
+        } else
+            sup_log(s, "copy-storage: unexpected from the source: %.80s", line);
+        free(line);
+    }
+}
+
+void migstore_in_wind_up(struct sup *s, const char *why)
+{
+    if (!s->msin)
+        return;
+    send_error(s, why);
+    msin_end(s, false);
+}
+
+bool migstore_in_cancel(struct sup *s, const char *why)
+{
+    struct migstore_in *mi = s->msin;
+    if (!mi || start_active(s) || mi->phase == MSI_DONE)
+        return false;
+    fail_early(s, "%s", why);
+    s->exit_code = 0;
+    return true;
+}
+
+void migstore_in_forget(struct sup *s)
+{
+    msin_end(s, false);
+}
