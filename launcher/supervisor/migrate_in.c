@@ -6,10 +6,12 @@
  * migrate-incoming fd:; query-migrate polls say when the state is in, and the start
  * goes on to `cont` (announce-self first for a migrated guest) or ends paused. */
 #include <fcntl.h>
+#include <netdb.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <arpa/inet.h>
 
 #include "launcher/supervisor/internal.h"
 
@@ -97,6 +99,24 @@ static void on_in_started(void *ctx, json_object *ret, const struct qv_err *err)
         migrate_incoming_poll(s);
 }
 
+/* The listener's numeric ADDR:PORT ([V6]:PORT). */
+static int incoming_bound(int fd, char *out, size_t outlen)
+{
+    struct sockaddr_storage sa;
+    socklen_t len = sizeof(sa);
+    char host[INET6_ADDRSTRLEN], port[8];
+    if (getsockname(fd, (struct sockaddr *)&sa, &len) < 0 ||
+        getnameinfo((struct sockaddr *)&sa, len, host, sizeof(host), port, sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV))
+        return -EINVAL;
+    snprintf(out, outlen, sa.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, port);
+    return 0;
+}
+
+const char *migrate_incoming_address(struct sup *s)
+{
+    return incoming_tcp(s) && start_active(s) ? s->start.incoming + 4 : NULL;
+}
+
 int start_begin_incoming(struct sup *s, const char *listen_at, struct qv_err *e)
 {
     struct sockaddr_storage sa;
@@ -115,6 +135,10 @@ int start_begin_incoming(struct sup *s, const char *listen_at, struct qv_err *e)
         return qv_failerr(e, r, "%s: listening on %s", s->def.name, listen_at);
     }
     s->mig_listen_fd = fd;
+    /* port 0: the kernel chose one; status says which (what an ssh source reads back) */
+    char bound[INET6_ADDRSTRLEN + 8];
+    if (incoming_bound(fd, bound, sizeof(bound)) == 0)
+        listen_at = bound;
     snprintf(s->start.incoming, sizeof(s->start.incoming), "tcp:%s", listen_at);
     if ((r = start_begin(s, false, e)) < 0) {
         migrate_incoming_close(s);
@@ -153,15 +177,49 @@ void migrate_incoming_accept(struct sup *s)
     }
 }
 
+/* QEMU is ready for the stream: the source may connect now. */
+static void listen_ready(struct sup *s)
+{
+    s->ev_mig.kind = EV_MIGRATE;
+    sup_epoll_add(s, s->mig_listen_fd, EPOLLIN, &s->ev_mig);
+    sup_log(s, "QEMU is set up; waiting for the migration stream on %s%s", s->start.incoming + 4,
+            s->mig_tls_dir[0] ? " (TLS, the source's certificate verified)" : "");
+    report_ready(s, 0, NULL);
+}
+
+static void on_in_tls_params(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    on_in_step(ctx, ret, err);
+    struct sup *s = ctx;
+    if (s->start.phase == START_QMP && !s->start.failed)
+        listen_ready(s);
+}
+
+static void on_in_tls(struct sup *s, void *ctx, const struct qv_err *err)
+{
+    (void)ctx;
+    if (s->start.phase != START_QMP || s->start.failed)
+        return;
+    if (err) {
+        start_failed(s, err, NULL);
+        return;
+    }
+    if (!s->qmp || qmp_send(s->qmp, "migrate-set-parameters", json_obj1("tls-creds", json_object_new_string(MIG_TLS_ID)),
+                            NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_in_tls_params, s) < 0) {
+        struct qv_err e = {0};
+        qv_fail(&e, -ECONNRESET, "the QMP connection is closed");
+        start_failed(s, &e, "incoming migration");
+    }
+}
+
 int migrate_incoming_begin(struct sup *s, struct qv_err *e)
 {
     if (incoming_tcp(s)) {
         if (s->mig_listen_fd <= 0)
             return qv_fail(e, -EBADF, "%s: the migration listener is gone", s->def.name);
-        s->ev_mig.kind = EV_MIGRATE;
-        sup_epoll_add(s, s->mig_listen_fd, EPOLLIN, &s->ev_mig);
-        sup_log(s, "QEMU is set up; waiting for the migration stream on %s", s->start.incoming + 4);
-        report_ready(s, 0, NULL);
+        if (s->mig_tls_dir[0])
+            return migrate_tls_begin(s, s->mig_tls_dir, true, on_in_tls, NULL, e);
+        listen_ready(s);
         return 0;
     }
     _cleanup_json_ json_object *header = NULL;

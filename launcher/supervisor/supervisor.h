@@ -26,6 +26,8 @@ struct sup_opts {
     /* a start that receives the guest from a source supervisor (migrate-incoming):
      * listens on this numeric ADDR:PORT; NULL: none */
     const char *incoming_listen;
+    /* ...over TLS with the credentials in this directory (migrate_tls.c); NULL: plain */
+    const char *incoming_tls;
     /* `qvisor boot`'s end of a socketpair, or -1. Its VM lives only as long as boot:
      * the end closing (boot exited, or was killed -9) kills QEMU, and QEMU gets
      * PR_SET_PDEATHSIG so it dies with this supervisor too. "keep\n" read from it lets
