@@ -45,7 +45,7 @@ static const struct cli_opt migrate_opts[] = {{"to", true, false, 0}, {"bandwidt
                                               {"ssh-config", true, false, 0}, {"wait-timeout", true, false, 0}, {0}};
 static const struct cli_opt migrate_in_opts[] = {{"listen", true, false, 0}, {"definition", true, false, 0},
                                                  {"persistent", false, false, 0}, {"wait-timeout", true, false, 0},
-                                                 {"tls", true, false, 0}, {0}};
+                                                 {"tls", true, false, 0}, {"cancel", false, false, 0}, {0}};
 static const struct cli_opt boot_opts[] = {
     DEFINITION_FLAGS, {"image", true, false, 0}, {"expect", true, true, 0}, {"fail", true, true, 0},
     {"exec", true, false, 0}, {"exec-file", true, false, 0}, {"timeout", true, false, 0}, {"name", true, false, 0},
@@ -134,7 +134,7 @@ static const struct cli_command commands[] = {
      "a failure leaves it running here"},
     {"migrate-incoming", cmd_migrate_incoming, migrate_in_opts, 1, 1,
      "migrate-incoming NAME --listen ADDR:PORT [--definition FILE.json|- [--persistent]] [--tls DIR] "
-     "[--wait-timeout SECONDS]",
+     "[--wait-timeout SECONDS] | migrate-incoming NAME --cancel",
      "on the destination: start NAME's QEMU waiting for its migration stream (the VM defined here, or from FILE: "
      "transient, or defined with --persistent)"},
     {"managedsave-remove", cmd_managedsave_remove, no_opts, 1, 1, "managedsave-remove NAME",

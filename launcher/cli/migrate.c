@@ -32,8 +32,9 @@ static int resolve(struct cli *c, const char *what, const char *text, bool passi
     }
     char *end;
     long port = strtol(colon + 1, &end, 10);
-    if (*end || port <= 0 || port > 65535)
-        return qv_fail(&c->err, -EINVAL, "%s \"%s\": the port must be 1-65535", what, text);
+    if (*end || port < (passive ? 0 : 1) || port > 65535)
+        return qv_fail(&c->err, -EINVAL, "%s \"%s\": the port must be %s", what, text,
+                       passive ? "0-65535 (0: a free one, chosen here)" : "1-65535");
     struct addrinfo hints = {.ai_flags = AI_NUMERICSERV | (passive && !*h ? AI_PASSIVE : 0), .ai_socktype = SOCK_STREAM},
                     *res;
     int r = getaddrinfo(*h ? h : NULL, colon + 1, &hints, &res);
@@ -95,6 +96,14 @@ int cmd_migrate(struct cli *c)
     if (tls && tls[0] != '/')
         return qv_fail(&c->err, -EINVAL, "migrate: --tls %s: an absolute path (a directory with ca-cert.pem, "
                        "client-cert.pem and client-key.pem)", tls);
+    for (int i = 0; tls && i < 3; i++) {
+        /* checked here too: over ssh, the destination would otherwise wait for a stream that never comes */
+        static const char *const files[] = {"ca-cert.pem", "client-cert.pem", "client-key.pem"};
+        char p[PATH_MAX + 32];
+        snprintf(p, sizeof(p), "%s/%s", tls, files[i]);
+        if (access(p, R_OK) < 0)
+            return qv_failerr(&c->err, -errno, "%s: --tls %s: %s", vm, tls, files[i]);
+    }
     char addr[300], tls_host[256] = "";
     struct ssh_target t;
     if (ssh) {
@@ -116,15 +125,16 @@ int cmd_migrate(struct cli *c)
     _cleanup_vm_def_ struct vm_def d = {0};
     if ((r = vm_load(&c->paths, vm, &d, &c->err)) < 0)
         return r;
+    _cleanup_json_ json_object *def = NULL;
+    struct ssh_incoming in = {.persistent = cli_flag(c, "persistent"), .tls_dir = tls,
+                              .remote_qvisor = cli_opt(c, "remote-qvisor"), .remote_root = cli_opt(c, "remote-root"),
+                              .ssh_config = cli_opt(c, "ssh-config"), .wait_timeout_ms = wait_ms};
     if (ssh) {
         if (!vm_supervised(&c->paths, vm, NULL))
             return qv_fail(&c->err, -ESRCH, "%s is not running", vm);
-        _cleanup_json_ json_object *def = vm_def_to_json(&d);
+        def = vm_def_to_json(&d);
         json_object_object_del(def, "transient");
-        struct ssh_incoming in = {.definition = json_object_to_json_string_ext(def, JSON_C_TO_STRING_PLAIN),
-                                  .persistent = cli_flag(c, "persistent"), .tls_dir = tls,
-                                  .remote_qvisor = cli_opt(c, "remote-qvisor"), .remote_root = cli_opt(c, "remote-root"),
-                                  .ssh_config = cli_opt(c, "ssh-config"), .wait_timeout_ms = wait_ms};
+        in.definition = json_object_to_json_string_ext(def, JSON_C_TO_STRING_PLAIN);
         if ((r = ssh_start_incoming(c, vm, &t, &in, addr, sizeof(addr))) < 0)
             return r;
         if (!c->quiet && !c->json && isatty(STDERR_FILENO))
@@ -143,8 +153,12 @@ int cmd_migrate(struct cli *c)
         json_object_object_add(req, "tls_hostname", json_object_new_string(tls_host));
     }
     _cleanup_json_ json_object *reply = NULL;
-    if ((r = cli_migration_call(c, vm, req, &reply)) < 0)
+    if ((r = cli_migration_call(c, vm, req, &reply)) < 0) {
+        if (ssh && ssh_cancel_incoming(c, vm, &t, &in) < 0)
+            fprintf(stderr, "qvisor: %s: on %s, migrate-incoming may still wait (qvisor migrate-incoming %s --cancel "
+                    "there)\n", vm, t.host, vm);
         return r;
+    }
     /* the source supervisor releases taps, rules and leases once QEMU is gone, holding
      * the lock until it has: waited for, so that what follows never meets it */
     uint64_t until = monotonic_ms() + SOURCE_EXIT_WAIT_MS;
@@ -169,9 +183,32 @@ int cmd_migrate(struct cli *c)
     return 0;
 }
 
+/* migrate-incoming NAME --cancel: the waiting destination goes (what a source whose
+ * migration failed sends over ssh); a VM that runs here is left alone. */
+static int incoming_cancel(struct cli *c, const char *vm)
+{
+    _cleanup_json_ json_object *st = NULL;
+    json_object *status, *state, *mig, *kind;
+    int r = ctl_call(&c->paths, vm, ctl_request("status"), 10000, &st, &c->err);
+    if (r < 0)
+        return r;
+    if (!json_object_object_get_ex(st, "status", &status) || !json_object_object_get_ex(status, "state", &state) ||
+        strcmp(json_object_get_string(state), "starting") != 0 ||
+        !json_object_object_get_ex(status, "migration", &mig) || !json_object_object_get_ex(mig, "kind", &kind) ||
+        strcmp(json_object_get_string(kind), "incoming") != 0)
+        return qv_fail(&c->err, -EBUSY, "%s does not wait for a migration stream here: left as it is", vm);
+    if ((r = ctl_call(&c->paths, vm, ctl_request("kill"), 30000, NULL, &c->err)) < 0)
+        return r;
+    if (!c->quiet)
+        printf("%s: no longer waits for the migration stream\n", vm);
+    return 0;
+}
+
 int cmd_migrate_incoming(struct cli *c)
 {
     const char *vm = c->pos[0];
+    if (cli_flag(c, "cancel"))
+        return incoming_cancel(c, vm);
     const char *listen = cli_opt(c, "listen"), *file = cli_opt(c, "definition");
     if (!listen)
         return qv_fail(&c->err, -EINVAL, "migrate-incoming: --listen ADDR:PORT is missing");

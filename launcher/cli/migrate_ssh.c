@@ -6,7 +6,7 @@
  * and the definition travels on ssh's stdin (it may hold credential values: never in
  * an argv on either host). The remote shell joins the words with spaces, so every word
  * must be one that no shell changes: names and paths with other characters are refused
- * here rather than quoted. migrate-incoming answers with one JSON line that names the
+ * here rather than quoted. migrate-incoming answers with a JSON object that names the
  * port; the stream then goes straight over TCP to ADDR:PORT (not through ssh: its speed
  * is the network's). The remote side's errors come back with the host's name. */
 #include <fcntl.h>
@@ -214,33 +214,12 @@ static int from_exit(int rc)
     }
 }
 
-int ssh_start_incoming(struct cli *c, const char *vm, const struct ssh_target *t, const struct ssh_incoming *in,
-                       char *address, size_t addrlen)
+/* ssh [options] -- HOST QVISOR [--root DIR]: what both remote commands start with. */
+static size_t ssh_argv(const char **argv, const struct ssh_target *t, const struct ssh_incoming *in,
+                       const char *qvisor, char port[8])
 {
-    int r;
-    char exe[PATH_MAX];
-    const char *qvisor = in->remote_qvisor;
-    if (!qvisor) {
-        ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-        if (n <= 0)
-            return qv_failerr(&c->err, -errno, "migrate: this program's own path (give --remote-qvisor PATH)");
-        exe[n] = '\0';
-        qvisor = exe;
-    }
-    if (qvisor[0] != '/')
-        return qv_fail(&c->err, -EINVAL, "migrate: --remote-qvisor %s: an absolute path", qvisor);
-    if ((r = safe_word(c, "VM name", vm)) < 0 || (r = safe_word(c, "--remote-qvisor", qvisor)) < 0 ||
-        (in->remote_root && (r = safe_word(c, "--remote-root", in->remote_root)) < 0) ||
-        (in->tls_dir && (r = safe_word(c, "--tls", in->tls_dir)) < 0))
-        return r;
-    if (in->remote_root && in->remote_root[0] != '/')
-        return qv_fail(&c->err, -EINVAL, "migrate: --remote-root %s: an absolute path", in->remote_root);
-    char listen[INET6_ADDRSTRLEN + 8], port[8], wait_s[16];
-    snprintf(listen, sizeof(listen), t->v6 ? "[%s]:0" : "%s:0", t->addr);
-    snprintf(port, sizeof(port), "%d", t->port);
-    snprintf(wait_s, sizeof(wait_s), "%d", in->wait_timeout_ms / 1000 > 0 ? in->wait_timeout_ms / 1000 : 1);
-    const char *argv[40];
     size_t k = 0;
+    snprintf(port, 8, "%d", t->port);
     argv[k++] = "ssh";
     argv[k++] = "-o";
     argv[k++] = "BatchMode=yes";
@@ -264,6 +243,52 @@ int ssh_start_incoming(struct cli *c, const char *vm, const struct ssh_target *t
         argv[k++] = "--root";
         argv[k++] = in->remote_root;
     }
+    return k;
+}
+
+int ssh_cancel_incoming(struct cli *c, const char *vm, const struct ssh_target *t, const struct ssh_incoming *in)
+{
+    (void)c;
+    const char *argv[40];
+    char port[8];
+    size_t k = ssh_argv(argv, t, in, t->qvisor, port);
+    argv[k++] = "migrate-incoming";
+    argv[k++] = vm;
+    argv[k++] = "--cancel";
+    argv[k] = NULL;
+    _cleanup_free_ char *out = NULL, *err = NULL;
+    int r = run_with_input(argv, "", SSH_SLACK_MS + 30000, &out, &err);
+    return r == 0 ? 0 : -EIO;
+}
+
+int ssh_start_incoming(struct cli *c, const char *vm, struct ssh_target *t, const struct ssh_incoming *in,
+                       char *address, size_t addrlen)
+{
+    int r;
+    char exe[PATH_MAX];
+    const char *qvisor = in->remote_qvisor;
+    if (!qvisor) {
+        ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+        if (n <= 0)
+            return qv_failerr(&c->err, -errno, "migrate: this program's own path (give --remote-qvisor PATH)");
+        exe[n] = '\0';
+        qvisor = exe;
+    }
+    if (qvisor[0] != '/')
+        return qv_fail(&c->err, -EINVAL, "migrate: --remote-qvisor %s: an absolute path", qvisor);
+    if ((r = safe_word(c, "VM name", vm)) < 0 || (r = safe_word(c, "--remote-qvisor", qvisor)) < 0 ||
+        (in->remote_root && (r = safe_word(c, "--remote-root", in->remote_root)) < 0) ||
+        (in->tls_dir && (r = safe_word(c, "--tls", in->tls_dir)) < 0))
+        return r;
+    if (in->remote_root && in->remote_root[0] != '/')
+        return qv_fail(&c->err, -EINVAL, "migrate: --remote-root %s: an absolute path", in->remote_root);
+    snprintf(t->qvisor, sizeof(t->qvisor), "%s", qvisor);
+    qvisor = t->qvisor;
+    char listen[INET6_ADDRSTRLEN + 8], port[8], wait_s[16];
+    snprintf(listen, sizeof(listen), t->v6 ? "[%s]:0" : "%s:0", t->addr);
+    snprintf(wait_s, sizeof(wait_s), "%d", in->wait_timeout_ms / 1000 > 0 ? in->wait_timeout_ms / 1000 : 1);
+    const char *argv[40];
+    size_t k = ssh_argv(argv, t, in, qvisor, port);
     argv[k++] = "--json";
     argv[k++] = "migrate-incoming";
     argv[k++] = vm;
@@ -293,14 +318,8 @@ int ssh_start_incoming(struct cli *c, const char *vm, const struct ssh_target *t
         return qv_fail(&c->err, -EIO, "%s: ssh %s: %s", vm, t->host, last_words(err));
     if (r != 0)
         return qv_fail(&c->err, from_exit(r), "%s: on %s: %s", vm, t->host, last_words(err));
-    /* the ready line: {"name": ..., "address": "ADDR:PORT"} */
-    char *line = out;
-    size_t n = strlen(out);
-    while (n && out[n - 1] == '\n')
-        out[--n] = '\0';
-    char *nl = strrchr(out, '\n');
-    if (nl)
-        line = nl + 1;
+    /* the answer: {"name": ..., "address": "ADDR:PORT", ...} (what it said before it, if anything, is not JSON) */
+    char *line = strchr(out, '{') ? strchr(out, '{') : out;
     _cleanup_json_ json_object *o = NULL;
     struct qv_err pe = {0};
     json_object *a;

@@ -16,6 +16,7 @@ struct ssh_target {
     int port;                       /* 0: ssh's default */
     char addr[INET6_ADDRSTRLEN];    /* host resolved here: where the stream goes */
     bool v6;
+    char qvisor[4096];              /* the remote qvisor, once ssh_start_incoming ran */
 };
 
 struct ssh_incoming {
@@ -33,7 +34,10 @@ struct ssh_incoming {
 int ssh_target_parse(struct cli *c, const char *to, struct ssh_target *t);
 /* Runs migrate-incoming on the target through ssh; the numeric ADDR:PORT it waits on
  * (HOST as resolved here, the port it chose) in address. */
-int ssh_start_incoming(struct cli *c, const char *vm, const struct ssh_target *t, const struct ssh_incoming *in,
+int ssh_start_incoming(struct cli *c, const char *vm, struct ssh_target *t, const struct ssh_incoming *in,
                        char *address, size_t addrlen);
+/* After a failed migration: migrate-incoming NAME --cancel on the target (the waiting
+ * destination goes; a VM running there stays). 0, or -EIO when that did not work. */
+int ssh_cancel_incoming(struct cli *c, const char *vm, const struct ssh_target *t, const struct ssh_incoming *in);
 
 #endif

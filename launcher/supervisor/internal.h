@@ -312,6 +312,7 @@ struct sup {
     struct mig_op *mig;         /* a save or migration under way (migrate.c); NULL: none */
     int mig_listen_fd;          /* migrate-incoming's listener until the source connects; 0: none */
     char mig_tls_dir[PATH_MAX]; /* migrate-incoming --tls: the credentials' directory; "": no TLS */
+    uint64_t mig_accepted_ms;   /* when the source connected (a TLS handshake must be over soon after) */
     struct ev ev_mig;           /* the listener, or an outgoing migration's connect */
     unsigned snap_seq;          /* the last one's number: late agent replies find it by that */
     struct cdrom_media *media;  /* one per cdroms[] entry once a medium changed; NULL before */

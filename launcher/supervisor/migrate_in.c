@@ -16,6 +16,7 @@
 #include "launcher/supervisor/internal.h"
 
 #define MIG_IN_FDNAME "qv-incoming"
+#define MIG_TLS_HANDSHAKE_MS 20000
 
 static const char *qemu_says(const char *msg)
 {
@@ -62,6 +63,14 @@ static void on_in_query(void *ctx, json_object *ret, const struct qv_err *err)
         qv_fail(&e, -EIO, "restoring from %s: %s", s->start.incoming,
                 json_object_object_get_ex(ret, "error-desc", &v) ? json_object_get_string(v) : status);
         start_failed(s, &e, NULL);
+    } else if (incoming_tcp(s) && s->mig_tls_dir[0] && (!*status || strcmp(status, "none") == 0 || strcmp(status, "setup") == 0) &&
+               monotonic_ms() - s->mig_accepted_ms > MIG_TLS_HANDSHAKE_MS) {
+        /* QEMU only logs a failed TLS handshake of an incoming stream and waits on, for
+         * a connection that is gone: still in setup this long after it came is that */
+        struct qv_err e = {0};
+        qv_fail(&e, -EACCES, "the source's TLS handshake did not complete within %d s (a certificate of another CA, "
+                "or not for this host? QEMU's words are in the log)", MIG_TLS_HANDSHAKE_MS / 1000);
+        start_failed(s, &e, "incoming migration");
     } else {
         s->start.in_poll_at = monotonic_ms() + MIG_POLL_MS;
     }
@@ -163,6 +172,7 @@ void migrate_incoming_accept(struct sup *s)
     if (c < 0)
         return;     /* EAGAIN, a connection that went: wait for the next */
     migrate_incoming_close(s);
+    s->mig_accepted_ms = monotonic_ms();
     sup_log(s, "the source connected: the guest's state comes in");
     int r = qmp_send(s->qmp, "getfd", json_obj1("fdname", json_object_new_string(MIG_IN_FDNAME)), &c, 1,
                      QMP_TIMEOUT_DEFAULT, 0, on_in_step, s);
