@@ -43,6 +43,12 @@ static const struct cli_opt migrate_opts[] = {{"to", true, false, 0}, {"bandwidt
                                               {"tls", true, false, 0}, {"persistent", false, false, 0},
                                               {"remote-qvisor", true, false, 0}, {"remote-root", true, false, 0},
                                               {"ssh-config", true, false, 0}, {"wait-timeout", true, false, 0}, {0}};
+static const struct cli_opt evacuate_opts[] = {{"to", true, false, 0}, {"parallel", true, false, 0},
+                                               {"bandwidth", true, false, 0}, {"max-downtime", true, false, 0},
+                                               {"auto-converge", false, false, 0}, {"undefine-source", false, false, 0},
+                                               {"tls", true, false, 0}, {"persistent", false, false, 0},
+                                               {"remote-qvisor", true, false, 0}, {"remote-root", true, false, 0},
+                                               {"ssh-config", true, false, 0}, {"wait-timeout", true, false, 0}, {0}};
 static const struct cli_opt migrate_in_opts[] = {{"listen", true, false, 0}, {"definition", true, false, 0},
                                                  {"persistent", false, false, 0}, {"wait-timeout", true, false, 0},
                                                  {"tls", true, false, 0}, {"cancel", false, false, 0}, {0}};
@@ -132,6 +138,10 @@ static const struct cli_command commands[] = {
      "[--ssh-config FILE] [--wait-timeout SECONDS] | migrate NAME --abort",
      "move a running VM live to the qvisor migrate-incoming waiting on another host (disks on shared storage); "
      "a failure leaves it running here"},
+    {"evacuate", cmd_evacuate, evacuate_opts, 0, 0,
+     "evacuate --to ssh://[USER@]HOST[:PORT]|tcp:HOST:PORT [--parallel N] [migrate's options]",
+     "migrate every running VM of this host away, N at a time, each reported; with tcp:HOST:PORT the VMs go in name "
+     "order to PORT, PORT+1, ..."},
     {"migrate-incoming", cmd_migrate_incoming, migrate_in_opts, 1, 1,
      "migrate-incoming NAME --listen ADDR:PORT [--definition FILE.json|- [--persistent]] [--tls DIR] "
      "[--wait-timeout SECONDS] | migrate-incoming NAME --cancel",

@@ -8,7 +8,8 @@
 # the disk shared. Refusals first (a word the remote shell would change, an unknown host
 # key, the remote side's own errors, named), then A -> B over ssh (--persistent), B -> A
 # with a wrong CA (refused, the guest runs on) and with the right one, and A -> B over ssh
-# with TLS.
+# with TLS; then `evacuate` of host B (one VM moves, the one without a destination is
+# reported and runs on).
 . "$(dirname "$0")/../lib.sh"
 
 for p in /usr/sbin/sshd ssh ssh-keygen certtool; do
@@ -195,5 +196,21 @@ check "A holds nothing running" wait_until 30 noneA
 check_error "migrate-incoming --cancel leaves a running VM alone" 4 'mg does not wait for a migration stream here' \
     qB migrate-incoming mg --cancel
 check "...it runs on" stateB running
-qB kill mg > /dev/null 2>&1
+
+# ---- evacuate B: mg has a destination waiting on A, mp (paused, never booted) has none ----
+qv show mg --json | jq '.name = "mp" | del(.uuid) | del(.nics[].mac) | .disks = []' > "$T_ROOT/mp.json"
+qB define "$T_ROOT/mp.json" > /dev/null
+check "B also runs mp (paused)" qB start -q mp --paused
+check_output "A waits for mg on 5100" 'waiting' qA migrate-incoming mg --listen $A_IP:5100
+n=$(countB)
+out=$(qB --json evacuate --to tcp:$A_IP:5100 --parallel 2); rc=$?
+echo "$out" | sed 's/^/# /'
+check "evacuate: exit status 1 (one VM did not move)" test $rc = 1
+check "...mg reported migrated to A:5100" jq -e '.vms[] | select(.name == "mg") | .ok and .to == "tcp:'$A_IP':5100" and .total_time_ms > 0' <<< "$out"
+check "...mp reported failed, with why (A:5101 refuses)" jq -e '.vms[] | select(.name == "mp") | (.ok | not) and (.error | test("5101.*Connection refused"))' <<< "$out"
+check "A runs mg" stateA running
+check "...which counts on" wait_until 30 aboveA "${n:-0}"
+check_output "mp stays on B, as it was" '^paused$' sh -c "nsenter -t $PB -p -m -n -- '$QV_BIN' --root '$RB' status mp --json | jq -r .state"
+check_error "evacuate without --to" 2 'evacuate: --to' qB evacuate
+qB kill mp > /dev/null 2>&1
 finish
