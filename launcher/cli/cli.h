@@ -157,6 +157,7 @@ int cmd_managedsave_remove(struct cli *c);
 /* migrate.c */
 int cmd_migrate(struct cli *c);
 int cmd_migrate_incoming(struct cli *c);
+int cmd_evacuate(struct cli *c);
 /* save.c: sends a save or migrate request and waits for its reply (into *reply when not
  * NULL), with progress on a terminal; Ctrl-C asks the supervisor to cancel. */
 int cli_migration_call(struct cli *c, const char *vm, json_object *req, json_object **reply);

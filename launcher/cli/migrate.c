@@ -2,7 +2,8 @@
  * on either. The destination runs `migrate-incoming NAME --listen ADDR:PORT`: a
  * supervisor whose QEMU waits for the stream (what a unit or ssh starts there); the
  * source's `migrate NAME --to tcp:HOST:PORT` asks its supervisor to connect there and
- * migrate. Disks are shared (the same path on both hosts). The names are resolved here,
+ * migrate; `--to ssh://[USER@]HOST` starts that migrate-incoming through ssh first
+ * (migrate_ssh.c). `--tls DIR`: QEMU's x509 TLS on both sides (supervisor/migrate_tls.c). Disks are shared (the same path on both hosts). The names are resolved here,
  * the supervisors only take numeric addresses (their loops never wait on DNS). */
 #include <netdb.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 #include <arpa/inet.h>
 
 #include "launcher/cli/cli.h"
+#include "launcher/cli/migrate_ssh.h"
 
 #define SOURCE_EXIT_WAIT_MS 30000
 
@@ -30,8 +32,9 @@ static int resolve(struct cli *c, const char *what, const char *text, bool passi
     }
     char *end;
     long port = strtol(colon + 1, &end, 10);
-    if (*end || port <= 0 || port > 65535)
-        return qv_fail(&c->err, -EINVAL, "%s \"%s\": the port must be 1-65535", what, text);
+    if (*end || port < (passive ? 0 : 1) || port > 65535)
+        return qv_fail(&c->err, -EINVAL, "%s \"%s\": the port must be %s", what, text,
+                       passive ? "0-65535 (0: a free one, chosen here)" : "1-65535");
     struct addrinfo hints = {.ai_flags = AI_NUMERICSERV | (passive && !*h ? AI_PASSIVE : 0), .ai_socktype = SOCK_STREAM},
                     *res;
     int r = getaddrinfo(*h ? h : NULL, colon + 1, &hints, &res);
@@ -76,19 +79,71 @@ int cmd_migrate(struct cli *c)
     }
     const char *to = cli_opt(c, "to");
     if (!to)
-        return qv_fail(&c->err, -EINVAL, "migrate: --to tcp:HOST:PORT is missing (where qvisor migrate-incoming %s "
-                       "--listen waits)", vm);
-    if (strncmp(to, "tcp:", 4) != 0)
-        return qv_fail(&c->err, -EINVAL, "migrate: --to %s: only tcp:HOST:PORT is supported", to);
-    int bandwidth, downtime, r;
-    if ((r = positive(c, "bandwidth", 1 << 20, &bandwidth)) < 0 || (r = positive(c, "max-downtime", 600000, &downtime)) < 0)
+        return qv_fail(&c->err, -EINVAL, "migrate: --to tcp:HOST:PORT or ssh://[USER@]HOST is missing (where qvisor "
+                       "migrate-incoming %s --listen waits)", vm);
+    bool ssh = strncmp(to, "ssh://", 6) == 0;
+    if (strncmp(to, "tcp:", 4) != 0 && !ssh)
+        return qv_fail(&c->err, -EINVAL, "migrate: --to %s: tcp:HOST:PORT or ssh://[USER@]HOST[:PORT]", to);
+    if (!ssh && (cli_opt(c, "remote-qvisor") || cli_opt(c, "remote-root") || cli_opt(c, "ssh-config") ||
+                 cli_flag(c, "persistent")))
+        return qv_fail(&c->err, -EINVAL, "migrate: --remote-qvisor, --remote-root, --ssh-config and --persistent go "
+                       "with --to ssh://HOST (with tcp: the destination's migrate-incoming takes them)");
+    int bandwidth, downtime, wait_ms, r;
+    if ((r = positive(c, "bandwidth", 1 << 20, &bandwidth)) < 0 || (r = positive(c, "max-downtime", 600000, &downtime)) < 0 ||
+        (r = cli_opt_seconds_ms(c, "wait-timeout", 60000, &wait_ms)) < 0)
         return r;
-    char addr[300];
-    if ((r = resolve(c, "--to", to + 4, false, addr, sizeof(addr))) < 0)
-        return r;
+    const char *tls = cli_opt(c, "tls");
+    if (tls && tls[0] != '/')
+        return qv_fail(&c->err, -EINVAL, "migrate: --tls %s: an absolute path (a directory with ca-cert.pem, "
+                       "client-cert.pem and client-key.pem)", tls);
+    if (tls && cli_flag(c, "copy-storage"))
+        return qv_fail(&c->err, -EINVAL, "migrate: --tls covers the memory stream only, and --copy-storage's disk "
+                       "copy would cross the network unencrypted: use one of them (or shared storage with --tls)");
+    for (int i = 0; tls && i < 3; i++) {
+        /* checked here too: over ssh, the destination would otherwise wait for a stream that never comes */
+        static const char *const files[] = {"ca-cert.pem", "client-cert.pem", "client-key.pem"};
+        char p[PATH_MAX + 32];
+        snprintf(p, sizeof(p), "%s/%s", tls, files[i]);
+        if (access(p, R_OK) < 0)
+            return qv_failerr(&c->err, -errno, "%s: --tls %s: %s", vm, tls, files[i]);
+    }
+    char addr[300], tls_host[256] = "";
+    struct ssh_target t;
+    if (ssh) {
+        if ((r = ssh_target_parse(c, to, &t)) < 0)
+            return r;
+        snprintf(tls_host, sizeof(tls_host), "%s", t.host);
+    } else {
+        if ((r = resolve(c, "--to", to + 4, false, addr, sizeof(addr))) < 0)
+            return r;
+        /* the destination's certificate names the host as the user wrote it */
+        const char *h = to + 4, *colon = strrchr(h, ':');
+        size_t n = (size_t)(colon - h);
+        if (n >= 2 && h[0] == '[' && h[n - 1] == ']') {
+            h++;
+            n -= 2;
+        }
+        snprintf(tls_host, sizeof(tls_host), "%.*s", (int)(n < sizeof(tls_host) ? n : sizeof(tls_host) - 1), h);
+    }
     _cleanup_vm_def_ struct vm_def d = {0};
     if ((r = vm_load(&c->paths, vm, &d, &c->err)) < 0)
         return r;
+    _cleanup_json_ json_object *def = NULL;
+    struct ssh_incoming in = {.persistent = cli_flag(c, "persistent"), .copy_storage = cli_flag(c, "copy-storage"),
+                              .tls_dir = tls,
+                              .remote_qvisor = cli_opt(c, "remote-qvisor"), .remote_root = cli_opt(c, "remote-root"),
+                              .ssh_config = cli_opt(c, "ssh-config"), .wait_timeout_ms = wait_ms};
+    if (ssh) {
+        if (!vm_supervised(&c->paths, vm, NULL))
+            return qv_fail(&c->err, -ESRCH, "%s is not running", vm);
+        def = vm_def_to_json(&d);
+        json_object_object_del(def, "transient");
+        in.definition = json_object_to_json_string_ext(def, JSON_C_TO_STRING_PLAIN);
+        if ((r = ssh_start_incoming(c, vm, &t, &in, addr, sizeof(addr))) < 0)
+            return r;
+        if (!c->quiet && !c->json && isatty(STDERR_FILENO))
+            fprintf(stderr, "%s: %s waits on %s\n", vm, t.host, addr);
+    }
     json_object *req = ctl_request("migrate");
     json_object_object_add(req, "address", json_object_new_string(addr));
     if (bandwidth)
@@ -99,9 +154,17 @@ int cmd_migrate(struct cli *c)
         json_object_object_add(req, "auto_converge", json_object_new_boolean(true));
     if (cli_flag(c, "copy-storage"))
         json_object_object_add(req, "copy_storage", json_object_new_boolean(true));
+    if (tls) {
+        json_object_object_add(req, "tls_dir", json_object_new_string(tls));
+        json_object_object_add(req, "tls_hostname", json_object_new_string(tls_host));
+    }
     _cleanup_json_ json_object *reply = NULL;
-    if ((r = cli_migration_call(c, vm, req, &reply)) < 0)
+    if ((r = cli_migration_call(c, vm, req, &reply)) < 0) {
+        if (ssh && ssh_cancel_incoming(c, vm, &t, &in) < 0)
+            fprintf(stderr, "qvisor: %s: on %s, migrate-incoming may still wait (qvisor migrate-incoming %s --cancel "
+                    "there)\n", vm, t.host, vm);
         return r;
+    }
     /* the source supervisor releases taps, rules and leases once QEMU is gone, holding
      * the lock until it has: waited for, so that what follows never meets it */
     uint64_t until = monotonic_ms() + SOURCE_EXIT_WAIT_MS;
@@ -126,9 +189,32 @@ int cmd_migrate(struct cli *c)
     return 0;
 }
 
+/* migrate-incoming NAME --cancel: the waiting destination goes (what a source whose
+ * migration failed sends over ssh); a VM that runs here is left alone. */
+static int incoming_cancel(struct cli *c, const char *vm)
+{
+    _cleanup_json_ json_object *st = NULL;
+    json_object *status, *state, *mig, *kind;
+    int r = ctl_call(&c->paths, vm, ctl_request("status"), 10000, &st, &c->err);
+    if (r < 0)
+        return r;
+    if (!json_object_object_get_ex(st, "status", &status) || !json_object_object_get_ex(status, "state", &state) ||
+        strcmp(json_object_get_string(state), "starting") != 0 ||
+        !json_object_object_get_ex(status, "migration", &mig) || !json_object_object_get_ex(mig, "kind", &kind) ||
+        strcmp(json_object_get_string(kind), "incoming") != 0)
+        return qv_fail(&c->err, -EBUSY, "%s does not wait for a migration stream here: left as it is", vm);
+    if ((r = ctl_call(&c->paths, vm, ctl_request("kill"), 30000, NULL, &c->err)) < 0)
+        return r;
+    if (!c->quiet)
+        printf("%s: no longer waits for the migration stream\n", vm);
+    return 0;
+}
+
 int cmd_migrate_incoming(struct cli *c)
 {
     const char *vm = c->pos[0];
+    if (cli_flag(c, "cancel"))
+        return incoming_cancel(c, vm);
     const char *listen = cli_opt(c, "listen"), *file = cli_opt(c, "definition");
     if (!listen)
         return qv_fail(&c->err, -EINVAL, "migrate-incoming: --listen ADDR:PORT is missing");
@@ -145,10 +231,31 @@ int cmd_migrate_incoming(struct cli *c)
         return qv_fail(&c->err, -EBUSY, "%s is already running here", vm);
     _cleanup_vm_def_ struct vm_def d = {0};
     bool transient = false;
+    const char *tls = cli_opt(c, "tls");
+    if (tls && tls[0] != '/')
+        return qv_fail(&c->err, -EINVAL, "migrate-incoming: --tls %s: an absolute path (a directory with ca-cert.pem, "
+                       "server-cert.pem and server-key.pem)", tls);
+    if (tls && cli_flag(c, "copy-storage"))
+        return qv_fail(&c->err, -EINVAL, "migrate-incoming: --tls covers the memory stream only, and --copy-storage's "
+                       "disk copy would cross the network unencrypted: use one of them");
     if (file) {
         _cleanup_json_ json_object *o = NULL;
-        if ((r = json_read_file(file, &o, &c->err)) < 0)
+        if (strcmp(file, "-") == 0) {
+            /* what migrate --to ssh:// sends: the definition may hold credential values */
+            struct buf in = {0};
+            char chunk[4096];
+            ssize_t n;
+            while ((n = read(STDIN_FILENO, chunk, sizeof(chunk))) > 0 && in.len < (4u << 20))
+                buf_add(&in, chunk, (size_t)n);
+            buf_adds(&in, "");
+            r = json_parse_str("the definition on stdin", in.p, &o, &c->err);
+            buf_free(&in);
+            file = "the definition on stdin";
+            if (r < 0)
+                return r;
+        } else if ((r = json_read_file(file, &o, &c->err)) < 0) {
             return r;
+        }
         json_object *name;
         if (!json_object_object_get_ex(o, "name", &name) || strcmp(json_object_get_string(name), vm) != 0)
             return qv_fail(&c->err, -EINVAL, "%s: the definition is not of VM %s", file, vm);
@@ -164,18 +271,44 @@ int cmd_migrate_incoming(struct cli *c)
     } else if ((r = vm_load(&c->paths, vm, &d, &c->err)) < 0) {
         return qv_prefix(&c->err, "%s (give its definition with --definition FILE.json): ", "migrate-incoming");
     }
-    const char *args[] = {"run", vm, "--incoming", addr, cli_flag(c, "copy-storage") ? "--incoming-copy-storage" : NULL,
-                          NULL};
+    bool copy_storage = cli_flag(c, "copy-storage");
+    const char *args[8];
+    size_t k = 0;
+    args[k++] = "run";
+    args[k++] = vm;
+    args[k++] = "--incoming";
+    args[k++] = addr;
+    if (copy_storage)
+        args[k++] = "--incoming-copy-storage";
+    if (tls) {
+        args[k++] = "--incoming-tls";
+        args[k++] = tls;
+    }
+    args[k] = NULL;
     r = supervisor_spawn(&c->paths, args, timeout_ms, vm, &c->err);
     if (r < 0 && r != -ETIMEDOUT && transient && !vm_supervised(&c->paths, vm, NULL))
         vm_transient_forget(&c->paths, vm);
     if (r < 0)
         return r;
-    if (!c->quiet && cli_flag(c, "copy-storage"))
-        printf("%s: waiting for the source on %s (qvisor migrate %s --to tcp:%s --copy-storage there)\n", vm, addr, vm,
-               addr);
-    else if (!c->quiet)
-        printf("%s: waiting for the migration stream on %s (qvisor migrate %s --to tcp:%s on the source)\n", vm, addr,
-               vm, addr);
+    /* the port the supervisor's listener has (the one asked for, or the kernel's pick for 0) */
+    _cleanup_json_ json_object *st = NULL;
+    json_object *status, *mig, *a;
+    struct qv_err se = {0};
+    if (ctl_call(&c->paths, vm, ctl_request("status"), 10000, &st, &se) == 0 &&
+        json_object_object_get_ex(st, "status", &status) && json_object_object_get_ex(status, "migration", &mig) &&
+        json_object_object_get_ex(mig, "address", &a))
+        snprintf(addr, sizeof(addr), "%s", json_object_get_string(a));
+    if (c->json) {
+        _cleanup_json_ json_object *o = json_object_new_object();
+        json_object_object_add(o, "name", json_object_new_string(vm));
+        json_object_object_add(o, "address", json_object_new_string(addr));
+        json_object_object_add(o, "tls", json_object_new_boolean(tls != NULL));
+        json_object_object_add(o, "copy_storage", json_object_new_boolean(copy_storage));
+        cli_print_json(o);
+    } else if (!c->quiet) {
+        printf("%s: waiting for the %s on %s%s (qvisor migrate %s --to tcp:%s%s%s on the source)\n", vm,
+               copy_storage ? "source" : "migration stream", addr, tls ? " (TLS)" : "", vm, addr,
+               tls ? " --tls DIR" : "", copy_storage ? " --copy-storage" : "");
+    }
     return 0;
 }

@@ -522,6 +522,8 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
     } else {
         if (have_prev)
             cleanup_previous(sp, &prev);
+        if (o->incoming_tls)
+            snprintf(sp->mig_tls_dir, sizeof(sp->mig_tls_dir), "%s", o->incoming_tls);
         r = o->incoming_listen ? start_begin_incoming(sp, o->incoming_listen, o->incoming_copy_storage, e)
           : o->restore_file    ? start_begin_restore(sp, o->restore_file, o->restore_remove, e)
                                : start_begin(sp, false, e);

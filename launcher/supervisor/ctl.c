@@ -354,11 +354,19 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
         struct qv_err e = {0};
         if (!monitor_usable(s, c))
             return;
+        const char *tls = get_string(req, "tls_dir"), *tls_host = get_string(req, "tls_hostname");
+        if (tls && (tls[0] != '/' || !tls_host || !tls_host[0] || strlen(tls_host) > 250)) {
+            reply_error(s, c, -EINVAL, "%s: migrate: tls_dir must be an absolute path, with tls_hostname the "
+                        "destination's name", s->def.name);
+            return;
+        }
         int r = migrate_live(s, c->id, get_string(req, "address"), (int64_t)get_int(req, "bandwidth_mib", 0) << 20,
                              get_int(req, "max_downtime_ms", 0), get_bool(req, "auto_converge"),
                              get_bool(req, "copy_storage"), &e);
         if (r < 0)
             reply_error(s, c, r, "%s", e.msg);
+        else if (tls && s->mig)     /* s->mig gone: its failure is answered already */
+            migrate_live_tls(s, tls, tls_host, &e);
     } else if (strcmp(cmd, "migrate-abort") == 0) {
         struct qv_err e = {0};
         if (migrate_abort(s, &e) < 0)

@@ -17,7 +17,7 @@ struct field {
 
 struct request_kind {
     const char *cmd;
-    struct field fields[5];
+    struct field fields[9];
 };
 
 static const struct request_kind request_kinds[] = {
@@ -53,7 +53,8 @@ static const struct request_kind request_kinds[] = {
     {"save", {{"file", F_STRING, true}, {"bypass_cache", F_BOOL, false}, {"managed", F_BOOL, false}}},
     {"migrate-abort", {{0}}},
     {"migrate", {{"address", F_STRING, true}, {"bandwidth_mib", F_INT, false}, {"max_downtime_ms", F_INT, false},
-                 {"auto_converge", F_BOOL, false}, {"copy_storage", F_BOOL, false}}},
+                 {"auto_converge", F_BOOL, false}, {"copy_storage", F_BOOL, false}, {"tls_dir", F_STRING, false},
+                 {"tls_hostname", F_STRING, false}}},
     {"events", {{0}}},
     {"console", {{"replay", F_BOOL, false}}},
 };

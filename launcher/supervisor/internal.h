@@ -319,6 +319,8 @@ struct sup {
     struct snap_op *snap;       /* a disk-only snapshot being taken (snapshots.c); NULL: none */
     struct mig_op *mig;         /* a save or migration under way (migrate.c); NULL: none */
     int mig_listen_fd;          /* migrate-incoming's listener until the source connects; 0: none */
+    char mig_tls_dir[PATH_MAX]; /* migrate-incoming --tls: the credentials' directory; "": no TLS */
+    uint64_t mig_accepted_ms;   /* when the source connected (a TLS handshake must be over soon after) */
     struct ev ev_mig;           /* the listener, or an outgoing migration's connect */
     /* migrate --copy-storage (migstore_in.c, migstore_out.c): the control connection
      * and, at the source, an NBD connection being made */
@@ -879,6 +881,21 @@ int start_begin_incoming(struct sup *s, const char *listen_at, bool copy_storage
 /* The stream is in: announce-self, then `cont` (or stay paused). */
 void migrate_incoming_resume(struct sup *s);
 void migrate_incoming_close(struct sup *s);
+/* The listener's numeric ADDR:PORT (the port the kernel chose for port 0) while a
+ * start waits for the stream; NULL otherwise. */
+const char *migrate_incoming_address(struct sup *s);
+/* The migration just begun by migrate_live goes over TLS (migrate_tls.c): credentials
+ * from dir, the destination's certificate checked against hostname. Called right after
+ * migrate_live succeeded (its first step is a QMP round trip, the TLS step comes later). */
+int migrate_live_tls(struct sup *s, const char *dir, const char *hostname, struct qv_err *e);
+/* migrate_tls.c: QEMU's tls-creds-x509 object MIG_TLS_ID from dir (libvirt's layout:
+ * ca-cert.pem and server-* or client-*.pem), verify-peer on; QEMU reads a staging copy
+ * owned by its uid through an add-fd'd directory fd, removed once loaded. done is
+ * called once, err NULL on success; it is not called when this returns an error. */
+#define MIG_TLS_ID "qv-mig-tls"
+typedef void (*migrate_tls_done)(struct sup *s, void *ctx, const struct qv_err *err);
+int migrate_tls_begin(struct sup *s, const char *dir, bool server, migrate_tls_done done, void *ctx,
+                      struct qv_err *e);
 /* Between migrate.c and migrate_in.c: a numeric ADDR:PORT or [V6]:PORT; the source
  * connected to the listener; the next query-migrate of a start's incoming stream. */
 #define MIG_POLL_MS 250

@@ -28,10 +28,10 @@
 #define MIG_MAX_BANDWIDTH (1ll << 40)    /* bytes/s: QEMU's default (32 MiB/s) is too slow for files and LANs */
 #define MIG_CONNECT_TIMEOUT_MS 15000
 
-enum mig_step { STEP_STOP, STEP_STORAGE, STEP_CAPS, STEP_PARAMS, STEP_CONNECT, STEP_GETFD, STEP_MIGRATE, STEP_RUNNING, STEP_SYNC,
-                STEP_DONE };
-static const char *const step_names[] = {"stop", "copy-storage", "migrate-set-capabilities", "migrate-set-parameters", "connect",
-                                         "getfd", "migrate"};
+enum mig_step { STEP_STOP, STEP_STORAGE, STEP_CAPS, STEP_TLS, STEP_PARAMS, STEP_CONNECT, STEP_GETFD, STEP_MIGRATE,
+                STEP_RUNNING, STEP_SYNC, STEP_DONE };
+static const char *const step_names[] = {"stop", "copy-storage", "migrate-set-capabilities", "TLS credentials",
+                                         "migrate-set-parameters", "connect", "getfd", "migrate"};
 
 struct mig_op {
     bool live;              /* migrate to another host; else a save to a file */
@@ -41,6 +41,8 @@ struct mig_op {
     bool auto_converge;
     bool copy_storage;      /* local disks mirrored to the destination's NBD exports first (migstore_out.c) */
     char storage_error[600];    /* the disk copy failed while the stream ran: why */
+    char tls_dir[PATH_MAX];     /* live over TLS: the credentials' directory; "": plain */
+    char tls_hostname[256];     /* the name the destination's certificate must carry */
     int64_t dirty_rate, expected_downtime, downtime, total_time;
     enum mig_step step;
     unsigned client;
@@ -369,6 +371,26 @@ static void connect_done(struct sup *s)
     next_step(s);
 }
 
+static void on_tls(struct sup *s, void *ctx, const struct qv_err *err)
+{
+    (void)ctx;
+    struct mig_op *m = replied(s);
+    if (!m)
+        return;
+    if (err) {
+        save_failed(s, "%s", err->msg);
+        return;
+    }
+    sup_log(s, "TLS credentials from %s loaded (the destination must show a certificate for %s)", m->tls_dir,
+            m->tls_hostname);
+    if (m->cancel_asked) {
+        save_failed(s, "cancelled");
+        return;
+    }
+    m->step++;
+    next_step(s);
+}
+
 static void next_step(struct sup *s)
 {
     struct mig_op *m = s->mig;
@@ -408,8 +430,24 @@ static void next_step(struct sup *s)
                     on_step);
         break;
     }
+    case STEP_TLS:
+        if (!m->tls_dir[0]) {
+            m->step++;
+            next_step(s);
+            return;
+        }
+        if (migrate_tls_begin(s, m->tls_dir, false, on_tls, NULL, &e) < 0)
+            save_failed(s, "%s", e.msg);
+        else
+            m->pending++;
+        return;
     case STEP_PARAMS:
         a = json_object_new_object();
+        if (m->live) {
+            /* always: an earlier attempt's TLS must not stick to this one */
+            json_object_object_add(a, "tls-creds", json_object_new_string(m->tls_dir[0] ? MIG_TLS_ID : ""));
+            json_object_object_add(a, "tls-hostname", json_object_new_string(m->tls_hostname));
+        }
         json_object_object_add(a, "max-bandwidth", json_object_new_int64(m->bandwidth ? m->bandwidth : MIG_MAX_BANDWIDTH));
         if (m->downtime_ms)
             json_object_object_add(a, "downtime-limit", json_object_new_int64(m->downtime_ms));
@@ -501,6 +539,20 @@ int migrate_live(struct sup *s, unsigned client, const char *address, int64_t ba
     return 0;
 }
 
+int migrate_live_tls(struct sup *s, const char *dir, const char *hostname, struct qv_err *e)
+{
+    struct mig_op *m = s->mig;
+    if (!m || m->over || !m->live || m->step > STEP_CAPS)
+        return qv_fail(e, -EINVAL, "%s: TLS: no migration is being set up", s->def.name);
+    if (!dir || dir[0] != '/')
+        return qv_fail(e, -EINVAL, "%s: --tls: the directory must be an absolute path", s->def.name);
+    if (!hostname || !hostname[0] || strlen(hostname) >= sizeof(m->tls_hostname))
+        return qv_fail(e, -EINVAL, "%s: --tls: the destination's host name is missing", s->def.name);
+    snprintf(m->tls_dir, sizeof(m->tls_dir), "%s", dir);
+    snprintf(m->tls_hostname, sizeof(m->tls_hostname), "%s", hostname);
+    return 0;
+}
+
 int migrate_save(struct sup *s, unsigned client, const char *file, bool bypass_cache, bool managed, struct qv_err *e)
 {
     int r = op_checks(s, "saved", e);
@@ -564,6 +616,13 @@ int migrate_abort(struct sup *s, struct qv_err *e)
 json_object *migrate_status_json(struct sup *s)
 {
     struct mig_op *m = s->mig;
+    const char *in = migrate_incoming_address(s);
+    if ((!m || m->over) && in) {
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "kind", json_object_new_string("incoming"));
+        json_object_object_add(o, "address", json_object_new_string(in));
+        return o;
+    }
     if (!m || m->over)
         return NULL;
     json_object *o = json_object_new_object();

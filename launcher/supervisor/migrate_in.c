@@ -6,14 +6,17 @@
  * migrate-incoming fd:; query-migrate polls say when the state is in, and the start
  * goes on to `cont` (announce-self first for a migrated guest) or ends paused. */
 #include <fcntl.h>
+#include <netdb.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <arpa/inet.h>
 
 #include "launcher/supervisor/internal.h"
 
 #define MIG_IN_FDNAME "qv-incoming"
+#define MIG_TLS_HANDSHAKE_MS 20000
 
 static const char *qemu_says(const char *msg)
 {
@@ -68,6 +71,14 @@ static void on_in_query(void *ctx, json_object *ret, const struct qv_err *err)
         qv_fail(&e, -EIO, "restoring from %s: %s", s->start.incoming,
                 json_object_object_get_ex(ret, "error-desc", &v) ? json_object_get_string(v) : status);
         start_failed(s, &e, NULL);
+    } else if (incoming_tcp(s) && s->mig_tls_dir[0] && (!*status || strcmp(status, "none") == 0 || strcmp(status, "setup") == 0) &&
+               monotonic_ms() - s->mig_accepted_ms > MIG_TLS_HANDSHAKE_MS) {
+        /* QEMU only logs a failed TLS handshake of an incoming stream and waits on, for
+         * a connection that is gone: still in setup this long after it came is that */
+        struct qv_err e = {0};
+        qv_fail(&e, -EACCES, "the source's TLS handshake did not complete within %d s (a certificate of another CA, "
+                "or not for this host? QEMU's words are in the log)", MIG_TLS_HANDSHAKE_MS / 1000);
+        start_failed(s, &e, "incoming migration");
     } else {
         s->start.in_poll_at = monotonic_ms() + MIG_POLL_MS;
     }
@@ -105,6 +116,24 @@ static void on_in_started(void *ctx, json_object *ret, const struct qv_err *err)
         migrate_incoming_poll(s);
 }
 
+/* The listener's numeric ADDR:PORT ([V6]:PORT). */
+static int incoming_bound(int fd, char *out, size_t outlen)
+{
+    struct sockaddr_storage sa;
+    socklen_t len = sizeof(sa);
+    char host[INET6_ADDRSTRLEN], port[8];
+    if (getsockname(fd, (struct sockaddr *)&sa, &len) < 0 ||
+        getnameinfo((struct sockaddr *)&sa, len, host, sizeof(host), port, sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV))
+        return -EINVAL;
+    snprintf(out, outlen, sa.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, port);
+    return 0;
+}
+
+const char *migrate_incoming_address(struct sup *s)
+{
+    return incoming_tcp(s) && start_active(s) ? s->start.incoming + 4 : NULL;
+}
+
 int start_begin_incoming(struct sup *s, const char *listen_at, bool copy_storage, struct qv_err *e)
 {
     struct sockaddr_storage sa;
@@ -123,6 +152,10 @@ int start_begin_incoming(struct sup *s, const char *listen_at, bool copy_storage
         return qv_failerr(e, r, "%s: listening on %s", s->def.name, listen_at);
     }
     s->mig_listen_fd = fd;
+    /* port 0: the kernel chose one; status says which (what an ssh source reads back) */
+    char bound[INET6_ADDRSTRLEN + 8];
+    if (incoming_bound(fd, bound, sizeof(bound)) == 0)
+        listen_at = bound;
     snprintf(s->start.incoming, sizeof(s->start.incoming), "tcp:%s", listen_at);
     if (copy_storage)   /* QEMU starts once the source said which disks come (migstore_in.c) */
         return migstore_in_listen(s, e);
@@ -149,6 +182,7 @@ void migrate_incoming_accept(struct sup *s)
     if (c < 0)
         return;     /* EAGAIN, a connection that went: wait for the next */
     migrate_incoming_close(s);
+    s->mig_accepted_ms = monotonic_ms();
     sup_log(s, "the source connected: the guest's state comes in");
     int r = qmp_send(s->qmp, "getfd", json_obj1("fdname", json_object_new_string(MIG_IN_FDNAME)), &c, 1,
                      QMP_TIMEOUT_DEFAULT, 0, on_in_step, s);
@@ -163,17 +197,51 @@ void migrate_incoming_accept(struct sup *s)
     }
 }
 
+/* QEMU is ready for the stream: the source may connect now. */
+static void listen_ready(struct sup *s)
+{
+    s->ev_mig.kind = EV_MIGRATE;
+    sup_epoll_add(s, s->mig_listen_fd, EPOLLIN, &s->ev_mig);
+    sup_log(s, "QEMU is set up; waiting for the migration stream on %s%s", s->start.incoming + 4,
+            s->mig_tls_dir[0] ? " (TLS, the source's certificate verified)" : "");
+    report_ready(s, 0, NULL);
+}
+
+static void on_in_tls_params(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    on_in_step(ctx, ret, err);
+    struct sup *s = ctx;
+    if (s->start.phase == START_QMP && !s->start.failed)
+        listen_ready(s);
+}
+
+static void on_in_tls(struct sup *s, void *ctx, const struct qv_err *err)
+{
+    (void)ctx;
+    if (s->start.phase != START_QMP || s->start.failed)
+        return;
+    if (err) {
+        start_failed(s, err, NULL);
+        return;
+    }
+    if (!s->qmp || qmp_send(s->qmp, "migrate-set-parameters", json_obj1("tls-creds", json_object_new_string(MIG_TLS_ID)),
+                            NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_in_tls_params, s) < 0) {
+        struct qv_err e = {0};
+        qv_fail(&e, -ECONNRESET, "the QMP connection is closed");
+        start_failed(s, &e, "incoming migration");
+    }
+}
+
 int migrate_incoming_begin(struct sup *s, struct qv_err *e)
 {
     if (incoming_tcp(s)) {
         if (s->mig_listen_fd <= 0)
             return qv_fail(e, -EBADF, "%s: the migration listener is gone", s->def.name);
         if (s->msin)
-            return migstore_in_serve(s, e);
-        s->ev_mig.kind = EV_MIGRATE;
-        sup_epoll_add(s, s->mig_listen_fd, EPOLLIN, &s->ev_mig);
-        sup_log(s, "QEMU is set up; waiting for the migration stream on %s", s->start.incoming + 4);
-        report_ready(s, 0, NULL);
+            return migstore_in_serve(s, e);     /* not with TLS: the CLI refuses that */
+        if (s->mig_tls_dir[0])
+            return migrate_tls_begin(s, s->mig_tls_dir, true, on_in_tls, NULL, e);
+        listen_ready(s);
         return 0;
     }
     _cleanup_json_ json_object *header = NULL;

@@ -29,6 +29,8 @@ struct sup_opts {
     /* with incoming_listen: the source copies local disks (migrate --copy-storage); QEMU
      * starts once the source said which, and their images are made (migstore_in.c) */
     bool incoming_copy_storage;
+    /* ...over TLS with the credentials in this directory (migrate_tls.c); NULL: plain */
+    const char *incoming_tls;
     /* `qvisor boot`'s end of a socketpair, or -1. Its VM lives only as long as boot:
      * the end closing (boot exited, or was killed -9) kills QEMU, and QEMU gets
      * PR_SET_PDEATHSIG so it dies with this supervisor too. "keep\n" read from it lets
