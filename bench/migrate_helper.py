@@ -18,6 +18,8 @@
       tcp:DST_ADDR, and query-migrate every 5 ms until "completed". Then `cont` on the
       destination (checked running) and `quit` on both.
       Prints "WALL_MS QEMU_TOTAL_MS DOWNTIME_MS TRANSFERRED_BYTES".
+      With MIGRATE_RAW_CGROUP=PREFIX in the environment each QEMU goes into the
+      (existing) cgroup PREFIX-src or PREFIX-dst first.
 
 Bounded: every wait gives up after a timeout; both QEMUs are killed on any failure
 (the bench also kills its hosts' PID namespaces on exit).
@@ -136,6 +138,11 @@ def start_qemu(d, nspid, argv):
             os.dup2(log, 2)
             for n, f in high.items():
                 os.dup2(f, n, inheritable=True)
+            # --raw-cgroup: a cpu cgroup of its own per QEMU, as qvisor's QEMUs have
+            cg = os.environ.get("MIGRATE_RAW_CGROUP")
+            if cg:
+                with open(cg + "-" + os.path.basename(d) + "/cgroup.procs", "w") as f:
+                    f.write(str(os.getpid()))
             for f in range(3, 1024):
                 if f not in high and _isopen(f):
                     os.close(f)
