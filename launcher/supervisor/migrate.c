@@ -332,20 +332,28 @@ int migrate_parse_address(const char *text, struct sockaddr_storage *sa, socklen
     return 0;
 }
 
+int migrate_connect_start(const char *address, int *fd, struct qv_err *e)
+{
+    struct sockaddr_storage sa;
+    socklen_t len;
+    int r = migrate_parse_address(address, &sa, &len, e);
+    if (r < 0)
+        return r;
+    *fd = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (*fd < 0)
+        return qv_failerr(e, -errno, "socket");
+    if (connect(*fd, (struct sockaddr *)&sa, len) < 0 && errno != EINPROGRESS)
+        return qv_failerr(e, -errno, "connecting to %s", address);
+    return 0;
+}
+
 /* Non-blocking: the loop hears when it is connected (EPOLLOUT), or gives up at poll_at. */
 static int connect_begin(struct sup *s, struct qv_err *e)
 {
     struct mig_op *m = s->mig;
-    struct sockaddr_storage sa;
-    socklen_t len;
-    int r = migrate_parse_address(m->address, &sa, &len, e);
+    int r = migrate_connect_start(m->address, &m->sock, e);
     if (r < 0)
         return r;
-    m->sock = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (m->sock < 0)
-        return qv_failerr(e, -errno, "socket");
-    if (connect(m->sock, (struct sockaddr *)&sa, len) < 0 && errno != EINPROGRESS)
-        return qv_failerr(e, -errno, "connecting to %s", m->address);
     s->ev_mig.kind = EV_MIGRATE;
     sup_epoll_add(s, m->sock, EPOLLOUT, &s->ev_mig);
     m->poll_at = monotonic_ms() + MIG_CONNECT_TIMEOUT_MS;

@@ -42,6 +42,9 @@ int migrate_tls_begin(struct sup *s, const char *dir, bool server, migrate_tls_d
  * connected to the listener; the next query-migrate of a start's incoming stream. */
 #define MIG_POLL_MS 250
 int migrate_parse_address(const char *text, struct sockaddr_storage *sa, socklen_t *len, struct qv_err *e);
+/* A non-blocking TCP connect to ADDR:PORT begun (*fd; EPOLLOUT says how it ended), or
+ * -errno with e filled ("connecting to ADDR: why"). The caller closes *fd either way. */
+int migrate_connect_start(const char *address, int *fd, struct qv_err *e);
 void migrate_incoming_accept(struct sup *s);
 void migrate_incoming_poll(struct sup *s);
 /* EV_MIGRATE: the outgoing connect finished, or the source connected. */

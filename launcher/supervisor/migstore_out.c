@@ -415,16 +415,9 @@ static void nbd_next(struct sup *s)
         mo->poll_at = monotonic_ms();
         return;
     }
-    struct sockaddr_storage sa;
-    socklen_t len;
     struct qv_err e = {0};
-    if (migrate_parse_address(mo->nbd, &sa, &len, &e) < 0) {
-        fail(s, "the destination's NBD address: %s", e.msg);
-        return;
-    }
-    mo->nbd_sock = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (mo->nbd_sock < 0 || (connect(mo->nbd_sock, (struct sockaddr *)&sa, len) < 0 && errno != EINPROGRESS)) {
-        fail(s, "connecting to the destination's NBD server %s: %s", mo->nbd, strerror(errno));
+    if (migrate_connect_start(mo->nbd, &mo->nbd_sock, &e) < 0) {
+        fail(s, "the destination's NBD server: %s", e.msg);
         return;
     }
     mo->phase = MSO_NBD;
@@ -596,16 +589,9 @@ static void on_nodes(void *ctx, json_object *ret, const struct qv_err *err)
              "--copy-storage");
         return;
     }
-    struct sockaddr_storage sa;
-    socklen_t len;
     struct qv_err e = {0};
-    if (migrate_parse_address(mo->address, &sa, &len, &e) < 0) {
+    if (migrate_connect_start(mo->address, &mo->ctl, &e) < 0) {
         fail(s, "%s", e.msg);
-        return;
-    }
-    mo->ctl = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (mo->ctl < 0 || (connect(mo->ctl, (struct sockaddr *)&sa, len) < 0 && errno != EINPROGRESS)) {
-        fail(s, "connecting to %s: %s", mo->address, strerror(errno));
         return;
     }
     mo->phase = MSO_CONNECTING;
