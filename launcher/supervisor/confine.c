@@ -196,6 +196,24 @@ int confine_prepare(struct sup *s, const struct launch_plan *p, struct qv_err *e
     return 0;
 }
 
+void confine_sibling_spec(struct sup *s, struct sandbox_spec *spec, const char *const *argv,
+                          const struct sandbox_fd *fd3)
+{
+    static const char *const envp[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", NULL};
+    struct confine *c = &s->conf;
+    sandbox_spec_init(spec);
+    spec->name = s->def.name;
+    spec->path = argv[0];
+    spec->argv = argv;
+    spec->envp = envp;
+    spec->fds = fd3;
+    spec->nfds = 1;
+    spec->stdout_fd = s->log_fd;
+    spec->stderr_fd = s->log_fd;
+    spec->setsid = true;
+    spec->host = c->host_checked ? &c->host : NULL;
+}
+
 /* ---- the filter of a QEMU that reaches Ceph clusters ---- */
 
 static int nft_ready(struct sup *s, struct qv_err *e)

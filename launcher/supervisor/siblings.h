@@ -63,6 +63,12 @@ int hostdev_usb_open(const struct vm_def *d, size_t i, int *fd, struct qv_err *e
 int hostdev_pci_prepare(const struct vm_def *d, struct strv *devices, struct qv_err *e);
 
 /* confine.c */
+/* The spec of a confined process beside QEMU (virtiofsd, swtpm): argv, a fixed PATH,
+ * the one descriptor fd3 (target 3), its output into the VM's log, a session of its
+ * own, the host's sandbox facts; every step enabled. The caller then narrows the
+ * steps and sets require, the uid and the paths. fd3 must outlive the spawn. */
+void confine_sibling_spec(struct sup *s, struct sandbox_spec *spec, const char *const *argv,
+                          const struct sandbox_fd *fd3);
 int confine_prepare(struct sup *s, const struct launch_plan *p, struct qv_err *e);
 int confine_spawn(struct sup *s, const struct launch_plan *p, const int *fds, pid_t *pid, struct qv_err *e);
 bool confine_oom_killed(struct sup *s);

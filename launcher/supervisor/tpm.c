@@ -133,25 +133,14 @@ static int spawn_swtpm(struct sup *s, const char *dir, int sock, struct qv_err *
     snprintf(state, sizeof(state), "dir=%s,mode=0600", dir);
     const char *argv[] = {SWTPM, "socket", "--tpm2", "--tpmstate", state, "--ctrl", "type=unixio,clientfd=3",
                           "--terminate", NULL};
-    static const char *const envp[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", NULL};
     const char *rw[] = {dir, NULL};
-    struct sandbox_fd map[] = {{.source = sock, .target = 3}};
+    struct sandbox_fd map = {.source = sock, .target = 3};
     struct sandbox_spec spec;
-    sandbox_spec_init(&spec);
-    spec.name = s->def.name;
-    spec.path = argv[0];
-    spec.argv = argv;
-    spec.envp = envp;
-    spec.fds = map;
-    spec.nfds = ARRAY_SIZE(map);
-    spec.stdout_fd = s->log_fd;
-    spec.stderr_fd = s->log_fd;
-    spec.setsid = true;
+    confine_sibling_spec(s, &spec, argv, &map);
     spec.enable &= ~SANDBOX_STEP(SANDBOX_CGROUP);
     if (!s->def.sandbox.seccomp)
         spec.enable &= ~SANDBOX_STEP(SANDBOX_SECCOMP);
     spec.require = c->require & spec.enable;
-    spec.host = c->host_checked ? &c->host : NULL;
     spec.uid = c->uid;
     spec.gid = c->gid;
     spec.rw_paths = rw;

@@ -120,26 +120,15 @@ static int spawn_virtiofsd(struct sup *s, size_t i, int listen_fd, struct qv_err
     snprintf(source, sizeof(source), "source=%s", fs->source);
     const char *argv[] = {VIRTIOFSD, "--fd=3", "-o", source, "-o", "sandbox=chroot", "-o", "modcaps=-mknod:-setfcap",
                           "--rlimit-nofile=0", NULL};
-    static const char *const envp[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", NULL};
     const char *share[] = {fs->source, NULL};
-    struct sandbox_fd map[] = {{.source = listen_fd, .target = 3}};
+    struct sandbox_fd map = {.source = listen_fd, .target = 3};
     struct sandbox_spec spec;
-    sandbox_spec_init(&spec);
-    spec.name = s->def.name;
-    spec.path = argv[0];
-    spec.argv = argv;
-    spec.envp = envp;
-    spec.fds = map;
-    spec.nfds = ARRAY_SIZE(map);
-    spec.stdout_fd = s->log_fd;
-    spec.stderr_fd = s->log_fd;
-    spec.setsid = true;
+    confine_sibling_spec(s, &spec, argv, &map);
     spec.enable &= ~(SANDBOX_STEP(SANDBOX_USER) | SANDBOX_STEP(SANDBOX_SECCOMP) | SANDBOX_STEP(SANDBOX_CGROUP));
     spec.require = c->require & spec.enable;
     /* the read-only bind is what makes a readonly share read-only: never without it */
     if (fs->readonly)
         spec.require |= SANDBOX_STEP(SANDBOX_MOUNT);
-    spec.host = c->host_checked ? &c->host : NULL;
     spec.keep_caps = 1ull << CAP_CHOWN | 1ull << CAP_DAC_OVERRIDE | 1ull << CAP_FOWNER | 1ull << CAP_FSETID |
                      1ull << CAP_SETGID | 1ull << CAP_SETUID | 1ull << CAP_SYS_CHROOT | 1ull << CAP_SETPCAP;
     if (fs->readonly)
