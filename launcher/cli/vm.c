@@ -58,11 +58,10 @@ int cmd_start(struct cli *c)
         return qv_fail(&c->err, -EBUSY, "%s is already running (pid %d)", name, (int)holder);
 
     bool paused = cli_flag(c, "paused");
-    /* a managed save is resumed (and removed once it is in) instead of a boot */
-    char saved[PATH_MAX];
-    bool resume = managedsave_exists(&c->paths, name) && managedsave_path(&c->paths, name, saved, sizeof(saved)) == 0;
-    const char *args[] = {"run", name, resume ? "--restore" : paused ? "--paused" : NULL, resume ? saved : NULL,
-                          resume ? "--restore-remove" : NULL, resume && paused ? "--paused" : NULL, NULL};
+    /* a managed save is resumed (and removed once it is in) instead of a boot: `run`
+     * does that by itself */
+    bool resume = managedsave_exists(&c->paths, name);
+    const char *args[] = {"run", name, paused ? "--paused" : NULL, NULL};
     if ((r = supervisor_spawn(&c->paths, args, timeout_ms, name, &c->err)) < 0) {
         if (resume && r != -ETIMEDOUT)
             qv_prefix(&c->err, "%s: resuming from its managed save (qvisor managedsave-remove %s boots it afresh "
