@@ -149,11 +149,13 @@ check_output "B waits (by hand)" 'waiting for the migration stream on' \
 check_output "migrate-incoming --cancel: the waiting destination goes" 'no longer waits' qB migrate-incoming mg --cancel
 check "...nothing runs on B" wait_until 30 noneB
 
+# the destination resumes the guest just after the source reports success: the checks
+# of the destination's state wait for it (bounded)
 # ---- A -> B over ssh, defined there ----
 n=$(countA)
 check_output "migrate --to ssh://root@B:PORT --persistent" "mg migrated to $B_IP:[0-9]+ in [0-9]+ ms" \
     qA migrate mg --to $TO --remote-root "$RB" --ssh-config "$S/config" --persistent
-check "B runs the guest" stateB running
+check "B runs the guest" wait_until 30 stateB running
 check "...it keeps counting from where it was" wait_until 30 aboveB "${n:-0}"
 check "...B has it defined (--persistent went through)" test -s "$RB/etc/qvisor/vms/mg.json"
 check "...on a port B chose (its log)" grep -q "waiting for the migration stream on $B_IP:[0-9]" "$RB/var/log/qvisor/mg.log"
@@ -177,7 +179,7 @@ out=$(qA --json migrate-incoming mg --listen $A_IP:0 --tls "$P/good")
 port=$(jq -r .address <<< "$out" | sed 's/.*://')
 n=$(countB)
 check_output "B -> A over TLS" "mg migrated to $A_IP:$port" qB migrate mg --to tcp:$A_IP:$port --tls "$P/good"
-check "A runs the guest" stateA running
+check "A runs the guest" wait_until 30 stateA running
 check "...which counts on" wait_until 30 aboveA "${n:-0}"
 check "...A's log says TLS" grep -q "waiting for the migration stream on $A_IP:$port (TLS" "$T_ROOT/var/log/qvisor/mg.log"
 check "...no key material in A's log" sh -c "! grep -q 'PRIVATE KEY' '$T_ROOT/var/log/qvisor/mg.log'"
@@ -189,7 +191,7 @@ qB undefine mg > /dev/null
 n=$(countA)
 check_output "migrate --to ssh://... --tls" "mg migrated to $B_IP:[0-9]+" \
     qA migrate mg --to $TO --remote-root "$RB" --ssh-config "$S/config" --tls "$P/good"
-check "B runs the guest" stateB running
+check "B runs the guest" wait_until 30 stateB running
 check "...which counts on" wait_until 30 aboveB "${n:-0}"
 check "...B's log says TLS" grep -q "waiting for the migration stream on $B_IP:[0-9]* (TLS" "$RB/var/log/qvisor/mg.log"
 check "A holds nothing running" wait_until 30 noneA
@@ -208,7 +210,7 @@ echo "$out" | sed 's/^/# /'
 check "evacuate: exit status 1 (one VM did not move)" test $rc = 1
 check "...mg reported migrated to A:5100" jq -e '.vms[] | select(.name == "mg") | .ok and .to == "tcp:'$A_IP':5100" and .total_time_ms > 0' <<< "$out"
 check "...mp reported failed, with why (A:5101 refuses)" jq -e '.vms[] | select(.name == "mp") | (.ok | not) and (.error | test("5101.*Connection refused"))' <<< "$out"
-check "A runs mg" stateA running
+check "A runs mg" wait_until 30 stateA running
 check "...which counts on" wait_until 30 aboveA "${n:-0}"
 check_output "mp stays on B, as it was" '^paused$' sh -c "nsenter -t $PB -p -m -n -- '$QV_BIN' --root '$RB' status mp --json | jq -r .state"
 check_error "evacuate without --to" 2 'evacuate: --to' qB evacuate
