@@ -82,7 +82,7 @@ check "...its QEMU waits (state starting)" stateB starting
 before=$(countA)
 check_output "migrate A -> B" "mg migrated to $B_IP:4711 in [0-9]+ ms \\(downtime [0-9]+ ms\\)" \
     qA migrate mg --to tcp:$B_IP:4711 --max-downtime 300 --auto-converge
-check "B runs the guest" stateB running
+check "B runs the guest" wait_until 30 stateB running
 check "...it keeps counting from where it was" wait_until 30 aboveB "${before:-0}"
 check "...without booting on B" sh -c "! grep -q 'QVISOR-GUEST: ready' '$RB/var/log/qvisor/mg.log'"
 check "...B's log says where it came from" sh -c "grep -q 'the guest.s state came in from the source' '$RB/var/log/qvisor/mg.log'"
@@ -121,7 +121,7 @@ check "...A's waiting QEMU is gone (its stream broke)" wait_until 60 noneA
 check_output "A waits once more" 'waiting' qA migrate-incoming mg --listen $A_IP:4714
 n=$(countB)
 check_output "migrate B -> A" "mg migrated to $A_IP:4714" qB migrate mg --to tcp:$A_IP:4714
-check "A runs the guest" stateA running
+check "A runs the guest" wait_until 30 stateA running
 check "...which counts on" wait_until 30 aboveA "${n:-0}"
 check_output "...and booted only once, on A, at the start" '^1$' count_log mg 'QVISOR-GUEST: ready'
 check "B holds nothing running" wait_until 30 noneB
@@ -132,7 +132,7 @@ check_output "B waits, the VM defined there (--persistent)" 'waiting' \
     qB migrate-incoming mg --listen $B_IP:4715 --definition "$T_ROOT/mg.json" --persistent
 n=$(countA)
 check "migrate --undefine-source --json" sh -c "nsenter -t $PA -p -m -n -- '$QV_BIN' --root '$T_ROOT' --json migrate mg --to tcp:$B_IP:4715 --undefine-source | jq -e '.downtime_ms >= 0 and .total_time_ms > 0 and .undefined_source'"
-check "B runs the guest" stateB running
+check "B runs the guest" wait_until 30 stateB running
 check "...which counts on" wait_until 30 aboveB "${n:-0}"
 check "...and B has it defined" test -s "$RB/etc/qvisor/vms/mg.json"
 check "A holds nothing running" wait_until 30 noneA

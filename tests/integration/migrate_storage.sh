@@ -119,7 +119,7 @@ check_output "B waits once more" 'waiting for the source' \
 before=$(countA)
 check_output "migrate --copy-storage A -> B" "mg migrated to $B_IP:4723 in [0-9]+ ms \\(downtime [0-9]+ ms\\)" \
     qA migrate mg --to tcp:$B_IP:4723 --copy-storage
-check "B runs the guest" stateB running
+check "B runs the guest" wait_until 30 stateB running
 check "...it keeps counting from where it was" wait_until 30 aboveB "${before:-0}"
 check "...without booting on B" sh -c "! grep -q 'QVISOR-GUEST: ready' '$RB/var/log/qvisor/mg.log'"
 now=$(countB)
