@@ -182,6 +182,10 @@ int tpm_open(void *opaque, const struct vm_def *d, int *fd, struct qv_err *e)
         return qv_prefix(e, "tpm (%s): swtpm: ", tpm_model_names[d->tpm]);
     }
     sup_log(s, "swtpm pid %d serves the %s TPM 2.0, its state in %s", (int)s->tpm.pid, tpm_model_names[d->tpm], dir);
+    if (d->boot.kernel && d->boot.initrd && d->boot.firmware != FIRMWARE_UEFI)
+        sup_log(s, "warning: tpm: QEMU loads the initrd of a direct kernel boot over the top of the ACPI tables "
+                   "a TPM enlarges: the guest boots without ACPI (README, \"Direct kernel boot and a TPM\"); "
+                   "boot through firmware, or give the guest a tpm-tis with tpm_tis.force=1 acpi=off");
     *fd = sv[0];
     return 0;
 }

@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 300
+# timeout: 420
 # TPM 2.0 ("tpm": {"model": ...}) served by a swtpm the supervisor starts beside QEMU:
 # the guest's kernel finds the TPM and it answers a command; QMP shows it; swtpm is
 # confined (QEMU's uid, no capabilities, no_new_privs, seccomp, its own mount and
@@ -37,10 +37,14 @@ check "...which show prints" sh -c "'$QV_BIN' --root '$T_ROOT' show tp | jq -e '
 # A tpm-tis, found by the guest's tpm_tis.force=1 rather than through ACPI: with direct
 # kernel boot QEMU 7.2 loads the initrd over the top 32 KiB of the ACPI tables once the
 # TPM's event log makes them larger than its estimate (README), which firmware boots
-# from a disk do not meet. The tpm-crb default is the oracle's (query-tpm).
-check "a tpm-tis is accepted" def_set tp '.tpm = {"model": "tpm-tis"} | .boot.cmdline += " tpm_tis.force=1 tpm_tis.interrupts=0"'
+# from a disk do not meet. acpi=off: the guest must not parse what the initrd's last
+# bytes left there (their content differs from build to build; a CI run's guest never
+# came up). The tpm-crb default is the oracle's (query-tpm).
+check "a tpm-tis is accepted" def_set tp '.tpm = {"model": "tpm-tis"} | .boot.cmdline += " tpm_tis.force=1 tpm_tis.interrupts=0 acpi=off"'
 qv start -q tp || { not_ok "the VM with a TPM starts"; diag "$(vm_log tp | tail -20)"; finish; }
-check "the guest boots" wait_until 90 guest_ok tp true
+check "the start warns that the initrd overwrites the ACPI tables" log_has tp "warning: tpm: QEMU loads the initrd of a direct kernel boot over the top of the ACPI tables"
+if wait_until 150 guest_ok tp true; then ok "the guest boots"
+else not_ok "the guest boots"; diag "$(vm_log tp | tail -40)"; finish; fi
 check "the guest's kernel found a TPM 2.0" guest_ok tp 'test -c /dev/tpm0 && test "$(cat /sys/class/tpm/tpm0/tpm_version_major)" = 2'
 check "...and it answers TPM2_GetRandom" tpm_answers
 check "QMP's query-tpm shows a tpm-tis on the emulator backend" sh -c \
