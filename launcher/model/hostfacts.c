@@ -21,8 +21,12 @@
 
 #define PROBE_TIMEOUT_MS 10000
 
-#define UID_FIRST 61184
-#define UID_LAST 65519
+/* Dynamic VM uids: in the range systemd's UIDS-GIDS.md leaves unused (65536-524287),
+ * below useradd's first subordinate uid (SUB_UID_MIN 100000). Not systemd's own
+ * DynamicUser range (61184-65519): systemd hands those out without looking at running
+ * processes, so a service could be given a running QEMU's uid. */
+#define UID_FIRST 70000
+#define UID_LAST 99999
 
 int host_config_load(const struct qv_paths *p, struct host_config *hc, struct qv_err *e)
 {

@@ -395,7 +395,7 @@ struct host_facts {
 struct host_config {
     char *qemu;             /* binary, default qemu-system-x86_64 from PATH */
     enum vm_accel accel;
-    uid_t uid_first, uid_last;  /* dynamic VM users: default 61184..65519, like systemd's */
+    uid_t uid_first, uid_last;  /* dynamic VM users: default 70000..99999 */
     char *cgroup_parent;    /* below each cgroup hierarchy root; default "qvisor" */
     char *ctl_group;        /* members may use the VMs' control sockets (0660); NULL: root only (0600) */
     uint64_t log_max_size;  /* a VM's log is rotated past this size (default 8 MiB) */

@@ -30,6 +30,9 @@ uida=$(status_field "$pa" Uid)
 uidb=$(status_field "$pb" Uid)
 check "QEMU runs as a non-root uid ($uida)" test "$uida" -gt 0
 check "two VMs run as two different uids ($uida, $uidb)" test "$uida" != "$uidb"
+# the default range: not systemd's DynamicUser range (61184-65519), which systemd hands
+# out without looking at running processes
+check "...both from the default range 70000-99999" test "$uida" -ge 70000 -a "$uida" -le 99999 -a "$uidb" -ge 70000 -a "$uidb" -le 99999
 check_output "status --json reports what is in force" '"no_new_privs": true' qv status va --json
 check "QEMU has a mount namespace of its own" test "$(readlink /proc/$pa/ns/mnt)" != "$(readlink /proc/self/ns/mnt)"
 
