@@ -95,26 +95,62 @@ static bool mon_speaks(const char *mon, const char *dflt_port)
     return ok;
 }
 
-static bool any_mon_speaks(const struct storage_pool *p)
+/* One monitor of a mon_host value: "10.0.0.1:6789", "v2:10.0.0.1:3300", or one entry of
+ * an address vector "[v2:10.0.0.1:3300,v1:10.0.0.1:6789]" (split at the commas). */
+static void mon_token(char *t)
 {
-    for (size_t i = 0; p->monitors && p->monitors[i]; i++) {
-        bool has_port = p->monitors[i][0] == '[' ? strstr(p->monitors[i], "]:") != NULL
-                                                 : strchr(p->monitors[i], ':') != NULL;
-        if (mon_speaks(p->monitors[i], "3300") || (!has_port && mon_speaks(p->monitors[i], "6789")))
-            return true;
-    }
-    return false;
+    if (t[0] == '[' && (strncmp(t + 1, "v1:", 3) == 0 || strncmp(t + 1, "v2:", 3) == 0))
+        memmove(t, t + 1, strlen(t));
+    if (strncmp(t, "v1:", 3) == 0 || strncmp(t, "v2:", 3) == 0)
+        memmove(t, t + 3, strlen(t) - 2);
+    size_t open = 0, close = 0, n = strlen(t);
+    for (size_t i = 0; i < n; i++)
+        open += t[i] == '[', close += t[i] == ']';
+    if (close > open && n && t[n - 1] == ']')
+        t[n - 1] = '\0';
 }
 
-static int connect_fail(const struct storage_pool *p, int r, struct qv_err *e)
+/* Whether a monitor of the pool greets us: those it names, else those of the ceph.conf
+ * it names (mon_host as librados read it). */
+static bool any_mon_speaks(const struct storage_pool *p, const char *conf_mons)
+{
+    struct strv mons = {0};
+    for (size_t i = 0; p->monitors && p->monitors[i]; i++)
+        strv_push(&mons, p->monitors[i]);
+    if (!mons.n && conf_mons) {
+        _cleanup_free_ char *copy = qv_xstrdup(conf_mons);
+        char *save = NULL;
+        for (char *t = strtok_r(copy, ", ;\t", &save); t; t = strtok_r(NULL, ", ;\t", &save)) {
+            mon_token(t);
+            if (*t)
+                strv_push(&mons, t);
+        }
+    }
+    bool ok = false;
+    for (size_t i = 0; !ok && i < mons.n; i++) {
+        const char *m = mons.v[i];
+        bool has_port = m[0] == '[' ? strstr(m, "]:") != NULL : strchr(m, ':') != NULL;
+        ok = mon_speaks(m, "3300") || (!has_port && mon_speaks(m, "6789"));
+    }
+    strv_free(&mons);
+    return ok;
+}
+
+static int connect_fail(const struct storage_pool *p, int r, const char *conf_mons, struct qv_err *e)
 {
     _cleanup_free_ char *mons = rbd_monitors_joined(p);
-    const char *where = mons ? mons : p->ceph_conf;
+    char where[1400];
+    if (mons)
+        snprintf(where, sizeof(where), "%s", mons);
+    else if (conf_mons && *conf_mons)
+        snprintf(where, sizeof(where), "%s (mon_host of %s)", conf_mons, p->ceph_conf);
+    else
+        snprintf(where, sizeof(where), "of %s", p->ceph_conf ? p->ceph_conf : "the pool");
     switch (r) {
     case -ETIMEDOUT:
         /* a wrong key is not refused outright: the client retries until its timeout.
          * Tell it from a monitor that is gone by whether one greets us. */
-        if (p->keyfile && any_mon_speaks(p))
+        if (p->keyfile && any_mon_speaks(p, conf_mons))
             return qv_fail(e, -EACCES, "pool %s: the monitors %s refused client.%s's key (check the pool's secret: "
                            "qvisor secret set-value with the key `ceph auth get-key client.%s` prints)", p->name,
                            where, p->user, p->user);
@@ -178,8 +214,11 @@ int rbd_conn_open(const struct storage_pool *p, struct rbd_conn *c, struct qv_er
         return r;
     }
     if ((r = sym_rados_connect(c->cluster)) < 0) {
+        char conf_mons[1024] = "";
+        if (sym_rados_conf_get(c->cluster, "mon_host", conf_mons, sizeof(conf_mons)) < 0)
+            conf_mons[0] = '\0';
         rbd_conn_close(c);
-        return connect_fail(p, r, e);
+        return connect_fail(p, r, conf_mons, e);
     }
     if ((r = sym_rados_ioctx_create(c->cluster, p->rbd_pool, &c->io)) < 0) {
         c->io = NULL;
@@ -570,6 +609,11 @@ int storage_rbd_snapshot(const struct storage_pool *p, const char *image, char o
     case 'c': r = sym_rbd_snap_create(img, snap); what = "creating snapshot"; break;
     case 'a': r = sym_rbd_snap_rollback(img, snap); what = "rolling back to snapshot"; break;
     case 'd': r = sym_rbd_snap_remove(img, snap); what = "deleting snapshot"; break;
+    case 'u':
+        what = "unprotecting and deleting snapshot";
+        if ((r = sym_rbd_snap_unprotect(img, snap)) == 0 || r == -EINVAL)   /* EINVAL: it was not protected */
+            r = sym_rbd_snap_remove(img, snap);
+        break;
     case 'e': r = sym_rbd_snap_exists(img, snap, &exists); r = r < 0 ? r : exists ? 0 : -ENOENT; break;
     default: r = -EINVAL;
     }

@@ -300,7 +300,8 @@ void storage_rbd_disk_free(struct storage_rbd_disk *d);
 int storage_rbd_disk_info(const struct storage_pool *p, const char *image, struct storage_rbd_disk *out,
                           struct qv_err *e);
 /* An RBD snapshot of `image` through librbd: op 'c' create, 'a' roll back (no client
- * may have the image open), 'd' delete, 'e' exists (-ENOENT when not). */
+ * may have the image open), 'd' delete, 'u' unprotect and delete (refused while it
+ * has clones), 'e' exists (-ENOENT when not). */
 int storage_rbd_snapshot(const struct storage_pool *p, const char *image, char op, const char *snap,
                          struct qv_err *e);
 

@@ -44,15 +44,22 @@ static const char *kind_of(const struct storage_snapshot *s)
     return s->external ? "disk-only" : s->memory ? "full" : "disks";
 }
 
-static bool has_rbd_volume(const struct qv_paths *p, const struct vm_def *d)
+/* Whether every disk a snapshot takes is an rbd volume (from the pool definitions:
+ * no cluster is asked). A VM with file disks beside them has its snapshot taken by
+ * QEMU, RBD images included, with the guest's memory kept in a qcow2 disk. */
+static bool rbd_volumes_only(const struct qv_paths *p, const struct vm_def *d)
 {
+    size_t n = 0;
     for (size_t i = 0; i < d->ndisks; i++) {
         char path[PATH_MAX];
-        if (d->disks[i].volume && vol_resolve(p, d->disks[i].volume, path, sizeof(path), NULL, NULL) == 0 &&
-            str_startswith(path, "rbd:"))
-            return true;
+        if (!snapshot_disk_included(&d->disks[i]))
+            continue;
+        if (!d->disks[i].volume || vol_resolve(p, d->disks[i].volume, path, sizeof(path), NULL, NULL) < 0 ||
+            !str_startswith(path, "rbd:"))
+            return false;
+        n++;
     }
-    return false;
+    return n > 0;
 }
 
 /* A running VM whose disks are rbd volumes: RBD snapshots taken with librbd from here
@@ -64,8 +71,8 @@ static int rbd_running_snapshot(struct cli *c, const char *vm, struct vm_def *d,
     if (r < 0)
         return r;
     if (!snapshot_rbd_only(d))
-        return qv_fail(&c->err, -EINVAL, "%s runs with rbd disks beside file images: its snapshot would mix RBD "
-                       "snapshots with QEMU's own; take it while the VM is shut off, or detach the file disks", vm);
+        return qv_fail(&c->err, -EINVAL, "%s: snapshot %s: not every disk is an rbd volume now (the definition "
+                       "changed meanwhile?); try again", vm, name);
     _cleanup_close_ int lock = lock_snapshots(c, vm);
     if (lock < 0)
         return lock;
@@ -100,7 +107,7 @@ int cmd_snapshot_create(struct cli *c)
     if (r < 0)
         return r;
     _cleanup_json_ json_object *reply = NULL;
-    bool rbd = active && !disk_only && has_rbd_volume(&c->paths, &d);
+    bool rbd = active && !disk_only && rbd_volumes_only(&c->paths, &d);
     if (rbd) {
         if ((r = rbd_running_snapshot(c, vm, &d, name)) < 0)
             return r;
@@ -367,11 +374,12 @@ static int change(struct cli *c, bool revert)
         return r == -ENOENT ? qv_fail(&c->err, -ENOENT, "%s has no snapshot named %s (qvisor snapshot list %s)", vm,
                                       name, vm)
                             : r;
-    bool rbd = false;
+    bool rbd_only = s.ndisks > 0;
     for (size_t i = 0; i < s.ndisks; i++)
-        rbd |= s.disks[i].rbd;
-    if (active && rbd && !revert) {
-        /* RBD snapshots go in the cluster, whoever has the image open */
+        rbd_only &= s.disks[i].rbd;
+    if (active && rbd_only && !revert) {
+        /* RBD snapshots go in the cluster, whoever has the image open (with file disks
+         * beside them, the supervisor has QEMU delete them all) */
         _cleanup_close_ int lock = lock_snapshots(c, vm);
         return lock < 0 ? lock : snapshot_delete_offline(&c->paths, &d, &s, &c->err);
     }

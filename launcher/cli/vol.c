@@ -461,6 +461,6 @@ int cmd_clone(struct cli *c)
     int r = with_progress(c, label, do_clone, NULL);
     if (r == 0 && !c->quiet)
         printf("cloned %s to %s (%s)\n", c->pos[0], c->pos[1],
-               cli_flag(c, "linked") ? "linked: both VMs now write to overlays on the shared images" : "full copies");
+               cli_flag(c, "linked") ? "linked: copy-on-write on the source's images" : "full copies");
     return r;
 }

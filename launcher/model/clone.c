@@ -2,8 +2,10 @@
  * and its own copies of the writable disks. A full clone copies each disk into a new
  * volume (the whole chain, flattened). A linked clone copies nothing: the clone gets a
  * qcow2 overlay on the source's image, and so does the source VM, so that the shared
- * image is written by neither from then on. Read-only disks stay shared. Everything
- * made is removed again when a later step fails. */
+ * image is written by neither from then on; an rbd volume's linked clone is an RBD
+ * copy-on-write clone of a protected snapshot of it (clone-NEW), which the source
+ * VM writes past as before. Read-only disks stay shared. Everything made is removed
+ * again when a later step fails. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,12 +13,31 @@
 
 struct clone_made {
     struct strv volumes;        /* created, removed on failure */
+    struct strv snaps;          /* RBD snapshots made for linked clones: POOL/IMAGE@SNAP */
 };
+
+/* op 'u' of storage_rbd_snapshot on POOL/IMAGE@SNAP */
+static void rbd_snap_drop(const struct qv_paths *p, const char *at)
+{
+    char ref[160];
+    const char *snap = strrchr(at, '@');
+    struct vol_ref vr;
+    _cleanup_pool_def_ struct pool_def pd = {0};
+    if (!snap || (size_t)(snap - at) >= sizeof(ref))
+        return;
+    snprintf(ref, sizeof(ref), "%.*s", (int)(snap - at), at);
+    if (vol_ref_parse(ref, &vr, NULL) < 0 || pool_load(p, vr.pool, &pd, NULL) < 0)
+        return;
+    struct storage_pool sp = pool_storage(&pd);
+    storage_rbd_snapshot(&sp, vr.name, 'u', snap + 1, NULL);
+}
 
 static void undo(const struct qv_paths *p, struct clone_made *m)
 {
     for (size_t i = 0; i < m->volumes.n; i++)
         volume_delete(p, m->volumes.v[i], true, NULL);
+    for (size_t i = 0; i < m->snaps.n; i++)     /* once their clones are gone */
+        rbd_snap_drop(p, m->snaps.v[i]);
 }
 
 /* The pool and format a disk's copy goes to: a volume's own pool, else default. */
@@ -93,7 +114,26 @@ int vm_clone(const struct qv_paths *p, const char *src_name, const char *new_nam
         }
         snprintf(ref, sizeof(ref), "%s/%s-disk%zu", pool, new_name, i);
         enum storage_format sf = fmt == FORMAT_QCOW2 ? STORAGE_FORMAT_QCOW2 : STORAGE_FORMAT_RAW;
-        if (linked) {
+        if (linked && str_startswith(src, "rbd:")) {
+            /* RBD layering: the clone reads a protected snapshot of the source's image */
+            char snap[80], at[240];
+            bool snap_made = false;
+            if (snprintf(snap, sizeof(snap), "clone-%s", new_name) > 64) {
+                r = qv_fail(e, -ENAMETOOLONG, "%s: disks[%zu]: the RBD snapshot clone-%s would be too long a name "
+                            "(choose a shorter name for the clone)", src_name, i, new_name);
+                break;
+            }
+            r = volume_clone_cow(p, k->volume, snap, ref, &snap_made, e);
+            if (snap_made) {
+                snprintf(at, sizeof(at), "%s@%s", k->volume, snap);
+                strv_push(&made.snaps, at);
+            }
+            if (r < 0) {
+                qv_prefix(e, "%s: disks[%zu]: ", src_name, i);
+                break;
+            }
+            strv_push(&made.volumes, ref);
+        } else if (linked) {
             struct volume_create_args a = {.format = STORAGE_FORMAT_QCOW2, .backing = src};
             if ((r = volume_create(p, ref, &a, e)) < 0)
                 break;
@@ -124,5 +164,6 @@ int vm_clone(const struct qv_paths *p, const char *src_name, const char *new_nam
     if (r < 0)
         undo(p, &made);
     strv_free(&made.volumes);
+    strv_free(&made.snaps);
     return r;
 }

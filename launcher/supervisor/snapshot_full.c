@@ -7,20 +7,34 @@
 
 #include "launcher/supervisor/internal.h"
 
-/* The device nodes of the record's disks, each checked to be its disk's top now. */
+/* The device nodes of the record's disks, each checked to be its disk's top now.
+ * rbd disks come first, and the memory goes into the first qcow2 one: QEMU's rbd
+ * driver keeps no VM state, and QEMU hands one snapshot description to every device
+ * in turn, into which qcow2 writes the id it picks, while rbd refuses any id but the
+ * snapshot's name. */
 static int record_nodes(struct sup *s, const struct storage_snapshot *rec, json_object **devices, char *vmstate,
                         size_t vmlen, struct qv_err *e)
 {
     *devices = json_object_new_array();
-    for (size_t i = 0; i < rec->ndisks; i++) {
-        struct disk_ref ref;
-        if (!snap_disk_find(s, rec, &rec->disks[i], &ref, e)) {
-            json_object_put(*devices);
-            return e->code;
+    vmstate[0] = '\0';
+    for (int rbd_pass = 1; rbd_pass >= 0; rbd_pass--)
+        for (size_t i = 0; i < rec->ndisks; i++) {
+            struct disk_ref ref;
+            if (rec->disks[i].rbd != (rbd_pass == 1))
+                continue;
+            if (!snap_disk_find(s, rec, &rec->disks[i], &ref, e)) {
+                json_object_put(*devices);
+                return e->code;
+            }
+            json_object_array_add(*devices, json_object_new_string(ref.node));
+            if (!rbd_pass && !vmstate[0])
+                snprintf(vmstate, vmlen, "%s", ref.node);
         }
-        json_object_array_add(*devices, json_object_new_string(ref.node));
-        if (i == 0)
-            snprintf(vmstate, vmlen, "%s", ref.node);
+    if (!vmstate[0]) {
+        json_object_put(*devices);
+        return qv_fail(e, -EINVAL, "%s: snapshot %s: its disks are all rbd volumes, and the guest's memory is kept in "
+                       "a qcow2 disk (qvisor snapshot create takes RBD snapshots of such a VM, without its memory)",
+                       s->def.name, rec->name);
     }
     return 0;
 }

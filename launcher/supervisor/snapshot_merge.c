@@ -218,7 +218,7 @@ static void del_step(struct del_req *d)
         struct disk_ref ref;
         if (!snap_disk_find(s, &d->rec, k, &ref, &e))
             goto fail;
-        if (strcmp(ref.file, k->file) != 0) {
+        if (!k->rbd && strcmp(ref.file, k->file) != 0) {   /* an rbd snapshot is in the image QEMU has open */
             if (block_writable_begin(s, k->disk, k->file, on_writable, d, &e) < 0) {
                 qv_prefix(&e, "%s: snapshot %s: ", s->def.name, d->rec.name);
                 goto fail;

@@ -1,13 +1,21 @@
 #!/bin/bash
-# timeout: 420
-# Ceph RBD pools and volumes on a real single-node Ceph that this test starts and stops
-# (tests/ceph/cluster: one mon, one memstore OSD, cephx on): the cephx secret and its
-# refusals, rbd pool define and the errors of a wrong key, a stopped monitor and a
-# missing pool (clear, bounded, nothing created), every vol verb through librbd, a
-# copy-on-write clone of a protected snapshot, a qcow2 image with a marker imported as
-# raw and exported back, Ctrl-C during an import leaving nothing, and the key appearing
-# nowhere: not under the root, not in a log, not in the argv or environment of qvisor
-# or qemu-img while an import runs.
+# timeout: 900
+# Ceph RBD on a real single-node Ceph that this test starts once and stops (tests/ceph/
+# cluster: one mon, one memstore OSD, cephx on), for pools, volumes and VM disks alike:
+# - the cephx secret and its refusals, rbd pool define and the errors of a wrong key (also
+#   with only a ceph.conf), a stopped monitor and a missing pool (clear, bounded, nothing
+#   created), every vol verb through librbd, a copy-on-write clone of a protected
+#   snapshot, a qcow2 image with a marker imported as raw and exported back, Ctrl-C
+#   during an import leaving nothing, and the key in no argv or environment of qvisor or
+#   qemu-img while an import runs;
+# - the test guest with an rbd data disk that QEMU's rbd driver opens over the network
+#   (monitors, user and key-secret given explicitly; the key read by QEMU from a sealed
+#   memfd): a marker the cluster then holds, a second rbd disk hotplugged, an online
+#   resize, RBD snapshots of the rbd-only VM and a snapshot with memory of the VM with an
+#   rbd and a qcow2 disk (reverted live), linked (RBD clone) and full clones, the key
+#   nowhere (root, logs, argv, show, /proc cmdline and environ of the supervisor and
+#   QEMU), and an nft filter on QEMU's uid letting it reach the monitors and OSDs only.
+# (one group: the cluster takes 15-20 s to start on a loaded machine)
 . "$(dirname "$0")/../lib.sh"
 
 CDIR=$(mktemp -d /tmp/qvceph.XXXXXX)
@@ -79,6 +87,11 @@ ceph-authtool --gen-print-key | "$QV_BIN" --root "$T_ROOT" secret set-value -q w
 check_error_within "pool define with a wrong key: refused, naming pool, user and the fix (exit 1)" 30 1 \
     "pool bad: the monitors $CEPH_MON refused client\.libvirt's key \(check the pool's secret" \
     qv pool define --name bad --type rbd --pool rbd --monitor "$CEPH_MON" --user libvirt --secret wrongkey
+# (the monitor as HOST:PORT, no v2: address vector: the client then waits out its timeout)
+printf '[global]\nmon host = %s\n' "$CEPH_MON" > "$T_ROOT/mononly.conf"
+check_error_within "pool define with a wrong key and only a ceph.conf: refused, naming its monitors (exit 1)" 30 1 \
+    "pool bad: the monitors .*127\.0\.0\.1.* \(mon_host of $T_ROOT/mononly\.conf\) refused client\.libvirt's key" \
+    qv pool define --name bad --type rbd --pool rbd --ceph-conf "$T_ROOT/mononly.conf" --user libvirt --secret wrongkey
 check_error_within "pool define of a Ceph pool that does not exist: no such object (exit 3)" 30 3 \
     'pool bad: the Ceph cluster has no pool nosuch \(ceph osd pool create nosuch' \
     qv pool define --name bad --type rbd --pool nosuch --monitor "$CEPH_MON" --user libvirt --secret ceph-libvirt
@@ -227,6 +240,167 @@ check_not "...and so is the temporary image (and no volume intr)" bash -c "rbdc 
 check_not "the key is in no file under the root but the secret's value" \
     bash -c "grep -rlaF -- '$CEPH_KEY' '$T_ROOT' | grep -vx '$SDIR/ceph-libvirt'"
 check_not "...nor in what any command printed" grep -qF "$CEPH_KEY" "$T_ROOT/intr.out" "$T_ROOT/out"
+
+
+# ---- VM disks on rbd volumes ----
+admin() { timeout 60 "$@" --conf "$CEPH_CONF" --keyring "$CEPH_ADMIN_KEYRING"; }
+check "vol create ceph/vmdisk" qv vol create ceph/vmdisk --size 64M --format raw
+check "vol create ceph/extra" qv vol create ceph/extra --size 32M --format raw
+# the test guest without a user-mode NIC: nothing else opens QEMU's network
+rbd_guest() {
+    local name=$1
+    shift
+    qv define -q "$name" --memory 192M --kernel "$G_KERNEL" --initrd "$G_INITRD" --append "$G_APPEND" "$@"
+}
+rbd_guest nosuch --disk vol=ceph/nosuch
+check_error "a VM whose rbd volume is missing does not start, and says why" 3 \
+    'volume ceph/nosuch: pool ceph has no volume nosuch' qv start nosuch
+qv undefine nosuch >/dev/null 2>&1
+
+rbd_guest rv --disk vol=ceph/vmdisk,serial=RBD1
+check_output "argv: QEMU's rbd driver with monitors, user and a key-secret read from an fd" \
+    '"driver":"rbd".*"pool":"rbd","image":"vmdisk","conf":"/dev/null","user":"libvirt","server":\[\{"host":"127\.0\.0\.1","port":"[0-9]+"\}\],"auth-client-required":\["cephx"\],"key-secret":"disk0-key"' \
+    qv argv rv
+check_output "argv: the secret object reads /proc/self/fd/N" 'secret,id=disk0-key,file=/proc/self/fd/[0-9]+,format=base64' \
+    qv argv rv
+qv start -q rv || { not_ok "the VM with an rbd disk starts"; diag "$(vm_log rv | tail -20)"; finish; }
+ok "the VM with an rbd disk starts"
+check "the guest boots" wait_until 120 guest_ok rv true
+dev() { echo "\$(for d in /sys/block/vd*; do grep -qx $1 \$d/serial 2>/dev/null && echo \${d##*/}; done)"; }
+
+# ---- the data disk is the RBD image ----
+check "the guest writes a marker on its rbd disk" \
+    guest_ok rv "echo RBD-MARKER-ONE | dd of=/dev/$(dev RBD1) conv=fsync 2>/dev/null"
+check "...and reads it back" guest_ok rv "head -c 14 /dev/$(dev RBD1) | grep -q RBD-MARKER-ONE"
+check "...which the cluster holds: rbd export of vmdisk starts with it" \
+    sh -c "admin() { timeout 60 \"\$@\" --conf '$CEPH_CONF' --keyring '$CEPH_ADMIN_KEYRING'; }; \
+           admin rbd export rbd/vmdisk - 2>/dev/null | head -c 14 | grep -q RBD-MARKER-ONE"
+
+# ---- the key appears nowhere ----
+qpid=$(vm_pid rv)
+spid=$(sup_pid rv)
+key_leaks() {
+    local where
+    where=$(grep -rlF -- "$CEPH_KEY" "$T_ROOT" 2>/dev/null | grep -vx "$T_ROOT/etc/qvisor/secrets/ceph-libvirt")
+    for p in $qpid $spid; do
+        grep -qaF -- "$CEPH_KEY" /proc/$p/cmdline && where+=" /proc/$p/cmdline"
+        grep -qaF -- "$CEPH_KEY" /proc/$p/environ && where+=" /proc/$p/environ"
+    done
+    qv argv rv 2>&1 | grep -qF -- "$CEPH_KEY" && where+=" argv"
+    qv show rv 2>&1 | grep -qF -- "$CEPH_KEY" && where+=" show"
+    qv status rv --json 2>&1 | grep -qF -- "$CEPH_KEY" && where+=" status"
+    echo "$where"
+    [ -z "$where" ]
+}
+check "the key is stored where it should be (the probe can find it)" \
+    grep -rqlF -- "$CEPH_KEY" "$T_ROOT/etc/qvisor/secrets"
+check "the key appears nowhere else: root, logs, argv, show, status, /proc cmdline+environ" key_leaks
+check "the probes looked at live processes" test -r "/proc/$qpid/cmdline" -a -r "/proc/$spid/environ"
+
+# ---- QEMU's network: the cluster, nothing else ----
+uid=$(stat -c %u /proc/$qpid)
+check "QEMU shares the host's network namespace (the cluster is on loopback)" \
+    test "$(readlink /proc/$qpid/ns/net)" = "$(readlink /proc/self/ns/net)"
+check_output "an nft table filters QEMU's uid, naming the monitor" "meta skuid $uid ip daddr \. tcp dport \{[^}]*127\.0\.0\.1 \. ${CEPH_MON##*:}" \
+    nft list table inet qvisor_uid_$uid
+check "the log says what QEMU may reach" log_has rv "it may connect only to the Ceph cluster's monitors and OSDs"
+# a listener QEMU must not reach, and a probe from inside QEMU: an nbd blockdev-add
+# (it closes what it accepts, so a probe that does get through fails at once, and differently)
+python3 -c 'import socket
+s=socket.socket(); s.bind(("127.0.0.1",0)); s.listen(8); print(s.getsockname()[1], flush=True)
+while True: s.accept()[0].close()' \
+    > "$T_ROOT/port" &
+lpid=$!
+on_exit "kill $lpid"
+wait_until 10 test -s "$T_ROOT/port"
+lport=$(head -1 "$T_ROOT/port")
+probe() { timeout 30 "$QV_BIN" --root "$T_ROOT" qmp rv "{\"execute\": \"blockdev-add\", \"arguments\": {\"driver\": \"nbd\", \"node-name\": \"probe$1\", \"server\": {\"type\": \"inet\", \"host\": \"127.0.0.1\", \"port\": \"$1\"}}}" 2>&1; true; }
+check "the listener is reachable from the host" python3 -c "import socket; socket.create_connection(('127.0.0.1', $lport), 5)"
+check_output "QEMU reaches the monitor (the nbd handshake, not the connect, fails)" \
+    'Failed to read|handshake|unexpected|magic|EOF|Connection reset|reply' probe "${CEPH_MON##*:}"
+check_output "QEMU cannot reach an unrelated local port: No route to host" 'No route to host' probe "$lport"
+
+# ---- hotplug a second rbd disk ----
+check_output "attach-disk --volume ceph/extra" 'disk[0-9]' qv attach-disk rv --volume ceph/extra --serial RBD2
+check "the guest sees the hotplugged rbd disk" wait_until 30 guest_ok rv "test -n \"$(dev RBD2)\""
+check "the guest writes a marker on it" \
+    guest_ok rv "echo RBD-MARKER-TWO | dd of=/dev/$(dev RBD2) conv=fsync 2>/dev/null"
+check "...which the cluster holds in ceph/extra" \
+    sh -c "timeout 60 rbd export rbd/extra - --conf '$CEPH_CONF' --keyring '$CEPH_ADMIN_KEYRING' 2>/dev/null | head -c 14 | grep -q RBD-MARKER-TWO"
+check "the key appears nowhere after the hotplug either" key_leaks
+check "detach-disk of the rbd disk, by its volume" qv detach-disk rv ceph/extra
+check "the guest no longer sees it" wait_until 30 guest_ok rv "test -z \"$(dev RBD2)\""
+
+# ---- online resize ----
+check "the guest sees the rbd disk at 64 MiB" guest_ok rv "test \$(cat /sys/block/$(dev RBD1)/size) -eq 131072"
+check_output "disk-resize +16M of the rbd disk" 'rv: disk0 is now 80M' qv disk-resize rv RBD1 +16M
+check "...the guest sees 80 MiB at once" wait_until 10 guest_ok rv "test \$(cat /sys/block/$(dev RBD1)/size) -eq 163840"
+check_output "...and so does the cluster" 'size 80 MiB' admin rbd info rbd/vmdisk
+
+# ---- snapshots: RBD snapshots ----
+check "the guest writes state A on its rbd disk" \
+    guest_ok rv "echo SNAP-STATE-A | dd of=/dev/$(dev RBD1) conv=fsync 2>/dev/null"
+check_output "snapshot create of the running rbd-backed VM takes RBD snapshots" \
+    'rv: snapshot s1 created \(RBD snapshots, the guest paused around them\)' qv snapshot create rv s1
+check "...and the guest runs again" state_is rv running
+check_output "...the cluster holds snapshot s1 of vmdisk" ' s1 ' admin rbd snap ls rbd/vmdisk
+check "the guest writes state B over it" \
+    guest_ok rv "echo SNAP-STATE-B | dd of=/dev/$(dev RBD1) conv=fsync 2>/dev/null && head -c 12 /dev/$(dev RBD1) | grep -q SNAP-STATE-B"
+check_output "snapshot list shows s1" '^s1 ' qv snapshot list rv
+check_error "revert of the running VM is refused (it holds no memory)" 4 'stop the VM first' qv snapshot revert rv s1
+check "kill" qv kill rv
+check "the uid's nft table is gone with QEMU" wait_until 10 sh -c "! nft list table inet qvisor_uid_$uid >/dev/null 2>&1"
+check "snapshot revert of the shut-off VM" qv snapshot revert rv s1
+check "the VM starts again" qv start -q rv
+check "the guest boots" wait_until 120 guest_ok rv true
+check "the guest reads state A again" guest_ok rv "head -c 12 /dev/$(dev RBD1) | grep -q SNAP-STATE-A"
+check "snapshot delete of the running VM's RBD snapshot" qv snapshot delete rv s1
+no_snap() { local out; out=$(admin rbd snap ls rbd/vmdisk) && ! grep -q ' s1 ' <<< "$out"; }
+check "...gone from the cluster" no_snap
+
+# ---- a VM with an rbd disk and a qcow2 file disk: one snapshot with memory, by QEMU ----
+qemu-img create -q -f qcow2 "$T_ROOT/file1.qcow2" 32M
+check_output "attach-disk --persistent of a qcow2 file disk beside the rbd disk" 'disk[0-9]' \
+    qv attach-disk rv "$T_ROOT/file1.qcow2" --serial FILE1 --persistent
+check "the guest sees it" wait_until 30 guest_ok rv "test -n \"$(dev FILE1)\""
+both() { echo "echo $1 | dd of=/dev/$(dev RBD1) conv=fsync 2>/dev/null && echo $1 | dd of=/dev/$(dev FILE1) conv=fsync 2>/dev/null"; }
+rbd_head() { admin rbd export rbd/vmdisk - 2>/dev/null | head -c ${#1} | grep -qx "$1"; }
+# the qcow2 image as QEMU holds it (-U: it is open and locked)
+file_head() { qemu-img convert -U -f qcow2 -O raw "$T_ROOT/file1.qcow2" "$T_ROOT/file1.raw" && head -c ${#1} "$T_ROOT/file1.raw" | grep -qx "$1"; }
+export -f admin rbd_head file_head
+export CEPH_ADMIN_KEYRING T_ROOT
+check "the guest writes MIXED-A on both disks" guest_ok rv "$(both MIXED-A)"
+check_output "snapshot create of the running VM with both: QEMU's, with the guest's memory" \
+    'rv: snapshot m1 created \(internal, with the guest.s memory\)' qv snapshot create rv m1
+check "...the guest runs again" state_is rv running
+check_output "...the cluster holds RBD snapshot m1 of vmdisk" ' m1 ' admin rbd snap ls rbd/vmdisk
+check_output "...and the qcow2 image an internal snapshot m1" ' m1 ' qemu-img snapshot -U -l "$T_ROOT/file1.qcow2"
+check "...listed as a full snapshot of both disks" bash -c "jqcheck '.[] | select(.name == \"m1\") | .memory == true and (.disks | length) == 2 and (.disks | map(.rbd == true) | sort) == [false, true]' '$QV_BIN' --root '$T_ROOT' snapshot list rv --json"
+check "the guest writes MIXED-B over both" guest_ok rv "$(both MIXED-B)"
+check "...which both images hold" bash -c "rbd_head MIXED-B && file_head MIXED-B"
+check "snapshot revert of the running VM, live (memory and both disks)" qv snapshot revert rv m1
+check "...the guest runs" wait_until 30 state_is rv running
+check "...both images hold MIXED-A again" bash -c "rbd_head MIXED-A && file_head MIXED-A"
+check_output "...and the guest reads MIXED-A from both" '^MIXED-A MIXED-A' \
+    gsh rv "echo \$(head -c 7 /dev/$(dev RBD1)) \$(head -c 7 /dev/$(dev FILE1))"
+check "snapshot delete of the running VM's mixed snapshot" qv snapshot delete rv m1
+no_m1() { local out; out=$(admin rbd snap ls rbd/vmdisk) && ! grep -q ' m1 ' <<< "$out" && ! qemu-img snapshot -U -l "$T_ROOT/file1.qcow2" | grep -q ' m1 '; }
+check "...gone from the cluster and from the qcow2 image" no_m1
+check "kill" qv kill rv
+
+# ---- clones of the VM with an rbd disk ----
+check_output "clone --linked of the shut-off VM" 'cloned rv to rvl \(linked' qv clone rv rvl --linked
+check "...its rbd disk is an RBD clone of vmdisk@clone-rvl, protected" \
+    bash -c "$(declare -f jqcheck rbdc); jqcheck '.parent.image == \"vmdisk\" and .parent.snapshot == \"clone-rvl\"' rbdc info rvl-disk0 --format json && jqcheck 'map(select(.name == \"clone-rvl\"))[0].protected == \"true\"' rbdc snap ls vmdisk --format json"
+check "...which reads the source's data" bash -c "$(declare -f rbdc); rbdc export rvl-disk0 - 2>/dev/null | head -c 7 | grep -qx MIXED-A"
+check "...the definition names it; the file disk got an overlay" \
+    bash -c "jq -e '.disks[0].volume == \"ceph/rvl-disk0\" and .disks[1].volume == \"default/rvl-disk1\"' '$T_ROOT/etc/qvisor/vms/rvl.json'"
+check "...the source VM keeps its rbd volume" jq -e '.disks[0].volume == "ceph/vmdisk"' "$T_ROOT/etc/qvisor/vms/rv.json"
+check_output "clone (full) of the shut-off VM" 'cloned rv to rvf \(full copies\)' qv clone rv rvf
+check "...its rbd disk is a standalone copy in the same pool with the data" \
+    bash -c "$(declare -f jqcheck rbdc); jqcheck '.parent == null' rbdc info rvf-disk0 --format json && rbdc export rvf-disk0 - 2>/dev/null | head -c 7 | grep -qx MIXED-A"
+check "undefine --remove-storage of both clones" bash -c "'$QV_BIN' --root '$T_ROOT' undefine rvl --remove-storage && '$QV_BIN' --root '$T_ROOT' undefine rvf --remove-storage"
+check "...their images are gone from the cluster" bash -c "$(declare -f rbdc); ! rbdc ls | grep -q '^rv[lf]-'"
 
 # an unreachable pool does not hide the others; a stopped monitor gives a bounded error
 qv vol create -q default/keep --size 1M
