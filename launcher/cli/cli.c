@@ -123,6 +123,9 @@ static const struct cli_opt autostart_opts[] = {{"disable", false, false, 0}, {"
 static const struct cli_opt disable_opts[] = {{"disable", false, false, 0}, {0}};
 static const struct cli_opt shutdown_all_opts[] = {{"timeout", true, false, 't'}, {"save", false, false, 0}, {0}};
 static const struct cli_opt detach_opts[] = {{"persistent", false, false, 0}, {"mac", true, false, 0}, {0}};
+static const struct cli_opt setvcpus_opts[] = {{"config", false, false, 0}, {"live", false, false, 0}, {0}};
+static const struct cli_opt hostdev_opts[] = {
+    {"pci", true, false, 0}, {"usb", true, false, 0}, {"persistent", false, false, 0}, {"config", false, false, 0}, {0}};
 
 static int cmd_help(struct cli *c);
 
@@ -211,6 +214,13 @@ static const struct cli_command commands[] = {
      "attach-nic NAME --network N|--bridge B|--direct IF|--user [--mac M] [--model virtio] [--vlan ID] [--persistent]",
      "hotplug a NIC"},
     {"detach-nic", cmd_detach_nic, detach_opts, 1, 1, "detach-nic NAME --mac MAC [--persistent]", "unplug a NIC"},
+    {"attach-device", cmd_attach_device, hostdev_opts, 1, 2,
+     "attach-device NAME FILE|--pci ADDRESS|--usb VENDOR:PRODUCT|BUS.DEVICE [--persistent|--config]",
+     "hotplug a host device (FILE: a \"hostdevs\" entry as JSON); --persistent also defines it, --config only "
+     "defines it"},
+    {"detach-device", cmd_detach_device, hostdev_opts, 1, 2,
+     "detach-device NAME FILE|--pci ADDRESS|--usb VENDOR:PRODUCT|BUS.DEVICE [--persistent|--config]",
+     "unplug a hotplugged host device; --persistent also removes it from the definition, --config only there"},
     {"change-media", cmd_change_media, media_opts, 2, 3, "change-media NAME DEV FILE|--eject [--config]",
      "put another medium (an ISO, read-only) into a CD-ROM drive (DEV: cdrom0 or the file it holds), or eject it; "
      "a running VM's drive changes now, --config changes the definition too"},
@@ -229,8 +239,9 @@ static const struct cli_command commands[] = {
      "I/O statistics of a running VM's disks: requests, bytes, flushes, time"},
     {"setmem", cmd_setmem, no_opts, 2, 2, "setmem NAME SIZE",
      "set a running VM's balloon target (memory.balloon; at most memory.size): the guest gives memory back"},
-    {"setvcpus", cmd_setvcpus, no_opts, 2, 2, "setvcpus NAME COUNT",
-     "plug or unplug vCPUs of a running VM, between cpu.count and cpu.max"},
+    {"setvcpus", cmd_setvcpus, setvcpus_opts, 2, 2, "setvcpus NAME COUNT [--config [--live]]",
+     "plug or unplug vCPUs of a running VM, between cpu.count and cpu.max; --config sets cpu.count in the "
+     "definition instead (with --live: as well)"},
     {"display", cmd_display, no_opts, 1, 1, "display NAME [--json]",
      "where to connect to a running VM's display (vnc://HOST:PORT), like virsh domdisplay"},
     {"stats", cmd_stats, stats_opts, 0, 64, "stats [NAME...] [--json|--prometheus]",

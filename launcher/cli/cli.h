@@ -103,6 +103,8 @@ int cmd_filter_undefine(struct cli *c);
 int cmd_attach_disk(struct cli *c);
 int cmd_detach_disk(struct cli *c);
 int cmd_attach_nic(struct cli *c);
+int cmd_attach_device(struct cli *c);
+int cmd_detach_device(struct cli *c);
 int cmd_detach_nic(struct cli *c);
 int cmd_ifaddr(struct cli *c);
 int cmd_change_media(struct cli *c);

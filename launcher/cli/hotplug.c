@@ -346,3 +346,156 @@ int cmd_change_media(struct cli *c)
         printf("%s: cdrom%zu now holds %s%s\n", name, index, file, where);
     return 0;
 }
+
+/* ---- attach-device, detach-device: host devices ("hostdevs" entries) ---- */
+
+/* The device from FILE (a JSON object as in "hostdevs") or from --pci ADDR / --usb
+ * VENDOR:PRODUCT|BUS.DEVICE; parsed (but not fitted to the VM) into hd. */
+static json_object *hostdev_arg(struct cli *c, const char *verb, struct vm_hostdev *hd)
+{
+    const char *pci = cli_opt(c, "pci"), *usb = cli_opt(c, "usb");
+    int given = (c->npos == 2) + (pci != NULL) + (usb != NULL);
+    if (given != 1) {
+        qv_fail(&c->err, -EINVAL, "%s %s: a device FILE (JSON, as a \"hostdevs\" entry), --pci ADDRESS or --usb "
+                "VENDOR:PRODUCT|BUS.DEVICE, one of them", verb, c->pos[0]);
+        return NULL;
+    }
+    json_object *o = NULL;
+    if (c->npos == 2) {
+        if (json_read_file(c->pos[1], &o, &c->err) < 0) {
+            qv_prefix(&c->err, "%s %s: ", verb, c->pos[0]);
+            return NULL;
+        }
+    } else if (pci) {
+        o = json_object_new_object();
+        json_object_object_add(o, "type", json_object_new_string("pci"));
+        json_object_object_add(o, "address", json_object_new_string(pci));
+    } else {
+        o = json_object_new_object();
+        json_object_object_add(o, "type", json_object_new_string("usb"));
+        char a[16], b[16], sep;
+        int n = 0;
+        if (sscanf(usb, "%15[0-9a-fA-Fx]%c%15[0-9a-fA-Fx]%n", a, &sep, b, &n) == 3 && (size_t)n == strlen(usb) &&
+            (sep == ':' || sep == '.')) {
+            if (sep == ':') {
+                json_object_object_add(o, "vendor", json_object_new_string(a));
+                json_object_object_add(o, "product", json_object_new_string(b));
+            } else {
+                json_object_object_add(o, "bus", json_object_new_int(atoi(a)));
+                json_object_object_add(o, "device", json_object_new_int(atoi(b)));
+            }
+        } else {
+            json_object_put(o);
+            qv_fail(&c->err, -EINVAL, "%s %s: --usb \"%s\" is neither VENDOR:PRODUCT (046d:c52b) nor BUS.DEVICE "
+                    "(1.3), as lsusb prints them", verb, c->pos[0], usb);
+            return NULL;
+        }
+    }
+    if (vm_hostdev_from_json(o, NULL, hd, &c->err) < 0) {
+        json_object_put(o);
+        qv_prefix(&c->err, "%s %s: ", verb, c->pos[0]);
+        return NULL;
+    }
+    return o;
+}
+
+/* The definition with dev added (remove: the entry naming the same device removed),
+ * validated; written only when `write`. */
+static int hostdev_definition(struct cli *c, const char *verb, json_object *dev, const struct vm_hostdev *hd,
+                              bool remove, bool write)
+{
+    const char *name = c->pos[0];
+    _cleanup_vm_def_ struct vm_def d = {0};
+    int r = vm_load(&c->paths, name, &d, &c->err);
+    if (r < 0)
+        return r;
+    _cleanup_json_ json_object *o = vm_def_to_json(&d);
+    json_object *arr;
+    if (!json_object_object_get_ex(o, "hostdevs", &arr)) {
+        arr = json_object_new_array();
+        json_object_object_add(o, "hostdevs", arr);
+    }
+    char want[48], have[48];
+    vm_hostdev_name(hd, want, sizeof(want));
+    if (remove) {
+        size_t i;
+        for (i = 0; i < d.nhostdevs; i++) {
+            vm_hostdev_name(&d.hostdevs[i], have, sizeof(have));
+            if (strcmp(have, want) == 0)
+                break;
+        }
+        if (i == d.nhostdevs)
+            return qv_fail(&c->err, -ENOENT, "%s: %s: the definition has no host device %s", name, verb, want);
+        json_object_array_del_idx(arr, i, 1);
+        if (json_object_array_length(arr) == 0)
+            json_object_object_del(o, "hostdevs");
+    } else {
+        json_object_array_add(arr, json_object_get(dev));
+    }
+    _cleanup_vm_def_ struct vm_def out = {0};
+    r = write ? vm_define(&c->paths, o, true, &out, &c->err) : vm_def_from_json(o, &out, &c->err);
+    return r < 0 ? qv_prefix(&c->err, "%s: %s: the definition: ", name, verb) : 0;
+}
+
+static int hostdev_verb(struct cli *c, bool attach_it)
+{
+    const char *verb = attach_it ? "attach-device" : "detach-device", *name = c->pos[0];
+    bool persistent = cli_flag(c, "persistent"), config = cli_flag(c, "config");
+    struct vm_hostdev hd;
+    _cleanup_json_ json_object *dev = hostdev_arg(c, verb, &hd);
+    if (!dev)
+        return c->err.code;
+    _cleanup_vm_def_ struct vm_def d = {0};
+    int r = vm_load(&c->paths, name, &d, &c->err);
+    if (r < 0)
+        return r;
+    char devname[48];
+    vm_hostdev_name(&hd, devname, sizeof(devname));
+    bool live = !config && running(c, name), define = persistent || config, kept = false;
+    if (!live && !define)
+        return qv_fail(&c->err, -EBUSY, "%s is not running (--config or --persistent changes its definition)", name);
+    /* bad input changes nothing: the new definition is checked before the VM changes */
+    if (define && (r = hostdev_definition(c, verb, dev, &hd, !attach_it, false)) < 0)
+        return r;
+    _cleanup_json_ json_object *reply = NULL;
+    if (live) {
+        json_object *req = ctl_request(verb);
+        if (attach_it)
+            json_object_object_add(req, "device", json_object_get(dev));
+        else
+            json_object_object_add(req, "target", json_object_new_string(devname));
+        r = ctl_call(&c->paths, name, req, 60000, &reply, &c->err);
+        /* a device of the definition itself was not hotplugged: --persistent removes it
+         * from the definition, and the running QEMU keeps it until it stops */
+        if (r == -ENOENT && !attach_it && define)
+            live = kept = true;
+        else if (r < 0)
+            return r;
+    }
+    if (define && (r = hostdev_definition(c, verb, dev, &hd, !attach_it, true)) < 0)
+        return live ? qv_prefix(&c->err, "%s, but the definition did not change: ", attach_it ? "attached" : "detached")
+                    : r;
+    if (c->quiet)
+        return 0;
+    json_object *v;
+    const char *id = reply && json_object_object_get_ex(reply, "id", &v) ? json_object_get_string(v) : NULL;
+    if (attach_it)
+        printf("host device %s %s%s%s%s\n", devname, live ? "attached" : "added to the definition", id ? " as " : "",
+               id ? id : "", live && define ? " (and defined)" : "");
+    else if (kept)
+        printf("host device %s removed from the definition (the running VM keeps it until it stops)\n", devname);
+    else
+        printf("host device %s %s%s\n", devname, live ? "detached" : "removed from the definition",
+               live && define ? " (and removed from the definition)" : "");
+    return 0;
+}
+
+int cmd_attach_device(struct cli *c)
+{
+    return hostdev_verb(c, true);
+}
+
+int cmd_detach_device(struct cli *c)
+{
+    return hostdev_verb(c, false);
+}

@@ -25,25 +25,41 @@ static const char *get_str(json_object *o, const char *key)
     return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : "";
 }
 
-/* One VM's statistics: the supervisor's reply when it runs, {"name", "state"} else. */
-static json_object *vm_stats_of(struct cli *c, const char *name, struct qv_err *e)
+static bool runs(const struct vm_runstate *rs, bool supervised)
+{
+    return supervised && (rs->state == VM_RUNNING || rs->state == VM_PAUSED);
+}
+
+/* One VM's statistics: the supervisor's reply when it runs, {"name", "state"} else. A
+ * VM that still runs but whose supervisor could not answer gets {"name", "state",
+ * "error"}, and `failed` the first such error (the others' statistics are still printed). */
+static json_object *vm_stats_of(struct cli *c, const char *name, struct qv_err *failed)
 {
     _cleanup_runstate_ struct vm_runstate rs = {0};
     bool supervised;
-    int r = vm_observe(&c->paths, name, &rs, &supervised);
-    if (r < 0)
-        return qv_prefix(e, "%s: ", name), NULL;
+    vm_observe(&c->paths, name, &rs, &supervised);
     json_object *reply = NULL;
-    if (supervised && (rs.state == VM_RUNNING || rs.state == VM_PAUSED)) {
-        struct qv_err ce = {0};
+    struct qv_err ce = {0};
+    if (runs(&rs, supervised)) {
         if (ctl_call(&c->paths, name, ctl_request("stats"), 10000, &reply, &ce) == 0)
             return reply;
-        /* it stopped meanwhile, or its monitor is reconnecting: its state is the answer */
+        /* it stopped meanwhile: its state is the answer, and no error */
+        runstate_free(&rs);
         vm_observe(&c->paths, name, &rs, &supervised);
+        if (!runs(&rs, supervised))
+            ce.code = 0;
     }
     reply = json_object_new_object();
     json_object_object_add(reply, "name", json_object_new_string(name));
     json_object_object_add(reply, "state", json_object_new_string(vm_state_names[rs.state]));
+    if (ce.code) {
+        if (strncmp(ce.msg, name, strlen(name)) != 0 || ce.msg[strlen(name)] != ':')
+            qv_prefix(&ce, "%s: ", name);
+        qv_prefix(&ce, "stats: ");
+        json_object_object_add(reply, "error", json_object_new_string(ce.msg));
+        if (!failed->code)
+            *failed = ce;
+    }
     return reply;
 }
 
@@ -239,17 +255,18 @@ int cmd_stats(struct cli *c)
         return r;
     }
     _cleanup_json_ json_object *vms = json_object_new_array();
-    for (size_t i = 0; i < names.n; i++) {
-        json_object *o = vm_stats_of(c, names.v[i], &c->err);
-        if (!o)
-            return c->err.code;
-        json_object_array_add(vms, o);
-    }
+    struct qv_err failed = {0};
+    for (size_t i = 0; i < names.n; i++)
+        json_object_array_add(vms, vm_stats_of(c, names.v[i], &failed));
     if (cli_flag(c, "prometheus"))
         print_prometheus(vms);
     else if (c->json)
         cli_print_json(vms);
     else
         print_table(vms);
+    if (failed.code) {
+        c->err = failed;
+        return failed.code;
+    }
     return 0;
 }

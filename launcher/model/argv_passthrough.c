@@ -58,13 +58,7 @@ void argv_add_hostdevs(struct builder *b)
                 arg_json(b, "-device", o);
                 port++;
             }
-            o = jobj();
-            js(o, "driver", "vfio-pci");
-            js(o, "host", h->address);
-            js(o, "id", h->id);
-            if (bus[0])
-                js(o, "bus", bus);
-            arg_json(b, "-device", o);
+            arg_json(b, "-device", vm_hostdev_device(h, bus[0] ? bus : NULL, NULL));
             continue;
         }
         char opt[64], path[32];
@@ -72,11 +66,24 @@ void argv_add_hostdevs(struct builder *b)
         snprintf(opt, sizeof(opt), "fd=%d,set=%d,opaque=%s", fd, fd, h->id);
         arg2(b, "-add-fd", opt);
         snprintf(path, sizeof(path), "/dev/fdset/%d", fd);
-        o = jobj();
-        js(o, "driver", "usb-host");
-        js(o, "id", h->id);
-        js(o, "bus", "usb0.0");
-        js(o, "hostdevice", path);
-        arg_json(b, "-device", o);
+        arg_json(b, "-device", vm_hostdev_device(h, NULL, path));
     }
+}
+
+json_object *vm_hostdev_device(const struct vm_hostdev *h, const char *bus, const char *fdset_path)
+{
+    json_object *o = jobj();
+    if (h->type == HOSTDEV_PCI) {
+        js(o, "driver", "vfio-pci");
+        js(o, "host", h->address);
+        js(o, "id", h->id);
+        if (bus)
+            js(o, "bus", bus);
+        return o;
+    }
+    js(o, "driver", "usb-host");
+    js(o, "id", h->id);
+    js(o, "bus", "usb0.0");
+    js(o, "hostdevice", fdset_path);
+    return o;
 }

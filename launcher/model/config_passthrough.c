@@ -139,7 +139,7 @@ static bool hostdev_same(const struct vm_hostdev *a, const struct vm_hostdev *b)
     return a->vendor == b->vendor && a->product == b->product && a->bus == b->bus && a->device == b->device;
 }
 
-static void hostdev_name(const struct vm_hostdev *h, char *out, size_t len)
+void vm_hostdev_name(const struct vm_hostdev *h, char *out, size_t len)
 {
     if (h->type == HOSTDEV_PCI)
         snprintf(out, len, "pci %s", h->address);
@@ -157,7 +157,7 @@ static int hostdev_fits(struct jr *r, const struct vm_def *d, const struct vm_ho
     for (size_t k = 0; k < nbefore; k++) {
         if (hostdev_same(&d->hostdevs[k], h)) {
             char name[48];
-            hostdev_name(h, name, sizeof(name));
+            vm_hostdev_name(h, name, sizeof(name));
             return jr_fail(r, "%s is already hostdevs[%zu]: a host device goes to the guest once", name, k);
         }
     }
@@ -204,7 +204,7 @@ int vm_hostdev_from_json(json_object *o, const struct vm_def *d, struct vm_hostd
     jr_init(&r, e);
     jr_key(&r, "hostdev");
     int err = parse_hostdev(&r, o, out);
-    if (err == 0)
+    if (err == 0 && d)
         err = hostdev_fits(&r, d, out, d->nhostdevs);
     return err;
 }

@@ -77,9 +77,14 @@ static int parse_pinning(struct jr *r, json_object *cpu, struct vm_def *d)
     if (vcpus) {
         size_t mv = jr_key(r, "vcpus");
         size_t n = json_object_array_length(vcpus);
-        if (n != (size_t)d->cpu.count)
+        /* with cpu.max, the vCPUs setvcpus plugs may have theirs too (vCPUs count..max-1) */
+        if (d->cpu.max && (n < (size_t)d->cpu.count || n > (size_t)d->cpu.max))
+            return jr_fail(r, "%zu CPU lists for %d vCPUs and cpu.max %d (one list per vCPU, %d to %d of them)", n,
+                           d->cpu.count, d->cpu.max, d->cpu.count, d->cpu.max);
+        if (!d->cpu.max && n != (size_t)d->cpu.count)
             return jr_fail(r, "%zu CPU lists for %d vCPUs (one list per vCPU)", n, d->cpu.count);
         d->cpu.pin_vcpus = qv_xcalloc(n, sizeof(char *));
+        d->cpu.npin_vcpus = (int)n;
         for (size_t i = 0; i < n; i++) {
             size_t mi = jr_index(r, i);
             if ((e = host_cpulist(r, json_object_array_get_idx(vcpus, i), &d->cpu.pin_vcpus[i])) < 0)
@@ -170,13 +175,17 @@ static int parse_numa_node(struct jr *r, json_object *o, size_t index, struct vm
         return e;
     size_t mc = jr_key(r, "cpus");
     unsigned char set[VM_MAX_VCPUS];
-    e = vm_cpulist_parse(n->cpus, (unsigned)d->cpu.count, set);
+    int all = d->cpu.max ? d->cpu.max : d->cpu.count;
+    e = vm_cpulist_parse(n->cpus, (unsigned)all, set);
+    if (e == -ERANGE && d->cpu.max)
+        return jr_fail(r, "\"%s\" names a vCPU the VM cannot have (cpu.max is %d: vCPUs 0-%d)", n->cpus,
+                       d->cpu.max, d->cpu.max - 1);
     if (e == -ERANGE)
         return jr_fail(r, "\"%s\" names a vCPU the VM does not have (cpu.count is %d: vCPUs 0-%d)", n->cpus,
                        d->cpu.count, d->cpu.count - 1);
     if (e < 0)
         return jr_fail(r, "\"%s\" is not a vCPU list like \"0-1,4\"", n->cpus);
-    for (int i = 0; i < d->cpu.count; i++) {
+    for (int i = 0; i < all; i++) {
         if (!set[i])
             continue;
         if (owner[i])
@@ -216,9 +225,16 @@ int vm_numa_parse(struct jr *r, json_object *root, struct vm_def *d)
         total += d->numa[i].bytes;
         jr_pop(r, mi);
     }
-    for (int c = 0; c < d->cpu.count; c++)
-        if (!owner[c])
-            return jr_fail(r, "vCPU %d is in no node (each of the %d vCPUs must be in exactly one)", c, d->cpu.count);
+    /* the vCPUs setvcpus may plug too: QEMU 7.2 calls a partial mapping obsolete and would
+     * put them on node 0 */
+    for (int c = 0; c < (d->cpu.max ? d->cpu.max : d->cpu.count); c++) {
+        if (owner[c])
+            continue;
+        if (d->cpu.max)
+            return jr_fail(r, "vCPU %d is in no node (each of the %d vCPUs up to cpu.max must be in exactly one)", c,
+                           d->cpu.max);
+        return jr_fail(r, "vCPU %d is in no node (each of the %d vCPUs must be in exactly one)", c, d->cpu.count);
+    }
     if (total != d->memory.bytes) {
         char t[32], want[32];
         format_size(total, t, sizeof(t));
@@ -235,7 +251,7 @@ void vm_tuning_cpu_to_json(const struct vm_def *d, json_object *cpu)
         json_object *p = json_object_new_object();
         if (d->cpu.pin_vcpus) {
             json_object *a = json_object_new_array();
-            for (int i = 0; i < d->cpu.count; i++)
+            for (int i = 0; i < d->cpu.npin_vcpus; i++)
                 json_object_array_add(a, json_object_new_string(d->cpu.pin_vcpus[i]));
             json_object_object_add(p, "vcpus", a);
         }
@@ -270,7 +286,7 @@ void vm_tuning_to_json(const struct vm_def *d, json_object *o)
 
 void vm_tuning_free(struct vm_def *d)
 {
-    for (int i = 0; d->cpu.pin_vcpus && i < d->cpu.count; i++)
+    for (int i = 0; d->cpu.pin_vcpus && i < d->cpu.npin_vcpus; i++)
         free(d->cpu.pin_vcpus[i]);
     free(d->cpu.pin_vcpus);
     free(d->cpu.pin_emulator);

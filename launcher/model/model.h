@@ -255,7 +255,8 @@ struct vm_def {
         int count, sockets, cores, threads;   /* 0: not given */
         /* cpu.pinning (config_tuning.c): host CPU lists as written ("0-1,4"), checked
          * for syntax and range; applied by the supervisor to QEMU's threads */
-        char **pin_vcpus;   /* count entries, or NULL */
+        char **pin_vcpus;   /* npin_vcpus entries (count, up to max with cpu.max), or NULL */
+        int npin_vcpus;
         char *pin_emulator; /* every QEMU thread that is not a vCPU; NULL: not pinned */
         enum vm_physaddr physaddr;
         int physaddr_bits;  /* emulate: phys-bits; passthrough: the limit, 0 for none */
@@ -351,9 +352,16 @@ int vm_disk_from_json(json_object *o, const struct vm_def *d, struct vm_disk *ou
 int vm_nic_from_json(json_object *o, const struct vm_def *d, struct vm_nic *out, struct qv_err *e);
 json_object *vm_disk_to_json(const struct vm_disk *k);
 json_object *vm_nic_to_json(const struct vm_nic *n);
-/* One host device (attach-device), checked as in a definition for VM d. */
+/* One host device (attach-device), checked as in a definition for VM d (NULL: only
+ * the device itself, as detach-device names it). */
 int vm_hostdev_from_json(json_object *o, const struct vm_def *d, struct vm_hostdev *out, struct qv_err *e);
 json_object *vm_hostdev_to_json(const struct vm_hostdev *h);
+/* "pci 0000:01:00.0", "usb 046d:c52b" or "usb bus 1 device 3": how messages name it. */
+void vm_hostdev_name(const struct vm_hostdev *h, char *out, size_t len);
+/* The -device / device_add object of host device h: vfio-pci on `bus` (NULL: QEMU picks),
+ * usb-host on usb0 opening `fdset_path` (/dev/fdset/N); the command line and attach-device
+ * build the same one. */
+json_object *vm_hostdev_device(const struct vm_hostdev *h, const char *bus, const char *fdset_path);
 /* Parses and validates a definition; fills every default. On error nothing is
  * allocated and e says "path: value is not one of ...". */
 int vm_def_from_json(json_object *o, struct vm_def *d, struct qv_err *e);

@@ -280,14 +280,17 @@ static bool monitor_usable(struct sup *s, struct sup_client *c)
 
 /* attach-*: the device's JSON under "device"; the reply, which carries the device's
  * id, comes when QEMU finished (or the attach was rolled back): the loop serves on. */
-static void do_attach(struct sup *s, struct sup_client *c, json_object *req, bool disk)
+static void do_attach(struct sup *s, struct sup_client *c, json_object *req)
 {
     json_object *spec;
     struct qv_err e = {0};
     json_object_object_get_ex(req, "device", &spec);
     if (!monitor_usable(s, c))
         return;
-    int r = disk ? hotplug_disk_attach(s, spec, get_string(req, "volume"), c->id, &e) : hotplug_nic_attach(s, spec, c->id, &e);
+    const char *cmd = get_string(req, "cmd");
+    int r = strcmp(cmd, "attach-disk") == 0 ? hotplug_disk_attach(s, spec, get_string(req, "volume"), c->id, &e)
+            : strcmp(cmd, "attach-nic") == 0 ? hotplug_nic_attach(s, spec, c->id, &e)
+                                             : hotplug_hostdev_attach(s, spec, c->id, &e);
     if (r < 0)
         reply_error(s, c, r, "%s", e.msg);
 }
@@ -410,10 +413,11 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
         json_object *args = json_object_new_object();
         json_object_object_add(args, "command-line", json_object_new_string(get_string(req, "command")));
         client_qmp(s, c, "human-monitor-command", args, AS_HMP, QMP_TIMEOUT_JOB);
-    } else if (strcmp(cmd, "attach-disk") == 0 || strcmp(cmd, "attach-nic") == 0) {
-        do_attach(s, c, req, strcmp(cmd, "attach-disk") == 0);
-    } else if (strcmp(cmd, "detach-disk") == 0 || strcmp(cmd, "detach-nic") == 0) {
-        do_detach(s, c, req, strcmp(cmd, "detach-disk") == 0 ? HOTPLUG_DISK : HOTPLUG_NIC);
+    } else if (strcmp(cmd, "attach-disk") == 0 || strcmp(cmd, "attach-nic") == 0 || strcmp(cmd, "attach-device") == 0) {
+        do_attach(s, c, req);
+    } else if (strcmp(cmd, "detach-disk") == 0 || strcmp(cmd, "detach-nic") == 0 || strcmp(cmd, "detach-device") == 0) {
+        do_detach(s, c, req, strcmp(cmd, "detach-disk") == 0 ? HOTPLUG_DISK
+                             : strcmp(cmd, "detach-nic") == 0 ? HOTPLUG_NIC : HOTPLUG_HOSTDEV);
     } else if (strcmp(cmd, "stats") == 0) {
         struct qv_err e = {0};
         int r;

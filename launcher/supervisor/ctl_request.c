@@ -35,6 +35,8 @@ static const struct request_kind request_kinds[] = {
     {"hmp", {{"command", F_STRING, true}}},
     {"attach-disk", {{"device", F_OBJECT, true}, {"volume", F_STRING, false}}},
     {"attach-nic", {{"device", F_OBJECT, true}}},
+    {"attach-device", {{"device", F_OBJECT, true}}},
+    {"detach-device", {{"target", F_STRING, true}}},
     {"detach-disk", {{"target", F_STRING, true}}},
     {"detach-nic", {{"target", F_STRING, true}}},
     {"ifaddr", {{0}}},

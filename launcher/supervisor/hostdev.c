@@ -33,19 +33,17 @@ static int read_hex(const char *dir, const char *file, int base, long *out)
     return end == s ? -1 : 0;
 }
 
-static void usb_name(const struct vm_hostdev *h, char *out, size_t len)
-{
-    if (h->vendor)
-        snprintf(out, len, "usb %04x:%04x", h->vendor, h->product);
-    else
-        snprintf(out, len, "usb bus %d device %d", h->bus, h->device);
-}
-
 int hostdev_usb_open(const struct vm_def *d, size_t i, int *fd, struct qv_err *e)
 {
-    const struct vm_hostdev *h = &d->hostdevs[i];
+    char where[32];
+    snprintf(where, sizeof(where), "hostdevs[%zu]", i);
+    return hostdev_usb_open_one(&d->hostdevs[i], where, fd, e);
+}
+
+int hostdev_usb_open_one(const struct vm_hostdev *h, const char *where, int *fd, struct qv_err *e)
+{
     char name[48];
-    usb_name(h, name, sizeof(name));
+    vm_hostdev_name(h, name, sizeof(name));
     long bus = h->bus, dev = h->device;
     if (h->vendor) {
         DIR *dh = opendir(SYS_USB);
@@ -61,8 +59,8 @@ int hostdev_usb_open(const struct vm_def *d, size_t i, int *fd, struct qv_err *e
                 continue;
             if (found++) {
                 closedir(dh);
-                return qv_fail(e, -EINVAL, "hostdevs[%zu]: %s: more than one such device on this host (bus %ld "
-                               "device %ld, bus %ld device %ld): name it by \"bus\" and \"device\"", i, name, bus, dev,
+                return qv_fail(e, -EINVAL, "%s: %s: more than one such device on this host (bus %ld "
+                               "device %ld, bus %ld device %ld): name it by \"bus\" and \"device\"", where, name, bus, dev,
                                b, n);
             }
             bus = b;
@@ -71,16 +69,16 @@ int hostdev_usb_open(const struct vm_def *d, size_t i, int *fd, struct qv_err *e
         if (dh)
             closedir(dh);
         if (!found)
-            return qv_fail(e, -ENODEV, "hostdevs[%zu]: %s: no such USB device on this host (lsusb lists them)", i, name);
+            return qv_fail(e, -ENODEV, "%s: %s: no such USB device on this host (lsusb lists them)", where, name);
     }
     char path[64];
     snprintf(path, sizeof(path), "/dev/bus/usb/%03ld/%03ld", bus, dev);
     *fd = open(path, O_RDWR | O_CLOEXEC);
     if (*fd < 0 && errno == ENOENT)
-        return qv_fail(e, -ENODEV, "hostdevs[%zu]: %s: no such USB device on this host (%s is missing; lsusb lists "
-                       "them)", i, name, path);
+        return qv_fail(e, -ENODEV, "%s: %s: no such USB device on this host (%s is missing; lsusb lists "
+                       "them)", where, name, path);
     if (*fd < 0)
-        return qv_failerr(e, -errno, "hostdevs[%zu]: %s: %s", i, name, path);
+        return qv_failerr(e, -errno, "%s: %s: %s", where, name, path);
     return 0;
 }
 
@@ -100,62 +98,66 @@ static void pci_driver(const char *dir, char *out, size_t len)
 
 int hostdev_pci_prepare(const struct vm_def *d, struct strv *devices, struct qv_err *e)
 {
-    bool any = false;
     for (size_t i = 0; i < d->nhostdevs; i++) {
-        const struct vm_hostdev *h = &d->hostdevs[i];
-        if (h->type != HOSTDEV_PCI)
+        if (d->hostdevs[i].type != HOSTDEV_PCI)
             continue;
-        char dir[PATH_MAX], link[PATH_MAX], target[PATH_MAX], drv[64];
-        snprintf(dir, sizeof(dir), SYS_PCI "/%s", h->address);
-        if (!path_exists(dir))
-            return qv_fail(e, -ENODEV, "hostdevs[%zu]: pci %s: no such PCI device on this host (lspci -D lists them)",
-                           i, h->address);
-        pci_driver(dir, drv, sizeof(drv));
-        if (strcmp(drv, "vfio-pci") != 0)
-            return qv_fail(e, -EBUSY, "hostdevs[%zu]: pci %s is %s%s, not to vfio-pci: bind it to vfio-pci first "
-                           "(modprobe vfio-pci; driverctl set-override %s vfio-pci)", i, h->address,
-                           drv[0] ? "bound to " : "bound to no driver", drv, h->address);
-        snprintf(link, sizeof(link), "%s/iommu_group", dir);
-        ssize_t n = readlink(link, target, sizeof(target) - 1);
-        if (n <= 0)
-            return qv_fail(e, -ENODEV, "hostdevs[%zu]: pci %s has no IOMMU group: the IOMMU is off (intel_iommu=on "
-                           "or amd_iommu=on on the host's kernel command line; qvisor host-check)", i, h->address);
-        target[n] = '\0';
-        const char *group = strrchr(target, '/') ? strrchr(target, '/') + 1 : target;
-        /* viable: every device of the group is vfio's or unbound (a bridge's pcieport is fine) */
-        char gdir[PATH_MAX];
-        snprintf(gdir, sizeof(gdir), "/sys/kernel/iommu_groups/%s/devices", group);
-        DIR *dh = opendir(gdir);
-        struct dirent *de;
-        while (dh && (de = readdir(dh))) {
-            char mdir[PATH_MAX], mdrv[64];
-            if (de->d_name[0] == '.')
-                continue;
-            snprintf(mdir, sizeof(mdir), "%s/%s", gdir, de->d_name);
-            pci_driver(mdir, mdrv, sizeof(mdrv));
-            if (mdrv[0] && strcmp(mdrv, "vfio-pci") != 0 && strcmp(mdrv, "pcieport") != 0 &&
-                strcmp(mdrv, "pci-stub") != 0) {
-                closedir(dh);
-                return qv_fail(e, -EBUSY, "hostdevs[%zu]: pci %s: its IOMMU group %s is not viable: %s in the same "
-                               "group is bound to %s (bind every device of the group to vfio-pci)", i, h->address,
-                               group, de->d_name, mdrv);
-            }
-        }
-        if (dh)
-            closedir(dh);
-        char node[64];
-        snprintf(node, sizeof(node), "/dev/vfio/%s", group);
-        if (!path_exists(node))
-            return qv_fail(e, -ENODEV, "hostdevs[%zu]: pci %s: %s is missing (is the vfio-pci module loaded?)", i,
-                           h->address, node);
-        if (!any)
-            strv_push(devices, "/dev/vfio/vfio");
-        any = true;
-        bool have = false;
-        for (size_t k = 0; k < devices->n; k++)
-            have |= strcmp(devices->v[k], node) == 0;
-        if (!have)
-            strv_push(devices, node);
+        char where[32];
+        snprintf(where, sizeof(where), "hostdevs[%zu]", i);
+        int r = hostdev_pci_check(&d->hostdevs[i], where, devices, e);
+        if (r < 0)
+            return r;
     }
+    return 0;
+}
+
+int hostdev_pci_check(const struct vm_hostdev *h, const char *where, struct strv *devices, struct qv_err *e)
+{
+    char dir[PATH_MAX], link[PATH_MAX], target[PATH_MAX], drv[64];
+    snprintf(dir, sizeof(dir), SYS_PCI "/%s", h->address);
+    if (!path_exists(dir))
+        return qv_fail(e, -ENODEV, "%s: pci %s: no such PCI device on this host (lspci -D lists them)", where,
+                       h->address);
+    pci_driver(dir, drv, sizeof(drv));
+    if (strcmp(drv, "vfio-pci") != 0)
+        return qv_fail(e, -EBUSY, "%s: pci %s is %s%s, not to vfio-pci: bind it to vfio-pci first "
+                       "(modprobe vfio-pci; driverctl set-override %s vfio-pci)", where, h->address,
+                       drv[0] ? "bound to " : "bound to no driver", drv, h->address);
+    snprintf(link, sizeof(link), "%s/iommu_group", dir);
+    ssize_t n = readlink(link, target, sizeof(target) - 1);
+    if (n <= 0)
+        return qv_fail(e, -ENODEV, "%s: pci %s has no IOMMU group: the IOMMU is off (intel_iommu=on "
+                       "or amd_iommu=on on the host's kernel command line; qvisor host-check)", where, h->address);
+    target[n] = '\0';
+    const char *group = strrchr(target, '/') ? strrchr(target, '/') + 1 : target;
+    /* viable: every device of the group is vfio's or unbound (a bridge's pcieport is fine) */
+    char gdir[PATH_MAX];
+    snprintf(gdir, sizeof(gdir), "/sys/kernel/iommu_groups/%s/devices", group);
+    DIR *dh = opendir(gdir);
+    struct dirent *de;
+    while (dh && (de = readdir(dh))) {
+        char mdir[PATH_MAX], mdrv[64];
+        if (de->d_name[0] == '.')
+            continue;
+        snprintf(mdir, sizeof(mdir), "%s/%s", gdir, de->d_name);
+        pci_driver(mdir, mdrv, sizeof(mdrv));
+        if (mdrv[0] && strcmp(mdrv, "vfio-pci") != 0 && strcmp(mdrv, "pcieport") != 0 &&
+            strcmp(mdrv, "pci-stub") != 0) {
+            closedir(dh);
+            return qv_fail(e, -EBUSY, "%s: pci %s: its IOMMU group %s is not viable: %s in the same "
+                           "group is bound to %s (bind every device of the group to vfio-pci)", where, h->address,
+                           group, de->d_name, mdrv);
+        }
+    }
+    if (dh)
+        closedir(dh);
+    char node[64];
+    snprintf(node, sizeof(node), "/dev/vfio/%s", group);
+    if (!path_exists(node))
+        return qv_fail(e, -ENODEV, "%s: pci %s: %s is missing (is the vfio-pci module loaded?)", where,
+                       h->address, node);
+    if (!strv_contains((const char *const *)devices->v, "/dev/vfio/vfio"))
+        strv_push(devices, "/dev/vfio/vfio");
+    if (!strv_contains((const char *const *)devices->v, node))
+        strv_push(devices, node);
     return 0;
 }

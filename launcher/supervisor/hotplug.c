@@ -13,7 +13,6 @@
 
 #include "launcher/supervisor/hotplug_op.h"
 
-#define FDSET_BASE 1000         /* above any fd number the command line uses */
 
 void hop_clear(struct hotplug *h)
 {
@@ -31,7 +30,7 @@ struct hotplug *hop_find(struct sup *s, const char *key)
     return NULL;
 }
 
-static int free_slot(struct sup *s, struct qv_err *e)
+int hop_free_slot(struct sup *s, struct qv_err *e)
 {
     bool port_used[VM_HOTPLUG_PORTS] = {0};
     int slot = -1;
@@ -60,7 +59,7 @@ static int free_slot(struct sup *s, struct qv_err *e)
 }
 
 /* A unique device id: after the definition's own and every hotplugged one. */
-static void next_id(struct sup *s, const char *prefix, size_t first, char *out, size_t outlen)
+void hop_next_id(struct sup *s, const char *prefix, size_t first, char *out, size_t outlen)
 {
     for (size_t n = first;; n++) {
         snprintf(out, outlen, "%s%zu", prefix, n);
@@ -69,7 +68,7 @@ static void next_id(struct sup *s, const char *prefix, size_t first, char *out, 
     }
 }
 
-static void place(struct sup *s, json_object *dev, const struct hotplug *h)
+void hop_place(struct sup *s, json_object *dev, const struct hotplug *h)
 {
     char bus[16];
     if (h->port >= 0) {
@@ -89,7 +88,8 @@ void hotplug_record(struct sup *s)
             continue;
         json_object *o = json_object_new_object();
         json_object_object_add(o, "id", json_object_new_string(h->id));
-        json_object_object_add(o, "kind", json_object_new_string(h->kind == HOTPLUG_DISK ? "disk" : "nic"));
+        json_object_object_add(o, "kind", json_object_new_string(h->kind == HOTPLUG_DISK ? "disk"
+                                                                   : h->kind == HOTPLUG_NIC ? "nic" : "hostdev"));
         json_object_object_add(o, "port", json_object_new_int(h->port));
         json_object_object_add(o, "fdset", json_object_new_int(h->fdset));
         json_object_object_add(o, "layers", json_object_new_int(h->nlayers));
@@ -130,8 +130,8 @@ void hotplug_restore(struct sup *s)
         h->used = true;
         if (json_object_object_get_ex(o, "id", &v))
             snprintf(h->id, sizeof(h->id), "%s", json_object_get_string(v));
-        h->kind = json_object_object_get_ex(o, "kind", &v) && strcmp(json_object_get_string(v), "nic") == 0 ? HOTPLUG_NIC
-                                                                                                            : HOTPLUG_DISK;
+        const char *kind = json_object_object_get_ex(o, "kind", &v) ? json_object_get_string(v) : "disk";
+        h->kind = strcmp(kind, "nic") == 0 ? HOTPLUG_NIC : strcmp(kind, "hostdev") == 0 ? HOTPLUG_HOSTDEV : HOTPLUG_DISK;
         h->port = json_object_object_get_ex(o, "port", &v) ? json_object_get_int(v) : -1;
         h->fdset = json_object_object_get_ex(o, "fdset", &v) ? json_object_get_int(v) : -1;
         h->nlayers = json_object_object_get_ex(o, "layers", &v) ? json_object_get_int(v) : 0;
@@ -472,7 +472,7 @@ int hotplug_disk_attach(struct sup *s, json_object *spec, const char *volume, un
         r = qv_fail(e, -EBUSY, "%s: attach-disk: %s is attached already", s->def.name, k.file);
     if (r == 0 && k.rbd && (r = confine_cluster_allow(s, &k.rbd->addrs, e)) < 0)
         qv_prefix(e, "attach-disk: ");
-    int slot = r < 0 ? r : free_slot(s, e);
+    int slot = r < 0 ? r : hop_free_slot(s, e);
     int fds[STORAGE_CHAIN_MAX + 1];
     if (slot >= 0 && k.rbd) {
         fds[0] = -1;
@@ -486,7 +486,7 @@ int hotplug_disk_attach(struct sup *s, json_object *spec, const char *volume, un
         return slot;
     }
     struct hotplug *h = &s->hp[slot];
-    next_id(s, "disk", s->def.ndisks, h->id, sizeof(h->id));   /* before the slot counts as used */
+    hop_next_id(s, "disk", s->def.ndisks, h->id, sizeof(h->id));   /* before the slot counts as used */
     h->used = h->pending = true;
     h->kind = HOTPLUG_DISK;
     h->fdset = FDSET_BASE + slot;
@@ -529,7 +529,7 @@ int hotplug_disk_attach(struct sup *s, json_object *spec, const char *volume, un
     json_object_object_add(dev, "rerror", json_object_new_string("stop"));
     if (k.serial)
         json_object_object_add(dev, "serial", json_object_new_string(k.serial));
-    place(s, dev, h);
+    hop_place(s, dev, h);
     hop_step(op, "device_add", dev, -1, QMP_TIMEOUT_DEVICE, NULL, NULL);
     sup_log(s, "attaching disk %s as %s%s", h->file, h->id, k.nbacking ? " with its backing chain" : "");
     vm_disk_free(&k);
@@ -591,7 +591,7 @@ static void nic_queue_qmp(struct hotplug_op *op)
         json_object_object_add(dev, "mq", json_object_new_boolean(true));
         json_object_object_add(dev, "vectors", json_object_new_int(2 * n->queues + 2));
     }
-    place(s, dev, h);
+    hop_place(s, dev, h);
     hop_step(op, "device_add", dev, -1, QMP_TIMEOUT_DEVICE, NULL, NULL);
     op->reply = json_object_new_object();
     json_object_object_add(op->reply, "id", json_object_new_string(h->id));
@@ -628,7 +628,7 @@ int hotplug_nic_attach(struct sup *s, json_object *spec, unsigned client, struct
                                    "network or bridge NIC, or add the user NIC to the definition and restart",
                        s->def.name);
     }
-    int slot = free_slot(s, e);
+    int slot = hop_free_slot(s, e);
     if (slot < 0) {
         vm_nic_free(&n);
         return slot;
@@ -646,7 +646,7 @@ int hotplug_nic_attach(struct sup *s, json_object *spec, unsigned client, struct
         return r;
     }
     struct hotplug *h = &s->hp[slot];
-    next_id(s, "nic", s->def.nnics, h->id, sizeof(h->id));     /* before the slot counts as used */
+    hop_next_id(s, "nic", s->def.nnics, h->id, sizeof(h->id));     /* before the slot counts as used */
     h->used = h->pending = true;
     h->kind = HOTPLUG_NIC;
     h->nic_index = nic_index;
@@ -719,7 +719,7 @@ static void attach_done(struct hotplug_op *op)
         sup_log(s, "attached NIC %s (%s%s%s) as %s", h->mac, nic_type_names[h->nic.type], h->nic.source ? " " : "",
                 h->nic.source ? h->nic.source : "", h->id);
     } else {
-        sup_log(s, "attached disk %s as %s", h->file, h->id);
+        sup_log(s, "attached %s %s as %s", h->kind == HOTPLUG_DISK ? "disk" : "host device", h->file, h->id);
     }
     hotplug_record(s);
     reply_to(s, op->client, op->reply);

@@ -6,6 +6,7 @@
 #include "launcher/supervisor/internal.h"
 
 #define RELEASE_TIMEOUT_MS 30000
+#define FDSET_BASE 1000         /* above any fd number the command line uses */
 
 /* a disk: add-fd and two nodes per layer, the top's three, device_add */
 #define OP_STEPS (3 * (STORAGE_CHAIN_MAX + 1) + 1)
@@ -45,6 +46,12 @@ struct hotplug_op {
     struct net_starter net;     /* attach-nic: its autostart network being started */
 };
 
+/* A free slot (its pcie-root-port reserved on q35), or an error saying why none. */
+int hop_free_slot(struct sup *s, struct qv_err *e);
+/* A unique device id PREFIXn, n >= first: after the definition's own and every hotplugged one. */
+void hop_next_id(struct sup *s, const char *prefix, size_t first, char *out, size_t outlen);
+/* dev's "bus": the slot's root port on q35, pci.0 on pc. */
+void hop_place(struct sup *s, json_object *dev, const struct hotplug *h);
 /* A free slot's device, back to unused (hotplug.c). */
 void hop_clear(struct hotplug *h);
 /* The device named `key`: its id, image path, serial or volume; NULL when none. */

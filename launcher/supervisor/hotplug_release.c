@@ -1,4 +1,4 @@
-/* Removal of hotplugged disks and NICs: device_del, then, once the guest let go
+/* Removal of hotplugged disks, NICs and host devices: device_del, then, once the guest let go
  * (DEVICE_DELETED), the block nodes QEMU actually holds (found in its block graph, or
  * by the names they were attached with), their fdsets, an rbd disk's key, a NIC's
  * netdev and host side. */
@@ -16,7 +16,8 @@ int hotplug_detach(struct sup *s, const char *key, enum hotplug_kind kind, unsig
     struct hotplug *h = hop_find(s, key);
     if (!h || h->kind != kind)
         return qv_fail(e, -ENOENT, "%s: no hotplugged %s %s (devices of the definition go with --persistent, "
-                                   "at the next start)", s->def.name, kind == HOTPLUG_DISK ? "disk" : "NIC", key);
+                                   "at the next start)", s->def.name,
+                       kind == HOTPLUG_DISK ? "disk" : kind == HOTPLUG_NIC ? "NIC" : "host device", key);
     if (h->pending)
         return qv_fail(e, -EBUSY, "%s: %s is being attached; detach it once that finished", s->def.name, h->id);
     if (h->removing)
@@ -151,6 +152,11 @@ static void released(struct sup *s, struct hotplug *h)
             return;
         }
         release_disk_by_name(op);
+    } else if (h->kind == HOTPLUG_HOSTDEV) {
+        /* a USB device's fd goes with its fdset; vfio-pci holds nothing of ours */
+        if (h->fdset >= 0)
+            hop_step(op, "remove-fd", json_obj1("fdset-id", json_object_new_int(h->fdset)), -1, QMP_TIMEOUT_DEFAULT,
+                     NULL, NULL);
     } else {
         char netid[40];
         snprintf(netid, sizeof(netid), "%s-net", h->id);

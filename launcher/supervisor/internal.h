@@ -101,7 +101,7 @@ struct confine {
 };
 
 #define HOTPLUG_MAX 16
-enum hotplug_kind { HOTPLUG_DISK, HOTPLUG_NIC };
+enum hotplug_kind { HOTPLUG_DISK, HOTPLUG_NIC, HOTPLUG_HOSTDEV };
 
 /* A device added while the VM runs (hotplug.c). */
 struct hotplug_op;
@@ -113,8 +113,8 @@ struct hotplug {
     enum hotplug_kind kind;
     char id[24];            /* QEMU device id: disk3, nic2 */
     int port;               /* pcie-root-port index on q35, else -1 */
-    int fdset;              /* disks: the add-fd set */
-    char file[PATH_MAX];    /* disks */
+    int fdset;              /* disks, USB host devices: the add-fd set; -1 none */
+    char file[PATH_MAX];    /* disks; host devices: their name ("usb 046d:c52b", "pci 0000:01:00.0") */
     int nlayers;            /* disks: backing layers below the top, each with its fdset and nodes */
     bool rbd, rbd_key;      /* disks: an rbd node (no fdset left once attached), with secret object ID-key */
     char top[48];           /* disks: the device's root node once a job moved it; "" = "<id>-fmt" */
@@ -527,6 +527,8 @@ json_object *monitor_status_json(struct sup *s);
 /* volume: the POOL/NAME the disk's file was resolved from (attach-disk --volume), or NULL. */
 int hotplug_disk_attach(struct sup *s, json_object *spec, const char *volume, unsigned client, struct qv_err *e);
 int hotplug_nic_attach(struct sup *s, json_object *spec, unsigned client, struct qv_err *e);
+/* hotplug_hostdev.c: attach-device of a host device (a "hostdevs" entry). */
+int hotplug_hostdev_attach(struct sup *s, json_object *spec, unsigned client, struct qv_err *e);
 /* SIGCHLD: a network start for an attach-nic may have ended. */
 void hotplug_child_exited(struct sup *s);
 /* Starts removing a hotplugged device (by id, image path or MAC); the client gets

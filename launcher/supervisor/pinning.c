@@ -66,8 +66,8 @@ int pinning_apply(struct sup *s, json_object *cpus, struct qv_err *e)
             return qv_fail(e, -EPROTO, "%s: cpu.pinning: query-cpus-fast gave no cpu-index or thread-id", vm);
         int64_t k = json_object_get_int64(idx);
         vcpu_tids[i] = (pid_t)json_object_get_int64(tid);
-        if (!d->cpu.pin_vcpus || k < 0 || k >= d->cpu.count)
-            continue;   /* a vCPU past cpu.count (hotplugged) is not pinned here */
+        if (!d->cpu.pin_vcpus || k < 0 || k >= d->cpu.npin_vcpus)
+            continue;   /* a vCPU the definition gives no list */
         char what[48];
         snprintf(what, sizeof(what), "cpu.pinning.vcpus[%lld]", (long long)k);
         cpu_set_t set;

@@ -61,6 +61,10 @@ int hostdev_usb_open(const struct vm_def *d, size_t i, int *fd, struct qv_err *e
 /* PCI host devices: each is bound to vfio-pci and its IOMMU group viable; the device
  * nodes QEMU must see (/dev/vfio/vfio, /dev/vfio/GROUP…) are added to `devices`. */
 int hostdev_pci_prepare(const struct vm_def *d, struct strv *devices, struct qv_err *e);
+/* The same for one device (attach-device too); `where` starts its messages
+ * ("hostdevs[0]", "attach-device"). */
+int hostdev_usb_open_one(const struct vm_hostdev *h, const char *where, int *fd, struct qv_err *e);
+int hostdev_pci_check(const struct vm_hostdev *h, const char *where, struct strv *devices, struct qv_err *e);
 
 /* confine.c */
 /* The spec of a confined process beside QEMU (virtiofsd, swtpm): argv, a fixed PATH,

@@ -1,7 +1,10 @@
 /* A running VM's size, changed live, and where its display listens:
  *   setmem    the balloon's target (QMP balloon); the guest gives pages back as it inflates
  *   setvcpus  vCPUs plugged (device_add of the slot's type from query-hotpluggable-cpus) or
- *             unplugged (device_del: the guest ejects them) between cpu.count and cpu.max
+ *             unplugged (device_del: the guest ejects them) between cpu.count and cpu.max;
+ *             plugged ones are pinned as the boot vCPUs (cpu.pinning.vcpus may list up to
+ *             cpu.max) and sit in the NUMA node the definition gives them (QEMU's slot
+ *             props carry node-id)
  *   display   where the VNC server listens (query-vnc: an auto port is known only there)
  * Everything goes through QMP callbacks; the reply reaches the client when QEMU answered. */
 #include <stdio.h>
@@ -106,7 +109,7 @@ static int64_t prop(json_object *props, const char *k)
     return json_object_object_get_ex(props, k, &v) ? json_object_get_int64(v) : 0;
 }
 
-static void vcpu_done(struct vcpu_op *op)
+static void vcpu_reply(struct vcpu_op *op)
 {
     struct sup *s = op->s;
     if (op->err.code) {
@@ -120,6 +123,32 @@ static void vcpu_done(struct vcpu_op *op)
         json_object_put(r);
     }
     free(op);
+}
+
+/* The plugged vCPUs' threads, pinned as the boot vCPUs are (cpu.pinning.vcpus lists them
+ * up to cpu.max); a vCPU thread is created by the main loop and starts on its CPUs. */
+static void on_plugged_cpus(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct vcpu_op *op = ctx;
+    struct qv_err e = {0};
+    if (err)
+        qv_fail(&op->err, err->code, "%s: setvcpus %d: plugged, but query-cpus-fast failed, so the new vCPUs are not "
+                "pinned: %s", op->s->def.name, op->want, err->msg);
+    else if (pinning_apply(op->s, ret, &e) < 0)
+        qv_fail(&op->err, e.code, "setvcpus %d: plugged, but not pinned: %s", op->want, e.msg);
+    vcpu_reply(op);
+}
+
+static void vcpu_done(struct vcpu_op *op)
+{
+    struct sup *s = op->s;
+    if (!op->err.code && !op->removing && op->want > op->present && s->def.cpu.pin_vcpus) {
+        if (s->qmp && qmp_send(s->qmp, "query-cpus-fast", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_plugged_cpus, op) == 0)
+            return;
+        qv_fail(&op->err, -EIO, "%s: setvcpus %d: plugged, but not pinned: QEMU's monitor is gone", s->def.name,
+                op->want);
+    }
+    vcpu_reply(op);
 }
 
 static void on_vcpu_step(void *ctx, json_object *ret, const struct qv_err *err)

@@ -6,7 +6,12 @@
 #           balloon took and grows back; stats (--json, --prometheus) and status show the
 #           balloon's actual size
 #   setvcpus: refused above cpu.max and below cpu.count; a plugged vCPU comes online in
-#           the guest (/sys/devices/system/cpu/online), an unplugged one goes
+#           the guest (/sys/devices/system/cpu/online), an unplugged one goes;
+#           --config changes the definition's cpu.count (checked, atomically)
+#   attach-device/detach-device: host devices the host lacks are refused by name, live
+#           and with --persistent (which then changes nothing); --config and
+#           --persistent change the definition; QEMU takes the device_add arguments
+#   stats: a supervisor that answers an error (QEMU stopped) makes stats exit with it
 #   display: vnc://HOST:PORT of the auto port; a VNC client is offered security type 1
 #           (none) there (secrets.sh checks type 2, VNC auth, with a password)
 . "$(dirname "$0")/../lib.sh"
@@ -16,7 +21,7 @@ cpus_online() { gsh dv 'cat /sys/devices/system/cpu/online' | grep -E '^[0-9][0-
 online_is() { [ "$(GSH_TIMEOUT=10 cpus_online)" = "$1" ]; }
 
 define_guest dv "qv_agent=0" --graphics "vnc,listen=127.0.0.1,port=auto"
-qv show dv --json | jq '.memory = {"size": "256M", "balloon": true} | .cpu.max = 2' > "$T_ROOT/dv.json"
+qv show dv --json | jq '.memory = {"size": "256M", "balloon": true} | .cpu.max = 2 | .graphics.tablet = true' > "$T_ROOT/dv.json"
 check "memory.balloon and cpu.max go into the definition" bash -c "'$QV_BIN' --root '$T_ROOT' edit dv < '$T_ROOT/dv.json'"
 check_output "...and show keeps them" '"balloon": true' qv show dv
 check_output "...cpu.max too" '"max": 2' qv show dv
@@ -62,6 +67,66 @@ check_output "setvcpus 2 again changes nothing" 'already has 2 vCPUs' qv setvcpu
 check_output "setvcpus 1 unplugs it" 'unplugging 1 vCPUs \(2 -> 1\)' qv setvcpus dv 1
 check "...the guest releases it (DEVICE_DELETED)" wait_log dv 'vCPU vcpu1 unplugged' 90
 check_output "...and has one vCPU online again" '^0$' cpus_online
+def_count() { jq '.cpu.count' "$T_ROOT/etc/qvisor/vms/dv.json"; }
+check_error "setvcpus 3 --config: more than cpu.max is refused with the JSON path (exit 2)" 2 \
+    'dv: setvcpus 3 --config: cpu\.max: 2 is less than count 3' qv setvcpus dv 3 --config
+check_output "...and the definition keeps 1 vCPU" '^1$' def_count
+check_output "setvcpus 2 --config changes only the definition" 'dv: 2 vCPUs from its next start' qv setvcpus dv 2 --config
+check_output "...which now has count 2" '^2$' def_count
+check_output "...so the next start gets 2 vCPUs" '^cpus=2(,|$)' qv argv dv
+check_output "...while the running guest keeps 1" '"vcpus": *1' qv status dv --json
+check_output "setvcpus 1 --config --live: both" 'and 1 vCPUs from its next start' qv setvcpus dv 1 --config --live
+check_output "...the definition has count 1 again" '^1$' def_count
+
+# ---- host devices hotplugged (attach-device, detach-device) ----
+# This host has no USB device and no IOMMU: what runs here is the refusal naming the
+# device, the definition's side (--config, --persistent), and QEMU taking the usb-host
+# arguments attach-device sends (the -device object of golden hostdevs.argv) up to the
+# device it cannot have. (vfio-pci is not tried live: a device_add of a missing vfio-pci
+# host killed the confined QEMU here, while an unconfined QEMU 7.2 refuses it cleanly.)
+# (the listing must have worked: it names the balloon)
+no_hostdev() {
+    local out
+    out=$("$QV_BIN" --root "$T_ROOT" qmp dv '{"execute": "qom-list", "arguments": {"path": "/machine/peripheral"}}') &&
+        grep -q balloon <<< "$out" && ! grep -q hostdev <<< "$out"
+}
+def_hostdevs() { jq -c '.hostdevs // []' "$T_ROOT/etc/qvisor/vms/dv.json"; }
+printf '{"type": "usb", "vendor": "0x1d6b", "product": "0xfffe"}\n' > "$T_ROOT/usb.json"
+printf '{"type": "pci", "address": "1:2"}\n' > "$T_ROOT/badpci.json"
+check_error "attach-device of a USB device this host lacks fails, naming it (exit 1)" 1 \
+    '^qvisor: dv: attach-device: usb 1d6b:fffe: no such USB device on this host \(lsusb lists them\)$' \
+    qv attach-device dv "$T_ROOT/usb.json"
+check_error "...so does --usb BUS.DEVICE" 1 \
+    '^qvisor: dv: attach-device: usb bus 250 device 99: no such USB device on this host \(/dev/bus/usb/250/099 is missing' \
+    qv attach-device dv --usb 250.99
+check_error "...and --pci of a PCI address this host lacks" 1 \
+    '^qvisor: dv: attach-device: pci 0000:7f:1f\.7: no such PCI device on this host \(lspci -D lists them\)$' \
+    qv attach-device dv --pci 7f:1f.7
+check_error "a bad device file is refused with its JSON path (exit 2)" 2 \
+    'hostdev\.address: "1:2" is not a PCI address' qv attach-device dv "$T_ROOT/badpci.json"
+check_error "...--usb of nonsense too" 2 '--usb "mouse" is neither VENDOR:PRODUCT' qv attach-device dv --usb mouse
+check_error "--persistent with hardware that is not there fails" 1 'usb 1d6b:fffe: no such USB device' \
+    qv attach-device dv --usb 1d6b:fffe --persistent
+check_output "...and changes neither the definition" '^\[\]$' def_hostdevs
+check "...nor the running VM (no hostdev device in QEMU)" no_hostdev
+check_output "--config adds it to the definition only" '^host device usb 1d6b:fffe added to the definition$' \
+    qv attach-device dv --usb 1d6b:fffe --config
+check_output "...which now names it" '^\[\{"type":"usb","vendor":"0x1d6b","product":"0xfffe"\}\]$' def_hostdevs
+check_error "--config of the same device again is refused (exit 2)" 2 \
+    'usb 1d6b:fffe is already hostdevs\[0\]: a host device goes to the guest once' \
+    qv attach-device dv "$T_ROOT/usb.json" --config
+check_error "detach-device of a device that was not hotplugged (exit 3)" 3 \
+    'dv: no hotplugged host device usb 1d6b:fffe' qv detach-device dv --usb 1d6b:fffe
+check_output "detach-device --persistent removes it from the definition; the running VM had none" \
+    '^host device usb 1d6b:fffe removed from the definition \(the running VM keeps it until it stops\)$' \
+    qv detach-device dv "$T_ROOT/usb.json" --persistent
+check_output "...which has no host device again" '^\[\]$' def_hostdevs
+check_error "detach-device --config of a device the definition lacks (exit 3)" 3 \
+    'dv: detach-device: the definition has no host device pci 0000:7f:1f\.7' qv detach-device dv --pci 0000:7f:1f.7 --config
+qmp_add() { qv qmp dv "{\"execute\": \"device_add\", \"arguments\": $1}"; }
+check_error "QEMU takes usb-host on usb0 with hostdevice=/dev/fdset/N, failing only at opening it" 1 \
+    'GenericError: failed to open /dev/fdset/1009' \
+    qmp_add '{"driver": "usb-host", "id": "hostdev9", "bus": "usb0.0", "hostdevice": "/dev/fdset/1009"}'
 
 # ---- display ----
 uri=$(qv display dv)
@@ -70,6 +135,16 @@ port=${uri##*:}
 check_output "...where QEMU listens (query-vnc)" "\"service\": *\"$port\"" qv qmp dv '{"execute": "query-vnc"}'
 check_output "...and a VNC client is offered no authentication (type 1)" '^1$' rfb_types 127.0.0.1 "$port"
 check_output "display --json" '"display": *[0-9]+' qv display dv --json
+
+# ---- stats when the supervisor answers an error (QEMU stopped: its monitor times out) ----
+qpid=$(vm_pid dv)
+kill -STOP "$qpid"
+check_error "stats of a VM whose supervisor answers an error exits with that error (5: timed out), naming the VM" 5 \
+    '^qvisor: stats: dv: query-blockstats: ' qv stats dv
+stats_json_anyway() { qv stats dv --json 2> /dev/null; true; }
+check_output "...--json still prints the VM, with the error" '"error": "stats: dv: ' stats_json_anyway
+kill -CONT "$qpid"
+check "...and stats answers again once QEMU runs" wait_until 60 qv stats dv
 
 qv stop -q dv --timeout 30 || qv kill -q dv
 finish

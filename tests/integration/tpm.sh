@@ -6,7 +6,9 @@
 # network namespaces) and keeps its state in var/lib/qvisor/tpm/VM (0700, that uid's);
 # it outlives a killed supervisor, which the next one takes over; stop, and QEMU killed
 # with its supervisor, leave no swtpm and keep the state; undefine removes the state
-# unless --keep-tpm. Host devices that do not exist fail the start naming the device.
+# unless --keep-tpm. A UEFI guest (OVMF) finds the default tpm-crb through ACPI, with the
+# firmware's event log and extended PCRs. Host devices that do not exist fail the start
+# naming the device.
 . "$(dirname "$0")/../lib.sh"
 
 def_set() { qv show "$1" | jq "$2" | qv edit "$1" > /dev/null; }
@@ -88,6 +90,35 @@ check "...and its TPM answers" wait_until 90 tpm_answers
 kill -9 "$(sup_pid tp)" "$(vm_pid tp)"
 check "kill -9 of QEMU and its supervisor: no swtpm is left" wait_until 10 no_swtpm
 check "...the state stays" test -s "$state/tpm2-00.permall"
+
+# ---- UEFI: OVMF finds the default tpm-crb through ACPI and measures the boot ----
+# One boot through OVMF, which loads the bzImage (its EFI stub) that -kernel names: the
+# guest's kernel finds the tpm-crb in the ACPI tables (nothing forced on its command line),
+# reads the firmware's event log from the EFI configuration table, and the PCRs OVMF
+# extended are not all zero.
+uefi_log='/sys/kernel/security/tpm0/binary_bios_measurements'
+if [ -s "$T_BUILD/guest/vmlinuz" ]; then
+    define_guest tu "qv_agent=0"
+    check "a UEFI guest with the default TPM is defined" \
+        def_set tu ".boot.firmware = \"uefi\" | .boot.kernel = \"$T_BUILD/guest/vmlinuz\" | .tpm = {}"
+    if qv start -q tu; then
+        check "the UEFI guest boots" wait_until 180 guest_ok tu true
+        check "...through UEFI" guest_ok tu 'test -d /sys/firmware/efi'
+        check "its kernel found a TPM 2.0 through ACPI, driven by tpm_crb" guest_ok tu \
+            'test "$(cat /sys/class/tpm/tpm0/tpm_version_major)" = 2 && test "$(basename "$(readlink /sys/class/tpm/tpm0/device/driver)")" = tpm_crb'
+        check "the firmware's TCG2 event log is there (securityfs), not empty, in the crypto-agile format" guest_ok tu \
+            "mount -t securityfs securityfs /sys/kernel/security 2>/dev/null; test \"\$(head -c 4096 $uefi_log | wc -c)\" -gt 100 && head -c 200 $uefi_log | grep -q 'Spec ID Event03'"
+        check "OVMF extended PCR 0 (sha256): not all zeros" guest_ok tu \
+            'p=$(cat /sys/class/tpm/tpm0/pcr-sha256/0) && echo "pcr0 $p" && test -n "$p" && ! echo "$p" | grep -qx "0*"'
+        check "QMP's query-tpm shows the tpm-crb" sh -c \
+            "'$QV_BIN' --root '$T_ROOT' qmp tu '{\"execute\": \"query-tpm\"}' | jq -e '.[0].model == \"tpm-crb\"'"
+        qv kill tu > /dev/null
+    else
+        not_ok "the UEFI VM with a TPM starts"; diag "$(vm_log tu | tail -20)"
+    fi
+else
+    not_ok "the test guest has its bzImage (build/guest/vmlinuz, from tests/guest/build)"
+fi
 
 # ---- host devices that do not exist: the start fails naming them ----
 define_guest hd "qv_agent=0"

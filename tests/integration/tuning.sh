@@ -1,6 +1,6 @@
 #!/bin/bash
 # timeout: 300
-# Tuning keys on one real guest (TCG, 2 vCPUs): cpu.pinning on QEMU's vCPU threads and
+# Tuning keys on one real guest (TCG, 2 vCPUs, a third plugged live): cpu.pinning on QEMU's vCPU threads and
 # every other thread (read back from /proc, by the thread names debug-threads gives,
 # not from qvisor), and again by a supervisor that takes over a QEMU whose threads were
 # moved; two guest NUMA nodes as the guest kernel sees them; cpu.maxphysaddr emulate in
@@ -48,18 +48,22 @@ hp_final() {
 
 # ---- the definition ----
 define_guest tun "qv_agent=0"
-qv show tun | jq '.cpu = {"model": "auto", "count": 2, "pinning": {"vcpus": ["1", "0"], "emulator": "0"},
+qv show tun | jq '.cpu = {"model": "auto", "count": 2, "max": 3, "pinning": {"vcpus": ["1", "0", "1"], "emulator": "0"},
                           "maxphysaddr": {"mode": "emulate", "bits": 42}}
-                  | .numa = [{"cpus": "0", "memory": "64M"}, {"cpus": "1", "memory": "128M"}]
+                  | .numa = [{"cpus": "0", "memory": "64M"}, {"cpus": "1-2", "memory": "128M"}]
                   | .clock = {"offset": "utc", "adjustment": '$ADJ'}' > "$T_ROOT/tun.json"
 check_output "the tuning keys are accepted by edit" "tun changed" bash -c "'$QV_BIN' --root '$T_ROOT' edit tun < '$T_ROOT/tun.json'"
 jq '.cpu.pinning.vcpus = ["0"]' "$T_ROOT/tun.json" > "$T_ROOT/bad.json"
 check_error "a pinning list per vCPU is required, with the JSON path" 2 \
-    'cpu\.pinning\.vcpus: 1 CPU lists for 2 vCPUs \(one list per vCPU\)' bash -c "'$QV_BIN' --root '$T_ROOT' edit tun < '$T_ROOT/bad.json'"
-jq '.numa[1].cpus = "0-1"' "$T_ROOT/tun.json" > "$T_ROOT/bad.json"
+    'cpu\.pinning\.vcpus: 1 CPU lists for 2 vCPUs and cpu\.max 3 \(one list per vCPU, 2 to 3 of them\)' bash -c "'$QV_BIN' --root '$T_ROOT' edit tun < '$T_ROOT/bad.json'"
+jq '.numa[1].cpus = "1"' "$T_ROOT/tun.json" > "$T_ROOT/bad.json"
+check_error "NUMA nodes must hold the vCPUs up to cpu.max too" 2 \
+    'numa: vCPU 2 is in no node \(each of the 3 vCPUs up to cpu\.max must be in exactly one\)' \
+    bash -c "'$QV_BIN' --root '$T_ROOT' edit tun < '$T_ROOT/bad.json'"
+jq '.numa[1].cpus = "0-2"' "$T_ROOT/tun.json" > "$T_ROOT/bad.json"
 check_error "a vCPU in two NUMA nodes is refused" 2 'numa\[1\]\.cpus: vCPU 0 is already in numa\[0\]' \
     bash -c "'$QV_BIN' --root '$T_ROOT' edit tun < '$T_ROOT/bad.json'"
-check "...and the definition is the accepted one" jq -e '.numa[1].cpus == "1"' "$T_ROOT/etc/qvisor/vms/tun.json"
+check "...and the definition is the accepted one" jq -e '.numa[1].cpus == "1-2"' "$T_ROOT/etc/qvisor/vms/tun.json"
 
 # hugepages: 96 pages for 192M, if this host lets the pool grow
 huge=false why=""
@@ -113,6 +117,11 @@ diag "guest NUMA MemTotal: node0 ${n0:-?} kB, node1 ${n1:-?} kB"
 # node0 also holds the kernel, its initramfs and the low-memory reservations: ~19M of 64M are left
 check "...node1 holds most of its 128M, node0 at most its 64M" \
     test "${n1:-0}" -gt 100000 -a "${n1:-0}" -le 131072 -a "${n0:-0}" -gt 0 -a "${n0:-0}" -le 65536
+# ---- a vCPU plugged live: pinned, and in the NUMA node the definition gives it ----
+check_output "setvcpus 3 plugs the third vCPU" 'tun: 3 vCPUs \(was 2\)' qv setvcpus tun 3
+check "...whose thread runs on host CPU 1 (cpu.pinning.vcpus[2])" test "$(affinity "$qpid" 'CPU 2/TCG')" = 1
+check "...the log counts 3 pinned vCPU threads" log_has tun "pinned 3 vCPU threads"
+check "...and the guest has it in NUMA node1" wait_until 60 guest_ok tun 'test -e /sys/devices/system/cpu/cpu2/node1'
 check "the guest CPU has 42 physical address bits (cpu.maxphysaddr emulate)" \
     guest_ok tun "grep -q 'address sizes.*: 42 bits physical' /proc/cpuinfo"
 gnow=$(gsh tun 'echo T$(date +%s)T' | grep -o 'T[0-9]*T' | tail -1 | tr -d T)
@@ -135,6 +144,7 @@ for t in /proc/"$qpid"/task/*; do taskset -pc 0-1 "${t##*/}" > /dev/null; done
 check "...someone moves every QEMU thread to CPUs 0-1" test "$(affinity "$qpid" 'CPU 0/TCG')/$(other_affinities "$qpid")" = "0-1/0-1 "
 check_output "start again reattaches" "tun started" qv start tun
 check "...and the new supervisor pins the threads again" pinned_as_defined "$qpid"
+check "...the plugged vCPU's too" test "$(affinity "$qpid" 'CPU 2/TCG')" = 1
 check "...the guest still answers" guest_ok tun true
 qv kill -q tun
 if $huge; then
