@@ -192,6 +192,41 @@ void sandbox_uid_release(struct sandbox_uid_lease *l)
     l->hold_fd = -1;
 }
 
+int sandbox_uid_forget(const char *lock_dir, const char *name, int *removed, struct qv_err *e)
+{
+    *removed = 0;
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/.alloc", lock_dir);
+    _cleanup_close_ int alloc = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (alloc < 0)
+        return errno == ENOENT ? 0 : qv_failerr(e, -errno, "%s: uid: %s", name, path);
+    int r = flock_wait(alloc, path, UID_ALLOC_LOCK_MS, e);
+    if (r < 0)
+        return qv_prefix(e, "%s: uid: ", name);
+    DIR *d = opendir(lock_dir);
+    if (!d)
+        return qv_failerr(e, -errno, "%s: uid: %s", name, lock_dir);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        char *end;
+        unsigned long uid = strtoul(de->d_name, &end, 10);
+        char holder[128];
+        if (de->d_name[0] < '1' || de->d_name[0] > '9' || *end || reserved(uid) ||
+            sandbox_uid_holder(lock_dir, (uid_t)uid, holder, sizeof(holder)) < 0 || strcmp(holder, name) != 0)
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", lock_dir, de->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0)
+            continue;
+        /* free: no supervisor and no QEMU holds it, and no process runs as it */
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0 && !uid_running((uid_t)uid) && unlink(path) == 0)
+            (*removed)++;
+        close(fd);
+    }
+    closedir(d);
+    return 0;
+}
+
 int sandbox_uid_holder(const char *lock_dir, uid_t uid, char *name, size_t len)
 {
     char path[PATH_MAX], buf[128];

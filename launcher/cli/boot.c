@@ -574,10 +574,21 @@ static void teardown(struct boot *b)
         }
         b->sup_pid = 0;
     }
-    if (b->created && b->lock_fd >= 0)
+}
+
+/* After teardown: nothing of the boot stays, its lock last. */
+static void release_name(struct boot *b)
+{
+    if (b->lock_fd < 0)
+        return;
+    if (b->created) {
         boot_forget(&b->c->paths, b->name, b->lock_path);     /* what the supervisor left, if it was killed */
-    else if (b->lock_fd >= 0)
+    } else {
+        boot_dir_remove(&b->c->paths, b->name);
         unlink(b->lock_path);
+    }
+    close(b->lock_fd);
+    b->lock_fd = -1;
 }
 
 /* ---- set-up ---- */
@@ -715,17 +726,12 @@ static int create_vm(struct boot *b)
         if (r < 0)
             return r;
         _cleanup_json_ json_object *o = NULL;
-        if ((r = boot_definition(b, &o)) < 0)
-            return r;
         _cleanup_vm_def_ struct vm_def d = {0};
-        r = vm_create_transient(&c->paths, o, &d, &c->err);
-        if (r == 0) {
+        if ((r = boot_definition(b, &o)) == 0 && (r = vm_create_transient(&c->paths, o, &d, &c->err)) == 0) {
             b->created = true;
             return 0;
         }
-        unlink(b->lock_path);
-        close(b->lock_fd);
-        b->lock_fd = -1;
+        release_name(b);
         if (r != -EEXIST || given)
             return r;
         c->err.msg[0] = '\0';
@@ -755,9 +761,27 @@ static void boot_free(struct boot *b)
         close(b->lock_fd);
 }
 
-static void log_path(struct boot *b, char *out, size_t len)
+/* The VM's log's last lines (the supervisor's words and QEMU's stderr), on stderr:
+ * the log goes with the private directory. */
+static void log_tail(struct boot *b)
 {
-    qv_path(&b->c->paths, out, len, QV_LOG "/%s.log", b->name);
+    char file[NAME_MAX + 1], path[PATH_MAX], text[2048];
+    snprintf(file, sizeof(file), "%s.log", b->name);
+    vm_boot_dir(&b->c->paths, b->name, file, path, sizeof(path));
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    off_t end = lseek(fd, 0, SEEK_END);
+    off_t from = end > (off_t)sizeof(text) - 1 ? end - (off_t)sizeof(text) + 1 : 0;
+    ssize_t n = pread(fd, text, sizeof(text) - 1, from);
+    if (n <= 0)
+        return;
+    text[n] = '\0';
+    const char *p = text;
+    if (from > 0 && strchr(p, '\n'))
+        p = strchr(p, '\n') + 1;     /* from a whole line */
+    fprintf(stderr, "qvisor: %s: the VM's log ends (--keep-on-failure keeps it):\n%s%s", b->name, p,
+            text[n - 1] == '\n' ? "" : "\n");
 }
 
 int cmd_boot(struct cli *c)
@@ -785,6 +809,7 @@ int cmd_boot(struct cli *c)
     }
     if ((r = start_supervisor(&b, &c->err)) < 0) {
         teardown(&b);
+        release_name(&b);
         boot_free(&b);
         return r;
     }
@@ -802,8 +827,6 @@ int cmd_boot(struct cli *c)
     } else {
         teardown(&b);
     }
-    char lp[PATH_MAX];
-    log_path(&b, lp, sizeof(lp));
     struct boot_outcome out = {.name = b.name, .result = b.result, .reason = b.reason, .total_ms = b.t_end,
                                .first_line_ms = b.t_first_line, .ready_ms = b.t_ready, .checks = b.checks,
                                .nchecks = b.nchecks, .tail = b.tail.p ? b.tail.p : "", .tail_len = b.tail.len};
@@ -811,13 +834,21 @@ int cmd_boot(struct cli *c)
     if (!c->quiet)
         fprintf(stderr, "qvisor: %s: %s: %s (%.1f s)\n", b.name, b.result == 0 ? "passed" : "FAILED", b.reason,
                 (double)b.t_end / 1000);
-    if (keep)
-        fprintf(stderr, "qvisor: %s: kept running (--keep-on-failure): qvisor console %s; qvisor kill %s ends it\n",
-                b.name, b.name, b.name);
-    else if (b.result != 0 && b.t_ready)
-        fprintf(stderr, "qvisor: %s: the VM's log: %s\n", b.name, lp);
-    else
-        unlink(lp);
+    if (keep) {
+        /* the VM runs on (if it still does) under its supervisor; the directory stays
+         * for the user, and the name's lock goes */
+        char dir[PATH_MAX];
+        if (boot_dir_keep(&c->paths, b.name, dir, sizeof(dir)) < 0)
+            fprintf(stderr, "qvisor: %s: marking %s kept: %s\n", b.name, dir, strerror(errno));
+        unlink(b.lock_path);
+        fprintf(stderr, "qvisor: %s: kept (--keep-on-failure): the VM's log and overlays in %s (remove it when "
+                        "done); while the VM runs: qvisor console %s, qvisor kill %s ends it\n",
+                b.name, dir, b.name, b.name);
+    } else {
+        if (b.result != 0 && b.result < 128 && b.t_ready && !c->quiet)
+            log_tail(&b);
+        release_name(&b);
+    }
     int result = b.result;
     boot_free(&b);
     return result;

@@ -30,12 +30,18 @@ struct boot_outcome {
 };
 /* Writes the reports asked for; a report that cannot be written is said on stderr. */
 void boot_reports(struct cli *c, const struct boot_outcome *o);
-/* boot_lock.c. Removes what boots killed -9 left (their lock is free): *swept counts them. */
+/* boot_lock.c. Removes what boots killed -9 left (their lock is free), except what
+ * --keep-on-failure kept: *swept counts them. */
 int boot_sweep(const struct qv_paths *p, int *swept);
-/* NAME's lock, created and taken (-EEXIST: a live boot holds it); its path in `path`. */
+/* NAME's lock, created and taken (-EEXIST: a live boot holds it, or a kept directory
+ * has the name), its path in `path`; and NAME's private directory, made empty. */
 int boot_lock(const struct qv_paths *p, const char *name, int *out, char *path, size_t len, struct qv_err *e);
 /* What a boot VM may leave: a transient definition and run directory no supervisor
- * serves, overlays half made, and then the lock file itself. */
+ * serves, its uid leases, its private directory, and then the lock file itself. */
 void boot_forget(const struct qv_paths *p, const char *name, const char *lockpath);
+/* NAME's private directory (var/lib/qvisor/boot/NAME) and what is in it, removed. */
+void boot_dir_remove(const struct qv_paths *p, const char *name);
+/* Marks it kept: no later boot sweeps it. Its path in dir. */
+int boot_dir_keep(const struct qv_paths *p, const char *name, char *dir, size_t len);
 
 #endif

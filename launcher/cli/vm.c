@@ -365,6 +365,10 @@ int cmd_logs(struct cli *c)
         return r;
     char path[PATH_MAX];
     qv_path(&c->paths, path, sizeof(path), QV_LOG "/%s.log", d.name);
+    char file[NAME_MAX + 1];
+    snprintf(file, sizeof(file), "%s.log", d.name);
+    if (d.transient && access(path, F_OK) < 0)
+        vm_boot_dir(&c->paths, d.name, file, path, sizeof(path));  /* a boot VM's log is in its private directory */
     _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         if (errno == ENOENT && !cli_flag(c, "follow"))

@@ -20,6 +20,22 @@ int vm_run_path(const struct qv_paths *p, const char *name, const char *file, ch
     return qv_path(p, out, outlen, QV_RUN "/vms/%s", name);
 }
 
+int vm_boot_dir(const struct qv_paths *p, const char *name, const char *file, char *out, size_t outlen)
+{
+    if (file)
+        return qv_path(p, out, outlen, QV_LIB "/boot/%s/%s", name, file);
+    return qv_path(p, out, outlen, QV_LIB "/boot/%s", name);
+}
+
+void vm_uid_leases_forget(const struct qv_paths *p, const char *name)
+{
+    char dir[PATH_MAX];
+    qv_path(p, dir, sizeof(dir), QV_RUN "/uids");
+    struct qv_err e = {0};
+    int removed;
+    sandbox_uid_forget(dir, name, &removed, &e);     /* best effort: a file left is free anyway */
+}
+
 void runstate_free(struct vm_runstate *s)
 {
     if (s->resources)

@@ -172,7 +172,7 @@ void vmlog_check(struct sup *s)
     if (s->log_fd < 0 || fstat(s->log_fd, &st) < 0 || (uint64_t)st.st_size < s->hc.log_max_size)
         return;
     char path[PATH_MAX];
-    qv_path(s->paths, path, sizeof(path), QV_LOG "/%s.log", s->def.name);
+    sup_log_path(s, path, sizeof(path));
     struct qv_err e = {0};
     /* QEMU's stderr is this same open file: it goes on appending after the truncation */
     if (log_rotate(s->log_fd, path, s->hc.log_max_backups, &e) < 0)

@@ -356,14 +356,25 @@ static void loop(struct sup *s)
 
 /* ---- set-up and tear-down ---- */
 
+void sup_log_path(const struct sup *s, char *out, size_t len)
+{
+    if (s->work_dir[0])
+        snprintf(out, len, "%s/%s.log", s->work_dir, s->def.name);
+    else
+        qv_path(s->paths, out, len, QV_LOG "/%s.log", s->def.name);
+}
+
 static int open_log(struct sup *s, struct qv_err *e)
 {
     char dir[PATH_MAX], path[PATH_MAX];
-    qv_path(s->paths, dir, sizeof(dir), QV_LOG);
-    int r = mkdir_p(dir, 0755);
+    if (s->work_dir[0])
+        snprintf(dir, sizeof(dir), "%s", s->work_dir);
+    else
+        qv_path(s->paths, dir, sizeof(dir), QV_LOG);
+    int r = mkdir_p(dir, s->work_dir[0] ? 0700 : 0755);
     if (r < 0)
         return qv_failerr(e, r, "%s", dir);
-    qv_path(s->paths, path, sizeof(path), QV_LOG "/%s.log", s->def.name);
+    sup_log_path(s, path, sizeof(path));
     s->log_fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0640);   /* read back for QEMU's last words */
     return s->log_fd < 0 ? qv_failerr(e, -errno, "%s", path) : 0;
 }
@@ -476,6 +487,8 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
     sp->echo_fd = o->echo_fd;
     sp->boot_fd = o->boot_fd;
     sp->boot_vm = o->boot_fd >= 0;
+    if (sp->boot_vm)
+        vm_boot_dir(paths, name, NULL, sp->work_dir, sizeof(sp->work_dir));
     sp->stop_timeout_ms = o->stop_timeout_ms > 0 ? o->stop_timeout_ms : 60000;
     sp->qemu_status = -1;
     sp->conf.lease.lock_fd = sp->conf.lease.hold_fd = -1;     /* not 0: sup_free would close stdin */
@@ -550,7 +563,10 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
             if (sp->def.transient)
                 vm_transient_forget(paths, name);
         }
+        bool boot_vm = sp->boot_vm && !take_over;
         sup_free(sp);
+        if (boot_vm)
+            vm_uid_leases_forget(paths, name);     /* released by sup_free */
         report_ready(sp, r, e->msg);
         sup_release(sp);
         return r;
@@ -586,8 +602,12 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
     snprintf(run_dir, sizeof(run_dir), "%s", sp->run_dir);
     sup_free(sp);
     sup_release(sp);
-    if (boot_gone)
-        remove_boot_run_dir(run_dir);  /* a boot VM leaves nothing (its lock is released now) */
+    if (boot_gone) {
+        /* a boot VM leaves nothing (its lock and uid lease are released now); its
+         * private directory is boot's to remove or keep */
+        remove_boot_run_dir(run_dir);
+        vm_uid_leases_forget(paths, name);
+    }
     return r2;
 }
 

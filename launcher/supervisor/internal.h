@@ -263,6 +263,7 @@ struct sup {
     struct host_config hc;
     struct host_facts facts;
     char run_dir[PATH_MAX];
+    char work_dir[PATH_MAX];    /* a boot VM's private directory (its log, overlays); "" otherwise */
     int lock_fd, log_fd, epfd, sigfd, ready_fd, echo_fd;
 
     pid_t qemu_pid;
@@ -441,6 +442,8 @@ uint64_t console_next_deadline(struct sup *s);
 void console_run_timers(struct sup *s, uint64_t now);
 /* Rotates the log when it has grown past host.json's log_max_size. */
 void vmlog_check(struct sup *s);
+/* The VM's log: var/log/qvisor/NAME.log, or NAME.log in a boot VM's private directory. */
+void sup_log_path(const struct sup *s, char *out, size_t len);
 
 /* ctl.c */
 void sup_reply_ok(struct sup *s, unsigned client);

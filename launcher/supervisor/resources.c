@@ -50,15 +50,27 @@ static int open_nvram(const struct launch_ctx *ctx, const struct vm_def *d, int 
     return *out < 0 ? qv_failerr(e, -errno, "UEFI variable store %s", path) : 0;
 }
 
-int launch_overlay_cmd(const struct qv_paths *p, const struct vm_def *d, size_t i, char path[PATH_MAX],
-                       const char *argv[LAUNCH_OVERLAY_ARGV], struct qv_err *e)
+static void overlay_path(const struct qv_paths *p, const char *work_dir, const struct vm_def *d, size_t i,
+                         char path[PATH_MAX])
+{
+    if (work_dir)
+        snprintf(path, PATH_MAX, "%s/disk%zu.qcow2", work_dir, i);
+    else
+        qv_path(p, path, PATH_MAX, QV_LIB "/overlays/%s-disk%zu.qcow2", d->name, i);
+}
+
+int launch_overlay_cmd(const struct qv_paths *p, const char *work_dir, const struct vm_def *d, size_t i,
+                       char path[PATH_MAX], const char *argv[LAUNCH_OVERLAY_ARGV], struct qv_err *e)
 {
     char dir[PATH_MAX];
-    qv_path(p, dir, sizeof(dir), QV_LIB "/overlays");
+    if (work_dir)
+        snprintf(dir, sizeof(dir), "%s", work_dir);
+    else
+        qv_path(p, dir, sizeof(dir), QV_LIB "/overlays");
     int r = mkdir_p(dir, 0700);
     if (r < 0)
         return qv_failerr(e, r, "%s", dir);
-    qv_path(p, path, PATH_MAX, QV_LIB "/overlays/%s-disk%zu.qcow2", d->name, i);
+    overlay_path(p, work_dir, d, i, path);
     unlink(path);   /* a stale one of a run that died */
     const struct vm_disk *k = &d->disks[i];
     const char *v[] = {"qemu-img", "create", "-q", "-f", "qcow2", "-F", disk_format_names[k->format], "-b", k->file,
@@ -81,10 +93,10 @@ static int open_overlay(const struct launch_ctx *ctx, const struct vm_def *d, si
     char path[PATH_MAX];
     int r;
     if (ctx->overlays_made) {
-        qv_path(ctx->paths, path, sizeof(path), QV_LIB "/overlays/%s-disk%zu.qcow2", d->name, i);
+        overlay_path(ctx->paths, ctx->work_dir, d, i, path);
     } else {
         const char *argv[LAUNCH_OVERLAY_ARGV];
-        if ((r = launch_overlay_cmd(ctx->paths, d, i, path, argv, e)) < 0)
+        if ((r = launch_overlay_cmd(ctx->paths, ctx->work_dir, d, i, path, argv, e)) < 0)
             return r;
         _cleanup_free_ char *output = NULL;
         r = run_program(argv, LAUNCH_OVERLAY_TIMEOUT_MS, &output);

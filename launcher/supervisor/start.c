@@ -371,6 +371,7 @@ static int spawn_qemu(struct sup *s, struct qv_err *e)
     sup_save_state(s);
     struct launch_ctx ctx = {.paths = s->paths, .facts = &s->facts, .run_dir = s->run_dir, .open_tap = vmnet_open_tap,
                              .open_fs = virtiofs_open, .open_tpm = tpm_open, .open_usb = hostdev_usb_open, .opaque = s, .overlays_made = true,
+                             .work_dir = s->work_dir[0] ? s->work_dir : NULL,
                              .seed_iso = s->start.seed_built ? s->start.seed_iso : NULL,
                              .open_credential = credential_memfd, .qemu_uid = s->conf.uid, .qemu_gid = s->conf.gid};
     if (s->start.incoming[0]) {
@@ -430,7 +431,8 @@ static int start_next(struct sup *s, struct qv_err *e)
         if (!s->def.disks[j->overlay_disk].snapshot)
             continue;
         const char *argv[LAUNCH_OVERLAY_ARGV];
-        int r = launch_overlay_cmd(s->paths, &s->def, j->overlay_disk, j->overlay_path, argv, e);
+        int r = launch_overlay_cmd(s->paths, s->work_dir[0] ? s->work_dir : NULL, &s->def, j->overlay_disk,
+                                   j->overlay_path, argv, e);
         if (r == 0)
             r = sup_child_spawn(&j->overlay, argv, LAUNCH_OVERLAY_TIMEOUT_MS, e);
         if (r == 0)

@@ -72,6 +72,8 @@ struct launch_ctx {
     int (*open_usb)(const struct vm_def *d, size_t i, int *fd, struct qv_err *e);
     void *opaque;
     bool overlays_made;     /* the throw-away overlays exist (launch_overlay_cmd ran) */
+    const char *work_dir;   /* a boot VM's private directory, where its overlays are; NULL:
+                             * var/lib/qvisor/overlays */
     const char *seed_iso;   /* the cloud-init seed built for this start; NULL refuses a seed */
     /* Opens credential i as an fd QEMU (uid/gid) can read; NULL refuses credentials. */
     int (*open_credential)(const struct vm_def *d, size_t i, uid_t uid, gid_t gid, size_t *total, int *fd,
@@ -87,10 +89,11 @@ int launch_open_resources(const struct launch_plan *p, const struct vm_def *d, c
                           int *fds, struct qv_err *e);
 void launch_close_resources(int *fds, size_t n);
 /* The qemu-img command that creates disk i's throw-away overlay at *path (a stale one
- * is removed first), for a caller that runs it without waiting; argv points into d. */
+ * is removed first) in work_dir (NULL: var/lib/qvisor/overlays), for a caller that runs
+ * it without waiting; argv points into d. */
 #define LAUNCH_OVERLAY_ARGV 11
 #define LAUNCH_OVERLAY_TIMEOUT_MS 30000
-int launch_overlay_cmd(const struct qv_paths *p, const struct vm_def *d, size_t i, char path[PATH_MAX],
+int launch_overlay_cmd(const struct qv_paths *p, const char *work_dir, const struct vm_def *d, size_t i, char path[PATH_MAX],
                        const char *argv[LAUNCH_OVERLAY_ARGV], struct qv_err *e);
 /* Its failure (exit status and output), with the half-made overlay removed. */
 int launch_overlay_failed(const struct vm_disk *k, const char *path, int status, const char *output, struct qv_err *e);
