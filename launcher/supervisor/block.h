@@ -244,6 +244,10 @@ int snapshot_live_merge(struct sup *s, unsigned client, struct storage_snapshot 
  * another snapshot operation waits (busy). */
 void snapshot_merge_reattach(struct sup *s);
 bool snapshot_merge_busy(struct sup *s);
+/* A flush whose answer a monitor drop lost is sent again once it is back; QEMU's
+ * exit drops the step (the overlay is kept: it holds what the flush would have). */
+void snapshot_merge_monitor_back(struct sup *s);
+void snapshot_merge_forget(struct sup *s);
 /* An internal snapshot deleted (snapshot-delete), its images made writable first
  * where they are below a disk-only overlay now. Both take the record and answer
  * client; an error returned means nothing was sent. */

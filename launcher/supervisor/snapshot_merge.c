@@ -150,6 +150,17 @@ static void on_base_flushed(void *ctx, json_object *ret, const struct qv_err *er
 {
     (void)ret;
     struct merge_next_req *m = ctx;
+    json_object *o = merge_intent(m->s);
+    if (err && err->code == -ECONNRESET && o) {
+        /* the monitor dropped: the step is taken again once it is back (or, QEMU gone,
+         * dropped with the overlay kept: snapshots_forget) */
+        sup_log(m->s, "snapshot %s: flushing the image below %s: %s; again once the monitor is back", m->name,
+                m->overlay, err->msg);
+        json_object_object_add(o, "await_monitor", json_object_new_boolean(true));
+        json_object_object_add(o, "await_client", json_object_new_int64(m->client));
+        free(m);
+        return;
+    }
     if (err) {
         /* the merged overlay stays on disk: what the base holds only in QEMU's cache is in it */
         sup_log(m->s, "snapshot %s: flushing the image below %s: %s; %s is kept", m->name, m->overlay, err->msg,
@@ -197,6 +208,28 @@ static void merge_after(struct sup *s, unsigned client)
     sup_crash_point("snapshot-merge-flush-sent");
 }
 
+void snapshot_merge_monitor_back(struct sup *s)
+{
+    json_object *o = merge_intent(s), *v;
+    if (!o || !json_object_object_get_ex(o, "await_monitor", NULL))
+        return;
+    unsigned client = json_object_object_get_ex(o, "await_client", &v) ? (unsigned)json_object_get_int64(v) : 0;
+    json_object_object_del(o, "await_monitor");
+    json_object_object_del(o, "await_client");
+    merge_after(s, client);
+}
+
+void snapshot_merge_forget(struct sup *s)
+{
+    json_object *o = merge_intent(s), *v;
+    if (!o)
+        return;
+    sup_log(s, "snapshot %s: QEMU exited before the image below %s was flushed: the overlay is kept",
+            json_object_object_get_ex(o, "name", &v) ? json_object_get_string(v) : "?",
+            json_object_object_get_ex(o, "overlay", &v) ? json_object_get_string(v) : "?");
+    merge_intent_clear(s);
+}
+
 void snapshot_merge_reattach(struct sup *s)
 {
     json_object *o = merge_intent(s), *v;
@@ -205,6 +238,8 @@ void snapshot_merge_reattach(struct sup *s)
     for (int i = 0; i < SUP_JOBS_MAX; i++)
         if (s->jobs[i].used && s->jobs[i].ops == &snapshot_merge_ops)
             return;     /* carried on: its end takes the step (merge_gone) */
+    json_object_object_del(o, "await_monitor");   /* this run's clients are not that run's */
+    json_object_object_del(o, "await_client");
     sup_log(s, "snapshot %s: %s was merged when its supervisor died, the step after it was not finished: finishing "
             "it", json_object_object_get_ex(o, "name", &v) ? json_object_get_string(v) : "?",
             json_object_object_get_ex(o, "disk", &v) ? json_object_get_string(v) : "?");

@@ -458,6 +458,7 @@ void snapshots_monitor_back(struct sup *s)
 {
     if (s->snap && s->snap->asking)
         ext_ask(s->snap);
+    snapshot_merge_monitor_back(s);
 }
 
 static void tx_continue(struct snap_op *op)
@@ -884,6 +885,7 @@ void snapshots_forget(struct sup *s)
     struct snap_op *op = s->snap;
     if (s->rs.resources && json_object_object_get_ex(s->rs.resources, FREEZE_RECORD, NULL))
         freeze_record(s, NULL);     /* the guest it froze is gone */
+    snapshot_merge_forget(s);
     if (!op)
         return;
     if (op->asking) {
