@@ -45,6 +45,8 @@ bool disk_find(struct sup *s, const char *key, struct disk_ref *out);
  * write the store is returned (the VM runs on the new image anyway). */
 int disk_switched(struct sup *s, const char *id, const char *node, const char *file, const char *volume,
                   enum disk_format format, struct qv_err *e);
+/* In query-block's answer: the node device `id` reads now (borrowed); NULL when none. */
+const char *disk_qemu_top(json_object *blocks, const char *id);
 /* A new QEMU starts with the definition's nodes again. */
 void disk_tops_reset(struct sup *s);
 void disk_tops_record(struct sup *s);
@@ -105,6 +107,12 @@ uint64_t block_next_deadline(struct sup *s);
 void block_expire(struct sup *s, uint64_t now);
 /* QEMU is gone: a request being prepared ends (its client answered, a created target removed). */
 void block_forget(struct sup *s);
+/* A copy's target (p->dest and its nodes) recorded in state.json before it is
+ * created; NULL: the record goes (the target was undone, or its job took it). */
+void block_target_record(struct sup *s, const struct block_prep *p);
+/* Reattach, after the jobs: a target its dead supervisor recorded and no job owns is
+ * removed (its nodes out of QEMU, the file deleted), so a retry can make it again. */
+void block_reattach(struct sup *s);
 
 /* Between blockjobs.c (requests, the jobs' kinds) and blockprep.c (what a request
  * needs before its job starts: the chain as QEMU holds it, read-write fds and a
@@ -230,13 +238,27 @@ int snapshot_full_create(struct sup *s, unsigned client, struct storage_snapshot
  * (active when the overlay is the top, else inner); bandwidth 0: no cap. */
 int snapshot_live_merge(struct sup *s, unsigned client, struct storage_snapshot *rec, int64_t bandwidth,
                         struct qv_err *e);
+/* A merged disk's step after its job (nodes out of QEMU, an inner commit's base
+ * flushed, the overlay removed, then the next disk) is in state.json from the job's
+ * end until it is done: a successor finishes it and merges the rest; meanwhile
+ * another snapshot operation waits (busy). */
+void snapshot_merge_reattach(struct sup *s);
+bool snapshot_merge_busy(struct sup *s);
+/* A flush whose answer a monitor drop lost is sent again once it is back; QEMU's
+ * exit drops the step (the overlay is kept: it holds what the flush would have). */
+void snapshot_merge_monitor_back(struct sup *s);
+void snapshot_merge_forget(struct sup *s);
 /* An internal snapshot deleted (snapshot-delete), its images made writable first
  * where they are below a disk-only overlay now. Both take the record and answer
  * client; an error returned means nothing was sent. */
 int snapshot_live_delete_internal(struct sup *s, unsigned client, struct storage_snapshot *rec, struct qv_err *e);
 /* Reattach: a freeze for a snapshot that its dead supervisor never thawed (state.json
- * says so) is thawed through the agent. */
+ * says so) is thawed through the agent; a disk-only snapshot it left under way is
+ * settled by what QEMU reads (switched: recorded, else its overlays removed); a
+ * merge step it left is finished (snapshot_merge_reattach). */
 void snapshots_reattach(struct sup *s);
+/* The monitor is back: a snapshot whose switch went unanswered asks QEMU now. */
+void snapshots_monitor_back(struct sup *s);
 void snapshots_child_exited(struct sup *s);
 uint64_t snapshots_next_deadline(struct sup *s);
 void snapshots_expire(struct sup *s, uint64_t now);

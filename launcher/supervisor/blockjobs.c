@@ -212,6 +212,57 @@ const struct sup_job_ops block_commit_ops = {"commit", NULL, commit_done, commit
 const struct sup_job_ops block_active_commit_ops = {"active-commit", ready_noted, commit_done, commit_gone};
 const struct sup_job_ops block_copy_ops = {"copy", ready_noted, copy_done, copy_gone};
 
+/* Record before you create: a copy's target file and its nodes are in state.json
+ * before the file exists, until the job that owns them is recorded (sup_job_start
+ * writes both at once) or they are undone; a successor removes what its
+ * predecessor left (block_reattach). */
+#define COPY_TARGET_RECORD "block_copy_target"
+
+void block_target_record(struct sup *s, const struct block_prep *p)
+{
+    if (!p) {
+        if (s->rs.resources && json_object_object_get_ex(s->rs.resources, COPY_TARGET_RECORD, NULL)) {
+            json_object_object_del(s->rs.resources, COPY_TARGET_RECORD);
+            sup_save_state(s);
+        }
+        return;
+    }
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "disk", json_object_new_string(p->d.id));
+    json_object_object_add(o, "dest", json_object_new_string(p->dest));
+    json_object_object_add(o, "node", json_object_new_string(p->tfmt));
+    json_object_object_add(o, "file_node", json_object_new_string(p->tfile));
+    if (!s->rs.resources)
+        s->rs.resources = json_object_new_object();
+    json_object_object_add(s->rs.resources, COPY_TARGET_RECORD, o);
+    sup_save_state(s);
+}
+
+void block_reattach(struct sup *s)
+{
+    json_object *o, *v;
+    if (!s->rs.resources || !json_object_object_get_ex(s->rs.resources, COPY_TARGET_RECORD, &o))
+        return;
+    const char *dest = json_object_object_get_ex(o, "dest", &v) ? json_object_get_string(v) : "";
+    for (int i = 0; i < SUP_JOBS_MAX; i++) {
+        const char *jd = s->jobs[i].used && s->jobs[i].data ? data_str(s->jobs[i].data, "dest") : NULL;
+        if (jd && strcmp(jd, dest) == 0) {
+            block_target_record(s, NULL);   /* its job owns it */
+            return;
+        }
+    }
+    json_object *node, *file_node;
+    if (json_object_object_get_ex(o, "node", &node) && json_object_object_get_ex(o, "file_node", &file_node)) {
+        json_object *target = json_object_new_array();
+        json_object_array_add(target, block_node_pair(json_object_get_string(node), json_object_get_string(file_node)));
+        block_drop_nodes(s, target);
+        json_object_put(target);
+    }
+    if (dest[0] && unlink(dest) == 0)
+        sup_log(s, "the copy to %s was being prepared when its supervisor died: removed it", dest);
+    block_target_record(s, NULL);
+}
+
 void block_prep_free(struct sup *s)
 {
     struct block_prep *p = s->block_prep;
@@ -234,8 +285,12 @@ static void start_job(struct sup *s, const struct sup_job_ops *ops, const char *
 {
     struct block_prep *p = s->block_prep;
     struct qv_err e = {0};
+    if (p->created)
+        json_object_object_del(s->rs.resources, COPY_TARGET_RECORD);    /* the job's record takes it over */
     struct sup_job *j = sup_job_start(s, ops, p->d.id, cmd, args, data, p->client, p->wait, &e);
     if (!j) {
+        if (p->created)
+            block_target_record(s, p);
         block_prep_fail(s, &e);     /* nothing reached QEMU: what was prepared is undone here */
         return;
     }

@@ -42,6 +42,8 @@ void block_prep_fail(struct sup *s, const struct qv_err *err)
     }
     if (p->created)
         unlink(p->dest);
+    if (p->op == BLOCK_COPY)
+        block_target_record(s, NULL);
     sup_log(s, "block %s of %s failed: %s", block_op_names[p->op], p->d.id, err->msg);
     if (p->client)
         sup_reply_error(s, p->client, err->code ? err->code : -EIO, "%s", err->msg);
@@ -253,6 +255,7 @@ static void copy_open_target(struct sup *s)
 {
     struct block_prep *p = s->block_prep;
     struct qv_err oe = {0};
+    sup_crash_point("block-copy-target-made");
     p->fd = storage_open_image(p->dest, O_RDWR, &oe);
     if (p->fd < 0) {
         prep_failf(s, p->fd, "%s: copy of %s: %s", s->def.name, p->d.id, oe.msg);
@@ -267,6 +270,7 @@ static void copy_open_target(struct sup *s)
 static void copy_create_target(struct sup *s)
 {
     struct block_prep *p = s->block_prep;
+    block_target_record(s, p);
     int fd = open(p->dest, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) {
         int r = -errno;
@@ -336,6 +340,8 @@ void block_forget(struct sup *s)
         sup_reply_error(s, p->client, gone.code, "%s", gone.msg);
     if (p->created)
         unlink(p->dest);
+    if (p->op == BLOCK_COPY)
+        block_target_record(s, NULL);
     block_writable_fn done = p->writable;
     void *ctx = p->writable_ctx;
     block_prep_free(s);

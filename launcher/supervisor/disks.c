@@ -372,6 +372,21 @@ void disk_tops_reattach(struct sup *s)
         disk_tops_record(s);
 }
 
+const char *disk_qemu_top(json_object *blocks, const char *id)
+{
+    for (size_t i = 0; i < json_object_array_length(blocks); i++) {
+        json_object *b = json_object_array_get_idx(blocks, i), *v, *ins, *node;
+        char dev[64];
+        if (!json_object_object_get_ex(b, "qdev", &v) || !json_object_object_get_ex(b, "inserted", &ins) ||
+            !json_object_object_get_ex(ins, "node-name", &node))
+            continue;
+        device_of_qdev(json_object_get_string(v), dev, sizeof(dev));
+        if (strcmp(dev, id) == 0)
+            return json_object_get_string(node);
+    }
+    return NULL;
+}
+
 int disk_switched(struct sup *s, const char *id, const char *node, const char *file, const char *volume,
                   enum disk_format format, struct qv_err *e)
 {

@@ -90,6 +90,7 @@ static void on_handshake(void *ctx, json_object *ret, const struct qv_err *err)
     s->monitor_attempts = 0;
     if (s->qmp)
         qmp_send(s->qmp, "query-status", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_status, s);
+    snapshots_monitor_back(s);
 }
 
 static int connect_nonblocking(const char *path)

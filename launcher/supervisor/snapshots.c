@@ -57,6 +57,9 @@ struct snap_op {
     bool undoing;
     size_t undo_pos;
     int undo_phase;
+    /* the transaction's answer was lost (the monitor dropped, a timeout): QEMU is asked
+     * which node each disk reads once the monitor is back */
+    bool asking;
 };
 
 static void op_free(struct snap_op *op)
@@ -81,7 +84,7 @@ bool snap_monitor_ok(struct sup *s, struct qv_err *e)
 
 int snap_busy(struct sup *s, struct qv_err *e)
 {
-    if (s->snap || (s->block_prep && (s->block_prep->snap[0] || s->block_prep->writable)))
+    if (s->snap || (s->block_prep && (s->block_prep->snap[0] || s->block_prep->writable)) || snapshot_merge_busy(s))
         return qv_fail(e, -EBUSY, "%s: a snapshot operation is under way; try again once it is over", s->def.name);
     for (int i = 0; i < SUP_JOBS_MAX; i++)
         if (s->jobs[i].used && str_startswith(s->jobs[i].ops->kind, "snapshot"))
@@ -91,6 +94,40 @@ int snap_busy(struct sup *s, struct qv_err *e)
 }
 
 /* ---- disk-only snapshots: overlays as fds, one transaction ---- */
+
+/* Record before you create: the snapshot's record-to-be and each overlay's file and
+ * nodes are in state.json before the first overlay file exists, and leave once the
+ * snapshot is recorded or undone. A supervisor that dies in between, or loses the
+ * transaction's answer, settles it by asking QEMU which node each disk reads
+ * (ext_resolve): a switched disk keeps its overlay, the others' go. */
+#define CREATE_RECORD "snapshot_create"
+
+static void create_intent_set(struct snap_op *op)
+{
+    struct sup *s = op->s;
+    json_object *o = json_object_new_object(), *disks = json_object_new_array();
+    json_object_object_add(o, "record", storage_snapshot_to_json(&op->rec));
+    for (size_t i = 0; i < op->rec.ndisks; i++) {
+        json_object *d = json_object_new_object();
+        json_object_object_add(d, "disk", json_object_new_string(op->d[i].id));
+        json_object_object_add(d, "node", json_object_new_string(op->d[i].node));
+        json_object_object_add(d, "file_node", json_object_new_string(op->d[i].file_node));
+        json_object_array_add(disks, d);
+    }
+    json_object_object_add(o, "disks", disks);
+    if (!s->rs.resources)
+        s->rs.resources = json_object_new_object();
+    json_object_object_add(s->rs.resources, CREATE_RECORD, o);
+    sup_save_state(s);
+}
+
+static void create_intent_clear(struct sup *s)
+{
+    if (s->rs.resources && json_object_object_get_ex(s->rs.resources, CREATE_RECORD, NULL)) {
+        json_object_object_del(s->rs.resources, CREATE_RECORD);
+        sup_save_state(s);
+    }
+}
 
 static void ext_next(struct snap_op *op);
 static void ext_undo(struct snap_op *op);
@@ -148,9 +185,13 @@ static void on_reattach_thawed(struct sup *s, void *ctx, json_object *ret, const
     freeze_record(s, NULL);
 }
 
+static void create_reattach(struct sup *s);
+
 void snapshots_reattach(struct sup *s)
 {
     json_object *v;
+    create_reattach(s);
+    snapshot_merge_reattach(s);
     if (!s->rs.resources || !json_object_object_get_ex(s->rs.resources, FREEZE_RECORD, &v))
         return;
     sup_log(s, "snapshot %s froze the guest's filesystems and its supervisor died before the thaw: thawing them",
@@ -293,6 +334,7 @@ static void ext_finish(struct snap_op *op)
     if (op->err.code) {
         sup_log(s, "snapshot %s failed: %s", op->rec.name, op->err.msg);
         ext_reply(op, op->err.code, &op->err);
+        create_intent_clear(s);
         op_free(op);
         return;
     }
@@ -315,12 +357,115 @@ static void ext_finish(struct snap_op *op)
     sup_log(s, "disk-only snapshot %s taken: %zu overlay%s%s", op->rec.name, op->rec.ndisks,
             op->rec.ndisks == 1 ? "" : "s", op->rec.quiesced ? ", quiesced" : "");
     ext_reply(op, r, &e);
+    create_intent_clear(s);
     op_free(op);
+}
+
+/* Which node each disk reads now (query-block's answer): a disk on its overlay keeps
+ * it, whatever was heard of the transaction; the others' overlays go (nodes, fdsets
+ * by their opaque, files). None switched: the snapshot failed with `why`. */
+static void ext_resolve(struct snap_op *op, json_object *blocks, const struct qv_err *why)
+{
+    struct sup *s = op->s;
+    size_t kept = 0;
+    json_object *drop = json_object_new_array();
+    char gone[512] = "";
+    for (size_t i = 0; i < op->rec.ndisks; i++) {
+        struct snap_disk_live *d = &op->d[i];
+        const char *top = disk_qemu_top(blocks, d->id);
+        if (top && strcmp(top, d->node) == 0) {
+            if (kept != i) {
+                struct storage_snapshot_disk k = op->rec.disks[i];
+                op->rec.disks[kept] = k;
+                op->d[kept] = *d;
+                d->fd = -1;
+            }
+            kept++;
+            continue;
+        }
+        json_object_array_add(drop, block_node_pair(d->node, d->file_node));
+        if (unlink(op->rec.disks[i].overlay) == 0)
+            sup_log(s, "snapshot %s: %s still reads node %s: its overlay %s is removed", op->rec.name, d->id,
+                    top ? top : "?", op->rec.disks[i].overlay);
+        size_t len = strlen(gone);
+        snprintf(gone + len, sizeof(gone) - len, "%s%s", len ? ", " : "", d->id);
+        if (d->fd >= 0)
+            close(d->fd);
+        d->fd = -1;
+    }
+    block_drop_nodes(s, drop);
+    json_object_put(drop);
+    size_t had = op->rec.ndisks;
+    op->rec.ndisks = kept;
+    op->undoing = true;     /* nothing is left for ext_undo: settled here */
+    op->undo_pos = kept;
+    if (!kept) {
+        op->rec.ndisks = had;
+        op->undo_pos = had;
+        struct qv_err e = *why;
+        if (!e.code)
+            e.code = -EIO;
+        op->err.code = 0;
+        ext_fail(op, &e, "blockdev-snapshot (QEMU did not switch)");
+        return;
+    }
+    sup_log(s, "snapshot %s: QEMU reads the overlay%s of %zu disk%s%s%s%s", op->rec.name, kept == 1 ? "" : "s", kept,
+            kept == 1 ? "" : "s", gone[0] ? " (not of " : "", gone, gone[0] ? ")" : "");
+    op->err.code = 0;
+    op->tx_err.code = 0;
+    ext_finish(op);
+}
+
+static void ext_ask(struct snap_op *op);
+
+static void on_asked(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    struct snap_op *op = ctx;
+    if (err && err->code == -ECONNRESET) {
+        ext_ask(op);    /* lost again: asked once it is back */
+        return;
+    }
+    if (err) {
+        /* the intent stays in state.json: a successor settles it */
+        struct qv_err e = {0};
+        qv_fail(&e, err->code ? err->code : -EIO, "%s: snapshot %s: whether QEMU switched to the overlays is not "
+                "known (query-block: %s); they are kept, and `qvisor start %s` after a restart of its supervisor "
+                "settles it", op->s->def.name, op->rec.name, err->msg, op->s->def.name);
+        sup_log(op->s, "%s", e.msg);
+        ext_reply(op, e.code, &e);
+        op_free(op);
+        return;
+    }
+    ext_resolve(op, ret, &op->tx_err);
+}
+
+/* The transaction's answer was lost: QEMU is asked what it did, now or once its
+ * monitor is back (snapshots_monitor_back). */
+static void ext_ask(struct snap_op *op)
+{
+    struct sup *s = op->s;
+    op->asking = true;
+    if (!s->qmp || !qmp_ready(s->qmp))
+        return;
+    if (qmp_send(s->qmp, "query-block", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_asked, op) == 0) {
+        op->asking = false;
+        sup_log(s, "snapshot %s: the answer to the switch was lost (%s): asking QEMU which nodes the disks read",
+                op->rec.name, op->tx_err.msg);
+    }
+}
+
+void snapshots_monitor_back(struct sup *s)
+{
+    if (s->snap && s->snap->asking)
+        ext_ask(s->snap);
+    snapshot_merge_monitor_back(s);
 }
 
 static void tx_continue(struct snap_op *op)
 {
-    if (op->tx_err.code)
+    if (op->tx_err.code == -ECONNRESET || op->tx_err.code == -ETIMEDOUT)
+        ext_ask(op);    /* no answer: QEMU may have switched, and then writes to the overlays */
+    else if (op->tx_err.code)
         ext_fail(op, &op->tx_err, "blockdev-snapshot");
     else
         ext_finish(op);
@@ -420,7 +565,9 @@ static void ext_next(struct snap_op *op)
                  op) < 0) {
         qv_fail(&e, -EIO, "QEMU's monitor is gone");
         ext_fail(op, &e, NULL);
+        return;
     }
+    sup_crash_point("snapshot-switch-sent");
 }
 
 static void on_undo(void *ctx, json_object *ret, const struct qv_err *err)
@@ -468,6 +615,7 @@ static void ext_make_next(struct snap_op *op)
 {
     struct qv_err e = {0};
     if (op->made == op->rec.ndisks) {
+        sup_crash_point("snapshot-overlays-made");
         for (size_t i = 0; i < op->rec.ndisks; i++) {
             op->d[i].fd = storage_open_image(op->rec.disks[i].overlay, O_RDWR, &e);
             if (op->d[i].fd < 0) {
@@ -598,9 +746,11 @@ static int external_create(struct sup *s, unsigned client, struct storage_snapsh
         snprintf(d->node, sizeof(d->node), "%s-s%llx-fmt", d->id, stamp);
         snprintf(d->file_node, sizeof(d->file_node), "%s-s%llx-file", d->id, stamp);
     }
+    create_intent_set(op);
     json_object *args = json_obj1("flat", json_object_new_boolean(true));
     if (qmp_send(s->qmp, "query-named-block-nodes", args, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_sizes, op) < 0) {
         op_free(op);
+        create_intent_clear(s);
         return qv_fail(e, -EIO, "%s: QEMU's monitor is gone", s->def.name);
     }
     s->snap = op;
@@ -677,6 +827,57 @@ int snapshot_live_delete(struct sup *s, unsigned client, const char *name, const
     return snapshot_live_delete_internal(s, client, &rec, e);
 }
 
+/* A disk-only snapshot whose supervisor died between recording it and its end
+ * (overlays made or not, nodes added or not, switched or not): QEMU says which
+ * disks read their overlay, and the snapshot is settled as ext_resolve does. */
+static void create_reattach(struct sup *s)
+{
+    json_object *o, *rec, *disks, *v;
+    if (!s->rs.resources || !json_object_object_get_ex(s->rs.resources, CREATE_RECORD, &o))
+        return;
+    struct qv_err e = {0};
+    struct snap_op *op = qv_xcalloc(1, sizeof(*op));
+    op->s = s;
+    op->seq = ++s->snap_seq;
+    op->child.out = -1;
+    if (!json_object_object_get_ex(o, "record", &rec) || !json_object_object_get_ex(o, "disks", &disks) ||
+        storage_snapshot_from_json(rec, &op->rec, &e) < 0 || json_object_array_length(disks) != op->rec.ndisks) {
+        sup_log(s, "warning: the recorded disk-only snapshot under way is unreadable (%s); left as it is",
+                e.msg[0] ? e.msg : "no record or disks");
+        op_free(op);
+        create_intent_clear(s);
+        return;
+    }
+    for (size_t i = 0; i < op->rec.ndisks; i++) {
+        json_object *d = json_object_array_get_idx(disks, i);
+        struct snap_disk_live *l = &op->d[i];
+        l->fd = l->fdset = -1;
+        snprintf(l->id, sizeof(l->id), "%s", json_object_object_get_ex(d, "disk", &v) ? json_object_get_string(v) : "");
+        snprintf(l->node, sizeof(l->node), "%s", json_object_object_get_ex(d, "node", &v) ? json_object_get_string(v) : "");
+        snprintf(l->file_node, sizeof(l->file_node), "%s",
+                 json_object_object_get_ex(d, "file_node", &v) ? json_object_get_string(v) : "");
+    }
+    /* the guest's filesystems: thawed by the freeze record's own step; a freeze in
+     * force when the overlays went on is not known now */
+    op->rec.quiesced = false;
+    if (!op->rec.quiesce_note[0])
+        snprintf(op->rec.quiesce_note, sizeof(op->rec.quiesce_note), "its supervisor died while it was taken");
+    s->snap = op;
+    json_object *blocks = NULL;
+    struct qv_err lost = {0};
+    qv_fail(&lost, -EIO, "its supervisor died before the switch");
+    sup_log(s, "snapshot %s was under way when its supervisor died: asking QEMU which nodes the disks read",
+            op->rec.name);
+    if (qmp_call(s->qmp, "query-block", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, &blocks, &e) < 0) {
+        sup_log(s, "warning: snapshot %s: query-block: %s; its overlays are kept for the next supervisor", op->rec.name,
+                e.msg);
+        op_free(op);
+        return;
+    }
+    ext_resolve(op, blocks, &lost);
+    json_object_put(blocks);
+}
+
 void snapshots_forget(struct sup *s)
 {
     /* QEMU is gone (its monitor was freed first: no completion comes any more); the
@@ -684,12 +885,30 @@ void snapshots_forget(struct sup *s)
     struct snap_op *op = s->snap;
     if (s->rs.resources && json_object_object_get_ex(s->rs.resources, FREEZE_RECORD, NULL))
         freeze_record(s, NULL);     /* the guest it froze is gone */
+    snapshot_merge_forget(s);
     if (!op)
         return;
+    if (op->asking) {
+        /* QEMU may have switched and written the guest's data there: nothing is removed */
+        char files[1024] = "";
+        for (size_t i = 0; i < op->rec.ndisks; i++) {
+            size_t len = strlen(files);
+            snprintf(files + len, sizeof(files) - len, "%s%s", len ? ", " : "", op->rec.disks[i].overlay);
+        }
+        sup_log(s, "warning: QEMU exited while it was not known whether snapshot %s switched to its overlays; they "
+                "are kept (%s): check with qemu-img which holds data before removing them", op->rec.name, files);
+        if (op->client)
+            sup_reply_error(s, op->client, -ESRCH, "%s: QEMU exited while snapshot %s was taken; whether it switched "
+                            "to the overlays is not known, they are kept: %s", s->def.name, op->rec.name, files);
+        create_intent_clear(s);
+        op_free(op);
+        return;
+    }
     if (op->client)
         sup_reply_error(s, op->client, -ESRCH, "%s: QEMU exited before snapshot %s was taken", s->def.name,
                         op->rec.name);
     for (size_t i = 0; i < op->made; i++)
         unlink(op->rec.disks[i].overlay);
+    create_intent_clear(s);
     op_free(op);
 }

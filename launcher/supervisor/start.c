@@ -634,6 +634,7 @@ int reattach(struct sup *s, bool finish_start, struct qv_err *e)
     snprintf(s->rs.qemu_version, sizeof(s->rs.qemu_version), "%s", qmp_qemu_version(s->qmp));
     disk_tops_reattach(s);
     sup_jobs_reattach(s);
+    block_reattach(s);
     if (pinning_wanted(&s->def)) {
         /* a successor pins again (QEMU may have been started by an older qvisor, or
          * someone moved its threads); a guest never dies of a pinning that fails here */

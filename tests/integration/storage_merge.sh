@@ -1,12 +1,19 @@
 #!/bin/bash
-# timeout: 300
+# timeout: 480
 # Snapshots deleted while the guest runs where the overlay is not simply the top of
 # one disk, with real qemu-img and a real QEMU under TCG, sandbox on: a disk-only
 # snapshot of two disks; the middle one of three (an inner commit, the overlay above
 # re-pointed); a full snapshot kept in an image that a later overlay covers; and a
 # merge whose supervisor is killed -9 midway, finished by its successor. Each time
 # the guest's checksum of its disks is unchanged, the host's flattened images match
-# it, and qemu-img's view of the chains has the layer fewer.
+# it, and qemu-img's view of the chains has the layer fewer. Then the crash windows,
+# each hit at its exact point (QVISOR_TEST_CRASH_AT/STOP_AT): a supervisor killed
+# once a snapshot's overlays or a copy's target exist (its successor removes them, a
+# retry works), a monitor that drops with the switch's answer in flight (sock_drop
+# reads it away: the snapshot is recorded from what QEMU reads), a supervisor killed
+# after an inner merge's job ended (its successor flushes, removes the overlay and
+# merges the rest), a second delete while a merge's flush is unanswered (busy), and
+# a supervisor killed right after sending a switch (settled either way).
 . "$(dirname "$0")/../lib.sh"
 
 img=$T_ROOT/img
@@ -115,5 +122,111 @@ check "...qemu-img sees the layer fewer below both disks' tops" eval \
     "chain_is \$(def_file 0) $(ova s3) $(ova s1) $img/a.qcow2 && chain_is \$(def_file 1) $(ovb s3) $(ovb s1) $img/b.qcow2"
 check "...the host's images hold what the guest wrote" both_host
 check "...ov's overlays are gone" test ! -e "$(ova ov)" -a ! -e "$(ovb ov)"
+
+# ---- crash windows, each hit at its exact point: a supervisor started with
+# QVISOR_TEST_CRASH_AT=POINT dies there (kill -9), with _STOP_AT=POINT it stops there ----
+# sup_with ENV...: the supervisor replaced by one with ENV (QEMU runs on; start reattaches)
+sup_with() {
+    local p; p=$(sup_pid mg)
+    [ -n "$p" ] && kill -9 "$p" 2>/dev/null && wait_until 10 bash -c "! kill -0 $p 2>/dev/null"
+    env "$@" "$QV_BIN" --root "$T_ROOT" start -q mg
+}
+stopped() { grep -Eq '^State:\s+T' "/proc/$1/status"; }
+sup_gone() { ! kill -0 "$1" 2>/dev/null; }
+
+# a disk-only snapshot whose supervisor dies once its overlay files exist
+sup_with QVISOR_TEST_CRASH_AT=snapshot-overlays-made
+sp=$(sup_pid mg)
+qv snapshot create mg c1 --disk-only > /dev/null 2>&1
+check "a supervisor killed right after making a snapshot's overlays leaves them" eval \
+    "wait_until 10 sup_gone $sp && test -e $(ova c1) -a -e $(ovb c1)"
+check_output "start again reattaches" "mg started" qv start mg
+check "...its successor removes the overlays QEMU never switched to" test ! -e "$(ova c1)" -a ! -e "$(ovb c1)"
+check "...records no snapshot" snaps_are "s1 s3"
+check "...and the definition still names s3's overlays" test "$(def_file 0) $(def_file 1)" = "$(ova s3) $(ovb s3)"
+check_output "taking it again works" 'snapshot c1 created' qv snapshot create mg c1 --disk-only
+
+# a monitor that drops after QEMU switched to the overlays, its answer lost
+sup_with QVISOR_TEST_STOP_AT=snapshot-switch-sent
+sp=$(sup_pid mg)
+qv snapshot create mg c2 --disk-only > "$T_ROOT/c2.out" 2>&1 &
+client=$!
+check "the supervisor stops right after sending the switch" wait_until 60 stopped "$sp"
+"$T_BUILD/progs/sock_drop" "$sp" qmp.sock 30 > "$T_ROOT/drained" 2>&1
+check "...QEMU's answer is read away and the connection shut down (as a drop would)" \
+    grep -q '"return"' "$T_ROOT/drained"
+kill -CONT "$sp"
+wait "$client"
+check_output "...the snapshot is taken all the same: QEMU is asked what it did" 'snapshot c2 created' cat "$T_ROOT/c2.out"
+check "...the log says the answer was lost" log_has mg 'the answer to the switch was lost'
+check "...the overlays QEMU writes to are kept" test -e "$(ova c2)" -a -e "$(ovb c2)"
+check "...the definition names them" test "$(def_file 0) $(def_file 1)" = "$(ova c2) $(ovb c2)"
+check "...the guest writes after it" both_put 7
+check "...which lands in c2's overlays" both_own c2 7
+sums
+check "...and the host's images hold what the guest wrote" both_host
+
+# an inner merge whose supervisor dies after its commit ended, before the flush answered
+sup_with QVISOR_TEST_CRASH_AT=snapshot-merge-flush-sent
+sp=$(sup_pid mg)
+qv snapshot delete mg c1 > /dev/null 2>&1
+check "a supervisor killed right after an inner merge's job ended (flush sent)" wait_until 30 sup_gone "$sp"
+check_output "start again reattaches" "mg started" qv start mg
+check "...the log says the step after the merge is finished" log_has mg 'the step after it was not finished: finishing it'
+c1_gone() { snaps_are "c2 s1 s3"; }
+check "...the successor merges the rest: c1's record is gone" wait_until 90 c1_gone
+check "...c1's overlays are gone" test ! -e "$(ova c1)" -a ! -e "$(ovb c1)"
+check "...the guest reads the same data on both disks" both_same
+check "...qemu-img sees c2's overlays rest on s3's" eval \
+    "chain_is $(ova c2) $(ova c2) $(ova s3) $(ova s1) $img/a.qcow2 && chain_is $(ovb c2) $(ovb c2) $(ovb s3) $(ovb s1) $img/b.qcow2"
+check "...the host's images hold what the guest wrote" both_host
+
+# two deletes at once: the second comes while the first one's flush is unanswered
+sup_with QVISOR_TEST_STOP_AT=snapshot-merge-flushing
+sp=$(sup_pid mg) qp=$(vm_pid mg)
+qv snapshot delete mg s3 > "$T_ROOT/s3.out" 2>&1 &
+client=$!
+check "a merge stops before its flush" wait_until 90 stopped "$sp"
+kill -STOP "$qp"
+kill -CONT "$sp"
+check_error "...another delete meanwhile (the flush unanswered) is refused as busy (exit 4)" 4 \
+    'a snapshot operation is under way' timeout 20 "$QV_BIN" --root "$T_ROOT" snapshot delete mg s1
+kill -CONT "$qp"
+while kill -0 "$client" 2>/dev/null; do stopped "$sp" && kill -CONT "$sp"; sleep 0.2; done
+wait "$client"
+check_output "...the first delete ends well" 'snapshot s3 deleted' cat "$T_ROOT/s3.out"
+check "...s1 is still there" snaps_are "c2 s1"
+check "...the guest reads the same data on both disks" both_same
+
+# a copy whose supervisor dies once the target file exists
+sup_with QVISOR_TEST_CRASH_AT=block-copy-target-made
+sp=$(sup_pid mg)
+qv block copy mg disk0 --dest "$img/copy.qcow2" > /dev/null 2>&1
+check "a supervisor killed right after creating a copy's target leaves it" eval \
+    "wait_until 10 sup_gone $sp && test -e $img/copy.qcow2"
+check_output "start again reattaches" "mg started" qv start mg
+check "...its successor removes the target" test ! -e "$img/copy.qcow2"
+check_output "...and the copy again works" 'the copy is complete' qv block copy mg disk0 --dest "$img/copy.qcow2" --finish --wait
+check "...the copy holds what the guest reads" host_sum "$img/copy.qcow2" "$a0"
+
+# a supervisor that dies right after sending the switch: QEMU took it or not, the
+# successor records what QEMU reads
+sup_with QVISOR_TEST_CRASH_AT=snapshot-switch-sent
+sp=$(sup_pid mg)
+qv snapshot create mg c3 --disk-only > /dev/null 2>&1
+check "a supervisor killed right after sending a snapshot's switch" wait_until 30 sup_gone "$sp"
+check_output "start again reattaches" "mg started" qv start mg
+settled() {
+    if snaps_are "c2 c3 s1"; then
+        [ "$(def_file 0) $(def_file 1)" = "$(ova c3) $(ovb c3)" ] && [ -e "$(ova c3)" ] && [ -e "$(ovb c3)" ]
+    else
+        snaps_are "c2 s1" && [ "$(def_file 0) $(def_file 1)" = "$(ova c2) $(ovb c2)" ] &&
+            [ ! -e "$(ova c3)" ] && [ ! -e "$(ovb c3)" ]
+    fi
+}
+check "...the successor settles it: recorded and followed, or undone" settled
+diag "c3 after its switch's supervisor died: $(snaps_are "c2 c3 s1" && echo recorded || echo undone)"
+check "...the guest reads the same data on both disks" both_same
+
 qv kill mg > /dev/null 2>&1
 finish
