@@ -36,6 +36,7 @@ static const struct cli_opt run_opts[] = {{"ready-fd", true, false, 0}, {"attach
                                           {"boot-fd", true, false, 0}, {"stop-timeout", true, false, 0}, {"restore", true, false, 0},
                                           {"restore-remove", false, false, 0}, {"incoming", true, false, 0},
                                           {"incoming-copy-storage", false, false, 0}, {"incoming-tls", true, false, 0},
+                                          {"incoming-token", true, false, 0}, {"incoming-timeout", true, false, 0},
                                           {0}};
 static const struct cli_opt migrate_opts[] = {{"to", true, false, 0}, {"bandwidth", true, false, 0},
                                               {"max-downtime", true, false, 0}, {"auto-converge", false, false, 0},
@@ -43,18 +44,21 @@ static const struct cli_opt migrate_opts[] = {{"to", true, false, 0}, {"bandwidt
                                               {"copy-storage", false, false, 0},
                                               {"tls", true, false, 0}, {"persistent", false, false, 0},
                                               {"remote-qvisor", true, false, 0}, {"remote-root", true, false, 0},
-                                              {"ssh-config", true, false, 0}, {"wait-timeout", true, false, 0}, {0}};
+                                              {"ssh-config", true, false, 0}, {"wait-timeout", true, false, 0},
+                                              {"token", true, false, 0}, {0}};
 static const struct cli_opt evacuate_opts[] = {{"to", true, false, 0}, {"parallel", true, false, 0},
                                                {"bandwidth", true, false, 0}, {"max-downtime", true, false, 0},
                                                {"auto-converge", false, false, 0}, {"undefine-source", false, false, 0},
                                                {"copy-storage", false, false, 0},
                                                {"tls", true, false, 0}, {"persistent", false, false, 0},
                                                {"remote-qvisor", true, false, 0}, {"remote-root", true, false, 0},
-                                               {"ssh-config", true, false, 0}, {"wait-timeout", true, false, 0}, {0}};
+                                               {"ssh-config", true, false, 0}, {"wait-timeout", true, false, 0},
+                                               {"token", true, false, 0}, {0}};
 static const struct cli_opt migrate_in_opts[] = {{"listen", true, false, 0}, {"definition", true, false, 0},
                                                  {"persistent", false, false, 0}, {"wait-timeout", true, false, 0},
                                                  {"copy-storage", false, false, 0},
-                                                 {"tls", true, false, 0}, {"cancel", false, false, 0}, {0}};
+                                                 {"tls", true, false, 0}, {"cancel", false, false, 0},
+                                                 {"token", true, false, 0}, {"timeout", true, false, 0}, {0}};
 static const struct cli_opt boot_opts[] = {
     DEFINITION_FLAGS, {"image", true, false, 0}, {"expect", true, true, 0}, {"fail", true, true, 0},
     {"exec", true, false, 0}, {"exec-file", true, false, 0}, {"timeout", true, false, 0}, {"name", true, false, 0},

@@ -19,6 +19,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/epoll.h>
 
 #include "launcher/supervisor/internal.h"
@@ -40,6 +41,8 @@ struct mig_op {
     int64_t downtime_ms;    /* 0: QEMU's default */
     bool auto_converge;
     bool copy_storage;      /* local disks mirrored to the destination's NBD exports first (migstore_out.c) */
+    char token[68];         /* the destination's one-time token */
+    bool persistent;
     char storage_error[600];    /* the disk copy failed while the stream ran: why */
     char tls_dir[PATH_MAX];     /* live over TLS: the credentials' directory; "": plain */
     char tls_hostname[256];     /* the name the destination's certificate must carry */
@@ -183,8 +186,9 @@ static void save_synced(struct sup *s)
     op_release(s);
 }
 
-/* The destination has the guest: QEMU here quits, the VM is shut off here. */
-static void live_completed(struct sup *s)
+/* The destination runs the guest (it said so: answer): QEMU here quits, the VM is
+ * shut off here. */
+static void live_completed(struct sup *s, json_object *answer)
 {
     struct mig_op *m = s->mig;
     uint64_t ms = monotonic_ms() - m->started_ms;
@@ -196,6 +200,16 @@ static void live_completed(struct sup *s)
     json_object_object_add(o, "qemu_total_time_ms", json_object_new_int64(m->total_time));
     json_object_object_add(o, "downtime_ms", json_object_new_int64(m->downtime));
     json_object_object_add(o, "transferred", json_object_new_int64(m->transferred));
+    json_object *v;
+    if (answer && json_object_object_get_ex(answer, "state", &v))
+        json_object_object_add(o, "destination_state", json_object_get(v));
+    if (answer && json_object_object_get_ex(answer, "defined", &v))
+        json_object_object_add(o, "defined", json_object_get(v));
+    if (answer && json_object_object_get_ex(answer, "persistent_error", &v)) {
+        json_object_object_add(o, "persistent_error", json_object_get(v));
+        sup_log(s, "warning: the destination runs the guest but did not keep its definition: %s",
+                json_object_get_string(v));
+    }
     sup_reply_json(s, m->client, o);
     json_object_put(o);
     snprintf(s->exit_reason, sizeof(s->exit_reason), "migrated to %s", m->address);
@@ -211,11 +225,13 @@ static void save_completed(struct sup *s)
 {
     struct mig_op *m = s->mig;
     if (m->live && s->msout) {
-        migstore_out_complete(s);   /* the mirrors end in sync first; then live_completed */
+        /* the mirrors end in sync first, the destination runs the guest and confirms;
+         * then live_completed */
+        migstore_out_complete(s);
         return;
     }
     if (m->live) {
-        live_completed(s);
+        save_failed(s, "the control line to the destination is gone");
         return;
     }
     m->step = STEP_SYNC;
@@ -347,6 +363,16 @@ int migrate_connect_start(const char *address, int *fd, struct qv_err *e)
     return 0;
 }
 
+/* A control line that goes silent (a cable pulled, a host gone) ends in about 25 s. */
+void migrate_keepalive(int fd)
+{
+    int one = 1, idle = 10, intvl = 5, cnt = 3;
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+}
+
 /* Non-blocking: the loop hears when it is connected (EPOLLOUT), or gives up at poll_at. */
 static int connect_begin(struct sup *s, struct qv_err *e)
 {
@@ -414,15 +440,19 @@ static void next_step(struct sup *s)
         }
         r = op_send(s, "stop", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, on_step);
         break;
-    case STEP_STORAGE:
-        if (!m->copy_storage) {
+    case STEP_STORAGE: {
+        if (!m->live) {
             m->step++;
             next_step(s);
             return;
         }
-        if (migstore_out_begin(s, m->address, m->bandwidth, &e) < 0)
+        /* the control line (and the disks' copy) first */
+        struct migrate_live_opts lo = {.address = m->address, .token = m->token, .bandwidth = m->bandwidth,
+                                       .copy_storage = m->copy_storage, .persistent = m->persistent};
+        if (migstore_out_begin(s, &lo, &e) < 0)
             save_failed(s, "%s", e.msg);
         return;     /* migrate_storage_ready goes on */
+    }
     case STEP_CAPS: {
         if (!m->live) {
             m->step++;
@@ -517,12 +547,17 @@ static int op_checks(struct sup *s, const char *what, struct qv_err *e)
     return 0;
 }
 
-int migrate_live(struct sup *s, unsigned client, const char *address, int64_t bandwidth, int64_t downtime_ms,
-                 bool auto_converge, bool copy_storage, struct qv_err *e)
+int migrate_live(struct sup *s, unsigned client, const struct migrate_live_opts *o, struct qv_err *e)
 {
+    const char *address = o->address;
+    int64_t bandwidth = o->bandwidth, downtime_ms = o->downtime_ms;
+    bool auto_converge = o->auto_converge, copy_storage = o->copy_storage;
     int r = op_checks(s, "migrated", e);
     if (r < 0)
         return r;
+    if (!o->token || !o->token[0] || strlen(o->token) >= sizeof(((struct mig_op *)0)->token))
+        return qv_fail(e, -EINVAL, "%s: migrate: the destination's token is missing (migrate-incoming printed it)",
+                       s->def.name);
     struct sockaddr_storage sa;
     socklen_t len;
     if ((r = migrate_parse_address(address, &sa, &len, e)) < 0)
@@ -536,6 +571,8 @@ int migrate_live(struct sup *s, unsigned client, const char *address, int64_t ba
     m->downtime_ms = downtime_ms;
     m->auto_converge = auto_converge;
     m->copy_storage = copy_storage;
+    m->persistent = o->persistent;
+    snprintf(m->token, sizeof(m->token), "%s", o->token);
     m->was_running = s->rs.state == VM_RUNNING;
     m->started_ms = monotonic_ms();
     snprintf(m->address, sizeof(m->address), "%s", address);
@@ -629,6 +666,7 @@ json_object *migrate_status_json(struct sup *s)
         json_object *o = json_object_new_object();
         json_object_object_add(o, "kind", json_object_new_string("incoming"));
         json_object_object_add(o, "address", json_object_new_string(in));
+        json_object_object_add(o, "token", json_object_new_string(s->mig_token));
         return o;
     }
     if (!m || m->over)
@@ -671,12 +709,16 @@ uint64_t migrate_next_deadline(struct sup *s)
     uint64_t ds = migstore_out_next_deadline(s);
     if (ds && (!d || ds < d))
         d = ds;
+    ds = migstore_in_next_deadline(s);
+    if (ds && (!d || ds < d))
+        d = ds;
     return d;
 }
 
 void migrate_expire(struct sup *s, uint64_t now)
 {
     migstore_out_expire(s, now);
+    migstore_in_expire(s, now);
     struct mig_op *m = s->mig;
     if (m && !m->over && m->step == STEP_CONNECT) {
         if (m->poll_at && now >= m->poll_at) {
@@ -741,10 +783,28 @@ void migrate_storage_ready(struct sup *s)
     next_step(s);
 }
 
-void migrate_storage_finished(struct sup *s)
+void migrate_storage_finished(struct sup *s, json_object *answer)
 {
     if (s->mig && !s->mig->over)
-        live_completed(s);
+        live_completed(s, answer);
+}
+
+void migrate_storage_unconfirmed(struct sup *s, const char *why)
+{
+    struct mig_op *m = s->mig;
+    migstore_out_abort(s);
+    if (!m || m->over)
+        return;
+    sup_log(s, "migration to %s: the guest's state went over, but %s; the guest stays paused here (it may run there)",
+            m->address, why);
+    sup_reply_error(s, m->client, -EIO, "%s: migration to %s: the guest's state went over, but %s: the guest stays "
+                    "paused here, as it may run there. Look there (qvisor status %s on the destination), then "
+                    "either qvisor kill %s here (it runs there) or qvisor resume %s here (it does not)", s->def.name,
+                    m->address, why, s->def.name, s->def.name, s->def.name);
+    sup_set_state(s, VM_PAUSED);
+    m->over = true;
+    m->step = STEP_DONE;
+    op_release(s);
 }
 
 void migrate_storage_failed(struct sup *s, const char *why)
