@@ -58,6 +58,8 @@ struct mig_op {
     uint64_t started_ms;
     uint64_t poll_at;
     bool polling;
+    bool ended;             /* a MIGRATION event said the stream is over: query at once */
+    int passes;             /* MIGRATION_PASS events: RAM passes so far */
     int64_t transferred, remaining, total;
     char status[24];
     struct sup_child sync;
@@ -298,7 +300,43 @@ static void on_query(void *ctx, json_object *ret, const struct qv_err *err)
                               : desc                ? desc
                                                     : "QEMU's migration failed (the destination went away?)");
     } else {
-        m->poll_at = monotonic_ms() + MIG_POLL_MS;
+        /* the event may have come while this query was out: its answer is older */
+        m->poll_at = monotonic_ms() + (m->ended ? 0 : MIG_POLL_MS);
+    }
+}
+
+json_object *migrate_caps(bool auto_converge)
+{
+    json_object *caps = json_object_new_array();
+    static const char *const names[] = {"events", "auto-converge"};
+    for (int i = 0; i < 2; i++) {
+        json_object *c = json_object_new_object();
+        json_object_object_add(c, "capability", json_object_new_string(names[i]));
+        json_object_object_add(c, "state", json_object_new_boolean(i == 0 || auto_converge));
+        json_object_array_add(caps, c);
+    }
+    return json_obj1("capabilities", caps);
+}
+
+void migrate_event(struct sup *s, const char *event, json_object *data)
+{
+    json_object *v;
+    const char *status = data && json_object_object_get_ex(data, "status", &v) ? json_object_get_string(v) : "";
+    bool over = strcmp(status, "completed") == 0 || strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0;
+    struct mig_op *m = s->mig;
+    if (m && !m->over && m->step == STEP_RUNNING) {
+        if (strcmp(event, "MIGRATION_PASS") == 0) {
+            m->passes = data && json_object_object_get_ex(data, "pass", &v) ? json_object_get_int(v) : m->passes + 1;
+        } else if (over) {
+            m->ended = true;
+            if (!m->polling)
+                m->poll_at = monotonic_ms();    /* the final figures now */
+        }
+    }
+    if (over && start_active(s) && s->start.incoming[0]) {
+        s->mig_in_ended = true;     /* an incoming stream (or a restore) is in, or failed */
+        if (s->start.in_poll_at)
+            s->start.in_poll_at = monotonic_ms();
     }
 }
 
@@ -453,21 +491,11 @@ static void next_step(struct sup *s)
             save_failed(s, "%s", e.msg);
         return;     /* migrate_storage_ready goes on */
     }
-    case STEP_CAPS: {
-        if (!m->live) {
-            m->step++;
-            next_step(s);
-            return;
-        }
-        json_object *caps = json_object_new_array();
-        json_object *c = json_object_new_object();
-        json_object_object_add(c, "capability", json_object_new_string("auto-converge"));
-        json_object_object_add(c, "state", json_object_new_boolean(m->auto_converge));
-        json_object_array_add(caps, c);
-        r = op_send(s, "migrate-set-capabilities", json_obj1("capabilities", caps), NULL, 0, QMP_TIMEOUT_DEFAULT,
-                    on_step);
+    case STEP_CAPS:
+        /* always: an earlier attempt's auto-converge must not stick to this one */
+        r = op_send(s, "migrate-set-capabilities", migrate_caps(m->live && m->auto_converge), NULL, 0,
+                    QMP_TIMEOUT_DEFAULT, on_step);
         break;
-    }
     case STEP_TLS:
         if (!m->tls_dir[0]) {
             m->step++;
@@ -684,6 +712,8 @@ json_object *migrate_status_json(struct sup *s)
                                                                : m->status[0]     ? m->status
                                                                                   : "setup"));
     json_object_object_add(o, "transferred", json_object_new_int64(m->transferred));
+    if (m->live)
+        json_object_object_add(o, "passes", json_object_new_int(m->passes));
     json_object_object_add(o, "remaining", json_object_new_int64(m->remaining));
     json_object_object_add(o, "total", json_object_new_int64(m->total));
     migstore_out_progress(s, o);

@@ -80,7 +80,7 @@ static void on_in_query(void *ctx, json_object *ret, const struct qv_err *err)
                 "or not for this host? QEMU's words are in the log)", MIG_TLS_HANDSHAKE_MS / 1000);
         start_failed(s, &e, "incoming migration");
     } else {
-        s->start.in_poll_at = monotonic_ms() + MIG_POLL_MS;
+        s->start.in_poll_at = monotonic_ms() + (s->mig_in_ended ? 0 : MIG_POLL_MS);
     }
 }
 
@@ -192,7 +192,12 @@ void migrate_incoming_accept(struct sup *s)
     migrate_incoming_close(s);
     s->mig_accepted_ms = monotonic_ms();
     sup_log(s, "the source connected: the guest's state comes in");
-    int r = qmp_send(s->qmp, "getfd", json_obj1("fdname", json_object_new_string(MIG_IN_FDNAME)), &c, 1,
+    /* events: MIGRATION says when it is in; capabilities, getfd and migrate-incoming
+     * go out together (QEMU answers in order) */
+    int r = qmp_send(s->qmp, "migrate-set-capabilities", migrate_caps(false), NULL, 0, QMP_TIMEOUT_DEFAULT, 0,
+                     on_in_step, s);
+    if (r == 0)
+        r = qmp_send(s->qmp, "getfd", json_obj1("fdname", json_object_new_string(MIG_IN_FDNAME)), &c, 1,
                      QMP_TIMEOUT_DEFAULT, 0, on_in_step, s);
     close(c);
     if (r == 0)
@@ -266,9 +271,12 @@ int migrate_incoming_begin(struct sup *s, struct qv_err *e)
         return r;
     }
     sup_log(s, "restoring the guest's state from %s", s->start.incoming);
-    /* getfd and migrate-incoming go out together: QEMU answers in order */
-    r = qmp_send(s->qmp, "getfd", json_obj1("fdname", json_object_new_string(MIG_IN_FDNAME)), &fd, 1,
-                 QMP_TIMEOUT_DEFAULT, 0, on_in_step, s);
+    /* capabilities (events), getfd and migrate-incoming go out together: QEMU answers in order */
+    r = qmp_send(s->qmp, "migrate-set-capabilities", migrate_caps(false), NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_in_step,
+                 s);
+    if (r == 0)
+        r = qmp_send(s->qmp, "getfd", json_obj1("fdname", json_object_new_string(MIG_IN_FDNAME)), &fd, 1,
+                     QMP_TIMEOUT_DEFAULT, 0, on_in_step, s);
     close(fd);
     if (r == 0)
         r = qmp_send(s->qmp, "migrate-incoming", json_obj1("uri", json_object_new_string("fd:" MIG_IN_FDNAME)), NULL,

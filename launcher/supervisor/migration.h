@@ -45,8 +45,15 @@ typedef void (*migrate_tls_done)(struct sup *s, void *ctx, const struct qv_err *
 int migrate_tls_begin(struct sup *s, const char *dir, bool server, migrate_tls_done done, void *ctx,
                       struct qv_err *e);
 /* Between migrate.c and migrate_in.c: a numeric ADDR:PORT or [V6]:PORT; the source
- * connected to the listener; the next query-migrate of a start's incoming stream. */
-#define MIG_POLL_MS 250
+ * connected to the listener; the next query-migrate of a start's incoming stream.
+ * QEMU's MIGRATION events (capability "events", both sides) say when a stream ends:
+ * query-migrate then runs at once for the final figures; between events it only
+ * refreshes the progress figures, this often. */
+#define MIG_POLL_MS 1000
+/* MIGRATION / MIGRATION_PASS (lifecycle.c's event dispatch). */
+void migrate_event(struct sup *s, const char *event, json_object *data);
+/* {"capability": "events", "state": true} (+ auto-converge when asked) */
+json_object *migrate_caps(bool auto_converge);
 int migrate_parse_address(const char *text, struct sockaddr_storage *sa, socklen_t *len, struct qv_err *e);
 /* A non-blocking TCP connect to ADDR:PORT begun (*fd; EPOLLOUT says how it ended), or
  * -errno with e filled ("connecting to ADDR: why"). The caller closes *fd either way. */
