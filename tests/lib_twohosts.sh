@@ -12,6 +12,7 @@
 #   booted              mg booted (once) on A
 #   waitB / waitA ARGS  migrate-incoming mg ARGS on B / A, its output in $T_ROOT/in.out;
 #   tok                 the token that migrate-incoming printed
+#   clean_logs          no sanitizer report in either host's logs
 RB=$T_ROOT/hostb
 
 _host() {       # NS VAR: a netns with a PID namespace whose init (a bash that reaps orphans) is in VAR
@@ -54,3 +55,5 @@ booted() { [ "$(count_log mg 'QVISOR-GUEST: ready')" -ge 1 ]; }
 waitA() { qA migrate-incoming mg "$@" > "$T_ROOT/in.out" 2>&1; local rc=$?; cat "$T_ROOT/in.out"; return $rc; }
 waitB() { qB migrate-incoming mg "$@" > "$T_ROOT/in.out" 2>&1; local rc=$?; cat "$T_ROOT/in.out"; return $rc; }
 tok() { grep -o -- '--token [^ ]*' "$T_ROOT/in.out" | head -1 | cut -d' ' -f2; }
+# clean_logs: no sanitizer report (the supervisors are the ASan build) in either host's logs
+clean_logs() { ! grep -lE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$T_ROOT"/var/log/qvisor/*.log "$RB"/var/log/qvisor/*.log 2>/dev/null; }

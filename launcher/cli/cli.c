@@ -145,7 +145,7 @@ static const struct cli_command commands[] = {
     {"managedsave", cmd_managedsave, managedsave_opts, 1, 1, "managedsave NAME [--bypass-cache]",
      "save the VM's state where qvisor keeps it and shut it off; the next start resumes from it"},
     {"migrate", cmd_migrate, migrate_opts, 1, 1,
-     "migrate NAME --to tcp:HOST:PORT|ssh://[USER@]HOST[:PORT] [--copy-storage] [--bandwidth MiB/s] "
+     "migrate NAME --to tcp:HOST:PORT --token T|ssh://[USER@]HOST[:PORT] [--copy-storage] [--bandwidth MiB/s] "
      "[--max-downtime MS] [--auto-converge] [--undefine-source] [--tls DIR] [--persistent] [--remote-qvisor PATH] "
      "[--remote-root DIR] [--ssh-config FILE] [--wait-timeout SECONDS] | migrate NAME --abort",
      "move a running VM live to the qvisor migrate-incoming waiting on another host (disks on shared storage, or "
@@ -154,12 +154,13 @@ static const struct cli_command commands[] = {
     {"evacuate", cmd_evacuate, evacuate_opts, 0, 0,
      "evacuate --to ssh://[USER@]HOST[:PORT]|tcp:HOST:PORT [--parallel N] [migrate's options]",
      "migrate every running VM of this host away, N at a time, each reported; with tcp:HOST:PORT the VMs go in name "
-     "order to PORT, PORT+1, ..."},
+     "order to PORT, PORT+1, ... (each waiting with the --token T given here)"},
     {"migrate-incoming", cmd_migrate_incoming, migrate_in_opts, 1, 1,
      "migrate-incoming NAME --listen ADDR:PORT [--copy-storage] [--definition FILE.json|- [--persistent]] "
-     "[--tls DIR] [--wait-timeout SECONDS] | migrate-incoming NAME --cancel",
+     "[--tls DIR] [--token T] [--timeout SECONDS] [--wait-timeout SECONDS] | migrate-incoming NAME --cancel",
      "on the destination: start NAME's QEMU waiting for its migration stream (the VM defined here, or from FILE: "
-     "transient, or defined with --persistent)"},
+     "transient, or defined with --persistent), for the source showing the token it prints, at most --timeout "
+     "(300 s)"},
     {"managedsave-remove", cmd_managedsave_remove, no_opts, 1, 1, "managedsave-remove NAME",
      "forget the VM's managed save: the next start boots"},
     {"clone", cmd_clone, clone_opts, 2, 2, "clone VM NEW [--linked]",

@@ -8,7 +8,11 @@
 # counting on B without a boot, A holds nothing running; a destination killed -9 in the
 # middle of a slow (--bandwidth 1) migration and an abort both leave the guest running on
 # the source and the destination cleaned up; a refused connection changes nothing; and
-# the guest goes back to A.
+# the guest goes back to A. The control line: a source with another token or for another
+# uuid is refused and the destination waits on; a destination nobody comes to gives up
+# after --timeout; migrate returns once the destination confirmed that the guest runs
+# (and says so when it never does: the guest stays paused on the source); --persistent
+# over tcp: defines the VM on the destination once it runs there.
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/../lib_twohosts.sh"
 
@@ -139,4 +143,5 @@ check "...the guest stays paused on B (it may run on A)" stateB paused
 check "...A's QEMU runs on without its supervisor" nsenter -t "$PA" -p -m -- pgrep -f -- "-uui[d] $uuid"
 check_output "qvisor kill on B, as the message says when it runs there" '' qB kill mg
 check "...B holds nothing running" wait_until 30 noneB
+check "no sanitizer report in either host's logs" clean_logs
 finish

@@ -183,4 +183,5 @@ check "...which counts on" wait_until 30 aboveA "${n:-0}"
 check_output "mp stays on B, as it was" '^paused$' sh -c "nsenter -t $PB -p -m -n -- '$QV_BIN' --root '$RB' status mp --json | jq -r .state"
 check_error "evacuate without --to" 2 'evacuate: --to' qB evacuate
 qB kill mp > /dev/null 2>&1
+check "no sanitizer report in either host's logs" clean_logs
 finish

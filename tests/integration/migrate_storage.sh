@@ -113,4 +113,5 @@ check "...B's log says the NBD server stopped before the guest ran" nbd_then_con
 check "A: shut off, its QEMU and supervisor gone" wait_until 30 noneA
 check_output "...and it says why" 'migrated to' qA status mg
 check "...its own image stays" test -s "$img/data.qcow2"
+check "no sanitizer report in either host's logs" clean_logs
 finish
