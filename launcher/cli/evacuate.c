@@ -3,7 +3,8 @@
  * `qvisor migrate` child (argv, execve: this very program), so one VM's failure or
  * Ctrl-C never takes the others with it. With ssh:// each migration starts its own
  * migrate-incoming there; with tcp:HOST:PORT the destination must have one waiting per
- * VM, the VMs in name order on PORT, PORT+1, ... Every VM gets its line (or JSON
+ * VM, the VMs in name order on PORT, PORT+1, ..., each started with the same --token T
+ * (migrate-incoming --token T) given here too. Every VM gets its line (or JSON
  * object); the exit status is 1 when any failed (the others moved all the same). */
 #include <fcntl.h>
 #include <stdlib.h>
@@ -27,8 +28,8 @@ struct evac {
 
 /* The options of evacuate that migrate takes as they are. */
 static const char *const passed_opts[] = {"bandwidth", "max-downtime", "tls", "remote-qvisor", "remote-root",
-                                          "ssh-config", "wait-timeout", NULL};
-static const char *const passed_flags[] = {"auto-converge", "persistent", "undefine-source", NULL};
+                                          "ssh-config", "wait-timeout", "token", NULL};
+static const char *const passed_flags[] = {"auto-converge", "persistent", "undefine-source", "copy-storage", NULL};
 
 static int start_one(struct cli *c, const char *exe, struct evac *v)
 {

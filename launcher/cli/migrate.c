@@ -84,10 +84,19 @@ int cmd_migrate(struct cli *c)
     bool ssh = strncmp(to, "ssh://", 6) == 0;
     if (strncmp(to, "tcp:", 4) != 0 && !ssh)
         return qv_fail(&c->err, -EINVAL, "migrate: --to %s: tcp:HOST:PORT or ssh://[USER@]HOST[:PORT]", to);
-    if (!ssh && (cli_opt(c, "remote-qvisor") || cli_opt(c, "remote-root") || cli_opt(c, "ssh-config") ||
-                 cli_flag(c, "persistent")))
-        return qv_fail(&c->err, -EINVAL, "migrate: --remote-qvisor, --remote-root, --ssh-config and --persistent go "
-                       "with --to ssh://HOST (with tcp: the destination's migrate-incoming takes them)");
+    if (!ssh && (cli_opt(c, "remote-qvisor") || cli_opt(c, "remote-root") || cli_opt(c, "ssh-config")))
+        return qv_fail(&c->err, -EINVAL, "migrate: --remote-qvisor, --remote-root and --ssh-config go with --to "
+                       "ssh://HOST (with tcp: the destination's migrate-incoming takes them)");
+    const char *token = cli_opt(c, "token");
+    if (ssh && token)
+        return qv_fail(&c->err, -EINVAL, "migrate: --token goes with --to tcp: (over ssh the destination's token "
+                       "comes back by itself)");
+    if (!ssh && !token)
+        return qv_fail(&c->err, -EINVAL, "migrate: --token is missing: the one-time token migrate-incoming %s printed "
+                       "on the destination when it began to wait (so that the guest goes to that one and no other)",
+                       vm);
+    if (token && (!*token || strlen(token) > 64))
+        return qv_fail(&c->err, -EINVAL, "migrate: --token: 1 to 64 characters");
     int bandwidth, downtime, wait_ms, r;
     if ((r = positive(c, "bandwidth", 1 << 20, &bandwidth)) < 0 || (r = positive(c, "max-downtime", 600000, &downtime)) < 0 ||
         (r = cli_opt_seconds_ms(c, "wait-timeout", 60000, &wait_ms)) < 0)
@@ -146,6 +155,9 @@ int cmd_migrate(struct cli *c)
     }
     json_object *req = ctl_request("migrate");
     json_object_object_add(req, "address", json_object_new_string(addr));
+    json_object_object_add(req, "token", json_object_new_string(ssh ? t.token : token));
+    if (cli_flag(c, "persistent"))
+        json_object_object_add(req, "persistent", json_object_new_boolean(true));
     if (bandwidth)
         json_object_object_add(req, "bandwidth_mib", json_object_new_int(bandwidth));
     if (downtime)
@@ -183,8 +195,18 @@ int cmd_migrate(struct cli *c)
         json_object_object_add(reply, "undefined_source", json_object_new_boolean(undefined));
         cli_print_json(reply);
     } else if (!c->quiet) {
-        printf("%s migrated to %s in %lld ms (downtime %lld ms)%s\n", vm, addr, (long long)int_of(reply, "total_time_ms"),
-               (long long)int_of(reply, "downtime_ms"), undefined ? "; its definition here is removed" : "");
+        json_object *st;
+        const char *there = json_object_object_get_ex(reply, "destination_state", &st) ? json_object_get_string(st)
+                                                                                        : "running";
+        printf("%s migrated to %s in %lld ms (downtime %lld ms); %s there%s%s\n", vm, addr,
+               (long long)int_of(reply, "total_time_ms"), (long long)int_of(reply, "downtime_ms"), there,
+               json_object_object_get_ex(reply, "defined", &st) ? ", defined there" : "",
+               undefined ? "; its definition here is removed" : "");
+    }
+    json_object *pe;
+    if (json_object_object_get_ex(reply, "persistent_error", &pe)) {
+        fprintf(stderr, "qvisor: %s: it runs there, but its definition was not kept there: %s\n", vm,
+                json_object_get_string(pe));
     }
     return 0;
 }
@@ -220,10 +242,17 @@ int cmd_migrate_incoming(struct cli *c)
         return qv_fail(&c->err, -EINVAL, "migrate-incoming: --listen ADDR:PORT is missing");
     if (cli_flag(c, "persistent") && !file)
         return qv_fail(&c->err, -EINVAL, "migrate-incoming: --persistent defines the VM from --definition FILE");
-    int timeout_ms;
+    int timeout_ms, bound_ms;
     int r = cli_opt_seconds_ms(c, "wait-timeout", 60000, &timeout_ms);
-    if (r < 0)
+    if (r < 0 || (r = cli_opt_seconds_ms(c, "timeout", SUP_INCOMING_WAIT_MS, &bound_ms)) < 0)
         return r;
+    const char *token = cli_opt(c, "token");
+    for (const char *p = token; p && *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '-' ||
+              *p == '_'))
+            return qv_fail(&c->err, -EINVAL, "migrate-incoming: --token %s: letters, digits, - and _ only", token);
+    if (token && (!*token || strlen(token) > 64))
+        return qv_fail(&c->err, -EINVAL, "migrate-incoming: --token: 1 to 64 characters");
     char addr[300];
     if ((r = resolve(c, "--listen", listen, true, addr, sizeof(addr))) < 0)
         return r;
@@ -272,7 +301,9 @@ int cmd_migrate_incoming(struct cli *c)
         return qv_prefix(&c->err, "%s (give its definition with --definition FILE.json): ", "migrate-incoming");
     }
     bool copy_storage = cli_flag(c, "copy-storage");
-    const char *args[8];
+    char bound_s[16];
+    snprintf(bound_s, sizeof(bound_s), "%d", bound_ms);
+    const char *args[14];
     size_t k = 0;
     args[k++] = "run";
     args[k++] = vm;
@@ -284,6 +315,12 @@ int cmd_migrate_incoming(struct cli *c)
         args[k++] = "--incoming-tls";
         args[k++] = tls;
     }
+    if (token) {
+        args[k++] = "--incoming-token";
+        args[k++] = token;
+    }
+    args[k++] = "--incoming-timeout";
+    args[k++] = bound_s;
     args[k] = NULL;
     r = supervisor_spawn(&c->paths, args, timeout_ms, vm, &c->err);
     if (r < 0 && r != -ETIMEDOUT && transient && !vm_supervised(&c->paths, vm, NULL))
@@ -294,21 +331,31 @@ int cmd_migrate_incoming(struct cli *c)
     _cleanup_json_ json_object *st = NULL;
     json_object *status, *mig, *a;
     struct qv_err se = {0};
+    char got_token[68] = "";
     if (ctl_call(&c->paths, vm, ctl_request("status"), 10000, &st, &se) == 0 &&
-        json_object_object_get_ex(st, "status", &status) && json_object_object_get_ex(status, "migration", &mig) &&
-        json_object_object_get_ex(mig, "address", &a))
-        snprintf(addr, sizeof(addr), "%s", json_object_get_string(a));
+        json_object_object_get_ex(st, "status", &status) && json_object_object_get_ex(status, "migration", &mig)) {
+        if (json_object_object_get_ex(mig, "address", &a))
+            snprintf(addr, sizeof(addr), "%s", json_object_get_string(a));
+        if (json_object_object_get_ex(mig, "token", &a))
+            snprintf(got_token, sizeof(got_token), "%s", json_object_get_string(a));
+    }
+    if (!got_token[0])
+        return qv_fail(&c->err, -EIO, "%s waits on %s, but its token could not be read back: %s (qvisor "
+                       "migrate-incoming %s --cancel ends the wait)", vm, addr, se.msg[0] ? se.msg : "status names none",
+                       vm);
     if (c->json) {
         _cleanup_json_ json_object *o = json_object_new_object();
         json_object_object_add(o, "name", json_object_new_string(vm));
         json_object_object_add(o, "address", json_object_new_string(addr));
         json_object_object_add(o, "tls", json_object_new_boolean(tls != NULL));
         json_object_object_add(o, "copy_storage", json_object_new_boolean(copy_storage));
+        json_object_object_add(o, "token", json_object_new_string(got_token));
+        json_object_object_add(o, "timeout_s", json_object_new_int(bound_ms / 1000));
         cli_print_json(o);
     } else if (!c->quiet) {
-        printf("%s: waiting for the %s on %s%s (qvisor migrate %s --to tcp:%s%s%s on the source)\n", vm,
-               copy_storage ? "source" : "migration stream", addr, tls ? " (TLS)" : "", vm, addr,
-               tls ? " --tls DIR" : "", copy_storage ? " --copy-storage" : "");
+        printf("%s: waiting for the %s on %s%s for %d s (qvisor migrate %s --to tcp:%s --token %s%s%s on the "
+               "source)\n", vm, copy_storage ? "source" : "migration stream", addr, tls ? " (TLS)" : "",
+               bound_ms / 1000, vm, addr, got_token, tls ? " --tls DIR" : "", copy_storage ? " --copy-storage" : "");
     }
     return 0;
 }

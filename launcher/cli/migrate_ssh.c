@@ -1,14 +1,15 @@
 /* migrate --to ssh://[USER@]HOST[:PORT]: the destination's half started through ssh, by
  * this CLI, as a child program (argv, execve, no shell here). ssh runs
  *   QVISOR [--root DIR] --json migrate-incoming NAME --listen ADDR:0 --definition -
- *          [--persistent] [--tls DIR]
+ *          [--copy-storage] [--tls DIR]
  * on HOST: ADDR is HOST as resolved here, port 0 lets the destination pick a free port,
  * and the definition travels on ssh's stdin (it may hold credential values: never in
  * an argv on either host). The remote shell joins the words with spaces, so every word
  * must be one that no shell changes: names and paths with other characters are refused
  * here rather than quoted. migrate-incoming answers with a JSON object that names the
- * port; the stream then goes straight over TCP to ADDR:PORT (not through ssh: its speed
- * is the network's). The remote side's errors come back with the host's name. */
+ * port and the one-time token; the control line and the stream then go straight over
+ * TCP to ADDR:PORT (not through ssh: its speed is the network's); --persistent travels
+ * on the control line (the destination keeps its definition once the guest runs). The remote side's errors come back with the host's name. */
 #include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
@@ -298,8 +299,6 @@ int ssh_start_incoming(struct cli *c, const char *vm, struct ssh_target *t, cons
     argv[k++] = "-";
     argv[k++] = "--wait-timeout";
     argv[k++] = wait_s;
-    if (in->persistent)
-        argv[k++] = "--persistent";
     if (in->copy_storage)
         argv[k++] = "--copy-storage";
     if (in->tls_dir) {
@@ -333,6 +332,12 @@ int ssh_start_incoming(struct cli *c, const char *vm, struct ssh_target *t, cons
     const char *pcolon = strrchr(got, ':');
     if (!pcolon || atoi(pcolon + 1) <= 0)
         return qv_fail(&c->err, -EIO, "%s: on %s: migrate-incoming listens on \"%s\", no port", vm, t->host, got);
+    json_object *tok;
+    if (!json_object_object_get_ex(o, "token", &tok) || !json_object_is_type(tok, json_type_string) ||
+        !json_object_get_string_len(tok) || (size_t)json_object_get_string_len(tok) >= sizeof(t->token))
+        return qv_fail(&c->err, -EIO, "%s: on %s: migrate-incoming answered no token (is %s there a qvisor that "
+                       "speaks QVMIG/1 with tokens?)", vm, t->host, qvisor);
+    snprintf(t->token, sizeof(t->token), "%s", json_object_get_string(tok));
     /* connect to HOST as resolved here, at the port the destination chose */
     snprintf(address, addrlen, t->v6 ? "[%s]:%s" : "%s:%s", t->addr, pcolon + 1);
     return 0;

@@ -17,11 +17,12 @@ struct ssh_target {
     char addr[INET6_ADDRSTRLEN];    /* host resolved here: where the stream goes */
     bool v6;
     char qvisor[4096];              /* the remote qvisor, once ssh_start_incoming ran */
+    char token[68];                 /* the destination's one-time token, once it waits */
 };
 
 struct ssh_incoming {
     const char *definition;         /* the VM's definition (JSON), sent on ssh's stdin */
-    bool persistent;                /* defined there, not transient */
+    bool persistent;                /* defined there once it runs the guest (the control line says so) */
     bool copy_storage;              /* local disks copied over NBD (migrate --copy-storage) */
     const char *tls_dir;            /* --tls DIR on the destination too; NULL: plain */
     const char *remote_qvisor;      /* NULL: this program's own path */

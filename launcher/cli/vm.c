@@ -19,7 +19,9 @@ int cmd_run(struct cli *c)
                          .boot_fd = cli_opt(c, "boot-fd") ? atoi(cli_opt(c, "boot-fd")) : -1,
                          .restore_file = cli_opt(c, "restore"), .restore_remove = cli_flag(c, "restore-remove"),
                          .incoming_listen = cli_opt(c, "incoming"), .incoming_tls = cli_opt(c, "incoming-tls"),
-                         .incoming_copy_storage = cli_flag(c, "incoming-copy-storage")};
+                         .incoming_copy_storage = cli_flag(c, "incoming-copy-storage"),
+                         .incoming_token = cli_opt(c, "incoming-token"),
+                         .incoming_timeout_ms = cli_opt(c, "incoming-timeout") ? atoi(cli_opt(c, "incoming-timeout")) : 0};
     o.echo_fd = c->quiet || o.ready_fd >= 0 ? -1 : 2;
     /* a plain run (the VM's unit, autostart) resumes a managed save as start does */
     char saved[PATH_MAX];

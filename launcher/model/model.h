@@ -505,6 +505,10 @@ int vm_undefine(const struct qv_paths *p, const char *name, struct qv_err *e);
  * name is taken by a defined or another transient VM. */
 int vm_create_transient(const struct qv_paths *p, json_object *o, struct vm_def *out, struct qv_err *e);
 void vm_transient_forget(const struct qv_paths *p, const char *name);
+/* A running transient VM becomes a defined one (migrate --persistent): its definition
+ * written atomically under etc/, then the transient file goes. -EEXIST when the name
+ * is defined already (that definition stays). */
+int vm_transient_persist(const struct qv_paths *p, const struct vm_def *d, struct qv_err *e);
 /* A running VM's disk moved to another image (a block copy pivoted, an active commit
  * dropped the top, an external snapshot added one): in NAME's stored definition
  * (etc/, or a transient VM's run directory) the disk that names `old` (its volume

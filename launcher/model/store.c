@@ -379,6 +379,25 @@ void vm_transient_forget(const struct qv_paths *p, const char *name)
     unlink(path);
 }
 
+int vm_transient_persist(const struct qv_paths *p, const struct vm_def *d, struct qv_err *e)
+{
+    _cleanup_close_ int lock = lock_vms_dir(p, e);
+    if (lock < 0)
+        return lock;
+    char path[PATH_MAX], tpath[PATH_MAX];
+    vm_def_path(p, d->name, path, sizeof(path));
+    if (path_exists(path))
+        return qv_fail(e, -EEXIST, "%s is defined here already: that definition stays", d->name);
+    _cleanup_json_ json_object *norm = vm_def_to_json(d);
+    json_object_object_del(norm, "transient");
+    int r = json_write_file_atomic(path, norm, vm_def_file_mode(d), e);
+    if (r < 0)
+        return r;
+    transient_path(p, d->name, tpath, sizeof(tpath));
+    unlink(tpath);
+    return 0;
+}
+
 int vm_undefine(const struct qv_paths *p, const char *name, struct qv_err *e)
 {
     if (!name_valid(name))

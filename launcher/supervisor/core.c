@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/epoll.h>
+#include <sys/random.h>
 #include <sys/mman.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -475,6 +476,26 @@ static void sup_release(struct sup *s)
     munmap(s, sizeof(*s));
 }
 
+/* migrate-incoming's one-time token (the one given, else 128 random bits) and its
+ * bound on the wait for a source. The token tells two waiting destinations apart; it
+ * authenticates nothing (TLS does that). */
+static void incoming_identity(struct sup *sp, const struct sup_opts *o)
+{
+    sp->mig_wait_ms = o->incoming_timeout_ms > 0 ? (uint64_t)o->incoming_timeout_ms : SUP_INCOMING_WAIT_MS;
+    if (o->incoming_token && *o->incoming_token) {
+        snprintf(sp->mig_token, sizeof(sp->mig_token), "%s", o->incoming_token);
+        return;
+    }
+    unsigned char raw[16];
+    if (getrandom(raw, sizeof(raw), 0) != (ssize_t)sizeof(raw)) {
+        uint64_t t = monotonic_ms() ^ ((uint64_t)getpid() << 32);
+        memcpy(raw, &t, sizeof(t));
+        memcpy(raw + 8, &sp, sizeof(sp) < 8 ? sizeof(sp) : 8);
+    }
+    for (size_t i = 0; i < sizeof(raw); i++)
+        snprintf(sp->mig_token + 2 * i, 3, "%02x", raw[i]);
+}
+
 int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struct sup_opts *o, struct qv_err *e)
 {
     char name[80];
@@ -537,6 +558,8 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
             cleanup_previous(sp, &prev);
         if (o->incoming_tls)
             snprintf(sp->mig_tls_dir, sizeof(sp->mig_tls_dir), "%s", o->incoming_tls);
+        if (o->incoming_listen)
+            incoming_identity(sp, o);
         r = o->incoming_listen ? start_begin_incoming(sp, o->incoming_listen, o->incoming_copy_storage, e)
           : o->restore_file    ? start_begin_restore(sp, o->restore_file, o->restore_remove, e)
                                : start_begin(sp, false, e);

@@ -363,9 +363,13 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
                         "destination's name", s->def.name);
             return;
         }
-        int r = migrate_live(s, c->id, get_string(req, "address"), (int64_t)get_int(req, "bandwidth_mib", 0) << 20,
-                             get_int(req, "max_downtime_ms", 0), get_bool(req, "auto_converge"),
-                             get_bool(req, "copy_storage"), &e);
+        struct migrate_live_opts lo = {.address = get_string(req, "address"), .token = get_string(req, "token"),
+                                       .bandwidth = (int64_t)get_int(req, "bandwidth_mib", 0) << 20,
+                                       .downtime_ms = get_int(req, "max_downtime_ms", 0),
+                                       .auto_converge = get_bool(req, "auto_converge"),
+                                       .copy_storage = get_bool(req, "copy_storage"),
+                                       .persistent = get_bool(req, "persistent")};
+        int r = migrate_live(s, c->id, &lo, &e);
         if (r < 0)
             reply_error(s, c, r, "%s", e.msg);
         else if (tls && s->mig)     /* s->mig gone: its failure is answered already */

@@ -325,6 +325,9 @@ struct sup {
     int mig_listen_fd;          /* migrate-incoming's listener until the source connects; 0: none */
     char mig_tls_dir[PATH_MAX]; /* migrate-incoming --tls: the credentials' directory; "": no TLS */
     uint64_t mig_accepted_ms;   /* when the source connected (a TLS handshake must be over soon after) */
+    char mig_token[68];         /* migrate-incoming: the one-time token the source must show */
+    uint64_t mig_wait_ms;       /* migrate-incoming: how long it waits for a source */
+    bool mig_in_ended;          /* a start's incoming stream: QEMU's MIGRATION event said it is over */
     struct ev ev_mig;           /* the listener, or an outgoing migration's connect */
     /* migrate --copy-storage (migstore_in.c, migstore_out.c): the control connection
      * and, at the source, an NBD connection being made */

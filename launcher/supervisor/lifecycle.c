@@ -114,6 +114,8 @@ void sup_on_event(void *ctx, const char *event, json_object *data, uint64_t ts_u
         disk_io_error(s, data);
     } else if (strcmp(event, "JOB_STATUS_CHANGE") == 0) {
         sup_jobs_event(s, event, data);
+    } else if (strcmp(event, "MIGRATION") == 0 || strcmp(event, "MIGRATION_PASS") == 0) {
+        migrate_event(s, event, data);
     } else if (strcmp(event, "RESET") == 0 || strcmp(event, "WATCHDOG") == 0) {
         sup_log(s, "event %s %s", event, d);
     }

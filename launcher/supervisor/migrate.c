@@ -19,6 +19,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/epoll.h>
 
 #include "launcher/supervisor/internal.h"
@@ -40,6 +41,8 @@ struct mig_op {
     int64_t downtime_ms;    /* 0: QEMU's default */
     bool auto_converge;
     bool copy_storage;      /* local disks mirrored to the destination's NBD exports first (migstore_out.c) */
+    char token[68];         /* the destination's one-time token */
+    bool persistent;
     char storage_error[600];    /* the disk copy failed while the stream ran: why */
     char tls_dir[PATH_MAX];     /* live over TLS: the credentials' directory; "": plain */
     char tls_hostname[256];     /* the name the destination's certificate must carry */
@@ -55,6 +58,8 @@ struct mig_op {
     uint64_t started_ms;
     uint64_t poll_at;
     bool polling;
+    bool ended;             /* a MIGRATION event said the stream is over: query at once */
+    int passes;             /* MIGRATION_PASS events: RAM passes so far */
     int64_t transferred, remaining, total;
     char status[24];
     struct sup_child sync;
@@ -183,8 +188,9 @@ static void save_synced(struct sup *s)
     op_release(s);
 }
 
-/* The destination has the guest: QEMU here quits, the VM is shut off here. */
-static void live_completed(struct sup *s)
+/* The destination runs the guest (it said so: answer): QEMU here quits, the VM is
+ * shut off here. */
+static void live_completed(struct sup *s, json_object *answer)
 {
     struct mig_op *m = s->mig;
     uint64_t ms = monotonic_ms() - m->started_ms;
@@ -196,6 +202,16 @@ static void live_completed(struct sup *s)
     json_object_object_add(o, "qemu_total_time_ms", json_object_new_int64(m->total_time));
     json_object_object_add(o, "downtime_ms", json_object_new_int64(m->downtime));
     json_object_object_add(o, "transferred", json_object_new_int64(m->transferred));
+    json_object *v;
+    if (answer && json_object_object_get_ex(answer, "state", &v))
+        json_object_object_add(o, "destination_state", json_object_get(v));
+    if (answer && json_object_object_get_ex(answer, "defined", &v))
+        json_object_object_add(o, "defined", json_object_get(v));
+    if (answer && json_object_object_get_ex(answer, "persistent_error", &v)) {
+        json_object_object_add(o, "persistent_error", json_object_get(v));
+        sup_log(s, "warning: the destination runs the guest but did not keep its definition: %s",
+                json_object_get_string(v));
+    }
     sup_reply_json(s, m->client, o);
     json_object_put(o);
     snprintf(s->exit_reason, sizeof(s->exit_reason), "migrated to %s", m->address);
@@ -211,11 +227,13 @@ static void save_completed(struct sup *s)
 {
     struct mig_op *m = s->mig;
     if (m->live && s->msout) {
-        migstore_out_complete(s);   /* the mirrors end in sync first; then live_completed */
+        /* the mirrors end in sync first, the destination runs the guest and confirms;
+         * then live_completed */
+        migstore_out_complete(s);
         return;
     }
     if (m->live) {
-        live_completed(s);
+        save_failed(s, "the control line to the destination is gone");
         return;
     }
     m->step = STEP_SYNC;
@@ -282,7 +300,43 @@ static void on_query(void *ctx, json_object *ret, const struct qv_err *err)
                               : desc                ? desc
                                                     : "QEMU's migration failed (the destination went away?)");
     } else {
-        m->poll_at = monotonic_ms() + MIG_POLL_MS;
+        /* the event may have come while this query was out: its answer is older */
+        m->poll_at = monotonic_ms() + (m->ended ? 0 : MIG_POLL_MS);
+    }
+}
+
+json_object *migrate_caps(bool auto_converge)
+{
+    json_object *caps = json_object_new_array();
+    static const char *const names[] = {"events", "auto-converge"};
+    for (int i = 0; i < 2; i++) {
+        json_object *c = json_object_new_object();
+        json_object_object_add(c, "capability", json_object_new_string(names[i]));
+        json_object_object_add(c, "state", json_object_new_boolean(i == 0 || auto_converge));
+        json_object_array_add(caps, c);
+    }
+    return json_obj1("capabilities", caps);
+}
+
+void migrate_event(struct sup *s, const char *event, json_object *data)
+{
+    json_object *v;
+    const char *status = data && json_object_object_get_ex(data, "status", &v) ? json_object_get_string(v) : "";
+    bool over = strcmp(status, "completed") == 0 || strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0;
+    struct mig_op *m = s->mig;
+    if (m && !m->over && m->step == STEP_RUNNING) {
+        if (strcmp(event, "MIGRATION_PASS") == 0) {
+            m->passes = data && json_object_object_get_ex(data, "pass", &v) ? json_object_get_int(v) : m->passes + 1;
+        } else if (over) {
+            m->ended = true;
+            if (!m->polling)
+                m->poll_at = monotonic_ms();    /* the final figures now */
+        }
+    }
+    if (over && start_active(s) && s->start.incoming[0]) {
+        s->mig_in_ended = true;     /* an incoming stream (or a restore) is in, or failed */
+        if (s->start.in_poll_at)
+            s->start.in_poll_at = monotonic_ms();
     }
 }
 
@@ -345,6 +399,16 @@ int migrate_connect_start(const char *address, int *fd, struct qv_err *e)
     if (connect(*fd, (struct sockaddr *)&sa, len) < 0 && errno != EINPROGRESS)
         return qv_failerr(e, -errno, "connecting to %s", address);
     return 0;
+}
+
+/* A control line that goes silent (a cable pulled, a host gone) ends in about 25 s. */
+void migrate_keepalive(int fd)
+{
+    int one = 1, idle = 10, intvl = 5, cnt = 3;
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
 }
 
 /* Non-blocking: the loop hears when it is connected (EPOLLOUT), or gives up at poll_at. */
@@ -414,30 +478,24 @@ static void next_step(struct sup *s)
         }
         r = op_send(s, "stop", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, on_step);
         break;
-    case STEP_STORAGE:
-        if (!m->copy_storage) {
-            m->step++;
-            next_step(s);
-            return;
-        }
-        if (migstore_out_begin(s, m->address, m->bandwidth, &e) < 0)
-            save_failed(s, "%s", e.msg);
-        return;     /* migrate_storage_ready goes on */
-    case STEP_CAPS: {
+    case STEP_STORAGE: {
         if (!m->live) {
             m->step++;
             next_step(s);
             return;
         }
-        json_object *caps = json_object_new_array();
-        json_object *c = json_object_new_object();
-        json_object_object_add(c, "capability", json_object_new_string("auto-converge"));
-        json_object_object_add(c, "state", json_object_new_boolean(m->auto_converge));
-        json_object_array_add(caps, c);
-        r = op_send(s, "migrate-set-capabilities", json_obj1("capabilities", caps), NULL, 0, QMP_TIMEOUT_DEFAULT,
-                    on_step);
-        break;
+        /* the control line (and the disks' copy) first */
+        struct migrate_live_opts lo = {.address = m->address, .token = m->token, .bandwidth = m->bandwidth,
+                                       .copy_storage = m->copy_storage, .persistent = m->persistent};
+        if (migstore_out_begin(s, &lo, &e) < 0)
+            save_failed(s, "%s", e.msg);
+        return;     /* migrate_storage_ready goes on */
     }
+    case STEP_CAPS:
+        /* always: an earlier attempt's auto-converge must not stick to this one */
+        r = op_send(s, "migrate-set-capabilities", migrate_caps(m->live && m->auto_converge), NULL, 0,
+                    QMP_TIMEOUT_DEFAULT, on_step);
+        break;
     case STEP_TLS:
         if (!m->tls_dir[0]) {
             m->step++;
@@ -517,12 +575,17 @@ static int op_checks(struct sup *s, const char *what, struct qv_err *e)
     return 0;
 }
 
-int migrate_live(struct sup *s, unsigned client, const char *address, int64_t bandwidth, int64_t downtime_ms,
-                 bool auto_converge, bool copy_storage, struct qv_err *e)
+int migrate_live(struct sup *s, unsigned client, const struct migrate_live_opts *o, struct qv_err *e)
 {
+    const char *address = o->address;
+    int64_t bandwidth = o->bandwidth, downtime_ms = o->downtime_ms;
+    bool auto_converge = o->auto_converge, copy_storage = o->copy_storage;
     int r = op_checks(s, "migrated", e);
     if (r < 0)
         return r;
+    if (!o->token || !o->token[0] || strlen(o->token) >= sizeof(((struct mig_op *)0)->token))
+        return qv_fail(e, -EINVAL, "%s: migrate: the destination's token is missing (migrate-incoming printed it)",
+                       s->def.name);
     struct sockaddr_storage sa;
     socklen_t len;
     if ((r = migrate_parse_address(address, &sa, &len, e)) < 0)
@@ -536,6 +599,8 @@ int migrate_live(struct sup *s, unsigned client, const char *address, int64_t ba
     m->downtime_ms = downtime_ms;
     m->auto_converge = auto_converge;
     m->copy_storage = copy_storage;
+    m->persistent = o->persistent;
+    snprintf(m->token, sizeof(m->token), "%s", o->token);
     m->was_running = s->rs.state == VM_RUNNING;
     m->started_ms = monotonic_ms();
     snprintf(m->address, sizeof(m->address), "%s", address);
@@ -629,6 +694,7 @@ json_object *migrate_status_json(struct sup *s)
         json_object *o = json_object_new_object();
         json_object_object_add(o, "kind", json_object_new_string("incoming"));
         json_object_object_add(o, "address", json_object_new_string(in));
+        json_object_object_add(o, "token", json_object_new_string(s->mig_token));
         return o;
     }
     if (!m || m->over)
@@ -646,6 +712,8 @@ json_object *migrate_status_json(struct sup *s)
                                                                : m->status[0]     ? m->status
                                                                                   : "setup"));
     json_object_object_add(o, "transferred", json_object_new_int64(m->transferred));
+    if (m->live)
+        json_object_object_add(o, "passes", json_object_new_int(m->passes));
     json_object_object_add(o, "remaining", json_object_new_int64(m->remaining));
     json_object_object_add(o, "total", json_object_new_int64(m->total));
     migstore_out_progress(s, o);
@@ -671,12 +739,16 @@ uint64_t migrate_next_deadline(struct sup *s)
     uint64_t ds = migstore_out_next_deadline(s);
     if (ds && (!d || ds < d))
         d = ds;
+    ds = migstore_in_next_deadline(s);
+    if (ds && (!d || ds < d))
+        d = ds;
     return d;
 }
 
 void migrate_expire(struct sup *s, uint64_t now)
 {
     migstore_out_expire(s, now);
+    migstore_in_expire(s, now);
     struct mig_op *m = s->mig;
     if (m && !m->over && m->step == STEP_CONNECT) {
         if (m->poll_at && now >= m->poll_at) {
@@ -741,10 +813,28 @@ void migrate_storage_ready(struct sup *s)
     next_step(s);
 }
 
-void migrate_storage_finished(struct sup *s)
+void migrate_storage_finished(struct sup *s, json_object *answer)
 {
     if (s->mig && !s->mig->over)
-        live_completed(s);
+        live_completed(s, answer);
+}
+
+void migrate_storage_unconfirmed(struct sup *s, const char *why)
+{
+    struct mig_op *m = s->mig;
+    migstore_out_abort(s);
+    if (!m || m->over)
+        return;
+    sup_log(s, "migration to %s: the guest's state went over, but %s; the guest stays paused here (it may run there)",
+            m->address, why);
+    sup_reply_error(s, m->client, -EIO, "%s: migration to %s: the guest's state went over, but %s: the guest stays "
+                    "paused here, as it may run there. Look there (qvisor status %s on the destination), then "
+                    "either qvisor kill %s here (it runs there) or qvisor resume %s here (it does not)", s->def.name,
+                    m->address, why, s->def.name, s->def.name, s->def.name);
+    sup_set_state(s, VM_PAUSED);
+    m->over = true;
+    m->step = STEP_DONE;
+    op_release(s);
 }
 
 void migrate_storage_failed(struct sup *s, const char *why)

@@ -80,7 +80,7 @@ static void on_in_query(void *ctx, json_object *ret, const struct qv_err *err)
                 "or not for this host? QEMU's words are in the log)", MIG_TLS_HANDSHAKE_MS / 1000);
         start_failed(s, &e, "incoming migration");
     } else {
-        s->start.in_poll_at = monotonic_ms() + MIG_POLL_MS;
+        s->start.in_poll_at = monotonic_ms() + (s->mig_in_ended ? 0 : MIG_POLL_MS);
     }
 }
 
@@ -131,7 +131,8 @@ static int incoming_bound(int fd, char *out, size_t outlen)
 
 const char *migrate_incoming_address(struct sup *s)
 {
-    return incoming_tcp(s) && start_active(s) ? s->start.incoming + 4 : NULL;
+    /* with copy-storage no start runs until the source said which disks come */
+    return incoming_tcp(s) && (start_active(s) || s->msin) ? s->start.incoming + 4 : NULL;
 }
 
 int start_begin_incoming(struct sup *s, const char *listen_at, bool copy_storage, struct qv_err *e)
@@ -157,9 +158,12 @@ int start_begin_incoming(struct sup *s, const char *listen_at, bool copy_storage
     if (incoming_bound(fd, bound, sizeof(bound)) == 0)
         listen_at = bound;
     snprintf(s->start.incoming, sizeof(s->start.incoming), "tcp:%s", listen_at);
-    if (copy_storage)   /* QEMU starts once the source said which disks come (migstore_in.c) */
-        return migstore_in_listen(s, e);
+    /* the control line comes first (migstore_in.c); with copy-storage QEMU starts once
+     * the source said which disks come */
+    if ((r = migstore_in_listen(s, copy_storage, e)) < 0 || copy_storage)
+        return r;
     if ((r = start_begin(s, false, e)) < 0) {
+        migstore_in_forget(s);
         migrate_incoming_close(s);
         s->start.incoming[0] = '\0';
     }
@@ -181,10 +185,19 @@ void migrate_incoming_accept(struct sup *s)
     int c = accept4(s->mig_listen_fd, NULL, NULL, SOCK_CLOEXEC);
     if (c < 0)
         return;     /* EAGAIN, a connection that went: wait for the next */
+    if (!migstore_in_stream_ok(s, c)) {
+        close(c);   /* not from the source the control line speaks with: wait on */
+        return;
+    }
     migrate_incoming_close(s);
     s->mig_accepted_ms = monotonic_ms();
     sup_log(s, "the source connected: the guest's state comes in");
-    int r = qmp_send(s->qmp, "getfd", json_obj1("fdname", json_object_new_string(MIG_IN_FDNAME)), &c, 1,
+    /* events: MIGRATION says when it is in; capabilities, getfd and migrate-incoming
+     * go out together (QEMU answers in order) */
+    int r = qmp_send(s->qmp, "migrate-set-capabilities", migrate_caps(false), NULL, 0, QMP_TIMEOUT_DEFAULT, 0,
+                     on_in_step, s);
+    if (r == 0)
+        r = qmp_send(s->qmp, "getfd", json_obj1("fdname", json_object_new_string(MIG_IN_FDNAME)), &c, 1,
                      QMP_TIMEOUT_DEFAULT, 0, on_in_step, s);
     close(c);
     if (r == 0)
@@ -200,6 +213,7 @@ void migrate_incoming_accept(struct sup *s)
 /* QEMU is ready for the stream: the source may connect now. */
 static void listen_ready(struct sup *s)
 {
+    migstore_in_ready(s);
     s->ev_mig.kind = EV_MIGRATE;
     sup_epoll_add(s, s->mig_listen_fd, EPOLLIN, &s->ev_mig);
     sup_log(s, "QEMU is set up; waiting for the migration stream on %s%s", s->start.incoming + 4,
@@ -237,7 +251,7 @@ int migrate_incoming_begin(struct sup *s, struct qv_err *e)
     if (incoming_tcp(s)) {
         if (s->mig_listen_fd <= 0)
             return qv_fail(e, -EBADF, "%s: the migration listener is gone", s->def.name);
-        if (s->msin)
+        if (migstore_in_copy(s))
             return migstore_in_serve(s, e);     /* not with TLS: the CLI refuses that */
         if (s->mig_tls_dir[0])
             return migrate_tls_begin(s, s->mig_tls_dir, true, on_in_tls, NULL, e);
@@ -257,9 +271,12 @@ int migrate_incoming_begin(struct sup *s, struct qv_err *e)
         return r;
     }
     sup_log(s, "restoring the guest's state from %s", s->start.incoming);
-    /* getfd and migrate-incoming go out together: QEMU answers in order */
-    r = qmp_send(s->qmp, "getfd", json_obj1("fdname", json_object_new_string(MIG_IN_FDNAME)), &fd, 1,
-                 QMP_TIMEOUT_DEFAULT, 0, on_in_step, s);
+    /* capabilities (events), getfd and migrate-incoming go out together: QEMU answers in order */
+    r = qmp_send(s->qmp, "migrate-set-capabilities", migrate_caps(false), NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_in_step,
+                 s);
+    if (r == 0)
+        r = qmp_send(s->qmp, "getfd", json_obj1("fdname", json_object_new_string(MIG_IN_FDNAME)), &fd, 1,
+                     QMP_TIMEOUT_DEFAULT, 0, on_in_step, s);
     close(fd);
     if (r == 0)
         r = qmp_send(s->qmp, "migrate-incoming", json_obj1("uri", json_object_new_string("fd:" MIG_IN_FDNAME)), NULL,

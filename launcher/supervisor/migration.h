@@ -15,8 +15,14 @@ int migrate_save(struct sup *s, unsigned client, const char *file, bool bypass_c
  * is answered at the end ({"downtime_ms", "total_time_ms", ...}) or with the failure,
  * after which the guest runs on here. bandwidth bytes/s (0: no cap), downtime_ms 0:
  * QEMU's default. */
-int migrate_live(struct sup *s, unsigned client, const char *address, int64_t bandwidth, int64_t downtime_ms,
-                 bool auto_converge, bool copy_storage, struct qv_err *e);
+struct migrate_live_opts {
+    const char *address;        /* numeric ADDR:PORT */
+    const char *token;          /* the destination's one-time token (migrate-incoming printed it) */
+    int64_t bandwidth, downtime_ms;
+    bool auto_converge, copy_storage;
+    bool persistent;            /* the destination keeps the definition it runs */
+};
+int migrate_live(struct sup *s, unsigned client, const struct migrate_live_opts *o, struct qv_err *e);
 /* A start that receives the guest from a source: listens on listen_at (numeric
  * ADDR:PORT) before QEMU runs; ready once QEMU is set up and waits. */
 int start_begin_incoming(struct sup *s, const char *listen_at, bool copy_storage, struct qv_err *e);
@@ -39,13 +45,21 @@ typedef void (*migrate_tls_done)(struct sup *s, void *ctx, const struct qv_err *
 int migrate_tls_begin(struct sup *s, const char *dir, bool server, migrate_tls_done done, void *ctx,
                       struct qv_err *e);
 /* Between migrate.c and migrate_in.c: a numeric ADDR:PORT or [V6]:PORT; the source
- * connected to the listener; the next query-migrate of a start's incoming stream. */
-#define MIG_POLL_MS 250
+ * connected to the listener; the next query-migrate of a start's incoming stream.
+ * QEMU's MIGRATION events (capability "events", both sides) say when a stream ends:
+ * query-migrate then runs at once for the final figures; between events it only
+ * refreshes the progress figures, this often. */
+#define MIG_POLL_MS 1000
+/* MIGRATION / MIGRATION_PASS (lifecycle.c's event dispatch). */
+void migrate_event(struct sup *s, const char *event, json_object *data);
+/* {"capability": "events", "state": true} (+ auto-converge when asked) */
+json_object *migrate_caps(bool auto_converge);
 int migrate_parse_address(const char *text, struct sockaddr_storage *sa, socklen_t *len, struct qv_err *e);
 /* A non-blocking TCP connect to ADDR:PORT begun (*fd; EPOLLOUT says how it ended), or
  * -errno with e filled ("connecting to ADDR: why"). The caller closes *fd either way. */
 int migrate_connect_start(const char *address, int *fd, struct qv_err *e);
 void migrate_incoming_accept(struct sup *s);
+void migrate_keepalive(int fd);     /* on a control line: a silent peer ends it */
 void migrate_incoming_poll(struct sup *s);
 /* EV_MIGRATE: the outgoing connect finished, or the source connected. */
 void migrate_io(struct sup *s, uint32_t events);
@@ -62,22 +76,31 @@ void migrate_forget(struct sup *s);
  * against the definition first); the start goes on with start_after_load. */
 int migrate_incoming_begin(struct sup *s, struct qv_err *e);
 
-/* migstore_in.c: migrate-incoming --copy-storage, the destination's half of the copy
- * of local disks (the control line protocol is described there). */
-int migstore_in_listen(struct sup *s, struct qv_err *e);   /* wait for the source's hello */
+/* migstore_in.c: the destination's half of the control line every live migration
+ * goes over, and of --copy-storage's copy of local disks (the protocol is described
+ * there). */
+int migstore_in_listen(struct sup *s, bool copy_storage, struct qv_err *e);   /* wait for the source's hello */
 bool migstore_in_waiting(struct sup *s);                   /* no control connection yet */
+bool migstore_in_copy(struct sup *s);                      /* migrate-incoming --copy-storage */
+void migstore_in_ready(struct sup *s);     /* QEMU waits: the bound on the wait for a source starts */
+/* The stream's connection fd comes from the control line's peer (else: logged, refused). */
+bool migstore_in_stream_ok(struct sup *s, int fd);
+/* The start ended with the guest running (or paused as asked): the source is told. */
+void migstore_in_started(struct sup *s, bool paused);
+uint64_t migstore_in_next_deadline(struct sup *s);         /* the bound on the wait for a source */
+void migstore_in_expire(struct sup *s, uint64_t now);
 void migstore_in_accept(struct sup *s);
 void migstore_in_io(struct sup *s);
 void migstore_in_child_exited(struct sup *s);
 int migstore_in_serve(struct sup *s, struct qv_err *e);    /* QEMU set up: NBD server, exports, answer */
 /* The stream is in: true when the start must wait for the source's "finish" (it then
- * goes on with migrate_incoming_resume). */
+ * goes on with migrate_incoming_resume); always, for a migration with a control line. */
 bool migstore_in_hold(struct sup *s);
 void migstore_in_wind_up(struct sup *s, const char *why);  /* the start failed */
 bool migstore_in_cancel(struct sup *s, const char *why);   /* a stop before QEMU runs */
 void migstore_in_forget(struct sup *s);
-/* migstore_out.c: migrate --copy-storage, the source's half. */
-int migstore_out_begin(struct sup *s, const char *address, int64_t speed, struct qv_err *e);
+/* migstore_out.c: the source's half of the control line, and of --copy-storage. */
+int migstore_out_begin(struct sup *s, const struct migrate_live_opts *o, struct qv_err *e);
 void migstore_out_nbd_io(struct sup *s);
 /* The stream completed: the mirrors are cancelled in sync and the destination told;
  * then live_completed goes on (migrate_storage_finished), or the guest runs on here. */
@@ -91,10 +114,14 @@ uint64_t migstore_out_next_deadline(struct sup *s);
 void migstore_out_expire(struct sup *s, uint64_t now);
 /* EV_MIGCTL: the control connection, either side. */
 void migstore_io(struct sup *s, uint32_t events);
-/* migrate.c, for migstore_out.c: the disks are in sync (the migration goes on), or
- * finished at the end (the source's QEMU quits), or the copy failed. */
+/* migrate.c, for migstore_out.c: the destination waits for the stream (the disks are
+ * in sync), or confirmed that the guest runs there (answer: its words; the source's
+ * QEMU quits), or the migration failed before the destination could run the guest
+ * (it runs on here), or the destination never confirmed (the guest stays paused here:
+ * it may run there). */
 void migrate_storage_ready(struct sup *s);
-void migrate_storage_finished(struct sup *s);
+void migrate_storage_finished(struct sup *s, json_object *answer);
 void migrate_storage_failed(struct sup *s, const char *why);
+void migrate_storage_unconfirmed(struct sup *s, const char *why);
 
 #endif

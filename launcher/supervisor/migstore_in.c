@@ -1,24 +1,38 @@
-/* Local disks copied to the destination while the guest runs (migrate --copy-storage),
- * the destination's half; migstore_out.c is the source's. The control line protocol:
+/* The destination's half of the control line every live migration goes over
+ * (migstore_out.c is the source's), and of the copy of local disks (migrate
+ * --copy-storage). The protocol:
  *
  *   The source's supervisor opens a first TCP connection to the destination's --listen
- *   address (a migrate-incoming started with --copy-storage waits for it with no QEMU
- *   yet: the target images' sizes come from the source) and sends one line:
- *     QVMIG/1 {"vm": NAME, "disks": [{"id": "disk0", "size": BYTES, "format": "qcow2"}]}
- *   The destination creates each target image (its definition's path, which must not
- *   exist yet; its definition's format, else the source's), starts QEMU with them
- *   (-incoming defer), starts QEMU's NBD server on a listener it bound next to the
- *   control connection's local address (port chosen by the kernel, handed to QEMU as an
- *   fd) and exports each disk's node writable, then answers, one line:
+ *   address and sends one line:
+ *     QVMIG/1 {"vm": NAME, "uuid": UUID, "token": TOKEN, "copy_storage": BOOL,
+ *              "persistent": BOOL, "disks": [{"id": "disk0", "size": BYTES, "format": "qcow2"}]}
+ *   TOKEN is the one-time token this destination made (or was given) when it started to
+ *   wait, printed by migrate-incoming: a source meant for another waiting destination,
+ *   another VM (name or uuid), or the other mode (copy-storage or not) is refused with
+ *   {"ok": false, "error": "..."}, its connection closed, and this side waits on for the
+ *   right one, unchanged. Without --copy-storage QEMU already waits (-incoming defer)
+ *   and the answer is {"ok": true} at once. With it there is no QEMU yet (the target
+ *   images' sizes come from the source): the destination creates each target image
+ *   (its definition's path, which must not exist yet; its definition's format, else the
+ *   source's), starts QEMU with them, starts QEMU's NBD server on a listener it bound
+ *   next to the control connection's local address (port chosen by the kernel, handed
+ *   to QEMU as an fd) and exports each disk's node writable, then answers
  *     {"ok": true, "nbd": "ADDR:PORT", "exports": {"disk0": "disk0"}}
  *   or {"ok": false, "error": "..."} (and ends). The source mirrors each disk into its
  *   export and, once every mirror is in sync, opens a second connection on --listen for
- *   QEMU's migration stream. When the stream is complete (the guest stopped on both
- *   sides) the source cancels its mirrors in sync, which leaves the targets consistent,
- *   and sends "finish"; the destination stops its NBD server, answers {"ok": true} and
- *   only then lets the guest run. Either side closing the control connection before
- *   that ends the migration: the destination's QEMU quits and the images it created are
- *   removed; the source's mirrors and NBD nodes go and its guest runs on.
+ *   QEMU's migration stream (taken only from the control line's peer address). When
+ *   the stream is complete (the guest stopped on both sides) the source cancels its
+ *   mirrors in sync, which leaves the targets consistent, and sends "finish"; the
+ *   destination stops its NBD server (copy-storage), lets the guest run (announce-self,
+ *   cont), writes the definition it runs under etc/ (persistent, atomically) and only
+ *   once the guest runs answers {"ok": true} (the Finish phase: the source's migrate
+ *   returns then). A failure to run it answers {"ok": false, ...} with QEMU here gone,
+ *   and the source resumes its guest; no answer at all leaves the source's guest paused
+ *   (it may run here). Either side closing the control connection before "finish" ends
+ *   the migration: the destination's QEMU quits and the images it created are removed;
+ *   the source's mirrors and NBD nodes go and its guest runs on. A destination that
+ *   hears from no source within its bound (migrate-incoming --timeout) cleans up and
+ *   ends the same way.
  *
  * Nothing here waits: the connection is read in the loop, qemu-img runs as a watched
  * child, QMP steps complete through callbacks. */
@@ -37,7 +51,8 @@
 #define MSI_LINE_MAX 65536
 #define MSI_NBD_FDNAME "qv-nbd-listen"
 
-enum msi_phase { MSI_WAIT_SOURCE, MSI_WAIT_HELLO, MSI_CREATING, MSI_STARTING, MSI_SERVING, MSI_FINISHING, MSI_DONE };
+enum msi_phase { MSI_WAIT_SOURCE, MSI_WAIT_HELLO, MSI_CREATING, MSI_STARTING, MSI_SERVING, MSI_FINISHING,
+                 MSI_RESUMING, MSI_DONE };
 
 struct msi_disk {
     char id[24];
@@ -57,6 +72,10 @@ struct migstore_in {
     int nbd_fd;             /* the NBD listener until QEMU has it; -1 */
     char nbd_addr[80];
     bool stream_done, finish_asked;
+    bool copy;              /* migrate-incoming --copy-storage */
+    bool persistent;        /* the source asked for the definition to be kept here */
+    uint64_t deadline;      /* no source by then: the destination gives up; 0: a source came */
+    struct sockaddr_storage peer;   /* the control line's peer: the stream must come from there */
 };
 
 static const char *qemu_says(const char *msg)
@@ -74,7 +93,7 @@ static void send_line(struct sup *s, json_object *o)
     char line[8192];
     int n = snprintf(line, sizeof(line), "%s\n", text);
     if (n >= (int)sizeof(line) || send(mi->ctl, line, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) != n)
-        sup_log(s, "copy-storage: telling the source failed: %s", strerror(errno));
+        sup_log(s, "migration: telling the source failed: %s", strerror(errno));
 }
 
 static void send_error(struct sup *s, const char *msg)
@@ -153,13 +172,17 @@ static void fail_started(struct sup *s, int code, const char *fmt, ...)
     start_failed(s, &e, NULL);
 }
 
-int migstore_in_listen(struct sup *s, struct qv_err *e)
+int migstore_in_listen(struct sup *s, bool copy_storage, struct qv_err *e)
 {
     (void)e;
     struct migstore_in *mi = qv_xcalloc(1, sizeof(*mi));
     mi->ctl = mi->nbd_fd = -1;
     mi->child.out = -1;
+    mi->copy = copy_storage;
     s->msin = mi;
+    if (!copy_storage)
+        return 0;   /* QEMU starts at once; migstore_in_ready opens the door once it waits */
+    mi->deadline = monotonic_ms() + s->mig_wait_ms;
     s->ev_mig.kind = EV_MIGRATE;
     sup_epoll_add(s, s->mig_listen_fd, EPOLLIN, &s->ev_mig);
     s->rs.state = VM_STARTING;
@@ -174,6 +197,60 @@ bool migstore_in_waiting(struct sup *s)
     return s->msin && s->msin->phase == MSI_WAIT_SOURCE;
 }
 
+void migstore_in_ready(struct sup *s)
+{
+    if (s->msin && !s->msin->copy)
+        s->msin->deadline = monotonic_ms() + s->mig_wait_ms;
+}
+
+bool migstore_in_copy(struct sup *s)
+{
+    return s->msin && s->msin->copy;
+}
+
+/* A source that is not the one this side waits for (or that left before saying who it
+ * is): told why, its connection closed, and the wait goes on as it was. */
+static void refuse(struct sup *s, const char *why)
+{
+    struct migstore_in *mi = s->msin;
+    sup_log(s, "refused a source: %s; waiting on for the right one", why);
+    send_error(s, why);
+    close_ctl(s);
+    buf_free(&mi->in);
+    mi->ndisks = 0;
+    mi->phase = MSI_WAIT_SOURCE;
+    sup_epoll_add(s, s->mig_listen_fd, EPOLLIN, &s->ev_mig);
+}
+
+static bool same_host(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return false;
+    if (a->ss_family == AF_INET)
+        return ((const struct sockaddr_in *)a)->sin_addr.s_addr == ((const struct sockaddr_in *)b)->sin_addr.s_addr;
+    if (a->ss_family == AF_INET6)
+        return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr, &((const struct sockaddr_in6 *)b)->sin6_addr,
+                      sizeof(struct in6_addr)) == 0;
+    return false;
+}
+
+bool migstore_in_stream_ok(struct sup *s, int fd)
+{
+    struct migstore_in *mi = s->msin;
+    struct sockaddr_storage sa;
+    socklen_t len = sizeof(sa);
+    if (!mi || mi->phase != MSI_SERVING)
+        return false;
+    if (getpeername(fd, (struct sockaddr *)&sa, &len) < 0 || !same_host(&sa, &mi->peer)) {
+        char host[INET6_ADDRSTRLEN] = "?";
+        getnameinfo((struct sockaddr *)&sa, len, host, sizeof(host), NULL, 0, NI_NUMERICHOST);
+        sup_log(s, "refused a stream connection from %s: not the source's address", host);
+        return false;
+    }
+    return true;
+}
+
+
 void migstore_in_accept(struct sup *s)
 {
     struct migstore_in *mi = s->msin;
@@ -182,11 +259,15 @@ void migstore_in_accept(struct sup *s)
         return;
     /* the listener waits for the stream later; until then nobody else gets in */
     epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->mig_listen_fd, NULL);
+    socklen_t plen = sizeof(mi->peer);
+    if (getpeername(c, (struct sockaddr *)&mi->peer, &plen) < 0)
+        memset(&mi->peer, 0, sizeof(mi->peer));
+    migrate_keepalive(c);
     mi->ctl = c;
     mi->phase = MSI_WAIT_HELLO;
     s->ev_msctl.kind = EV_MIGCTL;
     sup_epoll_add(s, c, EPOLLIN, &s->ev_msctl);
-    sup_log(s, "the source connected (control)");
+    sup_log(s, "a source connected (control line)");
 }
 
 static void create_next(struct sup *s);
@@ -196,21 +277,41 @@ static int parse_hello(struct sup *s, const char *line, char *why, size_t whylen
     struct migstore_in *mi = s->msin;
     static const char magic[] = "QVMIG/1 ";
     if (strncmp(line, magic, sizeof(magic) - 1) != 0) {
-        snprintf(why, whylen, "the source did not speak qvisor's control protocol (was it started with "
-                 "qvisor migrate --copy-storage?)");
+        snprintf(why, whylen, "the source did not speak qvisor's control protocol (QVMIG/1): an older qvisor, or "
+                 "not qvisor migrate at all");
         return -EPROTO;
     }
     _cleanup_json_ json_object *o = json_tokener_parse(line + sizeof(magic) - 1);
-    json_object *v, *disks;
+    json_object *v, *disks, *uuid, *token, *flag;
     if (!o || !json_object_object_get_ex(o, "vm", &v) || !json_object_object_get_ex(o, "disks", &disks) ||
-        !json_object_is_type(disks, json_type_array)) {
-        snprintf(why, whylen, "the source's hello is not {\"vm\": ..., \"disks\": [...]}");
+        !json_object_is_type(disks, json_type_array) || !json_object_object_get_ex(o, "uuid", &uuid) ||
+        !json_object_object_get_ex(o, "token", &token)) {
+        snprintf(why, whylen, "the source's hello is not {\"vm\", \"uuid\", \"token\", \"disks\"}");
         return -EPROTO;
     }
     if (strcmp(json_object_get_string(v), s->def.name) != 0) {
-        snprintf(why, whylen, "the source migrates VM %s, this is %s", json_object_get_string(v), s->def.name);
+        snprintf(why, whylen, "the source migrates VM %.64s; this destination waits for %s", json_object_get_string(v),
+                 s->def.name);
         return -EINVAL;
     }
+    if (strcmp(json_object_get_string(uuid), s->def.uuid) != 0) {
+        snprintf(why, whylen, "the source's %s has uuid %.40s, the one here %s: not the same VM", s->def.name,
+                 json_object_get_string(uuid), s->def.uuid);
+        return -EINVAL;
+    }
+    if (strcmp(json_object_get_string(token), s->mig_token) != 0) {
+        snprintf(why, whylen, "%s: the token does not match: this destination waits for another migration (migrate "
+                 "--token takes the one its migrate-incoming printed)", s->def.name);
+        return -EACCES;
+    }
+    bool copy = json_object_object_get_ex(o, "copy_storage", &flag) && json_object_get_boolean(flag);
+    if (copy != mi->copy) {
+        snprintf(why, whylen, copy ? "the source copies local disks (--copy-storage), and this destination waits "
+                 "without --copy-storage" : "this destination waits for a copy of local disks (migrate-incoming "
+                 "--copy-storage), and the source sends none (migrate --copy-storage)");
+        return -EINVAL;
+    }
+    mi->persistent = json_object_object_get_ex(o, "persistent", &flag) && json_object_get_boolean(flag);
     size_t n = json_object_array_length(disks);
     if (n > VM_MAX_DISKS) {
         snprintf(why, whylen, "too many disks (%zu)", n);
@@ -266,7 +367,17 @@ static void on_hello(struct sup *s, const char *line)
     struct migstore_in *mi = s->msin;
     char why[900];
     if (parse_hello(s, line, why, sizeof(why)) < 0) {
-        fail_early(s, "%s", why);
+        refuse(s, why);
+        return;
+    }
+    mi->deadline = 0;
+    if (!mi->copy) {
+        json_object *o = json_obj1("ok", json_object_new_boolean(true));
+        send_line(s, o);
+        json_object_put(o);
+        mi->phase = MSI_SERVING;
+        sup_epoll_add(s, s->mig_listen_fd, EPOLLIN, &s->ev_mig);
+        sup_log(s, "the source of %s is here (its token matched); waiting for the migration stream", s->def.name);
         return;
     }
     sup_log(s, "copy-storage: %zu disk(s) to receive", mi->ndisks);
@@ -447,20 +558,21 @@ static void on_nbd_stopped(void *ctx, json_object *ret, const struct qv_err *err
         return;
     if (err)
         sup_log(s, "warning: nbd-server-stop: %s", qemu_says(err->msg));
-    json_object *o = json_obj1("ok", json_object_new_boolean(true));
-    send_line(s, o);
-    json_object_put(o);
     sup_log(s, "copy-storage: the disks are in; the NBD server is stopped");
-    mi->phase = MSI_DONE;
-    msin_end(s, true);
-    migrate_incoming_resume(s);
+    mi->phase = MSI_RESUMING;
+    migrate_incoming_resume(s);     /* migstore_in_started confirms once the guest runs */
 }
 
 static void maybe_finish(struct sup *s)
 {
     struct migstore_in *mi = s->msin;
-    if (!mi->stream_done || !mi->finish_asked || mi->phase == MSI_FINISHING)
+    if (!mi->stream_done || !mi->finish_asked || mi->phase != MSI_SERVING)
         return;
+    if (!mi->copy) {
+        mi->phase = MSI_RESUMING;
+        migrate_incoming_resume(s);
+        return;
+    }
     mi->phase = MSI_FINISHING;
     if (qmp_send(s->qmp, "nbd-server-stop", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_nbd_stopped, s) < 0)
         fail_started(s, -ECONNRESET, "copy-storage: the QMP connection is closed");
@@ -472,7 +584,7 @@ bool migstore_in_hold(struct sup *s)
     if (!mi)
         return false;
     mi->stream_done = true;
-    sup_log(s, "the guest's state is in; waiting for the source to finish the disks");
+    sup_log(s, "the guest's state is in; waiting for the source's finish%s", mi->copy ? " (the disks)" : "");
     maybe_finish(s);
     return true;
 }
@@ -487,6 +599,12 @@ void migstore_in_io(struct sup *s)
         ssize_t n = recv(mi->ctl, chunk, sizeof(chunk), 0);
         if (n > 0) {
             buf_add(&mi->in, chunk, (size_t)n);
+            if (mi->phase == MSI_WAIT_HELLO && mi->in.len >= 8 && memcmp(mi->in.p, "QVMIG/1 ", 8) != 0) {
+                /* a QEMU stream or anything else sent here first: not a source of ours */
+                refuse(s, "the source did not speak qvisor's control protocol (QVMIG/1): an older qvisor, or not "
+                       "qvisor migrate at all");
+                return;
+            }
             if (mi->in.len > MSI_LINE_MAX)
                 n = -1, errno = EMSGSIZE;
             else
@@ -496,9 +614,15 @@ void migstore_in_io(struct sup *s)
             break;
         /* closed, or broken: the source gave up (or died) */
         const char *why = n == 0 ? "closed the connection" : strerror(errno);
+        if (mi->phase == MSI_WAIT_HELLO) {
+            refuse(s, "the source left before it said who it is");
+            return;
+        }
         close_ctl(s);
-        if (mi->phase == MSI_WAIT_HELLO || mi->phase == MSI_CREATING)
+        if (mi->phase == MSI_CREATING)
             fail_early(s, "the source %s", why);
+        else if (mi->phase == MSI_RESUMING)
+            sup_log(s, "the source's control line closed (%s) while the guest resumes here; it runs on here", why);
         else if (mi->phase != MSI_DONE && start_active(s))
             fail_started(s, -ECANCELED, "the source ended the migration (its control connection: %s)", why);
         return;
@@ -537,4 +661,54 @@ bool migstore_in_cancel(struct sup *s, const char *why)
 void migstore_in_forget(struct sup *s)
 {
     msin_end(s, false);
+}
+
+void migstore_in_started(struct sup *s, bool paused)
+{
+    struct migstore_in *mi = s->msin;
+    if (!mi || mi->phase != MSI_RESUMING)
+        return;
+    json_object *o = json_obj1("ok", json_object_new_boolean(true));
+    json_object_object_add(o, "state", json_object_new_string(paused ? "paused" : "running"));
+    if (mi->persistent && !s->def.transient) {
+        sup_log(s, "%s is defined here already: its definition stays as it is", s->def.name);
+    } else if (mi->persistent) {
+        struct qv_err e = {0};
+        if (vm_transient_persist(s->paths, &s->def, &e) < 0) {
+            sup_log(s, "warning: keeping the definition here (persistent): %s", e.msg);
+            json_object_object_add(o, "persistent_error", json_object_new_string(e.msg));
+        } else {
+            s->def.transient = false;
+            sup_log(s, "%s is defined here now (the source asked for --persistent)", s->def.name);
+            json_object_object_add(o, "defined", json_object_new_boolean(true));
+        }
+    }
+    sup_crash_point("incoming-before-confirm");     /* tests: the guest runs here, the source never hears it */
+    send_line(s, o);
+    json_object_put(o);
+    sup_log(s, "the source is told that the guest %s here", paused ? "is here (paused)" : "runs");
+    mi->phase = MSI_DONE;
+    msin_end(s, true);
+}
+
+uint64_t migstore_in_next_deadline(struct sup *s)
+{
+    return s->msin ? s->msin->deadline : 0;
+}
+
+void migstore_in_expire(struct sup *s, uint64_t now)
+{
+    struct migstore_in *mi = s->msin;
+    if (!mi || !mi->deadline || now < mi->deadline)
+        return;
+    mi->deadline = 0;
+    char why[300];
+    snprintf(why, sizeof(why), "no source came within %llu s (migrate-incoming --timeout): this destination gives up "
+             "and cleans up", (unsigned long long)(s->mig_wait_ms / 1000));
+    if (mi->phase == MSI_WAIT_HELLO)
+        send_error(s, why);
+    if (start_active(s))
+        fail_started(s, -ETIMEDOUT, "%s", why);
+    else
+        fail_early(s, "%s", why);
 }

@@ -1,5 +1,7 @@
-/* migrate --copy-storage, the source's half (the protocol is described in
- * migstore_in.c). Before QEMU's migration stream starts: the local disks are listed
+/* The source's half of the control line every live migration goes over, and of
+ * migrate --copy-storage (the protocol is described in migstore_in.c). Before QEMU's
+ * migration stream starts the destination is told which VM comes (name, uuid, its
+ * token); without --copy-storage its "ok" lets the stream go. With it: the local disks are listed
  * (query-named-block-nodes: their virtual size and format), the destination is told
  * over a control connection and answers with its NBD exports; for each disk the
  * supervisor connects to the NBD server (QEMU may have no network: it gets the socket
@@ -38,6 +40,8 @@ struct mso_disk {
 struct migstore_out {
     enum mso_phase phase;
     char address[80], nbd[80];
+    char token[68];
+    bool copy, persistent;
     int64_t speed;
     int ctl, nbd_sock;
     struct buf in;
@@ -112,6 +116,7 @@ static void fail(struct sup *s, const char *fmt, ...)
     vsnprintf(why, sizeof(why), fmt, ap);
     va_end(ap);
     struct migstore_out *mo = s->msout;
+    /* the destination refused in so many words: it does not run the guest */
     bool stopped = mo->phase == MSO_FINISHING || mo->phase == MSO_ACK;
     if (stopped && s->qmp)
         sup_qmp(s, "cont", NULL);    /* the stream completed, the destination never runs it: on here */
@@ -216,6 +221,27 @@ bool migstore_out_busy(struct sup *s)
     return s->msout != NULL;
 }
 
+/* The stream is complete (and the mirrors, if any, are done): the destination runs
+ * the guest and confirms (on_answer). */
+static void send_finish(struct sup *s)
+{
+    struct migstore_out *mo = s->msout;
+    const char line[] = "finish\n";
+    if (send(mo->ctl, line, sizeof(line) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)sizeof(line) - 1) {
+        fail(s, "telling the destination to finish: %s", strerror(errno));
+        return;
+    }
+    sup_log(s, "the stream is complete%s; the destination is told to run the guest", mo->n ? " and the mirrors done" : "");
+    mo->phase = MSO_ACK;
+    mo->deadline = monotonic_ms() + MSO_ACK_TIMEOUT_MS;
+}
+
+/* The destination may run the guest, and never said so: the guest stays paused here. */
+static void unconfirmed(struct sup *s, const char *why)
+{
+    migrate_storage_unconfirmed(s, why);
+}
+
 /* ---- mirrors: polled until all are ready, and on while the stream flows ---- */
 
 static void on_jobs(void *ctx, json_object *ret, const struct qv_err *err)
@@ -287,14 +313,7 @@ static void on_jobs(void *ctx, json_object *ret, const struct qv_err *err)
             send_cmd(s, "blockdev-del", json_obj1("node-name", json_object_new_string(node)), NULL, 0, on_cleanup);
             d->added = false;
         }
-        const char line[] = "finish\n";
-        if (send(mo->ctl, line, sizeof(line) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)sizeof(line) - 1) {
-            fail(s, "telling the destination to finish: %s", strerror(errno));
-            return;
-        }
-        sup_log(s, "copy-storage: the mirrors are done; the destination is told to finish");
-        mo->phase = MSO_ACK;
-        mo->deadline = monotonic_ms() + MSO_ACK_TIMEOUT_MS;
+        send_finish(s);
     }
 }
 
@@ -302,6 +321,10 @@ void migstore_out_complete(struct sup *s)
 {
     struct migstore_out *mo = s->msout;
     mo->phase = MSO_FINISHING;
+    if (!mo->n) {
+        send_finish(s);
+        return;
+    }
     /* the guest is stopped: a ready mirror's cancel writes what is in flight and ends
      * with the target identical to the source */
     for (size_t i = 0; i < mo->n; i++) {
@@ -443,16 +466,23 @@ static void on_answer(struct sup *s, const char *line)
         return;
     }
     if (mo->phase == MSO_ACK) {
-        sup_log(s, "copy-storage: the destination has the disks and stopped its NBD server");
+        sup_log(s, "the destination runs the guest%s", mo->n ? " (it has the disks, its NBD server is stopped)" : "");
         mo->over = true;
         mo->poll_at = 0;
         close_fd(s, &mo->ctl);
         release(s);
-        migrate_storage_finished(s);
+        migrate_storage_finished(s, o);
         return;
     }
     if (mo->phase != MSO_HELLO)
         return;
+    if (!mo->copy) {
+        sup_log(s, "the destination waits for the stream");
+        mo->deadline = 0;
+        mo->phase = MSO_SYNCED;
+        migrate_storage_ready(s);
+        return;
+    }
     if (!json_object_object_get_ex(o, "nbd", &v) || !json_object_object_get_ex(o, "exports", &ex)) {
         fail(s, "the destination's answer names no NBD server");
         return;
@@ -476,6 +506,10 @@ static void send_hello(struct sup *s)
     struct migstore_out *mo = s->msout;
     json_object *o = json_object_new_object(), *disks = json_object_new_array();
     json_object_object_add(o, "vm", json_object_new_string(s->def.name));
+    json_object_object_add(o, "uuid", json_object_new_string(s->def.uuid));
+    json_object_object_add(o, "token", json_object_new_string(mo->token));
+    json_object_object_add(o, "copy_storage", json_object_new_boolean(mo->copy));
+    json_object_object_add(o, "persistent", json_object_new_boolean(mo->persistent));
     for (size_t i = 0; i < mo->n; i++) {
         json_object *d = json_object_new_object();
         json_object_object_add(d, "id", json_object_new_string(mo->disks[i].id));
@@ -492,7 +526,7 @@ static void send_hello(struct sup *s)
         return;
     }
     mo->phase = MSO_HELLO;
-    mo->deadline = monotonic_ms() + MSO_HELLO_TIMEOUT_MS;
+    mo->deadline = monotonic_ms() + (mo->copy ? MSO_HELLO_TIMEOUT_MS : MSO_CONNECT_TIMEOUT_MS);
     struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &s->ev_msctl};
     epoll_ctl(s->epfd, EPOLL_CTL_MOD, mo->ctl, &ee);
 }
@@ -506,10 +540,11 @@ static void ctl_io(struct sup *s)
         if (getsockopt(mo->ctl, SOL_SOCKET, SO_ERROR, &err, &l) < 0)
             err = errno;
         if (err) {
-            fail(s, "connecting to %s: %s (is qvisor migrate-incoming %s --listen %s --copy-storage waiting there?)",
-                 mo->address, strerror(err), s->def.name, mo->address);
+            fail(s, "connecting to %s: %s (is qvisor migrate-incoming %s --listen %s%s waiting there?)", mo->address,
+                 strerror(err), s->def.name, mo->address, mo->copy ? " --copy-storage" : "");
             return;
         }
+        migrate_keepalive(mo->ctl);
         send_hello(s);
         return;
     }
@@ -530,8 +565,12 @@ static void ctl_io(struct sup *s)
             if (!s->msout || s->msout->over || s->msout->phase == MSO_CLEANUP)
                 return;
         }
-        fail(s, "the destination %s", n == 0 ? "closed the control connection (its QEMU or supervisor ended?)"
-                                             : strerror(errno));
+        if (mo->phase == MSO_ACK)
+            unconfirmed(s, n == 0 ? "the destination closed the control line before it confirmed that it runs the "
+                        "guest (its supervisor ended?)" : strerror(errno));
+        else
+            fail(s, "the destination %s", n == 0 ? "closed the control connection (its QEMU or supervisor ended?)"
+                                                 : strerror(errno));
         return;
     }
     char *line;
@@ -550,7 +589,20 @@ void migstore_io(struct sup *s, uint32_t events)
         ctl_io(s);
 }
 
-/* ---- the start: which disks ---- */
+/* ---- the start: which disks, then the control line ---- */
+
+static int connect_ctl(struct sup *s, struct qv_err *e)
+{
+    struct migstore_out *mo = s->msout;
+    int r = migrate_connect_start(mo->address, &mo->ctl, e);
+    if (r < 0)
+        return r;
+    mo->phase = MSO_CONNECTING;
+    mo->deadline = monotonic_ms() + MSO_CONNECT_TIMEOUT_MS;
+    s->ev_msctl.kind = EV_MIGCTL;
+    sup_epoll_add(s, mo->ctl, EPOLLOUT, &s->ev_msctl);
+    return 0;
+}
 
 static void on_nodes(void *ctx, json_object *ret, const struct qv_err *err)
 {
@@ -590,23 +642,28 @@ static void on_nodes(void *ctx, json_object *ret, const struct qv_err *err)
         return;
     }
     struct qv_err e = {0};
-    if (migrate_connect_start(mo->address, &mo->ctl, &e) < 0) {
+    if (connect_ctl(s, &e) < 0)
         fail(s, "%s", e.msg);
-        return;
-    }
-    mo->phase = MSO_CONNECTING;
-    mo->deadline = monotonic_ms() + MSO_CONNECT_TIMEOUT_MS;
-    s->ev_msctl.kind = EV_MIGCTL;
-    sup_epoll_add(s, mo->ctl, EPOLLOUT, &s->ev_msctl);
 }
 
-int migstore_out_begin(struct sup *s, const char *address, int64_t speed, struct qv_err *e)
+int migstore_out_begin(struct sup *s, const struct migrate_live_opts *o, struct qv_err *e)
 {
     struct migstore_out *mo = qv_xcalloc(1, sizeof(*mo));
     mo->ctl = mo->nbd_sock = -1;
-    mo->speed = speed;
-    snprintf(mo->address, sizeof(mo->address), "%s", address);
+    mo->speed = o->bandwidth;
+    mo->copy = o->copy_storage;
+    mo->persistent = o->persistent;
+    snprintf(mo->token, sizeof(mo->token), "%s", o->token);
+    snprintf(mo->address, sizeof(mo->address), "%s", o->address);
     s->msout = mo;
+    if (!mo->copy) {
+        int r = connect_ctl(s, e);
+        if (r < 0) {
+            mo->over = true;
+            release(s);
+        }
+        return r;
+    }
     json_object *a = json_obj1("flat", json_object_new_boolean(true));
     if (send_cmd(s, "query-named-block-nodes", a, NULL, 0, on_nodes) < 0) {
         mo->over = true;
@@ -664,9 +721,14 @@ void migstore_out_expire(struct sup *s, uint64_t now)
     }
     if (mo->deadline && now >= mo->deadline) {
         mo->deadline = 0;
-        const char *what = mo->phase == MSO_HELLO ? "the destination did not answer which NBD exports it has"
-                         : mo->phase == MSO_ACK   ? "the destination did not confirm the end of the disk copy"
-                                                  : "no answer from the destination";
+        if (mo->phase == MSO_ACK) {
+            unconfirmed(s, "the destination did not confirm within 60 s that it runs the guest");
+            return;
+        }
+        const char *what = mo->phase == MSO_HELLO      ? (mo->copy ? "the destination did not answer which NBD exports it has"
+                                                                   : "the destination did not answer")
+                         : mo->phase == MSO_CONNECTING ? "connecting to the destination: no answer within 15 s"
+                                                       : "no answer from the destination";
         fail(s, "%s", what);
         return;
     }

@@ -166,6 +166,7 @@ static void started(struct sup *s, bool paused)
     sup_log(s, "QEMU %s %s as pid %d (accel %s)", s->rs.qemu_version, paused ? "paused" : "running",
             (int)s->qemu_pid, s->rs.accel);
     sup_set_state(s, paused ? VM_PAUSED : VM_RUNNING);
+    migstore_in_started(s, paused);     /* a migration's source hears that the guest is here */
     report_ready(s, 0, NULL);
     notify_send(&s->notify, "READY=1");
     sup_trim_heap();

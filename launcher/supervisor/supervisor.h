@@ -12,6 +12,7 @@
  * previous run if one lives, starts one otherwise. ready_fd (or -1) gets "ok\n"
  * once the guest runs, or "error CODE MESSAGE\n". echo_fd (or -1) gets a copy of
  * the supervisor's log lines (stderr for a foreground run under systemd). */
+#define SUP_INCOMING_WAIT_MS (300 * 1000)
 struct sup_opts {
     int ready_fd, echo_fd;
     bool attach_only;       /* take over a running QEMU, never start one (-ESRCH) */
@@ -31,6 +32,10 @@ struct sup_opts {
     bool incoming_copy_storage;
     /* ...over TLS with the credentials in this directory (migrate_tls.c); NULL: plain */
     const char *incoming_tls;
+    /* ...whose source must show this token (NULL: one made at random, shown by status) */
+    const char *incoming_token;
+    /* ...for at most this long (0: SUP_INCOMING_WAIT_MS); then it cleans up and ends */
+    int incoming_timeout_ms;
     /* `qvisor boot`'s end of a socketpair, or -1. Its VM lives only as long as boot:
      * the end closing (boot exited, or was killed -9) kills QEMU, and QEMU gets
      * PR_SET_PDEATHSIG so it dies with this supervisor too. "keep\n" read from it lets

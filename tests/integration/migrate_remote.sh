@@ -11,6 +11,7 @@
 # with TLS; then `evacuate` of host B (one VM moves, the one without a destination is
 # reported and runs on).
 . "$(dirname "$0")/../lib.sh"
+. "$(dirname "$0")/../lib_twohosts.sh"
 
 for p in /usr/sbin/sshd ssh ssh-keygen certtool; do
     command -v "$p" > /dev/null || { ok "migration over ssh and TLS # SKIP $p is not installed (scripts/setup-deps)"; finish; }
@@ -19,36 +20,8 @@ done
 img=$T_ROOT/img
 mkdir -p "$img"
 qemu-img create -q -f qcow2 "$img/data.qcow2" 16M
-RB=$T_ROOT/hostb
-mkdir -p "$RB/etc/qvisor"
-printf '{"cgroup_parent": "%s-b"}\n' "$T_CGROUP" > "$RB/etc/qvisor/host.json"
-NA=qva${T_ROOT##*.}
-NB=qvb${T_ROOT##*.}
-A_IP=10.252.0.1
-B_IP=10.252.0.2
 SSH_PORT=2222
-
-host() {
-    ip netns add "$1" || return 1
-    ip -n "$1" link set lo up
-    ip netns exec "$1" unshare --pid --fork --mount-proc bash -c 'while :; do sleep 1; done' 2> /dev/null &
-    local holder=$! init=
-    local i
-    for i in $(seq 50); do init=$(pgrep -P "$holder") && break; sleep 0.1; done
-    [ -n "$init" ] || return 1
-    printf -v "$2" %s "$init"
-    on_exit "kill -9 $init; ip netns del $1"
-}
-host "$NA" PA && host "$NB" PB || { not_ok "two hosts (network and PID namespaces)"; finish; }
-ip link add va netns "$NA" type veth peer name vb netns "$NB"
-ip -n "$NA" addr add $A_IP/24 dev va && ip -n "$NA" link set va up
-ip -n "$NB" addr add $B_IP/24 dev vb && ip -n "$NB" link set vb up
-qA() { nsenter -t "$PA" -p -m -n -- "$QV_BIN" --root "$T_ROOT" "$@"; }
-qB() { nsenter -t "$PB" -p -m -n -- "$QV_BIN" --root "$RB" "$@"; }
-stateA() { [ "$(qA status mg --json 2>/dev/null | jq -r .state)" = "$1" ]; }
-stateB() { [ "$(qB status mg --json 2>/dev/null | jq -r .state)" = "$1" ]; }
-noneA() { ! nsenter -t "$PA" -p -m -- pgrep -f -- "-uui[d] $uuid| [r]un mg" > /dev/null; }
-noneB() { ! nsenter -t "$PB" -p -m -- pgrep -f -- "-uui[d] $uuid| [r]un mg" > /dev/null; }
+twohosts 10.253.0 || { not_ok "two hosts (network and PID namespaces)"; finish; }
 
 # ---- sshd on B (its PID namespace: what it starts lives on B) ----
 S=$T_ROOT/ssh
@@ -110,13 +83,6 @@ check "certtool made the certificates" test -s "$P/good/client-cert.pem" -a -s "
 
 define_guest mg "" --disk "file=$img/data.qcow2,serial=DATA,cache=writeback"
 uuid=$(qv show mg --json | jq -r .uuid)
-gA() { gsh mg "$1"; }
-gB() { T_ROOT=$RB gsh mg "$1"; }
-countA() { gA 'cat /tmp/count' | grep -E '^[0-9]+$' | tail -1; }
-countB() { gB 'cat /tmp/count' | grep -E '^[0-9]+$' | tail -1; }
-aboveA() { local n; n=$(countA); [ -n "$n" ] && [ "$n" -gt "$1" ]; }
-aboveB() { local n; n=$(countB); [ -n "$n" ] && [ "$n" -gt "$1" ]; }
-booted() { [ "$(count_log mg 'QVISOR-GUEST: ready')" -ge 1 ]; }
 counter="i=0; (while :; do i=\$((i+1)); echo \$i > /tmp/count; sleep 1; done) > /dev/null 2>&1 & true"
 
 qA start -q mg || { not_ok "the VM starts on A"; finish; }
@@ -155,7 +121,7 @@ check "...nothing runs on B" wait_until 30 noneB
 n=$(countA)
 check_output "migrate --to ssh://root@B:PORT --persistent" "mg migrated to $B_IP:[0-9]+ in [0-9]+ ms" \
     qA migrate mg --to $TO --remote-root "$RB" --ssh-config "$S/config" --persistent
-check "B runs the guest" wait_until 30 stateB running
+check "B runs the guest" stateB running
 check "...it keeps counting from where it was" wait_until 30 aboveB "${n:-0}"
 check "...B has it defined (--persistent went through)" test -s "$RB/etc/qvisor/vms/mg.json"
 check "...on a port B chose (its log)" grep -q "waiting for the migration stream on $B_IP:[0-9]" "$RB/var/log/qvisor/mg.log"
@@ -164,10 +130,11 @@ check "A holds nothing running" wait_until 30 noneA
 # ---- B -> A with TLS: a wrong CA is refused, the guest runs on ----
 out=$(qA --json migrate-incoming mg --listen $A_IP:0 --tls "$P/good")
 port=$(jq -r .address <<< "$out" | sed 's/.*://')
+token=$(jq -r .token <<< "$out")
 check "A waits for a TLS stream on a port it chose" test "${port:-0}" -gt 0
 check_error "B -> A with certificates of another CA: refused" 1 \
     "mg: migration to $A_IP:$port failed: .*the guest runs on here" \
-    qB migrate mg --to tcp:$A_IP:$port --tls "$P/bad"
+    qB migrate mg --to tcp:$A_IP:$port --token "$token" --tls "$P/bad"
 check "...the guest runs on B" stateB running
 n=$(countB)
 check "...and counts" wait_until 30 aboveB "${n:-0}"
@@ -177,9 +144,10 @@ check "...its TLS staging copy of the key is gone" sh -c "! ls -d '$T_ROOT'/run/
 # ---- B -> A with the right CA ----
 out=$(qA --json migrate-incoming mg --listen $A_IP:0 --tls "$P/good")
 port=$(jq -r .address <<< "$out" | sed 's/.*://')
+token=$(jq -r .token <<< "$out")
 n=$(countB)
-check_output "B -> A over TLS" "mg migrated to $A_IP:$port" qB migrate mg --to tcp:$A_IP:$port --tls "$P/good"
-check "A runs the guest" wait_until 30 stateA running
+check_output "B -> A over TLS" "mg migrated to $A_IP:$port" qB migrate mg --to tcp:$A_IP:$port --token "$token" --tls "$P/good"
+check "A runs the guest" stateA running
 check "...which counts on" wait_until 30 aboveA "${n:-0}"
 check "...A's log says TLS" grep -q "waiting for the migration stream on $A_IP:$port (TLS" "$T_ROOT/var/log/qvisor/mg.log"
 check "...no key material in A's log" sh -c "! grep -q 'PRIVATE KEY' '$T_ROOT/var/log/qvisor/mg.log'"
@@ -203,9 +171,9 @@ check "...it runs on" stateB running
 qv show mg --json | jq '.name = "mp" | del(.uuid) | del(.nics[].mac) | .disks = []' > "$T_ROOT/mp.json"
 qB define "$T_ROOT/mp.json" > /dev/null
 check "B also runs mp (paused)" qB start -q mp --paused
-check_output "A waits for mg on 5100" 'waiting' qA migrate-incoming mg --listen $A_IP:5100
+check_output "A waits for mg on 5100" 'waiting' qA migrate-incoming mg --listen $A_IP:5100 --token ev1
 n=$(countB)
-out=$(qB --json evacuate --to tcp:$A_IP:5100 --parallel 2); rc=$?
+out=$(qB --json evacuate --to tcp:$A_IP:5100 --token ev1 --parallel 2); rc=$?
 echo "$out" | sed 's/^/# /'
 check "evacuate: exit status 1 (one VM did not move)" test $rc = 1
 check "...mg reported migrated to A:5100" jq -e '.vms[] | select(.name == "mg") | .ok and .to == "tcp:'$A_IP':5100" and .total_time_ms > 0' <<< "$out"
@@ -215,4 +183,5 @@ check "...which counts on" wait_until 30 aboveA "${n:-0}"
 check_output "mp stays on B, as it was" '^paused$' sh -c "nsenter -t $PB -p -m -n -- '$QV_BIN' --root '$RB' status mp --json | jq -r .state"
 check_error "evacuate without --to" 2 'evacuate: --to' qB evacuate
 qB kill mp > /dev/null 2>&1
+check "no sanitizer report in either host's logs" clean_logs
 finish

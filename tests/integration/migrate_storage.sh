@@ -10,40 +10,13 @@
 # leave the guest running on A with no mirror job or NBD node left and B clean (the
 # target image it made is removed); then the guest moves to B with its disk.
 . "$(dirname "$0")/../lib.sh"
+. "$(dirname "$0")/../lib_twohosts.sh"
 
 img=$T_ROOT/img
-mkdir -p "$img" "$T_ROOT/hostb/img"
+mkdir -p "$img" "$RB/img"
 qemu-img create -q -f qcow2 "$img/data.qcow2" 64M
-RB=$T_ROOT/hostb
-mkdir -p "$RB/etc/qvisor"
-printf '{"cgroup_parent": "%s-b"}\n' "$T_CGROUP" > "$RB/etc/qvisor/host.json"
-NA=qsa${T_ROOT##*.}
-NB=qsb${T_ROOT##*.}
-A_IP=10.252.0.1
-B_IP=10.252.0.2
 target=$RB/img/data.qcow2
-
-host() {
-    ip netns add "$1" || return 1
-    ip -n "$1" link set lo up
-    ip netns exec "$1" unshare --pid --fork --mount-proc bash -c 'while :; do sleep 1; done' 2> /dev/null &
-    local holder=$! init=
-    local i
-    for i in $(seq 50); do init=$(pgrep -P "$holder") && break; sleep 0.1; done
-    [ -n "$init" ] || return 1
-    printf -v "$2" %s "$init"
-    on_exit "kill -9 $init; ip netns del $1"
-}
-host "$NA" PA && host "$NB" PB || { not_ok "two hosts (network and PID namespaces)"; finish; }
-ip link add sa netns "$NA" type veth peer name sb netns "$NB"
-ip -n "$NA" addr add $A_IP/24 dev sa && ip -n "$NA" link set sa up
-ip -n "$NB" addr add $B_IP/24 dev sb && ip -n "$NB" link set sb up
-qA() { nsenter -t "$PA" -p -m -n -- "$QV_BIN" --root "$T_ROOT" "$@"; }
-qB() { nsenter -t "$PB" -p -m -n -- "$QV_BIN" --root "$RB" "$@"; }
-stateA() { [ "$(qA status mg --json 2>/dev/null | jq -r .state)" = "$1" ]; }
-stateB() { [ "$(qB status mg --json 2>/dev/null | jq -r .state)" = "$1" ]; }
-noneA() { ! nsenter -t "$PA" -p -m -- pgrep -f -- "-uui[d] $uuid| [r]un mg" > /dev/null; }
-noneB() { ! nsenter -t "$PB" -p -m -- pgrep -f -- "-uui[d] $uuid| [r]un mg" > /dev/null; }
+twohosts 10.252.0 || { not_ok "two hosts (network and PID namespaces)"; finish; }
 # nothing of a copy left in A's QEMU: no job, no nbd node
 no_mirrorA() {
     qA qmp mg '{"execute": "query-jobs"}' | jq -e '. == []' > /dev/null &&
@@ -54,13 +27,6 @@ define_guest mg "" --disk "file=$img/data.qcow2,serial=DATA,cache=writeback"
 uuid=$(qv show mg --json | jq -r .uuid)
 qv show mg --json | jq --arg t "$target" '(.disks[] | select(.file | endswith("/data.qcow2")) | .file) = $t' > "$T_ROOT/mgB.json"
 dev="\$(for d in /sys/block/vd*; do grep -qx DATA \$d/serial 2>/dev/null && echo \${d##*/}; done)"
-gA() { gsh mg "$1"; }
-gB() { T_ROOT=$RB gsh mg "$1"; }
-countA() { gA 'cat /tmp/count' | grep -E '^[0-9]+$' | tail -1; }
-countB() { gB 'cat /tmp/count' | grep -E '^[0-9]+$' | tail -1; }
-aboveA() { local n; n=$(countA); [ -n "$n" ] && [ "$n" -gt "$1" ]; }
-aboveB() { local n; n=$(countB); [ -n "$n" ] && [ "$n" -gt "$1" ]; }
-booted() { [ "$(count_log mg 'QVISOR-GUEST: ready')" -ge 1 ]; }
 counter="D=/dev/$dev; i=0; (while :; do i=\$((i+1)); echo \$i > /tmp/count; printf 'COUNT-%-506s' \$i | dd of=\$D bs=512 count=1 conv=fsync 2>/dev/null; printf 'COUNT-%-506s' \$i | dd of=\$D bs=512 seek=\$((i*128)) count=1 conv=fsync 2>/dev/null; sleep 1; done) > /dev/null 2>&1 & true"
 # history_on_B N: sectors 128..128*N of B's image hold COUNT-1 .. COUNT-N, none missing; read
 # on the host (the guest's page cache would answer from RAM, which migrated anyway)
@@ -78,11 +44,22 @@ check "the guest boots on A" wait_until 90 booted
 check "it starts its counter" wait_until 30 guest_ok mg "$counter"
 check "...which counts" wait_until 30 aboveA 2
 
+# ---- a destination that hears from no source gives up (--timeout), with nothing left ----
+check_output "B waits for the source (--copy-storage), bounded (--timeout 2)" "mg: waiting for the source on $B_IP:4720 for 2 s" \
+    waitB --listen $B_IP:4720 --definition "$T_ROOT/mgB.json" --copy-storage --timeout 2
+check "...B gives up: its supervisor is gone" wait_until 30 noneB
+check "...saying why in its log" grep -q 'no source came within 2 s' "$RB/var/log/qvisor/mg.log"
+check "...and the transient VM is gone from B's list" sh -c "! nsenter -t $PB -p -m -n -- '$QV_BIN' --root '$RB' list --all | grep -q '^mg '"
+
 # ---- abort mid-copy ----
 check_output "B waits for the source (--copy-storage)" "mg: waiting for the source on $B_IP:4721" \
-    qB migrate-incoming mg --listen $B_IP:4721 --definition "$T_ROOT/mgB.json" --copy-storage
+    waitB --listen $B_IP:4721 --definition "$T_ROOT/mgB.json" --copy-storage
 check "...no target image yet" test ! -e "$target"
-(qA migrate mg --to tcp:$B_IP:4721 --copy-storage --bandwidth 1 > "$T_ROOT/m1.out" 2>&1; echo $? > "$T_ROOT/m1.rc") &
+check_error "a source without --copy-storage is refused" 1 \
+    "failed: the destination: this destination waits for a copy of local disks .*the guest runs on here" \
+    qA migrate mg --to tcp:$B_IP:4721 --token "$(tok)"
+check "...B waits on, with no image made" sh -c "test ! -e '$target' && grep -q 'refused a source' '$RB/var/log/qvisor/mg.log'"
+(qA migrate mg --to tcp:$B_IP:4721 --token "$(tok)" --copy-storage --bandwidth 1 > "$T_ROOT/m1.out" 2>&1; echo $? > "$T_ROOT/m1.rc") &
 check "the disk copy is under way (1 MiB/s)" wait_until 90 copying
 check "...into the image B made" test -s "$target"
 check_output "migrate --abort" 'being cancelled' qA migrate mg --abort
@@ -97,8 +74,8 @@ check "...and the target image it made is removed" wait_until 30 test ! -e "$tar
 
 # ---- kill -9 of B's QEMU mid-copy ----
 check_output "B waits again" 'waiting for the source' \
-    qB migrate-incoming mg --listen $B_IP:4722 --definition "$T_ROOT/mgB.json" --copy-storage
-(qA migrate mg --to tcp:$B_IP:4722 --copy-storage --bandwidth 1 > "$T_ROOT/m2.out" 2>&1; echo $? > "$T_ROOT/m2.rc") &
+    qB migrate-incoming mg --listen $B_IP:4722 --definition "$T_ROOT/mgB.json" --copy-storage --token k2
+(qA migrate mg --to tcp:$B_IP:4722 --token k2 --copy-storage --bandwidth 1 > "$T_ROOT/m2.out" 2>&1; echo $? > "$T_ROOT/m2.rc") &
 check "the disk copy is under way" wait_until 90 copying
 bpid=$(qB status mg --json | jq -r .pid)
 check "kill -9 of B's QEMU" nsenter -t "$PB" -p -m -- kill -9 "$bpid"
@@ -115,11 +92,13 @@ check "...and the target image is removed" wait_until 30 test ! -e "$target"
 
 # ---- A -> B with the disk ----
 check_output "B waits once more" 'waiting for the source' \
-    qB migrate-incoming mg --listen $B_IP:4723 --definition "$T_ROOT/mgB.json" --copy-storage
+    qB migrate-incoming mg --listen $B_IP:4723 --definition "$T_ROOT/mgB.json" --copy-storage --token k3
 before=$(countA)
-check_output "migrate --copy-storage A -> B" "mg migrated to $B_IP:4723 in [0-9]+ ms \\(downtime [0-9]+ ms\\)" \
-    qA migrate mg --to tcp:$B_IP:4723 --copy-storage
-check "B runs the guest" wait_until 30 stateB running
+check_output "migrate --copy-storage --persistent A -> B" \
+    "mg migrated to $B_IP:4723 in [0-9]+ ms \\(downtime [0-9]+ ms\\); running there, defined there" \
+    qA migrate mg --to tcp:$B_IP:4723 --token k3 --copy-storage --persistent
+check "B runs the guest as soon as migrate returns" stateB running
+check "...B keeps the definition it runs (the copy's path)" sh -c "jq -e --arg t '$target' '[.disks[].file] | index(\$t)' '$RB/etc/qvisor/vms/mg.json'"
 check "...it keeps counting from where it was" wait_until 30 aboveB "${before:-0}"
 check "...without booting on B" sh -c "! grep -q 'QVISOR-GUEST: ready' '$RB/var/log/qvisor/mg.log'"
 now=$(countB)
@@ -134,4 +113,5 @@ check "...B's log says the NBD server stopped before the guest ran" nbd_then_con
 check "A: shut off, its QEMU and supervisor gone" wait_until 30 noneA
 check_output "...and it says why" 'migrated to' qA status mg
 check "...its own image stays" test -s "$img/data.qcow2"
+check "no sanitizer report in either host's logs" clean_logs
 finish

@@ -1,0 +1,59 @@
+# Two "hosts" on one machine for the migration tests (sourced after lib.sh). Each host is
+# a network namespace and a PID namespace of its own (its own /proc, so neither sees the
+# other's QEMU by its uuid) with its own qvisor root: A's is $T_ROOT, B's is $RB (under
+# A's, so that the cleanup finds its processes). A veth pair joins them.
+#
+#   twohosts NET        makes them: A_IP=NET.1, B_IP=NET.2; PA, PB: the PID namespaces' inits
+#   qA / qB ARGS        qvisor on host A / B
+#   stateA / stateB S   VM mg's state there is S
+#   noneA / noneB       no QEMU of mg ($uuid) and no supervisor of mg there
+#   gA / gB CMD         CMD in mg's guest on A / B (over its console)
+#   countA / countB     the guest's counter (/tmp/count); aboveA / aboveB N: it is above N
+#   booted              mg booted (once) on A
+#   waitB / waitA ARGS  migrate-incoming mg ARGS on B / A, its output in $T_ROOT/in.out;
+#   tok                 the token that migrate-incoming printed
+#   clean_logs          no sanitizer report in either host's logs
+RB=$T_ROOT/hostb
+
+_host() {       # NS VAR: a netns with a PID namespace whose init (a bash that reaps orphans) is in VAR
+    ip netns add "$1" || return 1
+    ip -n "$1" link set lo up
+    ip netns exec "$1" unshare --pid --fork --mount-proc bash -c 'while :; do sleep 1; done' 2> /dev/null &
+    local holder=$! init= i
+    for i in $(seq 50); do init=$(pgrep -P "$holder") && break; sleep 0.1; done
+    [ -n "$init" ] || return 1
+    printf -v "$2" %s "$init"
+    on_exit "kill -9 $init; ip netns del $1"
+}
+
+twohosts() {
+    mkdir -p "$RB/etc/qvisor"
+    printf '{"cgroup_parent": "%s-b"}\n' "$T_CGROUP" > "$RB/etc/qvisor/host.json"
+    NA=qa${T_ROOT##*.}
+    NB=qb${T_ROOT##*.}
+    A_IP=$1.1
+    B_IP=$1.2
+    _host "$NA" PA && _host "$NB" PB || return 1
+    ip link add va netns "$NA" type veth peer name vb netns "$NB" || return 1
+    ip -n "$NA" addr add "$A_IP/24" dev va && ip -n "$NA" link set va up &&
+        ip -n "$NB" addr add "$B_IP/24" dev vb && ip -n "$NB" link set vb up
+}
+
+qA() { nsenter -t "$PA" -p -m -n -- "$QV_BIN" --root "$T_ROOT" "$@"; }
+qB() { nsenter -t "$PB" -p -m -n -- "$QV_BIN" --root "$RB" "$@"; }
+stateA() { [ "$(qA status mg --json 2>/dev/null | jq -r .state)" = "$1" ]; }
+stateB() { [ "$(qB status mg --json 2>/dev/null | jq -r .state)" = "$1" ]; }
+noneA() { ! nsenter -t "$PA" -p -m -- pgrep -f -- "-uui[d] $uuid| [r]un mg" > /dev/null; }
+noneB() { ! nsenter -t "$PB" -p -m -- pgrep -f -- "-uui[d] $uuid| [r]un mg" > /dev/null; }
+gA() { gsh mg "$1"; }
+gB() { T_ROOT=$RB gsh mg "$1"; }
+countA() { gA 'cat /tmp/count' | grep -E '^[0-9]+$' | tail -1; }
+countB() { gB 'cat /tmp/count' | grep -E '^[0-9]+$' | tail -1; }
+aboveA() { local n; n=$(countA); [ -n "$n" ] && [ "$n" -gt "$1" ]; }
+aboveB() { local n; n=$(countB); [ -n "$n" ] && [ "$n" -gt "$1" ]; }
+booted() { [ "$(count_log mg 'QVISOR-GUEST: ready')" -ge 1 ]; }
+waitA() { qA migrate-incoming mg "$@" > "$T_ROOT/in.out" 2>&1; local rc=$?; cat "$T_ROOT/in.out"; return $rc; }
+waitB() { qB migrate-incoming mg "$@" > "$T_ROOT/in.out" 2>&1; local rc=$?; cat "$T_ROOT/in.out"; return $rc; }
+tok() { grep -o -- '--token [^ ]*' "$T_ROOT/in.out" | head -1 | cut -d' ' -f2; }
+# clean_logs: no sanitizer report (the supervisors are the ASan build) in either host's logs
+clean_logs() { ! grep -lE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$T_ROOT"/var/log/qvisor/*.log "$RB"/var/log/qvisor/*.log 2>/dev/null; }
