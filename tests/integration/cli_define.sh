@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 300
+# timeout: 420
 # The definition commands through the real binary: define/show/list/undefine/argv,
 # golden definitions and their errors, exit codes, global options in any position.
 . "$(dirname "$0")/../lib.sh"
