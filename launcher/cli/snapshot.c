@@ -374,9 +374,17 @@ static int change(struct cli *c, bool revert)
         return r == -ENOENT ? qv_fail(&c->err, -ENOENT, "%s has no snapshot named %s (qvisor snapshot list %s)", vm,
                                       name, vm)
                             : r;
-    bool rbd_only = s.ndisks > 0;
-    for (size_t i = 0; i < s.ndisks; i++)
+    bool rbd_only = s.ndisks > 0, has_rbd = false;
+    for (size_t i = 0; i < s.ndisks; i++) {
         rbd_only &= s.disks[i].rbd;
+        has_rbd |= s.disks[i].rbd;
+    }
+    /* QEMU 7.2's snapshot-load of rbd images left the guest's disk I/O hung in our tests:
+     * such a snapshot's disks go back while the VM is shut off, and the guest boots */
+    if (active && revert && has_rbd && s.memory)
+        return qv_fail(&c->err, -EBUSY, "%s is running and snapshot %s has rbd disks, which are reverted while the VM "
+                       "is shut off (the guest boots from them; its memory is not restored); stop the VM first, then "
+                       "revert", vm, name);
     if (active && rbd_only && !revert) {
         /* RBD snapshots go in the cluster, whoever has the image open (with file disks
          * beside them, the supervisor has QEMU delete them all) */
@@ -404,7 +412,7 @@ static int change(struct cli *c, bool revert)
         _cleanup_close_ int lock = lock_snapshots(c, vm);
         return lock < 0 ? lock : snapshot_delete_offline(&c->paths, &d, &s, &c->err);
     }
-    if (s.memory) {
+    if (s.memory && !has_rbd) {
         /* QEMU's snapshot-load brings memory and disks back together, before the guest runs */
         {
             _cleanup_close_ int lock = lock_snapshots(c, vm);

@@ -348,6 +348,11 @@ check "the guest writes state B over it" \
     guest_ok rv "echo SNAP-STATE-B | dd of=/dev/$(dev RBD1) conv=fsync 2>/dev/null && head -c 12 /dev/$(dev RBD1) | grep -q SNAP-STATE-B"
 check_output "snapshot list shows s1" '^s1 ' qv snapshot list rv
 check_error "revert of the running VM is refused (it holds no memory)" 4 'stop the VM first' qv snapshot revert rv s1
+# a qcow2 file disk beside the rbd disk, in the definition from the next start on
+qemu-img create -q -f qcow2 "$T_ROOT/file1.qcow2" 32M
+check_output "attach-disk --persistent of a qcow2 file disk beside the rbd disk" 'disk[0-9]' \
+    qv attach-disk rv "$T_ROOT/file1.qcow2" --serial FILE1 --persistent
+check "the guest sees it" wait_until 30 guest_ok rv "test -n \"$(dev FILE1)\""
 check "kill" qv kill rv
 check "the uid's nft table is gone with QEMU" wait_until 10 sh -c "! nft list table inet qvisor_uid_$uid >/dev/null 2>&1"
 check "snapshot revert of the shut-off VM" qv snapshot revert rv s1
@@ -359,10 +364,6 @@ no_snap() { local out; out=$(admin rbd snap ls rbd/vmdisk) && ! grep -q ' s1 ' <
 check "...gone from the cluster" no_snap
 
 # ---- a VM with an rbd disk and a qcow2 file disk: one snapshot with memory, by QEMU ----
-qemu-img create -q -f qcow2 "$T_ROOT/file1.qcow2" 32M
-check_output "attach-disk --persistent of a qcow2 file disk beside the rbd disk" 'disk[0-9]' \
-    qv attach-disk rv "$T_ROOT/file1.qcow2" --serial FILE1 --persistent
-check "the guest sees it" wait_until 30 guest_ok rv "test -n \"$(dev FILE1)\""
 both() { echo "echo $1 | dd of=/dev/$(dev RBD1) conv=fsync 2>/dev/null && echo $1 | dd of=/dev/$(dev FILE1) conv=fsync 2>/dev/null"; }
 rbd_head() { admin rbd export rbd/vmdisk - 2>/dev/null | head -c ${#1} | grep -qx "$1"; }
 # the qcow2 image as QEMU holds it (-U: it is open and locked)
@@ -378,15 +379,14 @@ check_output "...and the qcow2 image an internal snapshot m1" ' m1 ' qemu-img sn
 check "...listed as a full snapshot of both disks" bash -c "jqcheck '.[] | select(.name == \"m1\") | .memory == true and (.disks | length) == 2 and (.disks | map(.rbd == true) | sort) == [false, true]' '$QV_BIN' --root '$T_ROOT' snapshot list rv --json"
 check "the guest writes MIXED-B over both" guest_ok rv "$(both MIXED-B)"
 check "...which both images hold" bash -c "rbd_head MIXED-B && file_head MIXED-B"
-check "snapshot revert of the running VM, live (memory and both disks)" qv snapshot revert rv m1
-check "...the guest runs" wait_until 30 state_is rv running
+check_error "live revert of it is refused: rbd disks go back shut off (exit 4)" 4 'has rbd disks.*stop the VM first' \
+    qv snapshot revert rv m1
+check "kill" qv kill rv
+check "snapshot revert of the shut-off VM: both disks" qv snapshot revert rv m1
 check "...both images hold MIXED-A again" bash -c "rbd_head MIXED-A && file_head MIXED-A"
-check_output "...and the guest reads MIXED-A from both" '^MIXED-A MIXED-A' \
-    gsh rv "echo \$(head -c 7 /dev/$(dev RBD1)) \$(head -c 7 /dev/$(dev FILE1))"
-check "snapshot delete of the running VM's mixed snapshot" qv snapshot delete rv m1
+check "snapshot delete of the mixed snapshot" qv snapshot delete rv m1
 no_m1() { local out; out=$(admin rbd snap ls rbd/vmdisk) && ! grep -q ' m1 ' <<< "$out" && ! qemu-img snapshot -U -l "$T_ROOT/file1.qcow2" | grep -q ' m1 '; }
 check "...gone from the cluster and from the qcow2 image" no_m1
-check "kill" qv kill rv
 
 # ---- clones of the VM with an rbd disk ----
 check_output "clone --linked of the shut-off VM" 'cloned rv to rvl \(linked' qv clone rv rvl --linked
@@ -401,6 +401,7 @@ check "...its rbd disk is a standalone copy in the same pool with the data" \
     bash -c "$(declare -f jqcheck rbdc); jqcheck '.parent == null' rbdc info rvf-disk0 --format json && rbdc export rvf-disk0 - 2>/dev/null | head -c 7 | grep -qx MIXED-A"
 check "undefine --remove-storage of both clones" bash -c "'$QV_BIN' --root '$T_ROOT' undefine rvl --remove-storage && '$QV_BIN' --root '$T_ROOT' undefine rvf --remove-storage"
 check "...their images are gone from the cluster" bash -c "$(declare -f rbdc); ! rbdc ls | grep -q '^rv[lf]-'"
+qv undefine -q rv     # its volumes stay; the pool can go at the end
 
 # an unreachable pool does not hide the others; a stopped monitor gives a bounded error
 qv vol create -q default/keep --size 1M
