@@ -165,7 +165,7 @@ t0=$(date +%s%N)
 check_error "exec: clear error, exit 1" 1 'ga: guest-exec: the guest agent does not answer \(is qemu-guest-agent running in the guest\?\)' \
     qv exec ga -- true
 ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-check "...within a few seconds ($ms ms)" test "$ms" -lt 8000
+check "...within seconds, not hanging ($ms ms, bound 30 s)" test "$ms" -lt 30000
 check_output "status says so" '^agent +not answering' qv status ga
 check_error "snapshot --quiesce while the agent does not answer: exit 1, says why" 1 \
     'ga: snapshot q2: --quiesce: the guest agent does not answer' qv snapshot create ga q2 --disk-only --quiesce

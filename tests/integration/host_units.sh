@@ -118,7 +118,7 @@ out=$(qv shutdown-all --timeout 4 2>&1); rc=$?
 took=$(( $(date +%s) - start ))
 check "shutdown-all --timeout 4 exits 0 ($rc)" test "$rc" -eq 0
 check "...each VM stopped" bash -c "[ \$(grep -c ' stopped$' <<< '$out') -eq 3 ]"
-check "...within the timeout and the forced part: $took s <= 4 + 15" test "$took" -le 19
+check "...within the timeout and the forced part, not hanging: $took s <= 4 + 40" test "$took" -le 44
 for v in s1 s2 s3; do check "...$v shut off" state_is "$v" "shut off"; done
 check "...the deaf one was forced after the timeout" log_has s2 'the guest did not power off in time'
 check_not "...the others powered off by themselves" log_has s1 'the guest did not power off in time'

@@ -36,7 +36,7 @@ check_output "reboot with a silent agent" "deafagent rebooting" qv reboot deafag
 ms=$(( ($(date +%s%N) - start) / 1000000 ))
 check "...falls back to system_reset after the agent's sync timed out" \
     bash -c "grep -aq 'guest agent did not answer' '$T_ROOT/var/log/qvisor/deafagent.log' && grep -aq 'reboot: system_reset' '$T_ROOT/var/log/qvisor/deafagent.log'"
-check "...within a few seconds ($ms ms)" test "$ms" -lt 8000
+check "...within seconds, not hanging ($ms ms, bound 30 s)" test "$ms" -lt 30000
 
 check "no agent: the guest really boots again (its banner twice)" wait_until 90 ready_count plain 2
 check "...exactly once more" test "$(boots plain)" -eq 2
