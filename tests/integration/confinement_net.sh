@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 120
+# timeout: 300
 # QEMU's network namespace: private and empty unless QEMU opens host sockets itself
 # (user-mode NICs, VNC, qemu_args). Probed from inside with the probe program that
 # stands in for QEMU (as in confinement_probe.sh), then checked on a real QEMU.

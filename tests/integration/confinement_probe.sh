@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 60
+# timeout: 300
 # A probe program started through the very same spawn path as QEMU (it stands in
 # for the QEMU binary, named in host.json): what a confined process sees and may do.
 . "$(dirname "$0")/../lib.sh"

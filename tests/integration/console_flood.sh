@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 180
+# timeout: 300
 # A guest that floods its serial console: the VM's log is rotated by size and the
 # rotated files are capped in number; the console still answers afterwards.
 . "$(dirname "$0")/../lib.sh"

@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 240
+# timeout: 360
 # The supervisor against hostile ctl.sock clients and a monitor that breaks (issue 8,
 # items 6-8), with the real QEMU under TCG: null and ill-typed requests get an error
 # naming the field and never crash it; 300 clients pushing unfinished lines leave its

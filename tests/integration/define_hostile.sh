@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 180
+# timeout: 300
 # Hostile input that needs real files: FIFOs, sockets and devices as disk, cdrom,
 # kernel and initrd paths must be refused at once (never opened: a FIFO blocks its
 # opener until a writer comes, and the definitions lock was held meanwhile); a

@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 240
+# timeout: 300
 # What a VM gets beside its devices: a cloud-init NoCloud seed (a read-only cdrom
 # labelled cidata holding user-data and meta-data, built by the supervisor at each
 # start) and systemd credentials (SMBIOS type 11, as systemd-vmspawn passes them),

@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 300
+# timeout: 600
 # The host's side: `make install`/`uninstall` of the units, tmpfiles.d and sysusers.d
 # entries and the generator; `systemd-analyze verify` on every unit; the generator's
 # drop-ins; autostart (VMs and networks), `list --all`; `autostart --run` and

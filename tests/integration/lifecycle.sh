@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 240
+# timeout: 420
 # A VM's life with the real QEMU under TCG and the test guest: start, status,
 # console, pause/resume, events, reset, qmp/hmp, graceful stop; and the foreground
 # supervisor as systemd runs it (sd_notify, SIGTERM).

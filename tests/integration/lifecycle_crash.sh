@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 300
+# timeout: 660
 # Crashes on every side: the supervisor killed with -9 (QEMU lives on and is
 # reattached), QEMU killed with -9 (crashed, on_crash policy), both dead, guest panics.
 . "$(dirname "$0")/../lib.sh"

@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 300
+# timeout: 660
 # Never two QEMUs on one disk: a supervisor killed at each point of a start, state
 # files that fell behind or were cut short, stop and kill without a supervisor,
 # racing starts. After each, exactly one QEMU of the VM runs (or none).

@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 180
+# timeout: 300
 # Starting safely: concurrent starts, stale files from an earlier boot, a stale pid
 # naming an unrelated live process, and QEMU's own message when it refuses to start.
 . "$(dirname "$0")/../lib.sh"

@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 240
+# timeout: 480
 # Every way a VM stops: a guest that ignores ACPI, a QEMU that ignores quit and
 # SIGTERM, --force, kill, the guest powering itself off, on_poweroff restart and
 # on_reboot stop.

@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 180
+# timeout: 300
 # Named NIC filters: filter define (flags and file) / list / show / undefine, validation
 # with JSON paths, built-ins, undefine refused while a NIC uses one, and a running
 # VM's NIC getting the filter's rules into its network's nftables bridge table

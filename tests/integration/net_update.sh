@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 240
+# timeout: 300
 # net update and net edit on a running network, with real dnsmasq and nftables in
 # namespaces this test makes; the "guests" are network namespaces plugged into the
 # bridge by veth (udhcpc is their DHCP client), so no QEMU is needed: a lease that

@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 240
+# timeout: 300
 # nics[].vlan: a guest's tap as an untagged access port of its VLAN on the network's
 # bridge (VLAN filtering turned on by qvisor on its own bridge, refused with the fix on
 # a host bridge without it). One TCG guest on VLAN 100 and namespace endpoints the test

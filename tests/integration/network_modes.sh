@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 300
+# timeout: 600
 # Isolated and routed networks against an "outside" namespace, static hosts and
 # port forwards, a host forward policy of drop, and garbage collection after
 # kill -9 of QEMU and of its supervisor.

@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 300
+# timeout: 660
 # The default NAT network built by qvisor itself, in namespaces this test creates:
 # DHCP leases, guests reaching each other, the gateway and the outside through
 # masquerade, per-NIC filters against spoofing, NIC hotplug, and a host firewall

@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 400
+# timeout: 420
 # save, restore, managedsave and managedsave-remove with a real QEMU under TCG, sandbox
 # on. The guest runs a counter it keeps in RAM (the initramfs' /tmp) and writes to its
 # disk; save shuts the VM off, restore brings the same guest back (the counter goes on

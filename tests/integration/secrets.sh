@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 180
+# timeout: 300
 # Secrets: define / set-value / list / show / undefine. A value goes in through stdin or
 # a file and never comes out: not in list or show, not in QEMU's argv, the state file or
 # the logs. A running VM that uses one (a VNC password) keeps it from being undefined.

@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 240
+# timeout: 360
 # virtiofs shares (--share HOSTDIR[:TAG[:ro]]): the guest mounts a host directory, reads a
 # host file, writes a result the host reads (its owner too); a read-only share refuses
 # writes and the host directory stays as it was; each share's virtiofsd is confined (its

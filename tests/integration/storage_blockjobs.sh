@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 240
+# timeout: 480
 # Block jobs on a running, sandboxed VM under TCG: pull flattens a chain (the guest
 # still reads the base's marker, the image has no backing file after), an active
 # commit merges the top into its base (the guest's marker, written after start, is

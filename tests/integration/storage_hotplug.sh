@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 200
+# timeout: 300
 # A disk attached live (attach-disk) is a disk like the definition's for snapshots and
 # block jobs, on one running, sandboxed guest under TCG: a full snapshot holds it and
 # reverts it, a disk-only one puts an overlay on it and merges it back (after a kill -9

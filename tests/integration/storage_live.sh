@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 240
+# timeout: 360
 # Volumes and running VMs: detach-disk by volume name (POOL/NAME, as attach-disk
 # --volume takes it); "used by" of a volume a running VM has attached live only
 # (attach-disk without --persistent), which vol delete then refuses; `vol export -` of a

@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 300
+# timeout: 600
 # change-media: a running VM's CD-ROM drives take another medium (opened by the
 # supervisor, passed read-only as an fd) or are ejected, and the guest sees it: an
 # empty drive takes one, a full drive swaps it, an eject leaves "no medium". The old

@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 480
+# timeout: 900
 # Snapshots deleted while the guest runs where the overlay is not simply the top of
 # one disk, with real qemu-img and a real QEMU under TCG, sandbox on: a disk-only
 # snapshot of two disks; the middle one of three (an inner commit, the overlay above

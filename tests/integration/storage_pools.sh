@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 400
+# timeout: 660
 # Storage pools and volumes with the real qemu-img: every pool and vol verb, the
 # refusals with their exit codes and messages, Ctrl-C during a copy leaving nothing
 # behind, and guests booted from volume disks (one a 5-deep chain) reading a marker

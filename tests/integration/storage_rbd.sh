@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 900
+# timeout: 1800
 # Ceph RBD on a real single-node Ceph that this test starts once and stops (tests/ceph/
 # cluster: one mon, one memstore OSD, cephx on), for pools, volumes and VM disks alike:
 # - the cephx secret and its refusals, rbd pool define and the errors of a wrong key (also

@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 300
+# timeout: 420
 # A running VM's disks: disk-resize (the guest sees the new size at once), blkstat
 # (QEMU's counters for the guest's reads and writes), and a host-side ENOSPC: the
 # disk lives on a tiny tmpfs, the guest fills it, the VM pauses with the reason in

@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 240
+# timeout: 660
 # Snapshots with real qemu-img and a real QEMU under TCG, sandbox on: a full snapshot
 # of a running guest (RAM and disk) and of a shut-off one, each reverted, with a
 # marker the guest wrote after the snapshot gone afterwards; a full snapshot of the running

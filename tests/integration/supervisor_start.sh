@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 300
+# timeout: 660
 # A start runs in the supervisor's loop, like everything else: while QEMU is held
 # before its monitor answers (QVISOR_TEST_HOLD_QEMU stops it right after exec), or
 # while an autostart network's dnsmasq takes its time (a stub that sleeps, bound

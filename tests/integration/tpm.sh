@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 420
+# timeout: 960
 # TPM 2.0 ("tpm": {"model": ...}) served by a swtpm the supervisor starts beside QEMU:
 # the guest's kernel finds the TPM and it answers a command; QMP shows it; swtpm is
 # confined (QEMU's uid, no capabilities, no_new_privs, seccomp, its own mount and

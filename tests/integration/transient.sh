@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 150
+# timeout: 300
 # A transient VM (virsh create): runs without a definition under etc/, every verb
 # finds it while it runs, and nothing of it is left once it stops.
 . "$(dirname "$0")/../lib.sh"

@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 300
+# timeout: 600
 # --persistent on attach-disk, detach-disk, attach-nic and detach-nic, like virsh: a
 # running VM changes now, --persistent changes its definition file too, and without
 # it the file stays byte-identical. On a stopped VM only --persistent is allowed.

@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 300
+# timeout: 480
 # qvisor reboot, all three paths, with the real QEMU under TCG and the test guest:
 #  - no agent in the definition: system_reset, the guest boots a second time;
 #  - "agent": true and the guest's qemu-guest-agent (Debian's, started by the test

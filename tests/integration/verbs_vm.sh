@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 240
+# timeout: 360
 # VM verbs and options nothing else exercises: host-check, show --confinement,
 # start --wait-timeout, exit code 5 (timed out) from console --expect, start and
 # stop, logs -f, and edit through $EDITOR. Real QEMU under TCG, the test guest.
