@@ -16,6 +16,11 @@ WARN    := -std=c17 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-format-truncation
 CPPFLAGS += -I. $(PKG_CFLAGS)
 LDLIBS  := $(PKG_LIBS) -ldl
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+FUZZ_CC ?= clang
+# clang warns about libseccomp's own macros where gcc does not, and calls a variable that
+# only holds a cleanup-attribute reference unused (the gcc build keeps -Wunused-variable)
+ASAN_FLAGS := $(SAN) -fsanitize=fuzzer-no-link -Wno-unknown-warning-option -Wno-missing-field-initializers \
+              -Wno-unused-variable
 
 # `make V=1` shows whole command lines
 ifeq ($(V),1)
@@ -50,7 +55,7 @@ $(1)/lib/lib$(2).a: $$(patsubst %.c,$(1)/obj/%.o,$$(filter-out launcher/cli/main
 endef
 
 # One build variant: objects, one static archive per floor, the binary, the tests.
-# $(1) = variable prefix, $(2) = build folder, $(3) = extra flags
+# $(1) = variable prefix, $(2) = build folder, $(3) = extra flags, $(4) = compiler
 define variant
 $(1)_OBJS := $$(patsubst %.c,$(2)/obj/%.o,$$(LIB_SRCS))
 $(1)_LIBS := $$(patsubst %,$(2)/lib/lib%.a,$$(FLOORS))
@@ -59,7 +64,7 @@ $(1)_PROGS := $$(patsubst tests/progs/%.c,$(2)/progs/%,$$(TEST_PROGS))
 $(2)/obj/%.o: %.c
 	@mkdir -p $$(@D)
 	$$(say) CC $$@
-	$(Q)$$(CC) $$(WARN) $$(CPPFLAGS) $$(CFLAGS) $(3) -MMD -MP -c $$< -o $$@
+	$(Q)$(4) $$(WARN) $$(CPPFLAGS) $$(CFLAGS) $(3) -MMD -MP -c $$< -o $$@
 $$(foreach f,$$(FLOORS),$$(eval $$(call floor_lib,$(2),$$(f))))
 # every module in one archive, for programs that do not care about the floors
 $(2)/libqvisor.a: $$($(1)_OBJS)
@@ -72,47 +77,40 @@ $(2)/layers.ok: scripts/check-layers $$(LAYER_SRCS) $$($(1)_LIBS)
 	@touch $$@
 $(2)/qvisor: $(2)/obj/launcher/cli/main.o $$($(1)_LIBS) | $(2)/layers.ok
 	$$(say) LD $$@
-	$(Q)$$(CC) $$(CFLAGS) $(3) -o $$@ $$^ $$(LDLIBS)
+	$(Q)$(4) $$(CFLAGS) $(3) -o $$@ $$^ $$(LDLIBS)
 # -MMD: a test also depends on every header and fake it includes (tests/fakes/*.c,
 # tests/unit/*.h), not only on its own source
 $(2)/tests/%: tests/unit/%.c $$(TEST_HELPERS) $$($(1)_LIBS)
 	@mkdir -p $$(@D)
 	$$(say) TEST $$@
-	$(Q)$$(CC) $$(WARN) $$(CPPFLAGS) $$(CFLAGS) $(3) -MMD -MP -MF $$@.d -MT $$@ -o $$@ $$< $$(TEST_HELPERS) $$($(1)_LIBS) $$(LDLIBS) -lcmocka -lpthread
+	$(Q)$(4) $$(WARN) $$(CPPFLAGS) $$(CFLAGS) $(3) -MMD -MP -MF $$@.d -MT $$@ -o $$@ $$< $$(TEST_HELPERS) $$($(1)_LIBS) $$(LDLIBS) -lcmocka -lpthread
 $(2)/progs/%: tests/progs/%.c $$($(1)_LIBS)
 	@mkdir -p $$(@D)
 	$$(say) PROG $$@
-	$(Q)$$(CC) $$(WARN) $$(CPPFLAGS) $$(CFLAGS) $(3) -MMD -MP -MF $$@.d -MT $$@ -o $$@ $$< $$($(1)_LIBS) $$(LDLIBS) -lpthread
+	$(Q)$(4) $$(WARN) $$(CPPFLAGS) $$(CFLAGS) $(3) -MMD -MP -MF $$@.d -MT $$@ -o $$@ $$< $$($(1)_LIBS) $$(LDLIBS) -lpthread
 -include $$(patsubst %.o,%.d,$$($(1)_OBJS) $(2)/obj/launcher/cli/main.o)
 -include $$(addsuffix .d,$$($(1)_TESTS) $$($(1)_PROGS))
 endef
-$(eval $(call variant,PLAIN,$(BUILD),))
-$(eval $(call variant,ASAN,$(BUILD)/asan,$(SAN)))
+# The ASan+UBSan variant is built by clang with libFuzzer's coverage hooks, so that the
+# fuzz harnesses link against its archive: one sanitizer build of the library, not two
+# (gcc's ASan build beside clang's fuzz build cost a third of `make check`'s build).
+ASAN_CC := $(FUZZ_CC)
+$(eval $(call variant,PLAIN,$(BUILD),,$$(CC)))
+$(eval $(call variant,ASAN,$(BUILD)/asan,$(ASAN_FLAGS),$$(ASAN_CC)))
 
 # ---- fuzzing (libFuzzer, Debian's clang) -------------------------------------
-# tests/fuzz/fuzz_NAME.c is one harness, tests/fuzz/corpus/NAME/ its seeds. The
-# library is rebuilt with coverage, ASan and UBSan. `make fuzz FUZZ_SECONDS=N` runs
+# tests/fuzz/fuzz_NAME.c is one harness, tests/fuzz/corpus/NAME/ its seeds. A harness
+# links the ASan variant's archive (clang, with coverage hooks, ASan and UBSan). `make fuzz FUZZ_SECONDS=N` runs
 # each harness for N seconds and keeps what it learnt in $(BUILD)/fuzz/corpus;
 # `make check` runs each for a few seconds (tests/integration/fuzz.sh).
-FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
-FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
-# clang warns about libseccomp's own macros where gcc does not
-FUZZ_CFLAGS  := -O1 -g $(FUZZ_SAN) -Wno-unknown-warning-option -Wno-missing-field-initializers
 FUZZ_SRCS    := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS    := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRCS))
-FUZZ_OBJS    := $(patsubst %.c,$(BUILD)/fuzz/obj/%.o,$(LIB_SRCS))
-$(BUILD)/fuzz/obj/%.o: %.c
+$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(BUILD)/asan/libqvisor.a
 	@mkdir -p $(@D)
-	$(say) FUZZCC $@
-	$(Q)$(FUZZ_CC) $(WARN) $(CPPFLAGS) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
-$(BUILD)/fuzz/libqvisor.a: $(FUZZ_OBJS)
-	@rm -f $@
-	$(Q)$(AR) rcs $@ $^
-$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(BUILD)/fuzz/libqvisor.a
 	$(say) FUZZ $@
-	$(Q)$(FUZZ_CC) $(WARN) $(CPPFLAGS) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(BUILD)/fuzz/libqvisor.a $(LDLIBS)
--include $(patsubst %.o,%.d,$(FUZZ_OBJS))
+	$(Q)$(ASAN_CC) $(WARN) $(CPPFLAGS) $(CFLAGS) $(ASAN_FLAGS) -fsanitize=fuzzer -MMD -MP -o $@ $< $(BUILD)/asan/libqvisor.a $(LDLIBS)
+-include $(addsuffix .d,$(FUZZ_BINS))
 fuzz-build: $(FUZZ_BINS)
 test-build: fuzz-build
 fuzz: deps
