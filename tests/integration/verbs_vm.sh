@@ -52,7 +52,7 @@ start=$(date +%s%N)
 check_error "start --wait-timeout 0.01: timed out (exit 5), still starting" 5 'not running after .*goes on starting in the background' \
     qv start t1 --wait-timeout 0.01
 ms=$(ms_since "$start")
-check "...returned without waiting for the guest ($ms ms)" test "$ms" -lt 5000
+check "...returned without waiting for the guest to run ($ms ms, bound 30 s)" test "$ms" -lt 30000
 check "...and the VM comes up by itself" wait_until 60 state_is t1 running
 qv kill -q t1
 start=$(date +%s%N)
