@@ -8,10 +8,46 @@
 
 #include "launcher/cli/cli.h"
 
-/* Adds `dev` to (or, when `remove_key` is set, removes the entry whose `field`
- * equals it from) the definition's array `list`, and writes it back. */
-static int change_definition(struct cli *c, const char *name, const char *list, json_object *dev, const char *field,
-                             const char *remove_key)
+/* Which entry of a definition's device array a detach removes: the one whose `field`
+ * equals `key` (disks by file or volume, NICs by MAC), or the host device of the
+ * same identity as `hostdev` (hostdevs[i] named as vm_hostdev_name names it). */
+struct def_match {
+    const char *field, *key;
+    const struct vm_hostdev *hostdev;
+};
+
+static bool def_matches(const struct def_match *m, const struct vm_def *d, const char *list, json_object *entry,
+                        size_t i)
+{
+    if (m->hostdev) {
+        char have[48], want[48];
+        if (strcmp(list, "hostdevs") != 0 || i >= d->nhostdevs)
+            return false;
+        vm_hostdev_name(&d->hostdevs[i], have, sizeof(have));
+        vm_hostdev_name(m->hostdev, want, sizeof(want));
+        return strcmp(have, want) == 0;
+    }
+    json_object *v;
+    return json_object_object_get_ex(entry, m->field, &v) && strcasecmp(json_object_get_string(v), m->key) == 0;
+}
+
+static void def_match_name(const struct def_match *m, const char *list, char *out, size_t len)
+{
+    if (m->hostdev) {
+        char dev[48];
+        vm_hostdev_name(m->hostdev, dev, sizeof(dev));
+        snprintf(out, len, "host device %s", dev);
+    } else {
+        snprintf(out, len, "%s with %s %s", strcmp(list, "disks") == 0 ? "disk" : "NIC", m->field, m->key);
+    }
+}
+
+/* The definition with `dev` added to its array `list` (or, with `remove`, the entry
+ * it matches taken out), checked as a whole; written (atomically) only when `write`,
+ * so that a caller can learn whether a change is valid before it changes the VM.
+ * `verb` (NULL for none) prefixes the errors. */
+static int change_definition(struct cli *c, const char *name, const char *verb, const char *list, json_object *dev,
+                             const struct def_match *remove, bool write)
 {
     _cleanup_vm_def_ struct vm_def d = {0};
     int r = vm_load(&c->paths, name, &d, &c->err);
@@ -19,28 +55,32 @@ static int change_definition(struct cli *c, const char *name, const char *list, 
         return r;
     _cleanup_json_ json_object *o = vm_def_to_json(&d);
     json_object *arr;
-    json_object_object_get_ex(o, list, &arr);
-    if (dev) {
+    if (!json_object_object_get_ex(o, list, &arr)) {
+        arr = json_object_new_array();
+        json_object_object_add(o, list, arr);
+    }
+    if (!remove) {
         json_object_array_add(arr, json_object_get(dev));
     } else {
-        bool found = false;
-        for (size_t i = 0; i < json_object_array_length(arr); i++) {
-            json_object *v;
-            if (json_object_object_get_ex(json_object_array_get_idx(arr, i), field, &v) &&
-                strcasecmp(json_object_get_string(v), remove_key) == 0) {
-                json_object_array_del_idx(arr, i, 1);
-                found = true;
-                break;
-            }
+        size_t i, n = json_object_array_length(arr);
+        for (i = 0; i < n && !def_matches(remove, &d, list, json_object_array_get_idx(arr, i), i); i++)
+            ;
+        if (i == n) {
+            char what[160];
+            def_match_name(remove, list, what, sizeof(what));
+            return qv_fail(&c->err, -ENOENT, "%s: %s%sthe definition has no %s", name, verb ? verb : "",
+                           verb ? ": " : "", what);
         }
-        if (!found)
-            return qv_fail(&c->err, -ENOENT, "%s: the definition has no %s with %s %s", name,
-                           strcmp(list, "disks") == 0 ? "disk" : "NIC", field, remove_key);
+        json_object_array_del_idx(arr, i, 1);
+        /* hostdevs is absent from a definition without host devices, as vm_def_to_json writes it */
+        if (strcmp(list, "hostdevs") == 0 && json_object_array_length(arr) == 0)
+            json_object_object_del(o, list);
     }
     _cleanup_vm_def_ struct vm_def out = {0};
-    if ((r = vm_define(&c->paths, o, true, &out, &c->err)) < 0)
-        return r;
-    return 0;
+    r = write ? vm_define(&c->paths, o, true, &out, &c->err) : vm_def_from_json(o, &out, &c->err);
+    if (r < 0 && verb)
+        return qv_prefix(&c->err, "%s: %s: the definition: ", name, verb);
+    return r;
 }
 
 static bool running(struct cli *c, const char *name)
@@ -76,7 +116,7 @@ static int attach(struct cli *c, const char *what, json_object *dev, json_object
     } else if (!persistent) {
         return qv_fail(&c->err, -EBUSY, "%s is not running (--persistent changes its definition)", name);
     }
-    if (persistent && (r = change_definition(c, name, strcmp(what, "disk") == 0 ? "disks" : "nics", dev, NULL, NULL)) < 0) {
+    if (persistent && (r = change_definition(c, name, NULL, strcmp(what, "disk") == 0 ? "disks" : "nics", dev, NULL, true)) < 0) {
         if (reply)
             json_object_put(reply);
         return qv_prefix(&c->err, "%s: ", id ? "attached, but the definition did not change" : "attach");
@@ -111,7 +151,9 @@ static int detach(struct cli *c, const char *what, const char *target, const cha
     } else if (!persistent) {
         return qv_fail(&c->err, -EBUSY, "%s is not running (--persistent changes its definition)", name);
     }
-    if (persistent && (r = change_definition(c, name, strcmp(what, "disk") == 0 ? "disks" : "nics", NULL, field, target)) < 0)
+    struct def_match m = {.field = field, .key = target};
+    if (persistent &&
+        (r = change_definition(c, name, NULL, strcmp(what, "disk") == 0 ? "disks" : "nics", NULL, &m, true)) < 0)
         return r;
     if (c->quiet)
         return 0;
@@ -399,44 +441,6 @@ static json_object *hostdev_arg(struct cli *c, const char *verb, struct vm_hostd
     return o;
 }
 
-/* The definition with dev added (remove: the entry naming the same device removed),
- * validated; written only when `write`. */
-static int hostdev_definition(struct cli *c, const char *verb, json_object *dev, const struct vm_hostdev *hd,
-                              bool remove, bool write)
-{
-    const char *name = c->pos[0];
-    _cleanup_vm_def_ struct vm_def d = {0};
-    int r = vm_load(&c->paths, name, &d, &c->err);
-    if (r < 0)
-        return r;
-    _cleanup_json_ json_object *o = vm_def_to_json(&d);
-    json_object *arr;
-    if (!json_object_object_get_ex(o, "hostdevs", &arr)) {
-        arr = json_object_new_array();
-        json_object_object_add(o, "hostdevs", arr);
-    }
-    char want[48], have[48];
-    vm_hostdev_name(hd, want, sizeof(want));
-    if (remove) {
-        size_t i;
-        for (i = 0; i < d.nhostdevs; i++) {
-            vm_hostdev_name(&d.hostdevs[i], have, sizeof(have));
-            if (strcmp(have, want) == 0)
-                break;
-        }
-        if (i == d.nhostdevs)
-            return qv_fail(&c->err, -ENOENT, "%s: %s: the definition has no host device %s", name, verb, want);
-        json_object_array_del_idx(arr, i, 1);
-        if (json_object_array_length(arr) == 0)
-            json_object_object_del(o, "hostdevs");
-    } else {
-        json_object_array_add(arr, json_object_get(dev));
-    }
-    _cleanup_vm_def_ struct vm_def out = {0};
-    r = write ? vm_define(&c->paths, o, true, &out, &c->err) : vm_def_from_json(o, &out, &c->err);
-    return r < 0 ? qv_prefix(&c->err, "%s: %s: the definition: ", name, verb) : 0;
-}
-
 static int hostdev_verb(struct cli *c, bool attach_it)
 {
     const char *verb = attach_it ? "attach-device" : "detach-device", *name = c->pos[0];
@@ -455,7 +459,9 @@ static int hostdev_verb(struct cli *c, bool attach_it)
     if (!live && !define)
         return qv_fail(&c->err, -EBUSY, "%s is not running (--config or --persistent changes its definition)", name);
     /* bad input changes nothing: the new definition is checked before the VM changes */
-    if (define && (r = hostdev_definition(c, verb, dev, &hd, !attach_it, false)) < 0)
+    struct def_match same = {.hostdev = &hd};
+    const struct def_match *remove = attach_it ? NULL : &same;
+    if (define && (r = change_definition(c, name, verb, "hostdevs", dev, remove, false)) < 0)
         return r;
     _cleanup_json_ json_object *reply = NULL;
     if (live) {
@@ -472,7 +478,7 @@ static int hostdev_verb(struct cli *c, bool attach_it)
         else if (r < 0)
             return r;
     }
-    if (define && (r = hostdev_definition(c, verb, dev, &hd, !attach_it, true)) < 0)
+    if (define && (r = change_definition(c, name, verb, "hostdevs", dev, remove, true)) < 0)
         return live ? qv_prefix(&c->err, "%s, but the definition did not change: ", attach_it ? "attached" : "detached")
                     : r;
     if (c->quiet)

@@ -46,7 +46,7 @@ int host_config_load(const struct qv_paths *p, struct host_config *hc, struct qv
     struct jr jr;
     jr_init(&jr, e);
     static const char *const keys[] = {"qemu", "accel", "uid_first", "uid_last", "cgroup_parent", "ctl_group",
-                                       "log_max_size", "log_max_backups", NULL};
+                                       "log_max_size", "log_max_backups", "tpm_ca", NULL};
     int accel = ACCEL_AUTO;
     int64_t first = UID_FIRST, last = UID_LAST, backups = LOG_MAX_BACKUPS;
     if ((r = jr_expect(&jr, o, json_type_object)) < 0 || (r = jr_only_keys(&jr, o, keys)) < 0 ||
@@ -55,10 +55,16 @@ int host_config_load(const struct qv_paths *p, struct host_config *hc, struct qv
         (r = jr_int(&jr, o, "uid_last", 1000, 0x7ffffffe, &last)) < 0 ||
         (r = jr_string(&jr, o, "cgroup_parent", false, &hc->cgroup_parent)) < 0 ||
         (r = jr_string(&jr, o, "ctl_group", false, &hc->ctl_group)) < 0 ||
+        (r = jr_string(&jr, o, "tpm_ca", false, &hc->tpm_ca)) < 0 ||
         (r = jr_int(&jr, o, "log_max_backups", 0, 100, &backups)) < 0 ||
         (r = jr_size(&jr, o, "log_max_size", 64 << 10, &hc->log_max_size)) < 0) {
         host_config_free(hc);
         return qv_prefix(e, "%s: ", path);
+    }
+    if (hc->tpm_ca && hc->tpm_ca[0] != '/') {
+        _cleanup_free_ char *ca = qv_xstrdup(hc->tpm_ca);
+        host_config_free(hc);
+        return qv_fail(e, -EINVAL, "%s: tpm_ca: \"%s\" is not an absolute path", path, ca);
     }
     if (last < first) {
         host_config_free(hc);
@@ -76,6 +82,7 @@ void host_config_free(struct host_config *hc)
     free(hc->qemu);
     free(hc->cgroup_parent);
     free(hc->ctl_group);
+    free(hc->tpm_ca);
     memset(hc, 0, sizeof(*hc));
 }
 

@@ -408,6 +408,7 @@ struct host_config {
     char *ctl_group;        /* members may use the VMs' control sockets (0660); NULL: root only (0600) */
     uint64_t log_max_size;  /* a VM's log is rotated past this size (default 8 MiB) */
     int log_max_backups;    /* and this many rotated files are kept (default 3) */
+    char *tpm_ca;           /* swtpm_localca's directory (the TPMs' EK CA); NULL: var/lib/qvisor/tpm-ca */
 };
 #define LOG_MAX_SIZE (8ull << 20)
 #define LOG_MAX_BACKUPS 3

@@ -194,6 +194,8 @@ struct start_job {
     struct sup_child seed;      /* genisoimage building the cloud-init seed */
     bool seed_built;
     char seed_iso[PATH_MAX];
+    struct sup_child tpm_setup; /* swtpm_setup manufacturing a new TPM (tpm.c) */
+    bool tpm_checked;
 };
 
 struct agent_chan;

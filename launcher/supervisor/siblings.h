@@ -44,6 +44,12 @@ json_object *virtiofs_status_json(struct sup *s);
  * this run's uid's, starts swtpm on one end of a socketpair (recorded in state.json
  * before it runs) and gives QEMU the other in *fd. */
 int tpm_open(void *opaque, const struct vm_def *d, int *fd, struct qv_err *e);
+/* The first start: swtpm_setup makes the TPM's state with EK and platform certificates
+ * signed by the host's local CA, as watched child c. 1: started; 0: nothing to do (there
+ * is a state, or no swtpm-tools: swtpm then makes one without certificates). */
+int tpm_setup_begin(struct sup *s, struct sup_child *c, struct qv_err *e);
+/* Its exit: 0, or the failure (the half-made state is removed). */
+int tpm_setup_done(struct sup *s, int status, char *output, struct qv_err *e);
 /* SIGCHLD: reaps it; gone while QEMU runs is logged (the guest's TPM is dead). */
 void tpm_child_exited(struct sup *s);
 /* QEMU is gone (or never started): swtpm is given a moment to save and end, then stopped. */

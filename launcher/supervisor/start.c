@@ -442,6 +442,13 @@ static int start_next(struct sup *s, struct qv_err *e)
     }
     if (s->def.cloud_init.user_data && !j->seed_built)
         return seed_begin(s, &j->seed, j->seed_iso, e);
+    /* an incoming state brings the TPM's own (QEMU migrates swtpm's state) */
+    if (s->def.tpm != TPM_NONE && !j->tpm_checked && !j->incoming[0]) {
+        j->tpm_checked = true;
+        int r = tpm_setup_begin(s, &j->tpm_setup, e);
+        if (r != 0)
+            return r < 0 ? r : 0;
+    }
     return spawn_qemu(s, e);
 }
 
@@ -464,7 +471,8 @@ int start_begin(struct sup *s, bool restart, struct qv_err *e)
     /* a first start's saved state to restore (start_begin_restore) stays; a restart boots */
     char incoming[PATH_MAX];
     snprintf(incoming, sizeof(incoming), "%s", restart ? "" : s->start.incoming);
-    s->start = (struct start_job){.restart = restart, .net.child.out = -1, .overlay.out = -1, .seed.out = -1};
+    s->start = (struct start_job){.restart = restart, .net.child.out = -1, .overlay.out = -1, .seed.out = -1,
+                               .tpm_setup.out = -1};
     memcpy(s->start.incoming, incoming, sizeof(incoming));
     s->expected_exit = false;
     s->exit_reason[0] = '\0';
@@ -501,6 +509,8 @@ void start_child_exited(struct sup *s)
     } else if (sup_child_reap(&j->seed, &status, out, sizeof(out))) {
         r = seed_done(s, status, out, &e);
         j->seed_built = true;
+    } else if (sup_child_reap(&j->tpm_setup, &status, out, sizeof(out))) {
+        r = tpm_setup_done(s, status, out, &e);
     } else {
         return;
     }
@@ -514,9 +524,10 @@ uint64_t start_next_deadline(struct sup *s)
 {
     if (s->start.phase != START_PREPARE)
         return 0;
-    return s->start.net.child.pid ? s->start.net.child.deadline
-         : s->start.seed.pid     ? s->start.seed.deadline
-                                 : s->start.overlay.deadline;
+    return s->start.net.child.pid  ? s->start.net.child.deadline
+         : s->start.seed.pid       ? s->start.seed.deadline
+         : s->start.tpm_setup.pid  ? s->start.tpm_setup.deadline
+                                   : s->start.overlay.deadline;
 }
 
 void start_expire(struct sup *s, uint64_t now)
@@ -525,6 +536,7 @@ void start_expire(struct sup *s, uint64_t now)
         net_starter_expire(&s->start.net, now);
         sup_child_expire(&s->start.overlay, now);
         sup_child_expire(&s->start.seed, now);
+        sup_child_expire(&s->start.tpm_setup, now);
     }
 }
 
@@ -558,6 +570,7 @@ void start_wind_up(struct sup *s)
     migrate_incoming_close(s);
     sup_child_abort(&j->overlay);
     sup_child_abort(&j->seed);
+    sup_child_abort(&j->tpm_setup);
     seed_remove(s);
     char msg[900] = "";
     if (s->qemu_pid) {

@@ -8,8 +8,13 @@
  * The state: var/lib/qvisor/tpm/NAME (0700), kept across starts, owned by the uid
  * swtpm runs as. That is QEMU's uid for this run, which a leased uid may change from
  * one start to the next: the directory and its files are given to this run's uid
- * before swtpm starts. swtpm creates the state on the first start (a TPM with no EK
- * certificates: swtpm_setup's certificate authority is not used). `undefine` removes
+ * before swtpm starts. At the first start (no state yet) swtpm_setup manufactures it, as
+ * libvirt does: EKs (RSA 2048, ECC P-384) with their certificates and a platform
+ * certificate in the TPM's NV RAM (write-locked), signed by a local CA (swtpm_localca)
+ * whose key stays root's, in var/lib/qvisor/tpm-ca (host.json's tpm_ca elsewhere), never
+ * in reach of a VM. swtpm_setup runs as a watched child of the start, before QEMU. Where
+ * swtpm-tools is not installed, swtpm makes the state itself, without certificates (the
+ * log says so). `undefine` removes
  * it unless --keep-tpm; `clone` gives the clone a new, empty TPM (a TPM's keys are
  * its identity and are not copied).
  *
@@ -36,6 +41,10 @@
 #include "launcher/supervisor/internal.h"
 
 #define SWTPM "/usr/bin/swtpm"
+#define SWTPM_SETUP "/usr/bin/swtpm_setup"
+#define SWTPM_LOCALCA "/usr/bin/swtpm_localca"
+#define TPM_STATE_FILE "tpm2-00.permall"
+#define TPM_SETUP_TIMEOUT_MS 180000     /* key generation, twice, on a loaded host */
 #define SWTPM_EXIT_WAIT_MS 2000    /* after QEMU: swtpm writes its state and ends by itself */
 
 int vm_tpm_dir(const struct qv_paths *p, const char *name, char *out, size_t outlen)
@@ -124,6 +133,86 @@ static int state_dir(struct sup *s, char *dir, size_t len, struct qv_err *e)
     }
     closedir(dh);
     return r;
+}
+
+/* ---- the first start: swtpm_setup with EK and platform certificates ---- */
+
+static void ca_dir(struct sup *s, char *out, size_t len)
+{
+    if (s->hc.tpm_ca)
+        snprintf(out, len, "%s", s->hc.tpm_ca);
+    else
+        qv_path(s->paths, out, len, QV_LIB "/tpm-ca");
+}
+
+/* swtpm_setup's and swtpm_localca's configuration, in the CA's directory (root's, 0700) */
+static int ca_config(struct sup *s, const char *ca, char *setup_conf, size_t len, struct qv_err *e)
+{
+    char conf[PATH_MAX + 32], opts[PATH_MAX + 32];
+    int r = mkdir_p(ca, 0700);
+    if (r < 0 || chmod(ca, 0700) < 0)
+        return qv_failerr(e, r < 0 ? r : -errno, "%s", ca);
+    snprintf(conf, sizeof(conf), "%s/swtpm-localca.conf", ca);
+    snprintf(opts, sizeof(opts), "%s/swtpm-localca.options", ca);
+    snprintf(setup_conf, len, "%s/swtpm_setup.conf", ca);
+    _cleanup_free_ char *c = qv_xasprintf("statedir = %s\nsigningkey = %s/signkey.pem\nissuercert = %s/issuercert.pem\n"
+                                          "certserial = %s/certserial\n", ca, ca, ca, ca);
+    static const char o[] = "--platform-manufacturer qvisor\n--platform-version 2.1\n--platform-model QEMU\n";
+    _cleanup_free_ char *sc = qv_xasprintf("create_certs_tool = " SWTPM_LOCALCA "\ncreate_certs_tool_config = %s\n"
+                                           "create_certs_tool_options = %s\nactive_pcr_banks = sha256\n", conf, opts);
+    if ((r = write_file_atomic(conf, c, strlen(c), 0600, e)) < 0 ||
+        (r = write_file_atomic(opts, o, strlen(o), 0600, e)) < 0 ||
+        (r = write_file_atomic(setup_conf, sc, strlen(sc), 0600, e)) < 0)
+        return r;
+    (void)s;
+    return 0;
+}
+
+int tpm_setup_begin(struct sup *s, struct sup_child *c, struct qv_err *e)
+{
+    char parent[PATH_MAX], dir[PATH_MAX], state[PATH_MAX + 32];
+    vm_tpm_dir(s->paths, s->def.name, dir, sizeof(dir));
+    snprintf(state, sizeof(state), "%s/" TPM_STATE_FILE, dir);
+    if (path_exists(state))
+        return 0;
+    if (access(SWTPM_SETUP, X_OK) < 0 || access(SWTPM_LOCALCA, X_OK) < 0) {
+        sup_log(s, "tpm: no %s: the TPM is made without EK certificates (apt-get install swtpm-tools)",
+                access(SWTPM_SETUP, X_OK) < 0 ? SWTPM_SETUP : SWTPM_LOCALCA);
+        return 0;
+    }
+    qv_path(s->paths, parent, sizeof(parent), QV_LIB "/tpm");
+    int r = mkdir_p(parent, 0700);
+    if (r < 0 || (mkdir(dir, 0700) < 0 && errno != EEXIST))
+        return qv_failerr(e, r < 0 ? r : -errno, "%s: tpm: %s", s->def.name, r < 0 ? parent : dir);
+    char ca[PATH_MAX], conf[PATH_MAX + 32];
+    ca_dir(s, ca, sizeof(ca));
+    if ((r = ca_config(s, ca, conf, sizeof(conf), e)) < 0)
+        return qv_prefix(e, "%s: tpm: the local CA: ", s->def.name);
+    char vmid[320];
+    snprintf(vmid, sizeof(vmid), "%s:%s", s->def.name, s->def.uuid);
+    const char *argv[] = {SWTPM_SETUP, "--tpm2", "--tpmstate", dir, "--config", conf, "--create-ek-cert",
+                          "--create-platform-cert", "--lock-nvram", "--not-overwrite", "--vmid", vmid, NULL};
+    if ((r = sup_child_spawn(c, argv, TPM_SETUP_TIMEOUT_MS, e)) < 0)
+        return qv_prefix(e, "%s: tpm: ", s->def.name);
+    sup_log(s, "tpm: manufacturing its TPM with EK and platform certificates (swtpm_setup pid %d, CA %s)", (int)c->pid,
+            ca);
+    return 1;
+}
+
+int tpm_setup_done(struct sup *s, int status, char *output, struct qv_err *e)
+{
+    if (status == 0) {
+        sup_log(s, "tpm: EK and platform certificates are in the TPM's NV RAM");
+        return 0;
+    }
+    /* a half-made state must not pass for a TPM next time: it is made again */
+    vm_tpm_remove(s->paths, s->def.name);
+    for (char *p = output; *p; p++)
+        if (*p == '\n')
+            *p = ' ';
+    return qv_fail(e, -EIO, "%s: tpm: swtpm_setup %s %d: %s", s->def.name,
+                   status > 128 ? "was killed by signal" : "exited with", status > 128 ? status - 128 : status,
+                   output[0] ? output : "no output");
 }
 
 static int spawn_swtpm(struct sup *s, const char *dir, int sock, struct qv_err *e)

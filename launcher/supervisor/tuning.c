@@ -1,7 +1,8 @@
 /* A running VM's size, changed live, and where its display listens:
  *   setmem    the balloon's target (QMP balloon); the guest gives pages back as it inflates
  *   setvcpus  vCPUs plugged (device_add of the slot's type from query-hotpluggable-cpus) or
- *             unplugged (device_del: the guest ejects them) between cpu.count and cpu.max;
+ *             unplugged (device_del: the guest ejects them; KVM only, see on_slots) between
+ *             cpu.count and cpu.max;
  *             plugged ones are pinned as the boot vCPUs (cpu.pinning.vcpus may list up to
  *             cpu.max) and sit in the NUMA node the definition gives them (QEMU's slot
  *             props carry node-id)
@@ -222,7 +223,14 @@ static void on_slots(void *ctx, json_object *ret, const struct qv_err *err)
         int removable = 0;
         for (size_t i = 0; i < n; i++)
             removable += slots[i].qom && str_startswith(slots[i].qom, peripheral);
-        if (removable < extra) {
+        if (strcmp(s->rs.accel, "tcg") == 0) {
+            /* QEMU 7.2 leaves an unplugged vCPU's TCG memory listener registered: the next
+             * change of the guest's memory map (any PCI device added, even one QEMU refuses)
+             * runs it on the freed vCPU and QEMU dies (SIGSEGV). KVM has no such listener. */
+            qv_fail(&op->err, -EOPNOTSUPP, "%s: setvcpus %d: QEMU under TCG cannot unplug vCPUs safely (the guest's "
+                    "next PCI hotplug would crash it); setvcpus %d --config takes effect at its next start",
+                    s->def.name, op->want, op->want);
+        } else if (removable < extra) {
             qv_fail(&op->err, -ERANGE, "%s: setvcpus %d: only %d of its %d vCPUs were plugged live; the %d it "
                     "started with stay", s->def.name, op->want, removable, op->present, op->present - removable);
         } else {

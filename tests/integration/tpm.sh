@@ -3,7 +3,9 @@
 # TPM 2.0 ("tpm": {"model": ...}) served by a swtpm the supervisor starts beside QEMU:
 # the guest's kernel finds the TPM and it answers a command; QMP shows it; swtpm is
 # confined (QEMU's uid, no capabilities, no_new_privs, seccomp, its own mount and
-# network namespaces) and keeps its state in var/lib/qvisor/tpm/VM (0700, that uid's);
+# network namespaces) and keeps its state in var/lib/qvisor/tpm/VM (0700, that uid's),
+# made at the first start by swtpm_setup with EK and platform certificates in NV RAM
+# (signed by the local CA in var/lib/qvisor/tpm-ca, root's);
 # it outlives a killed supervisor, which the next one takes over; stop, and QEMU killed
 # with its supervisor, leave no swtpm and keep the state; undefine removes the state
 # unless --keep-tpm. A UEFI guest (OVMF) finds the default tpm-crb through ACPI, with the
@@ -23,6 +25,12 @@ state=$T_ROOT/var/lib/qvisor/tpm/tp
 # (in a subshell: /dev/tpm0 is exclusive, and the shell must not keep it open)
 getrandom='(exec 3<>/dev/tpm0 && printf "\200\001\000\000\000\014\000\000\001\173\000\010" >&3 && dd bs=64 count=1 <&3 2>/dev/null | od -An -tx1 | head -1)'
 tpm_answers() { gsh tp "$getrandom" | grep -q '80 01 00 00 00 14 00 00 00 00'; }
+# TPM2_NV_ReadPublic(INDEX, as 4 octal bytes): rc 0 (header 80 01, size, 00 00 00 00) when
+# the NV index exists; TPM_RC_HANDLE (0x18b) when not
+nv_public() {
+    gsh tp "(exec 3<>/dev/tpm0 && printf \"\\200\\001\\000\\000\\000\\016\\000\\000\\001\\151$1\" >&3 && dd bs=1024 count=1 <&3 2>/dev/null | od -An -tx1 | head -1)"
+}
+nv_exists() { nv_public "$1" | grep -Eq '80 01 00 00 00 [0-9a-f]{2} 00 00 00 00'; }
 
 # ---- the definition ----
 define_guest tp "qv_agent=0"
@@ -49,6 +57,18 @@ if wait_until 150 guest_ok tp true; then ok "the guest boots"
 else not_ok "the guest boots"; diag "$(vm_log tp | tail -40)"; finish; fi
 check "the guest's kernel found a TPM 2.0" guest_ok tp 'test -c /dev/tpm0 && test "$(cat /sys/class/tpm/tpm0/tpm_version_major)" = 2'
 check "...and it answers TPM2_GetRandom" tpm_answers
+# the first start manufactured it with swtpm_setup: certificates in NV RAM, signed by the
+# root-only local CA under var/lib/qvisor/tpm-ca
+check "the first start ran swtpm_setup, which made the certificates" \
+    log_has tp "tpm: EK and platform certificates are in the TPM's NV RAM"
+check "the guest's TPM has the RSA EK certificate's NV index 0x01c00002" nv_exists '\001\300\000\002'
+check "...the ECC EK certificate's 0x01c00016" nv_exists '\001\300\000\026'
+check "...and the platform certificate's 0x01c08000" nv_exists '\001\300\200\000'
+check_output "...while an index nobody wrote (0x01c00003) is TPM_RC_HANDLE" '80 01 00 00 00 0a 00 00 01 8b' \
+    nv_public '\001\300\000\003'
+ca=$T_ROOT/var/lib/qvisor/tpm-ca
+check "the local CA is in var/lib/qvisor/tpm-ca, root's and 0700, with its signing key" \
+    sh -c "test \"\$(stat -c '%a %u' '$ca')\" = '700 0' && test -s '$ca/signkey.pem' && test -s '$ca/issuercert.pem'"
 check "QMP's query-tpm shows a tpm-tis on the emulator backend" sh -c \
     "'$QV_BIN' --root '$T_ROOT' qmp tp '{\"execute\": \"query-tpm\"}' | jq -e '. == [{\"model\": \"tpm-tis\", \"id\": \"tpm-tpm0\", \"options\": {\"type\": \"emulator\", \"data\": {\"chardev\": \"chrtpm\"}}}]'"
 

@@ -43,6 +43,11 @@
 #include "qmp/qmp.h"
 #include "golden_testlib.h"
 
+/* The time zone QEMU runs in here (POSIX: five and a half hours east of UTC; needs no
+ * tzdata), so that -rtc base=localtime is told apart from UTC on a host kept in UTC. */
+#define ORACLE_TZ "QVT-05:30"
+#define ORACLE_TZ_OFFSET (5 * 3600 + 30 * 60)
+
 /* ---- hugepages: raised around one QEMU, restored on exit, by signal, or next run ---- */
 
 #define HP_LOCK "/run/lock/qvisor-test-hugepages"
@@ -295,7 +300,7 @@ static pid_t spawn_qemu(const struct launch_plan *p, const int *fds, int *errfd)
         int null = open("/dev/null", O_RDWR);
         dup2(null, 0);
         dup2(null, 1);
-        char *envp[] = {"PATH=/usr/bin:/bin", NULL};
+        char *envp[] = {"PATH=/usr/bin:/bin", "TZ=" ORACLE_TZ, NULL};
         execve(p->argv.v[0], p->argv.v, envp);
         _exit(127);
     }
@@ -387,6 +392,7 @@ struct oracle {
     json_object *json;          /* the definition as the golden file says */
     const struct vm_def *def;   /* only for MACs define generated */
     json_object *block, *fdsets, *pci, *peripheral, *chardev;
+    time_t started;             /* wall time right before QEMU's exec */
 };
 
 static void mismatch(struct oracle *o, const char *fmt, ...) QV_PRINTF(2, 3);
@@ -712,21 +718,30 @@ static void check_physaddr(struct oracle *o)
     json_object_put(cpus);
 }
 
-/* clock.adjustment: the RTC starts at the pinned "now" plus the adjustment (a few
- * seconds more: it has been running since QEMU started) */
+/* The RTC, read back from QEMU: clock.adjustment starts it at the pinned "now" plus the
+ * adjustment; offset localtime at the wall time of QEMU's start in the zone QEMU lives in,
+ * which this test sets to UTC+05:30 (ORACLE_TZ) so that localtime and UTC differ on a host
+ * kept in UTC; utc (the default) at the start's UTC time. Plus the time since: the RTC has
+ * been running since QEMU started. */
 static void check_clock(struct oracle *o, const struct host_facts *pinned)
 {
-    json_object *c = get(o->json, "clock"), *adj = get(c, "adjustment");
-    if (!adj || strcmp(gets(o->json, "machine", "q35"), "microvm") == 0)
+    if (strcmp(gets(o->json, "machine", "q35"), "microvm") == 0)
         return;
+    json_object *c = get(o->json, "clock"), *adj = get(c, "adjustment");
+    bool localtime = strcmp(gets(c, "offset", "utc"), "localtime") == 0;
+    int64_t want = adj ? pinned->now + json_object_get_int64(adj)
+                       : (int64_t)o->started + (localtime ? ORACLE_TZ_OFFSET : 0);
     json_object *tm = qom_get(o, "/machine", "rtc-time");
+    /* the RTC runs on the host's clock from QEMU's start (also while -S holds the vCPUs) */
+    int64_t running = (int64_t)(time(NULL) - o->started);
     struct tm t = {.tm_year = (int)geti(tm, "tm_year", 0), .tm_mon = (int)geti(tm, "tm_mon", 0),
                    .tm_mday = (int)geti(tm, "tm_mday", 0), .tm_hour = (int)geti(tm, "tm_hour", 0),
                    .tm_min = (int)geti(tm, "tm_min", 0), .tm_sec = (int)geti(tm, "tm_sec", 0)};
-    int64_t got = tm ? (int64_t)timegm(&t) : -1, want = pinned->now + json_object_get_int64(adj);
-    if (got < want || got > want + 60)
-        mismatch(o, "clock.adjustment: the RTC reads %lld, the definition means %lld (pinned now %lld + %lld)",
-                 (long long)got, (long long)want, (long long)pinned->now, (long long)json_object_get_int64(adj));
+    int64_t got = tm ? (int64_t)timegm(&t) : -1;
+    if (got < want - 1 || got > want + running + 2)
+        mismatch(o, "clock: the RTC reads %lld, the definition (offset %s, adjustment %lld) means %lld", (long long)got,
+                 localtime ? "localtime in " ORACLE_TZ : "utc", adj ? (long long)json_object_get_int64(adj) : 0ll,
+                 (long long)want);
     json_object_put(tm);
 }
 
@@ -1334,6 +1349,7 @@ static void test_oracle(void **state)
     if (launch_open_resources(&plan, &d, &ctx, fds, &e) < 0)
         fail_msg("%s: opening resources: %s", name, e.msg);
     int errfd;
+    time_t started = time(NULL);
     pid_t pid = spawn_qemu(&plan, fds, &errfd);
     launch_close_resources(fds, plan.nslots);
 
@@ -1346,7 +1362,7 @@ static void test_oracle(void **state)
         golden_root_remove(&r);
         return;
     }
-    struct oracle o = {.name = name, .pid = pid, .json = json, .def = &d};
+    struct oracle o = {.name = name, .pid = pid, .json = json, .def = &d, .started = started};
     buf_adds(&o.why, "");
     char sock[PATH_MAX];
     snprintf(sock, sizeof(sock), "%s/qmp.sock", run_dir);
