@@ -1,11 +1,12 @@
-/* Save, restore and live migration: migrate.c (out), migrate_in.c (in), migrate_tls.c,
+/* Save, restore and live migration: migrate.c and migrate_live.c (out; migrate_op.h is
+ * their shared state), migrate_in.c (in), migrate_tls.c,
  * the disk copy's halves (migstore_in.c, migstore_out.c). Included by internal.h */
 #ifndef QV_SUP_MIGRATION_H
 #define QV_SUP_MIGRATION_H
 
 #include "launcher/supervisor/internal.h"
 
-/* migrate.c: save (QEMU's migration stream into a file the supervisor opened, behind a
+/* migrate.c (and migrate_live.c): save (QEMU's migration stream into a file the supervisor opened, behind a
  * header with the definition; the VM is shut off once the file is synced and renamed
  * into place; any failure removes the partial file and the guest runs on), and the
  * restore of such a file in a start. */
