@@ -158,6 +158,12 @@ static void save_completed(struct sup *s)
         migstore_out_complete(s);
         return;
     }
+    if (m->live && m->in_postcopy) {
+        /* all of it is there, and only there: the destination just did not say so */
+        sup_log(s, "the stream completed in post-copy, the control line is gone: the guest is on %s", m->address);
+        mig_live_completed(s, NULL);
+        return;
+    }
     if (m->live) {
         mig_failed(s, "the control line to the destination is gone");
         return;
@@ -191,6 +197,25 @@ static int64_t get_i64(json_object *o, const char *key)
     return o && json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v) : 0;
 }
 
+/* The stream broke after the switch to post-copy: the guest ran on the destination, so it
+ * cannot come back here; part of its memory is still here only, so it cannot run there
+ * either (QEMU 7.2 waits for a recovery on both sides; qvisor does not do one). */
+static void postcopy_broken(struct sup *s, const char *why)
+{
+    struct mig_op *m = s->mig;
+    migstore_out_abort(s);
+    sup_log(s, "migration to %s broke during post-copy: %s; the guest can run on neither host, QEMU stays paused here",
+            m->address, why);
+    sup_reply_error(s, m->client, -EIO, "%s: migration to %s broke during post-copy: %s. The guest ran there "
+                    "already, so it cannot come back here, and part of its memory is here only, so it cannot run "
+                    "there either: it is lost (qvisor kill %s on both hosts, then start it from its disks)",
+                    s->def.name, m->address, why, s->def.name);
+    sup_set_state(s, VM_PAUSED);
+    m->over = true;
+    m->step = STEP_DONE;
+    mig_release(s);
+}
+
 static void on_query(void *ctx, json_object *ret, const struct qv_err *err)
 {
     struct sup *s = ctx;
@@ -215,9 +240,18 @@ static void on_query(void *ctx, json_object *ret, const struct qv_err *err)
     m->expected_downtime = get_i64(ret, "expected-downtime");
     m->downtime = get_i64(ret, "downtime");
     m->total_time = get_i64(ret, "total-time");
+    if (strcmp(status, "postcopy-active") == 0 && !m->in_postcopy) {
+        m->in_postcopy = true;
+        sup_log(s, "post-copy: the guest runs on %s now; the rest of its memory follows (a failure from here on "
+                "cannot bring it back here)", m->address);
+    }
     if (strcmp(status, "completed") == 0) {
         m->poll_at = 0;
         save_completed(s);
+    } else if (m->in_postcopy && (strcmp(status, "postcopy-paused") == 0 || strcmp(status, "failed") == 0)) {
+        m->poll_at = 0;
+        const char *desc = json_object_object_get_ex(ret, "error-desc", &v) ? json_object_get_string(v) : NULL;
+        postcopy_broken(s, desc ? desc : "the stream broke");
     } else if (strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0) {
         m->poll_at = 0;
         const char *desc = json_object_object_get_ex(ret, "error-desc", &v) ? json_object_get_string(v) : NULL;
@@ -231,17 +265,27 @@ static void on_query(void *ctx, json_object *ret, const struct qv_err *err)
     }
 }
 
-json_object *migrate_caps(bool auto_converge)
+json_object *migrate_caps(bool auto_converge, bool postcopy)
 {
     json_object *caps = json_object_new_array();
-    static const char *const names[] = {"events", "auto-converge"};
-    for (int i = 0; i < 2; i++) {
+    static const char *const names[] = {"events", "auto-converge", "postcopy-ram"};
+    const bool on[] = {true, auto_converge, postcopy};
+    for (int i = 0; i < 3; i++) {
         json_object *c = json_object_new_object();
         json_object_object_add(c, "capability", json_object_new_string(names[i]));
-        json_object_object_add(c, "state", json_object_new_boolean(i == 0 || auto_converge));
+        json_object_object_add(c, "state", json_object_new_boolean(on[i]));
         json_object_array_add(caps, c);
     }
     return json_obj1("capabilities", caps);
+}
+
+static void on_postcopy_started(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    struct sup *s = ctx;
+    struct mig_op *m = mig_replied(s);
+    if (m && err)
+        sup_log(s, "migrate-start-postcopy: %s; the migration goes on as pre-copy", qemu_says(err->msg));
 }
 
 void migrate_event(struct sup *s, const char *event, json_object *data)
@@ -253,12 +297,26 @@ void migrate_event(struct sup *s, const char *event, json_object *data)
     if (m && !m->over && m->step == STEP_RUNNING) {
         if (strcmp(event, "MIGRATION_PASS") == 0) {
             m->passes = data && json_object_object_get_ex(data, "pass", &v) ? json_object_get_int(v) : m->passes + 1;
+            /* pass 1 is the start; 2 comes once the first pass over RAM is done and
+             * did not converge (virsh's --postcopy-after-precopy) */
+            if (m->postcopy && !m->postcopy_asked && m->passes >= 2) {
+                m->postcopy_asked = true;
+                sup_log(s, "the first pass is done (%lld MiB sent): switching to post-copy",
+                        (long long)(m->transferred >> 20));
+                if (mig_send(s, "migrate-start-postcopy", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, on_postcopy_started) < 0)
+                    sup_log(s, "migrate-start-postcopy: QEMU's monitor connection is closed");
+            }
+        } else if (strcmp(status, "postcopy-active") == 0 || strcmp(status, "postcopy-paused") == 0) {
+            if (!m->polling)
+                m->poll_at = monotonic_ms();    /* the phase shows at once */
         } else if (over) {
             m->ended = true;
             if (!m->polling)
                 m->poll_at = monotonic_ms();    /* the final figures now */
         }
     }
+    if (strcmp(status, "postcopy-active") == 0 && start_active(s) && s->start.incoming[0])
+        migrate_incoming_postcopy(s);     /* the source stopped the guest: it runs here now */
     if (over && start_active(s) && s->start.incoming[0]) {
         s->mig_in_ended = true;     /* an incoming stream (or a restore) is in, or failed */
         if (s->start.in_poll_at)
@@ -310,14 +368,16 @@ void mig_next_step(struct sup *s)
         }
         /* the control line (and the disks' copy) first */
         struct migrate_live_opts lo = {.address = m->address, .token = m->token, .bandwidth = m->bandwidth,
-                                       .copy_storage = m->copy_storage, .persistent = m->persistent};
+                                       .copy_storage = m->copy_storage, .persistent = m->persistent,
+                                       .postcopy = m->postcopy};
         if (migstore_out_begin(s, &lo, &e) < 0)
             mig_failed(s, "%s", e.msg);
         return;     /* migrate_storage_ready goes on */
     }
     case STEP_CAPS:
         /* always: an earlier attempt's auto-converge must not stick to this one */
-        r = mig_send(s, "migrate-set-capabilities", migrate_caps(m->live && m->auto_converge), NULL, 0,
+        r = mig_send(s, "migrate-set-capabilities", migrate_caps(m->live && m->auto_converge, m->live && m->postcopy),
+                    NULL, 0,
                     QMP_TIMEOUT_DEFAULT, on_step);
         break;
     case STEP_TLS:
@@ -450,6 +510,9 @@ int migrate_abort(struct sup *s, struct qv_err *e)
     if (m->step >= STEP_SYNC)
         return qv_fail(e, -EBUSY, "%s: the save is complete and being synced to disk: too late to cancel",
                        s->def.name);
+    if (m->postcopy_asked)
+        return qv_fail(e, -EBUSY, "%s: the migration switched to post-copy: the guest runs on %s now, and a cancel "
+                       "would lose it; it ends by itself", s->def.name, m->address);
     m->cancel_asked = true;
     sup_log(s, "cancelling the %s %s", m->live ? "migration to" : "save to", m->live ? m->address : m->file);
     if (m->step == STEP_RUNNING)
@@ -485,8 +548,10 @@ json_object *migrate_status_json(struct sup *s)
                                                                : m->status[0]     ? m->status
                                                                                   : "setup"));
     json_object_object_add(o, "transferred", json_object_new_int64(m->transferred));
-    if (m->live)
+    if (m->live) {
         json_object_object_add(o, "passes", json_object_new_int(m->passes));
+        json_object_object_add(o, "postcopy", json_object_new_boolean(m->in_postcopy));
+    }
     json_object_object_add(o, "remaining", json_object_new_int64(m->remaining));
     json_object_object_add(o, "total", json_object_new_int64(m->total));
     migstore_out_progress(s, o);

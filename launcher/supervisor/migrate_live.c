@@ -19,14 +19,17 @@ void mig_live_completed(struct sup *s, json_object *answer)
 {
     struct mig_op *m = s->mig;
     uint64_t ms = monotonic_ms() - m->started_ms;
-    sup_log(s, "migrated to %s in %llu ms (downtime %lld ms, %lld MiB sent); QEMU quits here", m->address,
-            (unsigned long long)ms, (long long)m->downtime, (long long)(m->transferred >> 20));
+    sup_log(s, "migrated to %s in %llu ms (downtime %lld ms, %lld MiB sent%s); QEMU quits here", m->address,
+            (unsigned long long)ms, (long long)m->downtime, (long long)(m->transferred >> 20),
+            m->in_postcopy ? ", the last of it in post-copy" : "");
     json_object *o = json_object_new_object();
     json_object_object_add(o, "address", json_object_new_string(m->address));
     json_object_object_add(o, "total_time_ms", json_object_new_int64((int64_t)ms));
     json_object_object_add(o, "qemu_total_time_ms", json_object_new_int64(m->total_time));
     json_object_object_add(o, "downtime_ms", json_object_new_int64(m->downtime));
     json_object_object_add(o, "transferred", json_object_new_int64(m->transferred));
+    if (m->postcopy)
+        json_object_object_add(o, "postcopy", json_object_new_boolean(m->in_postcopy));
     json_object *v;
     if (answer && json_object_object_get_ex(answer, "state", &v))
         json_object_object_add(o, "destination_state", json_object_get(v));
@@ -164,10 +167,14 @@ int migrate_live(struct sup *s, unsigned client, const struct migrate_live_opts 
     socklen_t len;
     if ((r = migrate_parse_address(address, &sa, &len, e)) < 0)
         return qv_prefix(e, "%s: migrate: ", s->def.name);
+    if (o->postcopy && copy_storage)
+        return qv_fail(e, -EINVAL, "%s: migrate: --postcopy and --copy-storage go separately: copy the disks with a "
+                       "pre-copy migration", s->def.name);
     struct mig_op *m = qv_xcalloc(1, sizeof(*m));
     m->fd = m->sock = -1;
     m->sync.out = -1;
     m->live = true;
+    m->postcopy = o->postcopy;
     m->client = client;
     m->bandwidth = bandwidth;
     m->downtime_ms = downtime_ms;
@@ -179,9 +186,9 @@ int migrate_live(struct sup *s, unsigned client, const struct migrate_live_opts 
     m->started_ms = monotonic_ms();
     snprintf(m->address, sizeof(m->address), "%s", address);
     s->mig = m;
-    sup_log(s, "migrating to %s (bandwidth %s, max downtime %s%s%s)", address, bandwidth ? "capped" : "unlimited",
+    sup_log(s, "migrating to %s (bandwidth %s, max downtime %s%s%s%s)", address, bandwidth ? "capped" : "unlimited",
             downtime_ms ? "set" : "QEMU's default", auto_converge ? ", auto-converge" : "",
-            copy_storage ? ", copying local disks" : "");
+            copy_storage ? ", copying local disks" : "", o->postcopy ? ", post-copy after the first pass" : "");
     mig_next_step(s);
     return 0;
 }
@@ -255,7 +262,13 @@ void migrate_storage_failed(struct sup *s, const char *why)
         migstore_out_abort(s);
         return;
     }
-    if (m->step == STEP_RUNNING && m->poll_at) {
+    if (m->postcopy_asked) {
+        /* no cancel now: the guest may run there already; the stream goes on by itself */
+        sup_log(s, "migration to %s: %s; the post-copy stream goes on", m->address, why);
+        migstore_out_abort(s);
+        return;
+    }
+    if (m->step == STEP_RUNNING && (m->poll_at || m->polling)) {
         /* the stream flows: QEMU cancels it and the guest runs on; on_query says why */
         snprintf(m->storage_error, sizeof(m->storage_error), "%s", why);
         migstore_out_abort(s);
@@ -263,4 +276,50 @@ void migrate_storage_failed(struct sup *s, const char *why)
         return;
     }
     mig_failed(s, "%s", why);
+}
+
+/* ---- what both sides must agree on (the control line's hello) ---- */
+
+json_object *migrate_guest_shape(const struct vm_def *d)
+{
+    json_object *o = json_object_new_object(), *disks = json_object_new_array(), *nics = json_object_new_array();
+    json_object_object_add(o, "machine", json_object_new_string(vm_machine_names[d->machine]));
+    json_object_object_add(o, "memory", json_object_new_int64((int64_t)d->memory.bytes));
+    json_object_object_add(o, "vcpus", json_object_new_int(d->cpu.count));
+    json_object_object_add(o, "max_vcpus", json_object_new_int(d->cpu.max ? d->cpu.max : d->cpu.count));
+    char topo[48];
+    snprintf(topo, sizeof(topo), "%d/%d/%d", d->cpu.sockets, d->cpu.cores, d->cpu.threads);
+    json_object_object_add(o, "topology", json_object_new_string(topo));
+    json_object_object_add(o, "balloon", json_object_new_boolean(d->memory.balloon));
+    for (size_t i = 0; i < d->ndisks; i++)
+        json_object_array_add(disks, json_object_new_string(disk_bus_names[d->disks[i].bus]));
+    json_object_object_add(o, "disks", disks);
+    json_object_object_add(o, "cdroms", json_object_new_int((int)d->ncdroms));
+    for (size_t i = 0; i < d->nnics; i++)
+        json_object_array_add(nics, json_object_new_string(nic_model_names[d->nics[i].model]));
+    json_object_object_add(o, "nics", nics);
+    json_object_object_add(o, "filesystems", json_object_new_int((int)d->nfilesystems));
+    json_object_object_add(o, "hostdevs", json_object_new_int((int)d->nhostdevs));
+    json_object_object_add(o, "tpm", json_object_new_string(tpm_model_names[d->tpm]));
+    return o;
+}
+
+static const char *shown(json_object *v)
+{
+    return v ? json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE) : "nothing";
+}
+
+int migrate_shape_diff(json_object *theirs, const struct vm_def *here, char *why, size_t whylen)
+{
+    _cleanup_json_ json_object *mine = migrate_guest_shape(here);
+    json_object_object_foreach(mine, k, v) {
+        json_object *t = NULL;
+        json_object_object_get_ex(theirs, k, &t);
+        if (strcmp(shown(t), shown(v)) == 0)
+            continue;
+        snprintf(why, whylen, "%s: the guest the source runs does not fit the definition here: %s is %s there, %s "
+                 "here (the definitions must agree on what the guest sees)", here->name, k, shown(t), shown(v));
+        return -EINVAL;
+    }
+    return 0;
 }

@@ -19,6 +19,9 @@ struct mig_op {
     int64_t bandwidth;      /* bytes/s, 0: no cap */
     int64_t downtime_ms;    /* 0: QEMU's default */
     bool auto_converge;
+    bool postcopy;          /* post-copy allowed: switched to after the first pass */
+    bool postcopy_asked;    /* migrate-start-postcopy sent: no cancel from here on */
+    bool in_postcopy;       /* QEMU said postcopy-active: the guest runs on the destination */
     bool copy_storage;      /* local disks mirrored to the destination's NBD exports first (migstore_out.c) */
     char token[68];         /* the destination's one-time token */
     bool persistent;
