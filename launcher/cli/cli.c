@@ -37,11 +37,11 @@ static const struct cli_opt run_opts[] = {{"ready-fd", true, false, 0}, {"attach
                                           {"restore-remove", false, false, 0}, {"incoming", true, false, 0},
                                           {"incoming-copy-storage", false, false, 0}, {"incoming-tls", true, false, 0},
                                           {"incoming-token", true, false, 0}, {"incoming-timeout", true, false, 0},
-                                          {0}};
+                                          {"incoming-postcopy", false, false, 0}, {0}};
 static const struct cli_opt migrate_opts[] = {{"to", true, false, 0}, {"bandwidth", true, false, 0},
                                               {"max-downtime", true, false, 0}, {"auto-converge", false, false, 0},
                                               {"undefine-source", false, false, 0}, {"abort", false, false, 0},
-                                              {"copy-storage", false, false, 0},
+                                              {"copy-storage", false, false, 0}, {"postcopy", false, false, 0},
                                               {"tls", true, false, 0}, {"persistent", false, false, 0},
                                               {"remote-qvisor", true, false, 0}, {"remote-root", true, false, 0},
                                               {"ssh-config", true, false, 0}, {"wait-timeout", true, false, 0},
@@ -49,14 +49,14 @@ static const struct cli_opt migrate_opts[] = {{"to", true, false, 0}, {"bandwidt
 static const struct cli_opt evacuate_opts[] = {{"to", true, false, 0}, {"parallel", true, false, 0},
                                                {"bandwidth", true, false, 0}, {"max-downtime", true, false, 0},
                                                {"auto-converge", false, false, 0}, {"undefine-source", false, false, 0},
-                                               {"copy-storage", false, false, 0},
+                                               {"copy-storage", false, false, 0}, {"postcopy", false, false, 0},
                                                {"tls", true, false, 0}, {"persistent", false, false, 0},
                                                {"remote-qvisor", true, false, 0}, {"remote-root", true, false, 0},
                                                {"ssh-config", true, false, 0}, {"wait-timeout", true, false, 0},
                                                {"token", true, false, 0}, {0}};
 static const struct cli_opt migrate_in_opts[] = {{"listen", true, false, 0}, {"definition", true, false, 0},
                                                  {"persistent", false, false, 0}, {"wait-timeout", true, false, 0},
-                                                 {"copy-storage", false, false, 0},
+                                                 {"copy-storage", false, false, 0}, {"postcopy", false, false, 0},
                                                  {"tls", true, false, 0}, {"cancel", false, false, 0},
                                                  {"token", true, false, 0}, {"timeout", true, false, 0}, {0}};
 static const struct cli_opt boot_opts[] = {
@@ -148,7 +148,7 @@ static const struct cli_command commands[] = {
     {"managedsave", cmd_managedsave, managedsave_opts, 1, 1, "managedsave NAME [--bypass-cache]",
      "save the VM's state where qvisor keeps it and shut it off; the next start resumes from it"},
     {"migrate", cmd_migrate, migrate_opts, 1, 1,
-     "migrate NAME --to tcp:HOST:PORT --token T|ssh://[USER@]HOST[:PORT] [--copy-storage] [--bandwidth MiB/s] "
+     "migrate NAME --to tcp:HOST:PORT --token T|ssh://[USER@]HOST[:PORT] [--copy-storage|--postcopy] [--bandwidth MiB/s] "
      "[--max-downtime MS] [--auto-converge] [--undefine-source] [--tls DIR] [--persistent] [--remote-qvisor PATH] "
      "[--remote-root DIR] [--ssh-config FILE] [--wait-timeout SECONDS] | migrate NAME --abort",
      "move a running VM live to the qvisor migrate-incoming waiting on another host (disks on shared storage, or "
@@ -159,7 +159,7 @@ static const struct cli_command commands[] = {
      "migrate every running VM of this host away, N at a time, each reported; with tcp:HOST:PORT the VMs go in name "
      "order to PORT, PORT+1, ... (each waiting with the --token T given here)"},
     {"migrate-incoming", cmd_migrate_incoming, migrate_in_opts, 1, 1,
-     "migrate-incoming NAME --listen ADDR:PORT [--copy-storage] [--definition FILE.json|- [--persistent]] "
+     "migrate-incoming NAME --listen ADDR:PORT [--copy-storage|--postcopy] [--definition FILE.json|- [--persistent]] "
      "[--tls DIR] [--token T] [--timeout SECONDS] [--wait-timeout SECONDS] | migrate-incoming NAME --cancel",
      "on the destination: start NAME's QEMU waiting for its migration stream (the VM defined here, or from FILE: "
      "transient, or defined with --persistent), for the source showing the token it prints, at most --timeout "

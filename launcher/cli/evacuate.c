@@ -29,7 +29,8 @@ struct evac {
 /* The options of evacuate that migrate takes as they are. */
 static const char *const passed_opts[] = {"bandwidth", "max-downtime", "tls", "remote-qvisor", "remote-root",
                                           "ssh-config", "wait-timeout", "token", NULL};
-static const char *const passed_flags[] = {"auto-converge", "persistent", "undefine-source", "copy-storage", NULL};
+static const char *const passed_flags[] = {"auto-converge", "persistent", "undefine-source", "copy-storage",
+                                           "postcopy", NULL};
 
 static int start_one(struct cli *c, const char *exe, struct evac *v)
 {

@@ -108,6 +108,9 @@ int cmd_migrate(struct cli *c)
     if (tls && cli_flag(c, "copy-storage"))
         return qv_fail(&c->err, -EINVAL, "migrate: --tls covers the memory stream only, and --copy-storage's disk "
                        "copy would cross the network unencrypted: use one of them (or shared storage with --tls)");
+    if (cli_flag(c, "postcopy") && cli_flag(c, "copy-storage"))
+        return qv_fail(&c->err, -EINVAL, "migrate: --postcopy and --copy-storage go separately: copy the disks with a "
+                       "pre-copy migration");
     for (int i = 0; tls && i < 3; i++) {
         /* checked here too: over ssh, the destination would otherwise wait for a stream that never comes */
         static const char *const files[] = {"ca-cert.pem", "client-cert.pem", "client-key.pem"};
@@ -139,6 +142,7 @@ int cmd_migrate(struct cli *c)
         return r;
     _cleanup_json_ json_object *def = NULL;
     struct ssh_incoming in = {.persistent = cli_flag(c, "persistent"), .copy_storage = cli_flag(c, "copy-storage"),
+                              .postcopy = cli_flag(c, "postcopy"),
                               .tls_dir = tls,
                               .remote_qvisor = cli_opt(c, "remote-qvisor"), .remote_root = cli_opt(c, "remote-root"),
                               .ssh_config = cli_opt(c, "ssh-config"), .wait_timeout_ms = wait_ms};
@@ -166,6 +170,8 @@ int cmd_migrate(struct cli *c)
         json_object_object_add(req, "auto_converge", json_object_new_boolean(true));
     if (cli_flag(c, "copy-storage"))
         json_object_object_add(req, "copy_storage", json_object_new_boolean(true));
+    if (cli_flag(c, "postcopy"))
+        json_object_object_add(req, "postcopy", json_object_new_boolean(true));
     if (tls) {
         json_object_object_add(req, "tls_dir", json_object_new_string(tls));
         json_object_object_add(req, "tls_hostname", json_object_new_string(tls_host));
@@ -198,8 +204,11 @@ int cmd_migrate(struct cli *c)
         json_object *st;
         const char *there = json_object_object_get_ex(reply, "destination_state", &st) ? json_object_get_string(st)
                                                                                         : "running";
-        printf("%s migrated to %s in %lld ms (downtime %lld ms); %s there%s%s\n", vm, addr,
-               (long long)int_of(reply, "total_time_ms"), (long long)int_of(reply, "downtime_ms"), there,
+        json_object *pc;
+        bool post = json_object_object_get_ex(reply, "postcopy", &pc) && json_object_get_boolean(pc);
+        printf("%s migrated to %s in %lld ms (downtime %lld ms%s); %s there%s%s\n", vm, addr,
+               (long long)int_of(reply, "total_time_ms"), (long long)int_of(reply, "downtime_ms"),
+               post ? ", the last of its memory in post-copy" : "", there,
                json_object_object_get_ex(reply, "defined", &st) ? ", defined there" : "",
                undefined ? "; its definition here is removed" : "");
     }
@@ -267,6 +276,9 @@ int cmd_migrate_incoming(struct cli *c)
     if (tls && cli_flag(c, "copy-storage"))
         return qv_fail(&c->err, -EINVAL, "migrate-incoming: --tls covers the memory stream only, and --copy-storage's "
                        "disk copy would cross the network unencrypted: use one of them");
+    if (cli_flag(c, "postcopy") && cli_flag(c, "copy-storage"))
+        return qv_fail(&c->err, -EINVAL, "migrate-incoming: --postcopy and --copy-storage go separately: copy the "
+                       "disks with a pre-copy migration");
     if (file) {
         _cleanup_json_ json_object *o = NULL;
         if (strcmp(file, "-") == 0) {
@@ -311,6 +323,8 @@ int cmd_migrate_incoming(struct cli *c)
     args[k++] = addr;
     if (copy_storage)
         args[k++] = "--incoming-copy-storage";
+    if (cli_flag(c, "postcopy"))
+        args[k++] = "--incoming-postcopy";
     if (tls) {
         args[k++] = "--incoming-tls";
         args[k++] = tls;
@@ -355,7 +369,8 @@ int cmd_migrate_incoming(struct cli *c)
     } else if (!c->quiet) {
         printf("%s: waiting for the %s on %s%s for %d s (qvisor migrate %s --to tcp:%s --token %s%s%s on the "
                "source)\n", vm, copy_storage ? "source" : "migration stream", addr, tls ? " (TLS)" : "",
-               bound_ms / 1000, vm, addr, got_token, tls ? " --tls DIR" : "", copy_storage ? " --copy-storage" : "");
+               bound_ms / 1000, vm, addr, got_token, tls ? " --tls DIR" : "",
+               copy_storage ? " --copy-storage" : cli_flag(c, "postcopy") ? " --postcopy" : "");
     }
     return 0;
 }

@@ -301,6 +301,8 @@ int ssh_start_incoming(struct cli *c, const char *vm, struct ssh_target *t, cons
     argv[k++] = wait_s;
     if (in->copy_storage)
         argv[k++] = "--copy-storage";
+    if (in->postcopy)
+        argv[k++] = "--postcopy";
     if (in->tls_dir) {
         argv[k++] = "--tls";
         argv[k++] = in->tls_dir;

@@ -24,6 +24,7 @@ struct ssh_incoming {
     const char *definition;         /* the VM's definition (JSON), sent on ssh's stdin */
     bool persistent;                /* defined there once it runs the guest (the control line says so) */
     bool copy_storage;              /* local disks copied over NBD (migrate --copy-storage) */
+    bool postcopy;                  /* migrate --postcopy: the destination's QEMU may use userfaultfd */
     const char *tls_dir;            /* --tls DIR on the destination too; NULL: plain */
     const char *remote_qvisor;      /* NULL: this program's own path */
     const char *remote_root;        /* NULL: the remote's default root */

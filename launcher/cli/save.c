@@ -55,6 +55,9 @@ static void draw(const char *vm, json_object *mig)
         fprintf(stderr, "\rmigrate %s: copying disks, %lld of %lld MiB sent, %lld MiB left   ", vm,
                 (long long)(int_of(mig, "disk_transferred") >> 20), (long long)(int_of(mig, "disk_total") >> 20),
                 (long long)(int_of(mig, "disk_remaining") >> 20));
+    else if (strcmp(str_of(mig, "status", ""), "postcopy-active") == 0)
+        fprintf(stderr, "\rmigrate %s [%-3d%%] post-copy: the guest runs there, %lld MiB sent, %lld MiB left to fetch   ",
+                vm, pct, (long long)(done >> 20), (long long)(left >> 20));
     else if (strcmp(str_of(mig, "kind", ""), "migrate") == 0)
         fprintf(stderr, "\rmigrate %s [%-3d%%] %lld MiB sent, %lld MiB left, dirty %lld MiB/s, expected downtime %lld ms, %s   ",
                 vm, pct, (long long)(done >> 20), (long long)(left >> 20), (long long)(int_of(mig, "dirty_rate") >> 20),

@@ -20,6 +20,7 @@ int cmd_run(struct cli *c)
                          .restore_file = cli_opt(c, "restore"), .restore_remove = cli_flag(c, "restore-remove"),
                          .incoming_listen = cli_opt(c, "incoming"), .incoming_tls = cli_opt(c, "incoming-tls"),
                          .incoming_copy_storage = cli_flag(c, "incoming-copy-storage"),
+                         .incoming_postcopy = cli_flag(c, "incoming-postcopy"),
                          .incoming_token = cli_opt(c, "incoming-token"),
                          .incoming_timeout_ms = cli_opt(c, "incoming-timeout") ? atoi(cli_opt(c, "incoming-timeout")) : 0};
     o.echo_fd = c->quiet || o.ready_fd >= 0 ? -1 : 2;

@@ -380,6 +380,8 @@ int confine_spawn(struct sup *s, const struct launch_plan *p, const int *fds, pi
     spec.nofile = 1024 + 4 * (uint64_t)p->nslots;
     spec.coredump = s->def.sandbox.coredump;
     spec.extra_deny = deny;
+    /* migrate-incoming --postcopy: QEMU fetches missing pages through userfaultfd */
+    spec.allow_userfaultfd = s->mig_postcopy && s->start.incoming[0];
     if (vfio.n) {
         spec.devices = (const char *const *)vfio.v;
         /* VFIO pins all of guest RAM for the device's DMA */

@@ -560,6 +560,7 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
             snprintf(sp->mig_tls_dir, sizeof(sp->mig_tls_dir), "%s", o->incoming_tls);
         if (o->incoming_listen)
             incoming_identity(sp, o);
+        sp->mig_postcopy = o->incoming_listen && o->incoming_postcopy;
         r = o->incoming_listen ? start_begin_incoming(sp, o->incoming_listen, o->incoming_copy_storage, e)
           : o->restore_file    ? start_begin_restore(sp, o->restore_file, o->restore_remove, e)
                                : start_begin(sp, false, e);

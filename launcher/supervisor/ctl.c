@@ -368,7 +368,8 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
                                        .downtime_ms = get_int(req, "max_downtime_ms", 0),
                                        .auto_converge = get_bool(req, "auto_converge"),
                                        .copy_storage = get_bool(req, "copy_storage"),
-                                       .persistent = get_bool(req, "persistent")};
+                                       .persistent = get_bool(req, "persistent"),
+                                       .postcopy = get_bool(req, "postcopy")};
         int r = migrate_live(s, c->id, &lo, &e);
         if (r < 0)
             reply_error(s, c, r, "%s", e.msg);

@@ -330,6 +330,8 @@ struct sup {
     char mig_token[68];         /* migrate-incoming: the one-time token the source must show */
     uint64_t mig_wait_ms;       /* migrate-incoming: how long it waits for a source */
     bool mig_in_ended;          /* a start's incoming stream: QEMU's MIGRATION event said it is over */
+    bool mig_postcopy;          /* migrate-incoming --postcopy: QEMU may use userfaultfd */
+    bool mig_in_postcopy;       /* the incoming stream is in post-copy: the guest runs here already */
     struct ev ev_mig;           /* the listener, or an outgoing migration's connect */
     /* migrate --copy-storage (migstore_in.c, migstore_out.c): the control connection
      * and, at the source, an NBD connection being made */
@@ -559,6 +561,11 @@ int tuning_setmem(struct sup *s, unsigned client, const char *size, struct qv_er
 int tuning_setvcpus(struct sup *s, unsigned client, int count, struct qv_err *e);
 int tuning_display(struct sup *s, unsigned client, struct qv_err *e);
 void tuning_balloon_event(struct sup *s, json_object *data);    /* BALLOON_CHANGE */
+/* A migrated guest: the vCPUs its source had plugged, before the stream (done once, err
+ * NULL on success; not called when this returns an error), and the source's balloon
+ * target once it runs (a failure is logged). */
+int tuning_plug_vcpus(struct sup *s, int count, void (*done)(struct sup *s, const struct qv_err *err), struct qv_err *e);
+void tuning_balloon_carry(struct sup *s, uint64_t bytes);
 /* DEVICE_DELETED: QEMU 7.2 reports an unplugged vCPU by its lapic child's path only */
 void tuning_device_deleted(struct sup *s, const char *device, const char *path);
 /* {"actual", "target"} for status; NULL without a balloon or before its size is known */

@@ -23,49 +23,11 @@
 #include <sys/epoll.h>
 
 #include "launcher/supervisor/internal.h"
+#include "launcher/supervisor/migrate_op.h"
 
 #define MIG_FDNAME "qv-migrate"
-#define MIG_SYNC_TIMEOUT_MS (10 * 60 * 1000)
-#define MIG_MAX_BANDWIDTH (1ll << 40)    /* bytes/s: QEMU's default (32 MiB/s) is too slow for files and LANs */
-#define MIG_CONNECT_TIMEOUT_MS 15000
-
-enum mig_step { STEP_STOP, STEP_STORAGE, STEP_CAPS, STEP_TLS, STEP_PARAMS, STEP_CONNECT, STEP_GETFD, STEP_MIGRATE,
-                STEP_RUNNING, STEP_SYNC, STEP_DONE };
 static const char *const step_names[] = {"stop", "copy-storage", "migrate-set-capabilities", "TLS credentials",
                                          "migrate-set-parameters", "connect", "getfd", "migrate"};
-
-struct mig_op {
-    bool live;              /* migrate to another host; else a save to a file */
-    char address[80];       /* live: the destination, numeric ADDR:PORT */
-    int64_t bandwidth;      /* bytes/s, 0: no cap */
-    int64_t downtime_ms;    /* 0: QEMU's default */
-    bool auto_converge;
-    bool copy_storage;      /* local disks mirrored to the destination's NBD exports first (migstore_out.c) */
-    char token[68];         /* the destination's one-time token */
-    bool persistent;
-    char storage_error[600];    /* the disk copy failed while the stream ran: why */
-    char tls_dir[PATH_MAX];     /* live over TLS: the credentials' directory; "": plain */
-    char tls_hostname[256];     /* the name the destination's certificate must carry */
-    int64_t dirty_rate, expected_downtime, downtime, total_time;
-    enum mig_step step;
-    unsigned client;
-    bool was_running;
-    bool managed, bypass_cache;
-    bool cancel_asked;
-    char file[PATH_MAX], part[PATH_MAX];
-    int fd;
-    int sock;               /* live: the connection to the destination until QEMU has it */
-    uint64_t started_ms;
-    uint64_t poll_at;
-    bool polling;
-    bool ended;             /* a MIGRATION event said the stream is over: query at once */
-    int passes;             /* MIGRATION_PASS events: RAM passes so far */
-    int64_t transferred, remaining, total;
-    char status[24];
-    struct sup_child sync;
-    unsigned pending;       /* replies owed to this op: it is freed only without any */
-    bool over;              /* finished; freed once nothing is pending */
-};
 
 /* ---- helpers ---- */
 
@@ -75,7 +37,7 @@ static const char *qemu_says(const char *msg)
     return strncmp(msg, generic, sizeof(generic) - 1) == 0 ? msg + sizeof(generic) - 1 : msg;
 }
 
-static void op_release(struct sup *s)
+void mig_release(struct sup *s)
 {
     struct mig_op *m = s->mig;
     if (!m || m->pending)
@@ -91,7 +53,7 @@ static void op_release(struct sup *s)
     s->mig = NULL;
 }
 
-static int op_send(struct sup *s, const char *cmd, json_object *args, const int *fds, size_t nfds, int timeout,
+int mig_send(struct sup *s, const char *cmd, json_object *args, const int *fds, size_t nfds, int timeout,
                    qmp_reply_fn done)
 {
     if (!s->qmp || !qmp_ready(s->qmp)) {
@@ -106,22 +68,21 @@ static int op_send(struct sup *s, const char *cmd, json_object *args, const int 
 }
 
 /* The reply's op, or NULL when it is over (its memory released when nothing else is owed). */
-static struct mig_op *replied(struct sup *s)
+struct mig_op *mig_replied(struct sup *s)
 {
     struct mig_op *m = s->mig;
     if (!m)
         return NULL;
     m->pending--;
     if (m->over) {
-        op_release(s);
+        mig_release(s);
         return NULL;
     }
     return m;
 }
 
 /* The save failed: the partial file goes, the guest runs on as it was, the client hears why. */
-static void save_failed(struct sup *s, const char *fmt, ...) QV_PRINTF(2, 3);
-static void save_failed(struct sup *s, const char *fmt, ...)
+void mig_failed(struct sup *s, const char *fmt, ...)
 {
     migstore_out_abort(s);      /* mirrors and NBD nodes go; the destination hears it */
     if (s->mig->sock >= 0) {
@@ -149,7 +110,7 @@ static void save_failed(struct sup *s, const char *fmt, ...)
                     where, why, then);
     m->over = true;
     m->step = STEP_DONE;
-    op_release(s);
+    mig_release(s);
 }
 
 /* ---- the end of a save: sync, rename, quit ---- */
@@ -160,7 +121,7 @@ static void save_synced(struct sup *s)
     if (m->bypass_cache)
         posix_fadvise(m->fd, 0, 0, POSIX_FADV_DONTNEED);   /* synced: the pages are clean, they go at once */
     if (rename(m->part, m->file) < 0) {
-        save_failed(s, "renaming %s into place: %s", m->part, strerror(errno));
+        mig_failed(s, "renaming %s into place: %s", m->part, strerror(errno));
         return;
     }
     m->part[0] = '\0';
@@ -185,42 +146,7 @@ static void save_synced(struct sup *s)
     sup_qmp(s, "quit", NULL);
     m->over = true;
     m->step = STEP_DONE;
-    op_release(s);
-}
-
-/* The destination runs the guest (it said so: answer): QEMU here quits, the VM is
- * shut off here. */
-static void live_completed(struct sup *s, json_object *answer)
-{
-    struct mig_op *m = s->mig;
-    uint64_t ms = monotonic_ms() - m->started_ms;
-    sup_log(s, "migrated to %s in %llu ms (downtime %lld ms, %lld MiB sent); QEMU quits here", m->address,
-            (unsigned long long)ms, (long long)m->downtime, (long long)(m->transferred >> 20));
-    json_object *o = json_object_new_object();
-    json_object_object_add(o, "address", json_object_new_string(m->address));
-    json_object_object_add(o, "total_time_ms", json_object_new_int64((int64_t)ms));
-    json_object_object_add(o, "qemu_total_time_ms", json_object_new_int64(m->total_time));
-    json_object_object_add(o, "downtime_ms", json_object_new_int64(m->downtime));
-    json_object_object_add(o, "transferred", json_object_new_int64(m->transferred));
-    json_object *v;
-    if (answer && json_object_object_get_ex(answer, "state", &v))
-        json_object_object_add(o, "destination_state", json_object_get(v));
-    if (answer && json_object_object_get_ex(answer, "defined", &v))
-        json_object_object_add(o, "defined", json_object_get(v));
-    if (answer && json_object_object_get_ex(answer, "persistent_error", &v)) {
-        json_object_object_add(o, "persistent_error", json_object_get(v));
-        sup_log(s, "warning: the destination runs the guest but did not keep its definition: %s",
-                json_object_get_string(v));
-    }
-    sup_reply_json(s, m->client, o);
-    json_object_put(o);
-    snprintf(s->exit_reason, sizeof(s->exit_reason), "migrated to %s", m->address);
-    s->expected_exit = true;
-    sup_set_state(s, VM_STOPPING);
-    sup_qmp(s, "quit", NULL);
-    m->over = true;
-    m->step = STEP_DONE;
-    op_release(s);
+    mig_release(s);
 }
 
 static void save_completed(struct sup *s)
@@ -228,12 +154,18 @@ static void save_completed(struct sup *s)
     struct mig_op *m = s->mig;
     if (m->live && s->msout) {
         /* the mirrors end in sync first, the destination runs the guest and confirms;
-         * then live_completed */
+         * then mig_live_completed */
         migstore_out_complete(s);
         return;
     }
+    if (m->live && m->in_postcopy) {
+        /* all of it is there, and only there: the destination just did not say so */
+        sup_log(s, "the stream completed in post-copy, the control line is gone: the guest is on %s", m->address);
+        mig_live_completed(s, NULL);
+        return;
+    }
     if (m->live) {
-        save_failed(s, "the control line to the destination is gone");
+        mig_failed(s, "the control line to the destination is gone");
         return;
     }
     m->step = STEP_SYNC;
@@ -241,7 +173,7 @@ static void save_completed(struct sup *s)
     const char *argv[] = {"sync", m->part, NULL};
     struct qv_err e = {0};
     if (sup_child_spawn(&m->sync, argv, MIG_SYNC_TIMEOUT_MS, &e) < 0)
-        save_failed(s, "syncing %s: %s", m->part, e.msg);
+        mig_failed(s, "syncing %s: %s", m->part, e.msg);
 }
 
 void migrate_child_exited(struct sup *s)
@@ -252,7 +184,7 @@ void migrate_child_exited(struct sup *s)
     if (!m || m->step != STEP_SYNC || !sup_child_reap(&m->sync, &status, out, sizeof(out)))
         return;
     if (status != 0)
-        save_failed(s, "syncing %s: %s", m->part, out[0] ? out : "sync failed");
+        mig_failed(s, "syncing %s: %s", m->part, out[0] ? out : "sync failed");
     else
         save_synced(s);
 }
@@ -265,10 +197,29 @@ static int64_t get_i64(json_object *o, const char *key)
     return o && json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v) : 0;
 }
 
+/* The stream broke after the switch to post-copy: the guest ran on the destination, so it
+ * cannot come back here; part of its memory is still here only, so it cannot run there
+ * either (QEMU 7.2 waits for a recovery on both sides; qvisor does not do one). */
+static void postcopy_broken(struct sup *s, const char *why)
+{
+    struct mig_op *m = s->mig;
+    migstore_out_abort(s);
+    sup_log(s, "migration to %s broke during post-copy: %s; the guest can run on neither host, QEMU stays paused here",
+            m->address, why);
+    sup_reply_error(s, m->client, -EIO, "%s: migration to %s broke during post-copy: %s. The guest ran there "
+                    "already, so it cannot come back here, and part of its memory is here only, so it cannot run "
+                    "there either: it is lost (qvisor kill %s on both hosts, then start it from its disks)",
+                    s->def.name, m->address, why, s->def.name);
+    sup_set_state(s, VM_PAUSED);
+    m->over = true;
+    m->step = STEP_DONE;
+    mig_release(s);
+}
+
 static void on_query(void *ctx, json_object *ret, const struct qv_err *err)
 {
     struct sup *s = ctx;
-    struct mig_op *m = replied(s);
+    struct mig_op *m = mig_replied(s);
     if (!m)
         return;
     m->polling = false;
@@ -289,13 +240,22 @@ static void on_query(void *ctx, json_object *ret, const struct qv_err *err)
     m->expected_downtime = get_i64(ret, "expected-downtime");
     m->downtime = get_i64(ret, "downtime");
     m->total_time = get_i64(ret, "total-time");
+    if (strcmp(status, "postcopy-active") == 0 && !m->in_postcopy) {
+        m->in_postcopy = true;
+        sup_log(s, "post-copy: the guest runs on %s now; the rest of its memory follows (a failure from here on "
+                "cannot bring it back here)", m->address);
+    }
     if (strcmp(status, "completed") == 0) {
         m->poll_at = 0;
         save_completed(s);
+    } else if (m->in_postcopy && (strcmp(status, "postcopy-paused") == 0 || strcmp(status, "failed") == 0)) {
+        m->poll_at = 0;
+        const char *desc = json_object_object_get_ex(ret, "error-desc", &v) ? json_object_get_string(v) : NULL;
+        postcopy_broken(s, desc ? desc : "the stream broke");
     } else if (strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0) {
         m->poll_at = 0;
         const char *desc = json_object_object_get_ex(ret, "error-desc", &v) ? json_object_get_string(v) : NULL;
-        save_failed(s, "%s", m->cancel_asked      ? "cancelled"
+        mig_failed(s, "%s", m->cancel_asked      ? "cancelled"
                               : m->storage_error[0] ? m->storage_error
                               : desc                ? desc
                                                     : "QEMU's migration failed (the destination went away?)");
@@ -305,17 +265,27 @@ static void on_query(void *ctx, json_object *ret, const struct qv_err *err)
     }
 }
 
-json_object *migrate_caps(bool auto_converge)
+json_object *migrate_caps(bool auto_converge, bool postcopy)
 {
     json_object *caps = json_object_new_array();
-    static const char *const names[] = {"events", "auto-converge"};
-    for (int i = 0; i < 2; i++) {
+    static const char *const names[] = {"events", "auto-converge", "postcopy-ram"};
+    const bool on[] = {true, auto_converge, postcopy};
+    for (int i = 0; i < 3; i++) {
         json_object *c = json_object_new_object();
         json_object_object_add(c, "capability", json_object_new_string(names[i]));
-        json_object_object_add(c, "state", json_object_new_boolean(i == 0 || auto_converge));
+        json_object_object_add(c, "state", json_object_new_boolean(on[i]));
         json_object_array_add(caps, c);
     }
     return json_obj1("capabilities", caps);
+}
+
+static void on_postcopy_started(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    struct sup *s = ctx;
+    struct mig_op *m = mig_replied(s);
+    if (m && err)
+        sup_log(s, "migrate-start-postcopy: %s; the migration goes on as pre-copy", qemu_says(err->msg));
 }
 
 void migrate_event(struct sup *s, const char *event, json_object *data)
@@ -327,12 +297,26 @@ void migrate_event(struct sup *s, const char *event, json_object *data)
     if (m && !m->over && m->step == STEP_RUNNING) {
         if (strcmp(event, "MIGRATION_PASS") == 0) {
             m->passes = data && json_object_object_get_ex(data, "pass", &v) ? json_object_get_int(v) : m->passes + 1;
+            /* pass 1 is the start; 2 comes once the first pass over RAM is done and
+             * did not converge (virsh's --postcopy-after-precopy) */
+            if (m->postcopy && !m->postcopy_asked && m->passes >= 2) {
+                m->postcopy_asked = true;
+                sup_log(s, "the first pass is done (%lld MiB sent): switching to post-copy",
+                        (long long)(m->transferred >> 20));
+                if (mig_send(s, "migrate-start-postcopy", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, on_postcopy_started) < 0)
+                    sup_log(s, "migrate-start-postcopy: QEMU's monitor connection is closed");
+            }
+        } else if (strcmp(status, "postcopy-active") == 0 || strcmp(status, "postcopy-paused") == 0) {
+            if (!m->polling)
+                m->poll_at = monotonic_ms();    /* the phase shows at once */
         } else if (over) {
             m->ended = true;
             if (!m->polling)
                 m->poll_at = monotonic_ms();    /* the final figures now */
         }
     }
+    if (strcmp(status, "postcopy-active") == 0 && start_active(s) && s->start.incoming[0])
+        migrate_incoming_postcopy(s);     /* the source stopped the guest: it runs here now */
     if (over && start_active(s) && s->start.incoming[0]) {
         s->mig_in_ended = true;     /* an incoming stream (or a restore) is in, or failed */
         if (s->start.in_poll_at)
@@ -342,128 +326,26 @@ void migrate_event(struct sup *s, const char *event, json_object *data)
 
 /* ---- the steps up to `migrate` ---- */
 
-static void next_step(struct sup *s);
-
 static void on_step(void *ctx, json_object *ret, const struct qv_err *err)
 {
     (void)ret;
     struct sup *s = ctx;
-    struct mig_op *m = replied(s);
+    struct mig_op *m = mig_replied(s);
     if (!m)
         return;
     if (err) {
-        save_failed(s, "%s: %s", step_names[m->step], qemu_says(err->msg));
+        mig_failed(s, "%s: %s", step_names[m->step], qemu_says(err->msg));
         return;
     }
     if (m->cancel_asked) {
-        save_failed(s, "cancelled");
+        mig_failed(s, "cancelled");
         return;
     }
     m->step++;
-    next_step(s);
+    mig_next_step(s);
 }
 
-int migrate_parse_address(const char *text, struct sockaddr_storage *sa, socklen_t *len, struct qv_err *e)
-{
-    char host[80];
-    const char *colon = strrchr(text, ':');
-    if (!colon || colon == text || !colon[1] || (size_t)(colon - text) >= sizeof(host))
-        return qv_fail(e, -EINVAL, "\"%s\" is not ADDRESS:PORT", text);
-    memcpy(host, text, (size_t)(colon - text));
-    host[colon - text] = '\0';
-    char *h = host;
-    if (h[0] == '[' && h[strlen(h) - 1] == ']') {
-        h[strlen(h) - 1] = '\0';
-        h++;
-    }
-    struct addrinfo hints = {.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV, .ai_socktype = SOCK_STREAM}, *res;
-    int r = getaddrinfo(h, colon + 1, &hints, &res);
-    if (r != 0)
-        return qv_fail(e, -EINVAL, "\"%s\": %s (a numeric address and port)", text, gai_strerror(r));
-    memcpy(sa, res->ai_addr, res->ai_addrlen);
-    *len = res->ai_addrlen;
-    freeaddrinfo(res);
-    return 0;
-}
-
-int migrate_connect_start(const char *address, int *fd, struct qv_err *e)
-{
-    struct sockaddr_storage sa;
-    socklen_t len;
-    int r = migrate_parse_address(address, &sa, &len, e);
-    if (r < 0)
-        return r;
-    *fd = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (*fd < 0)
-        return qv_failerr(e, -errno, "socket");
-    if (connect(*fd, (struct sockaddr *)&sa, len) < 0 && errno != EINPROGRESS)
-        return qv_failerr(e, -errno, "connecting to %s", address);
-    return 0;
-}
-
-/* A control line that goes silent (a cable pulled, a host gone) ends in about 25 s. */
-void migrate_keepalive(int fd)
-{
-    int one = 1, idle = 10, intvl = 5, cnt = 3;
-    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
-}
-
-/* Non-blocking: the loop hears when it is connected (EPOLLOUT), or gives up at poll_at. */
-static int connect_begin(struct sup *s, struct qv_err *e)
-{
-    struct mig_op *m = s->mig;
-    int r = migrate_connect_start(m->address, &m->sock, e);
-    if (r < 0)
-        return r;
-    s->ev_mig.kind = EV_MIGRATE;
-    sup_epoll_add(s, m->sock, EPOLLOUT, &s->ev_mig);
-    m->poll_at = monotonic_ms() + MIG_CONNECT_TIMEOUT_MS;
-    return 0;
-}
-
-static void connect_done(struct sup *s)
-{
-    struct mig_op *m = s->mig;
-    int err = 0;
-    socklen_t l = sizeof(err);
-    epoll_ctl(s->epfd, EPOLL_CTL_DEL, m->sock, NULL);
-    m->poll_at = 0;
-    if (getsockopt(m->sock, SOL_SOCKET, SO_ERROR, &err, &l) < 0)
-        err = errno;
-    if (err) {
-        save_failed(s, "connecting to %s: %s (is qvisor migrate-incoming %s --listen %s waiting there?)", m->address,
-                    strerror(err), s->def.name, m->address);
-        return;
-    }
-    sup_log(s, "connected to %s", m->address);
-    m->step++;
-    next_step(s);
-}
-
-static void on_tls(struct sup *s, void *ctx, const struct qv_err *err)
-{
-    (void)ctx;
-    struct mig_op *m = replied(s);
-    if (!m)
-        return;
-    if (err) {
-        save_failed(s, "%s", err->msg);
-        return;
-    }
-    sup_log(s, "TLS credentials from %s loaded (the destination must show a certificate for %s)", m->tls_dir,
-            m->tls_hostname);
-    if (m->cancel_asked) {
-        save_failed(s, "cancelled");
-        return;
-    }
-    m->step++;
-    next_step(s);
-}
-
-static void next_step(struct sup *s)
+void mig_next_step(struct sup *s)
 {
     struct mig_op *m = s->mig;
     int r = 0;
@@ -473,37 +355,39 @@ static void next_step(struct sup *s)
     case STEP_STOP:
         if (m->live || !m->was_running) {
             m->step++;
-            next_step(s);
+            mig_next_step(s);
             return;
         }
-        r = op_send(s, "stop", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, on_step);
+        r = mig_send(s, "stop", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, on_step);
         break;
     case STEP_STORAGE: {
         if (!m->live) {
             m->step++;
-            next_step(s);
+            mig_next_step(s);
             return;
         }
         /* the control line (and the disks' copy) first */
         struct migrate_live_opts lo = {.address = m->address, .token = m->token, .bandwidth = m->bandwidth,
-                                       .copy_storage = m->copy_storage, .persistent = m->persistent};
+                                       .copy_storage = m->copy_storage, .persistent = m->persistent,
+                                       .postcopy = m->postcopy};
         if (migstore_out_begin(s, &lo, &e) < 0)
-            save_failed(s, "%s", e.msg);
+            mig_failed(s, "%s", e.msg);
         return;     /* migrate_storage_ready goes on */
     }
     case STEP_CAPS:
         /* always: an earlier attempt's auto-converge must not stick to this one */
-        r = op_send(s, "migrate-set-capabilities", migrate_caps(m->live && m->auto_converge), NULL, 0,
+        r = mig_send(s, "migrate-set-capabilities", migrate_caps(m->live && m->auto_converge, m->live && m->postcopy),
+                    NULL, 0,
                     QMP_TIMEOUT_DEFAULT, on_step);
         break;
     case STEP_TLS:
         if (!m->tls_dir[0]) {
             m->step++;
-            next_step(s);
+            mig_next_step(s);
             return;
         }
-        if (migrate_tls_begin(s, m->tls_dir, false, on_tls, NULL, &e) < 0)
-            save_failed(s, "%s", e.msg);
+        if (migrate_tls_begin(s, m->tls_dir, false, mig_on_tls, NULL, &e) < 0)
+            mig_failed(s, "%s", e.msg);
         else
             m->pending++;
         return;
@@ -517,19 +401,19 @@ static void next_step(struct sup *s)
         json_object_object_add(a, "max-bandwidth", json_object_new_int64(m->bandwidth ? m->bandwidth : MIG_MAX_BANDWIDTH));
         if (m->downtime_ms)
             json_object_object_add(a, "downtime-limit", json_object_new_int64(m->downtime_ms));
-        r = op_send(s, "migrate-set-parameters", a, NULL, 0, QMP_TIMEOUT_DEFAULT, on_step);
+        r = mig_send(s, "migrate-set-parameters", a, NULL, 0, QMP_TIMEOUT_DEFAULT, on_step);
         break;
     case STEP_CONNECT:
         if (!m->live) {
             m->step++;
-            next_step(s);
+            mig_next_step(s);
             return;
         }
-        if (connect_begin(s, &e) < 0)
-            save_failed(s, "%s", e.msg);
+        if (mig_connect_begin(s, &e) < 0)
+            mig_failed(s, "%s", e.msg);
         return;
     case STEP_GETFD:
-        r = op_send(s, "getfd", json_obj1("fdname", json_object_new_string(MIG_FDNAME)), m->live ? &m->sock : &m->fd, 1,
+        r = mig_send(s, "getfd", json_obj1("fdname", json_object_new_string(MIG_FDNAME)), m->live ? &m->sock : &m->fd, 1,
                     QMP_TIMEOUT_DEFAULT, on_step);
         if (r == 0 && m->live) {
             close(m->sock);     /* QEMU has its own copy now */
@@ -537,7 +421,7 @@ static void next_step(struct sup *s)
         }
         break;
     case STEP_MIGRATE:
-        r = op_send(s, "migrate", json_obj1("uri", json_object_new_string("fd:" MIG_FDNAME)), NULL, 0,
+        r = mig_send(s, "migrate", json_obj1("uri", json_object_new_string("fd:" MIG_FDNAME)), NULL, 0,
                     QMP_TIMEOUT_JOB, on_step);
         break;
     default:
@@ -546,13 +430,13 @@ static void next_step(struct sup *s)
         return;
     }
     if (r < 0)
-        save_failed(s, "QEMU's monitor connection is closed");
+        mig_failed(s, "QEMU's monitor connection is closed");
 }
 
 /* ---- requests ---- */
 
 /* What may not be under way when the guest's state leaves. */
-static int op_checks(struct sup *s, const char *what, struct qv_err *e)
+int mig_checks(struct sup *s, const char *what, struct qv_err *e)
 {
     if (s->mig)
         return qv_fail(e, -EBUSY, "%s: a save or migration is already under way", s->def.name);
@@ -575,60 +459,9 @@ static int op_checks(struct sup *s, const char *what, struct qv_err *e)
     return 0;
 }
 
-int migrate_live(struct sup *s, unsigned client, const struct migrate_live_opts *o, struct qv_err *e)
-{
-    const char *address = o->address;
-    int64_t bandwidth = o->bandwidth, downtime_ms = o->downtime_ms;
-    bool auto_converge = o->auto_converge, copy_storage = o->copy_storage;
-    int r = op_checks(s, "migrated", e);
-    if (r < 0)
-        return r;
-    if (!o->token || !o->token[0] || strlen(o->token) >= sizeof(((struct mig_op *)0)->token))
-        return qv_fail(e, -EINVAL, "%s: migrate: the destination's token is missing (migrate-incoming printed it)",
-                       s->def.name);
-    struct sockaddr_storage sa;
-    socklen_t len;
-    if ((r = migrate_parse_address(address, &sa, &len, e)) < 0)
-        return qv_prefix(e, "%s: migrate: ", s->def.name);
-    struct mig_op *m = qv_xcalloc(1, sizeof(*m));
-    m->fd = m->sock = -1;
-    m->sync.out = -1;
-    m->live = true;
-    m->client = client;
-    m->bandwidth = bandwidth;
-    m->downtime_ms = downtime_ms;
-    m->auto_converge = auto_converge;
-    m->copy_storage = copy_storage;
-    m->persistent = o->persistent;
-    snprintf(m->token, sizeof(m->token), "%s", o->token);
-    m->was_running = s->rs.state == VM_RUNNING;
-    m->started_ms = monotonic_ms();
-    snprintf(m->address, sizeof(m->address), "%s", address);
-    s->mig = m;
-    sup_log(s, "migrating to %s (bandwidth %s, max downtime %s%s%s)", address, bandwidth ? "capped" : "unlimited",
-            downtime_ms ? "set" : "QEMU's default", auto_converge ? ", auto-converge" : "",
-            copy_storage ? ", copying local disks" : "");
-    next_step(s);
-    return 0;
-}
-
-int migrate_live_tls(struct sup *s, const char *dir, const char *hostname, struct qv_err *e)
-{
-    struct mig_op *m = s->mig;
-    if (!m || m->over || !m->live || m->step > STEP_CAPS)
-        return qv_fail(e, -EINVAL, "%s: TLS: no migration is being set up", s->def.name);
-    if (!dir || dir[0] != '/')
-        return qv_fail(e, -EINVAL, "%s: --tls: the directory must be an absolute path", s->def.name);
-    if (!hostname || !hostname[0] || strlen(hostname) >= sizeof(m->tls_hostname))
-        return qv_fail(e, -EINVAL, "%s: --tls: the destination's host name is missing", s->def.name);
-    snprintf(m->tls_dir, sizeof(m->tls_dir), "%s", dir);
-    snprintf(m->tls_hostname, sizeof(m->tls_hostname), "%s", hostname);
-    return 0;
-}
-
 int migrate_save(struct sup *s, unsigned client, const char *file, bool bypass_cache, bool managed, struct qv_err *e)
 {
-    int r = op_checks(s, "saved", e);
+    int r = mig_checks(s, "saved", e);
     if (r < 0)
         return r;
     if (s->never_ran)
@@ -665,7 +498,7 @@ int migrate_save(struct sup *s, unsigned client, const char *file, bool bypass_c
     }
     s->mig = m;
     sup_log(s, "saving the guest's state to %s%s", file, bypass_cache ? " (bypassing the page cache)" : "");
-    next_step(s);
+    mig_next_step(s);
     return 0;
 }
 
@@ -677,12 +510,15 @@ int migrate_abort(struct sup *s, struct qv_err *e)
     if (m->step >= STEP_SYNC)
         return qv_fail(e, -EBUSY, "%s: the save is complete and being synced to disk: too late to cancel",
                        s->def.name);
+    if (m->postcopy_asked)
+        return qv_fail(e, -EBUSY, "%s: the migration switched to post-copy: the guest runs on %s now, and a cancel "
+                       "would lose it; it ends by itself", s->def.name, m->address);
     m->cancel_asked = true;
     sup_log(s, "cancelling the %s %s", m->live ? "migration to" : "save to", m->live ? m->address : m->file);
     if (m->step == STEP_RUNNING)
         sup_qmp(s, "migrate_cancel", NULL);
     else if (m->step == STEP_CONNECT || m->step == STEP_STORAGE)
-        save_failed(s, "cancelled");
+        mig_failed(s, "cancelled");
     return 0;
 }
 
@@ -712,8 +548,10 @@ json_object *migrate_status_json(struct sup *s)
                                                                : m->status[0]     ? m->status
                                                                                   : "setup"));
     json_object_object_add(o, "transferred", json_object_new_int64(m->transferred));
-    if (m->live)
+    if (m->live) {
         json_object_object_add(o, "passes", json_object_new_int(m->passes));
+        json_object_object_add(o, "postcopy", json_object_new_boolean(m->in_postcopy));
+    }
     json_object_object_add(o, "remaining", json_object_new_int64(m->remaining));
     json_object_object_add(o, "total", json_object_new_int64(m->total));
     migstore_out_progress(s, o);
@@ -753,7 +591,7 @@ void migrate_expire(struct sup *s, uint64_t now)
     if (m && !m->over && m->step == STEP_CONNECT) {
         if (m->poll_at && now >= m->poll_at) {
             m->poll_at = 0;
-            save_failed(s, "connecting to %s: no answer within %d s", m->address, MIG_CONNECT_TIMEOUT_MS / 1000);
+            mig_failed(s, "connecting to %s: no answer within %d s", m->address, MIG_CONNECT_TIMEOUT_MS / 1000);
         }
         m = NULL;
     }
@@ -762,9 +600,9 @@ void migrate_expire(struct sup *s, uint64_t now)
         if (m->poll_at && !m->polling && now >= m->poll_at) {
             m->poll_at = 0;
             m->polling = true;
-            if (op_send(s, "query-migrate", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, on_query) < 0) {
+            if (mig_send(s, "query-migrate", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, on_query) < 0) {
                 m->polling = false;
-                save_failed(s, "QEMU's monitor connection is closed");
+                mig_failed(s, "QEMU's monitor connection is closed");
             }
         }
     }
@@ -782,74 +620,10 @@ void migrate_forget(struct sup *s)
         return;
     }
     if (!m->over)
-        save_failed(s, "QEMU exited during the save");
+        mig_failed(s, "QEMU exited during the save");
     m = s->mig;
     if (m)
         m->pending = 0;     /* the monitor is gone: no reply comes any more */
-    op_release(s);
+    mig_release(s);
     migstore_out_forget(s);
-}
-
-void migrate_io(struct sup *s, uint32_t events)
-{
-    (void)events;
-    if (migstore_in_waiting(s))
-        migstore_in_accept(s);      /* copy-storage: the source's control connection comes first */
-    else if (s->mig && !s->mig->over && s->mig->step == STEP_CONNECT && s->mig->sock >= 0)
-        connect_done(s);
-    else if (s->mig_listen_fd > 0 && start_active(s) && !s->start.failed)
-        migrate_incoming_accept(s);
-}
-
-
-/* ---- for migstore_out.c ---- */
-
-void migrate_storage_ready(struct sup *s)
-{
-    struct mig_op *m = s->mig;
-    if (!m || m->over || m->step != STEP_STORAGE)
-        return;
-    m->step++;
-    next_step(s);
-}
-
-void migrate_storage_finished(struct sup *s, json_object *answer)
-{
-    if (s->mig && !s->mig->over)
-        live_completed(s, answer);
-}
-
-void migrate_storage_unconfirmed(struct sup *s, const char *why)
-{
-    struct mig_op *m = s->mig;
-    migstore_out_abort(s);
-    if (!m || m->over)
-        return;
-    sup_log(s, "migration to %s: the guest's state went over, but %s; the guest stays paused here (it may run there)",
-            m->address, why);
-    sup_reply_error(s, m->client, -EIO, "%s: migration to %s: the guest's state went over, but %s: the guest stays "
-                    "paused here, as it may run there. Look there (qvisor status %s on the destination), then "
-                    "either qvisor kill %s here (it runs there) or qvisor resume %s here (it does not)", s->def.name,
-                    m->address, why, s->def.name, s->def.name, s->def.name);
-    sup_set_state(s, VM_PAUSED);
-    m->over = true;
-    m->step = STEP_DONE;
-    op_release(s);
-}
-
-void migrate_storage_failed(struct sup *s, const char *why)
-{
-    struct mig_op *m = s->mig;
-    if (!m || m->over) {
-        migstore_out_abort(s);
-        return;
-    }
-    if (m->step == STEP_RUNNING && m->poll_at) {
-        /* the stream flows: QEMU cancels it and the guest runs on; on_query says why */
-        snprintf(m->storage_error, sizeof(m->storage_error), "%s", why);
-        migstore_out_abort(s);
-        sup_qmp(s, "migrate_cancel", NULL);
-        return;
-    }
-    save_failed(s, "%s", why);
 }

@@ -66,6 +66,12 @@ static void on_in_query(void *ctx, json_object *ret, const struct qv_err *err)
             sup_log(s, "warning: %s: %s (the managed save stays)", s->start.incoming, strerror(errno));
         s->start.restored = true;
         start_after_load(s, s->start.paused);
+    } else if (strcmp(status, "postcopy-paused") == 0) {
+        /* QEMU would wait for a recovery that qvisor does not do: the guest cannot run here */
+        struct qv_err e = {0};
+        qv_fail(&e, -EIO, "the migration stream broke during post-copy: part of the guest's memory never came from "
+                "the source, so it cannot run here (nor on the source)");
+        start_failed(s, &e, NULL);
     } else if (strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0) {
         struct qv_err e = {0};
         qv_fail(&e, -EIO, "restoring from %s: %s", s->start.incoming,
@@ -80,8 +86,45 @@ static void on_in_query(void *ctx, json_object *ret, const struct qv_err *err)
                 "or not for this host? QEMU's words are in the log)", MIG_TLS_HANDSHAKE_MS / 1000);
         start_failed(s, &e, "incoming migration");
     } else {
+        if (strcmp(status, "postcopy-active") == 0)
+            migrate_incoming_postcopy(s);
         s->start.in_poll_at = monotonic_ms() + (s->mig_in_ended ? 0 : MIG_POLL_MS);
     }
+}
+
+void migrate_incoming_postcopy(struct sup *s)
+{
+    if (s->mig_in_postcopy || s->start.phase != START_QMP || s->start.failed || !incoming_tcp(s))
+        return;
+    /* the source stopped the guest for good: it runs here from now on, its pages still
+     * coming (QEMU fetches each on its first touch); the start ends once all are in */
+    s->mig_in_postcopy = true;
+    sup_log(s, "post-copy: the guest runs here now, the rest of its memory comes from the source as it touches it");
+    sup_qmp(s, "cont", NULL);
+}
+
+/* migrate-incoming --postcopy: QEMU runs without capabilities (so without CAP_SYS_PTRACE),
+ * and QEMU 7.2 opens userfaultfd through the system call only, which such a process may
+ * use only where vm.unprivileged_userfaultfd is 1. Checked before anything starts. */
+#define UFFD_SYSCTL "/proc/sys/vm/unprivileged_userfaultfd"
+int migrate_postcopy_host_check(struct sup *s, struct qv_err *e)
+{
+    for (size_t i = 0; i < s->def.sandbox.extra_deny.n; i++)
+        if (strcmp(s->def.sandbox.extra_deny.v[i], "userfaultfd") == 0)
+            return qv_fail(e, -EPERM, "%s: --postcopy: its sandbox.extra_deny denies userfaultfd, which post-copy "
+                           "needs on the destination: remove it there, or migrate without --postcopy", s->def.name);
+    char v[8] = "";
+    int fd = open(UFFD_SYSCTL, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;   /* a kernel before 5.2: userfaultfd is open to everyone */
+    ssize_t n = read(fd, v, sizeof(v) - 1);
+    close(fd);
+    if (n > 0 && v[0] == '1')
+        return 0;
+    return qv_fail(e, -EPERM, "%s: --postcopy: this host lets only processes with CAP_SYS_PTRACE use userfaultfd "
+                   "(vm.unprivileged_userfaultfd = %c), and QEMU runs here without capabilities: allow it with "
+                   "`sysctl -w vm.unprivileged_userfaultfd=1` (and a file in /etc/sysctl.d to keep it), or migrate "
+                   "without --postcopy", s->def.name, n > 0 ? v[0] : '?');
 }
 
 void migrate_incoming_poll(struct sup *s)
@@ -142,6 +185,11 @@ int start_begin_incoming(struct sup *s, const char *listen_at, bool copy_storage
     int r = migrate_parse_address(listen_at, &sa, &len, e);
     if (r < 0)
         return qv_prefix(e, "%s: --listen: ", s->def.name);
+    if (s->mig_postcopy && copy_storage)
+        return qv_fail(e, -EINVAL, "%s: --postcopy and --copy-storage go separately: copy the disks with a pre-copy "
+                       "migration", s->def.name);
+    if (s->mig_postcopy && (r = migrate_postcopy_host_check(s, e)) < 0)
+        return r;
     int fd = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     if (fd < 0)
@@ -194,8 +242,8 @@ void migrate_incoming_accept(struct sup *s)
     sup_log(s, "the source connected: the guest's state comes in");
     /* events: MIGRATION says when it is in; capabilities, getfd and migrate-incoming
      * go out together (QEMU answers in order) */
-    int r = qmp_send(s->qmp, "migrate-set-capabilities", migrate_caps(false), NULL, 0, QMP_TIMEOUT_DEFAULT, 0,
-                     on_in_step, s);
+    int r = qmp_send(s->qmp, "migrate-set-capabilities", migrate_caps(false, s->mig_postcopy), NULL, 0,
+                     QMP_TIMEOUT_DEFAULT, 0, on_in_step, s);
     if (r == 0)
         r = qmp_send(s->qmp, "getfd", json_obj1("fdname", json_object_new_string(MIG_IN_FDNAME)), &c, 1,
                      QMP_TIMEOUT_DEFAULT, 0, on_in_step, s);
@@ -246,16 +294,47 @@ static void on_in_tls(struct sup *s, void *ctx, const struct qv_err *err)
     }
 }
 
+/* The stream may come: copy-storage's exports first, or TLS credentials, or at once. */
+static int incoming_tcp_ready(struct sup *s, struct qv_err *e)
+{
+    if (migstore_in_copy(s))
+        return migstore_in_serve(s, e);     /* not with TLS: the CLI refuses that */
+    if (s->mig_tls_dir[0])
+        return migrate_tls_begin(s, s->mig_tls_dir, true, on_in_tls, NULL, e);
+    listen_ready(s);
+    return 0;
+}
+
+/* QEMU's own check of userfaultfd (postcopy_ram_supported_by_host: it opens one and
+ * registers a region), confined as it is: a refusal ends the wait before any source came. */
+static void on_in_postcopy_caps(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    struct sup *s = ctx;
+    if (s->start.phase != START_QMP || s->start.failed)
+        return;
+    struct qv_err e = {0};
+    if (err) {
+        qv_fail(&e, -EPERM, "--postcopy: QEMU cannot use userfaultfd here (%s; its reasons are in the log): "
+                "vm.unprivileged_userfaultfd must be 1, and the sandbox must allow userfaultfd", qemu_says(err->msg));
+        start_failed(s, &e, NULL);
+        return;
+    }
+    sup_log(s, "post-copy: QEMU can use userfaultfd here");
+    if (incoming_tcp_ready(s, &e) < 0)
+        start_failed(s, &e, NULL);
+}
+
 int migrate_incoming_begin(struct sup *s, struct qv_err *e)
 {
     if (incoming_tcp(s)) {
         if (s->mig_listen_fd <= 0)
             return qv_fail(e, -EBADF, "%s: the migration listener is gone", s->def.name);
-        if (migstore_in_copy(s))
-            return migstore_in_serve(s, e);     /* not with TLS: the CLI refuses that */
-        if (s->mig_tls_dir[0])
-            return migrate_tls_begin(s, s->mig_tls_dir, true, on_in_tls, NULL, e);
-        listen_ready(s);
+        if (!s->mig_postcopy)
+            return incoming_tcp_ready(s, e);
+        if (qmp_send(s->qmp, "migrate-set-capabilities", migrate_caps(false, true), NULL, 0, QMP_TIMEOUT_DEFAULT, 0,
+                     on_in_postcopy_caps, s) < 0)
+            return qv_fail(e, -ECONNRESET, "%s: the QMP connection is closed", s->def.name);
         return 0;
     }
     _cleanup_json_ json_object *header = NULL;
@@ -272,8 +351,8 @@ int migrate_incoming_begin(struct sup *s, struct qv_err *e)
     }
     sup_log(s, "restoring the guest's state from %s", s->start.incoming);
     /* capabilities (events), getfd and migrate-incoming go out together: QEMU answers in order */
-    r = qmp_send(s->qmp, "migrate-set-capabilities", migrate_caps(false), NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_in_step,
-                 s);
+    r = qmp_send(s->qmp, "migrate-set-capabilities", migrate_caps(false, false), NULL, 0, QMP_TIMEOUT_DEFAULT, 0,
+                 on_in_step, s);
     if (r == 0)
         r = qmp_send(s->qmp, "getfd", json_obj1("fdname", json_object_new_string(MIG_IN_FDNAME)), &fd, 1,
                      QMP_TIMEOUT_DEFAULT, 0, on_in_step, s);

@@ -1,11 +1,12 @@
-/* Save, restore and live migration: migrate.c (out), migrate_in.c (in), migrate_tls.c,
+/* Save, restore and live migration: migrate.c and migrate_live.c (out; migrate_op.h is
+ * their shared state), migrate_in.c (in), migrate_tls.c,
  * the disk copy's halves (migstore_in.c, migstore_out.c). Included by internal.h */
 #ifndef QV_SUP_MIGRATION_H
 #define QV_SUP_MIGRATION_H
 
 #include "launcher/supervisor/internal.h"
 
-/* migrate.c: save (QEMU's migration stream into a file the supervisor opened, behind a
+/* migrate.c (and migrate_live.c): save (QEMU's migration stream into a file the supervisor opened, behind a
  * header with the definition; the VM is shut off once the file is synced and renamed
  * into place; any failure removes the partial file and the guest runs on), and the
  * restore of such a file in a start. */
@@ -21,6 +22,7 @@ struct migrate_live_opts {
     int64_t bandwidth, downtime_ms;
     bool auto_converge, copy_storage;
     bool persistent;            /* the destination keeps the definition it runs */
+    bool postcopy;              /* switch to post-copy after the first pass (the destination waits with --postcopy) */
 };
 int migrate_live(struct sup *s, unsigned client, const struct migrate_live_opts *o, struct qv_err *e);
 /* A start that receives the guest from a source: listens on listen_at (numeric
@@ -52,8 +54,20 @@ int migrate_tls_begin(struct sup *s, const char *dir, bool server, migrate_tls_d
 #define MIG_POLL_MS 1000
 /* MIGRATION / MIGRATION_PASS (lifecycle.c's event dispatch). */
 void migrate_event(struct sup *s, const char *event, json_object *data);
-/* {"capability": "events", "state": true} (+ auto-converge when asked) */
-json_object *migrate_caps(bool auto_converge);
+/* {"capability": "events", "state": true}, auto-converge and postcopy-ram as asked */
+json_object *migrate_caps(bool auto_converge, bool postcopy);
+/* migrate_live.c: what the guest sees of its definition (machine, memory, vCPUs and their
+ * maximum, disks and NICs by bus/model in order, cdroms, filesystems, host devices, TPM,
+ * balloon): the source sends it on the control line, the destination refuses a guest that
+ * does not fit its own definition (why: the first difference) before any stream. */
+json_object *migrate_guest_shape(const struct vm_def *d);
+int migrate_shape_diff(json_object *theirs, const struct vm_def *here, char *why, size_t whylen);
+/* migrate_in.c: migrate-incoming --postcopy: whether QEMU, confined here, may use
+ * userfaultfd (vm.unprivileged_userfaultfd, the sandbox's extra_deny); checked before
+ * anything starts. */
+int migrate_postcopy_host_check(struct sup *s, struct qv_err *e);
+/* The incoming stream switched to post-copy (postcopy-active): the guest runs here now. */
+void migrate_incoming_postcopy(struct sup *s);
 int migrate_parse_address(const char *text, struct sockaddr_storage *sa, socklen_t *len, struct qv_err *e);
 /* A non-blocking TCP connect to ADDR:PORT begun (*fd; EPOLLOUT says how it ended), or
  * -errno with e filled ("connecting to ADDR: why"). The caller closes *fd either way. */

@@ -74,6 +74,8 @@ struct migstore_in {
     bool stream_done, finish_asked;
     bool copy;              /* migrate-incoming --copy-storage */
     bool persistent;        /* the source asked for the definition to be kept here */
+    int plugged_vcpus;      /* the source's vCPUs, plugged here before the stream; 0: cpu.count */
+    uint64_t balloon_target;    /* the source's last setmem, set here once the guest runs; 0: none */
     uint64_t deadline;      /* no source by then: the destination gives up; 0: a source came */
     struct sockaddr_storage peer;   /* the control line's peer: the stream must come from there */
 };
@@ -311,6 +313,24 @@ static int parse_hello(struct sup *s, const char *line, char *why, size_t whylen
                  "--copy-storage), and the source sends none (migrate --copy-storage)");
         return -EINVAL;
     }
+    bool postcopy = json_object_object_get_ex(o, "postcopy", &flag) && json_object_get_boolean(flag);
+    if (postcopy != s->mig_postcopy) {
+        snprintf(why, whylen, postcopy ? "the source switches to post-copy (--postcopy), and this destination waits "
+                 "without --postcopy (its QEMU may not use userfaultfd)" : "this destination waits for a post-copy "
+                 "migration (migrate-incoming --postcopy), and the source sends none (migrate --postcopy)");
+        return -EINVAL;
+    }
+    json_object *guest;
+    if (!json_object_object_get_ex(o, "guest", &guest) || !json_object_is_type(guest, json_type_object)) {
+        snprintf(why, whylen, "the source did not describe its guest (an older qvisor): the definitions cannot be "
+                 "compared");
+        return -EPROTO;
+    }
+    int r = migrate_shape_diff(guest, &s->def, why, whylen);
+    if (r < 0)
+        return r;
+    mi->plugged_vcpus = json_object_object_get_ex(o, "plugged_vcpus", &v) ? json_object_get_int(v) : 0;
+    mi->balloon_target = json_object_object_get_ex(o, "balloon_target", &v) ? (uint64_t)json_object_get_int64(v) : 0;
     mi->persistent = json_object_object_get_ex(o, "persistent", &flag) && json_object_get_boolean(flag);
     size_t n = json_object_array_length(disks);
     if (n > VM_MAX_DISKS) {
@@ -362,6 +382,39 @@ static int parse_hello(struct sup *s, const char *line, char *why, size_t whylen
     return 0;
 }
 
+/* The source's vCPUs plugged (or nothing to plug): the stream may come. */
+static void on_plugged_serving(struct sup *s, const struct qv_err *err)
+{
+    struct migstore_in *mi = s->msin;
+    if (!mi || mi->phase != MSI_SERVING || mi->ctl < 0)
+        return;
+    if (err) {
+        char why[900];
+        snprintf(why, sizeof(why), "plugging the source's %d vCPUs here: %s", mi->plugged_vcpus, err->msg);
+        mi->deadline = monotonic_ms() + s->mig_wait_ms;    /* waits on for another source, bounded again */
+        refuse(s, why);
+        return;
+    }
+    json_object *o = json_obj1("ok", json_object_new_boolean(true));
+    send_line(s, o);
+    json_object_put(o);
+    sup_epoll_add(s, s->mig_listen_fd, EPOLLIN, &s->ev_mig);
+    sup_log(s, "the source of %s is here (its token matched); waiting for the migration stream", s->def.name);
+}
+
+/* The vCPUs the source plugged live (setvcpus) are plugged here too before the stream
+ * comes: QEMU's stream carries their state, not the devices. done is called once. */
+static int plug_vcpus(struct sup *s, void (*done)(struct sup *, const struct qv_err *), struct qv_err *e)
+{
+    struct migstore_in *mi = s->msin;
+    if (mi->plugged_vcpus <= s->def.cpu.count) {
+        done(s, NULL);
+        return 0;
+    }
+    sup_log(s, "plugging the %d vCPUs the source runs with (setvcpus there)", mi->plugged_vcpus);
+    return tuning_plug_vcpus(s, mi->plugged_vcpus, done, e);
+}
+
 static void on_hello(struct sup *s, const char *line)
 {
     struct migstore_in *mi = s->msin;
@@ -372,12 +425,12 @@ static void on_hello(struct sup *s, const char *line)
     }
     mi->deadline = 0;
     if (!mi->copy) {
-        json_object *o = json_obj1("ok", json_object_new_boolean(true));
-        send_line(s, o);
-        json_object_put(o);
         mi->phase = MSI_SERVING;
-        sup_epoll_add(s, s->mig_listen_fd, EPOLLIN, &s->ev_mig);
-        sup_log(s, "the source of %s is here (its token matched); waiting for the migration stream", s->def.name);
+        struct qv_err e = {0};
+        if (plug_vcpus(s, on_plugged_serving, &e) < 0) {
+            mi->deadline = monotonic_ms() + s->mig_wait_ms;
+            refuse(s, e.msg);
+        }
         return;
     }
     sup_log(s, "copy-storage: %zu disk(s) to receive", mi->ndisks);
@@ -521,7 +574,26 @@ static int nbd_listen(struct sup *s, struct qv_err *e)
     return 0;
 }
 
+static int serve_start(struct sup *s, struct qv_err *e);
+
+static void on_plugged_copy(struct sup *s, const struct qv_err *err)
+{
+    struct migstore_in *mi = s->msin;
+    if (!mi || s->start.phase != START_QMP || s->start.failed)
+        return;
+    struct qv_err e = {0};
+    if (err)
+        fail_started(s, err->code, "plugging the source's %d vCPUs here: %s", mi->plugged_vcpus, err->msg);
+    else if (serve_start(s, &e) < 0)
+        fail_started(s, e.code, "%s", e.msg);
+}
+
 int migstore_in_serve(struct sup *s, struct qv_err *e)
+{
+    return plug_vcpus(s, on_plugged_copy, e);
+}
+
+static int serve_start(struct sup *s, struct qv_err *e)
 {
     struct migstore_in *mi = s->msin;
     int r = nbd_listen(s, e);
@@ -623,6 +695,12 @@ void migstore_in_io(struct sup *s)
             fail_early(s, "the source %s", why);
         else if (mi->phase == MSI_RESUMING)
             sup_log(s, "the source's control line closed (%s) while the guest resumes here; it runs on here", why);
+        else if (s->mig_in_postcopy && mi->phase == MSI_SERVING) {
+            /* the guest runs here already and can run nowhere else: the stream decides */
+            sup_log(s, "the source's control line closed (%s) during post-copy; the guest runs on here", why);
+            mi->finish_asked = true;
+            maybe_finish(s);
+        }
         else if (mi->phase != MSI_DONE && start_active(s))
             fail_started(s, -ECANCELED, "the source ended the migration (its control connection: %s)", why);
         return;
@@ -683,6 +761,8 @@ void migstore_in_started(struct sup *s, bool paused)
             json_object_object_add(o, "defined", json_object_new_boolean(true));
         }
     }
+    if (mi->balloon_target)
+        tuning_balloon_carry(s, mi->balloon_target);
     sup_crash_point("incoming-before-confirm");     /* tests: the guest runs here, the source never hears it */
     send_line(s, o);
     json_object_put(o);

@@ -41,7 +41,7 @@ struct migstore_out {
     enum mso_phase phase;
     char address[80], nbd[80];
     char token[68];
-    bool copy, persistent;
+    bool copy, persistent, postcopy;
     int64_t speed;
     int ctl, nbd_sock;
     struct buf in;
@@ -510,6 +510,14 @@ static void send_hello(struct sup *s)
     json_object_object_add(o, "token", json_object_new_string(mo->token));
     json_object_object_add(o, "copy_storage", json_object_new_boolean(mo->copy));
     json_object_object_add(o, "persistent", json_object_new_boolean(mo->persistent));
+    json_object_object_add(o, "postcopy", json_object_new_boolean(mo->postcopy));
+    json_object_object_add(o, "guest", migrate_guest_shape(&s->def));
+    /* what changed while it ran: the destination plugs these vCPUs before the stream
+     * (QEMU's stream needs the same devices) and sets the balloon once the guest runs */
+    if (s->tune.vcpus > s->def.cpu.count)
+        json_object_object_add(o, "plugged_vcpus", json_object_new_int(s->tune.vcpus));
+    if (s->tune.balloon_target)
+        json_object_object_add(o, "balloon_target", json_object_new_int64((int64_t)s->tune.balloon_target));
     for (size_t i = 0; i < mo->n; i++) {
         json_object *d = json_object_new_object();
         json_object_object_add(d, "id", json_object_new_string(mo->disks[i].id));
@@ -653,6 +661,7 @@ int migstore_out_begin(struct sup *s, const struct migrate_live_opts *o, struct 
     mo->speed = o->bandwidth;
     mo->copy = o->copy_storage;
     mo->persistent = o->persistent;
+    mo->postcopy = o->postcopy;
     snprintf(mo->token, sizeof(mo->token), "%s", o->token);
     snprintf(mo->address, sizeof(mo->address), "%s", o->address);
     s->msout = mo;

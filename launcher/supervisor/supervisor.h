@@ -30,6 +30,8 @@ struct sup_opts {
     /* with incoming_listen: the source copies local disks (migrate --copy-storage); QEMU
      * starts once the source said which, and their images are made (migstore_in.c) */
     bool incoming_copy_storage;
+    /* ...or switches to post-copy (migrate --postcopy): QEMU may use userfaultfd */
+    bool incoming_postcopy;
     /* ...over TLS with the credentials in this directory (migrate_tls.c); NULL: plain */
     const char *incoming_tls;
     /* ...whose source must show this token (NULL: one made at random, shown by status) */

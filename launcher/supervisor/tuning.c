@@ -22,6 +22,7 @@ struct mem_op {
     struct sup *s;
     unsigned client;
     uint64_t target;
+    bool carried;           /* from a migration's source: no client, logged */
 };
 
 static void on_balloon(void *ctx, json_object *ret, const struct qv_err *err)
@@ -29,8 +30,14 @@ static void on_balloon(void *ctx, json_object *ret, const struct qv_err *err)
     (void)ret;
     struct mem_op *op = ctx;
     struct sup *s = op->s;
-    if (err) {
+    if (err && op->carried) {
+        sup_log(s, "warning: the source's balloon target %llu MiB could not be set here: %s",
+                (unsigned long long)(op->target >> 20), err->msg);
+    } else if (err) {
         sup_reply_error(s, op->client, err->code, "%s: balloon: %s", s->def.name, err->msg);
+    } else if (op->carried) {
+        s->tune.balloon_target = op->target;
+        sup_log(s, "balloon target set to %llu MiB, as on the source", (unsigned long long)(op->target >> 20));
     } else {
         s->tune.balloon_target = op->target;
         sup_log(s, "balloon target set to %llu MiB", (unsigned long long)(op->target >> 20));
@@ -71,6 +78,17 @@ int tuning_setmem(struct sup *s, unsigned client, const char *size, struct qv_er
     return 0;
 }
 
+void tuning_balloon_carry(struct sup *s, uint64_t bytes)
+{
+    if (!s->def.memory.balloon || bytes > s->def.memory.bytes || bytes < SETMEM_MIN || !s->qmp)
+        return;
+    struct mem_op *op = qv_xcalloc(1, sizeof(*op));
+    *op = (struct mem_op){.s = s, .target = bytes, .carried = true};
+    if (qmp_send(s->qmp, "balloon", json_obj1("value", json_object_new_int64((int64_t)bytes)), NULL, 0,
+                 QMP_TIMEOUT_DEFAULT, 0, on_balloon, op) < 0)
+        free(op);
+}
+
 void tuning_balloon_event(struct sup *s, json_object *data)
 {
     json_object *v;
@@ -90,6 +108,7 @@ struct vcpu_slot {
 struct vcpu_op {
     struct sup *s;
     unsigned client;
+    void (*done)(struct sup *s, const struct qv_err *err);     /* instead of a client's answer */
     int want, present, pending;
     bool removing;
     struct qv_err err;      /* the first failure */
@@ -113,6 +132,13 @@ static int64_t prop(json_object *props, const char *k)
 static void vcpu_reply(struct vcpu_op *op)
 {
     struct sup *s = op->s;
+    if (op->done) {
+        void (*done)(struct sup *, const struct qv_err *) = op->done;
+        struct qv_err err = op->err;
+        free(op);
+        done(s, err.code ? &err : NULL);
+        return;
+    }
     if (op->err.code) {
         sup_reply_error(s, op->client, op->err.code, "%s", op->err.msg);
     } else {
@@ -251,10 +277,25 @@ static void on_slots(void *ctx, json_object *ret, const struct qv_err *err)
         }
     }
     free(slots);
-    on_vcpu_step(op, NULL, NULL);
+    if (--op->pending == 0)     /* the hold: no vCPU of its own to count */
+        vcpu_done(op);
 }
 
+static int setvcpus(struct sup *s, unsigned client, int count, void (*done)(struct sup *, const struct qv_err *),
+                    struct qv_err *e);
+
 int tuning_setvcpus(struct sup *s, unsigned client, int count, struct qv_err *e)
+{
+    return setvcpus(s, client, count, NULL, e);
+}
+
+int tuning_plug_vcpus(struct sup *s, int count, void (*done)(struct sup *s, const struct qv_err *err), struct qv_err *e)
+{
+    return setvcpus(s, 0, count, done, e);
+}
+
+static int setvcpus(struct sup *s, unsigned client, int count, void (*done)(struct sup *, const struct qv_err *),
+                    struct qv_err *e)
 {
     int max = s->def.cpu.max ? s->def.cpu.max : s->def.cpu.count;
     if (!s->def.cpu.max && count != s->def.cpu.count)
@@ -266,7 +307,7 @@ int tuning_setvcpus(struct sup *s, unsigned client, int count, struct qv_err *e)
         return qv_fail(e, -ERANGE, "%s: setvcpus %d: less than cpu.count %d (the vCPUs it starts with cannot be "
                        "unplugged)", s->def.name, count, s->def.cpu.count);
     struct vcpu_op *op = qv_xcalloc(1, sizeof(*op));
-    *op = (struct vcpu_op){.s = s, .client = client, .want = count};
+    *op = (struct vcpu_op){.s = s, .client = client, .want = count, .done = done};
     if (qmp_send(s->qmp, "query-hotpluggable-cpus", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_slots, op) < 0) {
         free(op);
         return qv_fail(e, -EIO, "%s: QEMU's monitor is gone", s->def.name);

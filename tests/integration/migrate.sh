@@ -12,7 +12,12 @@
 # uuid is refused and the destination waits on; a destination nobody comes to gives up
 # after --timeout; migrate returns once the destination confirmed that the guest runs
 # (and says so when it never does: the guest stays paused on the source); --persistent
-# over tcp: defines the VM on the destination once it runs there.
+# over tcp: defines the VM on the destination once it runs there. The source's guest is
+# compared with the destination's definition (memory here) and refused before any
+# stream; vCPUs plugged live (setvcpus) and the balloon's target go along. --postcopy:
+# refused with the sysctl named while vm.unprivileged_userfaultfd is 0 (nothing starts),
+# then (the test sets it to 1 and puts the old value back) B -> A switches to post-copy
+# after the first pass, with a guest that keeps dirtying memory.
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/../lib_twohosts.sh"
 
@@ -22,9 +27,18 @@ qemu-img create -q -f qcow2 "$img/data.qcow2" 16M
 twohosts 10.251.0 || { not_ok "two hosts (network and PID namespaces)"; finish; }
 logB() { cat "$RB/var/log/qvisor/mg.log" 2>/dev/null; }
 
-define_guest mg "" --disk "file=$img/data.qcow2,serial=DATA,cache=writeback"
+define_guest mg "qv_agent=0" --disk "file=$img/data.qcow2,serial=DATA,cache=writeback"
+qv show mg --json | jq '.memory = {"size": "192M", "balloon": true} | .cpu.max = 2' > "$T_ROOT/mg.json"
+qv edit mg < "$T_ROOT/mg.json" > /dev/null || not_ok "cpu.max and a balloon in mg's definition"
 uuid=$(qv show mg --json | jq -r .uuid)
 qv show mg > "$T_ROOT/mg.json"
+UFFD=/proc/sys/vm/unprivileged_userfaultfd
+uffd_old=$(cat $UFFD 2> /dev/null)
+[ -n "$uffd_old" ] && on_exit "echo $uffd_old > $UFFD"
+uffd() { [ -z "$uffd_old" ] || echo "$1" > $UFFD; }
+cpus_onlineB() { gB 'cat /sys/devices/system/cpu/online' | grep -E '^[0-9][0-9,-]*$' | tail -1; }
+gB_ok() { T_ROOT=$RB guest_ok mg "$1"; }
+online_isB() { [ "$(GSH_TIMEOUT=10 cpus_onlineB)" = "$1" ]; }
 dev="\$(for d in /sys/block/vd*; do grep -qx DATA \$d/serial 2>/dev/null && echo \${d##*/}; done)"
 counter="D=/dev/$dev; i=0; (while :; do i=\$((i+1)); echo \$i > /tmp/count; printf 'COUNT-%-506s' \$i | dd of=\$D bs=512 count=1 conv=fsync 2>/dev/null; sleep 1; done) > /dev/null 2>&1 & true"
 disk_countB() { gB "dd if=/dev/$dev bs=512 count=1 2>/dev/null | tr -d ' '; echo" | grep -o 'COUNT-[0-9]*' | tail -1 | cut -d- -f2; }
@@ -57,6 +71,20 @@ check "B gives up once its bound is over: its QEMU and supervisor are gone" wait
 check "...saying why in its log" grep -q 'no source came within 8 s (migrate-incoming --timeout)' "$RB/var/log/qvisor/mg.log"
 check "...and the transient VM is gone from B's list" sh -c "! nsenter -t $PB -p -m -n -- '$QV_BIN' --root '$RB' list --all | grep -q '^mg '"
 
+# ---- B waits with a definition that does not fit (more memory): refused before any stream ----
+jq '.memory.size = "256M" | del(.nics[]?.mac)' "$T_ROOT/mg.json" > "$T_ROOT/big.json"
+check_output "B waits for mg defined with 256M" 'waiting' waitB --listen $B_IP:4709 --definition "$T_ROOT/big.json" --token k8
+check_error "...migrating the 192M guest there is refused, naming the difference" 1 \
+    "mg: migration to $B_IP:4709 failed: the destination: mg: the guest the source runs does not fit the definition here: memory is 201326592 there, 268435456 here.*; the guest runs on here" \
+    qA migrate mg --to tcp:$B_IP:4709 --token k8
+check_error "...and so is a post-copy migration to a destination that waits without --postcopy" 1 \
+    "the destination: the source switches to post-copy \(--postcopy\), and this destination waits without --postcopy" \
+    qA migrate mg --to tcp:$B_IP:4709 --token k8 --postcopy
+check "...the guest runs on A" stateA running
+check "...and B waits on" stateB starting
+check_output "migrate-incoming --cancel ends B's wait" 'no longer waits' qB migrate-incoming mg --cancel
+check "...B holds nothing" wait_until 60 noneB
+
 # ---- A -> B ----
 check_output "B waits for the stream, with a one-time token" \
     "mg: waiting for the migration stream on $B_IP:4711 .*--token [0-9a-f]{32}" \
@@ -68,6 +96,8 @@ check_error "a source with another token is refused" 1 \
     qA migrate mg --to tcp:$B_IP:4711 --token "x$T1"
 check "...the guest runs on A" stateA running
 check "...and B waits on, unchanged" stateB starting
+check_output "setvcpus 2 on A (plugged live)" 'mg: 2 vCPUs \(was 1\)' qA setvcpus mg 2
+check_output "setmem 160M on A (the balloon's target)" 'mg: balloon target 160M' qA setmem mg 160M
 before=$(countA)
 check_output "migrate A -> B (the right token)" \
     "mg migrated to $B_IP:4711 in [0-9]+ ms \\(downtime [0-9]+ ms\\); running there" \
@@ -78,6 +108,11 @@ check "...B's log: the source was told once the guest ran" \
     "$RB/var/log/qvisor/mg.log"
 check "...it keeps counting from where it was" wait_until 30 aboveB "${before:-0}"
 check "...without booting on B" sh -c "! grep -q 'QVISOR-GUEST: ready' '$RB/var/log/qvisor/mg.log'"
+check "...B plugged the second vCPU before the stream" grep -q 'plugging the 2 vCPUs the source runs with' "$RB/var/log/qvisor/mg.log"
+check_output "...B's status counts 2 vCPUs" '^2$' sh -c "nsenter -t $PB -p -m -n -- '$QV_BIN' --root '$RB' status mg --json | jq .vcpus"
+check "...both online in the guest on B" wait_until 30 online_isB 0-1
+balloonB() { [ "$(qB status mg --json | jq .balloon.target)" = 167772160 ]; }
+check "...and B set the balloon's target as on A (160M)" wait_until 30 balloonB
 check "...B's log says where it came from" sh -c "grep -q 'the guest.s state came in from the source' '$RB/var/log/qvisor/mg.log'"
 dc=$(disk_countB)
 check "...and writes its count to the shared disk on B" test "${dc:-0}" -ge "${before:-1}"
@@ -110,11 +145,27 @@ check_output "...saying it was cancelled" 'failed: cancelled; the guest runs on 
 check "...the guest runs on B" stateB running
 check "...A's waiting QEMU is gone (its stream broke)" wait_until 60 noneA
 
-# ---- B -> A for good ----
-check_output "A waits once more" 'waiting' waitA --listen $A_IP:4714 --token k4
+# ---- B -> A for good, in post-copy ----
+uffd 0
+check_error "migrate-incoming --postcopy with vm.unprivileged_userfaultfd 0: refused, naming the sysctl" 1 \
+    'mg: --postcopy: this host lets only processes with CAP_SYS_PTRACE use userfaultfd \(vm.unprivileged_userfaultfd = 0\).*sysctl -w vm.unprivileged_userfaultfd=1' \
+    qA migrate-incoming mg --listen $A_IP:4714 --token k4 --postcopy
+check "...nothing started on A" noneA
+uffd 1
+check_output "A waits for a post-copy migration (the sysctl at 1 for now)" 'waiting.*--postcopy' \
+    waitA --listen $A_IP:4714 --token k4 --postcopy
+check "...its QEMU checked userfaultfd first (it may use it, through the sandbox)" \
+    grep -q 'post-copy: QEMU can use userfaultfd here' "$T_ROOT/var/log/qvisor/mg.log"
+check "the guest on B keeps dirtying 4 MiB of memory every second" \
+    gB_ok "(while :; do yes dirt | head -c 4194304 > /tmp/dirt; sleep 1; done) > /dev/null 2>&1 & echo \$! > /tmp/dirt.pid"
 n=$(countB)
-check_output "migrate B -> A" "mg migrated to $A_IP:4714" qB migrate mg --to tcp:$A_IP:4714 --token k4
+check "migrate B -> A --postcopy (8 MiB/s: the first pass cannot converge) switches to post-copy" \
+    sh -c "nsenter -t $PB -p -m -n -- '$QV_BIN' --root '$RB' --json migrate mg --to tcp:$A_IP:4714 --token k4 --postcopy --bandwidth 8 --max-downtime 50 | jq -e '.postcopy == true and .destination_state == \"running\"'"
+uffd "$uffd_old"
+check "...B switched after the first pass" grep -q 'the first pass is done .*: switching to post-copy' "$RB/var/log/qvisor/mg.log"
+check "...A ran the guest while its memory came" grep -q 'post-copy: the guest runs here now' "$T_ROOT/var/log/qvisor/mg.log"
 check "A runs the guest" stateA running
+check "...which stops dirtying memory" guest_ok mg 'kill $(cat /tmp/dirt.pid)'
 check "...which counts on" wait_until 30 aboveA "${n:-0}"
 check_output "...and booted only once, on A, at the start" '^1$' count_log mg 'QVISOR-GUEST: ready'
 check "B holds nothing running" wait_until 30 noneB

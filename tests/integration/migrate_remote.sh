@@ -81,7 +81,7 @@ mkcerts "$P/good" "qvisor test CA"
 mkcerts "$P/bad" "another CA"
 check "certtool made the certificates" test -s "$P/good/client-cert.pem" -a -s "$P/bad/server-cert.pem"
 
-define_guest mg "" --disk "file=$img/data.qcow2,serial=DATA,cache=writeback"
+define_guest mg "qv_agent=0" --disk "file=$img/data.qcow2,serial=DATA,cache=writeback"
 uuid=$(qv show mg --json | jq -r .uuid)
 counter="i=0; (while :; do i=\$((i+1)); echo \$i > /tmp/count; sleep 1; done) > /dev/null 2>&1 & true"
 

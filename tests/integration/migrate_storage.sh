@@ -23,7 +23,7 @@ no_mirrorA() {
         qA qmp mg '{"execute": "query-named-block-nodes"}' | jq -e 'length > 0 and ([.[] | select(.drv == "nbd")] == [])' > /dev/null
 }
 
-define_guest mg "" --disk "file=$img/data.qcow2,serial=DATA,cache=writeback"
+define_guest mg "qv_agent=0" --disk "file=$img/data.qcow2,serial=DATA,cache=writeback"
 uuid=$(qv show mg --json | jq -r .uuid)
 qv show mg --json | jq --arg t "$target" '(.disks[] | select(.file | endswith("/data.qcow2")) | .file) = $t' > "$T_ROOT/mgB.json"
 dev="\$(for d in /sys/block/vd*; do grep -qx DATA \$d/serial 2>/dev/null && echo \${d##*/}; done)"

@@ -13,7 +13,7 @@
 img=$T_ROOT/img
 mkdir -p "$img"
 qemu-img create -q -f qcow2 "$img/data.qcow2" 16M
-define_guest sv "" --disk "file=$img/data.qcow2,serial=DATA,cache=writeback"
+define_guest sv "qv_agent=0" --disk "file=$img/data.qcow2,serial=DATA,cache=writeback"
 SAVE=$T_ROOT/sv.save
 
 booted() { [ "$(count_log sv 'QVISOR-GUEST: ready')" -ge "$1" ]; }
