@@ -232,8 +232,17 @@ void snap_live_disks(struct sup *s, struct snapshot_live_disk *out, struct snaps
  * disks, a definition's only among the definition's; false (e filled) when absent. */
 bool snap_disk_find(struct sup *s, const struct storage_snapshot *rec, const struct storage_snapshot_disk *k,
                     struct disk_ref *out, struct qv_err *e);
-/* snapshot_full.c: a full snapshot's snapshot-save job (rec: the plan's record). */
+/* snapshot_full.c: a full snapshot's snapshot-save job (rec: the plan's record). The
+ * disk that keeps the memory is written through the page cache for the save (its
+ * file node reopened without, then with direct I/O; the restore recorded first). */
 int snapshot_full_create(struct sup *s, unsigned client, struct storage_snapshot *rec, struct qv_err *e);
+/* A save being prepared, or a node's direct I/O being restored. */
+bool snapshot_full_busy(struct sup *s);
+/* The monitor is back, or a successor took over: a recorded restore is sent (again). */
+void snapshot_full_monitor_back(struct sup *s);
+void snapshot_full_reattach(struct sup *s);
+/* QEMU is gone: a save being prepared fails, the restore is moot. */
+void snapshot_full_forget(struct sup *s);
 /* snapshot_merge.c: a disk-only snapshot merged, disk after disk, each a block commit
  * (active when the overlay is the top, else inner); bandwidth 0: no cap. */
 int snapshot_live_merge(struct sup *s, unsigned client, struct storage_snapshot *rec, int64_t bandwidth,

@@ -321,6 +321,8 @@ struct sup {
     struct block_prep *block_prep;  /* a block job being prepared (blockjobs.c) */
     json_object *fdset_drop;    /* file nodes whose fdsets go at the next query-fdsets reply */
     struct snap_op *snap;       /* a disk-only snapshot being taken (snapshots.c); NULL: none */
+    struct snap_full_prep *snap_prep;   /* a full snapshot's save being prepared (snapshot_full.c); NULL: none */
+    bool snap_restoring;        /* the vmstate disk's direct I/O is being restored (snapshot_full.c) */
     struct mig_op *mig;         /* a save or migration under way (migrate.c); NULL: none */
     int mig_listen_fd;          /* migrate-incoming's listener until the source connects; 0: none */
     char mig_tls_dir[PATH_MAX]; /* migrate-incoming --tls: the credentials' directory; "": no TLS */

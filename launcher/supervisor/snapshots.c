@@ -84,7 +84,8 @@ bool snap_monitor_ok(struct sup *s, struct qv_err *e)
 
 int snap_busy(struct sup *s, struct qv_err *e)
 {
-    if (s->snap || (s->block_prep && (s->block_prep->snap[0] || s->block_prep->writable)) || snapshot_merge_busy(s))
+    if (s->snap || (s->block_prep && (s->block_prep->snap[0] || s->block_prep->writable)) || snapshot_merge_busy(s) ||
+        snapshot_full_busy(s))
         return qv_fail(e, -EBUSY, "%s: a snapshot operation is under way; try again once it is over", s->def.name);
     for (int i = 0; i < SUP_JOBS_MAX; i++)
         if (s->jobs[i].used && str_startswith(s->jobs[i].ops->kind, "snapshot"))
@@ -192,6 +193,7 @@ void snapshots_reattach(struct sup *s)
     json_object *v;
     create_reattach(s);
     snapshot_merge_reattach(s);
+    snapshot_full_reattach(s);
     if (!s->rs.resources || !json_object_object_get_ex(s->rs.resources, FREEZE_RECORD, &v))
         return;
     sup_log(s, "snapshot %s froze the guest's filesystems and its supervisor died before the thaw: thawing them",
@@ -459,6 +461,7 @@ void snapshots_monitor_back(struct sup *s)
     if (s->snap && s->snap->asking)
         ext_ask(s->snap);
     snapshot_merge_monitor_back(s);
+    snapshot_full_monitor_back(s);
 }
 
 static void tx_continue(struct snap_op *op)
@@ -886,6 +889,7 @@ void snapshots_forget(struct sup *s)
     if (s->rs.resources && json_object_object_get_ex(s->rs.resources, FREEZE_RECORD, NULL))
         freeze_record(s, NULL);     /* the guest it froze is gone */
     snapshot_merge_forget(s);
+    snapshot_full_forget(s);
     if (!op)
         return;
     if (op->asking) {
