@@ -60,6 +60,7 @@ struct snap_op {
     /* the transaction's answer was lost (the monitor dropped, a timeout): QEMU is asked
      * which node each disk reads once the monitor is back */
     bool asking;
+    bool tx_pending;        /* the transaction went out, and whether QEMU switched is not known yet */
 };
 
 static void op_free(struct snap_op *op)
@@ -370,6 +371,7 @@ static void ext_resolve(struct snap_op *op, json_object *blocks, const struct qv
 {
     struct sup *s = op->s;
     size_t kept = 0;
+    op->tx_pending = false;     /* known now */
     json_object *drop = json_object_new_array();
     char gone[512] = "";
     for (size_t i = 0; i < op->rec.ndisks; i++) {
@@ -466,9 +468,12 @@ void snapshots_monitor_back(struct sup *s)
 
 static void tx_continue(struct snap_op *op)
 {
-    if (op->tx_err.code == -ECONNRESET || op->tx_err.code == -ETIMEDOUT)
+    if (op->tx_err.code == -ECONNRESET || op->tx_err.code == -ETIMEDOUT) {
         ext_ask(op);    /* no answer: QEMU may have switched, and then writes to the overlays */
-    else if (op->tx_err.code)
+        return;
+    }
+    op->tx_pending = false;
+    if (op->tx_err.code)
         ext_fail(op, &op->tx_err, "blockdev-snapshot");
     else
         ext_finish(op);
@@ -570,6 +575,7 @@ static void ext_next(struct snap_op *op)
         ext_fail(op, &e, NULL);
         return;
     }
+    op->tx_pending = true;
     sup_crash_point("snapshot-switch-sent");
 }
 
@@ -881,6 +887,87 @@ static void create_reattach(struct sup *s)
     json_object_put(blocks);
 }
 
+/* QEMU exited while whether it switched to the overlays was not known (the switch
+ * unanswered, or its answer lost). Data lands in an overlay only once QEMU switched
+ * to it, and every disk switches in one transaction: an overlay that maps anything of
+ * its own means all switched, and the snapshot is recorded, the definition on the
+ * overlays; none mapping anything means nothing is lost without them, switched or not,
+ * and they go. Either way a retry finds nothing in its way. Kept as they are only when
+ * that cannot be told: an overlay unreadable or still locked by a QEMU, or one of a
+ * hotplugged disk (which left with QEMU) holding data. */
+static void settle_after_exit(struct snap_op *op)
+{
+    struct sup *s = op->s;
+    bool data = false, hot = false, held = false;
+    char why[600] = "", files[1024] = "";
+    for (size_t i = 0; i < op->rec.ndisks; i++) {
+        const struct storage_snapshot_disk *k = &op->rec.disks[i];
+        size_t len = strlen(files);
+        snprintf(files + len, sizeof(files) - len, "%s%s", len ? ", " : "", k->overlay);
+        struct qv_err e = {0};
+        bool has = true, locked = true;
+        int fd = storage_open_image(k->overlay, O_RDONLY, &e);
+        if (fd >= 0 && storage_image_locked(fd, k->overlay, &locked, &e) == 0 && locked) {
+            qv_fail(&e, -EBUSY, "%s is open in a QEMU (it holds its image locks)", k->overlay);
+            held = true;
+        }
+        if (fd >= 0 && !locked)
+            storage_qcow2_has_data(fd, k->overlay, &has, &e);
+        if (fd >= 0)
+            close(fd);
+        if (e.code && !why[0])
+            snprintf(why, sizeof(why), "%s", e.msg);
+        data = data || has;
+        hot = hot || k->hotplug;
+    }
+    if (!why[0] && data && hot)
+        snprintf(why, sizeof(why), "an overlay holds the guest's writes and a disk of the snapshot was attached live "
+                 "(it left with QEMU)");
+    if (why[0]) {
+        sup_log(s, "warning: QEMU exited while it was not known whether snapshot %s switched to its overlays; they "
+                "are kept (%s): %s", op->rec.name, files, why);
+        if (op->client)
+            sup_reply_error(s, op->client, -ESRCH, "%s: QEMU exited while snapshot %s was taken; whether it switched "
+                            "to the overlays cannot be told (%s), they are kept: %s", s->def.name, op->rec.name, why,
+                            files);
+    } else if (!data) {
+        for (size_t i = 0; i < op->rec.ndisks; i++)
+            unlink(op->rec.disks[i].overlay);
+        sup_log(s, "QEMU exited while it was not known whether snapshot %s switched to its overlays; none holds "
+                "anything of its own, they are removed (%s)", op->rec.name, files);
+        if (op->client)
+            sup_reply_error(s, op->client, -ESRCH, "%s: QEMU exited before snapshot %s was taken", s->def.name,
+                            op->rec.name);
+    } else {
+        struct qv_err e = {0};
+        int r = 0;
+        for (size_t i = 0; i < op->rec.ndisks; i++) {
+            const struct storage_snapshot_disk *k = &op->rec.disks[i];
+            struct qv_err de = {0};
+            if (disk_switched(s, k->disk, op->d[i].node, k->overlay, k->overlay_volume[0] ? k->overlay_volume : NULL,
+                              FORMAT_QCOW2, &de) < 0 && !r) {
+                r = de.code;
+                e = de;
+            }
+        }
+        op->rec.memory = false;
+        op->rec.quiesced = false;
+        snprintf(op->rec.quiesce_note, sizeof(op->rec.quiesce_note), "QEMU exited while it was taken");
+        if (r == 0)
+            r = snapshot_record(s->paths, s->def.name, &op->rec, &e);
+        sup_log(s, "QEMU exited while it was not known whether snapshot %s switched to its overlays; they hold the "
+                "guest's writes, so it did: the snapshot is %s (%s)", op->rec.name, r ? "not recorded" : "recorded",
+                r ? e.msg : files);
+        if (op->client)
+            sup_reply_error(s, op->client, -ESRCH, "%s: QEMU exited while snapshot %s was taken, after it switched to "
+                            "the overlays: %s", s->def.name, op->rec.name, r ? e.msg : "the snapshot is recorded, "
+                            "the definition names them");
+    }
+    if (!held)
+        create_intent_clear(s);     /* else a QEMU lives on with them: a successor settles it by asking it */
+    op_free(op);
+}
+
 void snapshots_forget(struct sup *s)
 {
     /* QEMU is gone (its monitor was freed first: no completion comes any more); the
@@ -892,20 +979,8 @@ void snapshots_forget(struct sup *s)
     snapshot_full_forget(s);
     if (!op)
         return;
-    if (op->asking) {
-        /* QEMU may have switched and written the guest's data there: nothing is removed */
-        char files[1024] = "";
-        for (size_t i = 0; i < op->rec.ndisks; i++) {
-            size_t len = strlen(files);
-            snprintf(files + len, sizeof(files) - len, "%s%s", len ? ", " : "", op->rec.disks[i].overlay);
-        }
-        sup_log(s, "warning: QEMU exited while it was not known whether snapshot %s switched to its overlays; they "
-                "are kept (%s): check with qemu-img which holds data before removing them", op->rec.name, files);
-        if (op->client)
-            sup_reply_error(s, op->client, -ESRCH, "%s: QEMU exited while snapshot %s was taken; whether it switched "
-                            "to the overlays is not known, they are kept: %s", s->def.name, op->rec.name, files);
-        create_intent_clear(s);
-        op_free(op);
+    if (op->asking || op->tx_pending) {
+        settle_after_exit(op);
         return;
     }
     if (op->client)
