@@ -1,6 +1,6 @@
 /* A running VM's disks and what changes them: CD-ROM media (media.c), disk requests and
  * tops (disks.c), QEMU's jobs (jobs.c), block jobs (blockjobs.c, blockprep.c),
- * snapshots (snapshots.c, snapshot_full.c, snapshot_merge.c). Included by internal.h */
+ * snapshots (snapshots.c, snapshot_create.c, snapshot_full.c, snapshot_merge.c). Included by internal.h */
 #ifndef QV_SUP_BLOCK_H
 #define QV_SUP_BLOCK_H
 
@@ -203,7 +203,7 @@ json_object *block_node_pair(const char *fmt, const char *file);
 /* A QMP command whose failure is only logged. */
 void block_send_logged(struct sup *s, const char *cmd, json_object *args);
 
-/* snapshots.c: snapshots of the running VM (records and plan: model/snapshot.c). Each
+/* snapshots.c, snapshot_create.c: snapshots of the running VM (records and plan: model/snapshot.c). Each
  * answers `client` when done (an error before anything was sent is returned). Full
  * ones are snapshot-save/load/delete jobs; a disk-only one makes its overlays with
  * qemu-img (a watched child), passes them as fds and switches in one transaction;

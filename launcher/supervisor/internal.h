@@ -2,7 +2,7 @@
  * parts with their own state: ctl.sock (ctl.c), the QMP monitor (monitor.c), the
  * console and log (console.c), confinement (confine.c), NICs (vmnet.c), hotplug
  * (hotplug.c), a running VM's disks (disks.c), CD-ROM media (media.c), QEMU's jobs
- * (jobs.c), block jobs (blockjobs.c, blockprep.c), snapshots (snapshots.c,
+ * (jobs.c), block jobs (blockjobs.c, blockprep.c), snapshots (snapshots.c, snapshot_create.c,
  * snapshot_full.c, snapshot_merge.c), the guest agent channel (agent.c, agent_ops.c; agent_chan.h),
  * virtiofs shares and their virtiofsd processes (virtiofs.c), save and migration
  * (migrate.c out, migrate_in.c in), cpu.pinning of QEMU's threads (pinning.c); networks: their
