@@ -185,3 +185,46 @@ int storage_qcow2_read(int fd, const char *what, struct storage_qcow2_info *out,
     }
     return 0;
 }
+
+/* QEMU's image locking (locking=auto) holds shared locks on bytes 100-299 of every
+ * image file it has open, one byte per permission it takes or refuses to share: a
+ * write lock tested over them finds any such QEMU, ours or not. */
+int storage_image_locked(int fd, const char *what, bool *out, struct qv_err *e)
+{
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 100, .l_len = 200};
+    *out = true;
+    if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
+        return qv_failerr(e, -errno, "%s: cannot test its locks", what);
+    *out = fl.l_type != F_UNLCK;
+    return 0;
+}
+
+/* An L1 entry names an L2 table (bits 9-55): the layer may map clusters of its own. */
+#define QCOW2_L1_OFFSET_MASK 0x00fffffffffffe00ull
+#define QCOW2_L1_MAX_BYTES (32u << 20)
+
+int storage_qcow2_has_data(int fd, const char *what, bool *out, struct qv_err *e)
+{
+    unsigned char h[48], buf[4096];
+    size_t n;
+    *out = true;
+    int r = pread_full(fd, h, sizeof(h), 0, &n);
+    if (r < 0)
+        return qv_failerr(e, r, "%s: cannot read its qcow2 header", what);
+    if (n < sizeof(h) || be32_at(h) != QCOW2_MAGIC)
+        return qv_fail(e, -EINVAL, "%s: not a qcow2 image", what);
+    uint64_t l1_bytes = (uint64_t)be32_at(h + 36) * 8, l1_off = be64_at(h + 40);
+    if (l1_bytes > QCOW2_L1_MAX_BYTES)
+        return qv_fail(e, -EINVAL, "%s: corrupt qcow2 header (an L1 table of %llu bytes)", what,
+                       (unsigned long long)l1_bytes);
+    for (uint64_t done = 0; done < l1_bytes; done += sizeof(buf)) {
+        size_t want = l1_bytes - done < sizeof(buf) ? (size_t)(l1_bytes - done) : sizeof(buf);
+        if ((r = pread_full(fd, buf, want, l1_off + done, &n)) < 0 || n < want)
+            return qv_failerr(e, r < 0 ? r : -EINVAL, "%s: cannot read its L1 table", what);
+        for (size_t i = 0; i + 8 <= want; i += 8)
+            if (be64_at(buf + i) & QCOW2_L1_OFFSET_MASK)
+                return 0;
+    }
+    *out = false;
+    return 0;
+}

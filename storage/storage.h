@@ -45,6 +45,11 @@ struct storage_qcow2_info {
     bool external_data_file;    /* data lives in another file QEMU would open */
 };
 int storage_qcow2_read(int fd, const char *what, struct storage_qcow2_info *out, struct qv_err *e);
+/* Whether the qcow2 image maps any cluster of its own (an L2 table exists): false
+ * only for a layer that holds nothing yet, as qemu-img create leaves an overlay. */
+int storage_qcow2_has_data(int fd, const char *what, bool *out, struct qv_err *e);
+/* Whether a process holds QEMU's image locks on it (a QEMU has it open). */
+int storage_image_locked(int fd, const char *what, bool *out, struct qv_err *e);
 
 /* ---- chains ------------------------------------------------------------------------ */
 #define STORAGE_CHAIN_MAX 32

@@ -1,6 +1,6 @@
 /* A running VM's disks and what changes them: CD-ROM media (media.c), disk requests and
  * tops (disks.c), QEMU's jobs (jobs.c), block jobs (blockjobs.c, blockprep.c),
- * snapshots (snapshots.c, snapshot_full.c, snapshot_merge.c). Included by internal.h */
+ * snapshots (snapshots.c, snapshot_create.c, snapshot_full.c, snapshot_merge.c). Included by internal.h */
 #ifndef QV_SUP_BLOCK_H
 #define QV_SUP_BLOCK_H
 
@@ -203,7 +203,7 @@ json_object *block_node_pair(const char *fmt, const char *file);
 /* A QMP command whose failure is only logged. */
 void block_send_logged(struct sup *s, const char *cmd, json_object *args);
 
-/* snapshots.c: snapshots of the running VM (records and plan: model/snapshot.c). Each
+/* snapshots.c, snapshot_create.c: snapshots of the running VM (records and plan: model/snapshot.c). Each
  * answers `client` when done (an error before anything was sent is returned). Full
  * ones are snapshot-save/load/delete jobs; a disk-only one makes its overlays with
  * qemu-img (a watched child), passes them as fds and switches in one transaction;
@@ -232,8 +232,17 @@ void snap_live_disks(struct sup *s, struct snapshot_live_disk *out, struct snaps
  * disks, a definition's only among the definition's; false (e filled) when absent. */
 bool snap_disk_find(struct sup *s, const struct storage_snapshot *rec, const struct storage_snapshot_disk *k,
                     struct disk_ref *out, struct qv_err *e);
-/* snapshot_full.c: a full snapshot's snapshot-save job (rec: the plan's record). */
+/* snapshot_full.c: a full snapshot's snapshot-save job (rec: the plan's record). The
+ * disk that keeps the memory is written through the page cache for the save (its
+ * file node reopened without, then with direct I/O; the restore recorded first). */
 int snapshot_full_create(struct sup *s, unsigned client, struct storage_snapshot *rec, struct qv_err *e);
+/* A save being prepared, or a node's direct I/O being restored. */
+bool snapshot_full_busy(struct sup *s);
+/* The monitor is back, or a successor took over: a recorded restore is sent (again). */
+void snapshot_full_monitor_back(struct sup *s);
+void snapshot_full_reattach(struct sup *s);
+/* QEMU is gone: a save being prepared fails, the restore is moot. */
+void snapshot_full_forget(struct sup *s);
 /* snapshot_merge.c: a disk-only snapshot merged, disk after disk, each a block commit
  * (active when the overlay is the top, else inner); bandwidth 0: no cap. */
 int snapshot_live_merge(struct sup *s, unsigned client, struct storage_snapshot *rec, int64_t bandwidth,

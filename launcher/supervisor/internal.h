@@ -2,7 +2,7 @@
  * parts with their own state: ctl.sock (ctl.c), the QMP monitor (monitor.c), the
  * console and log (console.c), confinement (confine.c), NICs (vmnet.c), hotplug
  * (hotplug.c), a running VM's disks (disks.c), CD-ROM media (media.c), QEMU's jobs
- * (jobs.c), block jobs (blockjobs.c, blockprep.c), snapshots (snapshots.c,
+ * (jobs.c), block jobs (blockjobs.c, blockprep.c), snapshots (snapshots.c, snapshot_create.c,
  * snapshot_full.c, snapshot_merge.c), the guest agent channel (agent.c, agent_ops.c; agent_chan.h),
  * virtiofs shares and their virtiofsd processes (virtiofs.c), save and migration
  * (migrate.c out, migrate_in.c in), cpu.pinning of QEMU's threads (pinning.c); networks: their
@@ -323,6 +323,8 @@ struct sup {
     struct block_prep *block_prep;  /* a block job being prepared (blockjobs.c) */
     json_object *fdset_drop;    /* file nodes whose fdsets go at the next query-fdsets reply */
     struct snap_op *snap;       /* a disk-only snapshot being taken (snapshots.c); NULL: none */
+    struct snap_full_prep *snap_prep;   /* a full snapshot's save being prepared (snapshot_full.c); NULL: none */
+    bool snap_restoring;        /* the vmstate disk's direct I/O is being restored (snapshot_full.c) */
     struct mig_op *mig;         /* a save or migration under way (migrate.c); NULL: none */
     int mig_listen_fd;          /* migrate-incoming's listener until the source connects; 0: none */
     char mig_tls_dir[PATH_MAX]; /* migrate-incoming --tls: the credentials' directory; "": no TLS */

@@ -9,60 +9,17 @@
  *   that instant when it answers; the definition follows (disk_switched). Deleting one
  *   merges each overlay down with a block commit (active: pivot back to the image
  *   below; inner: the overlay above re-pointed) as a job (snapshot_merge.c).
- * One snapshot operation runs at a time; the loop serves everything else meanwhile. */
-#include <fcntl.h>
+ * One snapshot operation runs at a time; the loop serves everything else meanwhile.
+ * This file has what they share, the freeze around a disk-only switch and the entry
+ * points; snapshot_create.c takes a disk-only one (snapshot_op.h between the two). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "launcher/supervisor/internal.h"
+#include "launcher/supervisor/snapshot_op.h"
 
-#define OVERLAY_TIMEOUT_MS 60000
-
-struct snap_disk_live {
-    char id[24];
-    char old_top[48];       /* the node the overlay goes on */
-    char node[48], file_node[48];
-    uint64_t size;
-    int fd;
-    int fdset;              /* -1 until add-fd answered */
-    bool file_added, fmt_added;
-    struct disk_io io;      /* the disk's, for the overlay's nodes */
-    bool discard;
-};
-
-struct snap_op;
-typedef void (*snap_step_fn)(struct snap_op *op);
-
-struct snap_op {
-    struct sup *s;
-    unsigned client;
-    unsigned seq;           /* the agent's callbacks find the op by it: QEMU's exit may free it first */
-    struct storage_snapshot rec;
-    /* freezing the guest's filesystems around the switch (the agent's fsfreeze) */
-    bool quiesce;           /* --quiesce: no freeze, no snapshot */
-    bool want_freeze;       /* the agent answers: freeze right before the transaction */
-    bool freeze_sent;
-    bool thaw_needed;       /* a freeze went out (it may have frozen even if it failed): thaw, whatever happens */
-    bool thaw_sent;
-    snap_step_fn after_thaw;
-    struct qv_err tx_err;   /* the transaction's outcome, kept while the thaw runs */
-    char thaw_warning[512]; /* the thaw failed: the client hears it */
-    struct snap_disk_live d[VM_MAX_DISKS];
-    size_t made;            /* overlays qemu-img has made */
-    size_t step;            /* the disk whose QMP set-up runs */
-    struct sup_child child;
-    struct qv_err err;
-    bool undoing;
-    size_t undo_pos;
-    int undo_phase;
-    /* the transaction's answer was lost (the monitor dropped, a timeout): QEMU is asked
-     * which node each disk reads once the monitor is back */
-    bool asking;
-};
-
-static void op_free(struct snap_op *op)
+void snap_op_free(struct snap_op *op)
 {
     for (size_t i = 0; i < op->rec.ndisks; i++)
         if (op->d[i].fd >= 0)
@@ -84,7 +41,8 @@ bool snap_monitor_ok(struct sup *s, struct qv_err *e)
 
 int snap_busy(struct sup *s, struct qv_err *e)
 {
-    if (s->snap || (s->block_prep && (s->block_prep->snap[0] || s->block_prep->writable)) || snapshot_merge_busy(s))
+    if (s->snap || (s->block_prep && (s->block_prep->snap[0] || s->block_prep->writable)) || snapshot_merge_busy(s) ||
+        snapshot_full_busy(s))
         return qv_fail(e, -EBUSY, "%s: a snapshot operation is under way; try again once it is over", s->def.name);
     for (int i = 0; i < SUP_JOBS_MAX; i++)
         if (s->jobs[i].used && str_startswith(s->jobs[i].ops->kind, "snapshot"))
@@ -93,62 +51,8 @@ int snap_busy(struct sup *s, struct qv_err *e)
     return 0;
 }
 
-/* ---- disk-only snapshots: overlays as fds, one transaction ---- */
-
-/* Record before you create: the snapshot's record-to-be and each overlay's file and
- * nodes are in state.json before the first overlay file exists, and leave once the
- * snapshot is recorded or undone. A supervisor that dies in between, or loses the
- * transaction's answer, settles it by asking QEMU which node each disk reads
- * (ext_resolve): a switched disk keeps its overlay, the others' go. */
-#define CREATE_RECORD "snapshot_create"
-
-static void create_intent_set(struct snap_op *op)
-{
-    struct sup *s = op->s;
-    json_object *o = json_object_new_object(), *disks = json_object_new_array();
-    json_object_object_add(o, "record", storage_snapshot_to_json(&op->rec));
-    for (size_t i = 0; i < op->rec.ndisks; i++) {
-        json_object *d = json_object_new_object();
-        json_object_object_add(d, "disk", json_object_new_string(op->d[i].id));
-        json_object_object_add(d, "node", json_object_new_string(op->d[i].node));
-        json_object_object_add(d, "file_node", json_object_new_string(op->d[i].file_node));
-        json_object_array_add(disks, d);
-    }
-    json_object_object_add(o, "disks", disks);
-    if (!s->rs.resources)
-        s->rs.resources = json_object_new_object();
-    json_object_object_add(s->rs.resources, CREATE_RECORD, o);
-    sup_save_state(s);
-}
-
-static void create_intent_clear(struct sup *s)
-{
-    if (s->rs.resources && json_object_object_get_ex(s->rs.resources, CREATE_RECORD, NULL)) {
-        json_object_object_del(s->rs.resources, CREATE_RECORD);
-        sup_save_state(s);
-    }
-}
-
-static void ext_next(struct snap_op *op);
-static void ext_undo(struct snap_op *op);
-
-static void ext_fail(struct snap_op *op, const struct qv_err *err, const char *step)
-{
-    if (!op->err.code) {
-        op->err = *err;
-        if (!op->err.code)
-            op->err.code = -EIO;
-        qv_prefix(&op->err, "%s: snapshot %s: %s%s", op->s->def.name, op->rec.name, step ? step : "",
-                  step ? ": " : "");
-    }
-    op->undoing = true;
-    ext_undo(op);
-}
-
 /* ---- the freeze: right before the transaction, the thaw right after it or, on any
  * failure, before the operation ends ---- */
-
-static void ext_finish(struct snap_op *op);
 
 static struct snap_op *op_by_seq(struct sup *s, void *ctx)
 {
@@ -185,13 +89,13 @@ static void on_reattach_thawed(struct sup *s, void *ctx, json_object *ret, const
     freeze_record(s, NULL);
 }
 
-static void create_reattach(struct sup *s);
 
 void snapshots_reattach(struct sup *s)
 {
     json_object *v;
-    create_reattach(s);
+    snap_create_reattach(s);
     snapshot_merge_reattach(s);
+    snapshot_full_reattach(s);
     if (!s->rs.resources || !json_object_object_get_ex(s->rs.resources, FREEZE_RECORD, &v))
         return;
     sup_log(s, "snapshot %s froze the guest's filesystems and its supervisor died before the thaw: thawing them",
@@ -220,7 +124,7 @@ static void on_thawed(struct sup *s, void *ctx, int count, const struct qv_err *
 }
 
 /* The thaw goes out (once), then `next`. */
-static void thaw_then(struct snap_op *op, snap_step_fn next)
+void snap_thaw_then(struct snap_op *op, snap_step_fn next)
 {
     struct qv_err e = {0};
     op->thaw_sent = true;
@@ -238,7 +142,7 @@ static void on_frozen(struct sup *s, void *ctx, int count, const struct qv_err *
         struct qv_err e = {0};
         qv_fail(&e, err->code == -ENODEV ? -ENODEV : -EIO, "--quiesce: the guest's filesystems could not be frozen: "
                 "%s", err->msg);
-        ext_fail(op, &e, NULL);
+        snap_ext_fail(op, &e, NULL);
         return;
     }
     if (err) {
@@ -250,10 +154,10 @@ static void on_frozen(struct sup *s, void *ctx, int count, const struct qv_err *
         sup_log(s, "snapshot %s: %d filesystem%s frozen", op->rec.name, count, count == 1 ? "" : "s");
         sup_crash_point("snapshot-frozen");
     }
-    ext_next(op);
+    snap_ext_next(op);
 }
 
-static void freeze(struct snap_op *op)
+void snap_freeze(struct snap_op *op)
 {
     struct qv_err e = {0};
     op->freeze_sent = true;
@@ -305,391 +209,12 @@ bool snap_disk_find(struct sup *s, const struct storage_snapshot *rec, const str
     return false;
 }
 
-static void ext_reply(struct snap_op *op, int r, const struct qv_err *e)
-{
-    struct sup *s = op->s;
-    if (!op->client)
-        return;
-    if (r < 0) {
-        sup_reply_error(s, op->client, r, "%s%s%s", e->msg, op->thaw_warning[0] ? "; " : "", op->thaw_warning);
-        return;
-    }
-    json_object *o = json_object_new_object();
-    json_object_object_add(o, "quiesced", json_object_new_boolean(op->rec.quiesced));
-    if (op->rec.quiesce_note[0])
-        json_object_object_add(o, "note", json_object_new_string(op->rec.quiesce_note));
-    if (op->thaw_warning[0])
-        json_object_object_add(o, "warning", json_object_new_string(op->thaw_warning));
-    sup_reply_json(s, op->client, o);
-    json_object_put(o);
-}
-
-static void ext_finish(struct snap_op *op)
-{
-    struct sup *s = op->s;
-    if (op->thaw_needed && !op->thaw_sent) {
-        thaw_then(op, ext_finish);  /* a failure before the transaction answered */
-        return;
-    }
-    if (op->err.code) {
-        sup_log(s, "snapshot %s failed: %s", op->rec.name, op->err.msg);
-        ext_reply(op, op->err.code, &op->err);
-        create_intent_clear(s);
-        op_free(op);
-        return;
-    }
-    struct qv_err e = {0};
-    int r = 0;
-    for (size_t i = 0; i < op->rec.ndisks; i++) {
-        const struct storage_snapshot_disk *k = &op->rec.disks[i];
-        struct qv_err de = {0};
-        if (disk_switched(s, k->disk, op->d[i].node, k->overlay, k->overlay_volume[0] ? k->overlay_volume : NULL,
-                          FORMAT_QCOW2, &de) < 0 && !r) {
-            r = de.code;
-            e = de;
-        }
-    }
-    snprintf(op->rec.state, sizeof(op->rec.state), "%s", vm_state_names[s->rs.state]);
-    op->rec.memory = false;
-    if (r == 0 && (r = snapshot_record(s->paths, s->def.name, &op->rec, &e)) < 0)
-        qv_prefix(&e, "%s: snapshot %s: the overlays are in use, but its record was not written: ", s->def.name,
-                  op->rec.name);
-    sup_log(s, "disk-only snapshot %s taken: %zu overlay%s%s", op->rec.name, op->rec.ndisks,
-            op->rec.ndisks == 1 ? "" : "s", op->rec.quiesced ? ", quiesced" : "");
-    ext_reply(op, r, &e);
-    create_intent_clear(s);
-    op_free(op);
-}
-
-/* Which node each disk reads now (query-block's answer): a disk on its overlay keeps
- * it, whatever was heard of the transaction; the others' overlays go (nodes, fdsets
- * by their opaque, files). None switched: the snapshot failed with `why`. */
-static void ext_resolve(struct snap_op *op, json_object *blocks, const struct qv_err *why)
-{
-    struct sup *s = op->s;
-    size_t kept = 0;
-    json_object *drop = json_object_new_array();
-    char gone[512] = "";
-    for (size_t i = 0; i < op->rec.ndisks; i++) {
-        struct snap_disk_live *d = &op->d[i];
-        const char *top = disk_qemu_top(blocks, d->id);
-        if (top && strcmp(top, d->node) == 0) {
-            if (kept != i) {
-                struct storage_snapshot_disk k = op->rec.disks[i];
-                op->rec.disks[kept] = k;
-                op->d[kept] = *d;
-                d->fd = -1;
-            }
-            kept++;
-            continue;
-        }
-        json_object_array_add(drop, block_node_pair(d->node, d->file_node));
-        if (unlink(op->rec.disks[i].overlay) == 0)
-            sup_log(s, "snapshot %s: %s still reads node %s: its overlay %s is removed", op->rec.name, d->id,
-                    top ? top : "?", op->rec.disks[i].overlay);
-        size_t len = strlen(gone);
-        snprintf(gone + len, sizeof(gone) - len, "%s%s", len ? ", " : "", d->id);
-        if (d->fd >= 0)
-            close(d->fd);
-        d->fd = -1;
-    }
-    block_drop_nodes(s, drop);
-    json_object_put(drop);
-    size_t had = op->rec.ndisks;
-    op->rec.ndisks = kept;
-    op->undoing = true;     /* nothing is left for ext_undo: settled here */
-    op->undo_pos = kept;
-    if (!kept) {
-        op->rec.ndisks = had;
-        op->undo_pos = had;
-        struct qv_err e = *why;
-        if (!e.code)
-            e.code = -EIO;
-        op->err.code = 0;
-        ext_fail(op, &e, "blockdev-snapshot (QEMU did not switch)");
-        return;
-    }
-    sup_log(s, "snapshot %s: QEMU reads the overlay%s of %zu disk%s%s%s%s", op->rec.name, kept == 1 ? "" : "s", kept,
-            kept == 1 ? "" : "s", gone[0] ? " (not of " : "", gone, gone[0] ? ")" : "");
-    op->err.code = 0;
-    op->tx_err.code = 0;
-    ext_finish(op);
-}
-
-static void ext_ask(struct snap_op *op);
-
-static void on_asked(void *ctx, json_object *ret, const struct qv_err *err)
-{
-    struct snap_op *op = ctx;
-    if (err && err->code == -ECONNRESET) {
-        ext_ask(op);    /* lost again: asked once it is back */
-        return;
-    }
-    if (err) {
-        /* the intent stays in state.json: a successor settles it */
-        struct qv_err e = {0};
-        qv_fail(&e, err->code ? err->code : -EIO, "%s: snapshot %s: whether QEMU switched to the overlays is not "
-                "known (query-block: %s); they are kept, and `qvisor start %s` after a restart of its supervisor "
-                "settles it", op->s->def.name, op->rec.name, err->msg, op->s->def.name);
-        sup_log(op->s, "%s", e.msg);
-        ext_reply(op, e.code, &e);
-        op_free(op);
-        return;
-    }
-    ext_resolve(op, ret, &op->tx_err);
-}
-
-/* The transaction's answer was lost: QEMU is asked what it did, now or once its
- * monitor is back (snapshots_monitor_back). */
-static void ext_ask(struct snap_op *op)
-{
-    struct sup *s = op->s;
-    op->asking = true;
-    if (!s->qmp || !qmp_ready(s->qmp))
-        return;
-    if (qmp_send(s->qmp, "query-block", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_asked, op) == 0) {
-        op->asking = false;
-        sup_log(s, "snapshot %s: the answer to the switch was lost (%s): asking QEMU which nodes the disks read",
-                op->rec.name, op->tx_err.msg);
-    }
-}
-
 void snapshots_monitor_back(struct sup *s)
 {
     if (s->snap && s->snap->asking)
-        ext_ask(s->snap);
+        snap_ext_ask(s->snap);
     snapshot_merge_monitor_back(s);
-}
-
-static void tx_continue(struct snap_op *op)
-{
-    if (op->tx_err.code == -ECONNRESET || op->tx_err.code == -ETIMEDOUT)
-        ext_ask(op);    /* no answer: QEMU may have switched, and then writes to the overlays */
-    else if (op->tx_err.code)
-        ext_fail(op, &op->tx_err, "blockdev-snapshot");
-    else
-        ext_finish(op);
-}
-
-/* Whatever the answer (a refusal, a timeout, the monitor lost): the guest thaws first. */
-static void on_transaction(void *ctx, json_object *ret, const struct qv_err *err)
-{
-    (void)ret;
-    struct snap_op *op = ctx;
-    if (err) {
-        op->tx_err = *err;
-        if (!op->tx_err.code)
-            op->tx_err.code = -EIO;
-    }
-    if (op->thaw_needed && !op->thaw_sent)
-        thaw_then(op, tx_continue);
-    else
-        tx_continue(op);
-}
-
-static void on_setup_step(void *ctx, json_object *ret, const struct qv_err *err)
-{
-    struct snap_op *op = ctx;
-    struct snap_disk_live *d = &op->d[op->step];
-    if (err) {
-        ext_fail(op, err, d->id);
-        return;
-    }
-    json_object *v;
-    if (d->fdset < 0) {
-        if (!json_object_object_get_ex(ret, "fdset-id", &v)) {
-            struct qv_err e = {0};
-            qv_fail(&e, -EIO, "add-fd gave no fdset-id");
-            ext_fail(op, &e, d->id);
-            return;
-        }
-        d->fdset = json_object_get_int(v);
-        close(d->fd);
-        d->fd = -1;
-    } else if (!d->file_added) {
-        d->file_added = true;
-    } else {
-        d->fmt_added = true;
-        op->step++;
-    }
-    ext_next(op);
-}
-
-/* The QMP set-up of each overlay, then the transaction. */
-static void ext_next(struct snap_op *op)
-{
-    struct sup *s = op->s;
-    struct qv_err e = {0};
-    if (!snap_monitor_ok(s, &e)) {
-        ext_fail(op, &e, NULL);
-        return;
-    }
-    if (op->step < op->rec.ndisks) {
-        struct snap_disk_live *d = &op->d[op->step];
-        int r;
-        if (d->fdset < 0) {
-            /* opaque: its file node, by which a commit or a drop finds the fdset */
-            r = qmp_send(s->qmp, "add-fd", json_obj1("opaque", json_object_new_string(d->file_node)), &d->fd, 1,
-                         QMP_TIMEOUT_DEFAULT, 0, on_setup_step, op);
-        } else if (!d->file_added) {
-            char path[32];
-            snprintf(path, sizeof(path), "/dev/fdset/%d", d->fdset);
-            r = qmp_send(s->qmp, "blockdev-add", blockdev_file(d->file_node, path, &d->io, d->discard, false),
-                         NULL, 0, QMP_TIMEOUT_DEVICE, 0, on_setup_step, op);
-        } else {
-            json_object *fmt = blockdev_format("qcow2", d->node, d->file_node, NULL, &d->io, d->discard, false);
-            json_object_object_add(fmt, "backing", NULL);   /* blockdev-snapshot attaches the old top */
-            r = qmp_send(s->qmp, "blockdev-add", fmt, NULL, 0, QMP_TIMEOUT_DEVICE, 0, on_setup_step, op);
-        }
-        if (r < 0) {
-            qv_fail(&e, -EIO, "QEMU's monitor is gone");
-            ext_fail(op, &e, d->id);
-        }
-        return;
-    }
-    if (op->want_freeze && !op->freeze_sent) {
-        freeze(op);     /* every overlay is ready: the guest is frozen for the transaction only */
-        return;
-    }
-    json_object *actions = json_object_new_array();
-    for (size_t i = 0; i < op->rec.ndisks; i++) {
-        json_object *data = json_object_new_object();
-        json_object_object_add(data, "node", json_object_new_string(op->d[i].old_top));
-        json_object_object_add(data, "overlay", json_object_new_string(op->d[i].node));
-        json_object *a = json_object_new_object();
-        json_object_object_add(a, "type", json_object_new_string("blockdev-snapshot"));
-        json_object_object_add(a, "data", data);
-        json_object_array_add(actions, a);
-    }
-    if (qmp_send(s->qmp, "transaction", json_obj1("actions", actions), NULL, 0, QMP_TIMEOUT_DEVICE, 0, on_transaction,
-                 op) < 0) {
-        qv_fail(&e, -EIO, "QEMU's monitor is gone");
-        ext_fail(op, &e, NULL);
-        return;
-    }
-    sup_crash_point("snapshot-switch-sent");
-}
-
-static void on_undo(void *ctx, json_object *ret, const struct qv_err *err)
-{
-    (void)ret;
-    struct snap_op *op = ctx;
-    if (err)
-        sup_log(op->s, "snapshot %s: undoing: %s", op->rec.name, err->msg);
-    ext_undo(op);
-}
-
-/* In reverse: each overlay's qcow2 node, file node and fdset go, the files too. */
-static void ext_undo(struct snap_op *op)
-{
-    struct sup *s = op->s;
-    while (op->undo_pos < op->rec.ndisks) {
-        struct snap_disk_live *d = &op->d[op->rec.ndisks - 1 - op->undo_pos];
-        const char *cmd = NULL;
-        json_object *args = NULL;
-        if (d->fmt_added) {
-            d->fmt_added = false;
-            cmd = "blockdev-del";
-            args = json_obj1("node-name", json_object_new_string(d->node));
-        } else if (d->file_added) {
-            d->file_added = false;
-            cmd = "blockdev-del";
-            args = json_obj1("node-name", json_object_new_string(d->file_node));
-        } else if (d->fdset >= 0) {
-            cmd = "remove-fd";
-            args = json_obj1("fdset-id", json_object_new_int(d->fdset));
-            d->fdset = -1;
-        }
-        if (cmd && s->qmp && qmp_send(s->qmp, cmd, args, NULL, 0, QMP_TIMEOUT_DEVICE, 0, on_undo, op) == 0)
-            return;
-        if (!cmd) {
-            unlink(op->rec.disks[op->rec.ndisks - 1 - op->undo_pos].overlay);
-            op->undo_pos++;
-        }
-    }
-    ext_finish(op);
-}
-
-/* qemu-img made overlay op->made - 1 (or none yet): the next one, or the QMP part. */
-static void ext_make_next(struct snap_op *op)
-{
-    struct qv_err e = {0};
-    if (op->made == op->rec.ndisks) {
-        sup_crash_point("snapshot-overlays-made");
-        for (size_t i = 0; i < op->rec.ndisks; i++) {
-            op->d[i].fd = storage_open_image(op->rec.disks[i].overlay, O_RDWR, &e);
-            if (op->d[i].fd < 0) {
-                ext_fail(op, &e, op->d[i].id);
-                return;
-            }
-        }
-        ext_next(op);
-        return;
-    }
-    const struct storage_snapshot_disk *k = &op->rec.disks[op->made];
-    const char *bin = getenv("QVISOR_QEMU_IMG");
-    char size[32], out[PATH_MAX + 2];
-    snprintf(size, sizeof(size), "%llu", (unsigned long long)op->d[op->made].size);
-    snprintf(out, sizeof(out), "%s", k->overlay);
-    const char *argv[] = {bin && *bin ? bin : "qemu-img", "create", "-q", "-f", "qcow2", "-F",
-                          storage_format_name(k->format), "-b", k->file, "-u", "--", out, size, NULL};
-    if (sup_child_spawn(&op->child, argv, OVERLAY_TIMEOUT_MS, &e) < 0)
-        ext_fail(op, &e, k->disk);
-}
-
-void snapshots_child_exited(struct sup *s)
-{
-    struct snap_op *op = s->snap;
-    int status;
-    char out[1024];
-    if (!op || !sup_child_reap(&op->child, &status, out, sizeof(out)))
-        return;
-    if (status != 0) {
-        struct qv_err e = {0};
-        qv_fail(&e, -EIO, "creating %s: %s", op->rec.disks[op->made].overlay,
-                *out ? out : status > 128 ? "qemu-img was killed" : "qemu-img failed");
-        unlink(op->rec.disks[op->made].overlay);
-        ext_fail(op, &e, op->rec.disks[op->made].disk);
-        return;
-    }
-    op->made++;
-    ext_make_next(op);
-}
-
-uint64_t snapshots_next_deadline(struct sup *s)
-{
-    return s->snap ? s->snap->child.deadline : 0;
-}
-
-void snapshots_expire(struct sup *s, uint64_t now)
-{
-    if (s->snap)
-        sup_child_expire(&s->snap->child, now);
-}
-
-/* The top nodes' sizes: an overlay made without opening its backing file needs it. */
-static void on_sizes(void *ctx, json_object *ret, const struct qv_err *err)
-{
-    struct snap_op *op = ctx;
-    if (err) {
-        ext_fail(op, err, "query-named-block-nodes");
-        return;
-    }
-    for (size_t i = 0; i < op->rec.ndisks; i++) {
-        for (size_t n = 0; n < json_object_array_length(ret); n++) {
-            json_object *o = json_object_array_get_idx(ret, n), *v, *img;
-            if (json_object_object_get_ex(o, "node-name", &v) && strcmp(json_object_get_string(v), op->d[i].old_top) == 0 &&
-                json_object_object_get_ex(o, "image", &img) && json_object_object_get_ex(img, "virtual-size", &v))
-                op->d[i].size = (uint64_t)json_object_get_int64(v);
-        }
-        if (!op->d[i].size) {
-            struct qv_err e = {0};
-            qv_fail(&e, -EIO, "QEMU does not report the size of node %s", op->d[i].old_top);
-            ext_fail(op, &e, op->d[i].id);
-            return;
-        }
-    }
-    ext_make_next(op);
+    snapshot_full_monitor_back(s);
 }
 
 /* Whether to freeze: the agent must answer now and the guest run (a paused guest's
@@ -713,47 +238,6 @@ static int freeze_plan(struct sup *s, bool quiesce, const char *name, char *note
     if (quiesce)
         return qv_fail(e, s->def.agent ? -EIO : -ENODEV, "%s: snapshot %s: --quiesce: %s", s->def.name, name, why);
     snprintf(note, notelen, "%s", why);
-    return 0;
-}
-
-static int external_create(struct sup *s, unsigned client, struct storage_snapshot *rec, bool quiesce,
-                           bool want_freeze, struct qv_err *e)
-{
-    struct snap_op *op = qv_xcalloc(1, sizeof(*op));
-    op->s = s;
-    op->seq = ++s->snap_seq;
-    op->client = client;
-    op->child.out = -1;
-    op->quiesce = quiesce;
-    op->want_freeze = want_freeze;
-    op->rec = *rec;
-    memset(rec, 0, sizeof(*rec));
-    /* node names unique in this QEMU, whatever ran before: from the clock */
-    unsigned long long stamp = (unsigned long long)realtime_ms();
-    for (size_t i = 0; i < op->rec.ndisks; i++) {
-        struct snap_disk_live *d = &op->d[i];
-        struct disk_ref ref;
-        d->fd = d->fdset = -1;
-        snprintf(d->id, sizeof(d->id), "%s", op->rec.disks[i].disk);
-        if (!snap_disk_find(s, &op->rec, &op->rec.disks[i], &ref, e)) {
-            op_free(op);
-            return e->code;
-        }
-        d->io = ref.hp ? disk_io_mode(ref.hp->cache, ref.hp->aio, &s->facts)
-                       : disk_io_mode(s->def.disks[ref.index].cache, s->def.disks[ref.index].aio, &s->facts);
-        d->discard = ref.hp ? ref.hp->discard : s->def.disks[ref.index].discard;
-        snprintf(d->old_top, sizeof(d->old_top), "%s", ref.node);
-        snprintf(d->node, sizeof(d->node), "%s-s%llx-fmt", d->id, stamp);
-        snprintf(d->file_node, sizeof(d->file_node), "%s-s%llx-file", d->id, stamp);
-    }
-    create_intent_set(op);
-    json_object *args = json_obj1("flat", json_object_new_boolean(true));
-    if (qmp_send(s->qmp, "query-named-block-nodes", args, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_sizes, op) < 0) {
-        op_free(op);
-        create_intent_clear(s);
-        return qv_fail(e, -EIO, "%s: QEMU's monitor is gone", s->def.name);
-    }
-    s->snap = op;
     return 0;
 }
 
@@ -783,7 +267,7 @@ int snapshot_live_create(struct sup *s, unsigned client, const char *name, bool 
             want_freeze ? " (the guest's filesystems frozen for it)" : "");
     if (!disk_only)
         return snapshot_full_create(s, client, &rec, e);
-    return external_create(s, client, &rec, quiesce, want_freeze, e);
+    return snap_external_create(s, client, &rec, quiesce, want_freeze, e);
 }
 
 /* ---- revert, delete ---- */
@@ -827,57 +311,6 @@ int snapshot_live_delete(struct sup *s, unsigned client, const char *name, const
     return snapshot_live_delete_internal(s, client, &rec, e);
 }
 
-/* A disk-only snapshot whose supervisor died between recording it and its end
- * (overlays made or not, nodes added or not, switched or not): QEMU says which
- * disks read their overlay, and the snapshot is settled as ext_resolve does. */
-static void create_reattach(struct sup *s)
-{
-    json_object *o, *rec, *disks, *v;
-    if (!s->rs.resources || !json_object_object_get_ex(s->rs.resources, CREATE_RECORD, &o))
-        return;
-    struct qv_err e = {0};
-    struct snap_op *op = qv_xcalloc(1, sizeof(*op));
-    op->s = s;
-    op->seq = ++s->snap_seq;
-    op->child.out = -1;
-    if (!json_object_object_get_ex(o, "record", &rec) || !json_object_object_get_ex(o, "disks", &disks) ||
-        storage_snapshot_from_json(rec, &op->rec, &e) < 0 || json_object_array_length(disks) != op->rec.ndisks) {
-        sup_log(s, "warning: the recorded disk-only snapshot under way is unreadable (%s); left as it is",
-                e.msg[0] ? e.msg : "no record or disks");
-        op_free(op);
-        create_intent_clear(s);
-        return;
-    }
-    for (size_t i = 0; i < op->rec.ndisks; i++) {
-        json_object *d = json_object_array_get_idx(disks, i);
-        struct snap_disk_live *l = &op->d[i];
-        l->fd = l->fdset = -1;
-        snprintf(l->id, sizeof(l->id), "%s", json_object_object_get_ex(d, "disk", &v) ? json_object_get_string(v) : "");
-        snprintf(l->node, sizeof(l->node), "%s", json_object_object_get_ex(d, "node", &v) ? json_object_get_string(v) : "");
-        snprintf(l->file_node, sizeof(l->file_node), "%s",
-                 json_object_object_get_ex(d, "file_node", &v) ? json_object_get_string(v) : "");
-    }
-    /* the guest's filesystems: thawed by the freeze record's own step; a freeze in
-     * force when the overlays went on is not known now */
-    op->rec.quiesced = false;
-    if (!op->rec.quiesce_note[0])
-        snprintf(op->rec.quiesce_note, sizeof(op->rec.quiesce_note), "its supervisor died while it was taken");
-    s->snap = op;
-    json_object *blocks = NULL;
-    struct qv_err lost = {0};
-    qv_fail(&lost, -EIO, "its supervisor died before the switch");
-    sup_log(s, "snapshot %s was under way when its supervisor died: asking QEMU which nodes the disks read",
-            op->rec.name);
-    if (qmp_call(s->qmp, "query-block", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, &blocks, &e) < 0) {
-        sup_log(s, "warning: snapshot %s: query-block: %s; its overlays are kept for the next supervisor", op->rec.name,
-                e.msg);
-        op_free(op);
-        return;
-    }
-    ext_resolve(op, blocks, &lost);
-    json_object_put(blocks);
-}
-
 void snapshots_forget(struct sup *s)
 {
     /* QEMU is gone (its monitor was freed first: no completion comes any more); the
@@ -886,22 +319,11 @@ void snapshots_forget(struct sup *s)
     if (s->rs.resources && json_object_object_get_ex(s->rs.resources, FREEZE_RECORD, NULL))
         freeze_record(s, NULL);     /* the guest it froze is gone */
     snapshot_merge_forget(s);
+    snapshot_full_forget(s);
     if (!op)
         return;
-    if (op->asking) {
-        /* QEMU may have switched and written the guest's data there: nothing is removed */
-        char files[1024] = "";
-        for (size_t i = 0; i < op->rec.ndisks; i++) {
-            size_t len = strlen(files);
-            snprintf(files + len, sizeof(files) - len, "%s%s", len ? ", " : "", op->rec.disks[i].overlay);
-        }
-        sup_log(s, "warning: QEMU exited while it was not known whether snapshot %s switched to its overlays; they "
-                "are kept (%s): check with qemu-img which holds data before removing them", op->rec.name, files);
-        if (op->client)
-            sup_reply_error(s, op->client, -ESRCH, "%s: QEMU exited while snapshot %s was taken; whether it switched "
-                            "to the overlays is not known, they are kept: %s", s->def.name, op->rec.name, files);
-        create_intent_clear(s);
-        op_free(op);
+    if (op->asking || op->tx_pending) {
+        snap_settle_after_exit(op);
         return;
     }
     if (op->client)
@@ -909,6 +331,6 @@ void snapshots_forget(struct sup *s)
                         op->rec.name);
     for (size_t i = 0; i < op->made; i++)
         unlink(op->rec.disks[i].overlay);
-    create_intent_clear(s);
-    op_free(op);
+    snap_create_intent_clear(s);
+    snap_op_free(op);
 }

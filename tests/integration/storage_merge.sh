@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 900
+# timeout: 1200
 # Snapshots deleted while the guest runs where the overlay is not simply the top of
 # one disk, with real qemu-img and a real QEMU under TCG, sandbox on: a disk-only
 # snapshot of two disks; the middle one of three (an inner commit, the overlay above
@@ -12,8 +12,11 @@
 # retry works), a monitor that drops with the switch's answer in flight (sock_drop
 # reads it away: the snapshot is recorded from what QEMU reads), a supervisor killed
 # after an inner merge's job ended (its successor flushes, removes the overlay and
-# merges the rest), a second delete while a merge's flush is unanswered (busy), and
-# a supervisor killed right after sending a switch (settled either way).
+# merges the rest), a second delete while a merge's flush is unanswered (busy), a
+# supervisor killed right after sending a switch (settled either way), a monitor that
+# drops with an inner merge's flush in flight (sent again once it is back), and QEMU
+# killed while a switch's answer is lost (the overlays removed when they hold nothing
+# of their own, else the snapshot recorded: nothing stale in a retry's way).
 . "$(dirname "$0")/../lib.sh"
 
 img=$T_ROOT/img
@@ -227,6 +230,70 @@ settled() {
 check "...the successor settles it: recorded and followed, or undone" settled
 diag "c3 after its switch's supervisor died: $(snaps_are "c2 c3 s1" && echo recorded || echo undone)"
 check "...the guest reads the same data on both disks" both_same
+
+# a monitor that drops while an inner merge's flush is in flight: the flush goes out
+# again once the monitor is back, and the merge ends well
+layers() { qemu-img info -U --backing-chain --output=json "$1" | jq length; }
+tops="$(def_file 0) $(def_file 1)" la=$(layers "$(def_file 0)") lb=$(layers "$(def_file 1)")
+sup_with QVISOR_TEST_STOP_AT=snapshot-merge-flush-sent
+sp=$(sup_pid mg)
+qv snapshot delete mg s1 > "$T_ROOT/s1.out" 2>&1 &
+client=$!
+check "an inner merge stops right after sending its flush" wait_until 90 stopped "$sp"
+"$T_BUILD/progs/sock_drop" "$sp" qmp.sock 30 > "$T_ROOT/drained" 2>&1
+check "...QEMU's answer to the flush is read away and the connection shut down" grep -q '"return"' "$T_ROOT/drained"
+for _ in $(seq 600); do kill -0 "$client" 2>/dev/null || break; stopped "$sp" && kill -CONT "$sp"; sleep 0.2; done
+kill "$client" 2>/dev/null; kill -CONT "$sp" 2>/dev/null
+wait "$client"
+check_output "...the delete ends well" 'snapshot s1 deleted' cat "$T_ROOT/s1.out"
+check "...the log says the flush goes out again once the monitor is back" log_has mg 'again once the monitor is back'
+check "...s1's overlays are gone" test ! -e "$(ova s1)" -a ! -e "$(ovb s1)"
+check "...the definition names the same tops" test "$(def_file 0) $(def_file 1)" = "$tops"
+check "...qemu-img sees one layer fewer below both tops" eval \
+    "test \$(layers \$(def_file 0)) -eq $((la - 1)) -a \$(layers \$(def_file 1)) -eq $((lb - 1))"
+check "...the guest reads the same data on both disks" both_same
+check "...the host's images hold what the guest wrote" both_host
+
+# QEMU killed while whether it switched to a snapshot's overlays is not known (the
+# switch's answer read away): the overlays are settled by what they hold, and nothing
+# is left in a retry's way. switch_lost NAME: the supervisor stops once it sent the
+# switch, the answer is drained, QEMU is killed, the supervisor goes on
+switch_lost() {
+    sup_with QVISOR_TEST_STOP_AT=snapshot-switch-sent
+    local sp qp client; sp=$(sup_pid mg) qp=$(vm_pid mg)
+    qv snapshot create mg "$1" --disk-only > "$T_ROOT/$1.out" 2>&1 &
+    client=$!
+    wait_until 60 stopped "$sp" && "$T_BUILD/progs/sock_drop" "$sp" qmp.sock 30 > "$T_ROOT/drained" 2>&1
+    sleep "${2:-0}"
+    kill -9 "$qp"; wait_until 10 bash -c "! kill -0 $qp 2>/dev/null"
+    kill -CONT "$sp"
+    wait "$client"
+    grep -q '"return"' "$T_ROOT/drained"
+}
+# - the guest wrote nothing after the switch: the overlays go
+tops="$(def_file 0) $(def_file 1)"
+check "a snapshot's switch answer lost, QEMU killed before the guest wrote" switch_lost c5
+check_output "...the snapshot failed, QEMU named" 'QEMU exited before snapshot c5 was taken' cat "$T_ROOT/c5.out"
+check "...its overlays, holding nothing of their own, are removed" test ! -e "$(ova c5)" -a ! -e "$(ovb c5)"
+check "...the log says why" log_has mg 'none holds anything of its own, they are removed'
+check "...no snapshot was recorded, the definition names the same tops" eval \
+    "! snaps | grep -qw c5 && test \"\$(def_file 0) \$(def_file 1)\" = \"$tops\""
+check_output "start again" "mg started" qv start mg
+check "...the guest boots" wait_until 120 guest_ok mg true
+check "...it reads the same data on both disks" both_same
+check_output "...and taking c5 again works" 'snapshot c5 created' qv snapshot create mg c5 --disk-only
+# - the guest wrote after the switch: QEMU switched, the snapshot is recorded
+gsh mg "while :; do echo MARK-C6 | dd of=$(dev AAA) bs=512 seek=20480 conv=fsync 2>/dev/null; sleep 0.3; done & true" > /dev/null
+check "a snapshot's switch answer lost, QEMU killed after the guest wrote" switch_lost c6 3
+check_output "...the client hears QEMU switched and the snapshot is recorded" \
+    'after it switched to the overlays: the snapshot is recorded' cat "$T_ROOT/c6.out"
+check "...it is recorded" eval "snaps | grep -qw c6"
+check "...the definition names its overlays" test "$(def_file 0) $(def_file 1)" = "$(ova c6) $(ovb c6)"
+check "...the guest's writes after the switch are in c6's overlay" owns "$(ova c6)" 10
+check_output "start again" "mg started" qv start mg
+check "...the guest boots on c6's overlays" wait_until 120 guest_ok mg true
+check_output "...and reads what it wrote after the switch" 'MARK-C6' \
+    gsh mg "dd if=$(dev AAA) bs=512 skip=20480 count=1 2>/dev/null"
 
 qv kill mg > /dev/null 2>&1
 finish

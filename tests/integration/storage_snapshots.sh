@@ -14,7 +14,7 @@ img=$T_ROOT/img
 mkdir -p "$img"
 qemu-img create -q -f qcow2 "$img/data.qcow2" 16M
 truncate -s 8M "$img/plain.raw"
-define_guest sn "" --disk "file=$img/data.qcow2,serial=DATA,cache=writeback"
+define_guest sn "" --disk "file=$img/data.qcow2,serial=DATA"
 qv define -q rawvm --memory 128M --kernel "$G_KERNEL" --disk "file=$img/plain.raw,cache=writeback" \
     --disk "file=$img/data.qcow2,readonly"
 # dev SERIAL: the guest's block device with that serial (a command for the guest)
@@ -60,6 +60,20 @@ check "the guest boots" boot 1
 check "the guest writes marker A" put MARK-A 0
 check_output "a full snapshot while it runs" 'snapshot full1 created \(internal, with the guest.s memory\)' \
     qv snapshot create sn full1 --description "before B"
+# the disk keeps the default cache=none: the memory goes through the page cache for the
+# save only, and the disk's file node is back to direct I/O before the client hears
+check "...its memory went through the page cache" log_has sn 'snapshot full1: the memory goes through the page cache'
+# data_flags: the open flags (octal) of each fd QEMU (pid $QP, else sn's) holds on the data image
+data_flags() { local qp=${QP:-$(vm_pid sn)} f; [ -n "$qp" ] && for f in /proc/"$qp"/fd/*; do
+    [ "$(readlink "$f")" = "$img/data.qcow2" ] && awk '/^flags/ {print $2}' "/proc/$qp/fdinfo/${f##*/}"; done; }
+# io_is direct|buffered: QEMU holds the data image, every fd with (without) O_DIRECT
+io_is() { local fl n=0; for fl in $(data_flags); do n=$((n + 1))
+    if [ "$1" = direct ]; then (( 8#$fl & 8#40000 )) || return 1; else (( !(8#$fl & 8#40000) )) || return 1; fi
+    done; [ "$n" -gt 0 ]; }
+direct_io() { io_is direct; }
+check "...and the disk is back to direct I/O when the command returns" direct_io
+check "...with nothing left to restore in state.json" \
+    jq -e '(.resources.snapshot_buffered // null) == null' "$T_ROOT/run/qvisor/vms/sn/state.json"
 check "the guest runs on after it" guest_ok sn true
 check "the guest overwrites A with marker B" put MARK-B 0
 check_output "...and reads B back" '^MARK-B$' at 0
@@ -121,6 +135,22 @@ check "...resume lets it run" qv resume sn
 check_output "...from the snapshot's memory" '^RAM-MARK-1' gsh sn 'cat /tmp/ram-mark'
 check_error "--running and --paused together are refused" 2 'exclude each other' qv snapshot revert sn live1 --running --paused
 check_output "deleting live1 while it runs" 'snapshot live1 deleted' qv snapshot delete sn live1
+# a supervisor that dies while the disk is off direct I/O for a save: its successor
+# restores it (QVISOR_TEST_CRASH_AT: killed right after QEMU reopened the node)
+sp=$(sup_pid sn) qp=$(vm_pid sn)
+kill -9 "$sp"; wait_until 10 bash -c "! kill -0 $sp 2>/dev/null"
+QVISOR_TEST_CRASH_AT=snapshot-buffered "$QV_BIN" --root "$T_ROOT" start -q sn
+sp=$(sup_pid sn)
+qv snapshot create sn cut1 > /dev/null 2>&1
+check "a supervisor killed once the disk is off direct I/O for a save" eval \
+    "wait_until 30 bash -c '! kill -0 $sp 2>/dev/null' && QP=$qp io_is buffered"
+check_output "start again reattaches" "sn started" qv start sn
+check "...its successor restores direct I/O" wait_until 30 direct_io
+check "...the log says so" log_has sn 'its supervisor died: restoring direct I/O'
+check "...no snapshot was recorded" test ! -e "$T_ROOT/var/lib/qvisor/snapshots/sn/cut1.json"
+check_output "...and taking it again works" 'snapshot cut1 created' qv snapshot create sn cut1
+check "...the disk back to direct I/O after it" direct_io
+check_output "...and it goes" 'snapshot cut1 deleted' qv snapshot delete sn cut1
 # a disk attached live takes part like a defined one (storage_hotplug.sh has the rest)
 qemu-img create -q -f qcow2 "$img/hot.qcow2" 8M
 check "a disk is attached live" qv attach-disk sn "$img/hot.qcow2"
