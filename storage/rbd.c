@@ -110,22 +110,28 @@ static void mon_token(char *t)
         t[n - 1] = '\0';
 }
 
-/* Whether a monitor of the pool greets us: those it names, else those of the ceph.conf
- * it names (mon_host as librados read it). */
-static bool any_mon_speaks(const struct storage_pool *p, const char *conf_mons)
+/* The pool's monitors: those it names, else those of the ceph.conf it names (mon_host
+ * as librados read it). */
+static void pool_mons(const struct storage_pool *p, const char *conf_mons, struct strv *mons)
 {
-    struct strv mons = {0};
     for (size_t i = 0; p->monitors && p->monitors[i]; i++)
-        strv_push(&mons, p->monitors[i]);
-    if (!mons.n && conf_mons) {
+        strv_push(mons, p->monitors[i]);
+    if (!mons->n && conf_mons) {
         _cleanup_free_ char *copy = qv_xstrdup(conf_mons);
         char *save = NULL;
         for (char *t = strtok_r(copy, ", ;\t", &save); t; t = strtok_r(NULL, ", ;\t", &save)) {
             mon_token(t);
-            if (*t)
-                strv_push(&mons, t);
+            if (*t && !strv_contains((const char *const *)mons->v, t))
+                strv_push(mons, t);
         }
     }
+}
+
+/* Whether a monitor of the pool greets us. */
+static bool any_mon_speaks(const struct storage_pool *p, const char *conf_mons)
+{
+    struct strv mons = {0};
+    pool_mons(p, conf_mons, &mons);
     bool ok = false;
     for (size_t i = 0; !ok && i < mons.n; i++) {
         const char *m = mons.v[i];
@@ -134,6 +140,72 @@ static bool any_mon_speaks(const struct storage_pool *p, const char *conf_mons)
     }
     strv_free(&mons);
     return ok;
+}
+
+/* 0, or -ECONNREFUSED when every address of HOST[:PORT] (PORT or else each of
+ * dflt_ports) refuses a TCP connection at once. A host that does not answer within
+ * wait_ms (filtered, unreachable, slow) counts as possibly there: librados then waits
+ * it out, bounded by RBD_TIMEOUT_S. */
+static int mon_refuses(const char *mon, const char *const *dflt_ports, int wait_ms)
+{
+    char host[300];
+    const char *colon = mon[0] == '[' ? strstr(mon, "]:") : strrchr(mon, ':');
+    const char *h = mon[0] == '[' ? mon + 1 : mon;
+    size_t hl = colon ? (size_t)(colon - h) : strlen(h) - (mon[0] == '[');
+    if (hl >= sizeof(host))
+        return 0;
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    const char *given[2] = {colon ? colon + 1 + (mon[0] == '[') : NULL, NULL};
+    const char *const *ports = colon ? given : dflt_ports;
+    for (size_t i = 0; ports[i]; i++) {
+        struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+        if (getaddrinfo(host, ports[i], &hints, &ai) != 0 || !ai)
+            return 0;   /* a name that does not resolve now: librados says what it finds */
+        bool refused = true;
+        for (struct addrinfo *a = ai; refused && a; a = a->ai_next) {
+            _cleanup_close_ int fd = socket(a->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+            if (fd < 0) {
+                refused = false;
+                break;
+            }
+            if (connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
+                refused = false;
+                break;
+            }
+            if (errno == EINPROGRESS) {
+                struct pollfd pf = {.fd = fd, .events = POLLOUT};
+                int err = 0;
+                socklen_t len = sizeof(err);
+                if (poll(&pf, 1, wait_ms) != 1 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+                    err = ETIMEDOUT;
+                refused = err == ECONNREFUSED;
+            } else {
+                refused = errno == ECONNREFUSED;
+            }
+        }
+        freeaddrinfo(ai);
+        if (!refused)
+            return 0;
+    }
+    return -ECONNREFUSED;
+}
+
+/* 0, or the error of a pool none of whose monitors is listening (every one refuses a
+ * connection): said at once, where librados would wait out its timeout. */
+static int mons_all_refuse(const struct storage_pool *p, const char *conf_mons, struct qv_err *e)
+{
+    _cleanup_strv_ struct strv mons = {0};
+    pool_mons(p, conf_mons, &mons);
+    static const char *const dflt_ports[] = {"3300", "6789", NULL};
+    for (size_t i = 0; i < mons.n; i++)
+        if (mon_refuses(mons.v[i], dflt_ports, 500) == 0)
+            return 0;
+    if (!mons.n)
+        return 0;
+    _cleanup_free_ char *all = strv_join((const char *const *)mons.v, ", ");
+    return qv_fail(e, -ECONNREFUSED, "pool %s: monitor%s %s: Connection refused (is ceph-mon running there, and "
+                   "are the pool's monitor addresses right?)", p->name, mons.n > 1 ? "s" : "", all);
 }
 
 static int connect_fail(const struct storage_pool *p, int r, const char *conf_mons, struct qv_err *e)
@@ -213,12 +285,12 @@ int rbd_conn_open(const struct storage_pool *p, struct rbd_conn *c, struct qv_er
         rbd_conn_close(c);
         return r;
     }
-    if ((r = sym_rados_connect(c->cluster)) < 0) {
-        char conf_mons[1024] = "";
-        if (sym_rados_conf_get(c->cluster, "mon_host", conf_mons, sizeof(conf_mons)) < 0)
-            conf_mons[0] = '\0';
+    char conf_mons[1024] = "";
+    if (sym_rados_conf_get(c->cluster, "mon_host", conf_mons, sizeof(conf_mons)) < 0)
+        conf_mons[0] = '\0';
+    if ((r = mons_all_refuse(p, conf_mons, e)) < 0 || (r = sym_rados_connect(c->cluster)) < 0) {
         rbd_conn_close(c);
-        return connect_fail(p, r, conf_mons, e);
+        return r == -ECONNREFUSED ? r : connect_fail(p, r, conf_mons, e);
     }
     if ((r = sym_rados_ioctx_create(c->cluster, p->rbd_pool, &c->io)) < 0) {
         c->io = NULL;
@@ -544,6 +616,29 @@ static void push_addrs(json_object *holder, const char *key, struct strv *all, s
         strv_push(first_of, v2 ? v2 : any);
 }
 
+/* The public addresses of the monitors and OSDs the cluster's maps list now (a map
+ * grows with the cluster: an OSD added later is in the next answer); servers: one per
+ * monitor. */
+static int cluster_addrs_on(const struct storage_pool *p, struct rbd_conn *c, struct strv *addrs, struct strv *servers,
+                            struct qv_err *e)
+{
+    json_object *mons = NULL, *osds = NULL, *arr;
+    int r;
+    if ((r = mon_json(p, c, "mon dump", &mons, e)) == 0 && (r = mon_json(p, c, "osd dump", &osds, e)) == 0) {
+        if (json_object_object_get_ex(mons, "mons", &arr) && json_object_is_type(arr, json_type_array))
+            for (size_t i = 0; i < json_object_array_length(arr); i++)
+                push_addrs(json_object_array_get_idx(arr, i), "public_addrs", addrs, servers);
+        if (json_object_object_get_ex(osds, "osds", &arr) && json_object_is_type(arr, json_type_array))
+            for (size_t i = 0; i < json_object_array_length(arr); i++)
+                push_addrs(json_object_array_get_idx(arr, i), "public_addrs", addrs, NULL);
+        if (!servers->n)
+            r = qv_fail(e, -ENOENT, "pool %s: the cluster's monitor map lists no monitor address", p->name);
+    }
+    json_object_put(mons);
+    json_object_put(osds);
+    return r;
+}
+
 void storage_rbd_disk_free(struct storage_rbd_disk *d)
 {
     strv_free(&d->servers);
@@ -572,22 +667,22 @@ int storage_rbd_disk_info(const struct storage_pool *p, const char *image, struc
         return rbd_image_missing(p, image, r, e);
     }
     out->size = st.size;
-    json_object *mons = NULL, *osds = NULL, *arr;
-    if ((r = mon_json(p, &c, "mon dump", &mons, e)) == 0 && (r = mon_json(p, &c, "osd dump", &osds, e)) == 0) {
-        if (json_object_object_get_ex(mons, "mons", &arr) && json_object_is_type(arr, json_type_array))
-            for (size_t i = 0; i < json_object_array_length(arr); i++)
-                push_addrs(json_object_array_get_idx(arr, i), "public_addrs", &out->addrs, &out->servers);
-        if (json_object_object_get_ex(osds, "osds", &arr) && json_object_is_type(arr, json_type_array))
-            for (size_t i = 0; i < json_object_array_length(arr); i++)
-                push_addrs(json_object_array_get_idx(arr, i), "public_addrs", &out->addrs, NULL);
-        if (!out->servers.n)
-            r = qv_fail(e, -ENOENT, "pool %s: the cluster's monitor map lists no monitor address", p->name);
-    }
-    json_object_put(mons);
-    json_object_put(osds);
+    r = cluster_addrs_on(p, &c, &out->addrs, &out->servers, e);
     rbd_conn_close(&c);
     if (r < 0)
         storage_rbd_disk_free(out);
+    return r;
+}
+
+int storage_rbd_cluster_addrs(const struct storage_pool *p, struct strv *addrs, struct qv_err *e)
+{
+    struct rbd_conn c;
+    int r = rbd_conn_open(p, &c, e);
+    if (r < 0)
+        return r;
+    _cleanup_strv_ struct strv servers = {0};
+    r = cluster_addrs_on(p, &c, addrs, &servers, e);
+    rbd_conn_close(&c);
     return r;
 }
 

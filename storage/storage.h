@@ -304,6 +304,10 @@ void storage_rbd_disk_free(struct storage_rbd_disk *d);
  * size, and the addresses QEMU's rbd driver is given and may reach. */
 int storage_rbd_disk_info(const struct storage_pool *p, const char *image, struct storage_rbd_disk *out,
                           struct qv_err *e);
+/* The public addresses of the cluster's monitors and OSDs as its maps list them now
+ * (`qvisor pool show NAME --addresses`; a running VM's supervisor asks again now and
+ * then, so that QEMU may reach OSDs added since it started). */
+int storage_rbd_cluster_addrs(const struct storage_pool *p, struct strv *addrs, struct qv_err *e);
 /* An RBD snapshot of `image` through librbd: op 'c' create, 'a' roll back (no client
  * may have the image open), 'd' delete, 'u' unprotect and delete (refused while it
  * has clones), 'e' exists (-ENOENT when not). */

@@ -9,6 +9,7 @@
 #define QVISOR_VERSION "0.1"
 
 static const struct cli_opt no_opts[] = {{0}};
+static const struct cli_opt pool_show_opts[] = {{"addresses", false, false, 0}, {0}};
 /* what the guest gets beside its devices: a cloud-init seed, systemd credentials */
 #define GUESTDATA_FLAGS {"cloud-init", true, false, 0}, {"meta-data", true, false, 0}, {"credential", true, true, 0}
 /* a definition from flags: define and create take the same ones */
@@ -310,7 +311,8 @@ static const struct cli_command commands[] = {
     {"pool undefine", cmd_pool_undefine, no_opts, 1, 1, "pool undefine NAME",
      "remove a pool's definition (its volumes stay; refused while VMs use them)"},
     {"pool list", cmd_pool_list, no_opts, 0, 0, "pool list [--json]", "list pools: capacity, allocation, available"},
-    {"pool show", cmd_pool_show, no_opts, 1, 1, "pool show NAME", "a pool's definition and sizes (JSON)"},
+    {"pool show", cmd_pool_show, pool_show_opts, 1, 1, "pool show NAME [--addresses]",
+     "a pool's definition and sizes (JSON); --addresses: an rbd pool's Ceph monitors and OSDs"},
     {"pool refresh", cmd_pool_refresh, no_opts, 1, 1, "pool refresh NAME",
      "rescan a pool, dropping what interrupted copies left behind"},
     {"vol create", cmd_vol_create, vol_create_opts, 1, 1,

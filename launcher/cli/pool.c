@@ -171,12 +171,38 @@ int cmd_pool_list(struct cli *c)
     return 0;
 }
 
+/* pool show NAME --addresses: the monitors and OSDs of an rbd pool's cluster, one
+ * "IP:PORT" a line, as its maps list them now (what QEMU's filter lets through). */
+static int show_addresses(struct cli *c, const struct pool_def *d)
+{
+    if (strcmp(d->type, "rbd") != 0)
+        return qv_fail(&c->err, -EINVAL, "pool %s is a %s pool: --addresses lists an rbd pool's Ceph monitors and "
+                       "OSDs", d->name, d->type);
+    struct storage_pool sp = pool_storage(d);
+    _cleanup_strv_ struct strv addrs = {0};
+    int r = storage_rbd_cluster_addrs(&sp, &addrs, &c->err);
+    if (r < 0)
+        return r;
+    if (c->json) {
+        _cleanup_json_ json_object *a = json_object_new_array();
+        for (size_t i = 0; i < addrs.n; i++)
+            json_object_array_add(a, json_object_new_string(addrs.v[i]));
+        cli_print_json(a);
+        return 0;
+    }
+    for (size_t i = 0; i < addrs.n; i++)
+        printf("%s\n", addrs.v[i]);
+    return 0;
+}
+
 int cmd_pool_show(struct cli *c)
 {
     _cleanup_pool_def_ struct pool_def d = {0};
     int r = pool_open(&c->paths, c->pos[0], &d, &c->err);
     if (r < 0)
         return r;
+    if (cli_flag(c, "addresses"))
+        return show_addresses(c, &d);
     struct storage_pool_stats st;
     size_t nvols;
     if (!pool_state(&d, &st, &nvols, &c->err))

@@ -44,10 +44,70 @@ static const char *kind_of(const struct storage_snapshot *s)
     return s->external ? "disk-only" : s->memory ? "full" : "disks";
 }
 
+/* The disks attached to the running VM that its definition does not name (attached
+ * without --persistent), from state.json's record of them: they are the VM's disks as
+ * much as the others, and take part in its snapshots. (An attach --persistent put its
+ * disk in both: it counts once, as the definition's.) */
+#define LIVE_DISKS_MAX 16
+struct live_disks {
+    struct snapshot_live_disk v[LIVE_DISKS_MAX];
+    struct snapshot_live live;
+};
+
+static bool def_names(const struct vm_def *d, const char *file, const char *volume)
+{
+    for (size_t i = 0; i < d->ndisks; i++) {
+        const struct vm_disk *k = &d->disks[i];
+        if ((volume[0] && k->volume && strcmp(k->volume, volume) == 0) || (k->file && strcmp(k->file, file) == 0))
+            return true;
+    }
+    return false;
+}
+
+static struct live_disks *live_disks_read(struct cli *c, const struct vm_def *d)
+{
+    struct live_disks *l = qv_xcalloc(1, sizeof(*l));
+    l->live.disks = l->v;
+    _cleanup_runstate_ struct vm_runstate rs = {0};
+    bool supervised = false;
+    vm_observe(&c->paths, d->name, &rs, &supervised);
+    json_object *a, *v;
+    if (!rs.resources || !json_object_object_get_ex(rs.resources, "hotplug", &a) ||
+        !json_object_is_type(a, json_type_array))
+        return l;
+    for (size_t i = 0; i < json_object_array_length(a) && l->live.n < LIVE_DISKS_MAX; i++) {
+        json_object *o = json_object_array_get_idx(a, i);
+        const char *kind = json_object_object_get_ex(o, "kind", &v) ? json_object_get_string(v) : "disk";
+        if (strcmp(kind, "disk") != 0)
+            continue;
+        struct snapshot_live_disk *k = &l->v[l->live.n];
+        memset(k, 0, sizeof(*k));
+        if (json_object_object_get_ex(o, "id", &v))
+            snprintf(k->id, sizeof(k->id), "%s", json_object_get_string(v));
+        if (json_object_object_get_ex(o, "file", &v))
+            snprintf(k->file, sizeof(k->file), "%s", json_object_get_string(v));
+        if (json_object_object_get_ex(o, "volume", &v))
+            snprintf(k->volume, sizeof(k->volume), "%s", json_object_get_string(v));
+        k->format = json_object_object_get_ex(o, "format", &v) && strcmp(json_object_get_string(v), "raw") == 0
+                        ? FORMAT_RAW : FORMAT_QCOW2;
+        k->readonly = json_object_object_get_ex(o, "readonly", &v) && json_object_get_boolean(v);
+        if (k->id[0] && !def_names(d, k->file, k->volume))
+            l->live.n++;
+    }
+    return l;
+}
+
+static void live_disks_freep(struct live_disks **l)
+{
+    free(*l);
+}
+#define _cleanup_live_disks_ _cleanup_(live_disks_freep)
+
 /* Whether every disk a snapshot takes is an rbd volume (from the pool definitions:
- * no cluster is asked). A VM with file disks beside them has its snapshot taken by
- * QEMU, RBD images included, with the guest's memory kept in a qcow2 disk. */
-static bool rbd_volumes_only(const struct qv_paths *p, const struct vm_def *d)
+ * no cluster is asked), the running VM's hotplugged ones too. A VM with file disks
+ * beside them has its snapshot taken by QEMU, RBD images included, with the guest's
+ * memory kept in a qcow2 disk. */
+static bool rbd_volumes_only(const struct qv_paths *p, const struct vm_def *d, const struct snapshot_live *live)
 {
     size_t n = 0;
     for (size_t i = 0; i < d->ndisks; i++) {
@@ -59,13 +119,17 @@ static bool rbd_volumes_only(const struct qv_paths *p, const struct vm_def *d)
             return false;
         n++;
     }
+    for (size_t i = 0; live && i < live->n; i++)
+        if (!live->disks[i].readonly && !(live->disks[i].volume[0] && str_startswith(live->disks[i].file, "rbd:")))
+            return false;
     return n > 0;
 }
 
 /* A running VM whose disks are rbd volumes: RBD snapshots taken with librbd from here
  * (the supervisor's loop never waits on the cluster), the guest paused around them
  * so that every image is taken at the same instant. */
-static int rbd_running_snapshot(struct cli *c, const char *vm, struct vm_def *d, const char *name)
+static int rbd_running_snapshot(struct cli *c, const char *vm, struct vm_def *d, const struct snapshot_live *live,
+                                const char *name)
 {
     int r = vm_resolve_disks(&c->paths, d, &c->err);
     if (r < 0)
@@ -77,8 +141,12 @@ static int rbd_running_snapshot(struct cli *c, const char *vm, struct vm_def *d,
     if (lock < 0)
         return lock;
     _cleanup_snapshot_ struct storage_snapshot s = {0};
-    if ((r = snapshot_plan(&c->paths, d, NULL, name, false, &s, &c->err)) < 0)
+    if ((r = snapshot_plan(&c->paths, d, live, name, false, &s, &c->err)) < 0)
         return r;
+    for (size_t i = 0; i < s.ndisks; i++)
+        if (!s.disks[i].rbd)
+            return qv_fail(&c->err, -EINVAL, "%s: snapshot %s: %s (%s) is no rbd volume now (attached meanwhile?); "
+                           "try again", vm, name, s.disks[i].disk, s.disks[i].file);
     if (cli_opt(c, "description"))
         s.description = qv_xstrdup(cli_opt(c, "description"));
     _cleanup_runstate_ struct vm_runstate rs = {0};
@@ -107,9 +175,10 @@ int cmd_snapshot_create(struct cli *c)
     if (r < 0)
         return r;
     _cleanup_json_ json_object *reply = NULL;
-    bool rbd = active && !disk_only && rbd_volumes_only(&c->paths, &d);
+    _cleanup_live_disks_ struct live_disks *live = active ? live_disks_read(c, &d) : NULL;
+    bool rbd = active && !disk_only && rbd_volumes_only(&c->paths, &d, &live->live);
     if (rbd) {
-        if ((r = rbd_running_snapshot(c, vm, &d, name)) < 0)
+        if ((r = rbd_running_snapshot(c, vm, &d, &live->live, name)) < 0)
             return r;
     } else if (active) {
         json_object *req = ctl_request("snapshot-create");
@@ -379,17 +448,12 @@ static int change(struct cli *c, bool revert)
         rbd_only &= s.disks[i].rbd;
         has_rbd |= s.disks[i].rbd;
     }
-    /* QEMU 7.2's snapshot-load of rbd images left the guest's disk I/O hung in our tests:
-     * such a snapshot's disks go back while the VM is shut off, and the guest boots */
-    if (active && revert && has_rbd && s.memory)
-        return qv_fail(&c->err, -EBUSY, "%s is running and snapshot %s has rbd disks, which are reverted while the VM "
-                       "is shut off (the guest boots from them; its memory is not restored); stop the VM first, then "
-                       "revert", vm, name);
     if (active && rbd_only && !revert) {
         /* RBD snapshots go in the cluster, whoever has the image open (with file disks
          * beside them, the supervisor has QEMU delete them all) */
         _cleanup_close_ int lock = lock_snapshots(c, vm);
-        return lock < 0 ? lock : snapshot_delete_offline(&c->paths, &d, &s, &c->err);
+        _cleanup_live_disks_ struct live_disks *live = live_disks_read(c, &d);
+        return lock < 0 ? lock : snapshot_delete_offline(&c->paths, &d, &live->live, &s, &c->err);
     }
     if (active) {
         if (revert && !s.memory)
@@ -410,7 +474,7 @@ static int change(struct cli *c, bool revert)
                        "at full speed); leave it out", vm);
     if (!revert) {
         _cleanup_close_ int lock = lock_snapshots(c, vm);
-        return lock < 0 ? lock : snapshot_delete_offline(&c->paths, &d, &s, &c->err);
+        return lock < 0 ? lock : snapshot_delete_offline(&c->paths, &d, NULL, &s, &c->err);
     }
     if (s.memory && !has_rbd) {
         /* QEMU's snapshot-load brings memory and disks back together, before the guest runs */

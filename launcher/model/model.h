@@ -921,7 +921,9 @@ int snapshot_create_offline(const struct qv_paths *p, const struct vm_def *d, st
                             struct qv_err *e);
 int snapshot_revert_offline(const struct qv_paths *p, const struct vm_def *d, const struct storage_snapshot *s,
                             struct qv_err *e);
-int snapshot_delete_offline(const struct qv_paths *p, const struct vm_def *d, const struct storage_snapshot *s,
-                            struct qv_err *e);
+/* live: for the RBD snapshots of a running VM, deleted in the cluster while it runs
+ * (NULL: shut off). */
+int snapshot_delete_offline(const struct qv_paths *p, const struct vm_def *d, const struct snapshot_live *live,
+                            const struct storage_snapshot *s, struct qv_err *e);
 
 #endif

@@ -530,15 +530,15 @@ int snapshot_revert_offline(const struct qv_paths *p, const struct vm_def *d, co
     return storage_snapshot_set_current(dir, s->name, e);
 }
 
-int snapshot_delete_offline(const struct qv_paths *p, const struct vm_def *d, const struct storage_snapshot *s,
-                            struct qv_err *e)
+int snapshot_delete_offline(const struct qv_paths *p, const struct vm_def *d, const struct snapshot_live *live,
+                            const struct storage_snapshot *s, struct qv_err *e)
 {
     struct storage_snapshot *all;
     size_t n;
     int r = snapshot_load_all(p, d->name, &all, &n, e);
     if (r < 0)
         return r;
-    if ((r = snapshot_check_delete(p, d, NULL, s, all, n, e)) < 0)
+    if ((r = snapshot_check_delete(p, d, live, s, all, n, e)) < 0)
         goto out;
     char dir[PATH_MAX], top[PATH_MAX];
     snapshot_dir(p, d->name, dir, sizeof(dir));

@@ -202,6 +202,7 @@ static void signal_readable(struct sup *s)
             tpm_child_exited(s);
             migrate_child_exited(s);
             migstore_in_child_exited(s);
+            cluster_watch_child_exited(s);
             if (s->qemu_is_child && s->qemu_pid)
                 sup_qemu_gone(s);
         }
@@ -246,7 +247,8 @@ static int next_timeout(struct sup *s)
     uint64_t cands[] = {s->stop_next, s->restart_at, s->notify.next_ping, s->qmp ? qmp_next_deadline(s->qmp) : 0,
                         hotplug_next_deadline(s), s->lease_poll, console_next_deadline(s), ctl_next_deadline(s),
                         monitor_next_deadline(s), agent_next_deadline(s), start_next_deadline(s),
-                        sup_jobs_next_deadline(s), snapshots_next_deadline(s), migrate_next_deadline(s)};
+                        sup_jobs_next_deadline(s), snapshots_next_deadline(s), migrate_next_deadline(s),
+                        cluster_watch_next_deadline(s)};
     for (size_t i = 0; i < ARRAY_SIZE(cands); i++)
         if (cands[i] && (!next || cands[i] < next))
             next = cands[i];
@@ -270,6 +272,7 @@ static void run_timers(struct sup *s)
     sup_jobs_expire(s, now);
     snapshots_expire(s, now);
     migrate_expire(s, now);
+    cluster_watch_expire(s, now);
     if (s->lease_poll && now >= s->lease_poll)
         vmnet_poll_leases(s);
     if (s->notify.next_ping && now >= s->notify.next_ping) {

@@ -162,6 +162,16 @@ struct sup_child {
     int out;                /* the read end of its stdout and stderr; -1 none */
     uint64_t deadline;      /* killed then; its exit reports the failure */
 };
+/* The clusters of the rbd disks asked again for their monitors and OSDs now and then
+ * (cluster_watch.c), one pool at a time. */
+struct cluster_watch {
+    struct sup_child child;     /* `qvisor pool show POOL --addresses`; pid 0: none */
+    char pool[72];
+    size_t next_pool;           /* of this round */
+    uint64_t at;                /* the next round; 0: not armed */
+    bool failing;               /* said so in the log once */
+};
+
 /* `qvisor net start NAME` as a watched child (vmnet.c). */
 #define NET_START_TIMEOUT_MS 60000
 struct net_starter {
@@ -315,6 +325,7 @@ struct sup {
     bool own_unit;
     struct confine conf;
     struct hotplug hp[HOTPLUG_MAX];
+    struct cluster_watch cluster_watch;
     char disk_top[VM_MAX_DISKS][48];    /* a boot disk's root node once a job moved it; "" = default */
     struct sup_job jobs[SUP_JOBS_MAX];
     unsigned job_seq;           /* the next job-id's number; recorded, so ids stay unique */
@@ -548,6 +559,10 @@ void hotplug_child_exited(struct sup *s);
 int hotplug_detach(struct sup *s, const char *key, enum hotplug_kind kind, unsigned client, struct qv_err *e);
 void hotplug_device_deleted(struct sup *s, const char *device);
 uint64_t hotplug_next_deadline(struct sup *s);
+/* cluster_watch.c: the rbd disks' clusters asked for new OSDs now and then */
+void cluster_watch_child_exited(struct sup *s);
+uint64_t cluster_watch_next_deadline(struct sup *s);
+void cluster_watch_expire(struct sup *s, uint64_t now);
 void hotplug_expire(struct sup *s, uint64_t now);
 void hotplug_record(struct sup *s);
 void hotplug_restore(struct sup *s);

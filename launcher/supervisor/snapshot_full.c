@@ -14,8 +14,13 @@
  * driver keeps no VM state, and QEMU hands one snapshot description to every device
  * in turn, into which qcow2 writes the id it picks, while rbd refuses any id but the
  * snapshot's name. */
-static int record_nodes(struct sup *s, const struct storage_snapshot *rec, json_object **devices, char *vmstate,
-                        size_t vmlen, struct disk_ref *vm_ref, struct qv_err *e)
+/* for_load: an rbd disk is named by its rbd node, below the raw node the guest sees.
+ * QEMU 7.2's snapshot-load of a raw node goes to its file child by closing the raw
+ * node and opening it again around the rollback, inside the load's drained section,
+ * and the guest's I/O on that disk then never completed; the rbd node rolls back in
+ * place. vm_ref (may be NULL): the disk that keeps the memory. */
+static int record_nodes(struct sup *s, const struct storage_snapshot *rec, bool for_load, json_object **devices,
+                        char *vmstate, size_t vmlen, struct disk_ref *vm_ref, struct qv_err *e)
 {
     *devices = json_object_new_array();
     vmstate[0] = '\0';
@@ -28,7 +33,13 @@ static int record_nodes(struct sup *s, const struct storage_snapshot *rec, json_
                 json_object_put(*devices);
                 return e->code;
             }
-            json_object_array_add(*devices, json_object_new_string(ref.node));
+            char node[sizeof(ref.node) + 8], fmt[sizeof(ref.id) + 8];
+            snprintf(fmt, sizeof(fmt), "%s-fmt", ref.id);
+            if (for_load && rbd_pass && strcmp(ref.node, fmt) == 0)
+                snprintf(node, sizeof(node), "%s-file", ref.id);
+            else
+                snprintf(node, sizeof(node), "%s", ref.node);
+            json_object_array_add(*devices, json_object_new_string(node));
             if (!rbd_pass && !vmstate[0]) {
                 snprintf(vmstate, vmlen, "%s", ref.node);
                 if (vm_ref)
@@ -321,7 +332,7 @@ int snapshot_full_create(struct sup *s, unsigned client, struct storage_snapshot
     json_object *devices;
     char vmstate[48];
     struct disk_ref ref;
-    int r = record_nodes(s, rec, &devices, vmstate, sizeof(vmstate), &ref, e);
+    int r = record_nodes(s, rec, false, &devices, vmstate, sizeof(vmstate), &ref, e);
     if (r < 0)
         return r;
     snprintf(rec->state, sizeof(rec->state), "%s", vm_state_names[s->rs.state]);
@@ -404,7 +415,7 @@ static int load_args(struct sup *s, const char *name, json_object **args, struct
         return r;
     json_object *devices;
     char vmstate[48];
-    if ((r = record_nodes(s, &rec, &devices, vmstate, sizeof(vmstate), NULL, e)) < 0)
+    if ((r = record_nodes(s, &rec, true, &devices, vmstate, sizeof(vmstate), NULL, e)) < 0)
         return r;
     *args = json_object_new_object();
     json_object_object_add(*args, "tag", json_object_new_string(name));

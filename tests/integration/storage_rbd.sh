@@ -113,9 +113,24 @@ check_error_within "pool define of a Ceph pool that does not exist: no such obje
     'pool bad: the Ceph cluster has no pool nosuch \(ceph osd pool create nosuch' \
     qv pool define --name bad --type rbd --pool nosuch --monitor "$CEPH_MON" --user libvirt --secret ceph-libvirt
 deadport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-check_error_within "pool define with no monitor listening: timed out within bounds (exit 5)" 40 5 \
-    "pool bad: no answer from the Ceph monitors 127\.0\.0\.1:$deadport within 10 s" \
+# ---- rbd12: a monitor that refuses connections is said at once (librados would wait out its 10 s) ----
+check_error_within "pool define with no monitor listening: Connection refused, at once (exit 1)" 10 1 \
+    "pool bad: monitor 127\.0\.0\.1:$deadport: Connection refused \(is ceph-mon running there" \
     qv pool define --name bad --type rbd --pool rbd --monitor "127.0.0.1:$deadport" --user libvirt --secret ceph-libvirt
+deadport2=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+check_error_within "...two monitors, neither listening: both named, at once (exit 1)" 10 1 \
+    "pool bad: monitors 127\.0\.0\.1:$deadport, 127\.0\.0\.1:$deadport2: Connection refused" \
+    qv pool define --name bad --type rbd --pool rbd --monitor "127.0.0.1:$deadport" --monitor "127.0.0.1:$deadport2" \
+    --user libvirt --secret ceph-libvirt
+printf '[global]\nmon host = [v2:127.0.0.1:%s,v1:127.0.0.1:%s]\n' "$deadport" "$deadport2" > "$T_ROOT/deadmon.conf"
+check_error_within "...the monitors of a ceph.conf's address vector, neither listening (exit 1)" 10 1 \
+    "pool bad: monitors 127\.0\.0\.1:$deadport, 127\.0\.0\.1:$deadport2: Connection refused" \
+    qv pool define --name bad --type rbd --pool rbd --ceph-conf "$T_ROOT/deadmon.conf" --user libvirt --secret ceph-libvirt
+check "...one monitor refusing and one answering: the pool is defined" \
+    qv pool define --name mixed --type rbd --pool rbd --monitor "127.0.0.1:$deadport" --monitor "$CEPH_MON" \
+    --user libvirt --secret ceph-libvirt
+qv pool undefine mixed >/dev/null 2>&1
+# ---- end rbd12 ----
 check_not "...none of them defined a pool" test -e "$PDIR/bad.json"
 check_error "pool define naming a secret without a value (exit 1)" 1 'secret novalue has no value yet' \
     bash -c "'$QV_BIN' --root '$T_ROOT' secret define -q novalue && '$QV_BIN' --root '$T_ROOT' pool define --name bad --type rbd --pool rbd --monitor '$CEPH_MON' --secret novalue"
@@ -365,6 +380,28 @@ check "the guest writes state B over it" \
     guest_ok rv "echo SNAP-STATE-B | dd of=/dev/$(dev RBD1) conv=fsync 2>/dev/null && head -c 12 /dev/$(dev RBD1) | grep -q SNAP-STATE-B"
 check_output "snapshot list shows s1" '^s1 ' qv snapshot list rv
 check_error "revert of the running VM is refused (it holds no memory)" 4 'stop the VM first' qv snapshot revert rv s1
+# ---- rbd12: a disk hotplugged without --persistent takes part in the running VM's snapshots ----
+check_output "attach-disk --volume ceph/extra without --persistent to the rbd-only VM" 'disk[0-9]' \
+    qv attach-disk rv --volume ceph/extra --serial RBD2
+check "the guest sees it" wait_until 30 guest_ok rv "test -n \"$(dev RBD2)\""
+check "the guest writes HOT-A on it" guest_ok rv "echo HOT-A | dd of=/dev/$(dev RBD2) conv=fsync 2>/dev/null"
+check_output "snapshot create h1: RBD snapshots" 'rv: snapshot h1 created \(RBD snapshots' qv snapshot create rv h1
+check_output "...of the hotplugged image too (rbd snap ls extra)" ' h1 ' admin rbd snap ls rbd/extra
+check_output "...and of the definition's (rbd snap ls vmdisk)" ' h1 ' admin rbd snap ls rbd/vmdisk
+check "...its record lists both, the hotplugged one by its device id" \
+    bash -c "jqcheck '.[] | select(.name == \"h1\") | (.disks | length) == 2 and (.disks | map(select(.hotplug == true and .volume == \"ceph/extra\" and .rbd == true)) | length) == 1' '$QV_BIN' --root '$T_ROOT' snapshot list rv --json"
+check "snapshot delete h1 while the VM runs" qv snapshot delete rv h1
+no_h1() { local a b; a=$(admin rbd snap ls rbd/extra) && b=$(admin rbd snap ls rbd/vmdisk) && ! grep -q ' h1 ' <<< "$a$b"; }
+check "...gone from both images" no_h1
+check "detach-disk ceph/extra" qv detach-disk rv ceph/extra
+qemu-img create -q -f raw "$T_ROOT/hot.raw" 8M
+check_output "attach-disk of a raw file disk without --persistent" 'disk[0-9]' qv attach-disk rv "$T_ROOT/hot.raw" --serial HOTRAW
+check "the guest sees it" wait_until 30 guest_ok rv "test -n \"$(dev HOTRAW)\""
+check_error "snapshot create with it: refused, naming the raw disk (QEMU keeps such a snapshot in qcow2 images)" 2 \
+    "rv: disk[0-9]+ \($T_ROOT/hot\.raw\) is raw" qv snapshot create rv h2
+check_not "...no RBD snapshot h2 was taken" bash -c "$(declare -f admin); admin rbd snap ls rbd/vmdisk | grep -q ' h2 '"
+check "detach-disk of the raw file" qv detach-disk rv "$T_ROOT/hot.raw"
+# ---- end rbd12 ----
 # a qcow2 file disk beside the rbd disk, in the definition from the next start on
 qemu-img create -q -f qcow2 "$T_ROOT/file1.qcow2" 32M
 check_output "attach-disk --persistent of a qcow2 file disk beside the rbd disk" 'disk[0-9]' \
@@ -373,9 +410,31 @@ check "the guest sees it" wait_until 30 guest_ok rv "test -n \"$(dev FILE1)\""
 check "kill" qv kill rv
 check "the uid's nft table is gone with QEMU" wait_until 10 sh -c "! nft list table inet qvisor_uid_$uid >/dev/null 2>&1"
 check "snapshot revert of the shut-off VM" qv snapshot revert rv s1
+# ---- rbd12: this start's supervisor asks the cluster for new OSDs every 5 s (60 s by default) ----
+export QVISOR_RBD_REFRESH_MS=5000
+# ---- end rbd12 ----
 check "the VM starts again" qv start -q rv
 check "the guest boots" wait_until 120 guest_ok rv true
 check "the guest reads state A again" guest_ok rv "head -c 12 /dev/$(dev RBD1) | grep -q SNAP-STATE-A"
+# ---- rbd12: an OSD added while the VM runs: the supervisor lets QEMU reach it ----
+uid=$(stat -c %u /proc/$(vm_pid rv))
+check_output "pool show --addresses lists the monitor" "^127\.0\.0\.1:${CEPH_MON##*:}\$" qv pool show ceph --addresses
+osd1=$("$T_TOP/tests/ceph/cluster" add-osd "$CDIR" 2>"$T_ROOT/osd.err")
+check "a second OSD joins the cluster" test -n "$osd1"
+osd1addr=$(admin ceph osd dump --format json 2>/dev/null | jq -r ".osds[] | select(.osd == ${osd1:-99}) | .public_addrs.addrvec[] | select(.type == \"v2\") | .addr")
+check_output "...pool show --addresses lists it" "^${osd1addr:-none}\$" qv pool show ceph --addresses
+check "the supervisor lets QEMU reach it within a refresh (QEMU's nft table)" \
+    wait_until 90 sh -c "nft list table inet qvisor_uid_$uid | grep -qF '${osd1addr%:*} . ${osd1addr##*:}'"
+check "...and says so in the log" log_has rv "cluster map lists [0-9]+ address(es)? QEMU could not reach yet"
+check "placement groups of pool rbd moved to it" \
+    wait_until 60 bash -c "$(declare -f admin); admin ceph pg ls-by-osd osd.$osd1 --format json 2>/dev/null | jq -e '[.pg_stats[]? | select(.pgid | startswith(\"1.\"))] | length > 0'"
+check "the guest writes to each 4 MiB object of its rbd disk (on either OSD)" \
+    guest_ok rv "for i in $(seq -s ' ' 0 19); do echo OSD-\$i | dd of=/dev/$(dev RBD1) bs=4M seek=\$i conv=fsync 2>/dev/null || exit 1; done"
+check "...which the cluster holds" \
+    bash -c "$(declare -f admin); admin rbd export rbd/vmdisk - 2>/dev/null > '$T_ROOT/vmdisk.raw' && for i in 0 7 13 19; do dd if='$T_ROOT/vmdisk.raw' bs=4M skip=\$i count=1 2>/dev/null | head -c 8 | grep -q OSD-\$i || exit 1; done"
+rm -f "$T_ROOT/vmdisk.raw"
+unset QVISOR_RBD_REFRESH_MS
+# ---- end rbd12 ----
 check "snapshot delete of the running VM's RBD snapshot" qv snapshot delete rv s1
 no_snap() { local out; out=$(admin rbd snap ls rbd/vmdisk) && ! grep -q ' s1 ' <<< "$out"; }
 check "...gone from the cluster" no_snap
@@ -396,8 +455,16 @@ check_output "...and the qcow2 image an internal snapshot m1" ' m1 ' qemu-img sn
 check "...listed as a full snapshot of both disks" bash -c "jqcheck '.[] | select(.name == \"m1\") | .memory == true and (.disks | length) == 2 and (.disks | map(.rbd == true) | sort) == [false, true]' '$QV_BIN' --root '$T_ROOT' snapshot list rv --json"
 check "the guest writes MIXED-B over both" guest_ok rv "$(both MIXED-B)"
 check "...which both images hold" bash -c "rbd_head MIXED-B && file_head MIXED-B"
-check_error "live revert of it is refused: rbd disks go back shut off (exit 4)" 4 'has rbd disks.*stop the VM first' \
-    qv snapshot revert rv m1
+# ---- rbd12: live revert (QEMU's snapshot-load rolls the rbd image back at its rbd node) ----
+check_output "live revert of it: the guest resumes from its memory" 'reverted to snapshot m1' \
+    timeout 300 "$QV_BIN" --root "$T_ROOT" snapshot revert rv m1
+check "...the guest runs" wait_until 60 state_is rv running
+check "...both images hold MIXED-A again" bash -c "rbd_head MIXED-A && file_head MIXED-A"
+check "...and the guest reads MIXED-A from both disks, its page cache dropped (its disk I/O completes)" \
+    guest_ok rv "echo 3 > /proc/sys/vm/drop_caches; head -c 7 /dev/$(dev RBD1) | grep -q MIXED-A && head -c 7 /dev/$(dev FILE1) | grep -q MIXED-A"
+check "...and writes MIXED-C over both" guest_ok rv "$(both MIXED-C)"
+check "...which both images hold" bash -c "rbd_head MIXED-C && file_head MIXED-C"
+# ---- end rbd12 ----
 check "kill" qv kill rv
 check "snapshot revert of the shut-off VM: both disks" qv snapshot revert rv m1
 check "...both images hold MIXED-A again" bash -c "rbd_head MIXED-A && file_head MIXED-A"
