@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 240
+# timeout: 450
 # The guest agent, for real: Debian's qemu-guest-agent in the test guest (started by
 # its init on the org.qemu.guest_agent.0 port), the supervisor's persistent agent
 # channel, and the verbs on top: exec (stdout, stderr, stdin, env, exit status,
