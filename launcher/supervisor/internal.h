@@ -194,6 +194,11 @@ struct start_job {
     struct sup_child seed;      /* genisoimage building the cloud-init seed */
     bool seed_built;
     char seed_iso[PATH_MAX];
+    /* QEMU's monitor handshake: no fixed limit while QEMU or its virtiofsds use CPU
+     * (start.c, START_STALL_MS); when that is looked at next (0: not waiting) */
+    uint64_t stall_check_at;
+    uint64_t qmp_since;             /* QEMU spawned: waiting for its monitor since */
+    unsigned long long cpu_seen;    /* their CPU ticks at the last look */
 };
 
 struct agent_chan;
