@@ -218,6 +218,8 @@ void qv_logv_echo(int fd, int echo_fd, const char *tag, const char *who, const c
 /* ---- processes ---------------------------------------------------------------- */
 /* Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat). */
 int proc_start_time(pid_t pid, unsigned long long *out);
+/* CPU time a process used so far, user and system, in clock ticks (fields 14, 15). */
+int proc_cpu_ticks(pid_t pid, unsigned long long *out);
 /* Whether /proc/PID/cmdline contains `needle` as a substring of one argument. */
 bool proc_cmdline_contains(pid_t pid, const char *needle);
 /* Whether /proc/PID/cmdline has the argument `key` directly followed by `value`. */

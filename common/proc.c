@@ -42,6 +42,37 @@ int proc_start_time(pid_t pid, unsigned long long *out)
     return 0;
 }
 
+int proc_cpu_ticks(pid_t pid, unsigned long long *out)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    _cleanup_free_ char *s = NULL;
+    int r = read_file(path, 8192, &s, NULL);
+    if (r < 0)
+        return r;
+    char *p = strrchr(s, ')');     /* as in proc_start_time: after comm */
+    if (!p)
+        return -EINVAL;
+    p++;
+    /* fields 3..13 skipped: p then sits before utime (14), stime (15) follows */
+    for (int field = 3; field < 14; field++) {
+        p = strchr(p + 1, ' ');
+        if (!p)
+            return -EINVAL;
+    }
+    char *end;
+    errno = 0;
+    unsigned long long user = strtoull(p + 1, &end, 10);
+    if (errno || end == p + 1 || *end != ' ')
+        return -EINVAL;
+    p = end;
+    unsigned long long sys = strtoull(p + 1, &end, 10);
+    if (errno || end == p + 1)
+        return -EINVAL;
+    *out = user + sys;
+    return 0;
+}
+
 /* /proc/PID/cmdline: NUL-separated arguments, len bytes in all. */
 static int read_cmdline(pid_t pid, char **s, size_t *len)
 {

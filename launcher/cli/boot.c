@@ -23,16 +23,7 @@
 
 #define BOOT_TEARDOWN_MS 30000      /* the supervisor's end after boot let go */
 #define BOOT_PING_MS 1000           /* agent pings while waiting for --exec */
-#define BOOT_TAIL (8u << 10)        /* console tail kept for reports */
-#define BOOT_PANIC_BANNER "Kernel panic - not syncing"
 
-static char *dup_n(const char *p, size_t n)
-{
-    char *s = qv_xcalloc(n + 1, 1);
-    if (n)
-        memcpy(s, p, n);
-    return s;
-}
 
 static bool have_opt(struct cli *c, const char *name)
 {
@@ -40,138 +31,6 @@ static bool have_opt(struct cli *c, const char *name)
 }
 
 /* ---- the run ---- */
-
-struct boot {
-    struct cli *c;
-    char name[72];
-    bool prefix, writable, keep;
-    int timeout_ms;
-    struct check *checks;       /* the --expect ones, then --exec */
-    size_t nchecks, nexpect, next_expect;
-    regex_t *fails;
-    const char **fail_src;
-    size_t nfails;
-    const char *exec_cmd, *exec_file;
-
-    int lock_fd;
-    char lock_path[PATH_MAX];
-    bool created;               /* the transient VM exists */
-    pid_t sup_pid;
-    int ready_fd, sup_fd, console_fd, sigfd;
-    struct buf ready_in, sup_in, line;
-    size_t line_checked;        /* expects are tried again only when the line grew */
-    struct buf tail;
-    json_object *final;         /* the supervisor's last line */
-
-    pid_t child;                /* `qvisor agent ping` or `qvisor exec` */
-    bool child_is_exec, exec_started;
-    uint64_t next_ping;
-
-    uint64_t t0, t_ready, t_first_line, t_end;
-    int result;                 /* exit status, -1 while undecided */
-    char reason[512];
-};
-
-static uint64_t since(const struct boot *b)
-{
-    return monotonic_ms() - b->t0;
-}
-
-static void decide(struct boot *b, int result, const char *fmt, ...) QV_PRINTF(3, 4);
-static void decide(struct boot *b, int result, const char *fmt, ...)
-{
-    if (b->result >= 0)
-        return;
-    b->result = result;
-    b->t_end = since(b);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(b->reason, sizeof(b->reason), fmt, ap);
-    va_end(ap);
-}
-
-static void check_fail(struct check *k, uint64_t at, const char *why)
-{
-    if (k->done)
-        return;
-    k->done = true;
-    k->passed = false;
-    k->at_ms = at;
-    snprintf(k->why, sizeof(k->why), "%s", why);
-}
-
-/* Every check not decided yet fails with why. */
-static void fail_open_checks(struct boot *b, const char *why)
-{
-    for (size_t i = 0; i < b->nchecks; i++)
-        check_fail(&b->checks[i], since(b), why);
-}
-
-static void out_console(struct boot *b, const char *p, size_t n, bool line_start)
-{
-    if (b->c->quiet || n == 0)
-        return;
-    if (b->prefix && line_start) {
-        char pre[96];
-        int m = snprintf(pre, sizeof(pre), "%s| ", b->name);
-        write_all(STDOUT_FILENO, pre, (size_t)m);
-    }
-    write_all(STDOUT_FILENO, p, n);
-}
-
-/* The current line (complete or not) against the next --expect and every --fail. */
-static void match_line(struct boot *b, const char *line)
-{
-    for (size_t i = 0; i < b->nfails; i++) {
-        if (regexec(&b->fails[i], line, 0, NULL, 0) == 0) {
-            char why[300];
-            snprintf(why, sizeof(why), "the console matched --fail '%s'", b->fail_src[i]);
-            fail_open_checks(b, why);
-            decide(b, 1, "%s", why);
-            return;
-        }
-    }
-    if (strstr(line, BOOT_PANIC_BANNER)) {
-        fail_open_checks(b, "kernel panic");
-        decide(b, 1, "kernel panic (the console says \"%s\")", BOOT_PANIC_BANNER);
-        return;
-    }
-    while (b->next_expect < b->nexpect && regexec(&b->checks[b->next_expect].re, line, 0, NULL, 0) == 0) {
-        struct check *k = &b->checks[b->next_expect++];
-        k->done = k->passed = true;
-        k->at_ms = since(b);
-    }
-}
-
-static void console_data(struct boot *b, const char *p, size_t n)
-{
-    if (!b->t_first_line && n)
-        b->t_first_line = since(b);
-    buf_add(&b->tail, p, n);
-    if (b->tail.len > BOOT_TAIL)
-        buf_consume(&b->tail, b->tail.len - BOOT_TAIL);
-    while (n) {
-        const char *nl = memchr(p, '\n', n);
-        size_t take = nl ? (size_t)(nl - p) + 1 : n;
-        out_console(b, p, take, b->line.len == 0);
-        for (size_t i = 0; i < take; i++)
-            if (p[i] != '\r' && p[i] != '\n' && p[i] != '\0')
-                buf_add(&b->line, &p[i], 1);
-        if (b->line.len > 4096)     /* a line that never ends is matched in pieces */
-            nl = p;
-        char *s = dup_n(b->line.p ? b->line.p : "", b->line.len);
-        if (b->result < 0 && (nl || b->line.len != b->line_checked))
-            match_line(b, s);
-        free(s);
-        b->line_checked = b->line.len;
-        if (nl) {
-            buf_consume(&b->line, b->line.len);
-            b->line_checked = 0;
-        }
-        p += take;
-        n -= take;
-    }
-}
 
 /* ---- children: the supervisor, agent pings, the exec ---- */
 
@@ -262,7 +121,7 @@ static int connect_console(struct boot *b, struct qv_err *e)
         json_object_put(reply);
     free(line);
     if (r == 0 && in.len)
-        console_data(b, in.p, in.len);  /* the replay may come with the reply */
+        boot_console_data(b, in.p, in.len);  /* the replay may come with the reply */
     buf_free(&in);
     if (r < 0) {
         close(fd);
@@ -283,7 +142,7 @@ static void child_done(struct boot *b, int status)
         if (status == 0 && b->result < 0) {
             /* the agent answered: run the command */
             char tmo[32];
-            uint64_t used = since(b);
+            uint64_t used = boot_since(b);
             int left = b->timeout_ms > (int)used ? (b->timeout_ms - (int)used + 999) / 1000 : 1;
             snprintf(tmo, sizeof(tmo), "%d", left + 5);     /* boot's own timeout comes first */
             const char *file_args[] = {"exec", b->name, "--timeout", tmo, "--stdin", b->exec_file, "--",
@@ -294,8 +153,8 @@ static void child_done(struct boot *b, int status)
             b->exec_started = true;
             if (b->child < 0) {
                 b->child = 0;
-                check_fail(k, since(b), "could not start qvisor exec");
-                decide(b, 1, "--exec: could not start qvisor exec: %s", strerror(errno));
+                boot_check_fail(k, boot_since(b), "could not start qvisor exec");
+                boot_decide(b, 1, "--exec: could not start qvisor exec: %s", strerror(errno));
             }
         } else {
             b->next_ping = monotonic_ms() + BOOT_PING_MS;
@@ -304,13 +163,13 @@ static void child_done(struct boot *b, int status)
     }
     int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     k->done = true;
-    k->at_ms = since(b);
+    k->at_ms = boot_since(b);
     k->passed = code == 0;
     if (code == 0) {
-        decide(b, 0, "--exec exited 0");
+        boot_decide(b, 0, "--exec exited 0");
     } else {
         snprintf(k->why, sizeof(k->why), "exit status %d%s", code, code == 5 ? " (qvisor exec timed out)" : "");
-        decide(b, 1, "--exec failed: %s", k->why);
+        boot_decide(b, 1, "--exec failed: %s", k->why);
     }
 }
 
@@ -354,7 +213,7 @@ static void accel_notice(struct boot *b)
 static void ready_line(struct boot *b, const char *line)
 {
     if (strcmp(line, "ok") == 0) {
-        b->t_ready = since(b);
+        b->t_ready = boot_since(b);
         struct qv_err e = {0};
         if (connect_console(b, &e) < 0 && b->result < 0 && !b->final)
             fprintf(stderr, "qvisor: %s: the console: %s\n", b->name, e.msg);
@@ -364,97 +223,8 @@ static void ready_line(struct boot *b, const char *line)
     int code = -EIO, off = 0;
     if (sscanf(line, "error %d %n", &code, &off) < 1 || off == 0)
         off = 0;
-    fail_open_checks(b, "the VM did not start");
-    decide(b, 1, "the VM did not start: %s", line + off);
-}
-
-/* The guest is gone: its verdict. */
-static void final_line(struct boot *b, json_object *o)
-{
-    json_object *v;
-    bool panicked = json_object_object_get_ex(o, "panicked", &v) && json_object_get_boolean(v);
-    const char *reason = json_object_object_get_ex(o, "reason", &v) ? json_object_get_string(v) : "";
-    bool known = json_object_object_get_ex(o, "status", &v) && v;
-    int status = known ? json_object_get_int(v) : -1;
-    if (panicked) {
-        fail_open_checks(b, "kernel panic");
-        decide(b, 1, "kernel panic (GUEST_PANICKED)");
-        return;
-    }
-    int code = -1;
-    if (known && status < 128 && (status & 1))
-        code = status >> 1;     /* isa-debug-exit: CODE*2+1 */
-    else if (known && status == 0)
-        code = 0;               /* powered off */
-    if (code != 0) {
-        char why[300];
-        if (code > 0)
-            snprintf(why, sizeof(why), "the guest reported exit code %d", code);
-        else
-            snprintf(why, sizeof(why), "the VM ended: %s", reason);
-        fail_open_checks(b, why);
-        decide(b, 1, "%s", why);
-        return;
-    }
-    if (b->next_expect < b->nexpect || ((b->exec_cmd || b->exec_file) && !b->exec_started)) {
-        fail_open_checks(b, "the guest ended before this");
-        decide(b, 1, "the guest ended (%s) before %s", reason,
-               b->next_expect < b->nexpect ? "every --expect was seen" : "--exec could run");
-        return;
-    }
-    decide(b, 0, "the guest %s", status == 0 ? "powered off" : "reported exit code 0");
-}
-
-static void read_lines(int *fd, struct buf *in, void (*fn)(struct boot *, const char *), struct boot *b, bool *eof)
-{
-    char chunk[4096];
-    for (;;) {
-        ssize_t n = read(*fd, chunk, sizeof(chunk));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN)
-            break;
-        if (n <= 0) {
-            *eof = true;
-            break;
-        }
-        buf_add(in, chunk, (size_t)n);
-    }
-    char *nl;
-    while (in->len && (nl = memchr(in->p, '\n', in->len))) {
-        char *line = dup_n(in->p, (size_t)(nl - in->p));
-        buf_consume(in, (size_t)(nl - in->p) + 1);
-        fn(b, line);
-        free(line);
-    }
-}
-
-static void sup_line(struct boot *b, const char *line)
-{
-    json_object *o = json_tokener_parse(line);
-    if (!o)
-        return;
-    if (b->final)
-        json_object_put(b->final);
-    b->final = o;
-}
-
-static void console_readable_b(struct boot *b)
-{
-    char chunk[8192];
-    for (;;) {
-        ssize_t n = read(b->console_fd, chunk, sizeof(chunk));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN)
-            return;
-        if (n <= 0) {
-            close(b->console_fd);
-            b->console_fd = -1;
-            return;
-        }
-        console_data(b, chunk, (size_t)n);
-    }
+    boot_fail_open_checks(b, "the VM did not start");
+    boot_decide(b, 1, "the VM did not start: %s", line + off);
 }
 
 /* ---- the loop: until decided, then the supervisor's end ---- */
@@ -488,28 +258,28 @@ static void boot_loop(struct boot *b)
                 } else {
                     char why[64];
                     snprintf(why, sizeof(why), "interrupted by %s", sigabbrev_np((int)si.ssi_signo));
-                    fail_open_checks(b, why);
-                    decide(b, 128 + (int)si.ssi_signo, "%s", why);
+                    boot_fail_open_checks(b, why);
+                    boot_decide(b, 128 + (int)si.ssi_signo, "%s", why);
                 }
             }
         }
         if (i_con >= 0 && pf[i_con].revents)
-            console_readable_b(b);
+            boot_console_readable(b);
         if (i_ready >= 0 && pf[i_ready].revents) {
             bool eof = false;
-            read_lines(&b->ready_fd, &b->ready_in, ready_line, b, &eof);
+            boot_read_lines(&b->ready_fd, &b->ready_in, ready_line, b, &eof);
             if (eof) {
                 close(b->ready_fd);
                 b->ready_fd = -1;
                 if (!b->t_ready) {
-                    fail_open_checks(b, "the VM did not start");
-                    decide(b, 1, "the VM did not start: its supervisor exited (qvisor logs %s)", b->name);
+                    boot_fail_open_checks(b, "the VM did not start");
+                    boot_decide(b, 1, "the VM did not start: its supervisor exited (qvisor logs %s)", b->name);
                 }
             }
         }
         if (i_sup >= 0 && pf[i_sup].revents) {
             bool eof = false;
-            read_lines(&b->sup_fd, &b->sup_in, sup_line, b, &eof);
+            boot_read_lines(&b->sup_fd, &b->sup_in, boot_sup_line, b, &eof);
             if (eof) {
                 sup_gone = true;
                 close(b->sup_fd);
@@ -518,21 +288,21 @@ static void boot_loop(struct boot *b)
         }
         if (b->final && b->result < 0) {
             if (b->console_fd >= 0)
-                console_readable_b(b);      /* its last words first */
+                boot_console_readable(b);      /* its last words first */
             if (b->result < 0)
-                final_line(b, b->final);
+                boot_final_line(b, b->final);
         } else if (sup_gone && b->result < 0) {
-            fail_open_checks(b, "the supervisor ended");
-            decide(b, 1, "the VM's supervisor ended without a word (qvisor logs %s)", b->name);
+            boot_fail_open_checks(b, "the supervisor ended");
+            boot_decide(b, 1, "the VM's supervisor ended without a word (qvisor logs %s)", b->name);
         }
         if (b->result < 0 && b->nexpect && b->next_expect == b->nexpect && !(b->exec_cmd || b->exec_file))
-            decide(b, 0, "every --expect was seen");
+            boot_decide(b, 0, "every --expect was seen");
         maybe_ping(b);
         if (b->result < 0 && monotonic_ms() >= deadline) {
             char why[64];
             snprintf(why, sizeof(why), "timed out after %d s", b->timeout_ms / 1000);
-            fail_open_checks(b, why);
-            decide(b, 5, "%s", why);
+            boot_fail_open_checks(b, why);
+            boot_decide(b, 5, "%s", why);
         }
     }
 }

@@ -1,4 +1,5 @@
-/* Internal to launcher/cli: qvisor boot (boot.c) and its reports (boot_report.c). */
+/* Internal to launcher/cli: qvisor boot (boot.c: set-up, children, loop, teardown), its
+ * console and supervisor watcher (boot_watch.c) and its reports (boot_report.c). */
 #ifndef QV_CLI_BOOT_H
 #define QV_CLI_BOOT_H
 
@@ -16,6 +17,56 @@ struct check {
     uint64_t at_ms;             /* when it passed or failed, from the start */
     char why[256];
 };
+
+/* One run of qvisor boot (boot.c), shared with its watcher (boot_watch.c). */
+struct boot {
+    struct cli *c;
+    char name[72];
+    bool prefix, writable, keep;
+    int timeout_ms;
+    struct check *checks;       /* the --expect ones, then --exec */
+    size_t nchecks, nexpect, next_expect;
+    regex_t *fails;
+    const char **fail_src;
+    size_t nfails;
+    const char *exec_cmd, *exec_file;
+
+    int lock_fd;
+    char lock_path[PATH_MAX];
+    bool created;               /* the transient VM exists */
+    pid_t sup_pid;
+    int ready_fd, sup_fd, console_fd, sigfd;
+    struct buf ready_in, sup_in, line;
+    size_t line_checked;        /* expects are tried again only when the line grew */
+    struct buf tail;
+    json_object *final;         /* the supervisor's last line */
+
+    pid_t child;                /* `qvisor agent ping` or `qvisor exec` */
+    bool child_is_exec, exec_started;
+    uint64_t next_ping;
+
+    uint64_t t0, t_ready, t_first_line, t_end;
+    int result;                 /* exit status, -1 while undecided */
+    char reason[512];
+};
+
+/* boot_watch.c */
+uint64_t boot_since(const struct boot *b);
+/* The run's exit status and why, once: a later decision changes nothing. */
+void boot_decide(struct boot *b, int result, const char *fmt, ...) QV_PRINTF(3, 4);
+void boot_check_fail(struct check *k, uint64_t at, const char *why);
+/* Every check not decided yet fails with why. */
+void boot_fail_open_checks(struct boot *b, const char *why);
+/* Console bytes: the tail kept, echoed, matched line by line. */
+void boot_console_data(struct boot *b, const char *p, size_t n);
+/* Reads the console socket until EAGAIN; closes it at its end. */
+void boot_console_readable(struct boot *b);
+/* The guest is gone: its verdict, from the supervisor's last line. */
+void boot_final_line(struct boot *b, json_object *o);
+/* Reads *fd until EAGAIN and calls fn for each complete line; *eof at its end. */
+void boot_read_lines(int *fd, struct buf *in, void (*fn)(struct boot *, const char *), struct boot *b, bool *eof);
+/* One of the supervisor's lines (JSON): the last one is its end. */
+void boot_sup_line(struct boot *b, const char *line);
 
 /* What a run came to, for --junit FILE, --tap and --json. */
 struct boot_outcome {

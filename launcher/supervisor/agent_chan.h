@@ -23,6 +23,10 @@ struct exec_op {
     unsigned poll_ms;
     int timeout_ms;
     char path[256];
+    /* >0: this op is the kill of that guest pid (a command past its timeout; path and
+     * timeout_ms are that command's), by the kill_step-th way agent_ops.c knows */
+    int64_t kill_of;
+    unsigned kill_step;
 };
 
 /* stdin for a coming exec, sent ahead in pieces by its client (exec-input) */

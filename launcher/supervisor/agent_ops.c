@@ -191,12 +191,21 @@ static void copy_field(json_object *to, const char *to_key, json_object *from, c
         json_object_object_add(to, to_key, json_object_get(v));
 }
 
+static void exec_kill_failed(struct sup *s, unsigned client, const char *path, int timeout_ms, int64_t pid,
+                             const char *why);
+static void exec_kill_done(struct sup *s, const struct exec_op *x, json_object *ret);
+
 static void on_exec_status(struct sup *s, void *ctx, json_object *ret, const struct qv_err *err)
 {
     struct agent_chan *ch = s->agent;
     struct exec_op *x = ch ? exec_find(ch, (unsigned)(uintptr_t)ctx) : NULL;
     if (!x)
         return;     /* it timed out meanwhile, and was answered */
+    if (err && x->kill_of) {
+        exec_kill_failed(s, x->client, x->path, x->timeout_ms, x->kill_of, err->msg);
+        exec_remove(ch, x);
+        return;
+    }
     if (err) {
         sup_reply_error(s, x->client, err->code, "%s", err->msg);
         exec_remove(ch, x);
@@ -206,6 +215,11 @@ static void on_exec_status(struct sup *s, void *ctx, json_object *ret, const str
     if (!json_object_object_get_ex(ret, "exited", &v) || !json_object_get_boolean(v)) {
         x->poll_at = monotonic_ms() + x->poll_ms;
         x->poll_ms = x->poll_ms * 2 > EXEC_POLL_MAX_MS ? EXEC_POLL_MAX_MS : x->poll_ms * 2;
+        return;
+    }
+    if (x->kill_of) {
+        exec_kill_done(s, x, ret);
+        exec_remove(ch, x);
         return;
     }
     json_object *o = json_object_new_object();
@@ -221,47 +235,126 @@ static void on_exec_status(struct sup *s, void *ctx, json_object *ret, const str
 }
 
 /* A command past its timeout is killed in the guest: the agent has no kill of its
- * own, so a second guest-exec runs the guest's kill on the pid the first one gave. */
+ * own, so a second guest-exec runs the guest's kill on the pid the first one gave,
+ * and is itself waited for (guest-exec-status) so that its failure is told. The ways,
+ * in order, each tried when the agent cannot start the one before: kill(1) by argv,
+ * no shell (a Linux guest); taskkill (a Windows guest: the tree, forced); the shell's
+ * builtin kill (a guest with a shell but no kill program). */
+#define EXEC_KILL_TIMEOUT_MS 10000
+
+static const char *const kill_ways[][5] = {
+    {"kill", "-KILL", NULL},
+    {"taskkill", "/F", "/T", "/PID", NULL},
+    {"sh", "-c", NULL},
+};
+
 struct exec_kill {
     unsigned client;
-    long long pid;
+    int64_t pid;
     int timeout_ms;
+    unsigned step;
     char path[256];
 };
 
-static void on_exec_killed(struct sup *s, void *ctx, json_object *ret, const struct qv_err *err)
+static void exec_kill_step(struct sup *s, struct exec_kill *k);
+
+static void exec_kill_failed(struct sup *s, unsigned client, const char *path, int timeout_ms, int64_t pid,
+                             const char *why)
 {
-    (void)ret;
+    sup_log(s, "exec: killing %s (guest pid %lld) failed: %s", path, (long long)pid, why);
+    sup_reply_error(s, client, -ETIMEDOUT, "%s: %s did not finish within %d s; killing it in the guest failed "
+                    "(%s): it may still run there as pid %lld", s->def.name, path, (timeout_ms + 999) / 1000, why,
+                    (long long)pid);
+}
+
+static void on_kill_started(struct sup *s, void *ctx, json_object *ret, const struct qv_err *err)
+{
     struct exec_kill *k = ctx;
-    if (err)
-        sup_reply_error(s, k->client, -ETIMEDOUT, "%s: %s did not finish within %d s; killing it in the guest failed "
-                        "(%s): it still runs there as pid %lld", s->def.name, k->path, (k->timeout_ms + 999) / 1000,
-                        err->msg, k->pid);
-    else
-        sup_reply_error(s, k->client, -ETIMEDOUT, "%s: %s did not finish within %d s; killed it in the guest (pid %lld, "
-                        "SIGKILL)", s->def.name, k->path, (k->timeout_ms + 999) / 1000, k->pid);
+    json_object *pid;
+    if (err && s->agent && s->agent->link == LINK_READY && k->step + 1 < ARRAY_SIZE(kill_ways)) {
+        /* the agent answered but could not start this way (no such program): the next one */
+        char way[64] = "";
+        for (size_t i = 0, n = 0; kill_ways[k->step][i] && n < sizeof(way); i++)
+            n += (size_t)snprintf(way + n, sizeof(way) - n, "%s%s", i ? " " : "", kill_ways[k->step][i]);
+        sup_log(s, "exec: %s: %s", way, err->msg);
+        k->step++;
+        exec_kill_step(s, k);
+        return;
+    }
+    if (err) {
+        exec_kill_failed(s, k->client, k->path, k->timeout_ms, k->pid, err->msg);
+    } else if (!json_object_object_get_ex(ret, "pid", &pid) || !json_object_is_type(pid, json_type_int)) {
+        exec_kill_failed(s, k->client, k->path, k->timeout_ms, k->pid, "guest-exec: the agent's reply has no pid");
+    } else {
+        /* the kill is waited for like any exec (on_exec_status tells its end) */
+        struct agent_chan *ch = agent_chan_get(s);
+        struct exec_op *x = qv_xcalloc(1, sizeof(*x));
+        x->id = ++ch->next_exec_id;
+        x->client = k->client;
+        x->pid = json_object_get_int64(pid);
+        x->kill_of = k->pid;
+        x->kill_step = k->step;
+        x->timeout_ms = k->timeout_ms;
+        x->deadline = monotonic_ms() + EXEC_KILL_TIMEOUT_MS;
+        x->poll_ms = EXEC_POLL_MIN_MS;
+        x->poll_at = monotonic_ms() + x->poll_ms;
+        snprintf(x->path, sizeof(x->path), "%s", k->path);
+        x->next = ch->execs;
+        ch->execs = x;
+    }
     free(k);
+}
+
+static void exec_kill_step(struct sup *s, struct exec_kill *k)
+{
+    char num[24], script[64];
+    snprintf(num, sizeof(num), "%lld", (long long)k->pid);
+    snprintf(script, sizeof(script), "kill -KILL %lld", (long long)k->pid);   /* a number: nothing the user wrote */
+    const char *const *way = kill_ways[k->step];
+    json_object *arg = json_object_new_array();
+    for (size_t i = 1; way[i]; i++)
+        json_object_array_add(arg, json_object_new_string(way[i]));
+    json_object_array_add(arg, json_object_new_string(strcmp(way[0], "sh") == 0 ? script : num));
+    json_object *args = json_object_new_object();
+    json_object_object_add(args, "path", json_object_new_string(way[0]));
+    json_object_object_add(args, "arg", arg);
+    struct qv_err e = {0};
+    if (agent_call(s, "guest-exec", args, AGENT_TIMEOUT_MS, 0, on_kill_started, k, &e) < 0)
+        on_kill_started(s, k, NULL, &e);
 }
 
 static void exec_kill(struct sup *s, const struct exec_op *x)
 {
     struct exec_kill *k = qv_xcalloc(1, sizeof(*k));
     k->client = x->client;
-    k->pid = (long long)x->pid;
+    k->pid = x->pid;
     k->timeout_ms = x->timeout_ms;
     snprintf(k->path, sizeof(k->path), "%s", x->path);
-    sup_log(s, "exec: %s (guest pid %lld) ran past its %d s: killing it", k->path, k->pid, (k->timeout_ms + 999) / 1000);
-    char script[64];
-    snprintf(script, sizeof(script), "kill -KILL %lld", k->pid);     /* a number: nothing the user wrote */
-    json_object *arg = json_object_new_array();
-    json_object_array_add(arg, json_object_new_string("-c"));
-    json_object_array_add(arg, json_object_new_string(script));
-    json_object *args = json_object_new_object();
-    json_object_object_add(args, "path", json_object_new_string("sh"));
-    json_object_object_add(args, "arg", arg);
-    struct qv_err e = {0};
-    if (agent_call(s, "guest-exec", args, AGENT_TIMEOUT_MS, 0, on_exec_killed, k, &e) < 0)
-        on_exec_killed(s, k, NULL, &e);
+    sup_log(s, "exec: %s (guest pid %lld) ran past its %d s: killing it", k->path, (long long)k->pid,
+            (k->timeout_ms + 999) / 1000);
+    exec_kill_step(s, k);
+}
+
+/* The kill's own end: exit 0 is a killed command; anything else (no such process:
+ * it ended at the last moment; not permitted) is told as it is. */
+static void exec_kill_done(struct sup *s, const struct exec_op *x, json_object *ret)
+{
+    json_object *v;
+    int code = json_object_object_get_ex(ret, "exitcode", &v) ? json_object_get_int(v) : -1;
+    if (code == 0) {
+        sup_log(s, "exec: %s (guest pid %lld) killed", x->path, (long long)x->kill_of);
+        sup_reply_error(s, x->client, -ETIMEDOUT, "%s: %s did not finish within %d s; killed it in the guest (pid "
+                        "%lld, %s)", s->def.name, x->path, (x->timeout_ms + 999) / 1000, (long long)x->kill_of,
+                        x->kill_step == 1 ? "taskkill /F /T" : "SIGKILL");
+        return;
+    }
+    char why[96];
+    if (code >= 0)
+        snprintf(why, sizeof(why), "the guest's %s exited %d", kill_ways[x->kill_step][0], code);
+    else
+        snprintf(why, sizeof(why), "the guest's %s was killed by signal %d", kill_ways[x->kill_step][0],
+                 json_object_object_get_ex(ret, "signal", &v) ? json_object_get_int(v) : 0);
+    exec_kill_failed(s, x->client, x->path, x->timeout_ms, x->kill_of, why);
 }
 
 /* Every agent_call may complete requests at once (a closed port fails the whole
@@ -279,7 +372,11 @@ void agent_exec_expire(struct sup *s, uint64_t now)
         if (now >= x->deadline) {
             struct exec_op late = *x;
             exec_remove(ch, x);
-            exec_kill(s, &late);    /* the client hears once the kill went out (or could not) */
+            if (late.kill_of)
+                exec_kill_failed(s, late.client, late.path, late.timeout_ms, late.kill_of,
+                                 "the guest's kill did not finish within 10 s");
+            else
+                exec_kill(s, &late);    /* the client hears once the kill has run (or could not) */
             continue;
         }
         x->poll_at = 0;

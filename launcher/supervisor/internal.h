@@ -206,6 +206,11 @@ struct start_job {
     char seed_iso[PATH_MAX];
     struct sup_child tpm_setup; /* swtpm_setup manufacturing a new TPM (tpm.c) */
     bool tpm_checked;
+    /* QEMU's monitor handshake: no fixed limit while QEMU or its virtiofsds use CPU
+     * (start.c, START_STALL_MS); when that is looked at next (0: not waiting) */
+    uint64_t stall_check_at;
+    uint64_t qmp_since;             /* QEMU spawned: waiting for its monitor since */
+    unsigned long long cpu_seen;    /* their CPU ticks at the last look */
 };
 
 struct agent_chan;

@@ -14,7 +14,16 @@
 
 #include "launcher/supervisor/internal.h"
 
+/* A QEMU that outlived its supervisor: its monitor answers at once or never. */
 #define START_TIMEOUT_MS 30000
+/* A new QEMU's monitor handshake. It comes only after QEMU has set up every device,
+ * and a virtiofs device waits for its virtiofsd to answer first: under heavy load that
+ * alone took over 30 s. So there is no fixed limit while QEMU or a virtiofsd of the VM
+ * keeps using CPU: a start fails after START_STALL_MS in which none of them did (a
+ * QEMU that hangs), or after START_TIMEOUT_MAX_MS in all (one that spins).
+ * QVISOR_TEST_START_STALL_MS shortens the stall limit for the tests. */
+#define START_STALL_MS 30000
+#define START_TIMEOUT_MAX_MS 600000
 
 /* The last lines QEMU wrote to the log since `from`: its own words on why it failed. */
 static void qemu_message(struct sup *s, off_t from, char *out, size_t outlen)
@@ -305,6 +314,7 @@ static void on_handshake(void *ctx, json_object *ret, const struct qv_err *err)
 {
     struct sup *s = ctx;
     (void)ret;
+    s->start.stall_check_at = 0;
     if (s->start.phase != START_QMP || s->start.failed)
         return;
     if (err) {
@@ -326,6 +336,52 @@ static void on_handshake(void *ctx, json_object *ret, const struct qv_err *err)
     }
 }
 
+static int stall_ms(void)
+{
+    const char *v = getenv("QVISOR_TEST_START_STALL_MS");
+    int ms = v ? atoi(v) : 0;
+    return ms > 0 ? ms : START_STALL_MS;
+}
+
+/* CPU ticks of QEMU and the VM's virtiofsds together: a process that is gone or
+ * unreadable adds nothing. */
+static unsigned long long start_cpu_ticks(struct sup *s)
+{
+    unsigned long long sum = 0, t;
+    if (s->qemu_pid && proc_cpu_ticks(s->qemu_pid, &t) == 0)
+        sum += t;
+    for (size_t i = 0; i < s->def.nfilesystems && i < VM_MAX_FILESYSTEMS; i++)
+        if (s->fs[i].pid && proc_cpu_ticks(s->fs[i].pid, &t) == 0)
+            sum += t;
+    return sum;
+}
+
+/* No greeting yet: go on waiting while QEMU or a virtiofsd works, else fail. */
+static void stall_check(struct sup *s, uint64_t now)
+{
+    struct start_job *j = &s->start;
+    unsigned long long cpu = start_cpu_ticks(s);
+    unsigned waited = (unsigned)((now - j->qmp_since + 500) / 1000);
+    struct qv_err e = {0};
+    if (cpu == j->cpu_seen) {
+        j->stall_check_at = 0;
+        qv_fail(&e, -ETIMEDOUT, "QEMU's monitor did not answer within %u s, and QEMU%s used no CPU in the last %d s: "
+                "it hangs (its log may say why)", waited, s->def.nfilesystems ? " and its virtiofsd" : "",
+                (stall_ms() + 999) / 1000);
+        start_failed(s, &e, NULL);
+    } else if (now - j->qmp_since >= START_TIMEOUT_MAX_MS) {
+        j->stall_check_at = 0;
+        qv_fail(&e, -ETIMEDOUT, "QEMU's monitor did not answer within %u s while QEMU kept working: given up",
+                waited);
+        start_failed(s, &e, NULL);
+    } else {
+        sup_log(s, "QEMU's monitor has not answered after %u s; QEMU%s still working (CPU time grows): waiting on",
+                waited, s->def.nfilesystems ? " or its virtiofsd is" : " is");
+        j->cpu_seen = cpu;
+        j->stall_check_at = now + (uint64_t)stall_ms();
+    }
+}
+
 /* QEMU's QMP socket was bound and is listening before QEMU ran, so the connect
  * is immediate; the greeting and capabilities come back through the loop. */
 static int qmp_begin(struct sup *s, struct qv_err *e)
@@ -339,8 +395,11 @@ static int qmp_begin(struct sup *s, struct qv_err *e)
     s->qmp = qmp_new(fd, QMP_MONITOR, sup_on_event, s);
     if (!s->qmp)
         return qv_failerr(e, -errno, "%s", path);
-    if ((r = qmp_handshake(s->qmp, START_TIMEOUT_MS, on_handshake, s)) < 0)
+    if ((r = qmp_handshake(s->qmp, START_TIMEOUT_MAX_MS + 60000, on_handshake, s)) < 0)
         return qv_failerr(e, r, "%s: QMP handshake", path);
+    s->start.qmp_since = monotonic_ms();
+    s->start.cpu_seen = start_cpu_ticks(s);
+    s->start.stall_check_at = s->start.qmp_since + (uint64_t)stall_ms();
     sup_epoll_add(s, qmp_fd(s->qmp), qmp_poll_events(s->qmp), &s->ev_qmp);
     return 0;
 }
@@ -522,6 +581,8 @@ void start_child_exited(struct sup *s)
 
 uint64_t start_next_deadline(struct sup *s)
 {
+    if (s->start.phase == START_QMP && !s->start.failed)
+        return s->start.stall_check_at;
     if (s->start.phase != START_PREPARE)
         return 0;
     return s->start.net.child.pid  ? s->start.net.child.deadline
@@ -532,6 +593,8 @@ uint64_t start_next_deadline(struct sup *s)
 
 void start_expire(struct sup *s, uint64_t now)
 {
+    if (s->start.phase == START_QMP && !s->start.failed && s->start.stall_check_at && now >= s->start.stall_check_at)
+        stall_check(s, now);
     if (s->start.phase == START_PREPARE) {
         net_starter_expire(&s->start.net, now);
         sup_child_expire(&s->start.overlay, now);

@@ -50,6 +50,27 @@ probe() { qv exec ga -- sh -c "kill -0 $1 2>/dev/null; echo \$?"; }
 check_output "...the probe sees a live process" '^0$' probe 1
 gone() { [ "$(probe "$pid")" = 1 ]; }
 check "...and the command no longer runs in the guest (pid $pid)" wait_until 15 gone
+check "...the log says so" log_has ga "exec: sleep \\(guest pid $pid\\) killed"
+# the ways after kill(1): a guest whose kill is only the shell's builtin (taskkill, for
+# Windows, is tried on the way and is not there either); one whose kill fails is told
+check "the guest's kill program is taken away" qv exec ga -- rm /bin/kill
+out=$(qv exec ga --timeout 1 -- sleep 32 2>&1); rc=$?
+pid=$(grep -o 'pid [0-9]*' <<< "$out" | grep -o '[0-9]*')
+# timed_out_saying RC OUTPUT REGEX
+timed_out_saying() { [ "$1" = 5 ] && grep -q -- "$3" <<< "$2"; }
+check "exec --timeout with no kill program: exit 5, killed all the same" \
+    timed_out_saying "$rc" "$out" 'sleep did not finish within 1 s; killed it in the guest (pid [0-9]*, SIGKILL)'
+check "...the command no longer runs in the guest (pid $pid)" wait_until 15 gone
+check "...the log: kill(1) could not start" log_has ga 'exec: kill -KILL: .*kill'
+check "...nor taskkill" log_has ga 'exec: taskkill /F /T /PID: .*taskkill'
+check "a kill program that fails is put in its place" qv exec ga -- sh -c 'printf "#!/bin/sh\nexit 1\n" > /bin/kill && chmod 755 /bin/kill'
+out=$(qv exec ga --timeout 1 -- sleep 33 2>&1); rc=$?
+pid=$(grep -o 'pid [0-9]*' <<< "$out" | grep -o '[0-9]*')
+check "exec --timeout whose kill fails: exit 5, and says the command may still run" \
+    timed_out_saying "$rc" "$out" "killing it in the guest failed (the guest's kill exited 1): it may still run there as pid $pid\$"
+check_output "...it does (pid $pid)" '^0$' probe "$pid"
+qv exec ga -- sh -c "kill -KILL $pid; rm /bin/kill; ln -s /bin/busybox /bin/kill" > /dev/null 2>&1
+check "...killed by hand, the guest's kill is back" wait_until 15 gone
 check_error "exec: a program the guest does not have" 1 'ga: guest-exec: .*nosuchprogram' qv exec ga -- nosuchprogram
 
 # ---- cp ----

@@ -95,4 +95,25 @@ check_output "a later start cleans up and starts afresh" "fs started" qv start f
 check "...with its shares" wait_until 90 guest_ok fs "grep -qx 'from the host $$' /mnt/share/in.txt"
 qv kill fs > /dev/null 2>&1
 check "kill leaves no virtiofsd" wait_until 10 no_virtiofsd
+# ---- a start slowed down to a crawl waits; one that hangs fails ----
+# QEMU's monitor answers only once its devices (and virtiofsd) are set up. With a CPU
+# quota of 5% that takes many times the stall limit (2 s here): a start waits as long
+# as QEMU or its virtiofsd keeps using CPU, and fails once they stop (a QEMU held
+# stopped), with nothing left running.
+jq '.limits = {"cpu": "5%"}' "$T_ROOT/etc/qvisor/vms/fs.json" > "$T_ROOT/fs.json" && qv undefine fs > /dev/null &&
+    qv define -q "$T_ROOT/fs.json" || not_ok "fs gets a CPU quota of 5%"
+check_output "a start at 5% CPU, 2 s stall limit: QEMU's monitor is waited for" "fs started" \
+    env QVISOR_TEST_START_STALL_MS=2000 "$QV_BIN" --root "$T_ROOT" start fs
+check "...well past the stall limit: the log says it waited on" \
+    log_has fs "QEMU's monitor has not answered after [0-9]+ s; QEMU or its virtiofsd is still working \\(CPU time grows\\): waiting on"
+qv kill fs > /dev/null 2>&1
+check "...kill leaves no virtiofsd" wait_until 10 no_virtiofsd
+check_error "a start whose QEMU hangs (held stopped): fails after the stall limit (exit 5), saying so" 5 \
+    "QEMU's monitor did not answer within [0-9]+ s, and QEMU and its virtiofsd used no CPU in the last 2 s: it hangs" \
+    env QVISOR_TEST_HOLD_QEMU=1 QVISOR_TEST_START_STALL_MS=2000 "$QV_BIN" --root "$T_ROOT" start fs
+check "...the VM is shut off" state_is fs "shut off"
+uuid=$(jq -r .uuid "$T_ROOT/etc/qvisor/vms/fs.json")
+no_qemu() { ! pgrep -f -- "-uuid $uuid" > /dev/null; }
+check "...and leaves no QEMU ($uuid)" wait_until 10 no_qemu
+check "...and no virtiofsd" wait_until 10 no_virtiofsd
 finish
