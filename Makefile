@@ -21,6 +21,11 @@ FUZZ_CC ?= clang
 # only holds a cleanup-attribute reference unused (the gcc build keeps -Wunused-variable)
 ASAN_FLAGS := $(SAN) -fsanitize=fuzzer-no-link -Wno-unknown-warning-option -Wno-missing-field-initializers \
               -Wno-unused-variable
+# clang's ASan resolves the real __cxa_throw when the program starts: libstdc++ must be
+# loaded then, or the first C++ exception inside librados (dlopened later) aborts in
+# its interceptor ("real___cxa_throw != 0"). gcc's ASan looks it up lazily.
+ASAN_LDFLAGS := -Wl,--push-state,--no-as-needed -lstdc++ -Wl,--pop-state
+PLAIN_LDFLAGS :=
 
 # `make V=1` shows whole command lines
 ifeq ($(V),1)
@@ -77,17 +82,17 @@ $(2)/layers.ok: scripts/check-layers $$(LAYER_SRCS) $$($(1)_LIBS)
 	@touch $$@
 $(2)/qvisor: $(2)/obj/launcher/cli/main.o $$($(1)_LIBS) | $(2)/layers.ok
 	$$(say) LD $$@
-	$(Q)$(4) $$(CFLAGS) $(3) -o $$@ $$^ $$(LDLIBS)
+	$(Q)$(4) $$(CFLAGS) $(3) -o $$@ $$^ $$(LDLIBS) $$($(1)_LDFLAGS)
 # -MMD: a test also depends on every header and fake it includes (tests/fakes/*.c,
 # tests/unit/*.h), not only on its own source
 $(2)/tests/%: tests/unit/%.c $$(TEST_HELPERS) $$($(1)_LIBS)
 	@mkdir -p $$(@D)
 	$$(say) TEST $$@
-	$(Q)$(4) $$(WARN) $$(CPPFLAGS) $$(CFLAGS) $(3) -MMD -MP -MF $$@.d -MT $$@ -o $$@ $$< $$(TEST_HELPERS) $$($(1)_LIBS) $$(LDLIBS) -lcmocka -lpthread
+	$(Q)$(4) $$(WARN) $$(CPPFLAGS) $$(CFLAGS) $(3) -MMD -MP -MF $$@.d -MT $$@ -o $$@ $$< $$(TEST_HELPERS) $$($(1)_LIBS) $$(LDLIBS) $$($(1)_LDFLAGS) -lcmocka -lpthread
 $(2)/progs/%: tests/progs/%.c $$($(1)_LIBS)
 	@mkdir -p $$(@D)
 	$$(say) PROG $$@
-	$(Q)$(4) $$(WARN) $$(CPPFLAGS) $$(CFLAGS) $(3) -MMD -MP -MF $$@.d -MT $$@ -o $$@ $$< $$($(1)_LIBS) $$(LDLIBS) -lpthread
+	$(Q)$(4) $$(WARN) $$(CPPFLAGS) $$(CFLAGS) $(3) -MMD -MP -MF $$@.d -MT $$@ -o $$@ $$< $$($(1)_LIBS) $$(LDLIBS) $$($(1)_LDFLAGS) -lpthread
 -include $$(patsubst %.o,%.d,$$($(1)_OBJS) $(2)/obj/launcher/cli/main.o)
 -include $$(addsuffix .d,$$($(1)_TESTS) $$($(1)_PROGS))
 endef
@@ -109,7 +114,7 @@ FUZZ_BINS    := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRCS))
 $(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(BUILD)/asan/libqvisor.a
 	@mkdir -p $(@D)
 	$(say) FUZZ $@
-	$(Q)$(ASAN_CC) $(WARN) $(CPPFLAGS) $(CFLAGS) $(ASAN_FLAGS) -fsanitize=fuzzer -MMD -MP -o $@ $< $(BUILD)/asan/libqvisor.a $(LDLIBS)
+	$(Q)$(ASAN_CC) $(WARN) $(CPPFLAGS) $(CFLAGS) $(ASAN_FLAGS) -fsanitize=fuzzer -MMD -MP -o $@ $< $(BUILD)/asan/libqvisor.a $(LDLIBS) $(ASAN_LDFLAGS)
 -include $(addsuffix .d,$(FUZZ_BINS))
 fuzz-build: $(FUZZ_BINS)
 test-build: fuzz-build
