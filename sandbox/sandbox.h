@@ -97,8 +97,9 @@ int sandbox_uid_rehold(const char *lock_dir, uid_t uid, struct sandbox_uid_lease
 void sandbox_uid_release(struct sandbox_uid_lease *l);
 /* Removes the lock files of uids that `name` held (by their contents) and nobody holds
  * now, under the allocation lock, so no allocator meets a file on its way out; a
- * transient VM's leases go with it. *removed counts them. */
-int sandbox_uid_forget(const char *lock_dir, const char *name, int *removed, struct qv_err *e);
+ * transient VM's leases go with it. *removed counts them, *in_use those left because
+ * a process holds the file or still runs as the uid (a QEMU on its way out). */
+int sandbox_uid_forget(const char *lock_dir, const char *name, int *removed, int *in_use, struct qv_err *e);
 /* Who holds uid's lock file according to its contents ("" if unknown); diagnostics. */
 int sandbox_uid_holder(const char *lock_dir, uid_t uid, char *name, size_t len);
 /* A fixed user or group from the passwd/group database; root is refused. */

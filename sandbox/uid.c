@@ -192,9 +192,10 @@ void sandbox_uid_release(struct sandbox_uid_lease *l)
     l->hold_fd = -1;
 }
 
-int sandbox_uid_forget(const char *lock_dir, const char *name, int *removed, struct qv_err *e)
+int sandbox_uid_forget(const char *lock_dir, const char *name, int *removed, int *in_use, struct qv_err *e)
 {
     *removed = 0;
+    *in_use = 0;
     char path[PATH_MAX];
     snprintf(path, sizeof(path), "%s/.alloc", lock_dir);
     _cleanup_close_ int alloc = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -219,8 +220,12 @@ int sandbox_uid_forget(const char *lock_dir, const char *name, int *removed, str
         if (fd < 0)
             continue;
         /* free: no supervisor and no QEMU holds it, and no process runs as it */
-        if (flock(fd, LOCK_EX | LOCK_NB) == 0 && !uid_running((uid_t)uid) && unlink(path) == 0)
-            (*removed)++;
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0 && !uid_running((uid_t)uid)) {
+            if (unlink(path) == 0)
+                (*removed)++;
+        } else {
+            (*in_use)++;
+        }
         close(fd);
     }
     closedir(d);

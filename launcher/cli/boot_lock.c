@@ -50,10 +50,12 @@ int boot_dir_keep(const struct qv_paths *p, const char *name, char *dir, size_t 
 
 /* What a boot that died (kill -9) may have left: a transient definition and run
  * directory no supervisor serves, overlays of an older qvisor, its uid lease files,
- * its private directory; then its lock. */
+ * its private directory; then its lock, unless a uid lease is still in use (its QEMU
+ * on the way out): the lock stays for a later sweep to finish the job. */
 void boot_forget(const struct qv_paths *p, const char *name, const char *lockpath)
 {
     char path[PATH_MAX];
+    int in_use = 0;
     if (!vm_supervised(p, name, NULL)) {
         vm_transient_forget(p, name);
         char run[PATH_MAX];
@@ -65,14 +67,15 @@ void boot_forget(const struct qv_paths *p, const char *name, const char *lockpat
             unlink(path);
         }
         rmdir(run);
-        vm_uid_leases_forget(p, name);
+        in_use = vm_uid_leases_forget(p, name);
         boot_dir_remove(p, name);
     }
     for (int i = 0; i < VM_MAX_DISKS; i++) {
         qv_path(p, path, sizeof(path), QV_LIB "/overlays/%s-disk%d.qcow2", name, i);
         unlink(path);
     }
-    unlink(lockpath);
+    if (!in_use)
+        unlink(lockpath);
 }
 
 static bool kept(const struct qv_paths *p, const char *name)

@@ -582,8 +582,9 @@ int vm_run_path(const struct qv_paths *p, const char *name, const char *file, ch
 /* var/lib/qvisor/boot/NAME[/file]: a `qvisor boot` VM's private directory (its log,
  * its throw-away overlays), on disk as overlays can grow */
 int vm_boot_dir(const struct qv_paths *p, const char *name, const char *file, char *out, size_t outlen);
-/* The uid lease files (run/qvisor/uids/N) NAME held that nobody holds now, removed. */
-void vm_uid_leases_forget(const struct qv_paths *p, const char *name);
+/* The uid lease files (run/qvisor/uids/N) NAME held that nobody holds now, removed.
+ * Returns how many stay because a process still holds them or runs as their uid. */
+int vm_uid_leases_forget(const struct qv_paths *p, const char *name);
 int runstate_read(const struct qv_paths *p, const char *name, struct vm_runstate *s, struct qv_err *e);
 int runstate_write(const struct qv_paths *p, const char *name, const struct vm_runstate *s, struct qv_err *e);
 json_object *runstate_to_json(const struct vm_runstate *s);

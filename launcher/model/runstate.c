@@ -27,13 +27,14 @@ int vm_boot_dir(const struct qv_paths *p, const char *name, const char *file, ch
     return qv_path(p, out, outlen, QV_LIB "/boot/%s", name);
 }
 
-void vm_uid_leases_forget(const struct qv_paths *p, const char *name)
+int vm_uid_leases_forget(const struct qv_paths *p, const char *name)
 {
     char dir[PATH_MAX];
     qv_path(p, dir, sizeof(dir), QV_RUN "/uids");
     struct qv_err e = {0};
-    int removed;
-    sandbox_uid_forget(dir, name, &removed, &e);     /* best effort: a file left is free anyway */
+    int removed, in_use;
+    sandbox_uid_forget(dir, name, &removed, &in_use, &e);     /* best effort: a file left is free anyway */
+    return in_use;
 }
 
 void runstate_free(struct vm_runstate *s)

@@ -195,4 +195,5 @@ leftovers() {
 check "nothing of the boots is left under the root but what --keep-on-failure kept" test -z "$(leftovers)"
 [ -z "$(leftovers)" ] || diag "$(leftovers)"
 check "...no uid lease file either" test -z "$(ls "$T_ROOT/run/qvisor/uids/")"
+for f in "$T_ROOT"/run/qvisor/uids/[0-9]*; do [ -e "$f" ] && diag "$f: $(head -c 200 "$f")"; done
 finish
