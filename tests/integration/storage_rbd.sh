@@ -430,8 +430,16 @@ check "placement groups of pool rbd moved to it" \
     wait_until 60 bash -c "$(declare -f admin); admin ceph pg ls-by-osd osd.$osd1 --format json 2>/dev/null | jq -e '[.pg_stats[]? | select(.pgid | startswith(\"1.\"))] | length > 0'"
 check "the guest writes to each 4 MiB object of its rbd disk (on either OSD)" \
     guest_ok rv "for i in $(seq -s ' ' 0 19); do echo OSD-\$i | dd of=/dev/$(dev RBD1) bs=4M seek=\$i conv=fsync 2>/dev/null || exit 1; done"
-check "...which the cluster holds" \
-    bash -c "$(declare -f admin); admin rbd export rbd/vmdisk - 2>/dev/null > '$T_ROOT/vmdisk.raw' && for i in 0 7 13 19; do dd if='$T_ROOT/vmdisk.raw' bs=4M skip=\$i count=1 2>/dev/null | head -c 8 | grep -q OSD-\$i || exit 1; done"
+# objects_hold: the cluster's copy of vmdisk holds each object's marker
+objects_hold() {
+    local i
+    admin rbd export rbd/vmdisk - 2>/dev/null > "$T_ROOT/vmdisk.raw" || return 1
+    for i in 0 7 13 19; do
+        dd if="$T_ROOT/vmdisk.raw" bs=4M skip=$i count=1 2>/dev/null | head -c 8 | grep -q "OSD-$i" || return 1
+    done
+}
+check "...which the cluster holds" objects_hold
+[ -s "$T_ROOT/vmdisk.raw" ] || diag "rbd export of vmdisk gave nothing"
 rm -f "$T_ROOT/vmdisk.raw"
 unset QVISOR_RBD_REFRESH_MS
 # ---- end rbd12 ----
