@@ -14,7 +14,10 @@
 
 extern char **environ;
 
-int proc_start_time(pid_t pid, unsigned long long *out)
+/* n consecutive numeric fields of /proc/PID/stat from field `first` (1-based, as in
+ * proc(5)); comm (field 2) may hold spaces and parentheses, so fields are counted
+ * after its last ')'. */
+static int stat_fields(pid_t pid, int first, unsigned long long *vals, int n)
 {
     char path[64];
     snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
@@ -22,54 +25,39 @@ int proc_start_time(pid_t pid, unsigned long long *out)
     int r = read_file(path, 8192, &s, NULL);
     if (r < 0)
         return r;
-    /* comm (field 2) may contain spaces and parentheses: parse after the last ')' */
     char *p = strrchr(s, ')');
     if (!p)
         return -EINVAL;
     p++;
-    /* fields 3..22: skip 19 fields to reach starttime */
-    for (int field = 3; field < 22; field++) {
+    /* p sits on the space before field 3; move it to the one before `first` */
+    for (int field = 3; field < first; field++) {
         p = strchr(p + 1, ' ');
         if (!p)
             return -EINVAL;
     }
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(p + 1, &end, 10);
-    if (errno || end == p + 1)
-        return -EINVAL;
-    *out = v;
+    for (int i = 0; i < n; i++) {
+        char *end;
+        errno = 0;
+        vals[i] = strtoull(p + 1, &end, 10);
+        if (errno || end == p + 1 || (*end != ' ' && *end != '\n' && *end != '\0'))
+            return -EINVAL;
+        p = end;
+    }
     return 0;
+}
+
+int proc_start_time(pid_t pid, unsigned long long *out)
+{
+    return stat_fields(pid, 22, out, 1);
 }
 
 int proc_cpu_ticks(pid_t pid, unsigned long long *out)
 {
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    _cleanup_free_ char *s = NULL;
-    int r = read_file(path, 8192, &s, NULL);
+    unsigned long long v[2];     /* utime (14), stime (15) */
+    int r = stat_fields(pid, 14, v, 2);
     if (r < 0)
         return r;
-    char *p = strrchr(s, ')');     /* as in proc_start_time: after comm */
-    if (!p)
-        return -EINVAL;
-    p++;
-    /* fields 3..13 skipped: p then sits before utime (14), stime (15) follows */
-    for (int field = 3; field < 14; field++) {
-        p = strchr(p + 1, ' ');
-        if (!p)
-            return -EINVAL;
-    }
-    char *end;
-    errno = 0;
-    unsigned long long user = strtoull(p + 1, &end, 10);
-    if (errno || end == p + 1 || *end != ' ')
-        return -EINVAL;
-    p = end;
-    unsigned long long sys = strtoull(p + 1, &end, 10);
-    if (errno || end == p + 1)
-        return -EINVAL;
-    *out = user + sys;
+    *out = v[0] + v[1];
     return 0;
 }
 

@@ -7,12 +7,15 @@
 #include <cmocka.h>
 
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -353,6 +356,57 @@ static void test_proc_cgroup_path(void **state)
     assert_true(r == -ENAMETOOLONG || r == -ENOENT);
 }
 
+/* The oracle: /proc/PID/stat split at spaces after comm's last ')', by hand. */
+static unsigned long long stat_oracle(pid_t pid, int field)
+{
+    char path[64], buf[4096];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *tok = strrchr(buf, ')') + 2, *save = NULL;
+    char *t = strtok_r(tok, " ", &save);
+    for (int i = 3; i < field; i++)
+        t = strtok_r(NULL, " ", &save);
+    assert_non_null(t);
+    return strtoull(t, NULL, 10);
+}
+
+/* start time and CPU ticks of a child that sleeps (its figures hold still), whose
+ * comm has a space and a ')' in it */
+static void test_proc_stat_fields(void **state)
+{
+    (void)state;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_NAME, "a) b c", 0, 0, 0);
+        for (volatile unsigned long i = 0; i < 20000000ul; i++)     /* user time */
+            ;
+        for (int i = 0; i < 2000000; i++)     /* system time */
+            (void)getppid();
+        pause();
+        _exit(0);
+    }
+    unsigned long long start = 0, ticks = 0, prev = 1;
+    /* wait until its busy loop ends: two equal readings 0.2 s apart */
+    for (int i = 0; i < 100 && prev != ticks; i++) {
+        prev = ticks;
+        usleep(200000);
+        assert_int_equal(proc_cpu_ticks(pid, &ticks), 0);
+    }
+    assert_int_equal(proc_start_time(pid, &start), 0);
+    assert_true(start > 0);
+    assert_true(start == stat_oracle(pid, 22));
+    assert_true(stat_oracle(pid, 14) > 0 && stat_oracle(pid, 15) > 0);     /* both count */
+    assert_true(ticks == stat_oracle(pid, 14) + stat_oracle(pid, 15));
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    assert_int_equal(proc_start_time(pid, &start), -ENOENT);
+}
+
 static void test_signalfd_for(void **state)
 {
     (void)state;
@@ -473,6 +527,7 @@ int main(void)
         cmocka_unit_test(test_jr_paths),
         cmocka_unit_test(test_proc_cgroup_path),
         cmocka_unit_test(test_signalfd_for),
+        cmocka_unit_test(test_proc_stat_fields),
         cmocka_unit_test(test_buf_take_line),
         cmocka_unit_test(test_run_program),
         cmocka_unit_test_setup_teardown(test_run_program_dies_with_caller, setup, teardown),
