@@ -86,6 +86,24 @@ static void ext_reply(struct snap_op *op, int r, const struct qv_err *e)
     json_object_put(o);
 }
 
+/* Every disk of the snapshot now reads its overlay: the definition and the supervisor's
+ * record follow (disk_switched), all of them even when one fails; the first error. */
+static int switch_to_overlays(struct snap_op *op, struct qv_err *e)
+{
+    struct sup *s = op->s;
+    int r = 0;
+    for (size_t i = 0; i < op->rec.ndisks; i++) {
+        const struct storage_snapshot_disk *k = &op->rec.disks[i];
+        struct qv_err de = {0};
+        if (disk_switched(s, k->disk, op->d[i].node, k->overlay, k->overlay_volume[0] ? k->overlay_volume : NULL,
+                          FORMAT_QCOW2, &de) < 0 && !r) {
+            r = de.code;
+            *e = de;
+        }
+    }
+    return r;
+}
+
 static void ext_finish(struct snap_op *op)
 {
     struct sup *s = op->s;
@@ -101,16 +119,7 @@ static void ext_finish(struct snap_op *op)
         return;
     }
     struct qv_err e = {0};
-    int r = 0;
-    for (size_t i = 0; i < op->rec.ndisks; i++) {
-        const struct storage_snapshot_disk *k = &op->rec.disks[i];
-        struct qv_err de = {0};
-        if (disk_switched(s, k->disk, op->d[i].node, k->overlay, k->overlay_volume[0] ? k->overlay_volume : NULL,
-                          FORMAT_QCOW2, &de) < 0 && !r) {
-            r = de.code;
-            e = de;
-        }
-    }
+    int r = switch_to_overlays(op, &e);
     snprintf(op->rec.state, sizeof(op->rec.state), "%s", vm_state_names[s->rs.state]);
     op->rec.memory = false;
     if (r == 0 && (r = snapshot_record(s->paths, s->def.name, &op->rec, &e)) < 0)
@@ -596,16 +605,7 @@ void snap_settle_after_exit(struct snap_op *op)
                             op->rec.name);
     } else {
         struct qv_err e = {0};
-        int r = 0;
-        for (size_t i = 0; i < op->rec.ndisks; i++) {
-            const struct storage_snapshot_disk *k = &op->rec.disks[i];
-            struct qv_err de = {0};
-            if (disk_switched(s, k->disk, op->d[i].node, k->overlay, k->overlay_volume[0] ? k->overlay_volume : NULL,
-                              FORMAT_QCOW2, &de) < 0 && !r) {
-                r = de.code;
-                e = de;
-            }
-        }
+        int r = switch_to_overlays(op, &e);
         op->rec.memory = false;
         op->rec.quiesced = false;
         snprintf(op->rec.quiesce_note, sizeof(op->rec.quiesce_note), "QEMU exited while it was taken");
