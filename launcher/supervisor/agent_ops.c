@@ -237,15 +237,23 @@ static void on_exec_status(struct sup *s, void *ctx, json_object *ret, const str
 /* A command past its timeout is killed in the guest: the agent has no kill of its
  * own, so a second guest-exec runs the guest's kill on the pid the first one gave,
  * and is itself waited for (guest-exec-status) so that its failure is told. The ways,
- * in order, each tried when the agent cannot start the one before: kill(1) by argv,
- * no shell (a Linux guest); taskkill (a Windows guest: the tree, forced); the shell's
- * builtin kill (a guest with a shell but no kill program). */
+ * in order, each tried when the agent cannot start the one before: a shell that
+ * kills the command's whole tree (qemu-ga gives it no process group of its own: each
+ * process is stopped, its children read from /proc and killed the same way, then it;
+ * the script holds nothing but the pid, a number); kill(1) by argv, the command
+ * alone (a guest without a shell); taskkill (a Windows guest: the tree, forced). */
 #define EXEC_KILL_TIMEOUT_MS 10000
 
+enum { KILL_TREE, KILL_ONE, KILL_TASKKILL };
 static const char *const kill_ways[][5] = {
-    {"kill", "-KILL", NULL},
-    {"taskkill", "/F", "/T", "/PID", NULL},
-    {"sh", "-c", NULL},
+    [KILL_TREE] = {"sh", "-c", NULL},
+    [KILL_ONE] = {"kill", "-KILL", NULL},
+    [KILL_TASKKILL] = {"taskkill", "/F", "/T", "/PID", NULL},
+};
+static const char *const kill_told[] = {
+    [KILL_TREE] = " and its descendants, SIGKILL",
+    [KILL_ONE] = ", SIGKILL",
+    [KILL_TASKKILL] = ", taskkill /F /T",
 };
 
 struct exec_kill {
@@ -307,14 +315,16 @@ static void on_kill_started(struct sup *s, void *ctx, json_object *ret, const st
 
 static void exec_kill_step(struct sup *s, struct exec_kill *k)
 {
-    char num[24], script[64];
+    char num[24], script[192];
     snprintf(num, sizeof(num), "%lld", (long long)k->pid);
-    snprintf(script, sizeof(script), "kill -KILL %lld", (long long)k->pid);   /* a number: nothing the user wrote */
+    snprintf(script, sizeof(script),    /* a number: nothing the user wrote */
+             "t() { kill -STOP $1 2>/dev/null; for c in $(cat /proc/$1/task/*/children 2>/dev/null); do t $c; done; "
+             "kill -KILL $1; }; t %lld", (long long)k->pid);
     const char *const *way = kill_ways[k->step];
     json_object *arg = json_object_new_array();
     for (size_t i = 1; way[i]; i++)
         json_object_array_add(arg, json_object_new_string(way[i]));
-    json_object_array_add(arg, json_object_new_string(strcmp(way[0], "sh") == 0 ? script : num));
+    json_object_array_add(arg, json_object_new_string(k->step == KILL_TREE ? script : num));
     json_object *args = json_object_new_object();
     json_object_object_add(args, "path", json_object_new_string(way[0]));
     json_object_object_add(args, "arg", arg);
@@ -344,8 +354,8 @@ static void exec_kill_done(struct sup *s, const struct exec_op *x, json_object *
     if (code == 0) {
         sup_log(s, "exec: %s (guest pid %lld) killed", x->path, (long long)x->kill_of);
         sup_reply_error(s, x->client, -ETIMEDOUT, "%s: %s did not finish within %d s; killed it in the guest (pid "
-                        "%lld, %s)", s->def.name, x->path, (x->timeout_ms + 999) / 1000, (long long)x->kill_of,
-                        x->kill_step == 1 ? "taskkill /F /T" : "SIGKILL");
+                        "%lld%s)", s->def.name, x->path, (x->timeout_ms + 999) / 1000, (long long)x->kill_of,
+                        kill_told[x->kill_step]);
         return;
     }
     char why[96];

@@ -141,6 +141,9 @@ struct block_prep {
     bool wait;
     struct disk_ref d;
     struct disk_io io;
+    bool discard;               /* the disk's: on every node made writable or added here, as on its
+                                 * active layer at start (so a later reopen with the disk's options,
+                                 * snapshot_full.c's, changes nothing but what it means to) */
     struct layer chain[STORAGE_CHAIN_MAX + 1];
     size_t n;
     uint64_t size;              /* the top's virtual size */

@@ -457,6 +457,7 @@ static struct block_prep *prep_new(struct sup *s, unsigned client, const struct 
     p->child.out = -1;
     p->format = (k ? k->format : d->hp->format) == FORMAT_RAW ? FORMAT_RAW : FORMAT_QCOW2;
     p->io = k ? disk_io_mode(k->cache, k->aio, &s->facts) : disk_io_mode(d->hp->cache, d->hp->aio, &s->facts);
+    p->discard = k ? k->discard : d->hp->discard;
     return p;
 }
 

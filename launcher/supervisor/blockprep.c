@@ -156,8 +156,8 @@ void block_layer_reopen_opts(const struct block_prep *p, int i, json_object *lis
     const struct layer *l = &p->chain[p->rw_layer[i]];
     char path[32];
     snprintf(path, sizeof(path), "/dev/fdset/%d", p->rw_set[i]);
-    json_object_array_add(list, blockdev_file(l->file, path, &p->io, false, false));
-    json_object *fmt = blockdev_format(disk_format_names[l->format], l->fmt, l->file, NULL, &p->io, false, false);
+    json_object_array_add(list, blockdev_file(l->file, path, &p->io, p->discard, false));
+    json_object *fmt = blockdev_format(disk_format_names[l->format], l->fmt, l->file, NULL, &p->io, p->discard, false);
     if (l->format == FORMAT_QCOW2) {
         size_t below = p->rw_layer[i] + 1;
         json_object_object_add(fmt, "backing", below < p->n ? json_object_new_string(p->chain[below].fmt) : NULL);
@@ -167,7 +167,8 @@ void block_layer_reopen_opts(const struct block_prep *p, int i, json_object *lis
 
 /* Every layer QEMU must write (opened read-only) gets its read-write fd; then its
  * file and format nodes are reopened read-write in one transaction, with the options
- * they were opened with otherwise (blockdev-reopen resets what is not given). */
+ * they were opened with otherwise (blockdev-reopen resets what is not given) and the
+ * disk's discard, which a writable layer has (an active commit makes it the top). */
 static void on_rw_added(void *ctx, json_object *ret, const struct qv_err *err)
 {
     (void)ret;
@@ -231,7 +232,7 @@ static void on_target_node(void *ctx, json_object *ret, const struct qv_err *err
         return;
     struct block_prep *p = s->block_prep;
     if (++p->added < 3) {
-        json_object *fmt = blockdev_format(disk_format_names[p->format], p->tfmt, p->tfile, NULL, &p->io, false, false);
+        json_object *fmt = blockdev_format(disk_format_names[p->format], p->tfmt, p->tfile, NULL, &p->io, p->discard, false);
         prep_send(s, "blockdev-add", fmt, NULL, on_target_node);
         return;
     }
@@ -248,7 +249,7 @@ static void on_target_fd(void *ctx, json_object *ret, const struct qv_err *err)
     p->added = 1;
     char path[32];
     snprintf(path, sizeof(path), "/dev/fdset/%d", p->fdset);
-    prep_send(s, "blockdev-add", blockdev_file(p->tfile, path, &p->io, false, false), NULL, on_target_node);
+    prep_send(s, "blockdev-add", blockdev_file(p->tfile, path, &p->io, p->discard, false), NULL, on_target_node);
 }
 
 static void copy_open_target(struct sup *s)

@@ -451,6 +451,9 @@ void sup_release_qemu(struct sup *s);
 /* QVISOR_TEST_CRASH_AT=POINT kills the supervisor there, as a kill -9 would;
  * QVISOR_TEST_STOP_AT=POINT stops it there until SIGCONT. */
 void sup_crash_point(const char *point);
+/* QVISOR_TEST_FAIL_AT=POINT: true there, where the caller then sends QEMU a command it
+ * refuses, so that a test meets QEMU's real refusal of a step it cannot provoke. */
+bool sup_fail_point(const char *point);
 /* Tells whoever waits on ready_fd (start, a unit): "ok" or the error; once. */
 void report_ready(struct sup *s, int code, const char *msg);
 /* sandbox_spec.forked: records QEMU's pid and start time before it may run. */

@@ -201,6 +201,21 @@ static void buffered_record_clear(struct sup *s)
 
 static void buffered_restore(struct sup *s);
 
+/* A save's restoring reopen is answered before its job's dismissal (QMP answers in
+ * order), so the job that waits for it is still there to carry the warning to its
+ * client. A restore sent later (monitor back, successor) has no client: logged only. */
+static void warn_save_waiters(struct sup *s, const char *msg)
+{
+    for (int i = 0; i < SUP_JOBS_MAX; i++) {
+        struct sup_job *j = &s->jobs[i];
+        if (!j->used || j->ops != &snapshot_save_ops)
+            continue;
+        if (!j->result)
+            j->result = json_object_new_object();
+        json_object_object_add(j->result, "warning", json_object_new_string(msg));
+    }
+}
+
 static void on_restored(void *ctx, json_object *ret, const struct qv_err *err)
 {
     (void)ret;
@@ -213,10 +228,13 @@ static void on_restored(void *ctx, json_object *ret, const struct qv_err *err)
                 err->msg);
         return;     /* the record stays: snapshots_monitor_back, or a successor */
     }
-    if (err)
-        sup_log(s, "warning: snapshot: restoring direct I/O (cache.direct) on node %s: %s; the disk goes on through "
-                "the host's page cache (its flushes honoured) until the VM restarts", node, err->msg);
-    else
+    if (err) {
+        char msg[sizeof(((struct qv_err *)0)->msg)];
+        snprintf(msg, sizeof(msg), "%s: QEMU refused to put disk node %s back to direct I/O (%s): it goes on through "
+                 "the host's page cache, its flushes honoured, until the VM restarts", s->def.name, node, err->msg);
+        sup_log(s, "warning: snapshot: %s", msg);
+        warn_save_waiters(s, msg);
+    } else
         sup_log(s, "snapshot: node %s is back to direct I/O", node);
     buffered_record_clear(s);
 }
@@ -227,7 +245,15 @@ static void buffered_restore(struct sup *s)
     json_object *o = buffered_record(s), *opts;
     if (!o || s->snap_restoring || !s->qmp || !qmp_ready(s->qmp) || !json_object_object_get_ex(o, "reopen", &opts))
         return;
-    if (qmp_send(s->qmp, "blockdev-reopen", json_obj1("options", list1(json_object_get(opts))), NULL, 0,
+    json_object *node = json_object_get(opts);
+    if (sup_fail_point("snapshot-restore")) {   /* a node QEMU does not know: refused */
+        json_object_put(node);
+        node = json_object_new_object();
+        json_object_object_add(node, "driver", json_object_new_string("file"));
+        json_object_object_add(node, "node-name", json_object_new_string("qv-test-nosuch"));
+        json_object_object_add(node, "filename", json_object_new_string("/dev/null"));
+    }
+    if (qmp_send(s->qmp, "blockdev-reopen", json_obj1("options", list1(node)), NULL, 0,
                  QMP_TIMEOUT_DEVICE, 0, on_restored, s) == 0)
         s->snap_restoring = true;
 }

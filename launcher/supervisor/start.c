@@ -100,6 +100,12 @@ void sup_crash_point(const char *point)
         raise(SIGSTOP);
 }
 
+bool sup_fail_point(const char *point)
+{
+    const char *at = getenv("QVISOR_TEST_FAIL_AT");
+    return at && strcmp(at, point) == 0;
+}
+
 /* Called between fork and everything else the child does (sandbox_spec.forked):
  * QEMU's pid and start time are on disk before it can touch a disk image. A
  * supervisor that cannot record its child does not start it. */

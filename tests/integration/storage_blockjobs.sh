@@ -32,8 +32,8 @@ qemu-io -c "write -P 0x41 1M 64k" "$img/imid.qcow2" >/dev/null
 qi create -f qcow2 -F qcow2 -b "$img/imid.qcow2" "$img/icm.qcow2"
 qv pool define -q --name pool2 --path "$pool2" || not_ok "pool2 is defined"
 define_guest bj "" --disk "file=$img/pull.qcow2,serial=PULL,cache=writeback" \
-    --disk "file=$img/cmt.qcow2,serial=CMT,cache=writeback" \
-    --disk "file=$img/copy.qcow2,serial=COPY,cache=writeback" \
+    --disk "file=$img/cmt.qcow2,serial=CMT,cache=writeback,discard=on" \
+    --disk "file=$img/copy.qcow2,serial=COPY,cache=writeback,discard=on" \
     --disk "file=$img/small.qcow2,serial=SMALL,cache=writeback" \
     --disk "file=$img/icm.qcow2,serial=ICM,cache=writeback"
 qv start -q bj || { not_ok "the VM starts"; finish; }
@@ -121,6 +121,16 @@ guest_md5=$(gsh bj "md5sum $(dev COPY)" | grep -o '^[0-9a-f]\{32\}')
 qemu-img convert -U -O raw "$pool2/moved" "$T_ROOT/moved.raw"
 check "the guest's data and the new volume's match" test -n "$guest_md5" -a "$guest_md5" = "$(md5sum < "$T_ROOT/moved.raw" | cut -d' ' -f1)"
 check "the old image no longer follows the guest" test "$(qemu-img convert -U -O raw "$img/copy.qcow2" "$T_ROOT/old.raw" && md5sum < "$T_ROOT/old.raw" | cut -d' ' -f1)" != "$guest_md5"
+# the copy's nodes carry the disk's discard, as its nodes at start do: the guest's
+# discard of the whole disk reaches the host file as holes (only through both layers:
+# with discard=ignore on the qcow2 node nothing goes down; on the file node, the
+# qcow2 layer frees its clusters and the file keeps its blocks)
+data_kib() { qemu-img map -U --output=json "$pool2/moved" | jq '[.[] | select(.data) | .length] | add // 0 | . / 1024 | floor'; }
+file_below() { local k; k=$(du -k "$pool2/moved" | cut -f1) && [ -n "$k" ] && [ "$k" -lt "$1" ]; }
+check "the guest fills 12 MiB of the copy disk" guest_ok bj "dd if=/dev/urandom of=$(dev COPY) bs=1M count=12 conv=fsync 2>/dev/null"
+check "...which the new volume's file holds" test "$(data_kib)" -ge 12288 -a "$(du -k "$pool2/moved" | cut -f1)" -ge 12288
+check "the guest discards the whole copy disk" guest_ok bj "busybox blkdiscard $(dev COPY)"
+check "...and the host file lets its blocks go" wait_until 10 file_below 4096
 
 # ---- --abort leaves the disk as it was ----
 check_output "a slow copy starts" 'bj: copy of disk3 started' qv block copy bj SMALL --dest "$pool2/slow.qcow2" --bandwidth 64K

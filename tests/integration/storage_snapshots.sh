@@ -151,6 +151,19 @@ check "...no snapshot was recorded" test ! -e "$T_ROOT/var/lib/qvisor/snapshots/
 check_output "...and taking it again works" 'snapshot cut1 created' qv snapshot create sn cut1
 check "...the disk back to direct I/O after it" direct_io
 check_output "...and it goes" 'snapshot cut1 deleted' qv snapshot delete sn cut1
+# QEMU refusing the restoring reopen (QVISOR_TEST_FAIL_AT: it is asked to reopen a node
+# it does not know) is told to the client, whose snapshot was taken all the same
+sp=$(sup_pid sn)
+kill -9 "$sp"; wait_until 10 bash -c "! kill -0 $sp 2>/dev/null"
+QVISOR_TEST_FAIL_AT=snapshot-restore "$QV_BIN" --root "$T_ROOT" start -q sn
+check_output "a full snapshot whose restoring reopen QEMU refuses warns its client" \
+    'warning: sn: QEMU refused to put disk node [^ ]+ back to direct I/O \(.*qv-test-nosuch' qv snapshot create sn warn1
+check "...the snapshot was taken all the same" test -e "$T_ROOT/var/lib/qvisor/snapshots/sn/warn1.json"
+check "...and the disk goes on through the page cache, as the warning says" io_is buffered
+check_output "...it goes" 'snapshot warn1 deleted' qv snapshot delete sn warn1
+sp=$(sup_pid sn)
+kill -9 "$sp"; wait_until 10 bash -c "! kill -0 $sp 2>/dev/null"
+qv start -q sn  # reattached by a supervisor without the failure point, for what follows
 # a disk attached live takes part like a defined one (storage_hotplug.sh has the rest)
 qemu-img create -q -f qcow2 "$img/hot.qcow2" 8M
 check "a disk is attached live" qv attach-disk sn "$img/hot.qcow2"
