@@ -41,8 +41,9 @@ twohosts() {
 
 qA() { nsenter -t "$PA" -p -m -n -- "$QV_BIN" --root "$T_ROOT" "$@"; }
 qB() { nsenter -t "$PB" -p -m -n -- "$QV_BIN" --root "$RB" "$@"; }
-stateA() { [ "$(qA status mg --json 2>/dev/null | jq -r .state)" = "$1" ]; }
-stateB() { [ "$(qB status mg --json 2>/dev/null | jq -r .state)" = "$1" ]; }
+# probes (lib.sh's QV_PROBE)
+stateA() { [ "$(nsenter -t "$PA" -p -m -n -- "$QV_PROBE" --root "$T_ROOT" status mg --json 2>/dev/null | jq -r .state)" = "$1" ]; }
+stateB() { [ "$(nsenter -t "$PB" -p -m -n -- "$QV_PROBE" --root "$RB" status mg --json 2>/dev/null | jq -r .state)" = "$1" ]; }
 noneA() { ! nsenter -t "$PA" -p -m -- pgrep -f -- "-uui[d] $uuid| [r]un mg" > /dev/null; }
 noneB() { ! nsenter -t "$PB" -p -m -- pgrep -f -- "-uui[d] $uuid| [r]un mg" > /dev/null; }
 gA() { gsh mg "$1"; }
