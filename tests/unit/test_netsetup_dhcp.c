@@ -643,7 +643,7 @@ static int teardown(void **state)
 
 int main(void)
 {
-    nstest_enter(110);
+    nstest_enter(400);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dnsmasq_config),
         cmocka_unit_test(test_leases_parse),

@@ -423,7 +423,7 @@ int main(int argc, char **argv)
 {
     if (argc == 2 && strcmp(argv[1], "--probe-missing-libraries") == 0)
         return probe_missing_libraries();
-    nstest_enter(100);
+    nstest_enter(400);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_cidr),

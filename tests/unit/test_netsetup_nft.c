@@ -651,7 +651,7 @@ static int teardown(void **state)
 
 int main(void)
 {
-    nstest_enter(110);
+    nstest_enter(400);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_modes, remove_leftovers),
         cmocka_unit_test_teardown(test_invalid, remove_leftovers),
