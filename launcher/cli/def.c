@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 
 #include "launcher/cli/cli.h"
+#include "launcher/model/storedef.h"
 
 /* ---- define from virt-install-like flags ---- */
 

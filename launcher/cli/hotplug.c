@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "launcher/cli/cli.h"
+#include "launcher/model/storedef.h"
 
 /* Which entry of a definition's device array a detach removes: the one whose `field`
  * equals `key` (disks by file or volume, NICs by MAC), or the host device of the

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "launcher/cli/cli.h"
+#include "launcher/model/storedef.h"
 
 static void pool_where(const struct pool_def *d, char *out, size_t n);
 

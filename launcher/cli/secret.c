@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "launcher/cli/cli.h"
+#include "launcher/model/storedef.h"
 
 int cmd_secret_define(struct cli *c)
 {

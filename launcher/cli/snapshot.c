@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "launcher/cli/cli.h"
+#include "launcher/model/storedef.h"
 
 #define SNAPSHOT_CTL_TIMEOUT_MS (60 * 60 * 1000)    /* RAM and disks of a big guest take a while */
 

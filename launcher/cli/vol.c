@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "launcher/cli/cli.h"
+#include "launcher/model/storedef.h"
 
 static int format_opt(struct cli *c, enum storage_format dflt, enum storage_format *out)
 {

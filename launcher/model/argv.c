@@ -13,6 +13,7 @@
 
 #include "launcher/model/argv_internal.h"
 #include "sandbox/sandbox.h"
+#include "launcher/model/storedef.h"
 
 void launch_plan_free(struct launch_plan *p)
 {

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "launcher/model/model.h"
+#include "launcher/model/storedef.h"
 
 struct clone_made {
     struct strv volumes;        /* created, removed on failure */

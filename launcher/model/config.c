@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "launcher/model/config.h"
+#include "launcher/model/storedef.h"
 
 const char *const vm_machine_names[] = {"q35", "pc", "microvm", NULL};
 const char *const vm_accel_names[] = {"auto", "kvm", "tcg", NULL};

@@ -8,6 +8,7 @@
 
 #include "launcher/model/model.h"
 #include "netsetup/netsetup.h"
+#include "launcher/model/netdef.h"
 
 const char *const net_mode_names[] = {"nat", "isolated", "routed", "bridge", NULL};
 static const char *const proto_names[] = {"tcp", "udp", NULL};

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "launcher/model/model.h"
+#include "launcher/model/storedef.h"
 
 void pool_def_free(struct pool_def *d)
 {

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "launcher/model/model.h"
+#include "launcher/model/storedef.h"
 
 #define SECRET_MAX_VALUE 4096
 

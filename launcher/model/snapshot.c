@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "launcher/model/model.h"
+#include "launcher/model/storedef.h"
 
 int snapshot_dir(const struct qv_paths *p, const char *vm, char *out, size_t outlen)
 {

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "launcher/model/model.h"
+#include "launcher/model/storedef.h"
 
 int vol_ref_parse(const char *s, struct vol_ref *out, struct qv_err *e)
 {

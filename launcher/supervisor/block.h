@@ -5,6 +5,7 @@
 #define QV_SUP_BLOCK_H
 
 #include "launcher/supervisor/internal.h"
+#include "launcher/model/storedef.h"
 
 /* media.c: CD-ROM media of a running VM. `target` is a drive id (cdrom0) or the file
  * it holds; file NULL ejects. The client is answered once QEMU finished; an error

@@ -6,6 +6,7 @@
 #define QV_SUPERVISOR_H
 
 #include "launcher/model/model.h"
+#include "launcher/model/netdef.h"
 
 /* ---- the supervisor and its control socket ---------------------------------------------- */
 /* `qvisor run`: supervises NAME until its QEMU is gone: takes over the QEMU of a

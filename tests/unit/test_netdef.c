@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "launcher/model/model.h"
+#include "launcher/model/netdef.h"
 
 static json_object *parse(const char *text)
 {

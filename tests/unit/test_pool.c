@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 
 #include "launcher/model/model.h"
+#include "launcher/model/storedef.h"
 #include "tests/unit/files_testlib.h"
 
 #define MIB (1ull << 20)
