@@ -4,20 +4,42 @@
 
 #include "launcher/cli/cli.h"
 
-/* --rule DIRECTION:PROTOCOL[:PORTS]:ACTION, e.g. out:tcp:25:drop, in:tcp:8000-8100:accept, in:icmp:accept */
+#define RULE_FORM "DIRECTION:PROTOCOL[:MATCH]:ACTION"
+
+/* --rule DIRECTION:PROTOCOL[:MATCH]:ACTION, MATCH being PORTS or KEY=VALUE items joined by
+ * commas (ports=, type=, source=, destination=): out:tcp:25:drop, in:tcp:8000-8100:accept,
+ * in:icmp:type=echo-request,source=10.0.0.0/8:accept, out:all:destination=fd00::/8:drop.
+ * Direction and protocol are the first two fields and the action the last, so an IPv6
+ * prefix's colons stay in MATCH. */
 static int rule_from_flag(struct cli *c, const char *v, json_object **out)
 {
-    _cleanup_strv_ struct strv parts = {0};
-    str_split_escaped(v, ':', &parts);
-    if (parts.n != 3 && parts.n != 4)
-        return qv_fail(&c->err, -EINVAL, "--rule %s: expected DIRECTION:PROTOCOL[:PORTS]:ACTION (e.g. out:tcp:25:drop)", v);
-    json_object *o = json_object_new_object();
-    json_object_object_add(o, "direction", json_object_new_string(parts.v[0]));
-    json_object_object_add(o, "protocol", json_object_new_string(parts.v[1]));
-    if (parts.n == 4)
-        json_object_object_add(o, "ports", json_object_new_string(parts.v[2]));
-    json_object_object_add(o, "action", json_object_new_string(parts.v[parts.n - 1]));
-    *out = o;
+    const char *c1 = strchr(v, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL, *last = strrchr(v, ':');
+    if (!c2)
+        return qv_fail(&c->err, -EINVAL, "--rule %s: expected " RULE_FORM " (e.g. out:tcp:25:drop)", v);
+    _cleanup_json_ json_object *o = json_object_new_object();
+    json_object_object_add(o, "direction", json_object_new_string_len(v, (int)(c1 - v)));
+    json_object_object_add(o, "protocol", json_object_new_string_len(c1 + 1, (int)(c2 - c1 - 1)));
+    if (last > c2) {
+        _cleanup_free_ char *match = qv_xasprintf("%.*s", (int)(last - c2 - 1), c2 + 1);
+        _cleanup_strv_ struct strv items = {0};
+        str_split_escaped(match, ',', &items);
+        for (size_t i = 0; i < items.n; i++) {
+            char *eq = strchr(items.v[i], '=');
+            const char *key = eq ? items.v[i] : "ports", *val = eq ? eq + 1 : items.v[i];
+            if (eq)
+                *eq = '\0';
+            static const char *const keys[] = {"ports", "type", "source", "destination", NULL};
+            if (!strv_contains(keys, key))
+                return qv_fail(&c->err, -EINVAL, "--rule %s: \"%s\" is not ports, type, source or destination", v, key);
+            if (json_object_object_get_ex(o, key, NULL))
+                return qv_fail(&c->err, -EINVAL, "--rule %s: %s given twice", v, key);
+            /* a type given as a number is one */
+            bool number = strcmp(key, "type") == 0 && *val && strspn(val, "0123456789") == strlen(val) && strlen(val) < 6;
+            json_object_object_add(o, key, number ? json_object_new_int(atoi(val)) : json_object_new_string(val));
+        }
+    }
+    json_object_object_add(o, "action", json_object_new_string(last + 1));
+    *out = json_object_get(o);
     return 0;
 }
 
