@@ -1,5 +1,5 @@
 #!/bin/bash
-# timeout: 300
+# timeout: 450
 # Named NIC filters: filter define (flags and file) / list / show / undefine, validation
 # with JSON paths, built-ins, undefine refused while a NIC uses one, and a running
 # VM's NIC getting the filter's rules into its network's nftables bridge table
@@ -120,6 +120,7 @@ check "the guest has its lease" wait_until 120 has_lease
 ip=$(guest_ip fv)
 rtc=$(gsh fv 'echo R$(cat /sys/class/rtc/rtc0/since_epoch)R' | grep -o 'R[0-9]*R' | tail -1 | tr -d R)
 want=$(( $(date +%s) + 19800 ))
+diag "the guest's RTC: ${rtc:-?} s; the host's UTC + 5.5 h: $want s"
 check "clock localtime: the guest's RTC reads the supervisor's local time, 5.5 h ahead of UTC (within 5 min)" \
     test "${rtc:-0}" -gt $((want - 300)) -a "${rtc:-0}" -lt $((want + 300))
 ping_from() { in_host busybox ping -c 1 -W 2 -I "$1" "$ip"; }
