@@ -75,16 +75,18 @@ cat > "$T_ROOT/web.json" <<'J'
   {"direction": "in", "protocol": "tcp", "ports": 80, "action": "accept"},
   {"direction": "out", "protocol": "tcp", "ports": "25", "action": "drop"},
   {"direction": "in", "protocol": "icmp", "type": 8, "source": "10.88.0.0/25", "action": "accept"},
+  {"direction": "in", "protocol": "icmpv6", "type": "echo-request", "source": "fe80::/10", "action": "accept"},
   {"direction": "out", "protocol": "icmp", "type": "echo-request", "destination": "10.88.0.200", "action": "drop"},
   {"direction": "out", "protocol": "udp", "ports": "5000-5100", "destination": "fd00:bad::/32", "action": "drop"}]}
 J
-check_output "filter define with ICMP types and addresses (from a file)" 'defined filter web \(clean-traffic, 2 in, 3 out rules\)' \
+check_output "filter define with ICMP types and addresses (from a file)" 'defined filter web \(clean-traffic, 3 in, 3 out rules\)' \
     qn filter define "$T_ROOT/web.json"
-check "...filter show normalizes them (the type by name, an address as a /32)" jq -e '.rules[1:3] == [
+check "...filter show normalizes them (the type by name, an address as a /32)" jq -e '.rules[1:4] == [
     {"direction": "in", "protocol": "icmp", "type": "echo-request", "source": "10.88.0.0/25", "action": "accept"},
+    {"direction": "in", "protocol": "icmpv6", "type": "echo-request", "source": "fe80::/10", "action": "accept"},
     {"direction": "out", "protocol": "tcp", "ports": "25", "action": "drop"}] and
-    .rules[3].destination == "10.88.0.200/32" and .rules[4].destination == "fd00:bad::/32"' <<< "$(qn filter show web)"
-check_output "filter list has the built-in ones and web" '^web +5 +clean-traffic \+ rules' qn filter list
+    .rules[4].destination == "10.88.0.200/32" and .rules[5].destination == "fd00:bad::/32"' <<< "$(qn filter show web)"
+check_output "filter list has the built-in ones and web" '^web +6 +clean-traffic \+ rules' qn filter list
 check "filter list --json" jq -e '[.[].name] == ["clean-traffic", "none", "web"]' <<< "$(qn filter list --json)"
 check_output "filter show clean-traffic describes it" 'source MAC|own MAC|MAC and its leased' qn filter show clean-traffic
 check_error "filter show of an unknown filter (exit 3)" 3 'no filter named ghost' qn filter show ghost
@@ -154,6 +156,14 @@ check "...because of that type's element: without it the same ping passes" \
     without_element deny_out_net4_icmp "\"$tap\" . 0.0.0.0/0 . 10.88.0.200/32 . echo-request" \
     wait_until 15 guest_ok fv 'ping -c 1 -W 2 10.88.0.200'
 check_guest_fails "...and with it back it is dropped again" fv 'ping -c 2 -W 1 10.88.0.200' '0 packets received'
+# IPv6: the guest's link-local address, pinged from the bridge's (fe80::/10: accepted)
+ll=$(gsh fv 'ip -6 addr show dev eth0 scope link' | grep -o 'fe80::[0-9a-f:]*' | head -1)
+ping6_guest() { in_host busybox ping6 -c 1 -W 2 -I "$bridge" "${ll:-fe80::1}"; }
+check "IPv6: an echo request from the host's link-local address (fe80::/10) reaches the guest (${ll:-no address})" \
+    wait_until 30 ping6_guest
+check_error "...and without the icmpv6 rule's element it does not" 1 '0 packets received' \
+    without_element allow_in_net6_icmp "\"$tap\" . fe80::/10 . ::/0 . echo-request" ping6_guest
+check "...and with it back it passes again" wait_until 15 ping6_guest
 
 qn kill fv > /dev/null
 gone() { ! has deny_out "\"$tap\" . tcp . 25" && ! has tap_mac "\"$tap\" . 52:54:00:88:00:10" &&
