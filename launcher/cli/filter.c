@@ -43,6 +43,44 @@ static int rule_from_flag(struct cli *c, const char *v, json_object **out)
     return 0;
 }
 
+/* Running NICs that use the filter take the new definition now, as libvirt's
+ * nwfilter-define updates running guests. How many did; -EIO naming the first VM
+ * whose supervisor could not. */
+static int reload_users(struct cli *c, const char *filter, size_t *nics)
+{
+    _cleanup_strv_ struct strv vms = {0};
+    int failed = 0;
+    *nics = 0;
+    if (vm_list_names(&c->paths, &vms, NULL) < 0)
+        return 0;
+    for (size_t i = 0; i < vms.n; i++) {
+        _cleanup_vm_def_ struct vm_def d = {0};
+        bool uses = false;
+        if (vm_load(&c->paths, vms.v[i], &d, NULL) < 0)
+            continue;
+        for (size_t k = 0; k < d.nnics; k++)
+            uses |= d.nics[k].filter_name && strcmp(d.nics[k].filter_name, filter) == 0;
+        if (!uses)
+            continue;
+        json_object *req = ctl_request("filter-reload"), *reply = NULL, *n = NULL;
+        json_object_object_add(req, "filter", json_object_new_string(filter));
+        struct qv_err e = {0};
+        int r = ctl_call(&c->paths, vms.v[i], req, 10000, &reply, &e);
+        if (r == -EBUSY && strstr(e.msg, "is not running"))
+            continue;
+        if (r < 0) {
+            if (!failed++)
+                qv_fail(&c->err, -EIO, "filter %s is defined, but %s's running NICs still have the old one: %s "
+                                       "(they take it at their next plug or lease)", filter, vms.v[i], e.msg);
+            continue;
+        }
+        if (json_object_object_get_ex(reply, "nics", &n))
+            *nics += (size_t)json_object_get_int64(n);
+        json_object_put(reply);
+    }
+    return failed ? -EIO : 0;
+}
+
 int cmd_filter_define(struct cli *c)
 {
     const char *file = c->npos ? c->pos[0] : NULL, *name = cli_opt(c, "name");
@@ -70,10 +108,14 @@ int cmd_filter_define(struct cli *c)
     _cleanup_(filter_def_free) struct filter_def f = {0};
     if ((r = filter_define(&c->paths, o, &f, &c->err)) < 0)
         return file && r == -EINVAL ? qv_prefix(&c->err, "%s: ", file) : r;
+    size_t nics = 0;
+    r = reload_users(c, f.name, &nics);
     if (!c->quiet)
-        printf("defined filter %s (clean-traffic, %zu in, %zu out rule%s)\n", f.name, f.nallow_in, f.ndeny_out,
-               f.ndeny_out == 1 ? "" : "s");
-    return 0;
+        printf("defined filter %s (clean-traffic, %zu in, %zu out rule%s)%s", f.name, f.nallow_in, f.ndeny_out,
+               f.ndeny_out == 1 ? "" : "s", nics ? "" : "\n");
+    if (!c->quiet && nics)
+        printf("; %zu running NIC%s took it\n", nics, nics == 1 ? "" : "s");
+    return r;
 }
 
 static json_object *filter_json(const struct filter_def *f)

@@ -290,6 +290,24 @@ void vmnet_poll_leases(struct sup *s)
     s->lease_poll = !any ? 0 : monotonic_ms() + (waiting ? LEASE_POLL_WAITING_MS : LEASE_POLL_SETTLED_MS);
 }
 
+int vmnet_filter_reload(struct sup *s, const char *filter, size_t *applied, struct qv_err *e)
+{
+    *applied = 0;
+    for (size_t i = 0; i < ARRAY_SIZE(s->nics); i++) {
+        struct vm_nic_state *st = &s->nics[i];
+        struct vm_nic tmp;
+        const struct vm_nic *n = st->network[0] && st->filtered ? nic_def(s, i, &tmp) : NULL;
+        if (!n || !n->filter_name || strcmp(n->filter_name, filter) != 0)
+            continue;
+        int r = apply_filter(s, n, st, e);
+        if (r < 0)
+            return qv_prefix(e, "nic%zu: ", i);
+        sup_log(s, "nic%zu: filter %s applied again (redefined)", i, filter);
+        (*applied)++;
+    }
+    return 0;
+}
+
 static void unplug_state(struct sup *s, struct vm_nic_state *st)
 {
     struct qv_err e = {0};

@@ -165,6 +165,13 @@ check_error "...and without the icmpv6 rule's element it does not" 1 '0 packets 
     without_element allow_in_net6_icmp "\"$tap\" . fe80::/10 . ::/0 . echo-request" ping6_guest
 check "...and with it back it passes again" wait_until 15 ping6_guest
 
+# a redefinition reaches the running NIC at once (libvirt's nwfilter-define does too)
+jq '.rules += [{"direction": "out", "protocol": "tcp", "ports": "26", "action": "drop"}]' "$T_ROOT/web.json" > "$T_ROOT/web2.json"
+check_output "filter define of a filter in use: the running NIC takes it" \
+    'defined filter web \(clean-traffic, 3 in, 4 out rules\); 1 running NIC took it' qn filter define "$T_ROOT/web2.json"
+check "...its new rule is there at once: tcp 26 dropped" has deny_out "\"$tap\" . tcp . 26"
+check "...and its old ones still are" has allow_in_net4_icmp "\"$tap\" . 10.88.0.0/25 . 0.0.0.0/0 . echo-request"
+check "...the supervisor says so" log_has fv 'nic0: filter web applied again \(redefined\)'
 qn kill fv > /dev/null
 gone() { ! has deny_out "\"$tap\" . tcp . 25" && ! has tap_mac "\"$tap\" . 52:54:00:88:00:10" &&
     ! has deny_out_net4_icmp "\"$tap\" . 0.0.0.0/0 . 10.88.0.200 . echo-request"; }
