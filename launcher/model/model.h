@@ -165,7 +165,8 @@ int filter_def_from_json(json_object *o, struct filter_def *f, struct qv_err *e)
 json_object *filter_def_to_json(const struct filter_def *f);
 int filter_load(const struct qv_paths *p, const char *name, struct filter_def *f, struct qv_err *e);
 int filter_list_names(const struct qv_paths *p, struct strv *names, struct qv_err *e);
-/* Defines or replaces (atomically) a filter; running NICs take it at their next plug or lease. */
+/* Defines or replaces (atomically) a filter. Running NICs take it at their next plug or lease,
+ * or when asked (the CLI's filter define asks their supervisors: ctl filter-reload). */
 int filter_define(const struct qv_paths *p, json_object *o, struct filter_def *out, struct qv_err *e);
 /* -EBUSY while a defined VM's NIC refers to it. */
 int filter_undefine(const struct qv_paths *p, const char *name, struct qv_err *e);
