@@ -240,7 +240,7 @@ static double slope(const uint64_t *v, int n)
     return d != 0 ? (n * sxy - sx * sy) / d : 0;
 }
 
-static const struct netsetup_port allow_in[] = {{IPPROTO_TCP, 22, 0}, {IPPROTO_ICMP, 0, 0}};
+static const struct netsetup_port allow_in[] = {{.proto = IPPROTO_TCP, .lo = 22, .hi = 0}, {.proto = IPPROTO_ICMP}};
 
 static struct netsetup_nic_filter filter_of(int i, bool restrict_in, const char *const *ipv)
 {

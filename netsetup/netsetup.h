@@ -221,20 +221,44 @@ int netsetup_nft_net_remove(struct netsetup_nft *n, const char *network, struct 
 /* Sorted names of networks that have qvisor tables. */
 int netsetup_nft_net_list(struct netsetup_nft *n, struct strv *networks, struct qv_err *e);
 
+/* One rule of a NIC filter: a protocol with its ports or ICMP type, and optionally
+ * addresses. Rules with an address live in interval sets, which hold no two entries
+ * that overlap: netsetup_port_clash() tells which two rules of one direction cannot
+ * both be there. */
 struct netsetup_port {
-    int proto;                  /* IPPROTO_TCP, IPPROTO_UDP, or IPPROTO_ICMP (echo; ports unused) */
-    uint16_t lo, hi;            /* inclusive range; hi 0 means lo only */
+    int proto;                  /* IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, IPPROTO_ICMPV6, or 0 (any
+                                 * protocol: only with an address) */
+    uint16_t lo, hi;            /* TCP/UDP: inclusive range; hi 0 means lo only */
+    bool typed;                 /* ICMP/ICMPv6: `type` is matched; untyped ICMP means echo-request,
+                                 * IPv4 and IPv6 alike (untyped ICMPv6: IPv6's only) */
+    uint8_t type;
+    const char *source, *destination;   /* CIDRs ("10.0.0.0/8", "fd00::/64", or an address alone) of
+                                         * one family, NULL: any; ICMP is IPv4's, ICMPv6 IPv6's */
 };
+
+/* A rule's address or prefix: "10.1.0.0/16", "fd00::/8", "10.0.0.7" (/32). Stricter
+ * than netsetup_cidr_parse: false when it has bits set past its prefix (`why` says
+ * what is wrong, naming the network then). */
+bool netsetup_prefix_parse(const char *s, struct netsetup_cidr *c, char *why, size_t whylen);
+/* The ICMP (IPPROTO_ICMP) or ICMPv6 type called `name` as nft names it ("echo-request",
+ * "nd-neighbor-solicit"), -1 if none; and the name of a type, NULL if it has none. */
+int netsetup_icmp_type(int proto, const char *name);
+const char *netsetup_icmp_type_name(int proto, unsigned type);
+/* Whether rules a and b of one direction go to one interval set and overlap there
+ * (nftables refuses the second); false for rules without addresses, which never clash. */
+bool netsetup_port_clash(const struct netsetup_port *a, const struct netsetup_port *b);
 
 /* clean-traffic for one NIC: the guest may send only from `mac`, from one of `ipv4`
  * (until one is known: DHCP and ARP probes only) and ARP for it; IPv6 is allowed from
  * its MAC; other ethertypes (VLAN tags included) are dropped.
- * deny_out: traffic from the guest to these ports is dropped.
+ * deny_out: traffic from the guest that a rule matches is dropped (its destination
+ * port, ICMP type, source and destination addresses).
  * restrict_in: when true, traffic to the guest is limited, statelessly (this kernel
  * has no bridge conntrack), to: ARP and IPv6 neighbour discovery, TCP segments that do
- * not open a connection, new TCP connections and UDP datagrams to `allow_in` ports,
- * UDP replies from DNS/DHCP/NTP ports, ICMP other than echo requests (echo too when
- * allow_in has IPPROTO_ICMP). */
+ * not open a connection, UDP replies from DNS/DHCP/NTP ports, ICMP and ICMPv6 replies
+ * and errors (echo replies, unreachable, time exceeded, ...), and what an `allow_in`
+ * rule matches (new TCP connections and UDP datagrams to its ports, ICMP requests of
+ * its type, anything from its source addresses...). */
 struct netsetup_nic_filter {
     const char *mac;
     const char *const *ipv4;    /* NULL-terminated, may be NULL */

@@ -33,6 +33,31 @@ static const struct port_level {
     const char *suffix, *mask;
 } levels[] = {{0, "", ""}, {4, "_16", " & 0xfff0"}, {8, "_256", " & 0xff00"}, {12, "_4096", " & 0xf000"}};
 
+/* The rules' other matches: a set per direction for each, keyed by the tap's name and
+ * what the rule reads. Rules with addresses go to interval sets (prefixes, port
+ * ranges: few elements, unlike the port blocks above), by family and by what else
+ * they match: anything, a protocol's ports, an ICMP type. */
+enum { SHAPE_ICMP, SHAPE_ICMPV6, SHAPE_NET4, SHAPE_NET6 = SHAPE_NET4 + 3 };
+enum { NET_ANY, NET_PORT, NET_ICMP };     /* added to SHAPE_NET4 or SHAPE_NET6 */
+static const struct shape {
+    const char *suffix, *type, *match;
+    bool interval;
+} shapes[] = {
+    {"_icmp", "icmp_type", "icmp type", false},
+    {"_icmpv6", "icmpv6_type", "icmpv6 type", false},
+    {"_net4", "ipv4_addr . ipv4_addr", "ip saddr . ip daddr", true},
+    {"_net4_port", "ipv4_addr . ipv4_addr . inet_proto . inet_service", "ip saddr . ip daddr . meta l4proto . th dport", true},
+    {"_net4_icmp", "ipv4_addr . ipv4_addr . icmp_type", "ip saddr . ip daddr . icmp type", true},
+    {"_net6", "ipv6_addr . ipv6_addr", "ip6 saddr . ip6 daddr", true},
+    {"_net6_port", "ipv6_addr . ipv6_addr . inet_proto . inet_service", "ip6 saddr . ip6 daddr . meta l4proto . th dport", true},
+    {"_net6_icmp", "ipv6_addr . ipv6_addr . icmpv6_type", "ip6 saddr . ip6 daddr . icmpv6 type", true},
+};
+
+/* deny_out rules drop what the guest sends, allow_in rules accept what comes to it */
+static const struct direction {
+    const char *set, *ifname, *verdict;
+} dirs[] = {{"deny_out", "iifname", "drop"}, {"allow_in", "oifname", "accept"}};
+
 static const struct nic_set {
     const char *name, *type;
 } nic_sets[] = {
@@ -40,17 +65,51 @@ static const struct nic_set {
     {"in_taps", "ifname"},              /* taps whose inbound traffic goes through to_guest */
     {"tap_mac", "ifname . ether_addr"},
     {"tap_ipv4", "ifname . ipv4_addr"},
-    {"deny_out", KEY_PORT}, {"deny_out_16", KEY_PORT}, {"deny_out_256", KEY_PORT}, {"deny_out_4096", KEY_PORT},
-    {"deny_out_echo", "ifname"},
-    {"allow_in", KEY_PORT}, {"allow_in_16", KEY_PORT}, {"allow_in_256", KEY_PORT}, {"allow_in_4096", KEY_PORT},
-    {"allow_in_echo", "ifname"},
 };
+
+/* Whether `name` is one of the NIC sets (the fixed ones, or a direction's). */
+static bool nic_set_name(const char *name)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(nic_sets); i++)
+        if (strcmp(name, nic_sets[i].name) == 0)
+            return true;
+    for (size_t d = 0; d < ARRAY_SIZE(dirs); d++) {
+        size_t len = strlen(dirs[d].set);
+        if (strncmp(name, dirs[d].set, len) != 0)
+            continue;
+        for (size_t i = 0; i < ARRAY_SIZE(levels); i++)
+            if (strcmp(name + len, levels[i].suffix) == 0)
+                return true;
+        for (size_t i = 0; i < ARRAY_SIZE(shapes); i++)
+            if (strcmp(name + len, shapes[i].suffix) == 0)
+                return true;
+    }
+    return false;
+}
+
+/* A direction's rules in its chain: one per port level and per shape. */
+static void direction_rules(struct buf *b, const char *t, const char *chain, const struct direction *d)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(levels); i++)
+        buf_printf(b, "add rule bridge %s %s %s . meta l4proto . th dport%s @%s%s %s\n", t, chain, d->ifname,
+                   levels[i].mask, d->set, levels[i].suffix, d->verdict);
+    for (size_t i = 0; i < ARRAY_SIZE(shapes); i++)
+        buf_printf(b, "add rule bridge %s %s %s . %s @%s%s %s\n", t, chain, d->ifname, shapes[i].match, d->set,
+                   shapes[i].suffix, d->verdict);
+}
 
 void nsnft_bridge_frame(struct buf *b, const char *t)
 {
     buf_printf(b, "add table bridge %s\n", t);
     for (size_t i = 0; i < ARRAY_SIZE(nic_sets); i++)
         buf_printf(b, "add set bridge %s %s { type %s; }\n", t, nic_sets[i].name, nic_sets[i].type);
+    for (size_t d = 0; d < ARRAY_SIZE(dirs); d++) {
+        for (size_t i = 0; i < ARRAY_SIZE(levels); i++)
+            buf_printf(b, "add set bridge %s %s%s { type " KEY_PORT "; }\n", t, dirs[d].set, levels[i].suffix);
+        for (size_t i = 0; i < ARRAY_SIZE(shapes); i++)
+            buf_printf(b, "add set bridge %s %s%s { type ifname . %s;%s }\n", t, dirs[d].set, shapes[i].suffix,
+                       shapes[i].type, shapes[i].interval ? " flags interval;" : "");
+    }
     static const char *const chains[] = {"prerouting", "postrouting", "from_guest", "to_guest"};
     for (size_t i = 0; i < ARRAY_SIZE(chains); i++) {
         if (i < 2)
@@ -66,11 +125,7 @@ void nsnft_bridge_frame(struct buf *b, const char *t)
     /* From the guest: default deny, then what its MAC and addresses may send. */
     const char *c = "from_guest";
     buf_printf(b, "add rule bridge %s %s iifname . ether saddr != @tap_mac drop\n", t, c);
-    for (size_t i = 0; i < ARRAY_SIZE(levels); i++)
-        buf_printf(b, "add rule bridge %s %s iifname . meta l4proto . th dport%s @deny_out%s drop\n", t, c,
-                   levels[i].mask, levels[i].suffix);
-    buf_printf(b, "add rule bridge %s %s iifname @deny_out_echo icmp type echo-request drop\n"
-                  "add rule bridge %s %s iifname @deny_out_echo icmpv6 type echo-request drop\n", t, c, t, c);
+    direction_rules(b, t, c, &dirs[0]);
     buf_printf(b, "add rule bridge %s %s ether type ip6 accept\n", t, c);
     buf_printf(b, "add rule bridge %s %s iifname . arp saddr ether != @tap_mac drop\n", t, c);
     /* 0.0.0.0: a DHCP client probing the address it was offered */
@@ -81,24 +136,203 @@ void nsnft_bridge_frame(struct buf *b, const char *t)
     buf_printf(b, "add rule bridge %s %s drop\n", t, c);
 
     /* To the guest, when restricted. Stateless: this kernel has no bridge conntrack,
-     * so "not a connection attempt" stands in for "a reply". */
+     * so "not a connection attempt" stands in for "a reply": TCP without a lone SYN,
+     * UDP from the ports of services the guest asks, ICMP replies and errors (ICMP
+     * requests, like new connections, need a rule). */
     c = "to_guest";
     static const char *const common_in[] = {
         "ether type arp accept",
         "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert, nd-redirect } accept",
         "tcp flags & (syn | ack) != syn accept",
         "udp sport { 53, 67, 123, 547 } accept",
-        "icmp type != echo-request accept",
-        "icmpv6 type != echo-request accept",
+        "icmp type { echo-reply, destination-unreachable, source-quench, redirect, router-advertisement, "
+        "time-exceeded, parameter-problem, timestamp-reply, info-reply, address-mask-reply } accept",
+        "icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem, echo-reply, "
+        "mld-listener-query } accept",
     };
     for (size_t i = 0; i < ARRAY_SIZE(common_in); i++)
         buf_printf(b, "add rule bridge %s %s %s\n", t, c, common_in[i]);
-    for (size_t i = 0; i < ARRAY_SIZE(levels); i++)
-        buf_printf(b, "add rule bridge %s %s oifname . meta l4proto . th dport%s @allow_in%s accept\n", t, c,
-                   levels[i].mask, levels[i].suffix);
-    buf_printf(b, "add rule bridge %s %s oifname @allow_in_echo icmp type echo-request accept\n"
-                  "add rule bridge %s %s oifname @allow_in_echo icmpv6 type echo-request accept\n", t, c, t, c);
+    direction_rules(b, t, c, &dirs[1]);
     buf_printf(b, "add rule bridge %s %s ether type ip drop\nadd rule bridge %s %s ether type ip6 drop\n", t, c, t, c);
+}
+
+/* ---- rules ---------------------------------------------------------------------------- */
+
+bool netsetup_prefix_parse(const char *s, struct netsetup_cidr *c, char *why, size_t whylen)
+{
+    char addr[INET6_ADDRSTRLEN];
+    const char *slash = strchr(s, '/');
+    size_t alen = slash ? (size_t)(slash - s) : strlen(s);
+    memset(c, 0, sizeof(*c));
+    snprintf(why, whylen, "is not an address or a prefix like \"10.1.0.0/16\" or \"fd00::/64\"");
+    if (alen == 0 || alen >= sizeof(addr))
+        return false;
+    memcpy(addr, s, alen);
+    addr[alen] = '\0';
+    c->family = strchr(addr, ':') ? AF_INET6 : AF_INET;
+    unsigned bits = c->family == AF_INET6 ? 128 : 32;
+    if (inet_pton(c->family, addr, c->addr) != 1)
+        return false;
+    c->prefix = bits;
+    if (slash) {
+        const char *p = slash + 1;
+        unsigned len = 0;
+        if (!*p || strlen(p) > 3)
+            return false;
+        for (; *p; p++) {
+            if (*p < '0' || *p > '9')
+                return false;
+            len = len * 10 + (unsigned)(*p - '0');
+        }
+        if (len > bits) {
+            snprintf(why, whylen, "has a prefix longer than %u bits", bits);
+            return false;
+        }
+        c->prefix = len;
+    }
+    for (unsigned i = c->prefix; i < bits; i++)
+        if (c->addr[i / 8] & (0x80 >> (i % 8))) {
+            struct netsetup_cidr net = *c;
+            for (unsigned k = c->prefix; k < bits; k++)
+                net.addr[k / 8] &= (unsigned char)~(0x80 >> (k % 8));
+            char txt[INET6_ADDRSTRLEN];
+            inet_ntop(c->family, net.addr, txt, sizeof(txt));
+            snprintf(why, whylen, "has bits set past its /%u prefix (the network is %s/%u)", c->prefix, txt, c->prefix);
+            return false;
+        }
+    return true;
+}
+
+/* nft's names of ICMP and ICMPv6 types */
+static const struct icmp_name {
+    int proto;
+    unsigned type;
+    const char *name;
+} icmp_names[] = {
+    {IPPROTO_ICMP, 0, "echo-reply"}, {IPPROTO_ICMP, 3, "destination-unreachable"},
+    {IPPROTO_ICMP, 4, "source-quench"}, {IPPROTO_ICMP, 5, "redirect"}, {IPPROTO_ICMP, 8, "echo-request"},
+    {IPPROTO_ICMP, 9, "router-advertisement"}, {IPPROTO_ICMP, 10, "router-solicitation"},
+    {IPPROTO_ICMP, 11, "time-exceeded"}, {IPPROTO_ICMP, 12, "parameter-problem"},
+    {IPPROTO_ICMP, 13, "timestamp-request"}, {IPPROTO_ICMP, 14, "timestamp-reply"},
+    {IPPROTO_ICMP, 15, "info-request"}, {IPPROTO_ICMP, 16, "info-reply"},
+    {IPPROTO_ICMP, 17, "address-mask-request"}, {IPPROTO_ICMP, 18, "address-mask-reply"},
+    {IPPROTO_ICMPV6, 1, "destination-unreachable"}, {IPPROTO_ICMPV6, 2, "packet-too-big"},
+    {IPPROTO_ICMPV6, 3, "time-exceeded"}, {IPPROTO_ICMPV6, 4, "parameter-problem"},
+    {IPPROTO_ICMPV6, 128, "echo-request"}, {IPPROTO_ICMPV6, 129, "echo-reply"},
+    {IPPROTO_ICMPV6, 130, "mld-listener-query"}, {IPPROTO_ICMPV6, 131, "mld-listener-report"},
+    {IPPROTO_ICMPV6, 132, "mld-listener-done"}, {IPPROTO_ICMPV6, 133, "nd-router-solicit"},
+    {IPPROTO_ICMPV6, 134, "nd-router-advert"}, {IPPROTO_ICMPV6, 135, "nd-neighbor-solicit"},
+    {IPPROTO_ICMPV6, 136, "nd-neighbor-advert"}, {IPPROTO_ICMPV6, 137, "nd-redirect"},
+    {IPPROTO_ICMPV6, 138, "router-renumbering"}, {IPPROTO_ICMPV6, 141, "ind-neighbor-solicit"},
+    {IPPROTO_ICMPV6, 142, "ind-neighbor-advert"}, {IPPROTO_ICMPV6, 143, "mld2-listener-report"},
+};
+
+int netsetup_icmp_type(int proto, const char *name)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(icmp_names); i++)
+        if (icmp_names[i].proto == proto && strcmp(icmp_names[i].name, name) == 0)
+            return (int)icmp_names[i].type;
+    return -1;
+}
+
+const char *netsetup_icmp_type_name(int proto, unsigned type)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(icmp_names); i++)
+        if (icmp_names[i].proto == proto && icmp_names[i].type == type)
+            return icmp_names[i].name;
+    return NULL;
+}
+
+static bool has_address(const struct netsetup_port *p)
+{
+    return p->source || p->destination;
+}
+
+/* The rule's family from its addresses (both checked to be one family). */
+static int rule_family(const struct netsetup_port *p)
+{
+    const char *a = p->source ? p->source : p->destination;
+    return a && strchr(a, ':') ? AF_INET6 : AF_INET;
+}
+
+/* The ICMP type an ICMP rule with an address matches (its family's echo-request when untyped). */
+static unsigned icmp_type_of(const struct netsetup_port *p, int family)
+{
+    return p->typed ? p->type : family == AF_INET6 ? 128 : 8;
+}
+
+/* The interval set of a rule with addresses. */
+static size_t net_shape(const struct netsetup_port *p, int family)
+{
+    size_t base = family == AF_INET6 ? SHAPE_NET6 : SHAPE_NET4;
+    return base + (p->proto == 0 ? NET_ANY : p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP ? NET_PORT : NET_ICMP);
+}
+
+/* A rule's extent along each field of its interval set's key, as 16-byte big-endian
+ * bounds: source, destination, then protocol and port or ICMP type. */
+struct extent {
+    size_t shape, nfields;
+    unsigned char lo[4][16], hi[4][16];
+};
+
+static void field_uint(struct extent *x, size_t f, unsigned lo, unsigned hi)
+{
+    memset(x->lo[f], 0, 16);
+    memset(x->hi[f], 0, 16);
+    x->lo[f][14] = (unsigned char)(lo >> 8), x->lo[f][15] = (unsigned char)lo;
+    x->hi[f][14] = (unsigned char)(hi >> 8), x->hi[f][15] = (unsigned char)hi;
+}
+
+static void field_cidr(struct extent *x, size_t f, const char *s, int family)
+{
+    struct netsetup_cidr c = {.family = family, .prefix = 0};
+    char why[96];
+    if (s && !netsetup_prefix_parse(s, &c, why, sizeof(why)))
+        c.prefix = 0;      /* checked before: not reached */
+    unsigned bytes = family == AF_INET6 ? 16 : 4;
+    memset(x->lo[f], 0, 16);
+    memset(x->hi[f], 0, 16);
+    for (unsigned i = 0; i < bytes * 8; i++) {
+        unsigned char bit = (unsigned char)(0x80 >> (i % 8));
+        if (i < c.prefix) {
+            x->lo[f][i / 8] |= c.addr[i / 8] & bit;
+            x->hi[f][i / 8] |= c.addr[i / 8] & bit;
+        } else {
+            x->hi[f][i / 8] |= bit;
+        }
+    }
+}
+
+static bool rule_extent(const struct netsetup_port *p, struct extent *x)
+{
+    if (!has_address(p))
+        return false;
+    int family = rule_family(p);
+    x->shape = net_shape(p, family);
+    field_cidr(x, 0, p->source, family);
+    field_cidr(x, 1, p->destination, family);
+    x->nfields = 2;
+    if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) {
+        field_uint(x, 2, (unsigned)p->proto, (unsigned)p->proto);
+        field_uint(x, 3, p->lo, p->hi ? p->hi : p->lo);
+        x->nfields = 4;
+    } else if (p->proto) {
+        unsigned t = icmp_type_of(p, family);
+        field_uint(x, 2, t, t);
+        x->nfields = 3;
+    }
+    return true;
+}
+
+bool netsetup_port_clash(const struct netsetup_port *a, const struct netsetup_port *b)
+{
+    struct extent x, y;
+    if (!rule_extent(a, &x) || !rule_extent(b, &y) || x.shape != y.shape)
+        return false;
+    for (size_t f = 0; f < x.nfields; f++)
+        if (memcmp(x.lo[f], y.hi[f], 16) > 0 || memcmp(y.lo[f], x.hi[f], 16) > 0)
+            return false;
+    return true;
 }
 
 static int check_nic(const char *network, const char *tap, struct qv_err *e)
@@ -125,12 +359,36 @@ static int check_ports(const char *tap, const char *what, const struct netsetup_
                        struct qv_err *e)
 {
     for (size_t i = 0; i < n; i++) {
-        if (p[i].proto == IPPROTO_ICMP)
-            continue;
-        if (p[i].proto != IPPROTO_TCP && p[i].proto != IPPROTO_UDP)
-            return qv_fail(e, -EINVAL, "%s: %s[%zu]: protocol must be tcp, udp or icmp", tap, what, i);
-        if (p[i].lo == 0 || (p[i].hi && p[i].hi < p[i].lo))
-            return qv_fail(e, -EINVAL, "%s: %s[%zu]: bad port range %u-%u", tap, what, i, p[i].lo, p[i].hi);
+        const struct netsetup_port *r = &p[i];
+        bool icmp = r->proto == IPPROTO_ICMP || r->proto == IPPROTO_ICMPV6;
+        if (!icmp && r->proto != IPPROTO_TCP && r->proto != IPPROTO_UDP && r->proto != 0)
+            return qv_fail(e, -EINVAL, "%s: %s[%zu]: protocol must be tcp, udp, icmp, icmpv6 or any", tap, what, i);
+        if (!icmp && r->proto && (r->lo == 0 || (r->hi && r->hi < r->lo)))
+            return qv_fail(e, -EINVAL, "%s: %s[%zu]: bad port range %u-%u", tap, what, i, r->lo, r->hi);
+        if (r->proto == 0 && !has_address(r))
+            return qv_fail(e, -EINVAL, "%s: %s[%zu]: a rule for any protocol needs a source or destination", tap,
+                           what, i);
+        int family = 0;
+        const char *addrs[] = {r->source, r->destination};
+        for (size_t k = 0; k < 2; k++) {
+            struct netsetup_cidr c;
+            char why[96];
+            if (!addrs[k])
+                continue;
+            if (!netsetup_prefix_parse(addrs[k], &c, why, sizeof(why)))
+                return qv_fail(e, -EINVAL, "%s: %s[%zu]: \"%s\" %s", tap, what, i, addrs[k], why);
+            if (family && c.family != family)
+                return qv_fail(e, -EINVAL, "%s: %s[%zu]: source and destination are of two families", tap, what, i);
+            family = c.family;
+        }
+        if (family && ((r->proto == IPPROTO_ICMP && r->typed && family != AF_INET) ||
+                       (r->proto == IPPROTO_ICMPV6 && family != AF_INET6)))
+            return qv_fail(e, -EINVAL, "%s: %s[%zu]: %s with %s addresses", tap, what, i,
+                           r->proto == IPPROTO_ICMP ? "icmp" : "icmpv6", family == AF_INET ? "IPv4" : "IPv6");
+        for (size_t k = 0; k < i; k++)
+            if (netsetup_port_clash(&p[k], r))
+                return qv_fail(e, -EINVAL, "%s: %s[%zu] overlaps %s[%zu] (an interval set holds no two entries that overlap)",
+                               tap, what, i, what, k);
     }
     return 0;
 }
@@ -155,24 +413,64 @@ static void elem(struct buf *b, const char *fmt, ...)
     buf_adds(b, line);
 }
 
+/* "10.1.0.0/16" as nft reads it, from a checked CIDR; NULL: the family's every address. */
+static void cidr_text(const char *s, int family, char *out, size_t len)
+{
+    struct netsetup_cidr c;
+    char why[96], addr[INET6_ADDRSTRLEN];
+    if (!s || !netsetup_prefix_parse(s, &c, why, sizeof(why))) {
+        snprintf(out, len, "%s", family == AF_INET6 ? "::/0" : "0.0.0.0/0");
+        return;
+    }
+    inet_ntop(c.family, c.addr, addr, sizeof(addr));
+    snprintf(out, len, "%s/%u", addr, c.prefix);
+}
+
+static const char *proto_name(int proto)
+{
+    return proto == IPPROTO_TCP ? "tcp" : "udp";
+}
+
+/* One rule's elements in the direction's sets (`set`: deny_out or allow_in). */
+static void rule_elems(struct buf *b, const char *tap, const char *set, const struct netsetup_port *p)
+{
+    if (has_address(p)) {
+        int family = rule_family(p);
+        const struct shape *sh = &shapes[net_shape(p, family)];
+        char src[64], dst[64];
+        cidr_text(p->source, family, src, sizeof(src));
+        cidr_text(p->destination, family, dst, sizeof(dst));
+        if (p->proto == 0)
+            elem(b, "%s%s { \"%s\" . %s . %s }", set, sh->suffix, tap, src, dst);
+        else if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP)
+            elem(b, "%s%s { \"%s\" . %s . %s . %s . %u-%u }", set, sh->suffix, tap, src, dst, proto_name(p->proto),
+                 p->lo, p->hi ? p->hi : p->lo);
+        else
+            elem(b, "%s%s { \"%s\" . %s . %s . %u }", set, sh->suffix, tap, src, dst, icmp_type_of(p, family));
+        return;
+    }
+    if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) {
+        if (p->proto == IPPROTO_ICMP)
+            elem(b, "%s%s { \"%s\" . %u }", set, shapes[SHAPE_ICMP].suffix, tap, p->typed ? p->type : 8);
+        if (p->proto == IPPROTO_ICMPV6 || !p->typed)
+            elem(b, "%s%s { \"%s\" . %u }", set, shapes[SHAPE_ICMPV6].suffix, tap, p->typed ? p->type : 128);
+        return;
+    }
+    uint32_t port = p->lo, hi = p->hi ? p->hi : p->lo;
+    while (port <= hi) {
+        /* the largest aligned block that starts here and fits */
+        size_t l = ARRAY_SIZE(levels) - 1;
+        while (l > 0 && ((port & ((1u << levels[l].bits) - 1)) || port + (1u << levels[l].bits) - 1 > hi))
+            l--;
+        elem(b, "%s%s { \"%s\" . %s . %u }", set, levels[l].suffix, tap, proto_name(p->proto), port);
+        port += 1u << levels[l].bits;
+    }
+}
+
 static void port_elems(struct buf *b, const char *tap, const char *set, const struct netsetup_port *p, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        if (p[i].proto == IPPROTO_ICMP) {
-            elem(b, "%s_echo { \"%s\" }", set, tap);
-            continue;
-        }
-        const char *proto = p[i].proto == IPPROTO_TCP ? "tcp" : "udp";
-        uint32_t port = p[i].lo, hi = p[i].hi ? p[i].hi : p[i].lo;
-        while (port <= hi) {
-            /* the largest aligned block that starts here and fits */
-            size_t l = ARRAY_SIZE(levels) - 1;
-            while (l > 0 && ((port & ((1u << levels[l].bits) - 1)) || port + (1u << levels[l].bits) - 1 > hi))
-                l--;
-            elem(b, "%s%s { \"%s\" . %s . %u }", set, levels[l].suffix, tap, proto, port);
-            port += 1u << levels[l].bits;
-        }
-    }
+    for (size_t i = 0; i < n; i++)
+        rule_elems(b, tap, set, &p[i]);
 }
 
 /* Every element of the tap's filter, out_taps first. */
@@ -211,9 +509,25 @@ static int tap_line_cmp(const void *a, const void *b)
     return strcmp(x->tap, y->tap);
 }
 
-/* One key component as nft reads it back: names quoted, the rest as listed. */
+/* One key component as nft reads it back: names quoted, the rest as listed; in
+ * interval sets, {"prefix": {"addr", "len"}} and {"range": [LO, HI]}. */
 static bool key_part(struct buf *b, json_object *v, bool quote)
 {
+    json_object *x = NULL, *addr = NULL, *len = NULL;
+    if (!quote && json_object_object_get_ex(v, "prefix", &x)) {
+        if (!json_object_object_get_ex(x, "addr", &addr) || !json_object_object_get_ex(x, "len", &len) ||
+            !json_object_is_type(len, json_type_int) || !key_part(b, addr, false))
+            return false;
+        buf_printf(b, "/%d", json_object_get_int(len));
+        return true;
+    }
+    if (!quote && json_object_object_get_ex(v, "range", &x)) {
+        if (!json_object_is_type(x, json_type_array) || json_object_array_length(x) != 2 ||
+            !key_part(b, json_object_array_get_idx(x, 0), false))
+            return false;
+        buf_adds(b, "-");
+        return key_part(b, json_object_array_get_idx(x, 1), false);
+    }
     if (json_object_is_type(v, json_type_string)) {
         const char *s = json_object_get_string(v);
         if (strpbrk(s, "\"\n{};"))
@@ -247,10 +561,7 @@ static int scan(struct netsetup_nft *n, const char *network, struct tap_line **o
             !json_object_is_type(elems, json_type_array))
             continue;
         const char *sname = json_object_get_string(name);
-        bool ours = false;
-        for (size_t k = 0; k < ARRAY_SIZE(nic_sets); k++)
-            ours |= strcmp(sname, nic_sets[k].name) == 0;
-        if (!ours)
+        if (!nic_set_name(sname))
             continue;
         for (size_t j = 0; j < json_object_array_length(elems); j++) {
             json_object *el = json_object_array_get_idx(elems, j), *x = NULL;

@@ -31,7 +31,7 @@ const char *const sandbox_default_system_paths[] = {
     "/lib",                 /* merged-usr symlinks, or real directories on older systems */
     "/lib64",               /* holds the dynamic loader's PT_INTERP path */
     "/etc/ld.so.cache",
-    "/etc/localtime",       /* -rtc base=localtime */
+    "/etc/localtime",       /* QEMU's own local time (the RTC's is given as a date) */
     "/usr/share/qemu",      /* firmware descriptors, option ROMs, keymaps */
     "/usr/share/seabios",
     "/usr/share/OVMF",

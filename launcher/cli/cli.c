@@ -287,9 +287,10 @@ static const struct cli_command commands[] = {
      "add or delete a static DHCP host or a port forward: in the definition and, when it runs, the running network "
      "(dnsmasq keeps its leases); --live or --config for one of them"},
     {"filter define", cmd_filter_define, filter_define_opts, 0, 1,
-     "filter define FILE.json | filter define --name NAME [--rule DIRECTION:PROTOCOL[:PORTS]:ACTION ...]",
-     "define (or replace) a named NIC filter: clean-traffic plus rules (in:tcp:80:accept, out:tcp:25:drop); NICs "
-     "use it as \"filter\": \"NAME\""},
+     "filter define FILE.json | filter define --name NAME [--rule DIRECTION:PROTOCOL[:MATCH]:ACTION ...]",
+     "define (or replace) a named NIC filter: clean-traffic plus rules (in:tcp:80:accept, out:tcp:25:drop, "
+     "in:icmp:type=echo-request,source=10.0.0.0/8:accept; MATCH: ports or ports=, type=, source=, destination= "
+     "joined by commas); NICs use it as \"filter\": \"NAME\""},
     {"filter list", cmd_filter_list, no_opts, 0, 0, "filter list [--json]", "list NIC filters, the built-in ones too"},
     {"filter show", cmd_filter_show, no_opts, 1, 1, "filter show NAME", "print a NIC filter"},
     {"filter undefine", cmd_filter_undefine, no_opts, 1, 1, "filter undefine NAME",

@@ -4,21 +4,81 @@
 
 #include "launcher/cli/cli.h"
 
-/* --rule DIRECTION:PROTOCOL[:PORTS]:ACTION, e.g. out:tcp:25:drop, in:tcp:8000-8100:accept, in:icmp:accept */
+#define RULE_FORM "DIRECTION:PROTOCOL[:MATCH]:ACTION"
+
+/* --rule DIRECTION:PROTOCOL[:MATCH]:ACTION, MATCH being PORTS or KEY=VALUE items joined by
+ * commas (ports=, type=, source=, destination=): out:tcp:25:drop, in:tcp:8000-8100:accept,
+ * in:icmp:type=echo-request,source=10.0.0.0/8:accept, out:all:destination=fd00::/8:drop.
+ * Direction and protocol are the first two fields and the action the last, so an IPv6
+ * prefix's colons stay in MATCH. */
 static int rule_from_flag(struct cli *c, const char *v, json_object **out)
 {
-    _cleanup_strv_ struct strv parts = {0};
-    str_split_escaped(v, ':', &parts);
-    if (parts.n != 3 && parts.n != 4)
-        return qv_fail(&c->err, -EINVAL, "--rule %s: expected DIRECTION:PROTOCOL[:PORTS]:ACTION (e.g. out:tcp:25:drop)", v);
-    json_object *o = json_object_new_object();
-    json_object_object_add(o, "direction", json_object_new_string(parts.v[0]));
-    json_object_object_add(o, "protocol", json_object_new_string(parts.v[1]));
-    if (parts.n == 4)
-        json_object_object_add(o, "ports", json_object_new_string(parts.v[2]));
-    json_object_object_add(o, "action", json_object_new_string(parts.v[parts.n - 1]));
-    *out = o;
+    const char *c1 = strchr(v, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL, *last = strrchr(v, ':');
+    if (!c2)
+        return qv_fail(&c->err, -EINVAL, "--rule %s: expected " RULE_FORM " (e.g. out:tcp:25:drop)", v);
+    _cleanup_json_ json_object *o = json_object_new_object();
+    json_object_object_add(o, "direction", json_object_new_string_len(v, (int)(c1 - v)));
+    json_object_object_add(o, "protocol", json_object_new_string_len(c1 + 1, (int)(c2 - c1 - 1)));
+    if (last > c2) {
+        _cleanup_free_ char *match = qv_xasprintf("%.*s", (int)(last - c2 - 1), c2 + 1);
+        _cleanup_strv_ struct strv items = {0};
+        str_split_escaped(match, ',', &items);
+        for (size_t i = 0; i < items.n; i++) {
+            char *eq = strchr(items.v[i], '=');
+            const char *key = eq ? items.v[i] : "ports", *val = eq ? eq + 1 : items.v[i];
+            if (eq)
+                *eq = '\0';
+            static const char *const keys[] = {"ports", "type", "source", "destination", NULL};
+            if (!strv_contains(keys, key))
+                return qv_fail(&c->err, -EINVAL, "--rule %s: \"%s\" is not ports, type, source or destination", v, key);
+            if (json_object_object_get_ex(o, key, NULL))
+                return qv_fail(&c->err, -EINVAL, "--rule %s: %s given twice", v, key);
+            /* a type given as a number is one */
+            bool number = strcmp(key, "type") == 0 && *val && strspn(val, "0123456789") == strlen(val) && strlen(val) < 6;
+            json_object_object_add(o, key, number ? json_object_new_int(atoi(val)) : json_object_new_string(val));
+        }
+    }
+    json_object_object_add(o, "action", json_object_new_string(last + 1));
+    *out = json_object_get(o);
     return 0;
+}
+
+/* Running NICs that use the filter take the new definition now, as libvirt's
+ * nwfilter-define updates running guests. How many did; -EIO naming the first VM
+ * whose supervisor could not. */
+static int reload_users(struct cli *c, const char *filter, size_t *nics)
+{
+    _cleanup_strv_ struct strv vms = {0};
+    int failed = 0;
+    *nics = 0;
+    if (vm_list_names(&c->paths, &vms, NULL) < 0)
+        return 0;
+    for (size_t i = 0; i < vms.n; i++) {
+        _cleanup_vm_def_ struct vm_def d = {0};
+        bool uses = false;
+        if (vm_load(&c->paths, vms.v[i], &d, NULL) < 0)
+            continue;
+        for (size_t k = 0; k < d.nnics; k++)
+            uses |= d.nics[k].filter_name && strcmp(d.nics[k].filter_name, filter) == 0;
+        if (!uses)
+            continue;
+        json_object *req = ctl_request("filter-reload"), *reply = NULL, *n = NULL;
+        json_object_object_add(req, "filter", json_object_new_string(filter));
+        struct qv_err e = {0};
+        int r = ctl_call(&c->paths, vms.v[i], req, 10000, &reply, &e);
+        if (r == -EBUSY && strstr(e.msg, "is not running"))
+            continue;
+        if (r < 0) {
+            if (!failed++)
+                qv_fail(&c->err, -EIO, "filter %s is defined, but %s's running NICs still have the old one: %s "
+                                       "(they take it at their next plug or lease)", filter, vms.v[i], e.msg);
+            continue;
+        }
+        if (json_object_object_get_ex(reply, "nics", &n))
+            *nics += (size_t)json_object_get_int64(n);
+        json_object_put(reply);
+    }
+    return failed ? -EIO : 0;
 }
 
 int cmd_filter_define(struct cli *c)
@@ -48,10 +108,14 @@ int cmd_filter_define(struct cli *c)
     _cleanup_(filter_def_free) struct filter_def f = {0};
     if ((r = filter_define(&c->paths, o, &f, &c->err)) < 0)
         return file && r == -EINVAL ? qv_prefix(&c->err, "%s: ", file) : r;
+    size_t nics = 0;
+    r = reload_users(c, f.name, &nics);
     if (!c->quiet)
-        printf("defined filter %s (clean-traffic, %zu in, %zu out rule%s)\n", f.name, f.nallow_in, f.ndeny_out,
-               f.ndeny_out == 1 ? "" : "s");
-    return 0;
+        printf("defined filter %s (clean-traffic, %zu in, %zu out rule%s)%s", f.name, f.nallow_in, f.ndeny_out,
+               f.ndeny_out == 1 ? "" : "s", nics ? "" : "\n");
+    if (!c->quiet && nics)
+        printf("; %zu running NIC%s took it\n", nics, nics == 1 ? "" : "s");
+    return r;
 }
 
 static json_object *filter_json(const struct filter_def *f)

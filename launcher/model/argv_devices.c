@@ -71,11 +71,11 @@ void argv_add_devices(struct builder *b)
         pci_place(b, o, d->machine == MACHINE_PC ? SLOT_BALLOON_PC : SLOT_BALLOON_Q35, 0);
         arg_json(b, "-device", o);
     }
-    if (d->clock_offset == CLOCK_LOCALTIME) {
-        arg2(b, "-rtc", "base=localtime");
-    } else if (d->clock_adjust) {
-        /* QEMU takes the RTC's start as a UTC date; the guest's clock then runs from it */
-        time_t t = (time_t)(b->f->now + d->clock_adjustment);
+    if (d->clock_offset == CLOCK_LOCALTIME || d->clock_adjust) {
+        /* QEMU takes the RTC's start as a date; the guest's clock then runs from it. Local
+         * time is qvisor's (host_facts_set_now), not what QEMU's emptied environment
+         * and private /etc would make of base=localtime. */
+        time_t t = (time_t)(b->f->now + (d->clock_offset == CLOCK_LOCALTIME ? b->f->utc_offset : d->clock_adjustment));
         struct tm tm;
         char base[48];
         gmtime_r(&t, &tm);

@@ -377,7 +377,7 @@ static int parse_hostfwd(struct jr *r, json_object *o, struct hostfwd *f)
 static bool port_parse(const char *s, struct nic_port *p)
 {
     if (strcmp(s, "icmp") == 0) {
-        *p = (struct nic_port){IPPROTO_ICMP, 0, 0};
+        *p = (struct nic_port){.proto = IPPROTO_ICMP};
         return true;
     }
     unsigned lo, hi;
@@ -389,7 +389,7 @@ static bool port_parse(const char *s, struct nic_port *p)
         return false;
     if ((strcmp(proto, "tcp") != 0 && strcmp(proto, "udp") != 0) || lo < 1 || hi > 65535 || lo > hi)
         return false;
-    *p = (struct nic_port){strcmp(proto, "tcp") == 0 ? IPPROTO_TCP : IPPROTO_UDP, (int)lo, (int)hi};
+    *p = (struct nic_port){.proto = strcmp(proto, "tcp") == 0 ? IPPROTO_TCP : IPPROTO_UDP, .lo = (int)lo, .hi = (int)hi};
     return true;
 }
 

@@ -305,23 +305,26 @@ static int host_facts_pinned(const char *path, struct host_facts *f, struct qv_e
     struct jr jr;
     jr_init(&jr, e);
     static const char *const keys[] = {"qemu", "qemu_version", "io_uring", "kvm", "vhost_net", "accel",
-                                       "ovmf_code", "ovmf_vars", "now", NULL};
+                                       "ovmf_code", "ovmf_vars", "now", "utc_offset", NULL};
     char *qemu = NULL, *version = NULL, *code = NULL, *vars = NULL;
     int accel = ACCEL_AUTO;
+    int64_t utc_offset = 0;
     if ((r = jr_expect(&jr, o, json_type_object)) < 0 || (r = jr_only_keys(&jr, o, keys)) < 0 ||
         (r = jr_string(&jr, o, "qemu", true, &qemu)) < 0 || (r = jr_string(&jr, o, "qemu_version", true, &version)) < 0 ||
         (r = jr_bool(&jr, o, "io_uring", &f->io_uring)) < 0 || (r = jr_bool(&jr, o, "kvm", &f->kvm_usable)) < 0 ||
         (r = jr_bool(&jr, o, "vhost_net", &f->vhost_net)) < 0 || (r = jr_enum(&jr, o, "accel", vm_accel_names, &accel)) < 0 ||
         (r = jr_string(&jr, o, "ovmf_code", false, &code)) < 0 || (r = jr_string(&jr, o, "ovmf_vars", false, &vars)) < 0 ||
-        (r = jr_int(&jr, o, "now", 0, INT64_MAX, &f->now)) < 0) {
+        (r = jr_int(&jr, o, "now", 0, INT64_MAX, &f->now)) < 0 ||
+        (r = jr_int(&jr, o, "utc_offset", -86400, 86400, &utc_offset)) < 0) {
         qv_prefix(e, "QVISOR_HOST_FACTS: %s: ", path);
     } else if (sscanf(version, "%d.%d.%d", &f->qemu_major, &f->qemu_minor, &f->qemu_micro) != 3) {
         r = qv_fail(e, -EINVAL, "QVISOR_HOST_FACTS: %s: qemu_version: \"%s\" is not MAJOR.MINOR.MICRO", path, version);
     } else {
         /* without "now" the clock is the host's (a test of clock.adjustment pins it) */
         f->now_pinned = json_object_object_get_ex(o, "now", NULL);
-        if (!f->now_pinned)
-            f->now = time(NULL);
+        host_facts_set_now(f, f->now_pinned ? f->now : time(NULL));
+        if (json_object_object_get_ex(o, "utc_offset", NULL))
+            f->utc_offset = utc_offset;
         f->accel_override = accel;
         snprintf(f->qemu, sizeof(f->qemu), "%s", qemu);
         snprintf(f->ovmf_code, sizeof(f->ovmf_code), "%s", code ? code : "");
@@ -332,6 +335,17 @@ static int host_facts_pinned(const char *path, struct host_facts *f, struct qv_e
     free(code);
     free(vars);
     return r;
+}
+
+void host_facts_set_now(struct host_facts *f, int64_t now)
+{
+    /* the zone qvisor runs in (TZ, else /etc/localtime), read here: QEMU's environment
+     * is emptied and its mount namespace may not show the zone, so QEMU is given the
+     * local time as a date rather than asked to find it (as libvirt computes its offsets) */
+    time_t t = (time_t)now;
+    struct tm tm;
+    f->now = now;
+    f->utc_offset = localtime_r(&t, &tm) ? tm.tm_gmtoff : 0;
 }
 
 int host_facts_probe(const struct qv_paths *p, const struct host_config *hc, struct host_facts *f, struct qv_err *e)
@@ -354,7 +368,7 @@ int host_facts_probe(const struct qv_paths *p, const struct host_config *hc, str
             return qv_fail(e, -EINVAL, "QVISOR_ACCEL=%s is not one of auto, kvm, tcg", env);
         f->accel_override = i;
     }
-    f->now = time(NULL);
+    host_facts_set_now(f, time(NULL));
     f->kvm_usable = kvm_usable();
     f->vhost_net = vhost_net_usable();
     static const char *const fwdirs[] = {"/etc/qemu/firmware", "/usr/share/qemu/firmware", NULL};

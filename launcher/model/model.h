@@ -114,10 +114,16 @@ struct vm_cdrom {
 
 enum nic_filter { FILTER_CLEAN, FILTER_NONE };
 
+/* A NIC filter's rule: ports, an ICMP type, addresses (netsetup_port says what each means) */
 struct nic_port {
-    int proto;              /* IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP */
+    int proto;              /* IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, IPPROTO_ICMPV6; 0: any (with an address) */
     int lo, hi;             /* inclusive; 0 for ICMP */
+    bool typed;             /* ICMP/ICMPv6: icmp_type is matched; untyped ICMP: echo-request, IPv4 and IPv6 */
+    int icmp_type;
+    char source[52], destination[52];   /* CIDRs (named filters), normalized; "": any */
 };
+/* The netsetup form of a rule; it points into `p`. */
+void nic_port_netsetup(const struct nic_port *p, struct netsetup_port *out);
 
 struct vm_nic {
     enum nic_type type;
@@ -144,9 +150,11 @@ struct vm_nic {
 bool nic_port_parse(const char *s, struct nic_port *p);
 
 /* Named NIC filters (filterdef.c): etc/qvisor/filters/NAME.json, {"name", "rules": [{"direction":
- * "in"|"out", "protocol": "tcp"|"udp"|"icmp", "ports": "80"|"8000-8100", "action": "accept"|"drop"}]}.
- * Clean-traffic plus: in rules accept (and make everything else new inbound dropped), out
- * rules drop. "clean-traffic" and "none" are built in (filter_load gives them no rules). */
+ * "in"|"out", "protocol": "tcp"|"udp"|"icmp"|"icmpv6"|"all", "ports": "80"|"8000-8100" (tcp, udp),
+ * "type": "echo-request"|0-255 (icmp, icmpv6), "source"/"destination": "10.0.0.0/8"|"fd00::/64",
+ * "action": "accept"|"drop"}]}. Clean-traffic plus: in rules accept (and make everything else
+ * new inbound dropped), out rules drop. "clean-traffic" and "none" are built in (filter_load
+ * gives them no rules). */
 struct filter_def {
     char *name;
     struct nic_port *allow_in, *deny_out;
@@ -158,7 +166,8 @@ int filter_def_from_json(json_object *o, struct filter_def *f, struct qv_err *e)
 json_object *filter_def_to_json(const struct filter_def *f);
 int filter_load(const struct qv_paths *p, const char *name, struct filter_def *f, struct qv_err *e);
 int filter_list_names(const struct qv_paths *p, struct strv *names, struct qv_err *e);
-/* Defines or replaces (atomically) a filter; running NICs take it at their next plug or lease. */
+/* Defines or replaces (atomically) a filter. Running NICs take it at their next plug or lease,
+ * or when asked (the CLI's filter define asks their supervisors: ctl filter-reload). */
 int filter_define(const struct qv_paths *p, json_object *o, struct filter_def *out, struct qv_err *e);
 /* -EBUSY while a defined VM's NIC refers to it. */
 int filter_undefine(const struct qv_paths *p, const char *name, struct qv_err *e);
@@ -395,6 +404,8 @@ struct host_facts {
     enum vm_accel accel_override;   /* QVISOR_ACCEL or host.json "accel"; AUTO if neither */
     int64_t now;            /* the time the plan is built for (clock.adjustment), seconds since the epoch:
                              * refreshed before each QEMU start unless pinned */
+    int64_t utc_offset;     /* seconds east of UTC of the host's local time at `now` (clock.offset
+                             * localtime), in qvisor's zone: TZ, else /etc/localtime */
     bool now_pinned;
     char ovmf_code[PATH_MAX];       /* from QEMU's firmware descriptors; "" if none */
     char ovmf_vars[PATH_MAX];
@@ -416,6 +427,8 @@ struct host_config {
 int host_config_load(const struct qv_paths *p, struct host_config *hc, struct qv_err *e);
 void host_config_free(struct host_config *hc);
 #define _cleanup_host_config_ _cleanup_(host_config_free)
+/* Sets now and the local time's offset from UTC at that time. */
+void host_facts_set_now(struct host_facts *f, int64_t now);
 /* Probes QEMU (cached under var/cache/qvisor by binary path, size and mtime), KVM,
  * vhost-net and firmware. */
 int host_facts_probe(const struct qv_paths *p, const struct host_config *hc,

@@ -484,6 +484,19 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
         int r = media_change(s, c->id, get_string(req, "target"), get_string(req, "file"), &e);
         if (r < 0)
             reply_error(s, c, r, "%s", e.msg);
+    } else if (strcmp(cmd, "filter-reload") == 0) {
+        struct qv_err e = {0};
+        size_t n = 0;
+        int r = vmnet_filter_reload(s, get_string(req, "filter"), &n, &e);
+        if (r < 0) {
+            reply_error(s, c, r, "%s: %s", s->def.name, e.msg);
+            return;
+        }
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "ok", json_object_new_boolean(true));
+        json_object_object_add(o, "nics", json_object_new_int64((int64_t)n));
+        ctl_client_send(s, c, o);
+        json_object_put(o);
     } else if (strcmp(cmd, "ifaddr") == 0) {
         json_object *o = json_object_new_object();
         json_object_object_add(o, "ok", json_object_new_boolean(true));

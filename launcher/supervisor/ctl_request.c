@@ -40,6 +40,7 @@ static const struct request_kind request_kinds[] = {
     {"detach-disk", {{"target", F_STRING, true}}},
     {"detach-nic", {{"target", F_STRING, true}}},
     {"ifaddr", {{0}}},
+    {"filter-reload", {{"filter", F_STRING, true}}},
     {"disk-resize", {{"target", F_STRING, true}, {"size", F_STRING, true}, {"allow_shrink", F_BOOL, false}}},
     {"blkstat", {{"target", F_STRING, false}}},
     {"stats", {{0}}},

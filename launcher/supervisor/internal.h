@@ -601,6 +601,9 @@ int vmnet_open_tap(void *opaque, const struct vm_def *d, size_t nic, int *fds, s
  * network that is not running is -ENETDOWN: whoever plugs starts autostart networks
  * first (net_starter), without waiting in the loop. */
 int vmnet_plug(struct sup *s, const struct vm_nic *n, size_t index, int *fds, struct qv_err *e);
+/* Applies the named filter again to every running NIC that uses it (filter define);
+ * *applied: how many. */
+int vmnet_filter_reload(struct sup *s, const char *filter, size_t *applied, struct qv_err *e);
 /* A network NIC whose autostart network is not running: its name into net (else "");
  * -ENETDOWN for a stopped network without autostart. */
 int vmnet_needs_start(struct sup *s, const struct vm_nic *n, char *net, size_t netlen, struct qv_err *e);

@@ -425,7 +425,7 @@ static int spawn_qemu(struct sup *s, struct qv_err *e)
 {
     struct launch_plan plan;
     if (!s->facts.now_pinned)
-        s->facts.now = time(NULL);     /* clock.adjustment counts from this start */
+        host_facts_set_now(&s->facts, time(NULL));  /* clock.adjustment and localtime count from this start */
     int r = build_launch_plan(&s->def, &s->facts, &plan, e);
     if (r < 0)
         return r;

@@ -155,16 +155,17 @@ static int apply_filter(struct sup *s, const struct vm_nic *n, struct vm_nic_sta
         resolved.ndeny_out = named.ndeny_out;
         n = &resolved;
     }
-    struct netsetup_port in[32], out[32];
-    size_t nin = n->nallow_in < ARRAY_SIZE(in) ? n->nallow_in : ARRAY_SIZE(in);
-    size_t nout = n->ndeny_out < ARRAY_SIZE(out) ? n->ndeny_out : ARRAY_SIZE(out);
-    for (size_t i = 0; i < nin; i++)
-        in[i] = (struct netsetup_port){n->allow_in[i].proto, (uint16_t)n->allow_in[i].lo, (uint16_t)n->allow_in[i].hi};
-    for (size_t i = 0; i < nout; i++)
-        out[i] = (struct netsetup_port){n->deny_out[i].proto, (uint16_t)n->deny_out[i].lo, (uint16_t)n->deny_out[i].hi};
+    /* every rule: a filter has as many as its definition says */
+    _cleanup_free_ struct netsetup_port *in = qv_xcalloc(n->nallow_in + 1, sizeof(*in));
+    _cleanup_free_ struct netsetup_port *out = qv_xcalloc(n->ndeny_out + 1, sizeof(*out));
+    for (size_t i = 0; i < n->nallow_in; i++)
+        nic_port_netsetup(&n->allow_in[i], &in[i]);
+    for (size_t i = 0; i < n->ndeny_out; i++)
+        nic_port_netsetup(&n->deny_out[i], &out[i]);
     const char *ips[] = {st->ip[0] ? st->ip : NULL, NULL};
     struct netsetup_nic_filter f = {.mac = n->mac, .ipv4 = ips, .restrict_in = n->allow_in != NULL,
-                                    .allow_in = in, .nallow_in = nin, .deny_out = out, .ndeny_out = nout};
+                                    .allow_in = in, .nallow_in = n->nallow_in, .deny_out = out,
+                                    .ndeny_out = n->ndeny_out};
     int r = nft(s, e);
     return r < 0 ? r : netsetup_nft_nic_apply(s->nft, st->network, st->tap, &f, e);
 }
@@ -287,6 +288,24 @@ void vmnet_poll_leases(struct sup *s)
             waiting = true;
     }
     s->lease_poll = !any ? 0 : monotonic_ms() + (waiting ? LEASE_POLL_WAITING_MS : LEASE_POLL_SETTLED_MS);
+}
+
+int vmnet_filter_reload(struct sup *s, const char *filter, size_t *applied, struct qv_err *e)
+{
+    *applied = 0;
+    for (size_t i = 0; i < ARRAY_SIZE(s->nics); i++) {
+        struct vm_nic_state *st = &s->nics[i];
+        struct vm_nic tmp;
+        const struct vm_nic *n = st->network[0] && st->filtered ? nic_def(s, i, &tmp) : NULL;
+        if (!n || !n->filter_name || strcmp(n->filter_name, filter) != 0)
+            continue;
+        int r = apply_filter(s, n, st, e);
+        if (r < 0)
+            return qv_prefix(e, "nic%zu: ", i);
+        sup_log(s, "nic%zu: filter %s applied again (redefined)", i, filter);
+        (*applied)++;
+    }
+    return 0;
 }
 
 static void unplug_state(struct sup *s, struct vm_nic_state *st)

@@ -43,10 +43,11 @@
 #include "qmp/qmp.h"
 #include "golden_testlib.h"
 
-/* The time zone QEMU runs in here (POSIX: five and a half hours east of UTC; needs no
- * tzdata), so that -rtc base=localtime is told apart from UTC on a host kept in UTC. */
-#define ORACLE_TZ "QVT-05:30"
-#define ORACLE_TZ_OFFSET (5 * 3600 + 30 * 60)
+/* The time zone QEMU runs in here (POSIX: three hours west of UTC; needs no tzdata),
+ * unlike the pinned host's (tests/golden-host.json "utc_offset": five and a half hours
+ * east): clock.offset localtime is qvisor's local time, given to QEMU as a date, whatever
+ * zone QEMU itself would see. */
+#define ORACLE_TZ "QVT+03"
 
 /* ---- hugepages: raised around one QEMU, restored on exit, by signal, or next run ---- */
 
@@ -719,10 +720,9 @@ static void check_physaddr(struct oracle *o)
 }
 
 /* The RTC, read back from QEMU: clock.adjustment starts it at the pinned "now" plus the
- * adjustment; offset localtime at the wall time of QEMU's start in the zone QEMU lives in,
- * which this test sets to UTC+05:30 (ORACLE_TZ) so that localtime and UTC differ on a host
- * kept in UTC; utc (the default) at the start's UTC time. Plus the time since: the RTC has
- * been running since QEMU started. */
+ * adjustment; offset localtime at the pinned "now" in the pinned host's zone (UTC+05:30,
+ * not QEMU's ORACLE_TZ); utc (the default) at the start's UTC time. Plus the time since:
+ * the RTC has been running since QEMU started. */
 static void check_clock(struct oracle *o, const struct host_facts *pinned)
 {
     if (strcmp(gets(o->json, "machine", "q35"), "microvm") == 0)
@@ -730,7 +730,7 @@ static void check_clock(struct oracle *o, const struct host_facts *pinned)
     json_object *c = get(o->json, "clock"), *adj = get(c, "adjustment");
     bool localtime = strcmp(gets(c, "offset", "utc"), "localtime") == 0;
     int64_t want = adj ? pinned->now + json_object_get_int64(adj)
-                       : (int64_t)o->started + (localtime ? ORACLE_TZ_OFFSET : 0);
+                       : localtime ? pinned->now + pinned->utc_offset : (int64_t)o->started;
     json_object *tm = qom_get(o, "/machine", "rtc-time");
     /* the RTC runs on the host's clock from QEMU's start (also while -S holds the vCPUs) */
     int64_t running = (int64_t)(time(NULL) - o->started);
@@ -740,7 +740,7 @@ static void check_clock(struct oracle *o, const struct host_facts *pinned)
     int64_t got = tm ? (int64_t)timegm(&t) : -1;
     if (got < want - 1 || got > want + running + 2)
         mismatch(o, "clock: the RTC reads %lld, the definition (offset %s, adjustment %lld) means %lld", (long long)got,
-                 localtime ? "localtime in " ORACLE_TZ : "utc", adj ? (long long)json_object_get_int64(adj) : 0ll,
+                 localtime ? "localtime" : "utc", adj ? (long long)json_object_get_int64(adj) : 0ll,
                  (long long)want);
     json_object_put(tm);
 }

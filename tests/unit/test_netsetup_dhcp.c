@@ -513,7 +513,7 @@ static void test_nic_filter_traffic(void **state)
     assert_string_equal(seen, g2_ip);
 
     /* inbound restricted to one port: others are dropped, replies still come in */
-    struct netsetup_port allow[] = {{IPPROTO_UDP, 7028, 0}};
+    struct netsetup_port allow[] = {{.proto = IPPROTO_UDP, .lo = 7028, .hi = 0}};
     struct netsetup_nic_filter in = {.mac = G2_MAC, .ipv4 = ips, .restrict_in = true, .allow_in = allow,
                                      .nallow_in = 1};
     assert_int_equal(netsetup_nft_nic_apply(nft, "dhcp", "qvt-g2", &in, &e), 0);
@@ -527,7 +527,7 @@ static void test_nic_filter_traffic(void **state)
 
     /* outbound ports denied: 7024-7039 is one block of 16 ports (a masked lookup),
      * 7040 a single port, 7041 just outside */
-    struct netsetup_port deny[] = {{IPPROTO_UDP, 7024, 7040}};
+    struct netsetup_port deny[] = {{.proto = IPPROTO_UDP, .lo = 7024, .hi = 7040}};
     struct netsetup_nic_filter out_f = {.mac = G2_MAC, .ipv4 = ips, .deny_out = deny, .ndeny_out = 1};
     assert_int_equal(netsetup_nft_nic_apply(nft, "dhcp", "qvt-g2", &out_f, &e), 0);
     round_trip("g2", NULL, "g1", G1_IP, 7031, EXPECT_SILENCE, seen, sizeof(seen));

@@ -102,10 +102,10 @@ static void test_modes(void **state)
         doc = nstest_nft_json("table", "bridge", "qvisor-modes");
         /* the NICs' filters are elements of these: nothing per NIC but elements */
         assert_int_equal(nstest_count(doc, "map", NULL), 0);
-        assert_int_equal(nstest_count(doc, "set", NULL), 14);
+        assert_int_equal(nstest_count(doc, "set", NULL), 28);
         assert_int_equal(nstest_count(doc, "chain", NULL), 4);
-        assert_int_equal(count_rules(doc, "from_guest"), 14);
-        assert_int_equal(count_rules(doc, "to_guest"), 14);
+        assert_int_equal(count_rules(doc, "from_guest"), 20);
+        assert_int_equal(count_rules(doc, "to_guest"), 20);
         json_object_put(doc);
     }
     struct strv nets = {0};
@@ -148,8 +148,8 @@ static void test_invalid(void **state)
     printf("# %s\n", e.msg);
 }
 
-static const struct netsetup_port allow_in[] = {{IPPROTO_TCP, 22, 0}, {IPPROTO_TCP, 8000, 8100}, {IPPROTO_UDP, 53, 0}};
-static const struct netsetup_port deny_out[] = {{IPPROTO_TCP, 25, 0}, {IPPROTO_ICMP, 0, 0}};
+static const struct netsetup_port allow_in[] = {{.proto = IPPROTO_TCP, .lo = 22, .hi = 0}, {.proto = IPPROTO_TCP, .lo = 8000, .hi = 8100}, {.proto = IPPROTO_UDP, .lo = 53, .hi = 0}};
+static const struct netsetup_port deny_out[] = {{.proto = IPPROTO_TCP, .lo = 25, .hi = 0}, {.proto = IPPROTO_ICMP}};
 
 static void apply_test_net(const char *name, struct qv_err *e)
 {
@@ -181,15 +181,15 @@ static void test_nic_filter(void **state)
     };
     assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-a", &f, &e), 0);
     json_object *doc = nstest_nft_json("table", "bridge", "qvisor-filt");
-    /* out_taps, mac, 2 addresses, deny tcp 25, deny echo, in_taps, allow tcp 22, udp 53
-     * and 8000-8100: 6 blocks of 16 (8000-8095) and 5 single ports */
+    /* out_taps, mac, 2 addresses, deny tcp 25, deny echo (ICMP and ICMPv6), in_taps,
+     * allow tcp 22, udp 53 and 8000-8100: 6 blocks of 16 (8000-8095) and 5 single ports */
     size_t elems = tap_elements(doc, "qvt-a");
-    assert_int_equal(elems, 20);
+    assert_int_equal(elems, 21);
     assert_int_equal(nstest_elements(doc, "set", "allow_in_16"), 6);
     assert_int_equal(nstest_elements(doc, "set", "allow_in"), 7);
     /* and not one chain or rule more */
     assert_int_equal(nstest_count(doc, "chain", NULL), 4);
-    assert_int_equal(count_rules(doc, "from_guest") + count_rules(doc, "to_guest"), 28);
+    assert_int_equal(count_rules(doc, "from_guest") + count_rules(doc, "to_guest"), 40);
     json_object_put(doc);
     char *text = list_text("bridge", "qvisor-filt");
     printf("# bridge table with one filtered NIC:\n");
@@ -227,8 +227,8 @@ static void test_nic_filter(void **state)
     assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-a", &f, &e), 0);
     assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-b", &f, &e), 0);
     doc = nstest_nft_json("table", "bridge", "qvisor-filt");
-    assert_int_equal(tap_elements(doc, "qvt-a"), 6);
-    assert_int_equal(tap_elements(doc, "qvt-b"), 6);
+    assert_int_equal(tap_elements(doc, "qvt-a"), 7);
+    assert_int_equal(tap_elements(doc, "qvt-b"), 7);
     assert_int_equal(nstest_elements(doc, "set", "in_taps"), 0);
     assert_int_equal(nstest_elements(doc, "set", "out_taps"), 2);
     json_object_put(doc);
@@ -266,7 +266,7 @@ static void test_nic_filter(void **state)
     netsetup_nft_close(other);
     doc = nstest_nft_json("table", "bridge", "qvisor-filt");
     assert_int_equal(tap_elements(doc, "qvt-b"), 0);
-    assert_int_equal(tap_elements(doc, "qvt-a"), 6);
+    assert_int_equal(tap_elements(doc, "qvt-a"), 7);
     json_object_put(doc);
     /* nft knew it had qvt-b: the remove finds it gone and is content */
     assert_int_equal(netsetup_nft_nic_remove(nft, "filt", "qvt-b", &e), 0);
@@ -278,13 +278,13 @@ static void test_nic_filter(void **state)
     assert_int_equal(netsetup_nft_nic_remove(nft, "filt", "qvt-a", &e), 0);
     doc = nstest_nft_json("table", "bridge", "qvisor-filt");
     assert_int_equal(tap_elements(doc, "qvt-a"), 0);
-    assert_int_equal(tap_elements(doc, NULL), 6);
+    assert_int_equal(tap_elements(doc, NULL), 7);
     assert_int_equal(nstest_elements(doc, "set", "out_taps"), 1);
     assert_int_equal(nstest_elements(doc, "set", "in_taps"), 0);
     json_object_put(doc);
 
     /* the widest range: 15 single ports, 15 blocks each of 16, 256 and 4096 */
-    struct netsetup_port all[] = {{IPPROTO_UDP, 1, 65535}};
+    struct netsetup_port all[] = {{.proto = IPPROTO_UDP, .lo = 1, .hi = 65535}};
     struct netsetup_nic_filter wide = {.mac = "52:54:00:00:62:05", .deny_out = all, .ndeny_out = 1};
     assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-w", &wide, &e), 0);
     doc = nstest_nft_json("table", "bridge", "qvisor-filt");
@@ -295,7 +295,7 @@ static void test_nic_filter(void **state)
 
     struct netsetup_nic_filter bad_mac = {.mac = "52:54:00:00:62"};
     assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-c", &bad_mac, &e), -EINVAL);
-    struct netsetup_port badport[] = {{IPPROTO_TCP, 90, 80}};
+    struct netsetup_port badport[] = {{.proto = IPPROTO_TCP, .lo = 90, .hi = 80}};
     struct netsetup_nic_filter bad_port = {.mac = "52:54:00:00:62:05", .deny_out = badport, .ndeny_out = 1};
     assert_int_equal(netsetup_nft_nic_apply(nft, "filt", "qvt-c", &bad_port, &e), -EINVAL);
     assert_string_equal(e.msg, "qvt-c: deny_out[0]: bad port range 90-80");
@@ -329,6 +329,106 @@ static int crashing_owner(void *arg)
             return 3;
     raise(SIGKILL);
     return 4;
+}
+
+/* Rules with an ICMP type or addresses: elements of the direction's type and interval
+ * sets, read back and replaced by a context that did not write them (the listing's
+ * prefixes and ranges), and refused when they are not rules nft can hold. */
+static void test_filter_rules(void **state)
+{
+    (void)state;
+    struct qv_err e = {0};
+    apply_test_net("rules", &e);
+    static const struct netsetup_port in[] = {
+        {.proto = IPPROTO_ICMP, .typed = true, .type = 13},
+        {.proto = IPPROTO_ICMPV6, .typed = true, .type = 135},
+        {.proto = 0, .source = "10.62.0.0/25"},
+        {.proto = IPPROTO_TCP, .lo = 8000, .hi = 8100, .source = "fd00:62::/64"},
+        {.proto = IPPROTO_ICMP, .typed = true, .type = 8, .source = "10.62.0.128/26", .destination = "10.62.0.7"},
+    };
+    static const struct netsetup_port out[] = {
+        {.proto = 0, .destination = "192.0.2.0/24"},
+        {.proto = IPPROTO_UDP, .lo = 53, .destination = "2001:db8::/32"},
+        {.proto = IPPROTO_ICMPV6, .destination = "fd00::/8"},
+        {.proto = IPPROTO_ICMP, .source = "10.62.0.5"},
+    };
+    struct netsetup_nic_filter f = {.mac = "52:54:00:00:62:09", .restrict_in = true, .allow_in = in,
+                                    .nallow_in = ARRAY_SIZE(in), .deny_out = out, .ndeny_out = ARRAY_SIZE(out)};
+    assert_int_equal(netsetup_nft_nic_apply(nft, "rules", "qvt-r", &f, &e), 0);
+    char *text = list_text("bridge", "qvisor-rules");
+    printf("# a filter with ICMP types and addresses, its sets' lines:\n");
+    for (char *p = text, *nl; p && *p; p = nl ? nl + 1 : NULL) {
+        nl = strchr(p, '\n');
+        int len = nl ? (int)(nl - p) : (int)strlen(p);
+        if (memmem(p, (size_t)len, "qvt-r", 5) || memmem(p, (size_t)len, "set ", 4))
+            printf("#   %.*s\n", len, p);
+    }
+    assert_true(has_elem(text, "allow_in_icmp", "\"qvt-r\" . timestamp-request"));
+    assert_true(has_elem(text, "allow_in_icmpv6", "\"qvt-r\" . nd-neighbor-solicit"));
+    assert_true(has_elem(text, "allow_in_net4", "\"qvt-r\" . 10.62.0.0/25 . 0.0.0.0/0"));
+    assert_true(has_elem(text, "allow_in_net6_port", "\"qvt-r\" . fd00:62::/64 . ::/0 . tcp . 8000-8100"));
+    assert_true(has_elem(text, "allow_in_net4_icmp", "\"qvt-r\" . 10.62.0.128/26 . 10.62.0.7 . echo-request"));
+    assert_true(has_elem(text, "deny_out_net4", "\"qvt-r\" . 0.0.0.0/0 . 192.0.2.0/24"));
+    assert_true(has_elem(text, "deny_out_net6_port", "\"qvt-r\" . ::/0 . 2001:db8::/32 . udp . 53"));
+    assert_true(has_elem(text, "deny_out_net6_icmp", "\"qvt-r\" . ::/0 . fd00::/8 . echo-request"));
+    assert_true(has_elem(text, "deny_out_net4_icmp", "\"qvt-r\" . 10.62.0.5 . 0.0.0.0/0 . echo-request"));
+    free(text);
+    json_object *doc = nstest_nft_json("table", "bridge", "qvisor-rules");
+    /* out_taps, mac, in_taps and one element a rule */
+    assert_int_equal(tap_elements(doc, "qvt-r"), 3 + ARRAY_SIZE(in) + ARRAY_SIZE(out));
+    json_object_put(doc);
+
+    /* another context (a restarted supervisor) reads them back and replaces them */
+    struct netsetup_nft *other = NULL;
+    assert_int_equal(netsetup_nft_open(&other, &e), 0);
+    struct netsetup_nic_filter plain = {.mac = "52:54:00:00:62:09"};
+    assert_int_equal(netsetup_nft_nic_apply(other, "rules", "qvt-r", &plain, &e), 0);
+    doc = nstest_nft_json("table", "bridge", "qvisor-rules");
+    assert_int_equal(tap_elements(doc, "qvt-r"), 2);
+    json_object_put(doc);
+    assert_int_equal(netsetup_nft_nic_apply(other, "rules", "qvt-r", &f, &e), 0);
+    netsetup_nft_close(other);
+    assert_int_equal(netsetup_nft_nic_remove(nft, "rules", "qvt-r", &e), 0);
+    doc = nstest_nft_json("table", "bridge", "qvisor-rules");
+    assert_int_equal(tap_elements(doc, NULL), 0);
+    json_object_put(doc);
+
+    /* what nft could not take is refused before it is asked */
+    static const struct {
+        struct netsetup_port rule[2];
+        const char *msg;
+    } bad[] = {
+        {{{.proto = 0}}, "qvt-r: deny_out[0]: a rule for any protocol needs a source or destination"},
+        {{{.proto = 0, .destination = "10.0.0.1/8"}},
+         "qvt-r: deny_out[0]: \"10.0.0.1/8\" has bits set past its /8 prefix (the network is 10.0.0.0/8)"},
+        {{{.proto = 0, .destination = "10.0.0.0/8 } ; flush ruleset"}},
+         "qvt-r: deny_out[0]: \"10.0.0.0/8 } ; flush ruleset\" is not an address or a prefix like \"10.1.0.0/16\" or \"fd00::/64\""},
+        {{{.proto = 0, .source = "10.0.0.0/8", .destination = "fd00::/8"}},
+         "qvt-r: deny_out[0]: source and destination are of two families"},
+        {{{.proto = IPPROTO_ICMPV6, .destination = "10.0.0.0/8"}}, "qvt-r: deny_out[0]: icmpv6 with IPv4 addresses"},
+        {{{.proto = IPPROTO_TCP, .lo = 80, .hi = 90, .destination = "10.0.0.0/8"},
+          {.proto = IPPROTO_TCP, .lo = 85, .destination = "10.1.0.0/16"}},
+         "qvt-r: deny_out[1] overlaps deny_out[0] (an interval set holds no two entries that overlap)"},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+        struct netsetup_nic_filter b = {.mac = "52:54:00:00:62:09", .deny_out = bad[i].rule,
+                                        .ndeny_out = bad[i].rule[1].proto ? 2 : 1};
+        assert_int_equal(netsetup_nft_nic_apply(nft, "rules", "qvt-r", &b, &e), -EINVAL);
+        assert_string_equal(e.msg, bad[i].msg);
+    }
+    /* not overlapping: another port, another family, another direction's set */
+    static const struct netsetup_port ok[] = {
+        {.proto = IPPROTO_TCP, .lo = 80, .hi = 90, .destination = "10.0.0.0/8"},
+        {.proto = IPPROTO_TCP, .lo = 91, .destination = "10.1.0.0/16"},
+        {.proto = IPPROTO_UDP, .lo = 85, .destination = "10.1.0.0/16"},
+        {.proto = 0, .destination = "10.1.0.0/16"},
+    };
+    for (size_t i = 1; i < ARRAY_SIZE(ok); i++)
+        assert_false(netsetup_port_clash(&ok[0], &ok[i]));
+    struct netsetup_nic_filter good = {.mac = "52:54:00:00:62:09", .deny_out = ok, .ndeny_out = ARRAY_SIZE(ok)};
+    assert_int_equal(netsetup_nft_nic_apply(nft, "rules", "qvt-r", &good, &e), 0);
+    assert_int_equal(netsetup_nft_net_remove(nft, "rules", &e), 0);
+    assert_false(nstest_ruleset_mentions("qvisor"));
 }
 
 static void test_crash_recovery(void **state)
@@ -558,7 +658,7 @@ static void test_scale(void **state)
     json_object *doc = nstest_nft_json("table", "bridge", "qvisor-scale");
     /* every tap adds the same number of elements and nothing else */
     assert_int_equal(nstest_count(doc, "chain", NULL), 4);
-    assert_int_equal(nstest_count(doc, "set", NULL), 14);
+    assert_int_equal(nstest_count(doc, "set", NULL), 28);
     size_t per_tap = tap_elements(doc, names[0]);
     assert_int_equal(tap_elements(doc, names[SCALE_TAPS - 1]), per_tap);
     assert_int_equal(tap_elements(doc, NULL), per_tap * SCALE_TAPS);
@@ -651,11 +751,12 @@ static int teardown(void **state)
 
 int main(void)
 {
-    nstest_enter(400);
+    nstest_enter(400);     /* a hang guard: 57 s alone, 111 s beside three other groups at load 10 */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_modes, remove_leftovers),
         cmocka_unit_test_teardown(test_invalid, remove_leftovers),
         cmocka_unit_test_teardown(test_nic_filter, remove_leftovers),
+        cmocka_unit_test_teardown(test_filter_rules, remove_leftovers),
         cmocka_unit_test_teardown(test_crash_recovery, remove_leftovers),
         cmocka_unit_test_teardown(test_coexistence, remove_leftovers),
         cmocka_unit_test_teardown(test_net_up_down, remove_leftovers),
