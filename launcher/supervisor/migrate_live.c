@@ -170,6 +170,28 @@ int migrate_live(struct sup *s, unsigned client, const struct migrate_live_opts 
     if (o->postcopy && copy_storage)
         return qv_fail(e, -EINVAL, "%s: migrate: --postcopy and --copy-storage go separately: copy the disks with a "
                        "pre-copy migration", s->def.name);
+    /* QEMU before 9.0 under TCG loses guest writes during a live migration: the fast path
+     * of cpu_physical_memory_sync_dirty_bitmap() clears the dirty bits without resetting
+     * the vCPUs' TLB entries, so stores through entries cached before a bitmap sync mark
+     * nothing dirty and those pages never go again (QEMU commit "physmem: Fix migration
+     * dirty bitmap coherency with TCG memory access", 9.0; Debian 12's 7.2 lacks it). A
+     * guest that keeps writing arrives with stale pages: here (QEMU 7.2.22) its kernel
+     * oopsed on the destination right after a post-copy and after a pre-copy alike, with 2
+     * vCPUs; with 1 vCPU it went over cleanly in post-copy 3 times of 3 (TCG flushes a
+     * vCPU's TLB at each process switch, which narrows the window: narrower, not closed).
+     * Post-copy is for guests that write much, so it is refused there; pre-copy gets a
+     * warning (an idle guest loses little, and pausing first avoids it). */
+    bool tcg_lossy = strcmp(s->rs.accel, "tcg") == 0 && s->facts.qemu_major < 9 && s->tune.vcpus > 1;
+    if (o->postcopy && tcg_lossy)
+        return qv_fail(e, -EOPNOTSUPP, "%s: migrate --postcopy: QEMU %d.%d under TCG loses the memory writes of a "
+                       "guest with more than one vCPU (it has %d) during a live migration (fixed in QEMU 9.0), and "
+                       "a guest that needs post-copy writes much: it would arrive corrupted. Use KVM or QEMU 9.0 or "
+                       "later, or give it 1 vCPU, or pause it and migrate without --postcopy", s->def.name,
+                       s->facts.qemu_major, s->facts.qemu_minor, s->tune.vcpus);
+    if (tcg_lossy && s->rs.state == VM_RUNNING)
+        sup_log(s, "warning: QEMU %d.%d under TCG may lose this guest's memory writes made during the migration "
+                "(%d vCPUs; fixed in QEMU 9.0): a guest that writes much can arrive corrupted; pause it first to be "
+                "safe", s->facts.qemu_major, s->facts.qemu_minor, s->tune.vcpus);
     struct mig_op *m = qv_xcalloc(1, sizeof(*m));
     m->fd = m->sock = -1;
     m->sync.out = -1;

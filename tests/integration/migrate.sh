@@ -17,7 +17,8 @@
 # stream; vCPUs plugged live (setvcpus) and the balloon's target go along. --postcopy:
 # refused with the sysctl named while vm.unprivileged_userfaultfd is 0 (nothing starts),
 # then (the test sets it to 1 and puts the old value back) B -> A switches to post-copy
-# after the first pass, with a guest that keeps dirtying memory.
+# after the first pass, with a guest (1 vCPU) that keeps dirtying memory; refused for a
+# guest with 2 vCPUs (QEMU before 9.0 under TCG loses its writes during a migration).
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/../lib_twohosts.sh"
 
@@ -96,7 +97,6 @@ check_error "a source with another token is refused" 1 \
     qA migrate mg --to tcp:$B_IP:4711 --token "x$T1"
 check "...the guest runs on A" stateA running
 check "...and B waits on, unchanged" stateB starting
-check_output "setvcpus 2 on A (plugged live)" 'mg: 2 vCPUs \(was 1\)' qA setvcpus mg 2
 check_output "setmem 160M on A (the balloon's target)" 'mg: balloon target 160M' qA setmem mg 160M
 before=$(countA)
 check_output "migrate A -> B (the right token)" \
@@ -108,9 +108,6 @@ check "...B's log: the source was told once the guest ran" \
     "$RB/var/log/qvisor/mg.log"
 check "...it keeps counting from where it was" wait_until 30 aboveB "${before:-0}"
 check "...without booting on B" sh -c "! grep -q 'QVISOR-GUEST: ready' '$RB/var/log/qvisor/mg.log'"
-check "...B plugged the second vCPU before the stream" grep -q 'plugging the 2 vCPUs the source runs with' "$RB/var/log/qvisor/mg.log"
-check_output "...B's status counts 2 vCPUs" '^2$' sh -c "nsenter -t $PB -p -m -n -- '$QV_BIN' --root '$RB' status mg --json | jq .vcpus"
-check "...both online in the guest on B" wait_until 30 online_isB 0-1
 balloonB() { [ "$(qB status mg --json | jq .balloon.target)" = 167772160 ]; }
 check "...and B set the balloon's target as on A (160M)" wait_until 30 balloonB
 check "...B's log says where it came from" sh -c "grep -q 'the guest.s state came in from the source' '$RB/var/log/qvisor/mg.log'"
@@ -173,15 +170,25 @@ check "...and the transient VM is gone from B's list" sh -c "! nsenter -t $PB -p
 
 # ---- A -> B for good over tcp: --persistent defines it on B once it runs there, --undefine-source ----
 check_output "B waits (a transient VM from the file)" 'waiting' waitB --listen $B_IP:4715 --definition "$T_ROOT/mg.json" --token k5
+check_output "setvcpus 2 on A (plugged live)" 'mg: 2 vCPUs \(was 1\)' qA setvcpus mg 2
 check "...not defined on B yet" test ! -e "$RB/etc/qvisor/vms/mg.json"
 n=$(countA)
 check "migrate --persistent --undefine-source --json" sh -c "nsenter -t $PA -p -m -n -- '$QV_BIN' --root '$T_ROOT' --json migrate mg --to tcp:$B_IP:4715 --token k5 --persistent --undefine-source | jq -e '.downtime_ms >= 0 and .total_time_ms > 0 and .undefined_source and .defined and .destination_state == \"running\"'"
+check "...A's log warns that QEMU 7.2 under TCG may lose the writes of a 2-vCPU guest" \
+    grep -q 'warning: QEMU 7.2 under TCG may lose this guest.s memory writes made during the migration (2 vCPUs' "$T_ROOT/var/log/qvisor/mg.log"
 check "B runs the guest" stateB running
 check "...which counts on" wait_until 30 aboveB "${n:-0}"
 check "...and B has it defined" test -s "$RB/etc/qvisor/vms/mg.json"
 check "...no longer as a transient VM" test ! -e "$RB/run/qvisor/vms/mg/definition.json"
 check "A holds nothing running" wait_until 30 noneA
 check "...and no definition" test ! -e "$T_ROOT/etc/qvisor/vms/mg.json"
+check "...B plugged the second vCPU before the stream" grep -q 'plugging the 2 vCPUs the source runs with' "$RB/var/log/qvisor/mg.log"
+check_output "...B's status counts 2 vCPUs" '^2$' sh -c "nsenter -t $PB -p -m -n -- '$QV_BIN' --root '$RB' status mg --json | jq .vcpus"
+check "...both online in the guest on B" wait_until 30 online_isB 0-1
+check_error "migrate --postcopy of a guest with 2 vCPUs under TCG with QEMU 7.2 (it loses writes): refused before anything starts" 1 \
+    "mg: migrate --postcopy: QEMU 7\\.2 under TCG loses the memory writes of a guest with more than one vCPU \\(it has 2\\) during a live migration \\(fixed in QEMU 9\\.0\\).*Use KVM or QEMU 9\\.0 or later" \
+    qB migrate mg --to tcp:$A_IP:4799 --token k9 --postcopy
+check "...the guest runs on B" stateB running
 
 # ---- B -> A: A's supervisor dies after the guest runs there and before it confirms ----
 check_output "A waits (its supervisor set to die before it confirms)" 'waiting' \
