@@ -13,6 +13,12 @@
 #   waitB / waitA ARGS  migrate-incoming mg ARGS on B / A, its output in $T_ROOT/in.out;
 #   tok                 the token that migrate-incoming printed
 #   clean_logs          no sanitizer report in either host's logs
+#   jqe FILTER [FILE]   jq -e on stdin (or FILE), failing on no input too: jq -e alone passes
+#                       on an empty input, as from a command that failed
+#   uffd V / uffd_done  vm.unprivileged_userfaultfd (post-copy's sysctl) set to V / put back as it
+#                       was. It is the machine's, and groups run in parallel: from the first uffd
+#                       to uffd_done (or the group's exit) the group holds a lock the others wait for.
+#                       uffd fails (1) where the kernel has no such sysctl.
 RB=$T_ROOT/hostb
 
 _host() {       # NS VAR: a netns with a PID namespace whose init (a bash that reaps orphans) is in VAR
@@ -56,5 +62,37 @@ booted() { [ "$(count_log mg 'QVISOR-GUEST: ready')" -ge 1 ]; }
 waitA() { qA migrate-incoming mg "$@" > "$T_ROOT/in.out" 2>&1; local rc=$?; cat "$T_ROOT/in.out"; return $rc; }
 waitB() { qB migrate-incoming mg "$@" > "$T_ROOT/in.out" 2>&1; local rc=$?; cat "$T_ROOT/in.out"; return $rc; }
 tok() { grep -o -- '--token [^ ]*' "$T_ROOT/in.out" | head -1 | cut -d' ' -f2; }
+jqe() { local in; in=$(cat "${2:-/dev/stdin}") && [ -n "$in" ] && jq -e "$1" <<< "$in" > /dev/null; }
 # clean_logs: no sanitizer report (the supervisors are the ASan build) in either host's logs
 clean_logs() { ! grep -lE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$T_ROOT"/var/log/qvisor/*.log "$RB"/var/log/qvisor/*.log 2>/dev/null; }
+
+UFFD=/proc/sys/vm/unprivileged_userfaultfd
+# the lock: a directory (mkdir is atomic) with its holder's pid in it; no open file, which
+# the supervisors started meanwhile would inherit and hold on to
+UFFD_LOCK=/run/lock/qvisor-tests-uffd
+_uffd_held= _uffd_old= _uffd_trap=
+uffd() {
+    [ -w $UFFD ] || return 1
+    if [ -z "$_uffd_held" ]; then
+        local end=$((SECONDS + 600)) holder
+        until mkdir "$UFFD_LOCK" 2> /dev/null; do
+            holder=$(cat "$UFFD_LOCK/pid" 2> /dev/null)
+            # a holder that died without its exit trap (SIGKILL): its lock goes
+            [ -n "$holder" ] && ! kill -0 "$holder" 2> /dev/null && rm -rf "$UFFD_LOCK" && continue
+            [ $SECONDS -lt $end ] || return 1
+            sleep 0.5
+        done
+        echo $$ > "$UFFD_LOCK/pid"
+        _uffd_held=1
+        _uffd_old=$(cat $UFFD)
+        [ -n "$_uffd_trap" ] || on_exit uffd_done
+        _uffd_trap=1
+    fi
+    echo "$1" > $UFFD
+}
+uffd_done() {
+    [ -n "$_uffd_held" ] || return 0
+    echo "$_uffd_old" > $UFFD
+    rm -rf "$UFFD_LOCK"
+    _uffd_held=
+}

@@ -40,6 +40,7 @@ static const struct cli_opt run_opts[] = {{"ready-fd", true, false, 0}, {"attach
                                           {"incoming-token", true, false, 0}, {"incoming-timeout", true, false, 0},
                                           {"incoming-postcopy", false, false, 0}, {0}};
 static const struct cli_opt migrate_opts[] = {{"to", true, false, 0}, {"bandwidth", true, false, 0},
+                                              {"postcopy-bandwidth", true, false, 0},
                                               {"max-downtime", true, false, 0}, {"auto-converge", false, false, 0},
                                               {"undefine-source", false, false, 0}, {"abort", false, false, 0},
                                               {"copy-storage", false, false, 0}, {"postcopy", false, false, 0},
@@ -49,6 +50,7 @@ static const struct cli_opt migrate_opts[] = {{"to", true, false, 0}, {"bandwidt
                                               {"token", true, false, 0}, {0}};
 static const struct cli_opt evacuate_opts[] = {{"to", true, false, 0}, {"parallel", true, false, 0},
                                                {"bandwidth", true, false, 0}, {"max-downtime", true, false, 0},
+                                               {"postcopy-bandwidth", true, false, 0},
                                                {"auto-converge", false, false, 0}, {"undefine-source", false, false, 0},
                                                {"copy-storage", false, false, 0}, {"postcopy", false, false, 0},
                                                {"tls", true, false, 0}, {"persistent", false, false, 0},
@@ -149,7 +151,8 @@ static const struct cli_command commands[] = {
     {"managedsave", cmd_managedsave, managedsave_opts, 1, 1, "managedsave NAME [--bypass-cache]",
      "save the VM's state where qvisor keeps it and shut it off; the next start resumes from it"},
     {"migrate", cmd_migrate, migrate_opts, 1, 1,
-     "migrate NAME --to tcp:HOST:PORT --token T|ssh://[USER@]HOST[:PORT] [--copy-storage|--postcopy] [--bandwidth MiB/s] "
+     "migrate NAME --to tcp:HOST:PORT --token T|ssh://[USER@]HOST[:PORT] [--copy-storage|--postcopy "
+     "[--postcopy-bandwidth MiB/s]] [--bandwidth MiB/s] "
      "[--max-downtime MS] [--auto-converge] [--undefine-source] [--tls DIR] [--persistent] [--remote-qvisor PATH] "
      "[--remote-root DIR] [--ssh-config FILE] [--wait-timeout SECONDS] | migrate NAME --abort",
      "move a running VM live to the qvisor migrate-incoming waiting on another host (disks on shared storage, or "

@@ -28,7 +28,7 @@ struct evac {
 
 /* The options of evacuate that migrate takes as they are. */
 static const char *const passed_opts[] = {"bandwidth", "max-downtime", "tls", "remote-qvisor", "remote-root",
-                                          "ssh-config", "wait-timeout", "token", NULL};
+                                          "ssh-config", "wait-timeout", "token", "postcopy-bandwidth", NULL};
 static const char *const passed_flags[] = {"auto-converge", "persistent", "undefine-source", "copy-storage",
                                            "postcopy", NULL};
 

@@ -97,10 +97,15 @@ int cmd_migrate(struct cli *c)
                        vm);
     if (token && (!*token || strlen(token) > 64))
         return qv_fail(&c->err, -EINVAL, "migrate: --token: 1 to 64 characters");
-    int bandwidth, downtime, wait_ms, r;
-    if ((r = positive(c, "bandwidth", 1 << 20, &bandwidth)) < 0 || (r = positive(c, "max-downtime", 600000, &downtime)) < 0 ||
+    int bandwidth, postcopy_bandwidth, downtime, wait_ms, r;
+    if ((r = positive(c, "bandwidth", 1 << 20, &bandwidth)) < 0 ||
+        (r = positive(c, "postcopy-bandwidth", 1 << 20, &postcopy_bandwidth)) < 0 ||
+        (r = positive(c, "max-downtime", 600000, &downtime)) < 0 ||
         (r = cli_opt_seconds_ms(c, "wait-timeout", 60000, &wait_ms)) < 0)
         return r;
+    if (postcopy_bandwidth && !cli_flag(c, "postcopy"))
+        return qv_fail(&c->err, -EINVAL, "migrate: --postcopy-bandwidth caps the post-copy phase and goes with "
+                       "--postcopy (--bandwidth caps a pre-copy migration)");
     const char *tls = cli_opt(c, "tls");
     if (tls && tls[0] != '/')
         return qv_fail(&c->err, -EINVAL, "migrate: --tls %s: an absolute path (a directory with ca-cert.pem, "
@@ -172,6 +177,8 @@ int cmd_migrate(struct cli *c)
         json_object_object_add(req, "copy_storage", json_object_new_boolean(true));
     if (cli_flag(c, "postcopy"))
         json_object_object_add(req, "postcopy", json_object_new_boolean(true));
+    if (postcopy_bandwidth)
+        json_object_object_add(req, "postcopy_bandwidth_mib", json_object_new_int(postcopy_bandwidth));
     if (tls) {
         json_object_object_add(req, "tls_dir", json_object_new_string(tls));
         json_object_object_add(req, "tls_hostname", json_object_new_string(tls_host));

@@ -341,7 +341,9 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
         /* nothing may reach QEMU before its set-up is done and `cont` sent */
         reply_error(s, c, -EBUSY, "%s is starting; try again once it runs", s->def.name);
     } else if (migrate_busy(s) && strcmp(cmd, "migrate-abort") != 0 && strcmp(cmd, "events") != 0 &&
-               strcmp(cmd, "console") != 0 && strcmp(cmd, "ifaddr") != 0) {
+               strcmp(cmd, "console") != 0 && strcmp(cmd, "ifaddr") != 0 &&
+               /* QEMU's query-* change nothing: a migration may be looked at (query-migrate ...) */
+               !(strcmp(cmd, "qmp") == 0 && get_string(req, "execute") && str_startswith(get_string(req, "execute"), "query-"))) {
         /* the guest's state is on its way out: nothing may change it meanwhile */
         reply_error(s, c, -EBUSY, "%s: a save or migration is under way; try again once it is over (or cancel it: "
                     "qvisor save|migrate %s --abort)", s->def.name, s->def.name);
@@ -369,7 +371,8 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
                                        .auto_converge = get_bool(req, "auto_converge"),
                                        .copy_storage = get_bool(req, "copy_storage"),
                                        .persistent = get_bool(req, "persistent"),
-                                       .postcopy = get_bool(req, "postcopy")};
+                                       .postcopy = get_bool(req, "postcopy"),
+                                       .postcopy_bandwidth_mib = get_int(req, "postcopy_bandwidth_mib", 0)};
         int r = migrate_live(s, c->id, &lo, &e);
         if (r < 0)
             reply_error(s, c, r, "%s", e.msg);

@@ -593,6 +593,12 @@ int tuning_plug_vcpus(struct sup *s, int count, void (*done)(struct sup *s, cons
 void tuning_balloon_carry(struct sup *s, uint64_t bytes);
 /* DEVICE_DELETED: QEMU 7.2 reports an unplugged vCPU by its lapic child's path only */
 void tuning_device_deleted(struct sup *s, const char *device, const char *path);
+/* A new QEMU: its balloon is not inflated, its vCPUs are the definition's. */
+void tuning_new_qemu(struct sup *s);
+/* A successor took over a live QEMU: its vCPUs (setvcpus may have plugged some) are the
+ * ones QEMU has (cpus: query-cpus-fast's answer; NULL: not known), the balloon's size is
+ * what QEMU says, its target (which QEMU does not tell) what state.json recorded. */
+void tuning_reattach(struct sup *s, json_object *cpus);
 /* {"actual", "target"} for status; NULL without a balloon or before its size is known */
 json_object *tuning_status_json(struct sup *s);
 /* vmnet.c: the host side of the VM's NICs */

@@ -397,6 +397,8 @@ void mig_next_step(struct sup *s)
             /* always: an earlier attempt's TLS must not stick to this one */
             json_object_object_add(a, "tls-creds", json_object_new_string(m->tls_dir[0] ? MIG_TLS_ID : ""));
             json_object_object_add(a, "tls-hostname", json_object_new_string(m->tls_hostname));
+            /* always, as TLS: 0 is no cap (QEMU's default) */
+            json_object_object_add(a, "max-postcopy-bandwidth", json_object_new_int64(m->postcopy_bandwidth));
         }
         json_object_object_add(a, "max-bandwidth", json_object_new_int64(m->bandwidth ? m->bandwidth : MIG_MAX_BANDWIDTH));
         if (m->downtime_ms)

@@ -192,11 +192,17 @@ int migrate_live(struct sup *s, unsigned client, const struct migrate_live_opts 
         sup_log(s, "warning: QEMU %d.%d under TCG may lose this guest's memory writes made during the migration "
                 "(%d vCPUs; fixed in QEMU 9.0): a guest that writes much can arrive corrupted; pause it first to be "
                 "safe", s->facts.qemu_major, s->facts.qemu_minor, s->tune.vcpus);
+    if (o->postcopy_bandwidth_mib < 0 || o->postcopy_bandwidth_mib > MIG_MAX_BANDWIDTH >> 20 ||
+        (o->postcopy_bandwidth_mib && !o->postcopy))
+        return qv_fail(e, -EINVAL, "%s: migrate: the post-copy bandwidth (%lld MiB/s) goes with post-copy, from 1 to "
+                       "%lld MiB/s", s->def.name, (long long)o->postcopy_bandwidth_mib,
+                       (long long)(MIG_MAX_BANDWIDTH >> 20));
     struct mig_op *m = qv_xcalloc(1, sizeof(*m));
     m->fd = m->sock = -1;
     m->sync.out = -1;
     m->live = true;
     m->postcopy = o->postcopy;
+    m->postcopy_bandwidth = o->postcopy_bandwidth_mib << 20;
     m->client = client;
     m->bandwidth = bandwidth;
     m->downtime_ms = downtime_ms;
@@ -208,9 +214,12 @@ int migrate_live(struct sup *s, unsigned client, const struct migrate_live_opts 
     m->started_ms = monotonic_ms();
     snprintf(m->address, sizeof(m->address), "%s", address);
     s->mig = m;
+    char post[96] = "";
+    if (o->postcopy)
+        snprintf(post, sizeof(post), ", post-copy after the first pass%s", o->postcopy_bandwidth_mib ? " (capped)" : "");
     sup_log(s, "migrating to %s (bandwidth %s, max downtime %s%s%s%s)", address, bandwidth ? "capped" : "unlimited",
             downtime_ms ? "set" : "QEMU's default", auto_converge ? ", auto-converge" : "",
-            copy_storage ? ", copying local disks" : "", o->postcopy ? ", post-copy after the first pass" : "");
+            copy_storage ? ", copying local disks" : "", post);
     mig_next_step(s);
     return 0;
 }

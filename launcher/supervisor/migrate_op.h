@@ -20,6 +20,7 @@ struct mig_op {
     int64_t downtime_ms;    /* 0: QEMU's default */
     bool auto_converge;
     bool postcopy;          /* post-copy allowed: switched to after the first pass */
+    int64_t postcopy_bandwidth; /* bytes/s once in post-copy, 0: no cap */
     bool postcopy_asked;    /* migrate-start-postcopy sent: no cancel from here on */
     bool in_postcopy;       /* QEMU said postcopy-active: the guest runs on the destination */
     bool copy_storage;      /* local disks mirrored to the destination's NBD exports first (migstore_out.c) */

@@ -23,6 +23,7 @@ struct migrate_live_opts {
     bool auto_converge, copy_storage;
     bool persistent;            /* the destination keeps the definition it runs */
     bool postcopy;              /* switch to post-copy after the first pass (the destination waits with --postcopy) */
+    int64_t postcopy_bandwidth_mib; /* post-copy's cap (QEMU's max-postcopy-bandwidth), MiB/s; 0: none */
 };
 int migrate_live(struct sup *s, unsigned client, const struct migrate_live_opts *o, struct qv_err *e);
 /* A start that receives the guest from a source: listens on listen_at (numeric

@@ -121,11 +121,7 @@ int sup_record_qemu(pid_t pid, void *opaque, struct qv_err *e)
     s->rs.qemu_pid = pid;
     s->rs.qemu_start = start;
     s->rs.started_at_ms = realtime_ms();
-    /* a new QEMU: its balloon is not inflated, its vCPUs are the definition's */
-    s->tune.balloon_actual = s->def.memory.balloon ? s->def.memory.bytes : 0;
-    s->tune.balloon_target = 0;
-    s->tune.vcpus = s->def.cpu.count;
-    memset(s->tune.unplugging, 0, sizeof(s->tune.unplugging));
+    tuning_new_qemu(s);
     char path[PATH_MAX], buf[32];
     snprintf(path, sizeof(path), "%s/pid", s->run_dir);
     int n = snprintf(buf, sizeof(buf), "%d\n", (int)pid);
@@ -718,16 +714,19 @@ int reattach(struct sup *s, bool finish_start, struct qv_err *e)
     disk_tops_reattach(s);
     sup_jobs_reattach(s);
     block_reattach(s);
-    if (pinning_wanted(&s->def)) {
+    /* the vCPUs QEMU has now: setvcpus may have plugged some since it started */
+    json_object *cpus = NULL;
+    struct qv_err ce = {0};
+    if (qmp_call(s->qmp, "query-cpus-fast", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, &cpus, &ce) < 0) {
+        sup_log(s, "warning: query-cpus-fast: %s (its vCPUs are neither counted nor pinned)", ce.msg);
+        cpus = NULL;
+    } else if (pinning_wanted(&s->def) && pinning_apply(s, cpus, &ce) < 0) {
         /* a successor pins again (QEMU may have been started by an older qvisor, or
          * someone moved its threads); a guest never dies of a pinning that fails here */
-        json_object *cpus = NULL;
-        struct qv_err pe = {0};
-        if (qmp_call(s->qmp, "query-cpus-fast", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, &cpus, &pe) < 0 ||
-            pinning_apply(s, cpus, &pe) < 0)
-            sup_log(s, "warning: %s", pe.msg);
-        json_object_put(cpus);
+        sup_log(s, "warning: %s", ce.msg);
     }
+    tuning_reattach(s, cpus);
+    json_object_put(cpus);
     json_object *kvm = NULL;
     struct qv_err kvm_err = {0};
     if (qmp_call(s->qmp, "query-kvm", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, &kvm, &kvm_err) == 0) {

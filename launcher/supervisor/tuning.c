@@ -7,6 +7,8 @@
  *             cpu.max) and sit in the NUMA node the definition gives them (QEMU's slot
  *             props carry node-id)
  *   display   where the VNC server listens (query-vnc: an auto port is known only there)
+ * A supervisor that takes over a running QEMU asks it for its vCPUs and the balloon's size;
+ * the balloon's target, which QEMU does not tell, is recorded in state.json.
  * Everything goes through QMP callbacks; the reply reaches the client when QEMU answered. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,8 +17,20 @@
 #include "launcher/supervisor/internal.h"
 
 #define SETMEM_MIN (16ull << 20)    /* memory.size's own floor */
+/* state.json's record of the balloon's target: QEMU tells the balloon's size, never the
+ * target it was given, and a successor needs it (status, a migration carries it) */
+#define BALLOON_RECORD "balloon_target"
 
 /* ---- balloon ---- */
+
+static void record_balloon_target(struct sup *s, uint64_t bytes)
+{
+    s->tune.balloon_target = bytes;
+    if (!s->rs.resources)
+        s->rs.resources = json_object_new_object();
+    json_object_object_add(s->rs.resources, BALLOON_RECORD, json_object_new_int64((int64_t)bytes));
+    sup_save_state(s);
+}
 
 struct mem_op {
     struct sup *s;
@@ -36,10 +50,10 @@ static void on_balloon(void *ctx, json_object *ret, const struct qv_err *err)
     } else if (err) {
         sup_reply_error(s, op->client, err->code, "%s: balloon: %s", s->def.name, err->msg);
     } else if (op->carried) {
-        s->tune.balloon_target = op->target;
+        record_balloon_target(s, op->target);
         sup_log(s, "balloon target set to %llu MiB, as on the source", (unsigned long long)(op->target >> 20));
     } else {
-        s->tune.balloon_target = op->target;
+        record_balloon_target(s, op->target);
         sup_log(s, "balloon target set to %llu MiB", (unsigned long long)(op->target >> 20));
         json_object *r = json_object_new_object();
         json_object_object_add(r, "target", json_object_new_int64((int64_t)op->target));
@@ -388,4 +402,38 @@ json_object *tuning_status_json(struct sup *s)
     if (s->tune.balloon_target)
         json_object_object_add(o, "target", json_object_new_int64((int64_t)s->tune.balloon_target));
     return o;
+}
+
+/* ---- what a new QEMU has, and what a successor learns ---- */
+
+void tuning_new_qemu(struct sup *s)
+{
+    s->tune.balloon_actual = s->def.memory.balloon ? s->def.memory.bytes : 0;
+    s->tune.balloon_target = 0;
+    s->tune.vcpus = s->def.cpu.count;
+    memset(s->tune.unplugging, 0, sizeof(s->tune.unplugging));
+    if (s->rs.resources)
+        json_object_object_del(s->rs.resources, BALLOON_RECORD);
+}
+
+void tuning_reattach(struct sup *s, json_object *cpus)
+{
+    memset(s->tune.unplugging, 0, sizeof(s->tune.unplugging));
+    s->tune.vcpus = cpus ? (int)json_object_array_length(cpus) : 0;
+    json_object *v;
+    s->tune.balloon_target = s->rs.resources && json_object_object_get_ex(s->rs.resources, BALLOON_RECORD, &v)
+                                 ? (uint64_t)json_object_get_int64(v) : 0;
+    s->tune.balloon_actual = 0;
+    if (s->tune.vcpus > s->def.cpu.count)
+        sup_log(s, "QEMU runs %d vCPUs (%d plugged live)", s->tune.vcpus, s->tune.vcpus - s->def.cpu.count);
+    if (!s->def.memory.balloon)
+        return;
+    /* at start-up, before the loop serves anyone: a take-over stays synchronous */
+    json_object *ret = NULL;
+    struct qv_err e = {0};
+    if (qmp_call(s->qmp, "query-balloon", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, &ret, &e) < 0)
+        sup_log(s, "warning: query-balloon: %s (the balloon's size is not known until it changes)", e.msg);
+    else
+        tuning_balloon_event(s, ret);
+    json_object_put(ret);
 }

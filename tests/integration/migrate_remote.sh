@@ -6,7 +6,8 @@
 # `--tls DIR` puts QEMU's x509 TLS on the stream (certificates made here by certtool). Two
 # "hosts" as in migrate.sh: network + PID namespaces joined by a veth pair, a root each,
 # the disk shared. Refusals first (a word the remote shell would change, an unknown host
-# key, the remote side's own errors, named), then A -> B over ssh (--persistent), B -> A
+# key, the remote side's own errors, named; --postcopy with vm.unprivileged_userfaultfd 0,
+# refused by B naming it), then A -> B over ssh (--persistent), B -> A
 # with a wrong CA (refused, the guest runs on) and with the right one, and A -> B over ssh
 # with TLS; then `evacuate` of host B (one VM moves, the one without a destination is
 # reported and runs on).
@@ -117,7 +118,16 @@ check "...nothing runs on B" wait_until 30 noneB
 
 # the destination resumes the guest just after the source reports success: the checks
 # of the destination's state wait for it (bounded)
-# ---- A -> B over ssh, defined there ----
+# ---- A -> B over ssh, defined there (--postcopy first: ssh passes it, B refuses it with the sysctl at 0) ----
+if uffd 0; then
+    check_error "--postcopy over ssh with vm.unprivileged_userfaultfd 0: B's refusal, naming the sysctl" 1 \
+        "mg: on $B_IP: .*--postcopy: .*sysctl -w vm.unprivileged_userfaultfd=1" \
+        qA migrate mg --to $TO --remote-root "$RB" --ssh-config "$S/config" --persistent --postcopy
+    uffd_done
+    check "...nothing runs on B" noneB
+else
+    ok "--postcopy over ssh refused by B's sysctl # SKIP no vm.unprivileged_userfaultfd here"
+fi
 n=$(countA)
 check_output "migrate --to ssh://root@B:PORT --persistent" "mg migrated to $B_IP:[0-9]+ in [0-9]+ ms" \
     qA migrate mg --to $TO --remote-root "$RB" --ssh-config "$S/config" --persistent
@@ -176,8 +186,8 @@ n=$(countB)
 out=$(qB --json evacuate --to tcp:$A_IP:5100 --token ev1 --parallel 2); rc=$?
 echo "$out" | sed 's/^/# /'
 check "evacuate: exit status 1 (one VM did not move)" test $rc = 1
-check "...mg reported migrated to A:5100" jq -e '.vms[] | select(.name == "mg") | .ok and .to == "tcp:'$A_IP':5100" and .total_time_ms > 0' <<< "$out"
-check "...mp reported failed, with why (A:5101 refuses)" jq -e '.vms[] | select(.name == "mp") | (.ok | not) and (.error | test("5101.*Connection refused"))' <<< "$out"
+check "...mg reported migrated to A:5100" jqe '.vms[] | select(.name == "mg") | .ok and .to == "tcp:'$A_IP':5100" and .total_time_ms > 0' <<< "$out"
+check "...mp reported failed, with why (A:5101 refuses)" jqe '.vms[] | select(.name == "mp") | (.ok | not) and (.error | test("5101.*Connection refused"))' <<< "$out"
 check "A runs mg" wait_until 30 stateA running
 check "...which counts on" wait_until 30 aboveA "${n:-0}"
 check_output "mp stays on B, as it was" '^paused$' sh -c "nsenter -t $PB -p -m -n -- '$QV_BIN' --root '$RB' status mp --json | jq -r .state"
