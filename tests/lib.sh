@@ -32,14 +32,32 @@ _t_cleanup() {
     for ((i = ${#T_CLEANUP[@]} - 1; i >= 0; i--)); do eval "${T_CLEANUP[$i]}" >/dev/null 2>&1; done
     # any QEMU (found by its -uuid: its command line names no path of the root) or
     # supervisor still running from this root, and its cgroups
-    local def uuid
+    local def text uuids=
     for def in "$T_ROOT"/etc/qvisor/vms/*.json; do
-        uuid=$(grep -o '"uuid": "[0-9a-f-]*"' "$def" 2>/dev/null | cut -d'"' -f4)
-        [ -n "$uuid" ] && pkill -KILL -f -- "-uuid $uuid" 2>/dev/null
+        [ -f "$def" ] && IFS= read -r -d '' text < "$def"
+        [[ ${text:-} =~ \"uuid\":\ \"([0-9a-f-]+)\" ]] && uuids+="${uuids:+|}${BASH_REMATCH[1]}"
     done
+    [ -n "$uuids" ] && pkill -KILL -f -- "-uuid ($uuids)" 2>/dev/null
     pkill -KILL -f -- "$T_ROOT" 2>/dev/null
+    _t_qemu_cpu
     find /sys/fs/cgroup -depth -type d -path "*/$T_CGROUP*" -exec rmdir {} + 2>/dev/null
     rm -rf "$T_ROOT"
+}
+# "# cpu: qemu N s, M starts": the CPU seconds this root's QEMUs used, from their
+# cgroups' parents (tests/run adds it to the group's own CPU; cgroup v1 cpuacct, or v2
+# cpu.stat), and how many QEMUs its supervisors started (a TCG boot is the suite's
+# largest cost)
+_t_qemu_cpu() {
+    local d ns=0 n starts
+    starts=$(cat "$T_ROOT"/var/log/qvisor/*.log "$T_ROOT"/*/var/log/qvisor/*.log 2>/dev/null | grep -ac ' starting QEMU (')
+    for d in /sys/fs/cgroup/cpuacct/"$T_CGROUP"* /sys/fs/cgroup/"$T_CGROUP"*; do
+        n=
+        if [ -f "$d/cpuacct.usage" ]; then n=$(cat "$d/cpuacct.usage")
+        elif [ -f "$d/cpu.stat" ]; then n=$(awk '$1 == "usage_usec" {printf "%d000\n", $2}' "$d/cpu.stat")
+        fi
+        ns=$((ns + ${n:-0}))
+    done
+    echo "# cpu: qemu $((ns / 1000000000)) s, $starts starts"
 }
 trap _t_cleanup EXIT
 trap 'exit 130' INT TERM
@@ -96,7 +114,6 @@ check_error() {
     if [ "$rc" -eq "$want" ] && grep -Eq -- "$re" <<< "$out"; then ok "$desc"
     else not_ok "$desc (exit $rc, want $want)"; diag "$out"; fi
 }
-# wait_until SECONDS CMD...: polls CMD every 0.1 s; returns its last status.
 # wait_until SECONDS CMD...: CMD succeeds within SECONDS. It is tried again after
 # 0.1 s, then less and less often, down to every 0.5 s: a wait that lasts (a TCG boot
 # under load) costs a few tries, not ten a second of CPU taken from what it waits for.
@@ -106,10 +123,15 @@ wait_until() {
     end=$((SECONDS + limit))
     while ! "$@" >/dev/null 2>&1; do
         [ $SECONDS -ge $end ] && return 1
-        sleep $pause
+        pause $pause
         case $pause in 0.1) pause=0.2 ;; 0.2) pause=0.3 ;; 0.3) pause=0.5 ;; esac
     done
 }
+# pause SECONDS: sleeps without starting a process (sleep(1) is one, ~8 ms of CPU here):
+# `read -t` on a FIFO that this shell holds open for writing too, so it never gets data
+# or an end of file
+mkfifo "$T_ROOT/.pause" && exec {T_PAUSE_FD}<> "$T_ROOT/.pause"
+pause() { read -r -t "$1" -u "$T_PAUSE_FD" _; return 0; }
 finish() {
     echo "1..$T_N"
     [ "$T_FAILED" -eq 0 ]
@@ -127,14 +149,35 @@ define_guest() {
     qv define -q "$name" --memory 192M --kernel "$G_KERNEL" --initrd "$G_INITRD" \
         --append "$G_APPEND $extra" --nic user "$@"
 }
+# define_empty NAME [FLAGS...]: a VM with no OS (no kernel, disk or NIC): QEMU runs
+# SeaBIOS, which finds nothing to boot and waits, halted. For checks about QEMU's
+# process and the supervisor, not the guest: under TCG it costs ~0.4 s of CPU where a
+# boot of the test guest costs ~4 (the suite's time is its CPU time).
+define_empty() {
+    local name=$1
+    shift
+    qv define -q "$name" --memory 64M "$@"
+}
+# The helpers below run thousands of times (most inside wait_until) and each process
+# they start costs ~8 ms of CPU on these machines (a fork and exec, mostly the kernel's
+# page-table work): they start as few as they can, bash does the rest.
 vm_log() { cat "$T_ROOT/var/log/qvisor/$1.log" 2>/dev/null; }
 # log_has NAME REGEX
-log_has() { vm_log "$1" | grep -aEq -- "$2"; }
+log_has() { grep -aEq -- "$2" "$T_ROOT/var/log/qvisor/$1.log" 2>/dev/null; }
 # wait_log NAME REGEX SECONDS
 wait_log() { wait_until "${3:-60}" log_has "$1" "$2"; }
-# count_log NAME REGEX
-count_log() { vm_log "$1" | grep -aEc -- "$2"; }
-json_field() { grep -o "\"$2\": *[^,}]*" <<< "$1" | head -1 | sed 's/^[^:]*: *//; s/"//g'; }
+# count_log NAME REGEX: how many lines match (0 without a log)
+count_log() {
+    local f=$T_ROOT/var/log/qvisor/$1.log
+    if [ -e "$f" ]; then grep -aEc -- "$2" "$f"; else echo 0; return 1; fi
+}
+# json_field JSON KEY: the first value of KEY (a string without its quotes, a number...)
+json_field() {
+    local re="\"$2\": *([^,}"$'\n'"]*)"
+    [[ $1 =~ $re ]] || return 0
+    local v=${BASH_REMATCH[1]}
+    printf '%s\n' "${v//\"/}"
+}
 vm_state() { json_field "$(qp status "$1" --json 2>/dev/null)" state; }
 vm_pid() { json_field "$(qp status "$1" --json 2>/dev/null)" pid; }
 sup_pid() { json_field "$(qp status "$1" --json 2>/dev/null)" supervisor_pid; }
@@ -156,11 +199,13 @@ NOTIFY_LISTEN=$T_BUILD/progs/notify_listen
 # (the status is followed by the marker again, so waiting for "-END-42" cannot stop
 # before the status has arrived: "END-42-1-END-42")
 gsh() {
-    printf '%s; echo "END-$((6*7))-$?-END-$((6*7))"\n' "$2" |
-        "$QV_PROBE" --root "$T_ROOT" console "$1" --expect -END-42 --timeout "${GSH_TIMEOUT:-30}" 2>&1 | tr -d '\r'
+    local out
+    out=$("$QV_PROBE" --root "$T_ROOT" console "$1" --expect -END-42 --timeout "${GSH_TIMEOUT:-30}" 2>&1 \
+        <<< "$2; echo \"END-\$((6*7))-\$?-END-\$((6*7))\"")
+    [ -z "$out" ] || printf '%s\n' "${out//$'\r'/}"
 }
 # guest_ok NAME CMD: CMD exits 0 in the guest
-guest_ok() { gsh "$1" "$2" | grep -q 'END-42-0-END-42'; }
+guest_ok() { [[ $(gsh "$1" "$2") == *END-42-0-END-42* ]]; }
 # check_guest_fails DESC NAME CMD REGEX: a negative check that cannot pass on a
 # dead guest: the console answers, CMD runs there and exits non-zero, and what it
 # printed matches REGEX (why it failed, e.g. '0 packets received').

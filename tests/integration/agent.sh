@@ -43,7 +43,8 @@ out=$(qv exec ga --timeout 1 -- sleep 31 2>&1); rc=$?
 ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 check "exec: a command that outlives --timeout: exit 5, killed in the guest" \
     bash -c "[ $rc = 5 ] && grep -q 'sleep did not finish within 1 s; killed it in the guest (pid [0-9]* and its descendants, SIGKILL)' <<< '$out'"
-check "...after about a second ($ms ms)" test "$ms" -lt 5000
+# bounded, not timed: well short of the command's 31 s (a loaded machine took 5.1 s)
+check "...long before the command would have ended ($ms ms)" test "$ms" -lt 20000
 pid=$(grep -o 'pid [0-9]*' <<< "$out" | grep -o '[0-9]*')
 # kill -0 PID in the guest: 0 while it lives (proved on init), 1 once gone
 probe() { qv exec ga -- sh -c "kill -0 $1 2>/dev/null; echo \$?"; }

@@ -12,7 +12,7 @@
 export ASAN_OPTIONS=$ASAN_OPTIONS:quarantine_size_mb=8
 PROBE=$T_BUILD/progs/ctl_probe
 
-define_guest h1
+define_empty h1
 check_output "start" "^h1 started" qv start h1
 sock=$T_ROOT/run/qvisor/vms/h1/ctl.sock
 sup=$(sup_pid h1)
@@ -139,6 +139,6 @@ prlimit --pid "$sup" --nofile="$soft":
 check "with descriptors back, the supervisor answers again" \
     wait_until 5 bash -c "'$QV_BIN' --root '$T_ROOT' hmp h1 'info status' | grep -q running"
 
-check_output "stop" "h1 stopped" qv stop h1 --timeout 30
+check_output "kill" "h1 killed" qv kill h1
 check "no sanitizer report in the log" bash -c "! grep -aE 'ERROR: (Address|Leak)Sanitizer|runtime error' '$T_ROOT/var/log/qvisor/h1.log'"
 finish

@@ -99,7 +99,7 @@ check_error "a network on multicast addresses is refused (exit 2)" 2 'ipv4\.addr
 check_not "nothing was defined" bash -c "ls '$T_ROOT'/etc/qvisor/vms/*.json '$T_ROOT'/etc/qvisor/networks/*.json"
 
 # a FIFO attached to a running VM: refused, and the supervisor keeps answering
-define_guest h1
+define_empty h1
 check_output "a guest starts" "^h1 started" qv start h1
 bounded "attach-disk of a FIFO is refused at once (exit 2)" 2 'is a named pipe' attach-disk h1 "$img/fifo"
 bounded "attach-disk of /dev/zero is refused" 2 '/dev/zero is a character device' attach-disk h1 /dev/zero --format raw

@@ -14,7 +14,7 @@ gone() {
 alive() { ! gone "$1"; }
 
 # QEMU killed: crashed, and on_crash stop (the default) ends the supervisor
-define_guest c0
+define_empty c0
 qv start -q c0
 qpid=$(vm_pid c0)
 spid=$(sup_pid c0)
@@ -54,7 +54,7 @@ running_again() {   # NAME OLDPID: a QEMU other than OLDPID runs
     p=$(vm_pid "$1")
     [ -n "$p" ] && [ "$p" != "$2" ] && state_is "$1" running
 }
-define_guest c2 "" --on-crash restart
+define_empty c2 --on-crash restart
 qv start -q c2
 qpid=$(vm_pid c2)
 kill -9 "$qpid"
