@@ -16,6 +16,15 @@ extern const char *const poweroff_names[];
 extern const char *const reboot_names[];
 extern const char *const crash_names[];
 
+/* config.c's checks, shared with the other parts */
+bool ip_literal_valid(const char *s);
+/* A string field that must satisfy `ok`; `what` describes the allowed form. */
+int jr_checked_string(struct jr *r, json_object *o, const char *key, bool required, char **out,
+                      bool (*ok)(const char *), const char *what);
+int boot_index_get(struct jr *r, json_object *o, int *out);
+/* config_nic.c: one element of "nics" */
+int vm_nic_parse(struct jr *r, json_object *o, struct vm_nic *n, const struct vm_def *d);
+
 int vm_limits_parse(struct jr *r, json_object *root, struct vm_def *d);
 int vm_sandbox_parse(struct jr *r, json_object *root, struct vm_def *d);
 void vm_confine_to_json(const struct vm_def *d, json_object *o);

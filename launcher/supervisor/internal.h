@@ -439,13 +439,17 @@ void start_expire(struct sup *s, uint64_t now);
  * error (with QEMU's last words) in s->start.err; a restart leaves the VM crashed,
  * a cancelled start shut off. The first start's caller finishes with start_failed_cleanup. */
 void start_wind_up(struct sup *s);
-/* finish_start: a QEMU still in prelaunch gets its late set-up and `cont`. */
+/* reattach.c. finish_start: a QEMU still in prelaunch gets its late set-up and `cont`. */
 int reattach(struct sup *s, bool finish_start, struct qv_err *e);
 /* A live QEMU of this VM found by any route: its pid and start time go into *prev. */
 bool find_previous(struct sup *s, struct vm_runstate *prev, bool have_prev);
 /* What a dead previous run recorded and left behind. */
 void cleanup_previous(struct sup *s, const struct vm_runstate *prev);
 void remove_run_files(struct sup *s);
+/* query-kvm's answer: the accelerator QEMU really uses, into s->rs.accel */
+void record_kvm(struct sup *s, json_object *kvm);
+/* set_password's arguments for the VM's VNC password; *out NULL when it has none */
+int vnc_password_args(struct sup *s, json_object **out, struct qv_err *e);
 /* What a dead QEMU leaves to release: its cgroup, taps and filters, run files. */
 void sup_release_qemu(struct sup *s);
 /* QVISOR_TEST_CRASH_AT=POINT kills the supervisor there, as a kill -9 would;
