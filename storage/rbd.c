@@ -269,11 +269,15 @@ int rbd_conn_open(const struct storage_pool *p, struct rbd_conn *c, struct qv_er
         return qv_fail(e, r, "pool %s: ceph.conf %s: %s", p->name, p->ceph_conf, strerror(-r));
     }
     _cleanup_free_ char *mons = rbd_monitors_joined(p);
-    /* set after the file, so that a ceph.conf cannot lengthen the waits or turn logs on */
+    /* set after the file, so that a ceph.conf cannot lengthen the waits or turn logs on.
+     * A delete (or a shrink) of an image without an object map sends one removal per
+     * object of its size: 64 at a time, not librbd's 10 (a 1 GiB image is 256 objects;
+     * measured here: a 512 MiB clone's delete 330 ms against 430 ms, medians of 4) */
     const char *const opts[][2] = {
         {"client_mount_timeout", RBD_TIMEOUT_S}, {"rados_mon_op_timeout", RBD_TIMEOUT_S},
         {"rados_osd_op_timeout", RBD_TIMEOUT_S}, {"log_to_stderr", "false"}, {"err_to_stderr", "false"},
         {"log_file", ""}, {"auth_client_required", p->keyfile ? "cephx" : "none"},
+        {"rbd_concurrent_management_ops", "64"},
     };
     for (size_t i = 0; r == 0 && i < ARRAY_SIZE(opts); i++)
         r = conn_set(c, p, opts[i][0], opts[i][1], e);
@@ -366,6 +370,9 @@ int rbd_image_missing(const struct storage_pool *p, const char *name, int r, str
 {
     if (r == -ENOENT)
         return qv_fail(e, r, "pool %s has no volume %s (qvisor vol list %s)", p->name, name, p->name);
+    if (r == -ETIMEDOUT)
+        return qv_fail(e, r, "pool %s: volume %s: no answer from the OSD holding it within " RBD_TIMEOUT_S " s (is an "
+                       "OSD down, or unreachable from this host?)", p->name, name);
     return qv_fail(e, r, "pool %s: volume %s: %s", p->name, name, strerror(-r));
 }
 
@@ -718,5 +725,8 @@ int storage_rbd_snapshot(const struct storage_pool *p, const char *image, char o
         return qv_fail(e, r, "pool %s: volume %s has no snapshot %s", p->name, image, snap);
     if (r == -EEXIST)
         return qv_fail(e, r, "pool %s: volume %s has a snapshot %s already", p->name, image, snap);
+    if (r == -ETIMEDOUT)
+        return qv_fail(e, r, "pool %s: volume %s: %s %s: no answer from the OSD holding it within " RBD_TIMEOUT_S
+                       " s (is an OSD down, or unreachable from this host?)", p->name, image, what, snap);
     return r < 0 ? qv_fail(e, r, "pool %s: volume %s: %s %s: %s", p->name, image, what, snap, strerror(-r)) : 0;
 }

@@ -93,6 +93,74 @@ static int watchers_of(rbd_image_t img, struct strv *out)
     return r;
 }
 
+/* What holds volume `name`: its snapshots, their clones, its watchers (one read-only
+ * open). */
+static int holders_of(const struct storage_pool *p, struct rbd_conn *c, const char *name, struct strv *snaps,
+                      struct strv *clones, struct strv *watchers, struct qv_err *e)
+{
+    _cleanup_image_ rbd_image_t img = NULL;
+    struct snap_list sl;
+    int r = rbd_image_open(p, c, name, NULL, false, &img, e);
+    if (r < 0)
+        return r;
+    if ((r = snaps_of(img, &sl)) == 0) {
+        for (int i = 0; i < sl.n; i++) {
+            strv_push(snaps, sl.v[i].name);
+            clones_of(c, name, sl.v[i].name, clones);
+        }
+        snap_list_free(&sl);
+    }
+    if (r == 0)
+        r = watchers_of(img, watchers);
+    return r < 0 ? qv_fail(e, r, "pool %s: volume %s: %s", p->name, name, strerror(-r)) : 0;
+}
+
+/* The refusal for what holds the volume (clones, then watchers, then snapshots unless
+ * they go with it), or 0. */
+static int refuse_holders(const struct storage_pool *p, const char *name, const struct strv *snaps,
+                          const struct strv *clones, const struct strv *watchers, unsigned flags, struct qv_err *e)
+{
+    _cleanup_free_ char *list = NULL;
+    if (clones->n) {
+        list = strv_join((const char *const *)clones->v, ", ");
+        return qv_fail(e, -EBUSY, "pool %s: volume %s has clones (%s); delete them first", p->name, name, list);
+    }
+    if (watchers->n) {
+        list = strv_join((const char *const *)watchers->v, ", ");
+        return qv_fail(e, -EBUSY, "pool %s: volume %s is open by another Ceph client (%s): a running VM or a mapped "
+                       "device", p->name, name, list);
+    }
+    if (snaps->n && !(flags & STORAGE_DELETE_SNAPSHOTS)) {
+        list = strv_join((const char *const *)snaps->v, ", ");
+        return qv_fail(e, -EBUSY, "pool %s: volume %s has snapshots (%s); vol delete --delete-snapshots removes them "
+                       "with it", p->name, name, list);
+    }
+    return 0;
+}
+
+/* rbd_remove's own refusal (librbd checks snapshots, watchers and groups before it
+ * changes anything) explained: what holds the volume, looked up now. */
+static int remove_refused(const struct storage_pool *p, struct rbd_conn *c, const char *name, int r, unsigned flags,
+                          struct qv_err *e)
+{
+    _cleanup_strv_ struct strv snaps = {0}, clones = {0}, watchers = {0};
+    struct qv_err le = {0};
+    if (holders_of(p, c, name, &snaps, &clones, &watchers, &le) == 0 &&
+        refuse_holders(p, name, &snaps, &clones, &watchers, flags, e) < 0)
+        return -EBUSY;
+    if (r == -EBUSY)
+        return qv_fail(e, r, "pool %s: volume %s is open somewhere (a watcher holds it: a running VM or a mapped "
+                       "device)", p->name, name);
+    if (r == -EMLINK)
+        return qv_fail(e, -EBUSY, "pool %s: volume %s belongs to an RBD group (rbd group image remove it first)",
+                       p->name, name);
+    return qv_fail(e, -EBUSY, "pool %s: volume %s has snapshots (vol delete --delete-snapshots)", p->name, name);
+}
+
+/* One connection. Without --delete-snapshots, librbd's remove alone (as libvirt's
+ * vol-delete): it refuses an image that has snapshots (and so clones) or watchers before
+ * it changes anything, and only then is the image opened to say what holds it. With
+ * them, the holders are looked at first: clones and watchers refuse, snapshots go. */
 int rbdp_vol_delete(const struct storage_pool *p, const char *name, unsigned flags, struct qv_err *e)
 {
     int r = rbd_name_check(p, name, e);
@@ -100,58 +168,27 @@ int rbdp_vol_delete(const struct storage_pool *p, const char *name, unsigned fla
     if (r < 0 || (r = rbd_conn_open(p, &c, e)) < 0)
         return r;
     _cleanup_strv_ struct strv snaps = {0}, clones = {0}, watchers = {0};
-    {
-        _cleanup_image_ rbd_image_t img = NULL;
-        struct snap_list sl;
-        if ((r = rbd_image_open(p, &c, name, NULL, false, &img, e)) < 0) {
-            rbd_conn_close(&c);
-            return r;
-        }
-        if ((r = snaps_of(img, &sl)) == 0) {
-            for (int i = 0; i < sl.n; i++) {
-                strv_push(&snaps, sl.v[i].name);
-                clones_of(&c, name, sl.v[i].name, &clones);
-            }
-            snap_list_free(&sl);
-        }
-        if (r == 0)
-            r = watchers_of(img, &watchers);
-        if (r < 0) {
-            rbd_conn_close(&c);
-            return qv_fail(e, r, "pool %s: volume %s: %s", p->name, name, strerror(-r));
-        }
+    if (flags & STORAGE_DELETE_SNAPSHOTS) {
+        if ((r = holders_of(p, &c, name, &snaps, &clones, &watchers, e)) == 0)
+            r = refuse_holders(p, name, &snaps, &clones, &watchers, flags, e);
     }
-    _cleanup_free_ char *list = NULL;
-    if (clones.n) {
-        list = strv_join((const char *const *)clones.v, ", ");
-        r = qv_fail(e, -EBUSY, "pool %s: volume %s has clones (%s); delete them first", p->name, name, list);
-    } else if (watchers.n) {
-        list = strv_join((const char *const *)watchers.v, ", ");
-        r = qv_fail(e, -EBUSY, "pool %s: volume %s is open by another Ceph client (%s): a running VM or a mapped "
-                    "device", p->name, name, list);
-    } else if (snaps.n && !(flags & STORAGE_DELETE_SNAPSHOTS)) {
-        list = strv_join((const char *const *)snaps.v, ", ");
-        r = qv_fail(e, -EBUSY, "pool %s: volume %s has snapshots (%s); vol delete --delete-snapshots removes them "
-                    "with it", p->name, name, list);
-    }
-    for (size_t i = 0; r == 0 && i < snaps.n; i++) {
+    if (r == 0 && snaps.n) {
         _cleanup_image_ rbd_image_t img = NULL;
-        int prot = 0;
-        if ((r = rbd_image_open(p, &c, name, NULL, true, &img, e)) < 0)
-            break;
-        if ((r = sym_rbd_snap_is_protected(img, snaps.v[i], &prot)) == 0 && prot)
-            r = sym_rbd_snap_unprotect(img, snaps.v[i]);
-        if (r == 0)
-            r = sym_rbd_snap_remove(img, snaps.v[i]);
-        if (r < 0)
-            r = qv_fail(e, r, "pool %s: volume %s: removing snapshot %s: %s", p->name, name, snaps.v[i], strerror(-r));
+        r = rbd_image_open(p, &c, name, NULL, true, &img, e);
+        for (size_t i = 0; r == 0 && i < snaps.n; i++) {
+            int prot = 0;
+            if ((r = sym_rbd_snap_is_protected(img, snaps.v[i], &prot)) == 0 && prot)
+                r = sym_rbd_snap_unprotect(img, snaps.v[i]);
+            if (r == 0)
+                r = sym_rbd_snap_remove(img, snaps.v[i]);
+            if (r < 0)
+                r = qv_fail(e, r, "pool %s: volume %s: removing snapshot %s: %s", p->name, name, snaps.v[i],
+                            strerror(-r));
+        }
     }
     if (r == 0 && (r = sym_rbd_remove(c.io, name)) < 0) {
-        if (r == -EBUSY)
-            r = qv_fail(e, r, "pool %s: volume %s is open somewhere (a watcher holds it: a running VM or a mapped "
-                        "device)", p->name, name);
-        else if (r == -ENOTEMPTY)
-            r = qv_fail(e, -EBUSY, "pool %s: volume %s has snapshots (vol delete --delete-snapshots)", p->name, name);
+        if (r == -EBUSY || r == -ENOTEMPTY || r == -EMLINK)
+            r = remove_refused(p, &c, name, r, flags, e);
         else
             r = rbd_image_missing(p, name, r, e);
     }
@@ -465,19 +502,32 @@ int rbdp_vol_clone_cow(const struct storage_pool *p, const char *src, const char
         rbd_conn_close(&c);
         return qv_fail(e, r, "pool %s: Ceph pool %s: %s", dst->name, dst->rbd_pool, strerror(-r));
     }
+    /* a look read-only first (no watch to register and drop): the snapshot is usually
+     * there and protected already, and the image is opened for writing only to make or
+     * protect it */
     rbd_image_t img = NULL;
-    if ((r = rbd_image_open(p, &c, src, NULL, true, &img, e)) < 0)
-        goto out;
     bool exists = false;
     int prot = 0;
-    if ((r = sym_rbd_snap_exists(img, snap, &exists)) == 0 && !exists && (r = sym_rbd_snap_create(img, snap)) == 0)
-        *snap_made = true;
-    if (r == 0 && (r = sym_rbd_snap_is_protected(img, snap, &prot)) == 0 && !prot)
-        r = sym_rbd_snap_protect(img, snap);
+    if ((r = rbd_image_open(p, &c, src, NULL, false, &img, e)) < 0)
+        goto out;
+    if ((r = sym_rbd_snap_exists(img, snap, &exists)) == 0 && exists)
+        r = sym_rbd_snap_is_protected(img, snap, &prot);
+    if (r == 0 && (!exists || !prot)) {
+        sym_rbd_close(img);
+        img = NULL;
+        if ((r = rbd_image_open(p, &c, src, NULL, true, &img, e)) < 0)
+            goto out;
+        if ((r = sym_rbd_snap_exists(img, snap, &exists)) == 0 && !exists && (r = sym_rbd_snap_create(img, snap)) == 0)
+            *snap_made = true;
+        if (r == 0 && (r = sym_rbd_snap_is_protected(img, snap, &prot)) == 0 && !prot)
+            r = sym_rbd_snap_protect(img, snap);
+    }
     if (r < 0) {
         r = qv_fail(e, r, "pool %s: volume %s: snapshot %s: %s", p->name, src, snap, strerror(-r));
         goto out;
     }
+    sym_rbd_close(img);
+    img = NULL;
     rbd_image_options_t o;
     sym_rbd_image_options_create(&o);
     sym_rbd_image_options_set_uint64(o, RBD_IMAGE_OPTION_FORMAT, 2);

@@ -115,7 +115,7 @@ static bool rbd_volumes_only(const struct qv_paths *p, const struct vm_def *d, c
         char path[PATH_MAX];
         if (!snapshot_disk_included(&d->disks[i]))
             continue;
-        if (!d->disks[i].volume || vol_resolve(p, d->disks[i].volume, path, sizeof(path), NULL, NULL) < 0 ||
+        if (!d->disks[i].volume || vol_resolve_named(p, d->disks[i].volume, path, sizeof(path), NULL, NULL) < 0 ||
             !str_startswith(path, "rbd:"))
             return false;
         n++;
@@ -126,18 +126,26 @@ static bool rbd_volumes_only(const struct qv_paths *p, const struct vm_def *d, c
     return n > 0;
 }
 
+/* "disk0 (ceph/web1), disk1 (ceph/web1-data)" */
+static char *rbd_disks_named(const struct storage_snapshot *s)
+{
+    _cleanup_strv_ struct strv v = {0};
+    for (size_t i = 0; i < s->ndisks; i++)
+        strv_pushf(&v, "%s (%s)", s->disks[i].disk, s->disks[i].volume);
+    return strv_join((const char *const *)v.v, ", ");
+}
+
 /* A running VM whose disks are rbd volumes: RBD snapshots taken with librbd from here
  * (the supervisor's loop never waits on the cluster), the guest paused around them
- * so that every image is taken at the same instant. */
+ * so that every image is taken at the same instant. Nothing asks the cluster before
+ * the pause (the plan comes from the definitions). QEMU's `stop` waits for the guest's
+ * pending disk I/O: where that hangs (an OSD QEMU cannot reach) the supervisor gives up
+ * after its QMP timeout, and the guest is resumed (a `cont` QEMU runs once the I/O
+ * completes) with nothing taken. */
 static int rbd_running_snapshot(struct cli *c, const char *vm, struct vm_def *d, const struct snapshot_live *live,
                                 const char *name)
 {
-    int r = vm_resolve_disks(&c->paths, d, &c->err);
-    if (r < 0)
-        return r;
-    if (!snapshot_rbd_only(d))
-        return qv_fail(&c->err, -EINVAL, "%s: snapshot %s: not every disk is an rbd volume now (the definition "
-                       "changed meanwhile?); try again", vm, name);
+    int r;
     _cleanup_close_ int lock = lock_snapshots(c, vm);
     if (lock < 0)
         return lock;
@@ -154,8 +162,16 @@ static int rbd_running_snapshot(struct cli *c, const char *vm, struct vm_def *d,
     bool supervised = false;
     vm_observe(&c->paths, vm, &rs, &supervised);
     bool running = rs.state == VM_RUNNING;
-    if (running && (r = ctl_call(&c->paths, vm, ctl_request("pause"), 30000, NULL, &c->err)) < 0)
-        return qv_prefix(&c->err, "%s: snapshot %s: pausing the guest: ", vm, name);
+    if (running && (r = ctl_call(&c->paths, vm, ctl_request("pause"), 30000, NULL, &c->err)) < 0) {
+        _cleanup_free_ char *why = qv_xstrdup(c->err.msg), *disks = rbd_disks_named(&s);
+        struct qv_err re = {0};
+        bool resumed = ctl_call(&c->paths, vm, ctl_request("resume"), 30000, NULL, &re) == 0;
+        return qv_fail(&c->err, r == -ETIMEDOUT ? -ETIMEDOUT : r, "%s: snapshot %s: the guest could not be paused "
+                       "(%s): QEMU's I/O to %s does not complete (is an OSD unreachable from this host, or down?); "
+                       "nothing was taken, %s", vm, name, why, disks,
+                       resumed ? "the guest runs on" : "and the guest resumes once its I/O completes (a `cont` is "
+                       "queued; qvisor status shows it)");
+    }
     r = snapshot_create_rbd(&c->paths, d, &s, running ? "running" : "paused", &c->err);
     struct qv_err re = {0};
     if (running && ctl_call(&c->paths, vm, ctl_request("resume"), 30000, NULL, &re) < 0)

@@ -350,12 +350,13 @@ int cmd_vol_clone(struct cli *c)
     _cleanup_pool_def_ struct pool_def pd = {0};
     struct storage_vol_info vi;
     int r;
-    if ((r = vol_lookup(&c->paths, c->pos[0], &src, &pd, &vi, &c->err)) < 0)
+    if ((r = vol_ref_parse(c->pos[0], &src, &c->err)) < 0)
         return r;
     const char *pool = cli_opt(c, "pool"), *snap = cli_opt(c, "from-snapshot");
     char dst[160];
     snprintf(dst, sizeof(dst), "%s/%s", pool ? pool : src.pool, c->pos[1]);
     if (snap) {
+        /* the source is looked up by the clone itself, in its one connection */
         if (cli_opt(c, "format"))
             return qv_fail(&c->err, -EINVAL, "vol clone --from-snapshot: a copy-on-write clone keeps its parent's "
                            "format (leave --format out)");
@@ -367,6 +368,8 @@ int cmd_vol_clone(struct cli *c)
                    made ? "; the snapshot was made now and protected" : "");
         return 0;
     }
+    if ((r = vol_lookup(&c->paths, c->pos[0], &src, &pd, &vi, &c->err)) < 0)
+        return r;
     struct copy_args a = {.dst_ref = dst};
     struct storage_pool sp = pool_storage(&pd);
     if ((r = pool_backend(&pd)->vol_img(&sp, src.name, "qv-src", &a.src, &c->err)) < 0)

@@ -285,7 +285,9 @@ int pool_list_names(const struct qv_paths *p, struct strv *names, struct qv_err 
     return json_names_in(dir, names, e);
 }
 
-static int define_locked(const struct qv_paths *p, const struct pool_def *d, bool replace, struct qv_err *e)
+/* What the definitions on this host allow: no pool of that name yet (unless replaced),
+ * no other pool in the same directory. */
+static int define_allowed(const struct qv_paths *p, const struct pool_def *d, bool replace, struct qv_err *e)
 {
     char path[PATH_MAX];
     pool_def_path(p, d->name, path, sizeof(path));
@@ -301,27 +303,34 @@ static int define_locked(const struct qv_paths *p, const struct pool_def *d, boo
         if (d->path && o.path && strcmp(d->path, o.path) == 0)
             r = qv_fail(e, -EEXIST, "pool %s: %s is already pool %s's directory", d->name, d->path, o.name);
     }
-    if (r < 0)
-        return r;
-    struct storage_pool sp = pool_storage(d);
-    if ((r = pool_backend(d)->check(&sp, e)) < 0)
-        return r;
-    _cleanup_json_ json_object *norm = pool_def_to_json(d);
-    return json_write_file_atomic(path, norm, 0644, e);
+    return r;
 }
 
+/* The pool's place is checked (an rbd pool's cluster is asked, which may take the
+ * monitors' 10 s) before the pools' lock is taken, so that no other pool verb waits
+ * for it; what the definitions allow is checked before (a refusal needs no cluster)
+ * and again under the lock, which the write needs. */
 int pool_define(const struct qv_paths *p, json_object *o, bool replace, struct pool_def *out, struct qv_err *e)
 {
     struct pool_def d;
     int r = pool_def_from_json(o, &d, e);
     if (r < 0)
         return r;
-    if ((r = bind_keyfile(p, &d, e)) < 0) {
+    if ((r = bind_keyfile(p, &d, e)) == 0 && (r = define_allowed(p, &d, replace, e)) == 0) {
+        struct storage_pool sp = pool_storage(&d);   /* after bind_keyfile: it names the key */
+        r = pool_backend(&d)->check(&sp, e);
+    }
+    if (r < 0) {
         pool_def_free(&d);
         return r;
     }
     _cleanup_close_ int lock = lock_dir(p, e);
-    r = lock < 0 ? lock : define_locked(p, &d, replace, e);
+    if ((r = lock < 0 ? lock : define_allowed(p, &d, replace, e)) == 0) {
+        char path[PATH_MAX];
+        pool_def_path(p, d.name, path, sizeof(path));
+        _cleanup_json_ json_object *norm = pool_def_to_json(&d);
+        r = json_write_file_atomic(path, norm, 0644, e);
+    }
     if (r == 0 && out)
         *out = d;
     else

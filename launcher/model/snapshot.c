@@ -19,13 +19,14 @@ int snapshot_dir(const struct qv_paths *p, const char *vm, char *out, size_t out
     return qv_path(p, out, outlen, QV_LIB "/snapshots/%s", vm);
 }
 
-/* The disk's current top: its file, or its volume's image, and its format. */
+/* The disk's current top: its file, or its volume's image, and its format (an rbd
+ * volume's from the definitions: its cluster is asked when its snapshot is taken). */
 static int disk_top(const struct qv_paths *p, const struct vm_disk *k, char *path, size_t pathlen,
                     enum storage_format *fmt, struct qv_err *e)
 {
     enum disk_format df = k->format;
     if (k->volume) {
-        int r = vol_resolve(p, k->volume, path, pathlen, &df, e);
+        int r = vol_resolve_named(p, k->volume, path, pathlen, &df, e);
         if (r < 0)
             return r;
     } else {
@@ -433,20 +434,6 @@ static int rbd_snap(const struct qv_paths *p, const struct storage_snapshot_disk
     return storage_rbd_snapshot(&sp, ref.name, op, name, e);
 }
 
-bool snapshot_rbd_only(const struct vm_def *d)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < d->ndisks; i++) {
-        const struct vm_disk *k = &d->disks[i];
-        if (!snapshot_disk_included(k))
-            continue;
-        if (!k->rbd)
-            return false;
-        n++;
-    }
-    return n > 0;
-}
-
 int snapshot_create_rbd(const struct qv_paths *p, const struct vm_def *d, struct storage_snapshot *s, const char *state,
                         struct qv_err *e)
 {
@@ -458,8 +445,22 @@ int snapshot_create_rbd(const struct qv_paths *p, const struct vm_def *d, struct
             break;
         }
     if (r < 0) {
-        for (size_t i = 0; i < done; i++)   /* all or nothing */
-            rbd_snap(p, &s->disks[i], 'd', s->name, NULL);
+        /* all or nothing: what was made goes again; a create that timed out may have
+         * been made all the same. What cannot be removed now is said. */
+        size_t made = done + (r == -ETIMEDOUT && done < s->ndisks);
+        _cleanup_strv_ struct strv left = {0};
+        for (size_t i = 0; i < made; i++) {
+            struct qv_err de = {0};
+            int dr = rbd_snap(p, &s->disks[i], 'd', s->name, &de);
+            if (dr < 0 && dr != -ENOENT)
+                strv_pushf(&left, "%s@%s", s->disks[i].volume, s->name);
+        }
+        if (left.n) {
+            _cleanup_free_ char *l = strv_join((const char *const *)left.v, ", ");
+            _cleanup_free_ char *why = qv_xstrdup(e ? e->msg : "");
+            return qv_fail(e, r, "%s; left behind, as the cluster did not answer: RBD snapshot%s %s (vol info lists "
+                           "them; rbd snap rm)", why, left.n > 1 ? "s" : "", l);
+        }
         return r;
     }
     snprintf(s->state, sizeof(s->state), "%s", state);

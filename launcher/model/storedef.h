@@ -111,6 +111,10 @@ int vol_find(const struct qv_paths *p, const char *refs, struct vol_found *v, st
 /* The image path of volume `ref` ("default/web1") and its format (may be NULL). */
 int vol_resolve(const struct qv_paths *p, const char *ref, char *path, size_t pathlen, enum disk_format *fmt,
                 struct qv_err *e);
+/* vol_resolve without asking a cluster: a volume of an rbd pool is "rbd:CEPHPOOL/NAME"
+ * (raw) from the definitions alone, whether or not the image exists. */
+int vol_resolve_named(const struct qv_paths *p, const char *ref, char *path, size_t pathlen, enum disk_format *fmt,
+                      struct qv_err *e);
 /* Where a new volume `ref` of a dir pool will be (a block copy creates it there
  * itself); -EEXIST when the volume exists, -EOPNOTSUPP for other pool types. */
 int vol_new_path(const struct qv_paths *p, const char *ref, char *path, size_t pathlen, struct qv_err *e);
@@ -221,8 +225,6 @@ int snapshot_check_delete(const struct qv_paths *p, const struct vm_def *d, cons
  * external: the overlays, the definition moves onto them), revert (snapshot -a; external:
  * the overlays emptied) and delete (snapshot -d; external: commit into the image below,
  * the definition or the next overlay moves back onto it). All or nothing on create. */
-/* Every disk a snapshot takes is an rbd volume (resolved: vm_resolve_disks first). */
-bool snapshot_rbd_only(const struct vm_def *d);
 /* RBD snapshots of the planned disks, all or nothing, recorded with `state` ("running"
  * when the caller paused the guest around it, "shutoff"). */
 int snapshot_create_rbd(const struct qv_paths *p, const struct vm_def *d, struct storage_snapshot *s, const char *state,

@@ -53,6 +53,26 @@ int vol_find(const struct qv_paths *p, const char *refs, struct vol_found *v, st
     return vol_lookup(p, refs, &v->ref, &v->pd, &v->vi, e);
 }
 
+/* vol_find for a verb whose backend call looks the volume up itself: an rbd pool's
+ * volume is named "rbd:CEPHPOOL/NAME" from the definitions alone (no cluster is asked
+ * here; the one connection of the verb says whether the image exists), other pools'
+ * volumes are looked up as vol_find does. */
+static int vol_find_named(const struct qv_paths *p, const char *refs, struct vol_found *v, struct qv_err *e)
+{
+    int r = vol_ref_parse(refs, &v->ref, e);
+    if (r < 0 || (r = pool_open(p, v->ref.pool, &v->pd, e)) < 0)
+        return r;
+    if (!v->pd.rbd_pool) {
+        struct storage_pool sp = pool_storage(&v->pd);
+        return pool_backend(&v->pd)->vol_info(&sp, v->ref.name, &v->vi, e);
+    }
+    memset(&v->vi, 0, sizeof(v->vi));
+    snprintf(v->vi.name, sizeof(v->vi.name), "%s", v->ref.name);
+    snprintf(v->vi.path, sizeof(v->vi.path), "rbd:%s/%s", v->pd.rbd_pool, v->ref.name);
+    v->vi.format = STORAGE_FORMAT_RAW;
+    return 0;
+}
+
 int vol_resolve(const struct qv_paths *p, const char *ref, char *path, size_t pathlen, enum disk_format *fmt,
                 struct qv_err *e)
 {
@@ -65,6 +85,23 @@ int vol_resolve(const struct qv_paths *p, const char *ref, char *path, size_t pa
     snprintf(path, pathlen, "%s", vi.path);
     if (fmt)
         *fmt = vi.format == STORAGE_FORMAT_QCOW2 ? FORMAT_QCOW2 : FORMAT_RAW;
+    return 0;
+}
+
+int vol_resolve_named(const struct qv_paths *p, const char *ref, char *path, size_t pathlen, enum disk_format *fmt,
+                      struct qv_err *e)
+{
+    struct vol_ref v;
+    _cleanup_pool_def_ struct pool_def pd = {0};
+    int r;
+    if ((r = vol_ref_parse(ref, &v, e)) < 0 || (r = pool_read(p, v.pool, &pd, e)) < 0)
+        return r;
+    if (!pd.rbd_pool)
+        return vol_resolve(p, ref, path, pathlen, fmt, e);
+    if (snprintf(path, pathlen, "rbd:%s/%s", pd.rbd_pool, v.name) >= (int)pathlen)
+        return qv_fail(e, -ENAMETOOLONG, "volume %s: name too long", ref);
+    if (fmt)
+        *fmt = FORMAT_RAW;
     return 0;
 }
 
@@ -307,7 +344,7 @@ static int refuse_users(const struct qv_paths *p, const struct vol_ref *ref, con
 int volume_delete(const struct qv_paths *p, const char *refs, unsigned flags, struct qv_err *e)
 {
     _cleanup_vol_found_ struct vol_found v = {0};
-    int r = vol_find(p, refs, &v, e);
+    int r = vol_find_named(p, refs, &v, e);
     if (r < 0)
         return r;
     _cleanup_strv_ struct strv deps = {0};
@@ -433,7 +470,7 @@ int volume_clone_cow(const struct qv_paths *p, const char *srcref, const char *s
     struct vol_ref dref;
     _cleanup_pool_def_ struct pool_def dpd = {0};
     int r;
-    if ((r = vol_find(p, srcref, &v, e)) < 0 || (r = vol_ref_parse(dstref, &dref, e)) < 0 ||
+    if ((r = vol_find_named(p, srcref, &v, e)) < 0 || (r = vol_ref_parse(dstref, &dref, e)) < 0 ||
         (r = pool_open(p, dref.pool, &dpd, e)) < 0)
         return r;
     const struct storage_backend *b = pool_backend(&v.pd);

@@ -222,7 +222,9 @@ check_output "vol delete of the last clone" '^deleted volume ceph/web2$' qv vol 
 check_error "vol delete of a volume with snapshots but no clones: refused without --delete-snapshots (exit 4)" 4 \
     'volume base has snapshots \(gold, silver\); vol delete --delete-snapshots' qv vol delete ceph/base
 check_output "vol delete --delete-snapshots" '^deleted volume ceph/base$' qv vol delete ceph/base --delete-snapshots
-check_not "...the image is gone" rbdc info base
+# rbd_lacks IMAGE: the admin lists the pool, and IMAGE is not in it (a failing rbd is no pass)
+rbd_lacks() { local out; out=$(rbdc ls) && grep -q . <<< "$out" && ! grep -Eqx -- "$1" <<< "$out"; }
+check "...the image is gone" rbd_lacks base
 check_error "vol delete of a missing volume (exit 3)" 3 'pool ceph has no volume base' qv vol delete ceph/base
 check_error "vol info of a missing volume (exit 3)" 3 'pool ceph has no volume nothing' qv vol info ceph/nothing
 
@@ -267,15 +269,15 @@ check "...qemu-img's argv and environment were caught while it ran" test -s "$T_
 check "...qemu-img read the key from the secret's 0600 file through --object (the path, never the value)" \
     bash -c "tr '\0' ' ' < '$T_ROOT/qemu-img.cmdline' | grep -q -- '--object secret,id=qv-dst,file=$SDIR/ceph-libvirt,format=base64'"
 check_not "...the key is in neither" grep -aqF "$CEPH_KEY" "$T_ROOT/qemu-img.cmdline" "$T_ROOT/qemu-img.environ"
-check_not "...nor in the argv or environment of any process now (qvisor among them)" \
-    bash -c "cat /proc/[0-9]*/cmdline /proc/[0-9]*/environ 2>/dev/null | grep -aqFf '$CDIR/key.txt'"
+check "...nor in the argv or environment of any process now (qvisor among them; the probe finds it in its file)" \
+    bash -c "grep -qFf '$CDIR/key.txt' '$SDIR/ceph-libvirt' && ! cat /proc/[0-9]*/cmdline /proc/[0-9]*/environ 2>/dev/null | grep -aqFf '$CDIR/key.txt'"
 check "...qvisor is among them" test -r "/proc/$qpid/environ"
 kill -INT "$qpid"
 wait "$qpid"; rc=$?
 check "SIGINT: qvisor stops with exit 1, saying nothing was written" \
     bash -c "[ $rc -eq 1 ] && grep -q 'vol import ceph/intr: interrupted; nothing was written' '$T_ROOT/intr.out'"
 check_not "...the qemu-img child is gone" kill -0 "$cpid"
-check_not "...and so is the temporary image (and no volume intr)" bash -c "rbdc ls | grep -q intr"
+check "...and so is the temporary image (and no volume intr)" rbd_lacks '.*intr.*'
 
 # the key appears nowhere: not under the root but in the secret's own file, not in a log
 check_not "the key is in no file under the root but the secret's value" \
@@ -388,6 +390,28 @@ check_output "snapshot create of the running rbd-backed VM takes RBD snapshots" 
     'rv: snapshot s1 created \(RBD snapshots, the guest paused around them\)' qv snapshot create rv s1
 check "...and the guest runs again" state_is rv running
 check_output "...the cluster holds snapshot s1 of vmdisk" ' s1 ' admin rbd snap ls rbd/vmdisk
+# ---- rbd12c: a snapshot while QEMU's rbd I/O hangs (its uid no longer reaches the OSD; qvisor does) ----
+# a guest writing to its rbd disk without pause (away from the markers below), then
+# QEMU's packets to the OSD dropped: its pending write hangs, and QEMU's `stop` waits for it
+osdports=$(admin ceph osd dump --format json 2>/dev/null | jq -r '[.osds[].public_addrs.addrvec[].addr | sub(".*:"; "")] | join(", ")')
+check "the guest writes to its rbd disk in a loop" \
+    guest_ok rv "(while [ ! -e /stop-writer ]; do dd if=/dev/zero of=/dev/$(dev RBD1) bs=64k seek=200 count=16 oflag=direct 2>/dev/null; done) & true"
+hangtab=qvtest_rbdhang_$$
+on_exit "nft delete table inet $hangtab"
+check "QEMU's packets to the OSD (ports ${osdports:-none}) are dropped" \
+    nft -f - <<< "table inet $hangtab { chain out { type filter hook output priority -10; meta skuid $uid tcp dport { ${osdports:-1} } drop; }; }"
+sleep 1
+check_error_within "snapshot create: bounded, naming the VM, the disk and the cause, nothing taken (exit 5)" 90 5 \
+    "rv: snapshot hang1: the guest could not be paused .*QEMU's I/O to disk0 \(ceph/vmdisk\) does not complete.*nothing was taken" \
+    qv snapshot create rv hang1
+no_hang1() { local out; out=$(admin rbd snap ls rbd/vmdisk) && grep -q ' s1 ' <<< "$out" && ! grep -q ' hang1 ' <<< "$out"; }
+check "...no RBD snapshot hang1 in the cluster (s1 is listed)" no_hang1
+unlisted_hang1() { local out; out=$(qv snapshot list rv) && grep -q '^s1 ' <<< "$out" && ! grep -q '^hang1 ' <<< "$out"; }
+check "...none listed (s1 is)" unlisted_hang1
+nft delete table inet "$hangtab"
+check "...and the guest runs again once QEMU reaches the OSD" wait_until 120 state_is rv running
+check "...its console answers; the writer stops" guest_ok rv "touch /stop-writer"
+# ---- end rbd12c ----
 check "the guest writes state B over it" \
     guest_ok rv "echo SNAP-STATE-B | dd of=/dev/$(dev RBD1) conv=fsync 2>/dev/null && head -c 12 /dev/$(dev RBD1) | grep -q SNAP-STATE-B"
 check_output "snapshot list shows s1" '^s1 ' qv snapshot list rv
@@ -411,7 +435,9 @@ check_output "attach-disk of a raw file disk without --persistent" 'disk[0-9]' q
 check "the guest sees it" wait_until 30 guest_ok rv "test -n \"$(dev HOTRAW)\""
 check_error "snapshot create with it: refused, naming the raw disk (QEMU keeps such a snapshot in qcow2 images)" 2 \
     "rv: disk[0-9]+ \($T_ROOT/hot\.raw\) is raw" qv snapshot create rv h2
-check_not "...no RBD snapshot h2 was taken" bash -c "$(declare -f admin); admin rbd snap ls rbd/vmdisk | grep -q ' h2 '"
+# (in this shell: through bash -c, admin had no CEPH_ADMIN_KEYRING, rbd failed and this passed on nothing)
+no_h2() { local out; out=$(admin rbd snap ls rbd/vmdisk) && grep -q ' s1 ' <<< "$out" && ! grep -q ' h2 ' <<< "$out"; }
+check "...no RBD snapshot h2 was taken (s1 is listed)" no_h2
 check "detach-disk of the raw file" qv detach-disk rv "$T_ROOT/hot.raw"
 # ---- end rbd12 ----
 # a qcow2 file disk beside the rbd disk, in the definition from the next start on
@@ -519,7 +545,7 @@ check_output "clone (full) of the shut-off VM" 'cloned rv to rvf \(full copies\)
 check "...its rbd disk is a standalone copy in the same pool with the data" \
     bash -c "$(declare -f jqcheck rbdc); jqcheck '.parent == null' rbdc info rvf-disk0 --format json && rbdc export rvf-disk0 - 2>/dev/null | head -c 7 | grep -qx MIXED-A"
 check "undefine --remove-storage of both clones" bash -c "'$QV_BIN' --root '$T_ROOT' undefine rvl --remove-storage && '$QV_BIN' --root '$T_ROOT' undefine rvf --remove-storage"
-check "...their images are gone from the cluster" bash -c "$(declare -f rbdc); ! rbdc ls | grep -q '^rv[lf]-'"
+check "...their images are gone from the cluster" rbd_lacks 'rv[lf]-.*'
 qv undefine -q rv     # its volumes stay; the pool can go at the end
 
 # an unreachable pool does not hide the others; a stopped monitor gives a bounded error
@@ -531,7 +557,27 @@ bg_took "$T_ROOT/vl.out" qv vol list ceph
 vl=$!
 bg_took "$T_ROOT/pl.out" qv pool list
 pl=$!
-wait $vl $pl
+# ---- rbd12c: a pool define waiting for the monitors holds no lock the other pool verbs need ----
+bg_took "$T_ROOT/pd.out" qv pool define --name slow --type rbd --pool rbd --monitor "$CEPH_MON" --user libvirt \
+    --secret ceph-libvirt
+pd=$!
+slow_waits() {  # the define of slow is connected to the stopped monitor
+    local pid
+    pid=$(pgrep -f -- "--root $T_ROOT pool define --name slow") &&
+        ss -Htnp "( dport = :${CEPH_MON##*:} )" | grep -q "pid=$pid,"
+}
+check "pool define of an rbd pool waits for the stopped monitor" wait_until 20 slow_waits
+check "...without the pools' lock (flock -n takes it)" flock -n "$PDIR/.lock" true
+check "...so a pool define meanwhile is done while it still waits" \
+    bash -c "'$QV_BIN' --root '$T_ROOT' pool define -q --name quick --type dir --path '$T_ROOT/quick' && test ! -e '$T_ROOT/pd.out.took'"
+wait $vl $pl $pd
+t=999999 rc=255
+read -r t rc < "$T_ROOT/pd.out.took"
+judge_within "...which then times out naming the pool (exit 5)" 40 5 "pool slow: no answer from the Ceph monitors" \
+    "$t" "$rc" "$T_ROOT/pd.out"
+check_not "...and defines nothing" test -e "$PDIR/slow.json"
+qv pool undefine quick >/dev/null 2>&1
+# ---- end rbd12c ----
 t=999999 rc=255
 read -r t rc < "$T_ROOT/vl.out.took"
 judge_within "vol list with the monitor stopped: timed out naming the pool (exit 5)" 40 5 \
