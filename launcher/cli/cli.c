@@ -47,7 +47,7 @@ static const struct cli_opt migrate_opts[] = {{"to", true, false, 0}, {"bandwidt
                                               {"tls", true, false, 0}, {"persistent", false, false, 0},
                                               {"remote-qvisor", true, false, 0}, {"remote-root", true, false, 0},
                                               {"ssh-config", true, false, 0}, {"wait-timeout", true, false, 0},
-                                              {"token", true, false, 0}, {0}};
+                                              {"token", true, false, 0}, {"unsafe", false, false, 0}, {0}};
 static const struct cli_opt evacuate_opts[] = {{"to", true, false, 0}, {"parallel", true, false, 0},
                                                {"bandwidth", true, false, 0}, {"max-downtime", true, false, 0},
                                                {"postcopy-bandwidth", true, false, 0},
@@ -56,7 +56,7 @@ static const struct cli_opt evacuate_opts[] = {{"to", true, false, 0}, {"paralle
                                                {"tls", true, false, 0}, {"persistent", false, false, 0},
                                                {"remote-qvisor", true, false, 0}, {"remote-root", true, false, 0},
                                                {"ssh-config", true, false, 0}, {"wait-timeout", true, false, 0},
-                                               {"token", true, false, 0}, {0}};
+                                               {"token", true, false, 0}, {"unsafe", false, false, 0}, {0}};
 static const struct cli_opt migrate_in_opts[] = {{"listen", true, false, 0}, {"definition", true, false, 0},
                                                  {"persistent", false, false, 0}, {"wait-timeout", true, false, 0},
                                                  {"copy-storage", false, false, 0}, {"postcopy", false, false, 0},
@@ -154,7 +154,7 @@ static const struct cli_command commands[] = {
      "migrate NAME --to tcp:HOST:PORT --token T|ssh://[USER@]HOST[:PORT] [--copy-storage|--postcopy "
      "[--postcopy-bandwidth MiB/s]] [--bandwidth MiB/s] "
      "[--max-downtime MS] [--auto-converge] [--undefine-source] [--tls DIR] [--persistent] [--remote-qvisor PATH] "
-     "[--remote-root DIR] [--ssh-config FILE] [--wait-timeout SECONDS] | migrate NAME --abort",
+     "[--remote-root DIR] [--ssh-config FILE] [--wait-timeout SECONDS] [--unsafe] | migrate NAME --abort",
      "move a running VM live to the qvisor migrate-incoming waiting on another host (disks on shared storage, or "
      "local ones copied with --copy-storage); "
      "a failure leaves it running here"},

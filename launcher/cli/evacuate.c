@@ -30,7 +30,7 @@ struct evac {
 static const char *const passed_opts[] = {"bandwidth", "max-downtime", "tls", "remote-qvisor", "remote-root",
                                           "ssh-config", "wait-timeout", "token", "postcopy-bandwidth", NULL};
 static const char *const passed_flags[] = {"auto-converge", "persistent", "undefine-source", "copy-storage",
-                                           "postcopy", NULL};
+                                           "postcopy", "unsafe", NULL};
 
 static int start_one(struct cli *c, const char *exe, struct evac *v)
 {

@@ -179,6 +179,8 @@ int cmd_migrate(struct cli *c)
         json_object_object_add(req, "postcopy", json_object_new_boolean(true));
     if (postcopy_bandwidth)
         json_object_object_add(req, "postcopy_bandwidth_mib", json_object_new_int(postcopy_bandwidth));
+    if (cli_flag(c, "unsafe"))
+        json_object_object_add(req, "unsafe", json_object_new_boolean(true));
     if (tls) {
         json_object_object_add(req, "tls_dir", json_object_new_string(tls));
         json_object_object_add(req, "tls_hostname", json_object_new_string(tls_host));

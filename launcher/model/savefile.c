@@ -51,12 +51,14 @@ bool managedsave_resume_marked(const struct qv_paths *p, const char *name)
     return resume_mark_path(p, name, path, sizeof(path)) == 0 && access(path, F_OK) == 0;
 }
 
-int savefile_write_header(int fd, const struct vm_def *d, const char *state, const char *qemu_version,
+int savefile_write_header(int fd, const struct vm_def *d, const char *state, const char *qemu_version, int vcpus,
                           struct qv_err *e)
 {
     json_object *h = json_object_new_object();
     json_object_object_add(h, "name", json_object_new_string(d->name));
     json_object_object_add(h, "state", json_object_new_string(state));
+    if (vcpus > d->cpu.count)
+        json_object_object_add(h, "vcpus", json_object_new_int(vcpus));
     json_object_object_add(h, "qemu_version", json_object_new_string(qemu_version ? qemu_version : ""));
     json_object_object_add(h, "saved_at_ms", json_object_new_int64((int64_t)realtime_ms()));
     json_object_object_add(h, "definition", vm_def_to_json(d));
@@ -226,4 +228,19 @@ int savefile_check_definition(const char *file, const struct vm_def *saved, cons
     return qv_fail(e, -EINVAL, "%s: the saved state in %s does not fit the definition any more (%s); put the "
                    "definition back as it was (qvisor edit %s), or remove the saved state",
                    now->name, file, diff, now->name);
+}
+
+int savefile_vcpus(const char *file, json_object *header, const struct vm_def *now, int *vcpus, struct qv_err *e)
+{
+    json_object *v;
+    *vcpus = now->cpu.count;
+    if (!json_object_object_get_ex(header, "vcpus", &v))
+        return 0;
+    int n = json_object_get_int(v), max = now->cpu.max ? now->cpu.max : now->cpu.count;
+    if (!json_object_is_type(v, json_type_int) || n < now->cpu.count || n > max)
+        return qv_fail(e, -EINVAL, "%s: the saved state in %s runs %s vCPUs (plugged with setvcpus), and its "
+                       "definition allows %d to %d now (cpu.count, cpu.max): set cpu.max to at least that again",
+                       now->name, file, json_object_get_string(v), now->cpu.count, max);
+    *vcpus = n;
+    return 0;
 }

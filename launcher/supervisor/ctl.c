@@ -372,7 +372,8 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
                                        .copy_storage = get_bool(req, "copy_storage"),
                                        .persistent = get_bool(req, "persistent"),
                                        .postcopy = get_bool(req, "postcopy"),
-                                       .postcopy_bandwidth_mib = get_int(req, "postcopy_bandwidth_mib", 0)};
+                                       .postcopy_bandwidth_mib = get_int(req, "postcopy_bandwidth_mib", 0),
+                                       .unsafe = get_bool(req, "unsafe")};
         int r = migrate_live(s, c->id, &lo, &e);
         if (r < 0)
             reply_error(s, c, r, "%s", e.msg);

@@ -58,7 +58,8 @@ static const struct request_kind request_kinds[] = {
     {"migrate", {{"address", F_STRING, true}, {"bandwidth_mib", F_INT, false}, {"max_downtime_ms", F_INT, false},
                  {"auto_converge", F_BOOL, false}, {"copy_storage", F_BOOL, false}, {"tls_dir", F_STRING, false},
                  {"tls_hostname", F_STRING, false}, {"token", F_STRING, false}, {"persistent", F_BOOL, false},
-                 {"postcopy", F_BOOL, false}, {"postcopy_bandwidth_mib", F_INT, false}}},
+                 {"postcopy", F_BOOL, false}, {"postcopy_bandwidth_mib", F_INT, false},
+                 {"unsafe", F_BOOL, false}}},
     {"events", {{0}}},
     {"console", {{"replay", F_BOOL, false}}},
 };

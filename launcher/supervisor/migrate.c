@@ -197,23 +197,121 @@ static int64_t get_i64(json_object *o, const char *key)
     return o && json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v) : 0;
 }
 
-/* The stream broke after the switch to post-copy: the guest ran on the destination, so it
- * cannot come back here; part of its memory is still here only, so it cannot run there
- * either (QEMU 7.2 waits for a recovery on both sides; qvisor does not do one). */
+/* The end of a migration that broke after the switch to post-copy (postcopy_broken):
+ * told to the user as it is; cont_error: QEMU's answer to the `cont` that tried to
+ * resume a guest that never ran on the destination (NULL: it runs on here, or none was
+ * tried). */
+static void postcopy_end(struct sup *s, bool cont_tried, const char *cont_error)
+{
+    struct mig_op *m = s->mig;
+    const char *name = s->def.name, *why = m->storage_error;
+    char dest[340];
+    snprintf(dest, sizeof(dest), "%.300s", m->dest_error[0] ? m->dest_error : "the destination said nothing");
+    if (cont_tried && !cont_error) {
+        sup_log(s, "migration to %s failed after the switch to post-copy: %s; the guest never ran there: it runs on "
+                "here", m->address, why);
+        sup_reply_error(s, m->client, -EIO, "%s: migration to %s failed after the switch to post-copy: %s (%s); the "
+                        "guest never ran there, and runs on here", name, m->address, why, dest);
+    } else if (m->dest_ran == 0) {
+        sup_log(s, "migration to %s failed after the switch to post-copy: %s; the guest never ran there, but QEMU "
+                "cannot resume it here (%s): it stays paused", m->address, why, cont_error ? cont_error : "");
+        sup_reply_error(s, m->client, -EIO, "%s: migration to %s failed after the switch to post-copy: %s (%s). The "
+                        "guest never ran there, so its whole state is here, but QEMU %d.%d cannot resume it (cont: "
+                        "%.120s: its migration waits for a post-copy recovery that cannot come): it stays paused "
+                        "here. Its disks hold what it wrote until it stopped: qvisor kill %s here, then qvisor start "
+                        "%s boots it again; what was only in its memory is lost", name, m->address, why, dest,
+                        s->facts.qemu_major, s->facts.qemu_minor, cont_error ? cont_error : "", name, name);
+        sup_set_state(s, VM_PAUSED);
+    } else if (m->dest_ran == 1) {
+        sup_log(s, "migration to %s broke during post-copy: %s; the guest can run on neither host, QEMU stays paused "
+                "here", m->address, why);
+        sup_reply_error(s, m->client, -EIO, "%s: migration to %s broke during post-copy: %s (%s). The guest ran "
+                        "there already, so it cannot come back here, and part of its memory is here only, so it "
+                        "cannot run there either: it is lost (qvisor kill %s on both hosts, then start it from its "
+                        "disks)", name, m->address, why, dest, name);
+        sup_set_state(s, VM_PAUSED);
+    } else {
+        sup_log(s, "migration to %s broke during post-copy: %s; the destination did not say whether the guest ran "
+                "there; QEMU stays paused here", m->address, why);
+        sup_reply_error(s, m->client, -EIO, "%s: migration to %s broke during post-copy: %s (%s), "
+                        "and the destination did not say whether the guest ran there. If it did, part of its memory "
+                        "is here only and it can run on neither host; if not, its state is here but QEMU cannot "
+                        "resume it after the switch. It stays paused here: qvisor status %s there, then qvisor kill "
+                        "%s on both hosts and start it from its disks", name, m->address, why, dest, name, name);
+        sup_set_state(s, VM_PAUSED);
+    }
+    m->over = true;
+    m->step = STEP_DONE;
+    mig_release(s);
+}
+
+static void on_broken_cont(void *ctx, json_object *ret, const struct qv_err *err)
+{
+    (void)ret;
+    struct sup *s = ctx;
+    if (mig_replied(s))
+        postcopy_end(s, true, err ? qemu_says(err->msg) : NULL);
+}
+
+/* The stream broke (or stalled) after the switch to post-copy. Where the guest can run
+ * depends on whether it ran on the destination, as the destination said with its
+ * failure: if it never did, its whole state is here and `cont` resumes it (QEMU 7.2
+ * refuses: its migration waits for a recovery that cannot come, and qvisor does not do
+ * one); if it did, part of its memory is here only and it can run on neither host. */
 static void postcopy_broken(struct sup *s, const char *why)
 {
     struct mig_op *m = s->mig;
     migstore_out_abort(s);
-    sup_log(s, "migration to %s broke during post-copy: %s; the guest can run on neither host, QEMU stays paused here",
-            m->address, why);
-    sup_reply_error(s, m->client, -EIO, "%s: migration to %s broke during post-copy: %s. The guest ran there "
-                    "already, so it cannot come back here, and part of its memory is here only, so it cannot run "
-                    "there either: it is lost (qvisor kill %s on both hosts, then start it from its disks)",
-                    s->def.name, m->address, why, s->def.name);
-    sup_set_state(s, VM_PAUSED);
-    m->over = true;
-    m->step = STEP_DONE;
-    mig_release(s);
+    m->concluding = true;
+    m->poll_at = 0;
+    snprintf(m->storage_error, sizeof(m->storage_error), "%s", why);
+    if (m->dest_ran == 0) {
+        sup_log(s, "post-copy broke (%s), and the guest never ran on %s: resuming it here", why, m->address);
+        if (mig_send(s, "cont", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, on_broken_cont) == 0)
+            return;
+        postcopy_end(s, true, "QEMU's monitor connection is closed");
+        return;
+    }
+    postcopy_end(s, false, NULL);
+}
+
+/* query-migrate's answer after the switch to post-copy: true when the migration ended
+ * there (broke, or stalled past its bound), told by postcopy_broken. QEMU's own end
+ * (postcopy-paused) waits a little for the destination's word on whether the guest ran
+ * there, which changes what can be done. */
+static bool postcopy_check(struct sup *s, const char *status, const char *desc)
+{
+    struct mig_op *m = s->mig;
+    uint64_t now = monotonic_ms();
+    if (!m->in_postcopy || strcmp(status, "completed") == 0)
+        return false;
+    if (m->transferred != m->last_transferred || !m->progress_at) {
+        m->last_transferred = m->transferred;
+        m->progress_at = now;
+    }
+    bool broke = strcmp(status, "postcopy-paused") == 0 || strcmp(status, "failed") == 0 ||
+                 strcmp(status, "cancelling") == 0;
+    char why[300];
+    if (broke) {
+        if (m->dest_ran < 0 && !m->dest_gone) {
+            if (!m->verdict_by)
+                m->verdict_by = now + MIG_VERDICT_WAIT_MS;
+            if (now < m->verdict_by)
+                return false;
+        }
+        snprintf(why, sizeof(why), "%s", desc ? desc : "QEMU's stream broke");
+    } else if (m->dest_gone && m->dest_ran >= 0) {
+        /* the destination's QEMU is gone, it said so: nothing more can go */
+        snprintf(why, sizeof(why), "the destination failed");
+    } else {
+        uint64_t bound = m->dest_gone ? MIG_POSTCOPY_GONE_STALL_MS : MIG_POSTCOPY_STALL_MS;
+        if (now - m->progress_at < bound)
+            return false;
+        snprintf(why, sizeof(why), "QEMU sent nothing for %llu s (it stays in %s)",
+                 (unsigned long long)((now - m->progress_at) / 1000), status);
+    }
+    postcopy_broken(s, why);
+    return true;
 }
 
 static void on_query(void *ctx, json_object *ret, const struct qv_err *err)
@@ -223,6 +321,8 @@ static void on_query(void *ctx, json_object *ret, const struct qv_err *err)
     if (!m)
         return;
     m->polling = false;
+    if (m->concluding)
+        return;
     if (err) {
         sup_log(s, "query-migrate: %s", err->msg);
         m->poll_at = monotonic_ms() + MIG_POLL_MS;
@@ -240,21 +340,23 @@ static void on_query(void *ctx, json_object *ret, const struct qv_err *err)
     m->expected_downtime = get_i64(ret, "expected-downtime");
     m->downtime = get_i64(ret, "downtime");
     m->total_time = get_i64(ret, "total-time");
-    if (strcmp(status, "postcopy-active") == 0 && !m->in_postcopy) {
+    /* postcopy-paused too: the switch may be over and broken between two queries */
+    if (!m->in_postcopy && (strcmp(status, "postcopy-active") == 0 || strcmp(status, "postcopy-paused") == 0 ||
+                            strcmp(status, "postcopy-recover") == 0)) {
         m->in_postcopy = true;
-        sup_log(s, "post-copy: the guest runs on %s now; the rest of its memory follows (a failure from here on "
-                "cannot bring it back here)", m->address);
+        sup_log(s, "post-copy: the guest stopped here to run on %s; the rest of its memory follows (once it ran "
+                "there, a failure cannot bring it back here)", m->address);
     }
+    const char *desc = json_object_object_get_ex(ret, "error-desc", &v) ? json_object_get_string(v) : NULL;
     if (strcmp(status, "completed") == 0) {
         m->poll_at = 0;
         save_completed(s);
-    } else if (m->in_postcopy && (strcmp(status, "postcopy-paused") == 0 || strcmp(status, "failed") == 0)) {
-        m->poll_at = 0;
-        const char *desc = json_object_object_get_ex(ret, "error-desc", &v) ? json_object_get_string(v) : NULL;
-        postcopy_broken(s, desc ? desc : "the stream broke");
+    } else if (postcopy_check(s, status, desc)) {
+        return;
+    } else if (m->in_postcopy) {
+        m->poll_at = monotonic_ms() + MIG_POLL_MS;
     } else if (strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0) {
         m->poll_at = 0;
-        const char *desc = json_object_object_get_ex(ret, "error-desc", &v) ? json_object_get_string(v) : NULL;
         mig_failed(s, "%s", m->cancel_asked      ? "cancelled"
                               : m->storage_error[0] ? m->storage_error
                               : desc                ? desc
@@ -294,7 +396,7 @@ void migrate_event(struct sup *s, const char *event, json_object *data)
     const char *status = data && json_object_object_get_ex(data, "status", &v) ? json_object_get_string(v) : "";
     bool over = strcmp(status, "completed") == 0 || strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0;
     struct mig_op *m = s->mig;
-    if (m && !m->over && m->step == STEP_RUNNING) {
+    if (m && !m->over && !m->concluding && m->step == STEP_RUNNING) {
         if (strcmp(event, "MIGRATION_PASS") == 0) {
             m->passes = data && json_object_object_get_ex(data, "pass", &v) ? json_object_get_int(v) : m->passes + 1;
             /* pass 1 is the start; 2 comes once the first pass over RAM is done and
@@ -491,7 +593,8 @@ int migrate_save(struct sup *s, unsigned client, const char *file, bool bypass_c
         free(m);
         return qv_failerr(e, err, "%s: %s", s->def.name, file);
     }
-    r = savefile_write_header(m->fd, &s->def, vm_state_names[s->rs.state], s->rs.qemu_version, e);
+    r = savefile_write_header(m->fd, &s->def, vm_state_names[s->rs.state], s->rs.qemu_version, s->tune.vcpus,
+                              e);
     if (r < 0) {
         unlink(m->part);
         close(m->fd);

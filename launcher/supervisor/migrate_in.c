@@ -325,29 +325,29 @@ static void on_in_postcopy_caps(void *ctx, json_object *ret, const struct qv_err
         start_failed(s, &e, NULL);
 }
 
-int migrate_incoming_begin(struct sup *s, struct qv_err *e)
+static void restore_plugged(struct sup *s, const struct qv_err *err);
+
+/* A restore: the file's header checked against the definition, the vCPUs it was saved
+ * with plugged (restore_plugged), then its stream goes to QEMU from the header's end. */
+static int restore_begin(struct sup *s, bool plugged, struct qv_err *e)
 {
-    if (incoming_tcp(s)) {
-        if (s->mig_listen_fd <= 0)
-            return qv_fail(e, -EBADF, "%s: the migration listener is gone", s->def.name);
-        if (!s->mig_postcopy)
-            return incoming_tcp_ready(s, e);
-        if (qmp_send(s->qmp, "migrate-set-capabilities", migrate_caps(false, true), NULL, 0, QMP_TIMEOUT_DEFAULT, 0,
-                     on_in_postcopy_caps, s) < 0)
-            return qv_fail(e, -ECONNRESET, "%s: the QMP connection is closed", s->def.name);
-        return 0;
-    }
     _cleanup_json_ json_object *header = NULL;
     _cleanup_vm_def_ struct vm_def saved = {0};
     off_t off;
-    int fd;
+    int fd, vcpus;
     int r = savefile_open(s->start.incoming, &header, &saved, &off, &fd, e);
     if (r < 0)
         return r;
     if ((r = savefile_check_definition(s->start.incoming, &saved, &s->def, e)) < 0 ||
+        (r = savefile_vcpus(s->start.incoming, header, &s->def, &vcpus, e)) < 0 ||
         (lseek(fd, off, SEEK_SET) < 0 && (r = qv_failerr(e, -errno, "%s", s->start.incoming)) < 0)) {
         close(fd);
         return r;
+    }
+    if (!plugged && vcpus > s->def.cpu.count) {
+        close(fd);
+        sup_log(s, "plugging the %d vCPUs the guest was saved with (setvcpus)", vcpus);
+        return tuning_plug_vcpus(s, vcpus, restore_plugged, e);
     }
     sup_log(s, "restoring the guest's state from %s", s->start.incoming);
     /* capabilities (events), getfd and migrate-incoming go out together: QEMU answers in order */
@@ -363,4 +363,33 @@ int migrate_incoming_begin(struct sup *s, struct qv_err *e)
     if (r < 0)
         return qv_fail(e, -ECONNRESET, "restoring from %s: the QMP connection is closed", s->start.incoming);
     return 0;
+}
+
+static void restore_plugged(struct sup *s, const struct qv_err *err)
+{
+    if (s->start.phase != START_QMP || s->start.failed)
+        return;
+    struct qv_err e = {0};
+    if (err) {
+        qv_fail(&e, err->code ? err->code : -EIO, "restoring from %s: plugging the vCPUs it was saved with: %s",
+                s->start.incoming, err->msg);
+        start_failed(s, &e, NULL);
+    } else if (restore_begin(s, true, &e) < 0) {
+        start_failed(s, &e, NULL);
+    }
+}
+
+int migrate_incoming_begin(struct sup *s, struct qv_err *e)
+{
+    if (incoming_tcp(s)) {
+        if (s->mig_listen_fd <= 0)
+            return qv_fail(e, -EBADF, "%s: the migration listener is gone", s->def.name);
+        if (!s->mig_postcopy)
+            return incoming_tcp_ready(s, e);
+        if (qmp_send(s->qmp, "migrate-set-capabilities", migrate_caps(false, true), NULL, 0, QMP_TIMEOUT_DEFAULT, 0,
+                     on_in_postcopy_caps, s) < 0)
+            return qv_fail(e, -ECONNRESET, "%s: the QMP connection is closed", s->def.name);
+        return 0;
+    }
+    return restore_begin(s, false, e);
 }

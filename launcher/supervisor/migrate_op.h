@@ -9,6 +9,12 @@
 #define MIG_SYNC_TIMEOUT_MS (10 * 60 * 1000)
 #define MIG_MAX_BANDWIDTH (1ll << 40)    /* bytes/s: QEMU's default (32 MiB/s) is too slow for files and LANs */
 #define MIG_CONNECT_TIMEOUT_MS 15000
+/* After the switch to post-copy a stream that sends nothing for this long is stuck: QEMU
+ * 7.2 waits for a recovery (postcopy-paused), or deadlocks in postcopy-active (its
+ * migration thread joins the return-path thread, which waits for a recovery) */
+#define MIG_POSTCOPY_STALL_MS 60000
+#define MIG_POSTCOPY_GONE_STALL_MS 15000    /* the same, once the destination is gone */
+#define MIG_VERDICT_WAIT_MS 15000           /* the destination's word on whether the guest ran there */
 
 enum mig_step { STEP_STOP, STEP_STORAGE, STEP_CAPS, STEP_TLS, STEP_PARAMS, STEP_CONNECT, STEP_GETFD, STEP_MIGRATE,
                 STEP_RUNNING, STEP_SYNC, STEP_DONE };
@@ -23,6 +29,15 @@ struct mig_op {
     int64_t postcopy_bandwidth; /* bytes/s once in post-copy, 0: no cap */
     bool postcopy_asked;    /* migrate-start-postcopy sent: no cancel from here on */
     bool in_postcopy;       /* QEMU said postcopy-active: the guest runs on the destination */
+    /* after the switch: what the destination said of its failure, and whether its QEMU
+     * ever ran the guest (-1: it did not say, or has not yet) */
+    char dest_error[600];
+    int dest_ran;
+    bool dest_gone;         /* the control line ended (with or without a word) */
+    uint64_t verdict_by;    /* QEMU's stream broke: the destination's word is awaited until then */
+    uint64_t progress_at;   /* post-copy: when the bytes sent last grew */
+    int64_t last_transferred;
+    bool concluding;        /* post-copy broke: the end is being told (a `cont` may be under way) */
     bool copy_storage;      /* local disks mirrored to the destination's NBD exports first (migstore_out.c) */
     char token[68];         /* the destination's one-time token */
     bool persistent;

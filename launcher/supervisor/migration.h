@@ -1,6 +1,7 @@
 /* Save, restore and live migration: migrate.c and migrate_live.c (out; migrate_op.h is
  * their shared state), migrate_in.c (in), migrate_tls.c,
- * the disk copy's halves (migstore_in.c, migstore_out.c). Included by internal.h */
+ * the control line's and the disk copy's halves (migstore_in.c with migstore_copy.c,
+ * migstore_out.c). Included by internal.h */
 #ifndef QV_SUP_MIGRATION_H
 #define QV_SUP_MIGRATION_H
 
@@ -24,6 +25,7 @@ struct migrate_live_opts {
     bool persistent;            /* the destination keeps the definition it runs */
     bool postcopy;              /* switch to post-copy after the first pass (the destination waits with --postcopy) */
     int64_t postcopy_bandwidth_mib; /* post-copy's cap (QEMU's max-postcopy-bandwidth), MiB/s; 0: none */
+    bool unsafe;                /* migrate a running guest QEMU may corrupt on the way (TCG before 9.0, 2+ vCPUs) */
 };
 int migrate_live(struct sup *s, unsigned client, const struct migrate_live_opts *o, struct qv_err *e);
 /* A start that receives the guest from a source: listens on listen_at (numeric
@@ -91,9 +93,9 @@ void migrate_forget(struct sup *s);
  * against the definition first); the start goes on with start_after_load. */
 int migrate_incoming_begin(struct sup *s, struct qv_err *e);
 
-/* migstore_in.c: the destination's half of the control line every live migration
- * goes over, and of --copy-storage's copy of local disks (the protocol is described
- * there). */
+/* migstore_in.c (and migstore_copy.c): the destination's half of the control line every
+ * live migration goes over, and of --copy-storage's copy of local disks (the protocol is
+ * described there). */
 int migstore_in_listen(struct sup *s, bool copy_storage, struct qv_err *e);   /* wait for the source's hello */
 bool migstore_in_waiting(struct sup *s);                   /* no control connection yet */
 bool migstore_in_copy(struct sup *s);                      /* migrate-incoming --copy-storage */
@@ -133,10 +135,11 @@ void migstore_io(struct sup *s, uint32_t events);
  * in sync), or confirmed that the guest runs there (answer: its words; the source's
  * QEMU quits), or the migration failed before the destination could run the guest
  * (it runs on here), or the destination never confirmed (the guest stays paused here:
- * it may run there). */
+ * it may run there). dest_ran: whether the destination ran the guest, as it said with
+ * its failure; -1: it did not say. */
 void migrate_storage_ready(struct sup *s);
 void migrate_storage_finished(struct sup *s, json_object *answer);
-void migrate_storage_failed(struct sup *s, const char *why);
+void migrate_storage_failed(struct sup *s, const char *why, int dest_ran);
 void migrate_storage_unconfirmed(struct sup *s, const char *why);
 
 #endif

@@ -35,7 +35,8 @@
  *   ends the same way.
  *
  * Nothing here waits: the connection is read in the loop, qemu-img runs as a watched
- * child, QMP steps complete through callbacks. */
+ * child, QMP steps complete through callbacks. The disks' part (the target images, the
+ * NBD server and exports) is in migstore_copy.c. */
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,48 +46,11 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 
-#include "launcher/supervisor/internal.h"
+#include "launcher/supervisor/migstore_in.h"
 
-#define MSI_CREATE_TIMEOUT_MS 120000
 #define MSI_LINE_MAX 65536
-#define MSI_NBD_FDNAME "qv-nbd-listen"
 
-enum msi_phase { MSI_WAIT_SOURCE, MSI_WAIT_HELLO, MSI_CREATING, MSI_STARTING, MSI_SERVING, MSI_FINISHING,
-                 MSI_RESUMING, MSI_DONE };
-
-struct msi_disk {
-    char id[24];
-    char path[PATH_MAX];
-    int64_t size;
-    char format[8];
-    bool created;
-};
-
-struct migstore_in {
-    enum msi_phase phase;
-    int ctl;                /* the control connection; -1 none */
-    struct buf in;
-    struct msi_disk disks[VM_MAX_DISKS];
-    size_t ndisks, next;    /* next: the next image to create, then the next export */
-    struct sup_child child;
-    int nbd_fd;             /* the NBD listener until QEMU has it; -1 */
-    char nbd_addr[80];
-    bool stream_done, finish_asked;
-    bool copy;              /* migrate-incoming --copy-storage */
-    bool persistent;        /* the source asked for the definition to be kept here */
-    int plugged_vcpus;      /* the source's vCPUs, plugged here before the stream; 0: cpu.count */
-    uint64_t balloon_target;    /* the source's last setmem, set here once the guest runs; 0: none */
-    uint64_t deadline;      /* no source by then: the destination gives up; 0: a source came */
-    struct sockaddr_storage peer;   /* the control line's peer: the stream must come from there */
-};
-
-static const char *qemu_says(const char *msg)
-{
-    static const char generic[] = "GenericError: ";
-    return strncmp(msg, generic, sizeof(generic) - 1) == 0 ? msg + sizeof(generic) - 1 : msg;
-}
-
-static void send_line(struct sup *s, json_object *o)
+void msi_send_line(struct sup *s, json_object *o)
 {
     struct migstore_in *mi = s->msin;
     if (mi->ctl < 0)
@@ -103,7 +67,7 @@ static void send_error(struct sup *s, const char *msg)
     json_object *o = json_object_new_object();
     json_object_object_add(o, "ok", json_object_new_boolean(false));
     json_object_object_add(o, "error", json_object_new_string(msg));
-    send_line(s, o);
+    msi_send_line(s, o);
     json_object_put(o);
 }
 
@@ -142,8 +106,7 @@ static void msin_end(struct sup *s, bool keep_images)
 }
 
 /* A failure before QEMU was started: the supervisor ends, as a failed start would. */
-static void fail_early(struct sup *s, const char *fmt, ...) QV_PRINTF(2, 3);
-static void fail_early(struct sup *s, const char *fmt, ...)
+void msi_fail_early(struct sup *s, const char *fmt, ...)
 {
     char why[900];
     va_list ap;
@@ -162,8 +125,7 @@ static void fail_early(struct sup *s, const char *fmt, ...)
 }
 
 /* A failure once QEMU runs: the start fails (start_wind_up calls migstore_in_wind_up). */
-static void fail_started(struct sup *s, int code, const char *fmt, ...) QV_PRINTF(3, 4);
-static void fail_started(struct sup *s, int code, const char *fmt, ...)
+void msi_fail_started(struct sup *s, int code, const char *fmt, ...)
 {
     struct qv_err e = {0};
     va_list ap;
@@ -271,8 +233,6 @@ void migstore_in_accept(struct sup *s)
     sup_epoll_add(s, c, EPOLLIN, &s->ev_msctl);
     sup_log(s, "a source connected (control line)");
 }
-
-static void create_next(struct sup *s);
 
 static int parse_hello(struct sup *s, const char *line, char *why, size_t whylen)
 {
@@ -396,7 +356,7 @@ static void on_plugged_serving(struct sup *s, const struct qv_err *err)
         return;
     }
     json_object *o = json_obj1("ok", json_object_new_boolean(true));
-    send_line(s, o);
+    msi_send_line(s, o);
     json_object_put(o);
     sup_epoll_add(s, s->mig_listen_fd, EPOLLIN, &s->ev_mig);
     sup_log(s, "the source of %s is here (its token matched); waiting for the migration stream", s->def.name);
@@ -404,7 +364,7 @@ static void on_plugged_serving(struct sup *s, const struct qv_err *err)
 
 /* The vCPUs the source plugged live (setvcpus) are plugged here too before the stream
  * comes: QEMU's stream carries their state, not the devices. done is called once. */
-static int plug_vcpus(struct sup *s, void (*done)(struct sup *, const struct qv_err *), struct qv_err *e)
+int msi_plug_vcpus(struct sup *s, void (*done)(struct sup *, const struct qv_err *), struct qv_err *e)
 {
     struct migstore_in *mi = s->msin;
     if (mi->plugged_vcpus <= s->def.cpu.count) {
@@ -427,7 +387,7 @@ static void on_hello(struct sup *s, const char *line)
     if (!mi->copy) {
         mi->phase = MSI_SERVING;
         struct qv_err e = {0};
-        if (plug_vcpus(s, on_plugged_serving, &e) < 0) {
+        if (msi_plug_vcpus(s, on_plugged_serving, &e) < 0) {
             mi->deadline = monotonic_ms() + s->mig_wait_ms;
             refuse(s, e.msg);
         }
@@ -436,204 +396,10 @@ static void on_hello(struct sup *s, const char *line)
     sup_log(s, "copy-storage: %zu disk(s) to receive", mi->ndisks);
     mi->phase = MSI_CREATING;
     mi->next = 0;
-    create_next(s);
-}
-
-static void create_next(struct sup *s)
-{
-    struct migstore_in *mi = s->msin;
-    if (mi->next < mi->ndisks) {
-        struct msi_disk *t = &mi->disks[mi->next];
-        char size[32];
-        snprintf(size, sizeof(size), "%lld", (long long)t->size);
-        const char *bin = getenv("QVISOR_QEMU_IMG");
-        const char *argv[] = {bin && *bin ? bin : "qemu-img", "create", "-q", "-f", t->format, t->path, size, NULL};
-        struct qv_err e = {0};
-        t->created = true;      /* recorded first: a failure half way removes what is there */
-        if (sup_child_spawn(&mi->child, argv, MSI_CREATE_TIMEOUT_MS, &e) < 0)
-            fail_early(s, "%s: creating %s: %s", t->id, t->path, e.msg);
-        else
-            sup_log(s, "copy-storage: creating %s (%s, %lld bytes)", t->path, t->format, (long long)t->size);
-        return;
-    }
-    mi->phase = MSI_STARTING;
-    struct qv_err e = {0};
-    if (start_begin(s, false, &e) < 0)
-        fail_early(s, "%s", e.msg);
-}
-
-void migstore_in_child_exited(struct sup *s)
-{
-    struct migstore_in *mi = s->msin;
-    int status;
-    char out[512];
-    if (!mi || mi->phase != MSI_CREATING || !sup_child_reap(&mi->child, &status, out, sizeof(out)))
-        return;
-    struct msi_disk *t = &mi->disks[mi->next];
-    if (status != 0) {
-        fail_early(s, "%s: creating %s: %s", t->id, t->path, out[0] ? out : "qemu-img failed");
-        return;
-    }
-    mi->next++;
-    create_next(s);
-}
-
-/* ---- QEMU is set up: the NBD server and the exports, then the answer ---- */
-
-static void serve_next(struct sup *s);
-
-/* getfd: a failure fails the start; success waits for nbd-server-start's answer */
-static void on_serve_fd(void *ctx, json_object *ret, const struct qv_err *err)
-{
-    (void)ret;
-    struct sup *s = ctx;
-    struct migstore_in *mi = s->msin;
-    if (mi && mi->phase == MSI_SERVING && !s->start.failed && err)
-        fail_started(s, -EIO, "copy-storage: %s", qemu_says(err->msg));
-}
-
-static void on_serve_step(void *ctx, json_object *ret, const struct qv_err *err)
-{
-    (void)ret;
-    struct sup *s = ctx;
-    struct migstore_in *mi = s->msin;
-    if (!mi || mi->phase != MSI_SERVING || s->start.failed)
-        return;
-    if (err) {
-        fail_started(s, -EIO, "copy-storage: %s", qemu_says(err->msg));
-        return;
-    }
-    serve_next(s);
-}
-
-static void serve_next(struct sup *s)
-{
-    struct migstore_in *mi = s->msin;
-    int r = 0;
-    if (mi->next < mi->ndisks) {
-        struct msi_disk *t = &mi->disks[mi->next++];
-        struct disk_ref ref;
-        if (!disk_find(s, t->id, &ref)) {
-            fail_started(s, -ENOENT, "copy-storage: %s is gone", t->id);
-            return;
-        }
-        json_object *a = json_object_new_object();
-        json_object_object_add(a, "type", json_object_new_string("nbd"));
-        char id[40];
-        snprintf(id, sizeof(id), "qv-mig-%s", t->id);
-        json_object_object_add(a, "id", json_object_new_string(id));
-        json_object_object_add(a, "node-name", json_object_new_string(ref.node));
-        json_object_object_add(a, "name", json_object_new_string(t->id));
-        json_object_object_add(a, "writable", json_object_new_boolean(true));
-        r = qmp_send(s->qmp, "block-export-add", a, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_serve_step, s);
-    } else {
-        /* the readiness answer: where the exports are */
-        json_object *o = json_object_new_object(), *ex = json_object_new_object();
-        json_object_object_add(o, "ok", json_object_new_boolean(true));
-        json_object_object_add(o, "nbd", json_object_new_string(mi->nbd_addr));
-        for (size_t i = 0; i < mi->ndisks; i++)
-            json_object_object_add(ex, mi->disks[i].id, json_object_new_string(mi->disks[i].id));
-        json_object_object_add(o, "exports", ex);
-        send_line(s, o);
-        json_object_put(o);
-        sup_epoll_add(s, s->mig_listen_fd, EPOLLIN, &s->ev_mig);
-        sup_log(s, "QEMU is set up, NBD exports on %s; waiting for the disks and then the migration stream on %s",
-                mi->nbd_addr, s->start.incoming + 4);
-        return;
-    }
-    if (r < 0)
-        fail_started(s, -ECONNRESET, "copy-storage: the QMP connection is closed");
-}
-
-/* A listener next to the control connection's own address: the source reached this
- * host there. */
-static int nbd_listen(struct sup *s, struct qv_err *e)
-{
-    struct migstore_in *mi = s->msin;
-    struct sockaddr_storage sa;
-    socklen_t len = sizeof(sa);
-    if (getsockname(mi->ctl, (struct sockaddr *)&sa, &len) < 0)
-        return qv_failerr(e, -errno, "copy-storage: getsockname");
-    if (sa.ss_family == AF_INET)
-        ((struct sockaddr_in *)&sa)->sin_port = 0;
-    else if (sa.ss_family == AF_INET6)
-        ((struct sockaddr_in6 *)&sa)->sin6_port = 0;
-    int fd = socket(sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return qv_failerr(e, -errno, "copy-storage: socket");
-    if (bind(fd, (struct sockaddr *)&sa, len) < 0 || listen(fd, 8) < 0 ||
-        getsockname(fd, (struct sockaddr *)&sa, &len) < 0) {
-        int r = -errno;
-        close(fd);
-        return qv_failerr(e, r, "copy-storage: the NBD listener");
-    }
-    char host[INET6_ADDRSTRLEN], port[8];
-    getnameinfo((struct sockaddr *)&sa, len, host, sizeof(host), port, sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV);
-    snprintf(mi->nbd_addr, sizeof(mi->nbd_addr), sa.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, port);
-    mi->nbd_fd = fd;
-    return 0;
-}
-
-static int serve_start(struct sup *s, struct qv_err *e);
-
-static void on_plugged_copy(struct sup *s, const struct qv_err *err)
-{
-    struct migstore_in *mi = s->msin;
-    if (!mi || s->start.phase != START_QMP || s->start.failed)
-        return;
-    struct qv_err e = {0};
-    if (err)
-        fail_started(s, err->code, "plugging the source's %d vCPUs here: %s", mi->plugged_vcpus, err->msg);
-    else if (serve_start(s, &e) < 0)
-        fail_started(s, e.code, "%s", e.msg);
-}
-
-int migstore_in_serve(struct sup *s, struct qv_err *e)
-{
-    return plug_vcpus(s, on_plugged_copy, e);
-}
-
-static int serve_start(struct sup *s, struct qv_err *e)
-{
-    struct migstore_in *mi = s->msin;
-    int r = nbd_listen(s, e);
-    if (r < 0)
-        return r;
-    mi->phase = MSI_SERVING;
-    mi->next = 0;
-    /* QEMU may have no network of its own: it gets the listening socket */
-    r = qmp_send(s->qmp, "getfd", json_obj1("fdname", json_object_new_string(MSI_NBD_FDNAME)), &mi->nbd_fd, 1,
-                 QMP_TIMEOUT_DEFAULT, 0, on_serve_fd, s);
-    close(mi->nbd_fd);
-    mi->nbd_fd = -1;
-    if (r == 0) {
-        json_object *addr = json_object_new_object(), *data = json_object_new_object();
-        json_object_object_add(addr, "type", json_object_new_string("fd"));
-        json_object_object_add(data, "str", json_object_new_string(MSI_NBD_FDNAME));
-        json_object_object_add(addr, "data", data);
-        r = qmp_send(s->qmp, "nbd-server-start", json_obj1("addr", addr), NULL, 0, QMP_TIMEOUT_DEFAULT, 0,
-                     on_serve_step, s);
-    }
-    if (r < 0)
-        return qv_fail(e, -ECONNRESET, "copy-storage: the QMP connection is closed");
-    return 0;
+    msi_create_next(s);
 }
 
 /* ---- the end ---- */
-
-static void on_nbd_stopped(void *ctx, json_object *ret, const struct qv_err *err)
-{
-    (void)ret;
-    struct sup *s = ctx;
-    struct migstore_in *mi = s->msin;
-    if (!mi || mi->phase != MSI_FINISHING || s->start.failed)
-        return;
-    if (err)
-        sup_log(s, "warning: nbd-server-stop: %s", qemu_says(err->msg));
-    sup_log(s, "copy-storage: the disks are in; the NBD server is stopped");
-    mi->phase = MSI_RESUMING;
-    migrate_incoming_resume(s);     /* migstore_in_started confirms once the guest runs */
-}
 
 static void maybe_finish(struct sup *s)
 {
@@ -646,8 +412,7 @@ static void maybe_finish(struct sup *s)
         return;
     }
     mi->phase = MSI_FINISHING;
-    if (qmp_send(s->qmp, "nbd-server-stop", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_nbd_stopped, s) < 0)
-        fail_started(s, -ECONNRESET, "copy-storage: the QMP connection is closed");
+    msi_nbd_stop(s);
 }
 
 bool migstore_in_hold(struct sup *s)
@@ -692,7 +457,7 @@ void migstore_in_io(struct sup *s)
         }
         close_ctl(s);
         if (mi->phase == MSI_CREATING)
-            fail_early(s, "the source %s", why);
+            msi_fail_early(s, "the source %s", why);
         else if (mi->phase == MSI_RESUMING)
             sup_log(s, "the source's control line closed (%s) while the guest resumes here; it runs on here", why);
         else if (s->mig_in_postcopy && mi->phase == MSI_SERVING) {
@@ -702,7 +467,7 @@ void migstore_in_io(struct sup *s)
             maybe_finish(s);
         }
         else if (mi->phase != MSI_DONE && start_active(s))
-            fail_started(s, -ECANCELED, "the source ended the migration (its control connection: %s)", why);
+            msi_fail_started(s, -ECANCELED, "the source ended the migration (its control connection: %s)", why);
         return;
     }
     char *line;
@@ -722,7 +487,14 @@ void migstore_in_wind_up(struct sup *s, const char *why)
 {
     if (!s->msin)
         return;
-    send_error(s, why);
+    /* whether the guest ran here: a source that switched to post-copy may resume its
+     * own copy only if it never did */
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "ok", json_object_new_boolean(false));
+    json_object_object_add(o, "error", json_object_new_string(why));
+    json_object_object_add(o, "guest_ran", json_object_new_boolean(!s->never_ran));
+    msi_send_line(s, o);
+    json_object_put(o);
     msin_end(s, false);
 }
 
@@ -731,7 +503,7 @@ bool migstore_in_cancel(struct sup *s, const char *why)
     struct migstore_in *mi = s->msin;
     if (!mi || start_active(s) || mi->phase == MSI_DONE)
         return false;
-    fail_early(s, "%s", why);
+    msi_fail_early(s, "%s", why);
     s->exit_code = 0;
     return true;
 }
@@ -764,7 +536,7 @@ void migstore_in_started(struct sup *s, bool paused)
     if (mi->balloon_target)
         tuning_balloon_carry(s, mi->balloon_target);
     sup_crash_point("incoming-before-confirm");     /* tests: the guest runs here, the source never hears it */
-    send_line(s, o);
+    msi_send_line(s, o);
     json_object_put(o);
     sup_log(s, "the source is told that the guest %s here", paused ? "is here (paused)" : "runs");
     mi->phase = MSI_DONE;
@@ -788,7 +560,7 @@ void migstore_in_expire(struct sup *s, uint64_t now)
     if (mi->phase == MSI_WAIT_HELLO)
         send_error(s, why);
     if (start_active(s))
-        fail_started(s, -ETIMEDOUT, "%s", why);
+        msi_fail_started(s, -ETIMEDOUT, "%s", why);
     else
-        fail_early(s, "%s", why);
+        msi_fail_early(s, "%s", why);
 }

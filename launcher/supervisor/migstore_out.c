@@ -107,8 +107,10 @@ static struct migstore_out *replied(struct sup *s)
     return mo;
 }
 
-static void fail(struct sup *s, const char *fmt, ...) QV_PRINTF(2, 3);
-static void fail(struct sup *s, const char *fmt, ...)
+/* dest_ran: whether the destination's QEMU ever ran the guest, as it said with its
+ * failure (-1: it did not say: the source's own failure, or the line closed) */
+static void fail_ran(struct sup *s, int dest_ran, const char *fmt, ...) QV_PRINTF(3, 4);
+static void fail_ran(struct sup *s, int dest_ran, const char *fmt, ...)
 {
     char why[900];
     va_list ap;
@@ -120,8 +122,9 @@ static void fail(struct sup *s, const char *fmt, ...)
     bool stopped = mo->phase == MSO_FINISHING || mo->phase == MSO_ACK;
     if (stopped && s->qmp)
         sup_qmp(s, "cont", NULL);    /* the stream completed, the destination never runs it: on here */
-    migrate_storage_failed(s, why);     /* calls migstore_out_abort */
+    migrate_storage_failed(s, why, dest_ran);     /* calls migstore_out_abort */
 }
+#define fail(s, ...) fail_ran(s, -1, __VA_ARGS__)
 
 /* ---- clean-up: jobs cancelled, dismissed, nodes deleted ---- */
 
@@ -461,8 +464,10 @@ static void on_answer(struct sup *s, const char *line)
         return;
     }
     if (!json_object_get_boolean(v)) {
-        fail(s, "the destination: %s",
-             json_object_object_get_ex(o, "error", &v) ? json_object_get_string(v) : "refused (no reason given)");
+        json_object *ran;
+        int dest_ran = json_object_object_get_ex(o, "guest_ran", &ran) ? json_object_get_boolean(ran) : -1;
+        fail_ran(s, dest_ran, "the destination: %s",
+                 json_object_object_get_ex(o, "error", &v) ? json_object_get_string(v) : "refused (no reason given)");
         return;
     }
     if (mo->phase == MSO_ACK) {

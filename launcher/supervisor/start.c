@@ -227,7 +227,9 @@ int start_begin_restore(struct sup *s, const char *file, bool remove, struct qv_
     if (r < 0)
         return r;
     close(fd);
-    if ((r = savefile_check_definition(file, &saved, &s->def, e)) < 0)
+    int vcpus;
+    if ((r = savefile_check_definition(file, &saved, &s->def, e)) < 0 ||
+        (r = savefile_vcpus(file, header, &s->def, &vcpus, e)) < 0)
         return r;
     snprintf(s->start.incoming, sizeof(s->start.incoming), "%s", file);
     if ((r = start_begin(s, false, e)) < 0) {

@@ -19,8 +19,8 @@ target=$RB/img/data.qcow2
 twohosts 10.252.0 || { not_ok "two hosts (network and PID namespaces)"; finish; }
 # nothing of a copy left in A's QEMU: no job, no nbd node
 no_mirrorA() {
-    qA qmp mg '{"execute": "query-jobs"}' | jq -e '. == []' > /dev/null &&
-        qA qmp mg '{"execute": "query-named-block-nodes"}' | jq -e 'length > 0 and ([.[] | select(.drv == "nbd")] == [])' > /dev/null
+    qA qmp mg '{"execute": "query-jobs"}' | jqe '. == []' &&
+        qA qmp mg '{"execute": "query-named-block-nodes"}' | jqe 'length > 0 and ([.[] | select(.drv == "nbd")] == [])'
 }
 
 define_guest mg "qv_agent=0" --disk "file=$img/data.qcow2,serial=DATA,cache=writeback"
@@ -37,7 +37,7 @@ history_on_B() {
     rm -f "$T_ROOT/b.raw"
     [ "$got" = "$(seq -s ' ' 1 "$1") " ]
 }
-copying() { qA status mg --json | jq -e '.migration.disk_transferred > 1048576 and (.migration.disks_synced | not)' > /dev/null; }
+copying() { qA status mg --json | jqe '.migration.disk_transferred > 1048576 and (.migration.disks_synced | not)'; }
 
 qA start -q mg || { not_ok "the VM starts on A"; finish; }
 check "the guest boots on A" wait_until 90 booted
@@ -98,7 +98,7 @@ check_output "migrate --copy-storage --persistent A -> B" \
     "mg migrated to $B_IP:4723 in [0-9]+ ms \\(downtime [0-9]+ ms\\); running there, defined there" \
     qA migrate mg --to tcp:$B_IP:4723 --token k3 --copy-storage --persistent
 check "B runs the guest as soon as migrate returns" stateB running
-check "...B keeps the definition it runs (the copy's path)" sh -c "jq -e --arg t '$target' '[.disks[].file] | index(\$t)' '$RB/etc/qvisor/vms/mg.json'"
+check "...B keeps the definition it runs (the copy's path)" jqe "[.disks[].file] | index(\"$target\")" "$RB/etc/qvisor/vms/mg.json"
 check "...it keeps counting from where it was" wait_until 30 aboveB "${before:-0}"
 check "...without booting on B" sh -c "! grep -q 'QVISOR-GUEST: ready' '$RB/var/log/qvisor/mg.log'"
 now=$(countB)

@@ -7,7 +7,9 @@
 # since the save is refused, naming the difference; a save that fails (no such
 # directory, a full filesystem mid-stream) leaves the guest running and no file behind;
 # managedsave is resumed by the next start and removed then, shows as "saved" in list,
-# blocks undefine until --managed-save; managedsave-remove makes the next start boot.
+# blocks undefine until --managed-save; managedsave-remove makes the next start boot. A
+# vCPU plugged live (setvcpus) is recorded in the file and plugged again before the
+# stream by restore and by the start after a managed save.
 . "$(dirname "$0")/../lib.sh"
 
 img=$T_ROOT/img
@@ -28,6 +30,10 @@ count() { gsh sv 'cat /tmp/count' | grep -E '^[0-9]+$' | tail -1; }
 disk_count() { gsh sv "dd if=/dev/$dev bs=512 count=1 2>/dev/null | tr -d ' '; echo" | grep -o 'COUNT-[0-9]*' | tail -1 | cut -d- -f2; }
 count_above() { local n; n=$(count); [ -n "$n" ] && [ "$n" -gt "$1" ]; }
 def_set() { qv show sv | jq "$1" | qv edit sv > /dev/null; }
+# header_has FILTER: the saved state's header (its second line) passes jq -e FILTER (and exists)
+header_has() { local h; h=$(sed -n '2{p;q}' "$SAVE") && [ -n "$h" ] && jq -e "$1" <<< "$h" > /dev/null; }
+vcpus_are() { [ "$(qv status sv --json | jq .vcpus)" = "$1" ]; }
+online() { gsh sv 'cat /sys/devices/system/cpu/online' | grep -E '^[0-9][0-9,-]*$' | tail -1; }
 
 # ---- refusals before anything runs ----
 check_error "save of a VM that is not running" 4 'sv is not running' qv save sv "$SAVE"
@@ -36,6 +42,7 @@ check_error "restore of a file that is no saved state" 2 "$T_ROOT/etc/qvisor/hos
 check_error "restore of a file that does not exist" 3 "$T_ROOT/nosuch: No such file" qv restore "$T_ROOT/nosuch"
 
 # ---- save and restore ----
+def_set '.cpu.max = 2'      # setvcpus may plug a second vCPU
 qv start -q sv || { not_ok "the VM starts"; finish; }
 check "the guest boots" wait_until 90 booted 1
 check "the guest starts its counter" wait_until 30 start_counter
@@ -75,8 +82,16 @@ else
     ok "# SKIP a full filesystem (cannot mount a tmpfs here)"
 fi
 
-# ---- restore --paused, and a definition that no longer fits ----
+# ---- restore --paused, and a definition that no longer fits; a vCPU plugged live goes along ----
+check_output "setvcpus 2 (plugged live)" 'sv: 2 vCPUs \(was 1\)' qv setvcpus sv 2
 check_output "save again" "sv saved to" qv save sv "$SAVE"
+check "...the file records the 2 vCPUs it runs with" header_has '.vcpus == 2 and .definition.cpu.count == 1'
+# a header that records more vCPUs than cpu.max allows (same length: the stream stays where it is)
+sed '2s/"vcpus":2/"vcpus":3/' "$SAVE" > "$T_ROOT/more.save"
+check_error "restore of a state with more vCPUs than cpu.max allows is refused, naming both" 2 \
+    "sv: the saved state in $T_ROOT/more.save runs 3 vCPUs \(plugged with setvcpus\), and its definition allows 1 to 2 now" \
+    qv restore "$T_ROOT/more.save"
+rm -f "$T_ROOT/more.save"
 def_set '.memory = "256M"'
 check_error "restore with another memory size is refused, naming it" 2 \
     'sv: the saved state in .* does not fit the definition any more \(memory: saved "192M", now "256M"\)' qv restore "$SAVE"
@@ -84,10 +99,13 @@ check "...and nothing started" state_is sv 'shut off'
 def_set '.memory = "192M"'
 check_output "with the definition as it was: restore --paused" 'restored from .* \(paused' qv restore "$SAVE" --paused
 check "...the VM is paused" state_is sv paused
+check "...with the 2 vCPUs plugged before the stream" log_has sv 'plugging the 2 vCPUs the guest was saved with'
+check "...status counts 2 vCPUs" vcpus_are 2
 check_output "resume" 'resumed' qv resume sv
 n=$(count)
 check "...the counter goes on" wait_until 30 count_above "${n:-0}"
 check_output "...still one boot" '^1$' boots
+check_output "...both vCPUs online in the guest" '^0-1$' online
 
 # ---- managed save ----
 check_output "managedsave" 'sv saved \(managed save' qv managedsave sv
@@ -95,6 +113,7 @@ check "...the state is kept under var/lib/qvisor/save" test -s "$T_ROOT/var/lib/
 check_output "...list --all shows it saved" '^sv +saved' qv list --all
 check_error "...undefine refuses to drop it silently" 4 'sv has a managed save .*--managed-save' qv undefine sv
 check_output "start resumes it" 'sv started from its managed save' qv start sv
+check "...with its 2 vCPUs" vcpus_are 2
 check "...the counter goes on" count_above "$before"
 check_output "...without a boot" '^1$' boots
 check "...and the managed save is gone" test ! -e "$T_ROOT/var/lib/qvisor/save/sv.state"
