@@ -54,8 +54,11 @@ noneA() { ! nsenter -t "$PA" -p -m -- pgrep -f -- "-uui[d] $uuid| [r]un mg" > /d
 noneB() { ! nsenter -t "$PB" -p -m -- pgrep -f -- "-uui[d] $uuid| [r]un mg" > /dev/null; }
 gA() { gsh mg "$1"; }
 gB() { T_ROOT=$RB gsh mg "$1"; }
-countA() { gA 'cat /tmp/count' | grep -E '^[0-9]+$' | tail -1; }
-countB() { gB 'cat /tmp/count' | grep -E '^[0-9]+$' | tail -1; }
+# (asked again, up to three times, while the console gives no number: at load 11 it once
+# gave none, and an empty count fails every check after it)
+_count() { local n i; for i in 1 2 3; do n=$("$1" 'cat /tmp/count' | grep -E '^[0-9]+$' | tail -1); [ -n "$n" ] && break; done; echo "$n"; }
+countA() { _count gA; }
+countB() { _count gB; }
 aboveA() { local n; n=$(countA); [ -n "$n" ] && [ "$n" -gt "$1" ]; }
 aboveB() { local n; n=$(countB); [ -n "$n" ] && [ "$n" -gt "$1" ]; }
 booted() { [ "$(count_log mg 'QVISOR-GUEST: ready')" -ge 1 ]; }
