@@ -69,21 +69,24 @@ trap 'exit 130' INT TERM
 # inherit the environment, and a supervisor's leaks are the ones that grow); ASan and
 # UBSan check every call. The unit tests and every supervisor run with it throughout.
 mkdir -p "$T_ROOT/.lsan"
-qv() {
-    local key=$1
-    case $1 in
-    start|restart|restore|run|migrate|migrate-incoming|evacuate|autostart|shutdown-all|managedsave|reboot|net|attach-*|change-media|block|snapshot)
-        "$QV_BIN" --root "$T_ROOT" "$@"
-        return ;;
-    vol|pool|secret|filter) key=$1-${2:-} ;;
-    esac
-    key=${key//\//_}
+# qv_lsan_once KEY ARGS...: qvisor ARGS, with LSan only if no call with KEY came before
+qv_lsan_once() {
+    local key=${1//\//_}
+    shift
     if [ -e "$T_ROOT/.lsan/$key" ]; then
         ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 "$QV_BIN" --root "$T_ROOT" "$@"
     else
         : > "$T_ROOT/.lsan/$key"
         "$QV_BIN" --root "$T_ROOT" "$@"
     fi
+}
+qv() {
+    case $1 in
+    start|restart|restore|run|migrate|migrate-incoming|evacuate|autostart|shutdown-all|managedsave|reboot|net|attach-*|change-media|block|snapshot)
+        "$QV_BIN" --root "$T_ROOT" "$@" ;;
+    vol|pool|secret|filter) qv_lsan_once "$1-${2:-}" "$@" ;;
+    *) qv_lsan_once "$1" "$@" ;;
+    esac
 }
 # Probes (what a check waits on or reads, not what it checks: a VM's state and pids, a
 # command run in the guest over its console, the teardown) run the optimized build of

@@ -21,18 +21,13 @@
 # LeakSanitizer scans every loaded library's static data at exit: with libceph-common
 # loaded that costs ~2 s per call of the ASan qvisor (1 s without it, here), the largest
 # cost of this group. So the first call of each verb ("vol create", "start", ...) runs
-# with leak detection and its later calls without; ASan's other checks stay on for all.
-mkdir -p "$T_ROOT/leak-checked"
+# with leak detection and its later calls without, those that start a supervisor too
+# (lib.sh's qv keeps it for them); ASan's other checks stay on for all.
 qv() {
-    local key=$1
-    case $1 in pool|vol|secret|snapshot|net) key="$1-${2:-}" ;; esac
-    key=${key//\//_}
-    if [ -e "$T_ROOT/leak-checked/$key" ]; then
-        ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 "$QV_BIN" --root "$T_ROOT" "$@"
-    else
-        : > "$T_ROOT/leak-checked/$key"
-        "$QV_BIN" --root "$T_ROOT" "$@"
-    fi
+    case $1 in
+    pool|vol|secret|snapshot|net) qv_lsan_once "$1-${2:-}" "$@" ;;
+    *) qv_lsan_once "$1" "$@" ;;
+    esac
 }
 
 CDIR=$(mktemp -d /tmp/qvceph.XXXXXX)
