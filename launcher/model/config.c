@@ -555,16 +555,20 @@ int vm_def_from_json(json_object *o, struct vm_def *d, struct qv_err *e)
     return err;
 }
 
+int vm_device_json_begin(struct jr *r, json_object *o, const char *key, struct qv_err *e)
+{
+    jr_init(r, e);
+    jr_key(r, key);
+    int err = jr_expect(r, o, json_type_object);
+    return err < 0 ? err : jr_check_text(r, o);
+}
+
 /* One device for hotplug, with the same checks as inside a definition. */
 int vm_disk_from_json(json_object *o, const struct vm_def *d, struct vm_disk *out, struct qv_err *e)
 {
     struct jr r;
-    jr_init(&r, e);
     memset(out, 0, sizeof(*out));
-    jr_key(&r, "disk");
-    int err = jr_expect(&r, o, json_type_object);
-    if (err == 0)
-        err = jr_check_text(&r, o);
+    int err = vm_device_json_begin(&r, o, "disk", e);
     if (err == 0)
         err = parse_disk(&r, o, out, d);
     /* a volume is resolved where the disk is attached (vm_resolve_disk): an rbd one

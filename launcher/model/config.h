@@ -22,6 +22,8 @@ bool ip_literal_valid(const char *s);
 int jr_checked_string(struct jr *r, json_object *o, const char *key, bool required, char **out,
                       bool (*ok)(const char *), const char *what);
 int boot_index_get(struct jr *r, json_object *o, int *out);
+/* A hotplugged device's JSON alone: r set up at KEY, an object, its text checked. */
+int vm_device_json_begin(struct jr *r, json_object *o, const char *key, struct qv_err *e);
 /* config_nic.c: one element of "nics" */
 int vm_nic_parse(struct jr *r, json_object *o, struct vm_nic *n, const struct vm_def *d);
 

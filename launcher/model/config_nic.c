@@ -221,12 +221,8 @@ int vm_nic_parse(struct jr *r, json_object *o, struct vm_nic *n, const struct vm
 int vm_nic_from_json(json_object *o, const struct vm_def *d, struct vm_nic *out, struct qv_err *e)
 {
     struct jr r;
-    jr_init(&r, e);
     memset(out, 0, sizeof(*out));
-    jr_key(&r, "nic");
-    int err = jr_expect(&r, o, json_type_object);
-    if (err == 0)
-        err = jr_check_text(&r, o);
+    int err = vm_device_json_begin(&r, o, "nic", e);
     if (err == 0)
         err = vm_nic_parse(&r, o, out, d);
     if (err < 0)
