@@ -10,6 +10,7 @@
 # absent (no channel, or killed in the guest) is a clear error with exit 1 (also for
 # snapshot --quiesce, which then makes nothing), and one restarted in the guest is found again.
 . "$(dirname "$0")/../lib.sh"
+agent_connected() { qv status ga | grep -Eq '^agent +connected'; }
 
 # a small ext4 disk, for a freeze that has something to freeze
 truncate -s 16M "$T_ROOT/ext4.raw"
@@ -160,6 +161,8 @@ check "kill -9 of ga's supervisor" wait_until 10 bash -c "! kill -0 $spid 2>/dev
 check_output "a supervisor that dies right after a freeze takes over" 'ga started' \
     env QVISOR_TEST_CRASH_AT=snapshot-frozen "$QV_BIN" --root "$T_ROOT" start ga
 spid=$(sup_pid ga)
+# (a snapshot is quiesced only once the new supervisor has synced with the agent)
+check "...and syncs with the agent" wait_until 30 agent_connected
 qv snapshot create ga q4 --disk-only > /dev/null 2>&1
 check "...a quiesced snapshot kills it after the freeze" wait_until 10 bash -c "! kill -0 $spid 2>/dev/null"
 state=$T_ROOT/run/qvisor/vms/ga/state.json
@@ -213,7 +216,6 @@ check_output "without --quiesce it is taken unfrozen, with a note" \
     'note: not quiesced: the guest agent does not answer' qv snapshot create ga q2 --disk-only
 check_output "...which its record keeps" '^quiesced: +no \(the guest agent does not answer' qv snapshot show ga q2
 check "the guest's agent is started again" guest_ok ga 'qv-agent start'
-agent_connected() { qv status ga | grep -Eq '^agent +connected'; }
 check "the supervisor finds it again by itself (the guest opened its port)" wait_until 20 agent_connected
 check "...and it answers" agent_up
 check_output "...and exec works again" '^back$' qv exec ga -- echo back

@@ -37,6 +37,7 @@ def_set() { qv show sv | jq "$1" | qv edit sv > /dev/null; }
 header_has() { local h; h=$(sed -n '2{p;q}' "$SAVE") && [ -n "$h" ] && jq -e "$1" <<< "$h" > /dev/null; }
 vcpus_are() { [ "$(qv status sv --json | jq .vcpus)" = "$1" ]; }
 online() { gsh sv 'cat /sys/devices/system/cpu/online' | grep -E '^[0-9][0-9,-]*$' | tail -1; }
+online_is() { [ "$(online)" = "$1" ]; }
 
 # ---- refusals before anything runs ----
 check_error "save of a VM that is not running" 4 'sv is not running' qv save sv "$SAVE"
@@ -87,6 +88,8 @@ fi
 
 # ---- restore --paused, and a definition that no longer fits; a vCPU plugged live goes along ----
 check_output "setvcpus 2 (plugged live)" 'sv: 2 vCPUs \(was 1\)' qv setvcpus sv 2
+# saved only once the guest has taken it (a save before that restores a guest that never will)
+check "...the guest brings it online" wait_until 30 online_is 0-1
 check_output "save again" "sv saved to" qv save sv "$SAVE"
 check "...the file records the 2 vCPUs it runs with" header_has '.vcpus == 2 and .definition.cpu.count == 1'
 # a header that records more vCPUs than cpu.max allows (same length: the stream stays where it is)

@@ -36,7 +36,7 @@ check "the attach is still waiting for QEMU" kill -0 "$attach"
 kill -CONT "$qpid"
 wait "$attach"
 check_output "once QEMU goes on, the attach finishes and answers" 'disk attached as disk[0-9]+' cat "$T_ROOT/attach.out"
-check "...and the guest sees the disk" guest_ok busy 'grep -h . /sys/block/vd*/serial | grep -qx SLOW'
+check "...and the guest sees the disk" wait_until 30 guest_ok busy 'grep -h . /sys/block/vd*/serial | grep -qx SLOW'
 
 # ---- stop while an attach waits ----
 kill -STOP "$qpid"

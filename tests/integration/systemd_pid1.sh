@@ -215,7 +215,10 @@ check "autostart --run starts the network, then the VM, both as units" \
 check_output "...the VM's unit is active" '^active$' in_sd systemctl is-active qvisor@sdvm
 check_output "...and the network's" '^active$' in_sd systemctl is-active qvisor-net@sdnet
 SD_TIMEOUT=60 check_output "shutdown-all stops a VM that runs as a unit" '^sdvm stopped$' sq shutdown-all --timeout 20
-check_output "...and its unit ends inactive, not failed (no restart)" '^ActiveState=inactive Result=success$' \
+# "stopped" is the VM's state: its supervisor (the unit's main process) may still be on its way out
+unit_settled() { ! nsenter -t "$pid1" -a systemctl show -p ActiveState --value qvisor@sdvm | grep -qE 'deactivating|activating'; }
+check "...its unit settles" wait_until 30 unit_settled
+check_output "...inactive, not failed (no restart)" '^ActiveState=inactive Result=success$' \
     bash -c "nsenter -t $pid1 -a systemctl show -p ActiveState -p Result qvisor@sdvm | sort | paste -sd ' '"
 check_output "autostart --disable disables the unit" 'autostart off, unit disabled' sq autostart sdvm --disable
 check_output "...systemctl agrees" '^disabled$' in_sd systemctl show -p UnitFileState --value qvisor@sdvm
