@@ -355,9 +355,16 @@ int volume_delete(const struct qv_paths *p, const char *refs, unsigned flags, st
         return qv_fail(e, -EBUSY, "volume %s is the backing file of %s; delete those first (or vol clone them "
                        "into standalone copies)", refs, who);
     }
-    if (!(flags & VOL_DELETE_FORCE) && (r = refuse_users(p, &v.ref, v.vi.path, "delete", e)) < 0)
-        return r;
     struct storage_pool sp = pool_storage(&v.pd);
+    if (!(flags & VOL_DELETE_FORCE) && (r = refuse_users(p, &v.ref, v.vi.path, "delete", e)) < 0) {
+        /* an rbd volume was named without asking its cluster: one that is not there is
+         * "no volume" (exit 3), not "used by VM" (exit 4); only a refusal asks */
+        struct storage_vol_info vi;
+        struct qv_err missing = {0};
+        if (r == -EBUSY && v.pd.rbd_pool && pool_backend(&v.pd)->vol_info(&sp, v.ref.name, &vi, &missing) == -ENOENT)
+            *e = missing, r = -ENOENT;
+        return r;
+    }
     return pool_backend(&v.pd)->vol_delete(&sp, v.ref.name,
                                            flags & VOL_DELETE_SNAPSHOTS ? STORAGE_DELETE_SNAPSHOTS : 0, e);
 }

@@ -211,6 +211,10 @@ define_guest vmr "" --disk vol=ceph/web2
 check_error "vol delete of a volume a VM's definition names: conflict naming the VM (exit 4)" 4 \
     'volume ceph/web2 is used by VM vmr \(defined\)' qv vol delete ceph/web2
 check "...vol info lists the VM among its users" vinfo ceph/web2 '.used_by == ["vmr (defined)"]'
+define_guest vmg "" --disk vol=ceph/ghost
+check_error "vol delete of a missing volume a VM's definition names: no volume (exit 3), not 'used by'" 3 \
+    'pool ceph has no volume ghost' qv vol delete ceph/ghost
+qv undefine -q vmg
 check_error "pool undefine while a VM has a volume in it (exit 4)" 4 'pool ceph holds volumes of VM vmr' qv pool undefine ceph
 qv undefine -q vmr
 check_output "vol delete of the last clone" '^deleted volume ceph/web2$' qv vol delete ceph/web2
