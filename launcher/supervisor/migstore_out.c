@@ -170,7 +170,7 @@ static void cleanup_jobs(struct sup *s, json_object *jobs)
     if (!waiting || monotonic_ms() > mo->deadline) {
         if (waiting)
             sup_log(s, "warning: copy-storage: mirror jobs still there after %d s", MSO_CLEANUP_TIMEOUT_MS / 1000);
-        else
+        else if (mo->n)     /* (a migration without --copy-storage has none) */
             sup_log(s, "copy-storage: the mirrors and NBD nodes are removed");
         mo->over = true;
         mo->poll_at = 0;

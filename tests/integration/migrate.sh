@@ -155,6 +155,8 @@ check "...migrate ends" wait_until 60 test -s "$T_ROOT/m2.rc"
 check_output "...saying it was cancelled" 'failed: cancelled; the guest runs on here' cat "$T_ROOT/m2.out"
 check "...the guest runs on B" stateB running
 check "...A's waiting QEMU is gone (its stream broke)" wait_until 60 noneA
+check "...B's log speaks of no mirrors (a migration without --copy-storage has none)" \
+    sh -c "grep -q 'cancelled' '$RB/var/log/qvisor/mg.log' && ! grep -q 'copy-storage' '$RB/var/log/qvisor/mg.log'"
 
 # ---- B -> A for good, in post-copy ----
 uffd 0

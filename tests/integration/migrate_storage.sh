@@ -69,6 +69,7 @@ check "...the guest runs on A" stateA running
 n=$(countA)
 check "...and counts on" wait_until 30 aboveA "${n:-0}"
 check "...no mirror job or NBD node is left on A" wait_until 30 no_mirrorA
+check "...and A's log says so" wait_log mg 'copy-storage: the mirrors and NBD nodes are removed' 30
 check "B: its QEMU and supervisor are gone" wait_until 60 noneB
 check "...and the target image it made is removed" wait_until 30 test ! -e "$target"
 
