@@ -557,16 +557,26 @@ bool managedsave_exists(const struct qv_paths *p, const char *name);
  * and autostart --run resumes it even without autostart (libvirt-guests' list). */
 int managedsave_mark_resume(const struct qv_paths *p, const char *name, bool on);
 bool managedsave_resume_marked(const struct qv_paths *p, const char *name);
+/* What the guest runs with beyond its definition, which the header records:
+ * vcpus: more than cpu.count once setvcpus plugged some (a restore plugs them before
+ * the stream: QEMU's stream carries their state, not the devices); balloon_target:
+ * the size setmem asked the balloon for (0: none), asked again once restored. */
+struct savefile_live {
+    int vcpus;
+    uint64_t balloon_target;
+};
 /* The header (magic line, JSON with the definition, padding to a 4 KiB multiple) at
- * the start of fd; the file offset is left at its end, where QEMU's stream goes. vcpus:
- * the vCPUs the guest runs with (more than cpu.count once setvcpus plugged some), which
- * a restore plugs before the stream (QEMU's stream carries their state, not the devices). */
-int savefile_write_header(int fd, const struct vm_def *d, const char *state, const char *qemu_version, int vcpus,
-                          struct qv_err *e);
+ * the start of fd; the file offset is left at its end, where QEMU's stream goes. */
+int savefile_write_header(int fd, const struct vm_def *d, const char *state, const char *qemu_version,
+                          const struct savefile_live *live, struct qv_err *e);
 /* The vCPUs the header records (cpu.count when it records none); -EINVAL naming the file
  * when they do not fit now's definition (more than its cpu.max). */
 int savefile_vcpus(const char *file, json_object *header, const struct vm_def *now, int *vcpus, struct qv_err *e);
-/* header: {"name", "state", "qemu_version", "saved_at_ms", "definition", ["vcpus"]}; *data_off:
+/* The balloon target the header records; 0 when none, or one that does not fit now's
+ * memory (the guest then keeps what the stream gave its balloon). */
+uint64_t savefile_balloon_target(json_object *header, const struct vm_def *now);
+/* header: {"name", "state", "qemu_version", "saved_at_ms", "definition", ["vcpus"],
+ * ["balloon_target"]}; *data_off:
  * where QEMU's stream starts. -EINVAL for a file that is not a complete saved state. */
 int savefile_read_header(const char *path, int fd, json_object **header, off_t *data_off, struct qv_err *e);
 /* Opens path read-only and reads its header and the definition it records. */

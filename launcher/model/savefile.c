@@ -51,14 +51,16 @@ bool managedsave_resume_marked(const struct qv_paths *p, const char *name)
     return resume_mark_path(p, name, path, sizeof(path)) == 0 && access(path, F_OK) == 0;
 }
 
-int savefile_write_header(int fd, const struct vm_def *d, const char *state, const char *qemu_version, int vcpus,
-                          struct qv_err *e)
+int savefile_write_header(int fd, const struct vm_def *d, const char *state, const char *qemu_version,
+                          const struct savefile_live *live, struct qv_err *e)
 {
     json_object *h = json_object_new_object();
     json_object_object_add(h, "name", json_object_new_string(d->name));
     json_object_object_add(h, "state", json_object_new_string(state));
-    if (vcpus > d->cpu.count)
-        json_object_object_add(h, "vcpus", json_object_new_int(vcpus));
+    if (live->vcpus > d->cpu.count)
+        json_object_object_add(h, "vcpus", json_object_new_int(live->vcpus));
+    if (live->balloon_target)
+        json_object_object_add(h, "balloon_target", json_object_new_int64((int64_t)live->balloon_target));
     json_object_object_add(h, "qemu_version", json_object_new_string(qemu_version ? qemu_version : ""));
     json_object_object_add(h, "saved_at_ms", json_object_new_int64((int64_t)realtime_ms()));
     json_object_object_add(h, "definition", vm_def_to_json(d));
@@ -228,6 +230,16 @@ int savefile_check_definition(const char *file, const struct vm_def *saved, cons
     return qv_fail(e, -EINVAL, "%s: the saved state in %s does not fit the definition any more (%s); put the "
                    "definition back as it was (qvisor edit %s), or remove the saved state",
                    now->name, file, diff, now->name);
+}
+
+uint64_t savefile_balloon_target(json_object *header, const struct vm_def *now)
+{
+    json_object *v;
+    if (!now->memory.balloon || !json_object_object_get_ex(header, "balloon_target", &v) ||
+        !json_object_is_type(v, json_type_int))
+        return 0;
+    int64_t b = json_object_get_int64(v);
+    return b > 0 && (uint64_t)b < now->memory.bytes ? (uint64_t)b : 0;
 }
 
 int savefile_vcpus(const char *file, json_object *header, const struct vm_def *now, int *vcpus, struct qv_err *e)

@@ -192,6 +192,7 @@ struct start_job {
     char incoming[PATH_MAX];
     bool incoming_remove;   /* a managed save: removed once restored */
     bool restored;          /* its state is in: the guest ran before, it is no fresh start */
+    uint64_t balloon_target; /* a restore: the balloon target its file records (0: none) */
     uint64_t in_poll_at;    /* next query-migrate while the state comes in; 0: none */
     bool failed;            /* set where it failed (often a QMP callback); wound up by start_wind_up */
     bool cancelled;         /* stop or kill asked for while it ran */

@@ -593,8 +593,8 @@ int migrate_save(struct sup *s, unsigned client, const char *file, bool bypass_c
         free(m);
         return qv_failerr(e, err, "%s: %s", s->def.name, file);
     }
-    r = savefile_write_header(m->fd, &s->def, vm_state_names[s->rs.state], s->rs.qemu_version, s->tune.vcpus,
-                              e);
+    const struct savefile_live live = {.vcpus = s->tune.vcpus, .balloon_target = s->tune.balloon_target};
+    r = savefile_write_header(m->fd, &s->def, vm_state_names[s->rs.state], s->rs.qemu_version, &live, e);
     if (r < 0) {
         unlink(m->part);
         close(m->fd);

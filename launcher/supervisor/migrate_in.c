@@ -65,6 +65,8 @@ static void on_in_query(void *ctx, json_object *ret, const struct qv_err *err)
         if (s->start.incoming_remove && unlink(s->start.incoming) < 0 && errno != ENOENT)
             sup_log(s, "warning: %s: %s (the managed save stays)", s->start.incoming, strerror(errno));
         s->start.restored = true;
+        if (s->start.balloon_target)   /* what setmem had asked of the balloon before the save */
+            tuning_balloon_carry(s, s->start.balloon_target);
         start_after_load(s, s->start.paused);
     } else if (strcmp(status, "postcopy-paused") == 0) {
         /* QEMU would wait for a recovery that qvisor does not do: the guest cannot run here */
@@ -344,6 +346,7 @@ static int restore_begin(struct sup *s, bool plugged, struct qv_err *e)
         close(fd);
         return r;
     }
+    s->start.balloon_target = savefile_balloon_target(header, &s->def);
     if (!plugged && vcpus > s->def.cpu.count) {
         close(fd);
         sup_log(s, "plugging the %d vCPUs the guest was saved with (setvcpus)", vcpus);

@@ -4,7 +4,7 @@
 # room for a second vCPU (cpu.max 2) and VNC without a password.
 #   setmem: refused above memory.size; the guest's own MemTotal shrinks by what the
 #           balloon took and grows back; stats (--json, --prometheus) and status show the
-#           balloon's actual size
+#           balloon's actual size; a save records the target and the restore sets it again
 #   setvcpus: refused above cpu.max and below cpu.count; a plugged vCPU comes online in
 #           the guest (/sys/devices/system/cpu/online); an unplug is refused under TCG
 #           (QEMU 7.2 would crash at the next PCI hotplug); --config changes the
@@ -65,6 +65,15 @@ check "stats --json shows the balloon's actual size, 128M" wait_until 60 balloon
 check_output "...and so does --prometheus" '^qvisor_memory_balloon_actual_bytes\{vm="dv"\} 134217728$' \
     qv stats dv --prometheus
 check_output "...and status" '"actual": *134217728' qv status dv --json
+# a save keeps setmem's target: QEMU's stream has the balloon's state, qvisor's header the target
+check_output "save with the balloon at 128M" "dv saved to $T_ROOT/dv.save" qv save dv "$T_ROOT/dv.save"
+check "...the file's header records the balloon target" \
+    sh -c "sed -n '2{p;q}' '$T_ROOT/dv.save' | jq -e '.balloon_target == 134217728' > /dev/null"
+check_output "restore" 'dv restored from' qv restore "$T_ROOT/dv.save"
+target_is() { [ "$(qv status dv --json | jq '.balloon.target')" = "$1" ]; }
+check "...status shows the balloon target 128M again" wait_until 30 target_is 134217728
+check "...and the guest's MemTotal is still the shrunk one" shrunk
+rm -f "$T_ROOT/dv.save"
 check_output "setmem back to 256M" 'dv: balloon target 256M' qv setmem dv 256M
 grown() { local m; m=$(mem_total); [ -n "$m" ] && [ "$m" -ge $((m0 - 1024)) ]; }
 check "...gives the guest its memory back" wait_until 90 grown
