@@ -381,7 +381,7 @@ int confine_spawn(struct sup *s, const struct launch_plan *p, const int *fds, pi
     spec.coredump = s->def.sandbox.coredump;
     spec.extra_deny = deny;
     /* migrate-incoming --postcopy: QEMU fetches missing pages through userfaultfd */
-    spec.allow_userfaultfd = s->mig_postcopy && s->start.incoming[0];
+    spec.allow_userfaultfd = s->mig_in.postcopy && s->start.incoming[0];
     if (vfio.n) {
         spec.devices = (const char *const *)vfio.v;
         /* VFIO pins all of guest RAM for the device's DMA */

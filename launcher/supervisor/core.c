@@ -244,7 +244,7 @@ static void qmp_io(struct sup *s, uint32_t events)
 static int next_timeout(struct sup *s)
 {
     uint64_t now = monotonic_ms(), next = 0;
-    uint64_t cands[] = {s->stop_next, s->restart_at, s->notify.next_ping, s->qmp ? qmp_next_deadline(s->qmp) : 0,
+    uint64_t cands[] = {s->stop.next, s->crash.restart_at, s->notify.next_ping, s->qmp ? qmp_next_deadline(s->qmp) : 0,
                         hotplug_next_deadline(s), s->lease_poll, console_next_deadline(s), ctl_next_deadline(s),
                         monitor_next_deadline(s), agent_next_deadline(s), start_next_deadline(s),
                         sup_jobs_next_deadline(s), snapshots_next_deadline(s), migrate_next_deadline(s),
@@ -262,7 +262,7 @@ static void run_timers(struct sup *s)
     uint64_t now = monotonic_ms();
     if (s->qmp)
         qmp_expire(s->qmp, now);
-    if (s->stop_next && now >= s->stop_next)
+    if (s->stop.next && now >= s->stop.next)
         sup_stop_step(s);
     hotplug_expire(s, now);
     ctl_expire(s, now);
@@ -280,8 +280,8 @@ static void run_timers(struct sup *s)
         s->notify.next_ping = now + s->notify.watchdog_ms;
     }
     console_run_timers(s, now);
-    if (s->restart_at && now >= s->restart_at) {
-        s->restart_at = 0;
+    if (s->crash.restart_at && now >= s->crash.restart_at) {
+        s->crash.restart_at = 0;
         struct qv_err e = {0};
         /* a definition changed meanwhile (attach --persistent, edit) applies now */
         struct vm_def fresh;
@@ -405,10 +405,10 @@ static int setup_loop(struct sup *s, struct qv_err *e)
 
 static void close_ctl(struct sup *s)
 {
-    if (s->ctl_fd < 0)
+    if (s->ctl.fd < 0)
         return;
-    close(s->ctl_fd);
-    s->ctl_fd = -1;
+    close(s->ctl.fd);
+    s->ctl.fd = -1;
     char path[PATH_MAX];
     snprintf(path, sizeof(path), "%s/ctl.sock", s->run_dir);
     unlink(path);
@@ -484,9 +484,9 @@ static void sup_release(struct sup *s)
  * authenticates nothing (TLS does that). */
 static void incoming_identity(struct sup *sp, const struct sup_opts *o)
 {
-    sp->mig_wait_ms = o->incoming_timeout_ms > 0 ? (uint64_t)o->incoming_timeout_ms : SUP_INCOMING_WAIT_MS;
+    sp->mig_in.wait_ms = o->incoming_timeout_ms > 0 ? (uint64_t)o->incoming_timeout_ms : SUP_INCOMING_WAIT_MS;
     if (o->incoming_token && *o->incoming_token) {
-        snprintf(sp->mig_token, sizeof(sp->mig_token), "%s", o->incoming_token);
+        snprintf(sp->mig_in.token, sizeof(sp->mig_in.token), "%s", o->incoming_token);
         return;
     }
     unsigned char raw[16];
@@ -496,7 +496,7 @@ static void incoming_identity(struct sup *sp, const struct sup_opts *o)
         memcpy(raw + 8, &sp, sizeof(sp) < 8 ? sizeof(sp) : 8);
     }
     for (size_t i = 0; i < sizeof(raw); i++)
-        snprintf(sp->mig_token + 2 * i, 3, "%02x", raw[i]);
+        snprintf(sp->mig_in.token + 2 * i, 3, "%02x", raw[i]);
 }
 
 int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struct sup_opts *o, struct qv_err *e)
@@ -506,7 +506,7 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
     /* not on the stack: the structure is large, and a stack that deep stays resident */
     struct sup *sp = sup_alloc();
     sp->paths = paths;
-    sp->lock_fd = sp->log_fd = sp->epfd = sp->sigfd = sp->pidfd = sp->console_fd = sp->ctl_fd = -1;
+    sp->lock_fd = sp->log_fd = sp->epfd = sp->sigfd = sp->pidfd = sp->console_fd = sp->ctl.fd = -1;
     sp->ready_fd = o->ready_fd;
     sp->echo_fd = o->echo_fd;
     sp->boot_fd = o->boot_fd;
@@ -560,10 +560,10 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
         if (have_prev)
             cleanup_previous(sp, &prev);
         if (o->incoming_tls)
-            snprintf(sp->mig_tls_dir, sizeof(sp->mig_tls_dir), "%s", o->incoming_tls);
+            snprintf(sp->mig_in.tls_dir, sizeof(sp->mig_in.tls_dir), "%s", o->incoming_tls);
         if (o->incoming_listen)
             incoming_identity(sp, o);
-        sp->mig_postcopy = o->incoming_listen && o->incoming_postcopy;
+        sp->mig_in.postcopy = o->incoming_listen && o->incoming_postcopy;
         r = o->incoming_listen ? start_begin_incoming(sp, o->incoming_listen, o->incoming_copy_storage, e)
           : o->restore_file    ? start_begin_restore(sp, o->restore_file, o->restore_remove, e)
                                : start_begin(sp, false, e);
@@ -645,7 +645,7 @@ struct sup *sup_new_for_test(const struct qv_paths *paths, const char *name, int
 {
     struct sup *s = sup_alloc();
     s->paths = paths;
-    s->lock_fd = s->log_fd = s->epfd = s->sigfd = s->pidfd = s->console_fd = s->ctl_fd = s->ready_fd = -1;
+    s->lock_fd = s->log_fd = s->epfd = s->sigfd = s->pidfd = s->console_fd = s->ctl.fd = s->ready_fd = -1;
     s->echo_fd = s->boot_fd = s->qemu_status = -1;
     s->conf.lease.lock_fd = s->conf.lease.hold_fd = -1;
     notify_init(&s->notify);

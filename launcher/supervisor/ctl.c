@@ -29,7 +29,7 @@ int ctl_listen(struct sup *s, struct qv_err *e)
     snprintf(path, sizeof(path), "%s/ctl.sock", s->run_dir);
     /* 0600 from the start: no window in which others could connect */
     mode_t old = umask(0177);
-    int r = unix_listen(path, 16, &s->ctl_fd, e);
+    int r = unix_listen(path, 16, &s->ctl.fd, e);
     umask(old);
     if (r < 0)
         return r;
@@ -40,9 +40,9 @@ int ctl_listen(struct sup *s, struct qv_err *e)
         if (chown(path, 0, gid) < 0 || chmod(path, 0660) < 0)
             return qv_failerr(e, -errno, "%s: giving it to group %s", path, s->hc.ctl_group);
     }
-    fd_set_nonblock(s->ctl_fd, true);
+    fd_set_nonblock(s->ctl.fd, true);
     struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &s->ev_ctl};
-    epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->ctl_fd, &ee);
+    epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->ctl.fd, &ee);
     return 0;
 }
 
@@ -156,7 +156,7 @@ static void reply_error(struct sup *s, struct sup_client *c, int code, const cha
 
 static struct sup_client *client_by_id(struct sup *s, unsigned id)
 {
-    for (struct sup_client *c = s->clients; c; c = c->next)
+    for (struct sup_client *c = s->ctl.clients; c; c = c->next)
         if (c->id == id && !c->dead)
             return c;
     return NULL;
@@ -196,9 +196,9 @@ static void client_qmp(struct sup *s, struct sup_client *c, const char *cmd, jso
     if (!s->qmp || !qmp_ready(s->qmp)) {
         if (args)
             json_object_put(args);
-        if (s->monitor_error[0])
+        if (s->mon.error[0])
             reply_error(s, c, -EIO, "%s: QEMU's monitor connection was lost (%s); reconnecting, try again", s->def.name,
-                        s->monitor_error);
+                        s->mon.error);
         else
             reply_error(s, c, -EIO, "%s: QEMU's monitor is not connected (state %s)", s->def.name,
                         vm_state_names[s->rs.state]);
@@ -274,7 +274,7 @@ static bool monitor_usable(struct sup *s, struct sup_client *c)
     if (s->qmp && qmp_ready(s->qmp))
         return true;
     reply_error(s, c, -EIO, "%s: QEMU's monitor connection is lost (%s); the supervisor is reconnecting, try again",
-                s->def.name, s->monitor_error[0] ? s->monitor_error : "not connected");
+                s->def.name, s->mon.error[0] ? s->mon.error : "not connected");
     return false;
 }
 
@@ -600,10 +600,10 @@ void ctl_client_io(struct sup *s, struct sup_client *c, uint32_t events)
 static void accept_pause(struct sup *s, int err)
 {
     uint64_t now = monotonic_ms();
-    epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->ctl_fd, NULL);
-    s->ctl_accept_resume = now + CTL_ACCEPT_BACKOFF_MS;
-    if (!s->ctl_warned_at || now - s->ctl_warned_at >= 10000) {
-        s->ctl_warned_at = now;
+    epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->ctl.fd, NULL);
+    s->ctl.accept_resume = now + CTL_ACCEPT_BACKOFF_MS;
+    if (!s->ctl.warned_at || now - s->ctl.warned_at >= 10000) {
+        s->ctl.warned_at = now;
         sup_log(s, "ctl.sock: cannot accept a client (%s); pausing accept for %d ms", strerror(err),
                 CTL_ACCEPT_BACKOFF_MS);
     }
@@ -612,8 +612,8 @@ static void accept_pause(struct sup *s, int err)
 void ctl_accept(struct sup *s)
 {
     /* a bounded batch: the clients already connected get their turn too */
-    for (int i = 0; i < 2 * CTL_CLIENTS_MAX && !s->ctl_accept_resume; i++) {
-        int fd = accept4(s->ctl_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    for (int i = 0; i < 2 * CTL_CLIENTS_MAX && !s->ctl.accept_resume; i++) {
+        int fd = accept4(s->ctl.fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
@@ -623,7 +623,7 @@ void ctl_accept(struct sup *s)
                 accept_pause(s, errno);
             return;
         }
-        if (s->nclients >= CTL_CLIENTS_MAX) {
+        if (s->ctl.n >= CTL_CLIENTS_MAX) {
             char line[256];
             int n = snprintf(line, sizeof(line),
                              "{\"ok\":false,\"error\":\"%s: too many control connections (%d); try again later\","
@@ -635,13 +635,13 @@ void ctl_accept(struct sup *s)
         }
         struct sup_client *c = qv_xcalloc(1, sizeof(*c));
         c->fd = fd;
-        c->id = ++s->next_client_id;
+        c->id = ++s->ctl.next_id;
         c->ev.kind = EV_CLIENT;
         c->ev.client = c;
         c->idle_since = monotonic_ms();
-        c->next = s->clients;
-        s->clients = c;
-        s->nclients++;
+        c->next = s->ctl.clients;
+        s->ctl.clients = c;
+        s->ctl.n++;
         struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &c->ev};
         epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ee);
     }
@@ -658,8 +658,8 @@ static uint64_t client_idle_deadline(const struct sup_client *c)
 
 uint64_t ctl_next_deadline(struct sup *s)
 {
-    uint64_t next = s->ctl_accept_resume;
-    for (struct sup_client *c = s->clients; c; c = c->next) {
+    uint64_t next = s->ctl.accept_resume;
+    for (struct sup_client *c = s->ctl.clients; c; c = c->next) {
         uint64_t d = client_idle_deadline(c);
         if (d && (!next || d < next))
             next = d;
@@ -669,23 +669,23 @@ uint64_t ctl_next_deadline(struct sup *s)
 
 void ctl_expire(struct sup *s, uint64_t now)
 {
-    for (struct sup_client *c = s->clients; c; c = c->next) {
+    for (struct sup_client *c = s->ctl.clients; c; c = c->next) {
         uint64_t d = client_idle_deadline(c);
         if (d && now >= d)
             client_drop(s, c, -ETIMEDOUT, c->in.len ? "request not finished within 10 s: closing the connection"
                                                     : "no request within 10 s: closing the connection");
     }
-    if (s->ctl_accept_resume && now >= s->ctl_accept_resume) {
-        s->ctl_accept_resume = 0;
+    if (s->ctl.accept_resume && now >= s->ctl.accept_resume) {
+        s->ctl.accept_resume = 0;
         struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &s->ev_ctl};
-        epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->ctl_fd, &ee);
+        epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->ctl.fd, &ee);
     }
 }
 
 void ctl_broadcast_event(struct sup *s, const char *event, json_object *data, uint64_t ts_us)
 {
     json_object *o = NULL;
-    for (struct sup_client *c = s->clients; c; c = c->next) {
+    for (struct sup_client *c = s->ctl.clients; c; c = c->next) {
         if (c->mode != CLIENT_EVENTS || c->dead)
             continue;
         if (!o) {
@@ -710,14 +710,14 @@ void ctl_broadcast_event(struct sup *s, const char *event, json_object *data, ui
 
 void ctl_broadcast_console(struct sup *s, const char *data, size_t n)
 {
-    for (struct sup_client *c = s->clients; c; c = c->next)
+    for (struct sup_client *c = s->ctl.clients; c; c = c->next)
         if (c->mode == CLIENT_CONSOLE && !c->dead)
             client_write(s, c, data, n);
 }
 
 void ctl_stop_done(struct sup *s, bool ok, const char *msg)
 {
-    for (struct sup_client *c = s->clients; c; c = c->next) {
+    for (struct sup_client *c = s->ctl.clients; c; c = c->next) {
         if (!c->waits_for_stop || c->dead)
             continue;
         c->waits_for_stop = false;
@@ -730,7 +730,7 @@ void ctl_stop_done(struct sup *s, bool ok, const char *msg)
 
 static void client_free(struct sup *s, struct sup_client *c)
 {
-    s->nclients--;
+    s->ctl.n--;
     epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     buf_free(&c->in);
@@ -740,7 +740,7 @@ static void client_free(struct sup *s, struct sup_client *c)
 
 void ctl_reap_clients(struct sup *s)
 {
-    struct sup_client **pp = &s->clients;
+    struct sup_client **pp = &s->ctl.clients;
     while (*pp) {
         struct sup_client *c = *pp;
         if (c->dead) {
@@ -755,7 +755,7 @@ void ctl_reap_clients(struct sup *s)
 void ctl_close_all(struct sup *s)
 {
     /* replies still queued (the final "ok" of a stop) get one blocking chance */
-    for (struct sup_client *c = s->clients; c; c = c->next) {
+    for (struct sup_client *c = s->ctl.clients; c; c = c->next) {
         if (client_backlog(c) && !c->dead) {
             fd_set_nonblock(c->fd, false);
             struct timeval tv = {.tv_sec = 1};

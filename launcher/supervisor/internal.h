@@ -294,35 +294,43 @@ struct sup {
     uint64_t line_at;           /* when the partial console line last grew */
     struct console_rate console_rate;
     uint64_t log_check_at;      /* next look at the log's size */
-    int ctl_fd;
-    struct sup_client *clients;
-    unsigned next_client_id;
-    unsigned nclients;
-    uint64_t ctl_accept_resume;     /* accept() paused (EMFILE) until then; 0: listening */
-    uint64_t ctl_warned_at;         /* last log line about turned-away clients */
+    struct {                        /* the control socket and its clients (ctl.c) */
+        int fd;
+        struct sup_client *clients;
+        unsigned next_id;
+        unsigned n;
+        uint64_t accept_resume;     /* accept() paused (EMFILE) until then; 0: listening */
+        uint64_t warned_at;         /* last log line about turned-away clients */
+    } ctl;
     /* QMP connection lost while QEMU lives: monitor.c reconnects */
-    char monitor_error[256];        /* why it was lost, "" while connected */
-    uint64_t monitor_retry_at;      /* next connect attempt; 0: none planned */
-    unsigned monitor_attempts;
-    qmp_event_fn monitor_on_event;
-    void *monitor_ctx;
+    struct {
+        char error[256];            /* why it was lost, "" while connected */
+        uint64_t retry_at;          /* next connect attempt; 0: none planned */
+        unsigned attempts;
+        qmp_event_fn on_event;
+        void *ctx;
+    } mon;
     struct vm_runstate rs;
     /* the guest agent channel (agent.c); NULL until a VM with "agent": true runs */
     struct agent_chan *agent;
     struct ev ev_agent;
 
     /* stopping: graceful (powerdown, again, quit, SIGTERM, SIGKILL) or forced */
-    int stop_phase;
-    uint64_t stop_next;         /* when the next phase starts */
-    uint64_t stop_deadline;     /* graceful part ends: quit */
+    struct {                    /* (lifecycle.c) */
+        int phase;
+        uint64_t next;          /* when the next phase starts */
+        uint64_t deadline;      /* graceful part ends: quit */
+    } stop;
     bool expected_exit;         /* QEMU's exit is not a crash */
     bool resetting;             /* we reset a powered-off or crashed guest: its STOP is no pause */
     bool never_ran;             /* QEMU is still in prelaunch: no `cont` yet */
     char exit_reason[256];
 
-    uint64_t crashes[CRASH_MAX + 1];
-    int ncrashes;
-    uint64_t restart_at;        /* a crashed QEMU is started again then; 0: none */
+    struct {                    /* crashes and the restarts they cause (lifecycle.c) */
+        uint64_t at[CRASH_MAX + 1];
+        int n;
+        uint64_t restart_at;    /* a crashed QEMU is started again then; 0: none */
+    } crash;
     struct start_job start;
 
     struct notify notify;
@@ -343,14 +351,16 @@ struct sup {
     struct snap_full_prep *snap_prep;   /* a full snapshot's save being prepared (snapshot_full.c); NULL: none */
     bool snap_restoring;        /* the vmstate disk's direct I/O is being restored (snapshot_full.c) */
     struct mig_op *mig;         /* a save or migration under way (migrate.c); NULL: none */
-    int mig_listen_fd;          /* migrate-incoming's listener until the source connects; 0: none */
-    char mig_tls_dir[PATH_MAX]; /* migrate-incoming --tls: the credentials' directory; "": no TLS */
-    uint64_t mig_accepted_ms;   /* when the source connected (a TLS handshake must be over soon after) */
-    char mig_token[68];         /* migrate-incoming: the one-time token the source must show */
-    uint64_t mig_wait_ms;       /* migrate-incoming: how long it waits for a source */
-    bool mig_in_ended;          /* a start's incoming stream: QEMU's MIGRATION event said it is over */
-    bool mig_postcopy;          /* migrate-incoming --postcopy: QEMU may use userfaultfd */
-    bool mig_in_postcopy;       /* the incoming stream is in post-copy: the guest runs here already */
+    struct {                    /* migrate-incoming (migrate_in.c, migstore_in.c) */
+        int listen_fd;          /* the listener until the source connects; 0: none */
+        char tls_dir[PATH_MAX]; /* --tls: the credentials' directory; "": no TLS */
+        uint64_t accepted_ms;   /* when the source connected (a TLS handshake must be over soon after) */
+        char token[68];         /* the one-time token the source must show */
+        uint64_t wait_ms;       /* how long it waits for a source */
+        bool ended;             /* a start's incoming stream: QEMU's MIGRATION event said it is over */
+        bool postcopy;          /* --postcopy: QEMU may use userfaultfd */
+        bool in_postcopy;       /* the stream is in post-copy: the guest runs here already */
+    } mig_in;
     struct ev ev_mig;           /* the listener, or an outgoing migration's connect */
     /* migrate --copy-storage (migstore_in.c, migstore_out.c): the control connection
      * and, at the source, an NBD connection being made */

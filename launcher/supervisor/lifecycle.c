@@ -63,7 +63,7 @@ void sup_on_event(void *ctx, const char *event, json_object *data, uint64_t ts_u
         json_object_object_get_ex(data, "reason", &reason);
         const char *why = reason ? json_object_get_string(reason) : "";
         sup_log(s, "event SHUTDOWN %s", d);
-        if (s->stop_phase || s->expected_exit) {
+        if (s->stop.phase || s->expected_exit) {
             s->expected_exit = true;
             sup_qmp(s, "quit", NULL);
         } else if (strcmp(why, "guest-reset") == 0) {
@@ -127,9 +127,9 @@ void sup_on_event(void *ctx, const char *event, json_object *data, uint64_t ts_u
  * instead of answering "done" and restarting it anyway. */
 static bool cancel_restart(struct sup *s, const char *why)
 {
-    if (!s->restart_at || s->qemu_pid)
+    if (!s->crash.restart_at || s->qemu_pid)
         return false;
-    s->restart_at = 0;
+    s->crash.restart_at = 0;
     sup_log(s, "%s: the pending restart is cancelled", why);
     sup_set_state(s, VM_SHUTOFF);
     ctl_stop_done(s, true, NULL);
@@ -160,11 +160,11 @@ void sup_kill(struct sup *s, const char *reason)
 void sup_stop_step(struct sup *s)
 {
     uint64_t now = monotonic_ms();
-    switch (s->stop_phase) {
+    switch (s->stop.phase) {
     case 1:
         sup_qmp(s, "system_powerdown", NULL);   /* for guests that missed the first */
-        s->stop_phase = 2;
-        s->stop_next = s->stop_deadline;
+        s->stop.phase = 2;
+        s->stop.next = s->stop.deadline;
         break;
     case 2:
         sup_log(s, "the guest did not power off in time; quitting QEMU");
@@ -172,8 +172,8 @@ void sup_stop_step(struct sup *s)
     case 0:
         s->expected_exit = true;
         sup_qmp(s, "quit", NULL);
-        s->stop_phase = 3;
-        s->stop_next = now + QUIT_GRACE_MS;
+        s->stop.phase = 3;
+        s->stop.next = now + QUIT_GRACE_MS;
         break;
     case 3:
         sup_log(s, "QEMU did not quit; sending SIGTERM");
@@ -181,19 +181,19 @@ void sup_stop_step(struct sup *s)
             pidfd_signal(s->pidfd, SIGTERM);
         else
             kill(s->qemu_pid, SIGTERM);
-        s->stop_phase = 4;
-        s->stop_next = now + TERM_GRACE_MS;
+        s->stop.phase = 4;
+        s->stop.next = now + TERM_GRACE_MS;
         break;
     case 4:
         sup_log(s, "QEMU ignored SIGTERM; sending SIGKILL");
         sup_kill(s, "killed after stop timed out");
-        s->stop_phase = 5;
-        s->stop_next = now + KILL_GRACE_MS;
+        s->stop.phase = 5;
+        s->stop.next = now + KILL_GRACE_MS;
         break;
     default:
         sup_log(s, "QEMU pid %d survives SIGKILL", (int)s->qemu_pid);
         ctl_stop_done(s, false, "QEMU is still running after SIGKILL");
-        s->stop_next = 0;
+        s->stop.next = 0;
         break;
     }
 }
@@ -214,7 +214,7 @@ static void begin_stop(struct sup *s, bool force, int timeout_ms, bool press)
         ctl_stop_done(s, true, NULL);
         return;
     }
-    if (s->stop_phase && !(force && s->stop_phase < 3))
+    if (s->stop.phase && !(force && s->stop.phase < 3))
         return;     /* already under way; the caller waits with the others */
     if (!s->exit_reason[0])
         snprintf(s->exit_reason, sizeof(s->exit_reason), "stopped%s", force ? " (forced)" : "");
@@ -225,24 +225,24 @@ static void begin_stop(struct sup *s, bool force, int timeout_ms, bool press)
     s->expected_exit = true;
     bool crashed_paused = was == VM_CRASHED;
     if (force || crashed_paused || s->never_ran || !s->qmp) {
-        s->stop_phase = 0;
+        s->stop.phase = 0;
         sup_stop_step(s);
         return;
     }
-    s->stop_deadline = monotonic_ms() + (uint64_t)timeout_ms;
+    s->stop.deadline = monotonic_ms() + (uint64_t)timeout_ms;
     if (!press) {
-        s->stop_phase = 2;      /* only the wait for the guest is left */
-        s->stop_next = s->stop_deadline;
+        s->stop.phase = 2;      /* only the wait for the guest is left */
+        s->stop.next = s->stop.deadline;
         return;
     }
     sup_log(s, "stopping: ACPI power button, then quit after %d ms", timeout_ms);
     if (was == VM_PAUSED)
         sup_qmp(s, "cont", NULL);   /* a paused guest cannot see the button */
     sup_qmp(s, "system_powerdown", NULL);
-    s->stop_phase = 1;
-    s->stop_next = monotonic_ms() + POWERDOWN_AGAIN_MS;
-    if (s->stop_next > s->stop_deadline)
-        s->stop_next = s->stop_deadline;
+    s->stop.phase = 1;
+    s->stop.next = monotonic_ms() + POWERDOWN_AGAIN_MS;
+    if (s->stop.next > s->stop.deadline)
+        s->stop.next = s->stop.deadline;
 }
 
 void sup_begin_stop(struct sup *s, bool force, int timeout_ms)
@@ -261,20 +261,20 @@ static bool crash_budget_left(struct sup *s)
 {
     uint64_t now = monotonic_ms();
     int kept = 0;
-    for (int i = 0; i < s->ncrashes; i++)
-        if (now - s->crashes[i] < CRASH_WINDOW_MS)
-            s->crashes[kept++] = s->crashes[i];
-    s->ncrashes = kept;
-    if (s->ncrashes >= CRASH_MAX)
+    for (int i = 0; i < s->crash.n; i++)
+        if (now - s->crash.at[i] < CRASH_WINDOW_MS)
+            s->crash.at[kept++] = s->crash.at[i];
+    s->crash.n = kept;
+    if (s->crash.n >= CRASH_MAX)
         return false;
-    s->crashes[s->ncrashes++] = now;
+    s->crash.at[s->crash.n++] = now;
     return true;
 }
 
 static void crashed(struct sup *s, const char *why)
 {
     snprintf(s->rs.last_exit, sizeof(s->rs.last_exit), "%s", why);
-    if (s->stop_phase)
+    if (s->stop.phase)
         return;
     switch (s->def.on_crash) {
     case CRASH_PAUSE:
@@ -388,8 +388,8 @@ void sup_qemu_gone(struct sup *s)
     media_forget_all(s);
     s->qemu_pid = 0;
     s->rs.qemu_pid = 0;
-    s->stop_phase = 0;
-    s->stop_next = 0;
+    s->stop.phase = 0;
+    s->stop.next = 0;
     /* The VM is dead once this is recorded, and stop or kill are answered then; the
      * cgroup, taps and run files are released after (sup_release_qemu), with the lock
      * held until they are, unless a restart needs their names now. */
@@ -411,10 +411,10 @@ void sup_qemu_gone(struct sup *s)
     if (restart) {
         sup_set_state(s, VM_CRASHED);
         ctl_stop_done(s, true, NULL);
-        uint64_t delay = 1000ull << (s->ncrashes - 1);
+        uint64_t delay = 1000ull << (s->crash.n - 1);
         sup_log(s, "starting it again in %llu ms (on_crash: restart, crash %d of %d)", (unsigned long long)delay,
-                s->ncrashes, CRASH_MAX);
-        s->restart_at = monotonic_ms() + delay;
+                s->crash.n, CRASH_MAX);
+        s->crash.restart_at = monotonic_ms() + delay;
         return;
     }
     if (s->def.on_crash == CRASH_RESTART) {

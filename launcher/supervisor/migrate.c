@@ -420,7 +420,7 @@ void migrate_event(struct sup *s, const char *event, json_object *data)
     if (strcmp(status, "postcopy-active") == 0 && start_active(s) && s->start.incoming[0])
         migrate_incoming_postcopy(s);     /* the source stopped the guest: it runs here now */
     if (over && start_active(s) && s->start.incoming[0]) {
-        s->mig_in_ended = true;     /* an incoming stream (or a restore) is in, or failed */
+        s->mig_in.ended = true;     /* an incoming stream (or a restore) is in, or failed */
         if (s->start.in_poll_at)
             s->start.in_poll_at = monotonic_ms();
     }
@@ -635,7 +635,7 @@ json_object *migrate_status_json(struct sup *s)
         json_object *o = json_object_new_object();
         json_object_object_add(o, "kind", json_object_new_string("incoming"));
         json_object_object_add(o, "address", json_object_new_string(in));
-        json_object_object_add(o, "token", json_object_new_string(s->mig_token));
+        json_object_object_add(o, "token", json_object_new_string(s->mig_in.token));
         return o;
     }
     if (!m || m->over)

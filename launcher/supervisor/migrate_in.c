@@ -79,8 +79,8 @@ static void on_in_query(void *ctx, json_object *ret, const struct qv_err *err)
         qv_fail(&e, -EIO, "restoring from %s: %s", s->start.incoming,
                 json_object_object_get_ex(ret, "error-desc", &v) ? json_object_get_string(v) : status);
         start_failed(s, &e, NULL);
-    } else if (incoming_tcp(s) && s->mig_tls_dir[0] && (!*status || strcmp(status, "none") == 0 || strcmp(status, "setup") == 0) &&
-               monotonic_ms() - s->mig_accepted_ms > MIG_TLS_HANDSHAKE_MS) {
+    } else if (incoming_tcp(s) && s->mig_in.tls_dir[0] && (!*status || strcmp(status, "none") == 0 || strcmp(status, "setup") == 0) &&
+               monotonic_ms() - s->mig_in.accepted_ms > MIG_TLS_HANDSHAKE_MS) {
         /* QEMU only logs a failed TLS handshake of an incoming stream and waits on, for
          * a connection that is gone: still in setup this long after it came is that */
         struct qv_err e = {0};
@@ -90,17 +90,17 @@ static void on_in_query(void *ctx, json_object *ret, const struct qv_err *err)
     } else {
         if (strcmp(status, "postcopy-active") == 0)
             migrate_incoming_postcopy(s);
-        s->start.in_poll_at = monotonic_ms() + (s->mig_in_ended ? 0 : MIG_POLL_MS);
+        s->start.in_poll_at = monotonic_ms() + (s->mig_in.ended ? 0 : MIG_POLL_MS);
     }
 }
 
 void migrate_incoming_postcopy(struct sup *s)
 {
-    if (s->mig_in_postcopy || s->start.phase != START_QMP || s->start.failed || !incoming_tcp(s))
+    if (s->mig_in.in_postcopy || s->start.phase != START_QMP || s->start.failed || !incoming_tcp(s))
         return;
     /* the source stopped the guest for good: it runs here from now on, its pages still
      * coming (QEMU fetches each on its first touch); the start ends once all are in */
-    s->mig_in_postcopy = true;
+    s->mig_in.in_postcopy = true;
     sup_log(s, "post-copy: the guest runs here now, the rest of its memory comes from the source as it touches it");
     sup_qmp(s, "cont", NULL);
 }
@@ -187,10 +187,10 @@ int start_begin_incoming(struct sup *s, const char *listen_at, bool copy_storage
     int r = migrate_parse_address(listen_at, &sa, &len, e);
     if (r < 0)
         return qv_prefix(e, "%s: --listen: ", s->def.name);
-    if (s->mig_postcopy && copy_storage)
+    if (s->mig_in.postcopy && copy_storage)
         return qv_fail(e, -EINVAL, "%s: --postcopy and --copy-storage go separately: copy the disks with a pre-copy "
                        "migration", s->def.name);
-    if (s->mig_postcopy && (r = migrate_postcopy_host_check(s, e)) < 0)
+    if (s->mig_in.postcopy && (r = migrate_postcopy_host_check(s, e)) < 0)
         return r;
     int fd = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
@@ -202,7 +202,7 @@ int start_begin_incoming(struct sup *s, const char *listen_at, bool copy_storage
         close(fd);
         return qv_failerr(e, r, "%s: listening on %s", s->def.name, listen_at);
     }
-    s->mig_listen_fd = fd;
+    s->mig_in.listen_fd = fd;
     /* port 0: the kernel chose one; status says which (what an ssh source reads back) */
     char bound[INET6_ADDRSTRLEN + 8];
     if (incoming_bound(fd, bound, sizeof(bound)) == 0)
@@ -222,17 +222,17 @@ int start_begin_incoming(struct sup *s, const char *listen_at, bool copy_storage
 
 void migrate_incoming_close(struct sup *s)
 {
-    if (s->mig_listen_fd > 0) {
-        epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->mig_listen_fd, NULL);
-        close(s->mig_listen_fd);
+    if (s->mig_in.listen_fd > 0) {
+        epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->mig_in.listen_fd, NULL);
+        close(s->mig_in.listen_fd);
     }
-    s->mig_listen_fd = 0;
+    s->mig_in.listen_fd = 0;
 }
 
 /* The source connected: QEMU gets the stream, the listener goes (one source only). */
 void migrate_incoming_accept(struct sup *s)
 {
-    int c = accept4(s->mig_listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    int c = accept4(s->mig_in.listen_fd, NULL, NULL, SOCK_CLOEXEC);
     if (c < 0)
         return;     /* EAGAIN, a connection that went: wait for the next */
     if (!migstore_in_stream_ok(s, c)) {
@@ -240,11 +240,11 @@ void migrate_incoming_accept(struct sup *s)
         return;
     }
     migrate_incoming_close(s);
-    s->mig_accepted_ms = monotonic_ms();
+    s->mig_in.accepted_ms = monotonic_ms();
     sup_log(s, "the source connected: the guest's state comes in");
     /* events: MIGRATION says when it is in; capabilities, getfd and migrate-incoming
      * go out together (QEMU answers in order) */
-    int r = qmp_send(s->qmp, "migrate-set-capabilities", migrate_caps(false, s->mig_postcopy), NULL, 0,
+    int r = qmp_send(s->qmp, "migrate-set-capabilities", migrate_caps(false, s->mig_in.postcopy), NULL, 0,
                      QMP_TIMEOUT_DEFAULT, 0, on_in_step, s);
     if (r == 0)
         r = qmp_send(s->qmp, "getfd", json_obj1("fdname", json_object_new_string(MIG_IN_FDNAME)), &c, 1,
@@ -265,9 +265,9 @@ static void listen_ready(struct sup *s)
 {
     migstore_in_ready(s);
     s->ev_mig.kind = EV_MIGRATE;
-    sup_epoll_add(s, s->mig_listen_fd, EPOLLIN, &s->ev_mig);
+    sup_epoll_add(s, s->mig_in.listen_fd, EPOLLIN, &s->ev_mig);
     sup_log(s, "QEMU is set up; waiting for the migration stream on %s%s", s->start.incoming + 4,
-            s->mig_tls_dir[0] ? " (TLS, the source's certificate verified)" : "");
+            s->mig_in.tls_dir[0] ? " (TLS, the source's certificate verified)" : "");
     report_ready(s, 0, NULL);
 }
 
@@ -301,8 +301,8 @@ static int incoming_tcp_ready(struct sup *s, struct qv_err *e)
 {
     if (migstore_in_copy(s))
         return migstore_in_serve(s, e);     /* not with TLS: the CLI refuses that */
-    if (s->mig_tls_dir[0])
-        return migrate_tls_begin(s, s->mig_tls_dir, true, on_in_tls, NULL, e);
+    if (s->mig_in.tls_dir[0])
+        return migrate_tls_begin(s, s->mig_in.tls_dir, true, on_in_tls, NULL, e);
     listen_ready(s);
     return 0;
 }
@@ -385,9 +385,9 @@ static void restore_plugged(struct sup *s, const struct qv_err *err)
 int migrate_incoming_begin(struct sup *s, struct qv_err *e)
 {
     if (incoming_tcp(s)) {
-        if (s->mig_listen_fd <= 0)
+        if (s->mig_in.listen_fd <= 0)
             return qv_fail(e, -EBADF, "%s: the migration listener is gone", s->def.name);
-        if (!s->mig_postcopy)
+        if (!s->mig_in.postcopy)
             return incoming_tcp_ready(s, e);
         if (qmp_send(s->qmp, "migrate-set-capabilities", migrate_caps(false, true), NULL, 0, QMP_TIMEOUT_DEFAULT, 0,
                      on_in_postcopy_caps, s) < 0)

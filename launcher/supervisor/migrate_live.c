@@ -250,7 +250,7 @@ void migrate_io(struct sup *s, uint32_t events)
         migstore_in_accept(s);      /* copy-storage: the source's control connection comes first */
     else if (s->mig && !s->mig->over && s->mig->step == STEP_CONNECT && s->mig->sock >= 0)
         mig_connect_done(s);
-    else if (s->mig_listen_fd > 0 && start_active(s) && !s->start.failed)
+    else if (s->mig_in.listen_fd > 0 && start_active(s) && !s->start.failed)
         migrate_incoming_accept(s);
 }
 

@@ -119,7 +119,7 @@ static void serve_next(struct sup *s)
         json_object_object_add(o, "exports", ex);
         msi_send_line(s, o);
         json_object_put(o);
-        sup_epoll_add(s, s->mig_listen_fd, EPOLLIN, &s->ev_mig);
+        sup_epoll_add(s, s->mig_in.listen_fd, EPOLLIN, &s->ev_mig);
         sup_log(s, "QEMU is set up, NBD exports on %s; waiting for the disks and then the migration stream on %s",
                 mi->nbd_addr, s->start.incoming + 4);
         return;

@@ -146,9 +146,9 @@ int migstore_in_listen(struct sup *s, bool copy_storage, struct qv_err *e)
     s->msin = mi;
     if (!copy_storage)
         return 0;   /* QEMU starts at once; migstore_in_ready opens the door once it waits */
-    mi->deadline = monotonic_ms() + s->mig_wait_ms;
+    mi->deadline = monotonic_ms() + s->mig_in.wait_ms;
     s->ev_mig.kind = EV_MIGRATE;
-    sup_epoll_add(s, s->mig_listen_fd, EPOLLIN, &s->ev_mig);
+    sup_epoll_add(s, s->mig_in.listen_fd, EPOLLIN, &s->ev_mig);
     s->rs.state = VM_STARTING;
     s->rs.supervisor_pid = getpid();
     sup_save_state(s);
@@ -164,7 +164,7 @@ bool migstore_in_waiting(struct sup *s)
 void migstore_in_ready(struct sup *s)
 {
     if (s->msin && !s->msin->copy)
-        s->msin->deadline = monotonic_ms() + s->mig_wait_ms;
+        s->msin->deadline = monotonic_ms() + s->mig_in.wait_ms;
 }
 
 bool migstore_in_copy(struct sup *s)
@@ -183,7 +183,7 @@ static void refuse(struct sup *s, const char *why)
     buf_free(&mi->in);
     mi->ndisks = 0;
     mi->phase = MSI_WAIT_SOURCE;
-    sup_epoll_add(s, s->mig_listen_fd, EPOLLIN, &s->ev_mig);
+    sup_epoll_add(s, s->mig_in.listen_fd, EPOLLIN, &s->ev_mig);
 }
 
 static bool same_host(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
@@ -218,11 +218,11 @@ bool migstore_in_stream_ok(struct sup *s, int fd)
 void migstore_in_accept(struct sup *s)
 {
     struct migstore_in *mi = s->msin;
-    int c = accept4(s->mig_listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    int c = accept4(s->mig_in.listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (c < 0)
         return;
     /* the listener waits for the stream later; until then nobody else gets in */
-    epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->mig_listen_fd, NULL);
+    epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->mig_in.listen_fd, NULL);
     socklen_t plen = sizeof(mi->peer);
     if (getpeername(c, (struct sockaddr *)&mi->peer, &plen) < 0)
         memset(&mi->peer, 0, sizeof(mi->peer));
@@ -261,7 +261,7 @@ static int parse_hello(struct sup *s, const char *line, char *why, size_t whylen
                  json_object_get_string(uuid), s->def.uuid);
         return -EINVAL;
     }
-    if (strcmp(json_object_get_string(token), s->mig_token) != 0) {
+    if (strcmp(json_object_get_string(token), s->mig_in.token) != 0) {
         snprintf(why, whylen, "%s: the token does not match: this destination waits for another migration (migrate "
                  "--token takes the one its migrate-incoming printed)", s->def.name);
         return -EACCES;
@@ -274,7 +274,7 @@ static int parse_hello(struct sup *s, const char *line, char *why, size_t whylen
         return -EINVAL;
     }
     bool postcopy = json_object_object_get_ex(o, "postcopy", &flag) && json_object_get_boolean(flag);
-    if (postcopy != s->mig_postcopy) {
+    if (postcopy != s->mig_in.postcopy) {
         snprintf(why, whylen, postcopy ? "the source switches to post-copy (--postcopy), and this destination waits "
                  "without --postcopy (its QEMU may not use userfaultfd)" : "this destination waits for a post-copy "
                  "migration (migrate-incoming --postcopy), and the source sends none (migrate --postcopy)");
@@ -351,14 +351,14 @@ static void on_plugged_serving(struct sup *s, const struct qv_err *err)
     if (err) {
         char why[900];
         snprintf(why, sizeof(why), "plugging the source's %d vCPUs here: %s", mi->plugged_vcpus, err->msg);
-        mi->deadline = monotonic_ms() + s->mig_wait_ms;    /* waits on for another source, bounded again */
+        mi->deadline = monotonic_ms() + s->mig_in.wait_ms;    /* waits on for another source, bounded again */
         refuse(s, why);
         return;
     }
     json_object *o = json_obj1("ok", json_object_new_boolean(true));
     msi_send_line(s, o);
     json_object_put(o);
-    sup_epoll_add(s, s->mig_listen_fd, EPOLLIN, &s->ev_mig);
+    sup_epoll_add(s, s->mig_in.listen_fd, EPOLLIN, &s->ev_mig);
     sup_log(s, "the source of %s is here (its token matched); waiting for the migration stream", s->def.name);
 }
 
@@ -388,7 +388,7 @@ static void on_hello(struct sup *s, const char *line)
         mi->phase = MSI_SERVING;
         struct qv_err e = {0};
         if (msi_plug_vcpus(s, on_plugged_serving, &e) < 0) {
-            mi->deadline = monotonic_ms() + s->mig_wait_ms;
+            mi->deadline = monotonic_ms() + s->mig_in.wait_ms;
             refuse(s, e.msg);
         }
         return;
@@ -460,7 +460,7 @@ void migstore_in_io(struct sup *s)
             msi_fail_early(s, "the source %s", why);
         else if (mi->phase == MSI_RESUMING)
             sup_log(s, "the source's control line closed (%s) while the guest resumes here; it runs on here", why);
-        else if (s->mig_in_postcopy && mi->phase == MSI_SERVING) {
+        else if (s->mig_in.in_postcopy && mi->phase == MSI_SERVING) {
             /* the guest runs here already and can run nowhere else: the stream decides */
             sup_log(s, "the source's control line closed (%s) during post-copy; the guest runs on here", why);
             mi->finish_asked = true;
@@ -556,7 +556,7 @@ void migstore_in_expire(struct sup *s, uint64_t now)
     mi->deadline = 0;
     char why[300];
     snprintf(why, sizeof(why), "no source came within %llu s (migrate-incoming --timeout): this destination gives up "
-             "and cleans up", (unsigned long long)(s->mig_wait_ms / 1000));
+             "and cleans up", (unsigned long long)(s->mig_in.wait_ms / 1000));
     if (mi->phase == MSI_WAIT_HELLO)
         send_error(s, why);
     if (start_active(s))

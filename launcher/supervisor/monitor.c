@@ -35,32 +35,32 @@ static bool qemu_still_runs(struct sup *s)
 static void plan_retry(struct sup *s)
 {
     unsigned delay = RETRY_FIRST_MS;
-    for (unsigned i = 0; i < s->monitor_attempts && delay < RETRY_MAX_MS; i++)
+    for (unsigned i = 0; i < s->mon.attempts && delay < RETRY_MAX_MS; i++)
         delay *= 2;
     if (delay > RETRY_MAX_MS)
         delay = RETRY_MAX_MS;
-    s->monitor_attempts++;
-    s->monitor_retry_at = monotonic_ms() + delay;
+    s->mon.attempts++;
+    s->mon.retry_at = monotonic_ms() + delay;
 }
 
 bool monitor_lost(struct sup *s, struct qmp *lost, const char *why)
 {
-    qmp_event_handler(lost, &s->monitor_on_event, &s->monitor_ctx);
+    qmp_event_handler(lost, &s->mon.on_event, &s->mon.ctx);
     if (!qemu_still_runs(s))
         return false;
-    if (!s->monitor_error[0]) {
+    if (!s->mon.error[0]) {
         /* a working connection was lost (not a failed reconnect): start the back-off anew */
         sup_log(s, "QMP connection lost while QEMU runs (%s): reconnecting", why);
-        s->monitor_attempts = 0;
+        s->mon.attempts = 0;
     }
-    snprintf(s->monitor_error, sizeof(s->monitor_error), "%s", why);
+    snprintf(s->mon.error, sizeof(s->mon.error), "%s", why);
     plan_retry(s);
     return true;
 }
 
 uint64_t monitor_next_deadline(struct sup *s)
 {
-    return s->monitor_retry_at;
+    return s->mon.retry_at;
 }
 
 static void on_status(void *ctx, json_object *ret, const struct qv_err *err)
@@ -82,12 +82,12 @@ static void on_handshake(void *ctx, json_object *ret, const struct qv_err *err)
     (void)ret;
     if (err) {
         /* the qmp closed itself; its fd hangs up and the loss path plans the next try */
-        snprintf(s->monitor_error, sizeof(s->monitor_error), "%s", err->msg);
+        snprintf(s->mon.error, sizeof(s->mon.error), "%s", err->msg);
         return;
     }
     sup_log(s, "QMP connection restored");
-    s->monitor_error[0] = '\0';
-    s->monitor_attempts = 0;
+    s->mon.error[0] = '\0';
+    s->mon.attempts = 0;
     if (s->qmp)
         qmp_send(s->qmp, "query-status", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_status, s);
     snapshots_monitor_back(s);
@@ -111,20 +111,20 @@ static int connect_nonblocking(const char *path)
 
 void monitor_expire(struct sup *s, uint64_t now)
 {
-    if (!s->monitor_retry_at || now < s->monitor_retry_at)
+    if (!s->mon.retry_at || now < s->mon.retry_at)
         return;
-    s->monitor_retry_at = 0;
-    if (s->qmp || !qemu_still_runs(s) || !s->monitor_on_event)
+    s->mon.retry_at = 0;
+    if (s->qmp || !qemu_still_runs(s) || !s->mon.on_event)
         return;     /* connected already, or QEMU is going: qemu_gone cleans up */
     char path[PATH_MAX];
     snprintf(path, sizeof(path), "%s/qmp.sock", s->run_dir);
     int fd = connect_nonblocking(path);
     if (fd < 0) {
-        snprintf(s->monitor_error, sizeof(s->monitor_error), "connecting to %s: %s", path, strerror(-fd));
+        snprintf(s->mon.error, sizeof(s->mon.error), "connecting to %s: %s", path, strerror(-fd));
         plan_retry(s);
         return;
     }
-    struct qmp *q = qmp_new(fd, QMP_MONITOR, s->monitor_on_event, s->monitor_ctx);
+    struct qmp *q = qmp_new(fd, QMP_MONITOR, s->mon.on_event, s->mon.ctx);
     if (!q) {
         plan_retry(s);
         return;
@@ -145,9 +145,9 @@ json_object *monitor_status_json(struct sup *s)
         return NULL;
     if (s->qmp && qmp_ready(s->qmp))
         return json_object_new_string("connected");
-    if (!s->qmp && !s->monitor_retry_at)
+    if (!s->qmp && !s->mon.retry_at)
         return json_object_new_string("not connected");     /* QEMU is on its way out */
-    char text[sizeof(s->monitor_error) + 32];
-    snprintf(text, sizeof(text), "lost (%s); reconnecting", s->monitor_error[0] ? s->monitor_error : "handshake");
+    char text[sizeof(s->mon.error) + 32];
+    snprintf(text, sizeof(text), "lost (%s); reconnecting", s->mon.error[0] ? s->mon.error : "handshake");
     return json_object_new_string(text);
 }

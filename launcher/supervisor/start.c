@@ -525,7 +525,7 @@ int start_begin(struct sup *s, bool restart, struct qv_err *e)
     memcpy(s->start.incoming, incoming, sizeof(incoming));
     s->expected_exit = false;
     s->exit_reason[0] = '\0';
-    s->stop_phase = 0;
+    s->stop.phase = 0;
     s->rs.state = VM_STARTING;
     s->never_ran = true;
     s->rs.supervisor_pid = getpid();

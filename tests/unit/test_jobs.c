@@ -65,11 +65,11 @@ static unsigned add_client(struct fx *f, int *end)
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     struct sup_client *c = qv_xcalloc(1, sizeof(*c));
     c->fd = sv[0];
-    c->id = ++f->s->next_client_id;
+    c->id = ++f->s->ctl.next_id;
     c->owed = 1;
-    c->next = f->s->clients;
-    f->s->clients = c;
-    f->s->nclients++;
+    c->next = f->s->ctl.clients;
+    f->s->ctl.clients = c;
+    f->s->ctl.n++;
     *end = sv[1];
     return c->id;
 }

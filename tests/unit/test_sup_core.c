@@ -3,7 +3,7 @@
  * "QEMU" is a child process of the test that sleeps until told to exit. Each test
  * sends QMP events or stop requests and checks what the supervisor sends back to
  * QEMU (the peer expects exactly those commands, in order) and the state it keeps:
- * rs.state, exit_reason, last_exit, expected_exit, stop_phase and its timers. */
+ * rs.state, exit_reason, last_exit, expected_exit, stop.phase and its timers. */
 #include <fcntl.h>
 #include <poll.h>
 #include <setjmp.h>
@@ -23,8 +23,8 @@
 /* The stop machinery's next phase is due now: as if its time had passed. */
 static void stop_timer_fires(struct fx *f)
 {
-    assert_true(f->s->stop_next != 0);
-    f->s->stop_next = monotonic_ms();
+    assert_true(f->s->stop.next != 0);
+    f->s->stop.next = monotonic_ms();
     sup_test_run_timers(f->s);
 }
 
@@ -155,8 +155,8 @@ static void test_shutdown_during_stop(void **state)
     qemu_exits(f, 0);
     assert_int_equal(f->s->rs.state, VM_SHUTOFF);
     assert_string_equal(f->s->rs.last_exit, "stopped");
-    assert_int_equal(f->s->stop_phase, 0);
-    assert_int_equal(f->s->stop_next, 0);
+    assert_int_equal(f->s->stop.phase, 0);
+    assert_int_equal(f->s->stop.next, 0);
 }
 
 /* ---- pause and resume -------------------------------------------------------------- */
@@ -205,8 +205,8 @@ static void test_panic_pause(void **state)
     sup_begin_stop(f->s, false, 60000);
     expect(f, "quit");
     expect_nothing(f);
-    assert_int_equal(f->s->stop_phase, 3);
-    assert_near(f->s->stop_next, now + 2000, 1000);
+    assert_int_equal(f->s->stop.phase, 3);
+    assert_near(f->s->stop.next, now + 2000, 1000);
     assert_true(f->s->expected_exit);
     qemu_exits(f, 0);
     assert_int_equal(f->s->rs.state, VM_SHUTOFF);
@@ -240,8 +240,8 @@ static void test_panic_restart_budget(void **state)
     /* crashes older than the window do not count */
     if (now > CRASH_WINDOW_MS + 60000) {
         for (int i = 0; i < 3; i++)
-            f->s->crashes[i] = now - CRASH_WINDOW_MS - 1000;
-        f->s->ncrashes = 3;
+            f->s->crash.at[i] = now - CRASH_WINDOW_MS - 1000;
+        f->s->crash.n = 3;
     }
     for (int i = 0; i < CRASH_MAX; i++) {
         event(f, "GUEST_PANICKED", "{\"action\": \"pause\"}");
@@ -250,7 +250,7 @@ static void test_panic_restart_budget(void **state)
         expect_nothing(f);
         assert_true(f->s->resetting);
         assert_false(f->s->expected_exit);
-        assert_int_equal(f->s->ncrashes, i + 1);
+        assert_int_equal(f->s->crash.n, i + 1);
         event(f, "RESUME", NULL);
         assert_int_equal(f->s->rs.state, VM_RUNNING);
     }
@@ -278,8 +278,8 @@ static void test_panic_during_stop(void **state)
     expect_nothing(f);
     assert_string_equal(f->s->rs.last_exit, "guest panicked");
     assert_int_equal(f->s->rs.state, VM_STOPPING);
-    assert_int_equal(f->s->ncrashes, 0);
-    assert_int_equal(f->s->stop_phase, 1);
+    assert_int_equal(f->s->crash.n, 0);
+    assert_int_equal(f->s->stop.phase, 1);
 }
 
 /* QEMU dies without a SHUTDOWN: a crash, and on_crash decides. */
@@ -292,7 +292,7 @@ static void test_unexpected_exit(void **state)
     assert_string_equal(f->s->rs.last_exit, "QEMU was killed by signal 9 (Killed)");
     assert_true(f->s->done);
     assert_int_equal(f->s->exit_code, 1);
-    assert_int_equal(f->s->restart_at, 0);
+    assert_int_equal(f->s->crash.restart_at, 0);
     char last[256];
     assert_int_equal(recorded_state(f, last, sizeof(last)), VM_CRASHED);
     assert_string_equal(last, "QEMU was killed by signal 9 (Killed)");
@@ -307,20 +307,20 @@ static void test_unexpected_exit_restart(void **state)
     assert_int_equal(f->s->rs.state, VM_CRASHED);
     assert_string_equal(f->s->rs.last_exit, "QEMU exited with status 3");
     assert_false(f->s->done);
-    assert_int_equal(f->s->ncrashes, 1);
+    assert_int_equal(f->s->crash.n, 1);
     /* first restart after 1 s, doubling with each crash in the window */
-    assert_near(f->s->restart_at, now + 1000, 1000);
+    assert_near(f->s->crash.restart_at, now + 1000, 1000);
     /* the budget spent: the supervisor gives up instead */
-    f->s->restart_at = 0;
-    f->s->ncrashes = CRASH_MAX;
+    f->s->crash.restart_at = 0;
+    f->s->crash.n = CRASH_MAX;
     for (int i = 0; i < CRASH_MAX; i++)
-        f->s->crashes[i] = monotonic_ms();
+        f->s->crash.at[i] = monotonic_ms();
     f->s->qemu_pid = f->child;      /* as if started again; it is reaped, so gone at once */
     f->s->done = false;
     sup_test_qemu_gone(f->s);
     assert_true(f->s->done);
     assert_int_equal(f->s->exit_code, 1);
-    assert_int_equal(f->s->restart_at, 0);
+    assert_int_equal(f->s->crash.restart_at, 0);
     assert_non_null(strstr(f->s->rs.last_exit, "; gave up after 5 crashes in 10 minutes"));
 }
 
@@ -336,30 +336,30 @@ static void test_stop_phases(void **state)
     assert_int_equal(f->s->rs.state, VM_STOPPING);
     assert_true(f->s->expected_exit);
     assert_string_equal(f->s->exit_reason, "stopped");
-    assert_int_equal(f->s->stop_phase, 1);
-    assert_near(f->s->stop_next, now + 500, 500);
-    assert_near(f->s->stop_deadline, now + 3000, 500);
+    assert_int_equal(f->s->stop.phase, 1);
+    assert_near(f->s->stop.next, now + 500, 500);
+    assert_near(f->s->stop.deadline, now + 3000, 500);
     /* early: nothing happens */
     sup_test_run_timers(f->s);
     expect_nothing(f);
-    assert_int_equal(f->s->stop_phase, 1);
+    assert_int_equal(f->s->stop.phase, 1);
     /* 500 ms on: the button again, then nothing until the deadline */
     stop_timer_fires(f);
     expect(f, "system_powerdown");
-    assert_int_equal(f->s->stop_phase, 2);
-    assert_int_equal(f->s->stop_next, f->s->stop_deadline);
+    assert_int_equal(f->s->stop.phase, 2);
+    assert_int_equal(f->s->stop.next, f->s->stop.deadline);
     sup_test_run_timers(f->s);
     expect_nothing(f);
     /* the deadline: quit */
     now = monotonic_ms();
     stop_timer_fires(f);
     expect(f, "quit");
-    assert_int_equal(f->s->stop_phase, 3);
-    assert_near(f->s->stop_next, now + 2000, 500);
+    assert_int_equal(f->s->stop.phase, 3);
+    assert_near(f->s->stop.next, now + 2000, 500);
     /* QEMU did not quit: SIGTERM, which the stand-in dies of */
     stop_timer_fires(f);
     expect_nothing(f);
-    assert_int_equal(f->s->stop_phase, 4);
+    assert_int_equal(f->s->stop.phase, 4);
     assert_true(child_dead(f->child));
     siginfo_t si = {0};
     assert_int_equal(waitid(P_PID, (id_t)f->child, &si, WEXITED | WNOHANG | WNOWAIT), 0);
@@ -368,8 +368,8 @@ static void test_stop_phases(void **state)
     sup_test_qemu_gone(f->s);
     assert_int_equal(f->s->rs.state, VM_SHUTOFF);
     assert_string_equal(f->s->rs.last_exit, "stopped");
-    assert_int_equal(f->s->stop_phase, 0);
-    assert_int_equal(f->s->stop_next, 0);
+    assert_int_equal(f->s->stop.phase, 0);
+    assert_int_equal(f->s->stop.next, 0);
     assert_int_equal(f->s->exit_code, 0);
 }
 
@@ -379,24 +379,24 @@ static void test_stop_sigkill(void **state)
     struct fx *f = *state;
     sup_begin_stop(f->s, true, 60000);
     expect(f, "quit");
-    assert_int_equal(f->s->stop_phase, 3);
+    assert_int_equal(f->s->stop.phase, 3);
     assert_string_equal(f->s->exit_reason, "stopped (forced)");
     stop_timer_fires(f);
-    assert_int_equal(f->s->stop_phase, 4);
+    assert_int_equal(f->s->stop.phase, 4);
     usleep(50000);
     siginfo_t si = {0};
     assert_int_equal(waitid(P_PID, (id_t)f->child, &si, WEXITED | WNOHANG | WNOWAIT), 0);
     assert_int_equal(si.si_pid, 0);     /* SIGTERM ignored: still alive */
     uint64_t now = monotonic_ms();
     stop_timer_fires(f);
-    assert_int_equal(f->s->stop_phase, 5);
-    assert_near(f->s->stop_next, now + 5000, 500);
+    assert_int_equal(f->s->stop.phase, 5);
+    assert_near(f->s->stop.next, now + 5000, 500);
     assert_true(child_dead(f->child));
     assert_int_equal(waitid(P_PID, (id_t)f->child, &si, WEXITED | WNOHANG | WNOWAIT), 0);
     assert_int_equal(si.si_status, SIGKILL);
     /* the exit was not noticed yet (no pidfd event here): the last phase gives up waiting */
     stop_timer_fires(f);
-    assert_int_equal(f->s->stop_next, 0);
+    assert_int_equal(f->s->stop.next, 0);
     expect_nothing(f);
     sup_test_qemu_gone(f->s);
     assert_int_equal(f->s->rs.state, VM_SHUTOFF);
@@ -410,19 +410,19 @@ static void test_stop_variants(void **state)
     /* a timeout shorter than the 500 ms repeat: the repeat is at the deadline */
     sup_begin_stop(f->s, false, 100);
     expect(f, "system_powerdown");
-    assert_int_equal(f->s->stop_next, f->s->stop_deadline);
+    assert_int_equal(f->s->stop.next, f->s->stop.deadline);
     /* a second graceful stop joins the first */
     sup_begin_stop(f->s, false, 60000);
     expect_nothing(f);
-    assert_int_equal(f->s->stop_phase, 1);
+    assert_int_equal(f->s->stop.phase, 1);
     /* a forced stop overtakes it: quit now */
     sup_begin_stop(f->s, true, 60000);
     expect(f, "quit");
-    assert_int_equal(f->s->stop_phase, 3);
+    assert_int_equal(f->s->stop.phase, 3);
     /* and once quit is sent, nothing more to overtake */
     sup_begin_stop(f->s, true, 60000);
     expect_nothing(f);
-    assert_int_equal(f->s->stop_phase, 3);
+    assert_int_equal(f->s->stop.phase, 3);
     /* the first reason is kept */
     assert_string_equal(f->s->exit_reason, "stopped");
 }
@@ -437,7 +437,7 @@ static void test_stop_paused(void **state)
     expect(f, "cont");
     expect(f, "system_powerdown");
     expect_nothing(f);
-    assert_int_equal(f->s->stop_phase, 1);
+    assert_int_equal(f->s->stop.phase, 1);
     assert_int_equal(f->s->rs.state, VM_STOPPING);
 }
 
@@ -450,7 +450,7 @@ static void test_stop_never_ran(void **state)
     /* a guest in prelaunch has no ACPI to press: quit at once */
     expect(f, "quit");
     expect_nothing(f);
-    assert_int_equal(f->s->stop_phase, 3);
+    assert_int_equal(f->s->stop.phase, 3);
     assert_int_equal(f->s->rs.state, VM_STOPPING);
 }
 
@@ -461,9 +461,9 @@ static void test_stop_without_monitor(void **state)
     qmp_free(f->s->qmp);
     f->s->qmp = NULL;
     sup_begin_stop(f->s, false, 60000);
-    assert_int_equal(f->s->stop_phase, 3);
+    assert_int_equal(f->s->stop.phase, 3);
     stop_timer_fires(f);
-    assert_int_equal(f->s->stop_phase, 4);
+    assert_int_equal(f->s->stop.phase, 4);
     assert_true(child_dead(f->child));
     sup_test_qemu_gone(f->s);
     assert_int_equal(f->s->rs.state, VM_SHUTOFF);
@@ -477,8 +477,8 @@ static void test_stop_not_running(void **state)
     assert_int_equal(f->s->rs.state, VM_CRASHED);
     f->s->done = false;
     sup_begin_stop(f->s, false, 60000);
-    assert_int_equal(f->s->stop_phase, 0);
-    assert_int_equal(f->s->stop_next, 0);
+    assert_int_equal(f->s->stop.phase, 0);
+    assert_int_equal(f->s->stop.next, 0);
     assert_int_equal(f->s->rs.state, VM_CRASHED);
 }
 
