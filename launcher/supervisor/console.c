@@ -17,14 +17,14 @@
 #define CONSOLE_BURST (1u << 20)       /* what a boot may print at once */
 #define LOG_CHECK_MS 10000             /* QEMU writes to the log too: look at its size this often */
 
-/* Complete lines (all of them when flushing) from s->line into the log, one write. */
+/* Complete lines (all of them when flushing) from s->con.line into the log, one write. */
 static void log_lines(struct sup *s, bool flush)
 {
     char ts[40];
     format_timestamp(ts, sizeof(ts));
     struct buf out = {0};
-    char *start = s->line.p;
-    size_t len = s->line.len;
+    char *start = s->con.line.p;
+    size_t len = s->con.line.len;
     for (;;) {
         char *nl = len ? memchr(start, '\n', len) : NULL;
         if (!nl && !(flush && len) && len < 4096)
@@ -48,19 +48,19 @@ static void log_lines(struct sup *s, bool flush)
     if (out.len)
         write_all(s->log_fd, out.p, out.len);
     buf_free(&out);
-    buf_consume(&s->line, s->line.len - len);
+    buf_consume(&s->con.line, s->con.line.len - len);
 }
 
 static void console_watch(struct sup *s, bool on)
 {
     struct epoll_event ee = {.events = on ? EPOLLIN : 0, .data.ptr = &s->ev_console};
-    epoll_ctl(s->epfd, EPOLL_CTL_MOD, s->console_fd, &ee);
+    epoll_ctl(s->epfd, EPOLL_CTL_MOD, s->con.fd, &ee);
 }
 
 /* The token bucket: false (and reading paused until there is budget) when spent. */
 static bool console_budget(struct sup *s, uint64_t now)
 {
-    struct console_rate *cr = &s->console_rate;
+    struct console_rate *cr = &s->con.rate;
     if (!cr->refilled_at)
         cr->tokens = CONSOLE_BURST;
     else
@@ -83,8 +83,8 @@ void console_readable(struct sup *s)
 {
     char chunk[8192];
     bool logged = false;
-    while (s->console_fd >= 0 && console_budget(s, monotonic_ms())) {
-        ssize_t n = read(s->console_fd, chunk, sizeof(chunk));
+    while (s->con.fd >= 0 && console_budget(s, monotonic_ms())) {
+        ssize_t n = read(s->con.fd, chunk, sizeof(chunk));
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && errno == EAGAIN)
@@ -93,12 +93,12 @@ void console_readable(struct sup *s)
             console_close(s);
             break;
         }
-        s->console_rate.tokens -= n;
-        buf_add(&s->ring, chunk, (size_t)n);
-        if (s->ring.len > CONSOLE_RING)
-            buf_consume(&s->ring, s->ring.len - CONSOLE_RING);
-        buf_add(&s->line, chunk, (size_t)n);
-        s->line_at = monotonic_ms();
+        s->con.rate.tokens -= n;
+        buf_add(&s->con.ring, chunk, (size_t)n);
+        if (s->con.ring.len > CONSOLE_RING)
+            buf_consume(&s->con.ring, s->con.ring.len - CONSOLE_RING);
+        buf_add(&s->con.line, chunk, (size_t)n);
+        s->con.line_at = monotonic_ms();
         ctl_broadcast_console(s, chunk, (size_t)n);
         logged = true;
     }
@@ -110,13 +110,13 @@ void console_readable(struct sup *s)
 
 void console_close(struct sup *s)
 {
-    if (s->console_fd < 0)
+    if (s->con.fd < 0)
         return;
     log_lines(s, true);
-    epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->console_fd, NULL);
-    close(s->console_fd);
-    s->console_fd = -1;
-    s->console_rate = (struct console_rate){0};
+    epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->con.fd, NULL);
+    close(s->con.fd);
+    s->con.fd = -1;
+    s->con.rate = (struct console_rate){0};
 }
 
 int console_connect(struct sup *s, struct qv_err *e)
@@ -125,12 +125,12 @@ int console_connect(struct sup *s, struct qv_err *e)
         return 0;
     char path[PATH_MAX];
     snprintf(path, sizeof(path), "%s/console.sock", s->run_dir);
-    int r = unix_connect(path, &s->console_fd, e);
+    int r = unix_connect(path, &s->con.fd, e);
     if (r < 0)
         return r;
-    fd_set_nonblock(s->console_fd, true);
+    fd_set_nonblock(s->con.fd, true);
     struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &s->ev_console};
-    if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->console_fd, &ee) < 0)
+    if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->con.fd, &ee) < 0)
         sup_log(s, "warning: epoll_ctl add console: %s", strerror(errno));
     return 0;
 }
@@ -143,23 +143,23 @@ static uint64_t earliest(uint64_t a, uint64_t b)
 
 uint64_t console_next_deadline(struct sup *s)
 {
-    uint64_t idle = s->line.len ? s->line_at + CONSOLE_LINE_IDLE_MS : 0;
-    return earliest(earliest(s->console_rate.resume_at, idle), s->log_check_at);
+    uint64_t idle = s->con.line.len ? s->con.line_at + CONSOLE_LINE_IDLE_MS : 0;
+    return earliest(earliest(s->con.rate.resume_at, idle), s->con.log_check_at);
 }
 
 void console_run_timers(struct sup *s, uint64_t now)
 {
     /* a prompt without a newline still reaches the log once the guest is quiet */
-    if (s->line.len && now >= s->line_at + CONSOLE_LINE_IDLE_MS)
+    if (s->con.line.len && now >= s->con.line_at + CONSOLE_LINE_IDLE_MS)
         log_lines(s, true);
-    if (s->console_rate.resume_at && now >= s->console_rate.resume_at) {
-        s->console_rate.resume_at = 0;
-        if (s->console_fd >= 0) {
+    if (s->con.rate.resume_at && now >= s->con.rate.resume_at) {
+        s->con.rate.resume_at = 0;
+        if (s->con.fd >= 0) {
             console_watch(s, true);
             console_readable(s);
         }
     }
-    if (s->log_check_at && now >= s->log_check_at)
+    if (s->con.log_check_at && now >= s->con.log_check_at)
         vmlog_check(s);
 }
 
@@ -167,7 +167,7 @@ void console_run_timers(struct sup *s, uint64_t now)
 
 void vmlog_check(struct sup *s)
 {
-    s->log_check_at = monotonic_ms() + LOG_CHECK_MS;
+    s->con.log_check_at = monotonic_ms() + LOG_CHECK_MS;
     struct stat st;
     if (s->log_fd < 0 || fstat(s->log_fd, &st) < 0 || (uint64_t)st.st_size < s->hc.log_max_size)
         return;

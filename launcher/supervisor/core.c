@@ -319,7 +319,7 @@ static void loop(struct sup *s)
                     qmp_io(s, evs[i].events);
                 break;
             case EV_CONSOLE:
-                if (s->console_fd >= 0)
+                if (s->con.fd >= 0)
                     console_readable(s);
                 break;
             case EV_CTL:
@@ -438,8 +438,8 @@ static void sup_free(struct sup *s)
     strv_free(&s->conf.cluster_addrs);
     if (s->qmp)
         qmp_free(s->qmp);
-    if (s->console_fd >= 0)
-        close(s->console_fd);
+    if (s->con.fd >= 0)
+        close(s->con.fd);
     if (s->pidfd >= 0)
         close(s->pidfd);
     close_ctl(s);
@@ -448,8 +448,8 @@ static void sup_free(struct sup *s)
     if (s->epfd >= 0)
         close(s->epfd);
     notify_close(&s->notify);
-    buf_free(&s->ring);
-    buf_free(&s->line);
+    buf_free(&s->con.ring);
+    buf_free(&s->con.line);
     runstate_free(&s->rs);
     host_config_free(&s->hc);
     vm_def_free(&s->def);
@@ -506,7 +506,7 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
     /* not on the stack: the structure is large, and a stack that deep stays resident */
     struct sup *sp = sup_alloc();
     sp->paths = paths;
-    sp->lock_fd = sp->log_fd = sp->epfd = sp->sigfd = sp->pidfd = sp->console_fd = sp->ctl.fd = -1;
+    sp->lock_fd = sp->log_fd = sp->epfd = sp->sigfd = sp->pidfd = sp->con.fd = sp->ctl.fd = -1;
     sp->ready_fd = o->ready_fd;
     sp->echo_fd = o->echo_fd;
     sp->boot_fd = o->boot_fd;
@@ -645,7 +645,7 @@ struct sup *sup_new_for_test(const struct qv_paths *paths, const char *name, int
 {
     struct sup *s = sup_alloc();
     s->paths = paths;
-    s->lock_fd = s->log_fd = s->epfd = s->sigfd = s->pidfd = s->console_fd = s->ctl.fd = s->ready_fd = -1;
+    s->lock_fd = s->log_fd = s->epfd = s->sigfd = s->pidfd = s->con.fd = s->ctl.fd = s->ready_fd = -1;
     s->echo_fd = s->boot_fd = s->qemu_status = -1;
     s->conf.lease.lock_fd = s->conf.lease.hold_fd = -1;
     notify_init(&s->notify);

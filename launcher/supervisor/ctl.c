@@ -511,15 +511,15 @@ static void handle_request(struct sup *s, struct sup_client *c, json_object *req
         c->mode = CLIENT_EVENTS;
         reply_ok(s, c);
     } else if (strcmp(cmd, "console") == 0) {
-        if (s->console_fd < 0) {
+        if (s->con.fd < 0) {
             reply_error(s, c, -ENODEV, "%s has no serial console connected (console: %s)", s->def.name,
                         s->def.console == CONSOLE_NONE ? "none" : "not connected");
             return;
         }
         c->mode = CLIENT_CONSOLE;
         reply_ok(s, c);
-        if (get_bool(req, "replay") && s->ring.len)
-            client_write(s, c, s->ring.p, s->ring.len);
+        if (get_bool(req, "replay") && s->con.ring.len)
+            client_write(s, c, s->con.ring.p, s->con.ring.len);
     } else {
         reply_error(s, c, -EINVAL, "%s: unknown request \"%s\"", s->def.name, cmd);
     }
@@ -536,7 +536,7 @@ static void client_drop(struct sup *s, struct sup_client *c, int code, const cha
 static void client_input(struct sup *s, struct sup_client *c)
 {
     if (c->mode == CLIENT_CONSOLE) {
-        if (s->console_fd >= 0 && c->in.len && write_all(s->console_fd, c->in.p, c->in.len) < 0)
+        if (s->con.fd >= 0 && c->in.len && write_all(s->con.fd, c->in.p, c->in.len) < 0)
             sup_log(s, "console input dropped: %s", strerror(errno));
         buf_consume(&c->in, c->in.len);
         return;

@@ -289,11 +289,13 @@ struct sup {
     bool qemu_is_child;
     struct qmp *qmp;
     struct ev ev_qmp, ev_console, ev_ctl, ev_signal, ev_pidfd;
-    int console_fd;
-    struct buf ring, line;
-    uint64_t line_at;           /* when the partial console line last grew */
-    struct console_rate console_rate;
-    uint64_t log_check_at;      /* next look at the log's size */
+    struct {                    /* the serial console and the log it feeds (console.c) */
+        int fd;
+        struct buf ring, line;
+        uint64_t line_at;       /* when the partial console line last grew */
+        struct console_rate rate;
+        uint64_t log_check_at;  /* next look at the log's size */
+    } con;
     struct {                        /* the control socket and its clients (ctl.c) */
         int fd;
         struct sup_client *clients;

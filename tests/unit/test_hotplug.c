@@ -54,7 +54,7 @@ static int setup(void **state)
     s->def.name = qv_xstrdup("t");
     snprintf(s->def.uuid, sizeof(s->def.uuid), "1b4e28ba-2fa1-11d2-883f-0016d3cca427");
     s->def.machine = MACHINE_Q35;
-    s->lock_fd = s->log_fd = s->epfd = s->sigfd = s->pidfd = s->console_fd = s->ctl.fd = s->ready_fd = -1;
+    s->lock_fd = s->log_fd = s->epfd = s->sigfd = s->pidfd = s->con.fd = s->ctl.fd = s->ready_fd = -1;
     s->echo_fd = -1;
     int cfd = peer_open(&f->peer);
     s->qmp = qmp_new(cfd, QMP_MONITOR, NULL, NULL);
