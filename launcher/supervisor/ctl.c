@@ -17,7 +17,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
-#include "launcher/supervisor/internal.h"
+#include "launcher/supervisor/ctl_verbs.h"
 
 /* One call reads at most this much from one client, so a client that never stops
  * sending cannot starve the others (the fd is level-triggered: it comes back). */
@@ -95,7 +95,7 @@ static void client_queue(struct sup_client *c, const char *data, size_t n)
 
 /* Streamed data (console output, events): a client that does not read is dropped
  * before its backlog passes CLIENT_OUT_MAX; the supervisor must not grow for it. */
-static void client_write(struct sup *s, struct sup_client *c, const char *data, size_t n)
+void ctl_client_write(struct sup *s, struct sup_client *c, const char *data, size_t n)
 {
     if (c->dead)
         return;
@@ -129,7 +129,7 @@ void ctl_client_send(struct sup *s, struct sup_client *c, json_object *reply)
     client_flush(s, c);
 }
 
-static void reply_ok(struct sup *s, struct sup_client *c)
+void ctl_reply_ok(struct sup *s, struct sup_client *c)
 {
     json_object *o = json_object_new_object();
     json_object_object_add(o, "ok", json_object_new_boolean(true));
@@ -137,9 +137,7 @@ static void reply_ok(struct sup *s, struct sup_client *c)
     json_object_put(o);
 }
 
-/* code: the negative errno the CLI turns into its exit status */
-static void reply_error(struct sup *s, struct sup_client *c, int code, const char *fmt, ...) QV_PRINTF(4, 5);
-static void reply_error(struct sup *s, struct sup_client *c, int code, const char *fmt, ...)
+void ctl_reply_error(struct sup *s, struct sup_client *c, int code, const char *fmt, ...)
 {
     char msg[1024];
     va_list ap;
@@ -162,11 +160,11 @@ static struct sup_client *client_by_id(struct sup *s, unsigned id)
     return NULL;
 }
 
-/* A QMP command on behalf of a client; the reply goes back to it if it is still there. */
+/* A QMP command on behalf of a client (ctl_client_qmp) */
 struct pending {
     struct sup *s;
     unsigned client;
-    enum { AS_OK, AS_RETURN, AS_HMP } shape;
+    enum ctl_qmp_shape shape;
 };
 
 static void on_client_reply(void *ctx, json_object *ret, const struct qv_err *err)
@@ -175,13 +173,13 @@ static void on_client_reply(void *ctx, json_object *ret, const struct qv_err *er
     struct sup_client *c = client_by_id(p->s, p->client);
     if (c) {
         if (err) {
-            reply_error(p->s, c, err->code, "%s", err->msg);
+            ctl_reply_error(p->s, c, err->code, "%s", err->msg);
         } else {
             json_object *o = json_object_new_object();
             json_object_object_add(o, "ok", json_object_new_boolean(true));
-            if (p->shape == AS_RETURN)
+            if (p->shape == CTL_AS_RETURN)
                 json_object_object_add(o, "return", ret ? json_object_get(ret) : json_object_new_object());
-            else if (p->shape == AS_HMP)
+            else if (p->shape == CTL_AS_HMP)
                 json_object_object_add(o, "output", ret ? json_object_get(ret) : json_object_new_string(""));
             ctl_client_send(p->s, c, o);
             json_object_put(o);
@@ -190,17 +188,18 @@ static void on_client_reply(void *ctx, json_object *ret, const struct qv_err *er
     free(p);
 }
 
-static void client_qmp(struct sup *s, struct sup_client *c, const char *cmd, json_object *args, int shape, int timeout)
+void ctl_client_qmp(struct sup *s, struct sup_client *c, const char *cmd, json_object *args, enum ctl_qmp_shape shape,
+                    int timeout)
 {
     /* while a reconnect's handshake runs, the command would wait for it unseen */
     if (!s->qmp || !qmp_ready(s->qmp)) {
         if (args)
             json_object_put(args);
         if (s->mon.error[0])
-            reply_error(s, c, -EIO, "%s: QEMU's monitor connection was lost (%s); reconnecting, try again", s->def.name,
+            ctl_reply_error(s, c, -EIO, "%s: QEMU's monitor connection was lost (%s); reconnecting, try again", s->def.name,
                         s->mon.error);
         else
-            reply_error(s, c, -EIO, "%s: QEMU's monitor is not connected (state %s)", s->def.name,
+            ctl_reply_error(s, c, -EIO, "%s: QEMU's monitor is not connected (state %s)", s->def.name,
                         vm_state_names[s->rs.state]);
         return;
     }
@@ -210,26 +209,8 @@ static void client_qmp(struct sup *s, struct sup_client *c, const char *cmd, jso
     p->shape = shape;
     if (qmp_send(s->qmp, cmd, args, NULL, 0, timeout, 0, on_client_reply, p) < 0) {
         free(p);
-        reply_error(s, c, -EIO, "%s: cannot send %s to QEMU", s->def.name, cmd);
+        ctl_reply_error(s, c, -EIO, "%s: cannot send %s to QEMU", s->def.name, cmd);
     }
-}
-
-static int get_int(json_object *req, const char *key, int dflt)
-{
-    json_object *v;
-    return json_object_object_get_ex(req, key, &v) ? json_object_get_int(v) : dflt;
-}
-
-static bool get_bool(json_object *req, const char *key)
-{
-    json_object *v;
-    return json_object_object_get_ex(req, key, &v) && json_object_get_boolean(v);
-}
-
-static const char *get_string(json_object *req, const char *key)
-{
-    json_object *v;
-    return json_object_object_get_ex(req, key, &v) ? json_object_get_string(v) : NULL;
 }
 
 void ctl_wait_for_stop(struct sup *s, unsigned client)
@@ -243,7 +224,7 @@ void sup_reply_ok(struct sup *s, unsigned client)
 {
     struct sup_client *c = client_by_id(s, client);
     if (c)
-        reply_ok(s, c);
+        ctl_reply_ok(s, c);
 }
 
 void sup_reply_json(struct sup *s, unsigned client, json_object *reply)
@@ -265,271 +246,14 @@ void sup_reply_error(struct sup *s, unsigned client, int code, const char *fmt, 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    reply_error(s, c, code, "%s", msg);
-}
-
-/* Hotplug talks to QEMU over the monitor: there must be one. */
-static bool monitor_usable(struct sup *s, struct sup_client *c)
-{
-    if (s->qmp && qmp_ready(s->qmp))
-        return true;
-    reply_error(s, c, -EIO, "%s: QEMU's monitor connection is lost (%s); the supervisor is reconnecting, try again",
-                s->def.name, s->mon.error[0] ? s->mon.error : "not connected");
-    return false;
-}
-
-/* attach-*: the device's JSON under "device"; the reply, which carries the device's
- * id, comes when QEMU finished (or the attach was rolled back): the loop serves on. */
-static void do_attach(struct sup *s, struct sup_client *c, json_object *req)
-{
-    json_object *spec;
-    struct qv_err e = {0};
-    json_object_object_get_ex(req, "device", &spec);
-    if (!monitor_usable(s, c))
-        return;
-    const char *cmd = get_string(req, "cmd");
-    int r = strcmp(cmd, "attach-disk") == 0 ? hotplug_disk_attach(s, spec, get_string(req, "volume"), c->id, &e)
-            : strcmp(cmd, "attach-nic") == 0 ? hotplug_nic_attach(s, spec, c->id, &e)
-                                             : hotplug_hostdev_attach(s, spec, c->id, &e);
-    if (r < 0)
-        reply_error(s, c, r, "%s", e.msg);
-}
-
-static void do_detach(struct sup *s, struct sup_client *c, json_object *req, enum hotplug_kind kind)
-{
-    struct qv_err e = {0};
-    if (!monitor_usable(s, c))
-        return;
-    int r = hotplug_detach(s, get_string(req, "target"), kind, c->id, &e);
-    if (r < 0)
-        reply_error(s, c, r, "%s", e.msg);
-}
-
-/* req passed ctl_parse_request */
-static void handle_request(struct sup *s, struct sup_client *c, json_object *req)
-{
-    const char *cmd = get_string(req, "cmd");
-    bool running = s->qemu_pid != 0 || start_active(s);
-    if (strcmp(cmd, "status") == 0) {
-        json_object *o = json_object_new_object();
-        json_object_object_add(o, "ok", json_object_new_boolean(true));
-        json_object *st = sup_status_json(s), *mon = monitor_status_json(s), *agent = agent_status_json(s);
-        if (mon)
-            json_object_object_add(st, "monitor", mon);
-        if (agent)
-            json_object_object_add(st, "agent", agent);
-        json_object_object_add(o, "status", st);
-        ctl_client_send(s, c, o);
-        json_object_put(o);
-    } else if (strcmp(cmd, "stop") == 0 && running && !start_active(s) && get_string(req, "mode") &&
-               strcmp(get_string(req, "mode"), "agent") == 0 && !get_bool(req, "force")) {
-        agent_power(s, c->id, false, true, get_int(req, "timeout_ms", 60000));
-    } else if (strcmp(cmd, "stop") == 0 || strcmp(cmd, "kill") == 0) {
-        c->waits_for_stop = true;
-        if (strcmp(cmd, "kill") == 0) {
-            sup_kill(s, "killed");     /* first: recording overlaps QEMU's death */
-            if (s->qemu_pid && !s->done)
-                sup_set_state(s, VM_STOPPING);
-        } else {
-            sup_begin_stop(s, get_bool(req, "force"), get_int(req, "timeout_ms", 60000));
-        }
-        if (!running)
-            ctl_stop_done(s, true, NULL);
-    } else if (!running) {
-        reply_error(s, c, -EBUSY, "%s is not running (%s)", s->def.name, vm_state_names[s->rs.state]);
-    } else if (start_active(s) && strcmp(cmd, "events") != 0 && strcmp(cmd, "console") != 0) {
-        /* nothing may reach QEMU before its set-up is done and `cont` sent */
-        reply_error(s, c, -EBUSY, "%s is starting; try again once it runs", s->def.name);
-    } else if (migrate_busy(s) && strcmp(cmd, "migrate-abort") != 0 && strcmp(cmd, "events") != 0 &&
-               strcmp(cmd, "console") != 0 && strcmp(cmd, "ifaddr") != 0 &&
-               /* QEMU's query-* change nothing: a migration may be looked at (query-migrate ...) */
-               !(strcmp(cmd, "qmp") == 0 && get_string(req, "execute") && str_startswith(get_string(req, "execute"), "query-"))) {
-        /* the guest's state is on its way out: nothing may change it meanwhile */
-        reply_error(s, c, -EBUSY, "%s: a save or migration is under way; try again once it is over (or cancel it: "
-                    "qvisor save|migrate %s --abort)", s->def.name, s->def.name);
-    } else if (strcmp(cmd, "save") == 0) {
-        struct qv_err e = {0};
-        if (!monitor_usable(s, c))
-            return;
-        int r = migrate_save(s, c->id, get_string(req, "file"), get_bool(req, "bypass_cache"), get_bool(req, "managed"),
-                             &e);
-        if (r < 0)
-            reply_error(s, c, r, "%s", e.msg);
-    } else if (strcmp(cmd, "migrate") == 0) {
-        struct qv_err e = {0};
-        if (!monitor_usable(s, c))
-            return;
-        const char *tls = get_string(req, "tls_dir"), *tls_host = get_string(req, "tls_hostname");
-        if (tls && (tls[0] != '/' || !tls_host || !tls_host[0] || strlen(tls_host) > 250)) {
-            reply_error(s, c, -EINVAL, "%s: migrate: tls_dir must be an absolute path, with tls_hostname the "
-                        "destination's name", s->def.name);
-            return;
-        }
-        struct migrate_live_opts lo = {.address = get_string(req, "address"), .token = get_string(req, "token"),
-                                       .bandwidth = (int64_t)get_int(req, "bandwidth_mib", 0) << 20,
-                                       .downtime_ms = get_int(req, "max_downtime_ms", 0),
-                                       .auto_converge = get_bool(req, "auto_converge"),
-                                       .copy_storage = get_bool(req, "copy_storage"),
-                                       .persistent = get_bool(req, "persistent"),
-                                       .postcopy = get_bool(req, "postcopy"),
-                                       .postcopy_bandwidth_mib = get_int(req, "postcopy_bandwidth_mib", 0),
-                                       .unsafe = get_bool(req, "unsafe")};
-        int r = migrate_live(s, c->id, &lo, &e);
-        if (r < 0)
-            reply_error(s, c, r, "%s", e.msg);
-        else if (tls && s->mig)     /* s->mig gone: its failure is answered already */
-            migrate_live_tls(s, tls, tls_host, &e);
-    } else if (strcmp(cmd, "migrate-abort") == 0) {
-        struct qv_err e = {0};
-        if (migrate_abort(s, &e) < 0)
-            reply_error(s, c, e.code, "%s", e.msg);
-        else
-            reply_ok(s, c);
-    } else if (strcmp(cmd, "pause") == 0) {
-        client_qmp(s, c, "stop", NULL, AS_OK, QMP_TIMEOUT_DEFAULT);
-    } else if (strcmp(cmd, "resume") == 0) {
-        client_qmp(s, c, "cont", NULL, AS_OK, QMP_TIMEOUT_DEFAULT);
-    } else if (strcmp(cmd, "reset") == 0) {
-        client_qmp(s, c, "system_reset", NULL, AS_OK, QMP_TIMEOUT_DEFAULT);
-    } else if (strcmp(cmd, "reboot") == 0) {
-        const char *mode = get_string(req, "mode");
-        agent_power(s, c->id, true, mode && strcmp(mode, "agent") == 0, 0);
-    } else if (strcmp(cmd, "agent") == 0 || strcmp(cmd, "exec") == 0 || strcmp(cmd, "exec-input") == 0) {
-        struct qv_err e = {0};
-        json_object *v = NULL;
-        int r;
-        if (strcmp(cmd, "exec-input") == 0) {
-            if ((r = agent_exec_input(s, c->id, get_string(req, "data"), &e)) == 0)
-                reply_ok(s, c);
-        } else if (strcmp(cmd, "exec") == 0) {
-            json_object_object_get_ex(req, "spec", &v);
-            r = agent_exec(s, c->id, v, &e);
-        } else {
-            if (json_object_object_get_ex(req, "arguments", &v))
-                v = json_object_get(v);
-            r = agent_request(s, c->id, get_string(req, "execute"), v, get_int(req, "timeout_ms", AGENT_TIMEOUT_MS),
-                              &e);
-        }
-        if (r < 0)
-            reply_error(s, c, r, "%s", e.msg);
-    } else if (strcmp(cmd, "qmp") == 0) {
-        json_object *args = NULL;
-        if (json_object_object_get_ex(req, "arguments", &args))
-            args = json_object_get(args);
-        client_qmp(s, c, get_string(req, "execute"), args, AS_RETURN,
-                   get_int(req, "timeout_ms", QMP_TIMEOUT_JOB));
-    } else if (strcmp(cmd, "hmp") == 0) {
-        json_object *args = json_object_new_object();
-        json_object_object_add(args, "command-line", json_object_new_string(get_string(req, "command")));
-        client_qmp(s, c, "human-monitor-command", args, AS_HMP, QMP_TIMEOUT_JOB);
-    } else if (strcmp(cmd, "attach-disk") == 0 || strcmp(cmd, "attach-nic") == 0 || strcmp(cmd, "attach-device") == 0) {
-        do_attach(s, c, req);
-    } else if (strcmp(cmd, "detach-disk") == 0 || strcmp(cmd, "detach-nic") == 0 || strcmp(cmd, "detach-device") == 0) {
-        do_detach(s, c, req, strcmp(cmd, "detach-disk") == 0 ? HOTPLUG_DISK
-                             : strcmp(cmd, "detach-nic") == 0 ? HOTPLUG_NIC : HOTPLUG_HOSTDEV);
-    } else if (strcmp(cmd, "stats") == 0) {
-        struct qv_err e = {0};
-        int r;
-        if (monitor_usable(s, c) && (r = vm_stats(s, c->id, &e)) < 0)
-            reply_error(s, c, r, "%s", e.msg);
-    } else if (strcmp(cmd, "setmem") == 0 || strcmp(cmd, "setvcpus") == 0 || strcmp(cmd, "display") == 0) {
-        struct qv_err e = {0};
-        int r;
-        if (!monitor_usable(s, c))
-            return;
-        if (strcmp(cmd, "setmem") == 0)
-            r = tuning_setmem(s, c->id, get_string(req, "size"), &e);
-        else if (strcmp(cmd, "setvcpus") == 0)
-            r = tuning_setvcpus(s, c->id, get_int(req, "count", 0), &e);
-        else
-            r = tuning_display(s, c->id, &e);
-        if (r < 0)
-            reply_error(s, c, r, "%s", e.msg);
-    } else if (strcmp(cmd, "disk-resize") == 0 || strcmp(cmd, "blkstat") == 0) {
-        struct qv_err e = {0};
-        int r;
-        if (!monitor_usable(s, c))
-            return;
-        if (strcmp(cmd, "blkstat") == 0)
-            r = disk_stats(s, c->id, get_string(req, "target"), &e);
-        else
-            r = disk_resize(s, c->id, get_string(req, "target"), get_string(req, "size"), get_bool(req, "allow_shrink"),
-                            &e);
-        if (r < 0)
-            reply_error(s, c, r, "%s", e.msg);
-    } else if (strcmp(cmd, "block") == 0) {
-        struct qv_err e = {0};
-        json_object *opts = NULL;
-        if (!monitor_usable(s, c))
-            return;
-        json_object_object_get_ex(req, "options", &opts);
-        int r = block_request(s, c->id, get_string(req, "op"), get_string(req, "target"), opts, &e);
-        if (r < 0)
-            reply_error(s, c, r, "%s", e.msg);
-    } else if (str_startswith(cmd, "snapshot-")) {
-        struct qv_err e = {0};
-        int r;
-        if (!monitor_usable(s, c))
-            return;
-        const char *name = get_string(req, "name");
-        if (strcmp(cmd, "snapshot-create") == 0)
-            r = snapshot_live_create(s, c->id, name, get_bool(req, "disk_only"), get_bool(req, "quiesce"),
-                                     get_string(req, "description"), &e);
-        else if (strcmp(cmd, "snapshot-revert") == 0)
-            r = snapshot_live_revert(s, c->id, name, get_string(req, "then"), &e);
-        else
-            r = snapshot_live_delete(s, c->id, name, get_string(req, "bandwidth"), &e);
-        if (r < 0)
-            reply_error(s, c, r, "%s", e.msg);
-    } else if (strcmp(cmd, "change-media") == 0) {
-        struct qv_err e = {0};
-        if (!monitor_usable(s, c))
-            return;
-        int r = media_change(s, c->id, get_string(req, "target"), get_string(req, "file"), &e);
-        if (r < 0)
-            reply_error(s, c, r, "%s", e.msg);
-    } else if (strcmp(cmd, "filter-reload") == 0) {
-        struct qv_err e = {0};
-        size_t n = 0;
-        int r = vmnet_filter_reload(s, get_string(req, "filter"), &n, &e);
-        if (r < 0) {
-            reply_error(s, c, r, "%s: %s", s->def.name, e.msg);
-            return;
-        }
-        json_object *o = json_object_new_object();
-        json_object_object_add(o, "ok", json_object_new_boolean(true));
-        json_object_object_add(o, "nics", json_object_new_int64((int64_t)n));
-        ctl_client_send(s, c, o);
-        json_object_put(o);
-    } else if (strcmp(cmd, "ifaddr") == 0) {
-        json_object *o = json_object_new_object();
-        json_object_object_add(o, "ok", json_object_new_boolean(true));
-        json_object_object_add(o, "nics", vmnet_addresses(s));
-        ctl_client_send(s, c, o);
-        json_object_put(o);
-    } else if (strcmp(cmd, "events") == 0) {
-        c->mode = CLIENT_EVENTS;
-        reply_ok(s, c);
-    } else if (strcmp(cmd, "console") == 0) {
-        if (s->con.fd < 0) {
-            reply_error(s, c, -ENODEV, "%s has no serial console connected (console: %s)", s->def.name,
-                        s->def.console == CONSOLE_NONE ? "none" : "not connected");
-            return;
-        }
-        c->mode = CLIENT_CONSOLE;
-        reply_ok(s, c);
-        if (get_bool(req, "replay") && s->con.ring.len)
-            client_write(s, c, s->con.ring.p, s->con.ring.len);
-    } else {
-        reply_error(s, c, -EINVAL, "%s: unknown request \"%s\"", s->def.name, cmd);
-    }
+    ctl_reply_error(s, c, code, "%s", msg);
 }
 
 /* Ends a connection with an error line it may or may not read. */
 static void client_drop(struct sup *s, struct sup_client *c, int code, const char *why)
 {
     c->close_after_write = true;
-    reply_error(s, c, code, "%s: %s", s->def.name, why);
+    ctl_reply_error(s, c, code, "%s: %s", s->def.name, why);
     c->dead = true;     /* whatever did not fit into the socket is not waited for */
 }
 
@@ -555,9 +279,9 @@ static void client_input(struct sup *s, struct sup_client *c)
         c->owed++;
         c->idle_since = monotonic_ms();
         if (ctl_parse_request(c->in.p, linelen, &req, &e) < 0)
-            reply_error(s, c, e.code, "%s: %s", s->def.name, e.msg);
+            ctl_reply_error(s, c, e.code, "%s: %s", s->def.name, e.msg);
         else
-            handle_request(s, c, req);
+            ctl_handle_request(s, c, req);
         if (req)
             json_object_put(req);
         buf_consume(&c->in, linelen + 1);
@@ -701,8 +425,8 @@ void ctl_broadcast_event(struct sup *s, const char *event, json_object *data, ui
         size_t len;
         const char *txt = json_object_to_json_string_length(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE,
                                                             &len);
-        client_write(s, c, txt, len);
-        client_write(s, c, "\n", 1);
+        ctl_client_write(s, c, txt, len);
+        ctl_client_write(s, c, "\n", 1);
     }
     if (o)
         json_object_put(o);
@@ -712,7 +436,7 @@ void ctl_broadcast_console(struct sup *s, const char *data, size_t n)
 {
     for (struct sup_client *c = s->ctl.clients; c; c = c->next)
         if (c->mode == CLIENT_CONSOLE && !c->dead)
-            client_write(s, c, data, n);
+            ctl_client_write(s, c, data, n);
 }
 
 void ctl_stop_done(struct sup *s, bool ok, const char *msg)
@@ -722,9 +446,9 @@ void ctl_stop_done(struct sup *s, bool ok, const char *msg)
             continue;
         c->waits_for_stop = false;
         if (ok)
-            reply_ok(s, c);
+            ctl_reply_ok(s, c);
         else
-            reply_error(s, c, -ETIMEDOUT, "%s: %s", s->def.name, msg);
+            ctl_reply_error(s, c, -ETIMEDOUT, "%s: %s", s->def.name, msg);
     }
 }
 

@@ -117,6 +117,11 @@ int ctl_request_check(json_object *req, struct qv_err *e)
     return 0;
 }
 
+const char *ctl_request_kind(size_t i)
+{
+    return i < ARRAY_SIZE(request_kinds) ? request_kinds[i].cmd : NULL;
+}
+
 int ctl_parse_request(const char *line, size_t len, json_object **req, struct qv_err *e)
 {
     *req = NULL;

@@ -1,5 +1,5 @@
 /* Internal to launcher/supervisor: the per-VM supervisor's core (core.c) and its
- * parts with their own state: ctl.sock (ctl.c), the QMP monitor (monitor.c), the
+ * parts with their own state: ctl.sock (ctl.c; its verbs in ctl_verbs.c), the QMP monitor (monitor.c), the
  * console and log (console.c), confinement (confine.c), NICs (vmnet.c), hotplug
  * (hotplug.c), a running VM's disks (disks.c), CD-ROM media (media.c), QEMU's jobs
  * (jobs.c), block jobs (blockjobs.c, blockprep.c), snapshots (snapshots.c, snapshot_create.c,
@@ -514,6 +514,8 @@ void ctl_expire(struct sup *s, uint64_t now);
 /* Type-checks a request without acting on it: 0, or -EINVAL with a message that
  * names the field and the type it needs. Pure, so fuzzers call it directly. */
 int ctl_request_check(json_object *req, struct qv_err *e);
+/* The i-th request kind the check knows ("status", ...); NULL past the last. */
+const char *ctl_request_kind(size_t i);
 /* One request line (without its newline): size, NUL bytes, JSON, then the check. */
 int ctl_parse_request(const char *line, size_t len, json_object **req, struct qv_err *e);
 

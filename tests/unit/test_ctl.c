@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "tests/unit/sup_testlib.h"
+#include "launcher/supervisor/ctl_verbs.h"
 
 /* ---- ctl_parse_request ------------------------------------------------------------ */
 
@@ -119,6 +120,22 @@ static void test_parse_request(void **state)
         if (c->msg && strcmp(e.msg, c->msg) != 0)
             fail_msg("%s: message \"%s\", want \"%s\"", c->line, e.msg, c->msg);
     }
+}
+
+/* Every request kind the check lets through has a verb that serves it (a kind without
+ * one would be answered "unknown request"), and the table knows no verb the check does
+ * not (one would be served unchecked). */
+static void test_request_kinds_have_verbs(void **state)
+{
+    (void)state;
+    size_t n = 0;
+    for (const char *k; (k = ctl_request_kind(n)); n++)
+        if (!ctl_verb_known(k))
+            fail_msg("request kind \"%s\" has no verb in ctl_verbs.c", k);
+    assert_true(n >= 30);
+    assert_false(ctl_verb_known("nonsense"));
+    assert_false(ctl_verb_known(""));
+    assert_int_equal(n, ctl_verb_count());
 }
 
 /* Size and NUL bytes, before any JSON is parsed. */
@@ -361,6 +378,8 @@ static void test_bad_requests(void **state)
     /* nothing was acted upon: still running, and QEMU heard nothing */
     assert_int_equal(f->s->rs.state, VM_RUNNING);
     expect_nothing(f);
+    client_says(&c, "{\"cmd\": \"nonsense\"}\n");
+    expect_line(f, &c, "{\"ok\":false,\"error\":\"vm1: unknown request \\\"nonsense\\\"\",\"code\":-22}");
     client_says(&c, "{\"cmd\": \"status\"}\n");
     json_object *st = reply_json(f, &c);
     assert_string_equal(jstr(st, "ok", NULL), "true");
@@ -664,6 +683,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_request),
         cmocka_unit_test(test_parse_request_bytes),
+        cmocka_unit_test(test_request_kinds_have_verbs),
         T(test_status),
         T(test_bad_requests),
         T(test_partial_and_pipelined),
