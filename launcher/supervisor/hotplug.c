@@ -3,13 +3,14 @@
  * confined QEMU never opens a path itself. On q35 each device takes one of the
  * free pcie-root-ports kept for this; on pc it takes any free slot of pci.0.
  * Removal is finished (block nodes, fds, taps released) only when the guest has
- * let go of the device (DEVICE_DELETED). */
-#include <fcntl.h>
+ * let go of the device (DEVICE_DELETED).
+ * Here: the slots, what state.json records of them, and the steps every attach and
+ * removal runs (each undone in reverse when a later one fails); each kind's attach is
+ * in hotplug_disk.c, hotplug_nic.c and hotplug_hostdev.c, the removal in
+ * hotplug_release.c. */
 #include <stdlib.h>
 #include <string.h>
-#include <signal.h>
 #include <unistd.h>
-#include <sys/wait.h>
 
 #include "launcher/supervisor/hotplug_op.h"
 
@@ -311,7 +312,6 @@ static void reply_to(struct sup *s, unsigned client, json_object *reply)
         sup_reply_json(s, client, reply);
 }
 
-static void attach_failed(struct hotplug_op *op);
 static void attach_done(struct hotplug_op *op);
 
 static void op_finish(struct hotplug_op *op)
@@ -321,7 +321,7 @@ static void op_finish(struct hotplug_op *op)
     switch (op->kind) {
     case OP_ATTACH:
         if (op->rolling_back)
-            attach_failed(op);
+            hop_attach_failed(op);
         else
             attach_done(op);
         return;
@@ -380,320 +380,9 @@ int hop_layer_fdset(const struct hotplug *h, int j)
     return h->fdset + HOTPLUG_MAX * (j + 1);
 }
 
-/* add-fd, a file node and a format node on top of `backing` (NULL: none), each
- * with its undo. */
-static void disk_node_steps(struct hotplug_op *op, int fd, int fdset, const char *prefix, const char *driver,
-                            const char *backing, const struct disk_io *io, bool discard, bool readonly)
-{
-    char file_node[64], fmt_node[64], path[32];
-    snprintf(file_node, sizeof(file_node), "%s-file", prefix);
-    snprintf(fmt_node, sizeof(fmt_node), "%s-fmt", prefix);
-    snprintf(path, sizeof(path), "/dev/fdset/%d", fdset);
-    json_object *a = json_object_new_object();
-    json_object_object_add(a, "fdset-id", json_object_new_int(fdset));
-    json_object_object_add(a, "opaque", json_object_new_string(file_node));
-    hop_step(op, "add-fd", a, fd, QMP_TIMEOUT_DEFAULT, "remove-fd", json_obj1("fdset-id", json_object_new_int(fdset)));
-    hop_step(op, "blockdev-add", blockdev_file(file_node, path, io, discard, readonly), -1, QMP_TIMEOUT_DEVICE,
-            "blockdev-del", json_obj1("node-name", json_object_new_string(file_node)));
-    hop_step(op, "blockdev-add", blockdev_format(driver, fmt_node, file_node, backing, io, discard, readonly), -1,
-            QMP_TIMEOUT_DEVICE, "blockdev-del", json_obj1("node-name", json_object_new_string(fmt_node)));
-}
-
-/* The image and every layer below it, opened here: QEMU opens no path. Each is the
- * file vm_resolve_disk checked, not one renamed into its place since. */
-static int open_disk_layers(struct sup *s, const struct vm_disk *k, int *fds, struct qv_err *e)
-{
-    for (size_t j = 0; j <= k->nbacking; j++) {
-        int r;
-        if (j == 0) {
-            fds[0] = open(k->file, (k->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
-            r = fds[0] < 0 ? qv_failerr(e, -errno, "%s", k->file) : 0;
-        } else {
-            fds[j] = storage_open_image(k->backing[j - 1].path, O_RDONLY, e);
-            r = fds[j] < 0 ? qv_prefix(e, "%s: backing layer: ", k->file) : 0;
-        }
-        if (r == 0)
-            r = vm_disk_check_fd(k, j, fds[j], e);
-        if (r < 0) {
-            launch_close_resources(fds, j + 1);
-            return qv_prefix(e, "%s: attach-disk: ", s->def.name);
-        }
-    }
-    return 0;
-}
-
-/* An rbd disk: its key handed over as a secret object that reads an fd passed just
- * before (add-fd, whose reply names the fd QEMU holds; dropped again once read), then
- * the rbd node with its monitors and user, and a raw node on top. */
-static void rbd_node_steps(struct sup *s, struct hotplug_op *op, const struct vm_disk *k, int keyfd,
-                           const struct disk_io *io)
-{
-    struct hotplug *h = op->h;
-    char key[48] = "", file_node[48], fmt_node[48];
-    if (keyfd >= 0) {
-        snprintf(key, sizeof(key), "%s-key", h->id);
-        json_object *a = json_object_new_object();
-        json_object_object_add(a, "fdset-id", json_object_new_int(h->fdset));
-        json_object_object_add(a, "opaque", json_object_new_string(key));
-        hop_step(op, "add-fd", a, keyfd, QMP_TIMEOUT_DEFAULT, "remove-fd",
-                json_obj1("fdset-id", json_object_new_int(h->fdset)));
-        size_t add_fd_step = op->ntodo;
-        json_object *o = json_object_new_object();
-        json_object_object_add(o, "qom-type", json_object_new_string("secret"));
-        json_object_object_add(o, "id", json_object_new_string(key));
-        json_object_object_add(o, "format", json_object_new_string("base64"));
-        hop_step(op, "object-add", o, -1, QMP_TIMEOUT_DEFAULT, "object-del", json_obj1("id", json_object_new_string(key)));
-        op->todo[op->ntodo - 1].file_from_fd = true;
-        hop_step(op, "remove-fd", json_obj1("fdset-id", json_object_new_int(h->fdset)), -1, QMP_TIMEOUT_DEFAULT, NULL,
-                NULL);
-        op->todo[op->ntodo - 1].cancels = add_fd_step;
-    }
-    snprintf(file_node, sizeof(file_node), "%s-file", h->id);
-    snprintf(fmt_node, sizeof(fmt_node), "%s-fmt", h->id);
-    hop_step(op, "blockdev-add", blockdev_rbd(file_node, k->rbd, key[0] ? key : NULL, io, k->discard, k->readonly), -1,
-            QMP_TIMEOUT_DEVICE, "blockdev-del", json_obj1("node-name", json_object_new_string(file_node)));
-    hop_step(op, "blockdev-add", blockdev_format("raw", fmt_node, file_node, NULL, io, k->discard, k->readonly), -1,
-            QMP_TIMEOUT_DEVICE, "blockdev-del", json_obj1("node-name", json_object_new_string(fmt_node)));
-    (void)s;
-}
-
-int hotplug_disk_attach(struct sup *s, json_object *spec, const char *volume, unsigned client, struct qv_err *e)
-{
-    struct vm_disk k;
-    int r = vm_disk_from_json(spec, &s->def, &k, e);
-    if (r < 0)
-        return qv_prefix(e, "%s: attach-disk: ", s->def.name);
-    if (k.bus != BUS_VIRTIO || k.snapshot)
-        r = qv_fail(e, -EINVAL, "%s: attach-disk: only virtio disks without snapshot can be hotplugged (bus %s)",
-                    s->def.name, disk_bus_names[k.bus]);
-    else if ((r = vm_resolve_disk(s->paths, &k, e)) < 0)
-        qv_prefix(e, "%s: attach-disk: ", s->def.name);
-    else if (hop_find(s, k.file))
-        r = qv_fail(e, -EBUSY, "%s: attach-disk: %s is attached already", s->def.name, k.file);
-    if (r == 0 && k.rbd && (r = confine_cluster_allow(s, &k.rbd->addrs, e)) < 0)
-        qv_prefix(e, "attach-disk: ");
-    int slot = r < 0 ? r : hop_free_slot(s, e);
-    int fds[STORAGE_CHAIN_MAX + 1];
-    if (slot >= 0 && k.rbd) {
-        fds[0] = -1;
-        if (k.rbd->keyfile && (r = rbd_key_memfd(&k, s->conf.uid, s->conf.gid, &fds[0], e)) < 0)
-            slot = qv_prefix(e, "%s: attach-disk: ", s->def.name);
-    } else if (slot >= 0 && (r = open_disk_layers(s, &k, fds, e)) < 0) {
-        slot = r;
-    }
-    if (slot < 0) {
-        vm_disk_free(&k);
-        return slot;
-    }
-    struct hotplug *h = &s->hp[slot];
-    hop_next_id(s, "disk", s->def.ndisks, h->id, sizeof(h->id));   /* before the slot counts as used */
-    h->used = h->pending = true;
-    h->kind = HOTPLUG_DISK;
-    h->fdset = FDSET_BASE + slot;
-    h->nlayers = (int)k.nbacking;
-    snprintf(h->file, sizeof(h->file), "%s", k.file);
-    snprintf(h->volume, sizeof(h->volume), "%s", volume ? volume : "");
-    h->format = k.format;
-    h->cache = k.cache;
-    h->aio = k.aio;
-    h->readonly = k.readonly;
-    h->discard = k.discard;
-    h->rbd = k.rbd != NULL;
-    h->rbd_key = k.rbd && fds[0] >= 0;
-    struct hotplug_op *op = hop_new(s, h, OP_ATTACH, client, "attach-disk");
-    for (size_t j = 0; j <= k.nbacking; j++)
-        op->fds[op->nfds++] = fds[j];
-
-    struct disk_io io = disk_io_mode(k.cache, k.aio, &s->facts);
-    if (k.rbd)
-        rbd_node_steps(s, op, &k, fds[0], &io);
-    /* bottom first: a node must exist before one names it as its backing */
-    char prefix[48], below[64] = "";
-    for (size_t j = k.nbacking; j-- > 0;) {
-        snprintf(prefix, sizeof(prefix), "%s-b%zu", h->id, j);
-        disk_node_steps(op, fds[j + 1], hop_layer_fdset(h, (int)j), prefix, disk_format_names[k.backing[j].format],
-                        below[0] ? below : NULL, &io, false, true);
-        snprintf(below, sizeof(below), "%s-fmt", prefix);
-    }
-    if (!k.rbd)
-        disk_node_steps(op, fds[0], h->fdset, h->id, disk_format_names[k.format], below[0] ? below : NULL, &io,
-                        k.discard, k.readonly);
-    char fmt_node[48];
-    snprintf(fmt_node, sizeof(fmt_node), "%s-fmt", h->id);
-    json_object *dev = json_object_new_object();
-    json_object_object_add(dev, "driver", json_object_new_string("virtio-blk-pci"));
-    json_object_object_add(dev, "id", json_object_new_string(h->id));
-    json_object_object_add(dev, "drive", json_object_new_string(fmt_node));
-    json_object_object_add(dev, "write-cache", json_object_new_string(io.write_cache ? "on" : "off"));
-    json_object_object_add(dev, "werror", json_object_new_string("stop"));   /* as boot disks: see argv.c */
-    json_object_object_add(dev, "rerror", json_object_new_string("stop"));
-    if (k.serial)
-        json_object_object_add(dev, "serial", json_object_new_string(k.serial));
-    hop_place(s, dev, h);
-    hop_step(op, "device_add", dev, -1, QMP_TIMEOUT_DEVICE, NULL, NULL);
-    sup_log(s, "attaching disk %s as %s%s", h->file, h->id, k.nbacking ? " with its backing chain" : "");
-    vm_disk_free(&k);
-    op->reply = json_obj1("id", json_object_new_string(h->id));
-    hop_advance(op);
-    return 0;
-}
-
-/* ---- NICs ---- */
-
-/* A MAC no defined VM and no NIC of this one uses. */
-static int pick_mac(struct sup *s, size_t index, char out[18], struct qv_err *e)
-{
-    for (unsigned attempt = 0; attempt < 1000; attempt++) {
-        mac_generate(s->def.uuid, index, attempt, out);
-        bool taken = vm_mac_in_use(s->paths, out, NULL);
-        for (size_t i = 0; !taken && i < s->def.nnics; i++)
-            taken = strcmp(s->def.nics[i].mac, out) == 0;
-        for (int i = 0; !taken && i < HOTPLUG_MAX; i++)
-            taken = s->hp[i].used && strcmp(s->hp[i].mac, out) == 0;
-        if (!taken)
-            return 0;
-    }
-    return qv_fail(e, -EEXIST, "%s: attach-nic: no free MAC address found; give one with --mac", s->def.name);
-}
-
-/* The QMP part of an attach-nic, once the host side (tap fds) is ready. */
-static void nic_queue_qmp(struct hotplug_op *op)
-{
-    struct sup *s = op->s;
-    struct hotplug *h = op->h;
-    const struct vm_nic *n = &op->nic;
-    char netid[40], list[NETSETUP_MAX_QUEUES * 32] = "";
-    snprintf(netid, sizeof(netid), "%s-net", h->id);
-    json_object *nd = json_object_new_object();
-    json_object_object_add(nd, "id", json_object_new_string(netid));
-    if (n->type == NIC_USER) {
-        json_object_object_add(nd, "type", json_object_new_string("user"));
-    } else {
-        for (int q = 0; q < op->nfds; q++) {
-            char name[32];
-            snprintf(name, sizeof(name), "%s-q%d", h->id, q);
-            hop_step(op, "getfd", json_obj1("fdname", json_object_new_string(name)), op->fds[q], QMP_TIMEOUT_DEFAULT,
-                    "closefd", json_obj1("fdname", json_object_new_string(name)));
-            snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", q ? ":" : "", name);
-        }
-        json_object_object_add(nd, "type", json_object_new_string("tap"));
-        json_object_object_add(nd, n->queues > 1 ? "fds" : "fd", json_object_new_string(list));
-    }
-    hop_step(op, "netdev_add", nd, -1, QMP_TIMEOUT_DEVICE, "netdev_del", json_obj1("id", json_object_new_string(netid)));
-    op->todo[op->ntodo - 1].absorbs = true;     /* the netdev took the fds: netdev_del frees them */
-    json_object *dev = json_object_new_object();
-    const char *driver = n->model == MODEL_VIRTIO ? "virtio-net-pci" : n->model == MODEL_E1000 ? "e1000" : "rtl8139";
-    json_object_object_add(dev, "driver", json_object_new_string(driver));
-    json_object_object_add(dev, "id", json_object_new_string(h->id));
-    json_object_object_add(dev, "netdev", json_object_new_string(netid));
-    json_object_object_add(dev, "mac", json_object_new_string(n->mac));
-    if (n->queues > 1) {
-        json_object_object_add(dev, "mq", json_object_new_boolean(true));
-        json_object_object_add(dev, "vectors", json_object_new_int(2 * n->queues + 2));
-    }
-    hop_place(s, dev, h);
-    hop_step(op, "device_add", dev, -1, QMP_TIMEOUT_DEVICE, NULL, NULL);
-    op->reply = json_object_new_object();
-    json_object_object_add(op->reply, "id", json_object_new_string(h->id));
-    json_object_object_add(op->reply, "mac", json_object_new_string(n->mac));
-    if (s->nics[h->nic_index].tap[0])
-        json_object_object_add(op->reply, "tap", json_object_new_string(s->nics[h->nic_index].tap));
-    hop_advance(op);
-}
-
-/* Host side, then QMP. Fails only before anything was made. */
-static int nic_plug_host(struct hotplug_op *op, struct qv_err *e)
-{
-    if (op->nic.type != NIC_USER) {
-        int r = vmnet_plug(op->s, &op->nic, op->h->nic_index, op->fds, e);
-        if (r < 0)
-            return r;
-        op->nfds = op->nic.queues;
-        op->host_side = true;
-    }
-    nic_queue_qmp(op);
-    return 0;
-}
-
-int hotplug_nic_attach(struct sup *s, json_object *spec, unsigned client, struct qv_err *e)
-{
-    struct vm_nic n;
-    int r = vm_nic_from_json(spec, &s->def, &n, e);
-    if (r < 0)
-        return qv_prefix(e, "%s: attach-nic: ", s->def.name);
-    if (n.type == NIC_USER && s->conf.private_network) {
-        vm_nic_free(&n);
-        return qv_fail(e, -EINVAL, "%s: attach-nic: a user-mode NIC needs the host's network, and this QEMU runs in "
-                                   "a private network namespace (it had no user-mode NIC at start); attach a "
-                                   "network or bridge NIC, or add the user NIC to the definition and restart",
-                       s->def.name);
-    }
-    int slot = hop_free_slot(s, e);
-    if (slot < 0) {
-        vm_nic_free(&n);
-        return slot;
-    }
-    size_t nic_index = VM_MAX_NICS + (size_t)slot;
-    if (n.mac[0] && (vm_mac_in_use(s->paths, n.mac, s->def.name) || hop_find(s, n.mac)))
-        r = qv_fail(e, -EEXIST, "%s: attach-nic: MAC %s is in use", s->def.name, n.mac);
-    else if (!n.mac[0])
-        r = pick_mac(s, nic_index, n.mac, e);
-    char net[72] = "";
-    if (r == 0 && n.type == NIC_NETWORK)
-        r = vmnet_needs_start(s, &n, net, sizeof(net), e);
-    if (r < 0) {
-        vm_nic_free(&n);
-        return r;
-    }
-    struct hotplug *h = &s->hp[slot];
-    hop_next_id(s, "nic", s->def.nnics, h->id, sizeof(h->id));     /* before the slot counts as used */
-    h->used = h->pending = true;
-    h->kind = HOTPLUG_NIC;
-    h->nic_index = nic_index;
-    snprintf(h->mac, sizeof(h->mac), "%s", n.mac);
-    struct hotplug_op *op = hop_new(s, h, OP_ATTACH, client, "attach-nic");
-    op->nic = n;
-    if (net[0]) {
-        /* the network starts as a child the loop watches; its exit continues here */
-        r = net_starter_begin(s, &op->net, net, e);
-        if (r == 0) {
-            sup_log(s, "attach-nic %s: starting network %s (autostart)", h->id, net);
-            return 0;
-        }
-    } else {
-        r = nic_plug_host(op, e);
-    }
-    if (r < 0) {
-        hop_free(op);
-        hop_clear(h);
-        return qv_prefix(e, "%s: attach-nic: ", s->def.name);
-    }
-    return 0;
-}
-
-/* SIGCHLD: a network start of an attach-nic may have ended. */
-void hotplug_child_exited(struct sup *s)
-{
-    for (int i = 0; i < HOTPLUG_MAX; i++) {
-        struct hotplug_op *op = s->hp[i].op;
-        struct qv_err e = {0};
-        int r;
-        if (!op || !net_starter_reap(s, &op->net, &r, &e))
-            continue;
-        if (r == 0)
-            r = nic_plug_host(op, &e);
-        if (r < 0) {
-            op->err = e;
-            qv_prefix(&op->err, "%s: ", op->h->id);
-            op->rolling_back = true;
-            attach_failed(op);
-        }
-    }
-}
-
 /* ---- the end of an attach ---- */
 
-static void attach_failed(struct hotplug_op *op)
+void hop_attach_failed(struct hotplug_op *op)
 {
     struct sup *s = op->s;
     struct hotplug *h = op->h;

@@ -1,5 +1,6 @@
 /* Internal to the hotplug files: the state machine every attach and removal runs
- * (hotplug.c), shared with the removal (hotplug_release.c). */
+ * (hotplug.c), shared with each kind's attach (hotplug_disk.c, hotplug_nic.c,
+ * hotplug_hostdev.c) and the removal (hotplug_release.c). */
 #ifndef QV_HOTPLUG_OP_H
 #define QV_HOTPLUG_OP_H
 
@@ -65,6 +66,8 @@ void hop_step(struct hotplug_op *op, const char *cmd, json_object *args, int fd,
 void hop_advance(struct hotplug_op *op);
 /* The add-fd set of a disk's backing layer j. */
 int hop_layer_fdset(const struct hotplug *h, int j);
+/* An attach that failed: its host side undone, the client told, the slot freed. */
+void hop_attach_failed(struct hotplug_op *op);
 /* hotplug_release.c: an OP_RELEASE finished: the device's host side goes, the client hears. */
 void hop_release_done(struct hotplug_op *op);
 

@@ -1,7 +1,7 @@
 /* Internal to launcher/supervisor: the per-VM supervisor's core (core.c) and its
  * parts with their own state: ctl.sock (ctl.c; its verbs in ctl_verbs.c), the QMP monitor (monitor.c), the
  * console and log (console.c), confinement (confine.c), NICs (vmnet.c), hotplug
- * (hotplug.c), a running VM's disks (disks.c), CD-ROM media (media.c), QEMU's jobs
+ * (hotplug*.c), a running VM's disks (disks.c), CD-ROM media (media.c), QEMU's jobs
  * (jobs.c), block jobs (blockjobs.c, blockprep.c), snapshots (snapshots.c, snapshot_create.c,
  * snapshot_full.c, snapshot_merge.c), the guest agent channel (agent.c, agent_ops.c; agent_chan.h),
  * virtiofs shares and their virtiofsd processes (virtiofs.c), save and migration
