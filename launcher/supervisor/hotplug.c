@@ -69,6 +69,15 @@ void hop_next_id(struct sup *s, const char *prefix, size_t first, char *out, siz
     }
 }
 
+struct hotplug *hop_claim(struct sup *s, int slot, enum hotplug_kind kind, const char *prefix, size_t first)
+{
+    struct hotplug *h = &s->hp[slot];
+    hop_next_id(s, prefix, first, h->id, sizeof(h->id));   /* before the slot counts as used */
+    h->used = h->pending = true;
+    h->kind = kind;
+    return h;
+}
+
 void hop_place(struct sup *s, json_object *dev, const struct hotplug *h)
 {
     char bus[16];

@@ -112,10 +112,7 @@ int hotplug_disk_attach(struct sup *s, json_object *spec, const char *volume, un
         vm_disk_free(&k);
         return slot;
     }
-    struct hotplug *h = &s->hp[slot];
-    hop_next_id(s, "disk", s->def.ndisks, h->id, sizeof(h->id));   /* before the slot counts as used */
-    h->used = h->pending = true;
-    h->kind = HOTPLUG_DISK;
+    struct hotplug *h = hop_claim(s, slot, HOTPLUG_DISK, "disk", s->def.ndisks);
     h->fdset = FDSET_BASE + slot;
     h->nlayers = (int)k.nbacking;
     snprintf(h->file, sizeof(h->file), "%s", k.file);

@@ -90,11 +90,8 @@ int hotplug_hostdev_attach(struct sup *s, json_object *spec, unsigned client, st
             close(fd);
         return slot;
     }
-    struct hotplug *h = &s->hp[slot];
-    hop_next_id(s, "hostdev", s->def.nhostdevs, h->id, sizeof(h->id));     /* before the slot counts as used */
+    struct hotplug *h = hop_claim(s, slot, HOTPLUG_HOSTDEV, "hostdev", s->def.nhostdevs);
     snprintf(hd.id, sizeof(hd.id), "%s", h->id);
-    h->used = h->pending = true;
-    h->kind = HOTPLUG_HOSTDEV;
     snprintf(h->file, sizeof(h->file), "%s", name);
     struct hotplug_op *op = hop_new(s, h, OP_ATTACH, client, "attach-device");
     json_object *dev;

@@ -111,10 +111,7 @@ int hotplug_nic_attach(struct sup *s, json_object *spec, unsigned client, struct
         vm_nic_free(&n);
         return r;
     }
-    struct hotplug *h = &s->hp[slot];
-    hop_next_id(s, "nic", s->def.nnics, h->id, sizeof(h->id));     /* before the slot counts as used */
-    h->used = h->pending = true;
-    h->kind = HOTPLUG_NIC;
+    struct hotplug *h = hop_claim(s, slot, HOTPLUG_NIC, "nic", s->def.nnics);
     h->nic_index = nic_index;
     snprintf(h->mac, sizeof(h->mac), "%s", n.mac);
     struct hotplug_op *op = hop_new(s, h, OP_ATTACH, client, "attach-nic");

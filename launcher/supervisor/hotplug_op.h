@@ -51,6 +51,9 @@ struct hotplug_op {
 int hop_free_slot(struct sup *s, struct qv_err *e);
 /* A unique device id PREFIXn, n >= first: after the definition's own and every hotplugged one. */
 void hop_next_id(struct sup *s, const char *prefix, size_t first, char *out, size_t outlen);
+/* Free slot `slot` taken for a device of `kind` being attached (pending), with a new id
+ * PREFIXn (n >= first, hop_next_id). */
+struct hotplug *hop_claim(struct sup *s, int slot, enum hotplug_kind kind, const char *prefix, size_t first);
 /* dev's "bus": the slot's root port on q35, pci.0 on pc. */
 void hop_place(struct sup *s, json_object *dev, const struct hotplug *h);
 /* A free slot's device, back to unused (hotplug.c). */
