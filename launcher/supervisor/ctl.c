@@ -195,12 +195,12 @@ void ctl_client_qmp(struct sup *s, struct sup_client *c, const char *cmd, json_o
     if (!s->qmp || !qmp_ready(s->qmp)) {
         if (args)
             json_object_put(args);
-        if (s->mon.error[0])
-            ctl_reply_error(s, c, -EIO, "%s: QEMU's monitor connection was lost (%s); reconnecting, try again", s->def.name,
-                        s->mon.error);
+        if (monitor_lost_reason(s)[0])
+            ctl_reply_error(s, c, -EIO, "%s: QEMU's monitor connection was lost (%s); reconnecting, try again",
+                            s->def.name, monitor_lost_reason(s));
         else
             ctl_reply_error(s, c, -EIO, "%s: QEMU's monitor is not connected (state %s)", s->def.name,
-                        vm_state_names[s->rs.state]);
+                            vm_state_names[s->rs.state]);
         return;
     }
     struct pending *p = qv_xcalloc(1, sizeof(*p));

@@ -428,7 +428,7 @@ static int gate(struct sup *s, const struct ctl_verb *v, json_object *req, struc
                        "qvisor save|migrate %s --abort)", s->def.name, s->def.name);
     if ((v->flags & V_MONITOR) && (!s->qmp || !qmp_ready(s->qmp)))
         return qv_fail(e, -EIO, "%s: QEMU's monitor connection is lost (%s); the supervisor is reconnecting, try "
-                       "again", s->def.name, s->mon.error[0] ? s->mon.error : "not connected");
+                       "again", s->def.name, monitor_lost_reason(s)[0] ? monitor_lost_reason(s) : "not connected");
     return 0;
 }
 

@@ -305,7 +305,7 @@ struct sup {
         uint64_t warned_at;         /* last log line about turned-away clients */
     } ctl;
     /* QMP connection lost while QEMU lives: monitor.c reconnects */
-    struct {
+    struct {                        /* the QMP connection's reconnects (monitor.c only) */
         char error[256];            /* why it was lost, "" while connected */
         uint64_t retry_at;          /* next connect attempt; 0: none planned */
         unsigned attempts;
@@ -569,6 +569,8 @@ uint64_t monitor_next_deadline(struct sup *s);
 void monitor_expire(struct sup *s, uint64_t now);
 /* "connected", or "lost (why); reconnecting", while QEMU runs; NULL otherwise */
 json_object *monitor_status_json(struct sup *s);
+/* Why the QMP connection was lost ("" while connected, or before any was lost). */
+const char *monitor_lost_reason(const struct sup *s);
 
 /* hotplug.c */
 /* Start an attach without waiting for QEMU: 0 when it is under way (the client gets

@@ -139,6 +139,11 @@ void monitor_expire(struct sup *s, uint64_t now)
     epoll_ctl(s->epfd, EPOLL_CTL_ADD, qmp_fd(q), &ee);
 }
 
+const char *monitor_lost_reason(const struct sup *s)
+{
+    return s->mon.error;
+}
+
 json_object *monitor_status_json(struct sup *s)
 {
     if (!s->qemu_pid)
