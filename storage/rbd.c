@@ -54,6 +54,10 @@ static int rbdp_dl(struct qv_err *e)
 
 void rbd_conn_close(struct rbd_conn *c)
 {
+    if (c->held) {
+        *c = (struct rbd_conn){0};
+        return;
+    }
     if (c->io)
         sym_rados_ioctx_destroy(c->io);
     if (c->cluster)
@@ -251,8 +255,66 @@ static int conn_set(struct rbd_conn *c, const struct storage_pool *p, const char
     return r < 0 ? qv_fail(e, r, "pool %s: Ceph option %s=%s: %s", p->name, key, value, strerror(-r)) : 0;
 }
 
-/* Connected to the cluster as client.USER, with an I/O context on the pool. */
+/* ---- connections held for a verb (storage_rbd_hold) ---- */
+#define HELD_MAX 4
+static _Thread_local struct {
+    int depth;
+    size_t n;
+    struct {
+        char *key;      /* what names the connection: pool, user, key file, monitors, ceph.conf */
+        struct rbd_conn c;
+    } conn[HELD_MAX];
+} held;
+
+static char *held_key(const struct storage_pool *p)
+{
+    _cleanup_free_ char *mons = rbd_monitors_joined(p);
+    return qv_xasprintf("%s\n%s\n%s\n%s\n%s\n%s", p->name, p->rbd_pool, p->user ? p->user : "",
+                        p->keyfile ? p->keyfile : "", mons ? mons : "", p->ceph_conf ? p->ceph_conf : "");
+}
+
+void storage_rbd_hold(void)
+{
+    held.depth++;
+}
+
+void storage_rbd_release(void)
+{
+    if (held.depth == 0 || --held.depth > 0)
+        return;
+    for (size_t i = 0; i < held.n; i++) {
+        held.conn[i].c.held = false;
+        rbd_conn_close(&held.conn[i].c);
+        free(held.conn[i].key);
+    }
+    held.n = 0;
+}
+
+static int conn_open(const struct storage_pool *p, struct rbd_conn *c, struct qv_err *e);
+
+/* Connected to the cluster as client.USER, with an I/O context on the pool; under a
+ * hold, the connection made for the same pool earlier. */
 int rbd_conn_open(const struct storage_pool *p, struct rbd_conn *c, struct qv_err *e)
+{
+    if (!held.depth)
+        return conn_open(p, c, e);
+    _cleanup_free_ char *key = held_key(p);
+    for (size_t i = 0; i < held.n; i++)
+        if (strcmp(held.conn[i].key, key) == 0) {
+            *c = held.conn[i].c;
+            return 0;
+        }
+    int r = conn_open(p, c, e);
+    if (r == 0 && held.n < HELD_MAX) {
+        c->held = true;
+        held.conn[held.n].c = *c;
+        held.conn[held.n++].key = key;
+        key = NULL;
+    }
+    return r;
+}
+
+static int conn_open(const struct storage_pool *p, struct rbd_conn *c, struct qv_err *e)
 {
     *c = (struct rbd_conn){0};
     int r = rbdp_dl(e);

@@ -35,6 +35,7 @@ RBD_DL_RBD_SYMBOLS(RBD_DL_DECLARE)
 struct rbd_conn {
     rados_t cluster;
     rados_ioctx_t io;
+    bool held;      /* shared under storage_rbd_hold: closing it leaves it open */
 };
 /* Connected as the pool's user with bounded waits, an I/O context on its Ceph pool; errors name the pool. */
 int rbd_conn_open(const struct storage_pool *p, struct rbd_conn *c, struct qv_err *e);

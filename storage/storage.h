@@ -308,6 +308,24 @@ int storage_rbd_disk_info(const struct storage_pool *p, const char *image, struc
  * (`qvisor pool show NAME --addresses`; a running VM's supervisor asks again now and
  * then, so that QEMU may reach OSDs added since it started). */
 int storage_rbd_cluster_addrs(const struct storage_pool *p, struct strv *addrs, struct qv_err *e);
+/* Between storage_rbd_hold() and storage_rbd_release(), the calling thread's rbd
+ * functions connect to each pool once and share that connection (a start or a
+ * snapshot over several disks of a pool connects once, not once per disk). Holds nest. */
+void storage_rbd_hold(void);
+void storage_rbd_release(void);
+/* A hold for the rest of the enclosing block: STORAGE_RBD_HELD; */
+static inline int storage_rbd_hold_scope(void)
+{
+    storage_rbd_hold();
+    return 1;
+}
+static inline void storage_rbd_release_scope(int *unused)
+{
+    (void)unused;
+    storage_rbd_release();
+}
+#define STORAGE_RBD_HELD \
+    __attribute__((cleanup(storage_rbd_release_scope), unused)) int storage_rbd_held_ = storage_rbd_hold_scope()
 /* An RBD snapshot of `image` through librbd: op 'c' create, 'a' roll back (no client
  * may have the image open), 'd' delete, 'u' unprotect and delete (refused while it
  * has clones), 'e' exists (-ENOENT when not). */

@@ -437,6 +437,7 @@ static int rbd_snap(const struct qv_paths *p, const struct storage_snapshot_disk
 int snapshot_create_rbd(const struct qv_paths *p, const struct vm_def *d, struct storage_snapshot *s, const char *state,
                         struct qv_err *e)
 {
+    STORAGE_RBD_HELD;   /* one connection per pool, not per disk (the guest is paused meanwhile) */
     int r = 0;
     size_t done = 0;
     for (; done < s->ndisks; done++)
@@ -480,6 +481,7 @@ static int undo_overlays(const struct storage_snapshot *s, size_t made)
 int snapshot_create_offline(const struct qv_paths *p, const struct vm_def *d, struct storage_snapshot *s,
                             struct qv_err *e)
 {
+    STORAGE_RBD_HELD;
     int r = 0;
     snprintf(s->state, sizeof(s->state), "shutoff");
     s->memory = false;
@@ -515,6 +517,7 @@ int snapshot_create_offline(const struct qv_paths *p, const struct vm_def *d, st
 int snapshot_revert_offline(const struct qv_paths *p, const struct vm_def *d, const struct storage_snapshot *s,
                             struct qv_err *e)
 {
+    STORAGE_RBD_HELD;
     int r = snapshot_check_revert(p, d, NULL, s, e);
     for (size_t i = 0; r == 0 && i < s->ndisks; i++) {
         const struct storage_snapshot_disk *k = &s->disks[i];
@@ -535,6 +538,7 @@ int snapshot_revert_offline(const struct qv_paths *p, const struct vm_def *d, co
 int snapshot_delete_offline(const struct qv_paths *p, const struct vm_def *d, const struct snapshot_live *live,
                             const struct storage_snapshot *s, struct qv_err *e)
 {
+    STORAGE_RBD_HELD;
     struct storage_snapshot *all;
     size_t n;
     int r = snapshot_load_all(p, d->name, &all, &n, e);

@@ -717,6 +717,7 @@ int vm_disk_check_fd(const struct vm_disk *k, size_t layer, int fd, struct qv_er
 
 int vm_resolve_disks(const struct qv_paths *p, struct vm_def *d, struct qv_err *e)
 {
+    STORAGE_RBD_HELD;   /* the rbd disks of one pool: one connection */
     for (size_t i = 0; i < d->ndisks; i++) {
         int r = vm_resolve_disk(p, &d->disks[i], e);
         if (r < 0)

@@ -294,6 +294,37 @@ rbd_guest() {
     shift
     qv define -q "$name" --memory 192M --kernel "$G_KERNEL" --initrd "$G_INITRD" --append "$G_APPEND" "$@"
 }
+# a verb over several rbd disks of one pool connects to the cluster once: the monitor's
+# count of closed client sessions grows as much for `argv` (which resolves the disks as a
+# start does) and an offline snapshot of a VM with two disks as for one with one
+mon_closed() { timeout 20 ceph --conf "$CEPH_CONF" daemon mon.a perf dump 2>/dev/null | jq -r '.mon.session_rm // empty'; }
+# sessions_of CMD...: how many client sessions CMD opened and closed (the count, once it stays put)
+sessions_of() {
+    local before after n=0
+    before=$(mon_closed) && [ -n "$before" ] || return 1
+    "$@" > /dev/null 2>&1 || return 1
+    after=$(mon_closed)
+    while [ "$n" -lt 20 ]; do
+        pause 0.3
+        local now
+        now=$(mon_closed)
+        [ "$now" = "$after" ] && break
+        after=$now n=$((n + 1))
+    done
+    echo $((after - before))
+}
+rbd_guest one --disk vol=ceph/vmdisk
+rbd_guest two --disk vol=ceph/vmdisk --disk vol=ceph/extra
+s1=$(sessions_of qv argv one) s2=$(sessions_of qv argv two)
+check "argv of a VM with two rbd disks connects as often as one with one ($s2 and $s1 sessions)" \
+    test -n "$s1" -a "${s1:-0}" -gt 0 -a "$s1" = "$s2"
+s1=$(sessions_of qv snapshot create one c1) s2=$(sessions_of qv snapshot create two c2)
+check "...so does an offline snapshot ($s2 and $s1 sessions)" test -n "$s1" -a "${s1:-0}" -gt 0 -a "$s1" = "$s2"
+both_c2() { local a b; a=$(admin rbd snap ls rbd/vmdisk) && b=$(admin rbd snap ls rbd/extra) && grep -q ' c2 ' <<< "$a" && grep -q ' c2 ' <<< "$b"; }
+check "...which took both RBD snapshots" both_c2
+qv undefine one --snapshots-metadata > /dev/null 2>&1
+qv undefine two --snapshots-metadata > /dev/null 2>&1
+for snap in vmdisk@c1 vmdisk@c2 extra@c2; do admin rbd snap rm "rbd/$snap" > /dev/null 2>&1; done
 rbd_guest nosuch --disk vol=ceph/nosuch
 check_error "a VM whose rbd volume is missing does not start, and says why" 3 \
     'volume ceph/nosuch: pool ceph has no volume nosuch' qv start nosuch
