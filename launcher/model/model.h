@@ -572,9 +572,9 @@ int savefile_write_header(int fd, const struct vm_def *d, const char *state, con
 /* The vCPUs the header records (cpu.count when it records none); -EINVAL naming the file
  * when they do not fit now's definition (more than its cpu.max). */
 int savefile_vcpus(const char *file, json_object *header, const struct vm_def *now, int *vcpus, struct qv_err *e);
-/* The balloon target the header records; 0 when none, or one that does not fit now's
- * memory (the guest then keeps what the stream gave its balloon). */
-uint64_t savefile_balloon_target(json_object *header, const struct vm_def *now);
+/* The balloon target the header records; 0 when none. (tuning_balloon_carry, which asks
+ * for it again, passes over one that does not fit now's definition.) */
+uint64_t savefile_balloon_target(json_object *header);
 /* header: {"name", "state", "qemu_version", "saved_at_ms", "definition", ["vcpus"],
  * ["balloon_target"]}; *data_off:
  * where QEMU's stream starts. -EINVAL for a file that is not a complete saved state. */

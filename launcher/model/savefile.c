@@ -232,14 +232,13 @@ int savefile_check_definition(const char *file, const struct vm_def *saved, cons
                    now->name, file, diff, now->name);
 }
 
-uint64_t savefile_balloon_target(json_object *header, const struct vm_def *now)
+uint64_t savefile_balloon_target(json_object *header)
 {
     json_object *v;
-    if (!now->memory.balloon || !json_object_object_get_ex(header, "balloon_target", &v) ||
-        !json_object_is_type(v, json_type_int))
+    if (!json_object_object_get_ex(header, "balloon_target", &v) || !json_object_is_type(v, json_type_int))
         return 0;
     int64_t b = json_object_get_int64(v);
-    return b > 0 && (uint64_t)b < now->memory.bytes ? (uint64_t)b : 0;
+    return b > 0 ? (uint64_t)b : 0;
 }
 
 int savefile_vcpus(const char *file, json_object *header, const struct vm_def *now, int *vcpus, struct qv_err *e)

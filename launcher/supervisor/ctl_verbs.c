@@ -60,10 +60,8 @@ static bool running(struct sup *s)
 /* {"ok": true, KEY: value} */
 static int reply_with(struct sup *s, struct sup_client *c, const char *key, json_object *value)
 {
-    json_object *o = json_object_new_object();
-    json_object_object_add(o, "ok", json_object_new_boolean(true));
-    json_object_object_add(o, key, value);
-    ctl_client_send(s, c, o);
+    json_object *o = json_obj1(key, value);
+    sup_reply_json(s, c->id, o);
     json_object_put(o);
     return 0;
 }

@@ -346,7 +346,7 @@ static int restore_begin(struct sup *s, bool plugged, struct qv_err *e)
         close(fd);
         return r;
     }
-    s->start.balloon_target = savefile_balloon_target(header, &s->def);
+    s->start.balloon_target = savefile_balloon_target(header);
     if (!plugged && vcpus > s->def.cpu.count) {
         close(fd);
         sup_log(s, "plugging the %d vCPUs the guest was saved with (setvcpus)", vcpus);
