@@ -229,6 +229,11 @@ gsh() {
         <<< "$2; echo \"END-\$((6*7))-\$?-END-\$((6*7))\"")
     [ -z "$out" ] || printf '%s\n' "${out//$'\r'/}"
 }
+# gdisk SERIAL: a guest shell expression for the name (vdb, ...) of the disk with that
+# serial, or no-disk-SERIAL while the guest sees none: never empty, so that a probe of
+# /dev/$(gdisk S) fails at once; an empty name would leave `head`, `md5sum` or `dd`
+# reading the console's own input until gsh's time is up
+gdisk() { echo "\$(for d in /sys/block/vd*; do grep -qx $1 \$d/serial 2>/dev/null && { echo \${d##*/}; exit; }; done; echo no-disk-$1)"; }
 # guest_ok NAME CMD: CMD exits 0 in the guest
 guest_ok() { [[ $(gsh "$1" "$2") == *END-42-0-END-42* ]]; }
 # check_guest_fails DESC NAME CMD REGEX: a negative check that cannot pass on a

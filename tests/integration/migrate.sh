@@ -43,7 +43,7 @@ qv show mg > "$T_ROOT/mg.json"
 cpus_onlineB() { gB 'cat /sys/devices/system/cpu/online' | grep -E '^[0-9][0-9,-]*$' | tail -1; }
 gB_ok() { T_ROOT=$RB guest_ok mg "$1"; }
 online_isB() { [ "$(GSH_TIMEOUT=10 cpus_onlineB)" = "$1" ]; }
-dev="\$(for d in /sys/block/vd*; do grep -qx DATA \$d/serial 2>/dev/null && echo \${d##*/}; done)"
+dev=$(gdisk DATA)
 counter="D=/dev/$dev; i=0; (while :; do i=\$((i+1)); echo \$i > /tmp/count; printf 'COUNT-%-506s' \$i | dd of=\$D bs=512 count=1 conv=fsync 2>/dev/null; sleep 1; done) > /dev/null 2>&1 & true"
 disk_countB() { gB "dd if=/dev/$dev bs=512 count=1 2>/dev/null | tr -d ' '; echo" | grep -o 'COUNT-[0-9]*' | tail -1 | cut -d- -f2; }
 # migrated_bytes X: what host X's supervisor says it has sent so far

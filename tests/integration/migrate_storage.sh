@@ -26,7 +26,7 @@ no_mirrorA() {
 define_guest mg "qv_agent=0" --disk "file=$img/data.qcow2,serial=DATA,cache=writeback"
 uuid=$(qv show mg --json | jq -r .uuid)
 qv show mg --json | jq --arg t "$target" '(.disks[] | select(.file | endswith("/data.qcow2")) | .file) = $t' > "$T_ROOT/mgB.json"
-dev="\$(for d in /sys/block/vd*; do grep -qx DATA \$d/serial 2>/dev/null && echo \${d##*/}; done)"
+dev=$(gdisk DATA)
 # /tmp/count says i once COUNT-i is on the disk (fsync'd): a count read is never ahead of it
 counter="D=/dev/$dev; i=0; (while :; do i=\$((i+1)); printf 'COUNT-%-506s' \$i | dd of=\$D bs=512 count=1 conv=fsync 2>/dev/null; printf 'COUNT-%-506s' \$i | dd of=\$D bs=512 seek=\$((i*128)) count=1 conv=fsync 2>/dev/null; echo \$i > /tmp/count; sleep 1; done) > /dev/null 2>&1 & true"
 # history_on_B N: sectors 128..128*N of B's image hold COUNT-1 .. COUNT-N, none missing; read

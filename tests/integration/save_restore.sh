@@ -22,7 +22,7 @@ booted() { [ "$(count_log sv 'QVISOR-GUEST: ready')" -ge "$1" ]; }
 boots() { count_log sv 'QVISOR-GUEST: ready'; }
 # the guest's counter: once a second, +1 in /tmp/count (RAM only) and in the first
 # sector of the data disk, synced
-dev="\$(for d in /sys/block/vd*; do grep -qx DATA \$d/serial 2>/dev/null && echo \${d##*/}; done)"
+dev=$(gdisk DATA)
 start_counter() {
     guest_ok sv "D=/dev/$dev; i=0; (while :; do i=\$((i+1)); echo \$i > /tmp/count; printf 'COUNT-%-506s' \$i | dd of=\$D bs=512 count=1 conv=fsync 2>/dev/null; sleep 1; done) > /dev/null 2>&1 & true"
 }

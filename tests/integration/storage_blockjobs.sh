@@ -38,7 +38,7 @@ define_guest bj "" --disk "file=$img/pull.qcow2,serial=PULL,cache=writeback" \
     --disk "file=$img/icm.qcow2,serial=ICM,cache=writeback"
 qv start -q bj || { not_ok "the VM starts"; finish; }
 check "the guest boots" wait_until 90 guest_ok bj true
-dev() { echo "\$(for d in /sys/block/vd*; do grep -qx $1 \$d/serial 2>/dev/null && echo /dev/\${d##*/}; done)"; }
+dev() { echo "/dev/$(gdisk "$1")"; }
 # def_has JQ: the stored definition satisfies JQ (an empty answer never does)
 def_has() { local j; j=$(qv show bj --json) && [ -n "$j" ] && jq -e "$1" <<< "$j" >/dev/null; }
 # nodes_have REGEX: a block node QEMU holds has a name matching REGEX

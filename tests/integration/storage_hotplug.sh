@@ -15,10 +15,9 @@ truncate -s 16M "$img/hbase.raw"
 qemu-img create -q -f qcow2 -F raw -b "$img/hbase.raw" "$img/hot.qcow2"
 qemu-img create -q -f qcow2 "$img/other.qcow2" 8M
 define_guest hs "" --disk "file=$img/data.qcow2,serial=DATA,cache=writeback"
-dev() { echo "\$(for d in /sys/block/vd*; do grep -qx $1 \$d/serial 2>/dev/null && echo \${d##*/}; done)"; }
 # put MARKER MiB / at MiB: the guest writes and reads the hotplugged disk
-put() { guest_ok hs "printf '%-512s' $1 | dd of=/dev/$(dev HOT) bs=512 seek=\$(($2 * 2048)) conv=fsync 2>/dev/null"; }
-at() { gsh hs "dd if=/dev/$(dev HOT) bs=512 skip=\$(($1 * 2048)) count=1 2>/dev/null | tr -d ' '; echo" | tr -d '\r'; }
+put() { guest_ok hs "printf '%-512s' $1 | dd of=/dev/$(gdisk HOT) bs=512 seek=\$(($2 * 2048)) conv=fsync 2>/dev/null"; }
+at() { gsh hs "dd if=/dev/$(gdisk HOT) bs=512 skip=\$(($1 * 2048)) count=1 2>/dev/null | tr -d ' '; echo" | tr -d '\r'; }
 image_has() { qemu-img convert -U -O raw "$1" "$T_ROOT/flat.raw" && grep -aq "$2" "$T_ROOT/flat.raw"; }
 owns() { qemu-img map -U --output=json "$1" | jq -e --argjson o $(($2 << 20)) \
     'any(.[]; .start <= $o and .start + .length > $o and .depth == 0 and .data)' > /dev/null; }

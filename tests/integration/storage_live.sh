@@ -20,7 +20,7 @@ check "the guest boots" wait_until 90 guest_ok vh true
 
 # ---- used by: a live-only hotplugged disk ----
 check_output "attach-disk --volume, live only" 'disk attached as disk[0-9]+$' qv attach-disk vh --volume default/hot --serial HOT
-check "...the guest reads the volume's marker" wait_until 20 guest_ok vh "head -c $((${#marker} + 4)) /dev/\$(grep -l HOT /sys/block/vd*/serial | cut -d/ -f4) | grep -qx '$marker-hot'"
+check "...the guest reads the volume's marker" wait_until 20 guest_ok vh "head -c $((${#marker} + 4)) /dev/$(gdisk HOT) | grep -qx '$marker-hot'"
 check "...the definition does not name it" bash -c "'$QV_BIN' --root '$T_ROOT' show vh --json | jq -e '.disks == []'"
 check "vol info: used by the running VM that has it attached" vinfo default/hot '.used_by == ["vh (running)"]'
 check_output "vol info (text) too" 'used by: +vh \(running\)' qv vol info default/hot
@@ -106,6 +106,6 @@ check "a layer replaced after its check: the start is refused (exit $rc: $(cat "
     bash -c "[ $rc -eq 1 ] && grep -q 'vr: disk $IMGS/r1: backing layer $IMGS/r0 was replaced since its chain was checked' '$T_ROOT/race.out'"
 check_not "...no QEMU was started on it" log_has vr 'starting QEMU'
 check_output "a start without the race boots, and reads the new bottom layer" '^vr started' qv start vr
-check "...the guest reads it" wait_until 90 guest_ok vr "head -c $((${#marker} + 5)) /dev/\$(grep -l RACE /sys/block/vd*/serial | cut -d/ -f4) | grep -qx '$marker-EVIL'"
+check "...the guest reads it" wait_until 90 guest_ok vr "head -c $((${#marker} + 5)) /dev/$(gdisk RACE) | grep -qx '$marker-EVIL'"
 qv kill -q vr
 finish

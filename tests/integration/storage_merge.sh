@@ -25,7 +25,7 @@ qemu-img create -q -f qcow2 "$img/a.qcow2" 16M
 qemu-img create -q -f qcow2 "$img/b.qcow2" 16M
 define_guest mg "" --disk "file=$img/a.qcow2,serial=AAA,cache=writeback" \
     --disk "file=$img/b.qcow2,serial=BBB,cache=writeback"
-dev() { echo "\$(for d in /sys/block/vd*; do grep -qx $1 \$d/serial 2>/dev/null && echo /dev/\${d##*/}; done)"; }
+dev() { echo "/dev/$(gdisk "$1")"; }
 # put SERIAL MiB COUNT: the guest writes COUNT MiB of random data there, synced
 put() { guest_ok mg "dd if=/dev/urandom of=$(dev $1) bs=1M seek=$2 count=${3:-1} conv=fsync 2>/dev/null"; }
 # sum SERIAL: the guest's md5 of the whole disk, read past its page cache

@@ -229,9 +229,8 @@ check "argv: every layer of the chain is a node of its own read from an fd, link
              grep -q '\"node-name\":\"disk1-b2-fmt\",\"backing\":\"disk1-b3-fmt\"' <<< '$argv' && ! grep -q '$IMGS' <<< '$argv'"
 check_output "vd starts (sandboxed: QEMU sees no image path)" '^vd started' qv start vd
 check "...a guest boots" wait_log vd 'QVISOR-GUEST: ready' 90
-gdisk() { echo "\$(grep -l $1 /sys/block/vd*/serial | cut -d/ -f4)"; }
-check "...it reads the marker from the plain volume" wait_until 20 guest_ok vd "head -c ${#marker} /dev/\$(grep -l PLAIN /sys/block/vd*/serial | cut -d/ -f4) | grep -qx '$marker'"
-check "...and through the 5-deep chain from its bottom layer" guest_ok vd "head -c ${#marker} /dev/\$(grep -l CHAIN /sys/block/vd*/serial | cut -d/ -f4) | grep -qx '$marker'"
+check "...it reads the marker from the plain volume" wait_until 20 guest_ok vd "head -c ${#marker} /dev/$(gdisk PLAIN) | grep -qx '$marker'"
+check "...and through the 5-deep chain from its bottom layer" guest_ok vd "head -c ${#marker} /dev/$(gdisk CHAIN) | grep -qx '$marker'"
 check "vol info: l0 is used by vd (running), through the chain" vinfo default/l0 '.used_by == ["vd (running)"] and .backing_for == ["default/l1", "default/l2", "default/l3", "default/l4"]'
 check_error "vol delete of the plain volume of the running VM: conflict (exit 4)" 4 'used by VM vd \(running\)' qv vol delete default/plain
 qv kill -q vd
@@ -244,7 +243,7 @@ qv start -q vh
 check "a second guest boots" wait_log vh 'QVISOR-GUEST: ready' 90
 check_output "attach-disk --volume --persistent" 'disk attached as disk[0-9]+ \(and defined\)' \
     qv attach-disk vh --volume default/hot --serial HOT --persistent
-check "...the guest reads the volume's marker" wait_until 20 guest_ok vh "head -c $((${#marker} + 4)) /dev/\$(grep -l HOT /sys/block/vd*/serial | cut -d/ -f4) | grep -qx '$marker-hot'"
+check "...the guest reads the volume's marker" wait_until 20 guest_ok vh "head -c $((${#marker} + 4)) /dev/$(gdisk HOT) | grep -qx '$marker-hot'"
 check "...and the definition names the volume" bash -c "'$QV_BIN' --root '$T_ROOT' show vh --json | jq -e 'any(.disks[]; .volume == \"default/hot\")'"
 check_error "attach-disk --volume of a missing volume: no such object (exit 3)" 3 'attach-disk --volume: pool default has no volume gone' \
     qv attach-disk vh --volume default/gone

@@ -342,12 +342,11 @@ ok "the VM with an rbd disk starts"
 # typed while the kernel boots is lost, and gsh waits out its 30 s for the answer)
 booted() { [ "$(count_log rv 'QVISOR-GUEST: ready')" -ge "$1" ] && guest_ok rv true; }
 check "the guest boots" wait_until 120 booted 1
-dev() { echo "\$(for d in /sys/block/vd*; do grep -qx $1 \$d/serial 2>/dev/null && echo \${d##*/}; done)"; }
 
 # ---- the data disk is the RBD image ----
 check "the guest writes a marker on its rbd disk" \
-    guest_ok rv "echo RBD-MARKER-ONE | dd of=/dev/$(dev RBD1) conv=fsync 2>/dev/null"
-check "...and reads it back" guest_ok rv "head -c 14 /dev/$(dev RBD1) | grep -q RBD-MARKER-ONE"
+    guest_ok rv "echo RBD-MARKER-ONE | dd of=/dev/$(gdisk RBD1) conv=fsync 2>/dev/null"
+check "...and reads it back" guest_ok rv "head -c 14 /dev/$(gdisk RBD1) | grep -q RBD-MARKER-ONE"
 check "...which the cluster holds: rbd export of vmdisk starts with it" \
     sh -c "admin() { timeout 60 \"\$@\" --conf '$CEPH_CONF' --keyring '$CEPH_ADMIN_KEYRING'; }; \
            admin rbd export rbd/vmdisk - 2>/dev/null | head -c 14 | grep -q RBD-MARKER-ONE"
@@ -398,24 +397,24 @@ check_output "QEMU cannot reach an unrelated local port: No route to host" 'No r
 
 # ---- hotplug a second rbd disk ----
 check_output "attach-disk --volume ceph/extra" 'disk[0-9]' qv attach-disk rv --volume ceph/extra --serial RBD2
-check "the guest sees the hotplugged rbd disk" wait_until 30 guest_ok rv "test -n \"$(dev RBD2)\""
+check "the guest sees the hotplugged rbd disk" wait_until 30 guest_ok rv "test -b /dev/$(gdisk RBD2)"
 check "the guest writes a marker on it" \
-    guest_ok rv "echo RBD-MARKER-TWO | dd of=/dev/$(dev RBD2) conv=fsync 2>/dev/null"
+    guest_ok rv "echo RBD-MARKER-TWO | dd of=/dev/$(gdisk RBD2) conv=fsync 2>/dev/null"
 check "...which the cluster holds in ceph/extra" \
     sh -c "timeout 60 rbd export rbd/extra - --conf '$CEPH_CONF' --keyring '$CEPH_ADMIN_KEYRING' 2>/dev/null | head -c 14 | grep -q RBD-MARKER-TWO"
 check "the key appears nowhere after the hotplug either" key_leaks
 check "detach-disk of the rbd disk, by its volume" qv detach-disk rv ceph/extra
-check "the guest no longer sees it" wait_until 30 guest_ok rv "test -z \"$(dev RBD2)\""
+check "the guest no longer sees it" wait_until 30 guest_ok rv "test ! -e /dev/$(gdisk RBD2)"
 
 # ---- online resize ----
-check "the guest sees the rbd disk at 64 MiB" guest_ok rv "test \$(cat /sys/block/$(dev RBD1)/size) -eq 131072"
+check "the guest sees the rbd disk at 64 MiB" guest_ok rv "test \$(cat /sys/block/$(gdisk RBD1)/size) -eq 131072"
 check_output "disk-resize +16M of the rbd disk" 'rv: disk0 is now 80M' qv disk-resize rv RBD1 +16M
-check "...the guest sees 80 MiB at once" wait_until 10 guest_ok rv "test \$(cat /sys/block/$(dev RBD1)/size) -eq 163840"
+check "...the guest sees 80 MiB at once" wait_until 10 guest_ok rv "test \$(cat /sys/block/$(gdisk RBD1)/size) -eq 163840"
 check_output "...and so does the cluster" 'size 80 MiB' admin rbd info rbd/vmdisk
 
 # ---- snapshots: RBD snapshots ----
 check "the guest writes state A on its rbd disk" \
-    guest_ok rv "echo SNAP-STATE-A | dd of=/dev/$(dev RBD1) conv=fsync 2>/dev/null"
+    guest_ok rv "echo SNAP-STATE-A | dd of=/dev/$(gdisk RBD1) conv=fsync 2>/dev/null"
 check_output "snapshot create of the running rbd-backed VM takes RBD snapshots" \
     'rv: snapshot s1 created \(RBD snapshots, the guest paused around them\)' qv snapshot create rv s1
 check "...and the guest runs again" state_is rv running
@@ -425,7 +424,7 @@ check_output "...the cluster holds snapshot s1 of vmdisk" ' s1 ' admin rbd snap 
 # QEMU's packets to the OSD dropped: its pending write hangs, and QEMU's `stop` waits for it
 osdports=$(admin ceph osd dump --format json 2>/dev/null | jq -r '[.osds[].public_addrs.addrvec[].addr | sub(".*:"; "")] | join(", ")')
 check "the guest writes to its rbd disk in a loop" \
-    guest_ok rv "(while [ ! -e /stop-writer ]; do dd if=/dev/zero of=/dev/$(dev RBD1) bs=64k seek=200 count=16 oflag=direct 2>/dev/null; done) & true"
+    guest_ok rv "(while [ ! -e /stop-writer ]; do dd if=/dev/zero of=/dev/$(gdisk RBD1) bs=64k seek=200 count=16 oflag=direct 2>/dev/null; done) & true"
 hangtab=qvtest_rbdhang_$$
 on_exit "nft delete table inet $hangtab"
 check "QEMU's packets to the OSD (ports ${osdports:-none}) are dropped" \
@@ -443,14 +442,14 @@ check "...and the guest runs again once QEMU reaches the OSD" wait_until 120 sta
 check "...its console answers; the writer stops" guest_ok rv "touch /stop-writer"
 # ---- end rbd12c ----
 check "the guest writes state B over it" \
-    guest_ok rv "echo SNAP-STATE-B | dd of=/dev/$(dev RBD1) conv=fsync 2>/dev/null && head -c 12 /dev/$(dev RBD1) | grep -q SNAP-STATE-B"
+    guest_ok rv "echo SNAP-STATE-B | dd of=/dev/$(gdisk RBD1) conv=fsync 2>/dev/null && head -c 12 /dev/$(gdisk RBD1) | grep -q SNAP-STATE-B"
 check_output "snapshot list shows s1" '^s1 ' qv snapshot list rv
 check_error "revert of the running VM is refused (it holds no memory)" 4 'stop the VM first' qv snapshot revert rv s1
 # ---- rbd12: a disk hotplugged without --persistent takes part in the running VM's snapshots ----
 check_output "attach-disk --volume ceph/extra without --persistent to the rbd-only VM" 'disk[0-9]' \
     qv attach-disk rv --volume ceph/extra --serial RBD2
-check "the guest sees it" wait_until 30 guest_ok rv "test -n \"$(dev RBD2)\""
-check "the guest writes HOT-A on it" guest_ok rv "echo HOT-A | dd of=/dev/$(dev RBD2) conv=fsync 2>/dev/null"
+check "the guest sees it" wait_until 30 guest_ok rv "test -b /dev/$(gdisk RBD2)"
+check "the guest writes HOT-A on it" guest_ok rv "echo HOT-A | dd of=/dev/$(gdisk RBD2) conv=fsync 2>/dev/null"
 check_output "snapshot create h1: RBD snapshots" 'rv: snapshot h1 created \(RBD snapshots' qv snapshot create rv h1
 check_output "...of the hotplugged image too (rbd snap ls extra)" ' h1 ' admin rbd snap ls rbd/extra
 check_output "...and of the definition's (rbd snap ls vmdisk)" ' h1 ' admin rbd snap ls rbd/vmdisk
@@ -462,7 +461,7 @@ check "...gone from both images" no_h1
 check "detach-disk ceph/extra" qv detach-disk rv ceph/extra
 qemu-img create -q -f raw "$T_ROOT/hot.raw" 8M
 check_output "attach-disk of a raw file disk without --persistent" 'disk[0-9]' qv attach-disk rv "$T_ROOT/hot.raw" --serial HOTRAW
-check "the guest sees it" wait_until 30 guest_ok rv "test -n \"$(dev HOTRAW)\""
+check "the guest sees it" wait_until 30 guest_ok rv "test -b /dev/$(gdisk HOTRAW)"
 check_error "snapshot create with it: refused, naming the raw disk (QEMU keeps such a snapshot in qcow2 images)" 2 \
     "rv: disk[0-9]+ \($T_ROOT/hot\.raw\) is raw" qv snapshot create rv h2
 # (in this shell: through bash -c, admin had no CEPH_ADMIN_KEYRING, rbd failed and this passed on nothing)
@@ -474,7 +473,7 @@ check "detach-disk of the raw file" qv detach-disk rv "$T_ROOT/hot.raw"
 qemu-img create -q -f qcow2 "$T_ROOT/file1.qcow2" 32M
 check_output "attach-disk --persistent of a qcow2 file disk beside the rbd disk" 'disk[0-9]' \
     qv attach-disk rv "$T_ROOT/file1.qcow2" --serial FILE1 --persistent
-check "the guest sees it" wait_until 30 guest_ok rv "test -n \"$(dev FILE1)\""
+check "the guest sees it" wait_until 30 guest_ok rv "test -b /dev/$(gdisk FILE1)"
 check "kill" qv kill rv
 check "the uid's nft table is gone with QEMU" wait_until 10 sh -c "! nft list table inet qvisor_uid_$uid >/dev/null 2>&1"
 check "snapshot revert of the shut-off VM" qv snapshot revert rv s1
@@ -484,7 +483,7 @@ export QVISOR_RBD_REFRESH_MS=5000
 ready0=$(count_log rv 'QVISOR-GUEST: ready')
 check "the VM starts again" qv start -q rv
 check "the guest boots" wait_until 120 booted $((ready0 + 1))
-check "the guest reads state A again" guest_ok rv "head -c 12 /dev/$(dev RBD1) | grep -q SNAP-STATE-A"
+check "the guest reads state A again" guest_ok rv "head -c 12 /dev/$(gdisk RBD1) | grep -q SNAP-STATE-A"
 # ---- rbd12: an OSD added while the VM runs: the supervisor lets QEMU reach it ----
 uid=$(stat -c %u /proc/$(vm_pid rv))
 check_output "pool show --addresses lists the monitor" "^127\.0\.0\.1:${CEPH_MON##*:}\$" qv pool show ceph --addresses
@@ -512,7 +511,7 @@ on_new() {
 check "some of the 20 objects of vmdisk written next moved to it (ceph osd map)" wait_until 90 on_new
 diag "$(cat "$T_ROOT/on_new" 2>/dev/null) of 20 on osd.$osd1"
 check "the guest writes to each 4 MiB object of its rbd disk (on either OSD)" \
-    guest_ok rv "for i in $(seq -s ' ' 0 19); do echo OSD-\$i | dd of=/dev/$(dev RBD1) bs=4M seek=\$i conv=fsync 2>/dev/null || exit 1; done"
+    guest_ok rv "for i in $(seq -s ' ' 0 19); do echo OSD-\$i | dd of=/dev/$(gdisk RBD1) bs=4M seek=\$i conv=fsync 2>/dev/null || exit 1; done"
 # objects_hold: the cluster's copy of vmdisk holds each object's marker
 objects_hold() {
     local i
@@ -531,7 +530,7 @@ no_snap() { local out; out=$(admin rbd snap ls rbd/vmdisk) && ! grep -q ' s1 ' <
 check "...gone from the cluster" no_snap
 
 # ---- a VM with an rbd disk and a qcow2 file disk: one snapshot with memory, by QEMU ----
-both() { echo "echo $1 | dd of=/dev/$(dev RBD1) conv=fsync 2>/dev/null && echo $1 | dd of=/dev/$(dev FILE1) conv=fsync 2>/dev/null"; }
+both() { echo "echo $1 | dd of=/dev/$(gdisk RBD1) conv=fsync 2>/dev/null && echo $1 | dd of=/dev/$(gdisk FILE1) conv=fsync 2>/dev/null"; }
 rbd_head() { admin rbd export rbd/vmdisk - 2>/dev/null | head -c ${#1} | grep -qx "$1"; }
 # the qcow2 image as QEMU holds it (-U: it is open and locked)
 file_head() { qemu-img convert -U -f qcow2 -O raw "$T_ROOT/file1.qcow2" "$T_ROOT/file1.raw" && head -c ${#1} "$T_ROOT/file1.raw" | grep -qx "$1"; }
@@ -552,7 +551,7 @@ check_output "live revert of it: the guest resumes from its memory" 'reverted to
 check "...the guest runs" wait_until 60 state_is rv running
 check "...both images hold MIXED-A again" bash -c "rbd_head MIXED-A && file_head MIXED-A"
 check "...and the guest reads MIXED-A from both disks, its page cache dropped (its disk I/O completes)" \
-    guest_ok rv "echo 3 > /proc/sys/vm/drop_caches; head -c 7 /dev/$(dev RBD1) | grep -q MIXED-A && head -c 7 /dev/$(dev FILE1) | grep -q MIXED-A"
+    guest_ok rv "echo 3 > /proc/sys/vm/drop_caches; head -c 7 /dev/$(gdisk RBD1) | grep -q MIXED-A && head -c 7 /dev/$(gdisk FILE1) | grep -q MIXED-A"
 check "...and writes MIXED-C over both" guest_ok rv "$(both MIXED-C)"
 check "...which both images hold" bash -c "rbd_head MIXED-C && file_head MIXED-C"
 # ---- end rbd12 ----

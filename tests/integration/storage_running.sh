@@ -18,13 +18,11 @@ define_guest rd "" --disk "file=$img/data.raw,serial=DATA,cache=writeback" \
     --disk "file=$full/full.raw,serial=FULL,cache=writeback"
 qv start -q rd || { not_ok "the VM starts"; finish; }
 check "the guest boots" wait_until 90 guest_ok rd true
-# dev SERIAL: the guest's block device with that serial (a command for the guest)
-dev() { echo "\$(for d in /sys/block/vd*; do grep -qx $1 \$d/serial 2>/dev/null && echo \${d##*/}; done)"; }
 
 # ---- disk-resize ----
-check "the guest sees the data disk at 32 MiB" guest_ok rd "test \$(cat /sys/block/$(dev DATA)/size) -eq 65536"
+check "the guest sees the data disk at 32 MiB" guest_ok rd "test \$(cat /sys/block/$(gdisk DATA)/size) -eq 65536"
 check_output "disk-resize +16M, by serial" 'rd: disk0 is now 48M' qv disk-resize rd DATA +16M
-check "...the guest sees 48 MiB at once" wait_until 10 guest_ok rd "test \$(cat /sys/block/$(dev DATA)/size) -eq 98304"
+check "...the guest sees 48 MiB at once" wait_until 10 guest_ok rd "test \$(cat /sys/block/$(gdisk DATA)/size) -eq 98304"
 check "...and so does the image file" test "$(stat -c %s "$img/data.raw")" -eq $((48 << 20))
 check_output "disk-resize to an absolute size, by path" 'is now 64M' qv disk-resize rd "$img/data.raw" 64M
 check_error "shrinking is refused without --allow-shrink" 2 'disk0 is 64M; shrinking it to 16M cuts off' \
@@ -34,7 +32,7 @@ check_error "a disk the VM does not have" 3 'rd: no disk nosuch' qv disk-resize 
 check_error "a size that is none" 2 'is not a size' qv disk-resize rd disk0 +lots
 
 # ---- blkstat ----
-check "the guest reads 4 MiB of the data disk" guest_ok rd "dd if=/dev/$(dev DATA) of=/dev/null bs=64k count=64"
+check "the guest reads 4 MiB of the data disk" guest_ok rd "dd if=/dev/$(gdisk DATA) of=/dev/null bs=64k count=64"
 qv blkstat rd disk0 --json > "$T_ROOT/stat.json"
 check "blkstat counts the guest's reads of that disk" \
     jq -e 'length == 1 and .[0].disk == "disk0" and .[0].rd_bytes >= 4194304 and .[0].rd_reqs > 0' "$T_ROOT/stat.json"
@@ -43,7 +41,7 @@ check_output "blkstat without a disk lists every disk" '^disk1 .* [0-9]+  '"$ful
 # ---- ENOSPC on the host pauses the guest ----
 # 256 copies of a 64 KiB pattern: busybox's `yes` alone is far too slow under TCG
 gsh rd "rm -f /tmp/dd.rc; yes QVISOR-DATA | head -c 65536 > /tmp/p" > /dev/null
-wr="for i in \$(seq 256); do cat /tmp/p; done | dd of=/dev/$(dev FULL) bs=64k conv=fsync 2>/dev/null; echo \$? > /tmp/dd.rc"
+wr="for i in \$(seq 256); do cat /tmp/p; done | dd of=/dev/$(gdisk FULL) bs=64k conv=fsync 2>/dev/null; echo \$? > /tmp/dd.rc"
 gsh rd "($wr) & true" > /dev/null
 check "the guest's 16 MiB write on an 8 MiB tmpfs pauses the VM" wait_until 60 state_is rd paused
 check_output "status says why" 'state +paused \(I/O error on disk1 \('"$full"'/full\.raw\): No space left on device\)' \

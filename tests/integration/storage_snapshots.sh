@@ -17,12 +17,10 @@ truncate -s 8M "$img/plain.raw"
 define_guest sn "" --disk "file=$img/data.qcow2,serial=DATA"
 qv define -q rawvm --memory 128M --kernel "$G_KERNEL" --disk "file=$img/plain.raw,cache=writeback" \
     --disk "file=$img/data.qcow2,readonly"
-# dev SERIAL: the guest's block device with that serial (a command for the guest)
-dev() { echo "\$(for d in /sys/block/vd*; do grep -qx $1 \$d/serial 2>/dev/null && echo \${d##*/}; done)"; }
 # put MARKER MiB: the guest writes a 512-byte marker at that MiB of the data disk, synced
-put() { guest_ok sn "printf '%-512s' $1 | dd of=/dev/$(dev DATA) bs=512 seek=\$(($2 * 2048)) conv=fsync 2>/dev/null"; }
+put() { guest_ok sn "printf '%-512s' $1 | dd of=/dev/$(gdisk DATA) bs=512 seek=\$(($2 * 2048)) conv=fsync 2>/dev/null"; }
 # at MiB: what the guest reads there
-at() { gsh sn "dd if=/dev/$(dev DATA) bs=512 skip=\$(($1 * 2048)) count=1 2>/dev/null | tr -d ' '; echo" | tr -d '\r'; }
+at() { gsh sn "dd if=/dev/$(gdisk DATA) bs=512 skip=\$(($1 * 2048)) count=1 2>/dev/null | tr -d ' '; echo" | tr -d '\r'; }
 # image_has FILE MARKER: the host finds MARKER in what the image shows a guest
 image_has() { qemu-img convert -U -O raw "$1" "$T_ROOT/flat.raw" && grep -aq "$2" "$T_ROOT/flat.raw"; }
 # image_lacks FILE MARKER: the image is readable and MARKER is not in it

@@ -79,11 +79,11 @@ define_guest snap "" --disk "file=$T_ROOT/img/base.raw,snapshot=on,serial=SNAP"
 check "a VM with a snapshot disk starts" qv start -q snap
 check "...its supervisor made the overlay with a watched qemu-img" log_has snap 'disk0: making its throw-away overlay'
 check "...and unlinked it once QEMU held it" test -z "$(ls -A "$T_ROOT/var/lib/qvisor/overlays")"
-snapdev='for d in /sys/block/vd*; do grep -qx SNAP $d/serial 2>/dev/null && echo /dev/${d##*/}; done'
+snapdev=/dev/$(gdisk SNAP)
 check "the guest reads the base image through the overlay" wait_until 90 guest_ok snap \
-    "head -c 11 \$($snapdev) | grep -q BASE-MARKER"
+    "head -c 11 $snapdev | grep -q BASE-MARKER"
 check "...and writes to the overlay" guest_ok snap \
-    "printf GUEST-WROTE | dd of=\$($snapdev) conv=fsync 2>/dev/null && head -c 11 \$($snapdev) | grep -q GUEST-WROTE"
+    "printf GUEST-WROTE | dd of=$snapdev conv=fsync 2>/dev/null && head -c 11 $snapdev | grep -q GUEST-WROTE"
 qv stop -q snap --force >/dev/null 2>&1
 check "the base image is untouched" test "$(md5sum < "$T_ROOT/img/base.raw")" = "$sum_before"
 qv undefine snap >/dev/null

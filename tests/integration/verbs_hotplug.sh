@@ -116,8 +116,7 @@ qemu-img create -q -f qcow2 -F raw -b "$img/c0.raw" "$img/c1.qcow2"
 qemu-img create -q -f qcow2 -F qcow2 -b "$img/c1.qcow2" "$img/c2.qcow2"
 check_output "attach-disk of a qcow2 on a 2-layer backing chain" 'disk attached as disk[0-9]+' \
     qv attach-disk hp "$img/c2.qcow2" --format qcow2 --serial CHAIN
-chaindev='$(for d in /sys/block/vd*; do grep -qx CHAIN $d/serial 2>/dev/null && echo /dev/${d##*/}; done)'
-check "...the guest reads the bottom layer's marker through it" wait_until 30 gok "head -c 17 $chaindev | grep -q CHAIN-BASE-MARKER"
+check "...the guest reads the bottom layer's marker through it" wait_until 30 gok "head -c 17 /dev/$(gdisk CHAIN) | grep -q CHAIN-BASE-MARKER"
 check "...every layer is a node of its own, none opened by path" sh -c "'$QV_BIN' --root '$T_ROOT' qmp hp '{\"execute\": \"query-named-block-nodes\", \"arguments\": {\"flat\": true}}' |
     jq -e '[.[] | select(.\"node-name\" | test(\"-b[01]-file\$\"))] | length == 2 and all(.file | startswith(\"/dev/fdset/\"))'"
 check_output "detach-disk of it" 'detached' qv detach-disk hp "$img/c2.qcow2"
