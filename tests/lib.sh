@@ -222,11 +222,13 @@ NOTIFY_LISTEN=$T_BUILD/progs/notify_listen
 # until CMD has finished (the end marker is computed, so the echoed command line
 # never matches it), at most GSH_TIMEOUT seconds
 # (the status is followed by the marker again, so waiting for "-END-42" cannot stop
-# before the status has arrived: "END-42-1-END-42")
+# before the status has arrived: "END-42-1-END-42"). CMD's input is /dev/null: a
+# command left without a file (a device not there yet) reads it and fails at once,
+# where it would read the console's own input and hang until the time is up.
 gsh() {
     local out
     out=$("$QV_PROBE" --root "$T_ROOT" console "$1" --expect -END-42 --timeout "${GSH_TIMEOUT:-30}" 2>&1 \
-        <<< "$2; echo \"END-\$((6*7))-\$?-END-\$((6*7))\"")
+        <<< "{ $2; } < /dev/null; echo \"END-\$((6*7))-\$?-END-\$((6*7))\"")
     [ -z "$out" ] || printf '%s\n' "${out//$'\r'/}"
 }
 # gdisk SERIAL: a guest shell expression for the name (vdb, ...) of the disk with that
