@@ -5,6 +5,7 @@
  * supervisor stops reading for a while, QEMU's serial port fills, and the guest waits
  * for its UART like on real hardware. The log itself is rotated by size. */
 #include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/epoll.h>
@@ -16,15 +17,70 @@
 #define CONSOLE_RATE (256u << 10)      /* bytes per second, sustained: 20x a 115200-baud UART */
 #define CONSOLE_BURST (1u << 20)       /* what a boot may print at once */
 #define LOG_CHECK_MS 10000             /* QEMU writes to the log too: look at its size this often */
+#define CONSOLE_RING (64u << 10)       /* recent console output kept for late attachers */
 
-/* Complete lines (all of them when flushing) from s->con.line into the log, one write. */
+/* The console's byte budget: a token bucket. */
+struct console_rate {
+    int64_t tokens;
+    uint64_t refilled_at;
+    uint64_t resume_at;     /* reading is paused until then; 0: not paused */
+    bool throttled;         /* said so in the log once */
+};
+
+struct sup_console {
+    int fd;                 /* QEMU's console socket; -1 while not connected */
+    struct ev ev;
+    struct buf ring;        /* the last CONSOLE_RING bytes, for a console client's replay */
+    struct buf line;        /* the partial line not logged yet */
+    uint64_t line_at;       /* when it last grew */
+    struct console_rate rate;
+    uint64_t log_check_at;  /* next look at the log's size */
+};
+
+struct sup_console *console_new(void)
+{
+    struct sup_console *c = qv_xcalloc(1, sizeof(*c));
+    c->fd = -1;
+    c->ev.kind = EV_CONSOLE;
+    return c;
+}
+
+void console_free(struct sup *s)
+{
+    if (!s->con)
+        return;
+    console_close(s);
+    buf_free(&s->con->ring);
+    buf_free(&s->con->line);
+    free(s->con);
+    s->con = NULL;
+}
+
+bool console_connected(const struct sup *s)
+{
+    return s->con->fd >= 0;
+}
+
+const struct buf *console_recent(const struct sup *s)
+{
+    return &s->con->ring;
+}
+
+int console_write(struct sup *s, const char *data, size_t n)
+{
+    if (s->con->fd < 0)
+        return 0;
+    return write_all(s->con->fd, data, n);
+}
+
+/* Complete lines (all of them when flushing) from the partial line into the log, one write. */
 static void log_lines(struct sup *s, bool flush)
 {
     char ts[40];
     format_timestamp(ts, sizeof(ts));
     struct buf out = {0};
-    char *start = s->con.line.p;
-    size_t len = s->con.line.len;
+    char *start = s->con->line.p;
+    size_t len = s->con->line.len;
     for (;;) {
         char *nl = len ? memchr(start, '\n', len) : NULL;
         if (!nl && !(flush && len) && len < 4096)
@@ -48,19 +104,19 @@ static void log_lines(struct sup *s, bool flush)
     if (out.len)
         write_all(s->log_fd, out.p, out.len);
     buf_free(&out);
-    buf_consume(&s->con.line, s->con.line.len - len);
+    buf_consume(&s->con->line, s->con->line.len - len);
 }
 
 static void console_watch(struct sup *s, bool on)
 {
-    struct epoll_event ee = {.events = on ? EPOLLIN : 0, .data.ptr = &s->ev_console};
-    epoll_ctl(s->epfd, EPOLL_CTL_MOD, s->con.fd, &ee);
+    struct epoll_event ee = {.events = on ? EPOLLIN : 0, .data.ptr = &s->con->ev};
+    epoll_ctl(s->epfd, EPOLL_CTL_MOD, s->con->fd, &ee);
 }
 
 /* The token bucket: false (and reading paused until there is budget) when spent. */
 static bool console_budget(struct sup *s, uint64_t now)
 {
-    struct console_rate *cr = &s->con.rate;
+    struct console_rate *cr = &s->con->rate;
     if (!cr->refilled_at)
         cr->tokens = CONSOLE_BURST;
     else
@@ -83,8 +139,8 @@ void console_readable(struct sup *s)
 {
     char chunk[8192];
     bool logged = false;
-    while (s->con.fd >= 0 && console_budget(s, monotonic_ms())) {
-        ssize_t n = read(s->con.fd, chunk, sizeof(chunk));
+    while (s->con->fd >= 0 && console_budget(s, monotonic_ms())) {
+        ssize_t n = read(s->con->fd, chunk, sizeof(chunk));
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && errno == EAGAIN)
@@ -93,12 +149,12 @@ void console_readable(struct sup *s)
             console_close(s);
             break;
         }
-        s->con.rate.tokens -= n;
-        buf_add(&s->con.ring, chunk, (size_t)n);
-        if (s->con.ring.len > CONSOLE_RING)
-            buf_consume(&s->con.ring, s->con.ring.len - CONSOLE_RING);
-        buf_add(&s->con.line, chunk, (size_t)n);
-        s->con.line_at = monotonic_ms();
+        s->con->rate.tokens -= n;
+        buf_add(&s->con->ring, chunk, (size_t)n);
+        if (s->con->ring.len > CONSOLE_RING)
+            buf_consume(&s->con->ring, s->con->ring.len - CONSOLE_RING);
+        buf_add(&s->con->line, chunk, (size_t)n);
+        s->con->line_at = monotonic_ms();
         ctl_broadcast_console(s, chunk, (size_t)n);
         logged = true;
     }
@@ -110,13 +166,13 @@ void console_readable(struct sup *s)
 
 void console_close(struct sup *s)
 {
-    if (s->con.fd < 0)
+    if (s->con->fd < 0)
         return;
     log_lines(s, true);
-    epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->con.fd, NULL);
-    close(s->con.fd);
-    s->con.fd = -1;
-    s->con.rate = (struct console_rate){0};
+    epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->con->fd, NULL);
+    close(s->con->fd);
+    s->con->fd = -1;
+    s->con->rate = (struct console_rate){0};
 }
 
 int console_connect(struct sup *s, struct qv_err *e)
@@ -125,12 +181,12 @@ int console_connect(struct sup *s, struct qv_err *e)
         return 0;
     char path[PATH_MAX];
     snprintf(path, sizeof(path), "%s/console.sock", s->run_dir);
-    int r = unix_connect(path, &s->con.fd, e);
+    int r = unix_connect(path, &s->con->fd, e);
     if (r < 0)
         return r;
-    fd_set_nonblock(s->con.fd, true);
-    struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &s->ev_console};
-    if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->con.fd, &ee) < 0)
+    fd_set_nonblock(s->con->fd, true);
+    struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &s->con->ev};
+    if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->con->fd, &ee) < 0)
         sup_log(s, "warning: epoll_ctl add console: %s", strerror(errno));
     return 0;
 }
@@ -143,23 +199,23 @@ static uint64_t earliest(uint64_t a, uint64_t b)
 
 uint64_t console_next_deadline(struct sup *s)
 {
-    uint64_t idle = s->con.line.len ? s->con.line_at + CONSOLE_LINE_IDLE_MS : 0;
-    return earliest(earliest(s->con.rate.resume_at, idle), s->con.log_check_at);
+    uint64_t idle = s->con->line.len ? s->con->line_at + CONSOLE_LINE_IDLE_MS : 0;
+    return earliest(earliest(s->con->rate.resume_at, idle), s->con->log_check_at);
 }
 
 void console_run_timers(struct sup *s, uint64_t now)
 {
     /* a prompt without a newline still reaches the log once the guest is quiet */
-    if (s->con.line.len && now >= s->con.line_at + CONSOLE_LINE_IDLE_MS)
+    if (s->con->line.len && now >= s->con->line_at + CONSOLE_LINE_IDLE_MS)
         log_lines(s, true);
-    if (s->con.rate.resume_at && now >= s->con.rate.resume_at) {
-        s->con.rate.resume_at = 0;
-        if (s->con.fd >= 0) {
+    if (s->con->rate.resume_at && now >= s->con->rate.resume_at) {
+        s->con->rate.resume_at = 0;
+        if (s->con->fd >= 0) {
             console_watch(s, true);
             console_readable(s);
         }
     }
-    if (s->con.log_check_at && now >= s->con.log_check_at)
+    if (s->con->log_check_at && now >= s->con->log_check_at)
         vmlog_check(s);
 }
 
@@ -167,7 +223,7 @@ void console_run_timers(struct sup *s, uint64_t now)
 
 void vmlog_check(struct sup *s)
 {
-    s->con.log_check_at = monotonic_ms() + LOG_CHECK_MS;
+    s->con->log_check_at = monotonic_ms() + LOG_CHECK_MS;
     struct stat st;
     if (s->log_fd < 0 || fstat(s->log_fd, &st) < 0 || (uint64_t)st.st_size < s->hc.log_max_size)
         return;

@@ -319,8 +319,7 @@ static void loop(struct sup *s)
                     qmp_io(s, evs[i].events);
                 break;
             case EV_CONSOLE:
-                if (s->con.fd >= 0)
-                    console_readable(s);
+                console_readable(s);
                 break;
             case EV_CTL:
                 ctl_accept(s);
@@ -392,32 +391,16 @@ static int setup_loop(struct sup *s, struct qv_err *e)
     s->sigfd = signalfd_for(SIGTERM, SIGINT, SIGCHLD, 0);
     if (s->sigfd < 0)
         return qv_failerr(e, s->sigfd, "signalfd");
-    s->ev_qmp.kind = EV_QMP;
-    s->ev_console.kind = EV_CONSOLE;
-    s->ev_ctl.kind = EV_CTL;
-    s->ev_signal.kind = EV_SIGNAL;
-    s->ev_pidfd.kind = EV_PIDFD;
     sup_epoll_add(s, s->sigfd, EPOLLIN, &s->ev_signal);
     return ctl_listen(s, e);
 }
 
 
 
-static void close_ctl(struct sup *s)
-{
-    if (s->ctl.fd < 0)
-        return;
-    close(s->ctl.fd);
-    s->ctl.fd = -1;
-    char path[PATH_MAX];
-    snprintf(path, sizeof(path), "%s/ctl.sock", s->run_dir);
-    unlink(path);
-}
-
 static void sup_free(struct sup *s)
 {
     agent_close(s);
-    ctl_close_all(s);
+    ctl_close(s);
     confine_release(s);
     snapshots_forget(s);
     migrate_forget(s);
@@ -438,18 +421,14 @@ static void sup_free(struct sup *s)
     strv_free(&s->conf.cluster_addrs);
     if (s->qmp)
         qmp_free(s->qmp);
-    if (s->con.fd >= 0)
-        close(s->con.fd);
+    console_free(s);
     if (s->pidfd >= 0)
         close(s->pidfd);
-    close_ctl(s);
     if (s->sigfd >= 0)
         close(s->sigfd);
     if (s->epfd >= 0)
         close(s->epfd);
     notify_close(&s->notify);
-    buf_free(&s->con.ring);
-    buf_free(&s->con.line);
     runstate_free(&s->rs);
     host_config_free(&s->hc);
     vm_def_free(&s->def);
@@ -459,19 +438,34 @@ static void sup_free(struct sup *s)
         close(s->lock_fd);
     if (s->boot_fd >= 0)
         close(s->boot_fd);
+    ctl_free(s);
+    monitor_free(s);
 }
 
 
 /* The supervisor's state, zeroed, in pages of its own: most of it (hotplug slots,
  * NIC slots, host facts) is only ever read while empty, and pages never written stay
  * the kernel's shared zero page instead of resident memory. calloc from the heap
- * clears reused memory, which makes all ~112 KiB resident. */
-static struct sup *sup_alloc(void)
+ * clears reused memory, which makes all ~112 KiB resident. Every descriptor starts
+ * as -1 (not 0: sup_free would close stdin). */
+static struct sup *sup_alloc(const struct qv_paths *paths)
 {
-    void *p = mmap(NULL, sizeof(struct sup), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED)
+    struct sup *s = mmap(NULL, sizeof(struct sup), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (s == MAP_FAILED)
         abort();
-    return p;
+    s->paths = paths;
+    s->lock_fd = s->log_fd = s->epfd = s->sigfd = s->pidfd = s->ready_fd = s->echo_fd = s->boot_fd = -1;
+    s->conf.lease.lock_fd = s->conf.lease.hold_fd = -1;
+    s->qemu_status = -1;
+    s->ev_qmp.kind = EV_QMP;
+    s->ev_signal.kind = EV_SIGNAL;
+    s->ev_pidfd.kind = EV_PIDFD;
+    s->ev_boot.kind = EV_BOOT;
+    s->ctl = ctl_new();
+    s->con = console_new();
+    s->mon = monitor_new();
+    notify_init(&s->notify);
+    return s;
 }
 
 static void sup_release(struct sup *s)
@@ -504,9 +498,7 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
     char name[80];
     snprintf(name, sizeof(name), "%s", def->name);
     /* not on the stack: the structure is large, and a stack that deep stays resident */
-    struct sup *sp = sup_alloc();
-    sp->paths = paths;
-    sp->lock_fd = sp->log_fd = sp->epfd = sp->sigfd = sp->pidfd = sp->con.fd = sp->ctl.fd = -1;
+    struct sup *sp = sup_alloc(paths);
     sp->ready_fd = o->ready_fd;
     sp->echo_fd = o->echo_fd;
     sp->boot_fd = o->boot_fd;
@@ -514,10 +506,7 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
     if (sp->boot_vm)
         vm_boot_dir(paths, name, NULL, sp->work_dir, sizeof(sp->work_dir));
     sp->stop_timeout_ms = o->stop_timeout_ms > 0 ? o->stop_timeout_ms : 60000;
-    sp->qemu_status = -1;
-    sp->conf.lease.lock_fd = sp->conf.lease.hold_fd = -1;     /* not 0: sup_free would close stdin */
     pid_t holder;
-    notify_init(&sp->notify);
     char unit[256], own[128];
     snprintf(own, sizeof(own), "qvisor@%s.service", name);
     sp->own_unit = !paths->root[0] && proc_systemd_unit(0, unit, sizeof(unit)) == 0 && strcmp(unit, own) == 0;
@@ -535,10 +524,8 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
     }
     if (r == 0)
         r = host_facts_probe(paths, &sp->hc, &sp->facts, e);
-    if (r == 0 && sp->boot_fd >= 0) {
-        sp->ev_boot.kind = EV_BOOT;
+    if (r == 0 && sp->boot_fd >= 0)
         sup_epoll_add(sp, sp->boot_fd, EPOLLIN, &sp->ev_boot);
-    }
     if (r < 0) {
         sup_free(sp);
         report_ready(sp, r, e->msg);    /* after the lock is released: a retry must not meet us */
@@ -608,8 +595,7 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
         /* Answered and recorded: only a next start waits on what is left, for as long
          * as the lock is held. "exiting" stays recorded until then and after (cleaning
          * up again is harmless): a state without it under our lock would say "running". */
-        ctl_close_all(sp);
-        close_ctl(sp);
+        ctl_close(sp);
         sup_crash_point("exiting");
         sup_release_qemu(sp);
     }
@@ -643,19 +629,9 @@ int supervisor_run(const struct qv_paths *paths, struct vm_def *def, const struc
 struct sup *sup_new_for_test(const struct qv_paths *paths, const char *name, int qmp_fd, pid_t qemu_pid,
                              struct qv_err *e)
 {
-    struct sup *s = sup_alloc();
-    s->paths = paths;
-    s->lock_fd = s->log_fd = s->epfd = s->sigfd = s->pidfd = s->con.fd = s->ctl.fd = s->ready_fd = -1;
-    s->echo_fd = s->boot_fd = s->qemu_status = -1;
-    s->conf.lease.lock_fd = s->conf.lease.hold_fd = -1;
-    notify_init(&s->notify);
+    struct sup *s = sup_alloc(paths);
     s->def.name = qv_xstrdup(name);
     s->def.console = CONSOLE_NONE;
-    s->ev_qmp.kind = EV_QMP;
-    s->ev_console.kind = EV_CONSOLE;
-    s->ev_ctl.kind = EV_CTL;
-    s->ev_signal.kind = EV_SIGNAL;
-    s->ev_pidfd.kind = EV_PIDFD;
     vm_run_path(paths, name, NULL, s->run_dir, sizeof(s->run_dir));
     int r = mkdir_p(s->run_dir, 0755);
     if (r == 0 && (s->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0)

@@ -23,13 +23,31 @@
  * sending cannot starve the others (the fd is level-triggered: it comes back). */
 #define CLIENT_READ_BUDGET (256u << 10)
 
+struct sup_ctl {
+    int fd;                     /* the listening socket; -1 before ctl_listen and after ctl_free */
+    struct ev ev;
+    struct sup_client *clients;
+    unsigned next_id;
+    unsigned n;
+    uint64_t accept_resume;     /* accept() paused (EMFILE) until then; 0: listening */
+    uint64_t warned_at;         /* last log line about turned-away clients */
+};
+
+struct sup_ctl *ctl_new(void)
+{
+    struct sup_ctl *ctl = qv_xcalloc(1, sizeof(*ctl));
+    ctl->fd = -1;
+    ctl->ev.kind = EV_CTL;
+    return ctl;
+}
+
 int ctl_listen(struct sup *s, struct qv_err *e)
 {
     char path[PATH_MAX];
     snprintf(path, sizeof(path), "%s/ctl.sock", s->run_dir);
     /* 0600 from the start: no window in which others could connect */
     mode_t old = umask(0177);
-    int r = unix_listen(path, 16, &s->ctl.fd, e);
+    int r = unix_listen(path, 16, &s->ctl->fd, e);
     umask(old);
     if (r < 0)
         return r;
@@ -40,9 +58,9 @@ int ctl_listen(struct sup *s, struct qv_err *e)
         if (chown(path, 0, gid) < 0 || chmod(path, 0660) < 0)
             return qv_failerr(e, -errno, "%s: giving it to group %s", path, s->hc.ctl_group);
     }
-    fd_set_nonblock(s->ctl.fd, true);
-    struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &s->ev_ctl};
-    epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->ctl.fd, &ee);
+    fd_set_nonblock(s->ctl->fd, true);
+    struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &s->ctl->ev};
+    epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->ctl->fd, &ee);
     return 0;
 }
 
@@ -154,7 +172,7 @@ void ctl_reply_error(struct sup *s, struct sup_client *c, int code, const char *
 
 static struct sup_client *client_by_id(struct sup *s, unsigned id)
 {
-    for (struct sup_client *c = s->ctl.clients; c; c = c->next)
+    for (struct sup_client *c = s->ctl->clients; c; c = c->next)
         if (c->id == id && !c->dead)
             return c;
     return NULL;
@@ -260,8 +278,9 @@ static void client_drop(struct sup *s, struct sup_client *c, int code, const cha
 static void client_input(struct sup *s, struct sup_client *c)
 {
     if (c->mode == CLIENT_CONSOLE) {
-        if (s->con.fd >= 0 && c->in.len && write_all(s->con.fd, c->in.p, c->in.len) < 0)
-            sup_log(s, "console input dropped: %s", strerror(errno));
+        int r = c->in.len ? console_write(s, c->in.p, c->in.len) : 0;
+        if (r < 0)
+            sup_log(s, "console input dropped: %s", strerror(-r));
         buf_consume(&c->in, c->in.len);
         return;
     }
@@ -324,10 +343,10 @@ void ctl_client_io(struct sup *s, struct sup_client *c, uint32_t events)
 static void accept_pause(struct sup *s, int err)
 {
     uint64_t now = monotonic_ms();
-    epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->ctl.fd, NULL);
-    s->ctl.accept_resume = now + CTL_ACCEPT_BACKOFF_MS;
-    if (!s->ctl.warned_at || now - s->ctl.warned_at >= 10000) {
-        s->ctl.warned_at = now;
+    epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->ctl->fd, NULL);
+    s->ctl->accept_resume = now + CTL_ACCEPT_BACKOFF_MS;
+    if (!s->ctl->warned_at || now - s->ctl->warned_at >= 10000) {
+        s->ctl->warned_at = now;
         sup_log(s, "ctl.sock: cannot accept a client (%s); pausing accept for %d ms", strerror(err),
                 CTL_ACCEPT_BACKOFF_MS);
     }
@@ -336,8 +355,8 @@ static void accept_pause(struct sup *s, int err)
 void ctl_accept(struct sup *s)
 {
     /* a bounded batch: the clients already connected get their turn too */
-    for (int i = 0; i < 2 * CTL_CLIENTS_MAX && !s->ctl.accept_resume; i++) {
-        int fd = accept4(s->ctl.fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    for (int i = 0; i < 2 * CTL_CLIENTS_MAX && !s->ctl->accept_resume; i++) {
+        int fd = accept4(s->ctl->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
@@ -347,7 +366,7 @@ void ctl_accept(struct sup *s)
                 accept_pause(s, errno);
             return;
         }
-        if (s->ctl.n >= CTL_CLIENTS_MAX) {
+        if (s->ctl->n >= CTL_CLIENTS_MAX) {
             char line[256];
             int n = snprintf(line, sizeof(line),
                              "{\"ok\":false,\"error\":\"%s: too many control connections (%d); try again later\","
@@ -357,18 +376,29 @@ void ctl_accept(struct sup *s)
             close(fd);
             continue;
         }
-        struct sup_client *c = qv_xcalloc(1, sizeof(*c));
-        c->fd = fd;
-        c->id = ++s->ctl.next_id;
-        c->ev.kind = EV_CLIENT;
-        c->ev.client = c;
-        c->idle_since = monotonic_ms();
-        c->next = s->ctl.clients;
-        s->ctl.clients = c;
-        s->ctl.n++;
-        struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &c->ev};
-        epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ee);
+        ctl_client_add(s, fd);
     }
+}
+
+struct sup_client *ctl_client_add(struct sup *s, int fd)
+{
+    struct sup_client *c = qv_xcalloc(1, sizeof(*c));
+    c->fd = fd;
+    c->id = ++s->ctl->next_id;
+    c->ev.kind = EV_CLIENT;
+    c->ev.client = c;
+    c->idle_since = monotonic_ms();
+    c->next = s->ctl->clients;
+    s->ctl->clients = c;
+    s->ctl->n++;
+    struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &c->ev};
+    epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ee);
+    return c;
+}
+
+unsigned ctl_client_count(const struct sup *s)
+{
+    return s->ctl->n;
 }
 
 /* A request client is idle when it has sent nothing yet or left a line
@@ -382,8 +412,8 @@ static uint64_t client_idle_deadline(const struct sup_client *c)
 
 uint64_t ctl_next_deadline(struct sup *s)
 {
-    uint64_t next = s->ctl.accept_resume;
-    for (struct sup_client *c = s->ctl.clients; c; c = c->next) {
+    uint64_t next = s->ctl->accept_resume;
+    for (struct sup_client *c = s->ctl->clients; c; c = c->next) {
         uint64_t d = client_idle_deadline(c);
         if (d && (!next || d < next))
             next = d;
@@ -393,23 +423,23 @@ uint64_t ctl_next_deadline(struct sup *s)
 
 void ctl_expire(struct sup *s, uint64_t now)
 {
-    for (struct sup_client *c = s->ctl.clients; c; c = c->next) {
+    for (struct sup_client *c = s->ctl->clients; c; c = c->next) {
         uint64_t d = client_idle_deadline(c);
         if (d && now >= d)
             client_drop(s, c, -ETIMEDOUT, c->in.len ? "request not finished within 10 s: closing the connection"
                                                     : "no request within 10 s: closing the connection");
     }
-    if (s->ctl.accept_resume && now >= s->ctl.accept_resume) {
-        s->ctl.accept_resume = 0;
-        struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &s->ev_ctl};
-        epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->ctl.fd, &ee);
+    if (s->ctl->accept_resume && now >= s->ctl->accept_resume) {
+        s->ctl->accept_resume = 0;
+        struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &s->ctl->ev};
+        epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->ctl->fd, &ee);
     }
 }
 
 void ctl_broadcast_event(struct sup *s, const char *event, json_object *data, uint64_t ts_us)
 {
     json_object *o = NULL;
-    for (struct sup_client *c = s->ctl.clients; c; c = c->next) {
+    for (struct sup_client *c = s->ctl->clients; c; c = c->next) {
         if (c->mode != CLIENT_EVENTS || c->dead)
             continue;
         if (!o) {
@@ -434,14 +464,14 @@ void ctl_broadcast_event(struct sup *s, const char *event, json_object *data, ui
 
 void ctl_broadcast_console(struct sup *s, const char *data, size_t n)
 {
-    for (struct sup_client *c = s->ctl.clients; c; c = c->next)
+    for (struct sup_client *c = s->ctl->clients; c; c = c->next)
         if (c->mode == CLIENT_CONSOLE && !c->dead)
             ctl_client_write(s, c, data, n);
 }
 
 void ctl_stop_done(struct sup *s, bool ok, const char *msg)
 {
-    for (struct sup_client *c = s->ctl.clients; c; c = c->next) {
+    for (struct sup_client *c = s->ctl->clients; c; c = c->next) {
         if (!c->waits_for_stop || c->dead)
             continue;
         c->waits_for_stop = false;
@@ -454,7 +484,7 @@ void ctl_stop_done(struct sup *s, bool ok, const char *msg)
 
 static void client_free(struct sup *s, struct sup_client *c)
 {
-    s->ctl.n--;
+    s->ctl->n--;
     epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     buf_free(&c->in);
@@ -464,7 +494,7 @@ static void client_free(struct sup *s, struct sup_client *c)
 
 void ctl_reap_clients(struct sup *s)
 {
-    struct sup_client **pp = &s->ctl.clients;
+    struct sup_client **pp = &s->ctl->clients;
     while (*pp) {
         struct sup_client *c = *pp;
         if (c->dead) {
@@ -476,10 +506,12 @@ void ctl_reap_clients(struct sup *s)
     }
 }
 
-void ctl_close_all(struct sup *s)
+void ctl_close(struct sup *s)
 {
+    if (!s->ctl)
+        return;
     /* replies still queued (the final "ok" of a stop) get one blocking chance */
-    for (struct sup_client *c = s->ctl.clients; c; c = c->next) {
+    for (struct sup_client *c = s->ctl->clients; c; c = c->next) {
         if (client_backlog(c) && !c->dead) {
             fd_set_nonblock(c->fd, false);
             struct timeval tv = {.tv_sec = 1};
@@ -489,4 +521,18 @@ void ctl_close_all(struct sup *s)
         c->dead = true;
     }
     ctl_reap_clients(s);
+    if (s->ctl->fd < 0)
+        return;
+    close(s->ctl->fd);
+    s->ctl->fd = -1;
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/ctl.sock", s->run_dir);
+    unlink(path);
+}
+
+void ctl_free(struct sup *s)
+{
+    ctl_close(s);
+    free(s->ctl);
+    s->ctl = NULL;
 }

@@ -343,13 +343,14 @@ static int v_events(struct sup *s, struct sup_client *c, json_object *req, struc
 
 static int v_console(struct sup *s, struct sup_client *c, json_object *req, struct qv_err *e)
 {
-    if (s->con.fd < 0)
+    if (!console_connected(s))
         return qv_fail(e, -ENODEV, "%s has no serial console connected (console: %s)", s->def.name,
                        s->def.console == CONSOLE_NONE ? "none" : "not connected");
     c->mode = CLIENT_CONSOLE;
     ctl_reply_ok(s, c);
-    if (get_bool(req, "replay") && s->con.ring.len)
-        ctl_client_write(s, c, s->con.ring.p, s->con.ring.len);
+    const struct buf *recent = console_recent(s);
+    if (get_bool(req, "replay") && recent->len)
+        ctl_client_write(s, c, recent->p, recent->len);
     return 0;
 }
 

@@ -1,9 +1,36 @@
 /* Between the control socket (ctl.c: clients, replies) and what its requests do
- * (ctl_verbs.c: the table of verbs). Private to the two. */
+ * (ctl_verbs.c: the table of verbs). Private to the two (and their unit tests). */
 #ifndef QVISOR_SUPERVISOR_CTL_VERBS_H
 #define QVISOR_SUPERVISOR_CTL_VERBS_H
 
 #include "launcher/supervisor/internal.h"
+
+#define CLIENT_OUT_MAX (1u << 20)   /* a client that does not read is dropped past this */
+#define CTL_CLIENTS_MAX 64          /* ctl.sock connections at once; more are turned away */
+#define CTL_IDLE_MS 10000           /* a half-written or silent request client is dropped then */
+#define CTL_ACCEPT_BACKOFF_MS 100   /* out of descriptors: accept() rests this long */
+
+enum client_mode { CLIENT_REQUEST, CLIENT_EVENTS, CLIENT_CONSOLE };
+
+struct sup_client {
+    struct ev ev;
+    int fd;
+    unsigned id;
+    enum client_mode mode;
+    struct buf in, out;
+    size_t out_off;         /* bytes of `out` already sent: large replies go out without memmove */
+    uint64_t idle_since;    /* request mode: connected, last completed a line or got a reply */
+    unsigned owed;          /* requests read and not answered yet */
+    bool waits_for_stop;    /* replied to when QEMU is gone */
+    bool close_after_write;
+    bool dead;
+    struct sup_client *next;
+};
+
+/* ctl.c: a client on a connected socket (ctl_accept's, or a unit test's); the
+ * number of clients served now */
+struct sup_client *ctl_client_add(struct sup *s, int fd);
+unsigned ctl_client_count(const struct sup *s);
 
 /* ctl.c */
 void ctl_reply_ok(struct sup *s, struct sup_client *c);

@@ -22,12 +22,7 @@
 #include "netsetup/netsetup.h"
 #include "sandbox/sandbox.h"
 
-#define CONSOLE_RING (64u << 10)    /* recent console output kept for late attachers */
-#define CLIENT_OUT_MAX (1u << 20)   /* a client that does not read is dropped past this */
-#define CTL_CLIENTS_MAX 64          /* ctl.sock connections at once; more are turned away */
 #define CTL_REQUEST_MAX (64u << 10) /* one request line; a longer one ends the connection */
-#define CTL_IDLE_MS 10000           /* a half-written or silent request client is dropped then */
-#define CTL_ACCEPT_BACKOFF_MS 100   /* out of descriptors: accept() rests this long */
 #define CRASH_WINDOW_MS (10 * 60 * 1000)
 #define CRASH_MAX 5                 /* restarts within the window before giving up */
 
@@ -58,22 +53,6 @@ struct ev {
     struct sup_client *client;
 };
 
-enum client_mode { CLIENT_REQUEST, CLIENT_EVENTS, CLIENT_CONSOLE };
-
-struct sup_client {
-    struct ev ev;
-    int fd;
-    unsigned id;
-    enum client_mode mode;
-    struct buf in, out;
-    size_t out_off;         /* bytes of `out` already sent: large replies go out without memmove */
-    uint64_t idle_since;    /* request mode: connected, last completed a line or got a reply */
-    unsigned owed;          /* requests read and not answered yet */
-    bool waits_for_stop;    /* replied to when QEMU is gone */
-    bool close_after_write;
-    bool dead;
-    struct sup_client *next;
-};
 
 
 /* What confines this VM's QEMU (confine.c). */
@@ -146,14 +125,6 @@ struct vm_nic_state {
     char network[72];       /* the managed network holding its filter, "" for none */
     char ip[64];            /* learnt from the network's leases; "" until then */
     bool filtered, macvtap;
-};
-
-/* The console's byte budget (console.c). */
-struct console_rate {
-    int64_t tokens;
-    uint64_t refilled_at;
-    uint64_t resume_at;     /* reading is paused until then; 0: not paused */
-    bool throttled;         /* said so in the log once */
 };
 
 /* A program the loop watches (child.c): started with an argv, reaped on SIGCHLD. */
@@ -288,30 +259,10 @@ struct sup {
     int pidfd;
     bool qemu_is_child;
     struct qmp *qmp;
-    struct ev ev_qmp, ev_console, ev_ctl, ev_signal, ev_pidfd;
-    struct {                    /* the serial console and the log it feeds (console.c) */
-        int fd;
-        struct buf ring, line;
-        uint64_t line_at;       /* when the partial console line last grew */
-        struct console_rate rate;
-        uint64_t log_check_at;  /* next look at the log's size */
-    } con;
-    struct {                        /* the control socket and its clients (ctl.c) */
-        int fd;
-        struct sup_client *clients;
-        unsigned next_id;
-        unsigned n;
-        uint64_t accept_resume;     /* accept() paused (EMFILE) until then; 0: listening */
-        uint64_t warned_at;         /* last log line about turned-away clients */
-    } ctl;
-    /* QMP connection lost while QEMU lives: monitor.c reconnects */
-    struct {                        /* the QMP connection's reconnects (monitor.c only) */
-        char error[256];            /* why it was lost, "" while connected */
-        uint64_t retry_at;          /* next connect attempt; 0: none planned */
-        unsigned attempts;
-        qmp_event_fn on_event;
-        void *ctx;
-    } mon;
+    struct ev ev_qmp, ev_signal, ev_pidfd;
+    struct sup_console *con;    /* the serial console and the log it feeds (console.c) */
+    struct sup_ctl *ctl;        /* the control socket and its clients (ctl.c) */
+    struct sup_mon *mon;        /* QMP connection lost while QEMU lives: monitor.c reconnects */
     struct vm_runstate rs;
     /* the guest agent channel (agent.c); NULL until a VM with "agent": true runs */
     struct agent_chan *agent;
@@ -479,7 +430,15 @@ int sup_record_qemu(pid_t pid, void *opaque, struct qv_err *e);
 void sup_qmp(struct sup *s, const char *cmd, json_object *args);
 json_object *sup_status_json(struct sup *s);
 
-/* console.c: the serial console and the VM's log file */
+/* console.c: the serial console and the VM's log file. console_free closes it (what
+ * is left of a line goes to the log) and frees it. */
+struct sup_console *console_new(void);
+void console_free(struct sup *s);
+bool console_connected(const struct sup *s);
+/* Its recent output, for a console client's replay. */
+const struct buf *console_recent(const struct sup *s);
+/* A console client's input, to the guest (dropped while not connected); -errno. */
+int console_write(struct sup *s, const char *data, size_t n);
 int console_connect(struct sup *s, struct qv_err *e);
 void console_readable(struct sup *s);
 void console_close(struct sup *s);
@@ -495,6 +454,11 @@ void sup_reply_ok(struct sup *s, unsigned client);
 /* Adds "ok":true to reply (kept by the caller) and sends it. */
 void sup_reply_json(struct sup *s, unsigned client, json_object *reply);
 void sup_reply_error(struct sup *s, unsigned client, int code, const char *fmt, ...) QV_PRINTF(4, 5);
+/* ctl_close answers what it can, drops every client and removes ctl.sock; ctl_free
+ * closes and frees */
+struct sup_ctl *ctl_new(void);
+void ctl_close(struct sup *s);
+void ctl_free(struct sup *s);
 int ctl_listen(struct sup *s, struct qv_err *e);
 void ctl_accept(struct sup *s);
 void ctl_client_io(struct sup *s, struct sup_client *c, uint32_t events);
@@ -506,7 +470,6 @@ void ctl_client_send(struct sup *s, struct sup_client *c, json_object *reply);
 void ctl_reap_clients(struct sup *s);
 /* A stop through the guest agent: the client is answered once QEMU is gone. */
 void ctl_wait_for_stop(struct sup *s, unsigned client);
-void ctl_close_all(struct sup *s);
 /* Idle clients and the accept() back-off: the earliest deadline (0: none), and the
  * work once it passed. */
 uint64_t ctl_next_deadline(struct sup *s);
@@ -562,6 +525,8 @@ void agent_expire(struct sup *s, uint64_t now);
 void agent_close(struct sup *s);
 
 /* monitor.c: QEMU's monitor connection after a loss while QEMU lives */
+struct sup_mon *monitor_new(void);
+void monitor_free(struct sup *s);
 /* Called with the connection that just failed (before it is freed). Returns true
  * when a reconnect is planned (QEMU still runs), false when QEMU is going away. */
 bool monitor_lost(struct sup *s, struct qmp *lost, const char *why);

@@ -378,8 +378,7 @@ void sup_qemu_gone(struct sup *s)
         qmp_free(s->qmp);
         s->qmp = NULL;
     }
-    if (s->con.fd >= 0)
-        console_readable(s);    /* the guest's last words are still in the socket */
+    console_readable(s);        /* the guest's last words are still in the socket */
     console_close(s);
     hotplug_forget_all(s);
     sup_jobs_forget_all(s, "QEMU exited before the job ended");

@@ -7,6 +7,7 @@
  * sent in the gap are lost: the run state is read back with query-status. */
 #include <poll.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/epoll.h>
@@ -17,6 +18,25 @@
 #define RETRY_FIRST_MS 100
 #define RETRY_MAX_MS 2000
 #define HANDSHAKE_MS 10000
+
+struct sup_mon {
+    char error[256];            /* why it was lost, "" while connected */
+    uint64_t retry_at;          /* next connect attempt; 0: none planned */
+    unsigned attempts;
+    qmp_event_fn on_event;      /* the lost connection's event handler, for the next one */
+    void *ctx;
+};
+
+struct sup_mon *monitor_new(void)
+{
+    return qv_xcalloc(1, sizeof(struct sup_mon));
+}
+
+void monitor_free(struct sup *s)
+{
+    free(s->mon);
+    s->mon = NULL;
+}
 
 /* QEMU's exit shows on its pidfd (readable once it is a zombie); the socket may
  * hang up a moment earlier, and then the first connect finds nobody listening. */
@@ -35,32 +55,32 @@ static bool qemu_still_runs(struct sup *s)
 static void plan_retry(struct sup *s)
 {
     unsigned delay = RETRY_FIRST_MS;
-    for (unsigned i = 0; i < s->mon.attempts && delay < RETRY_MAX_MS; i++)
+    for (unsigned i = 0; i < s->mon->attempts && delay < RETRY_MAX_MS; i++)
         delay *= 2;
     if (delay > RETRY_MAX_MS)
         delay = RETRY_MAX_MS;
-    s->mon.attempts++;
-    s->mon.retry_at = monotonic_ms() + delay;
+    s->mon->attempts++;
+    s->mon->retry_at = monotonic_ms() + delay;
 }
 
 bool monitor_lost(struct sup *s, struct qmp *lost, const char *why)
 {
-    qmp_event_handler(lost, &s->mon.on_event, &s->mon.ctx);
+    qmp_event_handler(lost, &s->mon->on_event, &s->mon->ctx);
     if (!qemu_still_runs(s))
         return false;
-    if (!s->mon.error[0]) {
+    if (!s->mon->error[0]) {
         /* a working connection was lost (not a failed reconnect): start the back-off anew */
         sup_log(s, "QMP connection lost while QEMU runs (%s): reconnecting", why);
-        s->mon.attempts = 0;
+        s->mon->attempts = 0;
     }
-    snprintf(s->mon.error, sizeof(s->mon.error), "%s", why);
+    snprintf(s->mon->error, sizeof(s->mon->error), "%s", why);
     plan_retry(s);
     return true;
 }
 
 uint64_t monitor_next_deadline(struct sup *s)
 {
-    return s->mon.retry_at;
+    return s->mon->retry_at;
 }
 
 static void on_status(void *ctx, json_object *ret, const struct qv_err *err)
@@ -82,12 +102,12 @@ static void on_handshake(void *ctx, json_object *ret, const struct qv_err *err)
     (void)ret;
     if (err) {
         /* the qmp closed itself; its fd hangs up and the loss path plans the next try */
-        snprintf(s->mon.error, sizeof(s->mon.error), "%s", err->msg);
+        snprintf(s->mon->error, sizeof(s->mon->error), "%s", err->msg);
         return;
     }
     sup_log(s, "QMP connection restored");
-    s->mon.error[0] = '\0';
-    s->mon.attempts = 0;
+    s->mon->error[0] = '\0';
+    s->mon->attempts = 0;
     if (s->qmp)
         qmp_send(s->qmp, "query-status", NULL, NULL, 0, QMP_TIMEOUT_DEFAULT, 0, on_status, s);
     snapshots_monitor_back(s);
@@ -111,20 +131,20 @@ static int connect_nonblocking(const char *path)
 
 void monitor_expire(struct sup *s, uint64_t now)
 {
-    if (!s->mon.retry_at || now < s->mon.retry_at)
+    if (!s->mon->retry_at || now < s->mon->retry_at)
         return;
-    s->mon.retry_at = 0;
-    if (s->qmp || !qemu_still_runs(s) || !s->mon.on_event)
+    s->mon->retry_at = 0;
+    if (s->qmp || !qemu_still_runs(s) || !s->mon->on_event)
         return;     /* connected already, or QEMU is going: qemu_gone cleans up */
     char path[PATH_MAX];
     snprintf(path, sizeof(path), "%s/qmp.sock", s->run_dir);
     int fd = connect_nonblocking(path);
     if (fd < 0) {
-        snprintf(s->mon.error, sizeof(s->mon.error), "connecting to %s: %s", path, strerror(-fd));
+        snprintf(s->mon->error, sizeof(s->mon->error), "connecting to %s: %s", path, strerror(-fd));
         plan_retry(s);
         return;
     }
-    struct qmp *q = qmp_new(fd, QMP_MONITOR, s->mon.on_event, s->mon.ctx);
+    struct qmp *q = qmp_new(fd, QMP_MONITOR, s->mon->on_event, s->mon->ctx);
     if (!q) {
         plan_retry(s);
         return;
@@ -141,7 +161,7 @@ void monitor_expire(struct sup *s, uint64_t now)
 
 const char *monitor_lost_reason(const struct sup *s)
 {
-    return s->mon.error;
+    return s->mon->error;
 }
 
 json_object *monitor_status_json(struct sup *s)
@@ -150,9 +170,9 @@ json_object *monitor_status_json(struct sup *s)
         return NULL;
     if (s->qmp && qmp_ready(s->qmp))
         return json_object_new_string("connected");
-    if (!s->qmp && !s->mon.retry_at)
+    if (!s->qmp && !s->mon->retry_at)
         return json_object_new_string("not connected");     /* QEMU is on its way out */
-    char text[sizeof(s->mon.error) + 32];
-    snprintf(text, sizeof(text), "lost (%s); reconnecting", s->mon.error[0] ? s->mon.error : "handshake");
+    char text[sizeof(s->mon->error) + 32];
+    snprintf(text, sizeof(text), "lost (%s); reconnecting", s->mon->error[0] ? s->mon->error : "handshake");
     return json_object_new_string(text);
 }

@@ -436,7 +436,7 @@ static void test_oversized_line(void **state)
                        "\"code\":-7}");
     expect_eof(f, &c);
     client_close(&c);
-    assert_int_equal(f->s->ctl.n, 0);
+    assert_int_equal(ctl_client_count(f->s), 0);
 }
 
 static void test_events_stream(void **state)
@@ -538,7 +538,7 @@ static void test_client_cap(void **state)
     struct client cs[CTL_CLIENTS_MAX + 1];
     for (int i = 0; i < CTL_CLIENTS_MAX; i++)
         client_connect(f, &cs[i]);
-    assert_int_equal(f->s->ctl.n, CTL_CLIENTS_MAX);
+    assert_int_equal(ctl_client_count(f->s), CTL_CLIENTS_MAX);
     struct client extra;
     client_connect(f, &extra);
     expect_line(f, &extra, "{\"ok\":false,\"error\":\"vm1: too many control connections (64); try again later\","
@@ -552,7 +552,7 @@ static void test_client_cap(void **state)
     client_close(&cs[0]);
     for (int i = 0; i < 5; i++)
         serve(f, 5);
-    assert_int_equal(f->s->ctl.n, CTL_CLIENTS_MAX - 1);
+    assert_int_equal(ctl_client_count(f->s), CTL_CLIENTS_MAX - 1);
     client_connect(f, &extra);
     client_says(&extra, "{\"cmd\": \"frob\"}\n");
     expect_line(f, &extra, "{\"ok\":false,\"error\":\"vm1: unknown request \\\"frob\\\"\",\"code\":-22}");
@@ -589,7 +589,7 @@ static void test_idle_clients(void **state)
                           "connection\",\"code\":-110}");
     expect_eof(f, &half);
     expect_no_reply(f, &waiting);
-    assert_int_equal(f->s->ctl.n, 1);
+    assert_int_equal(ctl_client_count(f->s), 1);
     client_close(&silent);
     client_close(&half);
     client_close(&waiting);

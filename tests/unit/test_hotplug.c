@@ -19,7 +19,7 @@
 #include <sys/stat.h>
 
 #include "tests/fakes/qmp_peer.c"
-#include "launcher/supervisor/internal.h"
+#include "launcher/supervisor/ctl_verbs.h"
 
 struct fx {
     struct qmp_peer peer;
@@ -54,8 +54,11 @@ static int setup(void **state)
     s->def.name = qv_xstrdup("t");
     snprintf(s->def.uuid, sizeof(s->def.uuid), "1b4e28ba-2fa1-11d2-883f-0016d3cca427");
     s->def.machine = MACHINE_Q35;
-    s->lock_fd = s->log_fd = s->epfd = s->sigfd = s->pidfd = s->con.fd = s->ctl.fd = s->ready_fd = -1;
+    s->lock_fd = s->log_fd = s->epfd = s->sigfd = s->pidfd = s->ready_fd = -1;
     s->echo_fd = -1;
+    s->ctl = ctl_new();
+    s->con = console_new();
+    s->mon = monitor_new();
     int cfd = peer_open(&f->peer);
     s->qmp = qmp_new(cfd, QMP_MONITOR, NULL, NULL);
     if (!s->qmp)
@@ -69,12 +72,8 @@ static int setup(void **state)
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
         return -1;
-    struct sup_client *c = qv_xcalloc(1, sizeof(*c));
-    c->fd = sv[0];
-    c->id = 1;
+    struct sup_client *c = ctl_client_add(s, sv[0]);
     c->owed = 1;
-    s->ctl.clients = c;
-    s->ctl.n = 1;
     f->client_end = sv[1];
     f->s = s;
     f->c = c;
@@ -89,10 +88,9 @@ static int teardown(void **state)
     qmp_free(s->qmp);
     s->qmp = NULL;
     hotplug_forget_all(s);      /* an operation cut short by a failed assertion */
-    close(f->c->fd);
-    buf_free(&f->c->in);
-    buf_free(&f->c->out);
-    free(f->c);
+    ctl_free(s);        /* and the client */
+    console_free(s);
+    monitor_free(s);
     close(f->client_end);
     peer_close(&f->peer);
     runstate_free(&s->rs);

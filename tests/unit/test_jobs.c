@@ -20,6 +20,7 @@
 #include <cmocka.h>
 
 #include "tests/unit/sup_testlib.h"
+#include "launcher/supervisor/ctl_verbs.h"
 
 /* What the test kind saw. */
 struct seen {
@@ -63,13 +64,8 @@ static unsigned add_client(struct fx *f, int *end)
 {
     int sv[2];
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-    struct sup_client *c = qv_xcalloc(1, sizeof(*c));
-    c->fd = sv[0];
-    c->id = ++f->s->ctl.next_id;
+    struct sup_client *c = ctl_client_add(f->s, sv[0]);
     c->owed = 1;
-    c->next = f->s->ctl.clients;
-    f->s->ctl.clients = c;
-    f->s->ctl.n++;
     *end = sv[1];
     return c->id;
 }
