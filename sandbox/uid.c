@@ -158,6 +158,12 @@ int sandbox_uid_acquire(const char *lock_dir, uid_t first, uid_t last, const cha
         /* A QEMU whose locks are gone (dropped by a compromised QEMU itself, or
          * never taken by an older supervisor) still owns its uid. */
         if (uid_running((uid_t)cand)) {
+            /* (another root's QEMU, say): a file that names no holder was made by
+             * try_take just now, or left by an allocator killed in its window;
+             * under .alloc it is nobody's, and nobody's forget would remove it */
+            char holder[128];
+            if (sandbox_uid_holder(lock_dir, (uid_t)cand, holder, sizeof(holder)) < 0 || !holder[0])
+                unlink(path);
             sandbox_uid_release(out);
             continue;
         }

@@ -982,6 +982,25 @@ static void test_uid_in_use_by_process(void **state)
     assert_int_equal(sandbox_uid_acquire(f->lockdir, UID_FIRST, UID_LAST, "squatted", &l, &e), 0);
     assert_true(l.uid != usual);
     sandbox_uid_release(&l);
+    /* the squatter is someone else's (another root's QEMU): the lock file probed for
+     * it, which names no holder, is not left behind; one that names a holder stays
+     * for that holder's forget */
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/%u", f->lockdir, (unsigned)usual);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(sandbox_uid_acquire(f->lockdir, UID_FIRST, UID_LAST, "squatted", &l, &e), 0);
+    assert_true(l.uid != usual);
+    sandbox_uid_release(&l);
+    assert_int_equal(access(path, F_OK), -1);
+    assert_int_equal(errno, ENOENT);
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "other\n", 6), 6);
+    close(fd);
+    assert_int_equal(sandbox_uid_acquire(f->lockdir, UID_FIRST, UID_LAST, "squatted", &l, &e), 0);
+    assert_true(l.uid != usual);
+    sandbox_uid_release(&l);
+    assert_int_equal(access(path, F_OK), 0);
     kill(pid, SIGKILL);
     reap(f, pid, 5000, NULL);
     assert_int_equal(sandbox_uid_acquire(f->lockdir, UID_FIRST, UID_LAST, "squatted", &l, &e), 0);
