@@ -206,6 +206,14 @@ json_field() {
 vm_state() { json_field "$(qp status "$1" --json 2>/dev/null)" state; }
 vm_pid() { json_field "$(qp status "$1" --json 2>/dev/null)" pid; }
 sup_pid() { json_field "$(qp status "$1" --json 2>/dev/null)" supervisor_pid; }
+# kill_gone NAME: kills the VM and waits (up to 30 s) for its supervisor to be gone:
+# after `kill` has answered, the supervisor still writes the VM's state on its way out
+kill_gone() {
+    local p
+    p=$(sup_pid "$1")
+    qv kill -q "$1"
+    [ -z "$p" ] || wait_until 30 test ! -e "/proc/$p"
+}
 state_is() { [ "$(vm_state "$1")" = "$2" ]; }
 # every test VM is killed on exit, whatever happened
 kill_all_vms() {

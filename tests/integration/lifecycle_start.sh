@@ -21,7 +21,7 @@ s1_maps=$(cat "/proc/$(sup_pid s1)/maps" 2>/dev/null)
 check "the supervisor's mappings can be read (they name libc)" grep -q 'libc\.so' <<< "$s1_maps"
 check "...a user-NIC VM's supervisor maps no libnl, no libnftables, no NSS module" \
     bash -c '! grep -E "libnl-|libnftables|libnss_" <<< "$1"' _ "$s1_maps"
-qv kill -q s1
+kill_gone s1    # the stale files below must not be overwritten by its last state
 
 # a stale state naming a live, unrelated process: it must never be signalled
 sleep 600 & victim=$!
@@ -37,7 +37,7 @@ check_output "list does not mistake the unrelated process for QEMU" "^s1 +crashe
 check_output "start with a stale pid of a live unrelated process works" "s1 started" qv start s1
 check "...and the unrelated process was never signalled" kill -0 "$victim"
 check "...QEMU has its own pid" test "$(vm_pid s1)" != "$victim"
-qv kill -q s1
+kill_gone s1
 check "...not even by kill" kill -0 "$victim"
 
 # stale sockets and an empty lock file from a previous boot
