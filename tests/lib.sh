@@ -240,10 +240,10 @@ gsh() {
     [ -z "$out" ] || printf '%s\n' "${out//$'\r'/}"
 }
 # gdisk SERIAL: a guest shell expression for the name (vdb, ...) of the disk with that
-# serial, or no-disk-SERIAL while the guest sees none: never empty, so that a probe of
-# /dev/$(gdisk S) fails at once; an empty name would leave `head`, `md5sum` or `dd`
-# reading the console's own input until gsh's time is up
-gdisk() { echo "\$(for d in /sys/block/vd*; do grep -qx $1 \$d/serial 2>/dev/null && { echo \${d##*/}; exit; }; done; echo no-disk-$1)"; }
+# serial, or no-disk/SERIAL while the guest sees none: a path in a directory that does
+# not exist, so that reading /dev/$(gdisk S) fails at once and so does writing it (a
+# plain name would be created as a file in /dev, and the write "succeed")
+gdisk() { echo "\$(for d in /sys/block/vd*; do grep -qx $1 \$d/serial 2>/dev/null && { echo \${d##*/}; exit; }; done; echo no-disk/$1)"; }
 # guest_ok NAME CMD: CMD exits 0 in the guest
 guest_ok() { [[ $(gsh "$1" "$2") == *END-42-0-END-42* ]]; }
 # check_guest_fails DESC NAME CMD REGEX: a negative check that cannot pass on a
