@@ -203,7 +203,7 @@ uint64_t console_next_deadline(struct sup *s)
     return earliest(earliest(s->con->rate.resume_at, idle), s->con->log_check_at);
 }
 
-void console_run_timers(struct sup *s, uint64_t now)
+void console_expire(struct sup *s, uint64_t now)
 {
     /* a prompt without a newline still reaches the log once the guest is quiet */
     if (s->con->line.len && now >= s->con->line_at + CONSOLE_LINE_IDLE_MS)

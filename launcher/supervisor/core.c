@@ -241,17 +241,63 @@ static void qmp_io(struct sup *s, uint32_t events)
     epoll_mod(s, qmp_fd(s->qmp), qmp_poll_events(s->qmp), &s->ev_qmp);
 }
 
+/* ---- timers: each part says when it next needs the loop, and does its work then ---- */
+
+static uint64_t qmp_timer_next(struct sup *s)
+{
+    return s->qmp ? qmp_next_deadline(s->qmp) : 0;
+}
+
+static void qmp_timer_expire(struct sup *s, uint64_t now)
+{
+    if (s->qmp)
+        qmp_expire(s->qmp, now);
+}
+
+static uint64_t watchdog_next(struct sup *s)
+{
+    return s->notify.next_ping;
+}
+
+static void watchdog_expire(struct sup *s, uint64_t now)
+{
+    if (!s->notify.next_ping || now < s->notify.next_ping)
+        return;
+    notify_send(&s->notify, "WATCHDOG=1");
+    s->notify.next_ping = now + s->notify.watchdog_ms;
+}
+
+/* In the order their work is done once due; a stop's next phase first, a crashed
+ * QEMU's restart last. */
+static const struct sup_timer {
+    uint64_t (*next)(struct sup *s);        /* 0: nothing planned */
+    void (*expire)(struct sup *s, uint64_t now);
+} timers[] = {
+    {qmp_timer_next, qmp_timer_expire},
+    {lifecycle_stop_next_deadline, lifecycle_stop_expire},
+    {hotplug_next_deadline, hotplug_expire},
+    {ctl_next_deadline, ctl_expire},
+    {monitor_next_deadline, monitor_expire},
+    {agent_next_deadline, agent_expire},
+    {start_next_deadline, start_expire},
+    {sup_jobs_next_deadline, sup_jobs_expire},
+    {snapshots_next_deadline, snapshots_expire},
+    {migrate_next_deadline, migrate_expire},
+    {cluster_watch_next_deadline, cluster_watch_expire},
+    {vmnet_next_deadline, vmnet_expire},
+    {watchdog_next, watchdog_expire},
+    {console_next_deadline, console_expire},
+    {lifecycle_restart_next_deadline, lifecycle_restart_expire},
+};
+
 static int next_timeout(struct sup *s)
 {
     uint64_t now = monotonic_ms(), next = 0;
-    uint64_t cands[] = {s->stop.next, s->crash.restart_at, s->notify.next_ping, s->qmp ? qmp_next_deadline(s->qmp) : 0,
-                        hotplug_next_deadline(s), s->lease_poll, console_next_deadline(s), ctl_next_deadline(s),
-                        monitor_next_deadline(s), agent_next_deadline(s), start_next_deadline(s),
-                        sup_jobs_next_deadline(s), snapshots_next_deadline(s), migrate_next_deadline(s),
-                        cluster_watch_next_deadline(s)};
-    for (size_t i = 0; i < ARRAY_SIZE(cands); i++)
-        if (cands[i] && (!next || cands[i] < next))
-            next = cands[i];
+    for (size_t i = 0; i < ARRAY_SIZE(timers); i++) {
+        uint64_t t = timers[i].next(s);
+        if (t && (!next || t < next))
+            next = t;
+    }
     if (!next)
         return -1;
     return next <= now ? 0 : (int)(next - now);
@@ -260,46 +306,8 @@ static int next_timeout(struct sup *s)
 static void run_timers(struct sup *s)
 {
     uint64_t now = monotonic_ms();
-    if (s->qmp)
-        qmp_expire(s->qmp, now);
-    if (s->stop.next && now >= s->stop.next)
-        sup_stop_step(s);
-    hotplug_expire(s, now);
-    ctl_expire(s, now);
-    monitor_expire(s, now);
-    agent_expire(s, now);
-    start_expire(s, now);
-    sup_jobs_expire(s, now);
-    snapshots_expire(s, now);
-    migrate_expire(s, now);
-    cluster_watch_expire(s, now);
-    if (s->lease_poll && now >= s->lease_poll)
-        vmnet_poll_leases(s);
-    if (s->notify.next_ping && now >= s->notify.next_ping) {
-        notify_send(&s->notify, "WATCHDOG=1");
-        s->notify.next_ping = now + s->notify.watchdog_ms;
-    }
-    console_run_timers(s, now);
-    if (s->crash.restart_at && now >= s->crash.restart_at) {
-        s->crash.restart_at = 0;
-        struct qv_err e = {0};
-        /* a definition changed meanwhile (attach --persistent, edit) applies now */
-        struct vm_def fresh;
-        if (vm_load(s->paths, s->def.name, &fresh, &e) == 0) {
-            vm_def_free(&s->def);
-            s->def = fresh;
-        }
-        if (start_begin(s, true, &e) < 0) {
-            virtiofs_after_exit(s);
-            tpm_after_exit(s);
-            vmnet_after_exit(s);
-            sup_log(s, "restart failed: %s", e.msg);
-            snprintf(s->rs.last_exit, sizeof(s->rs.last_exit), "%s", e.msg);
-            sup_set_state(s, VM_CRASHED);
-            s->exit_code = 1;
-            s->done = true;
-        }
-    }
+    for (size_t i = 0; i < ARRAY_SIZE(timers); i++)
+        timers[i].expire(s, now);
 }
 
 static void loop(struct sup *s)

@@ -357,6 +357,11 @@ void sup_begin_stop_waiting(struct sup *s, int timeout_ms);
 void sup_kill(struct sup *s, const char *reason);
 /* lifecycle.c: the next stop phase once its time came; QEMU's pidfd or SIGCHLD. */
 void sup_stop_step(struct sup *s);
+/* lifecycle.c's timers: the next stop phase, and a crashed QEMU's on_crash restart */
+uint64_t lifecycle_stop_next_deadline(struct sup *s);
+void lifecycle_stop_expire(struct sup *s, uint64_t now);
+uint64_t lifecycle_restart_next_deadline(struct sup *s);
+void lifecycle_restart_expire(struct sup *s, uint64_t now);
 void sup_qemu_gone(struct sup *s);
 /* core.c's small shared pieces */
 int sup_pidfd_open(pid_t pid);
@@ -443,7 +448,7 @@ int console_connect(struct sup *s, struct qv_err *e);
 void console_readable(struct sup *s);
 void console_close(struct sup *s);
 uint64_t console_next_deadline(struct sup *s);
-void console_run_timers(struct sup *s, uint64_t now);
+void console_expire(struct sup *s, uint64_t now);
 /* Rotates the log when it has grown past host.json's log_max_size. */
 void vmlog_check(struct sup *s);
 /* The VM's log: var/log/qvisor/NAME.log, or NAME.log in a boot VM's private directory. */

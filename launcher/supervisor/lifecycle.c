@@ -427,3 +427,44 @@ void sup_qemu_gone(struct sup *s)
     s->done = true;
 }
 
+/* ---- timers: the next stop phase, a crashed QEMU's restart ---- */
+
+uint64_t lifecycle_stop_next_deadline(struct sup *s)
+{
+    return s->stop.next;
+}
+
+void lifecycle_stop_expire(struct sup *s, uint64_t now)
+{
+    if (s->stop.next && now >= s->stop.next)
+        sup_stop_step(s);
+}
+
+uint64_t lifecycle_restart_next_deadline(struct sup *s)
+{
+    return s->crash.restart_at;
+}
+
+void lifecycle_restart_expire(struct sup *s, uint64_t now)
+{
+    if (!s->crash.restart_at || now < s->crash.restart_at)
+        return;
+    s->crash.restart_at = 0;
+    struct qv_err e = {0};
+    /* a definition changed meanwhile (attach --persistent, edit) applies now */
+    struct vm_def fresh;
+    if (vm_load(s->paths, s->def.name, &fresh, &e) == 0) {
+        vm_def_free(&s->def);
+        s->def = fresh;
+    }
+    if (start_begin(s, true, &e) < 0) {
+        virtiofs_after_exit(s);
+        tpm_after_exit(s);
+        vmnet_after_exit(s);
+        sup_log(s, "restart failed: %s", e.msg);
+        snprintf(s->rs.last_exit, sizeof(s->rs.last_exit), "%s", e.msg);
+        sup_set_state(s, VM_CRASHED);
+        s->exit_code = 1;
+        s->done = true;
+    }
+}

@@ -19,8 +19,10 @@ void net_nic_unplugged(struct sup *s, struct hotplug *h);
 void vmnet_cleanup_recorded(struct sup *s, json_object *resources);
 /* After a reattach: what the previous supervisor recorded about the NICs. */
 void vmnet_restore(struct sup *s);
-/* Learns guest addresses from the networks' leases and tightens the filters. */
-void vmnet_poll_leases(struct sup *s);
+/* Learns guest addresses from the networks' leases and tightens the filters: when the
+ * next look is due, and the look */
+uint64_t vmnet_next_deadline(struct sup *s);
+void vmnet_expire(struct sup *s, uint64_t now);
 json_object *vmnet_addresses(struct sup *s);
 
 /* virtiofs.c: one confined virtiofsd per share, a sibling of QEMU that lives as long as

@@ -253,7 +253,7 @@ static const struct vm_nic *nic_def(struct sup *s, size_t index, struct vm_nic *
     return NULL;
 }
 
-void vmnet_poll_leases(struct sup *s)
+static void poll_leases(struct sup *s)
 {
     bool waiting = false, any = false;
     for (size_t i = 0; i < ARRAY_SIZE(s->nics); i++) {
@@ -412,4 +412,15 @@ json_object *vmnet_addresses(struct sup *s)
         json_object_array_add(a, o);
     }
     return a;
+}
+
+uint64_t vmnet_next_deadline(struct sup *s)
+{
+    return s->lease_poll;
+}
+
+void vmnet_expire(struct sup *s, uint64_t now)
+{
+    if (s->lease_poll && now >= s->lease_poll)
+        poll_leases(s);
 }
