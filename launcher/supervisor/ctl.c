@@ -210,15 +210,11 @@ void ctl_client_qmp(struct sup *s, struct sup_client *c, const char *cmd, json_o
                     int timeout)
 {
     /* while a reconnect's handshake runs, the command would wait for it unseen */
-    if (!s->qmp || !qmp_ready(s->qmp)) {
+    struct qv_err e = {0};
+    if (monitor_ready(s, &e) < 0) {
         if (args)
             json_object_put(args);
-        if (monitor_lost_reason(s)[0])
-            ctl_reply_error(s, c, -EIO, "%s: QEMU's monitor connection was lost (%s); reconnecting, try again",
-                            s->def.name, monitor_lost_reason(s));
-        else
-            ctl_reply_error(s, c, -EIO, "%s: QEMU's monitor is not connected (state %s)", s->def.name,
-                            vm_state_names[s->rs.state]);
+        ctl_reply_error(s, c, e.code, "%s", e.msg);
         return;
     }
     struct pending *p = qv_xcalloc(1, sizeof(*p));

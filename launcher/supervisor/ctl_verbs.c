@@ -425,10 +425,7 @@ static int gate(struct sup *s, const struct ctl_verb *v, json_object *req, struc
         !((v->flags & V_QUERY) && asks && str_startswith(asks, "query-")))
         return qv_fail(e, -EBUSY, "%s: a save or migration is under way; try again once it is over (or cancel it: "
                        "qvisor save|migrate %s --abort)", s->def.name, s->def.name);
-    if ((v->flags & V_MONITOR) && (!s->qmp || !qmp_ready(s->qmp)))
-        return qv_fail(e, -EIO, "%s: QEMU's monitor connection is lost (%s); the supervisor is reconnecting, try "
-                       "again", s->def.name, monitor_lost_reason(s)[0] ? monitor_lost_reason(s) : "not connected");
-    return 0;
+    return (v->flags & V_MONITOR) ? monitor_ready(s, e) : 0;
 }
 
 void ctl_handle_request(struct sup *s, struct sup_client *c, json_object *req)

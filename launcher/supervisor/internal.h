@@ -539,8 +539,9 @@ uint64_t monitor_next_deadline(struct sup *s);
 void monitor_expire(struct sup *s, uint64_t now);
 /* "connected", or "lost (why); reconnecting", while QEMU runs; NULL otherwise */
 json_object *monitor_status_json(struct sup *s);
-/* Why the QMP connection was lost ("" while connected, or before any was lost). */
-const char *monitor_lost_reason(const struct sup *s);
+/* 0 when QMP commands can be sent now (connected, handshake done); else -EIO and
+ * why not: the loss and its reason while reconnecting, or not connected */
+int monitor_ready(struct sup *s, struct qv_err *e);
 
 /* hotplug.c */
 /* Start an attach without waiting for QEMU: 0 when it is under way (the client gets

@@ -159,9 +159,15 @@ void monitor_expire(struct sup *s, uint64_t now)
     epoll_ctl(s->epfd, EPOLL_CTL_ADD, qmp_fd(q), &ee);
 }
 
-const char *monitor_lost_reason(const struct sup *s)
+int monitor_ready(struct sup *s, struct qv_err *e)
 {
-    return s->mon->error;
+    if (s->qmp && qmp_ready(s->qmp))
+        return 0;
+    if (s->mon->error[0])
+        return qv_fail(e, -EIO, "%s: QEMU's monitor connection was lost (%s); the supervisor is reconnecting, "
+                       "try again", s->def.name, s->mon->error);
+    return qv_fail(e, -EIO, "%s: QEMU's monitor is not connected (state %s)", s->def.name,
+                   vm_state_names[s->rs.state]);
 }
 
 json_object *monitor_status_json(struct sup *s)

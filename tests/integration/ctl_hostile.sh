@@ -79,7 +79,10 @@ check_error "a reply over the 32 MiB QMP limit fails clearly (exit 1)" 1 'larger
 check_output "status says the monitor is lost and why, while it is" \
     '"monitor": "lost \(.*larger than 33554432 bytes.*\); reconnecting"' qv status h1 --json
 check_output "status still comes from the supervisor and knows QEMU runs" "\"supervisor_pid\": $sup" qv status h1 --json
-check_error "pause meanwhile: refused with the reason (exit 1)" 1 "monitor connection was lost" qv pause h1
+check_error "pause meanwhile: refused with the reason (exit 1)" 1 \
+    "monitor connection was lost \(.*larger than 33554432 bytes.*\); the supervisor is reconnecting" qv pause h1
+check_error "...and so is a verb that needs the monitor (blkstat), in the same words" 1 \
+    "monitor connection was lost \(.*larger than 33554432 bytes.*\); the supervisor is reconnecting" qv blkstat h1
 kill "$holder"
 wait "$holder"
 check "the supervisor reconnects once the monitor is free" \
