@@ -267,7 +267,7 @@ static void watchdog_expire(struct sup *s, uint64_t now)
     s->notify.next_ping = now + s->notify.watchdog_ms;
 }
 
-/* In the order their work is done once due; a stop's next phase first, a crashed
+/* In the order their work is done once due: QMP's timed-out commands first, a crashed
  * QEMU's restart last. */
 static const struct sup_timer {
     uint64_t (*next)(struct sup *s);        /* 0: nothing planned */
