@@ -517,10 +517,16 @@ void ctl_close(struct sup *s)
         c->dead = true;
     }
     ctl_reap_clients(s);
+    ctl_stop_listening(s);
+}
+
+void ctl_stop_listening(struct sup *s)
+{
     if (s->ctl->fd < 0)
         return;
     close(s->ctl->fd);
     s->ctl->fd = -1;
+    s->ctl->accept_resume = 0;
     char path[PATH_MAX];
     snprintf(path, sizeof(path), "%s/ctl.sock", s->run_dir);
     unlink(path);

@@ -463,6 +463,10 @@ void sup_reply_error(struct sup *s, unsigned client, int code, const char *fmt, 
  * closes and frees */
 struct sup_ctl *ctl_new(void);
 void ctl_close(struct sup *s);
+/* Once the VM has ended and the supervisor is on its way out: ctl.sock goes, so that
+ * a request sent after stop or kill answered is "not running" (the CLI cannot connect)
+ * instead of a connection closed under it; the clients connected stay. */
+void ctl_stop_listening(struct sup *s);
 void ctl_free(struct sup *s);
 int ctl_listen(struct sup *s, struct qv_err *e);
 void ctl_accept(struct sup *s);

@@ -132,6 +132,7 @@ static bool cancel_restart(struct sup *s, const char *why)
     s->crash.restart_at = 0;
     sup_log(s, "%s: the pending restart is cancelled", why);
     sup_set_state(s, VM_SHUTOFF);
+    ctl_stop_listening(s);
     ctl_stop_done(s, true, NULL);
     s->done = true;
     return true;
@@ -393,15 +394,18 @@ void sup_qemu_gone(struct sup *s)
      * cgroup, taps and run files are released after (sup_release_qemu), with the lock
      * held until they are, unless a restart needs their names now. */
     bool restart = !s->expected_exit && s->def.on_crash == CRASH_RESTART && crash_budget_left(s);
-    if (restart)
+    if (restart) {
         sup_release_qemu(s);
-    else
+    } else {
         s->rs.exiting = true;
+        ctl_stop_listening(s);
+    }
     if (s->expected_exit) {
         snprintf(s->rs.last_exit, sizeof(s->rs.last_exit), "%s", s->exit_reason[0] ? s->exit_reason : how);
         sup_log(s, "QEMU is gone: %s (%s)", s->rs.last_exit, how);
         record_end(s, s->rs.state == VM_CRASHED ? VM_CRASHED : VM_SHUTOFF);
         ctl_stop_done(s, true, NULL);
+        sup_crash_point("stop-answered");   /* tests: the supervisor on its way out */
         s->done = true;
         return;
     }

@@ -48,5 +48,16 @@ check "...and the VM is still running" state_is withagent running
 check "silent agent: the guest boots again" wait_until 90 ready_count deafagent 2
 
 check_error "reboot of a stopped VM is a conflict (exit 4)" 4 "not running" bash -c "'$QV_BIN' --root '$T_ROOT' kill -q plain && '$QV_BIN' --root '$T_ROOT' reboot plain"
+# after kill has answered, the supervisor is still on its way out (held there, stopped
+# right after its answer): a verb sent then is "not running" too, not a connection
+# closed under it (which it was, now and then, in the check above)
+QVISOR_TEST_STOP_AT=stop-answered qv start -q plain
+psup=$(sup_pid plain)
+on_exit "kill -KILL $psup 2>/dev/null"
+qv kill -q plain
+check_error "...also while its supervisor is still on its way out (exit 4)" 4 "plain is not running" \
+    timeout 10 "$QV_BIN" --root "$T_ROOT" reboot plain
+kill -CONT "$psup"
+check "...which then ends" wait_until 30 test ! -e "/proc/$psup"
 check_error "reboot of an unknown VM: no such object (exit 3)" 3 "nosuch" qv reboot nosuch
 finish
