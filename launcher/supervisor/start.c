@@ -666,11 +666,14 @@ void start_wind_up(struct sup *s)
     tpm_after_exit(s);
     vmnet_after_exit(s);
     remove_run_files(s);
+    if (s->def.transient)
+        vm_transient_forget(s->paths, s->def.name);     /* gone when the CLI hears of the failure */
     ctl_stop_done(s, true, NULL);
     snprintf(s->rs.last_exit, sizeof(s->rs.last_exit), "%s", j->err.msg);
     sup_log(s, "%s failed: %s", j->restart ? "restart" : "start", j->err.msg);
     sup_set_state(s, j->cancelled ? VM_SHUTOFF : j->restart ? VM_CRASHED : VM_SHUTOFF);
     report_ready(s, j->err.code ? j->err.code : -EIO, j->err.msg);
+    sup_crash_point("start-failure-reported");     /* tests: the supervisor on its way out */
     s->exit_code = j->cancelled ? 0 : 1;
     s->done = true;
 }
