@@ -206,13 +206,15 @@ json_field() {
 vm_state() { json_field "$(qp status "$1" --json 2>/dev/null)" state; }
 vm_pid() { json_field "$(qp status "$1" --json 2>/dev/null)" pid; }
 sup_pid() { json_field "$(qp status "$1" --json 2>/dev/null)" supervisor_pid; }
-# kill_gone NAME: kills the VM and waits (up to 30 s) for its supervisor to be gone:
-# after `kill` has answered, the supervisor still writes the VM's state on its way out
+# pid_gone PID: waits (up to 30 s) for process PID to be gone; fails if it is not
+pid_gone() { wait_until 30 test ! -e "/proc/$1"; }
+# kill_gone NAME: kills the VM and waits for its supervisor to be gone: after `kill`
+# has answered, the supervisor still writes the VM's state on its way out
 kill_gone() {
     local p
     p=$(sup_pid "$1")
     qv kill -q "$1"
-    [ -z "$p" ] || wait_until 30 test ! -e "/proc/$p"
+    [ -z "$p" ] || pid_gone "$p"
 }
 state_is() { [ "$(vm_state "$1")" = "$2" ]; }
 # every test VM is killed on exit, whatever happened

@@ -41,7 +41,7 @@ check_error "a transient VM that QEMU refuses: create fails with QEMU's words" 1
     env QVISOR_TEST_STOP_AT=start-failure-reported "$QV_BIN" --root "$T_ROOT" create "$T_ROOT/t3.json"
 check "...and leaves no definition" test ! -e "$T_ROOT/run/qvisor/vms/t3/definition.json"
 t3sup=$(pgrep -f -- "--root $T_ROOT run .*t3( |$)")
-[ -z "$t3sup" ] || { kill -CONT $t3sup; wait_until 30 test ! -e "/proc/$t3sup"; }
+[ -z "$t3sup" ] || { kill -CONT $t3sup; pid_gone "$t3sup"; }
 check "...its supervisor was held there, and ends" bash -c "[ -n '$t3sup' ] && ! pgrep -f -- '--root $T_ROOT run .*t3( |\$)'"
 check "a bad definition is refused before anything starts (exit 2)" bash -c \
     "echo '{\"name\": \"t4\", \"memory\": \"lots\"}' | '$QV_BIN' --root '$T_ROOT' create - 2>&1; [ \$? -eq 2 ]"

@@ -58,6 +58,6 @@ qv kill -q plain
 check_error "...also while its supervisor is still on its way out (exit 4)" 4 "plain is not running" \
     timeout 10 "$QV_BIN" --root "$T_ROOT" reboot plain
 kill -CONT "$psup"
-check "...which then ends" wait_until 30 test ! -e "/proc/$psup"
+check "...which then ends" pid_gone "$psup"
 check_error "reboot of an unknown VM: no such object (exit 3)" 3 "nosuch" qv reboot nosuch
 finish
